@@ -1,0 +1,45 @@
+//! The command line: subcommands, global flags, and their environment variables.
+
+use aftercart_ingress::IngressArgs;
+use clap::{Parser, Subcommand};
+
+use crate::cmd::send::SendArgs;
+use crate::cmd::topics::TopicsCommand;
+
+/// aftercart: Shopify webhooks into Kafka, and the post-checkout services that act on them.
+///
+/// Every flag also reads an AFTERCART_* environment variable (shown in each --help).
+/// Invalid configuration lists every problem at once and exits with code 64.
+#[derive(Debug, Parser)]
+#[command(name = "aftercart", version, propagate_version = true)]
+pub struct Cli {
+    /// Log line format: text or json.
+    #[arg(
+        long,
+        env = "AFTERCART_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: String,
+
+    /// Log filter in RUST_LOG syntax, e.g. info or info,aftercart_ingress=debug.
+    #[arg(long, env = "AFTERCART_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook ingress: verify Shopify deliveries and publish them to Kafka.
+    Ingress(Box<IngressArgs>),
+    /// Run the whole pipeline locally, with an embedded Kafka broker unless
+    /// AFTERCART_KAFKA_BROKERS is set.
+    Dev(Box<IngressArgs>),
+    /// Sign and send webhook payloads (files, built-in samples, or a demo journey) to an ingress.
+    Send(SendArgs),
+    /// Manage the Kafka topics aftercart uses.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod dev;
+pub mod ingress;
+pub mod send;
+pub mod topics;

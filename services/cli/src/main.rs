@@ -1,0 +1,59 @@
+//! The `aftercart` command: one binary, one subcommand per service, plus the local stack and tools.
+
+mod cli;
+mod cmd;
+mod samples;
+mod serve;
+
+use std::process::ExitCode;
+
+use aftercart_runtime::telemetry;
+use aftercart_runtime::EX_USAGE;
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are not errors; everything else is a usage problem (64).
+            let code = if error.use_stderr() { EX_USAGE } else { 0 };
+            let _ = error.print();
+            return exit_code(code);
+        }
+    };
+    let format = match cli.log_format.parse() {
+        Ok(format) => format,
+        Err(problem) => {
+            eprintln!("invalid configuration (1 problem(s)):\n  - AFTERCART_LOG_FORMAT: {problem}");
+            return exit_code(EX_USAGE);
+        }
+    };
+    telemetry::init(format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return exit_code(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Ingress(args) => cmd::ingress::run(*args).await,
+            Command::Dev(args) => cmd::dev::run(*args).await,
+            Command::Send(args) => cmd::send::run(args).await,
+            Command::Topics(topics) => cmd::topics::run(topics).await,
+        }
+    });
+    // Don't wait for stray blocking tasks (e.g. a metadata call against a dead broker).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    exit_code(code)
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,245 @@
+//! Shopify's documentation sample payloads, built into the binary, and the demo journey made
+//! from them (fresh tokens and ids each run, so every demo is a new purchase).
+
+use serde_json::{json, Value};
+
+/// (file stem, webhook topic, bytes) of every built-in sample.
+pub const SAMPLES: &[(&str, &str, &[u8])] = &[
+    (
+        "app_uninstalled",
+        "app/uninstalled",
+        include_bytes!("../../../fixtures/shopify/app_uninstalled.json"),
+    ),
+    (
+        "carts_update",
+        "carts/update",
+        include_bytes!("../../../fixtures/shopify/carts_update.json"),
+    ),
+    (
+        "checkouts_create",
+        "checkouts/create",
+        include_bytes!("../../../fixtures/shopify/checkouts_create.json"),
+    ),
+    (
+        "checkouts_delete",
+        "checkouts/delete",
+        include_bytes!("../../../fixtures/shopify/checkouts_delete.json"),
+    ),
+    (
+        "checkouts_update",
+        "checkouts/update",
+        include_bytes!("../../../fixtures/shopify/checkouts_update.json"),
+    ),
+    (
+        "customers_data_request",
+        "customers/data_request",
+        include_bytes!("../../../fixtures/shopify/customers_data_request.json"),
+    ),
+    (
+        "customers_redact",
+        "customers/redact",
+        include_bytes!("../../../fixtures/shopify/customers_redact.json"),
+    ),
+    (
+        "orders_create",
+        "orders/create",
+        include_bytes!("../../../fixtures/shopify/orders_create.json"),
+    ),
+    (
+        "orders_paid",
+        "orders/paid",
+        include_bytes!("../../../fixtures/shopify/orders_paid.json"),
+    ),
+    (
+        "shop_redact",
+        "shop/redact",
+        include_bytes!("../../../fixtures/shopify/shop_redact.json"),
+    ),
+];
+
+/// Webhook topics whose file names can be recognised (`orders_paid.json` is `orders/paid`).
+const KNOWN_TOPICS: &[&str] = &[
+    "app/uninstalled",
+    "carts/create",
+    "carts/update",
+    "checkouts/create",
+    "checkouts/update",
+    "checkouts/delete",
+    "customers/create",
+    "customers/update",
+    "customers/delete",
+    "customers/data_request",
+    "customers/redact",
+    "customers_email_marketing_consent/update",
+    "customers_marketing_consent/update",
+    "orders/create",
+    "orders/updated",
+    "orders/paid",
+    "orders/fulfilled",
+    "orders/partially_fulfilled",
+    "orders/cancelled",
+    "orders/delete",
+    "refunds/create",
+    "shop/redact",
+];
+
+/// The sample named `stem` (e.g. `orders_paid`).
+pub fn sample(stem: &str) -> Option<(&'static str, &'static [u8])> {
+    SAMPLES
+        .iter()
+        .find(|(s, _, _)| *s == stem)
+        .map(|(_, topic, bytes)| (*topic, *bytes))
+}
+
+/// The webhook topic a file stem names, if it names one (`customers_data_request` →
+/// `customers/data_request`).
+pub fn topic_for_stem(stem: &str) -> Option<&'static str> {
+    KNOWN_TOPICS
+        .iter()
+        .copied()
+        .find(|topic| topic.replace('/', "_") == stem)
+}
+
+/// One webhook of the demo.
+pub struct DemoStep {
+    pub topic: &'static str,
+    pub body: Vec<u8>,
+    /// Sent twice with the same webhook id, as Shopify's retries are.
+    pub redeliver: bool,
+    pub note: &'static str,
+}
+
+/// A realistic journey: a purchase (cart → checkout → order) and an abandoned checkout.
+pub fn demo_journey(run: &str, now: &str) -> Vec<DemoStep> {
+    let cart = format!("demo-cart-{run}");
+    let checkout = format!("demo-checkout-{run}");
+    let abandoned_cart = format!("demo-cart-abandoned-{run}");
+    let abandoned_checkout = format!("demo-checkout-abandoned-{run}");
+    let order_id = demo_order_id(run);
+
+    let cart_body = |token: &str| {
+        patch(
+            "carts_update",
+            json!({"id": token, "token": token, "updated_at": now, "created_at": now}),
+        )
+    };
+    let checkout_body = |token: &str, cart: &str, email: &str| {
+        patch(
+            "checkouts_create",
+            json!({"token": token, "cart_token": cart, "email": email, "created_at": now, "updated_at": now, "completed_at": null}),
+        )
+    };
+    let order_body = patch(
+        "orders_create",
+        json!({"id": order_id, "cart_token": cart, "checkout_token": checkout, "created_at": now, "updated_at": now}),
+    );
+    vec![
+        DemoStep {
+            topic: "carts/update",
+            body: cart_body(&cart),
+            redeliver: false,
+            note: "purchase: cart",
+        },
+        DemoStep {
+            topic: "checkouts/create",
+            body: checkout_body(&checkout, &cart, "buyer@example.com"),
+            redeliver: false,
+            note: "purchase: checkout",
+        },
+        DemoStep {
+            topic: "orders/create",
+            body: order_body.clone(),
+            redeliver: true,
+            note: "purchase: order (delivered twice)",
+        },
+        DemoStep {
+            topic: "orders/paid",
+            body: order_body,
+            redeliver: false,
+            note: "purchase: paid",
+        },
+        DemoStep {
+            topic: "carts/update",
+            body: cart_body(&abandoned_cart),
+            redeliver: false,
+            note: "abandoned: cart",
+        },
+        DemoStep {
+            topic: "checkouts/create",
+            body: checkout_body(
+                &abandoned_checkout,
+                &abandoned_cart,
+                "fence.sitter@example.com",
+            ),
+            redeliver: false,
+            note: "abandoned: checkout with contact, never ordered",
+        },
+    ]
+}
+
+/// A stable, positive 53-bit-plus order id derived from the run id.
+fn demo_order_id(run: &str) -> u64 {
+    let hash = run.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (1 << 60) | (hash >> 4)
+}
+
+/// The sample `stem` with `fields` overwritten, as compact JSON.
+fn patch(stem: &str, fields: Value) -> Vec<u8> {
+    let (_, bytes) = sample(stem).expect("built-in sample exists");
+    let mut value: Value = serde_json::from_slice(bytes).expect("built-in samples are JSON");
+    if let (Some(target), Some(fields)) = (value.as_object_mut(), fields.as_object()) {
+        for (key, field) in fields {
+            target.insert(key.clone(), field.clone());
+        }
+    }
+    serde_json::to_vec(&value).expect("JSON values serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_is_json_with_a_known_topic() {
+        for (stem, topic, bytes) in SAMPLES {
+            serde_json::from_slice::<Value>(bytes).unwrap_or_else(|e| panic!("{stem}: {e}"));
+            assert_eq!(topic_for_stem(stem), Some(*topic));
+        }
+    }
+
+    #[test]
+    fn file_stems_map_to_topics() {
+        assert_eq!(
+            topic_for_stem("customers_data_request"),
+            Some("customers/data_request")
+        );
+        assert_eq!(
+            topic_for_stem("customers_email_marketing_consent_update"),
+            Some("customers_email_marketing_consent/update")
+        );
+        assert_eq!(topic_for_stem("my_payload"), None);
+    }
+
+    #[test]
+    fn the_demo_links_cart_checkout_and_order_by_tokens() {
+        let steps = demo_journey("r1", "2026-11-23T05:00:00Z");
+        let bodies: Vec<Value> = steps
+            .iter()
+            .map(|s| serde_json::from_slice(&s.body).unwrap())
+            .collect();
+        assert_eq!(bodies[0]["token"], "demo-cart-r1");
+        assert_eq!(bodies[1]["cart_token"], "demo-cart-r1");
+        assert_eq!(bodies[2]["cart_token"], "demo-cart-r1");
+        assert_eq!(bodies[2]["checkout_token"], bodies[1]["token"]);
+        assert!(bodies[2]["id"].as_u64().unwrap() > 1 << 53);
+        assert_eq!(bodies[5]["cart_token"], "demo-cart-abandoned-r1");
+        assert!(steps.iter().any(|s| s.redeliver));
+        let other_run = demo_journey("r2", "2026-11-23T05:00:00Z");
+        assert_ne!(
+            other_run[2].body, steps[2].body,
+            "each run is a new purchase"
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! Ingress configuration: flags with `AFTERCART_*` environment fallbacks, validated all at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aftercart_kafka::{KafkaArgs, KafkaSettings};
+use aftercart_runtime::config::{
+    parse_byte_size, parse_duration, parse_in_range, parse_socket_addr, ConfigErrors,
+};
+use aftercart_shopify::{Secret, Verifier};
+
+/// Shopify gives up on a delivery after 5 s; the ingress must answer well before.
+const SHOPIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Flags of `aftercart ingress` (and of `aftercart dev`, which runs the same ingress).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Shopify signing secrets, comma-separated: the current one first, then those still
+    /// accepted during a rotation.
+    #[arg(
+        long = "shopify-secrets",
+        env = "AFTERCART_SHOPIFY_SECRETS",
+        hide_env_values = true
+    )]
+    pub secrets: Option<String>,
+
+    /// File with the Shopify signing secrets, one per line (current first), instead of
+    /// AFTERCART_SHOPIFY_SECRETS. Blank lines and lines starting with # are ignored.
+    #[arg(long = "shopify-secrets-file", env = "AFTERCART_SHOPIFY_SECRETS_FILE")]
+    pub secrets_file: Option<PathBuf>,
+
+    /// File with per-shop secrets for store-created webhooks: one `shop-domain=secret[,secret]`
+    /// per line. These are tried before the global secrets for that shop.
+    #[arg(
+        long = "shopify-shop-secrets-file",
+        env = "AFTERCART_SHOPIFY_SHOP_SECRETS_FILE"
+    )]
+    pub shop_secrets_file: Option<PathBuf>,
+
+    /// Webhook listen address [default: 0.0.0.0:8080; 127.0.0.1:8080 under `aftercart dev`].
+    #[arg(long, env = "AFTERCART_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Admin listen address for /livez, /readyz and /metrics
+    /// [default: 0.0.0.0:9090; 127.0.0.1:9090 under `aftercart dev`].
+    #[arg(long, env = "AFTERCART_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// Largest accepted webhook body (bytes, or with a unit: 4MiB); larger bodies get 413.
+    #[arg(long, env = "AFTERCART_MAX_BODY_BYTES", default_value = "4MiB")]
+    pub max_body_bytes: String,
+
+    /// Time from request arrival to a safe event; past it the ingress answers 503 with
+    /// Retry-After. Must stay below Shopify's 5 s timeout.
+    #[arg(long, env = "AFTERCART_PUBLISH_DEADLINE", default_value = "3s")]
+    pub publish_deadline: String,
+
+    /// How long a client may take to send the body; slower bodies get 408.
+    #[arg(long, env = "AFTERCART_BODY_READ_TIMEOUT", default_value = "5s")]
+    pub body_read_timeout: String,
+
+    /// How long a webhook id is remembered for deduplication.
+    #[arg(long, env = "AFTERCART_DEDUPE_WINDOW", default_value = "24h")]
+    pub dedupe_window: String,
+
+    /// How many webhook ids are remembered at most (oldest forgotten first).
+    #[arg(long, env = "AFTERCART_DEDUPE_CAPACITY", default_value = "1000000")]
+    pub dedupe_capacity: String,
+
+    /// Deadline for a graceful shutdown: finishing requests and flushing the producer.
+    #[arg(long, env = "AFTERCART_SHUTDOWN_TIMEOUT", default_value = "15s")]
+    pub shutdown_timeout: String,
+}
+
+/// What differs between a production ingress and the one inside `aftercart dev`.
+#[derive(Debug, Clone)]
+pub struct IngressDefaults {
+    pub listen: &'static str,
+    pub admin_listen: &'static str,
+    /// Used when no secret is configured (the dev stack only).
+    pub fallback_secret: Option<&'static str>,
+    /// Used when AFTERCART_KAFKA_BROKERS is unset (the dev stack's embedded broker).
+    pub fallback_brokers: Option<String>,
+}
+
+impl IngressDefaults {
+    pub fn production() -> Self {
+        Self {
+            listen: "0.0.0.0:8080",
+            admin_listen: "0.0.0.0:9090",
+            fallback_secret: None,
+            fallback_brokers: None,
+        }
+    }
+}
+
+/// Validated ingress configuration.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub kafka: KafkaSettings,
+    pub verifier: Verifier,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub publish_deadline: Duration,
+    pub body_read_timeout: Duration,
+    pub dedupe_window: Duration,
+    pub dedupe_capacity: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl IngressArgs {
+    /// Validates every setting, reporting all problems at once. Secret values never appear in
+    /// the messages.
+    pub fn validate(&self, defaults: &IngressDefaults) -> Result<IngressConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::new();
+        let kafka = self
+            .kafka
+            .validate(&mut errors, defaults.fallback_brokers.as_deref());
+        let global = self.global_secrets(&mut errors, defaults);
+        let per_shop = match &self.shop_secrets_file {
+            Some(path) => read_shop_secrets(path, &mut errors),
+            None => HashMap::new(),
+        };
+        let verifier = Verifier::new(global, per_shop);
+        if verifier.is_empty() && errors.is_empty() {
+            errors.push(
+                "AFTERCART_SHOPIFY_SECRETS: required (or AFTERCART_SHOPIFY_SECRETS_FILE, or \
+                 AFTERCART_SHOPIFY_SHOP_SECRETS_FILE): without a secret no webhook can be verified",
+            );
+        }
+        let listen = errors.check(
+            "AFTERCART_LISTEN",
+            parse_socket_addr(self.listen.as_deref().unwrap_or(defaults.listen)),
+        );
+        let admin_listen = errors.check(
+            "AFTERCART_ADMIN_LISTEN",
+            parse_socket_addr(
+                self.admin_listen
+                    .as_deref()
+                    .unwrap_or(defaults.admin_listen),
+            ),
+        );
+        if let (Some(a), Some(b)) = (listen, admin_listen) {
+            if a == b && a.port() != 0 {
+                errors.push("AFTERCART_ADMIN_LISTEN: must differ from AFTERCART_LISTEN");
+            }
+        }
+        let max_body_bytes = errors.check(
+            "AFTERCART_MAX_BODY_BYTES",
+            parse_byte_size(&self.max_body_bytes).and_then(|size| {
+                if (1..=512 << 20).contains(&size) {
+                    Ok(size as usize)
+                } else {
+                    Err(format!("{size} is outside 1 byte..=512MiB"))
+                }
+            }),
+        );
+        let publish_deadline = errors.check(
+            "AFTERCART_PUBLISH_DEADLINE",
+            parse_duration(&self.publish_deadline).and_then(|d| {
+                if d.is_zero() || d >= SHOPIFY_TIMEOUT {
+                    Err(format!(
+                        "{} must be above 0 and below Shopify's 5s timeout",
+                        humantime::format_duration(d)
+                    ))
+                } else {
+                    Ok(d)
+                }
+            }),
+        );
+        let body_read_timeout = errors.check(
+            "AFTERCART_BODY_READ_TIMEOUT",
+            positive(parse_duration(&self.body_read_timeout)),
+        );
+        let dedupe_window = errors.check(
+            "AFTERCART_DEDUPE_WINDOW",
+            positive(parse_duration(&self.dedupe_window)),
+        );
+        let dedupe_capacity = errors.check(
+            "AFTERCART_DEDUPE_CAPACITY",
+            parse_in_range(&self.dedupe_capacity, 1, 100_000_000),
+        );
+        let shutdown_timeout = errors.check(
+            "AFTERCART_SHUTDOWN_TIMEOUT",
+            positive(parse_duration(&self.shutdown_timeout)),
+        );
+        errors.finish(|| IngressConfig {
+            kafka: kafka.expect("checked"),
+            verifier,
+            listen: listen.expect("checked"),
+            admin_listen: admin_listen.expect("checked"),
+            max_body_bytes: max_body_bytes.expect("checked"),
+            publish_deadline: publish_deadline.expect("checked"),
+            body_read_timeout: body_read_timeout.expect("checked"),
+            dedupe_window: dedupe_window.expect("checked"),
+            dedupe_capacity: dedupe_capacity.expect("checked") as usize,
+            shutdown_timeout: shutdown_timeout.expect("checked"),
+        })
+    }
+
+    fn global_secrets(&self, errors: &mut ConfigErrors, defaults: &IngressDefaults) -> Vec<Secret> {
+        match (&self.secrets, &self.secrets_file) {
+            (Some(_), Some(_)) => {
+                errors.push("AFTERCART_SHOPIFY_SECRETS and AFTERCART_SHOPIFY_SECRETS_FILE: set one, not both");
+                Vec::new()
+            }
+            (Some(list), None) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Secret::new)
+                .collect(),
+            (None, Some(path)) => match read_lines(path) {
+                Ok(lines) if lines.is_empty() => {
+                    errors.push(format!(
+                        "AFTERCART_SHOPIFY_SECRETS_FILE: {} holds no secret",
+                        path.display()
+                    ));
+                    Vec::new()
+                }
+                Ok(lines) => lines.into_iter().map(Secret::new).collect(),
+                Err(problem) => {
+                    errors.push(format!("AFTERCART_SHOPIFY_SECRETS_FILE: {problem}"));
+                    Vec::new()
+                }
+            },
+            (None, None) => defaults
+                .fallback_secret
+                .into_iter()
+                .map(Secret::new)
+                .collect(),
+        }
+    }
+}
+
+fn positive(result: Result<Duration, String>) -> Result<Duration, String> {
+    result.and_then(|d| {
+        if d.is_zero() {
+            Err("must be above 0".to_string())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// Non-blank lines that are not `#` comments, trimmed.
+fn read_lines(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+fn read_shop_secrets(path: &Path, errors: &mut ConfigErrors) -> HashMap<String, Vec<Secret>> {
+    let lines = match read_lines(path) {
+        Ok(lines) => lines,
+        Err(problem) => {
+            errors.push(format!("AFTERCART_SHOPIFY_SHOP_SECRETS_FILE: {problem}"));
+            return HashMap::new();
+        }
+    };
+    let mut per_shop: HashMap<String, Vec<Secret>> = HashMap::new();
+    for (number, line) in lines.iter().enumerate() {
+        let parsed = line.split_once('=').and_then(|(shop, secrets)| {
+            let shop = shop.trim().to_ascii_lowercase();
+            let secrets: Vec<Secret> = secrets
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Secret::new)
+                .collect();
+            (!shop.is_empty() && !secrets.is_empty()).then_some((shop, secrets))
+        });
+        match parsed {
+            Some((shop, secrets)) => per_shop.entry(shop).or_default().extend(secrets),
+            // Only the entry number is reported: the line holds a secret.
+            None => errors.push(format!(
+                "AFTERCART_SHOPIFY_SHOP_SECRETS_FILE: entry {} is not shop-domain=secret[,secret]",
+                number + 1
+            )),
+        }
+    }
+    per_shop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IngressArgs,
+    }
+
+    fn parse(argv: &[&str]) -> IngressArgs {
+        let mut full = vec!["ingress"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).unwrap().args
+    }
+
+    fn temp_file(name: &str, contents: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("aftercart-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_are_valid_once_brokers_and_a_secret_are_given() {
+        let config = parse(&["--kafka-brokers", "k:9092", "--shopify-secrets", "a, b"])
+            .validate(&IngressDefaults::production())
+            .unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(config.max_body_bytes, 4 << 20);
+        assert_eq!(config.publish_deadline, Duration::from_secs(3));
+        assert_eq!(config.dedupe_window, Duration::from_secs(86_400));
+        assert_eq!(config.dedupe_capacity, 1_000_000);
+    }
+
+    #[test]
+    fn all_problems_are_listed_together_without_secrets() {
+        let errors = parse(&[
+            "--shopify-secrets",
+            "hunter2",
+            "--shopify-secrets-file",
+            "/nonexistent",
+            "--listen",
+            "nowhere",
+            "--max-body-bytes",
+            "lots",
+            "--publish-deadline",
+            "6s",
+            "--dedupe-capacity",
+            "0",
+        ])
+        .validate(&IngressDefaults::production())
+        .unwrap_err();
+        let text = errors.to_string();
+        for needle in [
+            "AFTERCART_KAFKA_BROKERS",
+            "set one, not both",
+            "AFTERCART_LISTEN",
+            "AFTERCART_MAX_BODY_BYTES",
+            "AFTERCART_PUBLISH_DEADLINE",
+            "AFTERCART_DEDUPE_CAPACITY",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_secret_is_an_error_outside_the_dev_stack() {
+        let errors = parse(&["--kafka-brokers", "k:9092"])
+            .validate(&IngressDefaults::production())
+            .unwrap_err();
+        assert!(errors
+            .to_string()
+            .contains("AFTERCART_SHOPIFY_SECRETS: required"));
+    }
+
+    #[test]
+    fn secrets_files_skip_comments_and_blank_lines() {
+        let path = temp_file("secrets", "# rotated 2026-11\n\n  current  \nprevious\n");
+        let config = parse(&[
+            "--kafka-brokers",
+            "k:9092",
+            "--shopify-secrets-file",
+            path.to_str().unwrap(),
+        ])
+        .validate(&IngressDefaults::production())
+        .unwrap();
+        let body = b"{}";
+        let signed = aftercart_shopify::sign(&Secret::new("previous"), body);
+        assert_eq!(
+            config.verifier.verify(None, Some(signed.as_bytes()), body),
+            Ok(aftercart_shopify::SecretId::Global(1))
+        );
+    }
+
+    #[test]
+    fn shop_secrets_are_read_and_bad_entries_reported_by_number_only() {
+        let good = temp_file("shops-good", "Shop-A.myshopify.com = key1, key2\n");
+        let config = parse(&[
+            "--kafka-brokers",
+            "k:9092",
+            "--shopify-shop-secrets-file",
+            good.to_str().unwrap(),
+        ])
+        .validate(&IngressDefaults::production())
+        .unwrap();
+        let signed = aftercart_shopify::sign(&Secret::new("key2"), b"{}");
+        assert_eq!(
+            config
+                .verifier
+                .verify(Some("shop-a.myshopify.com"), Some(signed.as_bytes()), b"{}"),
+            Ok(aftercart_shopify::SecretId::Shop(1))
+        );
+        let bad = temp_file(
+            "shops-bad",
+            "shop-b.myshopify.com=ok\nleaky-secret-without-shop\n",
+        );
+        let errors = parse(&[
+            "--kafka-brokers",
+            "k:9092",
+            "--shopify-shop-secrets-file",
+            bad.to_str().unwrap(),
+        ])
+        .validate(&IngressDefaults::production())
+        .unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains("entry 2"), "{text}");
+        assert!(!text.contains("leaky"), "{text}");
+    }
+}

@@ -1,0 +1,7 @@
+//! The webhook HTTP surface: the request handler and the one place outcomes become responses.
+
+pub mod reply;
+pub mod webhook;
+
+pub use reply::Reply;
+pub use webhook::{handle, WebhookState};

@@ -1,0 +1,157 @@
+//! Every answer the ingress gives, and the single mapping from outcome to HTTP status and body.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use aftercart_shopify::{PayloadError, SignatureError};
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Published and acknowledged by Kafka.
+    Accepted,
+    /// Already published within the dedupe window.
+    Duplicate,
+    /// Authentic but not a JSON object: published to the quarantine topic.
+    Quarantined(PayloadError),
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    /// The client did not send the body in time.
+    BodyTimeout,
+    /// The body could not be read (the client went away mid-body).
+    BodyUnreadable,
+    Unauthorized(SignatureError),
+    /// Authentic, but a required Shopify header is missing: names the header.
+    MissingHeader(&'static str),
+    /// The event could not be made safe in time; Shopify will retry.
+    Unavailable(&'static str),
+}
+
+/// Seconds Shopify (or any client) is told to wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+impl Reply {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reply::Accepted | Reply::Duplicate | Reply::Quarantined(_) => StatusCode::OK,
+            Reply::NotFound => StatusCode::NOT_FOUND,
+            Reply::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Reply::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reply::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reply::BodyUnreadable | Reply::MissingHeader(_) => StatusCode::BAD_REQUEST,
+            Reply::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Reply::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short JSON body: `{"status":"accepted"}` or `{"error":"...","reason":"..."}`.
+    fn body(&self) -> String {
+        let (key, code, reason): (&str, &str, String) = match self {
+            Reply::Accepted => ("status", "accepted", String::new()),
+            Reply::Duplicate => ("status", "duplicate", String::new()),
+            Reply::Quarantined(why) => ("status", "quarantined", why.to_string()),
+            Reply::NotFound => (
+                "error",
+                "not_found",
+                "webhooks are accepted at POST /webhooks/shopify".into(),
+            ),
+            Reply::MethodNotAllowed => ("error", "method_not_allowed", "use POST".into()),
+            Reply::PayloadTooLarge => (
+                "error",
+                "payload_too_large",
+                "the body exceeds AFTERCART_MAX_BODY_BYTES".into(),
+            ),
+            Reply::BodyTimeout => (
+                "error",
+                "body_timeout",
+                "the body was not received in time".into(),
+            ),
+            Reply::BodyUnreadable => (
+                "error",
+                "body_unreadable",
+                "the body could not be read".into(),
+            ),
+            Reply::Unauthorized(why) => ("error", "invalid_signature", why.to_string()),
+            Reply::MissingHeader(name) => (
+                "error",
+                "missing_header",
+                format!("the X-{name} header is required"),
+            ),
+            Reply::Unavailable(why) => ("error", "unavailable", format!("{why}; retry later")),
+        };
+        let mut body = format!("{{\"{key}\":\"{code}\"");
+        if !reason.is_empty() {
+            // Reasons are fixed ASCII sentences without quotes or backslashes.
+            body.push_str(&format!(",\"reason\":\"{reason}\""));
+        }
+        body.push_str("}\n");
+        body
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.body())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match self {
+            Reply::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            Reply::Unavailable(_) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reply_body_is_valid_json() {
+        let replies = [
+            Reply::Accepted,
+            Reply::Duplicate,
+            Reply::Quarantined(PayloadError::NotJson),
+            Reply::NotFound,
+            Reply::MethodNotAllowed,
+            Reply::PayloadTooLarge,
+            Reply::BodyTimeout,
+            Reply::BodyUnreadable,
+            Reply::Unauthorized(SignatureError::Mismatch),
+            Reply::MissingHeader("Shopify-Topic"),
+            Reply::Unavailable("Kafka did not acknowledge in time"),
+        ];
+        for reply in replies {
+            let parsed: serde_json::Value = serde_json::from_str(&reply.body()).unwrap();
+            assert!(parsed.is_object(), "{reply:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert_eq!(Reply::Duplicate.status(), 200);
+        assert_eq!(Reply::Quarantined(PayloadError::NotObject).status(), 200);
+        assert_eq!(Reply::Unauthorized(SignatureError::Missing).status(), 401);
+        assert_eq!(Reply::MissingHeader("Shopify-Topic").status(), 400);
+        assert_eq!(Reply::PayloadTooLarge.status(), 413);
+        let unavailable = Reply::Unavailable("x").into_response();
+        assert_eq!(unavailable.status(), 503);
+        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            Reply::MethodNotAllowed.into_response().headers()[header::ALLOW],
+            "POST"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! `POST /webhooks/shopify`: read the raw body, verify, dedupe, route, publish, answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use aftercart_kafka::TopicNames;
+use aftercart_shopify::{journey_key, Family, SecretId, Verifier, WebhookHeaders};
+use bytes::Bytes;
+use http::{header, Method, Request, Response};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::dedupe::{Claim, ClaimGuard, Dedupe};
+use crate::http::Reply;
+use crate::metrics::IngressMetrics;
+use crate::publish::{PublishError, Publisher, Record};
+
+pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
+
+/// Family label for requests refused before their topic is known.
+const UNKNOWN_FAMILY: &str = "unknown";
+
+/// Everything a request needs, shared by all connections.
+pub struct WebhookState {
+    pub verifier: Verifier,
+    pub publisher: Publisher,
+    pub dedupe: Arc<Dedupe>,
+    pub metrics: IngressMetrics,
+    pub topics: TopicNames,
+    pub max_body_bytes: usize,
+    pub publish_deadline: Duration,
+    pub body_read_timeout: Duration,
+}
+
+/// Handles one request; never fails (every outcome is a `Reply`).
+pub async fn handle(state: Arc<WebhookState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let arrived = Instant::now();
+    let _in_flight = state.metrics.in_flight();
+    let (family, reply) = process(&state, request, arrived).await;
+    state
+        .metrics
+        .answered(family, reply.status().as_u16(), arrived.elapsed());
+    reply.into_response()
+}
+
+async fn process(
+    state: &WebhookState,
+    request: Request<Incoming>,
+    arrived: Instant,
+) -> (&'static str, Reply) {
+    if request.uri().path() != WEBHOOK_PATH {
+        return (UNKNOWN_FAMILY, Reply::NotFound);
+    }
+    if request.method() != Method::POST {
+        return (UNKNOWN_FAMILY, Reply::MethodNotAllowed);
+    }
+    let (parts, body) = request.into_parts();
+    let body = match read_body(state, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(reply) => return (UNKNOWN_FAMILY, reply),
+    };
+    let headers = WebhookHeaders::from_header_map(&parts.headers);
+    let secret = match state
+        .verifier
+        .verify(headers.shop_domain(), headers.hmac(), &body)
+    {
+        Ok(secret) => secret,
+        Err(error) => {
+            state.metrics.hmac_failure(error.as_label());
+            return (UNKNOWN_FAMILY, Reply::Unauthorized(error));
+        }
+    };
+    let (Some(topic), Some(shop), Some(webhook_id)) =
+        (headers.topic(), headers.shop_domain(), headers.webhook_id())
+    else {
+        let missing = if headers.topic().is_none() {
+            "Shopify-Topic"
+        } else if headers.shop_domain().is_none() {
+            "Shopify-Shop-Domain"
+        } else {
+            "Shopify-Webhook-Id"
+        };
+        return (UNKNOWN_FAMILY, Reply::MissingHeader(missing));
+    };
+    let family = Family::of_topic(topic);
+    let delivery = Delivery {
+        headers: &headers,
+        body: &body,
+        shop,
+        family,
+        secret,
+        deadline: arrived + state.publish_deadline,
+    };
+    (
+        family.as_str(),
+        publish_once(state, webhook_id, delivery).await,
+    )
+}
+
+/// An authentic delivery on its way to Kafka.
+struct Delivery<'a> {
+    headers: &'a WebhookHeaders,
+    body: &'a [u8],
+    shop: &'a str,
+    family: Family,
+    secret: SecretId,
+    deadline: Instant,
+}
+
+/// Publishes a delivery unless its webhook id was already published; a concurrent retry of the
+/// same id waits for the first attempt rather than publishing twice.
+async fn publish_once(state: &WebhookState, webhook_id: &str, delivery: Delivery<'_>) -> Reply {
+    let guard = loop {
+        match state.dedupe.claim(webhook_id) {
+            Claim::New(guard) => break guard,
+            Claim::Duplicate => {
+                state.metrics.duplicate();
+                return Reply::Duplicate;
+            }
+            Claim::InFlight(mut settled) => {
+                // Wakes (with an error: the sender dropped) when the other attempt ends.
+                if tokio::time::timeout_at(delivery.deadline.into(), settled.changed())
+                    .await
+                    .is_err()
+                {
+                    return Reply::Unavailable("the same delivery is still being published");
+                }
+            }
+        }
+    };
+    let (reply, error) = publish(state, &delivery).await;
+    finish_claim(state, guard, reply, error);
+    reply
+}
+
+/// Marks the id published when the record is safe, releases it otherwise; after a timeout the
+/// delivery report is still awaited in the background so a later retry is deduplicated.
+fn finish_claim(
+    state: &WebhookState,
+    guard: ClaimGuard,
+    reply: Reply,
+    error: Option<PublishError>,
+) {
+    match (reply, error) {
+        (Reply::Accepted | Reply::Quarantined(_), _) => guard.commit(),
+        (_, Some(PublishError::Timeout(pending))) => {
+            tokio::spawn(async move {
+                if let Ok(Ok(_)) = pending.0.await {
+                    guard.commit();
+                }
+            });
+        }
+        _ => drop(guard),
+    }
+    state.metrics.dedupe_size(state.dedupe.len());
+}
+
+async fn publish(state: &WebhookState, delivery: &Delivery<'_>) -> (Reply, Option<PublishError>) {
+    let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let secret = delivery.secret.to_string();
+    let mut headers: Vec<(&str, &[u8])> = delivery.headers.iter().collect();
+    headers.push(("aftercart-received-at", received_at.as_bytes()));
+    headers.push(("aftercart-hmac-secret", secret.as_bytes()));
+
+    let shop = delivery.shop.to_ascii_lowercase();
+    let (topic, key, reply) = match journey_key(delivery.family, &shop, delivery.body) {
+        Ok(key) => (state.topics.family(delivery.family), key, Reply::Accepted),
+        Err(error) => {
+            headers.push(("aftercart-quarantine-reason", error.as_label().as_bytes()));
+            (
+                state.topics.quarantine(),
+                shop.clone(),
+                Reply::Quarantined(error),
+            )
+        }
+    };
+    let record = Record {
+        topic: &topic,
+        key: &key,
+        body: delivery.body,
+        headers,
+    };
+    match state.publisher.publish(record, delivery.deadline).await {
+        Ok(()) => {
+            if let Reply::Quarantined(error) = reply {
+                state.metrics.quarantined(error.as_label());
+                tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery whose body is not a JSON object.");
+            }
+            (reply, None)
+        }
+        Err(error) => {
+            let reason = match &error {
+                PublishError::QueueFull => "the Kafka producer queue is full",
+                PublishError::Timeout(_) => "Kafka did not acknowledge in time",
+                PublishError::Kafka(_) => "Kafka refused the record",
+            };
+            tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: the delivery is not safe in Kafka.");
+            (Reply::Unavailable(reason), Some(error))
+        }
+    }
+}
+
+/// Reads the whole raw body, refusing early when Content-Length already exceeds the limit.
+async fn read_body(
+    state: &WebhookState,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Reply> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > state.max_body_bytes as u64) {
+        return Err(Reply::PayloadTooLarge);
+    }
+    let collect = Limited::new(body, state.max_body_bytes).collect();
+    match tokio::time::timeout(state.body_read_timeout, collect).await {
+        Err(_elapsed) => Err(Reply::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Reply::PayloadTooLarge)
+        }
+        Ok(Err(_)) => Err(Reply::BodyUnreadable),
+    }
+}

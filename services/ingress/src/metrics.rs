@@ -1,0 +1,156 @@
+//! Ingress metrics (`aftercart_ingress_*`), registered on an injected registry. Every label
+//! value comes from a fixed set: never a shop, customer, token or webhook id.
+
+use std::time::Duration;
+
+use aftercart_kafka::ClientStats;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+const PREFIX: &str = "aftercart_ingress_";
+
+/// Latency buckets around the 5 s Shopify budget, fine-grained in the millisecond range.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0,
+];
+
+#[derive(Clone)]
+pub struct IngressMetrics {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    hmac_failures: IntCounterVec,
+    duplicates: IntCounter,
+    quarantined: IntCounterVec,
+    publish_duration: Histogram,
+    publish_errors: IntCounterVec,
+    in_flight: IntGauge,
+    dedupe_ids: IntGauge,
+    pub kafka: ClientStats,
+}
+
+impl IngressMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            requests: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}requests_total"), "Webhook requests answered, by topic family and HTTP status."),
+                &["family", "status"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(format!("{PREFIX}request_duration_seconds"), "Time from request arrival to the answer, by HTTP status.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["status"],
+            )?,
+            hmac_failures: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}hmac_failures_total"), "Requests refused with 401, by reason (missing, malformed, mismatch)."),
+                &["reason"],
+            )?,
+            duplicates: IntCounter::with_opts(Opts::new(
+                format!("{PREFIX}duplicates_total"),
+                "Deliveries whose webhook id was already published within the dedupe window.",
+            ))?,
+            quarantined: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}quarantined_total"), "Authentic deliveries sent to the quarantine topic, by reason."),
+                &["reason"],
+            )?,
+            publish_duration: Histogram::with_opts(
+                HistogramOpts::new(format!("{PREFIX}publish_duration_seconds"), "Time from handing a record to the producer to its delivery report.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            publish_errors: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}publish_errors_total"), "Records Kafka did not acknowledge in time, by reason (queue_full, timeout, kafka)."),
+                &["reason"],
+            )?,
+            in_flight: IntGauge::with_opts(Opts::new(format!("{PREFIX}in_flight_requests"), "Webhook requests being handled."))?,
+            dedupe_ids: IntGauge::with_opts(Opts::new(
+                format!("{PREFIX}dedupe_window_ids"),
+                "Webhook ids remembered in this replica's dedupe window.",
+            ))?,
+            kafka: ClientStats::register(PREFIX, registry)?,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}build_info"),
+                "Always 1; labelled with the running version.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.request_duration.clone()))?;
+        registry.register(Box::new(metrics.hmac_failures.clone()))?;
+        registry.register(Box::new(metrics.duplicates.clone()))?;
+        registry.register(Box::new(metrics.quarantined.clone()))?;
+        registry.register(Box::new(metrics.publish_duration.clone()))?;
+        registry.register(Box::new(metrics.publish_errors.clone()))?;
+        registry.register(Box::new(metrics.in_flight.clone()))?;
+        registry.register(Box::new(metrics.dedupe_ids.clone()))?;
+        Ok(metrics)
+    }
+
+    /// One answered request.
+    pub fn answered(&self, family: &str, status: u16, elapsed: Duration) {
+        let status = status_label(status);
+        self.requests.with_label_values(&[family, status]).inc();
+        self.request_duration
+            .with_label_values(&[status])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn hmac_failure(&self, reason: &str) {
+        self.hmac_failures.with_label_values(&[reason]).inc();
+    }
+
+    pub fn duplicate(&self) {
+        self.duplicates.inc();
+    }
+
+    pub fn quarantined(&self, reason: &str) {
+        self.quarantined.with_label_values(&[reason]).inc();
+    }
+
+    pub fn published(&self, elapsed: Duration) {
+        self.publish_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn publish_error(&self, reason: &str) {
+        self.publish_errors.with_label_values(&[reason]).inc();
+    }
+
+    pub fn dedupe_size(&self, ids: usize) {
+        self.dedupe_ids.set(ids as i64);
+    }
+
+    /// Counts a request in flight until the returned guard drops.
+    pub fn in_flight(&self) -> InFlightGuard {
+        self.in_flight.inc();
+        InFlightGuard(self.in_flight.clone())
+    }
+}
+
+pub struct InFlightGuard(IntGauge);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Status codes as static labels (the ingress answers from a fixed set).
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        503 => "503",
+        _ => "other",
+    }
+}

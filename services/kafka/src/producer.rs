@@ -1,0 +1,45 @@
+//! The producer configuration every aftercart producer shares: idempotent, `acks=all`,
+//! compressed, and the Java-compatible murmur2 partitioner so keys land where any client expects.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::FutureProducer;
+
+use crate::{KafkaSettings, StatsContext};
+
+/// Tunables of a producer; the durability settings are not among them on purpose.
+#[derive(Debug, Clone)]
+pub struct ProducerOptions {
+    pub client_id: String,
+    /// How long librdkafka keeps trying to deliver one message.
+    pub message_timeout: Duration,
+    /// The largest record the producer accepts (body plus headers).
+    pub max_message_bytes: usize,
+    /// How long to wait to fill a batch: a small price in latency for far fewer requests.
+    pub linger: Duration,
+}
+
+/// Builds a producer. The operator's `AFTERCART_KAFKA_PROPERTIES` are applied last.
+pub fn build_producer(
+    settings: &KafkaSettings,
+    options: &ProducerOptions,
+    context: StatsContext,
+) -> KafkaResult<FutureProducer<StatsContext>> {
+    let mut config = settings.client_config(&options.client_id);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", options.linger.as_millis().to_string())
+        // murmur2 for keyed records, as the Java client does: same key, same partition number.
+        .set("partitioner", "murmur2_random")
+        .set(
+            "message.timeout.ms",
+            options.message_timeout.as_millis().max(1).to_string(),
+        )
+        .set("message.max.bytes", options.max_message_bytes.to_string())
+        .set("statistics.interval.ms", "5000");
+    settings.apply_overrides(&mut config);
+    config.create_with_context(context)
+}

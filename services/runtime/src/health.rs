@@ -1,0 +1,100 @@
+//! Readiness shared between a process's components and its admin listener.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Ready when every registered component is ready and the process is not draining.
+#[derive(Clone, Default)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    draining: AtomicBool,
+    components: Mutex<Vec<(String, Arc<AtomicBool>)>>,
+}
+
+/// One component's readiness switch, e.g. "kafka metadata answered".
+#[derive(Clone)]
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn set_ready(&self, ready: bool) {
+        self.flag.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a component that starts not ready.
+    pub fn component(&self, name: &str) -> Readiness {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.inner
+            .components
+            .lock()
+            .expect("health lock")
+            .push((name.to_string(), flag.clone()));
+        Readiness { flag }
+    }
+
+    /// Flips readiness to false for good: the first step of a graceful shutdown.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// `Ok` when ready, else the reason (names of components, never data).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".to_string());
+        }
+        let components = self.inner.components.lock().expect("health lock");
+        let waiting: Vec<&str> = components
+            .iter()
+            .filter(|(_, flag)| !flag.load(Ordering::Acquire))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("waiting for {}", waiting.join(", ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_component_is() {
+        let health = Health::new();
+        let kafka = health.component("kafka");
+        let topics = health.component("topics");
+        assert_eq!(health.readiness(), Err("waiting for kafka, topics".into()));
+        kafka.set_ready(true);
+        assert_eq!(health.readiness(), Err("waiting for topics".into()));
+        topics.set_ready(true);
+        assert_eq!(health.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn draining_overrides_readiness() {
+        let health = Health::new();
+        health.start_draining();
+        assert_eq!(health.readiness(), Err("draining".into()));
+    }
+}

@@ -1,0 +1,13 @@
+//! Process plumbing shared by every aftercart service: the admin listener (`/livez`, `/readyz`,
+//! `/metrics`), readiness, signal handling, logging and configuration validation.
+
+pub mod admin;
+pub mod config;
+pub mod health;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::AdminServer;
+pub use config::{ConfigErrors, EX_CONFIG, EX_USAGE};
+pub use health::Health;
+pub use shutdown::Shutdown;

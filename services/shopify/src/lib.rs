@@ -1,0 +1,13 @@
+//! The Shopify webhook contract shared by every aftercart service: how deliveries are signed,
+//! which headers they carry, which Kafka topic family a webhook topic belongs to, and the
+//! journey key that keeps one purchase's events in the same partition.
+
+pub mod family;
+pub mod headers;
+pub mod journey_key;
+pub mod signature;
+
+pub use family::Family;
+pub use headers::WebhookHeaders;
+pub use journey_key::{journey_key, PayloadError};
+pub use signature::{sign, Secret, SecretId, SignatureError, Verifier};

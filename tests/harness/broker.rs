@@ -1,0 +1,154 @@
+//! Real Kafka-protocol brokers for tests: librdkafka's in-process mock cluster, or a Tansu broker
+//! process started on a free loopback port (when the `tansu` binary is on PATH).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::ClientConfig;
+
+/// Set to 1 (CI does) to make a missing `tansu` binary a test failure instead of a skip.
+pub const REQUIRE_TANSU: &str = "AFTERCART_REQUIRE_TANSU";
+
+pub enum Broker {
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    Tansu(TansuProcess),
+}
+
+impl Broker {
+    pub fn mock() -> Broker {
+        Broker::Mock(MockCluster::new(1).expect("mock cluster starts"))
+    }
+
+    /// A Tansu broker process, or `None` (with a note) when `tansu` is not installed and
+    /// AFTERCART_REQUIRE_TANSU is not set.
+    pub async fn tansu() -> Option<Broker> {
+        let Some(binary) = find_tansu() else {
+            if std::env::var(REQUIRE_TANSU).is_ok_and(|v| v == "1") {
+                panic!("tansu is not on PATH but {REQUIRE_TANSU}=1: install it with `cargo install tansu --version 0.6.0 --features dynostore`");
+            }
+            eprintln!("note: tansu not on PATH; skipping the Tansu variant of this test");
+            return None;
+        };
+        let process = tokio::task::spawn_blocking(move || TansuProcess::start(&binary))
+            .await
+            .expect("tansu start does not panic");
+        Some(Broker::Tansu(process))
+    }
+
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Broker::Mock(cluster) => cluster.bootstrap_servers(),
+            Broker::Tansu(process) => process.bootstrap.clone(),
+        }
+    }
+
+    pub fn is_mock(&self) -> bool {
+        matches!(self, Broker::Mock(_))
+    }
+
+    /// Creates topics that services would create themselves on a real cluster. librdkafka's mock
+    /// cluster has no CreateTopics handler, so there they are made through its own API; on Tansu
+    /// this does nothing and the services' admin calls create them.
+    pub fn precreate_for_mock(&self, specs: &[aftercart_kafka::TopicSpec]) {
+        if let Broker::Mock(cluster) = self {
+            for spec in specs {
+                cluster
+                    .create_topic(&spec.name, spec.partitions, spec.replication)
+                    .expect("mock topic");
+            }
+        }
+    }
+
+    /// Makes every broker answer `delay` late (mock cluster only), to simulate a slow cluster.
+    pub fn slow_down(&self, delay: Duration) {
+        match self {
+            Broker::Mock(cluster) => cluster.broker_round_trip_time(1, delay).expect("mock rtt"),
+            Broker::Tansu(_) => panic!("slow_down is only available on the mock cluster"),
+        }
+    }
+}
+
+fn find_tansu() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("tansu"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A Tansu broker child process with in-memory storage; killed on drop.
+pub struct TansuProcess {
+    child: Child,
+    pub bootstrap: String,
+}
+
+impl TansuProcess {
+    fn start(binary: &PathBuf) -> TansuProcess {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("aftercart-tansu-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("tansu log file");
+        let child = Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("tansu starts");
+        let process = TansuProcess {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        };
+        process.wait_until_answering(&log);
+        process
+    }
+
+    /// Waits until the broker answers a metadata request.
+    fn wait_until_answering(&self, log: &std::path::Path) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("log_level", "0")
+            .create()
+            .expect("probe client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if consumer
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("tansu did not answer within 30 s; its log:\n{output}");
+    }
+}
+
+impl Drop for TansuProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

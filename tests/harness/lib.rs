@@ -1,0 +1,62 @@
+//! Test harness for aftercart's integration tests: real Kafka-protocol brokers (librdkafka's
+//! mock cluster in process, or a Tansu broker process), exact topic reads, an HTTP client, schema
+//! validation, and services started on `127.0.0.1:0`.
+
+pub mod broker;
+pub mod http;
+pub mod ingress;
+pub mod records;
+pub mod schemas;
+
+pub use broker::Broker;
+pub use records::{read_topic, Record};
+
+/// A fresh topic prefix, so every test has its own topics (and consumer groups).
+pub fn unique_prefix() -> String {
+    format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Declares a scenario once and runs it against each broker: `broker_tests!(name);` expands to
+/// `mock::name` and `tansu::name`, calling `scenarios::name(&Broker)`.
+#[macro_export]
+macro_rules! broker_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod mock {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let broker = $crate::Broker::mock();
+                    super::scenarios::$name(&broker).await;
+                }
+            )+
+        }
+        mod tansu {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(broker) = $crate::Broker::tansu().await else { return };
+                    super::scenarios::$name(&broker).await;
+                }
+            )+
+        }
+    };
+}

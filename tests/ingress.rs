@@ -1,0 +1,757 @@
+//! Ingress integration tests: the ingress on `127.0.0.1:0` against a real broker (the mock
+//! cluster and a Tansu process), asserting on what lands in Kafka and on the metrics.
+
+use aftercart_tests::broker_tests;
+
+broker_tests!(
+    every_sample_lands_in_its_family_topic_byte_for_byte,
+    a_redelivered_webhook_is_published_once,
+    concurrent_redeliveries_are_published_once,
+    bad_signatures_are_refused_and_never_published,
+    rotated_and_per_shop_secrets_are_accepted_and_recorded,
+    authentic_deliveries_without_required_headers_get_400,
+    unprefixed_and_oddly_cased_headers_are_accepted,
+    authentic_bodies_that_are_not_json_objects_are_quarantined,
+    oversized_bodies_get_413_and_are_not_published,
+    wrong_method_and_path_are_refused,
+    a_purchase_journey_shares_one_partition_number,
+    escaped_and_non_ascii_bodies_keep_their_exact_bytes,
+    metrics_count_outcomes_without_personal_data,
+    graceful_shutdown_flushes_and_flips_readiness,
+    journey_topics_with_different_partition_counts_refuse_to_start,
+);
+
+mod scenarios {
+    use std::collections::{BTreeSet, HashMap};
+    use std::time::Duration;
+
+    use ::http::Method;
+    use aftercart_ingress::ServeError;
+    use aftercart_kafka::{ensure_topics, TopicError, TopicSpec};
+    use aftercart_shopify::{Family, Secret, Verifier};
+    use aftercart_tests::http::{self, Webhook};
+    use aftercart_tests::ingress::{test_config, TestIngress, ROTATED_SECRET, SECRET};
+    use aftercart_tests::schemas::assert_raw_record_valid;
+    use aftercart_tests::{read_topic, Broker, Record};
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/shopify");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).expect("fixture")
+    }
+
+    /// Every record the ingress could have written, across all its topics.
+    async fn everything(broker: &Broker, ingress: &TestIngress) -> Vec<Record> {
+        let mut all = Vec::new();
+        for topic in ingress.topics().ingress_outputs() {
+            all.extend(read_topic(&broker.bootstrap(), &topic).await);
+        }
+        all
+    }
+
+    pub async fn every_sample_lands_in_its_family_topic_byte_for_byte(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let samples = [
+            (
+                "carts_update.json",
+                "carts/update",
+                Family::Carts,
+                "jsmith.myshopify.com/exampleCartId",
+            ),
+            (
+                "checkouts_create.json",
+                "checkouts/create",
+                Family::Checkouts,
+                "jsmith.myshopify.com/eeafa272cebfd4b22385bc4b645e762c",
+            ),
+            (
+                "checkouts_update.json",
+                "checkouts/update",
+                Family::Checkouts,
+                "jsmith.myshopify.com/eeafa272cebfd4b22385bc4b645e762c",
+            ),
+            (
+                "checkouts_delete.json",
+                "checkouts/delete",
+                Family::Checkouts,
+                "jsmith.myshopify.com/eeafa272cebfd4b22385bc4b645e762c",
+            ),
+            (
+                "orders_create.json",
+                "orders/create",
+                Family::Orders,
+                "jsmith.myshopify.com/820982911946154508",
+            ),
+            (
+                "orders_paid.json",
+                "orders/paid",
+                Family::Orders,
+                "jsmith.myshopify.com/820982911946154508",
+            ),
+            (
+                "customers_data_request.json",
+                "customers/data_request",
+                Family::Compliance,
+                "jsmith.myshopify.com/191167",
+            ),
+            (
+                "customers_redact.json",
+                "customers/redact",
+                Family::Compliance,
+                "jsmith.myshopify.com/191167",
+            ),
+            (
+                "shop_redact.json",
+                "shop/redact",
+                Family::Compliance,
+                "jsmith.myshopify.com/954889",
+            ),
+            (
+                "app_uninstalled.json",
+                "app/uninstalled",
+                Family::Compliance,
+                "jsmith.myshopify.com/548380009",
+            ),
+        ];
+        let mut sent = HashMap::new();
+        for (file, topic, family, key) in samples {
+            let webhook = Webhook::new(topic, fixture(file), SECRET);
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(response.status, 200, "{file}: {}", response.body);
+            assert_eq!(response.json()["status"], "accepted");
+            sent.insert(webhook.webhook_id.clone(), (webhook, family, key));
+        }
+        let other = Webhook::new(
+            "products/update",
+            br#"{"id":632910392,"title":"IPod Nano"}"#.to_vec(),
+            SECRET,
+        );
+        assert_eq!(other.post(ingress.addr).await.status, 200);
+        sent.insert(
+            other.webhook_id.clone(),
+            (other, Family::Other, "jsmith.myshopify.com/632910392"),
+        );
+
+        let records = everything(broker, &ingress).await;
+        assert_eq!(records.len(), sent.len(), "one record per delivery");
+        for record in &records {
+            let id = record
+                .header("shopify-webhook-id")
+                .expect("webhook id header");
+            let (webhook, family, key) = &sent[id];
+            assert_eq!(record.topic, ingress.topic(*family), "{}", webhook.topic);
+            assert_eq!(
+                record.value, webhook.body,
+                "exact bytes for {}",
+                webhook.topic
+            );
+            assert_eq!(record.key_str(), *key, "{}", webhook.topic);
+            assert_eq!(record.header("shopify-topic"), Some(webhook.topic.as_str()));
+            assert_eq!(
+                record.header("shopify-shop-domain"),
+                Some("jsmith.myshopify.com")
+            );
+            assert_eq!(record.header("shopify-api-version"), Some("2026-07"));
+            assert_eq!(
+                record.header("shopify-triggered-at"),
+                Some("2026-11-23T05:00:00.000Z")
+            );
+            let signature = aftercart_shopify::sign(&Secret::new(SECRET), &webhook.body);
+            assert_eq!(
+                record.header("shopify-hmac-sha256"),
+                Some(signature.as_str())
+            );
+            assert_eq!(record.header("aftercart-hmac-secret"), Some("global:0"));
+            let received = record.header("aftercart-received-at").expect("received-at");
+            humantime::parse_rfc3339(received)
+                .unwrap_or_else(|e| panic!("{received} is not RFC 3339: {e}"));
+            assert!(
+                !record.headers.keys().any(|k| k.starts_with("x-")),
+                "{:?}",
+                record.headers.keys()
+            );
+            assert_raw_record_valid(family.as_str(), record);
+        }
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="compliance",status="200"}"#)
+                .await,
+            4.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="other",status="200"}"#)
+                .await,
+            1.0
+        );
+    }
+
+    pub async fn a_redelivered_webhook_is_published_once(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let webhook = Webhook::new("orders/paid", fixture("orders_paid.json"), SECRET);
+        let first = webhook.post(ingress.addr).await;
+        assert_eq!(first.json()["status"], "accepted");
+        for _ in 0..3 {
+            let again = webhook.post(ingress.addr).await;
+            assert_eq!(again.status, 200);
+            assert_eq!(again.json()["status"], "duplicate");
+        }
+        // Same body, new webhook id: a different delivery, published.
+        let mut distinct = webhook.clone();
+        distinct.webhook_id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(
+            distinct.post(ingress.addr).await.json()["status"],
+            "accepted"
+        );
+
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Orders)).await;
+        let ids: Vec<&str> = records
+            .iter()
+            .map(|r| r.header("shopify-webhook-id").unwrap())
+            .collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert_eq!(
+            ids.iter().filter(|id| **id == webhook.webhook_id).count(),
+            1
+        );
+        assert_eq!(
+            ingress.metric("aftercart_ingress_duplicates_total").await,
+            3.0
+        );
+    }
+
+    pub async fn concurrent_redeliveries_are_published_once(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let webhook = Webhook::new("checkouts/update", fixture("checkouts_update.json"), SECRET);
+        let attempts = (0..8).map(|_| {
+            let webhook = webhook.clone();
+            let addr = ingress.addr;
+            tokio::spawn(async move { webhook.post(addr).await })
+        });
+        let mut statuses = Vec::new();
+        for attempt in attempts {
+            let response = attempt.await.unwrap();
+            assert_eq!(response.status, 200, "{}", response.body);
+            statuses.push(response.json()["status"].as_str().unwrap().to_string());
+        }
+        assert_eq!(
+            statuses.iter().filter(|s| *s == "accepted").count(),
+            1,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| *s == "duplicate").count(),
+            7,
+            "{statuses:?}"
+        );
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Checkouts)).await;
+        assert_eq!(records.len(), 1);
+    }
+
+    pub async fn bad_signatures_are_refused_and_never_published(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let body = fixture("orders_create.json");
+        let wrong = Webhook::new("orders/create", body.clone(), "not-our-secret");
+        let response = wrong.post(ingress.addr).await;
+        assert_eq!(response.status, 401);
+        assert_eq!(response.json()["error"], "invalid_signature");
+
+        let good = Webhook::new("orders/create", body.clone(), SECRET);
+        let without: Vec<_> = good
+            .headers()
+            .into_iter()
+            .filter(|(n, _)| *n != "x-shopify-hmac-sha256")
+            .collect();
+        assert_eq!(good.post_with(ingress.addr, &without).await.status, 401);
+
+        for garbage in [
+            "",
+            "abc",
+            "!!!!",
+            &"A".repeat(44),
+            &aftercart_shopify::sign(&Secret::new(SECRET), &body)[..43],
+        ] {
+            let mut headers: Vec<_> = good
+                .headers()
+                .into_iter()
+                .filter(|(n, _)| *n != "x-shopify-hmac-sha256")
+                .collect();
+            headers.push(("x-shopify-hmac-sha256", garbage.to_string()));
+            assert_eq!(
+                good.post_with(ingress.addr, &headers).await.status,
+                401,
+                "{garbage:?}"
+            );
+        }
+        // A valid signature of different bytes: the body was tampered with.
+        let mut tampered_headers = good.headers();
+        tampered_headers.retain(|(n, _)| *n != "x-shopify-hmac-sha256");
+        tampered_headers.push((
+            "x-shopify-hmac-sha256",
+            aftercart_shopify::sign(&Secret::new(SECRET), b"{}"),
+        ));
+        assert_eq!(
+            good.post_with(ingress.addr, &tampered_headers).await.status,
+            401
+        );
+        // Compliance topics must answer 401 too (Shopify's App Store check).
+        let redact = Webhook::new(
+            "customers/redact",
+            fixture("customers_redact.json"),
+            "wrong",
+        );
+        assert_eq!(redact.post(ingress.addr).await.status, 401);
+
+        assert!(
+            everything(broker, &ingress).await.is_empty(),
+            "nothing unauthenticated is published"
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_hmac_failures_total{reason="mismatch"}"#)
+                .await,
+            3.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_hmac_failures_total{reason="missing"}"#)
+                .await,
+            1.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_hmac_failures_total{reason="malformed"}"#)
+                .await,
+            5.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="unknown",status="401"}"#)
+                .await,
+            9.0
+        );
+    }
+
+    pub async fn rotated_and_per_shop_secrets_are_accepted_and_recorded(broker: &Broker) {
+        let mut config = test_config(broker);
+        config.verifier = Verifier::new(
+            vec![Secret::new(SECRET), Secret::new(ROTATED_SECRET)],
+            HashMap::from([(
+                "Store-Made.myshopify.com".to_string(),
+                vec![Secret::new("store-key")],
+            )]),
+        );
+        let ingress = TestIngress::start_on(broker, config).await;
+        let rotated = Webhook::new("carts/update", fixture("carts_update.json"), ROTATED_SECRET);
+        assert_eq!(rotated.post(ingress.addr).await.status, 200);
+        let mut store_made =
+            Webhook::new("orders/create", fixture("orders_create.json"), "store-key");
+        store_made.shop = "store-made.myshopify.com".to_string();
+        assert_eq!(store_made.post(ingress.addr).await.status, 200);
+        let mut other_shop = store_made.clone();
+        other_shop.shop = "someone-else.myshopify.com".to_string();
+        other_shop.webhook_id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(
+            other_shop.post(ingress.addr).await.status,
+            401,
+            "a shop's key only signs for that shop"
+        );
+
+        let carts = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        assert_eq!(carts.len(), 1);
+        assert_eq!(carts[0].header("aftercart-hmac-secret"), Some("global:1"));
+        let orders = read_topic(&broker.bootstrap(), &ingress.topic(Family::Orders)).await;
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].header("aftercart-hmac-secret"), Some("shop:0"));
+        for record in carts.iter().chain(&orders) {
+            for value in record.headers.values() {
+                let text = String::from_utf8_lossy(value);
+                assert!(
+                    !text.contains("store-key") && !text.contains(ROTATED_SECRET),
+                    "secret leaked in a header"
+                );
+            }
+        }
+    }
+
+    pub async fn authentic_deliveries_without_required_headers_get_400(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let webhook = Webhook::new("orders/create", fixture("orders_create.json"), SECRET);
+        for (dropped, named) in [
+            ("x-shopify-topic", "Shopify-Topic"),
+            ("x-shopify-shop-domain", "Shopify-Shop-Domain"),
+            ("x-shopify-webhook-id", "Shopify-Webhook-Id"),
+        ] {
+            let headers: Vec<_> = webhook
+                .headers()
+                .into_iter()
+                .filter(|(n, _)| *n != dropped)
+                .collect();
+            let response = webhook.post_with(ingress.addr, &headers).await;
+            assert_eq!(response.status, 400, "without {dropped}");
+            assert_eq!(response.json()["error"], "missing_header");
+            assert!(response.body.contains(named), "{}", response.body);
+        }
+        assert!(everything(broker, &ingress).await.is_empty());
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="unknown",status="400"}"#)
+                .await,
+            3.0
+        );
+    }
+
+    pub async fn unprefixed_and_oddly_cased_headers_are_accepted(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let webhook = Webhook::new("checkouts/create", fixture("checkouts_create.json"), SECRET);
+        let unprefixed: Vec<(&str, String)> = webhook
+            .headers()
+            .into_iter()
+            .map(|(name, value)| {
+                let name: &str = match name {
+                    "x-shopify-topic" => "Shopify-Topic",
+                    "x-shopify-shop-domain" => "SHOPIFY-SHOP-DOMAIN",
+                    "x-shopify-webhook-id" => "shopify-webhook-id",
+                    "x-shopify-hmac-sha256" => "Shopify-Hmac-SHA256",
+                    "x-shopify-api-version" => "X-SHOPIFY-API-VERSION",
+                    other => other,
+                };
+                (name, value)
+            })
+            .collect();
+        let response = webhook.post_with(ingress.addr, &unprefixed).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Checkouts)).await;
+        assert_eq!(records.len(), 1);
+        let names: BTreeSet<&str> = records[0].headers.keys().map(String::as_str).collect();
+        for expected in [
+            "shopify-topic",
+            "shopify-shop-domain",
+            "shopify-webhook-id",
+            "shopify-hmac-sha256",
+            "shopify-api-version",
+        ] {
+            assert!(names.contains(expected), "{names:?}");
+        }
+        assert_raw_record_valid("checkouts", &records[0]);
+    }
+
+    pub async fn authentic_bodies_that_are_not_json_objects_are_quarantined(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let cases: [(&[u8], &str); 4] = [
+            (b"{\"id\": 1,", "not_json"),
+            (b"\xff\xfe not utf-8", "not_json"),
+            (b"[1,2,3]", "not_object"),
+            (b"", "not_json"),
+        ];
+        let mut sent = Vec::new();
+        for (body, reason) in cases {
+            let webhook = Webhook::new("orders/create", body.to_vec(), SECRET);
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(response.status, 200, "{body:?}: {}", response.body);
+            assert_eq!(response.json()["status"], "quarantined");
+            sent.push((webhook, reason));
+        }
+        let quarantine = read_topic(&broker.bootstrap(), &ingress.topics().quarantine()).await;
+        assert_eq!(quarantine.len(), sent.len());
+        for (webhook, reason) in &sent {
+            let record = quarantine
+                .iter()
+                .find(|r| r.header("shopify-webhook-id") == Some(webhook.webhook_id.as_str()))
+                .expect("quarantined record");
+            assert_eq!(record.value, webhook.body, "exact bytes");
+            assert_eq!(record.header("aftercart-quarantine-reason"), Some(*reason));
+            assert_eq!(record.key_str(), "jsmith.myshopify.com");
+            aftercart_tests::schemas::assert_valid(
+                "kafka/record-headers.schema.json",
+                &record.headers_json(),
+            );
+        }
+        assert!(
+            read_topic(&broker.bootstrap(), &ingress.topic(Family::Orders))
+                .await
+                .is_empty()
+        );
+        // Quarantined deliveries are deduplicated like any other.
+        assert_eq!(
+            sent[0].0.post(ingress.addr).await.json()["status"],
+            "duplicate"
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_quarantined_total{reason="not_json"}"#)
+                .await,
+            3.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_quarantined_total{reason="not_object"}"#)
+                .await,
+            1.0
+        );
+    }
+
+    pub async fn oversized_bodies_get_413_and_are_not_published(broker: &Broker) {
+        let mut config = test_config(broker);
+        config.max_body_bytes = 16 * 1024;
+        let ingress = TestIngress::start_on(broker, config).await;
+        let mut big = br#"{"id":1,"note":""#.to_vec();
+        big.extend(std::iter::repeat_n(b'x', 20 * 1024));
+        big.extend(br#""}"#);
+        let webhook = Webhook::new("orders/create", big.clone(), SECRET);
+        let response = webhook.post(ingress.addr).await;
+        assert_eq!(response.status, 413);
+        assert_eq!(response.json()["error"], "payload_too_large");
+
+        // Without Content-Length (chunked), the limit still holds while reading.
+        let mut head =
+            "POST /webhooks/shopify HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n"
+                .to_string();
+        for (name, value) in webhook.headers() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut raw = head.into_bytes();
+        for chunk in big.chunks(4096) {
+            raw.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
+            raw.extend(chunk);
+            raw.extend(b"\r\n");
+        }
+        raw.extend(b"0\r\n\r\n");
+        let answer = http::raw_exchange(ingress.addr, &raw).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+        // At the limit exactly: accepted.
+        let mut fits = br#"{"id":2,"note":""#.to_vec();
+        fits.extend(std::iter::repeat_n(b'y', 16 * 1024 - fits.len() - 2));
+        fits.extend(br#""}"#);
+        assert_eq!(fits.len(), 16 * 1024);
+        assert_eq!(
+            Webhook::new("orders/create", fits, SECRET)
+                .post(ingress.addr)
+                .await
+                .status,
+            200
+        );
+
+        let records = everything(broker, &ingress).await;
+        assert_eq!(
+            records.len(),
+            1,
+            "only the body within the limit is published"
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="unknown",status="413"}"#)
+                .await,
+            2.0
+        );
+    }
+
+    pub async fn wrong_method_and_path_are_refused(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let get = http::send(
+            Method::GET,
+            ingress.addr,
+            "/webhooks/shopify",
+            &[],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(get.status, 405);
+        assert_eq!(get.headers["allow"], "POST");
+        let put = http::send(
+            Method::PUT,
+            ingress.addr,
+            "/webhooks/shopify",
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(put.status, 405);
+        let webhook = Webhook::new("orders/create", fixture("orders_create.json"), SECRET);
+        let elsewhere = http::send(
+            Method::POST,
+            ingress.addr,
+            "/webhooks/other",
+            &webhook.headers(),
+            webhook.body.clone(),
+        )
+        .await;
+        assert_eq!(elsewhere.status, 404);
+        assert_eq!(http::get(ingress.addr, "/").await.status, 404);
+        assert!(everything(broker, &ingress).await.is_empty());
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="unknown",status="405"}"#)
+                .await,
+            2.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="unknown",status="404"}"#)
+                .await,
+            2.0
+        );
+    }
+
+    pub async fn a_purchase_journey_shares_one_partition_number(broker: &Broker) {
+        let mut config = test_config(broker);
+        config.kafka.partitions = 8;
+        let ingress = TestIngress::start_on(broker, config).await;
+        for n in 0..12 {
+            let cart = format!("cart-{n}-{}", uuid::Uuid::new_v4());
+            let bodies = [
+                (
+                    "carts/update",
+                    format!(r#"{{"id":"{cart}","token":"{cart}","line_items":[]}}"#),
+                    Family::Carts,
+                ),
+                (
+                    "checkouts/update",
+                    format!(r#"{{"token":"chk-{n}","cart_token":"{cart}"}}"#),
+                    Family::Checkouts,
+                ),
+                (
+                    "orders/create",
+                    format!(
+                        r#"{{"id":{},"cart_token":"{cart}","checkout_token":"chk-{n}"}}"#,
+                        9_007_199_254_740_993u64 + n
+                    ),
+                    Family::Orders,
+                ),
+            ];
+            for (topic, body, _) in &bodies {
+                assert_eq!(
+                    Webhook::new(topic, body.as_bytes().to_vec(), SECRET)
+                        .post(ingress.addr)
+                        .await
+                        .status,
+                    200
+                );
+            }
+        }
+        let mut partition_of_key: HashMap<String, BTreeSet<i32>> = HashMap::new();
+        for family in [Family::Carts, Family::Checkouts, Family::Orders] {
+            let records = read_topic(&broker.bootstrap(), &ingress.topic(family)).await;
+            assert_eq!(records.len(), 12);
+            for record in records {
+                partition_of_key
+                    .entry(record.key_str().to_string())
+                    .or_default()
+                    .insert(record.partition);
+            }
+        }
+        assert_eq!(partition_of_key.len(), 12, "one key per journey");
+        for (key, partitions) in &partition_of_key {
+            assert_eq!(partitions.len(), 1, "{key} spread over {partitions:?}");
+        }
+        let used: BTreeSet<i32> = partition_of_key.values().flatten().copied().collect();
+        assert!(used.len() > 1, "keys spread over partitions: {used:?}");
+    }
+
+    pub async fn escaped_and_non_ascii_bodies_keep_their_exact_bytes(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let body = "{\"token\":\"tok\\u0026en\",\"note\":\"fish \\u0026 chips \\u003cb\\u003e\",\"name\":\"Zoë Ørsted 東京 🛒\",\"total_price\":\"10.00\"}";
+        let webhook = Webhook::new("checkouts/create", body.as_bytes().to_vec(), SECRET);
+        assert_eq!(webhook.post(ingress.addr).await.status, 200);
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Checkouts)).await;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].value, body.as_bytes());
+        assert_eq!(records[0].key_str(), "jsmith.myshopify.com/tok&en");
+    }
+
+    pub async fn metrics_count_outcomes_without_personal_data(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let webhook = Webhook::new("checkouts/create", fixture("checkouts_create.json"), SECRET);
+        assert_eq!(webhook.post(ingress.addr).await.status, 200);
+        assert_eq!(webhook.post(ingress.addr).await.status, 200);
+        assert_eq!(
+            Webhook::new("checkouts/create", fixture("checkouts_create.json"), "bad")
+                .post(ingress.addr)
+                .await
+                .status,
+            401
+        );
+        let text = ingress.metrics().await;
+        for series in [
+            r#"aftercart_ingress_requests_total{family="checkouts",status="200"} 2"#,
+            r#"aftercart_ingress_requests_total{family="unknown",status="401"} 1"#,
+            r#"aftercart_ingress_hmac_failures_total{reason="mismatch"} 1"#,
+            "aftercart_ingress_duplicates_total 1",
+            "aftercart_ingress_publish_duration_seconds_count 1",
+            r#"aftercart_ingress_request_duration_seconds_count{status="200"} 2"#,
+            "aftercart_ingress_in_flight_requests 0",
+            "aftercart_ingress_dedupe_window_ids 1",
+            r#"aftercart_ingress_build_info{version=""#,
+            "aftercart_ingress_kafka_queue_messages",
+        ] {
+            assert!(text.contains(series), "missing {series} in:\n{text}");
+        }
+        for personal in [
+            "example@email.com",
+            "jsmith",
+            "myshopify",
+            "eeafa272",
+            "123123123",
+            SECRET,
+            &webhook.webhook_id,
+        ] {
+            assert!(!text.contains(personal), "{personal} appears in /metrics");
+        }
+        assert_eq!(http::get(ingress.admin_addr, "/livez").await.status, 200);
+        assert_eq!(http::get(ingress.admin_addr, "/readyz").await.status, 200);
+    }
+
+    pub async fn graceful_shutdown_flushes_and_flips_readiness(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let webhook = Webhook::new("orders/paid", fixture("orders_paid.json"), SECRET);
+        assert_eq!(webhook.post(ingress.addr).await.status, 200);
+        let (addr, admin, bootstrap, topic) = (
+            ingress.addr,
+            ingress.admin_addr,
+            broker.bootstrap(),
+            ingress.topic(Family::Orders),
+        );
+        ingress.health.start_draining();
+        assert_eq!(
+            http::get(admin, "/readyz").await.status,
+            503,
+            "readiness fails first"
+        );
+        ingress.shutdown().await.expect("clean stop");
+        let refused = tokio::net::TcpStream::connect(addr).await;
+        assert!(
+            refused.is_err(),
+            "the webhook port is closed after shutdown"
+        );
+        assert_eq!(read_topic(&bootstrap, &topic).await.len(), 1);
+    }
+
+    pub async fn journey_topics_with_different_partition_counts_refuse_to_start(broker: &Broker) {
+        let config = test_config(broker);
+        let names = aftercart_kafka::TopicNames::new(&config.kafka.topic_prefix);
+        let mut orders = TopicSpec::new(names.family(Family::Orders), &config.kafka);
+        orders.partitions = 2;
+        if broker.is_mock() {
+            let mut specs =
+                aftercart_ingress::app::topic_specs(&config.kafka, config.max_body_bytes);
+            specs.retain(|s| s.name != orders.name);
+            specs.push(orders);
+            broker.precreate_for_mock(&specs);
+        } else {
+            ensure_topics(&config.kafka, &[orders], &[])
+                .await
+                .expect("pre-create orders with 2 partitions");
+        }
+        let ingress = TestIngress::spawn(config).await;
+        let ended = ingress.finished().await;
+        match ended {
+            Err(ServeError::Topics(TopicError::PartitionMismatch(listing))) => {
+                assert!(listing.contains("orders=2"), "{listing}");
+            }
+            other => panic!("expected a partition mismatch, got {other:?}"),
+        }
+        let _ = Duration::ZERO;
+    }
+}
