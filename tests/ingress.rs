@@ -755,3 +755,100 @@ mod scenarios {
         let _ = Duration::ZERO;
     }
 }
+
+/// Slow-cluster behaviour needs the mock cluster's injected round-trip delay.
+mod slow_broker {
+    use std::time::{Duration, Instant};
+
+    use aftercart_shopify::Family;
+    use aftercart_tests::http::Webhook;
+    use aftercart_tests::ingress::{test_config, TestIngress, SECRET};
+    use aftercart_tests::{eventually, read_topic, Broker};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_broker_gets_503_with_retry_after_and_the_retry_is_a_duplicate() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.publish_deadline = Duration::from_millis(400);
+        let ingress = TestIngress::start_on(&broker, config).await;
+        broker.slow_down(Duration::from_millis(1500));
+
+        let webhook = Webhook::new(
+            "orders/paid",
+            br#"{"id":1,"cart_token":"c"}"#.to_vec(),
+            SECRET,
+        );
+        let started = Instant::now();
+        let response = webhook.post(ingress.addr).await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert!(
+            started.elapsed() < Duration::from_millis(1200),
+            "answered at the deadline, not after the broker"
+        );
+        assert_eq!(response.headers["retry-after"], "5");
+        assert_eq!(response.json()["error"], "unavailable");
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_publish_errors_total{reason="timeout"}"#)
+                .await,
+            1.0
+        );
+
+        // The record still arrives; the dedupe window learns it in the background.
+        eventually("late delivery report", Duration::from_secs(10), || async {
+            (ingress.metric("aftercart_ingress_dedupe_window_ids").await == 1.0).then_some(())
+        })
+        .await;
+        broker.slow_down(Duration::ZERO);
+        let retry = webhook.post(ingress.addr).await;
+        assert_eq!(retry.status, 200);
+        assert_eq!(retry.json()["status"], "duplicate");
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Orders)).await;
+        assert_eq!(
+            records.len(),
+            1,
+            "published once across the 503 and the retry"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_producer_queue_answers_503_at_once() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config
+            .kafka
+            .properties
+            .push(("queue.buffering.max.messages".into(), "1".into()));
+        config.publish_deadline = Duration::from_secs(3);
+        let ingress = TestIngress::start_on(&broker, config).await;
+        // Warm the topic's metadata so that only the produce request is slow.
+        let warm = Webhook::new("carts/update", br#"{"token":"warm"}"#.to_vec(), SECRET);
+        assert_eq!(warm.post(ingress.addr).await.status, 200);
+        broker.slow_down(Duration::from_millis(2000));
+
+        let first = Webhook::new("carts/update", br#"{"token":"a"}"#.to_vec(), SECRET);
+        let addr = ingress.addr;
+        let pending = tokio::spawn(async move { first.post(addr).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = Webhook::new("carts/update", br#"{"token":"b"}"#.to_vec(), SECRET);
+        let started = Instant::now();
+        let response = second.post(ingress.addr).await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "backpressure answers at once"
+        );
+        assert!(response.body.contains("queue is full"), "{}", response.body);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_publish_errors_total{reason="queue_full"}"#)
+                .await,
+            1.0
+        );
+        assert_eq!(
+            pending.await.unwrap().status,
+            200,
+            "the queued delivery still completes"
+        );
+    }
+}

@@ -27,6 +27,11 @@ use crate::IngressConfig;
 /// Room for record headers and batch framing on top of the largest body.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// How long librdkafka keeps delivering a record after the ingress answered 503 for it. The
+/// request is already lost for this attempt, but a late success is remembered by the dedupe
+/// window, so Shopify's retry is answered as a duplicate instead of being published twice.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("cannot create the Kafka producer: {0}")]
@@ -133,7 +138,7 @@ impl App {
             &config.kafka,
             &ProducerOptions {
                 client_id: "aftercart-ingress".to_string(),
-                message_timeout: config.publish_deadline,
+                message_timeout: DELIVERY_TIMEOUT.max(config.publish_deadline),
                 max_message_bytes: config.max_body_bytes + RECORD_OVERHEAD_BYTES,
                 linger: Duration::from_millis(2),
             },

@@ -144,9 +144,11 @@ fn finish_claim(
     match (reply, error) {
         (Reply::Accepted | Reply::Quarantined(_), _) => guard.commit(),
         (_, Some(PublishError::Timeout(pending))) => {
+            let (dedupe, metrics) = (Arc::clone(&state.dedupe), state.metrics.clone());
             tokio::spawn(async move {
                 if let Ok(Ok(_)) = pending.0.await {
                     guard.commit();
+                    metrics.dedupe_size(dedupe.len());
                 }
             });
         }

@@ -1,0 +1,55 @@
+# aftercart: make help lists the targets.
+SHELL := bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+TANSU_VERSION := 0.6.0
+CARGO_BIN := $(HOME)/.cargo/bin
+BIN := target/release/aftercart
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build the release binary (target/release/aftercart)
+	$(CARGO) build --release --locked -p aftercart
+
+.PHONY: run
+run: build ## Run the whole pipeline locally (embedded Kafka broker; Ctrl-C stops it)
+	$(BIN) dev
+
+.PHONY: demo
+demo: ## Send a demo journey (purchase + abandoned checkout) to a running `make run`
+	@test -x $(BIN) || $(CARGO) build --release --locked -p aftercart
+	$(BIN) send --demo
+
+.PHONY: test
+test: lint tansu ## The full suite: fmt, clippy, unit and integration tests on both brokers
+	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
+
+.PHONY: test-fast
+test-fast: ## Unit and integration tests without lint (Tansu variants skip if it is missing)
+	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: tansu
+tansu: ## Install the Tansu broker the tests use (once; ~10-20 min to build)
+	@if "$(CARGO_BIN)/tansu" --version 2>/dev/null | grep -q "$(TANSU_VERSION)"; then \
+		echo "tansu $(TANSU_VERSION) is installed"; \
+	else \
+		echo "Installing tansu $(TANSU_VERSION) (a Kafka-compatible broker) for the integration tests..."; \
+		$(CARGO) install tansu --version $(TANSU_VERSION) --features dynostore; \
+	fi
+
+.PHONY: clean
+clean: ## Remove build output
+	$(CARGO) clean

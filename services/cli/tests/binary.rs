@@ -1,0 +1,310 @@
+//! Tests of the real `aftercart` executable: configuration errors, signals and exit codes, the
+//! dev stack and `aftercart send`, against a real (mock cluster) broker over sockets.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aftercart_ingress::app::topic_specs;
+use aftercart_kafka::KafkaSettings;
+use aftercart_shopify::Family;
+use aftercart_tests::http::Webhook;
+use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aftercart");
+
+/// The binary with a clean environment: no AFTERCART_* variable leaks in from the caller.
+fn aftercart(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.env_clear().args(args).stdin(Stdio::null());
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("the binary runs")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, killing it after `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn invalid_configuration_lists_every_problem_and_exits_64_without_secrets() {
+    let output = run(aftercart(&["ingress"])
+        .env("AFTERCART_SHOPIFY_SECRETS", "hunter2-secret")
+        .env("AFTERCART_SHOPIFY_SECRETS_FILE", "/nonexistent")
+        .env("AFTERCART_LISTEN", "not-an-address")
+        .env("AFTERCART_MAX_BODY_BYTES", "huge")
+        .env("AFTERCART_TOPIC_PARTITIONS", "0")
+        .env("AFTERCART_PUBLISH_DEADLINE", "10s"));
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in [
+        "AFTERCART_KAFKA_BROKERS",
+        "AFTERCART_SHOPIFY_SECRETS_FILE",
+        "AFTERCART_LISTEN",
+        "AFTERCART_MAX_BODY_BYTES",
+        "AFTERCART_TOPIC_PARTITIONS",
+        "AFTERCART_PUBLISH_DEADLINE",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from:\n{stderr}");
+    }
+    assert!(stderr.contains("6 problem(s)"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "a secret was printed:\n{stderr}"
+    );
+}
+
+#[test]
+fn unknown_flags_exit_64_and_help_exits_0() {
+    assert_eq!(
+        run(&mut aftercart(&["ingress", "--no-such-flag"]))
+            .status
+            .code(),
+        Some(64)
+    );
+    let help =
+        run(aftercart(&["ingress", "--help"]).env("AFTERCART_SHOPIFY_SECRETS", "hunter2-secret"));
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for variable in [
+        "AFTERCART_KAFKA_BROKERS",
+        "AFTERCART_TOPIC_PREFIX",
+        "AFTERCART_SHOPIFY_SECRETS",
+        "AFTERCART_SHOPIFY_SECRETS_FILE",
+        "AFTERCART_SHOPIFY_SHOP_SECRETS_FILE",
+        "AFTERCART_LISTEN",
+        "AFTERCART_ADMIN_LISTEN",
+        "AFTERCART_MAX_BODY_BYTES",
+        "AFTERCART_TOPIC_PARTITIONS",
+        "AFTERCART_TOPIC_REPLICATION",
+    ] {
+        assert!(text.contains(variable), "{variable} missing from --help");
+    }
+    assert!(!text.contains("hunter2"), "--help shows a secret value");
+}
+
+/// The ingress binary on a mock cluster with its topics made; returns (child, webhook, admin).
+fn start_ingress(broker: &Broker, prefix: &str, secret: &str) -> (Child, SocketAddr, SocketAddr) {
+    let mut settings = KafkaSettings::new(broker.bootstrap(), prefix);
+    settings.partitions = 3;
+    broker.precreate_for_mock(&topic_specs(&settings, 4 << 20));
+    let (listen, admin) = (free_addr(), free_addr());
+    let child = aftercart(&["ingress"])
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_TOPIC_PREFIX", prefix)
+        .env("AFTERCART_TOPIC_PARTITIONS", "3")
+        .env("AFTERCART_SHOPIFY_SECRETS", secret)
+        .env("AFTERCART_LISTEN", listen.to_string())
+        .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
+        .env("AFTERCART_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ingress starts");
+    (child, listen, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_binary_publishes_and_exits_0_on_sigterm() {
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let (mut child, listen, admin) = start_ingress(&broker, &prefix, "binary-secret");
+    eventually("readiness", Duration::from_secs(30), || async {
+        let ready = tokio::net::TcpStream::connect(admin).await.is_ok()
+            && aftercart_tests::http::get(admin, "/readyz").await.status == 200;
+        ready.then_some(())
+    })
+    .await;
+    let webhook = Webhook::new(
+        "orders/create",
+        br#"{"id":5,"cart_token":"c5","email":"private@example.com"}"#.to_vec(),
+        "binary-secret",
+    );
+    assert_eq!(webhook.post(listen).await.status, 200);
+
+    signal(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = wait_exit(&mut child, Duration::from_secs(20));
+        let mut logs = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+        (code, logs)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, 0, "logs:\n{}", code.1);
+    for line in code.1.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+    }
+    assert!(
+        !code.1.contains("private@example.com") && !code.1.contains("binary-secret"),
+        "personal data or secret in logs"
+    );
+    let records = read_topic(&broker.bootstrap(), &format!("{prefix}orders")).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, webhook.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_topics_with_different_partition_counts_exit_78() {
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let settings = KafkaSettings::new(broker.bootstrap(), &prefix);
+    let mut specs = topic_specs(&settings, 4 << 20);
+    for spec in &mut specs {
+        spec.partitions = if spec.name.ends_with("carts") { 2 } else { 3 };
+    }
+    broker.precreate_for_mock(&specs);
+    let mut child = aftercart(&["ingress"])
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_TOPIC_PREFIX", &prefix)
+        .env("AFTERCART_TOPIC_PARTITIONS", "3")
+        .env("AFTERCART_SHOPIFY_SECRETS", "s")
+        .env("AFTERCART_LISTEN", free_addr().to_string())
+        .env("AFTERCART_ADMIN_LISTEN", free_addr().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, logs) = tokio::task::spawn_blocking(move || {
+        let code = wait_exit(&mut child, Duration::from_secs(30));
+        let mut logs = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+        (code, logs)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 78, "{logs}");
+    assert!(
+        logs.contains("different partition counts") && logs.contains("carts=2"),
+        "{logs}"
+    );
+}
+
+/// Reads the dev banner until it shows the webhook URL; returns (webhook addr, admin addr, brokers).
+fn read_banner(child: &mut Child) -> (SocketAddr, SocketAddr, String) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut webhook, mut admin, mut brokers) = (None, None, None);
+    while webhook.is_none() || admin.is_none() || brokers.is_none() {
+        let line = lines.next().expect("banner line").expect("utf-8");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Kafka", "brokers", value, ..] => brokers = Some(value.to_string()),
+            ["Webhook", "URL", url, ..] => {
+                webhook = Some(
+                    url.trim_start_matches("http://")
+                        .trim_end_matches("/webhooks/shopify")
+                        .parse()
+                        .unwrap(),
+                )
+            }
+            ["Admin", url, ..] => {
+                admin = Some(
+                    url.trim_start_matches("http://")
+                        .trim_end_matches("/metrics")
+                        .parse()
+                        .unwrap(),
+                )
+            }
+            _ => {}
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (webhook.unwrap(), admin.unwrap(), brokers.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
+    let mut child = aftercart(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("dev starts");
+    let (webhook, admin, brokers) = read_banner(&mut child);
+    eventually("dev readiness", Duration::from_secs(30), || async {
+        (aftercart_tests::http::get(admin, "/readyz").await.status == 200).then_some(())
+    })
+    .await;
+    let url = format!("http://{webhook}/webhooks/shopify");
+    let demo = tokio::task::spawn_blocking(move || {
+        run(&mut aftercart(&["send", "--demo", "--url", &url]))
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&demo.stdout);
+    assert_eq!(demo.status.code(), Some(0), "{printed}");
+    assert_eq!(printed.lines().count(), 7, "{printed}");
+    assert_eq!(printed.matches("\"duplicate\"").count(), 1, "{printed}");
+
+    let count = |family: Family| {
+        let brokers = brokers.clone();
+        async move {
+            read_topic(&brokers, &format!("shopify.{}", family.as_str()))
+                .await
+                .len()
+        }
+    };
+    assert_eq!(count(Family::Carts).await, 2);
+    assert_eq!(count(Family::Checkouts).await, 2);
+    assert_eq!(
+        count(Family::Orders).await,
+        2,
+        "the redelivered order is published once"
+    );
+    let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 3"#),
+        "{metrics}"
+    );
+
+    signal(&child, "INT");
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn send_refuses_when_there_is_nothing_to_send_and_lists_samples() {
+    assert_eq!(run(&mut aftercart(&["send"])).status.code(), Some(64));
+    let list = run(&mut aftercart(&["send", "--list"]));
+    assert_eq!(list.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&list.stdout).contains("orders_paid"));
+}
