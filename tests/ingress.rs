@@ -852,3 +852,34 @@ mod slow_broker {
         );
     }
 }
+
+/// Before Kafka answers, the ingress already answers: 503 + Retry-After, not a hanging socket.
+mod starting {
+    use std::time::{Duration, Instant};
+
+    use aftercart_tests::http::{self, Webhook};
+    use aftercart_tests::ingress::{test_config, TestIngress, SECRET};
+    use aftercart_tests::Broker;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_before_kafka_is_reachable_get_503_quickly() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        // Nothing listens here: the ingress keeps retrying and stays not ready.
+        config.kafka.brokers = format!("127.0.0.1:{}", aftercart_tests::broker::free_port());
+        let ingress = TestIngress::spawn(config).await;
+        let started = Instant::now();
+        let response = Webhook::new("orders/create", br#"{"id":1}"#.to_vec(), SECRET)
+            .post(ingress.addr)
+            .await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(response.headers["retry-after"], "5");
+        assert_eq!(http::get(ingress.admin_addr, "/readyz").await.status, 503);
+        assert_eq!(http::get(ingress.admin_addr, "/livez").await.status, 200);
+        ingress
+            .shutdown()
+            .await
+            .expect("stops cleanly while still connecting");
+    }
+}

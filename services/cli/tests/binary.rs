@@ -134,10 +134,22 @@ fn start_ingress(broker: &Broker, prefix: &str, secret: &str) -> (Child, SocketA
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ingress_binary_publishes_and_exits_0_on_sigterm() {
-    let broker = Broker::mock();
+async fn the_ingress_binary_publishes_and_exits_0_on_sigterm_on_the_mock_cluster() {
+    ingress_binary_publishes_and_exits_0_on_sigterm(&Broker::mock()).await;
+}
+
+/// On Tansu the binary creates its topics itself through the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_binary_publishes_and_exits_0_on_sigterm_on_tansu() {
+    let Some(broker) = Broker::tansu().await else {
+        return;
+    };
+    ingress_binary_publishes_and_exits_0_on_sigterm(&broker).await;
+}
+
+async fn ingress_binary_publishes_and_exits_0_on_sigterm(broker: &Broker) {
     let prefix = unique_prefix();
-    let (mut child, listen, admin) = start_ingress(&broker, &prefix, "binary-secret");
+    let (mut child, listen, admin) = start_ingress(broker, &prefix, "binary-secret");
     eventually("readiness", Duration::from_secs(30), || async {
         let ready = tokio::net::TcpStream::connect(admin).await.is_ok()
             && aftercart_tests::http::get(admin, "/readyz").await.status == 200;
@@ -307,4 +319,49 @@ fn send_refuses_when_there_is_nothing_to_send_and_lists_samples() {
     let list = run(&mut aftercart(&["send", "--list"]));
     assert_eq!(list.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&list.stdout).contains("orders_paid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_create_makes_every_topic_and_is_idempotent() {
+    let Some(broker) = Broker::tansu().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    for attempt in 0..2 {
+        let bootstrap = broker.bootstrap();
+        let prefix = prefix.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            run(aftercart(&["topics", "create"])
+                .env("AFTERCART_KAFKA_BROKERS", bootstrap)
+                .env("AFTERCART_TOPIC_PREFIX", prefix)
+                .env("AFTERCART_TOPIC_PARTITIONS", "4"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "attempt {attempt}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let listed = String::from_utf8_lossy(&output.stdout).lines().count();
+        assert_eq!(listed, 7, "attempt {attempt}");
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let metadata = tokio::task::spawn_blocking(move || {
+        rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let ours: Vec<_> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name().starts_with(&prefix))
+        .collect();
+    assert_eq!(ours.len(), 7);
+    assert!(ours.iter().all(|t| t.partitions().len() == 4));
 }

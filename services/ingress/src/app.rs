@@ -62,15 +62,23 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let metrics = IngressMetrics::register(registry)?;
     let kafka_ready = health.component("kafka");
-    prepare_topics(config, &kafka_ready, &stop).await?;
-    if stop.is_cancelled() {
-        return Ok(());
-    }
-    let app = App::build(config, listener, metrics)?;
+    // Serve at once: until the topics are ready, requests get 503 + Retry-After instead of
+    // hanging in the listen backlog.
+    let app = App::build(config, listener, metrics, kafka_ready.clone())?;
     if let Ok(addr) = app.local_addr() {
-        tracing::info!(%addr, "Ingress accepting webhooks at POST /webhooks/shopify.");
+        tracing::info!(%addr, "Ingress listening for webhooks at POST /webhooks/shopify.");
     }
-    app.run_until_stopped(stop).await;
+    let app_stop = stop.child_token();
+    let running = tokio::spawn(app.run_until_stopped(app_stop.clone()));
+    if let Err(error) = prepare_topics(config, &kafka_ready, &stop).await {
+        app_stop.cancel();
+        let _ = running.await;
+        return Err(error.into());
+    }
+    if !stop.is_cancelled() {
+        tracing::info!("Kafka topics ready; accepting webhooks.");
+    }
+    running.await.expect("the ingress task does not panic");
     Ok(())
 }
 
@@ -128,11 +136,13 @@ pub async fn prepare_topics(
 }
 
 impl App {
-    /// Builds the ingress on a listener the caller bound (port 0 in tests).
+    /// Builds the ingress on a listener the caller bound (port 0 in tests). `kafka_ready` gates
+    /// traffic: requests before it is set are answered 503.
     pub fn build(
         config: &IngressConfig,
         listener: TcpListener,
         metrics: IngressMetrics,
+        kafka_ready: Readiness,
     ) -> Result<App, BuildError> {
         let producer = build_producer(
             &config.kafka,
@@ -149,6 +159,7 @@ impl App {
             publisher: Publisher::new(producer, metrics.clone()),
             dedupe: Dedupe::new(config.dedupe_window, config.dedupe_capacity),
             metrics,
+            kafka_ready,
             topics: TopicNames::new(&config.kafka.topic_prefix),
             max_body_bytes: config.max_body_bytes,
             publish_deadline: config.publish_deadline,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use aftercart_kafka::TopicNames;
+use aftercart_runtime::health::Readiness;
 use aftercart_shopify::{journey_key, Family, SecretId, Verifier, WebhookHeaders};
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
@@ -26,6 +27,8 @@ pub struct WebhookState {
     pub publisher: Publisher,
     pub dedupe: Arc<Dedupe>,
     pub metrics: IngressMetrics,
+    /// Set once the broker answered and the topics exist.
+    pub kafka_ready: Readiness,
     pub topics: TopicNames,
     pub max_body_bytes: usize,
     pub publish_deadline: Duration,
@@ -53,6 +56,12 @@ async fn process(
     }
     if request.method() != Method::POST {
         return (UNKNOWN_FAMILY, Reply::MethodNotAllowed);
+    }
+    if !state.kafka_ready.is_ready() {
+        return (
+            UNKNOWN_FAMILY,
+            Reply::Unavailable("the ingress is still connecting to Kafka"),
+        );
     }
     let (parts, body) = request.into_parts();
     let body = match read_body(state, &parts.headers, body).await {
