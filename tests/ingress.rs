@@ -883,3 +883,129 @@ mod starting {
             .expect("stops cleanly while still connecting");
     }
 }
+
+/// What the first review found: disconnects, slow headers, unsigned bodies, draining.
+mod hostile_clients {
+    use std::time::{Duration, Instant};
+
+    use aftercart_shopify::Family;
+    use aftercart_tests::http::{self, Webhook};
+    use aftercart_tests::ingress::{test_config, TestIngress, SECRET};
+    use aftercart_tests::{eventually, read_topic, Broker};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn raw_request(webhook: &Webhook) -> Vec<u8> {
+        let mut raw = format!(
+            "POST /webhooks/shopify HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n",
+            webhook.body.len()
+        );
+        for (name, value) in webhook.headers() {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let mut raw = raw.into_bytes();
+        raw.extend(&webhook.body);
+        raw
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_disconnects_mid_publish_does_not_cause_a_second_record() {
+        let broker = Broker::mock();
+        let ingress = TestIngress::start_on(&broker, test_config(&broker)).await;
+        let warm = Webhook::new("orders/paid", br#"{"id":0}"#.to_vec(), SECRET);
+        assert_eq!(warm.post(ingress.addr).await.status, 200);
+        broker.slow_down(Duration::from_millis(1500));
+
+        let webhook = Webhook::new(
+            "orders/paid",
+            br#"{"id":7,"cart_token":"c7"}"#.to_vec(),
+            SECRET,
+        );
+        let mut stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        stream.write_all(&raw_request(&webhook)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(stream); // gone before the delivery report
+                      // A retry arriving meanwhile must wait for the first attempt, not publish again.
+        let retry = webhook.post(ingress.addr).await;
+        assert_eq!(retry.status, 200, "{}", retry.body);
+        assert_eq!(retry.json()["status"], "duplicate");
+        broker.slow_down(Duration::ZERO);
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Orders)).await;
+        let ours = records
+            .iter()
+            .filter(|r| r.header("shopify-webhook-id") == Some(webhook.webhook_id.as_str()))
+            .count();
+        assert_eq!(ours, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_headers_are_cut_off_and_others_are_still_served() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.header_read_timeout = Duration::from_millis(500);
+        let ingress = TestIngress::start_on(&broker, config).await;
+        let mut slow = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        slow.write_all(
+            b"POST /webhooks/shopify HTTP/1.1\r\nhost: t\r\nx-shopify-topic: orders/paid\r\n",
+        )
+        .await
+        .unwrap();
+        let served = Webhook::new("orders/paid", br#"{"id":1}"#.to_vec(), SECRET)
+            .post(ingress.addr)
+            .await;
+        assert_eq!(
+            served.status, 200,
+            "a well-behaved client is served meanwhile"
+        );
+        let started = Instant::now();
+        let mut buffer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buffer))
+            .await
+            .expect("the server closes the slow connection");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unsigned_request_is_refused_before_its_body_is_read() {
+        let broker = Broker::mock();
+        let ingress = TestIngress::start_on(&broker, test_config(&broker)).await;
+        let mut stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        // Announces 100 KiB but sends none of it: the answer must not wait for the body.
+        stream
+            .write_all(b"POST /webhooks/shopify HTTP/1.1\r\nhost: t\r\ncontent-length: 102400\r\nx-shopify-topic: orders/paid\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer))
+            .await
+            .expect("answered at once")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 401"));
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_hmac_failures_total{reason="missing"}"#)
+                .await,
+            1.0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn draining_keeps_accepting_while_readiness_says_503() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.drain_delay = Duration::from_millis(1500);
+        let ingress = TestIngress::start_on(&broker, config).await;
+        let (addr, admin) = (ingress.addr, ingress.admin_addr);
+        let stopping = tokio::spawn(ingress.shutdown());
+        eventually("readiness 503", Duration::from_secs(2), || async {
+            (http::get(admin, "/readyz").await.status == 503).then_some(())
+        })
+        .await;
+        let during = Webhook::new("carts/update", br#"{"token":"late"}"#.to_vec(), SECRET)
+            .post(addr)
+            .await;
+        assert_eq!(during.status, 200, "still served during the drain delay");
+        stopping.await.unwrap().expect("clean stop");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}

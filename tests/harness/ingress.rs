@@ -36,6 +36,9 @@ pub fn test_config(broker: &Broker) -> IngressConfig {
         max_body_bytes: 256 * 1024,
         publish_deadline: Duration::from_secs(4),
         body_read_timeout: Duration::from_secs(5),
+        header_read_timeout: Duration::from_secs(5),
+        max_connections: 1000,
+        drain_delay: Duration::ZERO,
         dedupe_window: Duration::from_secs(3600),
         dedupe_capacity: 10_000,
         shutdown_timeout: Duration::from_secs(10),
@@ -50,6 +53,8 @@ pub struct TestIngress {
     pub registry: Registry,
     pub health: Health,
     stop: CancellationToken,
+    /// The admin port outlives the service, as in the binary: probes see `/readyz` fail.
+    admin_stop: CancellationToken,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
@@ -85,9 +90,10 @@ impl TestIngress {
         let registry = Registry::new();
         let health = Health::new();
         let stop = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
         tokio::spawn(
             AdminServer::new(admin_listener, registry.clone(), health.clone())
-                .run_until_stopped(stop.child_token()),
+                .run_until_stopped(admin_stop.clone()),
         );
         let task = {
             let (config, registry, health, stop) = (
@@ -105,6 +111,7 @@ impl TestIngress {
             registry,
             health,
             stop,
+            admin_stop,
             task: Some(task),
         }
     }
@@ -141,10 +148,12 @@ impl TestIngress {
         self.health.start_draining();
         self.stop.cancel();
         let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(30), task)
+        let ended = tokio::time::timeout(Duration::from_secs(30), task)
             .await
             .expect("ingress stops within 30 s")
-            .expect("ingress task does not panic")
+            .expect("ingress task does not panic");
+        self.admin_stop.cancel();
+        ended
     }
 
     /// Waits for `serve` to end by itself (e.g. refusing to start).
@@ -160,5 +169,6 @@ impl TestIngress {
 impl Drop for TestIngress {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.admin_stop.cancel();
     }
 }

@@ -11,11 +11,12 @@ use aftercart_kafka::{
 use aftercart_runtime::health::Readiness;
 use aftercart_runtime::Health;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::Dedupe;
@@ -87,6 +88,9 @@ pub struct App {
     listener: TcpListener,
     state: Arc<WebhookState>,
     shutdown_timeout: Duration,
+    header_read_timeout: Duration,
+    connections: Arc<Semaphore>,
+    drain_delay: Duration,
 }
 
 /// The topic specs the ingress writes: every raw topic, sized for the largest accepted body.
@@ -169,6 +173,9 @@ impl App {
             listener,
             state: Arc::new(state),
             shutdown_timeout: config.shutdown_timeout,
+            header_read_timeout: config.header_read_timeout,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            drain_delay: config.drain_delay,
         })
     }
 
@@ -180,11 +187,36 @@ impl App {
     /// requests finish and flushes the producer, all within the shutdown timeout.
     pub async fn run_until_stopped(self, stop: CancellationToken) {
         let graceful = GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        // After `stop`, keep accepting for the drain delay: readiness already says 503, so
+        // load balancers move away while nothing is refused.
+        let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
+            let permit = match Arc::clone(&self.connections).acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => break,
+            };
+            let stop_accepting = async {
+                match drain_until {
+                    Some(until) => tokio::time::sleep_until(until).await,
+                    None => stop.cancelled().await,
+                }
+            };
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
-                () = stop.cancelled() => break,
+                () = stop_accepting => {
+                    if drain_until.is_none() && !self.drain_delay.is_zero() {
+                        tracing::info!(delay = ?self.drain_delay, "Draining: still accepting while load balancers catch up.");
+                        drain_until = Some(tokio::time::Instant::now() + self.drain_delay);
+                        continue;
+                    }
+                    break;
+                }
             };
             let stream = match accepted {
                 Ok((stream, _)) => stream,
@@ -208,6 +240,7 @@ impl App {
             tokio::spawn(async move {
                 // Client resets and protocol errors are the client's business.
                 let _ = connection.await;
+                drop(permit);
             });
         }
         drop(self.listener);

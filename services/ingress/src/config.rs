@@ -64,6 +64,19 @@ pub struct IngressArgs {
     #[arg(long, env = "AFTERCART_BODY_READ_TIMEOUT", default_value = "5s")]
     pub body_read_timeout: String,
 
+    /// How long a client may take to send the request headers (slow clients are cut off).
+    #[arg(long, env = "AFTERCART_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+
+    /// Most concurrent connections; beyond it new connections wait in the listen backlog.
+    #[arg(long, env = "AFTERCART_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: String,
+
+    /// On shutdown, how long to keep accepting after /readyz turns 503, so load balancers stop
+    /// routing here first (set about 5s on Kubernetes).
+    #[arg(long, env = "AFTERCART_DRAIN_DELAY", default_value = "0s")]
+    pub drain_delay: String,
+
     /// How long a webhook id is remembered for deduplication.
     #[arg(long, env = "AFTERCART_DEDUPE_WINDOW", default_value = "24h")]
     pub dedupe_window: String,
@@ -109,6 +122,9 @@ pub struct IngressConfig {
     pub max_body_bytes: usize,
     pub publish_deadline: Duration,
     pub body_read_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_delay: Duration,
     pub dedupe_window: Duration,
     pub dedupe_capacity: usize,
     pub shutdown_timeout: Duration,
@@ -178,6 +194,15 @@ impl IngressArgs {
             "AFTERCART_BODY_READ_TIMEOUT",
             positive(parse_duration(&self.body_read_timeout)),
         );
+        let header_read_timeout = errors.check(
+            "AFTERCART_HEADER_READ_TIMEOUT",
+            positive(parse_duration(&self.header_read_timeout)),
+        );
+        let max_connections = errors.check(
+            "AFTERCART_MAX_CONNECTIONS",
+            parse_in_range(&self.max_connections, 1, 1_000_000),
+        );
+        let drain_delay = errors.check("AFTERCART_DRAIN_DELAY", parse_duration(&self.drain_delay));
         let dedupe_window = errors.check(
             "AFTERCART_DEDUPE_WINDOW",
             positive(parse_duration(&self.dedupe_window)),
@@ -198,6 +223,9 @@ impl IngressArgs {
             max_body_bytes: max_body_bytes.expect("checked"),
             publish_deadline: publish_deadline.expect("checked"),
             body_read_timeout: body_read_timeout.expect("checked"),
+            header_read_timeout: header_read_timeout.expect("checked"),
+            max_connections: max_connections.expect("checked") as usize,
+            drain_delay: drain_delay.expect("checked"),
             dedupe_window: dedupe_window.expect("checked"),
             dedupe_capacity: dedupe_capacity.expect("checked") as usize,
             shutdown_timeout: shutdown_timeout.expect("checked"),

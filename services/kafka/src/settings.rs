@@ -26,7 +26,12 @@ pub struct KafkaArgs {
 
     /// Extra librdkafka properties, comma-separated key=value (e.g. security.protocol=ssl).
     /// They override aftercart's own settings, so use them with care.
-    #[arg(long, env = "AFTERCART_KAFKA_PROPERTIES", default_value = "")]
+    #[arg(
+        long,
+        env = "AFTERCART_KAFKA_PROPERTIES",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub kafka_properties: String,
 }
 
@@ -98,11 +103,13 @@ fn parse_properties(value: &str) -> Result<Vec<(String, String)>, String> {
         .split(',')
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.split_once('=') {
+        .enumerate()
+        .map(|(index, pair)| match pair.split_once('=') {
             Some((key, value)) if !key.trim().is_empty() => {
                 Ok((key.trim().to_string(), value.trim().to_string()))
             }
-            _ => Err(format!("{pair:?} is not key=value")),
+            // Only the position is reported: the entry may hold a password.
+            _ => Err(format!("entry {} is not key=value", index + 1)),
         })
         .collect()
 }
@@ -200,5 +207,10 @@ mod tests {
             ]
         );
         assert!(parse_properties("=x").is_err());
+        let error = parse_properties("linger.ms=1,sasl.password:hunter2").unwrap_err();
+        assert!(
+            error.contains("entry 2") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 }

@@ -37,9 +37,11 @@ pub fn journey_key(family: Family, shop: &str, body: &[u8]) -> Result<String, Pa
     let fields: KeyFields<'_> = serde_json::from_slice(body).map_err(|_| classify(body))?;
     let shop = shop.to_ascii_lowercase();
     let part = match family {
-        Family::Carts => fields.token.0.or(fields.cart_token.0),
+        Family::Carts => fields.token.0,
         Family::Checkouts => fields.cart_token.0.or(fields.token.0),
-        _ => fields.cart_token.0.or(fields.checkout_token.0),
+        Family::Orders => fields.cart_token.0.or(fields.checkout_token.0),
+        // Tokens only identify journeys on the journey resources themselves.
+        Family::Customers | Family::Compliance | Family::Other => None,
     }
     // order_id before id: refunds and transactions have an id of their own but belong with
     // their order.
@@ -370,6 +372,26 @@ mod tests {
         assert_eq!(
             key(Family::Carts, r#"{"token":"a","token":"b"}"#).unwrap(),
             "demo.myshopify.com/b"
+        );
+    }
+
+    #[test]
+    fn tokens_count_only_on_the_families_that_define_them() {
+        assert_eq!(
+            key(Family::Carts, r#"{"cart_token":"x","id":"c1"}"#).unwrap(),
+            "demo.myshopify.com/c1"
+        );
+        assert_eq!(
+            key(Family::Customers, r#"{"id":9,"checkout_token":"k"}"#).unwrap(),
+            "demo.myshopify.com/9"
+        );
+        assert_eq!(
+            key(Family::Other, r#"{"id":9,"cart_token":"c"}"#).unwrap(),
+            "demo.myshopify.com/9"
+        );
+        assert_eq!(
+            key(Family::Compliance, r#"{"shop_id":1,"token":"t"}"#).unwrap(),
+            "demo.myshopify.com/1"
         );
     }
 

@@ -105,6 +105,12 @@ impl Verifier {
         self.global.is_empty() && self.per_shop.values().all(Vec::is_empty)
     }
 
+    /// Checks only that a signature header is present and well-formed, so a request without one
+    /// can be refused before its body is read.
+    pub fn precheck(header: Option<&[u8]>) -> Result<(), SignatureError> {
+        decode_signature(header.ok_or(SignatureError::Missing)?).map(|_| ())
+    }
+
     /// Checks `header` (the raw header value) over the raw `body`. The shop's own secrets are
     /// tried first; the shop domain only selects candidates, it is authenticated by the MAC.
     /// Each comparison is constant-time (`Mac::verify_slice`).

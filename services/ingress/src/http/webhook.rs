@@ -7,7 +7,7 @@ use aftercart_kafka::TopicNames;
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::{journey_key, Family, SecretId, Verifier, WebhookHeaders};
 use bytes::Bytes;
-use http::{header, Method, Request, Response};
+use http::{header, HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
@@ -47,7 +47,7 @@ pub async fn handle(state: Arc<WebhookState>, request: Request<Incoming>) -> Res
 }
 
 async fn process(
-    state: &WebhookState,
+    state: &Arc<WebhookState>,
     request: Request<Incoming>,
     arrived: Instant,
 ) -> (&'static str, Reply) {
@@ -64,53 +64,83 @@ async fn process(
         );
     }
     let (parts, body) = request.into_parts();
+    let headers = WebhookHeaders::from_header_map(&parts.headers);
+    // Refuse a missing or malformed signature before buffering a body nobody signed.
+    if let Err(error) = Verifier::precheck(headers.hmac()) {
+        return unauthorized(state, error);
+    }
     let body = match read_body(state, &parts.headers, body).await {
         Ok(body) => body,
         Err(reply) => return (UNKNOWN_FAMILY, reply),
     };
-    let headers = WebhookHeaders::from_header_map(&parts.headers);
     let secret = match state
         .verifier
         .verify(headers.shop_domain(), headers.hmac(), &body)
     {
         Ok(secret) => secret,
-        Err(error) => {
-            state.metrics.hmac_failure(error.as_label());
-            return (UNKNOWN_FAMILY, Reply::Unauthorized(error));
-        }
+        Err(error) => return unauthorized(state, error),
     };
     let (Some(topic), Some(shop), Some(webhook_id)) =
         (headers.topic(), headers.shop_domain(), headers.webhook_id())
     else {
-        let missing = if headers.topic().is_none() {
-            "Shopify-Topic"
-        } else if headers.shop_domain().is_none() {
-            "Shopify-Shop-Domain"
-        } else {
-            "Shopify-Webhook-Id"
-        };
-        return (UNKNOWN_FAMILY, Reply::MissingHeader(missing));
+        return (
+            UNKNOWN_FAMILY,
+            Reply::MissingHeader(missing_header(&headers)),
+        );
     };
     let family = Family::of_topic(topic);
+    let deadline = arrived + state.publish_deadline;
+    if Instant::now() >= deadline {
+        // The body arrived too late to be made safe in time: no record for an answer that is
+        // already a 503.
+        return (
+            family.as_str(),
+            Reply::Unavailable("the request took too long to arrive"),
+        );
+    }
+    let webhook_id = webhook_id.to_string();
     let delivery = Delivery {
-        headers: &headers,
-        body: &body,
-        shop,
+        shop: shop.to_ascii_lowercase(),
+        headers,
+        body,
         family,
         secret,
-        deadline: arrived + state.publish_deadline,
+        deadline,
     };
-    (
-        family.as_str(),
-        publish_once(state, webhook_id, delivery).await,
-    )
+    // The claim and the publish run in their own task: if the client goes away mid-publish this
+    // request future is dropped, but the record is already in the producer, so the claim must
+    // live until the delivery report settles it.
+    let task = tokio::spawn(publish_once(Arc::clone(state), webhook_id, delivery));
+    let reply = task
+        .await
+        .unwrap_or(Reply::Unavailable("the publish task failed"));
+    (family.as_str(), reply)
+}
+
+fn unauthorized(
+    state: &WebhookState,
+    error: aftercart_shopify::SignatureError,
+) -> (&'static str, Reply) {
+    state.metrics.hmac_failure(error.as_label());
+    (UNKNOWN_FAMILY, Reply::Unauthorized(error))
+}
+
+fn missing_header(headers: &WebhookHeaders) -> &'static str {
+    if headers.topic().is_none() {
+        "Shopify-Topic"
+    } else if headers.shop_domain().is_none() {
+        "Shopify-Shop-Domain"
+    } else {
+        "Shopify-Webhook-Id"
+    }
 }
 
 /// An authentic delivery on its way to Kafka.
-struct Delivery<'a> {
-    headers: &'a WebhookHeaders,
-    body: &'a [u8],
-    shop: &'a str,
+struct Delivery {
+    headers: WebhookHeaders,
+    body: Bytes,
+    /// Lower-cased shop domain.
+    shop: String,
     family: Family,
     secret: SecretId,
     deadline: Instant,
@@ -118,9 +148,9 @@ struct Delivery<'a> {
 
 /// Publishes a delivery unless its webhook id was already published; a concurrent retry of the
 /// same id waits for the first attempt rather than publishing twice.
-async fn publish_once(state: &WebhookState, webhook_id: &str, delivery: Delivery<'_>) -> Reply {
+async fn publish_once(state: Arc<WebhookState>, webhook_id: String, delivery: Delivery) -> Reply {
     let guard = loop {
-        match state.dedupe.claim(webhook_id) {
+        match state.dedupe.claim(&webhook_id) {
             Claim::New(guard) => break guard,
             Claim::Duplicate => {
                 state.metrics.duplicate();
@@ -137,8 +167,8 @@ async fn publish_once(state: &WebhookState, webhook_id: &str, delivery: Delivery
             }
         }
     };
-    let (reply, error) = publish(state, &delivery).await;
-    finish_claim(state, guard, reply, error);
+    let (reply, error) = publish(&state, &delivery).await;
+    finish_claim(&state, guard, reply, error);
     reply
 }
 
@@ -166,21 +196,21 @@ fn finish_claim(
     state.metrics.dedupe_size(state.dedupe.len());
 }
 
-async fn publish(state: &WebhookState, delivery: &Delivery<'_>) -> (Reply, Option<PublishError>) {
+async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<PublishError>) {
     let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let secret = delivery.secret.to_string();
     let mut headers: Vec<(&str, &[u8])> = delivery.headers.iter().collect();
     headers.push(("aftercart-received-at", received_at.as_bytes()));
     headers.push(("aftercart-hmac-secret", secret.as_bytes()));
 
-    let shop = delivery.shop.to_ascii_lowercase();
-    let (topic, key, reply) = match journey_key(delivery.family, &shop, delivery.body) {
+    let shop = delivery.shop.as_str();
+    let (topic, key, reply) = match journey_key(delivery.family, shop, &delivery.body) {
         Ok(key) => (state.topics.family(delivery.family), key, Reply::Accepted),
         Err(error) => {
             headers.push(("aftercart-quarantine-reason", error.as_label().as_bytes()));
             (
                 state.topics.quarantine(),
-                shop.clone(),
+                shop.to_string(),
                 Reply::Quarantined(error),
             )
         }
@@ -188,7 +218,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery<'_>) -> (Reply, Optio
     let record = Record {
         topic: &topic,
         key: &key,
-        body: delivery.body,
+        body: &delivery.body,
         headers,
     };
     match state.publisher.publish(record, delivery.deadline).await {
@@ -214,7 +244,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery<'_>) -> (Reply, Optio
 /// Reads the whole raw body, refusing early when Content-Length already exceeds the limit.
 async fn read_body(
     state: &WebhookState,
-    headers: &http::HeaderMap,
+    headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Bytes, Reply> {
     let declared = headers
