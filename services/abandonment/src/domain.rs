@@ -1,0 +1,8 @@
+//! Pure abandonment logic, no I/O: decoding inputs, the journey state machine, segments.
+
+pub mod engine;
+pub mod event;
+pub mod input;
+pub mod journey;
+pub mod money;
+pub mod segments;

@@ -1,0 +1,594 @@
+//! The abandonment state machine. Pure: it is fed inputs with their receive time and the clock,
+//! and answers with effects (records to emit, journey states to persist) for the I/O layer.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::domain::event::{
+    event_id, rfc3339, CustomerOut, EmittedEvent, EventType, Kind, LineItemsOut, OutputEvent, Value,
+};
+use crate::domain::input::{GlobalInput, JourneyInput};
+use crate::domain::journey::{customer_ref, Journey, OrderRef, Snapshot};
+use crate::domain::segments::{self, SegmentRules, Segments, Stage};
+
+/// Timing and segment rules.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub abandon_after_ms: i64,
+    pub cart_abandon_after_ms: i64,
+    /// Journeys without activity for this long are forgotten.
+    pub retention_ms: i64,
+    /// After `app/uninstalled`, a shop's state is dropped once this grace period passes.
+    pub uninstall_grace_ms: i64,
+    /// An order whose landing or referring site contains this used the recovery URL.
+    pub recovery_marker: String,
+    pub segments: SegmentRules,
+}
+
+/// What the I/O layer must do, in order: emit records, then persist journey states.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Emit {
+        key: String,
+        event: Box<OutputEvent>,
+    },
+    /// `None` deletes the journey (a changelog tombstone).
+    Persist {
+        key: String,
+        journey: Option<Box<Journey>>,
+    },
+}
+
+/// The journeys of one input partition and their timers.
+#[derive(Debug, Default)]
+pub struct Partition {
+    journeys: HashMap<String, Journey>,
+    timers: BTreeSet<(i64, String)>,
+    due: HashMap<String, i64>,
+}
+
+impl Partition {
+    pub fn len(&self) -> usize {
+        self.journeys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.journeys.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Journey> {
+        self.journeys.get(key)
+    }
+
+    fn schedule(&mut self, key: &str, due: Option<i64>) {
+        if let Some(previous) = self.due.remove(key) {
+            self.timers.remove(&(previous, key.to_string()));
+        }
+        if let Some(due) = due {
+            self.timers.insert((due, key.to_string()));
+            self.due.insert(key.to_string(), due);
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Journey> {
+        self.schedule(key, None);
+        self.journeys.remove(key)
+    }
+}
+
+/// All partitions an instance owns, plus the customer facts shared by them.
+#[derive(Debug)]
+pub struct Engine {
+    rules: Rules,
+    partitions: HashMap<i32, Partition>,
+    /// Latest marketing consent per customer: (email, sms).
+    consent: HashMap<String, (Option<bool>, Option<bool>)>,
+    /// Shop → when `app/uninstalled` arrived.
+    uninstalled: HashMap<String, i64>,
+}
+
+impl Engine {
+    pub fn new(rules: Rules) -> Self {
+        Engine {
+            rules,
+            partitions: HashMap::new(),
+            consent: HashMap::new(),
+            uninstalled: HashMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    pub fn partition(&self, partition: i32) -> Option<&Partition> {
+        self.partitions.get(&partition)
+    }
+
+    /// Journeys held, across partitions.
+    pub fn journeys(&self) -> usize {
+        self.partitions.values().map(Partition::len).sum()
+    }
+
+    /// Takes ownership of a partition with its restored journeys.
+    pub fn assign(
+        &mut self,
+        partition: i32,
+        journeys: impl IntoIterator<Item = (String, Journey)>,
+    ) {
+        let mut state = Partition::default();
+        for (key, journey) in journeys {
+            let due = self.due_of(&journey);
+            state.journeys.insert(key.clone(), journey);
+            state.schedule(&key, due);
+        }
+        self.partitions.insert(partition, state);
+    }
+
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// When the journey's next abandonment is due, if any.
+    fn due_of(&self, journey: &Journey) -> Option<i64> {
+        if journey.is_closed() || self.uninstalled.contains_key(&journey.shop) {
+            return None;
+        }
+        match &journey.checkout {
+            Some(_) if journey.abandoned_at_ms.is_none() && journey.has_contact() => {
+                Some(journey.last_activity_ms + self.rules.abandon_after_ms)
+            }
+            Some(_) => None,
+            None if journey.cart_at_ms.is_some() && journey.cart_abandoned_at_ms.is_none() => {
+                Some(journey.last_activity_ms + self.rules.cart_abandon_after_ms)
+            }
+            None => None,
+        }
+    }
+
+    /// Applies one journey-partitioned record received at `at_ms`.
+    pub fn apply(
+        &mut self,
+        partition: i32,
+        key: &str,
+        shop: &str,
+        input: JourneyInput,
+        at_ms: i64,
+    ) -> Vec<Effect> {
+        if matches!(input, JourneyInput::Ignored) {
+            return Vec::new();
+        }
+        let recovery_marker = self.rules.recovery_marker.clone();
+        let state = self.partitions.entry(partition).or_default();
+        let journey = state
+            .journeys
+            .entry(key.to_string())
+            .or_insert_with(|| Journey::new(shop, at_ms));
+        let mut effects = Vec::new();
+        let changed = match input {
+            JourneyInput::Checkout(checkout) => {
+                let updated_ms = checkout
+                    .updated_at
+                    .as_deref()
+                    .and_then(crate::domain::event::parse_time_ms)
+                    .unwrap_or(at_ms);
+                if journey.checkout.is_some()
+                    && journey
+                        .checkout_updated_ms
+                        .is_some_and(|seen| seen >= updated_ms)
+                {
+                    false // an older (or the same) update never overwrites newer state
+                } else {
+                    journey.checkout = Some(Snapshot::from_checkout(&checkout));
+                    journey.checkout_updated_ms = Some(updated_ms);
+                    journey.visits += 1;
+                    journey.last_activity_ms = journey.last_activity_ms.max(at_ms);
+                    true
+                }
+            }
+            JourneyInput::Cart => {
+                journey.cart_at_ms.get_or_insert(at_ms);
+                journey.last_activity_ms = journey.last_activity_ms.max(at_ms);
+                true
+            }
+            JourneyInput::CheckoutDeleted => !std::mem::replace(&mut journey.deleted, true),
+            JourneyInput::Order(order) => {
+                if journey.order.is_some() {
+                    false // orders/paid after orders/create, or a redelivery
+                } else {
+                    let order = OrderRef::from_order(&order, at_ms, &recovery_marker);
+                    if let Some(event) = recovered_event(key, journey, &order) {
+                        journey.recovered = true;
+                        effects.push(Effect::Emit {
+                            key: key.to_string(),
+                            event: Box::new(event),
+                        });
+                    }
+                    journey.order = Some(order);
+                    true
+                }
+            }
+            JourneyInput::Ignored => false,
+        };
+        if changed {
+            let snapshot = journey.clone();
+            let due = self.due_of(&snapshot);
+            let state = self.partitions.get_mut(&partition).expect("entry above");
+            state.schedule(key, due);
+            effects.push(Effect::Persist {
+                key: key.to_string(),
+                journey: Some(Box::new(snapshot)),
+            });
+        }
+        effects
+    }
+
+    /// Applies a customer or shop fact (read by every instance) to the partitions owned here.
+    pub fn apply_global(
+        &mut self,
+        shop: &str,
+        input: GlobalInput,
+        at_ms: i64,
+    ) -> Vec<(i32, Effect)> {
+        match input {
+            GlobalInput::Consent {
+                customer_id,
+                email,
+                sms,
+            } => {
+                if let Some(customer) = customer_ref(shop, Some(customer_id), None) {
+                    let entry = self.consent.entry(customer).or_default();
+                    entry.0 = email.or(entry.0);
+                    entry.1 = sms.or(entry.1);
+                }
+                Vec::new()
+            }
+            GlobalInput::RedactCustomer { customer_id, email } => {
+                if let Some(customer) = customer_ref(shop, customer_id, None) {
+                    self.consent.remove(&customer);
+                }
+                self.purge(|journey| {
+                    journey.shop == shop
+                        && journey.first_activity_ms <= at_ms
+                        && belongs_to(journey, customer_id, email.as_deref())
+                })
+            }
+            GlobalInput::RedactShop => {
+                self.consent
+                    .retain(|customer, _| !customer.starts_with(&format!("{shop}/")));
+                self.purge(|journey| journey.shop == shop)
+            }
+            GlobalInput::Uninstalled => {
+                self.uninstalled.insert(shop.to_string(), at_ms);
+                // Disarm the shop's timers: nothing is emitted for an uninstalled shop.
+                for state in self.partitions.values_mut() {
+                    let keys: Vec<String> = state
+                        .journeys
+                        .iter()
+                        .filter(|(_, j)| j.shop == shop)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in keys {
+                        state.schedule(&key, None);
+                    }
+                }
+                Vec::new()
+            }
+            GlobalInput::Ignored => Vec::new(),
+        }
+    }
+
+    fn purge(&mut self, doomed: impl Fn(&Journey) -> bool) -> Vec<(i32, Effect)> {
+        let mut effects = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            let keys: Vec<String> = state
+                .journeys
+                .iter()
+                .filter(|(_, j)| doomed(j))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in keys {
+                state.remove(&key);
+                effects.push((*partition, Effect::Persist { key, journey: None }));
+            }
+        }
+        effects
+    }
+
+    /// Fires every abandonment due at `now_ms`.
+    pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        let mut due_now: Vec<(i32, String)> = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            while let Some((due, key)) = state.timers.first().cloned() {
+                if due > now_ms {
+                    break;
+                }
+                state.timers.pop_first();
+                state.due.remove(&key);
+                due_now.push((*partition, key));
+            }
+        }
+        let mut effects = Vec::new();
+        for (partition, key) in due_now {
+            effects.extend(
+                self.abandon(partition, &key)
+                    .into_iter()
+                    .map(|e| (partition, e)),
+            );
+        }
+        effects
+    }
+
+    fn abandon(&mut self, partition: i32, key: &str) -> Vec<Effect> {
+        let Some(journey) = self
+            .partitions
+            .get(&partition)
+            .and_then(|p| p.journeys.get(key))
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let Some(due) = self.due_of(&journey) else {
+            return Vec::new();
+        };
+        let kind = if journey.checkout.is_some() {
+            Kind::Checkout
+        } else {
+            Kind::Cart
+        };
+        let segments = self.segments(&journey, kind, due);
+        let event = abandoned_event(key, &journey, kind, segments, due);
+        let mut updated = journey;
+        match kind {
+            Kind::Checkout => updated.abandoned_at_ms = Some(due),
+            Kind::Cart => updated.cart_abandoned_at_ms = Some(due),
+        }
+        let state = self.partitions.get_mut(&partition).expect("owned");
+        state.journeys.insert(key.to_string(), updated.clone());
+        let next = self.due_of(&updated);
+        self.partitions
+            .get_mut(&partition)
+            .expect("owned")
+            .schedule(key, next);
+        vec![
+            Effect::Emit {
+                key: key.to_string(),
+                event: Box::new(event),
+            },
+            Effect::Persist {
+                key: key.to_string(),
+                journey: Some(Box::new(updated)),
+            },
+        ]
+    }
+
+    fn segments(&self, journey: &Journey, kind: Kind, at_ms: i64) -> Segments {
+        let checkout = journey.checkout.as_ref();
+        let customer = journey.customer_ref();
+        let (orders_seen, earlier_abandonments) = match &customer {
+            Some(customer) => self.history(customer, at_ms),
+            None => (0, Vec::new()),
+        };
+        let consent_event = customer
+            .as_ref()
+            .filter(|c| c.contains("/id:"))
+            .and_then(|c| self.consent.get(c).copied())
+            .unwrap_or((None, None));
+        let rules = &self.rules.segments;
+        Segments {
+            stage: if kind == Kind::Cart {
+                Stage::Cart
+            } else {
+                segments::stage(checkout)
+            },
+            value_tier: segments::value_tier(
+                checkout.and_then(|c| c.total_price.as_deref()),
+                rules,
+            ),
+            customer: segments::customer_kind(checkout.and_then(|c| c.orders_count), orders_seen),
+            contactable: segments::contactable(checkout),
+            consent: segments::consent(checkout, consent_event),
+            discount: segments::discount(checkout),
+            fence_sitter: segments::fence_sitter(journey, rules),
+            repeat: segments::repeat(&earlier_abandonments, at_ms, rules),
+        }
+    }
+
+    /// Orders seen and earlier checkout abandonments of a customer, across owned partitions.
+    fn history(&self, customer: &str, before_ms: i64) -> (u32, Vec<i64>) {
+        let mut orders = 0;
+        let mut abandonments = Vec::new();
+        for state in self.partitions.values() {
+            for journey in state.journeys.values() {
+                if journey.customer_ref().as_deref() != Some(customer) {
+                    continue;
+                }
+                if journey.order.as_ref().is_some_and(|o| o.at_ms < before_ms) {
+                    orders += 1;
+                }
+                if let Some(at) = journey.abandoned_at_ms {
+                    abandonments.push(at);
+                }
+            }
+        }
+        (orders, abandonments)
+    }
+
+    /// Brings a restored journey in line with an event found in the output topic (emitted before
+    /// a crash, but not yet in the changelog), so it is never emitted twice.
+    pub fn reconcile(&mut self, partition: i32, emitted: &EmittedEvent) -> Option<Effect> {
+        let at = crate::domain::event::parse_time_ms(&emitted.abandoned_at)?;
+        let state = self.partitions.get_mut(&partition)?;
+        let journey = state.journeys.get_mut(&emitted.journey_key)?;
+        let before = journey.clone();
+        match (emitted.event_type, emitted.kind) {
+            (EventType::Abandoned, Kind::Checkout) => {
+                journey.abandoned_at_ms.get_or_insert(at);
+            }
+            (EventType::Abandoned, Kind::Cart) => {
+                journey.cart_abandoned_at_ms.get_or_insert(at);
+            }
+            (EventType::Recovered, _) => journey.recovered = true,
+        }
+        if *journey == before {
+            return None;
+        }
+        let snapshot = journey.clone();
+        let due = self.due_of(&snapshot);
+        let state = self.partitions.get_mut(&partition).expect("owned");
+        state.schedule(&emitted.journey_key, due);
+        Some(Effect::Persist {
+            key: emitted.journey_key.clone(),
+            journey: Some(Box::new(snapshot)),
+        })
+    }
+
+    /// Forgets journeys idle beyond retention, and shops uninstalled beyond the grace period.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        let retention = self.rules.retention_ms;
+        let grace = self.rules.uninstall_grace_ms;
+        let gone: Vec<(String, i64)> = self
+            .uninstalled
+            .iter()
+            .filter(|(_, at)| now_ms - **at >= grace)
+            .map(|(shop, at)| (shop.clone(), *at))
+            .collect();
+        for (shop, _) in &gone {
+            self.uninstalled.remove(shop);
+        }
+        self.purge(|journey| {
+            now_ms - journey.last_activity_ms >= retention
+                || gone
+                    .iter()
+                    .any(|(shop, at)| journey.shop == *shop && journey.last_activity_ms <= *at)
+        })
+    }
+}
+
+fn belongs_to(journey: &Journey, customer_id: Option<u64>, email: Option<&str>) -> bool {
+    let matches_id = |id: Option<u64>| customer_id.is_some() && id == customer_id;
+    let matches_email = |e: Option<&String>| {
+        email.is_some_and(|want| e.is_some_and(|have| have.trim().eq_ignore_ascii_case(want)))
+    };
+    journey
+        .checkout
+        .as_ref()
+        .is_some_and(|c| matches_id(c.customer_id) || matches_email(c.email.as_ref()))
+        || journey
+            .order
+            .as_ref()
+            .is_some_and(|o| matches_id(o.customer_id) || matches_email(o.email.as_ref()))
+}
+
+fn customer_out(checkout: &Snapshot, consent: &segments::Channels) -> CustomerOut {
+    CustomerOut {
+        id: checkout.customer_id,
+        email: checkout.email.clone(),
+        phone: checkout.phone.clone(),
+        first_name: checkout.first_name.clone(),
+        last_name: checkout.last_name.clone(),
+        country: checkout.country.clone(),
+        accepts_email_marketing: consent.email,
+        accepts_sms_marketing: consent.sms,
+    }
+}
+
+fn abandoned_event(
+    key: &str,
+    journey: &Journey,
+    kind: Kind,
+    segments: Segments,
+    at_ms: i64,
+) -> OutputEvent {
+    let checkout = journey.checkout.as_ref();
+    OutputEvent {
+        event_type: EventType::Abandoned,
+        kind,
+        event_id: event_id(EventType::Abandoned, kind, key),
+        shop: journey.shop.clone(),
+        journey_key: key.to_string(),
+        checkout_token: checkout.and_then(|c| c.token.clone()),
+        cart_token: checkout
+            .and_then(|c| c.cart_token.clone())
+            .or_else(|| cart_token_of(key, journey)),
+        customer: checkout.map(|c| customer_out(c, &segments.consent)),
+        value: checkout.and_then(|c| {
+            c.total_price.clone().map(|amount| Value {
+                amount,
+                currency: c.currency.clone(),
+            })
+        }),
+        line_items: checkout.map(|c| LineItemsOut {
+            count: c.items.len(),
+            quantity: c.items.iter().map(|i| i.quantity).sum(),
+            items: c.items.clone(),
+        }),
+        segments: Some(segments),
+        abandoned_at: rfc3339(at_ms),
+        last_activity_at: rfc3339(journey.last_activity_ms),
+        order_id: None,
+        recovered_at: None,
+        recovered_after_seconds: None,
+        used_recovery_url: None,
+        used_discount: None,
+    }
+}
+
+/// A cart-only journey's key is `<shop>/<cart token>`.
+fn cart_token_of(key: &str, journey: &Journey) -> Option<String> {
+    journey.cart_at_ms?;
+    key.split_once('/').map(|(_, token)| token.to_string())
+}
+
+fn recovered_event(key: &str, journey: &Journey, order: &OrderRef) -> Option<OutputEvent> {
+    if journey.recovered {
+        return None;
+    }
+    let (kind, abandoned_at) = match (journey.abandoned_at_ms, journey.cart_abandoned_at_ms) {
+        (Some(at), _) => (Kind::Checkout, at),
+        (None, Some(at)) => (Kind::Cart, at),
+        (None, None) => return None,
+    };
+    let checkout = journey.checkout.as_ref();
+    Some(OutputEvent {
+        event_type: EventType::Recovered,
+        kind,
+        event_id: event_id(EventType::Recovered, kind, key),
+        shop: journey.shop.clone(),
+        journey_key: key.to_string(),
+        checkout_token: checkout.and_then(|c| c.token.clone()),
+        cart_token: checkout
+            .and_then(|c| c.cart_token.clone())
+            .or_else(|| cart_token_of(key, journey)),
+        customer: checkout.map(|c| {
+            customer_out(
+                c,
+                &segments::Channels {
+                    email: c.accepts_email,
+                    sms: c.accepts_sms,
+                },
+            )
+        }),
+        value: checkout.and_then(|c| {
+            c.total_price.clone().map(|amount| Value {
+                amount,
+                currency: c.currency.clone(),
+            })
+        }),
+        line_items: None,
+        segments: None,
+        abandoned_at: rfc3339(abandoned_at),
+        last_activity_at: rfc3339(journey.last_activity_ms),
+        order_id: Some(order.id),
+        recovered_at: Some(rfc3339(order.at_ms)),
+        recovered_after_seconds: Some(((order.at_ms - abandoned_at) / 1000).max(0)),
+        used_recovery_url: Some(order.used_recovery_url),
+        used_discount: Some(order.used_discount),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,429 @@
+//! Engine behaviour, rule by rule, on a controlled clock.
+
+use super::*;
+use crate::domain::input::{journey_input, GlobalInput, JourneyInput};
+use crate::domain::money::Amount;
+
+const MIN: i64 = 60_000;
+const SHOP: &str = "shop.myshopify.com";
+const KEY: &str = "shop.myshopify.com/cart-1";
+
+fn rules() -> Rules {
+    Rules {
+        abandon_after_ms: 60 * MIN,
+        cart_abandon_after_ms: 30 * MIN,
+        retention_ms: 30 * 24 * 60 * MIN,
+        uninstall_grace_ms: 48 * 60 * MIN,
+        recovery_marker: "/recover".into(),
+        segments: SegmentRules {
+            value_medium: Amount::parse("50").unwrap(),
+            value_high: Amount::parse("200").unwrap(),
+            fence_sitter_visits: 3,
+            fence_sitter_span_ms: 24 * 60 * MIN,
+            repeat_window_ms: 30 * 24 * 60 * MIN,
+        },
+    }
+}
+
+fn engine() -> Engine {
+    let mut engine = Engine::new(rules());
+    engine.assign(0, Vec::new());
+    engine
+}
+
+fn checkout(updated_at: &str, extra: &str) -> JourneyInput {
+    let body = format!(
+        r#"{{"token":"chk-1","cart_token":"cart-1","email":"buyer@example.com","total_price":"120.00","currency":"EUR",
+        "buyer_accepts_marketing":true,"customer":{{"id":42,"first_name":"Ann","orders_count":0}},
+        "line_items":[{{"product_id":1,"variant_id":2,"title":"Mug","quantity":2,"price":"60.00"}}],
+        "updated_at":"{updated_at}"{extra}}}"#
+    );
+    journey_input(Some("checkouts/update"), body.as_bytes()).unwrap()
+}
+
+fn order(id: u64, extra: &str) -> JourneyInput {
+    let body = format!(
+        r#"{{"id":{id},"cart_token":"cart-1","checkout_token":"chk-1","customer":{{"id":42}}{extra}}}"#
+    );
+    journey_input(Some("orders/create"), body.as_bytes()).unwrap()
+}
+
+fn emitted(effects: &[(i32, Effect)]) -> Vec<&OutputEvent> {
+    effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Emit { event, .. } => Some(event.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn emitted_now(effects: &[Effect]) -> Vec<&OutputEvent> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Emit { event, .. } => Some(event.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkout_with_contact_is_abandoned_after_the_delay_from_its_last_activity() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:20:00Z", ""), 20 * MIN);
+    assert!(
+        emitted(&e.fire_due(79 * MIN)).is_empty(),
+        "not before the delay after the last activity"
+    );
+    let fired = e.fire_due(80 * MIN);
+    let events = emitted(&fired);
+    assert_eq!(events.len(), 1);
+    let event = events[0];
+    assert_eq!(event.event_type, EventType::Abandoned);
+    assert_eq!(event.kind, Kind::Checkout);
+    assert_eq!(event.checkout_token.as_deref(), Some("chk-1"));
+    assert_eq!(event.value.as_ref().unwrap().amount, "120.00");
+    assert_eq!(event.line_items.as_ref().unwrap().quantity, 2);
+    let segments = event.segments.as_ref().unwrap();
+    assert_eq!(segments.stage, Stage::Contact);
+    assert_eq!(segments.value_tier, segments::ValueTier::Medium);
+    assert!(segments.consent.email && !segments.consent.sms);
+    assert_eq!(event.abandoned_at, rfc3339(80 * MIN));
+    assert!(
+        emitted(&e.fire_due(500 * MIN)).is_empty(),
+        "one abandonment per journey"
+    );
+}
+
+#[test]
+fn a_checkout_without_contact_is_never_a_checkout_abandonment() {
+    let mut e = engine();
+    let body = br#"{"token":"chk-1","cart_token":"cart-1","updated_at":"2026-11-23T10:00:00Z"}"#;
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        journey_input(Some("checkouts/create"), body).unwrap(),
+        0,
+    );
+    assert!(emitted(&e.fire_due(1000 * MIN)).is_empty());
+}
+
+#[test]
+fn an_order_before_the_delay_prevents_the_abandonment_in_either_order() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.apply(0, KEY, SHOP, order(7, ""), 5 * MIN);
+    assert!(emitted(&e.fire_due(1000 * MIN)).is_empty());
+
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, order(7, ""), 0);
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), MIN);
+    assert!(
+        emitted(&e.fire_due(1000 * MIN)).is_empty(),
+        "the order arrived first"
+    );
+}
+
+#[test]
+fn completed_at_closes_the_journey() {
+    let mut e = engine();
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        checkout(
+            "2026-11-23T10:00:00Z",
+            r#","completed_at":"2026-11-23T10:05:00Z""#,
+        ),
+        0,
+    );
+    assert!(emitted(&e.fire_due(1000 * MIN)).is_empty());
+}
+
+#[test]
+fn a_late_order_after_the_abandonment_is_a_recovery() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.fire_due(60 * MIN);
+    let effects = e.apply(0, KEY, SHOP, order(7, r#","landing_site":"/checkouts/chk-1/recover?key=x","discount_codes":[{"code":"BACK10"}]"#), 90 * MIN);
+    let events = emitted_now(&effects);
+    assert_eq!(events.len(), 1);
+    let recovered = events[0];
+    assert_eq!(recovered.event_type, EventType::Recovered);
+    assert_eq!(recovered.order_id, Some(7));
+    assert_eq!(recovered.recovered_after_seconds, Some(30 * 60));
+    assert_eq!(recovered.used_recovery_url, Some(true));
+    assert_eq!(recovered.used_discount, Some(true));
+    assert_ne!(
+        recovered.event_id,
+        event_id(EventType::Abandoned, Kind::Checkout, KEY)
+    );
+    assert!(
+        emitted_now(&e.apply(0, KEY, SHOP, order(7, ""), 91 * MIN)).is_empty(),
+        "orders/paid adds nothing"
+    );
+}
+
+#[test]
+fn a_delete_closes_the_journey_without_an_abandonment() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        journey_input(Some("checkouts/delete"), br#"{"id":1}"#).unwrap(),
+        10 * MIN,
+    );
+    assert!(emitted(&e.fire_due(1000 * MIN)).is_empty());
+}
+
+#[test]
+fn an_older_update_never_overwrites_newer_state() {
+    let mut e = engine();
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        checkout(
+            "2026-11-23T10:30:00Z",
+            r#","shipping_address":{"country_code":"FR"}"#,
+        ),
+        0,
+    );
+    let stale = e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 5 * MIN);
+    assert!(
+        stale.is_empty(),
+        "a stale update changes nothing, not even the timer"
+    );
+    let journey = e.partition(0).unwrap().get(KEY).unwrap();
+    assert!(journey.checkout.as_ref().unwrap().has_shipping_address);
+    assert_eq!(journey.visits, 1);
+    let events = e.fire_due(60 * MIN);
+    assert_eq!(
+        emitted(&events)[0].segments.as_ref().unwrap().stage,
+        Stage::ShippingAddress
+    );
+}
+
+#[test]
+fn a_cart_that_never_reaches_checkout_is_an_anonymous_cart_abandonment() {
+    let mut e = engine();
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        journey_input(Some("carts/update"), br#"{"id":"cart-1","token":"cart-1"}"#).unwrap(),
+        0,
+    );
+    let fired = e.fire_due(30 * MIN);
+    let events = emitted(&fired);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, Kind::Cart);
+    assert!(events[0].customer.is_none());
+    assert_eq!(events[0].cart_token.as_deref(), Some("cart-1"));
+    assert_eq!(events[0].segments.as_ref().unwrap().stage, Stage::Cart);
+    // The same cart later reaches checkout with contact: a checkout abandonment can follow.
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 40 * MIN);
+    let later = e.fire_due(100 * MIN);
+    assert_eq!(emitted(&later)[0].kind, Kind::Checkout);
+}
+
+#[test]
+fn a_cart_that_reaches_checkout_in_time_is_not_a_cart_abandonment() {
+    let mut e = engine();
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        journey_input(Some("carts/update"), br#"{"token":"cart-1"}"#).unwrap(),
+        0,
+    );
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 10 * MIN);
+    let events = e.fire_due(40 * MIN);
+    assert!(emitted(&events).is_empty());
+}
+
+#[test]
+fn redacting_a_customer_removes_their_journeys_and_emits_nothing_more() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.apply(
+        0,
+        "shop.myshopify.com/other",
+        SHOP,
+        journey_input(Some("carts/update"), br#"{"token":"other"}"#).unwrap(),
+        0,
+    );
+    let effects = e.apply_global(
+        SHOP,
+        GlobalInput::RedactCustomer {
+            customer_id: Some(42),
+            email: None,
+        },
+        5 * MIN,
+    );
+    assert_eq!(
+        effects,
+        vec![(
+            0,
+            Effect::Persist {
+                key: KEY.into(),
+                journey: None
+            }
+        )]
+    );
+    let fired = e.fire_due(1000 * MIN);
+    let events = emitted(&fired);
+    assert_eq!(
+        events.len(),
+        1,
+        "only the other (anonymous cart) journey remains"
+    );
+    assert_eq!(events[0].kind, Kind::Cart);
+}
+
+#[test]
+fn redacting_by_email_matches_case_insensitively() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    let effects = e.apply_global(
+        SHOP,
+        GlobalInput::RedactCustomer {
+            customer_id: None,
+            email: Some("BUYER@example.com".into()),
+        },
+        MIN,
+    );
+    assert_eq!(effects.len(), 1);
+}
+
+#[test]
+fn shop_redact_and_uninstall_drop_the_shops_state() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    assert_eq!(e.apply_global(SHOP, GlobalInput::RedactShop, MIN).len(), 1);
+    assert_eq!(e.journeys(), 0);
+
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.apply_global(SHOP, GlobalInput::Uninstalled, MIN);
+    assert!(
+        emitted(&e.fire_due(1000 * MIN)).is_empty(),
+        "nothing is emitted for an uninstalled shop"
+    );
+    assert!(
+        e.expire(47 * 60 * MIN).is_empty(),
+        "kept during the grace period"
+    );
+    assert_eq!(e.expire(49 * 60 * MIN).len(), 1);
+}
+
+#[test]
+fn a_consent_event_overrides_the_checkout_flag() {
+    let mut e = engine();
+    e.apply_global(
+        SHOP,
+        GlobalInput::Consent {
+            customer_id: 42,
+            email: Some(false),
+            sms: Some(true),
+        },
+        0,
+    );
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        checkout("2026-11-23T10:00:00Z", r#","phone":"+33600000000""#),
+        0,
+    );
+    let fired = e.fire_due(60 * MIN);
+    let event = emitted(&fired)[0];
+    let segments = event.segments.as_ref().unwrap();
+    assert!(!segments.consent.email && segments.consent.sms);
+    assert!(segments.contactable.email && segments.contactable.sms);
+    assert!(!event.customer.as_ref().unwrap().accepts_email_marketing);
+}
+
+#[test]
+fn returning_customers_and_repeats_come_from_history() {
+    let mut e = engine();
+    // An earlier journey of customer 42: ordered, then another abandoned.
+    e.apply(0, "shop.myshopify.com/old-order", SHOP, order(1, ""), 0);
+    let other = "shop.myshopify.com/cart-0";
+    e.apply(0, other, SHOP, checkout("2026-11-20T10:00:00Z", ""), MIN);
+    e.fire_due(61 * MIN);
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        checkout("2026-11-23T10:00:00Z", ""),
+        100 * MIN,
+    );
+    let fired = e.fire_due(160 * MIN);
+    let segments = emitted(&fired)[0].segments.clone().unwrap();
+    assert_eq!(segments.customer, segments::CustomerKind::Returning);
+    assert_eq!(segments.repeat, 1);
+}
+
+#[test]
+fn fence_sitters_are_flagged() {
+    let mut e = engine();
+    for (n, at) in [(0, 0), (1, 10), (2, 20)] {
+        e.apply(
+            0,
+            KEY,
+            SHOP,
+            checkout(&format!("2026-11-23T10:0{n}:00Z"), ""),
+            at * MIN,
+        );
+    }
+    let fired = e.fire_due(80 * MIN);
+    assert!(emitted(&fired)[0].segments.as_ref().unwrap().fence_sitter);
+}
+
+#[test]
+fn reconciling_an_emitted_event_prevents_a_second_one() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    let fired = e.fire_due(60 * MIN);
+    let event = emitted(&fired)[0].clone();
+    // A restart restores the journey as it was before the abandonment was persisted...
+    let mut restarted = Engine::new(rules());
+    let mut before = Journey::new(SHOP, 0);
+    before.checkout = e.partition(0).unwrap().get(KEY).unwrap().checkout.clone();
+    before.checkout_updated_ms = Some(0);
+    before.visits = 1;
+    restarted.assign(0, vec![(KEY.to_string(), before)]);
+    // ...and then reads the event it already emitted from the output topic.
+    let found: EmittedEvent =
+        serde_json::from_value(serde_json::to_value(&event).unwrap()).unwrap();
+    assert!(restarted.reconcile(0, &found).is_some());
+    assert!(
+        emitted(&restarted.fire_due(1000 * MIN)).is_empty(),
+        "no duplicate abandonment"
+    );
+}
+
+#[test]
+fn idle_journeys_expire_after_retention() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, order(7, ""), 0);
+    assert!(e.expire(29 * 24 * 60 * MIN).is_empty());
+    assert_eq!(e.expire(30 * 24 * 60 * MIN).len(), 1);
+    assert_eq!(e.journeys(), 0);
+}
+
+#[test]
+fn restored_journeys_rearm_their_timers() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    let journey = e.partition(0).unwrap().get(KEY).unwrap().clone();
+    let mut restarted = Engine::new(rules());
+    restarted.assign(0, vec![(KEY.to_string(), journey)]);
+    assert_eq!(emitted(&restarted.fire_due(60 * MIN)).len(), 1);
+}

@@ -1,0 +1,334 @@
+//! Decoding raw Shopify records (by their `shopify-topic` header) into the facts the engine uses.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Why a record cannot be used: it goes to the dead-letter topic with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoisonRecord {
+    #[error("missing shopify-topic header")]
+    MissingTopic,
+    #[error("body does not decode as {topic}: {reason}")]
+    Undecodable { topic: String, reason: String },
+    #[error("impossible value: {0}")]
+    Impossible(&'static str),
+}
+
+impl PoisonRecord {
+    /// Bounded metric label.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            PoisonRecord::MissingTopic => "missing_topic",
+            PoisonRecord::Undecodable { .. } => "undecodable",
+            PoisonRecord::Impossible(_) => "impossible_value",
+        }
+    }
+}
+
+/// A journey-partitioned fact.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JourneyInput {
+    Checkout(Box<Checkout>),
+    CheckoutDeleted,
+    Cart,
+    Order(Box<Order>),
+    /// A topic the service does not act on (e.g. `orders/fulfilled` after `orders/create`).
+    Ignored,
+}
+
+/// A fact about customers or shops, read by every instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GlobalInput {
+    Consent {
+        customer_id: u64,
+        email: Option<bool>,
+        sms: Option<bool>,
+    },
+    RedactCustomer {
+        customer_id: Option<u64>,
+        email: Option<String>,
+    },
+    RedactShop,
+    Uninstalled,
+    Ignored,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Customer {
+    pub id: Option<u64>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub orders_count: Option<u64>,
+    pub default_address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Address {
+    pub country_code: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LineItem {
+    pub product_id: Option<u64>,
+    pub variant_id: Option<u64>,
+    pub title: Option<String>,
+    #[serde(default)]
+    pub quantity: u64,
+    pub price: Option<String>,
+}
+
+/// A checkout snapshot: only the fields segments and events use.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Checkout {
+    pub token: Option<String>,
+    pub cart_token: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub customer: Option<Customer>,
+    pub buyer_accepts_marketing: Option<bool>,
+    pub buyer_accepts_sms_marketing: Option<bool>,
+    #[serde(default)]
+    pub line_items: Vec<LineItem>,
+    pub currency: Option<String>,
+    pub presentment_currency: Option<String>,
+    pub subtotal_price: Option<String>,
+    pub total_price: Option<String>,
+    #[serde(default)]
+    pub discount_codes: Vec<Value>,
+    pub shipping_address: Option<Address>,
+    pub billing_address: Option<Address>,
+    pub shipping_lines: Option<Vec<Value>>,
+    pub gateway: Option<String>,
+    pub completed_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// An order: what matching and recovery need.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Order {
+    pub id: u64,
+    pub checkout_token: Option<String>,
+    pub cart_token: Option<String>,
+    pub email: Option<String>,
+    pub customer: Option<Customer>,
+    #[serde(default)]
+    pub discount_codes: Vec<Value>,
+    pub landing_site: Option<String>,
+    pub referring_site: Option<String>,
+}
+
+/// Discount codes from `[{"code": "X", ...}]` or `["X"]`.
+pub fn discount_codes(values: &[Value]) -> Vec<String> {
+    values
+        .iter()
+        .filter_map(|v| v.get("code").and_then(Value::as_str).or_else(|| v.as_str()))
+        .filter(|code| !code.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn decode<'a, T: Deserialize<'a>>(topic: &str, body: &'a [u8]) -> Result<T, PoisonRecord> {
+    serde_json::from_slice(body).map_err(|error| PoisonRecord::Undecodable {
+        topic: topic.to_string(),
+        reason: error.to_string(),
+    })
+}
+
+/// Decodes a record of the checkouts, carts or orders topic.
+pub fn journey_input(topic: Option<&str>, body: &[u8]) -> Result<JourneyInput, PoisonRecord> {
+    let topic = topic
+        .ok_or(PoisonRecord::MissingTopic)?
+        .trim()
+        .to_ascii_lowercase();
+    Ok(match topic.as_str() {
+        "checkouts/create" | "checkouts/update" => {
+            let checkout: Checkout = decode(&topic, body)?;
+            if checkout
+                .line_items
+                .iter()
+                .any(|item| item.quantity > 1_000_000)
+            {
+                return Err(PoisonRecord::Impossible(
+                    "line item quantity above 1,000,000",
+                ));
+            }
+            if let Some(total) = &checkout.total_price {
+                if crate::domain::money::Amount::parse(total).is_none() {
+                    return Err(PoisonRecord::Impossible("total_price is not a decimal"));
+                }
+            }
+            JourneyInput::Checkout(Box::new(checkout))
+        }
+        "checkouts/delete" => {
+            decode::<serde::de::IgnoredAny>(&topic, body)?;
+            JourneyInput::CheckoutDeleted
+        }
+        "carts/create" | "carts/update" => {
+            decode::<serde::de::IgnoredAny>(&topic, body)?;
+            JourneyInput::Cart
+        }
+        "orders/create" | "orders/updated" | "orders/paid" => {
+            JourneyInput::Order(Box::new(decode(&topic, body)?))
+        }
+        _ => JourneyInput::Ignored,
+    })
+}
+
+#[derive(Deserialize)]
+struct ConsentPayload {
+    customer_id: Option<u64>,
+    id: Option<u64>,
+    email_marketing_consent: Option<ConsentState>,
+    sms_marketing_consent: Option<ConsentState>,
+}
+
+#[derive(Deserialize)]
+struct ConsentState {
+    state: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RedactPayload {
+    customer: Option<Customer>,
+}
+
+fn subscribed(consent: Option<ConsentState>) -> Option<bool> {
+    consent
+        .and_then(|c| c.state)
+        .map(|state| state == "subscribed")
+}
+
+/// Decodes a record of the customers or compliance topic.
+pub fn global_input(topic: Option<&str>, body: &[u8]) -> Result<GlobalInput, PoisonRecord> {
+    let topic = topic
+        .ok_or(PoisonRecord::MissingTopic)?
+        .trim()
+        .to_ascii_lowercase();
+    Ok(match topic.as_str() {
+        "customers/create"
+        | "customers/update"
+        | "customers_email_marketing_consent/update"
+        | "customers_marketing_consent/update" => {
+            let payload: ConsentPayload = decode(&topic, body)?;
+            match payload.customer_id.or(payload.id) {
+                Some(customer_id) => GlobalInput::Consent {
+                    customer_id,
+                    email: subscribed(payload.email_marketing_consent),
+                    sms: subscribed(payload.sms_marketing_consent),
+                },
+                None => GlobalInput::Ignored,
+            }
+        }
+        "customers/redact" => {
+            let payload: RedactPayload = decode(&topic, body)?;
+            let customer = payload.customer.unwrap_or_default();
+            GlobalInput::RedactCustomer {
+                customer_id: customer.id,
+                email: customer.email.map(|e| e.trim().to_ascii_lowercase()),
+            }
+        }
+        "shop/redact" => GlobalInput::RedactShop,
+        "app/uninstalled" => GlobalInput::Uninstalled,
+        _ => GlobalInput::Ignored,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/shopify");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+    }
+
+    #[test]
+    fn sample_checkouts_orders_and_carts_decode() {
+        let JourneyInput::Checkout(checkout) =
+            journey_input(Some("checkouts/create"), &fixture("checkouts_create.json")).unwrap()
+        else {
+            panic!("checkout")
+        };
+        assert_eq!(checkout.token.as_deref(), Some("123123123"));
+        assert_eq!(
+            checkout.customer.as_ref().unwrap().id,
+            Some(603851970716743426)
+        );
+        assert_eq!(checkout.total_price.as_deref(), Some("421.88"));
+        let JourneyInput::Order(order) =
+            journey_input(Some("orders/paid"), &fixture("orders_paid.json")).unwrap()
+        else {
+            panic!("order")
+        };
+        assert_eq!(order.id, 820982911946154508);
+        assert_eq!(
+            journey_input(Some("carts/update"), &fixture("carts_update.json")).unwrap(),
+            JourneyInput::Cart
+        );
+        assert_eq!(
+            journey_input(Some("checkouts/delete"), &fixture("checkouts_delete.json")).unwrap(),
+            JourneyInput::CheckoutDeleted
+        );
+        assert_eq!(
+            journey_input(Some("orders/fulfilled"), b"{}").unwrap(),
+            JourneyInput::Ignored
+        );
+    }
+
+    #[test]
+    fn broken_records_are_poison_with_a_reason() {
+        assert_eq!(journey_input(None, b"{}"), Err(PoisonRecord::MissingTopic));
+        assert!(matches!(
+            journey_input(Some("checkouts/update"), b"{not json"),
+            Err(PoisonRecord::Undecodable { .. })
+        ));
+        assert!(matches!(
+            journey_input(Some("orders/create"), br#"{"id":"12"}"#),
+            Err(PoisonRecord::Undecodable { .. })
+        ));
+        assert_eq!(
+            journey_input(
+                Some("checkouts/update"),
+                br#"{"token":"t","total_price":"1e9"}"#
+            ),
+            Err(PoisonRecord::Impossible("total_price is not a decimal"))
+        );
+    }
+
+    #[test]
+    fn compliance_and_consent_decode() {
+        assert_eq!(
+            global_input(Some("customers/redact"), &fixture("customers_redact.json")).unwrap(),
+            GlobalInput::RedactCustomer {
+                customer_id: Some(191167),
+                email: Some("john@example.com".into())
+            }
+        );
+        assert_eq!(
+            global_input(Some("shop/redact"), &fixture("shop_redact.json")).unwrap(),
+            GlobalInput::RedactShop
+        );
+        let consent = br#"{"customer_id":5,"email_address":"a@b.c","email_marketing_consent":{"state":"unsubscribed"}}"#;
+        assert_eq!(
+            global_input(Some("customers_email_marketing_consent/update"), consent).unwrap(),
+            GlobalInput::Consent {
+                customer_id: 5,
+                email: Some(false),
+                sms: None
+            }
+        );
+    }
+
+    #[test]
+    fn discount_codes_come_from_objects_or_strings() {
+        let values: Vec<Value> =
+            serde_json::from_str(r#"[{"code":"SAVE10","amount":"10.00"},"RAW",{"amount":"1"},""]"#)
+                .unwrap();
+        assert_eq!(discount_codes(&values), vec!["SAVE10", "RAW"]);
+    }
+}
