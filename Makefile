@@ -32,6 +32,10 @@ test: lint tansu ## The full suite: fmt, clippy, unit and integration tests on b
 test-fast: ## Unit and integration tests without lint (Tansu variants skip if it is missing)
 	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
+.PHONY: bench
+bench: ## Benchmarks (release build): abandonment handler, state size, whole service
+	$(CARGO) bench --locked -p aftercart-abandonment --bench abandonment
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

@@ -25,6 +25,7 @@ pub const ROTATED_SECRET: &str = "test-secret-previous";
 pub fn test_config(broker: &Broker) -> IngressConfig {
     let mut kafka = KafkaSettings::new(broker.bootstrap(), crate::unique_prefix());
     kafka.partitions = 3;
+    kafka.properties = broker.client_properties();
     IngressConfig {
         kafka,
         verifier: Verifier::new(
@@ -79,6 +80,7 @@ impl TestIngress {
 
     /// Starts the ingress without waiting for readiness.
     pub async fn spawn(config: IngressConfig) -> TestIngress {
+        crate::init_logs();
         let listener = TcpListener::bind(config.listen)
             .await
             .expect("bind webhook port");

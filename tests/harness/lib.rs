@@ -2,6 +2,7 @@
 //! mock cluster in process, or a Tansu broker process), exact topic reads, an HTTP client, schema
 //! validation, and services started on `127.0.0.1:0`.
 
+pub mod abandonment;
 pub mod broker;
 pub mod http;
 pub mod ingress;
@@ -10,6 +11,13 @@ pub mod schemas;
 
 pub use broker::Broker;
 pub use records::{read_topic, Record};
+
+/// Routes the services' logs to the test output when AFTERCART_TEST_LOG is set (e.g. `debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("AFTERCART_TEST_LOG") {
+        aftercart_runtime::telemetry::init(aftercart_runtime::telemetry::LogFormat::Text, &filter);
+    }
+}
 
 /// A fresh topic prefix, so every test has its own topics (and consumer groups).
 pub fn unique_prefix() -> String {

@@ -1,6 +1,8 @@
 //! The command line: subcommands, global flags, and their environment variables.
 
+use aftercart_abandonment::AbandonmentArgs;
 use aftercart_ingress::IngressArgs;
+use aftercart_kafka::KafkaArgs;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::send::SendArgs;
@@ -34,12 +36,42 @@ pub struct Cli {
 pub enum Command {
     /// Run the webhook ingress: verify Shopify deliveries and publish them to Kafka.
     Ingress(Box<IngressArgs>),
+    /// Run the cart-abandonment segmentation service (a Kafka consumer group).
+    Abandonment(Box<AbandonmentCommand>),
     /// Run the whole pipeline locally, with an embedded Kafka broker unless
     /// AFTERCART_KAFKA_BROKERS is set.
-    Dev(Box<IngressArgs>),
+    Dev(Box<DevArgs>),
     /// Sign and send webhook payloads (files, built-in samples, or a demo journey) to an ingress.
     Send(SendArgs),
     /// Manage the Kafka topics aftercart uses.
     #[command(subcommand)]
     Topics(TopicsCommand),
+}
+
+/// Flags of `aftercart abandonment`.
+#[derive(Debug, clap::Args)]
+pub struct AbandonmentCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub abandonment: AbandonmentArgs,
+
+    /// Admin listen address for /livez, /readyz and /metrics [default: 0.0.0.0:9090].
+    #[arg(long, env = "AFTERCART_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// Deadline for a graceful shutdown.
+    #[arg(long, env = "AFTERCART_SHUTDOWN_TIMEOUT", default_value = "15s")]
+    pub shutdown_timeout: String,
+}
+
+/// Flags of `aftercart dev`: every service's, under one set of Kafka and admin flags.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+
+    #[command(flatten)]
+    pub abandonment: AbandonmentArgs,
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod abandonment;
 pub mod dev;
 pub mod ingress;
 pub mod send;

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Ingress(args) => cmd::ingress::run(*args).await,
+            Command::Abandonment(args) => cmd::abandonment::run(*args).await,
             Command::Dev(args) => cmd::dev::run(*args).await,
             Command::Send(args) => cmd::send::run(args).await,
             Command::Topics(topics) => cmd::topics::run(topics).await,

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use aftercart_abandonment::AbandonmentConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError};
 use aftercart_runtime::{AdminServer, Health, EX_CONFIG};
 use prometheus::Registry;
@@ -61,6 +62,24 @@ pub async fn run_ingress(config: &IngressConfig, listener: TcpListener, process:
         }
         Err(error) => {
             tracing::error!(%error, "The ingress failed.");
+            1
+        }
+    }
+}
+
+/// Runs the abandonment service until `process.stop`; returns the process exit code.
+pub async fn run_abandonment(config: &AbandonmentConfig, process: &Process) -> i32 {
+    let stop = process.stop.clone();
+    match aftercart_abandonment::serve(config, &process.registry, &process.health, stop).await {
+        Ok(()) => 0,
+        Err(error @ aftercart_abandonment::ServeError::Topics(_)) => {
+            tracing::error!(%error, "Refusing to start.");
+            EX_CONFIG
+        }
+        Err(error) => {
+            tracing::error!(%error, "The abandonment service failed.");
+            // Stop the other services of this process too: a failed critical task stops all.
+            process.stop.cancel();
             1
         }
     }

@@ -345,7 +345,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 7, "attempt {attempt}");
+        assert_eq!(listed, 10, "attempt {attempt}: the raw topics plus the abandonment output, changelog and dead-letter topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -362,6 +362,124 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
         .iter()
         .filter(|t| t.name().starts_with(&prefix))
         .collect();
-    assert_eq!(ours.len(), 7);
+    assert_eq!(ours.len(), 7, "the raw topics carry the prefix");
     assert!(ours.iter().all(|t| t.partitions().len() == 4));
+}
+
+/// The abandonment binary on `broker` with its own topics and group under `prefix`.
+fn start_abandonment(broker: &Broker, prefix: &str, admin: SocketAddr) -> Child {
+    aftercart(&["abandonment"])
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_TOPIC_PREFIX", prefix)
+        .env("AFTERCART_TOPIC_PARTITIONS", "3")
+        .env(
+            "AFTERCART_ABANDONMENT_GROUP",
+            format!("{prefix}abandonment"),
+        )
+        .env(
+            "AFTERCART_ABANDONMENTS_TOPIC",
+            format!("{prefix}abandonments"),
+        )
+        .env(
+            "AFTERCART_ABANDONMENT_STATE_TOPIC",
+            format!("{prefix}abandonment-state"),
+        )
+        .env(
+            "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
+            format!("{prefix}abandonment-dead-letter"),
+        )
+        .env("AFTERCART_ABANDON_AFTER", "3s")
+        .env(
+            "AFTERCART_KAFKA_PROPERTIES",
+            "session.timeout.ms=6000,heartbeat.interval.ms=500",
+        )
+        .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("abandonment starts")
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    eventually("readiness", Duration::from_secs(60), || async {
+        let up = tokio::net::TcpStream::connect(admin).await.is_ok();
+        (up && aftercart_tests::http::get(admin, "/readyz").await.status == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_abandonment_binary_killed_mid_way_emits_exactly_one_abandonment_per_journey() {
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let (mut ingress, listen, ingress_admin) = start_ingress(&broker, &prefix, "kill-secret");
+    let names = |suffix: &str| format!("{prefix}{suffix}");
+    let mut specs = topic_specs(&KafkaSettings::new(broker.bootstrap(), &prefix), 4 << 20);
+    for name in [
+        names("abandonments"),
+        names("abandonment-state"),
+        names("abandonment-dead-letter"),
+    ] {
+        let mut settings = KafkaSettings::new(broker.bootstrap(), &prefix);
+        settings.partitions = 3;
+        specs.push(aftercart_kafka::TopicSpec::new(name, &settings));
+    }
+    for spec in &mut specs {
+        spec.partitions = 3;
+    }
+    broker.precreate_for_mock(&specs);
+    wait_ready(ingress_admin).await;
+    let admin = free_addr();
+    let mut first = start_abandonment(&broker, &prefix, admin);
+    wait_ready(admin).await;
+
+    let carts: Vec<String> = (0..12).map(|n| format!("kill-cart-{n}")).collect();
+    for cart in &carts {
+        let body = format!(
+            r#"{{"token":"chk-{cart}","cart_token":"{cart}","email":"k@example.com","total_price":"10.00"}}"#
+        );
+        assert_eq!(
+            Webhook::new("checkouts/create", body.into_bytes(), "kill-secret")
+                .post(listen)
+                .await
+                .status,
+            200
+        );
+    }
+    // Kill right around the moment the abandonments become due: some may be emitted, some
+    // persisted, some neither.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    signal(&first, "KILL");
+    let _ =
+        tokio::task::spawn_blocking(move || wait_exit(&mut first, Duration::from_secs(10))).await;
+
+    let admin = free_addr();
+    let mut second = start_abandonment(&broker, &prefix, admin);
+    wait_ready(admin).await;
+    let output = names("abandonments");
+    let bootstrap = broker.bootstrap();
+    eventually("every journey abandoned", Duration::from_secs(60), || {
+        let (output, bootstrap) = (output.clone(), bootstrap.clone());
+        async move { (read_topic(&bootstrap, &output).await.len() >= 12).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let records = read_topic(&bootstrap, &output).await;
+    let mut per_journey = std::collections::HashMap::<String, usize>::new();
+    for record in &records {
+        *per_journey.entry(record.key_str().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_journey.len(), 12, "{per_journey:?}");
+    assert!(
+        per_journey.values().all(|n| *n == 1),
+        "a journey abandoned twice: {per_journey:?}"
+    );
+    signal(&second, "TERM");
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut second, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    signal(&ingress, "TERM");
+    let _ =
+        tokio::task::spawn_blocking(move || wait_exit(&mut ingress, Duration::from_secs(20))).await;
 }

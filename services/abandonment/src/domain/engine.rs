@@ -84,6 +84,29 @@ pub struct Engine {
     consent: HashMap<String, (Option<bool>, Option<bool>)>,
     /// Shop → when `app/uninstalled` arrived.
     uninstalled: HashMap<String, i64>,
+    /// Every redaction seen, applied again to partitions restored later (their previous owner
+    /// may have crashed before applying it).
+    /// Indexed by shop: records from other topics can arrive before what they redact.
+    redactions: HashMap<String, Vec<Redaction>>,
+}
+
+#[derive(Debug, Clone)]
+struct Redaction {
+    shop: String,
+    /// `None` redacts the whole shop.
+    customer: Option<(Option<u64>, Option<String>)>,
+    at_ms: i64,
+}
+
+impl Redaction {
+    fn covers(&self, journey: &Journey) -> bool {
+        journey.shop == self.shop
+            && journey.first_activity_ms <= self.at_ms
+            && match &self.customer {
+                None => true,
+                Some((id, email)) => belongs_to(journey, *id, email.as_deref()),
+            }
+    }
 }
 
 impl Engine {
@@ -93,6 +116,7 @@ impl Engine {
             partitions: HashMap::new(),
             consent: HashMap::new(),
             uninstalled: HashMap::new(),
+            redactions: HashMap::new(),
         }
     }
 
@@ -114,18 +138,26 @@ impl Engine {
     }
 
     /// Takes ownership of a partition with its restored journeys.
+    /// Journeys covered by a redaction seen meanwhile are dropped; the returned effects
+    /// tombstone them.
     pub fn assign(
         &mut self,
         partition: i32,
         journeys: impl IntoIterator<Item = (String, Journey)>,
-    ) {
+    ) -> Vec<Effect> {
         let mut state = Partition::default();
+        let mut effects = Vec::new();
         for (key, journey) in journeys {
+            if self.redacted(&journey) {
+                effects.push(Effect::Persist { key, journey: None });
+                continue;
+            }
             let due = self.due_of(&journey);
             state.journeys.insert(key.clone(), journey);
             state.schedule(&key, due);
         }
         self.partitions.insert(partition, state);
+        effects
     }
 
     pub fn revoke(&mut self, partition: i32) {
@@ -215,6 +247,16 @@ impl Engine {
         };
         if changed {
             let snapshot = journey.clone();
+            if self.redacted(&snapshot) {
+                // Redacted before this record was read (another topic, another order): forget
+                // the journey instead of reviving it, and emit nothing for it.
+                let state = self.partitions.get_mut(&partition).expect("entry above");
+                state.remove(key);
+                return vec![Effect::Persist {
+                    key: key.to_string(),
+                    journey: None,
+                }];
+            }
             let due = self.due_of(&snapshot);
             let state = self.partitions.get_mut(&partition).expect("entry above");
             state.schedule(key, due);
@@ -250,16 +292,20 @@ impl Engine {
                 if let Some(customer) = customer_ref(shop, customer_id, None) {
                     self.consent.remove(&customer);
                 }
-                self.purge(|journey| {
-                    journey.shop == shop
-                        && journey.first_activity_ms <= at_ms
-                        && belongs_to(journey, customer_id, email.as_deref())
+                self.redact(Redaction {
+                    shop: shop.to_string(),
+                    customer: Some((customer_id, email)),
+                    at_ms,
                 })
             }
             GlobalInput::RedactShop => {
                 self.consent
                     .retain(|customer, _| !customer.starts_with(&format!("{shop}/")));
-                self.purge(|journey| journey.shop == shop)
+                self.redact(Redaction {
+                    shop: shop.to_string(),
+                    customer: None,
+                    at_ms,
+                })
             }
             GlobalInput::Uninstalled => {
                 self.uninstalled.insert(shop.to_string(), at_ms);
@@ -279,6 +325,22 @@ impl Engine {
             }
             GlobalInput::Ignored => Vec::new(),
         }
+    }
+
+    /// True when a redaction seen earlier covers this journey's data.
+    fn redacted(&self, journey: &Journey) -> bool {
+        self.redactions
+            .get(&journey.shop)
+            .is_some_and(|list| list.iter().any(|r| r.covers(journey)))
+    }
+
+    fn redact(&mut self, redaction: Redaction) -> Vec<(i32, Effect)> {
+        let effects = self.purge(|journey| redaction.covers(journey));
+        self.redactions
+            .entry(redaction.shop.clone())
+            .or_default()
+            .push(redaction);
+        effects
     }
 
     fn purge(&mut self, doomed: impl Fn(&Journey) -> bool) -> Vec<(i32, Effect)> {
@@ -459,6 +521,11 @@ impl Engine {
         for (shop, _) in &gone {
             self.uninstalled.remove(shop);
         }
+        // A redaction older than retention covers nothing a restore could bring back.
+        for list in self.redactions.values_mut() {
+            list.retain(|r| now_ms - r.at_ms < retention);
+        }
+        self.redactions.retain(|_, list| !list.is_empty());
         self.purge(|journey| {
             now_ms - journey.last_activity_ms >= retention
                 || gone

@@ -1,26 +1,36 @@
 //! `aftercart dev`: the whole pipeline on this machine, with an embedded Kafka broker
 //! (librdkafka's mock cluster: real wire protocol, in memory) unless AFTERCART_KAFKA_BROKERS is set.
 
+use std::collections::BTreeMap;
+
+use aftercart_abandonment::AbandonmentDefaults;
 use aftercart_ingress::app::topic_specs;
 use aftercart_ingress::{IngressArgs, IngressDefaults};
-use aftercart_runtime::{Health, Shutdown, EX_USAGE};
+use aftercart_kafka::TopicSpec;
+use aftercart_runtime::{ConfigErrors, Health, Shutdown, EX_USAGE};
 use prometheus::Registry;
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 
-use crate::serve::{bind, run_ingress, Process};
+use crate::cli::DevArgs;
+use crate::serve::{bind, run_abandonment, run_ingress, Process};
 
 /// The signing secret of the local stack when none is configured. Not a secret: it only ever
 /// guards a developer's own machine.
 pub const DEV_SECRET: &str = "aftercart-dev-secret";
 
-pub async fn run(args: IngressArgs) -> i32 {
-    // The embedded broker lives as long as this function: it is dropped after the services stop.
-    let embedded = if args
+/// Short enough for a demo to show an abandonment while you watch.
+const DEV_ABANDON_AFTER: &str = "20s";
+
+pub async fn run(args: DevArgs) -> i32 {
+    let external = args
+        .ingress
         .kafka
         .brokers
         .as_deref()
-        .is_some_and(|b| !b.trim().is_empty())
-    {
+        .is_some_and(|b| !b.trim().is_empty());
+    // The embedded broker lives as long as this function: it is dropped after the services stop.
+    let embedded = if external {
         None
     } else {
         match MockCluster::new(1) {
@@ -31,27 +41,43 @@ pub async fn run(args: IngressArgs) -> i32 {
             }
         }
     };
-    let defaults = IngressDefaults {
+    let fallback_brokers = embedded.as_ref().map(MockCluster::bootstrap_servers);
+    let ingress_defaults = IngressDefaults {
         listen: "127.0.0.1:8080",
         admin_listen: "127.0.0.1:9090",
         fallback_secret: Some(DEV_SECRET),
-        fallback_brokers: embedded.as_ref().map(MockCluster::bootstrap_servers),
+        fallback_brokers: fallback_brokers.clone(),
     };
-    let config = match args.validate(&defaults) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprint!("{errors}");
-            return EX_USAGE;
-        }
+    let abandonment_defaults = AbandonmentDefaults {
+        abandon_after: DEV_ABANDON_AFTER,
+        fallback_brokers,
+    };
+    let mut errors = ConfigErrors::new();
+    let ingress = args
+        .ingress
+        .validate(&ingress_defaults)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let shutdown_timeout = ingress
+        .as_ref()
+        .map(|c| c.shutdown_timeout)
+        .unwrap_or_default();
+    let abandonment = args
+        .abandonment
+        .validate(&args.ingress.kafka, shutdown_timeout, &abandonment_defaults)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(ingress), Some(abandonment)) = (ingress, abandonment) else {
+        eprint!("{errors}");
+        return EX_USAGE;
     };
     if let Some(cluster) = &embedded {
-        // The mock cluster has no CreateTopics handler: make the topics through its own API.
-        for spec in topic_specs(&config.kafka, config.max_body_bytes) {
-            if let Err(error) = cluster.create_topic(&spec.name, spec.partitions, spec.replication)
-            {
-                tracing::error!(topic = %spec.name, %error, "Cannot create a topic on the embedded broker.");
-                return 1;
-            }
+        if let Err(code) = create_topics(
+            cluster,
+            topic_specs(&ingress.kafka, ingress.max_body_bytes),
+            &abandonment,
+        ) {
+            return code;
         }
     }
     let shutdown = Shutdown::new();
@@ -61,11 +87,11 @@ pub async fn run(args: IngressArgs) -> i32 {
         health: Health::new(),
         stop: shutdown.token(),
     };
-    let admin_listener = match bind("the admin port", config.admin_listen).await {
+    let admin_listener = match bind("the admin port", ingress.admin_listen).await {
         Ok(listener) => listener,
         Err(code) => return code,
     };
-    let listener = match bind("webhooks", config.listen).await {
+    let listener = match bind("webhooks", ingress.listen).await {
         Ok(listener) => listener,
         Err(code) => return code,
     };
@@ -88,21 +114,48 @@ pub async fn run(args: IngressArgs) -> i32 {
          \x20 Topics         {prefix}checkouts, {prefix}carts, {prefix}orders, {prefix}customers, {prefix}compliance, {prefix}other, {prefix}quarantine\n\
          \x20 Webhook URL    http://{webhook_addr}/webhooks/shopify\n\
          \x20 Signing secret {secret}\n\
+         \x20 Abandonments   {output} (checkouts abandoned after {delay})\n\
          \x20 Admin          http://{admin_addr}/metrics  /readyz  /livez\n\
          \x20 Try            make demo   (or: aftercart send --demo)\n\
          \x20 Stop           Ctrl-C\n",
-        brokers = config.kafka.brokers,
-        prefix = config.kafka.topic_prefix,
-        secret = shown_secret(&args),
+        brokers = ingress.kafka.brokers,
+        prefix = ingress.kafka.topic_prefix,
+        secret = shown_secret(&args.ingress),
+        output = abandonment.output_topic,
+        delay = humantime::format_duration(std::time::Duration::from_millis(abandonment.rules.abandon_after_ms as u64)),
     );
     let admin_stop = process.spawn_admin(admin_listener);
-    let code = run_ingress(&config, listener, &process).await;
+    let (ingress_code, abandonment_code) = tokio::join!(
+        run_ingress(&ingress, listener, &process),
+        run_abandonment(&abandonment, &process)
+    );
     admin_stop.cancel();
     drop(embedded);
+    let code = ingress_code.max(abandonment_code);
     if code == 0 {
         println!("aftercart dev stack stopped.");
     }
     code
+}
+
+/// The mock cluster has no CreateTopics handler: make every topic through its own API.
+fn create_topics(
+    cluster: &MockCluster<'static, DefaultProducerContext>,
+    ingress: Vec<TopicSpec>,
+    abandonment: &aftercart_abandonment::AbandonmentConfig,
+) -> Result<(), i32> {
+    let specs: BTreeMap<String, TopicSpec> = ingress
+        .into_iter()
+        .chain(aftercart_abandonment::topic_specs(abandonment).0)
+        .map(|spec| (spec.name.clone(), spec))
+        .collect();
+    for spec in specs.values() {
+        if let Err(error) = cluster.create_topic(&spec.name, spec.partitions, spec.replication) {
+            tracing::error!(topic = %spec.name, %error, "Cannot create a topic on the embedded broker.");
+            return Err(1);
+        }
+    }
+    Ok(())
 }
 
 /// The secret a developer signs with, as the banner shows it: the dev secret, the first of

@@ -1,17 +1,22 @@
 //! `aftercart topics create`: create every topic aftercart uses ahead of time.
 
+use std::collections::BTreeMap;
+
+use aftercart_abandonment::{AbandonmentArgs, AbandonmentDefaults};
 use aftercart_ingress::app::topic_specs;
-use aftercart_kafka::{ensure_topics, KafkaArgs, TopicNames};
+use aftercart_kafka::{ensure_topics, KafkaArgs, TopicSpec};
 use aftercart_runtime::config::{parse_byte_size, ConfigErrors};
 use aftercart_runtime::{EX_CONFIG, EX_USAGE};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TopicsCommand {
-    /// Create the missing topics (existing ones are left alone) and check that the journey
-    /// topics share one partition count.
+    /// Create the missing topics of every service (existing ones are left alone) and check that
+    /// the topics joined by partition share one partition count.
     Create {
         #[command(flatten)]
         kafka: KafkaArgs,
+        #[command(flatten)]
+        abandonment: Box<AbandonmentArgs>,
         /// Largest webhook body the ingress accepts; topics are created to hold it.
         #[arg(long, env = "AFTERCART_MAX_BODY_BYTES", default_value = "4MiB")]
         max_body_bytes: String,
@@ -21,18 +26,37 @@ pub enum TopicsCommand {
 pub async fn run(command: TopicsCommand) -> i32 {
     let TopicsCommand::Create {
         kafka,
+        abandonment,
         max_body_bytes,
     } = command;
     let mut errors = ConfigErrors::new();
     let settings = kafka.validate(&mut errors, None);
     let max_body = errors.check("AFTERCART_MAX_BODY_BYTES", parse_byte_size(&max_body_bytes));
-    let (Some(settings), Some(max_body), true) = (settings, max_body, errors.is_empty()) else {
+    let abandonment = abandonment
+        .validate(
+            &kafka,
+            std::time::Duration::ZERO,
+            &AbandonmentDefaults::production(),
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(settings), Some(max_body), Some(abandonment), true) =
+        (settings, max_body, abandonment, errors.is_empty())
+    else {
         eprint!("{errors}");
         return EX_USAGE;
     };
-    let specs = topic_specs(&settings, max_body as usize);
-    let journey = TopicNames::new(&settings.topic_prefix).journey();
-    match ensure_topics(&settings, &specs, &journey).await {
+    let (abandonment_specs, same_partitions) = aftercart_abandonment::topic_specs(&abandonment);
+    // The ingress's specs first: they carry max.message.bytes for the raw topics.
+    let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
+    for spec in abandonment_specs
+        .into_iter()
+        .chain(topic_specs(&settings, max_body as usize))
+    {
+        specs.insert(spec.name.clone(), spec);
+    }
+    let specs: Vec<TopicSpec> = specs.into_values().collect();
+    match ensure_topics(&settings, &specs, &same_partitions).await {
         Ok(()) => {
             for spec in &specs {
                 println!("{}", spec.name);

@@ -287,6 +287,60 @@ fn redacting_a_customer_removes_their_journeys_and_emits_nothing_more() {
 }
 
 #[test]
+fn a_partition_restored_after_a_redaction_is_purged_on_assignment() {
+    let mut owner = engine();
+    owner.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    let journey = owner.partition(0).unwrap().get(KEY).unwrap().clone();
+    // Another instance saw the redaction while not owning partition 0...
+    let mut other = Engine::new(rules());
+    assert!(other
+        .apply_global(
+            SHOP,
+            GlobalInput::RedactCustomer {
+                customer_id: Some(42),
+                email: None
+            },
+            MIN
+        )
+        .is_empty());
+    // ...and later restores it from the changelog: the journey is tombstoned, not revived.
+    let effects = other.assign(0, vec![(KEY.to_string(), journey)]);
+    assert_eq!(
+        effects,
+        vec![Effect::Persist {
+            key: KEY.into(),
+            journey: None
+        }]
+    );
+    assert_eq!(other.journeys(), 0);
+}
+
+#[test]
+fn a_redaction_read_before_the_journey_it_covers_still_applies() {
+    let mut e = engine();
+    e.apply_global(
+        SHOP,
+        GlobalInput::RedactCustomer {
+            customer_id: Some(42),
+            email: None,
+        },
+        10 * MIN,
+    );
+    let effects = e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 5 * MIN);
+    assert_eq!(
+        effects,
+        vec![Effect::Persist {
+            key: KEY.into(),
+            journey: None
+        }]
+    );
+    assert!(emitted(&e.fire_due(1000 * MIN)).is_empty());
+    // New activity after the redaction is new data, and is handled normally.
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T11:00:00Z", ""), 20 * MIN);
+    assert_eq!(emitted(&e.fire_due(1000 * MIN)).len(), 1);
+}
+
+#[test]
 fn redacting_by_email_matches_case_insensitively() {
     let mut e = engine();
     e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);

@@ -1,0 +1,711 @@
+//! The poll loop: consume journey partitions, apply them to the engine, fire timers, and flush
+//! effects in the order that makes a crash safe: outputs, then changelog, then offsets.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use aftercart_kafka::TopicNames;
+use aftercart_runtime::health::Readiness;
+use aftercart_shopify::Family;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AbandonmentConfig;
+use crate::domain::engine::{Effect, Engine};
+use crate::domain::event::{EmittedEvent, EventType};
+use crate::domain::input::{global_input, journey_input, PoisonRecord};
+use crate::domain::journey::Journey;
+use crate::metrics::AbandonmentMetrics;
+use crate::store::{read_partition, StoreError};
+
+/// Changelog key of a partition's checkpoint: the last output offset its state reflects.
+pub const CHECKPOINT_KEY: &str = "aftercart:checkpoint";
+/// Most records taken per batch.
+const BATCH: usize = 2000;
+/// How often idle journeys are expired.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("Kafka failed: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a record could not be written: {0}")]
+    Write(KafkaError),
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Hears rebalances (handled by the loop between batches) and reports consumer lag.
+pub struct LoopContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+    metrics: AbandonmentMetrics,
+    lag_topics: Vec<(String, &'static str)>,
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+    let mut partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.record_lag(&statistics, &self.lag_topics);
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            // Everything stored is fully processed (the loop flushes before polling again).
+            let _ = consumer.commit_consumer_state(CommitMode::Sync);
+            self.events
+                .lock()
+                .expect("events lock")
+                .push(RebalanceEvent::Revoked(partitions_of(list)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            self.events
+                .lock()
+                .expect("events lock")
+                .push(RebalanceEvent::Assigned(partitions_of(list)));
+        }
+    }
+}
+
+/// Where a journey state is written: changelog partition and key.
+type StateSlot = (i32, String);
+
+/// A record that cannot be used, on its way to the dead-letter topic.
+struct DeadLetter {
+    message: OwnedMessage,
+    reason: String,
+}
+
+/// The Kafka clients of a loop. Closing a consumer can block for as long as the broker is away,
+/// so they are always closed on a plain thread, never on the async runtime.
+struct Clients {
+    consumer: StreamConsumer<LoopContext>,
+    global: BaseConsumer,
+    producer: FutureProducer,
+}
+
+pub struct Loop {
+    config: AbandonmentConfig,
+    /// `Some` until the loop closes them.
+    clients: Option<Clients>,
+    engine: Engine,
+    metrics: AbandonmentMetrics,
+    ready: Readiness,
+    family_of_topic: HashMap<String, &'static str>,
+    global_caught_up: bool,
+    assigned_once: bool,
+    last_expiry: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<&'a str> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The shop of a record: its header, else the key's prefix.
+fn shop_of(message: &OwnedMessage) -> String {
+    header(message, "shopify-shop-domain")
+        .map(str::to_string)
+        .or_else(|| {
+            let key = std::str::from_utf8(message.key()?).ok()?;
+            Some(key.split('/').next().unwrap_or(key).to_string())
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // Dropped without `run` finishing (its task was dropped): still never block the runtime.
+        if let Some(clients) = self.clients.take() {
+            std::thread::spawn(move || drop(clients));
+        }
+    }
+}
+
+impl Loop {
+    fn clients(&self) -> &Clients {
+        self.clients
+            .as_ref()
+            .expect("clients are open until run ends")
+    }
+
+    pub fn new(
+        config: AbandonmentConfig,
+        metrics: AbandonmentMetrics,
+        ready: Readiness,
+    ) -> Result<Loop, LoopError> {
+        let names = TopicNames::new(&config.kafka.topic_prefix);
+        let journey_families = [Family::Checkouts, Family::Carts, Family::Orders];
+        let family_of_topic: HashMap<String, &'static str> = Family::JOURNEY
+            .iter()
+            .map(|f| (names.family(*f), f.as_str()))
+            .collect();
+        let context = LoopContext {
+            events: Mutex::new(Vec::new()),
+            metrics: metrics.clone(),
+            lag_topics: journey_families
+                .iter()
+                .map(|f| (names.family(*f), f.as_str()))
+                .collect(),
+        };
+        let mut consumer_config = config.kafka.client_config("aftercart-abandonment");
+        consumer_config
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // range keeps the same partition numbers of every journey topic on one member.
+            .set("partition.assignment.strategy", "range")
+            .set("statistics.interval.ms", "5000");
+        config.kafka.apply_overrides(&mut consumer_config);
+        let consumer: StreamConsumer<LoopContext> = consumer_config.create_with_context(context)?;
+        let journey_topics: Vec<String> =
+            journey_families.iter().map(|f| names.family(*f)).collect();
+        consumer.subscribe(
+            &journey_topics
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )?;
+
+        let mut global_config = config.kafka.client_config("aftercart-abandonment-global");
+        global_config
+            .set("group.id", format!("{}-global", config.group))
+            .set("enable.auto.commit", "false");
+        config.kafka.apply_overrides(&mut global_config);
+        let global: BaseConsumer = global_config.create()?;
+
+        let mut producer_config = config.kafka.client_config("aftercart-abandonment");
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random");
+        config.kafka.apply_overrides(&mut producer_config);
+        let producer: FutureProducer = producer_config.create()?;
+        let engine = Engine::new(config.rules.clone());
+        Ok(Loop {
+            config,
+            clients: Some(Clients {
+                consumer,
+                global,
+                producer,
+            }),
+            engine,
+            metrics,
+            ready,
+            family_of_topic,
+            global_caught_up: false,
+            assigned_once: false,
+            last_expiry: Instant::now(),
+        })
+    }
+
+    /// Reads every partition of the customers and compliance topics from the beginning (they
+    /// are not journey-keyed, so every instance needs all of them), up to their current end.
+    async fn start_global(&mut self) -> Result<(), LoopError> {
+        let names = TopicNames::new(&self.config.kafka.topic_prefix);
+        let mut assignment = TopicPartitionList::new();
+        let mut targets: HashMap<(String, i32), i64> = HashMap::new();
+        for family in [Family::Customers, Family::Compliance] {
+            let topic = names.family(family);
+            let metadata = self
+                .clients()
+                .global
+                .fetch_metadata(Some(&topic), self.config.kafka.request_timeout())?;
+            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions() {
+                    assignment.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
+                    let (_, high) = self.clients().global.fetch_watermarks(
+                        &topic,
+                        p.id(),
+                        self.config.kafka.request_timeout(),
+                    )?;
+                    if high > 0 {
+                        targets.insert((topic.clone(), p.id()), high);
+                    }
+                }
+            }
+        }
+        self.clients().global.assign(&assignment)?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !targets.is_empty() && Instant::now() < deadline {
+            // Never block the async runtime: poll without waiting, sleep on the timer instead.
+            match self.clients().global.poll(Duration::ZERO) {
+                Some(Ok(message)) => {
+                    let message = message.detach();
+                    let key = (message.topic().to_string(), message.partition());
+                    if targets
+                        .get(&key)
+                        .is_some_and(|high| message.offset() + 1 >= *high)
+                    {
+                        targets.remove(&key);
+                    }
+                    let effects = self.apply_global_message(&message);
+                    self.flush(effects, Vec::new(), HashMap::new()).await?;
+                }
+                Some(Err(error)) => return Err(error.into()),
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        self.global_caught_up = true;
+        Ok(())
+    }
+
+    fn apply_global_message(&mut self, message: &OwnedMessage) -> Vec<(i32, Effect)> {
+        let family = self
+            .family_of_topic
+            .get(message.topic())
+            .copied()
+            .unwrap_or("other");
+        match global_input(
+            header(message, "shopify-topic"),
+            message.payload().unwrap_or_default(),
+        ) {
+            Ok(input) => {
+                self.metrics.processed(family);
+                let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
+                self.engine.apply_global(&shop_of(message), input, at)
+            }
+            Err(error) => {
+                // Global records are read by every instance: counted, never dead-lettered here.
+                self.metrics.failed(family, error.as_label());
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs until `stop`; returns after a final commit and producer flush.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), LoopError> {
+        self.start_global().await?;
+        let mut result = Ok(());
+        while !stop.is_cancelled() {
+            if let Err(error) = self.step(&stop).await {
+                result = Err(error);
+                break;
+            }
+        }
+        let clients = self
+            .clients
+            .take()
+            .expect("clients are open until run ends");
+        let _ = clients.consumer.commit_consumer_state(CommitMode::Sync);
+        clients.consumer.unsubscribe();
+        // Closing waits for the group leave with no time limit (forever while the broker is
+        // unreachable): close on a plain thread, waiting at most the shutdown deadline.
+        let deadline = self.config.shutdown_timeout.max(Duration::from_secs(1));
+        let (closed, wait) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = clients.producer.flush(deadline);
+            drop(clients);
+            let _ = closed.send(());
+        });
+        if tokio::time::timeout(deadline + Duration::from_secs(1), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Kafka clients did not close before the shutdown deadline.");
+        }
+        result
+    }
+
+    async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
+        self.handle_rebalances().await?;
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        tokio::select! {
+            received = self.clients().consumer.recv() => match received {
+                Ok(message) => batch.push(message.detach()),
+                Err(error) => tracing::warn!(%error, "Consumer error; continuing."),
+            },
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = stop.cancelled() => {}
+        }
+        while batch.len() < BATCH {
+            match tokio::time::timeout(Duration::ZERO, self.clients().consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(message.detach()),
+                _ => break,
+            }
+        }
+        // A rebalance heard while receiving is handled before any record is applied.
+        self.handle_rebalances().await?;
+
+        let mut effects = Vec::new();
+        let mut dead = Vec::new();
+        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        for message in batch {
+            let partition = message.partition();
+            if !self.engine.owns(partition) {
+                continue; // revoked meanwhile: the new owner will read it
+            }
+            let family = self
+                .family_of_topic
+                .get(message.topic())
+                .copied()
+                .unwrap_or("other");
+            offsets.insert((message.topic().to_string(), partition), message.offset());
+            let key = message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(str::to_string);
+            let decoded = match key {
+                None => Err(PoisonRecord::Impossible("record without a UTF-8 key")),
+                Some(_) => journey_input(
+                    header(&message, "shopify-topic"),
+                    message.payload().unwrap_or_default(),
+                ),
+            };
+            match decoded {
+                Ok(input) => {
+                    self.metrics.processed(family);
+                    let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
+                    let shop = shop_of(&message);
+                    let key = key.expect("checked");
+                    effects.extend(
+                        self.engine
+                            .apply(partition, &key, &shop, input, at)
+                            .into_iter()
+                            .map(|e| (partition, e)),
+                    );
+                }
+                Err(error) => {
+                    self.metrics.failed(family, error.as_label());
+                    tracing::warn!(
+                        topic = family,
+                        partition,
+                        offset = message.offset(),
+                        reason = error.as_label(),
+                        "Dead-lettering a record that cannot be used."
+                    );
+                    dead.push(DeadLetter {
+                        reason: error.to_string(),
+                        message,
+                    });
+                }
+            }
+        }
+        for _ in 0..BATCH {
+            match self.clients().global.poll(Duration::ZERO) {
+                Some(Ok(message)) => {
+                    let message = message.detach();
+                    effects.extend(self.apply_global_message(&message));
+                }
+                Some(Err(error)) => tracing::warn!(%error, "Global consumer error; continuing."),
+                None => break,
+            }
+        }
+        let now = now_ms();
+        effects.extend(self.engine.fire_due(now));
+        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
+            self.last_expiry = Instant::now();
+            effects.extend(self.engine.expire(now));
+        }
+        self.flush(effects, dead, offsets).await?;
+        self.metrics.journeys(self.engine.journeys());
+        Ok(())
+    }
+
+    async fn handle_rebalances(&mut self) -> Result<(), LoopError> {
+        let events: Vec<RebalanceEvent> = std::mem::take(
+            &mut *self
+                .clients()
+                .consumer
+                .context()
+                .events
+                .lock()
+                .expect("events lock"),
+        );
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(partitions) => {
+                    for partition in partitions {
+                        self.engine.revoke(partition);
+                    }
+                }
+                RebalanceEvent::Assigned(partitions) => {
+                    for partition in partitions {
+                        if !self.engine.owns(partition) {
+                            self.restore(partition).await?;
+                        }
+                    }
+                    self.assigned_once = true;
+                }
+            }
+        }
+        self.metrics.partitions(self.owned_partitions());
+        if self.assigned_once && self.global_caught_up {
+            self.ready.set_ready(true);
+        }
+        Ok(())
+    }
+
+    fn owned_partitions(&self) -> usize {
+        (0..self.config.kafka.partitions.max(1))
+            .filter(|p| self.engine.owns(*p))
+            .count()
+    }
+
+    /// Restores a partition: its journeys from the changelog, then the events emitted after the
+    /// last checkpoint (a crash between output and changelog) so none is emitted twice.
+    async fn restore(&mut self, partition: i32) -> Result<(), LoopError> {
+        let started = Instant::now();
+        let settings = self.config.kafka.clone();
+        let state_topic = self.config.state_topic.clone();
+        let changelog = tokio::task::spawn_blocking(move || {
+            read_partition(&settings, &state_topic, partition, None)
+        })
+        .await
+        .expect("restore task does not panic")?;
+        let records = changelog.len();
+        let mut journeys: HashMap<String, Journey> = HashMap::new();
+        let mut checkpoint: Option<i64> = None;
+        for record in changelog {
+            let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
+                continue;
+            };
+            match (key.as_str(), record.value) {
+                (CHECKPOINT_KEY, Some(value)) => {
+                    checkpoint = serde_json::from_slice::<serde_json::Value>(&value)
+                        .ok()
+                        .and_then(|v| v.get("output_offset").and_then(serde_json::Value::as_i64));
+                }
+                (_, None) => {
+                    journeys.remove(&key);
+                }
+                (_, Some(value)) => match serde_json::from_slice::<Journey>(&value) {
+                    Ok(journey) => {
+                        journeys.insert(key, journey);
+                    }
+                    Err(error) => {
+                        tracing::error!(partition, %error, "Skipping a changelog record that does not decode.")
+                    }
+                },
+            }
+        }
+        let mut effects: Vec<(i32, Effect)> = self
+            .engine
+            .assign(partition, journeys)
+            .into_iter()
+            .map(|e| (partition, e))
+            .collect();
+        let settings = self.config.kafka.clone();
+        let output_topic = self.config.output_topic.clone();
+        let from = checkpoint.map(|offset| offset + 1);
+        let emitted = tokio::task::spawn_blocking(move || {
+            read_partition(&settings, &output_topic, partition, from)
+        })
+        .await
+        .expect("restore task does not panic")?;
+        for record in emitted {
+            let Some(value) = record.value else { continue };
+            if let Ok(event) = serde_json::from_slice::<EmittedEvent>(&value) {
+                effects.extend(
+                    self.engine
+                        .reconcile(partition, &event)
+                        .map(|e| (partition, e)),
+                );
+            }
+        }
+        self.flush(effects, Vec::new(), HashMap::new()).await?;
+        self.metrics.restored(records, started.elapsed());
+        tracing::info!(partition, journeys = self.engine.partition(partition).map_or(0, |p| p.len()), took = ?started.elapsed(), "Restored partition state.");
+        Ok(())
+    }
+
+    /// Writes effects in the crash-safe order: output and dead-letter records (acknowledged),
+    /// then journey states and checkpoints (acknowledged), then the input offsets.
+    async fn flush(
+        &mut self,
+        effects: Vec<(i32, Effect)>,
+        dead: Vec<DeadLetter>,
+        offsets: HashMap<(String, i32), i64>,
+    ) -> Result<(), LoopError> {
+        let mut outputs = Vec::new();
+        let mut states: HashMap<(i32, String), Option<Box<Journey>>> = HashMap::new();
+        for (partition, effect) in effects {
+            match effect {
+                Effect::Emit { key, event } => outputs.push((partition, key, event)),
+                Effect::Persist { key, journey } => {
+                    states.insert((partition, key), journey);
+                }
+            }
+        }
+        let mut deliveries = Vec::new();
+        for (partition, key, event) in &outputs {
+            let payload = serde_json::to_vec(event).expect("events serialise");
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "aftercart-event-id",
+                value: Some(event.event_id.as_str()),
+            });
+            let record = FutureRecord::to(&self.config.output_topic)
+                .partition(*partition)
+                .key(key.as_str())
+                .payload(&payload)
+                .headers(headers);
+            deliveries.push((
+                *partition,
+                self.clients()
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| LoopError::Write(e))?,
+            ));
+        }
+        for letter in &dead {
+            let mut headers = OwnedHeaders::new();
+            if let Some(original) = letter.message.headers() {
+                for h in original.iter() {
+                    headers = headers.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
+                }
+            }
+            let source = format!(
+                "{}/{}/{}",
+                letter.message.topic(),
+                letter.message.partition(),
+                letter.message.offset()
+            );
+            headers = headers
+                .insert(Header {
+                    key: "aftercart-dead-letter-reason",
+                    value: Some(letter.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "aftercart-dead-letter-source",
+                    value: Some(source.as_str()),
+                });
+            let mut record = FutureRecord::to(&self.config.dead_letter_topic).headers(headers);
+            if let Some(key) = letter.message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = letter.message.payload() {
+                record = record.payload(payload);
+            }
+            deliveries.push((
+                -1,
+                self.clients()
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| LoopError::Write(e))?,
+            ));
+        }
+        let mut output_offsets: HashMap<i32, i64> = HashMap::new();
+        for (partition, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(delivered)) if partition >= 0 => {
+                    let entry = output_offsets.entry(partition).or_insert(delivered.offset);
+                    *entry = (*entry).max(delivered.offset);
+                }
+                Ok(Ok(_)) => self.metrics.dead_lettered(),
+                Ok(Err((error, _))) => return Err(LoopError::Write(error)),
+                Err(_) => return Err(LoopError::Write(KafkaError::Canceled)),
+            }
+        }
+        for (_, _, event) in &outputs {
+            let segments = event.segments.as_ref();
+            let kind = match event.kind {
+                crate::domain::event::Kind::Cart => "cart",
+                crate::domain::event::Kind::Checkout => "checkout",
+            };
+            match event.event_type {
+                EventType::Abandoned => self.metrics.abandoned(
+                    kind,
+                    segments.map_or("unknown", |s| s.stage.as_str()),
+                    segments.map_or("unknown", |s| s.value_tier.as_str()),
+                    segments.map_or("unknown", |s| s.customer.as_str()),
+                ),
+                EventType::Recovered => self
+                    .metrics
+                    .recovered(kind, event.recovered_after_seconds.unwrap_or(0)),
+            }
+        }
+
+        let mut writes = Vec::new();
+        let payloads: Vec<(StateSlot, Option<Vec<u8>>)> = states
+            .into_iter()
+            .map(|(at, journey)| {
+                (
+                    at,
+                    journey.map(|j| serde_json::to_vec(&j).expect("journeys serialise")),
+                )
+            })
+            .chain(output_offsets.iter().map(|(partition, offset)| {
+                (
+                    (*partition, CHECKPOINT_KEY.to_string()),
+                    Some(
+                        serde_json::to_vec(&serde_json::json!({"output_offset": offset}))
+                            .expect("json"),
+                    ),
+                )
+            }))
+            .collect();
+        for ((partition, key), payload) in &payloads {
+            let mut record = FutureRecord::<str, [u8]>::to(&self.config.state_topic)
+                .partition(*partition)
+                .key(key.as_str());
+            if let Some(payload) = payload {
+                record = record.payload(payload.as_slice());
+            }
+            writes.push(
+                self.clients()
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| LoopError::Write(e))?,
+            );
+        }
+        for write in writes {
+            match write.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(LoopError::Write(error)),
+                Err(_) => return Err(LoopError::Write(KafkaError::Canceled)),
+            }
+        }
+        self.metrics.changelog_written(payloads.len());
+
+        for ((topic, partition), offset) in offsets {
+            if self.engine.owns(partition) {
+                self.clients()
+                    .consumer
+                    .store_offset(&topic, partition, offset)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! Reading one partition of a topic to its high watermark: how state is restored from the
+//! changelog and how already-emitted events are found in the output topic.
+
+use std::time::{Duration, Instant};
+
+use aftercart_kafka::KafkaSettings;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// One record read back: key, value (`None` for a tombstone), offset.
+pub struct StoredRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub offset: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("reading {topic}[{partition}] failed: {source}")]
+    Kafka {
+        topic: String,
+        partition: i32,
+        source: KafkaError,
+    },
+    #[error("reading {topic}[{partition}] did not reach offset {target} within {timeout:?}")]
+    Timeout {
+        topic: String,
+        partition: i32,
+        target: i64,
+        timeout: Duration,
+    },
+}
+
+/// Every record of `topic[partition]` from `from` (inclusive; `None` = the beginning) up to the
+/// high watermark at the time of the call. Blocking: run it on the blocking pool.
+pub fn read_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let kafka = |source| StoreError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let mut config = settings.client_config("aftercart-abandonment-restore");
+    config
+        .set("enable.auto.commit", "false")
+        .set("group.id", "aftercart-abandonment-restore")
+        // The end of the partition is reported, so a read never waits on a watermark it
+        // cannot reach (e.g. one that counts transaction markers).
+        .set("enable.partition.eof", "true");
+    settings.apply_overrides(&mut config);
+    // A group id is required by librdkafka but unused: the partition is assigned, not subscribed.
+    let consumer: BaseConsumer = config.create().map_err(kafka)?;
+    let timeout = settings.request_timeout();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(kafka)?;
+    let start = from.map_or(low, |offset| offset.max(low));
+    if start >= high {
+        return Ok(Vec::new());
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(start))
+        .map_err(kafka)?;
+    consumer.assign(&assignment).map_err(kafka)?;
+    let mut records = Vec::new();
+    let limit = Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
+    let mut next = start;
+    while next < high {
+        if Instant::now() > deadline {
+            return Err(StoreError::Timeout {
+                topic: topic.to_string(),
+                partition,
+                target: high,
+                timeout: limit,
+            });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(error)) => return Err(kafka(error)),
+            Some(Ok(message)) => {
+                next = message.offset() + 1;
+                records.push(StoredRecord {
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                    offset: message.offset(),
+                });
+            }
+        }
+    }
+    Ok(records)
+}

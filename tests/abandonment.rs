@@ -1,0 +1,457 @@
+//! Abandonment service integration tests: the ingress and the service in-process on a real
+//! broker (mock cluster and Tansu), journeys sent as signed webhooks, the output topic read back
+//! with an independent consumer and validated against `schemas/aftercart/abandonments.schema.json`.
+
+use aftercart_tests::broker_tests;
+
+broker_tests!(
+    a_checkout_with_contact_is_abandoned_once_after_the_delay,
+    an_order_before_the_delay_means_no_abandonment_in_either_order,
+    a_late_order_recovers_the_abandonment,
+    a_deleted_checkout_is_not_abandoned,
+    a_redacted_customer_is_forgotten_and_never_abandoned,
+    an_older_update_never_overwrites_newer_state,
+    a_cart_that_never_reaches_checkout_is_a_cart_abandonment,
+    a_restart_restores_state_and_emits_exactly_once,
+    poison_records_are_dead_lettered_and_processing_continues,
+);
+
+mod scenarios {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use aftercart_abandonment::AbandonmentConfig;
+    use aftercart_tests::abandonment::{test_config, TestAbandonment};
+    use aftercart_tests::http::Webhook;
+    use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
+    use aftercart_tests::schemas::assert_valid;
+    use aftercart_tests::{eventually, read_topic, Broker, Record};
+    use serde_json::Value;
+
+    /// Long enough past the 2 s delay that a second (wrong) event would have shown up.
+    const SETTLE: Duration = Duration::from_secs(5);
+
+    struct Stack {
+        ingress: TestIngress,
+        service: Option<TestAbandonment>,
+        config: AbandonmentConfig,
+        bootstrap: String,
+    }
+
+    impl Stack {
+        async fn start(broker: &Broker, flags: &[&str]) -> Stack {
+            let ingress = TestIngress::start_on(broker, ingress_config(broker)).await;
+            let config = test_config(&ingress.config.kafka, flags);
+            let service = TestAbandonment::start_on(broker, config.clone()).await;
+            Stack {
+                ingress,
+                service: Some(service),
+                config,
+                bootstrap: broker.bootstrap(),
+            }
+        }
+
+        async fn send(&self, topic: &str, body: String) {
+            let response = Webhook::new(topic, body.into_bytes(), SECRET)
+                .post(self.ingress.addr)
+                .await;
+            assert_eq!(response.status, 200, "{}", response.body);
+        }
+
+        async fn events(&self) -> Vec<Value> {
+            read_topic(&self.bootstrap, &self.config.output_topic)
+                .await
+                .iter()
+                .map(|record| {
+                    let value: Value = serde_json::from_slice(&record.value).expect("JSON event");
+                    assert_valid("aftercart/abandonments.schema.json", &value);
+                    assert_eq!(
+                        record.key_str(),
+                        value["journey_key"].as_str().unwrap(),
+                        "keyed by journey"
+                    );
+                    assert_eq!(
+                        record.header("aftercart-event-id"),
+                        value["event_id"].as_str()
+                    );
+                    value
+                })
+                .collect()
+        }
+
+        /// Waits until `count` events exist, then a settle period, and returns them all.
+        async fn settled_events(&self, count: usize) -> Vec<Value> {
+            eventually("abandonment events", Duration::from_secs(30), || async {
+                (self.events().await.len() >= count).then_some(())
+            })
+            .await;
+            tokio::time::sleep(SETTLE).await;
+            self.events().await
+        }
+
+        fn service(&self) -> &TestAbandonment {
+            self.service.as_ref().expect("running")
+        }
+    }
+
+    fn checkout(cart: &str, updated_at: &str, extra: &str) -> String {
+        format!(
+            r#"{{"token":"chk-{cart}","cart_token":"{cart}","email":"buyer-{cart}@example.com","buyer_accepts_marketing":true,
+            "total_price":"250.00","currency":"EUR","customer":{{"id":4242,"first_name":"Ann","last_name":"Lee"}},
+            "line_items":[{{"product_id":1,"variant_id":2,"title":"Mug","quantity":3,"price":"80.00"}}],
+            "updated_at":"{updated_at}"{extra}}}"#
+        )
+    }
+
+    fn order(cart: &str, id: u64, extra: &str) -> String {
+        format!(
+            r#"{{"id":{id},"cart_token":"{cart}","checkout_token":"chk-{cart}","customer":{{"id":4242}}{extra}}}"#
+        )
+    }
+
+    fn unique(name: &str) -> String {
+        format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    }
+
+    pub async fn a_checkout_with_contact_is_abandoned_once_after_the_delay(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let cart = unique("cart");
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&cart, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        stack.send("checkouts/update", checkout(&cart, "2026-11-23T10:01:00Z", r#","shipping_address":{"country_code":"FR"},"discount_codes":[{"code":"TEN"}]"#)).await;
+        let events = stack.settled_events(1).await;
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let event = &events[0];
+        assert_eq!(event["type"], "abandoned");
+        assert_eq!(event["kind"], "checkout");
+        assert_eq!(event["shop"], "jsmith.myshopify.com");
+        assert_eq!(event["journey_key"], format!("jsmith.myshopify.com/{cart}"));
+        assert_eq!(event["checkout_token"], format!("chk-{cart}"));
+        assert_eq!(
+            event["customer"]["email"],
+            format!("buyer-{cart}@example.com")
+        );
+        assert_eq!(event["customer"]["country"], "FR");
+        assert_eq!(
+            event["value"],
+            serde_json::json!({"amount": "250.00", "currency": "EUR"})
+        );
+        assert_eq!(event["line_items"]["quantity"], 3);
+        let segments = &event["segments"];
+        assert_eq!(segments["stage"], "shipping_address");
+        assert_eq!(segments["value_tier"], "high");
+        assert_eq!(segments["customer"], "new");
+        assert_eq!(
+            segments["contactable"],
+            serde_json::json!({"email": true, "sms": false})
+        );
+        assert_eq!(
+            segments["consent"],
+            serde_json::json!({"email": true, "sms": false})
+        );
+        assert_eq!(segments["discount"], true);
+        assert_eq!(segments["repeat"], 0);
+        let service = stack.service();
+        assert_eq!(
+            service.metric(r#"aftercart_abandonment_abandonments_total{customer="new",kind="checkout",stage="shipping_address",value_tier="high"}"#),
+            1.0
+        );
+        assert_eq!(
+            service.metric(r#"aftercart_abandonment_records_processed_total{topic="checkouts"}"#),
+            2.0
+        );
+    }
+
+    pub async fn an_order_before_the_delay_means_no_abandonment_in_either_order(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let (first, second) = (unique("cart"), unique("cart"));
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&first, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        stack.send("orders/create", order(&first, 1001, "")).await;
+        stack.send("orders/create", order(&second, 1002, "")).await;
+        stack
+            .send(
+                "checkouts/update",
+                checkout(&second, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(2) + SETTLE).await;
+        assert!(stack.events().await.is_empty());
+        assert_eq!(
+            stack
+                .service()
+                .metric(r#"aftercart_abandonment_records_processed_total{topic="orders"}"#),
+            2.0
+        );
+    }
+
+    pub async fn a_late_order_recovers_the_abandonment(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let cart = unique("cart");
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&cart, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        stack.settled_events(1).await;
+        stack.send("orders/create", order(&cart, 2001, r#","landing_site":"/checkouts/x/recover?key=k","discount_codes":[{"code":"BACK"}]"#)).await;
+        stack.send("orders/paid", order(&cart, 2001, "")).await;
+        let events = stack.settled_events(2).await;
+        assert_eq!(events.len(), 2, "{events:#?}");
+        let recovered = events
+            .iter()
+            .find(|e| e["type"] == "recovered")
+            .expect("recovered event");
+        assert_eq!(recovered["order_id"], 2001);
+        assert_eq!(recovered["used_recovery_url"], true);
+        assert_eq!(recovered["used_discount"], true);
+        assert!(recovered["recovered_after_seconds"].as_i64().unwrap() >= 0);
+        assert_ne!(recovered["event_id"], events[0]["event_id"]);
+        assert_eq!(
+            stack
+                .service()
+                .metric(r#"aftercart_abandonment_recoveries_total{kind="checkout"}"#),
+            1.0
+        );
+    }
+
+    pub async fn a_deleted_checkout_is_not_abandoned(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let cart = unique("cart");
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&cart, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        stack
+            .send(
+                "checkouts/delete",
+                format!(r#"{{"id":1,"cart_token":"{cart}"}}"#),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(2) + SETTLE).await;
+        assert!(stack.events().await.is_empty());
+    }
+
+    pub async fn a_redacted_customer_is_forgotten_and_never_abandoned(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let (cart, other) = (unique("cart"), unique("cart"));
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&cart, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        let stranger = checkout(&other, "2026-11-23T10:00:00Z", "").replace("4242", "777");
+        stack.send("checkouts/create", stranger).await;
+        stack
+            .send("customers/redact", r#"{"shop_id":1,"shop_domain":"jsmith.myshopify.com","customer":{"id":4242,"email":"x@example.com"},"orders_to_redact":[]}"#.to_string())
+            .await;
+        let events = stack.settled_events(1).await;
+        assert_eq!(
+            events.len(),
+            1,
+            "only the other customer is abandoned: {events:#?}"
+        );
+        assert_eq!(events[0]["customer"]["id"], 777);
+        // The journey is tombstoned in the changelog: a restart cannot bring it back.
+        let changelog = read_topic(&stack.bootstrap, &stack.config.state_topic).await;
+        let key = format!("jsmith.myshopify.com/{cart}");
+        let last = changelog
+            .iter()
+            .rev()
+            .find(|r| r.key_str() == key)
+            .expect("changelog record");
+        assert!(last.value.is_empty(), "tombstone for the redacted journey");
+    }
+
+    pub async fn an_older_update_never_overwrites_newer_state(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let cart = unique("cart");
+        let newer = checkout(
+            &cart,
+            "2026-11-23T10:30:00Z",
+            r#","shipping_address":{"country_code":"DE"},"shipping_lines":[{"title":"DHL"}]"#,
+        );
+        stack.send("checkouts/update", newer).await;
+        stack
+            .send(
+                "checkouts/update",
+                checkout(&cart, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        let events = stack.settled_events(1).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["segments"]["stage"], "shipping_method");
+        assert_eq!(events[0]["customer"]["country"], "DE");
+    }
+
+    pub async fn a_cart_that_never_reaches_checkout_is_a_cart_abandonment(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let (lonely, checked_out) = (unique("cart"), unique("cart"));
+        stack
+            .send(
+                "carts/update",
+                format!(r#"{{"id":"{lonely}","token":"{lonely}","line_items":[]}}"#),
+            )
+            .await;
+        stack
+            .send(
+                "carts/update",
+                format!(r#"{{"id":"{checked_out}","token":"{checked_out}","line_items":[]}}"#),
+            )
+            .await;
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&checked_out, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        let events = stack.settled_events(2).await;
+        let kinds: HashMap<String, String> = events
+            .iter()
+            .map(|e| {
+                (
+                    e["journey_key"].as_str().unwrap().to_string(),
+                    e["kind"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(events.len(), 2, "{events:#?}");
+        assert_eq!(kinds[&format!("jsmith.myshopify.com/{lonely}")], "cart");
+        assert_eq!(
+            kinds[&format!("jsmith.myshopify.com/{checked_out}")],
+            "checkout"
+        );
+        let cart_event = events.iter().find(|e| e["kind"] == "cart").unwrap();
+        assert!(
+            cart_event["customer"].is_null(),
+            "cart abandonments are anonymous"
+        );
+        assert_eq!(cart_event["cart_token"], lonely.as_str());
+    }
+
+    pub async fn a_restart_restores_state_and_emits_exactly_once(broker: &Broker) {
+        let mut stack = Stack::start(broker, &["--abandon-after=4s"]).await;
+        let carts: Vec<String> = (0..5).map(|_| unique("cart")).collect();
+        for cart in &carts[..3] {
+            stack
+                .send(
+                    "checkouts/create",
+                    checkout(cart, "2026-11-23T10:00:00Z", ""),
+                )
+                .await;
+        }
+        // Stop before any is due, once they are processed: the journeys live only in the
+        // changelog now, and their input offsets are committed.
+        eventually("checkouts processed", Duration::from_secs(10), || async {
+            let service = stack.service();
+            let processed = service
+                .metric(r#"aftercart_abandonment_records_processed_total{topic="checkouts"}"#);
+            let written = service.metric("aftercart_abandonment_changelog_records_written_total");
+            (processed >= 3.0 && written >= 3.0).then_some(())
+        })
+        .await;
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        for cart in &carts[3..] {
+            stack
+                .send(
+                    "checkouts/create",
+                    checkout(cart, "2026-11-23T10:00:00Z", ""),
+                )
+                .await;
+        }
+        stack.service = Some(TestAbandonment::start_on(broker, stack.config.clone()).await);
+        let events = stack.settled_events(5).await;
+        let mut per_journey: HashMap<String, usize> = HashMap::new();
+        for event in &events {
+            *per_journey
+                .entry(event["journey_key"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        assert_eq!(per_journey.len(), 5, "{events:#?}");
+        assert!(per_journey.values().all(|n| *n == 1), "{per_journey:?}");
+        assert!(
+            stack
+                .service()
+                .metric("aftercart_abandonment_state_restored_records_total")
+                >= 3.0
+        );
+
+        // Restarting after the abandonments were emitted emits nothing again.
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        stack.service = Some(TestAbandonment::start_on(broker, stack.config.clone()).await);
+        tokio::time::sleep(Duration::from_secs(4) + SETTLE).await;
+        assert_eq!(stack.events().await.len(), 5);
+    }
+
+    pub async fn poison_records_are_dead_lettered_and_processing_continues(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let cart = unique("cart");
+        stack
+            .send(
+                "checkouts/update",
+                format!(r#"{{"token":"t","cart_token":"{cart}","total_price":"1e9"}}"#),
+            )
+            .await;
+        stack
+            .send(
+                "orders/create",
+                r#"{"id":"not-a-number","cart_token":"x"}"#.to_string(),
+            )
+            .await;
+        let good = unique("cart");
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&good, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        let events = stack.settled_events(1).await;
+        assert_eq!(events.len(), 1);
+        let dead: Vec<Record> = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+        assert_eq!(dead.len(), 2);
+        for record in &dead {
+            let reason = record
+                .header("aftercart-dead-letter-reason")
+                .expect("reason header");
+            assert!(
+                reason.contains("impossible value") || reason.contains("does not decode"),
+                "{reason}"
+            );
+            assert!(record.header("aftercart-dead-letter-source").is_some());
+            assert!(
+                record.header("shopify-webhook-id").is_some(),
+                "original headers kept"
+            );
+        }
+        assert_eq!(
+            stack
+                .service()
+                .metric("aftercart_abandonment_dead_letters_total"),
+            2.0
+        );
+    }
+}
