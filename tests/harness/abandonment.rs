@@ -118,14 +118,7 @@ impl TestAbandonment {
 
     /// The value of one series, 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map(|value| value.trim().parse().expect("numeric sample"))
-            .unwrap_or(0.0)
+        crate::metric_value(&self.metrics(), series)
     }
 
     /// Graceful stop (as SIGTERM).

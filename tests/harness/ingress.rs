@@ -135,14 +135,7 @@ impl TestIngress {
 
     /// The value of one sample line, e.g. `aftercart_ingress_requests_total{family="orders",status="200"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map(|value| value.trim().parse().expect("numeric sample"))
-            .unwrap_or(0.0)
+        crate::metric_value(&self.metrics().await, series)
     }
 
     /// Begins a graceful shutdown (as SIGTERM does) and returns how `serve` ended.

@@ -19,6 +19,17 @@ pub fn init_logs() {
     }
 }
 
+/// The value of one series in Prometheus text (`name{labels}`), 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|value| value.trim().parse().expect("numeric sample"))
+        .unwrap_or(0.0)
+}
+
 /// A fresh topic prefix, so every test has its own topics (and consumer groups).
 pub fn unique_prefix() -> String {
     format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])

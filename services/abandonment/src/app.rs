@@ -1,8 +1,6 @@
 //! Wiring: prepares the topics the service reads and writes, then runs the loop until shutdown.
 
-use std::time::Duration;
-
-use aftercart_kafka::{ensure_topics, TopicError, TopicNames, TopicSpec};
+use aftercart_kafka::{ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};
 use aftercart_runtime::Health;
 use aftercart_shopify::Family;
 use prometheus::Registry;
@@ -52,24 +50,8 @@ pub async fn serve(
     let metrics = AbandonmentMetrics::register(registry)?;
     let ready = health.component("abandonment");
     let (specs, same) = topic_specs(config);
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let attempt = tokio::select! {
-            attempt = ensure_topics(&config.kafka, &specs, &same) => attempt,
-            () = stop.cancelled() => return Ok(()),
-        };
-        match attempt {
-            Ok(()) => break,
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, retry_in = ?backoff, "Kafka is not ready; retrying.")
-            }
-            Err(error) => return Err(error.into()),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = stop.cancelled() => return Ok(()),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
+        return Ok(());
     }
     let service = Loop::new(config.clone(), metrics, ready)?;
     tracing::info!(group = %config.group, output = %config.output_topic, "Abandonment service consuming.");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aftercart_kafka::producer::{build_producer, ProducerOptions};
 use aftercart_kafka::{
-    ensure_topics, KafkaSettings, StatsContext, TopicError, TopicNames, TopicSpec,
+    ensure_topics_with_retry, KafkaSettings, StatsContext, TopicError, TopicNames, TopicSpec,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_runtime::Health;
@@ -115,28 +115,10 @@ pub async fn prepare_topics(
 ) -> Result<(), TopicError> {
     let specs = topic_specs(&config.kafka, config.max_body_bytes);
     let journey = TopicNames::new(&config.kafka.topic_prefix).journey();
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let attempt = tokio::select! {
-            attempt = ensure_topics(&config.kafka, &specs, &journey) => attempt,
-            () = stop.cancelled() => return Ok(()),
-        };
-        match attempt {
-            Ok(()) => {
-                kafka.set_ready(true);
-                return Ok(());
-            }
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, retry_in = ?backoff, "Kafka is not ready; retrying.");
-            }
-            Err(error) => return Err(error),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = stop.cancelled() => return Ok(()),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    if ensure_topics_with_retry(&config.kafka, &specs, &journey, stop).await? {
+        kafka.set_ready(true);
     }
+    Ok(())
 }
 
 impl App {

@@ -8,4 +8,4 @@ pub mod topics;
 
 pub use settings::{KafkaArgs, KafkaSettings};
 pub use stats::{ClientStats, StatsContext};
-pub use topics::{ensure_topics, TopicError, TopicNames, TopicSpec};
+pub use topics::{ensure_topics, ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};

@@ -157,6 +157,36 @@ pub async fn ensure_topics(
     check_same_partitions(&counts, same_partitions)
 }
 
+/// `ensure_topics`, retried with backoff (250 ms doubling to 10 s) while the broker is
+/// unreachable. `Ok(true)` once the topics are ready, `Ok(false)` if `stop` came first, `Err`
+/// for what no retry fixes (e.g. partition counts that differ).
+pub async fn ensure_topics_with_retry(
+    settings: &KafkaSettings,
+    specs: &[TopicSpec],
+    same_partitions: &[String],
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<bool, TopicError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let attempt = tokio::select! {
+            attempt = ensure_topics(settings, specs, same_partitions) => attempt,
+            () = stop.cancelled() => return Ok(false),
+        };
+        match attempt {
+            Ok(()) => return Ok(true),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, retry_in = ?backoff, "Kafka is not ready; retrying.");
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => return Ok(false),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
 fn check_same_partitions(
     counts: &HashMap<String, usize>,
     topics: &[String],

@@ -44,6 +44,8 @@ pub struct Partition {
     journeys: HashMap<String, Journey>,
     timers: BTreeSet<(i64, String)>,
     due: HashMap<String, i64>,
+    /// Customer → keys of their journeys, so history lookups never scan the partition.
+    by_customer: HashMap<String, BTreeSet<String>>,
 }
 
 impl Partition {
@@ -71,7 +73,32 @@ impl Partition {
 
     fn remove(&mut self, key: &str) -> Option<Journey> {
         self.schedule(key, None);
-        self.journeys.remove(key)
+        let removed = self.journeys.remove(key);
+        if let Some(journey) = &removed {
+            self.reindex(key, journey.customer_ref(), None);
+        }
+        removed
+    }
+
+    /// Moves a journey's key from its previous customer to its current one.
+    fn reindex(&mut self, key: &str, before: Option<String>, after: Option<String>) {
+        if before == after {
+            return;
+        }
+        if let Some(customer) = before {
+            if let Some(keys) = self.by_customer.get_mut(&customer) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_customer.remove(&customer);
+                }
+            }
+        }
+        if let Some(customer) = after {
+            self.by_customer
+                .entry(customer)
+                .or_default()
+                .insert(key.to_string());
+        }
     }
 }
 
@@ -153,6 +180,7 @@ impl Engine {
                 continue;
             }
             let due = self.due_of(&journey);
+            state.reindex(&key, None, journey.customer_ref());
             state.journeys.insert(key.clone(), journey);
             state.schedule(&key, due);
         }
@@ -199,6 +227,8 @@ impl Engine {
             .journeys
             .entry(key.to_string())
             .or_insert_with(|| Journey::new(shop, at_ms));
+        // The index holds each journey under its current customer: note it before changes.
+        let indexed_as = journey.customer_ref();
         let mut effects = Vec::new();
         let changed = match input {
             JourneyInput::Checkout(checkout) => {
@@ -260,6 +290,7 @@ impl Engine {
             let due = self.due_of(&snapshot);
             let state = self.partitions.get_mut(&partition).expect("entry above");
             state.schedule(key, due);
+            state.reindex(key, indexed_as, snapshot.customer_ref());
             effects.push(Effect::Persist {
                 key: key.to_string(),
                 journey: Some(Box::new(snapshot)),
@@ -459,15 +490,14 @@ impl Engine {
         }
     }
 
-    /// Orders seen and earlier checkout abandonments of a customer, across owned partitions.
+    /// Orders seen and earlier checkout abandonments of a customer, across owned partitions
+    /// (through the customer index: a full scan here made mass abandonment quadratic).
     fn history(&self, customer: &str, before_ms: i64) -> (u32, Vec<i64>) {
         let mut orders = 0;
         let mut abandonments = Vec::new();
         for state in self.partitions.values() {
-            for journey in state.journeys.values() {
-                if journey.customer_ref().as_deref() != Some(customer) {
-                    continue;
-                }
+            let keys = state.by_customer.get(customer).into_iter().flatten();
+            for journey in keys.filter_map(|key| state.journeys.get(key)) {
                 if journey.order.as_ref().is_some_and(|o| o.at_ms < before_ms) {
                     orders += 1;
                 }

@@ -425,6 +425,35 @@ fn returning_customers_and_repeats_come_from_history() {
 }
 
 #[test]
+fn history_follows_journeys_that_change_or_lose_their_customer() {
+    let mut e = engine();
+    // An anonymous checkout later gets a customer: its order counts for that customer.
+    let anonymous = journey_input(
+        Some("checkouts/create"),
+        br#"{"token":"a","email":"x@example.com","updated_at":"2026-11-23T09:00:00Z"}"#,
+    )
+    .unwrap();
+    e.apply(0, "shop.myshopify.com/a", SHOP, anonymous, 0);
+    e.apply(
+        0,
+        "shop.myshopify.com/a",
+        SHOP,
+        checkout("2026-11-23T09:30:00Z", ""),
+        MIN,
+    );
+    e.apply(0, "shop.myshopify.com/a", SHOP, order(1, ""), 2 * MIN);
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 10 * MIN);
+    let fired = e.fire_due(100 * MIN);
+    assert_eq!(
+        emitted(&fired)[0].segments.as_ref().unwrap().customer,
+        segments::CustomerKind::Returning
+    );
+    // Once the ordered journey is redacted away, it no longer counts.
+    e.apply_global(SHOP, GlobalInput::RedactShop, 200 * MIN);
+    assert_eq!(e.journeys(), 0);
+}
+
+#[test]
 fn fence_sitters_are_flagged() {
     let mut e = engine();
     for (n, at) in [(0, 0), (1, 10), (2, 20)] {
