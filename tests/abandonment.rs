@@ -455,3 +455,93 @@ mod scenarios {
         );
     }
 }
+
+/// Two instances in one group split the partitions; when one leaves, the other restores its
+/// partitions from the changelog and carries on (mock cluster: group rebalances are quick).
+mod scaling {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use aftercart_tests::abandonment::{test_config, TestAbandonment};
+    use aftercart_tests::http::Webhook;
+    use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
+    use aftercart_tests::{eventually, read_topic, Broker};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_split_the_work_and_a_rebalance_moves_state() {
+        let broker = Broker::mock();
+        let mut ingress_settings = ingress_config(&broker);
+        ingress_settings.kafka.partitions = 6;
+        let ingress = TestIngress::start_on(&broker, ingress_settings).await;
+        let config = test_config(&ingress.config.kafka, &["--abandon-after=6s"]);
+        let first = TestAbandonment::start_on(&broker, config.clone()).await;
+        let second = TestAbandonment::start_on(&broker, config.clone()).await;
+        eventually(
+            "both instances own partitions",
+            Duration::from_secs(30),
+            || async {
+                let (a, b) = (
+                    first.metric("aftercart_abandonment_assigned_partitions"),
+                    second.metric("aftercart_abandonment_assigned_partitions"),
+                );
+                (a > 0.0 && b > 0.0 && a + b == 6.0).then_some(())
+            },
+        )
+        .await;
+        for n in 0..12 {
+            let body = format!(
+                r#"{{"token":"chk-{n}","cart_token":"scale-{n}","email":"s{n}@example.com","updated_at":"2026-11-23T10:00:00Z"}}"#
+            );
+            let response = Webhook::new("checkouts/create", body.into_bytes(), SECRET)
+                .post(ingress.addr)
+                .await;
+            assert_eq!(response.status, 200);
+        }
+        eventually(
+            "the journeys are spread over both instances",
+            Duration::from_secs(10),
+            || async {
+                let (a, b) = (
+                    first.metric(
+                        r#"aftercart_abandonment_records_processed_total{topic="checkouts"}"#,
+                    ),
+                    second.metric(
+                        r#"aftercart_abandonment_records_processed_total{topic="checkouts"}"#,
+                    ),
+                );
+                (a > 0.0 && b > 0.0 && a + b == 12.0).then_some(())
+            },
+        )
+        .await;
+        // One instance leaves before anything is due: the other takes over its journeys.
+        second.stop().await.expect("clean stop");
+        eventually(
+            "the survivor owns every partition",
+            Duration::from_secs(30),
+            || async {
+                (first.metric("aftercart_abandonment_assigned_partitions") == 6.0).then_some(())
+            },
+        )
+        .await;
+        let bootstrap = broker.bootstrap();
+        eventually(
+            "every journey abandoned",
+            Duration::from_secs(30),
+            || async {
+                (read_topic(&bootstrap, &config.output_topic).await.len() >= 12).then_some(())
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut per_journey: HashMap<String, usize> = HashMap::new();
+        for record in read_topic(&bootstrap, &config.output_topic).await {
+            *per_journey.entry(record.key_str().to_string()).or_default() += 1;
+        }
+        assert_eq!(per_journey.len(), 12, "{per_journey:?}");
+        assert!(per_journey.values().all(|n| *n == 1), "{per_journey:?}");
+        assert!(
+            first.metric("aftercart_abandonment_state_restored_records_total") > 0.0,
+            "state moved through the changelog"
+        );
+    }
+}
