@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use aftercart_abandonment::AbandonmentConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError};
-use aftercart_runtime::{AdminServer, Health, EX_CONFIG};
+use aftercart_runtime::{AdminServer, Health, Shutdown, EX_CONFIG};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,22 +25,40 @@ pub struct Process {
     pub registry: Registry,
     pub health: Health,
     pub stop: CancellationToken,
+    /// Where the admin port listens.
+    pub admin_addr: SocketAddr,
+    admin_stop: CancellationToken,
 }
 
 impl Process {
-    /// Serves the admin port until `self.stop`, plus a grace period for final scrapes.
-    pub fn spawn_admin(&self, listener: TcpListener) -> CancellationToken {
-        let admin_stop = CancellationToken::new();
-        let admin = AdminServer::new(listener, self.registry.clone(), self.health.clone());
-        tokio::spawn(admin.run_until_stopped(admin_stop.clone()));
+    /// Installs the signal handlers and serves the admin port (one per process, shared by every
+    /// service it runs) until `finish`.
+    pub async fn start(admin: SocketAddr) -> Result<Process, i32> {
+        let listener = bind("the admin port", admin).await?;
+        let shutdown = Shutdown::new();
+        shutdown.listen_for_signals();
+        let process = Process {
+            registry: Registry::new(),
+            health: Health::new(),
+            stop: shutdown.token(),
+            admin_addr: listener.local_addr().unwrap_or(admin),
+            admin_stop: CancellationToken::new(),
+        };
+        let server = AdminServer::new(listener, process.registry.clone(), process.health.clone());
+        tokio::spawn(server.run_until_stopped(process.admin_stop.clone()));
         // Readiness fails as soon as shutdown starts, before anything stops accepting.
-        let health = self.health.clone();
-        let stop = self.stop.clone();
+        let (health, stop) = (process.health.clone(), process.stop.clone());
         tokio::spawn(async move {
             stop.cancelled().await;
             health.start_draining();
         });
-        admin_stop
+        Ok(process)
+    }
+
+    /// Stops the admin port: the last step, after the services drained.
+    pub fn finish(self, code: i32) -> i32 {
+        self.admin_stop.cancel();
+        code
     }
 }
 

@@ -2,11 +2,10 @@
 
 use aftercart_abandonment::AbandonmentDefaults;
 use aftercart_runtime::config::{parse_duration, parse_socket_addr, ConfigErrors};
-use aftercart_runtime::{Health, Shutdown, EX_USAGE};
-use prometheus::Registry;
+use aftercart_runtime::EX_USAGE;
 
 use crate::cli::AbandonmentCommand;
-use crate::serve::{bind, run_abandonment, Process};
+use crate::serve::{run_abandonment, Process};
 
 pub async fn run(command: AbandonmentCommand) -> i32 {
     let mut errors = ConfigErrors::new();
@@ -35,19 +34,10 @@ pub async fn run(command: AbandonmentCommand) -> i32 {
             return EX_USAGE;
         }
     };
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals();
-    let process = Process {
-        registry: Registry::new(),
-        health: Health::new(),
-        stop: shutdown.token(),
-    };
-    let admin_listener = match bind("the admin port", admin.expect("checked")).await {
-        Ok(listener) => listener,
+    let process = match Process::start(admin.expect("checked")).await {
+        Ok(process) => process,
         Err(code) => return code,
     };
-    let admin_stop = process.spawn_admin(admin_listener);
     let code = run_abandonment(&config, &process).await;
-    admin_stop.cancel();
-    code
+    process.finish(code)
 }

@@ -7,8 +7,7 @@ use aftercart_abandonment::AbandonmentDefaults;
 use aftercart_ingress::app::topic_specs;
 use aftercart_ingress::{IngressArgs, IngressDefaults};
 use aftercart_kafka::TopicSpec;
-use aftercart_runtime::{ConfigErrors, Health, Shutdown, EX_USAGE};
-use prometheus::Registry;
+use aftercart_runtime::{ConfigErrors, EX_USAGE};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
@@ -80,29 +79,19 @@ pub async fn run(args: DevArgs) -> i32 {
             return code;
         }
     }
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals();
-    let process = Process {
-        registry: Registry::new(),
-        health: Health::new(),
-        stop: shutdown.token(),
-    };
-    let admin_listener = match bind("the admin port", ingress.admin_listen).await {
-        Ok(listener) => listener,
+    let process = match Process::start(ingress.admin_listen).await {
+        Ok(process) => process,
         Err(code) => return code,
     };
     let listener = match bind("webhooks", ingress.listen).await {
         Ok(listener) => listener,
-        Err(code) => return code,
+        Err(code) => return process.finish(code),
     };
     let webhook_addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let admin_addr = admin_listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let admin_addr = process.admin_addr;
     let broker_note = if embedded.is_some() {
         "embedded, in memory"
     } else {
@@ -124,14 +113,12 @@ pub async fn run(args: DevArgs) -> i32 {
         output = abandonment.output_topic,
         delay = humantime::format_duration(std::time::Duration::from_millis(abandonment.rules.abandon_after_ms as u64)),
     );
-    let admin_stop = process.spawn_admin(admin_listener);
     let (ingress_code, abandonment_code) = tokio::join!(
         run_ingress(&ingress, listener, &process),
         run_abandonment(&abandonment, &process)
     );
-    admin_stop.cancel();
+    let code = process.finish(ingress_code.max(abandonment_code));
     drop(embedded);
-    let code = ingress_code.max(abandonment_code);
     if code == 0 {
         println!("aftercart dev stack stopped.");
     }

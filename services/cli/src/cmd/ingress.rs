@@ -1,8 +1,7 @@
 //! `aftercart ingress`: the production webhook ingress.
 
 use aftercart_ingress::{IngressArgs, IngressDefaults};
-use aftercart_runtime::{Health, Shutdown, EX_USAGE};
-use prometheus::Registry;
+use aftercart_runtime::EX_USAGE;
 
 use crate::serve::{bind, run_ingress, Process};
 
@@ -14,23 +13,14 @@ pub async fn run(args: IngressArgs) -> i32 {
             return EX_USAGE;
         }
     };
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals();
-    let process = Process {
-        registry: Registry::new(),
-        health: Health::new(),
-        stop: shutdown.token(),
-    };
-    let admin_listener = match bind("the admin port", config.admin_listen).await {
-        Ok(listener) => listener,
+    let process = match Process::start(config.admin_listen).await {
+        Ok(process) => process,
         Err(code) => return code,
     };
     let listener = match bind("webhooks", config.listen).await {
         Ok(listener) => listener,
-        Err(code) => return code,
+        Err(code) => return process.finish(code),
     };
-    let admin_stop = process.spawn_admin(admin_listener);
     let code = run_ingress(&config, listener, &process).await;
-    admin_stop.cancel();
-    code
+    process.finish(code)
 }
