@@ -125,10 +125,7 @@ impl TestAbandonment {
     pub async fn stop(mut self) -> Result<(), ServeError> {
         self.stop.cancel();
         let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("stops within 30 s")
-            .expect("task does not panic")
+        crate::join_within(task, "the abandonment service").await
     }
 }
 

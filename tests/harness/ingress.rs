@@ -143,10 +143,7 @@ impl TestIngress {
         self.health.start_draining();
         self.stop.cancel();
         let task = self.task.take().expect("running");
-        let ended = tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("ingress stops within 30 s")
-            .expect("ingress task does not panic");
+        let ended = crate::join_within(task, "the ingress").await;
         self.admin_stop.cancel();
         ended
     }
@@ -154,10 +151,7 @@ impl TestIngress {
     /// Waits for `serve` to end by itself (e.g. refusing to start).
     pub async fn finished(mut self) -> Result<(), ServeError> {
         let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("ingress ends within 30 s")
-            .expect("ingress task does not panic")
+        crate::join_within(task, "the ingress").await
     }
 }
 

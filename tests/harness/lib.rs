@@ -30,6 +30,14 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Awaits a service task for at most 30 s; a hang or a panic fails the test with `what`.
+pub async fn join_within<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within 30 s"))
+        .unwrap_or_else(|e| panic!("{what} panicked: {e}"))
+}
+
 /// A fresh topic prefix, so every test has its own topics (and consumer groups).
 pub fn unique_prefix() -> String {
     format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])

@@ -112,14 +112,7 @@ impl AbandonmentMetrics {
                 &["topic", "partition"],
             )?,
         };
-        let build_info = IntGaugeVec::new(
-            opts("build_info", "Always 1; labelled with the running version."),
-            &["version"],
-        )?;
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        registry.register(Box::new(build_info))?;
+        aftercart_runtime::build_info::register(PREFIX, registry)?;
         registry.register(Box::new(metrics.journeys.clone()))?;
         registry.register(Box::new(metrics.abandonments.clone()))?;
         registry.register(Box::new(metrics.recoveries.clone()))?;

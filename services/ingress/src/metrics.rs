@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use aftercart_kafka::ClientStats;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 const PREFIX: &str = "aftercart_ingress_";
@@ -69,17 +68,7 @@ impl IngressMetrics {
             ))?,
             kafka: ClientStats::register(PREFIX, registry)?,
         };
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                format!("{PREFIX}build_info"),
-                "Always 1; labelled with the running version.",
-            ),
-            &["version"],
-        )?;
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        registry.register(Box::new(build_info))?;
+        aftercart_runtime::build_info::register(PREFIX, registry)?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.request_duration.clone()))?;
         registry.register(Box::new(metrics.hmac_failures.clone()))?;

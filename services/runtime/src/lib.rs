@@ -2,6 +2,7 @@
 //! `/metrics`), readiness, signal handling, logging and configuration validation.
 
 pub mod admin;
+pub mod build_info;
 pub mod config;
 pub mod health;
 pub mod shutdown;

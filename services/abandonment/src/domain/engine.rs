@@ -593,38 +593,36 @@ fn customer_out(checkout: &Snapshot, consent: &segments::Channels) -> CustomerOu
     }
 }
 
-fn abandoned_event(
+/// An event with every field that comes from the journey; callers add what is specific.
+fn journey_event(
     key: &str,
     journey: &Journey,
+    event_type: EventType,
     kind: Kind,
-    segments: Segments,
-    at_ms: i64,
+    consent: &segments::Channels,
+    abandoned_at_ms: i64,
 ) -> OutputEvent {
     let checkout = journey.checkout.as_ref();
     OutputEvent {
-        event_type: EventType::Abandoned,
+        event_type,
         kind,
-        event_id: event_id(EventType::Abandoned, kind, key),
+        event_id: event_id(event_type, kind, key),
         shop: journey.shop.clone(),
         journey_key: key.to_string(),
         checkout_token: checkout.and_then(|c| c.token.clone()),
         cart_token: checkout
             .and_then(|c| c.cart_token.clone())
             .or_else(|| cart_token_of(key, journey)),
-        customer: checkout.map(|c| customer_out(c, &segments.consent)),
+        customer: checkout.map(|c| customer_out(c, consent)),
         value: checkout.and_then(|c| {
             c.total_price.clone().map(|amount| Value {
                 amount,
                 currency: c.currency.clone(),
             })
         }),
-        line_items: checkout.map(|c| LineItemsOut {
-            count: c.items.len(),
-            quantity: c.items.iter().map(|i| i.quantity).sum(),
-            items: c.items.clone(),
-        }),
-        segments: Some(segments),
-        abandoned_at: rfc3339(at_ms),
+        line_items: None,
+        segments: None,
+        abandoned_at: rfc3339(abandoned_at_ms),
         last_activity_at: rfc3339(journey.last_activity_ms),
         order_id: None,
         recovered_at: None,
@@ -632,6 +630,30 @@ fn abandoned_event(
         used_recovery_url: None,
         used_discount: None,
     }
+}
+
+fn abandoned_event(
+    key: &str,
+    journey: &Journey,
+    kind: Kind,
+    segments: Segments,
+    at_ms: i64,
+) -> OutputEvent {
+    let mut event = journey_event(
+        key,
+        journey,
+        EventType::Abandoned,
+        kind,
+        &segments.consent,
+        at_ms,
+    );
+    event.line_items = journey.checkout.as_ref().map(|c| LineItemsOut {
+        count: c.items.len(),
+        quantity: c.items.iter().map(|i| i.quantity).sum(),
+        items: c.items.clone(),
+    });
+    event.segments = Some(segments);
+    event
 }
 
 /// A cart-only journey's key is `<shop>/<cart token>`.
@@ -649,42 +671,30 @@ fn recovered_event(key: &str, journey: &Journey, order: &OrderRef) -> Option<Out
         (None, Some(at)) => (Kind::Cart, at),
         (None, None) => return None,
     };
-    let checkout = journey.checkout.as_ref();
-    Some(OutputEvent {
-        event_type: EventType::Recovered,
+    let checkout_consent = journey.checkout.as_ref().map_or(
+        segments::Channels {
+            email: false,
+            sms: false,
+        },
+        |c| segments::Channels {
+            email: c.accepts_email,
+            sms: c.accepts_sms,
+        },
+    );
+    let mut event = journey_event(
+        key,
+        journey,
+        EventType::Recovered,
         kind,
-        event_id: event_id(EventType::Recovered, kind, key),
-        shop: journey.shop.clone(),
-        journey_key: key.to_string(),
-        checkout_token: checkout.and_then(|c| c.token.clone()),
-        cart_token: checkout
-            .and_then(|c| c.cart_token.clone())
-            .or_else(|| cart_token_of(key, journey)),
-        customer: checkout.map(|c| {
-            customer_out(
-                c,
-                &segments::Channels {
-                    email: c.accepts_email,
-                    sms: c.accepts_sms,
-                },
-            )
-        }),
-        value: checkout.and_then(|c| {
-            c.total_price.clone().map(|amount| Value {
-                amount,
-                currency: c.currency.clone(),
-            })
-        }),
-        line_items: None,
-        segments: None,
-        abandoned_at: rfc3339(abandoned_at),
-        last_activity_at: rfc3339(journey.last_activity_ms),
-        order_id: Some(order.id),
-        recovered_at: Some(rfc3339(order.at_ms)),
-        recovered_after_seconds: Some(((order.at_ms - abandoned_at) / 1000).max(0)),
-        used_recovery_url: Some(order.used_recovery_url),
-        used_discount: Some(order.used_discount),
-    })
+        &checkout_consent,
+        abandoned_at,
+    );
+    event.order_id = Some(order.id);
+    event.recovered_at = Some(rfc3339(order.at_ms));
+    event.recovered_after_seconds = Some(((order.at_ms - abandoned_at) / 1000).max(0));
+    event.used_recovery_url = Some(order.used_recovery_url);
+    event.used_discount = Some(order.used_discount);
+    Some(event)
 }
 
 #[cfg(test)]
