@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use aftercart_kafka::TopicNames;
+use aftercart_kafka::{
+    dead_letter_record, header, read_partition, shop_of, DeadLetter, StoreError, TopicNames,
+};
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::Family;
 use rdkafka::client::ClientContext;
@@ -13,7 +15,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
@@ -25,10 +27,11 @@ use crate::domain::event::{EmittedEvent, EventType};
 use crate::domain::input::{global_input, journey_input, PoisonRecord};
 use crate::domain::journey::Journey;
 use crate::metrics::AbandonmentMetrics;
-use crate::store::{read_partition, StoreError};
 
 /// Changelog key of a partition's checkpoint: the last output offset its state reflects.
 pub const CHECKPOINT_KEY: &str = "aftercart:checkpoint";
+/// Client and group id of the reads that restore a partition.
+const RESTORE_CLIENT: &str = "aftercart-abandonment-restore";
 /// Most records taken per batch.
 const BATCH: usize = 2000;
 /// How often idle journeys are expired.
@@ -94,12 +97,6 @@ impl ConsumerContext for LoopContext {
 /// Where a journey state is written: changelog partition and key.
 type StateSlot = (i32, String);
 
-/// A record that cannot be used, on its way to the dead-letter topic.
-struct DeadLetter {
-    message: OwnedMessage,
-    reason: String,
-}
-
 /// The Kafka clients of a loop. Closing a consumer can block for as long as the broker is away,
 /// so they are always closed on a plain thread, never on the async runtime.
 struct Clients {
@@ -125,27 +122,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<&'a str> {
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// The shop of a record: its header, else the key's prefix.
-fn shop_of(message: &OwnedMessage) -> String {
-    header(message, "shopify-shop-domain")
-        .map(str::to_string)
-        .or_else(|| {
-            let key = std::str::from_utf8(message.key()?).ok()?;
-            Some(key.split('/').next().unwrap_or(key).to_string())
-        })
-        .unwrap_or_default()
-        .to_ascii_lowercase()
 }
 
 impl Drop for Loop {
@@ -488,7 +464,7 @@ impl Loop {
         let settings = self.config.kafka.clone();
         let state_topic = self.config.state_topic.clone();
         let changelog = tokio::task::spawn_blocking(move || {
-            read_partition(&settings, &state_topic, partition, None)
+            read_partition(&settings, RESTORE_CLIENT, &state_topic, partition, None)
         })
         .await
         .expect("restore task does not panic")?;
@@ -528,7 +504,7 @@ impl Loop {
         let output_topic = self.config.output_topic.clone();
         let from = checkpoint.map(|offset| offset + 1);
         let emitted = tokio::task::spawn_blocking(move || {
-            read_partition(&settings, &output_topic, partition, from)
+            read_partition(&settings, RESTORE_CLIENT, &output_topic, partition, from)
         })
         .await
         .expect("restore task does not panic")?;
@@ -587,37 +563,7 @@ impl Loop {
             ));
         }
         for letter in &dead {
-            let mut headers = OwnedHeaders::new();
-            if let Some(original) = letter.message.headers() {
-                for h in original.iter() {
-                    headers = headers.insert(Header {
-                        key: h.key,
-                        value: h.value,
-                    });
-                }
-            }
-            let source = format!(
-                "{}/{}/{}",
-                letter.message.topic(),
-                letter.message.partition(),
-                letter.message.offset()
-            );
-            headers = headers
-                .insert(Header {
-                    key: "aftercart-dead-letter-reason",
-                    value: Some(letter.reason.as_str()),
-                })
-                .insert(Header {
-                    key: "aftercart-dead-letter-source",
-                    value: Some(source.as_str()),
-                });
-            let mut record = FutureRecord::to(&self.config.dead_letter_topic).headers(headers);
-            if let Some(key) = letter.message.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = letter.message.payload() {
-                record = record.payload(payload);
-            }
+            let record = dead_letter_record(&self.config.dead_letter_topic, letter);
             deliveries.push((
                 -1,
                 self.clients()

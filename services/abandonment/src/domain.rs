@@ -4,5 +4,5 @@ pub mod engine;
 pub mod event;
 pub mod input;
 pub mod journey;
-pub mod money;
+pub use aftercart_shopify::money;
 pub mod segments;

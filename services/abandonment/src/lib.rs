@@ -6,7 +6,6 @@ pub mod config;
 pub mod consumer;
 pub mod domain;
 pub mod metrics;
-pub mod store;
 
 pub use app::{serve, topic_specs, ServeError};
 pub use config::{AbandonmentArgs, AbandonmentConfig, AbandonmentDefaults};

@@ -1,11 +1,16 @@
 //! Kafka wiring shared by every aftercart service: connection settings and their flags, topic
-//! names and creation, the producer configuration, and librdkafka statistics as metrics.
+//! names and creation, the producer configuration, librdkafka statistics as metrics, and the
+//! record plumbing consumer services share (partition reads, headers, dead letters).
 
+pub mod partition_reader;
 pub mod producer;
+pub mod records;
 pub mod settings;
 pub mod stats;
 pub mod topics;
 
+pub use partition_reader::{read_partition, StoreError, StoredRecord};
+pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{ensure_topics, ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};

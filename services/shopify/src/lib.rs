@@ -1,11 +1,13 @@
 //! The Shopify webhook contract shared by every aftercart service: how deliveries are signed,
 //! which headers they carry, which Kafka topic family a webhook topic belongs to, and the
-//! journey key that keeps one purchase's events in the same partition.
+//! journey key that keeps one purchase's events in the same partition, and exact money.
 
 pub mod family;
 pub mod headers;
 pub mod journey_key;
+pub mod money;
 pub mod signature;
+pub mod time;
 
 pub use family::Family;
 pub use headers::WebhookHeaders;

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::segments::Segments;
+pub use aftercart_shopify::time::{parse_time_ms, rfc3339};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,33 +106,6 @@ pub fn event_id(event_type: EventType, kind: Kind, journey_key: &str) -> String 
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
-/// Milliseconds since the epoch of an RFC 3339 timestamp with any offset (`2021-12-31T19:00:00-05:00`).
-pub fn parse_time_ms(text: &str) -> Option<i64> {
-    let text = text.trim();
-    // humantime only reads UTC: fold a numeric offset into the time first.
-    let (base, offset_minutes) = match text.len().checked_sub(6).map(|at| text.split_at(at)) {
-        Some((base, offset))
-            if (offset.starts_with('+') || offset.starts_with('-'))
-                && offset.as_bytes().get(3) == Some(&b':') =>
-        {
-            let hours: i64 = offset[1..3].parse().ok()?;
-            let minutes: i64 = offset[4..6].parse().ok()?;
-            let sign = if offset.starts_with('-') { -1 } else { 1 };
-            (format!("{base}Z"), sign * (hours * 60 + minutes))
-        }
-        _ => (text.to_string(), 0),
-    };
-    let utc = humantime::parse_rfc3339_weak(base.trim_end_matches('Z')).ok()?;
-    let ms = utc.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
-    Some(ms - offset_minutes * 60_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,15 +118,5 @@ mod tests {
         assert_ne!(a, event_id(EventType::Recovered, Kind::Checkout, "shop/c1"));
         assert_ne!(a, event_id(EventType::Abandoned, Kind::Cart, "shop/c1"));
         assert_ne!(a, event_id(EventType::Abandoned, Kind::Checkout, "shop/c2"));
-    }
-
-    #[test]
-    fn shopify_timestamps_with_offsets_parse_to_utc() {
-        let utc = parse_time_ms("2022-01-01T00:00:00Z").unwrap();
-        assert_eq!(parse_time_ms("2021-12-31T19:00:00-05:00"), Some(utc));
-        assert_eq!(parse_time_ms("2022-01-01T01:00:00+01:00"), Some(utc));
-        assert_eq!(parse_time_ms("2022-01-01T00:00:00.000Z"), Some(utc));
-        assert_eq!(parse_time_ms("yesterday"), None);
-        assert_eq!(rfc3339(utc), "2022-01-01T00:00:00.000Z");
     }
 }

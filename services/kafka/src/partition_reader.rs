@@ -1,9 +1,9 @@
-//! Reading one partition of a topic to its high watermark: how state is restored from the
-//! changelog and how already-emitted events are found in the output topic.
+//! Reading one partition of a topic to its high watermark: how consumer services restore state
+//! from a changelog and find the events they already emitted in an output topic.
 
 use std::time::{Duration, Instant};
 
-use aftercart_kafka::KafkaSettings;
+use crate::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -37,6 +37,7 @@ pub enum StoreError {
 /// high watermark at the time of the call. Blocking: run it on the blocking pool.
 pub fn read_partition(
     settings: &KafkaSettings,
+    client_id: &str,
     topic: &str,
     partition: i32,
     from: Option<i64>,
@@ -46,10 +47,10 @@ pub fn read_partition(
         partition,
         source,
     };
-    let mut config = settings.client_config("aftercart-abandonment-restore");
+    let mut config = settings.client_config(client_id);
     config
         .set("enable.auto.commit", "false")
-        .set("group.id", "aftercart-abandonment-restore")
+        .set("group.id", client_id)
         // The end of the partition is reported, so a read never waits on a watermark it
         // cannot reach (e.g. one that counts transaction markers).
         .set("enable.partition.eof", "true");

@@ -1,0 +1,898 @@
+//! The referral state machine. Pure: it is fed one shop's facts with their receive time and the
+//! clock, and answers with effects (records to emit, entities to persist) for the I/O layer.
+//! All of a shop's state lives in one partition, so every rule is decided locally.
+
+use std::collections::{BTreeSet, HashMap};
+
+use aftercart_shopify::money::Amount;
+
+use crate::domain::code::{CodeRules, Source};
+use crate::domain::event::{
+    event_id, rfc3339, AdvocateOut, EmittedEvent, FriendOut, InviteEvent, OrderOut, Output,
+    RewardEvent,
+};
+use crate::domain::identity::{
+    self, customer_key, customer_key_of_email, customer_key_of_id, fingerprint,
+};
+use crate::domain::input::{Input, Negation, OrderFact};
+use crate::domain::state::{
+    customer_entity, ip_entity, order_entity, shop_of_entity, Advocate, Consent, CustomerState,
+    Entity, FirstOrder, Invite, InviteTo, IpState, OrderState, ReferredBy, Reward, RewardStatus,
+};
+
+/// Which purchase step makes the buyer an advocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Paid,
+    Fulfilled,
+}
+
+/// The programme's rules.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub codes: CodeRules,
+    pub trigger: Trigger,
+    pub invite_delay_ms: i64,
+    pub invite_min_value: Amount,
+    pub cooldown_ms: i64,
+    pub reward_min_value: Amount,
+    pub review_window_ms: i64,
+    /// More referred orders than this from one browser IP within the window are fraud.
+    pub ip_burst_max: usize,
+    pub ip_burst_window_ms: i64,
+    /// Settled orders unseen for this long are forgotten.
+    pub order_retention_ms: i64,
+}
+
+/// Something to count: why an invite was skipped, how an attribution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    InviteSkipped(&'static str),
+    Attribution(&'static str),
+}
+
+/// What the I/O layer must do, in order: emit records, then persist entities.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Emit { key: String, output: Output },
+    /// `None` deletes the entity (a changelog tombstone).
+    Persist {
+        key: String,
+        entity: Option<Box<Entity>>,
+    },
+    Count(Counted),
+}
+
+/// The entities of one partition, an index of codes, and the timers.
+#[derive(Debug, Default)]
+pub struct Partition {
+    customers: HashMap<String, CustomerState>,
+    orders: HashMap<String, OrderState>,
+    ips: HashMap<String, IpState>,
+    /// `<shop>/<code>` → the advocate's customer entity key.
+    codes: HashMap<String, String>,
+    /// (due, order entity key): a waiting invite or a reward under review.
+    timers: BTreeSet<(i64, String)>,
+}
+
+impl Partition {
+    pub fn customers(&self) -> usize {
+        self.customers.len()
+    }
+
+    pub fn orders(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Rewards under review.
+    pub fn pending_rewards(&self) -> usize {
+        self.orders
+            .values()
+            .filter(|o| matches!(&o.reward, Some(r) if r.status == RewardStatus::Pending))
+            .count()
+    }
+
+    fn insert(&mut self, key: String, entity: Entity) {
+        match entity {
+            Entity::Customer(customer) => {
+                if let Some(advocate) = &customer.advocate {
+                    let shop = shop_of_entity(&key);
+                    self.codes
+                        .insert(format!("{shop}/{}", advocate.code), key.clone());
+                }
+                self.customers.insert(key, customer);
+            }
+            Entity::Order(order) => {
+                self.schedule(&key, &order);
+                self.orders.insert(key, order);
+            }
+            Entity::Ip(ip) => {
+                self.ips.insert(key, ip);
+            }
+        }
+    }
+
+    fn schedule(&mut self, key: &str, order: &OrderState) {
+        if let Some(Invite::Scheduled { due_ms, .. }) = &order.invite {
+            self.timers.insert((*due_ms, key.to_string()));
+        }
+        if let Some(reward) = &order.reward {
+            if reward.status == RewardStatus::Pending {
+                self.timers.insert((reward.due_ms, key.to_string()));
+            }
+        }
+    }
+}
+
+fn persist(key: &str, entity: Entity) -> Effect {
+    Effect::Persist {
+        key: key.to_string(),
+        entity: Some(Box::new(entity)),
+    }
+}
+
+fn tombstone(key: &str) -> Effect {
+    Effect::Persist {
+        key: key.to_string(),
+        entity: None,
+    }
+}
+
+fn at_least(value: Option<&str>, minimum: Amount) -> bool {
+    value
+        .and_then(Amount::parse)
+        .is_some_and(|amount| amount >= minimum)
+}
+
+pub struct Engine {
+    rules: Rules,
+    partitions: HashMap<i32, Partition>,
+}
+
+impl Engine {
+    pub fn new(rules: Rules) -> Self {
+        Engine {
+            rules,
+            partitions: HashMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    pub fn partition(&self, partition: i32) -> Option<&Partition> {
+        self.partitions.get(&partition)
+    }
+
+    /// Totals over owned partitions: (customers, orders, pending rewards).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        self.partitions.values().fold((0, 0, 0), |(c, o, r), p| {
+            (c + p.customers(), o + p.orders(), r + p.pending_rewards())
+        })
+    }
+
+    /// Takes ownership of a partition with its restored entities.
+    pub fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) {
+        let mut state = Partition::default();
+        for (key, entity) in entities {
+            state.insert(key, entity);
+        }
+        self.partitions.insert(partition, state);
+    }
+
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// Applies one fact of `shop` received at `at_ms`.
+    pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
+        let rules = &self.rules;
+        let state = self.partitions.entry(partition).or_default();
+        let mut effects = Vec::new();
+        let mut step = Step {
+            rules,
+            state,
+            shop,
+            effects: &mut effects,
+        };
+        match input {
+            Input::Order(order) => step.order(&order, at_ms),
+            Input::Negated { order_id, negation } => {
+                let key = order_entity(shop, order_id);
+                let mut order = step.state.orders.remove(&key).unwrap_or_default();
+                order.last_seen_ms = order.last_seen_ms.max(at_ms);
+                step.negate(&key, &mut order, negation, at_ms);
+                step.put_order(key, order);
+            }
+            Input::Consent {
+                customer_id,
+                subscribed,
+                at_ms: stated_at,
+            } => {
+                let key = customer_entity(shop, &customer_key_of_id(customer_id));
+                if let Some(customer) = step.state.customers.get_mut(&key) {
+                    if merge_consent(customer, subscribed, stated_at.unwrap_or(at_ms)) {
+                        let entity = Entity::Customer(customer.clone());
+                        step.effects.push(persist(&key, entity));
+                    }
+                }
+            }
+            Input::RedactCustomer { customer_id, email } => {
+                step.redact_customer(customer_id, email.as_deref(), at_ms)
+            }
+            Input::RedactShop => step.redact_shop(),
+            Input::Ignored => {}
+        }
+        effects
+    }
+
+    /// Sends invites whose delay passed and grants rewards whose review window passed.
+    pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        let mut out = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            let mut due = Vec::new();
+            while let Some(first) = state.timers.first() {
+                if first.0 > now_ms {
+                    break;
+                }
+                let (_, key) = state.timers.pop_first().expect("checked");
+                if !due.contains(&key) {
+                    due.push(key);
+                }
+            }
+            for key in due {
+                let mut effects = Vec::new();
+                let shop = shop_of_entity(&key).to_string();
+                let mut step = Step {
+                    rules: &self.rules,
+                    state,
+                    shop: &shop,
+                    effects: &mut effects,
+                };
+                step.fire(&key, now_ms);
+                out.extend(effects.into_iter().map(|e| (*partition, e)));
+            }
+        }
+        out
+    }
+
+    /// Forgets settled orders unseen for the retention period and IP times outside the window.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        let mut out = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            let old: Vec<String> = state
+                .orders
+                .iter()
+                .filter(|(_, o)| o.settled() && o.last_seen_ms + self.rules.order_retention_ms < now_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in old {
+                state.orders.remove(&key);
+                out.push((*partition, tombstone(&key)));
+            }
+            let horizon = now_ms - self.rules.ip_burst_window_ms;
+            let mut changed = Vec::new();
+            for (key, ip) in &mut state.ips {
+                let before = ip.referred_ms.len();
+                ip.referred_ms.retain(|at| *at > horizon);
+                if ip.referred_ms.len() != before {
+                    changed.push(key.clone());
+                }
+            }
+            for key in changed {
+                if state.ips[&key].referred_ms.is_empty() {
+                    state.ips.remove(&key);
+                    out.push((*partition, tombstone(&key)));
+                } else {
+                    out.push((*partition, persist(&key, Entity::Ip(state.ips[&key].clone()))));
+                }
+            }
+        }
+        out
+    }
+
+    /// Brings state up to date with an event found in an output topic after the checkpoint:
+    /// it was emitted, but the state change behind it did not reach the changelog.
+    pub fn reconcile(&mut self, partition: i32, emitted: &EmittedEvent) -> Vec<Effect> {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        let at = aftercart_shopify::time::parse_time_ms(&emitted.occurred_at).unwrap_or(0);
+        let shop = emitted.shop.as_str();
+        let code = &emitted.advocate.referral_code;
+        if emitted.event_type == "invite" {
+            let Some(order_out) = &emitted.order else {
+                return effects;
+            };
+            let key = order_entity(shop, order_out.id);
+            let Some(order) = state.orders.get_mut(&key) else {
+                return effects;
+            };
+            order.invite = Some(Invite::Sent);
+            let order_snapshot = order.clone();
+            effects.push(persist(&key, Entity::Order(order_snapshot.clone())));
+            if let Some(customer_key) = order_snapshot.customer {
+                if let Some(customer) = state.customers.get_mut(&customer_key) {
+                    customer.advocate = Some(Advocate {
+                        code: code.clone(),
+                        invited_ms: at,
+                    });
+                    state
+                        .codes
+                        .insert(format!("{shop}/{code}"), customer_key.clone());
+                    effects.push(persist(&customer_key, Entity::Customer(customer.clone())));
+                }
+            }
+            return effects;
+        }
+        let Some(friend) = &emitted.friend else {
+            return effects;
+        };
+        let key = order_entity(shop, friend.order.id);
+        let status = match emitted.event_type.as_str() {
+            "reward.pending" => RewardStatus::Pending,
+            "reward.granted" => RewardStatus::Granted,
+            "reward.voided" => RewardStatus::Voided,
+            "reward.rejected" => RewardStatus::Rejected,
+            _ => return effects,
+        };
+        let advocate = state.codes.get(&format!("{shop}/{code}")).cloned();
+        let order = state.orders.entry(key.clone()).or_default();
+        order.attribution_checked = true;
+        match &mut order.reward {
+            // Statuses only move forward: pending, then one final status.
+            Some(reward) if reward.status == RewardStatus::Pending || status != RewardStatus::Pending => {
+                if reward.status == RewardStatus::Pending {
+                    reward.status = status;
+                }
+            }
+            Some(_) => {}
+            None => {
+                order.reward = Some(Reward {
+                    advocate: advocate.clone().unwrap_or_default(),
+                    advocate_id: emitted.advocate.customer_id,
+                    code: code.clone(),
+                    via: Source::DiscountCode,
+                    status,
+                    attributed_ms: at,
+                    due_ms: at + self.rules.review_window_ms,
+                    reason: None,
+                });
+            }
+        }
+        let order = order.clone();
+        state.schedule(&key, &order);
+        effects.push(persist(&key, Entity::Order(order.clone())));
+        if status == RewardStatus::Pending {
+            if let (Some(friend_key), Some(advocate)) = (&order.customer, advocate) {
+                if let Some(customer) = state.customers.get_mut(friend_key) {
+                    if customer.referred_by.is_none() {
+                        customer.referred_by = Some(ReferredBy {
+                            advocate,
+                            order_id: friend.order.id,
+                        });
+                        effects.push(persist(friend_key, Entity::Customer(customer.clone())));
+                    }
+                }
+            }
+        }
+        effects
+    }
+}
+
+/// Updates consent if the statement is at least as recent; true when it changed.
+fn merge_consent(customer: &mut CustomerState, subscribed: bool, at_ms: i64) -> bool {
+    match &customer.consent {
+        Some(current) if current.at_ms > at_ms => false,
+        Some(current) if current.subscribed == subscribed && current.at_ms == at_ms => false,
+        _ => {
+            customer.consent = Some(Consent { subscribed, at_ms });
+            true
+        }
+    }
+}
+
+/// One application of facts to a partition, collecting effects.
+struct Step<'a> {
+    rules: &'a Rules,
+    state: &'a mut Partition,
+    shop: &'a str,
+    effects: &'a mut Vec<Effect>,
+}
+
+impl Step<'_> {
+    fn put_order(&mut self, key: String, order: OrderState) {
+        self.state.schedule(&key, &order);
+        self.effects.push(persist(&key, Entity::Order(order.clone())));
+        self.state.orders.insert(key, order);
+    }
+
+    fn put_customer(&mut self, key: &str, customer: CustomerState) {
+        self.effects
+            .push(persist(key, Entity::Customer(customer.clone())));
+        self.state.customers.insert(key.to_string(), customer);
+    }
+
+    fn count(&mut self, counted: Counted) {
+        self.effects.push(Effect::Count(counted));
+    }
+
+    fn order(&mut self, fact: &OrderFact, at_ms: i64) {
+        let key = order_entity(self.shop, fact.id);
+        let mut order = self.state.orders.remove(&key).unwrap_or_default();
+        let customer = customer_key(fact).map(|k| customer_entity(self.shop, &k));
+        order.last_seen_ms = order.last_seen_ms.max(at_ms);
+        order.customer = customer.clone().or(order.customer);
+        order.customer_id = fact.customer.as_ref().and_then(|c| c.id).or(order.customer_id);
+        order.name = fact.name.clone().or(order.name);
+        order.value = fact.value().map(str::to_string).or(order.value);
+        order.currency = fact.currency.clone().or(order.currency);
+        order.test |= fact.test;
+        let created_ms = fact.created_ms().or(order.created_ms).unwrap_or(at_ms);
+        order.created_ms = Some(created_ms);
+        if let Some(customer_key) = &customer {
+            self.update_customer(customer_key, fact, created_ms, at_ms);
+        }
+        if !order.attribution_checked {
+            order.attribution_checked = true;
+            self.attribute(&key, &mut order, fact, at_ms);
+        }
+        let triggered = match self.rules.trigger {
+            Trigger::Paid => fact.is_paid(),
+            Trigger::Fulfilled => fact.is_fulfilled(),
+        };
+        if triggered && order.invite.is_none() {
+            order.invite = Some(self.decide_invite(&order, fact, at_ms));
+        }
+        if let Some(negation) = fact.negation() {
+            self.negate(&key, &mut order, negation, at_ms);
+        }
+        self.put_order(key, order);
+    }
+
+    fn update_customer(&mut self, key: &str, fact: &OrderFact, created_ms: i64, at_ms: i64) {
+        let mut customer = self.state.customers.remove(key).unwrap_or_default();
+        let before = customer.clone();
+        customer.customer_id = fact.customer.as_ref().and_then(|c| c.id).or(customer.customer_id);
+        customer.email_fp = identity::email_fingerprint(fact).or(customer.email_fp);
+        customer.name_address_fp =
+            identity::name_address_fingerprint(fact).or(customer.name_address_fp);
+        customer.has_history |= fact
+            .customer
+            .as_ref()
+            .and_then(|c| c.orders_count)
+            .is_some_and(|count| count > 1);
+        if let Some((subscribed, stated_at)) = fact.consent() {
+            merge_consent(&mut customer, subscribed, stated_at.unwrap_or(at_ms));
+        }
+        let replaced = match &customer.first_order {
+            Some(first) if first.order_id == fact.id => None,
+            Some(first) if first.created_ms <= created_ms => None,
+            previous => Some(previous.as_ref().map(|p| p.order_id)),
+        };
+        if let Some(previous) = replaced {
+            customer.first_order = Some(FirstOrder {
+                order_id: fact.id,
+                created_ms,
+            });
+            // A late-delivered earlier order: the order thought first was not.
+            if let Some(previous) = previous {
+                let previous_key = order_entity(self.shop, previous);
+                if let Some(mut earlier) = self.state.orders.remove(&previous_key) {
+                    self.void(&previous_key, &mut earlier, "not_first_order", at_ms);
+                    self.put_order(previous_key, earlier);
+                }
+            }
+        }
+        if customer != before {
+            self.put_customer(key, customer);
+        } else {
+            self.state.customers.insert(key.to_string(), customer);
+        }
+    }
+
+    fn decide_invite(&mut self, order: &OrderState, fact: &OrderFact, at_ms: i64) -> Invite {
+        let consent = order
+            .customer
+            .as_ref()
+            .and_then(|k| self.state.customers.get(k))
+            .and_then(|c| c.consent.as_ref())
+            .is_some_and(|c| c.subscribed);
+        let reason = if order.test {
+            Some("test_order")
+        } else if order.negated.is_some() || fact.negation().is_some() {
+            Some("negated")
+        } else if !at_least(order.value.as_deref(), self.rules.invite_min_value) {
+            Some("below_minimum")
+        } else if order.customer.is_none() || fact.email().is_none() {
+            Some("no_email")
+        } else if !consent {
+            Some("no_consent")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.count(Counted::InviteSkipped(reason));
+            return Invite::Skipped {
+                reason: reason.to_string(),
+            };
+        }
+        let customer = fact.customer.as_ref();
+        Invite::Scheduled {
+            due_ms: at_ms + self.rules.invite_delay_ms,
+            to: InviteTo {
+                customer_id: customer.and_then(|c| c.id),
+                email: fact.email().unwrap_or_default().to_string(),
+                first_name: customer.and_then(|c| c.first_name.clone()),
+                last_name: customer.and_then(|c| c.last_name.clone()),
+            },
+        }
+    }
+
+    /// Finds the advocate whose code the order names, and decides the reward.
+    fn attribute(&mut self, key: &str, order: &mut OrderState, fact: &OrderFact, at_ms: i64) {
+        let candidates = self.rules.codes.candidates(fact);
+        if candidates.is_empty() {
+            return;
+        }
+        let found = candidates.iter().find_map(|(source, code)| {
+            let advocate = self.state.codes.get(&format!("{}/{code}", self.shop))?;
+            Some((*source, code.clone(), advocate.clone()))
+        });
+        let Some((via, code, advocate_key)) = found else {
+            self.count(Counted::Attribution("unknown_code"));
+            return;
+        };
+        if order.test {
+            self.count(Counted::Attribution("test_order"));
+            return;
+        }
+        let advocate = self
+            .state
+            .customers
+            .get(&advocate_key)
+            .cloned()
+            .unwrap_or_default();
+        let friend = order
+            .customer
+            .as_ref()
+            .and_then(|k| self.state.customers.get(k))
+            .cloned();
+        let burst = fact.browser_ip().is_some_and(|ip| self.ip_burst(ip, at_ms));
+        let fraud = if order.customer.as_deref() == Some(advocate_key.as_str()) {
+            Some("same_customer")
+        } else if friend.as_ref().and_then(|f| f.email_fp.as_ref()).is_some()
+            && friend.as_ref().and_then(|f| f.email_fp.as_ref()) == advocate.email_fp.as_ref()
+        {
+            Some("same_email")
+        } else if friend.as_ref().and_then(|f| f.name_address_fp.as_ref()).is_some()
+            && friend.as_ref().and_then(|f| f.name_address_fp.as_ref())
+                == advocate.name_address_fp.as_ref()
+        {
+            Some("same_name_address")
+        } else if burst {
+            Some("ip_burst")
+        } else {
+            None
+        };
+        let mut reward = Reward {
+            advocate: advocate_key.clone(),
+            advocate_id: advocate.customer_id,
+            code,
+            via,
+            status: RewardStatus::Pending,
+            attributed_ms: at_ms,
+            due_ms: at_ms + self.rules.review_window_ms,
+            reason: None,
+        };
+        if let Some(reason) = fraud {
+            self.count(Counted::Attribution("rejected"));
+            reward.status = RewardStatus::Rejected;
+            reward.reason = Some(reason.to_string());
+            order.reward = Some(reward);
+            self.emit_reward(order, fact.id, "reward.rejected", at_ms);
+            return;
+        }
+        let Some(friend_key) = order.customer.clone() else {
+            self.count(Counted::Attribution("unknown_customer"));
+            return;
+        };
+        let friend = friend.unwrap_or_default();
+        let first = friend
+            .first_order
+            .as_ref()
+            .is_some_and(|f| f.order_id == fact.id)
+            && !friend.has_history;
+        let ineligible = if !first {
+            Some("not_first_order")
+        } else if friend.referred_by.is_some() {
+            Some("already_referred")
+        } else if !at_least(order.value.as_deref(), self.rules.reward_min_value) {
+            Some("below_minimum")
+        } else {
+            None
+        };
+        if let Some(reason) = ineligible {
+            self.count(Counted::Attribution(reason));
+            return;
+        }
+        self.count(Counted::Attribution("pending"));
+        let mut friend = friend;
+        friend.referred_by = Some(ReferredBy {
+            advocate: advocate_key,
+            order_id: fact.id,
+        });
+        self.put_customer(&friend_key, friend);
+        order.reward = Some(reward);
+        self.emit_reward(order, fact.id, "reward.pending", at_ms);
+        if let Some(negation) = order.negated {
+            self.void(key, order, negation.as_str(), at_ms);
+        }
+    }
+
+    /// Records a referred order from `ip`; true when it makes more than the allowed burst.
+    fn ip_burst(&mut self, ip: &str, at_ms: i64) -> bool {
+        let key = ip_entity(self.shop, &fingerprint("ip", ip.trim()));
+        let mut state = self.state.ips.remove(&key).unwrap_or_default();
+        let horizon = at_ms - self.rules.ip_burst_window_ms;
+        state.referred_ms.retain(|at| *at > horizon);
+        state.referred_ms.push(at_ms);
+        let burst = state.referred_ms.len() > self.rules.ip_burst_max;
+        self.effects.push(persist(&key, Entity::Ip(state.clone())));
+        self.state.ips.insert(key, state);
+        burst
+    }
+
+    fn negate(&mut self, key: &str, order: &mut OrderState, negation: Negation, at_ms: i64) {
+        if order.negated.is_none() {
+            order.negated = Some(negation);
+        }
+        if matches!(order.invite, Some(Invite::Scheduled { .. })) {
+            self.count(Counted::InviteSkipped("negated"));
+            order.invite = Some(Invite::Skipped {
+                reason: negation.as_str().to_string(),
+            });
+        }
+        self.void(key, order, negation.as_str(), at_ms);
+    }
+
+    /// Voids a reward under review.
+    fn void(&mut self, _key: &str, order: &mut OrderState, reason: &str, at_ms: i64) {
+        let Some(reward) = &mut order.reward else {
+            return;
+        };
+        if reward.status != RewardStatus::Pending {
+            return;
+        }
+        reward.status = RewardStatus::Voided;
+        reward.reason = Some(reason.to_string());
+        let order_id = order_id_of(_key);
+        self.emit_reward(order, order_id, "reward.voided", at_ms);
+    }
+
+    fn fire(&mut self, key: &str, now_ms: i64) {
+        let Some(mut order) = self.state.orders.remove(key) else {
+            return;
+        };
+        let mut changed = false;
+        if let Some(Invite::Scheduled { due_ms, .. }) = &order.invite {
+            if *due_ms <= now_ms {
+                self.send_invite(key, &mut order);
+                changed = true;
+            }
+        }
+        let review_over = order
+            .reward
+            .as_ref()
+            .is_some_and(|r| r.status == RewardStatus::Pending && r.due_ms <= now_ms);
+        if review_over {
+            let reward = order.reward.as_mut().expect("checked");
+            reward.status = RewardStatus::Granted;
+            let due = reward.due_ms;
+            self.emit_reward(&order, order_id_of(key), "reward.granted", due);
+            changed = true;
+        }
+        if changed {
+            self.put_order(key.to_string(), order);
+        } else {
+            self.state.orders.insert(key.to_string(), order);
+        }
+    }
+
+    fn send_invite(&mut self, key: &str, order: &mut OrderState) {
+        let Some(Invite::Scheduled { due_ms, to }) = order.invite.take() else {
+            return;
+        };
+        let customer_key = order.customer.clone().unwrap_or_default();
+        let mut customer = self.state.customers.remove(&customer_key).unwrap_or_default();
+        let consent = customer.consent.as_ref().is_some_and(|c| c.subscribed);
+        let cooling = customer
+            .advocate
+            .as_ref()
+            .is_some_and(|a| a.invited_ms + self.rules.cooldown_ms > due_ms);
+        let reason = if order.negated.is_some() {
+            Some("negated")
+        } else if !consent {
+            Some("no_consent")
+        } else if cooling {
+            Some("cooldown")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.count(Counted::InviteSkipped(reason));
+            order.invite = Some(Invite::Skipped {
+                reason: reason.to_string(),
+            });
+            self.state.customers.insert(customer_key, customer);
+            return;
+        }
+        let local_key = customer_key
+            .splitn(3, '/')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        let code = customer
+            .advocate
+            .as_ref()
+            .map(|a| a.code.clone())
+            .unwrap_or_else(|| self.rules.codes.code_for(self.shop, &local_key));
+        customer.advocate = Some(Advocate {
+            code: code.clone(),
+            invited_ms: due_ms,
+        });
+        self.state
+            .codes
+            .insert(format!("{}/{code}", self.shop), customer_key.clone());
+        self.put_customer(&customer_key, customer);
+        order.invite = Some(Invite::Sent);
+        let order_id = order_id_of(key);
+        let event = InviteEvent {
+            event_id: event_id(&format!("invite/{}/{order_id}", self.shop)),
+            event_type: "invite".to_string(),
+            shop: self.shop.to_string(),
+            occurred_at: rfc3339(due_ms),
+            advocate: AdvocateOut {
+                customer_id: to.customer_id,
+                email: Some(to.email),
+                first_name: to.first_name,
+                last_name: to.last_name,
+                referral_code: code.clone(),
+            },
+            order: order_out(order, order_id),
+            share_url: self.rules.codes.share_url(self.shop, &code),
+            referral_code: code,
+        };
+        self.effects.push(Effect::Emit {
+            key: format!("{}/{local_key}", self.shop),
+            output: Output::Invite(Box::new(event)),
+        });
+    }
+
+    fn emit_reward(&mut self, order: &OrderState, order_id: u64, event_type: &str, at_ms: i64) {
+        let Some(reward) = &order.reward else {
+            return;
+        };
+        let advocate_local = reward.advocate.splitn(3, '/').nth(2).unwrap_or_default();
+        let event = RewardEvent {
+            event_id: event_id(&format!("{event_type}/{}/{order_id}", self.shop)),
+            event_type: event_type.to_string(),
+            shop: self.shop.to_string(),
+            occurred_at: rfc3339(at_ms),
+            advocate: AdvocateOut {
+                customer_id: reward.advocate_id,
+                email: None,
+                first_name: None,
+                last_name: None,
+                referral_code: reward.code.clone(),
+            },
+            friend: FriendOut {
+                customer_id: order.customer_id,
+                order: order_out(order, order_id),
+            },
+            attributed_via: reward.via.as_str().to_string(),
+            reason: reward.reason.clone(),
+            review_ends_at: (event_type == "reward.pending").then(|| rfc3339(reward.due_ms)),
+        };
+        self.effects.push(Effect::Emit {
+            key: format!("{}/{advocate_local}", self.shop),
+            output: Output::Reward(Box::new(event)),
+        });
+    }
+
+    fn redact_customer(&mut self, customer_id: Option<u64>, email: Option<&str>, at_ms: i64) {
+        let email_fp = email.map(|e| fingerprint("email", &identity::canonical_email(e)));
+        let mut keys: Vec<String> = customer_id
+            .map(|id| customer_entity(self.shop, &customer_key_of_id(id)))
+            .into_iter()
+            .chain(email.map(|e| customer_entity(self.shop, &customer_key_of_email(e))))
+            .collect();
+        let prefix = format!("c/{}/", self.shop);
+        for (key, customer) in &self.state.customers {
+            let same_email = email_fp.is_some() && customer.email_fp == email_fp;
+            let same_id = customer_id.is_some() && customer.customer_id == customer_id;
+            if key.starts_with(&prefix) && (same_email || same_id) && !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        let order_prefix = format!("o/{}/", self.shop);
+        let orders: Vec<String> = self
+            .state
+            .orders
+            .iter()
+            .filter(|(k, _)| k.starts_with(&order_prefix))
+            .filter(|(_, o)| {
+                o.customer.as_ref().is_some_and(|c| keys.contains(c))
+                    || o.reward.as_ref().is_some_and(|r| keys.contains(&r.advocate))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in orders {
+            let Some(mut order) = self.state.orders.remove(&key) else {
+                continue;
+            };
+            let own = order.customer.as_ref().is_some_and(|c| keys.contains(c));
+            let reason = if own { "friend_redacted" } else { "advocate_redacted" };
+            self.void(&key, &mut order, reason, at_ms);
+            if own {
+                self.effects.push(tombstone(&key));
+            } else {
+                self.put_order(key, order);
+            }
+        }
+        for key in keys {
+            if let Some(customer) = self.state.customers.remove(&key) {
+                if let Some(advocate) = customer.advocate {
+                    self.state
+                        .codes
+                        .remove(&format!("{}/{}", self.shop, advocate.code));
+                }
+                self.effects.push(tombstone(&key));
+            }
+        }
+    }
+
+    fn redact_shop(&mut self) {
+        let shop = self.shop;
+        let mine = |key: &String| shop_of_entity(key) == shop;
+        let keys: Vec<String> = self
+            .state
+            .customers
+            .keys()
+            .chain(self.state.orders.keys())
+            .chain(self.state.ips.keys())
+            .filter(|k| mine(k))
+            .cloned()
+            .collect();
+        for key in keys {
+            self.state.customers.remove(&key);
+            self.state.orders.remove(&key);
+            self.state.ips.remove(&key);
+            self.effects.push(tombstone(&key));
+        }
+        let code_prefix = format!("{shop}/");
+        self.state.codes.retain(|code, _| !code.starts_with(&code_prefix));
+    }
+}
+
+fn order_id_of(key: &str) -> u64 {
+    key.rsplit('/').next().and_then(|id| id.parse().ok()).unwrap_or(0)
+}
+
+fn order_out(order: &OrderState, order_id: u64) -> OrderOut {
+    OrderOut {
+        id: order_id,
+        name: order.name.clone(),
+        value: order.value.clone(),
+        currency: order.currency.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

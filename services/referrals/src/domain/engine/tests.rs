@@ -1,0 +1,509 @@
+//! Engine scenarios: invites, attribution, rewards, fraud, privacy, restore.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::domain::code::test_rules;
+use crate::domain::input::decode_input;
+
+const SHOP: &str = "shop.myshopify.com";
+const P: i32 = 0;
+const SEC: i64 = 1000;
+const DAY: i64 = 86_400 * SEC;
+
+fn rules() -> Rules {
+    Rules {
+        codes: test_rules(),
+        trigger: Trigger::Paid,
+        invite_delay_ms: 0,
+        invite_min_value: Amount::parse("0").unwrap(),
+        cooldown_ms: 90 * DAY,
+        reward_min_value: Amount::parse("20").unwrap(),
+        review_window_ms: 30 * DAY,
+        ip_burst_max: 3,
+        ip_burst_window_ms: DAY,
+        order_retention_ms: 60 * DAY,
+    }
+}
+
+/// A non-test paid order of customer `customer` (id) with marketing consent.
+fn order(id: u64, customer: u64) -> Value {
+    json!({
+        "id": id,
+        "name": format!("#{id}"),
+        "email": format!("buyer{customer}@example.com"),
+        "customer": {"id": customer, "email": format!("buyer{customer}@example.com"),
+                     "first_name": "Ann", "last_name": format!("Buyer{customer}")},
+        "buyer_accepts_marketing": true,
+        "financial_status": "paid",
+        "subtotal_price": "50.00",
+        "total_price": "55.00",
+        "currency": "EUR",
+        "test": false,
+        "created_at": format!("2026-01-01T00:00:{:02}Z", id % 60),
+        "browser_ip": format!("10.0.0.{customer}"),
+        "shipping_address": {"first_name": "Ann", "last_name": format!("Buyer{customer}"),
+                             "address1": format!("{customer} Main St"), "zip": "1000", "country_code": "BE"},
+    })
+}
+
+fn with_code(mut body: Value, code: &str) -> Value {
+    body["discount_codes"] = json!([{"code": code, "amount": "5.00", "type": "fixed_amount"}]);
+    body
+}
+
+struct World {
+    engine: Engine,
+    emitted: Vec<Output>,
+    counted: Vec<Counted>,
+    persisted: HashMap<String, Option<Box<Entity>>>,
+}
+
+impl World {
+    fn new() -> World {
+        World::with(rules())
+    }
+
+    fn with(rules: Rules) -> World {
+        let mut engine = Engine::new(rules);
+        engine.assign(P, HashMap::new());
+        World {
+            engine,
+            emitted: Vec::new(),
+            counted: Vec::new(),
+            persisted: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Emit { output, .. } => self.emitted.push(output),
+                Effect::Persist { key, entity } => {
+                    self.persisted.insert(key, entity);
+                }
+                Effect::Count(c) => self.counted.push(c),
+            }
+        }
+    }
+
+    fn send(&mut self, topic: &str, body: &Value, at: i64) {
+        let input = decode_input(Some(topic), body.to_string().as_bytes()).expect("decodes");
+        let effects = self.engine.apply(P, SHOP, input, at);
+        self.take(effects);
+    }
+
+    fn tick(&mut self, now: i64) {
+        let effects = self.engine.fire_due(now);
+        self.take(effects.into_iter().map(|(_, e)| e).collect());
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.emitted.iter().map(|o| o.event_type().to_string()).collect()
+    }
+
+    fn invite_code(&self, customer: u64) -> String {
+        self.emitted
+            .iter()
+            .find_map(|o| match o {
+                Output::Invite(i) if i.advocate.customer_id == Some(customer) => {
+                    Some(i.referral_code.clone())
+                }
+                _ => None,
+            })
+            .expect("the customer was invited")
+    }
+
+    fn rewards(&self) -> Vec<&RewardEvent> {
+        self.emitted
+            .iter()
+            .filter_map(|o| match o {
+                Output::Reward(r) => Some(r.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Advocate 1 bought and was invited; returns their code.
+    fn advocate(&mut self) -> String {
+        self.send("orders/paid", &order(100, 1), 0);
+        self.tick(0);
+        self.invite_code(1)
+    }
+
+    /// A fresh engine restored from everything persisted so far.
+    fn restarted(&self) -> World {
+        let mut world = World::new();
+        let entities = self
+            .persisted
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|e| (k.clone(), (**e).clone())))
+            .collect();
+        world.engine.assign(P, entities);
+        world.persisted = self.persisted.clone();
+        world
+    }
+}
+
+#[test]
+fn a_paid_order_with_consent_makes_the_buyer_an_advocate_with_a_stable_code() {
+    let mut world = World::new();
+    world.send("orders/create", &order(100, 1), 0);
+    assert!(world.emitted.is_empty(), "create alone is not the trigger");
+    let code = world.advocate();
+    let Output::Invite(invite) = &world.emitted[0] else {
+        panic!("an invite")
+    };
+    assert_eq!(invite.advocate.email.as_deref(), Some("buyer1@example.com"));
+    assert_eq!(invite.order.id, 100);
+    assert_eq!(invite.share_url, format!("https://{SHOP}/?ref={code}"));
+    assert_eq!(code, rules().codes.code_for(SHOP, "id:1"));
+    assert_eq!(invite.event_id, event_id(&format!("invite/{SHOP}/100")));
+}
+
+#[test]
+fn an_invite_waits_for_its_delay_and_is_dropped_if_the_order_is_cancelled_meanwhile() {
+    let mut world = World::with(Rules {
+        invite_delay_ms: 3 * DAY,
+        ..rules()
+    });
+    world.send("orders/paid", &order(100, 1), 0);
+    world.tick(DAY);
+    assert!(world.emitted.is_empty());
+    world.tick(3 * DAY);
+    assert_eq!(world.types(), ["invite"]);
+
+    world.send("orders/paid", &order(200, 2), 0);
+    world.send("orders/cancelled", &json!({"id": 200, "cancelled_at": "2026-01-02T00:00:00Z"}), DAY);
+    world.tick(10 * DAY);
+    assert_eq!(world.types(), ["invite"], "cancelled before the delay passed");
+    assert!(world.counted.contains(&Counted::InviteSkipped("negated")));
+}
+
+#[test]
+fn a_refund_delivered_before_the_paid_order_prevents_the_invite() {
+    let mut world = World::new();
+    world.send("refunds/create", &json!({"id": 9, "order_id": 100}), 0);
+    world.send("orders/paid", &order(100, 1), SEC);
+    world.tick(DAY);
+    assert!(world.emitted.is_empty());
+}
+
+#[test]
+fn test_orders_small_orders_and_buyers_without_consent_are_not_invited() {
+    let mut world = World::with(Rules {
+        invite_min_value: Amount::parse("60").unwrap(),
+        ..rules()
+    });
+    world.send("orders/paid", &order(100, 1), 0);
+    let mut test = order(101, 2);
+    test["test"] = json!(true);
+    world.send("orders/paid", &test, 0);
+    world.tick(DAY);
+    assert!(world.emitted.is_empty());
+
+    let mut world = World::new();
+    let mut no_consent = order(102, 3);
+    no_consent["buyer_accepts_marketing"] = json!(false);
+    world.send("orders/paid", &no_consent, 0);
+    world.tick(DAY);
+    assert!(world.emitted.is_empty());
+    assert_eq!(world.counted, [Counted::InviteSkipped("no_consent")]);
+}
+
+#[test]
+fn consent_revoked_before_the_delay_passes_cancels_the_invite() {
+    let mut world = World::with(Rules {
+        invite_delay_ms: DAY,
+        ..rules()
+    });
+    world.send("orders/paid", &order(100, 1), 0);
+    world.send(
+        "customers_email_marketing_consent/update",
+        &json!({"customer_id": 1, "email_marketing_consent": {"state": "unsubscribed", "consent_updated_at": "2026-01-01T01:00:00Z"}}),
+        SEC,
+    );
+    world.tick(2 * DAY);
+    assert!(world.emitted.is_empty());
+}
+
+#[test]
+fn a_customer_is_invited_at_most_once_per_cooldown() {
+    let mut world = World::new();
+    world.advocate();
+    world.send("orders/paid", &order(101, 1), 10 * DAY);
+    world.tick(10 * DAY);
+    assert_eq!(world.types(), ["invite"]);
+    world.send("orders/paid", &order(102, 1), 91 * DAY);
+    world.tick(91 * DAY);
+    assert_eq!(world.types(), ["invite", "invite"]);
+    assert_eq!(world.invite_code(1), world.emitted.iter().filter_map(|o| match o { Output::Invite(i) => Some(i.referral_code.clone()), _ => None }).last().unwrap(), "the code is stable");
+}
+
+#[test]
+fn a_friends_first_order_with_the_code_is_pending_then_granted_after_the_review_window() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/create", &with_code(order(200, 2), &code.to_lowercase()), DAY);
+    let rewards = world.rewards();
+    assert_eq!(rewards.len(), 1);
+    assert_eq!(rewards[0].event_type, "reward.pending");
+    assert_eq!(rewards[0].advocate.customer_id, Some(1));
+    assert_eq!(rewards[0].friend.order.id, 200);
+    assert_eq!(rewards[0].attributed_via, "discount_code");
+    assert_eq!(rewards[0].review_ends_at.as_deref(), Some(rfc3339(31 * DAY).as_str()));
+    world.tick(30 * DAY);
+    assert_eq!(world.rewards().len(), 1);
+    world.tick(31 * DAY);
+    let types: Vec<_> = world.rewards().iter().map(|r| r.event_type.clone()).collect();
+    assert_eq!(types, ["reward.pending", "reward.granted"]);
+    world.send("refunds/create", &json!({"id": 1, "order_id": 200}), 40 * DAY);
+    assert_eq!(world.rewards().len(), 2, "a refund after the window changes nothing");
+}
+
+#[test]
+fn codes_in_the_landing_url_or_a_note_attribute_attribute_too() {
+    let mut world = World::new();
+    let code = world.advocate();
+    let mut by_url = order(200, 2);
+    by_url["landing_site"] = json!(format!("/?utm_source=x&ref={code}"));
+    world.send("orders/paid", &by_url, DAY);
+    let mut by_note = order(300, 3);
+    by_note["note_attributes"] = json!([{"name": "ref", "value": code}]);
+    world.send("orders/paid", &by_note, DAY);
+    let via: Vec<_> = world.rewards().iter().map(|r| r.attributed_via.clone()).collect();
+    assert_eq!(via, ["landing_site", "note_attribute"]);
+}
+
+#[test]
+fn a_refund_cancellation_or_deletion_within_the_window_voids_the_reward() {
+    for (topic, body) in [
+        ("refunds/create", json!({"id": 1, "order_id": 200})),
+        ("orders/cancelled", json!({"id": 200, "cancelled_at": "2026-01-03T00:00:00Z"})),
+        ("orders/delete", json!({"id": 200})),
+    ] {
+        let mut world = World::new();
+        let code = world.advocate();
+        world.send("orders/paid", &with_code(order(200, 2), &code), DAY);
+        world.send(topic, &body, 2 * DAY);
+        world.tick(60 * DAY);
+        let rewards = world.rewards();
+        let types: Vec<_> = rewards.iter().map(|r| r.event_type.as_str()).collect();
+        assert_eq!(types, ["reward.pending", "reward.voided"], "{topic}");
+        assert!(rewards[1].reason.is_some());
+        assert_eq!(rewards[1].event_id, event_id(&format!("reward.voided/{SHOP}/200")));
+    }
+}
+
+#[test]
+fn a_friends_order_refunded_before_it_was_seen_is_pending_and_voided_at_once() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("refunds/create", &json!({"id": 1, "order_id": 200}), DAY);
+    world.send("orders/paid", &with_code(order(200, 2), &code), DAY + SEC);
+    let types: Vec<_> = world.rewards().iter().map(|r| r.event_type.clone()).collect();
+    assert_eq!(types, ["reward.pending", "reward.voided"]);
+}
+
+#[test]
+fn a_friends_second_order_earns_nothing() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &order(200, 2), DAY);
+    world.send("orders/paid", &with_code(order(201, 2), &code), 2 * DAY);
+    assert!(world.rewards().is_empty());
+    assert!(world.counted.contains(&Counted::Attribution("not_first_order")));
+
+    // Shopify's own count says there were orders before aftercart saw any.
+    let mut world = World::new();
+    let code = world.advocate();
+    let mut returning = with_code(order(300, 3), &code);
+    returning["customer"]["orders_count"] = json!(4);
+    world.send("orders/paid", &returning, DAY);
+    assert!(world.rewards().is_empty());
+}
+
+#[test]
+fn a_late_delivered_earlier_order_voids_the_pending_reward() {
+    let mut world = World::new();
+    let code = world.advocate();
+    let mut later = with_code(order(200, 2), &code);
+    later["created_at"] = json!("2026-01-05T00:00:00Z");
+    world.send("orders/paid", &later, DAY);
+    let mut earlier = order(150, 2);
+    earlier["created_at"] = json!("2026-01-02T00:00:00Z");
+    world.send("orders/paid", &earlier, 2 * DAY);
+    let rewards = world.rewards();
+    let types: Vec<_> = rewards.iter().map(|r| r.event_type.as_str()).collect();
+    assert_eq!(types, ["reward.pending", "reward.voided"]);
+    assert_eq!(rewards[1].reason.as_deref(), Some("not_first_order"));
+}
+
+#[test]
+fn one_friend_is_claimed_by_only_one_advocate() {
+    let mut world = World::new();
+    let first = world.advocate();
+    world.send("orders/paid", &order(101, 5), 0);
+    world.tick(0);
+    let second = world.invite_code(5);
+    assert_ne!(first, second);
+    let mut both = with_code(order(200, 2), &first);
+    both["note_attributes"] = json!([{"name": "ref", "value": second}]);
+    world.send("orders/paid", &both, DAY);
+    world.send("orders/paid", &with_code(order(201, 2), &second), 2 * DAY);
+    let rewards = world.rewards();
+    assert_eq!(rewards.len(), 1);
+    assert_eq!(rewards[0].advocate.customer_id, Some(1), "the discount code has priority");
+}
+
+#[test]
+fn self_referral_is_rejected_by_each_signal() {
+    // The advocate's own code on their own next order.
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(101, 1), &code), DAY);
+    assert_eq!(world.rewards()[0].event_type, "reward.rejected");
+    assert_eq!(world.rewards()[0].reason.as_deref(), Some("same_customer"));
+
+    // Another customer account with the same mailbox (Gmail dots and a +tag).
+    let mut world = World::new();
+    let mut advocate = order(100, 1);
+    advocate["customer"]["email"] = json!("ann.buyer@gmail.com");
+    world.send("orders/paid", &advocate, 0);
+    world.tick(0);
+    let code = world.invite_code(1);
+    let mut friend = with_code(order(200, 2), &code);
+    friend["customer"]["email"] = json!("AnnBuyer+friend@gmail.com");
+    world.send("orders/paid", &friend, DAY);
+    assert_eq!(world.rewards()[0].reason.as_deref(), Some("same_email"));
+
+    // Same person and street under a new account and email.
+    let mut world = World::new();
+    let code = world.advocate();
+    let mut friend = with_code(order(200, 2), &code);
+    friend["shipping_address"] = json!({"first_name": "ANN", "last_name": "buyer1", "address1": "1 Main St.", "zip": "1000", "country_code": "be"});
+    world.send("orders/paid", &friend, DAY);
+    assert_eq!(world.rewards()[0].reason.as_deref(), Some("same_name_address"));
+    assert_eq!(world.rewards().len(), 1, "a rejected reward is final");
+}
+
+#[test]
+fn a_burst_of_referred_orders_from_one_ip_is_rejected_beyond_the_limit() {
+    let mut world = World::new();
+    let code = world.advocate();
+    for friend in 2..=6u64 {
+        let mut body = with_code(order(200 + friend, friend), &code);
+        body["browser_ip"] = json!("203.0.113.7");
+        world.send("orders/paid", &body, DAY + friend as i64 * SEC);
+    }
+    let reasons: Vec<_> = world.rewards().iter().map(|r| r.reason.clone()).collect();
+    assert_eq!(
+        reasons,
+        [None, None, None, Some("ip_burst".into()), Some("ip_burst".into())]
+    );
+    // After the window the IP may refer again.
+    let mut body = with_code(order(300, 30), &code);
+    body["browser_ip"] = json!("203.0.113.7");
+    world.send("orders/paid", &body, 3 * DAY);
+    assert_eq!(world.rewards().last().unwrap().event_type, "reward.pending");
+}
+
+#[test]
+fn unknown_codes_and_small_orders_earn_nothing() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(200, 2), "SUMMER10"), DAY);
+    let mut small = with_code(order(300, 3), &code);
+    small["subtotal_price"] = json!("19.99");
+    world.send("orders/paid", &small, DAY);
+    assert!(world.rewards().is_empty());
+    assert!(world.counted.contains(&Counted::Attribution("unknown_code")));
+    assert!(world.counted.contains(&Counted::Attribution("below_minimum")));
+}
+
+#[test]
+fn redacting_the_advocate_forgets_them_and_their_code_and_voids_pending_rewards() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(200, 2), &code), DAY);
+    world.send(
+        "customers/redact",
+        &json!({"shop_id": 1, "shop_domain": SHOP, "customer": {"id": 1, "email": "buyer1@example.com"}}),
+        2 * DAY,
+    );
+    let last = (*world.rewards().last().unwrap()).clone();
+    assert_eq!(last.event_type, "reward.voided");
+    assert_eq!(last.reason.as_deref(), Some("advocate_redacted"));
+    assert!(world.persisted[&format!("c/{SHOP}/id:1")].is_none());
+    assert!(world.persisted[&format!("o/{SHOP}/100")].is_none());
+    world.send("orders/paid", &with_code(order(300, 3), &code), 3 * DAY);
+    assert_eq!(world.rewards().len(), 2, "the code no longer resolves");
+}
+
+#[test]
+fn redacting_the_shop_forgets_everything_of_that_shop_only() {
+    let mut world = World::new();
+    world.advocate();
+    let other = "other.myshopify.com";
+    let input = decode_input(Some("orders/paid"), order(500, 9).to_string().as_bytes()).unwrap();
+    let effects = world.engine.apply(P, other, input, 0);
+    world.take(effects);
+    let effects = world.engine.apply(P, SHOP, Input::RedactShop, DAY);
+    world.take(effects);
+    let live: Vec<_> = world
+        .persisted
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| shop_of_entity(k).to_string())
+        .collect();
+    assert!(!live.is_empty());
+    assert!(live.iter().all(|shop| shop == other), "{live:?}");
+}
+
+#[test]
+fn a_restart_mid_review_window_grants_once_at_the_end() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(200, 2), &code), DAY);
+    let mut restarted = world.restarted();
+    restarted.tick(31 * DAY);
+    // The friend's own invite (they bought too) was still waiting for the tick.
+    assert_eq!(restarted.types(), ["invite", "reward.granted"]);
+    // Replaying the friend's order after the restart changes nothing.
+    restarted.send("orders/paid", &with_code(order(200, 2), &code), DAY);
+    restarted.tick(40 * DAY);
+    assert_eq!(restarted.types(), ["invite", "reward.granted"]);
+}
+
+#[test]
+fn reconciling_an_emitted_invite_prevents_a_second_one() {
+    let mut world = World::new();
+    world.send("orders/paid", &order(100, 1), 0);
+    let before_fire = world.restarted();
+    world.tick(0);
+    let Output::Invite(invite) = world.emitted[0].clone() else {
+        panic!()
+    };
+    let mut restarted = before_fire;
+    let emitted: EmittedEvent =
+        serde_json::from_value(serde_json::to_value(&*invite).unwrap()).unwrap();
+    let effects = restarted.engine.reconcile(P, &emitted);
+    restarted.take(effects);
+    restarted.tick(DAY);
+    assert!(restarted.emitted.is_empty());
+    // And the code resolves for friends.
+    restarted.send("orders/paid", &with_code(order(200, 2), &invite.referral_code), DAY);
+    assert_eq!(restarted.types(), ["reward.pending"]);
+}
+
+#[test]
+fn expiry_forgets_settled_orders_but_keeps_first_order_facts() {
+    let mut world = World::new();
+    world.advocate();
+    let effects = world.engine.expire(100 * DAY);
+    world.take(effects.into_iter().map(|(_, e)| e).collect());
+    assert!(world.persisted[&format!("o/{SHOP}/100")].is_none());
+    assert_eq!(world.engine.sizes().0, 1);
+}

@@ -1,0 +1,122 @@
+//! The records written to `aftercart.referral-invites` and `aftercart.referral-rewards`
+//! (schemas: `schemas/aftercart/referral-*.schema.json`), and their deterministic ids.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use aftercart_shopify::time::rfc3339;
+
+/// `sha256("aftercart/referrals/<what>")`, 32 hex characters: the same facts always give the
+/// same id, so a consumer can drop a duplicate delivery.
+pub fn event_id(what: &str) -> String {
+    let digest = Sha256::digest(format!("aftercart/referrals/{what}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdvocateOut {
+    pub customer_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_name: Option<String>,
+    pub referral_code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderOut {
+    pub id: u64,
+    pub name: Option<String>,
+    /// Decimal string, as Shopify sends it: the subtotal after discounts.
+    pub value: Option<String>,
+    pub currency: Option<String>,
+}
+
+/// An invite: the buyer became an advocate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InviteEvent {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub shop: String,
+    pub occurred_at: String,
+    pub advocate: AdvocateOut,
+    pub order: OrderOut,
+    pub referral_code: String,
+    pub share_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FriendOut {
+    pub customer_id: Option<u64>,
+    pub order: OrderOut,
+}
+
+/// One step of a referred order's reward: `reward.pending`, `reward.granted`, `reward.voided`
+/// or `reward.rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardEvent {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub shop: String,
+    pub occurred_at: String,
+    pub advocate: AdvocateOut,
+    pub friend: FriendOut,
+    pub attributed_via: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub review_ends_at: Option<String>,
+}
+
+/// Either output record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Invite(Box<InviteEvent>),
+    Reward(Box<RewardEvent>),
+}
+
+impl Output {
+    pub fn event_id(&self) -> &str {
+        match self {
+            Output::Invite(e) => &e.event_id,
+            Output::Reward(e) => &e.event_id,
+        }
+    }
+
+    pub fn event_type(&self) -> &str {
+        match self {
+            Output::Invite(e) => &e.event_type,
+            Output::Reward(e) => &e.event_type,
+        }
+    }
+}
+
+/// What reconciliation needs from an output record read back at restore.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmittedEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub shop: String,
+    pub occurred_at: String,
+    pub advocate: AdvocateOut,
+    #[serde(default)]
+    pub order: Option<OrderOut>,
+    #[serde(default)]
+    pub friend: Option<FriendOut>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        assert_eq!(event_id("invite/s/1"), event_id("invite/s/1"));
+        assert_eq!(event_id("invite/s/1").len(), 32);
+        assert_ne!(event_id("invite/s/1"), event_id("invite/s/2"));
+    }
+}

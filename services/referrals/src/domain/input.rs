@@ -1,0 +1,443 @@
+//! Decoding raw Shopify records (by their `shopify-topic` header) into the facts the engine uses.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use aftercart_shopify::money::Amount;
+use aftercart_shopify::time::parse_time_ms;
+
+/// Why a record cannot be used: it goes to the dead-letter topic with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoisonRecord {
+    #[error("missing shopify-topic header")]
+    MissingTopic,
+    #[error("body does not decode as {topic}: {reason}")]
+    Undecodable { topic: String, reason: String },
+    #[error("impossible value: {0}")]
+    Impossible(&'static str),
+}
+
+impl PoisonRecord {
+    /// Bounded metric label.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            PoisonRecord::MissingTopic => "missing_topic",
+            PoisonRecord::Undecodable { .. } => "undecodable",
+            PoisonRecord::Impossible(_) => "impossible_value",
+        }
+    }
+}
+
+/// The Shopify topics the service acts on; the router forwards only these.
+pub const TOPICS: [&str; 11] = [
+    "orders/create",
+    "orders/paid",
+    "orders/fulfilled",
+    "orders/cancelled",
+    "orders/delete",
+    "refunds/create",
+    "customers/create",
+    "customers/update",
+    "customers_email_marketing_consent/update",
+    "customers/redact",
+    "shop/redact",
+];
+
+/// Whether records of a Shopify topic matter to the service (case-insensitive).
+pub fn is_relevant(topic: &str) -> bool {
+    let topic = topic.trim().to_ascii_lowercase();
+    TOPICS.contains(&topic.as_str())
+}
+
+/// Why an order no longer counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Negation {
+    Refunded,
+    Cancelled,
+    Deleted,
+}
+
+impl Negation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Negation::Refunded => "refunded",
+            Negation::Cancelled => "cancelled",
+            Negation::Deleted => "deleted",
+        }
+    }
+}
+
+/// One fact about a shop's orders or customers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// `orders/create|paid|fulfilled|cancelled`: a full order snapshot.
+    Order(Box<OrderFact>),
+    /// `orders/delete` or `refunds/create`: only the order id is known.
+    Negated { order_id: u64, negation: Negation },
+    /// A customer's email-marketing consent changed.
+    Consent {
+        customer_id: u64,
+        subscribed: bool,
+        at_ms: Option<i64>,
+    },
+    RedactCustomer {
+        customer_id: Option<u64>,
+        email: Option<String>,
+    },
+    RedactShop,
+    /// A topic the service does not act on.
+    Ignored,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct ConsentState {
+    pub state: Option<String>,
+    pub consent_updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Customer {
+    pub id: Option<u64>,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Present in older API versions: more than 1 means this is not the first order.
+    pub orders_count: Option<u64>,
+    pub email_marketing_consent: Option<ConsentState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Address {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub address1: Option<String>,
+    pub zip: Option<String>,
+    pub country_code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct NoteAttribute {
+    pub name: Option<Value>,
+    pub value: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct ClientDetails {
+    pub browser_ip: Option<String>,
+}
+
+/// An order: the fields invites, attribution and fraud checks use.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct OrderFact {
+    /// Set from the record's topic, not the body.
+    #[serde(skip)]
+    pub topic: OrderTopic,
+    pub id: u64,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub contact_email: Option<String>,
+    pub customer: Option<Customer>,
+    pub buyer_accepts_marketing: Option<bool>,
+    pub financial_status: Option<String>,
+    pub fulfillment_status: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub total_price: Option<String>,
+    pub subtotal_price: Option<String>,
+    pub current_subtotal_price: Option<String>,
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub discount_codes: Vec<Value>,
+    pub landing_site: Option<String>,
+    #[serde(default)]
+    pub note_attributes: Vec<NoteAttribute>,
+    pub browser_ip: Option<String>,
+    pub client_details: Option<ClientDetails>,
+    #[serde(default)]
+    pub test: bool,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub shipping_address: Option<Address>,
+    pub billing_address: Option<Address>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderTopic {
+    #[default]
+    Create,
+    Paid,
+    Fulfilled,
+    Cancelled,
+}
+
+impl OrderFact {
+    /// Paid: the `orders/paid` topic or a paid financial status on any snapshot.
+    pub fn is_paid(&self) -> bool {
+        self.topic == OrderTopic::Paid || self.financial_status.as_deref() == Some("paid")
+    }
+
+    pub fn is_fulfilled(&self) -> bool {
+        self.topic == OrderTopic::Fulfilled
+            || self.fulfillment_status.as_deref() == Some("fulfilled")
+    }
+
+    /// Cancelled or refunded according to this snapshot.
+    pub fn negation(&self) -> Option<Negation> {
+        if self.topic == OrderTopic::Cancelled || self.cancelled_at.is_some() {
+            return Some(Negation::Cancelled);
+        }
+        match self.financial_status.as_deref() {
+            Some("refunded") | Some("voided") => Some(Negation::Refunded),
+            _ => None,
+        }
+    }
+
+    /// The value rewards and invites compare with their minimum: the subtotal after discounts
+    /// (before shipping and tax), falling back to the total.
+    pub fn value(&self) -> Option<&str> {
+        self.current_subtotal_price
+            .as_deref()
+            .or(self.subtotal_price.as_deref())
+            .or(self.total_price.as_deref())
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        self.customer
+            .as_ref()
+            .and_then(|c| c.email.as_deref())
+            .or(self.email.as_deref())
+            .or(self.contact_email.as_deref())
+            .filter(|e| e.contains('@'))
+    }
+
+    pub fn browser_ip(&self) -> Option<&str> {
+        self.browser_ip
+            .as_deref()
+            .or(self
+                .client_details
+                .as_ref()
+                .and_then(|c| c.browser_ip.as_deref()))
+            .filter(|ip| !ip.trim().is_empty())
+    }
+
+    /// Marketing consent stated by this order, with the time it was stated.
+    pub fn consent(&self) -> Option<(bool, Option<i64>)> {
+        let stated = self
+            .customer
+            .as_ref()
+            .and_then(|c| c.email_marketing_consent.as_ref());
+        if let Some(state) = stated.and_then(|c| c.state.as_deref()) {
+            let at = stated
+                .and_then(|c| c.consent_updated_at.as_deref())
+                .and_then(parse_time_ms);
+            return Some((state == "subscribed", at));
+        }
+        self.buyer_accepts_marketing
+            .map(|accepts| (accepts, self.created_at.as_deref().and_then(parse_time_ms)))
+    }
+
+    pub fn created_ms(&self) -> Option<i64> {
+        self.created_at.as_deref().and_then(parse_time_ms)
+    }
+}
+
+/// Discount codes from `[{"code": "X", ...}]` or `["X"]`.
+pub fn discount_codes(values: &[Value]) -> Vec<String> {
+    values
+        .iter()
+        .filter_map(|v| v.get("code").and_then(Value::as_str).or_else(|| v.as_str()))
+        .filter(|code| !code.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn decode<'a, T: Deserialize<'a>>(topic: &str, body: &'a [u8]) -> Result<T, PoisonRecord> {
+    serde_json::from_slice(body).map_err(|error| PoisonRecord::Undecodable {
+        topic: topic.to_string(),
+        reason: error.to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+struct OrderId {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct RefundPayload {
+    order_id: u64,
+}
+
+#[derive(Deserialize)]
+struct ConsentPayload {
+    customer_id: Option<u64>,
+    id: Option<u64>,
+    email_marketing_consent: Option<ConsentState>,
+    updated_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RedactPayload {
+    customer: Option<Customer>,
+}
+
+/// Decodes a record by its Shopify topic.
+pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRecord> {
+    let topic = topic
+        .ok_or(PoisonRecord::MissingTopic)?
+        .trim()
+        .to_ascii_lowercase();
+    let order_topic = match topic.as_str() {
+        "orders/create" => Some(OrderTopic::Create),
+        "orders/paid" => Some(OrderTopic::Paid),
+        "orders/fulfilled" => Some(OrderTopic::Fulfilled),
+        "orders/cancelled" => Some(OrderTopic::Cancelled),
+        _ => None,
+    };
+    if let Some(order_topic) = order_topic {
+        let mut order: OrderFact = decode(&topic, body)?;
+        for amount in [&order.total_price, &order.subtotal_price, &order.current_subtotal_price]
+            .into_iter()
+            .flatten()
+        {
+            if Amount::parse(amount).is_none() {
+                return Err(PoisonRecord::Impossible("an order amount is not a decimal"));
+            }
+        }
+        order.topic = order_topic;
+        return Ok(Input::Order(Box::new(order)));
+    }
+    Ok(match topic.as_str() {
+        "orders/delete" => Input::Negated {
+            order_id: decode::<OrderId>(&topic, body)?.id,
+            negation: Negation::Deleted,
+        },
+        "refunds/create" => Input::Negated {
+            order_id: decode::<RefundPayload>(&topic, body)?.order_id,
+            negation: Negation::Refunded,
+        },
+        "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
+            let payload: ConsentPayload = decode(&topic, body)?;
+            let consent = payload.email_marketing_consent;
+            match (payload.customer_id.or(payload.id), consent.as_ref().and_then(|c| c.state.as_deref())) {
+                (Some(customer_id), Some(state)) => Input::Consent {
+                    customer_id,
+                    subscribed: state == "subscribed",
+                    at_ms: consent
+                        .as_ref()
+                        .and_then(|c| c.consent_updated_at.as_deref())
+                        .or(payload.updated_at.as_deref())
+                        .and_then(parse_time_ms),
+                },
+                _ => Input::Ignored,
+            }
+        }
+        "customers/redact" => {
+            let customer = decode::<RedactPayload>(&topic, body)?
+                .customer
+                .unwrap_or_default();
+            Input::RedactCustomer {
+                customer_id: customer.id,
+                email: customer.email,
+            }
+        }
+        "shop/redact" => {
+            decode::<serde::de::IgnoredAny>(&topic, body)?;
+            Input::RedactShop
+        }
+        _ => Input::Ignored,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/shopify");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).expect("fixture")
+    }
+
+    #[test]
+    fn the_sample_paid_order_decodes_with_its_buyer_and_consent() {
+        let Input::Order(order) =
+            decode_input(Some("orders/paid"), &fixture("orders_paid.json")).unwrap()
+        else {
+            panic!("an order");
+        };
+        assert!(order.is_paid());
+        assert!(order.test, "Shopify's sample is a test order");
+        assert_eq!(order.email(), Some("john@example.com"));
+        assert_eq!(order.customer.as_ref().unwrap().id, Some(115310627314723954));
+        assert_eq!(order.consent().map(|c| c.0), Some(true));
+        assert!(order.value().is_some());
+    }
+
+    #[test]
+    fn refunds_and_deletes_name_only_the_order() {
+        assert_eq!(
+            decode_input(Some("refunds/create"), br#"{"id":1,"order_id":42}"#).unwrap(),
+            Input::Negated {
+                order_id: 42,
+                negation: Negation::Refunded
+            }
+        );
+        assert_eq!(
+            decode_input(Some("ORDERS/DELETE"), br#"{"id":42}"#).unwrap(),
+            Input::Negated {
+                order_id: 42,
+                negation: Negation::Deleted
+            }
+        );
+    }
+
+    #[test]
+    fn consent_updates_and_redacts_decode() {
+        let consent = br#"{"customer_id":7,"email_address":"a@b.c","email_marketing_consent":{"state":"unsubscribed","consent_updated_at":"2026-01-01T00:00:00Z"}}"#;
+        assert!(matches!(
+            decode_input(Some("customers_email_marketing_consent/update"), consent).unwrap(),
+            Input::Consent { customer_id: 7, subscribed: false, at_ms: Some(_) }
+        ));
+        assert!(matches!(
+            decode_input(Some("customers/redact"), &fixture("customers_redact.json")).unwrap(),
+            Input::RedactCustomer { customer_id: Some(_), email: Some(_) }
+        ));
+        assert_eq!(
+            decode_input(Some("shop/redact"), &fixture("shop_redact.json")).unwrap(),
+            Input::RedactShop
+        );
+    }
+
+    #[test]
+    fn broken_records_are_poison_with_a_reason() {
+        assert_eq!(
+            decode_input(None, b"{}").unwrap_err(),
+            PoisonRecord::MissingTopic
+        );
+        assert_eq!(
+            decode_input(Some("orders/paid"), b"{\"id\":\"x\"}")
+                .unwrap_err()
+                .as_label(),
+            "undecodable"
+        );
+        assert_eq!(
+            decode_input(Some("orders/paid"), br#"{"id":1,"total_price":"1e9"}"#)
+                .unwrap_err()
+                .as_label(),
+            "impossible_value"
+        );
+        assert_eq!(
+            decode_input(Some("refunds/create"), b"[]").unwrap_err().as_label(),
+            "undecodable"
+        );
+    }
+
+    #[test]
+    fn only_the_topics_that_matter_are_relevant() {
+        assert!(is_relevant("orders/paid"));
+        assert!(is_relevant(" Refunds/Create"));
+        assert!(!is_relevant("orders/updated"));
+        assert!(!is_relevant("checkouts/create"));
+    }
+}
