@@ -7,7 +7,9 @@ pub mod broker;
 pub mod http;
 pub mod ingress;
 pub mod records;
+pub mod referrals;
 pub mod schemas;
+pub mod service;
 
 pub use broker::Broker;
 pub use records::{read_topic, Record};

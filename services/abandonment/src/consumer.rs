@@ -2,22 +2,18 @@
 //! effects in the order that makes a crash safe: outputs, then changelog, then offsets.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use aftercart_kafka::{
-    dead_letter_record, header, read_partition, shop_of, DeadLetter, StoreError, TopicNames,
+    close_off_runtime, dead_letter_record, header, read_partition, shop_of, DeadLetter,
+    GroupContext, RebalanceEvent, StoreError, TopicNames,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::Family;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::statistics::Statistics;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -47,60 +43,13 @@ pub enum LoopError {
     Write(KafkaError),
 }
 
-enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-/// Hears rebalances (handled by the loop between batches) and reports consumer lag.
-pub struct LoopContext {
-    events: Mutex<Vec<RebalanceEvent>>,
-    metrics: AbandonmentMetrics,
-    lag_topics: Vec<(String, &'static str)>,
-}
-
-fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
-    let mut partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-    partitions.sort_unstable();
-    partitions.dedup();
-    partitions
-}
-
-impl ClientContext for LoopContext {
-    fn stats(&self, statistics: Statistics) {
-        self.metrics.record_lag(&statistics, &self.lag_topics);
-    }
-}
-
-impl ConsumerContext for LoopContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            // Everything stored is fully processed (the loop flushes before polling again).
-            let _ = consumer.commit_consumer_state(CommitMode::Sync);
-            self.events
-                .lock()
-                .expect("events lock")
-                .push(RebalanceEvent::Revoked(partitions_of(list)));
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            self.events
-                .lock()
-                .expect("events lock")
-                .push(RebalanceEvent::Assigned(partitions_of(list)));
-        }
-    }
-}
-
 /// Where a journey state is written: changelog partition and key.
 type StateSlot = (i32, String);
 
 /// The Kafka clients of a loop. Closing a consumer can block for as long as the broker is away,
 /// so they are always closed on a plain thread, never on the async runtime.
 struct Clients {
-    consumer: StreamConsumer<LoopContext>,
+    consumer: StreamConsumer<GroupContext>,
     global: BaseConsumer,
     producer: FutureProducer,
 }
@@ -151,14 +100,13 @@ impl Loop {
             .iter()
             .map(|f| (names.family(*f), f.as_str()))
             .collect();
-        let context = LoopContext {
-            events: Mutex::new(Vec::new()),
-            metrics: metrics.clone(),
-            lag_topics: journey_families
+        let context = GroupContext::new(
+            metrics.lag.clone(),
+            journey_families
                 .iter()
-                .map(|f| (names.family(*f), f.as_str()))
+                .map(|f| (names.family(*f), f.as_str().to_string()))
                 .collect(),
-        };
+        );
         let mut consumer_config = config.kafka.client_config("aftercart-abandonment");
         consumer_config
             .set("group.id", &config.group)
@@ -170,7 +118,8 @@ impl Loop {
             .set("partition.assignment.strategy", "range")
             .set("statistics.interval.ms", "5000");
         config.kafka.apply_overrides(&mut consumer_config);
-        let consumer: StreamConsumer<LoopContext> = consumer_config.create_with_context(context)?;
+        let consumer: StreamConsumer<GroupContext> =
+            consumer_config.create_with_context(context)?;
         let journey_topics: Vec<String> =
             journey_families.iter().map(|f| names.family(*f)).collect();
         consumer.subscribe(
@@ -302,21 +251,13 @@ impl Loop {
             .clients
             .take()
             .expect("clients are open until run ends");
-        let _ = clients.consumer.commit_consumer_state(CommitMode::Sync);
-        clients.consumer.unsubscribe();
-        // Closing waits for the group leave with no time limit (forever while the broker is
-        // unreachable): close on a plain thread, waiting at most the shutdown deadline.
         let deadline = self.config.shutdown_timeout.max(Duration::from_secs(1));
-        let (closed, wait) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let _ = clients.producer.flush(deadline);
-            drop(clients);
-            let _ = closed.send(());
-        });
-        if tokio::time::timeout(deadline + Duration::from_secs(1), wait)
-            .await
-            .is_err()
-        {
+        let Clients {
+            consumer,
+            global,
+            producer,
+        } = clients;
+        if !close_off_runtime(consumer, producer, global, deadline).await {
             tracing::warn!("Kafka clients did not close before the shutdown deadline.");
         }
         result
@@ -418,23 +359,16 @@ impl Loop {
     }
 
     async fn handle_rebalances(&mut self) -> Result<(), LoopError> {
-        let events: Vec<RebalanceEvent> = std::mem::take(
-            &mut *self
-                .clients()
-                .consumer
-                .context()
-                .events
-                .lock()
-                .expect("events lock"),
-        );
+        let events = self.clients().consumer.context().take_events();
         for event in events {
+            let partitions = event.partitions(None);
             match event {
-                RebalanceEvent::Revoked(partitions) => {
+                RebalanceEvent::Revoked(_) => {
                     for partition in partitions {
                         self.engine.revoke(partition);
                     }
                 }
-                RebalanceEvent::Assigned(partitions) => {
+                RebalanceEvent::Assigned(_) => {
                     for partition in partitions {
                         if !self.engine.owns(partition) {
                             self.restore(partition).await?;

@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
-use rdkafka::statistics::Statistics;
+use aftercart_kafka::ConsumerLag;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 const PREFIX: &str = "aftercart_abandonment_";
 
@@ -22,7 +20,7 @@ pub struct AbandonmentMetrics {
     restored_records: IntCounter,
     changelog_writes: IntCounter,
     partitions: IntGauge,
-    lag: IntGaugeVec,
+    pub(crate) lag: ConsumerLag,
 }
 
 impl AbandonmentMetrics {
@@ -104,13 +102,7 @@ impl AbandonmentMetrics {
                 "assigned_partitions",
                 "Journey partitions owned by this instance.",
             ))?,
-            lag: IntGaugeVec::new(
-                opts(
-                    "consumer_lag_records",
-                    "Records behind the end of each assigned input partition.",
-                ),
-                &["topic", "partition"],
-            )?,
+            lag: ConsumerLag::register(PREFIX, registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
         registry.register(Box::new(metrics.journeys.clone()))?;
@@ -124,7 +116,6 @@ impl AbandonmentMetrics {
         registry.register(Box::new(metrics.restored_records.clone()))?;
         registry.register(Box::new(metrics.changelog_writes.clone()))?;
         registry.register(Box::new(metrics.partitions.clone()))?;
-        registry.register(Box::new(metrics.lag.clone()))?;
         Ok(metrics)
     }
 
@@ -166,24 +157,5 @@ impl AbandonmentMetrics {
 
     pub fn changelog_written(&self, records: usize) {
         self.changelog_writes.inc_by(records as u64);
-    }
-
-    /// Consumer lag from librdkafka statistics; `families` maps full topic names to labels.
-    pub fn record_lag(&self, statistics: &Statistics, families: &[(String, &'static str)]) {
-        for (topic, family) in families {
-            let Some(stats) = statistics.topics.get(topic) else {
-                continue;
-            };
-            for partition in stats
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            {
-                let partition_label = partition.partition.to_string();
-                self.lag
-                    .with_label_values(&[*family, partition_label.as_str()])
-                    .set(partition.consumer_lag);
-            }
-        }
     }
 }

@@ -3,6 +3,7 @@
 use aftercart_abandonment::AbandonmentArgs;
 use aftercart_ingress::IngressArgs;
 use aftercart_kafka::KafkaArgs;
+use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::send::SendArgs;
@@ -38,6 +39,8 @@ pub enum Command {
     Ingress(Box<IngressArgs>),
     /// Run the cart-abandonment segmentation service (a Kafka consumer group).
     Abandonment(Box<AbandonmentCommand>),
+    /// Run the referral trigger service: invites, attribution, fraud checks, rewards.
+    Referrals(Box<ReferralsCommand>),
     /// Run the whole pipeline locally, with an embedded Kafka broker unless
     /// AFTERCART_KAFKA_BROKERS is set.
     Dev(Box<DevArgs>),
@@ -46,6 +49,18 @@ pub enum Command {
     /// Manage the Kafka topics aftercart uses.
     #[command(subcommand)]
     Topics(TopicsCommand),
+}
+
+/// Flags every consumer service command has besides its own.
+#[derive(Debug, clap::Args)]
+pub struct ProcessArgs {
+    /// Admin listen address for /livez, /readyz and /metrics [default: 0.0.0.0:9090].
+    #[arg(long, env = "AFTERCART_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// Deadline for a graceful shutdown.
+    #[arg(long, env = "AFTERCART_SHUTDOWN_TIMEOUT", default_value = "15s")]
+    pub shutdown_timeout: String,
 }
 
 /// Flags of `aftercart abandonment`.
@@ -57,13 +72,21 @@ pub struct AbandonmentCommand {
     #[command(flatten)]
     pub abandonment: AbandonmentArgs,
 
-    /// Admin listen address for /livez, /readyz and /metrics [default: 0.0.0.0:9090].
-    #[arg(long, env = "AFTERCART_ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
 
-    /// Deadline for a graceful shutdown.
-    #[arg(long, env = "AFTERCART_SHUTDOWN_TIMEOUT", default_value = "15s")]
-    pub shutdown_timeout: String,
+/// Flags of `aftercart referrals`.
+#[derive(Debug, clap::Args)]
+pub struct ReferralsCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub referrals: ReferralsArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 /// Flags of `aftercart dev`: every service's, under one set of Kafka and admin flags.
@@ -74,4 +97,7 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub abandonment: AbandonmentArgs,
+
+    #[command(flatten)]
+    pub referrals: ReferralsArgs,
 }

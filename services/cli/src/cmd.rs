@@ -3,5 +3,6 @@
 pub mod abandonment;
 pub mod dev;
 pub mod ingress;
+pub mod referrals;
 pub mod send;
 pub mod topics;

@@ -1,7 +1,12 @@
 //! Shopify's documentation sample payloads, built into the binary, and the demo journey made
 //! from them (fresh tokens and ids each run, so every demo is a new purchase).
 
+use std::time::Duration;
+
+use aftercart_referrals::domain::code::CodeRules;
 use serde_json::{json, Value};
+
+use crate::cmd::dev::DEV_CODE_SECRET;
 
 /// (file stem, webhook topic, bytes) of every built-in sample.
 pub const SAMPLES: &[(&str, &str, &[u8])] = &[
@@ -107,15 +112,34 @@ pub struct DemoStep {
     /// Sent twice with the same webhook id, as Shopify's retries are.
     pub redeliver: bool,
     pub note: &'static str,
+    /// Waited before sending.
+    pub pause: Duration,
 }
 
-/// A realistic journey: a purchase (cart → checkout → order) and an abandoned checkout.
-pub fn demo_journey(run: &str, now: &str) -> Vec<DemoStep> {
+/// The referral code the dev stack gives `customer_id` of `shop` (its code secret is fixed).
+pub fn dev_referral_code(shop: &str, customer_id: u64) -> String {
+    let rules = CodeRules {
+        secret: DEV_CODE_SECRET.as_bytes().to_vec(),
+        prefix: "REF-".to_string(),
+        sources: Vec::new(),
+        url_parameter: String::new(),
+        note_attributes: Vec::new(),
+        share_url: String::new(),
+    };
+    rules.code_for(&shop.to_ascii_lowercase(), &format!("id:{customer_id}"))
+}
+
+/// A realistic journey: a purchase (cart → checkout → order), an abandoned checkout, and a
+/// friend's first order carrying the buyer's referral code.
+pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let cart = format!("demo-cart-{run}");
     let checkout = format!("demo-checkout-{run}");
     let abandoned_cart = format!("demo-cart-abandoned-{run}");
     let abandoned_checkout = format!("demo-checkout-abandoned-{run}");
     let order_id = demo_order_id(run);
+    let buyer_id = demo_order_id(&format!("{run}/buyer")) >> 8;
+    let friend_id = demo_order_id(&format!("{run}/friend")) >> 8;
+    let friend_order_id = demo_order_id(&format!("{run}/friend-order"));
 
     let cart_body = |token: &str| {
         patch(
@@ -129,50 +153,76 @@ pub fn demo_journey(run: &str, now: &str) -> Vec<DemoStep> {
             json!({"token": token, "cart_token": cart, "email": email, "created_at": now, "updated_at": now, "completed_at": null}),
         )
     };
+    // A real (not test) order by a customer who accepts marketing: they become an advocate.
     let order_body = patch(
         "orders_create",
-        json!({"id": order_id, "cart_token": cart, "checkout_token": checkout, "created_at": now, "updated_at": now}),
+        json!({"id": order_id, "cart_token": cart, "checkout_token": checkout, "created_at": now, "updated_at": now,
+               "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null, "email": "buyer@example.com", "buyer_accepts_marketing": true,
+               "customer": {"id": buyer_id, "email": "buyer@example.com", "first_name": "Bea", "last_name": "Buyer"}}),
     );
+    let friend_address = json!({"first_name": "Fay", "last_name": "Friend", "address1": "9 Side Street",
+                                "zip": "90210", "country_code": "US"});
+    let friend_order = patch(
+        "orders_create",
+        json!({"id": friend_order_id, "cart_token": format!("demo-cart-friend-{run}"), "checkout_token": null,
+               "created_at": now, "updated_at": now, "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null,
+               "email": "fay.friend@example.com", "buyer_accepts_marketing": false, "browser_ip": "198.51.100.20",
+               "customer": {"id": friend_id, "email": "fay.friend@example.com", "first_name": "Fay", "last_name": "Friend"},
+               "shipping_address": friend_address, "billing_address": friend_address,
+               "discount_codes": [{"code": dev_referral_code(shop, buyer_id), "amount": "10.00", "type": "fixed_amount"}]}),
+    );
+    let step = |topic, body, redeliver, note| DemoStep {
+        topic,
+        body,
+        redeliver,
+        note,
+        pause: Duration::ZERO,
+    };
     vec![
-        DemoStep {
-            topic: "carts/update",
-            body: cart_body(&cart),
-            redeliver: false,
-            note: "purchase: cart",
-        },
-        DemoStep {
-            topic: "checkouts/create",
-            body: checkout_body(&checkout, &cart, "buyer@example.com"),
-            redeliver: false,
-            note: "purchase: checkout",
-        },
-        DemoStep {
-            topic: "orders/create",
-            body: order_body.clone(),
-            redeliver: true,
-            note: "purchase: order (delivered twice)",
-        },
-        DemoStep {
-            topic: "orders/paid",
-            body: order_body,
-            redeliver: false,
-            note: "purchase: paid",
-        },
-        DemoStep {
-            topic: "carts/update",
-            body: cart_body(&abandoned_cart),
-            redeliver: false,
-            note: "abandoned: cart",
-        },
-        DemoStep {
-            topic: "checkouts/create",
-            body: checkout_body(
+        step("carts/update", cart_body(&cart), false, "purchase: cart"),
+        step(
+            "checkouts/create",
+            checkout_body(&checkout, &cart, "buyer@example.com"),
+            false,
+            "purchase: checkout",
+        ),
+        step(
+            "orders/create",
+            order_body.clone(),
+            true,
+            "purchase: order (delivered twice)",
+        ),
+        step(
+            "orders/paid",
+            order_body,
+            false,
+            "purchase: paid, buyer invited",
+        ),
+        step(
+            "carts/update",
+            cart_body(&abandoned_cart),
+            false,
+            "abandoned: cart",
+        ),
+        step(
+            "checkouts/create",
+            checkout_body(
                 &abandoned_checkout,
                 &abandoned_cart,
                 "fence.sitter@example.com",
             ),
-            redeliver: false,
-            note: "abandoned: checkout with contact, never ordered",
+            false,
+            "abandoned: checkout with contact, never ordered",
+        ),
+        DemoStep {
+            // The friend orders after the invite went out, as in life.
+            pause: Duration::from_millis(1500),
+            ..step(
+                "orders/paid",
+                friend_order,
+                false,
+                "referral: friend's first order with the code",
+            )
         },
     ]
 }
@@ -224,7 +274,7 @@ mod tests {
 
     #[test]
     fn the_demo_links_cart_checkout_and_order_by_tokens() {
-        let steps = demo_journey("r1", "2026-11-23T05:00:00Z");
+        let steps = demo_journey("r1", "2026-11-23T05:00:00Z", "s.myshopify.com");
         let bodies: Vec<Value> = steps
             .iter()
             .map(|s| serde_json::from_slice(&s.body).unwrap())
@@ -236,7 +286,16 @@ mod tests {
         assert!(bodies[2]["id"].as_u64().unwrap() > 1 << 53);
         assert_eq!(bodies[5]["cart_token"], "demo-cart-abandoned-r1");
         assert!(steps.iter().any(|s| s.redeliver));
-        let other_run = demo_journey("r2", "2026-11-23T05:00:00Z");
+        let friend = &bodies[6];
+        assert_eq!(
+            friend["discount_codes"][0]["code"],
+            dev_referral_code(
+                "s.myshopify.com",
+                bodies[2]["customer"]["id"].as_u64().unwrap()
+            )
+        );
+        assert_ne!(friend["customer"]["id"], bodies[2]["customer"]["id"]);
+        let other_run = demo_journey("r2", "2026-11-23T05:00:00Z", "s.myshopify.com");
         assert_ne!(
             other_run[2].body, steps[2].body,
             "each run is a new purchase"

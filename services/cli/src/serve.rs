@@ -1,10 +1,15 @@
 //! Running a service process: bind, serve the admin port, prepare Kafka, serve until a signal.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use aftercart_abandonment::AbandonmentConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError};
-use aftercart_runtime::{AdminServer, Health, Shutdown, EX_CONFIG};
+use aftercart_referrals::ReferralsConfig;
+use aftercart_runtime::config::{parse_duration, parse_socket_addr, ConfigErrors};
+use aftercart_runtime::{AdminServer, Health, Shutdown, EX_CONFIG, EX_USAGE};
+
+use crate::cli::ProcessArgs;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -86,19 +91,84 @@ pub async fn run_ingress(config: &IngressConfig, listener: TcpListener, process:
 }
 
 /// Runs the abandonment service until `process.stop`; returns the process exit code.
-pub async fn run_abandonment(config: &AbandonmentConfig, process: &Process) -> i32 {
-    let stop = process.stop.clone();
-    match aftercart_abandonment::serve(config, &process.registry, &process.health, stop).await {
+/// Validates a consumer service command (its own flags plus admin and shutdown flags), starts
+/// the process and runs the service; returns the exit code (64 for invalid configuration).
+pub async fn run_consumer_command<C>(
+    args: &ProcessArgs,
+    validate: impl FnOnce(Duration) -> Result<C, ConfigErrors>,
+    run: impl AsyncFnOnce(&C, &Process) -> i32,
+) -> i32 {
+    let mut errors = ConfigErrors::new();
+    let admin = errors.check(
+        "AFTERCART_ADMIN_LISTEN",
+        parse_socket_addr(args.admin_listen.as_deref().unwrap_or("0.0.0.0:9090")),
+    );
+    let shutdown_timeout = errors.check(
+        "AFTERCART_SHUTDOWN_TIMEOUT",
+        parse_duration(&args.shutdown_timeout),
+    );
+    let config = match validate(shutdown_timeout.unwrap_or_default()) {
+        Ok(config) if errors.is_empty() => config,
+        Ok(_) => {
+            eprint!("{errors}");
+            return EX_USAGE;
+        }
+        Err(more) => {
+            errors.extend(more);
+            eprint!("{errors}");
+            return EX_USAGE;
+        }
+    };
+    let process = match Process::start(admin.expect("checked")).await {
+        Ok(process) => process,
+        Err(code) => return code,
+    };
+    let code = run(&config, &process).await;
+    process.finish(code)
+}
+
+/// The exit code of a consumer service that stopped: 0, 78 when the cluster contradicts the
+/// configuration, else 1 after stopping the process's other services (a failed critical task
+/// stops all).
+fn service_exit<E: std::fmt::Display>(
+    service: &str,
+    result: Result<(), E>,
+    refused: impl Fn(&E) -> bool,
+    process: &Process,
+) -> i32 {
+    match result {
         Ok(()) => 0,
-        Err(error @ aftercart_abandonment::ServeError::Topics(_)) => {
+        Err(error) if refused(&error) => {
             tracing::error!(%error, "Refusing to start.");
             EX_CONFIG
         }
         Err(error) => {
-            tracing::error!(%error, "The abandonment service failed.");
-            // Stop the other services of this process too: a failed critical task stops all.
+            tracing::error!(%error, service, "The service failed.");
             process.stop.cancel();
             1
         }
     }
+}
+
+pub async fn run_abandonment(config: &AbandonmentConfig, process: &Process) -> i32 {
+    let stop = process.stop.clone();
+    let result =
+        aftercart_abandonment::serve(config, &process.registry, &process.health, stop).await;
+    service_exit(
+        "abandonment",
+        result,
+        |e| matches!(e, aftercart_abandonment::ServeError::Topics(_)),
+        process,
+    )
+}
+
+pub async fn run_referrals(config: &ReferralsConfig, process: &Process) -> i32 {
+    let stop = process.stop.clone();
+    let result = aftercart_referrals::serve(config, &process.registry, &process.health, stop).await;
+    service_exit(
+        "referrals",
+        result,
+        |e| matches!(e, aftercart_referrals::ServeError::Topics(_)),
+        process,
+    )
 }

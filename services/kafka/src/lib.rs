@@ -2,6 +2,7 @@
 //! names and creation, the producer configuration, librdkafka statistics as metrics, and the
 //! record plumbing consumer services share (partition reads, headers, dead letters).
 
+pub mod group;
 pub mod partition_reader;
 pub mod producer;
 pub mod records;
@@ -9,6 +10,7 @@ pub mod settings;
 pub mod stats;
 pub mod topics;
 
+pub use group::{close_off_runtime, ConsumerLag, GroupContext, RebalanceEvent};
 pub use partition_reader::{read_partition, StoreError, StoredRecord};
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};

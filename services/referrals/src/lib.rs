@@ -2,4 +2,11 @@
 //! to become advocates, attributes friends' orders to advocates' codes, checks for fraud, and
 //! holds rewards through a review window before granting or voiding them.
 
+pub mod app;
+pub mod config;
+pub mod consumer;
 pub mod domain;
+pub mod metrics;
+
+pub use app::{serve, topic_specs, ServeError};
+pub use config::{ReferralsArgs, ReferralsConfig, ReferralsDefaults};

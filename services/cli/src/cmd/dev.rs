@@ -7,12 +7,13 @@ use aftercart_abandonment::AbandonmentDefaults;
 use aftercart_ingress::app::topic_specs;
 use aftercart_ingress::{IngressArgs, IngressDefaults};
 use aftercart_kafka::TopicSpec;
+use aftercart_referrals::ReferralsDefaults;
 use aftercart_runtime::{ConfigErrors, EX_USAGE};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use crate::cli::DevArgs;
-use crate::serve::{bind, run_abandonment, run_ingress, Process};
+use crate::serve::{bind, run_abandonment, run_ingress, run_referrals, Process};
 
 /// The signing secret of the local stack when none is configured. Not a secret: it only ever
 /// guards a developer's own machine.
@@ -20,6 +21,12 @@ pub const DEV_SECRET: &str = "aftercart-dev-secret";
 
 /// Short enough for a demo to show an abandonment while you watch.
 const DEV_ABANDON_AFTER: &str = "20s";
+
+/// Referral codes of the local stack are keyed with this (not a secret either).
+pub const DEV_CODE_SECRET: &str = "aftercart-dev-referral-code-secret";
+
+/// Short enough for a demo to show a reward granted while you watch.
+const DEV_REVIEW_WINDOW: &str = "1m";
 
 pub async fn run(args: DevArgs) -> i32 {
     let external = args
@@ -49,7 +56,12 @@ pub async fn run(args: DevArgs) -> i32 {
     };
     let abandonment_defaults = AbandonmentDefaults {
         abandon_after: DEV_ABANDON_AFTER,
+        fallback_brokers: fallback_brokers.clone(),
+    };
+    let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
+        code_secret: Some(DEV_CODE_SECRET.to_string()),
+        review_window: DEV_REVIEW_WINDOW,
     };
     let mut errors = ConfigErrors::new();
     let ingress = args
@@ -66,7 +78,13 @@ pub async fn run(args: DevArgs) -> i32 {
         .validate(&args.ingress.kafka, shutdown_timeout, &abandonment_defaults)
         .map_err(|e| errors.extend(e))
         .ok();
-    let (Some(ingress), Some(abandonment)) = (ingress, abandonment) else {
+    let referrals = args
+        .referrals
+        .validate(&args.ingress.kafka, shutdown_timeout, &referrals_defaults)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(ingress), Some(abandonment), Some(referrals)) = (ingress, abandonment, referrals)
+    else {
         eprint!("{errors}");
         return EX_USAGE;
     };
@@ -75,6 +93,7 @@ pub async fn run(args: DevArgs) -> i32 {
             cluster,
             topic_specs(&ingress.kafka, ingress.max_body_bytes),
             &abandonment,
+            &referrals,
         ) {
             return code;
         }
@@ -104,6 +123,7 @@ pub async fn run(args: DevArgs) -> i32 {
          \x20 Webhook URL    http://{webhook_addr}/webhooks/shopify\n\
          \x20 Signing secret {secret}\n\
          \x20 Abandonments   {output} (checkouts abandoned after {delay})\n\
+         \x20 Referrals      {invites}, {rewards} (rewards granted after {review})\n\
          \x20 Admin          http://{admin_addr}/metrics  /readyz  /livez\n\
          \x20 Try            make demo   (or: aftercart send --demo)\n\
          \x20 Stop           Ctrl-C\n",
@@ -112,12 +132,16 @@ pub async fn run(args: DevArgs) -> i32 {
         secret = shown_secret(&args.ingress),
         output = abandonment.output_topic,
         delay = humantime::format_duration(std::time::Duration::from_millis(abandonment.rules.abandon_after_ms as u64)),
+        invites = referrals.invites_topic,
+        rewards = referrals.rewards_topic,
+        review = humantime::format_duration(std::time::Duration::from_millis(referrals.rules.review_window_ms as u64)),
     );
-    let (ingress_code, abandonment_code) = tokio::join!(
+    let (ingress_code, abandonment_code, referrals_code) = tokio::join!(
         run_ingress(&ingress, listener, &process),
-        run_abandonment(&abandonment, &process)
+        run_abandonment(&abandonment, &process),
+        run_referrals(&referrals, &process)
     );
-    let code = process.finish(ingress_code.max(abandonment_code));
+    let code = process.finish(ingress_code.max(abandonment_code).max(referrals_code));
     drop(embedded);
     if code == 0 {
         println!("aftercart dev stack stopped.");
@@ -130,10 +154,12 @@ fn create_topics(
     cluster: &MockCluster<'static, DefaultProducerContext>,
     ingress: Vec<TopicSpec>,
     abandonment: &aftercart_abandonment::AbandonmentConfig,
+    referrals: &aftercart_referrals::ReferralsConfig,
 ) -> Result<(), i32> {
     let specs: BTreeMap<String, TopicSpec> = ingress
         .into_iter()
         .chain(aftercart_abandonment::topic_specs(abandonment).0)
+        .chain(aftercart_referrals::topic_specs(referrals).0)
         .map(|spec| (spec.name.clone(), spec))
         .collect();
     for spec in specs.values() {

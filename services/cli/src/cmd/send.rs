@@ -23,8 +23,8 @@ pub struct SendArgs {
     #[arg(long = "sample")]
     pub samples: Vec<String>,
 
-    /// Send the demo: a purchase (cart, checkout, order delivered twice, paid) and an
-    /// abandoned checkout, with fresh tokens.
+    /// Send the demo: a purchase (cart, checkout, order delivered twice, paid), an abandoned
+    /// checkout, and a friend's first order with the buyer's referral code, with fresh ids.
     #[arg(long)]
     pub demo: bool,
 
@@ -71,6 +71,8 @@ struct Delivery {
     topic: String,
     body: Vec<u8>,
     webhook_id: String,
+    /// Waited before sending (the demo lets the referral invite land before the friend orders).
+    pause: std::time::Duration,
 }
 
 pub async fn run(args: SendArgs) -> i32 {
@@ -105,6 +107,7 @@ pub async fn run(args: SendArgs) -> i32 {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut failures = 0;
     for delivery in deliveries {
+        tokio::time::sleep(delivery.pause).await;
         match deliver(&client, &args, &secret, &delivery).await {
             Ok((status, answer)) => {
                 println!(
@@ -152,6 +155,7 @@ fn plan(args: &SendArgs) -> Result<Vec<Delivery>, String> {
             }
         };
         deliveries.push(Delivery {
+            pause: std::time::Duration::ZERO,
             label: path.display().to_string(),
             topic,
             body,
@@ -167,12 +171,13 @@ fn plan(args: &SendArgs) -> Result<Vec<Delivery>, String> {
             topic,
             body: body.to_vec(),
             webhook_id: fresh_id(),
+            pause: std::time::Duration::ZERO,
         });
     }
     if args.demo {
         let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        for step in demo_journey(&run, &now) {
+        for step in demo_journey(&run, &now, &args.shop) {
             let webhook_id = uuid::Uuid::new_v4().to_string();
             let times = if step.redeliver { 2 } else { 1 };
             for attempt in 0..times {
@@ -186,6 +191,11 @@ fn plan(args: &SendArgs) -> Result<Vec<Delivery>, String> {
                     topic: step.topic.to_string(),
                     body: step.body.clone(),
                     webhook_id: webhook_id.clone(),
+                    pause: if attempt == 0 {
+                        step.pause
+                    } else {
+                        std::time::Duration::ZERO
+                    },
                 });
             }
         }

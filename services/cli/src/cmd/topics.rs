@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use aftercart_abandonment::{AbandonmentArgs, AbandonmentDefaults};
 use aftercart_ingress::app::topic_specs;
 use aftercart_kafka::{ensure_topics, KafkaArgs, TopicSpec};
+use aftercart_referrals::{ReferralsArgs, ReferralsDefaults};
 use aftercart_runtime::config::{parse_byte_size, ConfigErrors};
 use aftercart_runtime::{EX_CONFIG, EX_USAGE};
 
@@ -17,6 +18,8 @@ pub enum TopicsCommand {
         kafka: KafkaArgs,
         #[command(flatten)]
         abandonment: Box<AbandonmentArgs>,
+        #[command(flatten)]
+        referrals: Box<ReferralsArgs>,
         /// Largest webhook body the ingress accepts; topics are created to hold it.
         #[arg(long, env = "AFTERCART_MAX_BODY_BYTES", default_value = "4MiB")]
         max_body_bytes: String,
@@ -27,6 +30,7 @@ pub async fn run(command: TopicsCommand) -> i32 {
     let TopicsCommand::Create {
         kafka,
         abandonment,
+        referrals,
         max_body_bytes,
     } = command;
     let mut errors = ConfigErrors::new();
@@ -40,17 +44,36 @@ pub async fn run(command: TopicsCommand) -> i32 {
         )
         .map_err(|e| errors.extend(e))
         .ok();
-    let (Some(settings), Some(max_body), Some(abandonment), true) =
-        (settings, max_body, abandonment, errors.is_empty())
-    else {
+    // Only topic names are needed here: a placeholder stands in for an unset code secret.
+    let referrals = referrals
+        .validate(
+            &kafka,
+            std::time::Duration::ZERO,
+            &ReferralsDefaults {
+                code_secret: Some("placeholder: topics only".to_string()),
+                ..ReferralsDefaults::production()
+            },
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(settings), Some(max_body), Some(abandonment), Some(referrals), true) = (
+        settings,
+        max_body,
+        abandonment,
+        referrals,
+        errors.is_empty(),
+    ) else {
         eprint!("{errors}");
         return EX_USAGE;
     };
-    let (abandonment_specs, same_partitions) = aftercart_abandonment::topic_specs(&abandonment);
+    let (abandonment_specs, mut same_partitions) = aftercart_abandonment::topic_specs(&abandonment);
+    let (referrals_specs, referrals_same) = aftercart_referrals::topic_specs(&referrals);
+    same_partitions.extend(referrals_same);
     // The ingress's specs first: they carry max.message.bytes for the raw topics.
     let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
     for spec in abandonment_specs
         .into_iter()
+        .chain(referrals_specs)
         .chain(topic_specs(&settings, max_body as usize))
     {
         specs.insert(spec.name.clone(), spec);

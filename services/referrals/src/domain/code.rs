@@ -114,7 +114,11 @@ impl CodeRules {
                             })
                     })
                     .filter_map(|attribute| {
-                        attribute.value.as_ref().and_then(|v| v.as_str()).map(str::to_string)
+                        attribute
+                            .value
+                            .as_ref()
+                            .and_then(|v| v.as_str())
+                            .map(str::to_string)
                     })
                     .collect(),
             };
@@ -171,7 +175,11 @@ pub(crate) fn test_rules() -> CodeRules {
     CodeRules {
         secret: b"test-secret".to_vec(),
         prefix: "REF-".into(),
-        sources: vec![Source::DiscountCode, Source::LandingSite, Source::NoteAttribute],
+        sources: vec![
+            Source::DiscountCode,
+            Source::LandingSite,
+            Source::NoteAttribute,
+        ],
         url_parameter: "ref".into(),
         note_attributes: vec!["ref".into(), "referral_code".into()],
         share_url: "https://{shop}/?ref={code}".into(),
@@ -230,7 +238,14 @@ mod tests {
 
     #[test]
     fn broken_percent_escapes_do_not_panic() {
-        for url in ["/?ref=%", "/?ref=%4", "/?ref=%zz", "/?ref", "?", "/?ref=a%2"] {
+        for url in [
+            "/?ref=%",
+            "/?ref=%4",
+            "/?ref=%zz",
+            "/?ref",
+            "?",
+            "/?ref=a%2",
+        ] {
             let _ = query_value(url, "ref");
         }
         assert_eq!(query_value("/?ref=%", "ref").as_deref(), Some("%"));

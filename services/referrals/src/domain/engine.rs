@@ -54,7 +54,10 @@ pub enum Counted {
 /// What the I/O layer must do, in order: emit records, then persist entities.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Emit { key: String, output: Output },
+    Emit {
+        key: String,
+        output: Output,
+    },
     /// `None` deletes the entity (a changelog tombstone).
     Persist {
         key: String,
@@ -268,7 +271,9 @@ impl Engine {
             let old: Vec<String> = state
                 .orders
                 .iter()
-                .filter(|(_, o)| o.settled() && o.last_seen_ms + self.rules.order_retention_ms < now_ms)
+                .filter(|(_, o)| {
+                    o.settled() && o.last_seen_ms + self.rules.order_retention_ms < now_ms
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in old {
@@ -289,7 +294,10 @@ impl Engine {
                     state.ips.remove(&key);
                     out.push((*partition, tombstone(&key)));
                 } else {
-                    out.push((*partition, persist(&key, Entity::Ip(state.ips[&key].clone()))));
+                    out.push((
+                        *partition,
+                        persist(&key, Entity::Ip(state.ips[&key].clone())),
+                    ));
                 }
             }
         }
@@ -347,7 +355,9 @@ impl Engine {
         order.attribution_checked = true;
         match &mut order.reward {
             // Statuses only move forward: pending, then one final status.
-            Some(reward) if reward.status == RewardStatus::Pending || status != RewardStatus::Pending => {
+            Some(reward)
+                if reward.status == RewardStatus::Pending || status != RewardStatus::Pending =>
+            {
                 if reward.status == RewardStatus::Pending {
                     reward.status = status;
                 }
@@ -409,7 +419,8 @@ struct Step<'a> {
 impl Step<'_> {
     fn put_order(&mut self, key: String, order: OrderState) {
         self.state.schedule(&key, &order);
-        self.effects.push(persist(&key, Entity::Order(order.clone())));
+        self.effects
+            .push(persist(&key, Entity::Order(order.clone())));
         self.state.orders.insert(key, order);
     }
 
@@ -429,7 +440,11 @@ impl Step<'_> {
         let customer = customer_key(fact).map(|k| customer_entity(self.shop, &k));
         order.last_seen_ms = order.last_seen_ms.max(at_ms);
         order.customer = customer.clone().or(order.customer);
-        order.customer_id = fact.customer.as_ref().and_then(|c| c.id).or(order.customer_id);
+        order.customer_id = fact
+            .customer
+            .as_ref()
+            .and_then(|c| c.id)
+            .or(order.customer_id);
         order.name = fact.name.clone().or(order.name);
         order.value = fact.value().map(str::to_string).or(order.value);
         order.currency = fact.currency.clone().or(order.currency);
@@ -439,7 +454,9 @@ impl Step<'_> {
         if let Some(customer_key) = &customer {
             self.update_customer(customer_key, fact, created_ms, at_ms);
         }
-        if !order.attribution_checked {
+        // Decided at the first snapshot that names a code (a cancellation or refund snapshot
+        // delivered first may carry none).
+        if !order.attribution_checked && !self.rules.codes.candidates(fact).is_empty() {
             order.attribution_checked = true;
             self.attribute(&key, &mut order, fact, at_ms);
         }
@@ -449,6 +466,11 @@ impl Step<'_> {
         };
         if triggered && order.invite.is_none() {
             order.invite = Some(self.decide_invite(&order, fact, at_ms));
+            // Without a delay the invite goes now, so a friend's order right behind it in the
+            // same batch already finds the code.
+            if self.rules.invite_delay_ms == 0 {
+                self.send_invite(&key, &mut order);
+            }
         }
         if let Some(negation) = fact.negation() {
             self.negate(&key, &mut order, negation, at_ms);
@@ -459,10 +481,16 @@ impl Step<'_> {
     fn update_customer(&mut self, key: &str, fact: &OrderFact, created_ms: i64, at_ms: i64) {
         let mut customer = self.state.customers.remove(key).unwrap_or_default();
         let before = customer.clone();
-        customer.customer_id = fact.customer.as_ref().and_then(|c| c.id).or(customer.customer_id);
-        customer.email_fp = identity::email_fingerprint(fact).or(customer.email_fp);
-        customer.name_address_fp =
-            identity::name_address_fingerprint(fact).or(customer.name_address_fp);
+        customer.customer_id = fact
+            .customer
+            .as_ref()
+            .and_then(|c| c.id)
+            .or(customer.customer_id);
+        remember(&mut customer.email_fps, identity::email_fingerprint(fact));
+        remember(
+            &mut customer.name_address_fps,
+            identity::name_address_fingerprint(fact),
+        );
         customer.has_history |= fact
             .customer
             .as_ref()
@@ -481,8 +509,16 @@ impl Step<'_> {
                 order_id: fact.id,
                 created_ms,
             });
-            // A late-delivered earlier order: the order thought first was not.
+            // A late-delivered earlier order: the order thought first was not, and the friend
+            // is no longer referred through it.
             if let Some(previous) = previous {
+                if customer
+                    .referred_by
+                    .as_ref()
+                    .is_some_and(|r| r.order_id == previous)
+                {
+                    customer.referred_by = None;
+                }
                 let previous_key = order_entity(self.shop, previous);
                 if let Some(mut earlier) = self.state.orders.remove(&previous_key) {
                     self.void(&previous_key, &mut earlier, "not_first_order", at_ms);
@@ -567,13 +603,14 @@ impl Step<'_> {
         let burst = fact.browser_ip().is_some_and(|ip| self.ip_burst(ip, at_ms));
         let fraud = if order.customer.as_deref() == Some(advocate_key.as_str()) {
             Some("same_customer")
-        } else if friend.as_ref().and_then(|f| f.email_fp.as_ref()).is_some()
-            && friend.as_ref().and_then(|f| f.email_fp.as_ref()) == advocate.email_fp.as_ref()
+        } else if friend
+            .as_ref()
+            .is_some_and(|f| shares(&f.email_fps, &advocate.email_fps))
         {
             Some("same_email")
-        } else if friend.as_ref().and_then(|f| f.name_address_fp.as_ref()).is_some()
-            && friend.as_ref().and_then(|f| f.name_address_fp.as_ref())
-                == advocate.name_address_fp.as_ref()
+        } else if friend
+            .as_ref()
+            .is_some_and(|f| shares(&f.name_address_fps, &advocate.name_address_fps))
         {
             Some("same_name_address")
         } else if burst {
@@ -710,7 +747,11 @@ impl Step<'_> {
             return;
         };
         let customer_key = order.customer.clone().unwrap_or_default();
-        let mut customer = self.state.customers.remove(&customer_key).unwrap_or_default();
+        let mut customer = self
+            .state
+            .customers
+            .remove(&customer_key)
+            .unwrap_or_default();
         let consent = customer.consent.as_ref().is_some_and(|c| c.subscribed);
         let cooling = customer
             .advocate
@@ -815,7 +856,9 @@ impl Step<'_> {
             .collect();
         let prefix = format!("c/{}/", self.shop);
         for (key, customer) in &self.state.customers {
-            let same_email = email_fp.is_some() && customer.email_fp == email_fp;
+            let same_email = email_fp
+                .as_ref()
+                .is_some_and(|fp| customer.email_fps.contains(fp));
             let same_id = customer_id.is_some() && customer.customer_id == customer_id;
             if key.starts_with(&prefix) && (same_email || same_id) && !keys.contains(key) {
                 keys.push(key.clone());
@@ -829,7 +872,9 @@ impl Step<'_> {
             .filter(|(k, _)| k.starts_with(&order_prefix))
             .filter(|(_, o)| {
                 o.customer.as_ref().is_some_and(|c| keys.contains(c))
-                    || o.reward.as_ref().is_some_and(|r| keys.contains(&r.advocate))
+                    || o.reward
+                        .as_ref()
+                        .is_some_and(|r| keys.contains(&r.advocate))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -838,7 +883,11 @@ impl Step<'_> {
                 continue;
             };
             let own = order.customer.as_ref().is_some_and(|c| keys.contains(c));
-            let reason = if own { "friend_redacted" } else { "advocate_redacted" };
+            let reason = if own {
+                "friend_redacted"
+            } else {
+                "advocate_redacted"
+            };
             self.void(&key, &mut order, reason, at_ms);
             if own {
                 self.effects.push(tombstone(&key));
@@ -877,12 +926,37 @@ impl Step<'_> {
             self.effects.push(tombstone(&key));
         }
         let code_prefix = format!("{shop}/");
-        self.state.codes.retain(|code, _| !code.starts_with(&code_prefix));
+        self.state
+            .codes
+            .retain(|code, _| !code.starts_with(&code_prefix));
     }
 }
 
+/// Fingerprints kept per customer: people change email and address, and fraud checks compare
+/// against every recent one.
+const FINGERPRINTS_KEPT: usize = 4;
+
+/// Adds a fingerprint (most recent last), keeping the last few distinct ones.
+fn remember(fingerprints: &mut Vec<String>, fingerprint: Option<String>) {
+    let Some(fingerprint) = fingerprint else {
+        return;
+    };
+    fingerprints.retain(|f| *f != fingerprint);
+    fingerprints.push(fingerprint);
+    if fingerprints.len() > FINGERPRINTS_KEPT {
+        fingerprints.remove(0);
+    }
+}
+
+fn shares(a: &[String], b: &[String]) -> bool {
+    a.iter().any(|f| b.contains(f))
+}
+
 fn order_id_of(key: &str) -> u64 {
-    key.rsplit('/').next().and_then(|id| id.parse().ok()).unwrap_or(0)
+    key.rsplit('/')
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0)
 }
 
 fn order_out(order: &OrderState, order_id: u64) -> OrderOut {

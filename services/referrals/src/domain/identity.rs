@@ -91,7 +91,10 @@ mod tests {
 
     #[test]
     fn near_duplicate_emails_share_one_canonical_form() {
-        assert_eq!(canonical_email(" J.Doe+ref@GoogleMail.com "), "jdoe@gmail.com");
+        assert_eq!(
+            canonical_email(" J.Doe+ref@GoogleMail.com "),
+            "jdoe@gmail.com"
+        );
         assert_eq!(canonical_email("j.doe+x@example.com"), "j.doe@example.com");
         assert_eq!(canonical_email("not-an-email"), "not-an-email");
     }

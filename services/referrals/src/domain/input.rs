@@ -74,7 +74,10 @@ pub enum Input {
     /// `orders/create|paid|fulfilled|cancelled`: a full order snapshot.
     Order(Box<OrderFact>),
     /// `orders/delete` or `refunds/create`: only the order id is known.
-    Negated { order_id: u64, negation: Negation },
+    Negated {
+        order_id: u64,
+        negation: Negation,
+    },
     /// A customer's email-marketing consent changed.
     Consent {
         customer_id: u64,
@@ -296,9 +299,13 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
     };
     if let Some(order_topic) = order_topic {
         let mut order: OrderFact = decode(&topic, body)?;
-        for amount in [&order.total_price, &order.subtotal_price, &order.current_subtotal_price]
-            .into_iter()
-            .flatten()
+        for amount in [
+            &order.total_price,
+            &order.subtotal_price,
+            &order.current_subtotal_price,
+        ]
+        .into_iter()
+        .flatten()
         {
             if Amount::parse(amount).is_none() {
                 return Err(PoisonRecord::Impossible("an order amount is not a decimal"));
@@ -319,7 +326,10 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
             let payload: ConsentPayload = decode(&topic, body)?;
             let consent = payload.email_marketing_consent;
-            match (payload.customer_id.or(payload.id), consent.as_ref().and_then(|c| c.state.as_deref())) {
+            match (
+                payload.customer_id.or(payload.id),
+                consent.as_ref().and_then(|c| c.state.as_deref()),
+            ) {
                 (Some(customer_id), Some(state)) => Input::Consent {
                     customer_id,
                     subscribed: state == "subscribed",
@@ -369,7 +379,10 @@ mod tests {
         assert!(order.is_paid());
         assert!(order.test, "Shopify's sample is a test order");
         assert_eq!(order.email(), Some("john@example.com"));
-        assert_eq!(order.customer.as_ref().unwrap().id, Some(115310627314723954));
+        assert_eq!(
+            order.customer.as_ref().unwrap().id,
+            Some(115310627314723954)
+        );
         assert_eq!(order.consent().map(|c| c.0), Some(true));
         assert!(order.value().is_some());
     }
@@ -397,11 +410,18 @@ mod tests {
         let consent = br#"{"customer_id":7,"email_address":"a@b.c","email_marketing_consent":{"state":"unsubscribed","consent_updated_at":"2026-01-01T00:00:00Z"}}"#;
         assert!(matches!(
             decode_input(Some("customers_email_marketing_consent/update"), consent).unwrap(),
-            Input::Consent { customer_id: 7, subscribed: false, at_ms: Some(_) }
+            Input::Consent {
+                customer_id: 7,
+                subscribed: false,
+                at_ms: Some(_)
+            }
         ));
         assert!(matches!(
             decode_input(Some("customers/redact"), &fixture("customers_redact.json")).unwrap(),
-            Input::RedactCustomer { customer_id: Some(_), email: Some(_) }
+            Input::RedactCustomer {
+                customer_id: Some(_),
+                email: Some(_)
+            }
         ));
         assert_eq!(
             decode_input(Some("shop/redact"), &fixture("shop_redact.json")).unwrap(),
@@ -428,7 +448,9 @@ mod tests {
             "impossible_value"
         );
         assert_eq!(
-            decode_input(Some("refunds/create"), b"[]").unwrap_err().as_label(),
+            decode_input(Some("refunds/create"), b"[]")
+                .unwrap_err()
+                .as_label(),
             "undecodable"
         );
     }

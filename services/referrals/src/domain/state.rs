@@ -23,7 +23,7 @@ pub fn ip_entity(shop: &str, ip_fingerprint: &str) -> String {
 
 /// The shop of an entity key.
 pub fn shop_of_entity(key: &str) -> &str {
-    key.splitn(3, '/').nth(1).unwrap_or_default()
+    key.split('/').nth(1).unwrap_or_default()
 }
 
 /// One changelog value.
@@ -62,9 +62,12 @@ pub struct Advocate {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CustomerState {
     pub customer_id: Option<u64>,
-    /// Fingerprint of the canonical email (never the email itself).
-    pub email_fp: Option<String>,
-    pub name_address_fp: Option<String>,
+    /// Fingerprints of the recent canonical emails (never the emails themselves).
+    #[serde(default)]
+    pub email_fps: Vec<String>,
+    /// Fingerprints of the recent name + address combinations.
+    #[serde(default)]
+    pub name_address_fps: Vec<String>,
     pub consent: Option<Consent>,
     /// The earliest order seen, by its `created_at`.
     pub first_order: Option<FirstOrder>,

@@ -101,7 +101,10 @@ impl World {
     }
 
     fn types(&self) -> Vec<String> {
-        self.emitted.iter().map(|o| o.event_type().to_string()).collect()
+        self.emitted
+            .iter()
+            .map(|o| o.event_type().to_string())
+            .collect()
     }
 
     fn invite_code(&self, customer: u64) -> String {
@@ -129,7 +132,6 @@ impl World {
     /// Advocate 1 bought and was invited; returns their code.
     fn advocate(&mut self) -> String {
         self.send("orders/paid", &order(100, 1), 0);
-        self.tick(0);
         self.invite_code(1)
     }
 
@@ -150,8 +152,13 @@ impl World {
 #[test]
 fn a_paid_order_with_consent_makes_the_buyer_an_advocate_with_a_stable_code() {
     let mut world = World::new();
-    world.send("orders/create", &order(100, 1), 0);
-    assert!(world.emitted.is_empty(), "create alone is not the trigger");
+    let mut pending = order(100, 1);
+    pending["financial_status"] = json!("pending");
+    world.send("orders/create", &pending, 0);
+    assert!(
+        world.emitted.is_empty(),
+        "an unpaid order is not the trigger"
+    );
     let code = world.advocate();
     let Output::Invite(invite) = &world.emitted[0] else {
         panic!("an invite")
@@ -176,9 +183,17 @@ fn an_invite_waits_for_its_delay_and_is_dropped_if_the_order_is_cancelled_meanwh
     assert_eq!(world.types(), ["invite"]);
 
     world.send("orders/paid", &order(200, 2), 0);
-    world.send("orders/cancelled", &json!({"id": 200, "cancelled_at": "2026-01-02T00:00:00Z"}), DAY);
+    world.send(
+        "orders/cancelled",
+        &json!({"id": 200, "cancelled_at": "2026-01-02T00:00:00Z"}),
+        DAY,
+    );
     world.tick(10 * DAY);
-    assert_eq!(world.types(), ["invite"], "cancelled before the delay passed");
+    assert_eq!(
+        world.types(),
+        ["invite"],
+        "cancelled before the delay passed"
+    );
     assert!(world.counted.contains(&Counted::InviteSkipped("negated")));
 }
 
@@ -239,28 +254,59 @@ fn a_customer_is_invited_at_most_once_per_cooldown() {
     world.send("orders/paid", &order(102, 1), 91 * DAY);
     world.tick(91 * DAY);
     assert_eq!(world.types(), ["invite", "invite"]);
-    assert_eq!(world.invite_code(1), world.emitted.iter().filter_map(|o| match o { Output::Invite(i) => Some(i.referral_code.clone()), _ => None }).last().unwrap(), "the code is stable");
+    assert_eq!(
+        world.invite_code(1),
+        world
+            .emitted
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Output::Invite(i) => Some(i.referral_code.clone()),
+                _ => None,
+            })
+            .unwrap(),
+        "the code is stable"
+    );
 }
 
 #[test]
 fn a_friends_first_order_with_the_code_is_pending_then_granted_after_the_review_window() {
     let mut world = World::new();
     let code = world.advocate();
-    world.send("orders/create", &with_code(order(200, 2), &code.to_lowercase()), DAY);
+    world.send(
+        "orders/create",
+        &with_code(order(200, 2), &code.to_lowercase()),
+        DAY,
+    );
     let rewards = world.rewards();
     assert_eq!(rewards.len(), 1);
     assert_eq!(rewards[0].event_type, "reward.pending");
     assert_eq!(rewards[0].advocate.customer_id, Some(1));
     assert_eq!(rewards[0].friend.order.id, 200);
     assert_eq!(rewards[0].attributed_via, "discount_code");
-    assert_eq!(rewards[0].review_ends_at.as_deref(), Some(rfc3339(31 * DAY).as_str()));
+    assert_eq!(
+        rewards[0].review_ends_at.as_deref(),
+        Some(rfc3339(31 * DAY).as_str())
+    );
     world.tick(30 * DAY);
     assert_eq!(world.rewards().len(), 1);
     world.tick(31 * DAY);
-    let types: Vec<_> = world.rewards().iter().map(|r| r.event_type.clone()).collect();
+    let types: Vec<_> = world
+        .rewards()
+        .iter()
+        .map(|r| r.event_type.clone())
+        .collect();
     assert_eq!(types, ["reward.pending", "reward.granted"]);
-    world.send("refunds/create", &json!({"id": 1, "order_id": 200}), 40 * DAY);
-    assert_eq!(world.rewards().len(), 2, "a refund after the window changes nothing");
+    world.send(
+        "refunds/create",
+        &json!({"id": 1, "order_id": 200}),
+        40 * DAY,
+    );
+    assert_eq!(
+        world.rewards().len(),
+        2,
+        "a refund after the window changes nothing"
+    );
 }
 
 #[test]
@@ -273,7 +319,11 @@ fn codes_in_the_landing_url_or_a_note_attribute_attribute_too() {
     let mut by_note = order(300, 3);
     by_note["note_attributes"] = json!([{"name": "ref", "value": code}]);
     world.send("orders/paid", &by_note, DAY);
-    let via: Vec<_> = world.rewards().iter().map(|r| r.attributed_via.clone()).collect();
+    let via: Vec<_> = world
+        .rewards()
+        .iter()
+        .map(|r| r.attributed_via.clone())
+        .collect();
     assert_eq!(via, ["landing_site", "note_attribute"]);
 }
 
@@ -281,7 +331,10 @@ fn codes_in_the_landing_url_or_a_note_attribute_attribute_too() {
 fn a_refund_cancellation_or_deletion_within_the_window_voids_the_reward() {
     for (topic, body) in [
         ("refunds/create", json!({"id": 1, "order_id": 200})),
-        ("orders/cancelled", json!({"id": 200, "cancelled_at": "2026-01-03T00:00:00Z"})),
+        (
+            "orders/cancelled",
+            json!({"id": 200, "cancelled_at": "2026-01-03T00:00:00Z"}),
+        ),
         ("orders/delete", json!({"id": 200})),
     ] {
         let mut world = World::new();
@@ -293,7 +346,10 @@ fn a_refund_cancellation_or_deletion_within_the_window_voids_the_reward() {
         let types: Vec<_> = rewards.iter().map(|r| r.event_type.as_str()).collect();
         assert_eq!(types, ["reward.pending", "reward.voided"], "{topic}");
         assert!(rewards[1].reason.is_some());
-        assert_eq!(rewards[1].event_id, event_id(&format!("reward.voided/{SHOP}/200")));
+        assert_eq!(
+            rewards[1].event_id,
+            event_id(&format!("reward.voided/{SHOP}/200"))
+        );
     }
 }
 
@@ -303,7 +359,11 @@ fn a_friends_order_refunded_before_it_was_seen_is_pending_and_voided_at_once() {
     let code = world.advocate();
     world.send("refunds/create", &json!({"id": 1, "order_id": 200}), DAY);
     world.send("orders/paid", &with_code(order(200, 2), &code), DAY + SEC);
-    let types: Vec<_> = world.rewards().iter().map(|r| r.event_type.clone()).collect();
+    let types: Vec<_> = world
+        .rewards()
+        .iter()
+        .map(|r| r.event_type.clone())
+        .collect();
     assert_eq!(types, ["reward.pending", "reward.voided"]);
 }
 
@@ -314,7 +374,9 @@ fn a_friends_second_order_earns_nothing() {
     world.send("orders/paid", &order(200, 2), DAY);
     world.send("orders/paid", &with_code(order(201, 2), &code), 2 * DAY);
     assert!(world.rewards().is_empty());
-    assert!(world.counted.contains(&Counted::Attribution("not_first_order")));
+    assert!(world
+        .counted
+        .contains(&Counted::Attribution("not_first_order")));
 
     // Shopify's own count says there were orders before aftercart saw any.
     let mut world = World::new();
@@ -342,6 +404,57 @@ fn a_late_delivered_earlier_order_voids_the_pending_reward() {
 }
 
 #[test]
+fn the_earlier_order_delivered_late_takes_the_referral_over() {
+    let mut world = World::new();
+    let first = world.advocate();
+    world.send("orders/paid", &order(101, 5), 0);
+    let second = world.invite_code(5);
+    let mut later = with_code(order(201, 2), &second);
+    later["created_at"] = json!("2026-01-05T00:00:00Z");
+    world.send("orders/paid", &later, DAY);
+    let mut earlier = with_code(order(200, 2), &first);
+    earlier["created_at"] = json!("2026-01-02T00:00:00Z");
+    world.send("orders/paid", &earlier, DAY + SEC);
+    let summary: Vec<_> = world
+        .rewards()
+        .iter()
+        .map(|r| {
+            (
+                r.event_type.clone(),
+                r.friend.order.id,
+                r.advocate.customer_id,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("reward.pending".to_string(), 201, Some(5)),
+            ("reward.voided".to_string(), 201, Some(5)),
+            ("reward.pending".to_string(), 200, Some(1)),
+        ]
+    );
+}
+
+#[test]
+fn a_cancellation_delivered_before_the_order_still_lets_the_order_be_attributed() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send(
+        "orders/cancelled",
+        &json!({"id": 200, "cancelled_at": "2026-01-03T00:00:00Z"}),
+        DAY,
+    );
+    world.send("orders/paid", &with_code(order(200, 2), &code), DAY + SEC);
+    let types: Vec<_> = world
+        .rewards()
+        .iter()
+        .map(|r| r.event_type.clone())
+        .collect();
+    assert_eq!(types, ["reward.pending", "reward.voided"]);
+}
+
+#[test]
 fn one_friend_is_claimed_by_only_one_advocate() {
     let mut world = World::new();
     let first = world.advocate();
@@ -355,7 +468,11 @@ fn one_friend_is_claimed_by_only_one_advocate() {
     world.send("orders/paid", &with_code(order(201, 2), &second), 2 * DAY);
     let rewards = world.rewards();
     assert_eq!(rewards.len(), 1);
-    assert_eq!(rewards[0].advocate.customer_id, Some(1), "the discount code has priority");
+    assert_eq!(
+        rewards[0].advocate.customer_id,
+        Some(1),
+        "the discount code has priority"
+    );
 }
 
 #[test]
@@ -367,13 +484,14 @@ fn self_referral_is_rejected_by_each_signal() {
     assert_eq!(world.rewards()[0].event_type, "reward.rejected");
     assert_eq!(world.rewards()[0].reason.as_deref(), Some("same_customer"));
 
-    // Another customer account with the same mailbox (Gmail dots and a +tag).
+    // Another customer account with the same mailbox (Gmail dots and a +tag), even after the
+    // advocate ordered again with another address.
     let mut world = World::new();
     let mut advocate = order(100, 1);
     advocate["customer"]["email"] = json!("ann.buyer@gmail.com");
     world.send("orders/paid", &advocate, 0);
-    world.tick(0);
     let code = world.invite_code(1);
+    world.send("orders/paid", &order(101, 1), SEC);
     let mut friend = with_code(order(200, 2), &code);
     friend["customer"]["email"] = json!("AnnBuyer+friend@gmail.com");
     world.send("orders/paid", &friend, DAY);
@@ -385,7 +503,10 @@ fn self_referral_is_rejected_by_each_signal() {
     let mut friend = with_code(order(200, 2), &code);
     friend["shipping_address"] = json!({"first_name": "ANN", "last_name": "buyer1", "address1": "1 Main St.", "zip": "1000", "country_code": "be"});
     world.send("orders/paid", &friend, DAY);
-    assert_eq!(world.rewards()[0].reason.as_deref(), Some("same_name_address"));
+    assert_eq!(
+        world.rewards()[0].reason.as_deref(),
+        Some("same_name_address")
+    );
     assert_eq!(world.rewards().len(), 1, "a rejected reward is final");
 }
 
@@ -401,7 +522,13 @@ fn a_burst_of_referred_orders_from_one_ip_is_rejected_beyond_the_limit() {
     let reasons: Vec<_> = world.rewards().iter().map(|r| r.reason.clone()).collect();
     assert_eq!(
         reasons,
-        [None, None, None, Some("ip_burst".into()), Some("ip_burst".into())]
+        [
+            None,
+            None,
+            None,
+            Some("ip_burst".into()),
+            Some("ip_burst".into())
+        ]
     );
     // After the window the IP may refer again.
     let mut body = with_code(order(300, 30), &code);
@@ -419,8 +546,12 @@ fn unknown_codes_and_small_orders_earn_nothing() {
     small["subtotal_price"] = json!("19.99");
     world.send("orders/paid", &small, DAY);
     assert!(world.rewards().is_empty());
-    assert!(world.counted.contains(&Counted::Attribution("unknown_code")));
-    assert!(world.counted.contains(&Counted::Attribution("below_minimum")));
+    assert!(world
+        .counted
+        .contains(&Counted::Attribution("unknown_code")));
+    assert!(world
+        .counted
+        .contains(&Counted::Attribution("below_minimum")));
 }
 
 #[test]
@@ -469,20 +600,22 @@ fn a_restart_mid_review_window_grants_once_at_the_end() {
     world.send("orders/paid", &with_code(order(200, 2), &code), DAY);
     let mut restarted = world.restarted();
     restarted.tick(31 * DAY);
-    // The friend's own invite (they bought too) was still waiting for the tick.
-    assert_eq!(restarted.types(), ["invite", "reward.granted"]);
+    assert_eq!(restarted.types(), ["reward.granted"]);
     // Replaying the friend's order after the restart changes nothing.
     restarted.send("orders/paid", &with_code(order(200, 2), &code), DAY);
     restarted.tick(40 * DAY);
-    assert_eq!(restarted.types(), ["invite", "reward.granted"]);
+    assert_eq!(restarted.types(), ["reward.granted"]);
 }
 
 #[test]
 fn reconciling_an_emitted_invite_prevents_a_second_one() {
-    let mut world = World::new();
+    let mut world = World::with(Rules {
+        invite_delay_ms: SEC,
+        ..rules()
+    });
     world.send("orders/paid", &order(100, 1), 0);
     let before_fire = world.restarted();
-    world.tick(0);
+    world.tick(SEC);
     let Output::Invite(invite) = world.emitted[0].clone() else {
         panic!()
     };
@@ -494,8 +627,13 @@ fn reconciling_an_emitted_invite_prevents_a_second_one() {
     restarted.tick(DAY);
     assert!(restarted.emitted.is_empty());
     // And the code resolves for friends.
-    restarted.send("orders/paid", &with_code(order(200, 2), &invite.referral_code), DAY);
-    assert_eq!(restarted.types(), ["reward.pending"]);
+    restarted.send(
+        "orders/paid",
+        &with_code(order(200, 2), &invite.referral_code),
+        DAY,
+    );
+    // (The friend bought too, so they are invited in turn.)
+    assert_eq!(restarted.types(), ["reward.pending", "invite"]);
 }
 
 #[test]

@@ -1,0 +1,178 @@
+//! Consumer-group plumbing shared by the stateful consumer services: a context that records
+//! rebalances for the poll loop to handle between batches, and consumer lag as a gauge.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{IntGaugeVec, Opts, Registry};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::TopicPartitionList;
+
+/// A rebalance heard by the consumer: the (topic, partition) pairs gained or lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+impl RebalanceEvent {
+    /// The partition numbers of `topic` in the event (all topics when `None`), sorted, unique.
+    pub fn partitions(&self, topic: Option<&str>) -> Vec<i32> {
+        let (RebalanceEvent::Assigned(list) | RebalanceEvent::Revoked(list)) = self;
+        let mut partitions: Vec<i32> = list
+            .iter()
+            .filter(|(t, _)| topic.is_none_or(|wanted| t == wanted))
+            .map(|(_, p)| *p)
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        partitions
+    }
+}
+
+/// `<prefix>consumer_lag_records{topic,partition}`: records behind the end of each assigned
+/// partition, from librdkafka statistics. Topic labels are short names from a fixed list.
+#[derive(Clone)]
+pub struct ConsumerLag {
+    lag: IntGaugeVec,
+}
+
+impl ConsumerLag {
+    pub fn register(prefix: &str, registry: &Registry) -> prometheus::Result<Self> {
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                format!("{prefix}consumer_lag_records"),
+                "Records behind the end of each assigned input partition.",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
+        Ok(ConsumerLag { lag })
+    }
+
+    /// `topics` maps full topic names to their labels.
+    pub fn record(&self, statistics: &Statistics, topics: &[(String, String)]) {
+        for (topic, label) in topics {
+            let Some(stats) = statistics.topics.get(topic) else {
+                continue;
+            };
+            for partition in stats
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            {
+                let partition_label = partition.partition.to_string();
+                self.lag
+                    .with_label_values(&[label.as_str(), partition_label.as_str()])
+                    .set(partition.consumer_lag);
+            }
+        }
+    }
+}
+
+/// The consumer context of a stateful loop: commits what was stored before partitions are
+/// revoked, queues rebalances for the loop, and reports lag.
+pub struct GroupContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+    lag: ConsumerLag,
+    lag_topics: Vec<(String, String)>,
+}
+
+impl GroupContext {
+    pub fn new(lag: ConsumerLag, lag_topics: Vec<(String, String)>) -> Self {
+        GroupContext {
+            events: Mutex::new(Vec::new()),
+            lag,
+            lag_topics,
+        }
+    }
+
+    /// The rebalances heard since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut *self.events.lock().expect("events lock"))
+    }
+
+    fn push(&self, event: RebalanceEvent) {
+        self.events.lock().expect("events lock").push(event);
+    }
+}
+
+fn pairs(list: &TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.record(&statistics, &self.lag_topics);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            // Everything stored is fully processed (the loop flushes before polling again).
+            let _ = consumer.commit_consumer_state(CommitMode::Sync);
+            self.push(RebalanceEvent::Revoked(pairs(list)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            self.push(RebalanceEvent::Assigned(pairs(list)));
+        }
+    }
+}
+
+/// Ends a consumer loop's clients without ever blocking the async runtime: commits the stored
+/// offsets, leaves the group, flushes the producer and closes everything on a plain thread
+/// (each of these can wait for as long as the broker is unreachable), waiting at most
+/// `deadline`. `others` are dropped on that thread too. False when the deadline passed.
+pub async fn close_off_runtime<C, T>(
+    consumer: StreamConsumer<C>,
+    producer: FutureProducer,
+    others: T,
+    deadline: Duration,
+) -> bool
+where
+    C: ConsumerContext + 'static,
+    T: Send + 'static,
+{
+    let (closed, wait) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+        consumer.unsubscribe();
+        let _ = producer.flush(deadline);
+        drop(consumer);
+        drop(producer);
+        drop(others);
+        let _ = closed.send(());
+    });
+    tokio::time::timeout(deadline + Duration::from_secs(1), wait)
+        .await
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_of_an_event_can_be_narrowed_to_one_topic() {
+        let event = RebalanceEvent::Assigned(vec![
+            ("a".into(), 2),
+            ("b".into(), 1),
+            ("a".into(), 0),
+            ("b".into(), 2),
+        ]);
+        assert_eq!(event.partitions(None), [0, 1, 2]);
+        assert_eq!(event.partitions(Some("a")), [0, 2]);
+    }
+}

@@ -1,0 +1,70 @@
+//! Wiring: prepares the topics the service reads and writes, then runs the loop until shutdown.
+
+use aftercart_kafka::{ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};
+use aftercart_runtime::Health;
+use aftercart_shopify::Family;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReferralsConfig;
+use crate::consumer::{Loop, LoopError};
+use crate::metrics::ReferralsMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot register the referrals metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The cluster contradicts the configuration (e.g. partition counts differ).
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+}
+
+/// Every topic the service reads or writes. The by-shop, changelog and output topics share one
+/// partition count: the state and events of by-shop partition N live in partition N.
+pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
+    let names = TopicNames::new(&config.kafka.topic_prefix);
+    let mut specs: Vec<TopicSpec> = Family::JOURNEY
+        .iter()
+        .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
+        .collect();
+    for topic in [
+        &config.by_shop_topic,
+        &config.invites_topic,
+        &config.rewards_topic,
+        &config.dead_letter_topic,
+    ] {
+        specs.push(TopicSpec::new(topic, &config.kafka));
+    }
+    specs.push(
+        TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
+    );
+    let same = vec![
+        config.by_shop_topic.clone(),
+        config.state_topic.clone(),
+        config.invites_topic.clone(),
+        config.rewards_topic.clone(),
+    ];
+    (specs, same)
+}
+
+/// Runs the referrals service until `stop`.
+pub async fn serve(
+    config: &ReferralsConfig,
+    registry: &Registry,
+    health: &Health,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let metrics = ReferralsMetrics::register(registry)?;
+    let ready = health.component("referrals");
+    let (specs, same) = topic_specs(config);
+    if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
+        return Ok(());
+    }
+    let service = Loop::new(config.clone(), metrics, ready)?;
+    tracing::info!(group = %config.group, invites = %config.invites_topic, rewards = %config.rewards_topic, "Referrals service consuming.");
+    service.run(stop).await?;
+    tracing::info!("Referrals service stopped.");
+    Ok(())
+}

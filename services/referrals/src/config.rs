@@ -1,0 +1,402 @@
+//! Referrals service configuration: flags with `AFTERCART_*` environment fallbacks.
+
+use std::time::Duration;
+
+use aftercart_kafka::{KafkaArgs, KafkaSettings};
+use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_shopify::money::Amount;
+
+use crate::domain::code::{CodeRules, Source};
+use crate::domain::engine::{Rules, Trigger};
+
+/// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReferralsArgs {
+    /// Consumer group of the service; every instance of one deployment shares it.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_GROUP",
+        default_value = "aftercart-referrals"
+    )]
+    pub referrals_group: String,
+
+    /// Output topic of invites (a buyer became an advocate).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_INVITES_TOPIC",
+        default_value = "aftercart.referral-invites"
+    )]
+    pub invites_topic: String,
+
+    /// Output topic of reward events (pending, granted, voided, rejected).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_REWARDS_TOPIC",
+        default_value = "aftercart.referral-rewards"
+    )]
+    pub rewards_topic: String,
+
+    /// Internal topic that brings all of one shop's facts to one partition (keyed by shop).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_BY_SHOP_TOPIC",
+        default_value = "aftercart.referrals-by-shop"
+    )]
+    pub by_shop_topic: String,
+
+    /// Compacted changelog topic holding customers, orders and IP windows.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_STATE_TOPIC",
+        default_value = "aftercart.referrals-state"
+    )]
+    pub referrals_state_topic: String,
+
+    /// Dead-letter topic for records that cannot be used (the reason is in a header).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_DEAD_LETTER_TOPIC",
+        default_value = "aftercart.referrals-dead-letter"
+    )]
+    pub referrals_dead_letter_topic: String,
+
+    /// What makes a buyer an advocate: `paid` (orders/paid) or `fulfilled` (orders/fulfilled).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_INVITE_TRIGGER",
+        default_value = "paid"
+    )]
+    pub invite_trigger: String,
+
+    /// Wait this long after the trigger before inviting (re-checking refunds and consent).
+    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_DELAY", default_value = "0s")]
+    pub invite_delay: String,
+
+    /// Orders below this subtotal (after discounts, shop currency) make no advocate.
+    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_MIN_ORDER", default_value = "0")]
+    pub invite_min_order: String,
+
+    /// A customer is invited at most once per this period.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_INVITE_COOLDOWN",
+        default_value = "90d"
+    )]
+    pub invite_cooldown: String,
+
+    /// A friend's first order earns a reward only at or above this subtotal after discounts.
+    #[arg(long, env = "AFTERCART_REFERRAL_REWARD_MIN_ORDER", default_value = "0")]
+    pub reward_min_order: String,
+
+    /// Rewards are held this long (align it with the return policy) before being granted
+    /// [default: 30d; 1m under `aftercart dev`].
+    #[arg(long, env = "AFTERCART_REFERRAL_REVIEW_WINDOW")]
+    pub review_window: Option<String>,
+
+    /// More referred orders than this from one browser IP within the burst window are fraud.
+    #[arg(long, env = "AFTERCART_REFERRAL_IP_BURST_MAX", default_value = "3")]
+    pub ip_burst_max: String,
+
+    /// The window of the IP burst rule.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_IP_BURST_WINDOW",
+        default_value = "24h"
+    )]
+    pub ip_burst_window: String,
+
+    /// Secret of the keyed hash that derives referral codes (required; keep it stable: a new
+    /// secret gives every advocate a new code). Prefer the _FILE variant.
+    #[arg(long, env = "AFTERCART_REFERRAL_CODE_SECRET", hide_env_values = true)]
+    pub code_secret: Option<String>,
+
+    /// File holding the code secret (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "AFTERCART_REFERRAL_CODE_SECRET_FILE")]
+    pub code_secret_file: Option<String>,
+
+    /// Prefix of every referral code.
+    #[arg(long, env = "AFTERCART_REFERRAL_CODE_PREFIX", default_value = "REF-")]
+    pub code_prefix: String,
+
+    /// Where a friend's order may name a code, in priority order:
+    /// discount_code, landing_site, note_attribute.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_ATTRIBUTION",
+        default_value = "discount_code,landing_site,note_attribute"
+    )]
+    pub attribution: String,
+
+    /// Query parameter of the landing URL that carries the code.
+    #[arg(long, env = "AFTERCART_REFERRAL_URL_PARAMETER", default_value = "ref")]
+    pub url_parameter: String,
+
+    /// Note attribute names that carry the code, comma-separated (case-insensitive).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_NOTE_ATTRIBUTES",
+        default_value = "ref,referral_code"
+    )]
+    pub note_attributes: String,
+
+    /// Share URL template of invites; `{shop}` and `{code}` are replaced.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_SHARE_URL",
+        default_value = "https://{shop}/?ref={code}"
+    )]
+    pub share_url: String,
+
+    /// Settled orders unseen this long are forgotten (first-order facts are kept).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_ORDER_RETENTION",
+        default_value = "120d"
+    )]
+    pub order_retention: String,
+}
+
+/// Defaults that differ under `aftercart dev`.
+#[derive(Debug, Clone)]
+pub struct ReferralsDefaults {
+    pub fallback_brokers: Option<String>,
+    /// The dev stack's code secret; production has none and requires one.
+    pub code_secret: Option<String>,
+    pub review_window: &'static str,
+}
+
+impl ReferralsDefaults {
+    pub fn production() -> Self {
+        Self {
+            fallback_brokers: None,
+            code_secret: None,
+            review_window: "30d",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReferralsConfig {
+    pub kafka: KafkaSettings,
+    pub group: String,
+    pub invites_topic: String,
+    pub rewards_topic: String,
+    pub by_shop_topic: String,
+    pub state_topic: String,
+    pub dead_letter_topic: String,
+    pub rules: Rules,
+    /// Bounds the final producer flush on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl ReferralsArgs {
+    fn code_secret(
+        &self,
+        errors: &mut ConfigErrors,
+        defaults: &ReferralsDefaults,
+    ) -> Option<Vec<u8>> {
+        let secret = match (&self.code_secret, &self.code_secret_file) {
+            (Some(_), Some(_)) => {
+                errors
+                    .push("AFTERCART_REFERRAL_CODE_SECRET: set it or its _FILE variant, not both");
+                return None;
+            }
+            (Some(secret), None) => secret.clone(),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) => text.trim_end_matches(['\r', '\n']).to_string(),
+                Err(error) => {
+                    errors.push(format!(
+                        "AFTERCART_REFERRAL_CODE_SECRET_FILE: cannot read {path}: {error}"
+                    ));
+                    return None;
+                }
+            },
+            (None, None) => match &defaults.code_secret {
+                Some(secret) => secret.clone(),
+                None => {
+                    errors.push(
+                        "AFTERCART_REFERRAL_CODE_SECRET: required (or AFTERCART_REFERRAL_CODE_SECRET_FILE): \
+                         referral codes are a keyed hash of the advocate",
+                    );
+                    return None;
+                }
+            },
+        };
+        if secret.len() < 16 {
+            errors.push("AFTERCART_REFERRAL_CODE_SECRET: must be at least 16 bytes");
+            return None;
+        }
+        Some(secret.into_bytes())
+    }
+
+    /// Validates with the command's Kafka flags and shutdown deadline, every problem at once.
+    pub fn validate(
+        &self,
+        kafka: &KafkaArgs,
+        shutdown_timeout: Duration,
+        defaults: &ReferralsDefaults,
+    ) -> Result<ReferralsConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::new();
+        let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
+        let ms = |errors: &mut ConfigErrors, name: &str, value: &str, zero_ok: bool| {
+            errors
+                .check(
+                    name,
+                    parse_duration(value).and_then(|d| {
+                        if d.is_zero() && !zero_ok {
+                            Err("must be above 0".into())
+                        } else {
+                            Ok(d)
+                        }
+                    }),
+                )
+                .map(|d| d.as_millis() as i64)
+        };
+        let invite_delay = ms(
+            &mut errors,
+            "AFTERCART_REFERRAL_INVITE_DELAY",
+            &self.invite_delay,
+            true,
+        );
+        let cooldown = ms(
+            &mut errors,
+            "AFTERCART_REFERRAL_INVITE_COOLDOWN",
+            &self.invite_cooldown,
+            true,
+        );
+        let review = ms(
+            &mut errors,
+            "AFTERCART_REFERRAL_REVIEW_WINDOW",
+            self.review_window
+                .as_deref()
+                .unwrap_or(defaults.review_window),
+            true,
+        );
+        let burst_window = ms(
+            &mut errors,
+            "AFTERCART_REFERRAL_IP_BURST_WINDOW",
+            &self.ip_burst_window,
+            false,
+        );
+        let retention = ms(
+            &mut errors,
+            "AFTERCART_REFERRALS_ORDER_RETENTION",
+            &self.order_retention,
+            false,
+        );
+        if let (Some(delay), Some(review), Some(retention)) = (invite_delay, review, retention) {
+            if retention <= delay.max(review) {
+                errors.push(
+                    "AFTERCART_REFERRALS_ORDER_RETENTION: must exceed the invite delay and the review window",
+                );
+            }
+        }
+        let amount = |errors: &mut ConfigErrors, name: &str, value: &str| {
+            errors.check(
+                name,
+                Amount::parse(value.trim())
+                    .ok_or_else(|| format!("{value:?} is not a decimal amount like 50 or 49.99")),
+            )
+        };
+        let invite_min = amount(
+            &mut errors,
+            "AFTERCART_REFERRAL_INVITE_MIN_ORDER",
+            &self.invite_min_order,
+        );
+        let reward_min = amount(
+            &mut errors,
+            "AFTERCART_REFERRAL_REWARD_MIN_ORDER",
+            &self.reward_min_order,
+        );
+        let burst_max = errors.check(
+            "AFTERCART_REFERRAL_IP_BURST_MAX",
+            parse_in_range(&self.ip_burst_max, 1, 1_000_000),
+        );
+        let trigger = errors.check(
+            "AFTERCART_REFERRAL_INVITE_TRIGGER",
+            match self.invite_trigger.trim() {
+                "paid" => Ok(Trigger::Paid),
+                "fulfilled" => Ok(Trigger::Fulfilled),
+                other => Err(format!("{other:?} is not paid or fulfilled")),
+            },
+        );
+        let mut sources = Vec::new();
+        for name in list(&self.attribution) {
+            match Source::parse(&name) {
+                Some(source) if !sources.contains(&source) => sources.push(source),
+                Some(_) => {}
+                None => errors.push(format!(
+                    "AFTERCART_REFERRAL_ATTRIBUTION: {name:?} is not discount_code, landing_site or note_attribute"
+                )),
+            }
+        }
+        let prefix = self.code_prefix.trim().to_string();
+        if prefix.len() > 16
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push("AFTERCART_REFERRAL_CODE_PREFIX: up to 16 letters, digits, - or _");
+        }
+        if !self.share_url.contains("{code}") {
+            errors.push("AFTERCART_REFERRAL_SHARE_URL: must contain {code}");
+        }
+        let secret = self.code_secret(&mut errors, defaults);
+        for (name, value) in [
+            ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
+            ("AFTERCART_REFERRAL_INVITES_TOPIC", &self.invites_topic),
+            ("AFTERCART_REFERRAL_REWARDS_TOPIC", &self.rewards_topic),
+            ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
+            (
+                "AFTERCART_REFERRALS_STATE_TOPIC",
+                &self.referrals_state_topic,
+            ),
+            (
+                "AFTERCART_REFERRALS_DEAD_LETTER_TOPIC",
+                &self.referrals_dead_letter_topic,
+            ),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(format!("{name}: must not be empty"));
+            }
+        }
+        errors.finish(|| ReferralsConfig {
+            kafka: kafka.expect("checked"),
+            group: self.referrals_group.trim().to_string(),
+            invites_topic: self.invites_topic.trim().to_string(),
+            rewards_topic: self.rewards_topic.trim().to_string(),
+            by_shop_topic: self.by_shop_topic.trim().to_string(),
+            state_topic: self.referrals_state_topic.trim().to_string(),
+            dead_letter_topic: self.referrals_dead_letter_topic.trim().to_string(),
+            rules: Rules {
+                codes: CodeRules {
+                    secret: secret.expect("checked"),
+                    prefix,
+                    sources,
+                    url_parameter: self.url_parameter.trim().to_string(),
+                    note_attributes: list(&self.note_attributes),
+                    share_url: self.share_url.trim().to_string(),
+                },
+                trigger: trigger.expect("checked"),
+                invite_delay_ms: invite_delay.expect("checked"),
+                invite_min_value: invite_min.expect("checked"),
+                cooldown_ms: cooldown.expect("checked"),
+                reward_min_value: reward_min.expect("checked"),
+                review_window_ms: review.expect("checked"),
+                ip_burst_max: burst_max.expect("checked") as usize,
+                ip_burst_window_ms: burst_window.expect("checked"),
+                order_retention_ms: retention.expect("checked"),
+            },
+            shutdown_timeout,
+        })
+    }
+}

@@ -1,0 +1,540 @@
+//! Referrals service integration tests: the ingress and the service in-process on a real broker
+//! (mock cluster and Tansu), order journeys sent as signed webhooks, both output topics read
+//! back with an independent consumer and validated against `schemas/aftercart/referral-*`.
+
+use aftercart_tests::broker_tests;
+
+broker_tests!(
+    a_buyer_is_invited_and_a_friends_first_order_earns_a_reward_after_review,
+    refunds_void_rewards_and_prevent_invites_even_when_delivered_first,
+    a_friends_second_order_and_a_second_advocate_earn_nothing,
+    self_referral_is_rejected_by_each_signal,
+    a_burst_of_referred_orders_from_one_ip_is_rejected,
+    a_restart_mid_review_window_grants_exactly_once,
+    a_redacted_advocate_is_forgotten_and_pending_rewards_voided,
+    poison_records_are_dead_lettered_and_processing_continues,
+);
+
+mod scenarios {
+    use std::time::Duration;
+
+    use aftercart_referrals::ReferralsConfig;
+    use aftercart_tests::http::Webhook;
+    use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
+    use aftercart_tests::referrals::{test_config, TestReferrals};
+    use aftercart_tests::schemas::assert_valid;
+    use aftercart_tests::{eventually, read_topic, Broker};
+    use serde_json::{json, Value};
+
+    /// Past the 3 s review window with room for a wrong extra event to show up.
+    const SETTLE: Duration = Duration::from_secs(5);
+    const SHOP: &str = "jsmith.myshopify.com";
+
+    struct Stack {
+        ingress: TestIngress,
+        service: Option<TestReferrals>,
+        config: ReferralsConfig,
+        bootstrap: String,
+    }
+
+    impl Stack {
+        async fn start(broker: &Broker, flags: &[&str]) -> Stack {
+            let ingress = TestIngress::start_on(broker, ingress_config(broker)).await;
+            let config = test_config(&ingress.config.kafka, flags);
+            let service = TestReferrals::start_on(broker, config.clone()).await;
+            Stack {
+                ingress,
+                service: Some(service),
+                config,
+                bootstrap: broker.bootstrap(),
+            }
+        }
+
+        /// Sends a webhook and waits until the service applied it. Deliveries about different
+        /// orders land in different source partitions, so without the wait the service may
+        /// (rightly) see them in another order than sent, as it would Shopify's.
+        async fn send(&self, topic: &str, body: Value) {
+            let before = self.applied();
+            self.send_unobserved(topic, body).await;
+            eventually("the record applied", Duration::from_secs(30), || async {
+                (self.applied() > before).then_some(())
+            })
+            .await;
+        }
+
+        async fn send_unobserved(&self, topic: &str, body: Value) {
+            let response = Webhook::new(topic, body.to_string().into_bytes(), SECRET)
+                .post(self.ingress.addr)
+                .await;
+            assert_eq!(response.status, 200, "{}", response.body);
+        }
+
+        /// Records the service applied or dead-lettered, over every topic family.
+        fn applied(&self) -> f64 {
+            self.service()
+                .metrics()
+                .lines()
+                .filter(|line| {
+                    line.starts_with("aftercart_referrals_records_processed_total{")
+                        || line.starts_with("aftercart_referrals_records_failed_total{")
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        }
+
+        async fn read(&self, topic: &str, schema: &str) -> Vec<Value> {
+            read_topic(&self.bootstrap, topic)
+                .await
+                .iter()
+                .map(|record| {
+                    let value: Value = serde_json::from_slice(&record.value).expect("JSON event");
+                    assert_valid(schema, &value);
+                    assert_eq!(
+                        record.header("aftercart-event-id"),
+                        value["event_id"].as_str()
+                    );
+                    assert!(record.key_str().starts_with(&format!("{SHOP}/")));
+                    value
+                })
+                .collect()
+        }
+
+        async fn invites(&self) -> Vec<Value> {
+            self.read(
+                &self.config.invites_topic,
+                "aftercart/referral-invites.schema.json",
+            )
+            .await
+        }
+
+        async fn rewards(&self) -> Vec<Value> {
+            self.read(
+                &self.config.rewards_topic,
+                "aftercart/referral-rewards.schema.json",
+            )
+            .await
+        }
+
+        /// Waits for `count` invites and returns the code of `customer`'s.
+        async fn code_of(&self, customer: u64, count: usize) -> String {
+            let invites = eventually("invites", Duration::from_secs(30), || async {
+                let invites = self.invites().await;
+                (invites.len() >= count).then_some(invites)
+            })
+            .await;
+            invites
+                .iter()
+                .find(|i| i["advocate"]["customer_id"] == customer)
+                .map(|i| i["referral_code"].as_str().unwrap().to_string())
+                .unwrap_or_else(|| panic!("no invite for {customer}: {invites:#?}"))
+        }
+
+        /// Rewards once at least `count` exist and nothing more arrives for a while.
+        async fn settled_rewards(&self, count: usize) -> Vec<Value> {
+            eventually("rewards", Duration::from_secs(30), || async {
+                (self.rewards().await.len() >= count).then_some(())
+            })
+            .await;
+            tokio::time::sleep(SETTLE).await;
+            self.rewards().await
+        }
+
+        fn service(&self) -> &TestReferrals {
+            self.service.as_ref().expect("running")
+        }
+    }
+
+    /// Ids unique to one test run, so tests sharing a broker never share customers or orders.
+    fn ids() -> u64 {
+        (uuid::Uuid::new_v4().as_u128() as u64 >> 12) | (1 << 52)
+    }
+
+    /// A non-test paid order by `customer`, who accepts marketing.
+    fn order(id: u64, customer: u64) -> Value {
+        json!({
+            "id": id, "name": format!("#{}", id % 10000),
+            "cart_token": format!("cart-{id}"), "checkout_token": format!("chk-{id}"),
+            "email": format!("c{customer}@example.com"),
+            "customer": {"id": customer, "email": format!("c{customer}@example.com"),
+                         "first_name": "Ann", "last_name": format!("L{customer}")},
+            "buyer_accepts_marketing": true, "financial_status": "paid", "test": false,
+            "subtotal_price": "50.00", "total_price": "55.00", "currency": "EUR",
+            "created_at": "2026-11-23T10:00:00Z", "updated_at": "2026-11-23T10:00:00Z",
+            "browser_ip": format!("10.{}.{}.{}", customer % 250, (customer / 250) % 250, id % 250),
+            "shipping_address": {"first_name": "Ann", "last_name": format!("L{customer}"),
+                                 "address1": format!("{customer} Main St"), "zip": "1000", "country_code": "BE"}
+        })
+    }
+
+    fn with_code(mut body: Value, code: &str) -> Value {
+        body["discount_codes"] = json!([{"code": code, "amount": "5.00", "type": "fixed_amount"}]);
+        body
+    }
+
+    fn types(rewards: &[Value]) -> Vec<&str> {
+        rewards
+            .iter()
+            .map(|r| r["type"].as_str().unwrap())
+            .collect()
+    }
+
+    pub async fn a_buyer_is_invited_and_a_friends_first_order_earns_a_reward_after_review(
+        broker: &Broker,
+    ) {
+        let stack = Stack::start(broker, &[]).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/create", order(base, advocate)).await;
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        let invite = &stack.invites().await[0];
+        assert_eq!(
+            invite["advocate"]["email"],
+            format!("c{advocate}@example.com")
+        );
+        assert_eq!(invite["order"]["id"], base);
+        assert_eq!(invite["share_url"], format!("https://{SHOP}/?ref={code}"));
+        assert!(code.starts_with("REF-") && code.len() == 14, "{code}");
+
+        // The friend names the code in the landing URL, lower-cased.
+        let mut friend_order = order(base + 1, friend);
+        friend_order["landing_site"] = json!(format!("/?ref={}", code.to_lowercase()));
+        stack.send("orders/paid", friend_order).await;
+        let rewards = stack.settled_rewards(2).await;
+        assert_eq!(
+            types(&rewards),
+            ["reward.pending", "reward.granted"],
+            "{rewards:#?}"
+        );
+        assert_eq!(rewards[0]["advocate"]["customer_id"], advocate);
+        assert_eq!(rewards[0]["advocate"]["referral_code"], code);
+        assert_eq!(rewards[0]["friend"]["order"]["id"], base + 1);
+        assert_eq!(rewards[0]["attributed_via"], "landing_site");
+        // The friend bought too, so they were invited in turn, once.
+        assert_eq!(stack.invites().await.len(), 2);
+
+        let service = stack.service();
+        assert_eq!(service.metric("aftercart_referrals_invites_total"), 2.0);
+        assert_eq!(
+            service.metric(r#"aftercart_referrals_rewards_total{reason="none",type="granted"}"#),
+            1.0
+        );
+        assert_eq!(
+            service.metric(r#"aftercart_referrals_attributions_total{outcome="pending"}"#),
+            1.0
+        );
+        assert_eq!(service.metric("aftercart_referrals_rewards_in_review"), 0.0);
+    }
+
+    pub async fn refunds_void_rewards_and_prevent_invites_even_when_delivered_first(
+        broker: &Broker,
+    ) {
+        let stack = Stack::start(broker, &["--review-window=30s"]).await;
+        let (advocate, friend, other, base) = (ids(), ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+
+        // Refunds delivered before the paid order: no invite for that buyer.
+        stack
+            .send("refunds/create", json!({"id": 1, "order_id": base + 5}))
+            .await;
+        // The friend's order is refunded first too: pending, voided at once.
+        stack
+            .send("refunds/create", json!({"id": 2, "order_id": base + 1}))
+            .await;
+        stack.send("orders/paid", order(base + 5, other)).await;
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        let rewards = stack.settled_rewards(2).await;
+        assert_eq!(
+            types(&rewards),
+            ["reward.pending", "reward.voided"],
+            "{rewards:#?}"
+        );
+        assert_eq!(rewards[1]["reason"], "refunded");
+        let invited: Vec<_> = stack
+            .invites()
+            .await
+            .iter()
+            .map(|i| i["advocate"]["customer_id"].as_u64().unwrap())
+            .collect();
+        assert!(
+            !invited.contains(&other),
+            "a refunded purchase makes no advocate"
+        );
+        assert!(
+            !invited.contains(&friend),
+            "nor does the friend's refunded one"
+        );
+        assert!(
+            stack
+                .service()
+                .metric(r#"aftercart_referrals_invites_skipped_total{reason="negated"}"#)
+                >= 2.0
+        );
+
+        // A cancellation within the window voids a pending reward.
+        let second_friend = ids();
+        stack
+            .send(
+                "orders/paid",
+                with_code(order(base + 2, second_friend), &code),
+            )
+            .await;
+        stack
+            .send(
+                "orders/cancelled",
+                json!({"id": base + 2, "cancelled_at": "2026-11-23T11:00:00Z"}),
+            )
+            .await;
+        let rewards = stack.settled_rewards(4).await;
+        assert_eq!(types(&rewards[2..]), ["reward.pending", "reward.voided"]);
+        assert_eq!(rewards[3]["reason"], "cancelled");
+    }
+
+    pub async fn a_friends_second_order_and_a_second_advocate_earn_nothing(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let (first, second, friend, base) = (ids(), ids(), ids(), ids());
+        stack.send("orders/paid", order(base, first)).await;
+        stack.send("orders/paid", order(base + 1, second)).await;
+        let first_code = stack.code_of(first, 2).await;
+        let second_code = stack.code_of(second, 2).await;
+        for (n, code) in [(2, &first_code), (3, &second_code), (4, &first_code)] {
+            let mut body = with_code(order(base + n, friend), code);
+            body["created_at"] = json!(format!("2026-11-23T10:00:0{n}Z"));
+            stack.send("orders/paid", body).await;
+        }
+        let rewards = stack.settled_rewards(2).await;
+        assert_eq!(
+            types(&rewards),
+            ["reward.pending", "reward.granted"],
+            "{rewards:#?}"
+        );
+        assert_eq!(rewards[0]["advocate"]["customer_id"], first);
+        assert_eq!(
+            stack
+                .service()
+                .metric(r#"aftercart_referrals_attributions_total{outcome="not_first_order"}"#),
+            2.0
+        );
+    }
+
+    pub async fn self_referral_is_rejected_by_each_signal(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let (advocate, base) = (ids(), ids());
+        let mut advocate_order = order(base, advocate);
+        advocate_order["customer"]["email"] = json!(format!("ann.l{advocate}@gmail.com"));
+        stack.send("orders/paid", advocate_order).await;
+        let code = stack.code_of(advocate, 1).await;
+
+        // Their own code on their own next order.
+        stack
+            .send("orders/paid", with_code(order(base + 1, advocate), &code))
+            .await;
+        // A new account on the same Gmail mailbox (dots and a +tag).
+        let mut same_email = with_code(order(base + 2, ids()), &code);
+        same_email["customer"]["email"] = json!(format!("AnnL{advocate}+again@GMAIL.com"));
+        stack.send("orders/paid", same_email).await;
+        // A new account and email, same name and street.
+        let mut same_address = with_code(order(base + 3, ids()), &code);
+        same_address["shipping_address"] = json!({"first_name": "ANN", "last_name": format!("l{advocate}"),
+            "address1": format!("{advocate} main st."), "zip": "1000", "country_code": "be"});
+        stack.send("orders/paid", same_address).await;
+        let rewards = stack.settled_rewards(3).await;
+        assert_eq!(
+            types(&rewards),
+            ["reward.rejected", "reward.rejected", "reward.rejected"]
+        );
+        let mut reasons: Vec<_> = rewards
+            .iter()
+            .map(|r| {
+                let order = r["friend"]["order"]["id"].as_u64().unwrap();
+                (order - base, r["reason"].as_str().unwrap())
+            })
+            .collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                (1, "same_customer"),
+                (2, "same_email"),
+                (3, "same_name_address")
+            ]
+        );
+        assert_eq!(
+            stack.service().metric(
+                r#"aftercart_referrals_rewards_total{reason="same_email",type="rejected"}"#
+            ),
+            1.0
+        );
+    }
+
+    pub async fn a_burst_of_referred_orders_from_one_ip_is_rejected(broker: &Broker) {
+        let stack = Stack::start(broker, &["--ip-burst-max=2"]).await;
+        let (advocate, base) = (ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        for n in 1..=3 {
+            let mut body = with_code(order(base + n, ids()), &code);
+            body["browser_ip"] = json!("203.0.113.7");
+            stack.send("orders/paid", body).await;
+        }
+        let rewards = stack.settled_rewards(5).await;
+        let rejected: Vec<_> = rewards
+            .iter()
+            .filter(|r| r["type"] == "reward.rejected")
+            .collect();
+        assert_eq!(rejected.len(), 1, "{rewards:#?}");
+        assert_eq!(rejected[0]["reason"], "ip_burst");
+        assert_eq!(
+            rewards
+                .iter()
+                .filter(|r| r["type"] == "reward.granted")
+                .count(),
+            2
+        );
+    }
+
+    pub async fn a_restart_mid_review_window_grants_exactly_once(broker: &Broker) {
+        let mut stack = Stack::start(broker, &["--review-window=8s"]).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        eventually("the pending reward", Duration::from_secs(30), || async {
+            (stack.rewards().await.len() == 1).then_some(())
+        })
+        .await;
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        // Replays and redeliveries while it is down change nothing.
+        stack
+            .send_unobserved("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        stack
+            .send_unobserved("orders/paid", order(base, advocate))
+            .await;
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        let rewards = stack.settled_rewards(2).await;
+        // (Checked after settling: the stopped member may hold half the partitions until its
+        // session expires, so the shop's partition can be restored a little later.)
+        assert!(
+            stack
+                .service()
+                .metric("aftercart_referrals_state_restored_records_total")
+                >= 3.0
+        );
+        assert_eq!(
+            types(&rewards),
+            ["reward.pending", "reward.granted"],
+            "{rewards:#?}"
+        );
+        assert_eq!(
+            stack.invites().await.len(),
+            2,
+            "advocate and friend, once each"
+        );
+
+        // Restarting after the grant emits nothing again.
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        tokio::time::sleep(SETTLE).await;
+        assert_eq!(stack.rewards().await.len(), 2);
+        assert_eq!(stack.invites().await.len(), 2);
+    }
+
+    pub async fn a_redacted_advocate_is_forgotten_and_pending_rewards_voided(broker: &Broker) {
+        let stack = Stack::start(broker, &["--review-window=60s"]).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        stack
+            .send(
+                "customers/redact",
+                json!({"shop_id": 1, "shop_domain": SHOP,
+                       "customer": {"id": advocate, "email": format!("c{advocate}@example.com")},
+                       "orders_to_redact": [base]}),
+            )
+            .await;
+        let rewards = stack.settled_rewards(2).await;
+        assert_eq!(types(&rewards), ["reward.pending", "reward.voided"]);
+        assert_eq!(rewards[1]["reason"], "advocate_redacted");
+        // The code no longer resolves.
+        stack
+            .send("orders/paid", with_code(order(base + 2, ids()), &code))
+            .await;
+        eventually("the unknown code", Duration::from_secs(30), || async {
+            let unknown = stack
+                .service()
+                .metric(r#"aftercart_referrals_attributions_total{outcome="unknown_code"}"#);
+            (unknown == 1.0).then_some(())
+        })
+        .await;
+        assert_eq!(stack.rewards().await.len(), 2);
+    }
+
+    pub async fn poison_records_are_dead_lettered_and_processing_continues(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let (advocate, base) = (ids(), ids());
+        stack
+            .send(
+                "orders/paid",
+                json!({"id": base, "cart_token": format!("cart-{base}"), "total_price": "1e9"}),
+            )
+            .await;
+        stack
+            .send(
+                "refunds/create",
+                json!({"id": 5, "order_id": "not a number"}),
+            )
+            .await;
+        stack.send("orders/paid", order(base + 1, advocate)).await;
+        stack.code_of(advocate, 1).await;
+        let dead = eventually("dead letters", Duration::from_secs(30), || async {
+            let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+            (dead.len() == 2).then_some(dead)
+        })
+        .await;
+        let reasons: Vec<_> = dead
+            .iter()
+            .map(|r| {
+                r.header("aftercart-dead-letter-reason")
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("not a decimal")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("refunds/create")),
+            "{reasons:?}"
+        );
+        assert!(dead
+            .iter()
+            .all(|r| r.header("aftercart-dead-letter-source").is_some()));
+        assert_eq!(
+            stack
+                .service()
+                .metric("aftercart_referrals_dead_letters_total"),
+            2.0
+        );
+    }
+}
