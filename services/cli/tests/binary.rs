@@ -282,7 +282,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     .unwrap();
     let printed = String::from_utf8_lossy(&demo.stdout);
     assert_eq!(demo.status.code(), Some(0), "{printed}");
-    assert_eq!(printed.lines().count(), 7, "{printed}");
+    assert_eq!(printed.lines().count(), 8, "{printed}");
     assert_eq!(printed.matches("\"duplicate\"").count(), 1, "{printed}");
 
     let count = |family: Family| {
@@ -297,14 +297,27 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     assert_eq!(count(Family::Checkouts).await, 2);
     assert_eq!(
         count(Family::Orders).await,
-        2,
-        "the redelivered order is published once"
+        3,
+        "the redelivered order is published once; the friend's order too"
     );
     let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
     assert!(
-        metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 3"#),
+        metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 4"#),
         "{metrics}"
     );
+    // The buyer became an advocate and the friend's first order, with the code, is under review.
+    let (invites, rewards) = eventually("referral events", Duration::from_secs(30), || {
+        let brokers = brokers.clone();
+        async move {
+            let invites = read_topic(&brokers, "aftercart.referral-invites").await;
+            let rewards = read_topic(&brokers, "aftercart.referral-rewards").await;
+            (!invites.is_empty() && !rewards.is_empty()).then_some((invites, rewards))
+        }
+    })
+    .await;
+    assert_eq!(invites.len(), 1);
+    let reward: serde_json::Value = serde_json::from_slice(&rewards[0].value).unwrap();
+    assert_eq!(reward["type"], "reward.pending", "{reward}");
 
     signal(&child, "INT");
     let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
@@ -345,7 +358,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 10, "attempt {attempt}: the raw topics plus the abandonment output, changelog and dead-letter topics");
+        assert_eq!(listed, 15, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters) and referrals (invites, rewards, by-shop, changelog, dead letters) topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
