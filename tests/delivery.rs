@@ -21,6 +21,7 @@ mod scenarios {
         committed, create_topics, produce, test_config, Input, TestForwarder, SECRET,
     };
     use aftercart_tests::receiver::{Receiver, Reply};
+    use aftercart_tests::schemas::assert_valid;
     use aftercart_tests::{eventually, read_topic, Broker};
 
     const WAIT: Duration = Duration::from_secs(30);
@@ -206,6 +207,10 @@ mod scenarios {
         assert_eq!(letter.header("aftercart-http-status"), Some("400"));
         assert_eq!(letter.header("aftercart-http-response"), Some(refusal));
         assert_eq!(letter.header("aftercart-http-attempts"), Some("1"));
+        assert_valid(
+            "kafka/delivery-dead-letter-headers.schema.json",
+            &letter.headers_json(),
+        );
 
         // The stream goes on past the refused record, and both offsets are committed.
         eventually("the next record delivered and committed", WAIT, || async {

@@ -11,23 +11,18 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
+use crate::dead_letter;
 use crate::metrics::DeliveryMetrics;
 use crate::sink::{Failure, HttpSink, Outcome, Outgoing, SinkError};
 
 /// The record header whose value becomes `X-Aftercart-Event-Id`, when present.
 pub const EVENT_ID_HEADER: &str = "aftercart-event-id";
-pub const REASON_HEADER: &str = "aftercart-dead-letter-reason";
-pub const SOURCE_HEADER: &str = "aftercart-dead-letter-source";
-pub const STATUS_HEADER: &str = "aftercart-http-status";
-pub const ERROR_HEADER: &str = "aftercart-http-error";
-pub const ATTEMPTS_HEADER: &str = "aftercart-http-attempts";
-pub const RESPONSE_HEADER: &str = "aftercart-http-response";
 /// How long Kafka may take to acknowledge a dead-letter record before the loop fails.
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -240,22 +235,7 @@ impl Forwarder {
         failure: Option<&Failure>,
         stop: &CancellationToken,
     ) -> Result<Handled, ForwarderError> {
-        let added = dead_letter_headers(message, reason, failure);
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
-                // Each name appears once: a record dead-lettered before keeps only the new reason.
-                if !added.iter().any(|(name, _)| *name == header.key) {
-                    headers = headers.insert(header);
-                }
-            }
-        }
-        for (key, value) in &added {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_str()),
-            });
-        }
+        let headers = dead_letter::headers(message, reason, failure);
         let mut record = FutureRecord::to(&self.dead_letter_topic).headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
@@ -311,15 +291,6 @@ impl Forwarder {
     }
 }
 
-fn source(message: &OwnedMessage) -> String {
-    format!(
-        "{}/{}/{}",
-        message.topic(),
-        message.partition(),
-        message.offset()
-    )
-}
-
 /// The record's `aftercart-event-id` header when it is printable ASCII, else its source.
 pub fn event_id(message: &OwnedMessage) -> String {
     message
@@ -328,38 +299,5 @@ pub fn event_id(message: &OwnedMessage) -> String {
         .and_then(|h| h.value)
         .filter(|v| !v.is_empty() && v.len() <= 256 && v.iter().all(|b| (0x20..0x7f).contains(b)))
         .and_then(|v| std::str::from_utf8(v).ok())
-        .map_or_else(|| source(message), str::to_string)
-}
-
-fn dead_letter_headers(
-    message: &OwnedMessage,
-    reason: &str,
-    failure: Option<&Failure>,
-) -> Vec<(&'static str, String)> {
-    let mut added = vec![
-        (REASON_HEADER, reason.to_string()),
-        (SOURCE_HEADER, source(message)),
-    ];
-    if let Some(failure) = failure {
-        added.push((ATTEMPTS_HEADER, failure.attempts.to_string()));
-        if let Some(status) = failure.status {
-            added.push((STATUS_HEADER, status.as_u16().to_string()));
-            added.push((RESPONSE_HEADER, utf8_excerpt(&failure.response)));
-        }
-        if let Some(error) = failure.error {
-            added.push((ERROR_HEADER, error.to_string()));
-        }
-    }
-    added
-}
-
-/// The excerpt as UTF-8: a character cut at the end is dropped, invalid bytes replaced.
-fn utf8_excerpt(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_string(),
-        Err(error) if error.error_len().is_none() => {
-            String::from_utf8_lossy(&bytes[..error.valid_up_to()]).into_owned()
-        }
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
+        .map_or_else(|| dead_letter::source(message), str::to_string)
 }

@@ -55,12 +55,13 @@
 //! (the last status, when there was an answer), `aftercart-http-error` (`timeout`, `connect` or
 //! `transport`, when the last try got no answer), `aftercart-http-attempts` and
 //! `aftercart-http-response` (the first KiB of the last answer's body, as UTF-8 with invalid
-//! bytes replaced). `schemas/kafka/dead-letter.md` is the contract.
+//! bytes replaced). `schemas/kafka/delivery-dead-letter.md` is the contract.
 //!
 //! Bodies and response bodies may hold personal data: they are never logged. Secrets never
 //! print, and the URL's query string (which may hold a token) is left out of `Debug`.
 
 pub mod config;
+pub mod dead_letter;
 pub mod forwarder;
 pub mod metrics;
 pub mod retry;

@@ -18,6 +18,9 @@ use crate::config::{Endpoint, Secret, SinkConfig};
 use crate::metrics::{AttemptOutcome, DeliveryMetrics};
 use crate::retry::{classify, parse_retry_after, Class, Plan, RetryPolicy};
 
+mod outcome;
+pub use outcome::{Failure, FailureKind, Outcome};
+
 pub const SIGNATURE_HEADER: &str = "x-aftercart-hmac-sha256";
 pub const EVENT_ID_HEADER: &str = "x-aftercart-event-id";
 pub const TOPIC_HEADER: &str = "x-aftercart-topic";
@@ -70,59 +73,6 @@ impl std::fmt::Debug for Outgoing {
             .field("event_id", &self.event_id())
             .field("topic", &self.topic())
             .field("body_bytes", &self.body.len())
-            .finish()
-    }
-}
-
-/// How a delivery ended.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A 2xx answer, after `attempts` tries.
-    Delivered { attempts: u32 },
-    /// Refused for good, or out of retry budget: dead-letter it.
-    Failed(Failure),
-    /// The stop token fired first: the record is not delivered, so do not commit it.
-    Stopped,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// A permanent status (3xx, or 4xx other than 408, 425, 429).
-    Rejected,
-    /// Retryable failures until the retry budget ran out.
-    RetriesExhausted,
-}
-
-/// Why a record could not be delivered. `Debug` shows the response's length, not its bytes.
-pub struct Failure {
-    pub kind: FailureKind,
-    /// The last answer's status; `None` when the last attempt got none (timeout, connection).
-    pub status: Option<StatusCode>,
-    /// `timeout`, `connect` or `transport` when the last attempt got no answer.
-    pub error: Option<&'static str>,
-    /// The first KiB of the last answer's body.
-    pub response: Bytes,
-    pub attempts: u32,
-}
-
-impl Failure {
-    /// The dead-letter reason: `http_status_<code>` or `retries_exhausted`.
-    pub fn reason(&self) -> String {
-        match (self.kind, self.status) {
-            (FailureKind::Rejected, Some(status)) => format!("http_status_{}", status.as_u16()),
-            _ => "retries_exhausted".to_string(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Failure")
-            .field("kind", &self.kind)
-            .field("status", &self.status)
-            .field("error", &self.error)
-            .field("response_bytes", &self.response.len())
-            .field("attempts", &self.attempts)
             .finish()
     }
 }
@@ -180,74 +130,91 @@ impl HttpSink {
             let attempt_started = Instant::now();
             let result = self.attempt(outgoing).await;
             let took = attempt_started.elapsed();
-            let (status, error, retry_after, response) = match result {
-                Ok(answer) => match classify(answer.status) {
-                    Class::Delivered => {
-                        self.metrics.attempt(AttemptOutcome::Delivered, took);
-                        if attempts > 1 {
-                            tracing::info!(
-                                topic = outgoing.topic(),
-                                event_id = outgoing.event_id(),
-                                attempts,
-                                "Delivered after retrying."
-                            );
+            let (topic, event_id) = (outgoing.topic(), outgoing.event_id());
+            let (failure, retry_after) = match result {
+                Ok(answer) => {
+                    let kind = match classify(answer.status) {
+                        Class::Delivered => {
+                            self.metrics.attempt(AttemptOutcome::Delivered, took);
+                            if attempts > 1 {
+                                tracing::info!(
+                                    topic,
+                                    event_id,
+                                    attempts,
+                                    "Delivered after retrying."
+                                );
+                            }
+                            return Outcome::Delivered { attempts };
                         }
-                        return Outcome::Delivered { attempts };
-                    }
-                    Class::Permanent => {
-                        self.metrics.attempt(AttemptOutcome::Permanent, took);
-                        tracing::warn!(
-                            topic = outgoing.topic(),
-                            event_id = outgoing.event_id(),
-                            status = answer.status.as_u16(),
-                            "The receiver refused a record for good."
-                        );
-                        return Outcome::Failed(Failure {
-                            kind: FailureKind::Rejected,
-                            status: Some(answer.status),
-                            error: None,
-                            response: answer.excerpt,
-                            attempts,
-                        });
-                    }
-                    Class::Retryable => (
-                        Some(answer.status),
-                        None,
-                        answer.retry_after,
-                        answer.excerpt,
-                    ),
-                },
-                Err(error) => (None, Some(error), None, Bytes::new()),
+                        Class::Permanent => FailureKind::Rejected,
+                        Class::Retryable => FailureKind::RetriesExhausted,
+                    };
+                    let failure = Failure {
+                        kind,
+                        status: Some(answer.status),
+                        error: None,
+                        response: answer.excerpt,
+                        attempts,
+                    };
+                    (failure, answer.retry_after)
+                }
+                Err(error) => {
+                    let failure = Failure {
+                        kind: FailureKind::RetriesExhausted,
+                        status: None,
+                        error: Some(error),
+                        response: Bytes::new(),
+                        attempts,
+                    };
+                    (failure, None)
+                }
             };
+            let status = failure.status.map(|s| s.as_u16());
+            let error = failure.error;
+            if failure.kind == FailureKind::Rejected {
+                self.metrics.attempt(AttemptOutcome::Permanent, took);
+                tracing::warn!(
+                    topic,
+                    event_id,
+                    status,
+                    "The receiver refused a record for good."
+                );
+                return Outcome::Failed(failure);
+            }
             let (wait, give_up) = match self.retry.plan(attempts, started.elapsed(), retry_after) {
                 Plan::Retry(wait) => (wait, false),
                 Plan::GiveUp(wait) => (wait, true),
             };
-            let outcome = if give_up {
-                AttemptOutcome::Exhausted
-            } else {
-                AttemptOutcome::Retry
-            };
-            self.metrics.attempt(outcome, took);
             retrying.get_or_insert_with(|| self.metrics.retrying());
-            let status_code = status.map(|s| s.as_u16());
             if give_up {
-                tracing::warn!(topic = outgoing.topic(), event_id = outgoing.event_id(), attempts, status = ?status_code, error, wait = ?wait, "Delivery failing past its retry budget; giving it up.");
+                self.metrics.attempt(AttemptOutcome::Exhausted, took);
+                tracing::warn!(
+                    topic,
+                    event_id,
+                    attempts,
+                    status,
+                    error,
+                    ?wait,
+                    "Delivery failing past its retry budget; giving it up."
+                );
             } else {
-                tracing::warn!(topic = outgoing.topic(), event_id = outgoing.event_id(), attempts, status = ?status_code, error, wait = ?wait, "Delivery failed; retrying.");
+                self.metrics.attempt(AttemptOutcome::Retry, took);
+                tracing::warn!(
+                    topic,
+                    event_id,
+                    attempts,
+                    status,
+                    error,
+                    ?wait,
+                    "Delivery failed; retrying."
+                );
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => return Outcome::Stopped,
             }
             if give_up {
-                return Outcome::Failed(Failure {
-                    kind: FailureKind::RetriesExhausted,
-                    status,
-                    error,
-                    response,
-                    attempts,
-                });
+                return Outcome::Failed(failure);
             }
         }
     }
