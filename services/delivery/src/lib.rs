@@ -57,9 +57,57 @@
 //! `aftercart-http-response` (the first KiB of the last answer's body, as UTF-8 with invalid
 //! bytes replaced). `schemas/kafka/delivery-dead-letter.md` is the contract.
 //!
+//! # Embedding it
+//!
+//! The service declares the sink's flags under its own names with [`sink_args!`], adds its
+//! topics, group and dead-letter topic, and runs a [`Forwarder`] until shutdown:
+//!
+//! ```no_run
+//! use aftercart_delivery::{DeliveryConfig, DeliveryFlags, DeliveryMetrics, Forwarder};
+//! use aftercart_kafka::{ensure_topics_with_retry, KafkaSettings};
+//! use aftercart_runtime::{config::ConfigErrors, Health};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! aftercart_delivery::sink_args!(
+//!     /// Where the referrals service POSTs its events (`--referrals-webhook-*`).
+//!     pub struct WebhookArgs, "referrals-webhook", "AFTERCART_REFERRALS_WEBHOOK"
+//! );
+//!
+//! fn config(webhook: &WebhookArgs, errors: &mut ConfigErrors) -> Option<DeliveryConfig> {
+//!     DeliveryFlags {
+//!         sink: webhook.flags(),
+//!         topics: "aftercart.referrals".into(),
+//!         group: "aftercart-referrals-delivery".into(),
+//!         dead_letter_topic: "aftercart.referrals-dead-letter".into(),
+//!     }
+//!     .validate("AFTERCART_REFERRALS_WEBHOOK", errors)
+//! }
+//!
+//! async fn serve(
+//!     kafka: &KafkaSettings,
+//!     config: &DeliveryConfig,
+//!     registry: &prometheus::Registry,
+//!     health: &Health,
+//!     stop: CancellationToken,
+//! ) -> Result<(), Box<dyn std::error::Error>> {
+//!     let metrics = DeliveryMetrics::register(registry, "aftercart_referrals")?;
+//!     let specs = aftercart_delivery::topic_specs(kafka, config);
+//!     if !ensure_topics_with_retry(kafka, &specs, &[], &stop).await? {
+//!         return Ok(()); // stopped while Kafka was unreachable
+//!     }
+//!     let forwarder = Forwarder::new(kafka, config, metrics, health.component("delivery"))?;
+//!     forwarder.run(stop).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The audiences service's `webhook` destination uses [`HttpSink`] alone:
+//! `HttpSink::new(&sink_config, metrics)?.deliver(&Outgoing::new(body, event_id, topic)?, &stop)`.
+//!
 //! Bodies and response bodies may hold personal data: they are never logged. Secrets never
 //! print, and the URL's query string (which may hold a token) is left out of `Debug`.
 
+pub mod args;
 pub mod config;
 pub mod dead_letter;
 pub mod forwarder;
@@ -67,6 +115,7 @@ pub mod metrics;
 pub mod retry;
 pub mod sink;
 
+pub use aftercart_runtime::config::ConfigErrors;
 pub use config::{
     defaults, DeliveryConfig, DeliveryFlags, Endpoint, Secret, SinkConfig, SinkFlags,
 };
