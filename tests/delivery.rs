@@ -105,8 +105,8 @@ mod scenarios {
     }
 
     pub async fn a_503_is_retried_and_the_offset_is_committed_only_after_the_200(broker: &Broker) {
-        // Retry-After holds the retry for 2 s: long enough for an auto-commit to happen.
-        let receiver = Receiver::start(vec![Reply::status(503).header("retry-after", "2")]).await;
+        // Retry-After holds the retry for 4 s: auto-commits (every second) happen meanwhile.
+        let receiver = Receiver::start(vec![Reply::status(503).header("retry-after", "4")]).await;
         let (kafka, config) = test_config(broker, &receiver.url, 1);
         create_topics(broker, &kafka, &config).await;
         let forwarder = TestForwarder::start(&kafka, &config).await;
@@ -131,7 +131,7 @@ mod scenarios {
             1.0,
             "a record is being retried"
         );
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(receiver.received().len(), 1, "Retry-After is honoured");
         assert_eq!(
             committed(&kafka, &config.group, topic, partition).await,
@@ -149,7 +149,7 @@ mod scenarios {
             received.iter().map(|r| r.answered).collect::<Vec<_>>(),
             [503, 200]
         );
-        assert!(received[1].at - received[0].at >= Duration::from_secs(2));
+        assert!(received[1].at - received[0].at >= Duration::from_secs(4));
         assert_eq!(received[0].event_id(), received[1].event_id());
         assert_eq!(forwarder.metric("aftercart_test_http_in_retry"), 0.0);
         assert_eq!(
