@@ -90,3 +90,44 @@ fn the_header_contract_requires_the_delivery_headers() {
         "only an index may name the secret"
     );
 }
+
+#[test]
+fn the_delivery_dead_letter_contract_tells_refusals_from_exhausted_retries() {
+    const SCHEMA: &str = "kafka/delivery-dead-letter-headers.schema.json";
+    let refused = json!({
+        "aftercart-event-id": "evt-1",
+        "x-origin": "copied from the source record",
+        "aftercart-dead-letter-reason": "http_status_400",
+        "aftercart-dead-letter-source": "aftercart.referrals/3/1042",
+        "aftercart-http-attempts": "1",
+        "aftercart-http-status": "400",
+        "aftercart-http-response": "{\"error\":\"unknown referral code\"}"
+    });
+    assert_valid(SCHEMA, &refused);
+    let timed_out = json!({
+        "aftercart-dead-letter-reason": "retries_exhausted",
+        "aftercart-dead-letter-source": "aftercart.referrals/0/7",
+        "aftercart-http-attempts": "12",
+        "aftercart-http-error": "timeout"
+    });
+    assert_valid(SCHEMA, &timed_out);
+
+    let mut without_status = refused.clone();
+    let fields = without_status.as_object_mut().unwrap();
+    fields.remove("aftercart-http-status");
+    fields.remove("aftercart-http-response");
+    assert!(
+        rejects(SCHEMA, &without_status),
+        "a refusal names its status"
+    );
+    let mut both = timed_out.clone();
+    both["aftercart-http-status"] = json!("503");
+    both["aftercart-http-response"] = json!("");
+    assert!(rejects(SCHEMA, &both), "an answer and no answer at once");
+    let mut bad_source = refused.clone();
+    bad_source["aftercart-dead-letter-source"] = json!("aftercart.referrals");
+    assert!(rejects(SCHEMA, &bad_source));
+    let mut unknown_reason = refused.clone();
+    unknown_reason["aftercart-dead-letter-reason"] = json!("it broke");
+    assert!(rejects(SCHEMA, &unknown_reason));
+}

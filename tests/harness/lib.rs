@@ -4,8 +4,10 @@
 
 pub mod abandonment;
 pub mod broker;
+pub mod delivery;
 pub mod http;
 pub mod ingress;
+pub mod receiver;
 pub mod records;
 pub mod referrals;
 pub mod schemas;

@@ -1,0 +1,286 @@
+//! The HTTP sink: POSTs one JSON body, signed, to the configured endpoint, and retries it by the
+//! policy in `retry` until it is delivered, refused for good, out of budget, or stopped.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Endpoint, Secret, SinkConfig};
+use crate::metrics::{AttemptOutcome, DeliveryMetrics};
+use crate::retry::{classify, parse_retry_after, Class, Plan, RetryPolicy};
+
+mod outcome;
+pub use outcome::{Failure, FailureKind, Outcome};
+
+pub const SIGNATURE_HEADER: &str = "x-aftercart-hmac-sha256";
+pub const EVENT_ID_HEADER: &str = "x-aftercart-event-id";
+pub const TOPIC_HEADER: &str = "x-aftercart-topic";
+pub const USER_AGENT_VALUE: &str = concat!("aftercart/", env!("CARGO_PKG_VERSION"));
+/// How much of a refusal's body is kept for the dead-letter record.
+pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// One record on its way out. `Debug` leaves the body out: it may hold personal data.
+#[derive(Clone)]
+pub struct Outgoing {
+    body: Bytes,
+    event_id: HeaderValue,
+    topic: HeaderValue,
+}
+
+impl Outgoing {
+    /// `body` is sent byte for byte (expected to be JSON) and signed as sent; `event_id` becomes
+    /// `X-Aftercart-Event-Id` (the receiver's idempotency key) and `topic` `X-Aftercart-Topic`.
+    /// `None` when either is empty or not printable ASCII.
+    pub fn new(body: Bytes, event_id: &str, topic: &str) -> Option<Outgoing> {
+        let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if !printable(event_id) || !printable(topic) {
+            return None;
+        }
+        Some(Outgoing {
+            body,
+            event_id: HeaderValue::from_str(event_id).ok()?,
+            topic: HeaderValue::from_str(topic).ok()?,
+        })
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.event_id.to_str().unwrap_or_default()
+    }
+
+    pub fn topic(&self) -> &str {
+        self.topic.to_str().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("event_id", &self.event_id())
+            .field("topic", &self.topic())
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
+}
+
+/// An answer to one attempt.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    excerpt: Bytes,
+}
+
+/// POSTs records to one endpoint. Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
+pub struct HttpSink {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    endpoint: Endpoint,
+    secret: Option<Secret>,
+    timeout: Duration,
+    retry: RetryPolicy,
+    metrics: DeliveryMetrics,
+}
+
+impl HttpSink {
+    /// A sink for `config`. https URLs are verified against the Mozilla root certificates
+    /// (webpki-roots) with TLS 1.2 or 1.3; redirects are never followed.
+    pub fn new(config: &SinkConfig, metrics: DeliveryMetrics) -> Result<HttpSink, SinkError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.timeout));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(HttpSink {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            endpoint: config.endpoint.clone(),
+            secret: config.secret.clone(),
+            timeout: config.timeout,
+            retry: config.retry,
+            metrics,
+        })
+    }
+
+    /// Delivers `outgoing`, retrying as the policy says. Never sleeps through `stop`: a stop
+    /// during a backoff returns [`Outcome::Stopped`] at once; an attempt already in flight is
+    /// let finish (it is bounded by the timeout) so that its answer is not wasted.
+    pub async fn deliver(&self, outgoing: &Outgoing, stop: &CancellationToken) -> Outcome {
+        let started = Instant::now();
+        let mut retrying = None;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt_started = Instant::now();
+            let result = self.attempt(outgoing).await;
+            let took = attempt_started.elapsed();
+            let (topic, event_id) = (outgoing.topic(), outgoing.event_id());
+            let (failure, retry_after) = match result {
+                Ok(answer) => {
+                    let kind = match classify(answer.status) {
+                        Class::Delivered => {
+                            self.metrics.attempt(AttemptOutcome::Delivered, took);
+                            if attempts > 1 {
+                                tracing::info!(
+                                    topic,
+                                    event_id,
+                                    attempts,
+                                    "Delivered after retrying."
+                                );
+                            }
+                            return Outcome::Delivered { attempts };
+                        }
+                        Class::Permanent => FailureKind::Rejected,
+                        Class::Retryable => FailureKind::RetriesExhausted,
+                    };
+                    let failure = Failure {
+                        kind,
+                        status: Some(answer.status),
+                        error: None,
+                        response: answer.excerpt,
+                        attempts,
+                    };
+                    (failure, answer.retry_after)
+                }
+                Err(error) => {
+                    let failure = Failure {
+                        kind: FailureKind::RetriesExhausted,
+                        status: None,
+                        error: Some(error),
+                        response: Bytes::new(),
+                        attempts,
+                    };
+                    (failure, None)
+                }
+            };
+            let status = failure.status.map(|s| s.as_u16());
+            let error = failure.error;
+            if failure.kind == FailureKind::Rejected {
+                self.metrics.attempt(AttemptOutcome::Permanent, took);
+                tracing::warn!(
+                    topic,
+                    event_id,
+                    status,
+                    "The receiver refused a record for good."
+                );
+                return Outcome::Failed(failure);
+            }
+            let (wait, give_up) = match self.retry.plan(attempts, started.elapsed(), retry_after) {
+                Plan::Retry(wait) => (wait, false),
+                Plan::GiveUp(wait) => (wait, true),
+            };
+            retrying.get_or_insert_with(|| self.metrics.retrying());
+            if give_up {
+                self.metrics.attempt(AttemptOutcome::Exhausted, took);
+                tracing::warn!(
+                    topic,
+                    event_id,
+                    attempts,
+                    status,
+                    error,
+                    ?wait,
+                    "Delivery failing past its retry budget; giving it up."
+                );
+            } else {
+                self.metrics.attempt(AttemptOutcome::Retry, took);
+                tracing::warn!(
+                    topic,
+                    event_id,
+                    attempts,
+                    status,
+                    error,
+                    ?wait,
+                    "Delivery failed; retrying."
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return Outcome::Stopped,
+            }
+            if give_up {
+                return Outcome::Failed(failure);
+            }
+        }
+    }
+
+    /// One POST, bounded by the timeout: an answer, or why there was none.
+    async fn attempt(&self, outgoing: &Outgoing) -> Result<Answer, &'static str> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let request = self.request(outgoing);
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Err(_) => return Err("timeout"),
+            Ok(Err(error)) if error.is_connect() => return Err("connect"),
+            Ok(Err(_)) => return Err("transport"),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // The status is the answer; a body that is slow or broken only shortens the excerpt.
+        let excerpt = tokio::time::timeout_at(deadline, excerpt(response.into_body()))
+            .await
+            .unwrap_or_default();
+        Ok(Answer {
+            status,
+            retry_after,
+            excerpt,
+        })
+    }
+
+    fn request(&self, outgoing: &Outgoing) -> Request<Full<Bytes>> {
+        let mut request = Request::post(self.endpoint.uri().clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .header(TOPIC_HEADER, outgoing.topic.clone())
+            .header(EVENT_ID_HEADER, outgoing.event_id.clone());
+        if let Some(secret) = &self.secret {
+            let mut signature =
+                HeaderValue::from_str(&aftercart_shopify::sign(secret, &outgoing.body))
+                    .expect("base64 is a valid header value");
+            signature.set_sensitive(true);
+            request = request.header(SIGNATURE_HEADER, signature);
+        }
+        request
+            .body(Full::new(outgoing.body.clone()))
+            .expect("the URL was validated and so were the header values")
+    }
+}
+
+/// The first [`RESPONSE_EXCERPT_BYTES`] of a body; the rest is not read.
+async fn excerpt(mut body: Incoming) -> Bytes {
+    let mut kept = BytesMut::new();
+    while kept.len() < RESPONSE_EXCERPT_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    kept.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) | None => break,
+        }
+    }
+    kept.truncate(RESPONSE_EXCERPT_BYTES);
+    kept.freeze()
+}
+
+#[cfg(test)]
+mod tests;
