@@ -168,6 +168,9 @@ def quantiles(metric, selector, by="le", levels=(0.5, 0.9, 0.99)):
 
 def overview():
     req = "aftercart_ingress_requests_total"
+    # `or vector(0)`: 0 rather than no data while nothing has been answered 5xx.
+    five_xx_ratio = (f'(sum(rate({req}{{{NS},status=~"5.."}}[{RATE}])) or vector(0))'
+                     f" / sum(rate({req}{{{NS}}}[{RATE}]))")
     return dashboard(
         "aftercart-overview",
         "aftercart / Overview",
@@ -177,7 +180,7 @@ def overview():
             stat("Webhooks/s", "Requests answered per second, every status.",
                  f"sum(rate({req}{{{NS}}}[{RATE}]))", unit="reqps"),
             stat("5xx ratio", "Share of requests answered 503 (Kafka slow or queue full). Alert above 5%.",
-                 f'sum(rate({req}{{{NS},status=~"5.."}}[{RATE}])) / sum(rate({req}{{{NS}}}[{RATE}]))',
+                 five_xx_ratio,
                  unit="percentunit", thresholds=[(0.01, "orange"), (0.05, "red")]),
             stat("p99 latency", "99th percentile time to answer (408 excluded). Shopify gives up at 5 s.",
                  f'histogram_quantile(0.99, sum by (le) (rate(aftercart_ingress_request_duration_seconds_bucket{{{NS},status!="408"}}[{RATE}])))',
@@ -191,7 +194,7 @@ def overview():
             timeseries("Answer latency", "Time from arrival to answer (408 excluded), against the 5 s Shopify budget.",
                        quantiles("aftercart_ingress_request_duration_seconds", f'{NS},status!="408"'), unit="s"),
             timeseries("5xx ratio", "Share of requests answered 5xx.",
-                       [(f'sum(rate({req}{{{NS},status=~"5.."}}[{RATE}])) / sum(rate({req}{{{NS}}}[{RATE}]))', "5xx")],
+                       [(five_xx_ratio, "5xx")],
                        unit="percentunit"),
             row("Signatures and deduplication"),
             timeseries("HMAC failures/s", "401 answers by reason: missing, malformed or mismatching signature.",
