@@ -178,7 +178,7 @@ def main():
 
     # checkov: the rendered overlays, then the Dockerfile. Exceptions live next to what they
     # excuse (checkov.io/skip annotations, checkov:skip comments), each with its reason.
-    checkov = str(Path(sys.executable).with_name("checkov"))
+    checkov = need("checkov")
     with tempfile.TemporaryDirectory() as directory:
         for overlay, text in rendered.items():
             (Path(directory) / f"{overlay}.yaml").write_text(text)

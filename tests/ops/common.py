@@ -49,9 +49,11 @@ def run(argv, **kwargs):
 
 
 def need(tool):
+    """A tool from the ops virtualenv (kubectl, checkov) if it has one, else from PATH."""
     from shutil import which
 
-    path = which(tool)
+    local = Path(sys.executable).with_name(tool)
+    path = str(local) if local.exists() else which(tool)
     if not path:
         sys.exit(f"{tool} is not installed (make test-ops lists what to install; .ci/run does it)")
     return path
