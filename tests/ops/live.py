@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """The ops checks against running services and a real Prometheus server:
 
-1. `promtool check metrics` on each service's own /metrics (`aftercart ingress` and
-   `aftercart abandonment` started alone), then on the dev stack's after traffic;
+1. each Deployment of the prod overlay runs as rendered (its args and the environment of its
+   ConfigMaps; only addresses, partitions and the secret file point at this machine): it must
+   start, get ready, pass `promtool check metrics` on its own /metrics and exit 0 on SIGTERM
+   within its terminationGracePeriodSeconds;
+   the dev stack's /metrics is linted again after traffic; the topic Job, run as rendered, names
+   exactly the topics the Strimzi KafkaTopics define;
 2. `aftercart dev` (ingress + abandonment on an embedded broker, free ports, 4 s abandonment
    delay) gets demo traffic plus what the demo lacks: bad signatures, a non-JSON body, a poison
    checkout (dead letter) and an abandoned checkout that is then recovered;
@@ -43,6 +47,7 @@ from common import (
     metric_names,
     need,
     panels,
+    render,
     rule_groups,
     run,
     substitute,
@@ -156,19 +161,25 @@ class LiveStack:
         match = re.search(r"Kafka brokers\s+(\S+)", self.log("dev"))
         self.brokers = match.group(1) if match else None
 
-    def service_alone(self, command):
-        """Starts `aftercart <command>` alone against the dev stack's broker; returns its admin URL
-        and process. Its own consumer group, so it never takes the dev stack's partitions."""
+    def service_alone(self, args, manifest_env):
+        """Starts `aftercart <args>` alone against the dev stack's broker with the environment a
+        rendered Deployment gives it, overriding only what must point at this machine. Returns
+        its admin URL and process. Its own consumer group: it never takes the dev stack's
+        partitions."""
         port = free_port()
-        env = env_without_aftercart() | {
+        secrets = self.workdir / "shopify-secrets"
+        secrets.write_text("# current first\nops-lint-secret\n")
+        env = env_without_aftercart() | manifest_env | {
             "AFTERCART_KAFKA_BROKERS": self.brokers,
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
+            "AFTERCART_TOPIC_REPLICATION": "1",
             "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{port}",
             "AFTERCART_LISTEN": f"127.0.0.1:{free_port()}",
-            "AFTERCART_SHOPIFY_SECRETS": "ops-lint-secret",
+            "AFTERCART_SHOPIFY_SECRETS_FILE": str(secrets),
             "AFTERCART_ABANDONMENT_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
         }
-        process = self.spawn(f"alone-{command}", [self.bin, command], env)
+        command = args[0]
+        process = self.spawn(f"alone-{command}", [self.bin, *args], env)
         url = f"http://127.0.0.1:{port}"
         wait_for(f"aftercart {command} alone", lambda: process.poll() is None and ready(f"{url}/readyz"), timeout=60)
         return url, process
@@ -280,6 +291,23 @@ class LiveStack:
         return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)
 
 
+def deployments(overlay, kind="Deployment"):
+    """Each Deployment's (or Job's) container args, the environment its ConfigMaps and env give
+    it, and its grace period."""
+    objects, _ = render(overlay)
+    configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    found = {}
+    for deployment in (o for o in objects if o["kind"] == kind):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {}
+        for source in container.get("envFrom", []):
+            env.update(configmaps[source["configMapRef"]["name"]])
+        env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
+        grace = deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        found[deployment["metadata"]["name"]] = (container["args"], env, grace)
+    return found
+
+
 def has_data(data):
     return any(series.get("values") or series.get("value") for series in data["result"]) \
         if data["resultType"] in ("matrix", "vector") else data["result"] is not None
@@ -291,20 +319,49 @@ def main():
     need("prometheus")
     workdir = tempfile.mkdtemp(prefix="aftercart-ops-")
     keep = os.environ.get("AFTERCART_OPS_KEEP") == "1"
-    counts = {"panels": 0, "panel_exprs": 0, "with_data": 0, "rules": 0, "alerts": 0}
+    counts = {"panels": 0, "panel_exprs": 0, "with_data": 0, "rules": 0, "alerts": 0, "services": 0}
     try:
         with LiveStack(workdir) as stack:
             stack.start_dev()
             print(f"dev stack ready: webhooks {stack.webhooks}, admin {stack.admin}, broker {stack.brokers}")
 
-            # 1. Each service's own /metrics, alone, before any traffic.
-            for command in ("ingress", "abandonment"):
-                url, process = stack.service_alone(command)
+            # 1. Each Deployment of the prod overlay, run as rendered (its args and the
+            #    environment of its ConfigMaps): the configuration is accepted, the service gets
+            #    ready, and its own /metrics passes promtool.
+            for name, (args, manifest_env, grace) in deployments("prod").items():
+                try:
+                    url, process = stack.service_alone(args, manifest_env)
+                except TimeoutError as error:
+                    tally.check(False, f"{name} with the rendered configuration: {error}\n"
+                                       f"{stack.log('alone-' + args[0])[-2000:]}")
+                    continue
+                tally.check(True, f"{name} starts and gets ready with the rendered configuration")
                 text = http_get(f"{url}/metrics")[1]
                 lint = run([promtool, "check", "metrics"], input=text)
-                tally.check(lint.returncode == 0, f"promtool check metrics ({command} alone): {lint.stdout}{lint.stderr}")
-                tally.check(f"aftercart_{command}_build_info" in text, f"{command} alone exports its metrics")
-                stack.stop(process)
+                tally.check(lint.returncode == 0, f"promtool check metrics ({name}): {lint.stdout}{lint.stderr}")
+                tally.check(f"aftercart_{args[0]}_build_info" in text, f"{name} exports its metrics")
+                counts["services"] += 1
+                stopping = time.monotonic()
+                stack.stop(process, grace=grace)
+                took = time.monotonic() - stopping
+                tally.check(process.returncode == 0 and took < grace,
+                            f"{name} exits 0 on SIGTERM within its grace period ({process.returncode}, "
+                            f"{took:.1f} s of {grace} s)")
+                print(f"{name}: ready with the rendered configuration, stopped in {took:.1f} s "
+                      f"(terminationGracePeriodSeconds {grace})")
+
+            # The dev overlay's topic Job, run as rendered, lists exactly the prod overlay's
+            # Strimzi KafkaTopics: the two ways of creating topics agree with the code.
+            for name, (args, job_env, _) in deployments("dev", "Job").items():
+                env = env_without_aftercart() | job_env | {"AFTERCART_KAFKA_BROKERS": stack.brokers,
+                                                           "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
+                                                           "AFTERCART_TOPIC_REPLICATION": "1"}
+                created = run([stack.bin, *args], env=env, timeout=60)
+                tally.check(created.returncode == 0, f"Job {name} as rendered: {created.stderr[-1000:]}")
+                strimzi = {o["spec"]["topicName"] for o in render("prod")[0] if o["kind"] == "KafkaTopic"}
+                tally.check(set(created.stdout.split()) == strimzi,
+                            f"Job {name} topics {sorted(created.stdout.split())} != KafkaTopics {sorted(strimzi)}")
+                print(f"Job {name}: `aftercart {' '.join(args)}` lists the {len(strimzi)} KafkaTopics of the prod overlay")
 
             stack.start_prometheus(write_rule_file(workdir))
             stack.traffic()
@@ -386,7 +443,8 @@ def main():
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"evaluated {counts['panel_exprs']} panel expressions of {counts['panels']} panels "
+    print(f"ran {counts['services']} Deployments with their rendered configuration; "
+          f"evaluated {counts['panel_exprs']} panel expressions of {counts['panels']} panels "
           f"({counts['with_data']} returned data), {counts['rules']} recording rules and "
           f"{counts['alerts']} alert expressions on a live Prometheus")
     return tally.close()
