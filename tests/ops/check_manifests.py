@@ -164,6 +164,10 @@ def main():
         tally.check("Secret" not in by_kind, f"{overlay}: no Secret object is rendered (secrets are created out of band)")
         for deployment in by_kind.get("Deployment", []):
             check_deployment(tally, overlay, deployment, by_kind)
+        for job in by_kind.get("Job", []):
+            labels = job["spec"]["template"]["metadata"]["labels"]
+            tally.check(any(selects(p["spec"]["podSelector"], labels) for p in by_kind.get("NetworkPolicy", [])),
+                        f"{overlay} Job {job['metadata']['name']}: a NetworkPolicy selects its pods")
         for configmap in by_kind.get("ConfigMap", []):
             if configmap["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
                 for key, value in configmap["data"].items():
