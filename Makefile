@@ -5,7 +5,10 @@ SHELL := bash
 CARGO ?= cargo
 TANSU_VERSION := 0.6.0
 CARGO_BIN := $(HOME)/.cargo/bin
-BIN := target/release/aftercart
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/aftercart
+# Python tools of the ops checks (tests/ops/requirements.txt), installed on first use.
+OPS_VENV := .venv-ops
+OPS_PY := $(OPS_VENV)/bin/python
 
 .PHONY: help
 help: ## List the targets
@@ -25,12 +28,35 @@ demo: ## Send a demo journey (purchase + abandoned checkout) to a running `make 
 	$(BIN) send --demo
 
 .PHONY: test
-test: lint tansu ## The full suite: fmt, clippy, unit and integration tests on both brokers
+test: lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
 	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
 .PHONY: test-fast
 test-fast: ## Unit and integration tests without lint (Tansu variants skip if it is missing)
 	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
+
+.PHONY: test-ops
+test-ops: build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ echo "test-ops needs Prometheus and promtool: apt-get install --no-install-recommends prometheus"; exit 1; }
+	@status=0; \
+	$(OPS_PY) tests/ops/check_manifests.py || status=1; \
+	$(OPS_PY) tests/ops/check_rules.py || status=1; \
+	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/live.py || status=1; \
+	exit $$status
+
+$(OPS_VENV)/.installed: tests/ops/requirements.txt
+	python3 -m venv $(OPS_VENV)
+	$(OPS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/ops/requirements.txt
+	touch $@
+
+.PHONY: dashboards
+dashboards: ## Regenerate the Grafana dashboard JSON from k8s/components/grafana-dashboards/dashboards.py
+	python3 k8s/components/grafana-dashboards/dashboards.py
+
+.PHONY: dashboard-png
+dashboard-png: build $(OPS_VENV)/.installed ## Render dashboard panels from a live Prometheus to docs/img/ (needs prometheus)
+	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/plot_panels.py
 
 .PHONY: bench
 bench: ## Benchmarks (release build): abandonment handler, state size, whole service

@@ -116,6 +116,16 @@ impl AbandonmentMetrics {
         registry.register(Box::new(metrics.restored_records.clone()))?;
         registry.register(Box::new(metrics.changelog_writes.clone()))?;
         registry.register(Box::new(metrics.partitions.clone()))?;
+        // Export these at 0 from the start, so that rate() and increase() (the alerts and the
+        // recovery rate) see the first occurrence after a restart.
+        for kind in ["checkout", "cart"] {
+            metrics.recoveries.with_label_values(&[kind]);
+        }
+        for topic in ["checkouts", "carts", "orders", "customers", "compliance"] {
+            for reason in ["missing_topic", "undecodable", "impossible_value"] {
+                metrics.failed.with_label_values(&[topic, reason]);
+            }
+        }
         Ok(metrics)
     }
 

@@ -78,6 +78,17 @@ impl IngressMetrics {
         registry.register(Box::new(metrics.publish_errors.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.dedupe_ids.clone()))?;
+        // Export every error reason at 0 from the start, so that rate() and increase() (the
+        // alerts) see the first occurrence after a restart.
+        for reason in ["missing", "malformed", "mismatch"] {
+            metrics.hmac_failures.with_label_values(&[reason]);
+        }
+        for reason in ["not_json", "not_object"] {
+            metrics.quarantined.with_label_values(&[reason]);
+        }
+        for reason in ["queue_full", "timeout", "kafka"] {
+            metrics.publish_errors.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 

@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Generates aftercart's Grafana dashboards (the *.json files beside this script).
+
+Run `make dashboards` after editing; `make test-ops` fails when the JSON is out of date, and
+evaluates every panel expression against a real Prometheus scraping the dev stack.
+
+Panels use only the metrics the services export (never recording rules), so the dashboards work
+on a Prometheus without aftercart's PrometheusRule. Every query filters on the `namespace`
+variable; `$__rate_interval` and `$__range` are Grafana's built-ins.
+
+A new service: write a function like `abandonment()` below returning its dashboard, add it to
+DASHBOARDS, and add a configMapGenerator entry in kustomization.yaml.
+Standard library only.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+NS = 'namespace=~"$namespace"'
+RATE = "$__rate_interval"
+
+
+def target(expr, legend=""):
+    return {"expr": expr, "legendFormat": legend}
+
+
+def timeseries(title, description, targets, unit="short", width=12, stacked=False):
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": [target(*t) for t in targets],
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "custom": {
+                    "lineWidth": 1,
+                    "fillOpacity": 10,
+                    "stacking": {"mode": "normal" if stacked else "none"},
+                },
+            },
+            "overrides": [],
+        },
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom"},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "_size": (width, 8),
+    }
+
+
+def stat(title, description, expr, unit="short", width=6, thresholds=None):
+    steps = [{"color": "green", "value": None}]
+    steps += [{"color": color, "value": value} for value, color in (thresholds or [])]
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": [target(expr)],
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "thresholds": {"mode": "absolute", "steps": steps},
+            },
+            "overrides": [],
+        },
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
+        "_size": (width, 4),
+    }
+
+
+def bars(title, description, expr, legend, unit="short", width=8):
+    return {
+        "type": "bargauge",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": [{**target(expr, legend), "instant": True}],
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"orientation": "horizontal", "displayMode": "basic"},
+        "_size": (width, 8),
+    }
+
+
+def row(title):
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "_size": (24, 1)}
+
+
+def dashboard(uid, title, description, panels, tags=()):
+    """Lays the panels out left to right, wrapping at Grafana's 24 columns."""
+    x = y = line_height = 0
+    laid_out = []
+    for number, panel in enumerate(panels, start=1):
+        width, height = panel.pop("_size")
+        if x + width > 24 or panel["type"] == "row":
+            x, y, line_height = 0, y + line_height, 0
+        panel["id"] = number
+        panel["gridPos"] = {"h": height, "w": width, "x": x, "y": y}
+        laid_out.append(panel)
+        x += width
+        line_height = max(line_height, height)
+        if panel["type"] == "row":
+            x, y, line_height = 0, y + height, 0
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["aftercart", *tags],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "links": [
+            {
+                "title": "aftercart dashboards",
+                "type": "dashboards",
+                "tags": ["aftercart"],
+                "asDropdown": True,
+            }
+        ],
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                },
+                {
+                    "name": "namespace",
+                    "label": "Namespace",
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": {
+                        "query": "label_values(aftercart_ingress_build_info, namespace)",
+                        "refId": "namespace",
+                    },
+                    "definition": "label_values(aftercart_ingress_build_info, namespace)",
+                    "refresh": 2,
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "multi": True,
+                    "current": {"text": "All", "value": "$__all"},
+                },
+            ]
+        },
+        "panels": laid_out,
+    }
+
+
+def quantiles(metric, selector, by="le", levels=(0.5, 0.9, 0.99)):
+    return [
+        (
+            f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{selector}}}[{RATE}])))",
+            f"p{round(q * 100)}",
+        )
+        for q in levels
+    ]
+
+
+def overview():
+    req = "aftercart_ingress_requests_total"
+    # `or vector(0)`: 0 rather than no data while nothing has been answered 5xx.
+    five_xx_ratio = (f'(sum(rate({req}{{{NS},status=~"5.."}}[{RATE}])) or vector(0))'
+                     f" / sum(rate({req}{{{NS}}}[{RATE}]))")
+    return dashboard(
+        "aftercart-overview",
+        "aftercart / Overview",
+        "Webhook ingress: traffic, errors, latency against Shopify's 5 s budget, signatures, Kafka delivery.",
+        [
+            row("Webhooks"),
+            stat("Webhooks/s", "Requests answered per second, every status.",
+                 f"sum(rate({req}{{{NS}}}[{RATE}]))", unit="reqps"),
+            stat("5xx ratio", "Share of requests answered 503 (Kafka slow or queue full). Alert above 5%.",
+                 five_xx_ratio,
+                 unit="percentunit", thresholds=[(0.01, "orange"), (0.05, "red")]),
+            stat("p99 latency", "99th percentile time to answer (408 excluded). Shopify gives up at 5 s.",
+                 f'histogram_quantile(0.99, sum by (le) (rate(aftercart_ingress_request_duration_seconds_bucket{{{NS},status!="408"}}[{RATE}])))',
+                 unit="s", thresholds=[(1, "orange"), (2.5, "red")]),
+            stat("In flight", "Requests being handled right now, all replicas.",
+                 f"sum(aftercart_ingress_in_flight_requests{{{NS}}})"),
+            timeseries("Webhooks/s by family", "Answered requests by topic family (unknown: wrong path or method).",
+                       [(f"sum by (family) (rate({req}{{{NS}}}[{RATE}]))", "{{family}}")], unit="reqps", stacked=True),
+            timeseries("Webhooks/s by status", "200 accepted/duplicate/quarantined, 401 signature, 400 headers, 413 size, 408 slow body, 503 Kafka.",
+                       [(f"sum by (status) (rate({req}{{{NS}}}[{RATE}]))", "{{status}}")], unit="reqps", stacked=True),
+            timeseries("Answer latency", "Time from arrival to answer (408 excluded), against the 5 s Shopify budget.",
+                       quantiles("aftercart_ingress_request_duration_seconds", f'{NS},status!="408"'), unit="s"),
+            timeseries("5xx ratio", "Share of requests answered 5xx.",
+                       [(five_xx_ratio, "5xx")],
+                       unit="percentunit"),
+            row("Signatures and deduplication"),
+            timeseries("HMAC failures/s", "401 answers by reason: missing, malformed or mismatching signature.",
+                       [(f"sum by (reason) (rate(aftercart_ingress_hmac_failures_total{{{NS}}}[{RATE}]))", "{{reason}}")],
+                       unit="reqps", width=8),
+            timeseries("Duplicates and quarantine/s", "Redeliveries answered from the dedupe window; authentic bodies that were not JSON objects.",
+                       [(f"sum(rate(aftercart_ingress_duplicates_total{{{NS}}}[{RATE}]))", "duplicates"),
+                        (f"sum by (reason) (rate(aftercart_ingress_quarantined_total{{{NS}}}[{RATE}]))", "quarantined {{reason}}")],
+                       unit="reqps", width=8),
+            timeseries("Dedupe window ids", "Webhook ids remembered, per replica (about 120 bytes each).",
+                       [(f"sum by (pod, instance) (aftercart_ingress_dedupe_window_ids{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            row("Kafka delivery"),
+            timeseries("Publish latency", "Time from handing a record to the producer to Kafka's acknowledgement (acks=all).",
+                       quantiles("aftercart_ingress_publish_duration_seconds", NS), unit="s", width=8),
+            timeseries("Delivery errors/s", "Records Kafka did not acknowledge: timeout, kafka (refused) or queue_full (backpressure).",
+                       [(f"sum by (reason) (rate(aftercart_ingress_publish_errors_total{{{NS}}}[{RATE}]))", "{{reason}}")],
+                       unit="reqps", width=8),
+            timeseries("Producer queue", "Messages waiting for a delivery report in librdkafka, per replica.",
+                       [(f"sum by (pod, instance) (aftercart_ingress_kafka_queue_messages{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            timeseries("Producer queue bytes", "Bytes waiting for a delivery report, per replica.",
+                       [(f"sum by (pod, instance) (aftercart_ingress_kafka_queue_bytes{{{NS}}})", "{{pod}} {{instance}}")],
+                       unit="bytes", width=8),
+            timeseries("Brokers up", "1 when every replica's connection to the broker is up (min over replicas).",
+                       [(f"min by (broker) (aftercart_ingress_kafka_broker_up{{{NS}}})", "{{broker}}")], width=8),
+            timeseries("Broker round trip", "Producer request round trip per broker, worst replica.",
+                       [(f"max by (broker) (aftercart_ingress_kafka_broker_rtt_p99_seconds{{{NS}}})", "p99 {{broker}}"),
+                        (f"max by (broker) (aftercart_ingress_kafka_broker_rtt_avg_seconds{{{NS}}})", "avg {{broker}}")],
+                       unit="s", width=8),
+            timeseries("Broker requests waiting", "Requests queued or in flight to each broker, all replicas.",
+                       [(f"sum by (broker) (aftercart_ingress_kafka_broker_requests_waiting{{{NS}}})", "{{broker}}")], width=12),
+            timeseries("Versions running", "Replicas per aftercart version (watch a rollout).",
+                       [(f"count by (version) (aftercart_ingress_build_info{{{NS}}})", "ingress {{version}}"),
+                        (f"count by (version) (aftercart_abandonment_build_info{{{NS}}})", "abandonment {{version}}")],
+                       width=12),
+        ],
+        tags=("ingress",),
+    )
+
+
+def abandonment():
+    ab = "aftercart_abandonment_"
+    lag_by_partition = f"max by (topic, partition) ({ab}consumer_lag_records{{{NS}}})"
+    return dashboard(
+        "aftercart-abandonment",
+        "aftercart / Abandonment service",
+        "Consumer group aftercart-abandonment: throughput, lag, state held, restores and dead letters.",
+        [
+            row("Throughput"),
+            stat("Records/s", "Input records processed, every topic.",
+                 f"sum(rate({ab}records_processed_total{{{NS}}}[{RATE}]))", unit="rps"),
+            stat("Consumer lag", "Records behind the end of the journey topics, whole group.",
+                 f"sum({lag_by_partition})", thresholds=[(1000, "orange"), (100000, "red")]),
+            stat("Journeys in state", "Open journeys held in memory, all instances.",
+                 f"sum({ab}journeys_tracked{{{NS}}})"),
+            stat("Dead letters (range)", "Records sent to the dead-letter topic over the dashboard's time range.",
+                 f"sum(increase({ab}dead_letters_total{{{NS}}}[$__range]))", thresholds=[(1, "red")]),
+            timeseries("Records processed/s by topic", "checkouts, carts, orders by partition; customers and compliance read in full by every instance.",
+                       [(f"sum by (topic) (rate({ab}records_processed_total{{{NS}}}[{RATE}]))", "{{topic}}")],
+                       unit="rps", stacked=True),
+            timeseries("Events emitted/s", "Abandonment and recovery events written to aftercart.abandonments.",
+                       [(f"sum by (kind) (rate({ab}abandonments_total{{{NS}}}[{RATE}]))", "abandoned {{kind}}"),
+                        (f"sum by (kind) (rate({ab}recoveries_total{{{NS}}}[{RATE}]))", "recovered {{kind}}")],
+                       unit="rps"),
+            row("Lag"),
+            timeseries("Consumer lag by topic", "Records behind, per journey topic (max per partition over instances, summed).",
+                       [(f"sum by (topic) ({lag_by_partition})", "{{topic}}")]),
+            timeseries("Consumer lag by partition", "Find a stuck partition.",
+                       [(lag_by_partition, "{{topic}}/{{partition}}")]),
+            row("State"),
+            timeseries("Assigned partitions", "Journey partitions owned per instance: 0 everywhere means the group is empty or rebalancing.",
+                       [(f"sum by (pod, instance) ({ab}assigned_partitions{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            timeseries("Journeys in state", "Open journeys held per instance (about 790 bytes each).",
+                       [(f"sum by (pod, instance) ({ab}journeys_tracked{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            timeseries("Changelog writes/s", "Journey states written to the compacted changelog.",
+                       [(f"sum(rate({ab}changelog_records_written_total{{{NS}}}[{RATE}]))", "changelog")], unit="rps", width=8),
+            timeseries("State restore time", "Time to restore one partition from the changelog on assignment.",
+                       quantiles(f"{ab}state_restore_duration_seconds", NS, levels=(0.5, 0.99)), unit="s"),
+            timeseries("Records restored/s", "Changelog records read while restoring (spikes on rebalances).",
+                       [(f"sum(rate({ab}state_restored_records_total{{{NS}}}[{RATE}]))", "restored")], unit="rps"),
+            row("Errors"),
+            timeseries("Dead letters/s", "Records written to aftercart.abandonment-dead-letter (alert on any).",
+                       [(f"sum(rate({ab}dead_letters_total{{{NS}}}[{RATE}]))", "dead letters")], unit="rps"),
+            timeseries("Unusable records/s", "Records that could not be used, by topic and reason (customers/compliance ones are not dead-lettered).",
+                       [(f"sum by (topic, reason) (rate({ab}records_failed_total{{{NS}}}[{RATE}]))", "{{topic}} {{reason}}")],
+                       unit="rps"),
+        ],
+        tags=("abandonment",),
+    )
+
+
+def business():
+    ab = "aftercart_abandonment_"
+    req = "aftercart_ingress_requests_total"
+    rng = "$__range"
+    return dashboard(
+        "aftercart-business",
+        "aftercart / Business KPIs",
+        "Checkout activity, abandonments, recoveries and recovery rate over the selected time range.",
+        [
+            row("Checkout recovery"),
+            stat("Checkout events", "Checkout webhooks accepted (checkouts/create and /update; Shopify sends several per checkout).",
+                 f'sum(increase({req}{{{NS},family="checkouts",status="200"}}[{rng}]))', width=4),
+            stat("Orders", "Order webhooks accepted (orders, refunds and transactions).",
+                 f'sum(increase({req}{{{NS},family="orders",status="200"}}[{rng}]))', width=4),
+            stat("Abandoned", "Journeys abandoned (checkouts with contact details, and carts).",
+                 f"sum(increase({ab}abandonments_total{{{NS}}}[{rng}]))", width=4),
+            stat("Recovered", "Abandoned journeys later completed by an order.",
+                 f"sum(increase({ab}recoveries_total{{{NS}}}[{rng}]))", width=4),
+            stat("Recovery rate", "Recovered / abandoned over the range.",
+                 f"sum(increase({ab}recoveries_total{{{NS}}}[{rng}])) / sum(increase({ab}abandonments_total{{{NS}}}[{rng}]))",
+                 unit="percentunit", width=4),
+            stat("Median time to recover", "Median time from abandonment to the recovering order.",
+                 f"histogram_quantile(0.5, sum by (le) (increase({ab}recovery_delay_seconds_bucket{{{NS}}}[{rng}])))",
+                 unit="s", width=4),
+            timeseries("Abandoned and recovered per hour", "Hourly counts, by kind (checkout or cart).",
+                       [(f"sum by (kind) (increase({ab}abandonments_total{{{NS}}}[1h]))", "abandoned {{kind}}"),
+                        (f"sum by (kind) (increase({ab}recoveries_total{{{NS}}}[1h]))", "recovered {{kind}}")],
+                       width=12),
+            timeseries("Recovery rate (24 h)", "Recovered / abandoned over the trailing day.",
+                       [(f"sum(increase({ab}recoveries_total{{{NS}}}[1d])) / sum(increase({ab}abandonments_total{{{NS}}}[1d]))", "recovery rate")],
+                       unit="percentunit", width=12),
+            row("Abandonment segments"),
+            bars("By stage", "How far the customer got before leaving.",
+                 f"sum by (stage) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{stage}}", width=6),
+            bars("By value tier", "Cart value tiers (AFTERCART_VALUE_TIER_MEDIUM/_HIGH).",
+                 f"sum by (value_tier) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{value_tier}}", width=6),
+            bars("By customer", "New or returning customers.",
+                 f"sum by (customer) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{customer}}", width=6),
+            bars("Recovered by kind", "Recoveries by abandonment kind.",
+                 f"sum by (kind) (increase({ab}recoveries_total{{{NS}}}[{rng}]))", "{{kind}}", width=6),
+        ],
+        tags=("business",),
+    )
+
+
+DASHBOARDS = {
+    "aftercart-overview.json": overview,
+    "aftercart-abandonment.json": abandonment,
+    "aftercart-business.json": business,
+}
+
+
+def render(build):
+    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+
+
+def main(argv):
+    check = "--check" in argv
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = HERE / name
+        text = render(build)
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date (run `make dashboards`): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""The ops checks against running services and a real Prometheus server:
+
+1. each Deployment of the prod overlay runs as rendered (its args and the environment of its
+   ConfigMaps; only addresses, partitions and the secret file point at this machine): it must
+   start, get ready, pass `promtool check metrics` on its own /metrics and exit 0 on SIGTERM
+   within its terminationGracePeriodSeconds;
+   the dev stack's /metrics is linted again after traffic; the topic Job, run as rendered, names
+   exactly the topics the Strimzi KafkaTopics define;
+2. `aftercart dev` (ingress + abandonment on an embedded broker, free ports, 4 s abandonment
+   delay) gets demo traffic plus what the demo lacks: bad signatures, a non-JSON body, a poison
+   checkout (dead letter) and an abandoned checkout that is then recovered;
+3. Debian's Prometheus scrapes it every second with aftercart's rules loaded; every expression of
+   every dashboard panel, every recording rule and every alert is evaluated through the HTTP API:
+   all must parse, every panel and recording rule must return data, no expression may name a
+   metric the services do not export, every rule group must be healthy, and the dead-letter alert
+   must be firing (and the "service down" alerts not).
+
+`LiveStack` is reused by plot_panels.py. Standard library plus PyYAML.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from common import (
+    HISTOGRAM_SUFFIXES,
+    ROOT,
+    Tally,
+    dashboards,
+    env_without_aftercart,
+    free_port,
+    metric_names,
+    need,
+    panels,
+    render,
+    rule_groups,
+    run,
+    substitute,
+    write_rule_file,
+)
+
+ABANDON_AFTER_SECONDS = 4
+PARTITIONS = "3"  # fewer partitions, faster restores; the services do not care
+
+
+def http_get(url, timeout=5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read().decode()
+
+
+def wait_for(what, predicate, timeout=60.0, every=0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (OSError, urllib.error.URLError, ValueError, KeyError):
+            pass
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def ready(url):
+    try:
+        return http_get(url)[0] == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def metric_sum(text, name):
+    """Sum of every series of `name` in Prometheus text format."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def series_names(text):
+    return {re.split(r"[{ ]", line, 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def binary():
+    path = os.environ.get("AFTERCART_BIN") or str(ROOT / "target" / "release" / "aftercart")
+    if not os.access(path, os.X_OK):
+        sys.exit(f"{path} not found: build it first (make build) or set AFTERCART_BIN")
+    return path
+
+
+class LiveStack:
+    """`aftercart dev` on free ports plus a Prometheus scraping it; stops both on exit."""
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.bin = binary()
+        self.processes = []
+        self.webhook_port = free_port()
+        self.admin_port = free_port()
+        self.prometheus_port = free_port()
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.webhooks = f"http://127.0.0.1:{self.webhook_port}/webhooks/shopify"
+        self.prometheus = f"http://127.0.0.1:{self.prometheus_port}"
+        self.brokers = None
+
+    # -- processes -----------------------------------------------------------------------
+    def spawn(self, name, argv, env=None):
+        log = open(self.workdir / f"{name}.log", "w")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=self.workdir, start_new_session=True)
+        self.processes.append((name, process, log))
+        return process
+
+    def stop(self, process, grace=20.0):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for _, process, log in reversed(self.processes):
+            self.stop(process)
+            log.close()
+
+    def log(self, name):
+        path = self.workdir / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def start_dev(self):
+        env = env_without_aftercart() | {
+            "AFTERCART_LISTEN": f"127.0.0.1:{self.webhook_port}",
+            "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            "AFTERCART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
+            "AFTERCART_CART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
+            "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
+            "AFTERCART_LOG_FORMAT": "json",
+        }
+        process = self.spawn("dev", [self.bin, "dev"], env)
+        wait_for("the dev stack's /readyz", lambda: process.poll() is None and ready(f"{self.admin}/readyz"),
+                 timeout=60)
+        match = re.search(r"Kafka brokers\s+(\S+)", self.log("dev"))
+        self.brokers = match.group(1) if match else None
+
+    def service_alone(self, args, manifest_env):
+        """Starts `aftercart <args>` alone against the dev stack's broker with the environment a
+        rendered Deployment gives it, overriding only what must point at this machine. Returns
+        its admin URL and process. Its own consumer group: it never takes the dev stack's
+        partitions."""
+        port = free_port()
+        secrets = self.workdir / "shopify-secrets"
+        secrets.write_text("# current first\nops-lint-secret\n")
+        env = env_without_aftercart() | manifest_env | {
+            "AFTERCART_KAFKA_BROKERS": self.brokers,
+            "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
+            "AFTERCART_TOPIC_REPLICATION": "1",
+            "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{port}",
+            "AFTERCART_LISTEN": f"127.0.0.1:{free_port()}",
+            "AFTERCART_SHOPIFY_SECRETS_FILE": str(secrets),
+            "AFTERCART_ABANDONMENT_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
+        }
+        command = args[0]
+        process = self.spawn(f"alone-{command}", [self.bin, *args], env)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"aftercart {command} alone", lambda: process.poll() is None and ready(f"{url}/readyz"), timeout=60)
+        return url, process
+
+    def start_prometheus(self, rule_file, scrape_interval="1s"):
+        config = {
+            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "rule_files": [str(rule_file)],
+            "scrape_configs": [
+                {
+                    # Matches AftercartTargetDown's job=~"aftercart-.*", as the ServiceMonitors do.
+                    "job_name": "aftercart-dev",
+                    "static_configs": [{"targets": [f"127.0.0.1:{self.admin_port}"]}],
+                }
+            ],
+        }
+        path = self.workdir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        argv = [
+            need("prometheus"),
+            f"--config.file={path}",
+            f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+            "--storage.tsdb.retention.time=1d",
+            "--log.level=warn",
+        ]
+        process = self.spawn("prometheus", argv)
+        wait_for("Prometheus to be ready", lambda: process.poll() is None and ready(f"{self.prometheus}/-/ready"),
+                 timeout=60)
+        wait_for("the first scrape", lambda: self.query("up")["result"], timeout=30)
+
+    # -- traffic -------------------------------------------------------------------------
+    def send(self, *args, expect_ok=True):
+        result = run([self.bin, "send", "--url", self.webhooks, *args], env=env_without_aftercart(),
+                     cwd=self.workdir, timeout=60)
+        if expect_ok and result.returncode != 0:
+            raise RuntimeError(f"aftercart send {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        return result
+
+    def send_json(self, topic, body):
+        path = self.workdir / f"body-{uuid.uuid4().hex[:8]}.json"
+        path.write_text(body if isinstance(body, str) else json.dumps(body))
+        return self.send("--topic", topic, str(path))
+
+    def metrics(self):
+        return http_get(f"{self.admin}/metrics")[1]
+
+    def wait_metric(self, name, at_least, timeout=60.0):
+        wait_for(f"{name} >= {at_least}", lambda: metric_sum(self.metrics(), name) >= at_least, timeout=timeout)
+
+    def journey(self, poison=False, recover=False):
+        """A checkout with contact details that is abandoned; with `recover`, then ordered."""
+        token = uuid.uuid4().hex[:16]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        checkout = json.loads((ROOT / "fixtures/shopify/checkouts_create.json").read_text())
+        checkout |= {"token": f"ops-checkout-{token}", "cart_token": f"ops-cart-{token}",
+                     "email": "ops.check@example.com", "created_at": now, "updated_at": now,
+                     "completed_at": None, "landing_site": "/recover?ops=1"}
+        if poison:
+            checkout["total_price"] = "not-a-number"
+        self.send_json("checkouts/create", checkout)
+        return checkout
+
+    def recover(self, checkout):
+        order = json.loads((ROOT / "fixtures/shopify/orders_create.json").read_text())
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        order |= {"id": int(time.time() * 1000), "cart_token": checkout["cart_token"],
+                  "checkout_token": checkout["token"], "created_at": now, "updated_at": now,
+                  "landing_site": "/recover?ops=1"}
+        self.send_json("orders/create", order)
+
+    def traffic(self, rounds=2, pause=1.0):
+        """Demo journeys, failures of every kind the dashboards show, and one recovery."""
+        abandoned = metric_sum(self.metrics(), "aftercart_abandonment_abandonments_total")
+        recovered = metric_sum(self.metrics(), "aftercart_abandonment_recoveries_total")
+        dead = metric_sum(self.metrics(), "aftercart_abandonment_dead_letters_total")
+        to_recover = self.journey()
+        self.journey(poison=True)
+        for _ in range(rounds):
+            self.send("--demo")
+            self.send("--sample", "orders_paid", "--secret", "not-the-secret", expect_ok=False)
+            self.send_json("orders/create", "this is not JSON")
+            self.send("--sample", "customers_redact", "--sample", "checkouts_update")
+            time.sleep(pause)
+        # The demo abandons one checkout per round; ours is one more.
+        self.wait_metric("aftercart_abandonment_abandonments_total", abandoned + rounds + 1,
+                         timeout=ABANDON_AFTER_SECONDS + 30)
+        self.recover(to_recover)
+        self.wait_metric("aftercart_abandonment_recoveries_total", recovered + 1)
+        self.wait_metric("aftercart_abandonment_dead_letters_total", dead + 1)
+
+    # -- Prometheus API ------------------------------------------------------------------
+    def api(self, path, **params):
+        url = f"{self.prometheus}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            body = http_get(url, timeout=15)[1]
+        except urllib.error.HTTPError as error:
+            body = error.read().decode()
+        answer = json.loads(body)
+        if answer.get("status") != "success":
+            raise ValueError(answer.get("error", body))
+        return answer["data"]
+
+    def query(self, expr):
+        return self.api("query", query=expr)
+
+    def query_range(self, expr, seconds=120, step=2):
+        end = time.time()
+        return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)
+
+
+def deployments(overlay, kind="Deployment"):
+    """Each Deployment's (or Job's) container args, the environment its ConfigMaps and env give
+    it, and its grace period."""
+    objects, _ = render(overlay)
+    configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    found = {}
+    for deployment in (o for o in objects if o["kind"] == kind):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {}
+        for source in container.get("envFrom", []):
+            env.update(configmaps[source["configMapRef"]["name"]])
+        env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
+        grace = deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        found[deployment["metadata"]["name"]] = (container["args"], env, grace)
+    return found
+
+
+def has_data(data):
+    return any(series.get("values") or series.get("value") for series in data["result"]) \
+        if data["resultType"] in ("matrix", "vector") else data["result"] is not None
+
+
+def main():
+    tally = Tally("live")
+    promtool = need("promtool")
+    need("prometheus")
+    workdir = tempfile.mkdtemp(prefix="aftercart-ops-")
+    keep = os.environ.get("AFTERCART_OPS_KEEP") == "1"
+    counts = {"panels": 0, "panel_exprs": 0, "with_data": 0, "rules": 0, "alerts": 0, "services": 0}
+    try:
+        with LiveStack(workdir) as stack:
+            stack.start_dev()
+            print(f"dev stack ready: webhooks {stack.webhooks}, admin {stack.admin}, broker {stack.brokers}")
+
+            # 1. Each Deployment of the prod overlay, run as rendered (its args and the
+            #    environment of its ConfigMaps): the configuration is accepted, the service gets
+            #    ready, and its own /metrics passes promtool.
+            for name, (args, manifest_env, grace) in deployments("prod").items():
+                try:
+                    url, process = stack.service_alone(args, manifest_env)
+                except TimeoutError as error:
+                    tally.check(False, f"{name} with the rendered configuration: {error}\n"
+                                       f"{stack.log('alone-' + args[0])[-2000:]}")
+                    continue
+                tally.check(True, f"{name} starts and gets ready with the rendered configuration")
+                text = http_get(f"{url}/metrics")[1]
+                lint = run([promtool, "check", "metrics"], input=text)
+                tally.check(lint.returncode == 0, f"promtool check metrics ({name}): {lint.stdout}{lint.stderr}")
+                tally.check(f"aftercart_{args[0]}_build_info" in text, f"{name} exports its metrics")
+                counts["services"] += 1
+                stopping = time.monotonic()
+                stack.stop(process, grace=grace)
+                took = time.monotonic() - stopping
+                tally.check(process.returncode == 0 and took < grace,
+                            f"{name} exits 0 on SIGTERM within its grace period ({process.returncode}, "
+                            f"{took:.1f} s of {grace} s)")
+                print(f"{name}: ready with the rendered configuration, stopped in {took:.1f} s "
+                      f"(terminationGracePeriodSeconds {grace})")
+
+            # The dev overlay's topic Job, run as rendered, lists exactly the prod overlay's
+            # Strimzi KafkaTopics: the two ways of creating topics agree with the code.
+            for name, (args, job_env, _) in deployments("dev", "Job").items():
+                env = env_without_aftercart() | job_env | {"AFTERCART_KAFKA_BROKERS": stack.brokers,
+                                                           "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
+                                                           "AFTERCART_TOPIC_REPLICATION": "1"}
+                created = run([stack.bin, *args], env=env, timeout=60)
+                tally.check(created.returncode == 0, f"Job {name} as rendered: {created.stderr[-1000:]}")
+                strimzi = {o["spec"]["topicName"] for o in render("prod")[0] if o["kind"] == "KafkaTopic"}
+                tally.check(set(created.stdout.split()) == strimzi,
+                            f"Job {name} topics {sorted(created.stdout.split())} != KafkaTopics {sorted(strimzi)}")
+                print(f"Job {name}: `aftercart {' '.join(args)}` lists the {len(strimzi)} KafkaTopics of the prod overlay")
+
+            stack.start_prometheus(write_rule_file(workdir))
+            stack.traffic()
+            # Let Prometheus take a few more samples (rate() needs two) and evaluate the rules.
+            time.sleep(5)
+
+            text = stack.metrics()
+            lint = run([promtool, "check", "metrics"], input=text)
+            tally.check(lint.returncode == 0, f"promtool check metrics (dev stack): {lint.stdout}{lint.stderr}")
+            exported = series_names(text)
+            families = exported | {n[: -len(s)] for n in exported for s in HISTOGRAM_SUFFIXES if n.endswith(s)}
+
+            def exports(name, where):
+                tally.check(name in families, f"{where} reads {name}, which no service exports")
+
+            # 2. Every panel of every dashboard.
+            for file, dashboard in dashboards().items():
+                for variable in dashboard["templating"]["list"]:
+                    for name in metric_names(json.dumps(variable.get("query", ""))):
+                        exports(name, f"{file} variable {variable['name']}")
+                for panel in panels(dashboard):
+                    if panel["type"] == "row":
+                        continue
+                    counts["panels"] += 1
+                    for target in panel["targets"]:
+                        counts["panel_exprs"] += 1
+                        expr = substitute(target["expr"])
+                        where = f"{file} panel {panel['title']!r}"
+                        for name in metric_names(expr):
+                            exports(name, where)
+                        try:
+                            if panel["type"] == "timeseries":
+                                data = stack.query_range(expr)
+                            else:
+                                data = stack.query(expr)
+                        except ValueError as error:
+                            tally.check(False, f"{where}: {expr}: {error}")
+                            continue
+                        tally.check(True, where)
+                        if tally.check(has_data(data), f"{where}: no data for {expr}"):
+                            counts["with_data"] += 1
+
+            # 3. Every rule: parses, reads exported metrics, recording rules return data.
+            for group in rule_groups()["groups"]:
+                for rule in group["rules"]:
+                    name = rule.get("record") or rule.get("alert")
+                    for metric in metric_names(rule["expr"]):
+                        exports(metric, f"rule {name}")
+                    try:
+                        data = stack.query(rule["expr"])
+                    except ValueError as error:
+                        tally.check(False, f"rule {name}: {error}")
+                        continue
+                    if "record" in rule:
+                        counts["rules"] += 1
+                        tally.check(has_data(data), f"recording rule {name} returns no data")
+                        tally.check(has_data(stack.query(rule["record"])), f"{name} is not recorded by Prometheus")
+                    else:
+                        counts["alerts"] += 1
+                        tally.check(True, f"alert {name} parses")
+            loaded = stack.api("rules")["groups"]
+            for group in loaded:
+                for rule in group["rules"]:
+                    tally.check(rule["health"] == "ok", f"Prometheus rule {rule['name']}: {rule['health']} {rule.get('lastError')}")
+            tally.check(len(loaded) == len(rule_groups()["groups"]), "Prometheus loaded every rule group")
+            states = {r["name"]: r["state"] for g in loaded for r in g["rules"] if r["type"] == "alerting"}
+            tally.check(states.get("AftercartAbandonmentDeadLetters") == "firing",
+                        f"the dead-letter alert fires after a poison record (state {states.get('AftercartAbandonmentDeadLetters')})")
+            for quiet in ("AftercartIngressDown", "AftercartAbandonmentDown", "AftercartTargetDown"):
+                tally.check(states.get(quiet) == "inactive", f"{quiet} stays quiet while the stack runs ({states.get(quiet)})")
+            active = sorted(f"{n}={s}" for n, s in states.items() if s != "inactive")
+            print(f"alert states after the traffic: {', '.join(active) or 'none active'}")
+    except (TimeoutError, RuntimeError) as error:
+        tally.check(False, str(error))
+        for name in ("dev", "prometheus", "alone-ingress", "alone-abandonment"):
+            log = Path(workdir, f"{name}.log")
+            if log.exists():
+                print(f"--- {name}.log (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]))
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"ran {counts['services']} Deployments with their rendered configuration; "
+          f"evaluated {counts['panel_exprs']} panel expressions of {counts['panels']} panels "
+          f"({counts['with_data']} returned data), {counts['rules']} recording rules and "
+          f"{counts['alerts']} alert expressions on a live Prometheus")
+    return tally.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
