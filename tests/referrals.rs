@@ -13,17 +13,20 @@ broker_tests!(
     a_restart_mid_review_window_grants_exactly_once,
     a_redacted_advocate_is_forgotten_and_pending_rewards_voided,
     poison_records_are_dead_lettered_and_processing_continues,
+    every_event_is_also_posted_signed_to_the_webhook,
 );
 
 mod scenarios {
     use std::time::Duration;
 
     use aftercart_referrals::ReferralsConfig;
+    use aftercart_shopify::{sign, Secret};
     use aftercart_tests::http::Webhook;
     use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
+    use aftercart_tests::receiver::{Receiver, Reply};
     use aftercart_tests::referrals::{test_config, TestReferrals};
     use aftercart_tests::schemas::assert_valid;
-    use aftercart_tests::{eventually, read_topic, Broker};
+    use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
     use serde_json::{json, Value};
 
     /// Past the 3 s review window with room for a wrong extra event to show up.
@@ -487,6 +490,59 @@ mod scenarios {
         })
         .await;
         assert_eq!(stack.rewards().await.len(), 2);
+    }
+
+    pub async fn every_event_is_also_posted_signed_to_the_webhook(broker: &Broker) {
+        // The provider is briefly unavailable: the first delivery is retried.
+        let receiver = Receiver::start(vec![Reply::status(503)]).await;
+        let url = format!("--referrals-webhook-url={}", receiver.url);
+        let dead_letters = format!(
+            "--webhook-dead-letter-topic={}referrals-webhook-dead-letter",
+            unique_prefix()
+        );
+        let stack = Stack::start(
+            broker,
+            &[
+                &url,
+                "--referrals-webhook-secret=provider-shared-secret",
+                "--referrals-webhook-backoff-initial=100ms",
+                &dead_letters,
+            ],
+        )
+        .await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        let rewards = stack.settled_rewards(2).await;
+        let invites = stack.invites().await;
+        let mut expected: Vec<String> = invites
+            .iter()
+            .chain(&rewards)
+            .map(|e| e["event_id"].as_str().unwrap().to_string())
+            .collect();
+        expected.sort();
+        let delivered = eventually("webhook deliveries", Duration::from_secs(30), || async {
+            let delivered = receiver.delivered();
+            (delivered.len() >= expected.len()).then_some(delivered)
+        })
+        .await;
+        let mut ids: Vec<String> = delivered.iter().map(|r| r.event_id().to_string()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids, expected, "every event, by its event id");
+        for request in &delivered {
+            let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+            assert_eq!(body["event_id"].as_str(), Some(request.event_id()));
+            assert_eq!(
+                request.header("x-aftercart-hmac-sha256"),
+                Some(sign(&Secret::new("provider-shared-secret"), &request.body).as_str()),
+                "signed over the exact body"
+            );
+        }
+        assert!(receiver.received().iter().any(|r| r.answered == 503));
     }
 
     pub async fn poison_records_are_dead_lettered_and_processing_continues(broker: &Broker) {

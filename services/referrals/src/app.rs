@@ -1,5 +1,6 @@
 //! Wiring: prepares the topics the service reads and writes, then runs the loop until shutdown.
 
+use aftercart_delivery::{DeliveryMetrics, Forwarder, ForwarderError};
 use aftercart_kafka::{ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};
 use aftercart_runtime::Health;
 use aftercart_shopify::Family;
@@ -19,6 +20,8 @@ pub enum ServeError {
     Topics(#[from] TopicError),
     #[error(transparent)]
     Loop(#[from] LoopError),
+    #[error("the webhook forwarder failed: {0}")]
+    Webhook(#[from] ForwarderError),
 }
 
 /// Every topic the service reads or writes. The by-shop, changelog and output topics share one
@@ -40,6 +43,9 @@ pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
     specs.push(
         TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
     );
+    if let Some(webhook) = &config.webhook {
+        specs.extend(aftercart_delivery::topic_specs(&config.kafka, webhook));
+    }
     let same = vec![
         config.by_shop_topic.clone(),
         config.state_topic.clone(),
@@ -63,8 +69,37 @@ pub async fn serve(
         return Ok(());
     }
     let service = Loop::new(config.clone(), metrics, ready)?;
-    tracing::info!(group = %config.group, invites = %config.invites_topic, rewards = %config.rewards_topic, "Referrals service consuming.");
-    service.run(stop).await?;
+    let forwarder = match &config.webhook {
+        Some(webhook) => Some(Forwarder::new(
+            &config.kafka,
+            webhook,
+            DeliveryMetrics::register(registry, "aftercart_referrals")?,
+            health.component("referrals-webhook"),
+        )?),
+        None => None,
+    };
+    tracing::info!(group = %config.group, invites = %config.invites_topic, rewards = %config.rewards_topic, webhook = forwarder.is_some(), "Referrals service consuming.");
+    // One failing stops the other: both are this service.
+    let inner = stop.child_token();
+    let (looped, forwarded) = tokio::join!(
+        async {
+            let result = service.run(inner.clone()).await;
+            inner.cancel();
+            result
+        },
+        async {
+            let result = match forwarder {
+                Some(forwarder) => forwarder.run(inner.clone()).await,
+                None => Ok(()),
+            };
+            if result.is_err() {
+                inner.cancel();
+            }
+            result
+        }
+    );
+    looped?;
+    forwarded?;
     tracing::info!("Referrals service stopped.");
     Ok(())
 }

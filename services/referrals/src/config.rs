@@ -2,12 +2,19 @@
 
 use std::time::Duration;
 
+use aftercart_delivery::{DeliveryConfig, DeliveryFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
 use aftercart_shopify::money::Amount;
 
 use crate::domain::code::{CodeRules, Source};
 use crate::domain::engine::{Rules, Trigger};
+
+aftercart_delivery::sink_args!(
+    /// Optional: every invite and reward event is also POSTed, signed, to an email or rewards
+    /// provider (`--referrals-webhook-*`, `AFTERCART_REFERRALS_WEBHOOK_*`); off without a URL.
+    pub struct WebhookArgs, "referrals-webhook", "AFTERCART_REFERRALS_WEBHOOK"
+);
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
@@ -147,6 +154,17 @@ pub struct ReferralsArgs {
     )]
     pub share_url: String,
 
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+
+    /// Dead-letter topic of events the webhook receiver refused or never accepted.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_WEBHOOK_DEAD_LETTER_TOPIC",
+        default_value = "aftercart.referrals-webhook-dead-letter"
+    )]
+    pub webhook_dead_letter_topic: String,
+
     /// Settled orders unseen this long are forgotten (first-order facts are kept).
     #[arg(
         long,
@@ -185,6 +203,8 @@ pub struct ReferralsConfig {
     pub state_topic: String,
     pub dead_letter_topic: String,
     pub rules: Rules,
+    /// The optional webhook forwarder (its own consumer group of the two output topics).
+    pub webhook: Option<DeliveryConfig>,
     /// Bounds the final producer flush on shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -351,6 +371,30 @@ impl ReferralsArgs {
             errors.push("AFTERCART_REFERRAL_SHARE_URL: must contain {code}");
         }
         let secret = self.code_secret(&mut errors, defaults);
+        let webhook_wanted = self
+            .webhook
+            .url
+            .as_deref()
+            .is_some_and(|url| !url.trim().is_empty());
+        let webhook = if webhook_wanted {
+            DeliveryFlags {
+                sink: self.webhook.flags(),
+                topics: format!(
+                    "{},{}",
+                    self.invites_topic.trim(),
+                    self.rewards_topic.trim()
+                ),
+                group: format!("{}-webhook", self.referrals_group.trim()),
+                dead_letter_topic: self.webhook_dead_letter_topic.trim().to_string(),
+            }
+            .validate("AFTERCART_REFERRALS_WEBHOOK", &mut errors)
+            .map(|mut config| {
+                config.shutdown_timeout = shutdown_timeout;
+                config
+            })
+        } else {
+            None
+        };
         for (name, value) in [
             ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
             ("AFTERCART_REFERRAL_INVITES_TOPIC", &self.invites_topic),
@@ -396,6 +440,7 @@ impl ReferralsArgs {
                 ip_burst_window_ms: burst_window.expect("checked"),
                 order_retention_ms: retention.expect("checked"),
             },
+            webhook,
             shutdown_timeout,
         })
     }
