@@ -2,13 +2,14 @@
 //! effects in the order that makes a crash safe: outputs, then changelog, then offsets.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
     close_off_runtime, dead_letter_record, header, read_partition, shop_of, DeadLetter,
-    GroupContext, RebalanceEvent, StoreError, TopicNames,
+    GroupContext, LoopError, RebalanceEvent, TopicNames,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -33,16 +34,6 @@ const BATCH: usize = 2000;
 /// How often idle journeys are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoopError {
-    #[error("Kafka failed: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("a record could not be written: {0}")]
-    Write(KafkaError),
-}
-
 /// Where a journey state is written: changelog partition and key.
 type StateSlot = (i32, String);
 
@@ -65,12 +56,6 @@ pub struct Loop {
     global_caught_up: bool,
     assigned_once: bool,
     last_expiry: Instant,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Drop for Loop {
@@ -101,7 +86,7 @@ impl Loop {
             .map(|f| (names.family(*f), f.as_str()))
             .collect();
         let context = GroupContext::new(
-            metrics.lag.clone(),
+            metrics.consumer.lag.clone(),
             journey_families
                 .iter()
                 .map(|f| (names.family(*f), f.as_str().to_string()))
@@ -225,13 +210,13 @@ impl Loop {
             message.payload().unwrap_or_default(),
         ) {
             Ok(input) => {
-                self.metrics.processed(family);
+                self.metrics.consumer.processed(family);
                 let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
                 self.engine.apply_global(&shop_of(message), input, at)
             }
             Err(error) => {
                 // Global records are read by every instance: counted, never dead-lettered here.
-                self.metrics.failed(family, error.as_label());
+                self.metrics.consumer.failed(family, error.as_label());
                 Vec::new()
             }
         }
@@ -310,7 +295,7 @@ impl Loop {
             };
             match decoded {
                 Ok(input) => {
-                    self.metrics.processed(family);
+                    self.metrics.consumer.processed(family);
                     let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
                     let shop = shop_of(&message);
                     let key = key.expect("checked");
@@ -322,7 +307,7 @@ impl Loop {
                     );
                 }
                 Err(error) => {
-                    self.metrics.failed(family, error.as_label());
+                    self.metrics.consumer.failed(family, error.as_label());
                     tracing::warn!(
                         topic = family,
                         partition,
@@ -378,7 +363,7 @@ impl Loop {
                 }
             }
         }
-        self.metrics.partitions(self.owned_partitions());
+        self.metrics.consumer.partitions(self.owned_partitions());
         if self.assigned_once && self.global_caught_up {
             self.ready.set_ready(true);
         }
@@ -453,7 +438,7 @@ impl Loop {
             }
         }
         self.flush(effects, Vec::new(), HashMap::new()).await?;
-        self.metrics.restored(records, started.elapsed());
+        self.metrics.consumer.restored(records, started.elapsed());
         tracing::info!(partition, journeys = self.engine.partition(partition).map_or(0, |p| p.len()), took = ?started.elapsed(), "Restored partition state.");
         Ok(())
     }
@@ -513,7 +498,7 @@ impl Loop {
                     let entry = output_offsets.entry(partition).or_insert(delivered.offset);
                     *entry = (*entry).max(delivered.offset);
                 }
-                Ok(Ok(_)) => self.metrics.dead_lettered(),
+                Ok(Ok(_)) => self.metrics.consumer.dead_lettered(),
                 Ok(Err((error, _))) => return Err(LoopError::Write(error)),
                 Err(_) => return Err(LoopError::Write(KafkaError::Canceled)),
             }
@@ -577,7 +562,7 @@ impl Loop {
                 Err(_) => return Err(LoopError::Write(KafkaError::Canceled)),
             }
         }
-        self.metrics.changelog_written(payloads.len());
+        self.metrics.consumer.changelog_written(payloads.len());
 
         for ((topic, partition), offset) in offsets {
             if self.engine.owns(partition) {

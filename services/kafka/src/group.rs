@@ -9,9 +9,23 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
+
+use crate::StoreError;
+
+/// Why a stateful consumer loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("Kafka failed: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a record could not be written: {0}")]
+    Write(KafkaError),
+}
 
 /// A rebalance heard by the consumer: the (topic, partition) pairs gained or lost.
 #[derive(Debug, Clone, PartialEq, Eq)]

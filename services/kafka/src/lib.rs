@@ -3,6 +3,7 @@
 //! record plumbing consumer services share (partition reads, headers, dead letters).
 
 pub mod group;
+pub mod loop_metrics;
 pub mod partition_reader;
 pub mod producer;
 pub mod records;
@@ -10,7 +11,8 @@ pub mod settings;
 pub mod stats;
 pub mod topics;
 
-pub use group::{close_off_runtime, ConsumerLag, GroupContext, RebalanceEvent};
+pub use group::{close_off_runtime, ConsumerLag, GroupContext, LoopError, RebalanceEvent};
+pub use loop_metrics::LoopMetrics;
 pub use partition_reader::{read_partition, StoreError, StoredRecord};
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};

@@ -1,14 +1,14 @@
 //! Wiring: prepares the topics the service reads and writes, then runs the loop until shutdown.
 
 use aftercart_delivery::{DeliveryMetrics, Forwarder, ForwarderError};
-use aftercart_kafka::{ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};
+use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicNames, TopicSpec};
 use aftercart_runtime::Health;
 use aftercart_shopify::Family;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReferralsConfig;
-use crate::consumer::{Loop, LoopError};
+use crate::consumer::Loop;
 use crate::metrics::ReferralsMetrics;
 
 #[derive(Debug, thiserror::Error)]

@@ -4,13 +4,14 @@
 //! changelog, then offsets.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
     close_off_runtime, dead_letter_record, header, read_partition, shop_of, DeadLetter,
-    GroupContext, RebalanceEvent, StoreError, TopicNames,
+    GroupContext, LoopError, RebalanceEvent, TopicNames,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -34,16 +35,6 @@ const RESTORE_CLIENT: &str = "aftercart-referrals-restore";
 const BATCH: usize = 2000;
 /// How often settled orders are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoopError {
-    #[error("Kafka failed: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("a record could not be written: {0}")]
-    Write(KafkaError),
-}
 
 /// The output offsets a partition's state reflects.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
@@ -76,12 +67,6 @@ pub struct Loop {
     checkpoints: HashMap<i32, Checkpoint>,
     assigned_once: bool,
     last_expiry: Instant,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn write_error(error: KafkaError) -> LoopError {
@@ -134,7 +119,7 @@ impl Loop {
             .map(|(t, f)| (t.clone(), f.to_string()))
             .collect();
         lag_topics.push((config.by_shop_topic.clone(), "by_shop".to_string()));
-        let context = GroupContext::new(metrics.lag.clone(), lag_topics);
+        let context = GroupContext::new(metrics.consumer.lag.clone(), lag_topics);
         let mut consumer_config = config.kafka.client_config("aftercart-referrals");
         consumer_config
             .set("group.id", &config.group)
@@ -244,7 +229,7 @@ impl Loop {
             }
             let shop = shop_of(&message);
             if shop.is_empty() {
-                self.metrics.failed(family, "no_shop");
+                self.metrics.consumer.failed(family, "no_shop");
                 dead.push(DeadLetter {
                     message,
                     reason: "no shop domain in headers or key".to_string(),
@@ -277,13 +262,13 @@ impl Loop {
         };
         match decode_input(topic, message.payload().unwrap_or_default()) {
             Ok(input) => {
-                self.metrics.processed(family);
+                self.metrics.consumer.processed(family);
                 let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
                 let shop = shop_of(message);
                 Ok(self.engine.apply(message.partition(), &shop, input, at))
             }
             Err(error) => {
-                self.metrics.failed(family, error.as_label());
+                self.metrics.consumer.failed(family, error.as_label());
                 tracing::warn!(
                     topic = family,
                     partition = message.partition(),
@@ -320,7 +305,7 @@ impl Loop {
         let owned = (0..self.config.kafka.partitions.max(1))
             .filter(|p| self.engine.owns(*p))
             .count();
-        self.metrics.partitions(owned);
+        self.metrics.consumer.partitions(owned);
         if self.assigned_once {
             self.ready.set_ready(true);
         }
@@ -379,7 +364,7 @@ impl Loop {
         }
         self.flush(effects, Vec::new(), Vec::new(), HashMap::new())
             .await?;
-        self.metrics.restored(records, started.elapsed());
+        self.metrics.consumer.restored(records, started.elapsed());
         let sizes = self
             .engine
             .partition(partition)
@@ -489,7 +474,7 @@ impl Loop {
         }
         self.metrics.routed(forwards.len());
         for _ in &dead {
-            self.metrics.dead_lettered();
+            self.metrics.consumer.dead_lettered();
         }
         for (_, _, output) in &outputs {
             match output {
@@ -536,7 +521,7 @@ impl Loop {
         for write in writes {
             delivered(write).await?;
         }
-        self.metrics.changelog_written(payloads.len());
+        self.metrics.consumer.changelog_written(payloads.len());
 
         for ((topic, partition), offset) in offsets {
             let owned = topic != self.config.by_shop_topic || self.engine.owns(partition);

@@ -62,6 +62,11 @@ impl Health {
             return Err("draining".to_string());
         }
         let components = self.inner.components.lock().expect("health lock");
+        // Nothing registered yet means the services have not started: not ready (a probe in
+        // the instant between binding the admin port and the first registration said 200).
+        if components.is_empty() {
+            return Err("starting".to_string());
+        }
         let waiting: Vec<&str> = components
             .iter()
             .filter(|(_, flag)| !flag.load(Ordering::Acquire))
@@ -88,6 +93,14 @@ mod tests {
         kafka.set_ready(true);
         assert_eq!(health.readiness(), Err("waiting for topics".into()));
         topics.set_ready(true);
+        assert_eq!(health.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn nothing_registered_yet_is_not_ready() {
+        let health = Health::new();
+        assert_eq!(health.readiness(), Err("starting".into()));
+        health.component("kafka").set_ready(true);
         assert_eq!(health.readiness(), Ok(()));
     }
 

@@ -2,6 +2,7 @@
 //! which headers they carry, which Kafka topic family a webhook topic belongs to, and the
 //! journey key that keeps one purchase's events in the same partition, and exact money.
 
+pub mod decode;
 pub mod family;
 pub mod headers;
 pub mod journey_key;

@@ -27,6 +27,13 @@ pub fn parse_time_ms(text: &str) -> Option<i64> {
     Some(ms - offset_minutes * 60_000)
 }
 
+/// Milliseconds since the epoch, now (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

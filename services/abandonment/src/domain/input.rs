@@ -1,29 +1,9 @@
 //! Decoding raw Shopify records (by their `shopify-topic` header) into the facts the engine uses.
 
+use aftercart_shopify::decode::{decode, shopify_topic};
+pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
 use serde::Deserialize;
 use serde_json::Value;
-
-/// Why a record cannot be used: it goes to the dead-letter topic with this reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoisonRecord {
-    #[error("missing shopify-topic header")]
-    MissingTopic,
-    #[error("body does not decode as {topic}: {reason}")]
-    Undecodable { topic: String, reason: String },
-    #[error("impossible value: {0}")]
-    Impossible(&'static str),
-}
-
-impl PoisonRecord {
-    /// Bounded metric label.
-    pub fn as_label(&self) -> &'static str {
-        match self {
-            PoisonRecord::MissingTopic => "missing_topic",
-            PoisonRecord::Undecodable { .. } => "undecodable",
-            PoisonRecord::Impossible(_) => "impossible_value",
-        }
-    }
-}
 
 /// A journey-partitioned fact.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,29 +101,9 @@ pub struct Order {
     pub referring_site: Option<String>,
 }
 
-/// Discount codes from `[{"code": "X", ...}]` or `["X"]`.
-pub fn discount_codes(values: &[Value]) -> Vec<String> {
-    values
-        .iter()
-        .filter_map(|v| v.get("code").and_then(Value::as_str).or_else(|| v.as_str()))
-        .filter(|code| !code.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-fn decode<'a, T: Deserialize<'a>>(topic: &str, body: &'a [u8]) -> Result<T, PoisonRecord> {
-    serde_json::from_slice(body).map_err(|error| PoisonRecord::Undecodable {
-        topic: topic.to_string(),
-        reason: error.to_string(),
-    })
-}
-
 /// Decodes a record of the checkouts, carts or orders topic.
 pub fn journey_input(topic: Option<&str>, body: &[u8]) -> Result<JourneyInput, PoisonRecord> {
-    let topic = topic
-        .ok_or(PoisonRecord::MissingTopic)?
-        .trim()
-        .to_ascii_lowercase();
+    let topic = shopify_topic(topic)?;
     Ok(match topic.as_str() {
         "checkouts/create" | "checkouts/update" => {
             let checkout: Checkout = decode(&topic, body)?;
@@ -204,10 +164,7 @@ fn subscribed(consent: Option<ConsentState>) -> Option<bool> {
 
 /// Decodes a record of the customers or compliance topic.
 pub fn global_input(topic: Option<&str>, body: &[u8]) -> Result<GlobalInput, PoisonRecord> {
-    let topic = topic
-        .ok_or(PoisonRecord::MissingTopic)?
-        .trim()
-        .to_ascii_lowercase();
+    let topic = shopify_topic(topic)?;
     Ok(match topic.as_str() {
         "customers/create"
         | "customers/update"

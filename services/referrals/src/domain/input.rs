@@ -1,32 +1,12 @@
 //! Decoding raw Shopify records (by their `shopify-topic` header) into the facts the engine uses.
 
+use aftercart_shopify::decode::{decode, shopify_topic};
+pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
 use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::parse_time_ms;
-
-/// Why a record cannot be used: it goes to the dead-letter topic with this reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoisonRecord {
-    #[error("missing shopify-topic header")]
-    MissingTopic,
-    #[error("body does not decode as {topic}: {reason}")]
-    Undecodable { topic: String, reason: String },
-    #[error("impossible value: {0}")]
-    Impossible(&'static str),
-}
-
-impl PoisonRecord {
-    /// Bounded metric label.
-    pub fn as_label(&self) -> &'static str {
-        match self {
-            PoisonRecord::MissingTopic => "missing_topic",
-            PoisonRecord::Undecodable { .. } => "undecodable",
-            PoisonRecord::Impossible(_) => "impossible_value",
-        }
-    }
-}
 
 /// The Shopify topics the service acts on; the router forwards only these.
 pub const TOPICS: [&str; 11] = [
@@ -244,23 +224,6 @@ impl OrderFact {
     }
 }
 
-/// Discount codes from `[{"code": "X", ...}]` or `["X"]`.
-pub fn discount_codes(values: &[Value]) -> Vec<String> {
-    values
-        .iter()
-        .filter_map(|v| v.get("code").and_then(Value::as_str).or_else(|| v.as_str()))
-        .filter(|code| !code.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-fn decode<'a, T: Deserialize<'a>>(topic: &str, body: &'a [u8]) -> Result<T, PoisonRecord> {
-    serde_json::from_slice(body).map_err(|error| PoisonRecord::Undecodable {
-        topic: topic.to_string(),
-        reason: error.to_string(),
-    })
-}
-
 #[derive(Deserialize)]
 struct OrderId {
     id: u64,
@@ -286,10 +249,7 @@ struct RedactPayload {
 
 /// Decodes a record by its Shopify topic.
 pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRecord> {
-    let topic = topic
-        .ok_or(PoisonRecord::MissingTopic)?
-        .trim()
-        .to_ascii_lowercase();
+    let topic = shopify_topic(topic)?;
     let order_topic = match topic.as_str() {
         "orders/create" => Some(OrderTopic::Create),
         "orders/paid" => Some(OrderTopic::Paid),

@@ -1,0 +1,113 @@
+//! The metrics every stateful consumer loop exports under its service prefix: records applied
+//! and unusable, dead letters, state restore and changelog writes, partitions owned, lag.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::ConsumerLag;
+
+/// Reasons a record cannot be used (bounded label values).
+const FAILURE_REASONS: [&str; 3] = ["missing_topic", "undecodable", "impossible_value"];
+
+#[derive(Clone)]
+pub struct LoopMetrics {
+    processed: IntCounterVec,
+    failed: IntCounterVec,
+    dead_letters: IntCounter,
+    restore_duration: Histogram,
+    restored_records: IntCounter,
+    changelog_writes: IntCounter,
+    partitions: IntGauge,
+    pub lag: ConsumerLag,
+}
+
+impl LoopMetrics {
+    /// Registers `<prefix>records_processed_total`, `<prefix>records_failed_total`, ... The
+    /// failure series of `families` start at 0, so `rate()` sees the first one after a restart.
+    pub fn register(
+        prefix: &str,
+        registry: &Registry,
+        partitions_help: &str,
+        families: &[&str],
+    ) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(format!("{prefix}{name}"), help);
+        let metrics = LoopMetrics {
+            processed: IntCounterVec::new(
+                opts(
+                    "records_processed_total",
+                    "Input records processed, by topic family.",
+                ),
+                &["topic"],
+            )?,
+            failed: IntCounterVec::new(
+                opts(
+                    "records_failed_total",
+                    "Input records that could not be used, by topic family and reason.",
+                ),
+                &["topic", "reason"],
+            )?,
+            dead_letters: IntCounter::with_opts(opts(
+                "dead_letters_total",
+                "Records written to the dead-letter topic.",
+            ))?,
+            restore_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    format!("{prefix}state_restore_duration_seconds"),
+                    "Time to restore one partition's state on assignment.",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ]),
+            )?,
+            restored_records: IntCounter::with_opts(opts(
+                "state_restored_records_total",
+                "Changelog records read while restoring state.",
+            ))?,
+            changelog_writes: IntCounter::with_opts(opts(
+                "changelog_records_written_total",
+                "Records written to the changelog topic.",
+            ))?,
+            partitions: IntGauge::with_opts(opts("assigned_partitions", partitions_help))?,
+            lag: ConsumerLag::register(prefix, registry)?,
+        };
+        registry.register(Box::new(metrics.processed.clone()))?;
+        registry.register(Box::new(metrics.failed.clone()))?;
+        registry.register(Box::new(metrics.dead_letters.clone()))?;
+        registry.register(Box::new(metrics.restore_duration.clone()))?;
+        registry.register(Box::new(metrics.restored_records.clone()))?;
+        registry.register(Box::new(metrics.changelog_writes.clone()))?;
+        registry.register(Box::new(metrics.partitions.clone()))?;
+        for family in families {
+            for reason in FAILURE_REASONS {
+                metrics.failed.with_label_values(&[family, reason]);
+            }
+        }
+        Ok(metrics)
+    }
+
+    pub fn partitions(&self, count: usize) {
+        self.partitions.set(count as i64);
+    }
+
+    pub fn processed(&self, topic: &str) {
+        self.processed.with_label_values(&[topic]).inc();
+    }
+
+    pub fn failed(&self, topic: &str, reason: &str) {
+        self.failed.with_label_values(&[topic, reason]).inc();
+    }
+
+    pub fn dead_lettered(&self) {
+        self.dead_letters.inc();
+    }
+
+    pub fn restored(&self, records: usize, took: Duration) {
+        self.restored_records.inc_by(records as u64);
+        self.restore_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn changelog_written(&self, records: usize) {
+        self.changelog_writes.inc_by(records as u64);
+    }
+}
