@@ -59,8 +59,9 @@ dashboard-png: build $(OPS_VENV)/.installed ## Render dashboard panels from a li
 	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/plot_panels.py
 
 .PHONY: bench
-bench: ## Benchmarks (release build): abandonment handler, state size, whole service
+bench: ## Benchmarks (release build): abandonment and referrals engines, state sizes, whole service
 	$(CARGO) bench --locked -p aftercart-abandonment --bench abandonment
+	$(CARGO) bench --locked -p aftercart-referrals --bench referrals
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings

@@ -55,7 +55,7 @@ fn order(id: usize, customer: usize, code: Option<&str>) -> Vec<u8> {
         format!(r#"{{"code":"{c}","amount":"5.00","type":"fixed_amount"}}"#)
     });
     format!(
-        r#"{{"id":{id},"name":"\#{id}","email":"buyer{customer}@example.com","financial_status":"paid","fulfillment_status":null,
+        r##"{{"id":{id},"name":"#{id}","email":"buyer{customer}@example.com","financial_status":"paid","fulfillment_status":null,
         "cancelled_at":null,"test":false,"currency":"EUR","subtotal_price":"118.00","current_subtotal_price":"118.00","total_price":"129.90",
         "buyer_accepts_marketing":true,"browser_ip":"10.{a}.{b}.{c}","landing_site":"/products/ipod?utm_source=newsletter",
         "customer":{{"id":{cid},"email":"buyer{customer}@example.com","first_name":"Ann","last_name":"Lee{customer}","orders_count":1,
@@ -65,7 +65,7 @@ fn order(id: usize, customer: usize, code: Option<&str>) -> Vec<u8> {
         "discount_codes":[{discounts}],"note_attributes":[],
         "line_items":[{{"product_id":632910392,"variant_id":808950810,"title":"IPod Nano - 8GB","quantity":1,"price":"59.00","sku":"IPOD2008PINK"}},
                       {{"product_id":921728736,"variant_id":447654529,"title":"IPod Touch 8GB","quantity":1,"price":"59.00","sku":"IPOD2009BLACK"}}],
-        "created_at":"2026-11-23T10:00:00Z","updated_at":"2026-11-23T10:00:00Z"}}"#,
+        "created_at":"2026-11-23T10:00:00Z","updated_at":"2026-11-23T10:00:00Z"}}"##,
         cid = 1_000_000 + customer,
         a = customer % 250,
         b = (customer / 250) % 250,
