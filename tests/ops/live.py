@@ -119,7 +119,9 @@ def series_names(text):
 
 
 def binary():
-    path = os.environ.get("AFTERCART_BIN") or str(ROOT / "target" / "release" / "aftercart")
+    # Absolute: the processes run in a temporary directory (make passes a relative path when
+    # CARGO_TARGET_DIR is unset).
+    path = os.path.abspath(os.environ.get("AFTERCART_BIN") or str(ROOT / "target" / "release" / "aftercart"))
     if not os.access(path, os.X_OK):
         sys.exit(f"{path} not found: build it first (make build) or set AFTERCART_BIN")
     return path
