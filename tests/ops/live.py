@@ -7,18 +7,24 @@
    within its terminationGracePeriodSeconds;
    the dev stack's /metrics is linted again after traffic; the topic Job, run as rendered, names
    exactly the topics the Strimzi KafkaTopics define;
-2. `aftercart dev` (ingress + abandonment on an embedded broker, free ports, 4 s abandonment
-   delay) gets demo traffic plus what the demo lacks: bad signatures, a non-JSON body, a poison
-   checkout (dead letter) and an abandoned checkout that is then recovered;
+2. `aftercart dev` (ingress + abandonment + referrals on an embedded broker, free ports, 4 s
+   abandonment delay, 8 s referral review window) gets demo traffic plus what the demo lacks: bad
+   signatures, a non-JSON body, a poison checkout and a poison order (dead letters), an abandoned
+   checkout that is then recovered, and a referral whose reward is voided (the friend's order is
+   cancelled during review) and one rejected (the advocate uses their own code); the demo's
+   pending rewards are granted once the review window is over;
 3. Debian's Prometheus scrapes it every second with aftercart's rules loaded; every expression of
    every dashboard panel, every recording rule and every alert is evaluated through the HTTP API:
    all must parse, every panel and recording rule must return data, no expression may name a
-   metric the services do not export, every rule group must be healthy, and the dead-letter alert
+   metric the services do not export, every rule group must be healthy, and the dead-letter alerts
    must be firing (and the "service down" alerts not).
 
 `LiveStack` is reused by plot_panels.py. Standard library plus PyYAML.
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -55,6 +61,12 @@ from common import (
 )
 
 ABANDON_AFTER_SECONDS = 4
+REVIEW_WINDOW_SECONDS = 8
+# `aftercart dev`'s fixed referral code secret and `aftercart send`'s default shop
+# (services/cli/src/cmd/dev.rs DEV_CODE_SECRET, send.rs --shop).
+DEV_CODE_SECRET = b"aftercart-dev-referral-code-secret"
+SHOP = "aftercart-demo.myshopify.com"
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 PARTITIONS = "3"  # fewer partitions, faster restores; the services do not care
 
 
@@ -82,13 +94,24 @@ def ready(url):
         return False
 
 
-def metric_sum(text, name):
-    """Sum of every series of `name` in Prometheus text format."""
+def metric_sum(text, name, label=""):
+    """Sum of every series of `name` (whose labels contain `label`, e.g. `type="granted"`) in
+    Prometheus text format."""
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
+            if label in line.rsplit(" ", 1)[0]:
+                total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def referral_code(customer_id, shop=SHOP, prefix="REF-"):
+    """The code the dev stack gives a customer: prefix + 10 Crockford base32 characters of
+    HMAC-SHA256(code secret, "aftercart/referral-code/<shop>/id:<id>") (services/referrals
+    domain/code.rs)."""
+    message = f"aftercart/referral-code/{shop.lower()}/id:{customer_id}".encode()
+    bits = int.from_bytes(hmac.new(DEV_CODE_SECRET, message, hashlib.sha256).digest()[:8], "big")
+    return prefix + "".join(CROCKFORD[(bits >> (59 - 5 * i)) & 31] for i in range(10))
 
 
 def series_names(text):
@@ -96,7 +119,9 @@ def series_names(text):
 
 
 def binary():
-    path = os.environ.get("AFTERCART_BIN") or str(ROOT / "target" / "release" / "aftercart")
+    # Absolute: the processes run in a temporary directory (make passes a relative path when
+    # CARGO_TARGET_DIR is unset).
+    path = os.path.abspath(os.environ.get("AFTERCART_BIN") or str(ROOT / "target" / "release" / "aftercart"))
     if not os.access(path, os.X_OK):
         sys.exit(f"{path} not found: build it first (make build) or set AFTERCART_BIN")
     return path
@@ -152,6 +177,7 @@ class LiveStack:
             "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
             "AFTERCART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
             "AFTERCART_CART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
+            "AFTERCART_REFERRAL_REVIEW_WINDOW": f"{REVIEW_WINDOW_SECONDS}s",
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
             "AFTERCART_LOG_FORMAT": "json",
         }
@@ -165,10 +191,13 @@ class LiveStack:
         """Starts `aftercart <args>` alone against the dev stack's broker with the environment a
         rendered Deployment gives it, overriding only what must point at this machine. Returns
         its admin URL and process. Its own consumer group: it never takes the dev stack's
-        partitions."""
+        partitions. (Referrals alone also routes the Shopify topics to the shared by-shop topic;
+        this runs before any traffic, so there is nothing to route twice.)"""
         port = free_port()
         secrets = self.workdir / "shopify-secrets"
         secrets.write_text("# current first\nops-lint-secret\n")
+        code_secret = self.workdir / "referral-code-secret"
+        code_secret.write_text("ops-lint-referral-code-secret\n")
         env = env_without_aftercart() | manifest_env | {
             "AFTERCART_KAFKA_BROKERS": self.brokers,
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
@@ -177,6 +206,9 @@ class LiveStack:
             "AFTERCART_LISTEN": f"127.0.0.1:{free_port()}",
             "AFTERCART_SHOPIFY_SECRETS_FILE": str(secrets),
             "AFTERCART_ABANDONMENT_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
+            "AFTERCART_REFERRALS_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
+            # The Deployment mounts it from the aftercart-referrals Secret.
+            "AFTERCART_REFERRAL_CODE_SECRET_FILE": str(code_secret),
         }
         command = args[0]
         process = self.spawn(f"alone-{command}", [self.bin, *args], env)
@@ -227,8 +259,9 @@ class LiveStack:
     def metrics(self):
         return http_get(f"{self.admin}/metrics")[1]
 
-    def wait_metric(self, name, at_least, timeout=60.0):
-        wait_for(f"{name} >= {at_least}", lambda: metric_sum(self.metrics(), name) >= at_least, timeout=timeout)
+    def wait_metric(self, name, at_least, timeout=60.0, label=""):
+        wait_for(f"{name}{{{label}}} >= {at_least}",
+                 lambda: metric_sum(self.metrics(), name, label) >= at_least, timeout=timeout)
 
     def journey(self, poison=False, recover=False):
         """A checkout with contact details that is abandoned; with `recover`, then ordered."""
@@ -251,11 +284,55 @@ class LiveStack:
                   "landing_site": "/recover?ops=1"}
         self.send_json("orders/create", order)
 
+    def order(self, topic, customer_id, name, code=None, ip=None, **fields):
+        """A real (not test), paid order of customer `customer_id`, optionally naming a referral
+        code; each customer gets its own email and address (the fraud rules compare them)."""
+        first, last = name.split()
+        address = {"first_name": first, "last_name": last, "address1": f"{customer_id % 1000} Ops Street",
+                   "zip": "10001", "country_code": "US"}
+        email = f"{first.lower()}.{customer_id}@example.com"
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        order = json.loads((ROOT / "fixtures/shopify/orders_create.json").read_text())
+        order |= {"id": int(time.time() * 1000) * 1000 + customer_id % 1000, "created_at": now, "updated_at": now,
+                  "test": False, "financial_status": "paid", "cancelled_at": None, "cancel_reason": None,
+                  "email": email, "contact_email": email, "buyer_accepts_marketing": True,
+                  "customer": {"id": customer_id, "email": email, "first_name": first, "last_name": last},
+                  "shipping_address": address, "billing_address": address, "browser_ip": ip,
+                  "discount_codes": [{"code": code, "amount": "10.00", "type": "fixed_amount"}] if code else [],
+                  "cart_token": f"ops-referral-{uuid.uuid4().hex[:12]}", "checkout_token": None,
+                  "landing_site": None, "note_attributes": []}
+        order |= fields
+        self.send_json(topic, order)
+        return order
+
+    def referrals(self):
+        """An advocate, a friend whose reward is voided by a cancellation during review, the
+        advocate using their own code (rejected), and a poison order (dead letter)."""
+        metrics = self.metrics()
+        invites = metric_sum(metrics, "aftercart_referrals_invites_total")
+        voided = metric_sum(metrics, "aftercart_referrals_rewards_total", 'type="voided"')
+        rejected = metric_sum(metrics, "aftercart_referrals_rewards_total", 'type="rejected"')
+        dead = metric_sum(metrics, "aftercart_referrals_dead_letters_total")
+        base = int(time.time()) % 1_000_000 * 1000
+        advocate, friend = base + 101, base + 202
+        self.order("orders/paid", advocate, "Ada Advocate", ip="192.0.2.10")
+        self.wait_metric("aftercart_referrals_invites_total", invites + 1)
+        code = referral_code(advocate)
+        referred = self.order("orders/paid", friend, "Fred Friend", code=code, ip="192.0.2.20")
+        self.send_json("orders/cancelled", referred | {"cancelled_at": referred["created_at"],
+                                                        "cancel_reason": "customer"})
+        self.order("orders/paid", advocate, "Ada Advocate", code=code, ip="192.0.2.10")
+        self.send_json("orders/create", {"id": "not-a-number", "email": "poison@example.com"})
+        self.wait_metric("aftercart_referrals_rewards_total", voided + 1, label='type="voided"')
+        self.wait_metric("aftercart_referrals_rewards_total", rejected + 1, label='type="rejected"')
+        self.wait_metric("aftercart_referrals_dead_letters_total", dead + 1)
+
     def traffic(self, rounds=2, pause=1.0):
         """Demo journeys, failures of every kind the dashboards show, and one recovery."""
         abandoned = metric_sum(self.metrics(), "aftercart_abandonment_abandonments_total")
         recovered = metric_sum(self.metrics(), "aftercart_abandonment_recoveries_total")
         dead = metric_sum(self.metrics(), "aftercart_abandonment_dead_letters_total")
+        granted = metric_sum(self.metrics(), "aftercart_referrals_rewards_total", 'type="granted"')
         to_recover = self.journey()
         self.journey(poison=True)
         for _ in range(rounds):
@@ -270,6 +347,10 @@ class LiveStack:
         self.recover(to_recover)
         self.wait_metric("aftercart_abandonment_recoveries_total", recovered + 1)
         self.wait_metric("aftercart_abandonment_dead_letters_total", dead + 1)
+        self.referrals()
+        # Each demo round refers one friend; their rewards are granted after the review window.
+        self.wait_metric("aftercart_referrals_rewards_total", granted + rounds, label='type="granted"',
+                         timeout=REVIEW_WINDOW_SECONDS + 30)
 
     # -- Prometheus API ------------------------------------------------------------------
     def api(self, path, **params):
@@ -428,15 +509,17 @@ def main():
                     tally.check(rule["health"] == "ok", f"Prometheus rule {rule['name']}: {rule['health']} {rule.get('lastError')}")
             tally.check(len(loaded) == len(rule_groups()["groups"]), "Prometheus loaded every rule group")
             states = {r["name"]: r["state"] for g in loaded for r in g["rules"] if r["type"] == "alerting"}
-            tally.check(states.get("AftercartAbandonmentDeadLetters") == "firing",
-                        f"the dead-letter alert fires after a poison record (state {states.get('AftercartAbandonmentDeadLetters')})")
-            for quiet in ("AftercartIngressDown", "AftercartAbandonmentDown", "AftercartTargetDown"):
+            for firing in ("AftercartAbandonmentDeadLetters", "AftercartReferralsDeadLetters"):
+                tally.check(states.get(firing) == "firing",
+                            f"the dead-letter alert {firing} fires after a poison record (state {states.get(firing)})")
+            for quiet in ("AftercartIngressDown", "AftercartAbandonmentDown", "AftercartReferralsDown",
+                          "AftercartTargetDown"):
                 tally.check(states.get(quiet) == "inactive", f"{quiet} stays quiet while the stack runs ({states.get(quiet)})")
             active = sorted(f"{n}={s}" for n, s in states.items() if s != "inactive")
             print(f"alert states after the traffic: {', '.join(active) or 'none active'}")
     except (TimeoutError, RuntimeError) as error:
         tally.check(False, str(error))
-        for name in ("dev", "prometheus", "alone-ingress", "alone-abandonment"):
+        for name in ("dev", "prometheus", "alone-ingress", "alone-abandonment", "alone-referrals"):
             log = Path(workdir, f"{name}.log")
             if log.exists():
                 print(f"--- {name}.log (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]))

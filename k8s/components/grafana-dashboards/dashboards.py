@@ -227,7 +227,8 @@ def overview():
                        [(f"sum by (broker) (aftercart_ingress_kafka_broker_requests_waiting{{{NS}}})", "{{broker}}")], width=12),
             timeseries("Versions running", "Replicas per aftercart version (watch a rollout).",
                        [(f"count by (version) (aftercart_ingress_build_info{{{NS}}})", "ingress {{version}}"),
-                        (f"count by (version) (aftercart_abandonment_build_info{{{NS}}})", "abandonment {{version}}")],
+                        (f"count by (version) (aftercart_abandonment_build_info{{{NS}}})", "abandonment {{version}}"),
+                        (f"count by (version) (aftercart_referrals_build_info{{{NS}}})", "referrals {{version}}")],
                        width=12),
         ],
         tags=("ingress",),
@@ -285,14 +286,82 @@ def abandonment():
     )
 
 
+def referrals():
+    rf = "aftercart_referrals_"
+    lag_by_partition = f"max by (topic, partition) ({rf}consumer_lag_records{{{NS}}})"
+    return dashboard(
+        "aftercart-referrals",
+        "aftercart / Referrals service",
+        "Consumer group aftercart-referrals: routing by shop, throughput, lag, state held, "
+        "invite and reward decisions, restores and dead letters.",
+        [
+            row("Throughput"),
+            stat("Records/s", "Routed records applied to the state, every topic family.",
+                 f"sum(rate({rf}records_processed_total{{{NS}}}[{RATE}]))", unit="rps"),
+            stat("Consumer lag", "Records behind the end of the inputs (orders, customers, compliance, by_shop), whole group.",
+                 f"sum({lag_by_partition})", thresholds=[(1000, "orange"), (100000, "red")]),
+            stat("Rewards in review", "Rewards pending in their review window (AFTERCART_REFERRAL_REVIEW_WINDOW), all instances.",
+                 f"sum({rf}rewards_in_review{{{NS}}})"),
+            stat("Dead letters (range)", "Records sent to aftercart.referrals-dead-letter over the dashboard's time range.",
+                 f"sum(increase({rf}dead_letters_total{{{NS}}}[$__range]))", thresholds=[(1, "red")]),
+            timeseries("Records routed and processed/s", "Shopify records forwarded to aftercart.referrals-by-shop (routed), and by-shop records applied, by topic family.",
+                       [(f"sum(rate({rf}records_routed_total{{{NS}}}[{RATE}]))", "routed"),
+                        (f"sum by (topic) (rate({rf}records_processed_total{{{NS}}}[{RATE}]))", "processed {{topic}}")],
+                       unit="rps"),
+            timeseries("Events emitted/s", "Invites written to aftercart.referral-invites; reward events to aftercart.referral-rewards, by type.",
+                       [(f"sum(rate({rf}invites_total{{{NS}}}[{RATE}]))", "invites"),
+                        (f"sum by (type) (rate({rf}rewards_total{{{NS}}}[{RATE}]))", "reward {{type}}")],
+                       unit="rps"),
+            row("Lag"),
+            timeseries("Consumer lag by topic", "Records behind, per input (max per partition over instances, summed).",
+                       [(f"sum by (topic) ({lag_by_partition})", "{{topic}}")]),
+            timeseries("Consumer lag by partition", "Find a stuck partition (by_shop: one very large shop sits on one partition).",
+                       [(lag_by_partition, "{{topic}}/{{partition}}")]),
+            row("State"),
+            timeseries("Assigned partitions", "By-shop partitions owned per instance: 0 everywhere means the group is empty or rebalancing.",
+                       [(f"sum by (pod, instance) ({rf}assigned_partitions{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            timeseries("Customers and orders in state", "Customers and orders held in memory per instance (what the memory limit must fit).",
+                       [(f"sum by (pod, instance) ({rf}customers_tracked{{{NS}}})", "customers {{pod}} {{instance}}"),
+                        (f"sum by (pod, instance) ({rf}orders_tracked{{{NS}}})", "orders {{pod}} {{instance}}")], width=8),
+            timeseries("Rewards in review", "Rewards pending in their review window, per instance.",
+                       [(f"sum by (pod, instance) ({rf}rewards_in_review{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            timeseries("Changelog writes/s", "Customer, order and IP-window states written to the compacted changelog.",
+                       [(f"sum(rate({rf}changelog_records_written_total{{{NS}}}[{RATE}]))", "changelog")], unit="rps", width=8),
+            timeseries("State restore time", "Time to restore one partition from the changelog on assignment.",
+                       quantiles(f"{rf}state_restore_duration_seconds", NS, levels=(0.5, 0.99)), unit="s", width=8),
+            timeseries("Records restored/s", "Changelog records read while restoring (spikes on rebalances).",
+                       [(f"sum(rate({rf}state_restored_records_total{{{NS}}}[{RATE}]))", "restored")], unit="rps", width=8),
+            row("Decisions"),
+            timeseries("Invites skipped/s by reason", "Qualifying purchases that made no advocate: test_order, negated, below_minimum, no_email, no_consent, cooldown.",
+                       [(f"sum by (reason) (rate({rf}invites_skipped_total{{{NS}}}[{RATE}]))", "{{reason}}")],
+                       unit="rps", width=8),
+            timeseries("Attributions/s by outcome", "Orders naming a referral code: pending (a reward), rejected (fraud rules), or why no reward.",
+                       [(f"sum by (outcome) (rate({rf}attributions_total{{{NS}}}[{RATE}]))", "{{outcome}}")],
+                       unit="rps", width=8),
+            timeseries("Reward events/s by type and reason", "pending, granted (review window over), voided (refund, cancel), rejected (same customer, email, address, IP burst).",
+                       [(f"sum by (type, reason) (rate({rf}rewards_total{{{NS}}}[{RATE}]))", "{{type}} {{reason}}")],
+                       unit="rps", width=8),
+            row("Errors"),
+            timeseries("Dead letters/s", "Records written to aftercart.referrals-dead-letter (alert on any).",
+                       [(f"sum(rate({rf}dead_letters_total{{{NS}}}[{RATE}]))", "dead letters")], unit="rps"),
+            timeseries("Unusable records/s", "Records that could not be used, by topic family and reason (no_shop, undecodable, impossible_value, missing_topic); all are dead-lettered.",
+                       [(f"sum by (topic, reason) (rate({rf}records_failed_total{{{NS}}}[{RATE}]))", "{{topic}} {{reason}}")],
+                       unit="rps"),
+        ],
+        tags=("referrals",),
+    )
+
+
 def business():
     ab = "aftercart_abandonment_"
+    rf = "aftercart_referrals_"
     req = "aftercart_ingress_requests_total"
     rng = "$__range"
     return dashboard(
         "aftercart-business",
         "aftercart / Business KPIs",
-        "Checkout activity, abandonments, recoveries and recovery rate over the selected time range.",
+        "Checkout activity, abandonments, recoveries and recovery rate; referral invites, referred "
+        "orders and rewards, over the selected time range.",
         [
             row("Checkout recovery"),
             stat("Checkout events", "Checkout webhooks accepted (checkouts/create and /update; Shopify sends several per checkout).",
@@ -325,6 +394,29 @@ def business():
                  f"sum by (customer) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{customer}}", width=6),
             bars("Recovered by kind", "Recoveries by abandonment kind.",
                  f"sum by (kind) (increase({ab}recoveries_total{{{NS}}}[{rng}]))", "{{kind}}", width=6),
+            row("Referrals"),
+            stat("Invites", "Buyers who became advocates (an invite with their referral code).",
+                 f"sum(increase({rf}invites_total{{{NS}}}[{rng}]))", width=4),
+            stat("Referred orders", "Friends' first orders naming an advocate's code that earned a reward (pending review).",
+                 f'sum(increase({rf}attributions_total{{{NS},outcome="pending"}}[{rng}]))', width=4),
+            stat("Referred orders per invite", "Referred orders / invites over the range.",
+                 f'sum(increase({rf}attributions_total{{{NS},outcome="pending"}}[{rng}])) / sum(increase({rf}invites_total{{{NS}}}[{rng}]))',
+                 unit="percentunit", width=4),
+            stat("Rewards granted", "Rewards whose review window ended without a refund or cancellation.",
+                 f'sum(increase({rf}rewards_total{{{NS},type="granted"}}[{rng}]))', width=4),
+            stat("Rewards voided", "Rewards withdrawn during review: the referred order was refunded, cancelled or not the first.",
+                 f'sum(increase({rf}rewards_total{{{NS},type="voided"}}[{rng}]))', width=4),
+            stat("Rewards rejected", "Referred orders refused by the fraud rules (same customer, email, name and address, IP burst).",
+                 f'sum(increase({rf}rewards_total{{{NS},type="rejected"}}[{rng}]))', width=4,
+                 thresholds=[(1, "orange")]),
+            timeseries("Invites and rewards per hour", "Hourly invites, and reward events by type.",
+                       [(f"sum(increase({rf}invites_total{{{NS}}}[1h]))", "invites"),
+                        (f"sum by (type) (increase({rf}rewards_total{{{NS}}}[1h]))", "rewards {{type}}")],
+                       width=12),
+            bars("Attributions by outcome", "Orders naming a referral code, by what became of them.",
+                 f"sum by (outcome) (increase({rf}attributions_total{{{NS}}}[{rng}]))", "{{outcome}}", width=6),
+            bars("Rejections by reason", "Why the fraud rules refused referred orders.",
+                 f'sum by (reason) (increase({rf}rewards_total{{{NS},type="rejected"}}[{rng}]))', "{{reason}}", width=6),
         ],
         tags=("business",),
     )
@@ -333,6 +425,7 @@ def business():
 DASHBOARDS = {
     "aftercart-overview.json": overview,
     "aftercart-abandonment.json": abandonment,
+    "aftercart-referrals.json": referrals,
     "aftercart-business.json": business,
 }
 
