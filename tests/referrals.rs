@@ -14,11 +14,13 @@ broker_tests!(
     a_redacted_advocate_is_forgotten_and_pending_rewards_voided,
     poison_records_are_dead_lettered_and_processing_continues,
     every_event_is_also_posted_signed_to_the_webhook,
+    a_large_order_is_routed_and_its_buyer_invited,
 );
 
 mod scenarios {
     use std::time::Duration;
 
+    use aftercart_ingress::IngressConfig;
     use aftercart_referrals::ReferralsConfig;
     use aftercart_shopify::{sign, Secret};
     use aftercart_tests::http::Webhook;
@@ -42,7 +44,11 @@ mod scenarios {
 
     impl Stack {
         async fn start(broker: &Broker, flags: &[&str]) -> Stack {
-            let ingress = TestIngress::start_on(broker, ingress_config(broker)).await;
+            Self::start_with(broker, ingress_config(broker), flags).await
+        }
+
+        async fn start_with(broker: &Broker, ingress: IngressConfig, flags: &[&str]) -> Stack {
+            let ingress = TestIngress::start_on(broker, ingress).await;
             let config = test_config(&ingress.config.kafka, flags);
             let service = TestReferrals::start_on(broker, config.clone()).await;
             Stack {
@@ -543,6 +549,25 @@ mod scenarios {
             );
         }
         assert!(receiver.received().iter().any(|r| r.answered == 503));
+    }
+
+    /// Shopify orders with hundreds of line items run to megabytes: copying one to the by-shop
+    /// topic must not exceed the service's record limit.
+    pub async fn a_large_order_is_routed_and_its_buyer_invited(broker: &Broker) {
+        let mut ingress = ingress_config(broker);
+        ingress.max_body_bytes = 4 * 1024 * 1024; // the production default
+        let stack = Stack::start_with(broker, ingress, &[]).await;
+        let (advocate, base) = (ids(), ids());
+        let mut large = order(base, advocate);
+        large["note"] = json!("x".repeat(1_500_000));
+        stack.send("orders/paid", large).await;
+        stack.code_of(advocate, 1).await;
+        assert_eq!(
+            stack
+                .service()
+                .metric("aftercart_referrals_records_routed_total"),
+            1.0
+        );
     }
 
     pub async fn poison_records_are_dead_lettered_and_processing_continues(broker: &Broker) {

@@ -33,7 +33,7 @@ pub fn topic_specs(config: &AbandonmentConfig) -> (Vec<TopicSpec>, Vec<String>) 
     specs.push(
         TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
     );
-    specs.push(TopicSpec::new(&config.dead_letter_topic, &config.kafka));
+    specs.push(TopicSpec::new(&config.dead_letter_topic, &config.kafka).holding_copies());
     let mut same = names.journey();
     same.push(config.output_topic.clone());
     same.push(config.state_topic.clone());

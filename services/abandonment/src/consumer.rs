@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use aftercart_kafka::producer::build_output_producer;
 use aftercart_kafka::{
-    close_off_runtime, dead_letter_record, header, read_partition, shop_of, DeadLetter,
-    GroupContext, LoopError, RebalanceEvent, TopicNames,
+    close_off_runtime, dead_letter_record, header, read_partition, receive_batch, shop_of,
+    DeadLetter, GroupContext, LoopError, RebalanceEvent, TopicNames,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -92,13 +93,10 @@ impl Loop {
                 .map(|f| (names.family(*f), f.as_str().to_string()))
                 .collect(),
         );
-        let mut consumer_config = config.kafka.client_config("aftercart-abandonment");
+        let mut consumer_config = config
+            .kafka
+            .group_consumer_config("aftercart-abandonment", &config.group);
         consumer_config
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
             // range keeps the same partition numbers of every journey topic on one member.
             .set("partition.assignment.strategy", "range")
             .set("statistics.interval.ms", "5000");
@@ -121,15 +119,7 @@ impl Loop {
         config.kafka.apply_overrides(&mut global_config);
         let global: BaseConsumer = global_config.create()?;
 
-        let mut producer_config = config.kafka.client_config("aftercart-abandonment");
-        producer_config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("partitioner", "murmur2_random");
-        config.kafka.apply_overrides(&mut producer_config);
-        let producer: FutureProducer = producer_config.create()?;
+        let producer = build_output_producer(&config.kafka, "aftercart-abandonment")?;
         let engine = Engine::new(config.rules.clone());
         Ok(Loop {
             config,
@@ -250,21 +240,7 @@ impl Loop {
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
         self.handle_rebalances().await?;
-        let mut batch: Vec<OwnedMessage> = Vec::new();
-        tokio::select! {
-            received = self.clients().consumer.recv() => match received {
-                Ok(message) => batch.push(message.detach()),
-                Err(error) => tracing::warn!(%error, "Consumer error; continuing."),
-            },
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            () = stop.cancelled() => {}
-        }
-        while batch.len() < BATCH {
-            match tokio::time::timeout(Duration::ZERO, self.clients().consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                _ => break,
-            }
-        }
+        let batch = receive_batch(&self.clients().consumer, stop, BATCH).await;
         // A rebalance heard while receiving is handled before any record is applied.
         self.handle_rebalances().await?;
 

@@ -113,19 +113,12 @@ impl Forwarder {
             + config.sink.timeout
             + DEAD_LETTER_TIMEOUT
             + Duration::from_secs(60);
-        let mut consumer_config = kafka.client_config(&config.group);
-        consumer_config
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            // A new group starts at the beginning: skipping records is worse than sending
-            // them (receivers dedupe on the event id).
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "max.poll.interval.ms",
-                max_poll.as_millis().clamp(300_000, 86_400_000).to_string(),
-            );
+        // A new group starts at the beginning: receivers dedupe on the event id.
+        let mut consumer_config = kafka.group_consumer_config(&config.group, &config.group);
+        consumer_config.set(
+            "max.poll.interval.ms",
+            max_poll.as_millis().clamp(300_000, 86_400_000).to_string(),
+        );
         kafka.apply_overrides(&mut consumer_config);
         let consumer: StreamConsumer<ForwarderContext> =
             consumer_config.create_with_context(ForwarderContext { ready })?;

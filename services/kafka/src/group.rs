@@ -10,9 +10,11 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
 
 use crate::StoreError;
 
@@ -143,6 +145,31 @@ impl ConsumerContext for GroupContext {
             self.push(RebalanceEvent::Assigned(pairs(list)));
         }
     }
+}
+
+/// One batch for a poll loop: waits up to 100 ms (or until `stop`) for a first record, then
+/// takes what is already buffered, up to `max` records.
+pub async fn receive_batch<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    stop: &CancellationToken,
+    max: usize,
+) -> Vec<OwnedMessage> {
+    let mut batch = Vec::new();
+    tokio::select! {
+        received = consumer.recv() => match received {
+            Ok(message) => batch.push(message.detach()),
+            Err(error) => tracing::warn!(%error, "Consumer error; continuing."),
+        },
+        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        () = stop.cancelled() => {}
+    }
+    while batch.len() < max {
+        match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            _ => break,
+        }
+    }
+    batch
 }
 
 /// Ends a consumer loop's clients without ever blocking the async runtime: commits the stored

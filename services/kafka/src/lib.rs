@@ -11,7 +11,9 @@ pub mod settings;
 pub mod stats;
 pub mod topics;
 
-pub use group::{close_off_runtime, ConsumerLag, GroupContext, LoopError, RebalanceEvent};
+pub use group::{
+    close_off_runtime, receive_batch, ConsumerLag, GroupContext, LoopError, RebalanceEvent,
+};
 pub use loop_metrics::LoopMetrics;
 pub use partition_reader::{read_partition, StoreError, StoredRecord};
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};

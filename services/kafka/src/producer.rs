@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
 
 use crate::{KafkaSettings, StatsContext};
 
@@ -20,12 +21,44 @@ pub struct ProducerOptions {
     pub linger: Duration,
 }
 
-/// Builds a producer. The operator's `AFTERCART_KAFKA_PROPERTIES` are applied last.
+/// The largest record a consumer service writes: copies of raw records (by-shop forwards, dead
+/// letters) with a few headers added. Twice the ingress's default body limit (4 MiB), so a copy
+/// of any raw record fits; the topics holding copies are created to accept it too.
+pub const COPY_MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+
+/// The producer of a consumer service's outputs, changelog, forwards and dead letters: the
+/// shared durability settings, sized for copies of raw records.
+pub fn build_output_producer(
+    settings: &KafkaSettings,
+    client_id: &str,
+) -> KafkaResult<FutureProducer> {
+    let options = ProducerOptions {
+        client_id: client_id.to_string(),
+        // librdkafka's default: the loop waits for every delivery before storing offsets.
+        message_timeout: Duration::from_secs(300),
+        max_message_bytes: COPY_MAX_RECORD_BYTES,
+        linger: Duration::from_millis(5),
+    };
+    let mut config = producer_config(settings, &options);
+    settings.apply_overrides(&mut config);
+    config.create()
+}
+
+/// Builds a producer that reports librdkafka statistics. The operator's
+/// `AFTERCART_KAFKA_PROPERTIES` are applied last.
 pub fn build_producer(
     settings: &KafkaSettings,
     options: &ProducerOptions,
     context: StatsContext,
 ) -> KafkaResult<FutureProducer<StatsContext>> {
+    let mut config = producer_config(settings, options);
+    config.set("statistics.interval.ms", "5000");
+    settings.apply_overrides(&mut config);
+    config.create_with_context(context)
+}
+
+/// The durability settings every producer shares; never overridable through `options`.
+fn producer_config(settings: &KafkaSettings, options: &ProducerOptions) -> ClientConfig {
     let mut config = settings.client_config(&options.client_id);
     config
         .set("enable.idempotence", "true")
@@ -38,8 +71,6 @@ pub fn build_producer(
             "message.timeout.ms",
             options.message_timeout.as_millis().max(1).to_string(),
         )
-        .set("message.max.bytes", options.max_message_bytes.to_string())
-        .set("statistics.interval.ms", "5000");
-    settings.apply_overrides(&mut config);
-    config.create_with_context(context)
+        .set("message.max.bytes", options.max_message_bytes.to_string());
+    config
 }

@@ -137,6 +137,21 @@ impl KafkaSettings {
         config
     }
 
+    /// An at-least-once group consumer: offsets are stored by the caller only once a record's
+    /// effects are safe, and committed automatically every second; a new group starts at the
+    /// beginning (skipping records is worse than reprocessing them). Callers add their own
+    /// settings, then [`KafkaSettings::apply_overrides`].
+    pub fn group_consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        config
+    }
+
     /// Applies the operator's `AFTERCART_KAFKA_PROPERTIES` last, so they win.
     pub fn apply_overrides(&self, config: &mut ClientConfig) {
         for (key, value) in &self.properties {

@@ -72,6 +72,15 @@ impl TopicSpec {
         self.configs.push((key.to_string(), value.into()));
         self
     }
+
+    /// For a topic holding copies of raw records (dead letters, re-keyed forwards): accepts
+    /// records up to [`crate::producer::COPY_MAX_RECORD_BYTES`].
+    pub fn holding_copies(self) -> Self {
+        self.with_config(
+            "max.message.bytes",
+            crate::producer::COPY_MAX_RECORD_BYTES.to_string(),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -32,13 +32,11 @@ pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
         .iter()
         .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
         .collect();
-    for topic in [
-        &config.by_shop_topic,
-        &config.invites_topic,
-        &config.rewards_topic,
-        &config.dead_letter_topic,
-    ] {
+    for topic in [&config.invites_topic, &config.rewards_topic] {
         specs.push(TopicSpec::new(topic, &config.kafka));
+    }
+    for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
+        specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
     }
     specs.push(
         TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),

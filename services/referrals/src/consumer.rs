@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use aftercart_kafka::producer::build_output_producer;
 use aftercart_kafka::{
-    close_off_runtime, dead_letter_record, header, read_partition, shop_of, DeadLetter,
-    GroupContext, LoopError, RebalanceEvent, TopicNames,
+    close_off_runtime, dead_letter_record, header, read_partition, receive_batch, shop_of,
+    DeadLetter, GroupContext, LoopError, RebalanceEvent, TopicNames,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -33,6 +34,8 @@ pub const CHECKPOINT_KEY: &str = "aftercart:checkpoint";
 const RESTORE_CLIENT: &str = "aftercart-referrals-restore";
 /// Most records taken per batch.
 const BATCH: usize = 2000;
+/// How often the state-size gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// How often settled orders are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
@@ -67,6 +70,7 @@ pub struct Loop {
     checkpoints: HashMap<i32, Checkpoint>,
     assigned_once: bool,
     last_expiry: Instant,
+    last_gauges: Instant,
 }
 
 fn write_error(error: KafkaError) -> LoopError {
@@ -120,13 +124,10 @@ impl Loop {
             .collect();
         lag_topics.push((config.by_shop_topic.clone(), "by_shop".to_string()));
         let context = GroupContext::new(metrics.consumer.lag.clone(), lag_topics);
-        let mut consumer_config = config.kafka.client_config("aftercart-referrals");
+        let mut consumer_config = config
+            .kafka
+            .group_consumer_config("aftercart-referrals", &config.group);
         consumer_config
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
             .set("statistics.interval.ms", "5000");
         config.kafka.apply_overrides(&mut consumer_config);
@@ -136,16 +137,7 @@ impl Loop {
         topics.push(&config.by_shop_topic);
         consumer.subscribe(&topics)?;
 
-        let mut producer_config = config.kafka.client_config("aftercart-referrals");
-        producer_config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            // Java's partitioner: the by-shop partition of a shop is the one Kafka clients expect.
-            .set("partitioner", "murmur2_random");
-        config.kafka.apply_overrides(&mut producer_config);
-        let producer: FutureProducer = producer_config.create()?;
+        let producer = build_output_producer(&config.kafka, "aftercart-referrals")?;
         let engine = Engine::new(config.rules.clone());
         Ok(Loop {
             config,
@@ -157,6 +149,7 @@ impl Loop {
             checkpoints: HashMap::new(),
             assigned_once: false,
             last_expiry: Instant::now(),
+            last_gauges: Instant::now(),
         })
     }
 
@@ -182,21 +175,7 @@ impl Loop {
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
         self.handle_rebalances().await?;
-        let mut batch: Vec<OwnedMessage> = Vec::new();
-        tokio::select! {
-            received = self.clients().consumer.recv() => match received {
-                Ok(message) => batch.push(message.detach()),
-                Err(error) => tracing::warn!(%error, "Consumer error; continuing."),
-            },
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            () = stop.cancelled() => {}
-        }
-        while batch.len() < BATCH {
-            match tokio::time::timeout(Duration::ZERO, self.clients().consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                _ => break,
-            }
-        }
+        let batch = receive_batch(&self.clients().consumer, stop, BATCH).await;
         // A rebalance heard while receiving is handled before any record is applied.
         self.handle_rebalances().await?;
 
@@ -245,7 +224,12 @@ impl Loop {
             effects.extend(self.engine.expire(now));
         }
         self.flush(effects, forwards, dead, offsets).await?;
-        self.metrics.state(self.engine.sizes());
+        // Counting rewards in review walks every order: refresh the gauges once a second, not
+        // once a batch.
+        if self.last_gauges.elapsed() >= GAUGES_EVERY {
+            self.last_gauges = Instant::now();
+            self.metrics.state(self.engine.sizes());
+        }
         Ok(())
     }
 

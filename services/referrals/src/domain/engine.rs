@@ -355,24 +355,26 @@ impl Engine {
         order.attribution_checked = true;
         match &mut order.reward {
             // Statuses only move forward: pending, then one final status.
-            Some(reward)
-                if reward.status == RewardStatus::Pending || status != RewardStatus::Pending =>
-            {
+            Some(reward) => {
                 if reward.status == RewardStatus::Pending {
                     reward.status = status;
+                    reward.reason = emitted.reason.clone().or(reward.reason.take());
                 }
             }
-            Some(_) => {}
             None => {
                 order.reward = Some(Reward {
                     advocate: advocate.clone().unwrap_or_default(),
                     advocate_id: emitted.advocate.customer_id,
                     code: code.clone(),
-                    via: Source::DiscountCode,
+                    via: Source::parse(&emitted.attributed_via).unwrap_or(Source::DiscountCode),
                     status,
                     attributed_ms: at,
-                    due_ms: at + self.rules.review_window_ms,
-                    reason: None,
+                    due_ms: emitted
+                        .review_ends_at
+                        .as_deref()
+                        .and_then(aftercart_shopify::time::parse_time_ms)
+                        .unwrap_or(at + self.rules.review_window_ms),
+                    reason: emitted.reason.clone(),
                 });
             }
         }

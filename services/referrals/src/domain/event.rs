@@ -107,6 +107,12 @@ pub struct EmittedEvent {
     pub order: Option<OrderOut>,
     #[serde(default)]
     pub friend: Option<FriendOut>,
+    #[serde(default)]
+    pub attributed_via: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub review_ends_at: Option<String>,
 }
 
 #[cfg(test)]

@@ -637,6 +637,32 @@ fn reconciling_an_emitted_invite_prevents_a_second_one() {
 }
 
 #[test]
+fn a_reconciled_pending_reward_is_granted_as_it_was_attributed() {
+    let mut world = World::new();
+    let code = world.advocate();
+    let before_friend = world.restarted();
+    let mut friend = order(200, 2);
+    friend["landing_site"] = json!(format!("/?ref={code}"));
+    world.send("orders/paid", &friend, DAY);
+    let pending = world.rewards()[0].clone();
+    // State lost the pending reward (crash between output and changelog): reconcile it.
+    let mut restarted = before_friend;
+    let emitted: EmittedEvent =
+        serde_json::from_value(serde_json::to_value(&pending).unwrap()).unwrap();
+    let effects = restarted.engine.reconcile(P, &emitted);
+    restarted.take(effects);
+    restarted.tick(31 * DAY);
+    let granted = restarted.rewards();
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].event_type, "reward.granted");
+    assert_eq!(granted[0].attributed_via, "landing_site");
+    assert_eq!(
+        granted[0].occurred_at,
+        pending.review_ends_at.clone().unwrap()
+    );
+}
+
+#[test]
 fn expiry_forgets_settled_orders_but_keeps_first_order_facts() {
     let mut world = World::new();
     world.advocate();
