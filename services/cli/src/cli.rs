@@ -3,6 +3,7 @@
 use aftercart_abandonment::AbandonmentArgs;
 use aftercart_ingress::IngressArgs;
 use aftercart_kafka::KafkaArgs;
+use aftercart_loadgen::LoadgenArgs;
 use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
@@ -46,6 +47,9 @@ pub enum Command {
     Dev(Box<DevArgs>),
     /// Sign and send webhook payloads (files, built-in samples, or a demo journey) to an ingress.
     Send(SendArgs),
+    /// Load an ingress with realistic signed Shopify traffic (open or closed loop) and report
+    /// throughput and latency percentiles.
+    Loadgen(Box<LoadgenArgs>),
     /// Manage the Kafka topics aftercart uses.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -100,4 +104,9 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub referrals: ReferralsArgs,
+
+    /// Run only the embedded broker, every topic created, and print its address (benchmarks
+    /// and other Kafka clients use it); Ctrl-C stops it.
+    #[arg(long)]
+    pub broker_only: bool,
 }

@@ -3,6 +3,7 @@
 pub mod abandonment;
 pub mod dev;
 pub mod ingress;
+pub mod loadgen;
 pub mod referrals;
 pub mod send;
 pub mod topics;

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             Command::Referrals(args) => cmd::referrals::run(*args).await,
             Command::Dev(args) => cmd::dev::run(*args).await,
             Command::Send(args) => cmd::send::run(args).await,
+            Command::Loadgen(args) => cmd::loadgen::run_loadgen(*args).await,
             Command::Topics(topics) => cmd::topics::run(topics).await,
         }
     });

@@ -98,6 +98,9 @@ pub async fn run(args: DevArgs) -> i32 {
             return code;
         }
     }
+    if args.broker_only {
+        return serve_broker_only(embedded.as_ref()).await;
+    }
     let process = match Process::start(ingress.admin_listen).await {
         Ok(process) => process,
         Err(code) => return code,
@@ -150,6 +153,20 @@ pub async fn run(args: DevArgs) -> i32 {
 }
 
 /// The mock cluster has no CreateTopics handler: make every topic through its own API.
+/// `--broker-only`: the embedded broker and its topics, until a signal.
+async fn serve_broker_only(embedded: Option<&MockCluster<'static, DefaultProducerContext>>) -> i32 {
+    let Some(cluster) = embedded else {
+        eprintln!("--broker-only runs the embedded broker: unset AFTERCART_KAFKA_BROKERS");
+        return EX_USAGE;
+    };
+    // One line a script can read the address from.
+    println!("aftercart dev broker {}", cluster.bootstrap_servers());
+    let shutdown = aftercart_runtime::shutdown::Shutdown::new();
+    shutdown.listen_for_signals();
+    shutdown.token().cancelled().await;
+    0
+}
+
 fn create_topics(
     cluster: &MockCluster<'static, DefaultProducerContext>,
     ingress: Vec<TopicSpec>,

@@ -1,0 +1,157 @@
+//! `aftercart loadgen`: realistic, signed Shopify webhook traffic against an ingress, open loop
+//! (a fixed rate, for latency) or closed loop (N connections flat out, for throughput), with
+//! latency percentiles from HDR histograms.
+
+pub mod report;
+pub mod run;
+pub mod traffic;
+
+use std::time::Duration;
+
+use http::Uri;
+
+pub use report::Report;
+pub use run::{Mode, Plan, RunError};
+pub use traffic::{Delivery, Pool, TrafficOptions};
+
+/// Flags of `aftercart loadgen`.
+#[derive(Debug, clap::Args)]
+pub struct LoadgenArgs {
+    /// Webhook URL of the ingress under test (plain HTTP).
+    #[arg(
+        long,
+        env = "AFTERCART_LOADGEN_URL",
+        default_value = "http://127.0.0.1:8080/webhooks/shopify"
+    )]
+    pub url: String,
+
+    /// Signing secret (the first of a comma-separated list is used). Defaults to the dev
+    /// stack's secret.
+    #[arg(
+        long,
+        env = "AFTERCART_SHOPIFY_SECRETS",
+        hide_env_values = true,
+        default_value = "aftercart-dev-secret"
+    )]
+    pub secret: String,
+
+    /// Open loop: requests per second in all, whatever the answers do. Without it the load is
+    /// closed loop: every connection sends its next request when the previous answer arrives.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Keep-alive HTTP/1.1 connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+
+    /// Measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Load sent before the measured window and not recorded.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// A request without an answer after this is a timeout (Shopify's budget is 5 s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Share of requests that redeliver an earlier webhook (same id and body), 0 to 1.
+    #[arg(long, default_value_t = 0.02)]
+    pub duplicates: f64,
+
+    /// Share of requests with a signature made with another secret (answered 401), 0 to 1.
+    #[arg(long, default_value_t = 0.01)]
+    pub bad_signatures: f64,
+
+    /// Journeys (cart, two checkout updates and, for most, an order created and paid) in the
+    /// pool of bodies, replayed with fresh webhook ids when exhausted.
+    #[arg(long, default_value_t = 1000)]
+    pub journeys: usize,
+
+    /// Shop domains the journeys are spread over.
+    #[arg(long, default_value_t = 50)]
+    pub shops: usize,
+
+    /// Largest body: each is grown from its sample's size to a random size up to this.
+    #[arg(long, default_value_t = 15 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seed of the bodies and of which requests are duplicates or badly signed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| e.to_string())
+}
+
+impl LoadgenArgs {
+    /// Checks the flags; every problem is listed.
+    pub fn validate(&self) -> Result<(Plan, TrafficOptions), Vec<String>> {
+        let mut problems = Vec::new();
+        let uri: Option<Uri> = self
+            .url
+            .parse()
+            .map_err(|e| problems.push(format!("--url: {e}")))
+            .ok();
+        if self.connections == 0 {
+            problems.push("--connections: must be at least 1".into());
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            problems.push("--rate: must be a positive number".into());
+        }
+        for (name, share) in [
+            ("--duplicates", self.duplicates),
+            ("--bad-signatures", self.bad_signatures),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                problems.push(format!("{name}: must be between 0 and 1"));
+            }
+        }
+        if self.duplicates + self.bad_signatures > 1.0 {
+            problems.push("--duplicates plus --bad-signatures: must not exceed 1".into());
+        }
+        if self.journeys == 0 || self.shops == 0 {
+            problems.push("--journeys and --shops: must be at least 1".into());
+        }
+        let secret = self
+            .secret
+            .split(',')
+            .map(str::trim)
+            .find(|s| !s.is_empty())
+            .unwrap_or_default()
+            .to_string();
+        if secret.is_empty() {
+            problems.push("--secret: must not be empty".into());
+        }
+        let Some(uri) = uri.filter(|_| problems.is_empty()) else {
+            return Err(problems);
+        };
+        let plan = Plan {
+            uri,
+            mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
+            connections: self.connections,
+            warmup: self.warmup,
+            duration: self.duration,
+            request_timeout: self.timeout,
+            duplicate_share: self.duplicates,
+            bad_signature_share: self.bad_signatures,
+            // Fresh ids each run, so a second run against the same ingress is not all duplicates.
+            run_id: fastrand::u32(..),
+        };
+        let traffic = TrafficOptions {
+            journeys: self.journeys,
+            shops: self.shops,
+            max_body_bytes: self.max_body_bytes,
+            secret,
+            seed: self.seed,
+            ..TrafficOptions::default()
+        };
+        Ok((plan, traffic))
+    }
+}

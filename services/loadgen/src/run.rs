@@ -1,0 +1,345 @@
+//! The load itself: N keep-alive HTTP/1.1 connections, driven either closed-loop (each sends its
+//! next request as soon as the previous answer arrives: maximum throughput) or open-loop (a fixed
+//! schedule whatever the answers do, latency measured from the scheduled time so that a stall is
+//! not hidden by the generator waiting for it: no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{header, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::report::Report;
+use crate::traffic::{Delivery, Pool};
+
+/// How requests are paced.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Each connection sends back to back.
+    Closed,
+    /// This many requests per second in all, spread evenly over the connections.
+    Open { rate: f64 },
+}
+
+/// Everything a run needs besides the pool.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub uri: Uri,
+    pub mode: Mode,
+    pub connections: usize,
+    /// Sent but not recorded: connections, caches and the broker warm up.
+    pub warmup: Duration,
+    /// The measured window.
+    pub duration: Duration,
+    /// Shopify gives up after 5 s; so does the generator (counted as a timeout).
+    pub request_timeout: Duration,
+    /// Share of requests that redeliver an earlier webhook (same id, same body).
+    pub duplicate_share: f64,
+    /// Share of requests signed with the wrong secret.
+    pub bad_signature_share: f64,
+    /// Distinguishes the webhook ids of runs against the same ingress (its dedupe remembers).
+    pub run_id: u32,
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the URL must be plain http://host:port/path")]
+    BadUrl,
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+}
+
+/// What one connection saw in the measured window.
+struct Tally {
+    latency_us: Histogram<u64>,
+    status: BTreeMap<u16, u64>,
+    accepted: u64,
+    duplicates: u64,
+    errors: u64,
+    timeouts: u64,
+    bytes: u64,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            // 1 µs to 60 s at 3 significant digits.
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            status: BTreeMap::new(),
+            accepted: 0,
+            duplicates: 0,
+            errors: 0,
+            timeouts: 0,
+            bytes: 0,
+            last_done: None,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+        for (status, count) in other.status {
+            *self.status.entry(status).or_default() += count;
+        }
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+        self.errors += other.errors;
+        self.timeouts += other.timeouts;
+        self.bytes += other.bytes;
+        self.last_done = self.last_done.max(other.last_done);
+    }
+}
+
+/// Shared by every connection.
+struct Shared {
+    plan: Plan,
+    pool: Pool,
+    authority: String,
+    path: String,
+    /// The next sequence number: it picks the delivery and makes the webhook id.
+    next: AtomicU64,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// Runs the plan and reports the measured window.
+pub async fn run(plan: Plan, pool: Pool) -> Result<Report, RunError> {
+    let authority = plan
+        .uri
+        .authority()
+        .ok_or(RunError::BadUrl)?
+        .as_str()
+        .to_string();
+    if plan.uri.scheme_str() != Some("http") {
+        return Err(RunError::BadUrl);
+    }
+    let path = plan
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    // Fail fast on a wrong address instead of counting a run of connection errors.
+    TcpStream::connect(&authority)
+        .await
+        .map_err(|e| RunError::Connect(authority.clone(), e))?;
+    let start = Instant::now() + Duration::from_millis(50);
+    let wall_start = SystemTime::now() + Duration::from_millis(50) + plan.warmup;
+    let shared = Arc::new(Shared {
+        measure_from: start + plan.warmup,
+        end: start + plan.warmup + plan.duration,
+        start,
+        authority,
+        path,
+        next: AtomicU64::new(0),
+        pool,
+        plan,
+    });
+    let workers: Vec<_> = (0..shared.plan.connections)
+        .map(|index| tokio::spawn(connection(Arc::clone(&shared), index)))
+        .collect();
+    let mut total = Tally::new();
+    for worker in workers {
+        if let Ok(tally) = worker.await {
+            total.merge(tally);
+        }
+    }
+    let elapsed = total
+        .last_done
+        .map_or(shared.plan.duration, |done| {
+            done.saturating_duration_since(shared.measure_from)
+        })
+        .max(Duration::from_millis(1));
+    Ok(Report::new(
+        &shared.plan,
+        shared.pool.mean_body_bytes(),
+        elapsed,
+        &total.latency_us,
+        total.status,
+        [
+            total.accepted,
+            total.duplicates,
+            total.errors,
+            total.timeouts,
+            total.bytes,
+        ],
+        wall_start
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    ))
+}
+
+/// One keep-alive connection, reconnecting after an error.
+async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
+    let mut tally = Tally::new();
+    let mut sender: Option<http1::SendRequest<Full<Bytes>>> = None;
+    // Open loop: this connection's share of the schedule, offset so connections interleave.
+    let (interval, mut due) = match shared.plan.mode {
+        Mode::Closed => (Duration::ZERO, shared.start),
+        Mode::Open { rate } => {
+            let per_connection = rate / shared.plan.connections as f64;
+            let interval = Duration::from_secs_f64(1.0 / per_connection.max(1e-6));
+            let offset = interval.mul_f64(index as f64 / shared.plan.connections as f64);
+            (interval, shared.start + offset)
+        }
+    };
+    tokio::time::sleep_until(shared.start).await;
+    loop {
+        let scheduled = match shared.plan.mode {
+            Mode::Closed => Instant::now(),
+            Mode::Open { .. } => {
+                tokio::time::sleep_until(due).await;
+                let scheduled = due;
+                due += interval;
+                scheduled
+            }
+        };
+        if scheduled >= shared.end {
+            break;
+        }
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            sender = connect(&shared.authority).await;
+            if sender.is_none() {
+                tally.errors += u64::from(scheduled >= shared.measure_from);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        }
+        let Some(live) = sender.as_mut() else {
+            continue;
+        };
+        let seq = shared.next.fetch_add(1, Ordering::Relaxed);
+        let (request, body_len) = build_request(&shared, seq);
+        let outcome = tokio::time::timeout(shared.plan.request_timeout, async {
+            live.ready().await?;
+            let response = live.send_request(request).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        })
+        .await;
+        let done = Instant::now();
+        let measured = scheduled >= shared.measure_from;
+        match outcome {
+            Ok(Ok((status, body))) => {
+                if measured {
+                    let micros = done.duration_since(scheduled).as_micros() as u64;
+                    tally.latency_us.saturating_record(micros.max(1));
+                    *tally.status.entry(status).or_default() += 1;
+                    if status == 200 {
+                        if contains(&body, b"duplicate") {
+                            tally.duplicates += 1;
+                        } else {
+                            tally.accepted += 1;
+                        }
+                    }
+                    tally.bytes += body_len as u64;
+                    tally.last_done = Some(done);
+                }
+            }
+            Ok(Err(_)) => {
+                tally.errors += u64::from(measured);
+                sender = None;
+            }
+            Err(_elapsed) => {
+                tally.timeouts += u64::from(measured);
+                // The answer may still come on this connection: start afresh.
+                sender = None;
+            }
+        }
+    }
+    tally
+}
+
+async fn connect(authority: &str) -> Option<http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(authority).await.ok()?;
+    // Small requests and answers: don't let Nagle hold them back.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(sender)
+}
+
+/// The `seq`-th request: a redelivery of an earlier one for the duplicate share, a wrong
+/// signature for the bad share, otherwise the next delivery of the pool under a fresh id.
+fn build_request(shared: &Shared, seq: u64) -> (Request<Full<Bytes>>, usize) {
+    let plan = &shared.plan;
+    let roll = unit(seq);
+    let bad_signature = roll < plan.bad_signature_share;
+    let duplicate = !bad_signature && roll < plan.bad_signature_share + plan.duplicate_share;
+    // Redeliver one sent a little earlier, as Shopify's retries do (same id, same body).
+    let seq = if duplicate {
+        let back = plan.connections as u64 + (mix(seq) % 1000);
+        seq.saturating_sub(back)
+    } else {
+        seq
+    };
+    let delivery: &Delivery = &shared.pool.deliveries[(seq % shared.pool.len() as u64) as usize];
+    let signature = if bad_signature {
+        &delivery.bad_signature
+    } else {
+        &delivery.signature
+    };
+    let webhook_id = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        plan.run_id,
+        (seq >> 48) & 0xffff,
+        (seq >> 36) & 0xfff,
+        (seq >> 24) & 0xfff,
+        seq & 0xff_ffff_ffff
+    );
+    let request = Request::post(shared.path.as_str())
+        .header(header::HOST, shared.authority.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-shopify-topic", delivery.topic)
+        .header("x-shopify-shop-domain", delivery.shop.as_str())
+        .header("x-shopify-api-version", "2026-07")
+        .header("x-shopify-webhook-id", webhook_id)
+        .header("x-shopify-event-id", delivery.event_id.as_str())
+        .header("x-shopify-triggered-at", delivery.triggered_at.as_str())
+        .header("x-shopify-hmac-sha256", signature.as_str())
+        .body(Full::new(delivery.body.clone()))
+        .expect("static header names and valid values");
+    (request, delivery.body.len())
+}
+
+/// A well-mixed 64-bit hash (splitmix64), so shares are exact over a run and reproducible.
+fn mix(seq: u64) -> u64 {
+    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `seq` mapped to [0, 1).
+fn unit(seq: u64) -> f64 {
+    (mix(seq) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_come_out_close_to_what_was_asked() {
+        let n = 100_000;
+        let below = (0..n).filter(|&s| unit(s) < 0.05).count();
+        assert!((4_500..5_500).contains(&below), "{below}");
+    }
+}

@@ -1,0 +1,285 @@
+//! Realistic Shopify traffic: journeys of cart → checkout → order built from Shopify's sample
+//! payloads, with fresh tokens and ids, bodies grown from the sample's size up to a limit, each
+//! signed once up front so the generator spends its CPU on sending, not on HMAC.
+
+use aftercart_shopify::{sign, Secret};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+const CART: &[u8] = include_bytes!("../../../fixtures/shopify/carts_update.json");
+const CHECKOUT: &[u8] = include_bytes!("../../../fixtures/shopify/checkouts_create.json");
+const ORDER: &[u8] = include_bytes!("../../../fixtures/shopify/orders_create.json");
+
+/// What the pool of deliveries is made of.
+#[derive(Debug, Clone)]
+pub struct TrafficOptions {
+    /// Journeys in the pool; the pool is replayed (with fresh webhook ids) when exhausted.
+    pub journeys: usize,
+    /// Distinct shop domains the journeys are spread over.
+    pub shops: usize,
+    /// Largest body, in bytes: each body is grown to a size drawn between the sample's compact
+    /// size and this.
+    pub max_body_bytes: usize,
+    /// Share of journeys that end in an order (the others are abandoned checkouts).
+    pub completed_share: f64,
+    /// The secret the ingress verifies with.
+    pub secret: String,
+    /// Seed, so that the same options give the same bodies (the micro-benchmarks rely on it).
+    pub seed: u64,
+}
+
+impl Default for TrafficOptions {
+    fn default() -> Self {
+        Self {
+            journeys: 1000,
+            shops: 50,
+            max_body_bytes: 15 * 1024,
+            completed_share: 0.7,
+            secret: "aftercart-dev-secret".into(),
+            seed: 42,
+        }
+    }
+}
+
+/// One signed webhook, ready to send any number of times.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: &'static str,
+    pub shop: String,
+    pub body: Bytes,
+    /// base64(HMAC-SHA256(secret, body)).
+    pub signature: String,
+    /// A well-formed signature made with another secret: the ingress must answer 401.
+    pub bad_signature: String,
+    /// `X-Shopify-Triggered-At` and the event id, as Shopify sends them.
+    pub triggered_at: String,
+    pub event_id: String,
+}
+
+/// The deliveries, in journey order.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Pool {
+    pub fn build(options: &TrafficOptions) -> Pool {
+        let mut rng = fastrand::Rng::with_seed(options.seed);
+        let secret = Secret::new(options.secret.clone());
+        let wrong = Secret::new(format!("not-{}", options.secret));
+        let templates = Templates::parse();
+        let mut deliveries = Vec::with_capacity(options.journeys * 5);
+        for journey in 0..options.journeys {
+            let shop = format!(
+                "loadgen-{:03}.myshopify.com",
+                journey % options.shops.max(1)
+            );
+            let ids = JourneyIds::new(&mut rng);
+            let completed = rng.f64() < options.completed_share;
+            let mut steps: Vec<(&'static str, Value)> = vec![
+                ("carts/update", templates.cart(&ids)),
+                ("checkouts/create", templates.checkout(&ids, 0)),
+                ("checkouts/update", templates.checkout(&ids, 1)),
+            ];
+            if completed {
+                steps.push(("orders/create", templates.order(&ids)));
+                steps.push(("orders/paid", templates.order(&ids)));
+            }
+            for (step, (topic, mut value)) in steps.into_iter().enumerate() {
+                let body = grown(&mut value, options.max_body_bytes, &mut rng);
+                deliveries.push(Delivery {
+                    topic,
+                    shop: shop.clone(),
+                    signature: sign(&secret, &body),
+                    bad_signature: sign(&wrong, &body),
+                    body: Bytes::from(body),
+                    triggered_at: format!("2026-11-23T10:{:02}:{:02}Z", journey % 60, step * 7),
+                    event_id: format!("{:08x}-0000-4000-8000-{:012x}", journey, step),
+                });
+            }
+        }
+        Pool { deliveries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    /// Mean body size, for the report (and to compare with the micro-benchmark floor).
+    pub fn mean_body_bytes(&self) -> f64 {
+        let total: usize = self.deliveries.iter().map(|d| d.body.len()).sum();
+        total as f64 / self.deliveries.len().max(1) as f64
+    }
+}
+
+/// The ids one purchase shares across its webhooks.
+struct JourneyIds {
+    cart_token: String,
+    checkout_token: String,
+    order_id: u64,
+    customer_id: u64,
+    email: String,
+}
+
+impl JourneyIds {
+    fn new(rng: &mut fastrand::Rng) -> Self {
+        let customer_id = rng.u64(1 << 53..1 << 60);
+        Self {
+            cart_token: format!("{:032x}", rng.u128(..)),
+            checkout_token: format!("{:032x}", rng.u128(..)),
+            // Shopify ids are above 2^53: keep them there so float-decoding bugs show.
+            order_id: rng.u64(1 << 53..1 << 60),
+            customer_id,
+            email: format!("buyer{customer_id}@example.com"),
+        }
+    }
+}
+
+struct Templates {
+    cart: Value,
+    checkout: Value,
+    order: Value,
+}
+
+impl Templates {
+    fn parse() -> Self {
+        let parse = |bytes: &[u8]| serde_json::from_slice(bytes).expect("the fixtures are JSON");
+        Self {
+            cart: parse(CART),
+            checkout: parse(CHECKOUT),
+            order: parse(ORDER),
+        }
+    }
+
+    fn cart(&self, ids: &JourneyIds) -> Value {
+        let mut cart = self.cart.clone();
+        set(&mut cart, "id", json!(ids.cart_token));
+        set(&mut cart, "token", json!(ids.cart_token));
+        cart
+    }
+
+    fn checkout(&self, ids: &JourneyIds, update: u32) -> Value {
+        let mut checkout = self.checkout.clone();
+        set(&mut checkout, "token", json!(ids.checkout_token));
+        set(&mut checkout, "cart_token", json!(ids.cart_token));
+        set(&mut checkout, "email", json!(ids.email));
+        set(&mut checkout, "completed_at", Value::Null);
+        set(
+            &mut checkout,
+            "updated_at",
+            json!(format!("2026-11-23T10:0{update}:00Z")),
+        );
+        if let Some(customer) = checkout.get_mut("customer") {
+            set(customer, "id", json!(ids.customer_id));
+            set(customer, "email", json!(ids.email));
+        }
+        checkout
+    }
+
+    fn order(&self, ids: &JourneyIds) -> Value {
+        let mut order = self.order.clone();
+        set(&mut order, "id", json!(ids.order_id));
+        set(&mut order, "checkout_token", json!(ids.checkout_token));
+        set(&mut order, "cart_token", json!(ids.cart_token));
+        set(&mut order, "email", json!(ids.email));
+        set(&mut order, "cancelled_at", Value::Null);
+        if let Some(customer) = order.get_mut("customer") {
+            set(customer, "id", json!(ids.customer_id));
+            set(customer, "email", json!(ids.email));
+        }
+        order
+    }
+}
+
+fn set(value: &mut Value, field: &str, to: Value) {
+    if let Some(object) = value.as_object_mut() {
+        object.insert(field.to_string(), to);
+    }
+}
+
+/// Compact JSON of `value`, grown by repeating its line items towards a size drawn between its
+/// own size and `max_bytes` (bigger carts are bigger bodies, as in real traffic).
+fn grown(value: &mut Value, max_bytes: usize, rng: &mut fastrand::Rng) -> Vec<u8> {
+    let base = serde_json::to_vec(value).expect("a Value serialises");
+    let Some(items) = value
+        .get("line_items")
+        .and_then(Value::as_array)
+        .filter(|items| !items.is_empty())
+        .cloned()
+    else {
+        return base;
+    };
+    if base.len() >= max_bytes {
+        return base;
+    }
+    let target = rng.usize(base.len()..=max_bytes);
+    let item_bytes = items
+        .iter()
+        .map(|item| serde_json::to_vec(item).map_or(0, |v| v.len()) + 1)
+        .sum::<usize>()
+        / items.len();
+    let extra = (target - base.len()) / item_bytes.max(1);
+    if let Some(list) = value.get_mut("line_items").and_then(Value::as_array_mut) {
+        list.extend(items.iter().cycle().take(extra).cloned());
+    }
+    serde_json::to_vec(value).expect("a Value serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_pool() -> Pool {
+        Pool::build(&TrafficOptions {
+            journeys: 40,
+            ..TrafficOptions::default()
+        })
+    }
+
+    #[test]
+    fn every_body_is_json_within_the_size_limit() {
+        for delivery in small_pool().deliveries {
+            assert!(
+                delivery.body.len() <= 15 * 1024 + 2048,
+                "{}",
+                delivery.body.len()
+            );
+            let _: Value = serde_json::from_slice(&delivery.body).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_journey_shares_its_cart_token_from_cart_to_order() {
+        let pool = small_pool();
+        let cart: Value = serde_json::from_slice(&pool.deliveries[0].body).unwrap();
+        let checkout: Value = serde_json::from_slice(&pool.deliveries[1].body).unwrap();
+        assert_eq!(pool.deliveries[0].topic, "carts/update");
+        assert_eq!(cart["token"], checkout["cart_token"]);
+    }
+
+    #[test]
+    fn signatures_verify_with_the_secret_and_bad_ones_do_not() {
+        let pool = small_pool();
+        let verifier = aftercart_shopify::Verifier::new(
+            vec![Secret::new("aftercart-dev-secret")],
+            Default::default(),
+        );
+        let d = &pool.deliveries[3];
+        assert!(verifier
+            .verify(None, Some(d.signature.as_bytes()), &d.body)
+            .is_ok());
+        assert!(verifier
+            .verify(None, Some(d.bad_signature.as_bytes()), &d.body)
+            .is_err());
+    }
+
+    #[test]
+    fn the_same_seed_builds_the_same_pool() {
+        let (a, b) = (small_pool(), small_pool());
+        assert_eq!(a.deliveries[7].body, b.deliveries[7].body);
+    }
+}
