@@ -9,6 +9,9 @@ BIN := $(or $(CARGO_TARGET_DIR),target)/release/aftercart
 # Python tools of the ops checks (tests/ops/requirements.txt), installed on first use.
 OPS_VENV := .venv-ops
 OPS_PY := $(OPS_VENV)/bin/python
+# The baseline ingresses `make bench` measures aftercart against.
+BENCH_NODE := bench/baselines/node
+BENCH_PY := bench/baselines/python
 
 .PHONY: help
 help: ## List the targets
@@ -59,9 +62,22 @@ dashboard-png: build $(OPS_VENV)/.installed ## Render dashboard panels from a li
 	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/plot_panels.py
 
 .PHONY: bench
-bench: ## Benchmarks (release build): abandonment and referrals engines, state sizes, whole service
-	$(CARGO) bench --locked -p aftercart-abandonment --bench abandonment
-	$(CARGO) bench --locked -p aftercart-referrals --bench referrals
+bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed ## Benchmarks: ingress vs Node and Python baselines under load, micro-benchmarks, consumers; writes bench/REPORT.md
+	mkdir -p bench/out
+	set -o pipefail; CRITERION_HOME=$(CURDIR)/bench/out/criterion $(CARGO) bench --locked -p aftercart-loadgen --bench hot_path 2>&1 | tee bench/out/hot_path.txt
+	set -o pipefail; $(CARGO) bench --locked -p aftercart-abandonment --bench abandonment | tee bench/out/abandonment.txt
+	set -o pipefail; $(CARGO) bench --locked -p aftercart-referrals --bench referrals | tee bench/out/referrals.txt
+	python3 bench/run.py --bin $(BIN)
+
+# The baselines' pinned dependencies (package-lock.json, requirements.lock), installed on first use.
+$(BENCH_NODE)/node_modules/.installed: $(BENCH_NODE)/package-lock.json
+	cd $(BENCH_NODE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(BENCH_PY)/.venv/.installed: $(BENCH_PY)/requirements.lock
+	python3 -m venv $(BENCH_PY)/.venv
+	$(BENCH_PY)/.venv/bin/pip install --quiet --disable-pip-version-check -r $(BENCH_PY)/requirements.lock
+	touch $@
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings

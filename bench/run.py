@@ -1,0 +1,620 @@
+#!/usr/bin/env python3
+"""The end-to-end part of `make bench`: one broker, then the aftercart ingress and each baseline
+in turn under the same load shapes (closed loop for maximum throughput, open loop at half of that
+rate for latency), their CPU time and RSS read from /proc, a perf profile of the aftercart
+ingress, and bench/REPORT.md written from all of it (plus the micro-benchmark and consumer
+benchmark outputs `make bench` left in bench/out/).
+
+Standard library only. Every process it starts is in its own session and is killed on exit.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+SECRET = "aftercart-bench-secret"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# Targets from the issue ("Performance: benchmark suite, baselines and the targets").
+TARGET_RATIO = 10.0
+TARGET_P99_MS = 10.0
+TARGET_RSS_MIB = 64.0
+TARGET_CPU_VS_FLOOR = 3.0
+TARGET_CONSUMER_RPS = 50_000
+
+children: list[subprocess.Popen] = []
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def start(name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None,
+          stdout=None) -> subprocess.Popen:
+    log_file = open(OUT / f"{name}.log", "w")
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=stdout or log_file,
+        stderr=log_file,
+        start_new_session=True,  # its own process group: stop() ends it and its children only
+    )
+    children.append(process)
+    return process
+
+
+def stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    if process in children:
+        children.remove(process)
+
+
+def stop_all(*_args) -> None:
+    for process in list(children):
+        stop(process, timeout=5)
+    if _args:
+        sys.exit(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+# --- /proc sampling -------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of the process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def hwm_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Sampler(threading.Thread):
+    """(unix time, CPU seconds, RSS bytes) of some processes every 100 ms."""
+
+    def __init__(self, pids: dict[str, int]):
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in pids}
+        self.running = True
+
+    def run(self):
+        while self.running:
+            now = time.time()
+            for name, pid in list(self.pids.items()):
+                try:
+                    self.samples.setdefault(name, []).append((now, cpu_seconds(pid), rss_bytes(pid)))
+                except (OSError, IndexError, ValueError):
+                    pass
+            time.sleep(0.1)
+
+    def finish(self):
+        self.running = False
+        self.join()
+
+    def window(self, name: str, start: float, end: float) -> dict:
+        """CPU seconds used and RSS seen between two unix times (interpolated to the samples)."""
+        inside = [s for s in self.samples.get(name, []) if start <= s[0] <= end]
+        if len(inside) < 2:
+            return {"cpu_s": 0.0, "wall_s": 0.0, "rss_max": 0, "rss_mean": 0}
+        wall = inside[-1][0] - inside[0][0]
+        cpu = inside[-1][1] - inside[0][1]
+        rss = [s[2] for s in inside]
+        return {"cpu_s": cpu, "wall_s": wall, "rss_max": max(rss), "rss_mean": sum(rss) / len(rss)}
+
+
+# --- load -----------------------------------------------------------------------------------
+
+def loadgen(bin_path: str, url: str, args: list[str], name: str,
+            sampler: "Sampler | None" = None) -> tuple[dict, list[str]]:
+    argv = [bin_path, "loadgen", "--url", url, "--secret", SECRET, "--json", *args]
+    log(f"{name}: aftercart loadgen {' '.join(args)}")
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if sampler:
+        # The generator shares the cores too: its CPU is reported beside the server's.
+        sampler.pids["loadgen"] = process.pid
+    stdout, stderr = process.communicate(timeout=600)
+    if sampler:
+        sampler.pids.pop("loadgen", None)
+    if process.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {stderr.strip()}")
+    report = json.loads(stdout.strip().splitlines()[-1])
+    log(f"{name}: {report['throughput_rps']:.0f} req/s, p99 {report['latency_ms']['p99']:.2f} ms, "
+        f"status {report['status']}")
+    shown = ["aftercart", "loadgen", "--url", url, *args]
+    return report, shown
+
+
+def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settings: dict) -> dict:
+    """Starts one ingress, runs the closed- and open-loop loads against it, stops it."""
+    name = target["name"]
+    process = start(name, target["argv"], env=target["env"], cwd=target.get("cwd"))
+    wait_http(target["health"], process)
+    log(f"{name}: ready (pid {process.pid})")
+    idle_rss = rss_bytes(process.pid)
+    sampler = Sampler({"server": process.pid, "broker": broker.pid})
+    sampler.start()
+    common = ["--connections", str(settings["connections"]), "--warmup", settings["warmup"],
+              "--duration", settings["duration"]]
+    closed, closed_cmd = loadgen(bin_path, target["url"], common, f"{name} closed loop", sampler)
+    closed_loadgen = sampler.samples.pop("loadgen", [])
+    half = max(closed["throughput_rps"] / 2, 1)
+    opened, open_cmd = loadgen(bin_path, target["url"], [*common, "--rate", f"{half:.0f}"],
+                               f"{name} open loop", sampler)
+    open_loadgen = sampler.samples.pop("loadgen", [])
+    profile = None
+    if target.get("profile") and shutil.which("perf"):
+        profile = perf_profile(process.pid, bin_path, target["url"], settings)
+    sampler.finish()
+    hwm = hwm_bytes(process.pid)
+    stop(process)
+    result = {"name": name, "label": target["label"], "closed": closed, "open": opened,
+              "closed_cmd": closed_cmd, "open_cmd": open_cmd, "idle_rss": idle_rss, "hwm": hwm,
+              "profile": profile, "argv": target["shown"]}
+    for phase, report in (("closed", closed), ("open", opened)):
+        start_s = report["window_start_unix_ms"] / 1000
+        end_s = report["window_end_unix_ms"] / 1000
+        server = sampler.window("server", start_s, end_s)
+        brk = sampler.window("broker", start_s, end_s)
+        answered = report["throughput_rps"] * max(server["wall_s"], 1e-9)
+        result[f"{phase}_server"] = server
+        result[f"{phase}_broker"] = brk
+        result[f"{phase}_cpu_us_per_webhook"] = server["cpu_s"] / max(answered, 1) * 1e6
+        result[f"{phase}_broker_cpu_us_per_webhook"] = brk["cpu_s"] / max(answered, 1) * 1e6
+        sampler.samples["loadgen"] = closed_loadgen if phase == "closed" else open_loadgen
+        gen = sampler.window("loadgen", start_s, end_s)
+        result[f"{phase}_loadgen_cpu_us_per_request"] = gen["cpu_s"] / max(answered, 1) * 1e6
+        result[f"{phase}_cores"] = {
+            "server": server["cpu_s"] / max(server["wall_s"], 1e-9),
+            "broker": brk["cpu_s"] / max(brk["wall_s"], 1e-9),
+            "loadgen": gen["cpu_s"] / max(gen["wall_s"], 1e-9),
+        }
+    return result
+
+
+def perf_profile(pid: int, bin_path: str, url: str, settings: dict) -> dict:
+    """A cpu-clock sampling profile (hardware counters are often unavailable in VMs) of the
+    ingress under the closed-loop load, summarised by thread, by library and by symbol."""
+    data = OUT / "perf.data"
+    log("aftercart: perf profile under closed-loop load")
+    recorder = subprocess.Popen(
+        # DWARF unwinding: the release build has no frame pointers, and inclusive costs need stacks.
+        ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,8192", "-o", str(data),
+         "-p", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=open(OUT / "perf-record.log", "w"), start_new_session=True)
+    children.append(recorder)
+    time.sleep(0.5)
+    loadgen(bin_path, url, ["--connections", str(settings["connections"]), "--warmup", "1s",
+                            "--duration", settings["profile_duration"]], "aftercart profiled")
+    os.killpg(recorder.pid, signal.SIGINT)
+    recorder.wait(60)
+    children.remove(recorder)
+    summary = {}
+    for key, sort in (("by_thread", "comm"), ("by_library", "dso"), ("by_symbol", "sym")):
+        report = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
+             "-g", "none", "--percent-limit", "0.7"],
+            capture_output=True, text=True)
+        (OUT / f"perf-{key}.txt").write_text(report.stdout)
+        rows = []
+        for line in report.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.*\S)", line)
+            if m:
+                rows.append((float(m.group(1)), m.group(2)))
+        summary[key] = rows[:25]
+    # Inclusive cost of the parts of the hot path, by the first frame that names each.
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--stdio", "--children", "--sort", "sym", "-g", "none",
+         "--percent-limit", "0.2"], capture_output=True, text=True)
+    (OUT / "perf-inclusive.txt").write_text(report.stdout)
+    inclusive = []
+    for label, pattern in PARTS:
+        for line in report.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+\[.\]\s+(.*)", line)
+            if m and re.search(pattern, m.group(2)):
+                inclusive.append((float(m.group(1)), label))
+                break
+    summary["inclusive"] = inclusive
+    return summary
+
+
+# (what, a regular expression matching the frame that starts it in `perf report --children`).
+PARTS = [
+    ("HTTP connection tasks: hyper's reads, parsing, writes, and the request future in them "
+     "(headers, body, signature)", r"Dispatcher<.*>::poll_catch$"),
+    ("  reading requests (parse + body)", r"^poll_read<hyper::proto::h1::dispatch::Server"),
+    ("  writing answers (writev on loopback: the kernel delivers to the client in this call)",
+     r"Dispatcher<.*>::poll_write$"),
+    ("  signature: HMAC-SHA256 and constant-time compare", r"aftercart_shopify::signature::Verifier::verify$"),
+    ("publish tasks (dedupe claim, journey key, hand-off to librdkafka, delivery wait)",
+     r"publish_once::\{\{closure\}\}$"),
+    ("  journey key: JSON validation + the key fields (serde, no tree)", r"aftercart_shopify::journey_key::journey_key$"),
+    ("  rd_kafka_producev (enqueue the record)", r"^rd_kafka_producev$"),
+    ("librdkafka broker thread (batches, compression, socket I/O)", r"^rd_kafka_broker_serve$"),
+    ("  LZ4 compression of the batches", r"^rd_kafka_lz4_compress$"),
+    ("rdkafka delivery-report thread (BaseProducer::poll)", r"BaseProducer<.*>::poll$"),
+    ("malloc (all callers)", r"__GI___libc_malloc"),
+    ("free (all callers)", r"__GI___libc_free"),
+    ("futex waits and wakes (thread hand-offs)", r"^__x64_sys_futex"),
+]
+
+
+# --- micro-benchmarks and consumer benchmarks -------------------------------------------------
+
+def criterion_results() -> dict[str, float]:
+    """Mean ns per webhook of each micro-benchmark, from criterion's estimates."""
+    results = {}
+    base = OUT / "criterion" / "webhook"
+    for estimates in sorted(base.glob("*/new/estimates.json")):
+        name = estimates.parent.parent.name
+        results[name] = json.loads(estimates.read_text())["mean"]["point_estimate"]
+    return results
+
+
+def markdown_tables(path: Path) -> str:
+    """The Markdown table lines a consumer benchmark printed."""
+    if not path.exists():
+        return "_not run_"
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    return "\n".join(lines) or "_no table in the output_"
+
+
+def consumer_rates(path: Path) -> list[tuple[str, float]]:
+    """(row label, records/s) of every row that reports records/s."""
+    rates = []
+    if not path.exists():
+        return rates
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2:
+            m = re.search(r"([\d,]+)\s+records/s", cells[1])
+            if m:
+                rates.append((cells[0], float(m.group(1).replace(",", ""))))
+    return rates
+
+
+# --- machine ----------------------------------------------------------------------------------
+
+def machine() -> dict:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem = int(line.split()[1]) * 1024
+
+    def version(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "not found"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gib": mem / 2**30,
+        "kernel": platform.release(),
+        "load": os.getloadavg(),
+        "rustc": version(["rustc", "--version"]),
+        "node": version(["node", "--version"]),
+        "python": platform.python_version(),
+        "commit": version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def write_report(path: Path, info: dict, results: list[dict], micro: dict, settings: dict,
+                 started: float) -> None:
+    by_name = {r["name"]: r for r in results}
+    ours = by_name.get("aftercart")
+    node = by_name.get("node")
+    lines: list[str] = []
+    out = lines.append
+    out("# aftercart benchmark report")
+    out("")
+    out(f"Generated by `make bench` ({info['date']}, commit `{info['commit']}`, "
+        f"{(time.time() - started) / 60:.0f} min). Numbers, not assertions: rerun to reproduce.")
+    out("")
+    floor_ns = micro.get("floor_hmac_sha256_plus_json_validation")
+    out("## Headline: the targets")
+    out("")
+    out("| target | aftercart | reference | ratio / value | verdict |")
+    out("|---|---|---|---|---|")
+    if ours and node:
+        ratio = ours["closed"]["throughput_rps"] / max(node["closed"]["throughput_rps"], 1e-9)
+        out(f"| ≥ {TARGET_RATIO:.0f}× the req/s of Node (Express + @shopify/shopify-api + kafkajs), closed loop "
+            f"| {fmt(ours['closed']['throughput_rps'])} req/s | Node {fmt(node['closed']['throughput_rps'])} req/s "
+            f"| {ratio:.1f}× | {verdict(ratio >= TARGET_RATIO)} |")
+    if ours:
+        p99 = ours["open"]["latency_ms"]["p99"]
+        out(f"| p99 < {TARGET_P99_MS:.0f} ms at half of max rate (open loop) | p99 {p99:.2f} ms at "
+            f"{fmt(ours['open']['target_rate'])} req/s | p99.9 {ours['open']['latency_ms']['p99_9']:.2f} ms, "
+            f"max {ours['open']['latency_ms']['max']:.2f} ms | {p99:.2f} ms | {verdict(p99 < TARGET_P99_MS)} |")
+        rss = ours["open_server"]["rss_max"]
+        out(f"| RSS < {TARGET_RSS_MIB:.0f} MiB at steady load (open loop, max seen) | {mib(rss)} "
+            f"| idle {mib(ours['idle_rss'])}, high-water mark of the whole run {mib(ours['hwm'])} "
+            f"| {mib(rss)} | {verdict(rss < TARGET_RSS_MIB * 2**20)} |")
+        cpu = ours["closed_cpu_us_per_webhook"]
+        if floor_ns:
+            ratio = cpu * 1000 / floor_ns
+            out(f"| CPU per webhook ≤ {TARGET_CPU_VS_FLOOR:.0f}× the floor (HMAC-SHA256 + JSON validation of the same bodies) "
+                f"| {cpu:.1f} µs (closed loop, whole process) | floor {floor_ns / 1000:.1f} µs "
+                f"| {ratio:.1f}× | {verdict(ratio <= TARGET_CPU_VS_FLOOR)} |")
+    for label, file in (("abandonment", "abandonment.txt"), ("referrals", "referrals.txt")):
+        for row, rate in consumer_rates(OUT / file):
+            out(f"| consumer ≥ {fmt(TARGET_CONSUMER_RPS)} records/s, one core: {label} | {row} | | "
+                f"{fmt(rate)} records/s | {verdict(rate >= TARGET_CONSUMER_RPS)} |")
+    out("")
+    out("## Machine")
+    out("")
+    out(f"- `nproc`: {info['nproc']}; CPU: {info['cpu']}; memory: {info['mem_gib']:.1f} GiB; "
+        f"kernel {info['kernel']}")
+    out(f"- load average when the report was written: {', '.join(f'{x:.2f}' for x in info['load'])} "
+        "(the machine is shared: the load generator, the broker and the server under test share "
+        f"its {info['nproc']} cores, as the issue asks)")
+    out(f"- {info['rustc']}; Node {info['node']}; Python {info['python']}")
+    out("")
+    out("## What runs")
+    out("")
+    out("- **Broker**: librdkafka's mock cluster (`aftercart dev --broker-only`: the Kafka wire "
+        "protocol, in memory, one broker, every topic created with 12 partitions) in its own "
+        "process; every ingress runs against the same one, one after another. "
+        "Tansu is not used: it exposes only the first record of a multi-record batch (0.6), and the "
+        "mock cluster needs nothing installed.")
+    out(f"- **Load**: `aftercart loadgen`: journeys cart → checkout create → checkout update → "
+        f"order create → order paid (70 % complete) built from `fixtures/shopify`, bodies grown "
+        f"from the fixture's size to up to 15 KiB (mean {fmt(results[0]['closed']['mean_body_bytes'])} B), "
+        f"50 shops, unique webhook ids, 2 % redeliveries (same id and body), 1 % bad signatures, "
+        f"{settings['connections']} keep-alive HTTP/1.1 connections, {settings['warmup']} warm-up then "
+        f"{settings['duration']} measured. Closed loop first (maximum throughput), then open loop at "
+        "half of that rate (latency measured from the scheduled send time: no coordinated omission).")
+    out("- **CPU and RSS**: read from `/proc/<pid>/stat` and `statm` every 100 ms, cut to the "
+        "measured window the load generator reports; CPU per webhook = server CPU seconds / answers "
+        "in the window (every thread of the process: HTTP, HMAC, Kafka client).")
+    out("")
+    out("| server | command |")
+    out("|---|---|")
+    for r in results:
+        out(f"| {r['label']} | `{' '.join(r['argv'])}` |")
+    out("")
+    out("Load commands (URL per server):")
+    out("")
+    if results:
+        out(f"    {' '.join(results[0]['closed_cmd'])}")
+        out(f"    {' '.join(results[0]['open_cmd'])}   # rate = half of that server's closed-loop req/s")
+    out("")
+    out("## Ingress results")
+    out("")
+    out("| server | closed loop req/s | vs Node | p50 / p99 / p99.9 / max ms (closed) | open-loop rate | p50 / p99 / p99.9 / max ms (open) | CPU µs/webhook | broker CPU µs/webhook | RSS idle / steady max / HWM | answers (closed) |")
+    out("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        c, o = r["closed"], r["open"]
+        lc, lo = c["latency_ms"], o["latency_ms"]
+        vs = (f"{c['throughput_rps'] / node['closed']['throughput_rps']:.1f}×" if node else "")
+        status = ", ".join(f"{k}: {v}" for k, v in c["status"].items())
+        extra = []
+        if c["errors"] or c["timeouts"]:
+            extra.append(f"errors {c['errors']}, timeouts {c['timeouts']}")
+        if o["errors"] or o["timeouts"]:
+            extra.append(f"open loop: errors {o['errors']}, timeouts {o['timeouts']}")
+        out(f"| {r['label']} | {fmt(c['throughput_rps'])} | {vs} "
+            f"| {lc['p50']:.2f} / {lc['p99']:.2f} / {lc['p99_9']:.2f} / {lc['max']:.2f} "
+            f"| {fmt(o['throughput_rps'])} of {fmt(o['target_rate'])} "
+            f"| {lo['p50']:.2f} / {lo['p99']:.2f} / {lo['p99_9']:.2f} / {lo['max']:.2f} "
+            f"| {r['closed_cpu_us_per_webhook']:.1f} | {r['closed_broker_cpu_us_per_webhook']:.1f} "
+            f"| {mib(r['idle_rss'])} / {mib(r['open_server']['rss_max'])} / {mib(r['hwm'])} "
+            f"| {status}; accepted {c['accepted']}, duplicates {c['duplicates']}"
+            f"{'; ' + '; '.join(extra) if extra else ''} |")
+    out("")
+    out("Cores busy during each measured window (of the machine's "
+        f"{info['nproc']}; the rest went to other work on this shared machine or idled):")
+    out("")
+    out("| server | phase | server | broker | load generator | load generator CPU µs/request |")
+    out("|---|---|---|---|---|---|")
+    for r in results:
+        for phase in ("closed", "open"):
+            c = r[f"{phase}_cores"]
+            out(f"| {r['label']} | {phase} loop | {c['server']:.2f} | {c['broker']:.2f} | {c['loadgen']:.2f} "
+                f"| {r[f'{phase}_loadgen_cpu_us_per_request']:.1f} |")
+    out("")
+    out("## Micro-benchmarks (criterion, the load generator's own bodies)")
+    out("")
+    out("`cargo bench -p aftercart-loadgen --bench hot_path`: mean time per webhook over the same "
+        "pool of bodies `aftercart loadgen` sends (same seed).")
+    out("")
+    out("| benchmark | mean per webhook |")
+    out("|---|---|")
+    for name, ns in micro.items():
+        out(f"| `{name}` | {ns / 1000:.2f} µs |")
+    if ours and micro:
+        out("")
+        cpu_ns = ours["closed_cpu_us_per_webhook"] * 1000
+        path = micro.get("ingress_cpu_path")
+        out(f"The ingress process spends {cpu_ns / 1000:.1f} µs of CPU per webhook in all; the "
+            f"floor is {floor_ns / 1000:.2f} µs"
+            + (f" and everything the ingress computes outside HTTP and Kafka (headers, "
+               f"verification, routing, journey key) {path / 1000:.2f} µs" if path else "")
+            + ". The rest is HTTP, the async runtime, the Kafka client and the kernel: see the "
+            "profile.")
+    out("")
+    out("## Consumer services (existing benchmarks)")
+    out("")
+    for label, file in (("abandonment", "abandonment.txt"), ("referrals", "referrals.txt")):
+        out(f"`cargo bench -p aftercart-{label} --bench {label}`:")
+        out("")
+        out(markdown_tables(OUT / file))
+        out("")
+    if ours and ours.get("profile"):
+        profile = ours["profile"]
+        out("## Profile of the aftercart ingress under closed-loop load")
+        out("")
+        out("`perf record -e cpu-clock -F 499 --call-graph dwarf -p <ingress>` for a closed-loop run "
+            f"({settings['profile_duration']}); `perf report --no-children --sort comm|dso|sym`. "
+            "Hardware counters are not available on this VM, so this is timer sampling. "
+            "Full outputs in `bench/out/perf-*.txt` (not committed).")
+        out("")
+        for key, title in (("inclusive", "part of the hot path (inclusive)"), ("by_thread", "thread"),
+                           ("by_library", "library"), ("by_symbol", "symbol, self time (top 25)")):
+            out(f"| % of ingress CPU | {title} |")
+            out("|---|---|")
+            for percent, what in profile.get(key, []):
+                out(f"| {percent:.1f} | `{what.replace('|', '/')}` |")
+            out("")
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists():
+        out(notes.read_text().rstrip())
+        out("")
+    path.write_text("\n".join(lines) + "\n")
+    log(f"wrote {path}")
+
+
+# --- main -------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin", required=True, help="the release aftercart binary")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "REPORT.md"))
+    parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "15s"))
+    parser.add_argument("--warmup", default=os.environ.get("BENCH_WARMUP", "3s"))
+    parser.add_argument("--connections", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "64")))
+    parser.add_argument("--only", help="comma-separated subset of aftercart,node,python")
+    args = parser.parse_args()
+    started = time.time()
+    OUT.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    bin_path = str(Path(args.bin).resolve())
+    settings = {"duration": args.duration, "warmup": args.warmup, "connections": args.connections,
+                "profile_duration": "8s"}
+    info = machine()
+    try:
+        broker = start("broker", [bin_path, "dev", "--broker-only"], stdout=subprocess.PIPE,
+                       env={"AFTERCART_LOG": "warn"})
+        line = broker.stdout.readline().decode()
+        m = re.search(r"broker (\S+)", line)
+        if not m:
+            raise RuntimeError(f"no broker address from `aftercart dev --broker-only`: {line!r}")
+        brokers = m.group(1)
+        log(f"broker at {brokers} (pid {broker.pid})")
+        targets = []
+        port, admin = free_port(), free_port()
+        targets.append({
+            "name": "aftercart", "label": "aftercart ingress",
+            "argv": [bin_path, "ingress"],
+            "shown": ["aftercart", "ingress"],
+            "env": {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
+                    "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                    "AFTERCART_LOG": "warn"},
+            "url": f"http://127.0.0.1:{port}/webhooks/shopify",
+            "health": f"http://127.0.0.1:{admin}/readyz",
+            "profile": True,
+        })
+        port = free_port()
+        node_dir = ROOT / "bench" / "baselines" / "node"
+        targets.append({
+            "name": "node", "label": "Node (Express + @shopify/shopify-api + kafkajs)",
+            "argv": ["node", "server.js"], "cwd": node_dir,
+            "shown": ["node", "bench/baselines/node/server.js"],
+            "env": {"PORT": str(port), "KAFKA_BROKERS": brokers, "SHOPIFY_SECRET": SECRET},
+            "url": f"http://127.0.0.1:{port}/webhooks/shopify",
+            "health": f"http://127.0.0.1:{port}/healthz",
+        })
+        port = free_port()
+        py_dir = ROOT / "bench" / "baselines" / "python"
+        uvicorn = py_dir / ".venv" / "bin" / "uvicorn"
+        targets.append({
+            "name": "python", "label": "Python (FastAPI + uvicorn[standard] + aiokafka)",
+            "argv": [str(uvicorn), "server:app", "--host", "127.0.0.1", "--port", str(port),
+                     "--log-level", "warning", "--no-access-log"], "cwd": py_dir,
+            "shown": ["uvicorn", "server:app", "--no-access-log"],
+            "env": {"KAFKA_BROKERS": brokers, "SHOPIFY_SECRET": SECRET},
+            "url": f"http://127.0.0.1:{port}/webhooks/shopify",
+            "health": f"http://127.0.0.1:{port}/healthz",
+        })
+        only = set(args.only.split(",")) if args.only else None
+        results = []
+        for target in targets:
+            if only and target["name"] not in only:
+                continue
+            try:
+                results.append(measure_target(target, bin_path, broker, settings))
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                log(f"{target['name']}: FAILED: {error} (see bench/out/{target['name']}.log)")
+        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+        write_report(Path(args.out), info, results, criterion_results(), settings, started)
+    finally:
+        stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
