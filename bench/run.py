@@ -177,6 +177,20 @@ def loadgen(bin_path: str, url: str, args: list[str], name: str,
     return report, shown
 
 
+def dedupe_ids(metrics_url: str | None) -> int | None:
+    """Webhook ids in the aftercart ingress's dedupe window (≈120 B of RSS each)."""
+    if not metrics_url:
+        return None
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as answer:
+            for line in answer.read().decode().splitlines():
+                if re.match(r"\w*dedupe_window_ids ", line):
+                    return int(float(line.split()[-1]))
+    except OSError:
+        pass
+    return None
+
+
 def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settings: dict) -> dict:
     """Starts one ingress, runs the closed- and open-loop loads against it, stops it."""
     name = target["name"]
@@ -190,10 +204,12 @@ def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settin
               "--duration", settings["duration"]]
     closed, closed_cmd = loadgen(bin_path, target["url"], common, f"{name} closed loop", sampler)
     closed_loadgen = sampler.samples.pop("loadgen", [])
+    closed_ids = dedupe_ids(target.get("metrics"))
     half = max(closed["throughput_rps"] / 2, 1)
     opened, open_cmd = loadgen(bin_path, target["url"], [*common, "--rate", f"{half:.0f}"],
                                f"{name} open loop", sampler)
     open_loadgen = sampler.samples.pop("loadgen", [])
+    open_ids = dedupe_ids(target.get("metrics"))
     profile = None
     if target.get("profile") and shutil.which("perf"):
         profile = perf_profile(process.pid, bin_path, target["url"], settings)
@@ -202,7 +218,8 @@ def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settin
     stop(process)
     result = {"name": name, "label": target["label"], "closed": closed, "open": opened,
               "closed_cmd": closed_cmd, "open_cmd": open_cmd, "idle_rss": idle_rss, "hwm": hwm,
-              "profile": profile, "argv": target["shown"]}
+              "profile": profile, "argv": target["shown"],
+              "dedupe_ids": {"closed": closed_ids, "open": open_ids}}
     for phase, report in (("closed", closed), ("open", opened)):
         start_s = report["window_start_unix_ms"] / 1000
         end_s = report["window_end_unix_ms"] / 1000
@@ -400,8 +417,11 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
             f"{fmt(ours['open']['target_rate'])} req/s | p99.9 {ours['open']['latency_ms']['p99_9']:.2f} ms, "
             f"max {ours['open']['latency_ms']['max']:.2f} ms | {p99:.2f} ms | {verdict(p99 < TARGET_P99_MS)} |")
         rss = ours["open_server"]["rss_max"]
+        ids = (ours.get("dedupe_ids") or {}).get("open")
+        held = (f"; {fmt(ids)} webhook ids in the dedupe window then (≈{mib(ids * 120)} of it)"
+                if ids else "")
         out(f"| RSS < {TARGET_RSS_MIB:.0f} MiB at steady load (open loop, max seen) | {mib(rss)} "
-            f"| idle {mib(ours['idle_rss'])}, high-water mark of the whole run {mib(ours['hwm'])} "
+            f"| idle {mib(ours['idle_rss'])}, high-water mark of the whole run {mib(ours['hwm'])}{held} "
             f"| {mib(rss)} | {verdict(rss < TARGET_RSS_MIB * 2**20)} |")
         cpu = ours["closed_cpu_us_per_webhook"]
         if floor_ns:
@@ -498,11 +518,11 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
     if ours and micro:
         out("")
         cpu_ns = ours["closed_cpu_us_per_webhook"] * 1000
-        path = micro.get("ingress_cpu_path")
+        cpu_path = micro.get("ingress_cpu_path")
         out(f"The ingress process spends {cpu_ns / 1000:.1f} µs of CPU per webhook in all; the "
             f"floor is {floor_ns / 1000:.2f} µs"
             + (f" and everything the ingress computes outside HTTP and Kafka (headers, "
-               f"verification, routing, journey key) {path / 1000:.2f} µs" if path else "")
+               f"verification, routing, journey key) {cpu_path / 1000:.2f} µs" if cpu_path else "")
             + ". The rest is HTTP, the async runtime, the Kafka client and the kernel: see the "
             "profile.")
     out("")
@@ -547,6 +567,8 @@ def main() -> int:
     parser.add_argument("--warmup", default=os.environ.get("BENCH_WARMUP", "3s"))
     parser.add_argument("--connections", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "64")))
     parser.add_argument("--only", help="comma-separated subset of aftercart,node,python")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from bench/out/results.json without running loads")
     args = parser.parse_args()
     started = time.time()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -556,6 +578,10 @@ def main() -> int:
     settings = {"duration": args.duration, "warmup": args.warmup, "connections": args.connections,
                 "profile_duration": "8s"}
     info = machine()
+    if args.report_only:
+        results = json.loads((OUT / "results.json").read_text())
+        write_report(Path(args.out), info, results, criterion_results(), settings, started)
+        return 0
     try:
         broker = start("broker", [bin_path, "dev", "--broker-only"], stdout=subprocess.PIPE,
                        env={"AFTERCART_LOG": "warn"})
@@ -576,6 +602,7 @@ def main() -> int:
                     "AFTERCART_LOG": "warn"},
             "url": f"http://127.0.0.1:{port}/webhooks/shopify",
             "health": f"http://127.0.0.1:{admin}/readyz",
+            "metrics": f"http://127.0.0.1:{admin}/metrics",
             "profile": True,
         })
         port = free_port()

@@ -496,3 +496,85 @@ async fn the_abandonment_binary_killed_mid_way_emits_exactly_one_abandonment_per
     let _ =
         tokio::task::spawn_blocking(move || wait_exit(&mut ingress, Duration::from_secs(20))).await;
 }
+
+/// The load generator against the real ingress: every answer is accounted for, bad signatures
+/// are refused, redeliveries are answered as duplicates, and the JSON report carries them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingress() {
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let (mut child, listen, admin) = start_ingress(&broker, &prefix, "loadgen-secret");
+    eventually("readiness", Duration::from_secs(30), || async {
+        let ready = tokio::net::TcpStream::connect(admin).await.is_ok()
+            && aftercart_tests::http::get(admin, "/readyz").await.status == 200;
+        ready.then_some(())
+    })
+    .await;
+    let url = format!("http://{listen}/webhooks/shopify");
+    let output = tokio::task::spawn_blocking(move || {
+        run(&mut aftercart(&[
+            "loadgen",
+            "--url",
+            &url,
+            "--secret",
+            "loadgen-secret",
+            "--connections",
+            "4",
+            "--warmup",
+            "0s",
+            "--duration",
+            "2s",
+            "--journeys",
+            "50",
+            "--duplicates",
+            "0.2",
+            "--bad-signatures",
+            "0.2",
+            "--json",
+        ]))
+    })
+    .await
+    .unwrap();
+    signal(&child, "TERM");
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let status = |code: &str| report["status"][code].as_u64().unwrap_or(0);
+    assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["duplicates"].as_u64().unwrap() > 0, "{report}");
+    assert!(status("401") > 0, "{report}");
+    assert_eq!(
+        status("200") + status("401"),
+        report["requests"].as_u64().unwrap(),
+        "only 200s and 401s expected: {report}"
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+}
+
+/// `dev --broker-only` prints its address, serves Kafka there, and stops on SIGTERM.
+#[test]
+fn dev_broker_only_prints_its_address_and_stops_on_sigterm() {
+    let mut child = aftercart(&["dev", "--broker-only"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dev starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("aftercart dev broker ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+    std::net::TcpStream::connect(address).expect("the broker accepts connections");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+}
