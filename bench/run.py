@@ -121,6 +121,13 @@ def hwm_bytes(pid: int) -> int:
     return 0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle (user, nice, system, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 class Sampler(threading.Thread):
     """(unix time, CPU seconds, RSS bytes) of some processes every 100 ms."""
 
@@ -133,6 +140,8 @@ class Sampler(threading.Thread):
     def run(self):
         while self.running:
             now = time.time()
+            # The whole machine, so that other tenants' load shows in the report.
+            self.samples.setdefault("machine", []).append((now, machine_busy_seconds(), 0))
             for name, pid in list(self.pids.items()):
                 try:
                     self.samples.setdefault(name, []).append((now, cpu_seconds(pid), rss_bytes(pid)))
@@ -206,9 +215,15 @@ def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settin
     closed_loadgen = sampler.samples.pop("loadgen", [])
     closed_ids = dedupe_ids(target.get("metrics"))
     half = max(closed["throughput_rps"] / 2, 1)
-    opened, open_cmd = loadgen(bin_path, target["url"], [*common, "--rate", f"{half:.0f}"],
-                               f"{name} open loop", sampler)
-    open_loadgen = sampler.samples.pop("loadgen", [])
+    # Open loop several times: one burst of another tenant's work on this shared machine moves a
+    # p99 a lot; the run with the median p99 is the one reported, all are listed.
+    repeats = []
+    for _ in range(settings["open_repeats"]):
+        report, open_cmd = loadgen(bin_path, target["url"], [*common, "--rate", f"{half:.0f}"],
+                                   f"{name} open loop", sampler)
+        repeats.append((report, sampler.samples.pop("loadgen", [])))
+    repeats_p99 = [r["latency_ms"]["p99"] for r, _ in repeats]
+    opened, open_loadgen = sorted(repeats, key=lambda r: r[0]["latency_ms"]["p99"])[len(repeats) // 2]
     open_ids = dedupe_ids(target.get("metrics"))
     profile = None
     if target.get("profile") and shutil.which("perf"):
@@ -219,7 +234,7 @@ def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settin
     result = {"name": name, "label": target["label"], "closed": closed, "open": opened,
               "closed_cmd": closed_cmd, "open_cmd": open_cmd, "idle_rss": idle_rss, "hwm": hwm,
               "profile": profile, "argv": target["shown"],
-              "dedupe_ids": {"closed": closed_ids, "open": open_ids}}
+              "dedupe_ids": {"closed": closed_ids, "open": open_ids}, "open_p99s": repeats_p99}
     for phase, report in (("closed", closed), ("open", opened)):
         start_s = report["window_start_unix_ms"] / 1000
         end_s = report["window_end_unix_ms"] / 1000
@@ -233,7 +248,9 @@ def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settin
         sampler.samples["loadgen"] = closed_loadgen if phase == "closed" else open_loadgen
         gen = sampler.window("loadgen", start_s, end_s)
         result[f"{phase}_loadgen_cpu_us_per_request"] = gen["cpu_s"] / max(answered, 1) * 1e6
+        whole = sampler.window("machine", start_s, end_s)
         result[f"{phase}_cores"] = {
+            "machine": whole["cpu_s"] / max(whole["wall_s"], 1e-9),
             "server": server["cpu_s"] / max(server["wall_s"], 1e-9),
             "broker": brk["cpu_s"] / max(brk["wall_s"], 1e-9),
             "loadgen": gen["cpu_s"] / max(gen["wall_s"], 1e-9),
@@ -456,7 +473,8 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
         f"50 shops, unique webhook ids, 2 % redeliveries (same id and body), 1 % bad signatures, "
         f"{settings['connections']} keep-alive HTTP/1.1 connections, {settings['warmup']} warm-up then "
         f"{settings['duration']} measured. Closed loop first (maximum throughput), then open loop at "
-        "half of that rate (latency measured from the scheduled send time: no coordinated omission).")
+        f"half of that rate, {settings['open_repeats']} times (latency measured from the scheduled "
+        "send time: no coordinated omission).")
     out("- **CPU and RSS**: read from `/proc/<pid>/stat` and `statm` every 100 ms, cut to the "
         "measured window the load generator reports; CPU per webhook = server CPU seconds / answers "
         "in the window (every thread of the process: HTTP, HMAC, Kafka client).")
@@ -498,13 +516,18 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
     out("Cores busy during each measured window (of the machine's "
         f"{info['nproc']}; the rest went to other work on this shared machine or idled):")
     out("")
-    out("| server | phase | server | broker | load generator | load generator CPU µs/request |")
-    out("|---|---|---|---|---|---|")
+    out("| server | phase | server | broker | load generator | everything else on the machine | load generator CPU µs/request |")
+    out("|---|---|---|---|---|---|---|")
     for r in results:
         for phase in ("closed", "open"):
             c = r[f"{phase}_cores"]
+            others = max(c.get("machine", 0) - c["server"] - c["broker"] - c["loadgen"], 0)
             out(f"| {r['label']} | {phase} loop | {c['server']:.2f} | {c['broker']:.2f} | {c['loadgen']:.2f} "
-                f"| {r[f'{phase}_loadgen_cpu_us_per_request']:.1f} |")
+                f"| {others:.2f} | {r[f'{phase}_loadgen_cpu_us_per_request']:.1f} |")
+    out("")
+    out("Open-loop p99 of each repetition (ms; the median run is the one in the tables): "
+        + "; ".join(f"{r['label']}: " + ", ".join(f"{p:.2f}" for p in r.get("open_p99s", []))
+                    for r in results) + ".")
     out("")
     out("## Micro-benchmarks (criterion, the load generator's own bodies)")
     out("")
@@ -566,6 +589,7 @@ def main() -> int:
     parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "15s"))
     parser.add_argument("--warmup", default=os.environ.get("BENCH_WARMUP", "3s"))
     parser.add_argument("--connections", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "64")))
+    parser.add_argument("--open-repeats", type=int, default=int(os.environ.get("BENCH_OPEN_REPEATS", "3")))
     parser.add_argument("--only", help="comma-separated subset of aftercart,node,python")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from bench/out/results.json without running loads")
@@ -576,7 +600,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop_all)
     bin_path = str(Path(args.bin).resolve())
     settings = {"duration": args.duration, "warmup": args.warmup, "connections": args.connections,
-                "profile_duration": "8s"}
+                "profile_duration": "8s", "open_repeats": args.open_repeats}
     info = machine()
     if args.report_only:
         results = json.loads((OUT / "results.json").read_text())
