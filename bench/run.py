@@ -200,9 +200,21 @@ def dedupe_ids(metrics_url: str | None) -> int | None:
     return None
 
 
+def topic_counts(brokers: str) -> dict[str, int] | None:
+    """Records per topic on the broker (bench/topic_counts.py in the Python baseline's venv)."""
+    python = ROOT / "bench" / "baselines" / "python" / ".venv" / "bin" / "python"
+    try:
+        result = subprocess.run([str(python), str(ROOT / "bench" / "topic_counts.py"), brokers],
+                                capture_output=True, text=True, timeout=60)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settings: dict) -> dict:
     """Starts one ingress, runs the closed- and open-loop loads against it, stops it."""
     name = target["name"]
+    before = topic_counts(settings["brokers"])
     process = start(name, target["argv"], env=target["env"], cwd=target.get("cwd"))
     wait_http(target["health"], process)
     log(f"{name}: ready (pid {process.pid})")
@@ -231,10 +243,14 @@ def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settin
     sampler.finish()
     hwm = hwm_bytes(process.pid)
     stop(process)
+    after = topic_counts(settings["brokers"])
+    written = ({t: n - before.get(t, 0) for t, n in after.items() if n - before.get(t, 0)}
+               if before is not None and after is not None else None)
     result = {"name": name, "label": target["label"], "closed": closed, "open": opened,
               "closed_cmd": closed_cmd, "open_cmd": open_cmd, "idle_rss": idle_rss, "hwm": hwm,
               "profile": profile, "argv": target["shown"],
-              "dedupe_ids": {"closed": closed_ids, "open": open_ids}, "open_p99s": repeats_p99}
+              "dedupe_ids": {"closed": closed_ids, "open": open_ids}, "open_p99s": repeats_p99,
+              "records_written": written}
     for phase, report in (("closed", closed), ("open", opened)):
         start_s = report["window_start_unix_ms"] / 1000
         end_s = report["window_end_unix_ms"] / 1000
@@ -539,6 +555,21 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
         + "; ".join(f"{r['label']}: " + ", ".join(f"{p:.2f}" for p in r.get("open_p99s", []))
                     for r in results) + ".")
     out("")
+    out("")
+    out("Records each server wrote, by topic, over all its runs (warm-ups and the profiled run "
+        "included; read from the broker's offsets). The same traffic should land in the same "
+        "topics: carts, checkouts and orders, nothing in other or quarantine.")
+    out("")
+    topics = sorted({t for r in results for t in (r.get("records_written") or {})})
+    if topics:
+        out("| server | " + " | ".join(f"`{t}`" for t in topics) + " |")
+        out("|---|" + "---|" * len(topics))
+        for r in results:
+            w = r.get("records_written") or {}
+            out(f"| {r['label']} | " + " | ".join(fmt(w.get(t, 0)) for t in topics) + " |")
+    else:
+        out("_not counted (bench/topic_counts.py needs the Python baseline's virtualenv)_")
+    out("")
     out("## Micro-benchmarks (criterion, the load generator's own bodies)")
     out("")
     out("`cargo bench -p aftercart-loadgen --bench hot_path`: mean time per webhook over the same "
@@ -624,6 +655,7 @@ def main() -> int:
         if not m:
             raise RuntimeError(f"no broker address from `aftercart dev --broker-only`: {line!r}")
         brokers = m.group(1)
+        settings["brokers"] = brokers
         log(f"broker at {brokers} (pid {broker.pid})")
         targets = []
         port, admin = free_port(), free_port()

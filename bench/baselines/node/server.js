@@ -81,7 +81,8 @@ app.post('/webhooks/shopify', express.text({ type: '*/*', limit: '4mb' }), async
     return ok ? res.json({ status: 'duplicate' }) : res.status(503).set('Retry-After', '5').end();
   }
   const shop = String(check.domain).toLowerCase();
-  const fam = family(check.topic);
+  // check.topic is the library's storage form (CARTS_UPDATE): route on the header as sent.
+  const fam = family(req.get('x-shopify-topic'));
   let topic = PREFIX + fam;
   let key;
   let status = 'accepted';
