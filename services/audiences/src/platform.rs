@@ -19,14 +19,50 @@ pub mod google;
 pub mod hash;
 pub mod meta;
 pub mod phone;
+pub mod plain;
 pub mod tiktok;
 
 pub use contact::Contact;
 
+/// Which codec makes a destination's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Meta,
+    Google,
+    Tiktok,
+    /// `file` and `webhook` destinations: [`plain`] rows.
+    Plain,
+}
+
+impl Platform {
+    /// The platform's hashed identifiers of one person, by its own rules.
+    pub fn row(self, contact: &Contact) -> Option<serde_json::Value> {
+        match self {
+            Platform::Meta => meta::row(contact),
+            Platform::Google => google::row(contact),
+            Platform::Tiktok => tiktok::row(contact),
+            Platform::Plain => plain::row(contact),
+        }
+    }
+
+    /// Most rows one request may carry.
+    pub fn max_rows(self) -> usize {
+        match self {
+            Platform::Meta => meta::MAX_ROWS,
+            Platform::Google => google::MAX_ROWS,
+            Platform::Tiktok => tiktok::MAX_ROWS,
+            Platform::Plain => 10_000,
+        }
+    }
+}
+
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 
 /// Whether a batch adds people to an audience or removes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Add the rows' people to the audience.
