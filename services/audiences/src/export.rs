@@ -1,0 +1,314 @@
+//! The exporter of one destination: a [`RecordSink`] that sends each batch record of that
+//! destination (others are skipped) in the destination's own format, retrying 408/425/429/5xx
+//! and timeouts with backoff and jitter and honouring `Retry-After`. It runs under the delivery
+//! crate's forwarder, so an offset is stored only once its batch is accepted or dead-lettered,
+//! and a batch re-sent after a crash carries the same batch id (the idempotency key).
+
+pub mod file;
+
+use std::time::Instant;
+
+use aftercart_delivery::retry::Class;
+use aftercart_delivery::{
+    deliver_with, Answer, Failure, FailureKind, HttpClient, HttpSink, Labels, Outcome, Outgoing,
+    RecordSink, RetryPolicy, SinkError,
+};
+use bytes::Bytes;
+use http_body_util::Full;
+use rdkafka::message::{Message, OwnedMessage};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Destination;
+use crate::domain::batch::Batch;
+use crate::metrics::{AudiencesMetrics, ExportOutcome};
+use crate::platform::{google, meta, tiktok, BuildError, Judgement, Request};
+use file::FileWriter;
+
+/// How a destination is reached.
+enum Channel {
+    Meta(meta::Target),
+    Google(google::Target),
+    Tiktok(tiktok::Target),
+    File(FileWriter),
+    Webhook(Box<HttpSink>),
+}
+
+pub struct Exporter {
+    name: String,
+    channel: Channel,
+    client: HttpClient,
+    retry: RetryPolicy,
+    metrics: AudiencesMetrics,
+}
+
+fn class_of(judgement: Judgement) -> Class {
+    match judgement {
+        Judgement::Accepted(_) => Class::Delivered,
+        Judgement::Retry => Class::Retryable,
+        Judgement::Reject => Class::Permanent,
+    }
+}
+
+/// A refusal decided before sending (a batch the codec cannot turn into a request).
+fn refused(error: &str) -> Outcome {
+    Outcome::Failed(Failure {
+        kind: FailureKind::Rejected,
+        status: None,
+        error: None,
+        response: Bytes::copy_from_slice(error.as_bytes()),
+        attempts: 0,
+    })
+}
+
+fn to_http(request: Request) -> http::Request<Full<Bytes>> {
+    let mut builder = http::Request::builder()
+        .method(request.method)
+        .uri(request.url)
+        .header(
+            http::header::USER_AGENT,
+            aftercart_delivery::sink::USER_AGENT_VALUE,
+        );
+    for (name, value) in request.headers {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Full::new(request.body))
+        .expect("the codecs build valid requests")
+}
+
+/// The webhook body: the batch with each member's plain row flattened in.
+#[derive(Serialize)]
+struct WebhookBatch<'a> {
+    batch_id: &'a str,
+    shop: &'a str,
+    audience: &'a str,
+    op: crate::platform::Op,
+    created_at: &'a str,
+    members: Vec<serde_json::Value>,
+}
+
+/// A member as the file and webhook destinations show it: shop, person, customer id, hashes.
+pub fn plain_member(batch: &Batch, member: &crate::domain::batch::Member) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "shop": batch.shop,
+        "person": member.person,
+        "customer_id": member.customer_id,
+    });
+    if let (Some(object), Some(row)) = (value.as_object_mut(), member.row.as_object()) {
+        for (key, field) in row {
+            object.insert(key.clone(), field.clone());
+        }
+    }
+    value
+}
+
+impl Exporter {
+    pub fn new(
+        name: &str,
+        destination: &Destination,
+        timeout: std::time::Duration,
+        retry: RetryPolicy,
+        metrics: AudiencesMetrics,
+    ) -> Result<Exporter, SinkError> {
+        let channel = match destination {
+            Destination::Meta(target) => Channel::Meta(target.clone()),
+            Destination::Google(target) => Channel::Google(target.clone()),
+            Destination::Tiktok(target) => Channel::Tiktok(target.clone()),
+            Destination::File(options) => Channel::File(FileWriter::new(options.clone())),
+            Destination::Webhook(sink) => {
+                Channel::Webhook(Box::new(HttpSink::new(sink, metrics.http.clone())?))
+            }
+        };
+        Ok(Exporter {
+            name: name.to_string(),
+            channel,
+            client: HttpClient::new(timeout)?,
+            retry,
+            metrics,
+        })
+    }
+
+    /// Sends `request` until the platform's `judge` accepts or refuses it.
+    async fn send(
+        &self,
+        request: Result<Request, BuildError>,
+        judge: fn(http::StatusCode, &[u8]) -> Judgement,
+        batch: &Batch,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => return refused(&format!("cannot build the request: {error}")),
+        };
+        let labels = Labels {
+            topic: &self.name,
+            event_id: &batch.batch_id,
+        };
+        deliver_with(
+            &self.retry,
+            &self.metrics.http,
+            labels,
+            stop,
+            |answer: &Answer| class_of(judge(answer.status, &answer.body)),
+            || self.client.attempt(to_http(request.clone())),
+        )
+        .await
+    }
+
+    /// The batch's rows.
+    fn rows(batch: &Batch) -> Vec<serde_json::Value> {
+        batch.members.iter().map(|m| m.row.clone()).collect()
+    }
+
+    async fn export(&self, batch: &Batch, topic: &str, stop: &CancellationToken) -> Outcome {
+        let id = batch.batch_id.as_str();
+        match &self.channel {
+            Channel::Meta(target) => {
+                let request = meta::request(target, batch.op, &Self::rows(batch), id);
+                self.send(request, meta::judge, batch, stop).await
+            }
+            Channel::Tiktok(target) => {
+                let request = tiktok::request(target, batch.op, &Self::rows(batch), id);
+                self.send(request, tiktok::judge, batch, stop).await
+            }
+            Channel::Google(target) => self.google(target, batch, stop).await,
+            Channel::Webhook(sink) => {
+                let body = WebhookBatch {
+                    batch_id: id,
+                    shop: &batch.shop,
+                    audience: &batch.audience,
+                    op: batch.op,
+                    created_at: &batch.created_at,
+                    members: batch
+                        .members
+                        .iter()
+                        .map(|m| plain_member(batch, m))
+                        .collect(),
+                };
+                let body = serde_json::to_vec(&body).expect("batches serialise");
+                let outgoing = Outgoing::new(Bytes::from(body), id, topic)
+                    .expect("batch ids and topic names are valid header values");
+                sink.deliver(&outgoing, stop).await
+            }
+            Channel::File(writer) => {
+                let labels = Labels {
+                    topic: &self.name,
+                    event_id: id,
+                };
+                // A disk error is retried like an outage: the batch is never dropped for it.
+                deliver_with(
+                    &self.retry,
+                    &self.metrics.http,
+                    labels,
+                    stop,
+                    |answer: &Answer| aftercart_delivery::retry::classify(answer.status),
+                    || writer.write(batch.clone()),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Customer Match: create a job, add the operations, run it. Each step is retried on its
+    /// own; a crash mid-way leaves an unrun job behind (harmless) and the batch is sent again.
+    async fn google(
+        &self,
+        target: &google::Target,
+        batch: &Batch,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let id = batch.batch_id.as_str();
+        let created = self
+            .send(
+                google::create_job(target, batch.op, id),
+                google::judge,
+                batch,
+                stop,
+            )
+            .await;
+        let Outcome::Delivered {
+            attempts: first,
+            response,
+        } = created
+        else {
+            return created;
+        };
+        let job = serde_json::from_slice(&response)
+            .ok()
+            .as_ref()
+            .and_then(google::job_name);
+        let Some(job) = job else {
+            return refused("the job was created but its answer names no resourceName");
+        };
+        let operations = google::add_operations(target, &job, batch.op, &Self::rows(batch), id);
+        let added = self.send(operations, google::judge, batch, stop).await;
+        let Outcome::Delivered {
+            attempts: second, ..
+        } = added
+        else {
+            return added;
+        };
+        match self
+            .send(
+                google::run_job(target, &job, id),
+                google::judge,
+                batch,
+                stop,
+            )
+            .await
+        {
+            Outcome::Delivered { attempts, response } => Outcome::Delivered {
+                attempts: first + second + attempts - 2,
+                response,
+            },
+            other => other,
+        }
+    }
+}
+
+impl RecordSink for Exporter {
+    async fn deliver(&self, message: &OwnedMessage, stop: &CancellationToken) -> Outcome {
+        let payload = message.payload().unwrap_or_default();
+        let batch: Batch = match serde_json::from_slice(payload) {
+            Ok(batch) => batch,
+            Err(error) => return refused(&format!("not an export batch: {error}")),
+        };
+        if batch.destination != self.name {
+            // Another destination's batch: its own exporter sends it.
+            return Outcome::Delivered {
+                attempts: 0,
+                response: Bytes::new(),
+            };
+        }
+        let started = Instant::now();
+        let outcome = self.export(&batch, message.topic(), stop).await;
+        let people = batch.members.len();
+        match &outcome {
+            Outcome::Delivered { attempts, .. } => {
+                self.metrics.exported(
+                    &self.name,
+                    batch.op,
+                    ExportOutcome::Accepted,
+                    people,
+                    *attempts,
+                    started.elapsed(),
+                );
+                tracing::info!(destination = %self.name, audience = %batch.audience, op = ?batch.op, people, batch_id = %batch.batch_id, "Exported a batch.");
+            }
+            Outcome::Failed(failure) => {
+                self.metrics.exported(
+                    &self.name,
+                    batch.op,
+                    ExportOutcome::DeadLettered,
+                    people,
+                    failure.attempts,
+                    started.elapsed(),
+                );
+                tracing::warn!(destination = %self.name, audience = %batch.audience, batch_id = %batch.batch_id, reason = %failure.reason(), "Dead-lettering a batch the destination did not take.");
+            }
+            Outcome::Stopped => {}
+        }
+        outcome
+    }
+}
