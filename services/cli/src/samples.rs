@@ -147,10 +147,12 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
             json!({"id": token, "token": token, "updated_at": now, "created_at": now}),
         )
     };
-    let checkout_body = |token: &str, cart: &str, email: &str| {
+    // The abandoner accepts marketing, so the audiences service exports them.
+    let checkout_body = |token: &str, cart: &str, email: &str, accepts: bool| {
         patch(
             "checkouts_create",
-            json!({"token": token, "cart_token": cart, "email": email, "created_at": now, "updated_at": now, "completed_at": null}),
+            json!({"token": token, "cart_token": cart, "email": email, "created_at": now, "updated_at": now, "completed_at": null,
+                   "buyer_accepts_marketing": accepts}),
         )
     };
     // A real (not test) order by a customer who accepts marketing: they become an advocate.
@@ -182,7 +184,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
         step("carts/update", cart_body(&cart), false, "purchase: cart"),
         step(
             "checkouts/create",
-            checkout_body(&checkout, &cart, "buyer@example.com"),
+            checkout_body(&checkout, &cart, "buyer@example.com", true),
             false,
             "purchase: checkout",
         ),
@@ -210,6 +212,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
                 &abandoned_checkout,
                 &abandoned_cart,
                 "fence.sitter@example.com",
+                true,
             ),
             false,
             "abandoned: checkout with contact, never ordered",
