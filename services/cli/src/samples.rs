@@ -158,7 +158,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     // A real (not test) order by a customer who accepts marketing: they become an advocate.
     let order_body = patch(
         "orders_create",
-        json!({"id": order_id, "cart_token": cart, "checkout_token": checkout, "created_at": now, "updated_at": now,
+        json!({"id": order_id, "cart_token": cart, "checkout_token": checkout, "created_at": now, "updated_at": now, "processed_at": now,
                "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null, "email": "buyer@example.com", "buyer_accepts_marketing": true,
                "customer": {"id": buyer_id, "email": "buyer@example.com", "first_name": "Bea", "last_name": "Buyer"}}),
     );
@@ -167,7 +167,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let friend_order = patch(
         "orders_create",
         json!({"id": friend_order_id, "cart_token": format!("demo-cart-friend-{run}"), "checkout_token": null,
-               "created_at": now, "updated_at": now, "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null,
+               "created_at": now, "updated_at": now, "processed_at": now, "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null,
                "email": "fay.friend@example.com", "buyer_accepts_marketing": false, "browser_ip": "198.51.100.20",
                "customer": {"id": friend_id, "email": "fay.friend@example.com", "first_name": "Fay", "last_name": "Friend"},
                "shipping_address": friend_address, "billing_address": friend_address,
