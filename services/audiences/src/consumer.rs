@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aftercart_kafka::shop_stage::SOURCE_HEADER;
+use aftercart_kafka::shop_stage::source_family;
 use aftercart_kafka::{
     header, shop_of, LoopError, ShopLogic, ShopStage, StageEffect, StageTopics, TopicNames,
     Unusable,
@@ -106,13 +106,10 @@ impl ShopLogic for Audiences {
     }
 
     fn family(&self, message: &OwnedMessage) -> &'static str {
-        match header(message, SOURCE_HEADER) {
-            Some("abandonments") => "abandonments",
-            Some("orders") => "orders",
-            Some("customers") => "customers",
-            Some("compliance") => "compliance",
-            _ => "other",
-        }
+        source_family(
+            message,
+            &["abandonments", "orders", "customers", "compliance"],
+        )
     }
 
     fn apply(&mut self, partition: i32, message: &OwnedMessage) -> Result<Vec<Staged>, Unusable> {

@@ -66,6 +66,17 @@ pub enum StageEffect<E, O> {
     Persist { key: String, entity: Option<Box<E>> },
 }
 
+/// The family a by-shop record came from (its [`SOURCE_HEADER`]), as one of `families`;
+/// `"other"` when absent or unknown. Labels stay a bounded set.
+pub fn source_family(message: &OwnedMessage, families: &[&'static str]) -> &'static str {
+    let source = crate::header(message, SOURCE_HEADER);
+    families
+        .iter()
+        .find(|f| source == Some(**f))
+        .copied()
+        .unwrap_or("other")
+}
+
 /// The effect type of a logic.
 pub type EffectOf<L> = StageEffect<<L as ShopLogic>::Entity, <L as ShopLogic>::Output>;
 

@@ -275,10 +275,7 @@ impl Engine {
             } => {
                 if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
                     let p = state.people.get_mut(&key).expect("resolved");
-                    p.learn(&contact);
-                    if let Some(consent) = consent {
-                        p.consent_to(consent);
-                    }
+                    p.hear(&contact, consent);
                     for audience in &rules.audiences {
                         if let Source::Abandonments(filter) = &audience.source {
                             if audience.admits_shop(shop) && filter.matches(&facts) {
@@ -305,10 +302,7 @@ impl Engine {
             } => {
                 if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
                     let p = state.people.get_mut(&key).expect("resolved");
-                    p.learn(&contact);
-                    if let Some(consent) = consent {
-                        p.consent_to(consent);
-                    }
+                    p.hear(&contact, consent);
                     if !purchase.cancelled && !purchase.test {
                         leave_abandoners(p, &rules.audiences, at_ms);
                     }
@@ -330,10 +324,7 @@ impl Engine {
             } => {
                 if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
                     let p = state.people.get_mut(&key).expect("resolved");
-                    p.learn(&contact);
-                    if let Some(consent) = consent {
-                        p.consent_to(consent);
-                    }
+                    p.hear(&contact, consent);
                     for audience in &rules.audiences {
                         if let Source::Customers(filter) = &audience.source {
                             if audience.admits_shop(shop) && filter.matches(&facts) {

@@ -77,6 +77,14 @@ impl Person {
         take(&mut self.contact.zip, &contact.zip);
     }
 
+    /// Learns what a fact says about the person: contact fields and, when it has one, consent.
+    pub fn hear(&mut self, contact: &Contact, consent: Option<ConsentFact>) {
+        self.learn(contact);
+        if let Some(consent) = consent {
+            self.consent_to(consent);
+        }
+    }
+
     /// Keeps the latest statement; on a tie, a withdrawal wins.
     pub fn consent_to(&mut self, fact: ConsentFact) {
         let newer = match self.consent {
