@@ -73,7 +73,11 @@ mod scenarios {
 
     impl Stack {
         async fn start(broker: &Broker) -> Stack {
-            let platforms = Platforms::start().await;
+            Stack::start_with(broker, Platforms::start().await).await
+        }
+
+        /// Starts the service against `platforms` (routes already set).
+        async fn start_with(broker: &Broker, platforms: Platforms) -> Stack {
             let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
             kafka.partitions = 3;
             kafka.properties = broker.client_properties();
@@ -396,16 +400,10 @@ mod scenarios {
         platforms.tiktok.route(std::sync::Arc::new(|_, _| {
             Some(Reply::status(400).body(r#"{"code":40002,"message":"audience not found"}"#))
         }));
-        let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
-        kafka.partitions = 3;
-        kafka.properties = broker.client_properties();
-        let config = test_config(&kafka, &platforms, &[]);
-        let service = TestAudiences::start_on(broker, config.clone()).await;
-        let upstream = Upstream {
-            broker,
-            config: &config,
-            shop: SHOP,
-        };
+        let mut stack = Stack::start_with(broker, platforms).await;
+        let config = stack.config.clone();
+        let platforms = &stack.platforms;
+        let upstream = stack.upstream(broker);
         upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
 
         eventually("Meta's third try", WAIT, || async {
@@ -426,7 +424,9 @@ mod scenarios {
             tries[2].at - tries[1].at
         );
         assert_eq!(
-            service.metric(r#"aftercart_audiences_export_retries_total{destination="meta"}"#),
+            stack
+                .service()
+                .metric(r#"aftercart_audiences_export_retries_total{destination="meta"}"#),
             2.0
         );
 
@@ -449,7 +449,7 @@ mod scenarios {
         assert_eq!(batch["destination"], "tiktok");
         assert_eq!(platforms.tiktok.received().len(), 1, "a 400 is not retried");
         assert_eq!(
-            service.metric(
+            stack.service().metric(
                 r#"aftercart_audiences_batches_total{destination="tiktok",op="add",outcome="dead_lettered"}"#
             ),
             1.0
@@ -461,7 +461,13 @@ mod scenarios {
             &[&ann_hashes().plain_email],
         )
         .await;
-        service.stop().await.expect("clean stop");
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
     }
 
     pub async fn a_crash_between_send_and_commit_does_not_double_add(broker: &Broker) {
@@ -474,24 +480,18 @@ mod scenarios {
                     .then(|| Reply::status(200).body("{}").after(Duration::from_secs(3)))
             }
         }));
-        let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
-        kafka.partitions = 3;
-        kafka.properties = broker.client_properties();
-        let config = test_config(&kafka, &platforms, &[]);
-        let service = TestAudiences::start_on(broker, config.clone()).await;
-        let upstream = Upstream {
-            broker,
-            config: &config,
-            shop: SHOP,
-        };
+        let mut stack = Stack::start_with(broker, platforms).await;
+        let config = stack.config.clone();
+        let platforms = &stack.platforms;
+        let upstream = stack.upstream(broker);
         upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
         eventually("Meta got the batch", WAIT, || async {
             (!platforms.meta.received().is_empty()).then_some(())
         })
         .await;
-        service.crash().await;
+        stack.service.take().expect("running").crash().await;
 
-        let service = TestAudiences::start_on(broker, config.clone()).await;
+        stack.service = Some(TestAudiences::start_on(broker, config.clone()).await);
         eventually("Meta got the batch again", WAIT, || async {
             (platforms.meta.received().len() >= 2).then_some(())
         })
@@ -538,6 +538,12 @@ mod scenarios {
                 .collect();
             assert_eq!(ids.len(), 1, "{name}: {ids:?}");
         }
-        service.stop().await.expect("clean stop");
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
     }
 }

@@ -477,9 +477,20 @@ impl AudiencesArgs {
     ) -> Option<Destination> {
         let known = errors.problems().len();
         let field = |name: &str| format!("{at}.{name}");
-        let base = |errors: &mut ConfigErrors, own: &Option<String>, global: &str| {
-            optional(errors, &field("base_url"), own)
-                .unwrap_or_else(|| global.trim().trim_end_matches('/').to_string())
+        // Where a platform is reached: the destination's own base URL or the global one, and
+        // its API version or the codec's default.
+        let api = |errors: &mut ConfigErrors,
+                   (own_base, own_version): (&Option<String>, &Option<String>),
+                   global: &str,
+                   default_version: &str| {
+            let base = optional(errors, &field("base_url"), own_base)
+                .unwrap_or_else(|| global.trim().trim_end_matches('/').to_string());
+            let version = optional(errors, &field("api_version"), own_version)
+                .unwrap_or_else(|| default_version.to_string());
+            (base, version)
+        };
+        let token = |errors: &mut ConfigErrors, inline: &Option<String>, file: &Option<String>| {
+            secret(errors, &field("access_token"), inline, file)
         };
         let resolved = match destination {
             DestinationFile::Meta {
@@ -490,17 +501,16 @@ impl AudiencesArgs {
                 base_url,
             } => {
                 let audience_id = value(errors, &field("audience_id"), audience_id);
-                let token = secret(
+                let token = token(errors, access_token, access_token_file);
+                let (base_url, version) = api(
                     errors,
-                    &field("access_token"),
-                    access_token,
-                    access_token_file,
+                    (base_url, api_version),
+                    &self.meta_base_url,
+                    meta::DEFAULT_VERSION,
                 );
-                let base_url = base(errors, base_url, &self.meta_base_url);
-                let version = optional(errors, &field("api_version"), api_version);
                 Destination::Meta(meta::Target {
                     base_url,
-                    version: version.unwrap_or_else(|| meta::DEFAULT_VERSION.to_string()),
+                    version,
                     audience_id: audience_id?,
                     access_token: token?,
                 })
@@ -525,17 +535,16 @@ impl AudiencesArgs {
                     developer_token,
                     developer_token_file,
                 );
-                let token = secret(
+                let token = token(errors, access_token, access_token_file);
+                let (base_url, version) = api(
                     errors,
-                    &field("access_token"),
-                    access_token,
-                    access_token_file,
+                    (base_url, api_version),
+                    &self.google_base_url,
+                    google::DEFAULT_VERSION,
                 );
-                let base_url = base(errors, base_url, &self.google_base_url);
-                let version = optional(errors, &field("api_version"), api_version);
                 Destination::Google(google::Target {
                     base_url,
-                    version: version.unwrap_or_else(|| google::DEFAULT_VERSION.to_string()),
+                    version,
                     customer_id: customer_id?,
                     user_list_id: list?,
                     login_customer_id: login,
@@ -553,17 +562,16 @@ impl AudiencesArgs {
             } => {
                 let advertiser = value(errors, &field("advertiser_id"), advertiser_id);
                 let audience_id = value(errors, &field("audience_id"), audience_id);
-                let token = secret(
+                let token = token(errors, access_token, access_token_file);
+                let (base_url, version) = api(
                     errors,
-                    &field("access_token"),
-                    access_token,
-                    access_token_file,
+                    (base_url, api_version),
+                    &self.tiktok_base_url,
+                    tiktok::DEFAULT_VERSION,
                 );
-                let base_url = base(errors, base_url, &self.tiktok_base_url);
-                let version = optional(errors, &field("api_version"), api_version);
                 Destination::Tiktok(tiktok::Target {
                     base_url,
-                    version: version.unwrap_or_else(|| tiktok::DEFAULT_VERSION.to_string()),
+                    version,
                     advertiser_id: advertiser?,
                     audience_id: audience_id?,
                     access_token: token?,

@@ -14,7 +14,7 @@ use aftercart_shopify::time::rfc3339;
 
 use crate::domain::audience::{Audience, Source};
 use crate::domain::batch::{batch_id, Batch, Member};
-use crate::domain::input::{Input, PersonRef};
+use crate::domain::input::{Abandonment, ConsentFact, CustomerFacts, Input, PersonRef, Purchase};
 use crate::domain::person::Person;
 use crate::platform::{hash, Contact, Op, Platform};
 
@@ -273,18 +273,18 @@ impl Engine {
                 at_ms,
                 facts,
             } => {
-                if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
-                    let p = state.people.get_mut(&key).expect("resolved");
-                    p.hear(&contact, consent);
-                    for audience in &rules.audiences {
-                        if let Source::Abandonments(filter) = &audience.source {
-                            if audience.admits_shop(shop) && filter.matches(&facts) {
-                                join(p, audience, at_ms, now_ms);
-                            }
-                        }
-                    }
-                    touched.push(key);
-                }
+                let fact = Fact::Abandoned(&facts);
+                let heard = (&contact, consent, at_ms);
+                touched.extend(observe(
+                    state,
+                    rules,
+                    shop,
+                    &person,
+                    heard,
+                    fact,
+                    now_ms,
+                    &mut effects,
+                ));
             }
             Input::Recovered { person, at_ms } => {
                 if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
@@ -300,21 +300,18 @@ impl Engine {
                 at_ms,
                 purchase,
             } => {
-                if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
-                    let p = state.people.get_mut(&key).expect("resolved");
-                    p.hear(&contact, consent);
-                    if !purchase.cancelled && !purchase.test {
-                        leave_abandoners(p, &rules.audiences, at_ms);
-                    }
-                    for audience in &rules.audiences {
-                        if let Source::Orders(filter) = &audience.source {
-                            if audience.admits_shop(shop) && filter.matches(&purchase) {
-                                join(p, audience, at_ms, now_ms);
-                            }
-                        }
-                    }
-                    touched.push(key);
-                }
+                let fact = Fact::Purchased(&purchase);
+                let heard = (&contact, consent, at_ms);
+                touched.extend(observe(
+                    state,
+                    rules,
+                    shop,
+                    &person,
+                    heard,
+                    fact,
+                    now_ms,
+                    &mut effects,
+                ));
             }
             Input::Customer {
                 person,
@@ -322,20 +319,18 @@ impl Engine {
                 consent,
                 facts,
             } => {
-                if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
-                    let p = state.people.get_mut(&key).expect("resolved");
-                    p.hear(&contact, consent);
-                    for audience in &rules.audiences {
-                        if let Source::Customers(filter) = &audience.source {
-                            if audience.admits_shop(shop) && filter.matches(&facts) {
-                                join(p, audience, now_ms, now_ms);
-                            } else if let Some(m) = p.memberships.get_mut(&audience.name) {
-                                m.candidate = false;
-                            }
-                        }
-                    }
-                    touched.push(key);
-                }
+                let fact = Fact::Customer(&facts);
+                let heard = (&contact, consent, now_ms);
+                touched.extend(observe(
+                    state,
+                    rules,
+                    shop,
+                    &person,
+                    heard,
+                    fact,
+                    now_ms,
+                    &mut effects,
+                ));
             }
             Input::CustomerDeleted { customer_id } => {
                 let key = customer_key(shop, customer_id);
@@ -572,6 +567,62 @@ impl Engine {
         }
         effects
     }
+}
+
+/// A fact an audience may draw members from.
+#[derive(Clone, Copy)]
+enum Fact<'a> {
+    Abandoned(&'a Abandonment),
+    Purchased(&'a Purchase),
+    Customer(&'a CustomerFacts),
+}
+
+impl Source {
+    /// `Some(matches)` when `fact` is of this source's kind, else `None`.
+    fn judge(&self, fact: Fact<'_>) -> Option<bool> {
+        match (self, fact) {
+            (Source::Abandonments(filter), Fact::Abandoned(facts)) => Some(filter.matches(facts)),
+            (Source::Orders(filter), Fact::Purchased(purchase)) => Some(filter.matches(purchase)),
+            (Source::Customers(filter), Fact::Customer(facts)) => Some(filter.matches(facts)),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a fact about a person, made at `at_ms`: what it says of their contact and consent,
+/// and of each audience (a purchase also ends abandoner memberships; a customer record no
+/// longer matching ends a customer-audience membership). Returns the person's key.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    state: &mut Partition,
+    rules: &Rules,
+    shop: &str,
+    who: &PersonRef,
+    (contact, consent, at_ms): (&Contact, Option<ConsentFact>, i64),
+    fact: Fact<'_>,
+    now_ms: i64,
+    effects: &mut Vec<Effect>,
+) -> Option<String> {
+    let key = state.resolve(shop, who, now_ms, effects)?;
+    let person = state.people.get_mut(&key).expect("resolved");
+    person.hear(contact, consent);
+    if let Fact::Purchased(purchase) = fact {
+        if !purchase.cancelled && !purchase.test {
+            leave_abandoners(person, &rules.audiences, at_ms);
+        }
+    }
+    for audience in rules.audiences.iter().filter(|a| a.admits_shop(shop)) {
+        match (audience.source.judge(fact), fact) {
+            (Some(true), _) => join(person, audience, at_ms, now_ms),
+            (Some(false), Fact::Customer(_)) => {
+                if let Some(membership) = person.memberships.get_mut(&audience.name) {
+                    membership.candidate = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(key)
 }
 
 /// Makes `person` a candidate of `audience` from a fact at `at_ms`, unless it is already out
