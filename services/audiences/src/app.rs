@@ -81,6 +81,7 @@ pub async fn serve(
             // Google's three steps each get the whole budget.
             record_budget: (config.retry.max_duration + config.timeout) * 3,
             shutdown_timeout: config.shutdown_timeout,
+            lag: Some(metrics.export_lag(name)),
         };
         let ready = health.component(&format!("audiences-{name}"));
         exporters.push(Forwarder::with_sink(

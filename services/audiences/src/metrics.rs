@@ -46,6 +46,7 @@ pub struct AudiencesMetrics {
     batches: IntCounterVec,
     batch_duration: HistogramVec,
     retries: IntCounterVec,
+    export_lag: IntGaugeVec,
     batches_emitted: IntCounter,
     routed: IntCounter,
     /// HTTP attempts of every destination (`aftercart_audiences_http_*`).
@@ -101,6 +102,13 @@ impl AudiencesMetrics {
                 ),
                 &["destination"],
             )?,
+            export_lag: IntGaugeVec::new(
+                opts(
+                    "export_lag_records",
+                    "Batch records a destination's exporter has yet to send (its consumer lag).",
+                ),
+                &["destination"],
+            )?,
             batches_emitted: IntCounter::with_opts(opts(
                 "batches_emitted_total",
                 "Batches the engine wrote to the batches topic.",
@@ -124,6 +132,7 @@ impl AudiencesMetrics {
         registry.register(Box::new(metrics.batches.clone()))?;
         registry.register(Box::new(metrics.batch_duration.clone()))?;
         registry.register(Box::new(metrics.retries.clone()))?;
+        registry.register(Box::new(metrics.export_lag.clone()))?;
         registry.register(Box::new(metrics.batches_emitted.clone()))?;
         registry.register(Box::new(metrics.routed.clone()))?;
         for audience in &config.rules.audiences {
@@ -131,6 +140,7 @@ impl AudiencesMetrics {
         }
         for destination in config.destinations.keys() {
             metrics.retries.with_label_values(&[destination]);
+            metrics.export_lag.with_label_values(&[destination]).set(0);
             for op in [Op::Add, Op::Remove] {
                 for outcome in [ExportOutcome::Accepted, ExportOutcome::DeadLettered] {
                     let labels = [destination.as_str(), op_label(op), outcome.as_label()];
@@ -172,6 +182,11 @@ impl AudiencesMetrics {
                 .set(*count as i64);
         }
         self.people.set(people as i64);
+    }
+
+    /// The lag gauge of one destination's exporter.
+    pub fn export_lag(&self, destination: &str) -> IntGauge {
+        self.export_lag.with_label_values(&[destination])
     }
 
     pub fn emitted(&self) {

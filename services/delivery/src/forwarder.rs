@@ -8,6 +8,7 @@ use std::time::Duration;
 use aftercart_kafka::{KafkaSettings, TopicSpec};
 use aftercart_runtime::health::Readiness;
 use bytes::Bytes;
+use prometheus::IntGauge;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -15,6 +16,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
@@ -85,14 +87,29 @@ pub struct ForwarderSpec {
     /// The longest one record may take in the sink (retries included).
     pub record_budget: Duration,
     pub shutdown_timeout: Duration,
+    /// Set every 5 s to the records behind the end of the assigned partitions, when given.
+    pub lag: Option<IntGauge>,
 }
 
 /// Commits on revocation (every stored offset is of a finished record); ready once assigned.
 struct ForwarderContext {
     ready: Readiness,
+    lag: Option<IntGauge>,
 }
 
-impl ClientContext for ForwarderContext {}
+impl ClientContext for ForwarderContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(lag) = &self.lag else { return };
+        let behind: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        lag.set(behind);
+    }
+}
 
 impl ConsumerContext for ForwarderContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -149,6 +166,7 @@ impl Forwarder {
             dead_letter_topic: config.dead_letter_topic.clone(),
             record_budget: config.sink.retry.max_duration + config.sink.timeout,
             shutdown_timeout: config.shutdown_timeout,
+            lag: None,
         };
         Forwarder::with_sink(kafka, &spec, sink, metrics, ready)
     }
@@ -172,9 +190,15 @@ impl<S: RecordSink> Forwarder<S> {
             "max.poll.interval.ms",
             max_poll.as_millis().clamp(300_000, 86_400_000).to_string(),
         );
+        if spec.lag.is_some() {
+            consumer_config.set("statistics.interval.ms", "5000");
+        }
         kafka.apply_overrides(&mut consumer_config);
         let consumer: StreamConsumer<ForwarderContext> =
-            consumer_config.create_with_context(ForwarderContext { ready })?;
+            consumer_config.create_with_context(ForwarderContext {
+                ready,
+                lag: spec.lag.clone(),
+            })?;
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
 
