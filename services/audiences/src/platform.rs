@@ -288,11 +288,11 @@ mod tests {
         let meta = meta::row(&contact).unwrap();
         let google = google::row(&contact).unwrap();
         let tiktok = tiktok::row(&contact).unwrap();
-        // Meta keeps dots and tag, Google drops both (Gmail), TikTok drops only the tag.
+        // Meta and Google keep dots and tag (each by its own code), TikTok drops the tag.
         assert_eq!(meta["EMAIL"], hash::sha256_hex("jane.doe+shop@gmail.com"));
         assert_eq!(
             google["userIdentifiers"][0]["hashedEmail"],
-            hash::sha256_hex("janedoe@gmail.com")
+            hash::sha256_hex("jane.doe+shop@gmail.com")
         );
         assert_eq!(
             tiktok["EMAIL_SHA256"],

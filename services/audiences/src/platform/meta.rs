@@ -23,8 +23,9 @@
 //!   characters in UTF-8": we keep every Unicode letter (`é`, `ø`, `ß` stay, as UTF-8), and drop
 //!   spaces, digits and punctuation (`O'Brien` → `obrien`, `Jean-Luc` → `jeanluc`). Input is taken
 //!   as Shopify sends it (composed, NFC); a decomposed accent would be dropped, not composed.
-//! - `ZIP`: lower-case, no whitespace; a US zip (country US, or shaped `12345-6789` without a
-//!   country) keeps its first 5 digits; other postcodes are kept whole (`SW1A 1AA` → `sw1a1aa`).
+//! - `ZIP`: lower-case, no whitespace, the part before `-` (domain.md §4: `1000-001` → `1000`);
+//!   a US zip (country US, or shaped `12345-6789` without a country) keeps its first 5 digits
+//!   (`SW1A 1AA` → `sw1a1aa`).
 //! - `COUNTRY`: lower-case ISO alpha-2. `PHONE`: digits only with country code, no `+`, no leading
 //!   zero (from [`phone::e164`]). `EMAIL`: trimmed and lower-cased, nothing else (no Gmail rules).
 
@@ -228,16 +229,12 @@ fn normalise_zip(raw: &str, country: Option<&str>) -> Option<String> {
             && five.bytes().all(|b| b.is_ascii_digit())
             && (four.is_empty() || (four.len() == 4 && four.bytes().all(|b| b.is_ascii_digit())))
     };
-    let zip = match country {
-        Some("US") => zip
-            .split('-')
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(5)
-            .collect(),
+    // Meta: the part before `-` (domain.md §4), and a US zip's first five digits.
+    let before_dash = zip.split('-').next().unwrap_or("");
+    let zip: String = match country {
+        Some("US") => before_dash.chars().take(5).collect(),
         None if us_shaped(&zip) => zip[..5].to_owned(),
-        _ => zip,
+        _ => before_dash.to_owned(),
     };
     (!zip.is_empty()).then_some(zip)
 }
@@ -355,8 +352,9 @@ mod tests {
         );
         assert_eq!(
             normalise_zip("1000-001", Some("PT")).as_deref(),
-            Some("1000-001")
+            Some("1000")
         );
+        assert_eq!(normalise_zip("00-950", Some("PL")).as_deref(), Some("00"));
         assert_eq!(normalise_zip("   ", Some("GB")), None);
         let row = row(&jane()).unwrap();
         // printf '%s' '12345' | sha256sum ; printf '%s' 'us' | sha256sum
