@@ -143,6 +143,15 @@ mod scenarios {
         true
     }
 
+    /// Waits until a series of `service` has `value` (metrics follow the answers the local
+    /// servers record, a moment later).
+    async fn until_metric(service: &TestAudiences, series: &str, value: f64) {
+        eventually(series, WAIT, || async {
+            (service.metric(series) == value).then_some(())
+        })
+        .await;
+    }
+
     fn now() -> String {
         rfc3339(now_ms())
     }
@@ -297,19 +306,10 @@ mod scenarios {
         for batch in stack.batches().await {
             assert_valid("aftercart/audience-batches.schema.json", &batch);
         }
-        let service = stack.service();
-        eventually("the members gauge", WAIT, || async {
-            (service.metric(r#"aftercart_audiences_members{audience="abandoned-checkouts"}"#)
-                == 1.0)
-                .then_some(())
-        })
-        .await;
-        assert_eq!(
-            service.metric(
-                r#"aftercart_audiences_records_exported_total{destination="meta",op="add",outcome="accepted"}"#
-            ),
-            1.0
-        );
+        let members = r#"aftercart_audiences_members{audience="abandoned-checkouts"}"#;
+        until_metric(stack.service(), members, 1.0).await;
+        let exported = r#"aftercart_audiences_records_exported_total{destination="meta",op="add",outcome="accepted"}"#;
+        until_metric(stack.service(), exported, 1.0).await;
     }
 
     pub async fn revoked_consent_and_redaction_remove_people_everywhere(broker: &Broker) {
@@ -377,13 +377,8 @@ mod scenarios {
             last.value.is_empty().then_some(())
         })
         .await;
-        let service = stack.service();
-        eventually("the members gauge", WAIT, || async {
-            (service.metric(r#"aftercart_audiences_members{audience="abandoned-checkouts"}"#)
-                == 0.0)
-                .then_some(())
-        })
-        .await;
+        let members = r#"aftercart_audiences_members{audience="abandoned-checkouts"}"#;
+        until_metric(stack.service(), members, 0.0).await;
     }
 
     pub async fn a_503_and_a_429_are_retried_and_a_400_is_dead_lettered(broker: &Broker) {
@@ -423,12 +418,9 @@ mod scenarios {
             "Retry-After: 1 was honoured ({:?})",
             tries[2].at - tries[1].at
         );
-        assert_eq!(
-            stack
-                .service()
-                .metric(r#"aftercart_audiences_export_retries_total{destination="meta"}"#),
-            2.0
-        );
+        // Counted once the exporter has read the answer the receiver already recorded.
+        let retries = r#"aftercart_audiences_export_retries_total{destination="meta"}"#;
+        until_metric(stack.service(), retries, 2.0).await;
 
         // TikTok's refusal: dead-lettered with its answer, once, and nothing else held up.
         let letter = eventually("TikTok's dead letter", WAIT, || async {
@@ -448,12 +440,8 @@ mod scenarios {
         let batch: Value = serde_json::from_slice(&letter.value).expect("the batch");
         assert_eq!(batch["destination"], "tiktok");
         assert_eq!(platforms.tiktok.received().len(), 1, "a 400 is not retried");
-        assert_eq!(
-            stack.service().metric(
-                r#"aftercart_audiences_batches_total{destination="tiktok",op="add",outcome="dead_lettered"}"#
-            ),
-            1.0
-        );
+        let refused = r#"aftercart_audiences_batches_total{destination="tiktok",op="add",outcome="dead_lettered"}"#;
+        until_metric(stack.service(), refused, 1.0).await;
         until_sent(
             "the webhook",
             &platforms.webhook,

@@ -409,6 +409,22 @@ impl AudiencesArgs {
                     audiences.push(resolved);
                 }
             }
+            // A platform destination is one list at the platform: two audiences in it would
+            // remove each other's members.
+            for (name, destination) in &destinations {
+                let users: Vec<&str> = audiences
+                    .iter()
+                    .filter(|a: &&Audience| a.destinations.contains(name))
+                    .map(|a| a.name.as_str())
+                    .collect();
+                if destination.platform() != Platform::Plain && users.len() > 1 {
+                    errors.push(format!(
+                        "{source}: destinations.{name} is one {} audience and cannot hold several ({}): give each its own destination",
+                        destination.kind(),
+                        users.join(", ")
+                    ));
+                }
+            }
             let mut names: Vec<&str> = file.audiences.iter().map(|a| a.name.as_str()).collect();
             names.sort_unstable();
             if names.windows(2).any(|w| w[0] == w[1]) {

@@ -42,13 +42,27 @@ pub struct Exporter {
     metrics: AudiencesMetrics,
 }
 
-fn class_of(judgement: Judgement) -> Class {
+/// What an answer means for the batch. A credential or permission problem (401, 403, Meta's
+/// expired-token code 190) is an outage to fix, not bad data: it is retried (the retries and
+/// lag alerts fire) rather than dead-lettered, so a removal is not given up while ops renew a
+/// token.
+fn class_of(status: http::StatusCode, body: &[u8], judgement: Judgement) -> Class {
+    let auth = status == http::StatusCode::UNAUTHORIZED
+        || status == http::StatusCode::FORBIDDEN
+        || serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_i64())
+            == Some(META_EXPIRED_TOKEN);
     match judgement {
         Judgement::Accepted(_) => Class::Delivered,
         Judgement::Retry => Class::Retryable,
+        Judgement::Reject if auth => Class::Retryable,
         Judgement::Reject => Class::Permanent,
     }
 }
+
+/// Meta's "invalid or expired access token" error code.
+const META_EXPIRED_TOKEN: i64 = 190;
 
 /// A refusal decided before sending (a batch the codec cannot turn into a request).
 fn refused(error: &str) -> Outcome {
@@ -150,7 +164,13 @@ impl Exporter {
             &self.metrics.http,
             labels,
             stop,
-            |answer: &Answer| class_of(judge(answer.status, &answer.body)),
+            |answer: &Answer| {
+                class_of(
+                    answer.status,
+                    &answer.body,
+                    judge(answer.status, &answer.body),
+                )
+            },
             || self.client.attempt(to_http(request.clone())),
         )
         .await
@@ -281,6 +301,10 @@ impl RecordSink for Exporter {
                 response: Bytes::new(),
             };
         }
+        // Names become file paths and header values: only what the engine writes is taken.
+        if !batch.is_well_formed() {
+            return refused("the batch id or audience name is not well formed");
+        }
         let started = Instant::now();
         let outcome = self.export(&batch, message.topic(), stop).await;
         let people = batch.members.len();
@@ -310,5 +334,37 @@ impl RecordSink for Exporter {
             Outcome::Stopped => {}
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_problems_are_retried_and_bad_requests_refused() {
+        let judge = |status: u16, body: &str| {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            class_of(
+                status,
+                body.as_bytes(),
+                meta::judge(status, body.as_bytes()),
+            )
+        };
+        assert_eq!(judge(401, "{}"), Class::Retryable);
+        assert_eq!(judge(403, "{}"), Class::Retryable);
+        assert_eq!(
+            judge(400, r#"{"error":{"code":190,"message":"expired"}}"#),
+            Class::Retryable
+        );
+        assert_eq!(
+            judge(
+                400,
+                r#"{"error":{"code":100,"message":"invalid parameter"}}"#
+            ),
+            Class::Permanent
+        );
+        assert_eq!(judge(200, "{}"), Class::Delivered);
+        assert_eq!(judge(503, ""), Class::Retryable);
     }
 }

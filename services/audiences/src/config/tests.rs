@@ -172,3 +172,33 @@ fn tokens_can_come_from_files() {
     };
     assert_eq!(target.access_token.expose(), "secret-from-file");
 }
+
+#[test]
+fn a_platform_destination_serves_one_audience_only() {
+    let file = write(
+        r#"
+[destinations.meta]
+type = "meta"
+audience_id = "1"
+access_token = "t"
+
+[[audiences]]
+name = "a"
+source = "orders"
+destinations = ["meta"]
+
+[[audiences]]
+name = "b"
+source = "customers"
+destinations = ["meta"]
+"#,
+    );
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    assert!(
+        errors
+            .problems()
+            .join("\n")
+            .contains("cannot hold several (a, b)"),
+        "{errors}"
+    );
+}

@@ -31,6 +31,25 @@ pub struct Batch {
     pub members: Vec<Member>,
 }
 
+impl Batch {
+    /// The id is 32 lower-case hex and the audience a config name (letters, digits, - and _),
+    /// so both are safe in file names and headers.
+    pub fn is_well_formed(&self) -> bool {
+        let hex = self.batch_id.len() == 32
+            && self
+                .batch_id
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let name = !self.audience.is_empty()
+            && self.audience.len() <= 64
+            && self
+                .audience
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        hex && name && !self.members.is_empty()
+    }
+}
+
 /// A batch id: SHA-256 over the batch's origin and members, first 16 bytes as hex.
 pub fn batch_id(origin: &str, members: &[Member]) -> String {
     let mut hasher = Sha256::new();

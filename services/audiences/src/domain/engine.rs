@@ -162,16 +162,23 @@ impl Partition {
                     self.people
                         .insert(key.clone(), Person::new(shop, Some(id), now_ms));
                 }
-                // A guest seen before under this email is this customer.
+                // A guest seen before under this email is this customer: the customer takes
+                // over what the guest knew, and the guest is retired (destinations drop rows
+                // under its name, then it is deleted).
                 let guest = email.map(|e| guest_key(shop, e));
-                if let Some(guest) = guest.filter(|g| self.people.contains_key(g)) {
-                    let absorbed = self.people.remove(&guest).expect("checked");
-                    self.dirty.remove(&guest);
-                    effects.push(forget(&guest));
+                let live = |g: &String| self.people.get(g).is_some_and(|p| !p.redacted);
+                if let Some(guest) = guest.filter(live) {
+                    let known = self.people[&guest].clone();
                     self.people
                         .get_mut(&key)
                         .expect("inserted above")
-                        .absorb(absorbed);
+                        .absorb(&known);
+                    retire(self, &guest, effects);
+                    if let Some(retired) = self.people.get(&guest) {
+                        self.dirty.insert(guest.clone());
+                        self.dirty_since_ms.get_or_insert(now_ms);
+                        effects.push(persist(&guest, retired));
+                    }
                 }
                 key
             }
@@ -372,7 +379,7 @@ impl Engine {
                 keys.dedup();
                 for key in keys {
                     if state.people.contains_key(&key) {
-                        redact(state, &key, &mut effects);
+                        retire(state, &key, &mut effects);
                         touched.push(key);
                     }
                 }
@@ -385,7 +392,7 @@ impl Engine {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for key in keys {
-                    redact(state, &key, &mut effects);
+                    retire(state, &key, &mut effects);
                     touched.push(key);
                 }
             }
@@ -446,18 +453,26 @@ impl Engine {
             };
             let current = person.contact.clone();
             let held = person.held_contact().clone();
-            let moved = person.holds_anything() && held != current;
             let customer_id = person.customer_id;
             let shop = person.shop.clone();
             let name = pseudonym(&key, &shop).to_string();
             let mut changed = false;
-            for audience in &rules.audiences {
-                let wanted = person.wanted_in(&audience.name);
-                let Some(membership) = person.memberships.get_mut(&audience.name) else {
-                    continue;
-                };
+            // Every membership the person has, including of audiences no longer configured
+            // (their destinations must drop the person).
+            let names: Vec<String> = person.memberships.keys().cloned().collect();
+            for audience_name in names {
+                let audience = rules.audiences.iter().find(|a| a.name == audience_name);
+                let wanted = audience.is_some() && person.wanted_in(&audience_name);
+                let membership = person
+                    .memberships
+                    .get_mut(&audience_name)
+                    .expect("listed above");
+                if audience.is_none() && membership.candidate {
+                    membership.candidate = false;
+                    changed = true;
+                }
                 let mut targets: BTreeSet<String> = membership.synced.clone();
-                if wanted {
+                if let (true, Some(audience)) = (wanted, audience) {
                     targets.extend(audience.destinations.iter().cloned());
                 }
                 for destination in targets {
@@ -467,27 +482,34 @@ impl Engine {
                         continue;
                     };
                     let holds = membership.synced.contains(&destination);
-                    let mut add = |op: Op, contact: &Contact| -> bool {
-                        let Some(row) = platform.row(contact) else {
-                            return false;
-                        };
+                    // Compared as this platform's rows: a change it does not see (a zip for
+                    // TikTok) is no reason to remove and re-add.
+                    let held_row = if holds { platform.row(&held) } else { None };
+                    let current_row = if wanted { platform.row(&current) } else { None };
+                    let moved = holds && held_row != current_row;
+                    let mut push = |op: Op, row: serde_json::Value| {
                         groups
-                            .entry((shop.clone(), audience.name.clone(), destination.clone(), op))
+                            .entry((shop.clone(), audience_name.clone(), destination.clone(), op))
                             .or_default()
                             .push(Member {
                                 person: name.clone(),
                                 customer_id,
                                 row,
                             });
-                        true
                     };
                     if holds && (!wanted || moved) {
-                        add(Op::Remove, &held);
+                        if let Some(row) = held_row {
+                            push(Op::Remove, row);
+                        }
                         membership.synced.remove(&destination);
                         changed = true;
                     }
-                    if wanted && !membership.synced.contains(&destination) && add(Op::Add, &current)
-                    {
+                    if let (true, false, Some(row)) = (
+                        wanted,
+                        membership.synced.contains(&destination),
+                        current_row,
+                    ) {
+                        push(Op::Add, row);
                         membership.synced.insert(destination);
                         changed = true;
                     }
@@ -561,6 +583,10 @@ impl Engine {
                 Op::Add => membership.synced.insert(batch.destination.clone()),
                 Op::Remove => membership.synced.remove(&batch.destination),
             };
+            if batch.op == Op::Add {
+                // What was added is the person's contact as it is now (the batch was made from it).
+                person.exported_contact = Some(person.contact.clone());
+            }
             person.prune();
             state.dirty.insert(key.clone());
             effects.push(persist(&key, person));
@@ -609,10 +635,14 @@ fn observe(
     if let Fact::Purchased(purchase) = fact {
         if !purchase.cancelled && !purchase.test {
             leave_abandoners(person, &rules.audiences, at_ms);
+            person.last_purchase_ms = person.last_purchase_ms.max(Some(at_ms));
         }
     }
+    let bought_since = person_bought_since(person.last_purchase_ms, at_ms);
     for audience in rules.audiences.iter().filter(|a| a.admits_shop(shop)) {
         match (audience.source.judge(fact), fact) {
+            // An abandonment delivered after a later purchase: they are not an abandoner.
+            (Some(true), Fact::Abandoned(_)) if audience.leave_on_purchase && bought_since => {}
             (Some(true), _) => join(person, audience, at_ms, now_ms),
             (Some(false), Fact::Customer(_)) => {
                 if let Some(membership) = person.memberships.get_mut(&audience.name) {
@@ -623,6 +653,10 @@ fn observe(
         }
     }
     Some(key)
+}
+
+fn person_bought_since(last_purchase_ms: Option<i64>, at_ms: i64) -> bool {
+    last_purchase_ms.is_some_and(|bought| bought >= at_ms)
 }
 
 /// Makes `person` a candidate of `audience` from a fact at `at_ms`, unless it is already out
@@ -655,9 +689,9 @@ fn leave_abandoners(person: &mut Person, audiences: &[Audience], at_ms: i64) {
     }
 }
 
-/// Marks a person redacted: destinations drop them at the next flush, then they are deleted.
-/// Someone no destination holds is deleted at once.
-fn redact(state: &mut Partition, key: &str, effects: &mut Vec<Effect>) {
+/// Retires a person (redacted, or a guest merged into a customer): destinations drop them at
+/// the next flush, then they are deleted. Someone no destination holds is deleted at once.
+fn retire(state: &mut Partition, key: &str, effects: &mut Vec<Effect>) {
     let Some(person) = state.people.get_mut(key) else {
         return;
     };

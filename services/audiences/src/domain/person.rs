@@ -46,7 +46,11 @@ pub struct Person {
     pub exported_contact: Option<Contact>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub memberships: BTreeMap<String, Membership>,
-    /// Redacted: every destination must drop them, then the entity is deleted.
+    /// When they last bought (an abandonment from before it does not make them an abandoner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_purchase_ms: Option<i64>,
+    /// Retired (redacted, or a guest merged into a customer): every destination must drop
+    /// them, then the entity is deleted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redacted: bool,
     pub seen_ms: i64,
@@ -136,8 +140,10 @@ impl Person {
         }
     }
 
-    /// Merges a guest entity (known by email) into this customer entity.
-    pub fn absorb(&mut self, guest: Person) {
+    /// Takes over what a guest entity (known by email) knew: contact, consent, candidacies and
+    /// purchases. Not what destinations hold: those rows name the guest, so the guest entity
+    /// removes them itself (it is retired) and this one is added under its own name.
+    pub fn absorb(&mut self, guest: &Person) {
         let guest_contact = guest.contact.clone();
         let mine = std::mem::take(&mut self.contact);
         self.contact = guest_contact;
@@ -148,18 +154,15 @@ impl Person {
                 at_ms: consent.at_ms,
             });
         }
-        if self.exported_contact.is_none() {
-            self.exported_contact = guest.exported_contact;
-        }
-        for (audience, theirs) in guest.memberships {
-            let mine = self.memberships.entry(audience).or_default();
+        self.last_purchase_ms = self.last_purchase_ms.max(guest.last_purchase_ms);
+        for (audience, theirs) in &guest.memberships {
+            let mine = self.memberships.entry(audience.clone()).or_default();
             mine.candidate |= theirs.candidate;
             mine.since_ms = mine.since_ms.max(theirs.since_ms);
             mine.expires_ms = match (mine.expires_ms, theirs.expires_ms) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
-            mine.synced.extend(theirs.synced);
         }
         self.seen_ms = self.seen_ms.max(guest.seen_ms);
     }
@@ -237,8 +240,12 @@ mod tests {
                 synced: ["meta".to_string()].into(),
             },
         );
-        customer.absorb(guest);
+        customer.absorb(&guest);
         assert!(customer.consented());
-        assert!(customer.memberships["a"].synced.contains("meta"));
+        assert!(customer.memberships["a"].candidate);
+        assert!(
+            customer.memberships["a"].synced.is_empty(),
+            "what destinations hold names the guest, who removes it"
+        );
     }
 }

@@ -333,28 +333,143 @@ fn a_changed_email_is_removed_under_the_old_one_and_added_under_the_new_one() {
 }
 
 #[test]
-fn a_guest_who_turns_out_to_be_a_customer_is_one_person() {
+fn a_guest_who_turns_out_to_be_a_customer_is_removed_under_the_guest_name_and_added_as_the_customer(
+) {
     let mut engine = engine();
     let guest = PersonRef {
         customer_id: None,
         email: Some("ann@example.com".into()),
     };
-    engine.apply(0, SHOP, abandoned(guest, Some(true), T0), T0);
-    engine.tick(T0 + 1_000);
-    let effects = engine.apply(0, SHOP, paid(ann(), T0 + 1_100), T0 + 1_100);
-    let forgot_guest = effects
-        .iter()
-        .any(|e| matches!(e, Effect::Persist { key, person: None } if key.contains("/e/")));
-    assert!(forgot_guest);
-    assert_eq!(engine.people(), 1);
+    engine.apply(0, SHOP, abandoned(guest.clone(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    let guest_name = batches(&first)[0].members[0].person.clone();
+    assert!(guest_name.starts_with("e/"), "{guest_name}");
+    // The same person abandons again, now signed in: one person, the customer.
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(ann(), Some(true), T0 + 1_100),
+        T0 + 1_100,
+    );
     let effects = engine.tick(T0 + 2_100);
-    // The guest's memberships moved with them: they leave the abandoners as the customer.
-    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
-    let removal = batches(&effects)
+    let removed: Vec<&Batch> = batches(&effects)
         .into_iter()
-        .find(|b| b.op == Op::Remove)
-        .unwrap();
-    assert_eq!(removal.members[0].person, "c/42");
+        .filter(|b| b.op == Op::Remove)
+        .collect();
+    assert_eq!(removed.len(), 4, "every destination drops the guest's rows");
+    assert!(removed.iter().all(|b| b.members[0].person == guest_name));
+    let added: Vec<&Batch> = batches(&effects)
+        .into_iter()
+        .filter(|b| b.op == Op::Add)
+        .collect();
+    assert_eq!(added.len(), 4, "and takes the customer's");
+    assert!(added.iter().all(|b| b.members[0].person == "c/42"));
+    assert_eq!(engine.people(), 1, "the guest is deleted once removed");
+    assert_eq!(engine.members()["abandoned-checkouts"], 1);
+}
+
+#[test]
+fn an_abandonment_delivered_after_a_later_purchase_does_not_make_an_abandoner() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, paid(ann(), T0 + 10), T0 + 20);
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0 + 30);
+    let effects = engine.tick(T0 + 1_100);
+    assert!(ops(&effects, "abandoned-checkouts", Op::Add).is_empty());
+    assert_eq!(ops(&effects, "recent-purchasers", Op::Add), ["files"]);
+}
+
+#[test]
+fn a_change_a_platform_does_not_hash_is_not_resent_to_it() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    // A new zip: Meta and Google hash it, TikTok and files do not.
+    let moved = Input::Customer {
+        person: PersonRef {
+            customer_id: Some(42),
+            email: None,
+        },
+        contact: Contact {
+            zip: Some("EC1A 1BB".into()),
+            ..Default::default()
+        },
+        consent: None,
+        facts: Default::default(),
+    };
+    engine.apply(0, SHOP, moved, T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(
+        ops(&effects, "abandoned-checkouts", Op::Remove),
+        ["google", "meta"]
+    );
+    assert_eq!(
+        ops(&effects, "abandoned-checkouts", Op::Add),
+        ["google", "meta"]
+    );
+}
+
+#[test]
+fn members_of_an_audience_no_longer_configured_are_removed_from_its_destinations() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let effects = engine.tick(T0 + 1_000);
+    let people: HashMap<String, Person> = effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Persist {
+                key,
+                person: Some(p),
+            } => Some((key.clone(), (**p).clone())),
+            _ => None,
+        })
+        .collect();
+    let mut rules = rules();
+    rules.audiences.retain(|a| a.name != "abandoned-checkouts");
+    let mut restarted = Engine::new(rules);
+    restarted.assign(0, people);
+    let effects = [restarted.tick(T0 + 2_000), restarted.tick(T0 + 3_000)].concat();
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+}
+
+#[test]
+fn a_crash_after_a_contact_change_was_emitted_does_not_resend_it() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    let moved = Input::Customer {
+        person: PersonRef {
+            customer_id: Some(42),
+            email: Some("ann@new.example".into()),
+        },
+        contact: Contact {
+            email: Some("ann@new.example".into()),
+            ..Default::default()
+        },
+        consent: None,
+        facts: Default::default(),
+    };
+    let applied = engine.apply(0, SHOP, moved, T0 + 1_100);
+    let second = engine.tick(T0 + 2_100);
+    // Crash: the second flush's batches were written, the changelog has the person as applied.
+    let people: HashMap<String, Person> = first
+        .iter()
+        .map(|(_, e)| e.clone())
+        .chain(applied)
+        .filter_map(|e| match e {
+            Effect::Persist {
+                key,
+                person: Some(p),
+            } => Some((key, *p)),
+            _ => None,
+        })
+        .collect();
+    let mut restored = Engine::new(rules());
+    restored.assign(0, people);
+    for batch in batches(&second) {
+        restored.reconcile(0, batch);
+    }
+    assert!(batches(&restored.tick(T0 + 3_000)).is_empty());
+    assert!(batches(&restored.tick(T0 + 4_000)).is_empty());
 }
 
 #[test]
