@@ -20,8 +20,9 @@ mod scenarios {
     use aftercart_kafka::KafkaSettings;
     use aftercart_shopify::time::{now_ms, rfc3339};
     use aftercart_tests::audiences::{
-        test_config, Platforms, Shopper, TestAudiences, Upstream, GOOGLE_CUSTOMER, GOOGLE_JOB,
-        GOOGLE_LIST, META_AUDIENCE, TIKTOK_ADVERTISER, TIKTOK_AUDIENCE, WEBHOOK_SECRET,
+        test_config, Platforms, Shopper, TestAudiences, Upstream, GOOGLE_ACCESS_TOKEN,
+        GOOGLE_CUSTOMER, GOOGLE_JOB, GOOGLE_LIST, META_AUDIENCE, TIKTOK_ADVERTISER,
+        TIKTOK_AUDIENCE, WEBHOOK_SECRET,
     };
     use aftercart_tests::receiver::{Received, Receiver, Reply};
     use aftercart_tests::schemas::assert_valid;
@@ -229,8 +230,23 @@ mod scenarios {
         );
         assert!(meta_body["session"]["session_id"].is_i64());
 
-        // Google: create a job for the user list with EEA consent, add the operation, run it.
-        let google = p.google.delivered();
+        // Google: an access token from the refresh token, then create a job for the user list
+        // with EEA consent, add the operation, run it, each with the fresh token.
+        let (token, google): (Vec<Received>, Vec<Received>) = p
+            .google
+            .delivered()
+            .into_iter()
+            .partition(|r| r.uri == "/token");
+        assert_eq!(token.len(), 1, "one token serves the whole batch");
+        let form = String::from_utf8_lossy(&token[0].body).into_owned();
+        assert!(form.contains("grant_type=refresh_token"), "{form}");
+        assert!(
+            form.contains("refresh_token=google-refresh-token"),
+            "{form}"
+        );
+        assert!(google
+            .iter()
+            .all(|r| r.header("authorization") == Some(&*format!("Bearer {GOOGLE_ACCESS_TOKEN}"))));
         let uris: Vec<&str> = google.iter().map(|r| r.uri.as_str()).collect();
         assert_eq!(
             uris,

@@ -22,6 +22,8 @@ pub const META_AUDIENCE: &str = "23850000000000001";
 pub const GOOGLE_CUSTOMER: &str = "1234567890";
 pub const GOOGLE_LIST: &str = "9876543210";
 pub const GOOGLE_JOB: &str = "customers/1234567890/offlineUserDataJobs/555";
+/// What the local token endpoint hands out for the refresh token.
+pub const GOOGLE_ACCESS_TOKEN: &str = "ya29.fresh-test-token";
 pub const TIKTOK_ADVERTISER: &str = "7000000000000000001";
 pub const TIKTOK_AUDIENCE: &str = "1000000001";
 
@@ -49,6 +51,11 @@ impl Platforms {
         );
         let google = Receiver::start(vec![]).await;
         google.route(Arc::new(|_, uri: &str| {
+            if uri == "/token" {
+                return Some(Reply::status(200).body(&format!(
+                    r#"{{"access_token":"{GOOGLE_ACCESS_TOKEN}","expires_in":3599,"token_type":"Bearer"}}"#
+                )));
+            }
             uri.ends_with(":create")
                 .then(|| Reply::status(200).body(&format!(r#"{{"resourceName":"{GOOGLE_JOB}"}}"#)))
         }));
@@ -85,7 +92,10 @@ type = "google"
 customer_id = "{GOOGLE_CUSTOMER}"
 user_list_id = "{GOOGLE_LIST}"
 developer_token = "google-dev-token"
-access_token = "google-test-token"
+refresh_token = "google-refresh-token"
+client_id = "test-client.apps.googleusercontent.com"
+client_secret = "google-client-secret"
+token_url = "{google}/token"
 base_url = "{google}"
 
 [destinations.tiktok]

@@ -129,11 +129,28 @@ pub struct AudiencesArgs {
     pub person_retention: String,
 }
 
+/// Google's OAuth token endpoint.
+pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// How the Google destination gets access tokens: fixed, or refreshed with an OAuth client.
+#[derive(Debug, Clone)]
+pub enum GoogleAuth {
+    /// `target.access_token` is used as is.
+    Fixed,
+    Refresh {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        refresh_token: Secret,
+    },
+}
+
 /// Where a destination exports.
 #[derive(Debug, Clone)]
 pub enum Destination {
     Meta(meta::Target),
-    Google(google::Target),
+    /// With `GoogleAuth::Refresh`, `target.access_token` is a placeholder replaced per request.
+    Google(google::Target, GoogleAuth),
     Tiktok(tiktok::Target),
     File(FileOptions),
     Webhook(SinkConfig),
@@ -143,7 +160,7 @@ impl Destination {
     pub fn platform(&self) -> Platform {
         match self {
             Destination::Meta(_) => Platform::Meta,
-            Destination::Google(_) => Platform::Google,
+            Destination::Google(..) => Platform::Google,
             Destination::Tiktok(_) => Platform::Tiktok,
             Destination::File(_) | Destination::Webhook(_) => Platform::Plain,
         }
@@ -153,7 +170,7 @@ impl Destination {
     pub fn kind(&self) -> &'static str {
         match self {
             Destination::Meta(_) => "meta",
-            Destination::Google(_) => "google",
+            Destination::Google(..) => "google",
             Destination::Tiktok(_) => "tiktok",
             Destination::File(_) => "file",
             Destination::Webhook(_) => "webhook",
@@ -539,6 +556,12 @@ impl AudiencesArgs {
                 developer_token_file,
                 access_token,
                 access_token_file,
+                refresh_token,
+                refresh_token_file,
+                client_id,
+                client_secret,
+                client_secret_file,
+                token_url,
                 api_version,
                 base_url,
             } => {
@@ -551,22 +574,77 @@ impl AudiencesArgs {
                     developer_token,
                     developer_token_file,
                 );
-                let token = token(errors, access_token, access_token_file);
+                let refreshing = refresh_token.is_some() || refresh_token_file.is_some();
+                let fixed = access_token.is_some() || access_token_file.is_some();
+                let (token, auth) = match (fixed, refreshing) {
+                    (true, true) => {
+                        errors.push(format!(
+                            "{at}: set access_token or refresh_token (with client_id and client_secret), not both"
+                        ));
+                        (None, None)
+                    }
+                    (_, false) => (
+                        token(errors, access_token, access_token_file),
+                        Some(GoogleAuth::Fixed),
+                    ),
+                    (false, true) => {
+                        let refresh = secret(
+                            errors,
+                            &field("refresh_token"),
+                            refresh_token,
+                            refresh_token_file,
+                        );
+                        let client_secret = secret(
+                            errors,
+                            &field("client_secret"),
+                            client_secret,
+                            client_secret_file,
+                        );
+                        let client_id = match client_id {
+                            Some(id) => value(errors, &field("client_id"), id),
+                            None => {
+                                errors.push(format!(
+                                    "{}: required with refresh_token",
+                                    field("client_id")
+                                ));
+                                None
+                            }
+                        };
+                        let token_url = optional(errors, &field("token_url"), token_url)
+                            .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string());
+                        let auth = match (client_id, client_secret, refresh) {
+                            (Some(client_id), Some(client_secret), Some(refresh_token)) => {
+                                Some(GoogleAuth::Refresh {
+                                    token_url,
+                                    client_id,
+                                    client_secret,
+                                    refresh_token,
+                                })
+                            }
+                            _ => None,
+                        };
+                        // Replaced by a fresh token before every request.
+                        (Some(Secret::new("refreshed-per-request")), auth)
+                    }
+                };
                 let (base_url, version) = api(
                     errors,
                     (base_url, api_version),
                     &self.google_base_url,
                     google::DEFAULT_VERSION,
                 );
-                Destination::Google(google::Target {
-                    base_url,
-                    version,
-                    customer_id: customer_id?,
-                    user_list_id: list?,
-                    login_customer_id: login,
-                    developer_token: developer?,
-                    access_token: token?,
-                })
+                Destination::Google(
+                    google::Target {
+                        base_url,
+                        version,
+                        customer_id: customer_id?,
+                        user_list_id: list?,
+                        login_customer_id: login,
+                        developer_token: developer?,
+                        access_token: token?,
+                    },
+                    auth?,
+                )
             }
             DestinationFile::Tiktok {
                 advertiser_id,

@@ -6,7 +6,7 @@
 
 pub mod file;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aftercart_delivery::retry::Class;
 use aftercart_delivery::{
@@ -19,16 +19,48 @@ use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Destination;
+use crate::config::{Destination, GoogleAuth};
 use crate::domain::batch::Batch;
 use crate::metrics::{AudiencesMetrics, ExportOutcome};
-use crate::platform::{google, meta, tiktok, BuildError, Judgement, Request};
+use crate::platform::{google, meta, tiktok, BuildError, Judgement, Request, Secret};
 use file::FileWriter;
 
-/// How a destination is reached.
+/// Google access tokens fetched with a refresh token, cached until shortly before they expire.
+struct GoogleTokens {
+    token_url: String,
+    client_id: String,
+    client_secret: Secret,
+    refresh_token: Secret,
+    cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+}
+
+/// How long before its expiry a token is renewed.
+const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// `application/x-www-form-urlencoded` value encoding.
+fn form_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How a destination is reached (one per exporter: variant sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 enum Channel {
     Meta(meta::Target),
-    Google(google::Target),
+    Google(google::Target, Option<GoogleTokens>),
     Tiktok(tiktok::Target),
     File(FileWriter),
     Webhook(Box<HttpSink>),
@@ -127,7 +159,24 @@ impl Exporter {
     ) -> Result<Exporter, SinkError> {
         let channel = match destination {
             Destination::Meta(target) => Channel::Meta(target.clone()),
-            Destination::Google(target) => Channel::Google(target.clone()),
+            Destination::Google(target, auth) => {
+                let tokens = match auth {
+                    GoogleAuth::Fixed => None,
+                    GoogleAuth::Refresh {
+                        token_url,
+                        client_id,
+                        client_secret,
+                        refresh_token,
+                    } => Some(GoogleTokens {
+                        token_url: token_url.clone(),
+                        client_id: client_id.clone(),
+                        client_secret: client_secret.clone(),
+                        refresh_token: refresh_token.clone(),
+                        cached: tokio::sync::Mutex::new(None),
+                    }),
+                };
+                Channel::Google(target.clone(), tokens)
+            }
             Destination::Tiktok(target) => Channel::Tiktok(target.clone()),
             Destination::File(options) => Channel::File(FileWriter::new(options.clone())),
             Destination::Webhook(sink) => {
@@ -192,7 +241,9 @@ impl Exporter {
                 let request = tiktok::request(target, batch.op, &Self::rows(batch), id);
                 self.send(request, tiktok::judge, batch, stop).await
             }
-            Channel::Google(target) => self.google(target, batch, stop).await,
+            Channel::Google(target, tokens) => {
+                self.google(target, tokens.as_ref(), batch, stop).await
+            }
             Channel::Webhook(sink) => {
                 let body = WebhookBatch {
                     batch_id: id,
@@ -230,23 +281,107 @@ impl Exporter {
         }
     }
 
+    /// A current Google access token: the cached one, or a new one from the token endpoint.
+    /// `Err` (retried like an outage) when the endpoint does not give one.
+    async fn google_token(&self, tokens: &GoogleTokens) -> Result<Secret, &'static str> {
+        let mut cached = tokens.cached.lock().await;
+        if let Some((token, until)) = cached.as_ref() {
+            if Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        let body = format!(
+            "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
+            form_value(&tokens.client_id),
+            form_value(tokens.client_secret.expose()),
+            form_value(tokens.refresh_token.expose())
+        );
+        let request = http::Request::post(tokens.token_url.as_str())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(
+                http::header::USER_AGENT,
+                aftercart_delivery::sink::USER_AGENT_VALUE,
+            )
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| "token_url")?;
+        let answer = self.client.attempt(request).await?;
+        let parsed = serde_json::from_slice::<TokenAnswer>(&answer.body)
+            .ok()
+            .filter(|_| answer.status.is_success());
+        let Some(parsed) = parsed else {
+            tracing::warn!(destination = %self.name, status = answer.status.as_u16(), "Google did not refresh the access token; retrying.");
+            return Err("token_refresh");
+        };
+        let lifetime = Duration::from_secs(parsed.expires_in).saturating_sub(TOKEN_MARGIN);
+        let token = Secret::new(parsed.access_token);
+        *cached = Some((
+            token.clone(),
+            Instant::now() + lifetime.max(Duration::from_secs(30)),
+        ));
+        Ok(token)
+    }
+
+    /// One Customer Match step, built afresh for every attempt with a current access token
+    /// (a 401 drops the cached token, so the next attempt fetches a new one).
+    async fn google_step(
+        &self,
+        target: &google::Target,
+        tokens: Option<&GoogleTokens>,
+        build: impl Fn(&google::Target) -> Result<Request, BuildError>,
+        batch: &Batch,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        if let Err(error) = build(target) {
+            return refused(&format!("cannot build the request: {error}"));
+        }
+        let labels = Labels {
+            topic: &self.name,
+            event_id: &batch.batch_id,
+        };
+        let build = &build;
+        deliver_with(
+            &self.retry,
+            &self.metrics.http,
+            labels,
+            stop,
+            |answer: &Answer| {
+                class_of(
+                    answer.status,
+                    &answer.body,
+                    google::judge(answer.status, &answer.body),
+                )
+            },
+            || async move {
+                let mut target = target.clone();
+                if let Some(tokens) = tokens {
+                    target.access_token = self.google_token(tokens).await?;
+                }
+                let request = build(&target).map_err(|_| "build")?;
+                let answer = self.client.attempt(to_http(request)).await?;
+                if let (Some(tokens), http::StatusCode::UNAUTHORIZED) = (tokens, answer.status) {
+                    *tokens.cached.lock().await = None;
+                }
+                Ok(answer)
+            },
+        )
+        .await
+    }
+
     /// Customer Match: create a job, add the operations, run it. Each step is retried on its
     /// own; a crash mid-way leaves an unrun job behind (harmless) and the batch is sent again.
     async fn google(
         &self,
         target: &google::Target,
+        tokens: Option<&GoogleTokens>,
         batch: &Batch,
         stop: &CancellationToken,
     ) -> Outcome {
         let id = batch.batch_id.as_str();
-        let created = self
-            .send(
-                google::create_job(target, batch.op, id),
-                google::judge,
-                batch,
-                stop,
-            )
-            .await;
+        let create = |t: &google::Target| google::create_job(t, batch.op, id);
+        let created = self.google_step(target, tokens, create, batch, stop).await;
         let Outcome::Delivered {
             attempts: first,
             response,
@@ -261,23 +396,19 @@ impl Exporter {
         let Some(job) = job else {
             return refused("the job was created but its answer names no resourceName");
         };
-        let operations = google::add_operations(target, &job, batch.op, &Self::rows(batch), id);
-        let added = self.send(operations, google::judge, batch, stop).await;
+        let rows = Self::rows(batch);
+        let operations = |t: &google::Target| google::add_operations(t, &job, batch.op, &rows, id);
+        let added = self
+            .google_step(target, tokens, operations, batch, stop)
+            .await;
         let Outcome::Delivered {
             attempts: second, ..
         } = added
         else {
             return added;
         };
-        match self
-            .send(
-                google::run_job(target, &job, id),
-                google::judge,
-                batch,
-                stop,
-            )
-            .await
-        {
+        let run = |t: &google::Target| google::run_job(t, &job, id);
+        match self.google_step(target, tokens, run, batch, stop).await {
             Outcome::Delivered { attempts, response } => Outcome::Delivered {
                 attempts: first + second + attempts - 2,
                 response,

@@ -18,7 +18,8 @@ pub struct AudiencesFile {
     pub audiences: Vec<AudienceFile>,
 }
 
-/// One destination, by `type`.
+/// One destination, by `type`. Read once at start: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DestinationFile {
@@ -38,8 +39,19 @@ pub enum DestinationFile {
         login_customer_id: Option<String>,
         developer_token: Option<String>,
         developer_token_file: Option<String>,
+        /// A fixed OAuth access token (they expire after about an hour: prefer the refresh
+        /// token below for a long-running service).
         access_token: Option<String>,
         access_token_file: Option<String>,
+        /// OAuth refresh token with the client id and secret: access tokens are then fetched
+        /// from `token_url` and renewed before they expire.
+        refresh_token: Option<String>,
+        refresh_token_file: Option<String>,
+        client_id: Option<String>,
+        client_secret: Option<String>,
+        client_secret_file: Option<String>,
+        /// Default `https://oauth2.googleapis.com/token`.
+        token_url: Option<String>,
         api_version: Option<String>,
         base_url: Option<String>,
     },

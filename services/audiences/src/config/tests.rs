@@ -202,3 +202,34 @@ destinations = ["meta"]
         "{errors}"
     );
 }
+
+#[test]
+fn google_takes_a_fixed_token_or_a_refresh_token_with_its_client() {
+    let google = |auth: &str| {
+        format!(
+            "[destinations.g]\ntype = \"google\"\ncustomer_id = \"1\"\nuser_list_id = \"2\"\ndeveloper_token = \"d\"\n{auth}\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n"
+        )
+    };
+    let refreshing = write(&google(
+        "refresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+    ));
+    let config = validate(&["--audiences-config", refreshing.0.to_str().unwrap()]).unwrap();
+    let Destination::Google(_, GoogleAuth::Refresh { token_url, .. }) = &config.destinations["g"]
+    else {
+        panic!("a refreshing Google destination");
+    };
+    assert_eq!(token_url, GOOGLE_TOKEN_URL);
+
+    let both = write(&google("access_token = \"a\"\nrefresh_token = \"r\""));
+    let errors = validate(&["--audiences-config", both.0.to_str().unwrap()]).unwrap_err();
+    assert!(
+        errors.problems().join("\n").contains("not both"),
+        "{errors}"
+    );
+
+    let no_client = write(&google("refresh_token = \"r\""));
+    let errors = validate(&["--audiences-config", no_client.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(text.contains("client_id: required"), "{text}");
+    assert!(text.contains("client_secret: required"), "{text}");
+}
