@@ -631,7 +631,16 @@ fn observe(
 ) -> Option<String> {
     let key = state.resolve(shop, who, now_ms, effects)?;
     let person = state.people.get_mut(&key).expect("resolved");
+    let old_email = person.contact.email.clone();
     person.hear(contact, consent);
+    if old_email.is_some() && old_email != person.contact.email {
+        // An old address no longer leads to them (a guest fact under it is someone else now).
+        let old = format!("{shop}/{}", email_hash(old_email.as_deref().unwrap_or_default()));
+        if state.by_email.get(&old) == Some(&key) {
+            state.by_email.remove(&old);
+        }
+    }
+    let person = state.people.get_mut(&key).expect("resolved");
     if let Fact::Purchased(purchase) = fact {
         if !purchase.cancelled && !purchase.test {
             leave_abandoners(person, &rules.audiences, at_ms);
