@@ -274,6 +274,9 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<serde_json::Value, serde_json::E
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

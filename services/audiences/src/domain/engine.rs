@@ -635,7 +635,10 @@ fn observe(
     person.hear(contact, consent);
     if old_email.is_some() && old_email != person.contact.email {
         // An old address no longer leads to them (a guest fact under it is someone else now).
-        let old = format!("{shop}/{}", email_hash(old_email.as_deref().unwrap_or_default()));
+        let old = format!(
+            "{shop}/{}",
+            email_hash(old_email.as_deref().unwrap_or_default())
+        );
         if state.by_email.get(&old) == Some(&key) {
             state.by_email.remove(&old);
         }
