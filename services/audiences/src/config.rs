@@ -189,6 +189,7 @@ pub struct FileOptions {
     pub dir: PathBuf,
     pub format: FileFormat,
     pub keep_deltas: usize,
+    pub delta_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -675,7 +676,12 @@ impl AudiencesArgs {
                 dir,
                 format,
                 keep_deltas,
+                delta_retention,
             } => {
+                let retention = errors.check(
+                    &field("delta_retention"),
+                    parse_duration(delta_retention.as_deref().unwrap_or("7d")),
+                );
                 let dir = optional(errors, &field("dir"), dir)
                     .unwrap_or_else(|| self.audiences_dir.trim().to_string());
                 let format = match format.as_deref().unwrap_or("csv") {
@@ -693,6 +699,7 @@ impl AudiencesArgs {
                     dir: PathBuf::from(dir),
                     format: format?,
                     keep_deltas: keep_deltas.unwrap_or(1000).max(1),
+                    delta_retention: retention?,
                 })
             }
             DestinationFile::Webhook {

@@ -72,6 +72,9 @@ pub enum DestinationFile {
         format: Option<String>,
         /// Delta files kept per audience (older ones are deleted); default 1000.
         keep_deltas: Option<usize>,
+        /// Delta files older than this are deleted (they hold hashes of people who may since
+        /// have been removed or redacted); default 7d.
+        delta_retention: Option<String>,
     },
     /// Signed JSON POSTs of add/remove batches.
     Webhook {

@@ -228,13 +228,27 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Deletes the oldest deltas beyond `keep_deltas` (names sort by creation time).
+    /// Deletes deltas older than the retention, and the oldest beyond `keep_deltas` (names
+    /// sort by creation time).
     fn rotate(&self, deltas: &Path) -> std::io::Result<()> {
-        let mut names: Vec<PathBuf> = fs::read_dir(deltas)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e != "tmp"))
-            .collect();
+        let mut names: Vec<PathBuf> = Vec::new();
+        for entry in fs::read_dir(deltas)?.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e == "tmp") {
+                continue;
+            }
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .unwrap_or_default();
+            if age > self.options.delta_retention {
+                fs::remove_file(&path)?;
+            } else {
+                names.push(path);
+            }
+        }
         if names.len() <= self.options.keep_deltas {
             return Ok(());
         }
@@ -293,6 +307,7 @@ mod tests {
             dir: dir.clone(),
             format,
             keep_deltas: keep,
+            delta_retention: std::time::Duration::from_secs(3600),
         };
         (FileWriter::new(options), dir)
     }
@@ -352,6 +367,25 @@ mod tests {
         names.sort();
         assert_eq!(names.len(), 2);
         assert!(names[0].starts_with("20261123T120006Z"), "{names:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn deltas_older_than_the_retention_are_deleted() {
+        let (mut writer, dir) = writer(FileFormat::Csv, 100);
+        writer.options.delta_retention = std::time::Duration::from_millis(500);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa")], "b8"))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/2", "bb")], "c9"))
+            .unwrap();
+        let left = fs::read_dir(dir.join("buyers/deltas")).unwrap().count();
+        assert_eq!(
+            left, 1,
+            "the first delta outlived the retention, the second did not"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }
