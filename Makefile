@@ -67,6 +67,7 @@ bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed 
 	set -o pipefail; CRITERION_HOME=$(CURDIR)/bench/out/criterion $(CARGO) bench --locked -p aftercart-loadgen --bench hot_path 2>&1 | tee bench/out/hot_path.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-abandonment --bench abandonment | tee bench/out/abandonment.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-referrals --bench referrals | tee bench/out/referrals.txt
+	set -o pipefail; $(CARGO) bench --locked -p aftercart-audiences --bench audiences | tee bench/out/audiences.txt
 	python3 bench/run.py --bin $(BIN)
 
 # The baselines' pinned dependencies (package-lock.json, requirements.lock), installed on first use.

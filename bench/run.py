@@ -473,7 +473,8 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
             out(f"| CPU per webhook ≤ {TARGET_CPU_VS_FLOOR:.0f}× the floor (HMAC-SHA256 + JSON validation of the same bodies) "
                 f"| {cpu:.1f} µs (closed loop, whole process) | floor {floor_ns / 1000:.1f} µs "
                 f"| {ratio:.1f}× | {verdict(ratio <= TARGET_CPU_VS_FLOOR)} |")
-    for label, file in (("abandonment", "abandonment.txt"), ("referrals", "referrals.txt")):
+    for label, file in (("abandonment", "abandonment.txt"), ("referrals", "referrals.txt"),
+                        ("audiences", "audiences.txt")):
         for row, rate in consumer_rates(OUT / file):
             out(f"| consumer ≥ {fmt(TARGET_CONSUMER_RPS)} records/s, one core: {label} | {row} | | "
                 f"{fmt(rate)} records/s | {verdict(rate >= TARGET_CONSUMER_RPS)} |")
@@ -593,7 +594,8 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
     out("")
     out("## Consumer services (existing benchmarks)")
     out("")
-    for label, file in (("abandonment", "abandonment.txt"), ("referrals", "referrals.txt")):
+    for label, file in (("abandonment", "abandonment.txt"), ("referrals", "referrals.txt"),
+                        ("audiences", "audiences.txt")):
         out(f"`cargo bench -p aftercart-{label} --bench {label}`:")
         out("")
         out(markdown_tables(OUT / file))

@@ -3,6 +3,7 @@
 //! validation, and services started on `127.0.0.1:0`.
 
 pub mod abandonment;
+pub mod audiences;
 pub mod broker;
 pub mod delivery;
 pub mod http;

@@ -1,9 +1,10 @@
 //! A webhook receiver for delivery tests: a real HTTP server on 127.0.0.1:0 that answers from a
-//! script (then a settable default) and records every request it got.
+//! route (when one is set and matches), else from a script, then a settable default, and
+//! records every request it got.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -18,6 +19,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Answer only after this long (the request is recorded at once).
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -26,7 +29,13 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: String::new(),
+            delay: Duration::ZERO,
         }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -43,6 +52,9 @@ impl Reply {
 /// A request as the receiver got it, with the status it answered.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub method: http::Method,
+    /// Path and query.
+    pub uri: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub answered: u16,
@@ -59,8 +71,12 @@ impl Received {
     }
 }
 
+/// Picks the answer to a request by method and path-and-query; `None` falls back to the script.
+pub type Route = Arc<dyn Fn(&http::Method, &str) -> Option<Reply> + Send + Sync>;
+
 #[derive(Default)]
 struct State {
+    route: Option<Route>,
     script: VecDeque<Reply>,
     default: Option<Reply>,
     received: Vec<Received>,
@@ -93,17 +109,28 @@ impl Receiver {
                         let at = Instant::now();
                         let (parts, body) = request.into_parts();
                         let body = body.collect().await?.to_bytes().to_vec();
-                        let mut state = state.lock().expect("receiver lock");
-                        let reply = match state.script.pop_front() {
-                            Some(reply) => reply,
-                            None => state.default.clone().unwrap_or(Reply::status(200)),
+                        let uri = parts
+                            .uri
+                            .path_and_query()
+                            .map_or_else(String::new, |p| p.as_str().to_string());
+                        let reply = {
+                            let mut state = state.lock().expect("receiver lock");
+                            let routed = state.route.as_ref().and_then(|r| r(&parts.method, &uri));
+                            let reply = match routed.or_else(|| state.script.pop_front()) {
+                                Some(reply) => reply,
+                                None => state.default.clone().unwrap_or(Reply::status(200)),
+                            };
+                            state.received.push(Received {
+                                method: parts.method.clone(),
+                                uri,
+                                headers: parts.headers,
+                                body,
+                                answered: reply.status,
+                                at,
+                            });
+                            reply
                         };
-                        state.received.push(Received {
-                            headers: parts.headers,
-                            body,
-                            answered: reply.status,
-                            at,
-                        });
+                        tokio::time::sleep(reply.delay).await;
                         let mut response = Response::builder().status(reply.status);
                         for (name, value) in &reply.headers {
                             response = response.header(name, value);
@@ -122,6 +149,16 @@ impl Receiver {
             }
         });
         Receiver { url, state }
+    }
+
+    /// Answers requests `route` picks, before the script.
+    pub fn route(&self, route: Route) {
+        self.state.lock().expect("receiver lock").route = Some(route);
+    }
+
+    /// The base URL (`http://127.0.0.1:<port>`), for services that build their own paths.
+    pub fn base(&self) -> String {
+        self.url.trim_end_matches("/hooks/aftercart").to_string()
     }
 
     /// What to answer once the script is used up.

@@ -97,6 +97,15 @@ impl<C: Clone + Send + 'static, E: Send + 'static> TestService<C, E> {
         crate::metric_value(&self.metrics(), series)
     }
 
+    /// A crash, as near as a task gets to SIGKILL: dropped mid-await, so nothing in flight is
+    /// finished or stored (its Kafka clients close on a background thread, committing only
+    /// offsets stored before).
+    pub async fn crash(mut self) {
+        let task = self.task.take().expect("running");
+        task.abort();
+        let _ = task.await;
+    }
+
     /// Graceful stop (as SIGTERM).
     pub async fn stop(mut self) -> Result<(), E> {
         self.stop.cancel();

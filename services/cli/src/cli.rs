@@ -1,6 +1,7 @@
 //! The command line: subcommands, global flags, and their environment variables.
 
 use aftercart_abandonment::AbandonmentArgs;
+use aftercart_audiences::AudiencesArgs;
 use aftercart_ingress::IngressArgs;
 use aftercart_kafka::KafkaArgs;
 use aftercart_loadgen::LoadgenArgs;
@@ -42,6 +43,9 @@ pub enum Command {
     Abandonment(Box<AbandonmentCommand>),
     /// Run the referral trigger service: invites, attribution, fraud checks, rewards.
     Referrals(Box<ReferralsCommand>),
+    /// Run the retargeting audience export service: consented audiences kept in sync on Meta,
+    /// Google Ads, TikTok, files and webhooks.
+    Audiences(Box<AudiencesCommand>),
     /// Run the whole pipeline locally, with an embedded Kafka broker unless
     /// AFTERCART_KAFKA_BROKERS is set.
     Dev(Box<DevArgs>),
@@ -93,6 +97,19 @@ pub struct ReferralsCommand {
     pub process: ProcessArgs,
 }
 
+/// Flags of `aftercart audiences`.
+#[derive(Debug, clap::Args)]
+pub struct AudiencesCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub audiences: AudiencesArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
 /// Flags of `aftercart dev`: every service's, under one set of Kafka and admin flags.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -104,6 +121,9 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub referrals: ReferralsArgs,
+
+    #[command(flatten)]
+    pub audiences: AudiencesArgs,
 
     /// Run only the embedded broker, every topic created, and print its address (benchmarks
     /// and other Kafka clients use it); Ctrl-C stops it.

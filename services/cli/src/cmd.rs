@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod abandonment;
+pub mod audiences;
 pub mod dev;
 pub mod ingress;
 pub mod loadgen;

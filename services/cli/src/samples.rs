@@ -147,16 +147,18 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
             json!({"id": token, "token": token, "updated_at": now, "created_at": now}),
         )
     };
-    let checkout_body = |token: &str, cart: &str, email: &str| {
+    // The abandoner accepts marketing, so the audiences service exports them.
+    let checkout_body = |token: &str, cart: &str, email: &str, accepts: bool| {
         patch(
             "checkouts_create",
-            json!({"token": token, "cart_token": cart, "email": email, "created_at": now, "updated_at": now, "completed_at": null}),
+            json!({"token": token, "cart_token": cart, "email": email, "created_at": now, "updated_at": now, "completed_at": null,
+                   "buyer_accepts_marketing": accepts}),
         )
     };
     // A real (not test) order by a customer who accepts marketing: they become an advocate.
     let order_body = patch(
         "orders_create",
-        json!({"id": order_id, "cart_token": cart, "checkout_token": checkout, "created_at": now, "updated_at": now,
+        json!({"id": order_id, "cart_token": cart, "checkout_token": checkout, "created_at": now, "updated_at": now, "processed_at": now,
                "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null, "email": "buyer@example.com", "buyer_accepts_marketing": true,
                "customer": {"id": buyer_id, "email": "buyer@example.com", "first_name": "Bea", "last_name": "Buyer"}}),
     );
@@ -165,7 +167,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let friend_order = patch(
         "orders_create",
         json!({"id": friend_order_id, "cart_token": format!("demo-cart-friend-{run}"), "checkout_token": null,
-               "created_at": now, "updated_at": now, "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null,
+               "created_at": now, "updated_at": now, "processed_at": now, "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null,
                "email": "fay.friend@example.com", "buyer_accepts_marketing": false, "browser_ip": "198.51.100.20",
                "customer": {"id": friend_id, "email": "fay.friend@example.com", "first_name": "Fay", "last_name": "Friend"},
                "shipping_address": friend_address, "billing_address": friend_address,
@@ -182,7 +184,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
         step("carts/update", cart_body(&cart), false, "purchase: cart"),
         step(
             "checkouts/create",
-            checkout_body(&checkout, &cart, "buyer@example.com"),
+            checkout_body(&checkout, &cart, "buyer@example.com", true),
             false,
             "purchase: checkout",
         ),
@@ -210,6 +212,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
                 &abandoned_checkout,
                 &abandoned_cart,
                 "fence.sitter@example.com",
+                true,
             ),
             false,
             "abandoned: checkout with contact, never ordered",

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aftercart_abandonment::AbandonmentConfig;
+use aftercart_audiences::AudiencesConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError};
 use aftercart_referrals::ReferralsConfig;
 use aftercart_runtime::config::{parse_duration, parse_socket_addr, ConfigErrors};
@@ -169,6 +170,17 @@ pub async fn run_referrals(config: &ReferralsConfig, process: &Process) -> i32 {
         "referrals",
         result,
         |e| matches!(e, aftercart_referrals::ServeError::Topics(_)),
+        process,
+    )
+}
+
+pub async fn run_audiences(config: &AudiencesConfig, process: &Process) -> i32 {
+    let stop = process.stop.clone();
+    let result = aftercart_audiences::serve(config, &process.registry, &process.health, stop).await;
+    service_exit(
+        "audiences",
+        result,
+        |e| matches!(e, aftercart_audiences::ServeError::Topics(_)),
         process,
     )
 }

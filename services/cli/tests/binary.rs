@@ -258,6 +258,8 @@ fn read_banner(child: &mut Child) -> (SocketAddr, SocketAddr, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
+    let audiences =
+        std::env::temp_dir().join(format!("aftercart-dev-audiences-{}", std::process::id()));
     let mut child = aftercart(&[
         "dev",
         "--listen",
@@ -265,6 +267,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         "--admin-listen",
         "127.0.0.1:0",
     ])
+    .env("AFTERCART_AUDIENCES_DIR", &audiences)
     .stdout(Stdio::piped())
     .stderr(Stdio::null())
     .spawn()
@@ -318,6 +321,18 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     assert_eq!(invites.len(), 1);
     let reward: serde_json::Value = serde_json::from_slice(&rewards[0].value).unwrap();
     assert_eq!(reward["type"], "reward.pending", "{reward}");
+    // The consenting buyer appears in the built-in recent-purchasers audience's file, hashed.
+    let snapshot = audiences.join("recent-purchasers/snapshot.csv");
+    let text = eventually("the audience file", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&snapshot).ok()
+    })
+    .await;
+    // printf '%s' buyer@example.com | sha256sum
+    assert!(
+        text.contains("6a6c26195c3682faa816966af789717c3bfa834eee6c599d667d2b3429c27cfd"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&audiences);
 
     signal(&child, "INT");
     let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
@@ -358,7 +373,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 15, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters) and referrals (invites, rewards, by-shop, changelog, dead letters) topics");
+        assert_eq!(listed, 19, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters) and audiences (batches, by-shop, changelog, dead letters) topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())

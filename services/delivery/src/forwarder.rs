@@ -1,11 +1,14 @@
 //! The consumer loop: reads the configured topics in its own group, delivers each record through
-//! the HTTP sink, dead-letters those that fail for good, and stores an offset only after.
+//! a sink (the HTTP sink, or any [`RecordSink`]), dead-letters those that fail for good, and
+//! stores an offset only after.
 
+use std::future::Future;
 use std::time::Duration;
 
 use aftercart_kafka::{KafkaSettings, TopicSpec};
 use aftercart_runtime::health::Readiness;
 use bytes::Bytes;
+use prometheus::IntGauge;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -13,6 +16,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
@@ -51,12 +55,61 @@ pub fn topic_specs(kafka: &KafkaSettings, config: &DeliveryConfig) -> Vec<TopicS
     vec![TopicSpec::new(&config.dead_letter_topic, kafka)]
 }
 
+/// Delivers one record somewhere, retrying as it sees fit; the forwarder dead-letters a
+/// [`Outcome::Failed`] record and stores the offset of a delivered or dead-lettered one.
+pub trait RecordSink {
+    /// `message` has a payload.
+    fn deliver(
+        &self,
+        message: &OwnedMessage,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Outcome> + Send;
+}
+
+impl RecordSink for HttpSink {
+    async fn deliver(&self, message: &OwnedMessage, stop: &CancellationToken) -> Outcome {
+        let outgoing = Outgoing::new(
+            Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            &event_id(message),
+            message.topic(),
+        )
+        .expect("topic names and offsets are valid header values");
+        HttpSink::deliver(self, &outgoing, stop).await
+    }
+}
+
+/// Where a forwarder reads and dead-letters, and how long its sink may hold one record.
+#[derive(Debug, Clone)]
+pub struct ForwarderSpec {
+    pub group: String,
+    pub topics: Vec<String>,
+    pub dead_letter_topic: String,
+    /// The longest one record may take in the sink (retries included).
+    pub record_budget: Duration,
+    pub shutdown_timeout: Duration,
+    /// Set every 5 s to the records behind the end of the assigned partitions, when given.
+    pub lag: Option<IntGauge>,
+}
+
 /// Commits on revocation (every stored offset is of a finished record); ready once assigned.
 struct ForwarderContext {
     ready: Readiness,
+    lag: Option<IntGauge>,
 }
 
-impl ClientContext for ForwarderContext {}
+impl ClientContext for ForwarderContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(lag) = &self.lag else { return };
+        let behind: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        lag.set(behind);
+    }
+}
 
 impl ConsumerContext for ForwarderContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -79,16 +132,16 @@ struct Clients {
     producer: FutureProducer,
 }
 
-pub struct Forwarder {
+pub struct Forwarder<S: RecordSink = HttpSink> {
     /// `Some` until the loop closes them.
     clients: Option<Clients>,
-    sink: HttpSink,
+    sink: S,
     metrics: DeliveryMetrics,
     dead_letter_topic: String,
     shutdown_timeout: Duration,
 }
 
-impl Drop for Forwarder {
+impl<S: RecordSink> Drop for Forwarder<S> {
     fn drop(&mut self) {
         // Dropped without `run` finishing (its task was dropped): still never block the runtime.
         if let Some(clients) = self.clients.take() {
@@ -107,25 +160,49 @@ impl Forwarder {
         ready: Readiness,
     ) -> Result<Forwarder, ForwarderError> {
         let sink = HttpSink::new(&config.sink, metrics.clone())?;
+        let spec = ForwarderSpec {
+            group: config.group.clone(),
+            topics: config.topics.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            record_budget: config.sink.retry.max_duration + config.sink.timeout,
+            shutdown_timeout: config.shutdown_timeout,
+            lag: None,
+        };
+        Forwarder::with_sink(kafka, &spec, sink, metrics, ready)
+    }
+}
+
+impl<S: RecordSink> Forwarder<S> {
+    /// A forwarder through any sink, reading `spec.topics` in `spec.group`.
+    pub fn with_sink(
+        kafka: &KafkaSettings,
+        spec: &ForwarderSpec,
+        sink: S,
+        metrics: DeliveryMetrics,
+        ready: Readiness,
+    ) -> Result<Forwarder<S>, ForwarderError> {
         // The loop does not poll while it retries a record, so librdkafka must not take that
         // for a hung consumer: allow the whole retry budget, the last request and a dead letter.
-        let max_poll = config.sink.retry.max_duration
-            + config.sink.timeout
-            + DEAD_LETTER_TIMEOUT
-            + Duration::from_secs(60);
+        let max_poll = spec.record_budget + DEAD_LETTER_TIMEOUT + Duration::from_secs(60);
         // A new group starts at the beginning: receivers dedupe on the event id.
-        let mut consumer_config = kafka.group_consumer_config(&config.group, &config.group);
+        let mut consumer_config = kafka.group_consumer_config(&spec.group, &spec.group);
         consumer_config.set(
             "max.poll.interval.ms",
             max_poll.as_millis().clamp(300_000, 86_400_000).to_string(),
         );
+        if spec.lag.is_some() {
+            consumer_config.set("statistics.interval.ms", "5000");
+        }
         kafka.apply_overrides(&mut consumer_config);
         let consumer: StreamConsumer<ForwarderContext> =
-            consumer_config.create_with_context(ForwarderContext { ready })?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+            consumer_config.create_with_context(ForwarderContext {
+                ready,
+                lag: spec.lag.clone(),
+            })?;
+        let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
 
-        let mut producer_config = kafka.client_config(&config.group);
+        let mut producer_config = kafka.client_config(&spec.group);
         producer_config
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -140,8 +217,8 @@ impl Forwarder {
             clients: Some(Clients { consumer, producer }),
             sink,
             metrics,
-            dead_letter_topic: config.dead_letter_topic.clone(),
-            shutdown_timeout: config.shutdown_timeout,
+            dead_letter_topic: spec.dead_letter_topic.clone(),
+            shutdown_timeout: spec.shutdown_timeout,
         })
     }
 
@@ -195,7 +272,7 @@ impl Forwarder {
         message: &OwnedMessage,
         stop: &CancellationToken,
     ) -> Result<Handled, ForwarderError> {
-        let Some(payload) = message.payload() else {
+        if message.payload().is_none() {
             tracing::warn!(
                 topic = message.topic(),
                 partition = message.partition(),
@@ -203,14 +280,8 @@ impl Forwarder {
                 "Dead-lettering a record without a value."
             );
             return self.dead_letter(message, "no_payload", None, stop).await;
-        };
-        let outgoing = Outgoing::new(
-            Bytes::copy_from_slice(payload),
-            &event_id(message),
-            message.topic(),
-        )
-        .expect("topic names and offsets are valid header values");
-        match self.sink.deliver(&outgoing, stop).await {
+        }
+        match self.sink.deliver(message, stop).await {
             Outcome::Delivered { .. } => Ok(Handled::Delivered),
             Outcome::Stopped => Ok(Handled::Stopped),
             Outcome::Failed(failure) => {

@@ -119,7 +119,10 @@ pub use aftercart_runtime::config::ConfigErrors;
 pub use config::{
     defaults, DeliveryConfig, DeliveryFlags, Endpoint, Secret, SinkConfig, SinkFlags,
 };
-pub use forwarder::{topic_specs, Forwarder, ForwarderError, Handled};
+pub use forwarder::{topic_specs, Forwarder, ForwarderError, ForwarderSpec, Handled, RecordSink};
 pub use metrics::DeliveryMetrics;
 pub use retry::RetryPolicy;
-pub use sink::{Failure, FailureKind, HttpSink, Outcome, Outgoing, SinkError};
+pub use sink::{
+    deliver_with, Answer, Failure, FailureKind, HttpClient, HttpSink, Labels, Outcome, Outgoing,
+    SinkError,
+};

@@ -77,152 +77,47 @@ impl std::fmt::Debug for Outgoing {
     }
 }
 
-/// An answer to one attempt.
-struct Answer {
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    excerpt: Bytes,
+/// An answer to one attempt: its status, `Retry-After`, and the start of its body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    /// The first [`RESPONSE_BODY_BYTES`] of the body.
+    pub body: Bytes,
 }
 
-/// POSTs records to one endpoint. Cheap to clone: clones share the connection pool.
+/// How much of an answer's body is read (platform answers that carry ids are small).
+pub const RESPONSE_BODY_BYTES: usize = 64 * 1024;
+
+/// An HTTP(S) client making single attempts bounded by a timeout. Cheap to clone: clones share
+/// the connection pool. https URLs are verified against the Mozilla root certificates
+/// (webpki-roots) with TLS 1.2 or 1.3; redirects are never followed.
 #[derive(Clone)]
-pub struct HttpSink {
+pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    endpoint: Endpoint,
-    secret: Option<Secret>,
     timeout: Duration,
-    retry: RetryPolicy,
-    metrics: DeliveryMetrics,
 }
 
-impl HttpSink {
-    /// A sink for `config`. https URLs are verified against the Mozilla root certificates
-    /// (webpki-roots) with TLS 1.2 or 1.3; redirects are never followed.
-    pub fn new(config: &SinkConfig, metrics: DeliveryMetrics) -> Result<HttpSink, SinkError> {
+impl HttpClient {
+    pub fn new(timeout: Duration) -> Result<HttpClient, SinkError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(config.timeout));
+        http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Ok(HttpSink {
+        Ok(HttpClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
-            endpoint: config.endpoint.clone(),
-            secret: config.secret.clone(),
-            timeout: config.timeout,
-            retry: config.retry,
-            metrics,
+            timeout,
         })
     }
 
-    /// Delivers `outgoing`, retrying as the policy says. Never sleeps through `stop`: a stop
-    /// during a backoff returns [`Outcome::Stopped`] at once; an attempt already in flight is
-    /// let finish (it is bounded by the timeout) so that its answer is not wasted.
-    pub async fn deliver(&self, outgoing: &Outgoing, stop: &CancellationToken) -> Outcome {
-        let started = Instant::now();
-        let mut retrying = None;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let attempt_started = Instant::now();
-            let result = self.attempt(outgoing).await;
-            let took = attempt_started.elapsed();
-            let (topic, event_id) = (outgoing.topic(), outgoing.event_id());
-            let (failure, retry_after) = match result {
-                Ok(answer) => {
-                    let kind = match classify(answer.status) {
-                        Class::Delivered => {
-                            self.metrics.attempt(AttemptOutcome::Delivered, took);
-                            if attempts > 1 {
-                                tracing::info!(
-                                    topic,
-                                    event_id,
-                                    attempts,
-                                    "Delivered after retrying."
-                                );
-                            }
-                            return Outcome::Delivered { attempts };
-                        }
-                        Class::Permanent => FailureKind::Rejected,
-                        Class::Retryable => FailureKind::RetriesExhausted,
-                    };
-                    let failure = Failure {
-                        kind,
-                        status: Some(answer.status),
-                        error: None,
-                        response: answer.excerpt,
-                        attempts,
-                    };
-                    (failure, answer.retry_after)
-                }
-                Err(error) => {
-                    let failure = Failure {
-                        kind: FailureKind::RetriesExhausted,
-                        status: None,
-                        error: Some(error),
-                        response: Bytes::new(),
-                        attempts,
-                    };
-                    (failure, None)
-                }
-            };
-            let status = failure.status.map(|s| s.as_u16());
-            let error = failure.error;
-            if failure.kind == FailureKind::Rejected {
-                self.metrics.attempt(AttemptOutcome::Permanent, took);
-                tracing::warn!(
-                    topic,
-                    event_id,
-                    status,
-                    "The receiver refused a record for good."
-                );
-                return Outcome::Failed(failure);
-            }
-            let (wait, give_up) = match self.retry.plan(attempts, started.elapsed(), retry_after) {
-                Plan::Retry(wait) => (wait, false),
-                Plan::GiveUp(wait) => (wait, true),
-            };
-            retrying.get_or_insert_with(|| self.metrics.retrying());
-            if give_up {
-                self.metrics.attempt(AttemptOutcome::Exhausted, took);
-                tracing::warn!(
-                    topic,
-                    event_id,
-                    attempts,
-                    status,
-                    error,
-                    ?wait,
-                    "Delivery failing past its retry budget; giving it up."
-                );
-            } else {
-                self.metrics.attempt(AttemptOutcome::Retry, took);
-                tracing::warn!(
-                    topic,
-                    event_id,
-                    attempts,
-                    status,
-                    error,
-                    ?wait,
-                    "Delivery failed; retrying."
-                );
-            }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => return Outcome::Stopped,
-            }
-            if give_up {
-                return Outcome::Failed(failure);
-            }
-        }
-    }
-
-    /// One POST, bounded by the timeout: an answer, or why there was none.
-    async fn attempt(&self, outgoing: &Outgoing) -> Result<Answer, &'static str> {
+    /// One request, bounded by the timeout: an answer, or why there was none (`timeout`,
+    /// `connect` or `transport`).
+    pub async fn attempt(&self, request: Request<Full<Bytes>>) -> Result<Answer, &'static str> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let request = self.request(outgoing);
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => return Err("timeout"),
             Ok(Err(error)) if error.is_connect() => return Err("connect"),
@@ -235,15 +130,175 @@ impl HttpSink {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // The status is the answer; a body that is slow or broken only shortens the excerpt.
-        let excerpt = tokio::time::timeout_at(deadline, excerpt(response.into_body()))
+        // The status is the answer; a body that is slow or broken only shortens what is kept.
+        let body = tokio::time::timeout_at(deadline, read_start(response.into_body()))
             .await
             .unwrap_or_default();
         Ok(Answer {
             status,
             retry_after,
-            excerpt,
+            body,
         })
+    }
+}
+
+/// What to call things in logs: never a body, never a URL's query.
+#[derive(Clone, Copy)]
+pub struct Labels<'a> {
+    pub topic: &'a str,
+    pub event_id: &'a str,
+}
+
+/// Runs `attempt` until `judge` calls an answer delivered, refused, or the policy gives up, or
+/// until `stop`. Never sleeps through `stop`: a stop during a backoff returns
+/// [`Outcome::Stopped`] at once; an attempt in flight is let finish (it is bounded by its
+/// timeout) so that its answer is not wasted.
+pub async fn deliver_with<Attempt, Tried>(
+    retry: &RetryPolicy,
+    metrics: &DeliveryMetrics,
+    labels: Labels<'_>,
+    stop: &CancellationToken,
+    judge: impl Fn(&Answer) -> Class,
+    mut attempt: Attempt,
+) -> Outcome
+where
+    Attempt: FnMut() -> Tried,
+    Tried: std::future::Future<Output = Result<Answer, &'static str>>,
+{
+    let Labels { topic, event_id } = labels;
+    let started = Instant::now();
+    let mut retrying = None;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let attempt_started = Instant::now();
+        let result = attempt().await;
+        let took = attempt_started.elapsed();
+        let (failure, retry_after) = match result {
+            Ok(answer) => {
+                let kind = match judge(&answer) {
+                    Class::Delivered => {
+                        metrics.attempt(AttemptOutcome::Delivered, took);
+                        if attempts > 1 {
+                            tracing::info!(topic, event_id, attempts, "Delivered after retrying.");
+                        }
+                        return Outcome::Delivered {
+                            attempts,
+                            response: answer.body,
+                        };
+                    }
+                    Class::Permanent => FailureKind::Rejected,
+                    Class::Retryable => FailureKind::RetriesExhausted,
+                };
+                let mut excerpt = answer.body;
+                excerpt.truncate(RESPONSE_EXCERPT_BYTES);
+                let failure = Failure {
+                    kind,
+                    status: Some(answer.status),
+                    error: None,
+                    response: excerpt,
+                    attempts,
+                };
+                (failure, answer.retry_after)
+            }
+            Err(error) => {
+                let failure = Failure {
+                    kind: FailureKind::RetriesExhausted,
+                    status: None,
+                    error: Some(error),
+                    response: Bytes::new(),
+                    attempts,
+                };
+                (failure, None)
+            }
+        };
+        let status = failure.status.map(|s| s.as_u16());
+        let error = failure.error;
+        if failure.kind == FailureKind::Rejected {
+            metrics.attempt(AttemptOutcome::Permanent, took);
+            tracing::warn!(
+                topic,
+                event_id,
+                status,
+                "The receiver refused a record for good."
+            );
+            return Outcome::Failed(failure);
+        }
+        let (wait, give_up) = match retry.plan(attempts, started.elapsed(), retry_after) {
+            Plan::Retry(wait) => (wait, false),
+            Plan::GiveUp(wait) => (wait, true),
+        };
+        retrying.get_or_insert_with(|| metrics.retrying());
+        if give_up {
+            metrics.attempt(AttemptOutcome::Exhausted, took);
+            tracing::warn!(
+                topic,
+                event_id,
+                attempts,
+                status,
+                error,
+                ?wait,
+                "Delivery failing past its retry budget; giving it up."
+            );
+        } else {
+            metrics.attempt(AttemptOutcome::Retry, took);
+            tracing::warn!(
+                topic,
+                event_id,
+                attempts,
+                status,
+                error,
+                ?wait,
+                "Delivery failed; retrying."
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return Outcome::Stopped,
+        }
+        if give_up {
+            return Outcome::Failed(failure);
+        }
+    }
+}
+
+/// POSTs records to one endpoint. Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
+pub struct HttpSink {
+    client: HttpClient,
+    endpoint: Endpoint,
+    secret: Option<Secret>,
+    retry: RetryPolicy,
+    metrics: DeliveryMetrics,
+}
+
+impl HttpSink {
+    /// A sink for `config` (see [`HttpClient`] for TLS and redirects).
+    pub fn new(config: &SinkConfig, metrics: DeliveryMetrics) -> Result<HttpSink, SinkError> {
+        Ok(HttpSink {
+            client: HttpClient::new(config.timeout)?,
+            endpoint: config.endpoint.clone(),
+            secret: config.secret.clone(),
+            retry: config.retry,
+            metrics,
+        })
+    }
+
+    /// Delivers `outgoing`, retrying as the policy says (see [`deliver_with`]).
+    pub async fn deliver(&self, outgoing: &Outgoing, stop: &CancellationToken) -> Outcome {
+        let labels = Labels {
+            topic: outgoing.topic(),
+            event_id: outgoing.event_id(),
+        };
+        deliver_with(
+            &self.retry,
+            &self.metrics,
+            labels,
+            stop,
+            |answer| classify(answer.status),
+            || self.client.attempt(self.request(outgoing)),
+        )
+        .await
     }
 
     fn request(&self, outgoing: &Outgoing) -> Request<Full<Bytes>> {
@@ -265,10 +320,10 @@ impl HttpSink {
     }
 }
 
-/// The first [`RESPONSE_EXCERPT_BYTES`] of a body; the rest is not read.
-async fn excerpt(mut body: Incoming) -> Bytes {
+/// The first [`RESPONSE_BODY_BYTES`] of a body; the rest is not read.
+async fn read_start(mut body: Incoming) -> Bytes {
     let mut kept = BytesMut::new();
-    while kept.len() < RESPONSE_EXCERPT_BYTES {
+    while kept.len() < RESPONSE_BODY_BYTES {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -278,7 +333,7 @@ async fn excerpt(mut body: Incoming) -> Bytes {
             Some(Err(_)) | None => break,
         }
     }
-    kept.truncate(RESPONSE_EXCERPT_BYTES);
+    kept.truncate(RESPONSE_BODY_BYTES);
     kept.freeze()
 }
 

@@ -8,6 +8,7 @@ pub mod partition_reader;
 pub mod producer;
 pub mod records;
 pub mod settings;
+pub mod shop_stage;
 pub mod stats;
 pub mod topics;
 
@@ -18,5 +19,6 @@ pub use loop_metrics::LoopMetrics;
 pub use partition_reader::{read_partition, StoreError, StoredRecord};
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};
+pub use shop_stage::{ShopLogic, ShopStage, StageEffect, StageTopics, Unusable};
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{ensure_topics, ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};

@@ -8,7 +8,6 @@ use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReferralsConfig;
-use crate::consumer::Loop;
 use crate::metrics::ReferralsMetrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +65,7 @@ pub async fn serve(
     if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
         return Ok(());
     }
-    let service = Loop::new(config.clone(), metrics, ready)?;
+    let service = crate::consumer::build(config, metrics, ready)?;
     let forwarder = match &config.webhook {
         Some(webhook) => Some(Forwarder::new(
             &config.kafka,

@@ -320,3 +320,6 @@ mod tests {
         assert!(!format!("{v:?}").contains("super"));
     }
 }
+
+#[cfg(test)]
+mod properties;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use aftercart_abandonment::AbandonmentDefaults;
+use aftercart_audiences::AudiencesDefaults;
 use aftercart_ingress::app::topic_specs;
 use aftercart_ingress::{IngressArgs, IngressDefaults};
 use aftercart_kafka::TopicSpec;
@@ -13,7 +14,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use crate::cli::DevArgs;
-use crate::serve::{bind, run_abandonment, run_ingress, run_referrals, Process};
+use crate::serve::{bind, run_abandonment, run_audiences, run_ingress, run_referrals, Process};
 
 /// The signing secret of the local stack when none is configured. Not a secret: it only ever
 /// guards a developer's own machine.
@@ -27,6 +28,9 @@ pub const DEV_CODE_SECRET: &str = "aftercart-dev-referral-code-secret";
 
 /// Short enough for a demo to show a reward granted while you watch.
 const DEV_REVIEW_WINDOW: &str = "1m";
+
+/// Short enough for audience files to appear soon after an abandonment.
+const DEV_FLUSH_INTERVAL: &str = "5s";
 
 pub async fn run(args: DevArgs) -> i32 {
     let external = args
@@ -58,6 +62,10 @@ pub async fn run(args: DevArgs) -> i32 {
         abandon_after: DEV_ABANDON_AFTER,
         fallback_brokers: fallback_brokers.clone(),
     };
+    let audiences_defaults = AudiencesDefaults {
+        fallback_brokers: fallback_brokers.clone(),
+        flush_interval: DEV_FLUSH_INTERVAL,
+    };
     let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
         code_secret: Some(DEV_CODE_SECRET.to_string()),
@@ -83,7 +91,13 @@ pub async fn run(args: DevArgs) -> i32 {
         .validate(&args.ingress.kafka, shutdown_timeout, &referrals_defaults)
         .map_err(|e| errors.extend(e))
         .ok();
-    let (Some(ingress), Some(abandonment), Some(referrals)) = (ingress, abandonment, referrals)
+    let audiences = args
+        .audiences
+        .validate(&args.ingress.kafka, shutdown_timeout, &audiences_defaults)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(ingress), Some(abandonment), Some(referrals), Some(audiences)) =
+        (ingress, abandonment, referrals, audiences)
     else {
         eprint!("{errors}");
         return EX_USAGE;
@@ -94,6 +108,7 @@ pub async fn run(args: DevArgs) -> i32 {
             topic_specs(&ingress.kafka, ingress.max_body_bytes),
             &abandonment,
             &referrals,
+            &audiences,
         ) {
             return code;
         }
@@ -127,6 +142,7 @@ pub async fn run(args: DevArgs) -> i32 {
          \x20 Signing secret {secret}\n\
          \x20 Abandonments   {output} (checkouts abandoned after {delay})\n\
          \x20 Referrals      {invites}, {rewards} (rewards granted after {review})\n\
+         \x20 Audiences      {audience_list} -> {audience_dirs}\n\
          \x20 Admin          http://{admin_addr}/metrics  /readyz  /livez\n\
          \x20 Try            make demo   (or: aftercart send --demo)\n\
          \x20 Stop           Ctrl-C\n",
@@ -138,13 +154,35 @@ pub async fn run(args: DevArgs) -> i32 {
         invites = referrals.invites_topic,
         rewards = referrals.rewards_topic,
         review = humantime::format_duration(std::time::Duration::from_millis(referrals.rules.review_window_ms as u64)),
+        audience_list = audiences
+            .rules
+            .audiences
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        audience_dirs = audiences
+            .destinations
+            .iter()
+            .map(|(name, d)| match d {
+                aftercart_audiences::config::Destination::File(f) => f.dir.display().to_string(),
+                other => format!("{name} ({})", other.kind()),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
     );
-    let (ingress_code, abandonment_code, referrals_code) = tokio::join!(
+    let (ingress_code, abandonment_code, referrals_code, audiences_code) = tokio::join!(
         run_ingress(&ingress, listener, &process),
         run_abandonment(&abandonment, &process),
-        run_referrals(&referrals, &process)
+        run_referrals(&referrals, &process),
+        run_audiences(&audiences, &process)
     );
-    let code = process.finish(ingress_code.max(abandonment_code).max(referrals_code));
+    let code = process.finish(
+        ingress_code
+            .max(abandonment_code)
+            .max(referrals_code)
+            .max(audiences_code),
+    );
     drop(embedded);
     if code == 0 {
         println!("aftercart dev stack stopped.");
@@ -172,11 +210,13 @@ fn create_topics(
     ingress: Vec<TopicSpec>,
     abandonment: &aftercart_abandonment::AbandonmentConfig,
     referrals: &aftercart_referrals::ReferralsConfig,
+    audiences: &aftercart_audiences::AudiencesConfig,
 ) -> Result<(), i32> {
     let specs: BTreeMap<String, TopicSpec> = ingress
         .into_iter()
         .chain(aftercart_abandonment::topic_specs(abandonment).0)
         .chain(aftercart_referrals::topic_specs(referrals).0)
+        .chain(aftercart_audiences::topic_specs(audiences).0)
         .map(|spec| (spec.name.clone(), spec))
         .collect();
     for spec in specs.values() {

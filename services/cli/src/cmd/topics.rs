@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use aftercart_abandonment::{AbandonmentArgs, AbandonmentDefaults};
+use aftercart_audiences::{AudiencesArgs, AudiencesDefaults};
 use aftercart_ingress::app::topic_specs;
 use aftercart_kafka::{ensure_topics, KafkaArgs, TopicSpec};
 use aftercart_referrals::{ReferralsArgs, ReferralsDefaults};
@@ -20,6 +21,8 @@ pub enum TopicsCommand {
         abandonment: Box<AbandonmentArgs>,
         #[command(flatten)]
         referrals: Box<ReferralsArgs>,
+        #[command(flatten)]
+        audiences: Box<AudiencesArgs>,
         /// Largest webhook body the ingress accepts; topics are created to hold it.
         #[arg(long, env = "AFTERCART_MAX_BODY_BYTES", default_value = "4MiB")]
         max_body_bytes: String,
@@ -31,6 +34,7 @@ pub async fn run(command: TopicsCommand) -> i32 {
         kafka,
         abandonment,
         referrals,
+        audiences,
         max_body_bytes,
     } = command;
     let mut errors = ConfigErrors::new();
@@ -56,11 +60,20 @@ pub async fn run(command: TopicsCommand) -> i32 {
         )
         .map_err(|e| errors.extend(e))
         .ok();
-    let (Some(settings), Some(max_body), Some(abandonment), Some(referrals), true) = (
+    let audiences = audiences
+        .validate(
+            &kafka,
+            std::time::Duration::ZERO,
+            &AudiencesDefaults::production(),
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(settings), Some(max_body), Some(abandonment), Some(referrals), Some(audiences), true) = (
         settings,
         max_body,
         abandonment,
         referrals,
+        audiences,
         errors.is_empty(),
     ) else {
         eprint!("{errors}");
@@ -69,11 +82,14 @@ pub async fn run(command: TopicsCommand) -> i32 {
     let (abandonment_specs, mut same_partitions) = aftercart_abandonment::topic_specs(&abandonment);
     let (referrals_specs, referrals_same) = aftercart_referrals::topic_specs(&referrals);
     same_partitions.extend(referrals_same);
+    let (audiences_specs, audiences_same) = aftercart_audiences::topic_specs(&audiences);
+    same_partitions.extend(audiences_same);
     // The ingress's specs first: they carry max.message.bytes for the raw topics.
     let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
     for spec in abandonment_specs
         .into_iter()
         .chain(referrals_specs)
+        .chain(audiences_specs)
         .chain(topic_specs(&settings, max_body as usize))
     {
         specs.insert(spec.name.clone(), spec);

@@ -6,8 +6,8 @@ use http::StatusCode;
 /// How a delivery ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A 2xx answer, after `attempts` tries.
-    Delivered { attempts: u32 },
+    /// Accepted after `attempts` tries, with the start of the accepting answer's body.
+    Delivered { attempts: u32, response: Bytes },
     /// Refused for good, or out of retry budget: dead-letter it.
     Failed(Failure),
     /// The stop token fired first: the record is not delivered, so do not commit it.

@@ -148,7 +148,7 @@ async fn a_delivery_carries_the_body_exactly_and_the_documented_headers() {
     let body = r#"{"email":"ann@example.com","n":18446744073709551615}"#;
     assert!(matches!(
         deliver(&sink, body).await,
-        Outcome::Delivered { attempts: 1 }
+        Outcome::Delivered { attempts: 1, .. }
     ));
     let received = receiver.received.lock().unwrap();
     let headers = &received[0].headers;
@@ -196,7 +196,7 @@ async fn a_503_is_retried_until_a_200() {
     let (sink, registry) = sink(&config(&receiver.url));
     assert!(matches!(
         deliver(&sink, "{}").await,
-        Outcome::Delivered { attempts: 3 }
+        Outcome::Delivered { attempts: 3, .. }
     ));
     assert_eq!(receiver.count(), 3);
     assert_eq!(deliveries(&registry, "retry"), 2);
@@ -211,7 +211,7 @@ async fn a_429_waits_at_least_its_retry_after_even_above_the_maximum_backoff() {
     let (sink, _) = sink(&config(&receiver.url));
     assert!(matches!(
         deliver(&sink, "{}").await,
-        Outcome::Delivered { attempts: 2 }
+        Outcome::Delivered { attempts: 2, .. }
     ));
     let received = receiver.received.lock().unwrap();
     let waited = received[1].at - received[0].at;
@@ -304,7 +304,7 @@ async fn a_slow_receiver_times_out_and_is_retried() {
     });
     assert!(matches!(
         deliver(&sink, "{}").await,
-        Outcome::Delivered { attempts: 2 }
+        Outcome::Delivered { attempts: 2, .. }
     ));
 }
 

@@ -72,8 +72,9 @@ pub struct RewardEvent {
     pub review_ends_at: Option<String>,
 }
 
-/// Either output record.
-#[derive(Debug, Clone, PartialEq)]
+/// Either output record; serialises as the event itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Output {
     Invite(Box<InviteEvent>),
     Reward(Box<RewardEvent>),

@@ -1,0 +1,133 @@
+//! Wiring: prepares the topics the service reads and writes, then runs the engine loop and one
+//! exporter per destination until shutdown. One failing stops the others: they are one service.
+
+use aftercart_delivery::{Forwarder, ForwarderError, ForwarderSpec, SinkError};
+use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicNames, TopicSpec};
+use aftercart_runtime::Health;
+use aftercart_shopify::Family;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AudiencesConfig;
+use crate::export::Exporter;
+use crate::metrics::AudiencesMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot register the audiences metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The cluster contradicts the configuration (e.g. partition counts differ).
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    #[error("an exporter failed: {0}")]
+    Exporter(#[from] ForwarderError),
+    #[error("cannot set up an exporter: {0}")]
+    Sink(#[from] SinkError),
+}
+
+/// Every topic the service reads or writes. The by-shop, changelog and batches topics share one
+/// partition count: the state and batches of by-shop partition N live in partition N.
+pub fn topic_specs(config: &AudiencesConfig) -> (Vec<TopicSpec>, Vec<String>) {
+    let names = TopicNames::new(&config.kafka.topic_prefix);
+    let mut specs: Vec<TopicSpec> = Family::JOURNEY
+        .iter()
+        .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
+        .collect();
+    specs.push(TopicSpec::new(&config.abandonments_topic, &config.kafka));
+    // A batch holds up to 10,000 people's hashes: several MB.
+    specs.push(TopicSpec::new(&config.batches_topic, &config.kafka).holding_copies());
+    for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
+        specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
+    }
+    specs.push(
+        TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
+    );
+    let same = vec![
+        config.by_shop_topic.clone(),
+        config.state_topic.clone(),
+        config.batches_topic.clone(),
+    ];
+    (specs, same)
+}
+
+/// Runs the audiences service until `stop`.
+pub async fn serve(
+    config: &AudiencesConfig,
+    registry: &Registry,
+    health: &Health,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let metrics = AudiencesMetrics::register(registry, config)?;
+    let (specs, same) = topic_specs(config);
+    if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
+        return Ok(());
+    }
+    let engine = crate::consumer::build(config, metrics.clone(), health.component("audiences"))?;
+    let mut exporters = Vec::new();
+    for (name, destination) in &config.destinations {
+        let exporter = Exporter::new(
+            name,
+            destination,
+            config.timeout,
+            config.retry,
+            metrics.clone(),
+        )?;
+        let spec = ForwarderSpec {
+            group: config.exporter_group(name),
+            topics: vec![config.batches_topic.clone()],
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            // Google's three steps each get the whole budget.
+            record_budget: (config.retry.max_duration + config.timeout) * 3,
+            shutdown_timeout: config.shutdown_timeout,
+            lag: Some(metrics.export_lag(name)),
+        };
+        let ready = health.component(&format!("audiences-{name}"));
+        exporters.push(Forwarder::with_sink(
+            &config.kafka,
+            &spec,
+            exporter,
+            metrics.http.clone(),
+            ready,
+        )?);
+    }
+    tracing::info!(group = %config.group, audiences = config.rules.audiences.len(), destinations = config.destinations.len(), "Audiences service consuming.");
+    let inner = stop.child_token();
+    let engine_run = async {
+        let result = engine.run(inner.clone()).await;
+        inner.cancel();
+        result
+    };
+    let exporter_runs = futures_join_all(exporters, &inner);
+    let (engine_result, exporter_results) = tokio::join!(engine_run, exporter_runs);
+    engine_result?;
+    for result in exporter_results {
+        result?;
+    }
+    tracing::info!("Audiences service stopped.");
+    Ok(())
+}
+
+/// Runs every exporter until `stop`; the first to fail stops the rest.
+async fn futures_join_all(
+    exporters: Vec<Forwarder<Exporter>>,
+    stop: &CancellationToken,
+) -> Vec<Result<(), ForwarderError>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for exporter in exporters {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let result = exporter.run(stop.clone()).await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.expect("exporters do not panic"));
+    }
+    results
+}

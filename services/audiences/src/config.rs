@@ -1,0 +1,847 @@
+//! Audiences service configuration: flags with `AFTERCART_*` environment fallbacks, plus the
+//! audiences file (see [`file`]) or the built-in audiences when there is none.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aftercart_delivery::{RetryPolicy, SinkConfig, SinkFlags};
+use aftercart_kafka::{KafkaArgs, KafkaSettings};
+use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_shopify::money::Amount;
+
+use crate::domain::audience::{AbandonmentFilter, Audience, CustomerFilter, OrderFilter, Source};
+use crate::domain::engine::Rules;
+use crate::platform::{google, meta, tiktok, Platform, Secret};
+use file::{
+    expand, AbandonmentFilterFile, AudienceFile, AudiencesFile, CustomerFilterFile,
+    DestinationFile, OrderFilterFile,
+};
+
+/// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AudiencesArgs {
+    /// The audiences file (TOML; see examples/audiences.toml). Without it: the built-in
+    /// audiences (abandoned-checkouts, high-value-abandoners, recent-purchasers) to files.
+    #[arg(long, env = "AFTERCART_AUDIENCES_CONFIG")]
+    pub audiences_config: Option<PathBuf>,
+
+    /// Consumer group of the engine; each destination's exporter uses `<group>-<destination>`.
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCES_GROUP",
+        default_value = "aftercart-audiences"
+    )]
+    pub audiences_group: String,
+
+    /// The abandonment service's output topic (abandoner audiences read it).
+    #[arg(
+        long,
+        env = "AFTERCART_ABANDONMENTS_TOPIC",
+        default_value = "aftercart.abandonments"
+    )]
+    pub abandonments_topic: String,
+
+    /// Export batches from the engine to the exporters (keyed by shop/audience/destination).
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCE_BATCHES_TOPIC",
+        default_value = "aftercart.audience-batches"
+    )]
+    pub audience_batches_topic: String,
+
+    /// Internal topic that brings all of one shop's facts to one partition (keyed by shop).
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
+        default_value = "aftercart.audiences-by-shop"
+    )]
+    pub audiences_by_shop_topic: String,
+
+    /// Compacted changelog topic holding people, consent and memberships.
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCES_STATE_TOPIC",
+        default_value = "aftercart.audiences-state"
+    )]
+    pub audiences_state_topic: String,
+
+    /// Unusable input records and batches a destination refused for good (with its answer).
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
+        default_value = "aftercart.audiences-dead-letter"
+    )]
+    pub audiences_dead_letter_topic: String,
+
+    /// Changes are exported at most this long after they happen, or sooner by size
+    /// [default: 30s; 5s under `aftercart dev`].
+    #[arg(long, env = "AFTERCART_EXPORT_FLUSH_INTERVAL")]
+    pub export_flush_interval: Option<String>,
+
+    /// Most people per export batch (and per request); capped by each platform's limit.
+    #[arg(long, env = "AFTERCART_EXPORT_BATCH_SIZE", default_value = "1000")]
+    pub export_batch_size: String,
+
+    /// Default directory of `file` destinations.
+    #[arg(long, env = "AFTERCART_AUDIENCES_DIR", default_value = "./audiences")]
+    pub audiences_dir: String,
+
+    /// Meta Graph API base URL (tests point it at a local server).
+    #[arg(long, env = "AFTERCART_META_BASE_URL", default_value = meta::DEFAULT_BASE_URL)]
+    pub meta_base_url: String,
+
+    /// Google Ads API base URL.
+    #[arg(long, env = "AFTERCART_GOOGLE_BASE_URL", default_value = google::DEFAULT_BASE_URL)]
+    pub google_base_url: String,
+
+    /// TikTok Business API base URL.
+    #[arg(long, env = "AFTERCART_TIKTOK_BASE_URL", default_value = tiktok::DEFAULT_BASE_URL)]
+    pub tiktok_base_url: String,
+
+    /// Timeout of one export request.
+    #[arg(long, env = "AFTERCART_EXPORT_TIMEOUT", default_value = "30s")]
+    pub export_timeout: String,
+
+    /// First retry backoff ceiling of a failing batch (doubles up to the maximum, full jitter).
+    #[arg(long, env = "AFTERCART_EXPORT_BACKOFF_INITIAL", default_value = "1s")]
+    pub export_backoff_initial: String,
+
+    #[arg(long, env = "AFTERCART_EXPORT_BACKOFF_MAX", default_value = "5m")]
+    pub export_backoff_max: String,
+
+    /// A batch still failing this long after its first try is dead-lettered.
+    #[arg(
+        long,
+        env = "AFTERCART_EXPORT_MAX_RETRY_DURATION",
+        default_value = "6h"
+    )]
+    pub export_max_retry_duration: String,
+
+    /// People with no membership, unseen this long, are forgotten.
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCES_PERSON_RETENTION",
+        default_value = "90d"
+    )]
+    pub person_retention: String,
+}
+
+/// Google's OAuth token endpoint.
+pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// How the Google destination gets access tokens: fixed, or refreshed with an OAuth client.
+#[derive(Debug, Clone)]
+pub enum GoogleAuth {
+    /// `target.access_token` is used as is.
+    Fixed,
+    Refresh {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        refresh_token: Secret,
+    },
+}
+
+/// Where a destination exports.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Meta(meta::Target),
+    /// With `GoogleAuth::Refresh`, `target.access_token` is a placeholder replaced per request.
+    Google(google::Target, GoogleAuth),
+    Tiktok(tiktok::Target),
+    File(FileOptions),
+    Webhook(SinkConfig),
+}
+
+impl Destination {
+    pub fn platform(&self) -> Platform {
+        match self {
+            Destination::Meta(_) => Platform::Meta,
+            Destination::Google(..) => Platform::Google,
+            Destination::Tiktok(_) => Platform::Tiktok,
+            Destination::File(_) | Destination::Webhook(_) => Platform::Plain,
+        }
+    }
+
+    /// The destination's type, a bounded label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Destination::Meta(_) => "meta",
+            Destination::Google(..) => "google",
+            Destination::Tiktok(_) => "tiktok",
+            Destination::File(_) => "file",
+            Destination::Webhook(_) => "webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    pub dir: PathBuf,
+    pub format: FileFormat,
+    pub keep_deltas: usize,
+    pub delta_retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AudiencesConfig {
+    pub kafka: KafkaSettings,
+    pub group: String,
+    pub abandonments_topic: String,
+    pub batches_topic: String,
+    pub by_shop_topic: String,
+    pub state_topic: String,
+    pub dead_letter_topic: String,
+    pub rules: Rules,
+    pub destinations: BTreeMap<String, Destination>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Bounds the final producer flush on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl AudiencesConfig {
+    /// The consumer group of one destination's exporter.
+    pub fn exporter_group(&self, destination: &str) -> String {
+        format!("{}-{destination}", self.group)
+    }
+}
+
+/// Defaults that differ under `aftercart dev`.
+#[derive(Debug, Clone)]
+pub struct AudiencesDefaults {
+    pub fallback_brokers: Option<String>,
+    pub flush_interval: &'static str,
+}
+
+impl AudiencesDefaults {
+    pub fn production() -> Self {
+        Self {
+            fallback_brokers: None,
+            flush_interval: "30s",
+        }
+    }
+}
+
+/// The audiences used when no file is given: consented abandoners and purchasers, to files.
+pub fn built_in_file(dir: &str) -> AudiencesFile {
+    let text = format!(
+        r#"
+[destinations.files]
+type = "file"
+dir = {dir:?}
+
+[[audiences]]
+name = "abandoned-checkouts"
+source = "abandonments"
+window = "30d"
+destinations = ["files"]
+filter = {{ kinds = ["checkout"] }}
+
+[[audiences]]
+name = "high-value-abandoners"
+source = "abandonments"
+window = "7d"
+destinations = ["files"]
+filter = {{ value_tiers = ["high"] }}
+
+[[audiences]]
+name = "recent-purchasers"
+source = "orders"
+window = "30d"
+destinations = ["files"]
+"#
+    );
+    toml::from_str(&text).expect("the built-in audiences parse")
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A secret given inline or as a file (trailing newline ignored); exactly one is required.
+fn secret(
+    errors: &mut ConfigErrors,
+    at: &str,
+    inline: &Option<String>,
+    path: &Option<String>,
+) -> Option<Secret> {
+    match (inline, path) {
+        (Some(_), Some(_)) => {
+            errors.push(format!("{at}: set it or its _file variant, not both"));
+            None
+        }
+        (Some(value), None) => match expand(value, &env_var) {
+            Ok(value) if !value.is_empty() => Some(Secret::new(value)),
+            Ok(_) => {
+                errors.push(format!("{at}: is empty"));
+                None
+            }
+            Err(error) => {
+                errors.push(format!("{at}: {error}"));
+                None
+            }
+        },
+        (None, Some(path)) => {
+            let path = errors.check(at, expand(path, &env_var))?;
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => {
+                    Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
+                }
+                Ok(_) => {
+                    errors.push(format!("{at}_file: {path} is empty"));
+                    None
+                }
+                Err(error) => {
+                    errors.push(format!("{at}_file: cannot read {path}: {error}"));
+                    None
+                }
+            }
+        }
+        (None, None) => {
+            errors.push(format!("{at}: required (or {at}_file)"));
+            None
+        }
+    }
+}
+
+fn value(errors: &mut ConfigErrors, at: &str, text: &str) -> Option<String> {
+    match expand(text, &env_var) {
+        Ok(value) if !value.trim().is_empty() => Some(value.trim().to_string()),
+        Ok(_) => {
+            errors.push(format!("{at}: is empty"));
+            None
+        }
+        Err(error) => {
+            errors.push(format!("{at}: {error}"));
+            None
+        }
+    }
+}
+
+fn optional(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<String> {
+    let text = text.as_deref()?;
+    errors
+        .check(at, expand(text, &env_var))
+        .filter(|v| !v.trim().is_empty())
+}
+
+impl AudiencesArgs {
+    /// Validates with the command's Kafka flags and shutdown deadline, every problem at once.
+    pub fn validate(
+        &self,
+        kafka: &KafkaArgs,
+        shutdown_timeout: Duration,
+        defaults: &AudiencesDefaults,
+    ) -> Result<AudiencesConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::new();
+        let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
+        let positive = |value: &str| {
+            parse_duration(value).and_then(|d| {
+                if d.is_zero() {
+                    Err("must be above 0".to_string())
+                } else {
+                    Ok(d)
+                }
+            })
+        };
+        let flush = errors.check(
+            "AFTERCART_EXPORT_FLUSH_INTERVAL",
+            positive(
+                self.export_flush_interval
+                    .as_deref()
+                    .unwrap_or(defaults.flush_interval),
+            ),
+        );
+        let batch_rows = errors.check(
+            "AFTERCART_EXPORT_BATCH_SIZE",
+            parse_in_range(&self.export_batch_size, 1, 10_000),
+        );
+        let timeout = errors.check("AFTERCART_EXPORT_TIMEOUT", positive(&self.export_timeout));
+        let initial = errors.check(
+            "AFTERCART_EXPORT_BACKOFF_INITIAL",
+            positive(&self.export_backoff_initial),
+        );
+        let max = errors.check(
+            "AFTERCART_EXPORT_BACKOFF_MAX",
+            positive(&self.export_backoff_max),
+        );
+        let max_duration = errors.check(
+            "AFTERCART_EXPORT_MAX_RETRY_DURATION",
+            parse_duration(&self.export_max_retry_duration),
+        );
+        let retention = errors.check(
+            "AFTERCART_AUDIENCES_PERSON_RETENTION",
+            positive(&self.person_retention),
+        );
+        let retry = match (initial, max, max_duration) {
+            (Some(initial), Some(max), Some(max_duration)) => Some(RetryPolicy {
+                initial,
+                max: max.max(initial),
+                max_duration,
+            }),
+            _ => None,
+        };
+        let (source, file) = match &self.audiences_config {
+            Some(path) => {
+                let at = format!("AFTERCART_AUDIENCES_CONFIG ({})", path.display());
+                let parsed = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read it: {e}"))
+                    .and_then(|text| {
+                        toml::from_str::<AudiencesFile>(&text).map_err(|e| e.to_string())
+                    });
+                (at.clone(), errors.check(&at, parsed))
+            }
+            None => (
+                "built-in audiences".to_string(),
+                Some(built_in_file(&self.audiences_dir)),
+            ),
+        };
+        let mut destinations = BTreeMap::new();
+        let mut audiences = Vec::new();
+        if let (Some(file), Some(timeout), Some(retry)) = (&file, timeout, retry) {
+            for (name, destination) in &file.destinations {
+                let at = format!("{source}: destinations.{name}");
+                if !valid_name(name) {
+                    errors.push(format!("{at}: names are letters, digits, - and _"));
+                    continue;
+                }
+                if let Some(resolved) =
+                    self.destination(&mut errors, &at, destination, timeout, retry)
+                {
+                    destinations.insert(name.clone(), resolved);
+                }
+            }
+            for audience in &file.audiences {
+                let at = format!("{source}: audience {:?}", audience.name);
+                if let Some(resolved) = resolve_audience(&mut errors, &at, audience, file) {
+                    audiences.push(resolved);
+                }
+            }
+            // A platform destination is one list at the platform: two audiences in it would
+            // remove each other's members.
+            for (name, destination) in &destinations {
+                let users: Vec<&str> = audiences
+                    .iter()
+                    .filter(|a: &&Audience| a.destinations.contains(name))
+                    .map(|a| a.name.as_str())
+                    .collect();
+                if destination.platform() != Platform::Plain && users.len() > 1 {
+                    errors.push(format!(
+                        "{source}: destinations.{name} is one {} audience and cannot hold several ({}): give each its own destination",
+                        destination.kind(),
+                        users.join(", ")
+                    ));
+                }
+            }
+            let mut names: Vec<&str> = file.audiences.iter().map(|a| a.name.as_str()).collect();
+            names.sort_unstable();
+            if names.windows(2).any(|w| w[0] == w[1]) {
+                errors.push(format!("{source}: audience names must be unique"));
+            }
+            if file.audiences.is_empty() {
+                errors.push(format!("{source}: defines no audience"));
+            }
+        }
+        for (name, value) in [
+            ("AFTERCART_AUDIENCES_GROUP", &self.audiences_group),
+            ("AFTERCART_ABANDONMENTS_TOPIC", &self.abandonments_topic),
+            (
+                "AFTERCART_AUDIENCE_BATCHES_TOPIC",
+                &self.audience_batches_topic,
+            ),
+            (
+                "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
+                &self.audiences_by_shop_topic,
+            ),
+            (
+                "AFTERCART_AUDIENCES_STATE_TOPIC",
+                &self.audiences_state_topic,
+            ),
+            (
+                "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
+                &self.audiences_dead_letter_topic,
+            ),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(format!("{name}: must not be empty"));
+            }
+        }
+        errors.finish(|| AudiencesConfig {
+            kafka: kafka.expect("checked"),
+            group: self.audiences_group.trim().to_string(),
+            abandonments_topic: self.abandonments_topic.trim().to_string(),
+            batches_topic: self.audience_batches_topic.trim().to_string(),
+            by_shop_topic: self.audiences_by_shop_topic.trim().to_string(),
+            state_topic: self.audiences_state_topic.trim().to_string(),
+            dead_letter_topic: self.audiences_dead_letter_topic.trim().to_string(),
+            rules: Rules {
+                audiences,
+                destinations: destinations
+                    .iter()
+                    .map(|(name, d): (&String, &Destination)| (name.clone(), d.platform()))
+                    .collect(),
+                flush_interval_ms: flush.expect("checked").as_millis() as i64,
+                batch_rows: batch_rows.expect("checked") as usize,
+                person_retention_ms: retention.expect("checked").as_millis() as i64,
+            },
+            destinations,
+            timeout: timeout.expect("checked"),
+            retry: retry.expect("checked"),
+            shutdown_timeout,
+        })
+    }
+
+    fn destination(
+        &self,
+        errors: &mut ConfigErrors,
+        at: &str,
+        destination: &DestinationFile,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Option<Destination> {
+        let known = errors.problems().len();
+        let field = |name: &str| format!("{at}.{name}");
+        // Where a platform is reached: the destination's own base URL or the global one, and
+        // its API version or the codec's default.
+        let api = |errors: &mut ConfigErrors,
+                   (own_base, own_version): (&Option<String>, &Option<String>),
+                   global: &str,
+                   default_version: &str| {
+            let base = optional(errors, &field("base_url"), own_base)
+                .unwrap_or_else(|| global.trim().trim_end_matches('/').to_string());
+            let version = optional(errors, &field("api_version"), own_version)
+                .unwrap_or_else(|| default_version.to_string());
+            (base, version)
+        };
+        let token = |errors: &mut ConfigErrors, inline: &Option<String>, file: &Option<String>| {
+            secret(errors, &field("access_token"), inline, file)
+        };
+        let resolved = match destination {
+            DestinationFile::Meta {
+                audience_id,
+                access_token,
+                access_token_file,
+                api_version,
+                base_url,
+            } => {
+                let audience_id = value(errors, &field("audience_id"), audience_id);
+                let token = token(errors, access_token, access_token_file);
+                let (base_url, version) = api(
+                    errors,
+                    (base_url, api_version),
+                    &self.meta_base_url,
+                    meta::DEFAULT_VERSION,
+                );
+                Destination::Meta(meta::Target {
+                    base_url,
+                    version,
+                    audience_id: audience_id?,
+                    access_token: token?,
+                })
+            }
+            DestinationFile::Google {
+                customer_id,
+                user_list_id,
+                login_customer_id,
+                developer_token,
+                developer_token_file,
+                access_token,
+                access_token_file,
+                refresh_token,
+                refresh_token_file,
+                client_id,
+                client_secret,
+                client_secret_file,
+                token_url,
+                api_version,
+                base_url,
+            } => {
+                let customer_id = value(errors, &field("customer_id"), customer_id);
+                let list = value(errors, &field("user_list_id"), user_list_id);
+                let login = optional(errors, &field("login_customer_id"), login_customer_id);
+                let developer = secret(
+                    errors,
+                    &field("developer_token"),
+                    developer_token,
+                    developer_token_file,
+                );
+                let refreshing = refresh_token.is_some() || refresh_token_file.is_some();
+                let fixed = access_token.is_some() || access_token_file.is_some();
+                let (token, auth) = match (fixed, refreshing) {
+                    (true, true) => {
+                        errors.push(format!(
+                            "{at}: set access_token or refresh_token (with client_id and client_secret), not both"
+                        ));
+                        (None, None)
+                    }
+                    (_, false) => (
+                        token(errors, access_token, access_token_file),
+                        Some(GoogleAuth::Fixed),
+                    ),
+                    (false, true) => {
+                        let refresh = secret(
+                            errors,
+                            &field("refresh_token"),
+                            refresh_token,
+                            refresh_token_file,
+                        );
+                        let client_secret = secret(
+                            errors,
+                            &field("client_secret"),
+                            client_secret,
+                            client_secret_file,
+                        );
+                        let client_id = match client_id {
+                            Some(id) => value(errors, &field("client_id"), id),
+                            None => {
+                                errors.push(format!(
+                                    "{}: required with refresh_token",
+                                    field("client_id")
+                                ));
+                                None
+                            }
+                        };
+                        let token_url = optional(errors, &field("token_url"), token_url)
+                            .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string());
+                        let auth = match (client_id, client_secret, refresh) {
+                            (Some(client_id), Some(client_secret), Some(refresh_token)) => {
+                                Some(GoogleAuth::Refresh {
+                                    token_url,
+                                    client_id,
+                                    client_secret,
+                                    refresh_token,
+                                })
+                            }
+                            _ => None,
+                        };
+                        // Replaced by a fresh token before every request.
+                        (Some(Secret::new("refreshed-per-request")), auth)
+                    }
+                };
+                let (base_url, version) = api(
+                    errors,
+                    (base_url, api_version),
+                    &self.google_base_url,
+                    google::DEFAULT_VERSION,
+                );
+                Destination::Google(
+                    google::Target {
+                        base_url,
+                        version,
+                        customer_id: customer_id?,
+                        user_list_id: list?,
+                        login_customer_id: login,
+                        developer_token: developer?,
+                        access_token: token?,
+                    },
+                    auth?,
+                )
+            }
+            DestinationFile::Tiktok {
+                advertiser_id,
+                audience_id,
+                access_token,
+                access_token_file,
+                api_version,
+                base_url,
+            } => {
+                let advertiser = value(errors, &field("advertiser_id"), advertiser_id);
+                let audience_id = value(errors, &field("audience_id"), audience_id);
+                let token = token(errors, access_token, access_token_file);
+                let (base_url, version) = api(
+                    errors,
+                    (base_url, api_version),
+                    &self.tiktok_base_url,
+                    tiktok::DEFAULT_VERSION,
+                );
+                Destination::Tiktok(tiktok::Target {
+                    base_url,
+                    version,
+                    advertiser_id: advertiser?,
+                    audience_id: audience_id?,
+                    access_token: token?,
+                })
+            }
+            DestinationFile::File {
+                dir,
+                format,
+                keep_deltas,
+                delta_retention,
+            } => {
+                let retention = errors.check(
+                    &field("delta_retention"),
+                    parse_duration(delta_retention.as_deref().unwrap_or("7d")),
+                );
+                let dir = optional(errors, &field("dir"), dir)
+                    .unwrap_or_else(|| self.audiences_dir.trim().to_string());
+                let format = match format.as_deref().unwrap_or("csv") {
+                    "csv" => Some(FileFormat::Csv),
+                    "jsonl" => Some(FileFormat::Jsonl),
+                    other => {
+                        errors.push(format!(
+                            "{}: {other:?} is not csv or jsonl",
+                            field("format")
+                        ));
+                        None
+                    }
+                };
+                Destination::File(FileOptions {
+                    dir: PathBuf::from(dir),
+                    format: format?,
+                    keep_deltas: keep_deltas.unwrap_or(1000).max(1),
+                    delta_retention: retention?,
+                })
+            }
+            DestinationFile::Webhook {
+                url,
+                secret: inline,
+                secret_file,
+            } => {
+                let url = value(errors, &field("url"), url);
+                let secret = match (inline, secret_file) {
+                    (None, None) => None,
+                    _ => secret(errors, &field("secret"), inline, secret_file),
+                };
+                let flags = SinkFlags {
+                    url,
+                    secret: secret.map(|s| aftercart_delivery::Secret::new(s.expose())),
+                    secret_file: None,
+                    timeout: humantime::format_duration(timeout).to_string(),
+                    backoff_initial: humantime::format_duration(retry.initial).to_string(),
+                    backoff_max: humantime::format_duration(retry.max).to_string(),
+                    max_retry_duration: humantime::format_duration(retry.max_duration).to_string(),
+                };
+                Destination::Webhook(flags.validate(at, errors)?)
+            }
+        };
+        (errors.problems().len() == known).then_some(resolved)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn amount(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<Amount> {
+    let text = text.as_deref()?;
+    errors.check(
+        at,
+        Amount::parse(text.trim())
+            .ok_or_else(|| format!("{text:?} is not a decimal amount like 50 or 49.99")),
+    )
+}
+
+fn resolve_audience(
+    errors: &mut ConfigErrors,
+    at: &str,
+    audience: &AudienceFile,
+    file: &AudiencesFile,
+) -> Option<Audience> {
+    let known = errors.problems().len();
+    if !valid_name(&audience.name) {
+        errors.push(format!(
+            "{at}: names are letters, digits, - and _ (up to 64)"
+        ));
+    }
+    let window_ms = audience.window.as_deref().and_then(|w| {
+        errors
+            .check(&format!("{at}: window"), parse_duration(w))
+            .map(|d| d.as_millis() as i64)
+    });
+    if audience.destinations.is_empty() {
+        errors.push(format!("{at}: names no destination"));
+    }
+    for destination in &audience.destinations {
+        if !file.destinations.contains_key(destination) {
+            errors.push(format!("{at}: destination {destination:?} is not defined"));
+        }
+    }
+    let filter = toml::Value::Table(audience.filter.clone());
+    let source = match audience.source.as_str() {
+        "abandonments" => errors
+            .check(
+                &format!("{at}: filter"),
+                filter
+                    .try_into::<AbandonmentFilterFile>()
+                    .map_err(|e| e.to_string()),
+            )
+            .map(|f| {
+                Source::Abandonments(AbandonmentFilter {
+                    kinds: f.kinds,
+                    stages: f.stages,
+                    value_tiers: f.value_tiers,
+                    customer_types: f.customer_types,
+                    min_value: amount(errors, &format!("{at}: filter.min_value"), &f.min_value),
+                    discount: f.discount,
+                    fence_sitter: f.fence_sitter,
+                })
+            }),
+        "orders" => errors
+            .check(
+                &format!("{at}: filter"),
+                filter
+                    .try_into::<OrderFilterFile>()
+                    .map_err(|e| e.to_string()),
+            )
+            .map(|f| {
+                Source::Orders(OrderFilter {
+                    financial_statuses: f
+                        .financial_statuses
+                        .unwrap_or_else(|| OrderFilter::default().financial_statuses),
+                    min_total: amount(errors, &format!("{at}: filter.min_total"), &f.min_total),
+                    include_test: f.include_test,
+                })
+            }),
+        "customers" => errors
+            .check(
+                &format!("{at}: filter"),
+                filter
+                    .try_into::<CustomerFilterFile>()
+                    .map_err(|e| e.to_string()),
+            )
+            .map(|f| {
+                Source::Customers(CustomerFilter {
+                    min_orders: f.min_orders,
+                    tags_any: f.tags_any,
+                })
+            }),
+        other => {
+            errors.push(format!(
+                "{at}: source {other:?} is not abandonments, orders or customers"
+            ));
+            None
+        }
+    };
+    if errors.problems().len() > known {
+        return None;
+    }
+    Some(Audience {
+        name: audience.name.clone(),
+        source: source?,
+        window_ms,
+        leave_on_purchase: audience.leave_on_purchase.unwrap_or(true),
+        destinations: audience.destinations.clone(),
+        shops: audience
+            .shops
+            .iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

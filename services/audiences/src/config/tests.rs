@@ -1,0 +1,235 @@
+//! Configuration: the built-in audiences, the example file, and errors reported all at once.
+
+use clap::Parser;
+
+use super::*;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    audiences: AudiencesArgs,
+}
+
+fn validate(args: &[&str]) -> Result<AudiencesConfig, ConfigErrors> {
+    let mut all = vec!["aftercart", "--kafka-brokers", "127.0.0.1:9092"];
+    all.extend_from_slice(args);
+    let cli = Cli::try_parse_from(all).expect("flags parse");
+    cli.audiences.validate(
+        &cli.kafka,
+        Duration::from_secs(5),
+        &AudiencesDefaults::production(),
+    )
+}
+
+fn write(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A file removed when dropped.
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn with(text: &str) -> TempPath {
+            let path = std::env::temp_dir().join(format!(
+                "aftercart-audiences-{}-{}.toml",
+                std::process::id(),
+                fastrand_name()
+            ));
+            std::fs::write(&path, text).unwrap();
+            TempPath(path)
+        }
+    }
+    fn fastrand_name() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn without_a_file_the_built_in_audiences_export_to_files() {
+    let config = validate(&[]).unwrap();
+    let names: Vec<&str> = config
+        .rules
+        .audiences
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "abandoned-checkouts",
+            "high-value-abandoners",
+            "recent-purchasers"
+        ]
+    );
+    assert!(matches!(config.destinations["files"], Destination::File(_)));
+    assert_eq!(config.rules.flush_interval_ms, 30_000);
+    assert_eq!(config.exporter_group("files"), "aftercart-audiences-files");
+}
+
+#[test]
+fn the_example_file_starts_with_its_placeholders_and_every_destination() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/audiences.toml");
+    let config = validate(&[
+        "--audiences-config",
+        path,
+        "--meta-base-url",
+        "http://127.0.0.1:1/",
+    ])
+    .unwrap();
+    let kinds: Vec<&str> = config
+        .destinations
+        .values()
+        .map(Destination::kind)
+        .collect();
+    assert_eq!(kinds, ["file", "google", "meta", "tiktok"]);
+    let Destination::Meta(meta) = &config.destinations["meta"] else {
+        panic!("meta");
+    };
+    assert_eq!(
+        meta.base_url, "http://127.0.0.1:1",
+        "the trailing slash is dropped"
+    );
+    assert!(
+        !format!("{config:?}").contains("placeholder-meta-token"),
+        "tokens never print"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let file = write(
+        r#"
+[destinations.meta]
+type = "meta"
+audience_id = "${AFTERCART_TEST_SURELY_UNSET}"
+
+[[audiences]]
+name = "a"
+source = "carts"
+destinations = ["meta", "nowhere"]
+"#,
+    );
+    let errors = validate(&[
+        "--audiences-config",
+        file.0.to_str().unwrap(),
+        "--export-flush-interval",
+        "0s",
+    ])
+    .unwrap_err();
+    let text = errors.problems().join("\n");
+    for expected in [
+        "AFTERCART_EXPORT_FLUSH_INTERVAL",
+        "AFTERCART_TEST_SURELY_UNSET",
+        "access_token: required",
+        "\"nowhere\" is not defined",
+        "source \"carts\"",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_filter_key_of_another_source_is_refused() {
+    let file = write(
+        r#"
+[destinations.files]
+type = "file"
+
+[[audiences]]
+name = "buyers"
+source = "orders"
+destinations = ["files"]
+filter = { value_tiers = ["high"] }
+"#,
+    );
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    assert!(errors.problems().join("\n").contains("value_tiers"));
+}
+
+#[test]
+fn tokens_can_come_from_files() {
+    let token = write("secret-from-file\n");
+    let text = format!(
+        "[destinations.t]\ntype = \"tiktok\"\nadvertiser_id = \"1\"\naudience_id = \"2\"\naccess_token_file = {:?}\n\n[[audiences]]\nname = \"a\"\nsource = \"customers\"\ndestinations = [\"t\"]\n",
+        token.0.to_str().unwrap()
+    );
+    let file = write(&text);
+    let config = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap();
+    let Destination::Tiktok(target) = &config.destinations["t"] else {
+        panic!("tiktok");
+    };
+    assert_eq!(target.access_token.expose(), "secret-from-file");
+}
+
+#[test]
+fn a_platform_destination_serves_one_audience_only() {
+    let file = write(
+        r#"
+[destinations.meta]
+type = "meta"
+audience_id = "1"
+access_token = "t"
+
+[[audiences]]
+name = "a"
+source = "orders"
+destinations = ["meta"]
+
+[[audiences]]
+name = "b"
+source = "customers"
+destinations = ["meta"]
+"#,
+    );
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    assert!(
+        errors
+            .problems()
+            .join("\n")
+            .contains("cannot hold several (a, b)"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn google_takes_a_fixed_token_or_a_refresh_token_with_its_client() {
+    let google = |auth: &str| {
+        format!(
+            "[destinations.g]\ntype = \"google\"\ncustomer_id = \"1\"\nuser_list_id = \"2\"\ndeveloper_token = \"d\"\n{auth}\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n"
+        )
+    };
+    let refreshing = write(&google(
+        "refresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+    ));
+    let config = validate(&["--audiences-config", refreshing.0.to_str().unwrap()]).unwrap();
+    let Destination::Google(_, GoogleAuth::Refresh { token_url, .. }) = &config.destinations["g"]
+    else {
+        panic!("a refreshing Google destination");
+    };
+    assert_eq!(token_url, GOOGLE_TOKEN_URL);
+
+    let both = write(&google("access_token = \"a\"\nrefresh_token = \"r\""));
+    let errors = validate(&["--audiences-config", both.0.to_str().unwrap()]).unwrap_err();
+    assert!(
+        errors.problems().join("\n").contains("not both"),
+        "{errors}"
+    );
+
+    let no_client = write(&google("refresh_token = \"r\""));
+    let errors = validate(&["--audiences-config", no_client.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(text.contains("client_id: required"), "{text}");
+    assert!(text.contains("client_secret: required"), "{text}");
+}

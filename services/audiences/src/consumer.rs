@@ -1,0 +1,181 @@
+//! The audiences rules on the shared by-shop stage: which source records are routed, how a
+//! by-shop record becomes engine input, and how engine effects become stage effects.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aftercart_kafka::shop_stage::source_family;
+use aftercart_kafka::{
+    header, shop_of, LoopError, ShopLogic, ShopStage, StageEffect, StageTopics, TopicNames,
+    Unusable,
+};
+use aftercart_runtime::health::Readiness;
+use aftercart_shopify::time::now_ms;
+use aftercart_shopify::Family;
+use rdkafka::message::{Message, OwnedMessage};
+
+use crate::config::AudiencesConfig;
+use crate::domain::batch::Batch;
+use crate::domain::engine::{Effect, Engine};
+use crate::domain::input::{decode_input, is_relevant};
+use crate::domain::person::Person;
+use crate::metrics::AudiencesMetrics;
+
+/// The only output topic: batches.
+const BATCHES: usize = 0;
+/// Counting members walks every person: at most this often.
+const MEMBERS_EVERY: Duration = Duration::from_secs(10);
+
+/// The audiences engine's poll loop.
+pub type Loop = ShopStage<Audiences>;
+
+/// The topics the router reads, with their family labels.
+pub fn source_topics(config: &AudiencesConfig) -> Vec<(String, &'static str)> {
+    let names = TopicNames::new(&config.kafka.topic_prefix);
+    let mut sources = vec![(config.abandonments_topic.clone(), "abandonments")];
+    sources.extend(
+        [Family::Orders, Family::Customers, Family::Compliance]
+            .iter()
+            .map(|f| (names.family(*f), f.as_str())),
+    );
+    sources
+}
+
+pub fn build(
+    config: &AudiencesConfig,
+    metrics: AudiencesMetrics,
+    ready: Readiness,
+) -> Result<Loop, LoopError> {
+    let topics = StageTopics {
+        client: "aftercart-audiences".to_string(),
+        group: config.group.clone(),
+        sources: source_topics(config),
+        by_shop: config.by_shop_topic.clone(),
+        state: config.state_topic.clone(),
+        dead_letter: config.dead_letter_topic.clone(),
+        outputs: vec![config.batches_topic.clone()],
+    };
+    let consumer_metrics = metrics.consumer.clone();
+    let logic = Audiences {
+        engine: Engine::new(config.rules.clone()),
+        metrics,
+        last_members: std::sync::Mutex::new(None),
+    };
+    ShopStage::new(
+        config.kafka.clone(),
+        topics,
+        config.shutdown_timeout,
+        logic,
+        consumer_metrics,
+        ready,
+    )
+}
+
+/// The audiences engine as the stage's logic.
+pub struct Audiences {
+    engine: Engine,
+    metrics: AudiencesMetrics,
+    /// When members were last counted (`&self` refreshes it).
+    last_members: std::sync::Mutex<Option<Instant>>,
+}
+
+type Staged = StageEffect<Person, Batch>;
+
+fn staged(effect: Effect) -> Staged {
+    match effect {
+        Effect::Emit { key, batch } => StageEffect::Emit {
+            topic: BATCHES,
+            key,
+            event_id: batch.batch_id.clone(),
+            output: *batch,
+        },
+        Effect::Persist { key, person } => StageEffect::Persist {
+            key,
+            entity: person,
+        },
+    }
+}
+
+impl ShopLogic for Audiences {
+    type Entity = Person;
+    type Output = Batch;
+    type Emitted = Batch;
+
+    fn routes(&self, family: &str, message: &OwnedMessage) -> bool {
+        is_relevant(family, header(message, "shopify-topic"))
+    }
+
+    fn family(&self, message: &OwnedMessage) -> &'static str {
+        source_family(
+            message,
+            &["abandonments", "orders", "customers", "compliance"],
+        )
+    }
+
+    fn apply(&mut self, partition: i32, message: &OwnedMessage) -> Result<Vec<Staged>, Unusable> {
+        let family = self.family(message);
+        let received = message.timestamp().to_millis().unwrap_or_else(now_ms);
+        let body = message.payload().unwrap_or_default();
+        match decode_input(family, header(message, "shopify-topic"), body, received) {
+            Ok(input) => {
+                let shop = shop_of(message);
+                let effects = self.engine.apply(partition, &shop, input, now_ms());
+                Ok(effects.into_iter().map(staged).collect())
+            }
+            Err(error) => Err(Unusable {
+                label: error.as_label(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
+        self.engine
+            .tick(now_ms)
+            .into_iter()
+            .map(|(partition, effect)| (partition, staged(effect)))
+            .collect()
+    }
+
+    fn assign(&mut self, partition: i32, entities: HashMap<String, Person>) {
+        self.engine.assign(partition, entities);
+        *self.last_members.get_mut().expect("not poisoned") = None;
+    }
+
+    fn revoke(&mut self, partition: i32) {
+        self.engine.revoke(partition);
+        *self.last_members.get_mut().expect("not poisoned") = None;
+    }
+
+    fn owns(&self, partition: i32) -> bool {
+        self.engine.owns(partition)
+    }
+
+    fn reconcile(&mut self, partition: i32, batch: &Batch) -> Vec<Staged> {
+        self.engine
+            .reconcile(partition, batch)
+            .into_iter()
+            .map(staged)
+            .collect()
+    }
+
+    fn emitted(&self, _batch: &Batch) {
+        self.metrics.emitted();
+    }
+
+    fn gauges(&self) {
+        {
+            let mut last = self.last_members.lock().expect("not poisoned");
+            if last.is_some_and(|at| at.elapsed() < MEMBERS_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        self.metrics
+            .members(&self.engine.members(), self.engine.people());
+    }
+
+    fn routed(&self, count: usize) {
+        self.metrics.routed(count);
+    }
+}

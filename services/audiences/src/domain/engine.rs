@@ -1,0 +1,773 @@
+//! The audiences state machine. Pure: it is fed one shop's facts with their time and the clock,
+//! and answers with effects (batches to emit, people to persist). All of a shop's people live in
+//! one partition, so identity, consent and membership are decided locally.
+//!
+//! Membership is desired state: a person is *wanted* in an audience when a fact made them a
+//! candidate within the window, they consented to marketing, they are reachable (email or
+//! phone) and not redacted. Each membership remembers which destinations hold the person. A
+//! flush compares the two and emits the difference as batches: removals first, then additions,
+//! per shop, audience, destination and operation, chunked to the destination's request limit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use aftercart_shopify::time::rfc3339;
+
+use crate::domain::audience::{Audience, Source};
+use crate::domain::batch::{batch_id, Batch, Member};
+use crate::domain::input::{Abandonment, ConsentFact, CustomerFacts, Input, PersonRef, Purchase};
+use crate::domain::person::Person;
+use crate::platform::{hash, Contact, Op, Platform};
+
+/// How often people with nothing left are forgotten.
+const SWEEP_EVERY_MS: i64 = 60_000;
+
+/// The engine's configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub audiences: Vec<Audience>,
+    /// Destination name → the codec of its rows.
+    pub destinations: BTreeMap<String, Platform>,
+    /// Pending changes are emitted at least this often...
+    pub flush_interval_ms: i64,
+    /// ...or as soon as this many people changed; also the most members in one batch record.
+    pub batch_rows: usize,
+    /// People with no membership, unseen this long, are forgotten (their consent with them).
+    pub person_retention_ms: i64,
+}
+
+/// What the I/O layer must do: emit batches, then persist people.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Emit {
+        key: String,
+        batch: Box<Batch>,
+    },
+    /// `None` deletes the person (a changelog tombstone).
+    Persist {
+        key: String,
+        person: Option<Box<Person>>,
+    },
+}
+
+/// The people of one partition, an email index, expiry timers, and who changed since the
+/// last flush.
+#[derive(Debug, Default)]
+pub struct Partition {
+    people: HashMap<String, Person>,
+    /// `<shop>/<email hash>` → person key.
+    by_email: HashMap<String, String>,
+    /// (expiry, person key, audience).
+    timers: BTreeSet<(i64, String, String)>,
+    dirty: BTreeSet<String>,
+    /// When the oldest unflushed change was made: the flush interval counts from it.
+    dirty_since_ms: Option<i64>,
+    last_sweep_ms: i64,
+    flushes: u64,
+}
+
+pub struct Engine {
+    rules: Rules,
+    partitions: HashMap<i32, Partition>,
+}
+
+/// The person key of a customer: `p/<shop>/c/<id>`.
+fn customer_key(shop: &str, id: u64) -> String {
+    format!("p/{shop}/c/{id}")
+}
+
+fn email_hash(email: &str) -> String {
+    hash::sha256_hex(&email.trim().to_lowercase())[..32].to_string()
+}
+
+/// The person key of a guest known only by email: `p/<shop>/e/<hash>`.
+fn guest_key(shop: &str, email: &str) -> String {
+    format!("p/{shop}/e/{}", email_hash(email))
+}
+
+/// The pseudonym a batch names a person by: the key without `p/<shop>/`.
+fn pseudonym<'a>(key: &'a str, shop: &str) -> &'a str {
+    key.strip_prefix("p/")
+        .and_then(|k| k.strip_prefix(shop))
+        .and_then(|k| k.strip_prefix('/'))
+        .unwrap_or(key)
+}
+
+fn persist(key: &str, person: &Person) -> Effect {
+    Effect::Persist {
+        key: key.to_string(),
+        person: Some(Box::new(person.clone())),
+    }
+}
+
+fn forget(key: &str) -> Effect {
+    Effect::Persist {
+        key: key.to_string(),
+        person: None,
+    }
+}
+
+impl Partition {
+    fn index(&mut self, key: &str) {
+        let Some(person) = self.people.get(key) else {
+            return;
+        };
+        if let Some(email) = person.contact.email.as_deref() {
+            self.by_email.insert(
+                format!("{}/{}", person.shop, email_hash(email)),
+                key.to_string(),
+            );
+        }
+        for (audience, membership) in &person.memberships {
+            if let (true, Some(at)) = (membership.candidate, membership.expires_ms) {
+                self.timers.insert((at, key.to_string(), audience.clone()));
+            }
+        }
+    }
+
+    fn drop_person(&mut self, key: &str) {
+        if let Some(person) = self.people.remove(key) {
+            if let Some(email) = person.contact.email.as_deref() {
+                let index = format!("{}/{}", person.shop, email_hash(email));
+                if self.by_email.get(&index).is_some_and(|k| k == key) {
+                    self.by_email.remove(&index);
+                }
+            }
+        }
+        self.dirty.remove(key);
+    }
+
+    /// The person a fact is about, created when new; merges a guest into the customer they
+    /// turn out to be. Effects for merged-away guests go to `effects`.
+    fn resolve(
+        &mut self,
+        shop: &str,
+        who: &PersonRef,
+        now_ms: i64,
+        effects: &mut Vec<Effect>,
+    ) -> Option<String> {
+        let email = who
+            .email
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        let indexed = email.and_then(|e| {
+            self.by_email
+                .get(&format!("{shop}/{}", email_hash(e)))
+                .cloned()
+        });
+        let key = match (who.customer_id, email) {
+            (Some(id), _) => {
+                let key = customer_key(shop, id);
+                if !self.people.contains_key(&key) {
+                    self.people
+                        .insert(key.clone(), Person::new(shop, Some(id), now_ms));
+                }
+                // A guest seen before under this email is this customer: the customer takes
+                // over what the guest knew, and the guest is retired (destinations drop rows
+                // under its name, then it is deleted).
+                let guest = email.map(|e| guest_key(shop, e));
+                let live = |g: &String| self.people.get(g).is_some_and(|p| !p.redacted);
+                if let Some(guest) = guest.filter(live) {
+                    let known = self.people[&guest].clone();
+                    self.people
+                        .get_mut(&key)
+                        .expect("inserted above")
+                        .absorb(&known);
+                    retire(self, &guest, effects);
+                    if let Some(retired) = self.people.get(&guest) {
+                        self.dirty.insert(guest.clone());
+                        self.dirty_since_ms.get_or_insert(now_ms);
+                        effects.push(persist(&guest, retired));
+                    }
+                }
+                key
+            }
+            (None, Some(email)) => {
+                let key = indexed.unwrap_or_else(|| guest_key(shop, email));
+                if !self.people.contains_key(&key) {
+                    self.people
+                        .insert(key.clone(), Person::new(shop, None, now_ms));
+                }
+                key
+            }
+            (None, None) => return None,
+        };
+        if let Some(person) = self.people.get_mut(&key) {
+            person.seen_ms = person.seen_ms.max(now_ms);
+        }
+        Some(key)
+    }
+
+    /// Counts of people wanted per audience.
+    fn wanted(&self, audiences: &[Audience], into: &mut BTreeMap<String, usize>) {
+        for person in self.people.values() {
+            for audience in audiences {
+                if person.wanted_in(&audience.name) {
+                    *into.entry(audience.name.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(rules: Rules) -> Self {
+        Engine {
+            rules,
+            partitions: HashMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    pub fn assign(&mut self, partition: i32, people: HashMap<String, Person>) {
+        let mut state = Partition {
+            people,
+            ..Partition::default()
+        };
+        let keys: Vec<String> = state.people.keys().cloned().collect();
+        for key in &keys {
+            state.index(key);
+        }
+        // Everyone is compared once: a crash may have come between a change and its flush.
+        state.dirty = keys.into_iter().collect();
+        self.partitions.insert(partition, state);
+    }
+
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// People held by this instance.
+    pub fn people(&self) -> usize {
+        self.partitions.values().map(|p| p.people.len()).sum()
+    }
+
+    /// People wanted in each configured audience (0 for empty ones).
+    pub fn members(&self) -> BTreeMap<String, usize> {
+        let mut counts: BTreeMap<String, usize> = self
+            .rules
+            .audiences
+            .iter()
+            .map(|a| (a.name.clone(), 0))
+            .collect();
+        for state in self.partitions.values() {
+            state.wanted(&self.rules.audiences, &mut counts);
+        }
+        counts
+    }
+
+    /// Applies one fact about `shop` received at `now_ms`.
+    pub fn apply(&mut self, partition: i32, shop: &str, input: Input, now_ms: i64) -> Vec<Effect> {
+        let rules = &self.rules;
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        let mut touched = Vec::new();
+        match input {
+            Input::Nothing => {}
+            Input::Abandoned {
+                person,
+                contact,
+                consent,
+                at_ms,
+                facts,
+            } => {
+                let fact = Fact::Abandoned(&facts);
+                let heard = (&contact, consent, at_ms);
+                touched.extend(observe(
+                    state,
+                    rules,
+                    shop,
+                    &person,
+                    heard,
+                    fact,
+                    now_ms,
+                    &mut effects,
+                ));
+            }
+            Input::Recovered { person, at_ms } => {
+                if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
+                    let p = state.people.get_mut(&key).expect("resolved");
+                    leave_abandoners(p, &rules.audiences, at_ms);
+                    touched.push(key);
+                }
+            }
+            Input::Purchased {
+                person,
+                contact,
+                consent,
+                at_ms,
+                purchase,
+            } => {
+                let fact = Fact::Purchased(&purchase);
+                let heard = (&contact, consent, at_ms);
+                touched.extend(observe(
+                    state,
+                    rules,
+                    shop,
+                    &person,
+                    heard,
+                    fact,
+                    now_ms,
+                    &mut effects,
+                ));
+            }
+            Input::Customer {
+                person,
+                contact,
+                consent,
+                facts,
+            } => {
+                let fact = Fact::Customer(&facts);
+                let heard = (&contact, consent, now_ms);
+                touched.extend(observe(
+                    state,
+                    rules,
+                    shop,
+                    &person,
+                    heard,
+                    fact,
+                    now_ms,
+                    &mut effects,
+                ));
+            }
+            Input::CustomerDeleted { customer_id } => {
+                let key = customer_key(shop, customer_id);
+                if let Some(p) = state.people.get_mut(&key) {
+                    for audience in &rules.audiences {
+                        if let (Source::Customers(_), Some(m)) =
+                            (&audience.source, p.memberships.get_mut(&audience.name))
+                        {
+                            m.candidate = false;
+                        }
+                    }
+                    touched.push(key);
+                }
+            }
+            Input::Consent { person, consent } => {
+                if let Some(key) = state.resolve(shop, &person, now_ms, &mut effects) {
+                    state
+                        .people
+                        .get_mut(&key)
+                        .expect("resolved")
+                        .consent_to(consent);
+                    touched.push(key);
+                }
+            }
+            Input::Redact { person, .. } => {
+                let mut keys = Vec::new();
+                if let Some(id) = person.customer_id {
+                    keys.push(customer_key(shop, id));
+                }
+                if let Some(email) = person.email.as_deref().filter(|e| !e.trim().is_empty()) {
+                    keys.push(guest_key(shop, email));
+                    if let Some(indexed) =
+                        state.by_email.get(&format!("{shop}/{}", email_hash(email)))
+                    {
+                        keys.push(indexed.clone());
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                for key in keys {
+                    if state.people.contains_key(&key) {
+                        retire(state, &key, &mut effects);
+                        touched.push(key);
+                    }
+                }
+            }
+            Input::ShopRedact => {
+                let keys: Vec<String> = state
+                    .people
+                    .iter()
+                    .filter(|(_, p)| p.shop == shop)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in keys {
+                    retire(state, &key, &mut effects);
+                    touched.push(key);
+                }
+            }
+        }
+        for key in touched {
+            if state.people.contains_key(&key) {
+                state.index(&key);
+                state.dirty.insert(key.clone());
+                state.dirty_since_ms.get_or_insert(now_ms);
+                effects.push(persist(&key, &state.people[&key]));
+            }
+        }
+        effects
+    }
+
+    /// Expiry, forgetting, and flushes that are due.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        let mut out = Vec::new();
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        for partition in partitions {
+            let state = self.partitions.get_mut(&partition).expect("listed");
+            let mut effects = expire(state, now_ms);
+            if now_ms - state.last_sweep_ms >= SWEEP_EVERY_MS {
+                state.last_sweep_ms = now_ms;
+                effects.extend(sweep(state, now_ms, self.rules.person_retention_ms));
+            }
+            if state.dirty.is_empty() {
+                state.dirty_since_ms = None;
+                out.extend(effects.into_iter().map(|e| (partition, e)));
+                continue;
+            }
+            let since = *state.dirty_since_ms.get_or_insert(now_ms);
+            let due = now_ms - since >= self.rules.flush_interval_ms
+                || state.dirty.len() >= self.rules.batch_rows;
+            if due {
+                effects.extend(self.flush(partition, now_ms));
+            }
+            out.extend(effects.into_iter().map(|e| (partition, e)));
+        }
+        out
+    }
+
+    /// Emits what the changed people's destinations are missing or must drop.
+    pub fn flush(&mut self, partition: i32, now_ms: i64) -> Vec<Effect> {
+        let rules = &self.rules;
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        state.dirty_since_ms = None;
+        state.flushes += 1;
+        let dirty = std::mem::take(&mut state.dirty);
+        // (shop, audience, destination, op) → members, in a stable order.
+        let mut groups: BTreeMap<(String, String, String, Op), Vec<Member>> = BTreeMap::new();
+        let mut effects = Vec::new();
+        for key in dirty {
+            let Some(person) = state.people.get_mut(&key) else {
+                continue;
+            };
+            let current = person.contact.clone();
+            let held = person.held_contact().clone();
+            let customer_id = person.customer_id;
+            let shop = person.shop.clone();
+            let name = pseudonym(&key, &shop).to_string();
+            let mut changed = false;
+            // Every membership the person has, including of audiences no longer configured
+            // (their destinations must drop the person).
+            let names: Vec<String> = person.memberships.keys().cloned().collect();
+            for audience_name in names {
+                let audience = rules.audiences.iter().find(|a| a.name == audience_name);
+                let wanted = audience.is_some() && person.wanted_in(&audience_name);
+                let membership = person
+                    .memberships
+                    .get_mut(&audience_name)
+                    .expect("listed above");
+                if audience.is_none() && membership.candidate {
+                    membership.candidate = false;
+                    changed = true;
+                }
+                let mut targets: BTreeSet<String> = membership.synced.clone();
+                if let (true, Some(audience)) = (wanted, audience) {
+                    targets.extend(audience.destinations.iter().cloned());
+                }
+                for destination in targets {
+                    let Some(platform) = rules.destinations.get(&destination).copied() else {
+                        // No longer configured: nothing can be sent there.
+                        changed |= membership.synced.remove(&destination);
+                        continue;
+                    };
+                    let holds = membership.synced.contains(&destination);
+                    // Compared as this platform's rows: a change it does not see (a zip for
+                    // TikTok) is no reason to remove and re-add.
+                    let held_row = if holds { platform.row(&held) } else { None };
+                    let current_row = if wanted { platform.row(&current) } else { None };
+                    let moved = holds && held_row != current_row;
+                    let mut push = |op: Op, row: serde_json::Value| {
+                        groups
+                            .entry((shop.clone(), audience_name.clone(), destination.clone(), op))
+                            .or_default()
+                            .push(Member {
+                                person: name.clone(),
+                                customer_id,
+                                row,
+                            });
+                    };
+                    if holds && (!wanted || moved) {
+                        if let Some(row) = held_row {
+                            push(Op::Remove, row);
+                        }
+                        membership.synced.remove(&destination);
+                        changed = true;
+                    }
+                    if let (true, false, Some(row)) = (
+                        wanted,
+                        membership.synced.contains(&destination),
+                        current_row,
+                    ) {
+                        push(Op::Add, row);
+                        membership.synced.insert(destination);
+                        changed = true;
+                    }
+                }
+            }
+            if person.holds_anything() {
+                person.exported_contact = Some(current);
+            }
+            person.prune();
+            if person.redacted && !person.holds_anything() {
+                state.drop_person(&key);
+                effects.push(forget(&key));
+            } else if changed {
+                effects.push(persist(&key, person));
+            }
+        }
+        let created_at = rfc3339(now_ms);
+        let mut batches = Vec::new();
+        for ((shop, audience, destination, op), members) in groups {
+            let platform = rules.destinations[&destination];
+            let size = rules.batch_rows.min(platform.max_rows()).max(1);
+            for (chunk, members) in members.chunks(size).enumerate() {
+                let origin = format!(
+                    "{partition}/{now_ms}/{}/{shop}/{audience}/{destination}/{op:?}/{chunk}",
+                    state.flushes
+                );
+                let batch = Batch {
+                    batch_id: batch_id(&origin, members),
+                    shop: shop.clone(),
+                    audience: audience.clone(),
+                    destination: destination.clone(),
+                    platform,
+                    op,
+                    created_at: created_at.clone(),
+                    members: members.to_vec(),
+                };
+                batches.push(batch);
+            }
+        }
+        // Removals go first, so a person whose contact changed is removed under the old one
+        // before being added under the new one.
+        batches.sort_by_key(|b| b.op != Op::Remove);
+        let mut out: Vec<Effect> = batches
+            .into_iter()
+            .map(|batch| Effect::Emit {
+                key: format!("{}/{}/{}", batch.shop, batch.audience, batch.destination),
+                batch: Box::new(batch),
+            })
+            .collect();
+        out.extend(effects);
+        out
+    }
+
+    /// Brings state up to date with a batch found after the checkpoint on restore: it was
+    /// emitted, but the membership change behind it did not reach the changelog.
+    pub fn reconcile(&mut self, partition: i32, batch: &Batch) -> Vec<Effect> {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        for member in &batch.members {
+            let key = format!("p/{}/{}", batch.shop, member.person);
+            let Some(person) = state.people.get_mut(&key) else {
+                continue;
+            };
+            let membership = person
+                .memberships
+                .entry(batch.audience.clone())
+                .or_default();
+            match batch.op {
+                Op::Add => membership.synced.insert(batch.destination.clone()),
+                Op::Remove => membership.synced.remove(&batch.destination),
+            };
+            if batch.op == Op::Add {
+                // What was added is the person's contact as it is now (the batch was made from it).
+                person.exported_contact = Some(person.contact.clone());
+            }
+            person.prune();
+            state.dirty.insert(key.clone());
+            effects.push(persist(&key, person));
+        }
+        effects
+    }
+}
+
+/// A fact an audience may draw members from.
+#[derive(Clone, Copy)]
+enum Fact<'a> {
+    Abandoned(&'a Abandonment),
+    Purchased(&'a Purchase),
+    Customer(&'a CustomerFacts),
+}
+
+impl Source {
+    /// `Some(matches)` when `fact` is of this source's kind, else `None`.
+    fn judge(&self, fact: Fact<'_>) -> Option<bool> {
+        match (self, fact) {
+            (Source::Abandonments(filter), Fact::Abandoned(facts)) => Some(filter.matches(facts)),
+            (Source::Orders(filter), Fact::Purchased(purchase)) => Some(filter.matches(purchase)),
+            (Source::Customers(filter), Fact::Customer(facts)) => Some(filter.matches(facts)),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a fact about a person, made at `at_ms`: what it says of their contact and consent,
+/// and of each audience (a purchase also ends abandoner memberships; a customer record no
+/// longer matching ends a customer-audience membership). Returns the person's key.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    state: &mut Partition,
+    rules: &Rules,
+    shop: &str,
+    who: &PersonRef,
+    (contact, consent, at_ms): (&Contact, Option<ConsentFact>, i64),
+    fact: Fact<'_>,
+    now_ms: i64,
+    effects: &mut Vec<Effect>,
+) -> Option<String> {
+    let key = state.resolve(shop, who, now_ms, effects)?;
+    let person = state.people.get_mut(&key).expect("resolved");
+    let old_email = person.contact.email.clone();
+    person.hear(contact, consent);
+    if old_email.is_some() && old_email != person.contact.email {
+        // An old address no longer leads to them (a guest fact under it is someone else now).
+        let old = format!(
+            "{shop}/{}",
+            email_hash(old_email.as_deref().unwrap_or_default())
+        );
+        if state.by_email.get(&old) == Some(&key) {
+            state.by_email.remove(&old);
+        }
+    }
+    let person = state.people.get_mut(&key).expect("resolved");
+    if let Fact::Purchased(purchase) = fact {
+        if !purchase.cancelled && !purchase.test {
+            leave_abandoners(person, &rules.audiences, at_ms);
+            person.last_purchase_ms = person.last_purchase_ms.max(Some(at_ms));
+        }
+    }
+    let bought_since = person_bought_since(person.last_purchase_ms, at_ms);
+    for audience in rules.audiences.iter().filter(|a| a.admits_shop(shop)) {
+        match (audience.source.judge(fact), fact) {
+            // An abandonment delivered after a later purchase: they are not an abandoner.
+            (Some(true), Fact::Abandoned(_)) if audience.leave_on_purchase && bought_since => {}
+            (Some(true), _) => join(person, audience, at_ms, now_ms),
+            (Some(false), Fact::Customer(_)) => {
+                if let Some(membership) = person.memberships.get_mut(&audience.name) {
+                    membership.candidate = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(key)
+}
+
+fn person_bought_since(last_purchase_ms: Option<i64>, at_ms: i64) -> bool {
+    last_purchase_ms.is_some_and(|bought| bought >= at_ms)
+}
+
+/// Makes `person` a candidate of `audience` from a fact at `at_ms`, unless it is already out
+/// of the window.
+fn join(person: &mut Person, audience: &Audience, at_ms: i64, now_ms: i64) {
+    let expires = audience.expiry(at_ms);
+    if expires.is_some_and(|e| e <= now_ms) {
+        return;
+    }
+    let membership = person.memberships.entry(audience.name.clone()).or_default();
+    membership.candidate = true;
+    membership.since_ms = membership.since_ms.max(at_ms);
+    membership.expires_ms = match (membership.expires_ms, expires) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => expires,
+    };
+}
+
+/// A recovery or purchase at `at_ms` ends the abandoner memberships it follows.
+fn leave_abandoners(person: &mut Person, audiences: &[Audience], at_ms: i64) {
+    for audience in audiences {
+        if !matches!(audience.source, Source::Abandonments(_)) || !audience.leave_on_purchase {
+            continue;
+        }
+        if let Some(membership) = person.memberships.get_mut(&audience.name) {
+            if at_ms >= membership.since_ms {
+                membership.candidate = false;
+            }
+        }
+    }
+}
+
+/// Retires a person (redacted, or a guest merged into a customer): destinations drop them at
+/// the next flush, then they are deleted. Someone no destination holds is deleted at once.
+fn retire(state: &mut Partition, key: &str, effects: &mut Vec<Effect>) {
+    let Some(person) = state.people.get_mut(key) else {
+        return;
+    };
+    let held = person.held_contact().clone();
+    person.redacted = true;
+    for membership in person.memberships.values_mut() {
+        membership.candidate = false;
+    }
+    person.prune();
+    if person.holds_anything() {
+        // Only what removal needs is kept, until the removal is emitted.
+        person.exported_contact = Some(held.clone());
+        person.contact = held;
+        person.consent = None;
+    } else {
+        state.drop_person(key);
+        effects.push(forget(key));
+    }
+}
+
+/// Ends memberships whose window has passed.
+fn expire(state: &mut Partition, now_ms: i64) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    while let Some((at, key, audience)) = state.timers.first().cloned() {
+        if at > now_ms {
+            break;
+        }
+        state.timers.pop_first();
+        let Some(person) = state.people.get_mut(&key) else {
+            continue;
+        };
+        let Some(membership) = person.memberships.get_mut(&audience) else {
+            continue;
+        };
+        // A later fact may have pushed the expiry: only the current one counts.
+        if membership.candidate && membership.expires_ms.is_some_and(|e| e <= now_ms) {
+            membership.candidate = false;
+            state.dirty.insert(key.clone());
+            effects.push(persist(&key, person));
+        }
+    }
+    effects
+}
+
+/// Forgets people with nothing wanted or held, unseen for the retention.
+fn sweep(state: &mut Partition, now_ms: i64, retention_ms: i64) -> Vec<Effect> {
+    let stale: Vec<String> = state
+        .people
+        .iter()
+        .filter(|(k, p)| {
+            p.memberships.is_empty()
+                && now_ms - p.seen_ms >= retention_ms
+                && !state.dirty.contains(*k)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    stale
+        .into_iter()
+        .map(|key| {
+            state.drop_person(&key);
+            forget(&key)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,561 @@
+//! Engine scenarios: who is exported where, when, and who is removed.
+
+use super::*;
+use crate::domain::audience::{AbandonmentFilter, OrderFilter};
+use crate::domain::input::{Abandonment, ConsentFact, Purchase};
+
+const SHOP: &str = "shop.myshopify.com";
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_800_000_000_000;
+
+fn rules() -> Rules {
+    let abandoners = Audience {
+        name: "abandoned-checkouts".into(),
+        source: Source::Abandonments(AbandonmentFilter {
+            kinds: vec!["checkout".into()],
+            ..Default::default()
+        }),
+        window_ms: Some(30 * DAY),
+        leave_on_purchase: true,
+        destinations: vec![
+            "meta".into(),
+            "google".into(),
+            "tiktok".into(),
+            "files".into(),
+        ],
+        shops: vec![],
+    };
+    let purchasers = Audience {
+        name: "recent-purchasers".into(),
+        source: Source::Orders(OrderFilter::default()),
+        window_ms: Some(30 * DAY),
+        leave_on_purchase: false,
+        destinations: vec!["files".into()],
+        shops: vec![],
+    };
+    Rules {
+        audiences: vec![abandoners, purchasers],
+        destinations: [
+            ("meta".to_string(), Platform::Meta),
+            ("google".to_string(), Platform::Google),
+            ("tiktok".to_string(), Platform::Tiktok),
+            ("files".to_string(), Platform::Plain),
+        ]
+        .into(),
+        flush_interval_ms: 1_000,
+        batch_rows: 1_000,
+        person_retention_ms: 90 * DAY,
+    }
+}
+
+fn engine() -> Engine {
+    let mut engine = Engine::new(rules());
+    engine.assign(0, HashMap::new());
+    engine
+}
+
+fn ann() -> PersonRef {
+    PersonRef {
+        customer_id: Some(42),
+        email: Some("Ann@Example.com".into()),
+    }
+}
+
+fn contact(email: &str) -> Contact {
+    Contact {
+        email: Some(email.into()),
+        phone: Some("+44 7700 900123".into()),
+        first_name: Some("Ann".into()),
+        last_name: Some("Lee".into()),
+        country: Some("GB".into()),
+        zip: Some("SW1A 1AA".into()),
+    }
+}
+
+fn abandoned(who: PersonRef, consent: Option<bool>, at_ms: i64) -> Input {
+    Input::Abandoned {
+        person: who,
+        contact: contact("Ann@Example.com"),
+        consent: consent.map(|subscribed| ConsentFact { subscribed, at_ms }),
+        at_ms,
+        facts: Abandonment {
+            kind: "checkout".into(),
+            stage: "payment".into(),
+            value_tier: "high".into(),
+            customer_type: "new".into(),
+            value: None,
+            discount: false,
+            fence_sitter: false,
+        },
+    }
+}
+
+fn paid(who: PersonRef, at_ms: i64) -> Input {
+    Input::Purchased {
+        person: who,
+        contact: contact("Ann@Example.com"),
+        consent: None,
+        at_ms,
+        purchase: Purchase {
+            total: None,
+            financial_status: "paid".into(),
+            test: false,
+            cancelled: false,
+        },
+    }
+}
+
+fn batches(effects: &[(i32, Effect)]) -> Vec<&Batch> {
+    effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Emit { batch, .. } => Some(batch.as_ref()),
+            Effect::Persist { .. } => None,
+        })
+        .collect()
+}
+
+/// (audience, destination, op, member count) of each batch, in emission order.
+fn summary(effects: &[(i32, Effect)]) -> Vec<(String, String, Op, usize)> {
+    batches(effects)
+        .into_iter()
+        .map(|b| {
+            (
+                b.audience.clone(),
+                b.destination.clone(),
+                b.op,
+                b.members.len(),
+            )
+        })
+        .collect()
+}
+
+fn ops(effects: &[(i32, Effect)], audience: &str, op: Op) -> Vec<String> {
+    let mut destinations: Vec<String> = batches(effects)
+        .into_iter()
+        .filter(|b| b.audience == audience && b.op == op)
+        .map(|b| b.destination.clone())
+        .collect();
+    destinations.sort();
+    destinations
+}
+
+const ALL: [&str; 4] = ["files", "google", "meta", "tiktok"];
+
+#[test]
+fn a_consented_abandoner_is_added_to_every_destination_at_the_next_flush() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    assert!(
+        batches(&engine.tick(T0 + 10)).is_empty(),
+        "not before the interval"
+    );
+    let effects = engine.tick(T0 + 1_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Add), ALL);
+    let meta = batches(&effects)
+        .into_iter()
+        .find(|b| b.destination == "meta")
+        .unwrap();
+    assert_eq!(meta.platform, Platform::Meta);
+    assert_eq!(meta.members[0].person, "c/42");
+    assert_eq!(
+        meta.members[0].row["EMAIL"],
+        hash::sha256_hex("ann@example.com")
+    );
+    assert_eq!(meta.batch_id.len(), 32);
+    assert_eq!(engine.members()["abandoned-checkouts"], 1);
+    assert!(
+        batches(&engine.tick(T0 + 5_000)).is_empty(),
+        "nothing twice"
+    );
+}
+
+#[test]
+fn without_consent_nobody_is_exported_until_consent_arrives() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(false), T0), T0);
+    assert!(batches(&engine.tick(T0 + 1_000)).is_empty());
+    assert_eq!(engine.members()["abandoned-checkouts"], 0);
+    let consent = Input::Consent {
+        person: ann(),
+        consent: ConsentFact {
+            subscribed: true,
+            at_ms: T0 + 2_000,
+        },
+    };
+    engine.apply(0, SHOP, consent, T0 + 2_000);
+    let effects = engine.tick(T0 + 3_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Add), ALL);
+}
+
+#[test]
+fn revoked_consent_removes_the_person_from_every_destination() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    let revoke = Input::Consent {
+        person: PersonRef {
+            customer_id: Some(42),
+            email: None,
+        },
+        consent: ConsentFact {
+            subscribed: false,
+            at_ms: T0 + 1_500,
+        },
+    };
+    engine.apply(0, SHOP, revoke, T0 + 1_500);
+    assert!(
+        batches(&engine.tick(T0 + 2_000)).is_empty(),
+        "the interval counts from the change"
+    );
+    let effects = engine.tick(T0 + 2_500);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    assert!(ops(&effects, "abandoned-checkouts", Op::Add).is_empty());
+    assert_eq!(engine.members()["abandoned-checkouts"], 0);
+}
+
+#[test]
+fn a_redacted_customer_is_removed_everywhere_then_forgotten() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.apply(0, SHOP, paid(ann(), T0 + 10), T0 + 10);
+    engine.tick(T0 + 1_000);
+    let redact = Input::Redact {
+        person: ann(),
+        phone: None,
+    };
+    engine.apply(0, SHOP, redact, T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "recent-purchasers", Op::Remove), ["files"]);
+    let deleted = effects.iter().any(|(_, e)| {
+        matches!(e, Effect::Persist { key, person: None } if key == "p/shop.myshopify.com/c/42")
+    });
+    assert!(deleted, "the person is deleted from state");
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn a_shop_redact_removes_and_forgets_all_its_people() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let bob = PersonRef {
+        customer_id: None,
+        email: Some("bob@example.com".into()),
+    };
+    engine.apply(0, SHOP, abandoned(bob, Some(false), T0), T0);
+    engine.tick(T0 + 1_000);
+    assert_eq!(engine.people(), 2);
+    engine.apply(0, SHOP, Input::ShopRedact, T0 + 1_100);
+    assert_eq!(
+        engine.people(),
+        1,
+        "bob was never exported: deleted at once"
+    );
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn a_purchase_moves_an_abandoner_to_the_purchasers() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(0, SHOP, paid(ann(), T0 + 1_200), T0 + 1_200);
+    let effects = engine.tick(T0 + 2_200);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(ops(&effects, "recent-purchasers", Op::Add), ["files"]);
+    let first = &summary(&effects)[0];
+    assert_eq!(first.2, Op::Remove, "removals are emitted first");
+}
+
+#[test]
+fn a_late_purchase_from_before_the_abandonment_does_not_end_it() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.apply(0, SHOP, paid(ann(), T0 - DAY), T0 + 10);
+    let effects = engine.tick(T0 + 1_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Add), ALL);
+}
+
+#[test]
+fn members_leave_when_the_window_ends() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    assert!(batches(&engine.tick(T0 + 30 * DAY - 1)).is_empty());
+    engine.tick(T0 + 30 * DAY);
+    let effects = engine.tick(T0 + 30 * DAY + 1_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+}
+
+#[test]
+fn an_abandonment_older_than_the_window_is_ignored() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0 + 31 * DAY);
+    assert!(batches(&engine.tick(T0 + 31 * DAY + 1_000)).is_empty());
+}
+
+#[test]
+fn a_changed_email_is_removed_under_the_old_one_and_added_under_the_new_one() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    let moved = Input::Customer {
+        person: PersonRef {
+            customer_id: Some(42),
+            email: Some("ann@new.example".into()),
+        },
+        contact: Contact {
+            email: Some("ann@new.example".into()),
+            ..Default::default()
+        },
+        consent: None,
+        facts: Default::default(),
+    };
+    engine.apply(0, SHOP, moved, T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    let meta: Vec<&Batch> = batches(&effects)
+        .into_iter()
+        .filter(|b| b.destination == "meta")
+        .collect();
+    assert_eq!(meta.len(), 2);
+    assert_eq!(meta[0].op, Op::Remove);
+    assert_eq!(
+        meta[0].members[0].row["EMAIL"],
+        hash::sha256_hex("ann@example.com")
+    );
+    assert_eq!(meta[1].op, Op::Add);
+    assert_eq!(
+        meta[1].members[0].row["EMAIL"],
+        hash::sha256_hex("ann@new.example")
+    );
+}
+
+#[test]
+fn a_guest_who_turns_out_to_be_a_customer_is_removed_under_the_guest_name_and_added_as_the_customer(
+) {
+    let mut engine = engine();
+    let guest = PersonRef {
+        customer_id: None,
+        email: Some("ann@example.com".into()),
+    };
+    engine.apply(0, SHOP, abandoned(guest.clone(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    let guest_name = batches(&first)[0].members[0].person.clone();
+    assert!(guest_name.starts_with("e/"), "{guest_name}");
+    // The same person abandons again, now signed in: one person, the customer.
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(ann(), Some(true), T0 + 1_100),
+        T0 + 1_100,
+    );
+    let effects = engine.tick(T0 + 2_100);
+    let removed: Vec<&Batch> = batches(&effects)
+        .into_iter()
+        .filter(|b| b.op == Op::Remove)
+        .collect();
+    assert_eq!(removed.len(), 4, "every destination drops the guest's rows");
+    assert!(removed.iter().all(|b| b.members[0].person == guest_name));
+    let added: Vec<&Batch> = batches(&effects)
+        .into_iter()
+        .filter(|b| b.op == Op::Add)
+        .collect();
+    assert_eq!(added.len(), 4, "and takes the customer's");
+    assert!(added.iter().all(|b| b.members[0].person == "c/42"));
+    assert_eq!(engine.people(), 1, "the guest is deleted once removed");
+    assert_eq!(engine.members()["abandoned-checkouts"], 1);
+}
+
+#[test]
+fn an_abandonment_delivered_after_a_later_purchase_does_not_make_an_abandoner() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, paid(ann(), T0 + 10), T0 + 20);
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0 + 30);
+    let effects = engine.tick(T0 + 1_100);
+    assert!(ops(&effects, "abandoned-checkouts", Op::Add).is_empty());
+    assert_eq!(ops(&effects, "recent-purchasers", Op::Add), ["files"]);
+}
+
+#[test]
+fn a_change_a_platform_does_not_hash_is_not_resent_to_it() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    // A new zip: Meta and Google hash it, TikTok and files do not.
+    let moved = Input::Customer {
+        person: PersonRef {
+            customer_id: Some(42),
+            email: None,
+        },
+        contact: Contact {
+            zip: Some("EC1A 1BB".into()),
+            ..Default::default()
+        },
+        consent: None,
+        facts: Default::default(),
+    };
+    engine.apply(0, SHOP, moved, T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(
+        ops(&effects, "abandoned-checkouts", Op::Remove),
+        ["google", "meta"]
+    );
+    assert_eq!(
+        ops(&effects, "abandoned-checkouts", Op::Add),
+        ["google", "meta"]
+    );
+}
+
+#[test]
+fn members_of_an_audience_no_longer_configured_are_removed_from_its_destinations() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let effects = engine.tick(T0 + 1_000);
+    let people: HashMap<String, Person> = effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Persist {
+                key,
+                person: Some(p),
+            } => Some((key.clone(), (**p).clone())),
+            _ => None,
+        })
+        .collect();
+    let mut rules = rules();
+    rules.audiences.retain(|a| a.name != "abandoned-checkouts");
+    let mut restarted = Engine::new(rules);
+    restarted.assign(0, people);
+    let effects = [restarted.tick(T0 + 2_000), restarted.tick(T0 + 3_000)].concat();
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+}
+
+#[test]
+fn a_crash_after_a_contact_change_was_emitted_does_not_resend_it() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    let moved = Input::Customer {
+        person: PersonRef {
+            customer_id: Some(42),
+            email: Some("ann@new.example".into()),
+        },
+        contact: Contact {
+            email: Some("ann@new.example".into()),
+            ..Default::default()
+        },
+        consent: None,
+        facts: Default::default(),
+    };
+    let applied = engine.apply(0, SHOP, moved, T0 + 1_100);
+    let second = engine.tick(T0 + 2_100);
+    // Crash: the second flush's batches were written, the changelog has the person as applied.
+    let people: HashMap<String, Person> = first
+        .iter()
+        .map(|(_, e)| e.clone())
+        .chain(applied)
+        .filter_map(|e| match e {
+            Effect::Persist {
+                key,
+                person: Some(p),
+            } => Some((key, *p)),
+            _ => None,
+        })
+        .collect();
+    let mut restored = Engine::new(rules());
+    restored.assign(0, people);
+    for batch in batches(&second) {
+        restored.reconcile(0, batch);
+    }
+    assert!(batches(&restored.tick(T0 + 3_000)).is_empty());
+    assert!(batches(&restored.tick(T0 + 4_000)).is_empty());
+}
+
+#[test]
+fn a_restored_partition_emits_nothing_already_held() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let effects = engine.tick(T0 + 1_000);
+    let people: HashMap<String, Person> = effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Persist {
+                key,
+                person: Some(p),
+            } => Some((key.clone(), (**p).clone())),
+            _ => None,
+        })
+        .collect();
+    let mut restored = Engine::new(rules());
+    restored.assign(0, people);
+    assert!(batches(&restored.tick(T0 + 2_000)).is_empty());
+    assert_eq!(restored.members()["abandoned-checkouts"], 1);
+}
+
+#[test]
+fn reconciling_an_emitted_batch_keeps_it_from_being_emitted_again() {
+    let mut engine = engine();
+    let applied = engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let flushed = engine.tick(T0 + 1_000);
+    // Crash: the batches were written, the changelog still has the person before the flush.
+    let people: HashMap<String, Person> = applied
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Persist {
+                key,
+                person: Some(p),
+            } => Some((key, *p)),
+            _ => None,
+        })
+        .collect();
+    let mut restored = Engine::new(rules());
+    restored.assign(0, people);
+    for batch in batches(&flushed) {
+        restored.reconcile(0, batch);
+    }
+    assert!(batches(&restored.tick(T0 + 2_000)).is_empty());
+}
+
+#[test]
+fn big_flushes_are_chunked_to_the_batch_size() {
+    let mut rules = rules();
+    rules.batch_rows = 2;
+    let mut engine = Engine::new(rules);
+    engine.assign(0, HashMap::new());
+    for id in 0..5 {
+        let who = PersonRef {
+            customer_id: Some(id),
+            email: Some(format!("p{id}@example.com")),
+        };
+        engine.apply(0, SHOP, abandoned(who, Some(true), T0), T0);
+    }
+    let effects = engine.tick(T0 + 10);
+    let meta: Vec<usize> = summary(&effects)
+        .into_iter()
+        .filter(|s| s.1 == "meta")
+        .map(|s| s.3)
+        .collect();
+    assert_eq!(
+        meta,
+        [2, 2, 1],
+        "flushed early: more changed people than a batch holds"
+    );
+    let ids: BTreeSet<&str> = batches(&effects)
+        .iter()
+        .map(|b| b.batch_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), batches(&effects).len(), "batch ids are unique");
+}
+
+#[test]
+fn people_with_nothing_left_are_forgotten_after_the_retention() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(false), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.tick(T0 + 30 * DAY + 1);
+    engine.tick(T0 + 30 * DAY + 2_000);
+    assert_eq!(engine.people(), 1, "consent history is kept a while");
+    engine.tick(T0 + 91 * DAY);
+    assert_eq!(engine.people(), 0);
+}

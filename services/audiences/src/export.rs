@@ -1,0 +1,501 @@
+//! The exporter of one destination: a [`RecordSink`] that sends each batch record of that
+//! destination (others are skipped) in the destination's own format, retrying 408/425/429/5xx
+//! and timeouts with backoff and jitter and honouring `Retry-After`. It runs under the delivery
+//! crate's forwarder, so an offset is stored only once its batch is accepted or dead-lettered,
+//! and a batch re-sent after a crash carries the same batch id (the idempotency key).
+
+pub mod file;
+
+use std::time::{Duration, Instant};
+
+use aftercart_delivery::retry::Class;
+use aftercart_delivery::{
+    deliver_with, Answer, Failure, FailureKind, HttpClient, HttpSink, Labels, Outcome, Outgoing,
+    RecordSink, RetryPolicy, SinkError,
+};
+use bytes::Bytes;
+use http_body_util::Full;
+use rdkafka::message::{Message, OwnedMessage};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Destination, GoogleAuth};
+use crate::domain::batch::Batch;
+use crate::metrics::{AudiencesMetrics, ExportOutcome};
+use crate::platform::{google, meta, tiktok, BuildError, Judgement, Request, Secret};
+use file::FileWriter;
+
+/// Google access tokens fetched with a refresh token, cached until shortly before they expire.
+struct GoogleTokens {
+    token_url: String,
+    client_id: String,
+    client_secret: Secret,
+    refresh_token: Secret,
+    cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+}
+
+/// How long before its expiry a token is renewed.
+const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// `application/x-www-form-urlencoded` value encoding.
+fn form_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How a destination is reached (one per exporter: variant sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Channel {
+    Meta(meta::Target),
+    Google(google::Target, Option<GoogleTokens>),
+    Tiktok(tiktok::Target),
+    File(FileWriter),
+    Webhook(Box<HttpSink>),
+}
+
+pub struct Exporter {
+    name: String,
+    channel: Channel,
+    client: HttpClient,
+    retry: RetryPolicy,
+    metrics: AudiencesMetrics,
+}
+
+/// What an answer means for the batch. A credential or permission problem (401, 403, Meta's
+/// expired-token code 190) is an outage to fix, not bad data: it is retried (the retries and
+/// lag alerts fire) rather than dead-lettered, so a removal is not given up while ops renew a
+/// token.
+fn class_of(status: http::StatusCode, body: &[u8], judgement: Judgement) -> Class {
+    let auth = status == http::StatusCode::UNAUTHORIZED
+        || status == http::StatusCode::FORBIDDEN
+        || serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_i64())
+            == Some(META_EXPIRED_TOKEN);
+    match judgement {
+        Judgement::Accepted(_) => Class::Delivered,
+        Judgement::Retry => Class::Retryable,
+        Judgement::Reject if auth => Class::Retryable,
+        Judgement::Reject => Class::Permanent,
+    }
+}
+
+/// Meta's "invalid or expired access token" error code.
+const META_EXPIRED_TOKEN: i64 = 190;
+
+/// A refusal decided before sending (a batch the codec cannot turn into a request).
+fn refused(error: &str) -> Outcome {
+    Outcome::Failed(Failure {
+        kind: FailureKind::Rejected,
+        status: None,
+        error: None,
+        response: Bytes::copy_from_slice(error.as_bytes()),
+        attempts: 0,
+    })
+}
+
+fn to_http(request: Request) -> http::Request<Full<Bytes>> {
+    let mut builder = http::Request::builder()
+        .method(request.method)
+        .uri(request.url)
+        .header(
+            http::header::USER_AGENT,
+            aftercart_delivery::sink::USER_AGENT_VALUE,
+        );
+    for (name, value) in request.headers {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Full::new(request.body))
+        .expect("the codecs build valid requests")
+}
+
+/// The webhook body: the batch with each member's plain row flattened in.
+#[derive(Serialize)]
+struct WebhookBatch<'a> {
+    batch_id: &'a str,
+    shop: &'a str,
+    audience: &'a str,
+    op: crate::platform::Op,
+    created_at: &'a str,
+    members: Vec<serde_json::Value>,
+}
+
+/// A member as the file and webhook destinations show it: shop, person, customer id, hashes.
+pub fn plain_member(batch: &Batch, member: &crate::domain::batch::Member) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "shop": batch.shop,
+        "person": member.person,
+        "customer_id": member.customer_id,
+    });
+    if let (Some(object), Some(row)) = (value.as_object_mut(), member.row.as_object()) {
+        for (key, field) in row {
+            object.insert(key.clone(), field.clone());
+        }
+    }
+    value
+}
+
+impl Exporter {
+    pub fn new(
+        name: &str,
+        destination: &Destination,
+        timeout: std::time::Duration,
+        retry: RetryPolicy,
+        metrics: AudiencesMetrics,
+    ) -> Result<Exporter, SinkError> {
+        let channel = match destination {
+            Destination::Meta(target) => Channel::Meta(target.clone()),
+            Destination::Google(target, auth) => {
+                let tokens = match auth {
+                    GoogleAuth::Fixed => None,
+                    GoogleAuth::Refresh {
+                        token_url,
+                        client_id,
+                        client_secret,
+                        refresh_token,
+                    } => Some(GoogleTokens {
+                        token_url: token_url.clone(),
+                        client_id: client_id.clone(),
+                        client_secret: client_secret.clone(),
+                        refresh_token: refresh_token.clone(),
+                        cached: tokio::sync::Mutex::new(None),
+                    }),
+                };
+                Channel::Google(target.clone(), tokens)
+            }
+            Destination::Tiktok(target) => Channel::Tiktok(target.clone()),
+            Destination::File(options) => Channel::File(FileWriter::new(options.clone())),
+            Destination::Webhook(sink) => {
+                Channel::Webhook(Box::new(HttpSink::new(sink, metrics.http.clone())?))
+            }
+        };
+        Ok(Exporter {
+            name: name.to_string(),
+            channel,
+            client: HttpClient::new(timeout)?,
+            retry,
+            metrics,
+        })
+    }
+
+    /// Sends `request` until the platform's `judge` accepts or refuses it.
+    async fn send(
+        &self,
+        request: Result<Request, BuildError>,
+        judge: fn(http::StatusCode, &[u8]) -> Judgement,
+        batch: &Batch,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => return refused(&format!("cannot build the request: {error}")),
+        };
+        let labels = Labels {
+            topic: &self.name,
+            event_id: &batch.batch_id,
+        };
+        deliver_with(
+            &self.retry,
+            &self.metrics.http,
+            labels,
+            stop,
+            |answer: &Answer| {
+                class_of(
+                    answer.status,
+                    &answer.body,
+                    judge(answer.status, &answer.body),
+                )
+            },
+            || self.client.attempt(to_http(request.clone())),
+        )
+        .await
+    }
+
+    /// The batch's rows.
+    fn rows(batch: &Batch) -> Vec<serde_json::Value> {
+        batch.members.iter().map(|m| m.row.clone()).collect()
+    }
+
+    async fn export(&self, batch: &Batch, topic: &str, stop: &CancellationToken) -> Outcome {
+        let id = batch.batch_id.as_str();
+        match &self.channel {
+            Channel::Meta(target) => {
+                let request = meta::request(target, batch.op, &Self::rows(batch), id);
+                self.send(request, meta::judge, batch, stop).await
+            }
+            Channel::Tiktok(target) => {
+                let request = tiktok::request(target, batch.op, &Self::rows(batch), id);
+                self.send(request, tiktok::judge, batch, stop).await
+            }
+            Channel::Google(target, tokens) => {
+                self.google(target, tokens.as_ref(), batch, stop).await
+            }
+            Channel::Webhook(sink) => {
+                let body = WebhookBatch {
+                    batch_id: id,
+                    shop: &batch.shop,
+                    audience: &batch.audience,
+                    op: batch.op,
+                    created_at: &batch.created_at,
+                    members: batch
+                        .members
+                        .iter()
+                        .map(|m| plain_member(batch, m))
+                        .collect(),
+                };
+                let body = serde_json::to_vec(&body).expect("batches serialise");
+                let outgoing = Outgoing::new(Bytes::from(body), id, topic)
+                    .expect("batch ids and topic names are valid header values");
+                sink.deliver(&outgoing, stop).await
+            }
+            Channel::File(writer) => {
+                let labels = Labels {
+                    topic: &self.name,
+                    event_id: id,
+                };
+                // A disk error is retried like an outage: the batch is never dropped for it.
+                deliver_with(
+                    &self.retry,
+                    &self.metrics.http,
+                    labels,
+                    stop,
+                    |answer: &Answer| aftercart_delivery::retry::classify(answer.status),
+                    || writer.write(batch.clone()),
+                )
+                .await
+            }
+        }
+    }
+
+    /// A current Google access token: the cached one, or a new one from the token endpoint.
+    /// `Err` (retried like an outage) when the endpoint does not give one.
+    async fn google_token(&self, tokens: &GoogleTokens) -> Result<Secret, &'static str> {
+        let mut cached = tokens.cached.lock().await;
+        if let Some((token, until)) = cached.as_ref() {
+            if Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        let body = format!(
+            "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
+            form_value(&tokens.client_id),
+            form_value(tokens.client_secret.expose()),
+            form_value(tokens.refresh_token.expose())
+        );
+        let request = http::Request::post(tokens.token_url.as_str())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(
+                http::header::USER_AGENT,
+                aftercart_delivery::sink::USER_AGENT_VALUE,
+            )
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| "token_url")?;
+        let answer = self.client.attempt(request).await?;
+        let parsed = serde_json::from_slice::<TokenAnswer>(&answer.body)
+            .ok()
+            .filter(|_| answer.status.is_success());
+        let Some(parsed) = parsed else {
+            tracing::warn!(destination = %self.name, status = answer.status.as_u16(), "Google did not refresh the access token; retrying.");
+            return Err("token_refresh");
+        };
+        let lifetime = Duration::from_secs(parsed.expires_in).saturating_sub(TOKEN_MARGIN);
+        let token = Secret::new(parsed.access_token);
+        *cached = Some((
+            token.clone(),
+            Instant::now() + lifetime.max(Duration::from_secs(30)),
+        ));
+        Ok(token)
+    }
+
+    /// One Customer Match step, built afresh for every attempt with a current access token
+    /// (a 401 drops the cached token, so the next attempt fetches a new one).
+    async fn google_step(
+        &self,
+        target: &google::Target,
+        tokens: Option<&GoogleTokens>,
+        build: impl Fn(&google::Target) -> Result<Request, BuildError>,
+        batch: &Batch,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        if let Err(error) = build(target) {
+            return refused(&format!("cannot build the request: {error}"));
+        }
+        let labels = Labels {
+            topic: &self.name,
+            event_id: &batch.batch_id,
+        };
+        let build = &build;
+        deliver_with(
+            &self.retry,
+            &self.metrics.http,
+            labels,
+            stop,
+            |answer: &Answer| {
+                class_of(
+                    answer.status,
+                    &answer.body,
+                    google::judge(answer.status, &answer.body),
+                )
+            },
+            || async move {
+                let mut target = target.clone();
+                if let Some(tokens) = tokens {
+                    target.access_token = self.google_token(tokens).await?;
+                }
+                let request = build(&target).map_err(|_| "build")?;
+                let answer = self.client.attempt(to_http(request)).await?;
+                if let (Some(tokens), http::StatusCode::UNAUTHORIZED) = (tokens, answer.status) {
+                    *tokens.cached.lock().await = None;
+                }
+                Ok(answer)
+            },
+        )
+        .await
+    }
+
+    /// Customer Match: create a job, add the operations, run it. Each step is retried on its
+    /// own; a crash mid-way leaves an unrun job behind (harmless) and the batch is sent again.
+    async fn google(
+        &self,
+        target: &google::Target,
+        tokens: Option<&GoogleTokens>,
+        batch: &Batch,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let id = batch.batch_id.as_str();
+        let create = |t: &google::Target| google::create_job(t, batch.op, id);
+        let created = self.google_step(target, tokens, create, batch, stop).await;
+        let Outcome::Delivered {
+            attempts: first,
+            response,
+        } = created
+        else {
+            return created;
+        };
+        let job = serde_json::from_slice(&response)
+            .ok()
+            .as_ref()
+            .and_then(google::job_name);
+        let Some(job) = job else {
+            return refused("the job was created but its answer names no resourceName");
+        };
+        let rows = Self::rows(batch);
+        let operations = |t: &google::Target| google::add_operations(t, &job, batch.op, &rows, id);
+        let added = self
+            .google_step(target, tokens, operations, batch, stop)
+            .await;
+        let Outcome::Delivered {
+            attempts: second, ..
+        } = added
+        else {
+            return added;
+        };
+        let run = |t: &google::Target| google::run_job(t, &job, id);
+        match self.google_step(target, tokens, run, batch, stop).await {
+            Outcome::Delivered { attempts, response } => Outcome::Delivered {
+                attempts: first + second + attempts - 2,
+                response,
+            },
+            other => other,
+        }
+    }
+}
+
+impl RecordSink for Exporter {
+    async fn deliver(&self, message: &OwnedMessage, stop: &CancellationToken) -> Outcome {
+        let payload = message.payload().unwrap_or_default();
+        let batch: Batch = match serde_json::from_slice(payload) {
+            Ok(batch) => batch,
+            Err(error) => return refused(&format!("not an export batch: {error}")),
+        };
+        if batch.destination != self.name {
+            // Another destination's batch: its own exporter sends it.
+            return Outcome::Delivered {
+                attempts: 0,
+                response: Bytes::new(),
+            };
+        }
+        // Names become file paths and header values: only what the engine writes is taken.
+        if !batch.is_well_formed() {
+            return refused("the batch id or audience name is not well formed");
+        }
+        let started = Instant::now();
+        let outcome = self.export(&batch, message.topic(), stop).await;
+        let people = batch.members.len();
+        match &outcome {
+            Outcome::Delivered { attempts, .. } => {
+                self.metrics.exported(
+                    &self.name,
+                    batch.op,
+                    ExportOutcome::Accepted,
+                    people,
+                    *attempts,
+                    started.elapsed(),
+                );
+                tracing::info!(destination = %self.name, audience = %batch.audience, op = ?batch.op, people, batch_id = %batch.batch_id, "Exported a batch.");
+            }
+            Outcome::Failed(failure) => {
+                self.metrics.exported(
+                    &self.name,
+                    batch.op,
+                    ExportOutcome::DeadLettered,
+                    people,
+                    failure.attempts,
+                    started.elapsed(),
+                );
+                tracing::warn!(destination = %self.name, audience = %batch.audience, batch_id = %batch.batch_id, reason = %failure.reason(), "Dead-lettering a batch the destination did not take.");
+            }
+            Outcome::Stopped => {}
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_problems_are_retried_and_bad_requests_refused() {
+        let judge = |status: u16, body: &str| {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            class_of(
+                status,
+                body.as_bytes(),
+                meta::judge(status, body.as_bytes()),
+            )
+        };
+        assert_eq!(judge(401, "{}"), Class::Retryable);
+        assert_eq!(judge(403, "{}"), Class::Retryable);
+        assert_eq!(
+            judge(400, r#"{"error":{"code":190,"message":"expired"}}"#),
+            Class::Retryable
+        );
+        assert_eq!(
+            judge(
+                400,
+                r#"{"error":{"code":100,"message":"invalid parameter"}}"#
+            ),
+            Class::Permanent
+        );
+        assert_eq!(judge(200, "{}"), Class::Delivered);
+        assert_eq!(judge(503, ""), Class::Retryable);
+    }
+}

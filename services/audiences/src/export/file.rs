@@ -1,0 +1,391 @@
+//! The `file` destination: per audience, a snapshot of the current members and one delta file
+//! per batch, in CSV or JSONL, under `<dir>/<audience>/`. Files are written to a temporary name,
+//! fsynced and renamed, so a reader never sees half a file; a delta is named after its batch
+//! (`<created>-<batch id>-<op>`), so a batch written again after a crash replaces itself. Only
+//! the newest `keep_deltas` deltas are kept. Rows hold hashes, never raw contact data.
+//!
+//! The snapshot is kept by the exporter of the batches' partitions it owns: one exporter per
+//! directory (a dev stack, or one pod with its volume) gives a complete snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use aftercart_delivery::Answer;
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::config::{FileFormat, FileOptions};
+use crate::domain::batch::Batch;
+use crate::export::plain_member;
+use crate::platform::Op;
+
+/// Columns of snapshots (deltas add `op` in front).
+const COLUMNS: [&str; 5] = [
+    "shop",
+    "person",
+    "customer_id",
+    "email_sha256",
+    "phone_sha256",
+];
+
+type Snapshot = BTreeMap<(String, String), Value>;
+
+#[derive(Clone)]
+pub struct FileWriter {
+    options: FileOptions,
+    /// Audience → its members, loaded from the snapshot file on first use.
+    snapshots: Arc<Mutex<HashMap<String, Snapshot>>>,
+}
+
+impl FileWriter {
+    pub fn new(options: FileOptions) -> FileWriter {
+        FileWriter {
+            options,
+            snapshots: Arc::default(),
+        }
+    }
+
+    /// Writes the batch's delta and the audience's new snapshot; `Err` (logged) on a disk error,
+    /// for the caller to retry.
+    pub async fn write(&self, batch: Batch) -> Result<Answer, &'static str> {
+        let writer = self.clone();
+        let result = tokio::task::spawn_blocking(move || writer.write_blocking(&batch))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the file writer panicked")));
+        match result {
+            Ok(()) => Ok(Answer {
+                status: http::StatusCode::OK,
+                retry_after: None,
+                body: Bytes::new(),
+            }),
+            Err(error) => {
+                tracing::error!(dir = %self.options.dir.display(), %error, "Cannot write an audience file; retrying.");
+                Err("io")
+            }
+        }
+    }
+
+    fn extension(&self) -> &'static str {
+        match self.options.format {
+            FileFormat::Csv => "csv",
+            FileFormat::Jsonl => "jsonl",
+        }
+    }
+
+    fn write_blocking(&self, batch: &Batch) -> std::io::Result<()> {
+        let audience_dir = self.options.dir.join(&batch.audience);
+        let deltas = audience_dir.join("deltas");
+        fs::create_dir_all(&deltas)?;
+        let ext = self.extension();
+        let members: Vec<Value> = batch
+            .members
+            .iter()
+            .map(|m| plain_member(batch, m))
+            .collect();
+        let op = match batch.op {
+            Op::Add => "add",
+            Op::Remove => "remove",
+        };
+        let stamp: String = batch
+            .created_at
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let delta = deltas.join(format!("{stamp}-{}-{op}.{ext}", batch.batch_id));
+        self.write_atomically(&delta, &members, Some(op))?;
+
+        let mut snapshots = self.snapshots.lock().expect("no panics while held");
+        let snapshot_path = audience_dir.join(format!("snapshot.{ext}"));
+        if !snapshots.contains_key(&batch.audience) {
+            let loaded = self.load(&snapshot_path)?;
+            snapshots.insert(batch.audience.clone(), loaded);
+        }
+        let snapshot = snapshots.get_mut(&batch.audience).expect("loaded above");
+        let mut next = snapshot.clone();
+        for member in &members {
+            let key = (
+                member["shop"].as_str().unwrap_or_default().to_string(),
+                member["person"].as_str().unwrap_or_default().to_string(),
+            );
+            match batch.op {
+                Op::Add => next.insert(key, member.clone()),
+                Op::Remove => next.remove(&key),
+            };
+        }
+        let rows: Vec<Value> = next.values().cloned().collect();
+        self.write_atomically(&snapshot_path, &rows, None)?;
+        *snapshot = next;
+        drop(snapshots);
+        self.rotate(&deltas)
+    }
+
+    /// Reads a snapshot written earlier (a missing file is an empty audience).
+    fn load(&self, path: &Path) -> std::io::Result<Snapshot> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Snapshot::new())
+            }
+            Err(error) => return Err(error),
+        };
+        let mut snapshot = Snapshot::new();
+        let rows: Vec<Value> = match self.options.format {
+            FileFormat::Jsonl => text
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect(),
+            FileFormat::Csv => text
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    let cells: Vec<&str> = line.split(',').collect();
+                    let mut row = serde_json::Map::new();
+                    for (column, cell) in COLUMNS.iter().zip(cells) {
+                        if !cell.is_empty() {
+                            let value = match *column {
+                                "customer_id" => {
+                                    cell.parse::<u64>().map_or(Value::Null, Value::from)
+                                }
+                                _ => Value::from(cell),
+                            };
+                            row.insert((*column).to_string(), value);
+                        }
+                    }
+                    Value::Object(row)
+                })
+                .collect(),
+        };
+        for row in rows {
+            let key = (
+                row["shop"].as_str().unwrap_or_default().to_string(),
+                row["person"].as_str().unwrap_or_default().to_string(),
+            );
+            snapshot.insert(key, row);
+        }
+        Ok(snapshot)
+    }
+
+    fn render(&self, rows: &[Value], op: Option<&str>) -> String {
+        let mut out = String::new();
+        match self.options.format {
+            FileFormat::Jsonl => {
+                for row in rows {
+                    let mut row = row.clone();
+                    if let (Some(op), Some(object)) = (op, row.as_object_mut()) {
+                        object.insert("op".into(), op.into());
+                    }
+                    out.push_str(&row.to_string());
+                    out.push('\n');
+                }
+            }
+            FileFormat::Csv => {
+                if op.is_some() {
+                    out.push_str("op,");
+                }
+                out.push_str(&COLUMNS.join(","));
+                out.push('\n');
+                for row in rows {
+                    if let Some(op) = op {
+                        out.push_str(op);
+                        out.push(',');
+                    }
+                    let cells: Vec<String> = COLUMNS
+                        .iter()
+                        .map(|c| match &row[*c] {
+                            Value::String(s) => csv_cell(s),
+                            Value::Number(n) => n.to_string(),
+                            _ => String::new(),
+                        })
+                        .collect();
+                    out.push_str(&cells.join(","));
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    fn write_atomically(
+        &self,
+        path: &Path,
+        rows: &[Value],
+        op: Option<&str>,
+    ) -> std::io::Result<()> {
+        let temporary = path.with_extension("tmp");
+        {
+            let mut file = fs::File::create(&temporary)?;
+            file.write_all(self.render(rows, op).as_bytes())?;
+            file.sync_all()?;
+        }
+        fs::rename(&temporary, path)?;
+        if let Some(parent) = path.parent() {
+            // The rename itself is durable once the directory is synced.
+            fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes deltas older than the retention, and the oldest beyond `keep_deltas` (names
+    /// sort by creation time).
+    fn rotate(&self, deltas: &Path) -> std::io::Result<()> {
+        let mut names: Vec<PathBuf> = Vec::new();
+        for entry in fs::read_dir(deltas)?.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e == "tmp") {
+                continue;
+            }
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .unwrap_or_default();
+            if age > self.options.delta_retention {
+                fs::remove_file(&path)?;
+            } else {
+                names.push(path);
+            }
+        }
+        if names.len() <= self.options.keep_deltas {
+            return Ok(());
+        }
+        names.sort();
+        let excess = names.len() - self.options.keep_deltas;
+        for old in &names[..excess] {
+            fs::remove_file(old)?;
+        }
+        Ok(())
+    }
+}
+
+/// Shop domains, pseudonyms and hex hashes never hold commas or quotes; quote anything else.
+fn csv_cell(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::batch::Member;
+    use crate::platform::Platform;
+
+    fn batch(op: Op, people: &[(&str, &str)], id: &str) -> Batch {
+        Batch {
+            batch_id: id.repeat(32 / id.len()),
+            shop: "s.myshopify.com".into(),
+            audience: "buyers".into(),
+            destination: "files".into(),
+            platform: Platform::Plain,
+            op,
+            created_at: "2026-11-23T12:00:00.000Z".into(),
+            members: people
+                .iter()
+                .map(|(person, hash)| Member {
+                    person: (*person).into(),
+                    customer_id: person.strip_prefix("c/").and_then(|c| c.parse().ok()),
+                    row: serde_json::json!({ "email_sha256": hash }),
+                })
+                .collect(),
+        }
+    }
+
+    fn writer(format: FileFormat, keep: usize) -> (FileWriter, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "aftercart-files-{}-{:?}-{keep}",
+            std::process::id(),
+            format
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let options = FileOptions {
+            dir: dir.clone(),
+            format,
+            keep_deltas: keep,
+            delta_retention: std::time::Duration::from_secs(3600),
+        };
+        (FileWriter::new(options), dir)
+    }
+
+    #[test]
+    fn adds_and_removes_keep_a_csv_snapshot_and_write_one_delta_per_batch() {
+        let (writer, dir) = writer(FileFormat::Csv, 10);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa"), ("c/2", "bb")], "a1"))
+            .unwrap();
+        writer
+            .write_blocking(&batch(Op::Remove, &[("c/1", "aa")], "b2"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert_eq!(
+            snapshot,
+            "shop,person,customer_id,email_sha256,phone_sha256\ns.myshopify.com,c/2,2,bb,\n"
+        );
+        let deltas = fs::read_dir(dir.join("buyers/deltas")).unwrap().count();
+        assert_eq!(deltas, 2);
+        // A fresh writer (a restart) continues from the snapshot on disk.
+        let (again, _) = (FileWriter::new(writer.options.clone()), ());
+        again
+            .write_blocking(&batch(Op::Add, &[("c/3", "cc")], "c3"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert!(snapshot.contains("c/2") && snapshot.contains("c/3"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_same_batch_written_twice_is_one_delta_and_one_member() {
+        let (writer, dir) = writer(FileFormat::Jsonl, 10);
+        let add = batch(Op::Add, &[("c/1", "aa")], "d4");
+        writer.write_blocking(&add).unwrap();
+        writer.write_blocking(&add).unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.jsonl")).unwrap();
+        assert_eq!(snapshot.lines().count(), 1);
+        let line: Value = serde_json::from_str(snapshot.lines().next().unwrap()).unwrap();
+        assert_eq!(line["email_sha256"], "aa");
+        assert_eq!(fs::read_dir(dir.join("buyers/deltas")).unwrap().count(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_newest_deltas_are_kept() {
+        let (writer, dir) = writer(FileFormat::Csv, 2);
+        for id in ["e5", "f6", "a7"] {
+            let mut b = batch(Op::Add, &[("c/1", "aa")], id);
+            b.created_at = format!("2026-11-23T12:00:0{}Z", &id[1..]);
+            writer.write_blocking(&b).unwrap();
+        }
+        let mut names: Vec<String> = fs::read_dir(dir.join("buyers/deltas"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2);
+        assert!(names[0].starts_with("20261123T120006Z"), "{names:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn deltas_older_than_the_retention_are_deleted() {
+        let (mut writer, dir) = writer(FileFormat::Csv, 100);
+        writer.options.delta_retention = std::time::Duration::from_millis(500);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa")], "b8"))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/2", "bb")], "c9"))
+            .unwrap();
+        let left = fs::read_dir(dir.join("buyers/deltas")).unwrap().count();
+        assert_eq!(
+            left, 1,
+            "the first delta outlived the retention, the second did not"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,199 @@
+//! Audiences metrics (`aftercart_audiences_*`) on an injected registry. Label values are bounded:
+//! audience and destination names come from the configuration, ops and outcomes from fixed sets.
+
+use std::time::Duration;
+
+use aftercart_delivery::DeliveryMetrics;
+use aftercart_kafka::LoopMetrics;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::config::AudiencesConfig;
+use crate::platform::Op;
+
+const PREFIX: &str = "aftercart_audiences_";
+
+/// How a batch ended at a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportOutcome {
+    Accepted,
+    /// Refused for good, or out of retry budget: dead-lettered.
+    DeadLettered,
+}
+
+impl ExportOutcome {
+    fn as_label(self) -> &'static str {
+        match self {
+            ExportOutcome::Accepted => "accepted",
+            ExportOutcome::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+fn op_label(op: Op) -> &'static str {
+    match op {
+        Op::Add => "add",
+        Op::Remove => "remove",
+    }
+}
+
+#[derive(Clone)]
+pub struct AudiencesMetrics {
+    members: IntGaugeVec,
+    people: IntGauge,
+    exported: IntCounterVec,
+    batches: IntCounterVec,
+    batch_duration: HistogramVec,
+    retries: IntCounterVec,
+    export_lag: IntGaugeVec,
+    batches_emitted: IntCounter,
+    routed: IntCounter,
+    /// HTTP attempts of every destination (`aftercart_audiences_http_*`).
+    pub http: DeliveryMetrics,
+    /// Records, dead letters, state restore, partitions and lag of the engine.
+    pub consumer: LoopMetrics,
+}
+
+impl AudiencesMetrics {
+    /// Registers every series; those of configured audiences and destinations start at 0.
+    pub fn register(registry: &Registry, config: &AudiencesConfig) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(format!("{PREFIX}{name}"), help);
+        let metrics = Self {
+            members: IntGaugeVec::new(
+                opts(
+                    "members",
+                    "People wanted in each audience (consented, reachable, in the window) on this instance.",
+                ),
+                &["audience"],
+            )?,
+            people: IntGauge::with_opts(opts(
+                "people_tracked",
+                "People held in state by this instance.",
+            ))?,
+            exported: IntCounterVec::new(
+                opts(
+                    "records_exported_total",
+                    "People in batches sent to a destination, by operation and outcome.",
+                ),
+                &["destination", "op", "outcome"],
+            )?,
+            batches: IntCounterVec::new(
+                opts(
+                    "batches_total",
+                    "Batches finished at a destination, by operation and outcome.",
+                ),
+                &["destination", "op", "outcome"],
+            )?,
+            batch_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    format!("{PREFIX}batch_duration_seconds"),
+                    "Time to export one batch, retries included.",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+                ]),
+                &["destination"],
+            )?,
+            retries: IntCounterVec::new(
+                opts(
+                    "export_retries_total",
+                    "Export attempts that failed and were tried again.",
+                ),
+                &["destination"],
+            )?,
+            export_lag: IntGaugeVec::new(
+                opts(
+                    "export_lag_records",
+                    "Batch records a destination's exporter has yet to send (its consumer lag).",
+                ),
+                &["destination"],
+            )?,
+            batches_emitted: IntCounter::with_opts(opts(
+                "batches_emitted_total",
+                "Batches the engine wrote to the batches topic.",
+            ))?,
+            routed: IntCounter::with_opts(opts(
+                "records_routed_total",
+                "Source records forwarded to the by-shop topic.",
+            ))?,
+            http: DeliveryMetrics::register(registry, "aftercart_audiences")?,
+            consumer: LoopMetrics::register(
+                PREFIX,
+                registry,
+                "By-shop partitions owned by this instance.",
+                &["abandonments", "orders", "customers", "compliance"],
+            )?,
+        };
+        aftercart_runtime::build_info::register(PREFIX, registry)?;
+        registry.register(Box::new(metrics.members.clone()))?;
+        registry.register(Box::new(metrics.people.clone()))?;
+        registry.register(Box::new(metrics.exported.clone()))?;
+        registry.register(Box::new(metrics.batches.clone()))?;
+        registry.register(Box::new(metrics.batch_duration.clone()))?;
+        registry.register(Box::new(metrics.retries.clone()))?;
+        registry.register(Box::new(metrics.export_lag.clone()))?;
+        registry.register(Box::new(metrics.batches_emitted.clone()))?;
+        registry.register(Box::new(metrics.routed.clone()))?;
+        for audience in &config.rules.audiences {
+            metrics.members.with_label_values(&[&audience.name]).set(0);
+        }
+        for destination in config.destinations.keys() {
+            metrics.retries.with_label_values(&[destination]);
+            metrics.export_lag.with_label_values(&[destination]).set(0);
+            for op in [Op::Add, Op::Remove] {
+                for outcome in [ExportOutcome::Accepted, ExportOutcome::DeadLettered] {
+                    let labels = [destination.as_str(), op_label(op), outcome.as_label()];
+                    metrics.exported.with_label_values(&labels);
+                    metrics.batches.with_label_values(&labels);
+                }
+            }
+        }
+        Ok(metrics)
+    }
+
+    /// A batch of `people` finished at `destination` after `attempts` tries.
+    pub fn exported(
+        &self,
+        destination: &str,
+        op: Op,
+        outcome: ExportOutcome,
+        people: usize,
+        attempts: u32,
+        took: Duration,
+    ) {
+        let labels = [destination, op_label(op), outcome.as_label()];
+        self.exported
+            .with_label_values(&labels)
+            .inc_by(people as u64);
+        self.batches.with_label_values(&labels).inc();
+        self.retries
+            .with_label_values(&[destination])
+            .inc_by(u64::from(attempts.saturating_sub(1)));
+        self.batch_duration
+            .with_label_values(&[destination])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn members(&self, counts: &std::collections::BTreeMap<String, usize>, people: usize) {
+        for (audience, count) in counts {
+            self.members
+                .with_label_values(&[audience])
+                .set(*count as i64);
+        }
+        self.people.set(people as i64);
+    }
+
+    /// The lag gauge of one destination's exporter.
+    pub fn export_lag(&self, destination: &str) -> IntGauge {
+        self.export_lag.with_label_values(&[destination])
+    }
+
+    pub fn emitted(&self) {
+        self.batches_emitted.inc();
+    }
+
+    pub fn routed(&self, count: usize) {
+        self.routed.inc_by(count as u64);
+    }
+}

@@ -1,0 +1,553 @@
+//! Audiences service integration tests: the service in-process on a real broker (mock cluster
+//! and Tansu), its inputs written as the abandonment service and the ingress write them, and
+//! every destination a real local HTTP server (Meta, Google Ads, TikTok, a webhook) or a
+//! directory. Hashes are checked against values computed here from hand-normalised strings.
+
+use aftercart_tests::broker_tests;
+
+broker_tests!(
+    abandoners_reach_every_destination_in_its_format,
+    revoked_consent_and_redaction_remove_people_everywhere,
+    a_503_and_a_429_are_retried_and_a_400_is_dead_lettered,
+    a_crash_between_send_and_commit_does_not_double_add,
+);
+
+mod scenarios {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use aftercart_audiences::AudiencesConfig;
+    use aftercart_kafka::KafkaSettings;
+    use aftercart_shopify::time::{now_ms, rfc3339};
+    use aftercart_tests::audiences::{
+        test_config, Platforms, Shopper, TestAudiences, Upstream, GOOGLE_ACCESS_TOKEN,
+        GOOGLE_CUSTOMER, GOOGLE_JOB, GOOGLE_LIST, META_AUDIENCE, TIKTOK_ADVERTISER,
+        TIKTOK_AUDIENCE, WEBHOOK_SECRET,
+    };
+    use aftercart_tests::receiver::{Received, Receiver, Reply};
+    use aftercart_tests::schemas::assert_valid;
+    use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    const SHOP: &str = "jsmith.myshopify.com";
+    const WAIT: Duration = Duration::from_secs(60);
+
+    const ANN: Shopper = Shopper {
+        id: 7_000_000_000_000_001,
+        email: " Ann.Lee+promo@Example.com ",
+        phone: Some("+44 7700 900123"),
+        first_name: "Ann",
+        last_name: "Lee",
+        country: "GB",
+    };
+    const BOB: Shopper = Shopper {
+        id: 7_000_000_000_000_002,
+        email: "bob@example.com",
+        phone: None,
+        first_name: "Bob",
+        last_name: "Stone",
+        country: "US",
+    };
+    const CARL: Shopper = Shopper {
+        id: 7_000_000_000_000_003,
+        email: "carl@example.org",
+        phone: Some("(613) 555-0100"),
+        first_name: "Carl",
+        last_name: "Roy",
+        country: "CA",
+    };
+
+    fn sha(value: &str) -> String {
+        Sha256::digest(value.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    struct Stack {
+        platforms: Platforms,
+        config: AudiencesConfig,
+        service: Option<TestAudiences>,
+        bootstrap: String,
+    }
+
+    impl Stack {
+        async fn start(broker: &Broker) -> Stack {
+            Stack::start_with(broker, Platforms::start().await).await
+        }
+
+        /// Starts the service against `platforms` (routes already set).
+        async fn start_with(broker: &Broker, platforms: Platforms) -> Stack {
+            let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
+            kafka.partitions = 3;
+            kafka.properties = broker.client_properties();
+            let config = test_config(&kafka, &platforms, &[]);
+            let service = TestAudiences::start_on(broker, config.clone()).await;
+            Stack {
+                platforms,
+                config,
+                service: Some(service),
+                bootstrap: broker.bootstrap(),
+            }
+        }
+
+        fn upstream<'a>(&'a self, broker: &'a Broker) -> Upstream<'a> {
+            Upstream {
+                broker,
+                config: &self.config,
+                shop: SHOP,
+            }
+        }
+
+        fn service(&self) -> &TestAudiences {
+            self.service.as_ref().expect("running")
+        }
+
+        async fn batches(&self) -> Vec<Value> {
+            read_topic(&self.bootstrap, &self.config.batches_topic)
+                .await
+                .iter()
+                .map(|r| serde_json::from_slice(&r.value).expect("batch JSON"))
+                .collect()
+        }
+    }
+
+    fn body(request: &Received) -> Value {
+        serde_json::from_slice(&request.body).expect("JSON body")
+    }
+
+    /// Waits until `receiver` has delivered requests picked by `which` whose bodies mention
+    /// every one of `hashes`.
+    async fn until_sent(
+        what: &str,
+        receiver: &Receiver,
+        which: impl Fn(&Received) -> bool,
+        hashes: &[&String],
+    ) {
+        eventually(what, WAIT, || async {
+            let seen: String = receiver
+                .delivered()
+                .iter()
+                .filter(|r| which(r))
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .collect();
+            hashes
+                .iter()
+                .all(|h| seen.contains(h.as_str()))
+                .then_some(())
+        })
+        .await;
+    }
+
+    fn any(_: &Received) -> bool {
+        true
+    }
+
+    /// Waits until a series of `service` has `value` (metrics follow the answers the local
+    /// servers record, a moment later).
+    async fn until_metric(service: &TestAudiences, series: &str, value: f64) {
+        eventually(series, WAIT, || async {
+            (service.metric(series) == value).then_some(())
+        })
+        .await;
+    }
+
+    fn now() -> String {
+        rfc3339(now_ms())
+    }
+
+    /// What each platform should get for Ann, normalised by hand per its rules.
+    struct AnnHashes {
+        meta_email: String,
+        meta_phone: String,
+        google_email: String,
+        google_phone: String,
+        tiktok_email: String,
+        plain_email: String,
+        plain_phone: String,
+    }
+
+    fn ann_hashes() -> AnnHashes {
+        AnnHashes {
+            // Meta: trimmed, lower-cased; phone digits with country code, no `+`.
+            meta_email: sha("ann.lee+promo@example.com"),
+            meta_phone: sha("447700900123"),
+            // Google: trimmed, lower-cased (dots and tags only go for gmail); E.164 with `+`.
+            google_email: sha("ann.lee+promo@example.com"),
+            google_phone: sha("+447700900123"),
+            // TikTok: lower-cased, `+tag` stripped.
+            tiktok_email: sha("ann.lee@example.com"),
+            plain_email: sha("ann.lee+promo@example.com"),
+            plain_phone: sha("+447700900123"),
+        }
+    }
+
+    pub async fn abandoners_reach_every_destination_in_its_format(broker: &Broker) {
+        let stack = Stack::start(broker).await;
+        let upstream = stack.upstream(broker);
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+        upstream.abandoned(&BOB, false, "tok-bob", &now()).await;
+        let p = &stack.platforms;
+        let h = ann_hashes();
+        until_sent("Meta", &p.meta, any, &[&h.meta_email]).await;
+        until_sent("TikTok", &p.tiktok, any, &[&h.tiktok_email]).await;
+        until_sent("the webhook", &p.webhook, any, &[&h.plain_email]).await;
+        eventually("Google's job run", WAIT, || async {
+            p.google
+                .delivered()
+                .iter()
+                .any(|r| r.uri.ends_with(":run"))
+                .then_some(())
+        })
+        .await;
+
+        // Meta: POST to the users edge, bearer token, multi-key schema, Meta-normalised hashes.
+        let meta = &p.meta.delivered()[0];
+        assert_eq!(meta.method, http::Method::POST);
+        assert_eq!(meta.uri, format!("/v25.0/{META_AUDIENCE}/users"));
+        assert_eq!(meta.header("authorization"), Some("Bearer meta-test-token"));
+        let batch_id = meta
+            .header("idempotency-key")
+            .expect("idempotency key")
+            .to_string();
+        assert_eq!(batch_id.len(), 32);
+        let meta_body = body(meta);
+        assert_eq!(
+            meta_body["payload"]["schema"],
+            json!(["EMAIL", "PHONE", "FN", "LN", "ZIP", "COUNTRY"])
+        );
+        assert_eq!(
+            meta_body["payload"]["data"],
+            json!([[
+                h.meta_email,
+                h.meta_phone,
+                sha("ann"),
+                sha("lee"),
+                "",
+                sha("gb")
+            ]])
+        );
+        assert!(meta_body["session"]["session_id"].is_i64());
+
+        // Google: an access token from the refresh token, then create a job for the user list
+        // with EEA consent, add the operation, run it, each with the fresh token.
+        let (token, google): (Vec<Received>, Vec<Received>) = p
+            .google
+            .delivered()
+            .into_iter()
+            .partition(|r| r.uri == "/token");
+        assert_eq!(token.len(), 1, "one token serves the whole batch");
+        let form = String::from_utf8_lossy(&token[0].body).into_owned();
+        assert!(form.contains("grant_type=refresh_token"), "{form}");
+        assert!(
+            form.contains("refresh_token=google-refresh-token"),
+            "{form}"
+        );
+        assert!(google
+            .iter()
+            .all(|r| r.header("authorization") == Some(&*format!("Bearer {GOOGLE_ACCESS_TOKEN}"))));
+        let uris: Vec<&str> = google.iter().map(|r| r.uri.as_str()).collect();
+        assert_eq!(
+            uris,
+            [
+                format!("/v26/customers/{GOOGLE_CUSTOMER}/offlineUserDataJobs:create"),
+                format!("/v26/{GOOGLE_JOB}:addOperations"),
+                format!("/v26/{GOOGLE_JOB}:run"),
+            ]
+        );
+        let job = &body(&google[0])["job"];
+        assert_eq!(
+            job["customerMatchUserListMetadata"]["userList"],
+            format!("customers/{GOOGLE_CUSTOMER}/userLists/{GOOGLE_LIST}")
+        );
+        assert_eq!(
+            job["customerMatchUserListMetadata"]["consent"],
+            json!({"adUserData": "GRANTED", "adPersonalization": "GRANTED"})
+        );
+        assert_eq!(
+            google[0].header("developer-token"),
+            Some("google-dev-token")
+        );
+        let identifiers = &body(&google[1])["operations"][0]["create"]["userIdentifiers"];
+        let identifiers = identifiers.as_array().expect("identifiers");
+        assert!(identifiers.contains(&json!({"hashedEmail": h.google_email})));
+        assert!(identifiers.contains(&json!({"hashedPhoneNumber": h.google_phone})));
+
+        // TikTok: segment mapping, `+tag` stripped from the email.
+        let tiktok = &p.tiktok.delivered()[0];
+        assert_eq!(tiktok.uri, "/open_api/v1.3/segment/mapping/");
+        assert_eq!(tiktok.header("access-token"), Some("tiktok-test-token"));
+        let tiktok_body = body(tiktok);
+        assert_eq!(tiktok_body["action"], "add");
+        assert_eq!(tiktok_body["advertiser_ids"], json!([TIKTOK_ADVERTISER]));
+        assert_eq!(tiktok_body["batch_data"][0][0]["id"], h.tiktok_email);
+        assert_eq!(
+            tiktok_body["batch_data"][0][0]["audience_ids"],
+            json!([TIKTOK_AUDIENCE])
+        );
+
+        // The webhook: signed like Shopify signs, the batch id as the event id, per the schema.
+        let hook = &p.webhook.delivered()[0];
+        let expected =
+            aftercart_shopify::sign(&aftercart_shopify::Secret::new(WEBHOOK_SECRET), &hook.body);
+        assert_eq!(
+            hook.header("x-aftercart-hmac-sha256"),
+            Some(expected.as_str())
+        );
+        let hook_body = body(hook);
+        assert_valid("aftercart/audience-webhook.schema.json", &hook_body);
+        assert_eq!(hook.event_id(), hook_body["batch_id"]);
+        assert_eq!(hook_body["op"], "add");
+        assert_eq!(hook_body["members"][0]["email_sha256"], h.plain_email);
+        assert_eq!(hook_body["members"][0]["phone_sha256"], h.plain_phone);
+        assert_eq!(hook_body["members"][0]["customer_id"], ANN.id);
+
+        // Files: a snapshot with Ann and one delta.
+        let snapshot = p.dir.join("abandoned-checkouts/snapshot.csv");
+        let text = eventually("the snapshot", WAIT, || async {
+            std::fs::read_to_string(&snapshot).ok()
+        })
+        .await;
+        assert_eq!(text.lines().count(), 2, "a header and Ann: {text}");
+        assert!(text.contains(&h.plain_email));
+
+        // Bob gave no consent: no destination ever heard of him; the batches follow the schema.
+        let everything: String = [&p.meta, &p.google, &p.tiktok, &p.webhook]
+            .iter()
+            .flat_map(|r| r.received())
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect();
+        assert!(!everything.contains(&sha("bob@example.com")));
+        for batch in stack.batches().await {
+            assert_valid("aftercart/audience-batches.schema.json", &batch);
+        }
+        let members = r#"aftercart_audiences_members{audience="abandoned-checkouts"}"#;
+        until_metric(stack.service(), members, 1.0).await;
+        let exported = r#"aftercart_audiences_records_exported_total{destination="meta",op="add",outcome="accepted"}"#;
+        until_metric(stack.service(), exported, 1.0).await;
+    }
+
+    pub async fn revoked_consent_and_redaction_remove_people_everywhere(broker: &Broker) {
+        let stack = Stack::start(broker).await;
+        let upstream = stack.upstream(broker);
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+        upstream.abandoned(&CARL, true, "tok-carl", &now()).await;
+        let p = &stack.platforms;
+        let ann = ann_hashes();
+        let carl_meta = sha("carl@example.org");
+        until_sent("Meta adds", &p.meta, any, &[&ann.meta_email, &carl_meta]).await;
+
+        upstream.consent(&ANN, "unsubscribed", &now()).await;
+        upstream.redact(&CARL).await;
+
+        // Meta: a DELETE on the users edge; Google: remove operations in a job; TikTok: a
+        // delete; the webhook: op remove. Each with both people's hashes, by its own rules.
+        let carl = sha("carl@example.org");
+        let meta_delete = |r: &Received| r.method == http::Method::DELETE;
+        until_sent(
+            "Meta removals",
+            &p.meta,
+            meta_delete,
+            &[&ann.meta_email, &carl],
+        )
+        .await;
+        let google_remove = |r: &Received| {
+            r.uri.ends_with(":addOperations") && body(r)["operations"][0].get("remove").is_some()
+        };
+        until_sent(
+            "Google removals",
+            &p.google,
+            google_remove,
+            &[&ann.google_email, &carl],
+        )
+        .await;
+        let tiktok_delete = |r: &Received| body(r)["action"] == "delete";
+        until_sent(
+            "TikTok removals",
+            &p.tiktok,
+            tiktok_delete,
+            &[&ann.tiktok_email, &carl],
+        )
+        .await;
+        let hook_remove = |r: &Received| body(r)["op"] == "remove";
+        until_sent(
+            "webhook removals",
+            &p.webhook,
+            hook_remove,
+            &[&ann.plain_email, &carl],
+        )
+        .await;
+        // Files: the snapshot is empty again.
+        let snapshot = p.dir.join("abandoned-checkouts/snapshot.csv");
+        eventually("an empty snapshot", WAIT, || async {
+            let text = std::fs::read_to_string(&snapshot).ok()?;
+            (text.lines().count() == 1).then_some(())
+        })
+        .await;
+        // State: Carl is deleted (a tombstone is his key's last changelog record).
+        let carl_key = format!("p/{SHOP}/c/{}", CARL.id);
+        eventually("Carl's tombstone", WAIT, || async {
+            let state = read_topic(&stack.bootstrap, &stack.config.state_topic).await;
+            let last = state.iter().rev().find(|r| r.key_str() == carl_key)?;
+            last.value.is_empty().then_some(())
+        })
+        .await;
+        let members = r#"aftercart_audiences_members{audience="abandoned-checkouts"}"#;
+        until_metric(stack.service(), members, 0.0).await;
+    }
+
+    pub async fn a_503_and_a_429_are_retried_and_a_400_is_dead_lettered(broker: &Broker) {
+        let platforms = Platforms::start().await;
+        // Meta fails twice, the second time asking for a one-second wait; TikTok refuses.
+        platforms.meta.route(std::sync::Arc::new({
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            move |_, _| match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Some(Reply::status(503)),
+                1 => Some(Reply::status(429).header("retry-after", "1")),
+                _ => None,
+            }
+        }));
+        platforms.tiktok.route(std::sync::Arc::new(|_, _| {
+            Some(Reply::status(400).body(r#"{"code":40002,"message":"audience not found"}"#))
+        }));
+        let mut stack = Stack::start_with(broker, platforms).await;
+        let config = stack.config.clone();
+        let platforms = &stack.platforms;
+        let upstream = stack.upstream(broker);
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+
+        eventually("Meta's third try", WAIT, || async {
+            (!platforms.meta.delivered().is_empty()).then_some(())
+        })
+        .await;
+        let tries = platforms.meta.received();
+        assert_eq!(tries.len(), 3);
+        let keys: BTreeSet<&str> = tries
+            .iter()
+            .map(|r| r.header("idempotency-key").unwrap_or_default())
+            .collect();
+        assert_eq!(keys.len(), 1, "every retry carries the same batch id");
+        assert!(tries.iter().all(|r| r.body == tries[0].body));
+        assert!(
+            tries[2].at - tries[1].at >= Duration::from_millis(950),
+            "Retry-After: 1 was honoured ({:?})",
+            tries[2].at - tries[1].at
+        );
+        // Counted once the exporter has read the answer the receiver already recorded.
+        let retries = r#"aftercart_audiences_export_retries_total{destination="meta"}"#;
+        until_metric(stack.service(), retries, 2.0).await;
+
+        // TikTok's refusal: dead-lettered with its answer, once, and nothing else held up.
+        let letter = eventually("TikTok's dead letter", WAIT, || async {
+            read_topic(&broker.bootstrap(), &config.dead_letter_topic)
+                .await
+                .into_iter()
+                .next()
+        })
+        .await;
+        assert_eq!(
+            letter.header("aftercart-dead-letter-reason"),
+            Some("http_status_400")
+        );
+        assert!(letter
+            .header("aftercart-http-response")
+            .is_some_and(|r| r.contains("40002")));
+        let batch: Value = serde_json::from_slice(&letter.value).expect("the batch");
+        assert_eq!(batch["destination"], "tiktok");
+        assert_eq!(platforms.tiktok.received().len(), 1, "a 400 is not retried");
+        let refused = r#"aftercart_audiences_batches_total{destination="tiktok",op="add",outcome="dead_lettered"}"#;
+        until_metric(stack.service(), refused, 1.0).await;
+        until_sent(
+            "the webhook",
+            &platforms.webhook,
+            any,
+            &[&ann_hashes().plain_email],
+        )
+        .await;
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
+    }
+
+    pub async fn a_crash_between_send_and_commit_does_not_double_add(broker: &Broker) {
+        let platforms = Platforms::start().await;
+        // Meta takes the first batch but answers too late: the service dies before it hears.
+        platforms.meta.route(std::sync::Arc::new({
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            move |_, _| {
+                (calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0)
+                    .then(|| Reply::status(200).body("{}").after(Duration::from_secs(3)))
+            }
+        }));
+        let mut stack = Stack::start_with(broker, platforms).await;
+        let config = stack.config.clone();
+        let platforms = &stack.platforms;
+        let upstream = stack.upstream(broker);
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+        eventually("Meta got the batch", WAIT, || async {
+            (!platforms.meta.received().is_empty()).then_some(())
+        })
+        .await;
+        stack.service.take().expect("running").crash().await;
+
+        stack.service = Some(TestAudiences::start_on(broker, config.clone()).await);
+        eventually("Meta got the batch again", WAIT, || async {
+            (platforms.meta.received().len() >= 2).then_some(())
+        })
+        .await;
+        // Give a wrong second batch time to show up.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let requests = platforms.meta.received();
+        assert_eq!(requests.len(), 2, "sent once, re-sent once after the crash");
+        assert_eq!(requests[0].body, requests[1].body);
+        assert_eq!(
+            requests[0].header("idempotency-key"),
+            requests[1].header("idempotency-key"),
+            "the re-send carries the same batch id: the platform counts it once"
+        );
+        // At the source: one add batch per destination for Ann, before and after the crash.
+        let ann = format!("c/{}", ANN.id);
+        let batches: Vec<Value> = read_topic(&broker.bootstrap(), &config.batches_topic)
+            .await
+            .iter()
+            .map(|r| serde_json::from_slice(&r.value).expect("batch"))
+            .collect();
+        for destination in ["meta", "google", "tiktok", "hook", "files"] {
+            let adds = batches
+                .iter()
+                .filter(|b| b["destination"] == destination && b["op"] == "add")
+                .filter(|b| b["members"].to_string().contains(&ann))
+                .count();
+            assert_eq!(adds, 1, "{destination}: Ann is added by exactly one batch");
+        }
+        // Every other destination took her once (one distinct batch id each).
+        for (name, receiver) in [
+            ("tiktok", &platforms.tiktok),
+            ("webhook", &platforms.webhook),
+        ] {
+            let ids: BTreeSet<String> = receiver
+                .delivered()
+                .iter()
+                .map(|r| {
+                    r.header("idempotency-key")
+                        .or(r.header("x-aftercart-event-id"))
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(ids.len(), 1, "{name}: {ids:?}");
+        }
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
+    }
+}
