@@ -228,7 +228,8 @@ def overview():
             timeseries("Versions running", "Replicas per aftercart version (watch a rollout).",
                        [(f"count by (version) (aftercart_ingress_build_info{{{NS}}})", "ingress {{version}}"),
                         (f"count by (version) (aftercart_abandonment_build_info{{{NS}}})", "abandonment {{version}}"),
-                        (f"count by (version) (aftercart_referrals_build_info{{{NS}}})", "referrals {{version}}")],
+                        (f"count by (version) (aftercart_referrals_build_info{{{NS}}})", "referrals {{version}}"),
+                        (f"count by (version) (aftercart_audiences_build_info{{{NS}}})", "audiences {{version}}")],
                        width=12),
         ],
         tags=("ingress",),
@@ -352,16 +353,95 @@ def referrals():
     )
 
 
+def audiences():
+    au = "aftercart_audiences_"
+    lag_by_partition = f"max by (topic, partition) ({au}consumer_lag_records{{{NS}}})"
+    return dashboard(
+        "aftercart-audiences",
+        "aftercart / Audiences service",
+        "Consumer group aftercart-audiences (the engine: routing by shop, lag, people and audience "
+        "sizes, restores, dead letters) and its exporters aftercart-audiences-<destination> "
+        "(batches and people by destination and outcome, retries, batch duration, backlog).",
+        [
+            row("Throughput"),
+            stat("Records/s", "Routed records applied to the state, every source (abandonments, orders, customers, compliance).",
+                 f"sum(rate({au}records_processed_total{{{NS}}}[{RATE}]))", unit="rps"),
+            stat("Consumer lag", "Records the engine is behind the end of its inputs (abandonments, orders, customers, compliance, by_shop).",
+                 f"sum({lag_by_partition})", thresholds=[(1000, "orange"), (100000, "red")]),
+            stat("People in state", "People held in memory, all instances (about 2.4 KB each).",
+                 f"sum({au}people_tracked{{{NS}}})"),
+            stat("Export dead letters (range)", "Batches a destination refused for good or that ran out of retries, over the dashboard's time range.",
+                 f'sum(increase({au}batches_total{{{NS},outcome="dead_lettered"}}[$__range]))', thresholds=[(1, "red")]),
+            timeseries("Records routed and processed/s", "Source records forwarded to aftercart.audiences-by-shop (routed), and by-shop records applied, by source.",
+                       [(f"sum(rate({au}records_routed_total{{{NS}}}[{RATE}]))", "routed"),
+                        (f"sum by (topic) (rate({au}records_processed_total{{{NS}}}[{RATE}]))", "processed {{topic}}")],
+                       unit="rps"),
+            timeseries("Batches emitted/s", "Export batches the engine wrote to aftercart.audience-batches (one per shop, audience, destination and operation per flush).",
+                       [(f"sum(rate({au}batches_emitted_total{{{NS}}}[{RATE}]))", "emitted")], unit="rps"),
+            row("Lag"),
+            timeseries("Consumer lag by topic", "Records behind, per input (max per partition over instances, summed).",
+                       [(f"sum by (topic) ({lag_by_partition})", "{{topic}}")]),
+            timeseries("Consumer lag by partition", "Find a stuck partition (by_shop: one very large shop sits on one partition).",
+                       [(lag_by_partition, "{{topic}}/{{partition}}")]),
+            row("State"),
+            timeseries("Audience sizes", "People wanted in each audience (consented, reachable, within the window), all instances.",
+                       [(f"sum by (audience) ({au}members{{{NS}}})", "{{audience}}")], width=8),
+            timeseries("People in state", "People held per instance (what the memory limit must fit).",
+                       [(f"sum by (pod, instance) ({au}people_tracked{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            timeseries("Assigned partitions", "By-shop partitions owned per instance: 0 everywhere means the group is empty or rebalancing.",
+                       [(f"sum by (pod, instance) ({au}assigned_partitions{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            timeseries("Changelog writes/s", "People written to the compacted changelog aftercart.audiences-state.",
+                       [(f"sum(rate({au}changelog_records_written_total{{{NS}}}[{RATE}]))", "changelog")], unit="rps", width=8),
+            timeseries("State restore time", "Time to restore one partition from the changelog on assignment.",
+                       quantiles(f"{au}state_restore_duration_seconds", NS, levels=(0.5, 0.99)), unit="s", width=8),
+            timeseries("Records restored/s", "Changelog records read while restoring (spikes on rebalances).",
+                       [(f"sum(rate({au}state_restored_records_total{{{NS}}}[{RATE}]))", "restored")], unit="rps", width=8),
+            row("Exports"),
+            timeseries("People exported/s by destination and outcome", "People in finished batches: accepted by the destination, or dead-lettered (refused, or out of retries); add and remove.",
+                       [(f"sum by (destination, op, outcome) (rate({au}records_exported_total{{{NS}}}[{RATE}]))", "{{destination}} {{op}} {{outcome}}")],
+                       unit="rps"),
+            timeseries("Batches/s by destination and outcome", "Finished batches per destination, operation and outcome (alert on dead_lettered).",
+                       [(f"sum by (destination, op, outcome) (rate({au}batches_total{{{NS}}}[{RATE}]))", "{{destination}} {{op}} {{outcome}}")],
+                       unit="rps"),
+            timeseries("Batch duration by destination", "Time to export one batch, retries included (p50 and p99).",
+                       [(f"histogram_quantile(0.5, sum by (destination, le) (rate({au}batch_duration_seconds_bucket{{{NS}}}[{RATE}])))", "p50 {{destination}}"),
+                        (f"histogram_quantile(0.99, sum by (destination, le) (rate({au}batch_duration_seconds_bucket{{{NS}}}[{RATE}])))", "p99 {{destination}}")],
+                       unit="s", width=8),
+            timeseries("Export retries/s by destination", "Failed attempts that were tried again, counted when their batch finishes.",
+                       [(f"sum by (destination) (rate({au}export_retries_total{{{NS}}}[{RATE}]))", "{{destination}}")],
+                       unit="rps", width=8),
+            timeseries("Export backlog by destination", "Batch records each destination's exporter has yet to send (its consumer lag).",
+                       [(f"sum by (destination) ({au}export_lag_records{{{NS}}})", "{{destination}}")], width=8),
+            timeseries("Attempts/s by outcome", "Every destination's attempts together: delivered, retry (another try follows), permanent (refused), exhausted (out of retries).",
+                       [(f"sum by (outcome) (rate({au}http_deliveries_total{{{NS}}}[{RATE}]))", "{{outcome}}")],
+                       unit="rps", width=8),
+            timeseries("Attempt latency", "Time of one attempt, from sending the request to reading the answer, every destination.",
+                       quantiles(f"{au}http_request_duration_seconds", NS, levels=(0.5, 0.99)), unit="s", width=8),
+            timeseries("Batches being retried", "Batches waiting for another try right now, per instance: above 0 for long means a destination is failing.",
+                       [(f"sum by (pod, instance) ({au}http_in_retry{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+            row("Errors"),
+            timeseries("Dead letters/s", "Input records and export batches written to aftercart.audiences-dead-letter.",
+                       [(f"sum(rate({au}dead_letters_total{{{NS}}}[{RATE}]))", "input records"),
+                        (f"sum(rate({au}http_dead_lettered_total{{{NS}}}[{RATE}]))", "export batches")], unit="rps"),
+            timeseries("Unusable records/s", "Input records that could not be used, by source and reason (no_shop, undecodable, impossible_value, missing_topic); all are dead-lettered.",
+                       [(f"sum by (topic, reason) (rate({au}records_failed_total{{{NS}}}[{RATE}]))", "{{topic}} {{reason}}")],
+                       unit="rps"),
+        ],
+        tags=("audiences",),
+    )
+
+
 def business():
     ab = "aftercart_abandonment_"
     rf = "aftercart_referrals_"
+    au = "aftercart_audiences_"
     req = "aftercart_ingress_requests_total"
     rng = "$__range"
     return dashboard(
         "aftercart-business",
         "aftercart / Business KPIs",
-        "Checkout activity, abandonments, recoveries and recovery rate; referral invites, referred "
-        "orders and rewards, over the selected time range.",
+        "Checkout activity, abandonments, recoveries and recovery rate; audience sizes and export "
+        "outcomes; referral invites, referred orders and rewards, over the selected time range.",
         [
             row("Checkout recovery"),
             stat("Checkout events", "Checkout webhooks accepted (checkouts/create and /update; Shopify sends several per checkout).",
@@ -394,6 +474,24 @@ def business():
                  f"sum by (customer) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{customer}}", width=6),
             bars("Recovered by kind", "Recoveries by abandonment kind.",
                  f"sum by (kind) (increase({ab}recoveries_total{{{NS}}}[{rng}]))", "{{kind}}", width=6),
+            row("Audiences"),
+            stat("People in audiences", "Memberships now, every audience together (one person in two audiences counts twice).",
+                 f"sum({au}members{{{NS}}})", width=4),
+            stat("People exported", "People added to or removed from a destination's audience and accepted by it, over the range.",
+                 f'sum(increase({au}records_exported_total{{{NS},outcome="accepted"}}[{rng}]))', width=4),
+            stat("People dead-lettered", "People in batches a destination refused or that ran out of retries, over the range.",
+                 f'sum(increase({au}records_exported_total{{{NS},outcome="dead_lettered"}}[{rng}]))', width=4,
+                 thresholds=[(1, "red")]),
+            stat("Export success", "Accepted / finished batches over the range.",
+                 f'sum(increase({au}batches_total{{{NS},outcome="accepted"}}[{rng}])) / sum(increase({au}batches_total{{{NS}}}[{rng}]))',
+                 unit="percentunit", width=4),
+            bars("Audience sizes", "People in each audience now (consented, reachable, within the window).",
+                 f"sum by (audience) ({au}members{{{NS}}})", "{{audience}}", width=8),
+            timeseries("Audience sizes over time", "People in each audience.",
+                       [(f"sum by (audience) ({au}members{{{NS}}})", "{{audience}}")], width=12),
+            bars("Exports by destination and outcome", "People added and removed per destination over the range, accepted or dead-lettered.",
+                 f"sum by (destination, op, outcome) (increase({au}records_exported_total{{{NS}}}[{rng}]))",
+                 "{{destination}} {{op}} {{outcome}}", width=12),
             row("Referrals"),
             stat("Invites", "Buyers who became advocates (an invite with their referral code).",
                  f"sum(increase({rf}invites_total{{{NS}}}[{rng}]))", width=4),
@@ -426,6 +524,7 @@ DASHBOARDS = {
     "aftercart-overview.json": overview,
     "aftercart-abandonment.json": abandonment,
     "aftercart-referrals.json": referrals,
+    "aftercart-audiences.json": audiences,
     "aftercart-business.json": business,
 }
 
