@@ -7,17 +7,19 @@
    within its terminationGracePeriodSeconds;
    the dev stack's /metrics is linted again after traffic; the topic Job, run as rendered, names
    exactly the topics the Strimzi KafkaTopics define;
-2. `aftercart dev` (ingress + abandonment + referrals on an embedded broker, free ports, 4 s
-   abandonment delay, 8 s referral review window) gets demo traffic plus what the demo lacks: bad
-   signatures, a non-JSON body, a poison checkout and a poison order (dead letters), an abandoned
-   checkout that is then recovered, and a referral whose reward is voided (the friend's order is
-   cancelled during review) and one rejected (the advocate uses their own code); the demo's
-   pending rewards are granted once the review window is over;
+2. `aftercart dev` (ingress + abandonment + referrals + audiences on an embedded broker, free
+   ports, 4 s abandonment delay, 8 s referral review window, audiences exported to files and to
+   two local webhooks: one that fails once then accepts, one that refuses) gets demo traffic plus
+   what the demo lacks: bad signatures, a non-JSON body, a poison checkout and poison orders
+   (dead letters of every consumer), an abandoned checkout that is then recovered, and a referral whose reward is
+   voided (the friend's order is cancelled during review) and one rejected (the advocate uses
+   their own code); the demo's pending rewards are granted once the review window is over, and
+   its audiences are exported (accepted after a retry, and dead-lettered);
 3. Debian's Prometheus scrapes it every second with aftercart's rules loaded; every expression of
    every dashboard panel, every recording rule and every alert is evaluated through the HTTP API:
    all must parse, every panel and recording rule must return data, no expression may name a
    metric the services do not export, every rule group must be healthy, and the dead-letter alerts
-   must be firing (and the "service down" alerts not).
+   (export dead letters included) must be firing (and the "service down" alerts not).
 
 `LiveStack` is reused by plot_panels.py. Standard library plus PyYAML.
 """
@@ -25,6 +27,7 @@
 import base64
 import hashlib
 import hmac
+import http.server
 import json
 import os
 import re
@@ -33,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -68,6 +72,71 @@ DEV_CODE_SECRET = b"aftercart-dev-referral-code-secret"
 SHOP = "aftercart-demo.myshopify.com"
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 PARTITIONS = "3"  # fewer partitions, faster restores; the services do not care
+# The dev stack's audiences: the built-in ones to files, plus the abandoners to two webhook
+# destinations served by `Receiver`: `crm` fails its first request (a retry), `refuser` refuses
+# every batch (export dead letters).
+AUDIENCES_TOML = """
+[destinations.files]
+type = "file"
+dir = "{dir}"
+
+[destinations.crm]
+type = "webhook"
+url = "{receiver}/crm"
+secret = "ops-check-webhook-secret"
+
+[destinations.refuser]
+type = "webhook"
+url = "{receiver}/refuser"
+
+[[audiences]]
+name = "abandoned-checkouts"
+source = "abandonments"
+window = "30d"
+destinations = ["files", "crm", "refuser"]
+filter = {{ kinds = ["checkout"] }}
+
+[[audiences]]
+name = "high-value-abandoners"
+source = "abandonments"
+window = "7d"
+destinations = ["files"]
+filter = {{ value_tiers = ["high"] }}
+
+[[audiences]]
+name = "recent-purchasers"
+source = "orders"
+window = "30d"
+destinations = ["files", "crm"]
+"""
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A local webhook destination: /crm answers 503 to its first request and 200 after, any
+    other path 400. Counts the requests by path."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.requests = {}
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen = receiver.requests.get(self.path, 0)
+                receiver.requests[self.path] = seen + 1
+                status = (503 if seen == 0 else 200) if self.path == "/crm" else 400
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
 def http_get(url, timeout=5.0):
@@ -141,6 +210,7 @@ class LiveStack:
         self.webhooks = f"http://127.0.0.1:{self.webhook_port}/webhooks/shopify"
         self.prometheus = f"http://127.0.0.1:{self.prometheus_port}"
         self.brokers = None
+        self.receiver = None
 
     # -- processes -----------------------------------------------------------------------
     def spawn(self, name, argv, env=None):
@@ -166,12 +236,17 @@ class LiveStack:
         for _, process, log in reversed(self.processes):
             self.stop(process)
             log.close()
+        if self.receiver:
+            self.receiver.shutdown()
 
     def log(self, name):
         path = self.workdir / f"{name}.log"
         return path.read_text() if path.exists() else ""
 
     def start_dev(self):
+        self.receiver = Receiver()
+        audiences = self.workdir / "audiences.toml"
+        audiences.write_text(AUDIENCES_TOML.format(dir=self.workdir / "audiences", receiver=self.receiver.url))
         env = env_without_aftercart() | {
             "AFTERCART_LISTEN": f"127.0.0.1:{self.webhook_port}",
             "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
@@ -179,6 +254,9 @@ class LiveStack:
             "AFTERCART_CART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
             "AFTERCART_REFERRAL_REVIEW_WINDOW": f"{REVIEW_WINDOW_SECONDS}s",
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
+            "AFTERCART_AUDIENCES_CONFIG": str(audiences),
+            "AFTERCART_EXPORT_FLUSH_INTERVAL": "1s",
+            "AFTERCART_EXPORT_BACKOFF_INITIAL": "200ms",
             "AFTERCART_LOG_FORMAT": "json",
         }
         process = self.spawn("dev", [self.bin, "dev"], env)
@@ -187,13 +265,23 @@ class LiveStack:
         match = re.search(r"Kafka brokers\s+(\S+)", self.log("dev"))
         self.brokers = match.group(1) if match else None
 
-    def service_alone(self, args, manifest_env):
+    def service_alone(self, args, manifest_env, mounts=None):
         """Starts `aftercart <args>` alone against the dev stack's broker with the environment a
-        rendered Deployment gives it, overriding only what must point at this machine. Returns
-        its admin URL and process. Its own consumer group: it never takes the dev stack's
-        partitions. (Referrals alone also routes the Shopify topics to the shared by-shop topic;
-        this runs before any traffic, so there is nothing to route twice.)"""
+        rendered Deployment gives it, overriding only what must point at this machine. `mounts`
+        (mount path -> files of a ConfigMap volume) are written under the work directory and
+        variables naming them follow. Returns its admin URL and process. Its own consumer groups:
+        it never takes the dev stack's partitions. (Referrals and audiences alone also route the
+        Shopify topics to their shared by-shop topics; this runs before any traffic, so there is
+        nothing to route twice.)"""
         port = free_port()
+        manifest_env = dict(manifest_env)
+        for number, (path, files) in enumerate((mounts or {}).items()):
+            local = self.workdir / f"mount-{args[0]}-{number}"
+            local.mkdir(exist_ok=True)
+            for name, text in files.items():
+                (local / name).write_text(text)
+            manifest_env = {k: v.replace(path, str(local)) if v.startswith(path + "/") else v
+                            for k, v in manifest_env.items()}
         secrets = self.workdir / "shopify-secrets"
         secrets.write_text("# current first\nops-lint-secret\n")
         code_secret = self.workdir / "referral-code-secret"
@@ -207,6 +295,9 @@ class LiveStack:
             "AFTERCART_SHOPIFY_SECRETS_FILE": str(secrets),
             "AFTERCART_ABANDONMENT_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             "AFTERCART_REFERRALS_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
+            "AFTERCART_AUDIENCES_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
+            # The Deployment's emptyDir.
+            "AFTERCART_AUDIENCES_DIR": str(self.workdir / "audiences-alone"),
             # The Deployment mounts it from the aftercart-referrals Secret.
             "AFTERCART_REFERRAL_CODE_SECRET_FILE": str(code_secret),
         }
@@ -333,6 +424,10 @@ class LiveStack:
         recovered = metric_sum(self.metrics(), "aftercart_abandonment_recoveries_total")
         dead = metric_sum(self.metrics(), "aftercart_abandonment_dead_letters_total")
         granted = metric_sum(self.metrics(), "aftercart_referrals_rewards_total", 'type="granted"')
+        au = "aftercart_audiences_batches_total"
+        exported = metric_sum(self.metrics(), au, 'destination="crm",op="add",outcome="accepted"')
+        refused = metric_sum(self.metrics(), au, 'destination="refuser",op="add",outcome="dead_lettered"')
+        audiences_dead = metric_sum(self.metrics(), "aftercart_audiences_dead_letters_total")
         to_recover = self.journey()
         self.journey(poison=True)
         for _ in range(rounds):
@@ -351,6 +446,14 @@ class LiveStack:
         # Each demo round refers one friend; their rewards are granted after the review window.
         self.wait_metric("aftercart_referrals_rewards_total", granted + rounds, label='type="granted"',
                          timeout=REVIEW_WINDOW_SECONDS + 30)
+        # The demo's consented abandoner and buyers reach the audiences and their destinations:
+        # crm takes them after one retry, refuser's batches are dead-lettered.
+        self.wait_metric(au, exported + 1, label='destination="crm",op="add",outcome="accepted"')
+        self.wait_metric(au, refused + 1, label='destination="refuser",op="add",outcome="dead_lettered"')
+        self.wait_metric("aftercart_audiences_export_retries_total", 1, label='destination="crm"')
+        # An order the audiences engine cannot decode (an email that is not a string).
+        self.send_json("orders/paid", {"id": int(time.time()), "email": 5})
+        self.wait_metric("aftercart_audiences_dead_letters_total", audiences_dead + 1)
 
     # -- Prometheus API ------------------------------------------------------------------
     def api(self, path, **params):
@@ -384,8 +487,13 @@ def deployments(overlay, kind="Deployment"):
         for source in container.get("envFrom", []):
             env.update(configmaps[source["configMapRef"]["name"]])
         env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
-        grace = deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
-        found[deployment["metadata"]["name"]] = (container["args"], env, grace)
+        spec = deployment["spec"]["template"]["spec"]
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        # ConfigMap volumes (e.g. the audiences file): mount path -> files.
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounts = {m["mountPath"]: configmaps[volumes[m["name"]]["configMap"]["name"]]
+                  for m in container.get("volumeMounts", []) if "configMap" in volumes[m["name"]]}
+        found[deployment["metadata"]["name"]] = (container["args"], env, grace, mounts)
     return found
 
 
@@ -409,9 +517,9 @@ def main():
             # 1. Each Deployment of the prod overlay, run as rendered (its args and the
             #    environment of its ConfigMaps): the configuration is accepted, the service gets
             #    ready, and its own /metrics passes promtool.
-            for name, (args, manifest_env, grace) in deployments("prod").items():
+            for name, (args, manifest_env, grace, mounts) in deployments("prod").items():
                 try:
-                    url, process = stack.service_alone(args, manifest_env)
+                    url, process = stack.service_alone(args, manifest_env, mounts)
                 except TimeoutError as error:
                     tally.check(False, f"{name} with the rendered configuration: {error}\n"
                                        f"{stack.log('alone-' + args[0])[-2000:]}")
@@ -433,7 +541,7 @@ def main():
 
             # The dev overlay's topic Job, run as rendered, lists exactly the prod overlay's
             # Strimzi KafkaTopics: the two ways of creating topics agree with the code.
-            for name, (args, job_env, _) in deployments("dev", "Job").items():
+            for name, (args, job_env, _, _) in deployments("dev", "Job").items():
                 env = env_without_aftercart() | job_env | {"AFTERCART_KAFKA_BROKERS": stack.brokers,
                                                            "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
                                                            "AFTERCART_TOPIC_REPLICATION": "1"}
@@ -448,6 +556,14 @@ def main():
             stack.traffic()
             # Let Prometheus take a few more samples (rate() needs two) and evaluate the rules.
             time.sleep(5)
+
+            # The audiences panels show real values, not only zeros: members, exports accepted
+            # and dead-lettered, an HTTP retry.
+            for expr in ("sum by (audience) (aftercart_audiences_members) > 0",
+                         'sum(aftercart_audiences_records_exported_total{outcome="accepted"}) > 0',
+                         'sum(aftercart_audiences_records_exported_total{outcome="dead_lettered"}) > 0',
+                         'sum(aftercart_audiences_http_deliveries_total{outcome="retry"}) > 0'):
+                tally.check(has_data(stack.query(expr)), f"Prometheus has no non-zero {expr}")
 
             text = stack.metrics()
             lint = run([promtool, "check", "metrics"], input=text)
@@ -509,17 +625,19 @@ def main():
                     tally.check(rule["health"] == "ok", f"Prometheus rule {rule['name']}: {rule['health']} {rule.get('lastError')}")
             tally.check(len(loaded) == len(rule_groups()["groups"]), "Prometheus loaded every rule group")
             states = {r["name"]: r["state"] for g in loaded for r in g["rules"] if r["type"] == "alerting"}
-            for firing in ("AftercartAbandonmentDeadLetters", "AftercartReferralsDeadLetters"):
+            for firing in ("AftercartAbandonmentDeadLetters", "AftercartReferralsDeadLetters",
+                           "AftercartAudiencesDeadLetters", "AftercartAudiencesExportDeadLetters"):
                 tally.check(states.get(firing) == "firing",
                             f"the dead-letter alert {firing} fires after a poison record (state {states.get(firing)})")
             for quiet in ("AftercartIngressDown", "AftercartAbandonmentDown", "AftercartReferralsDown",
-                          "AftercartTargetDown"):
+                          "AftercartAudiencesDown", "AftercartTargetDown"):
                 tally.check(states.get(quiet) == "inactive", f"{quiet} stays quiet while the stack runs ({states.get(quiet)})")
             active = sorted(f"{n}={s}" for n, s in states.items() if s != "inactive")
             print(f"alert states after the traffic: {', '.join(active) or 'none active'}")
     except (TimeoutError, RuntimeError) as error:
         tally.check(False, str(error))
-        for name in ("dev", "prometheus", "alone-ingress", "alone-abandonment", "alone-referrals"):
+        for name in ("dev", "prometheus", "alone-ingress", "alone-abandonment", "alone-referrals",
+                     "alone-audiences"):
             log = Path(workdir, f"{name}.log")
             if log.exists():
                 print(f"--- {name}.log (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]))
