@@ -10,7 +10,8 @@
 4. aftercart's own deployment rules: probes on the admin port, resources, hardened security
    context, a grace period above the drain deadline read from the rendered ConfigMaps, a PDB, a
    NetworkPolicy, a Service and a ServiceMonitor per Deployment, no Secret in the repository,
-   dashboards that parse and carry the sidecar label;
+   dashboards that parse and carry the sidecar label; KafkaTopics joined by partition share one
+   partition count and changelogs are compacted;
 5. checkov on the rendered overlays and on the Dockerfile (exceptions are annotated inline);
 6. the dashboard JSON is what dashboards.py generates.
 """
@@ -27,6 +28,16 @@ import kubernetes_validate
 from common import DASHBOARD_DIR, OVERLAYS, ROOT, Tally, need, render, run
 
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
+# Topics a service joins by partition (it refuses to start, exit 78, when their counts differ),
+# and the compacted changelogs (services/*/src/app.rs topic_specs).
+SAME_PARTITIONS = [
+    ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance",
+     "aftercart.abandonments", "aftercart.abandonment-state"],
+    ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
+     "aftercart.referral-rewards"],
+    ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
+]
+CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state"]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 
@@ -164,6 +175,15 @@ def main():
         tally.check("Secret" not in by_kind, f"{overlay}: no Secret object is rendered (secrets are created out of band)")
         for deployment in by_kind.get("Deployment", []):
             check_deployment(tally, overlay, deployment, by_kind)
+        topics = {t["spec"]["topicName"]: t["spec"] for t in by_kind.get("KafkaTopic", [])}
+        if topics:
+            for group in SAME_PARTITIONS:
+                counts = {name: topics.get(name, {}).get("partitions") for name in group}
+                tally.check(None not in counts.values() and len(set(counts.values())) == 1,
+                            f"{overlay}: KafkaTopics joined by partition share one count: {counts}")
+            for name in CHANGELOGS:
+                policy = topics.get(name, {}).get("config", {}).get("cleanup.policy")
+                tally.check(policy == "compact", f"{overlay}: KafkaTopic {name} is compacted ({policy})")
         for job in by_kind.get("Job", []):
             labels = job["spec"]["template"]["metadata"]["labels"]
             tally.check(any(selects(p["spec"]["podSelector"], labels) for p in by_kind.get("NetworkPolicy", [])),
