@@ -192,6 +192,22 @@ impl Exporter {
         })
     }
 
+    /// Wraps an attempt so that every try after the first counts as a retry of this
+    /// destination when it is made: an outage shows while it lasts, not when the batch ends.
+    fn counted<F, Fut>(&self, mut attempt: F) -> impl FnMut() -> Fut
+    where
+        F: FnMut() -> Fut,
+    {
+        let retries = self.metrics.retries_of(&self.name);
+        let mut tried = false;
+        move || {
+            if std::mem::replace(&mut tried, true) {
+                retries.inc();
+            }
+            attempt()
+        }
+    }
+
     /// Sends `request` until the platform's `judge` accepts or refuses it.
     async fn send(
         &self,
@@ -220,7 +236,7 @@ impl Exporter {
                     judge(answer.status, &answer.body),
                 )
             },
-            || self.client.attempt(to_http(request.clone())),
+            self.counted(|| self.client.attempt(to_http(request.clone()))),
         )
         .await
     }
@@ -260,7 +276,17 @@ impl Exporter {
                 let body = serde_json::to_vec(&body).expect("batches serialise");
                 let outgoing = Outgoing::new(Bytes::from(body), id, topic)
                     .expect("batch ids and topic names are valid header values");
-                sink.deliver(&outgoing, stop).await
+                let outcome = sink.deliver(&outgoing, stop).await;
+                let attempts = match &outcome {
+                    Outcome::Delivered { attempts, .. } => *attempts,
+                    Outcome::Failed(failure) => failure.attempts,
+                    Outcome::Stopped => 0,
+                };
+                // The HTTP sink retries inside: its retries are known once it returns.
+                self.metrics
+                    .retries_of(&self.name)
+                    .inc_by(u64::from(attempts.saturating_sub(1)));
+                outcome
             }
             Channel::File(writer) => {
                 let labels = Labels {
@@ -274,7 +300,7 @@ impl Exporter {
                     labels,
                     stop,
                     |answer: &Answer| aftercart_delivery::retry::classify(answer.status),
-                    || writer.write(batch.clone()),
+                    self.counted(|| writer.write(batch.clone())),
                 )
                 .await
             }
@@ -354,7 +380,7 @@ impl Exporter {
                     google::judge(answer.status, &answer.body),
                 )
             },
-            || async move {
+            self.counted(|| async move {
                 let mut target = target.clone();
                 if let Some(tokens) = tokens {
                     target.access_token = self.google_token(tokens).await?;
@@ -365,7 +391,7 @@ impl Exporter {
                     *tokens.cached.lock().await = None;
                 }
                 Ok(answer)
-            },
+            }),
         )
         .await
     }
@@ -440,13 +466,12 @@ impl RecordSink for Exporter {
         let outcome = self.export(&batch, message.topic(), stop).await;
         let people = batch.members.len();
         match &outcome {
-            Outcome::Delivered { attempts, .. } => {
+            Outcome::Delivered { .. } => {
                 self.metrics.exported(
                     &self.name,
                     batch.op,
                     ExportOutcome::Accepted,
                     people,
-                    *attempts,
                     started.elapsed(),
                 );
                 tracing::info!(destination = %self.name, audience = %batch.audience, op = ?batch.op, people, batch_id = %batch.batch_id, "Exported a batch.");
@@ -457,7 +482,6 @@ impl RecordSink for Exporter {
                     batch.op,
                     ExportOutcome::DeadLettered,
                     people,
-                    failure.attempts,
                     started.elapsed(),
                 );
                 tracing::warn!(destination = %self.name, audience = %batch.audience, batch_id = %batch.batch_id, reason = %failure.reason(), "Dead-lettering a batch the destination did not take.");

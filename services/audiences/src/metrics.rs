@@ -159,7 +159,6 @@ impl AudiencesMetrics {
         op: Op,
         outcome: ExportOutcome,
         people: usize,
-        attempts: u32,
         took: Duration,
     ) {
         let labels = [destination, op_label(op), outcome.as_label()];
@@ -167,9 +166,6 @@ impl AudiencesMetrics {
             .with_label_values(&labels)
             .inc_by(people as u64);
         self.batches.with_label_values(&labels).inc();
-        self.retries
-            .with_label_values(&[destination])
-            .inc_by(u64::from(attempts.saturating_sub(1)));
         self.batch_duration
             .with_label_values(&[destination])
             .observe(took.as_secs_f64());
@@ -182,6 +178,11 @@ impl AudiencesMetrics {
                 .set(*count as i64);
         }
         self.people.set(people as i64);
+    }
+
+    /// The retry counter of one destination, counted as each retry is made.
+    pub fn retries_of(&self, destination: &str) -> IntCounter {
+        self.retries.with_label_values(&[destination])
     }
 
     /// The lag gauge of one destination's exporter.
