@@ -140,6 +140,20 @@ fn ops(effects: &[(i32, Effect)], audience: &str, op: Op) -> Vec<String> {
     destinations
 }
 
+/// The people a changelog holds after `effects` (the last record of each key wins).
+fn persisted<'a>(effects: impl IntoIterator<Item = &'a Effect>) -> HashMap<String, Person> {
+    let mut people = HashMap::new();
+    for effect in effects {
+        if let Effect::Persist { key, person } = effect {
+            match person {
+                Some(p) => people.insert(key.clone(), (**p).clone()),
+                None => people.remove(key),
+            };
+        }
+    }
+    people
+}
+
 const ALL: [&str; 4] = ["files", "google", "meta", "tiktok"];
 
 #[test]
@@ -413,16 +427,7 @@ fn members_of_an_audience_no_longer_configured_are_removed_from_its_destinations
     let mut engine = engine();
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     let effects = engine.tick(T0 + 1_000);
-    let people: HashMap<String, Person> = effects
-        .iter()
-        .filter_map(|(_, e)| match e {
-            Effect::Persist {
-                key,
-                person: Some(p),
-            } => Some((key.clone(), (**p).clone())),
-            _ => None,
-        })
-        .collect();
+    let people = persisted(effects.iter().map(|(_, e)| e));
     let mut rules = rules();
     rules.audiences.retain(|a| a.name != "abandoned-checkouts");
     let mut restarted = Engine::new(rules);
@@ -451,18 +456,7 @@ fn a_crash_after_a_contact_change_was_emitted_does_not_resend_it() {
     let applied = engine.apply(0, SHOP, moved, T0 + 1_100);
     let second = engine.tick(T0 + 2_100);
     // Crash: the second flush's batches were written, the changelog has the person as applied.
-    let people: HashMap<String, Person> = first
-        .iter()
-        .map(|(_, e)| e.clone())
-        .chain(applied)
-        .filter_map(|e| match e {
-            Effect::Persist {
-                key,
-                person: Some(p),
-            } => Some((key, *p)),
-            _ => None,
-        })
-        .collect();
+    let people = persisted(first.iter().map(|(_, e)| e).chain(&applied));
     let mut restored = Engine::new(rules());
     restored.assign(0, people);
     for batch in batches(&second) {
@@ -477,16 +471,7 @@ fn a_restored_partition_emits_nothing_already_held() {
     let mut engine = engine();
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     let effects = engine.tick(T0 + 1_000);
-    let people: HashMap<String, Person> = effects
-        .iter()
-        .filter_map(|(_, e)| match e {
-            Effect::Persist {
-                key,
-                person: Some(p),
-            } => Some((key.clone(), (**p).clone())),
-            _ => None,
-        })
-        .collect();
+    let people = persisted(effects.iter().map(|(_, e)| e));
     let mut restored = Engine::new(rules());
     restored.assign(0, people);
     assert!(batches(&restored.tick(T0 + 2_000)).is_empty());
@@ -499,16 +484,7 @@ fn reconciling_an_emitted_batch_keeps_it_from_being_emitted_again() {
     let applied = engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     let flushed = engine.tick(T0 + 1_000);
     // Crash: the batches were written, the changelog still has the person before the flush.
-    let people: HashMap<String, Person> = applied
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Persist {
-                key,
-                person: Some(p),
-            } => Some((key, *p)),
-            _ => None,
-        })
-        .collect();
+    let people = persisted(&applied);
     let mut restored = Engine::new(rules());
     restored.assign(0, people);
     for batch in batches(&flushed) {
