@@ -714,7 +714,7 @@ impl AudiencesArgs {
                 };
                 let flags = SinkFlags {
                     url,
-                    secret: secret.map(|s| aftercart_delivery::Secret::new(s.expose())),
+                    secret,
                     secret_file: None,
                     timeout: humantime::format_duration(timeout).to_string(),
                     backoff_initial: humantime::format_duration(retry.initial).to_string(),

@@ -79,16 +79,19 @@ pub struct Exporter {
 /// lag alerts fire) rather than dead-lettered, so a removal is not given up while ops renew a
 /// token.
 fn class_of(status: http::StatusCode, body: &[u8], judgement: Judgement) -> Class {
-    let auth = status == http::StatusCode::UNAUTHORIZED
-        || status == http::StatusCode::FORBIDDEN
-        || serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_i64())
-            == Some(META_EXPIRED_TOKEN);
+    // Only a refusal is looked at again: accepted answers are not parsed twice.
+    let auth = || {
+        status == http::StatusCode::UNAUTHORIZED
+            || status == http::StatusCode::FORBIDDEN
+            || serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_i64())
+                == Some(META_EXPIRED_TOKEN)
+    };
     match judgement {
         Judgement::Accepted(_) => Class::Delivered,
         Judgement::Retry => Class::Retryable,
-        Judgement::Reject if auth => Class::Retryable,
+        Judgement::Reject if auth() => Class::Retryable,
         Judgement::Reject => Class::Permanent,
     }
 }

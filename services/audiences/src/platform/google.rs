@@ -56,21 +56,17 @@ const RETRYABLE_STATUSES: [&str; 5] = [
 ];
 
 /// One Customer Match user list to write to.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// API base URL, [`DEFAULT_BASE_URL`] unless testing.
-    #[serde(default = "default_base_url")]
     pub base_url: String,
     /// API version, e.g. `v26`.
-    #[serde(default = "default_version")]
     pub version: String,
     /// The Google Ads customer owning the list (digits; dashes allowed).
     pub customer_id: String,
     /// The Customer Match user list id (digits).
     pub user_list_id: String,
     /// The manager account to act through, if any (`login-customer-id`).
-    #[serde(default)]
     pub login_customer_id: Option<String>,
     /// The developer token (`developer-token` header).
     pub developer_token: Secret,
@@ -87,8 +83,8 @@ impl Target {
         access_token: Secret,
     ) -> Self {
         Self {
-            base_url: default_base_url(),
-            version: default_version(),
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            version: DEFAULT_VERSION.to_owned(),
             customer_id: customer_id.into(),
             user_list_id: user_list_id.into(),
             login_customer_id: None,
@@ -96,14 +92,6 @@ impl Target {
             access_token,
         }
     }
-}
-
-fn default_base_url() -> String {
-    DEFAULT_BASE_URL.to_owned()
-}
-
-fn default_version() -> String {
-    DEFAULT_VERSION.to_owned()
 }
 
 /// Google's identifiers of one person: a `UserData` JSON object

@@ -51,14 +51,11 @@ pub const SCHEMA: [&str; 6] = ["EMAIL", "PHONE", "FN", "LN", "ZIP", "COUNTRY"];
 const RETRYABLE_CODES: [i64; 9] = [1, 2, 4, 17, 32, 341, 613, 80003, 80004];
 
 /// One Meta custom audience to write to.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// Graph API base URL, [`DEFAULT_BASE_URL`] unless testing.
-    #[serde(default = "default_base_url")]
     pub base_url: String,
     /// Graph API version, e.g. `v25.0`.
-    #[serde(default = "default_version")]
     pub version: String,
     /// The custom audience id (digits).
     pub audience_id: String,
@@ -70,20 +67,12 @@ impl Target {
     /// A target on the default host and version.
     pub fn new(audience_id: impl Into<String>, access_token: Secret) -> Self {
         Self {
-            base_url: default_base_url(),
-            version: default_version(),
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            version: DEFAULT_VERSION.to_owned(),
             audience_id: audience_id.into(),
             access_token,
         }
     }
-}
-
-fn default_base_url() -> String {
-    DEFAULT_BASE_URL.to_owned()
-}
-
-fn default_version() -> String {
-    DEFAULT_VERSION.to_owned()
 }
 
 /// Meta's hashed identifiers of one person: a JSON object keyed by [`SCHEMA`] names (only the
@@ -487,9 +476,8 @@ mod tests {
     }
 
     #[test]
-    fn a_target_deserialises_with_defaults_and_hides_its_token() {
-        let target: Target =
-            serde_json::from_value(json!({"audience_id": "1", "access_token": "EAAB"})).unwrap();
+    fn a_new_target_has_the_defaults_and_hides_its_token() {
+        let target = Target::new("1", Secret::new("EAAB"));
         assert_eq!(target.version, DEFAULT_VERSION);
         assert_eq!(target.base_url, DEFAULT_BASE_URL);
         assert!(!format!("{target:?}").contains("EAAB"));

@@ -50,14 +50,11 @@ const RATE_LIMITED: i64 = 40100;
 const SYSTEM_ERRORS: std::ops::RangeInclusive<i64> = 50000..=59999;
 
 /// One TikTok audience to write to.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// Business API base URL, [`DEFAULT_BASE_URL`] unless testing.
-    #[serde(default = "default_base_url")]
     pub base_url: String,
     /// Business API version, e.g. `v1.3`.
-    #[serde(default = "default_version")]
     pub version: String,
     /// The advertiser (ad account) id (digits).
     pub advertiser_id: String,
@@ -75,21 +72,13 @@ impl Target {
         access_token: Secret,
     ) -> Self {
         Self {
-            base_url: default_base_url(),
-            version: default_version(),
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            version: DEFAULT_VERSION.to_owned(),
             advertiser_id: advertiser_id.into(),
             audience_id: audience_id.into(),
             access_token,
         }
     }
-}
-
-fn default_base_url() -> String {
-    DEFAULT_BASE_URL.to_owned()
-}
-
-fn default_version() -> String {
-    DEFAULT_VERSION.to_owned()
 }
 
 /// TikTok's hashed identifiers of one person: `{"EMAIL_SHA256": …, "PHONE_SHA256": …}` with the
