@@ -514,7 +514,14 @@ impl Engine {
     pub fn reconcile(&mut self, partition: i32, emitted: &EmittedEvent) -> Option<Effect> {
         let at = crate::domain::event::parse_time_ms(&emitted.abandoned_at)?;
         let state = self.partitions.get_mut(&partition)?;
-        let journey = state.journeys.get_mut(&emitted.journey_key)?;
+        // A crash after the event was written but before its journey's first state was (a new
+        // journey abandoned in the same batch) leaves no journey to mark. Keep one holding just
+        // the mark: the input records read again then update it instead of starting a fresh
+        // journey that would be abandoned a second time.
+        let journey = state
+            .journeys
+            .entry(emitted.journey_key.clone())
+            .or_insert_with(|| Journey::new(&emitted.shop, at));
         let before = journey.clone();
         match (emitted.event_type, emitted.kind) {
             (EventType::Abandoned, Kind::Checkout) => {

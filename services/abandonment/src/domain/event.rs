@@ -87,6 +87,9 @@ pub struct EmittedEvent {
     pub event_type: EventType,
     pub kind: Kind,
     pub journey_key: String,
+    /// The journey's shop, for a journey known only from this event (see `Engine::reconcile`).
+    #[serde(default)]
+    pub shop: String,
     pub abandoned_at: String,
 }
 

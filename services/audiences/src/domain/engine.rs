@@ -398,7 +398,8 @@ impl Engine {
             }
         }
         for key in touched {
-            if state.people.contains_key(&key) {
+            if let Some(person) = state.people.get_mut(&key) {
+                person.awaiting_facts = false;
                 state.index(&key);
                 state.dirty.insert(key.clone());
                 state.dirty_since_ms.get_or_insert(now_ms);
@@ -451,6 +452,9 @@ impl Engine {
             let Some(person) = state.people.get_mut(&key) else {
                 continue;
             };
+            if person.awaiting_facts {
+                continue;
+            }
             let current = person.contact.clone();
             let held = person.held_contact().clone();
             let customer_id = person.customer_id;
@@ -572,6 +576,20 @@ impl Engine {
         let mut effects = Vec::new();
         for member in &batch.members {
             let key = format!("p/{}/{}", batch.shop, member.person);
+            if batch.op == Op::Add && !state.people.contains_key(&key) {
+                // Added, then killed before the person's first changelog record: the fact is
+                // read again (its offset was not committed) and must find them held, not add
+                // them a second time. Kept, persisted and not compared until then.
+                let mut person = Person::new(&batch.shop, member.customer_id, 0);
+                person.awaiting_facts = true;
+                person
+                    .memberships
+                    .entry(batch.audience.clone())
+                    .or_default()
+                    .synced
+                    .insert(batch.destination.clone());
+                state.people.insert(key.clone(), person);
+            }
             let Some(person) = state.people.get_mut(&key) else {
                 continue;
             };
@@ -583,6 +601,13 @@ impl Engine {
                 Op::Add => membership.synced.insert(batch.destination.clone()),
                 Op::Remove => membership.synced.remove(&batch.destination),
             };
+            if person.awaiting_facts {
+                // Their contact is not known yet: what was added is what the fact read again
+                // will say, and they are compared only then.
+                person.prune();
+                effects.push(persist(&key, person));
+                continue;
+            }
             if batch.op == Op::Add {
                 // What was added is the person's contact as it is now (the batch was made from it).
                 person.exported_contact = Some(person.contact.clone());

@@ -53,6 +53,12 @@ pub struct Person {
     /// them, then the entity is deleted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redacted: bool,
+    /// Known only from batches found after the checkpoint on restore: the crash came before
+    /// their first changelog record, so what made them a member (contact, consent, the fact) is
+    /// not known yet and is about to be read again. Not compared until a fact is heard, or
+    /// the destinations holding them would be told to drop them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_facts: bool,
     pub seen_ms: i64,
 }
 

@@ -319,23 +319,37 @@ impl Engine {
                 return effects;
             };
             let key = order_entity(shop, order_out.id);
-            let Some(order) = state.orders.get_mut(&key) else {
-                return effects;
-            };
+            // A crash after the invite was written but before the order's and the advocate's
+            // first state was (both new in that batch) leaves nothing to mark. Keep an order
+            // and a customer holding just the facts of the invite: the order read again then
+            // finds its invite sent, and the advocate's code keeps working for friends.
+            let order = state.orders.entry(key.clone()).or_default();
+            order.last_seen_ms = order.last_seen_ms.max(at);
+            if order.customer.is_none() {
+                let advocate = &emitted.advocate;
+                order.customer = advocate
+                    .customer_id
+                    .map(customer_key_of_id)
+                    .or_else(|| advocate.email.as_deref().map(customer_key_of_email))
+                    .map(|k| customer_entity(shop, &k));
+                order.customer_id = advocate.customer_id;
+            }
             order.invite = Some(Invite::Sent);
             let order_snapshot = order.clone();
             effects.push(persist(&key, Entity::Order(order_snapshot.clone())));
             if let Some(customer_key) = order_snapshot.customer {
-                if let Some(customer) = state.customers.get_mut(&customer_key) {
-                    customer.advocate = Some(Advocate {
-                        code: code.clone(),
-                        invited_ms: at,
-                    });
-                    state
-                        .codes
-                        .insert(format!("{shop}/{code}"), customer_key.clone());
-                    effects.push(persist(&customer_key, Entity::Customer(customer.clone())));
+                let customer = state.customers.entry(customer_key.clone()).or_default();
+                if customer.customer_id.is_none() {
+                    customer.customer_id = emitted.advocate.customer_id;
                 }
+                customer.advocate = Some(Advocate {
+                    code: code.clone(),
+                    invited_ms: at,
+                });
+                state
+                    .codes
+                    .insert(format!("{shop}/{code}"), customer_key.clone());
+                effects.push(persist(&customer_key, Entity::Customer(customer.clone())));
             }
             return effects;
         }

@@ -470,6 +470,28 @@ fn fence_sitters_are_flagged() {
 }
 
 #[test]
+fn an_event_emitted_before_its_journey_was_ever_persisted_is_not_emitted_again() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    let event = emitted(&e.fire_due(60 * MIN))[0].clone();
+    // Killed after writing the event, before any changelog record: nothing to restore...
+    let mut restarted = Engine::new(rules());
+    restarted.assign(0, Vec::new());
+    let found: EmittedEvent =
+        serde_json::from_value(serde_json::to_value(&event).unwrap()).unwrap();
+    assert!(
+        restarted.reconcile(0, &found).is_some(),
+        "the mark is persisted"
+    );
+    // ...and the uncommitted input is read again.
+    restarted.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    assert!(
+        emitted(&restarted.fire_due(1000 * MIN)).is_empty(),
+        "no duplicate abandonment"
+    );
+}
+
+#[test]
 fn reconciling_an_emitted_event_prevents_a_second_one() {
     let mut e = engine();
     e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);

@@ -494,6 +494,48 @@ fn reconciling_an_emitted_batch_keeps_it_from_being_emitted_again() {
 }
 
 #[test]
+fn an_add_emitted_before_the_persons_first_changelog_record_is_not_emitted_again() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let flushed = engine.tick(T0 + 1_000);
+    assert_eq!(batches(&flushed).len(), 4, "{:?}", summary(&flushed));
+    // Killed after the batches were written, before any changelog record: nothing to restore.
+    let mut restored = Engine::new(rules());
+    restored.assign(0, HashMap::new());
+    let mut reconciled = Vec::new();
+    for batch in batches(&flushed) {
+        reconciled.extend(restored.reconcile(0, batch));
+    }
+    // Nothing is removed while the fact is on its way back...
+    assert!(batches(&restored.tick(T0 + 5_000)).is_empty());
+    // ...and the uncommitted abandonment, read again, finds Ann held everywhere.
+    restored.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0 + 5_100);
+    let effects = [restored.tick(T0 + 7_000), restored.tick(T0 + 9_000)].concat();
+    assert!(batches(&effects).is_empty(), "{:?}", summary(&effects));
+    assert_eq!(restored.members()["abandoned-checkouts"], 1);
+
+    // Killed again before the abandonment's offset was committed: the changelog now holds
+    // what reconcile persisted, and the fact is read once more.
+    let mut again = Engine::new(rules());
+    again.assign(0, persisted(&reconciled));
+    assert!(batches(&again.tick(T0 + 10_000)).is_empty());
+    again.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0 + 10_100);
+    let effects = [again.tick(T0 + 12_000), again.tick(T0 + 14_000)].concat();
+    assert!(batches(&effects).is_empty(), "{:?}", summary(&effects));
+    // She is still removed when she revokes consent.
+    let revoked = Input::Consent {
+        person: ann(),
+        consent: ConsentFact {
+            subscribed: false,
+            at_ms: T0 + 15_000,
+        },
+    };
+    again.apply(0, SHOP, revoked, T0 + 15_000);
+    let effects = again.tick(T0 + 17_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove).len(), 4);
+}
+
+#[test]
 fn big_flushes_are_chunked_to_the_batch_size() {
     let mut rules = rules();
     rules.batch_rows = 2;

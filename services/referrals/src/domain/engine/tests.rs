@@ -608,6 +608,32 @@ fn a_restart_mid_review_window_grants_once_at_the_end() {
 }
 
 #[test]
+fn an_invite_emitted_before_any_state_was_persisted_is_not_sent_again() {
+    let mut world = World::new();
+    world.send("orders/paid", &order(100, 1), 0);
+    let Output::Invite(invite) = world.emitted[0].clone() else {
+        panic!("an invite first")
+    };
+    // Killed after writing the invite, before any changelog record: nothing to restore...
+    let mut restarted = World::new();
+    let emitted: EmittedEvent =
+        serde_json::from_value(serde_json::to_value(&*invite).unwrap()).unwrap();
+    let effects = restarted.engine.reconcile(P, &emitted);
+    restarted.take(effects);
+    // ...and the uncommitted order is read again.
+    restarted.send("orders/paid", &order(100, 1), 0);
+    restarted.tick(DAY);
+    assert!(restarted.emitted.is_empty(), "{:?}", restarted.types());
+    // The advocate's code still resolves for friends.
+    restarted.send(
+        "orders/paid",
+        &with_code(order(200, 2), &invite.referral_code),
+        DAY,
+    );
+    assert_eq!(restarted.types(), ["reward.pending", "invite"]);
+}
+
+#[test]
 fn reconciling_an_emitted_invite_prevents_a_second_one() {
     let mut world = World::with(Rules {
         invite_delay_ms: SEC,
