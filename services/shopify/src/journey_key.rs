@@ -34,7 +34,22 @@ impl PayloadError {
 /// The key of a webhook body from `shop` (the `X-Shopify-Shop-Domain` header), following the
 /// documented precedence: cart token, then checkout token, then the resource id, then the shop.
 pub fn journey_key(family: Family, shop: &str, body: &[u8]) -> Result<String, PayloadError> {
-    let fields: KeyFields<'_> = serde_json::from_slice(body).map_err(|_| classify(body))?;
+    // JSON text is UTF-8 (RFC 8259 8.1). Checked up front because serde_json validates only the
+    // strings it builds: invalid bytes in a skipped string were routed as a valid object, and
+    // in an object key made the body "not an object" (found by the journey_key fuzz target).
+    if std::str::from_utf8(body).is_err() {
+        return Err(PayloadError::NotJson);
+    }
+    let fields: KeyFields<'_> = match serde_json::from_slice(body) {
+        Ok(fields) => fields,
+        Err(_) => match classify(body) {
+            Some(error) => return Err(error),
+            // A valid object whose key fields cannot be read: a number beyond f64 range
+            // (`1e400`) is valid JSON that serde_json refuses to build. Such an id counts as
+            // absent, like any float; before, the object was called "not an object".
+            None => KeyFields::default(),
+        },
+    };
     let shop = shop.to_ascii_lowercase();
     let part = match family {
         Family::Carts => fields.token.0,
@@ -56,11 +71,13 @@ pub fn journey_key(family: Family, shop: &str, body: &[u8]) -> Result<String, Pa
     })
 }
 
-/// Tells an invalid document from a valid non-object one (only on the failure path).
-fn classify(body: &[u8]) -> PayloadError {
+/// Tells an invalid document from a valid non-object one (only on the failure path); `None` for
+/// a valid object.
+fn classify(body: &[u8]) -> Option<PayloadError> {
     match serde_json::from_slice::<IgnoredAny>(body) {
-        Ok(_) => PayloadError::NotObject,
-        Err(_) => PayloadError::NotJson,
+        Ok(_) if body.trim_ascii_start().first() == Some(&b'{') => None,
+        Ok(_) => Some(PayloadError::NotObject),
+        Err(_) => Some(PayloadError::NotJson),
     }
 }
 
@@ -436,6 +453,43 @@ mod tests {
             Err(PayloadError::NotObject)
         );
         assert_eq!(key(Family::Orders, "null"), Err(PayloadError::NotObject));
+    }
+
+    #[test]
+    fn an_object_with_a_number_beyond_f64_range_is_still_an_object() {
+        assert_eq!(
+            key(
+                Family::Checkouts,
+                r#"{"token":"k","id":98182007921e52435637}"#
+            )
+            .unwrap(),
+            "demo.myshopify.com"
+        );
+        assert_eq!(
+            key(Family::Orders, " {\"id\":1e400}").unwrap(),
+            "demo.myshopify.com"
+        );
+        assert_eq!(key(Family::Orders, "[1e400]"), Err(PayloadError::NotObject));
+        assert_eq!(
+            key(Family::Orders, r#"{"note":1e400,"id":5}"#).unwrap(),
+            "demo.myshopify.com/5"
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_not_json_wherever_the_bad_bytes_are() {
+        for body in [
+            &b"{\"tok\xff\xffen\":\"a\",\"token\":\"b\"}"[..],
+            b"{\"note\":\"\xff\",\"token\":\"a\"}",
+            b"{\"token\":\"\xc3\"}",
+            b"[\"\xff\"]",
+        ] {
+            assert_eq!(
+                journey_key(Family::Carts, SHOP, body),
+                Err(PayloadError::NotJson),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]

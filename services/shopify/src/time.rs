@@ -10,7 +10,13 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn parse_time_ms(text: &str) -> Option<i64> {
     let text = text.trim();
     // humantime only reads UTC: fold a numeric offset into the time first.
-    let (base, offset_minutes) = match text.len().checked_sub(6).map(|at| text.split_at(at)) {
+    // The offset is the last 6 bytes only when they start on a character boundary: payload
+    // text such as `é12345` would otherwise panic the consumer (found by fuzzing).
+    let offset_at = text
+        .len()
+        .checked_sub(6)
+        .filter(|at| text.is_char_boundary(*at));
+    let (base, offset_minutes) = match offset_at.map(|at| text.split_at(at)) {
         Some((base, offset))
             if (offset.starts_with('+') || offset.starts_with('-'))
                 && offset.as_bytes().get(3) == Some(&b':') =>
@@ -46,5 +52,12 @@ mod tests {
         assert_eq!(parse_time_ms("2022-01-01T00:00:00.000Z"), Some(utc));
         assert_eq!(parse_time_ms("yesterday"), None);
         assert_eq!(rfc3339(utc), "2022-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn text_with_a_multibyte_character_where_an_offset_would_start_is_refused() {
+        assert_eq!(parse_time_ms("é12345"), None);
+        assert_eq!(parse_time_ms("2022-01-01T00:00:0€:00"), None);
+        assert_eq!(parse_time_ms("Shop.E\u{83}\u{9e}\u{92}"), None);
     }
 }

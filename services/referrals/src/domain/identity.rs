@@ -140,3 +140,6 @@ mod tests {
         assert_eq!(name_address_fingerprint(&OrderFact::default()), None);
     }
 }
+
+#[cfg(test)]
+mod properties;
