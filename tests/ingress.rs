@@ -770,6 +770,8 @@ mod slow_broker {
         let broker = Broker::mock();
         let mut config = test_config(&broker);
         config.publish_deadline = Duration::from_millis(400);
+        // Without a spool: what a slow Kafka means then.
+        config.spool = None;
         let ingress = TestIngress::start_on(&broker, config).await;
         broker.slow_down(Duration::from_millis(1500));
 
@@ -820,6 +822,7 @@ mod slow_broker {
             .properties
             .push(("queue.buffering.max.messages".into(), "1".into()));
         config.publish_deadline = Duration::from_secs(3);
+        config.spool = None;
         let ingress = TestIngress::start_on(&broker, config).await;
         // Warm the topic's metadata so that only the produce request is slow.
         let warm = Webhook::new("carts/update", br#"{"token":"warm"}"#.to_vec(), SECRET);
@@ -865,6 +868,7 @@ mod starting {
     async fn requests_before_kafka_is_reachable_get_503_quickly() {
         let broker = Broker::mock();
         let mut config = test_config(&broker);
+        config.spool = None;
         // Nothing listens here: the ingress keeps retrying and stays not ready.
         config.kafka.brokers = format!("127.0.0.1:{}", aftercart_tests::broker::free_port());
         let ingress = TestIngress::spawn(config).await;
@@ -1007,5 +1011,289 @@ mod hostile_clients {
         assert_eq!(during.status, 200, "still served during the drain delay");
         stopping.await.unwrap().expect("clean stop");
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}
+
+/// The durable spool: when Kafka does not acknowledge in time, a 200 still means "safe".
+mod spooling {
+    use std::time::{Duration, Instant};
+
+    use aftercart_shopify::Family;
+    use aftercart_tests::http::Webhook;
+    use aftercart_tests::ingress::{test_config, TestIngress, SECRET};
+    use aftercart_tests::{eventually, read_topic, Broker, Record};
+
+    /// A cart update numbered `n` for cart `token`.
+    fn cart(token: &str, n: usize) -> Webhook {
+        Webhook::new(
+            "carts/update",
+            format!(r#"{{"token":"{token}","n":{n}}}"#).into_bytes(),
+            SECRET,
+        )
+    }
+
+    fn count_of(records: &[Record], webhook: &Webhook) -> usize {
+        records
+            .iter()
+            .filter(|r| r.header("shopify-webhook-id") == Some(webhook.webhook_id.as_str()))
+            .count()
+    }
+
+    async fn wait_drained(ingress: &TestIngress) {
+        eventually("spool drained", Duration::from_secs(30), || async {
+            (ingress
+                .metric("aftercart_ingress_spool_pending_events")
+                .await
+                == 0.0)
+                .then_some(())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_broker_is_answered_from_the_spool_without_a_second_copy() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(300);
+        let ingress = TestIngress::start_on(&broker, config).await;
+        let warm = cart("warm", 0);
+        assert_eq!(warm.post(ingress.addr).await.status, 200);
+        broker.slow_down(Duration::from_millis(1500));
+
+        let webhook = cart("slow", 1);
+        let started = Instant::now();
+        let response = webhook.post(ingress.addr).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.json()["status"], "accepted");
+        assert!(
+            started.elapsed() < Duration::from_millis(1400),
+            "answered from the spool, before Kafka"
+        );
+        assert_eq!(
+            ingress
+                .metric("aftercart_ingress_spool_appended_total")
+                .await,
+            1.0
+        );
+        broker.slow_down(Duration::ZERO);
+        wait_drained(&ingress).await;
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        assert_eq!(
+            count_of(&records, &webhook),
+            1,
+            "the drainer waited for the first attempt instead of publishing again"
+        );
+        assert_eq!(
+            ingress
+                .metric("aftercart_ingress_spool_drained_total")
+                .await,
+            1.0
+        );
+        let retry = webhook.post(ingress.addr).await;
+        assert_eq!(retry.json()["status"], "duplicate");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_is_answered_200_and_drained_in_arrival_order_per_key() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(300);
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+
+        let mut sent = Vec::new();
+        for n in 0..60 {
+            let webhook = cart(if n % 3 == 0 { "a" } else { "b" }, n);
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(
+                response.status, 200,
+                "webhook {n} during the outage: {}",
+                response.body
+            );
+            sent.push(webhook);
+        }
+        assert_eq!(
+            ingress
+                .metric("aftercart_ingress_spool_pending_events")
+                .await,
+            60.0
+        );
+        assert!(ingress.metric("aftercart_ingress_spool_bytes").await > 0.0);
+        broker.up();
+        wait_drained(&ingress).await;
+
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        for webhook in &sent {
+            assert_eq!(
+                count_of(&records, webhook),
+                1,
+                "every acknowledged webhook exactly once"
+            );
+        }
+        for token in ["a", "b"] {
+            let order: Vec<u64> = records
+                .iter()
+                .map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).unwrap())
+                .filter(|body| body["token"] == token)
+                .map(|body| body["n"].as_u64().unwrap())
+                .collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(order, sorted, "cart {token} in arrival order");
+        }
+        // Back to direct publishing once the spool is empty.
+        assert_eq!(cart("after", 99).post(ingress.addr).await.status, 200);
+        assert_eq!(
+            ingress
+                .metric("aftercart_ingress_spool_appended_total")
+                .await,
+            60.0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spooled_events_are_published_by_the_next_start() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        config.shutdown_timeout = Duration::from_secs(1);
+        let ingress = TestIngress::start_on(&broker, config.clone()).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+        let sent: Vec<Webhook> = (0..20).map(|n| cart("restart", n)).collect();
+        for webhook in &sent {
+            assert_eq!(webhook.post(ingress.addr).await.status, 200);
+        }
+        ingress
+            .shutdown()
+            .await
+            .expect("stops with events left in the spool");
+        broker.up();
+
+        let restarted = TestIngress::start(config).await;
+        wait_drained(&restarted).await;
+        let records = read_topic(&broker.bootstrap(), &restarted.topic(Family::Carts)).await;
+        for webhook in &sent {
+            assert_eq!(count_of(&records, webhook), 1);
+        }
+        assert_eq!(
+            restarted
+                .metric("aftercart_ingress_spool_drained_total")
+                .await,
+            20.0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_spool_answers_503_and_loses_nothing_it_acknowledged() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        config.spool.as_mut().unwrap().max_bytes = 1 << 20;
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+        let padding = "x".repeat(100_000);
+        let (mut acknowledged, mut refused) = (Vec::new(), 0);
+        for n in 0..15 {
+            let webhook = Webhook::new(
+                "carts/update",
+                format!(r#"{{"token":"big","n":{n},"pad":"{padding}"}}"#).into_bytes(),
+                SECRET,
+            );
+            let response = webhook.post(ingress.addr).await;
+            match response.status.as_u16() {
+                200 => acknowledged.push(webhook),
+                503 => {
+                    assert_eq!(response.headers["retry-after"], "5");
+                    refused += 1;
+                }
+                other => panic!("unexpected {other}: {}", response.body),
+            }
+        }
+        assert!(
+            refused > 0 && acknowledged.len() >= 9,
+            "{} acknowledged, {refused} refused",
+            acknowledged.len()
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_rejected_total{reason="full"}"#)
+                .await,
+            refused as f64
+        );
+        broker.up();
+        wait_drained(&ingress).await;
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        for webhook in &acknowledged {
+            assert_eq!(count_of(&records, webhook), 1);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingress_started_during_an_outage_spools_until_kafka_answers() {
+        let broker = Broker::mock();
+        broker.down();
+        let config = test_config(&broker);
+        broker.precreate_for_mock(&aftercart_ingress::app::topic_specs(
+            &config.kafka,
+            config.max_body_bytes,
+        ));
+        let ingress = TestIngress::spawn(config).await;
+        let webhook = cart("early", 1);
+        let response = webhook.post(ingress.addr).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(
+            ingress
+                .metric("aftercart_ingress_spool_pending_events")
+                .await,
+            1.0
+        );
+        broker.up();
+        wait_drained(&ingress).await;
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        assert_eq!(count_of(&records, &webhook), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_that_cannot_open_fails_closed_without_stopping_the_ingress() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(300);
+        config.publish_deadline = Duration::from_millis(800);
+        // A file where the directory should be: every open fails.
+        let not_a_dir = std::env::temp_dir().join(format!(
+            "aftercart-not-a-dir-{}",
+            aftercart_tests::unique_prefix()
+        ));
+        std::fs::write(&not_a_dir, b"").unwrap();
+        config.spool.as_mut().unwrap().dir = not_a_dir.join("spool");
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(
+            cart("fine", 0).post(ingress.addr).await.status,
+            200,
+            "Kafka alone still works"
+        );
+        assert_eq!(
+            ingress.metric("aftercart_ingress_spool_available").await,
+            0.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_errors_total{op="open"}"#)
+                .await,
+            1.0
+        );
+        broker.slow_down(Duration::from_millis(1500));
+        let response = cart("slow", 1).post(ingress.addr).await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_rejected_total{reason="disk_error"}"#)
+                .await,
+            1.0
+        );
+        broker.slow_down(Duration::ZERO);
     }
 }

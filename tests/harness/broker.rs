@@ -82,11 +82,36 @@ impl Broker {
         }
     }
 
+    /// The Tansu broker process (fault tests freeze it); `None` on the in-process mock cluster.
+    pub fn process(&self) -> Option<&TansuProcess> {
+        match self {
+            Broker::Mock(_) => None,
+            Broker::Tansu(process) => Some(process),
+        }
+    }
+
     /// Makes every broker answer `delay` late (mock cluster only), to simulate a slow cluster.
     pub fn slow_down(&self, delay: Duration) {
         match self {
             Broker::Mock(cluster) => cluster.broker_round_trip_time(1, delay).expect("mock rtt"),
             Broker::Tansu(_) => panic!("slow_down is only available on the mock cluster"),
+        }
+    }
+}
+
+impl Broker {
+    /// Takes the (mock) broker down: connections are refused until `up`.
+    pub fn down(&self) {
+        match self {
+            Broker::Mock(cluster) => cluster.broker_down(1).expect("mock broker down"),
+            Broker::Tansu(_) => panic!("down is only available on the mock cluster"),
+        }
+    }
+
+    pub fn up(&self) {
+        match self {
+            Broker::Mock(cluster) => cluster.broker_up(1).expect("mock broker up"),
+            Broker::Tansu(_) => panic!("up is only available on the mock cluster"),
         }
     }
 }
@@ -98,7 +123,7 @@ fn find_tansu() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A Tansu broker child process with in-memory storage; killed on drop.
+/// A Tansu broker child process with in-memory storage; killed on drop (a frozen one too).
 pub struct TansuProcess {
     child: Child,
     pub bootstrap: String,
@@ -152,6 +177,23 @@ impl TansuProcess {
         }
         let output = std::fs::read_to_string(log).unwrap_or_default();
         panic!("tansu did not answer within 30 s; its log:\n{output}");
+    }
+}
+
+impl TansuProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes the broker (SIGSTOP): its sockets stay open, but it answers nothing, as a broker
+    /// stuck in a long GC pause or on a dead disk.
+    pub fn sigstop(&self) {
+        crate::process::signal(self.pid(), "STOP");
+    }
+
+    /// Thaws a broker frozen by [`TansuProcess::sigstop`].
+    pub fn sigcont(&self) {
+        crate::process::signal(self.pid(), "CONT");
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aftercart_ingress::app::topic_specs;
-use aftercart_ingress::{serve, IngressConfig, ServeError};
+use aftercart_ingress::{serve, IngressConfig, ServeError, SpoolConfig};
 use aftercart_kafka::{KafkaSettings, TopicNames};
 use aftercart_runtime::{AdminServer, Health};
 use aftercart_shopify::{Family, Secret, Verifier};
@@ -39,10 +39,16 @@ pub fn test_config(broker: &Broker) -> IngressConfig {
         body_read_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_secs(5),
         max_connections: 1000,
+        max_header_bytes: 64 * 1024,
         drain_delay: Duration::ZERO,
         dedupe_window: Duration::from_secs(3600),
         dedupe_capacity: 10_000,
         shutdown_timeout: Duration::from_secs(10),
+        spool: Some(SpoolConfig {
+            dir: std::env::temp_dir().join(format!("aftercart-spool-{}", crate::unique_prefix())),
+            max_bytes: 64 << 20,
+        }),
+        spool_after: Duration::from_secs(1),
     }
 }
 

@@ -137,3 +137,40 @@ fn read_topic_blocking(bootstrap: &str, topic: &str) -> Vec<Record> {
     records.sort_by_key(|r| (r.partition, r.offset));
     records
 }
+
+/// How many records `topic` holds (the sum over partitions of high minus low watermark), cheap
+/// enough to poll while a service writes; 0 when the topic does not exist yet.
+pub async fn count_records(bootstrap: &str, topic: &str) -> u64 {
+    let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("log_level", "3")
+            .create()
+            .expect("counting client");
+        let timeout = Duration::from_secs(10);
+        let Ok(metadata) = consumer.fetch_metadata(Some(&topic), timeout) else {
+            return 0;
+        };
+        let Some(found) = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+        else {
+            return 0;
+        };
+        found
+            .partitions()
+            .iter()
+            .map(|partition| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition.id(), timeout)
+                    .expect("watermarks");
+                (high - low).max(0) as u64
+            })
+            .sum()
+    })
+    .await
+    .expect("counter does not panic")
+}

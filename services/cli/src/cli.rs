@@ -9,6 +9,7 @@ use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::send::SendArgs;
+use crate::cmd::spool::SpoolCommand;
 use crate::cmd::topics::TopicsCommand;
 
 /// aftercart: Shopify webhooks into Kafka, and the post-checkout services that act on them.
@@ -57,6 +58,10 @@ pub enum Command {
     /// Manage the Kafka topics aftercart uses.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Inspect or drain an ingress spool (the durable buffer for webhooks Kafka did not
+    /// acknowledge in time).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
 }
 
 /// Flags every consumer service command has besides its own.

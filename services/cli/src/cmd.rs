@@ -7,4 +7,5 @@ pub mod ingress;
 pub mod loadgen;
 pub mod referrals;
 pub mod send;
+pub mod spool;
 pub mod topics;

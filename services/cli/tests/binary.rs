@@ -14,11 +14,20 @@ use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aftercart");
 
-/// The binary with a clean environment: no AFTERCART_* variable leaks in from the caller.
+/// The binary with a clean environment: no AFTERCART_* variable leaks in from the caller, and
+/// a spool directory of its own (tests run side by side; one ingress per spool).
 fn aftercart(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
-    command.env_clear().args(args).stdin(Stdio::null());
     command
+        .env_clear()
+        .env("AFTERCART_SPOOL_DIR", temp_spool_dir())
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+fn temp_spool_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("aftercart-spool-{}", unique_prefix()))
 }
 
 fn run(command: &mut Command) -> Output {
@@ -592,4 +601,89 @@ fn dev_broker_only_prints_its_address_and_stops_on_sigterm() {
     std::net::TcpStream::connect(address).expect("the broker accepts connections");
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+}
+
+/// `aftercart spool inspect` reports a spool left behind; `aftercart spool drain` publishes it
+/// in order and empties it, and refuses while a process holds the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
+    use aftercart_ingress::spool::{unix_ms, Spool, SpoolMetrics, SpoolRecord};
+
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let settings = KafkaSettings::new(broker.bootstrap(), &prefix);
+    broker.precreate_for_mock(&topic_specs(&settings, 4 << 20));
+    let topic = format!("{prefix}carts");
+    let dir = temp_spool_dir();
+    let (spool, _) = Spool::open(&dir, 1 << 20, SpoolMetrics::unregistered()).unwrap();
+    for n in 0..5 {
+        let record = SpoolRecord {
+            topic: topic.clone(),
+            key: "shop.myshopify.com/t".into(),
+            headers: vec![("shopify-webhook-id".into(), format!("id-{n}").into_bytes())],
+            body: bytes::Bytes::from(format!(r#"{{"token":"t","n":{n}}}"#)),
+            received_unix_ms: unix_ms(),
+        };
+        spool
+            .append(record, None)
+            .await
+            .unwrap()
+            .map_err(|e| e.0)
+            .unwrap();
+    }
+    let dir_arg = dir.to_str().unwrap();
+    let held = run(aftercart(&["spool", "drain", "--spool-dir", dir_arg])
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_TOPIC_PREFIX", &prefix));
+    assert_eq!(
+        held.status.code(),
+        Some(69),
+        "refused while the spool is held"
+    );
+    drop(spool);
+    // The writer thread lets go of the lock just after the last handle is dropped.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let inspected = run(&mut aftercart(&[
+        "spool",
+        "inspect",
+        "--spool-dir",
+        dir_arg,
+    ]));
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    assert_eq!(inspected.status.code(), Some(0), "{text}");
+    assert!(text.contains("pending: 5 events"), "{text}");
+    assert!(text.contains(&format!("topic {topic}: 5 events")), "{text}");
+    assert!(
+        !text.contains("shop.myshopify.com"),
+        "no keys or bodies in the report: {text}"
+    );
+
+    let drained = run(aftercart(&["spool", "drain", "--spool-dir", dir_arg])
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_TOPIC_PREFIX", &prefix));
+    let out = String::from_utf8_lossy(&drained.stdout);
+    assert_eq!(
+        drained.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    let records = read_topic(&broker.bootstrap(), &topic).await;
+    let ids: Vec<_> = records
+        .iter()
+        .map(|r| r.header("shopify-webhook-id").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..5).map(|n| format!("id-{n}")).collect::<Vec<_>>(),
+        "all, once, in order"
+    );
+    let after = run(&mut aftercart(&[
+        "spool",
+        "inspect",
+        "--spool-dir",
+        dir_arg,
+    ]));
+    assert!(String::from_utf8_lossy(&after.stdout).contains("pending: 0 events"));
 }

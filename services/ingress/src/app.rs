@@ -20,10 +20,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::Dedupe;
+use crate::http::webhook::SpoolState;
 use crate::http::{handle, WebhookState};
 use crate::metrics::IngressMetrics;
 use crate::publish::Publisher;
-use crate::IngressConfig;
+use crate::spool::drainer::Drainer;
+use crate::spool::{OpenError, Recovered, Spool, SpoolMetrics};
+use crate::{IngressConfig, SpoolConfig};
 
 /// Room for record headers and batch framing on top of the largest body.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
@@ -89,8 +92,59 @@ pub struct App {
     state: Arc<WebhookState>,
     shutdown_timeout: Duration,
     header_read_timeout: Duration,
+    max_header_bytes: usize,
     connections: Arc<Semaphore>,
     drain_delay: Duration,
+    /// Publishes the spool's events once Kafka is back.
+    drainer: Option<Drainer>,
+}
+
+/// Opens the spool if configured. A spool that cannot be opened does not stop the ingress:
+/// events Kafka acknowledges in time are still accepted, the others get 503.
+fn open_spool(config: &IngressConfig, metrics: &SpoolMetrics) -> SpoolState {
+    let Some(spool) = &config.spool else {
+        tracing::warn!(
+            "The spool is off (AFTERCART_SPOOL_DIR=off): when Kafka is slow, webhooks get 503."
+        );
+        metrics.set_available(false);
+        return SpoolState::Off;
+    };
+    match open_waiting_for_lock(spool, metrics) {
+        Ok((spool, recovered)) => {
+            if recovered.events > 0 || recovered.discarded_bytes > 0 {
+                tracing::info!(
+                    events = recovered.events,
+                    bytes = recovered.bytes,
+                    discarded_bytes = recovered.discarded_bytes,
+                    "Spool opened with events to publish."
+                );
+            }
+            SpoolState::Ready(spool)
+        }
+        Err(error) => {
+            metrics.error("open");
+            metrics.set_available(false);
+            tracing::error!(%error, "Cannot open the spool: webhooks Kafka does not acknowledge in time will get 503.");
+            SpoolState::Failed
+        }
+    }
+}
+
+/// A previous ingress in this process (a restart in place) lets go of the lock once its last
+/// request is answered: wait a little for it rather than run without a spool.
+fn open_waiting_for_lock(
+    config: &SpoolConfig,
+    metrics: &SpoolMetrics,
+) -> Result<(Spool, Recovered), OpenError> {
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Spool::open(&config.dir, config.max_bytes, metrics.clone()) {
+            Err(OpenError::Locked(_)) if std::time::Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The topic specs the ingress writes: every raw topic, sized for the largest accepted body.
@@ -140,6 +194,15 @@ impl App {
             },
             StatsContext::new(metrics.kafka.clone()),
         )?;
+        let spool = open_spool(config, &metrics.spool);
+        let drainer = spool.ready().map(|spool| {
+            Drainer::new(
+                spool.clone(),
+                producer.clone(),
+                TopicNames::new(&config.kafka.topic_prefix).quarantine(),
+                kafka_ready.clone(),
+            )
+        });
         let state = WebhookState {
             verifier: config.verifier.clone(),
             publisher: Publisher::new(producer, metrics.clone()),
@@ -150,14 +213,18 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             publish_deadline: config.publish_deadline,
             body_read_timeout: config.body_read_timeout,
+            spool,
+            spool_after: config.spool_after,
         };
         Ok(App {
             listener,
             state: Arc::new(state),
             shutdown_timeout: config.shutdown_timeout,
             header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             drain_delay: config.drain_delay,
+            drainer,
         })
     }
 
@@ -167,14 +234,24 @@ impl App {
 
     /// Serves HTTP/1.1 and HTTP/2 (cleartext) until `stop`, then stops accepting, lets in-flight
     /// requests finish and flushes the producer, all within the shutdown timeout.
-    pub async fn run_until_stopped(self, stop: CancellationToken) {
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) {
+        let (drain_finish, drain_stop) = (CancellationToken::new(), CancellationToken::new());
+        let mut draining = self
+            .drainer
+            .take()
+            .map(|drainer| tokio::spawn(drainer.run(drain_finish.clone(), drain_stop.clone())));
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
+            .header_read_timeout(self.header_read_timeout)
+            // A head larger than the buffer is refused with 431 by hyper itself.
+            .max_buf_size(self.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         // After `stop`, keep accepting for the drain delay: readiness already says 503, so
         // load balancers move away while nothing is refused.
         let mut drain_until: Option<tokio::time::Instant> = None;
@@ -215,13 +292,25 @@ impl App {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
             });
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let metrics = self.state.metrics.clone();
+            let first_bytes = self.header_read_timeout;
             tokio::spawn(async move {
-                // Client resets and protocol errors are the client's business.
-                let _ = connection.await;
+                if client_spoke(&stream, first_bytes).await {
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    // Client resets and protocol errors are the client's business; only the
+                    // limits the server enforces itself are counted.
+                    if let Err(error) = watcher.watch(connection).await {
+                        if let Some(reason) = cut_reason(error.as_ref()) {
+                            metrics.connection_cut(reason);
+                        }
+                    }
+                } else {
+                    metrics.connection_cut("idle");
+                }
                 drop(permit);
             });
         }
@@ -233,6 +322,22 @@ impl App {
             .is_err()
         {
             tracing::warn!("Shutdown timeout reached with requests still in flight.");
+        }
+        if let Some(mut drainer) = draining.take() {
+            // What Kafka takes before the deadline leaves the disk now; the rest waits there
+            // for the next start.
+            drain_finish.cancel();
+            let left = self.shutdown_timeout.saturating_sub(started.elapsed());
+            if tokio::time::timeout(left, &mut drainer).await.is_err() {
+                drain_stop.cancel();
+                let _ = drainer.await;
+            }
+            if let Some(spool) = self.state.spool.ready() {
+                let pending = spool.pending_events();
+                if pending > 0 {
+                    tracing::warn!(pending, "Spooled events left for the next start.");
+                }
+            }
         }
         let remaining = self
             .shutdown_timeout
@@ -247,5 +352,39 @@ impl App {
                 "Producer flush did not complete before the shutdown timeout."
             ),
         }
+    }
+}
+
+/// Waits at most `timeout` for the client to send enough to tell HTTP/1 from HTTP/2; false if it
+/// stays silent or leaves. hyper-util's auto builder reads those bytes before any of hyper's
+/// timers run, so without this a client that connects and says nothing keeps its connection
+/// slot (of AFTERCART_MAX_CONNECTIONS) forever.
+async fn client_spoke(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let wait = async {
+        let mut buffer = [0u8; 24];
+        loop {
+            match stream.peek(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || buffer[..n] != H2_PREFACE[..n] => return true,
+                // A partial HTTP/2 preface: peek again shortly (it returns at once on data
+                // already seen).
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}
+
+/// The limit behind a connection error hyper reports, if the server cut the connection itself
+/// (a head too large is answered 431 by hyper before it ends the connection).
+fn cut_reason(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if error.is_parse_too_large() {
+        Some("header_too_large")
+    } else if error.is_timeout() {
+        Some("header_timeout")
+    } else {
+        None
     }
 }

@@ -72,6 +72,11 @@ pub struct IngressArgs {
     #[arg(long, env = "AFTERCART_MAX_CONNECTIONS", default_value = "10000")]
     pub max_connections: String,
 
+    /// Largest request head (request line and headers); larger ones get 431. HTTP/1 buffers
+    /// at most this much per connection; HTTP/2 caps the header list at it.
+    #[arg(long, env = "AFTERCART_MAX_HEADER_BYTES", default_value = "64KiB")]
+    pub max_header_bytes: String,
+
     /// On shutdown, how long to keep accepting after /readyz turns 503, so load balancers stop
     /// routing here first (set about 5s on Kubernetes).
     #[arg(long, env = "AFTERCART_DRAIN_DELAY", default_value = "0s")]
@@ -85,9 +90,25 @@ pub struct IngressArgs {
     #[arg(long, env = "AFTERCART_DEDUPE_CAPACITY", default_value = "1000000")]
     pub dedupe_capacity: String,
 
-    /// Deadline for a graceful shutdown: finishing requests and flushing the producer.
+    /// Deadline for a graceful shutdown: finishing requests, draining the spool and flushing
+    /// the producer.
     #[arg(long, env = "AFTERCART_SHUTDOWN_TIMEOUT", default_value = "15s")]
     pub shutdown_timeout: String,
+
+    /// Directory of the durable spool that holds webhooks Kafka did not acknowledge in time
+    /// (one ingress per directory; `off` disables it, and a slow Kafka then means 503s)
+    /// [default: /var/lib/aftercart/spool; .aftercart/spool under `aftercart dev`].
+    #[arg(long, env = "AFTERCART_SPOOL_DIR")]
+    pub spool_dir: Option<String>,
+
+    /// Most bytes of events waiting in the spool; beyond it webhooks that need the spool get 503.
+    #[arg(long, env = "AFTERCART_SPOOL_MAX_BYTES", default_value = "1GiB")]
+    pub spool_max_bytes: String,
+
+    /// How long a request waits for Kafka's acknowledgement before its event is spooled
+    /// instead (then answered 200 once fsynced). Must be below AFTERCART_PUBLISH_DEADLINE.
+    #[arg(long, env = "AFTERCART_SPOOL_AFTER", default_value = "1s")]
+    pub spool_after: String,
 }
 
 /// What differs between a production ingress and the one inside `aftercart dev`.
@@ -99,6 +120,7 @@ pub struct IngressDefaults {
     pub fallback_secret: Option<&'static str>,
     /// Used when AFTERCART_KAFKA_BROKERS is unset (the dev stack's embedded broker).
     pub fallback_brokers: Option<String>,
+    pub spool_dir: &'static str,
 }
 
 impl IngressDefaults {
@@ -108,8 +130,16 @@ impl IngressDefaults {
             admin_listen: "0.0.0.0:9090",
             fallback_secret: None,
             fallback_brokers: None,
+            spool_dir: "/var/lib/aftercart/spool",
         }
     }
+}
+
+/// Where and how big the durable spool is.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
 }
 
 /// Validated ingress configuration.
@@ -124,10 +154,14 @@ pub struct IngressConfig {
     pub body_read_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_header_bytes: usize,
     pub drain_delay: Duration,
     pub dedupe_window: Duration,
     pub dedupe_capacity: usize,
     pub shutdown_timeout: Duration,
+    /// `None` when the spool is off.
+    pub spool: Option<SpoolConfig>,
+    pub spool_after: Duration,
 }
 
 impl IngressArgs {
@@ -202,6 +236,17 @@ impl IngressArgs {
             "AFTERCART_MAX_CONNECTIONS",
             parse_in_range(&self.max_connections, 1, 1_000_000),
         );
+        let max_header_bytes = errors.check(
+            "AFTERCART_MAX_HEADER_BYTES",
+            parse_byte_size(&self.max_header_bytes).and_then(|size| {
+                // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+                if (8 << 10..=16 << 20).contains(&size) {
+                    Ok(size as usize)
+                } else {
+                    Err(format!("{size} is outside 8KiB..=16MiB"))
+                }
+            }),
+        );
         let drain_delay = errors.check("AFTERCART_DRAIN_DELAY", parse_duration(&self.drain_delay));
         let dedupe_window = errors.check(
             "AFTERCART_DEDUPE_WINDOW",
@@ -215,6 +260,44 @@ impl IngressArgs {
             "AFTERCART_SHUTDOWN_TIMEOUT",
             positive(parse_duration(&self.shutdown_timeout)),
         );
+        let spool_dir = self
+            .spool_dir
+            .as_deref()
+            .unwrap_or(defaults.spool_dir)
+            .trim();
+        let spool_max_bytes = errors.check(
+            "AFTERCART_SPOOL_MAX_BYTES",
+            parse_byte_size(&self.spool_max_bytes).and_then(|size| {
+                // Room for at least one largest body, so a full-size webhook can be spooled.
+                if size >= 1 << 20 {
+                    Ok(size)
+                } else {
+                    Err(format!("{size} is below the 1MiB minimum"))
+                }
+            }),
+        );
+        if let (Some(limit), Some(body)) = (spool_max_bytes, max_body_bytes) {
+            // The largest webhook, with its headers, must fit an empty spool.
+            if spool_dir != "off" && limit < body as u64 + (64 << 10) {
+                errors.push(format!(
+                    "AFTERCART_SPOOL_MAX_BYTES: {limit} bytes cannot hold one largest webhook \
+                     (AFTERCART_MAX_BODY_BYTES {body} plus 64KiB of headers)"
+                ));
+            }
+        }
+        if spool_dir.is_empty() {
+            errors.push("AFTERCART_SPOOL_DIR: empty (give a directory, or `off`)");
+        }
+        let spool_after = errors.check(
+            "AFTERCART_SPOOL_AFTER",
+            parse_duration(&self.spool_after).and_then(|after| match publish_deadline {
+                Some(deadline) if after >= deadline => Err(format!(
+                    "{} must be below AFTERCART_PUBLISH_DEADLINE, leaving time for the fsync",
+                    humantime::format_duration(after)
+                )),
+                _ => Ok(after),
+            }),
+        );
         errors.finish(|| IngressConfig {
             kafka: kafka.expect("checked"),
             verifier,
@@ -225,10 +308,16 @@ impl IngressArgs {
             body_read_timeout: body_read_timeout.expect("checked"),
             header_read_timeout: header_read_timeout.expect("checked"),
             max_connections: max_connections.expect("checked") as usize,
+            max_header_bytes: max_header_bytes.expect("checked"),
             drain_delay: drain_delay.expect("checked"),
             dedupe_window: dedupe_window.expect("checked"),
             dedupe_capacity: dedupe_capacity.expect("checked") as usize,
             shutdown_timeout: shutdown_timeout.expect("checked"),
+            spool: (spool_dir != "off").then(|| SpoolConfig {
+                dir: PathBuf::from(spool_dir),
+                max_bytes: spool_max_bytes.expect("checked"),
+            }),
+            spool_after: spool_after.expect("checked"),
         })
     }
 
@@ -355,6 +444,36 @@ mod tests {
         assert_eq!(config.publish_deadline, Duration::from_secs(3));
         assert_eq!(config.dedupe_window, Duration::from_secs(86_400));
         assert_eq!(config.dedupe_capacity, 1_000_000);
+        let spool = config.spool.unwrap();
+        assert_eq!(spool.dir, PathBuf::from("/var/lib/aftercart/spool"));
+        assert_eq!(spool.max_bytes, 1 << 30);
+        assert_eq!(config.spool_after, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_spool_can_be_turned_off_and_must_answer_before_the_deadline() {
+        let base = ["--kafka-brokers", "k:9092", "--shopify-secrets", "a"];
+        let mut off = base.to_vec();
+        off.extend(["--spool-dir", "off"]);
+        let config = parse(&off)
+            .validate(&IngressDefaults::production())
+            .unwrap();
+        assert!(config.spool.is_none());
+        let mut late = base.to_vec();
+        late.extend(["--spool-after", "3s", "--spool-max-bytes", "1KiB"]);
+        let mut small = base.to_vec();
+        small.extend(["--spool-max-bytes", "2MiB", "--max-body-bytes", "2MiB"]);
+        let text = parse(&small)
+            .validate(&IngressDefaults::production())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("cannot hold one largest webhook"), "{text}");
+        let text = parse(&late)
+            .validate(&IngressDefaults::production())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("AFTERCART_SPOOL_AFTER"), "{text}");
+        assert!(text.contains("AFTERCART_SPOOL_MAX_BYTES"), "{text}");
     }
 
     #[test]

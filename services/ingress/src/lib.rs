@@ -7,7 +7,8 @@ pub mod dedupe;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod spool;
 
 pub use app::{prepare_topics, serve, App, ServeError};
-pub use config::{IngressArgs, IngressConfig, IngressDefaults};
+pub use config::{IngressArgs, IngressConfig, IngressDefaults, SpoolConfig};
 pub use metrics::IngressMetrics;

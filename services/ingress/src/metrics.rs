@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use aftercart_kafka::ClientStats;
+
+use crate::spool::SpoolMetrics;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -26,7 +28,9 @@ pub struct IngressMetrics {
     publish_errors: IntCounterVec,
     in_flight: IntGauge,
     dedupe_ids: IntGauge,
+    connections_cut: IntCounterVec,
     pub kafka: ClientStats,
+    pub spool: SpoolMetrics,
 }
 
 impl IngressMetrics {
@@ -66,7 +70,12 @@ impl IngressMetrics {
                 format!("{PREFIX}dedupe_window_ids"),
                 "Webhook ids remembered in this replica's dedupe window.",
             ))?,
+            connections_cut: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}connections_cut_total"), "Connections ended before a request could be answered by the handler, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431)."),
+                &["reason"],
+            )?,
             kafka: ClientStats::register(PREFIX, registry)?,
+            spool: SpoolMetrics::register(registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
         registry.register(Box::new(metrics.requests.clone()))?;
@@ -78,6 +87,7 @@ impl IngressMetrics {
         registry.register(Box::new(metrics.publish_errors.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.dedupe_ids.clone()))?;
+        registry.register(Box::new(metrics.connections_cut.clone()))?;
         // Export every error reason at 0 from the start, so that rate() and increase() (the
         // alerts) see the first occurrence after a restart.
         for reason in ["missing", "malformed", "mismatch"] {
@@ -88,6 +98,9 @@ impl IngressMetrics {
         }
         for reason in ["queue_full", "timeout", "kafka"] {
             metrics.publish_errors.with_label_values(&[reason]);
+        }
+        for reason in CONNECTION_CUT_REASONS {
+            metrics.connections_cut.with_label_values(&[reason]);
         }
         Ok(metrics)
     }
@@ -121,6 +134,11 @@ impl IngressMetrics {
         self.publish_errors.with_label_values(&[reason]).inc();
     }
 
+    /// A connection the server ended itself, before the handler answered anything on it.
+    pub fn connection_cut(&self, reason: &'static str) {
+        self.connections_cut.with_label_values(&[reason]).inc();
+    }
+
     pub fn dedupe_size(&self, ids: usize) {
         self.dedupe_ids.set(ids as i64);
     }
@@ -139,6 +157,9 @@ impl Drop for InFlightGuard {
         self.0.dec();
     }
 }
+
+/// Why the server ends a connection on its own (`connections_cut_total{reason}`).
+pub const CONNECTION_CUT_REASONS: [&str; 3] = ["idle", "header_timeout", "header_too_large"];
 
 /// Status codes as static labels (the ingress answers from a fixed set).
 fn status_label(status: u16) -> &'static str {

@@ -3,19 +3,38 @@
 use std::time::Instant;
 
 use aftercart_kafka::StatsContext;
+use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::metrics::IngressMetrics;
+use crate::spool::SpoolRecord;
 
 /// One Kafka record: the exact body bytes, under the journey key, with the delivery's headers.
 pub struct Record<'a> {
     pub topic: &'a str,
     pub key: &'a str,
-    pub body: &'a [u8],
+    pub body: &'a Bytes,
     pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+impl<'a> Record<'a> {
+    /// The record as the spool keeps it.
+    pub fn to_spool(&self, received_unix_ms: u64) -> SpoolRecord {
+        SpoolRecord {
+            topic: self.topic.to_string(),
+            key: self.key.to_string(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_vec()))
+                .collect(),
+            body: self.body.clone(),
+            received_unix_ms,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +69,22 @@ impl PublishError {
     }
 }
 
+/// Kafka errors no retry fixes (the record is too large or invalid, or the topic is off-limits):
+/// spooling such a record would only hold up the records behind it.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidArgument
+        )
+    )
+}
+
 /// The ingress producer and what it needs to report on itself.
 pub struct Publisher {
     producer: FutureProducer<StatsContext>,
@@ -63,7 +98,11 @@ impl Publisher {
 
     /// Hands the record to the producer and waits for Kafka's acknowledgement until `deadline`.
     /// `Ok` means every in-sync replica has the record (`acks=all`).
-    pub async fn publish(&self, record: Record<'_>, deadline: Instant) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        record: &Record<'_>,
+        deadline: Instant,
+    ) -> Result<(), PublishError> {
         let started = Instant::now();
         let headers = record.headers.iter().fold(
             OwnedHeaders::new_with_capacity(record.headers.len()),
@@ -76,7 +115,7 @@ impl Publisher {
         );
         let kafka_record = FutureRecord::to(record.topic)
             .key(record.key)
-            .payload(record.body)
+            .payload(record.body.as_ref())
             .headers(headers);
         let delivery = match self.producer.send_result(kafka_record) {
             Ok(delivery) => delivery,

@@ -31,6 +31,8 @@ const DEV_REVIEW_WINDOW: &str = "1m";
 
 /// Short enough for audience files to appear soon after an abandonment.
 const DEV_FLUSH_INTERVAL: &str = "5s";
+/// The dev stack's spool, under the working directory (git-ignored) rather than /var/lib.
+const DEV_SPOOL_DIR: &str = ".aftercart/spool";
 
 pub async fn run(args: DevArgs) -> i32 {
     let external = args
@@ -57,6 +59,7 @@ pub async fn run(args: DevArgs) -> i32 {
         admin_listen: "127.0.0.1:9090",
         fallback_secret: Some(DEV_SECRET),
         fallback_brokers: fallback_brokers.clone(),
+        spool_dir: DEV_SPOOL_DIR,
     };
     let abandonment_defaults = AbandonmentDefaults {
         abandon_after: DEV_ABANDON_AFTER,
@@ -190,21 +193,22 @@ pub async fn run(args: DevArgs) -> i32 {
     code
 }
 
-/// The mock cluster has no CreateTopics handler: make every topic through its own API.
 /// `--broker-only`: the embedded broker and its topics, until a signal.
 async fn serve_broker_only(embedded: Option<&MockCluster<'static, DefaultProducerContext>>) -> i32 {
     let Some(cluster) = embedded else {
         eprintln!("--broker-only runs the embedded broker: unset AFTERCART_KAFKA_BROKERS");
         return EX_USAGE;
     };
-    // One line a script can read the address from.
-    println!("aftercart dev broker {}", cluster.bootstrap_servers());
+    // Listen before announcing: a script may signal as soon as it reads the line.
     let shutdown = aftercart_runtime::shutdown::Shutdown::new();
     shutdown.listen_for_signals();
+    // One line a script can read the address from.
+    println!("aftercart dev broker {}", cluster.bootstrap_servers());
     shutdown.token().cancelled().await;
     0
 }
 
+/// The mock cluster has no CreateTopics handler: make every topic through its own API.
 fn create_topics(
     cluster: &MockCluster<'static, DefaultProducerContext>,
     ingress: Vec<TopicSpec>,

@@ -10,11 +10,14 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use rdkafka::producer::future_producer::DeliveryFuture;
+use tokio::sync::oneshot;
 
 use crate::dedupe::{Claim, ClaimGuard, Dedupe};
 use crate::http::Reply;
 use crate::metrics::IngressMetrics;
-use crate::publish::{PublishError, Publisher, Record};
+use crate::publish::{is_permanent, PublishError, Publisher, Record};
+use crate::spool::{unix_ms, AppendResult, Rejection, Spool};
 
 pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
 
@@ -33,6 +36,27 @@ pub struct WebhookState {
     pub max_body_bytes: usize,
     pub publish_deadline: Duration,
     pub body_read_timeout: Duration,
+    pub spool: SpoolState,
+    /// How long to wait for Kafka before spooling instead.
+    pub spool_after: Duration,
+}
+
+/// Whether events Kafka did not acknowledge in time can be spooled.
+pub enum SpoolState {
+    /// `AFTERCART_SPOOL_DIR=off`: such events get 503.
+    Off,
+    /// The spool could not be opened (the log said why): such events get 503.
+    Failed,
+    Ready(Spool),
+}
+
+impl SpoolState {
+    pub fn ready(&self) -> Option<&Spool> {
+        match self {
+            SpoolState::Ready(spool) => Some(spool),
+            _ => None,
+        }
+    }
 }
 
 /// Handles one request; never fails (every outcome is a `Reply`).
@@ -57,7 +81,8 @@ async fn process(
     if request.method() != Method::POST {
         return (UNKNOWN_FAMILY, Reply::MethodNotAllowed);
     }
-    if !state.kafka_ready.is_ready() {
+    // Before Kafka has answered, only a spool can make an event safe.
+    if !state.kafka_ready.is_ready() && state.spool.ready().is_none() {
         return (
             UNKNOWN_FAMILY,
             Reply::Unavailable("the ingress is still connecting to Kafka"),
@@ -105,6 +130,7 @@ async fn process(
         body,
         family,
         secret,
+        arrived,
         deadline,
     };
     // The claim and the publish run in their own task: if the client goes away mid-publish this
@@ -143,6 +169,7 @@ struct Delivery {
     shop: String,
     family: Family,
     secret: SecretId,
+    arrived: Instant,
     deadline: Instant,
 }
 
@@ -167,25 +194,46 @@ async fn publish_once(state: Arc<WebhookState>, webhook_id: String, delivery: De
             }
         }
     };
-    let (reply, error) = publish(&state, &delivery).await;
-    finish_claim(&state, guard, reply, error);
+    let (reply, unsettled) = publish(&state, &delivery).await;
+    finish_claim(&state, guard, reply, unsettled);
     reply
 }
 
+/// An event answered 503 that may still become safe: its delivery report, or its spool append,
+/// is still to come.
+enum Unsettled {
+    Delivery(DeliveryFuture),
+    Append(oneshot::Receiver<AppendResult>),
+}
+
+impl Unsettled {
+    /// Whether the event became safe after all.
+    async fn settled_safe(self) -> bool {
+        match self {
+            Unsettled::Delivery(delivery) => matches!(delivery.await, Ok(Ok(_))),
+            Unsettled::Append(answer) => match answer.await {
+                Ok(Ok(_)) => true,
+                Ok(Err((_, Some(delivery)))) => matches!(delivery.await, Ok(Ok(_))),
+                _ => false,
+            },
+        }
+    }
+}
+
 /// Marks the id published when the record is safe, releases it otherwise; after a timeout the
-/// delivery report is still awaited in the background so a later retry is deduplicated.
+/// outcome is still awaited in the background so a later retry is deduplicated.
 fn finish_claim(
     state: &WebhookState,
     guard: ClaimGuard,
     reply: Reply,
-    error: Option<PublishError>,
+    unsettled: Option<Unsettled>,
 ) {
-    match (reply, error) {
+    match (reply, unsettled) {
         (Reply::Accepted | Reply::Quarantined(_), _) => guard.commit(),
-        (_, Some(PublishError::Timeout(pending))) => {
+        (_, Some(unsettled)) => {
             let (dedupe, metrics) = (Arc::clone(&state.dedupe), state.metrics.clone());
             tokio::spawn(async move {
-                if let Ok(Ok(_)) = pending.0.await {
+                if unsettled.settled_safe().await {
                     guard.commit();
                     metrics.dedupe_size(dedupe.len());
                 }
@@ -196,7 +244,7 @@ fn finish_claim(
     state.metrics.dedupe_size(state.dedupe.len());
 }
 
-async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<PublishError>) {
+async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Unsettled>) {
     let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let secret = delivery.secret.to_string();
     let mut headers: Vec<(&str, &[u8])> = delivery.headers.iter().collect();
@@ -221,24 +269,77 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Pu
         body: &delivery.body,
         headers,
     };
-    match state.publisher.publish(record, delivery.deadline).await {
-        Ok(()) => {
-            if let Reply::Quarantined(error) = reply {
-                state.metrics.quarantined(error.as_label());
-                tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery whose body is not a JSON object.");
+    let spool = state.spool.ready();
+    // Arrival order: while older events wait in the spool, new ones queue behind them there.
+    let (original, failure) = if spool.is_some_and(Spool::has_backlog) {
+        (None, "older events are still waiting in the spool")
+    } else if !state.kafka_ready.is_ready() {
+        (None, "the ingress is still connecting to Kafka")
+    } else {
+        // With a spool, Kafka gets only part of the budget: the rest is for the fsync.
+        let kafka_deadline = match spool {
+            Some(_) => delivery.deadline.min(delivery.arrived + state.spool_after),
+            None => delivery.deadline,
+        };
+        match state.publisher.publish(&record, kafka_deadline).await {
+            Ok(()) => return (safe(state, delivery, reply), None),
+            Err(PublishError::Timeout(pending)) => {
+                (Some(pending.0), "Kafka did not acknowledge in time")
             }
-            (reply, None)
+            Err(PublishError::QueueFull) => (None, "the Kafka producer queue is full"),
+            Err(PublishError::Kafka(error)) if is_permanent(&error) => {
+                tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka refuses the record.");
+                return (Reply::Unavailable("Kafka refused the record"), None);
+            }
+            Err(PublishError::Kafka(_)) => (None, "Kafka refused the record"),
         }
-        Err(error) => {
-            let reason = match &error {
-                PublishError::QueueFull => "the Kafka producer queue is full",
-                PublishError::Timeout(_) => "Kafka did not acknowledge in time",
-                PublishError::Kafka(_) => "Kafka refused the record",
-            };
-            tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: the delivery is not safe in Kafka.");
-            (Reply::Unavailable(reason), Some(error))
+    };
+    let Some(spool) = spool else {
+        let why = match state.spool {
+            SpoolState::Off => Rejection::Disabled,
+            _ => Rejection::DiskError,
+        };
+        state.metrics.spool.rejected(why);
+        tracing::warn!(family = %delivery.family.as_str(), reason = failure, "Answering 503: the delivery is not safe in Kafka and there is no spool.");
+        return (
+            Reply::Unavailable(failure),
+            original.map(Unsettled::Delivery),
+        );
+    };
+    let mut answer = spool.append(record.to_spool(unix_ms()), original);
+    match tokio::time::timeout_at(delivery.deadline.into(), &mut answer).await {
+        Ok(Ok(Ok(_seq))) => (safe(state, delivery, reply), None),
+        Ok(Ok(Err((error, original)))) => {
+            state.metrics.spool.rejected(error.rejection());
+            tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka is not acknowledging and the spool cannot take the event.");
+            (
+                Reply::Unavailable(
+                    "Kafka is not acknowledging and the spool cannot take the event",
+                ),
+                original.map(Unsettled::Delivery),
+            )
+        }
+        Ok(Err(_writer_gone)) => {
+            state.metrics.spool.rejected(Rejection::DiskError);
+            (Reply::Unavailable("the spool is not running"), None)
+        }
+        Err(_elapsed) => {
+            tracing::warn!(family = %delivery.family.as_str(), "Answering 503: the spool fsync did not finish in time.");
+            (
+                Reply::Unavailable("the spool did not make the event durable in time"),
+                Some(Unsettled::Append(answer)),
+            )
         }
     }
+}
+
+/// The answer for an event now safe (in Kafka or in the spool).
+fn safe(state: &WebhookState, delivery: &Delivery, reply: Reply) -> Reply {
+    if let Reply::Quarantined(error) = reply {
+        state.metrics.quarantined(error.as_label());
+        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery whose body is not a JSON object.");
+    }
+    reply
 }
 
 /// Reads the whole raw body, refusing early when Content-Length already exceeds the limit.

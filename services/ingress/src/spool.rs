@@ -1,0 +1,387 @@
+//! The durable spool: a write-ahead log on local disk for webhooks Kafka did not acknowledge in
+//! time. A request is answered 200 only after its event is fsynced here (group commit); the
+//! drainer publishes spooled events to Kafka in arrival order and truncates the log behind it.
+//!
+//! Layout of the directory: `LOCK` (one process per directory), numbered segment files
+//! (`<first seq>.wal`, frames with checksums), and `checkpoint` (every entry below it is in
+//! Kafka). Opening replays nothing by itself: it counts what is left, cuts a torn tail back to
+//! the last intact frame, and the drainer then publishes the rest.
+
+pub mod drainer;
+pub mod entry;
+pub mod metrics;
+pub mod segment;
+mod writer;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::producer::future_producer::DeliveryFuture;
+use tokio::sync::{oneshot, watch};
+
+pub use entry::{Entry, SpoolRecord};
+pub use metrics::{Rejection, SpoolMetrics};
+
+/// Segments roll at this size (or at an eighth of the limit, if smaller), so a drained prefix
+/// is deleted without waiting for a huge file to empty.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("another process holds the spool lock in {0} (one ingress per spool directory)")]
+    Locked(PathBuf),
+    #[error("cannot open the spool in {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why an event was not spooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("the spool is full (AFTERCART_SPOOL_MAX_BYTES)")]
+    Full,
+    #[error("the spool disk failed")]
+    Disk,
+}
+
+impl AppendError {
+    pub fn rejection(self) -> Rejection {
+        match self {
+            AppendError::Full => Rejection::Full,
+            AppendError::Disk => Rejection::DiskError,
+        }
+    }
+}
+
+/// The answer to an append: the entry's sequence number once fsynced. On failure the original
+/// delivery (if any) comes back, so the caller can still learn whether Kafka took it.
+pub type AppendResult = Result<u64, (AppendError, Option<DeliveryFuture>)>;
+
+/// What a spool held when it was opened.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub events: u64,
+    pub bytes: u64,
+    pub segments: usize,
+    /// Bytes cut from damaged or torn segments.
+    pub discarded_bytes: u64,
+}
+
+/// One segment file as the spool tracks it.
+#[derive(Debug, Clone)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    /// Durable length: every byte before it was fsynced.
+    len: u64,
+    /// No more appends: the writer moved on to a newer segment.
+    sealed: bool,
+    /// The last entry written, if any.
+    last_seq: Option<u64>,
+}
+
+/// Shared bookkeeping, guarded by one mutex (held only for a few instructions).
+#[derive(Debug, Default)]
+struct State {
+    segments: VecDeque<Segment>,
+    /// The number the next appended entry gets.
+    next_seq: u64,
+    /// Every entry numbered below this is in Kafka.
+    drained_seq: u64,
+    /// `(first seq, arrival in Unix ms)` per group commit still (partly) in the spool: the
+    /// oldest age without reading the disk.
+    arrivals: VecDeque<(u64, u64)>,
+    /// Undrained frame bytes per entry count, released as the drainer advances.
+    pending_events: u64,
+    pending_bytes: u64,
+}
+
+struct Shared {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    state: Mutex<State>,
+    /// Pending events, read on every request without taking the lock.
+    pending_events: AtomicU64,
+    /// Pending bytes plus bytes reserved by appends in progress: checked against the limit.
+    reserved_bytes: AtomicU64,
+    /// The delivery still in the producer for entries spooled after a late acknowledgement:
+    /// the drainer awaits it instead of publishing a second copy.
+    originals: Mutex<HashMap<u64, DeliveryFuture>>,
+    /// Advanced after every fsync to the next unwritten sequence number.
+    durable: watch::Sender<u64>,
+    metrics: SpoolMetrics,
+    /// Held for the spool's lifetime: the lock is released when the file is closed.
+    _lock: File,
+}
+
+/// A handle on an open spool; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    shared: Arc<Shared>,
+    writer: std::sync::mpsc::Sender<writer::Request>,
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir`, takes its lock, cuts damaged tails back to their
+    /// intact prefix, and starts the group-commit writer thread.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        metrics: SpoolMetrics,
+    ) -> Result<(Spool, Recovered), OpenError> {
+        let io = |source| OpenError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        let lock = lock(dir)?;
+        let (state, recovered) = recover(dir, &metrics).map_err(io)?;
+        metrics.set_limit(max_bytes);
+        metrics.set_available(true);
+        let (durable, _) = watch::channel(state.next_seq);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            segment_bytes: SEGMENT_BYTES.min(max_bytes / 8).max(1 << 20),
+            pending_events: AtomicU64::new(state.pending_events),
+            reserved_bytes: AtomicU64::new(state.pending_bytes),
+            state: Mutex::new(state),
+            originals: Mutex::new(HashMap::new()),
+            durable,
+            metrics,
+            _lock: lock,
+        });
+        shared.refresh_gauges();
+        let writer = writer::start(Arc::clone(&shared)).map_err(io)?;
+        Ok((Spool { shared, writer }, recovered))
+    }
+
+    /// Whether events are waiting: new events must queue behind them to keep arrival order.
+    pub fn has_backlog(&self) -> bool {
+        self.shared.pending_events.load(Ordering::Acquire) > 0
+    }
+
+    pub fn pending_events(&self) -> u64 {
+        self.shared.pending_events.load(Ordering::Acquire)
+    }
+
+    pub fn metrics(&self) -> &SpoolMetrics {
+        &self.shared.metrics
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Queues `record` for the next group commit; the receiver answers once it is fsynced (or
+    /// refused). `original` is the record's delivery still pending in the producer, if any.
+    pub fn append(
+        &self,
+        record: SpoolRecord,
+        original: Option<DeliveryFuture>,
+    ) -> oneshot::Receiver<AppendResult> {
+        let (reply, answer) = oneshot::channel();
+        let bytes = record.frame_len() as u64;
+        if !record.is_encodable() || !self.shared.reserve(bytes) {
+            // An unencodable record (a 64 KiB key) is as unspoolable as one past the limit.
+            let _ = reply.send(Err((AppendError::Full, original)));
+            return answer;
+        }
+        let request = writer::Request {
+            record,
+            bytes,
+            original,
+            reply,
+        };
+        if let Err(std::sync::mpsc::SendError(request)) = self.writer.send(request) {
+            // The writer thread is gone (it only stops when every handle is dropped).
+            self.shared.release(bytes);
+            let _ = request
+                .reply
+                .send(Err((AppendError::Disk, request.original)));
+        }
+        answer
+    }
+}
+
+impl Shared {
+    /// Reserves room for `bytes` under the limit.
+    fn reserve(&self, bytes: u64) -> bool {
+        self.reserved_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= self.max_bytes).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        self.reserved_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the counters half-updated in a way that
+        // loses events (the files are the truth), so a poisoned lock is still used.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_originals(&self) -> std::sync::MutexGuard<'_, HashMap<u64, DeliveryFuture>> {
+        self.originals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn refresh_gauges(&self) {
+        let state = self.lock_state();
+        let oldest_age = state
+            .arrivals
+            .front()
+            .map(|&(_, ms)| Duration::from_millis(unix_ms().saturating_sub(ms)))
+            .unwrap_or_default();
+        self.metrics
+            .set_backlog(state.pending_events, state.pending_bytes, oldest_age);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn lock(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(segment::LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked(dir.to_path_buf())),
+        Err(TryLockError::Error(source)) => Err(OpenError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Reads every segment: counts the entries not yet drained, cuts damaged tails, deletes segments
+/// that hold nothing left to drain.
+fn recover(dir: &Path, metrics: &SpoolMetrics) -> std::io::Result<(State, Recovered)> {
+    let drained_seq = segment::read_checkpoint(dir);
+    let mut state = State {
+        next_seq: drained_seq,
+        drained_seq,
+        ..State::default()
+    };
+    let mut recovered = Recovered::default();
+    for (first_seq, path) in segment::list_segments(dir)? {
+        let scan = segment::scan(&path, drained_seq)?;
+        if let Some(why) = scan.damage {
+            let cut = scan.file_len - scan.good_len;
+            metrics.corrupt(cut);
+            recovered.discarded_bytes += cut;
+            tracing::error!(segment = %path.display(), kept_bytes = scan.good_len, discarded_bytes = cut, reason = why, "Spool segment damaged (torn write or disk corruption): keeping its intact prefix.");
+            segment::truncate(&path, scan.good_len)?;
+        }
+        if let Some(last) = scan.last_seq {
+            state.next_seq = state.next_seq.max(last + 1);
+        }
+        if scan.entries == 0 {
+            fs::remove_file(&path)?;
+            continue;
+        }
+        state.pending_events += scan.entries;
+        state.pending_bytes += scan.bytes;
+        state.arrivals.push_back((
+            first_seq.max(drained_seq),
+            scan.oldest_unix_ms.unwrap_or_else(unix_ms),
+        ));
+        state.segments.push_back(Segment {
+            first_seq,
+            path,
+            len: scan.good_len,
+            sealed: true,
+            last_seq: scan.last_seq,
+        });
+    }
+    segment::sync_dir(dir)?;
+    recovered.events = state.pending_events;
+    recovered.bytes = state.pending_bytes;
+    recovered.segments = state.segments.len();
+    Ok((state, recovered))
+}
+
+#[cfg(test)]
+mod tests;
+
+/// What `aftercart spool inspect` reports: read-only, without the lock, so it can look at a
+/// spool an ingress is using (a snapshot that may already be out of date).
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    /// Every entry numbered below it is in Kafka.
+    pub checkpoint: u64,
+    pub segments: Vec<SegmentReport>,
+    pub pending_events: u64,
+    pub pending_bytes: u64,
+    pub oldest_unix_ms: Option<u64>,
+    /// Pending entries per Kafka topic.
+    pub per_topic: std::collections::BTreeMap<String, u64>,
+}
+
+/// One segment file as inspected.
+#[derive(Debug, Clone)]
+pub struct SegmentReport {
+    pub file: String,
+    pub file_bytes: u64,
+    pub pending_events: u64,
+    /// Damage after the intact prefix, and how many bytes it covers.
+    pub damage: Option<(&'static str, u64)>,
+}
+
+/// Reads a spool directory without changing it.
+pub fn inspect(dir: &Path) -> std::io::Result<Inspection> {
+    let checkpoint = segment::read_checkpoint(dir);
+    let mut report = Inspection {
+        checkpoint,
+        ..Inspection::default()
+    };
+    for (_, path) in segment::list_segments(dir)? {
+        let scan = segment::scan(&path, checkpoint)?;
+        report.pending_events += scan.entries;
+        report.pending_bytes += scan.bytes;
+        report.oldest_unix_ms = match (report.oldest_unix_ms, scan.oldest_unix_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for (topic, count) in &scan.per_topic {
+            *report.per_topic.entry(topic.clone()).or_default() += count;
+        }
+        report.segments.push(SegmentReport {
+            file: path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            file_bytes: scan.file_len,
+            pending_events: scan.entries,
+            damage: scan.damage.map(|why| (why, scan.file_len - scan.good_len)),
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,368 @@
+//! The drainer: publishes spooled events to Kafka in arrival order, then moves the checkpoint
+//! and deletes what is drained. Runs beside the ingress, and alone under `aftercart spool drain`.
+
+use std::time::Duration;
+
+use aftercart_kafka::StatsContext;
+use aftercart_runtime::health::Readiness;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use super::entry::Entry;
+use super::segment::{self, FrameReader, Step};
+use super::{writer, Shared, Spool};
+use crate::publish::is_permanent;
+
+/// Most entries published per batch (and per checkpoint write).
+const BATCH_ENTRIES: usize = 2000;
+/// Most frame bytes read per batch.
+const BATCH_BYTES: u64 = 16 << 20;
+/// Gauges (oldest age above all) are refreshed at least this often.
+const TICK: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a refused record goes to quarantine instead of being retried forever.
+const REFUSED_REASON: &str = "spool_publish_refused";
+
+/// Publishes a spool's events to Kafka.
+pub struct Drainer {
+    spool: Spool,
+    producer: FutureProducer<StatsContext>,
+    quarantine_topic: String,
+    /// Publishing waits until the topics are known to exist.
+    kafka_ready: Readiness,
+}
+
+/// Where the drainer reads next.
+#[derive(Default)]
+struct Cursor {
+    /// The sequence number of the next entry to read.
+    want: u64,
+    /// The open segment: its first sequence number and a reader on it.
+    reader: Option<(u64, FrameReader)>,
+}
+
+/// One spooled entry on its way to Kafka.
+struct Pending {
+    entry: Entry,
+    /// The delivery of the first attempt, still in the producer.
+    original: Option<DeliveryFuture>,
+}
+
+impl Drainer {
+    pub fn new(
+        spool: Spool,
+        producer: FutureProducer<StatsContext>,
+        quarantine_topic: String,
+        kafka_ready: Readiness,
+    ) -> Self {
+        Self {
+            spool,
+            producer,
+            quarantine_topic,
+            kafka_ready,
+        }
+    }
+
+    /// Drains until `stop`; after `finish` it returns as soon as the spool is empty. What is
+    /// not drained by then stays on disk for the next start.
+    pub async fn run(self, finish: CancellationToken, stop: CancellationToken) {
+        let shared = &self.spool.shared;
+        let mut durable = shared.durable.subscribe();
+        let mut cursor = Cursor {
+            want: shared.lock_state().drained_seq,
+            reader: None,
+        };
+        // The gauges (the oldest age above all) keep moving while a batch waits on Kafka.
+        let gauges = tokio::spawn({
+            let shared = std::sync::Arc::clone(shared);
+            async move {
+                let mut tick = tokio::time::interval(TICK);
+                loop {
+                    tick.tick().await;
+                    shared.refresh_gauges();
+                }
+            }
+        });
+        loop {
+            shared.refresh_gauges();
+            let empty = self.spool.pending_events() == 0;
+            if stop.is_cancelled() || (finish.is_cancelled() && empty) {
+                break;
+            }
+            let has_work = cursor.want < *durable.borrow_and_update() || !empty;
+            if has_work && self.kafka_ready.is_ready() {
+                match self.step(cursor, &stop).await {
+                    (next, true) => {
+                        cursor = next;
+                        continue;
+                    }
+                    (next, false) => cursor = next,
+                }
+            }
+            tokio::select! {
+                _ = durable.changed() => {}
+                () = tokio::time::sleep(TICK) => {}
+                () = finish.cancelled(), if !finish.is_cancelled() => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        gauges.abort();
+        shared.refresh_gauges();
+    }
+
+    /// Reads and publishes one batch. Returns the cursor and whether anything was drained.
+    async fn step(&self, cursor: Cursor, stop: &CancellationToken) -> (Cursor, bool) {
+        let shared = std::sync::Arc::clone(&self.spool.shared);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut cursor = cursor;
+            let batch = read_batch(&shared, &mut cursor);
+            (cursor, batch)
+        })
+        .await;
+        let Ok((cursor, batch)) = read else {
+            return (Cursor::default(), false);
+        };
+        let batch = match batch {
+            Ok(batch) if batch.is_empty() => return (cursor, false),
+            Ok(batch) => batch,
+            // A drained segment deleted by the writer between the snapshot and the open.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return (Cursor::default_at(&self.spool), false);
+            }
+            Err(error) => {
+                self.spool.metrics().error("read");
+                tracing::error!(%error, "Cannot read the spool; retrying.");
+                return (Cursor::default_at(&self.spool), false);
+            }
+        };
+        let end = cursor.want;
+        let drained = self.publish(batch, stop).await;
+        match drained {
+            Some((events, bytes)) => {
+                self.advance(end, events, bytes).await;
+                (cursor, true)
+            }
+            // Stopped before Kafka took everything: start over from the checkpoint next time.
+            None => (Cursor::default_at(&self.spool), false),
+        }
+    }
+
+    /// Publishes a batch, retrying what Kafka does not take, until all is in or `stop`.
+    /// Returns the events and frame bytes drained, or `None` if stopped first.
+    async fn publish(
+        &self,
+        batch: Vec<(Entry, usize)>,
+        stop: &CancellationToken,
+    ) -> Option<(u64, u64)> {
+        let events = batch.len() as u64;
+        let bytes: u64 = batch.iter().map(|(_, len)| *len as u64).sum();
+        let mut todo: Vec<Pending> = {
+            let mut originals = self.spool.shared.lock_originals();
+            batch
+                .into_iter()
+                .map(|(entry, _)| Pending {
+                    original: originals.remove(&entry.seq),
+                    entry,
+                })
+                .collect()
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            // Waiting on Kafka (an original delivery can take a minute to time out) must not
+            // hold up a shutdown: what is not in Kafka stays on disk.
+            todo = tokio::select! {
+                left = self.attempt(todo) => left,
+                () = stop.cancelled() => return None,
+            };
+            if todo.is_empty() {
+                return Some((events, bytes));
+            }
+            tracing::warn!(waiting = todo.len(), retry_in = ?backoff, "Kafka did not take spooled events yet; retrying.");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return None,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One attempt at every entry, in order; returns those Kafka did not take.
+    async fn attempt(&self, todo: Vec<Pending>) -> Vec<Pending> {
+        let mut sent: Vec<(Pending, DeliveryFuture)> = Vec::with_capacity(todo.len());
+        let mut failed = Vec::new();
+        for mut pending in todo {
+            if let Some(original) = pending.original.take() {
+                // The first attempt may still land: waiting for it avoids a second copy.
+                if let Ok(Ok(_)) = original.await {
+                    continue;
+                }
+            }
+            loop {
+                match self.send(&pending.entry, None) {
+                    Ok(delivery) => {
+                        sent.push((pending, delivery));
+                        break;
+                    }
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                        if !sent.is_empty() =>
+                    {
+                        // Let the queue empty before queueing more.
+                        failed.extend(settle(std::mem::take(&mut sent), self).await);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "The producer refused a spooled event; retrying.");
+                        failed.push(pending);
+                        break;
+                    }
+                }
+            }
+        }
+        failed.extend(settle(sent, self).await);
+        failed.sort_by_key(|p| p.entry.seq);
+        failed
+    }
+
+    fn send(&self, entry: &Entry, reason: Option<&str>) -> Result<DeliveryFuture, KafkaError> {
+        let record = &entry.record;
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let topic = match reason {
+            Some(reason) => {
+                headers = headers.insert(Header {
+                    key: "aftercart-quarantine-reason",
+                    value: Some(reason),
+                });
+                self.quarantine_topic.as_str()
+            }
+            None => record.topic.as_str(),
+        };
+        let kafka_record = FutureRecord::to(topic)
+            .key(&record.key)
+            .payload(record.body.as_ref())
+            .headers(headers);
+        self.producer
+            .send_result(kafka_record)
+            .map_err(|(error, _)| error)
+    }
+
+    /// Records the batch as drained: checkpoint, counters, and drained segments deleted.
+    async fn advance(&self, end: u64, events: u64, bytes: u64) {
+        let shared = std::sync::Arc::clone(&self.spool.shared);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(error) = segment::write_checkpoint(&shared.dir, end) {
+                // Not fatal: after a restart these events are published once more.
+                shared.metrics.error("write");
+                tracing::warn!(%error, "Cannot write the spool checkpoint.");
+            }
+            let mut state = shared.lock_state();
+            state.drained_seq = state.drained_seq.max(end);
+            state.pending_events = state.pending_events.saturating_sub(events);
+            state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
+            while state.arrivals.get(1).is_some_and(|&(seq, _)| seq <= end) {
+                state.arrivals.pop_front();
+            }
+            if state.pending_events == 0 {
+                state.arrivals.clear();
+            }
+            shared
+                .pending_events
+                .store(state.pending_events, std::sync::atomic::Ordering::Release);
+            shared.release(bytes);
+            writer::remove_drained(&mut state, &shared);
+            drop(state);
+            shared.refresh_gauges();
+        })
+        .await;
+        self.spool.metrics().drained(events);
+    }
+}
+
+/// Waits for the deliveries in order; returns the entries Kafka did not take. A record Kafka
+/// refuses for good (too large, invalid) goes to the quarantine topic instead.
+async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<Pending> {
+    let mut failed = Vec::new();
+    for (pending, delivery) in sent {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) if is_permanent(&error) => {
+                tracing::error!(%error, topic = %pending.entry.record.topic, "Kafka refuses a spooled event for good; sending it to the quarantine topic.");
+                let quarantined = match drainer.send(&pending.entry, Some(REFUSED_REASON)) {
+                    Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                    Err(_) => false,
+                };
+                if !quarantined {
+                    failed.push(pending);
+                }
+            }
+            _ => failed.push(pending),
+        }
+    }
+    failed
+}
+
+impl Cursor {
+    /// A cursor at the first entry not yet drained.
+    fn default_at(spool: &Spool) -> Cursor {
+        Cursor {
+            want: spool.shared.lock_state().drained_seq,
+            reader: None,
+        }
+    }
+}
+
+/// Reads the next entries (in sequence order) that are durable, up to the batch limits.
+fn read_batch(shared: &Shared, cursor: &mut Cursor) -> std::io::Result<Vec<(Entry, usize)>> {
+    let segments: Vec<_> = shared.lock_state().segments.iter().cloned().collect();
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    while batch.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
+        let Some(index) = segments.iter().rposition(|s| s.first_seq <= cursor.want) else {
+            // Entries below every segment were lost to damage at open: skip to what exists.
+            match segments.first() {
+                Some(first) if first.first_seq > cursor.want => {
+                    cursor.want = first.first_seq;
+                    continue;
+                }
+                _ => break,
+            }
+        };
+        let segment = &segments[index];
+        if cursor.reader.as_ref().map(|(first, _)| *first) != Some(segment.first_seq) {
+            cursor.reader = Some((segment.first_seq, FrameReader::open(&segment.path, 0)?));
+        }
+        let (_, reader) = cursor.reader.as_mut().expect("opened above");
+        match reader.next_frame(segment.len)? {
+            Step::Entry(entry, _) if entry.seq < cursor.want => {}
+            Step::Entry(entry, frame_len) => {
+                cursor.want = entry.seq + 1;
+                bytes += frame_len as u64;
+                batch.push((entry, frame_len));
+            }
+            step @ (Step::End | Step::Damage(_)) => {
+                if let Step::Damage(why) = step {
+                    // Bytes fsynced while running no longer decode: the disk is failing. The
+                    // rest of this segment cannot be read; later segments still can.
+                    shared.metrics.error("read");
+                    tracing::error!(segment = %segment.path.display(), reason = why, "Spool segment damaged while running: skipping the rest of it.");
+                }
+                match segments.get(index + 1) {
+                    Some(next) if segment.sealed => {
+                        cursor.want = cursor.want.max(next.first_seq);
+                        cursor.reader = None;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    Ok(batch)
+}

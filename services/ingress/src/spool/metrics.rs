@@ -1,0 +1,141 @@
+//! Spool metrics (`aftercart_ingress_spool_*`): what is waiting, how fast it drains, what the
+//! disk costs, and every request the spool could not take.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+const PREFIX: &str = "aftercart_ingress_spool_";
+
+/// fsync latency buckets: local SSDs answer in well under a millisecond, network disks in
+/// several; anything near a second eats the response budget.
+const FSYNC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Why a request that needed the spool got a 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `AFTERCART_SPOOL_MAX_BYTES` reached.
+    Full,
+    /// The disk refused a write or an fsync, or the spool could not be opened.
+    DiskError,
+    /// The spool is off (`AFTERCART_SPOOL_DIR=off`).
+    Disabled,
+}
+
+impl Rejection {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Rejection::Full => "full",
+            Rejection::DiskError => "disk_error",
+            Rejection::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SpoolMetrics {
+    pending_events: IntGauge,
+    bytes: IntGauge,
+    max_bytes: IntGauge,
+    appended: IntCounter,
+    drained: IntCounter,
+    oldest_age: IntGauge,
+    fsync: Histogram,
+    rejected: IntCounterVec,
+    errors: IntCounterVec,
+    corrupt_bytes: IntCounter,
+    available: IntGauge,
+}
+
+impl SpoolMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| {
+            IntGauge::with_opts(Opts::new(format!("{PREFIX}{name}"), help))
+        };
+        let counter = |name: &str, help: &str| {
+            IntCounter::with_opts(Opts::new(format!("{PREFIX}{name}"), help))
+        };
+        let metrics = Self {
+            pending_events: gauge("pending_events", "Events in the spool that Kafka has not acknowledged yet.")?,
+            bytes: gauge("bytes", "Bytes of spooled events not yet in Kafka.")?,
+            max_bytes: gauge("max_bytes", "The spool's size limit (AFTERCART_SPOOL_MAX_BYTES); 0 when the spool is off.")?,
+            appended: counter("appended_total", "Events made durable in the spool (answered 200 after the fsync).")?,
+            drained: counter("drained_total", "Spooled events published to Kafka and removed from the spool.")?,
+            oldest_age: gauge("oldest_age_seconds", "Age of the oldest event still in the spool; 0 when empty.")?,
+            fsync: Histogram::with_opts(
+                HistogramOpts::new(format!("{PREFIX}fsync_duration_seconds"), "Time to write and fsync one group commit.")
+                    .buckets(FSYNC_BUCKETS.to_vec()),
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}rejected_total"), "Requests answered 503 because the spool could not take them, by reason (full, disk_error, disabled)."),
+                &["reason"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}errors_total"), "Spool disk operations that failed, by operation (open, write, fsync, read, remove)."),
+                &["op"],
+            )?,
+            corrupt_bytes: counter("corrupt_bytes_total", "Bytes of torn or damaged spool discarded when the spool was opened.")?,
+            available: gauge("available", "1 when the spool can take events; 0 when it is off or failing on disk errors.")?,
+        };
+        registry.register(Box::new(metrics.pending_events.clone()))?;
+        registry.register(Box::new(metrics.bytes.clone()))?;
+        registry.register(Box::new(metrics.max_bytes.clone()))?;
+        registry.register(Box::new(metrics.appended.clone()))?;
+        registry.register(Box::new(metrics.drained.clone()))?;
+        registry.register(Box::new(metrics.oldest_age.clone()))?;
+        registry.register(Box::new(metrics.fsync.clone()))?;
+        registry.register(Box::new(metrics.rejected.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        registry.register(Box::new(metrics.corrupt_bytes.clone()))?;
+        registry.register(Box::new(metrics.available.clone()))?;
+        for reason in [Rejection::Full, Rejection::DiskError, Rejection::Disabled] {
+            metrics.rejected.with_label_values(&[reason.as_label()]);
+        }
+        for op in ["open", "write", "fsync", "read", "remove"] {
+            metrics.errors.with_label_values(&[op]);
+        }
+        Ok(metrics)
+    }
+
+    /// Metrics that are registered but never updated (tools without a registry).
+    pub fn unregistered() -> Self {
+        Self::register(&Registry::new()).expect("fresh registry")
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected.with_label_values(&[why.as_label()]).inc();
+    }
+
+    pub fn error(&self, op: &'static str) {
+        self.errors.with_label_values(&[op]).inc();
+    }
+
+    pub fn appended(&self, events: u64, fsync: Duration) {
+        self.appended.inc_by(events);
+        self.fsync.observe(fsync.as_secs_f64());
+    }
+
+    pub fn drained(&self, events: u64) {
+        self.drained.inc_by(events);
+    }
+
+    pub fn corrupt(&self, bytes: u64) {
+        self.corrupt_bytes.inc_by(bytes);
+    }
+
+    pub fn set_available(&self, available: bool) {
+        self.available.set(i64::from(available));
+    }
+
+    pub fn set_limit(&self, max_bytes: u64) {
+        self.max_bytes.set(max_bytes as i64);
+    }
+
+    pub fn set_backlog(&self, events: u64, bytes: u64, oldest_age: Duration) {
+        self.pending_events.set(events as i64);
+        self.bytes.set(bytes as i64);
+        self.oldest_age.set(oldest_age.as_secs() as i64);
+    }
+}

@@ -1,0 +1,220 @@
+//! The group-commit writer: one thread takes every append waiting in its queue, writes them in
+//! one go, fsyncs once, and only then answers them all. One fsync per group, not per event, is
+//! what keeps throughput up while every 200 still means "on disk".
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::producer::future_producer::DeliveryFuture;
+use tokio::sync::oneshot;
+
+use super::entry::{self, SpoolRecord};
+use super::segment::{self, segment_path};
+use super::{unix_ms, AppendError, AppendResult, Segment, Shared};
+
+/// Most appends written by one group commit; bounds the latency of the last one in a group.
+const MAX_GROUP: usize = 4096;
+
+/// One append waiting for the writer.
+pub(super) struct Request {
+    pub record: SpoolRecord,
+    /// Frame size, reserved against the limit by the caller.
+    pub bytes: u64,
+    pub original: Option<DeliveryFuture>,
+    pub reply: oneshot::Sender<AppendResult>,
+}
+
+/// Starts the writer thread; it ends when every `Spool` handle is dropped.
+pub(super) fn start(shared: Arc<Shared>) -> io::Result<std::sync::mpsc::Sender<Request>> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("aftercart-spool-writer".into())
+        .spawn(move || Writer::new(shared).run(receiver))?;
+    Ok(sender)
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    /// The segment being appended to, if one is open.
+    active: Option<File>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            active: None,
+            buf: Vec::new(),
+        }
+    }
+
+    fn run(mut self, requests: Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+    }
+
+    /// Writes and fsyncs one group, then answers every request in it.
+    fn commit(&mut self, group: Vec<Request>) {
+        let started = Instant::now();
+        let first_seq = match self.prepare_segment() {
+            Ok(first_seq) => first_seq,
+            Err((op, error)) => return self.fail(group, op, &error),
+        };
+        self.buf.clear();
+        for (i, request) in group.iter().enumerate() {
+            entry::encode(first_seq + i as u64, &request.record, &mut self.buf);
+        }
+        if let Err((op, error)) = self.write_and_sync() {
+            return self.fail(group, op, &error);
+        }
+        let events = group.len() as u64;
+        let bytes = self.buf.len() as u64;
+        let arrived = group
+            .iter()
+            .map(|r| r.record.received_unix_ms)
+            .min()
+            .unwrap_or_else(unix_ms);
+        let mut group = group;
+        {
+            // Originals go into the shared map before the drainer can see their entries.
+            let mut originals = self.shared.lock_originals();
+            for (i, request) in group.iter_mut().enumerate() {
+                if let Some(original) = request.original.take() {
+                    originals.insert(first_seq + i as u64, original);
+                }
+            }
+        }
+        {
+            let mut state = self.shared.lock_state();
+            let active = state
+                .segments
+                .back_mut()
+                .expect("prepare_segment opened one");
+            active.len += bytes;
+            active.last_seq = Some(first_seq + events - 1);
+            state.next_seq = first_seq + events;
+            state.pending_events += events;
+            state.pending_bytes += bytes;
+            state.arrivals.push_back((first_seq, arrived));
+            self.shared
+                .pending_events
+                .store(state.pending_events, Ordering::Release);
+        }
+        // The reservation made by each caller is now part of the pending bytes: the frame sizes
+        // were computed the same way, so nothing is released here.
+        self.shared.metrics.appended(events, started.elapsed());
+        self.shared.metrics.set_available(true);
+        self.shared.refresh_gauges();
+        self.shared.durable.send_replace(first_seq + events);
+        for (i, request) in group.into_iter().enumerate() {
+            let _ = request.reply.send(Ok(first_seq + i as u64));
+        }
+    }
+
+    /// Makes sure a segment is open for appending and returns the next sequence number. Rolls
+    /// to a new segment when the active one is big, or when everything in it is already in
+    /// Kafka (so the drained file can be deleted at once).
+    fn prepare_segment(&mut self) -> Result<u64, (&'static str, io::Error)> {
+        let mut state = self.shared.lock_state();
+        let next_seq = state.next_seq;
+        let roll = match (&self.active, state.segments.back()) {
+            (Some(_), Some(active)) => {
+                active.len >= self.shared.segment_bytes
+                    || (active.len > 0 && state.drained_seq >= next_seq)
+            }
+            _ => true,
+        };
+        if !roll {
+            return Ok(next_seq);
+        }
+        if self.active.take().is_some() {
+            if let Some(active) = state.segments.back_mut() {
+                active.sealed = true;
+            }
+        }
+        // A drained, sealed front segment is deleted here too, not only by the drainer.
+        let dir = self.shared.dir.clone();
+        remove_drained(&mut state, &self.shared);
+        let path = segment_path(&dir, next_seq);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ("open", e))?;
+        segment::sync_dir(&dir).map_err(|e| ("fsync", e))?;
+        state.segments.push_back(Segment {
+            first_seq: next_seq,
+            path,
+            len: 0,
+            sealed: false,
+            last_seq: None,
+        });
+        self.active = Some(file);
+        Ok(next_seq)
+    }
+
+    fn write_and_sync(&mut self) -> Result<(), (&'static str, io::Error)> {
+        let file = self.active.as_mut().expect("prepare_segment opened one");
+        file.write_all(&self.buf).map_err(|e| ("write", e))?;
+        file.sync_data().map_err(|e| ("fsync", e))
+    }
+
+    /// Answers the group with a disk error, and seals the segment at its durable length so a
+    /// partial write is never read back.
+    fn fail(&mut self, group: Vec<Request>, op: &'static str, error: &io::Error) {
+        tracing::error!(op, %error, events = group.len(), "Spool disk error: answering 503 for these webhooks (Shopify retries them).");
+        self.shared.metrics.error(op);
+        self.shared.metrics.set_available(false);
+        if let Some(file) = self.active.take() {
+            let mut state = self.shared.lock_state();
+            if let Some(active) = state.segments.back_mut() {
+                active.sealed = true;
+                // Best effort: the drainer never reads past `len` anyway.
+                let _ = file.set_len(active.len);
+            }
+        }
+        for request in group {
+            self.shared.release(request.bytes);
+            let _ = request
+                .reply
+                .send(Err((AppendError::Disk, request.original)));
+        }
+    }
+}
+
+/// Deletes sealed segments at the front whose every entry is in Kafka.
+pub(super) fn remove_drained(state: &mut super::State, shared: &Shared) {
+    while let Some(front) = state.segments.front() {
+        let next_first = state.segments.get(1).map(|s| s.first_seq);
+        let drained = front.sealed
+            && match (front.last_seq, next_first) {
+                (Some(last), _) => last < state.drained_seq,
+                (None, _) => true,
+            };
+        if !drained {
+            break;
+        }
+        if let Err(error) = std::fs::remove_file(&front.path) {
+            if error.kind() != io::ErrorKind::NotFound {
+                shared.metrics.error("remove");
+                tracing::warn!(%error, segment = %front.path.display(), "Cannot delete a drained spool segment; it will be retried.");
+                break;
+            }
+        }
+        state.segments.pop_front();
+    }
+}
