@@ -34,6 +34,11 @@ demo: ## Send a demo journey (purchase + abandoned checkout) to a running `make 
 test: lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
 	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
+.PHONY: test-faults
+test-faults: tansu ## Fault suite (issue 7): real binary and Tansu processes killed, frozen, flooded; prints the books
+	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test -p aftercart --locked \
+		--test faults_ingress --test faults_consumers --test faults_flood -- --ignored --nocapture --test-threads=1
+
 .PHONY: test-fast
 test-fast: ## Unit and integration tests without lint (Tansu variants skip if it is missing)
 	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
@@ -62,13 +67,18 @@ dashboard-png: build $(OPS_VENV)/.installed ## Render dashboard panels from a li
 	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/plot_panels.py
 
 .PHONY: bench
-bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed ## Benchmarks: ingress vs Node and Python baselines under load, micro-benchmarks, consumers; writes bench/REPORT.md
+bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed ## Benchmarks: ingress vs Node and Python baselines under load, micro-benchmarks, consumers, consumer latency; writes bench/REPORT.md
 	mkdir -p bench/out
 	set -o pipefail; CRITERION_HOME=$(CURDIR)/bench/out/criterion $(CARGO) bench --locked -p aftercart-loadgen --bench hot_path 2>&1 | tee bench/out/hot_path.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-abandonment --bench abandonment | tee bench/out/abandonment.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-referrals --bench referrals | tee bench/out/referrals.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-audiences --bench audiences | tee bench/out/audiences.txt
 	python3 bench/run.py --bin $(BIN)
+
+.PHONY: bench-latency
+bench-latency: build $(BENCH_PY)/.venv/.installed ## Only the consumer latency stage of `make bench` (ingress accept to output record); updates its section of bench/REPORT.md
+	mkdir -p bench/out
+	python3 bench/run.py --bin $(BIN) --only latency
 
 # The baselines' pinned dependencies (package-lock.json, requirements.lock), installed on first use.
 $(BENCH_NODE)/node_modules/.installed: $(BENCH_NODE)/package-lock.json
@@ -79,6 +89,32 @@ $(BENCH_PY)/.venv/.installed: $(BENCH_PY)/requirements.lock
 	python3 -m venv $(BENCH_PY)/.venv
 	$(BENCH_PY)/.venv/bin/pip install --quiet --disable-pip-version-check -r $(BENCH_PY)/requirements.lock
 	touch $@
+
+# Hostile input (fuzz/, its own workspace): cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1
+# lets the stable toolchain accept them. New inputs go to a scratch corpus, never the tree.
+CARGO_FUZZ_VERSION := 0.13.1
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := webhook_headers_signature journey_key spool_frames abandonment_record referrals_record audiences_record
+FUZZ_SCRATCH := $(or $(CARGO_TARGET_DIR),$(CURDIR)/fuzz/target)/fuzz-corpus
+
+.PHONY: fuzz
+fuzz: ## Fuzz every target for FUZZ_SECONDS (default 60) from the committed corpus; fails on a crash
+	@"$(CARGO_BIN)/cargo-fuzz" --version 2>/dev/null | grep -q "$(CARGO_FUZZ_VERSION)" || \
+		$(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+	cd fuzz && RUSTC_BOOTSTRAP=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) fuzz build
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p "$(FUZZ_SCRATCH)/$$target"; \
+		echo "Fuzzing $$target for $(FUZZ_SECONDS) s"; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) fuzz run "$$target" \
+			"$(FUZZ_SCRATCH)/$$target" "corpus/$$target" -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -vE '^#[0-9]+\s+(NEW|REDUCE|pulse)'; \
+			exit $${PIPESTATUS[0]}) || { echo "fuzz: $$target failed; the input is in fuzz/artifacts/$$target/"; exit 1; }; \
+	done
+
+.PHONY: test-timing
+test-timing: ## Refusing a signature costs the same wherever it differs (valgrind instruction counts)
+	$(CARGO) build --release --locked -p aftercart-shopify --example signature_timing
+	tests/timing/signature_timing.sh $(or $(CARGO_TARGET_DIR),target)/release/examples/signature_timing
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings

@@ -1,21 +1,26 @@
 //! Test harness for aftercart's integration tests: real Kafka-protocol brokers (librdkafka's
 //! mock cluster in process, or a Tansu broker process), exact topic reads, an HTTP client, schema
-//! validation, and services started on `127.0.0.1:0`.
+//! validation, services started on `127.0.0.1:0`, and for the fault suite the real binary as a
+//! process (signals, restarts), a load client and the books of sent versus found in Kafka.
 
 pub mod abandonment;
+pub mod accounting;
 pub mod audiences;
 pub mod broker;
 pub mod delivery;
 pub mod http;
 pub mod ingress;
+pub mod load;
+pub mod process;
 pub mod receiver;
 pub mod records;
 pub mod referrals;
 pub mod schemas;
 pub mod service;
 
+pub use accounting::Accounting;
 pub use broker::Broker;
-pub use records::{read_topic, Record};
+pub use records::{count_records, read_topic, Record};
 
 /// Routes the services' logs to the test output when AFTERCART_TEST_LOG is set (e.g. `debug`).
 pub fn init_logs() {

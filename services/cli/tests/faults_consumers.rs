@@ -1,0 +1,570 @@
+//! Fault suite, part 4 (issue 7): each consumer service, run by the real binary on a Tansu
+//! broker process, is SIGKILLed mid-batch and restarted on the same topics and group, a few times;
+//! afterwards every output it owes is in Kafka exactly once, which its deterministic ids prove.
+//! For audiences the outputs are batches of people: every person is added once per destination
+//! across all batches, and the file destination's snapshot holds each of them once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use aftercart_tests::http::Webhook;
+use aftercart_tests::load::{LoadClient, LoadSpec};
+use aftercart_tests::process::{ingress_env, kafka_env, ServiceProcess};
+use aftercart_tests::{count_records, read_topic, unique_prefix, Broker, Record};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aftercart");
+const SECRET: &str = "faults-consumers-secret";
+const SHOP: &str = "jsmith.myshopify.com";
+/// Journeys per service: enough that working through them takes the service several seconds
+/// on Tansu (one record per produce batch), so kills land while outputs are still being made.
+const JOURNEYS: u64 = 2000;
+/// Kills per service, each once a further fifth of the outputs exists.
+const KILLS: u64 = 3;
+
+/// One consumer service under test: how it runs, what it is fed, what it owes.
+struct Case {
+    name: &'static str,
+    subcommand: &'static str,
+    /// The service's own variables (topics, group, delays), given the test prefix.
+    env: Vec<(String, String)>,
+    /// The webhook of journey `n` (its webhook id must be `<run>-<n>`).
+    webhook: fn(run: &str, n: u64) -> Webhook,
+    /// The output topic whose records are counted and checked.
+    output_topic: String,
+    /// The identity of the one output journey `n` owes.
+    expected: fn(run: &str, n: u64) -> String,
+    /// The identity an output record carries (checked against its deterministic event id).
+    identity: fn(&Record) -> String,
+}
+
+fn var(name: &str, value: impl Into<String>) -> (String, String) {
+    (name.to_string(), value.into())
+}
+
+fn abandonment(prefix: &str) -> Case {
+    Case {
+        name: "faults/abandonment-killed",
+        subcommand: "abandonment",
+        env: vec![
+            var(
+                "AFTERCART_ABANDONMENT_GROUP",
+                format!("{prefix}abandonment"),
+            ),
+            var(
+                "AFTERCART_ABANDONMENTS_TOPIC",
+                format!("{prefix}abandonments"),
+            ),
+            var(
+                "AFTERCART_ABANDONMENT_STATE_TOPIC",
+                format!("{prefix}abandonment-state"),
+            ),
+            var(
+                "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
+                format!("{prefix}abandonment-dead-letter"),
+            ),
+            var("AFTERCART_ABANDON_AFTER", "1s"),
+            var("AFTERCART_CART_ABANDON_AFTER", "1s"),
+        ],
+        webhook: |run, n| {
+            let cart = format!("{run}-{n}");
+            let body = json!({
+                "token": format!("chk-{cart}"), "cart_token": cart,
+                "email": format!("buyer-{n}@example.com"), "buyer_accepts_marketing": true,
+                "total_price": "80.00", "currency": "EUR",
+                "updated_at": "2026-11-23T10:00:00Z",
+            });
+            with_id(
+                Webhook::new("checkouts/create", body.to_string(), SECRET),
+                run,
+                n,
+            )
+        },
+        output_topic: format!("{prefix}abandonments"),
+        expected: |run, n| format!("{SHOP}/{run}-{n}"),
+        identity: |record| record.key_str().to_string(),
+    }
+}
+
+fn referrals(prefix: &str) -> Case {
+    Case {
+        name: "faults/referrals-killed",
+        subcommand: "referrals",
+        env: vec![
+            var("AFTERCART_REFERRALS_GROUP", format!("{prefix}referrals")),
+            var(
+                "AFTERCART_REFERRAL_INVITES_TOPIC",
+                format!("{prefix}referral-invites"),
+            ),
+            var(
+                "AFTERCART_REFERRAL_REWARDS_TOPIC",
+                format!("{prefix}referral-rewards"),
+            ),
+            var(
+                "AFTERCART_REFERRALS_BY_SHOP_TOPIC",
+                format!("{prefix}referrals-by-shop"),
+            ),
+            var(
+                "AFTERCART_REFERRALS_STATE_TOPIC",
+                format!("{prefix}referrals-state"),
+            ),
+            var(
+                "AFTERCART_REFERRALS_DEAD_LETTER_TOPIC",
+                format!("{prefix}referrals-dead-letter"),
+            ),
+            var(
+                "AFTERCART_REFERRALS_WEBHOOK_DEAD_LETTER_TOPIC",
+                format!("{prefix}referrals-webhook-dead-letter"),
+            ),
+            var("AFTERCART_REFERRAL_CODE_SECRET", "faults-code-secret"),
+            var("AFTERCART_REFERRAL_REVIEW_WINDOW", "3s"),
+        ],
+        webhook: |run, n| {
+            // A distinct buyer per order (the invite cooldown is per customer) and a distinct
+            // IP (the burst rule is per IP).
+            let (id, customer) = (order_id(run, n), 1_000_000 + n);
+            let body = json!({
+                "id": id, "name": format!("#{n}"),
+                "cart_token": format!("{run}-{n}"), "checkout_token": format!("chk-{run}-{n}"),
+                "email": format!("c{customer}@example.com"),
+                "customer": {"id": customer, "email": format!("c{customer}@example.com"),
+                             "first_name": "Ann", "last_name": format!("L{customer}")},
+                "buyer_accepts_marketing": true, "financial_status": "paid", "test": false,
+                "subtotal_price": "50.00", "total_price": "55.00", "currency": "EUR",
+                "created_at": "2026-11-23T10:00:00Z", "updated_at": "2026-11-23T10:00:00Z",
+                "browser_ip": format!("10.{}.{}.{}", n % 250, (n / 250) % 250, n % 7),
+            });
+            with_id(
+                Webhook::new("orders/paid", body.to_string(), SECRET),
+                run,
+                n,
+            )
+        },
+        output_topic: format!("{prefix}referral-invites"),
+        expected: |run, n| order_id(run, n).to_string(),
+        identity: |record| {
+            let value: serde_json::Value =
+                serde_json::from_slice(&record.value).expect("JSON invite");
+            value["order"]["id"].to_string()
+        },
+    }
+}
+
+/// A 52-bit order id unique to the run and journey.
+fn order_id(run: &str, n: u64) -> u64 {
+    let run = u64::from_str_radix(&run[..6], 16).expect("hex run id");
+    (1 << 52) | (run << 20) | n
+}
+
+fn with_id(mut webhook: Webhook, run: &str, n: u64) -> Webhook {
+    webhook.shop = SHOP.to_string();
+    webhook.webhook_id = format!("{run}-{n}");
+    webhook
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn abandonment_killed_mid_batch_emits_every_abandonment_exactly_once() {
+    let Some(broker) = Broker::tansu().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    killed_mid_batch(&broker, &prefix, abandonment(&prefix)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn referrals_killed_mid_batch_invites_every_buyer_exactly_once() {
+    let Some(broker) = Broker::tansu().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    killed_mid_batch(&broker, &prefix, referrals(&prefix)).await;
+}
+
+/// Fills the input topics through a real ingress, starts the service, SIGKILLs it each time a
+/// further fifth of its outputs exists, restarts it, and checks the books once it is done.
+async fn killed_mid_batch(broker: &Broker, prefix: &str, case: Case) {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let (env, listen) = ingress_env(broker, prefix, SECRET);
+    let ingress = ServiceProcess::start("ingress", BIN, &["ingress"], env).await;
+    let mut load = LoadSpec::orders(listen, SECRET);
+    let (factory, load_run) = (case.webhook, run.clone());
+    load.webhook = std::sync::Arc::new(move |n| factory(&load_run, n));
+    load.connections = 16;
+    load.rate = 1000.0;
+    load.limit = Some(JOURNEYS);
+    let report = LoadClient::start(load).finish().await;
+    let mut books = report.accounting(case.name);
+    assert_eq!(
+        books.acknowledged, JOURNEYS,
+        "the ingress must take every journey before the fault: {books}"
+    );
+
+    let mut env = kafka_env(broker, prefix, 3);
+    env.extend(case.env.iter().cloned());
+    let mut service = ServiceProcess::start(case.name, BIN, &[case.subcommand], env).await;
+    let bootstrap = broker.bootstrap();
+    let mut kills_mid_batch = 0;
+    for kill in 1..=KILLS {
+        let threshold = JOURNEYS * kill / (KILLS + 2);
+        let at = wait_for_count(&bootstrap, &case.output_topic, threshold).await;
+        if at >= JOURNEYS {
+            break;
+        }
+        service.sigkill().await;
+        kills_mid_batch += 1;
+        eprintln!(
+            "{}: SIGKILL {kill} with {at} of {JOURNEYS} outputs in Kafka",
+            case.name
+        );
+        service.restart().await;
+    }
+    assert!(
+        kills_mid_batch > 0,
+        "every output existed before the first kill: the test proved nothing (make JOURNEYS larger)"
+    );
+    wait_for_count(&bootstrap, &case.output_topic, JOURNEYS).await;
+    settle(&bootstrap, &case.output_topic).await;
+
+    let records = read_topic(&bootstrap, &case.output_topic).await;
+    let expected: Vec<String> = report
+        .acknowledged
+        .iter()
+        .map(|id| {
+            let n = id
+                .rsplit('-')
+                .next()
+                .expect("<run>-<n>")
+                .parse()
+                .expect("n");
+            (case.expected)(&run, n)
+        })
+        .collect();
+    let found: Vec<String> = records.iter().map(case.identity).collect();
+    books.reconcile(
+        expected.iter().map(String::as_str),
+        found.iter().map(String::as_str),
+    );
+    books.name = format!("{} {kills_mid_batch}x mid-batch", case.name);
+    assert_one_event_id_per_output(&records, case.identity);
+    books.assert_exact();
+    assert_eq!(books.unacknowledged_found, 0, "outputs nobody asked for");
+
+    assert_eq!(
+        service.sigterm(Duration::from_secs(30)).await,
+        Some(0),
+        "{} stops cleanly after the restarts",
+        case.name
+    );
+    drop(ingress);
+}
+
+/// Each output's `aftercart-event-id` is deterministic: one identity, one event id, and no event
+/// id twice (a duplicate re-emitted after a restart carries the same id).
+fn assert_one_event_id_per_output(records: &[Record], identity: fn(&Record) -> String) {
+    let mut ids = BTreeMap::<String, String>::new();
+    for record in records {
+        let event_id = record
+            .header("aftercart-event-id")
+            .expect("every output carries its event id")
+            .to_string();
+        let who = identity(record);
+        if let Some(previous) = ids.insert(event_id.clone(), who.clone()) {
+            panic!("event id {event_id} emitted twice (for {previous} and {who})");
+        }
+    }
+}
+
+/// Polls the output topic until it holds at least `count` records; returns the count seen.
+async fn wait_for_count(bootstrap: &str, topic: &str, count: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let now = count_records(bootstrap, topic).await;
+        if now >= count {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} holds {now} records, waited for {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the topic stops growing for 5 s, long enough for a late duplicate to show.
+async fn settle(bootstrap: &str, topic: &str) {
+    let mut last = count_records(bootstrap, topic).await;
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = count_records(bootstrap, topic).await;
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+    }
+}
+
+/// Buyers in the audiences case: more than the other cases' journeys, because a restarted
+/// engine makes the rest of its batches in one flush within a second or two, and three kills
+/// must each find some still missing.
+const BUYERS: u64 = 4000;
+
+/// People per batch record in the audiences case: small, so the flushes of a few thousand
+/// buyers make hundreds of batch records and a kill lands while they are being written.
+const AUDIENCE_BATCH_ROWS: u64 = 10;
+
+/// `orders/paid` of buyer `n`: a distinct consenting customer per order, so each is one member
+/// of the built-in `recent-purchasers` audience (exported to the `files` destination).
+fn purchase(run: &str, n: u64) -> Webhook {
+    let customer = 1_000_000 + n;
+    let body = json!({
+        "id": order_id(run, n), "name": format!("#{n}"),
+        "email": format!("p{customer}@example.com"),
+        "customer": {"id": customer, "email": format!("p{customer}@example.com"),
+                     "first_name": "Ann", "last_name": format!("L{customer}")},
+        "buyer_accepts_marketing": true, "financial_status": "paid", "test": false,
+        "subtotal_price": "50.00", "total_price": "55.00", "currency": "EUR",
+        "created_at": "2026-11-23T10:00:00Z", "updated_at": "2026-11-23T10:00:00Z",
+    });
+    with_id(
+        Webhook::new("orders/paid", body.to_string(), SECRET),
+        run,
+        n,
+    )
+}
+
+/// `<audience>/<destination>/<person>` of every member of every batch of `op` (`add` or
+/// `remove`), one entry per occurrence, so a person added twice appears twice.
+fn members(records: &[Record], op: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for record in records {
+        let batch: serde_json::Value = serde_json::from_slice(&record.value).expect("JSON batch");
+        if batch["op"] != op {
+            continue;
+        }
+        for member in batch["members"].as_array().expect("members") {
+            out.push(format!(
+                "{}/{}/{}",
+                batch["audience"].as_str().expect("audience"),
+                batch["destination"].as_str().expect("destination"),
+                member["person"].as_str().expect("person")
+            ));
+        }
+    }
+    out
+}
+
+/// Polls until `topic` holds `count` records (true), or stops growing with every buyer added
+/// (false: nothing left to kill mid-way).
+async fn wait_for_batches(bootstrap: &str, topic: &str, count: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (mut last, mut still_since) = (0, Instant::now());
+    loop {
+        let now = count_records(bootstrap, topic).await;
+        if now >= count {
+            return true;
+        }
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        } else if still_since.elapsed() > Duration::from_secs(2)
+            && added_people(bootstrap, topic).await >= BUYERS
+        {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} holds {now} records, waited for {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many distinct people the batches of `topic` add (a duplicate is counted once, so it
+/// cannot pass for progress).
+async fn added_people(bootstrap: &str, topic: &str) -> u64 {
+    let records = read_topic(bootstrap, topic).await;
+    members(&records, "add")
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .len() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn audiences_killed_mid_batch_adds_every_buyer_exactly_once() {
+    let Some(broker) = Broker::tansu().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let name = "faults/audiences-killed";
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let (env, listen) = ingress_env(&broker, &prefix, SECRET);
+    let ingress = ServiceProcess::start("ingress", BIN, &["ingress"], env).await;
+    let mut load = LoadSpec::orders(listen, SECRET);
+    let load_run = run.clone();
+    load.webhook = std::sync::Arc::new(move |n| purchase(&load_run, n));
+    load.connections = 16;
+    load.rate = 1000.0;
+    load.limit = Some(BUYERS);
+    let report = LoadClient::start(load).finish().await;
+    let mut books = report.accounting(name);
+    assert_eq!(
+        books.acknowledged, BUYERS,
+        "the ingress must take every order before the fault: {books}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("aftercart-faults-audiences-{run}"));
+    let batches_topic = format!("{prefix}audience-batches");
+    let mut env = kafka_env(&broker, &prefix, 3);
+    env.extend([
+        var("AFTERCART_AUDIENCES_GROUP", format!("{prefix}audiences")),
+        var("AFTERCART_AUDIENCE_BATCHES_TOPIC", &batches_topic),
+        var(
+            "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
+            format!("{prefix}audiences-by-shop"),
+        ),
+        var(
+            "AFTERCART_AUDIENCES_STATE_TOPIC",
+            format!("{prefix}audiences-state"),
+        ),
+        var(
+            "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
+            format!("{prefix}audiences-dead-letter"),
+        ),
+        var(
+            "AFTERCART_ABANDONMENTS_TOPIC",
+            format!("{prefix}abandonments"),
+        ),
+        // The built-in audiences, to files in a directory of this run.
+        var("AFTERCART_AUDIENCES_DIR", dir.to_string_lossy()),
+        var("AFTERCART_EXPORT_FLUSH_INTERVAL", "1s"),
+        var(
+            "AFTERCART_EXPORT_BATCH_SIZE",
+            AUDIENCE_BATCH_ROWS.to_string(),
+        ),
+    ]);
+    let mut service = ServiceProcess::start(name, BIN, &["audiences"], env).await;
+    let bootstrap = broker.bootstrap();
+    // At least this many batch records are made (more when a flush ends on a partial chunk).
+    let records_owed = BUYERS / AUDIENCE_BATCH_ROWS;
+    let mut kills_mid_batch = 0;
+    // The first kill once a tenth of the batches exist; each later one as soon as the
+    // restarted process has written a few more: it no longer has the router's work to do
+    // first, so a later threshold would miss its flush. Those kills land in the first flush
+    // after a restore, right after reconcile.
+    let mut since = 0;
+    for kill in 1..=KILLS {
+        let step = if kill == 1 { records_owed / 10 } else { 5 };
+        if !wait_for_batches(&bootstrap, &batches_topic, since + step).await {
+            break; // every buyer was added before this kill could land
+        }
+        service.sigkill().await;
+        since = count_records(&bootstrap, &batches_topic).await;
+        // Counted once the process is gone, so nothing more can appear: a kill after every
+        // buyer was added proves nothing and is not counted.
+        let added = added_people(&bootstrap, &batches_topic).await;
+        if added >= BUYERS {
+            break;
+        }
+        kills_mid_batch += 1;
+        eprintln!("{name}: SIGKILL {kill} with {added} of {BUYERS} buyers added in Kafka");
+        service.restart().await;
+    }
+    assert!(
+        kills_mid_batch > 0,
+        "every buyer was added before the first kill: the test proved nothing (make BUYERS larger)"
+    );
+    if !service.is_running() {
+        service.restart().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let added = added_people(&bootstrap, &batches_topic).await;
+        if added >= BUYERS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{batches_topic} adds {added} of {BUYERS} buyers"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    settle(&bootstrap, &batches_topic).await;
+
+    let records = read_topic(&bootstrap, &batches_topic).await;
+    let expected: Vec<String> = report
+        .acknowledged
+        .iter()
+        .map(|id| {
+            let n: u64 = id
+                .rsplit('-')
+                .next()
+                .expect("<run>-<n>")
+                .parse()
+                .expect("n");
+            format!("recent-purchasers/files/c/{}", 1_000_000 + n)
+        })
+        .collect();
+    let added = members(&records, "add");
+    books.reconcile(
+        expected.iter().map(String::as_str),
+        added.iter().map(String::as_str),
+    );
+    books.name = format!("{name} {kills_mid_batch}x mid-batch");
+    let mut batch_ids = BTreeSet::new();
+    for record in &records {
+        let batch: serde_json::Value = serde_json::from_slice(&record.value).expect("JSON batch");
+        aftercart_tests::schemas::assert_valid("aftercart/audience-batches.schema.json", &batch);
+        let id = batch["batch_id"].as_str().expect("batch_id").to_string();
+        assert_eq!(
+            record.header("aftercart-event-id"),
+            Some(id.as_str()),
+            "a batch's event id is its batch id"
+        );
+        assert!(batch_ids.insert(id.clone()), "batch {id} emitted twice");
+    }
+    books.assert_exact();
+    assert_eq!(books.unacknowledged_found, 0, "people nobody asked for");
+    assert_eq!(
+        members(&records, "remove"),
+        Vec::<String>::new(),
+        "nobody leaves"
+    );
+
+    // The exporter catches up: the snapshot holds every buyer once.
+    let snapshot = dir.join("recent-purchasers/snapshot.csv");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let people = loop {
+        let text = std::fs::read_to_string(&snapshot).unwrap_or_default();
+        let people: Vec<String> = text
+            .lines()
+            .skip(1)
+            .map(|line| line.split(',').nth(1).expect("person column").to_string())
+            .collect();
+        if people.len() as u64 >= BUYERS || Instant::now() > deadline {
+            break people;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut in_files = books.clone();
+    in_files.name = format!("{name} {kills_mid_batch}x mid-batch (snapshot)");
+    let people: Vec<String> = people
+        .iter()
+        .map(|p| format!("recent-purchasers/files/{p}"))
+        .collect();
+    in_files.reconcile(
+        expected.iter().map(String::as_str),
+        people.iter().map(String::as_str),
+    );
+    in_files.assert_exact();
+
+    assert_eq!(
+        service.sigterm(Duration::from_secs(30)).await,
+        Some(0),
+        "{name} stops cleanly after the restarts"
+    );
+    drop(ingress);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,413 @@
+//! Fault suite, part 5 (issue 7): slow and flooding clients against the real `aftercart ingress`
+//! on a Tansu broker process: slowloris headers, bodies trickled byte by byte, thousands of idle
+//! connections past `AFTERCART_MAX_CONNECTIONS`, oversized headers. While each runs, a
+//! well-behaved client keeps getting 200s, and every one it got is in Kafka exactly once.
+
+use std::time::Duration;
+
+use aftercart_shopify::{sign, Secret};
+use aftercart_tests::load::{webhook_ids_in, LoadClient, LoadReport, LoadSpec};
+use aftercart_tests::process::{ingress_env, ServiceProcess};
+use aftercart_tests::{unique_prefix, Broker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aftercart");
+const SECRET: &str = "faults-flood-secret";
+/// Tight limits, so abusers are cut off within the test's time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Generous: a correctness bound for the well-behaved client, not a benchmark.
+const ANSWER_BOUND: Duration = Duration::from_secs(2);
+
+/// A Tansu broker and an ingress with the test's limits; `None` when Tansu is missing and not
+/// required.
+async fn stack(max_connections: usize, name: &str) -> Option<(Broker, ServiceProcess, String)> {
+    let broker = Broker::tansu().await?;
+    let prefix = unique_prefix();
+    let (mut env, listen) = ingress_env(&broker, &prefix, SECRET);
+    for (key, value) in [
+        ("AFTERCART_HEADER_READ_TIMEOUT", "2s".to_string()),
+        ("AFTERCART_BODY_READ_TIMEOUT", "2s".to_string()),
+        ("AFTERCART_MAX_CONNECTIONS", max_connections.to_string()),
+        ("AFTERCART_MAX_HEADER_BYTES", "16KiB".to_string()),
+    ] {
+        env.push((key.to_string(), value));
+    }
+    let ingress = ServiceProcess::start(name, BIN, &["ingress"], env).await;
+    let _ = listen;
+    Some((broker, ingress, prefix))
+}
+
+fn listen_of(ingress: &ServiceProcess) -> std::net::SocketAddr {
+    ingress
+        .env("AFTERCART_LISTEN")
+        .expect("listen set")
+        .parse()
+        .expect("address")
+}
+
+/// The well-behaved client: signed orders at 10 per second from 2 workers, each request on a
+/// new connection when `fresh` (new clients arriving), until stopped.
+fn probe(ingress: &ServiceProcess, fresh: bool) -> LoadClient {
+    let mut spec = LoadSpec::orders(listen_of(ingress), SECRET);
+    spec.connections = 2;
+    spec.rate = 10.0;
+    spec.request_timeout = Duration::from_secs(30);
+    spec.new_connection_per_request = fresh;
+    LoadClient::start(spec)
+}
+
+/// Checks the probe's books: every request answered 200 within `bound`, and every one of them
+/// in Kafka exactly once. Prints the accounting line.
+async fn assert_probe_served(
+    name: &str,
+    report: &LoadReport,
+    broker: &Broker,
+    prefix: &str,
+    bound: Duration,
+) {
+    let mut books = report.accounting(name);
+    // Only the probe's own deliveries (the tests' other requests carry other ids).
+    let found: Vec<String> = webhook_ids_in(&broker.bootstrap(), &[format!("{prefix}orders")])
+        .await
+        .into_iter()
+        .filter(|id| id.starts_with("load-"))
+        .collect();
+    books.reconcile(
+        report.acknowledged.iter().map(String::as_str),
+        found.iter().map(String::as_str),
+    );
+    books.assert_exact();
+    assert!(report.sent >= 10, "the probe barely ran: {books}");
+    assert_eq!(
+        books.acknowledged, books.sent,
+        "the well-behaved client was refused or unanswered: {books}"
+    );
+    assert!(
+        report.slowest < bound,
+        "the well-behaved client waited {:?} (bound {bound:?})",
+        report.slowest
+    );
+}
+
+/// How an abusive connection ended.
+#[derive(Debug)]
+struct Ending {
+    /// What the server wrote back (empty when it just closed).
+    answer: String,
+    /// When the server closed the connection, if it did within the limit.
+    closed_after: Option<Duration>,
+}
+
+/// Connects, writes `prelude`, then `trickle` one byte per `every` while reading, until the
+/// server closes the connection or `limit` passes.
+async fn abuse(
+    addr: std::net::SocketAddr,
+    prelude: Vec<u8>,
+    trickle: Vec<u8>,
+    every: Duration,
+    limit: Duration,
+) -> Ending {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect (a server that stopped accepting fails here)");
+    let _ = stream.write_all(&prelude).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = async move {
+        for byte in trickle {
+            tokio::time::sleep(every).await;
+            if writer.write_all(&[byte]).await.is_err() {
+                break;
+            }
+        }
+        // Keep the write half open: only the server may end this connection.
+        std::future::pending::<()>().await;
+    };
+    let reading = async {
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return answer,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(limit, async {
+        tokio::select! {
+            answer = reading => answer,
+            () = writing => unreachable!("the writer never ends"),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(answer) => Ending {
+            answer: String::from_utf8_lossy(&answer).into_owned(),
+            closed_after: Some(started.elapsed()),
+        },
+        Err(_) => Ending {
+            answer: String::new(),
+            closed_after: None,
+        },
+    }
+}
+
+/// The head of a signed webhook whose body will be `body`.
+fn signed_head(body: &[u8], webhook_id: &str) -> String {
+    format!(
+        "POST /webhooks/shopify HTTP/1.1\r\nHost: ingress\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nX-Shopify-Topic: orders/create\r\nX-Shopify-Shop-Domain: jsmith.myshopify.com\r\n\
+         X-Shopify-Webhook-Id: {webhook_id}\r\nX-Shopify-Hmac-Sha256: {}\r\n\r\n",
+        body.len(),
+        sign(&Secret::new(SECRET), body)
+    )
+}
+
+/// `connections_cut_total{reason}`: connections the ingress ended itself.
+async fn cut_metric(ingress: &ServiceProcess, reason: &str) -> f64 {
+    ingress
+        .metric(&format!(
+            r#"aftercart_ingress_connections_cut_total{{reason="{reason}"}}"#
+        ))
+        .await
+}
+
+/// Sum of every series of `name` whose labels contain `label`.
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn slowloris_connections_are_cut_off_while_others_are_served() {
+    let Some((broker, ingress, prefix)) = stack(1000, "ingress-slowloris").await else {
+        return;
+    };
+    let addr = listen_of(&ingress);
+    let probe = probe(&ingress, true);
+    // 300 connections that start a request and add a header byte every 100 ms, forever.
+    let trickle: Vec<u8> = "X-Slow: a\r\n".repeat(1000).into_bytes();
+    let abusers: Vec<_> = (0..300)
+        .map(|_| {
+            tokio::spawn(abuse(
+                addr,
+                b"POST /webhooks/shopify HTTP/1.1\r\nHost: ingress\r\n".to_vec(),
+                trickle.clone(),
+                Duration::from_millis(100),
+                Duration::from_secs(20),
+            ))
+        })
+        .collect();
+    let mut cut_off = 0;
+    for abuser in abusers {
+        let ending = abuser.await.expect("abuser");
+        let after = ending
+            .closed_after
+            .unwrap_or_else(|| panic!("a slowloris connection was never cut off: {ending:?}"));
+        // Cut off by the header timeout (hyper closes, or answers 408), not served.
+        assert!(
+            ending.answer.is_empty() || ending.answer.starts_with("HTTP/1.1 408"),
+            "{ending:?}"
+        );
+        assert!(after >= HEADER_READ_TIMEOUT / 2, "cut off early: {after:?}");
+        cut_off += 1;
+    }
+    let report = probe.stop().await;
+    assert_eq!(cut_metric(&ingress, "header_timeout").await, 300.0);
+    eprintln!(
+        "faults/slowloris: {cut_off} of 300 slow-header connections cut off by the header timeout"
+    );
+    assert_probe_served("faults/slowloris", &report, &broker, &prefix, ANSWER_BOUND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn bodies_trickled_byte_by_byte_get_408_while_others_are_served() {
+    let Some((broker, ingress, prefix)) = stack(1000, "ingress-trickle").await else {
+        return;
+    };
+    let addr = listen_of(&ingress);
+    let probe = probe(&ingress, true);
+    let abusers: Vec<_> = (0..200)
+        .map(|n| {
+            let body = format!(
+                r#"{{"id":{n},"cart_token":"trickle-{n}","note":"{}"}}"#,
+                "x".repeat(200)
+            );
+            let head = signed_head(body.as_bytes(), &format!("trickle-{n}"));
+            tokio::spawn(abuse(
+                addr,
+                head.into_bytes(),
+                body.into_bytes(),
+                Duration::from_millis(100),
+                Duration::from_secs(20),
+            ))
+        })
+        .collect();
+    for abuser in abusers {
+        let ending = abuser.await.expect("abuser");
+        assert!(
+            ending.answer.starts_with("HTTP/1.1 408"),
+            "a trickled body was not answered 408: {ending:?}"
+        );
+    }
+    let report = probe.stop().await;
+    let metrics = ingress.metrics().await;
+    let answered_408 = metric_sum(
+        &metrics,
+        "aftercart_ingress_requests_total{",
+        r#"status="408""#,
+    );
+    eprintln!("faults/trickled-bodies: 200 trickled bodies answered 408 (requests_total status=408: {answered_408})");
+    assert_eq!(answered_408, 200.0, "every 408 is counted");
+    // None of them was published.
+    let found = webhook_ids_in(&broker.bootstrap(), &[format!("{prefix}orders")]).await;
+    assert!(!found.iter().any(|id| id.starts_with("trickle-")));
+    assert_probe_served(
+        "faults/trickled-bodies",
+        &report,
+        &broker,
+        &prefix,
+        ANSWER_BOUND,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn oversized_headers_get_431_while_others_are_served() {
+    let Some((broker, ingress, prefix)) = stack(1000, "ingress-oversized").await else {
+        return;
+    };
+    let addr = listen_of(&ingress);
+    let probe = probe(&ingress, true);
+    // 64 KiB of headers against a 16 KiB limit, sent at once.
+    let huge = format!(
+        "POST /webhooks/shopify HTTP/1.1\r\nHost: ingress\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(64 << 10)
+    );
+    // 20 clients sending such heads one after another for 3 s.
+    let abusers: Vec<_> = (0..20)
+        .map(|_| {
+            let huge = huge.clone().into_bytes();
+            tokio::spawn(async move {
+                let (started, mut refused) = (Instant::now(), 0u32);
+                while started.elapsed() < Duration::from_secs(3) {
+                    let ending = abuse(
+                        addr,
+                        huge.clone(),
+                        Vec::new(),
+                        Duration::from_millis(100),
+                        Duration::from_secs(20),
+                    )
+                    .await;
+                    assert!(
+                        ending.answer.starts_with("HTTP/1.1 431"),
+                        "an oversized head was not answered 431: {ending:?}"
+                    );
+                    refused += 1;
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for abuser in abusers {
+        refused += abuser.await.expect("abuser");
+    }
+    // Just under the limit is fine: a signed webhook with 12 KiB of extra headers.
+    let body = br#"{"id":1,"cart_token":"big-but-fine"}"#;
+    let head = signed_head(body, "big-but-fine").replace(
+        "Host: ingress\r\n",
+        &format!("Host: ingress\r\nX-Padding: {}\r\n", "p".repeat(12 << 10)),
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    let answer = aftercart_tests::http::raw_exchange(addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let report = probe.stop().await;
+    assert_eq!(
+        cut_metric(&ingress, "header_too_large").await,
+        f64::from(refused)
+    );
+    eprintln!("faults/oversized-headers: {refused} heads of 64 KiB (limit 16 KiB) answered 431");
+    assert_probe_served(
+        "faults/oversized-headers",
+        &report,
+        &broker,
+        &prefix,
+        ANSWER_BOUND,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn thousands_of_idle_connections_beyond_the_limit_wait_and_are_cut_off() {
+    const LIMIT: usize = 500;
+    // Within the listen backlog (1024) on top of the limit: connections the kernel cannot
+    // queue are never seen by the server (the client's handshake is left half-open), so they
+    // prove nothing about the ingress.
+    const IDLE: usize = 1400;
+    let Some((broker, ingress, prefix)) = stack(LIMIT, "ingress-idle").await else {
+        return;
+    };
+    let addr = listen_of(&ingress);
+    // 1400 connections that never send a byte: almost three times the limit.
+    // Opened 50 at a time, 20 ms apart: a burst of 1400 SYNs trips the kernel's SYN-flood
+    // defence (syncookies), whose handshakes the server may never see.
+    let idlers: Vec<_> = (0..IDLE)
+        .map(|n| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((n / 50) as u64 * 20)).await;
+                abuse(
+                    addr,
+                    Vec::new(),
+                    Vec::new(),
+                    Duration::from_millis(100),
+                    Duration::from_secs(60),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // New clients queue behind the idle ones: each batch of LIMIT holds the slots for at most
+    // the header timeout, so a newcomer waits at most IDLE / LIMIT header timeouts.
+    let probe = probe(&ingress, true);
+    let (mut cut_off, mut slowest) = (0, Duration::ZERO);
+    for idler in idlers {
+        let ending = idler.await.expect("idler");
+        assert!(
+            ending.answer.is_empty() || ending.answer.starts_with("HTTP/1.1 408"),
+            "{ending:?}"
+        );
+        if let Some(after) = ending.closed_after {
+            cut_off += 1;
+            slowest = slowest.max(after);
+        }
+    }
+    assert_eq!(cut_off, IDLE, "idle connections never closed by the server");
+    assert_eq!(cut_metric(&ingress, "idle").await, IDLE as f64);
+    // Once the idle ones are gone, keep probing a little while nothing stands in the way.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = probe.stop().await;
+    eprintln!(
+        "faults/idle-flood: {cut_off} of {IDLE} idle connections (limit {LIMIT}) closed by the header timeout, the last after {slowest:?}"
+    );
+    let bound = HEADER_READ_TIMEOUT * (IDLE / LIMIT + 1) as u32 + ANSWER_BOUND;
+    assert_probe_served("faults/idle-flood", &report, &broker, &prefix, bound).await;
+    assert_eq!(
+        aftercart_tests::http::get(ingress.admin, "/readyz")
+            .await
+            .status,
+        200
+    );
+    let _ = BODY_READ_TIMEOUT;
+}

@@ -1,0 +1,223 @@
+//! Fault suite, ingress part (`make test-faults`): the real `aftercart ingress` binary and a real
+//! Tansu broker process under steady load, with the broker frozen (SIGSTOP), the ingress killed
+//! (SIGKILL) and the spool filled. Each prints its books: sent / acknowledged / found in Kafka /
+//! lost, where lost must be 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aftercart_tests::broker::TansuProcess;
+use aftercart_tests::http::Webhook;
+use aftercart_tests::load::{webhook_ids_in, LoadClient, LoadReport, LoadSpec};
+use aftercart_tests::process::{ingress_env, ServiceProcess};
+use aftercart_tests::{eventually, unique_prefix, Accounting, Broker};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aftercart");
+const SECRET: &str = "faults-secret";
+
+/// Longer than the publish deadline (3 s): without a spool every request in it would be a 503.
+const FREEZE: Duration = Duration::from_secs(8);
+
+struct Setup {
+    broker: Broker,
+    ingress: ServiceProcess,
+    addr: std::net::SocketAddr,
+    prefix: String,
+}
+
+fn tansu(broker: &Broker) -> &TansuProcess {
+    match broker {
+        Broker::Tansu(process) => process,
+        Broker::Mock(_) => unreachable!("the fault suite runs on a broker process"),
+    }
+}
+
+/// Tansu plus an ingress whose spool takes over after 500 ms without an acknowledgement.
+async fn setup(name: &str, extra: &[(&str, &str)]) -> Option<Setup> {
+    let broker = Broker::tansu().await?;
+    let prefix = unique_prefix();
+    let (mut env, addr) = ingress_env(&broker, &prefix, SECRET);
+    env.push(("AFTERCART_SPOOL_DIR".into(), spool_dir(&prefix)));
+    env.push(("AFTERCART_SPOOL_AFTER".into(), "500ms".into()));
+    env.push(("AFTERCART_PUBLISH_DEADLINE".into(), "3s".into()));
+    for (key, value) in extra {
+        env.push((key.to_string(), value.to_string()));
+    }
+    let ingress = ServiceProcess::start(name, BIN, &["ingress"], env).await;
+    Some(Setup {
+        broker,
+        ingress,
+        addr,
+        prefix,
+    })
+}
+
+fn spool_dir(prefix: &str) -> String {
+    let dir: PathBuf = std::env::temp_dir().join(format!("aftercart-faults-spool-{prefix}"));
+    dir.to_string_lossy().into_owned()
+}
+
+impl Setup {
+    async fn wait_drained(&self) {
+        eventually(
+            "the spool drained into Kafka",
+            Duration::from_secs(90),
+            || async {
+                (self
+                    .ingress
+                    .metric("aftercart_ingress_spool_pending_events")
+                    .await
+                    == 0.0)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The books: the client's answers against every record in the orders topic.
+    async fn books(&self, name: &str, report: &LoadReport) -> Accounting {
+        let found = webhook_ids_in(
+            &self.broker.bootstrap(),
+            &[format!("{}orders", self.prefix)],
+        )
+        .await;
+        let mut books = report.accounting(name);
+        books.reconcile(
+            report.acknowledged.iter().map(String::as_str),
+            found.iter().map(String::as_str),
+        );
+        eprintln!("{books}");
+        books
+    }
+}
+
+/// 1. The broker frozen for longer than the response budget under steady load, then thawed:
+/// every request answered 2xx, every acknowledged webhook in Kafka, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn broker_frozen_longer_than_the_budget_loses_nothing() {
+    let Some(setup) = setup("ingress-frozen-broker", &[]).await else {
+        return;
+    };
+    let load = LoadClient::start(LoadSpec {
+        rate: 150.0,
+        ..LoadSpec::orders(setup.addr, SECRET)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tansu(&setup.broker).sigstop();
+    tokio::time::sleep(FREEZE).await;
+    let spooled = setup
+        .ingress
+        .metric("aftercart_ingress_spool_pending_events")
+        .await;
+    tansu(&setup.broker).sigcont();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = load.stop().await;
+    setup.wait_drained().await;
+    let books = setup.books("faults/broker-frozen", &report).await;
+    eprintln!(
+        "  spooled while frozen: {spooled}; slowest answer {:?}",
+        report.slowest
+    );
+    assert!(
+        spooled > 0.0,
+        "the freeze was long enough to need the spool"
+    );
+    assert_eq!(
+        books.refused_total() + books.unanswered,
+        0,
+        "every request answered 2xx"
+    );
+    assert!(books.acknowledged > 500, "{books}");
+    books.assert_exact();
+}
+
+/// 2. The ingress SIGKILLed under load while events wait in its spool, restarted on the same
+/// spool: every acknowledged webhook in Kafka. (A copy may appear twice: the killed producer's
+/// last request can still land. Consumers dedupe by webhook id.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn ingress_killed_under_load_keeps_every_acknowledged_event() {
+    let Some(mut setup) = setup("ingress-killed", &[]).await else {
+        return;
+    };
+    let load = LoadClient::start(LoadSpec {
+        rate: 150.0,
+        request_timeout: Duration::from_secs(5),
+        ..LoadSpec::orders(setup.addr, SECRET)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tansu(&setup.broker).sigstop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let spooled = setup
+        .ingress
+        .metric("aftercart_ingress_spool_pending_events")
+        .await;
+    setup.ingress.sigkill().await;
+    tansu(&setup.broker).sigcont();
+    setup.ingress.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = load.stop().await;
+    setup.wait_drained().await;
+    let books = setup.books("faults/ingress-killed", &report).await;
+    eprintln!("  spooled when killed: {spooled}");
+    assert!(spooled > 0.0, "the kill hit a spool holding events");
+    assert_eq!(books.lost, 0, "{books}; for example {:?}", books.examples);
+    assert!(books.acknowledged > 300, "{books}");
+}
+
+/// 3. The spool full while the broker is frozen: 503s (Shopify retries them), nothing
+/// acknowledged lost, and 200s again once the broker drains the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn a_full_spool_answers_503_and_recovers_after_the_drain() {
+    let Some(setup) = setup(
+        "ingress-spool-full",
+        &[
+            ("AFTERCART_SPOOL_MAX_BYTES", "1MiB"),
+            ("AFTERCART_MAX_BODY_BYTES", "512KiB"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let padding = "p".repeat(20_000);
+    let mut spec = LoadSpec::orders(setup.addr, SECRET);
+    let small = Arc::clone(&spec.webhook);
+    spec.rate = 100.0;
+    spec.webhook = Arc::new(move |n| {
+        let base: Webhook = small(n);
+        let mut body = base.body.clone();
+        body.pop(); // the closing brace
+        body.extend_from_slice(format!(r#","note":"{padding}"}}"#).as_bytes());
+        Webhook { body, ..base }
+    });
+    let load = LoadClient::start(spec);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tansu(&setup.broker).sigstop();
+    tokio::time::sleep(FREEZE).await;
+    let full = setup
+        .ingress
+        .metric(r#"aftercart_ingress_spool_rejected_total{reason="full"}"#)
+        .await;
+    tansu(&setup.broker).sigcont();
+    setup.wait_drained().await;
+    let acknowledged_before = load.acknowledged();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let recovered = load.acknowledged() - acknowledged_before;
+    let report = load.stop().await;
+    setup.wait_drained().await;
+    let books = setup.books("faults/spool-full", &report).await;
+    eprintln!("  refused as full: {full}; acknowledged after the drain: {recovered}");
+    assert!(
+        full > 0.0 && books.refused.get(&503).copied().unwrap_or(0) > 0,
+        "{books}"
+    );
+    assert!(
+        recovered > 100,
+        "answers 200 again once drained: {recovered}"
+    );
+    books.assert_exact();
+}
