@@ -9,11 +9,18 @@
    Strimzi's (transcribed in schemas/); any other kind fails;
 4. aftercart's own deployment rules: probes on the admin port, resources, hardened security
    context, a grace period above the drain deadline read from the rendered ConfigMaps, a PDB, a
-   NetworkPolicy, a Service and a ServiceMonitor per Deployment, no Secret in the repository,
+   NetworkPolicy, a Service and a ServiceMonitor per Deployment or StatefulSet (a headless
+   Service never scraped twice), an HPA naming a workload that exists; for the StatefulSet
+   (the ingress and its spool): a headless governing Service, parallel pods, volumes kept on
+   scale-down, the spool directory on a mounted claim template, AFTERCART_SPOOL_MAX_BYTES under
+   the claim's size, an fsGroup so the non-root user can write it; no Secret in the repository,
    dashboards that parse and carry the sidecar label; KafkaTopics joined by partition share one
    partition count and changelogs are compacted;
-5. checkov on the rendered overlays and on the Dockerfile (exceptions are annotated inline);
-6. the dashboard JSON is what dashboards.py generates.
+5. the Jobs run by hand (k8s/jobs/: the spool drain) validate the same way, are selected by the
+   baseline NetworkPolicy and mount the ingress's spool claim where the ingress mounts it;
+6. checkov on the rendered overlays, the hand-run Jobs and the Dockerfile (exceptions are
+   annotated inline);
+7. the dashboard JSON is what dashboards.py generates.
 """
 
 import json
@@ -24,8 +31,9 @@ from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
+import yaml
 
-from common import DASHBOARD_DIR, OVERLAYS, ROOT, Tally, need, render, run
+from common import DASHBOARD_DIR, K8S, OVERLAYS, ROOT, Tally, need, render, run
 
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 # Topics a service joins by partition (it refuses to start, exit 78, when their counts differ),
@@ -82,12 +90,88 @@ def selects(selector, labels):
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
-def check_deployment(tally, where, deployment, by_kind):
-    name = deployment["metadata"]["name"]
-    pod = deployment["spec"]["template"]
+def size_bytes(text):
+    """`8GiB`, `1536MiB`, `10Gi`, `4MiB` as bytes (the quantities the manifests and ConfigMaps
+    use; decimal units too)."""
+    units = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    match = re.fullmatch(r"(\d+)\s*([kMGT]i?)?B?", str(text).strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r}")
+    return int(match.group(1)) * units[match.group(2) or ""]
+
+
+# Where the ingress keeps its spool when AFTERCART_SPOOL_DIR is unset (its default).
+SPOOL_DIR_DEFAULT = "/var/lib/aftercart/spool"
+
+
+def workload_env(container, configmaps):
+    """The environment a container gets from its ConfigMaps (later ones win, as in envFrom),
+    then its own `env` literals."""
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps.get(source.get("configMapRef", {}).get("name"), {}))
+    env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
+    return env
+
+
+def check_statefulset(tally, what, statefulset, by_kind):
+    """A StatefulSet holds per-pod state (the ingress spool): it must keep it, and the process
+    must be able to write it."""
+    spec = statefulset["spec"]
+    pod = spec["template"]
+    labels = pod["metadata"]["labels"]
+    governing = [s for s in by_kind.get("Service", []) if s["metadata"]["name"] == spec.get("serviceName")]
+    tally.check(bool(governing) and governing[0]["spec"].get("clusterIP") == "None"
+                and selects({"matchLabels": governing[0]["spec"].get("selector", {})}, labels),
+                f"{what}: serviceName {spec.get('serviceName')} is a headless Service selecting its pods")
+    tally.check(spec.get("podManagementPolicy") == "Parallel", f"{what}: podManagementPolicy Parallel")
+    retention = spec.get("persistentVolumeClaimRetentionPolicy", {})
+    tally.check(retention.get("whenScaled") == "Retain" and retention.get("whenDeleted") == "Retain",
+                f"{what}: claims retained when scaled down or deleted (a spool may hold acknowledged webhooks): {retention}")
+    tally.check("replicas" not in spec or not any(
+        h["spec"]["scaleTargetRef"]["name"] == statefulset["metadata"]["name"] for h in by_kind.get("HorizontalPodAutoscaler", [])),
+        f"{what}: no replicas while an HPA owns the count")
+    tally.check(pod["spec"].get("securityContext", {}).get("fsGroup") is not None,
+                f"{what}: an fsGroup, so the non-root user can write its volumes")
+    claims = {c["metadata"]["name"]: c for c in spec.get("volumeClaimTemplates", [])}
+    configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in by_kind.get("ConfigMap", [])}
+    for container in pod["spec"]["containers"]:
+        cwhat = f"{what} container {container['name']}"
+        mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+        for name in claims:
+            tally.check(any(m["name"] == name for m in mounts.values()), f"{cwhat}: mounts claim template {name}")
+        env = workload_env(container, configmaps)
+        if container.get("args", [None])[0] != "ingress":
+            continue
+        spool = env.get("AFTERCART_SPOOL_DIR", SPOOL_DIR_DEFAULT)
+        if spool == "off":
+            continue
+        after = duration_seconds(env.get("AFTERCART_SPOOL_AFTER", "1s"))
+        deadline = duration_seconds(env.get("AFTERCART_PUBLISH_DEADLINE", "3s"))
+        tally.check(after < deadline, f"{cwhat}: AFTERCART_SPOOL_AFTER {after}s < AFTERCART_PUBLISH_DEADLINE {deadline}s")
+        on = [m for path, m in mounts.items() if spool == path or spool.startswith(path.rstrip("/") + "/")]
+        claim = claims.get(on[0]["name"]) if on else None
+        tally.check(claim is not None and not on[0].get("readOnly"),
+                    f"{cwhat}: spool {spool} is on a writable volume from a claim template "
+                    f"(the root filesystem is read-only, and an emptyDir dies with the node)")
+        if claim:
+            storage = size_bytes(claim["spec"]["resources"]["requests"]["storage"])
+            limit = size_bytes(env.get("AFTERCART_SPOOL_MAX_BYTES", "1GiB"))
+            tally.check(limit <= storage * 0.95,
+                        f"{cwhat}: AFTERCART_SPOOL_MAX_BYTES {limit} leaves at least 5% of the "
+                        f"{storage}-byte volume for filesystem overhead")
+            tally.check(claim["spec"].get("accessModes") == ["ReadWriteOnce"],
+                        f"{cwhat}: spool claim is ReadWriteOnce (one process per spool directory)")
+
+
+def check_workload(tally, where, workload, by_kind):
+    """A Deployment's or StatefulSet's pods, probes, security and neighbours."""
+    name = workload["metadata"]["name"]
+    pod = workload["spec"]["template"]
     spec = pod["spec"]
     labels = pod["metadata"]["labels"]
-    what = f"{where} Deployment {name}"
+    what = f"{where} {workload['kind']} {name}"
     pod_security = spec.get("securityContext", {})
     tally.check(pod_security.get("runAsNonRoot") is True, f"{what}: pod runAsNonRoot")
     tally.check(pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault",
@@ -131,10 +215,17 @@ def check_deployment(tally, where, deployment, by_kind):
         tally.check(bool(matches), f"{what}: a {kind} selects its pods")
     services = [s for s in by_kind.get("Service", []) if selects({"matchLabels": s["spec"]["selector"]}, labels)]
     for service in services:
-        tally.check(any(p["name"] == "admin" for p in service["spec"]["ports"]), f"{what}: Service exposes admin")
         monitors = [m for m in by_kind.get("ServiceMonitor", [])
-                    if selects(m["spec"]["selector"], service["metadata"]["labels"])]
+                    if selects(m["spec"]["selector"], service["metadata"].get("labels", {}))]
+        if service["spec"].get("clusterIP") == "None":
+            # A StatefulSet's headless Service selects the same pods: scraping it too would
+            # count every pod twice.
+            tally.check(not monitors, f"{what}: headless Service {service['metadata']['name']} is not scraped")
+            continue
+        tally.check(any(p["name"] == "admin" for p in service["spec"]["ports"]), f"{what}: Service exposes admin")
         tally.check(bool(monitors), f"{what}: a ServiceMonitor scrapes Service {service['metadata']['name']}")
+    if workload["kind"] == "StatefulSet":
+        check_statefulset(tally, what, workload, by_kind)
 
 
 def main():
@@ -173,8 +264,13 @@ def main():
                 except kubernetes_validate.ValidationError as error:
                     tally.check(False, f"{ident}: Kubernetes {version}: {error.message} at {list(error.path)}")
         tally.check("Secret" not in by_kind, f"{overlay}: no Secret object is rendered (secrets are created out of band)")
-        for deployment in by_kind.get("Deployment", []):
-            check_deployment(tally, overlay, deployment, by_kind)
+        for workload in by_kind.get("Deployment", []) + by_kind.get("StatefulSet", []):
+            check_workload(tally, overlay, workload, by_kind)
+        workloads = {(w["kind"], w["metadata"]["name"]) for k in ("Deployment", "StatefulSet") for w in by_kind.get(k, [])}
+        for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+            ref = hpa["spec"]["scaleTargetRef"]
+            tally.check((ref["kind"], ref["name"]) in workloads,
+                        f"{overlay} HPA {hpa['metadata']['name']}: scales {ref['kind']} {ref['name']}, which is rendered")
         topics = {t["spec"]["topicName"]: t["spec"] for t in by_kind.get("KafkaTopic", [])}
         if topics:
             for group in SAME_PARTITIONS:
@@ -200,14 +296,44 @@ def main():
         dashboards = [c for c in by_kind.get("ConfigMap", []) if c["metadata"].get("labels", {}).get("grafana_dashboard")]
         tally.check(len(dashboards) == len(list(DASHBOARD_DIR.glob("*.json"))), f"{overlay}: dashboard ConfigMaps carry grafana_dashboard=1")
 
-    # checkov: the rendered overlays, then the Dockerfile. Exceptions live next to what they
+    # Jobs run by hand against the prod overlay's objects (k8s/jobs/).
+    prod = {}
+    for doc in render("prod")[0]:
+        prod.setdefault(doc["kind"], []).append(doc)
+    ingress = next(s for s in prod["StatefulSet"] if s["metadata"]["name"] == "aftercart-ingress")
+    spool_mount = next(m["mountPath"] for m in ingress["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                       if m["name"] == "spool")
+    for path in sorted((K8S / "jobs").glob("*.yaml")):
+        for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+            ident = f"k8s/jobs/{path.name} {doc['kind']} {doc['metadata']['name']}"
+            objects += 1
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                    tally.check(True, ident)
+                except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.ValidationError) as error:
+                    tally.check(False, f"{ident}: Kubernetes {version}: {error}")
+            pod = doc["spec"]["template"]
+            tally.check(any(selects(n["spec"]["podSelector"], pod["metadata"]["labels"]) for n in prod["NetworkPolicy"]),
+                        f"{ident}: a NetworkPolicy selects its pods")
+            claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["spec"].get("volumes", [])
+                      if "persistentVolumeClaim" in v}
+            for container in pod["spec"]["containers"]:
+                for mount in container.get("volumeMounts", []):
+                    claim = claims.get(mount["name"], "")
+                    tally.check(claim.startswith(f"spool-{ingress['metadata']['name']}-") and mount["mountPath"] == spool_mount
+                                and f"--spool-dir {spool_mount}" in " ".join(container["args"]),
+                                f"{ident}: mounts an ingress spool claim ({claim}) at {spool_mount} and points --spool-dir there")
+        rendered[f"jobs-{path.stem}"] = path.read_text()
+
+    # checkov: the rendered overlays, the hand-run Jobs, then the Dockerfile. Exceptions live next to what they
     # excuse (checkov.io/skip annotations, checkov:skip comments), each with its reason.
     checkov = need("checkov")
     with tempfile.TemporaryDirectory() as directory:
         for overlay, text in rendered.items():
             (Path(directory) / f"{overlay}.yaml").write_text(text)
         for argv, what in (
-            ([checkov, "-d", directory, "--framework", "kubernetes"], "rendered overlays"),
+            ([checkov, "-d", directory, "--framework", "kubernetes"], "rendered overlays and hand-run Jobs"),
             ([checkov, "-f", str(ROOT / "Dockerfile"), "--framework", "dockerfile"], "Dockerfile"),
         ):
             result = run(argv + ["--skip-download", "--compact", "--quiet", "-o", "json"])

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The ops checks against running services and a real Prometheus server:
 
-1. each Deployment of the prod overlay runs as rendered (its args and the environment of its
-   ConfigMaps; only addresses, partitions and the secret file point at this machine): it must
-   start, get ready, pass `promtool check metrics` on its own /metrics and exit 0 on SIGTERM
+1. each Deployment and StatefulSet of the prod overlay runs as rendered (its args and the
+   environment of its ConfigMaps; only addresses, partitions, the secret file and its volumes
+   (a fresh directory for each claim template, e.g. the ingress spool) point at this machine): it
+   must start, get ready, pass `promtool check metrics` on its own /metrics and exit 0 on SIGTERM
    within its terminationGracePeriodSeconds;
    the dev stack's /metrics is linted again after traffic; the topic Job, run as rendered, names
    exactly the topics the Strimzi KafkaTopics define;
@@ -14,12 +15,17 @@
    (dead letters of every consumer), an abandoned checkout that is then recovered, and a referral whose reward is
    voided (the friend's order is cancelled during review) and one rejected (the advocate uses
    their own code); the demo's pending rewards are granted once the review window is over, and
-   its audiences are exported (accepted after a retry, and dead-lettered);
+   its audiences are exported (accepted after a retry, and dead-lettered); then Kafka stops
+   answering (its broker, a process of its own, is frozen with SIGSTOP): webhooks must still be
+   answered 200, from the ingress spool (a 1 MiB one), until a large webhook finds it full (503),
+   and be drained to Kafka once the broker runs again; an ingress stopped while Kafka is frozen
+   leaves its spool behind, and the command of k8s/jobs/spool-drain.yaml drains it;
 3. Debian's Prometheus scrapes it every second with aftercart's rules loaded; every expression of
    every dashboard panel, every recording rule and every alert is evaluated through the HTTP API:
    all must parse, every panel and recording rule must return data, no expression may name a
    metric the services do not export, every rule group must be healthy, and the dead-letter alerts
-   (export dead letters included) must be firing (and the "service down" alerts not).
+   (export dead letters included) must be firing (and the "service down" alerts not); the spool
+   panels must have shown webhooks waiting and drained, and the spool-full alert must be raised.
 
 `LiveStack` is reused by plot_panels.py. Standard library plus PyYAML.
 """
@@ -65,6 +71,16 @@ from common import (
 )
 
 ABANDON_AFTER_SECONDS = 4
+# The dev stack spools a webhook Kafka has not acknowledged after this (production: 1s), so the
+# frozen-broker phase takes seconds.
+SPOOL_AFTER = "200ms"
+# How long the broker stays frozen once the webhooks are spooled: Prometheus (1 s scrapes) sees
+# them waiting and ageing.
+FREEZE_SECONDS = 4
+# The dev stack's spool limit (the smallest the ingress accepts): one large webhook fits, a
+# second one finds it full and is answered 503.
+SPOOL_MAX_BYTES = "1MiB"
+LARGE_BODY_BYTES = 600_000
 REVIEW_WINDOW_SECONDS = 8
 # `aftercart dev`'s fixed referral code secret and `aftercart send`'s default shop
 # (services/cli/src/cmd/dev.rs DEV_CODE_SECRET, send.rs --shop).
@@ -210,6 +226,7 @@ class LiveStack:
         self.webhooks = f"http://127.0.0.1:{self.webhook_port}/webhooks/shopify"
         self.prometheus = f"http://127.0.0.1:{self.prometheus_port}"
         self.brokers = None
+        self.broker = None
         self.receiver = None
 
     # -- processes -----------------------------------------------------------------------
@@ -234,6 +251,8 @@ class LiveStack:
 
     def __exit__(self, *exc):
         for _, process, log in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a frozen broker must hear the SIGTERM
             self.stop(process)
             log.close()
         if self.receiver:
@@ -244,6 +263,8 @@ class LiveStack:
         return path.read_text() if path.exists() else ""
 
     def start_dev(self):
+        """The embedded broker in a process of its own (`aftercart dev --broker-only`, so that it
+        can be frozen while the ingress keeps answering), then the dev stack against it."""
         self.receiver = Receiver()
         audiences = self.workdir / "audiences.toml"
         audiences.write_text(AUDIENCES_TOML.format(dir=self.workdir / "audiences", receiver=self.receiver.url))
@@ -258,18 +279,28 @@ class LiveStack:
             "AFTERCART_EXPORT_FLUSH_INTERVAL": "1s",
             "AFTERCART_EXPORT_BACKOFF_INITIAL": "200ms",
             "AFTERCART_LOG_FORMAT": "json",
+            # A writable spool (the default is /var/lib/aftercart/spool), quick to take over.
+            "AFTERCART_SPOOL_DIR": str(self.workdir / "spool-dev"),
+            "AFTERCART_SPOOL_AFTER": SPOOL_AFTER,
+            "AFTERCART_SPOOL_MAX_BYTES": SPOOL_MAX_BYTES,
+            # The spool must hold one largest webhook: bodies up to 768 KiB fit a 1 MiB spool.
+            "AFTERCART_MAX_BODY_BYTES": "768KiB",
         }
-        process = self.spawn("dev", [self.bin, "dev"], env)
+        # The broker creates every topic (it has no CreateTopics handler): same settings.
+        self.broker = self.spawn("broker", [self.bin, "dev", "--broker-only"], env)
+        wait_for("the embedded broker", lambda: self.broker.poll() is None
+                 and re.search(r"aftercart dev broker (\S+)", self.log("broker")), timeout=60)
+        self.brokers = re.search(r"aftercart dev broker (\S+)", self.log("broker")).group(1)
+        process = self.spawn("dev", [self.bin, "dev"], env | {"AFTERCART_KAFKA_BROKERS": self.brokers})
         wait_for("the dev stack's /readyz", lambda: process.poll() is None and ready(f"{self.admin}/readyz"),
                  timeout=60)
-        match = re.search(r"Kafka brokers\s+(\S+)", self.log("dev"))
-        self.brokers = match.group(1) if match else None
 
-    def service_alone(self, args, manifest_env, mounts=None):
+    def service_alone(self, args, manifest_env, mounts=None, overrides=None):
         """Starts `aftercart <args>` alone against the dev stack's broker with the environment a
         rendered Deployment gives it, overriding only what must point at this machine. `mounts`
         (mount path -> files of a ConfigMap volume) are written under the work directory and
-        variables naming them follow. Returns its admin URL and process. Its own consumer groups:
+        variables naming them follow (a claim template, e.g. the ingress spool, is an empty
+        directory). `overrides` win over everything. Returns its admin URL and process. Its own consumer groups:
         it never takes the dev stack's partitions. (Referrals and audiences alone also route the
         Shopify topics to their shared by-shop topics; this runs before any traffic, so there is
         nothing to route twice.)"""
@@ -280,7 +311,7 @@ class LiveStack:
             local.mkdir(exist_ok=True)
             for name, text in files.items():
                 (local / name).write_text(text)
-            manifest_env = {k: v.replace(path, str(local)) if v.startswith(path + "/") else v
+            manifest_env = {k: v.replace(path, str(local)) if v == path or v.startswith(path + "/") else v
                             for k, v in manifest_env.items()}
         secrets = self.workdir / "shopify-secrets"
         secrets.write_text("# current first\nops-lint-secret\n")
@@ -300,7 +331,7 @@ class LiveStack:
             "AFTERCART_AUDIENCES_DIR": str(self.workdir / "audiences-alone"),
             # The Deployment mounts it from the aftercart-referrals Secret.
             "AFTERCART_REFERRAL_CODE_SECRET_FILE": str(code_secret),
-        }
+        } | (overrides or {})
         command = args[0]
         process = self.spawn(f"alone-{command}", [self.bin, *args], env)
         url = f"http://127.0.0.1:{port}"
@@ -342,10 +373,10 @@ class LiveStack:
             raise RuntimeError(f"aftercart send {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
         return result
 
-    def send_json(self, topic, body):
+    def send_json(self, topic, body, expect_ok=True):
         path = self.workdir / f"body-{uuid.uuid4().hex[:8]}.json"
         path.write_text(body if isinstance(body, str) else json.dumps(body))
-        return self.send("--topic", topic, str(path))
+        return self.send("--topic", topic, str(path), expect_ok=expect_ok)
 
     def metrics(self):
         return http_get(f"{self.admin}/metrics")[1]
@@ -455,6 +486,94 @@ class LiveStack:
         self.send_json("orders/paid", {"id": int(time.time()), "email": 5})
         self.wait_metric("aftercart_audiences_dead_letters_total", audiences_dead + 1)
 
+    def spool(self, tally):
+        """Kafka stops answering: the broker process is frozen (SIGSTOP) while webhooks arrive.
+        Each must still be answered 200, from the spool, after AFTERCART_SPOOL_AFTER, until the
+        spool is full: then 503. Once the broker runs again the drainer publishes them and the
+        spool empties."""
+        sp = "aftercart_ingress_spool_"
+        before = self.metrics()
+        appended, drained = metric_sum(before, sp + "appended_total"), metric_sum(before, sp + "drained_total")
+        full = metric_sum(before, sp + "rejected_total", 'reason="full"')
+        samples = ("checkouts_update", "orders_paid", "carts_update")
+        # A topic no consumer reads (routed to <prefix>other), padded to fill most of the spool.
+        large = {"id": int(time.time()), "title": "ops check", "padding": "x" * LARGE_BODY_BYTES}
+        os.kill(self.broker.pid, signal.SIGSTOP)
+        try:
+            for sample in samples:
+                answered = self.send("--sample", sample, expect_ok=False)
+                tally.check(answered.returncode == 0, f"a webhook is answered 200 while Kafka is frozen "
+                                                      f"(from the spool): {answered.stdout}{answered.stderr}")
+            answered = self.send_json("products/update", large, expect_ok=False)
+            tally.check(answered.returncode == 0, f"a large webhook fits the {SPOOL_MAX_BYTES} spool: "
+                                                  f"{answered.stdout}{answered.stderr}")
+            answered = self.send_json("products/update", large | {"id": large["id"] + 1}, expect_ok=False)
+            tally.check(answered.returncode != 0 and answered.stdout.startswith("503"),
+                        f"a second large webhook finds the spool full and is answered 503: {answered.stdout}")
+            samples += ("products/update",)
+            # A failure here is counted, not raised: the panels are still evaluated after it.
+            try:
+                self.wait_metric(sp + "pending_events", len(samples), timeout=10)
+            except TimeoutError as error:
+                tally.check(False, f"spooled webhooks while Kafka is frozen: {error}")
+            time.sleep(FREEZE_SECONDS)
+        finally:
+            os.kill(self.broker.pid, signal.SIGCONT)
+        tally.check(metric_sum(self.metrics(), sp + "appended_total") >= appended + len(samples),
+                    f"{len(samples)} webhooks were spooled while Kafka was frozen")
+        tally.check(metric_sum(self.metrics(), sp + "rejected_total", 'reason="full"') == full + 1,
+                    "one webhook was refused for a full spool")
+        try:
+            self.wait_metric(sp + "drained_total", drained + len(samples), timeout=60)
+            wait_for("the spool to empty", lambda: metric_sum(self.metrics(), sp + "pending_events") == 0,
+                     timeout=30)
+        except TimeoutError as error:
+            tally.check(False, f"the spool drains once Kafka is back: {error}")
+
+    def orphan(self, tally, ingress, job):
+        """A spool left behind (a replica scaled down while Kafka was away), then drained by the
+        hand-run Job of k8s/jobs/ as written. An ingress with the rendered configuration spools
+        webhooks while the broker is frozen and is stopped before it can drain them; `aftercart
+        spool inspect` must see them, the Job's command must publish them and empty the spool."""
+        args, manifest_env = ingress
+        job_args, job_env, job_dir = job
+        spool_dir = self.workdir / "orphaned-spool"
+        port = free_port()
+        _, process = self.service_alone(args, manifest_env, overrides={
+            "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_SPOOL_DIR": str(spool_dir),
+            "AFTERCART_SPOOL_AFTER": SPOOL_AFTER, "AFTERCART_DRAIN_DELAY": "0s",
+            # Stops before Kafka is back: what it spooled stays on disk.
+            "AFTERCART_SHUTDOWN_TIMEOUT": "1s"})
+        samples = ("checkouts_update", "orders_paid")
+        os.kill(self.broker.pid, signal.SIGSTOP)
+        try:
+            for sample in samples:
+                answered = run([self.bin, "send", "--url", f"http://127.0.0.1:{port}/webhooks/shopify",
+                                "--secret", "ops-lint-secret", "--sample", sample],
+                               env=env_without_aftercart(), cwd=self.workdir, timeout=60)
+                tally.check(answered.returncode == 0, f"the soon orphaned ingress spools {sample}: {answered.stdout}")
+            self.stop(process, grace=15)
+        finally:
+            os.kill(self.broker.pid, signal.SIGCONT)
+
+        def inspect():
+            shown = run([self.bin, "spool", "inspect", "--spool-dir", str(spool_dir)],
+                        env=env_without_aftercart(), timeout=30)
+            match = re.search(r"pending: (\d+) events", shown.stdout)
+            return int(match.group(1)) if match else None, shown.stdout + shown.stderr
+
+        left, shown = inspect()
+        tally.check(left == len(samples), f"spool inspect shows the {len(samples)} orphaned webhooks: {shown}")
+        argv = [str(spool_dir) if a == job_dir else a for a in job_args]
+        env = env_without_aftercart() | job_env | {"AFTERCART_KAFKA_BROKERS": self.brokers}
+        drained = run([self.bin, *argv], env=env, timeout=120)
+        tally.check(drained.returncode == 0, f"k8s/jobs/spool-drain.yaml's `aftercart {' '.join(job_args)}` "
+                                             f"drains the orphaned spool: {drained.stdout}{drained.stderr}")
+        left, shown = inspect()
+        tally.check(left == 0, f"the drained spool is empty: {shown}")
+        print(f"spool drain Job: {len(samples)} webhooks left by a stopped ingress, drained with "
+              f"`aftercart {' '.join(job_args)}`")
+
     # -- Prometheus API ------------------------------------------------------------------
     def api(self, path, **params):
         url = f"{self.prometheus}/api/v1/{path}?{urllib.parse.urlencode(params)}"
@@ -475,13 +594,13 @@ class LiveStack:
         return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)
 
 
-def deployments(overlay, kind="Deployment"):
-    """Each Deployment's (or Job's) container args, the environment its ConfigMaps and env give
-    it, and its grace period."""
+def deployments(overlay, kinds=("Deployment", "StatefulSet")):
+    """Each Deployment's and StatefulSet's (or Job's) container args, the environment its
+    ConfigMaps and env give it, its grace period and its volumes to stand in for."""
     objects, _ = render(overlay)
     configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
     found = {}
-    for deployment in (o for o in objects if o["kind"] == kind):
+    for deployment in (o for o in objects if o["kind"] in kinds):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         env = {}
         for source in container.get("envFrom", []):
@@ -489,12 +608,24 @@ def deployments(overlay, kind="Deployment"):
         env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
         spec = deployment["spec"]["template"]["spec"]
         grace = spec.get("terminationGracePeriodSeconds", 30)
-        # ConfigMap volumes (e.g. the audiences file): mount path -> files.
+        # ConfigMap volumes (e.g. the audiences file): mount path -> files; claim templates
+        # (the ingress spool): mount path -> no files, an empty directory.
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        claims = {c["metadata"]["name"] for c in deployment["spec"].get("volumeClaimTemplates", [])}
         mounts = {m["mountPath"]: configmaps[volumes[m["name"]]["configMap"]["name"]]
-                  for m in container.get("volumeMounts", []) if "configMap" in volumes[m["name"]]}
+                  for m in container.get("volumeMounts", []) if "configMap" in volumes.get(m["name"], {})}
+        mounts |= {m["mountPath"]: {} for m in container.get("volumeMounts", []) if m["name"] in claims}
         found[deployment["metadata"]["name"]] = (container["args"], env, grace, mounts)
     return found
+
+
+def drain_job():
+    """The hand-run spool drain Job (k8s/jobs/spool-drain.yaml): its args, its env, and the spool
+    directory its claim is mounted at."""
+    job = yaml.safe_load((ROOT / "k8s" / "jobs" / "spool-drain.yaml").read_text())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+    return container["args"], env, container["volumeMounts"][0]["mountPath"]
 
 
 def has_data(data):
@@ -512,12 +643,16 @@ def main():
     try:
         with LiveStack(workdir) as stack:
             stack.start_dev()
-            print(f"dev stack ready: webhooks {stack.webhooks}, admin {stack.admin}, broker {stack.brokers}")
+            print(f"dev stack ready: webhooks {stack.webhooks}, admin {stack.admin}, broker {stack.brokers} "
+                  f"(process {stack.broker.pid})")
 
-            # 1. Each Deployment of the prod overlay, run as rendered (its args and the
+            # 1. Each Deployment and StatefulSet of the prod overlay, run as rendered (its args and the
             #    environment of its ConfigMaps): the configuration is accepted, the service gets
             #    ready, and its own /metrics passes promtool.
+            rendered_ingress = None
             for name, (args, manifest_env, grace, mounts) in deployments("prod").items():
+                if args[0] == "ingress":
+                    rendered_ingress = (args, manifest_env)
                 try:
                     url, process = stack.service_alone(args, manifest_env, mounts)
                 except TimeoutError as error:
@@ -541,7 +676,7 @@ def main():
 
             # The dev overlay's topic Job, run as rendered, lists exactly the prod overlay's
             # Strimzi KafkaTopics: the two ways of creating topics agree with the code.
-            for name, (args, job_env, _, _) in deployments("dev", "Job").items():
+            for name, (args, job_env, _, _) in deployments("dev", ("Job",)).items():
                 env = env_without_aftercart() | job_env | {"AFTERCART_KAFKA_BROKERS": stack.brokers,
                                                            "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
                                                            "AFTERCART_TOPIC_REPLICATION": "1"}
@@ -554,6 +689,8 @@ def main():
 
             stack.start_prometheus(write_rule_file(workdir))
             stack.traffic()
+            stack.spool(tally)
+            stack.orphan(tally, rendered_ingress, drain_job())
             # Let Prometheus take a few more samples (rate() needs two) and evaluate the rules.
             time.sleep(5)
 
@@ -564,6 +701,15 @@ def main():
                          'sum(aftercart_audiences_records_exported_total{outcome="dead_lettered"}) > 0',
                          'sum(aftercart_audiences_http_deliveries_total{outcome="retry"}) > 0'):
                 tally.check(has_data(stack.query(expr)), f"Prometheus has no non-zero {expr}")
+            # The spool panels showed the frozen broker: webhooks waiting and ageing, fsyncs,
+            # and the drain.
+            for expr in ("max_over_time(aftercart_ingress_spool_pending_events[5m]) > 0",
+                         "max_over_time(aftercart_ingress_spool_oldest_age_seconds[5m]) > 0",
+                         "max_over_time(aftercart_ingress_spool_bytes[5m]) > 0",
+                         "sum(aftercart_ingress_spool_fsync_duration_seconds_count) > 0",
+                         "sum(aftercart_ingress_spool_drained_total) > 0",
+                         "min(aftercart_ingress_spool_available) == 1"):
+                tally.check(has_data(stack.query(expr)), f"Prometheus has no {expr}")
 
             text = stack.metrics()
             lint = run([promtool, "check", "metrics"], input=text)
@@ -629,14 +775,20 @@ def main():
                            "AftercartAudiencesDeadLetters", "AftercartAudiencesExportDeadLetters"):
                 tally.check(states.get(firing) == "firing",
                             f"the dead-letter alert {firing} fires after a poison record (state {states.get(firing)})")
+            # The webhook refused for a full spool: critical at once (Shopify got a 503).
+            tally.check(states.get("AftercartIngressSpoolFull") in ("pending", "firing"),
+                        f"AftercartIngressSpoolFull is raised after a refusal (state {states.get('AftercartIngressSpoolFull')})")
+            # The spool was full, never broken: its disk alerts stay quiet.
             for quiet in ("AftercartIngressDown", "AftercartAbandonmentDown", "AftercartReferralsDown",
-                          "AftercartAudiencesDown", "AftercartTargetDown"):
+                          "AftercartAudiencesDown", "AftercartTargetDown", "AftercartIngressSpoolUnavailable",
+                          "AftercartIngressSpoolDiskErrors", "AftercartIngressSpoolCorruption",
+                          "AftercartIngressSpoolOrphaned"):
                 tally.check(states.get(quiet) == "inactive", f"{quiet} stays quiet while the stack runs ({states.get(quiet)})")
             active = sorted(f"{n}={s}" for n, s in states.items() if s != "inactive")
             print(f"alert states after the traffic: {', '.join(active) or 'none active'}")
     except (TimeoutError, RuntimeError) as error:
         tally.check(False, str(error))
-        for name in ("dev", "prometheus", "alone-ingress", "alone-abandonment", "alone-referrals",
+        for name in ("broker", "dev", "prometheus", "alone-ingress", "alone-abandonment", "alone-referrals",
                      "alone-audiences"):
             log = Path(workdir, f"{name}.log")
             if log.exists():
@@ -644,7 +796,7 @@ def main():
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"ran {counts['services']} Deployments with their rendered configuration; "
+    print(f"ran {counts['services']} Deployments and StatefulSets with their rendered configuration; "
           f"evaluated {counts['panel_exprs']} panel expressions of {counts['panels']} panels "
           f"({counts['with_data']} returned data), {counts['rules']} recording rules and "
           f"{counts['alerts']} alert expressions on a live Prometheus")

@@ -174,7 +174,7 @@ def overview():
     return dashboard(
         "aftercart-overview",
         "aftercart / Overview",
-        "Webhook ingress: traffic, errors, latency against Shopify's 5 s budget, signatures, Kafka delivery.",
+        "Webhook ingress: traffic, errors, latency against Shopify's 5 s budget, signatures, Kafka delivery, the spool.",
         [
             row("Webhooks"),
             stat("Webhooks/s", "Requests answered per second, every status.",
@@ -231,9 +231,54 @@ def overview():
                         (f"count by (version) (aftercart_referrals_build_info{{{NS}}})", "referrals {{version}}"),
                         (f"count by (version) (aftercart_audiences_build_info{{{NS}}})", "audiences {{version}}")],
                        width=12),
+            *spool(),
         ],
         tags=("ingress",),
     )
+
+
+def spool():
+    """The ingress spool: webhooks Kafka did not acknowledge in AFTERCART_SPOOL_AFTER, fsynced to
+    each pod's volume and answered 200, until the drainer publishes them. Per pod where the
+    volume is what matters (fill, age), summed where the flow is."""
+    sp = "aftercart_ingress_spool_"
+    return [
+        row("Spool"),
+        stat("Spooled events", "Webhooks answered 200 from the spool and not yet in Kafka, all pods.",
+             f"sum({sp}pending_events{{{NS}}})", thresholds=[(1, "orange")]),
+        stat("Fullest spool", "Bytes over AFTERCART_SPOOL_MAX_BYTES on the fullest pod; a full spool answers 503.",
+             f"max({sp}bytes{{{NS}}} / {sp}max_bytes{{{NS}}})",
+             unit="percentunit", thresholds=[(0.5, "orange"), (0.8, "red")]),
+        stat("Oldest spooled event", "Age of the oldest webhook still waiting in a spool (0 when empty).",
+             f"max({sp}oldest_age_seconds{{{NS}}})", unit="s", thresholds=[(300, "orange"), (1800, "red")]),
+        stat("Spools unavailable", "Pods whose spool is off or failed on disk errors (fails closed: 503 instead of 200).",
+             f"sum(1 - {sp}available{{{NS}}})", thresholds=[(1, "red")]),
+        timeseries("Spooled events", "Webhooks waiting in each pod's spool for Kafka.",
+                   [(f"sum by (pod, instance) ({sp}pending_events{{{NS}}})", "{{pod}} {{instance}}")], width=8),
+        timeseries("Spool bytes vs limit", "Bytes in each pod's spool, and its AFTERCART_SPOOL_MAX_BYTES.",
+                   [(f"sum by (pod, instance) ({sp}bytes{{{NS}}})", "{{pod}} {{instance}}"),
+                    (f"max({sp}max_bytes{{{NS}}})", "limit")],
+                   unit="bytes", width=8),
+        timeseries("Spooled vs drained/s", "Appends (Kafka slow or away) against records the drainer published; "
+                   "appends with no drain: Kafka is away.",
+                   [(f"sum(rate({sp}appended_total{{{NS}}}[{RATE}]))", "spooled"),
+                    (f"sum(rate({sp}drained_total{{{NS}}}[{RATE}]))", "drained")],
+                   unit="rps", width=8),
+        timeseries("Oldest spooled event", "Age of the oldest waiting webhook per pod: how late consumers see it.",
+                   [(f"max by (pod, instance) ({sp}oldest_age_seconds{{{NS}}})", "{{pod}} {{instance}}")],
+                   unit="s", width=8),
+        timeseries("Spool fsync latency", "Time of each group-commit fsync: a spooled webhook's answer waits for it.",
+                   quantiles(f"{sp}fsync_duration_seconds", NS, levels=(0.5, 0.99)), unit="s", width=8),
+        stat("Discarded at start", "Torn or corrupt spool tail the running pods discarded when they opened their spool.",
+             f"sum({sp}corrupt_bytes_total{{{NS}}})", unit="bytes", width=8, thresholds=[(1, "orange")]),
+        timeseries("Spool rejections/s by reason", "Webhooks answered 503 because the spool could not take them: "
+                   "full, disk_error, disabled.",
+                   [(f"sum by (reason) (rate({sp}rejected_total{{{NS}}}[{RATE}]))", "{{reason}}")],
+                   unit="reqps", width=12),
+        timeseries("Spool errors/s by op", "Spool volume errors: open, write, fsync (answered 503), read, remove (drain delayed).",
+                   [(f"sum by (op) (rate({sp}errors_total{{{NS}}}[{RATE}]))", "{{op}}")],
+                   unit="ops", width=12),
+    ]
 
 
 def abandonment():
