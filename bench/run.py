@@ -11,6 +11,7 @@ Standard library only. Every process it starts is in its own session and is kill
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -341,6 +342,345 @@ PARTS = [
 ]
 
 
+# --- consumer latency: ingress accept to output record ---------------------------------------
+
+LATENCY_OUTPUTS = ["aftercart.abandonments", "aftercart.referral-invites", "aftercart.audience-batches"]
+LATENCY_INPUTS = ["shopify.checkouts", "shopify.orders"]
+# Requests per journey from `aftercart loadgen`: cart, checkout create and update, and for the
+# 70 % that complete, order create and paid.
+REQUESTS_PER_JOURNEY = 3 + 2 * 0.7
+
+
+def seconds(duration: str) -> float:
+    """'30s', '500ms', '1m' as seconds (the few forms the bench's settings use)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", duration.strip())
+    if not m:
+        raise ValueError(f"not a duration: {duration!r}")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+def received_ms(stamp: str) -> int:
+    """`aftercart-received-at` (RFC 3339, UTC, milliseconds) as Unix milliseconds."""
+    at = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    return round(at.timestamp() * 1000)
+
+
+def percentiles(values: list[float]) -> dict:
+    """n, p50, p90, p99 and max (nearest rank) of some milliseconds."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * q) - 1))]
+
+    return {"n": len(ordered), "p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1]}
+
+
+def link_latencies(records: list[dict], abandon_after_ms: float, flush_ms: float,
+                   invite_delay_ms: float) -> dict:
+    """Per service, output record timestamp minus the ingress accept time of the input that
+    caused it (raw), and the same minus the configured business delay (corrected).
+
+    - abandonment: an `abandoned` event ← the journey's last checkout record (its timer starts
+      there); corrected = raw - AFTERCART_ABANDON_AFTER.
+    - referrals: an invite ← the `orders/paid` record of its order; corrected = raw - invite delay.
+    - audiences: each member of a `recent-purchasers` add batch ← its buyer's `orders/paid`
+      record (raw, one sample per member). The engine flushes a by-shop partition the flush
+      interval after the first change in it, so later changes wait less: corrected is one
+      sample per flush (the batches one partition emitted together) = the flush's first batch
+      time - (the earliest accept time among its members, plus the abandonment delay for
+      abandoners) - the flush interval. Members of `abandoned-checkouts` batches are linked to
+      their journey's last checkout (raw only: that chain crosses the abandonment service too).
+    """
+    last_checkout: dict[str, int] = {}
+    last_checkout_by_customer: dict[int, int] = {}
+    paid_by_order: dict[int, int] = {}
+    paid_by_customer: dict[int, int] = {}
+    for r in records:
+        if not r["t"].startswith("shopify.") or not r.get("recv"):
+            continue
+        at = received_ms(r["recv"])
+        if r["t"] == "shopify.checkouts" and r.get("cart"):
+            last_checkout[r["cart"]] = max(at, last_checkout.get(r["cart"], 0))
+            if r.get("cust"):
+                last_checkout_by_customer[r["cust"]] = max(at, last_checkout_by_customer.get(r["cust"], 0))
+        elif r["t"] == "shopify.orders" and r.get("wt") == "orders/paid":
+            paid_by_order[r["id"]] = min(at, paid_by_order.get(r["id"], at))
+            if r.get("cust"):
+                paid_by_customer[r["cust"]] = min(at, paid_by_customer.get(r["cust"], at))
+    out = {name: {"raw": [], "corrected": [], "unlinked": 0, "outputs": 0, "other": 0}
+           for name in ("abandonment", "referrals", "audiences", "audiences_abandoners")}
+    # (ts, effective cause) of every linked member, per batch partition: grouped into flushes.
+    flushes: dict[int, list[tuple[int, int]]] = {}
+    for r in records:
+        if r["t"] == "aftercart.abandonments":
+            s = out["abandonment"]
+            s["outputs"] += 1
+            if r.get("type") != "abandoned":
+                s["other"] += 1
+                continue
+            cause = last_checkout.get(r.get("cart"))
+            if cause is None:
+                s["unlinked"] += 1
+                continue
+            s["raw"].append(r["ts"] - cause)
+            s["corrected"].append(r["ts"] - cause - abandon_after_ms)
+        elif r["t"] == "aftercart.referral-invites":
+            s = out["referrals"]
+            s["outputs"] += 1
+            cause = paid_by_order.get(r.get("order"))
+            if cause is None:
+                s["unlinked"] += 1
+                continue
+            s["raw"].append(r["ts"] - cause)
+            s["corrected"].append(r["ts"] - cause - invite_delay_ms)
+        elif r["t"] == "aftercart.audience-batches" and r.get("op") == "add":
+            if r.get("audience") == "recent-purchasers":
+                s, causes, before = out["audiences"], paid_by_customer, 0
+            else:  # abandoned-checkouts, high-value-abandoners: from abandonments
+                s, causes, before = out["audiences_abandoners"], last_checkout_by_customer, abandon_after_ms
+            s["outputs"] += 1
+            for customer, _person in r.get("members", []):
+                cause = causes.get(customer)
+                if cause is None:
+                    s["unlinked"] += 1
+                    continue
+                if r.get("audience") in ("recent-purchasers", "abandoned-checkouts"):
+                    s["raw"].append(r["ts"] - cause)
+                flushes.setdefault(r.get("p", 0), []).append((r["ts"], cause + before))
+    for batches in flushes.values():
+        batches.sort()
+        group: list[tuple[int, int]] = []
+        for ts, cause in batches + [(None, None)]:
+            # The batches of one flush are produced together; flushes are an interval apart.
+            if group and (ts is None or ts - group[0][0] > flush_ms / 2):
+                out["audiences"]["corrected"].append(group[0][0] - min(c for _, c in group) - flush_ms)
+                group = []
+            if ts is not None:
+                group.append((ts, cause))
+    return {name: {"raw": percentiles(s["raw"]), "corrected": percentiles(s["corrected"]),
+                   "unlinked": s["unlinked"], "outputs": s["outputs"], "other": s["other"]}
+            for name, s in out.items()}
+
+
+def read_records(brokers: str, topics: list[str]) -> list[dict]:
+    """Every record of some topics, the fields bench/topic_records.py keeps (in the Python
+    baseline's virtualenv: its confluent-kafka is the independent consumer)."""
+    python = ROOT / "bench" / "baselines" / "python" / ".venv" / "bin" / "python"
+    result = subprocess.run([str(python), str(ROOT / "bench" / "topic_records.py"), brokers, *topics],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"topic_records.py failed: {result.stderr.strip()[-2000:]}")
+    return [json.loads(line) for line in result.stdout.splitlines() if line]
+
+
+def scrape(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.read().decode()
+    except OSError:
+        return ""
+
+
+def latency_stage(bin_path: str, settings: dict, run: int) -> dict:
+    """One broker, the ingress and the three consumer services, each its own process, with the
+    shortest business delays; open-loop journeys through the ingress; then every input and
+    output record read back and linked."""
+    lat = settings["latency"]
+    name = f"latency-{run}"
+    broker = start(f"{name}-broker", [bin_path, "dev", "--broker-only"], stdout=subprocess.PIPE,
+                   env={"AFTERCART_LOG": "warn"})
+    try:
+        line = broker.stdout.readline().decode()
+        m = re.search(r"broker (\S+)", line)
+        if not m:
+            raise RuntimeError(f"no broker address from `aftercart dev --broker-only`: {line!r}")
+        brokers = m.group(1)
+        common = {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_LOG": "warn"}
+        if lat["kafka_properties"]:
+            common["AFTERCART_KAFKA_PROPERTIES"] = lat["kafka_properties"]
+        audiences_dir = OUT / f"{name}-audiences"
+        spool_dir = OUT / f"{name}-spool"
+        for directory in (audiences_dir, spool_dir):
+            shutil.rmtree(directory, ignore_errors=True)
+        port = free_port()
+        services = {
+            "abandonment": {"AFTERCART_ABANDON_AFTER": lat["abandon_after"],
+                            "AFTERCART_CART_ABANDON_AFTER": lat["abandon_after"]},
+            "referrals": {"AFTERCART_REFERRAL_CODE_SECRET": "aftercart-bench-referral-code-secret",
+                          "AFTERCART_REFERRAL_INVITE_DELAY": lat["invite_delay"]},
+            "audiences": {"AFTERCART_EXPORT_FLUSH_INTERVAL": lat["flush_interval"],
+                          "AFTERCART_AUDIENCES_DIR": str(audiences_dir)},
+            "ingress": {"AFTERCART_SHOPIFY_SECRETS": SECRET, "AFTERCART_LISTEN": f"127.0.0.1:{port}",
+                        "AFTERCART_SPOOL_DIR": str(spool_dir)},
+        }
+        processes, admins = {}, {}
+        for service, env in services.items():
+            admins[service] = f"http://127.0.0.1:{free_port()}"
+            processes[service] = start(f"{name}-{service}", [bin_path, service], env={
+                **common, **env, "AFTERCART_ADMIN_LISTEN": admins[service].removeprefix("http://")})
+        for service, process in processes.items():
+            wait_http(f"{admins[service]}/readyz", process, timeout=120)
+        log(f"{name}: broker {brokers}, ingress and consumers ready")
+        rate = lat["journeys_per_s"] * REQUESTS_PER_JOURNEY
+        total_s = seconds(lat["duration"]) + seconds(lat["warmup"])
+        # Enough journeys that none is replayed: a replay repeats tokens and order ids.
+        journeys = int(lat["journeys_per_s"] * total_s * 1.2) + 100
+        args = ["--rate", f"{rate:.0f}", "--connections", "16", "--warmup", lat["warmup"],
+                "--duration", lat["duration"], "--journeys", str(journeys), "--max-body-bytes", "0",
+                "--live-orders"]
+        sampler = Sampler({service: p.pid for service, p in processes.items()} | {"broker": broker.pid})
+        sampler.start()
+        load_started = time.time()
+        report, shown = loadgen(bin_path, f"http://127.0.0.1:{port}/webhooks/shopify", args, name, sampler)
+        load_ended = time.time()
+        # Let the last journeys pass their delays, then wait for the outputs to stop growing.
+        time.sleep(seconds(lat["abandon_after"]) + seconds(lat["flush_interval"]) + 2)
+        before = None
+        for _ in range(30):
+            counts = topic_counts(brokers) or {}
+            now = {t: counts.get(t, 0) for t in LATENCY_OUTPUTS}
+            if now == before:
+                break
+            before = now
+            time.sleep(2)
+        sampler.finish()
+        cores = {service: sampler.window(service, load_started, load_ended) for service in [*processes, "broker", "loadgen", "machine"]}
+        cores = {k: (v["cpu_s"] / v["wall_s"] if v["wall_s"] else 0.0) for k, v in cores.items()}
+        for service in processes:
+            (OUT / f"{name}-{service}.metrics").write_text(scrape(f"{admins[service]}/metrics"))
+        records = read_records(brokers, LATENCY_INPUTS + LATENCY_OUTPUTS)
+        results = link_latencies(records, seconds(lat["abandon_after"]) * 1000,
+                                 seconds(lat["flush_interval"]) * 1000, seconds(lat["invite_delay"]) * 1000)
+        counts = {t: sum(1 for r in records if r["t"] == t) for t in LATENCY_INPUTS + LATENCY_OUTPUTS}
+        log(f"{name}: " + "; ".join(f"{k}: n={v['raw']['n']}, raw p50 {v['raw'].get('p50', 0):.0f} ms"
+                                     for k, v in results.items()))
+        return {"run": run, "started": datetime.datetime.fromtimestamp(load_started, datetime.timezone.utc)
+                .strftime("%H:%M:%S"), "settings": dict(lat), "load": {
+                    "command": shown, "throughput_rps": report["throughput_rps"], "status": report["status"],
+                    "p99_ms": report["latency_ms"]["p99"], "journeys_per_s": lat["journeys_per_s"]},
+                "records": counts, "latency": results, "cores": cores}
+    finally:
+        for process in [p for p in list(children) if p.args[0] == bin_path and p is not broker]:
+            stop(process)
+        stop(broker)
+
+
+def run_latency(bin_path: str, settings: dict, count: int) -> list[dict]:
+    """The latency stage `count` times; the runs go to bench/out/latency.json."""
+    runs = []
+    for run in range(1, count + 1):
+        try:
+            runs.append(latency_stage(bin_path, settings, run))
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            log(f"latency run {run}: FAILED: {error} (see bench/out/latency-{run}-*.log)")
+    (OUT / "latency.json").write_text(json.dumps(runs, indent=1))
+    return runs
+
+
+def latency_section(runs: list[dict], info: dict) -> list[str]:
+    """The report's section on consumer latency, from the runs of the latency stage."""
+    lines = [LATENCY_BEGIN, "## Consumer latency: ingress accept to output record", ""]
+    out = lines.append
+    if not runs:
+        out("_not run_")
+        out(LATENCY_END)
+        return lines
+    s = runs[0]["settings"]
+    out(f"`make bench-latency` (= `python3 bench/run.py --bin {BIN_SHOWN} --only latency`; also part "
+        f"of `make bench`), "
+        f"{len(runs)} runs, {info['date']}, commit `{info['commit']}`, {info['nproc']} cores ({info['cpu']}), "
+        "shared with other engineers' builds and tests: the numbers are noisy (cores used by "
+        "everything else on the machine are listed per run).")
+    out("")
+    out(f"- **What runs**, each its own process on one fresh broker (`aftercart dev --broker-only`, "
+        f"librdkafka's mock cluster, 12 partitions): `aftercart ingress` (spool on), "
+        f"`aftercart abandonment` (`AFTERCART_ABANDON_AFTER={s['abandon_after']}`, "
+        f"`AFTERCART_CART_ABANDON_AFTER={s['abandon_after']}`), `aftercart referrals` "
+        f"(`AFTERCART_REFERRAL_INVITE_DELAY={s['invite_delay']}`), `aftercart audiences` (built-in "
+        f"audiences to `file` destinations, `AFTERCART_EXPORT_FLUSH_INTERVAL={s['flush_interval']}`)"
+        + (f"; every process with `AFTERCART_KAFKA_PROPERTIES={s['kafka_properties']}`" if s["kafka_properties"] else "")
+        + ". Other settings at their defaults (producer linger 2 ms in the ingress, 5 ms in the services).")
+    out(f"- **Load**: `{' '.join(runs[0]['load']['command'])}`: ≈ {s['journeys_per_s']} journeys/s "
+        "open loop (cart → checkout create → update, 70 % then order create → paid; paid orders, "
+        "not test, buyers accepting marketing; 2 % redeliveries, 1 % bad signatures), every "
+        "journey fresh.")
+    out("- **Measured**: afterwards an independent consumer (`bench/topic_records.py`, "
+        "confluent-kafka in the Python baseline's virtualenv) reads the raw and output topics. "
+        "Latency = the output record's Kafka timestamp (set when the service produced it) minus "
+        "`aftercart-received-at` (ms) of the input record that caused it, linked by ids: "
+        "abandonment `abandoned` event → the journey's last checkout record (by cart token); "
+        "referral invite → the `orders/paid` record (by order id); audience add batch member → "
+        "the buyer's `orders/paid` record (by customer id; `abandoned-checkouts` members → the "
+        "journey's last checkout). The output's own produce-to-acknowledged time is not included.")
+    out("- Unlinked outputs are counted, not measured: a `cart` abandonment (both checkout "
+        "deliveries of the journey were among the 1 % badly signed), or a member whose input was.")
+    out("- **raw** is that difference; **corrected** subtracts the configured business delay: "
+        "the abandonment delay, the invite delay; for audiences, whose engine flushes a by-shop "
+        "partition the flush interval after the first change in it, one sample per flush: the "
+        "flush's first batch time − the earliest accept time among its members (plus the "
+        "abandonment delay for abandoners) − the flush interval. The `abandoned-checkouts` row "
+        "crosses two services and two delays: raw only.")
+    out("")
+    labels = {"abandonment": "abandonment (`abandoned` events)", "referrals": "referrals (invites)",
+              "audiences": "audiences (`recent-purchasers` adds)",
+              "audiences_abandoners": "audiences (`abandoned-checkouts` adds, via abandonment)"}
+    out("| run (UTC) | service | samples raw / corrected | raw p50 / p90 / p99 / max ms | corrected p50 / p90 / p99 / max ms | unlinked |")
+    out("|---|---|---|---|---|---|")
+
+    def cell(p: dict) -> str:
+        if not p.get("n"):
+            return "n/a"
+        return f"{p['p50']:.0f} / {p['p90']:.0f} / {p['p99']:.0f} / {p['max']:.0f}"
+
+    for r in runs:
+        for key, label in labels.items():
+            v = r["latency"][key]
+            out(f"| {r['started']} | {label} | {fmt(v['raw'].get('n', 0))} / {fmt(v['corrected'].get('n', 0))} "
+                f"| {cell(v['raw'])} | {cell(v['corrected'])} | {v['unlinked']} |")
+    out("")
+    out("| run (UTC) | load sent | records in: checkouts / orders | out: abandonments / invites / audience batches | cores busy: ingress / abandonment / referrals / audiences / broker / load generator / everything else |")
+    out("|---|---|---|---|---|")
+    for r in runs:
+        c, n = r["cores"], r["records"]
+        others = max(c.get("machine", 0) - sum(v for k, v in c.items() if k != "machine"), 0)
+        out(f"| {r['started']} | {fmt(r['load']['throughput_rps'])} req/s, ingress p99 {r['load']['p99_ms']:.1f} ms "
+            f"| {fmt(n['shopify.checkouts'])} / {fmt(n['shopify.orders'])} "
+            f"| {fmt(n['aftercart.abandonments'])} / {fmt(n['aftercart.referral-invites'])} / {fmt(n['aftercart.audience-batches'])} "
+            f"| {c.get('ingress', 0):.2f} / {c.get('abandonment', 0):.2f} / {c.get('referrals', 0):.2f} / "
+            f"{c.get('audiences', 0):.2f} / {c.get('broker', 0):.2f} / {c.get('loadgen', 0):.2f} / {others:.2f} |")
+    out("")
+    out("What dominates each and what would cut it: see *Consumer latency* in the findings below.")
+    out(LATENCY_END)
+    return lines
+
+
+LATENCY_BEGIN = "<!-- latency: generated by bench/run.py -->"
+LATENCY_END = "<!-- /latency -->"
+BIN_SHOWN = "$(BIN)"
+FINDINGS = "## Findings (hand-written"
+
+
+def splice_latency(path: Path, section: list[str]) -> None:
+    """Puts the latency section into an existing report (replacing an older one, else before the
+    findings) and refreshes the findings from bench/NOTES.md: `--only latency` leaves the rest."""
+    text = path.read_text() if path.exists() else "# aftercart benchmark report\n"
+    block = "\n".join(section)
+    if LATENCY_BEGIN in text and LATENCY_END in text:
+        head, rest = text.split(LATENCY_BEGIN, 1)
+        text = head + block + rest.split(LATENCY_END, 1)[1]
+    elif FINDINGS in text:
+        head, rest = text.split(FINDINGS, 1)
+        text = head + block + "\n\n" + FINDINGS + rest
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists() and FINDINGS in text:
+        text = text.split(FINDINGS, 1)[0] + notes.read_text().rstrip() + "\n"
+    path.write_text(text)
+
+
 # --- micro-benchmarks and consumer benchmarks -------------------------------------------------
 
 def criterion_results() -> dict[str, float]:
@@ -616,6 +956,11 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
             for percent, what in profile.get(key, []):
                 out(f"| {percent:.1f} | `{what.replace('|', '/')}` |")
             out("")
+    latency_file = OUT / "latency.json"
+    if latency_file.exists():
+        for line in latency_section(json.loads(latency_file.read_text()), info):
+            out(line)
+        out("")
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         out(notes.read_text().rstrip())
@@ -634,7 +979,17 @@ def main() -> int:
     parser.add_argument("--warmup", default=os.environ.get("BENCH_WARMUP", "3s"))
     parser.add_argument("--connections", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "64")))
     parser.add_argument("--open-repeats", type=int, default=int(os.environ.get("BENCH_OPEN_REPEATS", "3")))
-    parser.add_argument("--only", help="comma-separated subset of aftercart,node,python")
+    parser.add_argument("--only", help="comma-separated subset of aftercart,node,python,latency "
+                        "(latency alone updates only its section of the report)")
+    env = os.environ.get
+    parser.add_argument("--latency-runs", type=int, default=int(env("BENCH_LATENCY_RUNS", "2")))
+    parser.add_argument("--latency-journeys", type=int, default=int(env("BENCH_LATENCY_JOURNEYS", "200")),
+                        help="journeys per second of the latency stage")
+    parser.add_argument("--latency-duration", default=env("BENCH_LATENCY_DURATION", "30s"))
+    parser.add_argument("--latency-abandon-after", default=env("BENCH_LATENCY_ABANDON_AFTER", "1s"))
+    parser.add_argument("--latency-flush-interval", default=env("BENCH_LATENCY_FLUSH_INTERVAL", "1s"))
+    parser.add_argument("--latency-kafka-properties", default=env("BENCH_LATENCY_KAFKA_PROPERTIES", ""),
+                        help="AFTERCART_KAFKA_PROPERTIES for every process of the latency stage")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from bench/out/results.json without running loads")
     args = parser.parse_args()
@@ -644,7 +999,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop_all)
     bin_path = str(Path(args.bin).resolve())
     settings = {"duration": args.duration, "warmup": args.warmup, "connections": args.connections,
-                "profile_duration": "8s", "open_repeats": args.open_repeats}
+                "profile_duration": "8s", "open_repeats": args.open_repeats,
+                "latency": {"journeys_per_s": args.latency_journeys, "duration": args.latency_duration,
+                            "warmup": "1s", "abandon_after": args.latency_abandon_after,
+                            "invite_delay": "0s", "flush_interval": args.latency_flush_interval,
+                            "kafka_properties": args.latency_kafka_properties}}
     info = machine()
     if args.report_only:
         # The machine and date of the run that measured, not of this rewrite.
@@ -653,6 +1012,15 @@ def main() -> int:
             info = json.loads(info_file.read_text())
         results = json.loads((OUT / "results.json").read_text())
         write_report(Path(args.out), info, results, criterion_results(), settings, started)
+        return 0
+    only = set(args.only.split(",")) if args.only else None
+    if only == {"latency"}:
+        try:
+            runs = run_latency(bin_path, settings, args.latency_runs)
+        finally:
+            stop_all()
+        splice_latency(Path(args.out), latency_section(runs, {**info, "load": os.getloadavg()}))
+        log(f"wrote the latency section of {args.out}")
         return 0
     try:
         broker = start("broker", [bin_path, "dev", "--broker-only"], stdout=subprocess.PIPE,
@@ -700,7 +1068,6 @@ def main() -> int:
             "url": f"http://127.0.0.1:{port}/webhooks/shopify",
             "health": f"http://127.0.0.1:{port}/healthz",
         })
-        only = set(args.only.split(",")) if args.only else None
         results = []
         for target in targets:
             if only and target["name"] not in only:
@@ -710,6 +1077,9 @@ def main() -> int:
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 log(f"{target['name']}: FAILED: {error} (see bench/out/{target['name']}.log)")
         (OUT / "results.json").write_text(json.dumps(results, indent=1))
+        if not only or "latency" in only:
+            stop(broker)
+            run_latency(bin_path, settings, args.latency_runs)
         info = {**info, "load": os.getloadavg(), "minutes": (time.time() - started) / 60}
         (OUT / "info.json").write_text(json.dumps(info))
         write_report(Path(args.out), info, results, criterion_results(), settings, started)
