@@ -81,6 +81,11 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 
+    /// Orders as a live shop sends them (paid, not test) from buyers who accept marketing, so
+    /// the consumer services act on them; without it the samples' voided test orders are sent.
+    #[arg(long)]
+    pub live_orders: bool,
+
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -150,6 +155,7 @@ impl LoadgenArgs {
             max_body_bytes: self.max_body_bytes,
             secret,
             seed: self.seed,
+            live_orders: self.live_orders,
             ..TrafficOptions::default()
         };
         Ok((plan, traffic))

@@ -26,6 +26,11 @@ pub struct TrafficOptions {
     pub secret: String,
     /// Seed, so that the same options give the same bodies (the micro-benchmarks rely on it).
     pub seed: u64,
+    /// Orders as a live shop sends them (not `test`; `pending` when created, `paid` in
+    /// `orders/paid`) and buyers who accept marketing, so that the consumer services act on
+    /// them (referral invites, audience memberships). Off, the samples' own values are kept (a
+    /// voided test order, a checkout without consent).
+    pub live_orders: bool,
 }
 
 impl Default for TrafficOptions {
@@ -37,6 +42,7 @@ impl Default for TrafficOptions {
             completed_share: 0.7,
             secret: "aftercart-dev-secret".into(),
             seed: 42,
+            live_orders: false,
         }
     }
 }
@@ -67,7 +73,7 @@ impl Pool {
         let mut rng = fastrand::Rng::with_seed(options.seed);
         let secret = Secret::new(options.secret.clone());
         let wrong = Secret::new(format!("not-{}", options.secret));
-        let templates = Templates::parse();
+        let templates = Templates::parse(options.live_orders);
         let mut deliveries = Vec::with_capacity(options.journeys * 5);
         for journey in 0..options.journeys {
             let shop = format!(
@@ -82,8 +88,8 @@ impl Pool {
                 ("checkouts/update", templates.checkout(&ids, 1)),
             ];
             if completed {
-                steps.push(("orders/create", templates.order(&ids)));
-                steps.push(("orders/paid", templates.order(&ids)));
+                steps.push(("orders/create", templates.order(&ids, "pending")));
+                steps.push(("orders/paid", templates.order(&ids, "paid")));
             }
             for (step, (topic, mut value)) in steps.into_iter().enumerate() {
                 let body = grown(&mut value, options.max_body_bytes, &mut rng);
@@ -143,16 +149,34 @@ struct Templates {
     cart: Value,
     checkout: Value,
     order: Value,
+    live_orders: bool,
 }
 
 impl Templates {
-    fn parse() -> Self {
+    fn parse(live_orders: bool) -> Self {
         let parse = |bytes: &[u8]| serde_json::from_slice(bytes).expect("the fixtures are JSON");
-        Self {
+        let mut templates = Self {
             cart: parse(CART),
             checkout: parse(CHECKOUT),
             order: parse(ORDER),
+            live_orders,
+        };
+        if live_orders {
+            // Recent, as a live order is: audiences keep only purchases within their window.
+            let now =
+                json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+            for field in ["created_at", "processed_at", "updated_at"] {
+                set(&mut templates.order, field, now.clone());
+            }
+            set(
+                &mut templates.checkout,
+                "buyer_accepts_marketing",
+                json!(true),
+            );
+            set(&mut templates.order, "buyer_accepts_marketing", json!(true));
+            set(&mut templates.order, "test", json!(false));
         }
+        templates
     }
 
     fn cart(&self, ids: &JourneyIds) -> Value {
@@ -180,8 +204,12 @@ impl Templates {
         checkout
     }
 
-    fn order(&self, ids: &JourneyIds) -> Value {
+    /// The journey's order; `financial_status` is set only for live orders.
+    fn order(&self, ids: &JourneyIds, financial_status: &str) -> Value {
         let mut order = self.order.clone();
+        if self.live_orders {
+            set(&mut order, "financial_status", json!(financial_status));
+        }
         set(&mut order, "id", json!(ids.order_id));
         set(&mut order, "checkout_token", json!(ids.checkout_token));
         set(&mut order, "cart_token", json!(ids.cart_token));
@@ -275,6 +303,43 @@ mod tests {
         assert!(verifier
             .verify(None, Some(d.bad_signature.as_bytes()), &d.body)
             .is_err());
+    }
+
+    #[test]
+    fn live_orders_are_paid_real_orders_from_buyers_who_accept_marketing() {
+        let pool = Pool::build(&TrafficOptions {
+            journeys: 40,
+            live_orders: true,
+            ..TrafficOptions::default()
+        });
+        let body = |topic: &str| -> Value {
+            let d = pool.deliveries.iter().find(|d| d.topic == topic).unwrap();
+            serde_json::from_slice(&d.body).unwrap()
+        };
+        let (created, paid) = (body("orders/create"), body("orders/paid"));
+        assert_eq!(created["financial_status"], "pending");
+        assert_eq!(paid["financial_status"], "paid");
+        assert_eq!(paid["test"], false);
+        assert_eq!(paid["buyer_accepts_marketing"], true);
+        let processed = paid["processed_at"].as_str().unwrap();
+        let age = humantime::parse_rfc3339(processed)
+            .unwrap()
+            .elapsed()
+            .unwrap();
+        assert!(age.as_secs() < 600, "{processed}");
+        assert_eq!(body("checkouts/update")["buyer_accepts_marketing"], true);
+    }
+
+    #[test]
+    fn without_live_orders_the_samples_values_are_kept() {
+        let order = small_pool()
+            .deliveries
+            .into_iter()
+            .find(|d| d.topic == "orders/paid")
+            .unwrap();
+        let order: Value = serde_json::from_slice(&order.body).unwrap();
+        assert_eq!(order["test"], true);
+        assert_eq!(order["financial_status"], "voided");
     }
 
     #[test]
