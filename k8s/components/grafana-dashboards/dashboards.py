@@ -204,7 +204,7 @@ def overview():
                        [(f"sum(rate(aftercart_ingress_duplicates_total{{{NS}}}[{RATE}]))", "duplicates"),
                         (f"sum by (reason) (rate(aftercart_ingress_quarantined_total{{{NS}}}[{RATE}]))", "quarantined {{reason}}")],
                        unit="reqps", width=8),
-            timeseries("Dedupe window ids", "Webhook ids remembered, per replica (about 120 bytes each).",
+            timeseries("Dedupe window ids", "Webhook ids remembered, per replica (about 30 bytes each).",
                        [(f"sum by (pod, instance) (aftercart_ingress_dedupe_window_ids{{{NS}}})", "{{pod}} {{instance}}")], width=8),
             row("Kafka delivery"),
             timeseries("Publish latency", "Time from handing a record to the producer to Kafka's acknowledgement (acks=all).",
