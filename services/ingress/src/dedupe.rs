@@ -91,8 +91,8 @@ impl Dedupe {
             {
                 return Claim::Duplicate;
             }
-            // Remembered but expired without reaching the head of the ring (only possible if
-            // claims are checked at earlier instants than commits): it is being claimed anew.
+            // Expired but not yet evicted: only when commits came with instants out of order,
+            // so an older entry sits behind a newer one. It is claimed anew, as at the head.
             window.index.remove(&digest, seq, &window.ring);
         }
         if let Some(receiver) = window.in_flight.get(&digest) {
