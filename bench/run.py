@@ -223,7 +223,7 @@ def measure_target(target: dict, bin_path: str, broker: subprocess.Popen, settin
     sampler = Sampler({"server": process.pid, "broker": broker.pid})
     sampler.start()
     common = ["--connections", str(settings["connections"]), "--warmup", settings["warmup"],
-              "--duration", settings["duration"]]
+              "--duration", settings["duration"], *target.get("loadgen_args", [])]
     closed, closed_cmd = loadgen(bin_path, target["url"], common, f"{name} closed loop", sampler)
     closed_loadgen = sampler.samples.pop("loadgen", [])
     closed_ids = dedupe_ids(target.get("metrics"))
@@ -839,7 +839,8 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
         f"order create → order paid (70 % complete) built from `fixtures/shopify`, bodies grown "
         f"from the fixture's size to up to 15 KiB (mean {fmt(results[0]['closed']['mean_body_bytes'])} B), "
         f"50 shops, unique webhook ids, 2 % redeliveries (same id and body), 1 % bad signatures, "
-        f"{settings['connections']} keep-alive HTTP/1.1 connections, {settings['warmup']} warm-up then "
+        f"{settings['connections']} keep-alive HTTP/1.1 connections (the HTTP/2 row: as many streams "
+        f"over a sixteenth as many connections), {settings['warmup']} warm-up then "
         f"{settings['duration']} measured. Closed loop first (maximum throughput), then open loop at "
         f"half of that rate, {settings['open_repeats']} times (latency measured from the scheduled "
         "send time: no coordinated omission).")
@@ -857,6 +858,9 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
     if results:
         out(f"    {' '.join(results[0]['closed_cmd'])}")
         out(f"    {' '.join(results[0]['open_cmd'])}   # rate = half of that server's closed-loop req/s")
+        for r in results:
+            if "--http2-connections" in r["closed_cmd"]:
+                out(f"    {' '.join(r['closed_cmd'])}   # {r['label']}")
     out("")
     out("## Ingress results")
     out("")
@@ -979,7 +983,7 @@ def main() -> int:
     parser.add_argument("--warmup", default=os.environ.get("BENCH_WARMUP", "3s"))
     parser.add_argument("--connections", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "64")))
     parser.add_argument("--open-repeats", type=int, default=int(os.environ.get("BENCH_OPEN_REPEATS", "3")))
-    parser.add_argument("--only", help="comma-separated subset of aftercart,node,python,latency "
+    parser.add_argument("--only", help="comma-separated subset of aftercart,aftercart-h2,node,python,latency "
                         "(latency alone updates only its section of the report)")
     env = os.environ.get
     parser.add_argument("--latency-runs", type=int, default=int(env("BENCH_LATENCY_RUNS", "2")))
@@ -1045,6 +1049,24 @@ def main() -> int:
             "health": f"http://127.0.0.1:{admin}/readyz",
             "metrics": f"http://127.0.0.1:{admin}/metrics",
             "profile": True,
+        })
+        # The same ingress over HTTP/2 (h2c, prior knowledge): the requests in flight become
+        # streams multiplexed over a few connections. Shopify delivers over HTTP/1.1; this row
+        # shows what the protocol choice costs, not a comparison with the baselines.
+        port, admin = free_port(), free_port()
+        h2_connections = max(1, args.connections // 16)
+        targets.append({
+            "name": "aftercart-h2",
+            "label": f"aftercart ingress, HTTP/2 ({args.connections} streams over {h2_connections} connections)",
+            "argv": [bin_path, "ingress"],
+            "shown": ["aftercart", "ingress"],
+            "env": {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
+                    "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                    "AFTERCART_LOG": "warn"},
+            "url": f"http://127.0.0.1:{port}/webhooks/shopify",
+            "health": f"http://127.0.0.1:{admin}/readyz",
+            "metrics": f"http://127.0.0.1:{admin}/metrics",
+            "loadgen_args": ["--http2-connections", str(h2_connections)],
         })
         port = free_port()
         node_dir = ROOT / "bench" / "baselines" / "node"

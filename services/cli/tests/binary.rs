@@ -521,8 +521,9 @@ async fn the_abandonment_binary_killed_mid_way_emits_exactly_one_abandonment_per
         tokio::task::spawn_blocking(move || wait_exit(&mut ingress, Duration::from_secs(20))).await;
 }
 
-/// The load generator against the real ingress: every answer is accounted for, bad signatures
-/// are refused, redeliveries are answered as duplicates, and the JSON report carries them.
+/// The load generator against the real ingress, over HTTP/1.1 and over HTTP/2: every answer is
+/// accounted for, bad signatures are refused, redeliveries are answered as duplicates, and the
+/// JSON report carries them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingress() {
     let broker = Broker::mock();
@@ -535,51 +536,64 @@ async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingres
     })
     .await;
     let url = format!("http://{listen}/webhooks/shopify");
-    let output = tokio::task::spawn_blocking(move || {
-        run(&mut aftercart(&[
-            "loadgen",
-            "--url",
-            &url,
-            "--secret",
-            "loadgen-secret",
-            "--connections",
-            "4",
-            "--warmup",
-            "0s",
-            "--duration",
-            "2s",
-            "--journeys",
-            "50",
-            "--duplicates",
-            "0.2",
-            "--bad-signatures",
-            "0.2",
-            "--json",
-        ]))
-    })
-    .await
-    .unwrap();
+    let mut outputs = Vec::new();
+    for (protocol, extra) in [
+        ("http/1.1", vec![]),
+        ("h2 over 2 connections", vec!["--http2-connections", "2"]),
+    ] {
+        let url = url.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let mut argv = vec![
+                "loadgen",
+                "--url",
+                &url,
+                "--secret",
+                "loadgen-secret",
+                "--connections",
+                "4",
+                "--warmup",
+                "0s",
+                "--duration",
+                "2s",
+                "--journeys",
+                "50",
+                "--duplicates",
+                "0.2",
+                "--bad-signatures",
+                "0.2",
+                "--json",
+            ];
+            argv.extend(extra);
+            run(&mut aftercart(&argv))
+        })
+        .await
+        .unwrap();
+        outputs.push((protocol, output));
+    }
     signal(&child, "TERM");
     tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let status = |code: &str| report["status"][code].as_u64().unwrap_or(0);
-    assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
-    assert!(report["duplicates"].as_u64().unwrap() > 0, "{report}");
-    assert!(status("401") > 0, "{report}");
-    assert_eq!(
-        status("200") + status("401"),
-        report["requests"].as_u64().unwrap(),
-        "only 200s and 401s expected: {report}"
-    );
-    assert_eq!(report["errors"], 0, "{report}");
-    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    for (protocol, output) in outputs {
+        assert!(
+            output.status.success(),
+            "{protocol}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let status = |code: &str| report["status"][code].as_u64().unwrap_or(0);
+        assert_eq!(report["protocol"], protocol, "{report}");
+        assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+        assert!(report["duplicates"].as_u64().unwrap() > 0, "{report}");
+        assert!(status("401") > 0, "{report}");
+        assert_eq!(
+            status("200") + status("401"),
+            report["requests"].as_u64().unwrap(),
+            "only 200s and 401s expected: {report}"
+        );
+        assert_eq!(report["errors"], 0, "{report}");
+        assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    }
 }
 
 /// `dev --broker-only` prints its address, serves Kafka there, and stops on SIGTERM.

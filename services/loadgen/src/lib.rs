@@ -2,6 +2,7 @@
 //! (a fixed rate, for latency) or closed loop (N connections flat out, for throughput), with
 //! latency percentiles from HDR histograms.
 
+mod link;
 pub mod report;
 pub mod run;
 pub mod traffic;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use http::Uri;
 
+pub use link::Protocol;
 pub use report::Report;
 pub use run::{Mode, Plan, RunError};
 pub use traffic::{Delivery, Pool, TrafficOptions};
@@ -40,9 +42,15 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub rate: Option<f64>,
 
-    /// Keep-alive HTTP/1.1 connections.
+    /// Requests in flight at once: each on its own keep-alive HTTP/1.1 connection, or with
+    /// `--http2-connections` as HTTP/2 streams.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+
+    /// Speak HTTP/2 (prior knowledge, cleartext) over this many TCP connections, the
+    /// `--connections` requests in flight multiplexed over them; without it, HTTP/1.1.
+    #[arg(long)]
+    pub http2_connections: Option<usize>,
 
     /// Measured window.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -107,6 +115,12 @@ impl LoadgenArgs {
         if self.connections == 0 {
             problems.push("--connections: must be at least 1".into());
         }
+        if self
+            .http2_connections
+            .is_some_and(|n| n == 0 || n > self.connections)
+        {
+            problems.push("--http2-connections: must be between 1 and --connections".into());
+        }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             problems.push("--rate: must be a positive number".into());
         }
@@ -141,6 +155,11 @@ impl LoadgenArgs {
             uri,
             mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
             connections: self.connections,
+            protocol: self
+                .http2_connections
+                .map_or(Protocol::Http1, |connections| Protocol::Http2 {
+                    connections,
+                }),
             warmup: self.warmup,
             duration: self.duration,
             request_timeout: self.timeout,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::link::Protocol;
 use crate::run::{Mode, Plan};
 
 /// Latency percentiles in milliseconds.
@@ -26,6 +27,8 @@ pub struct Report {
     /// `closed` or `open`.
     pub mode: &'static str,
     pub connections: usize,
+    /// `http/1.1`, or `h2` with the number of TCP connections the streams shared.
+    pub protocol: String,
     /// Requests per second asked for (open loop only).
     pub target_rate: Option<f64>,
     /// The measured window, seconds.
@@ -72,6 +75,10 @@ impl Report {
         Self {
             mode,
             connections: plan.connections,
+            protocol: match plan.protocol {
+                Protocol::Http1 => "http/1.1".into(),
+                Protocol::Http2 { connections } => format!("h2 over {connections} connections"),
+            },
             target_rate,
             duration_s: seconds,
             requests,
@@ -105,8 +112,8 @@ impl fmt::Display for Report {
             .unwrap_or_default();
         writeln!(
             f,
-            "{} loop{rate}, {} connections, {:.1} s measured",
-            self.mode, self.connections, self.duration_s
+            "{} loop{rate}, {} in flight ({}), {:.1} s measured",
+            self.mode, self.connections, self.protocol, self.duration_s
         )?;
         writeln!(
             f,

@@ -1,4 +1,5 @@
-//! The load itself: N keep-alive HTTP/1.1 connections, driven either closed-loop (each sends its
+//! The load itself: N workers, each with one request in flight (on its own keep-alive HTTP/1.1
+//! connection, or as HTTP/2 streams over a few shared connections: `link`), driven either closed-loop (each sends its
 //! next request as soon as the previous answer arrives: maximum throughput) or open-loop (a fixed
 //! schedule whatever the answers do, latency measured from the scheduled time so that a stall is
 //! not hidden by the generator waiting for it: no coordinated omission).
@@ -12,11 +13,10 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::link::{Connector, Protocol, Sender};
 use crate::report::Report;
 use crate::traffic::{Delivery, Pool};
 
@@ -34,7 +34,9 @@ pub enum Mode {
 pub struct Plan {
     pub uri: Uri,
     pub mode: Mode,
+    /// Workers, each with one request in flight: HTTP/1.1 connections, or HTTP/2 streams.
     pub connections: usize,
+    pub protocol: Protocol,
     /// Sent but not recorded: connections, caches and the broker warm up.
     pub warmup: Duration,
     /// The measured window.
@@ -104,8 +106,11 @@ impl Tally {
 struct Shared {
     plan: Plan,
     pool: Pool,
+    connector: Connector,
     authority: String,
-    path: String,
+    /// The request target: origin form (`/path`) for HTTP/1.1; absolute for HTTP/2, whose
+    /// `:scheme` and `:authority` come from it.
+    target: String,
     /// The next sequence number: it picks the delivery and makes the webhook id.
     next: AtomicU64,
     start: Instant,
@@ -139,8 +144,12 @@ pub async fn run(plan: Plan, pool: Pool) -> Result<Report, RunError> {
         measure_from: start + plan.warmup,
         end: start + plan.warmup + plan.duration,
         start,
+        connector: Connector::new(authority.clone(), plan.protocol),
+        target: match plan.protocol {
+            Protocol::Http1 => path,
+            Protocol::Http2 { .. } => format!("http://{authority}{path}"),
+        },
         authority,
-        path,
         next: AtomicU64::new(0),
         pool,
         plan,
@@ -179,10 +188,10 @@ pub async fn run(plan: Plan, pool: Pool) -> Result<Report, RunError> {
     ))
 }
 
-/// One keep-alive connection, reconnecting after an error.
+/// One worker: one request at a time on its connection (or stream), reconnecting after an error.
 async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
     let mut tally = Tally::new();
-    let mut sender: Option<http1::SendRequest<Full<Bytes>>> = None;
+    let mut sender: Option<Sender> = None;
     // Open loop: this connection's share of the schedule, offset so connections interleave.
     let (interval, mut due) = match shared.plan.mode {
         Mode::Closed => (Duration::ZERO, shared.start),
@@ -208,7 +217,7 @@ async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
             break;
         }
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
-            sender = connect(&shared.authority).await;
+            sender = shared.connector.connect(index).await;
             if sender.is_none() {
                 tally.errors += u64::from(scheduled >= shared.measure_from);
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -221,8 +230,7 @@ async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
         let seq = shared.next.fetch_add(1, Ordering::Relaxed);
         let (request, body_len) = build_request(&shared, seq);
         let outcome = tokio::time::timeout(shared.plan.request_timeout, async {
-            live.ready().await?;
-            let response = live.send_request(request).await?;
+            let response = live.send(request).await?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
@@ -261,17 +269,6 @@ async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
     tally
 }
 
-async fn connect(authority: &str) -> Option<http1::SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(authority).await.ok()?;
-    // Small requests and answers: don't let Nagle hold them back.
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Some(sender)
-}
-
 /// The `seq`-th request: a redelivery of an earlier one for the duplicate share, a wrong
 /// signature for the bad share, otherwise the next delivery of the pool under a fresh id.
 fn build_request(shared: &Shared, seq: u64) -> (Request<Full<Bytes>>, usize) {
@@ -300,7 +297,7 @@ fn build_request(shared: &Shared, seq: u64) -> (Request<Full<Bytes>>, usize) {
         (seq >> 24) & 0xfff,
         seq & 0xff_ffff_ffff
     );
-    let request = Request::post(shared.path.as_str())
+    let request = Request::post(shared.target.as_str())
         .header(header::HOST, shared.authority.as_str())
         .header(header::CONTENT_TYPE, "application/json")
         .header("x-shopify-topic", delivery.topic)
