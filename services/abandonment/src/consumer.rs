@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::producer::build_output_producer;
 use aftercart_kafka::{
-    close_off_runtime, dead_letter_record, header, read_partition, receive_batch, shop_of,
-    DeadLetter, GroupContext, LoopError, RebalanceEvent, TopicNames,
+    close_off_runtime, dead_letter_record, header, read_partition, receive_batch_within, shop_of,
+    DeadLetter, GroupContext, LoopError, RebalanceEvent, TopicNames, IDLE_WAIT,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -34,6 +34,18 @@ const RESTORE_CLIENT: &str = "aftercart-abandonment-restore";
 const BATCH: usize = 2000;
 /// How often idle journeys are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a step waits for a first record: never past the next abandonment timer, so an idle
+/// loop fires it on time rather than up to [`IDLE_WAIT`] late.
+fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
+    match next_due_ms {
+        None => IDLE_WAIT,
+        Some(due) => {
+            let left = u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0);
+            Duration::from_millis(left).min(IDLE_WAIT)
+        }
+    }
+}
 
 /// Where a journey state is written: changelog partition and key.
 type StateSlot = (i32, String);
@@ -240,7 +252,8 @@ impl Loop {
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
         self.handle_rebalances().await?;
-        let batch = receive_batch(&self.clients().consumer, stop, BATCH).await;
+        let wait = first_wait(self.engine.next_due(), now_ms());
+        let batch = receive_batch_within(&self.clients().consumer, stop, BATCH, wait).await;
         // A rebalance heard while receiving is handled before any record is applied.
         self.handle_rebalances().await?;
 
@@ -548,5 +561,29 @@ impl Loop {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_loop_waits_the_full_idle_wait_without_timers() {
+        assert_eq!(first_wait(None, 1_000), IDLE_WAIT);
+    }
+
+    #[test]
+    fn a_timer_due_sooner_than_the_idle_wait_shortens_the_wait() {
+        assert_eq!(first_wait(Some(1_030), 1_000), Duration::from_millis(30));
+        assert_eq!(first_wait(Some(1_000), 1_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_timer_due_later_or_overdue_never_stretches_or_underflows_the_wait() {
+        assert_eq!(first_wait(Some(1_000_000), 1_000), IDLE_WAIT);
+        assert_eq!(first_wait(Some(500), 1_000), Duration::ZERO);
+        assert_eq!(first_wait(Some(i64::MIN), i64::MAX), Duration::ZERO);
+        assert_eq!(first_wait(Some(i64::MAX), i64::MIN), IDLE_WAIT);
     }
 }
