@@ -47,8 +47,45 @@ fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
     }
 }
 
-/// Where a journey state is written: changelog partition and key.
-type StateSlot = (i32, String);
+/// The last offset read of each input partition in a batch. A batch spans a few dozen
+/// partitions at most, so a list beats hashing a topic name per record.
+#[derive(Default)]
+struct LatestOffsets(Vec<(String, i32, i64)>);
+
+impl LatestOffsets {
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, latest)) => *latest = (*latest).max(offset),
+            None => self.0.push((topic.to_string(), partition, offset)),
+        }
+    }
+
+    fn into_map(self) -> HashMap<(String, i32), i64> {
+        self.0
+            .into_iter()
+            .map(|(topic, partition, offset)| ((topic, partition), offset))
+            .collect()
+    }
+}
+
+/// A changelog value: a journey state, or a partition's checkpoint.
+enum Value {
+    Journey(Box<Journey>),
+    Checkpoint(serde_json::Value),
+}
+
+impl Value {
+    fn write(&self, buffer: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            Value::Journey(journey) => serde_json::to_writer(buffer, journey),
+            Value::Checkpoint(checkpoint) => serde_json::to_writer(buffer, checkpoint),
+        }
+    }
+}
 
 /// The Kafka clients of a loop. Closing a consumer can block for as long as the broker is away,
 /// so they are always closed on a plain thread, never on the async runtime.
@@ -257,9 +294,11 @@ impl Loop {
         // A rebalance heard while receiving is handled before any record is applied.
         self.handle_rebalances().await?;
 
-        let mut effects = Vec::new();
+        let mut effects = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
-        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        // Per batch, not per record: a record costs no topic-name copy and no metric lookup.
+        let mut latest = LatestOffsets::default();
+        let mut processed: Vec<(&'static str, u64)> = Vec::new();
         for message in batch {
             let partition = message.partition();
             if !self.engine.owns(partition) {
@@ -270,27 +309,27 @@ impl Loop {
                 .get(message.topic())
                 .copied()
                 .unwrap_or("other");
-            offsets.insert((message.topic().to_string(), partition), message.offset());
-            let key = message
-                .key()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .map(str::to_string);
+            latest.record(message.topic(), partition, message.offset());
+            let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
             let decoded = match key {
                 None => Err(PoisonRecord::Impossible("record without a UTF-8 key")),
-                Some(_) => journey_input(
+                Some(key) => journey_input(
                     header(&message, "shopify-topic"),
                     message.payload().unwrap_or_default(),
-                ),
+                )
+                .map(|input| (key, input)),
             };
             match decoded {
-                Ok(input) => {
-                    self.metrics.consumer.processed(family);
+                Ok((key, input)) => {
+                    match processed.iter_mut().find(|(f, _)| *f == family) {
+                        Some((_, count)) => *count += 1,
+                        None => processed.push((family, 1)),
+                    }
                     let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
                     let shop = shop_of(&message);
-                    let key = key.expect("checked");
                     effects.extend(
                         self.engine
-                            .apply(partition, &key, &shop, input, at)
+                            .apply(partition, key, &shop, input, at)
                             .into_iter()
                             .map(|e| (partition, e)),
                     );
@@ -311,6 +350,10 @@ impl Loop {
                 }
             }
         }
+        for (family, count) in processed {
+            self.metrics.consumer.processed_by(family, count);
+        }
+        let offsets = latest.into_map();
         for _ in 0..BATCH {
             match self.clients().global.poll(Duration::ZERO) {
                 Some(Ok(message)) => {
@@ -450,9 +493,11 @@ impl Loop {
                 }
             }
         }
-        let mut deliveries = Vec::new();
+        let mut deliveries = Vec::with_capacity(outputs.len() + dead.len());
+        let mut payload = Vec::new();
         for (partition, key, event) in &outputs {
-            let payload = serde_json::to_vec(event).expect("events serialise");
+            payload.clear();
+            serde_json::to_writer(&mut payload, event)?;
             let headers = OwnedHeaders::new().insert(Header {
                 key: "aftercart-event-id",
                 value: Some(event.event_id.as_str()),
@@ -511,31 +556,26 @@ impl Loop {
             }
         }
 
-        let mut writes = Vec::new();
-        let payloads: Vec<(StateSlot, Option<Vec<u8>>)> = states
+        // One buffer serves every record: librdkafka copies a payload when it is sent, so no
+        // record needs its own allocation (they dominated the loop's profile).
+        let mut buffer = Vec::with_capacity(4096);
+        let mut writes = Vec::with_capacity(states.len() + output_offsets.len());
+        let checkpoints = output_offsets.iter().map(|(partition, offset)| {
+            let checkpoint = serde_json::json!({ "output_offset": offset });
+            ((*partition, CHECKPOINT_KEY.to_string()), Some(checkpoint))
+        });
+        for ((partition, key), value) in states
             .into_iter()
-            .map(|(at, journey)| {
-                (
-                    at,
-                    journey.map(|j| serde_json::to_vec(&j).expect("journeys serialise")),
-                )
-            })
-            .chain(output_offsets.iter().map(|(partition, offset)| {
-                (
-                    (*partition, CHECKPOINT_KEY.to_string()),
-                    Some(
-                        serde_json::to_vec(&serde_json::json!({"output_offset": offset}))
-                            .expect("json"),
-                    ),
-                )
-            }))
-            .collect();
-        for ((partition, key), payload) in &payloads {
+            .map(|(at, journey)| (at, journey.map(Value::Journey)))
+            .chain(checkpoints.map(|(at, c)| (at, c.map(Value::Checkpoint))))
+        {
             let mut record = FutureRecord::<str, [u8]>::to(&self.config.state_topic)
-                .partition(*partition)
+                .partition(partition)
                 .key(key.as_str());
-            if let Some(payload) = payload {
-                record = record.payload(payload.as_slice());
+            if let Some(value) = &value {
+                buffer.clear();
+                value.write(&mut buffer)?;
+                record = record.payload(buffer.as_slice());
             }
             writes.push(
                 self.clients()
@@ -544,6 +584,7 @@ impl Loop {
                     .map_err(|(e, _)| LoopError::Write(e))?,
             );
         }
+        let written = writes.len();
         for write in writes {
             match write.await {
                 Ok(Ok(_)) => {}
@@ -551,7 +592,7 @@ impl Loop {
                 Err(_) => return Err(LoopError::Write(KafkaError::Canceled)),
             }
         }
-        self.metrics.consumer.changelog_written(payloads.len());
+        self.metrics.consumer.changelog_written(written);
 
         for ((topic, partition), offset) in offsets {
             if self.engine.owns(partition) {

@@ -27,6 +27,9 @@ pub enum LoopError {
     Store(#[from] StoreError),
     #[error("a record could not be written: {0}")]
     Write(KafkaError),
+    /// A record could not be encoded: a bug, so the loop stops before any offset moves.
+    #[error("a record could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// A rebalance heard by the consumer: the (topic, partition) pairs gained or lost.
