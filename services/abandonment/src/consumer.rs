@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use aftercart_kafka::producer::build_output_producer;
 use aftercart_kafka::{
     close_off_runtime, dead_letter_record, header, read_partition, receive_batch_within, shop_of,
-    DeadLetter, GroupContext, LoopError, RebalanceEvent, TopicNames, IDLE_WAIT,
+    DeadLetter, GroupContext, LoopError, RebalanceEvent, StoreError, StoredRecord, TopicNames,
+    IDLE_WAIT,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -45,6 +46,25 @@ fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
             Duration::from_millis(left).min(IDLE_WAIT)
         }
     }
+}
+
+/// The records a partition's restore needs, read off the async runtime.
+struct RestoreRead {
+    changelog: Vec<StoredRecord>,
+    emitted: Vec<StoredRecord>,
+    started: Instant,
+}
+
+/// The output offset of the last checkpoint in a changelog. `None` when there is none or the
+/// last one does not decode: then every emitted event is read back, the safe side.
+fn last_checkpoint(changelog: &[StoredRecord]) -> Option<i64> {
+    changelog
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(CHECKPOINT_KEY.as_bytes()))
+        .filter_map(|r| r.value.as_deref())
+        .next_back()
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .and_then(|v| v.get("output_offset").and_then(serde_json::Value::as_i64))
 }
 
 /// The last offset read of each input partition in a batch. A batch spans a few dozen
@@ -386,10 +406,22 @@ impl Loop {
                     }
                 }
                 RebalanceEvent::Assigned(_) => {
-                    for partition in partitions {
-                        if !self.engine.owns(partition) {
-                            self.restore(partition).await?;
-                        }
+                    let partitions: Vec<i32> = partitions
+                        .into_iter()
+                        .filter(|p| !self.engine.owns(*p))
+                        .collect();
+                    // Each read opens its own clients and waits on the broker: all partitions
+                    // are read at once, then applied one by one in partition order.
+                    let reads: Vec<_> = partitions
+                        .iter()
+                        .map(|partition| self.spawn_restore_read(*partition))
+                        .collect();
+                    for (partition, read) in partitions.into_iter().zip(reads) {
+                        let read = match read.await {
+                            Ok(read) => read?,
+                            Err(_) => return Err(LoopError::Kafka(KafkaError::Canceled)),
+                        };
+                        self.restore(partition, read).await?;
                     }
                     self.assigned_once = true;
                 }
@@ -408,30 +440,47 @@ impl Loop {
             .count()
     }
 
-    /// Restores a partition: its journeys from the changelog, then the events emitted after the
-    /// last checkpoint (a crash between output and changelog) so none is emitted twice.
-    async fn restore(&mut self, partition: i32) -> Result<(), LoopError> {
-        let started = Instant::now();
+    /// Reads what restoring `partition` needs on the blocking pool: its changelog, then the
+    /// events emitted after the changelog's last checkpoint.
+    fn spawn_restore_read(
+        &self,
+        partition: i32,
+    ) -> tokio::task::JoinHandle<Result<RestoreRead, StoreError>> {
         let settings = self.config.kafka.clone();
         let state_topic = self.config.state_topic.clone();
-        let changelog = tokio::task::spawn_blocking(move || {
-            read_partition(&settings, RESTORE_CLIENT, &state_topic, partition, None)
+        let output_topic = self.config.output_topic.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let changelog =
+                read_partition(&settings, RESTORE_CLIENT, &state_topic, partition, None)?;
+            let from = last_checkpoint(&changelog).map(|offset| offset + 1);
+            let emitted =
+                read_partition(&settings, RESTORE_CLIENT, &output_topic, partition, from)?;
+            Ok(RestoreRead {
+                changelog,
+                emitted,
+                started,
+            })
         })
-        .await
-        .expect("restore task does not panic")?;
+    }
+
+    /// Restores a partition: its journeys from the changelog, then the events emitted after the
+    /// last checkpoint (a crash between output and changelog) so none is emitted twice.
+    async fn restore(&mut self, partition: i32, read: RestoreRead) -> Result<(), LoopError> {
+        let RestoreRead {
+            changelog,
+            emitted,
+            started,
+        } = read;
         let records = changelog.len();
         let mut journeys: HashMap<String, Journey> = HashMap::new();
-        let mut checkpoint: Option<i64> = None;
         for record in changelog {
             let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
                 continue;
             };
             match (key.as_str(), record.value) {
-                (CHECKPOINT_KEY, Some(value)) => {
-                    checkpoint = serde_json::from_slice::<serde_json::Value>(&value)
-                        .ok()
-                        .and_then(|v| v.get("output_offset").and_then(serde_json::Value::as_i64));
-                }
+                // Already used to choose where the emitted events were read from.
+                (CHECKPOINT_KEY, Some(_)) => {}
                 (_, None) => {
                     journeys.remove(&key);
                 }
@@ -451,14 +500,6 @@ impl Loop {
             .into_iter()
             .map(|e| (partition, e))
             .collect();
-        let settings = self.config.kafka.clone();
-        let output_topic = self.config.output_topic.clone();
-        let from = checkpoint.map(|offset| offset + 1);
-        let emitted = tokio::task::spawn_blocking(move || {
-            read_partition(&settings, RESTORE_CLIENT, &output_topic, partition, from)
-        })
-        .await
-        .expect("restore task does not panic")?;
         for record in emitted {
             let Some(value) = record.value else { continue };
             if let Ok(event) = serde_json::from_slice::<EmittedEvent>(&value) {
@@ -626,5 +667,34 @@ mod tests {
         assert_eq!(first_wait(Some(500), 1_000), Duration::ZERO);
         assert_eq!(first_wait(Some(i64::MIN), i64::MAX), Duration::ZERO);
         assert_eq!(first_wait(Some(i64::MAX), i64::MIN), IDLE_WAIT);
+    }
+
+    fn stored(key: &str, value: Option<&str>) -> StoredRecord {
+        StoredRecord {
+            key: Some(key.as_bytes().to_vec()),
+            value: value.map(|v| v.as_bytes().to_vec()),
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn the_last_checkpoint_decides_where_emitted_events_are_read_from() {
+        let changelog = [
+            stored(CHECKPOINT_KEY, Some(r#"{"output_offset":4}"#)),
+            stored("shop.myshopify.com/cart-1", Some("{}")),
+            stored(CHECKPOINT_KEY, Some(r#"{"output_offset":9}"#)),
+            stored("shop.myshopify.com/cart-1", None),
+        ];
+        assert_eq!(last_checkpoint(&changelog), Some(9));
+        assert_eq!(last_checkpoint(&changelog[1..2]), None, "no checkpoint");
+    }
+
+    #[test]
+    fn an_undecodable_last_checkpoint_reads_every_emitted_event() {
+        let changelog = [
+            stored(CHECKPOINT_KEY, Some(r#"{"output_offset":4}"#)),
+            stored(CHECKPOINT_KEY, Some("not json")),
+        ];
+        assert_eq!(last_checkpoint(&changelog), None);
     }
 }
