@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::producer::build_output_producer;
 use aftercart_kafka::{
-    close_off_runtime, dead_letter_record, header, read_partition, receive_batch, shop_of,
-    DeadLetter, GroupContext, LoopError, RebalanceEvent, TopicNames,
+    close_off_runtime, dead_letter_record, header, read_partition, receive_batch_within, shop_of,
+    DeadLetter, GroupContext, LoopError, RebalanceEvent, StoreError, StoredRecord, TopicNames,
+    IDLE_WAIT,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -35,8 +36,76 @@ const BATCH: usize = 2000;
 /// How often idle journeys are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
-/// Where a journey state is written: changelog partition and key.
-type StateSlot = (i32, String);
+/// How long a step waits for a first record: never past the next abandonment timer, so an idle
+/// loop fires it on time rather than up to [`IDLE_WAIT`] late.
+fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
+    match next_due_ms {
+        None => IDLE_WAIT,
+        Some(due) => {
+            let left = u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0);
+            Duration::from_millis(left).min(IDLE_WAIT)
+        }
+    }
+}
+
+/// The records a partition's restore needs, read off the async runtime.
+struct RestoreRead {
+    changelog: Vec<StoredRecord>,
+    emitted: Vec<StoredRecord>,
+    started: Instant,
+}
+
+/// The output offset of the last checkpoint in a changelog. `None` when there is none or the
+/// last one does not decode: then every emitted event is read back, the safe side.
+fn last_checkpoint(changelog: &[StoredRecord]) -> Option<i64> {
+    changelog
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(CHECKPOINT_KEY.as_bytes()))
+        .filter_map(|r| r.value.as_deref())
+        .next_back()
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .and_then(|v| v.get("output_offset").and_then(serde_json::Value::as_i64))
+}
+
+/// The last offset read of each input partition in a batch. A batch spans a few dozen
+/// partitions at most, so a list beats hashing a topic name per record.
+#[derive(Default)]
+struct LatestOffsets(Vec<(String, i32, i64)>);
+
+impl LatestOffsets {
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, latest)) => *latest = (*latest).max(offset),
+            None => self.0.push((topic.to_string(), partition, offset)),
+        }
+    }
+
+    fn into_map(self) -> HashMap<(String, i32), i64> {
+        self.0
+            .into_iter()
+            .map(|(topic, partition, offset)| ((topic, partition), offset))
+            .collect()
+    }
+}
+
+/// A changelog value: a journey state, or a partition's checkpoint.
+enum Value {
+    Journey(Box<Journey>),
+    Checkpoint(serde_json::Value),
+}
+
+impl Value {
+    fn write(&self, buffer: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            Value::Journey(journey) => serde_json::to_writer(buffer, journey),
+            Value::Checkpoint(checkpoint) => serde_json::to_writer(buffer, checkpoint),
+        }
+    }
+}
 
 /// The Kafka clients of a loop. Closing a consumer can block for as long as the broker is away,
 /// so they are always closed on a plain thread, never on the async runtime.
@@ -240,13 +309,16 @@ impl Loop {
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
         self.handle_rebalances().await?;
-        let batch = receive_batch(&self.clients().consumer, stop, BATCH).await;
+        let wait = first_wait(self.engine.next_due(), now_ms());
+        let batch = receive_batch_within(&self.clients().consumer, stop, BATCH, wait).await;
         // A rebalance heard while receiving is handled before any record is applied.
         self.handle_rebalances().await?;
 
-        let mut effects = Vec::new();
+        let mut effects = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
-        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        // Per batch, not per record: a record costs no topic-name copy and no metric lookup.
+        let mut latest = LatestOffsets::default();
+        let mut processed: Vec<(&'static str, u64)> = Vec::new();
         for message in batch {
             let partition = message.partition();
             if !self.engine.owns(partition) {
@@ -257,27 +329,27 @@ impl Loop {
                 .get(message.topic())
                 .copied()
                 .unwrap_or("other");
-            offsets.insert((message.topic().to_string(), partition), message.offset());
-            let key = message
-                .key()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .map(str::to_string);
+            latest.record(message.topic(), partition, message.offset());
+            let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
             let decoded = match key {
                 None => Err(PoisonRecord::Impossible("record without a UTF-8 key")),
-                Some(_) => journey_input(
+                Some(key) => journey_input(
                     header(&message, "shopify-topic"),
                     message.payload().unwrap_or_default(),
-                ),
+                )
+                .map(|input| (key, input)),
             };
             match decoded {
-                Ok(input) => {
-                    self.metrics.consumer.processed(family);
+                Ok((key, input)) => {
+                    match processed.iter_mut().find(|(f, _)| *f == family) {
+                        Some((_, count)) => *count += 1,
+                        None => processed.push((family, 1)),
+                    }
                     let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
                     let shop = shop_of(&message);
-                    let key = key.expect("checked");
                     effects.extend(
                         self.engine
-                            .apply(partition, &key, &shop, input, at)
+                            .apply(partition, key, &shop, input, at)
                             .into_iter()
                             .map(|e| (partition, e)),
                     );
@@ -298,6 +370,10 @@ impl Loop {
                 }
             }
         }
+        for (family, count) in processed {
+            self.metrics.consumer.processed_by(family, count);
+        }
+        let offsets = latest.into_map();
         for _ in 0..BATCH {
             match self.clients().global.poll(Duration::ZERO) {
                 Some(Ok(message)) => {
@@ -330,10 +406,22 @@ impl Loop {
                     }
                 }
                 RebalanceEvent::Assigned(_) => {
-                    for partition in partitions {
-                        if !self.engine.owns(partition) {
-                            self.restore(partition).await?;
-                        }
+                    let partitions: Vec<i32> = partitions
+                        .into_iter()
+                        .filter(|p| !self.engine.owns(*p))
+                        .collect();
+                    // Each read opens its own clients and waits on the broker: all partitions
+                    // are read at once, then applied one by one in partition order.
+                    let reads: Vec<_> = partitions
+                        .iter()
+                        .map(|partition| self.spawn_restore_read(*partition))
+                        .collect();
+                    for (partition, read) in partitions.into_iter().zip(reads) {
+                        let read = match read.await {
+                            Ok(read) => read?,
+                            Err(_) => return Err(LoopError::Kafka(KafkaError::Canceled)),
+                        };
+                        self.restore(partition, read).await?;
                     }
                     self.assigned_once = true;
                 }
@@ -352,30 +440,47 @@ impl Loop {
             .count()
     }
 
-    /// Restores a partition: its journeys from the changelog, then the events emitted after the
-    /// last checkpoint (a crash between output and changelog) so none is emitted twice.
-    async fn restore(&mut self, partition: i32) -> Result<(), LoopError> {
-        let started = Instant::now();
+    /// Reads what restoring `partition` needs on the blocking pool: its changelog, then the
+    /// events emitted after the changelog's last checkpoint.
+    fn spawn_restore_read(
+        &self,
+        partition: i32,
+    ) -> tokio::task::JoinHandle<Result<RestoreRead, StoreError>> {
         let settings = self.config.kafka.clone();
         let state_topic = self.config.state_topic.clone();
-        let changelog = tokio::task::spawn_blocking(move || {
-            read_partition(&settings, RESTORE_CLIENT, &state_topic, partition, None)
+        let output_topic = self.config.output_topic.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let changelog =
+                read_partition(&settings, RESTORE_CLIENT, &state_topic, partition, None)?;
+            let from = last_checkpoint(&changelog).map(|offset| offset + 1);
+            let emitted =
+                read_partition(&settings, RESTORE_CLIENT, &output_topic, partition, from)?;
+            Ok(RestoreRead {
+                changelog,
+                emitted,
+                started,
+            })
         })
-        .await
-        .expect("restore task does not panic")?;
+    }
+
+    /// Restores a partition: its journeys from the changelog, then the events emitted after the
+    /// last checkpoint (a crash between output and changelog) so none is emitted twice.
+    async fn restore(&mut self, partition: i32, read: RestoreRead) -> Result<(), LoopError> {
+        let RestoreRead {
+            changelog,
+            emitted,
+            started,
+        } = read;
         let records = changelog.len();
         let mut journeys: HashMap<String, Journey> = HashMap::new();
-        let mut checkpoint: Option<i64> = None;
         for record in changelog {
             let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
                 continue;
             };
             match (key.as_str(), record.value) {
-                (CHECKPOINT_KEY, Some(value)) => {
-                    checkpoint = serde_json::from_slice::<serde_json::Value>(&value)
-                        .ok()
-                        .and_then(|v| v.get("output_offset").and_then(serde_json::Value::as_i64));
-                }
+                // Already used to choose where the emitted events were read from.
+                (CHECKPOINT_KEY, Some(_)) => {}
                 (_, None) => {
                     journeys.remove(&key);
                 }
@@ -395,14 +500,6 @@ impl Loop {
             .into_iter()
             .map(|e| (partition, e))
             .collect();
-        let settings = self.config.kafka.clone();
-        let output_topic = self.config.output_topic.clone();
-        let from = checkpoint.map(|offset| offset + 1);
-        let emitted = tokio::task::spawn_blocking(move || {
-            read_partition(&settings, RESTORE_CLIENT, &output_topic, partition, from)
-        })
-        .await
-        .expect("restore task does not panic")?;
         for record in emitted {
             let Some(value) = record.value else { continue };
             if let Ok(event) = serde_json::from_slice::<EmittedEvent>(&value) {
@@ -437,9 +534,11 @@ impl Loop {
                 }
             }
         }
-        let mut deliveries = Vec::new();
+        let mut deliveries = Vec::with_capacity(outputs.len() + dead.len());
+        let mut payload = Vec::new();
         for (partition, key, event) in &outputs {
-            let payload = serde_json::to_vec(event).expect("events serialise");
+            payload.clear();
+            serde_json::to_writer(&mut payload, event)?;
             let headers = OwnedHeaders::new().insert(Header {
                 key: "aftercart-event-id",
                 value: Some(event.event_id.as_str()),
@@ -498,31 +597,26 @@ impl Loop {
             }
         }
 
-        let mut writes = Vec::new();
-        let payloads: Vec<(StateSlot, Option<Vec<u8>>)> = states
+        // One buffer serves every record: librdkafka copies a payload when it is sent, so no
+        // record needs its own allocation (they dominated the loop's profile).
+        let mut buffer = Vec::with_capacity(4096);
+        let mut writes = Vec::with_capacity(states.len() + output_offsets.len());
+        let checkpoints = output_offsets.iter().map(|(partition, offset)| {
+            let checkpoint = serde_json::json!({ "output_offset": offset });
+            ((*partition, CHECKPOINT_KEY.to_string()), Some(checkpoint))
+        });
+        for ((partition, key), value) in states
             .into_iter()
-            .map(|(at, journey)| {
-                (
-                    at,
-                    journey.map(|j| serde_json::to_vec(&j).expect("journeys serialise")),
-                )
-            })
-            .chain(output_offsets.iter().map(|(partition, offset)| {
-                (
-                    (*partition, CHECKPOINT_KEY.to_string()),
-                    Some(
-                        serde_json::to_vec(&serde_json::json!({"output_offset": offset}))
-                            .expect("json"),
-                    ),
-                )
-            }))
-            .collect();
-        for ((partition, key), payload) in &payloads {
+            .map(|(at, journey)| (at, journey.map(Value::Journey)))
+            .chain(checkpoints.map(|(at, c)| (at, c.map(Value::Checkpoint))))
+        {
             let mut record = FutureRecord::<str, [u8]>::to(&self.config.state_topic)
-                .partition(*partition)
+                .partition(partition)
                 .key(key.as_str());
-            if let Some(payload) = payload {
-                record = record.payload(payload.as_slice());
+            if let Some(value) = &value {
+                buffer.clear();
+                value.write(&mut buffer)?;
+                record = record.payload(buffer.as_slice());
             }
             writes.push(
                 self.clients()
@@ -531,6 +625,7 @@ impl Loop {
                     .map_err(|(e, _)| LoopError::Write(e))?,
             );
         }
+        let written = writes.len();
         for write in writes {
             match write.await {
                 Ok(Ok(_)) => {}
@@ -538,7 +633,7 @@ impl Loop {
                 Err(_) => return Err(LoopError::Write(KafkaError::Canceled)),
             }
         }
-        self.metrics.consumer.changelog_written(payloads.len());
+        self.metrics.consumer.changelog_written(written);
 
         for ((topic, partition), offset) in offsets {
             if self.engine.owns(partition) {
@@ -548,5 +643,58 @@ impl Loop {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_loop_waits_the_full_idle_wait_without_timers() {
+        assert_eq!(first_wait(None, 1_000), IDLE_WAIT);
+    }
+
+    #[test]
+    fn a_timer_due_sooner_than_the_idle_wait_shortens_the_wait() {
+        assert_eq!(first_wait(Some(1_030), 1_000), Duration::from_millis(30));
+        assert_eq!(first_wait(Some(1_000), 1_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_timer_due_later_or_overdue_never_stretches_or_underflows_the_wait() {
+        assert_eq!(first_wait(Some(1_000_000), 1_000), IDLE_WAIT);
+        assert_eq!(first_wait(Some(500), 1_000), Duration::ZERO);
+        assert_eq!(first_wait(Some(i64::MIN), i64::MAX), Duration::ZERO);
+        assert_eq!(first_wait(Some(i64::MAX), i64::MIN), IDLE_WAIT);
+    }
+
+    fn stored(key: &str, value: Option<&str>) -> StoredRecord {
+        StoredRecord {
+            key: Some(key.as_bytes().to_vec()),
+            value: value.map(|v| v.as_bytes().to_vec()),
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn the_last_checkpoint_decides_where_emitted_events_are_read_from() {
+        let changelog = [
+            stored(CHECKPOINT_KEY, Some(r#"{"output_offset":4}"#)),
+            stored("shop.myshopify.com/cart-1", Some("{}")),
+            stored(CHECKPOINT_KEY, Some(r#"{"output_offset":9}"#)),
+            stored("shop.myshopify.com/cart-1", None),
+        ];
+        assert_eq!(last_checkpoint(&changelog), Some(9));
+        assert_eq!(last_checkpoint(&changelog[1..2]), None, "no checkpoint");
+    }
+
+    #[test]
+    fn an_undecodable_last_checkpoint_reads_every_emitted_event() {
+        let changelog = [
+            stored(CHECKPOINT_KEY, Some(r#"{"output_offset":4}"#)),
+            stored(CHECKPOINT_KEY, Some("not json")),
+        ];
+        assert_eq!(last_checkpoint(&changelog), None);
     }
 }

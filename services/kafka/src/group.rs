@@ -27,6 +27,9 @@ pub enum LoopError {
     Store(#[from] StoreError),
     #[error("a record could not be written: {0}")]
     Write(KafkaError),
+    /// A record could not be encoded: a bug, so the loop stops before any offset moves.
+    #[error("a record could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// A rebalance heard by the consumer: the (topic, partition) pairs gained or lost.
@@ -147,12 +150,26 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// One batch for a poll loop: waits up to 100 ms (or until `stop`) for a first record, then
-/// takes what is already buffered, up to `max` records.
+/// How long a poll loop waits for a first record when it has nothing else to do.
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// One batch for a poll loop: waits up to [`IDLE_WAIT`] (or until `stop`) for a first record,
+/// then takes what is already buffered, up to `max` records.
 pub async fn receive_batch<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     stop: &CancellationToken,
     max: usize,
+) -> Vec<OwnedMessage> {
+    receive_batch_within(consumer, stop, max, IDLE_WAIT).await
+}
+
+/// [`receive_batch`] waiting at most `first_wait` for a first record: a loop with a timer due
+/// sooner than [`IDLE_WAIT`] passes the time left, so the timer is not fired late.
+pub async fn receive_batch_within<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    stop: &CancellationToken,
+    max: usize,
+    first_wait: Duration,
 ) -> Vec<OwnedMessage> {
     let mut batch = Vec::new();
     tokio::select! {
@@ -160,7 +177,7 @@ pub async fn receive_batch<C: ConsumerContext + 'static>(
             Ok(message) => batch.push(message.detach()),
             Err(error) => tracing::warn!(%error, "Consumer error; continuing."),
         },
-        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        () = tokio::time::sleep(first_wait) => {}
         () = stop.cancelled() => {}
     }
     while batch.len() < max {

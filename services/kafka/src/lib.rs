@@ -13,7 +13,8 @@ pub mod stats;
 pub mod topics;
 
 pub use group::{
-    close_off_runtime, receive_batch, ConsumerLag, GroupContext, LoopError, RebalanceEvent,
+    close_off_runtime, receive_batch, receive_batch_within, ConsumerLag, GroupContext, LoopError,
+    RebalanceEvent, IDLE_WAIT,
 };
 pub use loop_metrics::LoopMetrics;
 pub use partition_reader::{read_partition, StoreError, StoredRecord};

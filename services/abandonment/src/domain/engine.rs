@@ -391,6 +391,15 @@ impl Engine {
         effects
     }
 
+    /// When the earliest abandonment timer of any owned partition is due, if any: the loop
+    /// waits for input no longer than that, so a timer fires on time after an idle spell.
+    pub fn next_due(&self) -> Option<i64> {
+        self.partitions
+            .values()
+            .filter_map(|state| state.timers.first().map(|(due, _)| *due))
+            .min()
+    }
+
     /// Fires every abandonment due at `now_ms`.
     pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut due_now: Vec<(i32, String)> = Vec::new();

@@ -98,6 +98,35 @@ fn a_checkout_with_contact_is_abandoned_after_the_delay_from_its_last_activity()
 }
 
 #[test]
+fn the_next_due_time_is_the_earliest_timer_of_any_partition() {
+    let mut e = engine();
+    e.assign(1, Vec::new());
+    assert_eq!(e.next_due(), None, "nothing scheduled");
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:20:00Z", ""), 20 * MIN);
+    assert_eq!(e.next_due(), Some(80 * MIN));
+    e.apply(
+        1,
+        "shop.myshopify.com/cart-2",
+        SHOP,
+        checkout("2026-11-23T10:05:00Z", ""),
+        5 * MIN,
+    );
+    assert_eq!(
+        e.next_due(),
+        Some(65 * MIN),
+        "the earlier of two partitions"
+    );
+    e.fire_due(65 * MIN);
+    assert_eq!(
+        e.next_due(),
+        Some(80 * MIN),
+        "a fired timer is no longer due"
+    );
+    e.revoke(0);
+    assert_eq!(e.next_due(), None, "a revoked partition's timers are gone");
+}
+
+#[test]
 fn a_checkout_without_contact_is_never_a_checkout_abandonment() {
     let mut e = engine();
     let body = br#"{"token":"chk-1","cart_token":"cart-1","updated_at":"2026-11-23T10:00:00Z"}"#;
