@@ -330,7 +330,7 @@ def perf_profile(pid: int, bin_path: str, url: str, settings: dict) -> dict:
 # (what, a regular expression matching the frame that starts it in `perf report --children`).
 PARTS = [
     ("HTTP connection tasks: hyper's reads, parsing, writes, and the request future in them "
-     "(headers, body, signature)", r"Dispatcher<.*>::poll_catch$"),
+     "(headers, body, signature)", r"(Dispatcher<.*>::poll_catch$|^poll_catch<hyper::proto::h1::dispatch::Server)"),
     ("  reading requests (parse + body)", r"^poll_read<hyper::proto::h1::dispatch::Server"),
     ("  writing answers (writev on loopback: the kernel delivers to the client in this call)",
      r"Dispatcher<.*>::poll_write$"),
