@@ -983,6 +983,25 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
 
 # --- main -------------------------------------------------------------------------------------
 
+def aftercart_target(bin_path: str, brokers: str, name: str, label: str, profile: bool = False,
+                     loadgen_args: list[str] | None = None) -> dict:
+    """An aftercart ingress on fresh ports with a fresh spool, as measure_target takes it."""
+    port, admin = free_port(), free_port()
+    return {
+        "name": name, "label": label,
+        "argv": [bin_path, "ingress"],
+        "shown": ["aftercart", "ingress"],
+        "env": {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
+                "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                "AFTERCART_LOG": "warn", "AFTERCART_SPOOL_DIR": fresh_dir(OUT / f"spool-{port}")},
+        "url": f"http://127.0.0.1:{port}/webhooks/shopify",
+        "health": f"http://127.0.0.1:{admin}/readyz",
+        "metrics": f"http://127.0.0.1:{admin}/metrics",
+        "profile": profile,
+        "loadgen_args": loadgen_args or [],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bin", required=True, help="the release aftercart binary")
@@ -1045,37 +1064,16 @@ def main() -> int:
         settings["brokers"] = brokers
         log(f"broker at {brokers} (pid {broker.pid})")
         targets = []
-        port, admin = free_port(), free_port()
-        targets.append({
-            "name": "aftercart", "label": "aftercart ingress",
-            "argv": [bin_path, "ingress"],
-            "shown": ["aftercart", "ingress"],
-            "env": {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
-                    "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-                    "AFTERCART_LOG": "warn", "AFTERCART_SPOOL_DIR": fresh_dir(OUT / f"spool-{port}")},
-            "url": f"http://127.0.0.1:{port}/webhooks/shopify",
-            "health": f"http://127.0.0.1:{admin}/readyz",
-            "metrics": f"http://127.0.0.1:{admin}/metrics",
-            "profile": True,
-        })
+        targets.append(aftercart_target(bin_path, brokers, "aftercart", "aftercart ingress",
+                                        profile=True))
         # The same ingress over HTTP/2 (h2c, prior knowledge): the requests in flight become
         # streams multiplexed over a few connections. Shopify delivers over HTTP/1.1; this row
         # shows what the protocol choice costs, not a comparison with the baselines.
-        port, admin = free_port(), free_port()
         h2_connections = max(1, args.connections // 16)
-        targets.append({
-            "name": "aftercart-h2",
-            "label": f"aftercart ingress, HTTP/2 ({args.connections} streams over {h2_connections} connections)",
-            "argv": [bin_path, "ingress"],
-            "shown": ["aftercart", "ingress"],
-            "env": {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
-                    "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-                    "AFTERCART_LOG": "warn", "AFTERCART_SPOOL_DIR": fresh_dir(OUT / f"spool-{port}")},
-            "url": f"http://127.0.0.1:{port}/webhooks/shopify",
-            "health": f"http://127.0.0.1:{admin}/readyz",
-            "metrics": f"http://127.0.0.1:{admin}/metrics",
-            "loadgen_args": ["--http2-connections", str(h2_connections)],
-        })
+        targets.append(aftercart_target(
+            bin_path, brokers, "aftercart-h2",
+            f"aftercart ingress, HTTP/2 ({args.connections} streams over {h2_connections} connections)",
+            loadgen_args=["--http2-connections", str(h2_connections)]))
         port = free_port()
         node_dir = ROOT / "bench" / "baselines" / "node"
         targets.append({
