@@ -317,6 +317,16 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 4"#),
         "{metrics}"
     );
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{family} ")),
+            "{family} missing"
+        );
+    }
     // The buyer became an advocate and the friend's first order, with the code, is under review.
     let (invites, rewards) = eventually("referral events", Duration::from_secs(30), || {
         let brokers = brokers.clone();
