@@ -1,4 +1,6 @@
-//! Google Ads Customer Match through the REST `OfflineUserDataJobService`: Google's normalisation,
+//! The `google_ads_legacy` destination: Google Ads Customer Match through the REST
+//! `OfflineUserDataJobService`, kept only for developer tokens Google already allowlisted (the
+//! `google` destination is the Data Manager API, [`super::datamanager`]): Google's normalisation,
 //! the create / addOperations / run requests, and how to read Google's answers.
 //!
 //! - Service (create, addOperations, run; v26 is the newest active version in the reference):
@@ -322,13 +324,13 @@ fn is_identifier(identifier: &Value) -> bool {
 /// Trimmed and lower-cased, as the project's contract (domain.md §4) says. Google's formatting
 /// guide also drops dots (and `+tags`) in gmail.com addresses; that is not applied, so the hash
 /// is the one every other tool following the contract computes.
-fn normalise_email(raw: &str) -> Option<String> {
+pub(crate) fn normalise_email(raw: &str) -> Option<String> {
     let email = raw.trim().to_lowercase();
     let (local, domain) = email.split_once('@')?;
     (!local.is_empty() && !domain.is_empty()).then_some(email)
 }
 
-fn normalise_name(raw: &str) -> Option<String> {
+pub(crate) fn normalise_name(raw: &str) -> Option<String> {
     let kept: String = raw
         .to_lowercase()
         .chars()
@@ -338,7 +340,7 @@ fn normalise_name(raw: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-fn normalise_postal_code(raw: &str, country: Option<&str>) -> Option<String> {
+pub(crate) fn normalise_postal_code(raw: &str, country: Option<&str>) -> Option<String> {
     let code = raw
         .split_whitespace()
         .collect::<Vec<_>>()
