@@ -23,9 +23,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::google::{normalise_email, normalise_name, normalise_postal_code};
+use super::google::Hashed;
 use super::{
-    base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body, phone,
+    base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body,
     BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
 };
 
@@ -58,28 +58,20 @@ pub struct Target {
 /// One member's `userData`: `{"userIdentifiers": [...]}` with what is present; `None` without
 /// any identifier.
 pub fn row(contact: &Contact) -> Option<Value> {
-    let country = contact.country_alpha2();
+    let hashed = Hashed::of(contact);
     let mut identifiers = Vec::new();
-    if let Some(email) = contact.raw_email().and_then(normalise_email) {
-        identifiers.push(json!({ "emailAddress": hash::sha256_hex(&email) }));
+    if let Some(email) = hashed.email {
+        identifiers.push(json!({ "emailAddress": email }));
     }
-    if let Some(phone) = contact
-        .raw_phone()
-        .and_then(|raw| phone::e164(raw, country.as_deref()))
-    {
-        identifiers.push(json!({ "phoneNumber": hash::sha256_hex(&phone.with_plus()) }));
+    if let Some(phone) = hashed.phone {
+        identifiers.push(json!({ "phoneNumber": phone }));
     }
-    let first = contact.raw_first_name().and_then(normalise_name);
-    let last = contact.raw_last_name().and_then(normalise_name);
-    let zip = contact
-        .raw_zip()
-        .and_then(|z| normalise_postal_code(z, country.as_deref()));
-    if let (Some(first), Some(last), Some(country), Some(zip)) = (first, last, country, zip) {
+    if let Some(a) = hashed.address {
         identifiers.push(json!({ "address": {
-            "givenName": hash::sha256_hex(&first),
-            "familyName": hash::sha256_hex(&last),
-            "regionCode": country,
-            "postalCode": zip,
+            "givenName": a.first,
+            "familyName": a.last,
+            "regionCode": a.country,
+            "postalCode": a.zip,
         }}));
     }
     (!identifiers.is_empty()).then(|| json!({ "userIdentifiers": identifiers }))

@@ -101,31 +101,73 @@ impl Target {
 /// with the identifiers present. `None` when there is none (no email, no usable phone, no
 /// complete address).
 pub fn row(contact: &Contact) -> Option<Value> {
-    let country = contact.country_alpha2();
+    let hashed = Hashed::of(contact);
     let mut identifiers = Vec::new();
-    if let Some(email) = contact.raw_email().and_then(normalise_email) {
-        identifiers.push(json!({ "hashedEmail": hash::sha256_hex(&email) }));
+    if let Some(email) = hashed.email {
+        identifiers.push(json!({ "hashedEmail": email }));
     }
-    if let Some(phone) = contact
-        .raw_phone()
-        .and_then(|raw| phone::e164(raw, country.as_deref()))
-    {
-        identifiers.push(json!({ "hashedPhoneNumber": hash::sha256_hex(&phone.with_plus()) }));
+    if let Some(phone) = hashed.phone {
+        identifiers.push(json!({ "hashedPhoneNumber": phone }));
     }
-    let first = contact.raw_first_name().and_then(normalise_name);
-    let last = contact.raw_last_name().and_then(normalise_name);
-    let zip = contact
-        .raw_zip()
-        .and_then(|z| normalise_postal_code(z, country.as_deref()));
-    if let (Some(first), Some(last), Some(country), Some(zip)) = (first, last, country, zip) {
+    if let Some(a) = hashed.address {
         identifiers.push(json!({ "addressInfo": {
-            "hashedFirstName": hash::sha256_hex(&first),
-            "hashedLastName": hash::sha256_hex(&last),
-            "countryCode": country,
-            "postalCode": zip,
+            "hashedFirstName": a.first,
+            "hashedLastName": a.last,
+            "countryCode": a.country,
+            "postalCode": a.zip,
         }}));
     }
     (!identifiers.is_empty()).then(|| json!({ "userIdentifiers": identifiers }))
+}
+
+/// A contact's identifiers normalised and hashed as Google wants them, for both Google
+/// destinations (each names the fields its own API's way).
+pub(crate) struct Hashed {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// Only when names, country and postal code are all known.
+    pub address: Option<HashedAddress>,
+}
+
+/// Hashed names; country (alpha-2) and postal code unhashed, as Google wants them.
+pub(crate) struct HashedAddress {
+    pub first: String,
+    pub last: String,
+    pub country: String,
+    pub zip: String,
+}
+
+impl Hashed {
+    pub(crate) fn of(contact: &Contact) -> Hashed {
+        let country = contact.country_alpha2();
+        let email = contact
+            .raw_email()
+            .and_then(normalise_email)
+            .map(|e| hash::sha256_hex(&e));
+        let phone = contact
+            .raw_phone()
+            .and_then(|raw| phone::e164(raw, country.as_deref()))
+            .map(|p| hash::sha256_hex(&p.with_plus()));
+        let first = contact.raw_first_name().and_then(normalise_name);
+        let last = contact.raw_last_name().and_then(normalise_name);
+        let zip = contact
+            .raw_zip()
+            .and_then(|z| normalise_postal_code(z, country.as_deref()));
+        let address = match (first, last, country, zip) {
+            (Some(first), Some(last), Some(country), Some(zip)) => Some(HashedAddress {
+                first: hash::sha256_hex(&first),
+                last: hash::sha256_hex(&last),
+                country,
+                zip,
+            }),
+            _ => None,
+        };
+        Hashed {
+            email,
+            phone,
+            address,
+        }
+    }
 }
 
 /// Creates the batch's Customer Match job on the target list, `externalId` from the batch id. An
@@ -324,13 +366,13 @@ fn is_identifier(identifier: &Value) -> bool {
 /// Trimmed and lower-cased, as the project's contract (domain.md §4) says. Google's formatting
 /// guide also drops dots (and `+tags`) in gmail.com addresses; that is not applied, so the hash
 /// is the one every other tool following the contract computes.
-pub(crate) fn normalise_email(raw: &str) -> Option<String> {
+fn normalise_email(raw: &str) -> Option<String> {
     let email = raw.trim().to_lowercase();
     let (local, domain) = email.split_once('@')?;
     (!local.is_empty() && !domain.is_empty()).then_some(email)
 }
 
-pub(crate) fn normalise_name(raw: &str) -> Option<String> {
+fn normalise_name(raw: &str) -> Option<String> {
     let kept: String = raw
         .to_lowercase()
         .chars()
@@ -340,7 +382,7 @@ pub(crate) fn normalise_name(raw: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-pub(crate) fn normalise_postal_code(raw: &str, country: Option<&str>) -> Option<String> {
+fn normalise_postal_code(raw: &str, country: Option<&str>) -> Option<String> {
     let code = raw
         .split_whitespace()
         .collect::<Vec<_>>()
