@@ -766,12 +766,23 @@ mod scenarios {
             "--review-window=60s",
             "--referrals-reward-issue=pending",
             "--referrals-reward=20%",
+            "--referrals-friend-first-order-only=true",
         ])
         .await;
         let stack = Stack::start(broker, &strs(&flags)).await;
         let (advocate, friend, base) = (ids(), ids(), ids());
         stack.send("orders/paid", order(base, advocate)).await;
         let code = stack.code_of(advocate, 1).await;
+        // First order only: the offer is limited to a segment of customers without orders,
+        // created once in the shop.
+        let segments = admin.segments();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        assert_eq!(segments[0].2, "number_of_orders = 0");
+        let offer = &admin.with_code(SHOP, &code)[0].input;
+        assert!(offer["context"]["customerSegments"]["add"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("gid://shopify/Segment/"));
         stack
             .send("orders/paid", with_code(order(base + 1, friend), &code))
             .await;
@@ -799,6 +810,7 @@ mod scenarios {
         let stored = admin.with_code(SHOP, &reward_code);
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].status, "EXPIRED", "deactivated in the shop");
+        assert_eq!(admin.segments().len(), 1, "the segment is created once");
     }
 
     pub async fn lost_answers_and_a_restart_create_no_duplicate_discounts(broker: &Broker) {
