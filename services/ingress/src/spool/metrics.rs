@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::publish::ErrorClass;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 const PREFIX: &str = "aftercart_ingress_spool_";
@@ -46,6 +47,8 @@ pub struct SpoolMetrics {
     rejected: IntCounterVec,
     errors: IntCounterVec,
     corrupt_bytes: IntCounter,
+    damaged_events: IntCounter,
+    publish_errors: IntCounterVec,
     available: IntGauge,
 }
 
@@ -76,7 +79,12 @@ impl SpoolMetrics {
                 Opts::new(format!("{PREFIX}errors_total"), "Spool disk operations that failed, by operation (open, write, fsync, read, remove)."),
                 &["op"],
             )?,
-            corrupt_bytes: counter("corrupt_bytes_total", "Bytes of torn or damaged spool discarded when the spool was opened.")?,
+            corrupt_bytes: counter("corrupt_bytes_total", "Bytes of torn or damaged spool skipped, when the spool was opened or while draining (a copy of a damaged segment is kept in <dir>/damaged/).")?,
+            damaged_events: counter("damaged_events_total", "Acknowledged events destroyed by disk damage found while draining (the intact frames after the damage are still drained).")?,
+            publish_errors: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}publish_errors_total"), "Spooled events Kafka refused, by class (retriable: retried; authorization: kept in the spool until an operator fixes credentials or ACLs; permanent: sent to the quarantine topic)."),
+                &["class"],
+            )?,
             available: gauge("available", "1 when the spool can take events; 0 when it is off or failing on disk errors.")?,
         };
         registry.register(Box::new(metrics.pending_events.clone()))?;
@@ -89,12 +97,19 @@ impl SpoolMetrics {
         registry.register(Box::new(metrics.rejected.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
         registry.register(Box::new(metrics.corrupt_bytes.clone()))?;
+        registry.register(Box::new(metrics.damaged_events.clone()))?;
+        registry.register(Box::new(metrics.publish_errors.clone()))?;
         registry.register(Box::new(metrics.available.clone()))?;
         for reason in [Rejection::Full, Rejection::DiskError, Rejection::Disabled] {
             metrics.rejected.with_label_values(&[reason.as_label()]);
         }
         for op in ["open", "write", "fsync", "read", "remove"] {
             metrics.errors.with_label_values(&[op]);
+        }
+        for class in ErrorClass::ALL {
+            metrics
+                .publish_errors
+                .with_label_values(&[class.as_label()]);
         }
         Ok(metrics)
     }
@@ -123,6 +138,16 @@ impl SpoolMetrics {
 
     pub fn corrupt(&self, bytes: u64) {
         self.corrupt_bytes.inc_by(bytes);
+    }
+
+    pub fn damaged_events(&self, events: u64) {
+        self.damaged_events.inc_by(events);
+    }
+
+    pub fn publish_error(&self, class: ErrorClass) {
+        self.publish_errors
+            .with_label_values(&[class.as_label()])
+            .inc();
     }
 
     pub fn set_available(&self, available: bool) {
