@@ -147,8 +147,18 @@ impl Spool {
         max_bytes: u64,
         metrics: SpoolMetrics,
     ) -> Result<(Spool, Recovered), OpenError> {
+        Self::open_in(Arc::new(RealDisk), dir, max_bytes, metrics)
+    }
+
+    /// Opens the spool on `disk` with the production segment size.
+    pub fn open_in(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        max_bytes: u64,
+        metrics: SpoolMetrics,
+    ) -> Result<(Spool, Recovered), OpenError> {
         let segment_bytes = SEGMENT_BYTES.min(max_bytes / 8).max(1 << 20);
-        Self::open_on(Arc::new(RealDisk), dir, max_bytes, segment_bytes, metrics)
+        Self::open_on(disk, dir, max_bytes, segment_bytes, metrics)
     }
 
     /// Opens the spool on any [`Disk`] with a chosen segment size (tests roll segments often
@@ -211,6 +221,17 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// What keeps the spool from taking events now, if anything.
+    pub fn trouble(&self) -> Option<AppendError> {
+        if !self.shared.disk_ok.load(Ordering::Acquire) {
+            Some(AppendError::Disk)
+        } else if self.shared.full.load(Ordering::Acquire) {
+            Some(AppendError::Full)
+        } else {
+            None
+        }
     }
 
     /// Whether the spool can take events now: its disk works and it has room. A sick spool

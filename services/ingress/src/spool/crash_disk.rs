@@ -46,6 +46,8 @@ struct Fs {
     crashes: u64,
     /// Every write fails with "no space left" (ENOSPC), as on a full disk.
     full: bool,
+    /// Every operation fails with an I/O error (EIO), as on a dying disk.
+    broken: bool,
 }
 
 impl Default for Fs {
@@ -56,6 +58,7 @@ impl Default for Fs {
             generation: 0,
             crashes: 0,
             full: false,
+            broken: false,
         }
     }
 }
@@ -117,6 +120,20 @@ impl CrashDisk {
         self.fs().full = full;
     }
 
+    /// From now on every operation, reads included, fails with EIO (or works again).
+    pub fn set_broken(&self, broken: bool) {
+        self.fs().broken = broken;
+    }
+
+    /// The file system, or EIO while broken.
+    fn working(&self) -> io::Result<MutexGuard<'_, Fs>> {
+        let fs = self.fs();
+        if fs.broken {
+            return Err(io::Error::other("input/output error (a broken test disk)"));
+        }
+        Ok(fs)
+    }
+
     /// The power cut: only what was made durable is left, and open handles are dead.
     pub fn crash(&self) {
         let mut fs = self.fs();
@@ -155,7 +172,7 @@ struct Handle {
 
 impl Handle {
     fn fs(&self) -> io::Result<MutexGuard<'_, Fs>> {
-        let fs = self.disk.fs();
+        let fs = self.disk.working()?;
         if fs.generation != self.generation {
             return Err(stale());
         }
@@ -241,7 +258,7 @@ impl Disk for CrashDisk {
     }
 
     fn create_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut fs = self.fs();
+        let mut fs = self.working()?;
         let (parent, name) = fs.parent_of(dir)?;
         match fs.dirs[parent].live.get(&name) {
             Some(Node::Dir(_)) => return Ok(()),
@@ -256,7 +273,7 @@ impl Disk for CrashDisk {
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
         let id = {
-            let mut fs = self.fs();
+            let mut fs = self.working()?;
             let (parent, name) = fs.parent_of(path)?;
             if fs.dirs[parent].live.contains_key(&name) {
                 return Err(io::ErrorKind::AlreadyExists.into());
@@ -270,12 +287,12 @@ impl Disk for CrashDisk {
     }
 
     fn open_write(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
-        let id = self.fs().file(path)?;
+        let id = self.working()?.file(path)?;
         Ok(Box::new(self.handle(id)))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
-        let id = self.fs().file(path)?;
+        let id = self.working()?.file(path)?;
         Ok(Box::new(self.handle(id)))
     }
 
@@ -284,7 +301,7 @@ impl Disk for CrashDisk {
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        let fs = self.fs();
+        let fs = self.working()?;
         match fs.resolve(dir) {
             Some(Node::Dir(id)) => Ok(fs.dirs[id].live.keys().map(|n| dir.join(n)).collect()),
             _ => Err(not_found(dir)),
@@ -292,7 +309,7 @@ impl Disk for CrashDisk {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut fs = self.fs();
+        let mut fs = self.working()?;
         fs.file(path)?;
         let (parent, name) = fs.parent_of(path)?;
         fs.dirs[parent].live.remove(&name);
@@ -300,7 +317,7 @@ impl Disk for CrashDisk {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut fs = self.fs();
+        let mut fs = self.working()?;
         let node = fs.resolve(from).ok_or_else(|| not_found(from))?;
         let (from_dir, from_name) = fs.parent_of(from)?;
         let (to_dir, to_name) = fs.parent_of(to)?;
@@ -310,7 +327,7 @@ impl Disk for CrashDisk {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut fs = self.fs();
+        let mut fs = self.working()?;
         match fs.resolve(dir) {
             Some(Node::Dir(id)) => {
                 let entries = fs.dirs[id].live.clone();

@@ -43,6 +43,22 @@ pub trait Disk: Send + Sync + 'static {
     fn lock(&self, dir: &Path) -> Result<Option<File>, Option<io::Error>>;
 }
 
+/// The file system a configured spool lives on: the real one unless a test says otherwise.
+#[derive(Clone)]
+pub struct SpoolDisk(pub std::sync::Arc<dyn Disk>);
+
+impl Default for SpoolDisk {
+    fn default() -> Self {
+        SpoolDisk(std::sync::Arc::new(RealDisk))
+    }
+}
+
+impl std::fmt::Debug for SpoolDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpoolDisk")
+    }
+}
+
 /// The disk the spool uses in production.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealDisk;

@@ -15,6 +15,7 @@ use super::entry::Entry;
 use super::segment::{self, FrameReader, Step};
 use super::{Shared, Spool};
 use crate::publish::{classify, ErrorClass};
+use crate::readiness::KafkaHealth;
 
 /// Most entries published per batch (and per checkpoint write).
 const BATCH_ENTRIES: usize = 2000;
@@ -34,6 +35,8 @@ pub struct Drainer {
     quarantine_topic: String,
     /// Publishing waits until the topics are known to exist.
     kafka_ready: Readiness,
+    /// Told of every outcome, for readiness (the ingress's; none under `aftercart spool drain`).
+    kafka_health: Option<std::sync::Arc<KafkaHealth>>,
 }
 
 /// Where the drainer reads next.
@@ -64,6 +67,21 @@ impl Drainer {
             producer,
             quarantine_topic,
             kafka_ready,
+            kafka_health: None,
+        }
+    }
+
+    /// Reports every publish outcome to `health`.
+    pub fn with_kafka_health(mut self, health: std::sync::Arc<KafkaHealth>) -> Self {
+        self.kafka_health = Some(health);
+        self
+    }
+
+    fn outcome(&self, ok: bool) {
+        match (&self.kafka_health, ok) {
+            (Some(health), true) => health.succeeded(),
+            (Some(health), false) => health.failed(),
+            (None, _) => {}
         }
     }
 
@@ -274,8 +292,14 @@ async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<
     let mut failed = Vec::new();
     for (pending, delivery) in sent {
         let error = match delivery.await {
-            Ok(Ok(_)) => continue,
-            Ok(Err((error, _))) => error,
+            Ok(Ok(_)) => {
+                drainer.outcome(true);
+                continue;
+            }
+            Ok(Err((error, _))) => {
+                drainer.outcome(false);
+                error
+            }
             Err(_canceled) => {
                 failed.push(pending);
                 continue;

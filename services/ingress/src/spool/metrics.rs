@@ -49,7 +49,9 @@ pub struct SpoolMetrics {
     corrupt_bytes: IntCounter,
     damaged_events: IntCounter,
     publish_errors: IntCounterVec,
+    bypassed: IntCounterVec,
     available: IntGauge,
+    healthy: IntGauge,
 }
 
 impl SpoolMetrics {
@@ -85,6 +87,11 @@ impl SpoolMetrics {
                 Opts::new(format!("{PREFIX}publish_errors_total"), "Spooled events Kafka refused, by class (retriable: retried; authorization: kept in the spool until an operator fixes credentials or ACLs; permanent: sent to the quarantine topic)."),
                 &["class"],
             )?,
+            bypassed: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}bypassed_total"), "Requests the spool could not take (full, disk_error) that were published straight to Kafka instead: answered 200, possibly ahead of older events of the same key still in the spool."),
+                &["reason"],
+            )?,
+            healthy: gauge("healthy", "1 when the spool can take events (its disk works and it has room); a replica is ready when this or aftercart_ingress_kafka_healthy is 1.")?,
             available: gauge("available", "1 when the spool can take events; 0 when it is off or failing on disk errors.")?,
         };
         registry.register(Box::new(metrics.pending_events.clone()))?;
@@ -100,8 +107,13 @@ impl SpoolMetrics {
         registry.register(Box::new(metrics.damaged_events.clone()))?;
         registry.register(Box::new(metrics.publish_errors.clone()))?;
         registry.register(Box::new(metrics.available.clone()))?;
+        registry.register(Box::new(metrics.bypassed.clone()))?;
+        registry.register(Box::new(metrics.healthy.clone()))?;
         for reason in [Rejection::Full, Rejection::DiskError, Rejection::Disabled] {
             metrics.rejected.with_label_values(&[reason.as_label()]);
+        }
+        for reason in [Rejection::Full, Rejection::DiskError] {
+            metrics.bypassed.with_label_values(&[reason.as_label()]);
         }
         for op in ["open", "write", "fsync", "read", "remove"] {
             metrics.errors.with_label_values(&[op]);
@@ -148,6 +160,14 @@ impl SpoolMetrics {
         self.publish_errors
             .with_label_values(&[class.as_label()])
             .inc();
+    }
+
+    pub fn bypassed(&self, why: Rejection) {
+        self.bypassed.with_label_values(&[why.as_label()]).inc();
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
     }
 
     pub fn set_available(&self, available: bool) {
