@@ -285,6 +285,27 @@ async fn a_spool_disk_failing_mid_spool_loses_nothing_and_kafka_takes_over() {
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     tansu(&setup.broker).sigcont();
+    eventually("Kafka seen back", Duration::from_secs(30), || async {
+        (setup
+            .ingress
+            .metric("aftercart_ingress_kafka_healthy")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    let backlog_at_thaw = setup
+        .ingress
+        .metric("aftercart_ingress_spool_pending_events")
+        .await;
+    // From the first webhook Kafka takes (the producer may still be reconnecting).
+    let thawed = load.acknowledged();
+    eventually(
+        "a webhook taken after the thaw",
+        Duration::from_secs(30),
+        || async { (load.acknowledged() > thawed).then_some(()) },
+    )
+    .await;
     let acknowledged_before = load.acknowledged();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let recovered = load.acknowledged() - acknowledged_before;
@@ -293,7 +314,7 @@ async fn a_spool_disk_failing_mid_spool_loses_nothing_and_kafka_takes_over() {
     let books = setup.books("faults/spool-disk-error", &report).await;
     let metric = |series: &'static str| setup.ingress.metric(series);
     eprintln!(
-        "  spooled when the disk broke: {spooled}; refused on disk errors: {}; published around the sick spool: {}; acknowledged in the 3 s after the thaw: {recovered}",
+        "  spooled when the disk broke: {spooled}; still spooled when Kafka was back: {backlog_at_thaw}; refused on disk errors: {}; published around the sick spool: {}; acknowledged in the 3 s after Kafka was back: {recovered}",
         metric(r#"aftercart_ingress_spool_rejected_total{reason="disk_error"}"#).await,
         metric(r#"aftercart_ingress_spool_bypassed_total{reason="disk_error"}"#).await,
     );
@@ -320,6 +341,8 @@ async fn a_power_cut_under_load_loses_nothing_acknowledged() {
     let mut config = test_config(&broker);
     config.spool_after = Duration::from_millis(500);
     config.publish_deadline = Duration::from_secs(3);
+    // The old ingress stops while Kafka is frozen: it must not wait long for it.
+    config.shutdown_timeout = Duration::from_secs(2);
     let spool = config.spool.as_mut().expect("spool on");
     spool.dir = "/var/lib/aftercart/spool".into();
     spool.max_bytes = 8 << 20;
@@ -349,9 +372,16 @@ async fn a_power_cut_under_load_loses_nothing_acknowledged() {
     let pending_at_cut = ingress
         .metric("aftercart_ingress_spool_pending_events")
         .await;
+    // The cut: the disk keeps only what was fsynced, and the old ingress must do nothing
+    // more, neither on the disk (dead from now on) nor to Kafka (frozen while it stops, so
+    // records it still had queued cannot hide a loss from the spool).
     disk.crash();
+    disk.set_broken(true);
+    tansu(&broker).sigstop();
     let report = load.stop().await;
     let _ = ingress.shutdown().await;
+    disk.set_broken(false);
+    tansu(&broker).sigcont();
     let restarted = TestIngress::start(config.clone()).await;
     eventually(
         "the spool drained into Kafka",

@@ -285,12 +285,11 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     } else if !state.kafka_ready.is_ready() {
         (None, "the ingress is still connecting to Kafka")
     } else {
-        // With a working spool, Kafka gets only part of the budget: the rest is for the fsync.
+        // With a spool, Kafka gets only part of the budget: the rest is for the fsync (or, for
+        // a sick spool, the quick refusal that lets Shopify retry).
         let kafka_deadline = match spool {
-            Some(_) if trouble.is_none() => {
-                delivery.deadline.min(delivery.arrived + state.spool_after)
-            }
-            _ => delivery.deadline,
+            Some(_) => delivery.deadline.min(delivery.arrived + state.spool_after),
+            None => delivery.deadline,
         };
         match direct(state, delivery, &record, reply, kafka_deadline).await {
             Direct::Done(answer) => {
@@ -319,8 +318,9 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
         Ok(Ok(Ok(_seq))) => (safe(state, delivery, reply), None),
         Ok(Ok(Err((error, None)))) if state.kafka.is_healthy() => {
             // Nothing of this event is in flight to Kafka (it queued behind the backlog):
-            // the spool cannot take it, so Kafka may, with what is left of the budget.
-            match direct(state, delivery, &record, reply, delivery.deadline).await {
+            // the spool cannot take it, so Kafka may, for as long as it normally gets.
+            let kafka_deadline = delivery.deadline.min(Instant::now() + state.spool_after);
+            match direct(state, delivery, &record, reply, kafka_deadline).await {
                 Direct::Done(answer) => {
                     state.metrics.spool.bypassed(error.rejection());
                     answer
