@@ -104,7 +104,7 @@ pub fn scan(disk: &dyn Disk, path: &Path, from_seq: u64) -> io::Result<SegmentSc
 }
 
 /// Copies a damaged segment into `<dir>/damaged/` for inspection (named after the segment and
-/// the time), made durable before the spool changes the original.
+/// the time, once per segment), made durable before the spool changes the original.
 pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result<PathBuf> {
     let damaged = dir.join(DAMAGED_DIR);
     disk::create_dir_durably(disk, &damaged)?;
@@ -112,6 +112,15 @@ pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // One copy per segment: damage in several places must not copy it (and fill the volume)
+    // once per place.
+    let prefix = format!("{name}.");
+    if let Some(kept) = disk.read_dir(&damaged)?.into_iter().find(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+    }) {
+        return Ok(kept);
+    }
     let copy = damaged.join(format!("{name}.{}", super::unix_ms()));
     let bytes = disk::read_all(disk, path)?;
     if disk.exists(&copy) {
