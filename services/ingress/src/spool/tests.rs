@@ -408,3 +408,42 @@ async fn a_power_cut_loses_nothing_acknowledged_across_roll_checkpoint_and_new_d
     }
     assert_eq!(disk.crashes(), 3);
 }
+
+#[tokio::test]
+async fn a_disk_full_mid_segment_keeps_what_was_acknowledged_and_recovers() {
+    let disk = crash_disk::CrashDisk::new();
+    let dir = Path::new("/spool");
+    let (spool, _) = reopen_on(&disk, dir);
+    assert_eq!(append(&spool, 0).await, Ok(0));
+    disk.set_full(true);
+    assert_eq!(append(&spool, 1).await, Err(AppendError::Disk));
+    assert_eq!(spool.trouble(), Some(AppendError::Disk));
+    disk.set_full(false);
+    // The segment that failed is sealed at its durable length; the next append starts another.
+    assert_eq!(append(&spool, 2).await, Ok(1));
+    let (entries, lost) = drain_all(&spool);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(spool.pending_events(), 0);
+    drop(spool);
+    disk.crash();
+    let (_, recovered) = reopen_on(&disk, dir);
+    assert_eq!(
+        recovered.discarded_bytes, 0,
+        "no torn write was left behind"
+    );
+}
+
+/// Opens a spool with production-sized segments on a test disk.
+fn reopen_on(disk: &crash_disk::CrashDisk, dir: &Path) -> (Spool, Recovered) {
+    Spool::open_in(
+        Arc::new(disk.clone()),
+        dir,
+        1 << 20,
+        SpoolMetrics::unregistered(),
+    )
+    .expect("the spool opens")
+}
