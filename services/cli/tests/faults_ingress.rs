@@ -233,49 +233,115 @@ fn padded(mut spec: LoadSpec, bytes: usize) -> LoadSpec {
     spec
 }
 
-/// 4. The spool's disk fails mid-spool under load (every segment file it would create next
-/// leads to /dev/full) while the broker is frozen, then the broker thaws: 503s only while
-/// neither Kafka nor the spool can take an event, 200s again as soon as Kafka can (the sick
-/// spool is gone around), nothing acknowledged lost, nothing twice.
+/// How a fault case breaks the spool's disk.
+enum DiskFault {
+    /// Every segment name the spool can take next becomes a symlink to /dev/full (writes fail
+    /// with ENOSPC; O_EXCL refuses the name): segment creation fails, the active segment works.
+    SymlinkedSegments,
+    /// The spool lives on a tmpfs this small: the disk fills (ENOSPC on appends, the checkpoint
+    /// and new segments) long before AFTERCART_SPOOL_MAX_BYTES.
+    FullTmpfs(&'static str),
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir`, or `None` where mounting is not allowed (not root).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// 4. The spool's disk fails mid-spool under load while the broker is frozen, then the broker
+/// thaws: 503s only while neither Kafka nor the spool can take an event, 200s again as soon as
+/// Kafka can (the sick spool is gone around), nothing acknowledged lost, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault suite: make test-faults"]
 async fn a_spool_disk_failing_mid_spool_loses_nothing_and_kafka_takes_over() {
-    let Some(setup) = setup(
-        "ingress-spool-disk-error",
+    disk_fails_mid_spool("spool-disk-error", DiskFault::SymlinkedSegments).await;
+}
+
+/// 4b. The same with the spool on a tmpfs that fills up (needs root to mount; skipped without).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn a_spool_disk_filling_up_mid_spool_loses_nothing_and_kafka_takes_over() {
+    disk_fails_mid_spool("spool-disk-full", DiskFault::FullTmpfs("3m")).await;
+}
+
+async fn disk_fails_mid_spool(name: &str, fault: DiskFault) {
+    let tmpfs_dir =
+        std::env::temp_dir().join(format!("aftercart-faults-tmpfs-{}", unique_prefix()));
+    let _tmpfs = match fault {
+        DiskFault::FullTmpfs(size) => match Tmpfs::mount(&tmpfs_dir, size) {
+            Some(tmpfs) => Some(tmpfs),
+            None => {
+                eprintln!("skipped faults/{name}: cannot mount a tmpfs here (not root?)");
+                return;
+            }
+        },
+        DiskFault::SymlinkedSegments => None,
+    };
+    let mut extra = vec![
         // 1 MiB segments: the spool needs a new one about every second of the padded load.
-        &[
-            ("AFTERCART_SPOOL_MAX_BYTES", "8MiB"),
-            ("AFTERCART_MAX_BODY_BYTES", "512KiB"),
-        ],
-    )
-    .await
-    else {
+        ("AFTERCART_SPOOL_MAX_BYTES", "8MiB".to_string()),
+        ("AFTERCART_MAX_BODY_BYTES", "512KiB".to_string()),
+    ];
+    if let DiskFault::FullTmpfs(_) = fault {
+        extra.push((
+            "AFTERCART_SPOOL_DIR",
+            tmpfs_dir.join("spool").to_string_lossy().into_owned(),
+        ));
+    }
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let Some(setup) = setup(&format!("ingress-{name}"), &extra).await else {
         return;
     };
     let load = LoadClient::start(padded(LoadSpec::orders(setup.addr, SECRET), 10_000));
     tokio::time::sleep(Duration::from_secs(1)).await;
     tansu(&setup.broker).sigstop();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Break the disk: the spool names a segment after its first entry, so every name it can
-    // take next becomes a symlink to a device where writes fail (and O_EXCL refuses it).
-    let appended = setup
-        .ingress
-        .metric("aftercart_ingress_spool_appended_total")
-        .await as u64;
-    let dir = PathBuf::from(spool_dir(&setup.prefix));
-    for seq in appended..appended + 20_000 {
-        std::os::unix::fs::symlink("/dev/full", segment_path(&dir, seq)).unwrap();
+    if let DiskFault::SymlinkedSegments = fault {
+        // The spool names a segment after its first entry: every name it can take next
+        // becomes a symlink to a device where writes fail.
+        let appended = setup
+            .ingress
+            .metric("aftercart_ingress_spool_appended_total")
+            .await as u64;
+        let dir = PathBuf::from(spool_dir(&setup.prefix));
+        for seq in appended..appended + 20_000 {
+            std::os::unix::fs::symlink("/dev/full", segment_path(&dir, seq)).unwrap();
+        }
     }
     eventually(
         "the spool hits the broken disk",
         Duration::from_secs(20),
         || async {
-            (setup
-                .ingress
-                .metric(r#"aftercart_ingress_spool_errors_total{op="open"}"#)
-                .await
-                > 0.0)
-                .then_some(())
+            let mut errors = 0.0;
+            for op in ["open", "write", "fsync"] {
+                errors += setup
+                    .ingress
+                    .metric(&format!(
+                        r#"aftercart_ingress_spool_errors_total{{op="{op}"}}"#
+                    ))
+                    .await;
+            }
+            (errors > 0.0).then_some(())
         },
     )
     .await;
@@ -311,7 +377,7 @@ async fn a_spool_disk_failing_mid_spool_loses_nothing_and_kafka_takes_over() {
     let recovered = load.acknowledged() - acknowledged_before;
     let report = load.stop().await;
     setup.wait_drained().await;
-    let books = setup.books("faults/spool-disk-error", &report).await;
+    let books = setup.books(&format!("faults/{name}"), &report).await;
     let metric = |series: &'static str| setup.ingress.metric(series);
     eprintln!(
         "  spooled when the disk broke: {spooled}; still spooled when Kafka was back: {backlog_at_thaw}; refused on disk errors: {}; published around the sick spool: {}; acknowledged in the 3 s after Kafka was back: {recovered}",
