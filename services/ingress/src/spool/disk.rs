@@ -158,9 +158,12 @@ pub fn create_dir_durably(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
     }
     for new in missing.into_iter().rev() {
         disk.create_dir(new)?;
-        if let Some(parent) = new.parent().filter(|p| !p.as_os_str().is_empty()) {
-            disk.sync_dir(parent)?;
-        }
+        // A relative path's first component lives in the working directory.
+        let parent = match new.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        disk.sync_dir(parent)?;
     }
     Ok(())
 }
