@@ -209,6 +209,14 @@ fn drain_all(spool: &Spool) -> (Vec<Entry>, u64) {
     }
 }
 
+/// Appends records `0..count` at once, so they share a group commit (and a segment).
+async fn append_together(spool: &Spool, count: u32) {
+    let answers: Vec<_> = (0..count).map(|n| spool.append(record(n), None)).collect();
+    for (n, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.await.unwrap().map_err(|e| e.0), Ok(n as u64));
+    }
+}
+
 fn frame_bytes(n: u32) -> u64 {
     record(n).frame_len() as u64
 }
@@ -269,10 +277,7 @@ async fn damage_found_while_draining_is_skipped_counted_and_kept_for_inspection(
     let dir = temp_dir("damage-running");
     let (spool, _) = reopen(&dir, 1 << 20);
     // One group commit of five entries: one sealed-to-be segment.
-    let answers: Vec<_> = (0..5).map(|n| spool.append(record(n), None)).collect();
-    for answer in answers {
-        assert!(answer.await.unwrap().is_ok());
-    }
+    append_together(&spool, 5).await;
     let (_, path) = segment::list_segments(&RealDisk, &dir)
         .unwrap()
         .pop()
@@ -330,10 +335,7 @@ async fn damage_at_the_end_of_the_active_segment_does_not_stall_the_drainer() {
 async fn damage_in_the_middle_of_a_sealed_segment_keeps_every_intact_frame_after_it() {
     let dir = temp_dir("damage-open");
     let (spool, _) = reopen(&dir, 1 << 20);
-    let answers: Vec<_> = (0..6).map(|n| spool.append(record(n), None)).collect();
-    for answer in answers {
-        assert!(answer.await.unwrap().is_ok());
-    }
+    append_together(&spool, 6).await;
     drop(spool);
     let (_, path) = segment::list_segments(&RealDisk, &dir)
         .unwrap()
