@@ -888,6 +888,52 @@ mod starting {
     }
 }
 
+mod opening {
+    use std::time::Duration;
+
+    use aftercart_ingress::spool::{Spool, SpoolMetrics};
+    use aftercart_tests::http;
+    use aftercart_tests::ingress::{test_config, TestIngress};
+    use aftercart_tests::{eventually, Broker};
+
+    /// One runtime thread: any blocking work on it would stop /livez too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_spool_is_opened_off_the_runtime_and_livez_answers_meanwhile() {
+        let broker = Broker::mock();
+        let config = test_config(&broker);
+        broker.precreate_for_mock(&aftercart_ingress::app::topic_specs(
+            &config.kafka,
+            config.max_body_bytes,
+        ));
+        // Another holder of the spool lock: opening waits for it (up to 5 s), as it would
+        // read a large spool back.
+        let dir = config.spool.as_ref().unwrap().dir.clone();
+        let (holder, _) = Spool::open(&dir, 64 << 20, SpoolMetrics::unregistered()).unwrap();
+        let ingress = TestIngress::spawn(config).await;
+        let livez = tokio::time::timeout(
+            Duration::from_secs(2),
+            http::get(ingress.admin_addr, "/livez"),
+        )
+        .await
+        .expect("/livez answers while the spool is being opened");
+        assert_eq!(livez.status, 200);
+        assert_eq!(
+            http::get(ingress.admin_addr, "/readyz").await.status,
+            503,
+            "not ready before the spool is open"
+        );
+        drop(holder);
+        eventually(
+            "ready once the spool is open",
+            Duration::from_secs(20),
+            || async {
+                (http::get(ingress.admin_addr, "/readyz").await.status == 200).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 /// What the first review found: disconnects, slow headers, unsigned bodies, draining.
 mod hostile_clients {
     use std::time::{Duration, Instant};
@@ -1254,6 +1300,114 @@ mod spooling {
         wait_drained(&ingress).await;
         let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
         assert_eq!(count_of(&records, &webhook), 1);
+    }
+
+    async fn readyz(ingress: &TestIngress) -> u16 {
+        aftercart_tests::http::get(ingress.admin_addr, "/readyz")
+            .await
+            .status
+            .as_u16()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingress_whose_spool_works_is_ready_during_a_kafka_outage() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        // Nothing listens here: every pod restarting during an outage sees this.
+        config.kafka.brokers = format!("127.0.0.1:{}", aftercart_tests::broker::free_port());
+        let ingress = TestIngress::spawn(config).await;
+        eventually(
+            "ready on the spool alone",
+            Duration::from_secs(10),
+            || async { (readyz(&ingress).await == 200).then_some(()) },
+        )
+        .await;
+        assert_eq!(ingress.metric("aftercart_ingress_kafka_healthy").await, 0.0);
+        let response = cart("outage", 1).post(ingress.addr).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(
+            ingress
+                .metric("aftercart_ingress_spool_pending_events")
+                .await,
+            1.0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sick_spool_is_gone_around_while_kafka_takes_records() {
+        use aftercart_ingress::spool::crash_disk::CrashDisk;
+        use aftercart_ingress::spool::disk::SpoolDisk;
+        let broker = Broker::mock();
+        let disk = CrashDisk::new();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(300);
+        config.publish_deadline = Duration::from_secs(3);
+        let spool = config.spool.as_mut().unwrap();
+        spool.dir = "/spool".into();
+        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        // A backlog: Kafka down, five events spooled.
+        broker.down();
+        let mut sent: Vec<Webhook> = (1..=5).map(|n| cart("backlog", n)).collect();
+        for webhook in &sent {
+            assert_eq!(webhook.post(ingress.addr).await.status, 200);
+        }
+        // The disk dies (reads too, so the backlog stays), then Kafka is back.
+        disk.set_broken(true);
+        broker.up();
+        eventually("Kafka seen back", Duration::from_secs(30), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 1.0).then_some(())
+        })
+        .await;
+        for n in 6..=15 {
+            let webhook = cart("direct", n);
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(
+                response.status, 200,
+                "webhook {n}: Kafka is healthy, the sick spool is gone around: {}",
+                response.body
+            );
+            sent.push(webhook);
+        }
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_bypassed_total{reason="disk_error"}"#)
+                .await,
+            10.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_rejected_total{reason="disk_error"}"#)
+                .await,
+            0.0
+        );
+        assert_eq!(ingress.metric("aftercart_ingress_spool_healthy").await, 0.0);
+        assert_eq!(
+            readyz(&ingress).await,
+            200,
+            "Kafka alone makes webhooks safe"
+        );
+        // Kafka down too: nothing can make a webhook safe, the replica is taken out.
+        broker.down();
+        let refused = cart("nowhere", 99).post(ingress.addr).await;
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        eventually("not ready", Duration::from_secs(10), || async {
+            (readyz(&ingress).await == 503).then_some(())
+        })
+        .await;
+        // Both back: the backlog drains and nothing acknowledged is lost.
+        broker.up();
+        disk.set_broken(false);
+        eventually("ready again", Duration::from_secs(10), || async {
+            (readyz(&ingress).await == 200).then_some(())
+        })
+        .await;
+        wait_drained(&ingress).await;
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        for webhook in &sent {
+            assert_eq!(count_of(&records, webhook), 1, "{}", webhook.webhook_id);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

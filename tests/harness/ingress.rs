@@ -47,6 +47,7 @@ pub fn test_config(broker: &Broker) -> IngressConfig {
         spool: Some(SpoolConfig {
             dir: std::env::temp_dir().join(format!("aftercart-spool-{}", crate::unique_prefix())),
             max_bytes: 64 << 20,
+            disk: Default::default(),
         }),
         spool_after: Duration::from_secs(1),
     }
@@ -66,12 +67,17 @@ pub struct TestIngress {
 }
 
 impl TestIngress {
-    /// Starts the ingress and waits until `/readyz` says ready.
+    /// Starts the ingress and waits until `/readyz` says ready and Kafka takes records (a
+    /// replica with a spool is ready before that).
     pub async fn start(config: IngressConfig) -> TestIngress {
         let ingress = Self::spawn(config).await;
         let admin = ingress.admin_addr;
         eventually("ingress readiness", Duration::from_secs(30), || async move {
             (crate::http::get(admin, "/readyz").await.status == 200).then_some(())
+        })
+        .await;
+        eventually("Kafka healthy", Duration::from_secs(30), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 1.0).then_some(())
         })
         .await;
         ingress

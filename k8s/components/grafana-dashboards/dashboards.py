@@ -251,7 +251,8 @@ def spool():
              unit="percentunit", thresholds=[(0.5, "orange"), (0.8, "red")]),
         stat("Oldest spooled event", "Age of the oldest webhook still waiting in a spool (0 when empty).",
              f"max({sp}oldest_age_seconds{{{NS}}})", unit="s", thresholds=[(300, "orange"), (1800, "red")]),
-        stat("Spools unavailable", "Pods whose spool is off or failed on disk errors (fails closed: 503 instead of 200).",
+        stat("Spools unavailable", "Pods whose spool is off or failed on disk errors (webhooks go straight to "
+             "Kafka while it is healthy, else 503).",
              f"sum(1 - {sp}available{{{NS}}})", thresholds=[(1, "red")]),
         timeseries("Spooled events", "Webhooks waiting in each pod's spool for Kafka.",
                    [(f"sum by (pod, instance) ({sp}pending_events{{{NS}}})", "{{pod}} {{instance}}")], width=8),
@@ -269,11 +270,14 @@ def spool():
                    unit="s", width=8),
         timeseries("Spool fsync latency", "Time of each group-commit fsync: a spooled webhook's answer waits for it.",
                    quantiles(f"{sp}fsync_duration_seconds", NS, levels=(0.5, 0.99)), unit="s", width=8),
-        stat("Discarded at start", "Torn or corrupt spool tail the running pods discarded when they opened their spool.",
+        stat("Damaged spool skipped", "Torn or corrupt spool bytes the running pods skipped, at start or while "
+             "draining (a copy of a damaged segment is kept in the spool's damaged/ directory).",
              f"sum({sp}corrupt_bytes_total{{{NS}}})", unit="bytes", width=8, thresholds=[(1, "orange")]),
-        timeseries("Spool rejections/s by reason", "Webhooks answered 503 because the spool could not take them: "
-                   "full, disk_error, disabled.",
-                   [(f"sum by (reason) (rate({sp}rejected_total{{{NS}}}[{RATE}]))", "{{reason}}")],
+        timeseries("Spool rejections and bypasses/s by reason", "Webhooks the spool could not take (full, "
+                   "disk_error, disabled): answered 503, or published straight to Kafka while it was healthy "
+                   "(bypassed).",
+                   [(f"sum by (reason) (rate({sp}rejected_total{{{NS}}}[{RATE}]))", "503 {{reason}}"),
+                    (f"sum by (reason) (rate({sp}bypassed_total{{{NS}}}[{RATE}]))", "bypassed {{reason}}")],
                    unit="reqps", width=12),
         timeseries("Spool errors/s by op", "Spool volume errors: open, write, fsync (answered 503), read, remove (drain delayed).",
                    [(f"sum by (op) (rate({sp}errors_total{{{NS}}}[{RATE}]))", "{{op}}")],

@@ -24,6 +24,7 @@ use crate::http::webhook::SpoolState;
 use crate::http::{handle, WebhookState};
 use crate::metrics::IngressMetrics;
 use crate::publish::Publisher;
+use crate::readiness::{self, KafkaHealth};
 use crate::spool::drainer::Drainer;
 use crate::spool::{OpenError, Recovered, Spool, SpoolMetrics};
 use crate::{IngressConfig, SpoolConfig};
@@ -65,14 +66,34 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
     let metrics = IngressMetrics::register(registry)?;
-    let kafka_ready = health.component("kafka");
-    // Serve at once: until the topics are ready, requests get 503 + Retry-After instead of
-    // hanging in the listen backlog.
-    let app = App::build(config, listener, metrics, kafka_ready.clone())?;
+    // Ready when Kafka or the spool can make a webhook safe (see `readiness`); the topics
+    // being prepared is one input, not the readiness itself.
+    let ready = health.component("webhooks");
+    let kafka_ready = Readiness::detached();
+    // Opening reads the whole spool back: on the blocking pool, so a large spool delays
+    // readiness, not the runtime's workers (the admin port keeps answering /livez).
+    let spool = {
+        let (config, spool_metrics) = (config.clone(), metrics.spool.clone());
+        tokio::task::spawn_blocking(move || open_spool(&config, &spool_metrics))
+            .await
+            .unwrap_or(SpoolState::Failed)
+    };
+    // Serve at once: until the topics are ready, requests get 503 + Retry-After (or are
+    // spooled) instead of hanging in the listen backlog.
+    let app = App::build(config, listener, metrics, kafka_ready.clone(), spool)?;
     if let Ok(addr) = app.local_addr() {
         tracing::info!(%addr, "Ingress listening for webhooks at POST /webhooks/shopify.");
     }
     let app_stop = stop.child_token();
+    let state = Arc::clone(&app.state);
+    tokio::spawn(readiness::keep_ready(
+        ready,
+        Arc::clone(&state.kafka),
+        state.spool.ready().cloned(),
+        state.publisher.producer().clone(),
+        state.metrics.kafka_healthy.clone(),
+        app_stop.clone(),
+    ));
     let running = tokio::spawn(app.run_until_stopped(app_stop.clone()));
     if let Err(error) = prepare_topics(config, &kafka_ready, &stop).await {
         app_stop.cancel();
@@ -138,7 +159,8 @@ fn open_waiting_for_lock(
 ) -> Result<(Spool, Recovered), OpenError> {
     let give_up = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match Spool::open(&config.dir, config.max_bytes, metrics.clone()) {
+        let disk = std::sync::Arc::clone(&config.disk.0);
+        match Spool::open_in(disk, &config.dir, config.max_bytes, metrics.clone()) {
             Err(OpenError::Locked(_)) if std::time::Instant::now() < give_up => {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -176,13 +198,15 @@ pub async fn prepare_topics(
 }
 
 impl App {
-    /// Builds the ingress on a listener the caller bound (port 0 in tests). `kafka_ready` gates
-    /// traffic: requests before it is set are answered 503.
+    /// Builds the ingress on a listener the caller bound (port 0 in tests), with its spool
+    /// already opened (off the runtime). `kafka_ready` gates publishing: before it is set,
+    /// requests are spooled or answered 503.
     pub fn build(
         config: &IngressConfig,
         listener: TcpListener,
         metrics: IngressMetrics,
         kafka_ready: Readiness,
+        spool: SpoolState,
     ) -> Result<App, BuildError> {
         let producer = build_producer(
             &config.kafka,
@@ -194,7 +218,7 @@ impl App {
             },
             StatsContext::new(metrics.kafka.clone()),
         )?;
-        let spool = open_spool(config, &metrics.spool);
+        let kafka = KafkaHealth::new(kafka_ready.clone());
         let drainer = spool.ready().map(|spool| {
             Drainer::new(
                 spool.clone(),
@@ -202,6 +226,7 @@ impl App {
                 TopicNames::new(&config.kafka.topic_prefix).quarantine(),
                 kafka_ready.clone(),
             )
+            .with_kafka_health(Arc::clone(&kafka))
         });
         let state = WebhookState {
             verifier: config.verifier.clone(),
@@ -209,6 +234,7 @@ impl App {
             dedupe: Dedupe::new(config.dedupe_window, config.dedupe_capacity),
             metrics,
             kafka_ready,
+            kafka,
             topics: TopicNames::new(&config.kafka.topic_prefix),
             max_body_bytes: config.max_body_bytes,
             publish_deadline: config.publish_deadline,

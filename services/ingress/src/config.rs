@@ -140,6 +140,8 @@ impl IngressDefaults {
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
+    /// The real file system; tests put a disk that fails or loses power here.
+    pub disk: crate::spool::disk::SpoolDisk,
 }
 
 /// Validated ingress configuration.
@@ -316,6 +318,7 @@ impl IngressArgs {
             spool: (spool_dir != "off").then(|| SpoolConfig {
                 dir: PathBuf::from(spool_dir),
                 max_bytes: spool_max_bytes.expect("checked"),
+                disk: Default::default(),
             }),
             spool_after: spool_after.expect("checked"),
         })

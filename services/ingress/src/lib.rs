@@ -7,6 +7,7 @@ pub mod dedupe;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod readiness;
 pub mod spool;
 
 pub use app::{prepare_topics, serve, App, ServeError};

@@ -29,6 +29,8 @@ pub struct IngressMetrics {
     in_flight: IntGauge,
     dedupe_ids: IntGauge,
     connections_cut: IntCounterVec,
+    /// 1 while Kafka takes records (see `readiness::KafkaHealth`).
+    pub kafka_healthy: IntGauge,
     pub kafka: ClientStats,
     pub spool: SpoolMetrics,
 }
@@ -62,7 +64,7 @@ impl IngressMetrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             publish_errors: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}publish_errors_total"), "Records Kafka did not acknowledge in time, by reason (queue_full, timeout, kafka)."),
+                Opts::new(format!("{PREFIX}publish_errors_total"), "Records Kafka did not acknowledge in time, by reason (queue_full, timeout, kafka, authorization: the cluster refuses the ingress's credentials or ACLs, an operator must act)."),
                 &["reason"],
             )?,
             in_flight: IntGauge::with_opts(Opts::new(format!("{PREFIX}in_flight_requests"), "Webhook requests being handled."))?,
@@ -74,6 +76,7 @@ impl IngressMetrics {
                 Opts::new(format!("{PREFIX}connections_cut_total"), "Connections ended before a request could be answered by the handler, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431)."),
                 &["reason"],
             )?,
+            kafka_healthy: IntGauge::with_opts(Opts::new(format!("{PREFIX}kafka_healthy"), "1 when the topics are ready and Kafka took the latest record (or answered a metadata probe); 0 otherwise. /readyz is ready when this or aftercart_ingress_spool_healthy is 1."))?,
             kafka: ClientStats::register(PREFIX, registry)?,
             spool: SpoolMetrics::register(registry)?,
         };
@@ -88,15 +91,20 @@ impl IngressMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.in_flight)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.dedupe_ids)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.connections_cut)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.kafka_healthy)?;
         // Export every error reason at 0 from the start, so that rate() and increase() (the
         // alerts) see the first occurrence after a restart.
         for reason in ["missing", "malformed", "mismatch"] {
             metrics.hmac_failures.with_label_values(&[reason]);
         }
-        for reason in ["not_json", "not_object"] {
+        for reason in [
+            "not_json",
+            "not_object",
+            crate::http::webhook::KAFKA_REFUSED,
+        ] {
             metrics.quarantined.with_label_values(&[reason]);
         }
-        for reason in ["queue_full", "timeout", "kafka"] {
+        for reason in ["queue_full", "timeout", "kafka", "authorization"] {
             metrics.publish_errors.with_label_values(&[reason]);
         }
         for reason in CONNECTION_CUT_REASONS {

@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 use crate::dedupe::{Claim, ClaimGuard, Dedupe};
 use crate::http::Reply;
 use crate::metrics::IngressMetrics;
-use crate::publish::{is_permanent, PublishError, Publisher, Record};
+use crate::publish::{classify, ErrorClass, PublishError, Publisher, Record};
+use crate::readiness::KafkaHealth;
 use crate::spool::{unix_ms, AppendResult, Rejection, Spool};
 
 pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
@@ -32,6 +33,8 @@ pub struct WebhookState {
     pub metrics: IngressMetrics,
     /// Set once the broker answered and the topics exist.
     pub kafka_ready: Readiness,
+    /// Whether Kafka takes records now (readiness, and when to go around a sick spool).
+    pub kafka: Arc<KafkaHealth>,
     pub topics: TopicNames,
     pub max_body_bytes: usize,
     pub publish_deadline: Duration,
@@ -271,27 +274,31 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     };
     let spool = state.spool.ready();
     // Arrival order: while older events wait in the spool, new ones queue behind them there.
-    let (original, failure) = if spool.is_some_and(Spool::has_backlog) {
+    // A sick spool (disk error, full) is gone around: Kafka is tried directly, and such an
+    // event may overtake older ones of its key still in the spool (docs/services/ingress.md).
+    let backlog = spool.is_some_and(Spool::has_backlog);
+    let trouble = spool.and_then(Spool::trouble);
+    // Only while Kafka takes records: otherwise the spool's refusal is the quick answer.
+    let go_around = trouble.is_some() && state.kafka.is_healthy();
+    let (original, failure) = if backlog && !go_around {
         (None, "older events are still waiting in the spool")
     } else if !state.kafka_ready.is_ready() {
         (None, "the ingress is still connecting to Kafka")
     } else {
-        // With a spool, Kafka gets only part of the budget: the rest is for the fsync.
+        // With a spool, Kafka gets only part of the budget: the rest is for the fsync (or, for
+        // a sick spool, the quick refusal that lets Shopify retry).
         let kafka_deadline = match spool {
             Some(_) => delivery.deadline.min(delivery.arrived + state.spool_after),
             None => delivery.deadline,
         };
-        match state.publisher.publish(&record, kafka_deadline).await {
-            Ok(()) => return (safe(state, delivery, reply), None),
-            Err(PublishError::Timeout(pending)) => {
-                (Some(pending.0), "Kafka did not acknowledge in time")
+        match direct(state, delivery, &record, reply, kafka_deadline).await {
+            Direct::Done(answer) => {
+                if let (true, Some(error)) = (backlog, trouble) {
+                    state.metrics.spool.bypassed(error.rejection());
+                }
+                return answer;
             }
-            Err(PublishError::QueueFull) => (None, "the Kafka producer queue is full"),
-            Err(PublishError::Kafka(error)) if is_permanent(&error) => {
-                tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka refuses the record.");
-                return (Reply::Unavailable("Kafka refused the record"), None);
-            }
-            Err(PublishError::Kafka(_)) => (None, "Kafka refused the record"),
+            Direct::Failed(original, failure) => (original, failure),
         }
     };
     let Some(spool) = spool else {
@@ -309,6 +316,27 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     let mut answer = spool.append(record.to_spool(unix_ms()), original);
     match tokio::time::timeout_at(delivery.deadline.into(), &mut answer).await {
         Ok(Ok(Ok(_seq))) => (safe(state, delivery, reply), None),
+        Ok(Ok(Err((error, None)))) if state.kafka.is_healthy() => {
+            // Nothing of this event is in flight to Kafka (it queued behind the backlog):
+            // the spool cannot take it, so Kafka may, for as long as it normally gets.
+            let kafka_deadline = delivery.deadline.min(Instant::now() + state.spool_after);
+            match direct(state, delivery, &record, reply, kafka_deadline).await {
+                Direct::Done(answer) => {
+                    state.metrics.spool.bypassed(error.rejection());
+                    answer
+                }
+                Direct::Failed(original, _) => {
+                    state.metrics.spool.rejected(error.rejection());
+                    tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: the spool cannot take the event and Kafka did not either.");
+                    (
+                        Reply::Unavailable(
+                            "the spool cannot take the event and Kafka did not either",
+                        ),
+                        original.map(Unsettled::Delivery),
+                    )
+                }
+            }
+        }
         Ok(Ok(Err((error, original)))) => {
             state.metrics.spool.rejected(error.rejection());
             tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka is not acknowledging and the spool cannot take the event.");
@@ -329,6 +357,89 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
                 Reply::Unavailable("the spool did not make the event durable in time"),
                 Some(Unsettled::Append(answer)),
             )
+        }
+    }
+}
+
+/// How a direct publish ended.
+enum Direct {
+    /// Answered: in Kafka (or its quarantine topic), or refused for good.
+    Done((Reply, Option<Unsettled>)),
+    /// Not in Kafka yet; the spool may still take it. The delivery, if still in flight.
+    Failed(Option<DeliveryFuture>, &'static str),
+}
+
+/// Publishes straight to Kafka until `deadline`, telling the Kafka health what happened.
+async fn direct(
+    state: &WebhookState,
+    delivery: &Delivery,
+    record: &Record<'_>,
+    reply: Reply,
+    deadline: Instant,
+) -> Direct {
+    let error = match state.publisher.publish(record, deadline).await {
+        Ok(()) => {
+            state.kafka.succeeded();
+            return Direct::Done((safe(state, delivery, reply), None));
+        }
+        Err(error) => error,
+    };
+    match error {
+        PublishError::Timeout(pending) => {
+            state.kafka.failed();
+            Direct::Failed(Some(pending.0), "Kafka did not acknowledge in time")
+        }
+        PublishError::QueueFull => {
+            state.kafka.failed();
+            Direct::Failed(None, "the Kafka producer queue is full")
+        }
+        PublishError::Kafka(error) => match classify(&error) {
+            ErrorClass::Permanent => {
+                Direct::Done(quarantine_refused(state, delivery, record, &error).await)
+            }
+            ErrorClass::Authorization => {
+                state.kafka.failed();
+                tracing::error!(family = %delivery.family.as_str(), %error, "Kafka refuses the ingress's credentials or ACLs: keeping the event in the spool until an operator fixes them.");
+                Direct::Failed(None, "Kafka refuses the ingress's credentials")
+            }
+            ErrorClass::Retriable => {
+                state.kafka.failed();
+                Direct::Failed(None, "Kafka refused the record")
+            }
+        },
+    }
+}
+
+/// Why a record Kafka refused for good was published to the quarantine topic.
+pub const KAFKA_REFUSED: &str = "kafka_refused";
+
+/// A record Kafka refuses for good (too large for the topic, invalid) would be refused on every
+/// retry: a copy goes to the quarantine topic and the delivery is answered 200, instead of a
+/// 503 that Shopify would retry until it gives up.
+async fn quarantine_refused(
+    state: &WebhookState,
+    delivery: &Delivery,
+    record: &Record<'_>,
+    error: &rdkafka::error::KafkaError,
+) -> (Reply, Option<Unsettled>) {
+    let topic = state.topics.quarantine();
+    let mut headers = record.headers.clone();
+    headers.push(("aftercart-quarantine-reason", KAFKA_REFUSED.as_bytes()));
+    let copy = Record {
+        topic: &topic,
+        key: record.key,
+        body: record.body,
+        headers,
+    };
+    match state.publisher.publish(&copy, delivery.deadline).await {
+        Ok(()) => {
+            state.metrics.quarantined(KAFKA_REFUSED);
+            tracing::warn!(family = %delivery.family.as_str(), %error, "Kafka refuses the record for good: a copy went to the quarantine topic.");
+            (Reply::Accepted, None)
+        }
+        Err(_) => {
+            tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka refuses the record and its quarantine copy.");
+            (Reply::Unavailable("Kafka refused the record"), None)
         }
     }
 }
