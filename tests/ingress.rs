@@ -6,6 +6,8 @@ use aftercart_tests::broker_tests;
 broker_tests!(
     every_sample_lands_in_its_family_topic_byte_for_byte,
     a_redelivered_webhook_is_published_once,
+    the_same_webhook_id_from_two_shops_is_published_for_each,
+    compliance_bodies_that_do_not_fit_their_header_are_quarantined,
     concurrent_redeliveries_are_published_once,
     bad_signatures_are_refused_and_never_published,
     rotated_and_per_shop_secrets_are_accepted_and_recorded,
@@ -115,10 +117,11 @@ mod scenarios {
         ];
         let mut sent = HashMap::new();
         for (file, topic, family, key) in samples {
-            let webhook = Webhook::new(topic, fixture(file), SECRET);
+            let body = fixture_for_shop(file, "jsmith.myshopify.com");
+            let webhook = Webhook::new(topic, body, SECRET);
             let response = webhook.post(ingress.addr).await;
             assert_eq!(response.status, 200, "{file}: {}", response.body);
-            assert_eq!(response.json()["status"], "accepted");
+            assert_eq!(response.json()["status"], "accepted", "{file}");
             sent.insert(webhook.webhook_id.clone(), (webhook, family, key));
         }
         let other = Webhook::new(
@@ -217,6 +220,118 @@ mod scenarios {
         assert_eq!(
             ingress.metric("aftercart_ingress_duplicates_total").await,
             3.0
+        );
+    }
+
+    pub async fn the_same_webhook_id_from_two_shops_is_published_for_each(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let mut first = Webhook::new("orders/paid", fixture("orders_paid.json"), SECRET);
+        first.shop = "shop-a.myshopify.com".to_string();
+        let mut second = first.clone();
+        second.shop = "shop-b.myshopify.com".to_string();
+        assert_eq!(first.post(ingress.addr).await.json()["status"], "accepted");
+        assert_eq!(second.post(ingress.addr).await.json()["status"], "accepted");
+        // Each shop's own retry is still a duplicate, whatever the header's case.
+        let mut retry = second.clone();
+        retry.shop = "Shop-B.myshopify.com".to_string();
+        assert_eq!(retry.post(ingress.addr).await.json()["status"], "duplicate");
+
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Orders)).await;
+        let shops: BTreeSet<&str> = records
+            .iter()
+            .map(|r| r.header("shopify-shop-domain").unwrap())
+            .collect();
+        assert_eq!(records.len(), 2, "{shops:?}");
+        assert_eq!(
+            shops,
+            BTreeSet::from(["shop-a.myshopify.com", "shop-b.myshopify.com"])
+        );
+        assert!(records
+            .iter()
+            .all(|r| r.header("shopify-webhook-id") == Some(first.webhook_id.as_str())));
+    }
+
+    /// A sample as Shopify sends it to `shop`: the compliance samples' `{shop}` placeholder filled.
+    fn fixture_for_shop(name: &str, shop: &str) -> Vec<u8> {
+        String::from_utf8(fixture(name))
+            .expect("UTF-8 sample")
+            .replace("{shop}.myshopify.com", shop)
+            .into_bytes()
+    }
+
+    pub async fn compliance_bodies_that_do_not_fit_their_header_are_quarantined(
+        broker: &Broker,
+    ) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let shop = "jsmith.myshopify.com";
+        let customer_redact = fixture_for_shop("customers_redact.json", shop);
+        let data_request = fixture_for_shop("customers_data_request.json", shop);
+        let shop_redact = fixture_for_shop("shop_redact.json", shop);
+        let other_shop = fixture_for_shop("shop_redact.json", "victim.myshopify.com");
+        // (topic header, authentic body, expected quarantine reason)
+        let replays: [(&str, &[u8], &str); 7] = [
+            // A customer's redaction replayed as the whole shop's.
+            ("shop/redact", &customer_redact, "compliance_shape_mismatch"),
+            ("shop/redact", &data_request, "compliance_shape_mismatch"),
+            // A data request replayed as a redaction, and the other way round.
+            ("customers/redact", &data_request, "compliance_shape_mismatch"),
+            ("customers/data_request", &customer_redact, "compliance_shape_mismatch"),
+            ("customers/redact", &shop_redact, "compliance_shape_mismatch"),
+            // Another shop's body under this shop's header, and a body naming no shop.
+            ("shop/redact", &other_shop, "compliance_shop_mismatch"),
+            ("shop/redact", br#"{"shop_id":954889}"#, "compliance_shop_mismatch"),
+        ];
+        let mut sent = Vec::new();
+        for (topic, body, reason) in replays {
+            let webhook = Webhook::new(topic, body.to_vec(), SECRET);
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(response.status, 200, "{topic}: {}", response.body);
+            assert_eq!(response.json()["status"], "quarantined", "{topic}");
+            sent.push((webhook, reason));
+        }
+        // The genuine ones, header case aside, go to the compliance topic.
+        for (topic, body) in [
+            ("customers/redact", &customer_redact),
+            ("customers/data_request", &data_request),
+            ("shop/redact", &shop_redact),
+        ] {
+            let mut webhook = Webhook::new(topic, body.clone(), SECRET);
+            webhook.shop = "JSmith.myshopify.com".to_string();
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(response.json()["status"], "accepted", "{topic}");
+        }
+        let quarantine = read_topic(&broker.bootstrap(), &ingress.topics().quarantine()).await;
+        assert_eq!(quarantine.len(), sent.len());
+        for (webhook, reason) in &sent {
+            let record = quarantine
+                .iter()
+                .find(|r| r.header("shopify-webhook-id") == Some(webhook.webhook_id.as_str()))
+                .expect("quarantined record");
+            assert_eq!(record.value, webhook.body, "exact bytes");
+            assert_eq!(
+                record.header("aftercart-quarantine-reason"),
+                Some(*reason),
+                "{}",
+                webhook.topic
+            );
+            aftercart_tests::schemas::assert_valid(
+                "kafka/record-headers.schema.json",
+                &record.headers_json(),
+            );
+        }
+        let compliance = read_topic(&broker.bootstrap(), &ingress.topic(Family::Compliance)).await;
+        assert_eq!(compliance.len(), 3);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_quarantined_total{reason="compliance_shape_mismatch"}"#)
+                .await,
+            5.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_quarantined_total{reason="compliance_shop_mismatch"}"#)
+                .await,
+            2.0
         );
     }
 
@@ -490,6 +605,13 @@ mod scenarios {
             1.0
         );
     }
+
+
+
+
+
+
+
 
     pub async fn oversized_bodies_get_413_and_are_not_published(broker: &Broker) {
         let mut config = test_config(broker);

@@ -93,8 +93,8 @@ impl IngressMetrics {
         for reason in ["missing", "malformed", "mismatch"] {
             metrics.hmac_failures.with_label_values(&[reason]);
         }
-        for reason in ["not_json", "not_object"] {
-            metrics.quarantined.with_label_values(&[reason]);
+        for reason in aftercart_shopify::PayloadError::ALL {
+            metrics.quarantined.with_label_values(&[reason.as_label()]);
         }
         for reason in ["queue_full", "timeout", "kafka"] {
             metrics.publish_errors.with_label_values(&[reason]);

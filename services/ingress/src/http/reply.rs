@@ -13,7 +13,8 @@ pub enum Reply {
     Accepted,
     /// Already published within the dedupe window.
     Duplicate,
-    /// Authentic but not a JSON object: published to the quarantine topic.
+    /// Authentic but not routable (not a JSON object, or a compliance body that does not fit
+    /// its headers): published to the quarantine topic, answered 200 so Shopify stops retrying.
     Quarantined(PayloadError),
     NotFound,
     MethodNotAllowed,

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aftercart_kafka::TopicNames;
 use aftercart_runtime::health::Readiness;
-use aftercart_shopify::{journey_key, Family, SecretId, Verifier, WebhookHeaders};
+use aftercart_shopify::{
+    check_compliance_body, journey_key, Family, SecretId, Verifier, WebhookHeaders,
+};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -173,11 +175,11 @@ struct Delivery {
     deadline: Instant,
 }
 
-/// Publishes a delivery unless its webhook id was already published; a concurrent retry of the
-/// same id waits for the first attempt rather than publishing twice.
+/// Publishes a delivery unless this shop's webhook id was already published; a concurrent retry
+/// of the same delivery waits for the first attempt rather than publishing twice.
 async fn publish_once(state: Arc<WebhookState>, webhook_id: String, delivery: Delivery) -> Reply {
     let guard = loop {
-        match state.dedupe.claim(&webhook_id) {
+        match state.dedupe.claim(&delivery.shop, &webhook_id) {
             Claim::New(guard) => break guard,
             Claim::Duplicate => {
                 state.metrics.duplicate();
@@ -252,7 +254,12 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     headers.push(("aftercart-hmac-secret", secret.as_bytes()));
 
     let shop = delivery.shop.as_str();
-    let (topic, key, reply) = match journey_key(delivery.family, shop, &delivery.body) {
+    // The topic and shop headers are not signed: a compliance body must agree with them.
+    let routed = journey_key(delivery.family, shop, &delivery.body).and_then(|key| {
+        let topic = delivery.headers.topic().unwrap_or_default();
+        check_compliance_body(topic, shop, &delivery.body).map(|()| key)
+    });
+    let (topic, key, reply) = match routed {
         Ok(key) => (state.topics.family(delivery.family), key, Reply::Accepted),
         Err(error) => {
             headers.push(("aftercart-quarantine-reason", error.as_label().as_bytes()));
@@ -337,7 +344,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
 fn safe(state: &WebhookState, delivery: &Delivery, reply: Reply) -> Reply {
     if let Reply::Quarantined(error) = reply {
         state.metrics.quarantined(error.as_label());
-        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery whose body is not a JSON object.");
+        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery that cannot be routed.");
     }
     reply
 }
