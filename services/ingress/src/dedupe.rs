@@ -348,11 +348,20 @@ mod tests {
         let at = |seconds| dedupe.base + Duration::from_secs(seconds);
         guard(dedupe.claim_at(SHOP, "a", at(0))).commit_at(at(0));
         guard(dedupe.claim_at(SHOP, "b", at(5))).commit_at(at(5));
-        assert!(matches!(dedupe.claim_at(SHOP, "a", at(9)), Claim::Duplicate));
-        assert!(matches!(dedupe.claim_at(SHOP, "b", at(9)), Claim::Duplicate));
+        assert!(matches!(
+            dedupe.claim_at(SHOP, "a", at(9)),
+            Claim::Duplicate
+        ));
+        assert!(matches!(
+            dedupe.claim_at(SHOP, "b", at(9)),
+            Claim::Duplicate
+        ));
         assert!(matches!(dedupe.claim_at(SHOP, "a", at(10)), Claim::New(_)));
         assert_eq!(dedupe.len(), 1);
-        assert!(matches!(dedupe.claim_at(SHOP, "b", at(14)), Claim::Duplicate));
+        assert!(matches!(
+            dedupe.claim_at(SHOP, "b", at(14)),
+            Claim::Duplicate
+        ));
         assert!(matches!(dedupe.claim_at(SHOP, "b", at(15)), Claim::New(_)));
         assert!(dedupe.is_empty());
     }
@@ -374,7 +383,10 @@ mod tests {
         }
         for n in (0..49_000).step_by(97) {
             let id = format!("id-{n}");
-            assert!(matches!(dedupe.claim_at(SHOP, &id, now), Claim::New(_)), "{id}");
+            assert!(
+                matches!(dedupe.claim_at(SHOP, &id, now), Claim::New(_)),
+                "{id}"
+            );
         }
         // Chunks of forgotten ids are handed back: one live chunk or two, and the spare.
         assert!(dedupe.allocated_bytes() < 3 * 8192 * 20 + (128 << 10));
@@ -498,7 +510,8 @@ mod tests {
             match r % 20 {
                 0..=9 => {
                     let id = (next(&mut state) % ids) as u32;
-                    let (answer, claim) = match dedupe.claim_at(SHOP, &format!("webhook-{id}"), at) {
+                    let (answer, claim) = match dedupe.claim_at(SHOP, &format!("webhook-{id}"), at)
+                    {
                         Claim::New(guard) => (Answer::New, Some(guard)),
                         Claim::Duplicate => (Answer::Duplicate, None),
                         Claim::InFlight(_) => (Answer::InFlight, None),
