@@ -29,6 +29,9 @@ pub struct IngressMetrics {
     in_flight: IntGauge,
     dedupe_ids: IntGauge,
     connections_cut: IntCounterVec,
+    body_refusals: IntCounterVec,
+    body_held_bytes: IntGauge,
+    body_budget_bytes: IntGauge,
     pub kafka: ClientStats,
     pub spool: SpoolMetrics,
 }
@@ -71,9 +74,21 @@ impl IngressMetrics {
                 "Webhook ids remembered in this replica's dedupe window.",
             ))?,
             connections_cut: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}connections_cut_total"), "Connections ended before a request could be answered by the handler, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431)."),
+                Opts::new(format!("{PREFIX}connections_cut_total"), "Connections the server ended itself, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431; http2_disabled: an HTTP/2 preface while AFTERCART_INGRESS_HTTP2 is off, answered 400; http2_handshake: no HTTP/2 request within the header timeout; http2_idle: no HTTP/2 request in progress for AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT; http2_keep_alive: no answer to a PING; linger_limit: still sending when the lingering close gave up)."),
                 &["reason"],
             )?,
+            body_refusals: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}body_refusals_total"), "Request bodies refused before their signature was checked, by reason (budget: 503, the body budget is held by other requests; too_large: 413; timeout: 408; unreadable: 400)."),
+                &["reason"],
+            )?,
+            body_held_bytes: IntGauge::with_opts(Opts::new(
+                format!("{PREFIX}body_in_flight_bytes"),
+                "Bytes of the body budget held by request bodies in flight.",
+            ))?,
+            body_budget_bytes: IntGauge::with_opts(Opts::new(
+                format!("{PREFIX}body_budget_bytes"),
+                "AFTERCART_INGRESS_BODY_BUDGET_BYTES: most bytes request bodies in flight may hold.",
+            ))?,
             kafka: ClientStats::register(PREFIX, registry)?,
             spool: SpoolMetrics::register(registry)?,
         };
@@ -88,6 +103,9 @@ impl IngressMetrics {
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.dedupe_ids.clone()))?;
         registry.register(Box::new(metrics.connections_cut.clone()))?;
+        registry.register(Box::new(metrics.body_refusals.clone()))?;
+        registry.register(Box::new(metrics.body_held_bytes.clone()))?;
+        registry.register(Box::new(metrics.body_budget_bytes.clone()))?;
         // Export every error reason at 0 from the start, so that rate() and increase() (the
         // alerts) see the first occurrence after a restart.
         for reason in ["missing", "malformed", "mismatch"] {
@@ -101,6 +119,9 @@ impl IngressMetrics {
         }
         for reason in CONNECTION_CUT_REASONS {
             metrics.connections_cut.with_label_values(&[reason]);
+        }
+        for reason in BODY_REFUSAL_REASONS {
+            metrics.body_refusals.with_label_values(&[reason]);
         }
         Ok(metrics)
     }
@@ -139,6 +160,19 @@ impl IngressMetrics {
         self.connections_cut.with_label_values(&[reason]).inc();
     }
 
+    /// A request body refused before its signature was checked.
+    pub fn body_refused(&self, reason: &'static str) {
+        self.body_refusals.with_label_values(&[reason]).inc();
+    }
+
+    pub fn body_bytes_held(&self, bytes: usize) {
+        self.body_held_bytes.set(bytes as i64);
+    }
+
+    pub fn body_budget(&self, bytes: usize) {
+        self.body_budget_bytes.set(bytes as i64);
+    }
+
     pub fn dedupe_size(&self, ids: usize) {
         self.dedupe_ids.set(ids as i64);
     }
@@ -159,7 +193,19 @@ impl Drop for InFlightGuard {
 }
 
 /// Why the server ends a connection on its own (`connections_cut_total{reason}`).
-pub const CONNECTION_CUT_REASONS: [&str; 3] = ["idle", "header_timeout", "header_too_large"];
+pub const CONNECTION_CUT_REASONS: [&str; 8] = [
+    "idle",
+    "header_timeout",
+    "header_too_large",
+    "http2_disabled",
+    "http2_handshake",
+    "http2_idle",
+    "http2_keep_alive",
+    "linger_limit",
+];
+
+/// Why a body is refused before its signature is checked (`body_refusals_total{reason}`).
+pub const BODY_REFUSAL_REASONS: [&str; 4] = ["budget", "too_large", "timeout", "unreadable"];
 
 /// Status codes as static labels (the ingress answers from a fixed set).
 fn status_label(status: u16) -> &'static str {

@@ -9,13 +9,14 @@ use aftercart_shopify::{
     check_compliance_body, journey_key, Family, SecretId, Verifier, WebhookHeaders,
 };
 use bytes::Bytes;
-use http::{header, HeaderMap, Method, Request, Response};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{Method, Request, Response};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use rdkafka::producer::future_producer::DeliveryFuture;
 use tokio::sync::oneshot;
 
 use crate::dedupe::{Claim, ClaimGuard, Dedupe};
+use crate::http::body::{read_body, BodyBudget, ReadBody, Reservation};
 use crate::http::Reply;
 use crate::metrics::IngressMetrics;
 use crate::publish::{is_permanent, PublishError, Publisher, Record};
@@ -38,6 +39,8 @@ pub struct WebhookState {
     pub max_body_bytes: usize,
     pub publish_deadline: Duration,
     pub body_read_timeout: Duration,
+    /// Bytes all request bodies in flight may hold before their signature is checked.
+    pub body_budget: Arc<BodyBudget>,
     pub spool: SpoolState,
     /// How long to wait for Kafka before spooling instead.
     pub spool_after: Duration,
@@ -96,8 +99,20 @@ async fn process(
     if let Err(error) = Verifier::precheck(headers.hmac()) {
         return unauthorized(state, error);
     }
-    let body = match read_body(state, &parts.headers, body).await {
-        Ok(body) => body,
+    let ReadBody {
+        bytes: body,
+        reservation,
+    } = match read_body(
+        &state.body_budget,
+        &state.metrics,
+        &parts.headers,
+        body,
+        state.max_body_bytes,
+        state.body_read_timeout,
+    )
+    .await
+    {
+        Ok(read) => read,
         Err(reply) => return (UNKNOWN_FAMILY, reply),
     };
     let secret = match state
@@ -134,6 +149,7 @@ async fn process(
         secret,
         arrived,
         deadline,
+        _budget: reservation,
     };
     // The claim and the publish run in their own task: if the client goes away mid-publish this
     // request future is dropped, but the record is already in the producer, so the claim must
@@ -173,6 +189,8 @@ struct Delivery {
     secret: SecretId,
     arrived: Instant,
     deadline: Instant,
+    /// The body's share of the body budget, held as long as the body is.
+    _budget: Reservation,
 }
 
 /// Publishes a delivery unless this shop's webhook id was already published; a concurrent retry
@@ -347,28 +365,4 @@ fn safe(state: &WebhookState, delivery: &Delivery, reply: Reply) -> Reply {
         tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery that cannot be routed.");
     }
     reply
-}
-
-/// Reads the whole raw body, refusing early when Content-Length already exceeds the limit.
-async fn read_body(
-    state: &WebhookState,
-    headers: &HeaderMap,
-    body: Incoming,
-) -> Result<Bytes, Reply> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > state.max_body_bytes as u64) {
-        return Err(Reply::PayloadTooLarge);
-    }
-    let collect = Limited::new(body, state.max_body_bytes).collect();
-    match tokio::time::timeout(state.body_read_timeout, collect).await {
-        Err(_elapsed) => Err(Reply::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Reply::PayloadTooLarge)
-        }
-        Ok(Err(_)) => Err(Reply::BodyUnreadable),
-    }
 }
