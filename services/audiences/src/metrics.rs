@@ -126,15 +126,15 @@ impl AudiencesMetrics {
             )?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
-        registry.register(Box::new(metrics.members.clone()))?;
-        registry.register(Box::new(metrics.people.clone()))?;
-        registry.register(Box::new(metrics.exported.clone()))?;
-        registry.register(Box::new(metrics.batches.clone()))?;
-        registry.register(Box::new(metrics.batch_duration.clone()))?;
-        registry.register(Box::new(metrics.retries.clone()))?;
-        registry.register(Box::new(metrics.export_lag.clone()))?;
-        registry.register(Box::new(metrics.batches_emitted.clone()))?;
-        registry.register(Box::new(metrics.routed.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.members)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.people)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.exported)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.batches)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.batch_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.retries)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.export_lag)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.batches_emitted)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         for audience in &config.rules.audiences {
             metrics.members.with_label_values(&[&audience.name]).set(0);
         }

@@ -8,6 +8,7 @@ use aftercart_loadgen::LoadgenArgs;
 use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
+use crate::cmd::docs::DocsArgs;
 use crate::cmd::send::SendArgs;
 use crate::cmd::spool::SpoolCommand;
 use crate::cmd::topics::TopicsCommand;
@@ -62,6 +63,9 @@ pub enum Command {
     /// acknowledge in time).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Write the configuration and metrics references (docs/reference/) from the code, or check
+    /// that the committed ones are current.
+    Docs(DocsArgs),
 }
 
 /// Flags every consumer service command has besides its own.

@@ -3,6 +3,7 @@
 pub mod abandonment;
 pub mod audiences;
 pub mod dev;
+pub mod docs;
 pub mod ingress;
 pub mod loadgen;
 pub mod referrals;

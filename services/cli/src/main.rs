@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             Command::Loadgen(args) => cmd::loadgen::run_loadgen(*args).await,
             Command::Topics(topics) => cmd::topics::run(topics).await,
             Command::Spool(spool) => cmd::spool::run(spool).await,
+            Command::Docs(args) => cmd::docs::run(args),
         }
     });
     // Don't wait for stray blocking tasks (e.g. a metadata call against a dead broker).

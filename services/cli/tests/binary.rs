@@ -319,6 +319,16 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 4"#),
         "{metrics}"
     );
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{family} ")),
+            "{family} missing"
+        );
+    }
     // The buyer became an advocate and the friend's first order, with the code, is under review.
     let (invites, rewards) = eventually("referral events", Duration::from_secs(30), || {
         let brokers = brokers.clone();
@@ -702,4 +712,52 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
         dir_arg,
     ]));
     assert!(String::from_utf8_lossy(&after.stdout).contains("pending: 0 events"));
+}
+
+#[test]
+fn the_committed_references_match_the_code_and_a_stale_one_is_named() {
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/reference");
+    let output = run(&mut aftercart(&[
+        "docs",
+        "--check",
+        "--out",
+        committed.to_str().unwrap(),
+    ]));
+    assert!(
+        output.status.success(),
+        "docs/reference is stale: run `make docs` and commit it\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let scratch = temp_spool_dir();
+    let written = run(&mut aftercart(&[
+        "docs",
+        "--out",
+        scratch.to_str().unwrap(),
+    ]));
+    assert!(written.status.success());
+    let metrics = std::fs::read_to_string(scratch.join("metrics.md")).unwrap();
+    for family in [
+        "aftercart_ingress_requests_total",
+        "aftercart_ingress_spool_rejected_total",
+        "aftercart_abandonment_abandonments_total",
+        "aftercart_referrals_rewards_total",
+        "aftercart_referrals_http_deliveries_total",
+        "aftercart_audiences_batch_duration_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("| `{family}` |")),
+            "{family} missing"
+        );
+    }
+    std::fs::write(scratch.join("metrics.md"), "stale").unwrap();
+    let stale = run(&mut aftercart(&[
+        "docs",
+        "--check",
+        "--out",
+        scratch.to_str().unwrap(),
+    ]));
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("metrics.md"));
+    let _ = std::fs::remove_dir_all(scratch);
 }

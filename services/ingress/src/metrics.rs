@@ -93,19 +93,19 @@ impl IngressMetrics {
             spool: SpoolMetrics::register(registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
-        registry.register(Box::new(metrics.requests.clone()))?;
-        registry.register(Box::new(metrics.request_duration.clone()))?;
-        registry.register(Box::new(metrics.hmac_failures.clone()))?;
-        registry.register(Box::new(metrics.duplicates.clone()))?;
-        registry.register(Box::new(metrics.quarantined.clone()))?;
-        registry.register(Box::new(metrics.publish_duration.clone()))?;
-        registry.register(Box::new(metrics.publish_errors.clone()))?;
-        registry.register(Box::new(metrics.in_flight.clone()))?;
-        registry.register(Box::new(metrics.dedupe_ids.clone()))?;
-        registry.register(Box::new(metrics.connections_cut.clone()))?;
-        registry.register(Box::new(metrics.body_refusals.clone()))?;
-        registry.register(Box::new(metrics.body_held_bytes.clone()))?;
-        registry.register(Box::new(metrics.body_budget_bytes.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.requests)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.request_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.hmac_failures)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.duplicates)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.quarantined)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.publish_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.publish_errors)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.in_flight)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.dedupe_ids)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.connections_cut)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.body_refusals)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.body_held_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.body_budget_bytes)?;
         // Export every error reason at 0 from the start, so that rate() and increase() (the
         // alerts) see the first occurrence after a restart.
         for reason in ["missing", "malformed", "mismatch"] {

@@ -70,7 +70,7 @@ impl ConsumerLag {
             ),
             &["topic", "partition"],
         )?;
-        registry.register(Box::new(lag.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &lag)?;
         Ok(ConsumerLag { lag })
     }
 

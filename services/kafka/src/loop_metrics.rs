@@ -71,13 +71,13 @@ impl LoopMetrics {
             partitions: IntGauge::with_opts(opts("assigned_partitions", partitions_help))?,
             lag: ConsumerLag::register(prefix, registry)?,
         };
-        registry.register(Box::new(metrics.processed.clone()))?;
-        registry.register(Box::new(metrics.failed.clone()))?;
-        registry.register(Box::new(metrics.dead_letters.clone()))?;
-        registry.register(Box::new(metrics.restore_duration.clone()))?;
-        registry.register(Box::new(metrics.restored_records.clone()))?;
-        registry.register(Box::new(metrics.changelog_writes.clone()))?;
-        registry.register(Box::new(metrics.partitions.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.processed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.failed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.dead_letters)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.restore_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.restored_records)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.changelog_writes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.partitions)?;
         for family in families {
             for reason in FAILURE_REASONS {
                 metrics.failed.with_label_values(&[family, reason]);

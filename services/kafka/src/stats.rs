@@ -62,12 +62,12 @@ impl ClientStats {
                 &["broker"],
             )?,
         };
-        registry.register(Box::new(stats.queue_messages.clone()))?;
-        registry.register(Box::new(stats.queue_bytes.clone()))?;
-        registry.register(Box::new(stats.broker_up.clone()))?;
-        registry.register(Box::new(stats.broker_rtt_avg.clone()))?;
-        registry.register(Box::new(stats.broker_rtt_p99.clone()))?;
-        registry.register(Box::new(stats.broker_outbuf.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.queue_messages)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.queue_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_up)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_rtt_avg)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_rtt_p99)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_outbuf)?;
         Ok(stats)
     }
 

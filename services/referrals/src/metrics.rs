@@ -74,14 +74,14 @@ impl ReferralsMetrics {
             )?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
-        registry.register(Box::new(metrics.invites.clone()))?;
-        registry.register(Box::new(metrics.invites_skipped.clone()))?;
-        registry.register(Box::new(metrics.attributions.clone()))?;
-        registry.register(Box::new(metrics.rewards.clone()))?;
-        registry.register(Box::new(metrics.review_backlog.clone()))?;
-        registry.register(Box::new(metrics.customers.clone()))?;
-        registry.register(Box::new(metrics.orders.clone()))?;
-        registry.register(Box::new(metrics.routed.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.invites)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.invites_skipped)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.attributions)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.rewards)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.review_backlog)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.customers)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.orders)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         Ok(metrics)
     }
 

@@ -99,7 +99,7 @@ pub struct AudienceFile {
     /// Only these shops' people (default: every shop).
     #[serde(default)]
     pub shops: Vec<String>,
-    /// Source-specific filter (see the README).
+    /// Source-specific filter (see docs/services/audiences.md).
     #[serde(default)]
     pub filter: toml::Table,
 }

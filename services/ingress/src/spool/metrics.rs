@@ -79,17 +79,17 @@ impl SpoolMetrics {
             corrupt_bytes: counter("corrupt_bytes_total", "Bytes of torn or damaged spool discarded when the spool was opened.")?,
             available: gauge("available", "1 when the spool can take events; 0 when it is off or failing on disk errors.")?,
         };
-        registry.register(Box::new(metrics.pending_events.clone()))?;
-        registry.register(Box::new(metrics.bytes.clone()))?;
-        registry.register(Box::new(metrics.max_bytes.clone()))?;
-        registry.register(Box::new(metrics.appended.clone()))?;
-        registry.register(Box::new(metrics.drained.clone()))?;
-        registry.register(Box::new(metrics.oldest_age.clone()))?;
-        registry.register(Box::new(metrics.fsync.clone()))?;
-        registry.register(Box::new(metrics.rejected.clone()))?;
-        registry.register(Box::new(metrics.errors.clone()))?;
-        registry.register(Box::new(metrics.corrupt_bytes.clone()))?;
-        registry.register(Box::new(metrics.available.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_events)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.max_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.appended)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.drained)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.oldest_age)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.fsync)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.rejected)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.errors)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.corrupt_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.available)?;
         for reason in [Rejection::Full, Rejection::DiskError, Rejection::Disabled] {
             metrics.rejected.with_label_values(&[reason.as_label()]);
         }
