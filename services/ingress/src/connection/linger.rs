@@ -20,10 +20,10 @@ use tokio::time::Instant;
 use crate::metrics::IngressMetrics;
 
 /// Longest a closing connection is kept to discard what the client still sends: a 4 MiB body
-/// needs a client sending at 1 MiB/s.
-const LINGER_TIME: Duration = Duration::from_secs(5);
+/// needs a client sending at 400 KiB/s. (nginx waits up to 30 s; the slot is held meanwhile.)
+const LINGER_TIME: Duration = Duration::from_secs(10);
 /// A client quiet this long has stopped sending (it is reading the answer): close.
-const LINGER_QUIET: Duration = Duration::from_secs(2);
+const LINGER_QUIET: Duration = Duration::from_secs(3);
 /// Most bytes discarded; beyond it the client gets the reset it asked for.
 const LINGER_BYTES: usize = 32 << 20;
 
@@ -76,7 +76,7 @@ impl Drop for LingeringStream {
 pub async fn linger(mut stream: TcpStream, metrics: &IngressMetrics) {
     let _ = stream.shutdown().await;
     let until = Instant::now() + LINGER_TIME;
-    let mut buffer = [0u8; 16 << 10];
+    let mut buffer = [0u8; 8 << 10];
     let mut discarded = 0usize;
     loop {
         let wait = until.min(Instant::now() + LINGER_QUIET);

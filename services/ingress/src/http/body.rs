@@ -175,7 +175,11 @@ pub async fn read_body(
                 if !reservation.grow_to(capacity) {
                     return Err((Reply::BodyBudgetExhausted, "budget"));
                 }
-                buffer.reserve(capacity - buffer.len());
+                // A fresh buffer of exactly this capacity: growing in place (Vec::reserve) may
+                // round up to twice the old capacity, past what the budget paid for.
+                let mut grown = BytesMut::with_capacity(capacity);
+                grown.extend_from_slice(&buffer);
+                buffer = grown;
             }
             buffer.extend_from_slice(&data);
         }
