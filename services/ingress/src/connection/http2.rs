@@ -61,8 +61,11 @@ impl Http2 {
             })
         };
         let connection = self.builder.serve_connection(TokioIo::new(stream), service);
+        // Pinned out here so a cut is counted before the connection (and its socket) drops.
+        let served = watcher.watch(connection);
+        tokio::pin!(served);
         tokio::select! {
-            served = watcher.watch(connection) => {
+            served = &mut served => {
                 if served.is_err_and(|error| error.is_timeout()) {
                     metrics.connection_cut("http2_keep_alive");
                 }
