@@ -17,6 +17,7 @@ pub mod records;
 pub mod referrals;
 pub mod schemas;
 pub mod service;
+pub mod shopify_admin;
 
 pub use accounting::Accounting;
 pub use broker::Broker;

@@ -20,6 +20,8 @@ pub use loop_metrics::LoopMetrics;
 pub use partition_reader::{read_partition, StoreError, StoredRecord};
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};
-pub use shop_stage::{ShopLogic, ShopStage, StageEffect, StageTopics, Unusable};
+pub use shop_stage::{
+    Prepared, Preparing, ShopLogic, ShopStage, StageEffect, StageTopics, Unusable,
+};
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{ensure_topics, ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};

@@ -8,6 +8,8 @@
 //! is emitted twice.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use aftercart_runtime::health::Readiness;
@@ -86,11 +88,22 @@ pub struct Unusable {
     pub reason: String,
 }
 
+/// The effects of a batch once the logic acted on them outside Kafka ([`ShopLogic::prepare`]):
+/// those to write, and outputs it could not act on, as dead letters.
+pub struct Prepared<L: ShopLogic + ?Sized> {
+    pub effects: Vec<(i32, EffectOf<L>)>,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// What [`ShopLogic::prepare`] returns: `None` when `stop` came first (nothing of the batch is
+/// written and its offsets stay where they were, so the next owner reads it again).
+pub type Preparing<'a, L> = Pin<Box<dyn Future<Output = Option<Prepared<L>>> + Send + 'a>>;
+
 /// The service's rules over the state of the partitions it owns.
 pub trait ShopLogic {
-    type Entity: Serialize + DeserializeOwned;
+    type Entity: Serialize + DeserializeOwned + Send;
     /// What the service writes to its output topics.
-    type Output: Serialize;
+    type Output: Serialize + Send;
     /// How an output reads back on restore.
     type Emitted: DeserializeOwned;
 
@@ -117,6 +130,19 @@ pub trait ShopLogic {
     fn gauges(&self);
     /// Called once `count` source records are acknowledged on the by-shop topic (metrics).
     fn routed(&self, _count: usize) {}
+    /// Acts on a batch's effects outside Kafka before any of them is written (the referrals
+    /// service creates the discount an invite names, so no invite is published before its
+    /// code works). The default writes them as they are.
+    fn prepare<'a>(
+        &'a mut self,
+        effects: Vec<(i32, EffectOf<Self>)>,
+        _stop: &'a CancellationToken,
+    ) -> Preparing<'a, Self> {
+        Box::pin(std::future::ready(Some(Prepared {
+            effects,
+            dead: Vec::new(),
+        })))
+    }
 }
 
 /// The output offsets a partition's state reflects, by output topic.
@@ -303,7 +329,12 @@ impl<L: ShopLogic> ShopStage<L> {
             }
         }
         effects.extend(self.logic.tick(now_ms()));
-        self.flush(effects, forwards, dead, offsets).await?;
+        let Some(prepared) = self.logic.prepare(effects, stop).await else {
+            return Ok(()); // stopped while acting: nothing of this batch is written
+        };
+        dead.extend(prepared.dead);
+        self.flush(prepared.effects, forwards, dead, offsets)
+            .await?;
         if self.last_gauges.elapsed() >= GAUGES_EVERY {
             self.last_gauges = Instant::now();
             self.logic.gauges();

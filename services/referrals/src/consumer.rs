@@ -5,15 +5,18 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::shop_stage::source_family;
+use aftercart_kafka::shop_stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, LoopError, ShopLogic, ShopStage, StageEffect, StageTopics, TopicNames,
-    Unusable,
+    header, shop_of, LoopError, Prepared, Preparing, ShopLogic, ShopStage, StageEffect,
+    StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
 
+use crate::actions::ShopActions;
 use crate::config::ReferralsConfig;
 use crate::domain::engine::{Effect, Engine};
 use crate::domain::event::{EmittedEvent, Output};
@@ -44,6 +47,7 @@ pub fn build(
     config: &ReferralsConfig,
     metrics: ReferralsMetrics,
     ready: Readiness,
+    actions: Option<ShopActions>,
 ) -> Result<Loop, LoopError> {
     let topics = StageTopics {
         client: "aftercart-referrals".to_string(),
@@ -59,6 +63,7 @@ pub fn build(
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_expiry: Instant::now(),
+        actions,
     };
     ShopStage::new(
         config.kafka.clone(),
@@ -75,6 +80,8 @@ pub struct Referrals {
     engine: Engine,
     metrics: ReferralsMetrics,
     last_expiry: Instant,
+    /// Discounts and rewards in shops, when configured.
+    actions: Option<ShopActions>,
 }
 
 type Staged = StageEffect<Entity, Output>;
@@ -186,5 +193,19 @@ impl ShopLogic for Referrals {
 
     fn routed(&self, count: usize) {
         self.metrics.routed(count);
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        effects: Vec<(i32, EffectOf<Self>)>,
+        stop: &'a CancellationToken,
+    ) -> Preparing<'a, Self> {
+        Box::pin(async move {
+            let (effects, dead) = match &self.actions {
+                Some(actions) => actions.act(effects, stop).await?,
+                None => (effects, Vec::new()),
+            };
+            Some(Prepared { effects, dead })
+        })
     }
 }

@@ -234,6 +234,8 @@ pub fn metrics_reference() -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     aftercart_delivery::DeliveryMetrics::register(&referrals, "aftercart_referrals")
         .map_err(|e| e.to_string())?;
+    aftercart_shopify_admin::AdminMetrics::register(&referrals, "aftercart_referrals")
+        .map_err(|e| e.to_string())?;
     aftercart_audiences::metrics::AudiencesMetrics::register(&registry("audiences"), &audiences)
         .map_err(|e| e.to_string())?;
     let mut out = String::from(
