@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aftercart_ingress::app::topic_specs;
+use aftercart_ingress::config::EdgeConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError, SpoolConfig};
 use aftercart_kafka::{KafkaSettings, TopicNames};
 use aftercart_runtime::{AdminServer, Health};
@@ -50,6 +51,10 @@ pub fn test_config(broker: &Broker) -> IngressConfig {
             disk: Default::default(),
         }),
         spool_after: Duration::from_secs(1),
+        edge: EdgeConfig {
+            http2: None,
+            body_budget_bytes: 16 << 20,
+        },
     }
 }
 

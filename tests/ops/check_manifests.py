@@ -144,6 +144,18 @@ def check_statefulset(tally, what, statefulset, by_kind):
         env = workload_env(container, configmaps)
         if container.get("args", [None])[0] != "ingress":
             continue
+        # Bodies not yet authenticated hold at most the body budget: it must fit well inside the
+        # memory limit (half at most, the rest is the process's own) and hold one largest body
+        # in the three quarters open to large bodies.
+        budget = size_bytes(env.get("AFTERCART_INGRESS_BODY_BUDGET_BYTES", "128MiB"))
+        largest = size_bytes(env.get("AFTERCART_MAX_BODY_BYTES", "4MiB"))
+        memory = container.get("resources", {}).get("limits", {}).get("memory")
+        tally.check(memory is not None and budget <= size_bytes(memory) // 2,
+                    f"{cwhat}: AFTERCART_INGRESS_BODY_BUDGET_BYTES {budget} is at most half the "
+                    f"memory limit {memory}")
+        tally.check(budget // 4 * 3 >= largest,
+                    f"{cwhat}: AFTERCART_INGRESS_BODY_BUDGET_BYTES {budget} holds one "
+                    f"AFTERCART_MAX_BODY_BYTES {largest} body in its large share")
         spool = env.get("AFTERCART_SPOOL_DIR", SPOOL_DIR_DEFAULT)
         if spool == "off":
             continue

@@ -135,6 +135,8 @@ fn start_ingress(broker: &Broker, prefix: &str, secret: &str) -> (Child, SocketA
         .env("AFTERCART_LISTEN", listen.to_string())
         .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
         .env("AFTERCART_LOG_FORMAT", "json")
+        // The load generator's HTTP/2 run needs it (off by default).
+        .env("AFTERCART_INGRESS_HTTP2", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

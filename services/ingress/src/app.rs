@@ -10,18 +10,17 @@ use aftercart_kafka::{
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_runtime::Health;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::Connections;
 use crate::dedupe::Dedupe;
+use crate::http::body::BodyBudget;
 use crate::http::webhook::SpoolState;
-use crate::http::{handle, WebhookState};
+use crate::http::WebhookState;
 use crate::metrics::IngressMetrics;
 use crate::publish::Publisher;
 use crate::readiness::{self, KafkaHealth};
@@ -112,8 +111,8 @@ pub struct App {
     listener: TcpListener,
     state: Arc<WebhookState>,
     shutdown_timeout: Duration,
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
+    /// How each accepted connection is served (protocols and their limits).
+    serving: Arc<Connections>,
     connections: Arc<Semaphore>,
     drain_delay: Duration,
     /// Publishes the spool's events once Kafka is back.
@@ -228,6 +227,8 @@ impl App {
             )
             .with_kafka_health(Arc::clone(&kafka))
         });
+        let serving = Arc::new(Connections::new(config, metrics.clone()));
+        let body_budget = BodyBudget::new(config.edge.body_budget_bytes, metrics.clone());
         let state = WebhookState {
             verifier: config.verifier.clone(),
             publisher: Publisher::new(producer, metrics.clone()),
@@ -239,6 +240,7 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             publish_deadline: config.publish_deadline,
             body_read_timeout: config.body_read_timeout,
+            body_budget,
             spool,
             spool_after: config.spool_after,
         };
@@ -246,8 +248,7 @@ impl App {
             listener,
             state: Arc::new(state),
             shutdown_timeout: config.shutdown_timeout,
-            header_read_timeout: config.header_read_timeout,
-            max_header_bytes: config.max_header_bytes,
+            serving,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             drain_delay: config.drain_delay,
             drainer,
@@ -258,8 +259,9 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves HTTP/1.1 and HTTP/2 (cleartext) until `stop`, then stops accepting, lets in-flight
-    /// requests finish and flushes the producer, all within the shutdown timeout.
+    /// Serves HTTP/1.1 (and HTTP/2 cleartext when AFTERCART_INGRESS_HTTP2 is on) until `stop`,
+    /// then stops accepting, lets in-flight requests finish and flushes the producer, all
+    /// within the shutdown timeout.
     pub async fn run_until_stopped(mut self, stop: CancellationToken) {
         let (drain_finish, drain_stop) = (CancellationToken::new(), CancellationToken::new());
         let mut draining = self
@@ -267,17 +269,6 @@ impl App {
             .take()
             .map(|drainer| tokio::spawn(drainer.run(drain_finish.clone(), drain_stop.clone())));
         let graceful = GracefulShutdown::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            // A head larger than the buffer is refused with 431 by hyper itself.
-            .max_buf_size(self.max_header_bytes);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         // After `stop`, keep accepting for the drain delay: readiness already says 503, so
         // load balancers move away while nothing is refused.
         let mut drain_until: Option<tokio::time::Instant> = None;
@@ -313,32 +304,9 @@ impl App {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let state = Arc::clone(&self.state);
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
-            });
-            let builder = builder.clone();
+            let (state, serving) = (Arc::clone(&self.state), Arc::clone(&self.serving));
             let watcher = graceful.watcher();
-            let metrics = self.state.metrics.clone();
-            let first_bytes = self.header_read_timeout;
-            tokio::spawn(async move {
-                if client_spoke(&stream, first_bytes).await {
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    // Client resets and protocol errors are the client's business; only the
-                    // limits the server enforces itself are counted.
-                    if let Err(error) = watcher.watch(connection).await {
-                        if let Some(reason) = cut_reason(error.as_ref()) {
-                            metrics.connection_cut(reason);
-                        }
-                    }
-                } else {
-                    metrics.connection_cut("idle");
-                }
-                drop(permit);
-            });
+            tokio::spawn(async move { serving.serve(stream, permit, state, watcher).await });
         }
         drop(self.listener);
         let started = tokio::time::Instant::now();
@@ -378,39 +346,5 @@ impl App {
                 "Producer flush did not complete before the shutdown timeout."
             ),
         }
-    }
-}
-
-/// Waits at most `timeout` for the client to send enough to tell HTTP/1 from HTTP/2; false if it
-/// stays silent or leaves. hyper-util's auto builder reads those bytes before any of hyper's
-/// timers run, so without this a client that connects and says nothing keeps its connection
-/// slot (of AFTERCART_MAX_CONNECTIONS) forever.
-async fn client_spoke(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
-    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let wait = async {
-        let mut buffer = [0u8; 24];
-        loop {
-            match stream.peek(&mut buffer).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= H2_PREFACE.len() || buffer[..n] != H2_PREFACE[..n] => return true,
-                // A partial HTTP/2 preface: peek again shortly (it returns at once on data
-                // already seen).
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    };
-    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
-}
-
-/// The limit behind a connection error hyper reports, if the server cut the connection itself
-/// (a head too large is answered 431 by hyper before it ends the connection).
-fn cut_reason(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let error = error.downcast_ref::<hyper::Error>()?;
-    if error.is_parse_too_large() {
-        Some("header_too_large")
-    } else if error.is_timeout() {
-        Some("header_timeout")
-    } else {
-        None
     }
 }

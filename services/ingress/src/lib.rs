@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod connection;
 pub mod dedupe;
 pub mod http;
 pub mod metrics;

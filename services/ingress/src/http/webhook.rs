@@ -5,15 +5,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aftercart_kafka::TopicNames;
 use aftercart_runtime::health::Readiness;
-use aftercart_shopify::{journey_key, Family, SecretId, Verifier, WebhookHeaders};
+use aftercart_shopify::{
+    check_compliance_body, journey_key, Family, SecretId, Verifier, WebhookHeaders,
+};
 use bytes::Bytes;
-use http::{header, HeaderMap, Method, Request, Response};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{Method, Request, Response};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use rdkafka::producer::future_producer::DeliveryFuture;
 use tokio::sync::oneshot;
 
 use crate::dedupe::{Claim, ClaimGuard, Dedupe};
+use crate::http::body::{read_body, BodyBudget, ReadBody, Reservation};
 use crate::http::Reply;
 use crate::metrics::IngressMetrics;
 use crate::publish::{classify, ErrorClass, PublishError, Publisher, Record};
@@ -39,6 +42,8 @@ pub struct WebhookState {
     pub max_body_bytes: usize,
     pub publish_deadline: Duration,
     pub body_read_timeout: Duration,
+    /// Bytes all request bodies in flight may hold before their signature is checked.
+    pub body_budget: Arc<BodyBudget>,
     pub spool: SpoolState,
     /// How long to wait for Kafka before spooling instead.
     pub spool_after: Duration,
@@ -97,8 +102,20 @@ async fn process(
     if let Err(error) = Verifier::precheck(headers.hmac()) {
         return unauthorized(state, error);
     }
-    let body = match read_body(state, &parts.headers, body).await {
-        Ok(body) => body,
+    let ReadBody {
+        bytes: body,
+        reservation,
+    } = match read_body(
+        &state.body_budget,
+        &state.metrics,
+        &parts.headers,
+        body,
+        state.max_body_bytes,
+        state.body_read_timeout,
+    )
+    .await
+    {
+        Ok(read) => read,
         Err(reply) => return (UNKNOWN_FAMILY, reply),
     };
     let secret = match state
@@ -135,6 +152,7 @@ async fn process(
         secret,
         arrived,
         deadline,
+        _budget: reservation,
     };
     // The claim and the publish run in their own task: if the client goes away mid-publish this
     // request future is dropped, but the record is already in the producer, so the claim must
@@ -174,13 +192,15 @@ struct Delivery {
     secret: SecretId,
     arrived: Instant,
     deadline: Instant,
+    /// The body's share of the body budget, held as long as the body is.
+    _budget: Reservation,
 }
 
-/// Publishes a delivery unless its webhook id was already published; a concurrent retry of the
-/// same id waits for the first attempt rather than publishing twice.
+/// Publishes a delivery unless this shop's webhook id was already published; a concurrent retry
+/// of the same delivery waits for the first attempt rather than publishing twice.
 async fn publish_once(state: Arc<WebhookState>, webhook_id: String, delivery: Delivery) -> Reply {
     let guard = loop {
-        match state.dedupe.claim(&webhook_id) {
+        match state.dedupe.claim(&delivery.shop, &webhook_id) {
             Claim::New(guard) => break guard,
             Claim::Duplicate => {
                 state.metrics.duplicate();
@@ -255,7 +275,12 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     headers.push(("aftercart-hmac-secret", secret.as_bytes()));
 
     let shop = delivery.shop.as_str();
-    let (topic, key, reply) = match journey_key(delivery.family, shop, &delivery.body) {
+    // The topic and shop headers are not signed: a compliance body must agree with them.
+    let routed = journey_key(delivery.family, shop, &delivery.body).and_then(|key| {
+        let topic = delivery.headers.topic().unwrap_or_default();
+        check_compliance_body(topic, shop, &delivery.body).map(|()| key)
+    });
+    let (topic, key, reply) = match routed {
         Ok(key) => (state.topics.family(delivery.family), key, Reply::Accepted),
         Err(error) => {
             headers.push(("aftercart-quarantine-reason", error.as_label().as_bytes()));
@@ -448,31 +473,7 @@ async fn quarantine_refused(
 fn safe(state: &WebhookState, delivery: &Delivery, reply: Reply) -> Reply {
     if let Reply::Quarantined(error) = reply {
         state.metrics.quarantined(error.as_label());
-        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery whose body is not a JSON object.");
+        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery that cannot be routed.");
     }
     reply
-}
-
-/// Reads the whole raw body, refusing early when Content-Length already exceeds the limit.
-async fn read_body(
-    state: &WebhookState,
-    headers: &HeaderMap,
-    body: Incoming,
-) -> Result<Bytes, Reply> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > state.max_body_bytes as u64) {
-        return Err(Reply::PayloadTooLarge);
-    }
-    let collect = Limited::new(body, state.max_body_bytes).collect();
-    match tokio::time::timeout(state.body_read_timeout, collect).await {
-        Err(_elapsed) => Err(Reply::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Reply::PayloadTooLarge)
-        }
-        Ok(Err(_)) => Err(Reply::BodyUnreadable),
-    }
 }
