@@ -382,7 +382,7 @@ fn recover(
             metrics.corrupt(cut);
             recovered.discarded_bytes += cut;
             // A torn final frame is what a power cut leaves: expected, not worth a copy.
-            let copy = if why == "torn final frame" {
+            let copy = if why == segment::TORN_TAIL {
                 None
             } else {
                 Some(segment::keep_damaged_copy(disk, dir, &path)?)

@@ -308,6 +308,64 @@ async fn damage_found_while_draining_is_skipped_counted_and_kept_for_inspection(
 }
 
 #[tokio::test]
+async fn a_damaged_length_found_while_draining_neither_stalls_nor_leaks_the_backlog() {
+    let dir = temp_dir("damage-length-running");
+    let (spool, _) = reopen(&dir, 1 << 20);
+    append_together(&spool, 5).await;
+    let (_, path) = segment::list_segments(&RealDisk, &dir)
+        .unwrap()
+        .pop()
+        .unwrap();
+    // Frame 1 claims 64 KiB more than the segment holds after it.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[frame_bytes(0) as usize + 2] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    let (entries, lost) = drain_all(&spool);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 2, 3, 4],
+        "every intact frame after the damage is drained"
+    );
+    assert_eq!(lost, 1);
+    assert_eq!(
+        spool.pending_events(),
+        0,
+        "the backlog counters do not leak"
+    );
+    assert_eq!(append(&spool, 9).await, Ok(5));
+    let (entries, lost) = drain_all(&spool);
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
+async fn a_damaged_length_found_at_open_keeps_every_intact_frame_after_it() {
+    let dir = temp_dir("damage-length-open");
+    let (spool, _) = reopen(&dir, 1 << 20);
+    append_together(&spool, 6).await;
+    drop(spool);
+    let (_, path) = segment::list_segments(&RealDisk, &dir)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[2 * frame_bytes(0) as usize + 2] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    let (spool, recovered) = reopen(&dir, 1 << 20);
+    assert_eq!(recovered.events, 5, "only the damaged frame is lost");
+    assert_eq!(
+        dir.join(segment::DAMAGED_DIR).read_dir().unwrap().count(),
+        1,
+        "a copy of the damaged segment is kept"
+    );
+    let (entries, _) = drain_all(&spool);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 1, 3, 4, 5]
+    );
+}
+
+#[tokio::test]
 async fn damage_at_the_end_of_the_active_segment_does_not_stall_the_drainer() {
     let dir = temp_dir("damage-active");
     let (spool, _) = reopen(&dir, 1 << 20);
