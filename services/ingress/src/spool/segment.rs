@@ -29,7 +29,10 @@ pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"))
 }
 
-/// The segment files of `dir`, oldest first, as `(first_seq, path)`.
+/// The segment files of `dir`, oldest first, as `(first_seq, path)`. Only regular files: the
+/// spool never writes anything else under a segment name, so a symlink or device there (an
+/// operator's or a fault test's) is left alone, neither read (a device may never end) nor
+/// cut or deleted.
 pub fn list_segments(disk: &dyn Disk, dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
     for path in disk.read_dir(dir)? {
@@ -38,9 +41,12 @@ pub fn list_segments(disk: &dyn Disk, dir: &Path) -> io::Result<Vec<(u64, PathBu
             .and_then(|name| name.to_str())
             .and_then(|name| name.strip_suffix(SEGMENT_SUFFIX))
             .and_then(|stem| stem.parse::<u64>().ok());
-        if let Some(first_seq) = first_seq {
-            segments.push((first_seq, path));
+        let Some(first_seq) = first_seq else { continue };
+        if !disk.is_plain_file(&path) {
+            tracing::warn!(path = %path.display(), "Not a regular file under a spool segment name: left alone.");
+            continue;
         }
+        segments.push((first_seq, path));
     }
     segments.sort();
     Ok(segments)

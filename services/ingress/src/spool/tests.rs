@@ -365,6 +365,37 @@ async fn a_damaged_length_found_at_open_keeps_every_intact_frame_after_it() {
     );
 }
 
+#[test]
+fn a_segment_name_that_is_not_a_plain_file_is_left_alone_at_open() {
+    // The disk-error fault (and its checker) symlinks the next segment names to /dev/full: a
+    // restart must neither read that device forever nor count it as a segment.
+    let dir = temp_dir("symlink-open");
+    fs::create_dir_all(&dir).unwrap();
+    let (spool, _) = reopen(&dir, 1 << 20);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        append(&spool, 0).await.unwrap();
+    });
+    drop(spool);
+    let device = segment::segment_path(&dir, 7);
+    std::os::unix::fs::symlink("/dev/full", &device).unwrap();
+    let (opened, answer) = std::sync::mpsc::channel();
+    let opening = dir.clone();
+    std::thread::spawn(move || {
+        let _ = opened.send(reopen(&opening, 1 << 20).1);
+    });
+    let recovered = answer
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the spool opens (it does not read /dev/full forever)");
+    assert_eq!((recovered.events, recovered.segments), (1, 1));
+    assert!(fs::symlink_metadata(&device)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
 #[tokio::test]
 async fn damage_at_the_end_of_the_active_segment_does_not_stall_the_drainer() {
     let dir = temp_dir("damage-active");
