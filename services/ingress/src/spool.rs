@@ -385,10 +385,10 @@ fn recover(
             let copy = if why == segment::TORN_TAIL {
                 None
             } else {
-                Some(segment::keep_damaged_copy(disk, dir, &path)?)
+                segment::keep_damaged_copy(disk, dir, &path)?
             };
             let copy = copy.as_ref().map(|p| p.display().to_string());
-            tracing::error!(segment = %path.display(), kept_bytes = scan.good_len, discarded_bytes = cut, intact_frames_after_damage = scan.damaged_in_middle, copy = copy.as_deref().unwrap_or("none"), reason = why, "Spool segment damaged (torn write or disk corruption): keeping every intact frame.");
+            tracing::error!(segment = %path.display(), kept_bytes = scan.good_len, discarded_bytes = cut, intact_frames_after_damage = scan.damaged_in_middle, copy = copy.as_deref().unwrap_or("none (torn tail, or damaged/ holds enough copies)"), reason = why, "Spool segment damaged (torn write or disk corruption): keeping every intact frame.");
             if scan.damaged_in_middle {
                 segment::rewrite_intact(disk, dir, &path)?;
             } else {

@@ -14,6 +14,8 @@ const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 /// Where damaged segments are copied for inspection before the spool changes them.
 pub const DAMAGED_DIR: &str = "damaged";
+/// Most copies kept in `damaged/`.
+pub const MAX_DAMAGED_COPIES: usize = 4;
 
 /// The damage a power cut mid-append leaves: an incomplete last frame, nothing after it.
 pub const TORN_TAIL: &str = "torn final frame";
@@ -121,8 +123,11 @@ pub fn scan(disk: &dyn Disk, path: &Path, from_seq: u64) -> io::Result<SegmentSc
 }
 
 /// Copies a damaged segment into `<dir>/damaged/` for inspection (named after the segment and
-/// the time, once per segment), made durable before the spool changes the original.
-pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result<PathBuf> {
+/// the time, once per segment), made durable before the spool changes the original. At most
+/// [`MAX_DAMAGED_COPIES`] are kept: a dying disk damages segment after segment, and copies
+/// (not counted against the spool's limit) must not fill the volume the spool needs. `None`
+/// when no copy was made for that reason.
+pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result<Option<PathBuf>> {
     let damaged = dir.join(DAMAGED_DIR);
     disk::create_dir_durably(disk, &damaged)?;
     let name = path
@@ -132,11 +137,15 @@ pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result
     // One copy per segment: damage in several places must not copy it (and fill the volume)
     // once per place.
     let prefix = format!("{name}.");
-    if let Some(kept) = disk.read_dir(&damaged)?.into_iter().find(|p| {
+    let kept = disk.read_dir(&damaged)?;
+    if let Some(kept) = kept.iter().find(|p| {
         p.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
     }) {
-        return Ok(kept);
+        return Ok(Some(kept.clone()));
+    }
+    if kept.len() >= MAX_DAMAGED_COPIES {
+        return Ok(None);
     }
     let copy = damaged.join(format!("{name}.{}", super::unix_ms()));
     let bytes = disk::read_all(disk, path)?;
@@ -145,7 +154,7 @@ pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result
     }
     disk::write_new(disk, &copy, &bytes)?;
     disk.sync_dir(&damaged)?;
-    Ok(copy)
+    Ok(Some(copy))
 }
 
 /// Rewrites a segment with damage in its middle so it holds only its intact frames: a new file

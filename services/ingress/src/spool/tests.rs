@@ -397,6 +397,36 @@ fn a_segment_name_that_is_not_a_plain_file_is_left_alone_at_open() {
 }
 
 #[tokio::test]
+async fn damaged_copies_are_bounded_however_many_segments_a_failing_disk_damages() {
+    // A dying disk damages segment after segment: copies of each would fill the volume the
+    // spool needs (they are not counted against AFTERCART_SPOOL_MAX_BYTES).
+    let dir = temp_dir("damage-copies");
+    fs::create_dir_all(&dir).unwrap();
+    // Segments of two frames each, the first one damaged.
+    for k in 0..(segment::MAX_DAMAGED_COPIES as u64 + 3) {
+        let mut bytes = Vec::new();
+        for seq in [2 * k, 2 * k + 1] {
+            entry::encode(seq, &record(seq as u32), &mut bytes);
+        }
+        let path = segment::segment_path(&dir, 2 * k);
+        fs::write(&path, bytes).unwrap();
+        damage_frame(&path, 0, frame_bytes(0));
+    }
+    let (spool, recovered) = open_rolling(Arc::new(RealDisk), &dir);
+    assert_eq!(
+        recovered.events,
+        segment::MAX_DAMAGED_COPIES as u64 + 3,
+        "the intact second frame of every segment is kept"
+    );
+    let copies = fs::read_dir(dir.join(segment::DAMAGED_DIR))
+        .unwrap()
+        .count();
+    assert_eq!(copies, segment::MAX_DAMAGED_COPIES);
+    let (entries, _) = drain_all(&spool);
+    assert_eq!(entries.len() as u64, recovered.events);
+}
+
+#[tokio::test]
 async fn damage_at_the_end_of_the_active_segment_does_not_stall_the_drainer() {
     let dir = temp_dir("damage-active");
     let (spool, _) = reopen(&dir, 1 << 20);
