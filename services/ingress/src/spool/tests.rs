@@ -469,6 +469,41 @@ async fn frames_a_failed_group_may_leave_behind_never_share_a_number_with_an_ack
 }
 
 #[tokio::test]
+async fn damage_found_at_open_on_a_full_disk_still_opens_the_spool() {
+    // No room for the damaged/ copy or a rewritten segment must not keep the spool (and every
+    // acknowledged event in it) closed: the segment stays as it is and the drainer skips the
+    // damage while running.
+    let disk = crash_disk::CrashDisk::new();
+    let dir = Path::new("/spool");
+    let (spool, _) = reopen_on(&disk, dir);
+    append_together(&spool, 4).await;
+    drop(spool);
+    let (_, path) = segment::list_segments(&disk, dir).unwrap().pop().unwrap();
+    let mut bytes = disk::read_all(&disk, &path).unwrap();
+    bytes[(frame_bytes(0) + frame_bytes(1) / 2) as usize] ^= 0x55;
+    disk.open_write(&path).unwrap().write_all(&bytes).unwrap();
+    disk.set_full(true);
+    let (spool, recovered) = loop {
+        match Spool::open_in(
+            Arc::new(disk.clone()),
+            dir,
+            1 << 20,
+            SpoolMetrics::unregistered(),
+        ) {
+            Err(OpenError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+            other => break other.expect("the spool opens on a full disk"),
+        }
+    };
+    assert_eq!(recovered.events, 3);
+    let (entries, _) = drain_all(&spool);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+    assert_eq!(spool.pending_events(), 0);
+}
+
+#[tokio::test]
 async fn damage_at_the_end_of_the_active_segment_does_not_stall_the_drainer() {
     let dir = temp_dir("damage-active");
     let (spool, _) = reopen(&dir, 1 << 20);
