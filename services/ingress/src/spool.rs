@@ -377,23 +377,12 @@ fn recover(
     let mut recovered = Recovered::default();
     for (first_seq, path) in segment::list_segments(disk, dir)? {
         let scan = segment::scan(disk, &path, drained_seq)?;
+        let mut len = scan.good_len;
         if let Some(why) = scan.damage {
             let cut = scan.damaged_bytes;
             metrics.corrupt(cut);
             recovered.discarded_bytes += cut;
-            // A torn final frame is what a power cut leaves: expected, not worth a copy.
-            let copy = if why == "torn final frame" {
-                None
-            } else {
-                Some(segment::keep_damaged_copy(disk, dir, &path)?)
-            };
-            let copy = copy.as_ref().map(|p| p.display().to_string());
-            tracing::error!(segment = %path.display(), kept_bytes = scan.good_len, discarded_bytes = cut, intact_frames_after_damage = scan.damaged_in_middle, copy = copy.as_deref().unwrap_or("none"), reason = why, "Spool segment damaged (torn write or disk corruption): keeping every intact frame.");
-            if scan.damaged_in_middle {
-                segment::rewrite_intact(disk, dir, &path)?;
-            } else {
-                segment::truncate(disk, &path, scan.good_len)?;
-            }
+            len = repair(disk, dir, &path, &scan, why, metrics);
         }
         if let Some(last) = scan.last_seq {
             state.next_seq = state.next_seq.max(last + 1);
@@ -402,11 +391,6 @@ fn recover(
             disk.remove_file(&path)?;
             continue;
         }
-        let len = if scan.damaged_in_middle {
-            disk.open_read(&path)?.size()?
-        } else {
-            scan.good_len
-        };
         state.pending_events += scan.entries;
         state.pending_bytes += scan.bytes;
         state.arrivals.push_back((
@@ -426,6 +410,51 @@ fn recover(
     recovered.bytes = state.pending_bytes;
     recovered.segments = state.segments.len();
     Ok((state, recovered))
+}
+
+/// Keeps a copy of a damaged segment (not of a torn tail), then rewrites it around damage in
+/// its middle or cuts it back to its intact prefix. Returns the length the drainer may read.
+/// A disk that refuses (full, failing) must not keep the spool and the acknowledged events in
+/// it closed: without a copy the segment is left as it is, the evidence with it; without a
+/// rewrite or cut the drainer reads up to the intact prefix, or skips damage in the middle.
+fn repair(
+    disk: &dyn Disk,
+    dir: &Path,
+    path: &Path,
+    scan: &segment::SegmentScan,
+    why: &'static str,
+    metrics: &SpoolMetrics,
+) -> u64 {
+    let whole = if scan.damaged_in_middle {
+        scan.file_len
+    } else {
+        scan.good_len
+    };
+    // A torn final frame is what a power cut leaves: expected, not worth a copy.
+    let copy = if why == segment::TORN_TAIL {
+        Ok(None)
+    } else {
+        segment::keep_damaged_copy(disk, dir, path)
+    };
+    let copy = match copy {
+        Ok(copy) => copy.map(|p| p.display().to_string()),
+        Err(error) => {
+            metrics.error("write");
+            tracing::error!(segment = %path.display(), %error, reason = why, discarded_bytes = scan.damaged_bytes, "Spool segment damaged and no copy can be kept: left as it is; the drainer skips the damage.");
+            return whole;
+        }
+    };
+    tracing::error!(segment = %path.display(), kept_bytes = scan.good_len, discarded_bytes = scan.damaged_bytes, intact_frames_after_damage = scan.damaged_in_middle, copy = copy.as_deref().unwrap_or("none (torn tail, or damaged/ holds enough copies)"), reason = why, "Spool segment damaged (torn write or disk corruption): keeping every intact frame.");
+    let repaired = if scan.damaged_in_middle {
+        segment::rewrite_intact(disk, dir, path).and_then(|()| disk.open_read(path)?.size())
+    } else {
+        segment::truncate(disk, path, scan.good_len).map(|()| scan.good_len)
+    };
+    repaired.unwrap_or_else(|error| {
+        metrics.error("write");
+        tracing::error!(segment = %path.display(), %error, "Cannot rewrite a damaged spool segment: left as it is; the drainer skips the damage.");
+        whole
+    })
 }
 
 #[cfg(test)]

@@ -300,7 +300,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     let spool = state.spool.ready();
     // Arrival order: while older events wait in the spool, new ones queue behind them there.
     // A sick spool (disk error, full) is gone around: Kafka is tried directly, and such an
-    // event may overtake older ones of its key still in the spool (docs/services/ingress.md).
+    // event may overtake older ones of its key still in the spool (docs/services/ingress-spool.md).
     let backlog = spool.is_some_and(Spool::has_backlog);
     let trouble = spool.and_then(Spool::trouble);
     // Only while Kafka takes records: otherwise the spool's refusal is the quick answer.

@@ -48,6 +48,9 @@ struct Fs {
     full: bool,
     /// Every operation fails with an I/O error (EIO), as on a dying disk.
     broken: bool,
+    /// Writes land in the page cache but fsyncs and truncations fail with EIO, as on a disk
+    /// whose flushes fail (or a file system gone read-only behind the cache).
+    flush_failing: bool,
 }
 
 impl Default for Fs {
@@ -59,12 +62,17 @@ impl Default for Fs {
             crashes: 0,
             full: false,
             broken: false,
+            flush_failing: false,
         }
     }
 }
 
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{}", path.display()))
+}
+
+fn flush_failed() -> io::Error {
+    io::Error::other("input/output error on flush (a test disk)")
 }
 
 fn stale() -> io::Error {
@@ -118,6 +126,11 @@ impl CrashDisk {
     /// From now on every write fails as on a full disk (or works again).
     pub fn set_full(&self, full: bool) {
         self.fs().full = full;
+    }
+
+    /// From now on writes work but fsyncs and truncations fail with EIO (or work again).
+    pub fn set_flush_failing(&self, failing: bool) {
+        self.fs().flush_failing = failing;
     }
 
     /// From now on every operation, reads included, fails with EIO (or works again).
@@ -207,6 +220,9 @@ impl WriteFile for Handle {
     fn sync_data(&mut self) -> io::Result<()> {
         let id = self.id;
         let mut fs = self.fs()?;
+        if fs.flush_failing {
+            return Err(flush_failed());
+        }
         let file = &mut fs.files[id];
         file.durable = file.live.clone();
         Ok(())
@@ -214,7 +230,11 @@ impl WriteFile for Handle {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         let id = self.id;
-        self.fs()?.files[id].live.resize(len as usize, 0);
+        let mut fs = self.fs()?;
+        if fs.flush_failing {
+            return Err(flush_failed());
+        }
+        fs.files[id].live.resize(len as usize, 0);
         Ok(())
     }
 }

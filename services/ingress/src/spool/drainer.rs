@@ -399,7 +399,10 @@ pub(super) fn read_batch(shared: &Shared, cursor: &mut Cursor) -> std::io::Resul
                 shared.metrics.corrupt(skipped_bytes);
                 shared.metrics.damaged_events(lost);
                 let copy = segment::keep_damaged_copy(disk, &shared.dir, &segment.path)
-                    .map(|p| p.display().to_string())
+                    .map(|p| match p {
+                        Some(p) => p.display().to_string(),
+                        None => "not kept: damaged/ holds enough copies".to_string(),
+                    })
                     .unwrap_or_else(|error| format!("not kept: {error}"));
                 tracing::error!(segment = %segment.path.display(), reason = why, skipped_bytes, lost_events = lost, intact_frame_after = found, copy = %copy, "Spool segment damaged while running (the disk is failing): skipped to the next intact frame.");
                 if !found && !segment.sealed {

@@ -14,6 +14,14 @@ const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 /// Where damaged segments are copied for inspection before the spool changes them.
 pub const DAMAGED_DIR: &str = "damaged";
+/// Most copies kept in `damaged/`.
+pub const MAX_DAMAGED_COPIES: usize = 4;
+
+/// The damage a power cut mid-append leaves: an incomplete last frame, nothing after it.
+pub const TORN_TAIL: &str = "torn final frame";
+/// A frame that claims more bytes than there are before the end (of the file, or of what is
+/// durable): a torn tail if nothing valid follows, else a damaged length field.
+const RUNS_PAST_END: &str = "frame runs past the end";
 
 /// Read size while scanning or draining.
 const READ_CHUNK: usize = 1 << 20;
@@ -23,7 +31,10 @@ pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"))
 }
 
-/// The segment files of `dir`, oldest first, as `(first_seq, path)`.
+/// The segment files of `dir`, oldest first, as `(first_seq, path)`. Only regular files: the
+/// spool never writes anything else under a segment name, so a symlink or device there (an
+/// operator's or a fault test's) is left alone, neither read (a device may never end) nor
+/// cut or deleted.
 pub fn list_segments(disk: &dyn Disk, dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
     for path in disk.read_dir(dir)? {
@@ -32,9 +43,12 @@ pub fn list_segments(disk: &dyn Disk, dir: &Path) -> io::Result<Vec<(u64, PathBu
             .and_then(|name| name.to_str())
             .and_then(|name| name.strip_suffix(SEGMENT_SUFFIX))
             .and_then(|stem| stem.parse::<u64>().ok());
-        if let Some(first_seq) = first_seq {
-            segments.push((first_seq, path));
+        let Some(first_seq) = first_seq else { continue };
+        if !disk.is_plain_file(&path) {
+            tracing::warn!(path = %path.display(), "Not a regular file under a spool segment name: left alone.");
+            continue;
         }
+        segments.push((first_seq, path));
     }
     segments.sort();
     Ok(segments)
@@ -85,27 +99,35 @@ pub fn scan(disk: &dyn Disk, path: &Path, from_seq: u64) -> io::Result<SegmentSc
             }
             Step::End => break,
             Step::Damage(why) => {
-                scan.damage.get_or_insert(why);
                 let at = reader.offset;
                 let found = reader.resync(u64::MAX, scan.last_seq.map_or(0, |s| s + 1))?;
                 scan.damaged_bytes += reader.offset - at;
                 if found.is_none() {
+                    // A frame running past the end with nothing valid after it is what a
+                    // power cut mid-append leaves: a torn tail, not damage worth a copy.
+                    if why != RUNS_PAST_END {
+                        scan.damage.get_or_insert(why);
+                    }
                     break;
                 }
+                scan.damage.get_or_insert(why);
                 scan.damaged_in_middle = true;
             }
         }
     }
     if scan.good_len < scan.file_len && scan.damage.is_none() {
-        scan.damage = Some("torn final frame");
+        scan.damage = Some(TORN_TAIL);
     }
     scan.damaged_bytes = scan.damaged_bytes.max(scan.file_len - scan.good_len);
     Ok(scan)
 }
 
 /// Copies a damaged segment into `<dir>/damaged/` for inspection (named after the segment and
-/// the time, once per segment), made durable before the spool changes the original.
-pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result<PathBuf> {
+/// the time, once per segment), made durable before the spool changes the original. At most
+/// [`MAX_DAMAGED_COPIES`] are kept: a dying disk damages segment after segment, and copies
+/// (not counted against the spool's limit) must not fill the volume the spool needs. `None`
+/// when no copy was made for that reason.
+pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result<Option<PathBuf>> {
     let damaged = dir.join(DAMAGED_DIR);
     disk::create_dir_durably(disk, &damaged)?;
     let name = path
@@ -115,11 +137,15 @@ pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result
     // One copy per segment: damage in several places must not copy it (and fill the volume)
     // once per place.
     let prefix = format!("{name}.");
-    if let Some(kept) = disk.read_dir(&damaged)?.into_iter().find(|p| {
+    let kept = disk.read_dir(&damaged)?;
+    if let Some(kept) = kept.iter().find(|p| {
         p.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
     }) {
-        return Ok(kept);
+        return Ok(Some(kept.clone()));
+    }
+    if kept.len() >= MAX_DAMAGED_COPIES {
+        return Ok(None);
     }
     let copy = damaged.join(format!("{name}.{}", super::unix_ms()));
     let bytes = disk::read_all(disk, path)?;
@@ -128,7 +154,7 @@ pub fn keep_damaged_copy(disk: &dyn Disk, dir: &Path, path: &Path) -> io::Result
     }
     disk::write_new(disk, &copy, &bytes)?;
     disk.sync_dir(&damaged)?;
-    Ok(copy)
+    Ok(Some(copy))
 }
 
 /// Rewrites a segment with damage in its middle so it holds only its intact frames: a new file
@@ -194,14 +220,17 @@ impl FrameReader {
         })
     }
 
-    /// The next frame ending at or before `limit` (a byte offset).
+    /// The next frame ending at or before `limit` (a byte offset). Bytes before `limit` that
+    /// hold no complete frame are damage, not the end: frames are whole up to any durable
+    /// limit, so a frame running past it (or past the end of the file) has a damaged length,
+    /// or is a torn tail if nothing valid follows; [`FrameReader::resync`] tells which.
     pub fn next_frame(&mut self, limit: u64) -> io::Result<Step> {
         loop {
             let start = (self.offset - self.buf_offset) as usize;
             match entry::decode(&self.buf[start..]) {
                 Decoded::Entry { entry, frame_len } => {
                     if self.offset + frame_len as u64 > limit {
-                        return Ok(Step::End);
+                        return Ok(self.short_of(limit));
                     }
                     self.offset += frame_len as u64;
                     return Ok(Step::Entry(entry, frame_len));
@@ -209,10 +238,21 @@ impl FrameReader {
                 Decoded::Corrupt(why) => return Ok(Step::Damage(why)),
                 Decoded::Incomplete => {
                     if !self.fill()? {
-                        return Ok(Step::End);
+                        return Ok(self.short_of(limit));
                     }
                 }
             }
+        }
+    }
+
+    /// No complete frame at the offset before `limit`: the end if nothing is left to read
+    /// there, else damage.
+    fn short_of(&self, limit: u64) -> Step {
+        let unread = self.buf_offset + self.buf.len() as u64 > self.offset;
+        if unread && self.offset < limit {
+            Step::Damage(RUNS_PAST_END)
+        } else {
+            Step::End
         }
     }
 
@@ -351,7 +391,7 @@ mod tests {
         let scan = scan(DISK, &path, 0).unwrap();
         assert_eq!(scan.entries, 1);
         assert_eq!(scan.good_len, first_len);
-        assert_eq!(scan.damage, Some("torn final frame"));
+        assert_eq!(scan.damage, Some(TORN_TAIL));
         truncate(DISK, &path, scan.good_len).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), first_len);
     }
@@ -373,6 +413,46 @@ mod tests {
         rewrite_intact(DISK, &dir, &path).unwrap();
         let rewritten = super::scan(DISK, &path, 0).unwrap();
         assert_eq!((rewritten.entries, rewritten.damage), (2, None));
+    }
+
+    #[test]
+    fn a_damaged_length_claiming_past_the_end_is_skipped_not_taken_for_a_torn_tail() {
+        // A flipped bit in a length field can make a frame claim more bytes than the file
+        // holds: the intact frames after it must be kept, not cut off as a torn tail.
+        let dir = temp_dir("length");
+        let path = segment_path(&dir, 0);
+        let entries: Vec<Entry> = (0..4).map(|seq| sample(seq, "{}")).collect();
+        let mut bytes = write_segment(&path, &entries);
+        let frame = sample(0, "{}").record.frame_len();
+        bytes[frame + 2] ^= 0x01; // frame 1 now claims 64 KiB more than it has
+        fs::write(&path, &bytes).unwrap();
+        let scan = scan(DISK, &path, 0).unwrap();
+        assert_eq!(scan.entries, 3, "frames 0, 2 and 3 are intact");
+        assert_eq!(scan.last_seq, Some(3));
+        assert!(scan.damaged_in_middle);
+        assert_eq!(scan.damaged_bytes, frame as u64);
+        assert_ne!(scan.damage, Some(TORN_TAIL));
+        rewrite_intact(DISK, &dir, &path).unwrap();
+        let rewritten = super::scan(DISK, &path, 0).unwrap();
+        assert_eq!((rewritten.entries, rewritten.damage), (3, None));
+    }
+
+    #[test]
+    fn a_damaged_length_before_the_durable_limit_is_damage_not_the_end() {
+        // Below the durable length every frame is whole: one that runs past it is damage.
+        let dir = temp_dir("length-limit");
+        let path = segment_path(&dir, 0);
+        let mut bytes = write_segment(&path, &[sample(0, "{}"), sample(1, "{}")]);
+        let frame = sample(0, "{}").record.frame_len();
+        bytes[2] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let mut reader = FrameReader::open(DISK, &path, 0).unwrap();
+        assert!(matches!(
+            reader.next_frame(bytes.len() as u64).unwrap(),
+            Step::Damage(_)
+        ));
+        assert_eq!(reader.resync(bytes.len() as u64, 0).unwrap(), Some(1));
+        assert_eq!(reader.offset, frame as u64);
     }
 
     #[test]

@@ -308,6 +308,202 @@ async fn damage_found_while_draining_is_skipped_counted_and_kept_for_inspection(
 }
 
 #[tokio::test]
+async fn a_damaged_length_found_while_draining_neither_stalls_nor_leaks_the_backlog() {
+    let dir = temp_dir("damage-length-running");
+    let (spool, _) = reopen(&dir, 1 << 20);
+    append_together(&spool, 5).await;
+    let (_, path) = segment::list_segments(&RealDisk, &dir)
+        .unwrap()
+        .pop()
+        .unwrap();
+    // Frame 1 claims 64 KiB more than the segment holds after it.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[frame_bytes(0) as usize + 2] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    let (entries, lost) = drain_all(&spool);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 2, 3, 4],
+        "every intact frame after the damage is drained"
+    );
+    assert_eq!(lost, 1);
+    assert_eq!(
+        spool.pending_events(),
+        0,
+        "the backlog counters do not leak"
+    );
+    assert_eq!(append(&spool, 9).await, Ok(5));
+    let (entries, lost) = drain_all(&spool);
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
+async fn a_damaged_length_found_at_open_keeps_every_intact_frame_after_it() {
+    let dir = temp_dir("damage-length-open");
+    let (spool, _) = reopen(&dir, 1 << 20);
+    append_together(&spool, 6).await;
+    drop(spool);
+    let (_, path) = segment::list_segments(&RealDisk, &dir)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[2 * frame_bytes(0) as usize + 2] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    let (spool, recovered) = reopen(&dir, 1 << 20);
+    assert_eq!(recovered.events, 5, "only the damaged frame is lost");
+    assert_eq!(
+        dir.join(segment::DAMAGED_DIR).read_dir().unwrap().count(),
+        1,
+        "a copy of the damaged segment is kept"
+    );
+    let (entries, _) = drain_all(&spool);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 1, 3, 4, 5]
+    );
+}
+
+#[test]
+fn a_segment_name_that_is_not_a_plain_file_is_left_alone_at_open() {
+    // The disk-error fault (and its checker) symlinks the next segment names to /dev/full: a
+    // restart must neither read that device forever nor count it as a segment.
+    let dir = temp_dir("symlink-open");
+    fs::create_dir_all(&dir).unwrap();
+    let (spool, _) = reopen(&dir, 1 << 20);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        append(&spool, 0).await.unwrap();
+    });
+    drop(spool);
+    let device = segment::segment_path(&dir, 7);
+    std::os::unix::fs::symlink("/dev/full", &device).unwrap();
+    let (opened, answer) = std::sync::mpsc::channel();
+    let opening = dir.clone();
+    std::thread::spawn(move || {
+        let _ = opened.send(reopen(&opening, 1 << 20).1);
+    });
+    let recovered = answer
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the spool opens (it does not read /dev/full forever)");
+    assert_eq!((recovered.events, recovered.segments), (1, 1));
+    assert!(fs::symlink_metadata(&device)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[tokio::test]
+async fn damaged_copies_are_bounded_however_many_segments_a_failing_disk_damages() {
+    // A dying disk damages segment after segment: copies of each would fill the volume the
+    // spool needs (they are not counted against AFTERCART_SPOOL_MAX_BYTES).
+    let dir = temp_dir("damage-copies");
+    fs::create_dir_all(&dir).unwrap();
+    // Segments of two frames each, the first one damaged.
+    for k in 0..(segment::MAX_DAMAGED_COPIES as u64 + 3) {
+        let mut bytes = Vec::new();
+        for seq in [2 * k, 2 * k + 1] {
+            entry::encode(seq, &record(seq as u32), &mut bytes);
+        }
+        let path = segment::segment_path(&dir, 2 * k);
+        fs::write(&path, bytes).unwrap();
+        damage_frame(&path, 0, frame_bytes(0));
+    }
+    let (spool, recovered) = open_rolling(Arc::new(RealDisk), &dir);
+    assert_eq!(
+        recovered.events,
+        segment::MAX_DAMAGED_COPIES as u64 + 3,
+        "the intact second frame of every segment is kept"
+    );
+    let copies = fs::read_dir(dir.join(segment::DAMAGED_DIR))
+        .unwrap()
+        .count();
+    assert_eq!(copies, segment::MAX_DAMAGED_COPIES);
+    let (entries, _) = drain_all(&spool);
+    assert_eq!(entries.len() as u64, recovered.events);
+}
+
+#[tokio::test]
+async fn frames_a_failed_group_may_leave_behind_never_share_a_number_with_an_acknowledged_event() {
+    // A group written into the page cache whose fsync fails, and whose truncation fails too,
+    // stays in its segment. If the next group reused its numbers, the drainer (after a
+    // restart) would read the failed group's frames and skip the acknowledged ones as already
+    // read.
+    let disk = crash_disk::CrashDisk::new();
+    let dir = Path::new("/spool");
+    let (spool, _) = reopen_on(&disk, dir);
+    assert_eq!(append(&spool, 0).await, Ok(0));
+    disk.set_flush_failing(true);
+    assert_eq!(
+        append(&spool, 1).await,
+        Err(AppendError::Disk),
+        "answered 503"
+    );
+    disk.set_flush_failing(false);
+    let acknowledged = append(&spool, 2).await.expect("acknowledged");
+    drop(spool);
+    // A restart (no power cut: what the page cache holds is what a reader sees).
+    let (spool, _) = loop {
+        match Spool::open_in(
+            Arc::new(disk.clone()),
+            dir,
+            1 << 20,
+            SpoolMetrics::unregistered(),
+        ) {
+            Err(OpenError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+            other => break other.expect("the spool opens"),
+        }
+    };
+    let (entries, lost) = drain_all(&spool);
+    assert_eq!(lost, 0);
+    let keys: Vec<&str> = entries.iter().map(|e| e.record.key.as_str()).collect();
+    assert!(
+        keys.contains(&record(2).key.as_str()),
+        "the acknowledged event (seq {acknowledged}) is drained, got {keys:?}"
+    );
+    assert!(keys.contains(&record(0).key.as_str()));
+    assert_eq!(spool.pending_events(), 0);
+}
+
+#[tokio::test]
+async fn damage_found_at_open_on_a_full_disk_still_opens_the_spool() {
+    // No room for the damaged/ copy or a rewritten segment must not keep the spool (and every
+    // acknowledged event in it) closed: the segment stays as it is and the drainer skips the
+    // damage while running.
+    let disk = crash_disk::CrashDisk::new();
+    let dir = Path::new("/spool");
+    let (spool, _) = reopen_on(&disk, dir);
+    append_together(&spool, 4).await;
+    drop(spool);
+    let (_, path) = segment::list_segments(&disk, dir).unwrap().pop().unwrap();
+    let mut bytes = disk::read_all(&disk, &path).unwrap();
+    bytes[(frame_bytes(0) + frame_bytes(1) / 2) as usize] ^= 0x55;
+    disk.open_write(&path).unwrap().write_all(&bytes).unwrap();
+    disk.set_full(true);
+    let (spool, recovered) = loop {
+        match Spool::open_in(
+            Arc::new(disk.clone()),
+            dir,
+            1 << 20,
+            SpoolMetrics::unregistered(),
+        ) {
+            Err(OpenError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+            other => break other.expect("the spool opens on a full disk"),
+        }
+    };
+    assert_eq!(recovered.events, 3);
+    let (entries, _) = drain_all(&spool);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+    assert_eq!(spool.pending_events(), 0);
+}
+
+#[tokio::test]
 async fn damage_at_the_end_of_the_active_segment_does_not_stall_the_drainer() {
     let dir = temp_dir("damage-active");
     let (spool, _) = reopen(&dir, 1 << 20);
