@@ -93,13 +93,24 @@ pub async fn serve(
         state.metrics.kafka_healthy.clone(),
         app_stop.clone(),
     ));
-    let running = tokio::spawn(app.run_until_stopped(app_stop.clone()));
-    if let Err(error) = prepare_topics(config, &kafka_ready, &stop).await {
+    // Topics are prepared until the app has finished, not merely until the stop signal: a
+    // webhook spooled while they were being prepared is drained during the shutdown deadline,
+    // and the drainer waits for them.
+    let finished = CancellationToken::new();
+    let running = tokio::spawn({
+        let finished = finished.clone();
+        let app_stop = app_stop.clone();
+        async move {
+            app.run_until_stopped(app_stop).await;
+            finished.cancel();
+        }
+    });
+    if let Err(error) = prepare_topics(config, &kafka_ready, &finished).await {
         app_stop.cancel();
         let _ = running.await;
         return Err(error.into());
     }
-    if !stop.is_cancelled() {
+    if kafka_ready.is_ready() {
         tracing::info!("Kafka topics ready; accepting webhooks.");
     }
     running.await.expect("the ingress task does not panic");
