@@ -4,6 +4,7 @@ pub mod abandonment;
 pub mod audiences;
 pub mod dev;
 pub mod ingress;
+pub mod kafka;
 pub mod loadgen;
 pub mod referrals;
 pub mod send;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use aftercart_kafka::producer::{build_producer, ProducerOptions};
 use aftercart_kafka::{
-    ensure_topics_with_retry, KafkaSettings, StatsContext, TopicError, TopicNames, TopicSpec,
+    ensure_topics_with_retry, ClientWatch, KafkaSettings, StatsContext, TopicError, TopicNames,
+    TopicSpec,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_runtime::Health;
@@ -52,6 +53,9 @@ pub enum ServeError {
     Topics(#[from] TopicError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The Kafka client hit an error no retry fixes: the process must restart.
+    #[error("fatal Kafka client error: {0}")]
+    KafkaFatal(String),
 }
 
 /// Runs the ingress on `listener` until `stop`: registers its metrics on `registry`, prepares
@@ -68,22 +72,49 @@ pub async fn serve(
     let kafka_ready = health.component("kafka");
     // Serve at once: until the topics are ready, requests get 503 + Retry-After instead of
     // hanging in the listen backlog.
-    let app = App::build(config, listener, metrics, kafka_ready.clone())?;
+    let watch = metrics.kafka.watch(health);
+    let fatal = watch.fatal();
+    let app = App::build(
+        config,
+        listener,
+        metrics,
+        kafka_ready.clone(),
+        watch.clone(),
+    )?;
     if let Ok(addr) = app.local_addr() {
         tracing::info!(%addr, "Ingress listening for webhooks at POST /webhooks/shopify.");
     }
     let app_stop = stop.child_token();
-    let running = tokio::spawn(app.run_until_stopped(app_stop.clone()));
-    if let Err(error) = prepare_topics(config, &kafka_ready, &stop).await {
+    let fatal_check = watch.spawn_fatal_check(app.producer().clone(), app_stop.clone());
+    let mut running = tokio::spawn(app.run_until_stopped(app_stop.clone()));
+    let prepared = tokio::select! {
+        prepared = prepare_topics(config, &kafka_ready, &stop) => prepared,
+        () = fatal.cancelled() => Ok(()),
+    };
+    if let Err(error) = prepared {
         app_stop.cancel();
         let _ = running.await;
         return Err(error.into());
     }
-    if !stop.is_cancelled() {
+    if !stop.is_cancelled() && !fatal.is_cancelled() {
         tracing::info!("Kafka topics ready; accepting webhooks.");
     }
-    running.await.expect("the ingress task does not panic");
-    Ok(())
+    let ended = tokio::select! {
+        ended = &mut running => {
+            ended.expect("the ingress task does not panic");
+            Ok(())
+        }
+        // A fatal producer error: readiness is already 503 (the watch saw to it); drain what
+        // is in flight (the spool keeps what Kafka no longer takes), then fail so that the
+        // process exits non-zero and is restarted with a fresh producer.
+        () = fatal.cancelled() => {
+            app_stop.cancel();
+            let _ = running.await;
+            Err(ServeError::KafkaFatal(watch.fatal_reason().unwrap_or_default()))
+        }
+    };
+    fatal_check.abort();
+    ended
 }
 
 /// The ingress, built and bound, not yet serving.
@@ -183,6 +214,7 @@ impl App {
         listener: TcpListener,
         metrics: IngressMetrics,
         kafka_ready: Readiness,
+        watch: ClientWatch,
     ) -> Result<App, BuildError> {
         let producer = build_producer(
             &config.kafka,
@@ -192,7 +224,7 @@ impl App {
                 max_message_bytes: config.max_body_bytes + RECORD_OVERHEAD_BYTES,
                 linger: Duration::from_millis(2),
             },
-            StatsContext::new(metrics.kafka.clone()),
+            StatsContext::new(metrics.kafka.clone(), watch),
         )?;
         let spool = open_spool(config, &metrics.spool);
         let drainer = spool.ready().map(|spool| {
@@ -230,6 +262,11 @@ impl App {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The producer every record goes through (for the fatal-error check).
+    pub fn producer(&self) -> &rdkafka::producer::FutureProducer<StatsContext> {
+        self.state.publisher.producer()
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (cleartext) until `stop`, then stops accepting, lets in-flight

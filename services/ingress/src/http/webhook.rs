@@ -17,7 +17,7 @@ use crate::dedupe::{Claim, ClaimGuard, Dedupe};
 use crate::http::Reply;
 use crate::metrics::IngressMetrics;
 use crate::publish::{is_permanent, PublishError, Publisher, Record};
-use crate::spool::{unix_ms, AppendResult, Rejection, Spool};
+use crate::spool::{AppendResult, Rejection, Spool};
 
 pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
 
@@ -245,7 +245,13 @@ fn finish_claim(
 }
 
 async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Unsettled>) {
-    let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    // One clock reading: the header, the record's Kafka timestamp and a spooled copy's (so a
+    // record drained after an outage still carries the time it was received).
+    let now = SystemTime::now();
+    let received_at = humantime::format_rfc3339_millis(now).to_string();
+    let received_unix_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let secret = delivery.secret.to_string();
     let mut headers: Vec<(&str, &[u8])> = delivery.headers.iter().collect();
     headers.push(("aftercart-received-at", received_at.as_bytes()));
@@ -268,6 +274,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
         key: &key,
         body: &delivery.body,
         headers,
+        received_unix_ms,
     };
     let spool = state.spool.ready();
     // Arrival order: while older events wait in the spool, new ones queue behind them there.
@@ -306,7 +313,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
             original.map(Unsettled::Delivery),
         );
     };
-    let mut answer = spool.append(record.to_spool(unix_ms()), original);
+    let mut answer = spool.append(record.to_spool(), original);
     match tokio::time::timeout_at(delivery.deadline.into(), &mut answer).await {
         Ok(Ok(Ok(_seq))) => (safe(state, delivery, reply), None),
         Ok(Ok(Err((error, original)))) => {
