@@ -27,6 +27,12 @@ impl Broker {
     /// A Tansu broker process, or `None` (with a note) when `tansu` is not installed and
     /// AFTERCART_REQUIRE_TANSU is not set.
     pub async fn tansu() -> Option<Broker> {
+        Self::tansu_advertising(None).await
+    }
+
+    /// A Tansu broker that advertises `advertised` (host port of a proxy in front of it)
+    /// instead of its own port; `None` when Tansu is missing (see [`Broker::tansu`]).
+    pub async fn tansu_advertising(advertised: Option<(u16, u16)>) -> Option<Broker> {
         let Some(binary) = find_tansu() else {
             if std::env::var(REQUIRE_TANSU).is_ok_and(|v| v == "1") {
                 panic!("tansu is not on PATH but {REQUIRE_TANSU}=1: install it with `cargo install tansu --version 0.6.0 --features dynostore`");
@@ -34,9 +40,12 @@ impl Broker {
             eprintln!("note: tansu not on PATH; skipping the Tansu variant of this test");
             return None;
         };
-        let process = tokio::task::spawn_blocking(move || TansuProcess::start(&binary))
-            .await
-            .expect("tansu start does not panic");
+        let process = tokio::task::spawn_blocking(move || match advertised {
+            Some((port, proxy)) => TansuProcess::start_advertising(&binary, port, Some(proxy)),
+            None => TansuProcess::start(&binary),
+        })
+        .await
+        .expect("tansu start does not panic");
         Some(Broker::Tansu(process))
     }
 
@@ -131,8 +140,14 @@ pub struct TansuProcess {
 
 impl TansuProcess {
     fn start(binary: &PathBuf) -> TansuProcess {
-        let port = free_port();
+        Self::start_advertising(binary, free_port(), None)
+    }
+
+    /// Listens on `port` and advertises `advertised` (a TLS proxy in front of it) to clients
+    /// when given: metadata then sends every client through the proxy.
+    fn start_advertising(binary: &PathBuf, port: u16, advertised: Option<u16>) -> TansuProcess {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let log = std::env::temp_dir().join(format!("aftercart-tansu-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("tansu log file");
         let child = Command::new(binary)
@@ -141,7 +156,7 @@ impl TansuProcess {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -154,12 +169,14 @@ impl TansuProcess {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
         };
-        process.wait_until_answering(&log);
+        process.wait_until_answering(&log, advertised.is_none());
         process
     }
 
-    /// Waits until the broker answers a metadata request.
-    fn wait_until_answering(&self, log: &std::path::Path) {
+    /// Waits until the broker answers a metadata request (on its own port: behind a proxy the
+    /// advertised address may not answer plaintext). With `full`, a request for every topic,
+    /// which needs the advertised address.
+    fn wait_until_answering(&self, log: &std::path::Path, full: bool) {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("log_level", "0")
@@ -167,10 +184,12 @@ impl TansuProcess {
             .expect("probe client");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if consumer
-                .fetch_metadata(None, Duration::from_secs(1))
-                .is_ok()
-            {
+            let probe = if full {
+                consumer.fetch_metadata(None, Duration::from_secs(1))
+            } else {
+                consumer.fetch_metadata(Some("aftercart-probe"), Duration::from_secs(1))
+            };
+            if probe.is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

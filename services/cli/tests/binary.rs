@@ -701,3 +701,113 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
     ]));
     assert!(String::from_utf8_lossy(&after.stdout).contains("pending: 0 events"));
 }
+
+/// A properties file (Java style: a JAAS line with `,` and `=` in the password, comments) and
+/// AFTERCART_KAFKA_PROPERTIES: their secrets never reach --help, a configuration error or the
+/// logs, even at debug level with librdkafka's own lines, while a SASL refusal is logged as
+/// one clear line. The mock cluster has no SASL handlers, so authentication is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_kafka_properties_never_reach_the_output() {
+    const SECRETS: [&str; 2] = ["file-s3cret", "env-s3cret"];
+    let dir = temp_spool_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("client.properties");
+    std::fs::write(
+        &file,
+        "# as a provider hands it out\n\
+         security.protocol = SASL_PLAINTEXT\n\
+         sasl.mechanism=PLAIN\n\
+         sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required \
+         username=\"svc\" password=\"file-s3cret,with=odd\";\n\
+         client.dns.lookup=use_all_dns_ips\n",
+    )
+    .unwrap();
+    let with_secrets = |command: &mut Command| {
+        command
+            .env("AFTERCART_KAFKA_PROPERTIES_FILE", &file)
+            .env("AFTERCART_KAFKA_PROPERTIES", "sasl.password=env-s3cret")
+            .env("AFTERCART_SHOPIFY_SECRETS", "test-secret");
+    };
+    let assert_clean = |what: &str, text: &str| {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{what} shows {secret}:\n{text}");
+        }
+    };
+
+    let mut help = aftercart(&["ingress", "--help"]);
+    with_secrets(&mut help);
+    let help = run(&mut help);
+    assert_clean("--help", &String::from_utf8_lossy(&help.stdout));
+
+    let mut bad = aftercart(&["ingress"]);
+    with_secrets(&mut bad);
+    bad.env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:1").env(
+        "AFTERCART_KAFKA_PROPERTIES",
+        "sasl.password=env-s3cret,sasl.mechanisms=MAGIC",
+    );
+    let bad = run(&mut bad);
+    assert_eq!(bad.status.code(), Some(64), "a bad SASL setting exits 64");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("sasl.mechanisms"), "{stderr}");
+    assert_clean("a configuration error", &stderr);
+
+    let broker = Broker::mock();
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut running = aftercart(&["ingress"]);
+    with_secrets(&mut running);
+    let mut child = running
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_LISTEN", listen.to_string())
+        .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
+        .env("AFTERCART_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ingress starts");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (stderr, lines) = (child.stderr.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut all = lines.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    };
+    eventually(
+        "a logged authentication failure",
+        Duration::from_secs(30),
+        || {
+            let lines = lines.clone();
+            async move {
+                lines
+                    .lock()
+                    .unwrap()
+                    .contains("Kafka authentication failed")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let readyz = aftercart_tests::http::get(admin, "/readyz").await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
+    assert!(
+        aftercart_tests::metric_value(
+            &metrics,
+            r#"aftercart_ingress_kafka_errors_total{kind="authentication"}"#
+        ) >= 1.0,
+        "{metrics}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+    let logs = lines.lock().unwrap().clone();
+    assert!(
+        logs.contains("client.dns.lookup"),
+        "the skipped Java setting is named"
+    );
+    assert_clean("the logs", &logs);
+    let _ = std::fs::remove_dir_all(dir);
+}
