@@ -8,6 +8,7 @@ pub mod accounting;
 pub mod audiences;
 pub mod broker;
 pub mod delivery;
+pub mod front;
 pub mod http;
 pub mod ingress;
 pub mod load;

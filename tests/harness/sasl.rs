@@ -55,26 +55,10 @@ impl SaslFront {
             user: user.to_string(),
             password: password.to_string(),
         });
-        let (counts_task, stopped) = (Arc::clone(&counts), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    () = stopped.cancelled() => return,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let (config, counts, stopped) = (
-                    Arc::clone(&config),
-                    Arc::clone(&counts_task),
-                    stopped.clone(),
-                );
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = serve(stream, backend, &config, &counts) => {}
-                        () = stopped.cancelled() => {}
-                    }
-                });
-            }
+        let counts_task = Arc::clone(&counts);
+        crate::front::serve_until(listener, stop.clone(), move |stream| {
+            let (config, counts) = (Arc::clone(&config), Arc::clone(&counts_task));
+            async move { serve(stream, backend, &config, &counts).await }
         });
         SaslFront { addr, counts, stop }
     }

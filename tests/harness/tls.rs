@@ -137,29 +137,18 @@ impl TlsProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let handshakes_failed = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let (failed, stopped) = (Arc::clone(&handshakes_failed), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    () = stopped.cancelled() => return,
+        let failed = Arc::clone(&handshakes_failed);
+        crate::front::serve_until(listener, stop.clone(), move |stream| {
+            let (acceptor, failed) = (acceptor.clone(), Arc::clone(&failed));
+            async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
                 };
-                let Ok((stream, _)) = accepted else { continue };
-                let (acceptor, failed, stopped) =
-                    (acceptor.clone(), Arc::clone(&failed), stopped.clone());
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(stream).await else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    };
-                    let Ok(mut plain) = TcpStream::connect(backend).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut tls, &mut plain) => {}
-                        () = stopped.cancelled() => {}
-                    }
-                });
+                let Ok(mut plain) = TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
             }
         });
         TlsProxy {
