@@ -77,6 +77,9 @@ pub struct ClientWatch {
     errors: IntCounterVec,
     /// Not ready after an authentication or TLS failure, until a broker connection is up.
     connection: Readiness,
+    /// What `connection` said when a failure turned it off, to put back on recovery (a
+    /// service's own readiness may not have been ready yet).
+    before_failure: Arc<Mutex<Option<bool>>>,
     fatal: CancellationToken,
     fatal_reason: Arc<Mutex<Option<String>>>,
     /// Woken by every error, so the fatal check runs at once.
@@ -89,9 +92,16 @@ impl ClientWatch {
     pub fn new(errors: IntCounterVec, health: &Health) -> Self {
         let connection = health.component("kafka_connection");
         connection.set_ready(true);
+        Self::sharing(errors, connection)
+    }
+
+    /// A watch that turns `readiness` (a consumer loop's own) off on an authentication or TLS
+    /// failure and puts back what it was once a broker connection is up.
+    pub fn sharing(errors: IntCounterVec, readiness: Readiness) -> Self {
         Self {
             errors,
-            connection,
+            connection: readiness,
+            before_failure: Arc::new(Mutex::new(None)),
             fatal: CancellationToken::new(),
             fatal_reason: Arc::new(Mutex::new(None)),
             errors_seen: Arc::new(Notify::new()),
@@ -154,10 +164,22 @@ impl ClientWatch {
 
     /// A broker connection is up (from the statistics): authentication works again.
     pub fn broker_up(&self) {
-        if !self.connection.is_ready() && !self.fatal.is_cancelled() {
-            tracing::info!("Kafka connection is up again.");
-            self.connection.set_ready(true);
+        if self.fatal.is_cancelled() {
+            return;
         }
+        if let Some(before) = self.before_failure.lock().expect("watch lock").take() {
+            tracing::info!("Kafka connection is up again.");
+            self.connection.set_ready(before);
+        }
+    }
+
+    /// Turns readiness off, remembering what it was before the first failure.
+    fn connection_failed(&self) {
+        let mut before = self.before_failure.lock().expect("watch lock");
+        if before.is_none() {
+            *before = Some(self.connection.is_ready());
+        }
+        self.connection.set_ready(false);
     }
 
     /// Cancelled on a fatal error: the service stops and exits non-zero.
@@ -194,11 +216,11 @@ impl ClientErrorEvent<'_> {
             }
             ErrorKind::Authentication => {
                 tracing::error!(%error, reason, "Kafka authentication failed: check the SASL settings and credentials (AFTERCART_KAFKA_PROPERTIES_FILE).");
-                watch.connection.set_ready(false);
+                watch.connection_failed();
             }
             ErrorKind::Tls => {
                 tracing::error!(%error, reason, "Kafka TLS handshake failed: check ssl.ca.location, the client certificate and its expiry.");
-                watch.connection.set_ready(false);
+                watch.connection_failed();
             }
             ErrorKind::AllBrokersDown | ErrorKind::Transport | ErrorKind::Other => {
                 tracing::warn!(%error, reason, "Kafka client error; retrying.");
@@ -310,6 +332,25 @@ mod tests {
             health.readiness().is_err(),
             "a fatal client never turns ready again"
         );
+    }
+
+    #[test]
+    fn a_shared_readiness_gets_back_what_it_was_before_the_failure() {
+        let registry = prometheus::Registry::new();
+        let health = Health::new();
+        let service = health.component("abandonment");
+        let watch =
+            ClientWatch::sharing(register_errors("t_", &registry).unwrap(), service.clone());
+        let refused = KafkaError::Global(RDKafkaErrorCode::Authentication);
+        watch.observe(&refused, "refused before any assignment");
+        watch.broker_up();
+        assert!(!service.is_ready(), "not made ready before the loop is");
+        service.set_ready(true);
+        watch.observe(&refused, "refused while running");
+        watch.observe(&refused, "and again");
+        assert!(!service.is_ready());
+        watch.broker_up();
+        assert!(service.is_ready());
     }
 
     #[test]

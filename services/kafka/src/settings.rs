@@ -304,7 +304,7 @@ impl KafkaSettings {
                 .map(|(key, _)| key.to_string())
         };
         if message.contains("SASL") || message.contains("sasl") {
-            set(&["sasl.mechanism", "sasl.mechanisms", "security.protocol"])
+            set(&["sasl.mechanism", "sasl.mechanisms"]).or_else(|| set(&["security.protocol"]))
         } else if message.contains("SSL") || message.contains("ssl") {
             set(&["security.protocol"]).map(|key| format!("{key} (and the ssl.* settings)"))
         } else {
