@@ -811,3 +811,66 @@ async fn secrets_in_kafka_properties_never_reach_the_output() {
     assert_clean("the logs", &logs);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `aftercart kafka check` with the services' settings: the cluster, brokers, topics with
+/// partitions, a consumer group joined, and with --write one record produced and read back;
+/// against nothing reachable it fails with exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_check_reports_the_cluster_and_fails_when_it_cannot_connect() {
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let mut settings = KafkaSettings::new(broker.bootstrap(), prefix.as_str());
+    settings.partitions = 3;
+    let check_topic = format!("{prefix}check");
+    let mut specs = topic_specs(&settings, 4 << 20);
+    specs.push(aftercart_kafka::TopicSpec::new(&check_topic, &settings));
+    broker.precreate_for_mock(&specs);
+    let output = tokio::task::spawn_blocking({
+        let (bootstrap, prefix, check_topic) =
+            (broker.bootstrap(), prefix.clone(), check_topic.clone());
+        move || {
+            run(
+                aftercart(&["kafka", "check", "--write", "--check-topic", &check_topic])
+                    .env("AFTERCART_KAFKA_BROKERS", bootstrap)
+                    .env("AFTERCART_TOPIC_PREFIX", prefix)
+                    .env("AFTERCART_TOPIC_PARTITIONS", "3")
+                    .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ok    librdkafka"), "{stdout}");
+    assert!(stdout.contains("ok    cluster"), "{stdout}");
+    assert!(stdout.contains("ok    broker: 1 at"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("ok    topic {prefix}checkouts: 3 partitions")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    produce and consume: produced to"),
+        "{stdout}"
+    );
+    let records = read_topic(&broker.bootstrap(), &check_topic).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "exactly one record, to the check topic only"
+    );
+    assert_eq!(
+        read_topic(&broker.bootstrap(), &format!("{prefix}checkouts"))
+            .await
+            .len(),
+        0,
+        "nothing written to the services' topics"
+    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+
+    let unreachable = run(aftercart(&["kafka", "check", "--timeout", "2s"])
+        .env("AFTERCART_KAFKA_BROKERS", free_addr().to_string())
+        .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret"));
+    let stdout = String::from_utf8_lossy(&unreachable.stdout);
+    assert!(stdout.contains("FAIL  connect"), "{stdout}");
+    assert_eq!(unreachable.status.code(), Some(1), "{stdout}");
+}

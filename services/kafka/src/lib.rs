@@ -27,6 +27,6 @@ pub use settings::{KafkaArgs, KafkaSettings};
 pub use shop_stage::{ShopLogic, ShopStage, StageEffect, StageTopics, Unusable};
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{
-    describe_topic_configs, ensure_topics, ensure_topics_with_retry, TopicError, TopicNames,
-    TopicSpec,
+    describe_topic_configs, describe_topic_configs_with, ensure_topics, ensure_topics_with_retry,
+    TopicError, TopicNames, TopicSpec,
 };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aftercart_shopify::Family;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -265,11 +265,20 @@ pub async fn describe_topic_configs(
     let mut config = settings.client_config("aftercart-admin");
     settings.apply_overrides(&mut config);
     let admin: AdminClient<DefaultClientContext> = config.create()?;
+    describe_topic_configs_with(&admin, topics, settings.request_timeout()).await
+}
+
+/// [`describe_topic_configs`] on an admin client the caller holds.
+pub async fn describe_topic_configs_with<C: ClientContext + 'static>(
+    admin: &AdminClient<C>,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<TopicConfigs, TopicError> {
     let specifiers: Vec<ResourceSpecifier<'_>> = topics
         .iter()
         .map(|t| ResourceSpecifier::Topic(t.as_str()))
         .collect();
-    let options = AdminOptions::new().request_timeout(Some(settings.request_timeout()));
+    let options = AdminOptions::new().request_timeout(Some(timeout));
     let results = admin.describe_configs(&specifiers, &options).await?;
     Ok(topics
         .iter()

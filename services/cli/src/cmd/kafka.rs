@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::producer::ProducerOptions;
 use aftercart_kafka::settings::builtin_features;
-use aftercart_kafka::{describe_topic_configs, KafkaSettings};
+use aftercart_kafka::{describe_topic_configs_with, KafkaSettings};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -124,23 +124,33 @@ pub async fn run(command: KafkaCommand) -> i32 {
         }
     };
     let mut report = Report::default();
-    check(&plan, write, &check_topic, timeout, &mut report).await;
-    if report.failed == 0 {
+    // Held, never dropped: the process exits below.
+    let _admin = check(&plan, write, &check_topic, timeout, &mut report).await;
+    let code = if report.failed == 0 {
         println!("all checks passed");
         0
     } else {
         println!("{} check(s) failed", report.failed);
         1
-    }
+    };
+    // The verdict is out: exit without tearing the admin client down. librdkafka 2.12 asserts
+    // in rd_kafka_destroy (rd_kafka_q_destroy0: rkq_refcnt > 0) after an admin request timed
+    // out or was refused as unsupported (seen against the mock cluster, which has neither
+    // DescribeConfigs nor DeleteGroups); a one-shot diagnostic need not pay for that.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
 }
 
+/// Runs every check; returns the admin client (see `run` for why it is never destroyed).
 async fn check(
     plan: &TopicPlan,
     write: bool,
     check_topic: &str,
     timeout: Duration,
     report: &mut Report,
-) {
+) -> Option<Arc<AdminClient<Recorder>>> {
     let settings = &plan.settings;
     let (_, version) = rdkafka::util::get_rdkafka_version();
     match builtin_features() {
@@ -171,7 +181,7 @@ async fn check(
         Ok(admin) => Arc::new(admin),
         Err(error) => {
             report.fail("client", settings.describe_client_error(&error));
-            return;
+            return None;
         }
     };
 
@@ -190,7 +200,7 @@ async fn check(
         Err(error) => {
             let why = recorder.first().unwrap_or_else(|| error.to_string());
             report.fail("connect", settings.properties.redact(&why));
-            return;
+            return Some(admin);
         }
     };
     report.ok(
@@ -216,7 +226,7 @@ async fn check(
         .map(|t| (t.name().to_string(), t.partitions().len()))
         .collect();
     let names: Vec<String> = plan.specs.iter().map(|s| s.name.clone()).collect();
-    let configs = describe_topic_configs(settings, &names).await;
+    let configs = describe_topic_configs_with(&admin, &names, timeout).await;
     for spec in &plan.specs {
         let Some(count) = partitions.get(&spec.name) else {
             report.warn(
@@ -297,9 +307,20 @@ async fn check(
             format!("not tried: pass --write to produce one record to {check_topic} and consume it back"),
         );
         let _ = delete_group(&admin, &group, timeout).await;
-        return;
+        return Some(admin);
     }
-    match produce_and_consume(settings, &admin, check_topic, &group, timeout, &recorder).await {
+    let exists = partitions.contains_key(check_topic);
+    match produce_and_consume(
+        settings,
+        &admin,
+        check_topic,
+        exists,
+        &group,
+        timeout,
+        &recorder,
+    )
+    .await
+    {
         Ok(detail) => report.ok("produce and consume", detail),
         Err(error) => report.fail("produce and consume", settings.properties.redact(&error)),
     }
@@ -310,6 +331,7 @@ async fn check(
             format!("consumer group {group} left behind: {error}"),
         ),
     }
+    Some(admin)
 }
 
 /// Joins `group` on `topic` and waits for an assignment; nothing is committed. With a check
@@ -361,26 +383,29 @@ fn group_consumer(
         .map_err(|e| settings.describe_client_error(&e))
 }
 
-/// Produces one record to `topic` (created when missing), then reads it back in `group`.
+/// Produces one record to `topic` (created unless it `exists`), then reads it back in `group`.
 async fn produce_and_consume(
     settings: &KafkaSettings,
     admin: &AdminClient<Recorder>,
     topic: &str,
+    exists: bool,
     group: &str,
     timeout: Duration,
     recorder: &Recorder,
 ) -> Result<String, String> {
-    let options = AdminOptions::new().operation_timeout(Some(timeout));
-    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(settings.replication))
-        .set("retention.ms", "3600000");
-    match admin.create_topics(&[new_topic], &options).await {
-        Ok(results) => match results.into_iter().next() {
-            Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
-            Some(Err((_, code))) => {
-                return Err(format!("cannot create the check topic {topic}: {code}"))
-            }
-        },
-        Err(error) => return Err(format!("cannot create the check topic {topic}: {error}")),
+    if !exists {
+        let options = AdminOptions::new().operation_timeout(Some(timeout));
+        let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(settings.replication))
+            .set("retention.ms", "3600000");
+        match admin.create_topics(&[new_topic], &options).await {
+            Ok(results) => match results.into_iter().next() {
+                Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
+                Some(Err((_, code))) => {
+                    return Err(format!("cannot create the check topic {topic}: {code}"))
+                }
+            },
+            Err(error) => return Err(format!("cannot create the check topic {topic}: {error}")),
+        }
     }
     let mut config = aftercart_kafka::producer::producer_config(
         settings,
@@ -418,7 +443,7 @@ async fn produce_and_consume(
                 Some(Ok(message)) if message.payload() == Some(marker.as_bytes()) => {
                     let _ = message.headers().map(|h| h.count());
                     return Ok(format!(
-                        "produced to {topic_name} [{partition}] at offset {offset} and read it                          back in a fresh group"
+                        "produced to {topic_name} [{partition}] at offset {offset} and read it back in a fresh group"
                     ));
                 }
                 Some(Err(error)) => return Err(error.to_string()),
