@@ -173,9 +173,9 @@ impl TansuProcess {
         process
     }
 
-    /// Waits until the broker answers a metadata request (on its own port: behind a proxy the
-    /// advertised address may not answer plaintext). With `full`, a request for every topic,
-    /// which needs the advertised address.
+    /// Waits until the broker answers: a metadata request with `full`; else (behind a proxy,
+    /// whose advertised address a plaintext client cannot use) an ApiVersions request on its
+    /// own port.
     fn wait_until_answering(&self, log: &std::path::Path, full: bool) {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
@@ -184,12 +184,14 @@ impl TansuProcess {
             .expect("probe client");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let probe = if full {
-                consumer.fetch_metadata(None, Duration::from_secs(1))
+            let answered = if full {
+                consumer
+                    .fetch_metadata(None, Duration::from_secs(1))
+                    .is_ok()
             } else {
-                consumer.fetch_metadata(Some("aftercart-probe"), Duration::from_secs(1))
+                answers_api_versions(&self.bootstrap)
             };
-            if probe.is_ok() {
+            if answered {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -221,6 +223,22 @@ impl Drop for TansuProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True when `addr` answers a Kafka ApiVersions v0 request (raw bytes, no client library: a
+/// librdkafka client would move on to the advertised address).
+fn answers_api_versions(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    // size 10: api key 18, version 0, correlation id 1, null client id.
+    let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    let mut answer = [0u8; 8];
+    stream.write_all(&request).is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && answer[4..8] == [0, 0, 0, 1]
 }
 
 /// A loopback port that was free a moment ago.
