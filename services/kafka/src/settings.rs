@@ -50,7 +50,9 @@ pub struct KafkaArgs {
     /// A librdkafka properties file in Java client.properties style (one key=value a line,
     /// # or ! comments; values may hold commas and =), e.g. a mounted Secret with
     /// security.protocol=SASL_SSL, sasl.mechanism, sasl.username, sasl.password, ssl.ca.location.
-    /// sasl.jaas.config lines are translated. Secret values are never printed.
+    /// sasl.jaas.config lines are translated; a value ${file:/path} is read from that file
+    /// (e.g. a password mounted from a Secret). Secret values are never printed. Guide:
+    /// docs/operations/kafka.md.
     #[arg(long, env = "AFTERCART_KAFKA_PROPERTIES_FILE")]
     pub kafka_properties_file: Option<PathBuf>,
 

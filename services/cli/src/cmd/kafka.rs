@@ -13,7 +13,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -441,7 +441,6 @@ async fn produce_and_consume(
         while Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) if message.payload() == Some(marker.as_bytes()) => {
-                    let _ = message.headers().map(|h| h.count());
                     return Ok(format!(
                         "produced to {topic_name} [{partition}] at offset {offset} and read it back in a fresh group"
                     ));
