@@ -83,7 +83,7 @@ mod scenarios {
         async fn start_with(broker: &Broker, platforms: Platforms) -> Stack {
             let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
             kafka.partitions = 3;
-            kafka.properties = broker.client_properties();
+            kafka.properties = broker.client_properties().into();
             let config = test_config(&kafka, &platforms, &[]);
             let service = TestAudiences::start_on(broker, config.clone()).await;
             Stack {

@@ -1154,7 +1154,7 @@ mod slow_broker {
         config
             .kafka
             .properties
-            .push(("queue.buffering.max.messages".into(), "1".into()));
+            .set("queue.buffering.max.messages", "1");
         config.publish_deadline = Duration::from_secs(3);
         config.spool = None;
         let ingress = TestIngress::start_on(&broker, config).await;
@@ -1551,11 +1551,33 @@ mod spooling {
             .expect("stops with events left in the spool");
         broker.up();
 
+        let restart_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
         let restarted = TestIngress::start(config).await;
         wait_drained(&restarted).await;
         let records = read_topic(&broker.bootstrap(), &restarted.topic(Family::Carts)).await;
         for webhook in &sent {
             assert_eq!(count_of(&records, webhook), 1);
+        }
+        // Drained after the restart, yet stamped with the time each was received: consumers'
+        // timers are not shifted by the outage.
+        for record in records
+            .iter()
+            .filter(|r| r.header("aftercart-received-at").is_some())
+        {
+            let received = humantime::parse_rfc3339(record.header("aftercart-received-at").unwrap())
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            assert_eq!(
+                record.timestamp,
+                Some(received),
+                "Kafka timestamp is the receive time"
+            );
+            assert!(received < restart_ms);
         }
         assert_eq!(
             restarted

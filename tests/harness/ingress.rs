@@ -26,7 +26,7 @@ pub const ROTATED_SECRET: &str = "test-secret-previous";
 pub fn test_config(broker: &Broker) -> IngressConfig {
     let mut kafka = KafkaSettings::new(broker.bootstrap(), crate::unique_prefix());
     kafka.partitions = 3;
-    kafka.properties = broker.client_properties();
+    kafka.properties = broker.client_properties().into();
     IngressConfig {
         kafka,
         verifier: Verifier::new(

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use aftercart_kafka::producer::build_output_producer;
 use aftercart_kafka::{
     close_off_runtime, dead_letter_record, header, read_partition, receive_batch_within, shop_of,
-    DeadLetter, GroupContext, LoopError, RebalanceEvent, StoreError, StoredRecord, TopicNames,
-    IDLE_WAIT,
+    ClientWatch, DeadLetter, GroupContext, LoopError, RebalanceEvent, StoreError, StoredRecord,
+    TopicNames, IDLE_WAIT,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -161,6 +161,7 @@ impl Loop {
                 .iter()
                 .map(|f| (names.family(*f), f.as_str().to_string()))
                 .collect(),
+            ClientWatch::sharing(metrics.consumer.kafka_errors.clone(), ready.clone()),
         );
         let mut consumer_config = config
             .kafka

@@ -9,6 +9,7 @@ use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::docs::DocsArgs;
+use crate::cmd::kafka::KafkaCommand;
 use crate::cmd::send::SendArgs;
 use crate::cmd::spool::SpoolCommand;
 use crate::cmd::topics::TopicsCommand;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Manage the Kafka topics aftercart uses.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Check the connection to Kafka with the services' settings (TLS, SASL, topics, ACLs).
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
     /// Inspect or drain an ingress spool (the durable buffer for webhooks Kafka did not
     /// acknowledge in time).
     #[command(subcommand)]

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Command::Send(args) => cmd::send::run(args).await,
             Command::Loadgen(args) => cmd::loadgen::run_loadgen(*args).await,
             Command::Topics(topics) => cmd::topics::run(topics).await,
+            Command::Kafka(kafka) => cmd::kafka::run(kafka).await,
             Command::Spool(spool) => cmd::spool::run(spool).await,
             Command::Docs(args) => cmd::docs::run(args),
         }

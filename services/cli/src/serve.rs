@@ -95,6 +95,8 @@ pub async fn run_ingress(config: &IngressConfig, listener: TcpListener, process:
         }
         Err(error) => {
             tracing::error!(%error, "The ingress failed.");
+            // The process's other services (under `aftercart dev`) stop with it.
+            process.stop.cancel();
             1
         }
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use aftercart_kafka::producer::{build_producer, ProducerOptions};
 use aftercart_kafka::{
-    ensure_topics_with_retry, KafkaSettings, StatsContext, TopicError, TopicNames, TopicSpec,
+    ensure_topics_with_retry, ClientWatch, KafkaSettings, StatsContext, TopicError, TopicNames,
+    TopicSpec,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_runtime::Health;
@@ -52,6 +53,9 @@ pub enum ServeError {
     Topics(#[from] TopicError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The Kafka client hit an error no retry fixes: the process must restart.
+    #[error("fatal Kafka client error: {0}")]
+    KafkaFatal(String),
 }
 
 /// Runs the ingress on `listener` until `stop`: registers its metrics on `registry`, prepares
@@ -66,9 +70,13 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let metrics = IngressMetrics::register(registry)?;
     // Ready when Kafka or the spool can make a webhook safe (see `readiness`); the topics
-    // being prepared is one input, not the readiness itself.
+    // being prepared is one input, not the readiness itself. The client watch adds its own
+    // component: an authentication, TLS or fatal client error turns /readyz 503 (an operator
+    // problem the spool cannot hide).
     let ready = health.component("webhooks");
     let kafka_ready = Readiness::detached();
+    let watch = metrics.kafka.watch(health);
+    let fatal = watch.fatal();
     // Opening reads the whole spool back: on the blocking pool, so a large spool delays
     // readiness, not the runtime's workers (the admin port keeps answering /livez).
     let spool = {
@@ -79,7 +87,14 @@ pub async fn serve(
     };
     // Serve at once: until the topics are ready, requests get 503 + Retry-After (or are
     // spooled) instead of hanging in the listen backlog.
-    let app = App::build(config, listener, metrics, kafka_ready.clone(), spool)?;
+    let app = App::build(
+        config,
+        listener,
+        metrics,
+        kafka_ready.clone(),
+        spool,
+        watch.clone(),
+    )?;
     if let Ok(addr) = app.local_addr() {
         tracing::info!(%addr, "Ingress listening for webhooks at POST /webhooks/shopify.");
     }
@@ -93,11 +108,12 @@ pub async fn serve(
         state.metrics.kafka_healthy.clone(),
         app_stop.clone(),
     ));
+    let fatal_check = watch.spawn_fatal_check(app.producer().clone(), app_stop.clone());
     // Topics are prepared until the app has finished, not merely until the stop signal: a
     // webhook spooled while they were being prepared is drained during the shutdown deadline,
     // and the drainer waits for them.
     let finished = CancellationToken::new();
-    let running = tokio::spawn({
+    let mut running = tokio::spawn({
         let finished = finished.clone();
         let app_stop = app_stop.clone();
         async move {
@@ -105,16 +121,34 @@ pub async fn serve(
             finished.cancel();
         }
     });
-    if let Err(error) = prepare_topics(config, &kafka_ready, &finished).await {
+    let prepared = tokio::select! {
+        prepared = prepare_topics(config, &kafka_ready, &finished) => prepared,
+        () = fatal.cancelled() => Ok(()),
+    };
+    if let Err(error) = prepared {
         app_stop.cancel();
         let _ = running.await;
         return Err(error.into());
     }
-    if kafka_ready.is_ready() {
+    if kafka_ready.is_ready() && !fatal.is_cancelled() {
         tracing::info!("Kafka topics ready; accepting webhooks.");
     }
-    running.await.expect("the ingress task does not panic");
-    Ok(())
+    let ended = tokio::select! {
+        ended = &mut running => {
+            ended.expect("the ingress task does not panic");
+            Ok(())
+        }
+        // A fatal producer error: readiness is already 503 (the watch saw to it); drain what
+        // is in flight (the spool keeps what Kafka no longer takes), then fail so that the
+        // process exits non-zero and is restarted with a fresh producer.
+        () = fatal.cancelled() => {
+            app_stop.cancel();
+            let _ = running.await;
+            Err(ServeError::KafkaFatal(watch.fatal_reason().unwrap_or_default()))
+        }
+    };
+    fatal_check.abort();
+    ended
 }
 
 /// The ingress, built and bound, not yet serving.
@@ -217,6 +251,7 @@ impl App {
         metrics: IngressMetrics,
         kafka_ready: Readiness,
         spool: SpoolState,
+        watch: ClientWatch,
     ) -> Result<App, BuildError> {
         let producer = build_producer(
             &config.kafka,
@@ -226,7 +261,7 @@ impl App {
                 max_message_bytes: config.max_body_bytes + RECORD_OVERHEAD_BYTES,
                 linger: Duration::from_millis(2),
             },
-            StatsContext::new(metrics.kafka.clone()),
+            StatsContext::new(metrics.kafka.clone(), watch),
         )?;
         let kafka = KafkaHealth::new(kafka_ready.clone());
         let drainer = spool.ready().map(|spool| {
@@ -268,6 +303,11 @@ impl App {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The producer every record goes through (for the fatal-error check).
+    pub fn producer(&self) -> &rdkafka::producer::FutureProducer<StatsContext> {
+        self.state.publisher.producer()
     }
 
     /// Serves HTTP/1.1 (and HTTP/2 cleartext when AFTERCART_INGRESS_HTTP2 is on) until `stop`,

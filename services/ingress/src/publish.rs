@@ -18,11 +18,13 @@ pub struct Record<'a> {
     pub key: &'a str,
     pub body: &'a Bytes,
     pub headers: Vec<(&'a str, &'a [u8])>,
+    /// When the ingress received the delivery: the record's Kafka timestamp.
+    pub received_unix_ms: u64,
 }
 
 impl<'a> Record<'a> {
     /// The record as the spool keeps it.
-    pub fn to_spool(&self, received_unix_ms: u64) -> SpoolRecord {
+    pub fn to_spool(&self) -> SpoolRecord {
         SpoolRecord {
             topic: self.topic.to_string(),
             key: self.key.to_string(),
@@ -32,7 +34,7 @@ impl<'a> Record<'a> {
                 .map(|(name, value)| (name.to_string(), value.to_vec()))
                 .collect(),
             body: self.body.clone(),
-            received_unix_ms,
+            received_unix_ms: self.received_unix_ms,
         }
     }
 }
@@ -172,7 +174,8 @@ impl Publisher {
         let kafka_record = FutureRecord::to(record.topic)
             .key(record.key)
             .payload(record.body.as_ref())
-            .headers(headers);
+            .headers(headers)
+            .timestamp(record.received_unix_ms as i64);
         let delivery = match self.producer.send_result(kafka_record) {
             Ok(delivery) => delivery,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

@@ -16,7 +16,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
-use crate::StoreError;
+use crate::{ClientWatch, StoreError};
 
 /// Why a stateful consumer loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -95,19 +95,22 @@ impl ConsumerLag {
 }
 
 /// The consumer context of a stateful loop: commits what was stored before partitions are
-/// revoked, queues rebalances for the loop, and reports lag.
+/// revoked, queues rebalances for the loop, reports lag, and hands errors to a [`ClientWatch`]
+/// (an authentication or TLS failure turns the loop's readiness off until a broker is up).
 pub struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
     lag: ConsumerLag,
     lag_topics: Vec<(String, String)>,
+    watch: ClientWatch,
 }
 
 impl GroupContext {
-    pub fn new(lag: ConsumerLag, lag_topics: Vec<(String, String)>) -> Self {
+    pub fn new(lag: ConsumerLag, lag_topics: Vec<(String, String)>, watch: ClientWatch) -> Self {
         GroupContext {
             events: Mutex::new(Vec::new()),
             lag,
             lag_topics,
+            watch,
         }
     }
 
@@ -131,6 +134,17 @@ fn pairs(list: &TopicPartitionList) -> Vec<(String, i32)> {
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
         self.lag.record(&statistics, &self.lag_topics);
+        if statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.watch.broker_up();
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.observe(&error, reason);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The metrics every stateful consumer loop exports under its service prefix: records applied
-//! and unusable, dead letters, state restore and changelog writes, partitions owned, lag.
+//! and unusable, dead letters, state restore and changelog writes, partitions owned, lag, and
+//! the Kafka client's errors.
 
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct LoopMetrics {
     changelog_writes: IntCounter,
     partitions: IntGauge,
     pub lag: ConsumerLag,
+    /// `<prefix>kafka_errors_total{kind}`: the consumer's librdkafka errors.
+    pub kafka_errors: IntCounterVec,
 }
 
 impl LoopMetrics {
@@ -70,6 +73,7 @@ impl LoopMetrics {
             ))?,
             partitions: IntGauge::with_opts(opts("assigned_partitions", partitions_help))?,
             lag: ConsumerLag::register(prefix, registry)?,
+            kafka_errors: crate::client_watch::register_errors(prefix, registry)?,
         };
         aftercart_runtime::metrics_catalog::register(registry, &metrics.processed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.failed)?;

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::producer::build_output_producer;
 use crate::{
-    close_off_runtime, dead_letter_record, read_partition, receive_batch, shop_of, DeadLetter,
-    GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, StoredRecord,
+    close_off_runtime, dead_letter_record, read_partition, receive_batch, shop_of, ClientWatch,
+    DeadLetter, GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, StoredRecord,
 };
 
 /// Changelog key of a partition's checkpoint: the last output offsets its state reflects.
@@ -224,7 +224,8 @@ impl<L: ShopLogic> ShopStage<L> {
             .iter()
             .map(|(t, f)| (t.clone(), f.to_string()))
             .collect();
-        let context = GroupContext::new(metrics.lag.clone(), lag_topics);
+        let watch = ClientWatch::sharing(metrics.kafka_errors.clone(), ready.clone());
+        let context = GroupContext::new(metrics.lag.clone(), lag_topics, watch);
         let mut consumer_config = kafka.group_consumer_config(&topics.client, &topics.group);
         consumer_config
             .set("partition.assignment.strategy", "range")

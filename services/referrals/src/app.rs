@@ -42,9 +42,7 @@ pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
     for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
         specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
     }
-    specs.push(
-        TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
-    );
+    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
     if let Some(webhook) = &config.webhook {
         specs.extend(aftercart_delivery::topic_specs(&config.kafka, webhook));
     }

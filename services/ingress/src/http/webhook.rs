@@ -21,7 +21,7 @@ use crate::http::Reply;
 use crate::metrics::IngressMetrics;
 use crate::publish::{classify, ErrorClass, PublishError, Publisher, Record};
 use crate::readiness::KafkaHealth;
-use crate::spool::{unix_ms, AppendResult, Rejection, Spool};
+use crate::spool::{AppendResult, Rejection, Spool};
 
 pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
 
@@ -268,7 +268,13 @@ fn finish_claim(
 }
 
 async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Unsettled>) {
-    let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    // One clock reading: the header, the record's Kafka timestamp and a spooled copy's (so a
+    // record drained after an outage still carries the time it was received).
+    let now = SystemTime::now();
+    let received_at = humantime::format_rfc3339_millis(now).to_string();
+    let received_unix_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let secret = delivery.secret.to_string();
     let mut headers: Vec<(&str, &[u8])> = delivery.headers.iter().collect();
     headers.push(("aftercart-received-at", received_at.as_bytes()));
@@ -296,6 +302,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
         key: &key,
         body: &delivery.body,
         headers,
+        received_unix_ms,
     };
     let spool = state.spool.ready();
     // Arrival order: while older events wait in the spool, new ones queue behind them there.
@@ -338,7 +345,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
             original.map(Unsettled::Delivery),
         );
     };
-    let mut answer = spool.append(record.to_spool(unix_ms()), original);
+    let mut answer = spool.append(record.to_spool(), original);
     match tokio::time::timeout_at(delivery.deadline.into(), &mut answer).await {
         Ok(Ok(Ok(_seq))) => (safe(state, delivery, reply), None),
         Ok(Ok(Err((error, None)))) if state.kafka.is_healthy() => {
@@ -455,6 +462,7 @@ async fn quarantine_refused(
         key: record.key,
         body: record.body,
         headers,
+        received_unix_ms: record.received_unix_ms,
     };
     match state.publisher.publish(&copy, delivery.deadline).await {
         Ok(()) => {

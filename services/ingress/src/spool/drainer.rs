@@ -268,10 +268,13 @@ impl Drainer {
             }
             None => record.topic.as_str(),
         };
+        // The time it was received, not drained: consumers' timers (abandonment delays,
+        // review windows) must not shift by the length of an outage.
         let kafka_record = FutureRecord::to(topic)
             .key(&record.key)
             .payload(record.body.as_ref())
-            .headers(headers);
+            .headers(headers)
+            .timestamp(record.received_unix_ms as i64);
         self.producer
             .send_result(kafka_record)
             .map_err(|(error, _)| error)
