@@ -18,6 +18,7 @@ broker_tests!(
     invite_codes_exist_in_the_shop_before_invites_are_published_and_rewards_are_issued,
     a_refund_in_the_window_voids_and_deactivates_an_issued_reward,
     lost_answers_and_a_restart_create_no_duplicate_discounts,
+    a_store_credit_whose_answer_is_lost_is_not_credited_twice,
     refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working,
 );
 
@@ -858,6 +859,49 @@ mod scenarios {
             );
         }
         assert_eq!(admin.discounts().len(), 3);
+    }
+
+    pub async fn a_store_credit_whose_answer_is_lost_is_not_credited_twice(broker: &Broker) {
+        let (admin, flags, _dir) = shopify_flags(&[
+            "--review-window=2s",
+            "--referrals-reward-kind=store_credit",
+            "--referrals-reward=10.00",
+        ])
+        .await;
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+
+        // Shopify credits the advocate but the answer is lost: store credit has no code to look
+        // up, so sending it again would credit twice.
+        admin.lose_next_credit_answers(1);
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        let settled = eventually(
+            "the grant written or dead-lettered",
+            Duration::from_secs(30),
+            || async {
+                let granted = types(&stack.rewards().await).contains(&"reward.granted");
+                let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+                let unconfirmed = dead.iter().find_map(|r| {
+                    r.header("aftercart-dead-letter-reason")
+                        .filter(|r| r.starts_with("shopify_unconfirmed: store_credit"))
+                        .map(str::to_string)
+                });
+                (granted || unconfirmed.is_some()).then_some(unconfirmed)
+            },
+        )
+        .await;
+        let credits = admin.credits();
+        assert_eq!(credits.len(), 1, "credited once: {credits:#?}");
+        assert_eq!(credits[0].amount, "10.00");
+        assert_eq!(admin.calls("storeCreditAccountCredit", None), 1);
+        assert!(
+            settled.is_some(),
+            "an unconfirmed credit is dead-lettered for a person to check, not resent"
+        );
     }
 
     pub async fn refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working(

@@ -48,6 +48,8 @@ struct State {
     down: Option<(u16, usize)>,
     /// Create the next N discounts but answer 503, as when an answer is lost.
     lose_answers: usize,
+    /// Credit the next N store credits but answer 503, as when an answer is lost.
+    lose_credit_answers: usize,
     throttle_next: usize,
     /// Refuse creates with this userError message.
     refuse_creates: Option<String>,
@@ -186,6 +188,10 @@ impl State {
                         .unwrap_or_default()
                         .to_string(),
                 });
+                if self.lose_credit_answers > 0 {
+                    self.lose_credit_answers -= 1;
+                    return (503, json!({"errors": "upstream timed out"}));
+                }
                 json!({"storeCreditAccountCredit": {"storeCreditAccountTransaction": {"id": format!("gid://shopify/StoreCreditAccountCreditTransaction/{}", self.next_id)}, "userErrors": []}})
             }
             "segmentCreate" => {
@@ -288,6 +294,11 @@ impl ShopifyAdmin {
     /// Creates the next `count` discounts but answers 503 (a lost answer).
     pub fn lose_next_answers(&self, count: usize) {
         self.with(|s| s.lose_answers = count);
+    }
+
+    /// Credits the next `count` store credits but answers 503 (a lost answer).
+    pub fn lose_next_credit_answers(&self, count: usize) {
+        self.with(|s| s.lose_credit_answers = count);
     }
 
     pub fn throttle_next(&self, calls: usize) {

@@ -325,7 +325,7 @@ impl Discounts {
         });
         let data = self
             .client
-            .call(shop, "store_credit", STORE_CREDIT, variables, stop)
+            .call_unrepeatable(shop, "store_credit", STORE_CREDIT, variables, stop)
             .await?;
         let payload = &data["storeCreditAccountCredit"];
         let errors = user_errors(payload);
