@@ -19,6 +19,7 @@ broker_tests!(
     a_refund_in_the_window_voids_and_deactivates_an_issued_reward,
     lost_answers_and_a_restart_create_no_duplicate_discounts,
     a_store_credit_whose_answer_is_lost_is_not_credited_twice,
+    a_first_order_segment_made_before_a_restart_is_found_not_made_again,
     refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working,
 );
 
@@ -859,6 +860,30 @@ mod scenarios {
             );
         }
         assert_eq!(admin.discounts().len(), 3);
+    }
+
+    pub async fn a_first_order_segment_made_before_a_restart_is_found_not_made_again(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) =
+            shopify_flags(&["--referrals-friend-first-order-only=true"]).await;
+        // The merchant's own segment, then the one an earlier run of the service made.
+        admin.add_segment(SHOP, "VIP", "amount_spent > 500");
+        let ours = admin.add_segment(
+            SHOP,
+            "aftercart: customers without orders",
+            "number_of_orders = 0",
+        );
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let advocate = ids();
+        stack.send("orders/paid", order(ids(), advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        let offer = &admin.with_code(SHOP, &code)[0].input;
+        assert_eq!(
+            offer["context"]["customerSegments"]["add"][0],
+            ours.as_str()
+        );
+        assert_eq!(admin.segments().len(), 2, "no second segment");
     }
 
     pub async fn a_store_credit_whose_answer_is_lost_is_not_credited_twice(broker: &Broker) {
