@@ -20,6 +20,7 @@ broker_tests!(
     lost_answers_and_a_restart_create_no_duplicate_discounts,
     a_store_credit_whose_answer_is_lost_is_not_credited_twice,
     a_first_order_segment_made_before_a_restart_is_found_not_made_again,
+    a_shop_whose_shopify_is_down_spends_one_retry_budget_a_batch_not_one_an_action,
     refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working,
 );
 
@@ -884,6 +885,46 @@ mod scenarios {
             ours.as_str()
         );
         assert_eq!(admin.segments().len(), 2, "no second segment");
+    }
+
+    pub async fn a_shop_whose_shopify_is_down_spends_one_retry_budget_a_batch_not_one_an_action(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) = shopify_flags(&["--shopify-max-retry-duration=1s"]).await;
+        let mut stack = Stack::start(broker, &strs(&flags)).await;
+        // Four buyers' orders wait in Kafka while the service is down, so they meet in a batch.
+        stack.service.take().unwrap().crash().await;
+        admin.fail_next(usize::MAX, 503);
+        let base = ids();
+        for i in 0..4 {
+            stack
+                .send_unobserved("orders/paid", order(base + i, ids()))
+                .await;
+        }
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        eventually("four dead letters", Duration::from_secs(60), || async {
+            let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+            let exhausted = dead
+                .iter()
+                .filter(|r| {
+                    r.header("aftercart-dead-letter-reason")
+                        .is_some_and(|r| r.starts_with("shopify_exhausted: friend_discount"))
+                })
+                .count();
+            (exhausted == 4).then_some(())
+        })
+        .await;
+        // Once the shop's Shopify failed past the budget, the rest of the batch for that shop is
+        // dead-lettered at once: every other shop's outputs wait one budget, not one per output.
+        let tried = admin.calls("discountCodeBasicCreate", Some(503));
+        let one_budget = stack
+            .service()
+            .metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="exhausted"}"#);
+        assert!(
+            one_budget <= 2.0,
+            "budgets spent: {one_budget}, calls: {tried}"
+        );
+        assert!(stack.invites().await.is_empty());
     }
 
     pub async fn a_store_credit_whose_answer_is_lost_is_not_credited_twice(broker: &Broker) {
