@@ -1,6 +1,6 @@
 //! One Admin GraphQL call, made until it has an answer worth acting on: Shopify's throttle is
-//! waited out as its `throttleStatus` says, 5xx / 408 / 429 / timeouts / connection errors are
-//! retried with backoff within the budget, and a refused token or a `userErrors` answer is
+//! waited out as its `throttleStatus` says, 5xx / 408 / 429 / timeouts / connection errors and
+//! `INTERNAL_SERVER_ERROR` answers are retried with backoff within the budget, and a refused token or a `userErrors` answer is
 //! handed back for the caller to dead-letter.
 
 use std::time::{Duration, Instant};
@@ -196,6 +196,8 @@ impl AdminClient {
                                 self.metrics.call(operation, "rejected");
                                 return Err(CallError::Rejected(message));
                             }
+                            // Like a 5xx: it may have been done.
+                            Read::Internal(why) => (why, None, true),
                         },
                         Class::Permanent => {
                             self.metrics.call(operation, "rejected");
@@ -244,6 +246,9 @@ impl AdminClient {
 enum Read {
     Data(Value),
     Throttled(Duration),
+    /// `INTERNAL_SERVER_ERROR` in `errors` (Shopify's 200 answer to a failure of its own while
+    /// executing): tried again like a 5xx.
+    Internal(String),
     Errors(String),
 }
 
@@ -257,6 +262,12 @@ fn read(body: &[u8]) -> Read {
         .any(|e| e["extensions"]["code"].as_str() == Some("THROTTLED"));
     if throttled {
         return Read::Throttled(throttle_wait(&answer["extensions"]["cost"]));
+    }
+    if errors
+        .iter()
+        .any(|e| e["extensions"]["code"].as_str() == Some("INTERNAL_SERVER_ERROR"))
+    {
+        return Read::Internal("INTERNAL_SERVER_ERROR".into());
     }
     if !errors.is_empty() {
         let messages: Vec<&str> = errors
@@ -299,6 +310,13 @@ mod tests {
         assert_eq!(throttle_wait(&json!({})), Duration::from_secs(1));
         let huge = json!({"requestedQueryCost": 1e9, "throttleStatus": {"currentlyAvailable": 0, "restoreRate": 1}});
         assert_eq!(throttle_wait(&huge), MAX_THROTTLE_WAIT);
+    }
+
+    #[test]
+    fn an_internal_error_in_a_200_answer_is_tried_again_not_refused() {
+        // Shopify answers an error inside GraphQL execution with 200 and this code.
+        let body = br#"{"errors":[{"message":"Internal error. Looks like something went wrong on our end.\nRequest ID: 3221c58f (include this in support requests).","extensions":{"code":"INTERNAL_SERVER_ERROR","requestId":"3221c58f"}}]}"#;
+        assert!(matches!(read(body), Read::Internal(_)), "{:?}", read(body));
     }
 
     #[test]
