@@ -1709,12 +1709,33 @@ mod spooling {
         for webhook in &sent {
             assert_eq!(webhook.post(ingress.addr).await.status, 200);
         }
+        // Kafka counts as healthy for a few seconds after its last success: wait until the
+        // ingress has seen it down, so that "back" below means a probe answered after up().
+        eventually("Kafka seen down", Duration::from_secs(30), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 0.0).then_some(())
+        })
+        .await;
         // The disk dies (reads too, so the backlog stays), then Kafka is back.
         disk.set_broken(true);
         broker.up();
         eventually("Kafka seen back", Duration::from_secs(30), || async {
             (ingress.metric("aftercart_ingress_kafka_healthy").await == 1.0).then_some(())
         })
+        .await;
+        // And taking records again: the first attempts of the backlog's events, still in the
+        // producer, have been delivered (a new record would queue behind their retries and
+        // miss the spool-after budget the direct path has).
+        eventually(
+            "the producer's queue drained",
+            Duration::from_secs(30),
+            || async {
+                (ingress
+                    .metric("aftercart_ingress_kafka_queue_messages")
+                    .await
+                    == 0.0)
+                    .then_some(())
+            },
+        )
         .await;
         for n in 6..=15 {
             let webhook = cart("direct", n);

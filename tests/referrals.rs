@@ -18,6 +18,9 @@ broker_tests!(
     invite_codes_exist_in_the_shop_before_invites_are_published_and_rewards_are_issued,
     a_refund_in_the_window_voids_and_deactivates_an_issued_reward,
     lost_answers_and_a_restart_create_no_duplicate_discounts,
+    a_store_credit_whose_answer_is_lost_is_not_credited_twice,
+    a_first_order_segment_made_before_a_restart_is_found_not_made_again,
+    a_shop_whose_shopify_is_down_spends_one_retry_budget_a_batch_not_one_an_action,
     refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working,
 );
 
@@ -858,6 +861,113 @@ mod scenarios {
             );
         }
         assert_eq!(admin.discounts().len(), 3);
+    }
+
+    pub async fn a_first_order_segment_made_before_a_restart_is_found_not_made_again(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) =
+            shopify_flags(&["--referrals-friend-first-order-only=true"]).await;
+        // The merchant's own segment, then the one an earlier run of the service made.
+        admin.add_segment(SHOP, "VIP", "amount_spent > 500");
+        let ours = admin.add_segment(
+            SHOP,
+            "aftercart: customers without orders",
+            "number_of_orders = 0",
+        );
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let advocate = ids();
+        stack.send("orders/paid", order(ids(), advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        let offer = &admin.with_code(SHOP, &code)[0].input;
+        assert_eq!(
+            offer["context"]["customerSegments"]["add"][0],
+            ours.as_str()
+        );
+        assert_eq!(admin.segments().len(), 2, "no second segment");
+    }
+
+    pub async fn a_shop_whose_shopify_is_down_spends_one_retry_budget_a_batch_not_one_an_action(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) = shopify_flags(&["--shopify-max-retry-duration=1s"]).await;
+        let mut stack = Stack::start(broker, &strs(&flags)).await;
+        // Four buyers' orders wait in Kafka while the service is down, so they meet in a batch.
+        stack.service.take().unwrap().crash().await;
+        admin.fail_next(usize::MAX, 503);
+        let base = ids();
+        for i in 0..4 {
+            stack
+                .send_unobserved("orders/paid", order(base + i, ids()))
+                .await;
+        }
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        eventually("four dead letters", Duration::from_secs(60), || async {
+            let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+            let exhausted = dead
+                .iter()
+                .filter(|r| {
+                    r.header("aftercart-dead-letter-reason")
+                        .is_some_and(|r| r.starts_with("shopify_exhausted: friend_discount"))
+                })
+                .count();
+            (exhausted == 4).then_some(())
+        })
+        .await;
+        // Once the shop's Shopify failed past the budget, the rest of the batch for that shop is
+        // dead-lettered at once: every other shop's outputs wait one budget, not one per output.
+        let tried = admin.calls("discountCodeBasicCreate", Some(503));
+        let one_budget = stack
+            .service()
+            .metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="exhausted"}"#);
+        assert!(
+            one_budget <= 2.0,
+            "budgets spent: {one_budget}, calls: {tried}"
+        );
+        assert!(stack.invites().await.is_empty());
+    }
+
+    pub async fn a_store_credit_whose_answer_is_lost_is_not_credited_twice(broker: &Broker) {
+        let (admin, flags, _dir) = shopify_flags(&[
+            "--review-window=2s",
+            "--referrals-reward-kind=store_credit",
+            "--referrals-reward=10.00",
+        ])
+        .await;
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+
+        // Shopify credits the advocate but the answer is lost: store credit has no code to look
+        // up, so sending it again would credit twice.
+        admin.lose_next_credit_answers(1);
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        let settled = eventually(
+            "the grant written or dead-lettered",
+            Duration::from_secs(30),
+            || async {
+                let granted = types(&stack.rewards().await).contains(&"reward.granted");
+                let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+                let unconfirmed = dead.iter().find_map(|r| {
+                    r.header("aftercart-dead-letter-reason")
+                        .filter(|r| r.starts_with("shopify_unconfirmed: store_credit"))
+                        .map(str::to_string)
+                });
+                (granted || unconfirmed.is_some()).then_some(unconfirmed)
+            },
+        )
+        .await;
+        let credits = admin.credits();
+        assert_eq!(credits.len(), 1, "credited once: {credits:#?}");
+        assert_eq!(credits[0].amount, "10.00");
+        assert_eq!(admin.calls("storeCreditAccountCredit", None), 1);
+        assert!(
+            settled.is_some(),
+            "an unconfirmed credit is dead-lettered for a person to check, not resent"
+        );
     }
 
     pub async fn refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working(

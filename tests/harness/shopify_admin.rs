@@ -43,11 +43,14 @@ struct State {
     tokens: HashMap<String, String>,
     discounts: Vec<StoredDiscount>,
     credits: Vec<StoredCredit>,
-    segments: Vec<(String, String, String)>,
+    /// (shop, name, query, id), in creation order.
+    segments: Vec<(String, String, String, String)>,
     /// Answer this status to the next N calls (any operation).
     down: Option<(u16, usize)>,
     /// Create the next N discounts but answer 503, as when an answer is lost.
     lose_answers: usize,
+    /// Credit the next N store credits but answer 503, as when an answer is lost.
+    lose_credit_answers: usize,
     throttle_next: usize,
     /// Refuse creates with this userError message.
     refuse_creates: Option<String>,
@@ -83,6 +86,14 @@ fn cost(available: f64) -> Value {
 }
 
 impl State {
+    fn add_segment(&mut self, shop: &str, name: &str, query: &str) -> String {
+        self.next_id += 1;
+        let id = format!("gid://shopify/Segment/{}", self.next_id);
+        self.segments
+            .push((shop.into(), name.into(), query.into(), id.clone()));
+        id
+    }
+
     fn answer(&mut self, shop: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
         if let Some((status, left)) = self.down.as_mut() {
             if *left > 0 {
@@ -186,17 +197,50 @@ impl State {
                         .unwrap_or_default()
                         .to_string(),
                 });
+                if self.lose_credit_answers > 0 {
+                    self.lose_credit_answers -= 1;
+                    return (503, json!({"errors": "upstream timed out"}));
+                }
                 json!({"storeCreditAccountCredit": {"storeCreditAccountTransaction": {"id": format!("gid://shopify/StoreCreditAccountCreditTransaction/{}", self.next_id)}, "userErrors": []}})
             }
             "segmentCreate" => {
-                self.next_id += 1;
-                let id = format!("gid://shopify/Segment/{}", self.next_id);
                 let name = variables["name"].as_str().unwrap_or_default().to_string();
                 let query = variables["query"].as_str().unwrap_or_default().to_string();
-                self.segments.push((shop.to_string(), name, query));
-                json!({"segmentCreate": {"segment": {"id": id}, "userErrors": []}})
+                // Segment names are unique in a shop.
+                if self
+                    .segments
+                    .iter()
+                    .any(|(s, n, ..)| s == shop && *n == name)
+                {
+                    json!({"segmentCreate": {"segment": null,
+                        "userErrors": [{"field": ["name"], "message": "Name has already been taken"}]}})
+                } else {
+                    let id = self.add_segment(shop, &name, &query);
+                    json!({"segmentCreate": {"segment": {"id": id}, "userErrors": []}})
+                }
             }
-            "segments" => json!({"segments": {"nodes": []}}),
+            // The shop's segments in creation order, `first` of them; the search `query` is not
+            // relied on to filter by name (the caller must match names itself).
+            "segments" => {
+                let first = variables["first"]
+                    .as_u64()
+                    .or_else(|| {
+                        query
+                            .split("first:")
+                            .nth(1)
+                            .and_then(|r| r.trim().split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|n| n.parse().ok())
+                    })
+                    .unwrap_or(50) as usize;
+                let nodes: Vec<Value> = self
+                    .segments
+                    .iter()
+                    .filter(|(s, ..)| s == shop)
+                    .take(first)
+                    .map(|(_, name, _, id)| json!({"id": id, "name": name}))
+                    .collect();
+                json!({"segments": {"nodes": nodes}})
+            }
             _ => {
                 return (
                     200,
@@ -290,6 +334,11 @@ impl ShopifyAdmin {
         self.with(|s| s.lose_answers = count);
     }
 
+    /// Credits the next `count` store credits but answers 503 (a lost answer).
+    pub fn lose_next_credit_answers(&self, count: usize) {
+        self.with(|s| s.lose_credit_answers = count);
+    }
+
     pub fn throttle_next(&self, calls: usize) {
         self.with(|s| s.throttle_next = calls);
     }
@@ -318,7 +367,13 @@ impl ShopifyAdmin {
         self.with(|s| s.credits.clone())
     }
 
-    pub fn segments(&self) -> Vec<(String, String, String)> {
+    /// A segment that exists in `shop` already (the merchant's, or one made before a restart).
+    pub fn add_segment(&self, shop: &str, name: &str, query: &str) -> String {
+        self.with(|s| s.add_segment(shop, name, query))
+    }
+
+    /// (shop, name, query, id) of every segment.
+    pub fn segments(&self) -> Vec<(String, String, String, String)> {
         self.with(|s| s.segments.clone())
     }
 

@@ -392,7 +392,7 @@ def referrals():
                        [(f"sum by (type, reason) (rate({rf}rewards_total{{{NS}}}[{RATE}]))", "{{type}} {{reason}}")],
                        unit="rps", width=8),
             row("Shopify"),
-            timeseries("Admin API calls/s by operation and outcome", "Calls to the Shopify Admin API (discount create, lookup, deactivate, store credit, segments): ok, user_error, throttled, retried, refused (401/403), no_token, rejected, exhausted.",
+            timeseries("Admin API calls/s by operation and outcome", "Calls to the Shopify Admin API (discount create, lookup, deactivate, store credit, segments): ok, user_error, throttled, retried, refused (401/403), no_token, rejected, exhausted, unconfirmed (a store credit without an answer, not resent).",
                        [(f"sum by (operation, outcome) (rate({rf}shopify_calls_total{{{NS}}}[{RATE}]))", "{{operation}} {{outcome}}")],
                        unit="rps", width=8),
             timeseries("Actions in shops/s", "Friend discounts, reward codes, store credits and deactivations done before their event was published, or dead-lettered.",

@@ -99,6 +99,16 @@ pub struct Prepared<L: ShopLogic + ?Sized> {
 /// written and its offsets stay where they were, so the next owner reads it again).
 pub type Preparing<'a, L> = Pin<Box<dyn Future<Output = Option<Prepared<L>>> + Send + 'a>>;
 
+/// `max.poll.interval.ms` for a loop that may go `budget` without polling: the budget and a
+/// minute, at least librdkafka's default (5 minutes) and at most its limit (24 hours). Past it
+/// librdkafka takes the instance for hung and moves its partitions while it still writes.
+pub fn max_poll_interval_ms(budget: Duration) -> String {
+    (budget + Duration::from_secs(60))
+        .as_millis()
+        .clamp(300_000, 86_400_000)
+        .to_string()
+}
+
 /// The service's rules over the state of the partitions it owns.
 pub trait ShopLogic {
     type Entity: Serialize + DeserializeOwned + Send;
@@ -130,6 +140,11 @@ pub trait ShopLogic {
     fn gauges(&self);
     /// Called once `count` source records are acknowledged on the by-shop topic (metrics).
     fn routed(&self, _count: usize) {}
+    /// How long [`ShopLogic::prepare`] may hold the loop. The consumer is not polled meanwhile,
+    /// so its `max.poll.interval.ms` is raised above this ([`max_poll_interval_ms`]).
+    fn prepare_budget(&self) -> Duration {
+        Duration::ZERO
+    }
     /// Acts on a batch's effects outside Kafka before any of them is written (the referrals
     /// service creates the discount an invite names, so no invite is published before its
     /// code works). The default writes them as they are.
@@ -229,7 +244,11 @@ impl<L: ShopLogic> ShopStage<L> {
         let mut consumer_config = kafka.group_consumer_config(&topics.client, &topics.group);
         consumer_config
             .set("partition.assignment.strategy", "range")
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "5000")
+            .set(
+                "max.poll.interval.ms",
+                max_poll_interval_ms(logic.prepare_budget()),
+            );
         kafka.apply_overrides(&mut consumer_config);
         let consumer: StreamConsumer<GroupContext> =
             consumer_config.create_with_context(context)?;
@@ -615,5 +634,21 @@ impl<L: ShopLogic> ShopStage<L> {
         producer
             .send_result(record)
             .map_err(|(e, _)| write_error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_interval_covers_the_prepare_budget() {
+        assert_eq!(max_poll_interval_ms(Duration::ZERO), "300000");
+        // The referrals default: 15 minutes of Shopify retries and a 10 s last request.
+        assert_eq!(max_poll_interval_ms(Duration::from_secs(910)), "970000");
+        assert_eq!(
+            max_poll_interval_ms(Duration::from_secs(48 * 3600)),
+            "86400000"
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! done; one Shopify refused for good goes to the dead-letter topic with the reason instead.
 //! Shopify failing for a while holds the loop (the client retries), so nothing is lost.
 
+use std::collections::HashMap;
+
 use aftercart_kafka::{DeadLetter, StageEffect};
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::client::CallError;
@@ -51,6 +53,12 @@ impl ShopActions {
         }
     }
 
+    /// How long a batch may hold the loop while Shopify fails: one retry budget and its last
+    /// request (a second failing shop in the same batch adds another; throttling waits too).
+    pub fn budget(&self) -> std::time::Duration {
+        self.config.admin.max_retry_duration + self.config.admin.timeout
+    }
+
     /// Acts on every output of a batch, in order; `None` when `stop` came first.
     pub async fn act(
         &self,
@@ -59,6 +67,10 @@ impl ShopActions {
     ) -> Option<Acted> {
         let mut kept = Vec::with_capacity(effects.len());
         let mut dead = Vec::new();
+        // Shops whose Shopify failed past the retry budget in this batch: their other outputs
+        // are dead-lettered at once, so one shop's outage holds every shop's outputs for one
+        // budget a batch, not one per output.
+        let mut down: HashMap<String, ActionError> = HashMap::new();
         for (partition, effect) in effects {
             let StageEffect::Emit {
                 topic,
@@ -70,7 +82,18 @@ impl ShopActions {
                 kept.push((partition, effect));
                 continue;
             };
-            match self.act_on(&mut output, stop).await {
+            let shop = match &output {
+                Output::Invite(invite) => invite.shop.clone(),
+                Output::Reward(reward) => reward.shop.clone(),
+            };
+            let result = match (self.action_for(&output), down.get(&shop)) {
+                (Some(action), Some(error)) => Err((action, error.clone())),
+                _ => self.act_on(&mut output, stop).await,
+            };
+            if let Err((_, error @ ActionError::Call(CallError::Exhausted(_)))) = &result {
+                down.insert(shop, error.clone());
+            }
+            match result {
                 Ok(action) => {
                     if let Some(action) = action {
                         self.metrics.shopify_action(action, "done");
@@ -104,57 +127,70 @@ impl ShopActions {
         Some((kept, dead))
     }
 
-    /// The action an output calls for, done; the action's name for metrics.
-    async fn act_on(
-        &self,
-        output: &mut Output,
-        stop: &CancellationToken,
-    ) -> Result<Option<&'static str>, (&'static str, ActionError)> {
+    /// The name of the action an output calls for (metrics, dead letters), if any.
+    fn action_for(&self, output: &Output) -> Option<&'static str> {
         match output {
-            Output::Invite(invite) => {
-                let action = "friend_discount";
-                self.friend_discount(invite, stop)
-                    .await
-                    .map_err(|e| (action, e))?;
-                Ok(Some(action))
-            }
+            Output::Invite(_) => Some("friend_discount"),
             Output::Reward(reward) => {
                 let issue_on = match self.config.reward.issue_on {
                     IssueOn::Granted => "reward.granted",
                     IssueOn::Pending => "reward.pending",
                 };
                 let kind = self.config.reward.kind;
+                // Only a reward issued while pending can be voided after its issue.
+                let issued_before = self.config.reward.issue_on == IssueOn::Pending
+                    && kind == RewardKind::DiscountCode;
                 if reward.event_type == issue_on {
-                    let action = match kind {
+                    Some(match kind {
                         RewardKind::DiscountCode => "reward_code",
                         RewardKind::StoreCredit => "store_credit",
-                    };
+                    })
+                } else if reward.event_type == "reward.voided" && issued_before {
+                    Some("deactivate")
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// The action an output calls for, done; the action's name for metrics.
+    async fn act_on(
+        &self,
+        output: &mut Output,
+        stop: &CancellationToken,
+    ) -> Result<Option<&'static str>, (&'static str, ActionError)> {
+        let Some(action) = self.action_for(output) else {
+            return Ok(None);
+        };
+        match output {
+            Output::Invite(invite) => {
+                self.friend_discount(invite, stop)
+                    .await
+                    .map_err(|e| (action, e))?;
+                Ok(Some(action))
+            }
+            Output::Reward(reward) => {
+                if action != "deactivate" {
                     let issued = self.issue(reward, stop).await.map_err(|e| (action, e))?;
                     reward.issued = Some(issued);
                     return Ok(Some(action));
                 }
-                // Only a reward issued while pending can be voided after its issue.
-                let issued_before = self.config.reward.issue_on == IssueOn::Pending
-                    && kind == RewardKind::DiscountCode;
-                if reward.event_type == "reward.voided" && issued_before {
-                    let action = "deactivate";
-                    let code = self.reward_code(reward);
-                    let deactivated = self
-                        .discounts
-                        .deactivate(&reward.shop, &code, stop)
-                        .await
-                        .map_err(|e| (action, e))?;
-                    reward.issued = Some(Issued {
-                        kind: "discount_code".to_string(),
-                        code: Some(code),
-                        amount: None,
-                        percentage: None,
-                        currency: None,
-                        deactivated: Some(deactivated),
-                    });
-                    return Ok(Some(action));
-                }
-                Ok(None)
+                let code = self.reward_code(reward);
+                let deactivated = self
+                    .discounts
+                    .deactivate(&reward.shop, &code, stop)
+                    .await
+                    .map_err(|e| (action, e))?;
+                reward.issued = Some(Issued {
+                    kind: "discount_code".to_string(),
+                    code: Some(code),
+                    amount: None,
+                    percentage: None,
+                    currency: None,
+                    deactivated: Some(deactivated),
+                });
+                Ok(Some(action))
             }
         }
     }

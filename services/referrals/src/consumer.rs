@@ -195,6 +195,12 @@ impl ShopLogic for Referrals {
         self.metrics.routed(count);
     }
 
+    fn prepare_budget(&self) -> Duration {
+        self.actions
+            .as_ref()
+            .map_or(Duration::ZERO, ShopActions::budget)
+    }
+
     fn prepare<'a>(
         &'a mut self,
         effects: Vec<(i32, EffectOf<Self>)>,

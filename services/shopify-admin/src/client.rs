@@ -1,6 +1,6 @@
 //! One Admin GraphQL call, made until it has an answer worth acting on: Shopify's throttle is
-//! waited out as its `throttleStatus` says, 5xx / 408 / 429 / timeouts / connection errors are
-//! retried with backoff within the budget, and a refused token or a `userErrors` answer is
+//! waited out as its `throttleStatus` says, 5xx / 408 / 429 / timeouts / connection errors and
+//! `INTERNAL_SERVER_ERROR` answers are retried with backoff within the budget, and a refused token or a `userErrors` answer is
 //! handed back for the caller to dead-letter.
 
 use std::time::{Duration, Instant};
@@ -33,6 +33,10 @@ pub enum CallError {
     Rejected(String),
     #[error("Shopify kept failing past the retry budget: {0}")]
     Exhausted(String),
+    /// A call that must not be sent twice failed after it may have reached Shopify (5xx,
+    /// timeout, a broken connection): whether it took effect is unknown.
+    #[error("Shopify may or may not have done it (no answer to a call that is not resent): {0}")]
+    Unconfirmed(String),
     #[error("stopped while calling Shopify")]
     Stopped,
 }
@@ -45,6 +49,7 @@ impl CallError {
             CallError::Refused(_) => "refused",
             CallError::Rejected(_) => "rejected",
             CallError::Exhausted(_) => "exhausted",
+            CallError::Unconfirmed(_) => "unconfirmed",
             CallError::Stopped => "stopped",
         }
     }
@@ -98,6 +103,34 @@ impl AdminClient {
         variables: Value,
         stop: &CancellationToken,
     ) -> Result<Value, CallError> {
+        self.run(shop, operation, query, variables, true, stop)
+            .await
+    }
+
+    /// Like [`AdminClient::call`], for a mutation that is not idempotent and has nothing to look
+    /// up afterwards (store credit): resent only when Shopify cannot have acted on it (throttled,
+    /// 408, 429, no connection); after a 5xx or a timeout it is [`CallError::Unconfirmed`].
+    pub async fn call_unrepeatable(
+        &self,
+        shop: &str,
+        operation: &'static str,
+        query: &str,
+        variables: Value,
+        stop: &CancellationToken,
+    ) -> Result<Value, CallError> {
+        self.run(shop, operation, query, variables, false, stop)
+            .await
+    }
+
+    async fn run(
+        &self,
+        shop: &str,
+        operation: &'static str,
+        query: &str,
+        variables: Value,
+        repeatable: bool,
+        stop: &CancellationToken,
+    ) -> Result<Value, CallError> {
         let Some(token) = self.tokens.get(shop) else {
             self.metrics.call(operation, "no_token");
             if self.metrics.no_token(shop) {
@@ -126,8 +159,8 @@ impl AdminClient {
                 .header("X-Shopify-Access-Token", token.clone())
                 .body(Full::new(body.clone()))
                 .map_err(|_| CallError::Rejected("the admin URL is not a valid URI".into()))?;
-            let (why, retry_after) = match self.http.attempt(request).await {
-                Err(error) => (error.to_string(), None),
+            let (why, retry_after, maybe_done) = match self.http.attempt(request).await {
+                Err(error) => (error.to_string(), None, error != "connect"),
                 Ok(answer) => match answer.status.as_u16() {
                     401 | 403 => {
                         self.metrics.call(operation, "refused");
@@ -163,6 +196,8 @@ impl AdminClient {
                                 self.metrics.call(operation, "rejected");
                                 return Err(CallError::Rejected(message));
                             }
+                            // Like a 5xx: it may have been done.
+                            Read::Internal(why) => (why, None, true),
                         },
                         Class::Permanent => {
                             self.metrics.call(operation, "rejected");
@@ -174,10 +209,16 @@ impl AdminClient {
                         Class::Retryable => (
                             format!("HTTP {}", answer.status.as_u16()),
                             answer.retry_after,
+                            !matches!(answer.status.as_u16(), 408 | 429),
                         ),
                     },
                 },
             };
+            if maybe_done && !repeatable {
+                self.metrics.call(operation, "unconfirmed");
+                tracing::warn!(shop, operation, reason = %why, "Shopify gave no answer to a call that is not resent; whether it took effect is unknown.");
+                return Err(CallError::Unconfirmed(why));
+            }
             failures += 1;
             let wait = match self.retry.plan(failures, started.elapsed(), retry_after) {
                 Plan::Retry(wait) => wait,
@@ -205,6 +246,9 @@ impl AdminClient {
 enum Read {
     Data(Value),
     Throttled(Duration),
+    /// `INTERNAL_SERVER_ERROR` in `errors` (Shopify's 200 answer to a failure of its own while
+    /// executing): tried again like a 5xx.
+    Internal(String),
     Errors(String),
 }
 
@@ -218,6 +262,12 @@ fn read(body: &[u8]) -> Read {
         .any(|e| e["extensions"]["code"].as_str() == Some("THROTTLED"));
     if throttled {
         return Read::Throttled(throttle_wait(&answer["extensions"]["cost"]));
+    }
+    if errors
+        .iter()
+        .any(|e| e["extensions"]["code"].as_str() == Some("INTERNAL_SERVER_ERROR"))
+    {
+        return Read::Internal("INTERNAL_SERVER_ERROR".into());
     }
     if !errors.is_empty() {
         let messages: Vec<&str> = errors
@@ -260,6 +310,13 @@ mod tests {
         assert_eq!(throttle_wait(&json!({})), Duration::from_secs(1));
         let huge = json!({"requestedQueryCost": 1e9, "throttleStatus": {"currentlyAvailable": 0, "restoreRate": 1}});
         assert_eq!(throttle_wait(&huge), MAX_THROTTLE_WAIT);
+    }
+
+    #[test]
+    fn an_internal_error_in_a_200_answer_is_tried_again_not_refused() {
+        // Shopify answers an error inside GraphQL execution with 200 and this code.
+        let body = br#"{"errors":[{"message":"Internal error. Looks like something went wrong on our end.\nRequest ID: 3221c58f (include this in support requests).","extensions":{"code":"INTERNAL_SERVER_ERROR","requestId":"3221c58f"}}]}"#;
+        assert!(matches!(read(body), Read::Internal(_)), "{:?}", read(body));
     }
 
     #[test]

@@ -44,8 +44,10 @@ const SEGMENT_CREATE: &str = "mutation segmentCreate($name: String!, $query: Str
   }
 }";
 
+/// The search narrows the list, but names are matched here: a search that does not filter by
+/// name must not hide the segment behind another one.
 const SEGMENT_LOOKUP: &str = "query segments($query: String!) {
-  segments(first: 1, query: $query) { nodes { id name } }
+  segments(first: 250, query: $query) { nodes { id name } }
 }";
 
 /// The segment of customers without an order, for offers limited to a first order.
@@ -325,7 +327,7 @@ impl Discounts {
         });
         let data = self
             .client
-            .call(shop, "store_credit", STORE_CREDIT, variables, stop)
+            .call_unrepeatable(shop, "store_credit", STORE_CREDIT, variables, stop)
             .await?;
         let payload = &data["storeCreditAccountCredit"];
         let errors = user_errors(payload);
@@ -338,6 +340,26 @@ impl Discounts {
         }
     }
 
+    /// The id of the shop's segment named [`FIRST_ORDER_SEGMENT`], if there is one.
+    async fn find_first_order_segment(
+        &self,
+        shop: &str,
+        stop: &CancellationToken,
+    ) -> Result<Option<String>, ActionError> {
+        let lookup = json!({"query": format!("name:'{FIRST_ORDER_SEGMENT}'")});
+        let found = self
+            .client
+            .call(shop, "segment_lookup", SEGMENT_LOOKUP, lookup, stop)
+            .await?;
+        Ok(found["segments"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"].as_str() == Some(FIRST_ORDER_SEGMENT))
+            .and_then(|n| n["id"].as_str())
+            .map(str::to_string))
+    }
+
     /// The shop's segment of customers without orders, created the first time it is needed.
     async fn first_order_segment(
         &self,
@@ -347,21 +369,7 @@ impl Discounts {
         if let Some(id) = self.segments.lock().expect("segments lock").get(shop) {
             return Ok(id.clone());
         }
-        let lookup = json!({"query": format!("name:'{FIRST_ORDER_SEGMENT}'")});
-        let found = self
-            .client
-            .call(shop, "segment_lookup", SEGMENT_LOOKUP, lookup.clone(), stop)
-            .await?;
-        let named = |data: &Value| {
-            data["segments"]["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|n| n["name"].as_str() == Some(FIRST_ORDER_SEGMENT))
-                .and_then(|n| n["id"].as_str())
-                .map(str::to_string)
-        };
-        let id = match named(&found) {
+        let id = match self.find_first_order_segment(shop, stop).await? {
             Some(id) => id,
             None => {
                 let data = self
@@ -377,10 +385,14 @@ impl Discounts {
                 let payload = &data["segmentCreate"];
                 match payload["segment"]["id"].as_str() {
                     Some(id) => id.to_string(),
-                    None => {
-                        self.client.metrics().call("segment_create", "user_error");
-                        return Err(ActionError::UserErrors(describe(&user_errors(payload))));
-                    }
+                    // Names are unique: made meanwhile, or missed by the search.
+                    None => match self.find_first_order_segment(shop, stop).await? {
+                        Some(id) => id,
+                        None => {
+                            self.client.metrics().call("segment_create", "user_error");
+                            return Err(ActionError::UserErrors(describe(&user_errors(payload))));
+                        }
+                    },
                 }
             }
         };

@@ -17,7 +17,7 @@ pub const OPERATIONS: [&str; 6] = [
 ];
 
 /// How one call ended.
-pub const OUTCOMES: [&str; 9] = [
+pub const OUTCOMES: [&str; 10] = [
     "ok",
     "user_error",
     "throttled",
@@ -26,6 +26,7 @@ pub const OUTCOMES: [&str; 9] = [
     "no_token",
     "rejected",
     "exhausted",
+    "unconfirmed",
     "stopped",
 ];
 

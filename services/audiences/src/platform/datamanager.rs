@@ -15,15 +15,17 @@
 //!   `BadRequest.fieldViolations` name members (`audience_members[3]...`). Both are read:
 //!   [`member_problems`] counts the members named, so partial failures are never taken as success.
 //!
-//! Normalisation and hashing are Google's (the same rules as the legacy path, shared from
-//! [`super::google`]): email trimmed and lower-cased, phone E.164 with `+`, names lower-cased
-//! without punctuation, SHA-256 as lower-case hex; region and postal code unhashed.
+//! Normalisation and hashing are Google's (shared with the legacy path in [`super::google`]):
+//! email trimmed and lower-cased, and for gmail.com / googlemail.com without dots or `+tag`
+//! before the `@` (the Data Manager formatting guide; the legacy path keeps them), phone E.164
+//! with `+`, names lower-cased without punctuation, SHA-256 as lower-case hex; region and
+//! postal code unhashed.
 
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::google::Hashed;
+use super::google::{EmailRule, Hashed};
 use super::{
     base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body,
     BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
@@ -58,7 +60,7 @@ pub struct Target {
 /// One member's `userData`: `{"userIdentifiers": [...]}` with what is present; `None` without
 /// any identifier.
 pub fn row(contact: &Contact) -> Option<Value> {
-    let hashed = Hashed::of(contact);
+    let hashed = Hashed::of(contact, EmailRule::GmailCanonical);
     let mut identifiers = Vec::new();
     if let Some(email) = hashed.email {
         identifiers.push(json!({ "emailAddress": email }));
@@ -282,6 +284,36 @@ mod tests {
             .find(|(n, _)| n == http::header::AUTHORIZATION)
             .unwrap();
         assert!(auth.1.is_sensitive());
+    }
+
+    #[test]
+    fn gmail_addresses_lose_dots_and_plus_tags_as_the_data_manager_guide_says() {
+        let email = |raw: &str| {
+            let row = row(&Contact {
+                email: Some(raw.into()),
+                ..Contact::default()
+            })
+            .unwrap();
+            row["userIdentifiers"][0]["emailAddress"].clone()
+        };
+        // printf '%s' 'cloudysanfrancisco@googlemail.com' | sha256sum
+        assert_eq!(
+            email(" Cloudy.SanFrancisco+shopping@GoogleMail.com "),
+            "332ed5427d17deb381928a719533e85046d68d7e45553abb805852b7d631fcb7"
+        );
+        assert_eq!(
+            email("cloudy.sanfrancisco@gmail.com"),
+            hash::sha256_hex("cloudysanfrancisco@gmail.com")
+        );
+        // Other domains keep dots and plus tags: printf '%s' 'user.name+nyc@example.com' | sha256sum
+        assert_eq!(
+            email("User.Name+NYC@Example.com"),
+            "f109a2a632fbcea5fc82049f50beed3d8621bf9034399f437fb622222acccdac"
+        );
+        assert_eq!(
+            email("jane.doe@gmail.co.uk"),
+            hash::sha256_hex("jane.doe@gmail.co.uk")
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Target {
 /// with the identifiers present. `None` when there is none (no email, no usable phone, no
 /// complete address).
 pub fn row(contact: &Contact) -> Option<Value> {
-    let hashed = Hashed::of(contact);
+    let hashed = Hashed::of(contact, EmailRule::TrimLower);
     let mut identifiers = Vec::new();
     if let Some(email) = hashed.email {
         identifiers.push(json!({ "hashedEmail": email }));
@@ -118,6 +118,16 @@ pub fn row(contact: &Contact) -> Option<Value> {
         }}));
     }
     (!identifiers.is_empty()).then(|| json!({ "userIdentifiers": identifiers }))
+}
+
+/// How an email is normalised before hashing. The two Google APIs document different rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum EmailRule {
+    /// Trimmed and lower-cased (the Ads API path, as the project's contract says).
+    TrimLower,
+    /// Also, for gmail.com and googlemail.com only, without dots and without a `+tag` in the
+    /// local part (the Data Manager API's formatting guide).
+    GmailCanonical,
 }
 
 /// A contact's identifiers normalised and hashed as Google wants them, for both Google
@@ -138,11 +148,15 @@ pub(crate) struct HashedAddress {
 }
 
 impl Hashed {
-    pub(crate) fn of(contact: &Contact) -> Hashed {
+    pub(crate) fn of(contact: &Contact, rule: EmailRule) -> Hashed {
         let country = contact.country_alpha2();
         let email = contact
             .raw_email()
             .and_then(normalise_email)
+            .map(|e| match rule {
+                EmailRule::TrimLower => e,
+                EmailRule::GmailCanonical => gmail_canonical(e),
+            })
             .map(|e| hash::sha256_hex(&e));
         let phone = contact
             .raw_phone()
@@ -370,6 +384,22 @@ fn normalise_email(raw: &str) -> Option<String> {
     let email = raw.trim().to_lowercase();
     let (local, domain) = email.split_once('@')?;
     (!local.is_empty() && !domain.is_empty()).then_some(email)
+}
+
+/// A normalised gmail.com / googlemail.com address without dots or `+tag` in its local part;
+/// any other address as it is.
+fn gmail_canonical(email: String) -> String {
+    match email.split_once('@') {
+        Some((local, domain @ ("gmail.com" | "googlemail.com"))) => {
+            let local = local.split('+').next().unwrap_or_default().replace('.', "");
+            if local.is_empty() {
+                email
+            } else {
+                format!("{local}@{domain}")
+            }
+        }
+        _ => email,
+    }
 }
 
 fn normalise_name(raw: &str) -> Option<String> {
