@@ -1759,7 +1759,11 @@ mod spooling {
                 .await,
             0.0
         );
-        assert_eq!(ingress.metric("aftercart_ingress_spool_healthy").await, 0.0);
+        // Readiness and its gauges are recomputed every 250 ms.
+        eventually("the spool seen sick", Duration::from_secs(5), || async {
+            (ingress.metric("aftercart_ingress_spool_healthy").await == 0.0).then_some(())
+        })
+        .await;
         assert_eq!(
             readyz(&ingress).await,
             200,
