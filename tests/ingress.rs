@@ -1304,6 +1304,35 @@ mod hostile_clients {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_its_answers_loses_its_connection_slot() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.max_connections = 1;
+        let ingress = TestIngress::start_on(&broker, config).await;
+        // Pipelined requests and never a read: the answers fill both sockets' buffers, hyper
+        // stops reading, and the ingress waits to write. Nothing else would ever free the slot.
+        let mut staller = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        let requests = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n".repeat(1000);
+        while tokio::time::timeout(Duration::from_secs(1), staller.write_all(&requests))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {}
+        // The only slot is the staller's: a well-behaved client is served once it is cut.
+        let webhook = Webhook::new("orders/paid", br#"{"id":1}"#.to_vec(), SECRET);
+        let served = tokio::time::timeout(Duration::from_secs(40), webhook.post(ingress.addr))
+            .await
+            .expect("the slot of a client that does not read was never given back");
+        assert_eq!(served.status, 200, "{}", served.body);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_connections_cut_total{reason="write_stall"}"#)
+                .await,
+            1.0
+        );
+        drop(staller);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unsigned_request_is_refused_before_its_body_is_read() {
         let broker = Broker::mock();
         let ingress = TestIngress::start_on(&broker, test_config(&broker)).await;
