@@ -4,8 +4,8 @@
 //! Closing a socket whose receive buffer holds unread bytes makes the kernel answer with a
 //! reset, and a reset makes the client's kernel drop whatever it had received but not yet read.
 //! A client that writes its whole request before reading (Python's http.client, most simple
-//! clients) is still sending a body the ingress refused from its Content-Length (413, or 503
-//! when the body budget is held), so without lingering it never sees the answer.
+//! clients) is still sending a body the ingress refused early (413 from its Content-Length, or
+//! 503 part-way when the body budget is held), so without lingering it never sees the answer.
 //!
 //! The same stream also bounds how long a write may wait: hyper has no write timeout, so a
 //! client that pipelines requests and never reads the answers would otherwise keep its
