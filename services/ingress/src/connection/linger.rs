@@ -43,6 +43,8 @@ pub struct LingeringStream {
     /// The client sent EOF: nothing more can arrive, close at once.
     client_closed: bool,
     permit: Option<OwnedSemaphorePermit>,
+    /// The client stopped reading: close with a reset, at once.
+    abort: bool,
     /// Running while a write waits on a full socket; reset by any progress.
     write_stall: Option<Pin<Box<Sleep>>>,
     metrics: IngressMetrics,
@@ -54,6 +56,7 @@ impl LingeringStream {
             stream: Some(stream),
             client_closed: false,
             permit: Some(permit),
+            abort: false,
             write_stall: None,
             metrics,
         }
@@ -78,6 +81,13 @@ impl LingeringStream {
         }
         self.write_stall = None;
         self.metrics.connection_cut("write_stall");
+        // Reset rather than close: a graceful close would leave the unread answers (megabytes
+        // of them) in an orphaned socket for minutes, outside the connection limit. Nothing is
+        // lost, the client was not reading, and there is nothing to linger for.
+        self.abort = true;
+        if let Some(stream) = &self.stream {
+            let _ = stream.set_zero_linger();
+        }
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "the client did not read its answers",
@@ -94,7 +104,7 @@ impl Drop for LingeringStream {
         let (Some(stream), permit) = (self.stream.take(), self.permit.take()) else {
             return;
         };
-        if self.client_closed {
+        if self.client_closed || self.abort {
             return;
         }
         // Outside a runtime (shutting down) there is nobody left to linger for.
