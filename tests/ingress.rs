@@ -17,6 +17,7 @@ broker_tests!(
     oversized_bodies_get_413_and_are_not_published,
     a_413_reaches_a_client_that_sends_its_whole_body_before_reading,
     bodies_beyond_the_body_budget_get_503_while_small_webhooks_pass,
+    announced_bodies_hold_the_budget_only_for_the_bytes_they_sent,
     an_http2_preface_is_refused_with_a_400_when_http2_is_off,
     http2_connections_without_a_request_are_cut_at_the_header_timeout,
     wrong_method_and_path_are_refused,
@@ -679,12 +680,13 @@ mod scenarios {
         config.edge.body_budget_bytes = 1 << 20;
         let ingress = TestIngress::start_on(broker, config).await;
         let held = format!("content-length: {}", 256 << 10);
-        // Three slow clients declare 256 KiB each and send a little: the large share is held.
+        // Three slow clients declare 256 KiB each and send 160 KiB of it: their buffers have
+        // grown to the whole 256 KiB, and the large share is held.
         let mut holders = Vec::new();
         for _ in 0..3 {
             let mut stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
             stream.write_all(&unsigned_head(&held)).await.unwrap();
-            stream.write_all(b"{\"id\":").await.unwrap();
+            stream.write_all(&vec![b' '; 160 << 10]).await.unwrap();
             holders.push(stream);
         }
         let admin = ingress.admin_addr;
@@ -699,7 +701,10 @@ mod scenarios {
             },
         )
         .await;
-        let answer = http::raw_exchange(ingress.addr, &unsigned_head(&held)).await;
+        // A fourth is refused once its buffer would grow past the small bodies' 64 KiB.
+        let mut fourth = unsigned_head(&held);
+        fourth.extend(vec![b' '; 100 << 10]);
+        let answer = http::raw_exchange(ingress.addr, &fourth).await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         assert!(
             answer.to_ascii_lowercase().contains("retry-after: 5"),
@@ -729,6 +734,45 @@ mod scenarios {
         request.extend(vec![b' '; 256 << 10]);
         let answer = http::raw_exchange(ingress.addr, &request).await;
         assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+
+    pub async fn announced_bodies_hold_the_budget_only_for_the_bytes_they_sent(broker: &Broker) {
+        use tokio::io::AsyncWriteExt;
+        const HOLDERS: usize = 32;
+        let mut config = test_config(broker);
+        config.edge.body_budget_bytes = 1 << 20;
+        let ingress = TestIngress::start_on(broker, config).await;
+        // Each announces 64 KiB (a small body: the whole budget is open to it) and sends one
+        // byte. Reserving what is announced, 16 of them held the whole 1 MiB for a few bytes.
+        let announced = format!("content-length: {}", 64 << 10);
+        let mut holders = Vec::new();
+        for _ in 0..HOLDERS {
+            let mut stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+            stream.write_all(&unsigned_head(&announced)).await.unwrap();
+            stream.write_all(b"{").await.unwrap();
+            holders.push(stream);
+        }
+        let admin = ingress.admin_addr;
+        // Every holder's body is being read (2 KiB each at least), or the budget is full.
+        let held = eventually(
+            "the holders' bodies read",
+            Duration::from_secs(10),
+            || async move {
+                let text = http::get(admin, "/metrics").await.body;
+                let held = metric_value(&text, "aftercart_ingress_body_in_flight_bytes");
+                (held >= f64::from(HOLDERS as u32 * (2 << 10)) || held >= f64::from(1 << 20))
+                    .then_some(held)
+            },
+        )
+        .await;
+        let webhook = Webhook::new("orders/create", fixture("orders_create.json"), SECRET);
+        let served = webhook.post(ingress.addr).await;
+        assert_eq!(served.status, 200, "{held} bytes held: {}", served.body);
+        assert!(
+            held <= f64::from(HOLDERS as u32 * (4 << 10)),
+            "{held} bytes held for {HOLDERS} bytes sent"
+        );
+        drop(holders);
     }
 
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -1347,6 +1391,46 @@ mod hostile_clients {
             .await
             .expect("the server closes the slow connection");
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_its_answers_loses_its_connection_slot() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.max_connections = 1;
+        let ingress = TestIngress::start_on(&broker, config).await;
+        // Pipelined requests and never a read: the answers fill both sockets' buffers, hyper
+        // stops reading, and the ingress waits to write. Nothing else would ever free the slot.
+        let mut staller = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        let requests = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n".repeat(1000);
+        while tokio::time::timeout(Duration::from_secs(1), staller.write_all(&requests))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {}
+        // The only slot is the staller's: a well-behaved client is served once it is cut.
+        let webhook = Webhook::new("orders/paid", br#"{"id":1}"#.to_vec(), SECRET);
+        let served = tokio::time::timeout(Duration::from_secs(40), webhook.post(ingress.addr))
+            .await
+            .expect("the slot of a client that does not read was never given back");
+        assert_eq!(served.status, 200, "{}", served.body);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_connections_cut_total{reason="write_stall"}"#)
+                .await,
+            1.0
+        );
+        // Cut with a reset, not a graceful close: the megabytes of unread answers are dropped
+        // at once instead of lingering in an orphaned socket outside the connection limit.
+        let mut buffer = vec![0u8; 1 << 16];
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(10), staller.read(&mut buffer)).await {
+                Ok(Ok(0)) => break Ok(()),
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => break Err(error.kind()),
+                Err(_) => panic!("the stalled connection is still open"),
+            }
+        };
+        assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -635,3 +635,133 @@ async fn slow_fake_signed_4mib_bodies_stay_within_the_body_budget_while_others_a
 
 /// Shopify's own patience: the bound for the well-behaved client while the ingress is loaded.
 const SHOPIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A setting from the ingress's shipped configuration (k8s/base/ingress/ingress.env).
+fn shipped_setting(key: &str) -> String {
+    let env = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../k8s/base/ingress/ingress.env"
+    );
+    std::fs::read_to_string(env)
+        .expect("k8s/base/ingress/ingress.env")
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(key)?
+                .strip_prefix('=')
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("{key} is not in ingress.env"))
+}
+
+/// "64KiB" or "128MiB" or plain bytes, as in ingress.env.
+fn shipped_bytes(key: &str) -> u64 {
+    let text = shipped_setting(key);
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let shift = match unit {
+        "" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        other => panic!("{key}: unit {other}"),
+    };
+    digits.parse::<u64>().expect("a size") << shift
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn unfinished_heads_on_every_connection_slot_stay_within_the_pod_limit() {
+    /// The ingress pod's memory limit (k8s/base/ingress/statefulset.yaml).
+    const POD_LIMIT: u64 = 512 << 20;
+    // The shipped limits: every slot taken by a head just under the header limit is what an
+    // unauthenticated client can make the ingress buffer, on top of the body budget.
+    let connections: usize = shipped_setting("AFTERCART_MAX_CONNECTIONS")
+        .parse()
+        .expect("a count");
+    let header_bytes = shipped_bytes("AFTERCART_MAX_HEADER_BYTES");
+    let budget = shipped_bytes("AFTERCART_INGRESS_BODY_BUDGET_BYTES");
+    let Some((broker, ingress, prefix)) = stack_with(
+        connections,
+        "ingress-head-memory",
+        &[
+            // Long enough for every slot to hold its head at once: the worst case for memory.
+            ("AFTERCART_HEADER_READ_TIMEOUT", "30s"),
+            (
+                "AFTERCART_MAX_HEADER_BYTES",
+                &shipped_setting("AFTERCART_MAX_HEADER_BYTES"),
+            ),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = listen_of(&ingress);
+    let baseline = ingress.rss_bytes();
+    // A head 1 KiB short of the limit, never finished.
+    let mut head = b"POST /webhooks/shopify HTTP/1.1\r\nHost: ingress\r\n".to_vec();
+    while (head.len() as u64) + 1100 < header_bytes {
+        head.extend(format!("X-Pad-{}: {}\r\n", head.len(), "a".repeat(1000)).as_bytes());
+    }
+    let head = std::sync::Arc::new(head);
+    // Opened 50 at a time, 20 ms apart (a SYN burst trips the kernel's syncookies); the
+    // connections are held until every one has sent its head. Two slots stay for the probe.
+    let holders: Vec<_> = (0..connections - 2)
+        .map(|n| {
+            let head = std::sync::Arc::clone(&head);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((n / 50) as u64 * 20)).await;
+                let mut stream = TcpStream::connect(addr).await.ok()?;
+                stream.write_all(&head).await.ok()?;
+                Some(stream)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for holder in holders {
+        if let Some(stream) = holder.await.expect("holder") {
+            held.push(stream);
+        }
+    }
+    // The ingress has read what the kernel gave it once its RSS stops growing.
+    let mut last = 0;
+    let settled = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = ingress.rss_bytes();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let probe = probe(&ingress, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let peak = ingress.peak_rss_bytes();
+    eprintln!(
+        "faults/head-memory: {} of {connections} slots (AFTERCART_MAX_CONNECTIONS as shipped) \
+         hold an unfinished {} KiB head (AFTERCART_MAX_HEADER_BYTES {} KiB): peak RSS {:.1} MiB \
+         (baseline {:.1} MiB) + body budget {} MiB against the pod limit {} MiB",
+        held.len(),
+        head.len() >> 10,
+        header_bytes >> 10,
+        peak as f64 / f64::from(1 << 20),
+        baseline as f64 / f64::from(1 << 20),
+        budget >> 20,
+        POD_LIMIT >> 20
+    );
+    drop(held);
+    let report = probe.stop().await;
+    assert!(
+        peak + budget < POD_LIMIT,
+        "heads alone took the ingress to {peak} bytes: with the body budget held too it is over the pod limit"
+    );
+    assert_probe_served(
+        "faults/head-memory",
+        &report,
+        &broker,
+        &prefix,
+        SHOPIFY_TIMEOUT,
+    )
+    .await;
+}

@@ -69,12 +69,15 @@ pub struct IngressArgs {
     pub header_read_timeout: String,
 
     /// Most concurrent connections; beyond it new connections wait in the listen backlog.
-    #[arg(long, env = "AFTERCART_MAX_CONNECTIONS", default_value = "10000")]
+    /// Each may hold an unfinished head (AFTERCART_MAX_HEADER_BYTES) before anything is
+    /// authenticated: 4000 heads of 16KiB took ~125 MiB, 10000 of 64KiB 866 MiB.
+    #[arg(long, env = "AFTERCART_MAX_CONNECTIONS", default_value = "4000")]
     pub max_connections: String,
 
-    /// Largest request head (request line and headers); larger ones get 431. HTTP/1 buffers
-    /// at most this much per connection; HTTP/2 caps the header list at it.
-    #[arg(long, env = "AFTERCART_MAX_HEADER_BYTES", default_value = "64KiB")]
+    /// Largest request head (request line and headers); larger ones get 431 (Shopify's are
+    /// under 2KiB). HTTP/1 buffers up to about twice this per connection while the head is
+    /// unfinished; HTTP/2 caps the header list at it.
+    #[arg(long, env = "AFTERCART_MAX_HEADER_BYTES", default_value = "16KiB")]
     pub max_header_bytes: String,
 
     /// On shutdown, how long to keep accepting after /readyz turns 503, so load balancers stop

@@ -76,7 +76,7 @@ impl IngressMetrics {
                 "Webhook ids remembered in this replica's dedupe window.",
             ))?,
             connections_cut: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}connections_cut_total"), "Connections the server ended itself, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431; http2_disabled: an HTTP/2 preface while AFTERCART_INGRESS_HTTP2 is off, answered 400; http2_handshake: no HTTP/2 request within the header timeout; http2_idle: no HTTP/2 request in progress for AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT; http2_keep_alive: no answer to a PING; linger_limit: still sending when the lingering close gave up)."),
+                Opts::new(format!("{PREFIX}connections_cut_total"), "Connections the server ended itself, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431; http2_disabled: an HTTP/2 preface while AFTERCART_INGRESS_HTTP2 is off, answered 400; http2_handshake: no HTTP/2 request within the header timeout; http2_idle: no HTTP/2 request in progress for AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT; http2_keep_alive: no answer to a PING; linger_limit: still sending when the lingering close gave up; write_stall: an answer not taken by the client for 10 s)."),
                 &["reason"],
             )?,
             kafka_healthy: IntGauge::with_opts(Opts::new(format!("{PREFIX}kafka_healthy"), "1 when the topics are ready and Kafka took the latest record (or answered a metadata probe); 0 otherwise. /readyz is ready when this or aftercart_ingress_spool_healthy is 1."))?,
@@ -200,7 +200,7 @@ impl Drop for InFlightGuard {
 }
 
 /// Why the server ends a connection on its own (`connections_cut_total{reason}`).
-pub const CONNECTION_CUT_REASONS: [&str; 8] = [
+pub const CONNECTION_CUT_REASONS: [&str; 9] = [
     "idle",
     "header_timeout",
     "header_too_large",
@@ -209,6 +209,7 @@ pub const CONNECTION_CUT_REASONS: [&str; 8] = [
     "http2_idle",
     "http2_keep_alive",
     "linger_limit",
+    "write_stall",
 ];
 
 /// Why a body is refused before its signature is checked (`body_refusals_total{reason}`).

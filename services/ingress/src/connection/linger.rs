@@ -4,9 +4,14 @@
 //! Closing a socket whose receive buffer holds unread bytes makes the kernel answer with a
 //! reset, and a reset makes the client's kernel drop whatever it had received but not yet read.
 //! A client that writes its whole request before reading (Python's http.client, most simple
-//! clients) is still sending a body the ingress refused from its Content-Length (413, or 503
-//! when the body budget is held), so without lingering it never sees the answer.
+//! clients) is still sending a body the ingress refused early (413 from its Content-Length, or
+//! 503 part-way when the body budget is held), so without lingering it never sees the answer.
+//!
+//! The same stream also bounds how long a write may wait: hyper has no write timeout, so a
+//! client that pipelines requests and never reads the answers would otherwise keep its
+//! connection slot (and the socket buffers full of answers) for ever.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::IngressMetrics;
 
@@ -26,6 +31,10 @@ const LINGER_TIME: Duration = Duration::from_secs(10);
 const LINGER_QUIET: Duration = Duration::from_secs(3);
 /// Most bytes discarded; beyond it the client gets the reset it asked for.
 const LINGER_BYTES: usize = 32 << 20;
+/// Longest a write may wait for the client to take earlier bytes off the socket. Answers are
+/// under a KiB and every client reads its answer at once; one that has not read for this long
+/// is not going to (nginx's send_timeout, shorter).
+const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// A TCP stream that lingers when dropped (its connection slot with it), unless the client
 /// already closed its side.
@@ -34,6 +43,10 @@ pub struct LingeringStream {
     /// The client sent EOF: nothing more can arrive, close at once.
     client_closed: bool,
     permit: Option<OwnedSemaphorePermit>,
+    /// The client stopped reading: close with a reset, at once.
+    abort: bool,
+    /// Running while a write waits on a full socket; reset by any progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
     metrics: IngressMetrics,
 }
 
@@ -43,8 +56,42 @@ impl LingeringStream {
             stream: Some(stream),
             client_closed: false,
             permit: Some(permit),
+            abort: false,
+            write_stall: None,
             metrics,
         }
+    }
+
+    /// Passes a write's outcome through, turning a wait longer than [`WRITE_STALL`] without
+    /// progress into a `TimedOut` error (hyper then ends the connection).
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stall = None;
+            return polled;
+        }
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.write_stall = None;
+        self.metrics.connection_cut("write_stall");
+        // Reset rather than close: a graceful close would leave the unread answers (megabytes
+        // of them) in an orphaned socket for minutes, outside the connection limit. Nothing is
+        // lost, the client was not reading, and there is nothing to linger for.
+        self.abort = true;
+        if let Some(stream) = &self.stream {
+            let _ = stream.set_zero_linger();
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read its answers",
+        )))
     }
 
     fn stream(&mut self) -> Pin<&mut TcpStream> {
@@ -57,7 +104,7 @@ impl Drop for LingeringStream {
         let (Some(stream), permit) = (self.stream.take(), self.permit.take()) else {
             return;
         };
-        if self.client_closed {
+        if self.client_closed || self.abort {
             return;
         }
         // Outside a runtime (shutting down) there is nobody left to linger for.
@@ -120,7 +167,8 @@ impl AsyncWrite for LingeringStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write(cx, buf)
+        let polled = self.stream().poll_write(cx, buf);
+        self.bound_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -128,7 +176,8 @@ impl AsyncWrite for LingeringStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write_vectored(cx, bufs)
+        let polled = self.stream().poll_write_vectored(cx, bufs);
+        self.bound_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -138,7 +187,8 @@ impl AsyncWrite for LingeringStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream().poll_flush(cx)
+        let polled = self.stream().poll_flush(cx);
+        self.bound_write(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

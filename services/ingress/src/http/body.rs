@@ -5,8 +5,10 @@
 //! would fill a 512 MiB pod. The budget bounds the bytes all bodies in flight may hold together;
 //! a request that does not fit gets 503 with Retry-After instead of memory.
 //!
-//! A body declaring its Content-Length reserves all of it before a byte is read; a chunked body
-//! (or an HTTP/2 one without Content-Length) reserves as its buffer grows. Large bodies (above
+//! A body reserves as its buffer grows with the bytes that arrived (doubling, capped at its
+//! Content-Length or the limit), never what it only announces: reserving a Content-Length up
+//! front let a client that sent one byte of a 64 KiB body hold 64 KiB of budget, so ~2000
+//! trickling connections held all of it for a few hundred bytes each. Large bodies (above
 //! [`SMALL_BODY_BYTES`]) may take at most three quarters of the budget together: the last
 //! quarter stays open to ordinary webhooks (a few KiB), so slow large bodies cannot starve them.
 
@@ -24,8 +26,9 @@ use crate::metrics::IngressMetrics;
 /// Bodies up to this size may use the whole budget; larger ones only three quarters of it.
 pub const SMALL_BODY_BYTES: usize = 64 << 10;
 
-/// The first buffer of a body without Content-Length; it doubles from there.
-const FIRST_CHUNKED_BUFFER: usize = 16 << 10;
+/// The first buffer of a body; it grows in powers of two from there. Small, because it is what
+/// a client that sent one byte holds.
+const FIRST_BUFFER: usize = 2 << 10;
 
 /// Bytes reserved by the bodies in flight, shared by every connection.
 pub struct BodyBudget {
@@ -150,11 +153,13 @@ pub async fn read_body(
     if declared.is_some_and(|length| length > max_bytes as u64) {
         return Err(refuse(Reply::PayloadTooLarge, "too_large"));
     }
-    let declared = declared.map(|length| length as usize);
-    let Some(mut reservation) = budget.reserve(declared.unwrap_or(0)) else {
+    // What the buffer may grow to: the announced length, or the limit.
+    let most = declared.map_or(max_bytes, |length| length as usize);
+    // Nothing yet: the budget is asked as bytes arrive (an empty reservation always fits).
+    let Some(mut reservation) = budget.reserve(0) else {
         return Err(refuse(Reply::BodyBudgetExhausted, "budget"));
     };
-    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut buffer = BytesMut::new();
     let read = async {
         let mut body = body;
         while let Some(frame) = body.frame().await {
@@ -167,11 +172,12 @@ pub async fn read_body(
                 return Err((Reply::PayloadTooLarge, "too_large"));
             }
             if needed > buffer.capacity() {
-                // Doubling, capped at the limit; the budget pays for capacity, not length.
+                // Powers of two (at least doubling), capped at the announced length or the
+                // limit; the budget pays for capacity, not length.
                 let capacity = needed
-                    .max(buffer.capacity() * 2)
-                    .max(FIRST_CHUNKED_BUFFER)
-                    .min(max_bytes);
+                    .next_power_of_two()
+                    .max(FIRST_BUFFER)
+                    .min(most.max(needed));
                 if !reservation.grow_to(capacity) {
                     return Err((Reply::BodyBudgetExhausted, "budget"));
                 }
