@@ -124,26 +124,28 @@ pub fn parse_list(value: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-/// Parses a Java `client.properties` file: one `key=value` (or `key: value`) a line, split at
-/// the first `=` or `:`, so values keep their commas and `=`; blank lines and lines starting
-/// with `#` or `!` are skipped; a line ending in `\` continues on the next. Other backslash
-/// escapes are kept as written.
+/// Parses a Java `client.properties` file as `java.util.Properties.load` does: the key ends at
+/// the first unescaped `=`, `:` or whitespace, so values keep their commas and `=`; blank lines
+/// and lines starting with `#` or `!` are skipped; a line ending in an odd number of `\`
+/// continues on the next, whose indentation is dropped; `\=`, `\:`, `\ `, `\\`, `\t`, `\n` and
+/// `\uXXXX` are unescaped. Values are trimmed, as Kafka's own config parsing does. A key
+/// without a value is refused (a stray word is more likely a pasted secret than a setting).
 pub fn parse_file_text(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut pairs = Vec::new();
     let mut logical = String::new();
     let mut first_line = 0;
+    let mut continuing = false;
     for (index, line) in text.lines().enumerate() {
-        let line = if logical.is_empty() {
+        let line = line.trim_start_matches(is_space);
+        if !continuing {
             first_line = index + 1;
-            line.trim_start()
-        } else {
-            line.trim_start()
-        };
-        if logical.is_empty() && (line.is_empty() || line.starts_with(['#', '!'])) {
-            continue;
+            if line.is_empty() || line.starts_with(['#', '!']) {
+                continue;
+            }
         }
         let trailing = line.len() - line.trim_end_matches('\\').len();
-        if trailing % 2 == 1 {
+        continuing = trailing % 2 == 1;
+        if continuing {
             logical.push_str(&line[..line.len() - 1]);
             continue;
         }
@@ -151,22 +153,78 @@ pub fn parse_file_text(text: &str) -> Result<Vec<(String, String)>, String> {
         pairs.push(split_line(&logical, first_line)?);
         logical.clear();
     }
-    if !logical.is_empty() {
+    if continuing && !logical.is_empty() {
         pairs.push(split_line(&logical, first_line)?);
     }
     Ok(pairs)
 }
 
+/// Whitespace as `java.util.Properties` counts it.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\x0c')
+}
+
+/// Splits one logical line into its unescaped key and value.
 fn split_line(line: &str, number: usize) -> Result<(String, String), String> {
-    let at = line.find(['=', ':']);
-    match at {
-        Some(at) if !line[..at].trim().is_empty() => Ok((
-            line[..at].trim().to_string(),
-            line[at + 1..].trim().to_string(),
-        )),
-        // The line number only: the line may hold a password.
-        _ => Err(format!("line {number} is not key=value")),
+    let mut key_end = None;
+    let mut escaped = false;
+    for (at, c) in line.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '=' || c == ':' || is_space(c) {
+            key_end = Some(at);
+            break;
+        }
     }
+    // The line number only: the line may hold a password.
+    let not_pair = || format!("line {number} is not key=value");
+    let key_end = key_end.ok_or_else(not_pair)?;
+    let mut rest = line[key_end..].trim_start_matches(is_space);
+    if let Some(after) = rest.strip_prefix(['=', ':']) {
+        rest = after.trim_start_matches(is_space);
+    } else if rest.is_empty() {
+        // A word and trailing blanks.
+        return Err(not_pair());
+    }
+    let malformed = || format!("line {number} has a malformed \\uXXXX escape");
+    let key = unescape(&line[..key_end]).ok_or_else(malformed)?;
+    if key.trim().is_empty() {
+        return Err(not_pair());
+    }
+    let value = unescape(rest).ok_or_else(malformed)?;
+    Ok((key, value.trim().to_string()))
+}
+
+/// Java properties escapes; `None` for a malformed `\uXXXX` (or a lone surrogate).
+fn unescape(text: &str) -> Option<String> {
+    let mut units: Vec<u16> = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\\' => match chars.next() {
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    if hex.len() != 4 {
+                        return None;
+                    }
+                    units.push(u16::from_str_radix(&hex, 16).ok()?);
+                    continue;
+                }
+                Some('t') => '\t',
+                Some('n') => '\n',
+                Some('r') => '\r',
+                Some('f') => '\x0c',
+                Some(other) => other,
+                None => continue,
+            },
+            other => other,
+        };
+        let mut buffer = [0u16; 2];
+        units.extend_from_slice(c.encode_utf16(&mut buffer));
+    }
+    String::from_utf16(&units).ok()
 }
 
 /// Reads and parses a properties file; errors name the path and line, never a value.
@@ -327,8 +385,9 @@ fn translate_jaas(value: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// `name="value"` or `name=value` options of a JAAS line (the flag `required` and friends are
-/// skipped).
+/// `name="value"`, `name='value'` or `name=value` options of a JAAS line, as Kafka's JAAS
+/// parser (a `StreamTokenizer`) reads them: either quote, `\` escapes inside quotes (the flag
+/// `required` and friends are skipped).
 fn jaas_options(text: &str) -> Vec<(String, String)> {
     let mut options = Vec::new();
     let mut rest = text.trim();
@@ -340,19 +399,37 @@ fn jaas_options(text: &str) -> Vec<(String, String)> {
             .unwrap_or("")
             .to_string();
         let after = rest[eq + 1..].trim_start();
-        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.find('"') {
-                Some(end) => (quoted[..end].to_string(), &quoted[end + 1..]),
-                None => (quoted.to_string(), ""),
+        let (value, next) = match after.chars().next() {
+            Some(quote @ ('"' | '\'')) => quoted(&after[1..], quote),
+            _ => {
+                let end = after.find(char::is_whitespace).unwrap_or(after.len());
+                (after[..end].to_string(), &after[end..])
             }
-        } else {
-            let end = after.find(char::is_whitespace).unwrap_or(after.len());
-            (after[..end].to_string(), &after[end..])
         };
         options.push((name, value));
         rest = next.trim_start();
     }
     options
+}
+
+/// The value of a quoted JAAS string (its opening quote already taken) and what follows it.
+fn quoted(text: &str, quote: char) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = text.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, 'n')) => value.push('\n'),
+                Some((_, 't')) => value.push('\t'),
+                Some((_, 'r')) => value.push('\r'),
+                Some((_, other)) => value.push(other),
+                None => break,
+            },
+            c if c == quote => return (value, &text[at + c.len_utf8()..]),
+            c => value.push(c),
+        }
+    }
+    (value, "")
 }
 
 #[cfg(test)]
@@ -389,9 +466,65 @@ mod tests {
     }
 
     #[test]
+    fn java_escapes_and_separators_read_as_java_reads_them() {
+        // As java.util.Properties.load: `\:` `\=` `\\` and `\uXXXX` escapes, a key ended by
+        // whitespace alone, continuation lines losing their indentation, the last duplicate wins
+        // (in KafkaProperties).
+        let text = "ssl.ca.location=C\\:\\\\certs\\\\ca.pem\n\
+            sasl.password=p\\=a\\:s\\\\s\\u00e9\\uD83D\\uDE00\n\
+            security.protocol SASL_SSL\n\
+            sasl.mechanism   :   PLAIN\n\
+            my\\=odd\\ key=v\n\
+            sasl.username = first\n\
+            sasl.username = last\\\n\
+            \x20   ing\n\
+            tabs=a\\tb\n";
+        let pairs = parse_file_text(text).unwrap();
+        let properties = KafkaProperties::from(pairs.clone());
+        assert_eq!(properties.get("ssl.ca.location"), Some("C:\\certs\\ca.pem"));
+        assert_eq!(
+            properties.get("sasl.password"),
+            Some("p=a:s\\s\u{e9}\u{1F600}")
+        );
+        assert_eq!(properties.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(properties.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(properties.get("my=odd key"), Some("v"));
+        assert_eq!(properties.get("sasl.username"), Some("lasting"));
+        assert_eq!(properties.get("tabs"), Some("a\tb"));
+        let error = parse_file_text("a=1\nb=\\u00zz\n").unwrap_err();
+        assert_eq!(error, "line 2 has a malformed \\uXXXX escape");
+    }
+
+    #[test]
+    fn confluent_single_quoted_jaas_credentials_lose_their_quotes() {
+        // Confluent Cloud's downloaded Java client.properties quotes with single quotes, which
+        // Kafka's JAAS parser (a StreamTokenizer) accepts as it does double quotes.
+        let plain = "org.apache.kafka.common.security.plain.PlainLoginModule required \
+                     username='KEY' password='p\"a s\\\\w';";
+        let (out, _) = translate_java(vec![("sasl.jaas.config".into(), plain.into())]).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ("sasl.username".into(), "KEY".into()),
+                ("sasl.password".into(), "p\"a s\\w".into())
+            ]
+        );
+        let escaped = "org.apache.kafka.common.security.scram.ScramLoginModule required \
+                       username=\"svc\" password=\"a\\\"b\";";
+        let (out, _) = translate_java(vec![("sasl.jaas.config".into(), escaped.into())]).unwrap();
+        assert_eq!(out[1], ("sasl.password".into(), "a\"b".into()));
+    }
+
+    #[test]
     fn a_bad_line_is_named_by_number_never_by_content() {
         let error = parse_file_text("a=1\nhunter2\n").unwrap_err();
         assert_eq!(error, "line 2 is not key=value");
+        let error = parse_file_text("a=1\n\n  hunter2 \t\n").unwrap_err();
+        assert_eq!(error, "line 3 is not key=value");
+        assert_eq!(
+            parse_file_text("empty=\n").unwrap(),
+            vec![("empty".into(), String::new())]
+        );
     }
 
     #[test]
