@@ -272,7 +272,7 @@ pub fn resolve_files(pairs: Vec<(String, String)>) -> Result<Vec<(String, String
 }
 
 /// Java client settings librdkafka has no use for (serialisers, Schema Registry, DNS lookup
-/// mode, login callback classes): skipped, so a Confluent or MSK `client.properties` works as
+/// mode, callback classes; `sasl.login.*` too, below): skipped, so a Confluent or MSK `client.properties` works as
 /// downloaded.
 const JAVA_ONLY: &[&str] = &[
     "key.serializer",
@@ -280,7 +280,6 @@ const JAVA_ONLY: &[&str] = &[
     "key.deserializer",
     "value.deserializer",
     "client.dns.lookup",
-    "sasl.login.callback.handler.class",
     "sasl.client.callback.handler.class",
     "ssl.keystore.type",
     "ssl.truststore.type",
@@ -296,12 +295,18 @@ pub fn translate_java(properties: Vec<(String, String)>) -> Result<(Pairs, Vec<S
         if JAVA_ONLY.contains(&key.as_str())
             || key.starts_with("schema.registry.")
             || key.starts_with("basic.auth.")
+            // The Java login's class and tuning (timeouts, refresh); librdkafka has none of it.
+            || key.starts_with("sasl.login.")
         {
             dropped.push(key);
             continue;
         }
         match key.as_str() {
             "sasl.jaas.config" => out.extend(translate_jaas(&value)?),
+            // Java turns host name checks off with an empty value, librdkafka with `none`.
+            "ssl.endpoint.identification.algorithm" if value.trim().is_empty() => {
+                out.push((key, "none".to_string()))
+            }
             "ssl.truststore.location" | "ssl.truststore.password" => {
                 return Err(format!(
                     "{key}: librdkafka cannot read Java truststores; export the CA as PEM and \
@@ -348,7 +353,8 @@ fn translate_jaas(value: &str) -> Result<Vec<(String, String)>, String> {
                 ("clientSecret", "sasl.oauthbearer.client.secret"),
                 ("scope", "sasl.oauthbearer.scope"),
             ] {
-                if let Some(v) = option(option_name) {
+                // Java sends no scope when it is blank; librdkafka would send `scope=`.
+                if let Some(v) = option(option_name).filter(|v| !v.trim().is_empty()) {
                     out.push((property.to_string(), v));
                 }
             }
@@ -629,6 +635,45 @@ mod tests {
             Some("logicalCluster=lkc-1,identityPoolId=pool-2")
         );
         assert_eq!(get("sasl.oauthbearer.method"), Some("oidc"));
+    }
+
+    #[test]
+    fn confluent_oauth_client_properties_translate_as_downloaded() {
+        // Confluent Cloud's OAuth client.properties, as its docs give it: login tuning that only
+        // the Java client has, an empty scope (Java then sends none), and Java's empty
+        // ssl.endpoint.identification.algorithm (host name checks off).
+        let text = "sasl.mechanism=OAUTHBEARER\n\
+            security.protocol=SASL_SSL\n\
+            sasl.login.callback.handler.class=org.apache.kafka.common.security.oauthbearer.secured.OAuthBearerLoginCallbackHandler\n\
+            sasl.login.connect.timeout.ms=15000\n\
+            sasl.login.read.timeout.ms=15000\n\
+            sasl.oauthbearer.token.endpoint.url=https://idp.example/oauth2/token\n\
+            ssl.endpoint.identification.algorithm=\n\
+            sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule \\\n\
+              required clientId='app' clientSecret='s3' scope='' \\\n\
+              extension_logicalCluster='lkc-1' extension_identityPoolId='pool-2';\n";
+        let (out, dropped) = translate_java(parse_file_text(text).unwrap()).unwrap();
+        let properties = KafkaProperties::from(out);
+        assert_eq!(properties.get("sasl.oauthbearer.scope"), None);
+        assert_eq!(properties.get("sasl.oauthbearer.client.id"), Some("app"));
+        assert_eq!(
+            properties.get("ssl.endpoint.identification.algorithm"),
+            Some("none")
+        );
+        assert_eq!(
+            dropped,
+            [
+                "sasl.login.callback.handler.class",
+                "sasl.login.connect.timeout.ms",
+                "sasl.login.read.timeout.ms"
+            ]
+        );
+        let mut config = rdkafka::ClientConfig::new();
+        for (key, value) in &properties {
+            config.set(key, value);
+        }
+        let created: Result<rdkafka::producer::BaseProducer, _> = config.create();
+        assert!(created.is_ok(), "{:?}", created.err());
     }
 
     #[test]
