@@ -386,7 +386,18 @@ fn translate_jaas(value: &str) -> Result<Vec<(String, String)>, String> {
                     .to_string(),
             )
         }
-        other => return Err(format!("sasl.jaas.config: unknown login module {other}")),
+        // Named only when it reads as a login module class: a bare password put here by
+        // mistake (a `${file:}` to the wrong Secret key) must not be printed.
+        _ if module.ends_with("LoginModule") && !module.contains(['"', '\'', '=']) => {
+            return Err(format!("sasl.jaas.config: unknown login module {module}"))
+        }
+        _ => {
+            return Err(
+                "sasl.jaas.config: no known login module (expected PlainLoginModule, \
+                        ScramLoginModule or OAuthBearerLoginModule; the value is not shown)"
+                    .to_string(),
+            )
+        }
     }
     Ok(out)
 }
@@ -720,5 +731,19 @@ mod tests {
         let error = translate_java(vec![("ssl.truststore.password".into(), "trustpass".into())])
             .unwrap_err();
         assert!(error.contains("ssl.ca.location") && !error.contains("trustpass"));
+        // A Strimzi user Secret holds both `password` and `sasl.jaas.config`: a reference to the
+        // wrong one puts the bare password where the login module belongs.
+        let error =
+            translate_java(vec![("sasl.jaas.config".into(), "Zx9.hunter2".into())]).unwrap_err();
+        assert!(
+            error.starts_with("sasl.jaas.config:") && !error.contains("hunter2"),
+            "{error}"
+        );
+        let error = translate_java(vec![(
+            "sasl.jaas.config".into(),
+            "com.example.CustomLoginModule required;".into(),
+        )])
+        .unwrap_err();
+        assert!(error.contains("com.example.CustomLoginModule"), "{error}");
     }
 }
