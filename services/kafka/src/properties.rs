@@ -289,6 +289,17 @@ const JAVA_ONLY: &[&str] = &[
 /// and `sasl.password` (PLAIN, SCRAM) or the OIDC client credentials (OAUTHBEARER); Java-only
 /// settings are dropped and named in the returned list. Errors name the setting, never a value.
 pub fn translate_java(properties: Vec<(String, String)>) -> Result<(Pairs, Vec<String>), String> {
+    let typed_pem = |store: &str| {
+        properties
+            .iter()
+            .any(|(k, v)| k == store && v.trim().eq_ignore_ascii_case("PEM"))
+    };
+    // Java reads PEM stores too (KIP-651): a CA file librdkafka can use as it is.
+    let pem_truststore = typed_pem("ssl.truststore.type")
+        || properties
+            .iter()
+            .any(|(k, v)| k == "ssl.truststore.location" && is_pem_file(v));
+    let pem_keystore = typed_pem("ssl.keystore.type");
     let mut out = Vec::new();
     let mut dropped = Vec::new();
     for (key, value) in properties {
@@ -307,16 +318,80 @@ pub fn translate_java(properties: Vec<(String, String)>) -> Result<(Pairs, Vec<S
             "ssl.endpoint.identification.algorithm" if value.trim().is_empty() => {
                 out.push((key, "none".to_string()))
             }
+            "ssl.truststore.location" if pem_truststore => {
+                out.push(("ssl.ca.location".to_string(), value))
+            }
+            "ssl.truststore.certificates" => {
+                out.push(("ssl.ca.pem".to_string(), pem_lines(&value)))
+            }
+            // A PEM keystore file holds the key and its certificate chain; OpenSSL takes each
+            // from the same file.
+            "ssl.keystore.location" if pem_keystore => {
+                out.push(("ssl.certificate.location".to_string(), value.clone()));
+                out.push(("ssl.key.location".to_string(), value));
+            }
+            "ssl.keystore.key" => out.push(("ssl.key.pem".to_string(), pem_lines(&value))),
+            "ssl.keystore.certificate.chain" => {
+                out.push(("ssl.certificate.pem".to_string(), pem_lines(&value)))
+            }
+            // PEM stores have no store password (the key's is ssl.key.password).
+            "ssl.truststore.password" if pem_truststore => dropped.push(key),
+            "ssl.keystore.password" if pem_keystore => dropped.push(key),
             "ssl.truststore.location" | "ssl.truststore.password" => {
                 return Err(format!(
-                    "{key}: librdkafka cannot read Java truststores; export the CA as PEM and \
-                     set ssl.ca.location instead"
+                    "{key}: librdkafka cannot read JKS or PKCS12 truststores; export the CA as \
+                     PEM and set ssl.ca.location (or ssl.truststore.type=PEM) instead"
                 ))
             }
             _ => out.push((key, value)),
         }
     }
     Ok((out, dropped))
+}
+
+/// True when `path` is a readable file that starts like PEM.
+fn is_pem_file(path: &str) -> bool {
+    std::fs::read(path.trim()).is_ok_and(|bytes| {
+        String::from_utf8_lossy(&bytes[..bytes.len().min(4096)])
+            .trim_start()
+            .starts_with("-----BEGIN")
+    })
+}
+
+/// PEM blocks with their line breaks back: a Java properties value written over continuation
+/// lines has them joined by blanks, which Java's PEM reader accepts and OpenSSL's does not.
+fn pem_lines(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(begin) = rest.find("-----BEGIN ") {
+        let after_begin = &rest[begin + 11..];
+        let Some(label_end) = after_begin.find("-----") else {
+            break;
+        };
+        let label = &after_begin[..label_end];
+        let body_start = &after_begin[label_end + 5..];
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = body_start.find(&end_marker) else {
+            break;
+        };
+        let body: String = body_start[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        out.push_str(&format!("-----BEGIN {label}-----\n"));
+        for chunk in body.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(chunk));
+            out.push('\n');
+        }
+        out.push_str(&end_marker);
+        out.push('\n');
+        rest = &body_start[end + end_marker.len()..];
+    }
+    if out.is_empty() {
+        value.to_string()
+    } else {
+        out
+    }
 }
 
 /// The librdkafka settings of one JAAS line.
@@ -685,6 +760,67 @@ mod tests {
         }
         let created: Result<rdkafka::producer::BaseProducer, _> = config.create();
         assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    /// A self-signed CA (P-256, valid until 2126), for settings librdkafka parses at creation.
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUWxjnJYePE3dxPfL45r1zgqB+OOgwCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRYWZ0ZXJjYXJ0LXRlc3QtY2EwIBcNMjYxMjA2MTY0NDQ0WhgP\nMjEyNjExMTIxNjQ0NDRaMBwxGjAYBgNVBAMMEWFmdGVyY2FydC10ZXN0LWNhMFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEiFYaeeWZ4Buf7z0YIwAgOajxElFvi6Jr\nlXISwDkNQ6HmkkX26OGHoFA0Y8i03sk2KnQsgHdDz+lQmhq2QyJJA6NTMFEwHQYD\nVR0OBBYEFNunK7brxJkPH4ffx5mC4WezT0a4MB8GA1UdIwQYMBaAFNunK7brxJkP\nH4ffx5mC4WezT0a4MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg\nAOIC4fGfT3TZR3zCTJCCcpkUXg/4l5hCpEdkFBLje5UCIQDPdFl7ygyoh4F4OjDE\nevewxOrXgFyfFzLQJ/pH3jHo5g==\n-----END CERTIFICATE-----";
+
+    #[test]
+    fn java_pem_truststores_and_keystores_become_librdkafka_pem_settings() {
+        let dir = std::env::temp_dir().join(format!("aftercart-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, TEST_CA_PEM).unwrap();
+        // A PEM truststore is recognised by its type or by its content.
+        for typed in [true, false] {
+            let mut input = vec![
+                (
+                    "ssl.truststore.location".to_string(),
+                    ca.display().to_string(),
+                ),
+                ("ssl.truststore.password".to_string(), "unused".to_string()),
+            ];
+            if typed {
+                input.insert(0, ("ssl.truststore.type".into(), "PEM".into()));
+            }
+            let (out, _) = translate_java(input).unwrap();
+            assert_eq!(
+                out,
+                vec![("ssl.ca.location".to_string(), ca.display().to_string())],
+                "typed: {typed}"
+            );
+        }
+        // Inline certificates as a Java client.properties writes them: continuation lines, so
+        // no line breaks are left in the value.
+        let text = "ssl.truststore.type=PEM\nssl.truststore.certificates=-----BEGIN CERTIFICATE----- \\\n    MIIBjzCCATWgAwIBAgIUWxjnJYePE3dxPfL45r1zgqB+OOgwCgYIKoZIzj0EAwIw \\\n    HDEaMBgGA1UEAwwRYWZ0ZXJjYXJ0LXRlc3QtY2EwIBcNMjYxMjA2MTY0NDQ0WhgP \\\n    MjEyNjExMTIxNjQ0NDRaMBwxGjAYBgNVBAMMEWFmdGVyY2FydC10ZXN0LWNhMFkw \\\n    EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEiFYaeeWZ4Buf7z0YIwAgOajxElFvi6Jr \\\n    lXISwDkNQ6HmkkX26OGHoFA0Y8i03sk2KnQsgHdDz+lQmhq2QyJJA6NTMFEwHQYD \\\n    VR0OBBYEFNunK7brxJkPH4ffx5mC4WezT0a4MB8GA1UdIwQYMBaAFNunK7brxJkP \\\n    H4ffx5mC4WezT0a4MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg \\\n    AOIC4fGfT3TZR3zCTJCCcpkUXg/4l5hCpEdkFBLje5UCIQDPdFl7ygyoh4F4OjDE \\\n    evewxOrXgFyfFzLQJ/pH3jHo5g== \\\n    -----END CERTIFICATE-----\n\
+             ssl.keystore.type=PEM\nssl.keystore.location=/etc/kafka/client.pem\n";
+        let (out, _) = translate_java(parse_file_text(text).unwrap()).unwrap();
+        let properties = KafkaProperties::from(out);
+        assert_eq!(
+            properties.get("ssl.certificate.location"),
+            Some("/etc/kafka/client.pem")
+        );
+        assert_eq!(
+            properties.get("ssl.key.location"),
+            Some("/etc/kafka/client.pem")
+        );
+        let pem = properties.get("ssl.ca.pem").expect("ssl.ca.pem");
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.pem", pem);
+        let created: Result<rdkafka::producer::BaseProducer, _> = config.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+        // A JKS or PKCS12 truststore is still refused, by name.
+        let jks = dir.join("truststore.jks");
+        std::fs::write(&jks, [0xfe, 0xed, 0xfe, 0xed]).unwrap();
+        let error = translate_java(vec![(
+            "ssl.truststore.location".into(),
+            jks.display().to_string(),
+        )])
+        .unwrap_err();
+        assert!(error.starts_with("ssl.truststore.location:"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
