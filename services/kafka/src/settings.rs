@@ -16,7 +16,7 @@ use crate::properties::{self, KafkaProperties};
 #[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port (required, unless the properties
-    /// set bootstrap.servers).
+    /// set bootstrap.servers, which then wins).
     #[arg(long = "kafka-brokers", env = "AFTERCART_KAFKA_BROKERS")]
     pub brokers: Option<String>,
 
@@ -104,14 +104,15 @@ impl KafkaArgs {
             .as_ref()
             .and_then(|p| p.get("bootstrap.servers"))
             .map(str::to_string);
-        let brokers = match self
+        // The properties' bootstrap.servers is applied last, so it is what clients connect to.
+        let flag = self
             .brokers
             .as_deref()
             .map(str::trim)
-            .filter(|b| !b.is_empty())
-        {
+            .filter(|b| !b.is_empty());
+        let brokers = match from_properties.as_deref().or(flag) {
             Some(brokers) => Some(brokers.to_string()),
-            None => match from_properties.or(default_brokers.map(str::to_string)) {
+            None => match default_brokers.map(str::to_string) {
                 Some(default) => Some(default),
                 None => {
                     errors.push("AFTERCART_KAFKA_BROKERS: required (bootstrap servers, e.g. localhost:9092)");
@@ -479,6 +480,23 @@ mod tests {
         assert_eq!(settings.brokers, "kafka-1:9092,kafka-2:9092");
         assert_eq!(settings.properties.get("linger.ms"), Some("9"));
         assert_eq!(settings.properties.get("acks"), Some("all"));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_brokers_shown_are_the_ones_the_clients_use() {
+        // bootstrap.servers in the properties is applied after AFTERCART_KAFKA_BROKERS, so it is
+        // what every client connects to: `kafka check` and the logs must say so.
+        let path = temp_file("both-brokers", "bootstrap.servers=managed-1:9093\n");
+        let mut both = args();
+        both.kafka_properties_file = Some(path.clone());
+        let mut errors = ConfigErrors::new();
+        let settings = both.validate(&mut errors, None).unwrap();
+        assert!(errors.is_empty(), "{errors}");
+        let mut config = settings.client_config("x");
+        settings.apply_overrides(&mut config);
+        assert_eq!(config.get("bootstrap.servers"), Some("managed-1:9093"));
+        assert_eq!(settings.brokers, "managed-1:9093");
         let _ = std::fs::remove_file(path);
     }
 
