@@ -25,6 +25,36 @@ pub fn is_secret(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
+/// librdkafka's aliases (rdkafka_conf.c `_RK_C_ALIAS`), each group naming one setting.
+const ALIASES: &[&[&str]] = &[
+    &["bootstrap.servers", "metadata.broker.list"],
+    &["max.in.flight", "max.in.flight.requests.per.connection"],
+    &["sasl.mechanism", "sasl.mechanisms"],
+    &[
+        "sasl.oauthbearer.client.credentials.client.id",
+        "sasl.oauthbearer.client.id",
+    ],
+    &[
+        "sasl.oauthbearer.client.credentials.client.secret",
+        "sasl.oauthbearer.client.secret",
+    ],
+    &["max.partition.fetch.bytes", "fetch.message.max.bytes"],
+    &["linger.ms", "queue.buffering.max.ms"],
+    &["retries", "message.send.max.retries"],
+    &["compression.type", "compression.codec"],
+    &["acks", "request.required.acks"],
+    &["delivery.timeout.ms", "message.timeout.ms"],
+    &["enable.auto.commit", "auto.commit.enable"],
+];
+
+/// Every spelling of the setting `key` names, `key` included.
+pub fn aliases_of(key: &str) -> Vec<&str> {
+    ALIASES
+        .iter()
+        .find(|group| group.contains(&key))
+        .map_or_else(|| vec![key], |group| group.to_vec())
+}
+
 /// Operator-supplied librdkafka properties, in the order they are applied (later wins).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProperties {
@@ -36,10 +66,11 @@ impl KafkaProperties {
         Self::default()
     }
 
-    /// Sets `key`, replacing an earlier value.
+    /// Sets `key`, replacing an earlier value under any of its spellings.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let key = key.into();
-        self.pairs.retain(|(k, _)| *k != key);
+        let names = aliases_of(&key);
+        self.pairs.retain(|(k, _)| !names.contains(&k.as_str()));
         self.pairs.push((key, value.into()));
     }
 
@@ -675,6 +706,30 @@ mod tests {
             properties.redact("bad value hunter2 for x"),
             "bad value <redacted> for x"
         );
+    }
+
+    #[test]
+    fn a_later_alias_replaces_an_earlier_spelling() {
+        // The file's Java spelling and the environment's librdkafka one name one setting:
+        // librdkafka applies a hash map's entries in no fixed order, so both must not survive.
+        let mut properties = KafkaProperties::from(vec![
+            ("sasl.mechanism".into(), "PLAIN".into()),
+            ("linger.ms".into(), "5".into()),
+        ]);
+        properties.extend([
+            ("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string()),
+            ("queue.buffering.max.ms".to_string(), "50".to_string()),
+        ]);
+        let pairs: Vec<_> = properties.iter().cloned().collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string()),
+                ("queue.buffering.max.ms".to_string(), "50".to_string()),
+            ]
+        );
+        assert_eq!(aliases_of("acks"), ["acks", "request.required.acks"]);
+        assert_eq!(aliases_of("client.id"), ["client.id"]);
     }
 
     #[test]
