@@ -10,8 +10,13 @@ use aftercart_ingress::ServeError;
 use aftercart_kafka::KafkaSettings;
 use aftercart_shopify::Family;
 use aftercart_tests::abandonment::{test_config as abandonment_config, TestAbandonment};
+use aftercart_tests::audiences::{
+    test_config as audiences_config, Platforms, Shopper, TestAudiences, Upstream,
+};
 use aftercart_tests::http::Webhook;
 use aftercart_tests::ingress::{test_config, TestIngress, SECRET};
+use aftercart_tests::receiver::Receiver;
+use aftercart_tests::referrals::{test_config as referrals_config, TestReferrals};
 use aftercart_tests::tls::{TlsBroker, TlsOptions};
 use aftercart_tests::{eventually, read_topic_with, Broker};
 
@@ -108,6 +113,100 @@ mod tls {
         assert!(String::from_utf8_lossy(&events[0].value).contains(&cart));
         service.stop().await.expect("the service stops cleanly");
         ingress.shutdown().await.expect("the ingress stops cleanly");
+    }
+
+    /// The referrals service consumes the ingress's orders through TLS, writes its invite
+    /// through TLS, and its webhook forwarder (a group consumer of its own) posts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn referrals_and_its_webhook_forwarder_work_through_tls() {
+        let Some(tls) = TlsBroker::tansu(TlsOptions::default()).await else {
+            return;
+        };
+        let properties = tls.client_properties(&tls.ca_pem, None);
+        let ingress = TestIngress::start(tls_ingress_config(&tls, properties.clone())).await;
+        let receiver = Receiver::start(Vec::new()).await;
+        let prefix = &ingress.config.kafka.topic_prefix;
+        let flags = [
+            format!("--referrals-webhook-url={}", receiver.url),
+            "--referrals-webhook-secret=provider-shared-secret".to_string(),
+            format!("--webhook-dead-letter-topic={prefix}referrals-webhook-dead-letter"),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let service =
+            TestReferrals::start_on(&tls.broker, referrals_config(&ingress.config.kafka, &flags))
+                .await;
+        let customer = uuid::Uuid::new_v4().as_u128() as u64 >> 12;
+        let order = serde_json::json!({
+            "id": customer + 1, "name": "#1001", "cart_token": "cart-tls",
+            "checkout_token": "chk-tls", "email": "ann@example.com",
+            "customer": {"id": customer, "email": "ann@example.com", "first_name": "Ann"},
+            "buyer_accepts_marketing": true, "financial_status": "paid", "test": false,
+            "subtotal_price": "50.00", "total_price": "55.00", "currency": "EUR",
+            "created_at": "2026-11-23T10:00:00Z", "updated_at": "2026-11-23T10:00:00Z"
+        });
+        let response = Webhook::new("orders/paid", order.to_string().into_bytes(), SECRET)
+            .post(ingress.addr)
+            .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        let invites_topic = service.config.invites_topic.clone();
+        let invites = eventually("an invite through TLS", Duration::from_secs(60), || async {
+            let records = read_topic_with(&tls.bootstrap(), &properties, &invites_topic).await;
+            (!records.is_empty()).then_some(records)
+        })
+        .await;
+        let invite: serde_json::Value = serde_json::from_slice(&invites[0].value).unwrap();
+        assert_eq!(invite["advocate"]["customer_id"], customer);
+        let posted = eventually("the invite posted", Duration::from_secs(60), || async {
+            let delivered = receiver.delivered();
+            (!delivered.is_empty()).then_some(delivered)
+        })
+        .await;
+        assert_eq!(posted[0].event_id(), invite["event_id"].as_str().unwrap());
+        service.stop().await.expect("the service stops cleanly");
+        ingress.shutdown().await.expect("the ingress stops cleanly");
+    }
+
+    /// The audiences service consumes abandonments through TLS, exports them, and writes its
+    /// batches through TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audiences_consume_and_export_through_tls() {
+        let Some(tls) = TlsBroker::tansu(TlsOptions::default()).await else {
+            return;
+        };
+        let properties = tls.client_properties(&tls.ca_pem, None);
+        let platforms = Platforms::start().await;
+        let mut kafka = KafkaSettings::new(tls.bootstrap(), aftercart_tests::unique_prefix());
+        kafka.partitions = 3;
+        kafka.properties = properties.clone().into();
+        let config = audiences_config(&kafka, &platforms, &[]);
+        let service = TestAudiences::start_on(&tls.broker, config.clone()).await;
+        let shopper = Shopper {
+            id: 7_000_000_000_000_101,
+            email: "tls.buyer@example.com",
+            phone: None,
+            first_name: "Tia",
+            last_name: "Lane",
+            country: "GB",
+        };
+        let upstream = Upstream {
+            broker: &tls.broker,
+            config: &config,
+            shop: "jsmith.myshopify.com",
+        };
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        upstream.abandoned(&shopper, true, "tok-tls", &at).await;
+        for (what, platform) in [
+            ("Meta", &platforms.meta),
+            ("the webhook", &platforms.webhook),
+        ] {
+            eventually(what, Duration::from_secs(60), || async {
+                (!platform.delivered().is_empty()).then_some(())
+            })
+            .await;
+        }
+        let batches = read_topic_with(&tls.bootstrap(), &properties, &config.batches_topic).await;
+        assert!(!batches.is_empty(), "batches written through TLS");
+        service.stop().await.expect("the service stops cleanly");
     }
 
     /// Mutual TLS: with a client certificate from the CA the ingress publishes; without one,

@@ -12,7 +12,7 @@ use aftercart_kafka::{KafkaSettings, TopicNames};
 use clap::Parser;
 use serde_json::{json, Value};
 
-use crate::delivery::{produce, Input};
+use crate::delivery::{produce_with, Input};
 use crate::receiver::{Receiver, Reply};
 use crate::service::{test_kafka_args, TestService};
 use crate::Broker;
@@ -248,7 +248,8 @@ pub struct Shopper {
 }
 
 /// Writes upstream records: abandonments as `aftercart abandonment` does, Shopify webhooks as
-/// the ingress does (exact body, `shopify-*` headers, key).
+/// the ingress does (exact body, `shopify-*` headers, key), through the service's own Kafka
+/// settings (so through TLS when the service's broker is behind it).
 pub struct Upstream<'a> {
     pub broker: &'a Broker,
     pub config: &'a AudiencesConfig,
@@ -256,6 +257,10 @@ pub struct Upstream<'a> {
 }
 
 impl Upstream<'_> {
+    fn kafka_properties(&self) -> Vec<(String, String)> {
+        self.config.kafka.properties.iter().cloned().collect()
+    }
+
     fn raw_topic(&self, family: aftercart_shopify::Family) -> String {
         TopicNames::new(&self.config.kafka.topic_prefix).family(family)
     }
@@ -293,8 +298,9 @@ impl Upstream<'_> {
         let value = event.to_string();
         let key = format!("{}/{token}", self.shop);
         let event_id = format!("{:032x}", shopper.id);
-        produce(
-            self.broker,
+        produce_with(
+            &self.config.kafka.brokers,
+            &self.kafka_properties(),
             &self.config.abandonments_topic,
             &[Input {
                 key: &key,
@@ -315,8 +321,9 @@ impl Upstream<'_> {
     ) {
         let value = body.to_string();
         let key = format!("{}/{key}", self.shop);
-        produce(
-            self.broker,
+        produce_with(
+            &self.config.kafka.brokers,
+            &self.kafka_properties(),
             &self.raw_topic(family),
             &[Input {
                 key: &key,

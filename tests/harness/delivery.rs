@@ -81,11 +81,27 @@ pub struct Input<'a> {
 
 /// Produces `records` in order and returns where each landed (partition, offset).
 pub async fn produce(broker: &Broker, topic: &str, records: &[Input<'_>]) -> Vec<(i32, i64)> {
+    produce_with(
+        &broker.bootstrap(),
+        &broker.client_properties(),
+        topic,
+        records,
+    )
+    .await
+}
+
+/// [`produce`] through `bootstrap` with these client properties (e.g. a TLS broker's).
+pub async fn produce_with(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    records: &[Input<'_>],
+) -> Vec<(i32, i64)> {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", broker.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("log_level", "3");
-    for (key, value) in broker.client_properties() {
+    for (key, value) in properties {
         config.set(key, value);
     }
     let producer: FutureProducer = config.create().expect("test producer");

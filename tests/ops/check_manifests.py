@@ -17,7 +17,8 @@
    dashboards that parse and carry the sidecar label; KafkaTopics joined by partition share one
    partition count, changelogs are compacted, every topic has min.insync.replicas below its
    replicas and drops personal data within 30 days; KafkaUsers' ACLs name only rendered topics
-   (never create/delete/alter) and groups, and each mounted user Secret has its KafkaUser;
+   (never create/delete/alter) and groups, cover every topic the service reads (restore reads
+   too) and writes, and each mounted user Secret has its KafkaUser;
 5. the Jobs run by hand (k8s/jobs/: the spool drain) validate the same way, are selected by the
    baseline NetworkPolicy and mount the ingress's spool claim where the ingress mounts it;
 6. checkov on the rendered overlays, the hand-run Jobs and the Dockerfile (exceptions are
@@ -48,6 +49,29 @@ SAME_PARTITIONS = [
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
 ]
 CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state"]
+# What each service's Kafka user must be allowed on its topics with the default names
+# (services/*/src/app.rs topic_specs and consumer.rs): read includes restore reads (the
+# abandonment service reads its own events back after a crash, the others their outputs).
+RAW = ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance"]
+USER_NEEDS = {
+    "aftercart-kafka-ingress": {"Write": RAW + ["shopify.other", "shopify.quarantine"]},
+    "aftercart-kafka-abandonment": {
+        "Read": RAW + ["aftercart.abandonments", "aftercart.abandonment-state"],
+        "Write": ["aftercart.abandonments", "aftercart.abandonment-state", "aftercart.abandonment-dead-letter"],
+    },
+    "aftercart-kafka-referrals": {
+        "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.referrals-by-shop",
+                 "aftercart.referrals-state", "aftercart.referral-invites", "aftercart.referral-rewards"],
+        "Write": ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
+                  "aftercart.referral-rewards", "aftercart.referrals-dead-letter"],
+    },
+    "aftercart-kafka-audiences": {
+        "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",
+                 "aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
+        "Write": ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches",
+                  "aftercart.audiences-dead-letter"],
+    },
+}
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 # Shopify's redaction duty: personal data gone within 30 days of a request.
 MAX_PERSONAL_DATA_MS = 30 * 86400 * 1000
@@ -317,6 +341,17 @@ def main():
                                 f"{overlay}: KafkaTopic {name} holds personal data 30 days at most "
                                 f"(retention.ms {retention} + segment.ms {segment})")
         users = {u["metadata"]["name"]: u for u in by_kind.get("KafkaUser", [])}
+        for name, needs in USER_NEEDS.items():
+            if name not in users:
+                continue
+            granted = set()
+            for acl in users[name]["spec"].get("authorization", {}).get("acls", []):
+                if acl["resource"]["type"] == "topic":
+                    granted |= {(op, acl["resource"]["name"]) for op in acl["operations"]}
+            for operation, needed in needs.items():
+                missing = sorted(t for t in needed if (operation, t) not in granted)
+                tally.check(not missing, f"{overlay}: KafkaUser {name} may {operation} every topic it uses "
+                                         f"(missing: {missing})")
         for name, user in users.items():
             for acl in user["spec"].get("authorization", {}).get("acls", []):
                 resource = acl["resource"]

@@ -869,6 +869,26 @@ async fn secrets_in_kafka_properties_never_reach_the_output() {
         "the skipped Java setting is named"
     );
     assert_clean("the logs", &logs);
+
+    // `kafka check` reports on the same settings, with librdkafka's own debug lines on (its
+    // configuration dump and SASL handshake included).
+    let mut check = aftercart(&["kafka", "check", "--timeout", "2s"]);
+    with_secrets(&mut check);
+    check
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env(
+            "AFTERCART_KAFKA_PROPERTIES",
+            "sasl.password=env-s3cret,debug=all",
+        )
+        .env("AFTERCART_LOG", "debug");
+    let check = run(&mut check);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr),
+    );
+    assert_eq!(check.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert_clean("kafka check", &format!("{stdout}{stderr}"));
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -25,6 +25,36 @@ pub fn is_secret(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
+/// librdkafka's aliases (rdkafka_conf.c `_RK_C_ALIAS`), each group naming one setting.
+const ALIASES: &[&[&str]] = &[
+    &["bootstrap.servers", "metadata.broker.list"],
+    &["max.in.flight", "max.in.flight.requests.per.connection"],
+    &["sasl.mechanism", "sasl.mechanisms"],
+    &[
+        "sasl.oauthbearer.client.credentials.client.id",
+        "sasl.oauthbearer.client.id",
+    ],
+    &[
+        "sasl.oauthbearer.client.credentials.client.secret",
+        "sasl.oauthbearer.client.secret",
+    ],
+    &["max.partition.fetch.bytes", "fetch.message.max.bytes"],
+    &["linger.ms", "queue.buffering.max.ms"],
+    &["retries", "message.send.max.retries"],
+    &["compression.type", "compression.codec"],
+    &["acks", "request.required.acks"],
+    &["delivery.timeout.ms", "message.timeout.ms"],
+    &["enable.auto.commit", "auto.commit.enable"],
+];
+
+/// Every spelling of the setting `key` names, `key` included.
+pub fn aliases_of(key: &str) -> Vec<&str> {
+    ALIASES
+        .iter()
+        .find(|group| group.contains(&key))
+        .map_or_else(|| vec![key], |group| group.to_vec())
+}
+
 /// Operator-supplied librdkafka properties, in the order they are applied (later wins).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProperties {
@@ -36,10 +66,11 @@ impl KafkaProperties {
         Self::default()
     }
 
-    /// Sets `key`, replacing an earlier value.
+    /// Sets `key`, replacing an earlier value under any of its spellings.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let key = key.into();
-        self.pairs.retain(|(k, _)| *k != key);
+        let names = aliases_of(&key);
+        self.pairs.retain(|(k, _)| !names.contains(&k.as_str()));
         self.pairs.push((key, value.into()));
     }
 
@@ -124,26 +155,28 @@ pub fn parse_list(value: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-/// Parses a Java `client.properties` file: one `key=value` (or `key: value`) a line, split at
-/// the first `=` or `:`, so values keep their commas and `=`; blank lines and lines starting
-/// with `#` or `!` are skipped; a line ending in `\` continues on the next. Other backslash
-/// escapes are kept as written.
+/// Parses a Java `client.properties` file as `java.util.Properties.load` does: the key ends at
+/// the first unescaped `=`, `:` or whitespace, so values keep their commas and `=`; blank lines
+/// and lines starting with `#` or `!` are skipped; a line ending in an odd number of `\`
+/// continues on the next, whose indentation is dropped; `\=`, `\:`, `\ `, `\\`, `\t`, `\n` and
+/// `\uXXXX` are unescaped. Values are trimmed, as Kafka's own config parsing does. A key
+/// without a value is refused (a stray word is more likely a pasted secret than a setting).
 pub fn parse_file_text(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut pairs = Vec::new();
     let mut logical = String::new();
     let mut first_line = 0;
+    let mut continuing = false;
     for (index, line) in text.lines().enumerate() {
-        let line = if logical.is_empty() {
+        let line = line.trim_start_matches(is_space);
+        if !continuing {
             first_line = index + 1;
-            line.trim_start()
-        } else {
-            line.trim_start()
-        };
-        if logical.is_empty() && (line.is_empty() || line.starts_with(['#', '!'])) {
-            continue;
+            if line.is_empty() || line.starts_with(['#', '!']) {
+                continue;
+            }
         }
         let trailing = line.len() - line.trim_end_matches('\\').len();
-        if trailing % 2 == 1 {
+        continuing = trailing % 2 == 1;
+        if continuing {
             logical.push_str(&line[..line.len() - 1]);
             continue;
         }
@@ -151,22 +184,78 @@ pub fn parse_file_text(text: &str) -> Result<Vec<(String, String)>, String> {
         pairs.push(split_line(&logical, first_line)?);
         logical.clear();
     }
-    if !logical.is_empty() {
+    if continuing && !logical.is_empty() {
         pairs.push(split_line(&logical, first_line)?);
     }
     Ok(pairs)
 }
 
+/// Whitespace as `java.util.Properties` counts it.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\x0c')
+}
+
+/// Splits one logical line into its unescaped key and value.
 fn split_line(line: &str, number: usize) -> Result<(String, String), String> {
-    let at = line.find(['=', ':']);
-    match at {
-        Some(at) if !line[..at].trim().is_empty() => Ok((
-            line[..at].trim().to_string(),
-            line[at + 1..].trim().to_string(),
-        )),
-        // The line number only: the line may hold a password.
-        _ => Err(format!("line {number} is not key=value")),
+    let mut key_end = None;
+    let mut escaped = false;
+    for (at, c) in line.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '=' || c == ':' || is_space(c) {
+            key_end = Some(at);
+            break;
+        }
     }
+    // The line number only: the line may hold a password.
+    let not_pair = || format!("line {number} is not key=value");
+    let key_end = key_end.ok_or_else(not_pair)?;
+    let mut rest = line[key_end..].trim_start_matches(is_space);
+    if let Some(after) = rest.strip_prefix(['=', ':']) {
+        rest = after.trim_start_matches(is_space);
+    } else if rest.is_empty() {
+        // A word and trailing blanks.
+        return Err(not_pair());
+    }
+    let malformed = || format!("line {number} has a malformed \\uXXXX escape");
+    let key = unescape(&line[..key_end]).ok_or_else(malformed)?;
+    if key.trim().is_empty() {
+        return Err(not_pair());
+    }
+    let value = unescape(rest).ok_or_else(malformed)?;
+    Ok((key, value.trim().to_string()))
+}
+
+/// Java properties escapes; `None` for a malformed `\uXXXX` (or a lone surrogate).
+fn unescape(text: &str) -> Option<String> {
+    let mut units: Vec<u16> = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\\' => match chars.next() {
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    if hex.len() != 4 {
+                        return None;
+                    }
+                    units.push(u16::from_str_radix(&hex, 16).ok()?);
+                    continue;
+                }
+                Some('t') => '\t',
+                Some('n') => '\n',
+                Some('r') => '\r',
+                Some('f') => '\x0c',
+                Some(other) => other,
+                None => continue,
+            },
+            other => other,
+        };
+        let mut buffer = [0u16; 2];
+        units.extend_from_slice(c.encode_utf16(&mut buffer));
+    }
+    String::from_utf16(&units).ok()
 }
 
 /// Reads and parses a properties file; errors name the path and line, never a value.
@@ -214,7 +303,7 @@ pub fn resolve_files(pairs: Vec<(String, String)>) -> Result<Vec<(String, String
 }
 
 /// Java client settings librdkafka has no use for (serialisers, Schema Registry, DNS lookup
-/// mode, login callback classes): skipped, so a Confluent or MSK `client.properties` works as
+/// mode, callback classes; `sasl.login.*` too, below): skipped, so a Confluent or MSK `client.properties` works as
 /// downloaded.
 const JAVA_ONLY: &[&str] = &[
     "key.serializer",
@@ -222,7 +311,6 @@ const JAVA_ONLY: &[&str] = &[
     "key.deserializer",
     "value.deserializer",
     "client.dns.lookup",
-    "sasl.login.callback.handler.class",
     "sasl.client.callback.handler.class",
     "ssl.keystore.type",
     "ssl.truststore.type",
@@ -232,28 +320,109 @@ const JAVA_ONLY: &[&str] = &[
 /// and `sasl.password` (PLAIN, SCRAM) or the OIDC client credentials (OAUTHBEARER); Java-only
 /// settings are dropped and named in the returned list. Errors name the setting, never a value.
 pub fn translate_java(properties: Vec<(String, String)>) -> Result<(Pairs, Vec<String>), String> {
+    let typed_pem = |store: &str| {
+        properties
+            .iter()
+            .any(|(k, v)| k == store && v.trim().eq_ignore_ascii_case("PEM"))
+    };
+    // Java reads PEM stores too (KIP-651): a CA file librdkafka can use as it is.
+    let pem_truststore = typed_pem("ssl.truststore.type")
+        || properties
+            .iter()
+            .any(|(k, v)| k == "ssl.truststore.location" && is_pem_file(v));
+    let pem_keystore = typed_pem("ssl.keystore.type");
     let mut out = Vec::new();
     let mut dropped = Vec::new();
     for (key, value) in properties {
         if JAVA_ONLY.contains(&key.as_str())
             || key.starts_with("schema.registry.")
             || key.starts_with("basic.auth.")
+            // The Java login's class and tuning (timeouts, refresh); librdkafka has none of it.
+            || key.starts_with("sasl.login.")
         {
             dropped.push(key);
             continue;
         }
         match key.as_str() {
             "sasl.jaas.config" => out.extend(translate_jaas(&value)?),
+            // Java turns host name checks off with an empty value, librdkafka with `none`.
+            "ssl.endpoint.identification.algorithm" if value.trim().is_empty() => {
+                out.push((key, "none".to_string()))
+            }
+            "ssl.truststore.location" if pem_truststore => {
+                out.push(("ssl.ca.location".to_string(), value))
+            }
+            "ssl.truststore.certificates" => {
+                out.push(("ssl.ca.pem".to_string(), pem_lines(&value)))
+            }
+            // A PEM keystore file holds the key and its certificate chain; OpenSSL takes each
+            // from the same file.
+            "ssl.keystore.location" if pem_keystore => {
+                out.push(("ssl.certificate.location".to_string(), value.clone()));
+                out.push(("ssl.key.location".to_string(), value));
+            }
+            "ssl.keystore.key" => out.push(("ssl.key.pem".to_string(), pem_lines(&value))),
+            "ssl.keystore.certificate.chain" => {
+                out.push(("ssl.certificate.pem".to_string(), pem_lines(&value)))
+            }
+            // PEM stores have no store password (the key's is ssl.key.password).
+            "ssl.truststore.password" if pem_truststore => dropped.push(key),
+            "ssl.keystore.password" if pem_keystore => dropped.push(key),
             "ssl.truststore.location" | "ssl.truststore.password" => {
                 return Err(format!(
-                    "{key}: librdkafka cannot read Java truststores; export the CA as PEM and \
-                     set ssl.ca.location instead"
+                    "{key}: librdkafka cannot read JKS or PKCS12 truststores; export the CA as \
+                     PEM and set ssl.ca.location (or ssl.truststore.type=PEM) instead"
                 ))
             }
             _ => out.push((key, value)),
         }
     }
     Ok((out, dropped))
+}
+
+/// True when `path` is a readable file that starts like PEM.
+fn is_pem_file(path: &str) -> bool {
+    std::fs::read(path.trim()).is_ok_and(|bytes| {
+        String::from_utf8_lossy(&bytes[..bytes.len().min(4096)])
+            .trim_start()
+            .starts_with("-----BEGIN")
+    })
+}
+
+/// PEM blocks with their line breaks back: a Java properties value written over continuation
+/// lines has them joined by blanks, which Java's PEM reader accepts and OpenSSL's does not.
+fn pem_lines(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(begin) = rest.find("-----BEGIN ") {
+        let after_begin = &rest[begin + 11..];
+        let Some(label_end) = after_begin.find("-----") else {
+            break;
+        };
+        let label = &after_begin[..label_end];
+        let body_start = &after_begin[label_end + 5..];
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = body_start.find(&end_marker) else {
+            break;
+        };
+        let body: String = body_start[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        out.push_str(&format!("-----BEGIN {label}-----\n"));
+        for chunk in body.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(chunk));
+            out.push('\n');
+        }
+        out.push_str(&end_marker);
+        out.push('\n');
+        rest = &body_start[end + end_marker.len()..];
+    }
+    if out.is_empty() {
+        value.to_string()
+    } else {
+        out
+    }
 }
 
 /// The librdkafka settings of one JAAS line.
@@ -290,7 +459,8 @@ fn translate_jaas(value: &str) -> Result<Vec<(String, String)>, String> {
                 ("clientSecret", "sasl.oauthbearer.client.secret"),
                 ("scope", "sasl.oauthbearer.scope"),
             ] {
-                if let Some(v) = option(option_name) {
+                // Java sends no scope when it is blank; librdkafka would send `scope=`.
+                if let Some(v) = option(option_name).filter(|v| !v.trim().is_empty()) {
                     out.push((property.to_string(), v));
                 }
             }
@@ -322,13 +492,25 @@ fn translate_jaas(value: &str) -> Result<Vec<(String, String)>, String> {
                     .to_string(),
             )
         }
-        other => return Err(format!("sasl.jaas.config: unknown login module {other}")),
+        // Named only when it reads as a login module class: a bare password put here by
+        // mistake (a `${file:}` to the wrong Secret key) must not be printed.
+        _ if module.ends_with("LoginModule") && !module.contains(['"', '\'', '=']) => {
+            return Err(format!("sasl.jaas.config: unknown login module {module}"))
+        }
+        _ => {
+            return Err(
+                "sasl.jaas.config: no known login module (expected PlainLoginModule, \
+                        ScramLoginModule or OAuthBearerLoginModule; the value is not shown)"
+                    .to_string(),
+            )
+        }
     }
     Ok(out)
 }
 
-/// `name="value"` or `name=value` options of a JAAS line (the flag `required` and friends are
-/// skipped).
+/// `name="value"`, `name='value'` or `name=value` options of a JAAS line, as Kafka's JAAS
+/// parser (a `StreamTokenizer`) reads them: either quote, `\` escapes inside quotes (the flag
+/// `required` and friends are skipped).
 fn jaas_options(text: &str) -> Vec<(String, String)> {
     let mut options = Vec::new();
     let mut rest = text.trim();
@@ -340,19 +522,37 @@ fn jaas_options(text: &str) -> Vec<(String, String)> {
             .unwrap_or("")
             .to_string();
         let after = rest[eq + 1..].trim_start();
-        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.find('"') {
-                Some(end) => (quoted[..end].to_string(), &quoted[end + 1..]),
-                None => (quoted.to_string(), ""),
+        let (value, next) = match after.chars().next() {
+            Some(quote @ ('"' | '\'')) => quoted(&after[1..], quote),
+            _ => {
+                let end = after.find(char::is_whitespace).unwrap_or(after.len());
+                (after[..end].to_string(), &after[end..])
             }
-        } else {
-            let end = after.find(char::is_whitespace).unwrap_or(after.len());
-            (after[..end].to_string(), &after[end..])
         };
         options.push((name, value));
         rest = next.trim_start();
     }
     options
+}
+
+/// The value of a quoted JAAS string (its opening quote already taken) and what follows it.
+fn quoted(text: &str, quote: char) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = text.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, 'n')) => value.push('\n'),
+                Some((_, 't')) => value.push('\t'),
+                Some((_, 'r')) => value.push('\r'),
+                Some((_, other)) => value.push(other),
+                None => break,
+            },
+            c if c == quote => return (value, &text[at + c.len_utf8()..]),
+            c => value.push(c),
+        }
+    }
+    (value, "")
 }
 
 #[cfg(test)]
@@ -389,9 +589,65 @@ mod tests {
     }
 
     #[test]
+    fn java_escapes_and_separators_read_as_java_reads_them() {
+        // As java.util.Properties.load: `\:` `\=` `\\` and `\uXXXX` escapes, a key ended by
+        // whitespace alone, continuation lines losing their indentation, the last duplicate wins
+        // (in KafkaProperties).
+        let text = "ssl.ca.location=C\\:\\\\certs\\\\ca.pem\n\
+            sasl.password=p\\=a\\:s\\\\s\\u00e9\\uD83D\\uDE00\n\
+            security.protocol SASL_SSL\n\
+            sasl.mechanism   :   PLAIN\n\
+            my\\=odd\\ key=v\n\
+            sasl.username = first\n\
+            sasl.username = last\\\n\
+            \x20   ing\n\
+            tabs=a\\tb\n";
+        let pairs = parse_file_text(text).unwrap();
+        let properties = KafkaProperties::from(pairs.clone());
+        assert_eq!(properties.get("ssl.ca.location"), Some("C:\\certs\\ca.pem"));
+        assert_eq!(
+            properties.get("sasl.password"),
+            Some("p=a:s\\s\u{e9}\u{1F600}")
+        );
+        assert_eq!(properties.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(properties.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(properties.get("my=odd key"), Some("v"));
+        assert_eq!(properties.get("sasl.username"), Some("lasting"));
+        assert_eq!(properties.get("tabs"), Some("a\tb"));
+        let error = parse_file_text("a=1\nb=\\u00zz\n").unwrap_err();
+        assert_eq!(error, "line 2 has a malformed \\uXXXX escape");
+    }
+
+    #[test]
+    fn confluent_single_quoted_jaas_credentials_lose_their_quotes() {
+        // Confluent Cloud's downloaded Java client.properties quotes with single quotes, which
+        // Kafka's JAAS parser (a StreamTokenizer) accepts as it does double quotes.
+        let plain = "org.apache.kafka.common.security.plain.PlainLoginModule required \
+                     username='KEY' password='p\"a s\\\\w';";
+        let (out, _) = translate_java(vec![("sasl.jaas.config".into(), plain.into())]).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ("sasl.username".into(), "KEY".into()),
+                ("sasl.password".into(), "p\"a s\\w".into())
+            ]
+        );
+        let escaped = "org.apache.kafka.common.security.scram.ScramLoginModule required \
+                       username=\"svc\" password=\"a\\\"b\";";
+        let (out, _) = translate_java(vec![("sasl.jaas.config".into(), escaped.into())]).unwrap();
+        assert_eq!(out[1], ("sasl.password".into(), "a\"b".into()));
+    }
+
+    #[test]
     fn a_bad_line_is_named_by_number_never_by_content() {
         let error = parse_file_text("a=1\nhunter2\n").unwrap_err();
         assert_eq!(error, "line 2 is not key=value");
+        let error = parse_file_text("a=1\n\n  hunter2 \t\n").unwrap_err();
+        assert_eq!(error, "line 3 is not key=value");
+        assert_eq!(
+            parse_file_text("empty=\n").unwrap(),
+            vec![("empty".into(), String::new())]
+        );
     }
 
     #[test]
@@ -453,6 +709,30 @@ mod tests {
     }
 
     #[test]
+    fn a_later_alias_replaces_an_earlier_spelling() {
+        // The file's Java spelling and the environment's librdkafka one name one setting:
+        // librdkafka applies a hash map's entries in no fixed order, so both must not survive.
+        let mut properties = KafkaProperties::from(vec![
+            ("sasl.mechanism".into(), "PLAIN".into()),
+            ("linger.ms".into(), "5".into()),
+        ]);
+        properties.extend([
+            ("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string()),
+            ("queue.buffering.max.ms".to_string(), "50".to_string()),
+        ]);
+        let pairs: Vec<_> = properties.iter().cloned().collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string()),
+                ("queue.buffering.max.ms".to_string(), "50".to_string()),
+            ]
+        );
+        assert_eq!(aliases_of("acks"), ["acks", "request.required.acks"]);
+        assert_eq!(aliases_of("client.id"), ["client.id"]);
+    }
+
+    #[test]
     fn later_settings_replace_earlier_ones() {
         let mut properties = KafkaProperties::from(vec![("acks".into(), "1".into())]);
         properties.extend([("acks".to_string(), "all".to_string())]);
@@ -499,6 +779,106 @@ mod tests {
     }
 
     #[test]
+    fn confluent_oauth_client_properties_translate_as_downloaded() {
+        // Confluent Cloud's OAuth client.properties, as its docs give it: login tuning that only
+        // the Java client has, an empty scope (Java then sends none), and Java's empty
+        // ssl.endpoint.identification.algorithm (host name checks off).
+        let text = "sasl.mechanism=OAUTHBEARER\n\
+            security.protocol=SASL_SSL\n\
+            sasl.login.callback.handler.class=org.apache.kafka.common.security.oauthbearer.secured.OAuthBearerLoginCallbackHandler\n\
+            sasl.login.connect.timeout.ms=15000\n\
+            sasl.login.read.timeout.ms=15000\n\
+            sasl.oauthbearer.token.endpoint.url=https://idp.example/oauth2/token\n\
+            ssl.endpoint.identification.algorithm=\n\
+            sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule \\\n\
+              required clientId='app' clientSecret='s3' scope='' \\\n\
+              extension_logicalCluster='lkc-1' extension_identityPoolId='pool-2';\n";
+        let (out, dropped) = translate_java(parse_file_text(text).unwrap()).unwrap();
+        let properties = KafkaProperties::from(out);
+        assert_eq!(properties.get("sasl.oauthbearer.scope"), None);
+        assert_eq!(properties.get("sasl.oauthbearer.client.id"), Some("app"));
+        assert_eq!(
+            properties.get("ssl.endpoint.identification.algorithm"),
+            Some("none")
+        );
+        assert_eq!(
+            dropped,
+            [
+                "sasl.login.callback.handler.class",
+                "sasl.login.connect.timeout.ms",
+                "sasl.login.read.timeout.ms"
+            ]
+        );
+        let mut config = rdkafka::ClientConfig::new();
+        for (key, value) in &properties {
+            config.set(key, value);
+        }
+        let created: Result<rdkafka::producer::BaseProducer, _> = config.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    /// A self-signed CA (P-256, valid until 2126), for settings librdkafka parses at creation.
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUWxjnJYePE3dxPfL45r1zgqB+OOgwCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRYWZ0ZXJjYXJ0LXRlc3QtY2EwIBcNMjYxMjA2MTY0NDQ0WhgP\nMjEyNjExMTIxNjQ0NDRaMBwxGjAYBgNVBAMMEWFmdGVyY2FydC10ZXN0LWNhMFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEiFYaeeWZ4Buf7z0YIwAgOajxElFvi6Jr\nlXISwDkNQ6HmkkX26OGHoFA0Y8i03sk2KnQsgHdDz+lQmhq2QyJJA6NTMFEwHQYD\nVR0OBBYEFNunK7brxJkPH4ffx5mC4WezT0a4MB8GA1UdIwQYMBaAFNunK7brxJkP\nH4ffx5mC4WezT0a4MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg\nAOIC4fGfT3TZR3zCTJCCcpkUXg/4l5hCpEdkFBLje5UCIQDPdFl7ygyoh4F4OjDE\nevewxOrXgFyfFzLQJ/pH3jHo5g==\n-----END CERTIFICATE-----";
+
+    #[test]
+    fn java_pem_truststores_and_keystores_become_librdkafka_pem_settings() {
+        let dir = std::env::temp_dir().join(format!("aftercart-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, TEST_CA_PEM).unwrap();
+        // A PEM truststore is recognised by its type or by its content.
+        for typed in [true, false] {
+            let mut input = vec![
+                (
+                    "ssl.truststore.location".to_string(),
+                    ca.display().to_string(),
+                ),
+                ("ssl.truststore.password".to_string(), "unused".to_string()),
+            ];
+            if typed {
+                input.insert(0, ("ssl.truststore.type".into(), "PEM".into()));
+            }
+            let (out, _) = translate_java(input).unwrap();
+            assert_eq!(
+                out,
+                vec![("ssl.ca.location".to_string(), ca.display().to_string())],
+                "typed: {typed}"
+            );
+        }
+        // Inline certificates as a Java client.properties writes them: continuation lines, so
+        // no line breaks are left in the value.
+        let text = "ssl.truststore.type=PEM\nssl.truststore.certificates=-----BEGIN CERTIFICATE----- \\\n    MIIBjzCCATWgAwIBAgIUWxjnJYePE3dxPfL45r1zgqB+OOgwCgYIKoZIzj0EAwIw \\\n    HDEaMBgGA1UEAwwRYWZ0ZXJjYXJ0LXRlc3QtY2EwIBcNMjYxMjA2MTY0NDQ0WhgP \\\n    MjEyNjExMTIxNjQ0NDRaMBwxGjAYBgNVBAMMEWFmdGVyY2FydC10ZXN0LWNhMFkw \\\n    EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEiFYaeeWZ4Buf7z0YIwAgOajxElFvi6Jr \\\n    lXISwDkNQ6HmkkX26OGHoFA0Y8i03sk2KnQsgHdDz+lQmhq2QyJJA6NTMFEwHQYD \\\n    VR0OBBYEFNunK7brxJkPH4ffx5mC4WezT0a4MB8GA1UdIwQYMBaAFNunK7brxJkP \\\n    H4ffx5mC4WezT0a4MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg \\\n    AOIC4fGfT3TZR3zCTJCCcpkUXg/4l5hCpEdkFBLje5UCIQDPdFl7ygyoh4F4OjDE \\\n    evewxOrXgFyfFzLQJ/pH3jHo5g== \\\n    -----END CERTIFICATE-----\n\
+             ssl.keystore.type=PEM\nssl.keystore.location=/etc/kafka/client.pem\n";
+        let (out, _) = translate_java(parse_file_text(text).unwrap()).unwrap();
+        let properties = KafkaProperties::from(out);
+        assert_eq!(
+            properties.get("ssl.certificate.location"),
+            Some("/etc/kafka/client.pem")
+        );
+        assert_eq!(
+            properties.get("ssl.key.location"),
+            Some("/etc/kafka/client.pem")
+        );
+        let pem = properties.get("ssl.ca.pem").expect("ssl.ca.pem");
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.pem", pem);
+        let created: Result<rdkafka::producer::BaseProducer, _> = config.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+        // A JKS or PKCS12 truststore is still refused, by name.
+        let jks = dir.join("truststore.jks");
+        std::fs::write(&jks, [0xfe, 0xed, 0xfe, 0xed]).unwrap();
+        let error = translate_java(vec![(
+            "ssl.truststore.location".into(),
+            jks.display().to_string(),
+        )])
+        .unwrap_err();
+        assert!(error.starts_with("ssl.truststore.location:"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn file_references_read_secrets_mounted_beside_the_properties() {
         let dir = std::env::temp_dir().join(format!("aftercart-props-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -542,5 +922,19 @@ mod tests {
         let error = translate_java(vec![("ssl.truststore.password".into(), "trustpass".into())])
             .unwrap_err();
         assert!(error.contains("ssl.ca.location") && !error.contains("trustpass"));
+        // A Strimzi user Secret holds both `password` and `sasl.jaas.config`: a reference to the
+        // wrong one puts the bare password where the login module belongs.
+        let error =
+            translate_java(vec![("sasl.jaas.config".into(), "Zx9.hunter2".into())]).unwrap_err();
+        assert!(
+            error.starts_with("sasl.jaas.config:") && !error.contains("hunter2"),
+            "{error}"
+        );
+        let error = translate_java(vec![(
+            "sasl.jaas.config".into(),
+            "com.example.CustomLoginModule required;".into(),
+        )])
+        .unwrap_err();
+        assert!(error.contains("com.example.CustomLoginModule"), "{error}");
     }
 }

@@ -16,7 +16,7 @@ use crate::properties::{self, KafkaProperties};
 #[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port (required, unless the properties
-    /// set bootstrap.servers).
+    /// set bootstrap.servers, which then wins).
     #[arg(long = "kafka-brokers", env = "AFTERCART_KAFKA_BROKERS")]
     pub brokers: Option<String>,
 
@@ -102,16 +102,21 @@ impl KafkaArgs {
         let properties = self.properties(errors);
         let from_properties = properties
             .as_ref()
-            .and_then(|p| p.get("bootstrap.servers"))
+            .and_then(|p| {
+                properties::aliases_of("bootstrap.servers")
+                    .into_iter()
+                    .find_map(|key| p.get(key))
+            })
             .map(str::to_string);
-        let brokers = match self
+        // The properties' bootstrap.servers is applied last, so it is what clients connect to.
+        let flag = self
             .brokers
             .as_deref()
             .map(str::trim)
-            .filter(|b| !b.is_empty())
-        {
+            .filter(|b| !b.is_empty());
+        let brokers = match from_properties.as_deref().or(flag) {
             Some(brokers) => Some(brokers.to_string()),
-            None => match from_properties.or(default_brokers.map(str::to_string)) {
+            None => match default_brokers.map(str::to_string) {
                 Some(default) => Some(default),
                 None => {
                     errors.push("AFTERCART_KAFKA_BROKERS: required (bootstrap servers, e.g. localhost:9092)");
@@ -359,9 +364,13 @@ impl KafkaSettings {
     }
 
     /// Applies the operator's properties (file, then `AFTERCART_KAFKA_PROPERTIES`) last, so
-    /// they win.
+    /// they win: aftercart's own value under another spelling of the same setting is removed
+    /// (librdkafka gets a `ClientConfig`'s entries in no fixed order, so both would race).
     pub fn apply_overrides(&self, config: &mut ClientConfig) {
         for (key, value) in &self.properties {
+            for alias in properties::aliases_of(key) {
+                config.remove(alias);
+            }
             config.set(key, value);
         }
     }
@@ -480,6 +489,41 @@ mod tests {
         assert_eq!(settings.properties.get("linger.ms"), Some("9"));
         assert_eq!(settings.properties.get("acks"), Some("all"));
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_brokers_shown_are_the_ones_the_clients_use() {
+        // bootstrap.servers in the properties is applied after AFTERCART_KAFKA_BROKERS, so it is
+        // what every client connects to: `kafka check` and the logs must say so.
+        let path = temp_file("both-brokers", "bootstrap.servers=managed-1:9093\n");
+        let mut both = args();
+        both.kafka_properties_file = Some(path.clone());
+        let mut errors = ConfigErrors::new();
+        let settings = both.validate(&mut errors, None).unwrap();
+        assert!(errors.is_empty(), "{errors}");
+        let mut config = settings.client_config("x");
+        settings.apply_overrides(&mut config);
+        assert_eq!(config.get("bootstrap.servers"), Some("managed-1:9093"));
+        assert_eq!(settings.brokers, "managed-1:9093");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn an_operator_alias_replaces_aftercarts_own_spelling() {
+        // aftercart sets acks and linger.ms; an operator's request.required.acks or
+        // queue.buffering.max.ms names the same settings and must win in every client, not in
+        // whichever order librdkafka happens to receive them.
+        let mut aliased = args();
+        aliased.kafka_properties = "request.required.acks=1,queue.buffering.max.ms=50".into();
+        let mut errors = ConfigErrors::new();
+        let settings = aliased.validate(&mut errors, None).unwrap();
+        let mut config = settings.client_config("x");
+        config.set("acks", "all").set("linger.ms", "5");
+        settings.apply_overrides(&mut config);
+        assert_eq!(config.get("acks"), None);
+        assert_eq!(config.get("linger.ms"), None);
+        assert_eq!(config.get("request.required.acks"), Some("1"));
+        assert_eq!(config.get("queue.buffering.max.ms"), Some("50"));
     }
 
     #[test]
