@@ -317,6 +317,11 @@ class LiveStack:
         secrets.write_text("# current first\nops-lint-secret\n")
         code_secret = self.workdir / "referral-code-secret"
         code_secret.write_text("ops-lint-referral-code-secret\n")
+        # The overlay's client.properties speaks SASL over TLS to the cluster (its credentials are
+        # a Strimzi Secret); the local broker is plaintext, so the file is swapped for one that
+        # says so.
+        kafka_properties = self.workdir / "kafka-client.properties"
+        kafka_properties.write_text("# the local broker: plaintext, no SASL\nsecurity.protocol=plaintext\n")
         env = env_without_aftercart() | manifest_env | {
             "AFTERCART_KAFKA_BROKERS": self.brokers,
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
@@ -324,6 +329,7 @@ class LiveStack:
             "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{port}",
             "AFTERCART_LISTEN": f"127.0.0.1:{free_port()}",
             "AFTERCART_SHOPIFY_SECRETS_FILE": str(secrets),
+            "AFTERCART_KAFKA_PROPERTIES_FILE": str(kafka_properties),
             "AFTERCART_ABANDONMENT_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             "AFTERCART_REFERRALS_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             "AFTERCART_AUDIENCES_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
