@@ -68,12 +68,12 @@ pub async fn serve(
     if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
         return Ok(());
     }
+    // Registered (at zero) even with the Shopify actions off, so the dashboard's Shopify row and
+    // the token alert read 0, not an absent series.
+    let admin_metrics = AdminMetrics::register(registry, "aftercart_referrals")?;
     let actions = match &config.shopify {
         Some(shopify) => {
-            let admin = AdminClient::new(
-                shopify.admin.clone(),
-                AdminMetrics::register(registry, "aftercart_referrals")?,
-            )?;
+            let admin = AdminClient::new(shopify.admin.clone(), admin_metrics)?;
             Some(ShopActions::new(
                 Discounts::new(admin),
                 shopify.clone(),
