@@ -97,6 +97,11 @@ impl<C: Clone + Send + 'static, E: Send + 'static> TestService<C, E> {
         crate::metric_value(&self.metrics(), series)
     }
 
+    /// Whether the service's task has ended (it should run until stopped).
+    pub fn has_stopped(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// A crash, as near as a task gets to SIGKILL: dropped mid-await, so nothing in flight is
     /// finished or stored (its Kafka clients close on a background thread, committing only
     /// offsets stored before).
