@@ -624,9 +624,7 @@ mod scenarios {
     /// batch; librdkafka answered "erroneous state" and the member exited. Orders stream into
     /// the source topic while a second member joins and leaves three times; the first never
     /// stops, and every order is invited exactly once.
-    pub async fn members_joining_and_leaving_under_load_never_stop_another_member(
-        broker: &Broker,
-    ) {
+    pub async fn members_joining_and_leaving_under_load_never_stop_another_member(broker: &Broker) {
         use rdkafka::message::{Header, OwnedHeaders};
         use rdkafka::producer::{FutureProducer, FutureRecord};
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

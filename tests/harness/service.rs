@@ -30,6 +30,9 @@ pub fn test_kafka_args(kafka: &KafkaSettings) -> KafkaArgs {
             ])
             .collect::<Vec<_>>()
             .join(","),
+        // Each config is one instance: members of one group in one test process must not
+        // share a static member id (a restart reuses its config, as a pod reuses its name).
+        instance_id: Some(format!("test-{}", uuid::Uuid::new_v4().simple())),
     }
 }
 

@@ -155,6 +155,7 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
         topic_partitions: "12".into(),
         topic_replication: "1".into(),
         kafka_properties: String::new(),
+        instance_id: Some("bench".into()),
     };
     let args = <Flags as clap::Parser>::parse_from(["bench"]).abandonment;
     let config = args

@@ -153,18 +153,8 @@ impl ConsumerContext for GroupContext {
 /// How long a poll loop waits for a first record when it has nothing else to do.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
 
-/// One batch for a poll loop: waits up to [`IDLE_WAIT`] (or until `stop`) for a first record,
+/// One batch for a poll loop: waits up to `first_wait` (or until `stop`) for a first record,
 /// then takes what is already buffered, up to `max` records.
-pub async fn receive_batch<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
-    stop: &CancellationToken,
-    max: usize,
-) -> Vec<OwnedMessage> {
-    receive_batch_within(consumer, stop, max, IDLE_WAIT).await
-}
-
-/// [`receive_batch`] waiting at most `first_wait` for a first record: a loop with a timer due
-/// sooner than [`IDLE_WAIT`] passes the time left, so the timer is not fired late.
 pub async fn receive_batch_within<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     stop: &CancellationToken,

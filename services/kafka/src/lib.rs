@@ -8,18 +8,18 @@ pub mod partition_reader;
 pub mod producer;
 pub mod records;
 pub mod settings;
-pub mod shop_stage;
+pub mod stage;
 pub mod stats;
 pub mod topics;
 
 pub use group::{
-    close_off_runtime, receive_batch, receive_batch_within, ConsumerLag, GroupContext, LoopError,
-    RebalanceEvent, IDLE_WAIT,
+    close_off_runtime, receive_batch_within, ConsumerLag, GroupContext, LoopError, RebalanceEvent,
+    IDLE_WAIT,
 };
 pub use loop_metrics::LoopMetrics;
-pub use partition_reader::{read_partition, StoreError, StoredRecord};
+pub use partition_reader::{for_each_record, StoreError, StoredRecord};
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};
-pub use shop_stage::{ShopLogic, ShopStage, StageEffect, StageTopics, Unusable};
+pub use stage::{Inputs, Stage, StageEffect, StageLogic, StageTopics, Unusable};
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{ensure_topics, ensure_topics_with_retry, TopicError, TopicNames, TopicSpec};

@@ -33,6 +33,13 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub kafka_properties: String,
+
+    /// This instance's stable name in its consumer groups (Kafka static membership): a
+    /// restarted instance with the same name gets its partitions back without a group-wide
+    /// rebalance. Defaults to the host name (the pod name in Kubernetes); instances sharing a
+    /// machine need distinct names, or they fence each other out of the group.
+    #[arg(long = "instance-id", env = "AFTERCART_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 /// Validated Kafka settings.
@@ -43,6 +50,8 @@ pub struct KafkaSettings {
     pub partitions: i32,
     pub replication: i32,
     pub properties: Vec<(String, String)>,
+    /// `group.instance.id` of the stateful stages; `None`: dynamic membership.
+    pub instance_id: Option<String>,
 }
 
 impl KafkaArgs {
@@ -88,7 +97,12 @@ impl KafkaArgs {
             "AFTERCART_KAFKA_PROPERTIES",
             parse_properties(&self.kafka_properties),
         );
+        let instance_id = match self.instance_id.as_deref().map(str::trim) {
+            Some(id) => errors.check("AFTERCART_INSTANCE_ID", parse_instance_id(id).map(Some)),
+            None => Some(host_name().and_then(|host| parse_instance_id(&host).ok())),
+        };
         Some(KafkaSettings {
+            instance_id: instance_id?,
             brokers: brokers?,
             topic_prefix: prefix,
             partitions: partitions? as i32,
@@ -96,6 +110,29 @@ impl KafkaArgs {
             properties: properties?,
         })
     }
+}
+
+/// A group instance id: what Kafka allows in one (it names the member in broker logs too).
+fn parse_instance_id(id: &str) -> Result<String, String> {
+    let valid = !id.is_empty()
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(id.to_string())
+    } else {
+        Err("1 to 200 letters, digits, '.', '_' or '-'".to_string())
+    }
+}
+
+/// The host name (the pod name in Kubernetes), if the system tells it.
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
 }
 
 fn parse_properties(value: &str) -> Result<Vec<(String, String)>, String> {
@@ -123,6 +160,7 @@ impl KafkaSettings {
             partitions: 12,
             replication: 1,
             properties: Vec::new(),
+            instance_id: None,
         }
     }
 
@@ -176,6 +214,7 @@ mod tests {
             topic_partitions: "12".into(),
             topic_replication: "1".into(),
             kafka_properties: String::new(),
+            instance_id: Some("aftercart-0".into()),
         }
     }
 
@@ -196,9 +235,10 @@ mod tests {
         bad.topic_partitions = "0".into();
         bad.topic_replication = "many".into();
         bad.kafka_properties = "acks".into();
+        bad.instance_id = Some("pod 1/2".into());
         let mut errors = ConfigErrors::new();
         assert!(bad.validate(&mut errors, None).is_none());
-        assert_eq!(errors.problems().len(), 5, "{errors}");
+        assert_eq!(errors.problems().len(), 6, "{errors}");
     }
 
     #[test]
@@ -210,6 +250,18 @@ mod tests {
             .validate(&mut errors, Some("127.0.0.1:1234"))
             .unwrap();
         assert_eq!(settings.brokers, "127.0.0.1:1234");
+    }
+
+    #[test]
+    fn the_instance_id_is_given_or_the_host_name() {
+        let mut errors = ConfigErrors::new();
+        let settings = args().validate(&mut errors, None).unwrap();
+        assert_eq!(settings.instance_id.as_deref(), Some("aftercart-0"));
+        let mut unnamed = args();
+        unnamed.instance_id = None;
+        let settings = unnamed.validate(&mut errors, None).unwrap();
+        assert_eq!(settings.instance_id, host_name());
+        assert!(errors.is_empty());
     }
 
     #[test]

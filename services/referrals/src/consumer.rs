@@ -1,12 +1,11 @@
-//! The referrals rules on the shared by-shop stage: which source records are routed, how a
+//! The referrals rules on the shared stage (by shop): which source records are routed, how a
 //! by-shop record becomes engine input, and how engine effects become stage effects.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aftercart_kafka::shop_stage::source_family;
 use aftercart_kafka::{
-    header, shop_of, LoopError, ShopLogic, ShopStage, StageEffect, StageTopics, TopicNames,
+    header, shop_of, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics, TopicNames,
     Unusable,
 };
 use aftercart_runtime::health::Readiness;
@@ -28,7 +27,7 @@ const REWARDS: usize = 1;
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// The referrals service's poll loop.
-pub type Loop = ShopStage<Referrals>;
+pub type Loop = Stage<Referrals>;
 
 /// The Shopify source topics the router reads.
 pub fn source_topics(config: &ReferralsConfig) -> Vec<(String, &'static str)> {
@@ -48,8 +47,11 @@ pub fn build(
     let topics = StageTopics {
         client: "aftercart-referrals".to_string(),
         group: config.group.clone(),
-        sources: source_topics(config),
-        by_shop: config.by_shop_topic.clone(),
+        inputs: Inputs::ByShop {
+            sources: source_topics(config),
+            by_shop: config.by_shop_topic.clone(),
+        },
+        globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
         outputs: vec![config.invites_topic.clone(), config.rewards_topic.clone()],
@@ -60,7 +62,7 @@ pub fn build(
         metrics,
         last_expiry: Instant::now(),
     };
-    ShopStage::new(
+    Stage::new(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
@@ -115,20 +117,21 @@ impl Referrals {
     }
 }
 
-impl ShopLogic for Referrals {
+impl StageLogic for Referrals {
     type Entity = Entity;
     type Output = Output;
     type Emitted = EmittedEvent;
 
-    fn routes(&self, _family: &str, message: &OwnedMessage) -> bool {
+    fn routes(&self, _family: &'static str, message: &OwnedMessage) -> bool {
         header(message, "shopify-topic").is_some_and(is_relevant)
     }
 
-    fn family(&self, message: &OwnedMessage) -> &'static str {
-        source_family(message, &["orders", "customers", "compliance"])
-    }
-
-    fn apply(&mut self, partition: i32, message: &OwnedMessage) -> Result<Vec<Staged>, Unusable> {
+    fn apply(
+        &mut self,
+        partition: i32,
+        _family: &'static str,
+        message: &OwnedMessage,
+    ) -> Result<Vec<Staged>, Unusable> {
         let topic = header(message, "shopify-topic");
         match decode_input(topic, message.payload().unwrap_or_default()) {
             Ok(input) => {
@@ -153,8 +156,9 @@ impl ShopLogic for Referrals {
         self.staged_at(effects)
     }
 
-    fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) {
+    fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
         self.engine.assign(partition, entities);
+        Vec::new()
     }
 
     fn revoke(&mut self, partition: i32) {
