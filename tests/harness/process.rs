@@ -119,17 +119,6 @@ impl ServiceProcess {
                 admin
             }
         };
-        if !env.iter().any(|(k, _)| k == "AFTERCART_INSTANCE_ID") {
-            // Processes share this machine's host name, the default: each needs its own static
-            // member id, kept across its restarts (as a pod keeps its name).
-            let id = format!(
-                "{}-{}",
-                name,
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            );
-            let id = id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
-            env.push(("AFTERCART_INSTANCE_ID".into(), id));
-        }
         if !env.iter().any(|(k, _)| k == "AFTERCART_LOG_FORMAT") {
             env.push(("AFTERCART_LOG_FORMAT".into(), "json".into()));
         }

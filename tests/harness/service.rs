@@ -30,9 +30,8 @@ pub fn test_kafka_args(kafka: &KafkaSettings) -> KafkaArgs {
             ])
             .collect::<Vec<_>>()
             .join(","),
-        // Each config is one instance: members of one group in one test process must not
-        // share a static member id (a restart reuses its config, as a pod reuses its name).
-        instance_id: Some(format!("test-{}", uuid::Uuid::new_v4().simple())),
+        // Dynamic membership: Tansu 0.6 answers static members' heartbeats "unknown member".
+        instance_id: None,
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics, TopicNames,
-    Unusable,
+    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -54,7 +54,6 @@ pub fn build(
         dead_letter: config.dead_letter_topic.clone(),
         outputs: vec![config.output_topic.clone()],
     };
-    let consumer_metrics = metrics.consumer.clone();
     let logic = Abandonment {
         engine: Engine::new(config.rules.clone()),
         metrics,
@@ -65,7 +64,6 @@ pub fn build(
         topics,
         config.shutdown_timeout,
         logic,
-        consumer_metrics,
         ready,
     )
 }
@@ -209,6 +207,10 @@ impl StageLogic for Abandonment {
                 .metrics
                 .recovered(kind, event.recovered_after_seconds.unwrap_or(0)),
         }
+    }
+
+    fn loop_metrics(&self) -> &LoopMetrics {
+        &self.metrics.consumer
     }
 
     fn gauges(&self) {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics, TopicNames,
-    Unusable,
+    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -57,7 +57,6 @@ pub fn build(
         dead_letter: config.dead_letter_topic.clone(),
         outputs: vec![config.batches_topic.clone()],
     };
-    let consumer_metrics = metrics.consumer.clone();
     let logic = Audiences {
         engine: Engine::new(config.rules.clone()),
         metrics,
@@ -68,7 +67,6 @@ pub fn build(
         topics,
         config.shutdown_timeout,
         logic,
-        consumer_metrics,
         ready,
     )
 }
@@ -161,6 +159,10 @@ impl StageLogic for Audiences {
 
     fn emitted(&self, _batch: &Batch) {
         self.metrics.emitted();
+    }
+
+    fn loop_metrics(&self) -> &LoopMetrics {
+        &self.metrics.consumer
     }
 
     fn gauges(&self) {

@@ -199,7 +199,7 @@ async fn killed_mid_batch(broker: &Broker, prefix: &str, case: Case) {
     load.rate = 1000.0;
     load.limit = Some(JOURNEYS);
     let report = LoadClient::start(load).finish().await;
-    let mut books = report.accounting(case.name);
+    let books = report.accounting(case.name);
     assert_eq!(
         books.acknowledged, JOURNEYS,
         "the ingress must take every journey before the fault: {books}"
@@ -228,32 +228,8 @@ async fn killed_mid_batch(broker: &Broker, prefix: &str, case: Case) {
         kills_mid_batch > 0,
         "every output existed before the first kill: the test proved nothing (make JOURNEYS larger)"
     );
-    wait_for_count(&bootstrap, &case.output_topic, JOURNEYS).await;
-    settle(&bootstrap, &case.output_topic).await;
-
-    let records = read_topic(&bootstrap, &case.output_topic).await;
-    let expected: Vec<String> = report
-        .acknowledged
-        .iter()
-        .map(|id| {
-            let n = id
-                .rsplit('-')
-                .next()
-                .expect("<run>-<n>")
-                .parse()
-                .expect("n");
-            (case.expected)(&run, n)
-        })
-        .collect();
-    let found: Vec<String> = records.iter().map(case.identity).collect();
-    books.reconcile(
-        expected.iter().map(String::as_str),
-        found.iter().map(String::as_str),
-    );
-    books.name = format!("{} {kills_mid_batch}x mid-batch", case.name);
-    assert_one_event_id_per_output(&records, case.identity);
-    books.assert_exact();
-    assert_eq!(books.unacknowledged_found, 0, "outputs nobody asked for");
+    let name = format!("{} {kills_mid_batch}x mid-batch", case.name);
+    assert_books(broker, &case, &run, &report, JOURNEYS, name).await;
 
     assert_eq!(
         service.sigterm(Duration::from_secs(30)).await,
@@ -613,7 +589,14 @@ async fn start_group(
     let mut members = Vec::new();
     for i in 0..count {
         let name = format!("{}-{i}", case.name);
-        members.push(ServiceProcess::start(&name, BIN, &[case.subcommand], env.clone()).await);
+        let mut env = env.clone();
+        if broker.is_mock() {
+            // Static membership, each its own id kept across restarts (as a pod keeps its
+            // name); not on Tansu 0.6, which answers static members' heartbeats "unknown member".
+            let id = format!("{prefix}{}-{i}", case.subcommand).replace('.', "-");
+            env.push(var("AFTERCART_INSTANCE_ID", id));
+        }
+        members.push(ServiceProcess::start(&name, BIN, &[case.subcommand], env).await);
     }
     members
 }
@@ -636,15 +619,16 @@ async fn assert_books(
     case: &Case,
     run: &str,
     report: &aftercart_tests::load::LoadReport,
+    owed: u64,
     name: String,
 ) {
     let bootstrap = broker.bootstrap();
     let mut books = report.accounting(case.name);
     assert_eq!(
-        books.acknowledged, CHURN_JOURNEYS,
+        books.acknowledged, owed,
         "the ingress took every journey: {books}"
     );
-    wait_for_count(&bootstrap, &case.output_topic, CHURN_JOURNEYS).await;
+    wait_for_count(&bootstrap, &case.output_topic, owed).await;
     settle(&bootstrap, &case.output_topic).await;
     let records = read_topic(&bootstrap, &case.output_topic).await;
     let expected: Vec<String> = report
@@ -737,7 +721,7 @@ async fn members_come_and_go(prefix: &str, case: Case) {
         "{} {MEMBERS} members, {CHURNS} leaves and returns",
         case.name
     );
-    assert_books(&broker, &case, &run, &report, name).await;
+    assert_books(&broker, &case, &run, &report, CHURN_JOURNEYS, name).await;
     stop_all(&mut members).await;
     drop(ingress);
 }
@@ -818,7 +802,7 @@ async fn an_expelled_abandonment_member_never_writes_stale_state() {
         );
     }
     let name = format!("{} expelled member thawed", case.name);
-    assert_books(&broker, &case, &run, &report, name).await;
+    assert_books(&broker, &case, &run, &report, CHURN_JOURNEYS, name).await;
     stop_all(&mut members).await;
     drop(ingress);
 }

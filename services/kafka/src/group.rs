@@ -1,6 +1,7 @@
 //! Consumer-group plumbing shared by the stateful consumer services: a context that records
 //! rebalances for the poll loop to handle between batches, and consumer lag as a gauge.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
@@ -95,9 +97,11 @@ impl ConsumerLag {
 }
 
 /// The consumer context of a stateful loop: commits what was stored before partitions are
-/// revoked, queues rebalances for the loop, and reports lag.
+/// revoked, queues rebalances for the loop, reports lag, and notices the brokers being away.
 pub struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// False from librdkafka's "all brokers down" until statistics show a broker up again.
+    brokers_up: AtomicBool,
     lag: ConsumerLag,
     lag_topics: Vec<(String, String)>,
 }
@@ -106,6 +110,7 @@ impl GroupContext {
     pub fn new(lag: ConsumerLag, lag_topics: Vec<(String, String)>) -> Self {
         GroupContext {
             events: Mutex::new(Vec::new()),
+            brokers_up: AtomicBool::new(true),
             lag,
             lag_topics,
         }
@@ -114,6 +119,11 @@ impl GroupContext {
     /// The rebalances heard since the last call, oldest first.
     pub fn take_events(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *self.events.lock().expect("events lock"))
+    }
+
+    /// Whether a broker is reachable, as far as librdkafka last said (readiness shows outages).
+    pub fn brokers_up(&self) -> bool {
+        self.brokers_up.load(Ordering::Relaxed)
     }
 
     fn push(&self, event: RebalanceEvent) {
@@ -130,7 +140,19 @@ fn pairs(list: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP");
+        self.brokers_up.store(up, Ordering::Relaxed);
         self.lag.record(&statistics, &self.lag_topics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers_up.store(false, Ordering::Relaxed);
+        }
+        tracing::error!(%error, reason, "Kafka client error.");
     }
 }
 

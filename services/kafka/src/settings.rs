@@ -36,8 +36,9 @@ pub struct KafkaArgs {
 
     /// This instance's stable name in its consumer groups (Kafka static membership): a
     /// restarted instance with the same name gets its partitions back without a group-wide
-    /// rebalance. Defaults to the host name (the pod name in Kubernetes); instances sharing a
-    /// machine need distinct names, or they fence each other out of the group.
+    /// rebalance (the k8s manifests set the pod name). Unset: dynamic membership, for brokers
+    /// without it (Tansu 0.6 answers a static member's heartbeats "unknown member"). Instances
+    /// sharing a machine need distinct names, or they fence each other out of the group.
     #[arg(long = "instance-id", env = "AFTERCART_INSTANCE_ID")]
     pub instance_id: Option<String>,
 }
@@ -98,8 +99,10 @@ impl KafkaArgs {
             parse_properties(&self.kafka_properties),
         );
         let instance_id = match self.instance_id.as_deref().map(str::trim) {
-            Some(id) => errors.check("AFTERCART_INSTANCE_ID", parse_instance_id(id).map(Some)),
-            None => Some(host_name().and_then(|host| parse_instance_id(&host).ok())),
+            Some(id) if !id.is_empty() => {
+                errors.check("AFTERCART_INSTANCE_ID", parse_instance_id(id).map(Some))
+            }
+            _ => Some(None),
         };
         Some(KafkaSettings {
             instance_id: instance_id?,
@@ -124,15 +127,6 @@ fn parse_instance_id(id: &str) -> Result<String, String> {
     } else {
         Err("1 to 200 letters, digits, '.', '_' or '-'".to_string())
     }
-}
-
-/// The host name (the pod name in Kubernetes), if the system tells it.
-fn host_name() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
 }
 
 fn parse_properties(value: &str) -> Result<Vec<(String, String)>, String> {
@@ -253,14 +247,16 @@ mod tests {
     }
 
     #[test]
-    fn the_instance_id_is_given_or_the_host_name() {
+    fn an_unset_or_empty_instance_id_means_dynamic_membership() {
         let mut errors = ConfigErrors::new();
         let settings = args().validate(&mut errors, None).unwrap();
         assert_eq!(settings.instance_id.as_deref(), Some("aftercart-0"));
-        let mut unnamed = args();
-        unnamed.instance_id = None;
-        let settings = unnamed.validate(&mut errors, None).unwrap();
-        assert_eq!(settings.instance_id, host_name());
+        for unnamed in [None, Some(" ".to_string())] {
+            let mut unnamed_args = args();
+            unnamed_args.instance_id = unnamed;
+            let settings = unnamed_args.validate(&mut errors, None).unwrap();
+            assert_eq!(settings.instance_id, None);
+        }
         assert!(errors.is_empty());
     }
 

@@ -161,6 +161,8 @@ pub trait StageLogic {
     fn emitted(&self, output: &Self::Output);
     /// Refreshes the state gauges (at most once a second).
     fn gauges(&self);
+    /// The service's consumer metrics (records, restores, partitions, lag).
+    fn loop_metrics(&self) -> &LoopMetrics;
     /// Called once `count` source records are acknowledged on the by-shop topic (metrics).
     fn routed(&self, _count: usize) {}
 }
@@ -277,9 +279,9 @@ impl<L: StageLogic> Stage<L> {
         topics: StageTopics,
         shutdown_timeout: Duration,
         logic: L,
-        metrics: LoopMetrics,
         ready: Readiness,
     ) -> Result<Self, LoopError> {
+        let metrics = logic.loop_metrics().clone();
         let (inputs, families) = match &topics.inputs {
             Inputs::ByPartition(inputs) => (inputs.clone(), Vec::new()),
             Inputs::ByShop { sources, by_shop } => {
@@ -465,12 +467,12 @@ impl<L: StageLogic> Stage<L> {
     }
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
-        self.handle_rebalances().await?;
+        self.handle_rebalances(stop).await?;
         let wait = first_wait(self.logic.next_due(), now_ms());
         let batch = receive_batch_within(self.consumer(), stop, BATCH, wait).await;
         // A rebalance heard while receiving is handled before any record is applied; records
         // of partitions it touched are dropped (read again from the committed offset).
-        let churned = self.handle_rebalances().await?;
+        let churned = self.handle_rebalances(stop).await?;
 
         let mut work = Work::of(Vec::with_capacity(batch.len()));
         // Per batch, not per record: one metric lookup per family.
@@ -558,7 +560,10 @@ impl<L: StageLogic> Stage<L> {
     }
 
     /// Applies the rebalances heard since the last call; returns the pairs revoked.
-    async fn handle_rebalances(&mut self) -> Result<Vec<(String, i32)>, LoopError> {
+    async fn handle_rebalances(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Result<Vec<(String, i32)>, LoopError> {
         let events = self.consumer().context().take_events();
         let mut revoked = Vec::new();
         for event in events {
@@ -578,40 +583,56 @@ impl<L: StageLogic> Stage<L> {
                         .into_iter()
                         .filter(|p| !self.logic.owns(*p))
                         .collect();
-                    self.restore(partitions).await?;
+                    self.restore(partitions, stop).await?;
                     self.assigned_once = true;
                 }
             }
         }
         self.metrics.partitions(self.owned_partitions().len());
         let globals_ready = self.globals.as_ref().is_none_or(GlobalTables::caught_up);
-        if self.assigned_once && globals_ready {
-            self.ready.set_ready(true);
-        }
+        // Not ready while the brokers are away: the outage shows until they are back.
+        let up = self.consumer().context().brokers_up();
+        self.ready
+            .set_ready(self.assigned_once && globals_ready && up);
         Ok(revoked)
     }
 
     /// Restores partitions, [`RESTORE_CONCURRENCY`] read at once on the blocking pool, each
-    /// installed in partition order.
-    async fn restore(&mut self, partitions: Vec<i32>) -> Result<(), LoopError> {
+    /// installed in partition order. A read that fails (the brokers away) is tried again until
+    /// it succeeds or `stop`: an outage never ends the process.
+    async fn restore(
+        &mut self,
+        partitions: Vec<i32>,
+        stop: &CancellationToken,
+    ) -> Result<(), LoopError> {
         let source = RestoreSource {
             kafka: self.kafka.clone(),
             client: format!("{}-restore", self.topics.client),
             state: self.topics.state.clone(),
             outputs: self.topics.outputs.clone(),
         };
+        let read = |partition: i32| {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || restore_partition(&source, partition))
+        };
         for chunk in partitions.chunks(RESTORE_CONCURRENCY) {
-            let reads: Vec<_> = chunk
-                .iter()
-                .map(|partition| {
-                    let (source, partition) = (source.clone(), *partition);
-                    tokio::task::spawn_blocking(move || restore_partition(&source, partition))
-                })
-                .collect();
-            for read in reads {
-                let restored = match read.await {
-                    Ok(restored) => restored?,
-                    Err(_) => return Err(LoopError::Kafka(KafkaError::Canceled)),
+            let reads: Vec<_> = chunk.iter().map(|p| (*p, read(*p))).collect();
+            for (partition, mut pending) in reads {
+                let mut backoff = Duration::from_millis(500);
+                let restored = loop {
+                    match pending.await {
+                        Ok(Ok(restored)) => break restored,
+                        Ok(Err(error)) => {
+                            tracing::warn!(partition, %error, "Restoring a partition failed; retrying.")
+                        }
+                        Err(_) => return Err(LoopError::Kafka(KafkaError::Canceled)),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pending = read(partition);
                 };
                 if !self.install(restored).await? {
                     return Ok(()); // fenced: the member rejoins and restores afresh

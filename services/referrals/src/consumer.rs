@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics, TopicNames,
-    Unusable,
+    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -56,7 +56,6 @@ pub fn build(
         dead_letter: config.dead_letter_topic.clone(),
         outputs: vec![config.invites_topic.clone(), config.rewards_topic.clone()],
     };
-    let consumer_metrics = metrics.consumer.clone();
     let logic = Referrals {
         engine: Engine::new(config.rules.clone()),
         metrics,
@@ -67,7 +66,6 @@ pub fn build(
         topics,
         config.shutdown_timeout,
         logic,
-        consumer_metrics,
         ready,
     )
 }
@@ -181,6 +179,10 @@ impl StageLogic for Referrals {
                 .metrics
                 .rewarded(&event.event_type, event.reason.as_deref()),
         }
+    }
+
+    fn loop_metrics(&self) -> &LoopMetrics {
+        &self.metrics.consumer
     }
 
     fn gauges(&self) {
