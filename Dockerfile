@@ -4,7 +4,8 @@
 #
 # Stage 1 plans the dependency build, stage 2 builds dependencies (a layer cached until
 # Cargo.lock changes) and then the binary, stage 3 is a slim Debian runtime (the binary needs
-# glibc, libgcc and zlib: librdkafka links zlib dynamically) running as a non-root user.
+# glibc, libgcc, zlib and OpenSSL 3: librdkafka links zlib and the system OpenSSL dynamically;
+# libcurl, for OAUTHBEARER/OIDC, is linked in statically) running as a non-root user.
 
 # Linted by checkov in `make test-ops`. Exceptions, each with its reason:
 # checkov:skip=CKV_DOCKER_2: no HEALTHCHECK; Kubernetes ignores it and probes /livez and /readyz on the admin port (k8s/)
@@ -12,11 +13,14 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS chef
 # librdkafka is compiled from source by rdkafka-sys: it needs a C/C++ toolchain, make, perl
-# and pkg-config (most already ship in the rust image; listed so the need is explicit).
+# and pkg-config (most already ship in the rust image; listed so the need is explicit), the
+# OpenSSL headers for TLS and SASL/SCRAM, and the libcurl headers: librdkafka's configure only
+# enables its HTTP client (OAUTHBEARER OIDC token fetching) when it can link -lcurl, although
+# the final binary links curl-sys's static libcurl.
 # checkov:skip=CKV_DOCKER_9: apt installs build tools in the build stage only; the runtime stage runs no apt
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ make perl pkg-config \
+    && apt-get install -y --no-install-recommends g++ make perl pkg-config libssl-dev libcurl4-openssl-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
@@ -33,8 +37,15 @@ COPY . .
 RUN cargo build --release --locked -p aftercart \
     && install -s -D -m 0755 target/release/aftercart /out/aftercart
 
-# Same Debian release as the builder (glibc); zlib1g is part of every Debian image.
+# Same Debian release as the builder (glibc); zlib1g is part of every Debian image. libssl3 for
+# TLS to the brokers, ca-certificates so that public brokers (Confluent Cloud, MSK, Redpanda
+# Cloud) are trusted without an ssl.ca.location.
 FROM debian:bookworm-slim
+# checkov:skip=CKV_DOCKER_9: apt installs two runtime libraries; nothing else runs apt
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl3 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /out/aftercart /usr/local/bin/aftercart
 # No user database entry is needed: Kubernetes runs it as 65532 too (runAsUser).
 USER 65532:65532

@@ -58,6 +58,10 @@ $(OPS_VENV)/.installed: tests/ops/requirements.txt
 	$(OPS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/ops/requirements.txt
 	touch $@
 
+.PHONY: docs
+docs: ## Regenerate the configuration and metrics references (docs/reference/) from the code
+	$(CARGO) run --locked --quiet -p aftercart -- docs --out docs/reference
+
 .PHONY: dashboards
 dashboards: ## Regenerate the Grafana dashboard JSON from k8s/components/grafana-dashboards/dashboards.py
 	python3 k8s/components/grafana-dashboards/dashboards.py
@@ -131,7 +135,7 @@ tansu: ## Install the Tansu broker the tests use (once; ~10-20 min to build)
 		echo "tansu $(TANSU_VERSION) is installed"; \
 	else \
 		echo "Installing tansu $(TANSU_VERSION) (a Kafka-compatible broker) for the integration tests..."; \
-		$(CARGO) install tansu --version $(TANSU_VERSION) --features dynostore; \
+		$(CARGO) install tansu --locked --version $(TANSU_VERSION) --features dynostore; \
 	fi
 
 .PHONY: clean

@@ -984,16 +984,20 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
 # --- main -------------------------------------------------------------------------------------
 
 def aftercart_target(bin_path: str, brokers: str, name: str, label: str, profile: bool = False,
-                     loadgen_args: list[str] | None = None) -> dict:
-    """An aftercart ingress on fresh ports with a fresh spool, as measure_target takes it."""
+                     loadgen_args: list[str] | None = None, http2: bool = False) -> dict:
+    """An aftercart ingress on fresh ports with a fresh spool, as measure_target takes it; with
+    `http2`, HTTP/2 on (AFTERCART_INGRESS_HTTP2: the ingress serves HTTP/1.1 only by default)."""
     port, admin = free_port(), free_port()
+    env = {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
+           "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+           "AFTERCART_LOG": "warn", "AFTERCART_SPOOL_DIR": fresh_dir(OUT / f"spool-{port}")}
+    if http2:
+        env["AFTERCART_INGRESS_HTTP2"] = "true"
     return {
         "name": name, "label": label,
         "argv": [bin_path, "ingress"],
         "shown": ["aftercart", "ingress"],
-        "env": {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
-                "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-                "AFTERCART_LOG": "warn", "AFTERCART_SPOOL_DIR": fresh_dir(OUT / f"spool-{port}")},
+        "env": env,
         "url": f"http://127.0.0.1:{port}/webhooks/shopify",
         "health": f"http://127.0.0.1:{admin}/readyz",
         "metrics": f"http://127.0.0.1:{admin}/metrics",
@@ -1073,7 +1077,7 @@ def main() -> int:
         targets.append(aftercart_target(
             bin_path, brokers, "aftercart-h2",
             f"aftercart ingress, HTTP/2 ({args.connections} streams over {h2_connections} connections)",
-            loadgen_args=["--http2-connections", str(h2_connections)]))
+            loadgen_args=["--http2-connections", str(h2_connections)], http2=True))
         port = free_port()
         node_dir = ROOT / "bench" / "baselines" / "node"
         targets.append({

@@ -10,6 +10,7 @@ broker_tests!(
     revoked_consent_and_redaction_remove_people_everywhere,
     a_503_and_a_429_are_retried_and_a_400_is_dead_lettered,
     a_crash_between_send_and_commit_does_not_double_add,
+    google_data_manager_partial_failures_are_counted_and_the_rest_resent,
 );
 
 mod scenarios {
@@ -20,9 +21,10 @@ mod scenarios {
     use aftercart_kafka::KafkaSettings;
     use aftercart_shopify::time::{now_ms, rfc3339};
     use aftercart_tests::audiences::{
-        test_config, Platforms, Shopper, TestAudiences, Upstream, GOOGLE_ACCESS_TOKEN,
-        GOOGLE_CUSTOMER, GOOGLE_JOB, GOOGLE_LIST, META_AUDIENCE, TIKTOK_ADVERTISER,
-        TIKTOK_AUDIENCE, WEBHOOK_SECRET,
+        test_config, Platforms, Shopper, TestAudiences, Upstream, DATAMANAGER_ACCESS_TOKEN,
+        DATAMANAGER_ACCOUNT, DATAMANAGER_LIST, GOOGLE_ACCESS_TOKEN, GOOGLE_CUSTOMER, GOOGLE_JOB,
+        GOOGLE_LIST, META_AUDIENCE, SERVICE_ACCOUNT, TIKTOK_ADVERTISER, TIKTOK_AUDIENCE,
+        WEBHOOK_SECRET,
     };
     use aftercart_tests::receiver::{Received, Receiver, Reply};
     use aftercart_tests::schemas::assert_valid;
@@ -81,7 +83,7 @@ mod scenarios {
         async fn start_with(broker: &Broker, platforms: Platforms) -> Stack {
             let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
             kafka.partitions = 3;
-            kafka.properties = broker.client_properties();
+            kafka.properties = broker.client_properties().into();
             let config = test_config(&kafka, &platforms, &[]);
             let service = TestAudiences::start_on(broker, config.clone()).await;
             Stack {
@@ -274,6 +276,67 @@ mod scenarios {
         assert!(identifiers.contains(&json!({"hashedEmail": h.google_email})));
         assert!(identifiers.contains(&json!({"hashedPhoneNumber": h.google_phone})));
 
+        // Google Data Manager: a token for the service account's signed JWT (scope
+        // datamanager), then one ingest naming the destination, consent, terms and HEX hashes.
+        until_sent(
+            "Data Manager",
+            &p.datamanager,
+            |r| r.uri.ends_with(":ingest"),
+            &[&h.google_email],
+        )
+        .await;
+        let (token, ingests): (Vec<Received>, Vec<Received>) = p
+            .datamanager
+            .delivered()
+            .into_iter()
+            .partition(|r| r.uri == "/token");
+        let form = String::from_utf8_lossy(&token[0].body).into_owned();
+        assert!(
+            form.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"),
+            "{form}"
+        );
+        let jwt = form.split("assertion=").nth(1).expect("an assertion");
+        let claims = jwt.split('.').nth(1).expect("JWT claims");
+        let claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                .expect("base64url claims"),
+        )
+        .unwrap();
+        assert_eq!(claims["iss"], SERVICE_ACCOUNT);
+        assert_eq!(
+            claims["scope"],
+            "https://www.googleapis.com/auth/datamanager"
+        );
+        let ingest = &ingests[0];
+        assert_eq!(ingest.uri, "/v1/audienceMembers:ingest");
+        assert_eq!(
+            ingest.header("authorization"),
+            Some(&*format!("Bearer {DATAMANAGER_ACCESS_TOKEN}"))
+        );
+        assert!(ingest.header("developer-token").is_none());
+        let dm = body(ingest);
+        assert_eq!(
+            dm["destinations"],
+            json!([{"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": DATAMANAGER_ACCOUNT},
+                    "productDestinationId": DATAMANAGER_LIST}])
+        );
+        assert_eq!(dm["encoding"], "HEX");
+        assert_eq!(
+            dm["consent"],
+            json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"})
+        );
+        assert_eq!(
+            dm["termsOfService"]["customerMatchTermsOfServiceStatus"],
+            "ACCEPTED"
+        );
+        assert_eq!(dm["audienceMembers"].as_array().unwrap().len(), 1);
+        let identifiers = dm["audienceMembers"][0]["userData"]["userIdentifiers"]
+            .as_array()
+            .expect("identifiers")
+            .clone();
+        assert!(identifiers.contains(&json!({"emailAddress": h.google_email})));
+        assert!(identifiers.contains(&json!({"phoneNumber": h.google_phone})));
+
         // TikTok: segment mapping, `+tag` stripped from the email.
         let tiktok = &p.tiktok.delivered()[0];
         assert_eq!(tiktok.uri, "/open_api/v1.3/segment/mapping/");
@@ -313,7 +376,7 @@ mod scenarios {
         assert!(text.contains(&h.plain_email));
 
         // Bob gave no consent: no destination ever heard of him; the batches follow the schema.
-        let everything: String = [&p.meta, &p.google, &p.tiktok, &p.webhook]
+        let everything: String = [&p.meta, &p.google, &p.datamanager, &p.tiktok, &p.webhook]
             .iter()
             .flat_map(|r| r.received())
             .map(|r| String::from_utf8_lossy(&r.body).into_owned())
@@ -362,6 +425,25 @@ mod scenarios {
             &[&ann.google_email, &carl],
         )
         .await;
+        let dm_remove = |r: &Received| r.uri == "/v1/audienceMembers:remove";
+        until_sent(
+            "Data Manager removals",
+            &p.datamanager,
+            dm_remove,
+            &[&ann.google_email, &carl],
+        )
+        .await;
+        for removal in p.datamanager.delivered().iter().filter(|r| dm_remove(r)) {
+            let removal = body(removal);
+            assert!(
+                removal.get("consent").is_none(),
+                "a removal states no consent"
+            );
+            assert_eq!(
+                removal["destinations"][0]["productDestinationId"],
+                DATAMANAGER_LIST
+            );
+        }
         let tiktok_delete = |r: &Received| body(r)["action"] == "delete";
         until_sent(
             "TikTok removals",
@@ -549,5 +631,65 @@ mod scenarios {
             .stop()
             .await
             .expect("clean stop");
+    }
+
+    pub async fn google_data_manager_partial_failures_are_counted_and_the_rest_resent(
+        broker: &Broker,
+    ) {
+        let platforms = Platforms::start().await;
+        // The first ingest is refused naming its first member (as Google's BadRequest
+        // fieldViolations do); later ones are accepted with a warning about their first member.
+        let ingests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = ingests.clone();
+        platforms.datamanager.route(std::sync::Arc::new(move |_, uri: &str| {
+            if uri == "/token" {
+                return Some(Reply::status(200).body(&format!(
+                    r#"{{"access_token":"{DATAMANAGER_ACCESS_TOKEN}","expires_in":3599}}"#
+                )));
+            }
+            if !uri.ends_with(":ingest") {
+                return None;
+            }
+            Some(if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                Reply::status(400).body(r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","message":"Invalid argument","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"audience_members[0].user_data.user_identifiers[0]","description":"Invalid hashed value"}]}]}}"#)
+            } else {
+                Reply::status(200).body(r#"{"requestId":"dm-2","fieldWarnings":[{"fieldPath":"audienceMembers[0].userData.userIdentifiers[1]","reason":"INVALID_PHONE"}]}"#)
+            })
+        }));
+        let stack = Stack::start_with(broker, platforms).await;
+        let upstream = stack.upstream(broker);
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+        upstream.abandoned(&CARL, true, "tok-carl", &now()).await;
+        let errors = r#"aftercart_audiences_export_member_errors_total{destination="dm"}"#;
+        let p = &stack.platforms;
+        eventually("the refusal and what followed it", WAIT, || async {
+            (stack.service().metric(errors) >= 2.0).then_some(())
+        })
+        .await;
+        let sent: Vec<Value> = p
+            .datamanager
+            .received()
+            .iter()
+            .filter(|r| r.uri.ends_with(":ingest"))
+            .map(body)
+            .collect();
+        let members = |b: &Value| b["audienceMembers"].as_array().unwrap().len();
+        if members(&sent[0]) == 2 {
+            // Both in one batch: sent again without the member Google named, and accepted.
+            assert_eq!(members(&sent[1]), 1, "{sent:#?}");
+            assert_eq!(sent[1]["audienceMembers"][0], sent[0]["audienceMembers"][1]);
+        } else {
+            // One each: the refused batch named its only member, so it is dead-lettered whole;
+            // the other went through with a warning counted.
+            eventually("the refused batch's dead letter", WAIT, || async {
+                let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+                (!dead.is_empty()).then_some(())
+            })
+            .await;
+        }
+        assert!(
+            stack.service().metric(errors) >= 2.0,
+            "the refusal and the warning are counted"
+        );
     }
 }

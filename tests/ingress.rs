@@ -6,6 +6,8 @@ use aftercart_tests::broker_tests;
 broker_tests!(
     every_sample_lands_in_its_family_topic_byte_for_byte,
     a_redelivered_webhook_is_published_once,
+    the_same_webhook_id_from_two_shops_is_published_for_each,
+    compliance_bodies_that_do_not_fit_their_header_are_quarantined,
     concurrent_redeliveries_are_published_once,
     bad_signatures_are_refused_and_never_published,
     rotated_and_per_shop_secrets_are_accepted_and_recorded,
@@ -13,6 +15,10 @@ broker_tests!(
     unprefixed_and_oddly_cased_headers_are_accepted,
     authentic_bodies_that_are_not_json_objects_are_quarantined,
     oversized_bodies_get_413_and_are_not_published,
+    a_413_reaches_a_client_that_sends_its_whole_body_before_reading,
+    bodies_beyond_the_body_budget_get_503_while_small_webhooks_pass,
+    an_http2_preface_is_refused_with_a_400_when_http2_is_off,
+    http2_connections_without_a_request_are_cut_at_the_header_timeout,
     wrong_method_and_path_are_refused,
     a_purchase_journey_shares_one_partition_number,
     escaped_and_non_ascii_bodies_keep_their_exact_bytes,
@@ -32,7 +38,7 @@ mod scenarios {
     use aftercart_tests::http::{self, Webhook};
     use aftercart_tests::ingress::{test_config, TestIngress, ROTATED_SECRET, SECRET};
     use aftercart_tests::schemas::assert_raw_record_valid;
-    use aftercart_tests::{read_topic, Broker, Record};
+    use aftercart_tests::{eventually, metric_value, read_topic, Broker, Record};
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/shopify");
 
@@ -115,10 +121,11 @@ mod scenarios {
         ];
         let mut sent = HashMap::new();
         for (file, topic, family, key) in samples {
-            let webhook = Webhook::new(topic, fixture(file), SECRET);
+            let body = fixture_for_shop(file, "jsmith.myshopify.com");
+            let webhook = Webhook::new(topic, body, SECRET);
             let response = webhook.post(ingress.addr).await;
             assert_eq!(response.status, 200, "{file}: {}", response.body);
-            assert_eq!(response.json()["status"], "accepted");
+            assert_eq!(response.json()["status"], "accepted", "{file}");
             sent.insert(webhook.webhook_id.clone(), (webhook, family, key));
         }
         let other = Webhook::new(
@@ -217,6 +224,134 @@ mod scenarios {
         assert_eq!(
             ingress.metric("aftercart_ingress_duplicates_total").await,
             3.0
+        );
+    }
+
+    pub async fn the_same_webhook_id_from_two_shops_is_published_for_each(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let mut first = Webhook::new("orders/paid", fixture("orders_paid.json"), SECRET);
+        first.shop = "shop-a.myshopify.com".to_string();
+        let mut second = first.clone();
+        second.shop = "shop-b.myshopify.com".to_string();
+        assert_eq!(first.post(ingress.addr).await.json()["status"], "accepted");
+        assert_eq!(second.post(ingress.addr).await.json()["status"], "accepted");
+        // Each shop's own retry is still a duplicate, whatever the header's case.
+        let mut retry = second.clone();
+        retry.shop = "Shop-B.myshopify.com".to_string();
+        assert_eq!(retry.post(ingress.addr).await.json()["status"], "duplicate");
+
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Orders)).await;
+        let shops: BTreeSet<&str> = records
+            .iter()
+            .map(|r| r.header("shopify-shop-domain").unwrap())
+            .collect();
+        assert_eq!(records.len(), 2, "{shops:?}");
+        assert_eq!(
+            shops,
+            BTreeSet::from(["shop-a.myshopify.com", "shop-b.myshopify.com"])
+        );
+        assert!(records
+            .iter()
+            .all(|r| r.header("shopify-webhook-id") == Some(first.webhook_id.as_str())));
+    }
+
+    /// A sample as Shopify sends it to `shop`: the compliance samples' `{shop}` placeholder filled.
+    fn fixture_for_shop(name: &str, shop: &str) -> Vec<u8> {
+        String::from_utf8(fixture(name))
+            .expect("UTF-8 sample")
+            .replace("{shop}.myshopify.com", shop)
+            .into_bytes()
+    }
+
+    pub async fn compliance_bodies_that_do_not_fit_their_header_are_quarantined(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let shop = "jsmith.myshopify.com";
+        let customer_redact = fixture_for_shop("customers_redact.json", shop);
+        let data_request = fixture_for_shop("customers_data_request.json", shop);
+        let shop_redact = fixture_for_shop("shop_redact.json", shop);
+        let other_shop = fixture_for_shop("shop_redact.json", "victim.myshopify.com");
+        // (topic header, authentic body, expected quarantine reason)
+        let replays: [(&str, &[u8], &str); 7] = [
+            // A customer's redaction replayed as the whole shop's.
+            ("shop/redact", &customer_redact, "compliance_shape_mismatch"),
+            ("shop/redact", &data_request, "compliance_shape_mismatch"),
+            // A data request replayed as a redaction, and the other way round.
+            (
+                "customers/redact",
+                &data_request,
+                "compliance_shape_mismatch",
+            ),
+            (
+                "customers/data_request",
+                &customer_redact,
+                "compliance_shape_mismatch",
+            ),
+            (
+                "customers/redact",
+                &shop_redact,
+                "compliance_shape_mismatch",
+            ),
+            // Another shop's body under this shop's header, and a body naming no shop.
+            ("shop/redact", &other_shop, "compliance_shop_mismatch"),
+            (
+                "shop/redact",
+                br#"{"shop_id":954889}"#,
+                "compliance_shop_mismatch",
+            ),
+        ];
+        let mut sent = Vec::new();
+        for (topic, body, reason) in replays {
+            let webhook = Webhook::new(topic, body.to_vec(), SECRET);
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(response.status, 200, "{topic}: {}", response.body);
+            assert_eq!(response.json()["status"], "quarantined", "{topic}");
+            sent.push((webhook, reason));
+        }
+        // The genuine ones, header case aside, go to the compliance topic.
+        for (topic, body) in [
+            ("customers/redact", &customer_redact),
+            ("customers/data_request", &data_request),
+            ("shop/redact", &shop_redact),
+        ] {
+            let mut webhook = Webhook::new(topic, body.clone(), SECRET);
+            webhook.shop = "JSmith.myshopify.com".to_string();
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(response.json()["status"], "accepted", "{topic}");
+        }
+        let quarantine = read_topic(&broker.bootstrap(), &ingress.topics().quarantine()).await;
+        assert_eq!(quarantine.len(), sent.len());
+        for (webhook, reason) in &sent {
+            let record = quarantine
+                .iter()
+                .find(|r| r.header("shopify-webhook-id") == Some(webhook.webhook_id.as_str()))
+                .expect("quarantined record");
+            assert_eq!(record.value, webhook.body, "exact bytes");
+            assert_eq!(
+                record.header("aftercart-quarantine-reason"),
+                Some(*reason),
+                "{}",
+                webhook.topic
+            );
+            aftercart_tests::schemas::assert_valid(
+                "kafka/record-headers.schema.json",
+                &record.headers_json(),
+            );
+        }
+        let compliance = read_topic(&broker.bootstrap(), &ingress.topic(Family::Compliance)).await;
+        assert_eq!(compliance.len(), 3);
+        assert_eq!(
+            ingress
+                .metric(
+                    r#"aftercart_ingress_quarantined_total{reason="compliance_shape_mismatch"}"#
+                )
+                .await,
+            5.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_quarantined_total{reason="compliance_shop_mismatch"}"#)
+                .await,
+            2.0
         );
     }
 
@@ -486,6 +621,205 @@ mod scenarios {
         assert_eq!(
             ingress
                 .metric(r#"aftercart_ingress_quarantined_total{reason="not_object"}"#)
+                .await,
+            1.0
+        );
+    }
+
+    /// The head of a signed-looking `orders/create` whose signature is fake (well-formed).
+    fn unsigned_head(length_header: &str) -> Vec<u8> {
+        format!(
+            "POST /webhooks/shopify HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+             {length_header}\r\nx-shopify-topic: orders/create\r\n\
+             x-shopify-shop-domain: jsmith.myshopify.com\r\nx-shopify-webhook-id: {}\r\n\
+             x-shopify-hmac-sha256: {}\r\n\r\n",
+            uuid::Uuid::new_v4(),
+            aftercart_shopify::sign(&Secret::new("not-the-secret"), b"x"),
+        )
+        .into_bytes()
+    }
+
+    pub async fn a_413_reaches_a_client_that_sends_its_whole_body_before_reading(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        // 2 MiB against the 256 KiB limit, written in 64 KiB pieces before reading, as
+        // http.client does: the 413 is decided from Content-Length before the body is read.
+        let body = vec![b'x'; 2 << 20];
+        let head = unsigned_head(&format!("content-length: {}", body.len()));
+        let pause = Duration::from_millis(2);
+        let answer = http::write_all_then_read(ingress.addr, &head, &body, 64 << 10, pause)
+            .await
+            .expect("no reset while sending or reading");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+        // Chunked: the limit is found while reading, the rest is still on its way.
+        let mut chunked = Vec::new();
+        for piece in body.chunks(16 << 10) {
+            chunked.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+            chunked.extend(piece);
+            chunked.extend(b"\r\n");
+        }
+        chunked.extend(b"0\r\n\r\n");
+        let head = unsigned_head("transfer-encoding: chunked");
+        let answer = http::write_all_then_read(ingress.addr, &head, &chunked, 64 << 10, pause)
+            .await
+            .expect("no reset while sending or reading");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_body_refusals_total{reason="too_large"}"#)
+                .await,
+            2.0
+        );
+    }
+
+    pub async fn bodies_beyond_the_body_budget_get_503_while_small_webhooks_pass(broker: &Broker) {
+        use tokio::io::AsyncWriteExt;
+        let mut config = test_config(broker);
+        // 1 MiB: large bodies (above 64 KiB) may hold 768 KiB together.
+        config.edge.body_budget_bytes = 1 << 20;
+        let ingress = TestIngress::start_on(broker, config).await;
+        let held = format!("content-length: {}", 256 << 10);
+        // Three slow clients declare 256 KiB each and send a little: the large share is held.
+        let mut holders = Vec::new();
+        for _ in 0..3 {
+            let mut stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+            stream.write_all(&unsigned_head(&held)).await.unwrap();
+            stream.write_all(b"{\"id\":").await.unwrap();
+            holders.push(stream);
+        }
+        let admin = ingress.admin_addr;
+        eventually(
+            "the holders' reservations",
+            Duration::from_secs(10),
+            || async move {
+                let text = http::get(admin, "/metrics").await.body;
+                (metric_value(&text, "aftercart_ingress_body_in_flight_bytes")
+                    >= f64::from(768 << 10))
+                .then_some(())
+            },
+        )
+        .await;
+        let answer = http::raw_exchange(ingress.addr, &unsigned_head(&held)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 5"),
+            "{answer}"
+        );
+        // An ordinary webhook still fits the quarter kept for small bodies.
+        let small = Webhook::new("orders/create", fixture("orders_create.json"), SECRET);
+        assert_eq!(small.post(ingress.addr).await.status, 200);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_body_refusals_total{reason="budget"}"#)
+                .await,
+            1.0
+        );
+        // The holders leave: their reservations are given back.
+        drop(holders);
+        eventually(
+            "the budget given back",
+            Duration::from_secs(10),
+            || async move {
+                let text = http::get(admin, "/metrics").await.body;
+                (metric_value(&text, "aftercart_ingress_body_in_flight_bytes") == 0.0).then_some(())
+            },
+        )
+        .await;
+        let mut request = unsigned_head(&held);
+        request.extend(vec![b' '; 256 << 10]);
+        let answer = http::raw_exchange(ingress.addr, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// An empty SETTINGS frame, as an HTTP/2 client sends right after the preface.
+    const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+    /// Connects, writes `bytes`, and reads until the server closes: (answer, when it closed).
+    async fn until_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, Option<Duration>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let started = std::time::Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer));
+        let closed = match read.await {
+            Ok(_) => Some(started.elapsed()),
+            Err(_) => None,
+        };
+        (String::from_utf8_lossy(&answer).into_owned(), closed)
+    }
+
+    pub async fn an_http2_preface_is_refused_with_a_400_when_http2_is_off(broker: &Broker) {
+        let ingress = TestIngress::start_on(broker, test_config(broker)).await;
+        let mut hello = H2_PREFACE.to_vec();
+        hello.extend(H2_SETTINGS);
+        let (answer, closed) = until_closed(ingress.addr, &hello).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("http2_disabled"), "{answer}");
+        assert!(closed.is_some(), "the connection was held open");
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_connections_cut_total{reason="http2_disabled"}"#)
+                .await,
+            1.0
+        );
+        // HTTP/1.1 is served as ever.
+        let webhook = Webhook::new("orders/create", fixture("orders_create.json"), SECRET);
+        assert_eq!(webhook.post(ingress.addr).await.status, 200);
+    }
+
+    pub async fn http2_connections_without_a_request_are_cut_at_the_header_timeout(
+        broker: &Broker,
+    ) {
+        let mut config = test_config(broker);
+        config.header_read_timeout = Duration::from_secs(1);
+        config.edge.http2 = Some(aftercart_ingress::config::Http2Config {
+            idle_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(10),
+            max_streams: 8,
+        });
+        let ingress = TestIngress::start_on(broker, config).await;
+        // The preface alone, and the preface with SETTINGS (a handshake, then nothing).
+        let mut hello = H2_PREFACE.to_vec();
+        hello.extend(H2_SETTINGS);
+        for bytes in [H2_PREFACE, &hello[..]] {
+            let (_, closed) = until_closed(ingress.addr, bytes).await;
+            let closed = closed.expect("an idle HTTP/2 connection was never cut");
+            assert!(closed >= Duration::from_millis(900), "{closed:?}");
+        }
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_connections_cut_total{reason="http2_handshake"}"#)
+                .await,
+            2.0
+        );
+        // A real HTTP/2 client is served, and its connection is cut once idle.
+        let stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let connection = tokio::spawn(connection);
+        let webhook = Webhook::new("orders/create", fixture("orders_create.json"), SECRET);
+        let mut request =
+            ::http::Request::post(format!("http://{}/webhooks/shopify", ingress.addr));
+        for (name, value) in webhook.headers() {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                webhook.body.clone(),
+            )))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = aftercart_tests::join_within(connection, "the idle HTTP/2 connection").await;
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_connections_cut_total{reason="http2_idle"}"#)
                 .await,
             1.0
         );
@@ -820,7 +1154,7 @@ mod slow_broker {
         config
             .kafka
             .properties
-            .push(("queue.buffering.max.messages".into(), "1".into()));
+            .set("queue.buffering.max.messages", "1");
         config.publish_deadline = Duration::from_secs(3);
         config.spool = None;
         let ingress = TestIngress::start_on(&broker, config).await;
@@ -885,6 +1219,52 @@ mod starting {
             .shutdown()
             .await
             .expect("stops cleanly while still connecting");
+    }
+}
+
+mod opening {
+    use std::time::Duration;
+
+    use aftercart_ingress::spool::{Spool, SpoolMetrics};
+    use aftercart_tests::http;
+    use aftercart_tests::ingress::{test_config, TestIngress};
+    use aftercart_tests::{eventually, Broker};
+
+    /// One runtime thread: any blocking work on it would stop /livez too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_spool_is_opened_off_the_runtime_and_livez_answers_meanwhile() {
+        let broker = Broker::mock();
+        let config = test_config(&broker);
+        broker.precreate_for_mock(&aftercart_ingress::app::topic_specs(
+            &config.kafka,
+            config.max_body_bytes,
+        ));
+        // Another holder of the spool lock: opening waits for it (up to 5 s), as it would
+        // read a large spool back.
+        let dir = config.spool.as_ref().unwrap().dir.clone();
+        let (holder, _) = Spool::open(&dir, 64 << 20, SpoolMetrics::unregistered()).unwrap();
+        let ingress = TestIngress::spawn(config).await;
+        let livez = tokio::time::timeout(
+            Duration::from_secs(2),
+            http::get(ingress.admin_addr, "/livez"),
+        )
+        .await
+        .expect("/livez answers while the spool is being opened");
+        assert_eq!(livez.status, 200);
+        assert_eq!(
+            http::get(ingress.admin_addr, "/readyz").await.status,
+            503,
+            "not ready before the spool is open"
+        );
+        drop(holder);
+        eventually(
+            "ready once the spool is open",
+            Duration::from_secs(20),
+            || async {
+                (http::get(ingress.admin_addr, "/readyz").await.status == 200).then_some(())
+            },
+        )
+        .await;
     }
 }
 
@@ -1171,11 +1551,33 @@ mod spooling {
             .expect("stops with events left in the spool");
         broker.up();
 
+        let restart_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
         let restarted = TestIngress::start(config).await;
         wait_drained(&restarted).await;
         let records = read_topic(&broker.bootstrap(), &restarted.topic(Family::Carts)).await;
         for webhook in &sent {
             assert_eq!(count_of(&records, webhook), 1);
+        }
+        // Drained after the restart, yet stamped with the time each was received: consumers'
+        // timers are not shifted by the outage.
+        for record in records
+            .iter()
+            .filter(|r| r.header("aftercart-received-at").is_some())
+        {
+            let received = humantime::parse_rfc3339(record.header("aftercart-received-at").unwrap())
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            assert_eq!(
+                record.timestamp,
+                Some(received),
+                "Kafka timestamp is the receive time"
+            );
+            assert!(received < restart_ms);
         }
         assert_eq!(
             restarted
@@ -1254,6 +1656,135 @@ mod spooling {
         wait_drained(&ingress).await;
         let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
         assert_eq!(count_of(&records, &webhook), 1);
+    }
+
+    async fn readyz(ingress: &TestIngress) -> u16 {
+        aftercart_tests::http::get(ingress.admin_addr, "/readyz")
+            .await
+            .status
+            .as_u16()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingress_whose_spool_works_is_ready_during_a_kafka_outage() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        // Nothing listens here: every pod restarting during an outage sees this.
+        config.kafka.brokers = format!("127.0.0.1:{}", aftercart_tests::broker::free_port());
+        let ingress = TestIngress::spawn(config).await;
+        eventually(
+            "ready on the spool alone",
+            Duration::from_secs(10),
+            || async { (readyz(&ingress).await == 200).then_some(()) },
+        )
+        .await;
+        assert_eq!(ingress.metric("aftercart_ingress_kafka_healthy").await, 0.0);
+        let response = cart("outage", 1).post(ingress.addr).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(
+            ingress
+                .metric("aftercart_ingress_spool_pending_events")
+                .await,
+            1.0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sick_spool_is_gone_around_while_kafka_takes_records() {
+        use aftercart_ingress::spool::crash_disk::CrashDisk;
+        use aftercart_ingress::spool::disk::SpoolDisk;
+        let broker = Broker::mock();
+        let disk = CrashDisk::new();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(300);
+        config.publish_deadline = Duration::from_secs(3);
+        let spool = config.spool.as_mut().unwrap();
+        spool.dir = "/spool".into();
+        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        // A backlog: Kafka down, five events spooled.
+        broker.down();
+        let mut sent: Vec<Webhook> = (1..=5).map(|n| cart("backlog", n)).collect();
+        for webhook in &sent {
+            assert_eq!(webhook.post(ingress.addr).await.status, 200);
+        }
+        // Kafka counts as healthy for a few seconds after its last success: wait until the
+        // ingress has seen it down, so that "back" below means a probe answered after up().
+        eventually("Kafka seen down", Duration::from_secs(30), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 0.0).then_some(())
+        })
+        .await;
+        // The disk dies (reads too, so the backlog stays), then Kafka is back.
+        disk.set_broken(true);
+        broker.up();
+        eventually("Kafka seen back", Duration::from_secs(30), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 1.0).then_some(())
+        })
+        .await;
+        // And taking records again: the first attempts of the backlog's events, still in the
+        // producer, have been delivered (a new record would queue behind their retries and
+        // miss the spool-after budget the direct path has).
+        eventually(
+            "the producer's queue drained",
+            Duration::from_secs(30),
+            || async {
+                (ingress
+                    .metric("aftercart_ingress_kafka_queue_messages")
+                    .await
+                    == 0.0)
+                    .then_some(())
+            },
+        )
+        .await;
+        for n in 6..=15 {
+            let webhook = cart("direct", n);
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(
+                response.status, 200,
+                "webhook {n}: Kafka is healthy, the sick spool is gone around: {}",
+                response.body
+            );
+            sent.push(webhook);
+        }
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_bypassed_total{reason="disk_error"}"#)
+                .await,
+            10.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_rejected_total{reason="disk_error"}"#)
+                .await,
+            0.0
+        );
+        assert_eq!(ingress.metric("aftercart_ingress_spool_healthy").await, 0.0);
+        assert_eq!(
+            readyz(&ingress).await,
+            200,
+            "Kafka alone makes webhooks safe"
+        );
+        // Kafka down too: nothing can make a webhook safe, the replica is taken out.
+        broker.down();
+        let refused = cart("nowhere", 99).post(ingress.addr).await;
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        eventually("not ready", Duration::from_secs(10), || async {
+            (readyz(&ingress).await == 503).then_some(())
+        })
+        .await;
+        // Both back: the backlog drains and nothing acknowledged is lost.
+        broker.up();
+        disk.set_broken(false);
+        eventually("ready again", Duration::from_secs(10), || async {
+            (readyz(&ingress).await == 200).then_some(())
+        })
+        .await;
+        wait_drained(&ingress).await;
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        for webhook in &sent {
+            assert_eq!(count_of(&records, webhook), 1, "{}", webhook.webhook_id);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,13 @@ broker_tests!(
     every_event_is_also_posted_signed_to_the_webhook,
     a_large_order_is_routed_and_its_buyer_invited,
     members_joining_and_leaving_under_load_never_stop_another_member,
+    invite_codes_exist_in_the_shop_before_invites_are_published_and_rewards_are_issued,
+    a_refund_in_the_window_voids_and_deactivates_an_issued_reward,
+    lost_answers_and_a_restart_create_no_duplicate_discounts,
+    a_store_credit_whose_answer_is_lost_is_not_credited_twice,
+    a_first_order_segment_made_before_a_restart_is_found_not_made_again,
+    a_shop_whose_shopify_is_down_spends_one_retry_budget_a_batch_not_one_an_action,
+    refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working,
 );
 
 mod scenarios {
@@ -29,6 +36,7 @@ mod scenarios {
     use aftercart_tests::receiver::{Receiver, Reply};
     use aftercart_tests::referrals::{test_config, TestReferrals};
     use aftercart_tests::schemas::assert_valid;
+    use aftercart_tests::shopify_admin::ShopifyAdmin;
     use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
     use serde_json::{json, Value};
 
@@ -701,5 +709,440 @@ mod scenarios {
         assert_eq!(invited.len(), invites.len(), "an order was invited twice");
         assert_eq!(invited.len() as u64, orders);
         assert!(!stack.service().has_stopped(), "the first member stopped");
+    }
+
+    const TOKEN: &str = "shpat_test_token";
+
+    /// A stand-in Shopify with `SHOP`'s token, and the flags pointing the service at it.
+    async fn shopify_flags(extra: &[&str]) -> (ShopifyAdmin, Vec<String>, tempdir::Dir) {
+        let admin = ShopifyAdmin::start(&[(SHOP, TOKEN)]).await;
+        let dir = tempdir::Dir::new();
+        let tokens = dir.path.join("tokens");
+        std::fs::write(&tokens, format!("# test\n{SHOP}={TOKEN}\n")).unwrap();
+        let mut flags = vec![
+            format!("--shopify-access-tokens-file={}", tokens.display()),
+            format!("--shopify-admin-url={}", admin.url_template()),
+        ];
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        (admin, flags, dir)
+    }
+
+    mod tempdir {
+        /// A directory removed when dropped.
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+
+        impl Dir {
+            pub fn new() -> Dir {
+                let path = std::env::temp_dir().join(format!("aftercart-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                std::fs::remove_dir_all(&self.path).ok();
+            }
+        }
+    }
+
+    fn strs(flags: &[String]) -> Vec<&str> {
+        flags.iter().map(String::as_str).collect()
+    }
+
+    pub async fn invite_codes_exist_in_the_shop_before_invites_are_published_and_rewards_are_issued(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) = shopify_flags(&[
+            "--referrals-friend-discount=15%",
+            "--referrals-friend-min-subtotal=30",
+            "--referrals-reward=10.00",
+        ])
+        .await;
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+
+        // Shopify is down: the invite waits, it is not published without its code.
+        admin.fail_next(usize::MAX, 503);
+        stack.send("orders/paid", order(base, advocate)).await;
+        eventually("retried creates", Duration::from_secs(30), || async {
+            (admin.calls("discountCodeBasicCreate", Some(503)) >= 2).then_some(())
+        })
+        .await;
+        assert!(
+            stack.invites().await.is_empty(),
+            "no invite while its code does not exist"
+        );
+        assert!(admin.discounts().is_empty());
+
+        // Back, but over its rate limit once: the service waits as Shopify says, then creates.
+        admin.throttle_next(1);
+        admin.fail_next(0, 503);
+        let code = stack.code_of(advocate, 1).await;
+        let created = admin.with_code(SHOP, &code);
+        assert_eq!(created.len(), 1, "{created:#?}");
+        let input = &created[0].input;
+        assert_eq!(input["customerGets"]["value"]["percentage"], 0.15);
+        assert_eq!(input["appliesOncePerCustomer"], true);
+        assert_eq!(input["context"]["all"], "ALL");
+        assert_eq!(
+            input["minimumRequirement"]["subtotal"]["greaterThanOrEqualToSubtotal"],
+            "30.00"
+        );
+        assert!(
+            admin.calls("discountCodeBasicCreate", Some(200)) >= 2,
+            "throttled, then created"
+        );
+        let service = stack.service();
+        assert!(
+            service.metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="retried"}"#)
+                >= 2.0
+        );
+        assert_eq!(
+            service.metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="throttled"}"#),
+            1.0
+        );
+        assert!(service.metric("aftercart_referrals_shopify_throttled_seconds_total") > 0.0);
+
+        // The friend's order with the code: pending, granted after review, reward issued.
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        let rewards = stack.settled_rewards(2).await;
+        assert_eq!(
+            types(&rewards),
+            ["reward.pending", "reward.granted"],
+            "{rewards:#?}"
+        );
+        assert!(rewards[0].get("issued").is_none());
+        let issued = &rewards[1]["issued"];
+        assert_eq!(issued["kind"], "discount_code");
+        assert_eq!(issued["amount"], "10.00");
+        assert_eq!(issued["currency"], "EUR");
+        let reward_code = issued["code"].as_str().unwrap();
+        assert!(reward_code.starts_with("THANKS-"), "{reward_code}");
+        let reward = admin.with_code(SHOP, reward_code);
+        assert_eq!(reward.len(), 1);
+        assert_eq!(reward[0].input["usageLimit"], 1);
+        assert_eq!(
+            reward[0].input["context"]["customers"]["add"][0],
+            format!("gid://shopify/Customer/{advocate}")
+        );
+        assert_eq!(
+            reward[0].input["customerGets"]["value"]["discountAmount"]["amount"],
+            "10.00"
+        );
+        // Every request carried the token, and only the shop's discounts exist.
+        assert_eq!(
+            admin.discounts().len(),
+            3,
+            "advocate's and friend's codes, one reward"
+        );
+        assert_eq!(
+            service.metric(
+                r#"aftercart_referrals_shopify_actions_total{action="reward_code",outcome="done"}"#
+            ),
+            1.0
+        );
+    }
+
+    pub async fn a_refund_in_the_window_voids_and_deactivates_an_issued_reward(broker: &Broker) {
+        let (admin, flags, _dir) = shopify_flags(&[
+            "--review-window=60s",
+            "--referrals-reward-issue=pending",
+            "--referrals-reward=20%",
+            "--referrals-friend-first-order-only=true",
+        ])
+        .await;
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        // First order only: the offer is limited to a segment of customers without orders,
+        // created once in the shop.
+        let segments = admin.segments();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        assert_eq!(segments[0].2, "number_of_orders = 0");
+        let offer = &admin.with_code(SHOP, &code)[0].input;
+        assert!(offer["context"]["customerSegments"]["add"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("gid://shopify/Segment/"));
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        let pending = eventually("the pending reward", Duration::from_secs(30), || async {
+            let rewards = stack.rewards().await;
+            (rewards.len() == 1).then_some(rewards)
+        })
+        .await;
+        let reward_code = pending[0]["issued"]["code"].as_str().unwrap().to_string();
+        assert_eq!(pending[0]["issued"]["percentage"], "20.00");
+        assert_eq!(admin.with_code(SHOP, &reward_code)[0].status, "ACTIVE");
+
+        stack
+            .send("refunds/create", json!({"id": 9, "order_id": base + 1}))
+            .await;
+        let rewards = stack.settled_rewards(2).await;
+        assert_eq!(
+            types(&rewards),
+            ["reward.pending", "reward.voided"],
+            "{rewards:#?}"
+        );
+        assert_eq!(rewards[1]["reason"], "refunded");
+        assert_eq!(rewards[1]["issued"]["code"], reward_code.as_str());
+        assert_eq!(rewards[1]["issued"]["deactivated"], true);
+        let stored = admin.with_code(SHOP, &reward_code);
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].status, "EXPIRED", "deactivated in the shop");
+        assert_eq!(admin.segments().len(), 1, "the segment is created once");
+    }
+
+    pub async fn lost_answers_and_a_restart_create_no_duplicate_discounts(broker: &Broker) {
+        let (admin, flags, _dir) = shopify_flags(&["--review-window=5s"]).await;
+        let mut stack = Stack::start(broker, &strs(&flags)).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+
+        // Shopify creates the code but the answer is lost: the retry finds it taken and looks
+        // it up instead of making a second one.
+        admin.lose_next_answers(1);
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        assert_eq!(admin.with_code(SHOP, &code).len(), 1);
+        assert!(admin.calls("codeDiscountNodeByCode", Some(200)) >= 1);
+
+        // Down while the friend's order waits for its invite's code; stopped mid-way.
+        admin.fail_next(usize::MAX, 503);
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        eventually("a failing create", Duration::from_secs(30), || async {
+            (admin.calls("discountCodeBasicCreate", Some(503)) >= 1).then_some(())
+        })
+        .await;
+        stack.service.take().unwrap().crash().await;
+        admin.fail_next(0, 503);
+        // The advocate's order delivered again while it is down.
+        stack
+            .send_unobserved("orders/paid", order(base, advocate))
+            .await;
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        let rewards = stack.settled_rewards(2).await;
+        assert_eq!(
+            types(&rewards),
+            ["reward.pending", "reward.granted"],
+            "{rewards:#?}"
+        );
+        let friend_code = stack.code_of(friend, 2).await;
+        let reward_code = rewards[1]["issued"]["code"].as_str().unwrap();
+        for code in [code.as_str(), friend_code.as_str(), reward_code] {
+            assert_eq!(
+                admin.with_code(SHOP, code).len(),
+                1,
+                "one discount for {code}"
+            );
+        }
+        assert_eq!(admin.discounts().len(), 3);
+    }
+
+    pub async fn a_first_order_segment_made_before_a_restart_is_found_not_made_again(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) =
+            shopify_flags(&["--referrals-friend-first-order-only=true"]).await;
+        // The merchant's own segment, then the one an earlier run of the service made.
+        admin.add_segment(SHOP, "VIP", "amount_spent > 500");
+        let ours = admin.add_segment(
+            SHOP,
+            "aftercart: customers without orders",
+            "number_of_orders = 0",
+        );
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let advocate = ids();
+        stack.send("orders/paid", order(ids(), advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        let offer = &admin.with_code(SHOP, &code)[0].input;
+        assert_eq!(
+            offer["context"]["customerSegments"]["add"][0],
+            ours.as_str()
+        );
+        assert_eq!(admin.segments().len(), 2, "no second segment");
+    }
+
+    pub async fn a_shop_whose_shopify_is_down_spends_one_retry_budget_a_batch_not_one_an_action(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) = shopify_flags(&["--shopify-max-retry-duration=1s"]).await;
+        let mut stack = Stack::start(broker, &strs(&flags)).await;
+        // Four buyers' orders wait in Kafka while the service is down, so they meet in a batch.
+        stack.service.take().unwrap().crash().await;
+        admin.fail_next(usize::MAX, 503);
+        let base = ids();
+        for i in 0..4 {
+            stack
+                .send_unobserved("orders/paid", order(base + i, ids()))
+                .await;
+        }
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        eventually("four dead letters", Duration::from_secs(60), || async {
+            let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+            let exhausted = dead
+                .iter()
+                .filter(|r| {
+                    r.header("aftercart-dead-letter-reason")
+                        .is_some_and(|r| r.starts_with("shopify_exhausted: friend_discount"))
+                })
+                .count();
+            (exhausted == 4).then_some(())
+        })
+        .await;
+        // Once the shop's Shopify failed past the budget, the rest of the batch for that shop is
+        // dead-lettered at once: every other shop's outputs wait one budget, not one per output.
+        let tried = admin.calls("discountCodeBasicCreate", Some(503));
+        let one_budget = stack
+            .service()
+            .metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="exhausted"}"#);
+        assert!(
+            one_budget <= 2.0,
+            "budgets spent: {one_budget}, calls: {tried}"
+        );
+        assert!(stack.invites().await.is_empty());
+    }
+
+    pub async fn a_store_credit_whose_answer_is_lost_is_not_credited_twice(broker: &Broker) {
+        let (admin, flags, _dir) = shopify_flags(&[
+            "--review-window=2s",
+            "--referrals-reward-kind=store_credit",
+            "--referrals-reward=10.00",
+        ])
+        .await;
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let (advocate, friend, base) = (ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+
+        // Shopify credits the advocate but the answer is lost: store credit has no code to look
+        // up, so sending it again would credit twice.
+        admin.lose_next_credit_answers(1);
+        stack
+            .send("orders/paid", with_code(order(base + 1, friend), &code))
+            .await;
+        let settled = eventually(
+            "the grant written or dead-lettered",
+            Duration::from_secs(30),
+            || async {
+                let granted = types(&stack.rewards().await).contains(&"reward.granted");
+                let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+                let unconfirmed = dead.iter().find_map(|r| {
+                    r.header("aftercart-dead-letter-reason")
+                        .filter(|r| r.starts_with("shopify_unconfirmed: store_credit"))
+                        .map(str::to_string)
+                });
+                (granted || unconfirmed.is_some()).then_some(unconfirmed)
+            },
+        )
+        .await;
+        let credits = admin.credits();
+        assert_eq!(credits.len(), 1, "credited once: {credits:#?}");
+        assert_eq!(credits[0].amount, "10.00");
+        assert_eq!(admin.calls("storeCreditAccountCredit", None), 1);
+        assert!(
+            settled.is_some(),
+            "an unconfirmed credit is dead-lettered for a person to check, not resent"
+        );
+    }
+
+    pub async fn refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working(
+        broker: &Broker,
+    ) {
+        let (admin, flags, _dir) = shopify_flags(&[]).await;
+        let stack = Stack::start(broker, &strs(&flags)).await;
+        let (refused, tokenless, fine, base) = (ids(), ids(), ids(), ids());
+
+        // Shopify refuses the input: a dead letter naming the userErrors, no invite.
+        admin.refuse_creates(Some("Value must be less than or equal to 100"));
+        stack.send("orders/paid", order(base, refused)).await;
+        let dead = eventually("the refused invite", Duration::from_secs(30), || async {
+            let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+            (!dead.is_empty()).then_some(dead)
+        })
+        .await;
+        let reason = dead[0].header("aftercart-dead-letter-reason").unwrap();
+        assert!(
+            reason.starts_with("shopify_user_errors: friend_discount"),
+            "{reason}"
+        );
+        assert!(reason.contains("less than or equal to 100"), "{reason}");
+        let letter: Value = serde_json::from_slice(&dead[0].value).unwrap();
+        assert_eq!(letter["type"], "invite");
+        assert_eq!(letter["advocate"]["customer_id"], refused);
+        admin.refuse_creates(None);
+
+        // A shop without a token: dead-lettered and counted; the token's shop keeps working.
+        let other_shop = "no-token.myshopify.com";
+        let mut webhook = Webhook::new(
+            "orders/paid",
+            order(base + 1, tokenless).to_string().into_bytes(),
+            SECRET,
+        );
+        webhook.shop = other_shop.to_string();
+        assert_eq!(webhook.post(stack.ingress.addr).await.status, 200);
+        stack.send("orders/paid", order(base + 2, fine)).await;
+        let invites = eventually(
+            "the invite of the shop with a token",
+            Duration::from_secs(30),
+            || async {
+                let invites = stack.invites().await;
+                (!invites.is_empty()).then_some(invites)
+            },
+        )
+        .await;
+        assert_eq!(invites.len(), 1, "{invites:#?}");
+        assert_eq!(invites[0]["advocate"]["customer_id"], fine);
+        eventually(
+            "the tokenless shop's dead letter",
+            Duration::from_secs(30),
+            || async {
+                let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+                dead.iter()
+                    .any(|r| {
+                        r.header("aftercart-dead-letter-reason")
+                            .is_some_and(|r| r.starts_with("shopify_no_token"))
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        let service = stack.service();
+        assert!(service.metric("aftercart_referrals_shopify_no_token_total") >= 1.0);
+        assert_eq!(
+            service.metric(r#"aftercart_referrals_shopify_actions_total{action="friend_discount",outcome="dead_lettered"}"#),
+            2.0
+        );
+
+        // A revoked token: 401, the shop counted as refused until its token works again.
+        admin.set_token(SHOP, "rotated");
+        let refused_later = ids();
+        stack
+            .send("orders/paid", order(base + 3, refused_later))
+            .await;
+        eventually(
+            "the refused shop gauge",
+            Duration::from_secs(30),
+            || async {
+                (stack
+                    .service()
+                    .metric("aftercart_referrals_shopify_token_refused_shops")
+                    == 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
+        assert!(
+            stack.service().metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="refused"}"#)
+                >= 1.0
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Starting the audiences service in-process, exactly as `aftercart audiences` runs it, with
-//! every destination pointed at a real local HTTP server (Meta, Google Ads, TikTok, a webhook)
+//! every destination pointed at a real local HTTP server (Meta, Google's Data Manager API, the
+//! legacy Google Ads API, TikTok, a webhook)
 //! or a temporary directory; and producing its inputs the way upstream services write them.
 
 use std::path::PathBuf;
@@ -24,6 +25,14 @@ pub const GOOGLE_LIST: &str = "9876543210";
 pub const GOOGLE_JOB: &str = "customers/1234567890/offlineUserDataJobs/555";
 /// What the local token endpoint hands out for the refresh token.
 pub const GOOGLE_ACCESS_TOKEN: &str = "ya29.fresh-test-token";
+/// What the Data Manager stand-in's token endpoint hands out for the service account's JWT.
+pub const DATAMANAGER_ACCESS_TOKEN: &str = "ya29.service-account-token";
+pub const DATAMANAGER_ACCOUNT: &str = "1234567890";
+pub const DATAMANAGER_LIST: &str = "5550001111";
+pub const SERVICE_ACCOUNT: &str = "aftercart-test@project.iam.gserviceaccount.com";
+/// A test-only RSA key for the service account.
+pub const SERVICE_ACCOUNT_KEY: &str =
+    include_str!("../../services/audiences/src/export/testdata/service-account-key.pem");
 pub const TIKTOK_ADVERTISER: &str = "7000000000000000001";
 pub const TIKTOK_AUDIENCE: &str = "1000000001";
 
@@ -37,6 +46,8 @@ struct Flags {
 pub struct Platforms {
     pub meta: Receiver,
     pub google: Receiver,
+    /// Google's Data Manager API (and its token endpoint).
+    pub datamanager: Receiver,
     pub tiktok: Receiver,
     pub webhook: Receiver,
     pub dir: PathBuf,
@@ -60,6 +71,15 @@ impl Platforms {
                 .then(|| Reply::status(200).body(&format!(r#"{{"resourceName":"{GOOGLE_JOB}"}}"#)))
         }));
         google.answer_by_default(Reply::status(200).body("{}"));
+        let datamanager = Receiver::start(vec![]).await;
+        datamanager.route(Arc::new(|_, uri: &str| {
+            (uri == "/token").then(|| {
+                Reply::status(200).body(&format!(
+                    r#"{{"access_token":"{DATAMANAGER_ACCESS_TOKEN}","expires_in":3599,"token_type":"Bearer"}}"#
+                ))
+            })
+        }));
+        datamanager.answer_by_default(Reply::status(200).body(r#"{"requestId":"dm-request-1"}"#));
         let tiktok = Receiver::start(vec![]).await;
         tiktok.answer_by_default(
             Reply::status(200).body(r#"{"code":0,"message":"OK","request_id":"r","data":{}}"#),
@@ -67,9 +87,14 @@ impl Platforms {
         let webhook = Receiver::start(vec![]).await;
         let dir =
             std::env::temp_dir().join(format!("aftercart-audiences-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let key = json!({"type": "service_account", "client_email": SERVICE_ACCOUNT,
+            "private_key": SERVICE_ACCOUNT_KEY, "token_uri": format!("{}/token", datamanager.base())});
+        std::fs::write(dir.join("google-service-account.json"), key.to_string()).expect("key file");
         Platforms {
             meta,
             google,
+            datamanager,
             tiktok,
             webhook,
             dir,
@@ -87,8 +112,15 @@ audience_id = "{META_AUDIENCE}"
 access_token = "meta-test-token"
 base_url = "{meta}"
 
-[destinations.google]
+[destinations.dm]
 type = "google"
+operating_account_id = "{DATAMANAGER_ACCOUNT}"
+user_list_id = "{DATAMANAGER_LIST}"
+service_account_key_file = "{dir}/google-service-account.json"
+base_url = "{datamanager}"
+
+[destinations.google]
+type = "google_ads_legacy"
 customer_id = "{GOOGLE_CUSTOMER}"
 user_list_id = "{GOOGLE_LIST}"
 developer_token = "google-dev-token"
@@ -118,7 +150,7 @@ dir = {dir:?}
 name = "abandoned-checkouts"
 source = "abandonments"
 window = "30d"
-destinations = ["meta", "google", "tiktok", "hook", "files"]
+destinations = ["meta", "dm", "google", "tiktok", "hook", "files"]
 filter = {{ kinds = ["checkout"] }}
 
 [[audiences]]
@@ -129,6 +161,7 @@ destinations = ["files"]
 "#,
             meta = self.meta.base(),
             google = self.google.base(),
+            datamanager = self.datamanager.base(),
             tiktok = self.tiktok.base(),
             hook = self.webhook.url,
             dir = self.dir.display().to_string(),

@@ -27,6 +27,12 @@ impl Broker {
     /// A Tansu broker process, or `None` (with a note) when `tansu` is not installed and
     /// AFTERCART_REQUIRE_TANSU is not set.
     pub async fn tansu() -> Option<Broker> {
+        Self::tansu_advertising(None).await
+    }
+
+    /// A Tansu broker that advertises `advertised` (host port of a proxy in front of it)
+    /// instead of its own port; `None` when Tansu is missing (see [`Broker::tansu`]).
+    pub async fn tansu_advertising(advertised: Option<(u16, u16)>) -> Option<Broker> {
         let Some(binary) = find_tansu() else {
             if std::env::var(REQUIRE_TANSU).is_ok_and(|v| v == "1") {
                 panic!("tansu is not on PATH but {REQUIRE_TANSU}=1: install it with `cargo install tansu --version 0.6.0 --features dynostore`");
@@ -34,9 +40,12 @@ impl Broker {
             eprintln!("note: tansu not on PATH; skipping the Tansu variant of this test");
             return None;
         };
-        let process = tokio::task::spawn_blocking(move || TansuProcess::start(&binary))
-            .await
-            .expect("tansu start does not panic");
+        let process = tokio::task::spawn_blocking(move || match advertised {
+            Some((port, proxy)) => TansuProcess::start_advertising(&binary, port, Some(proxy)),
+            None => TansuProcess::start(&binary),
+        })
+        .await
+        .expect("tansu start does not panic");
         Some(Broker::Tansu(process))
     }
 
@@ -131,8 +140,14 @@ pub struct TansuProcess {
 
 impl TansuProcess {
     fn start(binary: &PathBuf) -> TansuProcess {
-        let port = free_port();
+        Self::start_advertising(binary, free_port(), None)
+    }
+
+    /// Listens on `port` and advertises `advertised` (a TLS proxy in front of it) to clients
+    /// when given: metadata then sends every client through the proxy.
+    fn start_advertising(binary: &PathBuf, port: u16, advertised: Option<u16>) -> TansuProcess {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let log = std::env::temp_dir().join(format!("aftercart-tansu-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("tansu log file");
         let child = Command::new(binary)
@@ -141,7 +156,7 @@ impl TansuProcess {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -154,12 +169,14 @@ impl TansuProcess {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
         };
-        process.wait_until_answering(&log);
+        process.wait_until_answering(&log, advertised.is_none());
         process
     }
 
-    /// Waits until the broker answers a metadata request.
-    fn wait_until_answering(&self, log: &std::path::Path) {
+    /// Waits until the broker answers: a metadata request with `full`; else (behind a proxy,
+    /// whose advertised address a plaintext client cannot use) an ApiVersions request on its
+    /// own port.
+    fn wait_until_answering(&self, log: &std::path::Path, full: bool) {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("log_level", "0")
@@ -167,10 +184,14 @@ impl TansuProcess {
             .expect("probe client");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if consumer
-                .fetch_metadata(None, Duration::from_secs(1))
-                .is_ok()
-            {
+            let answered = if full {
+                consumer
+                    .fetch_metadata(None, Duration::from_secs(1))
+                    .is_ok()
+            } else {
+                answers_api_versions(&self.bootstrap)
+            };
+            if answered {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -202,6 +223,22 @@ impl Drop for TansuProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True when `addr` answers a Kafka ApiVersions v0 request (raw bytes, no client library: a
+/// librdkafka client would move on to the advertised address).
+fn answers_api_versions(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    // size 10: api key 18, version 0, correlation id 1, null client id.
+    let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    let mut answer = [0u8; 8];
+    stream.write_all(&request).is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && answer[4..8] == [0, 0, 0, 1]
 }
 
 /// A loopback port that was free a moment ago.

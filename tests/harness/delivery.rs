@@ -27,7 +27,7 @@ pub const METRICS_PREFIX: &str = "aftercart_test";
 pub fn test_config(broker: &Broker, url: &str, partitions: i32) -> (KafkaSettings, DeliveryConfig) {
     let mut kafka = KafkaSettings::new(broker.bootstrap(), crate::unique_prefix());
     kafka.partitions = partitions;
-    kafka.properties = broker.client_properties();
+    kafka.properties = broker.client_properties().into();
     kafka.properties.extend([
         ("session.timeout.ms".to_string(), "6000".to_string()),
         ("heartbeat.interval.ms".to_string(), "500".to_string()),

@@ -146,3 +146,33 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     }
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// What a client that writes its whole request before reading (Python's http.client, curl
+/// without `Expect`) gets: `head`, then `body` in `chunk`-sized writes `pause` apart, then the
+/// answer read until the server closes or 10 s pass. A write or read error (a reset) is
+/// returned as such: it is what makes such clients lose an early answer.
+pub async fn write_all_then_read(
+    addr: SocketAddr,
+    head: &[u8],
+    body: &[u8],
+    chunk: usize,
+    pause: std::time::Duration,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head).await?;
+    for part in body.chunks(chunk) {
+        stream.write_all(part).await?;
+        tokio::time::sleep(pause).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    match read {
+        Ok(Ok(_)) | Err(_) => Ok(String::from_utf8_lossy(&answer).into_owned()),
+        Ok(Err(error)) => Err(error),
+    }
+}

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aftercart_ingress::app::topic_specs;
+use aftercart_ingress::config::EdgeConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError, SpoolConfig};
 use aftercart_kafka::{KafkaSettings, TopicNames};
 use aftercart_runtime::{AdminServer, Health};
@@ -25,7 +26,7 @@ pub const ROTATED_SECRET: &str = "test-secret-previous";
 pub fn test_config(broker: &Broker) -> IngressConfig {
     let mut kafka = KafkaSettings::new(broker.bootstrap(), crate::unique_prefix());
     kafka.partitions = 3;
-    kafka.properties = broker.client_properties();
+    kafka.properties = broker.client_properties().into();
     IngressConfig {
         kafka,
         verifier: Verifier::new(
@@ -47,8 +48,13 @@ pub fn test_config(broker: &Broker) -> IngressConfig {
         spool: Some(SpoolConfig {
             dir: std::env::temp_dir().join(format!("aftercart-spool-{}", crate::unique_prefix())),
             max_bytes: 64 << 20,
+            disk: Default::default(),
         }),
         spool_after: Duration::from_secs(1),
+        edge: EdgeConfig {
+            http2: None,
+            body_budget_bytes: 16 << 20,
+        },
     }
 }
 
@@ -66,12 +72,17 @@ pub struct TestIngress {
 }
 
 impl TestIngress {
-    /// Starts the ingress and waits until `/readyz` says ready.
+    /// Starts the ingress and waits until `/readyz` says ready and Kafka takes records (a
+    /// replica with a spool is ready before that).
     pub async fn start(config: IngressConfig) -> TestIngress {
         let ingress = Self::spawn(config).await;
         let admin = ingress.admin_addr;
         eventually("ingress readiness", Duration::from_secs(30), || async move {
             (crate::http::get(admin, "/readyz").await.status == 200).then_some(())
+        })
+        .await;
+        eventually("Kafka healthy", Duration::from_secs(30), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 1.0).then_some(())
         })
         .await;
         ingress

@@ -8,6 +8,7 @@ pub mod accounting;
 pub mod audiences;
 pub mod broker;
 pub mod delivery;
+pub mod front;
 pub mod http;
 pub mod ingress;
 pub mod load;
@@ -15,12 +16,15 @@ pub mod process;
 pub mod receiver;
 pub mod records;
 pub mod referrals;
+pub mod sasl;
 pub mod schemas;
 pub mod service;
+pub mod shopify_admin;
+pub mod tls;
 
 pub use accounting::Accounting;
 pub use broker::Broker;
-pub use records::{count_records, read_topic, Record};
+pub use records::{count_records, read_topic, read_topic_with, Record};
 
 /// Routes the services' logs to the test output when AFTERCART_TEST_LOG is set (e.g. `debug`).
 pub fn init_logs() {

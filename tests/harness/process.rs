@@ -279,6 +279,17 @@ impl ServiceProcess {
         }
     }
 
+    /// The process's peak resident memory so far (`VmHWM` in /proc), in bytes: what a pod's
+    /// memory limit would have been measured against.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// The process's resident memory now (`VmRSS` in /proc), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:") * 1024
+    }
+
     /// The Prometheus text of `/metrics` (empty if the admin port does not answer).
     pub async fn metrics(&self) -> String {
         admin_get(self.admin, "/metrics")
@@ -329,4 +340,15 @@ async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     })
     .await;
     answer.ok().flatten()
+}
+
+/// One `kB` field of /proc/<pid>/status (Linux only, as the fault suite is).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

@@ -18,6 +18,8 @@ pub struct Record {
     pub value: Vec<u8>,
     /// Header name to value; a repeated name would be a contract violation, so it panics.
     pub headers: BTreeMap<String, Vec<u8>>,
+    /// The record's Kafka timestamp (ms since the epoch), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -50,21 +52,38 @@ impl Record {
 /// Every record of `topic` (all partitions, up to their high watermarks). A topic that does not
 /// exist reads as empty.
 pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
+    read_topic_with(bootstrap, &[], topic).await
+}
+
+/// [`read_topic`] with extra client properties (e.g. TLS settings).
+pub async fn read_topic_with(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+) -> Vec<Record> {
     let bootstrap = bootstrap.to_string();
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || read_topic_blocking(&bootstrap, &topic))
+    let properties = properties.to_vec();
+    tokio::task::spawn_blocking(move || read_topic_blocking(&bootstrap, &properties, &topic))
         .await
         .expect("reader does not panic")
 }
 
-fn read_topic_blocking(bootstrap: &str, topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
+fn read_topic_blocking(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+) -> Vec<Record> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("log_level", "3")
-        .create()
-        .expect("reader client");
+        .set("log_level", "3");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().expect("reader client");
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
@@ -132,6 +151,7 @@ fn read_topic_blocking(bootstrap: &str, topic: &str) -> Vec<Record> {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().unwrap_or_default().to_vec(),
             headers,
+            timestamp: message.timestamp().to_millis(),
         });
     }
     records.sort_by_key(|r| (r.partition, r.offset));

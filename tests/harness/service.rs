@@ -20,6 +20,10 @@ pub fn test_kafka_args(kafka: &KafkaSettings) -> KafkaArgs {
         topic_prefix: kafka.topic_prefix.clone(),
         topic_partitions: kafka.partitions.to_string(),
         topic_replication: kafka.replication.to_string(),
+        topic_min_insync_replicas: Some(kafka.min_insync_replicas.to_string()),
+        topic_retention: humantime::format_duration(kafka.retention).to_string(),
+        topic_compaction_lag: humantime::format_duration(kafka.compaction_lag).to_string(),
+        kafka_properties_file: None,
         kafka_properties: kafka
             .properties
             .iter()

@@ -15,7 +15,9 @@
    scale-down, the spool directory on a mounted claim template, AFTERCART_SPOOL_MAX_BYTES under
    the claim's size, an fsGroup so the non-root user can write it; no Secret in the repository,
    dashboards that parse and carry the sidecar label; KafkaTopics joined by partition share one
-   partition count and changelogs are compacted;
+   partition count, changelogs are compacted, every topic has min.insync.replicas below its
+   replicas and drops personal data within 30 days; KafkaUsers' ACLs name only rendered topics
+   (never create/delete/alter) and groups, and each mounted user Secret has its KafkaUser;
 5. the Jobs run by hand (k8s/jobs/: the spool drain) validate the same way, are selected by the
    baseline NetworkPolicy and mount the ingress's spool claim where the ingress mounts it;
 6. checkov on the rendered overlays, the hand-run Jobs and the Dockerfile (exceptions are
@@ -47,6 +49,8 @@ SAME_PARTITIONS = [
 ]
 CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state"]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
+# Shopify's redaction duty: personal data gone within 30 days of a request.
+MAX_PERSONAL_DATA_MS = 30 * 86400 * 1000
 
 
 def strict(schema):
@@ -69,11 +73,13 @@ def crd_validators():
         schema = strict(cls.model_json_schema(by_alias=True))
         return jsonschema.Draft202012Validator(schema)
 
-    kafka_topic = json.loads((SCHEMAS / "kafkatopic-v1beta2.schema.json").read_text())
+    kafka_topic = json.loads((SCHEMAS / "kafkatopic-v1.schema.json").read_text())
+    kafka_user = json.loads((SCHEMAS / "kafkauser-v1.schema.json").read_text())
     return {
         ("monitoring.coreos.com/v1", "ServiceMonitor"): model(monitoring.ServiceMonitor),
         ("monitoring.coreos.com/v1", "PrometheusRule"): model(monitoring.PrometheusRule),
-        ("kafka.strimzi.io/v1beta2", "KafkaTopic"): jsonschema.Draft202012Validator(kafka_topic),
+        ("kafka.strimzi.io/v1", "KafkaTopic"): jsonschema.Draft202012Validator(kafka_topic),
+        ("kafka.strimzi.io/v1", "KafkaUser"): jsonschema.Draft202012Validator(kafka_user),
     }
 
 
@@ -144,6 +150,18 @@ def check_statefulset(tally, what, statefulset, by_kind):
         env = workload_env(container, configmaps)
         if container.get("args", [None])[0] != "ingress":
             continue
+        # Bodies not yet authenticated hold at most the body budget: it must fit well inside the
+        # memory limit (half at most, the rest is the process's own) and hold one largest body
+        # in the three quarters open to large bodies.
+        budget = size_bytes(env.get("AFTERCART_INGRESS_BODY_BUDGET_BYTES", "128MiB"))
+        largest = size_bytes(env.get("AFTERCART_MAX_BODY_BYTES", "4MiB"))
+        memory = container.get("resources", {}).get("limits", {}).get("memory")
+        tally.check(memory is not None and budget <= size_bytes(memory) // 2,
+                    f"{cwhat}: AFTERCART_INGRESS_BODY_BUDGET_BYTES {budget} is at most half the "
+                    f"memory limit {memory}")
+        tally.check(budget // 4 * 3 >= largest,
+                    f"{cwhat}: AFTERCART_INGRESS_BODY_BUDGET_BYTES {budget} holds one "
+                    f"AFTERCART_MAX_BODY_BYTES {largest} body in its large share")
         spool = env.get("AFTERCART_SPOOL_DIR", SPOOL_DIR_DEFAULT)
         if spool == "off":
             continue
@@ -280,6 +298,41 @@ def main():
             for name in CHANGELOGS:
                 policy = topics.get(name, {}).get("config", {}).get("cleanup.policy")
                 tally.check(policy == "compact", f"{overlay}: KafkaTopic {name} is compacted ({policy})")
+            for name, spec in topics.items():
+                config = spec.get("config", {})
+                replicas = spec.get("replicas", 1)
+                isr = int(config.get("min.insync.replicas", 0))
+                tally.check(1 <= isr <= max(1, replicas - 1),
+                            f"{overlay}: KafkaTopic {name} min.insync.replicas {isr} is 1..replicas-1 ({replicas})")
+                if config.get("cleanup.policy") == "compact":
+                    lag = int(config.get("max.compaction.lag.ms", 0))
+                    segment = int(config.get("segment.ms", 0))
+                    tally.check(0 < lag and 0 < segment and lag + segment <= MAX_PERSONAL_DATA_MS,
+                                f"{overlay}: changelog {name} removes a tombstoned value within 30 days "
+                                f"(max.compaction.lag.ms {lag} + segment.ms {segment})")
+                else:
+                    retention = int(config.get("retention.ms", -1))
+                    segment = int(config.get("segment.ms", 604800000))
+                    tally.check(0 < retention and retention + segment <= MAX_PERSONAL_DATA_MS,
+                                f"{overlay}: KafkaTopic {name} holds personal data 30 days at most "
+                                f"(retention.ms {retention} + segment.ms {segment})")
+        users = {u["metadata"]["name"]: u for u in by_kind.get("KafkaUser", [])}
+        for name, user in users.items():
+            for acl in user["spec"].get("authorization", {}).get("acls", []):
+                resource = acl["resource"]
+                if resource["type"] == "topic":
+                    tally.check(resource.get("patternType") == "literal" and resource["name"] in topics,
+                                f"{overlay}: KafkaUser {name} ACL names a rendered KafkaTopic ({resource['name']})")
+                    tally.check(not set(acl["operations"]) & {"All", "Create", "Delete", "Alter", "AlterConfigs"},
+                                f"{overlay}: KafkaUser {name} may not create, delete or alter {resource['name']}")
+                else:
+                    tally.check(resource["type"] == "group" and set(acl["operations"]) <= {"Describe", "Read"},
+                                f"{overlay}: KafkaUser {name} ACL on {resource['type']} {resource.get('name')} is a group Read")
+        for workload in by_kind.get("Deployment", []) + by_kind.get("StatefulSet", []):
+            for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+                if volume["name"] == "kafka-user":
+                    secret = volume["secret"]["secretName"]
+                    tally.check(secret in users, f"{overlay} {workload['metadata']['name']}: mounts the Secret of KafkaUser {secret}")
         for job in by_kind.get("Job", []):
             labels = job["spec"]["template"]["metadata"]["labels"]
             tally.check(any(selects(p["spec"]["podSelector"], labels) for p in by_kind.get("NetworkPolicy", [])),

@@ -154,6 +154,10 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
         topic_prefix: "bench.".into(),
         topic_partitions: "12".into(),
         topic_replication: "1".into(),
+        topic_min_insync_replicas: None,
+        topic_retention: "7d".into(),
+        topic_compaction_lag: "1d".into(),
+        kafka_properties_file: None,
         kafka_properties: String::new(),
         instance_id: Some("bench".into()),
     };

@@ -29,9 +29,7 @@ pub fn topic_specs(config: &AbandonmentConfig) -> (Vec<TopicSpec>, Vec<String>) 
         .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
         .collect();
     specs.push(TopicSpec::new(&config.output_topic, &config.kafka));
-    specs.push(
-        TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
-    );
+    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
     specs.push(TopicSpec::new(&config.dead_letter_topic, &config.kafka).holding_copies());
     let mut same = names.journey();
     same.push(config.output_topic.clone());

@@ -63,10 +63,10 @@ impl AbandonmentMetrics {
             )?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
-        registry.register(Box::new(metrics.journeys.clone()))?;
-        registry.register(Box::new(metrics.abandonments.clone()))?;
-        registry.register(Box::new(metrics.recoveries.clone()))?;
-        registry.register(Box::new(metrics.recovery_delay.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.journeys)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.abandonments)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.recoveries)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.recovery_delay)?;
         // Export these at 0 from the start, so that rate() and increase() (the alerts and the
         // recovery rate) see the first occurrence after a restart.
         for kind in ["checkout", "cart"] {

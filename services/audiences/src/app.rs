@@ -41,9 +41,7 @@ pub fn topic_specs(config: &AudiencesConfig) -> (Vec<TopicSpec>, Vec<String>) {
     for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
         specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
     }
-    specs.push(
-        TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
-    );
+    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
     let same = vec![
         config.by_shop_topic.clone(),
         config.state_topic.clone(),

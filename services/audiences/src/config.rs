@@ -14,6 +14,7 @@ use aftercart_shopify::money::Amount;
 
 use crate::domain::audience::{AbandonmentFilter, Audience, CustomerFilter, OrderFilter, Source};
 use crate::domain::engine::Rules;
+use crate::platform::datamanager::{self, Account};
 use crate::platform::{google, meta, tiktok, Platform, Secret};
 use file::{
     expand, AbandonmentFilterFile, AudienceFile, AudiencesFile, CustomerFilterFile,
@@ -93,9 +94,10 @@ pub struct AudiencesArgs {
     #[arg(long, env = "AFTERCART_META_BASE_URL", default_value = meta::DEFAULT_BASE_URL)]
     pub meta_base_url: String,
 
-    /// Google Ads API base URL.
-    #[arg(long, env = "AFTERCART_GOOGLE_BASE_URL", default_value = google::DEFAULT_BASE_URL)]
-    pub google_base_url: String,
+    /// Google API base URL [default: https://datamanager.googleapis.com for `google`,
+    /// https://googleads.googleapis.com for `google_ads_legacy`] (tests point it at a local server).
+    #[arg(long, env = "AFTERCART_GOOGLE_BASE_URL")]
+    pub google_base_url: Option<String>,
 
     /// TikTok Business API base URL.
     #[arg(long, env = "AFTERCART_TIKTOK_BASE_URL", default_value = tiktok::DEFAULT_BASE_URL)]
@@ -132,7 +134,22 @@ pub struct AudiencesArgs {
 /// Google's OAuth token endpoint.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 
-/// How the Google destination gets access tokens: fixed, or refreshed with an OAuth client.
+/// The GCE / GKE metadata server's token endpoint (Workload Identity, application default
+/// credentials on Google Cloud).
+pub const GOOGLE_METADATA_TOKEN_URL: &str =
+    "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token";
+
+/// A service account's RSA key, parsed once; never printed.
+#[derive(Clone)]
+pub struct SigningKey(pub std::sync::Arc<ring::signature::RsaKeyPair>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(***)")
+    }
+}
+
+/// How a Google destination gets access tokens.
 #[derive(Debug, Clone)]
 pub enum GoogleAuth {
     /// `target.access_token` is used as is.
@@ -143,14 +160,25 @@ pub enum GoogleAuth {
         client_secret: Secret,
         refresh_token: Secret,
     },
+    /// A service account key: a JWT signed RS256 exchanged at `token_url`.
+    ServiceAccount {
+        token_url: String,
+        client_email: String,
+        key: SigningKey,
+    },
+    /// The metadata server of the VM or GKE node (Workload Identity).
+    Metadata { url: String },
 }
 
 /// Where a destination exports.
 #[derive(Debug, Clone)]
 pub enum Destination {
     Meta(meta::Target),
-    /// With `GoogleAuth::Refresh`, `target.access_token` is a placeholder replaced per request.
-    Google(google::Target, GoogleAuth),
+    /// The Data Manager API; unless `GoogleAuth::Fixed`, `target.access_token` is a
+    /// placeholder replaced per request.
+    Google(datamanager::Target, GoogleAuth),
+    /// The Google Ads API (allowlisted developer tokens only); likewise.
+    GoogleAdsLegacy(google::Target, GoogleAuth),
     Tiktok(tiktok::Target),
     File(FileOptions),
     Webhook(SinkConfig),
@@ -160,7 +188,8 @@ impl Destination {
     pub fn platform(&self) -> Platform {
         match self {
             Destination::Meta(_) => Platform::Meta,
-            Destination::Google(..) => Platform::Google,
+            Destination::Google(..) => Platform::GoogleDataManager,
+            Destination::GoogleAdsLegacy(..) => Platform::Google,
             Destination::Tiktok(_) => Platform::Tiktok,
             Destination::File(_) | Destination::Webhook(_) => Platform::Plain,
         }
@@ -171,6 +200,7 @@ impl Destination {
         match self {
             Destination::Meta(_) => "meta",
             Destination::Google(..) => "google",
+            Destination::GoogleAdsLegacy(..) => "google_ads_legacy",
             Destination::Tiktok(_) => "tiktok",
             Destination::File(_) => "file",
             Destination::Webhook(_) => "webhook",
@@ -333,6 +363,120 @@ fn optional(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Optio
     errors
         .check(at, expand(text, &env_var))
         .filter(|v| !v.trim().is_empty())
+}
+
+/// The OAuth keys shared by both Google destination types.
+struct OauthFields<'a> {
+    access_token: &'a Option<String>,
+    access_token_file: &'a Option<String>,
+    refresh_token: &'a Option<String>,
+    refresh_token_file: &'a Option<String>,
+    client_id: &'a Option<String>,
+    client_secret: &'a Option<String>,
+    client_secret_file: &'a Option<String>,
+    token_url: &'a Option<String>,
+}
+
+/// A fixed access token, or a refresh token with its client; the token to start with (a
+/// placeholder when refreshed) and how to renew it.
+fn google_oauth(
+    errors: &mut ConfigErrors,
+    field: &dyn Fn(&str) -> String,
+    f: OauthFields<'_>,
+) -> Option<(Secret, GoogleAuth)> {
+    let refreshing = f.refresh_token.is_some() || f.refresh_token_file.is_some();
+    let fixed = f.access_token.is_some() || f.access_token_file.is_some();
+    match (fixed, refreshing) {
+        (true, true) => {
+            errors.push(format!(
+                "{}: set access_token or refresh_token (with client_id and client_secret), not both",
+                field("access_token")
+            ));
+            None
+        }
+        (_, false) => secret(
+            errors,
+            &field("access_token"),
+            f.access_token,
+            f.access_token_file,
+        )
+        .map(|token| (token, GoogleAuth::Fixed)),
+        (false, true) => {
+            let refresh = secret(
+                errors,
+                &field("refresh_token"),
+                f.refresh_token,
+                f.refresh_token_file,
+            );
+            let client_secret = secret(
+                errors,
+                &field("client_secret"),
+                f.client_secret,
+                f.client_secret_file,
+            );
+            let client_id = match f.client_id {
+                Some(id) => value(errors, &field("client_id"), id),
+                None => {
+                    errors.push(format!(
+                        "{}: required with refresh_token",
+                        field("client_id")
+                    ));
+                    None
+                }
+            };
+            let token_url = optional(errors, &field("token_url"), f.token_url)
+                .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string());
+            // Replaced by a fresh token before every request.
+            Some((
+                Secret::new("refreshed-per-request"),
+                GoogleAuth::Refresh {
+                    token_url,
+                    client_id: client_id?,
+                    client_secret: client_secret?,
+                    refresh_token: refresh?,
+                },
+            ))
+        }
+    }
+}
+
+/// A service account JSON key file (`client_email`, `private_key` PEM PKCS#8, `token_uri`).
+fn service_account(
+    errors: &mut ConfigErrors,
+    at: &str,
+    path: &str,
+    token_url: Option<String>,
+) -> Option<GoogleAuth> {
+    let path = errors.check(at, expand(path, &env_var))?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) => {
+            errors.push(format!("{at}: cannot read {path}: {error}"));
+            return None;
+        }
+    };
+    let Ok(key) = serde_json::from_str::<serde_json::Value>(&text) else {
+        errors.push(format!("{at}: {path} is not a JSON key file"));
+        return None;
+    };
+    let (Some(email), Some(pem)) = (key["client_email"].as_str(), key["private_key"].as_str())
+    else {
+        errors.push(format!("{at}: {path} has no client_email or private_key"));
+        return None;
+    };
+    let Some(pair) = crate::export::oauth::rsa_key(pem) else {
+        errors.push(format!(
+            "{at}: the private_key of {path} is not an RSA PKCS#8 PEM key"
+        ));
+        return None;
+    };
+    Some(GoogleAuth::ServiceAccount {
+        token_url: token_url
+            .or_else(|| key["token_uri"].as_str().map(str::to_string))
+            .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string()),
+        client_email: email.to_string(),
+        key: SigningKey(std::sync::Arc::new(pair)),
+    })
 }
 
 impl AudiencesArgs {
@@ -550,6 +694,109 @@ impl AudiencesArgs {
                 })
             }
             DestinationFile::Google {
+                operating_account_id,
+                operating_account_type,
+                login_account_id,
+                login_account_type,
+                user_list_id,
+                access_token,
+                access_token_file,
+                refresh_token,
+                refresh_token_file,
+                client_id,
+                client_secret,
+                client_secret_file,
+                service_account_key_file,
+                application_default,
+                token_url,
+                metadata_url,
+                base_url,
+            } => {
+                let account_id =
+                    value(errors, &field("operating_account_id"), operating_account_id);
+                let account_type = optional(
+                    errors,
+                    &field("operating_account_type"),
+                    operating_account_type,
+                )
+                .unwrap_or_else(|| "GOOGLE_ADS".to_string());
+                let login_id = optional(errors, &field("login_account_id"), login_account_id);
+                let login_type = optional(errors, &field("login_account_type"), login_account_type)
+                    .unwrap_or_else(|| "GOOGLE_ADS".to_string());
+                let list = value(errors, &field("user_list_id"), user_list_id);
+                let sources = [
+                    access_token.is_some() || access_token_file.is_some(),
+                    refresh_token.is_some() || refresh_token_file.is_some(),
+                    service_account_key_file.is_some(),
+                    application_default.unwrap_or(false),
+                ];
+                let auth = match sources.iter().filter(|s| **s).count() {
+                    1 if sources[2] => {
+                        let token_url = optional(errors, &field("token_url"), token_url);
+                        service_account(
+                            errors,
+                            &field("service_account_key_file"),
+                            service_account_key_file.as_deref().unwrap_or_default(),
+                            token_url,
+                        )
+                    }
+                    .map(|auth| (Secret::new("fetched-per-request"), auth)),
+                    1 if sources[3] => Some((
+                        Secret::new("fetched-per-request"),
+                        GoogleAuth::Metadata {
+                            url: optional(errors, &field("metadata_url"), metadata_url)
+                                .unwrap_or_else(|| GOOGLE_METADATA_TOKEN_URL.to_string()),
+                        },
+                    )),
+                    1 => google_oauth(
+                        errors,
+                        &field,
+                        OauthFields {
+                            access_token,
+                            access_token_file,
+                            refresh_token,
+                            refresh_token_file,
+                            client_id,
+                            client_secret,
+                            client_secret_file,
+                            token_url,
+                        },
+                    ),
+                    _ => {
+                        errors.push(format!(
+                            "{at}: set exactly one of access_token, refresh_token (with client_id and client_secret), service_account_key_file or application_default = true"
+                        ));
+                        None
+                    }
+                };
+                let base_url =
+                    optional(errors, &field("base_url"), base_url).unwrap_or_else(|| {
+                        self.google_base_url
+                            .as_deref()
+                            .unwrap_or(datamanager::DEFAULT_BASE_URL)
+                            .trim()
+                            .trim_end_matches('/')
+                            .to_string()
+                    });
+                let (token, auth) = auth?;
+                Destination::Google(
+                    datamanager::Target {
+                        base_url,
+                        operating_account: Account {
+                            account_type: account_type.to_ascii_uppercase(),
+                            account_id: account_id?,
+                        },
+                        login_account: login_id.map(|account_id| Account {
+                            account_type: login_type.to_ascii_uppercase(),
+                            account_id,
+                        }),
+                        product_destination_id: list?,
+                        access_token: token,
+                    },
+                    auth,
+                )
+            }
+            DestinationFile::GoogleAdsLegacy {
                 customer_id,
                 user_list_id,
                 login_customer_id,
@@ -575,66 +822,30 @@ impl AudiencesArgs {
                     developer_token,
                     developer_token_file,
                 );
-                let refreshing = refresh_token.is_some() || refresh_token_file.is_some();
-                let fixed = access_token.is_some() || access_token_file.is_some();
-                let (token, auth) = match (fixed, refreshing) {
-                    (true, true) => {
-                        errors.push(format!(
-                            "{at}: set access_token or refresh_token (with client_id and client_secret), not both"
-                        ));
-                        (None, None)
-                    }
-                    (_, false) => (
-                        token(errors, access_token, access_token_file),
-                        Some(GoogleAuth::Fixed),
-                    ),
-                    (false, true) => {
-                        let refresh = secret(
-                            errors,
-                            &field("refresh_token"),
-                            refresh_token,
-                            refresh_token_file,
-                        );
-                        let client_secret = secret(
-                            errors,
-                            &field("client_secret"),
-                            client_secret,
-                            client_secret_file,
-                        );
-                        let client_id = match client_id {
-                            Some(id) => value(errors, &field("client_id"), id),
-                            None => {
-                                errors.push(format!(
-                                    "{}: required with refresh_token",
-                                    field("client_id")
-                                ));
-                                None
-                            }
-                        };
-                        let token_url = optional(errors, &field("token_url"), token_url)
-                            .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string());
-                        let auth = match (client_id, client_secret, refresh) {
-                            (Some(client_id), Some(client_secret), Some(refresh_token)) => {
-                                Some(GoogleAuth::Refresh {
-                                    token_url,
-                                    client_id,
-                                    client_secret,
-                                    refresh_token,
-                                })
-                            }
-                            _ => None,
-                        };
-                        // Replaced by a fresh token before every request.
-                        (Some(Secret::new("refreshed-per-request")), auth)
-                    }
-                };
+                let (token, auth) = google_oauth(
+                    errors,
+                    &field,
+                    OauthFields {
+                        access_token,
+                        access_token_file,
+                        refresh_token,
+                        refresh_token_file,
+                        client_id,
+                        client_secret,
+                        client_secret_file,
+                        token_url,
+                    },
+                )
+                .unzip();
                 let (base_url, version) = api(
                     errors,
                     (base_url, api_version),
-                    &self.google_base_url,
+                    self.google_base_url
+                        .as_deref()
+                        .unwrap_or(google::DEFAULT_BASE_URL),
                     google::DEFAULT_VERSION,
                 );
-                Destination::Google(
+                Destination::GoogleAdsLegacy(
                     google::Target {
                         base_url,
                         version,

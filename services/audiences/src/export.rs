@@ -5,6 +5,7 @@
 //! and a batch re-sent after a crash carries the same batch id (the idempotency key).
 
 pub mod file;
+pub mod oauth;
 
 use std::time::{Duration, Instant};
 
@@ -22,16 +23,26 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Destination, GoogleAuth};
 use crate::domain::batch::Batch;
 use crate::metrics::{AudiencesMetrics, ExportOutcome};
-use crate::platform::{google, meta, tiktok, BuildError, Judgement, Request, Secret};
+use crate::platform::{datamanager, google, meta, tiktok, BuildError, Judgement, Request, Secret};
 use file::FileWriter;
 
-/// Google access tokens fetched with a refresh token, cached until shortly before they expire.
+/// Google access tokens fetched as the destination's credential says, cached until shortly
+/// before they expire.
 struct GoogleTokens {
-    token_url: String,
-    client_id: String,
-    client_secret: Secret,
-    refresh_token: Secret,
+    auth: GoogleAuth,
+    /// The scope asked for by service accounts and the metadata server.
+    scope: &'static str,
     cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+}
+
+impl GoogleTokens {
+    fn new(auth: &GoogleAuth, scope: &'static str) -> Option<GoogleTokens> {
+        (!matches!(auth, GoogleAuth::Fixed)).then(|| GoogleTokens {
+            auth: auth.clone(),
+            scope,
+            cached: tokio::sync::Mutex::new(None),
+        })
+    }
 }
 
 /// How long before its expiry a token is renewed.
@@ -43,24 +54,12 @@ struct TokenAnswer {
     expires_in: u64,
 }
 
-/// `application/x-www-form-urlencoded` value encoding.
-fn form_value(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// How a destination is reached (one per exporter: variant sizes do not matter).
 #[allow(clippy::large_enum_variant)]
 enum Channel {
     Meta(meta::Target),
-    Google(google::Target, Option<GoogleTokens>),
+    Google(datamanager::Target, Option<GoogleTokens>),
+    GoogleAdsLegacy(google::Target, Option<GoogleTokens>),
     Tiktok(tiktok::Target),
     File(FileWriter),
     Webhook(Box<HttpSink>),
@@ -162,24 +161,14 @@ impl Exporter {
     ) -> Result<Exporter, SinkError> {
         let channel = match destination {
             Destination::Meta(target) => Channel::Meta(target.clone()),
-            Destination::Google(target, auth) => {
-                let tokens = match auth {
-                    GoogleAuth::Fixed => None,
-                    GoogleAuth::Refresh {
-                        token_url,
-                        client_id,
-                        client_secret,
-                        refresh_token,
-                    } => Some(GoogleTokens {
-                        token_url: token_url.clone(),
-                        client_id: client_id.clone(),
-                        client_secret: client_secret.clone(),
-                        refresh_token: refresh_token.clone(),
-                        cached: tokio::sync::Mutex::new(None),
-                    }),
-                };
-                Channel::Google(target.clone(), tokens)
-            }
+            Destination::Google(target, auth) => Channel::Google(
+                target.clone(),
+                GoogleTokens::new(auth, oauth::DATAMANAGER_SCOPE),
+            ),
+            Destination::GoogleAdsLegacy(target, auth) => Channel::GoogleAdsLegacy(
+                target.clone(),
+                GoogleTokens::new(auth, "https://www.googleapis.com/auth/adwords"),
+            ),
             Destination::Tiktok(target) => Channel::Tiktok(target.clone()),
             Destination::File(options) => Channel::File(FileWriter::new(options.clone())),
             Destination::Webhook(sink) => {
@@ -261,6 +250,9 @@ impl Exporter {
                 self.send(request, tiktok::judge, batch, stop).await
             }
             Channel::Google(target, tokens) => {
+                self.datamanager(target, tokens.as_ref(), batch, stop).await
+            }
+            Channel::GoogleAdsLegacy(target, tokens) => {
                 self.google(target, tokens.as_ref(), batch, stop).await
             }
             Channel::Webhook(sink) => {
@@ -319,29 +311,18 @@ impl Exporter {
                 return Ok(token.clone());
             }
         }
-        let body = format!(
-            "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
-            form_value(&tokens.client_id),
-            form_value(tokens.client_secret.expose()),
-            form_value(tokens.refresh_token.expose())
-        );
-        let request = http::Request::post(tokens.token_url.as_str())
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(
-                http::header::USER_AGENT,
-                aftercart_delivery::sink::USER_AGENT_VALUE,
-            )
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| "token_url")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let request =
+            oauth::token_request(&tokens.auth, tokens.scope, now).ok_or("token_request")?;
         let answer = self.client.attempt(request).await?;
         let parsed = serde_json::from_slice::<TokenAnswer>(&answer.body)
             .ok()
             .filter(|_| answer.status.is_success());
         let Some(parsed) = parsed else {
-            tracing::warn!(destination = %self.name, status = answer.status.as_u16(), "Google did not refresh the access token; retrying.");
+            tracing::warn!(destination = %self.name, status = answer.status.as_u16(), "Google did not give an access token; retrying.");
             return Err("token_refresh");
         };
         let lifetime = Duration::from_secs(parsed.expires_in).saturating_sub(TOKEN_MARGIN);
@@ -355,11 +336,12 @@ impl Exporter {
 
     /// One Customer Match step, built afresh for every attempt with a current access token
     /// (a 401 drops the cached token, so the next attempt fetches a new one).
-    async fn google_step(
+    async fn google_step<T: Clone + GoogleTarget>(
         &self,
-        target: &google::Target,
+        target: &T,
         tokens: Option<&GoogleTokens>,
-        build: impl Fn(&google::Target) -> Result<Request, BuildError>,
+        build: impl Fn(&T) -> Result<Request, BuildError>,
+        judge: fn(http::StatusCode, &[u8]) -> Judgement,
         batch: &Batch,
         stop: &CancellationToken,
     ) -> Outcome {
@@ -380,13 +362,13 @@ impl Exporter {
                 class_of(
                     answer.status,
                     &answer.body,
-                    google::judge(answer.status, &answer.body),
+                    judge(answer.status, &answer.body),
                 )
             },
             self.counted(|| async move {
                 let mut target = target.clone();
                 if let Some(tokens) = tokens {
-                    target.access_token = self.google_token(tokens).await?;
+                    target.set_token(self.google_token(tokens).await?);
                 }
                 let request = build(&target).map_err(|_| "build")?;
                 let answer = self.client.attempt(to_http(request)).await?;
@@ -410,7 +392,9 @@ impl Exporter {
     ) -> Outcome {
         let id = batch.batch_id.as_str();
         let create = |t: &google::Target| google::create_job(t, batch.op, id);
-        let created = self.google_step(target, tokens, create, batch, stop).await;
+        let created = self
+            .google_step(target, tokens, create, google::judge, batch, stop)
+            .await;
         let Outcome::Delivered {
             attempts: first,
             response,
@@ -428,7 +412,7 @@ impl Exporter {
         let rows = Self::rows(batch);
         let operations = |t: &google::Target| google::add_operations(t, &job, batch.op, &rows, id);
         let added = self
-            .google_step(target, tokens, operations, batch, stop)
+            .google_step(target, tokens, operations, google::judge, batch, stop)
             .await;
         let Outcome::Delivered {
             attempts: second, ..
@@ -437,13 +421,79 @@ impl Exporter {
             return added;
         };
         let run = |t: &google::Target| google::run_job(t, &job, id);
-        match self.google_step(target, tokens, run, batch, stop).await {
+        match self
+            .google_step(target, tokens, run, google::judge, batch, stop)
+            .await
+        {
             Outcome::Delivered { attempts, response } => Outcome::Delivered {
                 attempts: first + second + attempts - 2,
                 response,
             },
             other => other,
         }
+    }
+    /// Data Manager: one ingest or remove request of the batch. Members the answer names
+    /// (`fieldWarnings`, or the `fieldViolations` of a refusal) are counted, never taken as
+    /// sent: a refusal naming some members is sent once more without them, so one bad member
+    /// does not hold back the rest, and the batch is dead-lettered if that fails too.
+    async fn datamanager(
+        &self,
+        target: &datamanager::Target,
+        tokens: Option<&GoogleTokens>,
+        batch: &Batch,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let id = batch.batch_id.as_str();
+        let mut rows = Self::rows(batch);
+        let mut outcome = Outcome::Stopped;
+        for _ in 0..2 {
+            let request = |t: &datamanager::Target| datamanager::request(t, batch.op, &rows, id);
+            outcome = self
+                .google_step(target, tokens, request, datamanager::judge, batch, stop)
+                .await;
+            let (answer, refused) = match &outcome {
+                Outcome::Delivered { response, .. } => (response.clone(), false),
+                Outcome::Failed(failure) => (failure.response.clone(), true),
+                Outcome::Stopped => return outcome,
+            };
+            let named: Vec<usize> = serde_json::from_slice(&answer)
+                .map(|a| datamanager::member_problems(&a))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| *i < rows.len())
+                .collect();
+            if !named.is_empty() {
+                self.metrics.member_errors(&self.name, named.len());
+                tracing::warn!(destination = %self.name, batch_id = %batch.batch_id, members = named.len(), refused, "Google named members it could not take.");
+            }
+            if !refused || named.is_empty() || named.len() == rows.len() {
+                return outcome;
+            }
+            rows = rows
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !named.contains(i))
+                .map(|(_, row)| row)
+                .collect();
+        }
+        outcome
+    }
+}
+
+/// A Google target whose access token is replaced per request.
+trait GoogleTarget {
+    fn set_token(&mut self, token: Secret);
+}
+
+impl GoogleTarget for google::Target {
+    fn set_token(&mut self, token: Secret) {
+        self.access_token = token;
+    }
+}
+
+impl GoogleTarget for datamanager::Target {
+    fn set_token(&mut self, token: Secret) {
+        self.access_token = token;
     }
 }
 

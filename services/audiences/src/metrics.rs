@@ -46,6 +46,7 @@ pub struct AudiencesMetrics {
     batches: IntCounterVec,
     batch_duration: HistogramVec,
     retries: IntCounterVec,
+    member_errors: IntCounterVec,
     export_lag: IntGaugeVec,
     batches_emitted: IntCounter,
     routed: IntCounter,
@@ -102,6 +103,13 @@ impl AudiencesMetrics {
                 ),
                 &["destination"],
             )?,
+            member_errors: IntCounterVec::new(
+                opts(
+                    "export_member_errors_total",
+                    "Members a destination named as failed or warned about in its answer (Data Manager fieldViolations and fieldWarnings): partial failures, not taken as success.",
+                ),
+                &["destination"],
+            )?,
             export_lag: IntGaugeVec::new(
                 opts(
                     "export_lag_records",
@@ -126,20 +134,22 @@ impl AudiencesMetrics {
             )?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
-        registry.register(Box::new(metrics.members.clone()))?;
-        registry.register(Box::new(metrics.people.clone()))?;
-        registry.register(Box::new(metrics.exported.clone()))?;
-        registry.register(Box::new(metrics.batches.clone()))?;
-        registry.register(Box::new(metrics.batch_duration.clone()))?;
-        registry.register(Box::new(metrics.retries.clone()))?;
-        registry.register(Box::new(metrics.export_lag.clone()))?;
-        registry.register(Box::new(metrics.batches_emitted.clone()))?;
-        registry.register(Box::new(metrics.routed.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.members)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.people)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.exported)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.batches)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.batch_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.retries)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.member_errors)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.export_lag)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.batches_emitted)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         for audience in &config.rules.audiences {
             metrics.members.with_label_values(&[&audience.name]).set(0);
         }
         for destination in config.destinations.keys() {
             metrics.retries.with_label_values(&[destination]);
+            metrics.member_errors.with_label_values(&[destination]);
             metrics.export_lag.with_label_values(&[destination]).set(0);
             for op in [Op::Add, Op::Remove] {
                 for outcome in [ExportOutcome::Accepted, ExportOutcome::DeadLettered] {
@@ -183,6 +193,13 @@ impl AudiencesMetrics {
     /// The retry counter of one destination, counted as each retry is made.
     pub fn retries_of(&self, destination: &str) -> IntCounter {
         self.retries.with_label_values(&[destination])
+    }
+
+    /// Counts members a destination's answer named as failed or warned about.
+    pub fn member_errors(&self, destination: &str, count: usize) {
+        self.member_errors
+            .with_label_values(&[destination])
+            .inc_by(count as u64);
     }
 
     /// The lag gauge of one destination's exporter.

@@ -15,6 +15,7 @@
 //! carries one is marked sensitive ([`http::HeaderValue::set_sensitive`]).
 
 pub mod contact;
+pub mod datamanager;
 pub mod google;
 pub mod hash;
 pub mod meta;
@@ -29,6 +30,10 @@ pub use contact::Contact;
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     Meta,
+    /// The Data Manager API (`google` destinations).
+    #[serde(rename = "google_datamanager")]
+    GoogleDataManager,
+    /// The Google Ads API (`google_ads_legacy` destinations).
     Google,
     Tiktok,
     /// `file` and `webhook` destinations: [`plain`] rows.
@@ -40,6 +45,7 @@ impl Platform {
     pub fn row(self, contact: &Contact) -> Option<serde_json::Value> {
         match self {
             Platform::Meta => meta::row(contact),
+            Platform::GoogleDataManager => datamanager::row(contact),
             Platform::Google => google::row(contact),
             Platform::Tiktok => tiktok::row(contact),
             Platform::Plain => plain::row(contact),
@@ -50,6 +56,7 @@ impl Platform {
     pub fn max_rows(self) -> usize {
         match self {
             Platform::Meta => meta::MAX_ROWS,
+            Platform::GoogleDataManager => datamanager::MAX_ROWS,
             Platform::Google => google::MAX_ROWS,
             Platform::Tiktok => tiktok::MAX_ROWS,
             Platform::Plain => 10_000,

@@ -8,6 +8,8 @@ use aftercart_loadgen::LoadgenArgs;
 use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
+use crate::cmd::docs::DocsArgs;
+use crate::cmd::kafka::KafkaCommand;
 use crate::cmd::send::SendArgs;
 use crate::cmd::spool::SpoolCommand;
 use crate::cmd::topics::TopicsCommand;
@@ -58,10 +60,16 @@ pub enum Command {
     /// Manage the Kafka topics aftercart uses.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Check the connection to Kafka with the services' settings (TLS, SASL, topics, ACLs).
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
     /// Inspect or drain an ingress spool (the durable buffer for webhooks Kafka did not
     /// acknowledge in time).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Write the configuration and metrics references (docs/reference/) from the code, or check
+    /// that the committed ones are current.
+    Docs(DocsArgs),
 }
 
 /// Flags every consumer service command has besides its own.

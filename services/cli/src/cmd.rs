@@ -3,7 +3,9 @@
 pub mod abandonment;
 pub mod audiences;
 pub mod dev;
+pub mod docs;
 pub mod ingress;
+pub mod kafka;
 pub mod loadgen;
 pub mod referrals;
 pub mod send;

@@ -51,7 +51,9 @@ fn main() -> ExitCode {
             Command::Send(args) => cmd::send::run(args).await,
             Command::Loadgen(args) => cmd::loadgen::run_loadgen(*args).await,
             Command::Topics(topics) => cmd::topics::run(topics).await,
+            Command::Kafka(kafka) => cmd::kafka::run(kafka).await,
             Command::Spool(spool) => cmd::spool::run(spool).await,
+            Command::Docs(args) => cmd::docs::run(args),
         }
     });
     // Don't wait for stray blocking tasks (e.g. a metadata call against a dead broker).

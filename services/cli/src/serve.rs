@@ -11,6 +11,7 @@ use aftercart_runtime::config::{parse_duration, parse_socket_addr, ConfigErrors}
 use aftercart_runtime::{AdminServer, Health, Shutdown, EX_CONFIG, EX_USAGE};
 
 use crate::cli::ProcessArgs;
+use prometheus::process_collector::ProcessCollector;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,14 @@ impl Process {
             admin_addr: listener.local_addr().unwrap_or(admin),
             admin_stop: CancellationToken::new(),
         };
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+        // standard families every Prometheus client exports, for capacity and leak alerts.
+        if let Err(error) = process
+            .registry
+            .register(Box::new(ProcessCollector::for_self()))
+        {
+            tracing::warn!(%error, "Process metrics are not exported.");
+        }
         let server = AdminServer::new(listener, process.registry.clone(), process.health.clone());
         tokio::spawn(server.run_until_stopped(process.admin_stop.clone()));
         // Readiness fails as soon as shutdown starts, before anything stops accepting.
@@ -86,6 +95,8 @@ pub async fn run_ingress(config: &IngressConfig, listener: TcpListener, process:
         }
         Err(error) => {
             tracing::error!(%error, "The ingress failed.");
+            // The process's other services (under `aftercart dev`) stop with it.
+            process.stop.cancel();
             1
         }
     }

@@ -135,6 +135,8 @@ fn start_ingress(broker: &Broker, prefix: &str, secret: &str) -> (Child, SocketA
         .env("AFTERCART_LISTEN", listen.to_string())
         .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
         .env("AFTERCART_LOG_FORMAT", "json")
+        // The load generator's HTTP/2 run needs it (off by default).
+        .env("AFTERCART_INGRESS_HTTP2", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -317,6 +319,16 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 4"#),
         "{metrics}"
     );
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{family} ")),
+            "{family} missing"
+        );
+    }
     // The buyer became an advocate and the friend's first order, with the code, is under review.
     let (invites, rewards) = eventually("referral events", Duration::from_secs(30), || {
         let brokers = brokers.clone();
@@ -700,4 +712,225 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
         dir_arg,
     ]));
     assert!(String::from_utf8_lossy(&after.stdout).contains("pending: 0 events"));
+}
+
+#[test]
+fn the_committed_references_match_the_code_and_a_stale_one_is_named() {
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/reference");
+    let output = run(&mut aftercart(&[
+        "docs",
+        "--check",
+        "--out",
+        committed.to_str().unwrap(),
+    ]));
+    assert!(
+        output.status.success(),
+        "docs/reference is stale: run `make docs` and commit it\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let scratch = temp_spool_dir();
+    let written = run(&mut aftercart(&[
+        "docs",
+        "--out",
+        scratch.to_str().unwrap(),
+    ]));
+    assert!(written.status.success());
+    let metrics = std::fs::read_to_string(scratch.join("metrics.md")).unwrap();
+    for family in [
+        "aftercart_ingress_requests_total",
+        "aftercart_ingress_spool_rejected_total",
+        "aftercart_abandonment_abandonments_total",
+        "aftercart_referrals_rewards_total",
+        "aftercart_referrals_http_deliveries_total",
+        "aftercart_audiences_batch_duration_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("| `{family}` |")),
+            "{family} missing"
+        );
+    }
+    std::fs::write(scratch.join("metrics.md"), "stale").unwrap();
+    let stale = run(&mut aftercart(&[
+        "docs",
+        "--check",
+        "--out",
+        scratch.to_str().unwrap(),
+    ]));
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("metrics.md"));
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+/// A properties file (Java style: a JAAS line with `,` and `=` in the password, comments) and
+/// AFTERCART_KAFKA_PROPERTIES: their secrets never reach --help, a configuration error or the
+/// logs, even at debug level with librdkafka's own lines, while a SASL refusal is logged as
+/// one clear line. The mock cluster has no SASL handlers, so authentication is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_kafka_properties_never_reach_the_output() {
+    const SECRETS: [&str; 2] = ["file-s3cret", "env-s3cret"];
+    let dir = temp_spool_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("client.properties");
+    std::fs::write(
+        &file,
+        "# as a provider hands it out\n\
+         security.protocol = SASL_PLAINTEXT\n\
+         sasl.mechanism=PLAIN\n\
+         sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required \
+         username=\"svc\" password=\"file-s3cret,with=odd\";\n\
+         client.dns.lookup=use_all_dns_ips\n",
+    )
+    .unwrap();
+    let with_secrets = |command: &mut Command| {
+        command
+            .env("AFTERCART_KAFKA_PROPERTIES_FILE", &file)
+            .env("AFTERCART_KAFKA_PROPERTIES", "sasl.password=env-s3cret")
+            .env("AFTERCART_SHOPIFY_SECRETS", "test-secret");
+    };
+    let assert_clean = |what: &str, text: &str| {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{what} shows {secret}:\n{text}");
+        }
+    };
+
+    let mut help = aftercart(&["ingress", "--help"]);
+    with_secrets(&mut help);
+    let help = run(&mut help);
+    assert_clean("--help", &String::from_utf8_lossy(&help.stdout));
+
+    let mut bad = aftercart(&["ingress"]);
+    with_secrets(&mut bad);
+    bad.env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:1").env(
+        "AFTERCART_KAFKA_PROPERTIES",
+        "sasl.password=env-s3cret,sasl.mechanisms=MAGIC",
+    );
+    let bad = run(&mut bad);
+    assert_eq!(bad.status.code(), Some(64), "a bad SASL setting exits 64");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("sasl.mechanisms"), "{stderr}");
+    assert_clean("a configuration error", &stderr);
+
+    let broker = Broker::mock();
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut running = aftercart(&["ingress"]);
+    with_secrets(&mut running);
+    let mut child = running
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_LISTEN", listen.to_string())
+        .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
+        .env("AFTERCART_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ingress starts");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (stderr, lines) = (child.stderr.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut all = lines.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    };
+    eventually(
+        "a logged authentication failure",
+        Duration::from_secs(30),
+        || {
+            let lines = lines.clone();
+            async move {
+                lines
+                    .lock()
+                    .unwrap()
+                    .contains("Kafka authentication failed")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let readyz = aftercart_tests::http::get(admin, "/readyz").await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
+    assert!(
+        aftercart_tests::metric_value(
+            &metrics,
+            r#"aftercart_ingress_kafka_errors_total{kind="authentication"}"#
+        ) >= 1.0,
+        "{metrics}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+    let logs = lines.lock().unwrap().clone();
+    assert!(
+        logs.contains("client.dns.lookup"),
+        "the skipped Java setting is named"
+    );
+    assert_clean("the logs", &logs);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `aftercart kafka check` with the services' settings: the cluster, brokers, topics with
+/// partitions, a consumer group joined, and with --write one record produced and read back;
+/// against nothing reachable it fails with exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_check_reports_the_cluster_and_fails_when_it_cannot_connect() {
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let mut settings = KafkaSettings::new(broker.bootstrap(), prefix.as_str());
+    settings.partitions = 3;
+    let check_topic = format!("{prefix}check");
+    let mut specs = topic_specs(&settings, 4 << 20);
+    specs.push(aftercart_kafka::TopicSpec::new(&check_topic, &settings));
+    broker.precreate_for_mock(&specs);
+    let output = tokio::task::spawn_blocking({
+        let (bootstrap, prefix, check_topic) =
+            (broker.bootstrap(), prefix.clone(), check_topic.clone());
+        move || {
+            run(
+                aftercart(&["kafka", "check", "--write", "--check-topic", &check_topic])
+                    .env("AFTERCART_KAFKA_BROKERS", bootstrap)
+                    .env("AFTERCART_TOPIC_PREFIX", prefix)
+                    .env("AFTERCART_TOPIC_PARTITIONS", "3")
+                    .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ok    librdkafka"), "{stdout}");
+    assert!(stdout.contains("ok    cluster"), "{stdout}");
+    assert!(stdout.contains("ok    broker: 1 at"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("ok    topic {prefix}checkouts: 3 partitions")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    produce and consume: produced to"),
+        "{stdout}"
+    );
+    let records = read_topic(&broker.bootstrap(), &check_topic).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "exactly one record, to the check topic only"
+    );
+    assert_eq!(
+        read_topic(&broker.bootstrap(), &format!("{prefix}checkouts"))
+            .await
+            .len(),
+        0,
+        "nothing written to the services' topics"
+    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+
+    let unreachable = run(aftercart(&["kafka", "check", "--timeout", "2s"])
+        .env("AFTERCART_KAFKA_BROKERS", free_addr().to_string())
+        .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret"));
+    let stdout = String::from_utf8_lossy(&unreachable.stdout);
+    assert!(stdout.contains("FAIL  connect"), "{stdout}");
+    assert_eq!(unreachable.status.code(), Some(1), "{stdout}");
 }

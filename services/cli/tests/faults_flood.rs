@@ -1,8 +1,11 @@
-//! Fault suite, part 5 (issue 7): slow and flooding clients against the real `aftercart ingress`
-//! on a Tansu broker process: slowloris headers, bodies trickled byte by byte, thousands of idle
-//! connections past `AFTERCART_MAX_CONNECTIONS`, oversized headers. While each runs, a
+//! Fault suite, part 5 (issues 7 and 16): slow and flooding clients against the real
+//! `aftercart ingress` on a Tansu broker process: slowloris headers, bodies trickled byte by
+//! byte, thousands of idle connections past `AFTERCART_MAX_CONNECTIONS`, oversized headers,
+//! HTTP/2 connections that never send a request, and hundreds of slow 4 MiB bodies with fake
+//! signatures against the body budget (peak RSS measured from /proc). While each runs, a
 //! well-behaved client keeps getting 200s, and every one it got is in Kafka exactly once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aftercart_shopify::{sign, Secret};
@@ -24,6 +27,15 @@ const ANSWER_BOUND: Duration = Duration::from_secs(2);
 /// A Tansu broker and an ingress with the test's limits; `None` when Tansu is missing and not
 /// required.
 async fn stack(max_connections: usize, name: &str) -> Option<(Broker, ServiceProcess, String)> {
+    stack_with(max_connections, name, &[]).await
+}
+
+/// [`stack`] with more (or overriding) ingress settings.
+async fn stack_with(
+    max_connections: usize,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> Option<(Broker, ServiceProcess, String)> {
     let broker = Broker::tansu().await?;
     let prefix = unique_prefix();
     let (mut env, listen) = ingress_env(&broker, &prefix, SECRET);
@@ -34,6 +46,10 @@ async fn stack(max_connections: usize, name: &str) -> Option<(Broker, ServicePro
         ("AFTERCART_MAX_HEADER_BYTES", "16KiB".to_string()),
     ] {
         env.push((key.to_string(), value));
+    }
+    for (key, value) in extra {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
     }
     let ingress = ServiceProcess::start(name, BIN, &["ingress"], env).await;
     let _ = listen;
@@ -411,3 +427,211 @@ async fn thousands_of_idle_connections_beyond_the_limit_wait_and_are_cut_off() {
     );
     let _ = BODY_READ_TIMEOUT;
 }
+
+/// The HTTP/2 connection preface, and an empty SETTINGS frame (what a client sends next).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn idle_h2c_connections_are_cut_by_the_handshake_deadline_while_others_are_served() {
+    const IDLE: usize = 600;
+    let Some((broker, ingress, prefix)) = stack_with(
+        1000,
+        "ingress-h2c-idle",
+        &[
+            ("AFTERCART_INGRESS_HTTP2", "true"),
+            ("AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT", "2s"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = listen_of(&ingress);
+    let probe = probe(&ingress, true);
+    // 600 HTTP/2 connections that send the preface (half of them SETTINGS too: a completed
+    // handshake) and then nothing, ever. Opened 50 at a time, 20 ms apart (see idle-flood).
+    let idlers: Vec<_> = (0..IDLE)
+        .map(|n| {
+            let mut hello = H2_PREFACE.to_vec();
+            if n % 2 == 1 {
+                hello.extend(H2_SETTINGS);
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((n / 50) as u64 * 20)).await;
+                abuse(
+                    addr,
+                    hello,
+                    Vec::new(),
+                    Duration::from_millis(100),
+                    Duration::from_secs(30),
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut cut_off, mut slowest) = (0, Duration::ZERO);
+    for idler in idlers {
+        let ending = idler.await.expect("idler");
+        let after = ending
+            .closed_after
+            .unwrap_or_else(|| panic!("an idle HTTP/2 connection was never cut: {ending:?}"));
+        assert!(after >= HEADER_READ_TIMEOUT / 2, "cut off early: {after:?}");
+        cut_off += 1;
+        slowest = slowest.max(after);
+    }
+    let report = probe.stop().await;
+    assert_eq!(cut_metric(&ingress, "http2_handshake").await, IDLE as f64);
+    eprintln!(
+        "faults/h2c-idle: {cut_off} of {IDLE} preface-only HTTP/2 connections cut by the handshake deadline ({HEADER_READ_TIMEOUT:?}), the last after {slowest:?}"
+    );
+    assert_probe_served("faults/h2c-idle", &report, &broker, &prefix, ANSWER_BOUND).await;
+}
+
+/// How one slow fake-signed body ended: the status the ingress answered (0: none, the
+/// connection was closed or reset without an answer), or `None` when this machine could not
+/// even connect (no ephemeral port left: the client's limit, not the ingress's).
+async fn slow_fake_body(addr: std::net::SocketAddr, n: usize) -> Option<u16> {
+    const BODY: usize = 4 << 20;
+    let head = format!(
+        "POST /webhooks/shopify HTTP/1.1\r\nHost: ingress\r\nContent-Type: application/json\r\n\
+         Content-Length: {BODY}\r\nX-Shopify-Topic: orders/create\r\nX-Shopify-Shop-Domain: jsmith.myshopify.com\r\n\
+         X-Shopify-Webhook-Id: fake-{n}\r\nX-Shopify-Hmac-Sha256: {}\r\n\r\n",
+        sign(&Secret::new("not-the-secret"), b"fake")
+    );
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = async move {
+        let _ = writer.write_all(head.as_bytes()).await;
+        let chunk = vec![b' '; 64 << 10];
+        // 4 MiB in 64 pieces 40 ms apart: ~2.6 s per body, well within the body timeout.
+        for _ in 0..BODY / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let reading = async {
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            answer = reading => answer,
+            () = writing => unreachable!("the writer never ends"),
+        }
+    })
+    .await
+    .unwrap_or_default();
+    Some(
+        std::str::from_utf8(&answer)
+            .ok()
+            .and_then(|text| text.strip_prefix("HTTP/1.1 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn slow_fake_signed_4mib_bodies_stay_within_the_body_budget_while_others_are_served() {
+    const ABUSERS: usize = 300;
+    /// The ingress pod's memory limit (k8s/base/ingress/statefulset.yaml).
+    const POD_LIMIT: u64 = 512 << 20;
+    let Some((broker, ingress, prefix)) = stack_with(
+        1000,
+        "ingress-memory-budget",
+        &[
+            // Long enough for every slow body to arrive whole: the worst case for memory.
+            ("AFTERCART_BODY_READ_TIMEOUT", "8s"),
+            ("AFTERCART_MAX_BODY_BYTES", "4MiB"),
+            // As in k8s/base/ingress/ingress.env.
+            ("AFTERCART_INGRESS_BODY_BUDGET_BYTES", "128MiB"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = listen_of(&ingress);
+    let probe = probe(&ingress, true);
+    // 300 clients keep sending slow 4 MiB bodies with fake signatures for 10 s: each starts a
+    // new one 250 ms after the previous one is answered, ignoring Retry-After.
+    let until = Instant::now() + Duration::from_secs(10);
+    let abusers: Vec<_> = (0..ABUSERS)
+        .map(|n| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((n / 50) as u64 * 20)).await;
+                let (mut answers, mut unconnected) = (BTreeMap::<u16, u64>::new(), 0u64);
+                let mut attempt = 0;
+                while Instant::now() < until {
+                    match slow_fake_body(addr, n * 1000 + attempt).await {
+                        Some(status) => *answers.entry(status).or_default() += 1,
+                        None => unconnected += 1,
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                (answers, unconnected)
+            })
+        })
+        .collect();
+    let (mut answers, mut unconnected) = (BTreeMap::<u16, u64>::new(), 0);
+    for abuser in abusers {
+        let (theirs, failed) = abuser.await.expect("abuser");
+        for (status, count) in theirs {
+            *answers.entry(status).or_default() += count;
+        }
+        unconnected += failed;
+    }
+    let report = probe.stop().await;
+    let peak = ingress.peak_rss_bytes();
+    let refused = ingress
+        .metric(r#"aftercart_ingress_body_refusals_total{reason="budget"}"#)
+        .await;
+    eprintln!(
+        "faults/memory-budget: {ABUSERS} clients sent slow fake-signed 4 MiB bodies for 10 s: \
+         answers {answers:?}, {unconnected} connects failed client-side \
+         (body_refusals_total{{reason=\"budget\"}} {refused}); peak RSS \
+         {:.1} MiB (pod limit {} MiB)",
+        peak as f64 / f64::from(1 << 20),
+        POD_LIMIT >> 20
+    );
+    assert!(
+        peak < POD_LIMIT,
+        "peak RSS {peak} bytes is over the pod limit"
+    );
+    assert!(
+        refused > 0.0,
+        "the budget never refused a body: {answers:?}"
+    );
+    assert!(
+        answers
+            .keys()
+            .all(|status| [401, 408, 503].contains(status)),
+        "every fake-signed body is refused and answered: {answers:?}"
+    );
+    assert_eq!(answers.get(&503).copied().unwrap_or(0) as f64, refused);
+    assert_probe_served(
+        "faults/memory-budget",
+        &report,
+        &broker,
+        &prefix,
+        SHOPIFY_TIMEOUT,
+    )
+    .await;
+}
+
+/// Shopify's own patience: the bound for the well-behaved client while the ingress is loaded.
+const SHOPIFY_TIMEOUT: Duration = Duration::from_secs(5);

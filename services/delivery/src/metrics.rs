@@ -75,10 +75,10 @@ impl DeliveryMetrics {
                  and delivery is held back.",
             ))?,
         };
-        registry.register(Box::new(metrics.deliveries.clone()))?;
-        registry.register(Box::new(metrics.request_duration.clone()))?;
-        registry.register(Box::new(metrics.dead_lettered.clone()))?;
-        registry.register(Box::new(metrics.in_retry.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.deliveries)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.request_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.dead_lettered)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.in_retry)?;
         // Every outcome exists from the start, so rates and alerts see zeros, not gaps.
         for outcome in [
             AttemptOutcome::Delivered,

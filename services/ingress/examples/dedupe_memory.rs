@@ -35,7 +35,7 @@ fn main() {
         id.clear();
         let _ = write!(id, "b54557e4-bdd9-4b37-8a5f-{n:012x}");
         let started = Instant::now();
-        match dedupe.claim(&id) {
+        match dedupe.claim("jsmith.myshopify.com", &id) {
             Claim::New(guard) => guard.commit(),
             Claim::Duplicate | Claim::InFlight(_) => {}
         }

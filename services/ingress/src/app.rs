@@ -6,24 +6,25 @@ use std::time::Duration;
 
 use aftercart_kafka::producer::{build_producer, ProducerOptions};
 use aftercart_kafka::{
-    ensure_topics_with_retry, KafkaSettings, StatsContext, TopicError, TopicNames, TopicSpec,
+    ensure_topics_with_retry, ClientWatch, KafkaSettings, StatsContext, TopicError, TopicNames,
+    TopicSpec,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_runtime::Health;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::Connections;
 use crate::dedupe::Dedupe;
+use crate::http::body::BodyBudget;
 use crate::http::webhook::SpoolState;
-use crate::http::{handle, WebhookState};
+use crate::http::WebhookState;
 use crate::metrics::IngressMetrics;
 use crate::publish::Publisher;
+use crate::readiness::{self, KafkaHealth};
 use crate::spool::drainer::Drainer;
 use crate::spool::{OpenError, Recovered, Spool, SpoolMetrics};
 use crate::{IngressConfig, SpoolConfig};
@@ -52,6 +53,9 @@ pub enum ServeError {
     Topics(#[from] TopicError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The Kafka client hit an error no retry fixes: the process must restart.
+    #[error("fatal Kafka client error: {0}")]
+    KafkaFatal(String),
 }
 
 /// Runs the ingress on `listener` until `stop`: registers its metrics on `registry`, prepares
@@ -65,25 +69,86 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
     let metrics = IngressMetrics::register(registry)?;
-    let kafka_ready = health.component("kafka");
-    // Serve at once: until the topics are ready, requests get 503 + Retry-After instead of
-    // hanging in the listen backlog.
-    let app = App::build(config, listener, metrics, kafka_ready.clone())?;
+    // Ready when Kafka or the spool can make a webhook safe (see `readiness`); the topics
+    // being prepared is one input, not the readiness itself. The client watch adds its own
+    // component: an authentication, TLS or fatal client error turns /readyz 503 (an operator
+    // problem the spool cannot hide).
+    let ready = health.component("webhooks");
+    let kafka_ready = Readiness::detached();
+    let watch = metrics.kafka.watch(health);
+    let fatal = watch.fatal();
+    // Opening reads the whole spool back: on the blocking pool, so a large spool delays
+    // readiness, not the runtime's workers (the admin port keeps answering /livez).
+    let spool = {
+        let (config, spool_metrics) = (config.clone(), metrics.spool.clone());
+        tokio::task::spawn_blocking(move || open_spool(&config, &spool_metrics))
+            .await
+            .unwrap_or(SpoolState::Failed)
+    };
+    // Serve at once: until the topics are ready, requests get 503 + Retry-After (or are
+    // spooled) instead of hanging in the listen backlog.
+    let app = App::build(
+        config,
+        listener,
+        metrics,
+        kafka_ready.clone(),
+        spool,
+        watch.clone(),
+    )?;
     if let Ok(addr) = app.local_addr() {
         tracing::info!(%addr, "Ingress listening for webhooks at POST /webhooks/shopify.");
     }
     let app_stop = stop.child_token();
-    let running = tokio::spawn(app.run_until_stopped(app_stop.clone()));
-    if let Err(error) = prepare_topics(config, &kafka_ready, &stop).await {
+    let state = Arc::clone(&app.state);
+    tokio::spawn(readiness::keep_ready(
+        ready,
+        Arc::clone(&state.kafka),
+        state.spool.ready().cloned(),
+        state.publisher.producer().clone(),
+        state.metrics.kafka_healthy.clone(),
+        app_stop.clone(),
+    ));
+    let fatal_check = watch.spawn_fatal_check(app.producer().clone(), app_stop.clone());
+    // Topics are prepared until the app has finished, not merely until the stop signal: a
+    // webhook spooled while they were being prepared is drained during the shutdown deadline,
+    // and the drainer waits for them.
+    let finished = CancellationToken::new();
+    let mut running = tokio::spawn({
+        let finished = finished.clone();
+        let app_stop = app_stop.clone();
+        async move {
+            app.run_until_stopped(app_stop).await;
+            finished.cancel();
+        }
+    });
+    let prepared = tokio::select! {
+        prepared = prepare_topics(config, &kafka_ready, &finished) => prepared,
+        () = fatal.cancelled() => Ok(()),
+    };
+    if let Err(error) = prepared {
         app_stop.cancel();
         let _ = running.await;
         return Err(error.into());
     }
-    if !stop.is_cancelled() {
+    if kafka_ready.is_ready() && !fatal.is_cancelled() {
         tracing::info!("Kafka topics ready; accepting webhooks.");
     }
-    running.await.expect("the ingress task does not panic");
-    Ok(())
+    let ended = tokio::select! {
+        ended = &mut running => {
+            ended.expect("the ingress task does not panic");
+            Ok(())
+        }
+        // A fatal producer error: readiness is already 503 (the watch saw to it); drain what
+        // is in flight (the spool keeps what Kafka no longer takes), then fail so that the
+        // process exits non-zero and is restarted with a fresh producer.
+        () = fatal.cancelled() => {
+            app_stop.cancel();
+            let _ = running.await;
+            Err(ServeError::KafkaFatal(watch.fatal_reason().unwrap_or_default()))
+        }
+    };
+    fatal_check.abort();
+    ended
 }
 
 /// The ingress, built and bound, not yet serving.
@@ -91,8 +156,8 @@ pub struct App {
     listener: TcpListener,
     state: Arc<WebhookState>,
     shutdown_timeout: Duration,
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
+    /// How each accepted connection is served (protocols and their limits).
+    serving: Arc<Connections>,
     connections: Arc<Semaphore>,
     drain_delay: Duration,
     /// Publishes the spool's events once Kafka is back.
@@ -138,7 +203,8 @@ fn open_waiting_for_lock(
 ) -> Result<(Spool, Recovered), OpenError> {
     let give_up = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match Spool::open(&config.dir, config.max_bytes, metrics.clone()) {
+        let disk = std::sync::Arc::clone(&config.disk.0);
+        match Spool::open_in(disk, &config.dir, config.max_bytes, metrics.clone()) {
             Err(OpenError::Locked(_)) if std::time::Instant::now() < give_up => {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -176,13 +242,16 @@ pub async fn prepare_topics(
 }
 
 impl App {
-    /// Builds the ingress on a listener the caller bound (port 0 in tests). `kafka_ready` gates
-    /// traffic: requests before it is set are answered 503.
+    /// Builds the ingress on a listener the caller bound (port 0 in tests), with its spool
+    /// already opened (off the runtime). `kafka_ready` gates publishing: before it is set,
+    /// requests are spooled or answered 503.
     pub fn build(
         config: &IngressConfig,
         listener: TcpListener,
         metrics: IngressMetrics,
         kafka_ready: Readiness,
+        spool: SpoolState,
+        watch: ClientWatch,
     ) -> Result<App, BuildError> {
         let producer = build_producer(
             &config.kafka,
@@ -192,9 +261,9 @@ impl App {
                 max_message_bytes: config.max_body_bytes + RECORD_OVERHEAD_BYTES,
                 linger: Duration::from_millis(2),
             },
-            StatsContext::new(metrics.kafka.clone()),
+            StatsContext::new(metrics.kafka.clone(), watch),
         )?;
-        let spool = open_spool(config, &metrics.spool);
+        let kafka = KafkaHealth::new(kafka_ready.clone());
         let drainer = spool.ready().map(|spool| {
             Drainer::new(
                 spool.clone(),
@@ -202,17 +271,22 @@ impl App {
                 TopicNames::new(&config.kafka.topic_prefix).quarantine(),
                 kafka_ready.clone(),
             )
+            .with_kafka_health(Arc::clone(&kafka))
         });
+        let serving = Arc::new(Connections::new(config, metrics.clone()));
+        let body_budget = BodyBudget::new(config.edge.body_budget_bytes, metrics.clone());
         let state = WebhookState {
             verifier: config.verifier.clone(),
             publisher: Publisher::new(producer, metrics.clone()),
             dedupe: Dedupe::new(config.dedupe_window, config.dedupe_capacity),
             metrics,
             kafka_ready,
+            kafka,
             topics: TopicNames::new(&config.kafka.topic_prefix),
             max_body_bytes: config.max_body_bytes,
             publish_deadline: config.publish_deadline,
             body_read_timeout: config.body_read_timeout,
+            body_budget,
             spool,
             spool_after: config.spool_after,
         };
@@ -220,8 +294,7 @@ impl App {
             listener,
             state: Arc::new(state),
             shutdown_timeout: config.shutdown_timeout,
-            header_read_timeout: config.header_read_timeout,
-            max_header_bytes: config.max_header_bytes,
+            serving,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             drain_delay: config.drain_delay,
             drainer,
@@ -232,8 +305,14 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves HTTP/1.1 and HTTP/2 (cleartext) until `stop`, then stops accepting, lets in-flight
-    /// requests finish and flushes the producer, all within the shutdown timeout.
+    /// The producer every record goes through (for the fatal-error check).
+    pub fn producer(&self) -> &rdkafka::producer::FutureProducer<StatsContext> {
+        self.state.publisher.producer()
+    }
+
+    /// Serves HTTP/1.1 (and HTTP/2 cleartext when AFTERCART_INGRESS_HTTP2 is on) until `stop`,
+    /// then stops accepting, lets in-flight requests finish and flushes the producer, all
+    /// within the shutdown timeout.
     pub async fn run_until_stopped(mut self, stop: CancellationToken) {
         let (drain_finish, drain_stop) = (CancellationToken::new(), CancellationToken::new());
         let mut draining = self
@@ -241,17 +320,6 @@ impl App {
             .take()
             .map(|drainer| tokio::spawn(drainer.run(drain_finish.clone(), drain_stop.clone())));
         let graceful = GracefulShutdown::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            // A head larger than the buffer is refused with 431 by hyper itself.
-            .max_buf_size(self.max_header_bytes);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         // After `stop`, keep accepting for the drain delay: readiness already says 503, so
         // load balancers move away while nothing is refused.
         let mut drain_until: Option<tokio::time::Instant> = None;
@@ -287,32 +355,9 @@ impl App {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let state = Arc::clone(&self.state);
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
-            });
-            let builder = builder.clone();
+            let (state, serving) = (Arc::clone(&self.state), Arc::clone(&self.serving));
             let watcher = graceful.watcher();
-            let metrics = self.state.metrics.clone();
-            let first_bytes = self.header_read_timeout;
-            tokio::spawn(async move {
-                if client_spoke(&stream, first_bytes).await {
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    // Client resets and protocol errors are the client's business; only the
-                    // limits the server enforces itself are counted.
-                    if let Err(error) = watcher.watch(connection).await {
-                        if let Some(reason) = cut_reason(error.as_ref()) {
-                            metrics.connection_cut(reason);
-                        }
-                    }
-                } else {
-                    metrics.connection_cut("idle");
-                }
-                drop(permit);
-            });
+            tokio::spawn(async move { serving.serve(stream, permit, state, watcher).await });
         }
         drop(self.listener);
         let started = tokio::time::Instant::now();
@@ -352,39 +397,5 @@ impl App {
                 "Producer flush did not complete before the shutdown timeout."
             ),
         }
-    }
-}
-
-/// Waits at most `timeout` for the client to send enough to tell HTTP/1 from HTTP/2; false if it
-/// stays silent or leaves. hyper-util's auto builder reads those bytes before any of hyper's
-/// timers run, so without this a client that connects and says nothing keeps its connection
-/// slot (of AFTERCART_MAX_CONNECTIONS) forever.
-async fn client_spoke(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
-    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let wait = async {
-        let mut buffer = [0u8; 24];
-        loop {
-            match stream.peek(&mut buffer).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= H2_PREFACE.len() || buffer[..n] != H2_PREFACE[..n] => return true,
-                // A partial HTTP/2 preface: peek again shortly (it returns at once on data
-                // already seen).
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    };
-    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
-}
-
-/// The limit behind a connection error hyper reports, if the server cut the connection itself
-/// (a head too large is answered 431 by hyper before it ends the connection).
-fn cut_reason(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let error = error.downcast_ref::<hyper::Error>()?;
-    if error.is_parse_too_large() {
-        Some("header_too_large")
-    } else if error.is_timeout() {
-        Some("header_timeout")
-    } else {
-        None
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{
-    parse_byte_size, parse_duration, parse_in_range, parse_socket_addr, ConfigErrors,
+    parse_byte_size, parse_duration, parse_in_range, parse_socket_addr, parse_switch, ConfigErrors,
 };
 use aftercart_shopify::{Secret, Verifier};
 
@@ -109,6 +109,120 @@ pub struct IngressArgs {
     /// instead (then answered 200 once fsynced). Must be below AFTERCART_PUBLISH_DEADLINE.
     #[arg(long, env = "AFTERCART_SPOOL_AFTER", default_value = "1s")]
     pub spool_after: String,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// Limits against hostile clients: HTTP/2 (off unless asked for) and the memory bodies may
+/// take before their signature is known. See docs/services/ingress.md.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeArgs {
+    /// Also serve HTTP/2 (h2c, prior knowledge) on the webhook port. Off by default: Shopify
+    /// delivers over HTTP/1.1, and an HTTP/2 preface is then answered 400 and closed.
+    #[arg(long, env = "AFTERCART_INGRESS_HTTP2", default_value = "false")]
+    pub ingress_http2: String,
+
+    /// HTTP/2 only: a connection with no request in progress for this long is closed. (The
+    /// first request must arrive within AFTERCART_HEADER_READ_TIMEOUT of the connection.)
+    #[arg(
+        long,
+        env = "AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT",
+        default_value = "30s"
+    )]
+    pub ingress_http2_idle_timeout: String,
+
+    /// HTTP/2 only: how often an HTTP/2 connection is PINGed; one without an answer within
+    /// the same time is closed.
+    #[arg(
+        long,
+        env = "AFTERCART_INGRESS_HTTP2_KEEP_ALIVE",
+        default_value = "10s"
+    )]
+    pub ingress_http2_keep_alive: String,
+
+    /// HTTP/2 only: most requests in progress at once on one HTTP/2 connection.
+    #[arg(
+        long,
+        env = "AFTERCART_INGRESS_HTTP2_MAX_STREAMS",
+        default_value = "32"
+    )]
+    pub ingress_http2_max_streams: String,
+
+    /// Most bytes of request bodies held at once, over all requests, before their signature is
+    /// checked; beyond it requests get 503 with Retry-After. A quarter is kept for bodies of at
+    /// most 64KiB, so large slow bodies cannot starve ordinary webhooks. Size it well under the
+    /// memory limit (k8s: 128MiB of 512Mi).
+    #[arg(
+        long,
+        env = "AFTERCART_INGRESS_BODY_BUDGET_BYTES",
+        default_value = "128MiB"
+    )]
+    pub ingress_body_budget_bytes: String,
+}
+
+/// HTTP/2 settings, when it is on.
+#[derive(Debug, Clone)]
+pub struct Http2Config {
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+    pub max_streams: u32,
+}
+
+/// The validated [`EdgeArgs`].
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// `None`: HTTP/2 is off (the default).
+    pub http2: Option<Http2Config>,
+    pub body_budget_bytes: usize,
+}
+
+impl EdgeArgs {
+    fn validate(&self, errors: &mut ConfigErrors, max_body_bytes: Option<usize>) -> EdgeConfig {
+        let enabled = errors.check("AFTERCART_INGRESS_HTTP2", parse_switch(&self.ingress_http2));
+        let idle_timeout = errors.check(
+            "AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT",
+            positive(parse_duration(&self.ingress_http2_idle_timeout)),
+        );
+        let keep_alive = errors.check(
+            "AFTERCART_INGRESS_HTTP2_KEEP_ALIVE",
+            positive(parse_duration(&self.ingress_http2_keep_alive)),
+        );
+        let max_streams = errors.check(
+            "AFTERCART_INGRESS_HTTP2_MAX_STREAMS",
+            parse_in_range(&self.ingress_http2_max_streams, 1, 1000),
+        );
+        let body_budget_bytes = errors.check(
+            "AFTERCART_INGRESS_BODY_BUDGET_BYTES",
+            parse_byte_size(&self.ingress_body_budget_bytes).and_then(|budget| {
+                let budget =
+                    usize::try_from(budget).map_err(|_| format!("{budget} is too large"))?;
+                match max_body_bytes {
+                    // Large bodies may take three quarters of the budget: one must fit.
+                    Some(body) if budget / 4 * 3 < body => Err(format!(
+                        "{budget} bytes cannot hold one largest body in the three quarters \
+                         open to large bodies (AFTERCART_MAX_BODY_BYTES {body}); give at least \
+                         {} bytes",
+                        body.div_ceil(3) * 4
+                    )),
+                    _ => Ok(budget),
+                }
+            }),
+        );
+        let http2 = match (enabled, idle_timeout, keep_alive, max_streams) {
+            (Some(true), Some(idle_timeout), Some(keep_alive), Some(max_streams)) => {
+                Some(Http2Config {
+                    idle_timeout,
+                    keep_alive,
+                    max_streams: max_streams as u32,
+                })
+            }
+            _ => None,
+        };
+        EdgeConfig {
+            http2,
+            body_budget_bytes: body_budget_bytes.unwrap_or_default(),
+        }
+    }
 }
 
 /// What differs between a production ingress and the one inside `aftercart dev`.
@@ -140,6 +254,8 @@ impl IngressDefaults {
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
+    /// The real file system; tests put a disk that fails or loses power here.
+    pub disk: crate::spool::disk::SpoolDisk,
 }
 
 /// Validated ingress configuration.
@@ -162,6 +278,7 @@ pub struct IngressConfig {
     /// `None` when the spool is off.
     pub spool: Option<SpoolConfig>,
     pub spool_after: Duration,
+    pub edge: EdgeConfig,
 }
 
 impl IngressArgs {
@@ -298,6 +415,7 @@ impl IngressArgs {
                 _ => Ok(after),
             }),
         );
+        let edge = self.edge.validate(&mut errors, max_body_bytes);
         errors.finish(|| IngressConfig {
             kafka: kafka.expect("checked"),
             verifier,
@@ -316,8 +434,10 @@ impl IngressArgs {
             spool: (spool_dir != "off").then(|| SpoolConfig {
                 dir: PathBuf::from(spool_dir),
                 max_bytes: spool_max_bytes.expect("checked"),
+                disk: Default::default(),
             }),
             spool_after: spool_after.expect("checked"),
+            edge,
         })
     }
 
@@ -474,6 +594,42 @@ mod tests {
             .to_string();
         assert!(text.contains("AFTERCART_SPOOL_AFTER"), "{text}");
         assert!(text.contains("AFTERCART_SPOOL_MAX_BYTES"), "{text}");
+    }
+
+    #[test]
+    fn http2_is_off_unless_asked_for_and_the_body_budget_fits_a_largest_body() {
+        let base = ["--kafka-brokers", "k:9092", "--shopify-secrets", "a"];
+        let config = parse(&base)
+            .validate(&IngressDefaults::production())
+            .unwrap();
+        assert!(config.edge.http2.is_none());
+        assert_eq!(config.edge.body_budget_bytes, 128 << 20);
+        let mut on = base.to_vec();
+        on.extend(["--ingress-http2", "on", "--ingress-http2-max-streams", "8"]);
+        let http2 = parse(&on)
+            .validate(&IngressDefaults::production())
+            .unwrap()
+            .edge
+            .http2
+            .unwrap();
+        assert_eq!(http2.max_streams, 8);
+        assert_eq!(http2.idle_timeout, Duration::from_secs(30));
+        let mut bad = base.to_vec();
+        bad.extend([
+            "--ingress-http2",
+            "maybe",
+            "--ingress-body-budget-bytes",
+            "4MiB",
+        ]);
+        let text = parse(&bad)
+            .validate(&IngressDefaults::production())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("AFTERCART_INGRESS_HTTP2:"), "{text}");
+        assert!(
+            text.contains("AFTERCART_INGRESS_BODY_BUDGET_BYTES") && text.contains("5592408"),
+            "{text}"
+        );
     }
 
     #[test]

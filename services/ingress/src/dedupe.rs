@@ -1,7 +1,12 @@
 //! The delivery dedupe window: remembers the webhook ids published recently (bounded by age and
 //! count) so that Shopify's retries are answered 200 without a second record.
 //!
-//! Ids are stored as 128-bit digests (the first half of SHA-256): with n ids remembered, the
+//! A delivery is known by its shop and its webhook id together: ids are Shopify's, unique per
+//! delivery, but nothing stops two shops' deliveries (or a client of another shop) from carrying
+//! the same id, and one shop's delivery must never make another's a "duplicate".
+//!
+//! Keys are stored as 128-bit digests (the first half of SHA-256 over the lower-cased shop
+//! domain, length-prefixed, then the id): with n keys remembered, the
 //! chance that a new id collides with one of them is n / 2^128, ~3e-33 at 1 M, so collisions are
 //! out of reach at any realistic window. A delivery being published holds a claim, kept in a
 //! small map of its own (claims are bounded by concurrent requests); a concurrent retry of it
@@ -73,12 +78,13 @@ impl Dedupe {
         })
     }
 
-    pub fn claim(self: &Arc<Self>, webhook_id: &str) -> Claim {
-        self.claim_at(webhook_id, Instant::now())
+    /// Claims the delivery `webhook_id` of `shop` (its `X-Shopify-Shop-Domain`, any case).
+    pub fn claim(self: &Arc<Self>, shop: &str, webhook_id: &str) -> Claim {
+        self.claim_at(shop, webhook_id, Instant::now())
     }
 
-    fn claim_at(self: &Arc<Self>, webhook_id: &str, now: Instant) -> Claim {
-        let digest = digest(webhook_id);
+    fn claim_at(self: &Arc<Self>, shop: &str, webhook_id: &str, now: Instant) -> Claim {
+        let digest = digest(shop, webhook_id);
         let elapsed = self.elapsed(now);
         let mut guard = self.lock();
         let window = &mut *guard;
@@ -210,8 +216,14 @@ impl Drop for ClaimGuard {
     }
 }
 
-fn digest(webhook_id: &str) -> IdDigest {
-    let full = Sha256::digest(webhook_id.as_bytes());
+/// The shop is length-prefixed so that no (shop, id) pair can spell another's bytes.
+fn digest(shop: &str, webhook_id: &str) -> IdDigest {
+    let shop = shop.to_ascii_lowercase();
+    let mut hasher = Sha256::new();
+    hasher.update((shop.len() as u64).to_le_bytes());
+    hasher.update(shop.as_bytes());
+    hasher.update(webhook_id.as_bytes());
+    let full = hasher.finalize();
     let mut digest = [0; 16];
     digest.copy_from_slice(&full[..16]);
     digest
@@ -220,6 +232,8 @@ fn digest(webhook_id: &str) -> IdDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SHOP: &str = "jsmith.myshopify.com";
 
     fn guard(claim: Claim) -> ClaimGuard {
         match claim {
@@ -231,16 +245,33 @@ mod tests {
     #[test]
     fn a_published_id_is_a_duplicate_within_the_window() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 10);
-        guard(dedupe.claim("a")).commit();
-        assert!(matches!(dedupe.claim("a"), Claim::Duplicate));
-        assert!(matches!(dedupe.claim("b"), Claim::New(_)));
+        guard(dedupe.claim(SHOP, "a")).commit();
+        assert!(matches!(dedupe.claim(SHOP, "a"), Claim::Duplicate));
+        assert!(matches!(dedupe.claim(SHOP, "b"), Claim::New(_)));
+    }
+
+    #[test]
+    fn the_same_id_from_two_shops_is_two_deliveries() {
+        let dedupe = Dedupe::new(Duration::from_secs(60), 10);
+        guard(dedupe.claim("shop-a.myshopify.com", "id-1")).commit();
+        assert!(matches!(
+            dedupe.claim("shop-b.myshopify.com", "id-1"),
+            Claim::New(_)
+        ));
+        assert!(matches!(
+            dedupe.claim("Shop-A.myshopify.com", "id-1"),
+            Claim::Duplicate
+        ));
+        // The length prefix keeps shop and id apart: ("ab", "c") is not ("a", "bc").
+        guard(dedupe.claim("ab", "c")).commit();
+        assert!(matches!(dedupe.claim("a", "bc"), Claim::New(_)));
     }
 
     #[test]
     fn a_released_claim_can_be_claimed_again() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 10);
-        drop(guard(dedupe.claim("a")));
-        assert!(matches!(dedupe.claim("a"), Claim::New(_)));
+        drop(guard(dedupe.claim(SHOP, "a")));
+        assert!(matches!(dedupe.claim(SHOP, "a"), Claim::New(_)));
         assert!(dedupe.is_empty());
     }
 
@@ -248,14 +279,14 @@ mod tests {
     fn ids_expire_after_the_window() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 10);
         let start = Instant::now();
-        let g = guard(dedupe.claim_at("a", start));
+        let g = guard(dedupe.claim_at(SHOP, "a", start));
         g.commit();
         assert!(matches!(
-            dedupe.claim_at("a", Instant::now() + Duration::from_secs(30)),
+            dedupe.claim_at(SHOP, "a", Instant::now() + Duration::from_secs(30)),
             Claim::Duplicate
         ));
         assert!(matches!(
-            dedupe.claim_at("a", Instant::now() + Duration::from_secs(61)),
+            dedupe.claim_at(SHOP, "a", Instant::now() + Duration::from_secs(61)),
             Claim::New(_)
         ));
     }
@@ -264,20 +295,20 @@ mod tests {
     fn the_oldest_ids_are_forgotten_beyond_capacity() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 3);
         for id in ["1", "2", "3", "4"] {
-            guard(dedupe.claim(id)).commit();
+            guard(dedupe.claim(SHOP, id)).commit();
         }
         assert_eq!(dedupe.len(), 3);
-        assert!(matches!(dedupe.claim("1"), Claim::New(_)));
+        assert!(matches!(dedupe.claim(SHOP, "1"), Claim::New(_)));
         for id in ["2", "3", "4"] {
-            assert!(matches!(dedupe.claim(id), Claim::Duplicate), "{id}");
+            assert!(matches!(dedupe.claim(SHOP, id), Claim::Duplicate), "{id}");
         }
     }
 
     #[tokio::test]
     async fn a_concurrent_retry_waits_for_the_first_attempt() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 10);
-        let first = guard(dedupe.claim("a"));
-        let Claim::InFlight(mut waiter) = dedupe.claim("a") else {
+        let first = guard(dedupe.claim(SHOP, "a"));
+        let Claim::InFlight(mut waiter) = dedupe.claim(SHOP, "a") else {
             panic!("expected in flight");
         };
         let waiting = tokio::spawn(async move { waiter.changed().await.is_err() });
@@ -286,28 +317,28 @@ mod tests {
             waiting.await.unwrap(),
             "the waiter wakes when the claim ends"
         );
-        assert!(matches!(dedupe.claim("a"), Claim::Duplicate));
+        assert!(matches!(dedupe.claim(SHOP, "a"), Claim::Duplicate));
     }
 
     #[tokio::test]
     async fn a_failed_first_attempt_lets_the_retry_publish() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 10);
-        let first = guard(dedupe.claim("a"));
-        let Claim::InFlight(mut waiter) = dedupe.claim("a") else {
+        let first = guard(dedupe.claim(SHOP, "a"));
+        let Claim::InFlight(mut waiter) = dedupe.claim(SHOP, "a") else {
             panic!("expected in flight");
         };
         drop(first);
         assert!(waiter.changed().await.is_err());
-        assert!(matches!(dedupe.claim("a"), Claim::New(_)));
+        assert!(matches!(dedupe.claim(SHOP, "a"), Claim::New(_)));
     }
 
     #[test]
     fn reclaiming_an_evicted_id_keeps_the_new_entry() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 1);
-        guard(dedupe.claim("a")).commit();
-        guard(dedupe.claim("b")).commit(); // evicts a
-        guard(dedupe.claim("a")).commit(); // evicts b, a is published again
-        assert!(matches!(dedupe.claim("a"), Claim::Duplicate));
+        guard(dedupe.claim(SHOP, "a")).commit();
+        guard(dedupe.claim(SHOP, "b")).commit(); // evicts a
+        guard(dedupe.claim(SHOP, "a")).commit(); // evicts b, a is published again
+        assert!(matches!(dedupe.claim(SHOP, "a"), Claim::Duplicate));
         assert_eq!(dedupe.len(), 1);
     }
 
@@ -315,14 +346,23 @@ mod tests {
     fn ids_expire_by_age_oldest_first() {
         let dedupe = Dedupe::new(Duration::from_secs(10), 10);
         let at = |seconds| dedupe.base + Duration::from_secs(seconds);
-        guard(dedupe.claim_at("a", at(0))).commit_at(at(0));
-        guard(dedupe.claim_at("b", at(5))).commit_at(at(5));
-        assert!(matches!(dedupe.claim_at("a", at(9)), Claim::Duplicate));
-        assert!(matches!(dedupe.claim_at("b", at(9)), Claim::Duplicate));
-        assert!(matches!(dedupe.claim_at("a", at(10)), Claim::New(_)));
+        guard(dedupe.claim_at(SHOP, "a", at(0))).commit_at(at(0));
+        guard(dedupe.claim_at(SHOP, "b", at(5))).commit_at(at(5));
+        assert!(matches!(
+            dedupe.claim_at(SHOP, "a", at(9)),
+            Claim::Duplicate
+        ));
+        assert!(matches!(
+            dedupe.claim_at(SHOP, "b", at(9)),
+            Claim::Duplicate
+        ));
+        assert!(matches!(dedupe.claim_at(SHOP, "a", at(10)), Claim::New(_)));
         assert_eq!(dedupe.len(), 1);
-        assert!(matches!(dedupe.claim_at("b", at(14)), Claim::Duplicate));
-        assert!(matches!(dedupe.claim_at("b", at(15)), Claim::New(_)));
+        assert!(matches!(
+            dedupe.claim_at(SHOP, "b", at(14)),
+            Claim::Duplicate
+        ));
+        assert!(matches!(dedupe.claim_at(SHOP, "b", at(15)), Claim::New(_)));
         assert!(dedupe.is_empty());
     }
 
@@ -331,19 +371,22 @@ mod tests {
         let dedupe = Dedupe::new(Duration::from_secs(3_600), 1_000);
         let now = dedupe.base;
         for n in 0..50_000 {
-            guard(dedupe.claim_at(&format!("id-{n}"), now)).commit_at(now);
+            guard(dedupe.claim_at(SHOP, &format!("id-{n}"), now)).commit_at(now);
         }
         assert_eq!(dedupe.len(), 1_000);
         for n in 49_000..50_000 {
             let id = format!("id-{n}");
             assert!(
-                matches!(dedupe.claim_at(&id, now), Claim::Duplicate),
+                matches!(dedupe.claim_at(SHOP, &id, now), Claim::Duplicate),
                 "{id}"
             );
         }
         for n in (0..49_000).step_by(97) {
             let id = format!("id-{n}");
-            assert!(matches!(dedupe.claim_at(&id, now), Claim::New(_)), "{id}");
+            assert!(
+                matches!(dedupe.claim_at(SHOP, &id, now), Claim::New(_)),
+                "{id}"
+            );
         }
         // Chunks of forgotten ids are handed back: one live chunk or two, and the spare.
         assert!(dedupe.allocated_bytes() < 3 * 8192 * 20 + (128 << 10));
@@ -356,7 +399,7 @@ mod tests {
         // 300 k rather than 1 M keeps the debug-build test quick; the per-id cost only falls
         // as the window fills (the index is 3/8..3/4 full either way).
         for n in 0..300_000 {
-            guard(dedupe.claim_at(&format!("{n:036}"), now)).commit_at(now);
+            guard(dedupe.claim_at(SHOP, &format!("{n:036}"), now)).commit_at(now);
         }
         let per_id = dedupe.allocated_bytes() as f64 / dedupe.len() as f64;
         assert!(per_id < 30.0, "{per_id:.1} bytes per id");
@@ -365,9 +408,9 @@ mod tests {
     #[tokio::test]
     async fn every_waiter_wakes_and_sees_the_outcome() {
         let dedupe = Dedupe::new(Duration::from_secs(60), 10);
-        let first = guard(dedupe.claim("a"));
+        let first = guard(dedupe.claim(SHOP, "a"));
         let waiters: Vec<_> = (0..3)
-            .map(|_| match dedupe.claim("a") {
+            .map(|_| match dedupe.claim(SHOP, "a") {
                 Claim::InFlight(waiter) => waiter,
                 _ => panic!("expected in flight"),
             })
@@ -377,17 +420,17 @@ mod tests {
             assert!(waiter.changed().await.is_err());
         }
         // The released id goes to exactly one of the retries; the others wait on it in turn.
-        let second = guard(dedupe.claim("a"));
-        let Claim::InFlight(mut waiter) = dedupe.claim("a") else {
+        let second = guard(dedupe.claim(SHOP, "a"));
+        let Claim::InFlight(mut waiter) = dedupe.claim(SHOP, "a") else {
             panic!("expected in flight");
         };
         assert!(
-            matches!(dedupe.claim("b"), Claim::New(_)),
+            matches!(dedupe.claim(SHOP, "b"), Claim::New(_)),
             "other ids go on"
         );
         second.commit();
         assert!(waiter.changed().await.is_err());
-        assert!(matches!(dedupe.claim("a"), Claim::Duplicate));
+        assert!(matches!(dedupe.claim(SHOP, "a"), Claim::Duplicate));
         assert_eq!(dedupe.len(), 1);
     }
 
@@ -467,7 +510,8 @@ mod tests {
             match r % 20 {
                 0..=9 => {
                     let id = (next(&mut state) % ids) as u32;
-                    let (answer, claim) = match dedupe.claim_at(&format!("webhook-{id}"), at) {
+                    let (answer, claim) = match dedupe.claim_at(SHOP, &format!("webhook-{id}"), at)
+                    {
                         Claim::New(guard) => (Answer::New, Some(guard)),
                         Claim::Duplicate => (Answer::Duplicate, None),
                         Claim::InFlight(_) => (Answer::InFlight, None),

@@ -1,5 +1,6 @@
 //! The webhook HTTP surface: the request handler and the one place outcomes become responses.
 
+pub mod body;
 pub mod reply;
 pub mod webhook;
 

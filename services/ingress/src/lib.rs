@@ -3,10 +3,12 @@
 
 pub mod app;
 pub mod config;
+pub mod connection;
 pub mod dedupe;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod readiness;
 pub mod spool;
 
 pub use app::{prepare_topics, serve, App, ServeError};

@@ -29,6 +29,11 @@ pub struct IngressMetrics {
     in_flight: IntGauge,
     dedupe_ids: IntGauge,
     connections_cut: IntCounterVec,
+    /// 1 while Kafka takes records (see `readiness::KafkaHealth`).
+    pub kafka_healthy: IntGauge,
+    body_refusals: IntCounterVec,
+    body_held_bytes: IntGauge,
+    body_budget_bytes: IntGauge,
     pub kafka: ClientStats,
     pub spool: SpoolMetrics,
 }
@@ -62,7 +67,7 @@ impl IngressMetrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             publish_errors: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}publish_errors_total"), "Records Kafka did not acknowledge in time, by reason (queue_full, timeout, kafka)."),
+                Opts::new(format!("{PREFIX}publish_errors_total"), "Records Kafka did not acknowledge in time, by reason (queue_full, timeout, kafka, authorization: the cluster refuses the ingress's credentials or ACLs, an operator must act)."),
                 &["reason"],
             )?,
             in_flight: IntGauge::with_opts(Opts::new(format!("{PREFIX}in_flight_requests"), "Webhook requests being handled."))?,
@@ -71,36 +76,59 @@ impl IngressMetrics {
                 "Webhook ids remembered in this replica's dedupe window.",
             ))?,
             connections_cut: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}connections_cut_total"), "Connections ended before a request could be answered by the handler, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431)."),
+                Opts::new(format!("{PREFIX}connections_cut_total"), "Connections the server ended itself, by reason (idle: nothing sent within the header timeout; header_timeout; header_too_large: answered 431; http2_disabled: an HTTP/2 preface while AFTERCART_INGRESS_HTTP2 is off, answered 400; http2_handshake: no HTTP/2 request within the header timeout; http2_idle: no HTTP/2 request in progress for AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT; http2_keep_alive: no answer to a PING; linger_limit: still sending when the lingering close gave up)."),
                 &["reason"],
             )?,
+            kafka_healthy: IntGauge::with_opts(Opts::new(format!("{PREFIX}kafka_healthy"), "1 when the topics are ready and Kafka took the latest record (or answered a metadata probe); 0 otherwise. /readyz is ready when this or aftercart_ingress_spool_healthy is 1."))?,
+            body_refusals: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}body_refusals_total"), "Request bodies refused before their signature was checked, by reason (budget: 503, the body budget is held by other requests; too_large: 413; timeout: 408; unreadable: 400)."),
+                &["reason"],
+            )?,
+            body_held_bytes: IntGauge::with_opts(Opts::new(
+                format!("{PREFIX}body_in_flight_bytes"),
+                "Bytes of the body budget held by request bodies in flight.",
+            ))?,
+            body_budget_bytes: IntGauge::with_opts(Opts::new(
+                format!("{PREFIX}body_budget_bytes"),
+                "AFTERCART_INGRESS_BODY_BUDGET_BYTES: most bytes request bodies in flight may hold.",
+            ))?,
             kafka: ClientStats::register(PREFIX, registry)?,
             spool: SpoolMetrics::register(registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
-        registry.register(Box::new(metrics.requests.clone()))?;
-        registry.register(Box::new(metrics.request_duration.clone()))?;
-        registry.register(Box::new(metrics.hmac_failures.clone()))?;
-        registry.register(Box::new(metrics.duplicates.clone()))?;
-        registry.register(Box::new(metrics.quarantined.clone()))?;
-        registry.register(Box::new(metrics.publish_duration.clone()))?;
-        registry.register(Box::new(metrics.publish_errors.clone()))?;
-        registry.register(Box::new(metrics.in_flight.clone()))?;
-        registry.register(Box::new(metrics.dedupe_ids.clone()))?;
-        registry.register(Box::new(metrics.connections_cut.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.requests)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.request_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.hmac_failures)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.duplicates)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.quarantined)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.publish_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.publish_errors)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.in_flight)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.dedupe_ids)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.connections_cut)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.kafka_healthy)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.body_refusals)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.body_held_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.body_budget_bytes)?;
         // Export every error reason at 0 from the start, so that rate() and increase() (the
         // alerts) see the first occurrence after a restart.
         for reason in ["missing", "malformed", "mismatch"] {
             metrics.hmac_failures.with_label_values(&[reason]);
         }
-        for reason in ["not_json", "not_object"] {
-            metrics.quarantined.with_label_values(&[reason]);
+        for reason in aftercart_shopify::PayloadError::ALL {
+            metrics.quarantined.with_label_values(&[reason.as_label()]);
         }
-        for reason in ["queue_full", "timeout", "kafka"] {
+        metrics
+            .quarantined
+            .with_label_values(&[crate::http::webhook::KAFKA_REFUSED]);
+        for reason in ["queue_full", "timeout", "kafka", "authorization"] {
             metrics.publish_errors.with_label_values(&[reason]);
         }
         for reason in CONNECTION_CUT_REASONS {
             metrics.connections_cut.with_label_values(&[reason]);
+        }
+        for reason in BODY_REFUSAL_REASONS {
+            metrics.body_refusals.with_label_values(&[reason]);
         }
         Ok(metrics)
     }
@@ -139,6 +167,19 @@ impl IngressMetrics {
         self.connections_cut.with_label_values(&[reason]).inc();
     }
 
+    /// A request body refused before its signature was checked.
+    pub fn body_refused(&self, reason: &'static str) {
+        self.body_refusals.with_label_values(&[reason]).inc();
+    }
+
+    pub fn body_bytes_held(&self, bytes: usize) {
+        self.body_held_bytes.set(bytes as i64);
+    }
+
+    pub fn body_budget(&self, bytes: usize) {
+        self.body_budget_bytes.set(bytes as i64);
+    }
+
     pub fn dedupe_size(&self, ids: usize) {
         self.dedupe_ids.set(ids as i64);
     }
@@ -159,7 +200,19 @@ impl Drop for InFlightGuard {
 }
 
 /// Why the server ends a connection on its own (`connections_cut_total{reason}`).
-pub const CONNECTION_CUT_REASONS: [&str; 3] = ["idle", "header_timeout", "header_too_large"];
+pub const CONNECTION_CUT_REASONS: [&str; 8] = [
+    "idle",
+    "header_timeout",
+    "header_too_large",
+    "http2_disabled",
+    "http2_handshake",
+    "http2_idle",
+    "http2_keep_alive",
+    "linger_limit",
+];
+
+/// Why a body is refused before its signature is checked (`body_refusals_total{reason}`).
+pub const BODY_REFUSAL_REASONS: [&str; 4] = ["budget", "too_large", "timeout", "unreadable"];
 
 /// Status codes as static labels (the ingress answers from a fixed set).
 fn status_label(status: u16) -> &'static str {

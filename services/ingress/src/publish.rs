@@ -18,11 +18,13 @@ pub struct Record<'a> {
     pub key: &'a str,
     pub body: &'a Bytes,
     pub headers: Vec<(&'a str, &'a [u8])>,
+    /// When the ingress received the delivery: the record's Kafka timestamp.
+    pub received_unix_ms: u64,
 }
 
 impl<'a> Record<'a> {
     /// The record as the spool keeps it.
-    pub fn to_spool(&self, received_unix_ms: u64) -> SpoolRecord {
+    pub fn to_spool(&self) -> SpoolRecord {
         SpoolRecord {
             topic: self.topic.to_string(),
             key: self.key.to_string(),
@@ -32,7 +34,7 @@ impl<'a> Record<'a> {
                 .map(|(name, value)| (name.to_string(), value.to_vec()))
                 .collect(),
             body: self.body.clone(),
-            received_unix_ms,
+            received_unix_ms: self.received_unix_ms,
         }
     }
 }
@@ -64,25 +66,81 @@ impl PublishError {
         match self {
             PublishError::QueueFull => "queue_full",
             PublishError::Timeout(_) => "timeout",
+            PublishError::Kafka(error) if classify(error) == ErrorClass::Authorization => {
+                "authorization"
+            }
             PublishError::Kafka(_) => "kafka",
         }
     }
 }
 
-/// Kafka errors no retry fixes (the record is too large or invalid, or the topic is off-limits):
-/// spooling such a record would only hold up the records behind it.
-pub fn is_permanent(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
+/// What a Kafka error means for the record that got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A retry may succeed (broker trouble, a corrupt transfer, timeouts): keep the record
+    /// (spool it, or retry it from the spool).
+    Retriable,
+    /// The cluster refuses the ingress's credentials or ACLs: an operator must act. Nothing is
+    /// wrong with the record, so it is kept (spooled) and an alert fires; never quarantined.
+    Authorization,
+    /// No retry can fix this record (too large, invalid, bad topic): holding it would only
+    /// hold up the records behind it, so a copy goes to the quarantine topic.
+    Permanent,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 3] = [
+        ErrorClass::Retriable,
+        ErrorClass::Authorization,
+        ErrorClass::Permanent,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ErrorClass::Retriable => "retriable",
+            ErrorClass::Authorization => "authorization",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
+/// Classifies a Kafka error. `CORRUPT_MESSAGE` (`InvalidMessage`) is the broker seeing a bad
+/// CRC in transit: retriable, not the record's fault.
+pub fn classify(error: &KafkaError) -> ErrorClass {
+    classify_code(error.rdkafka_error_code())
+}
+
+fn classify_code(code: Option<RDKafkaErrorCode>) -> ErrorClass {
+    use RDKafkaErrorCode as Code;
+    match code {
         Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::InvalidArgument
-        )
-    )
+            Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::GroupAuthorizationFailed
+            | Code::TransactionalIdAuthorizationFailed
+            | Code::DelegationTokenAuthorizationFailed
+            | Code::SaslAuthenticationFailed
+            | Code::Authentication
+            | Code::SecurityDisabled,
+        ) => ErrorClass::Authorization,
+        Some(
+            Code::MessageSizeTooLarge
+            | Code::InvalidMessageSize
+            | Code::MessageBatchTooLarge
+            | Code::InvalidRecord
+            | Code::InvalidTopic
+            | Code::InvalidArgument
+            | Code::InvalidRequiredAcks
+            | Code::UnsupportedCompressionType
+            | Code::UnsupportedForMessageFormat,
+        ) => ErrorClass::Permanent,
+        _ => ErrorClass::Retriable,
+    }
+}
+
+/// Kafka errors no retry fixes: see [`ErrorClass::Permanent`].
+pub fn is_permanent(error: &KafkaError) -> bool {
+    classify(error) == ErrorClass::Permanent
 }
 
 /// The ingress producer and what it needs to report on itself.
@@ -116,7 +174,8 @@ impl Publisher {
         let kafka_record = FutureRecord::to(record.topic)
             .key(record.key)
             .payload(record.body.as_ref())
-            .headers(headers);
+            .headers(headers)
+            .timestamp(record.received_unix_ms as i64);
         let delivery = match self.producer.send_result(kafka_record) {
             Ok(delivery) => delivery,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -159,5 +218,51 @@ impl Publisher {
     /// The producer's client, for metadata calls.
     pub fn producer(&self) -> &FutureProducer<StatsContext> {
         &self.producer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RDKafkaErrorCode as Code;
+
+    #[test]
+    fn kafka_errors_are_classified_by_what_fixes_them() {
+        let table = [
+            (Some(Code::InvalidMessage), ErrorClass::Retriable),
+            (Some(Code::NotEnoughReplicas), ErrorClass::Retriable),
+            (Some(Code::NotLeaderForPartition), ErrorClass::Retriable),
+            (Some(Code::RequestTimedOut), ErrorClass::Retriable),
+            (Some(Code::MessageTimedOut), ErrorClass::Retriable),
+            (Some(Code::UnknownTopicOrPartition), ErrorClass::Retriable),
+            (Some(Code::BrokerTransportFailure), ErrorClass::Retriable),
+            (Some(Code::QueueFull), ErrorClass::Retriable),
+            (None, ErrorClass::Retriable),
+            (
+                Some(Code::TopicAuthorizationFailed),
+                ErrorClass::Authorization,
+            ),
+            (
+                Some(Code::ClusterAuthorizationFailed),
+                ErrorClass::Authorization,
+            ),
+            (
+                Some(Code::SaslAuthenticationFailed),
+                ErrorClass::Authorization,
+            ),
+            (Some(Code::Authentication), ErrorClass::Authorization),
+            (Some(Code::MessageSizeTooLarge), ErrorClass::Permanent),
+            (Some(Code::InvalidRecord), ErrorClass::Permanent),
+            (Some(Code::InvalidTopic), ErrorClass::Permanent),
+            (Some(Code::MessageBatchTooLarge), ErrorClass::Permanent),
+        ];
+        for (code, class) in table {
+            assert_eq!(classify_code(code), class, "{code:?}");
+        }
+        let delivery = KafkaError::MessageProduction(Code::TopicAuthorizationFailed);
+        assert_eq!(classify(&delivery), ErrorClass::Authorization);
+        assert!(!is_permanent(&KafkaError::MessageProduction(
+            Code::InvalidMessage
+        )));
     }
 }

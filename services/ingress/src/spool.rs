@@ -3,10 +3,14 @@
 //! drainer publishes spooled events to Kafka in arrival order and truncates the log behind it.
 //!
 //! Layout of the directory: `LOCK` (one process per directory), numbered segment files
-//! (`<first seq>.wal`, frames with checksums), and `checkpoint` (every entry below it is in
-//! Kafka). Opening replays nothing by itself: it counts what is left, cuts a torn tail back to
-//! the last intact frame, and the drainer then publishes the rest.
+//! (`<first seq>.wal`, frames with sequence numbers and checksums), `checkpoint` (every entry
+//! below it is in Kafka) and `damaged/` (copies of damaged segments, for inspection). Opening
+//! replays nothing by itself: it counts what is left, cuts a torn tail back to the last intact
+//! frame, rewrites a segment damaged in its middle around the damage, and the drainer then
+//! publishes the rest. Every file operation goes through [`disk::Disk`].
 
+pub mod crash_disk;
+pub mod disk;
 pub mod drainer;
 pub mod entry;
 pub mod metrics;
@@ -14,15 +18,16 @@ pub mod segment;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, TryLockError};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::producer::future_producer::DeliveryFuture;
 use tokio::sync::{oneshot, watch};
 
+pub use disk::{Disk, RealDisk};
 pub use entry::{Entry, SpoolRecord};
 pub use metrics::{Rejection, SpoolMetrics};
 
@@ -104,6 +109,7 @@ struct State {
 }
 
 struct Shared {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
@@ -118,8 +124,12 @@ struct Shared {
     /// Advanced after every fsync to the next unwritten sequence number.
     durable: watch::Sender<u64>,
     metrics: SpoolMetrics,
+    /// False after a disk error, true again after the next write that works.
+    disk_ok: AtomicBool,
+    /// An append was refused for room and nothing was drained since.
+    full: AtomicBool,
     /// Held for the spool's lifetime: the lock is released when the file is closed.
-    _lock: File,
+    _lock: Option<File>,
 }
 
 /// A handle on an open spool; cheap to clone.
@@ -137,26 +147,58 @@ impl Spool {
         max_bytes: u64,
         metrics: SpoolMetrics,
     ) -> Result<(Spool, Recovered), OpenError> {
+        Self::open_in(Arc::new(RealDisk), dir, max_bytes, metrics)
+    }
+
+    /// Opens the spool on `disk` with the production segment size.
+    pub fn open_in(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        max_bytes: u64,
+        metrics: SpoolMetrics,
+    ) -> Result<(Spool, Recovered), OpenError> {
+        let segment_bytes = SEGMENT_BYTES.min(max_bytes / 8).max(1 << 20);
+        Self::open_on(disk, dir, max_bytes, segment_bytes, metrics)
+    }
+
+    /// Opens the spool on any [`Disk`] with a chosen segment size (tests roll segments often
+    /// and cut the power under it). Blocking: call it off the async runtime.
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        metrics: SpoolMetrics,
+    ) -> Result<(Spool, Recovered), OpenError> {
         let io = |source| OpenError::Io {
             dir: dir.to_path_buf(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io)?;
-        let lock = lock(dir)?;
-        let (state, recovered) = recover(dir, &metrics).map_err(io)?;
+        // The spool directory and every parent created for it must survive a power cut: a new
+        // directory is only an entry in its parent until the parent is fsynced.
+        disk::create_dir_durably(disk.as_ref(), dir).map_err(io)?;
+        let lock = match disk.lock(dir) {
+            Ok(lock) => lock,
+            Err(None) => return Err(OpenError::Locked(dir.to_path_buf())),
+            Err(Some(source)) => return Err(io(source)),
+        };
+        let (state, recovered) = recover(disk.as_ref(), dir, &metrics).map_err(io)?;
         metrics.set_limit(max_bytes);
         metrics.set_available(true);
         let (durable, _) = watch::channel(state.next_seq);
         let shared = Arc::new(Shared {
+            disk,
             dir: dir.to_path_buf(),
             max_bytes,
-            segment_bytes: SEGMENT_BYTES.min(max_bytes / 8).max(1 << 20),
+            segment_bytes,
             pending_events: AtomicU64::new(state.pending_events),
             reserved_bytes: AtomicU64::new(state.pending_bytes),
             state: Mutex::new(state),
             originals: Mutex::new(HashMap::new()),
             durable,
             metrics,
+            disk_ok: AtomicBool::new(true),
+            full: AtomicBool::new(false),
             _lock: lock,
         });
         shared.refresh_gauges();
@@ -181,6 +223,23 @@ impl Spool {
         &self.shared.dir
     }
 
+    /// What keeps the spool from taking events now, if anything.
+    pub fn trouble(&self) -> Option<AppendError> {
+        if !self.shared.disk_ok.load(Ordering::Acquire) {
+            Some(AppendError::Disk)
+        } else if self.shared.full.load(Ordering::Acquire) {
+            Some(AppendError::Full)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the spool can take events now: its disk works and it has room. A sick spool
+    /// with Kafka healthy is bypassed; with Kafka down too, the replica is not ready.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.disk_ok.load(Ordering::Acquire) && !self.shared.full.load(Ordering::Acquire)
+    }
+
     /// Queues `record` for the next group commit; the receiver answers once it is fsynced (or
     /// refused). `original` is the record's delivery still pending in the producer, if any.
     pub fn append(
@@ -192,6 +251,9 @@ impl Spool {
         let bytes = record.frame_len() as u64;
         if !record.is_encodable() || !self.shared.reserve(bytes) {
             // An unencodable record (a 64 KiB key) is as unspoolable as one past the limit.
+            if record.is_encodable() {
+                self.shared.full.store(true, Ordering::Release);
+            }
             let _ = reply.send(Err((AppendError::Full, original)));
             return answer;
         }
@@ -224,6 +286,44 @@ impl Shared {
 
     fn release(&self, bytes: u64) {
         self.reserved_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Records that every entry below `end` is in Kafka or lost to damage: `events` and frame
+    /// `bytes` leave the backlog, the checkpoint moves, and drained segments are deleted.
+    /// Blocking (a file write and fsyncs).
+    fn mark_drained(&self, end: u64, events: u64, bytes: u64) {
+        if let Err(error) = segment::write_checkpoint(self.disk.as_ref(), &self.dir, end) {
+            // Not fatal: after a restart these events are published once more.
+            self.metrics.error("write");
+            tracing::warn!(%error, "Cannot write the spool checkpoint.");
+        }
+        let mut state = self.lock_state();
+        state.drained_seq = state.drained_seq.max(end);
+        let mut events = events.min(state.pending_events);
+        let mut bytes = bytes.min(state.pending_bytes);
+        if state.drained_seq >= state.next_seq {
+            // Everything written is behind the reader: whatever the counters still hold is
+            // damage they could not see entry by entry. Nothing is pending, by definition.
+            events = state.pending_events;
+            bytes = state.pending_bytes;
+        }
+        state.pending_events -= events;
+        state.pending_bytes -= bytes;
+        while state.arrivals.get(1).is_some_and(|&(seq, _)| seq <= end) {
+            state.arrivals.pop_front();
+        }
+        if state.pending_events == 0 {
+            state.arrivals.clear();
+        }
+        self.pending_events
+            .store(state.pending_events, Ordering::Release);
+        self.release(bytes);
+        if bytes > 0 {
+            self.full.store(false, Ordering::Release);
+        }
+        writer::remove_drained(&mut state, self);
+        drop(state);
+        self.refresh_gauges();
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -260,51 +360,35 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn lock(dir: &Path) -> Result<File, OpenError> {
-    let path = dir.join(segment::LOCK_FILE);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| OpenError::Io {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(OpenError::Locked(dir.to_path_buf())),
-        Err(TryLockError::Error(source)) => Err(OpenError::Io {
-            dir: dir.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// Reads every segment: counts the entries not yet drained, cuts damaged tails, deletes segments
-/// that hold nothing left to drain.
-fn recover(dir: &Path, metrics: &SpoolMetrics) -> std::io::Result<(State, Recovered)> {
-    let drained_seq = segment::read_checkpoint(dir);
+/// Reads every segment: counts the entries not yet drained, cuts torn tails, rewrites segments
+/// damaged in the middle around the damage (keeping a copy), deletes segments that hold nothing
+/// left to drain.
+fn recover(
+    disk: &dyn Disk,
+    dir: &Path,
+    metrics: &SpoolMetrics,
+) -> std::io::Result<(State, Recovered)> {
+    let drained_seq = segment::read_checkpoint(disk, dir);
     let mut state = State {
         next_seq: drained_seq,
         drained_seq,
         ..State::default()
     };
     let mut recovered = Recovered::default();
-    for (first_seq, path) in segment::list_segments(dir)? {
-        let scan = segment::scan(&path, drained_seq)?;
+    for (first_seq, path) in segment::list_segments(disk, dir)? {
+        let scan = segment::scan(disk, &path, drained_seq)?;
+        let mut len = scan.good_len;
         if let Some(why) = scan.damage {
-            let cut = scan.file_len - scan.good_len;
+            let cut = scan.damaged_bytes;
             metrics.corrupt(cut);
             recovered.discarded_bytes += cut;
-            tracing::error!(segment = %path.display(), kept_bytes = scan.good_len, discarded_bytes = cut, reason = why, "Spool segment damaged (torn write or disk corruption): keeping its intact prefix.");
-            segment::truncate(&path, scan.good_len)?;
+            len = repair(disk, dir, &path, &scan, why, metrics);
         }
         if let Some(last) = scan.last_seq {
             state.next_seq = state.next_seq.max(last + 1);
         }
         if scan.entries == 0 {
-            fs::remove_file(&path)?;
+            disk.remove_file(&path)?;
             continue;
         }
         state.pending_events += scan.entries;
@@ -316,16 +400,61 @@ fn recover(dir: &Path, metrics: &SpoolMetrics) -> std::io::Result<(State, Recove
         state.segments.push_back(Segment {
             first_seq,
             path,
-            len: scan.good_len,
+            len,
             sealed: true,
             last_seq: scan.last_seq,
         });
     }
-    segment::sync_dir(dir)?;
+    disk.sync_dir(dir)?;
     recovered.events = state.pending_events;
     recovered.bytes = state.pending_bytes;
     recovered.segments = state.segments.len();
     Ok((state, recovered))
+}
+
+/// Keeps a copy of a damaged segment (not of a torn tail), then rewrites it around damage in
+/// its middle or cuts it back to its intact prefix. Returns the length the drainer may read.
+/// A disk that refuses (full, failing) must not keep the spool and the acknowledged events in
+/// it closed: without a copy the segment is left as it is, the evidence with it; without a
+/// rewrite or cut the drainer reads up to the intact prefix, or skips damage in the middle.
+fn repair(
+    disk: &dyn Disk,
+    dir: &Path,
+    path: &Path,
+    scan: &segment::SegmentScan,
+    why: &'static str,
+    metrics: &SpoolMetrics,
+) -> u64 {
+    let whole = if scan.damaged_in_middle {
+        scan.file_len
+    } else {
+        scan.good_len
+    };
+    // A torn final frame is what a power cut leaves: expected, not worth a copy.
+    let copy = if why == segment::TORN_TAIL {
+        Ok(None)
+    } else {
+        segment::keep_damaged_copy(disk, dir, path)
+    };
+    let copy = match copy {
+        Ok(copy) => copy.map(|p| p.display().to_string()),
+        Err(error) => {
+            metrics.error("write");
+            tracing::error!(segment = %path.display(), %error, reason = why, discarded_bytes = scan.damaged_bytes, "Spool segment damaged and no copy can be kept: left as it is; the drainer skips the damage.");
+            return whole;
+        }
+    };
+    tracing::error!(segment = %path.display(), kept_bytes = scan.good_len, discarded_bytes = scan.damaged_bytes, intact_frames_after_damage = scan.damaged_in_middle, copy = copy.as_deref().unwrap_or("none (torn tail, or damaged/ holds enough copies)"), reason = why, "Spool segment damaged (torn write or disk corruption): keeping every intact frame.");
+    let repaired = if scan.damaged_in_middle {
+        segment::rewrite_intact(disk, dir, path).and_then(|()| disk.open_read(path)?.size())
+    } else {
+        segment::truncate(disk, path, scan.good_len).map(|()| scan.good_len)
+    };
+    repaired.unwrap_or_else(|error| {
+        metrics.error("write");
+        tracing::error!(segment = %path.display(), %error, "Cannot rewrite a damaged spool segment: left as it is; the drainer skips the damage.");
+        whole
+    })
 }
 
 #[cfg(test)]
@@ -357,13 +486,14 @@ pub struct SegmentReport {
 
 /// Reads a spool directory without changing it.
 pub fn inspect(dir: &Path) -> std::io::Result<Inspection> {
-    let checkpoint = segment::read_checkpoint(dir);
+    let disk = &RealDisk;
+    let checkpoint = segment::read_checkpoint(disk, dir);
     let mut report = Inspection {
         checkpoint,
         ..Inspection::default()
     };
-    for (_, path) in segment::list_segments(dir)? {
-        let scan = segment::scan(&path, checkpoint)?;
+    for (_, path) in segment::list_segments(disk, dir)? {
+        let scan = segment::scan(disk, &path, checkpoint)?;
         report.pending_events += scan.entries;
         report.pending_bytes += scan.bytes;
         report.oldest_unix_ms = match (report.oldest_unix_ms, scan.oldest_unix_ms) {
@@ -380,7 +510,7 @@ pub fn inspect(dir: &Path) -> std::io::Result<Inspection> {
                 .unwrap_or_default(),
             file_bytes: scan.file_len,
             pending_events: scan.entries,
-            damage: scan.damage.map(|why| (why, scan.file_len - scan.good_len)),
+            damage: scan.damage.map(|why| (why, scan.damaged_bytes)),
         });
     }
     Ok(report)

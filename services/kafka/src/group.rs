@@ -18,7 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
-use crate::StoreError;
+use crate::{ClientWatch, StoreError};
 
 /// Why a stateful consumer loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,7 @@ impl ConsumerLag {
             ),
             &["topic", "partition"],
         )?;
-        registry.register(Box::new(lag.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &lag)?;
         Ok(ConsumerLag { lag })
     }
 
@@ -97,22 +97,26 @@ impl ConsumerLag {
 }
 
 /// The consumer context of a stateful loop: commits what was stored before partitions are
-/// revoked, queues rebalances for the loop, reports lag, and notices the brokers being away.
+/// revoked, queues rebalances for the loop, reports lag, notices the brokers being away, and
+/// hands errors to a [`ClientWatch`] (an authentication or TLS failure turns the loop's
+/// readiness off until a broker is up).
 pub struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
     /// False from librdkafka's "all brokers down" until statistics show a broker up again.
     brokers_up: AtomicBool,
     lag: ConsumerLag,
     lag_topics: Vec<(String, String)>,
+    watch: ClientWatch,
 }
 
 impl GroupContext {
-    pub fn new(lag: ConsumerLag, lag_topics: Vec<(String, String)>) -> Self {
+    pub fn new(lag: ConsumerLag, lag_topics: Vec<(String, String)>, watch: ClientWatch) -> Self {
         GroupContext {
             events: Mutex::new(Vec::new()),
             brokers_up: AtomicBool::new(true),
             lag,
             lag_topics,
+            watch,
         }
     }
 
@@ -121,9 +125,10 @@ impl GroupContext {
         std::mem::take(&mut *self.events.lock().expect("events lock"))
     }
 
-    /// Whether a broker is reachable, as far as librdkafka last said (readiness shows outages).
+    /// Whether a broker is reachable and the connection works, as far as librdkafka last said
+    /// (readiness shows outages, and authentication or TLS failures until they recover).
     pub fn brokers_up(&self) -> bool {
-        self.brokers_up.load(Ordering::Relaxed)
+        self.brokers_up.load(Ordering::Relaxed) && !self.watch.failing()
     }
 
     fn push(&self, event: RebalanceEvent) {
@@ -146,13 +151,20 @@ impl ClientContext for GroupContext {
             .any(|broker| broker.state == "UP");
         self.brokers_up.store(up, Ordering::Relaxed);
         self.lag.record(&statistics, &self.lag_topics);
+        if statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.watch.broker_up();
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.brokers_up.store(false, Ordering::Relaxed);
         }
-        tracing::error!(%error, reason, "Kafka client error.");
+        self.watch.observe(&error, reason);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The metrics every stateful consumer loop exports under its service prefix: records applied
-//! and unusable, dead letters, state restore and changelog writes, partitions owned, lag.
+//! and unusable, dead letters, state restore and changelog writes, partitions owned, lag, and
+//! the Kafka client's errors.
 
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub struct LoopMetrics {
     partitions: IntGauge,
     fenced: IntCounterVec,
     pub lag: ConsumerLag,
+    /// `<prefix>kafka_errors_total{kind}`: the consumer's librdkafka errors.
+    pub kafka_errors: IntCounterVec,
 }
 
 impl LoopMetrics {
@@ -82,15 +85,16 @@ impl LoopMetrics {
                 &["reason"],
             )?,
             lag: ConsumerLag::register(prefix, registry)?,
+            kafka_errors: crate::client_watch::register_errors(prefix, registry)?,
         };
-        registry.register(Box::new(metrics.processed.clone()))?;
-        registry.register(Box::new(metrics.failed.clone()))?;
-        registry.register(Box::new(metrics.dead_letters.clone()))?;
-        registry.register(Box::new(metrics.restore_duration.clone()))?;
-        registry.register(Box::new(metrics.restored_records.clone()))?;
-        registry.register(Box::new(metrics.changelog_writes.clone()))?;
-        registry.register(Box::new(metrics.partitions.clone()))?;
-        registry.register(Box::new(metrics.fenced.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.processed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.failed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.dead_letters)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.restore_duration)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.restored_records)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.changelog_writes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.partitions)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.fenced)?;
         for reason in FENCE_REASONS {
             metrics.fenced.with_label_values(&[reason]);
         }

@@ -58,7 +58,7 @@ pub fn build_producer(
 }
 
 /// The durability settings every producer shares; never overridable through `options`.
-fn producer_config(settings: &KafkaSettings, options: &ProducerOptions) -> ClientConfig {
+pub fn producer_config(settings: &KafkaSettings, options: &ProducerOptions) -> ClientConfig {
     let mut config = settings.client_config(&options.client_id);
     config
         .set("enable.idempotence", "true")

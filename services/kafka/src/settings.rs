@@ -2,13 +2,21 @@
 
 use std::time::Duration;
 
-use aftercart_runtime::config::{parse_in_range, ConfigErrors};
+use std::path::PathBuf;
+
+use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 
-/// Kafka flags shared by every service (`AFTERCART_KAFKA_*`, `AFTERCART_TOPIC_*`).
-#[derive(Debug, Clone, clap::Args)]
+use crate::properties::{self, KafkaProperties};
+
+/// Kafka flags shared by every service (`AFTERCART_KAFKA_*`, `AFTERCART_TOPIC_*`). `Debug`
+/// hides the properties (they may hold passwords).
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers, comma-separated host:port (required).
+    /// Kafka bootstrap servers, comma-separated host:port (required, unless the properties
+    /// set bootstrap.servers).
     #[arg(long = "kafka-brokers", env = "AFTERCART_KAFKA_BROKERS")]
     pub brokers: Option<String>,
 
@@ -24,8 +32,34 @@ pub struct KafkaArgs {
     #[arg(long, env = "AFTERCART_TOPIC_REPLICATION", default_value = "1")]
     pub topic_replication: String,
 
-    /// Extra librdkafka properties, comma-separated key=value (e.g. security.protocol=ssl).
-    /// They override aftercart's own settings, so use them with care.
+    /// min.insync.replicas of the topics a service creates [default: replication factor - 1,
+    /// at least 1]: with acks=all, how many copies a write needs.
+    #[arg(long, env = "AFTERCART_TOPIC_MIN_INSYNC_REPLICAS")]
+    pub topic_min_insync_replicas: Option<String>,
+
+    /// retention.ms of the topics a service creates (all hold personal data; changelogs are
+    /// compacted instead). At most 30d: Shopify's redaction duty.
+    #[arg(long, env = "AFTERCART_TOPIC_RETENTION", default_value = "7d")]
+    pub topic_retention: String,
+
+    /// max.compaction.lag.ms and segment.ms of the compacted changelogs a service creates: a
+    /// redaction tombstone removes the old value within about twice this.
+    #[arg(long, env = "AFTERCART_TOPIC_COMPACTION_LAG", default_value = "1d")]
+    pub topic_compaction_lag: String,
+
+    /// A librdkafka properties file in Java client.properties style (one key=value a line,
+    /// # or ! comments; values may hold commas and =), e.g. a mounted Secret with
+    /// security.protocol=SASL_SSL, sasl.mechanism, sasl.username, sasl.password, ssl.ca.location.
+    /// sasl.jaas.config lines are translated; a value ${file:/path} is read from that file
+    /// (e.g. a password mounted from a Secret). Secret values are never printed. Guide:
+    /// docs/operations/kafka.md.
+    #[arg(long, env = "AFTERCART_KAFKA_PROPERTIES_FILE")]
+    pub kafka_properties_file: Option<PathBuf>,
+
+    /// Extra librdkafka properties, comma-separated key=value (e.g.
+    /// security.protocol=ssl,ssl.ca.location=/etc/kafka/ca.pem). They override the properties
+    /// file, which overrides aftercart's own settings: use them with care. Values holding
+    /// commas belong in the file.
     #[arg(
         long,
         env = "AFTERCART_KAFKA_PROPERTIES",
@@ -43,26 +77,43 @@ pub struct KafkaArgs {
     pub instance_id: Option<String>,
 }
 
-/// Validated Kafka settings.
+/// Validated Kafka settings. `Debug` hides secret properties.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub topic_prefix: String,
     pub partitions: i32,
     pub replication: i32,
-    pub properties: Vec<(String, String)>,
+    /// min.insync.replicas of created topics, at most the replication factor.
+    pub min_insync_replicas: i32,
+    /// retention.ms of created topics that are not compacted.
+    pub retention: Duration,
+    /// max.compaction.lag.ms and segment.ms of created changelogs.
+    pub compaction_lag: Duration,
+    pub properties: KafkaProperties,
     /// `group.instance.id` of the stateful stages; `None`: dynamic membership.
     pub instance_id: Option<String>,
 }
 
+/// The longest retention allowed: Shopify expects personal data gone within 30 days of a
+/// redaction request.
+pub const MAX_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 impl KafkaArgs {
     /// Validates into settings, recording every problem in `errors`. `default_brokers` stands in
-    /// when no broker is configured (the dev stack's embedded broker).
+    /// when no broker is configured (the dev stack's embedded broker). The client settings are
+    /// tried on a real librdkafka client, so a bad security setting fails here, named.
     pub fn validate(
         &self,
         errors: &mut ConfigErrors,
         default_brokers: Option<&str>,
     ) -> Option<KafkaSettings> {
+        let before = errors.problems().len();
+        let properties = self.properties(errors);
+        let from_properties = properties
+            .as_ref()
+            .and_then(|p| p.get("bootstrap.servers"))
+            .map(str::to_string);
         let brokers = match self
             .brokers
             .as_deref()
@@ -70,8 +121,8 @@ impl KafkaArgs {
             .filter(|b| !b.is_empty())
         {
             Some(brokers) => Some(brokers.to_string()),
-            None => match default_brokers {
-                Some(default) => Some(default.to_string()),
+            None => match from_properties.or(default_brokers.map(str::to_string)) {
+                Some(default) => Some(default),
                 None => {
                     errors.push("AFTERCART_KAFKA_BROKERS: required (bootstrap servers, e.g. localhost:9092)");
                     None
@@ -94,9 +145,37 @@ impl KafkaArgs {
             "AFTERCART_TOPIC_REPLICATION",
             parse_in_range(&self.topic_replication, 1, 100),
         );
-        let properties = errors.check(
-            "AFTERCART_KAFKA_PROPERTIES",
-            parse_properties(&self.kafka_properties),
+        let min_insync = match (&self.topic_min_insync_replicas, replication) {
+            (Some(value), Some(replication)) => errors.check(
+                "AFTERCART_TOPIC_MIN_INSYNC_REPLICAS",
+                parse_in_range(value, 1, replication).map_err(|problem| {
+                    format!("{problem} (at least 1, at most the replication factor)")
+                }),
+            ),
+            (None, Some(replication)) => Some(replication.saturating_sub(1).max(1)),
+            (_, None) => None,
+        };
+        let retention = errors.check(
+            "AFTERCART_TOPIC_RETENTION",
+            parse_duration(&self.topic_retention).and_then(|d| {
+                if d < Duration::from_secs(60) || d > MAX_RETENTION {
+                    Err(format!(
+                        "{d:?} is outside 1m..=30d (Shopify's redaction duty caps it at 30 days)"
+                    ))
+                } else {
+                    Ok(d)
+                }
+            }),
+        );
+        let compaction_lag = errors.check(
+            "AFTERCART_TOPIC_COMPACTION_LAG",
+            parse_duration(&self.topic_compaction_lag).and_then(|d| {
+                if d < Duration::from_secs(60) || d > MAX_RETENTION / 2 {
+                    Err(format!("{d:?} is outside 1m..=15d"))
+                } else {
+                    Ok(d)
+                }
+            }),
         );
         let instance_id = match self.instance_id.as_deref().map(str::trim) {
             Some(id) if !id.is_empty() => {
@@ -104,14 +183,54 @@ impl KafkaArgs {
             }
             _ => Some(None),
         };
-        Some(KafkaSettings {
+        let settings = KafkaSettings {
             instance_id: instance_id?,
             brokers: brokers?,
             topic_prefix: prefix,
             partitions: partitions? as i32,
             replication: replication? as i32,
+            min_insync_replicas: min_insync? as i32,
+            retention: retention?,
+            compaction_lag: compaction_lag?,
             properties: properties?,
-        })
+        };
+        // Only a client config without other problems is worth trying.
+        if errors.problems().len() == before {
+            for problem in settings.check_client() {
+                errors.push(problem);
+            }
+        }
+        Some(settings)
+    }
+
+    /// The file's properties, then the environment's on top, Java spellings translated.
+    fn properties(&self, errors: &mut ConfigErrors) -> Option<KafkaProperties> {
+        let file = match &self.kafka_properties_file {
+            Some(path) => errors.check(
+                "AFTERCART_KAFKA_PROPERTIES_FILE",
+                properties::read_file(path)
+                    .and_then(properties::resolve_files)
+                    .and_then(properties::translate_java),
+            ),
+            None => Some((Vec::new(), Vec::new())),
+        };
+        let list = errors.check(
+            "AFTERCART_KAFKA_PROPERTIES",
+            properties::parse_list(&self.kafka_properties)
+                .and_then(properties::resolve_files)
+                .and_then(properties::translate_java),
+        );
+        let ((file, mut dropped), (list, more)) = (file?, list?);
+        dropped.extend(more);
+        if !dropped.is_empty() {
+            tracing::info!(
+                properties = %dropped.join(", "),
+                "Skipping Java client properties librdkafka has no use for."
+            );
+        }
+        let mut merged = KafkaProperties::from(file);
+        merged.extend(list);
+        Some(merged)
     }
 }
 
@@ -129,20 +248,33 @@ fn parse_instance_id(id: &str) -> Result<String, String> {
     }
 }
 
-fn parse_properties(value: &str) -> Result<Vec<(String, String)>, String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .enumerate()
-        .map(|(index, pair)| match pair.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => {
-                Ok((key.trim().to_string(), value.trim().to_string()))
-            }
-            // Only the position is reported: the entry may hold a password.
-            _ => Err(format!("entry {} is not key=value", index + 1)),
-        })
-        .collect()
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication", &self.topic_replication)
+            .field("topic_min_insync_replicas", &self.topic_min_insync_replicas)
+            .field("topic_retention", &self.topic_retention)
+            .field("topic_compaction_lag", &self.topic_compaction_lag)
+            .field("kafka_properties_file", &self.kafka_properties_file)
+            .field("kafka_properties", &"<hidden>")
+            .field("instance_id", &self.instance_id)
+            .finish()
+    }
+}
+
+/// The optional parts compiled into librdkafka (`builtin.features`), e.g. `ssl,sasl_plain,...`.
+pub fn builtin_features() -> Result<String, KafkaError> {
+    ClientConfig::new()
+        .create_native_config()?
+        .get("builtin.features")
+}
+
+/// Properties naming a file librdkafka reads at client creation.
+fn is_path_property(key: &str) -> bool {
+    key.ends_with(".location") || key == "sasl.oauthbearer.assertion.private.key.file"
 }
 
 impl KafkaSettings {
@@ -153,9 +285,84 @@ impl KafkaSettings {
             topic_prefix: topic_prefix.into(),
             partitions: 12,
             replication: 1,
-            properties: Vec::new(),
+            min_insync_replicas: 1,
+            retention: Duration::from_secs(7 * 86_400),
+            compaction_lag: Duration::from_secs(86_400),
+            properties: KafkaProperties::new(),
             instance_id: None,
         }
+    }
+
+    /// Tries the client settings on a real librdkafka client (created, then dropped: it has
+    /// not connected yet): unknown or invalid properties, unreadable certificates and keys,
+    /// SASL settings librdkafka refuses. Each problem names the property; secret values are
+    /// redacted from librdkafka's own words.
+    pub fn check_client(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, value) in &self.properties {
+            if is_path_property(key) && !(key == "ssl.ca.location" && value == "probe") {
+                if let Err(error) = std::fs::metadata(value) {
+                    problems.push(format!("{key}: cannot read {value}: {error}"));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return problems;
+        }
+        let mut config = self.client_config("aftercart-config-check");
+        self.apply_overrides(&mut config);
+        // Creating a client does not wait for the network; dropping it at once is cheap.
+        if let Err(error) = config.create::<BaseProducer>() {
+            problems.push(self.describe_client_error(&error));
+        }
+        problems
+    }
+
+    /// The operator's property a librdkafka creation error is about: one it names, else the
+    /// SASL or SSL setting it complains of.
+    fn property_named_in(&self, message: &str) -> Option<String> {
+        let named = self
+            .properties
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .filter(|key| message.contains(key))
+            .max_by_key(|key| key.len());
+        if let Some(key) = named {
+            return Some(key.to_string());
+        }
+        // Of aliases (sasl.mechanism, sasl.mechanisms), the one applied last is in force.
+        let set = |keys: &[&str]| {
+            self.properties
+                .iter()
+                .rev()
+                .find(|(key, _)| keys.contains(&key.as_str()))
+                .map(|(key, _)| key.to_string())
+        };
+        if message.contains("SASL") || message.contains("sasl") {
+            set(&["sasl.mechanism", "sasl.mechanisms"]).or_else(|| set(&["security.protocol"]))
+        } else if message.contains("SSL") || message.contains("ssl") {
+            set(&["security.protocol"]).map(|key| format!("{key} (and the ssl.* settings)"))
+        } else {
+            None
+        }
+    }
+
+    /// A client creation error as a configuration problem naming the property.
+    pub fn describe_client_error(&self, error: &KafkaError) -> String {
+        let text = match error {
+            KafkaError::ClientConfig(_, description, key, _value) => {
+                format!("{key}: {description}")
+            }
+            KafkaError::ClientCreation(message) => match self.property_named_in(message) {
+                Some(key) => format!("{key}: {message}"),
+                None => message.clone(),
+            },
+            other => other.to_string(),
+        };
+        format!(
+            "AFTERCART_KAFKA_PROPERTIES: {}",
+            self.properties.redact(&text)
+        )
     }
 
     /// The base client config: bootstrap servers, client id, then the operator's overrides.
@@ -184,7 +391,8 @@ impl KafkaSettings {
         config
     }
 
-    /// Applies the operator's `AFTERCART_KAFKA_PROPERTIES` last, so they win.
+    /// Applies the operator's properties (file, then `AFTERCART_KAFKA_PROPERTIES`) last, so
+    /// they win.
     pub fn apply_overrides(&self, config: &mut ClientConfig) {
         for (key, value) in &self.properties {
             config.set(key, value);
@@ -207,18 +415,31 @@ mod tests {
             topic_prefix: "shopify.".into(),
             topic_partitions: "12".into(),
             topic_replication: "1".into(),
+            topic_min_insync_replicas: None,
+            topic_retention: "7d".into(),
+            topic_compaction_lag: "1d".into(),
+            kafka_properties_file: None,
             kafka_properties: String::new(),
             instance_id: Some("aftercart-0".into()),
         }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("aftercart-settings-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
     }
 
     #[test]
     fn valid_args_become_settings() {
         let mut errors = ConfigErrors::new();
         let settings = args().validate(&mut errors, None).unwrap();
-        assert!(errors.is_empty());
+        assert!(errors.is_empty(), "{errors}");
         assert_eq!(settings.partitions, 12);
         assert_eq!(settings.topic_prefix, "shopify.");
+        assert_eq!(settings.min_insync_replicas, 1);
+        assert_eq!(settings.retention, Duration::from_secs(7 * 86_400));
     }
 
     #[test]
@@ -229,10 +450,11 @@ mod tests {
         bad.topic_partitions = "0".into();
         bad.topic_replication = "many".into();
         bad.kafka_properties = "acks".into();
+        bad.topic_retention = "90d".into();
         bad.instance_id = Some("pod 1/2".into());
         let mut errors = ConfigErrors::new();
         assert!(bad.validate(&mut errors, None).is_none());
-        assert_eq!(errors.problems().len(), 6, "{errors}");
+        assert_eq!(errors.problems().len(), 7, "{errors}");
     }
 
     #[test]
@@ -257,23 +479,117 @@ mod tests {
             let settings = unnamed_args.validate(&mut errors, None).unwrap();
             assert_eq!(settings.instance_id, None);
         }
-        assert!(errors.is_empty());
+        assert!(errors.is_empty(), "{errors}");
     }
 
     #[test]
-    fn properties_parse_as_pairs() {
+    fn min_insync_replicas_is_one_below_replication_unless_set() {
+        let mut three = args();
+        three.topic_replication = "3".into();
+        let mut errors = ConfigErrors::new();
         assert_eq!(
-            parse_properties("security.protocol=ssl, linger.ms=10").unwrap(),
-            vec![
-                ("security.protocol".into(), "ssl".into()),
-                ("linger.ms".into(), "10".into())
-            ]
+            three
+                .validate(&mut errors, None)
+                .unwrap()
+                .min_insync_replicas,
+            2
         );
-        assert!(parse_properties("=x").is_err());
-        let error = parse_properties("linger.ms=1,sasl.password:hunter2").unwrap_err();
+        three.topic_min_insync_replicas = Some("3".into());
+        assert_eq!(
+            three
+                .validate(&mut errors, None)
+                .unwrap()
+                .min_insync_replicas,
+            3
+        );
+        three.topic_min_insync_replicas = Some("4".into());
+        assert!(three.validate(&mut errors, None).is_none());
         assert!(
-            error.contains("entry 2") && !error.contains("hunter2"),
-            "{error}"
+            errors
+                .to_string()
+                .contains("AFTERCART_TOPIC_MIN_INSYNC_REPLICAS"),
+            "{errors}"
         );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_the_file_may_name_the_brokers() {
+        let path = temp_file(
+            "precedence",
+            "bootstrap.servers=kafka-1:9092,kafka-2:9092\nlinger.ms=7\nacks=all\n",
+        );
+        let mut from_file = args();
+        from_file.brokers = None;
+        from_file.kafka_properties_file = Some(path.clone());
+        from_file.kafka_properties = "linger.ms=9".into();
+        let mut errors = ConfigErrors::new();
+        let settings = from_file.validate(&mut errors, None).unwrap();
+        assert!(errors.is_empty(), "{errors}");
+        assert_eq!(settings.brokers, "kafka-1:9092,kafka-2:9092");
+        assert_eq!(settings.properties.get("linger.ms"), Some("9"));
+        assert_eq!(settings.properties.get("acks"), Some("all"));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_bad_security_setting_is_named_at_start_up() {
+        for (properties, named) in [
+            ("security.protocol=tls", "security.protocol"),
+            (
+                "sasl.mechanisms=MAGIC,security.protocol=sasl_ssl",
+                "sasl.mechanisms",
+            ),
+            ("no.such.property=1", "no.such.property"),
+            ("ssl.ca.location=/nonexistent/ca.pem", "ssl.ca.location"),
+        ] {
+            let mut bad = args();
+            bad.kafka_properties = properties.into();
+            let mut errors = ConfigErrors::new();
+            bad.validate(&mut errors, None);
+            let text = errors.to_string();
+            assert!(text.contains(named), "{properties}: {text}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_reach_errors_or_debug_output() {
+        let path = temp_file(
+            "secrets",
+            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
+             sasl.username=svc\nsasl.password=hunter2,with=odd\n",
+        );
+        let mut secret = args();
+        secret.kafka_properties_file = Some(path.clone());
+        secret.kafka_properties = "ssl.key.password=keypass1".into();
+        let mut errors = ConfigErrors::new();
+        let settings = secret.validate(&mut errors, None).unwrap();
+        let shown = format!("{settings:?} {secret:?} {errors}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("keypass1"),
+            "{shown}"
+        );
+        assert_eq!(
+            settings.properties.get("sasl.password"),
+            Some("hunter2,with=odd")
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_build_has_tls_and_every_sasl_mechanism_but_kerberos() {
+        let features = builtin_features().unwrap();
+        for feature in [
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+            "http",
+            "oidc",
+        ] {
+            assert!(
+                features.split(',').any(|f| f == feature),
+                "{feature} missing: {features}"
+            );
+        }
     }
 }

@@ -14,6 +14,8 @@ mod ownership;
 mod restore;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use aftercart_runtime::health::Readiness;
@@ -34,8 +36,8 @@ use restore::{restore_partition, RestoreSource, Restored};
 
 use crate::producer::build_output_producer;
 use crate::{
-    close_off_runtime, dead_letter_record, receive_batch_within, shop_of, DeadLetter, GroupContext,
-    KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, IDLE_WAIT,
+    close_off_runtime, dead_letter_record, receive_batch_within, shop_of, ClientWatch, DeadLetter,
+    GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, IDLE_WAIT,
 };
 
 /// Header the router adds to a forwarded record: the family of the topic it came from.
@@ -113,11 +115,33 @@ pub fn source_family(message: &OwnedMessage, families: &[&'static str]) -> &'sta
         .unwrap_or("other")
 }
 
-/// A service's rules over the state of the partitions it owns: pure, no I/O.
+/// The effects of a batch once the logic acted on them outside Kafka ([`StageLogic::prepare`]):
+/// those to write, and outputs it could not act on, as dead letters.
+pub struct Prepared<L: StageLogic + ?Sized> {
+    pub effects: Vec<(i32, EffectOf<L>)>,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// What [`StageLogic::prepare`] returns: `None` when `stop` came first (nothing of the batch is
+/// written and its offsets stay where they were, so the next owner reads it again).
+pub type Preparing<'a, L> = Pin<Box<dyn Future<Output = Option<Prepared<L>>> + Send + 'a>>;
+
+/// `max.poll.interval.ms` for a loop that may go `budget` without polling: the budget and a
+/// minute, at least librdkafka's default (5 minutes) and at most its limit (24 hours). Past it
+/// librdkafka takes the instance for hung and moves its partitions while it still writes.
+pub fn max_poll_interval_ms(budget: Duration) -> String {
+    (budget + Duration::from_secs(60))
+        .as_millis()
+        .clamp(300_000, 86_400_000)
+        .to_string()
+}
+
+/// A service's rules over the state of the partitions it owns: pure, no I/O, except what
+/// [`StageLogic::prepare`] does before a batch's outputs are written.
 pub trait StageLogic {
     type Entity: Serialize + DeserializeOwned + Send + 'static;
     /// What the service writes to its output topics.
-    type Output: Serialize;
+    type Output: Serialize + Send;
     /// How an output reads back on restore.
     type Emitted: DeserializeOwned + Send + 'static;
 
@@ -165,6 +189,24 @@ pub trait StageLogic {
     fn loop_metrics(&self) -> &LoopMetrics;
     /// Called once `count` source records are acknowledged on the by-shop topic (metrics).
     fn routed(&self, _count: usize) {}
+    /// How long [`StageLogic::prepare`] may hold the loop. The consumer is not polled meanwhile,
+    /// so its `max.poll.interval.ms` is raised above this ([`max_poll_interval_ms`]).
+    fn prepare_budget(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Acts on a batch's effects outside Kafka before any of them is written (the referrals
+    /// service creates the discount an invite names, so no invite is published before its
+    /// code works). The default writes them as they are.
+    fn prepare<'a>(
+        &'a mut self,
+        effects: Vec<(i32, EffectOf<Self>)>,
+        _stop: &'a CancellationToken,
+    ) -> Preparing<'a, Self> {
+        Box::pin(std::future::ready(Some(Prepared {
+            effects,
+            dead: Vec::new(),
+        })))
+    }
 }
 
 /// How long a step waits for a first record: never past the next timer, so an idle stage
@@ -183,10 +225,8 @@ fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
 fn session_timeout(kafka: &KafkaSettings) -> Duration {
     kafka
         .properties
-        .iter()
-        .rev()
-        .find(|(key, _)| key == "session.timeout.ms")
-        .and_then(|(_, value)| value.parse::<u64>().ok())
+        .get("session.timeout.ms")
+        .and_then(|value| value.parse::<u64>().ok())
         .map_or(SESSION_TIMEOUT, Duration::from_millis)
 }
 
@@ -297,7 +337,8 @@ impl<L: StageLogic> Stage<L> {
             .collect();
         let mut family_of_topic: HashMap<String, &'static str> = inputs.into_iter().collect();
         family_of_topic.extend(topics.globals.iter().cloned());
-        let context = GroupContext::new(metrics.lag.clone(), lag_topics);
+        let watch = ClientWatch::sharing(metrics.kafka_errors.clone(), ready.clone());
+        let context = GroupContext::new(metrics.lag.clone(), lag_topics, watch);
         let mut config = kafka.group_consumer_config(&topics.client, &topics.group);
         config
             .set("partition.assignment.strategy", "range")
@@ -305,6 +346,10 @@ impl<L: StageLogic> Stage<L> {
             .set(
                 "session.timeout.ms",
                 SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                max_poll_interval_ms(logic.prepare_budget()),
             );
         if let Some(instance) = &kafka.instance_id {
             config.set("group.instance.id", instance);
@@ -415,7 +460,7 @@ impl<L: StageLogic> Stage<L> {
                 Some(message) => {
                     let effects = self.apply_global(&message);
                     if !effects.is_empty() {
-                        self.flush(Work::of(effects)).await?;
+                        self.flush(Work::of(effects), stop).await?;
                     }
                 }
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -551,7 +596,7 @@ impl<L: StageLogic> Stage<L> {
             self.globals = Some(globals);
         }
         work.effects.extend(self.logic.tick(now_ms()));
-        self.flush(work).await?;
+        self.flush(work, stop).await?;
         if self.last_gauges.elapsed() >= GAUGES_EVERY {
             self.last_gauges = Instant::now();
             self.logic.gauges();
@@ -634,8 +679,8 @@ impl<L: StageLogic> Stage<L> {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     pending = read(partition);
                 };
-                if !self.install(restored).await? {
-                    return Ok(()); // fenced: the member rejoins and restores afresh
+                if !self.install(restored, stop).await? {
+                    return Ok(()); // fenced (the member rejoins and restores afresh) or stopped
                 }
             }
         }
@@ -643,10 +688,11 @@ impl<L: StageLogic> Stage<L> {
     }
 
     /// Hands a restored partition to the logic and writes what reconciling it asked for.
-    /// False when the member was fenced meanwhile.
+    /// False when the member was fenced meanwhile, or stopped.
     async fn install(
         &mut self,
         restored: Restored<L::Entity, L::Emitted>,
+        stop: &CancellationToken,
     ) -> Result<bool, LoopError> {
         let Restored {
             partition,
@@ -668,7 +714,7 @@ impl<L: StageLogic> Stage<L> {
             effects.extend(reconciled.into_iter().map(|e| (partition, e)));
         }
         self.checkpoints.insert(partition, checkpoint);
-        let written = self.flush(Work::of(effects)).await?;
+        let written = self.flush(Work::of(effects), stop).await?;
         self.metrics.restored(records as usize, started.elapsed());
         tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
         Ok(written)
@@ -718,19 +764,31 @@ impl<L: StageLogic> Stage<L> {
         }
     }
 
-    /// Writes a batch's work in the crash-safe order: outputs, forwards and dead letters
+    /// Writes a batch's work in the crash-safe order: first the logic acts on its effects
+    /// outside Kafka ([`StageLogic::prepare`]), then outputs, forwards and dead letters
     /// (acknowledged), then entities and checkpoints (acknowledged), then the input offsets of
-    /// partitions still held. The fence is checked before each phase; false when it tripped.
-    async fn flush(&mut self, work: Work<L>) -> Result<bool, LoopError> {
+    /// partitions still held. The fence is checked before each phase. False when nothing more
+    /// was written: the fence tripped, or `stop` came while the logic acted (then nothing of
+    /// the batch is written and its offsets stay where they were).
+    async fn flush(&mut self, work: Work<L>, stop: &CancellationToken) -> Result<bool, LoopError> {
         if !self.may_write()? {
             return Ok(false);
         }
         let Work {
             effects,
             forwards,
-            dead,
+            mut dead,
             offsets,
         } = work;
+        let Some(prepared) = self.logic.prepare(effects, stop).await else {
+            return Ok(false);
+        };
+        let effects = prepared.effects;
+        dead.extend(prepared.dead);
+        // Acting may have taken long (Shopify retries): the member may have lost its partitions.
+        if !self.may_write()? {
+            return Ok(false);
+        }
         let producer = self.producer();
         let mut outputs = Vec::new();
         let mut entities: HashMap<(i32, String), Option<Box<L::Entity>>> = HashMap::new();

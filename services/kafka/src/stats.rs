@@ -1,10 +1,15 @@
-//! librdkafka client statistics (queue depth, broker round trips) exported as Prometheus gauges.
+//! librdkafka client statistics (queue depth, broker round trips) exported as Prometheus gauges,
+//! and the client's global errors (see [`crate::client_watch`]).
 
-use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
+use aftercart_runtime::Health;
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::ProducerContext;
 use rdkafka::statistics::Statistics;
+
+use crate::client_watch::ClientWatch;
 
 /// Gauges fed by librdkafka's periodic statistics (`statistics.interval.ms`).
 /// Broker labels are `host:port/id` of the cluster's brokers: a small, bounded set.
@@ -16,6 +21,7 @@ pub struct ClientStats {
     broker_rtt_avg: GaugeVec,
     broker_rtt_p99: GaugeVec,
     broker_outbuf: IntGaugeVec,
+    errors: IntCounterVec,
 }
 
 impl ClientStats {
@@ -61,14 +67,20 @@ impl ClientStats {
                 ),
                 &["broker"],
             )?,
+            errors: crate::client_watch::register_errors(prefix, registry)?,
         };
-        registry.register(Box::new(stats.queue_messages.clone()))?;
-        registry.register(Box::new(stats.queue_bytes.clone()))?;
-        registry.register(Box::new(stats.broker_up.clone()))?;
-        registry.register(Box::new(stats.broker_rtt_avg.clone()))?;
-        registry.register(Box::new(stats.broker_rtt_p99.clone()))?;
-        registry.register(Box::new(stats.broker_outbuf.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.queue_messages)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.queue_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_up)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_rtt_avg)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_rtt_p99)?;
+        aftercart_runtime::metrics_catalog::register(registry, &stats.broker_outbuf)?;
         Ok(stats)
+    }
+
+    /// A watch on the clients reporting to these statistics: their errors are counted here.
+    pub fn watch(&self, health: &Health) -> ClientWatch {
+        ClientWatch::new(self.errors.clone(), health)
     }
 
     fn record(&self, statistics: &Statistics) {
@@ -95,21 +107,33 @@ impl ClientStats {
     }
 }
 
-/// A librdkafka client context that records statistics and routes librdkafka's logs to tracing.
+/// A librdkafka client context that records statistics and hands errors to a [`ClientWatch`].
 #[derive(Clone)]
 pub struct StatsContext {
     stats: ClientStats,
+    watch: ClientWatch,
 }
 
 impl StatsContext {
-    pub fn new(stats: ClientStats) -> Self {
-        Self { stats }
+    pub fn new(stats: ClientStats, watch: ClientWatch) -> Self {
+        Self { stats, watch }
     }
 }
 
 impl ClientContext for StatsContext {
     fn stats(&self, statistics: Statistics) {
         self.stats.record(&statistics);
+        if statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.watch.broker_up();
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.observe(&error, reason);
     }
 }
 

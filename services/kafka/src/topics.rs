@@ -1,13 +1,13 @@
 //! Topic names and idempotent topic creation through the admin API (brokers with topic
 //! auto-creation switched off are the norm), with the journey partition-count check.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aftercart_shopify::Family;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -58,7 +58,13 @@ pub struct TopicSpec {
     pub configs: Vec<(String, String)>,
 }
 
+/// The longest a segment of a deleting topic stays open: records leave a topic only with a
+/// whole closed segment, so retention takes effect within retention plus this.
+const MAX_SEGMENT: Duration = Duration::from_secs(86_400);
+
 impl TopicSpec {
+    /// A topic that deletes records after the configured retention (every aftercart topic
+    /// holds personal data), with min.insync.replicas from the settings.
     pub fn new(name: impl Into<String>, settings: &KafkaSettings) -> Self {
         Self {
             name: name.into(),
@@ -66,9 +72,38 @@ impl TopicSpec {
             replication: settings.replication,
             configs: Vec::new(),
         }
+        .with_config(
+            "min.insync.replicas",
+            settings.min_insync_replicas.to_string(),
+        )
+        .with_config("retention.ms", millis(settings.retention))
+        .with_config("segment.ms", millis(settings.retention.min(MAX_SEGMENT)))
     }
 
+    /// A compacted changelog: only the latest value per key is kept, and a redaction tombstone
+    /// removes the older values within about twice the compaction lag (segment.ms closes the
+    /// active segment, which is never compacted; max.compaction.lag.ms makes the cleaner take
+    /// it even when the log is mostly clean).
+    pub fn changelog(name: impl Into<String>, settings: &KafkaSettings) -> Self {
+        let mut spec = Self::new(name, settings);
+        spec.configs
+            .retain(|(key, _)| key != "retention.ms" && key != "segment.ms");
+        spec.with_config("cleanup.policy", "compact")
+            .with_config("max.compaction.lag.ms", millis(settings.compaction_lag))
+            .with_config("segment.ms", millis(settings.compaction_lag))
+    }
+
+    /// The value of one topic config, if set.
+    pub fn config(&self, key: &str) -> Option<&str> {
+        self.configs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets a topic-level config, replacing an earlier value of the same key.
     pub fn with_config(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.configs.retain(|(k, _)| k != key);
         self.configs.push((key.to_string(), value.into()));
         self
     }
@@ -196,7 +231,8 @@ pub async fn ensure_topics_with_retry(
     }
 }
 
-fn check_same_partitions(
+/// Refuses topics of `topics` (those found in `counts`) that differ in partition count.
+pub fn check_same_partitions(
     counts: &HashMap<String, usize>,
     topics: &[String],
 ) -> Result<(), TopicError> {
@@ -214,6 +250,53 @@ fn check_same_partitions(
         return Err(TopicError::PartitionMismatch(listing));
     }
     Ok(())
+}
+
+/// Each topic's configs (name to value), or why the cluster would not describe it.
+pub type TopicConfigs = BTreeMap<String, Result<BTreeMap<String, String>, RDKafkaErrorCode>>;
+
+/// The topic-level configs of each named topic as the cluster reports them (explicit and
+/// default values), read with the admin API's DescribeConfigs. A topic the cluster refuses
+/// to describe (missing, or no DESCRIBE_CONFIGS permission) maps to its error code.
+pub async fn describe_topic_configs(
+    settings: &KafkaSettings,
+    topics: &[String],
+) -> Result<TopicConfigs, TopicError> {
+    let mut config = settings.client_config("aftercart-admin");
+    settings.apply_overrides(&mut config);
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    describe_topic_configs_with(&admin, topics, settings.request_timeout()).await
+}
+
+/// [`describe_topic_configs`] on an admin client the caller holds.
+pub async fn describe_topic_configs_with<C: ClientContext + 'static>(
+    admin: &AdminClient<C>,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<TopicConfigs, TopicError> {
+    let specifiers: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t.as_str()))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let results = admin.describe_configs(&specifiers, &options).await?;
+    Ok(topics
+        .iter()
+        .cloned()
+        .zip(results.into_iter().map(|result| {
+            result.map(|resource| {
+                resource
+                    .entries
+                    .into_iter()
+                    .filter_map(|entry| entry.value.map(|value| (entry.name, value)))
+                    .collect()
+            })
+        }))
+        .collect())
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
 }
 
 /// Partition count of every topic in the cluster (librdkafka's metadata call blocks, so it runs
@@ -245,6 +328,35 @@ mod tests {
         assert_eq!(names.quarantine(), "shopify.quarantine");
         assert_eq!(names.journey().len(), 5);
         assert_eq!(names.ingress_outputs().len(), 7);
+    }
+
+    #[test]
+    fn topics_get_min_insync_replicas_and_retention_and_changelogs_bounded_compaction() {
+        let mut settings = KafkaSettings::new("localhost:9092", "shopify.");
+        settings.replication = 3;
+        settings.min_insync_replicas = 2;
+        settings.retention = Duration::from_secs(7 * 86_400);
+        settings.compaction_lag = Duration::from_secs(3_600);
+        let raw = TopicSpec::new("shopify.orders", &settings);
+        assert_eq!(raw.config("min.insync.replicas"), Some("2"));
+        assert_eq!(raw.config("retention.ms"), Some("604800000"));
+        assert_eq!(raw.config("segment.ms"), Some("86400000"));
+        let changelog = TopicSpec::changelog("aftercart.abandonment-state", &settings);
+        assert_eq!(changelog.config("cleanup.policy"), Some("compact"));
+        assert_eq!(changelog.config("retention.ms"), None);
+        assert_eq!(changelog.config("max.compaction.lag.ms"), Some("3600000"));
+        assert_eq!(changelog.config("segment.ms"), Some("3600000"));
+        assert_eq!(changelog.config("min.insync.replicas"), Some("2"));
+        let copies = raw.holding_copies().with_config("min.insync.replicas", "1");
+        assert_eq!(copies.config("min.insync.replicas"), Some("1"));
+        assert_eq!(
+            copies
+                .configs
+                .iter()
+                .filter(|(k, _)| k == "min.insync.replicas")
+                .count(),
+            1
+        );
     }
 
     #[test]

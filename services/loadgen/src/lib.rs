@@ -48,7 +48,9 @@ pub struct LoadgenArgs {
     pub connections: usize,
 
     /// Speak HTTP/2 (prior knowledge, cleartext) over this many TCP connections, the
-    /// `--connections` requests in flight multiplexed over them; without it, HTTP/1.1.
+    /// `--connections` requests in flight multiplexed over them; without it, HTTP/1.1. The
+    /// aftercart ingress serves HTTP/2 only with AFTERCART_INGRESS_HTTP2=true, and at most
+    /// AFTERCART_INGRESS_HTTP2_MAX_STREAMS (32) streams per connection at once.
     #[arg(long)]
     pub http2_connections: Option<usize>,
 

@@ -7,6 +7,9 @@ use aftercart_shopify::Family;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
+use aftercart_shopify_admin::{AdminClient, AdminMetrics, Discounts, SetupError};
+
+use crate::actions::ShopActions;
 use crate::config::ReferralsConfig;
 use crate::metrics::ReferralsMetrics;
 
@@ -21,6 +24,8 @@ pub enum ServeError {
     Loop(#[from] LoopError),
     #[error("the webhook forwarder failed: {0}")]
     Webhook(#[from] ForwarderError),
+    #[error("cannot set up the Shopify Admin API client: {0}")]
+    Shopify(#[from] SetupError),
 }
 
 /// Every topic the service reads or writes. The by-shop, changelog and output topics share one
@@ -37,9 +42,7 @@ pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
     for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
         specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
     }
-    specs.push(
-        TopicSpec::new(&config.state_topic, &config.kafka).with_config("cleanup.policy", "compact"),
-    );
+    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
     if let Some(webhook) = &config.webhook {
         specs.extend(aftercart_delivery::topic_specs(&config.kafka, webhook));
     }
@@ -65,7 +68,23 @@ pub async fn serve(
     if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
         return Ok(());
     }
-    let service = crate::consumer::build(config, metrics, ready)?;
+    let actions = match &config.shopify {
+        Some(shopify) => {
+            let admin = AdminClient::new(
+                shopify.admin.clone(),
+                AdminMetrics::register(registry, "aftercart_referrals")?,
+            )?;
+            Some(ShopActions::new(
+                Discounts::new(admin),
+                shopify.clone(),
+                config.rules.codes.clone(),
+                vec![config.invites_topic.clone(), config.rewards_topic.clone()],
+                metrics.clone(),
+            ))
+        }
+        None => None,
+    };
+    let service = crate::consumer::build(config, metrics, ready, actions)?;
     let forwarder = match &config.webhook {
         Some(webhook) => Some(Forwarder::new(
             &config.kafka,
@@ -75,7 +94,7 @@ pub async fn serve(
         )?),
         None => None,
     };
-    tracing::info!(group = %config.group, invites = %config.invites_topic, rewards = %config.rewards_topic, webhook = forwarder.is_some(), "Referrals service consuming.");
+    tracing::info!(group = %config.group, invites = %config.invites_topic, rewards = %config.rewards_topic, webhook = forwarder.is_some(), shopify = config.shopify.is_some(), "Referrals service consuming.");
     // One failing stops the other: both are this service.
     let inner = stop.child_token();
     let (looped, forwarded) = tokio::join!(

@@ -6,6 +6,8 @@ use aftercart_delivery::{DeliveryConfig, DeliveryFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
 use aftercart_shopify::money::Amount;
+use aftercart_shopify_admin::discounts::DiscountValue;
+use aftercart_shopify_admin::{AdminArgs, AdminConfig};
 
 use crate::domain::code::{CodeRules, Source};
 use crate::domain::engine::{Rules, Trigger};
@@ -165,6 +167,66 @@ pub struct ReferralsArgs {
     )]
     pub webhook_dead_letter_topic: String,
 
+    #[command(flatten)]
+    pub shopify: AdminArgs,
+
+    /// The friend's offer, created in the shop as the advocate's code before the invite is
+    /// published: a percentage (`10%`) or a fixed amount of the shop's currency (`5.00`), once
+    /// per customer. Used only with AFTERCART_SHOPIFY_ACCESS_TOKENS_FILE.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_FRIEND_DISCOUNT",
+        default_value = "10%"
+    )]
+    pub referrals_friend_discount: String,
+
+    /// Limit the friend's offer to customers without an order yet (`true`/`false`).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_FRIEND_FIRST_ORDER_ONLY",
+        default_value = "false"
+    )]
+    pub referrals_friend_first_order_only: String,
+
+    /// Smallest subtotal the friend's offer applies to (`0`: any).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_FRIEND_MIN_SUBTOTAL",
+        default_value = "0"
+    )]
+    pub referrals_friend_min_subtotal: String,
+
+    /// The advocate's reward: a percentage (`15%`) or an amount (`10.00`). As a store credit a
+    /// percentage is of the friend's order subtotal.
+    #[arg(long, env = "AFTERCART_REFERRALS_REWARD", default_value = "10.00")]
+    pub referrals_reward: String,
+
+    /// How the reward is given: `discount_code` (a unique single-use code for the advocate) or
+    /// `store_credit` (credited to the advocate's store credit account; shops with store credit).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_REWARD_KIND",
+        default_value = "discount_code"
+    )]
+    pub referrals_reward_kind: String,
+
+    /// When the reward is issued: `granted` (after the review window) or `pending` (at once, and
+    /// its code deactivated if the reward is voided in the window).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_REWARD_ISSUE",
+        default_value = "granted"
+    )]
+    pub referrals_reward_issue: String,
+
+    /// Prefix of reward codes.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_REWARD_CODE_PREFIX",
+        default_value = "THANKS-"
+    )]
+    pub referrals_reward_code_prefix: String,
+
     /// Settled orders unseen this long are forgotten (first-order facts are kept).
     #[arg(
         long,
@@ -207,6 +269,45 @@ pub struct ReferralsConfig {
     pub webhook: Option<DeliveryConfig>,
     /// Bounds the final producer flush on shutdown.
     pub shutdown_timeout: Duration,
+    /// Discounts and rewards created in shops; `None` without a tokens file.
+    pub shopify: Option<ShopifyActions>,
+}
+
+/// What the service creates in shops, and how it reaches them.
+#[derive(Debug, Clone)]
+pub struct ShopifyActions {
+    pub admin: AdminConfig,
+    pub friend: FriendOffer,
+    pub reward: RewardOffer,
+}
+
+/// The friend's offer behind every advocate's code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FriendOffer {
+    pub value: DiscountValue,
+    pub first_order_only: bool,
+    pub minimum_subtotal: Option<Amount>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewardKind {
+    DiscountCode,
+    StoreCredit,
+}
+
+/// The reward event that issues the reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueOn {
+    Granted,
+    Pending,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardOffer {
+    pub value: DiscountValue,
+    pub kind: RewardKind,
+    pub issue_on: IssueOn,
+    pub code_prefix: String,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -413,6 +514,7 @@ impl ReferralsArgs {
                 errors.push(format!("{name}: must not be empty"));
             }
         }
+        let shopify = self.shopify_actions(&mut errors);
         errors.finish(|| ReferralsConfig {
             kafka: kafka.expect("checked"),
             group: self.referrals_group.trim().to_string(),
@@ -442,6 +544,81 @@ impl ReferralsArgs {
             },
             webhook,
             shutdown_timeout,
+            shopify,
         })
+    }
+
+    /// The Shopify actions, when a tokens file is set; every problem goes to `errors`.
+    fn shopify_actions(&self, errors: &mut ConfigErrors) -> Option<ShopifyActions> {
+        let admin = self.shopify.validate(errors);
+        let friend_value = errors.check(
+            "AFTERCART_REFERRALS_FRIEND_DISCOUNT",
+            DiscountValue::parse(&self.referrals_friend_discount),
+        );
+        let first_order_only = errors.check(
+            "AFTERCART_REFERRALS_FRIEND_FIRST_ORDER_ONLY",
+            parse_bool(&self.referrals_friend_first_order_only),
+        );
+        let minimum = errors.check(
+            "AFTERCART_REFERRALS_FRIEND_MIN_SUBTOTAL",
+            Amount::parse(self.referrals_friend_min_subtotal.trim())
+                .filter(|a| *a >= Amount::ZERO)
+                .ok_or_else(|| "not an amount like 0 or 30.00".to_string()),
+        );
+        let reward_value = errors.check(
+            "AFTERCART_REFERRALS_REWARD",
+            DiscountValue::parse(&self.referrals_reward),
+        );
+        let kind = errors.check(
+            "AFTERCART_REFERRALS_REWARD_KIND",
+            match self.referrals_reward_kind.trim() {
+                "discount_code" => Ok(RewardKind::DiscountCode),
+                "store_credit" => Ok(RewardKind::StoreCredit),
+                other => Err(format!("{other:?} is not discount_code or store_credit")),
+            },
+        );
+        let issue_on = errors.check(
+            "AFTERCART_REFERRALS_REWARD_ISSUE",
+            match self.referrals_reward_issue.trim() {
+                "granted" => Ok(IssueOn::Granted),
+                "pending" => Ok(IssueOn::Pending),
+                other => Err(format!("{other:?} is not granted or pending")),
+            },
+        );
+        let prefix = self.referrals_reward_code_prefix.trim().to_string();
+        if prefix.len() > 16
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push("AFTERCART_REFERRALS_REWARD_CODE_PREFIX: up to 16 letters, digits, - or _");
+        }
+        if kind == Some(RewardKind::StoreCredit) && issue_on == Some(IssueOn::Pending) {
+            errors.push(
+                "AFTERCART_REFERRALS_REWARD_ISSUE: store credit cannot be taken back, so it is issued only when granted",
+            );
+        }
+        Some(ShopifyActions {
+            admin: admin?,
+            friend: FriendOffer {
+                value: friend_value?,
+                first_order_only: first_order_only?,
+                minimum_subtotal: minimum.filter(|m| *m > Amount::ZERO),
+            },
+            reward: RewardOffer {
+                value: reward_value?,
+                kind: kind?,
+                issue_on: issue_on?,
+                code_prefix: prefix.to_ascii_uppercase(),
+            },
+        })
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        other => Err(format!("{other:?} is not true or false")),
     }
 }

@@ -4,15 +4,18 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
 
+use crate::actions::ShopActions;
 use crate::config::ReferralsConfig;
 use crate::domain::engine::{Effect, Engine};
 use crate::domain::event::{EmittedEvent, Output};
@@ -43,6 +46,7 @@ pub fn build(
     config: &ReferralsConfig,
     metrics: ReferralsMetrics,
     ready: Readiness,
+    actions: Option<ShopActions>,
 ) -> Result<Loop, LoopError> {
     let topics = StageTopics {
         client: "aftercart-referrals".to_string(),
@@ -60,6 +64,7 @@ pub fn build(
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_expiry: Instant::now(),
+        actions,
     };
     Stage::new(
         config.kafka.clone(),
@@ -75,6 +80,8 @@ pub struct Referrals {
     engine: Engine,
     metrics: ReferralsMetrics,
     last_expiry: Instant,
+    /// Discounts and rewards in shops, when configured.
+    actions: Option<ShopActions>,
 }
 
 type Staged = StageEffect<Entity, Output>;
@@ -192,5 +199,25 @@ impl StageLogic for Referrals {
 
     fn routed(&self, count: usize) {
         self.metrics.routed(count);
+    }
+
+    fn prepare_budget(&self) -> Duration {
+        self.actions
+            .as_ref()
+            .map_or(Duration::ZERO, ShopActions::budget)
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        effects: Vec<(i32, EffectOf<Self>)>,
+        stop: &'a CancellationToken,
+    ) -> Preparing<'a, Self> {
+        Box::pin(async move {
+            let (effects, dead) = match &self.actions {
+                Some(actions) => actions.act(effects, stop).await?,
+                None => (effects, Vec::new()),
+            };
+            Some(Prepared { effects, dead })
+        })
     }
 }

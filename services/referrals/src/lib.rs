@@ -2,6 +2,7 @@
 //! to become advocates, attributes friends' orders to advocates' codes, checks for fraud, and
 //! holds rewards through a review window before granting or voiding them.
 
+pub mod actions;
 pub mod app;
 pub mod config;
 pub mod consumer;

@@ -17,6 +17,7 @@ pub struct ReferralsMetrics {
     customers: IntGauge,
     orders: IntGauge,
     routed: IntCounter,
+    shopify_actions: IntCounterVec,
     /// Records, dead letters, state restore, partitions and lag.
     pub consumer: LoopMetrics,
 }
@@ -66,6 +67,13 @@ impl ReferralsMetrics {
                 "records_routed_total",
                 "Source records forwarded to the by-shop topic.",
             ))?,
+            shopify_actions: IntCounterVec::new(
+                opts(
+                    "shopify_actions_total",
+                    "Actions in shops (friend_discount, reward_code, store_credit, deactivate), by outcome (done, dead_lettered).",
+                ),
+                &["action", "outcome"],
+            )?,
             consumer: LoopMetrics::register(
                 PREFIX,
                 registry,
@@ -74,14 +82,27 @@ impl ReferralsMetrics {
             )?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
-        registry.register(Box::new(metrics.invites.clone()))?;
-        registry.register(Box::new(metrics.invites_skipped.clone()))?;
-        registry.register(Box::new(metrics.attributions.clone()))?;
-        registry.register(Box::new(metrics.rewards.clone()))?;
-        registry.register(Box::new(metrics.review_backlog.clone()))?;
-        registry.register(Box::new(metrics.customers.clone()))?;
-        registry.register(Box::new(metrics.orders.clone()))?;
-        registry.register(Box::new(metrics.routed.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.invites)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.invites_skipped)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.attributions)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.rewards)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.review_backlog)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.customers)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.orders)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.shopify_actions)?;
+        for action in [
+            "friend_discount",
+            "reward_code",
+            "store_credit",
+            "deactivate",
+        ] {
+            for outcome in ["done", "dead_lettered"] {
+                metrics
+                    .shopify_actions
+                    .with_label_values(&[action, outcome]);
+            }
+        }
         Ok(metrics)
     }
 
@@ -115,5 +136,12 @@ impl ReferralsMetrics {
 
     pub fn routed(&self, count: usize) {
         self.routed.inc_by(count as u64);
+    }
+
+    /// `action` and `outcome` come from the fixed sets registered above.
+    pub fn shopify_action(&self, action: &str, outcome: &str) {
+        self.shopify_actions
+            .with_label_values(&[action, outcome])
+            .inc();
     }
 }

@@ -14,5 +14,5 @@ pub fn register(prefix: &str, registry: &Registry) -> prometheus::Result<()> {
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-    registry.register(Box::new(build_info))
+    crate::metrics_catalog::register(registry, &build_info)
 }

@@ -118,6 +118,15 @@ pub fn parse_socket_addr(value: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{value:?} is not an address like 0.0.0.0:8080"))
 }
 
+/// An on/off switch: `true`/`false`, `on`/`off`, `yes`/`no` or `1`/`0`, any case.
+pub fn parse_switch(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err(format!("{value:?} is not a switch (use true or false)")),
+    }
+}
+
 /// A whole number within `min..=max`.
 pub fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
     let number: u64 = value

@@ -22,6 +22,14 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// A switch no [`Health`] reports: one input of a readiness computed from several (the
+    /// ingress is ready when Kafka *or* its spool can make a webhook safe).
+    pub fn detached() -> Readiness {
+        Readiness {
+            flag: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.flag.store(ready, Ordering::Release);
     }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod build_info;
 pub mod config;
 pub mod health;
+pub mod metrics_catalog;
 pub mod shutdown;
 pub mod telemetry;
 

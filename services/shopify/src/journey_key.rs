@@ -19,14 +19,31 @@ pub enum PayloadError {
     NotJson,
     #[error("the body is JSON but not an object")]
     NotObject,
+    /// A compliance body whose `shop_domain` is not the `X-Shopify-Shop-Domain` header's shop
+    /// (see [`crate::compliance`]).
+    #[error("the compliance body names another shop than the header")]
+    ComplianceShopMismatch,
+    /// A compliance body whose fields are not those of its `X-Shopify-Topic`.
+    #[error("the compliance body does not have the shape of its topic")]
+    ComplianceShape,
 }
 
 impl PayloadError {
+    /// Every variant, for metrics registered at zero.
+    pub const ALL: [PayloadError; 4] = [
+        PayloadError::NotJson,
+        PayloadError::NotObject,
+        PayloadError::ComplianceShopMismatch,
+        PayloadError::ComplianceShape,
+    ];
+
     /// Bounded label, also the `aftercart-quarantine-reason` header value.
     pub fn as_label(&self) -> &'static str {
         match self {
             PayloadError::NotJson => "not_json",
             PayloadError::NotObject => "not_object",
+            PayloadError::ComplianceShopMismatch => "compliance_shop_mismatch",
+            PayloadError::ComplianceShape => "compliance_shape_mismatch",
         }
     }
 }

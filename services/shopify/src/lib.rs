@@ -2,6 +2,7 @@
 //! which headers they carry, which Kafka topic family a webhook topic belongs to, and the
 //! journey key that keeps one purchase's events in the same partition, and exact money.
 
+pub mod compliance;
 pub mod decode;
 pub mod family;
 pub mod headers;
@@ -10,6 +11,7 @@ pub mod money;
 pub mod signature;
 pub mod time;
 
+pub use compliance::check_compliance_body;
 pub use family::Family;
 pub use headers::WebhookHeaders;
 pub use journey_key::{journey_key, PayloadError};

@@ -10,6 +10,21 @@ pub struct Amount(i128);
 const SCALE_DIGITS: usize = 6;
 
 impl Amount {
+    pub const ZERO: Amount = Amount(0);
+
+    /// `percent` % of this amount, rounded down to the cent.
+    pub fn percent(self, percent: Amount) -> Amount {
+        let scale = 10i128.pow(SCALE_DIGITS as u32);
+        let exact = self.0.saturating_mul(percent.0) / (100 * scale);
+        let cent = scale / 100;
+        Amount(exact / cent * cent)
+    }
+
+    /// As a float, for APIs that want one (Shopify's discount percentage).
+    pub fn to_f64(self) -> f64 {
+        self.0 as f64 / 10f64.powi(SCALE_DIGITS as i32)
+    }
+
     /// Parses `"421.88"`, `"-3"`, `"0.5"`; `None` for anything else (exponents, spaces, >6 decimals).
     pub fn parse(text: &str) -> Option<Amount> {
         let (negative, digits) = match text.strip_prefix('-') {
@@ -29,6 +44,23 @@ impl Amount {
         let padded = format!("{whole}{fraction:0<width$}", width = SCALE_DIGITS);
         let value: i128 = padded.parse().ok()?;
         Some(Amount(if negative { -value } else { value }))
+    }
+}
+
+/// A plain decimal with at least two decimals (`5.00`, `0.125`), as Shopify's `Decimal` takes it.
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let scale = 10i128.pow(SCALE_DIGITS as u32);
+        let (whole, fraction) = (self.0.abs() / scale, self.0.abs() % scale);
+        let fraction = format!("{fraction:0width$}", width = SCALE_DIGITS);
+        let trimmed = fraction.trim_end_matches('0');
+        let shown = if trimmed.len() < 2 {
+            &fraction[..2]
+        } else {
+            trimmed
+        };
+        write!(f, "{sign}{whole}.{shown}")
     }
 }
 
@@ -57,6 +89,22 @@ mod tests {
         );
         assert!(Amount::parse("-1.5").unwrap() < Amount::parse("0").unwrap());
         assert_eq!(Amount::parse("0.1").unwrap(), 100_000);
+    }
+
+    #[test]
+    fn amounts_print_as_plain_decimals_with_two_or_more_decimals() {
+        for (text, shown) in [
+            ("5", "5.00"),
+            ("10.5", "10.50"),
+            ("0.125", "0.125"),
+            ("-3.10", "-3.10"),
+        ] {
+            assert_eq!(Amount::parse(text).unwrap().to_string(), shown);
+        }
+        assert_eq!(Amount::parse("12.5").unwrap().to_f64(), 12.5);
+        let p = |t| Amount::parse(t).unwrap();
+        assert_eq!(p("49.99").percent(p("10")).to_string(), "4.99");
+        assert_eq!(p("50").percent(p("12.5")).to_string(), "6.25");
     }
 
     #[test]

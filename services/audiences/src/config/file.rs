@@ -32,8 +32,40 @@ pub enum DestinationFile {
         /// Overrides `AFTERCART_META_BASE_URL` for this destination.
         base_url: Option<String>,
     },
-    /// Google Ads Customer Match user list (offline user data jobs).
+    /// Google Customer Match through the Data Manager API (`audienceMembers:ingest` / `:remove`).
     Google {
+        /// The account that owns the list (`operatingAccount.accountId`, digits).
+        operating_account_id: String,
+        /// `GOOGLE_ADS` (default), `DISPLAY_VIDEO_ADVERTISER`, `DISPLAY_VIDEO_PARTNER` or `DATA_PARTNER`.
+        operating_account_type: Option<String>,
+        /// A manager or partner account acting for it (`loginAccount`), if any.
+        login_account_id: Option<String>,
+        login_account_type: Option<String>,
+        /// The Customer Match user list (`productDestinationId`).
+        user_list_id: String,
+        /// OAuth, one of: a fixed access token; a refresh token with its client; a service
+        /// account JSON key (JWT bearer flow); or `application_default = true` (the GCE / GKE
+        /// Workload Identity metadata server).
+        access_token: Option<String>,
+        access_token_file: Option<String>,
+        refresh_token: Option<String>,
+        refresh_token_file: Option<String>,
+        client_id: Option<String>,
+        client_secret: Option<String>,
+        client_secret_file: Option<String>,
+        service_account_key_file: Option<String>,
+        application_default: Option<bool>,
+        /// Default `https://oauth2.googleapis.com/token` (a service account key's `token_uri` wins).
+        token_url: Option<String>,
+        /// Default: the GCE metadata server's token URL.
+        metadata_url: Option<String>,
+        /// Overrides `AFTERCART_GOOGLE_BASE_URL` for this destination.
+        base_url: Option<String>,
+    },
+    /// Google Ads Customer Match user list (offline user data jobs): only for developer tokens
+    /// Google allowlisted before 2026-04-01.
+    #[serde(rename = "google_ads_legacy")]
+    GoogleAdsLegacy {
         customer_id: String,
         user_list_id: String,
         login_customer_id: Option<String>,
@@ -99,7 +131,7 @@ pub struct AudienceFile {
     /// Only these shops' people (default: every shop).
     #[serde(default)]
     pub shops: Vec<String>,
-    /// Source-specific filter (see the README).
+    /// Source-specific filter (see docs/services/audiences.md).
     #[serde(default)]
     pub filter: toml::Table,
 }

@@ -204,32 +204,88 @@ destinations = ["meta"]
 }
 
 #[test]
-fn google_takes_a_fixed_token_or_a_refresh_token_with_its_client() {
+fn google_takes_one_credential_of_four_kinds() {
     let google = |auth: &str| {
         format!(
-            "[destinations.g]\ntype = \"google\"\ncustomer_id = \"1\"\nuser_list_id = \"2\"\ndeveloper_token = \"d\"\n{auth}\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n"
+            "[destinations.g]\ntype = \"google\"\noperating_account_id = \"123-456-7890\"\nuser_list_id = \"2\"\n{auth}\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n"
         )
     };
     let refreshing = write(&google(
         "refresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"",
     ));
     let config = validate(&["--audiences-config", refreshing.0.to_str().unwrap()]).unwrap();
-    let Destination::Google(_, GoogleAuth::Refresh { token_url, .. }) = &config.destinations["g"]
+    let Destination::Google(target, GoogleAuth::Refresh { token_url, .. }) =
+        &config.destinations["g"]
     else {
         panic!("a refreshing Google destination");
     };
     assert_eq!(token_url, GOOGLE_TOKEN_URL);
+    assert_eq!(target.base_url, "https://datamanager.googleapis.com");
+    assert_eq!(target.operating_account.account_type, "GOOGLE_ADS");
 
-    let both = write(&google("access_token = \"a\"\nrefresh_token = \"r\""));
-    let errors = validate(&["--audiences-config", both.0.to_str().unwrap()]).unwrap_err();
+    let metadata = write(&google("application_default = true"));
+    let config = validate(&["--audiences-config", metadata.0.to_str().unwrap()]).unwrap();
+    assert!(matches!(
+        &config.destinations["g"],
+        Destination::Google(_, GoogleAuth::Metadata { url }) if url == GOOGLE_METADATA_TOKEN_URL
+    ));
+
+    let key = std::env::temp_dir().join(format!("aftercart-sa-{}.json", std::process::id()));
+    let pem = include_str!("../export/testdata/service-account-key.pem");
+    std::fs::write(
+        &key,
+        serde_json::json!({"type": "service_account", "client_email": "sa@p.iam.gserviceaccount.com",
+            "private_key": pem, "token_uri": "https://oauth2.googleapis.com/token"})
+        .to_string(),
+    )
+    .unwrap();
+    let keyed = write(&google(&format!(
+        "service_account_key_file = {:?}",
+        key.display().to_string()
+    )));
+    let config = validate(&["--audiences-config", keyed.0.to_str().unwrap()]).unwrap();
+    assert!(matches!(
+        &config.destinations["g"],
+        Destination::Google(_, GoogleAuth::ServiceAccount { client_email, .. }) if client_email == "sa@p.iam.gserviceaccount.com"
+    ));
     assert!(
-        errors.problems().join("\n").contains("not both"),
+        !format!("{config:?}").contains("PRIVATE KEY"),
+        "keys never print"
+    );
+    std::fs::remove_file(&key).ok();
+
+    let two = write(&google("access_token = \"a\"\napplication_default = true"));
+    let errors = validate(&["--audiences-config", two.0.to_str().unwrap()]).unwrap_err();
+    assert!(
+        errors.problems().join("\n").contains("exactly one of"),
         "{errors}"
     );
-
     let no_client = write(&google("refresh_token = \"r\""));
     let errors = validate(&["--audiences-config", no_client.0.to_str().unwrap()]).unwrap_err();
     let text = errors.problems().join("\n");
     assert!(text.contains("client_id: required"), "{text}");
     assert!(text.contains("client_secret: required"), "{text}");
+}
+
+#[test]
+fn the_legacy_ads_destination_keeps_its_developer_token_and_refresh_flow() {
+    let file = write(
+        "[destinations.g]\ntype = \"google_ads_legacy\"\ncustomer_id = \"1\"\nuser_list_id = \"2\"\ndeveloper_token = \"d\"\nrefresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n",
+    );
+    let config = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap();
+    let Destination::GoogleAdsLegacy(target, GoogleAuth::Refresh { .. }) =
+        &config.destinations["g"]
+    else {
+        panic!("a legacy Google Ads destination");
+    };
+    assert_eq!(target.base_url, "https://googleads.googleapis.com");
+    assert_eq!(config.destinations["g"].kind(), "google_ads_legacy");
+    let both = write(
+        "[destinations.g]\ntype = \"google_ads_legacy\"\ncustomer_id = \"1\"\nuser_list_id = \"2\"\ndeveloper_token = \"d\"\naccess_token = \"a\"\nrefresh_token = \"r\"\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n",
+    );
+    let errors = validate(&["--audiences-config", both.0.to_str().unwrap()]).unwrap_err();
+    assert!(
+        errors.problems().join("\n").contains("not both"),
+        "{errors}"
+    );
 }

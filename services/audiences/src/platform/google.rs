@@ -1,4 +1,6 @@
-//! Google Ads Customer Match through the REST `OfflineUserDataJobService`: Google's normalisation,
+//! The `google_ads_legacy` destination: Google Ads Customer Match through the REST
+//! `OfflineUserDataJobService`, kept only for developer tokens Google already allowlisted (the
+//! `google` destination is the Data Manager API, [`super::datamanager`]): Google's normalisation,
 //! the create / addOperations / run requests, and how to read Google's answers.
 //!
 //! - Service (create, addOperations, run; v26 is the newest active version in the reference):
@@ -99,31 +101,87 @@ impl Target {
 /// with the identifiers present. `None` when there is none (no email, no usable phone, no
 /// complete address).
 pub fn row(contact: &Contact) -> Option<Value> {
-    let country = contact.country_alpha2();
+    let hashed = Hashed::of(contact, EmailRule::TrimLower);
     let mut identifiers = Vec::new();
-    if let Some(email) = contact.raw_email().and_then(normalise_email) {
-        identifiers.push(json!({ "hashedEmail": hash::sha256_hex(&email) }));
+    if let Some(email) = hashed.email {
+        identifiers.push(json!({ "hashedEmail": email }));
     }
-    if let Some(phone) = contact
-        .raw_phone()
-        .and_then(|raw| phone::e164(raw, country.as_deref()))
-    {
-        identifiers.push(json!({ "hashedPhoneNumber": hash::sha256_hex(&phone.with_plus()) }));
+    if let Some(phone) = hashed.phone {
+        identifiers.push(json!({ "hashedPhoneNumber": phone }));
     }
-    let first = contact.raw_first_name().and_then(normalise_name);
-    let last = contact.raw_last_name().and_then(normalise_name);
-    let zip = contact
-        .raw_zip()
-        .and_then(|z| normalise_postal_code(z, country.as_deref()));
-    if let (Some(first), Some(last), Some(country), Some(zip)) = (first, last, country, zip) {
+    if let Some(a) = hashed.address {
         identifiers.push(json!({ "addressInfo": {
-            "hashedFirstName": hash::sha256_hex(&first),
-            "hashedLastName": hash::sha256_hex(&last),
-            "countryCode": country,
-            "postalCode": zip,
+            "hashedFirstName": a.first,
+            "hashedLastName": a.last,
+            "countryCode": a.country,
+            "postalCode": a.zip,
         }}));
     }
     (!identifiers.is_empty()).then(|| json!({ "userIdentifiers": identifiers }))
+}
+
+/// How an email is normalised before hashing. The two Google APIs document different rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum EmailRule {
+    /// Trimmed and lower-cased (the Ads API path, as the project's contract says).
+    TrimLower,
+    /// Also, for gmail.com and googlemail.com only, without dots and without a `+tag` in the
+    /// local part (the Data Manager API's formatting guide).
+    GmailCanonical,
+}
+
+/// A contact's identifiers normalised and hashed as Google wants them, for both Google
+/// destinations (each names the fields its own API's way).
+pub(crate) struct Hashed {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// Only when names, country and postal code are all known.
+    pub address: Option<HashedAddress>,
+}
+
+/// Hashed names; country (alpha-2) and postal code unhashed, as Google wants them.
+pub(crate) struct HashedAddress {
+    pub first: String,
+    pub last: String,
+    pub country: String,
+    pub zip: String,
+}
+
+impl Hashed {
+    pub(crate) fn of(contact: &Contact, rule: EmailRule) -> Hashed {
+        let country = contact.country_alpha2();
+        let email = contact
+            .raw_email()
+            .and_then(normalise_email)
+            .map(|e| match rule {
+                EmailRule::TrimLower => e,
+                EmailRule::GmailCanonical => gmail_canonical(e),
+            })
+            .map(|e| hash::sha256_hex(&e));
+        let phone = contact
+            .raw_phone()
+            .and_then(|raw| phone::e164(raw, country.as_deref()))
+            .map(|p| hash::sha256_hex(&p.with_plus()));
+        let first = contact.raw_first_name().and_then(normalise_name);
+        let last = contact.raw_last_name().and_then(normalise_name);
+        let zip = contact
+            .raw_zip()
+            .and_then(|z| normalise_postal_code(z, country.as_deref()));
+        let address = match (first, last, country, zip) {
+            (Some(first), Some(last), Some(country), Some(zip)) => Some(HashedAddress {
+                first: hash::sha256_hex(&first),
+                last: hash::sha256_hex(&last),
+                country,
+                zip,
+            }),
+            _ => None,
+        };
+        Hashed {
+            email,
+            phone,
+            address,
+        }
+    }
 }
 
 /// Creates the batch's Customer Match job on the target list, `externalId` from the batch id. An
@@ -326,6 +384,22 @@ fn normalise_email(raw: &str) -> Option<String> {
     let email = raw.trim().to_lowercase();
     let (local, domain) = email.split_once('@')?;
     (!local.is_empty() && !domain.is_empty()).then_some(email)
+}
+
+/// A normalised gmail.com / googlemail.com address without dots or `+tag` in its local part;
+/// any other address as it is.
+fn gmail_canonical(email: String) -> String {
+    match email.split_once('@') {
+        Some((local, domain @ ("gmail.com" | "googlemail.com"))) => {
+            let local = local.split('+').next().unwrap_or_default().replace('.', "");
+            if local.is_empty() {
+                email
+            } else {
+                format!("{local}@{domain}")
+            }
+        }
+        _ => email,
+    }
 }
 
 fn normalise_name(raw: &str) -> Option<String> {

@@ -166,10 +166,15 @@ fn plan(args: &SendArgs) -> Result<Vec<Delivery>, String> {
         let (topic, body) =
             sample(name).ok_or_else(|| format!("no built-in sample {name:?} (see --list)"))?;
         let topic = args.topic.clone().unwrap_or_else(|| topic.to_string());
+        // The compliance samples name their shop `{shop}.myshopify.com`: the ingress checks
+        // that name against the shop header, so fill in the shop the delivery comes from.
+        let body = String::from_utf8_lossy(body)
+            .replace("{shop}.myshopify.com", &args.shop)
+            .into_bytes();
         deliveries.push(Delivery {
             label: format!("sample {name}"),
             topic,
-            body: body.to_vec(),
+            body,
             webhook_id: fresh_id(),
             pause: std::time::Duration::ZERO,
         });

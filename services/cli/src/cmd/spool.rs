@@ -43,7 +43,7 @@ pub enum SpoolCommand {
         )]
         spool_dir: PathBuf,
         #[command(flatten)]
-        kafka: KafkaArgs,
+        kafka: Box<KafkaArgs>,
         /// Give up after this long (what is left stays in the spool).
         #[arg(long, default_value = "5m")]
         timeout: String,
@@ -161,7 +161,7 @@ async fn run_drain(dir: &Path, kafka: &KafkaArgs, timeout: &str) -> i32 {
             max_message_bytes: MAX_RECORD_BYTES,
             linger: Duration::from_millis(5),
         },
-        StatsContext::new(stats),
+        StatsContext::new(stats.clone(), stats.watch(&Health::new())),
     ) {
         Ok(producer) => producer,
         Err(error) => {

@@ -13,7 +13,8 @@ pub enum Reply {
     Accepted,
     /// Already published within the dedupe window.
     Duplicate,
-    /// Authentic but not a JSON object: published to the quarantine topic.
+    /// Authentic but not routable (not a JSON object, or a compliance body that does not fit
+    /// its headers): published to the quarantine topic, answered 200 so Shopify stops retrying.
     Quarantined(PayloadError),
     NotFound,
     MethodNotAllowed,
@@ -27,6 +28,10 @@ pub enum Reply {
     MissingHeader(&'static str),
     /// The event could not be made safe in time; Shopify will retry.
     Unavailable(&'static str),
+    /// The bodies already in flight hold the whole body budget; retry later.
+    BodyBudgetExhausted,
+    /// An HTTP/2 preface while AFTERCART_INGRESS_HTTP2 is off (answered in HTTP/1.1).
+    Http2Disabled,
 }
 
 /// Seconds Shopify (or any client) is told to wait before retrying a 503.
@@ -40,9 +45,11 @@ impl Reply {
             Reply::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reply::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reply::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reply::BodyUnreadable | Reply::MissingHeader(_) => StatusCode::BAD_REQUEST,
+            Reply::BodyUnreadable | Reply::MissingHeader(_) | Reply::Http2Disabled => {
+                StatusCode::BAD_REQUEST
+            }
             Reply::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Reply::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Reply::Unavailable(_) | Reply::BodyBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -80,6 +87,17 @@ impl Reply {
                 format!("the X-{name} header is required"),
             ),
             Reply::Unavailable(why) => ("error", "unavailable", format!("{why}; retry later")),
+            Reply::Http2Disabled => (
+                "error",
+                "http2_disabled",
+                "HTTP/2 is off (AFTERCART_INGRESS_HTTP2); use HTTP/1.1".into(),
+            ),
+            Reply::BodyBudgetExhausted => (
+                "error",
+                "busy",
+                "too many request bodies in flight (AFTERCART_INGRESS_BODY_BUDGET_BYTES); retry later"
+                    .into(),
+            ),
         };
         let mut body = format!("{{\"{key}\":\"{code}\"");
         if !reason.is_empty() {
@@ -88,6 +106,21 @@ impl Reply {
         }
         body.push_str("}\n");
         body
+    }
+
+    /// The whole answer as HTTP/1.1 bytes with `Connection: close`, for a connection no HTTP
+    /// server serves (an HTTP/2 preface while HTTP/2 is off).
+    pub fn into_http1_closing_bytes(self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
@@ -102,7 +135,7 @@ impl Reply {
             Reply::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
-            Reply::Unavailable(_) => {
+            Reply::Unavailable(_) | Reply::BodyBudgetExhausted => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),
@@ -132,6 +165,8 @@ mod tests {
             Reply::Unauthorized(SignatureError::Mismatch),
             Reply::MissingHeader("Shopify-Topic"),
             Reply::Unavailable("Kafka did not acknowledge in time"),
+            Reply::BodyBudgetExhausted,
+            Reply::Http2Disabled,
         ];
         for reply in replies {
             let parsed: serde_json::Value = serde_json::from_str(&reply.body()).unwrap();
@@ -149,6 +184,15 @@ mod tests {
         let unavailable = Reply::Unavailable("x").into_response();
         assert_eq!(unavailable.status(), 503);
         assert_eq!(unavailable.headers()[header::RETRY_AFTER], "5");
+        let refused = String::from_utf8(Reply::Http2Disabled.into_http1_closing_bytes()).unwrap();
+        assert!(
+            refused.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{refused}"
+        );
+        assert!(refused.contains("connection: close\r\n\r\n{\"error\":\"http2_disabled\""));
+        let busy = Reply::BodyBudgetExhausted.into_response();
+        assert_eq!(busy.status(), 503);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "5");
         assert_eq!(
             Reply::MethodNotAllowed.into_response().headers()[header::ALLOW],
             "POST"

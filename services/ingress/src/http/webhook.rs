@@ -5,19 +5,23 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aftercart_kafka::TopicNames;
 use aftercart_runtime::health::Readiness;
-use aftercart_shopify::{journey_key, Family, SecretId, Verifier, WebhookHeaders};
+use aftercart_shopify::{
+    check_compliance_body, journey_key, Family, SecretId, Verifier, WebhookHeaders,
+};
 use bytes::Bytes;
-use http::{header, HeaderMap, Method, Request, Response};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{Method, Request, Response};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use rdkafka::producer::future_producer::DeliveryFuture;
 use tokio::sync::oneshot;
 
 use crate::dedupe::{Claim, ClaimGuard, Dedupe};
+use crate::http::body::{read_body, BodyBudget, ReadBody, Reservation};
 use crate::http::Reply;
 use crate::metrics::IngressMetrics;
-use crate::publish::{is_permanent, PublishError, Publisher, Record};
-use crate::spool::{unix_ms, AppendResult, Rejection, Spool};
+use crate::publish::{classify, ErrorClass, PublishError, Publisher, Record};
+use crate::readiness::KafkaHealth;
+use crate::spool::{AppendResult, Rejection, Spool};
 
 pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
 
@@ -32,10 +36,14 @@ pub struct WebhookState {
     pub metrics: IngressMetrics,
     /// Set once the broker answered and the topics exist.
     pub kafka_ready: Readiness,
+    /// Whether Kafka takes records now (readiness, and when to go around a sick spool).
+    pub kafka: Arc<KafkaHealth>,
     pub topics: TopicNames,
     pub max_body_bytes: usize,
     pub publish_deadline: Duration,
     pub body_read_timeout: Duration,
+    /// Bytes all request bodies in flight may hold before their signature is checked.
+    pub body_budget: Arc<BodyBudget>,
     pub spool: SpoolState,
     /// How long to wait for Kafka before spooling instead.
     pub spool_after: Duration,
@@ -94,8 +102,20 @@ async fn process(
     if let Err(error) = Verifier::precheck(headers.hmac()) {
         return unauthorized(state, error);
     }
-    let body = match read_body(state, &parts.headers, body).await {
-        Ok(body) => body,
+    let ReadBody {
+        bytes: body,
+        reservation,
+    } = match read_body(
+        &state.body_budget,
+        &state.metrics,
+        &parts.headers,
+        body,
+        state.max_body_bytes,
+        state.body_read_timeout,
+    )
+    .await
+    {
+        Ok(read) => read,
         Err(reply) => return (UNKNOWN_FAMILY, reply),
     };
     let secret = match state
@@ -132,6 +152,7 @@ async fn process(
         secret,
         arrived,
         deadline,
+        _budget: reservation,
     };
     // The claim and the publish run in their own task: if the client goes away mid-publish this
     // request future is dropped, but the record is already in the producer, so the claim must
@@ -171,13 +192,15 @@ struct Delivery {
     secret: SecretId,
     arrived: Instant,
     deadline: Instant,
+    /// The body's share of the body budget, held as long as the body is.
+    _budget: Reservation,
 }
 
-/// Publishes a delivery unless its webhook id was already published; a concurrent retry of the
-/// same id waits for the first attempt rather than publishing twice.
+/// Publishes a delivery unless this shop's webhook id was already published; a concurrent retry
+/// of the same delivery waits for the first attempt rather than publishing twice.
 async fn publish_once(state: Arc<WebhookState>, webhook_id: String, delivery: Delivery) -> Reply {
     let guard = loop {
-        match state.dedupe.claim(&webhook_id) {
+        match state.dedupe.claim(&delivery.shop, &webhook_id) {
             Claim::New(guard) => break guard,
             Claim::Duplicate => {
                 state.metrics.duplicate();
@@ -245,14 +268,25 @@ fn finish_claim(
 }
 
 async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Unsettled>) {
-    let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    // One clock reading: the header, the record's Kafka timestamp and a spooled copy's (so a
+    // record drained after an outage still carries the time it was received).
+    let now = SystemTime::now();
+    let received_at = humantime::format_rfc3339_millis(now).to_string();
+    let received_unix_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let secret = delivery.secret.to_string();
     let mut headers: Vec<(&str, &[u8])> = delivery.headers.iter().collect();
     headers.push(("aftercart-received-at", received_at.as_bytes()));
     headers.push(("aftercart-hmac-secret", secret.as_bytes()));
 
     let shop = delivery.shop.as_str();
-    let (topic, key, reply) = match journey_key(delivery.family, shop, &delivery.body) {
+    // The topic and shop headers are not signed: a compliance body must agree with them.
+    let routed = journey_key(delivery.family, shop, &delivery.body).and_then(|key| {
+        let topic = delivery.headers.topic().unwrap_or_default();
+        check_compliance_body(topic, shop, &delivery.body).map(|()| key)
+    });
+    let (topic, key, reply) = match routed {
         Ok(key) => (state.topics.family(delivery.family), key, Reply::Accepted),
         Err(error) => {
             headers.push(("aftercart-quarantine-reason", error.as_label().as_bytes()));
@@ -268,30 +302,35 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
         key: &key,
         body: &delivery.body,
         headers,
+        received_unix_ms,
     };
     let spool = state.spool.ready();
     // Arrival order: while older events wait in the spool, new ones queue behind them there.
-    let (original, failure) = if spool.is_some_and(Spool::has_backlog) {
+    // A sick spool (disk error, full) is gone around: Kafka is tried directly, and such an
+    // event may overtake older ones of its key still in the spool (docs/services/ingress-spool.md).
+    let backlog = spool.is_some_and(Spool::has_backlog);
+    let trouble = spool.and_then(Spool::trouble);
+    // Only while Kafka takes records: otherwise the spool's refusal is the quick answer.
+    let go_around = trouble.is_some() && state.kafka.is_healthy();
+    let (original, failure) = if backlog && !go_around {
         (None, "older events are still waiting in the spool")
     } else if !state.kafka_ready.is_ready() {
         (None, "the ingress is still connecting to Kafka")
     } else {
-        // With a spool, Kafka gets only part of the budget: the rest is for the fsync.
+        // With a spool, Kafka gets only part of the budget: the rest is for the fsync (or, for
+        // a sick spool, the quick refusal that lets Shopify retry).
         let kafka_deadline = match spool {
             Some(_) => delivery.deadline.min(delivery.arrived + state.spool_after),
             None => delivery.deadline,
         };
-        match state.publisher.publish(&record, kafka_deadline).await {
-            Ok(()) => return (safe(state, delivery, reply), None),
-            Err(PublishError::Timeout(pending)) => {
-                (Some(pending.0), "Kafka did not acknowledge in time")
+        match direct(state, delivery, &record, reply, kafka_deadline).await {
+            Direct::Done(answer) => {
+                if let (true, Some(error)) = (backlog, trouble) {
+                    state.metrics.spool.bypassed(error.rejection());
+                }
+                return answer;
             }
-            Err(PublishError::QueueFull) => (None, "the Kafka producer queue is full"),
-            Err(PublishError::Kafka(error)) if is_permanent(&error) => {
-                tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka refuses the record.");
-                return (Reply::Unavailable("Kafka refused the record"), None);
-            }
-            Err(PublishError::Kafka(_)) => (None, "Kafka refused the record"),
+            Direct::Failed(original, failure) => (original, failure),
         }
     };
     let Some(spool) = spool else {
@@ -306,9 +345,30 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
             original.map(Unsettled::Delivery),
         );
     };
-    let mut answer = spool.append(record.to_spool(unix_ms()), original);
+    let mut answer = spool.append(record.to_spool(), original);
     match tokio::time::timeout_at(delivery.deadline.into(), &mut answer).await {
         Ok(Ok(Ok(_seq))) => (safe(state, delivery, reply), None),
+        Ok(Ok(Err((error, None)))) if state.kafka.is_healthy() => {
+            // Nothing of this event is in flight to Kafka (it queued behind the backlog):
+            // the spool cannot take it, so Kafka may, for as long as it normally gets.
+            let kafka_deadline = delivery.deadline.min(Instant::now() + state.spool_after);
+            match direct(state, delivery, &record, reply, kafka_deadline).await {
+                Direct::Done(answer) => {
+                    state.metrics.spool.bypassed(error.rejection());
+                    answer
+                }
+                Direct::Failed(original, _) => {
+                    state.metrics.spool.rejected(error.rejection());
+                    tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: the spool cannot take the event and Kafka did not either.");
+                    (
+                        Reply::Unavailable(
+                            "the spool cannot take the event and Kafka did not either",
+                        ),
+                        original.map(Unsettled::Delivery),
+                    )
+                }
+            }
+        }
         Ok(Ok(Err((error, original)))) => {
             state.metrics.spool.rejected(error.rejection());
             tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka is not acknowledging and the spool cannot take the event.");
@@ -333,35 +393,95 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     }
 }
 
+/// How a direct publish ended.
+enum Direct {
+    /// Answered: in Kafka (or its quarantine topic), or refused for good.
+    Done((Reply, Option<Unsettled>)),
+    /// Not in Kafka yet; the spool may still take it. The delivery, if still in flight.
+    Failed(Option<DeliveryFuture>, &'static str),
+}
+
+/// Publishes straight to Kafka until `deadline`, telling the Kafka health what happened.
+async fn direct(
+    state: &WebhookState,
+    delivery: &Delivery,
+    record: &Record<'_>,
+    reply: Reply,
+    deadline: Instant,
+) -> Direct {
+    let error = match state.publisher.publish(record, deadline).await {
+        Ok(()) => {
+            state.kafka.succeeded();
+            return Direct::Done((safe(state, delivery, reply), None));
+        }
+        Err(error) => error,
+    };
+    match error {
+        PublishError::Timeout(pending) => {
+            state.kafka.failed();
+            Direct::Failed(Some(pending.0), "Kafka did not acknowledge in time")
+        }
+        PublishError::QueueFull => {
+            state.kafka.failed();
+            Direct::Failed(None, "the Kafka producer queue is full")
+        }
+        PublishError::Kafka(error) => match classify(&error) {
+            ErrorClass::Permanent => {
+                Direct::Done(quarantine_refused(state, delivery, record, &error).await)
+            }
+            ErrorClass::Authorization => {
+                state.kafka.failed();
+                tracing::error!(family = %delivery.family.as_str(), %error, "Kafka refuses the ingress's credentials or ACLs: keeping the event in the spool until an operator fixes them.");
+                Direct::Failed(None, "Kafka refuses the ingress's credentials")
+            }
+            ErrorClass::Retriable => {
+                state.kafka.failed();
+                Direct::Failed(None, "Kafka refused the record")
+            }
+        },
+    }
+}
+
+/// Why a record Kafka refused for good was published to the quarantine topic.
+pub const KAFKA_REFUSED: &str = "kafka_refused";
+
+/// A record Kafka refuses for good (too large for the topic, invalid) would be refused on every
+/// retry: a copy goes to the quarantine topic and the delivery is answered 200, instead of a
+/// 503 that Shopify would retry until it gives up.
+async fn quarantine_refused(
+    state: &WebhookState,
+    delivery: &Delivery,
+    record: &Record<'_>,
+    error: &rdkafka::error::KafkaError,
+) -> (Reply, Option<Unsettled>) {
+    let topic = state.topics.quarantine();
+    let mut headers = record.headers.clone();
+    headers.push(("aftercart-quarantine-reason", KAFKA_REFUSED.as_bytes()));
+    let copy = Record {
+        topic: &topic,
+        key: record.key,
+        body: record.body,
+        headers,
+        received_unix_ms: record.received_unix_ms,
+    };
+    match state.publisher.publish(&copy, delivery.deadline).await {
+        Ok(()) => {
+            state.metrics.quarantined(KAFKA_REFUSED);
+            tracing::warn!(family = %delivery.family.as_str(), %error, "Kafka refuses the record for good: a copy went to the quarantine topic.");
+            (Reply::Accepted, None)
+        }
+        Err(_) => {
+            tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka refuses the record and its quarantine copy.");
+            (Reply::Unavailable("Kafka refused the record"), None)
+        }
+    }
+}
+
 /// The answer for an event now safe (in Kafka or in the spool).
 fn safe(state: &WebhookState, delivery: &Delivery, reply: Reply) -> Reply {
     if let Reply::Quarantined(error) = reply {
         state.metrics.quarantined(error.as_label());
-        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery whose body is not a JSON object.");
+        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery that cannot be routed.");
     }
     reply
-}
-
-/// Reads the whole raw body, refusing early when Content-Length already exceeds the limit.
-async fn read_body(
-    state: &WebhookState,
-    headers: &HeaderMap,
-    body: Incoming,
-) -> Result<Bytes, Reply> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > state.max_body_bytes as u64) {
-        return Err(Reply::PayloadTooLarge);
-    }
-    let collect = Limited::new(body, state.max_body_bytes).collect();
-    match tokio::time::timeout(state.body_read_timeout, collect).await {
-        Err(_elapsed) => Err(Reply::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Reply::PayloadTooLarge)
-        }
-        Ok(Err(_)) => Err(Reply::BodyUnreadable),
-    }
 }

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::entry::Entry;
 use super::segment::{self, FrameReader, Step};
-use super::{writer, Shared, Spool};
-use crate::publish::is_permanent;
+use super::{Shared, Spool};
+use crate::publish::{classify, ErrorClass};
+use crate::readiness::KafkaHealth;
 
 /// Most entries published per batch (and per checkpoint write).
 const BATCH_ENTRIES: usize = 2000;
@@ -34,13 +35,15 @@ pub struct Drainer {
     quarantine_topic: String,
     /// Publishing waits until the topics are known to exist.
     kafka_ready: Readiness,
+    /// Told of every outcome, for readiness (the ingress's; none under `aftercart spool drain`).
+    kafka_health: Option<std::sync::Arc<KafkaHealth>>,
 }
 
 /// Where the drainer reads next.
 #[derive(Default)]
-struct Cursor {
+pub(super) struct Cursor {
     /// The sequence number of the next entry to read.
-    want: u64,
+    pub(super) want: u64,
     /// The open segment: its first sequence number and a reader on it.
     reader: Option<(u64, FrameReader)>,
 }
@@ -64,6 +67,21 @@ impl Drainer {
             producer,
             quarantine_topic,
             kafka_ready,
+            kafka_health: None,
+        }
+    }
+
+    /// Reports every publish outcome to `health`.
+    pub fn with_kafka_health(mut self, health: std::sync::Arc<KafkaHealth>) -> Self {
+        self.kafka_health = Some(health);
+        self
+    }
+
+    fn outcome(&self, ok: bool) {
+        match (&self.kafka_health, ok) {
+            (Some(health), true) => health.succeeded(),
+            (Some(health), false) => health.failed(),
+            (None, _) => {}
         }
     }
 
@@ -127,7 +145,9 @@ impl Drainer {
             return (Cursor::default(), false);
         };
         let batch = match batch {
-            Ok(batch) if batch.is_empty() => return (cursor, false),
+            Ok(batch) if batch.entries.is_empty() && batch.lost_events == 0 => {
+                return (cursor, false)
+            }
             Ok(batch) => batch,
             // A drained segment deleted by the writer between the snapshot and the open.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -140,10 +160,13 @@ impl Drainer {
             }
         };
         let end = cursor.want;
-        let drained = self.publish(batch, stop).await;
+        let (lost_events, lost_bytes) = (batch.lost_events, batch.lost_bytes);
+        let drained = self.publish(batch.entries, stop).await;
         match drained {
             Some((events, bytes)) => {
-                self.advance(end, events, bytes).await;
+                self.advance(end, events + lost_events, bytes + lost_bytes)
+                    .await;
+                self.spool.metrics().drained(events);
                 (cursor, true)
             }
             // Stopped before Kafka took everything: start over from the checkpoint next time.
@@ -245,55 +268,50 @@ impl Drainer {
             }
             None => record.topic.as_str(),
         };
+        // The time it was received, not drained: consumers' timers (abandonment delays,
+        // review windows) must not shift by the length of an outage.
         let kafka_record = FutureRecord::to(topic)
             .key(&record.key)
             .payload(record.body.as_ref())
-            .headers(headers);
+            .headers(headers)
+            .timestamp(record.received_unix_ms as i64);
         self.producer
             .send_result(kafka_record)
             .map_err(|(error, _)| error)
     }
 
-    /// Records the batch as drained: checkpoint, counters, and drained segments deleted.
+    /// Records the batch as drained (published or lost to damage): checkpoint, counters, and
+    /// drained segments deleted.
     async fn advance(&self, end: u64, events: u64, bytes: u64) {
         let shared = std::sync::Arc::clone(&self.spool.shared);
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(error) = segment::write_checkpoint(&shared.dir, end) {
-                // Not fatal: after a restart these events are published once more.
-                shared.metrics.error("write");
-                tracing::warn!(%error, "Cannot write the spool checkpoint.");
-            }
-            let mut state = shared.lock_state();
-            state.drained_seq = state.drained_seq.max(end);
-            state.pending_events = state.pending_events.saturating_sub(events);
-            state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
-            while state.arrivals.get(1).is_some_and(|&(seq, _)| seq <= end) {
-                state.arrivals.pop_front();
-            }
-            if state.pending_events == 0 {
-                state.arrivals.clear();
-            }
-            shared
-                .pending_events
-                .store(state.pending_events, std::sync::atomic::Ordering::Release);
-            shared.release(bytes);
-            writer::remove_drained(&mut state, &shared);
-            drop(state);
-            shared.refresh_gauges();
-        })
-        .await;
-        self.spool.metrics().drained(events);
+        let _ = tokio::task::spawn_blocking(move || shared.mark_drained(end, events, bytes)).await;
     }
 }
 
 /// Waits for the deliveries in order; returns the entries Kafka did not take. A record Kafka
-/// refuses for good (too large, invalid) goes to the quarantine topic instead.
+/// refuses for good (too large, invalid) goes to the quarantine topic instead; an authorisation
+/// error is the operator's to fix (counted and alerted on), so the events stay in the spool.
 async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<Pending> {
     let mut failed = Vec::new();
     for (pending, delivery) in sent {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((error, _))) if is_permanent(&error) => {
+        let error = match delivery.await {
+            Ok(Ok(_)) => {
+                drainer.outcome(true);
+                continue;
+            }
+            Ok(Err((error, _))) => {
+                drainer.outcome(false);
+                error
+            }
+            Err(_canceled) => {
+                failed.push(pending);
+                continue;
+            }
+        };
+        let class = classify(&error);
+        drainer.spool.metrics().publish_error(class);
+        match class {
+            ErrorClass::Permanent => {
                 tracing::error!(%error, topic = %pending.entry.record.topic, "Kafka refuses a spooled event for good; sending it to the quarantine topic.");
                 let quarantined = match drainer.send(&pending.entry, Some(REFUSED_REASON)) {
                     Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
@@ -303,7 +321,11 @@ async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<
                     failed.push(pending);
                 }
             }
-            _ => failed.push(pending),
+            ErrorClass::Authorization => {
+                tracing::error!(%error, topic = %pending.entry.record.topic, "Kafka refuses the ingress's credentials or ACLs: spooled events wait until an operator fixes them.");
+                failed.push(pending);
+            }
+            ErrorClass::Retriable => failed.push(pending),
         }
     }
     failed
@@ -319,12 +341,25 @@ impl Cursor {
     }
 }
 
-/// Reads the next entries (in sequence order) that are durable, up to the batch limits.
-fn read_batch(shared: &Shared, cursor: &mut Cursor) -> std::io::Result<Vec<(Entry, usize)>> {
+/// What one read gives the drainer.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) entries: Vec<(Entry, usize)>,
+    /// Entries counted in the backlog that damage found while running destroyed, and an
+    /// estimate of their bytes (the damaged region): they leave the counters with the batch.
+    pub(super) lost_events: u64,
+    pub(super) lost_bytes: u64,
+}
+
+/// Reads the next entries (in sequence order) that are durable, up to the batch limits. Damage
+/// found while running is skipped to the next valid frame: counted, logged, the segment copied
+/// to `damaged/`, and the entries it destroyed released from the backlog counters.
+pub(super) fn read_batch(shared: &Shared, cursor: &mut Cursor) -> std::io::Result<Batch> {
     let segments: Vec<_> = shared.lock_state().segments.iter().cloned().collect();
-    let mut batch = Vec::new();
+    let disk = shared.disk.as_ref();
+    let mut batch = Batch::default();
     let mut bytes = 0u64;
-    while batch.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
+    while batch.entries.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
         let Some(index) = segments.iter().rposition(|s| s.first_seq <= cursor.want) else {
             // Entries below every segment were lost to damage at open: skip to what exists.
             match segments.first() {
@@ -337,7 +372,10 @@ fn read_batch(shared: &Shared, cursor: &mut Cursor) -> std::io::Result<Vec<(Entr
         };
         let segment = &segments[index];
         if cursor.reader.as_ref().map(|(first, _)| *first) != Some(segment.first_seq) {
-            cursor.reader = Some((segment.first_seq, FrameReader::open(&segment.path, 0)?));
+            cursor.reader = Some((
+                segment.first_seq,
+                FrameReader::open(disk, &segment.path, 0)?,
+            ));
         }
         let (_, reader) = cursor.reader.as_mut().expect("opened above");
         match reader.next_frame(segment.len)? {
@@ -345,23 +383,43 @@ fn read_batch(shared: &Shared, cursor: &mut Cursor) -> std::io::Result<Vec<(Entr
             Step::Entry(entry, frame_len) => {
                 cursor.want = entry.seq + 1;
                 bytes += frame_len as u64;
-                batch.push((entry, frame_len));
+                batch.entries.push((entry, frame_len));
             }
-            step @ (Step::End | Step::Damage(_)) => {
-                if let Step::Damage(why) = step {
-                    // Bytes fsynced while running no longer decode: the disk is failing. The
-                    // rest of this segment cannot be read; later segments still can.
-                    shared.metrics.error("read");
-                    tracing::error!(segment = %segment.path.display(), reason = why, "Spool segment damaged while running: skipping the rest of it.");
-                }
-                match segments.get(index + 1) {
-                    Some(next) if segment.sealed => {
-                        cursor.want = cursor.want.max(next.first_seq);
-                        cursor.reader = None;
-                    }
-                    _ => break,
+            Step::Damage(why) => {
+                let at = reader.offset;
+                let found = reader.resync(segment.len, cursor.want)?;
+                let skipped_bytes = reader.offset - at;
+                // The entries the damage covered: up to the next intact frame, else to the end
+                // of this segment.
+                let resume =
+                    found.unwrap_or_else(|| segment.last_seq.map_or(cursor.want, |last| last + 1));
+                let found = found.is_some();
+                let lost = resume.saturating_sub(cursor.want);
+                cursor.want = cursor.want.max(resume);
+                batch.lost_events += lost;
+                batch.lost_bytes += skipped_bytes;
+                shared.metrics.error("read");
+                shared.metrics.corrupt(skipped_bytes);
+                shared.metrics.damaged_events(lost);
+                let copy = segment::keep_damaged_copy(disk, &shared.dir, &segment.path)
+                    .map(|p| match p {
+                        Some(p) => p.display().to_string(),
+                        None => "not kept: damaged/ holds enough copies".to_string(),
+                    })
+                    .unwrap_or_else(|error| format!("not kept: {error}"));
+                tracing::error!(segment = %segment.path.display(), reason = why, skipped_bytes, lost_events = lost, intact_frame_after = found, copy = %copy, "Spool segment damaged while running (the disk is failing): skipped to the next intact frame.");
+                if !found && !segment.sealed {
+                    // The active segment: appends continue after the damage.
+                    break;
                 }
             }
+            Step::End => match segments.get(index + 1) {
+                Some(next) if segment.sealed => {
+                    cursor.want = cursor.want.max(next.first_seq);
+                    cursor.reader = None;
+                }
+                _ => break,
+            },
         }
     }
     Ok(batch)

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::publish::ErrorClass;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 const PREFIX: &str = "aftercart_ingress_spool_";
@@ -46,7 +47,11 @@ pub struct SpoolMetrics {
     rejected: IntCounterVec,
     errors: IntCounterVec,
     corrupt_bytes: IntCounter,
+    damaged_events: IntCounter,
+    publish_errors: IntCounterVec,
+    bypassed: IntCounterVec,
     available: IntGauge,
+    healthy: IntGauge,
 }
 
 impl SpoolMetrics {
@@ -76,25 +81,47 @@ impl SpoolMetrics {
                 Opts::new(format!("{PREFIX}errors_total"), "Spool disk operations that failed, by operation (open, write, fsync, read, remove)."),
                 &["op"],
             )?,
-            corrupt_bytes: counter("corrupt_bytes_total", "Bytes of torn or damaged spool discarded when the spool was opened.")?,
+            corrupt_bytes: counter("corrupt_bytes_total", "Bytes of torn or damaged spool skipped, when the spool was opened or while draining (a copy of a damaged segment is kept in <dir>/damaged/).")?,
+            damaged_events: counter("damaged_events_total", "Acknowledged events destroyed by disk damage found while draining (the intact frames after the damage are still drained).")?,
+            publish_errors: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}publish_errors_total"), "Spooled events Kafka refused, by class (retriable: retried; authorization: kept in the spool until an operator fixes credentials or ACLs; permanent: sent to the quarantine topic)."),
+                &["class"],
+            )?,
+            bypassed: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}bypassed_total"), "Requests the spool could not take (full, disk_error) that were published straight to Kafka instead: answered 200, possibly ahead of older events of the same key still in the spool."),
+                &["reason"],
+            )?,
+            healthy: gauge("healthy", "1 when the spool can take events (its disk works and it has room); a replica is ready when this or aftercart_ingress_kafka_healthy is 1.")?,
             available: gauge("available", "1 when the spool can take events; 0 when it is off or failing on disk errors.")?,
         };
-        registry.register(Box::new(metrics.pending_events.clone()))?;
-        registry.register(Box::new(metrics.bytes.clone()))?;
-        registry.register(Box::new(metrics.max_bytes.clone()))?;
-        registry.register(Box::new(metrics.appended.clone()))?;
-        registry.register(Box::new(metrics.drained.clone()))?;
-        registry.register(Box::new(metrics.oldest_age.clone()))?;
-        registry.register(Box::new(metrics.fsync.clone()))?;
-        registry.register(Box::new(metrics.rejected.clone()))?;
-        registry.register(Box::new(metrics.errors.clone()))?;
-        registry.register(Box::new(metrics.corrupt_bytes.clone()))?;
-        registry.register(Box::new(metrics.available.clone()))?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_events)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.max_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.appended)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.drained)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.oldest_age)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.fsync)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.rejected)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.errors)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.corrupt_bytes)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.damaged_events)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.publish_errors)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.available)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.bypassed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.healthy)?;
         for reason in [Rejection::Full, Rejection::DiskError, Rejection::Disabled] {
             metrics.rejected.with_label_values(&[reason.as_label()]);
         }
+        for reason in [Rejection::Full, Rejection::DiskError] {
+            metrics.bypassed.with_label_values(&[reason.as_label()]);
+        }
         for op in ["open", "write", "fsync", "read", "remove"] {
             metrics.errors.with_label_values(&[op]);
+        }
+        for class in ErrorClass::ALL {
+            metrics
+                .publish_errors
+                .with_label_values(&[class.as_label()]);
         }
         Ok(metrics)
     }
@@ -123,6 +150,24 @@ impl SpoolMetrics {
 
     pub fn corrupt(&self, bytes: u64) {
         self.corrupt_bytes.inc_by(bytes);
+    }
+
+    pub fn damaged_events(&self, events: u64) {
+        self.damaged_events.inc_by(events);
+    }
+
+    pub fn publish_error(&self, class: ErrorClass) {
+        self.publish_errors
+            .with_label_values(&[class.as_label()])
+            .inc();
+    }
+
+    pub fn bypassed(&self, why: Rejection) {
+        self.bypassed.with_label_values(&[why.as_label()]).inc();
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
     }
 
     pub fn set_available(&self, available: bool) {

@@ -2,22 +2,27 @@
 //! one go, fsyncs once, and only then answers them all. One fsync per group, not per event, is
 //! what keeps throughput up while every 200 still means "on disk".
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::producer::future_producer::DeliveryFuture;
 use tokio::sync::oneshot;
 
+use super::disk::{self, WriteFile};
 use super::entry::{self, SpoolRecord};
-use super::segment::{self, segment_path};
+use super::segment::segment_path;
 use super::{unix_ms, AppendError, AppendResult, Segment, Shared};
 
 /// Most appends written by one group commit; bounds the latency of the last one in a group.
 const MAX_GROUP: usize = 4096;
+
+/// While the disk is failing, it is tried this often even without appends, so readiness sees
+/// it recover while traffic goes around the spool.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_FILE: &str = "probe";
 
 /// One append waiting for the writer.
 pub(super) struct Request {
@@ -40,7 +45,7 @@ pub(super) fn start(shared: Arc<Shared>) -> io::Result<std::sync::mpsc::Sender<R
 struct Writer {
     shared: Arc<Shared>,
     /// The segment being appended to, if one is open.
-    active: Option<File>,
+    active: Option<Box<dyn WriteFile>>,
     buf: Vec<u8>,
 }
 
@@ -54,7 +59,17 @@ impl Writer {
     }
 
     fn run(mut self, requests: Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
+        loop {
+            let first = match requests.recv_timeout(PROBE_EVERY) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !self.shared.disk_ok.load(Ordering::Acquire) {
+                        self.probe();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match requests.try_recv() {
@@ -117,6 +132,7 @@ impl Writer {
         // were computed the same way, so nothing is released here.
         self.shared.metrics.appended(events, started.elapsed());
         self.shared.metrics.set_available(true);
+        self.shared.disk_ok.store(true, Ordering::Release);
         self.shared.refresh_gauges();
         self.shared.durable.send_replace(first_seq + events);
         for (i, request) in group.into_iter().enumerate() {
@@ -149,13 +165,25 @@ impl Writer {
         let dir = self.shared.dir.clone();
         remove_drained(&mut state, &self.shared);
         let path = segment_path(&dir, next_seq);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| ("open", e))?;
-        segment::sync_dir(&dir).map_err(|e| ("fsync", e))?;
+        let disk = self.shared.disk.as_ref();
+        // O_EXCL: never reopen (and truncate) a file that exists. Only an empty regular file
+        // no entry knows (left by a failed first write) is ours to replace; anything else there
+        // (data, a symlink) is refused, and the append fails instead of clobbering it.
+        let file = match disk.create_new(&path) {
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                let known = state.segments.iter().any(|s| s.path == path);
+                let empty_leftover = disk.is_plain_file(&path)
+                    && disk.open_read(&path).and_then(|f| f.size()).ok() == Some(0);
+                if known || !empty_leftover {
+                    return Err(("open", error));
+                }
+                disk.remove_file(&path).map_err(|e| ("remove", e))?;
+                disk.create_new(&path)
+            }
+            other => other,
+        }
+        .map_err(|e| ("open", e))?;
+        disk.sync_dir(&dir).map_err(|e| ("fsync", e))?;
         state.segments.push_back(Segment {
             first_seq: next_seq,
             path,
@@ -167,6 +195,22 @@ impl Writer {
         Ok(next_seq)
     }
 
+    /// Writes, fsyncs and deletes a small file: a disk that takes it is healthy again.
+    fn probe(&mut self) {
+        let path = self.shared.dir.join(PROBE_FILE);
+        let disk = self.shared.disk.as_ref();
+        if disk.exists(&path) {
+            let _ = disk.remove_file(&path);
+        }
+        let healthy = disk::write_new(disk, &path, &[0; 4096]).is_ok();
+        let _ = disk.remove_file(&path);
+        if healthy {
+            tracing::info!("The spool disk takes writes again.");
+            self.shared.disk_ok.store(true, Ordering::Release);
+            self.shared.metrics.set_available(true);
+        }
+    }
+
     fn write_and_sync(&mut self) -> Result<(), (&'static str, io::Error)> {
         let file = self.active.as_mut().expect("prepare_segment opened one");
         file.write_all(&self.buf).map_err(|e| ("write", e))?;
@@ -174,17 +218,27 @@ impl Writer {
     }
 
     /// Answers the group with a disk error, and seals the segment at its durable length so a
-    /// partial write is never read back.
+    /// partial write is never read back. A segment that never held a durable entry is dropped
+    /// (its file too), so no stale entry can later delete a path a new segment reuses.
     fn fail(&mut self, group: Vec<Request>, op: &'static str, error: &io::Error) {
-        tracing::error!(op, %error, events = group.len(), "Spool disk error: answering 503 for these webhooks (Shopify retries them).");
+        tracing::error!(op, %error, events = group.len(), "Spool disk error: these webhooks are not spooled (published directly if Kafka takes them, else 503).");
         self.shared.metrics.error(op);
         self.shared.metrics.set_available(false);
-        if let Some(file) = self.active.take() {
+        self.shared.disk_ok.store(false, Ordering::Release);
+        if let Some(mut file) = self.active.take() {
             let mut state = self.shared.lock_state();
             if let Some(active) = state.segments.back_mut() {
                 active.sealed = true;
                 // Best effort: the drainer never reads past `len` anyway.
                 let _ = file.set_len(active.len);
+                if active.len == 0 {
+                    let path = active.path.clone();
+                    state.segments.pop_back();
+                    drop(file);
+                    if self.shared.disk.remove_file(&path).is_ok() {
+                        let _ = self.shared.disk.sync_dir(&self.shared.dir);
+                    }
+                }
             }
         }
         for request in group {
@@ -196,9 +250,14 @@ impl Writer {
     }
 }
 
-/// Deletes sealed segments at the front whose every entry is in Kafka.
+/// Deletes sealed segments at the front whose every entry is in Kafka. A path another entry
+/// still uses is never deleted (only the entry is dropped).
 pub(super) fn remove_drained(state: &mut super::State, shared: &Shared) {
     while let Some(front) = state.segments.front() {
+        if state.segments.iter().skip(1).any(|s| s.path == front.path) {
+            state.segments.pop_front();
+            continue;
+        }
         let next_first = state.segments.get(1).map(|s| s.first_seq);
         let drained = front.sealed
             && match (front.last_seq, next_first) {
@@ -208,7 +267,7 @@ pub(super) fn remove_drained(state: &mut super::State, shared: &Shared) {
         if !drained {
             break;
         }
-        if let Err(error) = std::fs::remove_file(&front.path) {
+        if let Err(error) = shared.disk.remove_file(&front.path) {
             if error.kind() != io::ErrorKind::NotFound {
                 shared.metrics.error("remove");
                 tracing::warn!(%error, segment = %front.path.display(), "Cannot delete a drained spool segment; it will be retried.");

@@ -30,8 +30,19 @@ fn a_timer_due_later_or_overdue_never_stretches_or_underflows_the_wait() {
 fn the_session_timeout_is_the_operators_when_given() {
     let mut kafka = KafkaSettings::new("localhost:9092", "shopify.");
     assert_eq!(session_timeout(&kafka), SESSION_TIMEOUT);
-    kafka.properties = vec![("session.timeout.ms".into(), "6000".into())];
+    kafka.properties.set("session.timeout.ms", "6000");
     assert_eq!(session_timeout(&kafka), Duration::from_secs(6));
+}
+
+#[test]
+fn the_poll_interval_covers_the_prepare_budget() {
+    assert_eq!(max_poll_interval_ms(Duration::ZERO), "300000");
+    // The referrals default: 15 minutes of Shopify retries and a 10 s last request.
+    assert_eq!(max_poll_interval_ms(Duration::from_secs(910)), "970000");
+    assert_eq!(
+        max_poll_interval_ms(Duration::from_secs(48 * 3600)),
+        "86400000"
+    );
 }
 
 fn consumer_holding(

@@ -68,12 +68,25 @@ impl CodeRules {
     /// The advocate's code: prefix + 10 base32 characters (50 bits) of
     /// HMAC-SHA256(secret, shop/customer key).
     pub fn code_for(&self, shop: &str, customer_key: &str) -> String {
+        self.keyed(
+            &self.prefix,
+            &format!("aftercart/referral-code/{shop}/{customer_key}"),
+        )
+    }
+
+    /// The code of the reward earned by the friend's order `order_id`: one per referred order,
+    /// the same on every retry and restart, so creating it twice finds the first one.
+    pub fn reward_code_for(&self, prefix: &str, shop: &str, order_id: u64) -> String {
+        self.keyed(prefix, &format!("aftercart/reward-code/{shop}/{order_id}"))
+    }
+
+    fn keyed(&self, prefix: &str, what: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
-        mac.update(format!("aftercart/referral-code/{shop}/{customer_key}").as_bytes());
+        mac.update(what.as_bytes());
         let digest = mac.finalize().into_bytes();
         let mut bits = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
-        let mut code = String::with_capacity(self.prefix.len() + 10);
-        code.push_str(&self.prefix.to_ascii_uppercase());
+        let mut code = String::with_capacity(prefix.len() + 10);
+        code.push_str(&prefix.to_ascii_uppercase());
         for _ in 0..10 {
             code.push(ALPHABET[(bits >> 59) as usize] as char);
             bits <<= 5;

@@ -856,6 +856,7 @@ impl Step<'_> {
             attributed_via: reward.via.as_str().to_string(),
             reason: reward.reason.clone(),
             review_ends_at: (event_type == "reward.pending").then(|| rfc3339(reward.due_ms)),
+            issued: None,
         };
         self.effects.push(Effect::Emit {
             key: format!("{}/{advocate_local}", self.shop),

@@ -70,6 +70,26 @@ pub struct RewardEvent {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub review_ends_at: Option<String>,
+    /// The reward as issued in the shop (filled in by the Shopify actions, never by the engine).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub issued: Option<Issued>,
+}
+
+/// A reward issued in the shop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Issued {
+    /// `discount_code` or `store_credit`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub percentage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deactivated: Option<bool>,
 }
 
 /// Either output record; serialises as the event itself.
