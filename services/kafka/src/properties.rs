@@ -25,6 +25,42 @@ pub fn is_secret(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
+/// librdkafka's aliases (its CONFIGURATION.md, "Alias for"): two names of one setting. A client
+/// config is a map without order, so with both names set which value wins is chance.
+const ALIASES: [(&str, &str); 12] = [
+    ("bootstrap.servers", "metadata.broker.list"),
+    ("max.in.flight", "max.in.flight.requests.per.connection"),
+    ("sasl.mechanism", "sasl.mechanisms"),
+    (
+        "sasl.oauthbearer.client.credentials.client.id",
+        "sasl.oauthbearer.client.id",
+    ),
+    (
+        "sasl.oauthbearer.client.credentials.client.secret",
+        "sasl.oauthbearer.client.secret",
+    ),
+    ("max.partition.fetch.bytes", "fetch.message.max.bytes"),
+    ("linger.ms", "queue.buffering.max.ms"),
+    ("retries", "message.send.max.retries"),
+    ("compression.type", "compression.codec"),
+    ("acks", "request.required.acks"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+    ("enable.auto.commit", "auto.commit.enable"),
+];
+
+/// The other name of `key`, when librdkafka has two for it.
+pub fn alias_of(key: &str) -> Option<&'static str> {
+    ALIASES.iter().find_map(|(a, b)| {
+        if *a == key {
+            Some(*b)
+        } else if *b == key {
+            Some(*a)
+        } else {
+            None
+        }
+    })
+}
+
 /// Operator-supplied librdkafka properties, in the order they are applied (later wins).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProperties {
@@ -36,10 +72,12 @@ impl KafkaProperties {
         Self::default()
     }
 
-    /// Sets `key`, replacing an earlier value.
+    /// Sets `key`, replacing an earlier value, also one set under its alias.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let key = key.into();
-        self.pairs.retain(|(k, _)| *k != key);
+        let alias = alias_of(&key);
+        self.pairs
+            .retain(|(k, _)| *k != key && Some(k.as_str()) != alias);
         self.pairs.push((key, value.into()));
     }
 
@@ -386,6 +424,27 @@ mod tests {
                 ("ssl.ca.location".into(), "/etc/ssl/a b.pem".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_setting_under_its_alias_replaces_the_earlier_name() {
+        // The file says sasl.mechanism, the environment sasl.mechanisms: librdkafka's config
+        // is a map, so with both kept the file's value won about half the time.
+        let mut properties = KafkaProperties::from(vec![
+            ("sasl.mechanism".to_string(), "PLAIN".to_string()),
+            ("linger.ms".to_string(), "5".to_string()),
+        ]);
+        properties.extend([("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string())]);
+        assert_eq!(
+            properties.iter().cloned().collect::<Vec<_>>(),
+            vec![
+                ("linger.ms".to_string(), "5".to_string()),
+                ("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string()),
+            ]
+        );
+        assert_eq!(alias_of("acks"), Some("request.required.acks"));
+        assert_eq!(alias_of("request.required.acks"), Some("acks"));
+        assert_eq!(alias_of("security.protocol"), None);
     }
 
     #[test]

@@ -395,6 +395,10 @@ impl KafkaSettings {
     /// they win.
     pub fn apply_overrides(&self, config: &mut ClientConfig) {
         for (key, value) in &self.properties {
+            // One name per setting: the config is a map, so aliases would race.
+            if let Some(alias) = properties::alias_of(key) {
+                config.remove(alias);
+            }
             config.set(key, value);
         }
     }
@@ -480,6 +484,17 @@ mod tests {
             assert_eq!(settings.instance_id, None);
         }
         assert!(errors.is_empty(), "{errors}");
+    }
+
+    #[test]
+    fn an_operator_setting_replaces_aftercarts_own_under_either_name() {
+        let mut kafka = KafkaSettings::new("localhost:9092", "shopify.");
+        kafka.properties.set("queue.buffering.max.ms", "9");
+        let mut config = ClientConfig::new();
+        config.set("linger.ms", "5");
+        kafka.apply_overrides(&mut config);
+        assert_eq!(config.get("linger.ms"), None);
+        assert_eq!(config.get("queue.buffering.max.ms"), Some("9"));
     }
 
     #[test]
