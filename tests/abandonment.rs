@@ -31,15 +31,15 @@ mod scenarios {
     /// Long enough past the 2 s delay that a second (wrong) event would have shown up.
     const SETTLE: Duration = Duration::from_secs(5);
 
-    struct Stack {
+    pub(super) struct Stack {
         ingress: TestIngress,
         service: Option<TestAbandonment>,
-        config: AbandonmentConfig,
-        bootstrap: String,
+        pub config: AbandonmentConfig,
+        pub bootstrap: String,
     }
 
     impl Stack {
-        async fn start(broker: &Broker, flags: &[&str]) -> Stack {
+        pub async fn start(broker: &Broker, flags: &[&str]) -> Stack {
             let ingress = TestIngress::start_on(broker, ingress_config(broker)).await;
             let config = test_config(&ingress.config.kafka, flags);
             let service = TestAbandonment::start_on(broker, config.clone()).await;
@@ -51,7 +51,7 @@ mod scenarios {
             }
         }
 
-        async fn send(&self, topic: &str, body: String) {
+        pub async fn send(&self, topic: &str, body: String) {
             let response = Webhook::new(topic, body.into_bytes(), SECRET)
                 .post(self.ingress.addr)
                 .await;
@@ -80,7 +80,7 @@ mod scenarios {
         }
 
         /// Waits until `count` events exist, then a settle period, and returns them all.
-        async fn settled_events(&self, count: usize) -> Vec<Value> {
+        pub async fn settled_events(&self, count: usize) -> Vec<Value> {
             eventually("abandonment events", Duration::from_secs(30), || async {
                 (self.events().await.len() >= count).then_some(())
             })
@@ -89,12 +89,12 @@ mod scenarios {
             self.events().await
         }
 
-        fn service(&self) -> &TestAbandonment {
+        pub fn service(&self) -> &TestAbandonment {
             self.service.as_ref().expect("running")
         }
     }
 
-    fn checkout(cart: &str, updated_at: &str, extra: &str) -> String {
+    pub(super) fn checkout(cart: &str, updated_at: &str, extra: &str) -> String {
         format!(
             r#"{{"token":"chk-{cart}","cart_token":"{cart}","email":"buyer-{cart}@example.com","buyer_accepts_marketing":true,
             "total_price":"250.00","currency":"EUR","customer":{{"id":4242,"first_name":"Ann","last_name":"Lee"}},
@@ -109,7 +109,7 @@ mod scenarios {
         )
     }
 
-    fn unique(name: &str) -> String {
+    pub(super) fn unique(name: &str) -> String {
         format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
     }
 
@@ -543,5 +543,75 @@ mod scaling {
             first.metric("aftercart_abandonment_state_restored_records_total") > 0.0,
             "state moved through the changelog"
         );
+    }
+}
+
+/// Issue 15: the broker goes away and comes back (mock cluster only: it can refuse connections).
+mod outage {
+    use std::time::Duration;
+
+    use aftercart_tests::{eventually, read_topic, Broker};
+
+    use super::scenarios::{checkout, unique, Stack};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_outage_shows_in_readiness_and_processing_resumes_exactly_once() {
+        let broker = Broker::mock();
+        let stack = Stack::start(&broker, &[]).await;
+        let (first, second) = (unique("cart"), unique("cart"));
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&first, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        stack.settled_events(1).await;
+
+        broker.down();
+        let health = stack.service().health.clone();
+        eventually(
+            "not ready while the broker is down",
+            Duration::from_secs(60),
+            || {
+                let health = health.clone();
+                async move { health.readiness().is_err().then_some(()) }
+            },
+        )
+        .await;
+        broker.up();
+        eventually(
+            "ready again once it is back",
+            Duration::from_secs(60),
+            || {
+                let health = health.clone();
+                async move { health.readiness().ok() }
+            },
+        )
+        .await;
+        assert!(
+            !stack.service().has_stopped(),
+            "the service survived the outage"
+        );
+
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&second, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        let events = stack.settled_events(2).await;
+        let mut keys: Vec<String> = events
+            .iter()
+            .map(|e| e["journey_key"].as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        let mut expected = vec![
+            format!("jsmith.myshopify.com/{first}"),
+            format!("jsmith.myshopify.com/{second}"),
+        ];
+        expected.sort();
+        assert_eq!(keys, expected, "each journey abandoned once: {events:#?}");
+        let outputs = read_topic(&stack.bootstrap, &stack.config.output_topic).await;
+        assert_eq!(outputs.len(), 2);
     }
 }

@@ -15,6 +15,7 @@ broker_tests!(
     poison_records_are_dead_lettered_and_processing_continues,
     every_event_is_also_posted_signed_to_the_webhook,
     a_large_order_is_routed_and_its_buyer_invited,
+    members_joining_and_leaving_under_load_never_stop_another_member,
     invite_codes_exist_in_the_shop_before_invites_are_published_and_rewards_are_issued,
     a_refund_in_the_window_voids_and_deactivates_an_issued_reward,
     lost_answers_and_a_restart_create_no_duplicate_discounts,
@@ -625,6 +626,89 @@ mod scenarios {
                 .metric("aftercart_referrals_dead_letters_total"),
             2.0
         );
+    }
+
+    /// Issue 15: a member stored offsets of source partitions revoked while it was receiving a
+    /// batch; librdkafka answered "erroneous state" and the member exited. Orders stream into
+    /// the source topic while a second member joins and leaves three times; the first never
+    /// stops, and every order is invited exactly once.
+    pub async fn members_joining_and_leaving_under_load_never_stop_another_member(broker: &Broker) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        let stack = Stack::start(broker, &[]).await;
+        let base = ids();
+        let orders_topic = format!("{}orders", stack.ingress.config.kafka.topic_prefix);
+        let mut producer_config = rdkafka::ClientConfig::new();
+        producer_config.set("bootstrap.servers", &stack.bootstrap);
+        for (key, value) in broker.client_properties() {
+            producer_config.set(key, value);
+        }
+        let producer: FutureProducer = producer_config.create().expect("producer");
+        let (done, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+        let sender = async {
+            // At least a few hundred orders, and orders all the while members come and go, at
+            // a steady 200 a second.
+            let mut pace = tokio::time::interval(Duration::from_millis(100));
+            while !done.load(Ordering::SeqCst) || sent.load(Ordering::SeqCst) < 300 {
+                pace.tick().await;
+                let mut acks = Vec::new();
+                for _ in 0..20 {
+                    let n = sent.fetch_add(1, Ordering::SeqCst);
+                    let body = order(base + n, base + 1_000_000 + n).to_string();
+                    let key = format!("{SHOP}/{}", base + n);
+                    let headers = OwnedHeaders::new()
+                        .insert(Header {
+                            key: "shopify-topic",
+                            value: Some("orders/paid"),
+                        })
+                        .insert(Header {
+                            key: "shopify-shop-domain",
+                            value: Some(SHOP),
+                        });
+                    let record = FutureRecord::to(&orders_topic)
+                        .key(&key)
+                        .payload(&body)
+                        .headers(headers);
+                    let queued = producer.send_result(record).map_err(|(error, _)| error);
+                    acks.push(queued.expect("order queued"));
+                }
+                for ack in acks {
+                    ack.await
+                        .expect("delivery reported")
+                        .expect("order produced");
+                }
+            }
+        };
+        let churn = async {
+            for _ in 0..3 {
+                // A fresh config: its own instance id, the same group.
+                let config = test_config(&stack.ingress.config.kafka, &[]);
+                let other = TestReferrals::start_on(broker, config).await;
+                assert!(!stack.service().has_stopped(), "the first member stopped");
+                other.stop().await.expect("the second member stops cleanly");
+                assert!(!stack.service().has_stopped(), "the first member stopped");
+            }
+            done.store(true, Ordering::SeqCst);
+        };
+        tokio::join!(sender, churn);
+        let orders = sent.load(Ordering::SeqCst);
+        let invites = eventually("every order invited", Duration::from_secs(120), || async {
+            let invites = stack.invites().await;
+            assert!(!stack.service().has_stopped(), "the first member stopped");
+            (invites.len() as u64 >= orders).then_some(invites)
+        })
+        .await;
+        let mut invited: Vec<u64> = invites
+            .iter()
+            .map(|i| i["order"]["id"].as_u64().unwrap())
+            .collect();
+        invited.sort_unstable();
+        invited.dedup();
+        assert_eq!(invited.len(), invites.len(), "an order was invited twice");
+        assert_eq!(invited.len() as u64, orders);
+        assert!(!stack.service().has_stopped(), "the first member stopped");
     }
 
     const TOKEN: &str = "shpat_test_token";

@@ -19,7 +19,7 @@ use aftercart_audiences::domain::input::{decode_input, is_relevant};
 use aftercart_audiences::domain::person::Person;
 use aftercart_audiences::platform::Platform;
 use aftercart_fuzz::{records, round_trip, Record, BASE_MS};
-use aftercart_kafka::shop_stage::source_family;
+use aftercart_kafka::stage::source_family;
 use aftercart_kafka::{header, shop_of};
 use libfuzzer_sys::fuzz_target;
 use rdkafka::message::Message;

@@ -34,6 +34,8 @@ pub fn test_kafka_args(kafka: &KafkaSettings) -> KafkaArgs {
             ])
             .collect::<Vec<_>>()
             .join(","),
+        // Dynamic membership: Tansu 0.6 answers static members' heartbeats "unknown member".
+        instance_id: None,
     }
 }
 
@@ -99,6 +101,11 @@ impl<C: Clone + Send + 'static, E: Send + 'static> TestService<C, E> {
     /// The value of one series, 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
         crate::metric_value(&self.metrics(), series)
+    }
+
+    /// Whether the service's task has ended (it should run until stopped).
+    pub fn has_stopped(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// A crash, as near as a task gets to SIGKILL: dropped mid-await, so nothing in flight is

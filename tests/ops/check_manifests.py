@@ -364,7 +364,13 @@ def main():
                     tally.check(resource["type"] == "group" and set(acl["operations"]) <= {"Describe", "Read"},
                                 f"{overlay}: KafkaUser {name} ACL on {resource['type']} {resource.get('name')} is a group Read")
         for workload in by_kind.get("Deployment", []) + by_kind.get("StatefulSet", []):
-            for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            volumes = workload["spec"]["template"]["spec"].get("volumes", [])
+            if users:
+                # A component patch naming the wrong kind (Deployment for a StatefulSet) is
+                # dropped without a word, leaving the service without its credentials.
+                tally.check(any(v["name"] == "kafka-user" for v in volumes),
+                            f"{overlay} {workload['kind']} {workload['metadata']['name']}: mounts its KafkaUser's Secret")
+            for volume in volumes:
                 if volume["name"] == "kafka-user":
                     secret = volume["secret"]["secretName"]
                     tally.check(secret in users, f"{overlay} {workload['metadata']['name']}: mounts the Secret of KafkaUser {secret}")

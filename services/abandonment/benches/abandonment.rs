@@ -159,6 +159,7 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
         topic_compaction_lag: "1d".into(),
         kafka_properties_file: None,
         kafka_properties: String::new(),
+        instance_id: Some("bench".into()),
     };
     let args = <Flags as clap::Parser>::parse_from(["bench"]).abandonment;
     let config = args

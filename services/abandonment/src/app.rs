@@ -7,7 +7,6 @@ use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AbandonmentConfig;
-use crate::consumer::Loop;
 use crate::metrics::AbandonmentMetrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +50,7 @@ pub async fn serve(
     if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
         return Ok(());
     }
-    let service = Loop::new(config.clone(), metrics, ready)?;
+    let service = crate::consumer::build(config, metrics, ready)?;
     tracing::info!(group = %config.group, output = %config.output_topic, "Abandonment service consuming.");
     service.run(stop).await?;
     tracing::info!("Abandonment service stopped.");

@@ -1,13 +1,12 @@
-//! The audiences rules on the shared by-shop stage: which source records are routed, how a
+//! The audiences rules on the shared stage (by shop): which source records are routed, how a
 //! by-shop record becomes engine input, and how engine effects become stage effects.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aftercart_kafka::shop_stage::source_family;
 use aftercart_kafka::{
-    header, shop_of, LoopError, ShopLogic, ShopStage, StageEffect, StageTopics, TopicNames,
-    Unusable,
+    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -27,7 +26,7 @@ const BATCHES: usize = 0;
 const MEMBERS_EVERY: Duration = Duration::from_secs(10);
 
 /// The audiences engine's poll loop.
-pub type Loop = ShopStage<Audiences>;
+pub type Loop = Stage<Audiences>;
 
 /// The topics the router reads, with their family labels.
 pub fn source_topics(config: &AudiencesConfig) -> Vec<(String, &'static str)> {
@@ -49,24 +48,25 @@ pub fn build(
     let topics = StageTopics {
         client: "aftercart-audiences".to_string(),
         group: config.group.clone(),
-        sources: source_topics(config),
-        by_shop: config.by_shop_topic.clone(),
+        inputs: Inputs::ByShop {
+            sources: source_topics(config),
+            by_shop: config.by_shop_topic.clone(),
+        },
+        globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
         outputs: vec![config.batches_topic.clone()],
     };
-    let consumer_metrics = metrics.consumer.clone();
     let logic = Audiences {
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_members: std::sync::Mutex::new(None),
     };
-    ShopStage::new(
+    Stage::new(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
         logic,
-        consumer_metrics,
         ready,
     )
 }
@@ -96,24 +96,21 @@ fn staged(effect: Effect) -> Staged {
     }
 }
 
-impl ShopLogic for Audiences {
+impl StageLogic for Audiences {
     type Entity = Person;
     type Output = Batch;
     type Emitted = Batch;
 
-    fn routes(&self, family: &str, message: &OwnedMessage) -> bool {
+    fn routes(&self, family: &'static str, message: &OwnedMessage) -> bool {
         is_relevant(family, header(message, "shopify-topic"))
     }
 
-    fn family(&self, message: &OwnedMessage) -> &'static str {
-        source_family(
-            message,
-            &["abandonments", "orders", "customers", "compliance"],
-        )
-    }
-
-    fn apply(&mut self, partition: i32, message: &OwnedMessage) -> Result<Vec<Staged>, Unusable> {
-        let family = self.family(message);
+    fn apply(
+        &mut self,
+        partition: i32,
+        family: &'static str,
+        message: &OwnedMessage,
+    ) -> Result<Vec<Staged>, Unusable> {
         let received = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let body = message.payload().unwrap_or_default();
         match decode_input(family, header(message, "shopify-topic"), body, received) {
@@ -137,9 +134,10 @@ impl ShopLogic for Audiences {
             .collect()
     }
 
-    fn assign(&mut self, partition: i32, entities: HashMap<String, Person>) {
+    fn assign(&mut self, partition: i32, entities: HashMap<String, Person>) -> Vec<Staged> {
         self.engine.assign(partition, entities);
         *self.last_members.get_mut().expect("not poisoned") = None;
+        Vec::new()
     }
 
     fn revoke(&mut self, partition: i32) {
@@ -161,6 +159,10 @@ impl ShopLogic for Audiences {
 
     fn emitted(&self, _batch: &Batch) {
         self.metrics.emitted();
+    }
+
+    fn loop_metrics(&self) -> &LoopMetrics {
+        &self.metrics.consumer
     }
 
     fn gauges(&self) {

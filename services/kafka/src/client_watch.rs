@@ -182,6 +182,12 @@ impl ClientWatch {
         self.connection.set_ready(false);
     }
 
+    /// Whether an authentication or TLS failure has not recovered yet (or a fatal error came):
+    /// a loop that sets its readiness itself stays not ready meanwhile.
+    pub fn failing(&self) -> bool {
+        self.fatal.is_cancelled() || self.before_failure.lock().expect("watch lock").is_some()
+    }
+
     /// Cancelled on a fatal error: the service stops and exits non-zero.
     pub fn fatal(&self) -> CancellationToken {
         self.fatal.clone()
@@ -310,8 +316,10 @@ mod tests {
             Err("waiting for kafka_connection".into())
         );
         assert!(!watch.fatal().is_cancelled());
+        assert!(watch.failing());
         watch.broker_up();
         assert_eq!(health.readiness(), Ok(()));
+        assert!(!watch.failing());
     }
 
     #[test]

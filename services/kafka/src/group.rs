@@ -1,6 +1,7 @@
 //! Consumer-group plumbing shared by the stateful consumer services: a context that records
 //! rebalances for the poll loop to handle between batches, and consumer lag as a gauge.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
@@ -95,10 +97,13 @@ impl ConsumerLag {
 }
 
 /// The consumer context of a stateful loop: commits what was stored before partitions are
-/// revoked, queues rebalances for the loop, reports lag, and hands errors to a [`ClientWatch`]
-/// (an authentication or TLS failure turns the loop's readiness off until a broker is up).
+/// revoked, queues rebalances for the loop, reports lag, notices the brokers being away, and
+/// hands errors to a [`ClientWatch`] (an authentication or TLS failure turns the loop's
+/// readiness off until a broker is up).
 pub struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// False from librdkafka's "all brokers down" until statistics show a broker up again.
+    brokers_up: AtomicBool,
     lag: ConsumerLag,
     lag_topics: Vec<(String, String)>,
     watch: ClientWatch,
@@ -108,6 +113,7 @@ impl GroupContext {
     pub fn new(lag: ConsumerLag, lag_topics: Vec<(String, String)>, watch: ClientWatch) -> Self {
         GroupContext {
             events: Mutex::new(Vec::new()),
+            brokers_up: AtomicBool::new(true),
             lag,
             lag_topics,
             watch,
@@ -117,6 +123,12 @@ impl GroupContext {
     /// The rebalances heard since the last call, oldest first.
     pub fn take_events(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *self.events.lock().expect("events lock"))
+    }
+
+    /// Whether a broker is reachable and the connection works, as far as librdkafka last said
+    /// (readiness shows outages, and authentication or TLS failures until they recover).
+    pub fn brokers_up(&self) -> bool {
+        self.brokers_up.load(Ordering::Relaxed) && !self.watch.failing()
     }
 
     fn push(&self, event: RebalanceEvent) {
@@ -133,6 +145,11 @@ fn pairs(list: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP");
+        self.brokers_up.store(up, Ordering::Relaxed);
         self.lag.record(&statistics, &self.lag_topics);
         if statistics
             .brokers
@@ -144,6 +161,9 @@ impl ClientContext for GroupContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers_up.store(false, Ordering::Relaxed);
+        }
         self.watch.observe(&error, reason);
     }
 }
@@ -167,18 +187,8 @@ impl ConsumerContext for GroupContext {
 /// How long a poll loop waits for a first record when it has nothing else to do.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
 
-/// One batch for a poll loop: waits up to [`IDLE_WAIT`] (or until `stop`) for a first record,
+/// One batch for a poll loop: waits up to `first_wait` (or until `stop`) for a first record,
 /// then takes what is already buffered, up to `max` records.
-pub async fn receive_batch<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
-    stop: &CancellationToken,
-    max: usize,
-) -> Vec<OwnedMessage> {
-    receive_batch_within(consumer, stop, max, IDLE_WAIT).await
-}
-
-/// [`receive_batch`] waiting at most `first_wait` for a first record: a loop with a timer due
-/// sooner than [`IDLE_WAIT`] passes the time left, so the timer is not fired late.
 pub async fn receive_batch_within<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     stop: &CancellationToken,

@@ -10,22 +10,22 @@ pub mod producer;
 pub mod properties;
 pub mod records;
 pub mod settings;
-pub mod shop_stage;
+pub mod stage;
 pub mod stats;
 pub mod topics;
 
 pub use client_watch::{ClientWatch, ErrorKind};
 pub use group::{
-    close_off_runtime, receive_batch, receive_batch_within, ConsumerLag, GroupContext, LoopError,
-    RebalanceEvent, IDLE_WAIT,
+    close_off_runtime, receive_batch_within, ConsumerLag, GroupContext, LoopError, RebalanceEvent,
+    IDLE_WAIT,
 };
 pub use loop_metrics::LoopMetrics;
-pub use partition_reader::{read_partition, StoreError, StoredRecord};
+pub use partition_reader::{for_each_record, StoreError, StoredRecord};
 pub use properties::KafkaProperties;
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};
-pub use shop_stage::{
-    Prepared, Preparing, ShopLogic, ShopStage, StageEffect, StageTopics, Unusable,
+pub use stage::{
+    Inputs, Prepared, Preparing, Stage, StageEffect, StageLogic, StageTopics, Unusable,
 };
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{

@@ -11,6 +11,9 @@ use crate::ConsumerLag;
 /// Reasons a record cannot be used (bounded label values).
 const FAILURE_REASONS: [&str; 3] = ["missing_topic", "undecodable", "impossible_value"];
 
+/// Why a member was fenced (bounded label values).
+const FENCE_REASONS: [&str; 2] = ["stalled", "lost"];
+
 #[derive(Clone)]
 pub struct LoopMetrics {
     processed: IntCounterVec,
@@ -20,6 +23,7 @@ pub struct LoopMetrics {
     restored_records: IntCounter,
     changelog_writes: IntCounter,
     partitions: IntGauge,
+    fenced: IntCounterVec,
     pub lag: ConsumerLag,
     /// `<prefix>kafka_errors_total{kind}`: the consumer's librdkafka errors.
     pub kafka_errors: IntCounterVec,
@@ -72,6 +76,14 @@ impl LoopMetrics {
                 "Records written to the changelog topic.",
             ))?,
             partitions: IntGauge::with_opts(opts("assigned_partitions", partitions_help))?,
+            fenced: IntCounterVec::new(
+                opts(
+                    "fenced_total",
+                    "Times this member stopped writing because it may have lost its partitions \
+                     (stalled: the process was frozen; lost: the group session ended), by reason.",
+                ),
+                &["reason"],
+            )?,
             lag: ConsumerLag::register(prefix, registry)?,
             kafka_errors: crate::client_watch::register_errors(prefix, registry)?,
         };
@@ -82,6 +94,10 @@ impl LoopMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.restored_records)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.changelog_writes)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.partitions)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.fenced)?;
+        for reason in FENCE_REASONS {
+            metrics.fenced.with_label_values(&[reason]);
+        }
         for family in families {
             for reason in FAILURE_REASONS {
                 metrics.failed.with_label_values(&[family, reason]);
@@ -114,6 +130,10 @@ impl LoopMetrics {
     pub fn restored(&self, records: usize, took: Duration) {
         self.restored_records.inc_by(records as u64);
         self.restore_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn fenced(&self, reason: &str) {
+        self.fenced.with_label_values(&[reason]).inc();
     }
 
     pub fn changelog_written(&self, records: usize) {

@@ -10,9 +10,9 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// One record read back: key, value (`None` for a tombstone), offset.
-pub struct StoredRecord {
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+pub struct StoredRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
     pub offset: i64,
 }
 
@@ -24,24 +24,33 @@ pub enum StoreError {
         partition: i32,
         source: KafkaError,
     },
-    #[error("reading {topic}[{partition}] did not reach offset {target} within {timeout:?}")]
-    Timeout {
+    #[error(
+        "reading {topic}[{partition}] made no progress towards offset {target} for {stalled:?}"
+    )]
+    Stalled {
         topic: String,
         partition: i32,
         target: i64,
-        timeout: Duration,
+        stalled: Duration,
     },
 }
 
-/// Every record of `topic[partition]` from `from` (inclusive; `None` = the beginning) up to the
-/// high watermark at the time of the call. Blocking: run it on the blocking pool.
-pub fn read_partition(
+/// How long a read may go without a single record before it gives up: a read that is making
+/// progress never does, however long the partition.
+const STALLED_AFTER: Duration = Duration::from_secs(60);
+
+/// Hands every record of `topic[partition]` from `from` (inclusive; `None` = the beginning) up
+/// to the high watermark at the time of the call to `visit`, one at a time, so a caller keeps
+/// only what it needs (memory bounded by live state, not by history). Returns the records read.
+/// Blocking: run it on the blocking pool.
+pub fn for_each_record(
     settings: &KafkaSettings,
     client_id: &str,
     topic: &str,
     partition: i32,
     from: Option<i64>,
-) -> Result<Vec<StoredRecord>, StoreError> {
+    mut visit: impl FnMut(StoredRecord<'_>),
+) -> Result<u64, StoreError> {
     let kafka = |source| StoreError::Kafka {
         topic: topic.to_string(),
         partition,
@@ -63,24 +72,23 @@ pub fn read_partition(
         .map_err(kafka)?;
     let start = from.map_or(low, |offset| offset.max(low));
     if start >= high {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(start))
         .map_err(kafka)?;
     consumer.assign(&assignment).map_err(kafka)?;
-    let mut records = Vec::new();
-    let limit = Duration::from_secs(60);
-    let deadline = Instant::now() + limit;
+    let mut read = 0;
+    let mut last_progress = Instant::now();
     let mut next = start;
     while next < high {
-        if Instant::now() > deadline {
-            return Err(StoreError::Timeout {
+        if last_progress.elapsed() > STALLED_AFTER {
+            return Err(StoreError::Stalled {
                 topic: topic.to_string(),
                 partition,
                 target: high,
-                timeout: limit,
+                stalled: STALLED_AFTER,
             });
         }
         match consumer.poll(Duration::from_millis(200)) {
@@ -89,13 +97,15 @@ pub fn read_partition(
             Some(Err(error)) => return Err(kafka(error)),
             Some(Ok(message)) => {
                 next = message.offset() + 1;
-                records.push(StoredRecord {
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
+                last_progress = Instant::now();
+                read += 1;
+                visit(StoredRecord {
+                    key: message.key(),
+                    value: message.payload(),
                     offset: message.offset(),
                 });
             }
         }
     }
-    Ok(records)
+    Ok(read)
 }

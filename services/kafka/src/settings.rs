@@ -67,6 +67,14 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub kafka_properties: String,
+
+    /// This instance's stable name in its consumer groups (Kafka static membership): a
+    /// restarted instance with the same name gets its partitions back without a group-wide
+    /// rebalance (the k8s manifests set the pod name). Unset: dynamic membership, for brokers
+    /// without it (Tansu 0.6 answers a static member's heartbeats "unknown member"). Instances
+    /// sharing a machine need distinct names, or they fence each other out of the group.
+    #[arg(long = "instance-id", env = "AFTERCART_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 /// Validated Kafka settings. `Debug` hides secret properties.
@@ -83,6 +91,8 @@ pub struct KafkaSettings {
     /// max.compaction.lag.ms and segment.ms of created changelogs.
     pub compaction_lag: Duration,
     pub properties: KafkaProperties,
+    /// `group.instance.id` of the stateful stages; `None`: dynamic membership.
+    pub instance_id: Option<String>,
 }
 
 /// The longest retention allowed: Shopify expects personal data gone within 30 days of a
@@ -172,7 +182,14 @@ impl KafkaArgs {
                 }
             }),
         );
+        let instance_id = match self.instance_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => {
+                errors.check("AFTERCART_INSTANCE_ID", parse_instance_id(id).map(Some))
+            }
+            _ => Some(None),
+        };
         let settings = KafkaSettings {
+            instance_id: instance_id?,
             brokers: brokers?,
             topic_prefix: prefix,
             partitions: partitions? as i32,
@@ -222,6 +239,20 @@ impl KafkaArgs {
     }
 }
 
+/// A group instance id: what Kafka allows in one (it names the member in broker logs too).
+fn parse_instance_id(id: &str) -> Result<String, String> {
+    let valid = !id.is_empty()
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(id.to_string())
+    } else {
+        Err("1 to 200 letters, digits, '.', '_' or '-'".to_string())
+    }
+}
+
 impl std::fmt::Debug for KafkaArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaArgs")
@@ -234,6 +265,7 @@ impl std::fmt::Debug for KafkaArgs {
             .field("topic_compaction_lag", &self.topic_compaction_lag)
             .field("kafka_properties_file", &self.kafka_properties_file)
             .field("kafka_properties", &"<hidden>")
+            .field("instance_id", &self.instance_id)
             .finish()
     }
 }
@@ -262,6 +294,7 @@ impl KafkaSettings {
             retention: Duration::from_secs(7 * 86_400),
             compaction_lag: Duration::from_secs(86_400),
             properties: KafkaProperties::new(),
+            instance_id: None,
         }
     }
 
@@ -396,6 +429,7 @@ mod tests {
             topic_compaction_lag: "1d".into(),
             kafka_properties_file: None,
             kafka_properties: String::new(),
+            instance_id: Some("aftercart-0".into()),
         }
     }
 
@@ -426,9 +460,10 @@ mod tests {
         bad.topic_replication = "many".into();
         bad.kafka_properties = "acks".into();
         bad.topic_retention = "90d".into();
+        bad.instance_id = Some("pod 1/2".into());
         let mut errors = ConfigErrors::new();
         assert!(bad.validate(&mut errors, None).is_none());
-        assert_eq!(errors.problems().len(), 6, "{errors}");
+        assert_eq!(errors.problems().len(), 7, "{errors}");
     }
 
     #[test]
@@ -440,6 +475,31 @@ mod tests {
             .validate(&mut errors, Some("127.0.0.1:1234"))
             .unwrap();
         assert_eq!(settings.brokers, "127.0.0.1:1234");
+    }
+
+    #[test]
+    fn an_unset_or_empty_instance_id_means_dynamic_membership() {
+        let mut errors = ConfigErrors::new();
+        let settings = args().validate(&mut errors, None).unwrap();
+        assert_eq!(settings.instance_id.as_deref(), Some("aftercart-0"));
+        for unnamed in [None, Some(" ".to_string())] {
+            let mut unnamed_args = args();
+            unnamed_args.instance_id = unnamed;
+            let settings = unnamed_args.validate(&mut errors, None).unwrap();
+            assert_eq!(settings.instance_id, None);
+        }
+        assert!(errors.is_empty(), "{errors}");
+    }
+
+    #[test]
+    fn an_operator_setting_replaces_aftercarts_own_under_either_name() {
+        let mut kafka = KafkaSettings::new("localhost:9092", "shopify.");
+        kafka.properties.set("queue.buffering.max.ms", "9");
+        let mut config = ClientConfig::new();
+        config.set("linger.ms", "5");
+        kafka.apply_overrides(&mut config);
+        assert_eq!(config.get("linger.ms"), None);
+        assert_eq!(config.get("queue.buffering.max.ms"), Some("9"));
     }
 
     #[test]

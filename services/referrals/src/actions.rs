@@ -1,5 +1,5 @@
 //! The referral programme acting in shops, at one place: before a batch's outputs are written
-//! ([`aftercart_kafka::ShopLogic::prepare`]), an invite's code is created as the friend's
+//! ([`aftercart_kafka::StageLogic::prepare`]), an invite's code is created as the friend's
 //! discount, a reward is issued (a unique single-use code, or store credit), and a reward
 //! voided after it was issued is deactivated. An output is written only once its action is
 //! done; one Shopify refused for good goes to the dead-letter topic with the reason instead.

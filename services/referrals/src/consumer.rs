@@ -1,14 +1,13 @@
-//! The referrals rules on the shared by-shop stage: which source records are routed, how a
+//! The referrals rules on the shared stage (by shop): which source records are routed, how a
 //! by-shop record becomes engine input, and how engine effects become stage effects.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aftercart_kafka::shop_stage::source_family;
-use aftercart_kafka::shop_stage::EffectOf;
+use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, LoopError, Prepared, Preparing, ShopLogic, ShopStage, StageEffect,
-    StageTopics, TopicNames, Unusable,
+    header, shop_of, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -31,7 +30,7 @@ const REWARDS: usize = 1;
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// The referrals service's poll loop.
-pub type Loop = ShopStage<Referrals>;
+pub type Loop = Stage<Referrals>;
 
 /// The Shopify source topics the router reads.
 pub fn source_topics(config: &ReferralsConfig) -> Vec<(String, &'static str)> {
@@ -52,25 +51,26 @@ pub fn build(
     let topics = StageTopics {
         client: "aftercart-referrals".to_string(),
         group: config.group.clone(),
-        sources: source_topics(config),
-        by_shop: config.by_shop_topic.clone(),
+        inputs: Inputs::ByShop {
+            sources: source_topics(config),
+            by_shop: config.by_shop_topic.clone(),
+        },
+        globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
         outputs: vec![config.invites_topic.clone(), config.rewards_topic.clone()],
     };
-    let consumer_metrics = metrics.consumer.clone();
     let logic = Referrals {
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_expiry: Instant::now(),
         actions,
     };
-    ShopStage::new(
+    Stage::new(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
         logic,
-        consumer_metrics,
         ready,
     )
 }
@@ -122,20 +122,21 @@ impl Referrals {
     }
 }
 
-impl ShopLogic for Referrals {
+impl StageLogic for Referrals {
     type Entity = Entity;
     type Output = Output;
     type Emitted = EmittedEvent;
 
-    fn routes(&self, _family: &str, message: &OwnedMessage) -> bool {
+    fn routes(&self, _family: &'static str, message: &OwnedMessage) -> bool {
         header(message, "shopify-topic").is_some_and(is_relevant)
     }
 
-    fn family(&self, message: &OwnedMessage) -> &'static str {
-        source_family(message, &["orders", "customers", "compliance"])
-    }
-
-    fn apply(&mut self, partition: i32, message: &OwnedMessage) -> Result<Vec<Staged>, Unusable> {
+    fn apply(
+        &mut self,
+        partition: i32,
+        _family: &'static str,
+        message: &OwnedMessage,
+    ) -> Result<Vec<Staged>, Unusable> {
         let topic = header(message, "shopify-topic");
         match decode_input(topic, message.payload().unwrap_or_default()) {
             Ok(input) => {
@@ -160,8 +161,9 @@ impl ShopLogic for Referrals {
         self.staged_at(effects)
     }
 
-    fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) {
+    fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
         self.engine.assign(partition, entities);
+        Vec::new()
     }
 
     fn revoke(&mut self, partition: i32) {
@@ -184,6 +186,10 @@ impl ShopLogic for Referrals {
                 .metrics
                 .rewarded(&event.event_type, event.reason.as_deref()),
         }
+    }
+
+    fn loop_metrics(&self) -> &LoopMetrics {
+        &self.metrics.consumer
     }
 
     fn gauges(&self) {

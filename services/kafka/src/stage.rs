@@ -1,0 +1,940 @@
+//! The stateful stage every consumer service runs (abandonment, referrals, audiences): input
+//! records go through the service's pure logic ([`StageLogic`]) and come out as outputs, a
+//! compacted state changelog and input offsets, flushed in the order that makes a crash safe:
+//! outputs, forwards and dead letters (acknowledged), then the changelog with a checkpoint of
+//! the output offsets (acknowledged), then the offsets of the input partitions still owned.
+//! On assignment a partition's state is restored from the changelog and the outputs written
+//! after its checkpoint are reconciled, so none is emitted twice. A member that may have been
+//! expelled (frozen, or told its assignment is lost) writes nothing more: it drops its state
+//! and rejoins.
+
+mod checkpoint;
+mod global;
+mod ownership;
+mod restore;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use aftercart_runtime::health::Readiness;
+use aftercart_shopify::time::now_ms;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
+use global::GlobalTables;
+pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
+use restore::{restore_partition, RestoreSource, Restored};
+
+use crate::producer::build_output_producer;
+use crate::{
+    close_off_runtime, dead_letter_record, receive_batch_within, shop_of, ClientWatch, DeadLetter,
+    GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, IDLE_WAIT,
+};
+
+/// Header the router adds to a forwarded record: the family of the topic it came from.
+pub const SOURCE_HEADER: &str = "aftercart-source";
+/// Session timeout of a stage's group member unless `session.timeout.ms` is given: with static
+/// membership a restarted pod takes its partitions back within it, without a rebalance.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most records taken per batch.
+const BATCH: usize = 2000;
+/// How often the state gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+/// Partitions restored at once (each read opens its own clients and holds its state).
+const RESTORE_CONCURRENCY: usize = 4;
+
+/// How a stage's state is keyed by its inputs.
+#[derive(Debug, Clone)]
+pub enum Inputs {
+    /// State partition N is partition N of every input topic (all co-partitioned).
+    ByPartition(Vec<(String, &'static str)>),
+    /// Source records are routed to `by_shop`, keyed by shop; state partition N is by-shop
+    /// partition N. Sources are given with the family label of each.
+    ByShop {
+        sources: Vec<(String, &'static str)>,
+        by_shop: String,
+    },
+}
+
+/// Where a stage reads and writes, and who it is.
+#[derive(Debug, Clone)]
+pub struct StageTopics {
+    /// Client id prefix (`aftercart-referrals`).
+    pub client: String,
+    pub group: String,
+    pub inputs: Inputs,
+    /// Topics every instance reads whole before it applies any input (customers, compliance).
+    pub globals: Vec<(String, &'static str)>,
+    /// Compacted changelog: one record per entity, plus a checkpoint per partition.
+    pub state: String,
+    pub dead_letter: String,
+    /// Output topics, each written partition for partition with the state.
+    pub outputs: Vec<String>,
+}
+
+/// A change the logic asks the stage to make.
+pub enum StageEffect<E, O> {
+    /// Write `output` to output topic `topic` (an index into [`StageTopics::outputs`]) in the
+    /// record's state partition, with `event_id` as `aftercart-event-id`.
+    Emit {
+        topic: usize,
+        key: String,
+        event_id: String,
+        output: O,
+    },
+    /// Replace (or with `None`, delete) an entity of the partition's state.
+    Persist { key: String, entity: Option<Box<E>> },
+}
+
+/// The effect type of a logic.
+pub type EffectOf<L> = StageEffect<<L as StageLogic>::Entity, <L as StageLogic>::Output>;
+
+/// Why a record cannot be used: a bounded metric label and a reason for the letter.
+pub struct Unusable {
+    pub label: &'static str,
+    pub reason: String,
+}
+
+/// The family a by-shop record came from (its [`SOURCE_HEADER`]), as one of `families`;
+/// `"other"` when absent or unknown. Labels stay a bounded set.
+pub fn source_family(message: &OwnedMessage, families: &[&'static str]) -> &'static str {
+    let source = crate::header(message, SOURCE_HEADER);
+    families
+        .iter()
+        .find(|f| source == Some(**f))
+        .copied()
+        .unwrap_or("other")
+}
+
+/// The effects of a batch once the logic acted on them outside Kafka ([`StageLogic::prepare`]):
+/// those to write, and outputs it could not act on, as dead letters.
+pub struct Prepared<L: StageLogic + ?Sized> {
+    pub effects: Vec<(i32, EffectOf<L>)>,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// What [`StageLogic::prepare`] returns: `None` when `stop` came first (nothing of the batch is
+/// written and its offsets stay where they were, so the next owner reads it again).
+pub type Preparing<'a, L> = Pin<Box<dyn Future<Output = Option<Prepared<L>>> + Send + 'a>>;
+
+/// `max.poll.interval.ms` for a loop that may go `budget` without polling: the budget and a
+/// minute, at least librdkafka's default (5 minutes) and at most its limit (24 hours). Past it
+/// librdkafka takes the instance for hung and moves its partitions while it still writes.
+pub fn max_poll_interval_ms(budget: Duration) -> String {
+    (budget + Duration::from_secs(60))
+        .as_millis()
+        .clamp(300_000, 86_400_000)
+        .to_string()
+}
+
+/// A service's rules over the state of the partitions it owns: pure, no I/O, except what
+/// [`StageLogic::prepare`] does before a batch's outputs are written.
+pub trait StageLogic {
+    type Entity: Serialize + DeserializeOwned + Send + 'static;
+    /// What the service writes to its output topics.
+    type Output: Serialize + Send;
+    /// How an output reads back on restore.
+    type Emitted: DeserializeOwned + Send + 'static;
+
+    /// By shop: whether a source record of `family` matters to the service (the rest are
+    /// skipped, not routed).
+    fn routes(&self, _family: &'static str, _message: &OwnedMessage) -> bool {
+        true
+    }
+    /// Applies one input record of `family` in state partition `partition`.
+    fn apply(
+        &mut self,
+        partition: i32,
+        family: &'static str,
+        message: &OwnedMessage,
+    ) -> Result<Vec<EffectOf<Self>>, Unusable>;
+    /// Applies one global-table record to the partitions owned here.
+    fn apply_global(
+        &mut self,
+        _family: &'static str,
+        _message: &OwnedMessage,
+    ) -> Result<Vec<(i32, EffectOf<Self>)>, Unusable> {
+        Ok(Vec::new())
+    }
+    /// When the next timer is due (ms since the epoch): the stage waits no longer for input.
+    fn next_due(&self) -> Option<i64> {
+        None
+    }
+    /// Timers, expiry and anything else due at `now_ms`, after each batch.
+    fn tick(&mut self, now_ms: i64) -> Vec<(i32, EffectOf<Self>)>;
+    /// Takes a restored partition; may ask for changes (e.g. forget redacted entities).
+    fn assign(
+        &mut self,
+        partition: i32,
+        entities: HashMap<String, Self::Entity>,
+    ) -> Vec<EffectOf<Self>>;
+    fn revoke(&mut self, partition: i32);
+    fn owns(&self, partition: i32) -> bool;
+    /// Brings the state up to date with an output found after the checkpoint on restore.
+    fn reconcile(&mut self, partition: i32, emitted: &Self::Emitted) -> Vec<EffectOf<Self>>;
+    /// Called once an output is acknowledged (metrics).
+    fn emitted(&self, output: &Self::Output);
+    /// Refreshes the state gauges (at most once a second).
+    fn gauges(&self);
+    /// The service's consumer metrics (records, restores, partitions, lag).
+    fn loop_metrics(&self) -> &LoopMetrics;
+    /// Called once `count` source records are acknowledged on the by-shop topic (metrics).
+    fn routed(&self, _count: usize) {}
+    /// How long [`StageLogic::prepare`] may hold the loop. The consumer is not polled meanwhile,
+    /// so its `max.poll.interval.ms` is raised above this ([`max_poll_interval_ms`]).
+    fn prepare_budget(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Acts on a batch's effects outside Kafka before any of them is written (the referrals
+    /// service creates the discount an invite names, so no invite is published before its
+    /// code works). The default writes them as they are.
+    fn prepare<'a>(
+        &'a mut self,
+        effects: Vec<(i32, EffectOf<Self>)>,
+        _stop: &'a CancellationToken,
+    ) -> Preparing<'a, Self> {
+        Box::pin(std::future::ready(Some(Prepared {
+            effects,
+            dead: Vec::new(),
+        })))
+    }
+}
+
+/// How long a step waits for a first record: never past the next timer, so an idle stage
+/// fires it on time rather than up to [`IDLE_WAIT`] late.
+fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
+    match next_due_ms {
+        None => IDLE_WAIT,
+        Some(due) => {
+            let left = u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0);
+            Duration::from_millis(left).min(IDLE_WAIT)
+        }
+    }
+}
+
+/// The session timeout the group member runs with: the operator's, else [`SESSION_TIMEOUT`].
+fn session_timeout(kafka: &KafkaSettings) -> Duration {
+    kafka
+        .properties
+        .get("session.timeout.ms")
+        .and_then(|value| value.parse::<u64>().ok())
+        .map_or(SESSION_TIMEOUT, Duration::from_millis)
+}
+
+/// A source record on its way to the by-shop topic.
+struct Forward {
+    message: OwnedMessage,
+    shop: String,
+    family: &'static str,
+}
+
+/// What one batch asks to be written.
+struct Work<L: StageLogic> {
+    effects: Vec<(i32, EffectOf<L>)>,
+    forwards: Vec<Forward>,
+    dead: Vec<DeadLetter>,
+    offsets: LatestOffsets,
+}
+
+impl<L: StageLogic> Work<L> {
+    fn of(effects: Vec<(i32, EffectOf<L>)>) -> Self {
+        Work {
+            effects,
+            forwards: Vec::new(),
+            dead: Vec::new(),
+            offsets: LatestOffsets::default(),
+        }
+    }
+}
+
+/// The Kafka clients of a stage. Closing a consumer can block for as long as the broker is
+/// away, so they are always closed on a plain thread, never on the async runtime.
+struct Clients {
+    consumer: StreamConsumer<GroupContext>,
+    producer: FutureProducer,
+}
+
+pub struct Stage<L: StageLogic> {
+    kafka: KafkaSettings,
+    topics: StageTopics,
+    /// Every topic the group consumer subscribes to.
+    subscribed: Vec<String>,
+    shutdown_timeout: Duration,
+    /// `Some` until the stage closes them.
+    clients: Option<Clients>,
+    globals: Option<GlobalTables>,
+    logic: L,
+    metrics: LoopMetrics,
+    ready: Readiness,
+    family_of_topic: HashMap<String, &'static str>,
+    /// The family labels by-shop records can carry.
+    families: Vec<&'static str>,
+    checkpoints: HashMap<i32, Checkpoint>,
+    assignment: Assignment,
+    fence: Fence,
+    assigned_once: bool,
+    last_gauges: Instant,
+    /// One buffer serves every record written: librdkafka copies a payload when it is sent.
+    buffer: Vec<u8>,
+}
+
+fn write_error(error: KafkaError) -> LoopError {
+    LoopError::Write(error)
+}
+
+async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), LoopError> {
+    match delivery.await {
+        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+        Ok(Err((error, _))) => Err(LoopError::Write(error)),
+        Err(_) => Err(LoopError::Write(KafkaError::Canceled)),
+    }
+}
+
+impl<L: StageLogic> Drop for Stage<L> {
+    fn drop(&mut self) {
+        // Dropped without `run` finishing (its task was dropped): still never block the runtime.
+        let clients = self.clients.take();
+        let globals = self.globals.take();
+        if clients.is_some() || globals.is_some() {
+            std::thread::spawn(move || drop((clients, globals)));
+        }
+    }
+}
+
+impl<L: StageLogic> Stage<L> {
+    /// Subscribes with the range assignor, so that partition N of every input topic (or the
+    /// by-shop topic) and its changelog and output partitions stay with one instance; with
+    /// static membership when the settings name this instance.
+    pub fn new(
+        kafka: KafkaSettings,
+        topics: StageTopics,
+        shutdown_timeout: Duration,
+        logic: L,
+        ready: Readiness,
+    ) -> Result<Self, LoopError> {
+        let metrics = logic.loop_metrics().clone();
+        let (inputs, families) = match &topics.inputs {
+            Inputs::ByPartition(inputs) => (inputs.clone(), Vec::new()),
+            Inputs::ByShop { sources, by_shop } => {
+                let mut inputs = sources.clone();
+                inputs.push((by_shop.clone(), "by_shop"));
+                (inputs, sources.iter().map(|(_, f)| *f).collect())
+            }
+        };
+        let subscribed: Vec<String> = inputs.iter().map(|(t, _)| t.clone()).collect();
+        let lag_topics = inputs
+            .iter()
+            .map(|(t, f)| (t.clone(), f.to_string()))
+            .collect();
+        let mut family_of_topic: HashMap<String, &'static str> = inputs.into_iter().collect();
+        family_of_topic.extend(topics.globals.iter().cloned());
+        let watch = ClientWatch::sharing(metrics.kafka_errors.clone(), ready.clone());
+        let context = GroupContext::new(metrics.lag.clone(), lag_topics, watch);
+        let mut config = kafka.group_consumer_config(&topics.client, &topics.group);
+        config
+            .set("partition.assignment.strategy", "range")
+            .set("statistics.interval.ms", "5000")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                max_poll_interval_ms(logic.prepare_budget()),
+            );
+        if let Some(instance) = &kafka.instance_id {
+            config.set("group.instance.id", instance);
+        }
+        kafka.apply_overrides(&mut config);
+        let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
+        consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let globals = if topics.globals.is_empty() {
+            None
+        } else {
+            let names = topics.globals.iter().map(|(t, _)| t.clone()).collect();
+            Some(GlobalTables::new(
+                &kafka,
+                &topics.client,
+                &topics.group,
+                names,
+            )?)
+        };
+        let producer = build_output_producer(&kafka, &topics.client)?;
+        let fence = Fence::new(session_timeout(&kafka));
+        Ok(Stage {
+            kafka,
+            topics,
+            subscribed,
+            shutdown_timeout,
+            clients: Some(Clients { consumer, producer }),
+            globals,
+            logic,
+            metrics,
+            ready,
+            family_of_topic,
+            families,
+            checkpoints: HashMap::new(),
+            assignment: Assignment::default(),
+            fence,
+            assigned_once: false,
+            last_gauges: Instant::now(),
+            buffer: Vec::with_capacity(4096),
+        })
+    }
+
+    pub fn logic(&self) -> &L {
+        &self.logic
+    }
+
+    fn consumer(&self) -> &StreamConsumer<GroupContext> {
+        &self
+            .clients
+            .as_ref()
+            .expect("clients are open until run ends")
+            .consumer
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.clients
+            .as_ref()
+            .expect("clients are open until run ends")
+            .producer
+            .clone()
+    }
+
+    /// Runs until `stop`; returns after a final commit and producer flush.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), LoopError> {
+        let mut result = self.catch_up_globals(&stop).await;
+        while result.is_ok() && !stop.is_cancelled() {
+            result = self.step(&stop).await;
+        }
+        let clients = self
+            .clients
+            .take()
+            .expect("clients are open until run ends");
+        let globals = self.globals.take().map(GlobalTables::into_consumer);
+        let deadline = self.shutdown_timeout.max(Duration::from_secs(1));
+        if !close_off_runtime(clients.consumer, clients.producer, globals, deadline).await {
+            tracing::warn!("Kafka clients did not close before the shutdown deadline.");
+        }
+        result
+    }
+
+    /// Reads the global tables to the end they have now before any input is applied; waits
+    /// (not ready) for as long as they cannot be read, rather than proceed half-informed.
+    async fn catch_up_globals(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
+        let Some(mut globals) = self.globals.take() else {
+            return Ok(());
+        };
+        let mut backoff = Duration::from_millis(200);
+        while !stop.is_cancelled() && !globals.caught_up() {
+            if !globals.assigned() {
+                let kafka = self.kafka.clone();
+                let (back, assigned) = tokio::task::spawn_blocking(move || {
+                    let assigned = globals.assign(&kafka);
+                    (globals, assigned)
+                })
+                .await
+                .map_err(|_| LoopError::Kafka(KafkaError::Canceled))?;
+                globals = back;
+                if let Err(error) = assigned {
+                    tracing::warn!(%error, "Global tables cannot be read yet; retrying.");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                continue;
+            }
+            match globals.next() {
+                Some(message) => {
+                    let effects = self.apply_global(&message);
+                    if !effects.is_empty() {
+                        self.flush(Work::of(effects), stop).await?;
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        self.globals = Some(globals);
+        Ok(())
+    }
+
+    fn apply_global(&mut self, message: &OwnedMessage) -> Vec<(i32, EffectOf<L>)> {
+        let family = self.family_of(message.topic());
+        match self.logic.apply_global(family, message) {
+            Ok(effects) => {
+                self.metrics.processed(family);
+                effects
+            }
+            Err(unusable) => {
+                // Global records are read by every instance: counted, never dead-lettered here.
+                self.metrics.failed(family, unusable.label);
+                Vec::new()
+            }
+        }
+    }
+
+    fn family_of(&self, topic: &str) -> &'static str {
+        self.family_of_topic.get(topic).copied().unwrap_or("other")
+    }
+
+    /// Whether records of `topic` are applied to the state (the rest are routed by shop).
+    fn is_state_input(&self, topic: &str) -> bool {
+        match &self.topics.inputs {
+            Inputs::ByPartition(_) => true,
+            Inputs::ByShop { by_shop, .. } => topic == by_shop,
+        }
+    }
+
+    /// The state partitions among (topic, partition) pairs, sorted, unique.
+    fn state_partitions(&self, event: &RebalanceEvent) -> Vec<i32> {
+        match &self.topics.inputs {
+            Inputs::ByPartition(_) => event.partitions(None),
+            Inputs::ByShop { by_shop, .. } => event.partitions(Some(by_shop)),
+        }
+    }
+
+    fn owned_partitions(&self) -> Vec<i32> {
+        (0..self.kafka.partitions.max(1))
+            .filter(|p| self.logic.owns(*p))
+            .collect()
+    }
+
+    async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
+        self.handle_rebalances(stop).await?;
+        let wait = first_wait(self.logic.next_due(), now_ms());
+        let batch = receive_batch_within(self.consumer(), stop, BATCH, wait).await;
+        // A rebalance heard while receiving is handled before any record is applied; records
+        // of partitions it touched are dropped (read again from the committed offset).
+        let churned = self.handle_rebalances(stop).await?;
+
+        let mut work = Work::of(Vec::with_capacity(batch.len()));
+        // Per batch, not per record: one metric lookup per family.
+        let mut processed: Vec<(&'static str, u64)> = Vec::new();
+        for message in batch {
+            let (topic, partition) = (message.topic(), message.partition());
+            if !self.assignment.holds(topic, partition)
+                || churned.iter().any(|(t, p)| *p == partition && t == topic)
+            {
+                continue;
+            }
+            if self.is_state_input(topic) {
+                if !self.logic.owns(partition) {
+                    continue; // not restored: the partition was lost meanwhile
+                }
+                work.offsets.record(topic, partition, message.offset());
+                let family = match &self.topics.inputs {
+                    Inputs::ByShop { .. } => source_family(&message, &self.families),
+                    Inputs::ByPartition(_) => self.family_of(topic),
+                };
+                match self.logic.apply(partition, family, &message) {
+                    Ok(effects) => {
+                        match processed.iter_mut().find(|(f, _)| *f == family) {
+                            Some((_, count)) => *count += 1,
+                            None => processed.push((family, 1)),
+                        }
+                        work.effects
+                            .extend(effects.into_iter().map(|e| (partition, e)));
+                    }
+                    Err(unusable) => {
+                        self.metrics.failed(family, unusable.label);
+                        tracing::warn!(
+                            topic = family,
+                            partition,
+                            offset = message.offset(),
+                            reason = unusable.label,
+                            "Dead-lettering a record that cannot be used."
+                        );
+                        work.dead.push(DeadLetter {
+                            message,
+                            reason: unusable.reason,
+                        });
+                    }
+                }
+                continue;
+            }
+            work.offsets.record(topic, partition, message.offset());
+            let family = self.family_of(topic);
+            if !self.logic.routes(family, &message) {
+                continue;
+            }
+            let shop = shop_of(&message);
+            if shop.is_empty() {
+                self.metrics.failed(family, "no_shop");
+                work.dead.push(DeadLetter {
+                    message,
+                    reason: "no shop domain in headers or key".to_string(),
+                });
+            } else {
+                work.forwards.push(Forward {
+                    message,
+                    shop,
+                    family,
+                });
+            }
+        }
+        for (family, count) in processed {
+            self.metrics.processed_by(family, count);
+        }
+        if let Some(mut globals) = self.globals.take() {
+            for _ in 0..BATCH {
+                let Some(message) = globals.next() else { break };
+                let effects = self.apply_global(&message);
+                work.effects.extend(effects);
+            }
+            self.globals = Some(globals);
+        }
+        work.effects.extend(self.logic.tick(now_ms()));
+        self.flush(work, stop).await?;
+        if self.last_gauges.elapsed() >= GAUGES_EVERY {
+            self.last_gauges = Instant::now();
+            self.logic.gauges();
+        }
+        Ok(())
+    }
+
+    /// Applies the rebalances heard since the last call; returns the pairs revoked.
+    async fn handle_rebalances(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Result<Vec<(String, i32)>, LoopError> {
+        let events = self.consumer().context().take_events();
+        let mut revoked = Vec::new();
+        for event in events {
+            let partitions = self.state_partitions(&event);
+            match event {
+                RebalanceEvent::Revoked(list) => {
+                    self.assignment.revoke(&list);
+                    for partition in partitions {
+                        self.logic.revoke(partition);
+                        self.checkpoints.remove(&partition);
+                    }
+                    revoked.extend(list);
+                }
+                RebalanceEvent::Assigned(list) => {
+                    self.assignment.assign(&list);
+                    let partitions: Vec<i32> = partitions
+                        .into_iter()
+                        .filter(|p| !self.logic.owns(*p))
+                        .collect();
+                    self.restore(partitions, stop).await?;
+                    self.assigned_once = true;
+                }
+            }
+        }
+        self.metrics.partitions(self.owned_partitions().len());
+        let globals_ready = self.globals.as_ref().is_none_or(GlobalTables::caught_up);
+        // Not ready while the brokers are away: the outage shows until they are back.
+        let up = self.consumer().context().brokers_up();
+        self.ready
+            .set_ready(self.assigned_once && globals_ready && up);
+        Ok(revoked)
+    }
+
+    /// Restores partitions, [`RESTORE_CONCURRENCY`] read at once on the blocking pool, each
+    /// installed in partition order. A read that fails (the brokers away) is tried again until
+    /// it succeeds or `stop`: an outage never ends the process.
+    async fn restore(
+        &mut self,
+        partitions: Vec<i32>,
+        stop: &CancellationToken,
+    ) -> Result<(), LoopError> {
+        let source = RestoreSource {
+            kafka: self.kafka.clone(),
+            client: format!("{}-restore", self.topics.client),
+            state: self.topics.state.clone(),
+            outputs: self.topics.outputs.clone(),
+        };
+        let read = |partition: i32| {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || restore_partition(&source, partition))
+        };
+        for chunk in partitions.chunks(RESTORE_CONCURRENCY) {
+            let reads: Vec<_> = chunk.iter().map(|p| (*p, read(*p))).collect();
+            for (partition, mut pending) in reads {
+                let mut backoff = Duration::from_millis(500);
+                let restored = loop {
+                    match pending.await {
+                        Ok(Ok(restored)) => break restored,
+                        Ok(Err(error)) => {
+                            tracing::warn!(partition, %error, "Restoring a partition failed; retrying.")
+                        }
+                        Err(_) => return Err(LoopError::Kafka(KafkaError::Canceled)),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pending = read(partition);
+                };
+                if !self.install(restored, stop).await? {
+                    return Ok(()); // fenced (the member rejoins and restores afresh) or stopped
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a restored partition to the logic and writes what reconciling it asked for.
+    /// False when the member was fenced meanwhile, or stopped.
+    async fn install(
+        &mut self,
+        restored: Restored<L::Entity, L::Emitted>,
+        stop: &CancellationToken,
+    ) -> Result<bool, LoopError> {
+        let Restored {
+            partition,
+            entities,
+            checkpoint,
+            emitted,
+            records,
+            started,
+        } = restored;
+        let count = entities.len();
+        let mut effects: Vec<(i32, EffectOf<L>)> = self
+            .logic
+            .assign(partition, entities)
+            .into_iter()
+            .map(|e| (partition, e))
+            .collect();
+        for output in &emitted {
+            let reconciled = self.logic.reconcile(partition, output);
+            effects.extend(reconciled.into_iter().map(|e| (partition, e)));
+        }
+        self.checkpoints.insert(partition, checkpoint);
+        let written = self.flush(Work::of(effects), stop).await?;
+        self.metrics.restored(records as usize, started.elapsed());
+        tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
+        Ok(written)
+    }
+
+    /// `Some` when the member may have been expelled and must not write.
+    fn tripped(&self) -> Option<Tripped> {
+        self.fence.check(self.consumer())
+    }
+
+    /// Drops every partition's state and rejoins the group, which assigns partitions afresh
+    /// (restored from the changelog, which holds everything written before the fence).
+    fn reset(&mut self, trip: Tripped) -> Result<(), LoopError> {
+        tracing::warn!(
+            reason = trip.as_label(),
+            "This member may have lost its partitions: dropping its state and rejoining."
+        );
+        self.metrics.fenced(trip.as_label());
+        for partition in self.owned_partitions() {
+            self.logic.revoke(partition);
+        }
+        self.checkpoints.clear();
+        self.assignment.clear();
+        self.fence.answered();
+        self.assigned_once = false;
+        self.ready.set_ready(false);
+        let consumer = self.consumer();
+        consumer.unsubscribe();
+        consumer.subscribe(
+            &self
+                .subscribed
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )?;
+        Ok(())
+    }
+
+    /// Checks the fence before a write phase: false (after a reset) when it tripped.
+    fn may_write(&mut self) -> Result<bool, LoopError> {
+        match self.tripped() {
+            None => Ok(true),
+            Some(trip) => {
+                self.reset(trip)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Writes a batch's work in the crash-safe order: first the logic acts on its effects
+    /// outside Kafka ([`StageLogic::prepare`]), then outputs, forwards and dead letters
+    /// (acknowledged), then entities and checkpoints (acknowledged), then the input offsets of
+    /// partitions still held. The fence is checked before each phase. False when nothing more
+    /// was written: the fence tripped, or `stop` came while the logic acted (then nothing of
+    /// the batch is written and its offsets stay where they were).
+    async fn flush(&mut self, work: Work<L>, stop: &CancellationToken) -> Result<bool, LoopError> {
+        if !self.may_write()? {
+            return Ok(false);
+        }
+        let Work {
+            effects,
+            forwards,
+            mut dead,
+            offsets,
+        } = work;
+        let Some(prepared) = self.logic.prepare(effects, stop).await else {
+            return Ok(false);
+        };
+        let effects = prepared.effects;
+        dead.extend(prepared.dead);
+        // Acting may have taken long (Shopify retries): the member may have lost its partitions.
+        if !self.may_write()? {
+            return Ok(false);
+        }
+        let producer = self.producer();
+        let mut outputs = Vec::new();
+        let mut entities: HashMap<(i32, String), Option<Box<L::Entity>>> = HashMap::new();
+        for (partition, effect) in effects {
+            match effect {
+                StageEffect::Emit {
+                    topic,
+                    key,
+                    event_id,
+                    output,
+                } => outputs.push((partition, topic, key, event_id, output)),
+                StageEffect::Persist { key, entity } => {
+                    entities.insert((partition, key), entity);
+                }
+            }
+        }
+        let mut emitted = Vec::with_capacity(outputs.len());
+        for (partition, topic, key, event_id, output) in &outputs {
+            self.buffer.clear();
+            serde_json::to_writer(&mut self.buffer, output)?;
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "aftercart-event-id",
+                value: Some(event_id.as_str()),
+            });
+            let record = FutureRecord::to(&self.topics.outputs[*topic])
+                .partition(*partition)
+                .key(key.as_str())
+                .payload(self.buffer.as_slice())
+                .headers(headers);
+            let delivery = producer
+                .send_result(record)
+                .map_err(|(e, _)| write_error(e))?;
+            emitted.push((*topic, delivery));
+        }
+        let mut acks = Vec::with_capacity(forwards.len() + dead.len());
+        if let Inputs::ByShop { by_shop, .. } = &self.topics.inputs {
+            for forward in &forwards {
+                acks.push(Self::forward(&producer, forward, by_shop)?);
+            }
+        }
+        for letter in &dead {
+            let record = dead_letter_record(&self.topics.dead_letter, letter);
+            acks.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| write_error(e))?,
+            );
+        }
+        for (topic, delivery) in emitted {
+            let (partition, offset) = delivered(delivery).await?;
+            self.checkpoints
+                .entry(partition)
+                .or_default()
+                .advance(&self.topics.outputs[topic], offset);
+        }
+        for ack in acks {
+            delivered(ack).await?;
+        }
+        self.logic.routed(forwards.len());
+        for _ in &dead {
+            self.metrics.dead_lettered();
+        }
+        for (.., output) in &outputs {
+            self.logic.emitted(output);
+        }
+
+        if !self.may_write()? {
+            return Ok(false);
+        }
+        let state = &self.topics.state;
+        let record = |partition, key| {
+            FutureRecord::<str, [u8]>::to(state)
+                .partition(partition)
+                .key(key)
+        };
+        let mut writes = Vec::with_capacity(entities.len() + outputs.len());
+        for ((partition, key), entity) in &entities {
+            let mut write = record(*partition, key.as_str());
+            if let Some(entity) = entity {
+                self.buffer.clear();
+                serde_json::to_writer(&mut self.buffer, entity)?;
+                write = write.payload(self.buffer.as_slice());
+            }
+            writes.push(
+                producer
+                    .send_result(write)
+                    .map_err(|(e, _)| write_error(e))?,
+            );
+        }
+        let mut touched: Vec<i32> = outputs.iter().map(|(p, ..)| *p).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for partition in touched {
+            self.buffer.clear();
+            let checkpoint = self.checkpoints.entry(partition).or_default();
+            serde_json::to_writer(&mut self.buffer, &*checkpoint)?;
+            let write = record(partition, CHECKPOINT_KEY).payload(self.buffer.as_slice());
+            writes.push(
+                producer
+                    .send_result(write)
+                    .map_err(|(e, _)| write_error(e))?,
+            );
+        }
+        let written = writes.len();
+        for write in writes {
+            delivered(write).await?;
+        }
+        self.metrics.changelog_written(written);
+
+        if !self.may_write()? {
+            return Ok(false);
+        }
+        store_owned(self.consumer(), &self.assignment, offsets);
+        Ok(true)
+    }
+
+    /// Copies a source record to the by-shop topic keyed by shop: the exact bytes, its headers
+    /// plus [`SOURCE_HEADER`], and its receive time (timers count from it).
+    fn forward(
+        producer: &FutureProducer,
+        forward: &Forward,
+        by_shop: &str,
+    ) -> Result<DeliveryFuture, LoopError> {
+        let message = &forward.message;
+        let headers = message
+            .headers()
+            .cloned()
+            .unwrap_or_else(|| OwnedHeaders::new_with_capacity(1))
+            .insert(Header {
+                key: SOURCE_HEADER,
+                value: Some(forward.family),
+            });
+        let mut record = FutureRecord::<str, [u8]>::to(by_shop)
+            .key(forward.shop.as_str())
+            .headers(headers);
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) = message.timestamp() {
+            record = record.timestamp(ms);
+        }
+        producer
+            .send_result(record)
+            .map_err(|(e, _)| write_error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! Unit tests of the stage's pure parts and of its offset store against librdkafka's mock
+//! cluster (no group: a partition is assigned or not by hand).
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::*;
+
+#[test]
+fn an_idle_stage_waits_the_full_idle_wait_without_timers() {
+    assert_eq!(first_wait(None, 1_000), IDLE_WAIT);
+}
+
+#[test]
+fn a_timer_due_sooner_than_the_idle_wait_shortens_the_wait() {
+    assert_eq!(first_wait(Some(1_030), 1_000), Duration::from_millis(30));
+    assert_eq!(first_wait(Some(1_000), 1_000), Duration::ZERO);
+}
+
+#[test]
+fn a_timer_due_later_or_overdue_never_stretches_or_underflows_the_wait() {
+    assert_eq!(first_wait(Some(1_000_000), 1_000), IDLE_WAIT);
+    assert_eq!(first_wait(Some(500), 1_000), Duration::ZERO);
+    assert_eq!(first_wait(Some(i64::MIN), i64::MAX), Duration::ZERO);
+    assert_eq!(first_wait(Some(i64::MAX), i64::MIN), IDLE_WAIT);
+}
+
+#[test]
+fn the_session_timeout_is_the_operators_when_given() {
+    let mut kafka = KafkaSettings::new("localhost:9092", "shopify.");
+    assert_eq!(session_timeout(&kafka), SESSION_TIMEOUT);
+    kafka.properties.set("session.timeout.ms", "6000");
+    assert_eq!(session_timeout(&kafka), Duration::from_secs(6));
+}
+
+#[test]
+fn the_poll_interval_covers_the_prepare_budget() {
+    assert_eq!(max_poll_interval_ms(Duration::ZERO), "300000");
+    // The referrals default: 15 minutes of Shopify retries and a 10 s last request.
+    assert_eq!(max_poll_interval_ms(Duration::from_secs(910)), "970000");
+    assert_eq!(
+        max_poll_interval_ms(Duration::from_secs(48 * 3600)),
+        "86400000"
+    );
+}
+
+fn consumer_holding(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+) -> BaseConsumer {
+    cluster.create_topic("orders", 2, 1).expect("topic");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "stage-store-test")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut held = TopicPartitionList::new();
+    held.add_partition_offset("orders", 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&held).expect("assign");
+    // The assignment takes effect on librdkafka's own thread: wait until a store is taken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while consumer.store_offset("orders", 0, 0).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partition 0 never assigned"
+        );
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    consumer
+}
+
+/// Issue 15: the by-shop loop stored the offsets of every source partition it had read, owned
+/// or not; after a revoke librdkafka answered "erroneous state" and the member exited.
+#[test]
+fn offsets_of_partitions_lost_mid_batch_are_skipped_never_an_error() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    assert!(
+        consumer.store_offset("orders", 1, 7).is_err(),
+        "librdkafka refuses a store for a partition it does not hold"
+    );
+    // The stage still believes it holds partition 1: revoked since its last rebalance event.
+    let mut assignment = Assignment::default();
+    assignment.assign(&[("orders".into(), 0), ("orders".into(), 1)]);
+    let mut offsets = LatestOffsets::default();
+    offsets.record("orders", 0, 5);
+    offsets.record("orders", 1, 7);
+    assert_eq!(store_owned(&consumer, &assignment, offsets), 1);
+    // One the stage knows it lost is skipped without asking librdkafka.
+    assignment.revoke(&[("orders".into(), 1)]);
+    let mut offsets = LatestOffsets::default();
+    offsets.record("orders", 1, 9);
+    offsets.record("orders", 0, 6);
+    assert_eq!(store_owned(&consumer, &assignment, offsets), 1);
+}
+
+#[test]
+fn a_by_shop_record_is_labelled_with_its_known_source_family_only() {
+    use rdkafka::message::{OwnedHeaders, Timestamp};
+    let with = |source: Option<&str>| {
+        let mut headers = OwnedHeaders::new();
+        if let Some(source) = source {
+            headers = headers.insert(Header {
+                key: SOURCE_HEADER,
+                value: Some(source),
+            });
+        }
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        )
+    };
+    let families = ["orders", "customers"];
+    assert_eq!(source_family(&with(Some("orders")), &families), "orders");
+    assert_eq!(source_family(&with(Some("carts")), &families), "other");
+    assert_eq!(source_family(&with(None), &families), "other");
+}
