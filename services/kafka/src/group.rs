@@ -257,4 +257,78 @@ mod tests {
         assert_eq!(event.partitions(None), [0, 1, 2]);
         assert_eq!(event.partitions(Some("a")), [0, 2]);
     }
+
+    /// Records when librdkafka revoked this member's partitions.
+    #[derive(Default)]
+    struct RevokeClock(Mutex<Option<std::time::Instant>>);
+
+    impl ClientContext for RevokeClock {}
+
+    impl ConsumerContext for RevokeClock {
+        fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+            if matches!(rebalance, Rebalance::Revoke(_)) {
+                let mut at = self.0.lock().expect("lock");
+                at.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+    }
+
+    fn static_member(bootstrap: &str, instance: &str) -> StreamConsumer<RevokeClock> {
+        let consumer: StreamConsumer<RevokeClock> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "static-close-test")
+            .set("group.instance.id", instance)
+            .set("session.timeout.ms", "3000")
+            .set("heartbeat.interval.ms", "100")
+            .set("enable.auto.commit", "false")
+            .create_with_context(RevokeClock::default())
+            .expect("consumer");
+        consumer.subscribe(&["orders"]).expect("subscribe");
+        consumer
+    }
+
+    async fn wait_assigned(consumer: &StreamConsumer<RevokeClock>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().expect("assignment").count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "never assigned");
+            let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        }
+    }
+
+    /// Issue 15: closing a static member unsubscribed first, and an unsubscribe (unlike a close)
+    /// sends LeaveGroup even for a static member (KIP-345 exempts only termination): every
+    /// graceful restart cost two group-wide rebalances instead of none. A static member that
+    /// closes stays in the group until its session ends, so the others keep their partitions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_static_member_that_closes_keeps_its_place_until_its_session_ends() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("orders", 2, 1).expect("topic");
+        let bootstrap = cluster.bootstrap_servers();
+        let (staying, leaving) = (
+            static_member(&bootstrap, "staying"),
+            static_member(&bootstrap, "leaving"),
+        );
+        tokio::join!(wait_assigned(&staying), wait_assigned(&leaving));
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("producer");
+        let closed_at = std::time::Instant::now();
+        assert!(close_off_runtime(leaving, producer, (), Duration::from_secs(10)).await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let revoked = loop {
+            if let Some(at) = *staying.context().0.lock().expect("lock") {
+                break at;
+            }
+            assert!(std::time::Instant::now() < deadline, "never rebalanced");
+            let _ = tokio::time::timeout(Duration::from_millis(50), staying.recv()).await;
+        };
+        // Its last heartbeat came at most 100 ms before the close; a LeaveGroup would have
+        // rebalanced the group within a heartbeat of the other member.
+        let after = revoked.saturating_duration_since(closed_at);
+        assert!(
+            after >= Duration::from_millis(2500),
+            "the other member was rebalanced {after:?} after the close: the closing static member left the group"
+        );
+    }
 }
