@@ -176,6 +176,10 @@ impl StageLogic for Abandonment {
         self.engine.revoke(partition);
     }
 
+    fn release(&mut self, partition: i32) -> Option<HashMap<String, Journey>> {
+        self.engine.release(partition)
+    }
+
     fn owns(&self, partition: i32) -> bool {
         self.engine.owns(partition)
     }

@@ -141,8 +141,12 @@ impl StageLogic for Audiences {
     }
 
     fn revoke(&mut self, partition: i32) {
-        self.engine.revoke(partition);
+        self.release(partition);
+    }
+
+    fn release(&mut self, partition: i32) -> Option<HashMap<String, Person>> {
         *self.last_members.get_mut().expect("not poisoned") = None;
+        self.engine.release(partition)
     }
 
     fn owns(&self, partition: i32) -> bool {

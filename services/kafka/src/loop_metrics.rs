@@ -21,6 +21,7 @@ pub struct LoopMetrics {
     dead_letters: IntCounter,
     restore_duration: Histogram,
     restored_records: IntCounter,
+    kept_partitions: IntCounter,
     changelog_writes: IntCounter,
     partitions: IntGauge,
     fenced: IntCounterVec,
@@ -71,6 +72,11 @@ impl LoopMetrics {
                 "state_restored_records_total",
                 "Changelog records read while restoring state.",
             ))?,
+            kept_partitions: IntCounter::with_opts(opts(
+                "state_kept_partitions_total",
+                "Partitions a rebalance revoked and handed straight back whose state was kept \
+                 instead of restored (nothing was written to them meanwhile).",
+            ))?,
             changelog_writes: IntCounter::with_opts(opts(
                 "changelog_records_written_total",
                 "Records written to the changelog topic.",
@@ -92,6 +98,7 @@ impl LoopMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.dead_letters)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.restore_duration)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.restored_records)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.kept_partitions)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.changelog_writes)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.partitions)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.fenced)?;
@@ -130,6 +137,11 @@ impl LoopMetrics {
     pub fn restored(&self, records: usize, took: Duration) {
         self.restored_records.inc_by(records as u64);
         self.restore_duration.observe(took.as_secs_f64());
+    }
+
+    /// A partition handed back by a rebalance kept its state (no restore).
+    pub fn kept(&self) {
+        self.kept_partitions.inc();
     }
 
     pub fn fenced(&self, reason: &str) {

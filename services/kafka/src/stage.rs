@@ -10,6 +10,7 @@
 
 mod checkpoint;
 mod global;
+mod kept;
 mod ownership;
 mod restore;
 
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
 use global::GlobalTables;
+use kept::{ends_of, Ends, KeptStates};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 use restore::{restore_partition, RestoreSource, Restored};
 
@@ -45,6 +47,10 @@ pub const SOURCE_HEADER: &str = "aftercart-source";
 /// Session timeout of a stage's group member unless `session.timeout.ms` is given: with static
 /// membership a restarted pod takes its partitions back within it, without a rebalance.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeat interval unless `heartbeat.interval.ms` is given: a member learns of a rebalance
+/// at its next heartbeat, and the group waits for every member to rejoin, so this bounds how
+/// long one slow-to-hear member holds up everyone's partitions (librdkafka's 3 s default).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most records taken per batch.
 const BATCH: usize = 2000;
 /// How often the state gauges are refreshed.
@@ -178,6 +184,13 @@ pub trait StageLogic {
         entities: HashMap<String, Self::Entity>,
     ) -> Vec<EffectOf<Self>>;
     fn revoke(&mut self, partition: i32);
+    /// Like [`StageLogic::revoke`], but hands the partition's entities back, so that the stage
+    /// can keep them in case the rebalance returns the partition unchanged (no restore). The
+    /// default drops them: the partition is restored from the changelog when it comes back.
+    fn release(&mut self, partition: i32) -> Option<HashMap<String, Self::Entity>> {
+        self.revoke(partition);
+        None
+    }
     fn owns(&self, partition: i32) -> bool;
     /// Brings the state up to date with an output found after the checkpoint on restore.
     fn reconcile(&mut self, partition: i32, emitted: &Self::Emitted) -> Vec<EffectOf<Self>>;
@@ -279,9 +292,13 @@ pub struct Stage<L: StageLogic> {
     /// The family labels by-shop records can carry.
     families: Vec<&'static str>,
     checkpoints: HashMap<i32, Checkpoint>,
+    /// Revoked partitions' state, until the next assignment says whether it comes back.
+    kept: KeptStates<L::Entity>,
     assignment: Assignment,
     fence: Fence,
     assigned_once: bool,
+    /// When the stage was built (subscribed): how long the group took shows in the logs.
+    started: Instant,
     last_gauges: Instant,
     /// One buffer serves every record written: librdkafka copies a payload when it is sent.
     buffer: Vec<u8>,
@@ -348,6 +365,10 @@ impl<L: StageLogic> Stage<L> {
                 SESSION_TIMEOUT.as_millis().to_string(),
             )
             .set(
+                "heartbeat.interval.ms",
+                HEARTBEAT_INTERVAL.as_millis().to_string(),
+            )
+            .set(
                 "max.poll.interval.ms",
                 max_poll_interval_ms(logic.prepare_budget()),
             );
@@ -383,9 +404,11 @@ impl<L: StageLogic> Stage<L> {
             family_of_topic,
             families,
             checkpoints: HashMap::new(),
+            kept: KeptStates::default(),
             assignment: Assignment::default(),
             fence,
             assigned_once: false,
+            started: Instant::now(),
             last_gauges: Instant::now(),
             buffer: Vec::with_capacity(4096),
         })
@@ -616,19 +639,25 @@ impl<L: StageLogic> Stage<L> {
             match event {
                 RebalanceEvent::Revoked(list) => {
                     self.assignment.revoke(&list);
-                    for partition in partitions {
-                        self.logic.revoke(partition);
-                        self.checkpoints.remove(&partition);
-                    }
+                    self.keep(partitions).await;
                     revoked.extend(list);
                 }
                 RebalanceEvent::Assigned(list) => {
                     self.assignment.assign(&list);
+                    let assigning = Instant::now();
                     let partitions: Vec<i32> = partitions
                         .into_iter()
                         .filter(|p| !self.logic.owns(*p))
                         .collect();
-                    self.restore(partitions, stop).await?;
+                    let (kept, read) = self.take_back(partitions, stop).await?;
+                    self.restore(read.clone(), stop).await?;
+                    tracing::info!(
+                        ?kept,
+                        restored = ?read,
+                        since_start_ms = self.started.elapsed().as_millis() as u64,
+                        restore_ms = assigning.elapsed().as_millis() as u64,
+                        "Partitions assigned."
+                    );
                     self.assigned_once = true;
                 }
             }
@@ -640,6 +669,95 @@ impl<L: StageLogic> Stage<L> {
         self.ready
             .set_ready(self.assigned_once && globals_ready && up);
         Ok(revoked)
+    }
+
+    /// Where the changelog and output partitions of `partitions` end, asked of the broker off
+    /// the runtime; `None` when it cannot say (the state is then read again, the safe side).
+    async fn ends(&self, partitions: Vec<i32>) -> Option<Vec<(i32, Ends)>> {
+        let producer = self.producer();
+        let mut topics = vec![self.topics.state.clone()];
+        topics.extend(self.topics.outputs.iter().cloned());
+        let timeout = self.kafka.request_timeout();
+        let asked = tokio::task::spawn_blocking(move || {
+            partitions
+                .into_iter()
+                .map(|p| ends_of(&producer, &topics, p, timeout).map(|ends| (p, ends)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        match asked {
+            Ok(Ok(ends)) => Some(ends),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "Partition ends unknown; their state will be read again.");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Takes revoked partitions from the logic and sets their state aside with where their
+    /// partitions end (every write of this member is acknowledged between batches).
+    async fn keep(&mut self, partitions: Vec<i32>) {
+        let mut released = Vec::new();
+        for partition in partitions {
+            let checkpoint = self.checkpoints.remove(&partition).unwrap_or_default();
+            if !self.logic.owns(partition) {
+                continue; // never restored here
+            }
+            if let Some(entities) = self.logic.release(partition) {
+                released.push((partition, entities, checkpoint));
+            }
+        }
+        if released.is_empty() {
+            return;
+        }
+        let Some(ends) = self.ends(released.iter().map(|(p, ..)| *p).collect()).await else {
+            return;
+        };
+        for ((partition, entities, checkpoint), (_, ends)) in released.into_iter().zip(ends) {
+            self.kept.keep(partition, entities, checkpoint, ends);
+        }
+    }
+
+    /// Hands kept state back to the logic for the assigned partitions nobody wrote to since
+    /// their revoke; returns those and the partitions left to restore. State kept for
+    /// partitions not assigned is dropped.
+    async fn take_back(
+        &mut self,
+        partitions: Vec<i32>,
+        stop: &CancellationToken,
+    ) -> Result<(Vec<i32>, Vec<i32>), LoopError> {
+        let candidates: Vec<i32> = self
+            .kept
+            .partitions()
+            .into_iter()
+            .filter(|p| partitions.contains(p))
+            .collect();
+        let ends = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            self.ends(candidates).await.unwrap_or_default()
+        };
+        let mut kept = Vec::new();
+        for (partition, ends_now) in ends {
+            if let Some((entities, checkpoint)) = self.kept.take_back(partition, &ends_now) {
+                if !self
+                    .adopt(partition, entities, checkpoint, Vec::new(), stop)
+                    .await?
+                {
+                    self.kept.clear();
+                    return Ok((kept, Vec::new())); // fenced or stopped
+                }
+                self.metrics.kept();
+                kept.push(partition);
+            }
+        }
+        self.kept.clear();
+        let read = partitions
+            .into_iter()
+            .filter(|p| !kept.contains(p))
+            .collect();
+        Ok((kept, read))
     }
 
     /// Restores partitions, [`RESTORE_CONCURRENCY`] read at once on the blocking pool, each
@@ -703,6 +821,24 @@ impl<L: StageLogic> Stage<L> {
             started,
         } = restored;
         let count = entities.len();
+        let written = self
+            .adopt(partition, entities, checkpoint, emitted, stop)
+            .await?;
+        self.metrics.restored(records as usize, started.elapsed());
+        tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
+        Ok(written)
+    }
+
+    /// Hands a partition's state to the logic, reconciles the outputs written after its
+    /// checkpoint, and writes what that asked for. False when fenced meanwhile, or stopped.
+    async fn adopt(
+        &mut self,
+        partition: i32,
+        entities: HashMap<String, L::Entity>,
+        checkpoint: Checkpoint,
+        emitted: Vec<L::Emitted>,
+        stop: &CancellationToken,
+    ) -> Result<bool, LoopError> {
         let mut effects: Vec<(i32, EffectOf<L>)> = self
             .logic
             .assign(partition, entities)
@@ -714,10 +850,7 @@ impl<L: StageLogic> Stage<L> {
             effects.extend(reconciled.into_iter().map(|e| (partition, e)));
         }
         self.checkpoints.insert(partition, checkpoint);
-        let written = self.flush(Work::of(effects), stop).await?;
-        self.metrics.restored(records as usize, started.elapsed());
-        tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
-        Ok(written)
+        self.flush(Work::of(effects), stop).await
     }
 
     /// `Some` when the member may have been expelled and must not write.
@@ -737,6 +870,7 @@ impl<L: StageLogic> Stage<L> {
             self.logic.revoke(partition);
         }
         self.checkpoints.clear();
+        self.kept.clear();
         self.assignment.clear();
         self.fence.answered();
         self.assigned_once = false;

@@ -170,6 +170,10 @@ impl StageLogic for Referrals {
         self.engine.revoke(partition);
     }
 
+    fn release(&mut self, partition: i32) -> Option<HashMap<String, Entity>> {
+        self.engine.release(partition)
+    }
+
     fn owns(&self, partition: i32) -> bool {
         self.engine.owns(partition)
     }

@@ -192,6 +192,13 @@ impl Engine {
         self.partitions.remove(&partition);
     }
 
+    /// Revokes a partition and hands its journeys back (for [`Engine::assign`] later).
+    pub fn release(&mut self, partition: i32) -> Option<HashMap<String, Journey>> {
+        self.partitions
+            .remove(&partition)
+            .map(|state| state.journeys)
+    }
+
     /// When the journey's next abandonment is due, if any.
     fn due_of(&self, journey: &Journey) -> Option<i64> {
         if journey.is_closed() || self.uninstalled.contains_key(&journey.shop) {

@@ -244,6 +244,11 @@ impl Engine {
         self.partitions.remove(&partition);
     }
 
+    /// Revokes a partition and hands its people back (for [`Engine::assign`] later).
+    pub fn release(&mut self, partition: i32) -> Option<HashMap<String, Person>> {
+        self.partitions.remove(&partition).map(|state| state.people)
+    }
+
     /// People held by this instance.
     pub fn people(&self) -> usize {
         self.partitions.values().map(|p| p.people.len()).sum()

@@ -192,6 +192,18 @@ impl Engine {
         self.partitions.remove(&partition);
     }
 
+    /// Revokes a partition and hands its entities back (for [`Engine::assign`] later).
+    pub fn release(&mut self, partition: i32) -> Option<HashMap<String, Entity>> {
+        let state = self.partitions.remove(&partition)?;
+        let customers = state
+            .customers
+            .into_iter()
+            .map(|(k, c)| (k, Entity::Customer(c)));
+        let orders = state.orders.into_iter().map(|(k, o)| (k, Entity::Order(o)));
+        let ips = state.ips.into_iter().map(|(k, i)| (k, Entity::Ip(i)));
+        Some(customers.chain(orders).chain(ips).collect())
+    }
+
     /// Applies one fact of `shop` received at `at_ms`.
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
         let rules = &self.rules;

@@ -561,3 +561,15 @@ fn restored_journeys_rearm_their_timers() {
     restarted.assign(0, vec![(KEY.to_string(), journey)]);
     assert_eq!(emitted(&restarted.fire_due(60 * MIN)).len(), 1);
 }
+
+#[test]
+fn a_released_partition_hands_back_its_journeys_with_their_timers() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    let journeys = e.release(0).expect("owned");
+    assert!(!e.owns(0));
+    assert_eq!(journeys.keys().collect::<Vec<_>>(), [KEY]);
+    e.assign(0, journeys);
+    assert_eq!(e.next_due(), Some(60 * MIN));
+    assert_eq!(emitted(&e.fire_due(60 * MIN)).len(), 1);
+}

@@ -577,3 +577,17 @@ fn people_with_nothing_left_are_forgotten_after_the_retention() {
     engine.tick(T0 + 91 * DAY);
     assert_eq!(engine.people(), 0);
 }
+
+#[test]
+fn a_released_partition_hands_back_what_its_changelog_holds() {
+    let mut engine = engine();
+    let mut effects = engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    effects.extend(engine.tick(T0 + 1_000).into_iter().map(|(_, e)| e));
+    let released = engine.release(0).expect("owned");
+    assert!(!engine.owns(0));
+    assert_eq!(released, persisted(&effects));
+    // Assigned back, everyone is compared once and nothing already exported is sent again.
+    engine.assign(0, released);
+    assert!(batches(&engine.tick(T0 + 5_000)).is_empty());
+    assert_eq!(engine.members()["abandoned-checkouts"], 1);
+}

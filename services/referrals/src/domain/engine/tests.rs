@@ -697,3 +697,20 @@ fn expiry_forgets_settled_orders_but_keeps_first_order_facts() {
     assert!(world.persisted[&format!("o/{SHOP}/100")].is_none());
     assert_eq!(world.engine.sizes().0, 1);
 }
+
+#[test]
+fn a_released_partition_hands_back_what_its_changelog_holds() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(200, 2), &code), 1_000);
+    let released = world.engine.release(P).expect("owned");
+    assert!(!world.engine.owns(P));
+    assert_eq!(
+        released,
+        world.restarted().engine.release(P).expect("owned")
+    );
+    // Assigned back, it acts as before the revoke: the pending reward is granted once.
+    world.engine.assign(P, released);
+    world.tick(10 * 86_400_000);
+    assert_eq!(world.rewards().len(), 1);
+}
