@@ -34,7 +34,7 @@ pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
 use global::GlobalTables;
 use kept::{ends_of, Ends, KeptStates};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
-use restore::{restore_partition, RestoreSource, Restored};
+pub use restore::{restore_partition, RestoreSource, Restored};
 
 use crate::producer::build_output_producer;
 use crate::{
@@ -44,9 +44,14 @@ use crate::{
 
 /// Header the router adds to a forwarded record: the family of the topic it came from.
 pub const SOURCE_HEADER: &str = "aftercart-source";
-/// Session timeout of a stage's group member unless `session.timeout.ms` is given: with static
-/// membership a restarted pod takes its partitions back within it, without a rebalance.
+/// Session timeout of a static member (`AFTERCART_INSTANCE_ID` set) unless
+/// `session.timeout.ms` is given: a restarted pod takes its partitions back within it, without
+/// a rebalance, so it may be long.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Session timeout of a dynamic member unless `session.timeout.ms` is given. A dynamic member
+/// restarted after a crash joins as a new member, and the group holds the old member's
+/// partitions until its session ends: this is how long a crash stops them.
+pub const DYNAMIC_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat interval unless `heartbeat.interval.ms` is given: a member learns of a rebalance
 /// at its next heartbeat, and the group waits for every member to rejoin, so this bounds how
 /// long one slow-to-hear member holds up everyone's partitions (librdkafka's 3 s default).
@@ -234,13 +239,18 @@ fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
     }
 }
 
-/// The session timeout the group member runs with: the operator's, else [`SESSION_TIMEOUT`].
+/// The session timeout the group member runs with: the operator's, else
+/// [`SESSION_TIMEOUT`] for a static member and [`DYNAMIC_SESSION_TIMEOUT`] for a dynamic one.
 fn session_timeout(kafka: &KafkaSettings) -> Duration {
+    let default = match kafka.instance_id {
+        Some(_) => SESSION_TIMEOUT,
+        None => DYNAMIC_SESSION_TIMEOUT,
+    };
     kafka
         .properties
         .get("session.timeout.ms")
         .and_then(|value| value.parse::<u64>().ok())
-        .map_or(SESSION_TIMEOUT, Duration::from_millis)
+        .map_or(default, Duration::from_millis)
 }
 
 /// A source record on its way to the by-shop topic.
@@ -362,7 +372,7 @@ impl<L: StageLogic> Stage<L> {
             .set("statistics.interval.ms", "5000")
             .set(
                 "session.timeout.ms",
-                SESSION_TIMEOUT.as_millis().to_string(),
+                session_timeout(&kafka).as_millis().to_string(),
             )
             .set(
                 "heartbeat.interval.ms",
