@@ -77,6 +77,7 @@ bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed 
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-abandonment --bench abandonment | tee bench/out/abandonment.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-referrals --bench referrals | tee bench/out/referrals.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-audiences --bench audiences | tee bench/out/audiences.txt
+	set -o pipefail; $(CARGO) bench --locked -p aftercart-kafka --bench restore | tee bench/out/restore.txt
 	python3 bench/run.py --bin $(BIN)
 
 .PHONY: bench-latency

@@ -952,6 +952,10 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
         out("")
         out(markdown_tables(OUT / file))
         out("")
+    out("`cargo bench -p aftercart-kafka --bench restore` (one partition's state from its changelog):")
+    out("")
+    out(markdown_tables(OUT / "restore.txt"))
+    out("")
     if ours and ours.get("profile"):
         profile = ours["profile"]
         out("## Profile of the aftercart ingress under closed-loop load")

@@ -34,7 +34,7 @@ pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
 use global::GlobalTables;
 use kept::{ends_of, Ends, KeptStates};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
-pub use restore::{restore_partition, RestoreSource, Restored};
+pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
 
 use crate::producer::build_output_producer;
 use crate::{
