@@ -33,6 +33,8 @@ pub struct Rules {
     pub batch_rows: usize,
     /// People with no membership, unseen this long, are forgotten (their consent with them).
     pub person_retention_ms: i64,
+    /// A redaction is remembered this long, so that later facts cannot bring the person back.
+    pub redaction_retention_ms: i64,
 }
 
 /// What the I/O layer must do: emit batches, then persist people.
@@ -59,6 +61,8 @@ pub struct Partition {
     /// (expiry, person key, audience).
     timers: BTreeSet<(i64, String, String)>,
     dirty: BTreeSet<String>,
+    /// Redaction marker key → when the redaction was received (see [`redaction`]).
+    markers: HashMap<String, i64>,
     /// When the oldest unflushed change was made: the flush interval counts from it.
     dirty_since_ms: Option<i64>,
     last_sweep_ms: i64,
@@ -68,6 +72,7 @@ pub struct Partition {
 pub struct Engine {
     rules: Rules,
     partitions: HashMap<i32, Partition>,
+    suppressed: u64,
 }
 
 /// The person key of a customer: `p/<shop>/c/<id>`.
@@ -215,6 +220,7 @@ impl Engine {
         Engine {
             rules,
             partitions: HashMap::new(),
+            suppressed: 0,
         }
     }
 
@@ -226,9 +232,13 @@ impl Engine {
         self.partitions.contains_key(&partition)
     }
 
-    pub fn assign(&mut self, partition: i32, people: HashMap<String, Person>) {
+    pub fn assign(&mut self, partition: i32, entities: HashMap<String, Person>) {
+        let (markers, people): (HashMap<_, _>, HashMap<_, _>) = entities
+            .into_iter()
+            .partition(|(key, _)| key.starts_with(redaction::PREFIX));
         let mut state = Partition {
             people,
+            markers: markers.into_iter().map(|(k, m)| (k, m.seen_ms)).collect(),
             ..Partition::default()
         };
         let keys: Vec<String> = state.people.keys().cloned().collect();
@@ -265,11 +275,32 @@ impl Engine {
 
     /// Applies one fact about `shop` received at `now_ms`.
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, now_ms: i64) -> Vec<Effect> {
+        self.apply_received(partition, shop, input, now_ms, now_ms)
+    }
+
+    /// Facts kept out because they are about someone redacted.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+
+    /// Applies one fact about `shop`, received (by the ingress) at `received_ms`, at `now_ms`.
+    pub fn apply_received(
+        &mut self,
+        partition: i32,
+        shop: &str,
+        input: Input,
+        received_ms: i64,
+        now_ms: i64,
+    ) -> Vec<Effect> {
         let rules = &self.rules;
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Vec::new();
         };
         let mut effects = Vec::new();
+        if state.forbids(shop, &input, received_ms) {
+            self.suppressed += 1;
+            return effects;
+        }
         let mut touched = Vec::new();
         match input {
             Input::Nothing => {}
@@ -362,29 +393,16 @@ impl Engine {
                     touched.push(key);
                 }
             }
-            Input::Redact { person, .. } => {
-                let mut keys = Vec::new();
-                if let Some(id) = person.customer_id {
-                    keys.push(customer_key(shop, id));
-                }
-                if let Some(email) = person.email.as_deref().filter(|e| !e.trim().is_empty()) {
-                    keys.push(guest_key(shop, email));
-                    if let Some(indexed) =
-                        state.by_email.get(&format!("{shop}/{}", email_hash(email)))
-                    {
-                        keys.push(indexed.clone());
-                    }
-                }
-                keys.sort();
-                keys.dedup();
-                for key in keys {
-                    if state.people.contains_key(&key) {
-                        retire(state, &key, &mut effects);
-                        touched.push(key);
-                    }
-                }
+            Input::Redact {
+                person,
+                phone,
+                orders,
+            } => {
+                let who = (&person, phone.as_deref(), orders.as_slice());
+                touched.extend(state.redact_person(shop, who, received_ms, &mut effects));
             }
             Input::ShopRedact => {
+                state.redact_shop(shop, received_ms, &mut effects);
                 let keys: Vec<String> = state
                     .people
                     .iter()
@@ -419,6 +437,7 @@ impl Engine {
             if now_ms - state.last_sweep_ms >= SWEEP_EVERY_MS {
                 state.last_sweep_ms = now_ms;
                 effects.extend(sweep(state, now_ms, self.rules.person_retention_ms));
+                effects.extend(state.expire_markers(now_ms, &self.rules));
             }
             if state.dirty.is_empty() {
                 state.dirty_since_ms = None;
@@ -793,6 +812,8 @@ fn sweep(state: &mut Partition, now_ms: i64, retention_ms: i64) -> Vec<Effect> {
         })
         .collect()
 }
+
+mod redaction;
 
 #[cfg(test)]
 mod tests;

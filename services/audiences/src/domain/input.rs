@@ -44,6 +44,8 @@ pub struct Abandonment {
 /// A purchase's facts that order audiences filter on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purchase {
+    /// The order's id: a redaction's `orders_to_redact` names orders.
+    pub order_id: Option<u64>,
     pub total: Option<Amount>,
     pub financial_status: String,
     pub test: bool,
@@ -90,9 +92,11 @@ pub enum Input {
         person: PersonRef,
         consent: ConsentFact,
     },
+    /// `customers/redact`: the person, their phone, and the orders to redact.
     Redact {
         person: PersonRef,
         phone: Option<String>,
+        orders: Vec<u64>,
     },
     ShopRedact,
     /// Relevant topic, nothing to do (e.g. a guest order without email or customer).
@@ -171,6 +175,7 @@ struct CustomerJson {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct OrderJson {
+    id: Option<u64>,
     email: Option<String>,
     contact_email: Option<String>,
     phone: Option<String>,
@@ -245,6 +250,7 @@ struct ConsentUpdateJson {
 #[serde(default)]
 struct RedactJson {
     customer: Option<CustomerJson>,
+    orders_to_redact: Vec<u64>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +307,7 @@ pub fn decode_input(
                     email: customer.email,
                 },
                 phone: customer.phone,
+                orders: redact.orders_to_redact,
             })
         }
         "shop/redact" => Ok(Input::ShopRedact),
@@ -427,6 +434,7 @@ fn purchase(order: OrderJson, received_ms: i64) -> Input {
         consent,
         at_ms,
         purchase: Purchase {
+            order_id: order.id,
             total: order.total_price.as_deref().and_then(Amount::parse),
             financial_status: order.financial_status.unwrap_or_default(),
             test: order.test,

@@ -45,6 +45,7 @@ fn rules() -> Rules {
         flush_interval_ms: 1_000,
         batch_rows: 1_000,
         person_retention_ms: 90 * DAY,
+        redaction_retention_ms: 400 * DAY,
     }
 }
 
@@ -97,6 +98,7 @@ fn paid(who: PersonRef, at_ms: i64) -> Input {
         consent: None,
         at_ms,
         purchase: Purchase {
+            order_id: None,
             total: None,
             financial_status: "paid".into(),
             test: false,
@@ -234,10 +236,7 @@ fn a_redacted_customer_is_removed_everywhere_then_forgotten() {
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     engine.apply(0, SHOP, paid(ann(), T0 + 10), T0 + 10);
     engine.tick(T0 + 1_000);
-    let redact = Input::Redact {
-        person: ann(),
-        phone: None,
-    };
+    let redact = redact(ann(), None, vec![]);
     engine.apply(0, SHOP, redact, T0 + 1_100);
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "recent-purchasers", Op::Remove), ["files"]);
@@ -576,4 +575,182 @@ fn people_with_nothing_left_are_forgotten_after_the_retention() {
     assert_eq!(engine.people(), 1, "consent history is kept a while");
     engine.tick(T0 + 91 * DAY);
     assert_eq!(engine.people(), 0);
+}
+
+fn redact(who: PersonRef, phone: Option<&str>, orders: Vec<u64>) -> Input {
+    Input::Redact {
+        person: who,
+        phone: phone.map(str::to_string),
+        orders,
+    }
+}
+
+fn exported(effects: &[(i32, Effect)]) -> usize {
+    batches(effects)
+        .iter()
+        .filter(|b| b.op == Op::Add)
+        .map(|b| b.members.len())
+        .sum()
+}
+
+/// Ann known only by another email and her phone (as a later order of hers might say).
+fn ann_by_phone() -> (PersonRef, Contact) {
+    let who = PersonRef {
+        customer_id: None,
+        email: Some("ann.other@example.com".into()),
+    };
+    let contact = Contact {
+        email: Some("ann.other@example.com".into()),
+        phone: Some("+44 (7700) 900-123".into()),
+        ..Default::default()
+    };
+    (who, contact)
+}
+
+#[test]
+fn a_fact_after_the_redaction_does_not_bring_the_person_back() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100);
+    let removed = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&removed, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(engine.people(), 0);
+    // In flight on another topic, or simply later: an order, a customer update, a consent.
+    engine.apply(0, SHOP, paid(ann(), T0 + 500), T0 + 3_000);
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(ann(), Some(true), T0 + 3_100),
+        T0 + 3_100,
+    );
+    let by_email = PersonRef {
+        customer_id: None,
+        email: Some(" ann@example.COM".into()),
+    };
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(by_email, Some(true), T0 + 3_200),
+        T0 + 3_200,
+    );
+    let effects = engine.tick(T0 + 10_000);
+    assert_eq!(exported(&effects), 0, "nobody re-exported: {effects:?}");
+    assert_eq!(engine.people(), 0, "nobody re-created");
+}
+
+#[test]
+fn a_redaction_before_any_fact_keeps_the_person_out() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0);
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0 + 100), T0 + 100);
+    engine.apply(0, SHOP, paid(ann(), T0 + 200), T0 + 200);
+    let effects = engine.tick(T0 + 5_000);
+    assert_eq!(exported(&effects), 0);
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn a_redaction_matches_by_phone_and_by_the_orders_to_redact() {
+    let mut engine = engine();
+    let (who, contact) = ann_by_phone();
+    let fact = Input::Abandoned {
+        person: who.clone(),
+        contact: contact.clone(),
+        consent: Some(ConsentFact {
+            subscribed: true,
+            at_ms: T0,
+        }),
+        at_ms: T0,
+        facts: Abandonment {
+            kind: "checkout".into(),
+            ..Default::default()
+        },
+    };
+    engine.apply(0, SHOP, fact.clone(), T0);
+    engine.tick(T0 + 1_000);
+    // Shopify names her by id and her main email; only the phone ties the guest to her.
+    engine.apply(
+        0,
+        SHOP,
+        redact(ann(), Some("447700900123"), vec![7]),
+        T0 + 1_100,
+    );
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(engine.people(), 0);
+    engine.apply(0, SHOP, fact, T0 + 3_000);
+    // An order named in orders_to_redact, under an address the redaction did not name.
+    let stranger = PersonRef {
+        customer_id: None,
+        email: Some("someone@example.net".into()),
+    };
+    let mut order = paid(stranger, T0 + 3_100);
+    if let Input::Purchased {
+        purchase, contact, ..
+    } = &mut order
+    {
+        purchase.order_id = Some(7);
+        *contact = Contact {
+            email: Some("someone@example.net".into()),
+            ..Default::default()
+        };
+    }
+    engine.apply(0, SHOP, order, T0 + 3_100);
+    let effects = engine.tick(T0 + 10_000);
+    assert_eq!(exported(&effects), 0, "{effects:?}");
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn redaction_markers_survive_a_restore_and_expire_after_their_retention() {
+    let mut engine = engine();
+    let effects: Vec<Effect> =
+        engine.apply(0, SHOP, redact(ann(), Some("+1 555 0100"), vec![]), T0);
+    let state = persisted(&effects);
+    assert!(
+        state.keys().all(|k| k.starts_with("r/")) && state.len() >= 3,
+        "id, email and phone markers: {:?}",
+        state.keys()
+    );
+    assert!(
+        state
+            .keys()
+            .all(|k| !k.contains("example") && !k.contains("555")),
+        "no personal data in the keys"
+    );
+    let mut restored = Engine::new(rules());
+    restored.assign(0, state);
+    restored.apply(0, SHOP, abandoned(ann(), Some(true), T0 + 100), T0 + 100);
+    assert_eq!(exported(&restored.tick(T0 + 5_000)), 0);
+    let retention = rules().redaction_retention_ms;
+    let swept = restored.tick(T0 + retention + 1);
+    let forgotten = swept
+        .iter()
+        .filter(
+            |(_, e)| matches!(e, Effect::Persist { key, person: None } if key.starts_with("r/")),
+        )
+        .count();
+    assert!(forgotten >= 3, "markers expire: {swept:?}");
+    let later = T0 + retention + 120_000;
+    restored.apply(0, SHOP, abandoned(ann(), Some(true), later), later);
+    assert_eq!(exported(&restored.tick(later + 5_000)), ALL.len());
+}
+
+#[test]
+fn a_shop_redaction_keeps_in_flight_facts_out_but_not_a_reinstall() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply_received(0, SHOP, Input::ShopRedact, T0 + 1_100, T0 + 1_100);
+    engine.tick(T0 + 2_100);
+    assert_eq!(engine.people(), 0);
+    // Received before the redaction, processed after it (another topic, lagging).
+    engine.apply_received(0, SHOP, paid(ann(), T0 + 900), T0 + 1_000, T0 + 3_000);
+    assert_eq!(exported(&engine.tick(T0 + 10_000)), 0);
+    assert_eq!(engine.people(), 0);
+    // The merchant installs the app again later: new facts count.
+    let again = T0 + 5 * DAY;
+    engine.apply_received(0, SHOP, abandoned(ann(), Some(true), again), again, again);
+    assert_eq!(exported(&engine.tick(again + 5_000)), ALL.len());
 }
