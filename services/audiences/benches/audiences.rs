@@ -63,6 +63,7 @@ fn rules() -> Rules {
         batch_rows: 1_000,
         person_retention_ms: 90 * DAY,
         redaction_retention_ms: 400 * DAY,
+        google_consent: BTreeMap::new(),
     }
 }
 

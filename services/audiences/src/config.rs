@@ -3,7 +3,7 @@
 
 pub mod file;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
 use aftercart_shopify::money::Amount;
 
 use crate::domain::audience::{AbandonmentFilter, Audience, CustomerFilter, OrderFilter, Source};
+use crate::domain::consent::{ConsentMapping, OptInLevel};
 use crate::domain::engine::Rules;
 use crate::platform::datamanager::{self, Account};
 use crate::platform::{google, meta, tiktok, Platform, Secret};
@@ -371,6 +372,51 @@ fn value(errors: &mut ConfigErrors, at: &str, text: &str) -> Option<String> {
     }
 }
 
+/// How a Google destination reads its consent signals from marketing consent (`None` for
+/// other destinations).
+fn consent_mapping(
+    errors: &mut ConfigErrors,
+    at: &str,
+    destination: &DestinationFile,
+) -> Option<ConsentMapping> {
+    let (DestinationFile::Google {
+        ad_user_data,
+        ad_personalization,
+        ..
+    }
+    | DestinationFile::GoogleAdsLegacy {
+        ad_user_data,
+        ad_personalization,
+        ..
+    }) = destination
+    else {
+        return None;
+    };
+    let mut mapping = ConsentMapping::default();
+    let mut levels = |field: &str, given: &Option<Vec<String>>, into: &mut BTreeSet<OptInLevel>| {
+        let Some(given) = given else { return };
+        into.clear();
+        for text in given {
+            match OptInLevel::parse(text) {
+                Some(level) => {
+                    into.insert(level);
+                }
+                None => errors.push(format!(
+                    "{at}.{field}: {text:?} is not one of {}",
+                    OptInLevel::ALL.join(", ")
+                )),
+            }
+        }
+    };
+    levels("ad_user_data", ad_user_data, &mut mapping.ad_user_data);
+    levels(
+        "ad_personalization",
+        ad_personalization,
+        &mut mapping.ad_personalization,
+    );
+    Some(mapping)
+}
+
 /// An id the platform takes as digits (dashes, as Google writes them, allowed): a typo here
 /// would otherwise dead-letter every batch.
 fn numeric(errors: &mut ConfigErrors, at: &str, id: Option<String>) -> Option<String> {
@@ -601,6 +647,7 @@ impl AudiencesArgs {
             ),
         };
         let mut destinations = BTreeMap::new();
+        let mut google_consent = BTreeMap::new();
         let mut audiences = Vec::new();
         if let (Some(file), Some(timeout), Some(retry)) = (&file, timeout, retry) {
             for (name, destination) in &file.destinations {
@@ -608,6 +655,9 @@ impl AudiencesArgs {
                 if !valid_name(name) {
                     errors.push(format!("{at}: names are letters, digits, - and _"));
                     continue;
+                }
+                if let Some(mapping) = consent_mapping(&mut errors, &at, destination) {
+                    google_consent.insert(name.clone(), mapping);
                 }
                 if let Some(resolved) =
                     self.destination(&mut errors, &at, destination, timeout, retry)
@@ -688,6 +738,7 @@ impl AudiencesArgs {
                 batch_rows: batch_rows.expect("checked") as usize,
                 person_retention_ms: retention.expect("checked").as_millis() as i64,
                 redaction_retention_ms: redaction_retention.expect("checked").as_millis() as i64,
+                google_consent,
             },
             destinations,
             timeout: timeout.expect("checked"),
@@ -764,6 +815,7 @@ impl AudiencesArgs {
                 token_url,
                 metadata_url,
                 base_url,
+                ..
             } => {
                 let account_id =
                     value(errors, &field("operating_account_id"), operating_account_id);
@@ -872,6 +924,7 @@ impl AudiencesArgs {
                 token_url,
                 api_version,
                 base_url,
+                ..
             } => {
                 let customer_id = value(errors, &field("customer_id"), customer_id);
                 let customer_id = numeric(errors, &field("customer_id"), customer_id);

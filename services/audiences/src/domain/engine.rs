@@ -14,6 +14,7 @@ use aftercart_shopify::time::rfc3339;
 
 use crate::domain::audience::{Audience, Source};
 use crate::domain::batch::{batch_id, Batch, Member};
+use crate::domain::consent::{AdConsent, ConsentMapping};
 use crate::domain::input::{Abandonment, ConsentFact, CustomerFacts, Input, PersonRef, Purchase};
 use crate::domain::person::Person;
 use crate::platform::{hash, Contact, Op, Platform};
@@ -35,6 +36,8 @@ pub struct Rules {
     pub person_retention_ms: i64,
     /// A redaction is remembered this long, so that later facts cannot bring the person back.
     pub redaction_retention_ms: i64,
+    /// Google destination name → how its consent signals are read from marketing consent.
+    pub google_consent: BTreeMap<String, ConsentMapping>,
 }
 
 /// What the I/O layer must do: emit batches, then persist people.
@@ -355,11 +358,12 @@ impl Engine {
                 person,
                 contact,
                 consent,
+                sms_consent,
                 facts,
             } => {
                 let fact = Fact::Customer(&facts);
                 let heard = (&contact, consent, now_ms);
-                touched.extend(observe(
+                let key = observe(
                     state,
                     rules,
                     shop,
@@ -368,7 +372,13 @@ impl Engine {
                     fact,
                     now_ms,
                     &mut effects,
-                ));
+                );
+                if let (Some(key), Some(sms)) = (&key, sms_consent) {
+                    if let Some(p) = state.people.get_mut(key) {
+                        p.consent_to(sms);
+                    }
+                }
+                touched.extend(key);
             }
             Input::CustomerDeleted { customer_id } => {
                 let key = customer_key(shop, customer_id);
@@ -478,6 +488,12 @@ impl Engine {
             let held = person.held_contact().clone();
             let customer_id = person.customer_id;
             let shop = person.shop.clone();
+            // Google's consent signals, per Google destination, as this person's consent reads.
+            let ad_consents: BTreeMap<&str, AdConsent> = rules
+                .google_consent
+                .iter()
+                .map(|(name, mapping)| (name.as_str(), person.ad_consent(mapping)))
+                .collect();
             let name = pseudonym(&key, &shop).to_string();
             let mut changed = false;
             // Every membership the person has, including of audiences no longer configured
@@ -511,6 +527,10 @@ impl Engine {
                     let current_row = if wanted { platform.row(&current) } else { None };
                     let moved = holds && held_row != current_row;
                     let mut push = |op: Op, row: serde_json::Value| {
+                        // A removal states no consent: people often leave because they withdrew it.
+                        let consent = (op == Op::Add)
+                            .then(|| ad_consents.get(destination.as_str()).copied())
+                            .flatten();
                         groups
                             .entry((shop.clone(), audience_name.clone(), destination.clone(), op))
                             .or_default()
@@ -518,6 +538,7 @@ impl Engine {
                                 person: name.clone(),
                                 customer_id,
                                 row,
+                                consent,
                             });
                     };
                     if holds && (!wanted || moved) {

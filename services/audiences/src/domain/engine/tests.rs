@@ -46,6 +46,7 @@ fn rules() -> Rules {
         batch_rows: 1_000,
         person_retention_ms: 90 * DAY,
         redaction_retention_ms: 400 * DAY,
+        google_consent: BTreeMap::new(),
     }
 }
 
@@ -77,7 +78,11 @@ fn abandoned(who: PersonRef, consent: Option<bool>, at_ms: i64) -> Input {
     Input::Abandoned {
         person: who,
         contact: contact("Ann@Example.com"),
-        consent: consent.map(|subscribed| ConsentFact { subscribed, at_ms }),
+        consent: consent.map(|subscribed| ConsentFact {
+            subscribed,
+            at_ms,
+            ..Default::default()
+        }),
         at_ms,
         facts: Abandonment {
             kind: "checkout".into(),
@@ -197,6 +202,7 @@ fn without_consent_nobody_is_exported_until_consent_arrives() {
         consent: ConsentFact {
             subscribed: true,
             at_ms: T0 + 2_000,
+            ..Default::default()
         },
     };
     engine.apply(0, SHOP, consent, T0 + 2_000);
@@ -217,6 +223,7 @@ fn revoked_consent_removes_the_person_from_every_destination() {
         consent: ConsentFact {
             subscribed: false,
             at_ms: T0 + 1_500,
+            ..Default::default()
         },
     };
     engine.apply(0, SHOP, revoke, T0 + 1_500);
@@ -315,6 +322,7 @@ fn a_changed_email_is_removed_under_the_old_one_and_added_under_the_new_one() {
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     engine.tick(T0 + 1_000);
     let moved = Input::Customer {
+        sms_consent: None,
         person: PersonRef {
             customer_id: Some(42),
             email: Some("ann@new.example".into()),
@@ -398,6 +406,7 @@ fn a_change_a_platform_does_not_hash_is_not_resent_to_it() {
     engine.tick(T0 + 1_000);
     // A new zip: Meta and Google hash it, TikTok and files do not.
     let moved = Input::Customer {
+        sms_consent: None,
         person: PersonRef {
             customer_id: Some(42),
             email: None,
@@ -441,6 +450,7 @@ fn a_crash_after_a_contact_change_was_emitted_does_not_resend_it() {
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     let first = engine.tick(T0 + 1_000);
     let moved = Input::Customer {
+        sms_consent: None,
         person: PersonRef {
             customer_id: Some(42),
             email: Some("ann@new.example".into()),
@@ -527,6 +537,7 @@ fn an_add_emitted_before_the_persons_first_changelog_record_is_not_emitted_again
         consent: ConsentFact {
             subscribed: false,
             at_ms: T0 + 15_000,
+            ..Default::default()
         },
     };
     again.apply(0, SHOP, revoked, T0 + 15_000);
@@ -660,6 +671,7 @@ fn a_redaction_matches_by_phone_and_by_the_orders_to_redact() {
         consent: Some(ConsentFact {
             subscribed: true,
             at_ms: T0,
+            ..Default::default()
         }),
         at_ms: T0,
         facts: Abandonment {
@@ -753,4 +765,68 @@ fn a_shop_redaction_keeps_in_flight_facts_out_but_not_a_reinstall() {
     let again = T0 + 5 * DAY;
     engine.apply_received(0, SHOP, abandoned(ann(), Some(true), again), again, again);
     assert_eq!(exported(&engine.tick(again + 5_000)), ALL.len());
+}
+
+#[test]
+fn google_additions_carry_the_consent_signals_the_mapping_reads_from_the_customer() {
+    use crate::domain::consent::{AdConsent, ConsentMapping, OptInLevel};
+    use crate::domain::input::Channel;
+    let mut rules = rules();
+    rules.google_consent.insert(
+        "google".into(),
+        ConsentMapping {
+            ad_user_data: [OptInLevel::SingleOptIn, OptInLevel::ConfirmedOptIn].into(),
+            ad_personalization: [OptInLevel::ConfirmedOptIn].into(),
+        },
+    );
+    let mut engine = Engine::new(rules);
+    engine.assign(0, HashMap::new());
+    let level = |subscribed, level, channel| ConsentFact {
+        subscribed,
+        at_ms: T0 - 10,
+        level: Some(level),
+        channel,
+    };
+    let customer = Input::Customer {
+        person: ann(),
+        contact: contact("Ann@Example.com"),
+        consent: Some(level(true, OptInLevel::SingleOptIn, Channel::Email)),
+        sms_consent: Some(level(false, OptInLevel::ConfirmedOptIn, Channel::Sms)),
+        facts: Default::default(),
+    };
+    engine.apply(0, SHOP, customer, T0 - 5);
+    // The abandonment's checkbox says subscribed, without a level: the known level stays.
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let effects = engine.tick(T0 + 1_000);
+    let consent_at = |destination: &str| {
+        batches(&effects)
+            .into_iter()
+            .find(|b| b.destination == destination && b.op == Op::Add)
+            .map(|b| b.members[0].consent)
+    };
+    assert_eq!(
+        consent_at("google"),
+        Some(Some(AdConsent {
+            ad_user_data: true,
+            ad_personalization: false,
+        })),
+        "single opt-in by email, SMS unsubscribed: personalisation not granted"
+    );
+    assert_eq!(consent_at("meta"), Some(None), "only Google gets signals");
+    // A confirmed SMS opt-in later grants personalisation too (the row is unchanged, so the
+    // signals go with the next addition; here the person re-joins after leaving).
+    let sms = Input::Consent {
+        person: ann(),
+        consent: ConsentFact {
+            at_ms: T0 + 2_000,
+            ..level(true, OptInLevel::ConfirmedOptIn, Channel::Sms)
+        },
+    };
+    engine.apply(0, SHOP, sms, T0 + 2_000);
+    let person = &engine.partitions[&0].people["p/shop.myshopify.com/c/42"];
+    assert!(
+        person
+            .ad_consent(&engine.rules.google_consent["google"])
+            .ad_personalization
+    );
 }
