@@ -809,42 +809,45 @@ mod scenarios {
         }
 
         refusing.store(false, Ordering::SeqCst);
-        let meta_delete = |r: &Received| r.method == http::Method::DELETE;
-        until_sent("Meta removal", &p.meta, meta_delete, &[&ann.meta_email]).await;
-        let dm_remove = |r: &Received| r.uri.ends_with(":remove");
-        until_sent(
-            "Data Manager removal",
-            &p.datamanager,
-            dm_remove,
-            &[&ann.google_email],
-        )
-        .await;
-        let google_remove = |r: &Received| {
-            r.uri.ends_with(":addOperations") && body(r)["operations"][0].get("remove").is_some()
-        };
-        until_sent(
-            "Google removal",
-            &p.google,
-            google_remove,
-            &[&ann.google_email],
-        )
-        .await;
-        let tiktok_delete = |r: &Received| body(r)["action"] == "delete";
-        until_sent(
-            "TikTok removal",
-            &p.tiktok,
-            tiktok_delete,
-            &[&ann.tiktok_email],
-        )
-        .await;
-        let hook_remove = |r: &Received| body(r)["op"] == "remove";
-        until_sent(
-            "webhook removal",
-            &p.webhook,
-            hook_remove,
-            &[&ann.plain_email],
-        )
-        .await;
+        type Pick = fn(&Received) -> bool;
+        let removals: [(&str, &Receiver, Pick, &String); 5] = [
+            (
+                "Meta removal",
+                &p.meta,
+                |r| r.method == http::Method::DELETE,
+                &ann.meta_email,
+            ),
+            (
+                "Data Manager removal",
+                &p.datamanager,
+                |r| r.uri.ends_with(":remove"),
+                &ann.google_email,
+            ),
+            (
+                "Google removal",
+                &p.google,
+                |r| {
+                    r.uri.ends_with(":addOperations")
+                        && body(r)["operations"][0].get("remove").is_some()
+                },
+                &ann.google_email,
+            ),
+            (
+                "TikTok removal",
+                &p.tiktok,
+                |r| body(r)["action"] == "delete",
+                &ann.tiktok_email,
+            ),
+            (
+                "webhook removal",
+                &p.webhook,
+                |r| body(r)["op"] == "remove",
+                &ann.plain_email,
+            ),
+        ];
+        for (what, receiver, pick, hash) in removals {
+            until_sent(what, receiver, pick, &[hash]).await;
+        }
         for destination in ["meta", "dm", "google", "tiktok", "hook"] {
             let accepted = format!(
                 r#"aftercart_audiences_batches_total{{destination="{destination}",op="remove",outcome="accepted"}}"#

@@ -541,22 +541,21 @@ impl Exporter {
             if !refused || named.is_empty() || named.len() == rows.len() {
                 return outcome;
             }
-            let keep = |i: &usize| !named.contains(i);
-            rows = rows
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| keep(i))
-                .map(|(_, row)| row)
-                .collect();
-            consents = consents
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| keep(i))
-                .map(|(_, consent)| consent)
-                .collect();
+            rows = without(rows, &named);
+            consents = without(consents, &named);
         }
         outcome
     }
+}
+
+/// `items` without those at the `named` indexes.
+fn without<T>(items: Vec<T>, named: &[usize]) -> Vec<T> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !named.contains(i))
+        .map(|(_, item)| item)
+        .collect()
 }
 
 /// A Google target whose access token is replaced per request.
