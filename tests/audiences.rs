@@ -867,6 +867,56 @@ mod scenarios {
             "nothing dead-lettered: {}",
             letters.len()
         );
+        // A later abandonment of Ann is kept out; Bob's, after it in the same shop's partition,
+        // shows it was processed.
+        upstream
+            .abandoned(&ANN, true, "tok-ann-later", &now())
+            .await;
+        upstream.abandoned(&BOB, true, "tok-bob", &now()).await;
+        let bob = sha("bob@example.com");
+        until_sent("Bob at Meta", &p.meta, any, &[&bob]).await;
+        let meta = p.meta.delivered();
+        let removed_at = meta
+            .iter()
+            .position(|r| r.method == http::Method::DELETE)
+            .expect("the removal");
+        assert!(
+            meta[removed_at + 1..]
+                .iter()
+                .all(|r| !String::from_utf8_lossy(&r.body).contains(ann.meta_email.as_str())),
+            "Ann was not added again after her redaction"
+        );
+        let kept_out = "aftercart_audiences_redacted_facts_total";
+        eventually("the later fact counted as kept out", WAIT, || async {
+            (service.metric(kept_out) >= 1.0).then_some(())
+        })
+        .await;
+
+        // The redacted person's email and phone appear in no batch and no redaction marker
+        // (markers are keyed by pseudonyms; the markers exist: a later fact is kept out).
+        let plain = [
+            "ann.lee+promo@example.com",
+            "Ann.Lee",
+            "7700 900123",
+            "7700900123",
+        ];
+        let batches = read_topic(&stack.bootstrap, &stack.config.batches_topic).await;
+        let state = read_topic(&stack.bootstrap, &stack.config.state_topic).await;
+        let markers: Vec<_> = state
+            .iter()
+            .filter(|r| r.key_str().starts_with("r/"))
+            .collect();
+        assert!(markers.len() >= 3, "id, email and phone markers");
+        for record in batches.iter().chain(markers.iter().copied()) {
+            let text = format!(
+                "{} {}",
+                record.key_str(),
+                String::from_utf8_lossy(&record.value)
+            );
+            for value in plain {
+                assert!(!text.contains(value), "{value:?} in {}", record.topic);
+            }
+        }
     }
 
     pub async fn a_destination_removed_with_removals_pending_is_refused_at_start(broker: &Broker) {
