@@ -33,15 +33,17 @@ fn shop_marker(shop: &str) -> String {
 
 /// The digit strings a phone may be matched by: as typed (leading zeros dropped), as E.164,
 /// and, when `loose`, E.164 without a 1 to 3 digit country code, so that a national number in
-/// the redaction (`555-625-1199`) still meets the international one of an order.
-fn phone_forms(raw: &str, loose: bool) -> Vec<String> {
+/// the redaction (`555-625-1199`) still meets the international one of an order. `country` is
+/// the contact's: the platforms are sent the E.164 it makes of a national number, so an
+/// international redaction must meet it too.
+fn phone_forms(raw: &str, country: Option<&str>, loose: bool) -> Vec<String> {
     let typed: String = raw.chars().filter(char::is_ascii_digit).collect();
     let typed = typed.trim_start_matches('0').to_string();
     let mut forms = Vec::new();
     if typed.len() >= 7 {
         forms.push(typed);
     }
-    if let Some(e164) = phone::e164(raw, None) {
+    if let Some(e164) = phone::e164(raw, country) {
         let digits = e164.digits();
         if loose {
             for cut in 1..=3 {
@@ -118,7 +120,7 @@ impl Partition {
         let by_contact = contact.is_some_and(|c: &Contact| {
             present(c.email.as_deref()).is_some_and(|e| marked(email_marker(shop, e)))
                 || present(c.phone.as_deref()).is_some_and(|p| {
-                    phone_forms(p, true)
+                    phone_forms(p, c.country.as_deref(), true)
                         .iter()
                         .any(|d| marked(phone_marker(shop, d)))
                 })
@@ -139,7 +141,7 @@ impl Partition {
     ) -> Vec<String> {
         let email = present(who.email.as_deref());
         let phones = present(phone)
-            .map(|p| phone_forms(p, false))
+            .map(|p| phone_forms(p, None, false))
             .unwrap_or_default();
         if let Some(id) = who.customer_id {
             self.mark(customer_marker(shop, id), shop, received_ms, effects);
@@ -167,15 +169,14 @@ impl Partition {
                 let same_email = wanted_hash
                     .as_deref()
                     .is_some_and(|h| emails.into_iter().flatten().any(|e| email_hash(e) == h));
-                let phones_held = [
-                    p.contact.phone.as_deref(),
-                    p.held_contact().phone.as_deref(),
-                ];
                 let same_phone = !phones.is_empty()
-                    && phones_held
-                        .into_iter()
-                        .flatten()
-                        .any(|held| phone_forms(held, true).iter().any(|d| phones.contains(d)));
+                    && [&p.contact, p.held_contact()].into_iter().any(|c| {
+                        c.phone.as_deref().is_some_and(|held| {
+                            phone_forms(held, c.country.as_deref(), true)
+                                .iter()
+                                .any(|d| phones.contains(d))
+                        })
+                    });
                 let named = who
                     .customer_id
                     .is_some_and(|id| **key == customer_key(shop, id))
@@ -219,8 +220,8 @@ mod tests {
 
     #[test]
     fn a_national_number_meets_the_international_one() {
-        let redacted = phone_forms("555-625-1199", false);
-        let later = phone_forms("+1 (555) 625-1199", true);
+        let redacted = phone_forms("555-625-1199", None, false);
+        let later = phone_forms("+1 (555) 625-1199", None, true);
         assert!(later.iter().any(|d| redacted.contains(d)));
     }
 

@@ -830,3 +830,57 @@ fn google_additions_carry_the_consent_signals_the_mapping_reads_from_the_custome
             .ad_personalization
     );
 }
+
+/// A guest known by another email and a phone written nationally, with the country that makes
+/// it the international number the platforms are sent (`(555) 625-1199` in the US is +1 555…).
+fn guest_with_national_phone(at_ms: i64) -> Input {
+    let who = PersonRef {
+        customer_id: None,
+        email: Some("guest@example.net".into()),
+    };
+    Input::Abandoned {
+        person: who,
+        contact: Contact {
+            email: Some("guest@example.net".into()),
+            phone: Some("(555) 625-1199".into()),
+            country: Some("US".into()),
+            ..Default::default()
+        },
+        consent: Some(ConsentFact {
+            subscribed: true,
+            at_ms,
+            ..Default::default()
+        }),
+        at_ms,
+        facts: Abandonment {
+            kind: "checkout".into(),
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn an_international_phone_redaction_keeps_out_a_later_national_number_of_the_same_country() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, redact(ann(), Some("+1 555-625-1199"), vec![]), T0);
+    engine.apply(0, SHOP, guest_with_national_phone(T0 + 100), T0 + 100);
+    let effects = engine.tick(T0 + 5_000);
+    assert_eq!(exported(&effects), 0, "re-exported: {effects:?}");
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn an_international_phone_redaction_removes_a_guest_held_under_the_national_number() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, guest_with_national_phone(T0), T0);
+    assert_eq!(exported(&engine.tick(T0 + 1_000)), ALL.len());
+    engine.apply(
+        0,
+        SHOP,
+        redact(ann(), Some("+15556251199"), vec![]),
+        T0 + 1_100,
+    );
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(engine.people(), 0);
+}
