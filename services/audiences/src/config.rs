@@ -421,8 +421,8 @@ fn consent_mapping(
 /// would otherwise dead-letter every batch.
 fn numeric(errors: &mut ConfigErrors, at: &str, id: Option<String>) -> Option<String> {
     let id = id?;
-    let digits: String = id.chars().filter(|c| *c != '-').collect();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // The request builders' own check, so that what passes here can be sent.
+    if crate::platform::numeric_id(&id, "id").is_err() {
         errors.push(format!("{at}: {id:?} is not a numeric id"));
         return None;
     }
@@ -430,12 +430,14 @@ fn numeric(errors: &mut ConfigErrors, at: &str, id: Option<String>) -> Option<St
 }
 
 /// A URL that must be `http(s)://host…` (whether plain http is allowed is decided elsewhere).
+/// The scheme is checked as the request builders check it (`HTTPS://` parses as a URI, but no
+/// request could be built on it).
 fn web_url(errors: &mut ConfigErrors, at: &str, url: String) -> Option<String> {
     let parsed = url.parse::<http::Uri>().ok();
-    let fine = parsed.as_ref().is_some_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https"))
-            && uri.host().is_some_and(|h| !h.is_empty())
-    });
+    let fine = crate::platform::base_url(&url, "base_url").is_ok()
+        && parsed
+            .as_ref()
+            .is_some_and(|uri| uri.host().is_some_and(|h| !h.is_empty()));
     if fine {
         Some(url)
     } else {

@@ -370,3 +370,31 @@ fn the_redaction_retention_is_bounded() {
         .join("\n")
         .contains("AFTERCART_AUDIENCES_REDACTION_RETENTION"));
 }
+
+#[test]
+fn a_base_url_the_requests_cannot_be_built_on_is_refused_at_start() {
+    // The request builders take `http://` and `https://` as written: an upper-case scheme
+    // would pass a looser check and then fail every batch (removals forever).
+    let file = write(
+        r#"
+[destinations.meta]
+type = "meta"
+audience_id = "23850001"
+access_token = "t"
+base_url = "HTTPS://graph.facebook.com"
+
+[[audiences]]
+name = "a"
+source = "orders"
+destinations = ["meta"]
+"#,
+    );
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains(
+            "destinations.meta.base_url: \"HTTPS://graph.facebook.com\" is not an http(s) URL"
+        ),
+        "{text}"
+    );
+}
