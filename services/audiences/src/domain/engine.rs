@@ -526,11 +526,20 @@ impl Engine {
                     let held_row = if holds { platform.row(&held) } else { None };
                     let current_row = if wanted { platform.row(&current) } else { None };
                     let moved = holds && held_row != current_row;
+                    let signals = ad_consents.get(destination.as_str()).copied();
+                    // Held and still wanted, but the consent signals changed: the addition is
+                    // sent again with the new ones (Google updates them; a row is not enough).
+                    let resignal = holds
+                        && wanted
+                        && !moved
+                        && signals.is_some()
+                        && person.ad_consent_sent.get(&destination).copied() != signals;
                     let mut push = |op: Op, row: serde_json::Value| {
                         // A removal states no consent: people often leave because they withdrew it.
-                        let consent = (op == Op::Add)
-                            .then(|| ad_consents.get(destination.as_str()).copied())
-                            .flatten();
+                        let consent = (op == Op::Add).then_some(signals).flatten();
+                        if let Some(consent) = consent {
+                            person.ad_consent_sent.insert(destination.clone(), consent);
+                        }
                         groups
                             .entry((shop.clone(), audience_name.clone(), destination.clone(), op))
                             .or_default()
@@ -547,6 +556,12 @@ impl Engine {
                         }
                         membership.synced.remove(&destination);
                         changed = true;
+                    }
+                    if resignal {
+                        if let Some(row) = current_row.clone() {
+                            push(Op::Add, row);
+                            changed = true;
+                        }
                     }
                     if let (true, false, Some(row)) = (
                         wanted,

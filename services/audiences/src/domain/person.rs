@@ -63,6 +63,10 @@ pub struct Person {
     pub exported_contact: Option<Contact>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub memberships: BTreeMap<String, Membership>,
+    /// Google destination → the consent signals it was last sent with this person: a change
+    /// (a withdrawal above all) is sent again as an addition, which updates them there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ad_consent_sent: BTreeMap<String, AdConsent>,
     /// When they last bought (an abandonment from before it does not make them an abandoner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_purchase_ms: Option<i64>,
@@ -175,6 +179,9 @@ impl Person {
     pub fn prune(&mut self) {
         self.memberships
             .retain(|_, m| m.candidate || !m.synced.is_empty());
+        let memberships = &self.memberships;
+        self.ad_consent_sent
+            .retain(|destination, _| memberships.values().any(|m| m.synced.contains(destination)));
         if !self.holds_anything() {
             self.exported_contact = None;
         }

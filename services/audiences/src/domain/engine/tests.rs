@@ -813,8 +813,7 @@ fn google_additions_carry_the_consent_signals_the_mapping_reads_from_the_custome
         "single opt-in by email, SMS unsubscribed: personalisation not granted"
     );
     assert_eq!(consent_at("meta"), Some(None), "only Google gets signals");
-    // A confirmed SMS opt-in later grants personalisation too (the row is unchanged, so the
-    // signals go with the next addition; here the person re-joins after leaving).
+    // A confirmed SMS opt-in later grants personalisation too.
     let sms = Input::Consent {
         person: ann(),
         consent: ConsentFact {
@@ -883,4 +882,78 @@ fn an_international_phone_redaction_removes_a_guest_held_under_the_national_numb
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
     assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn a_withdrawn_consent_signal_reaches_google_for_a_person_it_already_holds() {
+    use crate::domain::consent::{AdConsent, ConsentMapping, OptInLevel};
+    use crate::domain::input::Channel;
+    let mut rules = rules();
+    rules.google_consent.insert(
+        "google".into(),
+        ConsentMapping {
+            ad_user_data: [OptInLevel::SingleOptIn, OptInLevel::ConfirmedOptIn].into(),
+            ad_personalization: [OptInLevel::ConfirmedOptIn].into(),
+        },
+    );
+    let mut engine = Engine::new(rules);
+    engine.assign(0, HashMap::new());
+    let fact = |subscribed, level, channel, at_ms| ConsentFact {
+        subscribed,
+        at_ms,
+        level: Some(level),
+        channel,
+    };
+    let customer = Input::Customer {
+        person: ann(),
+        contact: contact("Ann@Example.com"),
+        consent: Some(fact(true, OptInLevel::SingleOptIn, Channel::Email, T0 - 10)),
+        sms_consent: Some(fact(
+            true,
+            OptInLevel::ConfirmedOptIn,
+            Channel::Sms,
+            T0 - 10,
+        )),
+        facts: Default::default(),
+    };
+    engine.apply(0, SHOP, customer, T0 - 5);
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    let google_adds = |effects: &[(i32, Effect)]| -> Vec<Option<AdConsent>> {
+        batches(effects)
+            .into_iter()
+            .filter(|b| b.destination == "google" && b.op == Op::Add)
+            .flat_map(|b| b.members.iter().map(|m| m.consent))
+            .collect()
+    };
+    let granted = AdConsent {
+        ad_user_data: true,
+        ad_personalization: true,
+    };
+    assert_eq!(google_adds(&first), [Some(granted)]);
+    // She stops SMS marketing: the confirmed opt-in that granted personalisation is gone, while
+    // her email subscription keeps her in the audience. Google must be told.
+    let withdrawn = Input::Consent {
+        person: ann(),
+        consent: fact(false, OptInLevel::ConfirmedOptIn, Channel::Sms, T0 + 2_000),
+    };
+    engine.apply(0, SHOP, withdrawn, T0 + 2_000);
+    let effects = engine.tick(T0 + 4_000);
+    assert_eq!(
+        google_adds(&effects),
+        [Some(AdConsent {
+            ad_user_data: true,
+            ad_personalization: false,
+        })],
+        "{effects:?}"
+    );
+    assert!(
+        batches(&effects).iter().all(|b| b.destination == "google"),
+        "other platforms get no signals, so nothing to resend: {effects:?}"
+    );
+    // The signals sent are remembered (across a restore too): nothing more is sent.
+    let state = persisted(first.iter().chain(effects.iter()).map(|(_, e)| e));
+    let mut restored = Engine::new(engine.rules.clone());
+    restored.assign(0, state);
+    assert!(batches(&restored.tick(T0 + 10_000)).is_empty());
 }
