@@ -767,10 +767,9 @@ fn a_shop_redaction_keeps_in_flight_facts_out_but_not_a_reinstall() {
     assert_eq!(exported(&engine.tick(again + 5_000)), ALL.len());
 }
 
-#[test]
-fn google_additions_carry_the_consent_signals_the_mapping_reads_from_the_customer() {
-    use crate::domain::consent::{AdConsent, ConsentMapping, OptInLevel};
-    use crate::domain::input::Channel;
+/// An engine whose Google destination grants personalisation only to a confirmed opt-in.
+fn engine_personalising_on_confirmed_opt_in() -> Engine {
+    use crate::domain::consent::{ConsentMapping, OptInLevel};
     let mut rules = rules();
     rules.google_consent.insert(
         "google".into(),
@@ -781,6 +780,14 @@ fn google_additions_carry_the_consent_signals_the_mapping_reads_from_the_custome
     );
     let mut engine = Engine::new(rules);
     engine.assign(0, HashMap::new());
+    engine
+}
+
+#[test]
+fn google_additions_carry_the_consent_signals_the_mapping_reads_from_the_customer() {
+    use crate::domain::consent::{AdConsent, OptInLevel};
+    use crate::domain::input::Channel;
+    let mut engine = engine_personalising_on_confirmed_opt_in();
     let level = |subscribed, level, channel| ConsentFact {
         subscribed,
         at_ms: T0 - 10,
@@ -886,18 +893,9 @@ fn an_international_phone_redaction_removes_a_guest_held_under_the_national_numb
 
 #[test]
 fn a_withdrawn_consent_signal_reaches_google_for_a_person_it_already_holds() {
-    use crate::domain::consent::{AdConsent, ConsentMapping, OptInLevel};
+    use crate::domain::consent::{AdConsent, OptInLevel};
     use crate::domain::input::Channel;
-    let mut rules = rules();
-    rules.google_consent.insert(
-        "google".into(),
-        ConsentMapping {
-            ad_user_data: [OptInLevel::SingleOptIn, OptInLevel::ConfirmedOptIn].into(),
-            ad_personalization: [OptInLevel::ConfirmedOptIn].into(),
-        },
-    );
-    let mut engine = Engine::new(rules);
-    engine.assign(0, HashMap::new());
+    let mut engine = engine_personalising_on_confirmed_opt_in();
     let fact = |subscribed, level, channel, at_ms| ConsentFact {
         subscribed,
         at_ms,
