@@ -11,10 +11,14 @@ broker_tests!(
     a_503_and_a_429_are_retried_and_a_400_is_dead_lettered,
     a_crash_between_send_and_commit_does_not_double_add,
     google_data_manager_partial_failures_are_counted_and_the_rest_resent,
+    refused_removals_wait_until_accepted_and_are_never_dead_lettered,
+    a_destination_removed_with_removals_pending_is_refused_at_start,
 );
 
 mod scenarios {
     use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use aftercart_audiences::AudiencesConfig;
@@ -26,7 +30,7 @@ mod scenarios {
         GOOGLE_LIST, META_AUDIENCE, SERVICE_ACCOUNT, TIKTOK_ADVERTISER, TIKTOK_AUDIENCE,
         WEBHOOK_SECRET,
     };
-    use aftercart_tests::receiver::{Received, Receiver, Reply};
+    use aftercart_tests::receiver::{Received, Receiver, Reply, Route};
     use aftercart_tests::schemas::assert_valid;
     use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
     use serde_json::{json, Value};
@@ -81,10 +85,15 @@ mod scenarios {
 
         /// Starts the service against `platforms` (routes already set).
         async fn start_with(broker: &Broker, platforms: Platforms) -> Stack {
+            Stack::start_flags(broker, platforms, &[]).await
+        }
+
+        /// Starts the service against `platforms` with extra `flags`.
+        async fn start_flags(broker: &Broker, platforms: Platforms, flags: &[&str]) -> Stack {
             let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
             kafka.partitions = 3;
             kafka.properties = broker.client_properties().into();
-            let config = test_config(&kafka, &platforms, &[]);
+            let config = test_config(&kafka, &platforms, flags);
             let service = TestAudiences::start_on(broker, config.clone()).await;
             Stack {
                 platforms,
@@ -263,8 +272,16 @@ mod scenarios {
             job["customerMatchUserListMetadata"]["userList"],
             format!("customers/{GOOGLE_CUSTOMER}/userLists/{GOOGLE_LIST}")
         );
+        assert!(
+            job["customerMatchUserListMetadata"]
+                .get("consent")
+                .is_none(),
+            "consent is each person's, not the job's"
+        );
+        // Ann subscribed through the checkout's box: a single opt-in, which the default
+        // mapping reads as both signals granted.
         assert_eq!(
-            job["customerMatchUserListMetadata"]["consent"],
+            body(&google[1])["operations"][0]["create"]["consent"],
             json!({"adUserData": "GRANTED", "adPersonalization": "GRANTED"})
         );
         assert_eq!(
@@ -321,9 +338,12 @@ mod scenarios {
                     "productDestinationId": DATAMANAGER_LIST}])
         );
         assert_eq!(dm["encoding"], "HEX");
+        assert!(dm.get("consent").is_none(), "consent is each member's");
+        // The `dm` destination maps only confirmed opt-ins to personalisation: Ann's checkbox
+        // (a single opt-in) grants the use of her data, not personalised ads.
         assert_eq!(
-            dm["consent"],
-            json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"})
+            dm["audienceMembers"][0]["consent"],
+            json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_DENIED"})
         );
         assert_eq!(
             dm["termsOfService"]["customerMatchTermsOfServiceStatus"],
@@ -690,6 +710,277 @@ mod scenarios {
         assert!(
             stack.service().metric(errors) >= 2.0,
             "the refusal and the warning are counted"
+        );
+    }
+
+    /// While `refusing` is set, answers in turn 500, 429 (one second) and 400: a failure, a
+    /// wait, and a refusal an addition would be dead-lettered for.
+    fn refusal(refusing: &Arc<AtomicBool>, calls: &AtomicUsize) -> Option<Reply> {
+        if !refusing.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(match calls.fetch_add(1, Ordering::SeqCst) % 3 {
+            0 => Reply::status(500),
+            1 => Reply::status(429).header("retry-after", "1"),
+            _ => Reply::status(400).body(r#"{"error":{"code":100,"message":"refused"}}"#),
+        })
+    }
+
+    pub async fn refused_removals_wait_until_accepted_and_are_never_dead_lettered(broker: &Broker) {
+        let platforms = Platforms::start().await;
+        let refusing = Arc::new(AtomicBool::new(false));
+        let route = |pick: fn(&http::Method, &str) -> Option<Option<Reply>>| -> Route {
+            let refusing = refusing.clone();
+            let calls = AtomicUsize::new(0);
+            Arc::new(
+                move |method: &http::Method, uri: &str| match pick(method, uri) {
+                    Some(fixed) => fixed,
+                    None => refusal(&refusing, &calls),
+                },
+            )
+        };
+        // Only removals are refused: Meta's DELETE, Data Manager's :remove, and everything
+        // else the others get once the additions were confirmed (the flag is set after).
+        platforms.meta.route(route(|method, _| {
+            (*method != http::Method::DELETE).then_some(None)
+        }));
+        platforms.datamanager.route(route(|_, uri| match uri {
+            "/token" => Some(Some(Reply::status(200).body(&format!(
+                r#"{{"access_token":"{DATAMANAGER_ACCESS_TOKEN}","expires_in":3599,"token_type":"Bearer"}}"#
+            )))),
+            _ if uri.ends_with(":remove") => None,
+            _ => Some(None),
+        }));
+        platforms.google.route(route(|_, uri| match uri {
+            "/token" => Some(Some(Reply::status(200).body(&format!(
+                r#"{{"access_token":"{GOOGLE_ACCESS_TOKEN}","expires_in":3599,"token_type":"Bearer"}}"#
+            )))),
+            _ if uri.ends_with(":create") => Some(Some(
+                Reply::status(200).body(&format!(r#"{{"resourceName":"{GOOGLE_JOB}"}}"#)),
+            )),
+            _ => None,
+        }));
+        platforms.tiktok.route(route(|_, _| None));
+        platforms.webhook.route(route(|_, _| None));
+        // Additions would be given up after two seconds: removals must outlast that.
+        let stack =
+            Stack::start_flags(broker, platforms, &["--export-max-retry-duration=2s"]).await;
+        let upstream = stack.upstream(broker);
+        let p = &stack.platforms;
+        let ann = ann_hashes();
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+        until_sent("Meta adds", &p.meta, any, &[&ann.meta_email]).await;
+        until_sent(
+            "Data Manager adds",
+            &p.datamanager,
+            any,
+            &[&ann.google_email],
+        )
+        .await;
+        until_sent("Google adds", &p.google, any, &[&ann.google_email]).await;
+        until_sent("TikTok adds", &p.tiktok, any, &[&ann.tiktok_email]).await;
+        until_sent("webhook adds", &p.webhook, any, &[&ann.plain_email]).await;
+
+        refusing.store(true, Ordering::SeqCst);
+        upstream.redact(&ANN).await;
+        let service = stack.service();
+        let age = r#"aftercart_audiences_pending_removal_age_seconds{destination="meta"}"#;
+        eventually(
+            "a removal waiting past the additions' budget",
+            WAIT,
+            || async {
+                let refused =
+                    |r: &Receiver| r.received().iter().filter(|q| q.answered >= 400).count();
+                let all_refused = [&p.meta, &p.datamanager, &p.google, &p.tiktok, &p.webhook]
+                    .iter()
+                    .all(|r| refused(r) >= 4);
+                (all_refused && service.metric(age) >= 3.0).then_some(())
+            },
+        )
+        .await;
+        for destination in ["meta", "dm", "google", "tiktok", "hook"] {
+            let pending =
+                format!(r#"aftercart_audiences_pending_removals{{destination="{destination}"}}"#);
+            assert_eq!(
+                service.metric(&pending),
+                1.0,
+                "{destination} waits for one person"
+            );
+        }
+
+        refusing.store(false, Ordering::SeqCst);
+        type Pick = fn(&Received) -> bool;
+        let removals: [(&str, &Receiver, Pick, &String); 5] = [
+            (
+                "Meta removal",
+                &p.meta,
+                |r| r.method == http::Method::DELETE,
+                &ann.meta_email,
+            ),
+            (
+                "Data Manager removal",
+                &p.datamanager,
+                |r| r.uri.ends_with(":remove"),
+                &ann.google_email,
+            ),
+            (
+                "Google removal",
+                &p.google,
+                |r| {
+                    r.uri.ends_with(":addOperations")
+                        && body(r)["operations"][0].get("remove").is_some()
+                },
+                &ann.google_email,
+            ),
+            (
+                "TikTok removal",
+                &p.tiktok,
+                |r| body(r)["action"] == "delete",
+                &ann.tiktok_email,
+            ),
+            (
+                "webhook removal",
+                &p.webhook,
+                |r| body(r)["op"] == "remove",
+                &ann.plain_email,
+            ),
+        ];
+        for (what, receiver, pick, hash) in removals {
+            until_sent(what, receiver, pick, &[hash]).await;
+        }
+        for destination in ["meta", "dm", "google", "tiktok", "hook"] {
+            let accepted = format!(
+                r#"aftercart_audiences_batches_total{{destination="{destination}",op="remove",outcome="accepted"}}"#
+            );
+            until_metric(service, &accepted, 1.0).await;
+            let pending =
+                format!(r#"aftercart_audiences_pending_removals{{destination="{destination}"}}"#);
+            until_metric(service, &pending, 0.0).await;
+            let dead = format!(
+                r#"aftercart_audiences_batches_total{{destination="{destination}",op="remove",outcome="dead_lettered"}}"#
+            );
+            assert_eq!(service.metric(&dead), 0.0, "{destination}");
+        }
+        let letters = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+        assert!(
+            letters.is_empty(),
+            "nothing dead-lettered: {}",
+            letters.len()
+        );
+        // A later abandonment of Ann is kept out; Bob's, after it in the same shop's partition,
+        // shows it was processed.
+        upstream
+            .abandoned(&ANN, true, "tok-ann-later", &now())
+            .await;
+        upstream.abandoned(&BOB, true, "tok-bob", &now()).await;
+        let bob = sha("bob@example.com");
+        until_sent("Bob at Meta", &p.meta, any, &[&bob]).await;
+        let meta = p.meta.delivered();
+        let removed_at = meta
+            .iter()
+            .position(|r| r.method == http::Method::DELETE)
+            .expect("the removal");
+        assert!(
+            meta[removed_at + 1..]
+                .iter()
+                .all(|r| !String::from_utf8_lossy(&r.body).contains(ann.meta_email.as_str())),
+            "Ann was not added again after her redaction"
+        );
+        let kept_out = "aftercart_audiences_redacted_facts_total";
+        eventually("the later fact counted as kept out", WAIT, || async {
+            (service.metric(kept_out) >= 1.0).then_some(())
+        })
+        .await;
+
+        // The redacted person's email and phone appear in no batch and no redaction marker
+        // (markers are keyed by pseudonyms; the markers exist: a later fact is kept out).
+        let plain = [
+            "ann.lee+promo@example.com",
+            "Ann.Lee",
+            "7700 900123",
+            "7700900123",
+        ];
+        let batches = read_topic(&stack.bootstrap, &stack.config.batches_topic).await;
+        let state = read_topic(&stack.bootstrap, &stack.config.state_topic).await;
+        let markers: Vec<_> = state
+            .iter()
+            .filter(|r| r.key_str().starts_with("r/"))
+            .collect();
+        assert!(markers.len() >= 3, "id, email and phone markers");
+        for record in batches.iter().chain(markers.iter().copied()) {
+            let text = format!(
+                "{} {}",
+                record.key_str(),
+                String::from_utf8_lossy(&record.value)
+            );
+            for value in plain {
+                assert!(!text.contains(value), "{value:?} in {}", record.topic);
+            }
+        }
+    }
+
+    pub async fn a_destination_removed_with_removals_pending_is_refused_at_start(broker: &Broker) {
+        if broker.is_mock() {
+            // librdkafka's mock cluster answers ListGroups with "unsupported": the check warns
+            // and lets the service start there. Real brokers (Tansu, Kafka) are checked.
+            return;
+        }
+        let platforms = Platforms::start().await;
+        let refusing = Arc::new(AtomicBool::new(false));
+        let calls = AtomicUsize::new(0);
+        let refuse = refusing.clone();
+        platforms
+            .tiktok
+            .route(Arc::new(move |_: &http::Method, _: &str| {
+                refusal(&refuse, &calls)
+            }));
+        let mut stack = Stack::start_with(broker, platforms).await;
+        let upstream = stack.upstream(broker);
+        let ann = ann_hashes();
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+        let p = &stack.platforms;
+        until_sent("TikTok adds", &p.tiktok, any, &[&ann.tiktok_email]).await;
+        refusing.store(true, Ordering::SeqCst);
+        upstream.redact(&ANN).await;
+        let pending = r#"aftercart_audiences_pending_removals{destination="tiktok"}"#;
+        until_metric(stack.service(), pending, 1.0).await;
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
+
+        // The operator takes TikTok out of the configuration: its removal would never be sent.
+        let mut config = stack.config.clone();
+        config.destinations.remove("tiktok");
+        config.rules.destinations.remove("tiktok");
+        for audience in &mut config.rules.audiences {
+            audience.destinations.retain(|d| d != "tiktok");
+        }
+        let registry = prometheus::Registry::new();
+        let health = aftercart_runtime::Health::new();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let refused = tokio::time::timeout(
+            WAIT,
+            aftercart_audiences::serve(&config, &registry, &health, stop.clone()),
+        )
+        .await
+        .expect("refused, not running");
+        let Err(error) = refused else {
+            panic!("started with a removal pending for a removed destination");
+        };
+        assert!(
+            matches!(error, aftercart_audiences::ServeError::PendingRemovals(_)),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("tiktok (1 people)"), "{message}");
+        assert!(message.contains("Put each back"), "{message}");
+        assert!(
+            !message.contains("example.com"),
+            "no personal data: {message}"
         );
     }
 }

@@ -118,6 +118,7 @@ operating_account_id = "{DATAMANAGER_ACCOUNT}"
 user_list_id = "{DATAMANAGER_LIST}"
 service_account_key_file = "{dir}/google-service-account.json"
 base_url = "{datamanager}"
+ad_personalization = ["confirmed_opt_in"]
 
 [destinations.google]
 type = "google_ads_legacy"
@@ -201,6 +202,9 @@ pub fn test_config(
         "--export-max-retry-duration=20s".to_string(),
         "--export-timeout=10s".to_string(),
     ];
+    // A flag given by the test replaces the default above.
+    let name = |flag: &str| flag.split('=').next().unwrap_or_default().to_string();
+    argv.retain(|base| !flags.iter().any(|f| name(f) == name(base)));
     argv.extend(flags.iter().map(|f| f.to_string()));
     let args = Flags::try_parse_from(argv)
         .expect("test flags parse")

@@ -62,6 +62,8 @@ fn rules() -> Rules {
         flush_interval_ms: 30_000,
         batch_rows: 1_000,
         person_retention_ms: 90 * DAY,
+        redaction_retention_ms: 400 * DAY,
+        google_consent: BTreeMap::new(),
     }
 }
 

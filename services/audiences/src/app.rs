@@ -25,6 +25,9 @@ pub enum ServeError {
     Exporter(#[from] ForwarderError),
     #[error("cannot set up an exporter: {0}")]
     Sink(#[from] SinkError),
+    /// A destination was taken out of the configuration with removals still unsent.
+    #[error("{0}")]
+    PendingRemovals(String),
 }
 
 /// Every topic the service reads or writes. The by-shop, changelog and batches topics share one
@@ -61,6 +64,19 @@ pub async fn serve(
     let (specs, same) = topic_specs(config);
     if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
         return Ok(());
+    }
+    let check = config.clone();
+    match tokio::task::spawn_blocking(move || crate::orphans::find(&check)).await {
+        Ok(Ok(orphans)) if !orphans.is_empty() => {
+            return Err(ServeError::PendingRemovals(crate::orphans::refusal(
+                &orphans,
+            )));
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "Could not check for removals left by destinations no longer configured; starting anyway.");
+        }
+        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
     }
     let engine = crate::consumer::build(config, metrics.clone(), health.component("audiences"))?;
     let mut exporters = Vec::new();

@@ -3,7 +3,7 @@
 
 pub mod file;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
 use aftercart_shopify::money::Amount;
 
 use crate::domain::audience::{AbandonmentFilter, Audience, CustomerFilter, OrderFilter, Source};
+use crate::domain::consent::{ConsentMapping, OptInLevel};
 use crate::domain::engine::Rules;
 use crate::platform::datamanager::{self, Account};
 use crate::platform::{google, meta, tiktok, Platform, Secret};
@@ -129,7 +130,20 @@ pub struct AudiencesArgs {
         default_value = "90d"
     )]
     pub person_retention: String,
+
+    /// How long a `customers/redact` or `shop/redact` is remembered, so that a later or
+    /// in-flight fact cannot bring the person back (at least the longest window any service
+    /// keeps state for; at most 10 years).
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCES_REDACTION_RETENTION",
+        default_value = "400d"
+    )]
+    pub redaction_retention: String,
 }
+
+/// Redaction markers are kept at most this long.
+const MAX_REDACTION_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Google's OAuth token endpoint.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
@@ -358,6 +372,80 @@ fn value(errors: &mut ConfigErrors, at: &str, text: &str) -> Option<String> {
     }
 }
 
+/// How a Google destination reads its consent signals from marketing consent (`None` for
+/// other destinations).
+fn consent_mapping(
+    errors: &mut ConfigErrors,
+    at: &str,
+    destination: &DestinationFile,
+) -> Option<ConsentMapping> {
+    let (DestinationFile::Google {
+        ad_user_data,
+        ad_personalization,
+        ..
+    }
+    | DestinationFile::GoogleAdsLegacy {
+        ad_user_data,
+        ad_personalization,
+        ..
+    }) = destination
+    else {
+        return None;
+    };
+    let mut mapping = ConsentMapping::default();
+    let mut levels = |field: &str, given: &Option<Vec<String>>, into: &mut BTreeSet<OptInLevel>| {
+        let Some(given) = given else { return };
+        into.clear();
+        for text in given {
+            match OptInLevel::parse(text) {
+                Some(level) => {
+                    into.insert(level);
+                }
+                None => errors.push(format!(
+                    "{at}.{field}: {text:?} is not one of {}",
+                    OptInLevel::ALL.join(", ")
+                )),
+            }
+        }
+    };
+    levels("ad_user_data", ad_user_data, &mut mapping.ad_user_data);
+    levels(
+        "ad_personalization",
+        ad_personalization,
+        &mut mapping.ad_personalization,
+    );
+    Some(mapping)
+}
+
+/// An id the platform takes as digits (dashes, as Google writes them, allowed): a typo here
+/// would otherwise dead-letter every batch.
+fn numeric(errors: &mut ConfigErrors, at: &str, id: Option<String>) -> Option<String> {
+    let id = id?;
+    // The request builders' own check, so that what passes here can be sent.
+    if crate::platform::numeric_id(&id, "id").is_err() {
+        errors.push(format!("{at}: {id:?} is not a numeric id"));
+        return None;
+    }
+    Some(id)
+}
+
+/// A URL that must be `http(s)://host…` (whether plain http is allowed is decided elsewhere).
+/// The scheme is checked as the request builders check it (`HTTPS://` parses as a URI, but no
+/// request could be built on it).
+fn web_url(errors: &mut ConfigErrors, at: &str, url: String) -> Option<String> {
+    let parsed = url.parse::<http::Uri>().ok();
+    let fine = crate::platform::base_url(&url, "base_url").is_ok()
+        && parsed
+            .as_ref()
+            .is_some_and(|uri| uri.host().is_some_and(|h| !h.is_empty()));
+    if fine {
+        Some(url)
+    } else {
+        errors.push(format!("{at}: {url:?} is not an http(s) URL"));
+        None
+    }
+}
+
 fn optional(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<String> {
     let text = text.as_deref()?;
     errors
@@ -527,6 +615,16 @@ impl AudiencesArgs {
             "AFTERCART_AUDIENCES_PERSON_RETENTION",
             positive(&self.person_retention),
         );
+        let redaction_retention = errors.check(
+            "AFTERCART_AUDIENCES_REDACTION_RETENTION",
+            positive(&self.redaction_retention).and_then(|d| {
+                if d > MAX_REDACTION_RETENTION {
+                    Err("at most 3650d: markers must expire".to_string())
+                } else {
+                    Ok(d)
+                }
+            }),
+        );
         let retry = match (initial, max, max_duration) {
             (Some(initial), Some(max), Some(max_duration)) => Some(RetryPolicy {
                 initial,
@@ -551,6 +649,7 @@ impl AudiencesArgs {
             ),
         };
         let mut destinations = BTreeMap::new();
+        let mut google_consent = BTreeMap::new();
         let mut audiences = Vec::new();
         if let (Some(file), Some(timeout), Some(retry)) = (&file, timeout, retry) {
             for (name, destination) in &file.destinations {
@@ -558,6 +657,9 @@ impl AudiencesArgs {
                 if !valid_name(name) {
                     errors.push(format!("{at}: names are letters, digits, - and _"));
                     continue;
+                }
+                if let Some(mapping) = consent_mapping(&mut errors, &at, destination) {
+                    google_consent.insert(name.clone(), mapping);
                 }
                 if let Some(resolved) =
                     self.destination(&mut errors, &at, destination, timeout, retry)
@@ -637,6 +739,8 @@ impl AudiencesArgs {
                 flush_interval_ms: flush.expect("checked").as_millis() as i64,
                 batch_rows: batch_rows.expect("checked") as usize,
                 person_retention_ms: retention.expect("checked").as_millis() as i64,
+                redaction_retention_ms: redaction_retention.expect("checked").as_millis() as i64,
+                google_consent,
             },
             destinations,
             timeout: timeout.expect("checked"),
@@ -663,6 +767,7 @@ impl AudiencesArgs {
                    default_version: &str| {
             let base = optional(errors, &field("base_url"), own_base)
                 .unwrap_or_else(|| global.trim().trim_end_matches('/').to_string());
+            let base = web_url(errors, &field("base_url"), base).unwrap_or_default();
             let version = optional(errors, &field("api_version"), own_version)
                 .unwrap_or_else(|| default_version.to_string());
             (base, version)
@@ -679,6 +784,7 @@ impl AudiencesArgs {
                 base_url,
             } => {
                 let audience_id = value(errors, &field("audience_id"), audience_id);
+                let audience_id = numeric(errors, &field("audience_id"), audience_id);
                 let token = token(errors, access_token, access_token_file);
                 let (base_url, version) = api(
                     errors,
@@ -711,9 +817,11 @@ impl AudiencesArgs {
                 token_url,
                 metadata_url,
                 base_url,
+                ..
             } => {
                 let account_id =
                     value(errors, &field("operating_account_id"), operating_account_id);
+                let account_id = numeric(errors, &field("operating_account_id"), account_id);
                 let account_type = optional(
                     errors,
                     &field("operating_account_type"),
@@ -721,9 +829,14 @@ impl AudiencesArgs {
                 )
                 .unwrap_or_else(|| "GOOGLE_ADS".to_string());
                 let login_id = optional(errors, &field("login_account_id"), login_account_id);
+                let login_id = match login_id {
+                    Some(id) => numeric(errors, &field("login_account_id"), Some(id)),
+                    None => None,
+                };
                 let login_type = optional(errors, &field("login_account_type"), login_account_type)
                     .unwrap_or_else(|| "GOOGLE_ADS".to_string());
                 let list = value(errors, &field("user_list_id"), user_list_id);
+                let list = numeric(errors, &field("user_list_id"), list);
                 let sources = [
                     access_token.is_some() || access_token_file.is_some(),
                     refresh_token.is_some() || refresh_token_file.is_some(),
@@ -778,10 +891,11 @@ impl AudiencesArgs {
                             .trim_end_matches('/')
                             .to_string()
                     });
+                let base_url = web_url(errors, &field("base_url"), base_url);
                 let (token, auth) = auth?;
                 Destination::Google(
                     datamanager::Target {
-                        base_url,
+                        base_url: base_url?,
                         operating_account: Account {
                             account_type: account_type.to_ascii_uppercase(),
                             account_id: account_id?,
@@ -812,10 +926,17 @@ impl AudiencesArgs {
                 token_url,
                 api_version,
                 base_url,
+                ..
             } => {
                 let customer_id = value(errors, &field("customer_id"), customer_id);
+                let customer_id = numeric(errors, &field("customer_id"), customer_id);
                 let list = value(errors, &field("user_list_id"), user_list_id);
+                let list = numeric(errors, &field("user_list_id"), list);
                 let login = optional(errors, &field("login_customer_id"), login_customer_id);
+                let login = match login {
+                    Some(id) => numeric(errors, &field("login_customer_id"), Some(id)),
+                    None => None,
+                };
                 let developer = secret(
                     errors,
                     &field("developer_token"),
@@ -867,7 +988,9 @@ impl AudiencesArgs {
                 base_url,
             } => {
                 let advertiser = value(errors, &field("advertiser_id"), advertiser_id);
+                let advertiser = numeric(errors, &field("advertiser_id"), advertiser);
                 let audience_id = value(errors, &field("audience_id"), audience_id);
+                let audience_id = numeric(errors, &field("audience_id"), audience_id);
                 let token = token(errors, access_token, access_token_file);
                 let (base_url, version) = api(
                     errors,

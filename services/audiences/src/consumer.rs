@@ -116,7 +116,12 @@ impl StageLogic for Audiences {
         match decode_input(family, header(message, "shopify-topic"), body, received) {
             Ok(input) => {
                 let shop = shop_of(message);
-                let effects = self.engine.apply(partition, &shop, input, now_ms());
+                let before = self.engine.suppressed();
+                let effects =
+                    self.engine
+                        .apply_received(partition, &shop, input, received, now_ms());
+                self.metrics
+                    .redacted_facts(self.engine.suppressed() - before);
                 Ok(effects.into_iter().map(staged).collect())
             }
             Err(error) => Err(Unusable {

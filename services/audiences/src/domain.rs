@@ -3,6 +3,7 @@
 
 pub mod audience;
 pub mod batch;
+pub mod consent;
 pub mod engine;
 pub mod input;
 pub mod person;

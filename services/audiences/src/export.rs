@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Destination, GoogleAuth};
 use crate::domain::batch::Batch;
+use crate::domain::consent::AdConsent;
 use crate::metrics::{AudiencesMetrics, ExportOutcome};
-use crate::platform::{datamanager, google, meta, tiktok, BuildError, Judgement, Request, Secret};
+use crate::platform::{
+    datamanager, google, meta, tiktok, BuildError, Judgement, Op, Request, Secret,
+};
 use file::FileWriter;
 
 /// Google access tokens fetched as the destination's credential says, cached until shortly
@@ -69,7 +72,10 @@ pub struct Exporter {
     name: String,
     channel: Channel,
     client: HttpClient,
+    /// Additions: given up (dead-lettered) after the configured budget.
     retry: RetryPolicy,
+    /// Removals: the same backoff, no time budget (see [`Exporter::remove`]).
+    removal_retry: RetryPolicy,
     metrics: AudiencesMetrics,
 }
 
@@ -94,6 +100,12 @@ fn class_of(status: http::StatusCode, body: &[u8], judgement: Judgement) -> Clas
         Judgement::Reject => Class::Permanent,
     }
 }
+
+/// The time budget of a removal: none (about 136 years, which `Instant` arithmetic tolerates).
+const NO_BUDGET: Duration = Duration::from_secs(u32::MAX as u64);
+
+/// How often the age of a waiting removal is refreshed.
+const PENDING_GAUGE_EVERY: Duration = Duration::from_secs(5);
 
 /// Meta's "invalid or expired access token" error code.
 const META_EXPIRED_TOKEN: i64 = 190;
@@ -180,8 +192,59 @@ impl Exporter {
             channel,
             client: HttpClient::new(timeout)?,
             retry,
+            removal_retry: RetryPolicy {
+                max_duration: NO_BUDGET,
+                ..retry
+            },
             metrics,
         })
+    }
+
+    fn policy(&self, op: Op) -> &RetryPolicy {
+        match op {
+            Op::Add => &self.retry,
+            Op::Remove => &self.removal_retry,
+        }
+    }
+
+    /// Sends a removal until the destination confirms it: it is never dead-lettered, as a
+    /// person left at a platform after revoking consent or being redacted cannot be fixed
+    /// later. A refusal (a 4xx, a credential problem, a request that cannot be built) is tried
+    /// again after the capped backoff, so a fixed configuration or a recovered platform
+    /// completes it. While it waits, the pending-removal gauges show how many people and for
+    /// how long (the `AudiencesRemovalsPending` alert), and the batch's offset is not stored:
+    /// the removal survives a restart.
+    async fn remove(&self, batch: &Batch, topic: &str, stop: &CancellationToken) -> Outcome {
+        let people = batch.members.len();
+        let started = Instant::now();
+        let mut refusals = 0u32;
+        let mut gauge = tokio::time::interval(PENDING_GAUGE_EVERY);
+        let outcome = loop {
+            let attempt = self.export(batch, topic, stop);
+            tokio::pin!(attempt);
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut attempt => break outcome,
+                    _ = gauge.tick() => {
+                        self.metrics.pending_removal(&self.name, people, Some(started.elapsed()));
+                    }
+                }
+            };
+            let Outcome::Failed(failure) = outcome else {
+                break outcome;
+            };
+            refusals = refusals.saturating_add(1);
+            let pause = self.removal_retry.ceiling(refusals);
+            self.metrics
+                .pending_removal(&self.name, people, Some(started.elapsed()));
+            tracing::warn!(destination = %self.name, audience = %batch.audience, batch_id = %batch.batch_id, people, refusals, waited_s = started.elapsed().as_secs(), ?pause, reason = %failure.reason(), "A destination refused a removal; it is retried until the destination confirms it, never dead-lettered.");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => break Outcome::Stopped,
+            }
+        };
+        self.metrics.pending_removal(&self.name, 0, None);
+        outcome
     }
 
     /// Wraps an attempt so that every try after the first counts as a retry of this
@@ -217,7 +280,7 @@ impl Exporter {
             event_id: &batch.batch_id,
         };
         deliver_with(
-            &self.retry,
+            self.policy(batch.op),
             &self.metrics.http,
             labels,
             stop,
@@ -236,6 +299,11 @@ impl Exporter {
     /// The batch's rows.
     fn rows(batch: &Batch) -> Vec<serde_json::Value> {
         batch.members.iter().map(|m| m.row.clone()).collect()
+    }
+
+    /// The batch's consent signals, member by member (Google destinations' additions).
+    fn consents(batch: &Batch) -> Vec<Option<AdConsent>> {
+        batch.members.iter().map(|m| m.consent).collect()
     }
 
     async fn export(&self, batch: &Batch, topic: &str, stop: &CancellationToken) -> Outcome {
@@ -290,7 +358,7 @@ impl Exporter {
                 };
                 // A disk error is retried like an outage: the batch is never dropped for it.
                 deliver_with(
-                    &self.retry,
+                    self.policy(batch.op),
                     &self.metrics.http,
                     labels,
                     stop,
@@ -354,7 +422,7 @@ impl Exporter {
         };
         let build = &build;
         deliver_with(
-            &self.retry,
+            self.policy(batch.op),
             &self.metrics.http,
             labels,
             stop,
@@ -391,7 +459,7 @@ impl Exporter {
         stop: &CancellationToken,
     ) -> Outcome {
         let id = batch.batch_id.as_str();
-        let create = |t: &google::Target| google::create_job(t, batch.op, id);
+        let create = |t: &google::Target| google::create_job(t, id);
         let created = self
             .google_step(target, tokens, create, google::judge, batch, stop)
             .await;
@@ -410,7 +478,9 @@ impl Exporter {
             return refused("the job was created but its answer names no resourceName");
         };
         let rows = Self::rows(batch);
-        let operations = |t: &google::Target| google::add_operations(t, &job, batch.op, &rows, id);
+        let consents = Self::consents(batch);
+        let operations =
+            |t: &google::Target| google::add_operations(t, &job, batch.op, &rows, &consents, id);
         let added = self
             .google_step(target, tokens, operations, google::judge, batch, stop)
             .await;
@@ -445,9 +515,11 @@ impl Exporter {
     ) -> Outcome {
         let id = batch.batch_id.as_str();
         let mut rows = Self::rows(batch);
+        let mut consents = Self::consents(batch);
         let mut outcome = Outcome::Stopped;
         for _ in 0..2 {
-            let request = |t: &datamanager::Target| datamanager::request(t, batch.op, &rows, id);
+            let request =
+                |t: &datamanager::Target| datamanager::request(t, batch.op, &rows, &consents, id);
             outcome = self
                 .google_step(target, tokens, request, datamanager::judge, batch, stop)
                 .await;
@@ -469,15 +541,21 @@ impl Exporter {
             if !refused || named.is_empty() || named.len() == rows.len() {
                 return outcome;
             }
-            rows = rows
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !named.contains(i))
-                .map(|(_, row)| row)
-                .collect();
+            rows = without(rows, &named);
+            consents = without(consents, &named);
         }
         outcome
     }
+}
+
+/// `items` without those at the `named` indexes.
+fn without<T>(items: Vec<T>, named: &[usize]) -> Vec<T> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !named.contains(i))
+        .map(|(_, item)| item)
+        .collect()
 }
 
 /// A Google target whose access token is replaced per request.
@@ -516,7 +594,10 @@ impl RecordSink for Exporter {
             return refused("the batch id or audience name is not well formed");
         }
         let started = Instant::now();
-        let outcome = self.export(&batch, message.topic(), stop).await;
+        let outcome = match batch.op {
+            Op::Add => self.export(&batch, message.topic(), stop).await,
+            Op::Remove => self.remove(&batch, message.topic(), stop).await,
+        };
         let people = batch.members.len();
         match &outcome {
             Outcome::Delivered { .. } => {

@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod domain;
 pub mod export;
 pub mod metrics;
+pub mod orphans;
 pub mod platform;
 
 pub use app::{serve, topic_specs, ServeError};

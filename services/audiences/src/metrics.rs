@@ -50,6 +50,9 @@ pub struct AudiencesMetrics {
     export_lag: IntGaugeVec,
     batches_emitted: IntCounter,
     routed: IntCounter,
+    redacted_facts: IntCounter,
+    pending_removals: IntGaugeVec,
+    pending_removal_age: IntGaugeVec,
     /// HTTP attempts of every destination (`aftercart_audiences_http_*`).
     pub http: DeliveryMetrics,
     /// Records, dead letters, state restore, partitions and lag of the engine.
@@ -125,6 +128,24 @@ impl AudiencesMetrics {
                 "records_routed_total",
                 "Source records forwarded to the by-shop topic.",
             ))?,
+            redacted_facts: IntCounter::with_opts(opts(
+                "redacted_facts_total",
+                "Facts kept out because they are about a redacted customer or shop.",
+            ))?,
+            pending_removals: IntGaugeVec::new(
+                opts(
+                    "pending_removals",
+                    "People whose removal a destination has not confirmed yet (it is retried until it does).",
+                ),
+                &["destination"],
+            )?,
+            pending_removal_age: IntGaugeVec::new(
+                opts(
+                    "pending_removal_age_seconds",
+                    "How long the oldest unconfirmed removal of a destination has waited (0: none).",
+                ),
+                &["destination"],
+            )?,
             http: DeliveryMetrics::register(registry, "aftercart_audiences")?,
             consumer: LoopMetrics::register(
                 PREFIX,
@@ -144,6 +165,9 @@ impl AudiencesMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.export_lag)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.batches_emitted)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.redacted_facts)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_removals)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_removal_age)?;
         for audience in &config.rules.audiences {
             metrics.members.with_label_values(&[&audience.name]).set(0);
         }
@@ -151,6 +175,14 @@ impl AudiencesMetrics {
             metrics.retries.with_label_values(&[destination]);
             metrics.member_errors.with_label_values(&[destination]);
             metrics.export_lag.with_label_values(&[destination]).set(0);
+            metrics
+                .pending_removals
+                .with_label_values(&[destination])
+                .set(0);
+            metrics
+                .pending_removal_age
+                .with_label_values(&[destination])
+                .set(0);
             for op in [Op::Add, Op::Remove] {
                 for outcome in [ExportOutcome::Accepted, ExportOutcome::DeadLettered] {
                     let labels = [destination.as_str(), op_label(op), outcome.as_label()];
@@ -213,5 +245,20 @@ impl AudiencesMetrics {
 
     pub fn routed(&self, count: usize) {
         self.routed.inc_by(count as u64);
+    }
+
+    pub fn redacted_facts(&self, count: u64) {
+        self.redacted_facts.inc_by(count);
+    }
+
+    /// A removal of `people` at `destination` waiting for the platform since `waited`
+    /// (`None` once it is confirmed).
+    pub fn pending_removal(&self, destination: &str, people: usize, waited: Option<Duration>) {
+        self.pending_removals
+            .with_label_values(&[destination])
+            .set(if waited.is_some() { people as i64 } else { 0 });
+        self.pending_removal_age
+            .with_label_values(&[destination])
+            .set(waited.map_or(0, |w| w.as_secs() as i64));
     }
 }

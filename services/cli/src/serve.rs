@@ -191,7 +191,13 @@ pub async fn run_audiences(config: &AudiencesConfig, process: &Process) -> i32 {
     service_exit(
         "audiences",
         result,
-        |e| matches!(e, aftercart_audiences::ServeError::Topics(_)),
+        |e| {
+            matches!(
+                e,
+                aftercart_audiences::ServeError::Topics(_)
+                    | aftercart_audiences::ServeError::PendingRemovals(_)
+            )
+        },
         process,
     )
 }

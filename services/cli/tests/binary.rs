@@ -93,6 +93,45 @@ fn invalid_configuration_lists_every_problem_and_exits_64_without_secrets() {
 }
 
 #[test]
+fn a_typo_in_an_audiences_destination_exits_64_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("aftercart-audiences-{}", unique_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("audiences.toml");
+    std::fs::write(
+        &file,
+        r#"
+[destinations.meta]
+type = "meta"
+audience_id = "238O0001"
+access_token = "meta-secret-token"
+base_url = "htps://graph.facebook.com"
+
+[[audiences]]
+name = "abandoners"
+source = "abandonments"
+destinations = ["meta"]
+"#,
+    )
+    .unwrap();
+    let output = run(aftercart(&["audiences"])
+        .env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:9")
+        .env("AFTERCART_AUDIENCES_CONFIG", &file));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in [
+        "destinations.meta.audience_id: \"238O0001\" is not a numeric id",
+        "destinations.meta.base_url: \"htps://graph.facebook.com\" is not an http(s) URL",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("meta-secret-token"),
+        "a secret was printed"
+    );
+}
+
+#[test]
 fn unknown_flags_exit_64_and_help_exits_0() {
     assert_eq!(
         run(&mut aftercart(&["ingress", "--no-such-flag"]))

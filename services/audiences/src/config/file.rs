@@ -61,6 +61,12 @@ pub enum DestinationFile {
         metadata_url: Option<String>,
         /// Overrides `AFTERCART_GOOGLE_BASE_URL` for this destination.
         base_url: Option<String>,
+        /// Opt-in levels (`single_opt_in`, `confirmed_opt_in`, `unknown`) of a subscribed email
+        /// or SMS marketing consent that grant Google's `adUserData` [default: single_opt_in,
+        /// confirmed_opt_in]; any other is sent as denied.
+        ad_user_data: Option<Vec<String>>,
+        /// Likewise for `adPersonalization`.
+        ad_personalization: Option<Vec<String>>,
     },
     /// Google Ads Customer Match user list (offline user data jobs): only for developer tokens
     /// Google allowlisted before 2026-04-01.
@@ -86,6 +92,12 @@ pub enum DestinationFile {
         token_url: Option<String>,
         api_version: Option<String>,
         base_url: Option<String>,
+        /// Opt-in levels (`single_opt_in`, `confirmed_opt_in`, `unknown`) of a subscribed email
+        /// or SMS marketing consent that grant Google's `adUserData` [default: single_opt_in,
+        /// confirmed_opt_in]; any other is sent as denied.
+        ad_user_data: Option<Vec<String>>,
+        /// Likewise for `adPersonalization`.
+        ad_personalization: Option<Vec<String>>,
     },
     /// TikTok custom audience (segment mapping API).
     Tiktok {

@@ -289,3 +289,112 @@ fn the_legacy_ads_destination_keeps_its_developer_token_and_refresh_flow() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_typo_in_a_destination_is_named_at_start() {
+    let file = write(
+        r#"
+[destinations.meta]
+type = "meta"
+audience_id = "12O45"
+access_token = "t"
+base_url = "htps://graph.facebook.com"
+
+[destinations.google]
+type = "google"
+operating_account_id = "123-456-789O"
+user_list_id = "42"
+access_token = "t"
+base_url = "datamanager.googleapis.com"
+
+[destinations.legacy]
+type = "google_ads_legacy"
+customer_id = "1234567890"
+user_list_id = "list-1"
+developer_token = "d"
+access_token = "t"
+
+[destinations.tiktok]
+type = "tiktok"
+advertiser_id = "adv"
+audience_id = "7"
+base_url = "https://"
+
+[[audiences]]
+name = "a"
+source = "orders"
+destinations = ["meta"]
+
+[[audiences]]
+name = "b"
+source = "orders"
+destinations = ["google"]
+
+[[audiences]]
+name = "c"
+source = "orders"
+destinations = ["legacy"]
+
+[[audiences]]
+name = "d"
+source = "orders"
+destinations = ["tiktok"]
+"#,
+    );
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    for expected in [
+        "destinations.meta.audience_id: \"12O45\" is not a numeric id",
+        "destinations.meta.base_url: \"htps://graph.facebook.com\" is not an http(s) URL",
+        "destinations.google.operating_account_id: \"123-456-789O\" is not a numeric id",
+        "destinations.google.base_url: \"datamanager.googleapis.com\" is not an http(s) URL",
+        "destinations.legacy.user_list_id: \"list-1\" is not a numeric id",
+        "destinations.tiktok.advertiser_id: \"adv\" is not a numeric id",
+        "destinations.tiktok.base_url: \"https://\" is not an http(s) URL",
+        "destinations.tiktok.access_token: required",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_redaction_retention_is_bounded() {
+    let config = validate(&[]).unwrap();
+    assert_eq!(config.rules.redaction_retention_ms, 400 * 86_400_000);
+    let errors = validate(&["--redaction-retention", "20y"]).unwrap_err();
+    assert!(errors
+        .problems()
+        .join("\n")
+        .contains("AFTERCART_AUDIENCES_REDACTION_RETENTION"));
+}
+
+#[test]
+fn a_base_url_the_requests_cannot_be_built_on_is_refused_at_start() {
+    // The request builders take `http://` and `https://` as written: an upper-case scheme
+    // would pass a looser check and then fail every batch (removals forever).
+    let file = write(
+        r#"
+[destinations.meta]
+type = "meta"
+audience_id = "23850001"
+access_token = "t"
+base_url = "HTTPS://graph.facebook.com"
+
+[[audiences]]
+name = "a"
+source = "orders"
+destinations = ["meta"]
+"#,
+    );
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains(
+            "destinations.meta.base_url: \"HTTPS://graph.facebook.com\" is not an http(s) URL"
+        ),
+        "{text}"
+    );
+}

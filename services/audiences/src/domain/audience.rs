@@ -169,6 +169,7 @@ mod tests {
     #[test]
     fn cancelled_test_and_unpaid_orders_are_not_purchases() {
         let paid = Purchase {
+            order_id: None,
             total: Amount::parse("10"),
             financial_status: "paid".into(),
             test: false,

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::domain::consent::AdConsent;
 use crate::platform::{Op, Platform};
 
 /// One member of a batch: who (pseudonymous) and the destination-ready row.
@@ -15,6 +16,10 @@ pub struct Member {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<u64>,
     pub row: serde_json::Value,
+    /// Google destinations' additions: the person's consent signals (from their Shopify
+    /// marketing consent and the destination's mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<AdConsent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +78,7 @@ mod tests {
             person: person.into(),
             customer_id: None,
             row: serde_json::json!({}),
+            consent: None,
         }
     }
 

@@ -14,6 +14,7 @@ use aftercart_shopify::time::rfc3339;
 
 use crate::domain::audience::{Audience, Source};
 use crate::domain::batch::{batch_id, Batch, Member};
+use crate::domain::consent::{AdConsent, ConsentMapping};
 use crate::domain::input::{Abandonment, ConsentFact, CustomerFacts, Input, PersonRef, Purchase};
 use crate::domain::person::Person;
 use crate::platform::{hash, Contact, Op, Platform};
@@ -33,6 +34,10 @@ pub struct Rules {
     pub batch_rows: usize,
     /// People with no membership, unseen this long, are forgotten (their consent with them).
     pub person_retention_ms: i64,
+    /// A redaction is remembered this long, so that later facts cannot bring the person back.
+    pub redaction_retention_ms: i64,
+    /// Google destination name → how its consent signals are read from marketing consent.
+    pub google_consent: BTreeMap<String, ConsentMapping>,
 }
 
 /// What the I/O layer must do: emit batches, then persist people.
@@ -59,6 +64,8 @@ pub struct Partition {
     /// (expiry, person key, audience).
     timers: BTreeSet<(i64, String, String)>,
     dirty: BTreeSet<String>,
+    /// Redaction marker key → when the redaction was received (see [`redaction`]).
+    markers: HashMap<String, i64>,
     /// When the oldest unflushed change was made: the flush interval counts from it.
     dirty_since_ms: Option<i64>,
     last_sweep_ms: i64,
@@ -68,6 +75,7 @@ pub struct Partition {
 pub struct Engine {
     rules: Rules,
     partitions: HashMap<i32, Partition>,
+    suppressed: u64,
 }
 
 /// The person key of a customer: `p/<shop>/c/<id>`.
@@ -215,6 +223,7 @@ impl Engine {
         Engine {
             rules,
             partitions: HashMap::new(),
+            suppressed: 0,
         }
     }
 
@@ -226,9 +235,13 @@ impl Engine {
         self.partitions.contains_key(&partition)
     }
 
-    pub fn assign(&mut self, partition: i32, people: HashMap<String, Person>) {
+    pub fn assign(&mut self, partition: i32, entities: HashMap<String, Person>) {
+        let (markers, people): (HashMap<_, _>, HashMap<_, _>) = entities
+            .into_iter()
+            .partition(|(key, _)| key.starts_with(redaction::PREFIX));
         let mut state = Partition {
             people,
+            markers: markers.into_iter().map(|(k, m)| (k, m.seen_ms)).collect(),
             ..Partition::default()
         };
         let keys: Vec<String> = state.people.keys().cloned().collect();
@@ -270,11 +283,32 @@ impl Engine {
 
     /// Applies one fact about `shop` received at `now_ms`.
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, now_ms: i64) -> Vec<Effect> {
+        self.apply_received(partition, shop, input, now_ms, now_ms)
+    }
+
+    /// Facts kept out because they are about someone redacted.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+
+    /// Applies one fact about `shop`, received (by the ingress) at `received_ms`, at `now_ms`.
+    pub fn apply_received(
+        &mut self,
+        partition: i32,
+        shop: &str,
+        input: Input,
+        received_ms: i64,
+        now_ms: i64,
+    ) -> Vec<Effect> {
         let rules = &self.rules;
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Vec::new();
         };
         let mut effects = Vec::new();
+        if state.forbids(shop, &input, received_ms) {
+            self.suppressed += 1;
+            return effects;
+        }
         let mut touched = Vec::new();
         match input {
             Input::Nothing => {}
@@ -329,11 +363,12 @@ impl Engine {
                 person,
                 contact,
                 consent,
+                sms_consent,
                 facts,
             } => {
                 let fact = Fact::Customer(&facts);
                 let heard = (&contact, consent, now_ms);
-                touched.extend(observe(
+                let key = observe(
                     state,
                     rules,
                     shop,
@@ -342,7 +377,13 @@ impl Engine {
                     fact,
                     now_ms,
                     &mut effects,
-                ));
+                );
+                if let (Some(key), Some(sms)) = (&key, sms_consent) {
+                    if let Some(p) = state.people.get_mut(key) {
+                        p.consent_to(sms);
+                    }
+                }
+                touched.extend(key);
             }
             Input::CustomerDeleted { customer_id } => {
                 let key = customer_key(shop, customer_id);
@@ -367,29 +408,16 @@ impl Engine {
                     touched.push(key);
                 }
             }
-            Input::Redact { person, .. } => {
-                let mut keys = Vec::new();
-                if let Some(id) = person.customer_id {
-                    keys.push(customer_key(shop, id));
-                }
-                if let Some(email) = person.email.as_deref().filter(|e| !e.trim().is_empty()) {
-                    keys.push(guest_key(shop, email));
-                    if let Some(indexed) =
-                        state.by_email.get(&format!("{shop}/{}", email_hash(email)))
-                    {
-                        keys.push(indexed.clone());
-                    }
-                }
-                keys.sort();
-                keys.dedup();
-                for key in keys {
-                    if state.people.contains_key(&key) {
-                        retire(state, &key, &mut effects);
-                        touched.push(key);
-                    }
-                }
+            Input::Redact {
+                person,
+                phone,
+                orders,
+            } => {
+                let who = (&person, phone.as_deref(), orders.as_slice());
+                touched.extend(state.redact_person(shop, who, received_ms, &mut effects));
             }
             Input::ShopRedact => {
+                state.redact_shop(shop, received_ms, &mut effects);
                 let keys: Vec<String> = state
                     .people
                     .iter()
@@ -424,6 +452,7 @@ impl Engine {
             if now_ms - state.last_sweep_ms >= SWEEP_EVERY_MS {
                 state.last_sweep_ms = now_ms;
                 effects.extend(sweep(state, now_ms, self.rules.person_retention_ms));
+                effects.extend(state.expire_markers(now_ms, &self.rules));
             }
             if state.dirty.is_empty() {
                 state.dirty_since_ms = None;
@@ -464,6 +493,12 @@ impl Engine {
             let held = person.held_contact().clone();
             let customer_id = person.customer_id;
             let shop = person.shop.clone();
+            // Google's consent signals, per Google destination, as this person's consent reads.
+            let ad_consents: BTreeMap<&str, AdConsent> = rules
+                .google_consent
+                .iter()
+                .map(|(name, mapping)| (name.as_str(), person.ad_consent(mapping)))
+                .collect();
             let name = pseudonym(&key, &shop).to_string();
             let mut changed = false;
             // Every membership the person has, including of audiences no longer configured
@@ -496,7 +531,20 @@ impl Engine {
                     let held_row = if holds { platform.row(&held) } else { None };
                     let current_row = if wanted { platform.row(&current) } else { None };
                     let moved = holds && held_row != current_row;
+                    let signals = ad_consents.get(destination.as_str()).copied();
+                    // Held and still wanted, but the consent signals changed: the addition is
+                    // sent again with the new ones (Google updates them; a row is not enough).
+                    let resignal = holds
+                        && wanted
+                        && !moved
+                        && signals.is_some()
+                        && person.ad_consent_sent.get(&destination).copied() != signals;
                     let mut push = |op: Op, row: serde_json::Value| {
+                        // A removal states no consent: people often leave because they withdrew it.
+                        let consent = (op == Op::Add).then_some(signals).flatten();
+                        if let Some(consent) = consent {
+                            person.ad_consent_sent.insert(destination.clone(), consent);
+                        }
                         groups
                             .entry((shop.clone(), audience_name.clone(), destination.clone(), op))
                             .or_default()
@@ -504,6 +552,7 @@ impl Engine {
                                 person: name.clone(),
                                 customer_id,
                                 row,
+                                consent,
                             });
                     };
                     if holds && (!wanted || moved) {
@@ -512,6 +561,12 @@ impl Engine {
                         }
                         membership.synced.remove(&destination);
                         changed = true;
+                    }
+                    if resignal {
+                        if let Some(row) = current_row.clone() {
+                            push(Op::Add, row);
+                            changed = true;
+                        }
                     }
                     if let (true, false, Some(row)) = (
                         wanted,
@@ -798,6 +853,8 @@ fn sweep(state: &mut Partition, now_ms: i64, retention_ms: i64) -> Vec<Effect> {
         })
         .collect()
 }
+
+mod redaction;
 
 #[cfg(test)]
 mod tests;

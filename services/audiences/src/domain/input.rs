@@ -7,6 +7,7 @@ use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::parse_time_ms;
 use serde::Deserialize;
 
+use crate::domain::consent::OptInLevel;
 use crate::platform::Contact;
 
 /// Who a fact is about: a customer id when Shopify has one, else an email address.
@@ -23,10 +24,21 @@ impl PersonRef {
 }
 
 /// A consent statement and when it was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConsentFact {
     pub subscribed: bool,
     pub at_ms: i64,
+    /// Shopify's `opt_in_level`, when the statement has one.
+    pub level: Option<OptInLevel>,
+    pub channel: Channel,
+}
+
+/// The marketing channel a consent is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Channel {
+    #[default]
+    Email,
+    Sms,
 }
 
 /// The segment facts of an abandonment, as the abandonment service decided them.
@@ -44,6 +56,8 @@ pub struct Abandonment {
 /// A purchase's facts that order audiences filter on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purchase {
+    /// The order's id: a redaction's `orders_to_redact` names orders.
+    pub order_id: Option<u64>,
     pub total: Option<Amount>,
     pub financial_status: String,
     pub test: bool,
@@ -81,6 +95,8 @@ pub enum Input {
         person: PersonRef,
         contact: Contact,
         consent: Option<ConsentFact>,
+        /// The customer's SMS marketing consent (Google's consent signals read it too).
+        sms_consent: Option<ConsentFact>,
         facts: CustomerFacts,
     },
     CustomerDeleted {
@@ -90,9 +106,11 @@ pub enum Input {
         person: PersonRef,
         consent: ConsentFact,
     },
+    /// `customers/redact`: the person, their phone, and the orders to redact.
     Redact {
         person: PersonRef,
         phone: Option<String>,
+        orders: Vec<u64>,
     },
     ShopRedact,
     /// Relevant topic, nothing to do (e.g. a guest order without email or customer).
@@ -116,6 +134,7 @@ pub fn is_relevant(family: &str, topic: Option<&str>) -> bool {
                 | "customers/update"
                 | "customers/delete"
                 | "customers_email_marketing_consent/update"
+                | "customers_marketing_consent/update"
         ),
         "compliance" => matches!(topic.as_str(), "customers/redact" | "shop/redact"),
         _ => false,
@@ -126,6 +145,7 @@ pub fn is_relevant(family: &str, topic: Option<&str>) -> bool {
 #[serde(default)]
 struct ConsentJson {
     state: Option<String>,
+    opt_in_level: Option<String>,
     consent_updated_at: Option<String>,
 }
 
@@ -139,6 +159,15 @@ impl ConsentJson {
                 .as_deref()
                 .and_then(parse_time_ms)
                 .unwrap_or(fallback_ms),
+            level: self.opt_in_level.as_deref().and_then(OptInLevel::parse),
+            channel: Channel::Email,
+        })
+    }
+
+    fn sms_fact(&self, fallback_ms: i64) -> Option<ConsentFact> {
+        self.fact(fallback_ms).map(|fact| ConsentFact {
+            channel: Channel::Sms,
+            ..fact
         })
     }
 }
@@ -162,6 +191,7 @@ struct CustomerJson {
     first_name: Option<String>,
     last_name: Option<String>,
     email_marketing_consent: Option<ConsentJson>,
+    sms_marketing_consent: Option<ConsentJson>,
     default_address: Option<AddressJson>,
     orders_count: Option<u64>,
     tags: Option<String>,
@@ -171,6 +201,7 @@ struct CustomerJson {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct OrderJson {
+    id: Option<u64>,
     email: Option<String>,
     contact_email: Option<String>,
     phone: Option<String>,
@@ -241,10 +272,18 @@ struct ConsentUpdateJson {
     email_marketing_consent: Option<ConsentJson>,
 }
 
+/// `customers_marketing_consent/update`: a customer's SMS marketing consent.
+#[derive(Deserialize)]
+struct SmsConsentUpdateJson {
+    id: Option<u64>,
+    sms_marketing_consent: Option<ConsentJson>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct RedactJson {
     customer: Option<CustomerJson>,
+    orders_to_redact: Vec<u64>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +331,20 @@ pub fn decode_input(
                 _ => Ok(Input::Nothing),
             }
         }
+        "customers_marketing_consent/update" => {
+            let update: SmsConsentUpdateJson = decode(&topic, body)?;
+            let person = PersonRef {
+                customer_id: update.id,
+                email: None,
+            };
+            match update
+                .sms_marketing_consent
+                .and_then(|c| c.sms_fact(received_ms))
+            {
+                Some(consent) if person.is_known() => Ok(Input::Consent { person, consent }),
+                _ => Ok(Input::Nothing),
+            }
+        }
         "customers/redact" => {
             let redact: RedactJson = decode(&topic, body)?;
             let customer = redact.customer.unwrap_or_default();
@@ -301,6 +354,7 @@ pub fn decode_input(
                     email: customer.email,
                 },
                 phone: customer.phone,
+                orders: redact.orders_to_redact,
             })
         }
         "shop/redact" => Ok(Input::ShopRedact),
@@ -324,6 +378,7 @@ fn abandonment(body: &[u8], received_ms: i64) -> Result<Input, PoisonRecord> {
                 .map(|subscribed| ConsentFact {
                     subscribed,
                     at_ms: time(&event.last_activity_at).unwrap_or(at_ms),
+                    ..ConsentFact::default()
                 });
             let segments = event.segments.unwrap_or_default();
             Ok(Input::Abandoned {
@@ -418,15 +473,18 @@ fn purchase(order: OrderJson, received_ms: i64) -> Input {
         .email_marketing_consent
         .as_ref()
         .and_then(|c| c.fact(at_ms))
-        .or(order
-            .buyer_accepts_marketing
-            .map(|subscribed| ConsentFact { subscribed, at_ms }));
+        .or(order.buyer_accepts_marketing.map(|subscribed| ConsentFact {
+            subscribed,
+            at_ms,
+            ..Default::default()
+        }));
     Input::Purchased {
         person,
         contact,
         consent,
         at_ms,
         purchase: Purchase {
+            order_id: order.id,
             total: order.total_price.as_deref().and_then(Amount::parse),
             financial_status: order.financial_status.unwrap_or_default(),
             test: order.test,
@@ -445,6 +503,10 @@ fn customer_input(customer: CustomerJson, received_ms: i64) -> Input {
         .email_marketing_consent
         .as_ref()
         .and_then(|c| c.fact(at_ms));
+    let sms_consent = customer
+        .sms_marketing_consent
+        .as_ref()
+        .and_then(|c| c.sms_fact(at_ms));
     let contact = contact_of(&customer, customer.default_address.as_ref(), None);
     Input::Customer {
         person: PersonRef {
@@ -453,6 +515,7 @@ fn customer_input(customer: CustomerJson, received_ms: i64) -> Input {
         },
         contact,
         consent,
+        sms_consent,
         facts: CustomerFacts {
             orders_count: customer.orders_count.unwrap_or(0),
             tags: customer
@@ -551,6 +614,57 @@ mod tests {
             consent.at_ms,
             parse_time_ms("2026-03-01T00:00:00Z").unwrap()
         );
+    }
+
+    #[test]
+    fn a_customer_brings_both_consents_with_their_opt_in_levels() {
+        let body = br#"{"id":1,"email":"a@b.c",
+            "email_marketing_consent":{"state":"subscribed","opt_in_level":"single_opt_in","consent_updated_at":"2026-03-01T00:00:00Z"},
+            "sms_marketing_consent":{"state":"subscribed","opt_in_level":"confirmed_opt_in","consent_updated_at":"2026-03-02T00:00:00Z","consent_collected_from":"SHOPIFY"}}"#;
+        let Input::Customer {
+            consent,
+            sms_consent,
+            ..
+        } = decode_input("customers", Some("customers/update"), body, 0).unwrap()
+        else {
+            panic!("not a customer");
+        };
+        let email = consent.unwrap();
+        assert_eq!(email.level, Some(OptInLevel::SingleOptIn));
+        assert_eq!(email.channel, Channel::Email);
+        let sms = sms_consent.unwrap();
+        assert!(sms.subscribed);
+        assert_eq!(sms.level, Some(OptInLevel::ConfirmedOptIn));
+        assert_eq!(sms.channel, Channel::Sms);
+    }
+
+    #[test]
+    fn an_sms_consent_update_and_the_orders_to_redact_are_read() {
+        let body = br#"{"id":5,"phone":"+13125551212","sms_marketing_consent":{"state":"unsubscribed","opt_in_level":"single_opt_in"}}"#;
+        let Input::Consent { person, consent } = decode_input(
+            "customers",
+            Some("customers_marketing_consent/update"),
+            body,
+            7,
+        )
+        .unwrap() else {
+            panic!("not a consent");
+        };
+        assert_eq!(person.customer_id, Some(5));
+        assert_eq!(consent.channel, Channel::Sms);
+        assert!(!consent.subscribed);
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/shopify/customers_redact.json"
+        );
+        let body = std::fs::read(fixture).unwrap();
+        let Input::Redact { orders, phone, .. } =
+            decode_input("compliance", Some("customers/redact"), &body, 0).unwrap()
+        else {
+            panic!("not a redaction");
+        };
+        assert_eq!(orders, [299938, 280263, 220458]);
+        assert_eq!(phone.as_deref(), Some("555-625-1199"));
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::input::ConsentFact;
+use crate::domain::consent::{AdConsent, ChannelConsent, ConsentMapping, OptInLevel};
+use crate::domain::input::{Channel, ConsentFact};
 use crate::platform::Contact;
 
 /// Latest consent statement.
@@ -13,6 +14,18 @@ use crate::platform::Contact;
 pub struct Consent {
     pub subscribed: bool,
     pub at_ms: i64,
+    /// Shopify's opt-in level, when a statement gave one (Google's signals are read from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<OptInLevel>,
+}
+
+impl Consent {
+    fn channel(&self) -> ChannelConsent {
+        ChannelConsent {
+            subscribed: self.subscribed,
+            level: self.level,
+        }
+    }
 }
 
 /// One audience's view of a person.
@@ -40,12 +53,20 @@ pub struct Person {
     pub contact: Contact,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<Consent>,
+    /// Latest SMS marketing consent: not a reason to export (email consent is), but read for
+    /// Google's consent signals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_consent: Option<Consent>,
     /// The contact the destinations were sent, when it differs from `contact`: removals must
     /// name what was added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exported_contact: Option<Contact>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub memberships: BTreeMap<String, Membership>,
+    /// Google destination → the consent signals it was last sent with this person: a change
+    /// (a withdrawal above all) is sent again as an addition, which updates them there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ad_consent_sent: BTreeMap<String, AdConsent>,
     /// When they last bought (an abandonment from before it does not make them an abandoner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_purchase_ms: Option<i64>,
@@ -95,20 +116,37 @@ impl Person {
         }
     }
 
-    /// Keeps the latest statement; on a tie, a withdrawal wins.
+    /// Keeps the latest statement of the fact's channel; on a tie, a withdrawal wins. A newer
+    /// statement without a level (a checkout's box) keeps the level known for the same state.
     pub fn consent_to(&mut self, fact: ConsentFact) {
-        let newer = match self.consent {
+        let slot = match fact.channel {
+            Channel::Email => &mut self.consent,
+            Channel::Sms => &mut self.sms_consent,
+        };
+        let newer = match *slot {
             None => true,
             Some(known) => {
                 fact.at_ms > known.at_ms || (fact.at_ms == known.at_ms && !fact.subscribed)
             }
         };
         if newer {
-            self.consent = Some(Consent {
+            let kept = slot
+                .filter(|known| known.subscribed == fact.subscribed)
+                .and_then(|known| known.level);
+            *slot = Some(Consent {
                 subscribed: fact.subscribed,
                 at_ms: fact.at_ms,
+                level: fact.level.or(kept),
             });
         }
+    }
+
+    /// Google's consent signals for this person under `mapping`.
+    pub fn ad_consent(&self, mapping: &ConsentMapping) -> AdConsent {
+        mapping.read(&[
+            self.consent.map(|c| c.channel()),
+            self.sms_consent.map(|c| c.channel()),
+        ])
     }
 
     pub fn consented(&self) -> bool {
@@ -141,6 +179,9 @@ impl Person {
     pub fn prune(&mut self) {
         self.memberships
             .retain(|_, m| m.candidate || !m.synced.is_empty());
+        let memberships = &self.memberships;
+        self.ad_consent_sent
+            .retain(|destination, _| memberships.values().any(|m| m.synced.contains(destination)));
         if !self.holds_anything() {
             self.exported_contact = None;
         }
@@ -158,6 +199,8 @@ impl Person {
             self.consent_to(ConsentFact {
                 subscribed: consent.subscribed,
                 at_ms: consent.at_ms,
+                level: consent.level,
+                channel: Channel::Email,
             });
         }
         self.last_purchase_ms = self.last_purchase_ms.max(guest.last_purchase_ms);
@@ -179,7 +222,11 @@ mod tests {
     use super::*;
 
     fn consent(subscribed: bool, at_ms: i64) -> ConsentFact {
-        ConsentFact { subscribed, at_ms }
+        ConsentFact {
+            subscribed,
+            at_ms,
+            ..Default::default()
+        }
     }
 
     #[test]

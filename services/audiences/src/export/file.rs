@@ -291,6 +291,7 @@ mod tests {
                     person: (*person).into(),
                     customer_id: person.strip_prefix("c/").and_then(|c| c.parse().ok()),
                     row: serde_json::json!({ "email_sha256": hash }),
+                    consent: None,
                 })
                 .collect(),
         }

@@ -8,9 +8,11 @@
 //!   `loginAccount`, `productDestinationId` = the Customer Match user list),
 //!   `audienceMembers[].userData.userIdentifiers[]` (`emailAddress`, `phoneNumber`, `address
 //!   {givenName, familyName, regionCode, postalCode}`), `encoding: HEX`; an ingest also carries
-//!   `consent {adUserData, adPersonalization}` (only consented people are added, so both
-//!   `CONSENT_GRANTED`) and `termsOfService.customerMatchTermsOfServiceStatus: ACCEPTED`. At
-//!   most 10,000 members a request ([`MAX_ROWS`]).
+//!   each member's own `consent {adUserData, adPersonalization}` (`CONSENT_GRANTED` or
+//!   `CONSENT_DENIED`, read from their Shopify marketing consent through the destination's
+//!   mapping, see [`crate::domain::consent`]) and
+//!   `termsOfService.customerMatchTermsOfServiceStatus: ACCEPTED`. At most 10,000 members a
+//!   request ([`MAX_ROWS`]).
 //! - Answer: `{requestId, fieldWarnings?}`; a refused request is a `google.rpc.Status` whose
 //!   `BadRequest.fieldViolations` name members (`audience_members[3]...`). Both are read:
 //!   [`member_problems`] counts the members named, so partial failures are never taken as success.
@@ -22,6 +24,8 @@
 //! postal code unhashed.
 
 use std::collections::BTreeSet;
+
+use crate::domain::consent::AdConsent;
 
 use serde_json::{json, Value};
 
@@ -92,6 +96,7 @@ pub fn request(
     target: &Target,
     op: Op,
     rows: &[Value],
+    consents: &[Option<AdConsent>],
     batch_id: &str,
 ) -> Result<Request, BuildError> {
     check_batch(rows, batch_id, MAX_ROWS)?;
@@ -106,9 +111,13 @@ pub fn request(
         .iter()
         .enumerate()
         .map(|(index, row)| {
-            is_user_data(row)
+            let mut member = is_user_data(row)
                 .then(|| json!({ "userData": row }))
-                .ok_or(BuildError::BadRow(index))
+                .ok_or(BuildError::BadRow(index))?;
+            if let (Op::Add, Some(Some(consent))) = (op, consents.get(index)) {
+                member["consent"] = member_consent(consent);
+            }
+            Ok(member)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut body = json!({
@@ -118,8 +127,6 @@ pub fn request(
     });
     let verb = match op {
         Op::Add => {
-            body["consent"] =
-                json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"});
             body["termsOfService"] = json!({"customerMatchTermsOfServiceStatus": "ACCEPTED"});
             "ingest"
         }
@@ -134,6 +141,21 @@ pub fn request(
         bearer(&target.access_token, "access_token")?,
     )];
     json_request(http::Method::POST, url, headers, &body, batch_id)
+}
+
+/// One member's consent as Data Manager writes it.
+fn member_consent(consent: &AdConsent) -> Value {
+    let status = |granted: bool| {
+        if granted {
+            "CONSENT_GRANTED"
+        } else {
+            "CONSENT_DENIED"
+        }
+    };
+    json!({
+        "adUserData": status(consent.ad_user_data),
+        "adPersonalization": status(consent.ad_personalization),
+    })
 }
 
 /// 2xx accepted (read [`member_problems`] for warnings); 408, 429, 5xx and the
@@ -252,7 +274,7 @@ mod tests {
     #[test]
     fn an_ingest_names_the_destination_consent_terms_and_hex_hashes() {
         let row = row(&ann()).unwrap();
-        let request = request(&target(), Op::Add, std::slice::from_ref(&row), BATCH).unwrap();
+        let request = request(&target(), Op::Add, std::slice::from_ref(&row), &[], BATCH).unwrap();
         assert_eq!(
             request.url,
             "https://datamanager.googleapis.com/v1/audienceMembers:ingest"
@@ -264,7 +286,10 @@ mod tests {
                    "productDestinationId": "9876543210"})
         );
         assert_eq!(body["encoding"], "HEX");
-        assert_eq!(body["consent"]["adUserData"], "CONSENT_GRANTED");
+        assert!(
+            body.get("consent").is_none(),
+            "consent is each member's, not the request's"
+        );
         assert_eq!(
             body["termsOfService"]["customerMatchTermsOfServiceStatus"],
             "ACCEPTED"
@@ -317,9 +342,40 @@ mod tests {
     }
 
     #[test]
+    fn each_member_carries_its_own_consent_signals() {
+        let rows = vec![row(&ann()).unwrap(); 3];
+        let consents = [
+            Some(AdConsent {
+                ad_user_data: true,
+                ad_personalization: false,
+            }),
+            Some(AdConsent {
+                ad_user_data: true,
+                ad_personalization: true,
+            }),
+            None,
+        ];
+        let ingest = request(&target(), Op::Add, &rows, &consents, BATCH).unwrap();
+        let body: Value = serde_json::from_slice(&ingest.body).unwrap();
+        let members = &body["audienceMembers"];
+        assert_eq!(
+            members[0]["consent"],
+            json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_DENIED"})
+        );
+        assert_eq!(
+            members[1]["consent"],
+            json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"})
+        );
+        assert!(members[2].get("consent").is_none(), "unknown: not stated");
+        let removal = request(&target(), Op::Remove, &rows, &consents, BATCH).unwrap();
+        let body: Value = serde_json::from_slice(&removal.body).unwrap();
+        assert!(body["audienceMembers"][0].get("consent").is_none());
+    }
+
+    #[test]
     fn a_removal_has_no_consent_and_goes_to_remove() {
         let row = row(&ann()).unwrap();
-        let request = request(&target(), Op::Remove, &[row], BATCH).unwrap();
+        let request = request(&target(), Op::Remove, &[row], &[], BATCH).unwrap();
         assert!(request.url.ends_with("/v1/audienceMembers:remove"));
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         assert!(body.get("consent").is_none());
@@ -330,12 +386,12 @@ mod tests {
     fn rows_of_another_platform_and_oversized_batches_are_refused() {
         let legacy = json!({"userIdentifiers": [{"hashedEmail": hash::sha256_hex("a@b.c")}]});
         assert_eq!(
-            request(&target(), Op::Add, &[legacy], BATCH).unwrap_err(),
+            request(&target(), Op::Add, &[legacy], &[], BATCH).unwrap_err(),
             BuildError::BadRow(0)
         );
         let rows = vec![row(&ann()).unwrap(); MAX_ROWS + 1];
         assert!(matches!(
-            request(&target(), Op::Add, &rows, BATCH),
+            request(&target(), Op::Add, &rows, &[], BATCH),
             Err(BuildError::TooManyRows { .. })
         ));
     }

@@ -21,9 +21,12 @@
 //! Flow for one batch: [`create_job`] (its answer's `resourceName` through [`job_name`]), then
 //! [`add_operations`] with all the batch's rows, then [`run_job`]. The batch id is the job's
 //! `externalId` (an int64 derived by [`hash::batch_number`]) and the `idempotency-key` header of
-//! all three requests. A job holds one kind of operation (the batch's [`Op`]). Only consented
-//! people are added, so an add job declares `consent { adUserData: GRANTED, adPersonalization:
-//! GRANTED }`; a remove job declares no consent (removal often follows a withdrawal).
+//! all three requests. A job holds one kind of operation (the batch's [`Op`]). Jobs declare no
+//! consent: each added person's `UserData.consent { adUserData, adPersonalization }` (`GRANTED`
+//! or `DENIED`) is read from their own Shopify marketing consent through the destination's
+//! mapping ([`crate::domain::consent`]), and overrides the job's; removals state none (removal
+//! often follows a withdrawal).
+//! - UserData consent: <https://developers.google.com/google-ads/api/reference/rpc/v26/UserData>
 //!
 //! Normalisation (Google's, current formatting guide):
 //! - `hashedEmail`: trimmed, lower-cased (domain.md §4; Gmail dots and `+tags` are kept).
@@ -34,6 +37,8 @@
 //!   whitespace collapsed to one space. Only when all four are present.
 
 use serde_json::{json, Map, Value};
+
+use crate::domain::consent::AdConsent;
 
 use super::{
     base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body, phone,
@@ -184,10 +189,10 @@ impl Hashed {
     }
 }
 
-/// Creates the batch's Customer Match job on the target list, `externalId` from the batch id. An
-/// add job declares the EEA consent granted (only consented people are added); a remove job
-/// declares none, since people are often removed because they withdrew it.
-pub fn create_job(target: &Target, op: Op, batch_id: &str) -> Result<Request, BuildError> {
+/// Creates the batch's Customer Match job on the target list, `externalId` from the batch id.
+/// The job declares no consent: each added person carries their own (see [`add_operations`]),
+/// and a removal states none, since people are often removed because they withdrew it.
+pub fn create_job(target: &Target, batch_id: &str) -> Result<Request, BuildError> {
     hash::check_batch_id(batch_id)?;
     let customer = numeric_id(&target.customer_id, "customer_id")?;
     let list = numeric_id(&target.user_list_id, "user_list_id")?;
@@ -195,10 +200,7 @@ pub fn create_job(target: &Target, op: Op, batch_id: &str) -> Result<Request, Bu
         "{}/customers/{customer}/offlineUserDataJobs:create",
         api_root(target)?
     );
-    let mut metadata = json!({ "userList": format!("customers/{customer}/userLists/{list}") });
-    if op == Op::Add {
-        metadata["consent"] = json!({ "adUserData": "GRANTED", "adPersonalization": "GRANTED" });
-    }
+    let metadata = json!({ "userList": format!("customers/{customer}/userLists/{list}") });
     let body = json!({
         "job": {
             "type": "CUSTOMER_MATCH_USER_LIST",
@@ -216,12 +218,14 @@ pub fn job_name(answer: &Value) -> Option<String> {
 }
 
 /// Adds the rows (from [`row`]) to the job as `create` (add) or `remove` operations, with partial
-/// failure enabled: a 200 answer may still carry `partialFailureError` for some rows.
+/// failure enabled: a 200 answer may still carry `partialFailureError` for some rows. An added
+/// row carries the person's consent signals (`UserData.consent`, which overrides the job's).
 pub fn add_operations(
     target: &Target,
     job_name: &str,
     op: Op,
     rows: &[Value],
+    consents: &[Option<AdConsent>],
     batch_id: &str,
 ) -> Result<Request, BuildError> {
     check_batch(rows, batch_id, MAX_ROWS)?;
@@ -234,9 +238,18 @@ pub fn add_operations(
         .iter()
         .enumerate()
         .map(|(index, row)| {
-            is_user_data(row)
-                .then(|| json!({ verb: row }))
-                .ok_or(BuildError::BadRow(index))
+            if !is_user_data(row) {
+                return Err(BuildError::BadRow(index));
+            }
+            let mut row = row.clone();
+            if let (Op::Add, Some(Some(consent))) = (op, consents.get(index)) {
+                let status = |granted: bool| if granted { "GRANTED" } else { "DENIED" };
+                row["consent"] = json!({
+                    "adUserData": status(consent.ad_user_data),
+                    "adPersonalization": status(consent.ad_personalization),
+                });
+            }
+            Ok(json!({ verb: row }))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let url = format!("{}/{job_name}:addOperations", api_root(target)?);
@@ -645,8 +658,8 @@ mod tests {
     }
 
     #[test]
-    fn creating_an_add_job_names_the_list_the_batch_and_the_consent() {
-        let request = create_job(&target(), Op::Add, BATCH).unwrap();
+    fn creating_a_job_names_the_list_and_the_batch_and_no_consent() {
+        let request = create_job(&target(), BATCH).unwrap();
         assert_eq!(request.method, http::Method::POST);
         assert_eq!(
             request.url,
@@ -661,7 +674,6 @@ mod tests {
                 "externalId": 0x0012_3456_789a_bcde_i64.to_string(),
                 "customerMatchUserListMetadata": {
                     "userList": "customers/1234567890/userLists/42",
-                    "consent": {"adUserData": "GRANTED", "adPersonalization": "GRANTED"},
                 },
             }})
         );
@@ -669,7 +681,7 @@ mod tests {
 
     #[test]
     fn a_remove_job_declares_no_consent() {
-        let request = create_job(&target(), Op::Remove, BATCH).unwrap();
+        let request = create_job(&target(), BATCH).unwrap();
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         let metadata = &body["job"]["customerMatchUserListMetadata"];
         assert_eq!(
@@ -702,7 +714,7 @@ mod tests {
     #[test]
     fn adding_operations_wraps_each_row_in_create_or_remove() {
         let rows = vec![row(&jane()).unwrap()];
-        let add = add_operations(&target(), JOB, Op::Add, &rows, BATCH).unwrap();
+        let add = add_operations(&target(), JOB, Op::Add, &rows, &[], BATCH).unwrap();
         assert_eq!(add.method, http::Method::POST);
         assert_eq!(
             add.url,
@@ -715,9 +727,25 @@ mod tests {
             json!({"operations": [{"create": rows[0]}], "enablePartialFailure": true})
         );
 
-        let remove = add_operations(&target(), JOB, Op::Remove, &rows, BATCH).unwrap();
+        let remove = add_operations(&target(), JOB, Op::Remove, &rows, &[], BATCH).unwrap();
         let body: Value = serde_json::from_slice(&remove.body).unwrap();
         assert_eq!(body["operations"][0]["remove"], rows[0]);
+
+        let consent = AdConsent {
+            ad_user_data: true,
+            ad_personalization: false,
+        };
+        let consented =
+            add_operations(&target(), JOB, Op::Add, &rows, &[Some(consent)], BATCH).unwrap();
+        let body: Value = serde_json::from_slice(&consented.body).unwrap();
+        assert_eq!(
+            body["operations"][0]["create"]["consent"],
+            json!({"adUserData": "GRANTED", "adPersonalization": "DENIED"})
+        );
+        let removal =
+            add_operations(&target(), JOB, Op::Remove, &rows, &[Some(consent)], BATCH).unwrap();
+        let body: Value = serde_json::from_slice(&removal.body).unwrap();
+        assert!(body["operations"][0]["remove"].get("consent").is_none());
     }
 
     #[test]
@@ -740,11 +768,7 @@ mod tests {
             login_customer_id: None,
             ..target()
         };
-        assert!(header(
-            &create_job(&target, Op::Add, BATCH).unwrap(),
-            "login-customer-id"
-        )
-        .is_none());
+        assert!(header(&create_job(&target, BATCH).unwrap(), "login-customer-id").is_none());
     }
 
     #[test]
@@ -752,7 +776,7 @@ mod tests {
         let rows = vec![row(&jane()).unwrap()];
         let other = "customers/1/offlineUserDataJobs/555";
         assert_eq!(
-            add_operations(&target(), other, Op::Add, &rows, BATCH).unwrap_err(),
+            add_operations(&target(), other, Op::Add, &rows, &[], BATCH).unwrap_err(),
             BuildError::BadJobName
         );
         assert_eq!(
@@ -771,13 +795,13 @@ mod tests {
             json!({"userIdentifiers": []}),
         ] {
             assert_eq!(
-                add_operations(&target(), JOB, Op::Add, &[rows[0].clone(), bad], BATCH)
+                add_operations(&target(), JOB, Op::Add, &[rows[0].clone(), bad], &[], BATCH)
                     .unwrap_err(),
                 BuildError::BadRow(1)
             );
         }
         assert_eq!(
-            create_job(&target(), Op::Add, "short").unwrap_err(),
+            create_job(&target(), "short").unwrap_err(),
             BuildError::BadBatchId
         );
         let no_list = Target {
@@ -785,7 +809,7 @@ mod tests {
             ..target()
         };
         assert_eq!(
-            create_job(&no_list, Op::Add, BATCH).unwrap_err(),
+            create_job(&no_list, BATCH).unwrap_err(),
             BuildError::BadTarget("user_list_id")
         );
     }

@@ -45,6 +45,8 @@ fn rules() -> Rules {
         flush_interval_ms: 1_000,
         batch_rows: 1_000,
         person_retention_ms: 90 * DAY,
+        redaction_retention_ms: 400 * DAY,
+        google_consent: BTreeMap::new(),
     }
 }
 
@@ -76,7 +78,11 @@ fn abandoned(who: PersonRef, consent: Option<bool>, at_ms: i64) -> Input {
     Input::Abandoned {
         person: who,
         contact: contact("Ann@Example.com"),
-        consent: consent.map(|subscribed| ConsentFact { subscribed, at_ms }),
+        consent: consent.map(|subscribed| ConsentFact {
+            subscribed,
+            at_ms,
+            ..Default::default()
+        }),
         at_ms,
         facts: Abandonment {
             kind: "checkout".into(),
@@ -97,6 +103,7 @@ fn paid(who: PersonRef, at_ms: i64) -> Input {
         consent: None,
         at_ms,
         purchase: Purchase {
+            order_id: None,
             total: None,
             financial_status: "paid".into(),
             test: false,
@@ -195,6 +202,7 @@ fn without_consent_nobody_is_exported_until_consent_arrives() {
         consent: ConsentFact {
             subscribed: true,
             at_ms: T0 + 2_000,
+            ..Default::default()
         },
     };
     engine.apply(0, SHOP, consent, T0 + 2_000);
@@ -215,6 +223,7 @@ fn revoked_consent_removes_the_person_from_every_destination() {
         consent: ConsentFact {
             subscribed: false,
             at_ms: T0 + 1_500,
+            ..Default::default()
         },
     };
     engine.apply(0, SHOP, revoke, T0 + 1_500);
@@ -234,10 +243,7 @@ fn a_redacted_customer_is_removed_everywhere_then_forgotten() {
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     engine.apply(0, SHOP, paid(ann(), T0 + 10), T0 + 10);
     engine.tick(T0 + 1_000);
-    let redact = Input::Redact {
-        person: ann(),
-        phone: None,
-    };
+    let redact = redact(ann(), None, vec![]);
     engine.apply(0, SHOP, redact, T0 + 1_100);
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "recent-purchasers", Op::Remove), ["files"]);
@@ -316,6 +322,7 @@ fn a_changed_email_is_removed_under_the_old_one_and_added_under_the_new_one() {
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     engine.tick(T0 + 1_000);
     let moved = Input::Customer {
+        sms_consent: None,
         person: PersonRef {
             customer_id: Some(42),
             email: Some("ann@new.example".into()),
@@ -399,6 +406,7 @@ fn a_change_a_platform_does_not_hash_is_not_resent_to_it() {
     engine.tick(T0 + 1_000);
     // A new zip: Meta and Google hash it, TikTok and files do not.
     let moved = Input::Customer {
+        sms_consent: None,
         person: PersonRef {
             customer_id: Some(42),
             email: None,
@@ -442,6 +450,7 @@ fn a_crash_after_a_contact_change_was_emitted_does_not_resend_it() {
     engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
     let first = engine.tick(T0 + 1_000);
     let moved = Input::Customer {
+        sms_consent: None,
         person: PersonRef {
             customer_id: Some(42),
             email: Some("ann@new.example".into()),
@@ -528,6 +537,7 @@ fn an_add_emitted_before_the_persons_first_changelog_record_is_not_emitted_again
         consent: ConsentFact {
             subscribed: false,
             at_ms: T0 + 15_000,
+            ..Default::default()
         },
     };
     again.apply(0, SHOP, revoked, T0 + 15_000);
@@ -590,4 +600,372 @@ fn a_released_partition_hands_back_what_its_changelog_holds() {
     engine.assign(0, released);
     assert!(batches(&engine.tick(T0 + 5_000)).is_empty());
     assert_eq!(engine.members()["abandoned-checkouts"], 1);
+}
+
+fn redact(who: PersonRef, phone: Option<&str>, orders: Vec<u64>) -> Input {
+    Input::Redact {
+        person: who,
+        phone: phone.map(str::to_string),
+        orders,
+    }
+}
+
+fn exported(effects: &[(i32, Effect)]) -> usize {
+    batches(effects)
+        .iter()
+        .filter(|b| b.op == Op::Add)
+        .map(|b| b.members.len())
+        .sum()
+}
+
+/// Ann known only by another email and her phone (as a later order of hers might say).
+fn ann_by_phone() -> (PersonRef, Contact) {
+    let who = PersonRef {
+        customer_id: None,
+        email: Some("ann.other@example.com".into()),
+    };
+    let contact = Contact {
+        email: Some("ann.other@example.com".into()),
+        phone: Some("+44 (7700) 900-123".into()),
+        ..Default::default()
+    };
+    (who, contact)
+}
+
+#[test]
+fn a_fact_after_the_redaction_does_not_bring_the_person_back() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100);
+    let removed = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&removed, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(engine.people(), 0);
+    // In flight on another topic, or simply later: an order, a customer update, a consent.
+    engine.apply(0, SHOP, paid(ann(), T0 + 500), T0 + 3_000);
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(ann(), Some(true), T0 + 3_100),
+        T0 + 3_100,
+    );
+    let by_email = PersonRef {
+        customer_id: None,
+        email: Some(" ann@example.COM".into()),
+    };
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(by_email, Some(true), T0 + 3_200),
+        T0 + 3_200,
+    );
+    let effects = engine.tick(T0 + 10_000);
+    assert_eq!(exported(&effects), 0, "nobody re-exported: {effects:?}");
+    assert_eq!(engine.people(), 0, "nobody re-created");
+}
+
+#[test]
+fn a_redaction_before_any_fact_keeps_the_person_out() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0);
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0 + 100), T0 + 100);
+    engine.apply(0, SHOP, paid(ann(), T0 + 200), T0 + 200);
+    let effects = engine.tick(T0 + 5_000);
+    assert_eq!(exported(&effects), 0);
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn a_redaction_matches_by_phone_and_by_the_orders_to_redact() {
+    let mut engine = engine();
+    let (who, contact) = ann_by_phone();
+    let fact = Input::Abandoned {
+        person: who.clone(),
+        contact: contact.clone(),
+        consent: Some(ConsentFact {
+            subscribed: true,
+            at_ms: T0,
+            ..Default::default()
+        }),
+        at_ms: T0,
+        facts: Abandonment {
+            kind: "checkout".into(),
+            ..Default::default()
+        },
+    };
+    engine.apply(0, SHOP, fact.clone(), T0);
+    engine.tick(T0 + 1_000);
+    // Shopify names her by id and her main email; only the phone ties the guest to her.
+    engine.apply(
+        0,
+        SHOP,
+        redact(ann(), Some("447700900123"), vec![7]),
+        T0 + 1_100,
+    );
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(engine.people(), 0);
+    engine.apply(0, SHOP, fact, T0 + 3_000);
+    // An order named in orders_to_redact, under an address the redaction did not name.
+    let stranger = PersonRef {
+        customer_id: None,
+        email: Some("someone@example.net".into()),
+    };
+    let mut order = paid(stranger, T0 + 3_100);
+    if let Input::Purchased {
+        purchase, contact, ..
+    } = &mut order
+    {
+        purchase.order_id = Some(7);
+        *contact = Contact {
+            email: Some("someone@example.net".into()),
+            ..Default::default()
+        };
+    }
+    engine.apply(0, SHOP, order, T0 + 3_100);
+    let effects = engine.tick(T0 + 10_000);
+    assert_eq!(exported(&effects), 0, "{effects:?}");
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn redaction_markers_survive_a_restore_and_expire_after_their_retention() {
+    let mut engine = engine();
+    let effects: Vec<Effect> =
+        engine.apply(0, SHOP, redact(ann(), Some("+1 555 0100"), vec![]), T0);
+    let state = persisted(&effects);
+    assert!(
+        state.keys().all(|k| k.starts_with("r/")) && state.len() >= 3,
+        "id, email and phone markers: {:?}",
+        state.keys()
+    );
+    assert!(
+        state
+            .keys()
+            .all(|k| !k.contains("example") && !k.contains("555")),
+        "no personal data in the keys"
+    );
+    let mut restored = Engine::new(rules());
+    restored.assign(0, state);
+    restored.apply(0, SHOP, abandoned(ann(), Some(true), T0 + 100), T0 + 100);
+    assert_eq!(exported(&restored.tick(T0 + 5_000)), 0);
+    let retention = rules().redaction_retention_ms;
+    let swept = restored.tick(T0 + retention + 1);
+    let forgotten = swept
+        .iter()
+        .filter(
+            |(_, e)| matches!(e, Effect::Persist { key, person: None } if key.starts_with("r/")),
+        )
+        .count();
+    assert!(forgotten >= 3, "markers expire: {swept:?}");
+    let later = T0 + retention + 120_000;
+    restored.apply(0, SHOP, abandoned(ann(), Some(true), later), later);
+    assert_eq!(exported(&restored.tick(later + 5_000)), ALL.len());
+}
+
+#[test]
+fn a_shop_redaction_keeps_in_flight_facts_out_but_not_a_reinstall() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply_received(0, SHOP, Input::ShopRedact, T0 + 1_100, T0 + 1_100);
+    engine.tick(T0 + 2_100);
+    assert_eq!(engine.people(), 0);
+    // Received before the redaction, processed after it (another topic, lagging).
+    engine.apply_received(0, SHOP, paid(ann(), T0 + 900), T0 + 1_000, T0 + 3_000);
+    assert_eq!(exported(&engine.tick(T0 + 10_000)), 0);
+    assert_eq!(engine.people(), 0);
+    // The merchant installs the app again later: new facts count.
+    let again = T0 + 5 * DAY;
+    engine.apply_received(0, SHOP, abandoned(ann(), Some(true), again), again, again);
+    assert_eq!(exported(&engine.tick(again + 5_000)), ALL.len());
+}
+
+/// An engine whose Google destination grants personalisation only to a confirmed opt-in.
+fn engine_personalising_on_confirmed_opt_in() -> Engine {
+    use crate::domain::consent::{ConsentMapping, OptInLevel};
+    let mut rules = rules();
+    rules.google_consent.insert(
+        "google".into(),
+        ConsentMapping {
+            ad_user_data: [OptInLevel::SingleOptIn, OptInLevel::ConfirmedOptIn].into(),
+            ad_personalization: [OptInLevel::ConfirmedOptIn].into(),
+        },
+    );
+    let mut engine = Engine::new(rules);
+    engine.assign(0, HashMap::new());
+    engine
+}
+
+#[test]
+fn google_additions_carry_the_consent_signals_the_mapping_reads_from_the_customer() {
+    use crate::domain::consent::{AdConsent, OptInLevel};
+    use crate::domain::input::Channel;
+    let mut engine = engine_personalising_on_confirmed_opt_in();
+    let level = |subscribed, level, channel| ConsentFact {
+        subscribed,
+        at_ms: T0 - 10,
+        level: Some(level),
+        channel,
+    };
+    let customer = Input::Customer {
+        person: ann(),
+        contact: contact("Ann@Example.com"),
+        consent: Some(level(true, OptInLevel::SingleOptIn, Channel::Email)),
+        sms_consent: Some(level(false, OptInLevel::ConfirmedOptIn, Channel::Sms)),
+        facts: Default::default(),
+    };
+    engine.apply(0, SHOP, customer, T0 - 5);
+    // The abandonment's checkbox says subscribed, without a level: the known level stays.
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let effects = engine.tick(T0 + 1_000);
+    let consent_at = |destination: &str| {
+        batches(&effects)
+            .into_iter()
+            .find(|b| b.destination == destination && b.op == Op::Add)
+            .map(|b| b.members[0].consent)
+    };
+    assert_eq!(
+        consent_at("google"),
+        Some(Some(AdConsent {
+            ad_user_data: true,
+            ad_personalization: false,
+        })),
+        "single opt-in by email, SMS unsubscribed: personalisation not granted"
+    );
+    assert_eq!(consent_at("meta"), Some(None), "only Google gets signals");
+    // A confirmed SMS opt-in later grants personalisation too.
+    let sms = Input::Consent {
+        person: ann(),
+        consent: ConsentFact {
+            at_ms: T0 + 2_000,
+            ..level(true, OptInLevel::ConfirmedOptIn, Channel::Sms)
+        },
+    };
+    engine.apply(0, SHOP, sms, T0 + 2_000);
+    let person = &engine.partitions[&0].people["p/shop.myshopify.com/c/42"];
+    assert!(
+        person
+            .ad_consent(&engine.rules.google_consent["google"])
+            .ad_personalization
+    );
+}
+
+/// A guest known by another email and a phone written nationally, with the country that makes
+/// it the international number the platforms are sent (`(555) 625-1199` in the US is +1 555…).
+fn guest_with_national_phone(at_ms: i64) -> Input {
+    let who = PersonRef {
+        customer_id: None,
+        email: Some("guest@example.net".into()),
+    };
+    Input::Abandoned {
+        person: who,
+        contact: Contact {
+            email: Some("guest@example.net".into()),
+            phone: Some("(555) 625-1199".into()),
+            country: Some("US".into()),
+            ..Default::default()
+        },
+        consent: Some(ConsentFact {
+            subscribed: true,
+            at_ms,
+            ..Default::default()
+        }),
+        at_ms,
+        facts: Abandonment {
+            kind: "checkout".into(),
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn an_international_phone_redaction_keeps_out_a_later_national_number_of_the_same_country() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, redact(ann(), Some("+1 555-625-1199"), vec![]), T0);
+    engine.apply(0, SHOP, guest_with_national_phone(T0 + 100), T0 + 100);
+    let effects = engine.tick(T0 + 5_000);
+    assert_eq!(exported(&effects), 0, "re-exported: {effects:?}");
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn an_international_phone_redaction_removes_a_guest_held_under_the_national_number() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, guest_with_national_phone(T0), T0);
+    assert_eq!(exported(&engine.tick(T0 + 1_000)), ALL.len());
+    engine.apply(
+        0,
+        SHOP,
+        redact(ann(), Some("+15556251199"), vec![]),
+        T0 + 1_100,
+    );
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn a_withdrawn_consent_signal_reaches_google_for_a_person_it_already_holds() {
+    use crate::domain::consent::{AdConsent, OptInLevel};
+    use crate::domain::input::Channel;
+    let mut engine = engine_personalising_on_confirmed_opt_in();
+    let fact = |subscribed, level, channel, at_ms| ConsentFact {
+        subscribed,
+        at_ms,
+        level: Some(level),
+        channel,
+    };
+    let customer = Input::Customer {
+        person: ann(),
+        contact: contact("Ann@Example.com"),
+        consent: Some(fact(true, OptInLevel::SingleOptIn, Channel::Email, T0 - 10)),
+        sms_consent: Some(fact(
+            true,
+            OptInLevel::ConfirmedOptIn,
+            Channel::Sms,
+            T0 - 10,
+        )),
+        facts: Default::default(),
+    };
+    engine.apply(0, SHOP, customer, T0 - 5);
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    let google_adds = |effects: &[(i32, Effect)]| -> Vec<Option<AdConsent>> {
+        batches(effects)
+            .into_iter()
+            .filter(|b| b.destination == "google" && b.op == Op::Add)
+            .flat_map(|b| b.members.iter().map(|m| m.consent))
+            .collect()
+    };
+    let granted = AdConsent {
+        ad_user_data: true,
+        ad_personalization: true,
+    };
+    assert_eq!(google_adds(&first), [Some(granted)]);
+    // She stops SMS marketing: the confirmed opt-in that granted personalisation is gone, while
+    // her email subscription keeps her in the audience. Google must be told.
+    let withdrawn = Input::Consent {
+        person: ann(),
+        consent: fact(false, OptInLevel::ConfirmedOptIn, Channel::Sms, T0 + 2_000),
+    };
+    engine.apply(0, SHOP, withdrawn, T0 + 2_000);
+    let effects = engine.tick(T0 + 4_000);
+    assert_eq!(
+        google_adds(&effects),
+        [Some(AdConsent {
+            ad_user_data: true,
+            ad_personalization: false,
+        })],
+        "{effects:?}"
+    );
+    assert!(
+        batches(&effects).iter().all(|b| b.destination == "google"),
+        "other platforms get no signals, so nothing to resend: {effects:?}"
+    );
+    // The signals sent are remembered (across a restore too): nothing more is sent.
+    let state = persisted(first.iter().chain(effects.iter()).map(|(_, e)| e));
+    let mut restored = Engine::new(engine.rules.clone());
+    restored.assign(0, state);
+    assert!(batches(&restored.tick(T0 + 10_000)).is_empty());
 }

@@ -1,0 +1,122 @@
+//! Removals left behind by a destination taken out of the configuration: before the exporters
+//! start, the exporter groups of destinations no longer configured are looked up, and the
+//! batches after their committed offsets read. A removal among them would never be sent (no
+//! exporter reads for that destination any more), so the service refuses to start and says how
+//! to proceed, rather than leave the people at the platform.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aftercart_kafka::{for_each_record, KafkaSettings, StoreError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::AudiencesConfig;
+use crate::domain::batch::Batch;
+use crate::platform::Op;
+
+/// Removed destinations with unsent removals: destination → people in them.
+pub type Orphans = BTreeMap<String, usize>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrphanError {
+    #[error("cannot look up the exporter groups: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Read(#[from] StoreError),
+}
+
+/// The message the service refuses to start with.
+pub fn refusal(orphans: &Orphans) -> String {
+    let named: Vec<String> = orphans
+        .iter()
+        .map(|(destination, people)| format!("{destination} ({people} people)"))
+        .collect();
+    format!(
+        "removals are pending for destinations no longer in the audiences configuration: {}. \
+         Put each back (same name and settings) and wait until \
+         aftercart_audiences_pending_removals{{destination=...}} is 0 and its exporter has no lag, \
+         then remove it; or, having removed those people at the platform by hand, delete the \
+         consumer group aftercart named after it",
+        named.join(", ")
+    )
+}
+
+/// Finds removals not yet sent for destinations that are no longer configured. Blocking.
+pub fn find(config: &AudiencesConfig) -> Result<Orphans, OrphanError> {
+    let kafka = &config.kafka;
+    let timeout = kafka.request_timeout();
+    let prefix = format!("{}-", config.group);
+    let lookup = consumer(kafka, &format!("{}-orphans", config.group))?;
+    let groups = lookup.fetch_group_list(None, timeout)?;
+    let removed: Vec<String> = groups
+        .groups()
+        .iter()
+        .filter_map(|g| g.name().strip_prefix(&prefix))
+        .filter(|name| !name.is_empty() && !config.destinations.contains_key(*name))
+        .map(str::to_string)
+        .collect();
+    let mut orphans = Orphans::new();
+    if removed.is_empty() {
+        return Ok(orphans);
+    }
+    let topic = &config.batches_topic;
+    let metadata = lookup.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    for destination in removed {
+        let group = config.exporter_group(&destination);
+        let committed = committed(kafka, &group, topic, &partitions, timeout)?;
+        for (partition, from) in committed {
+            for_each_record(kafka, &group, topic, partition, from, |record| {
+                let batch = record
+                    .value
+                    .and_then(|v| serde_json::from_slice::<Batch>(v).ok());
+                if let Some(batch) =
+                    batch.filter(|b| b.destination == destination && b.op == Op::Remove)
+                {
+                    *orphans.entry(destination.clone()).or_default() += batch.members.len();
+                }
+            })?;
+        }
+    }
+    Ok(orphans)
+}
+
+fn consumer(kafka: &KafkaSettings, group: &str) -> Result<BaseConsumer, KafkaError> {
+    let mut config = kafka.client_config(group);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    kafka.apply_overrides(&mut config);
+    config.create()
+}
+
+/// Where `group` would resume in each partition (`None`: it committed nothing there, so it
+/// would start from the beginning).
+fn committed(
+    kafka: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
+    let consumer = consumer(kafka, group)?;
+    let mut wanted = TopicPartitionList::new();
+    for partition in partitions {
+        wanted.add_partition(topic, *partition);
+    }
+    let offsets = consumer.committed_offsets(wanted, timeout)?;
+    Ok(offsets
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(at) => (e.partition(), Some(at)),
+            _ => (e.partition(), None),
+        })
+        .collect())
+}
