@@ -122,6 +122,7 @@ fn referrals(prefix: &str) -> Case {
                 format!("{prefix}referrals-webhook-dead-letter"),
             ),
             var("AFTERCART_REFERRAL_CODE_SECRET", "faults-code-secret"),
+            var("AFTERCART_STATE_HASH_KEY", "faults-state-hash-key"),
             var("AFTERCART_REFERRAL_REVIEW_WINDOW", "3s"),
         ],
         webhook: |run, n| {
