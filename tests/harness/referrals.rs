@@ -29,6 +29,7 @@ pub fn test_config(kafka: &KafkaSettings, flags: &[&str]) -> ReferralsConfig {
         format!("--referrals-group={prefix}referrals"),
         format!("--invites-topic={prefix}referral-invites"),
         format!("--rewards-topic={prefix}referral-rewards"),
+        format!("--referrals-data-requests-topic={prefix}data_requests"),
         format!("--by-shop-topic={prefix}referrals-by-shop"),
         format!("--referrals-state-topic={prefix}referrals-state"),
         format!("--referrals-dead-letter-topic={prefix}referrals-dead-letter"),

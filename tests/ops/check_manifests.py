@@ -45,7 +45,7 @@ SAME_PARTITIONS = [
     ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance",
      "aftercart.abandonments", "aftercart.abandonment-state"],
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
-     "aftercart.referral-rewards"],
+     "aftercart.referral-rewards", "aftercart.data_requests"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
 ]
 CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state"]
@@ -61,9 +61,10 @@ USER_NEEDS = {
     },
     "aftercart-kafka-referrals": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.referrals-by-shop",
-                 "aftercart.referrals-state", "aftercart.referral-invites", "aftercart.referral-rewards"],
+                 "aftercart.referrals-state", "aftercart.referral-invites", "aftercart.referral-rewards",
+                 "aftercart.data_requests"],
         "Write": ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
-                  "aftercart.referral-rewards", "aftercart.referrals-dead-letter"],
+                  "aftercart.referral-rewards", "aftercart.referrals-dead-letter", "aftercart.data_requests"],
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",

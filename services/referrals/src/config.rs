@@ -46,6 +46,15 @@ pub struct ReferralsArgs {
     )]
     pub rewards_topic: String,
 
+    /// Output topic of the answers to `customers/data_request` (shared by the services; one
+    /// report per service and request).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_DATA_REQUESTS_TOPIC",
+        default_value = "aftercart.data_requests"
+    )]
+    pub referrals_data_requests_topic: String,
+
     /// Internal topic that brings all of one shop's facts to one partition (keyed by shop).
     #[arg(
         long,
@@ -284,6 +293,7 @@ pub struct ReferralsConfig {
     pub group: String,
     pub invites_topic: String,
     pub rewards_topic: String,
+    pub data_requests_topic: String,
     pub by_shop_topic: String,
     pub state_topic: String,
     pub dead_letter_topic: String,
@@ -566,6 +576,7 @@ impl ReferralsArgs {
             group: self.referrals_group.trim().to_string(),
             invites_topic: self.invites_topic.trim().to_string(),
             rewards_topic: self.rewards_topic.trim().to_string(),
+            data_requests_topic: self.referrals_data_requests_topic.trim().to_string(),
             by_shop_topic: self.by_shop_topic.trim().to_string(),
             state_topic: self.referrals_state_topic.trim().to_string(),
             dead_letter_topic: self.referrals_dead_letter_topic.trim().to_string(),

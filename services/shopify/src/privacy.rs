@@ -1,8 +1,10 @@
 //! Who a `customers/redact` or `customers/data_request` names, read the same way by every
 //! consumer service: the customer id, email, phone and the orders the request lists, with the
-//! comparisons that decide whether a fact is about that person.
+//! comparisons that decide whether a fact is about that person; and the report record each
+//! service writes to answer a data request (`schemas/aftercart/data-requests.schema.json`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::decode::{decode, PoisonRecord};
 
@@ -89,6 +91,88 @@ fn same(want: &Option<String>, have: Option<&str>, normal: fn(&str) -> Option<St
     want.is_some() && have.and_then(normal) == want
 }
 
+/// A `customers/data_request`: who, and the id Shopify gave the request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DataRequest {
+    pub person: Person,
+    pub id: Option<u64>,
+}
+
+impl DataRequest {
+    pub fn decode(topic: &str, body: &[u8]) -> Result<DataRequest, PoisonRecord> {
+        Ok(DataRequest {
+            person: Person::decode(topic, body)?,
+            id: data_request_id(topic, body)?,
+        })
+    }
+}
+
+/// Shopify expects the merchant to answer a data request within 30 days.
+pub const DATA_REQUEST_DEADLINE_MS: i64 = 30 * 86_400_000;
+
+/// One thing a service holds about the customer: its kind (`customer`, `order`, `journey`,
+/// `audience`...), the service's key for it, and what is held, as the service stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holding {
+    pub kind: String,
+    pub key: String,
+    pub data: serde_json::Value,
+}
+
+/// One service's answer to a `customers/data_request`, written to `aftercart.data_requests`:
+/// everything it holds about the customer (empty `holdings`: nothing). It holds personal data by
+/// design: it is the customer's own data, for the merchant to pass on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRequestReport {
+    /// Deterministic ([`report_event_id`]): a redelivered request gives the same id.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `abandonment`, `referrals`, `audiences`.
+    pub service: String,
+    pub shop: String,
+    pub data_request_id: Option<u64>,
+    pub customer_id: Option<u64>,
+    pub answered_at: String,
+    /// 30 days after the request was read: Shopify's deadline for the merchant's answer.
+    pub respond_by: String,
+    pub holdings: Vec<Holding>,
+}
+
+impl DataRequestReport {
+    /// The report of `service` for `request` of `shop`, read at `at_ms`.
+    pub fn new(
+        service: &str,
+        shop: &str,
+        request: &DataRequest,
+        at_ms: i64,
+        holdings: Vec<Holding>,
+    ) -> DataRequestReport {
+        DataRequestReport {
+            event_id: report_event_id(service, shop, request),
+            event_type: "data_request.answered".to_string(),
+            service: service.to_string(),
+            shop: shop.to_string(),
+            data_request_id: request.id,
+            customer_id: request.person.customer_id,
+            answered_at: crate::time::rfc3339(at_ms),
+            respond_by: crate::time::rfc3339(at_ms + DATA_REQUEST_DEADLINE_MS),
+            holdings,
+        }
+    }
+}
+
+/// `sha256("aftercart/data-request/<service>/<shop>/<request id or customer id>")`, 32 hex.
+pub fn report_event_id(service: &str, shop: &str, request: &DataRequest) -> String {
+    let who = match (request.id, request.person.customer_id) {
+        (Some(id), _) => format!("request:{id}"),
+        (None, Some(customer)) => format!("customer:{customer}"),
+        (None, None) => "unknown".to_string(),
+    };
+    let digest = Sha256::digest(format!("aftercart/data-request/{service}/{shop}/{who}"));
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The id Shopify gave a data request (`data_request.id`), for the report's event id.
 pub fn data_request_id(topic: &str, body: &[u8]) -> Result<Option<u64>, PoisonRecord> {
     let payload: DataRequestPayload = decode(topic, body)?;
@@ -153,6 +237,24 @@ mod tests {
             data_request_id("customers/data_request", body).unwrap(),
             Some(9999)
         );
+    }
+
+    #[test]
+    fn a_report_has_a_deterministic_id_and_the_30_day_deadline() {
+        let body = br#"{"customer":{"id":7},"orders_requested":[3],"data_request":{"id":9999}}"#;
+        let request = DataRequest::decode("customers/data_request", body).unwrap();
+        let report = DataRequestReport::new("referrals", "s.myshopify.com", &request, 0, vec![]);
+        assert_eq!(
+            report.event_id,
+            report_event_id("referrals", "s.myshopify.com", &request)
+        );
+        assert_eq!(report.event_id.len(), 32);
+        assert_ne!(
+            report.event_id,
+            report_event_id("abandonment", "s.myshopify.com", &request)
+        );
+        assert_eq!(report.respond_by, "1970-01-31T00:00:00.000Z");
+        assert_eq!(report.data_request_id, Some(9999));
     }
 
     #[test]

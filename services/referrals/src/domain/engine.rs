@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::money::Amount;
-use aftercart_shopify::privacy::{normal_phone, Person};
+use aftercart_shopify::privacy::{normal_phone, DataRequest, DataRequestReport, Holding, Person};
 
 use crate::domain::code::{CodeRules, Source};
 use crate::domain::event::{
@@ -193,6 +193,57 @@ impl Partition {
         )
     }
 
+    /// The person's customer entities (by id or email fingerprint) and the orders that are
+    /// theirs, that they referred, or that `person.orders` lists; both sorted.
+    fn held_about(
+        &self,
+        hasher: &StateHasher,
+        shop: &str,
+        person: &Person,
+    ) -> (Vec<String>, Vec<String>) {
+        let email_fp = person
+            .email
+            .as_deref()
+            .map(|e| email_fingerprint_of(hasher, e));
+        let by_id = person
+            .customer_id
+            .map(|id| customer_entity(shop, &customer_key_of_id(id)));
+        let by_email = person
+            .email
+            .as_deref()
+            .map(|e| customer_entity(shop, &customer_key_of_email(hasher, e)));
+        let prefix = customer_entity(shop, "");
+        let mut customers: Vec<String> = self
+            .customers
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .filter(|(key, c)| {
+                Some(*key) == by_id.as_ref()
+                    || Some(*key) == by_email.as_ref()
+                    || (person.customer_id.is_some() && c.customer_id == person.customer_id)
+                    || email_fp.as_ref().is_some_and(|fp| c.email_fps.contains(fp))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        customers.sort();
+        let order_prefix = format!("o/{shop}/");
+        let mut orders: Vec<String> = self
+            .orders
+            .iter()
+            .filter(|(k, _)| k.starts_with(&order_prefix))
+            .filter(|(k, o)| {
+                person.orders.contains(&order_id_of(k))
+                    || o.customer.as_ref().is_some_and(|c| customers.contains(c))
+                    || o.reward
+                        .as_ref()
+                        .is_some_and(|r| customers.contains(&r.advocate))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        orders.sort();
+        (customers, orders)
+    }
+
     fn schedule(&mut self, key: &str, order: &OrderState) {
         if let Some(Invite::Scheduled { due_ms, .. }) = &order.invite {
             self.timers.insert((*due_ms, key.to_string()));
@@ -287,7 +338,10 @@ impl Engine {
             Input::Consent { customer_id, .. } => {
                 state.redacted(&rules.hasher, shop, Some(*customer_id), &[], &[], None)
             }
-            Input::RedactCustomer(_) | Input::RedactShop | Input::Ignored => false,
+            Input::RedactCustomer(_)
+            | Input::RedactShop
+            | Input::DataRequest(_)
+            | Input::Ignored => false,
         };
         if covered {
             // Late or in flight on another topic: the person stays forgotten.
@@ -323,6 +377,7 @@ impl Engine {
             }
             Input::RedactCustomer(person) => step.redact_customer(&person, at_ms),
             Input::RedactShop => step.redact_shop(at_ms),
+            Input::DataRequest(request) => step.data_request(&request, at_ms),
             Input::Ignored => {}
         }
         effects
@@ -1001,40 +1056,13 @@ impl Step<'_> {
             return;
         }
         let customer_id = person.customer_id;
-        let email = person.email.as_deref();
         let rules = self.rules;
         let hasher = &rules.hasher;
-        let email_fp = email.map(|e| email_fingerprint_of(hasher, e));
-        let mut keys: Vec<String> = customer_id
-            .map(|id| customer_entity(self.shop, &customer_key_of_id(id)))
-            .into_iter()
-            .chain(email.map(|e| customer_entity(self.shop, &customer_key_of_email(hasher, e))))
-            .collect();
-        let prefix = format!("c/{}/", self.shop);
-        for (key, customer) in &self.state.customers {
-            let same_email = email_fp
-                .as_ref()
-                .is_some_and(|fp| customer.email_fps.contains(fp));
-            let same_id = customer_id.is_some() && customer.customer_id == customer_id;
-            if key.starts_with(&prefix) && (same_email || same_id) && !keys.contains(key) {
-                keys.push(key.clone());
-            }
-        }
-        let order_prefix = format!("o/{}/", self.shop);
-        let orders: Vec<String> = self
-            .state
-            .orders
-            .iter()
-            .filter(|(k, _)| k.starts_with(&order_prefix))
-            .filter(|(k, o)| {
-                person.orders.contains(&order_id_of(k))
-                    || o.customer.as_ref().is_some_and(|c| keys.contains(c))
-                    || o.reward
-                        .as_ref()
-                        .is_some_and(|r| keys.contains(&r.advocate))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let email_fp = person
+            .email
+            .as_deref()
+            .map(|e| email_fingerprint_of(hasher, e));
+        let (keys, orders) = self.state.held_about(hasher, self.shop, person);
         for key in orders {
             let Some(mut order) = self.state.orders.remove(&key) else {
                 continue;
@@ -1081,6 +1109,35 @@ impl Step<'_> {
             ),
         );
         self.remember_redaction(redaction_entity(self.shop, &id), redaction);
+    }
+
+    /// Reports everything held about the person: their customer entities and the orders that
+    /// are theirs, that they referred, or that the request lists.
+    fn data_request(&mut self, request: &DataRequest, at_ms: i64) {
+        let (customers, orders) =
+            self.state
+                .held_about(&self.rules.hasher, self.shop, &request.person);
+        let holding = |kind: &str, key: &str, data: serde_json::Value| Holding {
+            kind: kind.to_string(),
+            key: key.to_string(),
+            data,
+        };
+        let mut holdings: Vec<Holding> = customers
+            .iter()
+            .filter_map(|key| Some((key, self.state.customers.get(key)?)))
+            .map(|(key, c)| holding("customer", key, serde_json::to_value(c).unwrap_or_default()))
+            .collect();
+        holdings.extend(
+            orders
+                .iter()
+                .filter_map(|key| Some((key, self.state.orders.get(key)?)))
+                .map(|(key, o)| holding("order", key, serde_json::to_value(o).unwrap_or_default())),
+        );
+        let report = DataRequestReport::new("referrals", self.shop, request, at_ms, holdings);
+        self.effects.push(Effect::Emit {
+            key: format!("{}/data-request", self.shop),
+            output: Output::DataRequest(Box::new(report)),
+        });
     }
 
     fn remember_redaction(&mut self, key: String, redaction: Redaction) {

@@ -6,11 +6,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use aftercart_shopify::money::Amount;
-use aftercart_shopify::privacy::Person;
+use aftercart_shopify::privacy::{DataRequest, Person};
 use aftercart_shopify::time::parse_time_ms;
 
 /// The Shopify topics the service acts on; the router forwards only these.
-pub const TOPICS: [&str; 11] = [
+pub const TOPICS: [&str; 12] = [
     "orders/create",
     "orders/paid",
     "orders/fulfilled",
@@ -21,6 +21,7 @@ pub const TOPICS: [&str; 11] = [
     "customers/update",
     "customers_email_marketing_consent/update",
     "customers/redact",
+    "customers/data_request",
     "shop/redact",
 ];
 
@@ -68,6 +69,8 @@ pub enum Input {
     /// `customers/redact`: by customer id, email, phone and the orders it lists.
     RedactCustomer(Person),
     RedactShop,
+    /// `customers/data_request`: report what is held about the customer.
+    DataRequest(Box<DataRequest>),
     /// A topic the service does not act on.
     Ignored,
 }
@@ -301,6 +304,9 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             }
         }
         "customers/redact" => Input::RedactCustomer(Person::decode(&topic, body)?),
+        "customers/data_request" => {
+            Input::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
+        }
         "shop/redact" => {
             decode::<serde::de::IgnoredAny>(&topic, body)?;
             Input::RedactShop

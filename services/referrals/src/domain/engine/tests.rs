@@ -815,3 +815,36 @@ fn expiry_forgets_settled_orders_but_keeps_first_order_facts() {
     assert!(world.persisted[&format!("o/{SHOP}/100")].is_none());
     assert_eq!(world.engine.sizes().0, 1);
 }
+
+#[test]
+fn a_data_request_reports_what_is_held_about_the_customer_and_nothing_of_others() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(200, 2), &code), DAY);
+    world.send("orders/paid", &order(300, 3), DAY);
+    let request = json!({"shop_id": 1, "shop_domain": SHOP, "orders_requested": [100],
+                         "customer": {"id": 1, "email": "buyer1@example.com"},
+                         "data_request": {"id": 9999}});
+    world.send("customers/data_request", &request, 2 * DAY);
+    let Some(Output::DataRequest(report)) = world.emitted.last() else {
+        panic!("a report: {:?}", world.types());
+    };
+    assert_eq!(report.event_type, "data_request.answered");
+    assert_eq!(report.data_request_id, Some(9999));
+    assert_eq!(report.customer_id, Some(1));
+    let keys: Vec<&str> = report.holdings.iter().map(|h| h.key.as_str()).collect();
+    // Their customer entity, their own order, and the friend's order they referred.
+    assert_eq!(
+        keys,
+        [
+            format!("c/{SHOP}/id:1"),
+            format!("o/{SHOP}/100"),
+            format!("o/{SHOP}/200")
+        ]
+    );
+    assert_eq!(report.holdings[0].data["advocate"]["code"], json!(code));
+    // The same request read again gives the same report id.
+    let first = report.event_id.clone();
+    world.send("customers/data_request", &request, 3 * DAY);
+    assert_eq!(world.emitted.last().unwrap().event_id(), first);
+}
