@@ -345,6 +345,8 @@ impl Engine {
                     at_ms,
                 })
             }
+            // Answered by the I/O layer from `held_about`: it is not a change of state.
+            GlobalInput::DataRequest(_) => Vec::new(),
             GlobalInput::Uninstalled => {
                 self.uninstalled.insert(shop.to_string(), at_ms);
                 // Disarm the shop's timers: nothing is emitted for an uninstalled shop.
@@ -363,6 +365,26 @@ impl Engine {
             }
             GlobalInput::Ignored => Vec::new(),
         }
+    }
+
+    /// Per owned partition, the journeys of `shop` that belong to `person` (sorted by key).
+    pub fn held_about(&self, shop: &str, person: &Person) -> Vec<(i32, Vec<(String, Journey)>)> {
+        let mut held: Vec<(i32, Vec<(String, Journey)>)> = self
+            .partitions
+            .iter()
+            .map(|(partition, state)| {
+                let mut journeys: Vec<(String, Journey)> = state
+                    .journeys
+                    .iter()
+                    .filter(|(_, j)| j.shop == shop && belongs_to(j, person))
+                    .map(|(k, j)| (k.clone(), j.clone()))
+                    .collect();
+                journeys.sort_by(|a, b| a.0.cmp(&b.0));
+                (*partition, journeys)
+            })
+            .collect();
+        held.sort_by_key(|(partition, _)| *partition);
+        held
     }
 
     /// True when a redaction seen earlier covers this journey's data.

@@ -2,7 +2,7 @@
 
 use aftercart_shopify::decode::{decode, shopify_topic};
 pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
-use aftercart_shopify::privacy::Person;
+use aftercart_shopify::privacy::{DataRequest, Person};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,6 +28,8 @@ pub enum GlobalInput {
     /// `customers/redact`: by customer id, email, phone and the orders it lists.
     RedactCustomer(Person),
     RedactShop,
+    /// `customers/data_request`: report the journeys held about the customer.
+    DataRequest(Box<DataRequest>),
     Uninstalled,
     Ignored,
 }
@@ -175,6 +177,9 @@ pub fn global_input(topic: Option<&str>, body: &[u8]) -> Result<GlobalInput, Poi
             }
         }
         "customers/redact" => GlobalInput::RedactCustomer(Person::decode(&topic, body)?),
+        "customers/data_request" => {
+            GlobalInput::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
+        }
         "shop/redact" => GlobalInput::RedactShop,
         "app/uninstalled" => GlobalInput::Uninstalled,
         _ => GlobalInput::Ignored,

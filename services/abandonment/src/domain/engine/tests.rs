@@ -602,3 +602,28 @@ fn restored_journeys_rearm_their_timers() {
     restarted.assign(0, vec![(KEY.to_string(), journey)]);
     assert_eq!(emitted(&restarted.fire_due(60 * MIN)).len(), 1);
 }
+
+#[test]
+fn a_data_request_finds_the_customers_journeys_in_each_owned_partition() {
+    let mut e = engine();
+    e.assign(1, Vec::new());
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.apply(
+        1,
+        "shop.myshopify.com/other",
+        SHOP,
+        journey_input(Some("carts/update"), br#"{"token":"other"}"#).unwrap(),
+        0,
+    );
+    let buyer = Person {
+        email: Some("buyer@example.com".into()),
+        ..Person::default()
+    };
+    let held = e.held_about(SHOP, &buyer);
+    assert_eq!(held.len(), 2, "one answer per owned partition");
+    assert_eq!(held[0].1.len(), 1);
+    assert_eq!(held[0].1[0].0, KEY);
+    assert!(held[1].1.is_empty(), "someone else's cart is not reported");
+    let elsewhere = e.held_about("other.myshopify.com", &buyer);
+    assert!(elsewhere.iter().all(|(_, journeys)| journeys.is_empty()));
+}
