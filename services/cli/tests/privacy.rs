@@ -93,6 +93,10 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
             "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
             format!("{prefix}abandonment-dead-letter"),
         ),
+        var(
+            "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
+            format!("{prefix}data_requests"),
+        ),
         var("AFTERCART_ABANDON_AFTER", "1s"),
         var("AFTERCART_CART_ABANDON_AFTER", "1s"),
     ]);
@@ -124,6 +128,10 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
         var(
             "AFTERCART_REFERRALS_WEBHOOK_DEAD_LETTER_TOPIC",
             format!("{prefix}referrals-webhook-dead-letter"),
+        ),
+        var(
+            "AFTERCART_REFERRALS_DATA_REQUESTS_TOPIC",
+            format!("{prefix}data_requests"),
         ),
         var("AFTERCART_REFERRAL_CODE_SECRET", "privacy-e2e-code-secret"),
         var("AFTERCART_STATE_HASH_KEY", "privacy-e2e-state-hash-key"),
@@ -228,6 +236,7 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
         "referrals-state",
         "referrals-dead-letter",
         "referrals-webhook-dead-letter",
+        "data_requests",
     ];
     let mut control_seen = false;
     for topic in written {
