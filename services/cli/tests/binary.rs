@@ -444,7 +444,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 19, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters) and audiences (batches, by-shop, changelog, dead letters) topics");
+        assert_eq!(listed, 20, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters) and data requests topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -487,6 +487,10 @@ fn start_abandonment(broker: &Broker, prefix: &str, admin: SocketAddr) -> Child 
             "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
             format!("{prefix}abandonment-dead-letter"),
         )
+        .env(
+            "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
+            format!("{prefix}data_requests"),
+        )
         .env("AFTERCART_ABANDON_AFTER", "3s")
         .env(
             "AFTERCART_KAFKA_PROPERTIES",
@@ -518,6 +522,7 @@ async fn the_abandonment_binary_killed_mid_way_emits_exactly_one_abandonment_per
         names("abandonments"),
         names("abandonment-state"),
         names("abandonment-dead-letter"),
+        names("data_requests"),
     ] {
         let mut settings = KafkaSettings::new(broker.bootstrap(), &prefix);
         settings.partitions = 3;
