@@ -10,6 +10,7 @@ broker_tests!(
     a_late_order_recovers_the_abandonment,
     a_deleted_checkout_is_not_abandoned,
     a_redacted_customer_is_forgotten_and_never_abandoned,
+    a_data_request_is_answered_with_the_customers_journeys,
     an_older_update_never_overwrites_newer_state,
     a_cart_that_never_reaches_checkout_is_a_cart_abandonment,
     a_restart_restores_state_and_emits_exactly_once,
@@ -273,6 +274,62 @@ mod scenarios {
             .find(|r| r.key_str() == key)
             .expect("changelog record");
         assert!(last.value.is_empty(), "tombstone for the redacted journey");
+    }
+
+    pub async fn a_data_request_is_answered_with_the_customers_journeys(broker: &Broker) {
+        let stack = Stack::start(broker, &["--abandon-after=1h"]).await;
+        let cart = unique("cart");
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&cart, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        let key = format!("jsmith.myshopify.com/{cart}");
+        eventually("the journey persisted", Duration::from_secs(30), || async {
+            let changelog = read_topic(&stack.bootstrap, &stack.config.state_topic).await;
+            changelog.iter().any(|r| r.key_str() == key).then_some(())
+        })
+        .await;
+        stack
+            .send("customers/data_request", r#"{"shop_id":1,"shop_domain":"jsmith.myshopify.com","customer":{"id":4242},"orders_requested":[],"data_request":{"id":77}}"#.to_string())
+            .await;
+        let topic = stack.config.data_requests_topic.clone();
+        let partitions = stack.config.kafka.partitions as usize;
+        let reports = eventually(
+            "a report per partition",
+            Duration::from_secs(30),
+            || async {
+                let reports: Vec<Value> = read_topic(&stack.bootstrap, &topic)
+                    .await
+                    .iter()
+                    .map(|record| {
+                        let value: Value =
+                            serde_json::from_slice(&record.value).expect("JSON report");
+                        assert_valid("aftercart/data-requests.schema.json", &value);
+                        assert_eq!(
+                            record.header("aftercart-event-id"),
+                            value["event_id"].as_str()
+                        );
+                        value
+                    })
+                    .collect();
+                (reports.len() >= partitions).then_some(reports)
+            },
+        )
+        .await;
+        assert_eq!(reports.len(), partitions, "{reports:#?}");
+        let held: Vec<&Value> = reports
+            .iter()
+            .flat_map(|r| r["holdings"].as_array().unwrap())
+            .collect();
+        assert_eq!(held.len(), 1, "{held:#?}");
+        assert_eq!(held[0]["key"], key.as_str());
+        assert_eq!(
+            held[0]["data"]["checkout"]["email"],
+            format!("buyer-{cart}@example.com")
+        );
+        assert!(reports.iter().all(|r| r["data_request_id"] == 77));
     }
 
     pub async fn an_older_update_never_overwrites_newer_state(broker: &Broker) {

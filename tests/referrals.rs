@@ -12,6 +12,7 @@ broker_tests!(
     a_burst_of_referred_orders_from_one_ip_is_rejected,
     a_restart_mid_review_window_grants_exactly_once,
     a_redacted_advocate_is_forgotten_and_pending_rewards_voided,
+    a_data_request_is_answered_with_what_is_held_about_the_customer,
     poison_records_are_dead_lettered_and_processing_continues,
     every_event_is_also_posted_signed_to_the_webhook,
     a_large_order_is_routed_and_its_buyer_invited,
@@ -505,6 +506,36 @@ mod scenarios {
         })
         .await;
         assert_eq!(stack.rewards().await.len(), 2);
+    }
+
+    pub async fn a_data_request_is_answered_with_what_is_held_about_the_customer(broker: &Broker) {
+        let stack = Stack::start(broker, &[]).await;
+        let (advocate, base) = (ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        stack.code_of(advocate, 1).await;
+        let request = json!({"shop_id": 1, "shop_domain": SHOP, "orders_requested": [base],
+                             "customer": {"id": advocate, "email": format!("c{advocate}@example.com")},
+                             "data_request": {"id": 9999}});
+        stack.send("customers/data_request", request.clone()).await;
+        let topic = stack.config.data_requests_topic.clone();
+        let reports = eventually("the report", Duration::from_secs(30), || async {
+            let reports = stack
+                .read(&topic, "aftercart/data-requests.schema.json")
+                .await;
+            (!reports.is_empty()).then_some(reports)
+        })
+        .await;
+        assert_eq!(reports.len(), 1);
+        let report = &reports[0];
+        assert_eq!(report["service"], "referrals");
+        assert_eq!(report["data_request_id"], 9999);
+        let kinds: Vec<&str> = report["holdings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["customer", "order"]);
     }
 
     pub async fn every_event_is_also_posted_signed_to_the_webhook(broker: &Broker) {

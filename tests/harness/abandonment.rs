@@ -25,6 +25,7 @@ pub fn test_config(kafka: &KafkaSettings, flags: &[&str]) -> AbandonmentConfig {
         "abandonment".to_string(),
         format!("--group={prefix}abandonment"),
         format!("--output-topic={prefix}abandonments"),
+        format!("--abandonment-data-requests-topic={prefix}data_requests"),
         format!("--state-topic={prefix}abandonment-state"),
         format!("--dead-letter-topic={prefix}abandonment-dead-letter"),
     ];

@@ -48,6 +48,8 @@ pub fn test_config(broker: &Broker, url: &str, partitions: i32) -> (KafkaSetting
         dead_letter_topic: format!("{prefix}delivery-dead-letter"),
     };
     let mut errors = ConfigErrors::new();
+    // The test's receiver is a local plain-http server.
+    aftercart_runtime::outbound::allow_insecure_http();
     let config = flags
         .validate("AFTERCART_TEST_WEBHOOK", &mut errors)
         .unwrap_or_else(|| panic!("valid test config: {errors}"));

@@ -11,6 +11,8 @@ use crate::Broker;
 
 /// The code secret of the tests (codes are recomputed independently from it).
 pub const CODE_SECRET: &str = "referrals-test-code-secret";
+/// The state hash key of the tests.
+pub const STATE_HASH_KEY: &str = "referrals-test-state-hash-key";
 
 #[derive(Parser)]
 struct Flags {
@@ -27,10 +29,12 @@ pub fn test_config(kafka: &KafkaSettings, flags: &[&str]) -> ReferralsConfig {
         format!("--referrals-group={prefix}referrals"),
         format!("--invites-topic={prefix}referral-invites"),
         format!("--rewards-topic={prefix}referral-rewards"),
+        format!("--referrals-data-requests-topic={prefix}data_requests"),
         format!("--by-shop-topic={prefix}referrals-by-shop"),
         format!("--referrals-state-topic={prefix}referrals-state"),
         format!("--referrals-dead-letter-topic={prefix}referrals-dead-letter"),
         format!("--code-secret={CODE_SECRET}"),
+        format!("--state-hash-key={STATE_HASH_KEY}"),
     ];
     if !flags.iter().any(|f| f.starts_with("--review-window")) {
         argv.push("--review-window=3s".to_string());

@@ -15,6 +15,8 @@ use crate::{eventually, Broker};
 /// Kafka flags on the same settings (and so the same raw topics) as a test's ingress, with
 /// short sessions so group joins and takeovers after a crash stay quick in tests.
 pub fn test_kafka_args(kafka: &KafkaSettings) -> KafkaArgs {
+    // The tests' receivers and stand-in platforms are local plain-http servers.
+    aftercart_runtime::outbound::allow_insecure_http();
     KafkaArgs {
         brokers: Some(kafka.brokers.clone()),
         topic_prefix: kafka.topic_prefix.clone(),

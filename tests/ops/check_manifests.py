@@ -43,9 +43,9 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 # and the compacted changelogs (services/*/src/app.rs topic_specs).
 SAME_PARTITIONS = [
     ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance",
-     "aftercart.abandonments", "aftercart.abandonment-state"],
+     "aftercart.abandonments", "aftercart.abandonment-state", "aftercart.data_requests"],
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
-     "aftercart.referral-rewards"],
+     "aftercart.referral-rewards", "aftercart.data_requests"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
 ]
 CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state"]
@@ -56,14 +56,16 @@ RAW = ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customer
 USER_NEEDS = {
     "aftercart-kafka-ingress": {"Write": RAW + ["shopify.other", "shopify.quarantine"]},
     "aftercart-kafka-abandonment": {
-        "Read": RAW + ["aftercart.abandonments", "aftercart.abandonment-state"],
-        "Write": ["aftercart.abandonments", "aftercart.abandonment-state", "aftercart.abandonment-dead-letter"],
+        "Read": RAW + ["aftercart.abandonments", "aftercart.abandonment-state", "aftercart.data_requests"],
+        "Write": ["aftercart.abandonments", "aftercart.abandonment-state", "aftercart.abandonment-dead-letter",
+                  "aftercart.data_requests"],
     },
     "aftercart-kafka-referrals": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.referrals-by-shop",
-                 "aftercart.referrals-state", "aftercart.referral-invites", "aftercart.referral-rewards"],
+                 "aftercart.referrals-state", "aftercart.referral-invites", "aftercart.referral-rewards",
+                 "aftercart.data_requests"],
         "Write": ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
-                  "aftercart.referral-rewards", "aftercart.referrals-dead-letter"],
+                  "aftercart.referral-rewards", "aftercart.referrals-dead-letter", "aftercart.data_requests"],
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",

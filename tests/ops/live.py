@@ -317,6 +317,8 @@ class LiveStack:
         secrets.write_text("# current first\nops-lint-secret\n")
         code_secret = self.workdir / "referral-code-secret"
         code_secret.write_text("ops-lint-referral-code-secret\n")
+        state_hash_key = self.workdir / "state-hash-key"
+        state_hash_key.write_text("ops-lint-state-hash-key\n")
         # The overlay's client.properties speaks SASL over TLS to the cluster (its credentials are
         # a Strimzi Secret); the local broker is plaintext, so the file is swapped for one that
         # says so.
@@ -337,6 +339,7 @@ class LiveStack:
             "AFTERCART_AUDIENCES_DIR": str(self.workdir / "audiences-alone"),
             # The Deployment mounts it from the aftercart-referrals Secret.
             "AFTERCART_REFERRAL_CODE_SECRET_FILE": str(code_secret),
+            "AFTERCART_STATE_HASH_KEY_FILE": str(state_hash_key),
         } | (overrides or {})
         command = args[0]
         process = self.spawn(f"alone-{command}", [self.bin, *args], env)

@@ -29,10 +29,12 @@ pub fn topic_specs(config: &AbandonmentConfig) -> (Vec<TopicSpec>, Vec<String>) 
         .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
         .collect();
     specs.push(TopicSpec::new(&config.output_topic, &config.kafka));
+    specs.push(TopicSpec::new(&config.data_requests_topic, &config.kafka));
     specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
     specs.push(TopicSpec::new(&config.dead_letter_topic, &config.kafka).holding_copies());
     let mut same = names.journey();
     same.push(config.output_topic.clone());
+    same.push(config.data_requests_topic.clone());
     same.push(config.state_topic.clone());
     (specs, same)
 }

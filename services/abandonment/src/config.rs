@@ -28,6 +28,15 @@ pub struct AbandonmentArgs {
     )]
     pub output_topic: String,
 
+    /// Output topic of the answers to `customers/data_request` (shared by the services; one
+    /// report per owned partition and request).
+    #[arg(
+        long,
+        env = "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
+        default_value = "aftercart.data_requests"
+    )]
+    pub abandonment_data_requests_topic: String,
+
     /// Compacted changelog topic holding the journeys' state.
     #[arg(
         long,
@@ -112,6 +121,7 @@ pub struct AbandonmentConfig {
     pub kafka: KafkaSettings,
     pub group: String,
     pub output_topic: String,
+    pub data_requests_topic: String,
     pub state_topic: String,
     pub dead_letter_topic: String,
     pub rules: Rules,
@@ -203,6 +213,10 @@ impl AbandonmentArgs {
         for (name, value) in [
             ("AFTERCART_ABANDONMENT_GROUP", &self.group),
             ("AFTERCART_ABANDONMENTS_TOPIC", &self.output_topic),
+            (
+                "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
+                &self.abandonment_data_requests_topic,
+            ),
             ("AFTERCART_ABANDONMENT_STATE_TOPIC", &self.state_topic),
             (
                 "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
@@ -217,6 +231,7 @@ impl AbandonmentArgs {
             kafka: kafka.expect("checked"),
             group: self.group.trim().to_string(),
             output_topic: self.output_topic.trim().to_string(),
+            data_requests_topic: self.abandonment_data_requests_topic.trim().to_string(),
             state_topic: self.state_topic.trim().to_string(),
             dead_letter_topic: self.dead_letter_topic.trim().to_string(),
             rules: Rules {

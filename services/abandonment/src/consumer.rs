@@ -10,6 +10,7 @@ use aftercart_kafka::{
     TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_shopify::privacy::{DataRequest, DataRequestReport, Holding};
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
@@ -17,7 +18,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use crate::config::AbandonmentConfig;
 use crate::domain::engine::{Effect, Engine};
 use crate::domain::event::{EmittedEvent, EventType, Kind, OutputEvent};
-use crate::domain::input::{global_input, journey_input, PoisonRecord};
+use crate::domain::input::{global_input, journey_input, GlobalInput, PoisonRecord};
 use crate::domain::journey::Journey;
 use crate::metrics::AbandonmentMetrics;
 
@@ -52,7 +53,10 @@ pub fn build(
         globals: labelled(&[Family::Customers, Family::Compliance]),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
-        outputs: vec![config.output_topic.clone()],
+        outputs: vec![
+            config.output_topic.clone(),
+            config.data_requests_topic.clone(),
+        ],
     };
     let logic = Abandonment {
         engine: Engine::new(config.rules.clone()),
@@ -68,6 +72,18 @@ pub fn build(
     )
 }
 
+/// Output topic indexes in [`StageTopics::outputs`].
+const EVENTS: usize = 0;
+const DATA_REQUESTS: usize = 1;
+
+/// What the service writes: abandonment events, and answers to data requests.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum Output {
+    Event(Box<OutputEvent>),
+    DataRequest(Box<DataRequestReport>),
+}
+
 /// The abandonment engine as the stage's logic.
 pub struct Abandonment {
     engine: Engine,
@@ -78,10 +94,10 @@ pub struct Abandonment {
 fn staged(effect: Effect) -> EffectOf<Abandonment> {
     match effect {
         Effect::Emit { key, event } => StageEffect::Emit {
-            topic: 0,
+            topic: EVENTS,
             key,
             event_id: event.event_id.clone(),
-            output: *event,
+            output: Output::Event(event),
         },
         Effect::Persist { key, journey } => StageEffect::Persist {
             key,
@@ -104,9 +120,39 @@ fn unusable(error: PoisonRecord) -> Unusable {
     }
 }
 
+impl Abandonment {
+    /// One report per owned partition (every instance reads the request; each answers for the
+    /// journeys it holds), with an id per partition so no answer drops another.
+    fn answer(&self, shop: &str, request: &DataRequest, at_ms: i64) -> Vec<(i32, EffectOf<Self>)> {
+        self.engine
+            .held_about(shop, &request.person)
+            .into_iter()
+            .map(|(partition, journeys)| {
+                let holdings = journeys
+                    .into_iter()
+                    .map(|(key, journey)| Holding {
+                        kind: "journey".to_string(),
+                        data: serde_json::to_value(&journey).unwrap_or_default(),
+                        key,
+                    })
+                    .collect();
+                let service = format!("abandonment/partition-{partition}");
+                let report = DataRequestReport::new(&service, shop, request, at_ms, holdings);
+                let effect = StageEffect::Emit {
+                    topic: DATA_REQUESTS,
+                    key: format!("{shop}/data-request"),
+                    event_id: report.event_id.clone(),
+                    output: Output::DataRequest(Box::new(report)),
+                };
+                (partition, effect)
+            })
+            .collect()
+    }
+}
+
 impl StageLogic for Abandonment {
     type Entity = Journey;
-    type Output = OutputEvent;
+    type Output = Output;
     type Emitted = EmittedEvent;
 
     fn apply(
@@ -143,11 +189,11 @@ impl StageLogic for Abandonment {
         )
         .map_err(unusable)?;
         let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
-        Ok(staged_at(self.engine.apply_global(
-            &shop_of(message),
-            input,
-            at,
-        )))
+        let shop = shop_of(message);
+        if let GlobalInput::DataRequest(request) = &input {
+            return Ok(self.answer(&shop, request, at));
+        }
+        Ok(staged_at(self.engine.apply_global(&shop, input, at)))
     }
 
     fn next_due(&self) -> Option<i64> {
@@ -192,7 +238,20 @@ impl StageLogic for Abandonment {
             .collect()
     }
 
-    fn emitted(&self, event: &OutputEvent) {
+    fn emitted(&self, output: &Output) {
+        let event = match output {
+            Output::Event(event) => event,
+            // Logged without personal data: the request id and how much was reported.
+            Output::DataRequest(report) => {
+                tracing::info!(
+                    data_request_id = ?report.data_request_id,
+                    holdings = report.holdings.len(),
+                    respond_by = %report.respond_by,
+                    "Answered a customers/data_request: the report is in the data requests topic."
+                );
+                return;
+            }
+        };
         let kind = match event.kind {
             Kind::Cart => "cart",
             Kind::Checkout => "checkout",

@@ -132,6 +132,56 @@ destinations = ["meta"]
 }
 
 #[test]
+fn plain_http_destinations_and_a_missing_state_hash_key_exit_64_naming_the_settings() {
+    let referrals = |allow_http: bool, key: bool| {
+        let mut command = aftercart(&["referrals"]);
+        command
+            .env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:1")
+            .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret")
+            .env(
+                "AFTERCART_REFERRALS_WEBHOOK_URL",
+                "http://127.0.0.1:9/hooks?token=t0ken",
+            )
+            .env(
+                "AFTERCART_SHOPIFY_ADMIN_URL",
+                "http://127.0.0.1:9/{shop}/graphql.json",
+            );
+        if allow_http {
+            command.env("AFTERCART_ALLOW_INSECURE_HTTP", "true");
+        }
+        if key {
+            command.env("AFTERCART_STATE_HASH_KEY", "a-state-hash-key-of-16");
+        }
+        run(&mut command)
+    };
+    let refused = referrals(false, true);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{stderr}");
+    for named in [
+        "AFTERCART_REFERRALS_WEBHOOK_URL",
+        "AFTERCART_SHOPIFY_ADMIN_URL",
+        "AFTERCART_ALLOW_INSECURE_HTTP=true",
+    ] {
+        assert!(stderr.contains(named), "{named} not named:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("t0ken"),
+        "the URL's token was printed:\n{stderr}"
+    );
+    assert!(!stderr.contains("AFTERCART_STATE_HASH_KEY"), "{stderr}");
+
+    // Allowed, the URLs pass; production has no default state hash key.
+    let no_key = referrals(true, false);
+    let stderr = String::from_utf8_lossy(&no_key.stderr);
+    assert_eq!(no_key.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("AFTERCART_STATE_HASH_KEY: required"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("_URL"), "{stderr}");
+}
+
+#[test]
 fn unknown_flags_exit_64_and_help_exits_0() {
     assert_eq!(
         run(&mut aftercart(&["ingress", "--no-such-flag"]))
@@ -433,7 +483,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 19, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters) and audiences (batches, by-shop, changelog, dead letters) topics");
+        assert_eq!(listed, 20, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters) and data requests topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -476,6 +526,10 @@ fn start_abandonment(broker: &Broker, prefix: &str, admin: SocketAddr) -> Child 
             "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
             format!("{prefix}abandonment-dead-letter"),
         )
+        .env(
+            "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
+            format!("{prefix}data_requests"),
+        )
         .env("AFTERCART_ABANDON_AFTER", "3s")
         .env(
             "AFTERCART_KAFKA_PROPERTIES",
@@ -507,6 +561,7 @@ async fn the_abandonment_binary_killed_mid_way_emits_exactly_one_abandonment_per
         names("abandonments"),
         names("abandonment-state"),
         names("abandonment-dead-letter"),
+        names("data_requests"),
     ] {
         let mut settings = KafkaSettings::new(broker.bootstrap(), &prefix);
         settings.partitions = 3;
@@ -953,7 +1008,8 @@ async fn kafka_check_reports_the_cluster_and_fails_when_it_cannot_connect() {
                     .env("AFTERCART_KAFKA_BROKERS", bootstrap)
                     .env("AFTERCART_TOPIC_PREFIX", prefix)
                     .env("AFTERCART_TOPIC_PARTITIONS", "3")
-                    .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret"),
+                    .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret")
+                    .env("AFTERCART_STATE_HASH_KEY", "a-state-hash-key-of-16"),
             )
         }
     })
@@ -988,7 +1044,8 @@ async fn kafka_check_reports_the_cluster_and_fails_when_it_cannot_connect() {
 
     let unreachable = run(aftercart(&["kafka", "check", "--timeout", "2s"])
         .env("AFTERCART_KAFKA_BROKERS", free_addr().to_string())
-        .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret"));
+        .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret")
+        .env("AFTERCART_STATE_HASH_KEY", "a-state-hash-key-of-16"));
     let stdout = String::from_utf8_lossy(&unreachable.stdout);
     assert!(stdout.contains("FAIL  connect"), "{stdout}");
     assert_eq!(unreachable.status.code(), Some(1), "{stdout}");

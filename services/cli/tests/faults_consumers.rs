@@ -69,6 +69,10 @@ fn abandonment(prefix: &str) -> Case {
                 "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
                 format!("{prefix}abandonment-dead-letter"),
             ),
+            var(
+                "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
+                format!("{prefix}data_requests"),
+            ),
             var("AFTERCART_ABANDON_AFTER", "1s"),
             var("AFTERCART_CART_ABANDON_AFTER", "1s"),
         ],
@@ -122,7 +126,12 @@ fn referrals(prefix: &str) -> Case {
                 "AFTERCART_REFERRALS_WEBHOOK_DEAD_LETTER_TOPIC",
                 format!("{prefix}referrals-webhook-dead-letter"),
             ),
+            var(
+                "AFTERCART_REFERRALS_DATA_REQUESTS_TOPIC",
+                format!("{prefix}data_requests"),
+            ),
             var("AFTERCART_REFERRAL_CODE_SECRET", "faults-code-secret"),
+            var("AFTERCART_STATE_HASH_KEY", "faults-state-hash-key"),
             var("AFTERCART_REFERRAL_REVIEW_WINDOW", "3s"),
         ],
         webhook: |run, n| {

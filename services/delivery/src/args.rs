@@ -116,7 +116,7 @@ mod tests {
             "--referrals-webhook-url=https://rewards.example.com/hooks",
             "--referrals-webhook-secret=hunter2",
             "--referrals-webhook-max-retry-duration=5m",
-            "--audiences-webhook-url=http://127.0.0.1:9000/",
+            "--audiences-webhook-url=https://127.0.0.1:9000/",
         ])
         .expect("flags parse");
         let mut errors = ConfigErrors::new();

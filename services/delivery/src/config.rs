@@ -150,7 +150,13 @@ impl SinkFlags {
                 errors.push(format!("{}: required (the receiver's URL)", name("URL")));
                 None
             }
-            Some(url) => errors.check(&name("URL"), Endpoint::parse(url)),
+            // The receiver gets personal data (and the signature): https unless allowed.
+            Some(url) => errors.check(
+                &name("URL"),
+                Endpoint::parse(url).and_then(|endpoint| {
+                    aftercart_runtime::outbound::check_outbound_url(url).map(|()| endpoint)
+                }),
+            ),
         };
         // `None` when invalid; `Some(None)` when deliveries go unsigned.
         let secret: Option<Option<Secret>> = match (&self.secret, &self.secret_file) {

@@ -46,6 +46,9 @@ fn rules() -> Rules {
         ip_burst_max: 3,
         ip_burst_window_ms: 86_400_000,
         order_retention_ms: 120 * 86_400_000,
+        redaction_retention_ms: 400 * 86_400_000,
+        hasher: aftercart_runtime::state_hash::StateHasher::new(*b"bench-state-hash-key-16")
+            .unwrap(),
     }
 }
 

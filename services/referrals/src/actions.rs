@@ -85,6 +85,7 @@ impl ShopActions {
             let shop = match &output {
                 Output::Invite(invite) => invite.shop.clone(),
                 Output::Reward(reward) => reward.shop.clone(),
+                Output::DataRequest(report) => report.shop.clone(),
             };
             let result = match (self.action_for(&output), down.get(&shop)) {
                 (Some(action), Some(error)) => Err((action, error.clone())),
@@ -131,6 +132,7 @@ impl ShopActions {
     fn action_for(&self, output: &Output) -> Option<&'static str> {
         match output {
             Output::Invite(_) => Some("friend_discount"),
+            Output::DataRequest(_) => None,
             Output::Reward(reward) => {
                 let issue_on = match self.config.reward.issue_on {
                     IssueOn::Granted => "reward.granted",
@@ -164,6 +166,7 @@ impl ShopActions {
             return Ok(None);
         };
         match output {
+            Output::DataRequest(_) => Ok(None),
             Output::Invite(invite) => {
                 self.friend_discount(invite, stop)
                     .await

@@ -36,7 +36,11 @@ pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
         .iter()
         .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
         .collect();
-    for topic in [&config.invites_topic, &config.rewards_topic] {
+    for topic in [
+        &config.invites_topic,
+        &config.rewards_topic,
+        &config.data_requests_topic,
+    ] {
         specs.push(TopicSpec::new(topic, &config.kafka));
     }
     for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
@@ -51,6 +55,7 @@ pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
         config.state_topic.clone(),
         config.invites_topic.clone(),
         config.rewards_topic.clone(),
+        config.data_requests_topic.clone(),
     ];
     (specs, same)
 }

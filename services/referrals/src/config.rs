@@ -5,6 +5,7 @@ use std::time::Duration;
 use aftercart_delivery::{DeliveryConfig, DeliveryFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::discounts::DiscountValue;
 use aftercart_shopify_admin::{AdminArgs, AdminConfig};
@@ -44,6 +45,15 @@ pub struct ReferralsArgs {
         default_value = "aftercart.referral-rewards"
     )]
     pub rewards_topic: String,
+
+    /// Output topic of the answers to `customers/data_request` (shared by the services; one
+    /// report per service and request).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_DATA_REQUESTS_TOPIC",
+        default_value = "aftercart.data_requests"
+    )]
+    pub referrals_data_requests_topic: String,
 
     /// Internal topic that brings all of one shop's facts to one partition (keyed by shop).
     #[arg(
@@ -122,6 +132,16 @@ pub struct ReferralsArgs {
     /// File holding the code secret (e.g. a mounted Kubernetes Secret).
     #[arg(long, env = "AFTERCART_REFERRAL_CODE_SECRET_FILE")]
     pub code_secret_file: Option<String>,
+
+    /// Secret of the keyed hashes (HMAC-SHA256) that stand for emails, phones, names with
+    /// addresses and browser IPs in state; shared by every service (required; keep it stable:
+    /// a new key makes every stored fingerprint unknown). Prefer the _FILE variant.
+    #[arg(long, env = "AFTERCART_STATE_HASH_KEY", hide_env_values = true)]
+    pub state_hash_key: Option<String>,
+
+    /// File holding the state hash key (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "AFTERCART_STATE_HASH_KEY_FILE")]
+    pub state_hash_key_file: Option<String>,
 
     /// Prefix of every referral code.
     #[arg(long, env = "AFTERCART_REFERRAL_CODE_PREFIX", default_value = "REF-")]
@@ -234,6 +254,15 @@ pub struct ReferralsArgs {
         default_value = "120d"
     )]
     pub order_retention: String,
+
+    /// `customers/redact` and `shop/redact` are remembered this long (as fingerprints), so a
+    /// late fact never brings the person back; at least the order retention and the cooldown.
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRALS_REDACTION_RETENTION",
+        default_value = "400d"
+    )]
+    pub redaction_retention: String,
 }
 
 /// Defaults that differ under `aftercart dev`.
@@ -242,6 +271,8 @@ pub struct ReferralsDefaults {
     pub fallback_brokers: Option<String>,
     /// The dev stack's code secret; production has none and requires one.
     pub code_secret: Option<String>,
+    /// The dev stack's state hash key; production has none and requires one.
+    pub state_hash_key: Option<String>,
     pub review_window: &'static str,
 }
 
@@ -250,6 +281,7 @@ impl ReferralsDefaults {
         Self {
             fallback_brokers: None,
             code_secret: None,
+            state_hash_key: None,
             review_window: "30d",
         }
     }
@@ -261,6 +293,7 @@ pub struct ReferralsConfig {
     pub group: String,
     pub invites_topic: String,
     pub rewards_topic: String,
+    pub data_requests_topic: String,
     pub by_shop_topic: String,
     pub state_topic: String,
     pub dead_letter_topic: String,
@@ -414,6 +447,21 @@ impl ReferralsArgs {
             &self.order_retention,
             false,
         );
+        let redaction_retention = ms(
+            &mut errors,
+            "AFTERCART_REFERRALS_REDACTION_RETENTION",
+            &self.redaction_retention,
+            false,
+        );
+        if let (Some(kept), Some(retention), Some(cooldown)) =
+            (redaction_retention, retention, cooldown)
+        {
+            if kept < retention.max(cooldown) {
+                errors.push(
+                    "AFTERCART_REFERRALS_REDACTION_RETENTION: must be at least the order retention and the invite cooldown",
+                );
+            }
+        }
         if let (Some(delay), Some(review), Some(retention)) = (invite_delay, review, retention) {
             if retention <= delay.max(review) {
                 errors.push(
@@ -472,6 +520,14 @@ impl ReferralsArgs {
             errors.push("AFTERCART_REFERRAL_SHARE_URL: must contain {code}");
         }
         let secret = self.code_secret(&mut errors, defaults);
+        // Its messages name the setting (the key or its _FILE variant) themselves.
+        let hasher = StateHasher::from_settings(
+            self.state_hash_key.as_deref(),
+            self.state_hash_key_file.as_deref(),
+            defaults.state_hash_key.as_deref(),
+        )
+        .map_err(|problem| errors.push(problem))
+        .ok();
         let webhook_wanted = self
             .webhook
             .url
@@ -520,6 +576,7 @@ impl ReferralsArgs {
             group: self.referrals_group.trim().to_string(),
             invites_topic: self.invites_topic.trim().to_string(),
             rewards_topic: self.rewards_topic.trim().to_string(),
+            data_requests_topic: self.referrals_data_requests_topic.trim().to_string(),
             by_shop_topic: self.by_shop_topic.trim().to_string(),
             state_topic: self.referrals_state_topic.trim().to_string(),
             dead_letter_topic: self.referrals_dead_letter_topic.trim().to_string(),
@@ -541,6 +598,8 @@ impl ReferralsArgs {
                 ip_burst_max: burst_max.expect("checked") as usize,
                 ip_burst_window_ms: burst_window.expect("checked"),
                 order_retention_ms: retention.expect("checked"),
+                redaction_retention_ms: redaction_retention.expect("checked"),
+                hasher: hasher.expect("checked"),
             },
             webhook,
             shutdown_timeout,

@@ -26,6 +26,7 @@ use crate::metrics::ReferralsMetrics;
 /// Output topic indexes in [`StageTopics::outputs`].
 const INVITES: usize = 0;
 const REWARDS: usize = 1;
+const DATA_REQUESTS: usize = 2;
 /// How often settled orders are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
@@ -58,7 +59,11 @@ pub fn build(
         globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
-        outputs: vec![config.invites_topic.clone(), config.rewards_topic.clone()],
+        outputs: vec![
+            config.invites_topic.clone(),
+            config.rewards_topic.clone(),
+            config.data_requests_topic.clone(),
+        ],
     };
     let logic = Referrals {
         engine: Engine::new(config.rules.clone()),
@@ -96,6 +101,7 @@ impl Referrals {
                     topic: match output {
                         Output::Invite(_) => INVITES,
                         Output::Reward(_) => REWARDS,
+                        Output::DataRequest(_) => DATA_REQUESTS,
                     },
                     key,
                     event_id: output.event_id().to_string(),
@@ -186,6 +192,13 @@ impl StageLogic for Referrals {
     fn emitted(&self, output: &Output) {
         match output {
             Output::Invite(_) => self.metrics.invited(),
+            // Logged without personal data: the request id and how much was reported.
+            Output::DataRequest(report) => tracing::info!(
+                data_request_id = ?report.data_request_id,
+                holdings = report.holdings.len(),
+                respond_by = %report.respond_by,
+                "Answered a customers/data_request: the report is in the data requests topic."
+            ),
             Output::Reward(event) => self
                 .metrics
                 .rewarded(&event.event_type, event.reason.as_deref()),

@@ -12,6 +12,7 @@ pub struct ReferralsMetrics {
     invites: IntCounter,
     invites_skipped: IntCounterVec,
     attributions: IntCounterVec,
+    redacted_facts: IntCounter,
     rewards: IntCounterVec,
     review_backlog: IntGauge,
     customers: IntGauge,
@@ -44,6 +45,10 @@ impl ReferralsMetrics {
                 ),
                 &["outcome"],
             )?,
+            redacted_facts: IntCounter::with_opts(opts(
+                "redacted_facts_total",
+                "Facts dropped because a remembered redaction covers their customer, order or shop.",
+            ))?,
             rewards: IntCounterVec::new(
                 opts(
                     "rewards_total",
@@ -85,6 +90,7 @@ impl ReferralsMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.invites)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.invites_skipped)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.attributions)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.redacted_facts)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.rewards)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.review_backlog)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.customers)?;
@@ -112,6 +118,7 @@ impl ReferralsMetrics {
                 self.invites_skipped.with_label_values(&[reason]).inc()
             }
             Counted::Attribution(outcome) => self.attributions.with_label_values(&[outcome]).inc(),
+            Counted::Redacted => self.redacted_facts.inc(),
         }
     }
 

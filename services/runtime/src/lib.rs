@@ -6,7 +6,9 @@ pub mod build_info;
 pub mod config;
 pub mod health;
 pub mod metrics_catalog;
+pub mod outbound;
 pub mod shutdown;
+pub mod state_hash;
 pub mod telemetry;
 
 pub use admin::AdminServer;

@@ -76,6 +76,9 @@ impl AdminArgs {
         let url = self.shopify_admin_url.trim();
         if !url.contains("{shop}") || !(url.starts_with("https://") || url.starts_with("http://")) {
             errors.push("AFTERCART_SHOPIFY_ADMIN_URL: an http(s) URL template containing {shop}");
+        } else if let Err(problem) = aftercart_runtime::outbound::check_outbound_url(url) {
+            // It receives the shops' access tokens.
+            errors.push(format!("AFTERCART_SHOPIFY_ADMIN_URL: {problem}"));
         }
         let path = self.shopify_access_tokens_file.clone()?;
         if let Err(error) = std::fs::metadata(&path) {

@@ -8,6 +8,7 @@ pub mod family;
 pub mod headers;
 pub mod journey_key;
 pub mod money;
+pub mod privacy;
 pub mod signature;
 pub mod time;
 

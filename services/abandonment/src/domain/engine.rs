@@ -6,6 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use crate::domain::event::{
     event_id, rfc3339, CustomerOut, EmittedEvent, EventType, Kind, LineItemsOut, OutputEvent, Value,
 };
+use aftercart_shopify::privacy::Person;
+
 use crate::domain::input::{GlobalInput, JourneyInput};
 use crate::domain::journey::{customer_ref, Journey, OrderRef, Snapshot};
 use crate::domain::segments::{self, SegmentRules, Segments, Stage};
@@ -121,17 +123,19 @@ pub struct Engine {
 struct Redaction {
     shop: String,
     /// `None` redacts the whole shop.
-    customer: Option<(Option<u64>, Option<String>)>,
+    customer: Option<Person>,
     at_ms: i64,
 }
 
 impl Redaction {
+    /// Every journey of the person (or shop), whenever its facts arrive: a fact read after the
+    /// redaction (late, or in flight on another topic) never brings the person back while the
+    /// redaction is remembered.
     fn covers(&self, journey: &Journey) -> bool {
         journey.shop == self.shop
-            && journey.first_activity_ms <= self.at_ms
             && match &self.customer {
                 None => true,
-                Some((id, email)) => belongs_to(journey, *id, email.as_deref()),
+                Some(person) => belongs_to(journey, person),
             }
     }
 }
@@ -326,13 +330,16 @@ impl Engine {
                 }
                 Vec::new()
             }
-            GlobalInput::RedactCustomer { customer_id, email } => {
-                if let Some(customer) = customer_ref(shop, customer_id, None) {
+            GlobalInput::RedactCustomer(person) => {
+                if let Some(customer) = customer_ref(shop, person.customer_id, None) {
                     self.consent.remove(&customer);
+                }
+                if person.is_empty() {
+                    return Vec::new();
                 }
                 self.redact(Redaction {
                     shop: shop.to_string(),
-                    customer: Some((customer_id, email)),
+                    customer: Some(person),
                     at_ms,
                 })
             }
@@ -345,6 +352,8 @@ impl Engine {
                     at_ms,
                 })
             }
+            // Answered by the I/O layer from `held_about`: it is not a change of state.
+            GlobalInput::DataRequest(_) => Vec::new(),
             GlobalInput::Uninstalled => {
                 self.uninstalled.insert(shop.to_string(), at_ms);
                 // Disarm the shop's timers: nothing is emitted for an uninstalled shop.
@@ -363,6 +372,26 @@ impl Engine {
             }
             GlobalInput::Ignored => Vec::new(),
         }
+    }
+
+    /// Per owned partition, the journeys of `shop` that belong to `person` (sorted by key).
+    pub fn held_about(&self, shop: &str, person: &Person) -> Vec<(i32, Vec<(String, Journey)>)> {
+        let mut held: Vec<(i32, Vec<(String, Journey)>)> = self
+            .partitions
+            .iter()
+            .map(|(partition, state)| {
+                let mut journeys: Vec<(String, Journey)> = state
+                    .journeys
+                    .iter()
+                    .filter(|(_, j)| j.shop == shop && belongs_to(j, person))
+                    .map(|(k, j)| (k.clone(), j.clone()))
+                    .collect();
+                journeys.sort_by(|a, b| a.0.cmp(&b.0));
+                (*partition, journeys)
+            })
+            .collect();
+        held.sort_by_key(|(partition, _)| *partition);
+        held
     }
 
     /// True when a redaction seen earlier covers this journey's data.
@@ -588,19 +617,13 @@ impl Engine {
     }
 }
 
-fn belongs_to(journey: &Journey, customer_id: Option<u64>, email: Option<&str>) -> bool {
-    let matches_id = |id: Option<u64>| customer_id.is_some() && id == customer_id;
-    let matches_email = |e: Option<&String>| {
-        email.is_some_and(|want| e.is_some_and(|have| have.trim().eq_ignore_ascii_case(want)))
-    };
-    journey
-        .checkout
+fn belongs_to(journey: &Journey, person: &Person) -> bool {
+    journey.checkout.as_ref().is_some_and(|c| {
+        person.matches(c.customer_id, c.email.as_deref(), c.phone.as_deref(), None)
+    }) || journey
+        .order
         .as_ref()
-        .is_some_and(|c| matches_id(c.customer_id) || matches_email(c.email.as_ref()))
-        || journey
-            .order
-            .as_ref()
-            .is_some_and(|o| matches_id(o.customer_id) || matches_email(o.email.as_ref()))
+        .is_some_and(|o| person.matches(o.customer_id, o.email.as_deref(), None, Some(o.id)))
 }
 
 fn customer_out(checkout: &Snapshot, consent: &segments::Channels) -> CustomerOut {

@@ -2,6 +2,7 @@
 
 use aftercart_shopify::decode::{decode, shopify_topic};
 pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
+use aftercart_shopify::privacy::{DataRequest, Person};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -24,11 +25,11 @@ pub enum GlobalInput {
         email: Option<bool>,
         sms: Option<bool>,
     },
-    RedactCustomer {
-        customer_id: Option<u64>,
-        email: Option<String>,
-    },
+    /// `customers/redact`: by customer id, email, phone and the orders it lists.
+    RedactCustomer(Person),
     RedactShop,
+    /// `customers/data_request`: report the journeys held about the customer.
+    DataRequest(Box<DataRequest>),
     Uninstalled,
     Ignored,
 }
@@ -151,11 +152,6 @@ struct ConsentState {
     state: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RedactPayload {
-    customer: Option<Customer>,
-}
-
 fn subscribed(consent: Option<ConsentState>) -> Option<bool> {
     consent
         .and_then(|c| c.state)
@@ -180,13 +176,9 @@ pub fn global_input(topic: Option<&str>, body: &[u8]) -> Result<GlobalInput, Poi
                 None => GlobalInput::Ignored,
             }
         }
-        "customers/redact" => {
-            let payload: RedactPayload = decode(&topic, body)?;
-            let customer = payload.customer.unwrap_or_default();
-            GlobalInput::RedactCustomer {
-                customer_id: customer.id,
-                email: customer.email.map(|e| e.trim().to_ascii_lowercase()),
-            }
+        "customers/redact" => GlobalInput::RedactCustomer(Person::decode(&topic, body)?),
+        "customers/data_request" => {
+            GlobalInput::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
         }
         "shop/redact" => GlobalInput::RedactShop,
         "app/uninstalled" => GlobalInput::Uninstalled,
@@ -261,10 +253,12 @@ mod tests {
     fn compliance_and_consent_decode() {
         assert_eq!(
             global_input(Some("customers/redact"), &fixture("customers_redact.json")).unwrap(),
-            GlobalInput::RedactCustomer {
+            GlobalInput::RedactCustomer(Person {
                 customer_id: Some(191167),
-                email: Some("john@example.com".into())
-            }
+                email: Some("john@example.com".into()),
+                phone: Some("5556251199".into()),
+                orders: vec![220458, 280263, 299938],
+            })
         );
         assert_eq!(
             global_input(Some("shop/redact"), &fixture("shop_redact.json")).unwrap(),

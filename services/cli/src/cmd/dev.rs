@@ -26,6 +26,9 @@ const DEV_ABANDON_AFTER: &str = "20s";
 /// Referral codes of the local stack are keyed with this (not a secret either).
 pub const DEV_CODE_SECRET: &str = "aftercart-dev-referral-code-secret";
 
+/// Fingerprints in the local stack's state are keyed with this (not a secret either).
+pub const DEV_STATE_HASH_KEY: &str = "aftercart-dev-state-hash-key";
+
 /// Short enough for a demo to show a reward granted while you watch.
 const DEV_REVIEW_WINDOW: &str = "1m";
 
@@ -35,6 +38,8 @@ const DEV_FLUSH_INTERVAL: &str = "5s";
 const DEV_SPOOL_DIR: &str = ".aftercart/spool";
 
 pub async fn run(args: DevArgs) -> i32 {
+    // The local stack's destinations (files, local webhooks, stand-in platforms) are plain http.
+    aftercart_runtime::outbound::allow_insecure_http();
     let external = args
         .ingress
         .kafka
@@ -72,6 +77,7 @@ pub async fn run(args: DevArgs) -> i32 {
     let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
         code_secret: Some(DEV_CODE_SECRET.to_string()),
+        state_hash_key: Some(DEV_STATE_HASH_KEY.to_string()),
         review_window: DEV_REVIEW_WINDOW,
     };
     let mut errors = ConfigErrors::new();

@@ -65,13 +65,14 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
-        // Only topic names are needed here: a placeholder stands in for an unset code secret.
+        // Only topic names are needed here: placeholders stand in for unset secrets.
         let referrals = referrals
             .validate(
                 &kafka,
                 std::time::Duration::ZERO,
                 &ReferralsDefaults {
                     code_secret: Some("placeholder: topics only".to_string()),
+                    state_hash_key: Some("placeholder: topics only".to_string()),
                     ..ReferralsDefaults::production()
                 },
             )

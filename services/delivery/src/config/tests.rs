@@ -131,3 +131,25 @@ fn the_dead_letter_topic_cannot_be_a_forwarded_topic() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_plain_http_receiver_is_refused_naming_the_switch() {
+    // Nothing in this test binary allows insecure http, and the tests run without the variable.
+    if std::env::var_os(aftercart_runtime::outbound::ALLOW_INSECURE_HTTP).is_some() {
+        return;
+    }
+    let mut http = flags();
+    http.sink.url = Some("http://rewards.example.com/hooks?token=abc".into());
+    let mut errors = ConfigErrors::new();
+    assert!(http.validate(PREFIX, &mut errors).is_none());
+    let text = errors.to_string();
+    assert!(
+        text.contains("AFTERCART_REFERRALS_WEBHOOK_URL: must be https://"),
+        "{text}"
+    );
+    assert!(
+        text.contains("AFTERCART_ALLOW_INSECURE_HTTP=true"),
+        "{text}"
+    );
+    assert!(!text.contains("token=abc"), "{text}");
+}

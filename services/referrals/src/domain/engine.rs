@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::money::Amount;
+use aftercart_shopify::privacy::{normal_phone, DataRequest, DataRequestReport, Holding, Person};
 
 use crate::domain::code::{CodeRules, Source};
 use crate::domain::event::{
@@ -12,12 +14,14 @@ use crate::domain::event::{
     RewardEvent,
 };
 use crate::domain::identity::{
-    self, customer_key, customer_key_of_email, customer_key_of_id, fingerprint,
+    self, customer_key, customer_key_of_email, customer_key_of_id, email_fingerprint_of,
+    fingerprint,
 };
 use crate::domain::input::{Input, Negation, OrderFact};
 use crate::domain::state::{
-    customer_entity, ip_entity, order_entity, shop_of_entity, Advocate, Consent, CustomerState,
-    Entity, FirstOrder, Invite, InviteTo, IpState, OrderState, ReferredBy, Reward, RewardStatus,
+    customer_entity, ip_entity, order_entity, redaction_entity, shop_of_entity, Advocate, Consent,
+    CustomerState, Entity, FirstOrder, Invite, InviteTo, IpState, OrderState, Redaction,
+    ReferredBy, Reward, RewardStatus,
 };
 
 /// Which purchase step makes the buyer an advocate.
@@ -42,6 +46,10 @@ pub struct Rules {
     pub ip_burst_window_ms: i64,
     /// Settled orders unseen for this long are forgotten.
     pub order_retention_ms: i64,
+    /// Redactions are remembered this long (at least as long as any state is kept).
+    pub redaction_retention_ms: i64,
+    /// Keys the fingerprints of emails, phones, names with addresses and IPs.
+    pub hasher: StateHasher,
 }
 
 /// Something to count: why an invite was skipped, how an attribution ended.
@@ -49,6 +57,8 @@ pub struct Rules {
 pub enum Counted {
     InviteSkipped(&'static str),
     Attribution(&'static str),
+    /// A fact about a redacted customer or shop, dropped.
+    Redacted,
 }
 
 /// What the I/O layer must do, in order: emit records, then persist entities.
@@ -76,6 +86,8 @@ pub struct Partition {
     codes: HashMap<String, String>,
     /// (due, order entity key): a waiting invite or a reward under review.
     timers: BTreeSet<(i64, String)>,
+    /// Redaction entity key → the redaction, remembered for the redaction retention period.
+    redactions: HashMap<String, Redaction>,
 }
 
 impl Partition {
@@ -112,7 +124,124 @@ impl Partition {
             Entity::Ip(ip) => {
                 self.ips.insert(key, ip);
             }
+            Entity::Redaction(redaction) => {
+                self.redactions.insert(key, redaction);
+            }
         }
+    }
+
+    /// True when a remembered redaction of `shop` covers a fact naming this customer id, these
+    /// emails and phones, or this order.
+    fn redacted(
+        &self,
+        hasher: &StateHasher,
+        shop: &str,
+        customer_id: Option<u64>,
+        emails: &[&str],
+        phones: &[&str],
+        order_id: Option<u64>,
+    ) -> bool {
+        let prefix = redaction_entity(shop, "");
+        let mut mine = self
+            .redactions
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, r)| r)
+            .peekable();
+        if mine.peek().is_none() {
+            return false;
+        }
+        let email_fps: Vec<String> = emails
+            .iter()
+            .map(|e| email_fingerprint_of(hasher, e))
+            .collect();
+        let phone_fps: Vec<String> = phones.iter().filter_map(|p| phone_fp(hasher, p)).collect();
+        mine.any(|r| {
+            r.shop
+                || (r.customer_id.is_some() && r.customer_id == customer_id)
+                || r.email_fp.as_ref().is_some_and(|fp| email_fps.contains(fp))
+                || r.phone_fp.as_ref().is_some_and(|fp| phone_fps.contains(fp))
+                || order_id.is_some_and(|id| r.orders.contains(&id))
+        })
+    }
+
+    /// True when a redaction covers the people an order fact names.
+    fn redacted_order(&self, hasher: &StateHasher, shop: &str, fact: &OrderFact) -> bool {
+        let customer = fact.customer.as_ref();
+        let emails: Vec<&str> = [
+            customer.and_then(|c| c.email.as_deref()),
+            fact.email.as_deref(),
+            fact.contact_email.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let phones: Vec<&str> = [
+            customer.and_then(|c| c.phone.as_deref()),
+            fact.phone.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.redacted(
+            hasher,
+            shop,
+            customer.and_then(|c| c.id),
+            &emails,
+            &phones,
+            Some(fact.id),
+        )
+    }
+
+    /// The person's customer entities (by id or email fingerprint) and the orders that are
+    /// theirs, that they referred, or that `person.orders` lists; both sorted.
+    fn held_about(
+        &self,
+        hasher: &StateHasher,
+        shop: &str,
+        person: &Person,
+    ) -> (Vec<String>, Vec<String>) {
+        let email_fp = person
+            .email
+            .as_deref()
+            .map(|e| email_fingerprint_of(hasher, e));
+        let by_id = person
+            .customer_id
+            .map(|id| customer_entity(shop, &customer_key_of_id(id)));
+        let by_email = person
+            .email
+            .as_deref()
+            .map(|e| customer_entity(shop, &customer_key_of_email(hasher, e)));
+        let prefix = customer_entity(shop, "");
+        let mut customers: Vec<String> = self
+            .customers
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .filter(|(key, c)| {
+                Some(*key) == by_id.as_ref()
+                    || Some(*key) == by_email.as_ref()
+                    || (person.customer_id.is_some() && c.customer_id == person.customer_id)
+                    || email_fp.as_ref().is_some_and(|fp| c.email_fps.contains(fp))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        customers.sort();
+        let order_prefix = format!("o/{shop}/");
+        let mut orders: Vec<String> = self
+            .orders
+            .iter()
+            .filter(|(k, _)| k.starts_with(&order_prefix))
+            .filter(|(k, o)| {
+                person.orders.contains(&order_id_of(k))
+                    || o.customer.as_ref().is_some_and(|c| customers.contains(c))
+                    || o.reward
+                        .as_ref()
+                        .is_some_and(|r| customers.contains(&r.advocate))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        orders.sort();
+        (customers, orders)
     }
 
     fn schedule(&mut self, key: &str, order: &OrderState) {
@@ -125,6 +254,10 @@ impl Partition {
             }
         }
     }
+}
+
+fn phone_fp(hasher: &StateHasher, phone: &str) -> Option<String> {
+    normal_phone(phone).map(|p| fingerprint(hasher, "phone", &p))
 }
 
 fn persist(key: &str, entity: Entity) -> Effect {
@@ -209,6 +342,23 @@ impl Engine {
         let rules = &self.rules;
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
+        let covered = match &input {
+            Input::Order(fact) => state.redacted_order(&rules.hasher, shop, fact),
+            Input::Negated { order_id, .. } => {
+                state.redacted(&rules.hasher, shop, None, &[], &[], Some(*order_id))
+            }
+            Input::Consent { customer_id, .. } => {
+                state.redacted(&rules.hasher, shop, Some(*customer_id), &[], &[], None)
+            }
+            Input::RedactCustomer(_)
+            | Input::RedactShop
+            | Input::DataRequest(_)
+            | Input::Ignored => false,
+        };
+        if covered {
+            // Late or in flight on another topic: the person stays forgotten.
+            return vec![Effect::Count(Counted::Redacted)];
+        }
         let mut step = Step {
             rules,
             state,
@@ -237,10 +387,9 @@ impl Engine {
                     }
                 }
             }
-            Input::RedactCustomer { customer_id, email } => {
-                step.redact_customer(customer_id, email.as_deref(), at_ms)
-            }
-            Input::RedactShop => step.redact_shop(),
+            Input::RedactCustomer(person) => step.redact_customer(&person, at_ms),
+            Input::RedactShop => step.redact_shop(at_ms),
+            Input::DataRequest(request) => step.data_request(&request, at_ms),
             Input::Ignored => {}
         }
         effects
@@ -276,10 +425,21 @@ impl Engine {
         out
     }
 
-    /// Forgets settled orders unseen for the retention period and IP times outside the window.
+    /// Forgets settled orders unseen for the retention period, IP times outside the window, and
+    /// redactions older than their retention.
     pub fn expire(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         for (partition, state) in &mut self.partitions {
+            let forgotten: Vec<String> = state
+                .redactions
+                .iter()
+                .filter(|(_, r)| r.at_ms + self.rules.redaction_retention_ms < now_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in forgotten {
+                state.redactions.remove(&key);
+                out.push((*partition, tombstone(&key)));
+            }
             let old: Vec<String> = state
                 .orders
                 .iter()
@@ -326,6 +486,22 @@ impl Engine {
         let at = aftercart_shopify::time::parse_time_ms(&emitted.occurred_at).unwrap_or(0);
         let shop = emitted.shop.as_str();
         let code = &emitted.advocate.referral_code;
+        let hasher = &self.rules.hasher;
+        let about_redacted = |id: Option<u64>, order: Option<u64>| {
+            (id.is_some() || order.is_some()) && state.redacted(hasher, shop, id, &[], &[], order)
+        };
+        let friend_order = emitted.friend.as_ref().map(|f| f.order.id);
+        if state.redacted(hasher, shop, None, &[], &[], None)
+            || about_redacted(emitted.advocate.customer_id, None)
+            || about_redacted(
+                emitted.friend.as_ref().and_then(|f| f.customer_id),
+                friend_order,
+            )
+            || about_redacted(None, emitted.order.as_ref().map(|o| o.id))
+        {
+            // Redacted since: the state behind the event is gone for good.
+            return effects;
+        }
         if emitted.event_type == "invite" {
             let Some(order_out) = &emitted.order else {
                 return effects;
@@ -342,7 +518,12 @@ impl Engine {
                 order.customer = advocate
                     .customer_id
                     .map(customer_key_of_id)
-                    .or_else(|| advocate.email.as_deref().map(customer_key_of_email))
+                    .or_else(|| {
+                        advocate
+                            .email
+                            .as_deref()
+                            .map(|e| customer_key_of_email(hasher, e))
+                    })
                     .map(|k| customer_entity(shop, &k));
                 order.customer_id = advocate.customer_id;
             }
@@ -465,7 +646,8 @@ impl Step<'_> {
     fn order(&mut self, fact: &OrderFact, at_ms: i64) {
         let key = order_entity(self.shop, fact.id);
         let mut order = self.state.orders.remove(&key).unwrap_or_default();
-        let customer = customer_key(fact).map(|k| customer_entity(self.shop, &k));
+        let customer =
+            customer_key(&self.rules.hasher, fact).map(|k| customer_entity(self.shop, &k));
         order.last_seen_ms = order.last_seen_ms.max(at_ms);
         order.customer = customer.clone().or(order.customer);
         order.customer_id = fact
@@ -514,10 +696,15 @@ impl Step<'_> {
             .as_ref()
             .and_then(|c| c.id)
             .or(customer.customer_id);
-        remember(&mut customer.email_fps, identity::email_fingerprint(fact));
+        let rules = self.rules;
+        let hasher = &rules.hasher;
+        remember(
+            &mut customer.email_fps,
+            identity::email_fingerprint(hasher, fact),
+        );
         remember(
             &mut customer.name_address_fps,
-            identity::name_address_fingerprint(fact),
+            identity::name_address_fingerprint(hasher, fact),
         );
         customer.has_history |= fact
             .customer
@@ -703,7 +890,7 @@ impl Step<'_> {
 
     /// Records a referred order from `ip`; true when it makes more than the allowed burst.
     fn ip_burst(&mut self, ip: &str, at_ms: i64) -> bool {
-        let key = ip_entity(self.shop, &fingerprint("ip", ip.trim()));
+        let key = ip_entity(self.shop, &fingerprint(&self.rules.hasher, "ip", ip.trim()));
         let mut state = self.state.ips.remove(&key).unwrap_or_default();
         let horizon = at_ms - self.rules.ip_burst_window_ms;
         state.referred_ms.retain(|at| *at > horizon);
@@ -876,42 +1063,24 @@ impl Step<'_> {
         });
     }
 
-    fn redact_customer(&mut self, customer_id: Option<u64>, email: Option<&str>, at_ms: i64) {
-        let email_fp = email.map(|e| fingerprint("email", &identity::canonical_email(e)));
-        let mut keys: Vec<String> = customer_id
-            .map(|id| customer_entity(self.shop, &customer_key_of_id(id)))
-            .into_iter()
-            .chain(email.map(|e| customer_entity(self.shop, &customer_key_of_email(e))))
-            .collect();
-        let prefix = format!("c/{}/", self.shop);
-        for (key, customer) in &self.state.customers {
-            let same_email = email_fp
-                .as_ref()
-                .is_some_and(|fp| customer.email_fps.contains(fp));
-            let same_id = customer_id.is_some() && customer.customer_id == customer_id;
-            if key.starts_with(&prefix) && (same_email || same_id) && !keys.contains(key) {
-                keys.push(key.clone());
-            }
+    fn redact_customer(&mut self, person: &Person, at_ms: i64) {
+        if person.is_empty() {
+            return;
         }
-        let order_prefix = format!("o/{}/", self.shop);
-        let orders: Vec<String> = self
-            .state
-            .orders
-            .iter()
-            .filter(|(k, _)| k.starts_with(&order_prefix))
-            .filter(|(_, o)| {
-                o.customer.as_ref().is_some_and(|c| keys.contains(c))
-                    || o.reward
-                        .as_ref()
-                        .is_some_and(|r| keys.contains(&r.advocate))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let customer_id = person.customer_id;
+        let rules = self.rules;
+        let hasher = &rules.hasher;
+        let email_fp = person
+            .email
+            .as_deref()
+            .map(|e| email_fingerprint_of(hasher, e));
+        let (keys, orders) = self.state.held_about(hasher, self.shop, person);
         for key in orders {
             let Some(mut order) = self.state.orders.remove(&key) else {
                 continue;
             };
-            let own = order.customer.as_ref().is_some_and(|c| keys.contains(c));
+            let own = order.customer.as_ref().is_some_and(|c| keys.contains(c))
+                || person.orders.contains(&order_id_of(&key));
             let reason = if own {
                 "friend_redacted"
             } else {
@@ -919,6 +1088,7 @@ impl Step<'_> {
             };
             self.void(&key, &mut order, reason, at_ms);
             if own {
+                self.state.timers.retain(|(_, k)| *k != key);
                 self.effects.push(tombstone(&key));
             } else {
                 self.put_order(key, order);
@@ -934,9 +1104,61 @@ impl Step<'_> {
                 self.effects.push(tombstone(&key));
             }
         }
+        let redaction = Redaction {
+            customer_id,
+            email_fp,
+            phone_fp: person.phone.as_deref().and_then(|p| phone_fp(hasher, p)),
+            orders: person.orders.clone(),
+            shop: false,
+            at_ms,
+        };
+        let id = fingerprint(
+            hasher,
+            "redaction",
+            &format!(
+                "{:?}|{:?}|{:?}|{:?}",
+                redaction.customer_id, redaction.email_fp, redaction.phone_fp, redaction.orders
+            ),
+        );
+        self.remember_redaction(redaction_entity(self.shop, &id), redaction);
     }
 
-    fn redact_shop(&mut self) {
+    /// Reports everything held about the person: their customer entities and the orders that
+    /// are theirs, that they referred, or that the request lists.
+    fn data_request(&mut self, request: &DataRequest, at_ms: i64) {
+        let (customers, orders) =
+            self.state
+                .held_about(&self.rules.hasher, self.shop, &request.person);
+        let holding = |kind: &str, key: &str, data: serde_json::Value| Holding {
+            kind: kind.to_string(),
+            key: key.to_string(),
+            data,
+        };
+        let mut holdings: Vec<Holding> = customers
+            .iter()
+            .filter_map(|key| Some((key, self.state.customers.get(key)?)))
+            .map(|(key, c)| holding("customer", key, serde_json::to_value(c).unwrap_or_default()))
+            .collect();
+        holdings.extend(
+            orders
+                .iter()
+                .filter_map(|key| Some((key, self.state.orders.get(key)?)))
+                .map(|(key, o)| holding("order", key, serde_json::to_value(o).unwrap_or_default())),
+        );
+        let report = DataRequestReport::new("referrals", self.shop, request, at_ms, holdings);
+        self.effects.push(Effect::Emit {
+            key: format!("{}/data-request", self.shop),
+            output: Output::DataRequest(Box::new(report)),
+        });
+    }
+
+    fn remember_redaction(&mut self, key: String, redaction: Redaction) {
+        self.effects
+            .push(persist(&key, Entity::Redaction(redaction.clone())));
+        self.state.redactions.insert(key, redaction);
+    }
+
+    fn redact_shop(&mut self, at_ms: i64) {
         let shop = self.shop;
         let mine = |key: &String| shop_of_entity(key) == shop;
         let keys: Vec<String> = self
@@ -945,6 +1167,7 @@ impl Step<'_> {
             .keys()
             .chain(self.state.orders.keys())
             .chain(self.state.ips.keys())
+            .chain(self.state.redactions.keys())
             .filter(|k| mine(k))
             .cloned()
             .collect();
@@ -952,12 +1175,20 @@ impl Step<'_> {
             self.state.customers.remove(&key);
             self.state.orders.remove(&key);
             self.state.ips.remove(&key);
+            self.state.redactions.remove(&key);
             self.effects.push(tombstone(&key));
         }
+        self.state.timers.retain(|(_, key)| !mine(key));
         let code_prefix = format!("{shop}/");
         self.state
             .codes
             .retain(|code, _| !code.starts_with(&code_prefix));
+        let redaction = Redaction {
+            shop: true,
+            at_ms,
+            ..Redaction::default()
+        };
+        self.remember_redaction(redaction_entity(shop, "shop"), redaction);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The records written to `aftercart.referral-invites` and `aftercart.referral-rewards`
 //! (schemas: `schemas/aftercart/referral-*.schema.json`), and their deterministic ids.
 
+use aftercart_shopify::privacy::DataRequestReport;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -92,12 +93,14 @@ pub struct Issued {
     pub deactivated: Option<bool>,
 }
 
-/// Either output record; serialises as the event itself.
+/// Any output record; serialises as the record itself.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Output {
     Invite(Box<InviteEvent>),
     Reward(Box<RewardEvent>),
+    /// The answer to a `customers/data_request` (`aftercart.data_requests`).
+    DataRequest(Box<DataRequestReport>),
 }
 
 impl Output {
@@ -105,6 +108,7 @@ impl Output {
         match self {
             Output::Invite(e) => &e.event_id,
             Output::Reward(e) => &e.event_id,
+            Output::DataRequest(e) => &e.event_id,
         }
     }
 
@@ -112,6 +116,7 @@ impl Output {
         match self {
             Output::Invite(e) => &e.event_type,
             Output::Reward(e) => &e.event_type,
+            Output::DataRequest(e) => &e.event_type,
         }
     }
 }

@@ -1,31 +1,39 @@
 //! Who a buyer is, without keeping more personal data than needed: the customer key state is
-//! filed under, and hashed fingerprints (canonical email, name plus address) for fraud checks.
+//! filed under, and keyed-hash fingerprints (canonical email, name plus address, browser IP,
+//! phone) for fraud checks and redactions.
 
-use sha2::{Digest, Sha256};
+use aftercart_runtime::state_hash::StateHasher;
 
 use crate::domain::input::{Address, OrderFact};
 
-/// 16 bytes of SHA-256 in hex: short, stable, not reversible to the input.
-pub fn fingerprint(kind: &str, value: &str) -> String {
-    let digest = Sha256::digest(format!("aftercart/referrals/{kind}/{value}").as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+/// 16 bytes of HMAC-SHA256 under the state hash key, in hex: short, stable for one key, not
+/// reversible (not even by trying every IPv4 address) without the key.
+pub fn fingerprint(hasher: &StateHasher, kind: &str, value: &str) -> String {
+    hasher.fingerprint("referrals", kind, value)
 }
 
 /// The customer key of an order's buyer: `id:<customer id>`, else `email:<fingerprint>` of
 /// the canonical email; `None` for an anonymous order.
-pub fn customer_key(order: &OrderFact) -> Option<String> {
+pub fn customer_key(hasher: &StateHasher, order: &OrderFact) -> Option<String> {
     if let Some(id) = order.customer.as_ref().and_then(|c| c.id) {
         return Some(customer_key_of_id(id));
     }
-    order.email().map(customer_key_of_email)
+    order
+        .email()
+        .map(|email| customer_key_of_email(hasher, email))
 }
 
 pub fn customer_key_of_id(id: u64) -> String {
     format!("id:{id}")
 }
 
-pub fn customer_key_of_email(email: &str) -> String {
-    format!("email:{}", fingerprint("email", &canonical_email(email)))
+pub fn customer_key_of_email(hasher: &StateHasher, email: &str) -> String {
+    format!("email:{}", email_fingerprint_of(hasher, email))
+}
+
+/// Fingerprint of an email's canonical form.
+pub fn email_fingerprint_of(hasher: &StateHasher, email: &str) -> String {
+    fingerprint(hasher, "email", &canonical_email(email))
 }
 
 /// The address a mailbox really is: lower-cased, `+tag` removed, and for Gmail the dots that
@@ -50,10 +58,10 @@ pub fn canonical_email(email: &str) -> String {
 }
 
 /// Fingerprint of the canonical email, if the order has one.
-pub fn email_fingerprint(order: &OrderFact) -> Option<String> {
+pub fn email_fingerprint(hasher: &StateHasher, order: &OrderFact) -> Option<String> {
     order
         .email()
-        .map(|email| fingerprint("email", &canonical_email(email)))
+        .map(|email| email_fingerprint_of(hasher, email))
 }
 
 fn letters_and_digits(text: &str) -> String {
@@ -65,7 +73,7 @@ fn letters_and_digits(text: &str) -> String {
 
 /// Fingerprint of name + street + postcode + country (case, spaces and punctuation ignored),
 /// from the shipping address, else the billing one; `None` when any part is missing.
-pub fn name_address_fingerprint(order: &OrderFact) -> Option<String> {
+pub fn name_address_fingerprint(hasher: &StateHasher, order: &OrderFact) -> Option<String> {
     let address: &Address = order
         .shipping_address
         .as_ref()
@@ -81,13 +89,17 @@ pub fn name_address_fingerprint(order: &OrderFact) -> Option<String> {
     if parts[..3].iter().any(String::is_empty) {
         return None;
     }
-    Some(fingerprint("name-address", &parts.join("|")))
+    Some(fingerprint(hasher, "name-address", &parts.join("|")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::input::Customer;
+
+    pub(super) fn hasher() -> StateHasher {
+        StateHasher::new(*b"referrals-test-state-hash-key").unwrap()
+    }
 
     #[test]
     fn near_duplicate_emails_share_one_canonical_form() {
@@ -106,15 +118,32 @@ mod tests {
             ..OrderFact::default()
         };
         assert_eq!(
-            customer_key(&order),
-            Some(customer_key_of_email("a@example.com"))
+            customer_key(&hasher(), &order),
+            Some(customer_key_of_email(&hasher(), "a@example.com"))
         );
         order.customer = Some(Customer {
             id: Some(9),
             ..Customer::default()
         });
-        assert_eq!(customer_key(&order).as_deref(), Some("id:9"));
-        assert_eq!(customer_key(&OrderFact::default()), None);
+        assert_eq!(customer_key(&hasher(), &order).as_deref(), Some("id:9"));
+        assert_eq!(customer_key(&hasher(), &OrderFact::default()), None);
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_hashes_not_bare_sha256() {
+        let other = StateHasher::new(*b"another-state-hash-key!!").unwrap();
+        assert_ne!(
+            customer_key_of_email(&hasher(), "a@example.com"),
+            customer_key_of_email(&other, "a@example.com")
+        );
+        // What the unkeyed SHA-256 gave before: anyone could recompute it from a guess.
+        use sha2::{Digest, Sha256};
+        let bare = Sha256::digest(b"aftercart/referrals/email/a@example.com");
+        let bare: String = bare[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_ne!(
+            customer_key_of_email(&hasher(), "a@example.com"),
+            format!("email:{bare}")
+        );
     }
 
     #[test]
@@ -130,14 +159,17 @@ mod tests {
             ..OrderFact::default()
         };
         assert_eq!(
-            name_address_fingerprint(&order("O'Brien", "123 Elm St.")),
-            name_address_fingerprint(&order("obrien", "123 elm st"))
+            name_address_fingerprint(&hasher(), &order("O'Brien", "123 Elm St.")),
+            name_address_fingerprint(&hasher(), &order("obrien", "123 elm st"))
         );
         assert_ne!(
-            name_address_fingerprint(&order("O'Brien", "123 Elm St.")),
-            name_address_fingerprint(&order("O'Brien", "124 Elm St."))
+            name_address_fingerprint(&hasher(), &order("O'Brien", "123 Elm St.")),
+            name_address_fingerprint(&hasher(), &order("O'Brien", "124 Elm St."))
         );
-        assert_eq!(name_address_fingerprint(&OrderFact::default()), None);
+        assert_eq!(
+            name_address_fingerprint(&hasher(), &OrderFact::default()),
+            None
+        );
     }
 }
 

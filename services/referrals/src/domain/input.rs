@@ -6,10 +6,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use aftercart_shopify::money::Amount;
+use aftercart_shopify::privacy::{DataRequest, Person};
 use aftercart_shopify::time::parse_time_ms;
 
 /// The Shopify topics the service acts on; the router forwards only these.
-pub const TOPICS: [&str; 11] = [
+pub const TOPICS: [&str; 12] = [
     "orders/create",
     "orders/paid",
     "orders/fulfilled",
@@ -20,6 +21,7 @@ pub const TOPICS: [&str; 11] = [
     "customers/update",
     "customers_email_marketing_consent/update",
     "customers/redact",
+    "customers/data_request",
     "shop/redact",
 ];
 
@@ -64,11 +66,11 @@ pub enum Input {
         subscribed: bool,
         at_ms: Option<i64>,
     },
-    RedactCustomer {
-        customer_id: Option<u64>,
-        email: Option<String>,
-    },
+    /// `customers/redact`: by customer id, email, phone and the orders it lists.
+    RedactCustomer(Person),
     RedactShop,
+    /// `customers/data_request`: report what is held about the customer.
+    DataRequest(Box<DataRequest>),
     /// A topic the service does not act on.
     Ignored,
 }
@@ -83,6 +85,8 @@ pub struct ConsentState {
 pub struct Customer {
     pub id: Option<u64>,
     pub email: Option<String>,
+    /// Read only to match redactions; never kept.
+    pub phone: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     /// Present in older API versions: more than 1 means this is not the first order.
@@ -120,6 +124,8 @@ pub struct OrderFact {
     pub name: Option<String>,
     pub email: Option<String>,
     pub contact_email: Option<String>,
+    /// Read only to match redactions; never kept.
+    pub phone: Option<String>,
     pub customer: Option<Customer>,
     pub buyer_accepts_marketing: Option<bool>,
     pub financial_status: Option<String>,
@@ -242,11 +248,6 @@ struct ConsentPayload {
     updated_at: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RedactPayload {
-    customer: Option<Customer>,
-}
-
 /// Decodes a record by its Shopify topic.
 pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRecord> {
     let topic = shopify_topic(topic)?;
@@ -302,14 +303,9 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
                 _ => Input::Ignored,
             }
         }
-        "customers/redact" => {
-            let customer = decode::<RedactPayload>(&topic, body)?
-                .customer
-                .unwrap_or_default();
-            Input::RedactCustomer {
-                customer_id: customer.id,
-                email: customer.email,
-            }
+        "customers/redact" => Input::RedactCustomer(Person::decode(&topic, body)?),
+        "customers/data_request" => {
+            Input::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
         }
         "shop/redact" => {
             decode::<serde::de::IgnoredAny>(&topic, body)?;
@@ -378,10 +374,12 @@ mod tests {
         ));
         assert!(matches!(
             decode_input(Some("customers/redact"), &fixture("customers_redact.json")).unwrap(),
-            Input::RedactCustomer {
+            Input::RedactCustomer(Person {
                 customer_id: Some(_),
-                email: Some(_)
-            }
+                email: Some(_),
+                phone: Some(_),
+                ..
+            })
         ));
         assert_eq!(
             decode_input(Some("shop/redact"), &fixture("shop_redact.json")).unwrap(),

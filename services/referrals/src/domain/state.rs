@@ -1,6 +1,7 @@
 //! The state kept per shop, one changelog record per entity: customers (first-order facts,
 //! consent, who referred them, their advocate code), orders (invite and reward lifecycles, and
-//! whether they were refunded, cancelled or deleted), and referred-order times per browser IP.
+//! whether they were refunded, cancelled or deleted), referred-order times per browser IP, and
+//! the redactions still remembered.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +9,7 @@ use crate::domain::code::Source;
 use crate::domain::input::Negation;
 
 /// Changelog key prefixes: `c/<shop>/<customer key>`, `o/<shop>/<order id>`,
-/// `i/<shop>/<ip fingerprint>`.
+/// `i/<shop>/<ip fingerprint>`, `r/<shop>/<redaction id>`.
 pub fn customer_entity(shop: &str, customer_key: &str) -> String {
     format!("c/{shop}/{customer_key}")
 }
@@ -19,6 +20,11 @@ pub fn order_entity(shop: &str, order_id: u64) -> String {
 
 pub fn ip_entity(shop: &str, ip_fingerprint: &str) -> String {
     format!("i/{shop}/{ip_fingerprint}")
+}
+
+/// A redaction of one person (`id` a fingerprint of who it names) or, with `shop`, of the shop.
+pub fn redaction_entity(shop: &str, id: &str) -> String {
+    format!("r/{shop}/{id}")
 }
 
 /// The shop of an entity key.
@@ -33,6 +39,23 @@ pub enum Entity {
     Customer(CustomerState),
     Order(OrderState),
     Ip(IpState),
+    Redaction(Redaction),
+}
+
+/// A `customers/redact` (or, with every field empty, a `shop/redact`) remembered for the
+/// redaction retention period: a fact about that person read later, however late it was sent,
+/// is dropped instead of bringing them back. Holds fingerprints, never the email or phone.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Redaction {
+    pub customer_id: Option<u64>,
+    pub email_fp: Option<String>,
+    pub phone_fp: Option<String>,
+    #[serde(default)]
+    pub orders: Vec<u64>,
+    /// The whole shop is redacted.
+    #[serde(default)]
+    pub shop: bool,
+    pub at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

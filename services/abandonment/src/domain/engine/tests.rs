@@ -31,6 +31,13 @@ fn engine() -> Engine {
     engine
 }
 
+fn redact_id(id: u64) -> GlobalInput {
+    GlobalInput::RedactCustomer(Person {
+        customer_id: Some(id),
+        ..Person::default()
+    })
+}
+
 fn checkout(updated_at: &str, extra: &str) -> JourneyInput {
     let body = format!(
         r#"{{"token":"chk-1","cart_token":"cart-1","email":"buyer@example.com","total_price":"120.00","currency":"EUR",
@@ -287,14 +294,7 @@ fn redacting_a_customer_removes_their_journeys_and_emits_nothing_more() {
         journey_input(Some("carts/update"), br#"{"token":"other"}"#).unwrap(),
         0,
     );
-    let effects = e.apply_global(
-        SHOP,
-        GlobalInput::RedactCustomer {
-            customer_id: Some(42),
-            email: None,
-        },
-        5 * MIN,
-    );
+    let effects = e.apply_global(SHOP, redact_id(42), 5 * MIN);
     assert_eq!(
         effects,
         vec![(
@@ -322,16 +322,7 @@ fn a_partition_restored_after_a_redaction_is_purged_on_assignment() {
     let journey = owner.partition(0).unwrap().get(KEY).unwrap().clone();
     // Another instance saw the redaction while not owning partition 0...
     let mut other = Engine::new(rules());
-    assert!(other
-        .apply_global(
-            SHOP,
-            GlobalInput::RedactCustomer {
-                customer_id: Some(42),
-                email: None
-            },
-            MIN
-        )
-        .is_empty());
+    assert!(other.apply_global(SHOP, redact_id(42), MIN).is_empty());
     // ...and later restores it from the changelog: the journey is tombstoned, not revived.
     let effects = other.assign(0, vec![(KEY.to_string(), journey)]);
     assert_eq!(
@@ -347,14 +338,7 @@ fn a_partition_restored_after_a_redaction_is_purged_on_assignment() {
 #[test]
 fn a_redaction_read_before_the_journey_it_covers_still_applies() {
     let mut e = engine();
-    e.apply_global(
-        SHOP,
-        GlobalInput::RedactCustomer {
-            customer_id: Some(42),
-            email: None,
-        },
-        10 * MIN,
-    );
+    e.apply_global(SHOP, redact_id(42), 10 * MIN);
     let effects = e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 5 * MIN);
     assert_eq!(
         effects,
@@ -364,9 +348,66 @@ fn a_redaction_read_before_the_journey_it_covers_still_applies() {
         }]
     );
     assert!(emitted(&e.fire_due(1000 * MIN)).is_empty());
-    // New activity after the redaction is new data, and is handled normally.
-    e.apply(0, KEY, SHOP, checkout("2026-11-23T11:00:00Z", ""), 20 * MIN);
-    assert_eq!(emitted(&e.fire_due(1000 * MIN)).len(), 1);
+}
+
+#[test]
+fn a_fact_read_after_the_redaction_never_brings_the_person_back() {
+    let mut e = engine();
+    e.apply_global(SHOP, redact_id(42), 10 * MIN);
+    // A checkout received after the redaction (late, or in flight on another topic).
+    let effects = e.apply(0, KEY, SHOP, checkout("2026-11-23T11:00:00Z", ""), 20 * MIN);
+    assert_eq!(
+        effects,
+        vec![Effect::Persist {
+            key: KEY.into(),
+            journey: None
+        }]
+    );
+    let order_after = e.apply(0, KEY, SHOP, order(7, ""), 30 * MIN);
+    assert!(emitted_now(&order_after).is_empty());
+    assert!(emitted(&e.fire_due(1000 * MIN)).is_empty());
+    assert_eq!(e.journeys(), 0);
+}
+
+#[test]
+fn a_redaction_matches_by_phone_and_by_the_orders_it_lists() {
+    let by_phone = GlobalInput::RedactCustomer(Person {
+        phone: Some("15556251199".into()),
+        ..Person::default()
+    });
+    let mut e = engine();
+    e.apply(
+        0,
+        KEY,
+        SHOP,
+        checkout("2026-11-23T10:00:00Z", r#","phone":"555-625-1199""#),
+        0,
+    );
+    assert_eq!(e.apply_global(SHOP, by_phone.clone(), MIN).len(), 1);
+    assert_eq!(e.journeys(), 0);
+
+    let by_order = GlobalInput::RedactCustomer(Person {
+        orders: vec![7],
+        ..Person::default()
+    });
+    let mut e = engine();
+    e.apply_global(SHOP, by_order, MIN);
+    // An anonymous order listed in orders_to_redact, read after the redaction.
+    let body = br#"{"id":7,"cart_token":"cart-1","email":"other@example.com"}"#;
+    let effects = e.apply(
+        0,
+        KEY,
+        SHOP,
+        journey_input(Some("orders/create"), body).unwrap(),
+        2 * MIN,
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::Persist {
+            key: KEY.into(),
+            journey: None
+        }]
+    );
 }
 
 #[test]
@@ -375,10 +416,10 @@ fn redacting_by_email_matches_case_insensitively() {
     e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
     let effects = e.apply_global(
         SHOP,
-        GlobalInput::RedactCustomer {
-            customer_id: None,
-            email: Some("BUYER@example.com".into()),
-        },
+        GlobalInput::RedactCustomer(Person {
+            email: Some("buyer@example.com".into()),
+            ..Person::default()
+        }),
         MIN,
     );
     assert_eq!(effects.len(), 1);
@@ -572,4 +613,29 @@ fn a_released_partition_hands_back_its_journeys_with_their_timers() {
     e.assign(0, journeys);
     assert_eq!(e.next_due(), Some(60 * MIN));
     assert_eq!(emitted(&e.fire_due(60 * MIN)).len(), 1);
+}
+
+#[test]
+fn a_data_request_finds_the_customers_journeys_in_each_owned_partition() {
+    let mut e = engine();
+    e.assign(1, Vec::new());
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    e.apply(
+        1,
+        "shop.myshopify.com/other",
+        SHOP,
+        journey_input(Some("carts/update"), br#"{"token":"other"}"#).unwrap(),
+        0,
+    );
+    let buyer = Person {
+        email: Some("buyer@example.com".into()),
+        ..Person::default()
+    };
+    let held = e.held_about(SHOP, &buyer);
+    assert_eq!(held.len(), 2, "one answer per owned partition");
+    assert_eq!(held[0].1.len(), 1);
+    assert_eq!(held[0].1[0].0, KEY);
+    assert!(held[1].1.is_empty(), "someone else's cart is not reported");
+    let elsewhere = e.held_about("other.myshopify.com", &buyer);
+    assert!(elsewhere.iter().all(|(_, journeys)| journeys.is_empty()));
 }

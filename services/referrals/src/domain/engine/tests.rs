@@ -25,6 +25,8 @@ fn rules() -> Rules {
         ip_burst_max: 3,
         ip_burst_window_ms: DAY,
         order_retention_ms: 60 * DAY,
+        redaction_retention_ms: 400 * DAY,
+        hasher: StateHasher::new(*b"referrals-test-state-hash-key").unwrap(),
     }
 }
 
@@ -586,11 +588,127 @@ fn redacting_the_shop_forgets_everything_of_that_shop_only() {
     let live: Vec<_> = world
         .persisted
         .iter()
-        .filter(|(_, v)| v.is_some())
+        .filter(|(k, v)| v.is_some() && !k.starts_with("r/"))
         .map(|(k, _)| shop_of_entity(k).to_string())
         .collect();
     assert!(!live.is_empty());
     assert!(live.iter().all(|shop| shop == other), "{live:?}");
+    // Only the redaction itself is remembered of the shop, and it holds no personal data.
+    let Some(Some(marker)) = world.persisted.get(&format!("r/{SHOP}/shop")) else {
+        panic!("the shop's redaction is remembered");
+    };
+    assert!(matches!(&**marker, Entity::Redaction(r) if r.shop));
+}
+
+/// `customers/redact` of customer 1 (buyer1@example.com, +1 555 010 0001) and `orders`.
+fn redact_one(orders: &[u64]) -> Value {
+    json!({"shop_id": 1, "shop_domain": SHOP, "orders_to_redact": orders,
+           "customer": {"id": 1, "email": "Buyer1@Example.com", "phone": "555-010-0001"}})
+}
+
+fn redacted_count(world: &World) -> usize {
+    world
+        .counted
+        .iter()
+        .filter(|c| **c == Counted::Redacted)
+        .count()
+}
+
+#[test]
+fn a_fact_read_after_the_redaction_never_recreates_the_person() {
+    let mut world = World::new();
+    world.send("customers/redact", &redact_one(&[]), DAY);
+    // The order was placed before the redaction and was in flight on the orders topic.
+    world.send("orders/paid", &order(100, 1), 2 * DAY);
+    world.send(
+        "customers/update",
+        &json!({"id": 1, "email_marketing_consent": {"state": "subscribed"}}),
+        2 * DAY,
+    );
+    world.tick(40 * DAY);
+    assert!(world.emitted.is_empty(), "{:?}", world.types());
+    assert_eq!(redacted_count(&world), 2);
+    let live: Vec<_> = world
+        .persisted
+        .iter()
+        .filter(|(k, v)| v.is_some() && !k.starts_with("r/"))
+        .collect();
+    assert!(live.is_empty(), "{live:?}");
+    // The redaction survives a restart.
+    let mut restarted = world.restarted();
+    restarted.send("orders/paid", &order(101, 1), 3 * DAY);
+    assert!(restarted.emitted.is_empty());
+    assert_eq!(redacted_count(&restarted), 1);
+}
+
+#[test]
+fn a_redaction_matches_by_email_phone_and_listed_orders_without_the_customer_id() {
+    let mut world = World::new();
+    world.send("customers/redact", &redact_one(&[700]), DAY);
+    // A guest order by the same mailbox (another spelling), no customer id.
+    let mut by_email = order(500, 5);
+    by_email["customer"] = Value::Null;
+    by_email["email"] = json!("buyer1+shop@example.com");
+    world.send("orders/paid", &by_email, 2 * DAY);
+    // Another customer record with the redacted phone in another format.
+    let mut by_phone = order(600, 6);
+    by_phone["customer"]["phone"] = json!("+1 (555) 010-0001");
+    world.send("orders/paid", &by_phone, 2 * DAY);
+    // An order the request listed, whoever it names.
+    world.send("orders/paid", &order(700, 7), 2 * DAY);
+    world.send(
+        "refunds/create",
+        &json!({"id": 1, "order_id": 700}),
+        2 * DAY,
+    );
+    assert!(world.emitted.is_empty(), "{:?}", world.types());
+    assert_eq!(redacted_count(&world), 4);
+    // Someone else is untouched.
+    world.send("orders/paid", &order(800, 8), 2 * DAY);
+    assert_eq!(world.types(), ["invite"]);
+}
+
+#[test]
+fn redacting_a_listed_order_forgets_it_and_voids_its_reward() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(200, 2), &code), DAY);
+    let body = json!({"shop_id": 1, "shop_domain": SHOP, "orders_to_redact": [200],
+                      "customer": {"id": 99}});
+    world.send("customers/redact", &body, 2 * DAY);
+    let last = (*world.rewards().last().unwrap()).clone();
+    assert_eq!(last.event_type, "reward.voided");
+    assert!(world.persisted[&format!("o/{SHOP}/200")].is_none());
+    world.tick(40 * DAY);
+    assert!(!world.types().contains(&"reward.granted".to_string()));
+}
+
+#[test]
+fn a_waiting_invite_of_a_redacted_customer_is_never_sent() {
+    let mut world = World::with(Rules {
+        invite_delay_ms: DAY,
+        ..rules()
+    });
+    world.send("orders/paid", &order(100, 1), 0);
+    world.send("customers/redact", &redact_one(&[]), DAY / 2);
+    world.tick(2 * DAY);
+    assert!(world.emitted.is_empty(), "{:?}", world.types());
+}
+
+#[test]
+fn facts_about_a_redacted_shop_are_dropped_and_redactions_expire_after_their_retention() {
+    let mut world = World::new();
+    let effects = world.engine.apply(P, SHOP, Input::RedactShop, 0);
+    world.take(effects);
+    world.send("orders/paid", &order(100, 1), DAY);
+    assert!(world.emitted.is_empty());
+    assert_eq!(redacted_count(&world), 1);
+    // After the retention period the redaction is forgotten (and tombstoned).
+    let effects = world.engine.expire(401 * DAY);
+    world.take(effects.into_iter().map(|(_, e)| e).collect());
+    assert!(world.persisted[&format!("r/{SHOP}/shop")].is_none());
+    world.send("orders/paid", &order(101, 1), 402 * DAY);
+    assert_eq!(world.types(), ["invite"]);
 }
 
 #[test]
@@ -713,4 +831,37 @@ fn a_released_partition_hands_back_what_its_changelog_holds() {
     world.engine.assign(P, released);
     world.tick(10 * 86_400_000);
     assert_eq!(world.rewards().len(), 1);
+}
+
+#[test]
+fn a_data_request_reports_what_is_held_about_the_customer_and_nothing_of_others() {
+    let mut world = World::new();
+    let code = world.advocate();
+    world.send("orders/paid", &with_code(order(200, 2), &code), DAY);
+    world.send("orders/paid", &order(300, 3), DAY);
+    let request = json!({"shop_id": 1, "shop_domain": SHOP, "orders_requested": [100],
+                         "customer": {"id": 1, "email": "buyer1@example.com"},
+                         "data_request": {"id": 9999}});
+    world.send("customers/data_request", &request, 2 * DAY);
+    let Some(Output::DataRequest(report)) = world.emitted.last() else {
+        panic!("a report: {:?}", world.types());
+    };
+    assert_eq!(report.event_type, "data_request.answered");
+    assert_eq!(report.data_request_id, Some(9999));
+    assert_eq!(report.customer_id, Some(1));
+    let keys: Vec<&str> = report.holdings.iter().map(|h| h.key.as_str()).collect();
+    // Their customer entity, their own order, and the friend's order they referred.
+    assert_eq!(
+        keys,
+        [
+            format!("c/{SHOP}/id:1"),
+            format!("o/{SHOP}/100"),
+            format!("o/{SHOP}/200")
+        ]
+    );
+    assert_eq!(report.holdings[0].data["advocate"]["code"], json!(code));
+    // The same request read again gives the same report id.
+    let first = report.event_id.clone();
+    world.send("customers/data_request", &request, 3 * DAY);
+    assert_eq!(world.emitted.last().unwrap().event_id(), first);
 }

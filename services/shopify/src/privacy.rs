@@ -1,0 +1,266 @@
+//! Who a `customers/redact` or `customers/data_request` names, read the same way by every
+//! consumer service: the customer id, email, phone and the orders the request lists, with the
+//! comparisons that decide whether a fact is about that person; and the report record each
+//! service writes to answer a data request (`schemas/aftercart/data-requests.schema.json`).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::decode::{decode, PoisonRecord};
+
+/// The person a compliance request is about. Emails are trimmed and lower-cased, phones kept
+/// as their last digits ([`normal_phone`]), so comparisons (and hashes of them) are equality.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Person {
+    pub customer_id: Option<u64>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// `orders_to_redact` of a redaction, `orders_requested` of a data request.
+    pub orders: Vec<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct CustomerPayload {
+    id: Option<u64>,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    customer: Option<CustomerPayload>,
+    #[serde(default)]
+    orders_to_redact: Vec<u64>,
+    #[serde(default)]
+    orders_requested: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+struct DataRequestPayload {
+    data_request: Option<DataRequestId>,
+}
+
+#[derive(Deserialize)]
+struct DataRequestId {
+    id: Option<u64>,
+}
+
+impl Person {
+    /// Reads a `customers/redact` or `customers/data_request` body.
+    pub fn decode(topic: &str, body: &[u8]) -> Result<Person, PoisonRecord> {
+        let payload: Payload = decode(topic, body)?;
+        let customer = payload.customer.unwrap_or_default();
+        let mut orders = payload.orders_to_redact;
+        orders.extend(payload.orders_requested);
+        orders.sort_unstable();
+        orders.dedup();
+        Ok(Person {
+            customer_id: customer.id,
+            email: customer.email.as_deref().and_then(normal_email),
+            phone: customer.phone.as_deref().and_then(normal_phone),
+            orders,
+        })
+    }
+
+    /// True when nothing identifies anyone: such a request matches no fact.
+    pub fn is_empty(&self) -> bool {
+        self.customer_id.is_none()
+            && self.email.is_none()
+            && self.phone.is_none()
+            && self.orders.is_empty()
+    }
+
+    /// True when a fact naming this customer id, email, phone or order is about this person.
+    pub fn matches(
+        &self,
+        customer_id: Option<u64>,
+        email: Option<&str>,
+        phone: Option<&str>,
+        order_id: Option<u64>,
+    ) -> bool {
+        (self.customer_id.is_some() && customer_id == self.customer_id)
+            || same(&self.email, email, normal_email)
+            || same(&self.phone, phone, normal_phone)
+            || order_id.is_some_and(|id| self.orders.contains(&id))
+    }
+}
+
+/// Both present and equal once normalised (a `Person` built by hand may hold raw values).
+fn same(want: &Option<String>, have: Option<&str>, normal: fn(&str) -> Option<String>) -> bool {
+    let want = want.as_deref().and_then(normal);
+    want.is_some() && have.and_then(normal) == want
+}
+
+/// A `customers/data_request`: who, and the id Shopify gave the request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DataRequest {
+    pub person: Person,
+    pub id: Option<u64>,
+}
+
+impl DataRequest {
+    pub fn decode(topic: &str, body: &[u8]) -> Result<DataRequest, PoisonRecord> {
+        Ok(DataRequest {
+            person: Person::decode(topic, body)?,
+            id: data_request_id(topic, body)?,
+        })
+    }
+}
+
+/// Shopify expects the merchant to answer a data request within 30 days.
+pub const DATA_REQUEST_DEADLINE_MS: i64 = 30 * 86_400_000;
+
+/// One thing a service holds about the customer: its kind (`customer`, `order`, `journey`,
+/// `audience`...), the service's key for it, and what is held, as the service stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holding {
+    pub kind: String,
+    pub key: String,
+    pub data: serde_json::Value,
+}
+
+/// One service's answer to a `customers/data_request`, written to `aftercart.data_requests`:
+/// everything it holds about the customer (empty `holdings`: nothing). It holds personal data by
+/// design: it is the customer's own data, for the merchant to pass on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRequestReport {
+    /// Deterministic ([`report_event_id`]): a redelivered request gives the same id.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `abandonment`, `referrals`, `audiences`.
+    pub service: String,
+    pub shop: String,
+    pub data_request_id: Option<u64>,
+    pub customer_id: Option<u64>,
+    pub answered_at: String,
+    /// 30 days after the request was read: Shopify's deadline for the merchant's answer.
+    pub respond_by: String,
+    pub holdings: Vec<Holding>,
+}
+
+impl DataRequestReport {
+    /// The report of `service` for `request` of `shop`, read at `at_ms`.
+    pub fn new(
+        service: &str,
+        shop: &str,
+        request: &DataRequest,
+        at_ms: i64,
+        holdings: Vec<Holding>,
+    ) -> DataRequestReport {
+        DataRequestReport {
+            event_id: report_event_id(service, shop, request),
+            event_type: "data_request.answered".to_string(),
+            service: service.to_string(),
+            shop: shop.to_string(),
+            data_request_id: request.id,
+            customer_id: request.person.customer_id,
+            answered_at: crate::time::rfc3339(at_ms),
+            respond_by: crate::time::rfc3339(at_ms + DATA_REQUEST_DEADLINE_MS),
+            holdings,
+        }
+    }
+}
+
+/// `sha256("aftercart/data-request/<service>/<shop>/<request id or customer id>")`, 32 hex.
+pub fn report_event_id(service: &str, shop: &str, request: &DataRequest) -> String {
+    let who = match (request.id, request.person.customer_id) {
+        (Some(id), _) => format!("request:{id}"),
+        (None, Some(customer)) => format!("customer:{customer}"),
+        (None, None) => "unknown".to_string(),
+    };
+    let digest = Sha256::digest(format!("aftercart/data-request/{service}/{shop}/{who}"));
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The id Shopify gave a data request (`data_request.id`), for the report's event id.
+pub fn data_request_id(topic: &str, body: &[u8]) -> Result<Option<u64>, PoisonRecord> {
+    let payload: DataRequestPayload = decode(topic, body)?;
+    Ok(payload.data_request.and_then(|d| d.id))
+}
+
+/// An email as compared: trimmed, lower-cased; `None` when empty.
+pub fn normal_email(email: &str) -> Option<String> {
+    let email = email.trim().to_ascii_lowercase();
+    (!email.is_empty()).then_some(email)
+}
+
+/// A phone as compared: its last 10 digits, so a number with and without its country code or
+/// trunk prefix is one (`555-625-1199` is `+1 555 625 1199`, `07700 900123` is
+/// `+44 7700 900123`); `None` with fewer than 7 digits (no real number is shorter).
+pub fn normal_phone(phone: &str) -> Option<String> {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() < 7 {
+        return None;
+    }
+    Some(digits[digits.len().saturating_sub(10)..].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REDACT: &str = r#"{"shop_id":954889,"shop_domain":"s.myshopify.com",
+        "customer":{"id":191167,"email":" John@Example.com","phone":"555-625-1199"},
+        "orders_to_redact":[299938,280263]}"#;
+
+    #[test]
+    fn a_redaction_names_the_customer_by_id_email_phone_and_orders() {
+        let person = Person::decode("customers/redact", REDACT.as_bytes()).unwrap();
+        assert_eq!(person.customer_id, Some(191167));
+        assert_eq!(person.email.as_deref(), Some("john@example.com"));
+        assert_eq!(person.phone.as_deref(), Some("5556251199"));
+        assert_eq!(
+            normal_phone("+44 7700 900123"),
+            normal_phone("07700 900123")
+        );
+        assert_eq!(person.orders, vec![280263, 299938]);
+        assert!(person.matches(Some(191167), None, None, None));
+        assert!(person.matches(None, Some("JOHN@example.com "), None, None));
+        assert!(person.matches(None, None, Some("+1 (555) 625-1199"), None));
+        assert!(person.matches(None, None, None, Some(280263)));
+        assert!(!person.matches(
+            Some(1),
+            Some("jane@example.com"),
+            Some("555-625-1198"),
+            Some(1)
+        ));
+        assert!(!person.matches(None, None, Some("1199"), None));
+    }
+
+    #[test]
+    fn a_data_request_lists_its_orders_and_its_id() {
+        let body = br#"{"customer":{"id":7},"orders_requested":[3],"data_request":{"id":9999}}"#;
+        let person = Person::decode("customers/data_request", body).unwrap();
+        assert_eq!(person.orders, vec![3]);
+        assert_eq!(
+            data_request_id("customers/data_request", body).unwrap(),
+            Some(9999)
+        );
+    }
+
+    #[test]
+    fn a_report_has_a_deterministic_id_and_the_30_day_deadline() {
+        let body = br#"{"customer":{"id":7},"orders_requested":[3],"data_request":{"id":9999}}"#;
+        let request = DataRequest::decode("customers/data_request", body).unwrap();
+        let report = DataRequestReport::new("referrals", "s.myshopify.com", &request, 0, vec![]);
+        assert_eq!(
+            report.event_id,
+            report_event_id("referrals", "s.myshopify.com", &request)
+        );
+        assert_eq!(report.event_id.len(), 32);
+        assert_ne!(
+            report.event_id,
+            report_event_id("abandonment", "s.myshopify.com", &request)
+        );
+        assert_eq!(report.respond_by, "1970-01-31T00:00:00.000Z");
+        assert_eq!(report.data_request_id, Some(9999));
+    }
+
+    #[test]
+    fn an_empty_request_matches_nothing() {
+        let person = Person::decode("customers/redact", br#"{"customer":{}}"#).unwrap();
+        assert!(person.is_empty());
+        assert!(!person.matches(None, None, None, None));
+    }
+}
