@@ -14,7 +14,8 @@ use crate::domain::segments::SegmentRules;
 pub struct AbandonmentArgs {
     /// Consumer group of the service; every instance of one deployment shares it.
     #[arg(
-        long,
+        long = "abandonment-group",
+        alias = "group",
         env = "AFTERCART_ABANDONMENT_GROUP",
         default_value = "aftercart-abandonment"
     )]
@@ -22,15 +23,17 @@ pub struct AbandonmentArgs {
 
     /// Output topic of abandoned and recovered events.
     #[arg(
-        long,
-        env = "AFTERCART_ABANDONMENTS_TOPIC",
+        long = "abandonment-output-topic",
+        alias = "output-topic",
+        env = "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
         default_value = "aftercart.abandonments"
     )]
     pub output_topic: String,
 
     /// Compacted changelog topic holding the journeys' state.
     #[arg(
-        long,
+        long = "abandonment-state-topic",
+        alias = "state-topic",
         env = "AFTERCART_ABANDONMENT_STATE_TOPIC",
         default_value = "aftercart.abandonment-state"
     )]
@@ -38,7 +41,8 @@ pub struct AbandonmentArgs {
 
     /// Dead-letter topic for records that cannot be used (the reason is in a header).
     #[arg(
-        long,
+        long = "abandonment-dead-letter-topic",
+        alias = "dead-letter-topic",
         env = "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
         default_value = "aftercart.abandonment-dead-letter"
     )]
@@ -46,46 +50,90 @@ pub struct AbandonmentArgs {
 
     /// A checkout with contact details and no order this long after its last activity is
     /// abandoned [default: 1h; 20s under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_ABANDON_AFTER")]
+    #[arg(
+        long = "abandonment-abandon-after",
+        alias = "abandon-after",
+        env = "AFTERCART_ABANDONMENT_ABANDON_AFTER"
+    )]
     pub abandon_after: Option<String>,
 
     /// A cart that does not reach checkout this long after its last activity is a cart
     /// abandonment [default: 1h; 20s under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_CART_ABANDON_AFTER")]
+    #[arg(
+        long = "abandonment-cart-abandon-after",
+        alias = "cart-abandon-after",
+        env = "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER"
+    )]
     pub cart_abandon_after: Option<String>,
 
     /// Journeys idle this long are forgotten.
-    #[arg(long, env = "AFTERCART_ABANDONMENT_RETENTION", default_value = "30d")]
+    #[arg(
+        long = "abandonment-retention",
+        alias = "retention",
+        env = "AFTERCART_ABANDONMENT_RETENTION",
+        default_value = "30d"
+    )]
     pub retention: String,
 
     /// After app/uninstalled, the shop's state is dropped once this passes.
-    #[arg(long, env = "AFTERCART_UNINSTALL_GRACE", default_value = "48h")]
+    #[arg(
+        long = "abandonment-uninstall-grace",
+        alias = "uninstall-grace",
+        env = "AFTERCART_ABANDONMENT_UNINSTALL_GRACE",
+        default_value = "48h"
+    )]
     pub uninstall_grace: String,
 
     /// Cart totals at or above this (shop currency, decimal) are the `medium` value tier.
-    #[arg(long, env = "AFTERCART_VALUE_TIER_MEDIUM", default_value = "50")]
+    #[arg(
+        long = "abandonment-value-tier-medium",
+        alias = "value-tier-medium",
+        env = "AFTERCART_ABANDONMENT_VALUE_TIER_MEDIUM",
+        default_value = "50"
+    )]
     pub value_tier_medium: String,
 
     /// Cart totals at or above this are the `high` value tier.
-    #[arg(long, env = "AFTERCART_VALUE_TIER_HIGH", default_value = "200")]
+    #[arg(
+        long = "abandonment-value-tier-high",
+        alias = "value-tier-high",
+        env = "AFTERCART_ABANDONMENT_VALUE_TIER_HIGH",
+        default_value = "200"
+    )]
     pub value_tier_high: String,
 
     /// Checkout visits that make a fence-sitter.
-    #[arg(long, env = "AFTERCART_FENCE_SITTER_VISITS", default_value = "3")]
+    #[arg(
+        long = "abandonment-fence-sitter-visits",
+        alias = "fence-sitter-visits",
+        env = "AFTERCART_ABANDONMENT_FENCE_SITTER_VISITS",
+        default_value = "3"
+    )]
     pub fence_sitter_visits: String,
 
     /// Time between first and last checkout activity that makes a fence-sitter.
-    #[arg(long, env = "AFTERCART_FENCE_SITTER_SPAN", default_value = "24h")]
+    #[arg(
+        long = "abandonment-fence-sitter-span",
+        alias = "fence-sitter-span",
+        env = "AFTERCART_ABANDONMENT_FENCE_SITTER_SPAN",
+        default_value = "24h"
+    )]
     pub fence_sitter_span: String,
 
     /// Earlier abandonments by the customer within this window count as `repeat`.
-    #[arg(long, env = "AFTERCART_REPEAT_WINDOW", default_value = "30d")]
+    #[arg(
+        long = "abandonment-repeat-window",
+        alias = "repeat-window",
+        env = "AFTERCART_ABANDONMENT_REPEAT_WINDOW",
+        default_value = "30d"
+    )]
     pub repeat_window: String,
 
     /// An order whose landing or referring site contains this came through the recovery URL.
     #[arg(
-        long,
-        env = "AFTERCART_RECOVERY_URL_MARKER",
+        long = "abandonment-recovery-url-marker",
+        alias = "recovery-url-marker",
+        env = "AFTERCART_ABANDONMENT_RECOVERY_URL_MARKER",
         default_value = "/recover"
     )]
     pub recovery_url_marker: String,
@@ -145,14 +193,14 @@ impl AbandonmentArgs {
         };
         let abandon_after = ms(
             &mut errors,
-            "AFTERCART_ABANDON_AFTER",
+            "AFTERCART_ABANDONMENT_ABANDON_AFTER",
             self.abandon_after
                 .as_deref()
                 .unwrap_or(defaults.abandon_after),
         );
         let cart_abandon_after = ms(
             &mut errors,
-            "AFTERCART_CART_ABANDON_AFTER",
+            "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER",
             self.cart_abandon_after
                 .as_deref()
                 .unwrap_or(defaults.abandon_after),
@@ -164,15 +212,19 @@ impl AbandonmentArgs {
         );
         let uninstall_grace = ms(
             &mut errors,
-            "AFTERCART_UNINSTALL_GRACE",
+            "AFTERCART_ABANDONMENT_UNINSTALL_GRACE",
             &self.uninstall_grace,
         );
         let fence_sitter_span = ms(
             &mut errors,
-            "AFTERCART_FENCE_SITTER_SPAN",
+            "AFTERCART_ABANDONMENT_FENCE_SITTER_SPAN",
             &self.fence_sitter_span,
         );
-        let repeat_window = ms(&mut errors, "AFTERCART_REPEAT_WINDOW", &self.repeat_window);
+        let repeat_window = ms(
+            &mut errors,
+            "AFTERCART_ABANDONMENT_REPEAT_WINDOW",
+            &self.repeat_window,
+        );
         let amount = |errors: &mut ConfigErrors, name: &str, value: &str| {
             errors.check(
                 name,
@@ -182,27 +234,27 @@ impl AbandonmentArgs {
         };
         let medium = amount(
             &mut errors,
-            "AFTERCART_VALUE_TIER_MEDIUM",
+            "AFTERCART_ABANDONMENT_VALUE_TIER_MEDIUM",
             &self.value_tier_medium,
         );
         let high = amount(
             &mut errors,
-            "AFTERCART_VALUE_TIER_HIGH",
+            "AFTERCART_ABANDONMENT_VALUE_TIER_HIGH",
             &self.value_tier_high,
         );
         if let (Some(medium), Some(high)) = (medium, high) {
             if medium > high {
                 errors
-                    .push("AFTERCART_VALUE_TIER_MEDIUM: must not exceed AFTERCART_VALUE_TIER_HIGH");
+                    .push("AFTERCART_ABANDONMENT_VALUE_TIER_MEDIUM: must not exceed AFTERCART_ABANDONMENT_VALUE_TIER_HIGH");
             }
         }
         let visits = errors.check(
-            "AFTERCART_FENCE_SITTER_VISITS",
+            "AFTERCART_ABANDONMENT_FENCE_SITTER_VISITS",
             parse_in_range(&self.fence_sitter_visits, 1, 1000),
         );
         for (name, value) in [
             ("AFTERCART_ABANDONMENT_GROUP", &self.group),
-            ("AFTERCART_ABANDONMENTS_TOPIC", &self.output_topic),
+            ("AFTERCART_ABANDONMENT_OUTPUT_TOPIC", &self.output_topic),
             ("AFTERCART_ABANDONMENT_STATE_TOPIC", &self.state_topic),
             (
                 "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",

@@ -37,18 +37,21 @@ pub struct AudiencesArgs {
     )]
     pub audiences_group: String,
 
-    /// The abandonment service's output topic (abandoner audiences read it).
+    /// The abandonment service's output topic (abandoner audiences read it). The variable is
+    /// the abandonment service's own, so both services agree on it; the flag is audiences'.
     #[arg(
-        long,
-        env = "AFTERCART_ABANDONMENTS_TOPIC",
+        long = "audiences-abandonment-topic",
+        alias = "abandonments-topic",
+        env = "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
         default_value = "aftercart.abandonments"
     )]
     pub abandonments_topic: String,
 
     /// Export batches from the engine to the exporters (keyed by shop/audience/destination).
     #[arg(
-        long,
-        env = "AFTERCART_AUDIENCE_BATCHES_TOPIC",
+        long = "audiences-batches-topic",
+        alias = "audience-batches-topic",
+        env = "AFTERCART_AUDIENCES_BATCHES_TOPIC",
         default_value = "aftercart.audience-batches"
     )]
     pub audience_batches_topic: String,
@@ -79,11 +82,20 @@ pub struct AudiencesArgs {
 
     /// Changes are exported at most this long after they happen, or sooner by size
     /// [default: 30s; 5s under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_EXPORT_FLUSH_INTERVAL")]
+    #[arg(
+        long = "audiences-export-flush-interval",
+        alias = "export-flush-interval",
+        env = "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL"
+    )]
     pub export_flush_interval: Option<String>,
 
     /// Most people per export batch (and per request); capped by each platform's limit.
-    #[arg(long, env = "AFTERCART_EXPORT_BATCH_SIZE", default_value = "1000")]
+    #[arg(
+        long = "audiences-export-batch-size",
+        alias = "export-batch-size",
+        env = "AFTERCART_AUDIENCES_EXPORT_BATCH_SIZE",
+        default_value = "1000"
+    )]
     pub export_batch_size: String,
 
     /// Default directory of `file` destinations.
@@ -91,40 +103,61 @@ pub struct AudiencesArgs {
     pub audiences_dir: String,
 
     /// Meta Graph API base URL (tests point it at a local server).
-    #[arg(long, env = "AFTERCART_META_BASE_URL", default_value = meta::DEFAULT_BASE_URL)]
+    #[arg(long = "audiences-meta-base-url", alias = "meta-base-url", env = "AFTERCART_AUDIENCES_META_BASE_URL", default_value = meta::DEFAULT_BASE_URL)]
     pub meta_base_url: String,
 
     /// Google API base URL [default: https://datamanager.googleapis.com for `google`,
     /// https://googleads.googleapis.com for `google_ads_legacy`] (tests point it at a local server).
-    #[arg(long, env = "AFTERCART_GOOGLE_BASE_URL")]
+    #[arg(
+        long = "audiences-google-base-url",
+        alias = "google-base-url",
+        env = "AFTERCART_AUDIENCES_GOOGLE_BASE_URL"
+    )]
     pub google_base_url: Option<String>,
 
     /// TikTok Business API base URL.
-    #[arg(long, env = "AFTERCART_TIKTOK_BASE_URL", default_value = tiktok::DEFAULT_BASE_URL)]
+    #[arg(long = "audiences-tiktok-base-url", alias = "tiktok-base-url", env = "AFTERCART_AUDIENCES_TIKTOK_BASE_URL", default_value = tiktok::DEFAULT_BASE_URL)]
     pub tiktok_base_url: String,
 
     /// Timeout of one export request.
-    #[arg(long, env = "AFTERCART_EXPORT_TIMEOUT", default_value = "30s")]
+    #[arg(
+        long = "audiences-export-timeout",
+        alias = "export-timeout",
+        env = "AFTERCART_AUDIENCES_EXPORT_TIMEOUT",
+        default_value = "30s"
+    )]
     pub export_timeout: String,
 
     /// First retry backoff ceiling of a failing batch (doubles up to the maximum, full jitter).
-    #[arg(long, env = "AFTERCART_EXPORT_BACKOFF_INITIAL", default_value = "1s")]
+    #[arg(
+        long = "audiences-export-backoff-initial",
+        alias = "export-backoff-initial",
+        env = "AFTERCART_AUDIENCES_EXPORT_BACKOFF_INITIAL",
+        default_value = "1s"
+    )]
     pub export_backoff_initial: String,
 
-    #[arg(long, env = "AFTERCART_EXPORT_BACKOFF_MAX", default_value = "5m")]
+    #[arg(
+        long = "audiences-export-backoff-max",
+        alias = "export-backoff-max",
+        env = "AFTERCART_AUDIENCES_EXPORT_BACKOFF_MAX",
+        default_value = "5m"
+    )]
     pub export_backoff_max: String,
 
     /// A batch still failing this long after its first try is dead-lettered.
     #[arg(
-        long,
-        env = "AFTERCART_EXPORT_MAX_RETRY_DURATION",
+        long = "audiences-export-max-retry-duration",
+        alias = "export-max-retry-duration",
+        env = "AFTERCART_AUDIENCES_EXPORT_MAX_RETRY_DURATION",
         default_value = "6h"
     )]
     pub export_max_retry_duration: String,
 
     /// People with no membership, unseen this long, are forgotten.
     #[arg(
-        long,
+        long = "audiences-person-retention",
+        alias = "person-retention",
         env = "AFTERCART_AUDIENCES_PERSON_RETENTION",
         default_value = "90d"
     )]
@@ -499,7 +532,7 @@ impl AudiencesArgs {
             })
         };
         let flush = errors.check(
-            "AFTERCART_EXPORT_FLUSH_INTERVAL",
+            "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL",
             positive(
                 self.export_flush_interval
                     .as_deref()
@@ -507,20 +540,23 @@ impl AudiencesArgs {
             ),
         );
         let batch_rows = errors.check(
-            "AFTERCART_EXPORT_BATCH_SIZE",
+            "AFTERCART_AUDIENCES_EXPORT_BATCH_SIZE",
             parse_in_range(&self.export_batch_size, 1, 10_000),
         );
-        let timeout = errors.check("AFTERCART_EXPORT_TIMEOUT", positive(&self.export_timeout));
+        let timeout = errors.check(
+            "AFTERCART_AUDIENCES_EXPORT_TIMEOUT",
+            positive(&self.export_timeout),
+        );
         let initial = errors.check(
-            "AFTERCART_EXPORT_BACKOFF_INITIAL",
+            "AFTERCART_AUDIENCES_EXPORT_BACKOFF_INITIAL",
             positive(&self.export_backoff_initial),
         );
         let max = errors.check(
-            "AFTERCART_EXPORT_BACKOFF_MAX",
+            "AFTERCART_AUDIENCES_EXPORT_BACKOFF_MAX",
             positive(&self.export_backoff_max),
         );
         let max_duration = errors.check(
-            "AFTERCART_EXPORT_MAX_RETRY_DURATION",
+            "AFTERCART_AUDIENCES_EXPORT_MAX_RETRY_DURATION",
             parse_duration(&self.export_max_retry_duration),
         );
         let retention = errors.check(
@@ -598,9 +634,12 @@ impl AudiencesArgs {
         }
         for (name, value) in [
             ("AFTERCART_AUDIENCES_GROUP", &self.audiences_group),
-            ("AFTERCART_ABANDONMENTS_TOPIC", &self.abandonments_topic),
             (
-                "AFTERCART_AUDIENCE_BATCHES_TOPIC",
+                "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
+                &self.abandonments_topic,
+            ),
+            (
+                "AFTERCART_AUDIENCES_BATCHES_TOPIC",
                 &self.audience_batches_topic,
             ),
             (

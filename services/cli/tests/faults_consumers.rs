@@ -57,7 +57,7 @@ fn abandonment(prefix: &str) -> Case {
                 format!("{prefix}abandonment"),
             ),
             var(
-                "AFTERCART_ABANDONMENTS_TOPIC",
+                "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
                 format!("{prefix}abandonments"),
             ),
             var(
@@ -68,8 +68,8 @@ fn abandonment(prefix: &str) -> Case {
                 "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
                 format!("{prefix}abandonment-dead-letter"),
             ),
-            var("AFTERCART_ABANDON_AFTER", "1s"),
-            var("AFTERCART_CART_ABANDON_AFTER", "1s"),
+            var("AFTERCART_ABANDONMENT_ABANDON_AFTER", "1s"),
+            var("AFTERCART_ABANDONMENT_CART_ABANDON_AFTER", "1s"),
         ],
         webhook: |run, n| {
             let cart = format!("{run}-{n}");
@@ -98,11 +98,11 @@ fn referrals(prefix: &str) -> Case {
         env: vec![
             var("AFTERCART_REFERRALS_GROUP", format!("{prefix}referrals")),
             var(
-                "AFTERCART_REFERRAL_INVITES_TOPIC",
+                "AFTERCART_REFERRALS_INVITES_TOPIC",
                 format!("{prefix}referral-invites"),
             ),
             var(
-                "AFTERCART_REFERRAL_REWARDS_TOPIC",
+                "AFTERCART_REFERRALS_REWARDS_TOPIC",
                 format!("{prefix}referral-rewards"),
             ),
             var(
@@ -121,8 +121,8 @@ fn referrals(prefix: &str) -> Case {
                 "AFTERCART_REFERRALS_WEBHOOK_DEAD_LETTER_TOPIC",
                 format!("{prefix}referrals-webhook-dead-letter"),
             ),
-            var("AFTERCART_REFERRAL_CODE_SECRET", "faults-code-secret"),
-            var("AFTERCART_REFERRAL_REVIEW_WINDOW", "3s"),
+            var("AFTERCART_REFERRALS_CODE_SECRET", "faults-code-secret"),
+            var("AFTERCART_REFERRALS_REVIEW_WINDOW", "3s"),
         ],
         webhook: |run, n| {
             // A distinct buyer per order (the invite cooldown is per customer) and a distinct
@@ -401,7 +401,7 @@ async fn audiences_killed_mid_batch_adds_every_buyer_exactly_once() {
     let mut env = kafka_env(&broker, &prefix, 3);
     env.extend([
         var("AFTERCART_AUDIENCES_GROUP", format!("{prefix}audiences")),
-        var("AFTERCART_AUDIENCE_BATCHES_TOPIC", &batches_topic),
+        var("AFTERCART_AUDIENCES_BATCHES_TOPIC", &batches_topic),
         var(
             "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
             format!("{prefix}audiences-by-shop"),
@@ -415,14 +415,14 @@ async fn audiences_killed_mid_batch_adds_every_buyer_exactly_once() {
             format!("{prefix}audiences-dead-letter"),
         ),
         var(
-            "AFTERCART_ABANDONMENTS_TOPIC",
+            "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
             format!("{prefix}abandonments"),
         ),
         // The built-in audiences, to files in a directory of this run.
         var("AFTERCART_AUDIENCES_DIR", dir.to_string_lossy()),
-        var("AFTERCART_EXPORT_FLUSH_INTERVAL", "1s"),
+        var("AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL", "1s"),
         var(
-            "AFTERCART_EXPORT_BATCH_SIZE",
+            "AFTERCART_AUDIENCES_EXPORT_BATCH_SIZE",
             AUDIENCE_BATCH_ROWS.to_string(),
         ),
     ]);

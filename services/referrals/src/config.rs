@@ -31,23 +31,26 @@ pub struct ReferralsArgs {
 
     /// Output topic of invites (a buyer became an advocate).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITES_TOPIC",
+        long = "referrals-invites-topic",
+        alias = "invites-topic",
+        env = "AFTERCART_REFERRALS_INVITES_TOPIC",
         default_value = "aftercart.referral-invites"
     )]
     pub invites_topic: String,
 
     /// Output topic of reward events (pending, granted, voided, rejected).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_REWARDS_TOPIC",
+        long = "referrals-rewards-topic",
+        alias = "rewards-topic",
+        env = "AFTERCART_REFERRALS_REWARDS_TOPIC",
         default_value = "aftercart.referral-rewards"
     )]
     pub rewards_topic: String,
 
     /// Internal topic that brings all of one shop's facts to one partition (keyed by shop).
     #[arg(
-        long,
+        long = "referrals-by-shop-topic",
+        alias = "by-shop-topic",
         env = "AFTERCART_REFERRALS_BY_SHOP_TOPIC",
         default_value = "aftercart.referrals-by-shop"
     )]
@@ -71,87 +74,136 @@ pub struct ReferralsArgs {
 
     /// What makes a buyer an advocate: `paid` (orders/paid) or `fulfilled` (orders/fulfilled).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITE_TRIGGER",
+        long = "referrals-invite-trigger",
+        alias = "invite-trigger",
+        env = "AFTERCART_REFERRALS_INVITE_TRIGGER",
         default_value = "paid"
     )]
     pub invite_trigger: String,
 
     /// Wait this long after the trigger before inviting (re-checking refunds and consent).
-    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_DELAY", default_value = "0s")]
+    #[arg(
+        long = "referrals-invite-delay",
+        alias = "invite-delay",
+        env = "AFTERCART_REFERRALS_INVITE_DELAY",
+        default_value = "0s"
+    )]
     pub invite_delay: String,
 
     /// Orders below this subtotal (after discounts, shop currency) make no advocate.
-    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_MIN_ORDER", default_value = "0")]
+    #[arg(
+        long = "referrals-invite-min-order",
+        alias = "invite-min-order",
+        env = "AFTERCART_REFERRALS_INVITE_MIN_ORDER",
+        default_value = "0"
+    )]
     pub invite_min_order: String,
 
     /// A customer is invited at most once per this period.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITE_COOLDOWN",
+        long = "referrals-invite-cooldown",
+        alias = "invite-cooldown",
+        env = "AFTERCART_REFERRALS_INVITE_COOLDOWN",
         default_value = "90d"
     )]
     pub invite_cooldown: String,
 
     /// A friend's first order earns a reward only at or above this subtotal after discounts.
-    #[arg(long, env = "AFTERCART_REFERRAL_REWARD_MIN_ORDER", default_value = "0")]
+    #[arg(
+        long = "referrals-reward-min-order",
+        alias = "reward-min-order",
+        env = "AFTERCART_REFERRALS_REWARD_MIN_ORDER",
+        default_value = "0"
+    )]
     pub reward_min_order: String,
 
     /// Rewards are held this long (align it with the return policy) before being granted
     /// [default: 30d; 1m under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_REFERRAL_REVIEW_WINDOW")]
+    #[arg(
+        long = "referrals-review-window",
+        alias = "review-window",
+        env = "AFTERCART_REFERRALS_REVIEW_WINDOW"
+    )]
     pub review_window: Option<String>,
 
     /// More referred orders than this from one browser IP within the burst window are fraud.
-    #[arg(long, env = "AFTERCART_REFERRAL_IP_BURST_MAX", default_value = "3")]
+    #[arg(
+        long = "referrals-ip-burst-max",
+        alias = "ip-burst-max",
+        env = "AFTERCART_REFERRALS_IP_BURST_MAX",
+        default_value = "3"
+    )]
     pub ip_burst_max: String,
 
     /// The window of the IP burst rule.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_IP_BURST_WINDOW",
+        long = "referrals-ip-burst-window",
+        alias = "ip-burst-window",
+        env = "AFTERCART_REFERRALS_IP_BURST_WINDOW",
         default_value = "24h"
     )]
     pub ip_burst_window: String,
 
     /// Secret of the keyed hash that derives referral codes (required; keep it stable: a new
     /// secret gives every advocate a new code). Prefer the _FILE variant.
-    #[arg(long, env = "AFTERCART_REFERRAL_CODE_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "referrals-code-secret",
+        alias = "code-secret",
+        env = "AFTERCART_REFERRALS_CODE_SECRET",
+        hide_env_values = true
+    )]
     pub code_secret: Option<String>,
 
     /// File holding the code secret (e.g. a mounted Kubernetes Secret).
-    #[arg(long, env = "AFTERCART_REFERRAL_CODE_SECRET_FILE")]
+    #[arg(
+        long = "referrals-code-secret-file",
+        alias = "code-secret-file",
+        env = "AFTERCART_REFERRALS_CODE_SECRET_FILE"
+    )]
     pub code_secret_file: Option<String>,
 
     /// Prefix of every referral code.
-    #[arg(long, env = "AFTERCART_REFERRAL_CODE_PREFIX", default_value = "REF-")]
+    #[arg(
+        long = "referrals-code-prefix",
+        alias = "code-prefix",
+        env = "AFTERCART_REFERRALS_CODE_PREFIX",
+        default_value = "REF-"
+    )]
     pub code_prefix: String,
 
     /// Where a friend's order may name a code, in priority order:
     /// discount_code, landing_site, note_attribute.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_ATTRIBUTION",
+        long = "referrals-attribution",
+        alias = "attribution",
+        env = "AFTERCART_REFERRALS_ATTRIBUTION",
         default_value = "discount_code,landing_site,note_attribute"
     )]
     pub attribution: String,
 
     /// Query parameter of the landing URL that carries the code.
-    #[arg(long, env = "AFTERCART_REFERRAL_URL_PARAMETER", default_value = "ref")]
+    #[arg(
+        long = "referrals-url-parameter",
+        alias = "url-parameter",
+        env = "AFTERCART_REFERRALS_URL_PARAMETER",
+        default_value = "ref"
+    )]
     pub url_parameter: String,
 
     /// Note attribute names that carry the code, comma-separated (case-insensitive).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_NOTE_ATTRIBUTES",
+        long = "referrals-note-attributes",
+        alias = "note-attributes",
+        env = "AFTERCART_REFERRALS_NOTE_ATTRIBUTES",
         default_value = "ref,referral_code"
     )]
     pub note_attributes: String,
 
     /// Share URL template of invites; `{shop}` and `{code}` are replaced.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_SHARE_URL",
+        long = "referrals-share-url",
+        alias = "share-url",
+        env = "AFTERCART_REFERRALS_SHARE_URL",
         default_value = "https://{shop}/?ref={code}"
     )]
     pub share_url: String,
@@ -161,7 +213,8 @@ pub struct ReferralsArgs {
 
     /// Dead-letter topic of events the webhook receiver refused or never accepted.
     #[arg(
-        long,
+        long = "referrals-webhook-dead-letter-topic",
+        alias = "webhook-dead-letter-topic",
         env = "AFTERCART_REFERRALS_WEBHOOK_DEAD_LETTER_TOPIC",
         default_value = "aftercart.referrals-webhook-dead-letter"
     )]
@@ -229,7 +282,8 @@ pub struct ReferralsArgs {
 
     /// Settled orders unseen this long are forgotten (first-order facts are kept).
     #[arg(
-        long,
+        long = "referrals-order-retention",
+        alias = "order-retention",
         env = "AFTERCART_REFERRALS_ORDER_RETENTION",
         default_value = "120d"
     )]
@@ -328,7 +382,7 @@ impl ReferralsArgs {
         let secret = match (&self.code_secret, &self.code_secret_file) {
             (Some(_), Some(_)) => {
                 errors
-                    .push("AFTERCART_REFERRAL_CODE_SECRET: set it or its _FILE variant, not both");
+                    .push("AFTERCART_REFERRALS_CODE_SECRET: set it or its _FILE variant, not both");
                 return None;
             }
             (Some(secret), None) => secret.clone(),
@@ -336,7 +390,7 @@ impl ReferralsArgs {
                 Ok(text) => text.trim_end_matches(['\r', '\n']).to_string(),
                 Err(error) => {
                     errors.push(format!(
-                        "AFTERCART_REFERRAL_CODE_SECRET_FILE: cannot read {path}: {error}"
+                        "AFTERCART_REFERRALS_CODE_SECRET_FILE: cannot read {path}: {error}"
                     ));
                     return None;
                 }
@@ -345,7 +399,7 @@ impl ReferralsArgs {
                 Some(secret) => secret.clone(),
                 None => {
                     errors.push(
-                        "AFTERCART_REFERRAL_CODE_SECRET: required (or AFTERCART_REFERRAL_CODE_SECRET_FILE): \
+                        "AFTERCART_REFERRALS_CODE_SECRET: required (or AFTERCART_REFERRALS_CODE_SECRET_FILE): \
                          referral codes are a keyed hash of the advocate",
                     );
                     return None;
@@ -353,7 +407,7 @@ impl ReferralsArgs {
             },
         };
         if secret.len() < 16 {
-            errors.push("AFTERCART_REFERRAL_CODE_SECRET: must be at least 16 bytes");
+            errors.push("AFTERCART_REFERRALS_CODE_SECRET: must be at least 16 bytes");
             return None;
         }
         Some(secret.into_bytes())
@@ -384,19 +438,19 @@ impl ReferralsArgs {
         };
         let invite_delay = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_INVITE_DELAY",
+            "AFTERCART_REFERRALS_INVITE_DELAY",
             &self.invite_delay,
             true,
         );
         let cooldown = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_INVITE_COOLDOWN",
+            "AFTERCART_REFERRALS_INVITE_COOLDOWN",
             &self.invite_cooldown,
             true,
         );
         let review = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_REVIEW_WINDOW",
+            "AFTERCART_REFERRALS_REVIEW_WINDOW",
             self.review_window
                 .as_deref()
                 .unwrap_or(defaults.review_window),
@@ -404,7 +458,7 @@ impl ReferralsArgs {
         );
         let burst_window = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_IP_BURST_WINDOW",
+            "AFTERCART_REFERRALS_IP_BURST_WINDOW",
             &self.ip_burst_window,
             false,
         );
@@ -430,20 +484,20 @@ impl ReferralsArgs {
         };
         let invite_min = amount(
             &mut errors,
-            "AFTERCART_REFERRAL_INVITE_MIN_ORDER",
+            "AFTERCART_REFERRALS_INVITE_MIN_ORDER",
             &self.invite_min_order,
         );
         let reward_min = amount(
             &mut errors,
-            "AFTERCART_REFERRAL_REWARD_MIN_ORDER",
+            "AFTERCART_REFERRALS_REWARD_MIN_ORDER",
             &self.reward_min_order,
         );
         let burst_max = errors.check(
-            "AFTERCART_REFERRAL_IP_BURST_MAX",
+            "AFTERCART_REFERRALS_IP_BURST_MAX",
             parse_in_range(&self.ip_burst_max, 1, 1_000_000),
         );
         let trigger = errors.check(
-            "AFTERCART_REFERRAL_INVITE_TRIGGER",
+            "AFTERCART_REFERRALS_INVITE_TRIGGER",
             match self.invite_trigger.trim() {
                 "paid" => Ok(Trigger::Paid),
                 "fulfilled" => Ok(Trigger::Fulfilled),
@@ -456,7 +510,7 @@ impl ReferralsArgs {
                 Some(source) if !sources.contains(&source) => sources.push(source),
                 Some(_) => {}
                 None => errors.push(format!(
-                    "AFTERCART_REFERRAL_ATTRIBUTION: {name:?} is not discount_code, landing_site or note_attribute"
+                    "AFTERCART_REFERRALS_ATTRIBUTION: {name:?} is not discount_code, landing_site or note_attribute"
                 )),
             }
         }
@@ -466,10 +520,10 @@ impl ReferralsArgs {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            errors.push("AFTERCART_REFERRAL_CODE_PREFIX: up to 16 letters, digits, - or _");
+            errors.push("AFTERCART_REFERRALS_CODE_PREFIX: up to 16 letters, digits, - or _");
         }
         if !self.share_url.contains("{code}") {
-            errors.push("AFTERCART_REFERRAL_SHARE_URL: must contain {code}");
+            errors.push("AFTERCART_REFERRALS_SHARE_URL: must contain {code}");
         }
         let secret = self.code_secret(&mut errors, defaults);
         let webhook_wanted = self
@@ -498,8 +552,8 @@ impl ReferralsArgs {
         };
         for (name, value) in [
             ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
-            ("AFTERCART_REFERRAL_INVITES_TOPIC", &self.invites_topic),
-            ("AFTERCART_REFERRAL_REWARDS_TOPIC", &self.rewards_topic),
+            ("AFTERCART_REFERRALS_INVITES_TOPIC", &self.invites_topic),
+            ("AFTERCART_REFERRALS_REWARDS_TOPIC", &self.rewards_topic),
             ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
             (
                 "AFTERCART_REFERRALS_STATE_TOPIC",

@@ -6,6 +6,7 @@ pub mod build_info;
 pub mod config;
 pub mod health;
 pub mod metrics_catalog;
+pub mod renamed;
 pub mod shutdown;
 pub mod telemetry;
 

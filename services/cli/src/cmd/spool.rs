@@ -26,8 +26,9 @@ pub enum SpoolCommand {
     Inspect {
         /// The spool directory.
         #[arg(
-            long,
-            env = "AFTERCART_SPOOL_DIR",
+            long = "ingress-spool-dir",
+            alias = "spool-dir",
+            env = "AFTERCART_INGRESS_SPOOL_DIR",
             default_value = "/var/lib/aftercart/spool"
         )]
         spool_dir: PathBuf,
@@ -37,8 +38,9 @@ pub enum SpoolCommand {
     Drain {
         /// The spool directory.
         #[arg(
-            long,
-            env = "AFTERCART_SPOOL_DIR",
+            long = "ingress-spool-dir",
+            alias = "spool-dir",
+            env = "AFTERCART_INGRESS_SPOOL_DIR",
             default_value = "/var/lib/aftercart/spool"
         )]
         spool_dir: PathBuf,

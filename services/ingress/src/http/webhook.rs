@@ -51,7 +51,7 @@ pub struct WebhookState {
 
 /// Whether events Kafka did not acknowledge in time can be spooled.
 pub enum SpoolState {
-    /// `AFTERCART_SPOOL_DIR=off`: such events get 503.
+    /// `AFTERCART_INGRESS_SPOOL_DIR=off`: such events get 503.
     Off,
     /// The spool could not be opened (the log said why): such events get 503.
     Failed,
