@@ -11,6 +11,7 @@ use crate::domain::segments::SegmentRules;
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Abandonment")]
 pub struct AbandonmentArgs {
     /// Consumer group of the service; every instance of one deployment shares it.
     #[arg(

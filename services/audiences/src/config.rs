@@ -23,6 +23,7 @@ use file::{
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Audiences")]
 pub struct AudiencesArgs {
     /// The audiences file (TOML; see examples/audiences.toml). Without it: the built-in
     /// audiences (abandoned-checkouts, high-value-abandoners, recent-purchasers) to files.

@@ -16,10 +16,8 @@ const SHOPIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Flags of `aftercart ingress` (and of `aftercart dev`, which runs the same ingress).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Ingress")]
 pub struct IngressArgs {
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-
     /// Shopify signing secrets, comma-separated: the current one first, then those still
     /// accepted during a rotation.
     #[arg(
@@ -178,11 +176,15 @@ pub struct IngressArgs {
 
     #[command(flatten)]
     pub edge: EdgeArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// Limits against hostile clients: HTTP/2 (off unless asked for) and the memory bodies may
 /// take before their signature is known. See docs/services/ingress.md.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Ingress connection limits")]
 pub struct EdgeArgs {
     /// Also serve HTTP/2 (h2c, prior knowledge) on the webhook port. Off by default: Shopify
     /// delivers over HTTP/1.1, and an HTTP/2 preface is then answered 400 and closed.

@@ -20,6 +20,7 @@ aftercart_delivery::sink_args!(
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Referrals")]
 pub struct ReferralsArgs {
     /// Consumer group of the service; every instance of one deployment shares it.
     #[arg(
@@ -208,9 +209,6 @@ pub struct ReferralsArgs {
     )]
     pub share_url: String,
 
-    #[command(flatten)]
-    pub webhook: WebhookArgs,
-
     /// Dead-letter topic of events the webhook receiver refused or never accepted.
     #[arg(
         long = "referrals-webhook-dead-letter-topic",
@@ -219,9 +217,6 @@ pub struct ReferralsArgs {
         default_value = "aftercart.referrals-webhook-dead-letter"
     )]
     pub webhook_dead_letter_topic: String,
-
-    #[command(flatten)]
-    pub shopify: AdminArgs,
 
     /// The friend's offer, created in the shop as the advocate's code before the invite is
     /// published: a percentage (`10%`) or a fixed amount of the shop's currency (`5.00`), once
@@ -288,6 +283,12 @@ pub struct ReferralsArgs {
         default_value = "120d"
     )]
     pub order_retention: String,
+
+    #[command(flatten, next_help_heading = "Referrals webhook")]
+    pub webhook: WebhookArgs,
+
+    #[command(flatten)]
+    pub shopify: AdminArgs,
 }
 
 /// Defaults that differ under `aftercart dev`.

@@ -19,6 +19,7 @@ pub enum TopicsCommand {
 
 /// The settings every service reads that decide which topics exist and how they are made.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Topics")]
 pub struct TopicFlags {
     #[command(flatten)]
     pub kafka: KafkaArgs,
