@@ -151,6 +151,7 @@ impl AudiencesMetrics {
             metrics.retries.with_label_values(&[destination]);
             metrics.member_errors.with_label_values(&[destination]);
             metrics.export_lag.with_label_values(&[destination]).set(0);
+            metrics.batch_duration.with_label_values(&[destination]);
             for op in [Op::Add, Op::Remove] {
                 for outcome in [ExportOutcome::Accepted, ExportOutcome::DeadLettered] {
                     let labels = [destination.as_str(), op_label(op), outcome.as_label()];

@@ -166,7 +166,10 @@ mod tests {
         cli.build();
         for name in ["ingress", "abandonment", "referrals", "audiences", "dev"] {
             let command = cli.find_subcommand(name).expect("the command exists");
-            for arg in command.get_arguments().filter(|arg| arg.get_env().is_some()) {
+            for arg in command
+                .get_arguments()
+                .filter(|arg| arg.get_env().is_some())
+            {
                 assert!(
                     arg.get_help_heading().is_some(),
                     "aftercart {name}: --{} has no help heading",
