@@ -56,3 +56,25 @@ pub async fn serve(
     tracing::info!("Abandonment service stopped.");
     Ok(())
 }
+
+/// The abandonment service as a process runs it (`aftercart abandonment`, `aftercart dev`).
+pub struct AbandonmentService;
+
+impl aftercart_runtime::Service for AbandonmentService {
+    type Config = AbandonmentConfig;
+    type Error = ServeError;
+    const NAME: &'static str = "abandonment";
+
+    fn serve(
+        config: &AbandonmentConfig,
+        registry: &Registry,
+        health: &Health,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), ServeError>> {
+        serve(config, registry, health, stop)
+    }
+
+    fn refuses_to_start(error: &ServeError) -> bool {
+        matches!(error, ServeError::Topics(_))
+    }
+}

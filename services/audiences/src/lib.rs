@@ -10,5 +10,5 @@ pub mod export;
 pub mod metrics;
 pub mod platform;
 
-pub use app::{serve, topic_specs, ServeError};
+pub use app::{serve, topic_specs, AudiencesService, ServeError};
 pub use config::{AudiencesArgs, AudiencesConfig, AudiencesDefaults};

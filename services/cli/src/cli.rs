@@ -6,6 +6,7 @@ use aftercart_ingress::IngressArgs;
 use aftercart_kafka::KafkaArgs;
 use aftercart_loadgen::LoadgenArgs;
 use aftercart_referrals::ReferralsArgs;
+use aftercart_runtime::ProcessArgs;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::docs::DocsArgs;
@@ -77,19 +78,6 @@ pub enum Command {
     /// Write the configuration and metrics references (docs/reference/) from the code, or check
     /// that the committed ones are current.
     Docs(DocsArgs),
-}
-
-/// Flags every consumer service command has besides its own.
-#[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Process")]
-pub struct ProcessArgs {
-    /// Admin listen address for /livez, /readyz and /metrics [default: 0.0.0.0:9090].
-    #[arg(long, env = "AFTERCART_ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
-
-    /// Deadline for a graceful shutdown.
-    #[arg(long, env = "AFTERCART_SHUTDOWN_TIMEOUT", default_value = "15s")]
-    pub shutdown_timeout: String,
 }
 
 /// Flags of `aftercart abandonment`.

@@ -6,11 +6,15 @@ pub mod build_info;
 pub mod config;
 pub mod health;
 pub mod metrics_catalog;
+pub mod process;
 pub mod renamed;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use admin::AdminServer;
 pub use config::{ConfigErrors, EX_CONFIG, EX_USAGE};
 pub use health::Health;
+pub use process::Process;
+pub use service::{run_command, run_service, ProcessArgs, Service};
 pub use shutdown::Shutdown;
