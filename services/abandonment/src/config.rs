@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::config::{
+    check_names, parse_in_range, parse_positive_duration, ConfigErrors,
+};
 
 use crate::domain::engine::Rules;
 use crate::domain::money::Amount;
@@ -180,16 +182,7 @@ impl AbandonmentArgs {
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
         let ms = |errors: &mut ConfigErrors, name: &str, value: &str| {
             errors
-                .check(
-                    name,
-                    parse_duration(value).and_then(|d| {
-                        if d.is_zero() {
-                            Err("must be above 0".into())
-                        } else {
-                            Ok(d)
-                        }
-                    }),
-                )
+                .check(name, parse_positive_duration(value))
                 .map(|d| d.as_millis() as i64)
         };
         let abandon_after = ms(
@@ -253,37 +246,63 @@ impl AbandonmentArgs {
             "AFTERCART_ABANDONMENT_FENCE_SITTER_VISITS",
             parse_in_range(&self.fence_sitter_visits, 1, 1000),
         );
-        for (name, value) in [
-            ("AFTERCART_ABANDONMENT_GROUP", &self.group),
-            ("AFTERCART_ABANDONMENT_OUTPUT_TOPIC", &self.output_topic),
-            ("AFTERCART_ABANDONMENT_STATE_TOPIC", &self.state_topic),
-            (
-                "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
-                &self.dead_letter_topic,
-            ),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(format!("{name}: must not be empty"));
-            }
-        }
+        check_names(
+            &mut errors,
+            &[
+                ("AFTERCART_ABANDONMENT_GROUP", &self.group),
+                ("AFTERCART_ABANDONMENT_OUTPUT_TOPIC", &self.output_topic),
+                ("AFTERCART_ABANDONMENT_STATE_TOPIC", &self.state_topic),
+                (
+                    "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
+                    &self.dead_letter_topic,
+                ),
+            ],
+        );
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(abandon_after),
+            Some(cart_abandon_after),
+            Some(retention),
+            Some(uninstall_grace),
+            Some(medium),
+            Some(high),
+            Some(visits),
+            Some(fence_sitter_span),
+            Some(repeat_window),
+        ) = (
+            kafka,
+            abandon_after,
+            cart_abandon_after,
+            retention,
+            uninstall_grace,
+            medium,
+            high,
+            visits,
+            fence_sitter_span,
+            repeat_window,
+        )
+        else {
+            return Err(errors);
+        };
         errors.finish(|| AbandonmentConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             group: self.group.trim().to_string(),
             output_topic: self.output_topic.trim().to_string(),
             state_topic: self.state_topic.trim().to_string(),
             dead_letter_topic: self.dead_letter_topic.trim().to_string(),
             rules: Rules {
-                abandon_after_ms: abandon_after.expect("checked"),
-                cart_abandon_after_ms: cart_abandon_after.expect("checked"),
-                retention_ms: retention.expect("checked"),
-                uninstall_grace_ms: uninstall_grace.expect("checked"),
+                abandon_after_ms: abandon_after,
+                cart_abandon_after_ms: cart_abandon_after,
+                retention_ms: retention,
+                uninstall_grace_ms: uninstall_grace,
                 recovery_marker: self.recovery_url_marker.clone(),
                 segments: SegmentRules {
-                    value_medium: medium.expect("checked"),
-                    value_high: high.expect("checked"),
-                    fence_sitter_visits: visits.expect("checked") as u32,
-                    fence_sitter_span_ms: fence_sitter_span.expect("checked"),
-                    repeat_window_ms: repeat_window.expect("checked"),
+                    value_medium: medium,
+                    value_high: high,
+                    fence_sitter_visits: visits as u32,
+                    fence_sitter_span_ms: fence_sitter_span,
+                    repeat_window_ms: repeat_window,
                 },
             },
             shutdown_timeout,

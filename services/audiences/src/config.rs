@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use aftercart_delivery::{RetryPolicy, SinkConfig, SinkFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::config::{
+    check_names, parse_duration, parse_in_range, parse_positive_duration, ConfigErrors,
+};
 use aftercart_shopify::money::Amount;
 
 use crate::domain::audience::{AbandonmentFilter, Audience, CustomerFilter, OrderFilter, Source};
@@ -523,18 +525,9 @@ impl AudiencesArgs {
     ) -> Result<AudiencesConfig, ConfigErrors> {
         let mut errors = ConfigErrors::new();
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
-        let positive = |value: &str| {
-            parse_duration(value).and_then(|d| {
-                if d.is_zero() {
-                    Err("must be above 0".to_string())
-                } else {
-                    Ok(d)
-                }
-            })
-        };
         let flush = errors.check(
             "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL",
-            positive(
+            parse_positive_duration(
                 self.export_flush_interval
                     .as_deref()
                     .unwrap_or(defaults.flush_interval),
@@ -546,15 +539,15 @@ impl AudiencesArgs {
         );
         let timeout = errors.check(
             "AFTERCART_AUDIENCES_EXPORT_TIMEOUT",
-            positive(&self.export_timeout),
+            parse_positive_duration(&self.export_timeout),
         );
         let initial = errors.check(
             "AFTERCART_AUDIENCES_EXPORT_BACKOFF_INITIAL",
-            positive(&self.export_backoff_initial),
+            parse_positive_duration(&self.export_backoff_initial),
         );
         let max = errors.check(
             "AFTERCART_AUDIENCES_EXPORT_BACKOFF_MAX",
-            positive(&self.export_backoff_max),
+            parse_positive_duration(&self.export_backoff_max),
         );
         let max_duration = errors.check(
             "AFTERCART_AUDIENCES_EXPORT_MAX_RETRY_DURATION",
@@ -562,7 +555,7 @@ impl AudiencesArgs {
         );
         let retention = errors.check(
             "AFTERCART_AUDIENCES_PERSON_RETENTION",
-            positive(&self.person_retention),
+            parse_positive_duration(&self.person_retention),
         );
         let retry = match (initial, max, max_duration) {
             (Some(initial), Some(max), Some(max_duration)) => Some(RetryPolicy {
@@ -633,35 +626,46 @@ impl AudiencesArgs {
                 errors.push(format!("{source}: defines no audience"));
             }
         }
-        for (name, value) in [
-            ("AFTERCART_AUDIENCES_GROUP", &self.audiences_group),
-            (
-                "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
-                &self.abandonments_topic,
-            ),
-            (
-                "AFTERCART_AUDIENCES_BATCHES_TOPIC",
-                &self.audience_batches_topic,
-            ),
-            (
-                "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
-                &self.audiences_by_shop_topic,
-            ),
-            (
-                "AFTERCART_AUDIENCES_STATE_TOPIC",
-                &self.audiences_state_topic,
-            ),
-            (
-                "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
-                &self.audiences_dead_letter_topic,
-            ),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(format!("{name}: must not be empty"));
-            }
-        }
+        check_names(
+            &mut errors,
+            &[
+                ("AFTERCART_AUDIENCES_GROUP", &self.audiences_group),
+                (
+                    "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
+                    &self.abandonments_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_BATCHES_TOPIC",
+                    &self.audience_batches_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
+                    &self.audiences_by_shop_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_STATE_TOPIC",
+                    &self.audiences_state_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
+                    &self.audiences_dead_letter_topic,
+                ),
+            ],
+        );
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(flush),
+            Some(batch_rows),
+            Some(retention),
+            Some(timeout),
+            Some(retry),
+        ) = (kafka, flush, batch_rows, retention, timeout, retry)
+        else {
+            return Err(errors);
+        };
         errors.finish(|| AudiencesConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             group: self.audiences_group.trim().to_string(),
             abandonments_topic: self.abandonments_topic.trim().to_string(),
             batches_topic: self.audience_batches_topic.trim().to_string(),
@@ -674,13 +678,13 @@ impl AudiencesArgs {
                     .iter()
                     .map(|(name, d): (&String, &Destination)| (name.clone(), d.platform()))
                     .collect(),
-                flush_interval_ms: flush.expect("checked").as_millis() as i64,
-                batch_rows: batch_rows.expect("checked") as usize,
-                person_retention_ms: retention.expect("checked").as_millis() as i64,
+                flush_interval_ms: flush.as_millis() as i64,
+                batch_rows: batch_rows as usize,
+                person_retention_ms: retention.as_millis() as i64,
             },
             destinations,
-            timeout: timeout.expect("checked"),
-            retry: retry.expect("checked"),
+            timeout,
+            retry,
             shutdown_timeout,
         })
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_runtime::config::{parse_duration, parse_positive_duration, ConfigErrors};
 pub use aftercart_shopify::Secret;
 use http::uri::Scheme;
 use http::Uri;
@@ -169,18 +169,15 @@ impl SinkFlags {
                 .map(Some),
             (None, None) => Some(None),
         };
-        let positive = |value: &str| {
-            parse_duration(value).and_then(|d| {
-                if d.is_zero() {
-                    Err("must be above 0".to_string())
-                } else {
-                    Ok(d)
-                }
-            })
-        };
-        let timeout = errors.check(&name("TIMEOUT"), positive(&self.timeout));
-        let initial = errors.check(&name("BACKOFF_INITIAL"), positive(&self.backoff_initial));
-        let max = errors.check(&name("BACKOFF_MAX"), positive(&self.backoff_max));
+        let timeout = errors.check(&name("TIMEOUT"), parse_positive_duration(&self.timeout));
+        let initial = errors.check(
+            &name("BACKOFF_INITIAL"),
+            parse_positive_duration(&self.backoff_initial),
+        );
+        let max = errors.check(
+            &name("BACKOFF_MAX"),
+            parse_positive_duration(&self.backoff_max),
+        );
         if let (Some(initial), Some(max)) = (initial, max) {
             if max < initial {
                 let (a, b) = (name("BACKOFF_MAX"), name("BACKOFF_INITIAL"));

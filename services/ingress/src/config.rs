@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{
-    parse_byte_size, parse_duration, parse_in_range, parse_socket_addr, parse_switch, ConfigErrors,
+    parse_byte_size, parse_duration, parse_in_range, parse_positive_duration, parse_socket_addr,
+    parse_switch, ConfigErrors,
 };
 use aftercart_shopify::{Secret, Verifier};
 
@@ -250,11 +251,11 @@ impl EdgeArgs {
         let enabled = errors.check("AFTERCART_INGRESS_HTTP2", parse_switch(&self.ingress_http2));
         let idle_timeout = errors.check(
             "AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT",
-            positive(parse_duration(&self.ingress_http2_idle_timeout)),
+            parse_positive_duration(&self.ingress_http2_idle_timeout),
         );
         let keep_alive = errors.check(
             "AFTERCART_INGRESS_HTTP2_KEEP_ALIVE",
-            positive(parse_duration(&self.ingress_http2_keep_alive)),
+            parse_positive_duration(&self.ingress_http2_keep_alive),
         );
         let max_streams = errors.check(
             "AFTERCART_INGRESS_HTTP2_MAX_STREAMS",
@@ -412,11 +413,11 @@ impl IngressArgs {
         );
         let body_read_timeout = errors.check(
             "AFTERCART_INGRESS_BODY_READ_TIMEOUT",
-            positive(parse_duration(&self.body_read_timeout)),
+            parse_positive_duration(&self.body_read_timeout),
         );
         let header_read_timeout = errors.check(
             "AFTERCART_INGRESS_HEADER_READ_TIMEOUT",
-            positive(parse_duration(&self.header_read_timeout)),
+            parse_positive_duration(&self.header_read_timeout),
         );
         let max_connections = errors.check(
             "AFTERCART_INGRESS_MAX_CONNECTIONS",
@@ -439,7 +440,7 @@ impl IngressArgs {
         );
         let dedupe_window = errors.check(
             "AFTERCART_INGRESS_DEDUPE_WINDOW",
-            positive(parse_duration(&self.dedupe_window)),
+            parse_positive_duration(&self.dedupe_window),
         );
         let dedupe_capacity = errors.check(
             "AFTERCART_INGRESS_DEDUPE_CAPACITY",
@@ -447,7 +448,7 @@ impl IngressArgs {
         );
         let shutdown_timeout = errors.check(
             "AFTERCART_SHUTDOWN_TIMEOUT",
-            positive(parse_duration(&self.shutdown_timeout)),
+            parse_positive_duration(&self.shutdown_timeout),
         );
         let spool_dir = self
             .spool_dir
@@ -488,27 +489,64 @@ impl IngressArgs {
             }),
         );
         let edge = self.edge.validate(&mut errors, max_body_bytes);
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(listen),
+            Some(admin_listen),
+            Some(max_body_bytes),
+            Some(publish_deadline),
+            Some(body_read_timeout),
+            Some(header_read_timeout),
+            Some(max_connections),
+            Some(max_header_bytes),
+            Some(drain_delay),
+            Some(dedupe_window),
+            Some(dedupe_capacity),
+            Some(shutdown_timeout),
+            Some(spool_max_bytes),
+            Some(spool_after),
+        ) = (
+            kafka,
+            listen,
+            admin_listen,
+            max_body_bytes,
+            publish_deadline,
+            body_read_timeout,
+            header_read_timeout,
+            max_connections,
+            max_header_bytes,
+            drain_delay,
+            dedupe_window,
+            dedupe_capacity,
+            shutdown_timeout,
+            spool_max_bytes,
+            spool_after,
+        )
+        else {
+            return Err(errors);
+        };
         errors.finish(|| IngressConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             verifier,
-            listen: listen.expect("checked"),
-            admin_listen: admin_listen.expect("checked"),
-            max_body_bytes: max_body_bytes.expect("checked"),
-            publish_deadline: publish_deadline.expect("checked"),
-            body_read_timeout: body_read_timeout.expect("checked"),
-            header_read_timeout: header_read_timeout.expect("checked"),
-            max_connections: max_connections.expect("checked") as usize,
-            max_header_bytes: max_header_bytes.expect("checked"),
-            drain_delay: drain_delay.expect("checked"),
-            dedupe_window: dedupe_window.expect("checked"),
-            dedupe_capacity: dedupe_capacity.expect("checked") as usize,
-            shutdown_timeout: shutdown_timeout.expect("checked"),
+            listen,
+            admin_listen,
+            max_body_bytes,
+            publish_deadline,
+            body_read_timeout,
+            header_read_timeout,
+            max_connections: max_connections as usize,
+            max_header_bytes,
+            drain_delay,
+            dedupe_window,
+            dedupe_capacity: dedupe_capacity as usize,
+            shutdown_timeout,
             spool: (spool_dir != "off").then(|| SpoolConfig {
                 dir: PathBuf::from(spool_dir),
-                max_bytes: spool_max_bytes.expect("checked"),
+                max_bytes: spool_max_bytes,
                 disk: Default::default(),
             }),
-            spool_after: spool_after.expect("checked"),
+            spool_after,
             edge,
         })
     }
@@ -546,16 +584,6 @@ impl IngressArgs {
                 .collect(),
         }
     }
-}
-
-fn positive(result: Result<Duration, String>) -> Result<Duration, String> {
-    result.and_then(|d| {
-        if d.is_zero() {
-            Err("must be above 0".to_string())
-        } else {
-            Ok(d)
-        }
-    })
 }
 
 /// Non-blank lines that are not `#` comments, trimmed.

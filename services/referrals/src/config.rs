@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use aftercart_delivery::{DeliveryConfig, DeliveryFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::config::{
+    check_names, parse_duration, parse_in_range, parse_positive_duration, ConfigErrors,
+};
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::discounts::DiscountValue;
 use aftercart_shopify_admin::{AdminArgs, AdminConfig};
@@ -424,18 +426,12 @@ impl ReferralsArgs {
         let mut errors = ConfigErrors::new();
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
         let ms = |errors: &mut ConfigErrors, name: &str, value: &str, zero_ok: bool| {
-            errors
-                .check(
-                    name,
-                    parse_duration(value).and_then(|d| {
-                        if d.is_zero() && !zero_ok {
-                            Err("must be above 0".into())
-                        } else {
-                            Ok(d)
-                        }
-                    }),
-                )
-                .map(|d| d.as_millis() as i64)
+            let parsed = if zero_ok {
+                parse_duration(value)
+            } else {
+                parse_positive_duration(value)
+            };
+            errors.check(name, parsed).map(|d| d.as_millis() as i64)
         };
         let invite_delay = ms(
             &mut errors,
@@ -551,27 +547,55 @@ impl ReferralsArgs {
         } else {
             None
         };
-        for (name, value) in [
-            ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
-            ("AFTERCART_REFERRALS_INVITES_TOPIC", &self.invites_topic),
-            ("AFTERCART_REFERRALS_REWARDS_TOPIC", &self.rewards_topic),
-            ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
-            (
-                "AFTERCART_REFERRALS_STATE_TOPIC",
-                &self.referrals_state_topic,
-            ),
-            (
-                "AFTERCART_REFERRALS_DEAD_LETTER_TOPIC",
-                &self.referrals_dead_letter_topic,
-            ),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(format!("{name}: must not be empty"));
-            }
-        }
+        check_names(
+            &mut errors,
+            &[
+                ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
+                ("AFTERCART_REFERRALS_INVITES_TOPIC", &self.invites_topic),
+                ("AFTERCART_REFERRALS_REWARDS_TOPIC", &self.rewards_topic),
+                ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
+                (
+                    "AFTERCART_REFERRALS_STATE_TOPIC",
+                    &self.referrals_state_topic,
+                ),
+                (
+                    "AFTERCART_REFERRALS_DEAD_LETTER_TOPIC",
+                    &self.referrals_dead_letter_topic,
+                ),
+            ],
+        );
         let shopify = self.shopify_actions(&mut errors);
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(secret),
+            Some(trigger),
+            Some(invite_delay),
+            Some(invite_min),
+            Some(cooldown),
+            Some(reward_min),
+            Some(review),
+            Some(burst_max),
+            Some(burst_window),
+            Some(retention),
+        ) = (
+            kafka,
+            secret,
+            trigger,
+            invite_delay,
+            invite_min,
+            cooldown,
+            reward_min,
+            review,
+            burst_max,
+            burst_window,
+            retention,
+        )
+        else {
+            return Err(errors);
+        };
         errors.finish(|| ReferralsConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             group: self.referrals_group.trim().to_string(),
             invites_topic: self.invites_topic.trim().to_string(),
             rewards_topic: self.rewards_topic.trim().to_string(),
@@ -580,22 +604,22 @@ impl ReferralsArgs {
             dead_letter_topic: self.referrals_dead_letter_topic.trim().to_string(),
             rules: Rules {
                 codes: CodeRules {
-                    secret: secret.expect("checked"),
+                    secret,
                     prefix,
                     sources,
                     url_parameter: self.url_parameter.trim().to_string(),
                     note_attributes: list(&self.note_attributes),
                     share_url: self.share_url.trim().to_string(),
                 },
-                trigger: trigger.expect("checked"),
-                invite_delay_ms: invite_delay.expect("checked"),
-                invite_min_value: invite_min.expect("checked"),
-                cooldown_ms: cooldown.expect("checked"),
-                reward_min_value: reward_min.expect("checked"),
-                review_window_ms: review.expect("checked"),
-                ip_burst_max: burst_max.expect("checked") as usize,
-                ip_burst_window_ms: burst_window.expect("checked"),
-                order_retention_ms: retention.expect("checked"),
+                trigger,
+                invite_delay_ms: invite_delay,
+                invite_min_value: invite_min,
+                cooldown_ms: cooldown,
+                reward_min_value: reward_min,
+                review_window_ms: review,
+                ip_burst_max: burst_max as usize,
+                ip_burst_window_ms: burst_window,
+                order_retention_ms: retention,
             },
             webhook,
             shutdown_timeout,

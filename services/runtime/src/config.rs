@@ -81,6 +81,26 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         .map_err(|error| format!("{value:?} is not a duration like 3s or 24h ({error})"))
 }
 
+/// A duration above zero: timeouts, windows and delays that must pass.
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    parse_duration(value).and_then(|duration| {
+        if duration.is_zero() {
+            Err("must be above 0".to_string())
+        } else {
+            Ok(duration)
+        }
+    })
+}
+
+/// Reports every empty name among a service's topics and consumer groups.
+pub fn check_names(errors: &mut ConfigErrors, names: &[(&str, &str)]) {
+    for (setting, value) in names {
+        if value.trim().is_empty() {
+            errors.push(format!("{setting}: must not be empty"));
+        }
+    }
+}
+
 /// A size in bytes: a plain number, or a number with B, KB, KiB, MB, MiB, GB, GiB.
 pub fn parse_byte_size(value: &str) -> Result<u64, String> {
     let trimmed = value.trim();
@@ -142,6 +162,26 @@ pub fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_positive_duration_refuses_zero_and_names_bad_syntax() {
+        assert_eq!(parse_positive_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(
+            parse_positive_duration("0s"),
+            Err("must be above 0".to_string())
+        );
+        assert!(parse_positive_duration("soon").is_err());
+    }
+
+    #[test]
+    fn every_empty_name_is_reported() {
+        let mut errors = ConfigErrors::new();
+        check_names(&mut errors, &[("A", "x"), ("B", " "), ("C", "")]);
+        let text = errors.to_string();
+        assert!(
+            !text.contains("A:") && text.contains("B: must not be empty") && text.contains("C:")
+        );
+    }
 
     #[test]
     fn sizes_accept_plain_numbers_and_units() {

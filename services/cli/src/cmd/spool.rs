@@ -114,11 +114,14 @@ async fn run_drain(dir: &Path, kafka: &KafkaArgs, timeout: &str) -> i32 {
     let mut errors = ConfigErrors::new();
     let settings = kafka.validate(&mut errors, None);
     let timeout = errors.check("--timeout", parse_duration(timeout));
+    let (Some(settings), Some(timeout)) = (settings, timeout) else {
+        eprint!("{errors}");
+        return EX_USAGE;
+    };
     if !errors.is_empty() {
         eprint!("{errors}");
         return EX_USAGE;
     }
-    let (settings, timeout) = (settings.expect("checked"), timeout.expect("checked"));
     // No size limit here: draining only removes.
     let (spool, recovered) = match Spool::open(dir, u64::MAX, SpoolMetrics::unregistered()) {
         Ok(opened) => opened,
