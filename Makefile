@@ -50,6 +50,7 @@ test-ops: build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checko
 	@status=0; \
 	$(OPS_PY) tests/ops/check_manifests.py || status=1; \
 	$(OPS_PY) tests/ops/check_rules.py || status=1; \
+	$(OPS_PY) tests/ops/check_compose.py || status=1; \
 	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/live.py || status=1; \
 	exit $$status
 
@@ -57,6 +58,14 @@ $(OPS_VENV)/.installed: tests/ops/requirements.txt
 	python3 -m venv $(OPS_VENV)
 	$(OPS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/ops/requirements.txt
 	touch $@
+
+.PHONY: observe
+observe: $(OPS_VENV)/.installed ## Local Prometheus (Debian's) on 127.0.0.1:9091 scraping `make run`, with aftercart's recording and alert rules
+	$(OPS_PY) tests/ops/local_prometheus.py --observe $(or $(CARGO_TARGET_DIR),target)/observe
+
+.PHONY: compose-files
+compose-files: $(OPS_VENV)/.installed ## Regenerate compose/prometheus.yml and compose/aftercart.rules.yml (after changing the rules)
+	$(OPS_PY) tests/ops/local_prometheus.py --write-compose
 
 .PHONY: docs
 docs: ## Regenerate the configuration and metrics references (docs/reference/) from the code
