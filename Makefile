@@ -30,8 +30,12 @@ demo: ## Send a demo journey (purchase + abandoned checkout) to a running `make 
 	@test -x $(BIN) || $(CARGO) build --release --locked -p aftercart
 	$(BIN) send --demo
 
+.PHONY: preflight
+preflight: ## Check what make test needs besides Rust (build headers, Prometheus, python3-venv); names the one command to run
+	@.ci/preflight
+
 .PHONY: test
-test: lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
+test: preflight lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
 	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
 .PHONY: test-faults
@@ -44,9 +48,7 @@ test-fast: ## Unit and integration tests without lint (Tansu variants skip if it
 	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
 .PHONY: test-ops
-test-ops: build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
-		{ echo "test-ops needs Prometheus and promtool: apt-get install --no-install-recommends prometheus"; exit 1; }
+test-ops: preflight build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
 	@status=0; \
 	$(OPS_PY) tests/ops/check_manifests.py || status=1; \
 	$(OPS_PY) tests/ops/check_rules.py || status=1; \
