@@ -220,11 +220,7 @@ impl AbandonmentArgs {
             &self.repeat_window,
         );
         let amount = |errors: &mut ConfigErrors, name: &str, value: &str| {
-            errors.check(
-                name,
-                Amount::parse(value.trim())
-                    .ok_or_else(|| format!("{value:?} is not a decimal amount like 50 or 49.99")),
-            )
+            errors.check(name, Amount::parse_setting(value))
         };
         let medium = amount(
             &mut errors,

@@ -993,11 +993,7 @@ fn valid_name(name: &str) -> bool {
 
 fn amount(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<Amount> {
     let text = text.as_deref()?;
-    errors.check(
-        at,
-        Amount::parse(text.trim())
-            .ok_or_else(|| format!("{text:?} is not a decimal amount like 50 or 49.99")),
-    )
+    errors.check(at, Amount::parse_setting(text))
 }
 
 fn resolve_audience(

@@ -5,7 +5,8 @@ use std::time::Duration;
 use aftercart_delivery::{DeliveryConfig, DeliveryFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{
-    check_names, parse_duration, parse_in_range, parse_positive_duration, ConfigErrors,
+    check_names, parse_duration, parse_in_range, parse_positive_duration, secret_or_file,
+    ConfigErrors,
 };
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::discounts::DiscountValue;
@@ -382,23 +383,14 @@ impl ReferralsArgs {
         errors: &mut ConfigErrors,
         defaults: &ReferralsDefaults,
     ) -> Option<Vec<u8>> {
-        let secret = match (&self.code_secret, &self.code_secret_file) {
-            (Some(_), Some(_)) => {
-                errors
-                    .push("AFTERCART_REFERRALS_CODE_SECRET: set it or its _FILE variant, not both");
-                return None;
-            }
-            (Some(secret), None) => secret.clone(),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
-                Ok(text) => text.trim_end_matches(['\r', '\n']).to_string(),
-                Err(error) => {
-                    errors.push(format!(
-                        "AFTERCART_REFERRALS_CODE_SECRET_FILE: cannot read {path}: {error}"
-                    ));
-                    return None;
-                }
-            },
-            (None, None) => match &defaults.code_secret {
+        let secret = match secret_or_file(
+            errors,
+            "AFTERCART_REFERRALS_CODE_SECRET",
+            self.code_secret.as_deref(),
+            self.code_secret_file.as_deref().map(std::path::Path::new),
+        )? {
+            Some(secret) => secret,
+            None => match &defaults.code_secret {
                 Some(secret) => secret.clone(),
                 None => {
                     errors.push(
@@ -473,11 +465,7 @@ impl ReferralsArgs {
             }
         }
         let amount = |errors: &mut ConfigErrors, name: &str, value: &str| {
-            errors.check(
-                name,
-                Amount::parse(value.trim())
-                    .ok_or_else(|| format!("{value:?} is not a decimal amount like 50 or 49.99")),
-            )
+            errors.check(name, Amount::parse_setting(value))
         };
         let invite_min = amount(
             &mut errors,
@@ -640,9 +628,13 @@ impl ReferralsArgs {
         );
         let minimum = errors.check(
             "AFTERCART_REFERRALS_FRIEND_MIN_SUBTOTAL",
-            Amount::parse(self.referrals_friend_min_subtotal.trim())
-                .filter(|a| *a >= Amount::ZERO)
-                .ok_or_else(|| "not an amount like 0 or 30.00".to_string()),
+            Amount::parse_setting(&self.referrals_friend_min_subtotal).and_then(|a| {
+                if a >= Amount::ZERO {
+                    Ok(a)
+                } else {
+                    Err("must not be negative".to_string())
+                }
+            }),
         );
         let reward_value = errors.check(
             "AFTERCART_REFERRALS_REWARD",
