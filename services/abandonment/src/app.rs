@@ -57,24 +57,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// The abandonment service as a process runs it (`aftercart abandonment`, `aftercart dev`).
-pub struct AbandonmentService;
-
-impl aftercart_runtime::Service for AbandonmentService {
-    type Config = AbandonmentConfig;
-    type Error = ServeError;
-    const NAME: &'static str = "abandonment";
-
-    fn serve(
-        config: &AbandonmentConfig,
-        registry: &Registry,
-        health: &Health,
-        stop: CancellationToken,
-    ) -> impl std::future::Future<Output = Result<(), ServeError>> {
-        serve(config, registry, health, stop)
-    }
-
-    fn refuses_to_start(error: &ServeError) -> bool {
-        matches!(error, ServeError::Topics(_))
-    }
-}
+aftercart_runtime::service!(
+    /// The abandonment service as a process runs it (`aftercart abandonment`, `aftercart dev`).
+    pub struct AbandonmentService = "abandonment",
+    AbandonmentConfig, ServeError, serve, ServeError::Topics(_)
+);

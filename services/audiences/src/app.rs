@@ -130,24 +130,8 @@ async fn futures_join_all(
     results
 }
 
-/// The audiences service as a process runs it (`aftercart audiences`, `aftercart dev`).
-pub struct AudiencesService;
-
-impl aftercart_runtime::Service for AudiencesService {
-    type Config = AudiencesConfig;
-    type Error = ServeError;
-    const NAME: &'static str = "audiences";
-
-    fn serve(
-        config: &AudiencesConfig,
-        registry: &Registry,
-        health: &Health,
-        stop: CancellationToken,
-    ) -> impl std::future::Future<Output = Result<(), ServeError>> {
-        serve(config, registry, health, stop)
-    }
-
-    fn refuses_to_start(error: &ServeError) -> bool {
-        matches!(error, ServeError::Topics(_))
-    }
-}
+aftercart_runtime::service!(
+    /// The audiences service as a process runs it (`aftercart audiences`, `aftercart dev`).
+    pub struct AudiencesService = "audiences",
+    AudiencesConfig, ServeError, serve, ServeError::Topics(_)
+);

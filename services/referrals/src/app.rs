@@ -120,24 +120,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// The referrals service as a process runs it (`aftercart referrals`, `aftercart dev`).
-pub struct ReferralsService;
-
-impl aftercart_runtime::Service for ReferralsService {
-    type Config = ReferralsConfig;
-    type Error = ServeError;
-    const NAME: &'static str = "referrals";
-
-    fn serve(
-        config: &ReferralsConfig,
-        registry: &Registry,
-        health: &Health,
-        stop: CancellationToken,
-    ) -> impl std::future::Future<Output = Result<(), ServeError>> {
-        serve(config, registry, health, stop)
-    }
-
-    fn refuses_to_start(error: &ServeError) -> bool {
-        matches!(error, ServeError::Topics(_))
-    }
-}
+aftercart_runtime::service!(
+    /// The referrals service as a process runs it (`aftercart referrals`, `aftercart dev`).
+    pub struct ReferralsService = "referrals",
+    ReferralsConfig, ServeError, serve, ServeError::Topics(_)
+);

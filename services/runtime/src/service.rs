@@ -6,8 +6,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prometheus::Registry;
-use tokio_util::sync::CancellationToken;
+// Re-exported for [`service!`], so crates using it need not name these dependencies.
+pub use prometheus::Registry;
+pub use tokio_util::sync::CancellationToken;
 
 use crate::config::{parse_duration, parse_socket_addr, ConfigErrors};
 use crate::process::Process;
@@ -35,6 +36,47 @@ pub trait Service {
     /// The error says the cluster contradicts the configuration (e.g. topic partition counts):
     /// exit 78 without stopping the process's other services first.
     fn refuses_to_start(error: &Self::Error) -> bool;
+}
+
+/// Declares a unit struct implementing [`Service`] from the service's
+/// `serve(&Config, &Registry, &Health, CancellationToken)` function and the pattern of its errors
+/// that mean "refuse to start" (exit 78):
+///
+/// ```ignore
+/// aftercart_runtime::service!(
+///     /// The abandonment service as a process runs it.
+///     pub struct AbandonmentService = "abandonment",
+///     AbandonmentConfig, ServeError, serve, ServeError::Topics(_)
+/// );
+/// ```
+#[macro_export]
+macro_rules! service {
+    (
+        $(#[$meta:meta])* $vis:vis struct $name:ident = $label:literal,
+        $config:ty, $error:ty, $serve:path, $refused:pat $(,)?
+    ) => {
+        $(#[$meta])*
+        $vis struct $name;
+
+        impl $crate::Service for $name {
+            type Config = $config;
+            type Error = $error;
+            const NAME: &'static str = $label;
+
+            fn serve(
+                config: &$config,
+                registry: &$crate::service::Registry,
+                health: &$crate::Health,
+                stop: $crate::service::CancellationToken,
+            ) -> impl ::std::future::Future<Output = ::std::result::Result<(), $error>> {
+                $serve(config, registry, health, stop)
+            }
+
+            fn refuses_to_start(error: &$error) -> bool {
+                matches!(error, $refused)
+            }
+        }
+    };
 }
 
 /// Runs `S` until the process stops; returns its exit code: 0, 78 when it refused to start,
