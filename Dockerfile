@@ -47,6 +47,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /out/aftercart /usr/local/bin/aftercart
+# The spool and audience-file directories, owned by the service user, so that volumes mounted
+# there (compose.yaml's named volumes take the image's ownership) are writable.
+RUN mkdir -p /var/lib/aftercart/spool /var/lib/aftercart/audiences \
+    && chown -R 65532:65532 /var/lib/aftercart
 # No user database entry is needed: Kubernetes runs it as 65532 too (runAsUser).
 USER 65532:65532
 # Webhooks (ingress only) and the admin port (/livez, /readyz, /metrics).

@@ -30,8 +30,12 @@ demo: ## Send a demo journey (purchase + abandoned checkout) to a running `make 
 	@test -x $(BIN) || $(CARGO) build --release --locked -p aftercart
 	$(BIN) send --demo
 
+.PHONY: preflight
+preflight: ## Check what make test needs besides Rust (build headers, Prometheus, python3-venv); names the one command to run
+	@.ci/preflight
+
 .PHONY: test
-test: lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
+test: preflight lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
 	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
 .PHONY: test-faults
@@ -44,12 +48,11 @@ test-fast: ## Unit and integration tests without lint (Tansu variants skip if it
 	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
 .PHONY: test-ops
-test-ops: build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
-		{ echo "test-ops needs Prometheus and promtool: apt-get install --no-install-recommends prometheus"; exit 1; }
+test-ops: preflight build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
 	@status=0; \
 	$(OPS_PY) tests/ops/check_manifests.py || status=1; \
 	$(OPS_PY) tests/ops/check_rules.py || status=1; \
+	$(OPS_PY) tests/ops/check_compose.py || status=1; \
 	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/live.py || status=1; \
 	exit $$status
 
@@ -57,6 +60,14 @@ $(OPS_VENV)/.installed: tests/ops/requirements.txt
 	python3 -m venv $(OPS_VENV)
 	$(OPS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/ops/requirements.txt
 	touch $@
+
+.PHONY: observe
+observe: $(OPS_VENV)/.installed ## Local Prometheus (Debian's) on 127.0.0.1:9091 scraping `make run`, with aftercart's recording and alert rules
+	$(OPS_PY) tests/ops/local_prometheus.py --observe $(or $(CARGO_TARGET_DIR),target)/observe
+
+.PHONY: compose-files
+compose-files: $(OPS_VENV)/.installed ## Regenerate compose/prometheus.yml and compose/aftercart.rules.yml (after changing the rules)
+	$(OPS_PY) tests/ops/local_prometheus.py --write-compose
 
 .PHONY: docs
 docs: ## Regenerate the configuration and metrics references (docs/reference/) from the code

@@ -175,7 +175,7 @@ class Sampler(threading.Thread):
 
 def loadgen(bin_path: str, url: str, args: list[str], name: str,
             sampler: "Sampler | None" = None) -> tuple[dict, list[str]]:
-    argv = [bin_path, "loadgen", "--url", url, "--secret", SECRET, "--json", *args]
+    argv = [bin_path, "loadgen", "--loadgen-url", url, "--shopify-secrets", SECRET, "--json", *args]
     log(f"{name}: aftercart loadgen {' '.join(args)}")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if sampler:
@@ -389,7 +389,7 @@ def link_latencies(records: list[dict], abandon_after_ms: float, flush_ms: float
     caused it (raw), and the same minus the configured business delay (corrected).
 
     - abandonment: an `abandoned` event ← the journey's last checkout record (its timer starts
-      there); corrected = raw - AFTERCART_ABANDON_AFTER.
+      there); corrected = raw - AFTERCART_ABANDONMENT_ABANDON_AFTER.
     - referrals: an invite ← the `orders/paid` record of its order; corrected = raw - invite delay.
     - audiences: each member of a `recent-purchasers` add batch ← its buyer's `orders/paid`
       record (raw, one sample per member). The engine flushes a by-shop partition the flush
@@ -512,14 +512,14 @@ def latency_stage(bin_path: str, settings: dict, run: int) -> dict:
             shutil.rmtree(directory, ignore_errors=True)
         port = free_port()
         services = {
-            "abandonment": {"AFTERCART_ABANDON_AFTER": lat["abandon_after"],
-                            "AFTERCART_CART_ABANDON_AFTER": lat["abandon_after"]},
-            "referrals": {"AFTERCART_REFERRAL_CODE_SECRET": "aftercart-bench-referral-code-secret",
-                          "AFTERCART_REFERRAL_INVITE_DELAY": lat["invite_delay"]},
-            "audiences": {"AFTERCART_EXPORT_FLUSH_INTERVAL": lat["flush_interval"],
+            "abandonment": {"AFTERCART_ABANDONMENT_ABANDON_AFTER": lat["abandon_after"],
+                            "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER": lat["abandon_after"]},
+            "referrals": {"AFTERCART_REFERRALS_CODE_SECRET": "aftercart-bench-referral-code-secret",
+                          "AFTERCART_REFERRALS_INVITE_DELAY": lat["invite_delay"]},
+            "audiences": {"AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL": lat["flush_interval"],
                           "AFTERCART_AUDIENCES_DIR": str(audiences_dir)},
-            "ingress": {"AFTERCART_SHOPIFY_SECRETS": SECRET, "AFTERCART_LISTEN": f"127.0.0.1:{port}",
-                        "AFTERCART_SPOOL_DIR": str(spool_dir)},
+            "ingress": {"AFTERCART_SHOPIFY_SECRETS": SECRET, "AFTERCART_INGRESS_LISTEN": f"127.0.0.1:{port}",
+                        "AFTERCART_INGRESS_SPOOL_DIR": str(spool_dir)},
         }
         processes, admins = {}, {}
         for service, env in services.items():
@@ -602,10 +602,10 @@ def latency_section(runs: list[dict], info: dict) -> list[str]:
     out("")
     out(f"- **What runs**, each its own process on one fresh broker (`aftercart dev --broker-only`, "
         f"librdkafka's mock cluster, 12 partitions): `aftercart ingress` (spool on), "
-        f"`aftercart abandonment` (`AFTERCART_ABANDON_AFTER={s['abandon_after']}`, "
-        f"`AFTERCART_CART_ABANDON_AFTER={s['abandon_after']}`), `aftercart referrals` "
-        f"(`AFTERCART_REFERRAL_INVITE_DELAY={s['invite_delay']}`), `aftercart audiences` (built-in "
-        f"audiences to `file` destinations, `AFTERCART_EXPORT_FLUSH_INTERVAL={s['flush_interval']}`)"
+        f"`aftercart abandonment` (`AFTERCART_ABANDONMENT_ABANDON_AFTER={s['abandon_after']}`, "
+        f"`AFTERCART_ABANDONMENT_CART_ABANDON_AFTER={s['abandon_after']}`), `aftercart referrals` "
+        f"(`AFTERCART_REFERRALS_INVITE_DELAY={s['invite_delay']}`), `aftercart audiences` (built-in "
+        f"audiences to `file` destinations, `AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL={s['flush_interval']}`)"
         + (f"; every process with `AFTERCART_KAFKA_PROPERTIES={s['kafka_properties']}`" if s["kafka_properties"] else "")
         + ". Other settings at their defaults (producer linger 2 ms in the ingress, 5 ms in the services).")
     out(f"- **Load**: `{' '.join(runs[0]['load']['command'])}`: ≈ {s['journeys_per_s']} journeys/s "
@@ -993,8 +993,8 @@ def aftercart_target(bin_path: str, brokers: str, name: str, label: str, profile
     `http2`, HTTP/2 on (AFTERCART_INGRESS_HTTP2: the ingress serves HTTP/1.1 only by default)."""
     port, admin = free_port(), free_port()
     env = {"AFTERCART_KAFKA_BROKERS": brokers, "AFTERCART_SHOPIFY_SECRETS": SECRET,
-           "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-           "AFTERCART_LOG": "warn", "AFTERCART_SPOOL_DIR": fresh_dir(OUT / f"spool-{port}")}
+           "AFTERCART_INGRESS_LISTEN": f"127.0.0.1:{port}", "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+           "AFTERCART_LOG": "warn", "AFTERCART_INGRESS_SPOOL_DIR": fresh_dir(OUT / f"spool-{port}")}
     if http2:
         env["AFTERCART_INGRESS_HTTP2"] = "true"
     return {

@@ -399,7 +399,7 @@ mod scenarios {
     }
 
     pub async fn a_restart_restores_state_and_emits_exactly_once(broker: &Broker) {
-        let mut stack = Stack::start(broker, &["--abandon-after=4s"]).await;
+        let mut stack = Stack::start(broker, &["--abandonment-abandon-after=4s"]).await;
         let carts: Vec<String> = (0..5).map(|_| unique("cart")).collect();
         for cart in &carts[..3] {
             stack
@@ -530,7 +530,7 @@ mod scaling {
         let mut ingress_settings = ingress_config(&broker);
         ingress_settings.kafka.partitions = 6;
         let ingress = TestIngress::start_on(&broker, ingress_settings).await;
-        let config = test_config(&ingress.config.kafka, &["--abandon-after=6s"]);
+        let config = test_config(&ingress.config.kafka, &["--abandonment-abandon-after=6s"]);
         let first = TestAbandonment::start_on(&broker, config.clone()).await;
         let second = TestAbandonment::start_on(&broker, config.clone()).await;
         eventually(

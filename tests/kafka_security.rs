@@ -129,7 +129,7 @@ mod tls {
         let flags = [
             format!("--referrals-webhook-url={}", receiver.url),
             "--referrals-webhook-secret=provider-shared-secret".to_string(),
-            format!("--webhook-dead-letter-topic={prefix}referrals-webhook-dead-letter"),
+            format!("--referrals-webhook-dead-letter-topic={prefix}referrals-webhook-dead-letter"),
         ];
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let service =

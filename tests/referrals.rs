@@ -247,7 +247,7 @@ mod scenarios {
     pub async fn refunds_void_rewards_and_prevent_invites_even_when_delivered_first(
         broker: &Broker,
     ) {
-        let stack = Stack::start(broker, &["--review-window=30s"]).await;
+        let stack = Stack::start(broker, &["--referrals-review-window=30s"]).await;
         let (advocate, friend, other, base) = (ids(), ids(), ids(), ids());
         stack.send("orders/paid", order(base, advocate)).await;
         let code = stack.code_of(advocate, 1).await;
@@ -389,7 +389,7 @@ mod scenarios {
     }
 
     pub async fn a_burst_of_referred_orders_from_one_ip_is_rejected(broker: &Broker) {
-        let stack = Stack::start(broker, &["--ip-burst-max=2"]).await;
+        let stack = Stack::start(broker, &["--referrals-ip-burst-max=2"]).await;
         let (advocate, base) = (ids(), ids());
         stack.send("orders/paid", order(base, advocate)).await;
         let code = stack.code_of(advocate, 1).await;
@@ -415,7 +415,7 @@ mod scenarios {
     }
 
     pub async fn a_restart_mid_review_window_grants_exactly_once(broker: &Broker) {
-        let mut stack = Stack::start(broker, &["--review-window=8s"]).await;
+        let mut stack = Stack::start(broker, &["--referrals-review-window=8s"]).await;
         let (advocate, friend, base) = (ids(), ids(), ids());
         stack.send("orders/paid", order(base, advocate)).await;
         let code = stack.code_of(advocate, 1).await;
@@ -476,7 +476,7 @@ mod scenarios {
     }
 
     pub async fn a_redacted_advocate_is_forgotten_and_pending_rewards_voided(broker: &Broker) {
-        let stack = Stack::start(broker, &["--review-window=60s"]).await;
+        let stack = Stack::start(broker, &["--referrals-review-window=60s"]).await;
         let (advocate, friend, base) = (ids(), ids(), ids());
         stack.send("orders/paid", order(base, advocate)).await;
         let code = stack.code_of(advocate, 1).await;
@@ -543,7 +543,7 @@ mod scenarios {
         let receiver = Receiver::start(vec![Reply::status(503)]).await;
         let url = format!("--referrals-webhook-url={}", receiver.url);
         let dead_letters = format!(
-            "--webhook-dead-letter-topic={}referrals-webhook-dead-letter",
+            "--referrals-webhook-dead-letter-topic={}referrals-webhook-dead-letter",
             unique_prefix()
         );
         let stack = Stack::start(
@@ -881,7 +881,7 @@ mod scenarios {
 
     pub async fn a_refund_in_the_window_voids_and_deactivates_an_issued_reward(broker: &Broker) {
         let (admin, flags, _dir) = shopify_flags(&[
-            "--review-window=60s",
+            "--referrals-review-window=60s",
             "--referrals-reward-issue=pending",
             "--referrals-reward=20%",
             "--referrals-friend-first-order-only=true",
@@ -932,7 +932,7 @@ mod scenarios {
     }
 
     pub async fn lost_answers_and_a_restart_create_no_duplicate_discounts(broker: &Broker) {
-        let (admin, flags, _dir) = shopify_flags(&["--review-window=5s"]).await;
+        let (admin, flags, _dir) = shopify_flags(&["--referrals-review-window=5s"]).await;
         let mut stack = Stack::start(broker, &strs(&flags)).await;
         let (advocate, friend, base) = (ids(), ids(), ids());
 
@@ -1044,7 +1044,7 @@ mod scenarios {
 
     pub async fn a_store_credit_whose_answer_is_lost_is_not_credited_twice(broker: &Broker) {
         let (admin, flags, _dir) = shopify_flags(&[
-            "--review-window=2s",
+            "--referrals-review-window=2s",
             "--referrals-reward-kind=store_credit",
             "--referrals-reward=10.00",
         ])

@@ -23,13 +23,16 @@ pub fn test_config(kafka: &KafkaSettings, flags: &[&str]) -> AbandonmentConfig {
     let prefix = &kafka.topic_prefix;
     let mut argv = vec![
         "abandonment".to_string(),
-        format!("--group={prefix}abandonment"),
-        format!("--output-topic={prefix}abandonments"),
+        format!("--abandonment-group={prefix}abandonment"),
+        format!("--abandonment-output-topic={prefix}abandonments"),
         format!("--abandonment-data-requests-topic={prefix}data_requests"),
-        format!("--state-topic={prefix}abandonment-state"),
-        format!("--dead-letter-topic={prefix}abandonment-dead-letter"),
+        format!("--abandonment-state-topic={prefix}abandonment-state"),
+        format!("--abandonment-dead-letter-topic={prefix}abandonment-dead-letter"),
     ];
-    for (flag, default) in [("--abandon-after", "2s"), ("--cart-abandon-after", "2s")] {
+    for (flag, default) in [
+        ("--abandonment-abandon-after", "2s"),
+        ("--abandonment-cart-abandon-after", "2s"),
+    ] {
         if !flags.iter().any(|f| f.starts_with(flag)) {
             argv.push(format!("{flag}={default}"));
         }

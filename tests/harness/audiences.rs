@@ -191,16 +191,16 @@ pub fn test_config(
         "audiences".to_string(),
         format!("--audiences-config={}", file.display()),
         format!("--audiences-group={prefix}audiences"),
-        format!("--abandonments-topic={prefix}abandonments"),
-        format!("--audience-batches-topic={prefix}audience-batches"),
+        format!("--audiences-abandonment-topic={prefix}abandonments"),
+        format!("--audiences-batches-topic={prefix}audience-batches"),
         format!("--audiences-by-shop-topic={prefix}audiences-by-shop"),
         format!("--audiences-state-topic={prefix}audiences-state"),
         format!("--audiences-dead-letter-topic={prefix}audiences-dead-letter"),
-        "--export-flush-interval=1s".to_string(),
-        "--export-backoff-initial=100ms".to_string(),
-        "--export-backoff-max=1s".to_string(),
-        "--export-max-retry-duration=20s".to_string(),
-        "--export-timeout=10s".to_string(),
+        "--audiences-export-flush-interval=1s".to_string(),
+        "--audiences-export-backoff-initial=100ms".to_string(),
+        "--audiences-export-backoff-max=1s".to_string(),
+        "--audiences-export-max-retry-duration=20s".to_string(),
+        "--audiences-export-timeout=10s".to_string(),
     ];
     // A flag given by the test replaces the default above.
     let name = |flag: &str| flag.split('=').next().unwrap_or_default().to_string();

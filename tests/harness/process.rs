@@ -72,7 +72,7 @@ pub fn ingress_env(
     // A producer only: consumer session settings would just draw librdkafka warnings.
     let mut env = kafka_env_with(broker, prefix, 3, &[]);
     env.push(("AFTERCART_SHOPIFY_SECRETS".into(), secret.to_string()));
-    env.push(("AFTERCART_LISTEN".into(), listen.to_string()));
+    env.push(("AFTERCART_INGRESS_LISTEN".into(), listen.to_string()));
     (env, listen)
 }
 

@@ -27,17 +27,20 @@ pub fn test_config(kafka: &KafkaSettings, flags: &[&str]) -> ReferralsConfig {
     let mut argv = vec![
         "referrals".to_string(),
         format!("--referrals-group={prefix}referrals"),
-        format!("--invites-topic={prefix}referral-invites"),
-        format!("--rewards-topic={prefix}referral-rewards"),
+        format!("--referrals-invites-topic={prefix}referral-invites"),
+        format!("--referrals-rewards-topic={prefix}referral-rewards"),
         format!("--referrals-data-requests-topic={prefix}data_requests"),
-        format!("--by-shop-topic={prefix}referrals-by-shop"),
+        format!("--referrals-by-shop-topic={prefix}referrals-by-shop"),
         format!("--referrals-state-topic={prefix}referrals-state"),
         format!("--referrals-dead-letter-topic={prefix}referrals-dead-letter"),
-        format!("--code-secret={CODE_SECRET}"),
+        format!("--referrals-code-secret={CODE_SECRET}"),
         format!("--state-hash-key={STATE_HASH_KEY}"),
     ];
-    if !flags.iter().any(|f| f.starts_with("--review-window")) {
-        argv.push("--review-window=3s".to_string());
+    if !flags
+        .iter()
+        .any(|f| f.starts_with("--referrals-review-window"))
+    {
+        argv.push("--referrals-review-window=3s".to_string());
     }
     argv.extend(flags.iter().map(|f| f.to_string()));
     let args = Flags::try_parse_from(argv)

@@ -12,7 +12,7 @@
    NetworkPolicy, a Service and a ServiceMonitor per Deployment or StatefulSet (a headless
    Service never scraped twice), an HPA naming a workload that exists; for the StatefulSet
    (the ingress and its spool): a headless governing Service, parallel pods, volumes kept on
-   scale-down, the spool directory on a mounted claim template, AFTERCART_SPOOL_MAX_BYTES under
+   scale-down, the spool directory on a mounted claim template, AFTERCART_INGRESS_SPOOL_MAX_BYTES under
    the claim's size, an fsGroup so the non-root user can write it; no Secret in the repository,
    dashboards that parse and carry the sidecar label; KafkaTopics joined by partition share one
    partition count, changelogs are compacted, every topic has min.insync.replicas below its
@@ -133,7 +133,7 @@ def size_bytes(text):
     return int(match.group(1)) * units[match.group(2) or ""]
 
 
-# Where the ingress keeps its spool when AFTERCART_SPOOL_DIR is unset (its default).
+# Where the ingress keeps its spool when AFTERCART_INGRESS_SPOOL_DIR is unset (its default).
 SPOOL_DIR_DEFAULT = "/var/lib/aftercart/spool"
 
 
@@ -180,20 +180,20 @@ def check_statefulset(tally, what, statefulset, by_kind):
         # memory limit (half at most, the rest is the process's own) and hold one largest body
         # in the three quarters open to large bodies.
         budget = size_bytes(env.get("AFTERCART_INGRESS_BODY_BUDGET_BYTES", "128MiB"))
-        largest = size_bytes(env.get("AFTERCART_MAX_BODY_BYTES", "4MiB"))
+        largest = size_bytes(env.get("AFTERCART_INGRESS_MAX_BODY_BYTES", "4MiB"))
         memory = container.get("resources", {}).get("limits", {}).get("memory")
         tally.check(memory is not None and budget <= size_bytes(memory) // 2,
                     f"{cwhat}: AFTERCART_INGRESS_BODY_BUDGET_BYTES {budget} is at most half the "
                     f"memory limit {memory}")
         tally.check(budget // 4 * 3 >= largest,
                     f"{cwhat}: AFTERCART_INGRESS_BODY_BUDGET_BYTES {budget} holds one "
-                    f"AFTERCART_MAX_BODY_BYTES {largest} body in its large share")
-        spool = env.get("AFTERCART_SPOOL_DIR", SPOOL_DIR_DEFAULT)
+                    f"AFTERCART_INGRESS_MAX_BODY_BYTES {largest} body in its large share")
+        spool = env.get("AFTERCART_INGRESS_SPOOL_DIR", SPOOL_DIR_DEFAULT)
         if spool == "off":
             continue
-        after = duration_seconds(env.get("AFTERCART_SPOOL_AFTER", "1s"))
-        deadline = duration_seconds(env.get("AFTERCART_PUBLISH_DEADLINE", "3s"))
-        tally.check(after < deadline, f"{cwhat}: AFTERCART_SPOOL_AFTER {after}s < AFTERCART_PUBLISH_DEADLINE {deadline}s")
+        after = duration_seconds(env.get("AFTERCART_INGRESS_SPOOL_AFTER", "1s"))
+        deadline = duration_seconds(env.get("AFTERCART_INGRESS_PUBLISH_DEADLINE", "3s"))
+        tally.check(after < deadline, f"{cwhat}: AFTERCART_INGRESS_SPOOL_AFTER {after}s < AFTERCART_INGRESS_PUBLISH_DEADLINE {deadline}s")
         on = [m for path, m in mounts.items() if spool == path or spool.startswith(path.rstrip("/") + "/")]
         claim = claims.get(on[0]["name"]) if on else None
         tally.check(claim is not None and not on[0].get("readOnly"),
@@ -201,9 +201,9 @@ def check_statefulset(tally, what, statefulset, by_kind):
                     f"(the root filesystem is read-only, and an emptyDir dies with the node)")
         if claim:
             storage = size_bytes(claim["spec"]["resources"]["requests"]["storage"])
-            limit = size_bytes(env.get("AFTERCART_SPOOL_MAX_BYTES", "1GiB"))
+            limit = size_bytes(env.get("AFTERCART_INGRESS_SPOOL_MAX_BYTES", "1GiB"))
             tally.check(limit <= storage * 0.95,
-                        f"{cwhat}: AFTERCART_SPOOL_MAX_BYTES {limit} leaves at least 5% of the "
+                        f"{cwhat}: AFTERCART_INGRESS_SPOOL_MAX_BYTES {limit} leaves at least 5% of the "
                         f"{storage}-byte volume for filesystem overhead")
             tally.check(claim["spec"].get("accessModes") == ["ReadWriteOnce"],
                         f"{cwhat}: spool claim is ReadWriteOnce (one process per spool directory)")
@@ -247,7 +247,7 @@ def check_workload(tally, where, workload, by_kind):
         for variable in container.get("env", []):
             secretish = re.search(r"SECRET|TOKEN|PASSWORD", variable["name"]) and not variable["name"].endswith("_FILE")
             tally.check(not (secretish and "value" in variable), f"{cwhat}: {variable['name']} is not a literal secret")
-        drain = duration_seconds(env.get("AFTERCART_DRAIN_DELAY", "0s"))
+        drain = duration_seconds(env.get("AFTERCART_INGRESS_DRAIN_DELAY", "0s"))
         shutdown = duration_seconds(env.get("AFTERCART_SHUTDOWN_TIMEOUT", "15s"))
         grace = spec.get("terminationGracePeriodSeconds", 30)
         tally.check(grace > drain + shutdown + 1,
@@ -418,8 +418,8 @@ def main():
                 for mount in container.get("volumeMounts", []):
                     claim = claims.get(mount["name"], "")
                     tally.check(claim.startswith(f"spool-{ingress['metadata']['name']}-") and mount["mountPath"] == spool_mount
-                                and f"--spool-dir {spool_mount}" in " ".join(container["args"]),
-                                f"{ident}: mounts an ingress spool claim ({claim}) at {spool_mount} and points --spool-dir there")
+                                and f"--ingress-spool-dir {spool_mount}" in " ".join(container["args"]),
+                                f"{ident}: mounts an ingress spool claim ({claim}) at {spool_mount} and points --ingress-spool-dir there")
         rendered[f"jobs-{path.stem}"] = path.read_text()
 
     # checkov: the rendered overlays, the hand-run Jobs, then the Dockerfile. Exceptions live next to what they

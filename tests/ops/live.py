@@ -269,22 +269,22 @@ class LiveStack:
         audiences = self.workdir / "audiences.toml"
         audiences.write_text(AUDIENCES_TOML.format(dir=self.workdir / "audiences", receiver=self.receiver.url))
         env = env_without_aftercart() | {
-            "AFTERCART_LISTEN": f"127.0.0.1:{self.webhook_port}",
+            "AFTERCART_INGRESS_LISTEN": f"127.0.0.1:{self.webhook_port}",
             "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
-            "AFTERCART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
-            "AFTERCART_CART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
-            "AFTERCART_REFERRAL_REVIEW_WINDOW": f"{REVIEW_WINDOW_SECONDS}s",
+            "AFTERCART_ABANDONMENT_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
+            "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
+            "AFTERCART_REFERRALS_REVIEW_WINDOW": f"{REVIEW_WINDOW_SECONDS}s",
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
             "AFTERCART_AUDIENCES_CONFIG": str(audiences),
-            "AFTERCART_EXPORT_FLUSH_INTERVAL": "1s",
-            "AFTERCART_EXPORT_BACKOFF_INITIAL": "200ms",
+            "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL": "1s",
+            "AFTERCART_AUDIENCES_EXPORT_BACKOFF_INITIAL": "200ms",
             "AFTERCART_LOG_FORMAT": "json",
             # A writable spool (the default is /var/lib/aftercart/spool), quick to take over.
-            "AFTERCART_SPOOL_DIR": str(self.workdir / "spool-dev"),
-            "AFTERCART_SPOOL_AFTER": SPOOL_AFTER,
-            "AFTERCART_SPOOL_MAX_BYTES": SPOOL_MAX_BYTES,
+            "AFTERCART_INGRESS_SPOOL_DIR": str(self.workdir / "spool-dev"),
+            "AFTERCART_INGRESS_SPOOL_AFTER": SPOOL_AFTER,
+            "AFTERCART_INGRESS_SPOOL_MAX_BYTES": SPOOL_MAX_BYTES,
             # The spool must hold one largest webhook: bodies up to 768 KiB fit a 1 MiB spool.
-            "AFTERCART_MAX_BODY_BYTES": "768KiB",
+            "AFTERCART_INGRESS_MAX_BODY_BYTES": "768KiB",
         }
         # The broker creates every topic (it has no CreateTopics handler): same settings.
         self.broker = self.spawn("broker", [self.bin, "dev", "--broker-only"], env)
@@ -329,7 +329,7 @@ class LiveStack:
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
             "AFTERCART_TOPIC_REPLICATION": "1",
             "AFTERCART_ADMIN_LISTEN": f"127.0.0.1:{port}",
-            "AFTERCART_LISTEN": f"127.0.0.1:{free_port()}",
+            "AFTERCART_INGRESS_LISTEN": f"127.0.0.1:{free_port()}",
             "AFTERCART_SHOPIFY_SECRETS_FILE": str(secrets),
             "AFTERCART_KAFKA_PROPERTIES_FILE": str(kafka_properties),
             "AFTERCART_ABANDONMENT_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
@@ -338,7 +338,7 @@ class LiveStack:
             # The Deployment's emptyDir.
             "AFTERCART_AUDIENCES_DIR": str(self.workdir / "audiences-alone"),
             # The Deployment mounts it from the aftercart-referrals Secret.
-            "AFTERCART_REFERRAL_CODE_SECRET_FILE": str(code_secret),
+            "AFTERCART_REFERRALS_CODE_SECRET_FILE": str(code_secret),
             "AFTERCART_STATE_HASH_KEY_FILE": str(state_hash_key),
         } | (overrides or {})
         command = args[0]
@@ -376,7 +376,7 @@ class LiveStack:
 
     # -- traffic -------------------------------------------------------------------------
     def send(self, *args, expect_ok=True):
-        result = run([self.bin, "send", "--url", self.webhooks, *args], env=env_without_aftercart(),
+        result = run([self.bin, "send", "--send-url", self.webhooks, *args], env=env_without_aftercart(),
                      cwd=self.workdir, timeout=60)
         if expect_ok and result.returncode != 0:
             raise RuntimeError(f"aftercart send {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
@@ -472,7 +472,7 @@ class LiveStack:
         self.journey(poison=True)
         for _ in range(rounds):
             self.send("--demo")
-            self.send("--sample", "orders_paid", "--secret", "not-the-secret", expect_ok=False)
+            self.send("--sample", "orders_paid", "--shopify-secrets", "not-the-secret", expect_ok=False)
             self.send_json("orders/create", "this is not JSON")
             self.send("--sample", "customers_redact", "--sample", "checkouts_update")
             time.sleep(pause)
@@ -497,7 +497,7 @@ class LiveStack:
 
     def spool(self, tally):
         """Kafka stops answering: the broker process is frozen (SIGSTOP) while webhooks arrive.
-        Each must still be answered 200, from the spool, after AFTERCART_SPOOL_AFTER, until the
+        Each must still be answered 200, from the spool, after AFTERCART_INGRESS_SPOOL_AFTER, until the
         spool is full: then 503. Once the broker runs again the drainer publishes them and the
         spool empties."""
         sp = "aftercart_ingress_spool_"
@@ -549,16 +549,16 @@ class LiveStack:
         spool_dir = self.workdir / "orphaned-spool"
         port = free_port()
         _, process = self.service_alone(args, manifest_env, overrides={
-            "AFTERCART_LISTEN": f"127.0.0.1:{port}", "AFTERCART_SPOOL_DIR": str(spool_dir),
-            "AFTERCART_SPOOL_AFTER": SPOOL_AFTER, "AFTERCART_DRAIN_DELAY": "0s",
+            "AFTERCART_INGRESS_LISTEN": f"127.0.0.1:{port}", "AFTERCART_INGRESS_SPOOL_DIR": str(spool_dir),
+            "AFTERCART_INGRESS_SPOOL_AFTER": SPOOL_AFTER, "AFTERCART_INGRESS_DRAIN_DELAY": "0s",
             # Stops before Kafka is back: what it spooled stays on disk.
             "AFTERCART_SHUTDOWN_TIMEOUT": "1s"})
         samples = ("checkouts_update", "orders_paid")
         os.kill(self.broker.pid, signal.SIGSTOP)
         try:
             for sample in samples:
-                answered = run([self.bin, "send", "--url", f"http://127.0.0.1:{port}/webhooks/shopify",
-                                "--secret", "ops-lint-secret", "--sample", sample],
+                answered = run([self.bin, "send", "--send-url", f"http://127.0.0.1:{port}/webhooks/shopify",
+                                "--shopify-secrets", "ops-lint-secret", "--sample", sample],
                                env=env_without_aftercart(), cwd=self.workdir, timeout=60)
                 tally.check(answered.returncode == 0, f"the soon orphaned ingress spools {sample}: {answered.stdout}")
             self.stop(process, grace=15)
@@ -566,7 +566,7 @@ class LiveStack:
             os.kill(self.broker.pid, signal.SIGCONT)
 
         def inspect():
-            shown = run([self.bin, "spool", "inspect", "--spool-dir", str(spool_dir)],
+            shown = run([self.bin, "spool", "inspect", "--ingress-spool-dir", str(spool_dir)],
                         env=env_without_aftercart(), timeout=30)
             match = re.search(r"pending: (\d+) events", shown.stdout)
             return int(match.group(1)) if match else None, shown.stdout + shown.stderr

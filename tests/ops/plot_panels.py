@@ -37,7 +37,7 @@ def main():
             while time.time() - started < TRAFFIC_SECONDS:
                 stack.send("--demo")
                 if tick % 4 == 0:
-                    stack.send("--sample", "orders_paid", "--secret", "not-the-secret", expect_ok=False)
+                    stack.send("--sample", "orders_paid", "--shopify-secrets", "not-the-secret", expect_ok=False)
                 if 20 < time.time() - started < 40:  # a burst in the middle
                     for _ in range(3):
                         stack.send("--demo")

@@ -238,7 +238,7 @@ def overview():
 
 
 def spool():
-    """The ingress spool: webhooks Kafka did not acknowledge in AFTERCART_SPOOL_AFTER, fsynced to
+    """The ingress spool: webhooks Kafka did not acknowledge in AFTERCART_INGRESS_SPOOL_AFTER, fsynced to
     each pod's volume and answered 200, until the drainer publishes them. Per pod where the
     volume is what matters (fill, age), summed where the flow is."""
     sp = "aftercart_ingress_spool_"
@@ -246,7 +246,7 @@ def spool():
         row("Spool"),
         stat("Spooled events", "Webhooks answered 200 from the spool and not yet in Kafka, all pods.",
              f"sum({sp}pending_events{{{NS}}})", thresholds=[(1, "orange")]),
-        stat("Fullest spool", "Bytes over AFTERCART_SPOOL_MAX_BYTES on the fullest pod; a full spool answers 503.",
+        stat("Fullest spool", "Bytes over AFTERCART_INGRESS_SPOOL_MAX_BYTES on the fullest pod; a full spool answers 503.",
              f"max({sp}bytes{{{NS}}} / {sp}max_bytes{{{NS}}})",
              unit="percentunit", thresholds=[(0.5, "orange"), (0.8, "red")]),
         stat("Oldest spooled event", "Age of the oldest webhook still waiting in a spool (0 when empty).",
@@ -256,7 +256,7 @@ def spool():
              f"sum(1 - {sp}available{{{NS}}})", thresholds=[(1, "red")]),
         timeseries("Spooled events", "Webhooks waiting in each pod's spool for Kafka.",
                    [(f"sum by (pod, instance) ({sp}pending_events{{{NS}}})", "{{pod}} {{instance}}")], width=8),
-        timeseries("Spool bytes vs limit", "Bytes in each pod's spool, and its AFTERCART_SPOOL_MAX_BYTES.",
+        timeseries("Spool bytes vs limit", "Bytes in each pod's spool, and its AFTERCART_INGRESS_SPOOL_MAX_BYTES.",
                    [(f"sum by (pod, instance) ({sp}bytes{{{NS}}})", "{{pod}} {{instance}}"),
                     (f"max({sp}max_bytes{{{NS}}})", "limit")],
                    unit="bytes", width=8),
@@ -350,7 +350,7 @@ def referrals():
                  f"sum(rate({rf}records_processed_total{{{NS}}}[{RATE}]))", unit="rps"),
             stat("Consumer lag", "Records behind the end of the inputs (orders, customers, compliance, by_shop), whole group.",
                  f"sum({lag_by_partition})", thresholds=[(1000, "orange"), (100000, "red")]),
-            stat("Rewards in review", "Rewards pending in their review window (AFTERCART_REFERRAL_REVIEW_WINDOW), all instances.",
+            stat("Rewards in review", "Rewards pending in their review window (AFTERCART_REFERRALS_REVIEW_WINDOW), all instances.",
                  f"sum({rf}rewards_in_review{{{NS}}})"),
             stat("Dead letters (range)", "Records sent to aftercart.referrals-dead-letter over the dashboard's time range.",
                  f"sum(increase({rf}dead_letters_total{{{NS}}}[$__range]))", thresholds=[(1, "red")]),
@@ -534,7 +534,7 @@ def business():
             row("Abandonment segments"),
             bars("By stage", "How far the customer got before leaving.",
                  f"sum by (stage) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{stage}}", width=6),
-            bars("By value tier", "Cart value tiers (AFTERCART_VALUE_TIER_MEDIUM/_HIGH).",
+            bars("By value tier", "Cart value tiers (AFTERCART_ABANDONMENT_VALUE_TIER_MEDIUM/_HIGH).",
                  f"sum by (value_tier) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{value_tier}}", width=6),
             bars("By customer", "New or returning customers.",
                  f"sum by (customer) (increase({ab}abandonments_total{{{NS}}}[{rng}]))", "{{customer}}", width=6),

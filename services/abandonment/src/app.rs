@@ -58,3 +58,9 @@ pub async fn serve(
     tracing::info!("Abandonment service stopped.");
     Ok(())
 }
+
+aftercart_runtime::service!(
+    /// The abandonment service as a process runs it (`aftercart abandonment`, `aftercart dev`).
+    pub struct AbandonmentService = "abandonment",
+    AbandonmentConfig, ServeError, serve, ServeError::Topics(_)
+);

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::config::{
+    check_names, parse_in_range, parse_positive_duration, ConfigErrors,
+};
 
 use crate::domain::engine::Rules;
 use crate::domain::money::Amount;
@@ -11,10 +13,12 @@ use crate::domain::segments::SegmentRules;
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Abandonment")]
 pub struct AbandonmentArgs {
     /// Consumer group of the service; every instance of one deployment shares it.
     #[arg(
-        long,
+        long = "abandonment-group",
+        alias = "group",
         env = "AFTERCART_ABANDONMENT_GROUP",
         default_value = "aftercart-abandonment"
     )]
@@ -22,8 +26,9 @@ pub struct AbandonmentArgs {
 
     /// Output topic of abandoned and recovered events.
     #[arg(
-        long,
-        env = "AFTERCART_ABANDONMENTS_TOPIC",
+        long = "abandonment-output-topic",
+        alias = "output-topic",
+        env = "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
         default_value = "aftercart.abandonments"
     )]
     pub output_topic: String,
@@ -39,7 +44,8 @@ pub struct AbandonmentArgs {
 
     /// Compacted changelog topic holding the journeys' state.
     #[arg(
-        long,
+        long = "abandonment-state-topic",
+        alias = "state-topic",
         env = "AFTERCART_ABANDONMENT_STATE_TOPIC",
         default_value = "aftercart.abandonment-state"
     )]
@@ -47,7 +53,8 @@ pub struct AbandonmentArgs {
 
     /// Dead-letter topic for records that cannot be used (the reason is in a header).
     #[arg(
-        long,
+        long = "abandonment-dead-letter-topic",
+        alias = "dead-letter-topic",
         env = "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
         default_value = "aftercart.abandonment-dead-letter"
     )]
@@ -55,46 +62,90 @@ pub struct AbandonmentArgs {
 
     /// A checkout with contact details and no order this long after its last activity is
     /// abandoned [default: 1h; 20s under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_ABANDON_AFTER")]
+    #[arg(
+        long = "abandonment-abandon-after",
+        alias = "abandon-after",
+        env = "AFTERCART_ABANDONMENT_ABANDON_AFTER"
+    )]
     pub abandon_after: Option<String>,
 
     /// A cart that does not reach checkout this long after its last activity is a cart
     /// abandonment [default: 1h; 20s under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_CART_ABANDON_AFTER")]
+    #[arg(
+        long = "abandonment-cart-abandon-after",
+        alias = "cart-abandon-after",
+        env = "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER"
+    )]
     pub cart_abandon_after: Option<String>,
 
     /// Journeys idle this long are forgotten.
-    #[arg(long, env = "AFTERCART_ABANDONMENT_RETENTION", default_value = "30d")]
+    #[arg(
+        long = "abandonment-retention",
+        alias = "retention",
+        env = "AFTERCART_ABANDONMENT_RETENTION",
+        default_value = "30d"
+    )]
     pub retention: String,
 
     /// After app/uninstalled, the shop's state is dropped once this passes.
-    #[arg(long, env = "AFTERCART_UNINSTALL_GRACE", default_value = "48h")]
+    #[arg(
+        long = "abandonment-uninstall-grace",
+        alias = "uninstall-grace",
+        env = "AFTERCART_ABANDONMENT_UNINSTALL_GRACE",
+        default_value = "48h"
+    )]
     pub uninstall_grace: String,
 
     /// Cart totals at or above this (shop currency, decimal) are the `medium` value tier.
-    #[arg(long, env = "AFTERCART_VALUE_TIER_MEDIUM", default_value = "50")]
+    #[arg(
+        long = "abandonment-value-tier-medium",
+        alias = "value-tier-medium",
+        env = "AFTERCART_ABANDONMENT_VALUE_TIER_MEDIUM",
+        default_value = "50"
+    )]
     pub value_tier_medium: String,
 
     /// Cart totals at or above this are the `high` value tier.
-    #[arg(long, env = "AFTERCART_VALUE_TIER_HIGH", default_value = "200")]
+    #[arg(
+        long = "abandonment-value-tier-high",
+        alias = "value-tier-high",
+        env = "AFTERCART_ABANDONMENT_VALUE_TIER_HIGH",
+        default_value = "200"
+    )]
     pub value_tier_high: String,
 
     /// Checkout visits that make a fence-sitter.
-    #[arg(long, env = "AFTERCART_FENCE_SITTER_VISITS", default_value = "3")]
+    #[arg(
+        long = "abandonment-fence-sitter-visits",
+        alias = "fence-sitter-visits",
+        env = "AFTERCART_ABANDONMENT_FENCE_SITTER_VISITS",
+        default_value = "3"
+    )]
     pub fence_sitter_visits: String,
 
     /// Time between first and last checkout activity that makes a fence-sitter.
-    #[arg(long, env = "AFTERCART_FENCE_SITTER_SPAN", default_value = "24h")]
+    #[arg(
+        long = "abandonment-fence-sitter-span",
+        alias = "fence-sitter-span",
+        env = "AFTERCART_ABANDONMENT_FENCE_SITTER_SPAN",
+        default_value = "24h"
+    )]
     pub fence_sitter_span: String,
 
     /// Earlier abandonments by the customer within this window count as `repeat`.
-    #[arg(long, env = "AFTERCART_REPEAT_WINDOW", default_value = "30d")]
+    #[arg(
+        long = "abandonment-repeat-window",
+        alias = "repeat-window",
+        env = "AFTERCART_ABANDONMENT_REPEAT_WINDOW",
+        default_value = "30d"
+    )]
     pub repeat_window: String,
 
     /// An order whose landing or referring site contains this came through the recovery URL.
     #[arg(
-        long,
-        env = "AFTERCART_RECOVERY_URL_MARKER",
+        long = "abandonment-recovery-url-marker",
+        alias = "recovery-url-marker",
+        env = "AFTERCART_ABANDONMENT_RECOVERY_URL_MARKER",
         default_value = "/recover"
     )]
     pub recovery_url_marker: String,
@@ -141,28 +192,19 @@ impl AbandonmentArgs {
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
         let ms = |errors: &mut ConfigErrors, name: &str, value: &str| {
             errors
-                .check(
-                    name,
-                    parse_duration(value).and_then(|d| {
-                        if d.is_zero() {
-                            Err("must be above 0".into())
-                        } else {
-                            Ok(d)
-                        }
-                    }),
-                )
+                .check(name, parse_positive_duration(value))
                 .map(|d| d.as_millis() as i64)
         };
         let abandon_after = ms(
             &mut errors,
-            "AFTERCART_ABANDON_AFTER",
+            "AFTERCART_ABANDONMENT_ABANDON_AFTER",
             self.abandon_after
                 .as_deref()
                 .unwrap_or(defaults.abandon_after),
         );
         let cart_abandon_after = ms(
             &mut errors,
-            "AFTERCART_CART_ABANDON_AFTER",
+            "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER",
             self.cart_abandon_after
                 .as_deref()
                 .unwrap_or(defaults.abandon_after),
@@ -174,78 +216,104 @@ impl AbandonmentArgs {
         );
         let uninstall_grace = ms(
             &mut errors,
-            "AFTERCART_UNINSTALL_GRACE",
+            "AFTERCART_ABANDONMENT_UNINSTALL_GRACE",
             &self.uninstall_grace,
         );
         let fence_sitter_span = ms(
             &mut errors,
-            "AFTERCART_FENCE_SITTER_SPAN",
+            "AFTERCART_ABANDONMENT_FENCE_SITTER_SPAN",
             &self.fence_sitter_span,
         );
-        let repeat_window = ms(&mut errors, "AFTERCART_REPEAT_WINDOW", &self.repeat_window);
+        let repeat_window = ms(
+            &mut errors,
+            "AFTERCART_ABANDONMENT_REPEAT_WINDOW",
+            &self.repeat_window,
+        );
         let amount = |errors: &mut ConfigErrors, name: &str, value: &str| {
-            errors.check(
-                name,
-                Amount::parse(value.trim())
-                    .ok_or_else(|| format!("{value:?} is not a decimal amount like 50 or 49.99")),
-            )
+            errors.check(name, Amount::parse_setting(value))
         };
         let medium = amount(
             &mut errors,
-            "AFTERCART_VALUE_TIER_MEDIUM",
+            "AFTERCART_ABANDONMENT_VALUE_TIER_MEDIUM",
             &self.value_tier_medium,
         );
         let high = amount(
             &mut errors,
-            "AFTERCART_VALUE_TIER_HIGH",
+            "AFTERCART_ABANDONMENT_VALUE_TIER_HIGH",
             &self.value_tier_high,
         );
         if let (Some(medium), Some(high)) = (medium, high) {
             if medium > high {
                 errors
-                    .push("AFTERCART_VALUE_TIER_MEDIUM: must not exceed AFTERCART_VALUE_TIER_HIGH");
+                    .push("AFTERCART_ABANDONMENT_VALUE_TIER_MEDIUM: must not exceed AFTERCART_ABANDONMENT_VALUE_TIER_HIGH");
             }
         }
         let visits = errors.check(
-            "AFTERCART_FENCE_SITTER_VISITS",
+            "AFTERCART_ABANDONMENT_FENCE_SITTER_VISITS",
             parse_in_range(&self.fence_sitter_visits, 1, 1000),
         );
-        for (name, value) in [
-            ("AFTERCART_ABANDONMENT_GROUP", &self.group),
-            ("AFTERCART_ABANDONMENTS_TOPIC", &self.output_topic),
-            (
-                "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
-                &self.abandonment_data_requests_topic,
-            ),
-            ("AFTERCART_ABANDONMENT_STATE_TOPIC", &self.state_topic),
-            (
-                "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
-                &self.dead_letter_topic,
-            ),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(format!("{name}: must not be empty"));
-            }
-        }
+        check_names(
+            &mut errors,
+            &[
+                ("AFTERCART_ABANDONMENT_GROUP", &self.group),
+                ("AFTERCART_ABANDONMENT_OUTPUT_TOPIC", &self.output_topic),
+                (
+                    "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
+                    &self.abandonment_data_requests_topic,
+                ),
+                ("AFTERCART_ABANDONMENT_STATE_TOPIC", &self.state_topic),
+                (
+                    "AFTERCART_ABANDONMENT_DEAD_LETTER_TOPIC",
+                    &self.dead_letter_topic,
+                ),
+            ],
+        );
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(abandon_after),
+            Some(cart_abandon_after),
+            Some(retention),
+            Some(uninstall_grace),
+            Some(medium),
+            Some(high),
+            Some(visits),
+            Some(fence_sitter_span),
+            Some(repeat_window),
+        ) = (
+            kafka,
+            abandon_after,
+            cart_abandon_after,
+            retention,
+            uninstall_grace,
+            medium,
+            high,
+            visits,
+            fence_sitter_span,
+            repeat_window,
+        )
+        else {
+            return Err(errors);
+        };
         errors.finish(|| AbandonmentConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             group: self.group.trim().to_string(),
             output_topic: self.output_topic.trim().to_string(),
             data_requests_topic: self.abandonment_data_requests_topic.trim().to_string(),
             state_topic: self.state_topic.trim().to_string(),
             dead_letter_topic: self.dead_letter_topic.trim().to_string(),
             rules: Rules {
-                abandon_after_ms: abandon_after.expect("checked"),
-                cart_abandon_after_ms: cart_abandon_after.expect("checked"),
-                retention_ms: retention.expect("checked"),
-                uninstall_grace_ms: uninstall_grace.expect("checked"),
+                abandon_after_ms: abandon_after,
+                cart_abandon_after_ms: cart_abandon_after,
+                retention_ms: retention,
+                uninstall_grace_ms: uninstall_grace,
                 recovery_marker: self.recovery_url_marker.clone(),
                 segments: SegmentRules {
-                    value_medium: medium.expect("checked"),
-                    value_high: high.expect("checked"),
-                    fence_sitter_visits: visits.expect("checked") as u32,
-                    fence_sitter_span_ms: fence_sitter_span.expect("checked"),
-                    repeat_window_ms: repeat_window.expect("checked"),
+                    value_medium: medium,
+                    value_high: high,
+                    fence_sitter_visits: visits as u32,
+                    fence_sitter_span_ms: fence_sitter_span,
+                    repeat_window_ms: repeat_window,
                 },
             },
             shutdown_timeout,

@@ -7,5 +7,5 @@ pub mod consumer;
 pub mod domain;
 pub mod metrics;
 
-pub use app::{serve, topic_specs, ServeError};
+pub use app::{serve, topic_specs, AbandonmentService, ServeError};
 pub use config::{AbandonmentArgs, AbandonmentConfig, AbandonmentDefaults};

@@ -1,5 +1,6 @@
 //! Abandonment metrics (`aftercart_abandonment_*`) on an injected registry; bounded labels only.
 
+use crate::domain::segments::{CustomerKind, Stage, ValueTier};
 use aftercart_kafka::LoopMetrics;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -71,6 +72,20 @@ impl AbandonmentMetrics {
         // recovery rate) see the first occurrence after a restart.
         for kind in ["checkout", "cart"] {
             metrics.recoveries.with_label_values(&[kind]);
+        }
+        let stages = [
+            ("cart", &[Stage::Cart][..]),
+            ("checkout", &Stage::CHECKOUT[..]),
+        ];
+        for (kind, stages) in stages {
+            for stage in stages {
+                for tier in ValueTier::ALL {
+                    for customer in CustomerKind::ALL {
+                        let labels = [kind, stage.as_str(), tier.as_str(), customer.as_str()];
+                        metrics.abandonments.with_label_values(&labels);
+                    }
+                }
+            }
         }
         Ok(metrics)
     }

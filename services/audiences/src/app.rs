@@ -145,3 +145,10 @@ async fn futures_join_all(
     }
     results
 }
+
+aftercart_runtime::service!(
+    /// The audiences service as a process runs it (`aftercart audiences`, `aftercart dev`).
+    pub struct AudiencesService = "audiences",
+    AudiencesConfig, ServeError, serve,
+    ServeError::Topics(_) | ServeError::PendingRemovals(_)
+);

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use aftercart_delivery::{RetryPolicy, SinkConfig, SinkFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::config::{
+    check_names, parse_duration, parse_in_range, parse_positive_duration, ConfigErrors,
+};
 use aftercart_shopify::money::Amount;
 
 use crate::domain::audience::{AbandonmentFilter, Audience, CustomerFilter, OrderFilter, Source};
@@ -24,6 +26,7 @@ use file::{
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Audiences")]
 pub struct AudiencesArgs {
     /// The audiences file (TOML; see examples/audiences.toml). Without it: the built-in
     /// audiences (abandoned-checkouts, high-value-abandoners, recent-purchasers) to files.
@@ -38,18 +41,21 @@ pub struct AudiencesArgs {
     )]
     pub audiences_group: String,
 
-    /// The abandonment service's output topic (abandoner audiences read it).
+    /// The abandonment service's output topic (abandoner audiences read it). The variable is
+    /// the abandonment service's own, so both services agree on it; the flag is audiences'.
     #[arg(
-        long,
-        env = "AFTERCART_ABANDONMENTS_TOPIC",
+        long = "audiences-abandonment-topic",
+        alias = "abandonments-topic",
+        env = "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
         default_value = "aftercart.abandonments"
     )]
     pub abandonments_topic: String,
 
     /// Export batches from the engine to the exporters (keyed by shop/audience/destination).
     #[arg(
-        long,
-        env = "AFTERCART_AUDIENCE_BATCHES_TOPIC",
+        long = "audiences-batches-topic",
+        alias = "audience-batches-topic",
+        env = "AFTERCART_AUDIENCES_BATCHES_TOPIC",
         default_value = "aftercart.audience-batches"
     )]
     pub audience_batches_topic: String,
@@ -80,11 +86,20 @@ pub struct AudiencesArgs {
 
     /// Changes are exported at most this long after they happen, or sooner by size
     /// [default: 30s; 5s under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_EXPORT_FLUSH_INTERVAL")]
+    #[arg(
+        long = "audiences-export-flush-interval",
+        alias = "export-flush-interval",
+        env = "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL"
+    )]
     pub export_flush_interval: Option<String>,
 
     /// Most people per export batch (and per request); capped by each platform's limit.
-    #[arg(long, env = "AFTERCART_EXPORT_BATCH_SIZE", default_value = "1000")]
+    #[arg(
+        long = "audiences-export-batch-size",
+        alias = "export-batch-size",
+        env = "AFTERCART_AUDIENCES_EXPORT_BATCH_SIZE",
+        default_value = "1000"
+    )]
     pub export_batch_size: String,
 
     /// Default directory of `file` destinations.
@@ -92,40 +107,61 @@ pub struct AudiencesArgs {
     pub audiences_dir: String,
 
     /// Meta Graph API base URL (tests point it at a local server).
-    #[arg(long, env = "AFTERCART_META_BASE_URL", default_value = meta::DEFAULT_BASE_URL)]
+    #[arg(long = "audiences-meta-base-url", alias = "meta-base-url", env = "AFTERCART_AUDIENCES_META_BASE_URL", default_value = meta::DEFAULT_BASE_URL)]
     pub meta_base_url: String,
 
     /// Google API base URL [default: https://datamanager.googleapis.com for `google`,
     /// https://googleads.googleapis.com for `google_ads_legacy`] (tests point it at a local server).
-    #[arg(long, env = "AFTERCART_GOOGLE_BASE_URL")]
+    #[arg(
+        long = "audiences-google-base-url",
+        alias = "google-base-url",
+        env = "AFTERCART_AUDIENCES_GOOGLE_BASE_URL"
+    )]
     pub google_base_url: Option<String>,
 
     /// TikTok Business API base URL.
-    #[arg(long, env = "AFTERCART_TIKTOK_BASE_URL", default_value = tiktok::DEFAULT_BASE_URL)]
+    #[arg(long = "audiences-tiktok-base-url", alias = "tiktok-base-url", env = "AFTERCART_AUDIENCES_TIKTOK_BASE_URL", default_value = tiktok::DEFAULT_BASE_URL)]
     pub tiktok_base_url: String,
 
     /// Timeout of one export request.
-    #[arg(long, env = "AFTERCART_EXPORT_TIMEOUT", default_value = "30s")]
+    #[arg(
+        long = "audiences-export-timeout",
+        alias = "export-timeout",
+        env = "AFTERCART_AUDIENCES_EXPORT_TIMEOUT",
+        default_value = "30s"
+    )]
     pub export_timeout: String,
 
     /// First retry backoff ceiling of a failing batch (doubles up to the maximum, full jitter).
-    #[arg(long, env = "AFTERCART_EXPORT_BACKOFF_INITIAL", default_value = "1s")]
+    #[arg(
+        long = "audiences-export-backoff-initial",
+        alias = "export-backoff-initial",
+        env = "AFTERCART_AUDIENCES_EXPORT_BACKOFF_INITIAL",
+        default_value = "1s"
+    )]
     pub export_backoff_initial: String,
 
-    #[arg(long, env = "AFTERCART_EXPORT_BACKOFF_MAX", default_value = "5m")]
+    #[arg(
+        long = "audiences-export-backoff-max",
+        alias = "export-backoff-max",
+        env = "AFTERCART_AUDIENCES_EXPORT_BACKOFF_MAX",
+        default_value = "5m"
+    )]
     pub export_backoff_max: String,
 
     /// A batch still failing this long after its first try is dead-lettered.
     #[arg(
-        long,
-        env = "AFTERCART_EXPORT_MAX_RETRY_DURATION",
+        long = "audiences-export-max-retry-duration",
+        alias = "export-max-retry-duration",
+        env = "AFTERCART_AUDIENCES_EXPORT_MAX_RETRY_DURATION",
         default_value = "6h"
     )]
     pub export_max_retry_duration: String,
 
     /// People with no membership, unseen this long, are forgotten.
     #[arg(
-        long,
+        long = "audiences-person-retention",
+        alias = "person-retention",
         env = "AFTERCART_AUDIENCES_PERSON_RETENTION",
         default_value = "90d"
     )]
@@ -577,47 +613,41 @@ impl AudiencesArgs {
     ) -> Result<AudiencesConfig, ConfigErrors> {
         let mut errors = ConfigErrors::new();
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
-        let positive = |value: &str| {
-            parse_duration(value).and_then(|d| {
-                if d.is_zero() {
-                    Err("must be above 0".to_string())
-                } else {
-                    Ok(d)
-                }
-            })
-        };
         let flush = errors.check(
-            "AFTERCART_EXPORT_FLUSH_INTERVAL",
-            positive(
+            "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL",
+            parse_positive_duration(
                 self.export_flush_interval
                     .as_deref()
                     .unwrap_or(defaults.flush_interval),
             ),
         );
         let batch_rows = errors.check(
-            "AFTERCART_EXPORT_BATCH_SIZE",
+            "AFTERCART_AUDIENCES_EXPORT_BATCH_SIZE",
             parse_in_range(&self.export_batch_size, 1, 10_000),
         );
-        let timeout = errors.check("AFTERCART_EXPORT_TIMEOUT", positive(&self.export_timeout));
+        let timeout = errors.check(
+            "AFTERCART_AUDIENCES_EXPORT_TIMEOUT",
+            parse_positive_duration(&self.export_timeout),
+        );
         let initial = errors.check(
-            "AFTERCART_EXPORT_BACKOFF_INITIAL",
-            positive(&self.export_backoff_initial),
+            "AFTERCART_AUDIENCES_EXPORT_BACKOFF_INITIAL",
+            parse_positive_duration(&self.export_backoff_initial),
         );
         let max = errors.check(
-            "AFTERCART_EXPORT_BACKOFF_MAX",
-            positive(&self.export_backoff_max),
+            "AFTERCART_AUDIENCES_EXPORT_BACKOFF_MAX",
+            parse_positive_duration(&self.export_backoff_max),
         );
         let max_duration = errors.check(
-            "AFTERCART_EXPORT_MAX_RETRY_DURATION",
+            "AFTERCART_AUDIENCES_EXPORT_MAX_RETRY_DURATION",
             parse_duration(&self.export_max_retry_duration),
         );
         let retention = errors.check(
             "AFTERCART_AUDIENCES_PERSON_RETENTION",
-            positive(&self.person_retention),
+            parse_positive_duration(&self.person_retention),
         );
         let redaction_retention = errors.check(
             "AFTERCART_AUDIENCES_REDACTION_RETENTION",
-            positive(&self.redaction_retention).and_then(|d| {
+            parse_positive_duration(&self.redaction_retention).and_then(|d| {
                 if d > MAX_REDACTION_RETENTION {
                     Err("at most 3650d: markers must expire".to_string())
                 } else {
@@ -698,32 +728,55 @@ impl AudiencesArgs {
                 errors.push(format!("{source}: defines no audience"));
             }
         }
-        for (name, value) in [
-            ("AFTERCART_AUDIENCES_GROUP", &self.audiences_group),
-            ("AFTERCART_ABANDONMENTS_TOPIC", &self.abandonments_topic),
-            (
-                "AFTERCART_AUDIENCE_BATCHES_TOPIC",
-                &self.audience_batches_topic,
-            ),
-            (
-                "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
-                &self.audiences_by_shop_topic,
-            ),
-            (
-                "AFTERCART_AUDIENCES_STATE_TOPIC",
-                &self.audiences_state_topic,
-            ),
-            (
-                "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
-                &self.audiences_dead_letter_topic,
-            ),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(format!("{name}: must not be empty"));
-            }
-        }
+        check_names(
+            &mut errors,
+            &[
+                ("AFTERCART_AUDIENCES_GROUP", &self.audiences_group),
+                (
+                    "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
+                    &self.abandonments_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_BATCHES_TOPIC",
+                    &self.audience_batches_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_BY_SHOP_TOPIC",
+                    &self.audiences_by_shop_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_STATE_TOPIC",
+                    &self.audiences_state_topic,
+                ),
+                (
+                    "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
+                    &self.audiences_dead_letter_topic,
+                ),
+            ],
+        );
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(flush),
+            Some(batch_rows),
+            Some(retention),
+            Some(redaction_retention),
+            Some(timeout),
+            Some(retry),
+        ) = (
+            kafka,
+            flush,
+            batch_rows,
+            retention,
+            redaction_retention,
+            timeout,
+            retry,
+        )
+        else {
+            return Err(errors);
+        };
         errors.finish(|| AudiencesConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             group: self.audiences_group.trim().to_string(),
             abandonments_topic: self.abandonments_topic.trim().to_string(),
             batches_topic: self.audience_batches_topic.trim().to_string(),
@@ -736,15 +789,15 @@ impl AudiencesArgs {
                     .iter()
                     .map(|(name, d): (&String, &Destination)| (name.clone(), d.platform()))
                     .collect(),
-                flush_interval_ms: flush.expect("checked").as_millis() as i64,
-                batch_rows: batch_rows.expect("checked") as usize,
-                person_retention_ms: retention.expect("checked").as_millis() as i64,
-                redaction_retention_ms: redaction_retention.expect("checked").as_millis() as i64,
+                flush_interval_ms: flush.as_millis() as i64,
+                batch_rows: batch_rows as usize,
+                person_retention_ms: retention.as_millis() as i64,
+                redaction_retention_ms: redaction_retention.as_millis() as i64,
                 google_consent,
             },
             destinations,
-            timeout: timeout.expect("checked"),
-            retry: retry.expect("checked"),
+            timeout,
+            retry,
             shutdown_timeout,
         })
     }
@@ -1072,11 +1125,7 @@ fn valid_name(name: &str) -> bool {
 
 fn amount(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<Amount> {
     let text = text.as_deref()?;
-    errors.check(
-        at,
-        Amount::parse(text.trim())
-            .ok_or_else(|| format!("{text:?} is not a decimal amount like 50 or 49.99")),
-    )
+    errors.check(at, Amount::parse_setting(text))
 }
 
 fn resolve_audience(

@@ -11,5 +11,5 @@ pub mod metrics;
 pub mod orphans;
 pub mod platform;
 
-pub use app::{serve, topic_specs, ServeError};
+pub use app::{serve, topic_specs, AudiencesService, ServeError};
 pub use config::{AudiencesArgs, AudiencesConfig, AudiencesDefaults};

@@ -183,6 +183,7 @@ impl AudiencesMetrics {
                 .pending_removal_age
                 .with_label_values(&[destination])
                 .set(0);
+            metrics.batch_duration.with_label_values(&[destination]);
             for op in [Op::Add, Op::Remove] {
                 for outcome in [ExportOutcome::Accepted, ExportOutcome::DeadLettered] {
                     let labels = [destination.as_str(), op_label(op), outcome.as_label()];

@@ -6,6 +6,7 @@ use aftercart_ingress::IngressArgs;
 use aftercart_kafka::KafkaArgs;
 use aftercart_loadgen::LoadgenArgs;
 use aftercart_referrals::ReferralsArgs;
+use aftercart_runtime::ProcessArgs;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::docs::DocsArgs;
@@ -26,12 +27,19 @@ pub struct Cli {
         long,
         env = "AFTERCART_LOG_FORMAT",
         default_value = "text",
-        global = true
+        global = true,
+        help_heading = "Logging"
     )]
     pub log_format: String,
 
     /// Log filter in RUST_LOG syntax, e.g. info or info,aftercart_ingress=debug.
-    #[arg(long, env = "AFTERCART_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "AFTERCART_LOG",
+        default_value = "info",
+        global = true,
+        help_heading = "Logging"
+    )]
     pub log: String,
 
     #[command(subcommand)]
@@ -70,18 +78,6 @@ pub enum Command {
     /// Write the configuration and metrics references (docs/reference/) from the code, or check
     /// that the committed ones are current.
     Docs(DocsArgs),
-}
-
-/// Flags every consumer service command has besides its own.
-#[derive(Debug, clap::Args)]
-pub struct ProcessArgs {
-    /// Admin listen address for /livez, /readyz and /metrics [default: 0.0.0.0:9090].
-    #[arg(long, env = "AFTERCART_ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
-
-    /// Deadline for a graceful shutdown.
-    #[arg(long, env = "AFTERCART_SHUTDOWN_TIMEOUT", default_value = "15s")]
-    pub shutdown_timeout: String,
 }
 
 /// Flags of `aftercart abandonment`.
@@ -126,6 +122,11 @@ pub struct AudiencesCommand {
 /// Flags of `aftercart dev`: every service's, under one set of Kafka and admin flags.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
+    /// Run only the embedded broker, every topic created, and print its address (benchmarks
+    /// and other Kafka clients use it); Ctrl-C stops it.
+    #[arg(long)]
+    pub broker_only: bool,
+
     #[command(flatten)]
     pub ingress: IngressArgs,
 
@@ -137,9 +138,32 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub audiences: AudiencesArgs,
+}
 
-    /// Run only the embedded broker, every topic created, and print its address (benchmarks
-    /// and other Kafka clients use it); Ctrl-C stops it.
-    #[arg(long)]
-    pub broker_only: bool,
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// `--help` groups settings by heading (Kafka, the service, Process, Logging): every flag
+    /// that is a setting of a service command has one.
+    #[test]
+    fn every_setting_of_a_service_command_is_under_a_help_heading() {
+        let mut cli = Cli::command();
+        cli.build();
+        for name in ["ingress", "abandonment", "referrals", "audiences", "dev"] {
+            let command = cli.find_subcommand(name).expect("the command exists");
+            for arg in command
+                .get_arguments()
+                .filter(|arg| arg.get_env().is_some())
+            {
+                assert!(
+                    arg.get_help_heading().is_some(),
+                    "aftercart {name}: --{} has no help heading",
+                    arg.get_long().unwrap_or_default()
+                );
+            }
+        }
+    }
 }

@@ -7,13 +7,15 @@ mod serve;
 
 use std::process::ExitCode;
 
-use aftercart_runtime::telemetry;
 use aftercart_runtime::EX_USAGE;
+use aftercart_runtime::{renamed, telemetry};
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Old setting names become the new ones before clap reads the environment.
+    let deprecations = renamed::apply_to_process_env();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -31,6 +33,9 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(format, &cli.log);
+    if let Some(warning) = deprecations.warning() {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

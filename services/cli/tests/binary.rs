@@ -20,7 +20,7 @@ fn aftercart(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
         .env_clear()
-        .env("AFTERCART_SPOOL_DIR", temp_spool_dir())
+        .env("AFTERCART_INGRESS_SPOOL_DIR", temp_spool_dir())
         .args(args)
         .stdin(Stdio::null());
     command
@@ -69,19 +69,19 @@ fn invalid_configuration_lists_every_problem_and_exits_64_without_secrets() {
     let output = run(aftercart(&["ingress"])
         .env("AFTERCART_SHOPIFY_SECRETS", "hunter2-secret")
         .env("AFTERCART_SHOPIFY_SECRETS_FILE", "/nonexistent")
-        .env("AFTERCART_LISTEN", "not-an-address")
-        .env("AFTERCART_MAX_BODY_BYTES", "huge")
+        .env("AFTERCART_INGRESS_LISTEN", "not-an-address")
+        .env("AFTERCART_INGRESS_MAX_BODY_BYTES", "huge")
         .env("AFTERCART_TOPIC_PARTITIONS", "0")
-        .env("AFTERCART_PUBLISH_DEADLINE", "10s"));
+        .env("AFTERCART_INGRESS_PUBLISH_DEADLINE", "10s"));
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for needle in [
         "AFTERCART_KAFKA_BROKERS",
         "AFTERCART_SHOPIFY_SECRETS_FILE",
-        "AFTERCART_LISTEN",
-        "AFTERCART_MAX_BODY_BYTES",
+        "AFTERCART_INGRESS_LISTEN",
+        "AFTERCART_INGRESS_MAX_BODY_BYTES",
         "AFTERCART_TOPIC_PARTITIONS",
-        "AFTERCART_PUBLISH_DEADLINE",
+        "AFTERCART_INGRESS_PUBLISH_DEADLINE",
     ] {
         assert!(stderr.contains(needle), "{needle} missing from:\n{stderr}");
     }
@@ -90,6 +90,71 @@ fn invalid_configuration_lists_every_problem_and_exits_64_without_secrets() {
         !stderr.contains("hunter2"),
         "a secret was printed:\n{stderr}"
     );
+}
+
+/// The lines of a run's stderr that warn about deprecated setting names.
+fn deprecation_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| line.contains("deprecated setting names"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn an_old_setting_name_still_works_with_one_warning_line_and_no_value() {
+    // Two old names, both invalid: their problems are reported under the new names, which
+    // proves the values arrived there; the one warning line names both, never their values.
+    let output = run(aftercart(&["abandonment"])
+        .env("AFTERCART_ABANDON_AFTER", "0s")
+        .env("AFTERCART_REPEAT_WINDOW", "not-a-duration-7731"));
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("AFTERCART_ABANDONMENT_ABANDON_AFTER"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("AFTERCART_ABANDONMENT_REPEAT_WINDOW"),
+        "{stderr}"
+    );
+    let warnings = deprecation_lines(&output);
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("AFTERCART_ABANDON_AFTER (now AFTERCART_ABANDONMENT_ABANDON_AFTER)")
+    );
+    assert!(warnings[0].contains("AFTERCART_REPEAT_WINDOW"));
+    assert!(
+        !warnings[0].contains("7731"),
+        "a value was printed: {}",
+        warnings[0]
+    );
+
+    // The old flag is still accepted too.
+    let output = run(&mut aftercart(&["abandonment", "--abandon-after=0s"]));
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("AFTERCART_ABANDONMENT_ABANDON_AFTER"));
+    assert!(deprecation_lines(&output).is_empty());
+}
+
+#[test]
+fn with_old_and_new_setting_names_both_set_the_new_one_wins() {
+    let problem = |old: &str, new: &str| {
+        let output = run(aftercart(&["abandonment"])
+            .env("AFTERCART_ABANDON_AFTER", old)
+            .env("AFTERCART_ABANDONMENT_ABANDON_AFTER", new));
+        assert_eq!(output.status.code(), Some(64), "brokers are missing");
+        let warnings = deprecation_lines(&output);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("AFTERCART_ABANDON_AFTER (ignored"),
+            "{}",
+            warnings[0]
+        );
+        String::from_utf8_lossy(&output.stderr).contains("AFTERCART_ABANDONMENT_ABANDON_AFTER:")
+    };
+    assert!(!problem("0s", "5m"), "the old, invalid value was used");
+    assert!(problem("5m", "0s"), "the new, invalid value was not used");
 }
 
 #[test]
@@ -137,7 +202,7 @@ fn plain_http_destinations_and_a_missing_state_hash_key_exit_64_naming_the_setti
         let mut command = aftercart(&["referrals"]);
         command
             .env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:1")
-            .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret")
+            .env("AFTERCART_REFERRALS_CODE_SECRET", "a-referral-code-secret")
             .env(
                 "AFTERCART_REFERRALS_WEBHOOK_URL",
                 "http://127.0.0.1:9/hooks?token=t0ken",
@@ -199,9 +264,9 @@ fn unknown_flags_exit_64_and_help_exits_0() {
         "AFTERCART_SHOPIFY_SECRETS",
         "AFTERCART_SHOPIFY_SECRETS_FILE",
         "AFTERCART_SHOPIFY_SHOP_SECRETS_FILE",
-        "AFTERCART_LISTEN",
+        "AFTERCART_INGRESS_LISTEN",
         "AFTERCART_ADMIN_LISTEN",
-        "AFTERCART_MAX_BODY_BYTES",
+        "AFTERCART_INGRESS_MAX_BODY_BYTES",
         "AFTERCART_TOPIC_PARTITIONS",
         "AFTERCART_TOPIC_REPLICATION",
     ] {
@@ -221,7 +286,7 @@ fn start_ingress(broker: &Broker, prefix: &str, secret: &str) -> (Child, SocketA
         .env("AFTERCART_TOPIC_PREFIX", prefix)
         .env("AFTERCART_TOPIC_PARTITIONS", "3")
         .env("AFTERCART_SHOPIFY_SECRETS", secret)
-        .env("AFTERCART_LISTEN", listen.to_string())
+        .env("AFTERCART_INGRESS_LISTEN", listen.to_string())
         .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
         .env("AFTERCART_LOG_FORMAT", "json")
         // The load generator's HTTP/2 run needs it (off by default).
@@ -301,7 +366,7 @@ async fn journey_topics_with_different_partition_counts_exit_78() {
         .env("AFTERCART_TOPIC_PREFIX", &prefix)
         .env("AFTERCART_TOPIC_PARTITIONS", "3")
         .env("AFTERCART_SHOPIFY_SECRETS", "s")
-        .env("AFTERCART_LISTEN", free_addr().to_string())
+        .env("AFTERCART_INGRESS_LISTEN", free_addr().to_string())
         .env("AFTERCART_ADMIN_LISTEN", free_addr().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -362,7 +427,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         std::env::temp_dir().join(format!("aftercart-dev-audiences-{}", std::process::id()));
     let mut child = aftercart(&[
         "dev",
-        "--listen",
+        "--ingress-listen",
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
@@ -379,7 +444,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     .await;
     let url = format!("http://{webhook}/webhooks/shopify");
     let demo = tokio::task::spawn_blocking(move || {
-        run(&mut aftercart(&["send", "--demo", "--url", &url]))
+        run(&mut aftercart(&["send", "--demo", "--send-url", &url]))
     })
     .await
     .unwrap();
@@ -515,7 +580,7 @@ fn start_abandonment(broker: &Broker, prefix: &str, admin: SocketAddr) -> Child 
             format!("{prefix}abandonment"),
         )
         .env(
-            "AFTERCART_ABANDONMENTS_TOPIC",
+            "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
             format!("{prefix}abandonments"),
         )
         .env(
@@ -530,7 +595,7 @@ fn start_abandonment(broker: &Broker, prefix: &str, admin: SocketAddr) -> Child 
             "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
             format!("{prefix}data_requests"),
         )
-        .env("AFTERCART_ABANDON_AFTER", "3s")
+        .env("AFTERCART_ABANDONMENT_ABANDON_AFTER", "3s")
         .env(
             "AFTERCART_KAFKA_PROPERTIES",
             "session.timeout.ms=6000,heartbeat.interval.ms=500",
@@ -651,9 +716,9 @@ async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingres
         let output = tokio::task::spawn_blocking(move || {
             let mut argv = vec![
                 "loadgen",
-                "--url",
+                "--loadgen-url",
                 &url,
-                "--secret",
+                "--shopify-secrets",
                 "loadgen-secret",
                 "--connections",
                 "4",
@@ -752,9 +817,11 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
             .unwrap();
     }
     let dir_arg = dir.to_str().unwrap();
-    let held = run(aftercart(&["spool", "drain", "--spool-dir", dir_arg])
-        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
-        .env("AFTERCART_TOPIC_PREFIX", &prefix));
+    let held = run(
+        aftercart(&["spool", "drain", "--ingress-spool-dir", dir_arg])
+            .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+            .env("AFTERCART_TOPIC_PREFIX", &prefix),
+    );
     assert_eq!(
         held.status.code(),
         Some(69),
@@ -767,7 +834,7 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
     let inspected = run(&mut aftercart(&[
         "spool",
         "inspect",
-        "--spool-dir",
+        "--ingress-spool-dir",
         dir_arg,
     ]));
     let text = String::from_utf8_lossy(&inspected.stdout);
@@ -779,9 +846,11 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
         "no keys or bodies in the report: {text}"
     );
 
-    let drained = run(aftercart(&["spool", "drain", "--spool-dir", dir_arg])
-        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
-        .env("AFTERCART_TOPIC_PREFIX", &prefix));
+    let drained = run(
+        aftercart(&["spool", "drain", "--ingress-spool-dir", dir_arg])
+            .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+            .env("AFTERCART_TOPIC_PREFIX", &prefix),
+    );
     let out = String::from_utf8_lossy(&drained.stdout);
     assert_eq!(
         drained.status.code(),
@@ -802,7 +871,7 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
     let after = run(&mut aftercart(&[
         "spool",
         "inspect",
-        "--spool-dir",
+        "--ingress-spool-dir",
         dir_arg,
     ]));
     assert!(String::from_utf8_lossy(&after.stdout).contains("pending: 0 events"));
@@ -911,7 +980,7 @@ async fn secrets_in_kafka_properties_never_reach_the_output() {
     with_secrets(&mut running);
     let mut child = running
         .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
-        .env("AFTERCART_LISTEN", listen.to_string())
+        .env("AFTERCART_INGRESS_LISTEN", listen.to_string())
         .env("AFTERCART_ADMIN_LISTEN", admin.to_string())
         .env("AFTERCART_LOG", "debug")
         .stdout(Stdio::null())
@@ -1008,7 +1077,7 @@ async fn kafka_check_reports_the_cluster_and_fails_when_it_cannot_connect() {
                     .env("AFTERCART_KAFKA_BROKERS", bootstrap)
                     .env("AFTERCART_TOPIC_PREFIX", prefix)
                     .env("AFTERCART_TOPIC_PARTITIONS", "3")
-                    .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret")
+                    .env("AFTERCART_REFERRALS_CODE_SECRET", "a-referral-code-secret")
                     .env("AFTERCART_STATE_HASH_KEY", "a-state-hash-key-of-16"),
             )
         }
@@ -1044,7 +1113,7 @@ async fn kafka_check_reports_the_cluster_and_fails_when_it_cannot_connect() {
 
     let unreachable = run(aftercart(&["kafka", "check", "--timeout", "2s"])
         .env("AFTERCART_KAFKA_BROKERS", free_addr().to_string())
-        .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret")
+        .env("AFTERCART_REFERRALS_CODE_SECRET", "a-referral-code-secret")
         .env("AFTERCART_STATE_HASH_KEY", "a-state-hash-key-of-16"));
     let stdout = String::from_utf8_lossy(&unreachable.stdout);
     assert!(stdout.contains("FAIL  connect"), "{stdout}");

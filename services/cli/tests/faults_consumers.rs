@@ -58,7 +58,7 @@ fn abandonment(prefix: &str) -> Case {
                 format!("{prefix}abandonment"),
             ),
             var(
-                "AFTERCART_ABANDONMENTS_TOPIC",
+                "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
                 format!("{prefix}abandonments"),
             ),
             var(
@@ -73,8 +73,8 @@ fn abandonment(prefix: &str) -> Case {
                 "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
                 format!("{prefix}data_requests"),
             ),
-            var("AFTERCART_ABANDON_AFTER", "1s"),
-            var("AFTERCART_CART_ABANDON_AFTER", "1s"),
+            var("AFTERCART_ABANDONMENT_ABANDON_AFTER", "1s"),
+            var("AFTERCART_ABANDONMENT_CART_ABANDON_AFTER", "1s"),
         ],
         webhook: |run, n| {
             let cart = format!("{run}-{n}");
@@ -103,11 +103,11 @@ fn referrals(prefix: &str) -> Case {
         env: vec![
             var("AFTERCART_REFERRALS_GROUP", format!("{prefix}referrals")),
             var(
-                "AFTERCART_REFERRAL_INVITES_TOPIC",
+                "AFTERCART_REFERRALS_INVITES_TOPIC",
                 format!("{prefix}referral-invites"),
             ),
             var(
-                "AFTERCART_REFERRAL_REWARDS_TOPIC",
+                "AFTERCART_REFERRALS_REWARDS_TOPIC",
                 format!("{prefix}referral-rewards"),
             ),
             var(
@@ -130,9 +130,9 @@ fn referrals(prefix: &str) -> Case {
                 "AFTERCART_REFERRALS_DATA_REQUESTS_TOPIC",
                 format!("{prefix}data_requests"),
             ),
-            var("AFTERCART_REFERRAL_CODE_SECRET", "faults-code-secret"),
+            var("AFTERCART_REFERRALS_CODE_SECRET", "faults-code-secret"),
             var("AFTERCART_STATE_HASH_KEY", "faults-state-hash-key"),
-            var("AFTERCART_REFERRAL_REVIEW_WINDOW", "3s"),
+            var("AFTERCART_REFERRALS_REVIEW_WINDOW", "3s"),
         ],
         webhook: |run, n| {
             // A distinct buyer per order (the invite cooldown is per customer) and a distinct
@@ -174,7 +174,7 @@ fn audiences(prefix: &str, dir: &std::path::Path) -> Case {
         env: vec![
             var("AFTERCART_AUDIENCES_GROUP", format!("{prefix}audiences")),
             var(
-                "AFTERCART_AUDIENCE_BATCHES_TOPIC",
+                "AFTERCART_AUDIENCES_BATCHES_TOPIC",
                 format!("{prefix}audience-batches"),
             ),
             var(
@@ -190,13 +190,13 @@ fn audiences(prefix: &str, dir: &std::path::Path) -> Case {
                 format!("{prefix}audiences-dead-letter"),
             ),
             var(
-                "AFTERCART_ABANDONMENTS_TOPIC",
+                "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
                 format!("{prefix}abandonments"),
             ),
             var("AFTERCART_AUDIENCES_DIR", dir.to_string_lossy()),
-            var("AFTERCART_EXPORT_FLUSH_INTERVAL", "1s"),
+            var("AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL", "1s"),
             var(
-                "AFTERCART_EXPORT_BATCH_SIZE",
+                "AFTERCART_AUDIENCES_EXPORT_BATCH_SIZE",
                 AUDIENCE_BATCH_ROWS.to_string(),
             ),
         ],

@@ -1,6 +1,6 @@
 //! Fault suite, part 5 (issues 7 and 16): slow and flooding clients against the real
 //! `aftercart ingress` on a Tansu broker process: slowloris headers, bodies trickled byte by
-//! byte, thousands of idle connections past `AFTERCART_MAX_CONNECTIONS`, oversized headers,
+//! byte, thousands of idle connections past `AFTERCART_INGRESS_MAX_CONNECTIONS`, oversized headers,
 //! HTTP/2 connections that never send a request, and hundreds of slow 4 MiB bodies with fake
 //! signatures against the body budget (peak RSS measured from /proc). While each runs, a
 //! well-behaved client keeps getting 200s, and every one it got is in Kafka exactly once.
@@ -40,10 +40,13 @@ async fn stack_with(
     let prefix = unique_prefix();
     let (mut env, listen) = ingress_env(&broker, &prefix, SECRET);
     for (key, value) in [
-        ("AFTERCART_HEADER_READ_TIMEOUT", "2s".to_string()),
-        ("AFTERCART_BODY_READ_TIMEOUT", "2s".to_string()),
-        ("AFTERCART_MAX_CONNECTIONS", max_connections.to_string()),
-        ("AFTERCART_MAX_HEADER_BYTES", "16KiB".to_string()),
+        ("AFTERCART_INGRESS_HEADER_READ_TIMEOUT", "2s".to_string()),
+        ("AFTERCART_INGRESS_BODY_READ_TIMEOUT", "2s".to_string()),
+        (
+            "AFTERCART_INGRESS_MAX_CONNECTIONS",
+            max_connections.to_string(),
+        ),
+        ("AFTERCART_INGRESS_MAX_HEADER_BYTES", "16KiB".to_string()),
     ] {
         env.push((key.to_string(), value));
     }
@@ -58,7 +61,7 @@ async fn stack_with(
 
 fn listen_of(ingress: &ServiceProcess) -> std::net::SocketAddr {
     ingress
-        .env("AFTERCART_LISTEN")
+        .env("AFTERCART_INGRESS_LISTEN")
         .expect("listen set")
         .parse()
         .expect("address")
@@ -565,8 +568,8 @@ async fn slow_fake_signed_4mib_bodies_stay_within_the_body_budget_while_others_a
         "ingress-memory-budget",
         &[
             // Long enough for every slow body to arrive whole: the worst case for memory.
-            ("AFTERCART_BODY_READ_TIMEOUT", "8s"),
-            ("AFTERCART_MAX_BODY_BYTES", "4MiB"),
+            ("AFTERCART_INGRESS_BODY_READ_TIMEOUT", "8s"),
+            ("AFTERCART_INGRESS_MAX_BODY_BYTES", "4MiB"),
             // As in k8s/base/ingress/ingress.env.
             ("AFTERCART_INGRESS_BODY_BUDGET_BYTES", "128MiB"),
         ],
@@ -687,20 +690,20 @@ async fn unfinished_heads_on_every_connection_slot_stay_within_the_pod_limit() {
     const POD_LIMIT: u64 = 512 << 20;
     // The shipped limits: every slot taken by a head just under the header limit is what an
     // unauthenticated client can make the ingress buffer, on top of the body budget.
-    let connections: usize = shipped_setting("AFTERCART_MAX_CONNECTIONS")
+    let connections: usize = shipped_setting("AFTERCART_INGRESS_MAX_CONNECTIONS")
         .parse()
         .expect("a count");
-    let header_bytes = shipped_bytes("AFTERCART_MAX_HEADER_BYTES");
+    let header_bytes = shipped_bytes("AFTERCART_INGRESS_MAX_HEADER_BYTES");
     let budget = shipped_bytes("AFTERCART_INGRESS_BODY_BUDGET_BYTES");
     let Some((broker, ingress, prefix)) = stack_with(
         connections,
         "ingress-head-memory",
         &[
             // Long enough for every slot to hold its head at once: the worst case for memory.
-            ("AFTERCART_HEADER_READ_TIMEOUT", "30s"),
+            ("AFTERCART_INGRESS_HEADER_READ_TIMEOUT", "30s"),
             (
-                "AFTERCART_MAX_HEADER_BYTES",
-                &shipped_setting("AFTERCART_MAX_HEADER_BYTES"),
+                "AFTERCART_INGRESS_MAX_HEADER_BYTES",
+                &shipped_setting("AFTERCART_INGRESS_MAX_HEADER_BYTES"),
             ),
         ],
     )
@@ -750,8 +753,8 @@ async fn unfinished_heads_on_every_connection_slot_stay_within_the_pod_limit() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let peak = ingress.peak_rss_bytes();
     eprintln!(
-        "faults/head-memory: {} of {connections} slots (AFTERCART_MAX_CONNECTIONS as shipped) \
-         hold an unfinished {} KiB head (AFTERCART_MAX_HEADER_BYTES {} KiB): peak RSS {:.1} MiB \
+        "faults/head-memory: {} of {connections} slots (AFTERCART_INGRESS_MAX_CONNECTIONS as shipped) \
+         hold an unfinished {} KiB head (AFTERCART_INGRESS_MAX_HEADER_BYTES {} KiB): peak RSS {:.1} MiB \
          (baseline {:.1} MiB) + body budget {} MiB against the pod limit {} MiB",
         held.len(),
         head.len() >> 10,

@@ -44,9 +44,9 @@ async fn setup(name: &str, extra: &[(&str, &str)]) -> Option<Setup> {
     let broker = Broker::tansu().await?;
     let prefix = unique_prefix();
     let (mut env, addr) = ingress_env(&broker, &prefix, SECRET);
-    env.push(("AFTERCART_SPOOL_DIR".into(), spool_dir(&prefix)));
-    env.push(("AFTERCART_SPOOL_AFTER".into(), "500ms".into()));
-    env.push(("AFTERCART_PUBLISH_DEADLINE".into(), "3s".into()));
+    env.push(("AFTERCART_INGRESS_SPOOL_DIR".into(), spool_dir(&prefix)));
+    env.push(("AFTERCART_INGRESS_SPOOL_AFTER".into(), "500ms".into()));
+    env.push(("AFTERCART_INGRESS_PUBLISH_DEADLINE".into(), "3s".into()));
     for (key, value) in extra {
         env.push((key.to_string(), value.to_string()));
     }
@@ -181,8 +181,8 @@ async fn a_full_spool_answers_503_and_recovers_after_the_drain() {
     let Some(setup) = setup(
         "ingress-spool-full",
         &[
-            ("AFTERCART_SPOOL_MAX_BYTES", "1MiB"),
-            ("AFTERCART_MAX_BODY_BYTES", "512KiB"),
+            ("AFTERCART_INGRESS_SPOOL_MAX_BYTES", "1MiB"),
+            ("AFTERCART_INGRESS_MAX_BODY_BYTES", "512KiB"),
         ],
     )
     .await
@@ -239,7 +239,7 @@ enum DiskFault {
     /// with ENOSPC; O_EXCL refuses the name): segment creation fails, the active segment works.
     SymlinkedSegments,
     /// The spool lives on a tmpfs this small: the disk fills (ENOSPC on appends, the checkpoint
-    /// and new segments) long before AFTERCART_SPOOL_MAX_BYTES.
+    /// and new segments) long before AFTERCART_INGRESS_SPOOL_MAX_BYTES.
     FullTmpfs(&'static str),
 }
 
@@ -299,12 +299,12 @@ async fn disk_fails_mid_spool(name: &str, fault: DiskFault) {
     };
     let mut extra = vec![
         // 1 MiB segments: the spool needs a new one about every second of the padded load.
-        ("AFTERCART_SPOOL_MAX_BYTES", "8MiB".to_string()),
-        ("AFTERCART_MAX_BODY_BYTES", "512KiB".to_string()),
+        ("AFTERCART_INGRESS_SPOOL_MAX_BYTES", "8MiB".to_string()),
+        ("AFTERCART_INGRESS_MAX_BODY_BYTES", "512KiB".to_string()),
     ];
     if let DiskFault::FullTmpfs(_) = fault {
         extra.push((
-            "AFTERCART_SPOOL_DIR",
+            "AFTERCART_INGRESS_SPOOL_DIR",
             tmpfs_dir.join("spool").to_string_lossy().into_owned(),
         ));
     }

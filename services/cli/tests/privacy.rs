@@ -82,7 +82,7 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
             format!("{prefix}abandonment"),
         ),
         var(
-            "AFTERCART_ABANDONMENTS_TOPIC",
+            "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
             format!("{prefix}abandonments"),
         ),
         var(
@@ -97,8 +97,8 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
             "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
             format!("{prefix}data_requests"),
         ),
-        var("AFTERCART_ABANDON_AFTER", "1s"),
-        var("AFTERCART_CART_ABANDON_AFTER", "1s"),
+        var("AFTERCART_ABANDONMENT_ABANDON_AFTER", "1s"),
+        var("AFTERCART_ABANDONMENT_CART_ABANDON_AFTER", "1s"),
     ]);
     let abandonment =
         ServiceProcess::start("privacy/abandonment", BIN, &["abandonment"], env).await;
@@ -106,11 +106,11 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
     env.extend([
         var("AFTERCART_REFERRALS_GROUP", format!("{prefix}referrals")),
         var(
-            "AFTERCART_REFERRAL_INVITES_TOPIC",
+            "AFTERCART_REFERRALS_INVITES_TOPIC",
             format!("{prefix}referral-invites"),
         ),
         var(
-            "AFTERCART_REFERRAL_REWARDS_TOPIC",
+            "AFTERCART_REFERRALS_REWARDS_TOPIC",
             format!("{prefix}referral-rewards"),
         ),
         var(
@@ -133,7 +133,7 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
             "AFTERCART_REFERRALS_DATA_REQUESTS_TOPIC",
             format!("{prefix}data_requests"),
         ),
-        var("AFTERCART_REFERRAL_CODE_SECRET", "privacy-e2e-code-secret"),
+        var("AFTERCART_REFERRALS_CODE_SECRET", "privacy-e2e-code-secret"),
         var("AFTERCART_STATE_HASH_KEY", "privacy-e2e-state-hash-key"),
         var("AFTERCART_REFERRALS_WEBHOOK_URL", receiver.url.clone()),
         // The receiver is a local plain-http server.

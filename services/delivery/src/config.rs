@@ -3,10 +3,12 @@
 //! service names the flags; these types validate the text it read, reporting every problem.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_runtime::config::{
+    parse_duration, parse_positive_duration, secret_or_file, ConfigErrors,
+};
 pub use aftercart_shopify::Secret;
 use http::uri::Scheme;
 use http::Uri;
@@ -159,34 +161,22 @@ impl SinkFlags {
             ),
         };
         // `None` when invalid; `Some(None)` when deliveries go unsigned.
-        let secret: Option<Option<Secret>> = match (&self.secret, &self.secret_file) {
-            (Some(_), Some(_)) => {
-                let (a, b) = (name("SECRET"), name("SECRET_FILE"));
-                errors.push(format!("{a} and {b}: set one, not both"));
-                None
-            }
-            (Some(secret), None) if secret.expose().is_empty() => {
-                errors.push(format!("{}: is empty", name("SECRET")));
-                None
-            }
-            (Some(secret), None) => Some(Some(secret.clone())),
-            (None, Some(path)) => errors
-                .check(&name("SECRET_FILE"), read_secret(path))
-                .map(Some),
-            (None, None) => Some(None),
-        };
-        let positive = |value: &str| {
-            parse_duration(value).and_then(|d| {
-                if d.is_zero() {
-                    Err("must be above 0".to_string())
-                } else {
-                    Ok(d)
-                }
-            })
-        };
-        let timeout = errors.check(&name("TIMEOUT"), positive(&self.timeout));
-        let initial = errors.check(&name("BACKOFF_INITIAL"), positive(&self.backoff_initial));
-        let max = errors.check(&name("BACKOFF_MAX"), positive(&self.backoff_max));
+        let secret: Option<Option<Secret>> = secret_or_file(
+            errors,
+            &name("SECRET"),
+            self.secret.as_ref().map(Secret::expose),
+            self.secret_file.as_deref(),
+        )
+        .map(|secret| secret.map(Secret::new));
+        let timeout = errors.check(&name("TIMEOUT"), parse_positive_duration(&self.timeout));
+        let initial = errors.check(
+            &name("BACKOFF_INITIAL"),
+            parse_positive_duration(&self.backoff_initial),
+        );
+        let max = errors.check(
+            &name("BACKOFF_MAX"),
+            parse_positive_duration(&self.backoff_max),
+        );
         if let (Some(initial), Some(max)) = (initial, max) {
             if max < initial {
                 let (a, b) = (name("BACKOFF_MAX"), name("BACKOFF_INITIAL"));
@@ -277,17 +267,6 @@ fn topic_name(topic: &str) -> Result<(), String> {
             "{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"
         ))
     }
-}
-
-/// The secret in `path`, without its trailing newline.
-fn read_secret(path: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let secret = text.trim_end_matches(['\n', '\r']);
-    if secret.is_empty() {
-        return Err(format!("{} holds no secret", path.display()));
-    }
-    Ok(Secret::new(secret))
 }
 
 #[cfg(test)]

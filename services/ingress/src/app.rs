@@ -169,7 +169,7 @@ pub struct App {
 fn open_spool(config: &IngressConfig, metrics: &SpoolMetrics) -> SpoolState {
     let Some(spool) = &config.spool else {
         tracing::warn!(
-            "The spool is off (AFTERCART_SPOOL_DIR=off): when Kafka is slow, webhooks get 503."
+            "The spool is off (AFTERCART_INGRESS_SPOOL_DIR=off): when Kafka is slow, webhooks get 503."
         );
         metrics.set_available(false);
         return SpoolState::Off;

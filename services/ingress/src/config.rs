@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{
-    parse_byte_size, parse_duration, parse_in_range, parse_socket_addr, parse_switch, ConfigErrors,
+    parse_byte_size, parse_duration, parse_in_range, parse_positive_duration, parse_socket_addr,
+    parse_switch, ConfigErrors,
 };
 use aftercart_shopify::{Secret, Verifier};
 
@@ -16,10 +17,8 @@ const SHOPIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Flags of `aftercart ingress` (and of `aftercart dev`, which runs the same ingress).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Ingress")]
 pub struct IngressArgs {
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-
     /// Shopify signing secrets, comma-separated: the current one first, then those still
     /// accepted during a rotation.
     #[arg(
@@ -43,7 +42,11 @@ pub struct IngressArgs {
     pub shop_secrets_file: Option<PathBuf>,
 
     /// Webhook listen address [default: 0.0.0.0:8080; 127.0.0.1:8080 under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_LISTEN")]
+    #[arg(
+        long = "ingress-listen",
+        alias = "listen",
+        env = "AFTERCART_INGRESS_LISTEN"
+    )]
     pub listen: Option<String>,
 
     /// Admin listen address for /livez, /readyz and /metrics
@@ -52,45 +55,90 @@ pub struct IngressArgs {
     pub admin_listen: Option<String>,
 
     /// Largest accepted webhook body (bytes, or with a unit: 4MiB); larger bodies get 413.
-    #[arg(long, env = "AFTERCART_MAX_BODY_BYTES", default_value = "4MiB")]
+    #[arg(
+        long = "ingress-max-body-bytes",
+        alias = "max-body-bytes",
+        env = "AFTERCART_INGRESS_MAX_BODY_BYTES",
+        default_value = "4MiB"
+    )]
     pub max_body_bytes: String,
 
     /// Time from request arrival to a safe event; past it the ingress answers 503 with
     /// Retry-After. Must stay below Shopify's 5 s timeout.
-    #[arg(long, env = "AFTERCART_PUBLISH_DEADLINE", default_value = "3s")]
+    #[arg(
+        long = "ingress-publish-deadline",
+        alias = "publish-deadline",
+        env = "AFTERCART_INGRESS_PUBLISH_DEADLINE",
+        default_value = "3s"
+    )]
     pub publish_deadline: String,
 
     /// How long a client may take to send the body; slower bodies get 408.
-    #[arg(long, env = "AFTERCART_BODY_READ_TIMEOUT", default_value = "5s")]
+    #[arg(
+        long = "ingress-body-read-timeout",
+        alias = "body-read-timeout",
+        env = "AFTERCART_INGRESS_BODY_READ_TIMEOUT",
+        default_value = "5s"
+    )]
     pub body_read_timeout: String,
 
     /// How long a client may take to send the request headers (slow clients are cut off).
-    #[arg(long, env = "AFTERCART_HEADER_READ_TIMEOUT", default_value = "10s")]
+    #[arg(
+        long = "ingress-header-read-timeout",
+        alias = "header-read-timeout",
+        env = "AFTERCART_INGRESS_HEADER_READ_TIMEOUT",
+        default_value = "10s"
+    )]
     pub header_read_timeout: String,
 
     /// Most concurrent connections; beyond it new connections wait in the listen backlog.
-    /// Each may hold an unfinished head (AFTERCART_MAX_HEADER_BYTES) before anything is
+    /// Each may hold an unfinished head (AFTERCART_INGRESS_MAX_HEADER_BYTES) before anything is
     /// authenticated: 4000 heads of 16KiB took ~125 MiB, 10000 of 64KiB 866 MiB.
-    #[arg(long, env = "AFTERCART_MAX_CONNECTIONS", default_value = "4000")]
+    #[arg(
+        long = "ingress-max-connections",
+        alias = "max-connections",
+        env = "AFTERCART_INGRESS_MAX_CONNECTIONS",
+        default_value = "4000"
+    )]
     pub max_connections: String,
 
     /// Largest request head (request line and headers); larger ones get 431 (Shopify's are
     /// under 2KiB). HTTP/1 buffers up to about twice this per connection while the head is
     /// unfinished; HTTP/2 caps the header list at it.
-    #[arg(long, env = "AFTERCART_MAX_HEADER_BYTES", default_value = "16KiB")]
+    #[arg(
+        long = "ingress-max-header-bytes",
+        alias = "max-header-bytes",
+        env = "AFTERCART_INGRESS_MAX_HEADER_BYTES",
+        default_value = "16KiB"
+    )]
     pub max_header_bytes: String,
 
     /// On shutdown, how long to keep accepting after /readyz turns 503, so load balancers stop
     /// routing here first (set about 5s on Kubernetes).
-    #[arg(long, env = "AFTERCART_DRAIN_DELAY", default_value = "0s")]
+    #[arg(
+        long = "ingress-drain-delay",
+        alias = "drain-delay",
+        env = "AFTERCART_INGRESS_DRAIN_DELAY",
+        default_value = "0s"
+    )]
     pub drain_delay: String,
 
     /// How long a webhook id is remembered for deduplication.
-    #[arg(long, env = "AFTERCART_DEDUPE_WINDOW", default_value = "24h")]
+    #[arg(
+        long = "ingress-dedupe-window",
+        alias = "dedupe-window",
+        env = "AFTERCART_INGRESS_DEDUPE_WINDOW",
+        default_value = "24h"
+    )]
     pub dedupe_window: String,
 
     /// How many webhook ids are remembered at most (oldest forgotten first).
-    #[arg(long, env = "AFTERCART_DEDUPE_CAPACITY", default_value = "1000000")]
+    #[arg(
+        long = "ingress-dedupe-capacity",
+        alias = "dedupe-capacity",
+        env = "AFTERCART_INGRESS_DEDUPE_CAPACITY",
+        default_value = "1000000"
+    )]
     pub dedupe_capacity: String,
 
     /// Deadline for a graceful shutdown: finishing requests, draining the spool and flushing
@@ -101,24 +149,43 @@ pub struct IngressArgs {
     /// Directory of the durable spool that holds webhooks Kafka did not acknowledge in time
     /// (one ingress per directory; `off` disables it, and a slow Kafka then means 503s)
     /// [default: /var/lib/aftercart/spool; .aftercart/spool under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_SPOOL_DIR")]
+    #[arg(
+        long = "ingress-spool-dir",
+        alias = "spool-dir",
+        env = "AFTERCART_INGRESS_SPOOL_DIR"
+    )]
     pub spool_dir: Option<String>,
 
     /// Most bytes of events waiting in the spool; beyond it webhooks that need the spool get 503.
-    #[arg(long, env = "AFTERCART_SPOOL_MAX_BYTES", default_value = "1GiB")]
+    #[arg(
+        long = "ingress-spool-max-bytes",
+        alias = "spool-max-bytes",
+        env = "AFTERCART_INGRESS_SPOOL_MAX_BYTES",
+        default_value = "1GiB"
+    )]
     pub spool_max_bytes: String,
 
     /// How long a request waits for Kafka's acknowledgement before its event is spooled
-    /// instead (then answered 200 once fsynced). Must be below AFTERCART_PUBLISH_DEADLINE.
-    #[arg(long, env = "AFTERCART_SPOOL_AFTER", default_value = "1s")]
+    /// instead (then answered 200 once fsynced). Must be below AFTERCART_INGRESS_PUBLISH_DEADLINE.
+    #[arg(
+        long = "ingress-spool-after",
+        alias = "spool-after",
+        env = "AFTERCART_INGRESS_SPOOL_AFTER",
+        default_value = "1s"
+    )]
     pub spool_after: String,
+
     #[command(flatten)]
     pub edge: EdgeArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// Limits against hostile clients: HTTP/2 (off unless asked for) and the memory bodies may
 /// take before their signature is known. See docs/services/ingress.md.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Ingress connection limits")]
 pub struct EdgeArgs {
     /// Also serve HTTP/2 (h2c, prior knowledge) on the webhook port. Off by default: Shopify
     /// delivers over HTTP/1.1, and an HTTP/2 preface is then answered 400 and closed.
@@ -126,7 +193,7 @@ pub struct EdgeArgs {
     pub ingress_http2: String,
 
     /// HTTP/2 only: a connection with no request in progress for this long is closed. (The
-    /// first request must arrive within AFTERCART_HEADER_READ_TIMEOUT of the connection.)
+    /// first request must arrive within AFTERCART_INGRESS_HEADER_READ_TIMEOUT of the connection.)
     #[arg(
         long,
         env = "AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT",
@@ -184,11 +251,11 @@ impl EdgeArgs {
         let enabled = errors.check("AFTERCART_INGRESS_HTTP2", parse_switch(&self.ingress_http2));
         let idle_timeout = errors.check(
             "AFTERCART_INGRESS_HTTP2_IDLE_TIMEOUT",
-            positive(parse_duration(&self.ingress_http2_idle_timeout)),
+            parse_positive_duration(&self.ingress_http2_idle_timeout),
         );
         let keep_alive = errors.check(
             "AFTERCART_INGRESS_HTTP2_KEEP_ALIVE",
-            positive(parse_duration(&self.ingress_http2_keep_alive)),
+            parse_positive_duration(&self.ingress_http2_keep_alive),
         );
         let max_streams = errors.check(
             "AFTERCART_INGRESS_HTTP2_MAX_STREAMS",
@@ -203,7 +270,7 @@ impl EdgeArgs {
                     // Large bodies may take three quarters of the budget: one must fit.
                     Some(body) if budget / 4 * 3 < body => Err(format!(
                         "{budget} bytes cannot hold one largest body in the three quarters \
-                         open to large bodies (AFTERCART_MAX_BODY_BYTES {body}); give at least \
+                         open to large bodies (AFTERCART_INGRESS_MAX_BODY_BYTES {body}); give at least \
                          {} bytes",
                         body.div_ceil(3) * 4
                     )),
@@ -305,7 +372,7 @@ impl IngressArgs {
             );
         }
         let listen = errors.check(
-            "AFTERCART_LISTEN",
+            "AFTERCART_INGRESS_LISTEN",
             parse_socket_addr(self.listen.as_deref().unwrap_or(defaults.listen)),
         );
         let admin_listen = errors.check(
@@ -318,11 +385,11 @@ impl IngressArgs {
         );
         if let (Some(a), Some(b)) = (listen, admin_listen) {
             if a == b && a.port() != 0 {
-                errors.push("AFTERCART_ADMIN_LISTEN: must differ from AFTERCART_LISTEN");
+                errors.push("AFTERCART_ADMIN_LISTEN: must differ from AFTERCART_INGRESS_LISTEN");
             }
         }
         let max_body_bytes = errors.check(
-            "AFTERCART_MAX_BODY_BYTES",
+            "AFTERCART_INGRESS_MAX_BODY_BYTES",
             parse_byte_size(&self.max_body_bytes).and_then(|size| {
                 if (1..=512 << 20).contains(&size) {
                     Ok(size as usize)
@@ -332,7 +399,7 @@ impl IngressArgs {
             }),
         );
         let publish_deadline = errors.check(
-            "AFTERCART_PUBLISH_DEADLINE",
+            "AFTERCART_INGRESS_PUBLISH_DEADLINE",
             parse_duration(&self.publish_deadline).and_then(|d| {
                 if d.is_zero() || d >= SHOPIFY_TIMEOUT {
                     Err(format!(
@@ -345,19 +412,19 @@ impl IngressArgs {
             }),
         );
         let body_read_timeout = errors.check(
-            "AFTERCART_BODY_READ_TIMEOUT",
-            positive(parse_duration(&self.body_read_timeout)),
+            "AFTERCART_INGRESS_BODY_READ_TIMEOUT",
+            parse_positive_duration(&self.body_read_timeout),
         );
         let header_read_timeout = errors.check(
-            "AFTERCART_HEADER_READ_TIMEOUT",
-            positive(parse_duration(&self.header_read_timeout)),
+            "AFTERCART_INGRESS_HEADER_READ_TIMEOUT",
+            parse_positive_duration(&self.header_read_timeout),
         );
         let max_connections = errors.check(
-            "AFTERCART_MAX_CONNECTIONS",
+            "AFTERCART_INGRESS_MAX_CONNECTIONS",
             parse_in_range(&self.max_connections, 1, 1_000_000),
         );
         let max_header_bytes = errors.check(
-            "AFTERCART_MAX_HEADER_BYTES",
+            "AFTERCART_INGRESS_MAX_HEADER_BYTES",
             parse_byte_size(&self.max_header_bytes).and_then(|size| {
                 // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
                 if (8 << 10..=16 << 20).contains(&size) {
@@ -367,18 +434,21 @@ impl IngressArgs {
                 }
             }),
         );
-        let drain_delay = errors.check("AFTERCART_DRAIN_DELAY", parse_duration(&self.drain_delay));
+        let drain_delay = errors.check(
+            "AFTERCART_INGRESS_DRAIN_DELAY",
+            parse_duration(&self.drain_delay),
+        );
         let dedupe_window = errors.check(
-            "AFTERCART_DEDUPE_WINDOW",
-            positive(parse_duration(&self.dedupe_window)),
+            "AFTERCART_INGRESS_DEDUPE_WINDOW",
+            parse_positive_duration(&self.dedupe_window),
         );
         let dedupe_capacity = errors.check(
-            "AFTERCART_DEDUPE_CAPACITY",
+            "AFTERCART_INGRESS_DEDUPE_CAPACITY",
             parse_in_range(&self.dedupe_capacity, 1, 100_000_000),
         );
         let shutdown_timeout = errors.check(
             "AFTERCART_SHUTDOWN_TIMEOUT",
-            positive(parse_duration(&self.shutdown_timeout)),
+            parse_positive_duration(&self.shutdown_timeout),
         );
         let spool_dir = self
             .spool_dir
@@ -386,7 +456,7 @@ impl IngressArgs {
             .unwrap_or(defaults.spool_dir)
             .trim();
         let spool_max_bytes = errors.check(
-            "AFTERCART_SPOOL_MAX_BYTES",
+            "AFTERCART_INGRESS_SPOOL_MAX_BYTES",
             parse_byte_size(&self.spool_max_bytes).and_then(|size| {
                 // Room for at least one largest body, so a full-size webhook can be spooled.
                 if size >= 1 << 20 {
@@ -400,46 +470,83 @@ impl IngressArgs {
             // The largest webhook, with its headers, must fit an empty spool.
             if spool_dir != "off" && limit < body as u64 + (64 << 10) {
                 errors.push(format!(
-                    "AFTERCART_SPOOL_MAX_BYTES: {limit} bytes cannot hold one largest webhook \
-                     (AFTERCART_MAX_BODY_BYTES {body} plus 64KiB of headers)"
+                    "AFTERCART_INGRESS_SPOOL_MAX_BYTES: {limit} bytes cannot hold one largest webhook \
+                     (AFTERCART_INGRESS_MAX_BODY_BYTES {body} plus 64KiB of headers)"
                 ));
             }
         }
         if spool_dir.is_empty() {
-            errors.push("AFTERCART_SPOOL_DIR: empty (give a directory, or `off`)");
+            errors.push("AFTERCART_INGRESS_SPOOL_DIR: empty (give a directory, or `off`)");
         }
         let spool_after = errors.check(
-            "AFTERCART_SPOOL_AFTER",
+            "AFTERCART_INGRESS_SPOOL_AFTER",
             parse_duration(&self.spool_after).and_then(|after| match publish_deadline {
                 Some(deadline) if after >= deadline => Err(format!(
-                    "{} must be below AFTERCART_PUBLISH_DEADLINE, leaving time for the fsync",
+                    "{} must be below AFTERCART_INGRESS_PUBLISH_DEADLINE, leaving time for the fsync",
                     humantime::format_duration(after)
                 )),
                 _ => Ok(after),
             }),
         );
         let edge = self.edge.validate(&mut errors, max_body_bytes);
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(listen),
+            Some(admin_listen),
+            Some(max_body_bytes),
+            Some(publish_deadline),
+            Some(body_read_timeout),
+            Some(header_read_timeout),
+            Some(max_connections),
+            Some(max_header_bytes),
+            Some(drain_delay),
+            Some(dedupe_window),
+            Some(dedupe_capacity),
+            Some(shutdown_timeout),
+            Some(spool_max_bytes),
+            Some(spool_after),
+        ) = (
+            kafka,
+            listen,
+            admin_listen,
+            max_body_bytes,
+            publish_deadline,
+            body_read_timeout,
+            header_read_timeout,
+            max_connections,
+            max_header_bytes,
+            drain_delay,
+            dedupe_window,
+            dedupe_capacity,
+            shutdown_timeout,
+            spool_max_bytes,
+            spool_after,
+        )
+        else {
+            return Err(errors);
+        };
         errors.finish(|| IngressConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             verifier,
-            listen: listen.expect("checked"),
-            admin_listen: admin_listen.expect("checked"),
-            max_body_bytes: max_body_bytes.expect("checked"),
-            publish_deadline: publish_deadline.expect("checked"),
-            body_read_timeout: body_read_timeout.expect("checked"),
-            header_read_timeout: header_read_timeout.expect("checked"),
-            max_connections: max_connections.expect("checked") as usize,
-            max_header_bytes: max_header_bytes.expect("checked"),
-            drain_delay: drain_delay.expect("checked"),
-            dedupe_window: dedupe_window.expect("checked"),
-            dedupe_capacity: dedupe_capacity.expect("checked") as usize,
-            shutdown_timeout: shutdown_timeout.expect("checked"),
+            listen,
+            admin_listen,
+            max_body_bytes,
+            publish_deadline,
+            body_read_timeout,
+            header_read_timeout,
+            max_connections: max_connections as usize,
+            max_header_bytes,
+            drain_delay,
+            dedupe_window,
+            dedupe_capacity: dedupe_capacity as usize,
+            shutdown_timeout,
             spool: (spool_dir != "off").then(|| SpoolConfig {
                 dir: PathBuf::from(spool_dir),
-                max_bytes: spool_max_bytes.expect("checked"),
+                max_bytes: spool_max_bytes,
                 disk: Default::default(),
             }),
-            spool_after: spool_after.expect("checked"),
+            spool_after,
             edge,
         })
     }
@@ -477,16 +584,6 @@ impl IngressArgs {
                 .collect(),
         }
     }
-}
-
-fn positive(result: Result<Duration, String>) -> Result<Duration, String> {
-    result.and_then(|d| {
-        if d.is_zero() {
-            Err("must be above 0".to_string())
-        } else {
-            Ok(d)
-        }
-    })
 }
 
 /// Non-blank lines that are not `#` comments, trimmed.
@@ -577,15 +674,25 @@ mod tests {
     fn the_spool_can_be_turned_off_and_must_answer_before_the_deadline() {
         let base = ["--kafka-brokers", "k:9092", "--shopify-secrets", "a"];
         let mut off = base.to_vec();
-        off.extend(["--spool-dir", "off"]);
+        off.extend(["--ingress-spool-dir", "off"]);
         let config = parse(&off)
             .validate(&IngressDefaults::production())
             .unwrap();
         assert!(config.spool.is_none());
         let mut late = base.to_vec();
-        late.extend(["--spool-after", "3s", "--spool-max-bytes", "1KiB"]);
+        late.extend([
+            "--ingress-spool-after",
+            "3s",
+            "--ingress-spool-max-bytes",
+            "1KiB",
+        ]);
         let mut small = base.to_vec();
-        small.extend(["--spool-max-bytes", "2MiB", "--max-body-bytes", "2MiB"]);
+        small.extend([
+            "--ingress-spool-max-bytes",
+            "2MiB",
+            "--ingress-max-body-bytes",
+            "2MiB",
+        ]);
         let text = parse(&small)
             .validate(&IngressDefaults::production())
             .unwrap_err()
@@ -595,8 +702,8 @@ mod tests {
             .validate(&IngressDefaults::production())
             .unwrap_err()
             .to_string();
-        assert!(text.contains("AFTERCART_SPOOL_AFTER"), "{text}");
-        assert!(text.contains("AFTERCART_SPOOL_MAX_BYTES"), "{text}");
+        assert!(text.contains("AFTERCART_INGRESS_SPOOL_AFTER"), "{text}");
+        assert!(text.contains("AFTERCART_INGRESS_SPOOL_MAX_BYTES"), "{text}");
     }
 
     #[test]
@@ -642,13 +749,13 @@ mod tests {
             "hunter2",
             "--shopify-secrets-file",
             "/nonexistent",
-            "--listen",
+            "--ingress-listen",
             "nowhere",
-            "--max-body-bytes",
+            "--ingress-max-body-bytes",
             "lots",
-            "--publish-deadline",
+            "--ingress-publish-deadline",
             "6s",
-            "--dedupe-capacity",
+            "--ingress-dedupe-capacity",
             "0",
         ])
         .validate(&IngressDefaults::production())
@@ -657,10 +764,10 @@ mod tests {
         for needle in [
             "AFTERCART_KAFKA_BROKERS",
             "set one, not both",
-            "AFTERCART_LISTEN",
-            "AFTERCART_MAX_BODY_BYTES",
-            "AFTERCART_PUBLISH_DEADLINE",
-            "AFTERCART_DEDUPE_CAPACITY",
+            "AFTERCART_INGRESS_LISTEN",
+            "AFTERCART_INGRESS_MAX_BODY_BYTES",
+            "AFTERCART_INGRESS_PUBLISH_DEADLINE",
+            "AFTERCART_INGRESS_DEDUPE_CAPACITY",
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }

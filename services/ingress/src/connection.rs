@@ -59,7 +59,7 @@ impl Connections {
         }
     }
 
-    /// Serves one connection until it ends; `permit` (its slot of AFTERCART_MAX_CONNECTIONS)
+    /// Serves one connection until it ends; `permit` (its slot of AFTERCART_INGRESS_MAX_CONNECTIONS)
     /// is held until the socket is closed, lingering included.
     pub async fn serve(
         &self,

@@ -19,7 +19,7 @@
 //! Measured with `examples/dedupe_memory.rs`: 1 M ids add 28.6 MiB of RSS, 29.9 B per id (the
 //! HashMap + VecDeque window this replaced: 112.7 MiB, 118 B per id). Nothing is sized by the
 //! capacity up front: an idle window holds ~90 KiB, memory follows the ids remembered (chunks of
-//! forgotten ids are freed), so a large `AFTERCART_DEDUPE_CAPACITY` costs nothing until it
+//! forgotten ids are freed), so a large `AFTERCART_INGRESS_DEDUPE_CAPACITY` costs nothing until it
 //! fills, and no step copies the whole window (the old map's doublings stalled claims 30–170 ms).
 
 mod index;

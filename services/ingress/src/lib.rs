@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod connection;
 pub mod dedupe;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod publish;

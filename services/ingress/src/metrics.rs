@@ -130,6 +130,14 @@ impl IngressMetrics {
         for reason in BODY_REFUSAL_REASONS {
             metrics.body_refusals.with_label_values(&[reason]);
         }
+        for status in STATUS_LABELS {
+            metrics.request_duration.with_label_values(&[status]);
+            for family in aftercart_shopify::Family::ALL {
+                metrics
+                    .requests
+                    .with_label_values(&[family.as_str(), status]);
+            }
+        }
         Ok(metrics)
     }
 
@@ -216,6 +224,11 @@ pub const CONNECTION_CUT_REASONS: [&str; 9] = [
 pub const BODY_REFUSAL_REASONS: [&str; 4] = ["budget", "too_large", "timeout", "unreadable"];
 
 /// Status codes as static labels (the ingress answers from a fixed set).
+/// Every value of the `status` label (what [`status_label`] returns).
+const STATUS_LABELS: [&str; 9] = [
+    "200", "400", "401", "404", "405", "408", "413", "503", "other",
+];
+
 fn status_label(status: u16) -> &'static str {
     match status {
         200 => "200",

@@ -50,7 +50,7 @@ pub enum OpenError {
 /// Why an event was not spooled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
-    #[error("the spool is full (AFTERCART_SPOOL_MAX_BYTES)")]
+    #[error("the spool is full (AFTERCART_INGRESS_SPOOL_MAX_BYTES)")]
     Full,
     #[error("the spool disk failed")]
     Disk,

@@ -3,6 +3,7 @@
 //! record plumbing consumer services share (partition reads, headers, dead letters).
 
 pub mod client_watch;
+pub mod events;
 pub mod group;
 pub mod loop_metrics;
 pub mod partition_reader;

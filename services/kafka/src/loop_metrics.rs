@@ -106,6 +106,7 @@ impl LoopMetrics {
             metrics.fenced.with_label_values(&[reason]);
         }
         for family in families {
+            metrics.processed.with_label_values(&[family]);
             for reason in FAILURE_REASONS {
                 metrics.failed.with_label_values(&[family, reason]);
             }

@@ -14,6 +14,7 @@ use crate::properties::{self, KafkaProperties};
 /// Kafka flags shared by every service (`AFTERCART_KAFKA_*`, `AFTERCART_TOPIC_*`). `Debug`
 /// hides the properties (they may hold passwords).
 #[derive(Clone, clap::Args)]
+#[command(next_help_heading = "Kafka")]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port (required, unless the properties
     /// set bootstrap.servers, which then wins).

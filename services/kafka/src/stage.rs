@@ -14,6 +14,7 @@ mod kept;
 mod ownership;
 mod restore;
 
+use crate::events::{MemberFenced, RecordUnusable, RecordWithoutShop};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -581,14 +582,13 @@ impl<L: StageLogic> Stage<L> {
                             .extend(effects.into_iter().map(|e| (partition, e)));
                     }
                     Err(unusable) => {
-                        self.metrics.failed(family, unusable.label);
-                        tracing::warn!(
-                            topic = family,
+                        RecordUnusable {
+                            family,
                             partition,
-                            offset = message.offset(),
-                            reason = unusable.label,
-                            "Dead-lettering a record that cannot be used."
-                        );
+                            offset: message.offset(),
+                            reason: unusable.label,
+                        }
+                        .emit(&self.metrics);
                         work.dead.push(DeadLetter {
                             message,
                             reason: unusable.reason,
@@ -604,7 +604,12 @@ impl<L: StageLogic> Stage<L> {
             }
             let shop = shop_of(&message);
             if shop.is_empty() {
-                self.metrics.failed(family, "no_shop");
+                RecordWithoutShop {
+                    family,
+                    partition,
+                    offset: message.offset(),
+                }
+                .emit(&self.metrics);
                 work.dead.push(DeadLetter {
                     message,
                     reason: "no shop domain in headers or key".to_string(),
@@ -871,11 +876,10 @@ impl<L: StageLogic> Stage<L> {
     /// Drops every partition's state and rejoins the group, which assigns partitions afresh
     /// (restored from the changelog, which holds everything written before the fence).
     fn reset(&mut self, trip: Tripped) -> Result<(), LoopError> {
-        tracing::warn!(
-            reason = trip.as_label(),
-            "This member may have lost its partitions: dropping its state and rejoining."
-        );
-        self.metrics.fenced(trip.as_label());
+        MemberFenced {
+            reason: trip.as_label(),
+        }
+        .emit(&self.metrics);
         for partition in self.owned_partitions() {
             self.logic.revoke(partition);
         }

@@ -21,7 +21,8 @@ pub use traffic::{Delivery, Pool, TrafficOptions};
 pub struct LoadgenArgs {
     /// Webhook URL of the ingress under test (plain HTTP).
     #[arg(
-        long,
+        long = "loadgen-url",
+        alias = "url",
         env = "AFTERCART_LOADGEN_URL",
         default_value = "http://127.0.0.1:8080/webhooks/shopify"
     )]
@@ -30,7 +31,8 @@ pub struct LoadgenArgs {
     /// Signing secret (the first of a comma-separated list is used). Defaults to the dev
     /// stack's secret.
     #[arg(
-        long,
+        long = "shopify-secrets",
+        alias = "secret",
         env = "AFTERCART_SHOPIFY_SECRETS",
         hide_env_values = true,
         default_value = "aftercart-dev-secret"
@@ -112,7 +114,7 @@ impl LoadgenArgs {
         let uri: Option<Uri> = self
             .url
             .parse()
-            .map_err(|e| problems.push(format!("--url: {e}")))
+            .map_err(|e| problems.push(format!("--loadgen-url: {e}")))
             .ok();
         if self.connections == 0 {
             problems.push("--connections: must be at least 1".into());
@@ -148,7 +150,7 @@ impl LoadgenArgs {
             .unwrap_or_default()
             .to_string();
         if secret.is_empty() {
-            problems.push("--secret: must not be empty".into());
+            problems.push("--shopify-secrets: must not be empty".into());
         }
         let Some(uri) = uri.filter(|_| problems.is_empty()) else {
             return Err(problems);

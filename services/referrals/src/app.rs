@@ -124,3 +124,9 @@ pub async fn serve(
     tracing::info!("Referrals service stopped.");
     Ok(())
 }
+
+aftercart_runtime::service!(
+    /// The referrals service as a process runs it (`aftercart referrals`, `aftercart dev`).
+    pub struct ReferralsService = "referrals",
+    ReferralsConfig, ServeError, serve, ServeError::Topics(_)
+);

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use aftercart_delivery::{DeliveryConfig, DeliveryFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::config::{
+    check_names, parse_duration, parse_in_range, parse_positive_duration, secret_or_file,
+    ConfigErrors,
+};
 use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::discounts::DiscountValue;
@@ -21,6 +24,7 @@ aftercart_delivery::sink_args!(
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Referrals")]
 pub struct ReferralsArgs {
     /// Consumer group of the service; every instance of one deployment shares it.
     #[arg(
@@ -32,16 +36,18 @@ pub struct ReferralsArgs {
 
     /// Output topic of invites (a buyer became an advocate).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITES_TOPIC",
+        long = "referrals-invites-topic",
+        alias = "invites-topic",
+        env = "AFTERCART_REFERRALS_INVITES_TOPIC",
         default_value = "aftercart.referral-invites"
     )]
     pub invites_topic: String,
 
     /// Output topic of reward events (pending, granted, voided, rejected).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_REWARDS_TOPIC",
+        long = "referrals-rewards-topic",
+        alias = "rewards-topic",
+        env = "AFTERCART_REFERRALS_REWARDS_TOPIC",
         default_value = "aftercart.referral-rewards"
     )]
     pub rewards_topic: String,
@@ -57,7 +63,8 @@ pub struct ReferralsArgs {
 
     /// Internal topic that brings all of one shop's facts to one partition (keyed by shop).
     #[arg(
-        long,
+        long = "referrals-by-shop-topic",
+        alias = "by-shop-topic",
         env = "AFTERCART_REFERRALS_BY_SHOP_TOPIC",
         default_value = "aftercart.referrals-by-shop"
     )]
@@ -81,56 +88,92 @@ pub struct ReferralsArgs {
 
     /// What makes a buyer an advocate: `paid` (orders/paid) or `fulfilled` (orders/fulfilled).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITE_TRIGGER",
+        long = "referrals-invite-trigger",
+        alias = "invite-trigger",
+        env = "AFTERCART_REFERRALS_INVITE_TRIGGER",
         default_value = "paid"
     )]
     pub invite_trigger: String,
 
     /// Wait this long after the trigger before inviting (re-checking refunds and consent).
-    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_DELAY", default_value = "0s")]
+    #[arg(
+        long = "referrals-invite-delay",
+        alias = "invite-delay",
+        env = "AFTERCART_REFERRALS_INVITE_DELAY",
+        default_value = "0s"
+    )]
     pub invite_delay: String,
 
     /// Orders below this subtotal (after discounts, shop currency) make no advocate.
-    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_MIN_ORDER", default_value = "0")]
+    #[arg(
+        long = "referrals-invite-min-order",
+        alias = "invite-min-order",
+        env = "AFTERCART_REFERRALS_INVITE_MIN_ORDER",
+        default_value = "0"
+    )]
     pub invite_min_order: String,
 
     /// A customer is invited at most once per this period.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITE_COOLDOWN",
+        long = "referrals-invite-cooldown",
+        alias = "invite-cooldown",
+        env = "AFTERCART_REFERRALS_INVITE_COOLDOWN",
         default_value = "90d"
     )]
     pub invite_cooldown: String,
 
     /// A friend's first order earns a reward only at or above this subtotal after discounts.
-    #[arg(long, env = "AFTERCART_REFERRAL_REWARD_MIN_ORDER", default_value = "0")]
+    #[arg(
+        long = "referrals-reward-min-order",
+        alias = "reward-min-order",
+        env = "AFTERCART_REFERRALS_REWARD_MIN_ORDER",
+        default_value = "0"
+    )]
     pub reward_min_order: String,
 
     /// Rewards are held this long (align it with the return policy) before being granted
     /// [default: 30d; 1m under `aftercart dev`].
-    #[arg(long, env = "AFTERCART_REFERRAL_REVIEW_WINDOW")]
+    #[arg(
+        long = "referrals-review-window",
+        alias = "review-window",
+        env = "AFTERCART_REFERRALS_REVIEW_WINDOW"
+    )]
     pub review_window: Option<String>,
 
     /// More referred orders than this from one browser IP within the burst window are fraud.
-    #[arg(long, env = "AFTERCART_REFERRAL_IP_BURST_MAX", default_value = "3")]
+    #[arg(
+        long = "referrals-ip-burst-max",
+        alias = "ip-burst-max",
+        env = "AFTERCART_REFERRALS_IP_BURST_MAX",
+        default_value = "3"
+    )]
     pub ip_burst_max: String,
 
     /// The window of the IP burst rule.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_IP_BURST_WINDOW",
+        long = "referrals-ip-burst-window",
+        alias = "ip-burst-window",
+        env = "AFTERCART_REFERRALS_IP_BURST_WINDOW",
         default_value = "24h"
     )]
     pub ip_burst_window: String,
 
     /// Secret of the keyed hash that derives referral codes (required; keep it stable: a new
     /// secret gives every advocate a new code). Prefer the _FILE variant.
-    #[arg(long, env = "AFTERCART_REFERRAL_CODE_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "referrals-code-secret",
+        alias = "code-secret",
+        env = "AFTERCART_REFERRALS_CODE_SECRET",
+        hide_env_values = true
+    )]
     pub code_secret: Option<String>,
 
     /// File holding the code secret (e.g. a mounted Kubernetes Secret).
-    #[arg(long, env = "AFTERCART_REFERRAL_CODE_SECRET_FILE")]
+    #[arg(
+        long = "referrals-code-secret-file",
+        alias = "code-secret-file",
+        env = "AFTERCART_REFERRALS_CODE_SECRET_FILE"
+    )]
     pub code_secret_file: Option<String>,
 
     /// Secret of the keyed hashes (HMAC-SHA256) that stand for emails, phones, names with
@@ -144,51 +187,59 @@ pub struct ReferralsArgs {
     pub state_hash_key_file: Option<String>,
 
     /// Prefix of every referral code.
-    #[arg(long, env = "AFTERCART_REFERRAL_CODE_PREFIX", default_value = "REF-")]
+    #[arg(
+        long = "referrals-code-prefix",
+        alias = "code-prefix",
+        env = "AFTERCART_REFERRALS_CODE_PREFIX",
+        default_value = "REF-"
+    )]
     pub code_prefix: String,
 
     /// Where a friend's order may name a code, in priority order:
     /// discount_code, landing_site, note_attribute.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_ATTRIBUTION",
+        long = "referrals-attribution",
+        alias = "attribution",
+        env = "AFTERCART_REFERRALS_ATTRIBUTION",
         default_value = "discount_code,landing_site,note_attribute"
     )]
     pub attribution: String,
 
     /// Query parameter of the landing URL that carries the code.
-    #[arg(long, env = "AFTERCART_REFERRAL_URL_PARAMETER", default_value = "ref")]
+    #[arg(
+        long = "referrals-url-parameter",
+        alias = "url-parameter",
+        env = "AFTERCART_REFERRALS_URL_PARAMETER",
+        default_value = "ref"
+    )]
     pub url_parameter: String,
 
     /// Note attribute names that carry the code, comma-separated (case-insensitive).
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_NOTE_ATTRIBUTES",
+        long = "referrals-note-attributes",
+        alias = "note-attributes",
+        env = "AFTERCART_REFERRALS_NOTE_ATTRIBUTES",
         default_value = "ref,referral_code"
     )]
     pub note_attributes: String,
 
     /// Share URL template of invites; `{shop}` and `{code}` are replaced.
     #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_SHARE_URL",
+        long = "referrals-share-url",
+        alias = "share-url",
+        env = "AFTERCART_REFERRALS_SHARE_URL",
         default_value = "https://{shop}/?ref={code}"
     )]
     pub share_url: String,
 
-    #[command(flatten)]
-    pub webhook: WebhookArgs,
-
     /// Dead-letter topic of events the webhook receiver refused or never accepted.
     #[arg(
-        long,
+        long = "referrals-webhook-dead-letter-topic",
+        alias = "webhook-dead-letter-topic",
         env = "AFTERCART_REFERRALS_WEBHOOK_DEAD_LETTER_TOPIC",
         default_value = "aftercart.referrals-webhook-dead-letter"
     )]
     pub webhook_dead_letter_topic: String,
-
-    #[command(flatten)]
-    pub shopify: AdminArgs,
 
     /// The friend's offer, created in the shop as the advocate's code before the invite is
     /// published: a percentage (`10%`) or a fixed amount of the shop's currency (`5.00`), once
@@ -249,7 +300,8 @@ pub struct ReferralsArgs {
 
     /// Settled orders unseen this long are forgotten (first-order facts are kept).
     #[arg(
-        long,
+        long = "referrals-order-retention",
+        alias = "order-retention",
         env = "AFTERCART_REFERRALS_ORDER_RETENTION",
         default_value = "120d"
     )]
@@ -263,6 +315,12 @@ pub struct ReferralsArgs {
         default_value = "400d"
     )]
     pub redaction_retention: String,
+
+    #[command(flatten, next_help_heading = "Referrals webhook")]
+    pub webhook: WebhookArgs,
+
+    #[command(flatten)]
+    pub shopify: AdminArgs,
 }
 
 /// Defaults that differ under `aftercart dev`.
@@ -358,27 +416,18 @@ impl ReferralsArgs {
         errors: &mut ConfigErrors,
         defaults: &ReferralsDefaults,
     ) -> Option<Vec<u8>> {
-        let secret = match (&self.code_secret, &self.code_secret_file) {
-            (Some(_), Some(_)) => {
-                errors
-                    .push("AFTERCART_REFERRAL_CODE_SECRET: set it or its _FILE variant, not both");
-                return None;
-            }
-            (Some(secret), None) => secret.clone(),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
-                Ok(text) => text.trim_end_matches(['\r', '\n']).to_string(),
-                Err(error) => {
-                    errors.push(format!(
-                        "AFTERCART_REFERRAL_CODE_SECRET_FILE: cannot read {path}: {error}"
-                    ));
-                    return None;
-                }
-            },
-            (None, None) => match &defaults.code_secret {
+        let secret = match secret_or_file(
+            errors,
+            "AFTERCART_REFERRALS_CODE_SECRET",
+            self.code_secret.as_deref(),
+            self.code_secret_file.as_deref().map(std::path::Path::new),
+        )? {
+            Some(secret) => secret,
+            None => match &defaults.code_secret {
                 Some(secret) => secret.clone(),
                 None => {
                     errors.push(
-                        "AFTERCART_REFERRAL_CODE_SECRET: required (or AFTERCART_REFERRAL_CODE_SECRET_FILE): \
+                        "AFTERCART_REFERRALS_CODE_SECRET: required (or AFTERCART_REFERRALS_CODE_SECRET_FILE): \
                          referral codes are a keyed hash of the advocate",
                     );
                     return None;
@@ -386,7 +435,7 @@ impl ReferralsArgs {
             },
         };
         if secret.len() < 16 {
-            errors.push("AFTERCART_REFERRAL_CODE_SECRET: must be at least 16 bytes");
+            errors.push("AFTERCART_REFERRALS_CODE_SECRET: must be at least 16 bytes");
             return None;
         }
         Some(secret.into_bytes())
@@ -402,34 +451,28 @@ impl ReferralsArgs {
         let mut errors = ConfigErrors::new();
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
         let ms = |errors: &mut ConfigErrors, name: &str, value: &str, zero_ok: bool| {
-            errors
-                .check(
-                    name,
-                    parse_duration(value).and_then(|d| {
-                        if d.is_zero() && !zero_ok {
-                            Err("must be above 0".into())
-                        } else {
-                            Ok(d)
-                        }
-                    }),
-                )
-                .map(|d| d.as_millis() as i64)
+            let parsed = if zero_ok {
+                parse_duration(value)
+            } else {
+                parse_positive_duration(value)
+            };
+            errors.check(name, parsed).map(|d| d.as_millis() as i64)
         };
         let invite_delay = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_INVITE_DELAY",
+            "AFTERCART_REFERRALS_INVITE_DELAY",
             &self.invite_delay,
             true,
         );
         let cooldown = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_INVITE_COOLDOWN",
+            "AFTERCART_REFERRALS_INVITE_COOLDOWN",
             &self.invite_cooldown,
             true,
         );
         let review = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_REVIEW_WINDOW",
+            "AFTERCART_REFERRALS_REVIEW_WINDOW",
             self.review_window
                 .as_deref()
                 .unwrap_or(defaults.review_window),
@@ -437,7 +480,7 @@ impl ReferralsArgs {
         );
         let burst_window = ms(
             &mut errors,
-            "AFTERCART_REFERRAL_IP_BURST_WINDOW",
+            "AFTERCART_REFERRALS_IP_BURST_WINDOW",
             &self.ip_burst_window,
             false,
         );
@@ -470,28 +513,24 @@ impl ReferralsArgs {
             }
         }
         let amount = |errors: &mut ConfigErrors, name: &str, value: &str| {
-            errors.check(
-                name,
-                Amount::parse(value.trim())
-                    .ok_or_else(|| format!("{value:?} is not a decimal amount like 50 or 49.99")),
-            )
+            errors.check(name, Amount::parse_setting(value))
         };
         let invite_min = amount(
             &mut errors,
-            "AFTERCART_REFERRAL_INVITE_MIN_ORDER",
+            "AFTERCART_REFERRALS_INVITE_MIN_ORDER",
             &self.invite_min_order,
         );
         let reward_min = amount(
             &mut errors,
-            "AFTERCART_REFERRAL_REWARD_MIN_ORDER",
+            "AFTERCART_REFERRALS_REWARD_MIN_ORDER",
             &self.reward_min_order,
         );
         let burst_max = errors.check(
-            "AFTERCART_REFERRAL_IP_BURST_MAX",
+            "AFTERCART_REFERRALS_IP_BURST_MAX",
             parse_in_range(&self.ip_burst_max, 1, 1_000_000),
         );
         let trigger = errors.check(
-            "AFTERCART_REFERRAL_INVITE_TRIGGER",
+            "AFTERCART_REFERRALS_INVITE_TRIGGER",
             match self.invite_trigger.trim() {
                 "paid" => Ok(Trigger::Paid),
                 "fulfilled" => Ok(Trigger::Fulfilled),
@@ -504,7 +543,7 @@ impl ReferralsArgs {
                 Some(source) if !sources.contains(&source) => sources.push(source),
                 Some(_) => {}
                 None => errors.push(format!(
-                    "AFTERCART_REFERRAL_ATTRIBUTION: {name:?} is not discount_code, landing_site or note_attribute"
+                    "AFTERCART_REFERRALS_ATTRIBUTION: {name:?} is not discount_code, landing_site or note_attribute"
                 )),
             }
         }
@@ -514,10 +553,10 @@ impl ReferralsArgs {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            errors.push("AFTERCART_REFERRAL_CODE_PREFIX: up to 16 letters, digits, - or _");
+            errors.push("AFTERCART_REFERRALS_CODE_PREFIX: up to 16 letters, digits, - or _");
         }
         if !self.share_url.contains("{code}") {
-            errors.push("AFTERCART_REFERRAL_SHARE_URL: must contain {code}");
+            errors.push("AFTERCART_REFERRALS_SHARE_URL: must contain {code}");
         }
         let secret = self.code_secret(&mut errors, defaults);
         // Its messages name the setting (the key or its _FILE variant) themselves.
@@ -552,27 +591,59 @@ impl ReferralsArgs {
         } else {
             None
         };
-        for (name, value) in [
-            ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
-            ("AFTERCART_REFERRAL_INVITES_TOPIC", &self.invites_topic),
-            ("AFTERCART_REFERRAL_REWARDS_TOPIC", &self.rewards_topic),
-            ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
-            (
-                "AFTERCART_REFERRALS_STATE_TOPIC",
-                &self.referrals_state_topic,
-            ),
-            (
-                "AFTERCART_REFERRALS_DEAD_LETTER_TOPIC",
-                &self.referrals_dead_letter_topic,
-            ),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(format!("{name}: must not be empty"));
-            }
-        }
+        check_names(
+            &mut errors,
+            &[
+                ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
+                ("AFTERCART_REFERRALS_INVITES_TOPIC", &self.invites_topic),
+                ("AFTERCART_REFERRALS_REWARDS_TOPIC", &self.rewards_topic),
+                ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
+                (
+                    "AFTERCART_REFERRALS_STATE_TOPIC",
+                    &self.referrals_state_topic,
+                ),
+                (
+                    "AFTERCART_REFERRALS_DEAD_LETTER_TOPIC",
+                    &self.referrals_dead_letter_topic,
+                ),
+            ],
+        );
         let shopify = self.shopify_actions(&mut errors);
+        // `check` reports every value it returns as None: none is left unreported here.
+        let (
+            Some(kafka),
+            Some(secret),
+            Some(trigger),
+            Some(invite_delay),
+            Some(invite_min),
+            Some(cooldown),
+            Some(reward_min),
+            Some(review),
+            Some(burst_max),
+            Some(burst_window),
+            Some(retention),
+            Some(redaction_retention),
+            Some(hasher),
+        ) = (
+            kafka,
+            secret,
+            trigger,
+            invite_delay,
+            invite_min,
+            cooldown,
+            reward_min,
+            review,
+            burst_max,
+            burst_window,
+            retention,
+            redaction_retention,
+            hasher,
+        )
+        else {
+            return Err(errors);
+        };
         errors.finish(|| ReferralsConfig {
-            kafka: kafka.expect("checked"),
+            kafka,
             group: self.referrals_group.trim().to_string(),
             invites_topic: self.invites_topic.trim().to_string(),
             rewards_topic: self.rewards_topic.trim().to_string(),
@@ -582,24 +653,24 @@ impl ReferralsArgs {
             dead_letter_topic: self.referrals_dead_letter_topic.trim().to_string(),
             rules: Rules {
                 codes: CodeRules {
-                    secret: secret.expect("checked"),
+                    secret,
                     prefix,
                     sources,
                     url_parameter: self.url_parameter.trim().to_string(),
                     note_attributes: list(&self.note_attributes),
                     share_url: self.share_url.trim().to_string(),
                 },
-                trigger: trigger.expect("checked"),
-                invite_delay_ms: invite_delay.expect("checked"),
-                invite_min_value: invite_min.expect("checked"),
-                cooldown_ms: cooldown.expect("checked"),
-                reward_min_value: reward_min.expect("checked"),
-                review_window_ms: review.expect("checked"),
-                ip_burst_max: burst_max.expect("checked") as usize,
-                ip_burst_window_ms: burst_window.expect("checked"),
-                order_retention_ms: retention.expect("checked"),
-                redaction_retention_ms: redaction_retention.expect("checked"),
-                hasher: hasher.expect("checked"),
+                trigger,
+                invite_delay_ms: invite_delay,
+                invite_min_value: invite_min,
+                cooldown_ms: cooldown,
+                reward_min_value: reward_min,
+                review_window_ms: review,
+                ip_burst_max: burst_max as usize,
+                ip_burst_window_ms: burst_window,
+                order_retention_ms: retention,
+                redaction_retention_ms: redaction_retention,
+                hasher,
             },
             webhook,
             shutdown_timeout,
@@ -620,9 +691,13 @@ impl ReferralsArgs {
         );
         let minimum = errors.check(
             "AFTERCART_REFERRALS_FRIEND_MIN_SUBTOTAL",
-            Amount::parse(self.referrals_friend_min_subtotal.trim())
-                .filter(|a| *a >= Amount::ZERO)
-                .ok_or_else(|| "not an amount like 0 or 30.00".to_string()),
+            Amount::parse_setting(&self.referrals_friend_min_subtotal).and_then(|a| {
+                if a >= Amount::ZERO {
+                    Ok(a)
+                } else {
+                    Err("must not be negative".to_string())
+                }
+            }),
         );
         let reward_value = errors.check(
             "AFTERCART_REFERRALS_REWARD",

@@ -9,5 +9,5 @@ pub mod consumer;
 pub mod domain;
 pub mod metrics;
 
-pub use app::{serve, topic_specs, ServeError};
+pub use app::{serve, topic_specs, ReferralsService, ServeError};
 pub use config::{ReferralsArgs, ReferralsConfig, ReferralsDefaults};

@@ -3,7 +3,7 @@
 use aftercart_kafka::LoopMetrics;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::domain::engine::Counted;
+use crate::domain::engine::{Counted, REJECT_REASONS, VOID_REASONS};
 
 const PREFIX: &str = "aftercart_referrals_";
 
@@ -107,6 +107,22 @@ impl ReferralsMetrics {
                 metrics
                     .shopify_actions
                     .with_label_values(&[action, outcome]);
+            }
+        }
+        // Every known label value at zero, so dashboards and alerts see 0 before the first event.
+        for reason in Counted::INVITE_SKIP_REASONS {
+            metrics.invites_skipped.with_label_values(&[reason]);
+        }
+        for outcome in Counted::ATTRIBUTION_OUTCOMES {
+            metrics.attributions.with_label_values(&[outcome]);
+        }
+        let rewards = [("pending", &["none"][..]), ("granted", &["none"][..])];
+        for (event_type, reasons) in rewards
+            .into_iter()
+            .chain([("rejected", REJECT_REASONS), ("voided", VOID_REASONS)])
+        {
+            for reason in reasons {
+                metrics.rewards.with_label_values(&[event_type, reason]);
             }
         }
         Ok(metrics)

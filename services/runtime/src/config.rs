@@ -81,6 +81,62 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         .map_err(|error| format!("{value:?} is not a duration like 3s or 24h ({error})"))
 }
 
+/// A duration above zero: timeouts, windows and delays that must pass.
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    parse_duration(value).and_then(|duration| {
+        if duration.is_zero() {
+            Err("must be above 0".to_string())
+        } else {
+            Ok(duration)
+        }
+    })
+}
+
+/// A secret given either as `<name>` or as a file (`<name>_FILE`, e.g. a mounted Kubernetes
+/// Secret; its trailing newline is ignored). `Some(None)`: neither is set; `None`: a problem,
+/// reported in `errors` without the secret.
+pub fn secret_or_file(
+    errors: &mut ConfigErrors,
+    name: &str,
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Option<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => {
+            errors.push(format!("{name} and {name}_FILE: set one, not both"));
+            None
+        }
+        (Some(""), None) => {
+            errors.push(format!("{name}: is empty"));
+            None
+        }
+        (Some(secret), None) => Some(Some(secret.to_string())),
+        (None, Some(path)) => errors
+            .check(&format!("{name}_FILE"), read_secret_file(path))
+            .map(Some),
+        (None, None) => Some(None),
+    }
+}
+
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{} holds no secret", path.display()));
+    }
+    Ok(secret.to_string())
+}
+
+/// Reports every empty name among a service's topics and consumer groups.
+pub fn check_names(errors: &mut ConfigErrors, names: &[(&str, &str)]) {
+    for (setting, value) in names {
+        if value.trim().is_empty() {
+            errors.push(format!("{setting}: must not be empty"));
+        }
+    }
+}
+
 /// A size in bytes: a plain number, or a number with B, KB, KiB, MB, MiB, GB, GiB.
 pub fn parse_byte_size(value: &str) -> Result<u64, String> {
     let trimmed = value.trim();
@@ -142,6 +198,60 @@ pub fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_its_file_never_both() {
+        let dir = std::env::temp_dir().join(format!("aftercart-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let mut errors = ConfigErrors::new();
+        assert_eq!(
+            secret_or_file(&mut errors, "S", Some("v"), None),
+            Some(Some("v".into()))
+        );
+        assert_eq!(
+            secret_or_file(&mut errors, "S", None, Some(&file)),
+            Some(Some("from-the-file".into()))
+        );
+        assert_eq!(secret_or_file(&mut errors, "S", None, None), Some(None));
+        assert!(errors.is_empty());
+        assert_eq!(
+            secret_or_file(&mut errors, "S", Some("v"), Some(&file)),
+            None
+        );
+        assert_eq!(secret_or_file(&mut errors, "S", Some(""), None), None);
+        std::fs::write(&file, "\n").unwrap();
+        assert_eq!(secret_or_file(&mut errors, "S", None, Some(&file)), None);
+        let text = errors.to_string();
+        assert!(text.contains("S and S_FILE: set one, not both"), "{text}");
+        assert!(
+            text.contains("S: is empty") && text.contains("holds no secret"),
+            "{text}"
+        );
+        assert!(!text.contains("from-the-file"), "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_positive_duration_refuses_zero_and_names_bad_syntax() {
+        assert_eq!(parse_positive_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(
+            parse_positive_duration("0s"),
+            Err("must be above 0".to_string())
+        );
+        assert!(parse_positive_duration("soon").is_err());
+    }
+
+    #[test]
+    fn every_empty_name_is_reported() {
+        let mut errors = ConfigErrors::new();
+        check_names(&mut errors, &[("A", "x"), ("B", " "), ("C", "")]);
+        let text = errors.to_string();
+        assert!(
+            !text.contains("A:") && text.contains("B: must not be empty") && text.contains("C:")
+        );
+    }
 
     #[test]
     fn sizes_accept_plain_numbers_and_units() {

@@ -11,6 +11,7 @@ pub const DEFAULT_API_VERSION: &str = "2026-10";
 pub const DEFAULT_ADMIN_URL: &str = "https://{shop}/admin/api/{version}/graphql.json";
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Shopify Admin API")]
 pub struct AdminArgs {
     /// File of per-shop offline access tokens, `shop.myshopify.com=token` a line (a mounted
     /// Secret; read again when it changes). Without it nothing is created in shops.

@@ -25,6 +25,13 @@ impl Amount {
         self.0 as f64 / 10f64.powi(SCALE_DIGITS as i32)
     }
 
+    /// A setting's decimal amount (a threshold or minimum in the shop's currency): trimmed, and
+    /// the message names the value and the expected form.
+    pub fn parse_setting(value: &str) -> Result<Amount, String> {
+        Amount::parse(value.trim())
+            .ok_or_else(|| format!("{value:?} is not a decimal amount like 50 or 49.99"))
+    }
+
     /// Parses `"421.88"`, `"-3"`, `"0.5"`; `None` for anything else (exponents, spaces, >6 decimals).
     pub fn parse(text: &str) -> Option<Amount> {
         let (negative, digits) = match text.strip_prefix('-') {

@@ -32,6 +32,15 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stages a checkout is abandoned at (a cart is abandoned at `Cart`).
+    pub const CHECKOUT: [Stage; 5] = [
+        Stage::Checkout,
+        Stage::Contact,
+        Stage::ShippingAddress,
+        Stage::ShippingMethod,
+        Stage::Payment,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Stage::Cart => "cart",
@@ -54,6 +63,13 @@ pub enum ValueTier {
 }
 
 impl ValueTier {
+    pub const ALL: [ValueTier; 4] = [
+        ValueTier::Unknown,
+        ValueTier::Low,
+        ValueTier::Medium,
+        ValueTier::High,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ValueTier::Unknown => "unknown",
@@ -72,6 +88,8 @@ pub enum CustomerKind {
 }
 
 impl CustomerKind {
+    pub const ALL: [CustomerKind; 2] = [CustomerKind::New, CustomerKind::Returning];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             CustomerKind::New => "new",

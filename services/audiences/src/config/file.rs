@@ -29,7 +29,7 @@ pub enum DestinationFile {
         access_token: Option<String>,
         access_token_file: Option<String>,
         api_version: Option<String>,
-        /// Overrides `AFTERCART_META_BASE_URL` for this destination.
+        /// Overrides `AFTERCART_AUDIENCES_META_BASE_URL` for this destination.
         base_url: Option<String>,
     },
     /// Google Customer Match through the Data Manager API (`audienceMembers:ingest` / `:remove`).
@@ -59,7 +59,7 @@ pub enum DestinationFile {
         token_url: Option<String>,
         /// Default: the GCE metadata server's token URL.
         metadata_url: Option<String>,
-        /// Overrides `AFTERCART_GOOGLE_BASE_URL` for this destination.
+        /// Overrides `AFTERCART_AUDIENCES_GOOGLE_BASE_URL` for this destination.
         base_url: Option<String>,
         /// Opt-in levels (`single_opt_in`, `confirmed_opt_in`, `unknown`) of a subscribed email
         /// or SMS marketing consent that grant Google's `adUserData` [default: single_opt_in,

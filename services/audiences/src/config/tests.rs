@@ -81,7 +81,7 @@ fn the_example_file_starts_with_its_placeholders_and_every_destination() {
     let config = validate(&[
         "--audiences-config",
         path,
-        "--meta-base-url",
+        "--audiences-meta-base-url",
         "http://127.0.0.1:1/",
     ])
     .unwrap();
@@ -121,13 +121,13 @@ destinations = ["meta", "nowhere"]
     let errors = validate(&[
         "--audiences-config",
         file.0.to_str().unwrap(),
-        "--export-flush-interval",
+        "--audiences-export-flush-interval",
         "0s",
     ])
     .unwrap_err();
     let text = errors.problems().join("\n");
     for expected in [
-        "AFTERCART_EXPORT_FLUSH_INTERVAL",
+        "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL",
         "AFTERCART_TEST_SURELY_UNSET",
         "access_token: required",
         "\"nowhere\" is not defined",

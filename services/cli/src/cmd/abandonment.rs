@@ -1,9 +1,9 @@
 //! `aftercart abandonment`: the cart-abandonment segmentation service.
 
-use aftercart_abandonment::AbandonmentDefaults;
+use aftercart_abandonment::{AbandonmentDefaults, AbandonmentService};
+use aftercart_runtime::run_command;
 
 use crate::cli::AbandonmentCommand;
-use crate::serve::{run_abandonment, run_consumer_command};
 
 pub async fn run(command: AbandonmentCommand) -> i32 {
     let AbandonmentCommand {
@@ -11,10 +11,8 @@ pub async fn run(command: AbandonmentCommand) -> i32 {
         abandonment,
         process,
     } = command;
-    run_consumer_command(
-        &process,
-        |shutdown| abandonment.validate(&kafka, shutdown, &AbandonmentDefaults::production()),
-        async |config, process| run_abandonment(config, process).await,
-    )
+    run_command::<AbandonmentService>(&process, |shutdown| {
+        abandonment.validate(&kafka, shutdown, &AbandonmentDefaults::production())
+    })
     .await
 }

@@ -1,9 +1,9 @@
 //! `aftercart audiences`: the retargeting audience export service.
 
-use aftercart_audiences::AudiencesDefaults;
+use aftercart_audiences::{AudiencesDefaults, AudiencesService};
+use aftercart_runtime::run_command;
 
 use crate::cli::AudiencesCommand;
-use crate::serve::{run_audiences, run_consumer_command};
 
 pub async fn run(command: AudiencesCommand) -> i32 {
     let AudiencesCommand {
@@ -11,10 +11,8 @@ pub async fn run(command: AudiencesCommand) -> i32 {
         audiences,
         process,
     } = command;
-    run_consumer_command(
-        &process,
-        |shutdown| audiences.validate(&kafka, shutdown, &AudiencesDefaults::production()),
-        async |config, process| run_audiences(config, process).await,
-    )
+    run_command::<AudiencesService>(&process, |shutdown| {
+        audiences.validate(&kafka, shutdown, &AudiencesDefaults::production())
+    })
     .await
 }

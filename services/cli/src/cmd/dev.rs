@@ -14,7 +14,13 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use crate::cli::DevArgs;
-use crate::serve::{bind, run_abandonment, run_audiences, run_ingress, run_referrals, Process};
+use aftercart_abandonment::AbandonmentService;
+use aftercart_audiences::AudiencesService;
+use aftercart_referrals::ReferralsService;
+use aftercart_runtime::process::bind;
+use aftercart_runtime::{run_service, Process};
+
+use crate::serve::run_ingress;
 
 /// The signing secret of the local stack when none is configured. Not a secret: it only ever
 /// guards a developer's own machine.
@@ -182,9 +188,9 @@ pub async fn run(args: DevArgs) -> i32 {
     );
     let (ingress_code, abandonment_code, referrals_code, audiences_code) = tokio::join!(
         run_ingress(&ingress, listener, &process),
-        run_abandonment(&abandonment, &process),
-        run_referrals(&referrals, &process),
-        run_audiences(&audiences, &process)
+        run_service::<AbandonmentService>(&abandonment, &process),
+        run_service::<ReferralsService>(&referrals, &process),
+        run_service::<AudiencesService>(&audiences, &process)
     );
     let code = process.finish(
         ingress_code

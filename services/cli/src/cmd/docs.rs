@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use aftercart_runtime::metrics_catalog;
 use aftercart_runtime::EX_USAGE;
+use aftercart_runtime::{metrics_catalog, renamed};
 use clap::{Arg, ArgAction, Command as ClapCommand, CommandFactory, Parser};
 use prometheus::Registry;
 
@@ -80,6 +80,8 @@ fn write_all(dir: &Path, files: &[(&str, String)]) -> std::io::Result<()> {
 /// One setting as the reference shows it, gathered across the commands that take it.
 struct Setting {
     flag: String,
+    /// Flags this setting had before the naming scheme (still accepted).
+    old_flags: Vec<String>,
     default: String,
     help: String,
     commands: Vec<String>,
@@ -99,10 +101,17 @@ pub fn configuration_reference(cli: &ClapCommand) -> String {
                         .entry(env.to_string_lossy().into_owned())
                         .or_insert_with(|| Setting {
                             flag: flag.clone(),
+                            old_flags: Vec::new(),
                             default: default_of(arg),
                             help: help_of(arg),
                             commands: Vec::new(),
                         });
+                    for alias in arg.get_all_aliases().unwrap_or_default() {
+                        let alias = format!("--{alias}");
+                        if !entry.old_flags.contains(&alias) {
+                            entry.old_flags.push(alias);
+                        }
+                    }
                     if !entry.commands.contains(&path) {
                         entry.commands.push(path.clone());
                     }
@@ -121,6 +130,10 @@ pub fn configuration_reference(cli: &ClapCommand) -> String {
          when this file and the code disagree. Every setting is a flag and an environment variable;\n\
          `aftercart <command> --help` shows the same. Invalid configuration lists every problem at\n\
          once and exits 64; secret values are never printed.\n\n\
+         Names: `AFTERCART_<SERVICE>_<KEY>` for one service's settings, `AFTERCART_<KEY>` for those\n\
+         every service shares (and `AFTERCART_KAFKA_*`, `AFTERCART_TOPIC_*`, `AFTERCART_SHOPIFY_*` for\n\
+         the shared Kafka, topic and Shopify clients); the flag is the same in kebab case. Older\n\
+         names still work: see [Deprecated names](#deprecated-names).\n\n\
          Exit codes: 0 clean stop, 64 invalid configuration, 69 a port cannot be bound or a spool\n\
          is held by another process, 78 the cluster contradicts the configuration, 130 forced by a\n\
          second signal, 1 anything else.\n\n\
@@ -137,6 +150,7 @@ pub fn configuration_reference(cli: &ClapCommand) -> String {
             cell(&setting.help)
         );
     }
+    deprecated_names(&mut out, &settings);
     out.push_str("\n## Flags without a variable\n");
     for (path, flags) in &flag_only {
         let _ = write!(
@@ -148,6 +162,40 @@ pub fn configuration_reference(cli: &ClapCommand) -> String {
         }
     }
     out
+}
+
+/// The names settings had before the naming scheme: they still work, and an old variable logs
+/// one deprecation warning line at start (names only, never values).
+fn deprecated_names(out: &mut String, settings: &BTreeMap<String, Setting>) {
+    out.push_str(
+        "\n## Deprecated names\n\n\
+         Still accepted. A set old variable is copied to its new name at start unless the new one is\n\
+         set too (then the new one wins); either way one warning line names the old variables.\n\n\
+         | variable | old variable | old flag |\n|---|---|---|\n",
+    );
+    for (env, setting) in settings {
+        let old_env: Vec<&str> = renamed::RENAMED
+            .iter()
+            .filter(|r| r.new == env)
+            .map(|r| r.old)
+            .collect();
+        if old_env.is_empty() && setting.old_flags.is_empty() {
+            continue;
+        }
+        let code = |names: Vec<String>| {
+            names
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| `{env}` | {} | {} |",
+            code(old_env.into_iter().map(String::from).collect()),
+            code(setting.old_flags.clone())
+        );
+    }
 }
 
 /// Every command that runs (no subcommands of its own), with its path below `aftercart`; the
@@ -224,20 +272,7 @@ fn cell(text: &str) -> String {
 
 /// Every metric each service registers, from the services' own metric constructors.
 pub fn metrics_reference() -> Result<String, String> {
-    let audiences = audiences_config()?;
-    let registry = |_: &str| Registry::new();
-    aftercart_ingress::IngressMetrics::register(&registry("ingress")).map_err(|e| e.to_string())?;
-    aftercart_abandonment::metrics::AbandonmentMetrics::register(&registry("abandonment"))
-        .map_err(|e| e.to_string())?;
-    let referrals = registry("referrals");
-    aftercart_referrals::metrics::ReferralsMetrics::register(&referrals)
-        .map_err(|e| e.to_string())?;
-    aftercart_delivery::DeliveryMetrics::register(&referrals, "aftercart_referrals")
-        .map_err(|e| e.to_string())?;
-    aftercart_shopify_admin::AdminMetrics::register(&referrals, "aftercart_referrals")
-        .map_err(|e| e.to_string())?;
-    aftercart_audiences::metrics::AudiencesMetrics::register(&registry("audiences"), &audiences)
-        .map_err(|e| e.to_string())?;
+    service_registries()?;
     let mut out = String::from(
         "# Metrics reference\n\n\
          Generated by `aftercart docs` from the services' metric registries (`make docs`); a test\n\
@@ -278,6 +313,31 @@ pub fn metrics_reference() -> Result<String, String> {
     Ok(out)
 }
 
+/// Each service's registry as the service fills it at start (the same constructors), by service.
+pub fn service_registries() -> Result<Vec<(&'static str, Registry)>, String> {
+    let audiences = audiences_config()?;
+    let error = |e: prometheus::Error| e.to_string();
+    let ingress = Registry::new();
+    aftercart_ingress::IngressMetrics::register(&ingress).map_err(error)?;
+    let abandonment = Registry::new();
+    aftercart_abandonment::metrics::AbandonmentMetrics::register(&abandonment).map_err(error)?;
+    let referrals = Registry::new();
+    aftercart_referrals::metrics::ReferralsMetrics::register(&referrals).map_err(error)?;
+    aftercart_delivery::DeliveryMetrics::register(&referrals, "aftercart_referrals")
+        .map_err(error)?;
+    aftercart_shopify_admin::AdminMetrics::register(&referrals, "aftercart_referrals")
+        .map_err(error)?;
+    let audiences_registry = Registry::new();
+    aftercart_audiences::metrics::AudiencesMetrics::register(&audiences_registry, &audiences)
+        .map_err(error)?;
+    Ok(vec![
+        ("ingress", ingress),
+        ("abandonment", abandonment),
+        ("referrals", referrals),
+        ("audiences", audiences_registry),
+    ])
+}
+
 /// The built-in audiences configuration (what `aftercart audiences` runs without a file), so the
 /// reference does not depend on this machine's environment.
 fn audiences_config() -> Result<aftercart_audiences::AudiencesConfig, String> {
@@ -310,13 +370,86 @@ mod tests {
         let text = configuration_reference(&Cli::command());
         for env in [
             "AFTERCART_KAFKA_BROKERS",
-            "AFTERCART_SPOOL_DIR",
+            "AFTERCART_INGRESS_SPOOL_DIR",
             "AFTERCART_ABANDONMENT_GROUP",
-            "AFTERCART_REFERRAL_CODE_SECRET",
+            "AFTERCART_REFERRALS_CODE_SECRET",
             "AFTERCART_AUDIENCES_CONFIG",
             "AFTERCART_LOG",
         ] {
             assert!(text.contains(&format!("| `{env}` |")), "{env} missing");
         }
+    }
+
+    #[test]
+    fn every_setting_follows_the_scheme_and_every_old_name_is_listed() {
+        let text = configuration_reference(&Cli::command());
+        for renamed in renamed::RENAMED {
+            assert!(
+                text.contains(&format!("| `{}` | `{}` |", renamed.new, renamed.old)),
+                "{} is not listed as the old name of {}",
+                renamed.old,
+                renamed.new
+            );
+        }
+        // The flag of every variable is the variable's key in kebab case.
+        for (_, command) in leaf_commands(&Cli::command()) {
+            for arg in command.get_arguments() {
+                let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                    continue;
+                };
+                let env = env.to_string_lossy();
+                let key = env
+                    .trim_start_matches("AFTERCART_")
+                    .to_lowercase()
+                    .replace('_', "-");
+                // Audiences reads the abandonment service's output topic under that service's
+                // variable; a flag of its own keeps `aftercart dev`'s flags distinct.
+                if long != "audiences-abandonment-topic" {
+                    assert_eq!(long, key, "{env}: flag --{long}");
+                }
+                assert!(renamed::new_name(&env).is_none(), "{env} is an old name");
+            }
+        }
+    }
+
+    /// Dashboards and alerts see 0, not an absent series: every family a service registers is
+    /// in its first scrape, at zero (counters, histogram counts; gauges may start elsewhere).
+    #[test]
+    fn every_service_serves_every_metric_at_zero_before_its_first_event() {
+        let registries = service_registries().expect("the services register their metrics");
+        let described = metrics_catalog::described();
+        let mut missing = Vec::new();
+        for (service, registry) in &registries {
+            let families = registry.gather();
+            let served: BTreeMap<&str, &prometheus::proto::MetricFamily> =
+                families.iter().map(|f| (f.name(), f)).collect();
+            let prefix = format!("aftercart_{service}_");
+            for metric in described.iter().filter(|m| m.name.starts_with(&prefix)) {
+                // Labelled by what only the running process knows (a broker, a partition).
+                if metric
+                    .labels
+                    .iter()
+                    .any(|l| l == "broker" || l == "partition")
+                {
+                    continue;
+                }
+                let Some(family) = served.get(metric.name.as_str()) else {
+                    missing.push(metric.name.clone());
+                    continue;
+                };
+                for sample in family.get_metric() {
+                    let count = match metric.kind {
+                        "counter" => sample.get_counter().get_value(),
+                        "histogram" => sample.get_histogram().get_sample_count() as f64,
+                        _ => 0.0,
+                    };
+                    assert_eq!(count, 0.0, "{} starts at {count}", metric.name);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "absent until their first event: {missing:#?}"
+        );
     }
 }

@@ -3,7 +3,10 @@
 use aftercart_ingress::{IngressArgs, IngressDefaults};
 use aftercart_runtime::EX_USAGE;
 
-use crate::serve::{bind, run_ingress, Process};
+use aftercart_runtime::process::bind;
+use aftercart_runtime::Process;
+
+use crate::serve::run_ingress;
 
 pub async fn run(args: IngressArgs) -> i32 {
     let config = match args.validate(&IngressDefaults::production()) {

@@ -1,9 +1,9 @@
 //! `aftercart referrals`: the referral trigger service.
 
-use aftercart_referrals::ReferralsDefaults;
+use aftercart_referrals::{ReferralsDefaults, ReferralsService};
+use aftercart_runtime::run_command;
 
 use crate::cli::ReferralsCommand;
-use crate::serve::{run_consumer_command, run_referrals};
 
 pub async fn run(command: ReferralsCommand) -> i32 {
     let ReferralsCommand {
@@ -11,10 +11,8 @@ pub async fn run(command: ReferralsCommand) -> i32 {
         referrals,
         process,
     } = command;
-    run_consumer_command(
-        &process,
-        |shutdown| referrals.validate(&kafka, shutdown, &ReferralsDefaults::production()),
-        async |config, process| run_referrals(config, process).await,
-    )
+    run_command::<ReferralsService>(&process, |shutdown| {
+        referrals.validate(&kafka, shutdown, &ReferralsDefaults::production())
+    })
     .await
 }

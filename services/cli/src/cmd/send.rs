@@ -34,7 +34,8 @@ pub struct SendArgs {
 
     /// Ingress webhook URL (plain HTTP).
     #[arg(
-        long,
+        long = "send-url",
+        alias = "url",
         env = "AFTERCART_SEND_URL",
         default_value = "http://127.0.0.1:8080/webhooks/shopify"
     )]
@@ -42,7 +43,8 @@ pub struct SendArgs {
 
     /// Signing secrets; the first is used. Defaults to the dev stack's secret.
     #[arg(
-        long = "secret",
+        long = "shopify-secrets",
+        alias = "secret",
         env = "AFTERCART_SHOPIFY_SECRETS",
         hide_env_values = true
     )]

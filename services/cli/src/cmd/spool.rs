@@ -9,6 +9,7 @@ use aftercart_ingress::spool::{inspect, unix_ms, OpenError, Spool, SpoolMetrics}
 use aftercart_kafka::producer::{build_producer, ProducerOptions};
 use aftercart_kafka::{ClientStats, KafkaArgs, StatsContext, TopicNames};
 use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_runtime::process::EX_UNAVAILABLE;
 use aftercart_runtime::{Health, EX_USAGE};
 use prometheus::Registry;
 use rdkafka::producer::Producer;
@@ -16,32 +17,33 @@ use tokio_util::sync::CancellationToken;
 
 /// The largest record a spool can hold: the largest accepted body plus headers.
 const MAX_RECORD_BYTES: usize = (512 << 20) + (64 << 10);
-/// Exit code when the spool is held by a running ingress or could not be read.
-const EX_UNAVAILABLE: i32 = 69;
+
+/// The spool directory `spool inspect` and `spool drain` work on.
+#[derive(Debug, clap::Args)]
+pub struct SpoolDir {
+    /// The spool directory.
+    #[arg(
+        long = "ingress-spool-dir",
+        alias = "spool-dir",
+        env = "AFTERCART_INGRESS_SPOOL_DIR",
+        default_value = "/var/lib/aftercart/spool"
+    )]
+    spool_dir: PathBuf,
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SpoolCommand {
     /// Show what a spool holds: events not yet in Kafka, their bytes and age, per topic, and
     /// any damage. Read-only; safe while an ingress uses the spool.
     Inspect {
-        /// The spool directory.
-        #[arg(
-            long,
-            env = "AFTERCART_SPOOL_DIR",
-            default_value = "/var/lib/aftercart/spool"
-        )]
-        spool_dir: PathBuf,
+        #[command(flatten)]
+        dir: SpoolDir,
     },
     /// Publish every spooled event to Kafka in arrival order, then truncate the spool. Refuses
     /// while an ingress holds the spool (it drains by itself).
     Drain {
-        /// The spool directory.
-        #[arg(
-            long,
-            env = "AFTERCART_SPOOL_DIR",
-            default_value = "/var/lib/aftercart/spool"
-        )]
-        spool_dir: PathBuf,
+        #[command(flatten)]
+        dir: SpoolDir,
         #[command(flatten)]
         kafka: Box<KafkaArgs>,
         /// Give up after this long (what is left stays in the spool).
@@ -52,12 +54,12 @@ pub enum SpoolCommand {
 
 pub async fn run(command: SpoolCommand) -> i32 {
     match command {
-        SpoolCommand::Inspect { spool_dir } => run_inspect(&spool_dir),
+        SpoolCommand::Inspect { dir } => run_inspect(&dir.spool_dir),
         SpoolCommand::Drain {
-            spool_dir,
+            dir,
             kafka,
             timeout,
-        } => run_drain(&spool_dir, &kafka, &timeout).await,
+        } => run_drain(&dir.spool_dir, &kafka, &timeout).await,
     }
 }
 
@@ -112,11 +114,14 @@ async fn run_drain(dir: &Path, kafka: &KafkaArgs, timeout: &str) -> i32 {
     let mut errors = ConfigErrors::new();
     let settings = kafka.validate(&mut errors, None);
     let timeout = errors.check("--timeout", parse_duration(timeout));
+    let (Some(settings), Some(timeout)) = (settings, timeout) else {
+        eprint!("{errors}");
+        return EX_USAGE;
+    };
     if !errors.is_empty() {
         eprint!("{errors}");
         return EX_USAGE;
     }
-    let (settings, timeout) = (settings.expect("checked"), timeout.expect("checked"));
     // No size limit here: draining only removes.
     let (spool, recovered) = match Spool::open(dir, u64::MAX, SpoolMetrics::unregistered()) {
         Ok(opened) => opened,

@@ -19,6 +19,7 @@ pub enum TopicsCommand {
 
 /// The settings every service reads that decide which topics exist and how they are made.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Topics")]
 pub struct TopicFlags {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -29,7 +30,12 @@ pub struct TopicFlags {
     #[command(flatten)]
     pub audiences: Box<AudiencesArgs>,
     /// Largest webhook body the ingress accepts; topics are created to hold it.
-    #[arg(long, env = "AFTERCART_MAX_BODY_BYTES", default_value = "4MiB")]
+    #[arg(
+        long = "ingress-max-body-bytes",
+        alias = "max-body-bytes",
+        env = "AFTERCART_INGRESS_MAX_BODY_BYTES",
+        default_value = "4MiB"
+    )]
     pub max_body_bytes: String,
 }
 
@@ -56,7 +62,10 @@ impl TopicFlags {
         } = self;
         let mut errors = ConfigErrors::new();
         let settings = kafka.validate(&mut errors, None);
-        let max_body = errors.check("AFTERCART_MAX_BODY_BYTES", parse_byte_size(&max_body_bytes));
+        let max_body = errors.check(
+            "AFTERCART_INGRESS_MAX_BODY_BYTES",
+            parse_byte_size(&max_body_bytes),
+        );
         let abandonment = abandonment
             .validate(
                 &kafka,

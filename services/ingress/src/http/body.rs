@@ -1,7 +1,7 @@
 //! Reading request bodies within a global memory budget.
 //!
 //! A body must be held whole before its signature can be checked, so every unauthenticated
-//! client can make the ingress hold up to AFTERCART_MAX_BODY_BYTES: ~130 slow 4 MiB bodies
+//! client can make the ingress hold up to AFTERCART_INGRESS_MAX_BODY_BYTES: ~130 slow 4 MiB bodies
 //! would fill a 512 MiB pod. The budget bounds the bytes all bodies in flight may hold together;
 //! a request that does not fit gets 503 with Retry-After instead of memory.
 //!

@@ -68,7 +68,7 @@ impl Reply {
             Reply::PayloadTooLarge => (
                 "error",
                 "payload_too_large",
-                "the body exceeds AFTERCART_MAX_BODY_BYTES".into(),
+                "the body exceeds AFTERCART_INGRESS_MAX_BODY_BYTES".into(),
             ),
             Reply::BodyTimeout => (
                 "error",

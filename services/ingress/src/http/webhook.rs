@@ -1,5 +1,6 @@
 //! `POST /webhooks/shopify`: read the raw body, verify, dedupe, route, publish, answer.
 
+use crate::events::{KafkaRefusedQuarantined, Quarantined};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,7 +52,7 @@ pub struct WebhookState {
 
 /// Whether events Kafka did not acknowledge in time can be spooled.
 pub enum SpoolState {
-    /// `AFTERCART_SPOOL_DIR=off`: such events get 503.
+    /// `AFTERCART_INGRESS_SPOOL_DIR=off`: such events get 503.
     Off,
     /// The spool could not be opened (the log said why): such events get 503.
     Failed,
@@ -443,7 +444,7 @@ async fn direct(
 }
 
 /// Why a record Kafka refused for good was published to the quarantine topic.
-pub const KAFKA_REFUSED: &str = "kafka_refused";
+pub const KAFKA_REFUSED: &str = KafkaRefusedQuarantined::REASON;
 
 /// A record Kafka refuses for good (too large for the topic, invalid) would be refused on every
 /// retry: a copy goes to the quarantine topic and the delivery is answered 200, instead of a
@@ -466,8 +467,11 @@ async fn quarantine_refused(
     };
     match state.publisher.publish(&copy, delivery.deadline).await {
         Ok(()) => {
-            state.metrics.quarantined(KAFKA_REFUSED);
-            tracing::warn!(family = %delivery.family.as_str(), %error, "Kafka refuses the record for good: a copy went to the quarantine topic.");
+            KafkaRefusedQuarantined {
+                family: delivery.family.as_str(),
+                error,
+            }
+            .emit(&state.metrics);
             (Reply::Accepted, None)
         }
         Err(_) => {
@@ -480,8 +484,11 @@ async fn quarantine_refused(
 /// The answer for an event now safe (in Kafka or in the spool).
 fn safe(state: &WebhookState, delivery: &Delivery, reply: Reply) -> Reply {
     if let Reply::Quarantined(error) = reply {
-        state.metrics.quarantined(error.as_label());
-        tracing::warn!(topic = %delivery.family.as_str(), reason = error.as_label(), "Quarantined an authentic delivery that cannot be routed.");
+        Quarantined {
+            family: delivery.family.as_str(),
+            reason: error.as_label(),
+        }
+        .emit(&state.metrics);
     }
     reply
 }

@@ -17,11 +17,11 @@ const FSYNC_BUCKETS: &[f64] = &[
 /// Why a request that needed the spool got a 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// `AFTERCART_SPOOL_MAX_BYTES` reached.
+    /// `AFTERCART_INGRESS_SPOOL_MAX_BYTES` reached.
     Full,
     /// The disk refused a write or an fsync, or the spool could not be opened.
     DiskError,
-    /// The spool is off (`AFTERCART_SPOOL_DIR=off`).
+    /// The spool is off (`AFTERCART_INGRESS_SPOOL_DIR=off`).
     Disabled,
 }
 
@@ -65,7 +65,7 @@ impl SpoolMetrics {
         let metrics = Self {
             pending_events: gauge("pending_events", "Events in the spool that Kafka has not acknowledged yet.")?,
             bytes: gauge("bytes", "Bytes of spooled events not yet in Kafka.")?,
-            max_bytes: gauge("max_bytes", "The spool's size limit (AFTERCART_SPOOL_MAX_BYTES); 0 when the spool is off.")?,
+            max_bytes: gauge("max_bytes", "The spool's size limit (AFTERCART_INGRESS_SPOOL_MAX_BYTES); 0 when the spool is off.")?,
             appended: counter("appended_total", "Events made durable in the spool (answered 200 after the fsync).")?,
             drained: counter("drained_total", "Spooled events published to Kafka and removed from the spool.")?,
             oldest_age: gauge("oldest_age_seconds", "Age of the oldest event still in the spool; 0 when empty.")?,

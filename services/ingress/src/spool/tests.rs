@@ -399,7 +399,7 @@ fn a_segment_name_that_is_not_a_plain_file_is_left_alone_at_open() {
 #[tokio::test]
 async fn damaged_copies_are_bounded_however_many_segments_a_failing_disk_damages() {
     // A dying disk damages segment after segment: copies of each would fill the volume the
-    // spool needs (they are not counted against AFTERCART_SPOOL_MAX_BYTES).
+    // spool needs (they are not counted against AFTERCART_INGRESS_SPOOL_MAX_BYTES).
     let dir = temp_dir("damage-copies");
     fs::create_dir_all(&dir).unwrap();
     // Segments of two frames each, the first one damaged.

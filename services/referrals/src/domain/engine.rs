@@ -61,6 +61,54 @@ pub enum Counted {
     Redacted,
 }
 
+impl Counted {
+    /// Every reason an invite is skipped: the metric starts with each at zero.
+    pub const INVITE_SKIP_REASONS: &'static [&'static str] = &[
+        "test_order",
+        "negated",
+        "below_minimum",
+        "no_email",
+        "no_consent",
+        "cooldown",
+    ];
+    /// Every way an attribution ends.
+    pub const ATTRIBUTION_OUTCOMES: &'static [&'static str] = &[
+        "pending",
+        "rejected",
+        "unknown_code",
+        "test_order",
+        "unknown_customer",
+        "not_first_order",
+        "already_referred",
+        "below_minimum",
+    ];
+
+    fn is_listed(&self) -> bool {
+        match self {
+            Counted::InviteSkipped(reason) => Self::INVITE_SKIP_REASONS.contains(reason),
+            Counted::Attribution(outcome) => Self::ATTRIBUTION_OUTCOMES.contains(outcome),
+            Counted::Redacted => true,
+        }
+    }
+}
+
+/// Why a reward is rejected (the fraud rules), each a `reward.rejected` reason.
+pub const REJECT_REASONS: &[&str] = &[
+    "same_customer",
+    "same_email",
+    "same_name_address",
+    "ip_burst",
+];
+/// Why a reward in review is voided, each a `reward.voided` reason.
+pub const VOID_REASONS: &[&str] = &[
+    "not_first_order",
+    "refunded",
+    "cancelled",
+    "deleted",
+    "friend_redacted",
+    "advocate_redacted",
+];
+
 /// What the I/O layer must do, in order: emit records, then persist entities.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -640,6 +688,8 @@ impl Step<'_> {
     }
 
     fn count(&mut self, counted: Counted) {
+        // The lists feed the metrics' zero series; the engine tests catch a reason left out.
+        debug_assert!(counted.is_listed(), "{counted:?} is missing from its list");
         self.effects.push(Effect::Count(counted));
     }
 
@@ -1035,6 +1085,21 @@ impl Step<'_> {
         let Some(reward) = &order.reward else {
             return;
         };
+        debug_assert!(
+            match event_type {
+                "reward.rejected" => reward
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| REJECT_REASONS.contains(&r)),
+                "reward.voided" => reward
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| VOID_REASONS.contains(&r)),
+                _ => true,
+            },
+            "{event_type} reason {:?} is missing from its list",
+            reward.reason
+        );
         let advocate_local = reward.advocate.splitn(3, '/').nth(2).unwrap_or_default();
         let event = RewardEvent {
             event_id: event_id(&format!("{event_type}/{}/{order_id}", self.shop)),

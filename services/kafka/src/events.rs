@@ -1,0 +1,96 @@
+//! Events of the consumer stage that are both logged and counted: one struct each, with one
+//! `emit()` that writes the log line and moves the counter, so the two cannot drift (Vector's
+//! `internal_events` habit). Fields are labels and positions only, never record contents.
+
+use crate::loop_metrics::LoopMetrics;
+
+/// An input record the service's logic cannot use: counted by family and reason, dead-lettered.
+pub struct RecordUnusable<'a> {
+    pub family: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'static str,
+}
+
+impl RecordUnusable<'_> {
+    pub fn emit(&self, metrics: &LoopMetrics) {
+        metrics.failed(self.family, self.reason);
+        tracing::warn!(
+            topic = self.family,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            "Dead-lettering a record that cannot be used."
+        );
+    }
+}
+
+/// A raw record without a shop domain cannot be routed by shop: counted, dead-lettered.
+pub struct RecordWithoutShop<'a> {
+    pub family: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl RecordWithoutShop<'_> {
+    pub const REASON: &'static str = "no_shop";
+
+    pub fn emit(&self, metrics: &LoopMetrics) {
+        metrics.failed(self.family, Self::REASON);
+        tracing::warn!(
+            topic = self.family,
+            partition = self.partition,
+            offset = self.offset,
+            reason = Self::REASON,
+            "Dead-lettering a record without a shop domain."
+        );
+    }
+}
+
+/// This member may have lost its partitions (`stalled`, `lost`): it drops its state and rejoins.
+pub struct MemberFenced {
+    pub reason: &'static str,
+}
+
+impl MemberFenced {
+    pub fn emit(&self, metrics: &LoopMetrics) {
+        metrics.fenced(self.reason);
+        tracing::warn!(
+            reason = self.reason,
+            "This member may have lost its partitions: dropping its state and rejoining."
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Registry;
+
+    use super::*;
+
+    fn value(registry: &Registry, name: &str, label: &str) -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    #[test]
+    fn emitting_an_event_moves_its_counter() {
+        let registry = Registry::new();
+        let metrics = LoopMetrics::register("t_", &registry, "partitions", &["orders"]).unwrap();
+        MemberFenced { reason: "lost" }.emit(&metrics);
+        RecordWithoutShop {
+            family: "orders",
+            partition: 0,
+            offset: 7,
+        }
+        .emit(&metrics);
+        assert_eq!(value(&registry, "t_fenced_total", "lost"), 1.0);
+        assert_eq!(value(&registry, "t_records_failed_total", "no_shop"), 1.0);
+    }
+}
