@@ -955,3 +955,41 @@ fn a_withdrawn_consent_signal_reaches_google_for_a_person_it_already_holds() {
     restored.assign(0, state);
     assert!(batches(&restored.tick(T0 + 10_000)).is_empty());
 }
+
+#[test]
+fn a_removal_due_at_a_destination_taken_out_of_the_configuration_is_kept_until_it_is_back() {
+    let mut engine = engine();
+    let mut log: Vec<Effect> = Vec::new();
+    log.extend(engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0));
+    log.extend(engine.tick(T0 + 1_000).into_iter().map(|(_, e)| e));
+    // Redacted, then stopped before the flush emitted the removals (nothing on the batches
+    // topic for the start-up check to find) and started again without Meta.
+    log.extend(engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100));
+    let mut without_meta = rules();
+    without_meta.destinations.remove("meta");
+    for audience in &mut without_meta.audiences {
+        audience.destinations.retain(|d| d != "meta");
+    }
+    let mut restored = Engine::new(without_meta);
+    restored.assign(0, persisted(&log));
+    // A restored partition flushes one interval after its first tick.
+    let settle = |engine: &mut Engine, at: i64| {
+        let mut effects = engine.tick(at);
+        effects.extend(engine.tick(at + 1_000));
+        effects
+    };
+    let effects = settle(&mut restored, T0 + 10_000);
+    assert_eq!(
+        ops(&effects, "abandoned-checkouts", Op::Remove),
+        ["files", "google", "tiktok"]
+    );
+    let expected: BTreeMap<String, u64> = [("meta".to_string(), 1)].into();
+    assert_eq!(restored.stranded_removals(), &expected);
+    log.extend(effects.into_iter().map(|(_, e)| e));
+    // Meta is put back: the removal is sent.
+    let mut again = Engine::new(rules());
+    again.assign(0, persisted(&log));
+    let effects = settle(&mut again, T0 + 20_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ["meta"]);
+    assert_eq!(again.people(), 0, "then she is forgotten");
+}
