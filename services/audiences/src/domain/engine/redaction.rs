@@ -129,8 +129,9 @@ impl Partition {
         by_person || by_contact || by_order
     }
 
-    /// `customers/redact`: marks the customer's id, email, phone and orders, and retires
-    /// everyone held under any of them (destinations drop them, then they are deleted).
+    /// `customers/redact`: marks the customer's id, email, phone and orders, and the emails and
+    /// phones the state knew that customer by, and retires everyone held under any of them
+    /// (destinations drop them, then they are deleted).
     /// Returns the people retired.
     pub(super) fn redact_person(
         &mut self,
@@ -156,11 +157,13 @@ impl Partition {
             self.mark(order_marker(shop, *id), shop, received_ms, effects);
         }
         let wanted_hash = email.map(email_hash);
-        let mut keys: Vec<String> = self
+        // (key, whether it is the customer the redaction names rather than someone sharing
+        // only the phone).
+        let mut matched: Vec<(String, bool)> = self
             .people
             .iter()
             .filter(|(_, p)| p.shop == shop && !p.redacted)
-            .filter(|(key, p)| {
+            .filter_map(|(key, p)| {
                 let same_customer = who.customer_id.is_some() && p.customer_id == who.customer_id;
                 let emails = [
                     p.contact.email.as_deref(),
@@ -181,11 +184,33 @@ impl Partition {
                     .customer_id
                     .is_some_and(|id| **key == customer_key(shop, id))
                     || email.is_some_and(|e| **key == guest_key(shop, e));
-                same_customer || same_email || same_phone || named
+                let named = same_customer || same_email || named;
+                (named || same_phone).then(|| ((*key).clone(), named))
             })
-            .map(|(k, _)| k.clone())
             .collect();
-        keys.sort();
+        matched.sort();
+        // The addresses and phones the state knew the customer by are theirs too (an email
+        // changed since, an old checkout still in flight under it): marked as well.
+        let mut known = std::collections::BTreeSet::new();
+        for (key, _) in matched.iter().filter(|(_, named)| *named) {
+            let Some(person) = self.people.get(key) else {
+                continue;
+            };
+            for contact in [&person.contact, person.held_contact()] {
+                if let Some(email) = present(contact.email.as_deref()) {
+                    known.insert(email_marker(shop, email));
+                }
+                if let Some(phone) = present(contact.phone.as_deref()) {
+                    for digits in phone_forms(phone, contact.country.as_deref(), false) {
+                        known.insert(phone_marker(shop, &digits));
+                    }
+                }
+            }
+        }
+        for marker in known {
+            self.mark(marker, shop, received_ms, effects);
+        }
+        let keys: Vec<String> = matched.into_iter().map(|(key, _)| key).collect();
         for key in &keys {
             retire(self, key, effects);
         }

@@ -993,3 +993,28 @@ fn a_removal_due_at_a_destination_taken_out_of_the_configuration_is_kept_until_i
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ["meta"]);
     assert_eq!(again.people(), 0, "then she is forgotten");
 }
+
+#[test]
+fn a_redaction_also_marks_the_email_and_phone_the_state_knew_the_person_by() {
+    let mut engine = engine();
+    // Ann, customer 42, known here as Ann@Example.com with a UK phone.
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    // Shopify's redaction names her id and the address she has now.
+    let now_known_as = PersonRef {
+        customer_id: Some(42),
+        email: Some("ann@new.example".into()),
+    };
+    engine.apply(0, SHOP, redact(now_known_as, None, vec![]), T0 + 1_100);
+    engine.tick(T0 + 2_100);
+    assert_eq!(engine.people(), 0);
+    // A checkout she left as a guest under the old address, in flight or late.
+    let guest = PersonRef {
+        customer_id: None,
+        email: Some("ann@example.com".into()),
+    };
+    engine.apply(0, SHOP, abandoned(guest, Some(true), T0 + 500), T0 + 3_000);
+    let effects = engine.tick(T0 + 10_000);
+    assert_eq!(exported(&effects), 0, "re-exported: {effects:?}");
+    assert_eq!(engine.people(), 0);
+}
