@@ -1018,3 +1018,45 @@ fn a_redaction_also_marks_the_email_and_phone_the_state_knew_the_person_by() {
     assert_eq!(exported(&effects), 0, "re-exported: {effects:?}");
     assert_eq!(engine.people(), 0);
 }
+
+#[test]
+fn a_plus_tagged_address_of_a_redacted_mailbox_does_not_bring_her_back_to_tiktok() {
+    // TikTok drops the `+tag`: `ann+shop@example.com` is sent as the hash of ann@example.com,
+    // the identifier of the person redacted.
+    let mut engine = engine();
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0);
+    let tagged = PersonRef {
+        customer_id: None,
+        email: Some("Ann+Shop@Example.com".into()),
+    };
+    let mut fact = abandoned(tagged, Some(true), T0 + 100);
+    if let Input::Abandoned { contact, .. } = &mut fact {
+        contact.email = Some("Ann+Shop@Example.com".into());
+        contact.phone = None;
+    }
+    engine.apply(0, SHOP, fact, T0 + 100);
+    let effects = engine.tick(T0 + 5_000);
+    assert_eq!(exported(&effects), 0, "re-exported: {effects:?}");
+}
+
+#[test]
+fn redacting_a_plus_tagged_address_removes_the_mailbox_tiktok_holds() {
+    let mut engine = engine();
+    let plain = PersonRef {
+        customer_id: None,
+        email: Some("ann@example.com".into()),
+    };
+    let mut fact = abandoned(plain, Some(true), T0);
+    if let Input::Abandoned { contact, .. } = &mut fact {
+        contact.phone = None;
+    }
+    engine.apply(0, SHOP, fact, T0);
+    assert_eq!(exported(&engine.tick(T0 + 1_000)), ALL.len());
+    let tagged = PersonRef {
+        customer_id: None,
+        email: Some("ann+shop@example.com".into()),
+    };
+    engine.apply(0, SHOP, redact(tagged, None, vec![]), T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+}
