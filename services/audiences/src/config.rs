@@ -446,6 +446,12 @@ fn web_url(errors: &mut ConfigErrors, at: &str, url: String) -> Option<String> {
     }
 }
 
+/// An optional URL setting, checked like a base URL when given.
+fn optional_url(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<String> {
+    let url = optional(errors, at, text)?;
+    web_url(errors, at, url)
+}
+
 fn optional(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<String> {
     let text = text.as_deref()?;
     errors
@@ -512,7 +518,7 @@ fn google_oauth(
                     None
                 }
             };
-            let token_url = optional(errors, &field("token_url"), f.token_url)
+            let token_url = optional_url(errors, &field("token_url"), f.token_url)
                 .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string());
             // Replaced by a fresh token before every request.
             Some((
@@ -845,7 +851,7 @@ impl AudiencesArgs {
                 ];
                 let auth = match sources.iter().filter(|s| **s).count() {
                     1 if sources[2] => {
-                        let token_url = optional(errors, &field("token_url"), token_url);
+                        let token_url = optional_url(errors, &field("token_url"), token_url);
                         service_account(
                             errors,
                             &field("service_account_key_file"),
@@ -857,7 +863,7 @@ impl AudiencesArgs {
                     1 if sources[3] => Some((
                         Secret::new("fetched-per-request"),
                         GoogleAuth::Metadata {
-                            url: optional(errors, &field("metadata_url"), metadata_url)
+                            url: optional_url(errors, &field("metadata_url"), metadata_url)
                                 .unwrap_or_else(|| GOOGLE_METADATA_TOKEN_URL.to_string()),
                         },
                     )),

@@ -398,3 +398,34 @@ destinations = ["meta"]
         "{text}"
     );
 }
+
+#[test]
+fn a_google_token_or_metadata_url_typo_is_named_at_start() {
+    // Every request's credential comes from these: a typo would hold every batch back.
+    let google = |auth: &str| {
+        write(&format!(
+            "[destinations.g]\ntype = \"google\"\noperating_account_id = \"1234567890\"\nuser_list_id = \"2\"\n{auth}\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n"
+        ))
+    };
+    let refreshing = google(
+        "refresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"\ntoken_url = \"oauth2.googleapis.com/token\"",
+    );
+    let errors = validate(&["--audiences-config", refreshing.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains(
+            "destinations.g.token_url: \"oauth2.googleapis.com/token\" is not an http(s) URL"
+        ),
+        "{text}"
+    );
+    let metadata =
+        google("application_default = true\nmetadata_url = \"metadata.google.internal\"");
+    let errors = validate(&["--audiences-config", metadata.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains(
+            "destinations.g.metadata_url: \"metadata.google.internal\" is not an http(s) URL"
+        ),
+        "{text}"
+    );
+}
