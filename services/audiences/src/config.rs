@@ -133,7 +133,8 @@ pub struct AudiencesArgs {
 
     /// How long a `customers/redact` or `shop/redact` is remembered, so that a later or
     /// in-flight fact cannot bring the person back (at least the longest window any service
-    /// keeps state for; at most 10 years).
+    /// keeps state for, and never shorter than AFTERCART_AUDIENCES_PERSON_RETENTION; at most
+    /// 10 years).
     #[arg(
         long,
         env = "AFTERCART_AUDIENCES_REDACTION_RETENTION",
@@ -631,6 +632,18 @@ impl AudiencesArgs {
                 }
             }),
         );
+        if let (Some(markers), Some(people)) = (redaction_retention, retention) {
+            // A marker must outlive what it guards against: a late fact about someone forgotten.
+            if markers < people {
+                errors.push(format!(
+                    "AFTERCART_AUDIENCES_REDACTION_RETENTION: {} is shorter than \
+                     AFTERCART_AUDIENCES_PERSON_RETENTION ({}): a late fact could bring a \
+                     redacted person back",
+                    humantime::format_duration(markers),
+                    humantime::format_duration(people)
+                ));
+            }
+        }
         let retry = match (initial, max, max_duration) {
             (Some(initial), Some(max), Some(max_duration)) => Some(RetryPolicy {
                 initial,

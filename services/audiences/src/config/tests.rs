@@ -429,3 +429,17 @@ fn a_google_token_or_metadata_url_typo_is_named_at_start() {
         "{text}"
     );
 }
+
+#[test]
+fn redaction_markers_may_not_expire_before_the_people_they_guard() {
+    // People are kept 90 days: a marker gone after one would let a late fact about a redacted
+    // person (a lagging topic, a replay) bring them back.
+    let errors = validate(&["--redaction-retention", "1d"]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains("AFTERCART_AUDIENCES_REDACTION_RETENTION")
+            && text.contains("AFTERCART_AUDIENCES_PERSON_RETENTION"),
+        "{text}"
+    );
+    validate(&["--redaction-retention", "90d"]).unwrap();
+}
