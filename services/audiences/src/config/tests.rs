@@ -389,13 +389,9 @@ source = "orders"
 destinations = ["meta"]
 "#,
     );
-    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
-    let text = errors.problems().join("\n");
-    assert!(
-        text.contains(
-            "destinations.meta.base_url: \"HTTPS://graph.facebook.com\" is not an http(s) URL"
-        ),
-        "{text}"
+    assert_refused(
+        &file,
+        "destinations.meta.base_url: \"HTTPS://graph.facebook.com\" is not an http(s) URL",
     );
 }
 
@@ -410,23 +406,15 @@ fn a_google_token_or_metadata_url_typo_is_named_at_start() {
     let refreshing = google(
         "refresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"\ntoken_url = \"oauth2.googleapis.com/token\"",
     );
-    let errors = validate(&["--audiences-config", refreshing.0.to_str().unwrap()]).unwrap_err();
-    let text = errors.problems().join("\n");
-    assert!(
-        text.contains(
-            "destinations.g.token_url: \"oauth2.googleapis.com/token\" is not an http(s) URL"
-        ),
-        "{text}"
+    assert_refused(
+        &refreshing,
+        "destinations.g.token_url: \"oauth2.googleapis.com/token\" is not an http(s) URL",
     );
     let metadata =
         google("application_default = true\nmetadata_url = \"metadata.google.internal\"");
-    let errors = validate(&["--audiences-config", metadata.0.to_str().unwrap()]).unwrap_err();
-    let text = errors.problems().join("\n");
-    assert!(
-        text.contains(
-            "destinations.g.metadata_url: \"metadata.google.internal\" is not an http(s) URL"
-        ),
-        "{text}"
+    assert_refused(
+        &metadata,
+        "destinations.g.metadata_url: \"metadata.google.internal\" is not an http(s) URL",
     );
 }
 
@@ -442,4 +430,14 @@ fn redaction_markers_may_not_expire_before_the_people_they_guard() {
         "{text}"
     );
     validate(&["--redaction-retention", "90d"]).unwrap();
+}
+
+/// Asserts that the configuration in `file` is refused with `expected` among the problems.
+fn assert_refused(file: &tempfile_path::TempPath, expected: &str) {
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains(expected),
+        "{expected:?} missing from:\n{text}"
+    );
 }
