@@ -197,11 +197,11 @@ impl Partition {
                                 .any(|d| phones.contains(d))
                         })
                     });
-                let named = who
+                let keyed = who
                     .customer_id
                     .is_some_and(|id| **key == customer_key(shop, id))
                     || email.is_some_and(|e| **key == guest_key(shop, e));
-                let named = same_customer || same_email || named;
+                let named = same_customer || same_email || keyed;
                 (named || same_phone).then(|| ((*key).clone(), named))
             })
             .collect();
