@@ -672,6 +672,12 @@ impl Engine {
                 Op::Add => membership.synced.insert(batch.destination.clone()),
                 Op::Remove => membership.synced.remove(&batch.destination),
             };
+            if let (Op::Add, Some(consent)) = (batch.op, member.consent) {
+                // The signals went with it: they are not sent again.
+                person
+                    .ad_consent_sent
+                    .insert(batch.destination.clone(), consent);
+            }
             if person.awaiting_facts {
                 // Their contact is not known yet: what was added is what the fact read again
                 // will say, and they are compared only then.

@@ -1060,3 +1060,19 @@ fn redacting_a_plus_tagged_address_removes_the_mailbox_tiktok_holds() {
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
 }
+
+#[test]
+fn a_crash_after_a_google_addition_was_emitted_does_not_resend_its_signals() {
+    let mut engine = engine_personalising_on_confirmed_opt_in();
+    let applied = engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    assert!(batches(&first).iter().any(|b| b.destination == "google"));
+    // Crash: the batches were written, the changelog has the person as applied.
+    let mut restored = engine_personalising_on_confirmed_opt_in();
+    restored.assign(0, persisted(&applied));
+    for batch in batches(&first) {
+        restored.reconcile(0, batch);
+    }
+    let effects = [restored.tick(T0 + 3_000), restored.tick(T0 + 4_000)].concat();
+    assert!(batches(&effects).is_empty(), "{effects:?}");
+}
