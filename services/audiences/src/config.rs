@@ -169,13 +169,14 @@ pub struct AudiencesArgs {
 
     /// How long a `customers/redact` or `shop/redact` is remembered, so that a later or
     /// in-flight fact cannot bring the person back (at least the longest window any service
-    /// keeps state for; at most 10 years).
+    /// keeps state for, and never shorter than AFTERCART_AUDIENCES_PERSON_RETENTION; at most
+    /// 10 years).
     #[arg(
-        long,
+        long = "audiences-redaction-retention",
         env = "AFTERCART_AUDIENCES_REDACTION_RETENTION",
         default_value = "400d"
     )]
-    pub redaction_retention: String,
+    pub audiences_redaction_retention: String,
 }
 
 /// Redaction markers are kept at most this long.
@@ -482,6 +483,12 @@ fn web_url(errors: &mut ConfigErrors, at: &str, url: String) -> Option<String> {
     }
 }
 
+/// An optional URL setting, checked like a base URL when given.
+fn optional_url(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<String> {
+    let url = optional(errors, at, text)?;
+    web_url(errors, at, url)
+}
+
 fn optional(errors: &mut ConfigErrors, at: &str, text: &Option<String>) -> Option<String> {
     let text = text.as_deref()?;
     errors
@@ -548,7 +555,7 @@ fn google_oauth(
                     None
                 }
             };
-            let token_url = optional(errors, &field("token_url"), f.token_url)
+            let token_url = optional_url(errors, &field("token_url"), f.token_url)
                 .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string());
             // Replaced by a fresh token before every request.
             Some((
@@ -647,7 +654,7 @@ impl AudiencesArgs {
         );
         let redaction_retention = errors.check(
             "AFTERCART_AUDIENCES_REDACTION_RETENTION",
-            parse_positive_duration(&self.redaction_retention).and_then(|d| {
+            parse_positive_duration(&self.audiences_redaction_retention).and_then(|d| {
                 if d > MAX_REDACTION_RETENTION {
                     Err("at most 3650d: markers must expire".to_string())
                 } else {
@@ -655,6 +662,18 @@ impl AudiencesArgs {
                 }
             }),
         );
+        if let (Some(markers), Some(people)) = (redaction_retention, retention) {
+            // A marker must outlive what it guards against: a late fact about someone forgotten.
+            if markers < people {
+                errors.push(format!(
+                    "AFTERCART_AUDIENCES_REDACTION_RETENTION: {} is shorter than \
+                     AFTERCART_AUDIENCES_PERSON_RETENTION ({}): a late fact could bring a \
+                     redacted person back",
+                    humantime::format_duration(markers),
+                    humantime::format_duration(people)
+                ));
+            }
+        }
         let retry = match (initial, max, max_duration) {
             (Some(initial), Some(max), Some(max_duration)) => Some(RetryPolicy {
                 initial,
@@ -898,7 +917,7 @@ impl AudiencesArgs {
                 ];
                 let auth = match sources.iter().filter(|s| **s).count() {
                     1 if sources[2] => {
-                        let token_url = optional(errors, &field("token_url"), token_url);
+                        let token_url = optional_url(errors, &field("token_url"), token_url);
                         service_account(
                             errors,
                             &field("service_account_key_file"),
@@ -910,7 +929,7 @@ impl AudiencesArgs {
                     1 if sources[3] => Some((
                         Secret::new("fetched-per-request"),
                         GoogleAuth::Metadata {
-                            url: optional(errors, &field("metadata_url"), metadata_url)
+                            url: optional_url(errors, &field("metadata_url"), metadata_url)
                                 .unwrap_or_else(|| GOOGLE_METADATA_TOKEN_URL.to_string()),
                         },
                     )),

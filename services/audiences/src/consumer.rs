@@ -132,8 +132,15 @@ impl StageLogic for Audiences {
     }
 
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
-        self.engine
-            .tick(now_ms)
+        let before = self.engine.stranded_removals().clone();
+        let effects = self.engine.tick(now_ms);
+        for (destination, count) in self.engine.stranded_removals() {
+            let people = count - before.get(destination).copied().unwrap_or(0);
+            if people > 0 {
+                tracing::warn!(%destination, people, "Removals are due at a destination no longer in the audiences configuration; they are kept, not dropped, and sent once it is configured again.");
+            }
+        }
+        effects
             .into_iter()
             .map(|(partition, effect)| (partition, staged(effect)))
             .collect()

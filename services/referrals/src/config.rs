@@ -310,11 +310,11 @@ pub struct ReferralsArgs {
     /// `customers/redact` and `shop/redact` are remembered this long (as fingerprints), so a
     /// late fact never brings the person back; at least the order retention and the cooldown.
     #[arg(
-        long,
+        long = "referrals-redaction-retention",
         env = "AFTERCART_REFERRALS_REDACTION_RETENTION",
         default_value = "400d"
     )]
-    pub redaction_retention: String,
+    pub referrals_redaction_retention: String,
 
     #[command(flatten, next_help_heading = "Referrals webhook")]
     pub webhook: WebhookArgs,
@@ -493,7 +493,7 @@ impl ReferralsArgs {
         let redaction_retention = ms(
             &mut errors,
             "AFTERCART_REFERRALS_REDACTION_RETENTION",
-            &self.redaction_retention,
+            &self.referrals_redaction_retention,
             false,
         );
         if let (Some(kept), Some(retention), Some(cooldown)) =

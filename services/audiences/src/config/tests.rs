@@ -364,7 +364,7 @@ destinations = ["tiktok"]
 fn the_redaction_retention_is_bounded() {
     let config = validate(&[]).unwrap();
     assert_eq!(config.rules.redaction_retention_ms, 400 * 86_400_000);
-    let errors = validate(&["--redaction-retention", "20y"]).unwrap_err();
+    let errors = validate(&["--audiences-redaction-retention", "20y"]).unwrap_err();
     assert!(errors
         .problems()
         .join("\n")
@@ -389,12 +389,55 @@ source = "orders"
 destinations = ["meta"]
 "#,
     );
+    assert_refused(
+        &file,
+        "destinations.meta.base_url: \"HTTPS://graph.facebook.com\" is not an http(s) URL",
+    );
+}
+
+#[test]
+fn a_google_token_or_metadata_url_typo_is_named_at_start() {
+    // Every request's credential comes from these: a typo would hold every batch back.
+    let google = |auth: &str| {
+        write(&format!(
+            "[destinations.g]\ntype = \"google\"\noperating_account_id = \"1234567890\"\nuser_list_id = \"2\"\n{auth}\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n"
+        ))
+    };
+    let refreshing = google(
+        "refresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"\ntoken_url = \"oauth2.googleapis.com/token\"",
+    );
+    assert_refused(
+        &refreshing,
+        "destinations.g.token_url: \"oauth2.googleapis.com/token\" is not an http(s) URL",
+    );
+    let metadata =
+        google("application_default = true\nmetadata_url = \"metadata.google.internal\"");
+    assert_refused(
+        &metadata,
+        "destinations.g.metadata_url: \"metadata.google.internal\" is not an http(s) URL",
+    );
+}
+
+#[test]
+fn redaction_markers_may_not_expire_before_the_people_they_guard() {
+    // People are kept 90 days: a marker gone after one would let a late fact about a redacted
+    // person (a lagging topic, a replay) bring them back.
+    let errors = validate(&["--audiences-redaction-retention", "1d"]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains("AFTERCART_AUDIENCES_REDACTION_RETENTION")
+            && text.contains("AFTERCART_AUDIENCES_PERSON_RETENTION"),
+        "{text}"
+    );
+    validate(&["--audiences-redaction-retention", "90d"]).unwrap();
+}
+
+/// Asserts that the configuration in `file` is refused with `expected` among the problems.
+fn assert_refused(file: &tempfile_path::TempPath, expected: &str) {
     let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
     let text = errors.problems().join("\n");
     assert!(
-        text.contains(
-            "destinations.meta.base_url: \"HTTPS://graph.facebook.com\" is not an http(s) URL"
-        ),
-        "{text}"
+        text.contains(expected),
+        "{expected:?} missing from:\n{text}"
     );
 }

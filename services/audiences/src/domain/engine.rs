@@ -76,6 +76,8 @@ pub struct Engine {
     rules: Rules,
     partitions: HashMap<i32, Partition>,
     suppressed: u64,
+    /// Destination no longer configured → removals found due there (and kept), since start.
+    stranded: BTreeMap<String, u64>,
 }
 
 /// The person key of a customer: `p/<shop>/c/<id>`.
@@ -224,6 +226,7 @@ impl Engine {
             rules,
             partitions: HashMap::new(),
             suppressed: 0,
+            stranded: BTreeMap::new(),
         }
     }
 
@@ -289,6 +292,12 @@ impl Engine {
     /// Facts kept out because they are about someone redacted.
     pub fn suppressed(&self) -> u64 {
         self.suppressed
+    }
+
+    /// Removals found due at destinations no longer configured, per destination, since start:
+    /// they wait in the state until the destination is configured again.
+    pub fn stranded_removals(&self) -> &BTreeMap<String, u64> {
+        &self.stranded
     }
 
     /// Applies one fact about `shop`, received (by the ingress) at `received_ms`, at `now_ms`.
@@ -473,6 +482,7 @@ impl Engine {
     /// Emits what the changed people's destinations are missing or must drop.
     pub fn flush(&mut self, partition: i32, now_ms: i64) -> Vec<Effect> {
         let rules = &self.rules;
+        let stranded = &mut self.stranded;
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Vec::new();
         };
@@ -521,8 +531,14 @@ impl Engine {
                 }
                 for destination in targets {
                     let Some(platform) = rules.destinations.get(&destination).copied() else {
-                        // No longer configured: nothing can be sent there.
-                        changed |= membership.synced.remove(&destination);
+                        // No longer configured: nothing can be sent there. A removal due there
+                        // is kept (the person stays marked as held) until the destination is
+                        // configured again, never dropped; one that is not due is let go.
+                        if wanted {
+                            changed |= membership.synced.remove(&destination);
+                        } else {
+                            *stranded.entry(destination).or_default() += 1;
+                        }
                         continue;
                     };
                     let holds = membership.synced.contains(&destination);
@@ -661,6 +677,12 @@ impl Engine {
                 Op::Add => membership.synced.insert(batch.destination.clone()),
                 Op::Remove => membership.synced.remove(&batch.destination),
             };
+            if let (Op::Add, Some(consent)) = (batch.op, member.consent) {
+                // The signals went with it: they are not sent again.
+                person
+                    .ad_consent_sent
+                    .insert(batch.destination.clone(), consent);
+            }
             if person.awaiting_facts {
                 // Their contact is not known yet: what was added is what the fact read again
                 // will say, and they are compared only then.

@@ -173,7 +173,7 @@ fn batch_entry(row: &Value, audience: &str) -> Option<Vec<Value>> {
     })
 }
 
-fn normalise_email(raw: &str) -> Option<String> {
+pub(crate) fn normalise_email(raw: &str) -> Option<String> {
     let email = raw.trim().to_lowercase();
     let (local, domain) = email.split_once('@')?;
     let local = local.split('+').next().unwrap_or("");

@@ -6,7 +6,7 @@
 use super::{customer_key, email_hash, forget, guest_key, retire, Effect, Partition, Rules};
 use crate::domain::input::{Input, PersonRef};
 use crate::domain::person::Person;
-use crate::platform::{hash, phone, Contact};
+use crate::platform::{hash, phone, tiktok, Contact};
 
 /// Every marker key starts with this (people's keys start with `p/`).
 pub(super) const PREFIX: &str = "r/";
@@ -17,6 +17,17 @@ fn customer_marker(shop: &str, id: u64) -> String {
 
 fn email_marker(shop: &str, email: &str) -> String {
     format!("r/{shop}/e/{}", email_hash(email))
+}
+
+/// The markers an email is matched by: as written, and as the mailbox without its `+tag`
+/// (TikTok sends `ann+shop@…` as the hash of `ann@…`, so they are one person there).
+fn email_markers(shop: &str, email: &str) -> Vec<String> {
+    let mut markers = vec![email_marker(shop, email)];
+    if let Some(mailbox) = tiktok::normalise_email(email) {
+        markers.push(email_marker(shop, &mailbox));
+    }
+    markers.dedup();
+    markers
 }
 
 fn phone_marker(shop: &str, digits: &str) -> String {
@@ -115,10 +126,12 @@ impl Partition {
         let by_person = who.is_some_and(|who: &PersonRef| {
             who.customer_id
                 .is_some_and(|id| marked(customer_marker(shop, id)))
-                || present(who.email.as_deref()).is_some_and(|e| marked(email_marker(shop, e)))
+                || present(who.email.as_deref())
+                    .is_some_and(|e| email_markers(shop, e).into_iter().any(marked))
         });
         let by_contact = contact.is_some_and(|c: &Contact| {
-            present(c.email.as_deref()).is_some_and(|e| marked(email_marker(shop, e)))
+            present(c.email.as_deref())
+                .is_some_and(|e| email_markers(shop, e).into_iter().any(marked))
                 || present(c.phone.as_deref()).is_some_and(|p| {
                     phone_forms(p, c.country.as_deref(), true)
                         .iter()
@@ -129,8 +142,9 @@ impl Partition {
         by_person || by_contact || by_order
     }
 
-    /// `customers/redact`: marks the customer's id, email, phone and orders, and retires
-    /// everyone held under any of them (destinations drop them, then they are deleted).
+    /// `customers/redact`: marks the customer's id, email, phone and orders, and the emails and
+    /// phones the state knew that customer by, and retires everyone held under any of them
+    /// (destinations drop them, then they are deleted).
     /// Returns the people retired.
     pub(super) fn redact_person(
         &mut self,
@@ -147,7 +161,9 @@ impl Partition {
             self.mark(customer_marker(shop, id), shop, received_ms, effects);
         }
         if let Some(email) = email {
-            self.mark(email_marker(shop, email), shop, received_ms, effects);
+            for marker in email_markers(shop, email) {
+                self.mark(marker, shop, received_ms, effects);
+            }
         }
         for digits in &phones {
             self.mark(phone_marker(shop, digits), shop, received_ms, effects);
@@ -155,20 +171,24 @@ impl Partition {
         for id in orders {
             self.mark(order_marker(shop, *id), shop, received_ms, effects);
         }
-        let wanted_hash = email.map(email_hash);
-        let mut keys: Vec<String> = self
+        let wanted: Vec<String> = email.map(|e| email_markers(shop, e)).unwrap_or_default();
+        // (key, whether it is the customer the redaction names rather than someone sharing
+        // only the phone).
+        let mut matched: Vec<(String, bool)> = self
             .people
             .iter()
             .filter(|(_, p)| p.shop == shop && !p.redacted)
-            .filter(|(key, p)| {
+            .filter_map(|(key, p)| {
                 let same_customer = who.customer_id.is_some() && p.customer_id == who.customer_id;
                 let emails = [
                     p.contact.email.as_deref(),
                     p.held_contact().email.as_deref(),
                 ];
-                let same_email = wanted_hash
-                    .as_deref()
-                    .is_some_and(|h| emails.into_iter().flatten().any(|e| email_hash(e) == h));
+                let same_email = emails
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| email_markers(shop, e))
+                    .any(|m| wanted.contains(&m));
                 let same_phone = !phones.is_empty()
                     && [&p.contact, p.held_contact()].into_iter().any(|c| {
                         c.phone.as_deref().is_some_and(|held| {
@@ -177,15 +197,37 @@ impl Partition {
                                 .any(|d| phones.contains(d))
                         })
                     });
-                let named = who
+                let keyed = who
                     .customer_id
                     .is_some_and(|id| **key == customer_key(shop, id))
                     || email.is_some_and(|e| **key == guest_key(shop, e));
-                same_customer || same_email || same_phone || named
+                let named = same_customer || same_email || keyed;
+                (named || same_phone).then(|| ((*key).clone(), named))
             })
-            .map(|(k, _)| k.clone())
             .collect();
-        keys.sort();
+        matched.sort();
+        // The addresses and phones the state knew the customer by are theirs too (an email
+        // changed since, an old checkout still in flight under it): marked as well.
+        let mut known = std::collections::BTreeSet::new();
+        for (key, _) in matched.iter().filter(|(_, named)| *named) {
+            let Some(person) = self.people.get(key) else {
+                continue;
+            };
+            for contact in [&person.contact, person.held_contact()] {
+                if let Some(email) = present(contact.email.as_deref()) {
+                    known.extend(email_markers(shop, email));
+                }
+                if let Some(phone) = present(contact.phone.as_deref()) {
+                    for digits in phone_forms(phone, contact.country.as_deref(), false) {
+                        known.insert(phone_marker(shop, &digits));
+                    }
+                }
+            }
+        }
+        for marker in known {
+            self.mark(marker, shop, received_ms, effects);
+        }
+        let keys: Vec<String> = matched.into_iter().map(|(key, _)| key).collect();
         for key in &keys {
             retire(self, key, effects);
         }

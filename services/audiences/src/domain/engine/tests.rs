@@ -969,3 +969,124 @@ fn a_withdrawn_consent_signal_reaches_google_for_a_person_it_already_holds() {
     restored.assign(0, state);
     assert!(batches(&restored.tick(T0 + 10_000)).is_empty());
 }
+
+#[test]
+fn a_removal_due_at_a_destination_taken_out_of_the_configuration_is_kept_until_it_is_back() {
+    let mut engine = engine();
+    let mut log: Vec<Effect> = Vec::new();
+    log.extend(engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0));
+    log.extend(engine.tick(T0 + 1_000).into_iter().map(|(_, e)| e));
+    // Redacted, then stopped before the flush emitted the removals (nothing on the batches
+    // topic for the start-up check to find) and started again without Meta.
+    log.extend(engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100));
+    let mut without_meta = rules();
+    without_meta.destinations.remove("meta");
+    for audience in &mut without_meta.audiences {
+        audience.destinations.retain(|d| d != "meta");
+    }
+    let mut restored = Engine::new(without_meta);
+    restored.assign(0, persisted(&log));
+    // A restored partition flushes one interval after its first tick.
+    let settle = |engine: &mut Engine, at: i64| {
+        let mut effects = engine.tick(at);
+        effects.extend(engine.tick(at + 1_000));
+        effects
+    };
+    let effects = settle(&mut restored, T0 + 10_000);
+    assert_eq!(
+        ops(&effects, "abandoned-checkouts", Op::Remove),
+        ["files", "google", "tiktok"]
+    );
+    let expected: BTreeMap<String, u64> = [("meta".to_string(), 1)].into();
+    assert_eq!(restored.stranded_removals(), &expected);
+    log.extend(effects.into_iter().map(|(_, e)| e));
+    // Meta is put back: the removal is sent.
+    let mut again = Engine::new(rules());
+    again.assign(0, persisted(&log));
+    let effects = settle(&mut again, T0 + 20_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ["meta"]);
+    assert_eq!(again.people(), 0, "then she is forgotten");
+}
+
+#[test]
+fn a_redaction_also_marks_the_email_and_phone_the_state_knew_the_person_by() {
+    let mut engine = engine();
+    // Ann, customer 42, known here as Ann@Example.com with a UK phone.
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    // Shopify's redaction names her id and the address she has now.
+    let now_known_as = PersonRef {
+        customer_id: Some(42),
+        email: Some("ann@new.example".into()),
+    };
+    engine.apply(0, SHOP, redact(now_known_as, None, vec![]), T0 + 1_100);
+    engine.tick(T0 + 2_100);
+    assert_eq!(engine.people(), 0);
+    // A checkout she left as a guest under the old address, in flight or late.
+    let guest = PersonRef {
+        customer_id: None,
+        email: Some("ann@example.com".into()),
+    };
+    engine.apply(0, SHOP, abandoned(guest, Some(true), T0 + 500), T0 + 3_000);
+    let effects = engine.tick(T0 + 10_000);
+    assert_eq!(exported(&effects), 0, "re-exported: {effects:?}");
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn a_plus_tagged_address_of_a_redacted_mailbox_does_not_bring_her_back_to_tiktok() {
+    // TikTok drops the `+tag`: `ann+shop@example.com` is sent as the hash of ann@example.com,
+    // the identifier of the person redacted.
+    let mut engine = engine();
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0);
+    let tagged = PersonRef {
+        customer_id: None,
+        email: Some("Ann+Shop@Example.com".into()),
+    };
+    let mut fact = abandoned(tagged, Some(true), T0 + 100);
+    if let Input::Abandoned { contact, .. } = &mut fact {
+        contact.email = Some("Ann+Shop@Example.com".into());
+        contact.phone = None;
+    }
+    engine.apply(0, SHOP, fact, T0 + 100);
+    let effects = engine.tick(T0 + 5_000);
+    assert_eq!(exported(&effects), 0, "re-exported: {effects:?}");
+}
+
+#[test]
+fn redacting_a_plus_tagged_address_removes_the_mailbox_tiktok_holds() {
+    let mut engine = engine();
+    let plain = PersonRef {
+        customer_id: None,
+        email: Some("ann@example.com".into()),
+    };
+    let mut fact = abandoned(plain, Some(true), T0);
+    if let Input::Abandoned { contact, .. } = &mut fact {
+        contact.phone = None;
+    }
+    engine.apply(0, SHOP, fact, T0);
+    assert_eq!(exported(&engine.tick(T0 + 1_000)), ALL.len());
+    let tagged = PersonRef {
+        customer_id: None,
+        email: Some("ann+shop@example.com".into()),
+    };
+    engine.apply(0, SHOP, redact(tagged, None, vec![]), T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+}
+
+#[test]
+fn a_crash_after_a_google_addition_was_emitted_does_not_resend_its_signals() {
+    let mut engine = engine_personalising_on_confirmed_opt_in();
+    let applied = engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    let first = engine.tick(T0 + 1_000);
+    assert!(batches(&first).iter().any(|b| b.destination == "google"));
+    // Crash: the batches were written, the changelog has the person as applied.
+    let mut restored = engine_personalising_on_confirmed_opt_in();
+    restored.assign(0, persisted(&applied));
+    for batch in batches(&first) {
+        restored.reconcile(0, batch);
+    }
+    let effects = [restored.tick(T0 + 3_000), restored.tick(T0 + 4_000)].concat();
+    assert!(batches(&effects).is_empty(), "{effects:?}");
+}
