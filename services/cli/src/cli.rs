@@ -5,6 +5,7 @@ use aftercart_audiences::AudiencesArgs;
 use aftercart_ingress::IngressArgs;
 use aftercart_kafka::KafkaArgs;
 use aftercart_loadgen::LoadgenArgs;
+use aftercart_nudges::NudgesArgs;
 use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,9 @@ pub enum Command {
     /// Run the retargeting audience export service: consented audiences kept in sync on Meta,
     /// Google Ads, TikTok, files and webhooks.
     Audiences(Box<AudiencesCommand>),
+    /// Run the recovery nudge service: reminders after an abandonment, stopped by any purchase
+    /// of the same person, sent to Klaviyo, a signed webhook or files.
+    Nudges(Box<NudgesCommand>),
     /// Run the whole pipeline locally, with an embedded Kafka broker unless
     /// AFTERCART_KAFKA_BROKERS is set.
     Dev(Box<DevArgs>),
@@ -123,6 +127,19 @@ pub struct AudiencesCommand {
     pub process: ProcessArgs,
 }
 
+/// Flags of `aftercart nudges`.
+#[derive(Debug, clap::Args)]
+pub struct NudgesCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub nudges: NudgesArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
 /// Flags of `aftercart dev`: every service's, under one set of Kafka and admin flags.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -137,6 +154,9 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub audiences: AudiencesArgs,
+
+    #[command(flatten)]
+    pub nudges: NudgesArgs,
 
     /// Run only the embedded broker, every topic created, and print its address (benchmarks
     /// and other Kafka clients use it); Ctrl-C stops it.

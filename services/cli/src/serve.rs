@@ -6,6 +6,7 @@ use std::time::Duration;
 use aftercart_abandonment::AbandonmentConfig;
 use aftercart_audiences::AudiencesConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError};
+use aftercart_nudges::NudgesConfig;
 use aftercart_referrals::ReferralsConfig;
 use aftercart_runtime::config::{parse_duration, parse_socket_addr, ConfigErrors};
 use aftercart_runtime::{AdminServer, Health, Shutdown, EX_CONFIG, EX_USAGE};
@@ -192,6 +193,17 @@ pub async fn run_audiences(config: &AudiencesConfig, process: &Process) -> i32 {
         "audiences",
         result,
         |e| matches!(e, aftercart_audiences::ServeError::Topics(_)),
+        process,
+    )
+}
+
+pub async fn run_nudges(config: &NudgesConfig, process: &Process) -> i32 {
+    let stop = process.stop.clone();
+    let result = aftercart_nudges::serve(config, &process.registry, &process.health, stop).await;
+    service_exit(
+        "nudges",
+        result,
+        |e| matches!(e, aftercart_nudges::ServeError::Topics(_)),
         process,
     )
 }
