@@ -187,11 +187,12 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
         )
     };
     let switcher_email = format!("switcher-{run}@example.com");
+    // Pending and without marketing consent: an order, but no referral advocate.
     let switcher_order = patch(
         "orders_create",
         json!({"id": switcher_order_id, "cart_token": format!("demo-cart-switched-{run}"), "checkout_token": null,
-               "created_at": now, "updated_at": now, "processed_at": now, "test": false, "financial_status": "paid",
-               "cancelled_at": null, "cancel_reason": null, "email": switcher_email, "buyer_accepts_marketing": true,
+               "created_at": now, "updated_at": now, "processed_at": now, "test": false, "financial_status": "pending",
+               "cancelled_at": null, "cancel_reason": null, "email": switcher_email, "buyer_accepts_marketing": false,
                "customer": {"id": switcher_id, "email": switcher_email, "first_name": "Sam", "last_name": "Switcher"}}),
     );
     let step = |topic, body, redeliver, note| DemoStep {

@@ -1,0 +1,229 @@
+//! Nudges service integration tests: the service in-process on a real broker (mock cluster and
+//! Tansu), its inputs written as the abandonment service and the ingress write them, and its
+//! Klaviyo destination a real local HTTP server answering like Klaviyo.
+
+use aftercart_tests::broker_tests;
+
+broker_tests!(
+    an_abandoner_gets_every_step_and_buyers_elsewhere_and_the_unsubscribed_none,
+    each_step_is_sent_once_across_a_crash,
+);
+
+mod scenarios {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use aftercart_kafka::KafkaSettings;
+    use aftercart_nudges::NudgesConfig;
+    use aftercart_shopify::Family;
+    use aftercart_tests::nudges::{test_config, Klaviyo, TestNudges, Upstream, KLAVIYO_KEY};
+    use aftercart_tests::schemas::assert_valid;
+    use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
+    use serde_json::{json, Value};
+
+    const SHOP: &str = "jsmith.myshopify.com";
+    const WAIT: Duration = Duration::from_secs(90);
+
+    fn kafka(broker: &Broker) -> KafkaSettings {
+        let mut kafka = KafkaSettings::new(broker.bootstrap(), unique_prefix());
+        kafka.partitions = 3;
+        kafka.properties = broker.client_properties().into();
+        kafka
+    }
+
+    async fn nudges(broker: &Broker, config: &NudgesConfig) -> Vec<Value> {
+        read_topic(&broker.bootstrap(), &config.nudges_topic)
+            .await
+            .iter()
+            .map(|r| {
+                let value: Value = serde_json::from_slice(&r.value).expect("nudge JSON");
+                assert_eq!(r.header("aftercart-event-id"), value["event_id"].as_str());
+                value
+            })
+            .collect()
+    }
+
+    fn emails(nudges: &[Value]) -> BTreeSet<String> {
+        nudges
+            .iter()
+            .map(|n| {
+                n["customer"]["email"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    pub async fn an_abandoner_gets_every_step_and_buyers_elsewhere_and_the_unsubscribed_none(
+        broker: &Broker,
+    ) {
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let config = test_config(&kafka(broker), &klaviyo, "4s,8s");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        // Ann abandons and hears from us twice.
+        upstream
+            .abandoned(1, "ann@example.com", "ann-cart", true)
+            .await;
+        // Bob abandons one cart and orders through another (matched by his email only).
+        upstream
+            .abandoned(2, "bob@example.com", "bob-cart", true)
+            .await;
+        upstream
+            .webhook(
+                Family::Orders,
+                "orders/create",
+                "bob-other-cart",
+                &json!({"id": 9001, "cart_token": "bob-other-cart", "checkout_token": null,
+                        "email": "Bob@Example.com", "customer": null}),
+            )
+            .await;
+        // Carl abandons, then unsubscribes.
+        upstream
+            .abandoned(3, "carl@example.com", "carl-cart", true)
+            .await;
+        upstream
+            .webhook(
+                Family::Customers,
+                "customers_email_marketing_consent/update",
+                "3",
+                &json!({"customer_id": 3, "email_address": "carl@example.com",
+                        "email_marketing_consent": {"state": "unsubscribed"}}),
+            )
+            .await;
+        // Dan never consented: his event carries no contact details.
+        upstream
+            .abandoned(4, "dan@example.com", "dan-cart", false)
+            .await;
+
+        let sent = eventually("Ann's two nudges", WAIT, || async {
+            let sent = nudges(broker, &config).await;
+            (sent.len() >= 2).then_some(sent)
+        })
+        .await;
+        // Bob's order and Carl's unsubscribe may be read before or after their abandonments:
+        // either way each stops one sequence (or keeps it from starting).
+        eventually("every other sequence stopped", WAIT, || async {
+            (service.metric("aftercart_nudges_sequences") == 0.0
+                && service.metric(r#"aftercart_nudges_suppressed_total{reason="purchased"}"#)
+                    == 1.0
+                && service.metric(r#"aftercart_nudges_suppressed_total{reason="consent"}"#) == 2.0)
+                .then_some(())
+        })
+        .await;
+        let sent = nudges(broker, &config)
+            .await
+            .into_iter()
+            .chain(sent)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            emails(&sent),
+            BTreeSet::from(["ann@example.com".to_string()])
+        );
+        let steps: BTreeSet<u64> = sent.iter().map(|n| n["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, BTreeSet::from([1, 2]));
+        for nudge in &sent {
+            assert_valid("aftercart/nudges.schema.json", nudge);
+            assert_eq!(
+                nudge["recovery_url"],
+                "https://jsmith.myshopify.com/recover/ann-cart?key=k"
+            );
+            assert_eq!(nudge["line_items"]["items"][0]["title"], "Mug");
+        }
+        assert!(service.metric("aftercart_nudges_scheduled_total") >= 1.0);
+
+        // Klaviyo: one event per nudge, on Ann's profile, with the shop's key.
+        let events = eventually("two Klaviyo events", WAIT, || async {
+            let events = klaviyo.events();
+            (events.len() >= 2).then_some(events)
+        })
+        .await;
+        let request = &klaviyo.receiver.delivered()[0];
+        assert_eq!(request.uri, "/api/events");
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Klaviyo-API-Key {KLAVIYO_KEY}").as_str())
+        );
+        assert!(request.header("revision").is_some());
+        let ids: BTreeSet<&str> = events
+            .iter()
+            .map(|e| e["data"]["attributes"]["unique_id"].as_str().unwrap())
+            .collect();
+        let nudge_ids: BTreeSet<&str> = sent
+            .iter()
+            .map(|n| n["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, nudge_ids);
+        for event in &events {
+            let attributes = &event["data"]["attributes"];
+            assert_eq!(
+                attributes["profile"]["data"]["attributes"]["email"],
+                "ann@example.com"
+            );
+            assert_eq!(
+                attributes["properties"]["recovery_url"],
+                sent[0]["recovery_url"]
+            );
+            assert!(attributes["properties"].get("customer").is_none());
+        }
+        eventually("sends counted", WAIT, || async {
+            (service.metric(r#"aftercart_nudges_sent_total{destination="klaviyo",step="1"}"#)
+                == 1.0
+                && service.metric(r#"aftercart_nudges_sent_total{destination="klaviyo",step="2"}"#)
+                    == 1.0)
+                .then_some(())
+        })
+        .await;
+        service.stop().await.expect("clean stop");
+    }
+
+    pub async fn each_step_is_sent_once_across_a_crash(broker: &Broker) {
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let config = test_config(&kafka(broker), &klaviyo, "3s,12s");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        upstream
+            .abandoned(1, "ann@example.com", "ann-cart", true)
+            .await;
+        eventually("step 1 on the topic", WAIT, || async {
+            (!nudges(broker, &config).await.is_empty()).then_some(())
+        })
+        .await;
+        // Killed after step 1: whatever of it was not yet in the changelog is reconciled from
+        // the topic by the next owner.
+        service.crash().await;
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let sent = eventually("step 2 on the topic", WAIT, || async {
+            let sent = nudges(broker, &config).await;
+            sent.iter().any(|n| n["step"] == 2).then_some(sent)
+        })
+        .await;
+        let steps: Vec<u64> = sent.iter().map(|n| n["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, [1, 2], "each step exactly once on the topic");
+        // Klaviyo may see an event again after the crash (same unique_id, deduplicated there),
+        // never a third one.
+        let ids = eventually("both steps in Klaviyo", WAIT, || async {
+            let ids: BTreeSet<String> = klaviyo
+                .events()
+                .iter()
+                .map(|e| {
+                    e["data"]["attributes"]["unique_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            (ids.len() == 2).then_some(ids)
+        })
+        .await;
+        assert_eq!(ids.len(), 2);
+        service.stop().await.expect("clean stop");
+    }
+}
