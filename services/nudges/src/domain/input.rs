@@ -92,10 +92,15 @@ struct RedactJson {
     customer: Option<CustomerJson>,
 }
 
+/// `subscribed` is a (re)subscribe, `unsubscribed` or `redacted` an opt-out; other states
+/// (`not_subscribed`, `pending`, `invalid`) say nothing new: a customer record created at
+/// checkout without marketing consent must not stop the merchant's transactional reminders.
 fn subscribed(consent: Option<ConsentState>) -> Option<bool> {
-    consent
-        .and_then(|c| c.state)
-        .map(|state| state.eq_ignore_ascii_case("subscribed"))
+    match consent.and_then(|c| c.state)?.to_ascii_lowercase().as_str() {
+        "subscribed" => Some(true),
+        "unsubscribed" | "redacted" => Some(false),
+        _ => None,
+    }
 }
 
 /// The source families read, and which Shopify topics of each matter.
@@ -256,6 +261,21 @@ mod tests {
                 }
             )
         );
+    }
+
+    #[test]
+    fn only_an_explicit_unsubscribe_is_an_opt_out() {
+        let update = |state: &str| {
+            decode_input(
+                "customers",
+                Some("customers/update"),
+                format!(r#"{{"id":5,"email_marketing_consent":{{"state":"{state}"}}}}"#).as_bytes(),
+            )
+            .unwrap()
+        };
+        assert!(matches!(update("unsubscribed"), Input::Consent(_, c) if c.email == Some(false)));
+        assert!(matches!(update("subscribed"), Input::Consent(_, c) if c.email == Some(true)));
+        assert_eq!(update("not_subscribed"), Input::Ignored);
     }
 
     #[test]
