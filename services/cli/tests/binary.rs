@@ -440,7 +440,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 19, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters) and audiences (batches, by-shop, changelog, dead letters) topics");
+        assert_eq!(listed, 23, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters) and nudges (nudges, by-shop, changelog, dead letters) topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
