@@ -142,9 +142,51 @@ impl Upstream<'_> {
     /// A checkout abandonment (cart `cart`) of customer `id` with `email`, abandoned now, with
     /// marketing consent (contact details and recovery link carried) or without (ids only).
     pub async fn abandoned(&self, id: u64, email: &str, cart: &str, consent: bool) {
+        self.abandoned_many(&[(id, email.to_string(), cart.to_string(), consent)])
+            .await;
+    }
+
+    /// Several abandonments through one producer, in order.
+    pub async fn abandoned_many(&self, people: &[(u64, String, String, bool)]) {
+        let events: Vec<(String, String, String)> = people
+            .iter()
+            .map(|(id, email, cart, consent)| self.abandonment(*id, email, cart, *consent))
+            .collect();
+        let headers: Vec<[(&str, &str); 1]> = events
+            .iter()
+            .map(|(_, event_id, _)| [("aftercart-event-id", event_id.as_str())])
+            .collect();
+        let inputs: Vec<Input> = events
+            .iter()
+            .zip(&headers)
+            .map(|((key, _, value), headers)| Input {
+                key,
+                value: value.as_bytes(),
+                headers,
+            })
+            .collect();
+        let properties: Vec<(String, String)> =
+            self.config.kafka.properties.iter().cloned().collect();
+        produce_with(
+            &self.config.kafka.brokers,
+            &properties,
+            &self.config.abandonments_topic,
+            &inputs,
+        )
+        .await;
+    }
+
+    /// An abandonment event as `aftercart abandonment` writes it: key, event id, value.
+    fn abandonment(
+        &self,
+        id: u64,
+        email: &str,
+        cart: &str,
+        consent: bool,
+    ) -> (String, String, String) {
         let now = aftercart_shopify::time::rfc3339(aftercart_shopify::time::now_ms());
         let journey_key = format!("{}/{cart}", self.shop);
-        let event_id = format!("{:032x}", id ^ cart.len() as u64);
+        let event_id = format!("{:016x}{:016x}", id, cart.len() as u64);
         let event = json!({
             "type": "abandoned", "kind": "checkout", "event_id": event_id,
             "shop": self.shop, "journey_key": journey_key,
@@ -163,13 +205,7 @@ impl Upstream<'_> {
             "recovery_url": if consent { Some(format!("https://{}/recover/{cart}?key=k", self.shop)) } else { None },
             "abandoned_at": now, "last_activity_at": now,
         });
-        self.produce(
-            &self.config.abandonments_topic,
-            &journey_key,
-            &event,
-            &[("aftercart-event-id", &event_id)],
-        )
-        .await;
+        (journey_key, event_id, event.to_string())
     }
 
     /// A Shopify webhook on its raw topic, as the ingress publishes it.
