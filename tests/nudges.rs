@@ -8,6 +8,7 @@ broker_tests!(
     an_abandoner_gets_every_step_and_buyers_elsewhere_and_the_unsubscribed_none,
     each_step_is_sent_once_across_a_crash,
     many_sequences_keep_exact_books_across_repeated_crashes,
+    a_recovery_discount_is_made_once_per_sequence_and_carried_from_its_step,
 );
 
 mod scenarios {
@@ -17,8 +18,11 @@ mod scenarios {
     use aftercart_kafka::KafkaSettings;
     use aftercart_nudges::NudgesConfig;
     use aftercart_shopify::Family;
-    use aftercart_tests::nudges::{test_config, Klaviyo, TestNudges, Upstream, KLAVIYO_KEY};
+    use aftercart_tests::nudges::{
+        test_config, test_config_with, Klaviyo, TestNudges, Upstream, KLAVIYO_KEY,
+    };
     use aftercart_tests::schemas::assert_valid;
+    use aftercart_tests::shopify_admin::ShopifyAdmin;
     use aftercart_tests::{count_records, eventually, read_topic, unique_prefix, Broker};
     use serde_json::{json, Value};
 
@@ -318,6 +322,70 @@ mod scenarios {
             (delivered == ids).then_some(())
         })
         .await;
+        service.stop().await.expect("clean stop");
+    }
+
+    pub async fn a_recovery_discount_is_made_once_per_sequence_and_carried_from_its_step(
+        broker: &Broker,
+    ) {
+        const TOKEN: &str = "shpat_nudges_test";
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let admin = ShopifyAdmin::start(&[(SHOP, TOKEN)]).await;
+        let tokens = klaviyo.dir.join("shopify-tokens");
+        std::fs::write(&tokens, format!("{SHOP}={TOKEN}\n")).unwrap();
+        let flags = [
+            format!("--shopify-access-tokens-file={}", tokens.display()),
+            format!("--shopify-admin-url={}", admin.url_template()),
+        ];
+        let config = test_config_with(
+            &kafka(broker),
+            &klaviyo,
+            "2s,4s,6s",
+            "[discount]\nvalue = \"10%\"\nfrom_step = 2\n",
+            &flags,
+        );
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        upstream
+            .abandoned(41, "ann@example.com", "ann-cart", true)
+            .await;
+        let sent = eventually("three steps", WAIT, || async {
+            let sent = nudges(broker, &config).await;
+            (sent.len() >= 3).then_some(sent)
+        })
+        .await;
+        let codes: Vec<Option<&str>> = sent.iter().map(|n| n["discount_code"].as_str()).collect();
+        assert_eq!(codes[0], None, "step 1 comes before the discount");
+        let code = codes[1].expect("step 2 carries the code");
+        assert_eq!(codes[2], Some(code), "one code per sequence");
+        assert!(code.starts_with("BACK-"));
+        let made = admin.with_code(SHOP, code);
+        assert_eq!(made.len(), 1, "created once, found the second time");
+        let input = &made[0].input;
+        assert_eq!(input["usageLimit"], 1);
+        assert_eq!(input["customerGets"]["value"]["percentage"], 0.1);
+        assert_eq!(
+            input["context"]["customers"]["add"][0],
+            "gid://shopify/Customer/41"
+        );
+        for nudge in &sent {
+            assert_valid("aftercart/nudges.schema.json", nudge);
+        }
+        eventually("the code in Klaviyo", WAIT, || async {
+            klaviyo
+                .events()
+                .iter()
+                .any(|e| e["data"]["attributes"]["properties"]["discount_code"] == code)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            service.metric(r#"aftercart_nudges_discounts_total{outcome="created"}"#),
+            2.0
+        );
         service.stop().await.expect("clean stop");
     }
 }

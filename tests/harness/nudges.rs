@@ -23,6 +23,8 @@ pub const KLAVIYO_KEY: &str = "pk_test_nudges";
 struct Flags {
     #[command(flatten)]
     nudges: NudgesArgs,
+    #[command(flatten)]
+    shopify: aftercart_shopify_admin::AdminArgs,
 }
 
 /// A stand-in Klaviyo (202 to every event) and a directory for the config and keys files.
@@ -61,17 +63,29 @@ impl Drop for Klaviyo {
 /// A config on the test's Kafka settings with its own topics and group, `steps` as the
 /// cadence, sending to the stand-in Klaviyo.
 pub fn test_config(kafka: &KafkaSettings, klaviyo: &Klaviyo, steps: &str) -> NudgesConfig {
+    test_config_with(kafka, klaviyo, steps, "", &[])
+}
+
+/// [`test_config`] with more of the nudges file (`file`) and more flags.
+pub fn test_config_with(
+    kafka: &KafkaSettings,
+    klaviyo: &Klaviyo,
+    steps: &str,
+    file: &str,
+    flags: &[String],
+) -> NudgesConfig {
     let prefix = &kafka.topic_prefix;
-    let file = klaviyo.dir.join("nudges.toml");
+    let path = klaviyo.dir.join("nudges.toml");
     std::fs::write(
-        &file,
+        &path,
         format!(
-            "[destination]\nkind = \"klaviyo\"\nkeys_file = {:?}\n",
+            "[destination]\nkind = \"klaviyo\"\nkeys_file = {:?}\n{file}",
             klaviyo.dir.join("klaviyo-keys").display().to_string()
         ),
     )
     .expect("config file");
-    let argv = vec![
+    let file = path;
+    let mut argv = vec![
         "nudges".to_string(),
         format!("--nudges-config={}", file.display()),
         format!("--nudges-group={prefix}nudges"),
@@ -84,15 +98,17 @@ pub fn test_config(kafka: &KafkaSettings, klaviyo: &Klaviyo, steps: &str) -> Nud
         "--nudges-identity-key=integration-test-identity-key".to_string(),
         format!("--klaviyo-base-url={}", klaviyo.receiver.base()),
     ];
-    let args = Flags::try_parse_from(argv)
-        .expect("test flags parse")
-        .nudges;
-    args.validate(
-        &test_kafka_args(kafka),
-        Duration::from_secs(10),
-        &NudgesDefaults::production(),
-    )
-    .expect("valid test config")
+    argv.extend(flags.iter().cloned());
+    let flags = Flags::try_parse_from(argv).expect("test flags parse");
+    flags
+        .nudges
+        .validate(
+            &test_kafka_args(kafka),
+            &flags.shopify,
+            Duration::from_secs(10),
+            &NudgesDefaults::production(),
+        )
+        .expect("valid test config")
 }
 
 /// A running nudges service.

@@ -136,6 +136,10 @@ pub struct NudgesCommand {
     #[command(flatten)]
     pub nudges: NudgesArgs,
 
+    /// The Shopify Admin API client (recovery discounts), as the referrals service has it.
+    #[command(flatten)]
+    pub shopify: aftercart_shopify_admin::AdminArgs,
+
     #[command(flatten)]
     pub process: ProcessArgs,
 }

@@ -27,6 +27,8 @@ pub enum ServeError {
     Destination(#[from] DestinationError),
     #[error("the nudges forwarder failed: {0}")]
     Forwarder(#[from] ForwarderError),
+    #[error("cannot set up the Shopify Admin API client: {0}")]
+    Shopify(#[from] aftercart_shopify_admin::SetupError),
 }
 
 /// Every topic the service reads or writes. The by-shop, changelog and output topics share one
@@ -109,7 +111,21 @@ pub async fn serve(
     if !ensure_topics_with_retry(&config.kafka, &specs, &same, &stop).await? {
         return Ok(());
     }
-    let service = crate::consumer::build(config, metrics.clone(), ready)?;
+    // Registered (at zero) even without discounts, so the dashboard reads 0, not nothing.
+    let admin_metrics =
+        aftercart_shopify_admin::AdminMetrics::register(registry, "aftercart_nudges")?;
+    let discounts = match &config.discount {
+        Some(discount) => Some(crate::discount::RecoveryDiscounts::new(
+            aftercart_shopify_admin::Discounts::new(aftercart_shopify_admin::AdminClient::new(
+                discount.admin.clone(),
+                admin_metrics,
+            )?),
+            discount.clone(),
+            metrics.clone(),
+        )),
+        None => None,
+    };
+    let service = crate::consumer::build(config, metrics.clone(), ready, discounts)?;
     let forwarder = match &config.destination {
         Some(destination) => Some(forwarder(config, destination, registry, &metrics, health)?),
         None => None,

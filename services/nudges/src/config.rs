@@ -9,6 +9,7 @@ use aftercart_delivery::message::KlaviyoConfig;
 use aftercart_delivery::{RetryPolicy, SinkConfig, SinkFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_shopify_admin::{AdminArgs, AdminConfig, DiscountValue};
 use serde::Deserialize;
 
 use crate::domain::cadence::{QuietHours, Steps};
@@ -139,6 +140,15 @@ impl DestinationConfig {
     }
 }
 
+/// A unique recovery discount per sequence, created in the shop through the Admin API.
+#[derive(Debug, Clone)]
+pub struct RecoveryDiscount {
+    pub admin: AdminConfig,
+    pub value: DiscountValue,
+    /// Steps from this one (1-based) on carry the code.
+    pub from_step: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct NudgesConfig {
     pub kafka: KafkaSettings,
@@ -150,6 +160,8 @@ pub struct NudgesConfig {
     pub dead_letter_topic: String,
     pub rules: Rules,
     pub destination: Option<DestinationConfig>,
+    /// Configured in the file and with a Shopify access tokens file; `None`: no discounts.
+    pub discount: Option<RecoveryDiscount>,
     pub shutdown_timeout: Duration,
 }
 
@@ -160,8 +172,19 @@ struct File {
     #[serde(default)]
     defaults: ShopFile,
     destination: Option<DestinationFile>,
+    discount: Option<DiscountFile>,
     #[serde(default)]
     shops: HashMap<String, ShopFile>,
+}
+
+/// `[discount]`: a unique single-use code per sequence, for the person only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscountFile {
+    /// `10%` or an amount like `5.00`.
+    value: String,
+    /// The first step that carries the code (default 1).
+    from_step: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -206,9 +229,12 @@ pub const DEFAULT_METRIC: &str = "Aftercart Recovery Nudge";
 
 impl NudgesArgs {
     /// Validates with the command's Kafka flags and shutdown deadline, every problem at once.
+    /// `shopify`: the Admin API client's flags (shared with the referrals service), used when
+    /// the file asks for recovery discounts.
     pub fn validate(
         &self,
         kafka: &KafkaArgs,
+        shopify: &AdminArgs,
         shutdown_timeout: Duration,
         defaults: &NudgesDefaults,
     ) -> Result<NudgesConfig, ConfigErrors> {
@@ -255,6 +281,7 @@ impl NudgesArgs {
         }
         let mut policies = None;
         let mut destination = None;
+        let mut discount = None;
         if let (Some(file), Some(steps)) = (&file, &steps) {
             let default = shop_policy("defaults", &file.defaults, None, steps, &mut errors);
             let mut shops = HashMap::new();
@@ -275,6 +302,10 @@ impl NudgesArgs {
                 .destination
                 .as_ref()
                 .map(|d| self.destination(d, &mut errors));
+            discount = file
+                .discount
+                .as_ref()
+                .map(|d| recovery_discount(d, shopify, &mut errors));
         }
         errors.finish(|| {
             let cap_ms = cap.expect("checked").as_millis() as i64;
@@ -297,6 +328,7 @@ impl NudgesArgs {
                     key: key.expect("checked"),
                 },
                 destination: destination.map(|d| d.expect("checked")),
+                discount: discount.flatten(),
                 shutdown_timeout,
             }
         })
@@ -379,6 +411,31 @@ impl NudgesArgs {
     }
 }
 
+/// `[discount]` with the Admin API client; `None` (with a warning) without a tokens file.
+fn recovery_discount(
+    file: &DiscountFile,
+    shopify: &AdminArgs,
+    errors: &mut ConfigErrors,
+) -> Option<RecoveryDiscount> {
+    let value = errors.check(
+        "AFTERCART_NUDGES_CONFIG [discount].value",
+        DiscountValue::parse(&file.value),
+    );
+    let from_step = file.from_step.unwrap_or(1);
+    if !(1..=crate::domain::cadence::MAX_STEPS as u32).contains(&from_step) {
+        errors.push("AFTERCART_NUDGES_CONFIG [discount].from_step: 1 to 10");
+    }
+    let Some(admin) = shopify.validate(errors) else {
+        tracing::warn!("The nudges file asks for recovery discounts but AFTERCART_SHOPIFY_ACCESS_TOKENS_FILE is not set: nudges go out without codes.");
+        return None;
+    };
+    Some(RecoveryDiscount {
+        admin,
+        value: value?,
+        from_step,
+    })
+}
+
 /// A shop's policy: its own values, else the file's defaults, else the flags'.
 fn shop_policy(
     name: &str,
@@ -442,6 +499,8 @@ mod tests {
         kafka: KafkaArgs,
         #[command(flatten)]
         nudges: NudgesArgs,
+        #[command(flatten)]
+        shopify: AdminArgs,
     }
 
     fn validate(args: &[&str], file: Option<&str>) -> Result<NudgesConfig, ConfigErrors> {
@@ -461,6 +520,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv).unwrap();
         cli.nudges.validate(
             &cli.kafka,
+            &cli.shopify,
             Duration::from_secs(1),
             &NudgesDefaults {
                 identity_key: Some("a dev identity key"),
@@ -555,6 +615,7 @@ quiet_hours = "21:00-08:00"
             .nudges
             .validate(
                 &cli.kafka,
+                &cli.shopify,
                 Duration::from_secs(1),
                 &NudgesDefaults::production(),
             )

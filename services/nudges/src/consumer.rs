@@ -5,16 +5,19 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::NudgesConfig;
+use crate::discount::RecoveryDiscounts;
 use crate::domain::engine::{Effect, Engine, Entity};
 use crate::domain::input::{decode_input, is_relevant};
 use crate::domain::nudge::{EmittedNudge, Nudge};
@@ -50,6 +53,7 @@ pub fn build(
     config: &NudgesConfig,
     metrics: NudgesMetrics,
     ready: Readiness,
+    discounts: Option<RecoveryDiscounts>,
 ) -> Result<Loop, LoopError> {
     let topics = StageTopics {
         client: "aftercart-nudges".to_string(),
@@ -67,6 +71,7 @@ pub fn build(
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_expiry: Instant::now(),
+        discounts,
     };
     Stage::new(
         config.kafka.clone(),
@@ -82,6 +87,8 @@ pub struct Nudges {
     engine: Engine,
     metrics: NudgesMetrics,
     last_expiry: Instant,
+    /// Recovery discount codes, when configured.
+    discounts: Option<RecoveryDiscounts>,
 }
 
 type Staged = StageEffect<Entity, Nudge>;
@@ -192,5 +199,28 @@ impl StageLogic for Nudges {
 
     fn routed(&self, count: usize) {
         self.metrics.routed(count);
+    }
+
+    fn prepare_budget(&self) -> Duration {
+        self.discounts
+            .as_ref()
+            .map_or(Duration::ZERO, RecoveryDiscounts::budget)
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        effects: Vec<(i32, EffectOf<Self>)>,
+        stop: &'a CancellationToken,
+    ) -> Preparing<'a, Self> {
+        Box::pin(async move {
+            let effects = match &self.discounts {
+                Some(discounts) => discounts.act(effects, stop).await?,
+                None => effects,
+            };
+            Some(Prepared {
+                effects,
+                dead: Vec::new(),
+            })
+        })
     }
 }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod deliver;
+pub mod discount;
 pub mod domain;
 pub mod metrics;
 

@@ -41,6 +41,7 @@ pub struct NudgesMetrics {
     sequences: IntGauge,
     overdue: IntGauge,
     routed: IntCounter,
+    discounts: IntCounterVec,
     /// Records of `aftercart.nudges` not yet delivered by this instance's destination.
     pub delivery_lag: IntGauge,
     /// Records, dead letters, state restore, partitions and lag.
@@ -107,6 +108,13 @@ impl NudgesMetrics {
                 "records_routed_total",
                 "Source records forwarded to the by-shop topic.",
             ))?,
+            discounts: IntCounterVec::new(
+                opts(
+                    "discounts_total",
+                    "Recovery discount codes for nudges, by outcome: created (or found), failed (the nudge went without one).",
+                ),
+                &["outcome"],
+            )?,
             delivery_lag: IntGauge::with_opts(opts(
                 "delivery_lag_records",
                 "Nudges on the topic not yet delivered by this instance's destination.",
@@ -129,6 +137,10 @@ impl NudgesMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.overdue)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.delivery_lag)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.discounts)?;
+        for outcome in ["created", "failed"] {
+            metrics.discounts.with_label_values(&[outcome]);
+        }
         for reason in Suppressed::ALL {
             metrics.suppressed.with_label_values(&[reason.as_label()]);
         }
@@ -171,6 +183,11 @@ impl NudgesMetrics {
     pub fn state(&self, (sequences, overdue): (usize, usize)) {
         self.sequences.set(sequences as i64);
         self.overdue.set(overdue as i64);
+    }
+
+    /// `outcome`: `created` or `failed`.
+    pub fn discount(&self, outcome: &'static str) {
+        self.discounts.with_label_values(&[outcome]).inc();
     }
 
     pub fn routed(&self, count: usize) {

@@ -120,7 +120,12 @@ pub async fn run(args: DevArgs) -> i32 {
         nudges_args.nudges_config = Some(DEV_NUDGES_CONFIG.into());
     }
     let nudges = nudges_args
-        .validate(&args.ingress.kafka, shutdown_timeout, &nudges_defaults)
+        .validate(
+            &args.ingress.kafka,
+            &args.referrals.shopify,
+            shutdown_timeout,
+            &nudges_defaults,
+        )
         .map_err(|e| errors.extend(e))
         .ok();
     let (Some(ingress), Some(abandonment), Some(referrals), Some(audiences), Some(nudges)) =

@@ -9,11 +9,12 @@ pub async fn run(command: NudgesCommand) -> i32 {
     let NudgesCommand {
         kafka,
         nudges,
+        shopify,
         process,
     } = command;
     run_consumer_command(
         &process,
-        |shutdown| nudges.validate(&kafka, shutdown, &NudgesDefaults::production()),
+        |shutdown| nudges.validate(&kafka, &shopify, shutdown, &NudgesDefaults::production()),
         async |config, process| run_nudges(config, process).await,
     )
     .await

@@ -70,6 +70,8 @@ impl TopicFlags {
             .map_err(|e| errors.extend(e))
             .ok();
         // Only topic names are needed here: a placeholder stands in for an unset code secret.
+        // The nudges read the Admin API flags the referrals flags carry (one set per process).
+        let shopify = referrals.shopify.clone();
         let referrals = referrals
             .validate(
                 &kafka,
@@ -93,6 +95,7 @@ impl TopicFlags {
         let nudges = nudges
             .validate(
                 &kafka,
+                &shopify,
                 std::time::Duration::ZERO,
                 &NudgesDefaults {
                     identity_key: Some("placeholder: topics only"),
