@@ -121,7 +121,9 @@ pub use aftercart_runtime::config::ConfigErrors;
 pub use config::{
     defaults, DeliveryConfig, DeliveryFlags, Endpoint, Secret, SinkConfig, SinkFlags,
 };
-pub use forwarder::{topic_specs, Forwarder, ForwarderError, ForwarderSpec, Handled, RecordSink};
+pub use forwarder::{
+    alongside, topic_specs, Forwarder, ForwarderError, ForwarderSpec, Handled, RecordSink,
+};
 pub use metrics::DeliveryMetrics;
 pub use retry::RetryPolicy;
 pub use sink::{
