@@ -317,12 +317,16 @@ impl Engine {
                 self.stop(partition, [journey_key], Suppressed::Recovered)
             }
             Input::Order(order) => self.ordered(partition, shop, *order, at_ms),
-            Input::CheckoutDeleted { token } => {
-                let key = self
-                    .partitions
-                    .get(&partition)
-                    .and_then(|p| p.by_checkout.get(&token).cloned());
-                self.stop(partition, key, Suppressed::Deleted)
+            Input::CheckoutDeleted { token, cart_token } => {
+                let keys: BTreeSet<String> = match self.partitions.get(&partition) {
+                    Some(state) => token
+                        .and_then(|t| state.by_checkout.get(&t).cloned())
+                        .into_iter()
+                        .chain(cart_token.and_then(|c| checkout_journey_key(shop, &c)))
+                        .collect(),
+                    None => BTreeSet::new(),
+                };
+                self.stop(partition, keys, Suppressed::Deleted)
             }
             Input::Consent(facts, channels) => {
                 self.consent(partition, shop, &facts, channels, at_ms)
@@ -683,6 +687,13 @@ impl Engine {
         }
         effects
     }
+}
+
+/// The journey key the ingress gave a checkout with `cart_token` (the one mechanism,
+/// [`aftercart_shopify::journey_key`], asked with just that field).
+fn checkout_journey_key(shop: &str, cart_token: &str) -> Option<String> {
+    let body = serde_json::json!({ "cart_token": cart_token }).to_string();
+    aftercart_shopify::journey_key(aftercart_shopify::Family::Checkouts, shop, body.as_bytes()).ok()
 }
 
 fn nudge_of(sequence: &Sequence, step: u32) -> Nudge {

@@ -15,8 +15,11 @@ pub enum Input {
         journey_key: String,
     },
     Order(Box<OrderFacts>),
+    /// A deleted checkout, by its token and its cart token (the ingress keys a checkout by its
+    /// cart token first, so the sample `checkouts/delete` without a token still names it).
     CheckoutDeleted {
-        token: String,
+        token: Option<String>,
+        cart_token: Option<String>,
     },
     /// A consent change: `false` is an unsubscribe on that channel.
     Consent(ContactFacts, Channels),
@@ -68,7 +71,7 @@ struct OrderJson {
 #[derive(Deserialize)]
 struct CheckoutJson {
     token: Option<String>,
-    id: Option<serde_json::Value>,
+    cart_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +93,12 @@ struct CustomerConsentJson {
 #[derive(Deserialize)]
 struct RedactJson {
     customer: Option<CustomerJson>,
+}
+
+/// `None` for an absent or blank field: Shopify sends `""` for a detail the buyer left out, and
+/// a blank must not hide the next candidate (`order.email` `""` before `contact_email`).
+fn given(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
 }
 
 /// `subscribed` is a (re)subscribe, `unsubscribed` or `redacted` an opt-out; other states
@@ -145,23 +154,19 @@ pub fn decode_input(family: &str, topic: Option<&str>, body: &[u8]) -> Result<In
             Input::Order(Box::new(OrderFacts {
                 buyer: ContactFacts {
                     customer_id: customer.id,
-                    email: order.email.or(order.contact_email).or(customer.email),
-                    phone: order.phone.or(customer.phone),
+                    email: given(order.email)
+                        .or(given(order.contact_email))
+                        .or(given(customer.email)),
+                    phone: given(order.phone).or(given(customer.phone)),
                 },
                 checkout_token: order.checkout_token,
             }))
         }
         "checkouts/delete" => {
             let checkout: CheckoutJson = decode(&topic, body)?;
-            let token = checkout.token.or_else(|| {
-                checkout.id.map(|id| match id {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                })
-            });
-            match token {
-                Some(token) if !token.is_empty() => Input::CheckoutDeleted { token },
-                _ => Input::Ignored,
+            match (given(checkout.token), given(checkout.cart_token)) {
+                (None, None) => Input::Ignored,
+                (token, cart_token) => Input::CheckoutDeleted { token, cart_token },
             }
         }
         "customers/create"
@@ -175,7 +180,7 @@ pub fn decode_input(family: &str, topic: Option<&str>, body: &[u8]) -> Result<In
             };
             let facts = ContactFacts {
                 customer_id: payload.customer_id.or(payload.id),
-                email: payload.email_address.or(payload.email),
+                email: given(payload.email_address).or(given(payload.email)),
                 phone: payload.phone,
             };
             if channels == Channels::default() {

@@ -382,3 +382,42 @@ fn people_are_forgotten_after_the_memory_window() {
     assert!(e.expire(T0 + 29 * 24 * HOUR).is_empty());
     assert_eq!(e.expire(T0 + 30 * 24 * HOUR).len(), 1);
 }
+
+#[test]
+fn a_checkout_deletion_without_a_token_stops_the_sequence_by_its_cart_token() {
+    // The checkouts/delete sample (fixtures/shopify/checkouts_delete.json) has an id and a
+    // cart_token but no token: the ingress keys it by its cart token, as it keyed the checkout.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let deleted = shopify(
+        "checkouts",
+        "checkouts/delete",
+        serde_json::json!({"id": 981820079255243537_u64, "cart_token": "a"}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, deleted, T0)),
+        [Suppressed::Deleted]
+    );
+    assert_eq!(e.next_due(), None);
+}
+
+#[test]
+fn an_order_with_an_empty_email_or_phone_is_matched_by_the_others() {
+    // Shopify sends "" for a field the buyer left out; the customer's email still names them.
+    let mut e = engine();
+    let guest = serde_json::json!({"customer": {"id": null, "email": "ann@example.com",
+        "phone": null, "first_name": null, "last_name": null, "country": null,
+        "accepts_email_marketing": true, "accepts_sms_marketing": false}});
+    e.apply(0, SHOP, abandoned("a", guest), T0);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "", "contact_email": "ann@example.com",
+            "phone": "", "customer": {"id": 77, "email": "ann@example.com", "phone": null}}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, order, T0 + MIN)),
+        [Suppressed::Purchased]
+    );
+    assert!(nudges(&e.fire_due(T0 + 100 * HOUR)).is_empty());
+}
