@@ -47,6 +47,23 @@ impl Steps {
     }
 }
 
+/// Due times (ms) of every step after quiet hours. A step pushed to their end keeps its gap to
+/// the step before, so two steps never fall due together (the earlier would be skipped as late).
+pub fn schedule(steps: &Steps, abandoned_at_ms: i64, quiet: Option<QuietHours>) -> Vec<i64> {
+    let mut due = Vec::with_capacity(steps.len());
+    // (planned, due) of the step before.
+    let mut before: Option<(i64, i64)> = None;
+    for planned in steps.due_times(abandoned_at_ms) {
+        let earliest = before.map_or(planned, |(p, d)| {
+            planned.max(d.saturating_add(planned.saturating_sub(p)))
+        });
+        let at = quiet.map_or(earliest, |q| q.defer(earliest));
+        due.push(at);
+        before = Some((planned, at));
+    }
+    due
+}
+
 /// Local hours no nudge is sent in, e.g. 21:00 to 08:00 at UTC+01:00.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuietHours {

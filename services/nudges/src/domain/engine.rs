@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::cadence::{QuietHours, Steps};
+use crate::domain::cadence::{schedule, QuietHours, Steps};
 use crate::domain::identity::IdentityKey;
 use crate::domain::input::{Channels, ContactFacts, Input, OrderFacts};
 use crate::domain::nudge::{event_id, Contact, EmittedNudge, Nudge};
@@ -410,12 +410,7 @@ impl Engine {
             return vec![Effect::Suppressed(Suppressed::Cap)];
         }
         let abandoned_at_ms = parse_time_ms(&event.abandoned_at).unwrap_or(at_ms);
-        let due_ms = policy
-            .steps
-            .due_times(abandoned_at_ms)
-            .into_iter()
-            .map(|due| policy.quiet_hours.map_or(due, |q| q.defer(due)))
-            .collect();
+        let due_ms = schedule(&policy.steps, abandoned_at_ms, policy.quiet_hours);
         let sequence = Sequence {
             shop: shop.to_string(),
             journey_key: event.journey_key.clone(),

@@ -421,3 +421,29 @@ fn an_order_with_an_empty_email_or_phone_is_matched_by_the_others() {
     );
     assert!(nudges(&e.fire_due(T0 + 100 * HOUR)).is_empty());
 }
+
+#[test]
+fn quiet_hours_never_fold_two_steps_into_one() {
+    // Steps 1h and 2h after 10:00Z both fall in 10:30-13:00 UTC: before, both were deferred to
+    // 13:00, and step 1 was skipped as "late" with no outage at all.
+    let mut rules = rules();
+    rules.default = ShopPolicy {
+        enabled: true,
+        steps: Steps::parse("1h,2h").unwrap(),
+        quiet_hours: Some(QuietHours::parse("10:30-13:00", "+00:00").unwrap()),
+    };
+    let mut e = Engine::new(rules);
+    e.assign(0, HashMap::new());
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let first = e.fire_due(T0 + 3 * HOUR);
+    assert_eq!(
+        nudges(&first).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [1]
+    );
+    assert!(!first
+        .iter()
+        .any(|(_, e)| *e == Effect::Suppressed(Suppressed::Late)));
+    // The second keeps its hour after the first.
+    assert_eq!(e.next_due(), Some(T0 + 4 * HOUR));
+    assert_eq!(nudges(&e.fire_due(T0 + 4 * HOUR))[0].step, 2);
+}
