@@ -3,6 +3,7 @@
 //! (due steps) go through the stage's timer-aware wait: `next_due` shortens the wait for input.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
@@ -29,6 +30,12 @@ const NUDGES: usize = 0;
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// A step this late and not yet written counts as overdue.
 const OVERDUE_AFTER_MS: i64 = 60_000;
+/// Due steps wait this long after a restore, and after any input read this late: the stage
+/// ticks after every batch, and right after a restart (or while a backlog is read) the orders
+/// that arrived meanwhile are not applied yet; a step sent then could follow a purchase.
+const CATCH_UP_HOLD_MS: i64 = 5_000;
+/// Input received this long before it is read is a backlog (an outage, a lagging consumer).
+const STALE_AFTER_MS: i64 = 30_000;
 
 pub type Loop = Stage<Nudges>;
 
@@ -67,12 +74,7 @@ pub fn build(
         dead_letter: config.dead_letter_topic.clone(),
         outputs: vec![config.nudges_topic.clone()],
     };
-    let logic = Nudges {
-        engine: Engine::new(config.rules.clone()),
-        metrics,
-        last_expiry: Instant::now(),
-        discounts,
-    };
+    let logic = Nudges::new(Engine::new(config.rules.clone()), metrics, discounts);
     Stage::new(
         config.kafka.clone(),
         topics,
@@ -89,11 +91,43 @@ pub struct Nudges {
     last_expiry: Instant,
     /// Recovery discount codes, when configured.
     discounts: Option<RecoveryDiscounts>,
+    /// Wall time (ms) before which no step is sent ([`CATCH_UP_HOLD_MS`]). Atomic because
+    /// [`StageLogic::routes`] sees source records through `&self`.
+    hold_until_ms: AtomicI64,
 }
 
 type Staged = StageEffect<Entity, Nudge>;
 
 impl Nudges {
+    pub fn new(
+        engine: Engine,
+        metrics: NudgesMetrics,
+        discounts: Option<RecoveryDiscounts>,
+    ) -> Nudges {
+        Nudges {
+            engine,
+            metrics,
+            last_expiry: Instant::now(),
+            discounts,
+            hold_until_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Holds due steps for [`CATCH_UP_HOLD_MS`] from now.
+    fn hold(&self) {
+        self.hold_until_ms
+            .fetch_max(now_ms().saturating_add(CATCH_UP_HOLD_MS), Ordering::Relaxed);
+    }
+
+    /// Holds due steps when `message` is part of a backlog.
+    fn note_input(&self, message: &OwnedMessage) {
+        if let Some(received) = message.timestamp().to_millis() {
+            if now_ms().saturating_sub(received) > STALE_AFTER_MS {
+                self.hold();
+            }
+        }
+    }
+
     /// Turns engine effects into stage effects; counts are counted on the way.
     fn staged(&self, effect: Effect) -> Option<Staged> {
         match effect {
@@ -126,7 +160,11 @@ impl StageLogic for Nudges {
     type Emitted = EmittedNudge;
 
     fn routes(&self, family: &'static str, message: &OwnedMessage) -> bool {
-        is_relevant(family, header(message, "shopify-topic"))
+        let relevant = is_relevant(family, header(message, "shopify-topic"));
+        if relevant {
+            self.note_input(message);
+        }
+        relevant
     }
 
     fn apply(
@@ -135,6 +173,7 @@ impl StageLogic for Nudges {
         family: &'static str,
         message: &OwnedMessage,
     ) -> Result<Vec<Staged>, Unusable> {
+        self.note_input(message);
         let body = message.payload().unwrap_or_default();
         match decode_input(family, header(message, "shopify-topic"), body) {
             Ok(input) => {
@@ -151,11 +190,16 @@ impl StageLogic for Nudges {
     }
 
     fn next_due(&self) -> Option<i64> {
-        self.engine.next_due()
+        let hold = self.hold_until_ms.load(Ordering::Relaxed);
+        self.engine.next_due().map(|due| due.max(hold))
     }
 
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
-        let mut effects = self.engine.fire_due(now_ms);
+        let mut effects = if now_ms >= self.hold_until_ms.load(Ordering::Relaxed) {
+            self.engine.fire_due(now_ms)
+        } else {
+            Vec::new()
+        };
         if self.last_expiry.elapsed() >= EXPIRY_EVERY {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
@@ -167,6 +211,7 @@ impl StageLogic for Nudges {
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
+        self.hold();
         self.engine.assign(partition, entities);
         Vec::new()
     }
@@ -224,3 +269,6 @@ impl StageLogic for Nudges {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
