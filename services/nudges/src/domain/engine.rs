@@ -139,6 +139,7 @@ impl Sequence {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Person {
     pub shop: String,
+    /// When the person's last sequence sent its first nudge (the frequency cap counts from it).
     pub started_ms: Option<i64>,
     pub ordered_ms: Option<i64>,
     #[serde(default)]
@@ -403,9 +404,12 @@ impl Engine {
         {
             return vec![Effect::Suppressed(Suppressed::Purchased)];
         }
+        // A running sequence, or a first nudge within the window: a sequence stopped before
+        // it sent anything (a purchase ten minutes later) does not count.
         if people
             .iter()
             .any(|p| p.started_ms.is_some_and(|s| at_ms - s < cap_ms))
+            || !state.matching(&identities).is_empty()
         {
             return vec![Effect::Suppressed(Suppressed::Cap)];
         }
@@ -427,16 +431,7 @@ impl Engine {
             due_ms,
             done: 0,
         };
-        let mut effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
-        for hash in &identities {
-            let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
-                shop: shop.to_string(),
-                ..Person::default()
-            });
-            person.started_ms = Some(at_ms);
-            person.seen_ms = person.seen_ms.max(at_ms);
-            effects.push(persist_person(hash, person));
-        }
+        let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
         state.insert(sequence);
         effects
     }
@@ -613,6 +608,18 @@ impl Engine {
                     .expect("its next step is due");
                 for _ in sequence.done as usize..latest {
                     effects.push((partition, Effect::Suppressed(Suppressed::Late)));
+                }
+                if sequence.done == 0 {
+                    // The first nudge of the sequence starts the person's frequency-cap window.
+                    for hash in &sequence.identities {
+                        let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
+                            shop: sequence.shop.clone(),
+                            ..Person::default()
+                        });
+                        person.started_ms = Some(now_ms);
+                        person.seen_ms = person.seen_ms.max(now_ms);
+                        effects.push((partition, persist_person(hash, person)));
+                    }
                 }
                 let step = latest as u32 + 1;
                 let nudge = nudge_of(&sequence, step);

@@ -224,12 +224,14 @@ fn a_recovery_a_deletion_and_a_redaction_stop_the_sequence() {
 
     let mut e = engine();
     e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    // After the first nudge, so the person has remembered facts (the cap's start).
+    assert_eq!(nudges(&e.fire_due(T0 + HOUR)).len(), 1);
     let redact = shopify(
         "compliance",
         "customers/redact",
         serde_json::json!({"customer": {"id": 42, "email": "ann@example.com"}}),
     );
-    let effects = e.apply(0, SHOP, redact, T0);
+    let effects = e.apply(0, SHOP, redact, T0 + HOUR);
     assert_eq!(suppressed(&effects), [Suppressed::Redacted]);
     // The person's remembered facts go too.
     assert!(effects.iter().any(|e| matches!(e,
@@ -287,6 +289,8 @@ fn one_sequence_per_person_within_the_frequency_cap() {
     e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
     let effects = e.apply(0, SHOP, abandoned("b", serde_json::json!({})), T0 + HOUR);
     assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+    assert_eq!(nudges(&e.fire_due(T0 + HOUR)).len(), 1, "a's first step");
+    assert_eq!(nudges(&e.fire_due(T0 + 72 * HOUR)).len(), 1, "a's last step");
     let later = serde_json::json!({"abandoned_at": "2026-12-01T10:00:00Z",
         "last_activity_at": "2026-12-01T09:00:00Z"});
     let effects = e.apply(0, SHOP, abandoned("c", later), T0 + 8 * 24 * HOUR);
@@ -446,4 +450,38 @@ fn quiet_hours_never_fold_two_steps_into_one() {
     // The second keeps its hour after the first.
     assert_eq!(e.next_due(), Some(T0 + 4 * HOUR));
     assert_eq!(nudges(&e.fire_due(T0 + 4 * HOUR))[0].step, 2);
+}
+
+#[test]
+fn a_sequence_stopped_before_its_first_nudge_does_not_count_against_the_cap() {
+    // She abandoned, bought ten minutes later through another cart (nothing was sent), and
+    // abandoned another checkout two days later: that one is nudged.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "ann@example.com"}),
+    );
+    e.apply(0, SHOP, order, T0 + 10 * MIN);
+    let later = serde_json::json!({"abandoned_at": "2026-11-25T10:00:00Z",
+        "last_activity_at": "2026-11-25T09:00:00Z"});
+    let effects = e.apply(0, SHOP, abandoned("b", later), T0 + 48 * HOUR);
+    assert!(
+        effects.contains(&Effect::Scheduled),
+        "{:?}",
+        suppressed(&effects)
+    );
+    // Once a nudge went out, the cap holds for the window.
+    assert_eq!(nudges(&e.fire_due(T0 + 49 * HOUR)).len(), 1);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 10, "email": "ann@example.com"}),
+    );
+    e.apply(0, SHOP, order, T0 + 50 * HOUR);
+    let again = serde_json::json!({"abandoned_at": "2026-11-26T10:00:00Z",
+        "last_activity_at": "2026-11-26T09:00:00Z"});
+    let effects = e.apply(0, SHOP, abandoned("c", again), T0 + 72 * HOUR);
+    assert_eq!(suppressed(&effects), [Suppressed::Cap]);
 }
