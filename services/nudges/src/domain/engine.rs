@@ -273,12 +273,17 @@ impl Engine {
     /// Running sequences, and those whose next step is overdue by `late_ms` at `now_ms`.
     pub fn sizes(&self, now_ms: i64, late_ms: i64) -> (usize, usize) {
         let running = self.partitions.values().map(|p| p.sequences.len()).sum();
+        // Each partition's timers are sorted, not their concatenation: count per partition.
         let overdue = self
             .partitions
             .values()
-            .flat_map(|p| p.timers.iter())
-            .take_while(|(due, _)| *due <= now_ms - late_ms)
-            .count();
+            .map(|p| {
+                p.timers
+                    .iter()
+                    .take_while(|(due, _)| *due <= now_ms - late_ms)
+                    .count()
+            })
+            .sum();
         (running, overdue)
     }
 

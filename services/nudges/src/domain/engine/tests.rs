@@ -290,7 +290,11 @@ fn one_sequence_per_person_within_the_frequency_cap() {
     let effects = e.apply(0, SHOP, abandoned("b", serde_json::json!({})), T0 + HOUR);
     assert_eq!(suppressed(&effects), [Suppressed::Cap]);
     assert_eq!(nudges(&e.fire_due(T0 + HOUR)).len(), 1, "a's first step");
-    assert_eq!(nudges(&e.fire_due(T0 + 72 * HOUR)).len(), 1, "a's last step");
+    assert_eq!(
+        nudges(&e.fire_due(T0 + 72 * HOUR)).len(),
+        1,
+        "a's last step"
+    );
     let later = serde_json::json!({"abandoned_at": "2026-12-01T10:00:00Z",
         "last_activity_at": "2026-12-01T09:00:00Z"});
     let effects = e.apply(0, SHOP, abandoned("c", later), T0 + 8 * 24 * HOUR);
@@ -484,4 +488,32 @@ fn a_sequence_stopped_before_its_first_nudge_does_not_count_against_the_cap() {
         "last_activity_at": "2026-11-26T09:00:00Z"});
     let effects = e.apply(0, SHOP, abandoned("c", again), T0 + 72 * HOUR);
     assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+}
+
+#[test]
+fn overdue_steps_are_counted_in_every_partition() {
+    // Each partition has one overdue sequence and one not yet due: the backlog gauge counted
+    // only up to the first step not due, across partitions taken as one list.
+    let mut e = engine();
+    e.assign(1, HashMap::new());
+    for partition in [0, 1] {
+        let late = format!("late{partition}");
+        let fresh = format!("fresh{partition}");
+        let guest = |email: &str| {
+            serde_json::json!({"customer": {"id": null, "email": email, "phone": null,
+                "first_name": null, "last_name": null, "country": null,
+                "accepts_email_marketing": true, "accepts_sms_marketing": false}})
+        };
+        e.apply(
+            partition,
+            SHOP,
+            abandoned(&late, guest(&format!("{late}@example.com"))),
+            T0,
+        );
+        let mut later = guest(&format!("{fresh}@example.com"));
+        later["abandoned_at"] = "2026-11-23T20:00:00Z".into();
+        e.apply(partition, SHOP, abandoned(&fresh, later), T0);
+    }
+    // At 12:00 the 11:00 steps are an hour late; the 21:00 ones are not due.
+    assert_eq!(e.sizes(T0 + 2 * HOUR, MIN), (4, 2));
 }
