@@ -30,7 +30,8 @@ const NUDGES: usize = 0;
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// A step this late and not yet written counts as overdue.
 const OVERDUE_AFTER_MS: i64 = 60_000;
-/// Due steps wait this long after a restore, and after any input read this late: the stage
+/// Due steps wait this long after a restore with running sequences, and after any input read
+/// this late: the stage
 /// ticks after every batch, and right after a restart (or while a backlog is read) the orders
 /// that arrived meanwhile are not applied yet; a step sent then could follow a purchase.
 const CATCH_UP_HOLD_MS: i64 = 5_000;
@@ -211,7 +212,10 @@ impl StageLogic for Nudges {
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
-        self.hold();
+        // Restored sequences may have steps that fell due while the partition was unowned.
+        if entities.values().any(|e| matches!(e, Entity::Sequence(_))) {
+            self.hold();
+        }
         self.engine.assign(partition, entities);
         Vec::new()
     }

@@ -36,22 +36,28 @@ fn logic() -> Nudges {
     )
 }
 
-/// The state as the changelog holds it: one sequence of an abandonment two hours ago (step 1
-/// due an hour ago), never sent because the service was down.
-fn restored(now: i64) -> HashMap<String, Entity> {
-    let event = serde_json::json!({
-        "type": "abandoned", "kind": "checkout", "event_id": "abandon-a", "shop": SHOP,
-        "journey_key": format!("{SHOP}/a"), "checkout_token": "chk-a", "cart_token": "a",
+/// The abandonment of journey `cart` two hours before `now`, by a customer with consent.
+fn abandonment(cart: &str, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "type": "abandoned", "kind": "checkout", "event_id": format!("abandon-{cart}"),
+        "shop": SHOP, "journey_key": format!("{SHOP}/{cart}"),
+        "checkout_token": format!("chk-{cart}"), "cart_token": cart,
         "customer": {"id": 42, "email": "ann@example.com", "phone": null, "first_name": "Ann",
             "last_name": null, "country": "FR", "accepts_email_marketing": true,
             "accepts_sms_marketing": false},
-        "value": null, "line_items": null, "segments": {"stage": "contact", "value_tier": "medium", "customer": "new",
+        "value": null, "line_items": null,
+        "segments": {"stage": "contact", "value_tier": "medium", "customer": "new",
             "contactable": {"email": true, "sms": false}, "consent": {"email": true, "sms": false},
             "discount": false, "fence_sitter": false, "repeat": 0},
-        "contact_basis": "marketing",
-        "recovery_url": "https://shop/a/recover?key=k",
+        "contact_basis": "marketing", "recovery_url": format!("https://shop/{cart}/recover?key=k"),
         "abandoned_at": rfc3339(now - 120 * MIN), "last_activity_at": rfc3339(now - 180 * MIN),
-    });
+    })
+}
+
+/// The state as the changelog holds it: one sequence of an abandonment two hours ago (step 1
+/// due an hour ago), never sent because the service was down.
+fn restored(now: i64) -> HashMap<String, Entity> {
+    let event = abandonment("a", now);
     let input = decode_input("abandonments", None, event.to_string().as_bytes()).unwrap();
     let mut engine = Engine::new(rules());
     engine.assign(0, HashMap::new());
@@ -148,4 +154,15 @@ fn fresh_input_does_not_hold_due_steps() {
     );
     assert!(logic.apply(0, "orders", &fresh).is_ok());
     assert_eq!(emitted(&logic.tick(now_ms() + CATCH_UP_HOLD_MS + 1)), 1);
+}
+
+#[test]
+fn nothing_restored_means_no_hold() {
+    let now = now_ms();
+    let mut logic = logic();
+    logic.assign(0, HashMap::new());
+    // A fresh record of an abandonment whose first step is already due: sent at once.
+    let fresh = record("abandonments", "none", abandonment("b", now), now_ms());
+    assert!(logic.apply(0, "abandonments", &fresh).is_ok());
+    assert_eq!(emitted(&logic.tick(now_ms())), 1);
 }
