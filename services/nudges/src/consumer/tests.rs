@@ -7,26 +7,10 @@ use aftercart_shopify::time::rfc3339;
 use rdkafka::message::{Header, OwnedHeaders, Timestamp};
 
 use super::*;
-use crate::domain::cadence::Steps;
-use crate::domain::engine::{Rules, ShopPolicy};
-use crate::domain::identity::IdentityKey;
+use crate::domain::engine::tests::rules;
 
 const SHOP: &str = "shop.myshopify.com";
 const MIN: i64 = 60_000;
-
-fn rules() -> Rules {
-    Rules {
-        default: ShopPolicy {
-            enabled: true,
-            steps: Steps::parse("1h").unwrap(),
-            quiet_hours: None,
-        },
-        shops: HashMap::new(),
-        cap_ms: 7 * 24 * 60 * MIN,
-        memory_ms: 30 * 24 * 60 * MIN,
-        key: IdentityKey::new(b"test"),
-    }
-}
 
 fn logic() -> Nudges {
     Nudges::new(

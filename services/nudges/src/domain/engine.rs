@@ -725,4 +725,4 @@ fn nudge_of(sequence: &Sequence, step: u32) -> Nudge {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,8 @@ const SHOP: &str = "shop.myshopify.com";
 /// 2026-11-23T10:00:00Z: the abandonment time of the sample events.
 const T0: i64 = 1_795_428_000_000;
 
-fn rules() -> Rules {
+/// The default cadence (1h, 24h, 72h), a 7-day cap: also the consumer tests' rules.
+pub(crate) fn rules() -> Rules {
     Rules {
         default: ShopPolicy {
             enabled: true,
