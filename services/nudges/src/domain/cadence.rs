@@ -47,17 +47,22 @@ impl Steps {
     }
 }
 
-/// Due times (ms) of every step after quiet hours. A step pushed to their end keeps its gap to
-/// the step before, so two steps never fall due together (the earlier would be skipped as late).
+/// Due times (ms) of every step after quiet hours. A step that would fall due with or before
+/// the one before it (both pushed to the end of the same quiet hours) keeps its gap to it, so
+/// two steps never fall due together (the earlier would be skipped as late); other steps stay
+/// where the cadence puts them.
 pub fn schedule(steps: &Steps, abandoned_at_ms: i64, quiet: Option<QuietHours>) -> Vec<i64> {
-    let mut due = Vec::with_capacity(steps.len());
+    let defer = |at: i64| quiet.map_or(at, |q| q.defer(at));
+    let mut due: Vec<i64> = Vec::with_capacity(steps.len());
     // (planned, due) of the step before.
     let mut before: Option<(i64, i64)> = None;
     for planned in steps.due_times(abandoned_at_ms) {
-        let earliest = before.map_or(planned, |(p, d)| {
-            planned.max(d.saturating_add(planned.saturating_sub(p)))
-        });
-        let at = quiet.map_or(earliest, |q| q.defer(earliest));
+        let mut at = defer(planned);
+        if let Some((p, d)) = before {
+            if at <= d {
+                at = defer(d.saturating_add(planned.saturating_sub(p)));
+            }
+        }
         due.push(at);
         before = Some((planned, at));
     }
@@ -164,6 +169,20 @@ mod tests {
         assert_eq!(quiet.defer(12 * HOUR), 12 * HOUR);
         // 05:00 UTC is 06:00 local: quiet until 07:00 UTC the same day.
         assert_eq!(quiet.defer(5 * HOUR), 7 * HOUR);
+    }
+
+    #[test]
+    fn a_step_deferred_by_quiet_hours_leaves_later_steps_where_they_were() {
+        // 21:00-08:00 UTC, abandoned at 20:30: step 1 (21:30) goes to 08:00; step 2 (20:30 the
+        // next day) is not quiet and after step 1, so it stays where the cadence put it.
+        let quiet = QuietHours::parse("21:00-08:00", "+00:00").unwrap();
+        let steps = Steps::parse("1h,24h").unwrap();
+        let at = 20 * HOUR + HOUR / 2;
+        assert_eq!(
+            schedule(&steps, at, Some(quiet)),
+            [DAY_MS + 8 * HOUR, DAY_MS + 20 * HOUR + HOUR / 2]
+        );
+        assert_eq!(schedule(&steps, at, None), steps.due_times(at));
     }
 
     #[test]
