@@ -12,6 +12,7 @@ pub mod front;
 pub mod http;
 pub mod ingress;
 pub mod load;
+pub mod nudges;
 pub mod process;
 pub mod receiver;
 pub mod records;

@@ -47,8 +47,10 @@ SAME_PARTITIONS = [
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
      "aftercart.referral-rewards", "aftercart.data_requests"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
+    ["aftercart.nudges-by-shop", "aftercart.nudges-state", "aftercart.nudges"],
 ]
-CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state"]
+CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state",
+              "aftercart.nudges-state"]
 # What each service's Kafka user must be allowed on its topics with the default names
 # (services/*/src/app.rs topic_specs and consumer.rs): read includes restore reads (the
 # abandonment service reads its own events back after a crash, the others their outputs).
@@ -72,6 +74,13 @@ USER_NEEDS = {
                  "aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
         "Write": ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches",
                   "aftercart.audiences-dead-letter"],
+    },
+    "aftercart-kafka-nudges": {
+        "Read": ["shopify.checkouts", "shopify.orders", "shopify.customers", "shopify.compliance",
+                 "aftercart.abandonments", "aftercart.nudges-by-shop", "aftercart.nudges-state",
+                 "aftercart.nudges"],
+        "Write": ["aftercart.nudges-by-shop", "aftercart.nudges-state", "aftercart.nudges",
+                  "aftercart.nudges-dead-letter"],
     },
 }
 SCHEMAS = Path(__file__).resolve().parent / "schemas"

@@ -501,13 +501,15 @@ def business():
     ab = "aftercart_abandonment_"
     rf = "aftercart_referrals_"
     au = "aftercart_audiences_"
+    nu = "aftercart_nudges_"
     req = "aftercart_ingress_requests_total"
     rng = "$__range"
     return dashboard(
         "aftercart-business",
         "aftercart / Business KPIs",
         "Checkout activity, abandonments, recoveries and recovery rate; audience sizes and export "
-        "outcomes; referral invites, referred orders and rewards, over the selected time range.",
+        "outcomes; referral invites, referred orders and rewards; recovery nudges sent, stopped and "
+        "late, over the selected time range.",
         [
             row("Checkout recovery"),
             stat("Checkout events", "Checkout webhooks accepted (checkouts/create and /update; Shopify sends several per checkout).",
@@ -581,6 +583,25 @@ def business():
                  f"sum by (outcome) (increase({rf}attributions_total{{{NS}}}[{rng}]))", "{{outcome}}", width=6),
             bars("Rejections by reason", "Why the fraud rules refused referred orders.",
                  f'sum by (reason) (increase({rf}rewards_total{{{NS},type="rejected"}}[{rng}]))', "{{reason}}", width=6),
+            row("Recovery nudges"),
+            stat("Sequences started", "Checkout abandonments of people who may be contacted that started a nudge sequence.",
+                 f"sum(increase({nu}scheduled_total{{{NS}}}[{rng}]))", width=4),
+            stat("Nudges sent", "Nudges a destination (Klaviyo, webhook, files) accepted, every step.",
+                 f"sum(increase({nu}sent_total{{{NS}}}[{rng}]))", width=4),
+            stat("Stopped by a purchase", "Sequences stopped (or never started) because the person ordered, through any cart.",
+                 f'sum(increase({nu}suppressed_total{{{NS},reason="purchased"}}[{rng}]))', width=4),
+            stat("Refused by the destination", "Nudges refused or out of retries, dead-lettered (alert on any).",
+                 f"sum(increase({nu}failed_total{{{NS}}}[{rng}]))", width=4, thresholds=[(1, "red")]),
+            stat("Overdue steps", "Steps due over a minute ago and not yet written (alert after 15 minutes).",
+                 f"sum({nu}overdue{{{NS}}})", width=4, thresholds=[(1, "orange")]),
+            stat("Delivery backlog", "Nudges on aftercart.nudges not yet delivered (alert above 100 for 15 minutes).",
+                 f"sum({nu}delivery_lag_records{{{NS}}})", width=4, thresholds=[(100, "orange")]),
+            bars("Sent by step and destination", "Nudges accepted over the range, by step and destination.",
+                 f"sum by (step, destination) (increase({nu}sent_total{{{NS}}}[{rng}]))", "step {{step}} {{destination}}", width=8),
+            bars("Suppressed by reason", "Sequences not started or stopped: purchased, recovered, consent, cap, redacted, deleted, disabled; late steps skipped.",
+                 f"sum by (reason) (increase({nu}suppressed_total{{{NS}}}[{rng}]))", "{{reason}}", width=8),
+            timeseries("Due to sent", "Time from a step being due to its destination accepting it (quantiles over 5 minutes).",
+                       quantiles(f"{nu}due_to_sent_seconds", NS), unit="s", width=8),
         ],
         tags=("business",),
     )

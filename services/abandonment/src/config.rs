@@ -36,7 +36,7 @@ pub struct AbandonmentArgs {
     /// Output topic of the answers to `customers/data_request` (shared by the services; one
     /// report per owned partition and request).
     #[arg(
-        long,
+        long = "abandonment-data-requests-topic",
         env = "AFTERCART_ABANDONMENT_DATA_REQUESTS_TOPIC",
         default_value = "aftercart.data_requests"
     )]
@@ -149,6 +149,18 @@ pub struct AbandonmentArgs {
         default_value = "/recover"
     )]
     pub recovery_url_marker: String,
+
+    /// The merchant sends transactional cart reminders (e.g. where the law allows reminders
+    /// of an unfinished purchase without marketing consent): abandonment events then carry
+    /// contact details and the recovery link for every buyer, not only those with marketing
+    /// consent.
+    #[arg(
+        long = "abandonment-transactional-reminders",
+        env = "AFTERCART_ABANDONMENT_TRANSACTIONAL_REMINDERS",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub transactional_reminders: bool,
 }
 
 /// Defaults that differ under `aftercart dev`.
@@ -308,6 +320,7 @@ impl AbandonmentArgs {
                 retention_ms: retention,
                 uninstall_grace_ms: uninstall_grace,
                 recovery_marker: self.recovery_url_marker.clone(),
+                transactional_reminders: self.transactional_reminders,
                 segments: SegmentRules {
                     value_medium: medium,
                     value_high: high,

@@ -5,6 +5,7 @@ use aftercart_audiences::AudiencesArgs;
 use aftercart_ingress::IngressArgs;
 use aftercart_kafka::KafkaArgs;
 use aftercart_loadgen::LoadgenArgs;
+use aftercart_nudges::NudgesArgs;
 use aftercart_referrals::ReferralsArgs;
 use aftercart_runtime::ProcessArgs;
 use clap::{Parser, Subcommand};
@@ -57,6 +58,9 @@ pub enum Command {
     /// Run the retargeting audience export service: consented audiences kept in sync on Meta,
     /// Google Ads, TikTok, files and webhooks.
     Audiences(Box<AudiencesCommand>),
+    /// Run the recovery nudge service: reminders after an abandonment, stopped by any purchase
+    /// of the same person, sent to Klaviyo, a signed webhook or files.
+    Nudges(Box<NudgesCommand>),
     /// Run the whole pipeline locally, with an embedded Kafka broker unless
     /// AFTERCART_KAFKA_BROKERS is set.
     Dev(Box<DevArgs>),
@@ -119,6 +123,23 @@ pub struct AudiencesCommand {
     pub process: ProcessArgs,
 }
 
+/// Flags of `aftercart nudges`.
+#[derive(Debug, clap::Args)]
+pub struct NudgesCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub nudges: NudgesArgs,
+
+    /// The Shopify Admin API client (recovery discounts), as the referrals service has it.
+    #[command(flatten)]
+    pub shopify: aftercart_shopify_admin::AdminArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
 /// Flags of `aftercart dev`: every service's, under one set of Kafka and admin flags.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -138,6 +159,9 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub audiences: AudiencesArgs,
+
+    #[command(flatten)]
+    pub nudges: NudgesArgs,
 }
 
 #[cfg(test)]
@@ -152,7 +176,14 @@ mod tests {
     fn every_setting_of_a_service_command_is_under_a_help_heading() {
         let mut cli = Cli::command();
         cli.build();
-        for name in ["ingress", "abandonment", "referrals", "audiences", "dev"] {
+        for name in [
+            "ingress",
+            "abandonment",
+            "referrals",
+            "audiences",
+            "nudges",
+            "dev",
+        ] {
             let command = cli.find_subcommand(name).expect("the command exists");
             for arg in command
                 .get_arguments()

@@ -7,6 +7,7 @@ pub mod docs;
 pub mod ingress;
 pub mod kafka;
 pub mod loadgen;
+pub mod nudges;
 pub mod referrals;
 pub mod send;
 pub mod spool;

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             Command::Abandonment(args) => cmd::abandonment::run(*args).await,
             Command::Referrals(args) => cmd::referrals::run(*args).await,
             Command::Audiences(args) => cmd::audiences::run(*args).await,
+            Command::Nudges(args) => cmd::nudges::run(*args).await,
             Command::Dev(args) => cmd::dev::run(*args).await,
             Command::Send(args) => cmd::send::run(args).await,
             Command::Loadgen(args) => cmd::loadgen::run_loadgen(*args).await,

@@ -129,8 +129,9 @@ pub fn dev_referral_code(shop: &str, customer_id: u64) -> String {
     rules.code_for(&shop.to_ascii_lowercase(), &format!("id:{customer_id}"))
 }
 
-/// A realistic journey: a purchase (cart → checkout → order), an abandoned checkout, and a
-/// friend's first order carrying the buyer's referral code.
+/// A realistic journey: a purchase (cart → checkout → order), an abandoned checkout (nudged),
+/// a friend's first order carrying the buyer's referral code, and a buyer who leaves a checkout
+/// and orders through another cart (never nudged).
 pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let cart = format!("demo-cart-{run}");
     let checkout = format!("demo-checkout-{run}");
@@ -140,6 +141,9 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let buyer_id = demo_order_id(&format!("{run}/buyer")) >> 8;
     let friend_id = demo_order_id(&format!("{run}/friend")) >> 8;
     let friend_order_id = demo_order_id(&format!("{run}/friend-order"));
+    let abandoner_id = demo_order_id(&format!("{run}/abandoner")) >> 8;
+    let switcher_id = demo_order_id(&format!("{run}/switcher")) >> 8;
+    let switcher_order_id = demo_order_id(&format!("{run}/switcher-order"));
 
     let cart_body = |token: &str| {
         patch(
@@ -172,6 +176,24 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
                "customer": {"id": friend_id, "email": "fay.friend@example.com", "first_name": "Fay", "last_name": "Friend"},
                "shipping_address": friend_address, "billing_address": friend_address,
                "discount_codes": [{"code": dev_referral_code(shop, buyer_id), "amount": "10.00", "type": "fixed_amount"}]}),
+    );
+    // People of their own each run, so the nudges' frequency cap never hides the next demo.
+    let person_checkout = |token: &str, cart: &str, email: &str, customer_id: u64| {
+        patch(
+            "checkouts_create",
+            json!({"token": token, "cart_token": cart, "email": email, "created_at": now, "updated_at": now,
+                   "completed_at": null, "buyer_accepts_marketing": true,
+                   "customer": {"id": customer_id, "email": email, "first_name": "Sam", "last_name": "Demo"}}),
+        )
+    };
+    let switcher_email = format!("switcher-{run}@example.com");
+    // Pending and without marketing consent: an order, but no referral advocate.
+    let switcher_order = patch(
+        "orders_create",
+        json!({"id": switcher_order_id, "cart_token": format!("demo-cart-switched-{run}"), "checkout_token": null,
+               "created_at": now, "updated_at": now, "processed_at": now, "test": false, "financial_status": "pending",
+               "cancelled_at": null, "cancel_reason": null, "email": switcher_email, "buyer_accepts_marketing": false,
+               "customer": {"id": switcher_id, "email": switcher_email, "first_name": "Sam", "last_name": "Switcher"}}),
     );
     let step = |topic, body, redeliver, note| DemoStep {
         topic,
@@ -208,11 +230,11 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
         ),
         step(
             "checkouts/create",
-            checkout_body(
+            person_checkout(
                 &abandoned_checkout,
                 &abandoned_cart,
                 "fence.sitter@example.com",
-                true,
+                abandoner_id,
             ),
             false,
             "abandoned: checkout with contact, never ordered",
@@ -227,6 +249,23 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
                 "referral: friend's first order with the code",
             )
         },
+        step(
+            "checkouts/create",
+            person_checkout(
+                &format!("demo-checkout-left-{run}"),
+                &format!("demo-cart-left-{run}"),
+                &switcher_email,
+                switcher_id,
+            ),
+            false,
+            "switched: checkout left behind",
+        ),
+        step(
+            "orders/create",
+            switcher_order,
+            false,
+            "switched: order through another cart (no nudge)",
+        ),
     ]
 }
 
@@ -298,6 +337,10 @@ mod tests {
             )
         );
         assert_ne!(friend["customer"]["id"], bodies[2]["customer"]["id"]);
+        // The switcher orders through another cart, as the same customer.
+        assert_ne!(bodies[8]["cart_token"], bodies[7]["cart_token"]);
+        assert_eq!(bodies[8]["customer"]["id"], bodies[7]["customer"]["id"]);
+        assert_ne!(bodies[5]["customer"]["id"], bodies[7]["customer"]["id"]);
         let other_run = demo_journey("r2", "2026-11-23T05:00:00Z", "s.myshopify.com");
         assert_ne!(
             other_run[2].body, steps[2].body,

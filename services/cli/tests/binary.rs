@@ -425,6 +425,15 @@ fn read_banner(child: &mut Child) -> (SocketAddr, SocketAddr, String) {
 async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     let audiences =
         std::env::temp_dir().join(format!("aftercart-dev-audiences-{}", std::process::id()));
+    // The example nudges file with its files in a directory of this test's own.
+    let nudges_dir =
+        std::env::temp_dir().join(format!("aftercart-dev-nudges-{}", std::process::id()));
+    std::fs::create_dir_all(&nudges_dir).unwrap();
+    let example = include_str!("../../../examples/nudges.toml").replace(
+        r#"dir = ".aftercart/nudges""#,
+        &format!("dir = {:?}", nudges_dir.join("out").display().to_string()),
+    );
+    std::fs::write(nudges_dir.join("nudges.toml"), example).unwrap();
     let mut child = aftercart(&[
         "dev",
         "--ingress-listen",
@@ -433,6 +442,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         "127.0.0.1:0",
     ])
     .env("AFTERCART_AUDIENCES_DIR", &audiences)
+    .env("AFTERCART_NUDGES_CONFIG", nudges_dir.join("nudges.toml"))
     .stdout(Stdio::piped())
     .stderr(Stdio::null())
     .spawn()
@@ -450,7 +460,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     .unwrap();
     let printed = String::from_utf8_lossy(&demo.stdout);
     assert_eq!(demo.status.code(), Some(0), "{printed}");
-    assert_eq!(printed.lines().count(), 8, "{printed}");
+    assert_eq!(printed.lines().count(), 10, "{printed}");
     assert_eq!(printed.matches("\"duplicate\"").count(), 1, "{printed}");
 
     let count = |family: Family| {
@@ -462,15 +472,15 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         }
     };
     assert_eq!(count(Family::Carts).await, 2);
-    assert_eq!(count(Family::Checkouts).await, 2);
+    assert_eq!(count(Family::Checkouts).await, 3);
     assert_eq!(
         count(Family::Orders).await,
-        3,
-        "the redelivered order is published once; the friend's order too"
+        4,
+        "the redelivered order is published once; the friend's and the switcher's orders too"
     );
     let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
     assert!(
-        metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 4"#),
+        metrics.contains(r#"aftercart_ingress_requests_total{family="orders",status="200"} 5"#),
         "{metrics}"
     );
     for family in [
@@ -508,6 +518,42 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&audiences);
+    // The abandoned checkout gets a nudge within a minute; the buyer who left a checkout and
+    // ordered through another cart gets none.
+    let nudges = eventually("a nudge", Duration::from_secs(90), || {
+        let brokers = brokers.clone();
+        async move {
+            let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
+            let purchased =
+                metrics.contains(r#"aftercart_nudges_suppressed_total{reason="purchased"} 1"#);
+            let nudges = read_topic(&brokers, "aftercart.nudges").await;
+            (purchased && !nudges.is_empty()).then_some(nudges)
+        }
+    })
+    .await;
+    let nudged: std::collections::BTreeSet<String> = nudges
+        .iter()
+        .map(|r| {
+            let nudge: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            nudge["customer"]["email"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        nudged,
+        std::collections::BTreeSet::from(["fence.sitter@example.com".to_string()])
+    );
+    let shop_dir = nudges_dir.join("out/aftercart-demo.myshopify.com");
+    eventually("the nudge file", Duration::from_secs(30), || async {
+        std::fs::read_dir(&shop_dir)
+            .ok()
+            .and_then(|mut files| files.next())
+            .map(|_| ())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&nudges_dir);
 
     signal(&child, "INT");
     let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
@@ -548,7 +594,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 20, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters) and data requests topics");
+        assert_eq!(listed, 24, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters), nudges (nudges, by-shop, changelog, dead letters) and data requests topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())

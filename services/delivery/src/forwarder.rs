@@ -355,6 +355,38 @@ impl<S: RecordSink> Forwarder<S> {
     }
 }
 
+/// Runs a service's main loop (`main`, given the token that stops it) and, when there is one,
+/// its forwarder, until `stop`. One failing stops the other: both are the one service. Returns
+/// both results, the loop's first.
+pub async fn alongside<S, E, Fut>(
+    stop: &CancellationToken,
+    main: impl FnOnce(CancellationToken) -> Fut,
+    forwarder: Option<Forwarder<S>>,
+) -> (Result<(), E>, Result<(), ForwarderError>)
+where
+    S: RecordSink,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let inner = stop.child_token();
+    tokio::join!(
+        async {
+            let result = main(inner.clone()).await;
+            inner.cancel();
+            result
+        },
+        async {
+            let result = match forwarder {
+                Some(forwarder) => forwarder.run(inner.clone()).await,
+                None => Ok(()),
+            };
+            if result.is_err() {
+                inner.cancel();
+            }
+            result
+        }
+    )
+}
+
 /// The record's `aftercart-event-id` header when it is printable ASCII, else its source.
 pub fn event_id(message: &OwnedMessage) -> String {
     message

@@ -111,15 +111,19 @@ pub mod args;
 pub mod config;
 pub mod dead_letter;
 pub mod forwarder;
+pub mod message;
 pub mod metrics;
 pub mod retry;
+pub mod shop_keys;
 pub mod sink;
 
 pub use aftercart_runtime::config::ConfigErrors;
 pub use config::{
     defaults, DeliveryConfig, DeliveryFlags, Endpoint, Secret, SinkConfig, SinkFlags,
 };
-pub use forwarder::{topic_specs, Forwarder, ForwarderError, ForwarderSpec, Handled, RecordSink};
+pub use forwarder::{
+    alongside, topic_specs, Forwarder, ForwarderError, ForwarderSpec, Handled, RecordSink,
+};
 pub use metrics::DeliveryMetrics;
 pub use retry::RetryPolicy;
 pub use sink::{

@@ -100,25 +100,8 @@ pub async fn serve(
         None => None,
     };
     tracing::info!(group = %config.group, invites = %config.invites_topic, rewards = %config.rewards_topic, webhook = forwarder.is_some(), shopify = config.shopify.is_some(), "Referrals service consuming.");
-    // One failing stops the other: both are this service.
-    let inner = stop.child_token();
-    let (looped, forwarded) = tokio::join!(
-        async {
-            let result = service.run(inner.clone()).await;
-            inner.cancel();
-            result
-        },
-        async {
-            let result = match forwarder {
-                Some(forwarder) => forwarder.run(inner.clone()).await,
-                None => Ok(()),
-            };
-            if result.is_err() {
-                inner.cancel();
-            }
-            result
-        }
-    );
+    let (looped, forwarded) =
+        aftercart_delivery::alongside(&stop, |inner| service.run(inner), forwarder).await;
     looped?;
     forwarded?;
     tracing::info!("Referrals service stopped.");

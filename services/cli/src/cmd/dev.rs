@@ -8,6 +8,7 @@ use aftercart_audiences::AudiencesDefaults;
 use aftercart_ingress::app::topic_specs;
 use aftercart_ingress::{IngressArgs, IngressDefaults};
 use aftercart_kafka::TopicSpec;
+use aftercart_nudges::NudgesDefaults;
 use aftercart_referrals::ReferralsDefaults;
 use aftercart_runtime::{ConfigErrors, EX_USAGE};
 use rdkafka::mocking::MockCluster;
@@ -16,6 +17,7 @@ use rdkafka::producer::DefaultProducerContext;
 use crate::cli::DevArgs;
 use aftercart_abandonment::AbandonmentService;
 use aftercart_audiences::AudiencesService;
+use aftercart_nudges::NudgesService;
 use aftercart_referrals::ReferralsService;
 use aftercart_runtime::process::bind;
 use aftercart_runtime::{run_service, Process};
@@ -40,6 +42,14 @@ const DEV_REVIEW_WINDOW: &str = "1m";
 
 /// Short enough for audience files to appear soon after an abandonment.
 const DEV_FLUSH_INTERVAL: &str = "5s";
+/// Short enough for `make demo` to show a nudge within a minute of the abandonment.
+const DEV_NUDGE_STEPS: &str = "15s,45s";
+/// People are matched by hashes keyed with this locally (not a secret either).
+const DEV_IDENTITY_KEY: &str = "aftercart-dev-nudges-identity-key";
+/// The nudges configuration the dev stack runs when none is given and it exists (file
+/// destination, short steps).
+const DEV_NUDGES_CONFIG: &str = "examples/nudges.toml";
+
 /// The dev stack's spool, under the working directory (git-ignored) rather than /var/lib.
 const DEV_SPOOL_DIR: &str = ".aftercart/spool";
 
@@ -80,6 +90,11 @@ pub async fn run(args: DevArgs) -> i32 {
         fallback_brokers: fallback_brokers.clone(),
         flush_interval: DEV_FLUSH_INTERVAL,
     };
+    let nudges_defaults = NudgesDefaults {
+        steps: DEV_NUDGE_STEPS,
+        identity_key: Some(DEV_IDENTITY_KEY),
+        fallback_brokers: fallback_brokers.clone(),
+    };
     let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
         code_secret: Some(DEV_CODE_SECRET.to_string()),
@@ -111,8 +126,21 @@ pub async fn run(args: DevArgs) -> i32 {
         .validate(&args.ingress.kafka, shutdown_timeout, &audiences_defaults)
         .map_err(|e| errors.extend(e))
         .ok();
-    let (Some(ingress), Some(abandonment), Some(referrals), Some(audiences)) =
-        (ingress, abandonment, referrals, audiences)
+    let mut nudges_args = args.nudges.clone();
+    if nudges_args.nudges_config.is_none() && std::path::Path::new(DEV_NUDGES_CONFIG).exists() {
+        nudges_args.nudges_config = Some(DEV_NUDGES_CONFIG.into());
+    }
+    let nudges = nudges_args
+        .validate(
+            &args.ingress.kafka,
+            &args.referrals.shopify,
+            shutdown_timeout,
+            &nudges_defaults,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(ingress), Some(abandonment), Some(referrals), Some(audiences), Some(nudges)) =
+        (ingress, abandonment, referrals, audiences, nudges)
     else {
         eprint!("{errors}");
         return EX_USAGE;
@@ -124,6 +152,7 @@ pub async fn run(args: DevArgs) -> i32 {
             &abandonment,
             &referrals,
             &audiences,
+            &nudges,
         ) {
             return code;
         }
@@ -158,6 +187,7 @@ pub async fn run(args: DevArgs) -> i32 {
          \x20 Abandonments   {output} (checkouts abandoned after {delay})\n\
          \x20 Referrals      {invites}, {rewards} (rewards granted after {review})\n\
          \x20 Audiences      {audience_list} -> {audience_dirs}\n\
+         \x20 Nudges         {nudges_topic} -> {nudges_destination}\n\
          \x20 Admin          http://{admin_addr}/metrics  /readyz  /livez\n\
          \x20 Try            make demo   (or: aftercart send --demo)\n\
          \x20 Stop           Ctrl-C\n",
@@ -169,6 +199,12 @@ pub async fn run(args: DevArgs) -> i32 {
         invites = referrals.invites_topic,
         rewards = referrals.rewards_topic,
         review = humantime::format_duration(std::time::Duration::from_millis(referrals.rules.review_window_ms as u64)),
+        nudges_topic = nudges.nudges_topic,
+        nudges_destination = match &nudges.destination {
+            Some(aftercart_nudges::config::DestinationConfig::File(dir)) => dir.display().to_string(),
+            Some(other) => other.kind().to_string(),
+            None => "(topic only)".to_string(),
+        },
         audience_list = audiences
             .rules
             .audiences
@@ -186,17 +222,19 @@ pub async fn run(args: DevArgs) -> i32 {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    let (ingress_code, abandonment_code, referrals_code, audiences_code) = tokio::join!(
+    let (ingress_code, abandonment_code, referrals_code, audiences_code, nudges_code) = tokio::join!(
         run_ingress(&ingress, listener, &process),
         run_service::<AbandonmentService>(&abandonment, &process),
         run_service::<ReferralsService>(&referrals, &process),
-        run_service::<AudiencesService>(&audiences, &process)
+        run_service::<AudiencesService>(&audiences, &process),
+        run_service::<NudgesService>(&nudges, &process)
     );
     let code = process.finish(
         ingress_code
             .max(abandonment_code)
             .max(referrals_code)
-            .max(audiences_code),
+            .max(audiences_code)
+            .max(nudges_code),
     );
     drop(embedded);
     if code == 0 {
@@ -227,12 +265,14 @@ fn create_topics(
     abandonment: &aftercart_abandonment::AbandonmentConfig,
     referrals: &aftercart_referrals::ReferralsConfig,
     audiences: &aftercart_audiences::AudiencesConfig,
+    nudges: &aftercart_nudges::NudgesConfig,
 ) -> Result<(), i32> {
     let specs: BTreeMap<String, TopicSpec> = ingress
         .into_iter()
         .chain(aftercart_abandonment::topic_specs(abandonment).0)
         .chain(aftercart_referrals::topic_specs(referrals).0)
         .chain(aftercart_audiences::topic_specs(audiences).0)
+        .chain(aftercart_nudges::topic_specs(nudges).0)
         .map(|spec| (spec.name.clone(), spec))
         .collect();
     for spec in specs.values() {

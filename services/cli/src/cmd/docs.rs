@@ -283,7 +283,7 @@ pub fn metrics_reference() -> Result<String, String> {
     );
     let mut by_service: BTreeMap<&str, Vec<metrics_catalog::Described>> = BTreeMap::new();
     for metric in metrics_catalog::described() {
-        let service = ["ingress", "abandonment", "referrals", "audiences"]
+        let service = ["ingress", "abandonment", "referrals", "audiences", "nudges"]
             .into_iter()
             .find(|service| metric.name.starts_with(&format!("aftercart_{service}_")))
             .unwrap_or("other");
@@ -330,11 +330,16 @@ pub fn service_registries() -> Result<Vec<(&'static str, Registry)>, String> {
     let audiences_registry = Registry::new();
     aftercart_audiences::metrics::AudiencesMetrics::register(&audiences_registry, &audiences)
         .map_err(error)?;
+    let nudges = Registry::new();
+    aftercart_nudges::metrics::NudgesMetrics::register(&nudges, Some("klaviyo")).map_err(error)?;
+    aftercart_delivery::DeliveryMetrics::register(&nudges, "aftercart_nudges").map_err(error)?;
+    aftercart_shopify_admin::AdminMetrics::register(&nudges, "aftercart_nudges").map_err(error)?;
     Ok(vec![
         ("ingress", ingress),
         ("abandonment", abandonment),
         ("referrals", referrals),
         ("audiences", audiences_registry),
+        ("nudges", nudges),
     ])
 }
 

@@ -6,6 +6,7 @@ use aftercart_abandonment::{AbandonmentArgs, AbandonmentDefaults};
 use aftercart_audiences::{AudiencesArgs, AudiencesDefaults};
 use aftercart_ingress::app::topic_specs;
 use aftercart_kafka::{ensure_topics, KafkaArgs, KafkaSettings, TopicSpec};
+use aftercart_nudges::{NudgesArgs, NudgesDefaults};
 use aftercart_referrals::{ReferralsArgs, ReferralsDefaults};
 use aftercart_runtime::config::{parse_byte_size, ConfigErrors};
 use aftercart_runtime::{EX_CONFIG, EX_USAGE};
@@ -29,6 +30,8 @@ pub struct TopicFlags {
     pub referrals: Box<ReferralsArgs>,
     #[command(flatten)]
     pub audiences: Box<AudiencesArgs>,
+    #[command(flatten)]
+    pub nudges: Box<NudgesArgs>,
     /// Largest webhook body the ingress accepts; topics are created to hold it.
     #[arg(
         long = "ingress-max-body-bytes",
@@ -58,6 +61,7 @@ impl TopicFlags {
             abandonment,
             referrals,
             audiences,
+            nudges,
             max_body_bytes,
         } = self;
         let mut errors = ConfigErrors::new();
@@ -75,6 +79,8 @@ impl TopicFlags {
             .map_err(|e| errors.extend(e))
             .ok();
         // Only topic names are needed here: placeholders stand in for unset secrets.
+        // The nudges read the Admin API flags the referrals flags carry (one set per process).
+        let shopify = referrals.shopify.clone();
         let referrals = referrals
             .validate(
                 &kafka,
@@ -95,12 +101,26 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
+        // Only topic names are needed here: a placeholder stands in for an unset identity key.
+        let nudges = nudges
+            .validate(
+                &kafka,
+                &shopify,
+                std::time::Duration::ZERO,
+                &NudgesDefaults {
+                    identity_key: Some("placeholder: topics only"),
+                    ..NudgesDefaults::production()
+                },
+            )
+            .map_err(|e| errors.extend(e))
+            .ok();
         let (
             Some(settings),
             Some(max_body),
             Some(abandonment),
             Some(referrals),
             Some(audiences),
+            Some(nudges),
             true,
         ) = (
             settings,
@@ -108,6 +128,7 @@ impl TopicFlags {
             abandonment,
             referrals,
             audiences,
+            nudges,
             errors.is_empty(),
         )
         else {
@@ -119,12 +140,15 @@ impl TopicFlags {
         same_partitions.extend(referrals_same);
         let (audiences_specs, audiences_same) = aftercart_audiences::topic_specs(&audiences);
         same_partitions.extend(audiences_same);
+        let (nudges_specs, nudges_same) = aftercart_nudges::topic_specs(&nudges);
+        same_partitions.extend(nudges_same);
         // The ingress's specs first: they carry max.message.bytes for the raw topics.
         let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
         for spec in abandonment_specs
             .into_iter()
             .chain(referrals_specs)
             .chain(audiences_specs)
+            .chain(nudges_specs)
             .chain(topic_specs(&settings, max_body as usize))
         {
             specs.insert(spec.name.clone(), spec);
@@ -133,6 +157,7 @@ impl TopicFlags {
             abandonment.group.clone(),
             referrals.group.clone(),
             audiences.group.clone(),
+            nudges.group.clone(),
         ];
         Ok(TopicPlan {
             settings,

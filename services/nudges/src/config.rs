@@ -1,0 +1,637 @@
+//! Nudges service configuration: flags with `AFTERCART_*` environment fallbacks, and the
+//! optional TOML file (`AFTERCART_NUDGES_CONFIG`) with per-shop cadences and the destination.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aftercart_delivery::message::KlaviyoConfig;
+use aftercart_delivery::{RetryPolicy, SinkConfig, SinkFlags};
+use aftercart_kafka::{KafkaArgs, KafkaSettings};
+use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_shopify_admin::{AdminArgs, AdminConfig, DiscountValue};
+use serde::Deserialize;
+
+use crate::domain::cadence::{QuietHours, Steps};
+use crate::domain::engine::{Rules, ShopPolicy};
+use crate::domain::identity::IdentityKey;
+
+/// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Nudges")]
+pub struct NudgesArgs {
+    /// Consumer group of the nudges service; every instance of one deployment shares it.
+    #[arg(
+        long = "nudges-group",
+        env = "AFTERCART_NUDGES_GROUP",
+        default_value = "aftercart-nudges"
+    )]
+    pub nudges_group: String,
+
+    /// Output topic of nudges (one record per step of a sequence).
+    #[arg(
+        long = "nudges-topic",
+        env = "AFTERCART_NUDGES_TOPIC",
+        default_value = "aftercart.nudges"
+    )]
+    pub nudges_topic: String,
+
+    /// The abandonment events the nudges follow (the abandonment service's output).
+    #[arg(
+        long = "nudges-abandonments-topic",
+        env = "AFTERCART_NUDGES_ABANDONMENTS_TOPIC",
+        default_value = "aftercart.abandonments"
+    )]
+    pub nudges_abandonments_topic: String,
+
+    /// Internal topic that brings all of one shop's facts to one partition (keyed by shop).
+    #[arg(
+        long = "nudges-by-shop-topic",
+        env = "AFTERCART_NUDGES_BY_SHOP_TOPIC",
+        default_value = "aftercart.nudges-by-shop"
+    )]
+    pub nudges_by_shop_topic: String,
+
+    /// Compacted changelog topic holding running sequences and what is remembered of people.
+    #[arg(
+        long = "nudges-state-topic",
+        env = "AFTERCART_NUDGES_STATE_TOPIC",
+        default_value = "aftercart.nudges-state"
+    )]
+    pub nudges_state_topic: String,
+
+    /// Dead-letter topic for records that cannot be used and nudges a destination refused.
+    #[arg(
+        long = "nudges-dead-letter-topic",
+        env = "AFTERCART_NUDGES_DEAD_LETTER_TOPIC",
+        default_value = "aftercart.nudges-dead-letter"
+    )]
+    pub nudges_dead_letter_topic: String,
+
+    /// Default cadence: delays after the abandonment, comma-separated (1 to 10, increasing).
+    /// A shop's `steps` in the config file wins [default: 1h,24h,72h; 15s,45s under
+    /// `aftercart dev`].
+    #[arg(long = "nudges-steps", env = "AFTERCART_NUDGES_STEPS")]
+    pub nudges_steps: Option<String>,
+
+    /// At most one nudge sequence per person (customer id, email or phone) within this window.
+    #[arg(
+        long = "nudges-frequency-cap",
+        env = "AFTERCART_NUDGES_FREQUENCY_CAP",
+        default_value = "7d"
+    )]
+    pub nudges_frequency_cap: String,
+
+    /// TOML file: per-shop cadence, quiet hours and switch, and the destination (Klaviyo,
+    /// webhook or file). Without it nudges are written to the topic only.
+    #[arg(long = "nudges-config", env = "AFTERCART_NUDGES_CONFIG")]
+    pub nudges_config: Option<PathBuf>,
+
+    /// Key of the hashes people are matched by (customer id, email, phone); keep it stable.
+    /// Prefer the _FILE variant. Required outside `aftercart dev`.
+    #[arg(
+        long = "nudges-identity-key",
+        env = "AFTERCART_NUDGES_IDENTITY_KEY",
+        hide_env_values = true
+    )]
+    pub nudges_identity_key: Option<String>,
+
+    /// File holding the identity key (e.g. a mounted Kubernetes Secret).
+    #[arg(
+        long = "nudges-identity-key-file",
+        env = "AFTERCART_NUDGES_IDENTITY_KEY_FILE"
+    )]
+    pub nudges_identity_key_file: Option<PathBuf>,
+
+    /// Klaviyo's API host; a stand-in for tests.
+    #[arg(
+        long = "klaviyo-base-url",
+        env = "AFTERCART_KLAVIYO_BASE_URL",
+        default_value = aftercart_delivery::message::klaviyo::BASE_URL
+    )]
+    pub klaviyo_base_url: String,
+}
+
+/// Defaults that differ under `aftercart dev`.
+#[derive(Debug, Clone)]
+pub struct NudgesDefaults {
+    pub steps: &'static str,
+    /// The identity key when none is configured (dev only).
+    pub identity_key: Option<&'static str>,
+    pub fallback_brokers: Option<String>,
+}
+
+impl NudgesDefaults {
+    pub fn production() -> Self {
+        Self {
+            steps: "1h,24h,72h",
+            identity_key: None,
+            fallback_brokers: None,
+        }
+    }
+}
+
+/// Where nudges are sent.
+#[derive(Debug, Clone)]
+pub enum DestinationConfig {
+    Klaviyo {
+        config: KlaviyoConfig,
+        metric: String,
+    },
+    Webhook(SinkConfig),
+    File(PathBuf),
+}
+
+impl DestinationConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DestinationConfig::Klaviyo { .. } => "klaviyo",
+            DestinationConfig::Webhook(_) => "webhook",
+            DestinationConfig::File(_) => "file",
+        }
+    }
+}
+
+/// A unique recovery discount per sequence, created in the shop through the Admin API.
+#[derive(Debug, Clone)]
+pub struct RecoveryDiscount {
+    pub admin: AdminConfig,
+    pub value: DiscountValue,
+    /// Steps from this one (1-based) on carry the code.
+    pub from_step: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NudgesConfig {
+    pub kafka: KafkaSettings,
+    pub group: String,
+    pub nudges_topic: String,
+    pub abandonments_topic: String,
+    pub by_shop_topic: String,
+    pub state_topic: String,
+    pub dead_letter_topic: String,
+    pub rules: Rules,
+    pub destination: Option<DestinationConfig>,
+    /// Configured in the file and with a Shopify access tokens file; `None`: no discounts.
+    pub discount: Option<RecoveryDiscount>,
+    pub shutdown_timeout: Duration,
+}
+
+/// The config file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    defaults: ShopFile,
+    destination: Option<DestinationFile>,
+    discount: Option<DiscountFile>,
+    #[serde(default)]
+    shops: HashMap<String, ShopFile>,
+}
+
+/// `[discount]`: a unique single-use code per sequence, for the person only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscountFile {
+    /// `10%` or an amount like `5.00`.
+    value: String,
+    /// The first step that carries the code (default 1).
+    from_step: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct ShopFile {
+    enabled: Option<bool>,
+    /// Delays after the abandonment, e.g. `["1h", "24h", "72h"]`.
+    steps: Option<Vec<String>>,
+    /// `HH:MM-HH:MM` in the shop's local time.
+    quiet_hours: Option<String>,
+    /// The shop's offset from UTC, e.g. `+01:00` (required with quiet hours).
+    utc_offset: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum DestinationFile {
+    Klaviyo {
+        /// `shop.myshopify.com=pk_…` lines.
+        keys_file: PathBuf,
+        /// The Klaviyo metric (event name) flows trigger on.
+        metric: Option<String>,
+    },
+    Webhook {
+        url: String,
+        secret_file: Option<PathBuf>,
+    },
+    File {
+        dir: PathBuf,
+    },
+}
+
+/// How long a message destination retries one nudge before it is dead-lettered: a reminder
+/// hours late is worse than none.
+const DESTINATION_RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    max_duration: Duration::from_secs(30 * 60),
+};
+const DESTINATION_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_METRIC: &str = "Aftercart Recovery Nudge";
+
+impl NudgesArgs {
+    /// Validates with the command's Kafka flags and shutdown deadline, every problem at once.
+    /// `shopify`: the Admin API client's flags (shared with the referrals service), used when
+    /// the file asks for recovery discounts.
+    pub fn validate(
+        &self,
+        kafka: &KafkaArgs,
+        shopify: &AdminArgs,
+        shutdown_timeout: Duration,
+        defaults: &NudgesDefaults,
+    ) -> Result<NudgesConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::new();
+        let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
+        let steps = errors.check(
+            "AFTERCART_NUDGES_STEPS",
+            Steps::parse(self.nudges_steps.as_deref().unwrap_or(defaults.steps)),
+        );
+        let cap = errors.check(
+            "AFTERCART_NUDGES_FREQUENCY_CAP",
+            parse_duration(&self.nudges_frequency_cap),
+        );
+        let key = self.identity_key(defaults, &mut errors);
+        let file = match &self.nudges_config {
+            None => Some(File::default()),
+            Some(path) => errors.check(
+                "AFTERCART_NUDGES_CONFIG",
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                    .and_then(|text| {
+                        toml::from_str::<File>(&text)
+                            .map_err(|e| format!("{}: {e}", path.display()))
+                    }),
+            ),
+        };
+        for (name, value) in [
+            ("AFTERCART_NUDGES_GROUP", &self.nudges_group),
+            ("AFTERCART_NUDGES_TOPIC", &self.nudges_topic),
+            (
+                "AFTERCART_NUDGES_ABANDONMENTS_TOPIC",
+                &self.nudges_abandonments_topic,
+            ),
+            ("AFTERCART_NUDGES_BY_SHOP_TOPIC", &self.nudges_by_shop_topic),
+            ("AFTERCART_NUDGES_STATE_TOPIC", &self.nudges_state_topic),
+            (
+                "AFTERCART_NUDGES_DEAD_LETTER_TOPIC",
+                &self.nudges_dead_letter_topic,
+            ),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(format!("{name}: must not be empty"));
+            }
+        }
+        let mut policies = None;
+        let mut destination = None;
+        let mut discount = None;
+        if let (Some(file), Some(steps)) = (&file, &steps) {
+            let default = shop_policy("defaults", &file.defaults, None, steps, &mut errors);
+            let mut shops = HashMap::new();
+            for (shop, policy) in &file.shops {
+                let policy = shop_policy(
+                    &format!("shops.\"{shop}\""),
+                    policy,
+                    Some(&file.defaults),
+                    steps,
+                    &mut errors,
+                );
+                if let Some(policy) = policy {
+                    shops.insert(shop.trim().to_ascii_lowercase(), policy);
+                }
+            }
+            policies = default.map(|d| (d, shops));
+            destination = file
+                .destination
+                .as_ref()
+                .map(|d| self.destination(d, &mut errors));
+            discount = file
+                .discount
+                .as_ref()
+                .map(|d| recovery_discount(d, shopify, &mut errors));
+        }
+        errors.finish(|| {
+            let cap_ms = cap.expect("checked").as_millis() as i64;
+            let (default, shops) = policies.expect("checked");
+            NudgesConfig {
+                kafka: kafka.expect("checked"),
+                group: self.nudges_group.trim().to_string(),
+                nudges_topic: self.nudges_topic.trim().to_string(),
+                abandonments_topic: self.nudges_abandonments_topic.trim().to_string(),
+                by_shop_topic: self.nudges_by_shop_topic.trim().to_string(),
+                state_topic: self.nudges_state_topic.trim().to_string(),
+                dead_letter_topic: self.nudges_dead_letter_topic.trim().to_string(),
+                rules: Rules {
+                    default,
+                    shops,
+                    cap_ms,
+                    // Orders and unsubscribes must outlive the wait before an abandonment is
+                    // reported; sequence starts, the cap.
+                    memory_ms: cap_ms.max(7 * 86_400_000),
+                    key: key.expect("checked"),
+                },
+                destination: destination.map(|d| d.expect("checked")),
+                discount: discount.flatten(),
+                shutdown_timeout,
+            }
+        })
+    }
+
+    fn identity_key(
+        &self,
+        defaults: &NudgesDefaults,
+        errors: &mut ConfigErrors,
+    ) -> Option<IdentityKey> {
+        let text = match (&self.nudges_identity_key, &self.nudges_identity_key_file) {
+            (Some(_), Some(_)) => {
+                errors.push("AFTERCART_NUDGES_IDENTITY_KEY and AFTERCART_NUDGES_IDENTITY_KEY_FILE: set one, not both");
+                return None;
+            }
+            (Some(key), None) => key.clone(),
+            (None, Some(path)) => errors.check(
+                "AFTERCART_NUDGES_IDENTITY_KEY_FILE",
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            )?,
+            (None, None) => match defaults.identity_key {
+                Some(key) => key.to_string(),
+                None => {
+                    errors.push("AFTERCART_NUDGES_IDENTITY_KEY (or _FILE): required (a random secret of at least 16 characters)");
+                    return None;
+                }
+            },
+        };
+        if text.len() < 16 {
+            errors.push("AFTERCART_NUDGES_IDENTITY_KEY: must be at least 16 characters");
+            return None;
+        }
+        Some(IdentityKey::new(text.as_bytes()))
+    }
+
+    fn destination(
+        &self,
+        file: &DestinationFile,
+        errors: &mut ConfigErrors,
+    ) -> Option<DestinationConfig> {
+        let name = "AFTERCART_NUDGES_CONFIG [destination]";
+        match file {
+            DestinationFile::Klaviyo { keys_file, metric } => {
+                if let Err(e) = std::fs::metadata(keys_file) {
+                    errors.push(format!(
+                        "{name}: cannot read keys_file {}: {e}",
+                        keys_file.display()
+                    ));
+                    return None;
+                }
+                if let Err(e) = aftercart_delivery::Endpoint::parse(&self.klaviyo_base_url) {
+                    errors.push(format!("AFTERCART_KLAVIYO_BASE_URL: {e}"));
+                    return None;
+                }
+                Some(DestinationConfig::Klaviyo {
+                    config: KlaviyoConfig {
+                        keys_file: keys_file.clone(),
+                        base_url: self.klaviyo_base_url.trim().to_string(),
+                        timeout: DESTINATION_TIMEOUT,
+                        retry: DESTINATION_RETRY,
+                    },
+                    metric: metric.clone().unwrap_or_else(|| DEFAULT_METRIC.into()),
+                })
+            }
+            DestinationFile::Webhook { url, secret_file } => {
+                let flags = SinkFlags {
+                    url: Some(url.clone()),
+                    secret_file: secret_file.clone(),
+                    max_retry_duration: "30m".into(),
+                    ..SinkFlags::default()
+                };
+                flags
+                    .validate("AFTERCART_NUDGES_CONFIG [destination] webhook", errors)
+                    .map(DestinationConfig::Webhook)
+            }
+            DestinationFile::File { dir } => Some(DestinationConfig::File(dir.clone())),
+        }
+    }
+}
+
+/// `[discount]` with the Admin API client; `None` (with a warning) without a tokens file.
+fn recovery_discount(
+    file: &DiscountFile,
+    shopify: &AdminArgs,
+    errors: &mut ConfigErrors,
+) -> Option<RecoveryDiscount> {
+    let value = errors.check(
+        "AFTERCART_NUDGES_CONFIG [discount].value",
+        DiscountValue::parse(&file.value),
+    );
+    let from_step = file.from_step.unwrap_or(1);
+    if !(1..=crate::domain::cadence::MAX_STEPS as u32).contains(&from_step) {
+        errors.push("AFTERCART_NUDGES_CONFIG [discount].from_step: 1 to 10");
+    }
+    let Some(admin) = shopify.validate(errors) else {
+        tracing::warn!("The nudges file asks for recovery discounts but AFTERCART_SHOPIFY_ACCESS_TOKENS_FILE is not set: nudges go out without codes.");
+        return None;
+    };
+    Some(RecoveryDiscount {
+        admin,
+        value: value?,
+        from_step,
+    })
+}
+
+/// A shop's policy: its own values, else the file's defaults, else the flags'.
+fn shop_policy(
+    name: &str,
+    own: &ShopFile,
+    defaults: Option<&ShopFile>,
+    steps: &Steps,
+    errors: &mut ConfigErrors,
+) -> Option<ShopPolicy> {
+    let inherited =
+        |pick: fn(&ShopFile) -> Option<String>| pick(own).or_else(|| defaults.and_then(pick));
+    let steps = match own
+        .steps
+        .clone()
+        .or_else(|| defaults.and_then(|d| d.steps.clone()))
+    {
+        None => Some(steps.clone()),
+        Some(list) => errors.check(
+            &format!("AFTERCART_NUDGES_CONFIG {name}.steps"),
+            list.iter()
+                .map(|s| parse_duration(s))
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(Steps::new),
+        ),
+    };
+    let quiet_hours = match (
+        inherited(|f| f.quiet_hours.clone()),
+        inherited(|f| f.utc_offset.clone()),
+    ) {
+        (None, _) => Some(None),
+        (Some(_), None) => {
+            errors.push(format!(
+                "AFTERCART_NUDGES_CONFIG {name}: quiet_hours needs utc_offset (e.g. \"+01:00\")"
+            ));
+            None
+        }
+        (Some(range), Some(offset)) => errors
+            .check(
+                &format!("AFTERCART_NUDGES_CONFIG {name}.quiet_hours"),
+                QuietHours::parse(&range, &offset),
+            )
+            .map(Some),
+    };
+    Some(ShopPolicy {
+        enabled: own
+            .enabled
+            .or_else(|| defaults.and_then(|d| d.enabled))
+            .unwrap_or(true),
+        steps: steps?,
+        quiet_hours: quiet_hours?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        nudges: NudgesArgs,
+        #[command(flatten)]
+        shopify: AdminArgs,
+    }
+
+    fn validate(args: &[&str], file: Option<&str>) -> Result<NudgesConfig, ConfigErrors> {
+        let mut argv = vec!["x", "--kafka-brokers", "localhost:9092"];
+        argv.extend_from_slice(args);
+        let path;
+        if let Some(text) = file {
+            path = std::env::temp_dir().join(format!(
+                "aftercart-nudges-config-{}-{}.toml",
+                std::process::id(),
+                fastrand_suffix()
+            ));
+            std::fs::write(&path, text).unwrap();
+            argv.push("--nudges-config");
+            argv.push(path.to_str().unwrap());
+        }
+        let cli = Cli::try_parse_from(argv).unwrap();
+        cli.nudges.validate(
+            &cli.kafka,
+            &cli.shopify,
+            Duration::from_secs(1),
+            &NudgesDefaults {
+                identity_key: Some("a dev identity key"),
+                ..NudgesDefaults::production()
+            },
+        )
+    }
+
+    fn fastrand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    #[test]
+    fn the_defaults_need_no_file() {
+        let config = validate(&[], None).unwrap();
+        assert_eq!(
+            config.rules.default.steps,
+            Steps::parse("1h,24h,72h").unwrap()
+        );
+        assert_eq!(config.rules.cap_ms, 7 * 86_400_000);
+        assert!(config.destination.is_none());
+    }
+
+    #[test]
+    fn shops_inherit_the_file_defaults_and_override_them() {
+        let config = validate(
+            &[],
+            Some(
+                r#"
+[defaults]
+steps = ["10s", "30s"]
+quiet_hours = "21:00-08:00"
+utc_offset = "+01:00"
+
+[destination]
+kind = "file"
+dir = "/tmp/nudges"
+
+[shops."A.myshopify.com"]
+steps = ["2h"]
+
+[shops."off.myshopify.com"]
+enabled = false
+"#,
+            ),
+        )
+        .unwrap();
+        let rules = &config.rules;
+        assert_eq!(rules.default.steps, Steps::parse("10s,30s").unwrap());
+        let a = &rules.shops["a.myshopify.com"];
+        assert_eq!(a.steps, Steps::parse("2h").unwrap());
+        assert!(a.quiet_hours.is_some(), "inherited");
+        assert!(!rules.shops["off.myshopify.com"].enabled);
+        assert!(matches!(
+            config.destination,
+            Some(DestinationConfig::File(_))
+        ));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = validate(
+            &["--nudges-steps", "24h,1h", "--nudges-frequency-cap", "soon"],
+            Some(
+                r#"
+[shops."a.myshopify.com"]
+quiet_hours = "21:00-08:00"
+"#,
+            ),
+        )
+        .unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains("AFTERCART_NUDGES_STEPS"), "{text}");
+        assert!(text.contains("AFTERCART_NUDGES_FREQUENCY_CAP"), "{text}");
+        let errors = validate(
+            &[],
+            Some("[shops.\"a.myshopify.com\"]\nquiet_hours = \"21:00-08:00\"\n"),
+        )
+        .unwrap_err();
+        assert!(errors.to_string().contains("utc_offset"), "{errors}");
+        let errors = validate(&[], Some("[destination]\nkind = \"pigeon\"\n")).unwrap_err();
+        assert!(errors.to_string().contains("AFTERCART_NUDGES_CONFIG"));
+    }
+
+    #[test]
+    fn the_identity_key_is_required_outside_dev() {
+        let cli = Cli::try_parse_from(["x", "--kafka-brokers", "localhost:9092"]).unwrap();
+        let errors = cli
+            .nudges
+            .validate(
+                &cli.kafka,
+                &cli.shopify,
+                Duration::from_secs(1),
+                &NudgesDefaults::production(),
+            )
+            .unwrap_err();
+        assert!(errors.to_string().contains("AFTERCART_NUDGES_IDENTITY_KEY"));
+    }
+}

@@ -1,0 +1,728 @@
+//! The nudge state machine. Pure: fed inputs with their receive time and the clock, it answers
+//! with effects (nudges to emit, state to persist, counts) for the I/O layer.
+//!
+//! A checkout abandonment of a person who may be contacted starts a sequence: one nudge per
+//! step of the shop's cadence. Any order by the same person (customer id, email or phone, as
+//! keyed hashes: not only the same cart), a recovery, an unsubscribe, a redaction or the
+//! checkout's deletion stops it. One sequence per person per frequency-cap window.
+
+use std::collections::{BTreeSet, HashMap};
+
+use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::cadence::{schedule, QuietHours, Steps};
+use crate::domain::identity::IdentityKey;
+use crate::domain::input::{Channels, ContactFacts, Input, OrderFacts};
+use crate::domain::nudge::{event_id, Contact, EmittedNudge, Nudge};
+
+/// A shop's own cadence, quiet hours and switch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShopPolicy {
+    pub enabled: bool,
+    pub steps: Steps,
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// The service's rules.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Shops without a policy of their own.
+    pub default: ShopPolicy,
+    pub shops: HashMap<String, ShopPolicy>,
+    /// At most one sequence per person within this window.
+    pub cap_ms: i64,
+    /// How long orders, unsubscribes and sequence starts of a person are remembered (at least
+    /// the cap window, and the delay before an abandonment is reported).
+    pub memory_ms: i64,
+    pub key: IdentityKey,
+}
+
+impl Rules {
+    fn policy(&self, shop: &str) -> &ShopPolicy {
+        self.shops.get(shop).unwrap_or(&self.default)
+    }
+}
+
+/// Why a sequence (or a step of one) is not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppressed {
+    /// The person ordered (any cart, any device), before or during the sequence.
+    Purchased,
+    /// The abandoned checkout was recovered.
+    Recovered,
+    /// No marketing consent and no transactional setting, or an unsubscribe.
+    Consent,
+    /// The person already had a sequence within the frequency cap.
+    Cap,
+    /// `customers/redact` or `shop/redact`.
+    Redacted,
+    /// The checkout was deleted.
+    Deleted,
+    /// Nudges are switched off for the shop.
+    Disabled,
+    /// A later step was due too (after an outage): only the latest is sent.
+    Late,
+}
+
+impl Suppressed {
+    pub const ALL: [Suppressed; 8] = [
+        Suppressed::Purchased,
+        Suppressed::Recovered,
+        Suppressed::Consent,
+        Suppressed::Cap,
+        Suppressed::Redacted,
+        Suppressed::Deleted,
+        Suppressed::Disabled,
+        Suppressed::Late,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Suppressed::Purchased => "purchased",
+            Suppressed::Recovered => "recovered",
+            Suppressed::Consent => "consent",
+            Suppressed::Cap => "cap",
+            Suppressed::Redacted => "redacted",
+            Suppressed::Deleted => "deleted",
+            Suppressed::Disabled => "disabled",
+            Suppressed::Late => "late",
+        }
+    }
+}
+
+/// What the I/O layer must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Emit {
+        key: String,
+        nudge: Box<Nudge>,
+    },
+    /// `None` deletes the entity (a changelog tombstone).
+    Persist {
+        key: String,
+        entity: Option<Box<Entity>>,
+    },
+    Scheduled,
+    Suppressed(Suppressed),
+}
+
+/// A running sequence: what every step's message needs, and how far it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sequence {
+    pub shop: String,
+    pub journey_key: String,
+    pub abandonment_event_id: String,
+    pub checkout_token: Option<String>,
+    /// Keyed hashes of the person (id, email, phone).
+    pub identities: Vec<String>,
+    pub basis: ContactBasis,
+    pub customer: Contact,
+    pub recovery_url: Option<String>,
+    pub value: Option<aftercart_abandonment::domain::event::Value>,
+    pub line_items: Option<aftercart_abandonment::domain::event::LineItemsOut>,
+    pub segments: serde_json::Value,
+    pub abandoned_at_ms: i64,
+    /// Due time of every step.
+    pub due_ms: Vec<i64>,
+    /// Steps done (sent, or skipped as late).
+    pub done: u32,
+}
+
+impl Sequence {
+    fn next_due(&self) -> Option<i64> {
+        self.due_ms.get(self.done as usize).copied()
+    }
+}
+
+/// What is remembered of one identity hash of a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Person {
+    pub shop: String,
+    /// When the person's last sequence sent its first nudge (the frequency cap counts from it).
+    pub started_ms: Option<i64>,
+    pub ordered_ms: Option<i64>,
+    #[serde(default)]
+    pub unsubscribed_email: bool,
+    #[serde(default)]
+    pub unsubscribed_sms: bool,
+    pub seen_ms: i64,
+}
+
+/// One changelog entity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "entity", rename_all = "snake_case")]
+pub enum Entity {
+    Sequence(Box<Sequence>),
+    Person(Person),
+}
+
+fn sequence_key(journey_key: &str) -> String {
+    format!("sequence/{journey_key}")
+}
+
+fn person_key(hash: &str) -> String {
+    format!("person/{hash}")
+}
+
+/// The sequences and people of one by-shop partition, with their indexes.
+#[derive(Debug, Default)]
+struct Partition {
+    sequences: HashMap<String, Sequence>,
+    people: HashMap<String, Person>,
+    timers: BTreeSet<(i64, String)>,
+    by_identity: HashMap<String, BTreeSet<String>>,
+    by_checkout: HashMap<String, String>,
+}
+
+impl Partition {
+    fn insert(&mut self, sequence: Sequence) {
+        let key = sequence.journey_key.clone();
+        self.remove(&key);
+        if let Some(due) = sequence.next_due() {
+            self.timers.insert((due, key.clone()));
+        }
+        for hash in &sequence.identities {
+            self.by_identity
+                .entry(hash.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        if let Some(token) = &sequence.checkout_token {
+            self.by_checkout.insert(token.clone(), key.clone());
+        }
+        self.sequences.insert(key, sequence);
+    }
+
+    fn remove(&mut self, journey_key: &str) -> Option<Sequence> {
+        let sequence = self.sequences.remove(journey_key)?;
+        if let Some(due) = sequence.next_due() {
+            self.timers.remove(&(due, journey_key.to_string()));
+        }
+        for hash in &sequence.identities {
+            if let Some(keys) = self.by_identity.get_mut(hash) {
+                keys.remove(journey_key);
+                if keys.is_empty() {
+                    self.by_identity.remove(hash);
+                }
+            }
+        }
+        if let Some(token) = &sequence.checkout_token {
+            self.by_checkout.remove(token);
+        }
+        Some(sequence)
+    }
+
+    /// Journey keys of the sequences of anyone with one of `hashes`.
+    fn matching(&self, hashes: &[String]) -> BTreeSet<String> {
+        hashes
+            .iter()
+            .filter_map(|h| self.by_identity.get(h))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+pub struct Engine {
+    rules: Rules,
+    partitions: HashMap<i32, Partition>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("partitions", &self.partitions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn persist_sequence(sequence: &Sequence) -> Effect {
+    Effect::Persist {
+        key: sequence_key(&sequence.journey_key),
+        entity: Some(Box::new(Entity::Sequence(Box::new(sequence.clone())))),
+    }
+}
+
+fn delete_sequence(journey_key: &str) -> Effect {
+    Effect::Persist {
+        key: sequence_key(journey_key),
+        entity: None,
+    }
+}
+
+fn persist_person(hash: &str, person: &Person) -> Effect {
+    Effect::Persist {
+        key: person_key(hash),
+        entity: Some(Box::new(Entity::Person(person.clone()))),
+    }
+}
+
+impl Engine {
+    pub fn new(rules: Rules) -> Engine {
+        Engine {
+            rules,
+            partitions: HashMap::new(),
+        }
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// Running sequences, and those whose next step is overdue by `late_ms` at `now_ms`.
+    pub fn sizes(&self, now_ms: i64, late_ms: i64) -> (usize, usize) {
+        let running = self.partitions.values().map(|p| p.sequences.len()).sum();
+        // Each partition's timers are sorted, not their concatenation: count per partition.
+        let overdue = self
+            .partitions
+            .values()
+            .map(|p| {
+                p.timers
+                    .iter()
+                    .take_while(|(due, _)| *due <= now_ms - late_ms)
+                    .count()
+            })
+            .sum();
+        (running, overdue)
+    }
+
+    /// Takes a restored partition.
+    pub fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) {
+        let mut state = Partition::default();
+        for (key, entity) in entities {
+            match entity {
+                Entity::Sequence(sequence) => state.insert(*sequence),
+                Entity::Person(person) => {
+                    if let Some(hash) = key.strip_prefix("person/") {
+                        state.people.insert(hash.to_string(), person);
+                    }
+                }
+            }
+        }
+        self.partitions.insert(partition, state);
+    }
+
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// The earliest due step of any partition.
+    pub fn next_due(&self) -> Option<i64> {
+        self.partitions
+            .values()
+            .filter_map(|p| p.timers.first().map(|(due, _)| *due))
+            .min()
+    }
+
+    /// Applies one record of `shop` received at `at_ms` in by-shop partition `partition`.
+    pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
+        match input {
+            Input::Abandoned(event) => self.abandoned(partition, shop, *event, at_ms),
+            Input::Recovered { journey_key } => {
+                self.stop(partition, [journey_key], Suppressed::Recovered)
+            }
+            Input::Order(order) => self.ordered(partition, shop, *order, at_ms),
+            Input::CheckoutDeleted { token, cart_token } => {
+                let keys: BTreeSet<String> = match self.partitions.get(&partition) {
+                    Some(state) => token
+                        .and_then(|t| state.by_checkout.get(&t).cloned())
+                        .into_iter()
+                        .chain(cart_token.and_then(|c| checkout_journey_key(shop, &c)))
+                        .collect(),
+                    None => BTreeSet::new(),
+                };
+                self.stop(partition, keys, Suppressed::Deleted)
+            }
+            Input::Consent(facts, channels) => {
+                self.consent(partition, shop, &facts, channels, at_ms)
+            }
+            Input::RedactCustomer(facts) => self.redact_customer(partition, shop, &facts),
+            Input::RedactShop => self.redact_shop(partition, shop),
+            Input::Ignored => Vec::new(),
+        }
+    }
+
+    fn abandoned(
+        &mut self,
+        partition: i32,
+        shop: &str,
+        event: OutputEvent,
+        at_ms: i64,
+    ) -> Vec<Effect> {
+        let policy = self.rules.policy(shop).clone();
+        let cap_ms = self.rules.cap_ms;
+        let customer =
+            event
+                .customer
+                .clone()
+                .unwrap_or(aftercart_abandonment::domain::event::CustomerOut {
+                    id: None,
+                    email: None,
+                    phone: None,
+                    first_name: None,
+                    last_name: None,
+                    country: None,
+                    accepts_email_marketing: false,
+                    accepts_sms_marketing: false,
+                });
+        let facts = ContactFacts {
+            customer_id: customer.id,
+            email: customer.email.clone(),
+            phone: customer.phone.clone(),
+        };
+        let identities = self.rules.key.hashes(shop, &facts);
+        let state = self.partitions.entry(partition).or_default();
+        if state.sequences.contains_key(&event.journey_key) {
+            return Vec::new(); // a redelivery
+        }
+        if !policy.enabled {
+            return vec![Effect::Suppressed(Suppressed::Disabled)];
+        }
+        let Some(basis) = event.contact_basis else {
+            return vec![Effect::Suppressed(Suppressed::Consent)];
+        };
+        let mut contact = Contact {
+            customer_id: customer.id,
+            email: customer.email,
+            phone: customer.phone,
+            first_name: customer.first_name,
+            last_name: customer.last_name,
+        };
+        let people: Vec<&Person> = identities
+            .iter()
+            .filter_map(|h| state.people.get(h))
+            .collect();
+        if people.iter().any(|p| p.unsubscribed_email) {
+            contact.email = None;
+        }
+        if people.iter().any(|p| p.unsubscribed_sms) {
+            contact.phone = None;
+        }
+        if !contact.reachable() {
+            return vec![Effect::Suppressed(Suppressed::Consent)];
+        }
+        let last_activity_ms = parse_time_ms(&event.last_activity_at).unwrap_or(at_ms);
+        if people
+            .iter()
+            .any(|p| p.ordered_ms.is_some_and(|o| o >= last_activity_ms))
+        {
+            return vec![Effect::Suppressed(Suppressed::Purchased)];
+        }
+        // A running sequence, or a first nudge within the window: a sequence stopped before
+        // it sent anything (a purchase ten minutes later) does not count.
+        if people
+            .iter()
+            .any(|p| p.started_ms.is_some_and(|s| at_ms - s < cap_ms))
+            || !state.matching(&identities).is_empty()
+        {
+            return vec![Effect::Suppressed(Suppressed::Cap)];
+        }
+        let abandoned_at_ms = parse_time_ms(&event.abandoned_at).unwrap_or(at_ms);
+        let due_ms = schedule(&policy.steps, abandoned_at_ms, policy.quiet_hours);
+        let sequence = Sequence {
+            shop: shop.to_string(),
+            journey_key: event.journey_key.clone(),
+            abandonment_event_id: event.event_id,
+            checkout_token: event.checkout_token,
+            identities: identities.clone(),
+            basis,
+            customer: contact,
+            recovery_url: event.recovery_url,
+            value: event.value,
+            line_items: event.line_items,
+            segments: serde_json::to_value(&event.segments).unwrap_or_default(),
+            abandoned_at_ms,
+            due_ms,
+            done: 0,
+        };
+        let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
+        state.insert(sequence);
+        effects
+    }
+
+    /// Ends the sequences of `keys` (those running), counting each as `why`.
+    fn stop(
+        &mut self,
+        partition: i32,
+        keys: impl IntoIterator<Item = String>,
+        why: Suppressed,
+    ) -> Vec<Effect> {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        for key in keys {
+            if state.remove(&key).is_some() {
+                effects.push(Effect::Suppressed(why));
+                effects.push(delete_sequence(&key));
+            }
+        }
+        effects
+    }
+
+    fn ordered(
+        &mut self,
+        partition: i32,
+        shop: &str,
+        order: OrderFacts,
+        at_ms: i64,
+    ) -> Vec<Effect> {
+        let hashes = self.rules.key.hashes(shop, &order.buyer);
+        let state = self.partitions.entry(partition).or_default();
+        let mut effects = Vec::new();
+        for hash in &hashes {
+            let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
+                shop: shop.to_string(),
+                ..Person::default()
+            });
+            person.ordered_ms = Some(person.ordered_ms.unwrap_or(at_ms).max(at_ms));
+            person.seen_ms = person.seen_ms.max(at_ms);
+            effects.push(persist_person(hash, person));
+        }
+        let mut keys = state.matching(&hashes);
+        if let Some(key) = order
+            .checkout_token
+            .as_ref()
+            .and_then(|t| state.by_checkout.get(t))
+        {
+            keys.insert(key.clone());
+        }
+        effects.extend(self.stop(partition, keys, Suppressed::Purchased));
+        effects
+    }
+
+    fn consent(
+        &mut self,
+        partition: i32,
+        shop: &str,
+        facts: &ContactFacts,
+        channels: Channels,
+        at_ms: i64,
+    ) -> Vec<Effect> {
+        let hashes = self.rules.key.hashes(shop, facts);
+        let state = self.partitions.entry(partition).or_default();
+        let mut effects = Vec::new();
+        let unsubscribing = channels.email == Some(false) || channels.sms == Some(false);
+        for hash in &hashes {
+            if !unsubscribing && !state.people.contains_key(hash) {
+                continue; // nothing to remember about a subscribe of someone unknown
+            }
+            let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
+                shop: shop.to_string(),
+                ..Person::default()
+            });
+            if let Some(email) = channels.email {
+                person.unsubscribed_email = !email;
+            }
+            if let Some(sms) = channels.sms {
+                person.unsubscribed_sms = !sms;
+            }
+            person.seen_ms = person.seen_ms.max(at_ms);
+            effects.push(persist_person(hash, person));
+        }
+        let mut unreachable = Vec::new();
+        for key in state.matching(&hashes) {
+            let Some(mut sequence) = state.remove(&key) else {
+                continue;
+            };
+            if channels.email == Some(false) {
+                sequence.customer.email = None;
+            }
+            if channels.sms == Some(false) {
+                sequence.customer.phone = None;
+            }
+            if sequence.customer.reachable() {
+                effects.push(persist_sequence(&sequence));
+                state.insert(sequence);
+            } else {
+                unreachable.push(key);
+            }
+        }
+        for key in unreachable {
+            effects.push(Effect::Suppressed(Suppressed::Consent));
+            effects.push(delete_sequence(&key));
+        }
+        effects
+    }
+
+    fn redact_customer(&mut self, partition: i32, shop: &str, facts: &ContactFacts) -> Vec<Effect> {
+        let hashes = self.rules.key.hashes(shop, facts);
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        for hash in &hashes {
+            if state.people.remove(hash).is_some() {
+                effects.push(Effect::Persist {
+                    key: person_key(hash),
+                    entity: None,
+                });
+            }
+        }
+        let keys = state.matching(&hashes);
+        effects.extend(self.stop(partition, keys, Suppressed::Redacted));
+        effects
+    }
+
+    fn redact_shop(&mut self, partition: i32, shop: &str) -> Vec<Effect> {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        let people: Vec<String> = state
+            .people
+            .iter()
+            .filter(|(_, p)| p.shop == shop)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for hash in people {
+            state.people.remove(&hash);
+            effects.push(Effect::Persist {
+                key: person_key(&hash),
+                entity: None,
+            });
+        }
+        let keys: Vec<String> = state
+            .sequences
+            .values()
+            .filter(|s| s.shop == shop)
+            .map(|s| s.journey_key.clone())
+            .collect();
+        effects.extend(self.stop(partition, keys, Suppressed::Redacted));
+        effects
+    }
+
+    /// Sends every step due at `now_ms`: of several due steps of one sequence (after an
+    /// outage) only the latest, the earlier ones counted as late.
+    pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        let mut effects = Vec::new();
+        for (&partition, state) in &mut self.partitions {
+            while let Some((due, key)) = state.timers.first().cloned() {
+                if due > now_ms {
+                    break;
+                }
+                let Some(mut sequence) = state.remove(&key) else {
+                    state.timers.remove(&(due, key));
+                    continue;
+                };
+                let latest = sequence
+                    .due_ms
+                    .iter()
+                    .rposition(|d| *d <= now_ms)
+                    .expect("its next step is due");
+                for _ in sequence.done as usize..latest {
+                    effects.push((partition, Effect::Suppressed(Suppressed::Late)));
+                }
+                if sequence.done == 0 {
+                    // The first nudge of the sequence starts the person's frequency-cap window.
+                    for hash in &sequence.identities {
+                        let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
+                            shop: sequence.shop.clone(),
+                            ..Person::default()
+                        });
+                        person.started_ms = Some(now_ms);
+                        person.seen_ms = person.seen_ms.max(now_ms);
+                        effects.push((partition, persist_person(hash, person)));
+                    }
+                }
+                let step = latest as u32 + 1;
+                let nudge = nudge_of(&sequence, step);
+                sequence.done = step;
+                effects.push((
+                    partition,
+                    Effect::Emit {
+                        key: sequence.journey_key.clone(),
+                        nudge: Box::new(nudge),
+                    },
+                ));
+                if sequence.next_due().is_some() {
+                    effects.push((partition, persist_sequence(&sequence)));
+                    state.insert(sequence);
+                } else {
+                    effects.push((partition, delete_sequence(&key)));
+                }
+            }
+        }
+        effects
+    }
+
+    /// Brings a restored sequence in line with a nudge found in the output topic (written
+    /// before a crash, but not yet in the changelog), so no step is sent twice.
+    pub fn reconcile(&mut self, partition: i32, emitted: &EmittedNudge) -> Vec<Effect> {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let Some(sequence) = state.sequences.get(&emitted.journey_key) else {
+            return Vec::new();
+        };
+        if sequence.done >= emitted.step {
+            return Vec::new();
+        }
+        let mut sequence = state.remove(&emitted.journey_key).expect("present");
+        sequence.done = emitted.step;
+        if sequence.next_due().is_some() {
+            let effect = persist_sequence(&sequence);
+            state.insert(sequence);
+            vec![effect]
+        } else {
+            vec![delete_sequence(&emitted.journey_key)]
+        }
+    }
+
+    /// Forgets people not seen within the memory window.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        let memory = self.rules.memory_ms;
+        let mut effects = Vec::new();
+        for (&partition, state) in &mut self.partitions {
+            let old: Vec<String> = state
+                .people
+                .iter()
+                .filter(|(_, p)| now_ms - p.seen_ms >= memory)
+                .map(|(h, _)| h.clone())
+                .collect();
+            for hash in old {
+                state.people.remove(&hash);
+                effects.push((
+                    partition,
+                    Effect::Persist {
+                        key: person_key(&hash),
+                        entity: None,
+                    },
+                ));
+            }
+        }
+        effects
+    }
+}
+
+/// The journey key the ingress gave a checkout with `cart_token` (the one mechanism,
+/// [`aftercart_shopify::journey_key`], asked with just that field).
+fn checkout_journey_key(shop: &str, cart_token: &str) -> Option<String> {
+    let body = serde_json::json!({ "cart_token": cart_token }).to_string();
+    aftercart_shopify::journey_key(aftercart_shopify::Family::Checkouts, shop, body.as_bytes()).ok()
+}
+
+fn nudge_of(sequence: &Sequence, step: u32) -> Nudge {
+    Nudge {
+        event_id: event_id(&sequence.abandonment_event_id, step),
+        shop: sequence.shop.clone(),
+        journey_key: sequence.journey_key.clone(),
+        abandonment_event_id: sequence.abandonment_event_id.clone(),
+        checkout_token: sequence.checkout_token.clone(),
+        step,
+        steps: sequence.due_ms.len() as u32,
+        due_at: rfc3339(sequence.due_ms[step as usize - 1]),
+        abandoned_at: rfc3339(sequence.abandoned_at_ms),
+        contact_basis: sequence.basis,
+        customer: sequence.customer.clone(),
+        recovery_url: sequence.recovery_url.clone(),
+        discount_code: None,
+        value: sequence.value.clone(),
+        line_items: sequence.line_items.clone(),
+        segments: sequence.segments.clone(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

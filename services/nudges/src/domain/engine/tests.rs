@@ -1,0 +1,520 @@
+//! Engine behaviour, rule by rule, on a controlled clock.
+
+use super::*;
+use crate::domain::input::decode_input;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const SHOP: &str = "shop.myshopify.com";
+/// 2026-11-23T10:00:00Z: the abandonment time of the sample events.
+const T0: i64 = 1_795_428_000_000;
+
+/// The default cadence (1h, 24h, 72h), a 7-day cap: also the consumer tests' rules.
+pub(crate) fn rules() -> Rules {
+    Rules {
+        default: ShopPolicy {
+            enabled: true,
+            steps: Steps::parse("1h,24h,72h").unwrap(),
+            quiet_hours: None,
+        },
+        shops: HashMap::new(),
+        cap_ms: 7 * 24 * HOUR,
+        memory_ms: 30 * 24 * HOUR,
+        key: IdentityKey::new(b"test"),
+    }
+}
+
+fn engine() -> Engine {
+    let mut engine = Engine::new(rules());
+    engine.assign(0, HashMap::new());
+    engine
+}
+
+/// An abandonment event of journey `cart`, by customer 42 with an email, with marketing consent.
+fn abandoned(cart: &str, fields: serde_json::Value) -> Input {
+    let mut event = serde_json::json!({
+        "type": "abandoned", "kind": "checkout",
+        "event_id": format!("abandon-{cart}"),
+        "shop": SHOP, "journey_key": format!("{SHOP}/{cart}"),
+        "checkout_token": format!("chk-{cart}"), "cart_token": cart,
+        "customer": {"id": 42, "email": "ann@example.com", "phone": null, "first_name": "Ann",
+            "last_name": null, "country": "FR", "accepts_email_marketing": true,
+            "accepts_sms_marketing": false},
+        "value": {"amount": "120.00", "currency": "EUR"},
+        "line_items": {"count": 1, "quantity": 2, "items": [{"product_id": 1, "variant_id": 2,
+            "title": "Mug", "quantity": 2, "price": "60.00"}]},
+        "segments": {"stage": "contact", "value_tier": "medium", "customer": "new",
+            "contactable": {"email": true, "sms": false}, "consent": {"email": true, "sms": false},
+            "discount": false, "fence_sitter": false, "repeat": 0},
+        "contact_basis": "marketing",
+        "recovery_url": format!("https://shop/{cart}/recover?key=k"),
+        "abandoned_at": "2026-11-23T10:00:00Z",
+        "last_activity_at": "2026-11-23T09:00:00Z",
+    });
+    for (name, value) in fields.as_object().unwrap() {
+        event[name] = value.clone();
+    }
+    decode_input("abandonments", None, event.to_string().as_bytes()).unwrap()
+}
+
+fn shopify(family: &str, topic: &str, body: serde_json::Value) -> Input {
+    decode_input(family, Some(topic), body.to_string().as_bytes()).unwrap()
+}
+
+fn nudges(effects: &[(i32, Effect)]) -> Vec<&Nudge> {
+    effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Emit { nudge, .. } => Some(nudge.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn suppressed(effects: &[Effect]) -> Vec<Suppressed> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Suppressed(why) => Some(*why),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_abandonment_gets_one_nudge_per_step_with_what_the_message_needs() {
+    let mut e = engine();
+    let effects = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    assert!(effects.contains(&Effect::Scheduled));
+    assert_eq!(e.next_due(), Some(T0 + HOUR));
+    assert!(nudges(&e.fire_due(T0 + HOUR - 1)).is_empty());
+    let fired = e.fire_due(T0 + HOUR);
+    let first = nudges(&fired);
+    assert_eq!(first.len(), 1);
+    let nudge = first[0];
+    assert_eq!((nudge.step, nudge.steps), (1, 3));
+    assert_eq!(
+        nudge.event_id,
+        crate::domain::nudge::event_id("abandon-a", 1)
+    );
+    assert_eq!(nudge.customer.email.as_deref(), Some("ann@example.com"));
+    assert_eq!(
+        nudge.recovery_url.as_deref(),
+        Some("https://shop/a/recover?key=k")
+    );
+    assert_eq!(
+        nudge.line_items.as_ref().unwrap().items[0].title.as_deref(),
+        Some("Mug")
+    );
+    assert_eq!(nudge.segments["value_tier"], "medium");
+    assert_eq!(nudge.due_at, rfc3339(T0 + HOUR));
+    assert_eq!(nudges(&e.fire_due(T0 + 24 * HOUR))[0].step, 2);
+    let last = e.fire_due(T0 + 72 * HOUR);
+    assert_eq!(nudges(&last)[0].step, 3);
+    assert!(last
+        .iter()
+        .any(|(_, effect)| *effect == delete_sequence(&format!("{SHOP}/a"))));
+    assert_eq!(e.next_due(), None, "the sequence is over");
+}
+
+#[test]
+fn an_order_through_another_cart_by_email_stops_the_sequence() {
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "checkout_token": "other", "email": "ANN@example.com "}),
+    );
+    let effects = e.apply(0, SHOP, order, T0 + 10 * MIN);
+    assert_eq!(suppressed(&effects), [Suppressed::Purchased]);
+    assert!(nudges(&e.fire_due(T0 + 100 * HOUR)).is_empty());
+}
+
+#[test]
+fn an_order_by_the_same_customer_id_or_phone_stops_it_too() {
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let order = shopify(
+        "orders",
+        "orders/paid",
+        serde_json::json!({"id": 9, "customer": {"id": 42}}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, order, T0)),
+        [Suppressed::Purchased]
+    );
+
+    let mut e = engine();
+    let with_phone = serde_json::json!({"customer": {"id": null, "email": null, "phone": "+33600000000",
+        "first_name": null, "last_name": null, "country": null, "accepts_email_marketing": false,
+        "accepts_sms_marketing": true}});
+    e.apply(0, SHOP, abandoned("a", with_phone), T0);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "phone": "+33 6 00 00 00 00"}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, order, T0)),
+        [Suppressed::Purchased]
+    );
+}
+
+#[test]
+fn an_order_before_the_abandonment_is_reported_means_no_sequence() {
+    let mut e = engine();
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "checkout_token": "other", "email": "ann@example.com"}),
+    );
+    // Ordered through another cart at 09:30, after the abandoned checkout's last activity.
+    e.apply(0, SHOP, order, T0 - 30 * MIN);
+    let effects = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    assert_eq!(suppressed(&effects), [Suppressed::Purchased]);
+    assert_eq!(e.next_due(), None);
+}
+
+#[test]
+fn an_older_order_does_not_stop_a_later_abandonment() {
+    let mut e = engine();
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "ann@example.com"}),
+    );
+    e.apply(0, SHOP, order, T0 - 5 * HOUR);
+    let effects = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    assert!(effects.contains(&Effect::Scheduled));
+}
+
+#[test]
+fn a_recovery_a_deletion_and_a_redaction_stop_the_sequence() {
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let recovered = decode_input(
+        "abandonments",
+        None,
+        serde_json::json!({"type": "recovered", "kind": "checkout", "event_id": "r",
+            "shop": SHOP, "journey_key": format!("{SHOP}/a"), "checkout_token": "chk-a",
+            "cart_token": "a", "customer": null, "value": null,
+            "abandoned_at": "2026-11-23T10:00:00Z", "last_activity_at": "2026-11-23T09:00:00Z",
+            "order_id": 1, "recovered_at": "2026-11-23T10:30:00Z", "recovered_after_seconds": 1800,
+            "used_recovery_url": true, "used_discount": false})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, recovered, T0)),
+        [Suppressed::Recovered]
+    );
+
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let deleted = shopify(
+        "checkouts",
+        "checkouts/delete",
+        serde_json::json!({"token": "chk-a"}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, deleted, T0)),
+        [Suppressed::Deleted]
+    );
+
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    // After the first nudge, so the person has remembered facts (the cap's start).
+    assert_eq!(nudges(&e.fire_due(T0 + HOUR)).len(), 1);
+    let redact = shopify(
+        "compliance",
+        "customers/redact",
+        serde_json::json!({"customer": {"id": 42, "email": "ann@example.com"}}),
+    );
+    let effects = e.apply(0, SHOP, redact, T0 + HOUR);
+    assert_eq!(suppressed(&effects), [Suppressed::Redacted]);
+    // The person's remembered facts go too.
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Persist { key, entity: None } if key.starts_with("person/"))));
+
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    e.apply(
+        0,
+        SHOP,
+        abandoned("b", serde_json::json!({"customer": null})),
+        T0,
+    );
+    let effects = e.apply(0, SHOP, Input::RedactShop, T0);
+    assert_eq!(suppressed(&effects), [Suppressed::Redacted]);
+    assert_eq!(e.next_due(), None);
+}
+
+#[test]
+fn an_unsubscribe_stops_the_sequence_and_later_ones() {
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let unsubscribe = shopify(
+        "customers",
+        "customers_email_marketing_consent/update",
+        serde_json::json!({"customer_id": 42, "email_address": "ann@example.com",
+            "email_marketing_consent": {"state": "unsubscribed"}}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, unsubscribe, T0 + MIN)),
+        [Suppressed::Consent]
+    );
+    // A later abandonment event that still says "marketing" (sent before the unsubscribe was
+    // seen upstream) is not nudged on the unsubscribed channel.
+    let effects = e.apply(0, SHOP, abandoned("b", serde_json::json!({})), T0 + 2 * MIN);
+    assert_eq!(suppressed(&effects), [Suppressed::Consent]);
+}
+
+#[test]
+fn without_consent_or_the_transactional_setting_nobody_is_nudged() {
+    let mut e = engine();
+    let no_basis = serde_json::json!({"contact_basis": null, "recovery_url": null,
+        "customer": {"id": 42, "email": null, "phone": null, "first_name": null, "last_name": null,
+        "country": null, "accepts_email_marketing": false, "accepts_sms_marketing": false}});
+    let effects = e.apply(0, SHOP, abandoned("a", no_basis), T0);
+    assert_eq!(suppressed(&effects), [Suppressed::Consent]);
+    let transactional = serde_json::json!({"contact_basis": "transactional"});
+    let effects = e.apply(0, SHOP, abandoned("b", transactional), T0);
+    assert!(effects.contains(&Effect::Scheduled));
+}
+
+#[test]
+fn one_sequence_per_person_within_the_frequency_cap() {
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let effects = e.apply(0, SHOP, abandoned("b", serde_json::json!({})), T0 + HOUR);
+    assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+    assert_eq!(nudges(&e.fire_due(T0 + HOUR)).len(), 1, "a's first step");
+    assert_eq!(
+        nudges(&e.fire_due(T0 + 72 * HOUR)).len(),
+        1,
+        "a's last step"
+    );
+    let later = serde_json::json!({"abandoned_at": "2026-12-01T10:00:00Z",
+        "last_activity_at": "2026-12-01T09:00:00Z"});
+    let effects = e.apply(0, SHOP, abandoned("c", later), T0 + 8 * 24 * HOUR);
+    assert!(effects.contains(&Effect::Scheduled));
+}
+
+#[test]
+fn after_an_outage_only_the_latest_due_step_is_sent() {
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let fired = e.fire_due(T0 + 30 * HOUR);
+    let sent = nudges(&fired);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].step, 2);
+    let late = fired
+        .iter()
+        .filter(|(_, e)| *e == Effect::Suppressed(Suppressed::Late))
+        .count();
+    assert_eq!(late, 1);
+    assert_eq!(e.next_due(), Some(T0 + 72 * HOUR));
+}
+
+#[test]
+fn a_restored_sequence_never_sends_a_step_twice() {
+    let mut e = engine();
+    let effects = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    // The state as the changelog holds it before the first nudge.
+    let entities: HashMap<String, Entity> = effects
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Persist {
+                key,
+                entity: Some(entity),
+            } => Some((key, *entity)),
+            _ => None,
+        })
+        .collect();
+    let nudge = nudges(&e.fire_due(T0 + HOUR))[0].clone();
+    // A crash after the nudge was written, before the changelog: a new owner restores and
+    // reconciles it.
+    let mut restored = Engine::new(rules());
+    restored.assign(0, entities);
+    let emitted: EmittedNudge =
+        serde_json::from_value(serde_json::to_value(&nudge).unwrap()).unwrap();
+    assert_eq!(restored.reconcile(0, &emitted).len(), 1);
+    assert!(restored.reconcile(0, &emitted).is_empty(), "idempotent");
+    let fired = restored.fire_due(T0 + HOUR);
+    assert!(nudges(&fired).is_empty(), "step 1 is not sent again");
+    assert_eq!(nudges(&restored.fire_due(T0 + 24 * HOUR))[0].step, 2);
+}
+
+#[test]
+fn quiet_hours_and_disabled_shops_follow_the_shop_policy() {
+    let mut rules = rules();
+    rules.shops.insert(
+        SHOP.to_string(),
+        ShopPolicy {
+            enabled: true,
+            steps: Steps::parse("1h").unwrap(),
+            // 10:00Z + 1h = 11:00 UTC = 12:00 local: quiet until 13:00 local, 12:00 UTC.
+            quiet_hours: Some(QuietHours::parse("11:30-13:00", "+01:00").unwrap()),
+        },
+    );
+    rules.shops.insert(
+        "off.myshopify.com".to_string(),
+        ShopPolicy {
+            enabled: false,
+            ..rules.default.clone()
+        },
+    );
+    let mut e = Engine::new(rules);
+    e.assign(0, HashMap::new());
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    assert_eq!(e.next_due(), Some(T0 + 2 * HOUR));
+    let effects = e.apply(
+        0,
+        "off.myshopify.com",
+        abandoned("b", serde_json::json!({})),
+        T0,
+    );
+    assert_eq!(suppressed(&effects), [Suppressed::Disabled]);
+}
+
+#[test]
+fn people_are_forgotten_after_the_memory_window() {
+    let mut e = engine();
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "ann@example.com"}),
+    );
+    e.apply(0, SHOP, order, T0);
+    assert!(e.expire(T0 + 29 * 24 * HOUR).is_empty());
+    assert_eq!(e.expire(T0 + 30 * 24 * HOUR).len(), 1);
+}
+
+#[test]
+fn a_checkout_deletion_without_a_token_stops_the_sequence_by_its_cart_token() {
+    // The checkouts/delete sample (fixtures/shopify/checkouts_delete.json) has an id and a
+    // cart_token but no token: the ingress keys it by its cart token, as it keyed the checkout.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let deleted = shopify(
+        "checkouts",
+        "checkouts/delete",
+        serde_json::json!({"id": 981820079255243537_u64, "cart_token": "a"}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, deleted, T0)),
+        [Suppressed::Deleted]
+    );
+    assert_eq!(e.next_due(), None);
+}
+
+#[test]
+fn an_order_with_an_empty_email_or_phone_is_matched_by_the_others() {
+    // Shopify sends "" for a field the buyer left out; the customer's email still names them.
+    let mut e = engine();
+    let guest = serde_json::json!({"customer": {"id": null, "email": "ann@example.com",
+        "phone": null, "first_name": null, "last_name": null, "country": null,
+        "accepts_email_marketing": true, "accepts_sms_marketing": false}});
+    e.apply(0, SHOP, abandoned("a", guest), T0);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "", "contact_email": "ann@example.com",
+            "phone": "", "customer": {"id": 77, "email": "ann@example.com", "phone": null}}),
+    );
+    assert_eq!(
+        suppressed(&e.apply(0, SHOP, order, T0 + MIN)),
+        [Suppressed::Purchased]
+    );
+    assert!(nudges(&e.fire_due(T0 + 100 * HOUR)).is_empty());
+}
+
+#[test]
+fn quiet_hours_never_fold_two_steps_into_one() {
+    // Steps 1h and 2h after 10:00Z both fall in 10:30-13:00 UTC: before, both were deferred to
+    // 13:00, and step 1 was skipped as "late" with no outage at all.
+    let mut rules = rules();
+    rules.default = ShopPolicy {
+        enabled: true,
+        steps: Steps::parse("1h,2h").unwrap(),
+        quiet_hours: Some(QuietHours::parse("10:30-13:00", "+00:00").unwrap()),
+    };
+    let mut e = Engine::new(rules);
+    e.assign(0, HashMap::new());
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let first = e.fire_due(T0 + 3 * HOUR);
+    assert_eq!(
+        nudges(&first).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [1]
+    );
+    assert!(!first
+        .iter()
+        .any(|(_, e)| *e == Effect::Suppressed(Suppressed::Late)));
+    // The second keeps its hour after the first.
+    assert_eq!(e.next_due(), Some(T0 + 4 * HOUR));
+    assert_eq!(nudges(&e.fire_due(T0 + 4 * HOUR))[0].step, 2);
+}
+
+#[test]
+fn a_sequence_stopped_before_its_first_nudge_does_not_count_against_the_cap() {
+    // She abandoned, bought ten minutes later through another cart (nothing was sent), and
+    // abandoned another checkout two days later: that one is nudged.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "ann@example.com"}),
+    );
+    e.apply(0, SHOP, order, T0 + 10 * MIN);
+    let later = serde_json::json!({"abandoned_at": "2026-11-25T10:00:00Z",
+        "last_activity_at": "2026-11-25T09:00:00Z"});
+    let effects = e.apply(0, SHOP, abandoned("b", later), T0 + 48 * HOUR);
+    assert!(
+        effects.contains(&Effect::Scheduled),
+        "{:?}",
+        suppressed(&effects)
+    );
+    // Once a nudge went out, the cap holds for the window.
+    assert_eq!(nudges(&e.fire_due(T0 + 49 * HOUR)).len(), 1);
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 10, "email": "ann@example.com"}),
+    );
+    e.apply(0, SHOP, order, T0 + 50 * HOUR);
+    let again = serde_json::json!({"abandoned_at": "2026-11-26T10:00:00Z",
+        "last_activity_at": "2026-11-26T09:00:00Z"});
+    let effects = e.apply(0, SHOP, abandoned("c", again), T0 + 72 * HOUR);
+    assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+}
+
+#[test]
+fn overdue_steps_are_counted_in_every_partition() {
+    // Each partition has one overdue sequence and one not yet due: the backlog gauge counted
+    // only up to the first step not due, across partitions taken as one list.
+    let mut e = engine();
+    e.assign(1, HashMap::new());
+    for partition in [0, 1] {
+        let late = format!("late{partition}");
+        let fresh = format!("fresh{partition}");
+        let guest = |email: &str| {
+            serde_json::json!({"customer": {"id": null, "email": email, "phone": null,
+                "first_name": null, "last_name": null, "country": null,
+                "accepts_email_marketing": true, "accepts_sms_marketing": false}})
+        };
+        e.apply(
+            partition,
+            SHOP,
+            abandoned(&late, guest(&format!("{late}@example.com"))),
+            T0,
+        );
+        let mut later = guest(&format!("{fresh}@example.com"));
+        later["abandoned_at"] = "2026-11-23T20:00:00Z".into();
+        e.apply(partition, SHOP, abandoned(&fresh, later), T0);
+    }
+    // At 12:00 the 11:00 steps are an hour late; the 21:00 ones are not due.
+    assert_eq!(e.sizes(T0 + 2 * HOUR, MIN), (4, 2));
+}

@@ -1,0 +1,205 @@
+//! Nudges metrics (`aftercart_nudges_*`) on an injected registry; bounded labels only (steps
+//! are at most [`MAX_STEPS`], destinations and reasons fixed sets).
+
+use aftercart_kafka::LoopMetrics;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::domain::cadence::MAX_STEPS;
+use crate::domain::engine::Suppressed;
+
+const PREFIX: &str = "aftercart_nudges_";
+/// The by-shop families the service reads.
+pub const FAMILIES: [&str; 5] = [
+    "abandonments",
+    "orders",
+    "checkouts",
+    "customers",
+    "compliance",
+];
+/// From a step being due to a destination accepting it: seconds to a day.
+const DUE_TO_SENT_BUCKETS: &[f64] = &[
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    86400.0,
+];
+
+#[derive(Clone)]
+pub struct NudgesMetrics {
+    scheduled: IntCounter,
+    suppressed: IntCounterVec,
+    emitted: IntCounterVec,
+    sent: IntCounterVec,
+    failed: IntCounterVec,
+    due_to_sent: Histogram,
+    sequences: IntGauge,
+    overdue: IntGauge,
+    routed: IntCounter,
+    discounts: IntCounterVec,
+    /// Records of `aftercart.nudges` not yet delivered by this instance's destination.
+    pub delivery_lag: IntGauge,
+    /// Records, dead letters, state restore, partitions and lag.
+    pub consumer: LoopMetrics,
+}
+
+fn steps() -> impl Iterator<Item = String> {
+    (1..=MAX_STEPS).map(|s| s.to_string())
+}
+
+impl NudgesMetrics {
+    /// `destination` is the configured destination's kind, when there is one.
+    pub fn register(registry: &Registry, destination: Option<&str>) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(format!("{PREFIX}{name}"), help);
+        let metrics = Self {
+            scheduled: IntCounter::with_opts(opts(
+                "scheduled_total",
+                "Nudge sequences started: checkout abandonments of people who may be contacted.",
+            ))?,
+            suppressed: IntCounterVec::new(
+                opts(
+                    "suppressed_total",
+                    "Sequences not started or stopped (and late steps skipped), by reason: purchased, recovered, consent, cap, redacted, deleted, disabled, late.",
+                ),
+                &["reason"],
+            )?,
+            emitted: IntCounterVec::new(
+                opts(
+                    "emitted_total",
+                    "Nudges written to the nudges topic, by step.",
+                ),
+                &["step"],
+            )?,
+            sent: IntCounterVec::new(
+                opts(
+                    "sent_total",
+                    "Nudges a destination accepted, by step and destination (klaviyo, webhook, file).",
+                ),
+                &["step", "destination"],
+            )?,
+            failed: IntCounterVec::new(
+                opts(
+                    "failed_total",
+                    "Nudges a destination refused or that ran out of retries (dead-lettered), by destination.",
+                ),
+                &["destination"],
+            )?,
+            due_to_sent: Histogram::with_opts(
+                HistogramOpts::new(
+                    format!("{PREFIX}due_to_sent_seconds"),
+                    "Time from a step being due to its destination accepting it.",
+                )
+                .buckets(DUE_TO_SENT_BUCKETS.to_vec()),
+            )?,
+            sequences: IntGauge::with_opts(opts(
+                "sequences",
+                "Running nudge sequences held by this instance.",
+            ))?,
+            overdue: IntGauge::with_opts(opts(
+                "overdue",
+                "Steps due more than a minute ago and not yet written (a stuck stage).",
+            ))?,
+            routed: IntCounter::with_opts(opts(
+                "records_routed_total",
+                "Source records forwarded to the by-shop topic.",
+            ))?,
+            discounts: IntCounterVec::new(
+                opts(
+                    "discounts_total",
+                    "Recovery discount codes for nudges, by outcome: created (or found), failed (the nudge went without one).",
+                ),
+                &["outcome"],
+            )?,
+            delivery_lag: IntGauge::with_opts(opts(
+                "delivery_lag_records",
+                "Nudges on the topic not yet delivered by this instance's destination.",
+            ))?,
+            consumer: LoopMetrics::register(
+                PREFIX,
+                registry,
+                "By-shop partitions owned by this instance.",
+                &FAMILIES,
+            )?,
+        };
+        aftercart_runtime::build_info::register(PREFIX, registry)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.scheduled)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.suppressed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.emitted)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.sent)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.failed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.due_to_sent)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.sequences)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.overdue)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.delivery_lag)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.discounts)?;
+        for outcome in ["created", "failed"] {
+            metrics.discounts.with_label_values(&[outcome]);
+        }
+        for reason in Suppressed::ALL {
+            metrics.suppressed.with_label_values(&[reason.as_label()]);
+        }
+        for step in steps() {
+            metrics.emitted.with_label_values(&[&step]);
+            if let Some(destination) = destination {
+                metrics.sent.with_label_values(&[&step, destination]);
+            }
+        }
+        if let Some(destination) = destination {
+            metrics.failed.with_label_values(&[destination]);
+        }
+        Ok(metrics)
+    }
+
+    pub fn scheduled(&self) {
+        self.scheduled.inc();
+    }
+
+    pub fn suppressed(&self, why: Suppressed) {
+        self.suppressed.with_label_values(&[why.as_label()]).inc();
+    }
+
+    pub fn emitted(&self, step: u32) {
+        self.emitted.with_label_values(&[&bounded(step)]).inc();
+    }
+
+    /// `destination` is one of the fixed kinds; `due_ms` when the step was due.
+    pub fn sent(&self, step: u32, destination: &'static str, late_seconds: f64) {
+        self.sent
+            .with_label_values(&[&bounded(step), destination])
+            .inc();
+        self.due_to_sent.observe(late_seconds.max(0.0));
+    }
+
+    pub fn failed(&self, destination: &'static str) {
+        self.failed.with_label_values(&[destination]).inc();
+    }
+
+    pub fn state(&self, (sequences, overdue): (usize, usize)) {
+        self.sequences.set(sequences as i64);
+        self.overdue.set(overdue as i64);
+    }
+
+    /// `outcome`: `created` or `failed`.
+    pub fn discount(&self, outcome: &'static str) {
+        self.discounts.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn routed(&self, count: usize) {
+        self.routed.inc_by(count as u64);
+    }
+}
+
+/// A step label within the registered set (a record from elsewhere could name any number).
+fn bounded(step: u32) -> String {
+    if (1..=MAX_STEPS as u32).contains(&step) {
+        step.to_string()
+    } else {
+        "other".to_string()
+    }
+}
