@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
 use global::GlobalTables;
-use kept::{ends_of, Ends, KeptStates};
+use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
 
@@ -304,6 +304,8 @@ pub struct Stage<L: StageLogic> {
     checkpoints: HashMap<i32, Checkpoint>,
     /// Revoked partitions' state, until the next assignment says whether it comes back.
     kept: KeptStates<L::Entity>,
+    /// Where this member left the changelog and output partitions of those it owns.
+    left: LeftEnds,
     assignment: Assignment,
     fence: Fence,
     assigned_once: bool,
@@ -415,6 +417,7 @@ impl<L: StageLogic> Stage<L> {
             families,
             checkpoints: HashMap::new(),
             kept: KeptStates::default(),
+            left: LeftEnds::default(),
             assignment: Assignment::default(),
             fence,
             assigned_once: false,
@@ -649,7 +652,7 @@ impl<L: StageLogic> Stage<L> {
             match event {
                 RebalanceEvent::Revoked(list) => {
                     self.assignment.revoke(&list);
-                    self.keep(partitions).await;
+                    self.keep(partitions);
                     revoked.extend(list);
                 }
                 RebalanceEvent::Assigned(list) => {
@@ -705,27 +708,18 @@ impl<L: StageLogic> Stage<L> {
         }
     }
 
-    /// Takes revoked partitions from the logic and sets their state aside with where their
-    /// partitions end (every write of this member is acknowledged between batches).
-    async fn keep(&mut self, partitions: Vec<i32>) {
-        let mut released = Vec::new();
+    /// Takes revoked partitions from the logic and sets their state aside with where this member
+    /// left their partitions (every write of this member is acknowledged between batches).
+    fn keep(&mut self, partitions: Vec<i32>) {
         for partition in partitions {
             let checkpoint = self.checkpoints.remove(&partition).unwrap_or_default();
+            let left = self.left.take(partition);
             if !self.logic.owns(partition) {
                 continue; // never restored here
             }
-            if let Some(entities) = self.logic.release(partition) {
-                released.push((partition, entities, checkpoint));
+            if let (Some(entities), Some(ends)) = (self.logic.release(partition), left) {
+                self.kept.keep(partition, entities, checkpoint, ends);
             }
-        }
-        if released.is_empty() {
-            return;
-        }
-        let Some(ends) = self.ends(released.iter().map(|(p, ..)| *p).collect()).await else {
-            return;
-        };
-        for ((partition, entities, checkpoint), (_, ends)) in released.into_iter().zip(ends) {
-            self.kept.keep(partition, entities, checkpoint, ends);
         }
     }
 
@@ -752,7 +746,7 @@ impl<L: StageLogic> Stage<L> {
         for (partition, ends_now) in ends {
             if let Some((entities, checkpoint)) = self.kept.take_back(partition, &ends_now) {
                 if !self
-                    .adopt(partition, entities, checkpoint, Vec::new(), stop)
+                    .adopt(partition, entities, checkpoint, Vec::new(), ends_now, stop)
                     .await?
                 {
                     self.kept.clear();
@@ -828,11 +822,12 @@ impl<L: StageLogic> Stage<L> {
             checkpoint,
             emitted,
             records,
+            ends,
             started,
         } = restored;
         let count = entities.len();
         let written = self
-            .adopt(partition, entities, checkpoint, emitted, stop)
+            .adopt(partition, entities, checkpoint, emitted, ends, stop)
             .await?;
         self.metrics.restored(records as usize, started.elapsed());
         tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
@@ -840,15 +835,18 @@ impl<L: StageLogic> Stage<L> {
     }
 
     /// Hands a partition's state to the logic, reconciles the outputs written after its
-    /// checkpoint, and writes what that asked for. False when fenced meanwhile, or stopped.
+    /// checkpoint, and writes what that asked for. `ends`: where its changelog and output
+    /// partitions ended when the state was read. False when fenced meanwhile, or stopped.
     async fn adopt(
         &mut self,
         partition: i32,
         entities: HashMap<String, L::Entity>,
         checkpoint: Checkpoint,
         emitted: Vec<L::Emitted>,
+        ends: Ends,
         stop: &CancellationToken,
     ) -> Result<bool, LoopError> {
+        self.left.set(partition, ends);
         let mut effects: Vec<(i32, EffectOf<L>)> = self
             .logic
             .assign(partition, entities)
@@ -881,6 +879,7 @@ impl<L: StageLogic> Stage<L> {
         }
         self.checkpoints.clear();
         self.kept.clear();
+        self.left.clear();
         self.assignment.clear();
         self.fence.answered();
         self.assigned_once = false;
@@ -983,6 +982,7 @@ impl<L: StageLogic> Stage<L> {
         }
         for (topic, delivery) in emitted {
             let (partition, offset) = delivered(delivery).await?;
+            self.left.wrote(partition, 1 + topic, offset);
             self.checkpoints
                 .entry(partition)
                 .or_default()
@@ -1038,7 +1038,8 @@ impl<L: StageLogic> Stage<L> {
         }
         let written = writes.len();
         for write in writes {
-            delivered(write).await?;
+            let (partition, offset) = delivered(write).await?;
+            self.left.wrote(partition, 0, offset);
         }
         self.metrics.changelog_written(written);
 

@@ -136,3 +136,5 @@ fn a_by_shop_record_is_labelled_with_its_known_source_family_only() {
     assert_eq!(source_family(&with(Some("carts")), &families), "other");
     assert_eq!(source_family(&with(None), &families), "other");
 }
+
+mod kept_stage;
