@@ -253,6 +253,33 @@ fn session_timeout(kafka: &KafkaSettings) -> Duration {
         .map_or(default, Duration::from_millis)
 }
 
+/// The group consumer's settings: the range assignor, the session and heartbeat chosen for the
+/// membership, a poll interval covering `prepare_budget`, then the operator's overrides.
+fn group_config(
+    kafka: &KafkaSettings,
+    topics: &StageTopics,
+    prepare_budget: Duration,
+) -> rdkafka::ClientConfig {
+    let mut config = kafka.group_consumer_config(&topics.client, &topics.group);
+    config
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "5000")
+        .set(
+            "session.timeout.ms",
+            session_timeout(kafka).as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            HEARTBEAT_INTERVAL.as_millis().to_string(),
+        )
+        .set("max.poll.interval.ms", max_poll_interval_ms(prepare_budget));
+    if let Some(instance) = &kafka.instance_id {
+        config.set("group.instance.id", instance);
+    }
+    kafka.apply_overrides(&mut config);
+    config
+}
+
 /// A source record on its way to the by-shop topic.
 struct Forward {
     message: OwnedMessage,
@@ -368,26 +395,7 @@ impl<L: StageLogic> Stage<L> {
         family_of_topic.extend(topics.globals.iter().cloned());
         let watch = ClientWatch::sharing(metrics.kafka_errors.clone(), ready.clone());
         let context = GroupContext::new(metrics.lag.clone(), lag_topics, watch);
-        let mut config = kafka.group_consumer_config(&topics.client, &topics.group);
-        config
-            .set("partition.assignment.strategy", "range")
-            .set("statistics.interval.ms", "5000")
-            .set(
-                "session.timeout.ms",
-                session_timeout(&kafka).as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                HEARTBEAT_INTERVAL.as_millis().to_string(),
-            )
-            .set(
-                "max.poll.interval.ms",
-                max_poll_interval_ms(logic.prepare_budget()),
-            );
-        if let Some(instance) = &kafka.instance_id {
-            config.set("group.instance.id", instance);
-        }
-        kafka.apply_overrides(&mut config);
+        let config = group_config(&kafka, &topics, logic.prepare_budget());
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
         consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
         let globals = if topics.globals.is_empty() {
