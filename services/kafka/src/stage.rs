@@ -241,10 +241,17 @@ fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
 
 /// The session timeout the group member runs with: the operator's, else
 /// [`SESSION_TIMEOUT`] for a static member and [`DYNAMIC_SESSION_TIMEOUT`] for a dynamic one.
+/// A member is static when it has a `group.instance.id`: from `AFTERCART_INSTANCE_ID`, or from
+/// the operator's Kafka properties (which win over it).
 fn session_timeout(kafka: &KafkaSettings) -> Duration {
-    let default = match kafka.instance_id {
-        Some(_) => SESSION_TIMEOUT,
-        None => DYNAMIC_SESSION_TIMEOUT,
+    let named = match kafka.properties.get("group.instance.id") {
+        Some(id) => !id.trim().is_empty(),
+        None => kafka.instance_id.is_some(),
+    };
+    let default = if named {
+        SESSION_TIMEOUT
+    } else {
+        DYNAMIC_SESSION_TIMEOUT
     };
     kafka
         .properties
