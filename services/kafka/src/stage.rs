@@ -52,9 +52,10 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// restarted after a crash joins as a new member, and the group holds the old member's
 /// partitions until its session ends: this is how long a crash stops them.
 pub const DYNAMIC_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Heartbeat interval unless `heartbeat.interval.ms` is given: a member learns of a rebalance
-/// at its next heartbeat, and the group waits for every member to rejoin, so this bounds how
-/// long one slow-to-hear member holds up everyone's partitions (librdkafka's 3 s default).
+/// Heartbeat interval unless `heartbeat.interval.ms` is given (and at most a third of the
+/// session, [`heartbeat_interval`]): a member learns of a rebalance at its next heartbeat, and
+/// the group waits for every member to rejoin, so this bounds how long one slow-to-hear member
+/// holds up everyone's partitions (librdkafka's 3 s default).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most records taken per batch.
 const BATCH: usize = 2000;
@@ -277,7 +278,7 @@ fn group_config(
         )
         .set(
             "heartbeat.interval.ms",
-            HEARTBEAT_INTERVAL.as_millis().to_string(),
+            heartbeat_interval(kafka).as_millis().to_string(),
         )
         .set("max.poll.interval.ms", max_poll_interval_ms(prepare_budget));
     if let Some(instance) = &kafka.instance_id {
@@ -285,6 +286,16 @@ fn group_config(
     }
     kafka.apply_overrides(&mut config);
     config
+}
+
+/// The heartbeat interval the member runs with unless the operator gives one:
+/// [`HEARTBEAT_INTERVAL`], but never more than a third of the session (Kafka's advice), so a
+/// short session an operator chose (Tansu and the mock cluster accept under Apache Kafka's 6 s
+/// minimum) still holds three heartbeats and one late one does not expel the member.
+fn heartbeat_interval(kafka: &KafkaSettings) -> Duration {
+    HEARTBEAT_INTERVAL
+        .min(session_timeout(kafka) / 3)
+        .max(Duration::from_millis(1))
 }
 
 /// A source record on its way to the by-shop topic.

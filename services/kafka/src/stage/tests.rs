@@ -175,3 +175,25 @@ fn a_static_member_named_in_the_kafka_properties_gets_the_static_session() {
     kafka.properties.set("group.instance.id", "");
     assert_eq!(session_timeout(&kafka), DYNAMIC_SESSION_TIMEOUT);
 }
+
+/// Review of the heartbeat default: an operator's short session (Tansu and the mock cluster
+/// accept under Apache Kafka's 6 s minimum) kept the 1 s heartbeat, so a 2 s session had two
+/// heartbeats in it and one late heartbeat expelled the member. A heartbeat stays under a third
+/// of the session, as Kafka advises; the operator's own heartbeat is kept as given.
+#[test]
+fn the_heartbeat_stays_under_a_third_of_the_session_unless_the_operator_sets_it() {
+    let mut kafka = KafkaSettings::new("localhost:9092", "shopify.");
+    assert_eq!(group_setting(&kafka, "heartbeat.interval.ms"), 1000);
+    for (session, most) in [(6000, 1000), (3000, 1000), (2000, 666), (900, 300)] {
+        kafka
+            .properties
+            .set("session.timeout.ms", session.to_string());
+        let heartbeat = group_setting(&kafka, "heartbeat.interval.ms");
+        assert!(
+            heartbeat <= most && heartbeat > 0,
+            "heartbeat {heartbeat} ms for a {session} ms session"
+        );
+    }
+    kafka.properties.set("heartbeat.interval.ms", "2500");
+    assert_eq!(group_setting(&kafka, "heartbeat.interval.ms"), 2500);
+}
