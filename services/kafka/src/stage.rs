@@ -683,6 +683,9 @@ impl<L: StageLogic> Stage<L> {
                 }
                 RebalanceEvent::Assigned(list) => {
                     self.assignment.assign(&list);
+                    // Before taking the state: a fence tripping meanwhile resets the member,
+                    // which clears this again (it holds nothing until its next assignment).
+                    self.assigned_once = true;
                     let assigning = Instant::now();
                     let partitions: Vec<i32> = partitions
                         .into_iter()
@@ -697,7 +700,6 @@ impl<L: StageLogic> Stage<L> {
                         restore_ms = assigning.elapsed().as_millis() as u64,
                         "Partitions assigned."
                     );
-                    self.assigned_once = true;
                 }
             }
         }

@@ -187,3 +187,31 @@ fn a_write_by_another_member_before_the_revoke_is_heard_makes_the_state_read_aga
         assert_eq!(stage.logic.partitions[&0]["a"], 2);
     });
 }
+
+/// Review of the assignment path: a member fenced while it took a kept partition back (or
+/// restored one) resets, dropping everything and rejoining, and is not ready; the assignment
+/// that was being taken then marked it assigned anyway, so it reported ready while it held
+/// nothing, until its next assignment.
+#[test]
+fn a_member_fenced_while_taking_its_partitions_back_is_not_ready() {
+    with_cluster(async |bootstrap| {
+        let stop = CancellationToken::new();
+        let mut stage = stage_on(bootstrap);
+        owning_partition_0(&mut stage, &stop).await;
+        stage.handle_rebalances(&stop).await.expect("no events");
+        let pairs = vec![("toy-in".to_string(), 0)];
+        let context = stage.consumer().context();
+        context.push(RebalanceEvent::Revoked(pairs.clone()));
+        context.push(RebalanceEvent::Assigned(pairs));
+        // A fence that trips at once: every gap between its ticks is a stall.
+        stage.fence = Fence::new(Duration::from_millis(2));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stage.tripped().is_none() {
+            assert!(Instant::now() < deadline, "the fence never tripped");
+            tokio::task::yield_now().await;
+        }
+        stage.handle_rebalances(&stop).await.expect("handled");
+        assert!(!stage.logic.owns(0), "fenced: the state is dropped");
+        assert!(!stage.ready.is_ready(), "ready while holding nothing");
+    });
+}
