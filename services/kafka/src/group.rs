@@ -131,7 +131,7 @@ impl GroupContext {
         self.brokers_up.load(Ordering::Relaxed) && !self.watch.failing()
     }
 
-    fn push(&self, event: RebalanceEvent) {
+    pub(crate) fn push(&self, event: RebalanceEvent) {
         self.events.lock().expect("events lock").push(event);
     }
 }

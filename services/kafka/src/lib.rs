@@ -21,7 +21,7 @@ pub use group::{
     IDLE_WAIT,
 };
 pub use loop_metrics::LoopMetrics;
-pub use partition_reader::{for_each_record, StoreError, StoredRecord};
+pub use partition_reader::{for_each_record, ReadTo, StoreError, StoredRecord};
 pub use properties::KafkaProperties;
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};

@@ -39,10 +39,19 @@ pub enum StoreError {
 /// progress never does, however long the partition.
 const STALLED_AFTER: Duration = Duration::from_secs(60);
 
+/// What a read of one partition covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadTo {
+    /// Records handed to the visitor.
+    pub records: u64,
+    /// The high watermark read up to: everything before it was seen.
+    pub end: i64,
+}
+
 /// Hands every record of `topic[partition]` from `from` (inclusive; `None` = the beginning) up
 /// to the high watermark at the time of the call to `visit`, one at a time, so a caller keeps
-/// only what it needs (memory bounded by live state, not by history). Returns the records read.
-/// Blocking: run it on the blocking pool.
+/// only what it needs (memory bounded by live state, not by history). Returns the records read
+/// and that watermark. Blocking: run it on the blocking pool.
 pub fn for_each_record(
     settings: &KafkaSettings,
     client_id: &str,
@@ -50,7 +59,7 @@ pub fn for_each_record(
     partition: i32,
     from: Option<i64>,
     mut visit: impl FnMut(StoredRecord<'_>),
-) -> Result<u64, StoreError> {
+) -> Result<ReadTo, StoreError> {
     let kafka = |source| StoreError::Kafka {
         topic: topic.to_string(),
         partition,
@@ -72,7 +81,10 @@ pub fn for_each_record(
         .map_err(kafka)?;
     let start = from.map_or(low, |offset| offset.max(low));
     if start >= high {
-        return Ok(0);
+        return Ok(ReadTo {
+            records: 0,
+            end: high,
+        });
     }
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -107,5 +119,8 @@ pub fn for_each_record(
             }
         }
     }
-    Ok(read)
+    Ok(ReadTo {
+        records: read,
+        end: high,
+    })
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
 use global::GlobalTables;
-use kept::{ends_of, Ends, KeptStates};
+use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
 
@@ -53,9 +53,10 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// restarted after a crash joins as a new member, and the group holds the old member's
 /// partitions until its session ends: this is how long a crash stops them.
 pub const DYNAMIC_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Heartbeat interval unless `heartbeat.interval.ms` is given: a member learns of a rebalance
-/// at its next heartbeat, and the group waits for every member to rejoin, so this bounds how
-/// long one slow-to-hear member holds up everyone's partitions (librdkafka's 3 s default).
+/// Heartbeat interval unless `heartbeat.interval.ms` is given (and at most a third of the
+/// session, [`heartbeat_interval`]): a member learns of a rebalance at its next heartbeat, and
+/// the group waits for every member to rejoin, so this bounds how long one slow-to-hear member
+/// holds up everyone's partitions (librdkafka's 3 s default).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most records taken per batch.
 const BATCH: usize = 2000;
@@ -242,16 +243,60 @@ fn first_wait(next_due_ms: Option<i64>, now_ms: i64) -> Duration {
 
 /// The session timeout the group member runs with: the operator's, else
 /// [`SESSION_TIMEOUT`] for a static member and [`DYNAMIC_SESSION_TIMEOUT`] for a dynamic one.
+/// A member is static when it has a `group.instance.id`: from `AFTERCART_INSTANCE_ID`, or from
+/// the operator's Kafka properties (which win over it).
 fn session_timeout(kafka: &KafkaSettings) -> Duration {
-    let default = match kafka.instance_id {
-        Some(_) => SESSION_TIMEOUT,
-        None => DYNAMIC_SESSION_TIMEOUT,
+    let named = match kafka.properties.get("group.instance.id") {
+        Some(id) => !id.trim().is_empty(),
+        None => kafka.instance_id.is_some(),
+    };
+    let default = if named {
+        SESSION_TIMEOUT
+    } else {
+        DYNAMIC_SESSION_TIMEOUT
     };
     kafka
         .properties
         .get("session.timeout.ms")
         .and_then(|value| value.parse::<u64>().ok())
         .map_or(default, Duration::from_millis)
+}
+
+/// The group consumer's settings: the range assignor, the session and heartbeat chosen for the
+/// membership, a poll interval covering `prepare_budget`, then the operator's overrides.
+fn group_config(
+    kafka: &KafkaSettings,
+    topics: &StageTopics,
+    prepare_budget: Duration,
+) -> rdkafka::ClientConfig {
+    let mut config = kafka.group_consumer_config(&topics.client, &topics.group);
+    config
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "5000")
+        .set(
+            "session.timeout.ms",
+            session_timeout(kafka).as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            heartbeat_interval(kafka).as_millis().to_string(),
+        )
+        .set("max.poll.interval.ms", max_poll_interval_ms(prepare_budget));
+    if let Some(instance) = &kafka.instance_id {
+        config.set("group.instance.id", instance);
+    }
+    kafka.apply_overrides(&mut config);
+    config
+}
+
+/// The heartbeat interval the member runs with unless the operator gives one:
+/// [`HEARTBEAT_INTERVAL`], but never more than a third of the session (Kafka's advice), so a
+/// short session an operator chose (Tansu and the mock cluster accept under Apache Kafka's 6 s
+/// minimum) still holds three heartbeats and one late one does not expel the member.
+fn heartbeat_interval(kafka: &KafkaSettings) -> Duration {
+    HEARTBEAT_INTERVAL
+        .min(session_timeout(kafka) / 3)
+        .max(Duration::from_millis(1))
 }
 
 /// A source record on its way to the by-shop topic.
@@ -305,6 +350,8 @@ pub struct Stage<L: StageLogic> {
     checkpoints: HashMap<i32, Checkpoint>,
     /// Revoked partitions' state, until the next assignment says whether it comes back.
     kept: KeptStates<L::Entity>,
+    /// Where this member left the changelog and output partitions of those it owns.
+    left: LeftEnds,
     assignment: Assignment,
     fence: Fence,
     assigned_once: bool,
@@ -367,26 +414,7 @@ impl<L: StageLogic> Stage<L> {
         family_of_topic.extend(topics.globals.iter().cloned());
         let watch = ClientWatch::sharing(metrics.kafka_errors.clone(), ready.clone());
         let context = GroupContext::new(metrics.lag.clone(), lag_topics, watch);
-        let mut config = kafka.group_consumer_config(&topics.client, &topics.group);
-        config
-            .set("partition.assignment.strategy", "range")
-            .set("statistics.interval.ms", "5000")
-            .set(
-                "session.timeout.ms",
-                session_timeout(&kafka).as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                HEARTBEAT_INTERVAL.as_millis().to_string(),
-            )
-            .set(
-                "max.poll.interval.ms",
-                max_poll_interval_ms(logic.prepare_budget()),
-            );
-        if let Some(instance) = &kafka.instance_id {
-            config.set("group.instance.id", instance);
-        }
-        kafka.apply_overrides(&mut config);
+        let config = group_config(&kafka, &topics, logic.prepare_budget());
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
         consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
         let globals = if topics.globals.is_empty() {
@@ -416,6 +444,7 @@ impl<L: StageLogic> Stage<L> {
             families,
             checkpoints: HashMap::new(),
             kept: KeptStates::default(),
+            left: LeftEnds::default(),
             assignment: Assignment::default(),
             fence,
             assigned_once: false,
@@ -654,11 +683,14 @@ impl<L: StageLogic> Stage<L> {
             match event {
                 RebalanceEvent::Revoked(list) => {
                     self.assignment.revoke(&list);
-                    self.keep(partitions).await;
+                    self.keep(partitions);
                     revoked.extend(list);
                 }
                 RebalanceEvent::Assigned(list) => {
                     self.assignment.assign(&list);
+                    // Before taking the state: a fence tripping meanwhile resets the member,
+                    // which clears this again (it holds nothing until its next assignment).
+                    self.assigned_once = true;
                     let assigning = Instant::now();
                     let partitions: Vec<i32> = partitions
                         .into_iter()
@@ -673,7 +705,6 @@ impl<L: StageLogic> Stage<L> {
                         restore_ms = assigning.elapsed().as_millis() as u64,
                         "Partitions assigned."
                     );
-                    self.assigned_once = true;
                 }
             }
         }
@@ -710,27 +741,18 @@ impl<L: StageLogic> Stage<L> {
         }
     }
 
-    /// Takes revoked partitions from the logic and sets their state aside with where their
-    /// partitions end (every write of this member is acknowledged between batches).
-    async fn keep(&mut self, partitions: Vec<i32>) {
-        let mut released = Vec::new();
+    /// Takes revoked partitions from the logic and sets their state aside with where this member
+    /// left their partitions (every write of this member is acknowledged between batches).
+    fn keep(&mut self, partitions: Vec<i32>) {
         for partition in partitions {
             let checkpoint = self.checkpoints.remove(&partition).unwrap_or_default();
+            let left = self.left.take(partition);
             if !self.logic.owns(partition) {
                 continue; // never restored here
             }
-            if let Some(entities) = self.logic.release(partition) {
-                released.push((partition, entities, checkpoint));
+            if let (Some(entities), Some(ends)) = (self.logic.release(partition), left) {
+                self.kept.keep(partition, entities, checkpoint, ends);
             }
-        }
-        if released.is_empty() {
-            return;
-        }
-        let Some(ends) = self.ends(released.iter().map(|(p, ..)| *p).collect()).await else {
-            return;
-        };
-        for ((partition, entities, checkpoint), (_, ends)) in released.into_iter().zip(ends) {
-            self.kept.keep(partition, entities, checkpoint, ends);
         }
     }
 
@@ -757,7 +779,7 @@ impl<L: StageLogic> Stage<L> {
         for (partition, ends_now) in ends {
             if let Some((entities, checkpoint)) = self.kept.take_back(partition, &ends_now) {
                 if !self
-                    .adopt(partition, entities, checkpoint, Vec::new(), stop)
+                    .adopt(partition, entities, checkpoint, Vec::new(), ends_now, stop)
                     .await?
                 {
                     self.kept.clear();
@@ -833,11 +855,12 @@ impl<L: StageLogic> Stage<L> {
             checkpoint,
             emitted,
             records,
+            ends,
             started,
         } = restored;
         let count = entities.len();
         let written = self
-            .adopt(partition, entities, checkpoint, emitted, stop)
+            .adopt(partition, entities, checkpoint, emitted, ends, stop)
             .await?;
         self.metrics.restored(records as usize, started.elapsed());
         tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
@@ -845,15 +868,18 @@ impl<L: StageLogic> Stage<L> {
     }
 
     /// Hands a partition's state to the logic, reconciles the outputs written after its
-    /// checkpoint, and writes what that asked for. False when fenced meanwhile, or stopped.
+    /// checkpoint, and writes what that asked for. `ends`: where its changelog and output
+    /// partitions ended when the state was read. False when fenced meanwhile, or stopped.
     async fn adopt(
         &mut self,
         partition: i32,
         entities: HashMap<String, L::Entity>,
         checkpoint: Checkpoint,
         emitted: Vec<L::Emitted>,
+        ends: Ends,
         stop: &CancellationToken,
     ) -> Result<bool, LoopError> {
+        self.left.set(partition, ends);
         let mut effects: Vec<(i32, EffectOf<L>)> = self
             .logic
             .assign(partition, entities)
@@ -885,6 +911,7 @@ impl<L: StageLogic> Stage<L> {
         }
         self.checkpoints.clear();
         self.kept.clear();
+        self.left.clear();
         self.assignment.clear();
         self.fence.answered();
         self.assigned_once = false;
@@ -987,6 +1014,7 @@ impl<L: StageLogic> Stage<L> {
         }
         for (topic, delivery) in emitted {
             let (partition, offset) = delivered(delivery).await?;
+            self.left.wrote(partition, 1 + topic, offset);
             self.checkpoints
                 .entry(partition)
                 .or_default()
@@ -1042,7 +1070,8 @@ impl<L: StageLogic> Stage<L> {
         }
         let written = writes.len();
         for write in writes {
-            delivered(write).await?;
+            let (partition, offset) = delivered(write).await?;
+            self.left.wrote(partition, 0, offset);
         }
         self.metrics.changelog_written(written);
 

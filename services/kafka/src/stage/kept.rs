@@ -2,8 +2,14 @@
 //! eager: every rebalance revokes every partition of every member, and most come back to the
 //! member that had them. Reading their changelogs again would stop those partitions for as long
 //! as the reads take (minutes for a large state), so a revoked partition's state is set aside
-//! with where its changelog and output partitions ended, and taken back without a read when
-//! they still end there: nobody wrote to them meanwhile, so the state set aside is current.
+//! with where this member left its changelog and output partitions (where its restore read to,
+//! then just past each of its own acknowledged writes), and taken back without a read when they
+//! still end there: nobody else wrote to them since, so the state set aside is current.
+//!
+//! The ends are this member's own account, never asked of the broker at the revoke: the loop
+//! hears a revoke between batches, after librdkafka has already rejoined the group, so the next
+//! owner may have written by then, and the broker's ends would count its writes as this
+//! member's.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -36,6 +42,41 @@ pub fn ends_of(
         .collect()
 }
 
+/// Where this member left each partition it owns: the ends its restore read to, raised past
+/// each of its own acknowledged writes. A partition absent here cannot be kept.
+#[derive(Debug, Default)]
+pub struct LeftEnds {
+    ends: HashMap<i32, Ends>,
+}
+
+impl LeftEnds {
+    /// The partition's state reflects its partitions up to `ends` (restored, or taken back).
+    pub fn set(&mut self, partition: i32, ends: Ends) {
+        self.ends.insert(partition, ends);
+    }
+
+    /// This member's write at `offset` of topic `topic` (0: the changelog, 1 + n: output n) was
+    /// acknowledged. Partitions without known ends stay unknown.
+    pub fn wrote(&mut self, partition: i32, topic: usize, offset: i64) {
+        if let Some(end) = self
+            .ends
+            .get_mut(&partition)
+            .and_then(|ends| ends.get_mut(topic))
+        {
+            *end = (*end).max(offset + 1);
+        }
+    }
+
+    /// Forgets a partition (revoked), handing back where it was left.
+    pub fn take(&mut self, partition: i32) -> Option<Ends> {
+        self.ends.remove(&partition)
+    }
+
+    pub fn clear(&mut self) {
+        self.ends.clear();
+    }
+}
+
 struct Kept<E> {
     entities: HashMap<String, E>,
     checkpoint: Checkpoint,
@@ -56,8 +97,7 @@ impl<E> Default for KeptStates<E> {
 }
 
 impl<E> KeptStates<E> {
-    /// Sets a revoked partition's state aside, with where its partitions ended at the revoke
-    /// (every write of this member acknowledged).
+    /// Sets a revoked partition's state aside, with where this member left its partitions.
     pub fn keep(
         &mut self,
         partition: i32,
@@ -136,6 +176,19 @@ mod tests {
             assert!(kept.take_back(2, &ends_now).is_none());
             assert!(kept.partitions().is_empty(), "the stale state is dropped");
         }
+    }
+
+    #[test]
+    fn left_ends_follow_restores_and_own_writes_only() {
+        let mut left = LeftEnds::default();
+        left.set(2, vec![10, 5]);
+        left.wrote(2, 0, 10);
+        left.wrote(2, 1, 3); // an older offset never lowers an end
+        left.wrote(2, 7, 99); // no such topic
+        left.wrote(3, 0, 99); // never restored here
+        assert_eq!(left.take(2), Some(vec![11, 5]));
+        assert_eq!(left.take(2), None);
+        assert_eq!(left.take(3), None);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Restored<E, M> {
     pub emitted: Vec<M>,
     /// Changelog records read.
     pub records: u64,
+    /// Where the changelog and each output partition ended when read (what the state reflects).
+    pub ends: Vec<i64>,
     pub started: Instant,
 }
 
@@ -89,7 +91,7 @@ pub fn restore_partition<E: DeserializeOwned, M: DeserializeOwned>(
 ) -> Result<Restored<E, M>, StoreError> {
     let started = Instant::now();
     let mut state = ChangelogState::<E>::default();
-    let records = for_each_record(
+    let changelog = for_each_record(
         &source.kafka,
         &source.client,
         &source.state,
@@ -106,9 +108,10 @@ pub fn restore_partition<E: DeserializeOwned, M: DeserializeOwned>(
     }
     let checkpoint = state.checkpoint(source.outputs.first().map(String::as_str));
     let mut emitted = Vec::new();
+    let mut ends = vec![changelog.end];
     for topic in &source.outputs {
         let from = checkpoint.read_from(topic);
-        for_each_record(
+        let read = for_each_record(
             &source.kafka,
             &source.client,
             topic,
@@ -120,13 +123,15 @@ pub fn restore_partition<E: DeserializeOwned, M: DeserializeOwned>(
                 }
             },
         )?;
+        ends.push(read.end);
     }
     Ok(Restored {
         partition,
         entities: state.entities,
         checkpoint,
         emitted,
-        records,
+        records: changelog.records,
+        ends,
         started,
     })
 }

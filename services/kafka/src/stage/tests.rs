@@ -136,3 +136,64 @@ fn a_by_shop_record_is_labelled_with_its_known_source_family_only() {
     assert_eq!(source_family(&with(Some("carts")), &families), "other");
     assert_eq!(source_family(&with(None), &families), "other");
 }
+
+mod kept_stage;
+
+fn stage_topics() -> StageTopics {
+    StageTopics {
+        client: "aftercart-abandonment".into(),
+        group: "aftercart-abandonment".into(),
+        inputs: Inputs::ByPartition(Vec::new()),
+        globals: Vec::new(),
+        state: "state".into(),
+        dead_letter: "dead".into(),
+        outputs: Vec::new(),
+    }
+}
+
+fn group_setting(kafka: &KafkaSettings, key: &str) -> u64 {
+    group_config(kafka, &stage_topics(), Duration::ZERO)
+        .get(key)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{key} set"))
+}
+
+/// Review of the session defaults: an operator may make the members static through the Kafka
+/// properties (`group.instance.id`, as a Java client.properties does) rather than
+/// `AFTERCART_INSTANCE_ID`; such a member got the dynamic member's 10 s session, so a restarted
+/// pod had 10 s, not 30, to come back before its partitions moved.
+#[test]
+fn a_static_member_named_in_the_kafka_properties_gets_the_static_session() {
+    let mut kafka = KafkaSettings::new("localhost:9092", "shopify.");
+    kafka.properties.set("group.instance.id", "abandonment-0");
+    assert_eq!(session_timeout(&kafka), SESSION_TIMEOUT);
+    assert_eq!(
+        group_setting(&kafka, "session.timeout.ms"),
+        SESSION_TIMEOUT.as_millis() as u64
+    );
+    // An empty one is no name (librdkafka's default): dynamic.
+    kafka.properties.set("group.instance.id", "");
+    assert_eq!(session_timeout(&kafka), DYNAMIC_SESSION_TIMEOUT);
+}
+
+/// Review of the heartbeat default: an operator's short session (Tansu and the mock cluster
+/// accept under Apache Kafka's 6 s minimum) kept the 1 s heartbeat, so a 2 s session had two
+/// heartbeats in it and one late heartbeat expelled the member. A heartbeat stays under a third
+/// of the session, as Kafka advises; the operator's own heartbeat is kept as given.
+#[test]
+fn the_heartbeat_stays_under_a_third_of_the_session_unless_the_operator_sets_it() {
+    let mut kafka = KafkaSettings::new("localhost:9092", "shopify.");
+    assert_eq!(group_setting(&kafka, "heartbeat.interval.ms"), 1000);
+    for (session, most) in [(6000, 1000), (3000, 1000), (2000, 666), (900, 300)] {
+        kafka
+            .properties
+            .set("session.timeout.ms", session.to_string());
+        let heartbeat = group_setting(&kafka, "heartbeat.interval.ms");
+        assert!(
+            heartbeat <= most && heartbeat > 0,
+            "heartbeat {heartbeat} ms for a {session} ms session"
+        );
+    }
+    kafka.properties.set("heartbeat.interval.ms", "2500");
+    assert_eq!(group_setting(&kafka, "heartbeat.interval.ms"), 2500);
+}
