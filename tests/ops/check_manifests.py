@@ -42,8 +42,8 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 # Topics a service joins by partition (it refuses to start, exit 78, when their counts differ),
 # and the compacted changelogs (services/*/src/app.rs topic_specs).
 SAME_PARTITIONS = [
-    ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance",
-     "aftercart.abandonments", "aftercart.abandonment-state"],
+    ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.fulfillments", "shopify.customers",
+     "shopify.compliance", "aftercart.abandonments", "aftercart.abandonment-state"],
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
      "aftercart.referral-rewards"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
@@ -52,7 +52,8 @@ CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "after
 # What each service's Kafka user must be allowed on its topics with the default names
 # (services/*/src/app.rs topic_specs and consumer.rs): read includes restore reads (the
 # abandonment service reads its own events back after a crash, the others their outputs).
-RAW = ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance"]
+RAW = ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.fulfillments", "shopify.customers",
+       "shopify.compliance"]
 USER_NEEDS = {
     "aftercart-kafka-ingress": {"Write": RAW + ["shopify.other", "shopify.quarantine"]},
     "aftercart-kafka-abandonment": {

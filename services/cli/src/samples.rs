@@ -46,6 +46,21 @@ pub const SAMPLES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../../fixtures/shopify/customers_redact.json"),
     ),
     (
+        "fulfillment_events_create",
+        "fulfillment_events/create",
+        include_bytes!("../../../fixtures/shopify/fulfillment_events_create.json"),
+    ),
+    (
+        "fulfillments_create",
+        "fulfillments/create",
+        include_bytes!("../../../fixtures/shopify/fulfillments_create.json"),
+    ),
+    (
+        "fulfillments_update",
+        "fulfillments/update",
+        include_bytes!("../../../fixtures/shopify/fulfillments_update.json"),
+    ),
+    (
         "orders_create",
         "orders/create",
         include_bytes!("../../../fixtures/shopify/orders_create.json"),
@@ -85,6 +100,9 @@ const KNOWN_TOPICS: &[&str] = &[
     "orders/cancelled",
     "orders/delete",
     "refunds/create",
+    "fulfillments/create",
+    "fulfillments/update",
+    "fulfillment_events/create",
     "shop/redact",
 ];
 
@@ -129,8 +147,9 @@ pub fn dev_referral_code(shop: &str, customer_id: u64) -> String {
     rules.code_for(&shop.to_ascii_lowercase(), &format!("id:{customer_id}"))
 }
 
-/// A realistic journey: a purchase (cart → checkout → order), an abandoned checkout, and a
-/// friend's first order carrying the buyer's referral code.
+/// A realistic journey: a purchase (cart → checkout → order), shipped, out for delivery and
+/// delivered, an abandoned checkout, and a friend's first order carrying the buyer's referral
+/// code.
 pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let cart = format!("demo-cart-{run}");
     let checkout = format!("demo-checkout-{run}");
@@ -140,6 +159,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let buyer_id = demo_order_id(&format!("{run}/buyer")) >> 8;
     let friend_id = demo_order_id(&format!("{run}/friend")) >> 8;
     let friend_order_id = demo_order_id(&format!("{run}/friend-order"));
+    let fulfillment_id = demo_order_id(&format!("{run}/fulfillment")) >> 8;
 
     let cart_body = |token: &str| {
         patch(
@@ -162,6 +182,21 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
                "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null, "email": "buyer@example.com", "buyer_accepts_marketing": true,
                "customer": {"id": buyer_id, "email": "buyer@example.com", "first_name": "Bea", "last_name": "Buyer"}}),
     );
+    // The purchase ships: a fulfillment with tracking, then the carrier's events.
+    let fulfillment = patch(
+        "fulfillments_create",
+        json!({"id": fulfillment_id, "order_id": order_id, "status": "success", "shipment_status": null,
+               "email": "buyer@example.com", "created_at": now, "updated_at": now,
+               "admin_graphql_api_id": format!("gid://shopify/Fulfillment/{fulfillment_id}")}),
+    );
+    let carrier_event = |n: u64, status: &str| {
+        patch(
+            "fulfillment_events_create",
+            json!({"id": fulfillment_id * 10 + n, "fulfillment_id": fulfillment_id, "order_id": order_id,
+                   "status": status, "message": null, "happened_at": now, "created_at": now, "updated_at": now,
+                   "admin_graphql_api_id": format!("gid://shopify/FulfillmentEvent/{}", fulfillment_id * 10 + n)}),
+        )
+    };
     let friend_address = json!({"first_name": "Fay", "last_name": "Friend", "address1": "9 Side Street",
                                 "zip": "90210", "country_code": "US"});
     let friend_order = patch(
@@ -198,7 +233,25 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
             "orders/paid",
             order_body,
             false,
-            "purchase: paid, buyer invited",
+            "purchase: paid, order confirmed",
+        ),
+        step(
+            "fulfillments/create",
+            fulfillment,
+            false,
+            "purchase: shipped",
+        ),
+        step(
+            "fulfillment_events/create",
+            carrier_event(1, "out_for_delivery"),
+            false,
+            "purchase: out for delivery",
+        ),
+        step(
+            "fulfillment_events/create",
+            carrier_event(2, "delivered"),
+            false,
+            "purchase: delivered (review request and referral invite follow)",
         ),
         step(
             "carts/update",
@@ -287,9 +340,15 @@ mod tests {
         assert_eq!(bodies[2]["cart_token"], "demo-cart-r1");
         assert_eq!(bodies[2]["checkout_token"], bodies[1]["token"]);
         assert!(bodies[2]["id"].as_u64().unwrap() > 1 << 53);
-        assert_eq!(bodies[5]["cart_token"], "demo-cart-abandoned-r1");
+        assert_eq!(
+            bodies[4]["order_id"], bodies[2]["id"],
+            "the fulfillment is the order's"
+        );
+        assert_eq!(bodies[6]["status"], "delivered");
+        assert_eq!(bodies[6]["fulfillment_id"], bodies[4]["id"]);
+        assert_eq!(bodies[8]["cart_token"], "demo-cart-abandoned-r1");
         assert!(steps.iter().any(|s| s.redeliver));
-        let friend = &bodies[6];
+        let friend = &bodies[9];
         assert_eq!(
             friend["discount_codes"][0]["code"],
             dev_referral_code(

@@ -296,7 +296,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     .unwrap();
     let printed = String::from_utf8_lossy(&demo.stdout);
     assert_eq!(demo.status.code(), Some(0), "{printed}");
-    assert_eq!(printed.lines().count(), 8, "{printed}");
+    assert_eq!(printed.lines().count(), 11, "{printed}");
     assert_eq!(printed.matches("\"duplicate\"").count(), 1, "{printed}");
 
     let count = |family: Family| {
@@ -313,6 +313,11 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         count(Family::Orders).await,
         3,
         "the redelivered order is published once; the friend's order too"
+    );
+    assert_eq!(
+        count(Family::Fulfillments).await,
+        3,
+        "shipped, out for delivery, delivered"
     );
     let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
     assert!(
@@ -394,7 +399,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 19, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters) and audiences (batches, by-shop, changelog, dead letters) topics");
+        assert_eq!(listed, 20, "attempt {attempt}: the raw topics (fulfillments too) plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters) and audiences (batches, by-shop, changelog, dead letters) topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -411,7 +416,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
         .iter()
         .filter(|t| t.name().starts_with(&prefix))
         .collect();
-    assert_eq!(ours.len(), 7, "the raw topics carry the prefix");
+    assert_eq!(ours.len(), 8, "the raw topics carry the prefix");
     assert!(ours.iter().all(|t| t.partitions().len() == 4));
 }
 
