@@ -1,0 +1,6 @@
+//! The post-purchase journey: turns a shop's orders and fulfilments into touchpoints on
+//! `aftercart.touchpoints` (order confirmed, shipped, out for delivery, delivered, delivery
+//! problem) and timed ones (review request, replenishment reminder), and relays the referral
+//! invitation when the referrals service invites at delivery.
+
+pub mod domain;
