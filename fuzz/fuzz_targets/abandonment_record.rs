@@ -31,6 +31,7 @@ fn rules() -> Rules {
         retention_ms: 30 * DAY,
         uninstall_grace_ms: 2 * DAY,
         recovery_marker: "/recover".into(),
+        transactional_reminders: false,
         segments: SegmentRules {
             value_medium: Amount::parse("50").expect("decimal"),
             value_high: Amount::parse("200").expect("decimal"),

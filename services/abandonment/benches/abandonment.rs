@@ -41,6 +41,7 @@ fn rules() -> Rules {
         retention_ms: 30 * 86_400_000,
         uninstall_grace_ms: 48 * 3_600_000,
         recovery_marker: "/recover".into(),
+        transactional_reminders: false,
         segments: SegmentRules {
             value_medium: Amount::parse("50").unwrap(),
             value_high: Amount::parse("200").unwrap(),

@@ -89,6 +89,18 @@ pub struct AbandonmentArgs {
         default_value = "/recover"
     )]
     pub recovery_url_marker: String,
+
+    /// The merchant sends transactional cart reminders (e.g. where the law allows reminders
+    /// of an unfinished purchase without marketing consent): abandonment events then carry
+    /// contact details and the recovery link for every buyer, not only those with marketing
+    /// consent.
+    #[arg(
+        long,
+        env = "AFTERCART_ABANDONMENT_TRANSACTIONAL_REMINDERS",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub transactional_reminders: bool,
 }
 
 /// Defaults that differ under `aftercart dev`.
@@ -225,6 +237,7 @@ impl AbandonmentArgs {
                 retention_ms: retention.expect("checked"),
                 uninstall_grace_ms: uninstall_grace.expect("checked"),
                 recovery_marker: self.recovery_url_marker.clone(),
+                transactional_reminders: self.transactional_reminders,
                 segments: SegmentRules {
                     value_medium: medium.expect("checked"),
                     value_high: high.expect("checked"),

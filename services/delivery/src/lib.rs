@@ -111,8 +111,10 @@ pub mod args;
 pub mod config;
 pub mod dead_letter;
 pub mod forwarder;
+pub mod message;
 pub mod metrics;
 pub mod retry;
+pub mod shop_keys;
 pub mod sink;
 
 pub use aftercart_runtime::config::ConfigErrors;

@@ -338,4 +338,4 @@ async fn read_start(mut body: Incoming) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

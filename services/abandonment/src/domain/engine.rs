@@ -4,7 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::domain::event::{
-    event_id, rfc3339, CustomerOut, EmittedEvent, EventType, Kind, LineItemsOut, OutputEvent, Value,
+    event_id, rfc3339, ContactBasis, CustomerOut, EmittedEvent, EventType, Kind, LineItemsOut,
+    OutputEvent, Value,
 };
 use crate::domain::input::{GlobalInput, JourneyInput};
 use crate::domain::journey::{customer_ref, Journey, OrderRef, Snapshot};
@@ -21,6 +22,9 @@ pub struct Rules {
     pub uninstall_grace_ms: i64,
     /// An order whose landing or referring site contains this used the recovery URL.
     pub recovery_marker: String,
+    /// Contact details travel for every buyer (the merchant's transactional reminders), not
+    /// only for those with marketing consent.
+    pub transactional_reminders: bool,
     pub segments: SegmentRules,
 }
 
@@ -222,6 +226,7 @@ impl Engine {
             return Vec::new();
         }
         let recovery_marker = self.rules.recovery_marker.clone();
+        let transactional = self.rules.transactional_reminders;
         let state = self.partitions.entry(partition).or_default();
         let journey = state
             .journeys
@@ -262,7 +267,7 @@ impl Engine {
                     false // orders/paid after orders/create, or a redelivery
                 } else {
                     let order = OrderRef::from_order(&order, at_ms, &recovery_marker);
-                    if let Some(event) = recovered_event(key, journey, &order) {
+                    if let Some(event) = recovered_event(key, journey, &order, transactional) {
                         journey.recovered = true;
                         effects.push(Effect::Emit {
                             key: key.to_string(),
@@ -442,7 +447,14 @@ impl Engine {
             Kind::Cart
         };
         let segments = self.segments(&journey, kind, due);
-        let event = abandoned_event(key, &journey, kind, segments, due);
+        let event = abandoned_event(
+            key,
+            &journey,
+            kind,
+            segments,
+            due,
+            self.rules.transactional_reminders,
+        );
         let mut updated = journey;
         match kind {
             Kind::Checkout => updated.abandoned_at_ms = Some(due),
@@ -596,13 +608,41 @@ fn belongs_to(journey: &Journey, customer_id: Option<u64>, email: Option<&str>) 
             .is_some_and(|o| matches_id(o.customer_id) || matches_email(o.email.as_ref()))
 }
 
-fn customer_out(checkout: &Snapshot, consent: &segments::Channels) -> CustomerOut {
+/// Why the person may be contacted, if they may: marketing consent on a channel wins; else the
+/// merchant's transactional-reminder setting.
+fn contact_basis(consent: &segments::Channels, transactional: bool) -> Option<ContactBasis> {
+    if consent.email || consent.sms {
+        Some(ContactBasis::Marketing)
+    } else if transactional {
+        Some(ContactBasis::Transactional)
+    } else {
+        None
+    }
+}
+
+/// The customer as events show them: email only with email consent, phone only with SMS
+/// consent (either with the transactional setting), names only when some channel is open; the
+/// id and country always (they address no one).
+fn customer_out(
+    checkout: &Snapshot,
+    consent: &segments::Channels,
+    basis: Option<ContactBasis>,
+) -> CustomerOut {
+    let transactional = basis == Some(ContactBasis::Transactional);
+    let open = |allowed: bool, value: &Option<String>| {
+        if allowed || transactional {
+            value.clone()
+        } else {
+            None
+        }
+    };
+    let any = basis.is_some();
     CustomerOut {
         id: checkout.customer_id,
-        email: checkout.email.clone(),
-        phone: checkout.phone.clone(),
-        first_name: checkout.first_name.clone(),
-        last_name: checkout.last_name.clone(),
+        email: open(consent.email, &checkout.email),
+        phone: open(consent.sms, &checkout.phone),
+        first_name: open(any, &checkout.first_name),
+        last_name: open(any, &checkout.last_name),
         country: checkout.country.clone(),
         accepts_email_marketing: consent.email,
         accepts_sms_marketing: consent.sms,
@@ -617,8 +657,10 @@ fn journey_event(
     kind: Kind,
     consent: &segments::Channels,
     abandoned_at_ms: i64,
+    transactional: bool,
 ) -> OutputEvent {
     let checkout = journey.checkout.as_ref();
+    let basis = checkout.and(contact_basis(consent, transactional));
     OutputEvent {
         event_type,
         kind,
@@ -629,15 +671,18 @@ fn journey_event(
         cart_token: checkout
             .and_then(|c| c.cart_token.clone())
             .or_else(|| cart_token_of(key, journey)),
-        customer: checkout.map(|c| customer_out(c, consent)),
+        customer: checkout.map(|c| customer_out(c, consent, basis)),
         value: checkout.and_then(|c| {
             c.total_price.clone().map(|amount| Value {
                 amount,
                 currency: c.currency.clone(),
+                subtotal: c.subtotal_price.clone(),
             })
         }),
         line_items: None,
         segments: None,
+        contact_basis: basis,
+        recovery_url: None,
         abandoned_at: rfc3339(abandoned_at_ms),
         last_activity_at: rfc3339(journey.last_activity_ms),
         order_id: None,
@@ -654,6 +699,7 @@ fn abandoned_event(
     kind: Kind,
     segments: Segments,
     at_ms: i64,
+    transactional: bool,
 ) -> OutputEvent {
     let mut event = journey_event(
         key,
@@ -662,7 +708,14 @@ fn abandoned_event(
         kind,
         &segments.consent,
         at_ms,
+        transactional,
     );
+    if event.contact_basis.is_some() && kind == Kind::Checkout {
+        event.recovery_url = journey
+            .checkout
+            .as_ref()
+            .and_then(|c| c.recovery_url.clone());
+    }
     event.line_items = journey.checkout.as_ref().map(|c| LineItemsOut {
         count: c.items.len(),
         quantity: c.items.iter().map(|i| i.quantity).sum(),
@@ -678,7 +731,12 @@ fn cart_token_of(key: &str, journey: &Journey) -> Option<String> {
     key.split_once('/').map(|(_, token)| token.to_string())
 }
 
-fn recovered_event(key: &str, journey: &Journey, order: &OrderRef) -> Option<OutputEvent> {
+fn recovered_event(
+    key: &str,
+    journey: &Journey,
+    order: &OrderRef,
+    transactional: bool,
+) -> Option<OutputEvent> {
     if journey.recovered {
         return None;
     }
@@ -704,6 +762,7 @@ fn recovered_event(key: &str, journey: &Journey, order: &OrderRef) -> Option<Out
         kind,
         &checkout_consent,
         abandoned_at,
+        transactional,
     );
     event.order_id = Some(order.id);
     event.recovered_at = Some(rfc3339(order.at_ms));

@@ -21,6 +21,18 @@ pub enum Kind {
     Checkout,
 }
 
+/// Why contact details are carried: the person's marketing consent, or the merchant's explicit
+/// transactional-reminder setting. Absent: the person may not be contacted, and the event carries
+/// ids and segments only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactBasis {
+    Marketing,
+    Transactional,
+}
+
+/// The customer. Email, phone and names are present only for a channel the person may be
+/// contacted on (see [`ContactBasis`]); otherwise they are `null`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomerOut {
     pub id: Option<u64>,
@@ -38,6 +50,9 @@ pub struct Value {
     /// Decimal string, as Shopify sends it.
     pub amount: String,
     pub currency: Option<String>,
+    /// The subtotal before shipping and taxes, decimal string, when Shopify sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtotal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +81,13 @@ pub struct OutputEvent {
     pub line_items: Option<LineItemsOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<Segments>,
+    /// Present when contact details are carried, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_basis: Option<ContactBasis>,
+    /// Shopify's `abandoned_checkout_url`, on `abandoned` checkout events of people who may be
+    /// contacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_url: Option<String>,
     pub abandoned_at: String,
     pub last_activity_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -59,6 +59,8 @@ pub struct LineItem {
     #[serde(default)]
     pub quantity: u64,
     pub price: Option<String>,
+    /// The variant's picture, when the payload has one (message content).
+    pub image_url: Option<String>,
 }
 
 /// A checkout snapshot: only the fields segments and events use.
@@ -85,6 +87,9 @@ pub struct Checkout {
     pub gateway: Option<String>,
     pub completed_at: Option<String>,
     pub updated_at: Option<String>,
+    /// The link that reopens the checkout: holds a secret, so it is only passed on for people
+    /// who may be contacted.
+    pub abandoned_checkout_url: Option<String>,
 }
 
 /// An order: what matching and recovery need.

@@ -27,6 +27,11 @@ pub struct Snapshot {
     pub has_shipping_method: bool,
     pub has_payment: bool,
     pub completed: bool,
+    /// `abandoned_checkout_url` (absent in states stored before it was kept).
+    #[serde(default)]
+    pub recovery_url: Option<String>,
+    #[serde(default)]
+    pub subtotal_price: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +41,8 @@ pub struct ItemSummary {
     pub title: Option<String>,
     pub quantity: u64,
     pub price: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
 }
 
 /// The order that closed a journey.
@@ -178,6 +185,7 @@ impl Snapshot {
                     title: item.title.clone(),
                     quantity: item.quantity,
                     price: item.price.clone(),
+                    image_url: non_empty(&item.image_url),
                 })
                 .collect(),
             discount_codes: discount_codes(&checkout.discount_codes),
@@ -188,6 +196,8 @@ impl Snapshot {
                 .is_some_and(|lines| !lines.is_empty()),
             has_payment: non_empty(&checkout.gateway).is_some(),
             completed: non_empty(&checkout.completed_at).is_some(),
+            recovery_url: non_empty(&checkout.abandoned_checkout_url),
+            subtotal_price: non_empty(&checkout.subtotal_price),
         }
     }
 }

@@ -208,6 +208,8 @@ mod tests {
             has_shipping_method: false,
             has_payment: false,
             completed: false,
+            recovery_url: None,
+            subtotal_price: None,
         }
     }
 

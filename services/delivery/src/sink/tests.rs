@@ -20,14 +20,14 @@ use crate::retry::RetryPolicy;
 
 /// One scripted answer.
 #[derive(Clone)]
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    body: &'static str,
-    delay: Duration,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(&'static str, &'static str)>,
+    pub(crate) body: &'static str,
+    pub(crate) delay: Duration,
 }
 
-fn reply(status: u16) -> Reply {
+pub(crate) fn reply(status: u16) -> Reply {
     Reply {
         status,
         headers: Vec::new(),
@@ -36,20 +36,21 @@ fn reply(status: u16) -> Reply {
     }
 }
 
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
-    at: Instant,
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) at: Instant,
 }
 
 /// A local receiver: answers from the script, then 200 once it runs out.
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    async fn start(script: Vec<Reply>) -> Receiver {
+    pub(crate) async fn start(script: Vec<Reply>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks?token=t", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -65,6 +66,7 @@ impl Receiver {
                         let (parts, body) = request.into_parts();
                         let body = body.collect().await?.to_bytes();
                         log.lock().unwrap().push(Received {
+                            path: parts.uri.path().to_string(),
                             headers: parts.headers,
                             body,
                             at,
@@ -90,7 +92,7 @@ impl Receiver {
         Receiver { url, received }
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
 }

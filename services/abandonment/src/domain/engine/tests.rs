@@ -15,6 +15,7 @@ fn rules() -> Rules {
         retention_ms: 30 * 24 * 60 * MIN,
         uninstall_grace_ms: 48 * 60 * MIN,
         recovery_marker: "/recover".into(),
+        transactional_reminders: false,
         segments: SegmentRules {
             value_medium: Amount::parse("50").unwrap(),
             value_high: Amount::parse("200").unwrap(),
@@ -39,6 +40,24 @@ fn checkout(updated_at: &str, extra: &str) -> JourneyInput {
         "updated_at":"{updated_at}"{extra}}}"#
     );
     journey_input(Some("checkouts/update"), body.as_bytes()).unwrap()
+}
+
+/// The standard checkout with some top-level fields replaced or added.
+fn checkout_with(fields: serde_json::Value) -> JourneyInput {
+    let JourneyInput::Checkout(base) = checkout("2026-11-23T10:00:00Z", "") else {
+        unreachable!()
+    };
+    let mut body = serde_json::json!({
+        "token": base.token, "cart_token": base.cart_token, "email": base.email,
+        "total_price": base.total_price, "currency": base.currency,
+        "buyer_accepts_marketing": true, "customer": {"id": 42, "first_name": "Ann", "orders_count": 0},
+        "line_items": [{"product_id": 1, "variant_id": 2, "title": "Mug", "quantity": 2, "price": "60.00"}],
+        "updated_at": "2026-11-23T10:00:00Z",
+    });
+    for (name, value) in fields.as_object().unwrap() {
+        body[name] = value.clone();
+    }
+    journey_input(Some("checkouts/update"), body.to_string().as_bytes()).unwrap()
 }
 
 fn order(id: u64, extra: &str) -> JourneyInput {
@@ -430,6 +449,96 @@ fn a_consent_event_overrides_the_checkout_flag() {
     assert!(!segments.consent.email && segments.consent.sms);
     assert!(segments.contactable.email && segments.contactable.sms);
     assert!(!event.customer.as_ref().unwrap().accepts_email_marketing);
+}
+
+#[test]
+fn an_abandonment_carries_the_recovery_link_and_message_content_for_a_consenting_buyer() {
+    let mut e = engine();
+    let input = checkout_with(serde_json::json!({
+        "subtotal_price": "110.00",
+        "abandoned_checkout_url": "https://shop/recover?key=k",
+        "line_items": [{"product_id": 1, "variant_id": 2, "title": "Mug", "quantity": 2,
+            "price": "60.00", "image_url": "https://cdn/mug.png"}],
+    }));
+    e.apply(0, KEY, SHOP, input, 0);
+    let fired = e.fire_due(60 * MIN);
+    let event = emitted(&fired)[0];
+    assert_eq!(event.contact_basis, Some(ContactBasis::Marketing));
+    assert_eq!(
+        event.recovery_url.as_deref(),
+        Some("https://shop/recover?key=k")
+    );
+    let value = event.value.as_ref().unwrap();
+    assert_eq!(
+        (value.amount.as_str(), value.currency.as_deref()),
+        ("120.00", Some("EUR"))
+    );
+    assert_eq!(value.subtotal.as_deref(), Some("110.00"));
+    let item = &event.line_items.as_ref().unwrap().items[0];
+    assert_eq!(item.title.as_deref(), Some("Mug"));
+    assert_eq!(item.image_url.as_deref(), Some("https://cdn/mug.png"));
+    let customer = event.customer.as_ref().unwrap();
+    assert_eq!(customer.email.as_deref(), Some("buyer@example.com"));
+    assert_eq!(customer.first_name.as_deref(), Some("Ann"));
+}
+
+#[test]
+fn without_consent_an_abandonment_carries_ids_and_segments_only() {
+    let mut e = engine();
+    let input = checkout_with(serde_json::json!({
+        "buyer_accepts_marketing": false,
+        "phone": "+33600000000",
+        "abandoned_checkout_url": "https://shop/recover?key=k",
+    }));
+    e.apply(0, KEY, SHOP, input, 0);
+    let fired = e.fire_due(60 * MIN);
+    let event = emitted(&fired)[0];
+    assert_eq!(event.contact_basis, None);
+    assert_eq!(event.recovery_url, None);
+    let customer = event.customer.as_ref().unwrap();
+    assert_eq!(customer.id, Some(42));
+    assert_eq!(
+        (&customer.email, &customer.phone, &customer.first_name),
+        (&None, &None, &None)
+    );
+    assert!(event.segments.as_ref().unwrap().contactable.email);
+}
+
+#[test]
+fn the_transactional_setting_carries_contact_details_without_marketing_consent() {
+    let mut e = Engine::new(Rules {
+        transactional_reminders: true,
+        ..rules()
+    });
+    e.assign(0, Vec::new());
+    let input = checkout_with(serde_json::json!({
+        "buyer_accepts_marketing": false,
+        "abandoned_checkout_url": "https://shop/recover?key=k",
+    }));
+    e.apply(0, KEY, SHOP, input, 0);
+    let fired = e.fire_due(60 * MIN);
+    let event = emitted(&fired)[0];
+    assert_eq!(event.contact_basis, Some(ContactBasis::Transactional));
+    assert_eq!(
+        event.customer.as_ref().unwrap().email.as_deref(),
+        Some("buyer@example.com")
+    );
+    assert!(event.recovery_url.is_some());
+}
+
+#[test]
+fn sms_consent_alone_carries_the_phone_but_not_the_email() {
+    let mut e = engine();
+    let input = checkout_with(serde_json::json!({
+        "buyer_accepts_marketing": false,
+        "buyer_accepts_sms_marketing": true,
+        "phone": "+33600000000",
+    }));
+    e.apply(0, KEY, SHOP, input, 0);
+    let fired = e.fire_due(60 * MIN);
+    let customer = emitted(&fired)[0].customer.clone().unwrap();
+    assert_eq!(customer.phone.as_deref(), Some("+33600000000"));
+    assert_eq!(customer.email, None);
 }
 
 #[test]
