@@ -3,8 +3,10 @@
 use aftercart_abandonment::AbandonmentArgs;
 use aftercart_audiences::AudiencesArgs;
 use aftercart_ingress::IngressArgs;
+use aftercart_journey::JourneyArgs;
 use aftercart_kafka::KafkaArgs;
 use aftercart_loadgen::LoadgenArgs;
+use aftercart_referrals::config::ReferralInviteArgs;
 use aftercart_referrals::ReferralsArgs;
 use clap::{Parser, Subcommand};
 
@@ -46,6 +48,9 @@ pub enum Command {
     Abandonment(Box<AbandonmentCommand>),
     /// Run the referral trigger service: invites, attribution, fraud checks, rewards.
     Referrals(Box<ReferralsCommand>),
+    /// Run the post-purchase journey service: orders and fulfilments become touchpoints (order
+    /// confirmed, shipped, delivered, review request, replenishment reminder).
+    Journey(Box<JourneyCommand>),
     /// Run the retargeting audience export service: consented audiences kept in sync on Meta,
     /// Google Ads, TikTok, files and webhooks.
     Audiences(Box<AudiencesCommand>),
@@ -110,6 +115,23 @@ pub struct ReferralsCommand {
     pub process: ProcessArgs,
 }
 
+/// Flags of `aftercart journey`.
+#[derive(Debug, clap::Args)]
+pub struct JourneyCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub journey: JourneyArgs,
+
+    /// The referral invite moment, shared with the referrals service.
+    #[command(flatten)]
+    pub invite: ReferralInviteArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
 /// Flags of `aftercart audiences`.
 #[derive(Debug, clap::Args)]
 pub struct AudiencesCommand {
@@ -137,6 +159,9 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub audiences: AudiencesArgs,
+
+    #[command(flatten)]
+    pub journey: JourneyArgs,
 
     /// Run only the embedded broker, every topic created, and print its address (benchmarks
     /// and other Kafka clients use it); Ctrl-C stops it.

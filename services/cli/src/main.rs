@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             Command::Ingress(args) => cmd::ingress::run(*args).await,
             Command::Abandonment(args) => cmd::abandonment::run(*args).await,
             Command::Referrals(args) => cmd::referrals::run(*args).await,
+            Command::Journey(args) => cmd::journey::run(*args).await,
             Command::Audiences(args) => cmd::audiences::run(*args).await,
             Command::Dev(args) => cmd::dev::run(*args).await,
             Command::Send(args) => cmd::send::run(args).await,

@@ -271,8 +271,9 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
             "abandoned: checkout with contact, never ordered",
         ),
         DemoStep {
-            // The friend orders after the invite went out, as in life.
-            pause: Duration::from_millis(1500),
+            // The friend orders after the invite went out, as in life: under `aftercart dev`
+            // the buyer is invited 5 s after delivery.
+            pause: Duration::from_secs(7),
             ..step(
                 "orders/paid",
                 friend_order,

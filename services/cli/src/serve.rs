@@ -6,6 +6,7 @@ use std::time::Duration;
 use aftercart_abandonment::AbandonmentConfig;
 use aftercart_audiences::AudiencesConfig;
 use aftercart_ingress::{serve, IngressConfig, ServeError};
+use aftercart_journey::JourneyConfig;
 use aftercart_referrals::ReferralsConfig;
 use aftercart_runtime::config::{parse_duration, parse_socket_addr, ConfigErrors};
 use aftercart_runtime::{AdminServer, Health, Shutdown, EX_CONFIG, EX_USAGE};
@@ -181,6 +182,17 @@ pub async fn run_referrals(config: &ReferralsConfig, process: &Process) -> i32 {
         "referrals",
         result,
         |e| matches!(e, aftercart_referrals::ServeError::Topics(_)),
+        process,
+    )
+}
+
+pub async fn run_journey(config: &JourneyConfig, process: &Process) -> i32 {
+    let stop = process.stop.clone();
+    let result = aftercart_journey::serve(config, &process.registry, &process.health, stop).await;
+    service_exit(
+        "journey",
+        result,
+        |e| matches!(e, aftercart_journey::ServeError::Topics(_)),
         process,
     )
 }

@@ -3,4 +3,11 @@
 //! problem) and timed ones (review request, replenishment reminder), and relays the referral
 //! invitation when the referrals service invites at delivery.
 
+pub mod app;
+pub mod config;
+pub mod consumer;
 pub mod domain;
+pub mod metrics;
+
+pub use app::{serve, topic_specs, ServeError};
+pub use config::{JourneyArgs, JourneyConfig};

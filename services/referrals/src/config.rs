@@ -29,13 +29,8 @@ pub struct ReferralsArgs {
     )]
     pub referrals_group: String,
 
-    /// Output topic of invites (a buyer became an advocate).
-    #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITES_TOPIC",
-        default_value = "aftercart.referral-invites"
-    )]
-    pub invites_topic: String,
+    #[command(flatten)]
+    pub invite: ReferralInviteArgs,
 
     /// Output topic of reward events (pending, granted, voided, rejected).
     #[arg(
@@ -69,17 +64,10 @@ pub struct ReferralsArgs {
     )]
     pub referrals_dead_letter_topic: String,
 
-    /// What makes a buyer an advocate: `paid` (orders/paid) or `fulfilled` (orders/fulfilled).
-    #[arg(
-        long,
-        env = "AFTERCART_REFERRAL_INVITE_TRIGGER",
-        default_value = "paid"
-    )]
-    pub invite_trigger: String,
-
-    /// Wait this long after the trigger before inviting (re-checking refunds and consent).
-    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_DELAY", default_value = "0s")]
-    pub invite_delay: String,
+    /// Wait this long after the trigger before inviting (re-checking refunds and consent)
+    /// [default: 0s; 5s under `aftercart dev`].
+    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_DELAY")]
+    pub invite_delay: Option<String>,
 
     /// Orders below this subtotal (after discounts, shop currency) make no advocate.
     #[arg(long, env = "AFTERCART_REFERRAL_INVITE_MIN_ORDER", default_value = "0")]
@@ -236,6 +224,39 @@ pub struct ReferralsArgs {
     pub order_retention: String,
 }
 
+/// The invite moment and topic, shared with the journey service (one invite per buyer: with
+/// `delivered` the referrals service invites at delivery and the journey relays that invite as
+/// its `referral_invitation` touchpoint; otherwise the journey sends none).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReferralInviteArgs {
+    /// Output topic of invites (a buyer became an advocate).
+    #[arg(
+        long,
+        env = "AFTERCART_REFERRAL_INVITES_TOPIC",
+        default_value = "aftercart.referral-invites"
+    )]
+    pub invites_topic: String,
+
+    /// When a buyer is invited to refer: `paid` (orders/paid), `fulfilled` (orders/fulfilled)
+    /// or `delivered` (AFTERCART_REFERRAL_INVITE_DELAY after the first delivered shipment; the
+    /// journey service relays the invite) [default: paid; delivered under `aftercart dev`].
+    #[arg(long, env = "AFTERCART_REFERRAL_INVITE_TRIGGER")]
+    pub invite_trigger: Option<String>,
+}
+
+impl ReferralInviteArgs {
+    /// The trigger as given, else the default.
+    fn trigger_text<'a>(&'a self, default: &'a str) -> &'a str {
+        self.invite_trigger.as_deref().unwrap_or(default).trim()
+    }
+
+    /// The invites topic when the journey relays the invites (trigger `delivered`).
+    pub fn relayed_topic(&self, default_trigger: &str) -> Option<String> {
+        (self.trigger_text(default_trigger) == "delivered")
+            .then(|| self.invites_topic.trim().to_string())
+    }
+}
+
 /// Defaults that differ under `aftercart dev`.
 #[derive(Debug, Clone)]
 pub struct ReferralsDefaults {
@@ -243,6 +264,8 @@ pub struct ReferralsDefaults {
     /// The dev stack's code secret; production has none and requires one.
     pub code_secret: Option<String>,
     pub review_window: &'static str,
+    pub invite_trigger: &'static str,
+    pub invite_delay: &'static str,
 }
 
 impl ReferralsDefaults {
@@ -251,6 +274,8 @@ impl ReferralsDefaults {
             fallback_brokers: None,
             code_secret: None,
             review_window: "30d",
+            invite_trigger: "paid",
+            invite_delay: "0s",
         }
     }
 }
@@ -385,7 +410,9 @@ impl ReferralsArgs {
         let invite_delay = ms(
             &mut errors,
             "AFTERCART_REFERRAL_INVITE_DELAY",
-            &self.invite_delay,
+            self.invite_delay
+                .as_deref()
+                .unwrap_or(defaults.invite_delay),
             true,
         );
         let cooldown = ms(
@@ -444,10 +471,11 @@ impl ReferralsArgs {
         );
         let trigger = errors.check(
             "AFTERCART_REFERRAL_INVITE_TRIGGER",
-            match self.invite_trigger.trim() {
+            match self.invite.trigger_text(defaults.invite_trigger) {
                 "paid" => Ok(Trigger::Paid),
                 "fulfilled" => Ok(Trigger::Fulfilled),
-                other => Err(format!("{other:?} is not paid or fulfilled")),
+                "delivered" => Ok(Trigger::Delivered),
+                other => Err(format!("{other:?} is not paid, fulfilled or delivered")),
             },
         );
         let mut sources = Vec::new();
@@ -482,7 +510,7 @@ impl ReferralsArgs {
                 sink: self.webhook.flags(),
                 topics: format!(
                     "{},{}",
-                    self.invites_topic.trim(),
+                    self.invite.invites_topic.trim(),
                     self.rewards_topic.trim()
                 ),
                 group: format!("{}-webhook", self.referrals_group.trim()),
@@ -498,7 +526,10 @@ impl ReferralsArgs {
         };
         for (name, value) in [
             ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
-            ("AFTERCART_REFERRAL_INVITES_TOPIC", &self.invites_topic),
+            (
+                "AFTERCART_REFERRAL_INVITES_TOPIC",
+                &self.invite.invites_topic,
+            ),
             ("AFTERCART_REFERRAL_REWARDS_TOPIC", &self.rewards_topic),
             ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
             (
@@ -518,7 +549,7 @@ impl ReferralsArgs {
         errors.finish(|| ReferralsConfig {
             kafka: kafka.expect("checked"),
             group: self.referrals_group.trim().to_string(),
-            invites_topic: self.invites_topic.trim().to_string(),
+            invites_topic: self.invite.invites_topic.trim().to_string(),
             rewards_topic: self.rewards_topic.trim().to_string(),
             by_shop_topic: self.by_shop_topic.trim().to_string(),
             state_topic: self.referrals_state_topic.trim().to_string(),

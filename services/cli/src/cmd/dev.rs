@@ -7,6 +7,7 @@ use aftercart_abandonment::AbandonmentDefaults;
 use aftercart_audiences::AudiencesDefaults;
 use aftercart_ingress::app::topic_specs;
 use aftercart_ingress::{IngressArgs, IngressDefaults};
+use aftercart_journey::config::JourneyDefaults;
 use aftercart_kafka::TopicSpec;
 use aftercart_referrals::ReferralsDefaults;
 use aftercart_runtime::{ConfigErrors, EX_USAGE};
@@ -14,7 +15,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use crate::cli::DevArgs;
-use crate::serve::{bind, run_abandonment, run_audiences, run_ingress, run_referrals, Process};
+use crate::serve::{
+    bind, run_abandonment, run_audiences, run_ingress, run_journey, run_referrals, Process,
+};
 
 /// The signing secret of the local stack when none is configured. Not a secret: it only ever
 /// guards a developer's own machine.
@@ -28,6 +31,14 @@ pub const DEV_CODE_SECRET: &str = "aftercart-dev-referral-code-secret";
 
 /// Short enough for a demo to show a reward granted while you watch.
 const DEV_REVIEW_WINDOW: &str = "1m";
+
+/// The demo's buyer is invited to refer when the parcel arrives, this long after (the journey
+/// relays the invite as a touchpoint).
+const DEV_INVITE_TRIGGER: &str = "delivered";
+const DEV_INVITE_DELAY: &str = "5s";
+
+/// Short enough for a demo to show a review request while you watch.
+const DEV_REVIEW_REQUEST_AFTER: &str = "10s";
 
 /// Short enough for audience files to appear soon after an abandonment.
 const DEV_FLUSH_INTERVAL: &str = "5s";
@@ -69,10 +80,16 @@ pub async fn run(args: DevArgs) -> i32 {
         fallback_brokers: fallback_brokers.clone(),
         flush_interval: DEV_FLUSH_INTERVAL,
     };
+    let journey_defaults = JourneyDefaults {
+        fallback_brokers: fallback_brokers.clone(),
+        review_request_after: DEV_REVIEW_REQUEST_AFTER,
+    };
     let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
         code_secret: Some(DEV_CODE_SECRET.to_string()),
         review_window: DEV_REVIEW_WINDOW,
+        invite_trigger: DEV_INVITE_TRIGGER,
+        invite_delay: DEV_INVITE_DELAY,
     };
     let mut errors = ConfigErrors::new();
     let ingress = args
@@ -99,8 +116,18 @@ pub async fn run(args: DevArgs) -> i32 {
         .validate(&args.ingress.kafka, shutdown_timeout, &audiences_defaults)
         .map_err(|e| errors.extend(e))
         .ok();
-    let (Some(ingress), Some(abandonment), Some(referrals), Some(audiences)) =
-        (ingress, abandonment, referrals, audiences)
+    let journey = args
+        .journey
+        .validate(
+            &args.ingress.kafka,
+            shutdown_timeout,
+            args.referrals.invite.relayed_topic(DEV_INVITE_TRIGGER),
+            &journey_defaults,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(ingress), Some(abandonment), Some(referrals), Some(audiences), Some(journey)) =
+        (ingress, abandonment, referrals, audiences, journey)
     else {
         eprint!("{errors}");
         return EX_USAGE;
@@ -112,6 +139,7 @@ pub async fn run(args: DevArgs) -> i32 {
             &abandonment,
             &referrals,
             &audiences,
+            &journey,
         ) {
             return code;
         }
@@ -140,12 +168,13 @@ pub async fn run(args: DevArgs) -> i32 {
     println!(
         "\naftercart dev stack\n\
          \x20 Kafka brokers  {brokers}  ({broker_note}; any Kafka client can read it, e.g. kcat -b {brokers} -L)\n\
-         \x20 Topics         {prefix}checkouts, {prefix}carts, {prefix}orders, {prefix}customers, {prefix}compliance, {prefix}other, {prefix}quarantine\n\
+         \x20 Topics         {prefix}checkouts, {prefix}carts, {prefix}orders, {prefix}fulfillments, {prefix}customers, {prefix}compliance, {prefix}other, {prefix}quarantine\n\
          \x20 Webhook URL    http://{webhook_addr}/webhooks/shopify\n\
          \x20 Signing secret {secret}\n\
          \x20 Abandonments   {output} (checkouts abandoned after {delay})\n\
          \x20 Referrals      {invites}, {rewards} (rewards granted after {review})\n\
          \x20 Audiences      {audience_list} -> {audience_dirs}\n\
+         \x20 Journey        {touchpoints} (review request {review_request} after delivery{journey_destination})\n\
          \x20 Admin          http://{admin_addr}/metrics  /readyz  /livez\n\
          \x20 Try            make demo   (or: aftercart send --demo)\n\
          \x20 Stop           Ctrl-C\n",
@@ -157,6 +186,17 @@ pub async fn run(args: DevArgs) -> i32 {
         invites = referrals.invites_topic,
         rewards = referrals.rewards_topic,
         review = humantime::format_duration(std::time::Duration::from_millis(referrals.rules.review_window_ms as u64)),
+        touchpoints = journey.touchpoints_topic,
+        review_request = journey
+            .rules
+            .review_after_ms
+            .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string())
+            .unwrap_or_else(|| "off".into()),
+        journey_destination = match &journey.destination {
+            Some(aftercart_journey::config::DestinationConfig::File(dir)) => format!("; files in {}", dir.display()),
+            Some(_) => "; delivered to its destination".to_string(),
+            None => String::new(),
+        },
         audience_list = audiences
             .rules
             .audiences
@@ -174,17 +214,19 @@ pub async fn run(args: DevArgs) -> i32 {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    let (ingress_code, abandonment_code, referrals_code, audiences_code) = tokio::join!(
+    let (ingress_code, abandonment_code, referrals_code, audiences_code, journey_code) = tokio::join!(
         run_ingress(&ingress, listener, &process),
         run_abandonment(&abandonment, &process),
         run_referrals(&referrals, &process),
-        run_audiences(&audiences, &process)
+        run_audiences(&audiences, &process),
+        run_journey(&journey, &process)
     );
     let code = process.finish(
         ingress_code
             .max(abandonment_code)
             .max(referrals_code)
-            .max(audiences_code),
+            .max(audiences_code)
+            .max(journey_code),
     );
     drop(embedded);
     if code == 0 {
@@ -215,12 +257,14 @@ fn create_topics(
     abandonment: &aftercart_abandonment::AbandonmentConfig,
     referrals: &aftercart_referrals::ReferralsConfig,
     audiences: &aftercart_audiences::AudiencesConfig,
+    journey: &aftercart_journey::JourneyConfig,
 ) -> Result<(), i32> {
     let specs: BTreeMap<String, TopicSpec> = ingress
         .into_iter()
         .chain(aftercart_abandonment::topic_specs(abandonment).0)
         .chain(aftercart_referrals::topic_specs(referrals).0)
         .chain(aftercart_audiences::topic_specs(audiences).0)
+        .chain(aftercart_journey::topic_specs(journey).0)
         .map(|spec| (spec.name.clone(), spec))
         .collect();
     for spec in specs.values() {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use aftercart_abandonment::{AbandonmentArgs, AbandonmentDefaults};
 use aftercart_audiences::{AudiencesArgs, AudiencesDefaults};
 use aftercart_ingress::app::topic_specs;
+use aftercart_journey::config::JourneyDefaults;
+use aftercart_journey::JourneyArgs;
 use aftercart_kafka::{ensure_topics, KafkaArgs, KafkaSettings, TopicSpec};
 use aftercart_referrals::{ReferralsArgs, ReferralsDefaults};
 use aftercart_runtime::config::{parse_byte_size, ConfigErrors};
@@ -28,6 +30,8 @@ pub struct TopicFlags {
     pub referrals: Box<ReferralsArgs>,
     #[command(flatten)]
     pub audiences: Box<AudiencesArgs>,
+    #[command(flatten)]
+    pub journey: Box<JourneyArgs>,
     /// Largest webhook body the ingress accepts; topics are created to hold it.
     #[arg(long, env = "AFTERCART_MAX_BODY_BYTES", default_value = "4MiB")]
     pub max_body_bytes: String,
@@ -52,6 +56,7 @@ impl TopicFlags {
             abandonment,
             referrals,
             audiences,
+            journey,
             max_body_bytes,
         } = self;
         let mut errors = ConfigErrors::new();
@@ -65,6 +70,9 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
+        let relayed = referrals
+            .invite
+            .relayed_topic(ReferralsDefaults::production().invite_trigger);
         // Only topic names are needed here: a placeholder stands in for an unset code secret.
         let referrals = referrals
             .validate(
@@ -85,12 +93,22 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
+        let journey = journey
+            .validate(
+                &kafka,
+                std::time::Duration::ZERO,
+                relayed,
+                &JourneyDefaults::production(),
+            )
+            .map_err(|e| errors.extend(e))
+            .ok();
         let (
             Some(settings),
             Some(max_body),
             Some(abandonment),
             Some(referrals),
             Some(audiences),
+            Some(journey),
             true,
         ) = (
             settings,
@@ -98,6 +116,7 @@ impl TopicFlags {
             abandonment,
             referrals,
             audiences,
+            journey,
             errors.is_empty(),
         )
         else {
@@ -109,12 +128,15 @@ impl TopicFlags {
         same_partitions.extend(referrals_same);
         let (audiences_specs, audiences_same) = aftercart_audiences::topic_specs(&audiences);
         same_partitions.extend(audiences_same);
+        let (journey_specs, journey_same) = aftercart_journey::topic_specs(&journey);
+        same_partitions.extend(journey_same);
         // The ingress's specs first: they carry max.message.bytes for the raw topics.
         let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
         for spec in abandonment_specs
             .into_iter()
             .chain(referrals_specs)
             .chain(audiences_specs)
+            .chain(journey_specs)
             .chain(topic_specs(&settings, max_body as usize))
         {
             specs.insert(spec.name.clone(), spec);
@@ -123,6 +145,7 @@ impl TopicFlags {
             abandonment.group.clone(),
             referrals.group.clone(),
             audiences.group.clone(),
+            journey.group.clone(),
         ];
         Ok(TopicPlan {
             settings,

@@ -335,10 +335,12 @@ fn a_restored_touchpoint_is_not_emitted_again() {
     let effects = engine.apply(0, SHOP, order(5, true), AT);
     let confirmed = emitted(&effects).remove(0);
     // A new owner restores the order as it was before the touchpoint went out.
-    let mut before = OrderJourney::default();
-    before.order_id = 5;
-    before.known = true;
-    before.email = Some("bea@example.com".into());
+    let before = OrderJourney {
+        order_id: 5,
+        known: true,
+        email: Some("bea@example.com".into()),
+        ..OrderJourney::default()
+    };
     let mut restored = Engine::new(rules());
     restored.assign(
         0,
