@@ -47,8 +47,10 @@ SAME_PARTITIONS = [
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
      "aftercart.referral-rewards"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
+    ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints"],
 ]
-CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state"]
+CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state",
+              "aftercart.journey-state"]
 # What each service's Kafka user must be allowed on its topics with the default names
 # (services/*/src/app.rs topic_specs and consumer.rs): read includes restore reads (the
 # abandonment service reads its own events back after a crash, the others their outputs).
@@ -65,6 +67,13 @@ USER_NEEDS = {
                  "aftercart.referrals-state", "aftercart.referral-invites", "aftercart.referral-rewards"],
         "Write": ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
                   "aftercart.referral-rewards", "aftercart.referrals-dead-letter"],
+    },
+    "aftercart-kafka-journey": {
+        "Read": ["shopify.orders", "shopify.fulfillments", "shopify.customers", "shopify.compliance",
+                 "aftercart.referral-invites", "aftercart.journey-by-shop", "aftercart.journey-state",
+                 "aftercart.touchpoints"],
+        "Write": ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints",
+                  "aftercart.journey-dead-letter", "aftercart.journey-delivery-dead-letter"],
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",
