@@ -45,6 +45,7 @@ mod scenarios {
                 &file,
                 format!(
                     "review_request_after = \"2s\"\n\
+                     [kpis]\nday_length = \"3s\"\n\
                      [[replenishment]]\nproduct_id = {PRODUCT}\nevery = \"3s\"\n\
                      [destination]\ntype = \"file\"\ndir = \"{}\"\n",
                     dir.join("out").display()
@@ -204,6 +205,33 @@ mod scenarios {
                 .metric("aftercart_journey_order_to_delivery_seconds_count"),
             1.0
         );
+        // KPI "days" of 3 s: the records, summed, count the order and its delivery once.
+        let kpis = eventually("the KPI records", Duration::from_secs(30), || async {
+            let records: Vec<Value> = read_topic(&stack.bootstrap, &stack.config.kpis_topic)
+                .await
+                .iter()
+                .map(|record| {
+                    let value: Value = serde_json::from_slice(&record.value).expect("JSON");
+                    assert_valid("aftercart/kpis.schema.json", &value);
+                    assert_eq!(record.key_str(), SHOP);
+                    value
+                })
+                .collect();
+            let sum = |field: &str| {
+                records
+                    .iter()
+                    .map(|r| r["yesterday"][field].as_f64().unwrap())
+                    .sum::<f64>()
+            };
+            (sum("orders") == 1.0 && sum("deliveries") == 1.0).then_some(records)
+        })
+        .await;
+        let with_order = kpis
+            .iter()
+            .find(|r| r["yesterday"]["orders"] == 1.0)
+            .unwrap();
+        assert_eq!(with_order["yesterday"]["revenue"]["EUR"], 42.0);
+        assert_eq!(with_order["shop"], SHOP);
     }
 
     pub async fn a_cancelled_order_gets_no_timed_touchpoints_and_poison_is_dead_lettered(

@@ -38,7 +38,7 @@ pub fn test_config(kafka: &KafkaSettings, file: Option<&std::path::Path>) -> Jou
     args.validate(
         &test_kafka_args(kafka),
         Duration::from_secs(10),
-        None,
+        (format!("{prefix}referral-invites"), false),
         &JourneyDefaults::production(),
     )
     .expect("valid test config")

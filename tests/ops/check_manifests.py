@@ -47,7 +47,7 @@ SAME_PARTITIONS = [
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
      "aftercart.referral-rewards"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
-    ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints"],
+    ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints", "aftercart.kpis"],
 ]
 CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state",
               "aftercart.journey-state"]
@@ -69,11 +69,12 @@ USER_NEEDS = {
                   "aftercart.referral-rewards", "aftercart.referrals-dead-letter"],
     },
     "aftercart-kafka-journey": {
-        "Read": ["shopify.orders", "shopify.fulfillments", "shopify.customers", "shopify.compliance",
-                 "aftercart.referral-invites", "aftercart.journey-by-shop", "aftercart.journey-state",
-                 "aftercart.touchpoints"],
+        "Read": ["shopify.checkouts", "shopify.orders", "shopify.fulfillments", "shopify.customers",
+                 "shopify.compliance", "aftercart.abandonments", "aftercart.referral-invites",
+                 "aftercart.referral-rewards", "aftercart.journey-by-shop", "aftercart.journey-state",
+                 "aftercart.touchpoints", "aftercart.kpis"],
         "Write": ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints",
-                  "aftercart.journey-dead-letter", "aftercart.journey-delivery-dead-letter"],
+                  "aftercart.kpis", "aftercart.journey-dead-letter", "aftercart.journey-delivery-dead-letter"],
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",

@@ -427,7 +427,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 24, "attempt {attempt}: the raw topics (fulfillments too) plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters) and journey (touchpoints, by-shop, changelog, dead letters) topics");
+        assert_eq!(listed, 25, "attempt {attempt}: the raw topics (fulfillments too) plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters) and journey (touchpoints, kpis, by-shop, changelog, dead letters) topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())

@@ -37,9 +37,14 @@ pub fn topic_specs(config: &JourneyConfig) -> (Vec<TopicSpec>, Vec<String>) {
         .iter()
         .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
         .collect();
-    specs.push(TopicSpec::new(&config.touchpoints_topic, &config.kafka));
-    if let Some(invites) = &config.invites_topic {
-        specs.push(TopicSpec::new(invites, &config.kafka));
+    for topic in [
+        &config.touchpoints_topic,
+        &config.kpis_topic,
+        &config.abandonments_topic,
+        &config.invites_topic,
+        &config.rewards_topic,
+    ] {
+        specs.push(TopicSpec::new(topic, &config.kafka));
     }
     for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
         specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
@@ -54,6 +59,7 @@ pub fn topic_specs(config: &JourneyConfig) -> (Vec<TopicSpec>, Vec<String>) {
         config.by_shop_topic.clone(),
         config.state_topic.clone(),
         config.touchpoints_topic.clone(),
+        config.kpis_topic.clone(),
     ];
     (specs, same)
 }
@@ -154,7 +160,7 @@ pub async fn serve(
         None => None,
     };
     let service = crate::consumer::build(config, metrics, ready)?;
-    tracing::info!(group = %config.group, touchpoints = %config.touchpoints_topic, relays_invites = config.invites_topic.is_some(), destination = forwarder.is_some(), "Journey service consuming.");
+    tracing::info!(group = %config.group, touchpoints = %config.touchpoints_topic, relays_invites = config.rules.relay_invites, destination = forwarder.is_some(), "Journey service consuming.");
     // One failing stops the other: both are this service.
     let inner = stop.child_token();
     let (looped, delivered) = tokio::join!(

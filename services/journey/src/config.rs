@@ -13,6 +13,7 @@ use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{parse_duration, ConfigErrors};
 
 use crate::domain::engine::Rules;
+use crate::domain::kpis::{parse_offset, KpiRules};
 use file::{DestinationFile, JourneyFile};
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
@@ -66,6 +67,31 @@ pub struct JourneyArgs {
     )]
     pub journey_delivery_dead_letter_topic: String,
 
+    /// Output topic of the daily KPI record per shop (yesterday against the previous 7 days).
+    #[arg(
+        long,
+        env = "AFTERCART_JOURNEY_KPIS_TOPIC",
+        default_value = "aftercart.kpis"
+    )]
+    pub journey_kpis_topic: String,
+
+    /// The abandonment service's events, counted in the KPI record (abandoned, recovered).
+    #[arg(
+        long,
+        env = "AFTERCART_JOURNEY_ABANDONMENTS_TOPIC",
+        default_value = "aftercart.abandonments"
+    )]
+    pub journey_abandonments_topic: String,
+
+    /// The referrals service's reward events, counted in the KPI record (referred orders,
+    /// rewards granted and voided).
+    #[arg(
+        long,
+        env = "AFTERCART_JOURNEY_REFERRAL_REWARDS_TOPIC",
+        default_value = "aftercart.referral-rewards"
+    )]
+    pub journey_referral_rewards_topic: String,
+
     /// The journey file (TOML): review delay, products with a usage period, destination
     /// (see examples/journey.toml). Without it: review requests 7 days after delivery, no
     /// replenishment reminders, touchpoints only on Kafka.
@@ -78,6 +104,8 @@ pub struct JourneyArgs {
 pub struct JourneyDefaults {
     pub fallback_brokers: Option<String>,
     pub review_request_after: &'static str,
+    /// A KPI day: 24h (shorter under `aftercart dev`, to watch reports come).
+    pub kpi_day_length: &'static str,
 }
 
 impl JourneyDefaults {
@@ -85,6 +113,7 @@ impl JourneyDefaults {
         Self {
             fallback_brokers: None,
             review_request_after: "7d",
+            kpi_day_length: "24h",
         }
     }
 }
@@ -107,25 +136,28 @@ pub struct JourneyConfig {
     pub dead_letter_topic: String,
     pub delivery_dead_letter_topic: String,
     pub rules: Rules,
-    /// The referral invites topic, when the journey relays its invites (the referrals service
-    /// invites at delivery).
-    pub invites_topic: Option<String>,
+    pub kpis_topic: String,
+    /// Read for the KPI record (abandonments) and the referral counts (invites, rewards).
+    pub abandonments_topic: String,
+    pub invites_topic: String,
+    pub rewards_topic: String,
     pub destination: Option<DestinationConfig>,
     /// Bounds the final producer flush on shutdown.
     pub shutdown_timeout: Duration,
 }
 
 impl JourneyArgs {
-    /// Validates with the command's Kafka flags, shutdown deadline and the referral invite
-    /// moment shared with the referrals service (`relay_invites_from`: the invites topic when
-    /// it invites at delivery), every problem at once.
+    /// Validates with the command's Kafka flags, shutdown deadline and the referral invites
+    /// shared with the referrals service (their topic, and whether the journey relays them:
+    /// when the referrals service invites at delivery), every problem at once.
     pub fn validate(
         &self,
         kafka: &KafkaArgs,
         shutdown_timeout: Duration,
-        relay_invites_from: Option<String>,
+        invites: (String, bool),
         defaults: &JourneyDefaults,
     ) -> Result<JourneyConfig, ConfigErrors> {
+        let (invites_topic, relay_invites) = invites;
         let mut errors = ConfigErrors::new();
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
         let file = match &self.journey_config {
@@ -184,6 +216,7 @@ impl JourneyArgs {
                 ));
             }
         }
+        let kpis = kpi_rules(&file, defaults, &mut errors);
         let destination = file
             .destination
             .as_ref()
@@ -207,6 +240,15 @@ impl JourneyArgs {
                 "AFTERCART_JOURNEY_DELIVERY_DEAD_LETTER_TOPIC",
                 &self.journey_delivery_dead_letter_topic,
             ),
+            ("AFTERCART_JOURNEY_KPIS_TOPIC", &self.journey_kpis_topic),
+            (
+                "AFTERCART_JOURNEY_ABANDONMENTS_TOPIC",
+                &self.journey_abandonments_topic,
+            ),
+            (
+                "AFTERCART_JOURNEY_REFERRAL_REWARDS_TOPIC",
+                &self.journey_referral_rewards_topic,
+            ),
         ] {
             if value.trim().is_empty() {
                 errors.push(format!("{name}: must not be empty"));
@@ -226,13 +268,61 @@ impl JourneyArgs {
             rules: Rules {
                 review_after_ms: review_request_after,
                 replenish_every_ms,
-                relay_invites: relay_invites_from.is_some(),
+                relay_invites,
                 order_retention_ms: order_retention,
+                kpis,
             },
-            invites_topic: relay_invites_from,
+            kpis_topic: self.journey_kpis_topic.trim().to_string(),
+            abandonments_topic: self.journey_abandonments_topic.trim().to_string(),
+            invites_topic,
+            rewards_topic: self.journey_referral_rewards_topic.trim().to_string(),
             destination,
             shutdown_timeout,
         })
+    }
+}
+
+/// Day cutting of the daily KPI record: the shops' time zones (fixed UTC offsets) from the file.
+fn kpi_rules(
+    file: &JourneyFile,
+    defaults: &JourneyDefaults,
+    errors: &mut ConfigErrors,
+) -> KpiRules {
+    const NAME: &str = "AFTERCART_JOURNEY_CONFIG: kpis";
+    let kpis = file.kpis.clone().unwrap_or_default();
+    let default_offset_ms = errors
+        .check(
+            &format!("{NAME}.default_time_zone"),
+            parse_offset(kpis.default_time_zone.as_deref().unwrap_or("UTC")),
+        )
+        .unwrap_or(0);
+    let mut offsets = HashMap::new();
+    for (shop, zone) in &kpis.time_zones {
+        if let Some(offset) = errors.check(&format!("{NAME}.time_zones.{shop}"), parse_offset(zone))
+        {
+            offsets.insert(shop.trim().to_ascii_lowercase(), offset);
+        }
+    }
+    let day = kpis
+        .day_length
+        .as_deref()
+        .unwrap_or(defaults.kpi_day_length);
+    let day_ms = errors
+        .check(
+            &format!("{NAME}.day_length"),
+            parse_duration(day).and_then(|d| {
+                if d.as_millis() < 1000 {
+                    Err("must be at least 1s".into())
+                } else {
+                    Ok(d.as_millis() as i64)
+                }
+            }),
+        )
+        .unwrap_or(86_400_000);
+    KpiRules {
+        day_ms,
+        default_offset_ms,
+        offsets,
     }
 }
 
@@ -315,13 +405,17 @@ mod tests {
     }
 
     fn validate(args: &[&str], relay: Option<&str>) -> Result<JourneyConfig, ConfigErrors> {
+        let invites = (
+            relay.unwrap_or("aftercart.referral-invites").to_string(),
+            relay.is_some(),
+        );
         let mut argv = vec!["journey", "--kafka-brokers", "localhost:9092"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).unwrap();
         cli.journey.validate(
             &cli.kafka,
             Duration::from_secs(5),
-            relay.map(str::to_string),
+            invites,
             &JourneyDefaults::production(),
         )
     }

@@ -15,26 +15,33 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::JourneyConfig;
 use crate::domain::engine::{Effect, Engine};
-use crate::domain::input::{decode_input, decode_invite, is_relevant, Input};
+use crate::domain::input::{
+    decode_abandonment, decode_input, decode_invite, decode_reward, is_relevant, Input,
+};
 use crate::domain::state::Entity;
-use crate::domain::touchpoint::Touchpoint;
+use crate::domain::touchpoint::Output;
 use crate::metrics::JourneyMetrics;
 
-/// The family label of the referral invites source.
+/// The family labels of the aftercart sources.
 pub const INVITES: &str = "referral_invites";
-/// Output topic index of touchpoints in [`StageTopics::outputs`].
+pub const REWARDS: &str = "referral_rewards";
+pub const ABANDONMENTS: &str = "abandonments";
+/// Output topic indexes in [`StageTopics::outputs`].
 const TOUCHPOINTS: usize = 0;
+const KPIS: usize = 1;
 /// How often settled orders are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// The journey service's poll loop.
 pub type Loop = Stage<Journey>;
 
-/// The source topics the router reads: the Shopify families, and the referral invites when
-/// the journey relays them.
+/// The source topics the router reads: the Shopify families, the abandonment events and the
+/// referral invites and rewards (KPIs; invites relayed when the referrals service invites at
+/// delivery).
 pub fn source_topics(config: &JourneyConfig) -> Vec<(String, &'static str)> {
     let names = TopicNames::new(&config.kafka.topic_prefix);
     let mut sources: Vec<(String, &'static str)> = [
+        Family::Checkouts,
         Family::Orders,
         Family::Fulfillments,
         Family::Customers,
@@ -43,9 +50,9 @@ pub fn source_topics(config: &JourneyConfig) -> Vec<(String, &'static str)> {
     .iter()
     .map(|f| (names.family(*f), f.as_str()))
     .collect();
-    if let Some(invites) = &config.invites_topic {
-        sources.push((invites.clone(), INVITES));
-    }
+    sources.push((config.abandonments_topic.clone(), ABANDONMENTS));
+    sources.push((config.invites_topic.clone(), INVITES));
+    sources.push((config.rewards_topic.clone(), REWARDS));
     sources
 }
 
@@ -65,7 +72,7 @@ pub fn build(
         globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
-        outputs: vec![config.touchpoints_topic.clone()],
+        outputs: vec![config.touchpoints_topic.clone(), config.kpis_topic.clone()],
     };
     let logic = Journey {
         engine: Engine::new(config.rules.clone()),
@@ -88,7 +95,7 @@ pub struct Journey {
     last_expiry: Instant,
 }
 
-type Staged = StageEffect<Entity, Touchpoint>;
+type Staged = StageEffect<Entity, Output>;
 
 impl Journey {
     /// Turns engine effects into stage effects; counts are counted on the way.
@@ -100,7 +107,13 @@ impl Journey {
                     topic: TOUCHPOINTS,
                     key,
                     event_id: output.event_id.clone(),
-                    output: *output,
+                    output: Output::Touchpoint(output),
+                }),
+                Effect::Report { key, record } => Some(StageEffect::Emit {
+                    topic: KPIS,
+                    key,
+                    event_id: record.event_id.clone(),
+                    output: Output::Kpis(record),
                 }),
                 Effect::Persist { key, entity } => Some(StageEffect::Persist { key, entity }),
                 Effect::Count(counted) => {
@@ -125,11 +138,12 @@ impl Journey {
 
 impl StageLogic for Journey {
     type Entity = Entity;
-    type Output = Touchpoint;
-    type Emitted = Touchpoint;
+    type Output = Output;
+    type Emitted = Output;
 
     fn routes(&self, family: &'static str, message: &OwnedMessage) -> bool {
-        family == INVITES || header(message, "shopify-topic").is_some_and(is_relevant)
+        matches!(family, INVITES | REWARDS | ABANDONMENTS)
+            || header(message, "shopify-topic").is_some_and(is_relevant)
     }
 
     fn apply(
@@ -139,10 +153,11 @@ impl StageLogic for Journey {
         message: &OwnedMessage,
     ) -> Result<Vec<Staged>, Unusable> {
         let body = message.payload().unwrap_or_default();
-        let decoded = if family == INVITES {
-            decode_invite(body)
-        } else {
-            decode_input(header(message, "shopify-topic"), body)
+        let decoded = match family {
+            INVITES => decode_invite(body),
+            REWARDS => decode_reward(body),
+            ABANDONMENTS => decode_abandonment(body),
+            _ => decode_input(header(message, "shopify-topic"), body),
         };
         match decoded {
             Ok(input) => {
@@ -187,13 +202,19 @@ impl StageLogic for Journey {
         self.engine.owns(partition)
     }
 
-    fn reconcile(&mut self, partition: i32, emitted: &Touchpoint) -> Vec<Staged> {
-        let effects = self.engine.reconcile(partition, emitted);
+    fn reconcile(&mut self, partition: i32, emitted: &Output) -> Vec<Staged> {
+        let effects = match emitted {
+            Output::Touchpoint(touchpoint) => self.engine.reconcile(partition, touchpoint),
+            Output::Kpis(record) => self.engine.reconcile_report(partition, record),
+        };
         self.staged(effects)
     }
 
-    fn emitted(&self, output: &Touchpoint) {
-        self.metrics.emitted(output.kind);
+    fn emitted(&self, output: &Output) {
+        match output {
+            Output::Touchpoint(touchpoint) => self.metrics.emitted(touchpoint.kind),
+            Output::Kpis(_) => self.metrics.reported(),
+        }
     }
 
     fn loop_metrics(&self) -> &LoopMetrics {

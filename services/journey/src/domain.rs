@@ -2,5 +2,6 @@
 
 pub mod engine;
 pub mod input;
+pub mod kpis;
 pub mod state;
 pub mod touchpoint;

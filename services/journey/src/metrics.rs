@@ -13,12 +13,15 @@ const PREFIX: &str = "aftercart_journey_";
 pub const SKIP_REASONS: [&str; 4] = ["no_contact", "no_consent", "stopped", "test_order"];
 
 /// The input families of the stage (metric labels).
-pub const FAMILIES: [&str; 5] = [
+pub const FAMILIES: [&str; 8] = [
+    "checkouts",
     "orders",
     "fulfillments",
     "customers",
     "compliance",
+    "abandonments",
     "referral_invites",
+    "referral_rewards",
 ];
 
 #[derive(Clone)]
@@ -31,6 +34,7 @@ pub struct JourneyMetrics {
     customers: IntGauge,
     timers: IntGauge,
     routed: IntCounter,
+    reports: IntCounter,
     /// Records, dead letters, state restore, partitions and lag.
     pub consumer: LoopMetrics,
 }
@@ -86,6 +90,10 @@ impl JourneyMetrics {
                 "records_routed_total",
                 "Source records forwarded to the by-shop topic.",
             ))?,
+            reports: IntCounter::with_opts(opts(
+                "kpi_reports_total",
+                "Daily KPI records written to aftercart.kpis (one per shop and day).",
+            ))?,
             consumer: LoopMetrics::register(
                 PREFIX,
                 registry,
@@ -102,6 +110,7 @@ impl JourneyMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.customers)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.timers)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.reports)?;
         for kind in Kind::ALL {
             metrics.touchpoints.with_label_values(&[kind.as_str()]);
             for reason in SKIP_REASONS {
@@ -134,6 +143,10 @@ impl JourneyMetrics {
         self.orders.set(orders as i64);
         self.customers.set(customers as i64);
         self.timers.set(timers as i64);
+    }
+
+    pub fn reported(&self) {
+        self.reports.inc();
     }
 
     pub fn routed(&self, count: usize) {

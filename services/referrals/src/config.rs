@@ -250,10 +250,12 @@ impl ReferralInviteArgs {
         self.invite_trigger.as_deref().unwrap_or(default).trim()
     }
 
-    /// The invites topic when the journey relays the invites (trigger `delivered`).
-    pub fn relayed_topic(&self, default_trigger: &str) -> Option<String> {
-        (self.trigger_text(default_trigger) == "delivered")
-            .then(|| self.invites_topic.trim().to_string())
+    /// The invites topic, and whether the journey relays the invites (trigger `delivered`).
+    pub fn for_journey(&self, default_trigger: &str) -> (String, bool) {
+        (
+            self.invites_topic.trim().to_string(),
+            self.trigger_text(default_trigger) == "delivered",
+        )
     }
 }
 

@@ -40,6 +40,9 @@ const DEV_INVITE_DELAY: &str = "5s";
 /// Short enough for a demo to show a review request while you watch.
 const DEV_REVIEW_REQUEST_AFTER: &str = "10s";
 
+/// A KPI "day" of the dev stack: a daily KPI record per shop every minute.
+const DEV_KPI_DAY: &str = "1m";
+
 /// Short enough for audience files to appear soon after an abandonment.
 const DEV_FLUSH_INTERVAL: &str = "5s";
 /// The dev stack's spool, under the working directory (git-ignored) rather than /var/lib.
@@ -83,6 +86,7 @@ pub async fn run(args: DevArgs) -> i32 {
     let journey_defaults = JourneyDefaults {
         fallback_brokers: fallback_brokers.clone(),
         review_request_after: DEV_REVIEW_REQUEST_AFTER,
+        kpi_day_length: DEV_KPI_DAY,
     };
     let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
@@ -121,7 +125,7 @@ pub async fn run(args: DevArgs) -> i32 {
         .validate(
             &args.ingress.kafka,
             shutdown_timeout,
-            args.referrals.invite.relayed_topic(DEV_INVITE_TRIGGER),
+            args.referrals.invite.for_journey(DEV_INVITE_TRIGGER),
             &journey_defaults,
         )
         .map_err(|e| errors.extend(e))

@@ -13,10 +13,17 @@ pub async fn run(command: JourneyCommand) -> i32 {
         invite,
         process,
     } = command;
-    let relayed = invite.relayed_topic(ReferralsDefaults::production().invite_trigger);
+    let relayed = invite.for_journey(ReferralsDefaults::production().invite_trigger);
     run_consumer_command(
         &process,
-        |shutdown| journey.validate(&kafka, shutdown, relayed, &JourneyDefaults::production()),
+        |shutdown| {
+            journey.validate(
+                &kafka,
+                shutdown,
+                relayed.clone(),
+                &JourneyDefaults::production(),
+            )
+        },
         async |config, process| run_journey(config, process).await,
     )
     .await

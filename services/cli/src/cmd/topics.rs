@@ -72,7 +72,7 @@ impl TopicFlags {
             .ok();
         let relayed = referrals
             .invite
-            .relayed_topic(ReferralsDefaults::production().invite_trigger);
+            .for_journey(ReferralsDefaults::production().invite_trigger);
         // Only topic names are needed here: a placeholder stands in for an unset code secret.
         let referrals = referrals
             .validate(

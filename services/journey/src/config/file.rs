@@ -17,6 +17,22 @@ pub struct JourneyFile {
     pub replenishment: Vec<ReplenishmentFile>,
     /// Where touchpoints are delivered, besides `aftercart.touchpoints`.
     pub destination: Option<DestinationFile>,
+    /// The daily KPI record (`aftercart.kpis`).
+    pub kpis: Option<KpisFile>,
+}
+
+/// How the daily KPI record cuts days.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpisFile {
+    /// The time zone of shops not listed, as `UTC` or a fixed offset (`+01:00`).
+    pub default_time_zone: Option<String>,
+    /// Shop domain → its time zone (a fixed offset: IANA names are not read, so a shop with
+    /// daylight saving time gets the offset of its larger season).
+    #[serde(default)]
+    pub time_zones: std::collections::BTreeMap<String, String>,
+    /// A day's length: `24h` (shorter only to watch reports in development).
+    pub day_length: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,9 +9,10 @@ use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::rfc3339;
 
 use crate::domain::input::{Input, InviteFact, OrderFact, Shipment, ShipmentFact, Stop};
+use crate::domain::kpis::{report, Fact, KpiRecord, KpiRules};
 use crate::domain::state::{
-    customer_entity, order_entity, shop_of_entity, Bought, CustomerConsent, Entity, OrderJourney,
-    ProgressState, Timer,
+    buyer_entity, customer_entity, order_entity, shop_entity, shop_of_entity, Bought, BuyerOrders,
+    CustomerConsent, Entity, OrderJourney, ProgressState, ShopKpis, Timer,
 };
 use crate::domain::touchpoint::{
     event_id, mark, CustomerOut, FulfillmentOut, Kind, OrderOut, ProductOut, ReferralOut,
@@ -31,6 +32,8 @@ pub struct Rules {
     pub relay_invites: bool,
     /// Orders with nothing left to do are forgotten when unseen this long.
     pub order_retention_ms: i64,
+    /// How the daily KPI record cuts days.
+    pub kpis: KpiRules,
 }
 
 /// Something to count.
@@ -51,6 +54,11 @@ pub enum Effect {
         key: String,
         output: Box<Touchpoint>,
     },
+    /// A shop's daily KPI record (key: the shop).
+    Report {
+        key: String,
+        record: Box<KpiRecord>,
+    },
     /// `None` deletes the entity (a changelog tombstone).
     Persist {
         key: String,
@@ -64,6 +72,8 @@ pub enum Effect {
 struct Partition {
     orders: HashMap<String, OrderJourney>,
     customers: HashMap<String, CustomerConsent>,
+    buyers: HashMap<String, BuyerOrders>,
+    shops: HashMap<String, ShopKpis>,
     /// (due, order entity key).
     timers: BTreeSet<(i64, String)>,
 }
@@ -79,6 +89,15 @@ impl Partition {
             }
             Entity::Customer(consent) => {
                 self.customers.insert(key, consent);
+            }
+            Entity::Buyer(buyer) => {
+                self.buyers.insert(key, buyer);
+            }
+            Entity::Shop(shop) => {
+                if let Some(due) = shop.next_report_ms {
+                    self.timers.insert((due, key.clone()));
+                }
+                self.shops.insert(key, shop);
             }
         }
     }
@@ -151,6 +170,17 @@ impl Engine {
             .min()
     }
 
+    /// When the next order timer is due (shop reports left out).
+    #[cfg(test)]
+    fn order_due(&self) -> Option<i64> {
+        self.partitions
+            .values()
+            .flat_map(|p| p.timers.iter())
+            .filter(|(_, key)| key.starts_with("order/"))
+            .map(|(due, _)| *due)
+            .min()
+    }
+
     /// Applies one fact of `shop` received at `at_ms`.
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
         let rules = &self.rules;
@@ -196,7 +226,11 @@ impl Engine {
                 orders,
             } => step.redact_customer(customer_id, email.as_deref(), &orders),
             Input::RedactShop => step.redact_shop(),
-            Input::Invite(invite) => step.relay(&invite, at_ms),
+            Input::Invite(invite) => {
+                step.tally(Fact::Invite, at_ms);
+                step.relay(&invite, at_ms);
+            }
+            Input::Kpi(fact) => step.tally(fact, at_ms),
             Input::Ignored => {}
         }
         effects
@@ -249,6 +283,24 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Brings the state up to date with a KPI record found after the checkpoint on restore.
+    pub fn reconcile_report(&mut self, partition: i32, record: &KpiRecord) -> Vec<Effect> {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let Some(start) = aftercart_shopify::time::parse_time_ms(&record.period_start) else {
+            return Vec::new();
+        };
+        let key = shop_entity(&record.shop);
+        let day = self.rules.kpis.day_of(&record.shop, start);
+        let shop = state.shops.entry(key.clone()).or_default();
+        if shop.days.reported.is_some_and(|r| r >= day) {
+            return Vec::new();
+        }
+        shop.days.reported = Some(day);
+        vec![persist(&key, Entity::Shop(shop.clone()))]
     }
 
     /// Brings the state up to date with a touchpoint found after the checkpoint on restore.
@@ -305,6 +357,9 @@ impl Step<'_> {
     fn order(&mut self, fact: &OrderFact, at_ms: i64) {
         let key = order_entity(self.shop, fact.id);
         let mut order = self.take(&key, fact.id, at_ms);
+        if !order.known && !fact.test {
+            self.count_order(fact, at_ms);
+        }
         order.known = true;
         order.name = fact.name.clone().or(order.name);
         order.customer_id = fact
@@ -379,6 +434,26 @@ impl Step<'_> {
         self.put(key, order);
     }
 
+    /// A new order counts towards the day: a repeat purchase when the customer ordered before.
+    fn count_order(&mut self, fact: &OrderFact, at_ms: i64) {
+        let customer = fact.customer.as_ref();
+        let mut repeat = customer.and_then(|c| c.orders_count).is_some_and(|n| n > 1);
+        if let Some(id) = customer.and_then(|c| c.id) {
+            let key = buyer_entity(self.shop, id);
+            let buyer = self.state.buyers.entry(key.clone()).or_default();
+            repeat |= buyer.orders > 0;
+            buyer.orders = buyer.orders.saturating_add(1);
+            let entity = Entity::Buyer(buyer.clone());
+            self.effects.push(persist(&key, entity));
+        }
+        let value = fact
+            .total_price
+            .as_deref()
+            .and_then(Amount::parse)
+            .map(|a| (a, fact.currency.clone().unwrap_or_else(|| "XXX".into())));
+        self.tally(Fact::Order { repeat, value }, at_ms);
+    }
+
     fn refunded_in_full(&self, order: &OrderJourney) -> bool {
         match (
             order.total.as_deref().and_then(Amount::parse),
@@ -446,11 +521,13 @@ impl Step<'_> {
         if let Some(progress) = advanced {
             if progress == ProgressState::Delivered && order.delivered_ms.is_none() {
                 order.delivered_ms = Some(happened);
-                if let Some(created) = order.created_ms {
-                    self.count(Counted::DeliveredAfter {
-                        seconds: (happened - created).max(0) as f64 / 1000.0,
-                    });
+                let after_seconds = order
+                    .created_ms
+                    .map(|created| (happened - created).max(0) as f64 / 1000.0);
+                if let Some(seconds) = after_seconds {
+                    self.count(Counted::DeliveredAfter { seconds });
                 }
+                self.tally(Fact::Delivered { after_seconds }, at_ms);
                 self.schedule(&mut order);
             }
             let out = self.fulfillment_out(&order, fact.fulfillment_id, &fact.status);
@@ -587,6 +664,9 @@ impl Step<'_> {
     }
 
     fn fire(&mut self, key: &str, now_ms: i64) {
+        if key.starts_with("shop/") {
+            return self.report(key, now_ms);
+        }
         let Some(mut order) = self.state.orders.remove(key) else {
             return;
         };
@@ -613,6 +693,57 @@ impl Step<'_> {
             self.send(&mut order, timer.kind, None, product, timer.due_ms);
         }
         self.put(key.to_string(), order);
+    }
+
+    /// Counts a fact towards the shop's day, and makes sure its next report is scheduled.
+    fn tally(&mut self, fact: Fact, at_ms: i64) {
+        let rules = &self.rules.kpis;
+        let key = shop_entity(self.shop);
+        let mut shop = self.state.shops.remove(&key).unwrap_or_default();
+        let today = rules.day_of(self.shop, at_ms);
+        shop.days.days.entry(today).or_default().count(&fact);
+        shop.days.prune(today);
+        if shop.next_report_ms.is_none() {
+            let due = rules.start_of(self.shop, today + 1);
+            shop.next_report_ms = Some(due);
+            self.state.timers.insert((due, key.clone()));
+        }
+        self.effects.push(persist(&key, Entity::Shop(shop.clone())));
+        self.state.shops.insert(key, shop);
+    }
+
+    /// The daily KPI record of the day that just ended (once), then the next one scheduled
+    /// while the shop had facts in the last week.
+    fn report(&mut self, key: &str, now_ms: i64) {
+        let Some(mut shop) = self.state.shops.remove(key) else {
+            return;
+        };
+        let rules = &self.rules.kpis;
+        let today = rules.day_of(self.shop, now_ms);
+        let yesterday = today - 1;
+        if shop.next_report_ms.is_some_and(|due| due > now_ms) {
+            self.state.shops.insert(key.to_string(), shop);
+            return;
+        }
+        shop.days.prune(today);
+        if shop.days.reported.is_none_or(|r| r < yesterday) {
+            let record = report(rules, self.shop, &shop.days, yesterday);
+            shop.days.reported = Some(yesterday);
+            self.effects.push(Effect::Report {
+                key: self.shop.to_string(),
+                record: Box::new(record),
+            });
+        }
+        shop.next_report_ms = None;
+        if !shop.days.days.is_empty() {
+            let due = rules.start_of(self.shop, today + 1);
+            shop.next_report_ms = Some(due);
+            self.state.timers.insert((due, key.to_string()));
+            self.effects.push(persist(key, Entity::Shop(shop.clone())));
+            self.state.shops.insert(key.to_string(), shop);
+        } else {
+            self.effects.push(tombstone(key));
+        }
     }
 
     fn relay(&mut self, fact: &InviteFact, at_ms: i64) {
@@ -704,6 +835,10 @@ impl Step<'_> {
             if self.state.customers.remove(&key).is_some() {
                 self.effects.push(tombstone(&key));
             }
+            let key = buyer_entity(self.shop, id);
+            if self.state.buyers.remove(&key).is_some() {
+                self.effects.push(tombstone(&key));
+            }
         }
     }
 
@@ -729,6 +864,25 @@ impl Step<'_> {
             .collect();
         for key in doomed {
             self.state.customers.remove(&key);
+            self.effects.push(tombstone(&key));
+        }
+        let buyers = format!("buyer/{}/", self.shop);
+        let doomed: Vec<String> = self
+            .state
+            .buyers
+            .keys()
+            .filter(|k| k.starts_with(&buyers))
+            .cloned()
+            .collect();
+        for key in doomed {
+            self.state.buyers.remove(&key);
+            self.effects.push(tombstone(&key));
+        }
+        let key = shop_entity(self.shop);
+        if let Some(shop) = self.state.shops.remove(&key) {
+            if let Some(due) = shop.next_report_ms {
+                self.state.timers.remove(&(due, key.clone()));
+            }
             self.effects.push(tombstone(&key));
         }
     }

@@ -7,7 +7,8 @@ use aftercart_shopify::time::parse_time_ms;
 use serde::Deserialize;
 
 /// The Shopify topics the journey acts on; the router forwards only these.
-pub const TOPICS: [&str; 15] = [
+pub const TOPICS: [&str; 16] = [
+    "checkouts/create",
     "orders/create",
     "orders/updated",
     "orders/paid",
@@ -71,6 +72,8 @@ pub struct ConsentState {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct Customer {
     pub id: Option<u64>,
+    /// Present in older API versions: more than 1 means this is not the first order.
+    pub orders_count: Option<u64>,
     pub email: Option<String>,
     pub first_name: Option<String>,
     pub email_marketing_consent: Option<ConsentState>,
@@ -210,6 +213,8 @@ pub enum Input {
     },
     RedactShop,
     Invite(Box<InviteFact>),
+    /// A fact that only counts towards the shop's KPIs.
+    Kpi(crate::domain::kpis::Fact),
     /// A topic the journey does not act on.
     Ignored,
 }
@@ -268,6 +273,75 @@ struct RedactPayload {
     orders_to_redact: Vec<u64>,
 }
 
+/// The value of an output event, as (amount, currency).
+fn value_of(amount: Option<&str>, currency: Option<&str>) -> Option<(Amount, String)> {
+    Some((
+        Amount::parse(amount?)?,
+        currency.unwrap_or("XXX").to_string(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct EventValue {
+    amount: Option<String>,
+    currency: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AbandonmentEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    value: Option<EventValue>,
+}
+
+/// Decodes an abandonment event (`aftercart.abandonments`): abandoned or recovered.
+pub fn decode_abandonment(body: &[u8]) -> Result<Input, PoisonRecord> {
+    use crate::domain::kpis::Fact;
+    let event: AbandonmentEvent = decode("abandonment event", body)?;
+    let value = event
+        .value
+        .as_ref()
+        .and_then(|v| value_of(v.amount.as_deref(), v.currency.as_deref()));
+    Ok(match event.kind.as_str() {
+        "abandoned" => Input::Kpi(Fact::Abandoned),
+        "recovered" => Input::Kpi(Fact::Recovered { value }),
+        _ => Input::Ignored,
+    })
+}
+
+#[derive(Deserialize)]
+struct RewardOrder {
+    value: Option<String>,
+    currency: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RewardFriend {
+    order: RewardOrder,
+}
+
+#[derive(Deserialize)]
+struct RewardEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    friend: RewardFriend,
+}
+
+/// Decodes a referral reward event (`aftercart.referral-rewards`).
+pub fn decode_reward(body: &[u8]) -> Result<Input, PoisonRecord> {
+    use crate::domain::kpis::Fact;
+    let event: RewardEvent = decode("referral reward", body)?;
+    let order = &event.friend.order;
+    Ok(match event.kind.as_str() {
+        "reward.pending" => Input::Kpi(Fact::Referred {
+            value: value_of(order.value.as_deref(), order.currency.as_deref()),
+        }),
+        "reward.granted" => Input::Kpi(Fact::RewardGranted),
+        "reward.voided" => Input::Kpi(Fact::RewardVoided),
+        _ => Input::Ignored,
+    })
+}
+
 /// Decodes a referral invite record (`aftercart.referral-invites`).
 pub fn decode_invite(body: &[u8]) -> Result<Input, PoisonRecord> {
     let invite = decode("referral invite", body)?;
@@ -278,6 +352,10 @@ pub fn decode_invite(body: &[u8]) -> Result<Input, PoisonRecord> {
 pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRecord> {
     let topic = shopify_topic(topic)?;
     Ok(match topic.as_str() {
+        "checkouts/create" => {
+            decode::<serde::de::IgnoredAny>(&topic, body)?;
+            Input::Kpi(crate::domain::kpis::Fact::CheckoutStarted)
+        }
         "orders/create" | "orders/updated" | "orders/paid" | "orders/cancelled" => {
             let mut order: OrderFact = decode(&topic, body)?;
             if let Some(total) = &order.total_price {

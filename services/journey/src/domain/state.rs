@@ -21,6 +21,9 @@ pub fn customer_entity(shop: &str, customer_id: u64) -> String {
 /// The shop of an entity key.
 pub fn shop_of_entity(key: &str) -> &str {
     let rest = key.split_once('/').map_or(key, |(_, rest)| rest);
+    if key.starts_with("shop/") {
+        return rest;
+    }
     rest.rsplit_once('/').map_or(rest, |(shop, _)| shop)
 }
 
@@ -31,6 +34,32 @@ pub fn shop_of_entity(key: &str) -> &str {
 pub enum Entity {
     Order(OrderJourney),
     Customer(CustomerConsent),
+    /// Orders seen of a customer (repeat purchases).
+    Buyer(BuyerOrders),
+    /// A shop's days of KPI facts.
+    Shop(ShopKpis),
+}
+
+/// `buyer/<shop>/<customer id>`.
+pub fn buyer_entity(shop: &str, customer_id: u64) -> String {
+    format!("buyer/{shop}/{customer_id}")
+}
+
+/// `shop/<shop>`.
+pub fn shop_entity(shop: &str) -> String {
+    format!("shop/{shop}")
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BuyerOrders {
+    pub orders: u32,
+}
+
+/// A shop's KPI days and when its next report is due.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ShopKpis {
+    pub days: crate::domain::kpis::ShopDays,
+    pub next_report_ms: Option<i64>,
 }
 
 /// A customer's email marketing consent, the latest statement winning.

@@ -149,3 +149,12 @@ pub fn mark(kind: Kind, of: Option<&str>) -> String {
         None => kind.as_str().to_string(),
     }
 }
+
+/// What the journey writes: a touchpoint (`aftercart.touchpoints`) or a daily KPI record
+/// (`aftercart.kpis`). Read back untagged on restore: a KPI record has no order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Output {
+    Touchpoint(Box<Touchpoint>),
+    Kpis(Box<crate::domain::kpis::KpiRecord>),
+}

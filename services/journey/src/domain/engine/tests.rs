@@ -13,6 +13,11 @@ fn rules() -> Rules {
         replenish_every_ms: HashMap::from([(PRODUCT, 30 * DAY)]),
         relay_invites: true,
         order_retention_ms: 120 * DAY,
+        kpis: crate::domain::kpis::KpiRules {
+            day_ms: DAY,
+            default_offset_ms: 0,
+            offsets: HashMap::new(),
+        },
     }
 }
 
@@ -123,7 +128,7 @@ fn delivery_leads_to_a_review_request_and_replenishment_reminders_when_due() {
     engine.apply(0, SHOP, order(5, true), AT);
     engine.apply(0, SHOP, event(5, "delivered"), AT);
     let delivered = delivered_ms();
-    assert_eq!(engine.next_due(), Some(delivered + 7 * DAY));
+    assert_eq!(engine.order_due(), Some(delivered + 7 * DAY));
     assert!(fired(&mut engine, delivered + 7 * DAY - 1).is_empty());
     let review = fired(&mut engine, delivered + 7 * DAY);
     assert_eq!(review.len(), 1);
@@ -134,7 +139,7 @@ fn delivery_leads_to_a_review_request_and_replenishment_reminders_when_due() {
     assert_eq!(reminder.len(), 1);
     assert_eq!(reminder[0].kind, Kind::ReplenishmentReminder);
     assert_eq!(reminder[0].product.as_ref().unwrap().id, PRODUCT);
-    assert_eq!(engine.next_due(), None);
+    assert_eq!(engine.order_due(), None);
     assert!(fired(&mut engine, delivered + 90 * DAY).is_empty());
 }
 
@@ -194,7 +199,7 @@ fn a_cancellation_or_a_full_refund_stops_the_timed_touchpoints() {
         AT,
     );
     assert!(cancelled.contains(&Effect::Count(Counted::Stopped(Stop::Cancelled))));
-    assert_eq!(engine.next_due(), None);
+    assert_eq!(engine.order_due(), None);
     assert!(fired(&mut engine, delivered_ms() + 90 * DAY).is_empty());
 
     let mut engine = self::engine();
@@ -209,12 +214,12 @@ fn a_cancellation_or_a_full_refund_stops_the_timed_touchpoints() {
     };
     engine.apply(0, SHOP, refund("20.00"), AT);
     assert!(
-        engine.next_due().is_some(),
+        engine.order_due().is_some(),
         "a partial refund stops nothing"
     );
     let full = engine.apply(0, SHOP, refund("30.00"), AT);
     assert!(full.contains(&Effect::Count(Counted::Stopped(Stop::Refunded))));
-    assert_eq!(engine.next_due(), None);
+    assert_eq!(engine.order_due(), None);
 }
 
 #[test]
@@ -260,7 +265,7 @@ fn customers_redact_forgets_their_orders_and_timers() {
         key: order_entity(SHOP, 5),
         entity: None
     }));
-    assert_eq!(engine.next_due(), None);
+    assert_eq!(engine.order_due(), None);
     assert_eq!(engine.sizes().0, 0);
 }
 
@@ -356,4 +361,61 @@ fn settled_orders_expire_after_the_retention() {
     engine.apply(0, SHOP, order(5, true), AT);
     assert!(engine.expire(AT + 119 * DAY).is_empty());
     assert_eq!(engine.expire(AT + 121 * DAY).len(), 1);
+}
+
+fn reports(effects: &[(i32, Effect)]) -> Vec<crate::domain::kpis::KpiRecord> {
+    effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Report { record, .. } => Some((**record).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_shop_gets_one_kpi_record_when_its_day_ends() {
+    let mut engine = engine();
+    let day = AT.div_euclid(DAY);
+    engine.apply(0, SHOP, order(5, true), AT);
+    engine.apply(0, SHOP, event(5, "delivered"), AT);
+    engine.apply(
+        0,
+        SHOP,
+        input("checkouts/create", serde_json::json!({"token": "t"})),
+        AT,
+    );
+    // A repeat purchase by the same customer.
+    engine.apply(0, SHOP, order(6, true), AT);
+    assert!(reports(&engine.fire_due((day + 1) * DAY - 1)).is_empty());
+    let first = reports(&engine.fire_due((day + 1) * DAY));
+    assert_eq!(first.len(), 1);
+    let record = &first[0];
+    assert_eq!(record.shop, SHOP);
+    assert_eq!(record.yesterday.orders, 2.0);
+    assert_eq!(record.yesterday.repeat_purchase_rate, Some(0.5));
+    assert_eq!(record.yesterday.revenue["EUR"], 100.0);
+    assert_eq!(record.yesterday.deliveries, 1.0);
+    assert_eq!(record.yesterday.checkouts_started, 1.0);
+    assert_eq!(record.previous_7_days.orders, 0.0);
+    // The next day without facts still reports (zeros against the week), once.
+    let second = reports(&engine.fire_due((day + 2) * DAY));
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].yesterday.orders, 0.0);
+    assert_eq!(second[0].previous_7_days.orders, 2.0 / 7.0);
+    assert_ne!(second[0].event_id, record.event_id);
+    assert!(reports(&engine.fire_due((day + 2) * DAY + 1)).is_empty());
+}
+
+#[test]
+fn a_restored_kpi_record_is_not_reported_again() {
+    let mut engine = engine();
+    let day = AT.div_euclid(DAY);
+    engine.apply(0, SHOP, order(5, true), AT);
+    let record = reports(&engine.fire_due((day + 1) * DAY)).remove(0);
+    let mut restored = Engine::new(rules());
+    restored.assign(0, HashMap::new());
+    restored.apply(0, SHOP, order(7, true), AT);
+    assert_eq!(restored.reconcile_report(0, &record).len(), 1);
+    assert!(reports(&restored.fire_due((day + 1) * DAY)).is_empty());
 }
