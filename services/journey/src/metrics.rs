@@ -1,16 +1,25 @@
 //! Journey metrics (`aftercart_journey_*`) on an injected registry; bounded labels only.
 
 use aftercart_kafka::LoopMetrics;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use crate::domain::engine::Counted;
 use crate::domain::input::Stop;
+use crate::domain::kpis::Fact;
 use crate::domain::touchpoint::Kind;
 
 const PREFIX: &str = "aftercart_journey_";
 
 /// Why a touchpoint was not sent (the engine's fixed set).
 pub const SKIP_REASONS: [&str; 4] = ["no_contact", "no_consent", "stopped", "test_order"];
+
+/// Distinct currencies a revenue counter takes before the rest count as `other`.
+const CURRENCIES_MAX: usize = 32;
 
 /// The input families of the stage (metric labels).
 pub const FAMILIES: [&str; 8] = [
@@ -35,6 +44,10 @@ pub struct JourneyMetrics {
     timers: IntGauge,
     routed: IntCounter,
     reports: IntCounter,
+    facts: IntCounterVec,
+    revenue: CounterVec,
+    /// Currencies seen, capped at [`CURRENCIES_MAX`].
+    currencies: Arc<Mutex<HashSet<String>>>,
     /// Records, dead letters, state restore, partitions and lag.
     pub consumer: LoopMetrics,
 }
@@ -94,6 +107,21 @@ impl JourneyMetrics {
                 "kpi_reports_total",
                 "Daily KPI records written to aftercart.kpis (one per shop and day).",
             ))?,
+            facts: IntCounterVec::new(
+                opts(
+                    "kpi_facts_total",
+                    "Business facts of the daily KPI record, by fact (checkouts started, abandoned and recovered, orders, repeat orders, deliveries, invites, referred orders, rewards granted and voided). No shop label.",
+                ),
+                &["fact"],
+            )?,
+            revenue: CounterVec::new(
+                opts(
+                    "revenue_total",
+                    "Revenue of orders, recovered checkouts and referred orders, by kind and currency (ISO code; past 32 currencies, other). No shop label.",
+                ),
+                &["kind", "currency"],
+            )?,
+            currencies: Arc::new(Mutex::new(HashSet::new())),
             consumer: LoopMetrics::register(
                 PREFIX,
                 registry,
@@ -111,6 +139,11 @@ impl JourneyMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.timers)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.reports)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.facts)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.revenue)?;
+        for fact in Fact::LABELS {
+            metrics.facts.with_label_values(&[fact]);
+        }
         for kind in Kind::ALL {
             metrics.touchpoints.with_label_values(&[kind.as_str()]);
             for reason in SKIP_REASONS {
@@ -131,6 +164,37 @@ impl JourneyMetrics {
                 .inc(),
             Counted::Stopped(stop) => self.stopped.with_label_values(&[stop.as_str()]).inc(),
             Counted::DeliveredAfter { seconds } => self.order_to_delivery.observe(seconds),
+            Counted::Kpi(fact) => {
+                let (labels, revenue) = fact.labels();
+                for label in labels {
+                    self.facts.with_label_values(&[label]).inc();
+                }
+                if let Some((kind, (amount, currency))) = revenue {
+                    let currency = self.currency_label(currency);
+                    self.revenue
+                        .with_label_values(&[kind, &currency])
+                        .inc_by(amount.to_f64().max(0.0));
+                }
+            }
+        }
+    }
+
+    /// A bounded currency label: an ISO-looking code among the first [`CURRENCIES_MAX`] seen,
+    /// else `other`.
+    fn currency_label(&self, currency: &str) -> String {
+        let iso = currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase());
+        if !iso {
+            return "other".into();
+        }
+        let mut seen = self
+            .currencies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(currency) || seen.len() < CURRENCIES_MAX {
+            seen.insert(currency.to_string());
+            currency.to_string()
+        } else {
+            "other".into()
         }
     }
 

@@ -37,8 +37,10 @@ pub struct Rules {
 }
 
 /// Something to count.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Counted {
+    /// A business fact of the KPI record (also a metric).
+    Kpi(Fact),
     /// A touchpoint not sent, and why (`no_contact`, `no_consent`, `stopped`, `test_order`).
     Skipped(Kind, &'static str),
     /// An order's timed touchpoints stopped (cancelled, refunded, deleted).
@@ -702,6 +704,7 @@ impl Step<'_> {
         let mut shop = self.state.shops.remove(&key).unwrap_or_default();
         let today = rules.day_of(self.shop, at_ms);
         shop.days.days.entry(today).or_default().count(&fact);
+        self.effects.push(Effect::Count(Counted::Kpi(fact)));
         shop.days.prune(today);
         if shop.next_report_ms.is_none() {
             let due = rules.start_of(self.shop, today + 1);

@@ -86,6 +86,54 @@ pub enum Fact {
     RewardVoided,
 }
 
+/// Revenue a fact carries: its kind (`orders`, `recovered`, `referral`) and (amount, currency).
+pub type Revenue<'a> = (&'static str, &'a (Amount, String));
+
+impl Fact {
+    /// Every fact label, for metrics registered at zero.
+    pub const LABELS: [&'static str; 10] = [
+        "checkouts_started",
+        "checkouts_abandoned",
+        "checkouts_recovered",
+        "orders",
+        "repeat_orders",
+        "deliveries",
+        "invites",
+        "referred_orders",
+        "rewards_granted",
+        "rewards_voided",
+    ];
+
+    /// The facts' metric labels (a repeat order is an order and a repeat order) and the revenue
+    /// it carries, as (kind, amount, currency).
+    pub fn labels(&self) -> (Vec<&'static str>, Option<Revenue<'_>>) {
+        match self {
+            Fact::CheckoutStarted => (vec!["checkouts_started"], None),
+            Fact::Abandoned => (vec!["checkouts_abandoned"], None),
+            Fact::Recovered { value } => (
+                vec!["checkouts_recovered"],
+                value.as_ref().map(|v| ("recovered", v)),
+            ),
+            Fact::Order { repeat, value } => (
+                if *repeat {
+                    vec!["orders", "repeat_orders"]
+                } else {
+                    vec!["orders"]
+                },
+                value.as_ref().map(|v| ("orders", v)),
+            ),
+            Fact::Delivered { .. } => (vec!["deliveries"], None),
+            Fact::Invite => (vec!["invites"], None),
+            Fact::Referred { value } => (
+                vec!["referred_orders"],
+                value.as_ref().map(|v| ("referral", v)),
+            ),
+            Fact::RewardGranted => (vec!["rewards_granted"], None),
+            Fact::RewardVoided => (vec!["rewards_voided"], None),
+        }
+    }
+}
+
 /// One day of one shop.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct DayCounts {
