@@ -74,7 +74,7 @@ USER_NEEDS = {
                  "aftercart.referral-rewards", "aftercart.journey-by-shop", "aftercart.journey-state",
                  "aftercart.touchpoints", "aftercart.kpis"],
         "Write": ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints",
-                  "aftercart.kpis", "aftercart.journey-dead-letter", "aftercart.journey-delivery-dead-letter"],
+                  "aftercart.kpis", "aftercart.journey-dead-letter"],
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",

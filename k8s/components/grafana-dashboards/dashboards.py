@@ -608,7 +608,7 @@ def business():
             bars("Touchpoints by type", "Touchpoints written, by type.",
                  f"sum by (type) (increase({jo}touchpoints_total{{{NS}}}[{rng}]))", "{{type}}", width=12),
             bars("Touchpoints skipped", "Not sent, by type and reason (no consent, no contact, stopped, test order).",
-                 f"sum by (type, reason) (increase({jo}touchpoints_skipped_total{{{NS}}}[{rng}])) > 0",
+                 f"sum by (type, reason) (increase({jo}touchpoints_skipped_total{{{NS}}}[{rng}]))",
                  "{{type}} {{reason}}", width=12),
         ],
         tags=("business",),
