@@ -1127,11 +1127,23 @@ impl Step<'_> {
             .filter_map(|key| Some((key, self.state.customers.get(key)?)))
             .map(|(key, c)| holding("customer", key, serde_json::to_value(c).unwrap_or_default()))
             .collect();
+        // An order they only referred is the friend's: of it, only their reward is theirs.
+        let own = |key: &str, o: &OrderState| {
+            o.customer.as_ref().is_some_and(|c| customers.contains(c))
+                || request.person.orders.contains(&order_id_of(key))
+        };
         holdings.extend(
             orders
                 .iter()
                 .filter_map(|key| Some((key, self.state.orders.get(key)?)))
-                .map(|(key, o)| holding("order", key, serde_json::to_value(o).unwrap_or_default())),
+                .map(|(key, o)| {
+                    let data = if own(key, o) {
+                        serde_json::to_value(o).unwrap_or_default()
+                    } else {
+                        serde_json::json!({ "reward": o.reward })
+                    };
+                    holding("order", key, data)
+                }),
         );
         let report = DataRequestReport::new("referrals", self.shop, request, at_ms, holdings);
         self.effects.push(Effect::Emit {

@@ -843,6 +843,15 @@ fn a_data_request_reports_what_is_held_about_the_customer_and_nothing_of_others(
         ]
     );
     assert_eq!(report.holdings[0].data["advocate"]["code"], json!(code));
+    // The friend's order they referred: only their reward, nothing of the friend (customer 2).
+    let referred = &report.holdings[2].data;
+    assert!(referred["reward"]["code"].is_string(), "{referred}");
+    let text = referred.to_string();
+    assert!(
+        !text.contains("id:2") && referred.get("customer_id").is_none(),
+        "the friend's data in the advocate's report: {text}"
+    );
+    assert!(referred.get("name").is_none(), "{text}");
     // The same request read again gives the same report id.
     let first = report.event_id.clone();
     world.send("customers/data_request", &request, 3 * DAY);
