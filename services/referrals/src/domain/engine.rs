@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::money::Amount;
-use aftercart_shopify::privacy::{normal_phone, DataRequest, DataRequestReport, Holding, Person};
+use aftercart_shopify::privacy::{
+    international_phone, normal_phone, DataRequest, DataRequestReport, Holding, Person,
+};
 
 use crate::domain::code::{CodeRules, Source};
 use crate::domain::event::{
@@ -155,12 +157,20 @@ impl Partition {
             .iter()
             .map(|e| email_fingerprint_of(hasher, e))
             .collect();
-        let phone_fps: Vec<String> = phones.iter().filter_map(|p| phone_fp(hasher, p)).collect();
+        let phone_fps: Vec<(Option<String>, Option<String>)> = phones
+            .iter()
+            .map(|p| (phone_fp(hasher, p), intl_phone_fp(hasher, p)))
+            .collect();
         mine.any(|r| {
             r.shop
                 || (r.customer_id.is_some() && r.customer_id == customer_id)
                 || r.email_fp.as_ref().is_some_and(|fp| email_fps.contains(fp))
-                || r.phone_fp.as_ref().is_some_and(|fp| phone_fps.contains(fp))
+                || phone_fps
+                    .iter()
+                    .any(|(national, intl)| match (&r.phone_intl_fp, intl) {
+                        (Some(want), Some(have)) => want == have,
+                        _ => r.phone_fp.is_some() && r.phone_fp == *national,
+                    })
                 || order_id.is_some_and(|id| r.orders.contains(&id))
         })
     }
@@ -258,6 +268,13 @@ impl Partition {
 
 fn phone_fp(hasher: &StateHasher, phone: &str) -> Option<String> {
     normal_phone(phone).map(|p| fingerprint(hasher, "phone", &p))
+}
+
+/// The keyed hash of a phone written with its country code (see [`same_phone`]'s rule).
+///
+/// [`same_phone`]: aftercart_shopify::privacy::same_phone
+fn intl_phone_fp(hasher: &StateHasher, phone: &str) -> Option<String> {
+    international_phone(phone).map(|p| fingerprint(hasher, "phone-intl", &p))
 }
 
 fn persist(key: &str, entity: Entity) -> Effect {
@@ -1096,6 +1113,10 @@ impl Step<'_> {
             customer_id,
             email_fp,
             phone_fp: person.phone.as_deref().and_then(|p| phone_fp(hasher, p)),
+            phone_intl_fp: person
+                .phone
+                .as_deref()
+                .and_then(|p| intl_phone_fp(hasher, p)),
             orders: person.orders.clone(),
             shop: false,
             at_ms,

@@ -669,6 +669,24 @@ fn a_redaction_matches_by_email_phone_and_listed_orders_without_the_customer_id(
 }
 
 #[test]
+fn a_redacted_phone_does_not_cover_another_countrys_number_with_the_same_last_digits() {
+    let mut world = World::new();
+    let body = json!({"shop_id": 1, "shop_domain": SHOP, "orders_to_redact": [],
+                      "customer": {"id": 99, "phone": "+1 770-090-0123"}});
+    world.send("customers/redact", &body, DAY);
+    // The same number written nationally: the redacted person.
+    let mut same = order(500, 5);
+    same["customer"]["phone"] = json!("(770) 090-0123");
+    world.send("orders/paid", &same, 2 * DAY);
+    assert!(world.emitted.is_empty(), "{:?}", world.types());
+    // A UK mobile ending in the same ten digits: someone else, invited as usual.
+    let mut other = order(600, 6);
+    other["customer"]["phone"] = json!("+44 7700 900123");
+    world.send("orders/paid", &other, 2 * DAY);
+    assert_eq!(world.types(), ["invite"]);
+}
+
+#[test]
 fn redacting_a_listed_order_forgets_it_and_voids_its_reward() {
     let mut world = World::new();
     let code = world.advocate();
