@@ -143,6 +143,27 @@ fn plain_http_destinations_and_a_missing_state_hash_key_exit_64_naming_the_setti
 }
 
 #[test]
+fn a_retention_too_long_for_milliseconds_exits_64_instead_of_wrapping() {
+    // About 300 million years: more milliseconds than an i64 holds (it used to wrap negative,
+    // so redaction markers and orders would have expired at once).
+    let mut command = aftercart(&["referrals"]);
+    command
+        .env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:1")
+        .env("AFTERCART_REFERRAL_CODE_SECRET", "a-referral-code-secret")
+        .env("AFTERCART_REFERRALS_ORDER_RETENTION", "300000000y")
+        .env("AFTERCART_REFERRALS_REDACTION_RETENTION", "300000000y");
+    let refused = run(&mut command);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{stderr}");
+    for named in [
+        "AFTERCART_REFERRALS_ORDER_RETENTION: is too long",
+        "AFTERCART_REFERRALS_REDACTION_RETENTION: is too long",
+    ] {
+        assert!(stderr.contains(named), "{named} not named:\n{stderr}");
+    }
+}
+
+#[test]
 fn unknown_flags_exit_64_and_help_exits_0() {
     assert_eq!(
         run(&mut aftercart(&["ingress", "--no-such-flag"]))

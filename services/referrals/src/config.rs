@@ -402,18 +402,17 @@ impl ReferralsArgs {
         let mut errors = ConfigErrors::new();
         let kafka = kafka.validate(&mut errors, defaults.fallback_brokers.as_deref());
         let ms = |errors: &mut ConfigErrors, name: &str, value: &str, zero_ok: bool| {
-            errors
-                .check(
-                    name,
-                    parse_duration(value).and_then(|d| {
-                        if d.is_zero() && !zero_ok {
-                            Err("must be above 0".into())
-                        } else {
-                            Ok(d)
-                        }
-                    }),
-                )
-                .map(|d| d.as_millis() as i64)
+            errors.check(
+                name,
+                parse_duration(value).and_then(|d| {
+                    if d.is_zero() && !zero_ok {
+                        Err("must be above 0".into())
+                    } else {
+                        // Wrapped, a huge duration would turn negative: every marker expired.
+                        i64::try_from(d.as_millis()).map_err(|_| "is too long".to_string())
+                    }
+                }),
+            )
         };
         let invite_delay = ms(
             &mut errors,

@@ -438,7 +438,7 @@ impl Engine {
             let forgotten: Vec<String> = state
                 .redactions
                 .iter()
-                .filter(|(_, r)| r.at_ms + self.rules.redaction_retention_ms < now_ms)
+                .filter(|(_, r)| r.at_ms.saturating_add(self.rules.redaction_retention_ms) < now_ms)
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in forgotten {

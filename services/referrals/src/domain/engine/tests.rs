@@ -687,6 +687,20 @@ fn a_redacted_phone_does_not_cover_another_countrys_number_with_the_same_last_di
 }
 
 #[test]
+fn a_redaction_retention_at_the_limit_keeps_the_marker_without_overflow() {
+    // The longest retention the settings can express: the marker is kept, nothing overflows.
+    let mut world = World::with(Rules {
+        redaction_retention_ms: i64::MAX,
+        ..rules()
+    });
+    world.send("customers/redact", &redact_one(&[]), DAY);
+    let effects = world.engine.expire(2 * DAY);
+    world.take(effects.into_iter().map(|(_, e)| e).collect());
+    world.send("orders/paid", &order(500, 1), 3 * DAY);
+    assert!(world.emitted.is_empty(), "{:?}", world.types());
+}
+
+#[test]
 fn redacting_a_listed_order_forgets_it_and_voids_its_reward() {
     let mut world = World::new();
     let code = world.advocate();
