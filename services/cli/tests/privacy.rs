@@ -294,7 +294,11 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
     for process in [&ingress, &abandonment, &referrals] {
         let logs = process.logs().to_ascii_lowercase();
         // Logs are captured (else the scan below reads nothing).
-        assert!(!logs.trim().is_empty(), "{}: no log captured", process.name());
+        assert!(
+            !logs.trim().is_empty(),
+            "{}: no log captured",
+            process.name()
+        );
         for email in [&redacted_email, &control_email] {
             assert!(
                 !logs.contains(email.as_str()),
