@@ -11,6 +11,7 @@ broker_tests!(
     a_deleted_checkout_is_not_abandoned,
     a_redacted_customer_is_forgotten_and_never_abandoned,
     a_data_request_is_answered_with_the_customers_journeys,
+    a_data_request_sent_while_the_service_is_down_is_answered_after_its_restart,
     an_older_update_never_overwrites_newer_state,
     a_cart_that_never_reaches_checkout_is_a_cart_abandonment,
     a_restart_restores_state_and_emits_exactly_once,
@@ -396,6 +397,60 @@ mod scenarios {
             "cart abandonments are anonymous"
         );
         assert_eq!(cart_event["cart_token"], lonely.as_str());
+    }
+
+    /// The request is read at start with the global tables, before any partition is owned:
+    /// the journeys' owner answers once it holds them.
+    pub async fn a_data_request_sent_while_the_service_is_down_is_answered_after_its_restart(
+        broker: &Broker,
+    ) {
+        let mut stack = Stack::start(broker, &["--abandon-after=1h"]).await;
+        let cart = unique("cart");
+        stack
+            .send(
+                "checkouts/create",
+                checkout(&cart, "2026-11-23T10:00:00Z", ""),
+            )
+            .await;
+        let key = format!("jsmith.myshopify.com/{cart}");
+        eventually("the journey persisted", Duration::from_secs(30), || async {
+            let changelog = read_topic(&stack.bootstrap, &stack.config.state_topic).await;
+            changelog.iter().any(|r| r.key_str() == key).then_some(())
+        })
+        .await;
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        stack
+            .send("customers/data_request", r#"{"shop_id":1,"shop_domain":"jsmith.myshopify.com","customer":{"id":4242},"orders_requested":[],"data_request":{"id":78}}"#.to_string())
+            .await;
+        stack.service = Some(TestAbandonment::start_on(broker, stack.config.clone()).await);
+        let topic = stack.config.data_requests_topic.clone();
+        let held = eventually(
+            "the journey reported after the restart",
+            Duration::from_secs(30),
+            || async {
+                let held: Vec<Value> = read_topic(&stack.bootstrap, &topic)
+                    .await
+                    .iter()
+                    .map(|record| {
+                        let value: Value =
+                            serde_json::from_slice(&record.value).expect("JSON report");
+                        assert_valid("aftercart/data-requests.schema.json", &value);
+                        value
+                    })
+                    .filter(|r| r["data_request_id"] == 78)
+                    .flat_map(|r| r["holdings"].as_array().cloned().unwrap_or_default())
+                    .collect();
+                (!held.is_empty()).then_some(held)
+            },
+        )
+        .await;
+        assert!(held.iter().all(|h| h["key"] == key.as_str()), "{held:#?}");
     }
 
     pub async fn a_restart_restores_state_and_emits_exactly_once(broker: &Broker) {

@@ -10,7 +10,9 @@ use aftercart_kafka::{
     TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
-use aftercart_shopify::privacy::{DataRequest, DataRequestReport, Holding};
+use aftercart_shopify::privacy::{
+    DataRequest, DataRequestReport, Holding, DATA_REQUEST_DEADLINE_MS,
+};
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
@@ -62,6 +64,7 @@ pub fn build(
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_expiry: Instant::now(),
+        requests: Vec::new(),
     };
     Stage::new(
         config.kafka.clone(),
@@ -89,6 +92,11 @@ pub struct Abandonment {
     engine: Engine,
     metrics: AbandonmentMetrics,
     last_expiry: Instant,
+    /// Data requests read within Shopify's deadline, with their shop and time: answered again
+    /// for a partition when it is assigned. A request read before this instance owned the
+    /// partition (at start, with the global tables; or just before a rebalance) would otherwise
+    /// be answered by nobody. Same partition, same report id: a repeat replaces, never adds.
+    requests: Vec<(String, DataRequest, i64)>,
 }
 
 fn staged(effect: Effect) -> EffectOf<Abandonment> {
@@ -128,25 +136,61 @@ impl Abandonment {
             .held_about(shop, &request.person)
             .into_iter()
             .map(|(partition, journeys)| {
-                let holdings = journeys
-                    .into_iter()
-                    .map(|(key, journey)| Holding {
-                        kind: "journey".to_string(),
-                        data: serde_json::to_value(&journey).unwrap_or_default(),
-                        key,
-                    })
-                    .collect();
-                let service = format!("abandonment/partition-{partition}");
-                let report = DataRequestReport::new(&service, shop, request, at_ms, holdings);
-                let effect = StageEffect::Emit {
-                    topic: DATA_REQUESTS,
-                    key: format!("{shop}/data-request"),
-                    event_id: report.event_id.clone(),
-                    output: Output::DataRequest(Box::new(report)),
-                };
+                let effect = Self::report(shop, request, at_ms, partition, journeys);
                 (partition, effect)
             })
             .collect()
+    }
+
+    /// Remembers a request for the partitions assigned later; forgets those past the deadline.
+    fn remember(&mut self, shop: &str, request: &DataRequest, at_ms: i64) {
+        let horizon = now_ms() - DATA_REQUEST_DEADLINE_MS;
+        self.requests.retain(|(_, _, at)| *at > horizon);
+        if at_ms > horizon {
+            self.requests
+                .push((shop.to_string(), request.clone(), at_ms));
+        }
+    }
+
+    /// The remembered requests answered for one newly assigned partition.
+    fn answer_assigned(&self, partition: i32) -> Vec<EffectOf<Self>> {
+        self.requests
+            .iter()
+            .filter_map(|(shop, request, at_ms)| {
+                let (_, journeys) = self
+                    .engine
+                    .held_about(shop, &request.person)
+                    .into_iter()
+                    .find(|(p, _)| *p == partition)?;
+                Some(Self::report(shop, request, *at_ms, partition, journeys))
+            })
+            .collect()
+    }
+
+    /// The report of one partition's journeys, as `abandonment/partition-<n>`.
+    fn report(
+        shop: &str,
+        request: &DataRequest,
+        at_ms: i64,
+        partition: i32,
+        journeys: Vec<(String, Journey)>,
+    ) -> EffectOf<Self> {
+        let holdings = journeys
+            .into_iter()
+            .map(|(key, journey)| Holding {
+                kind: "journey".to_string(),
+                data: serde_json::to_value(&journey).unwrap_or_default(),
+                key,
+            })
+            .collect();
+        let service = format!("abandonment/partition-{partition}");
+        let report = DataRequestReport::new(&service, shop, request, at_ms, holdings);
+        StageEffect::Emit {
+            topic: DATA_REQUESTS,
+            key: format!("{shop}/data-request"),
+            event_id: report.event_id.clone(),
+            output: Output::DataRequest(Box::new(report)),
+        }
     }
 }
 
@@ -191,6 +235,7 @@ impl StageLogic for Abandonment {
         let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let shop = shop_of(message);
         if let GlobalInput::DataRequest(request) = &input {
+            self.remember(&shop, request, at);
             return Ok(self.answer(&shop, request, at));
         }
         Ok(staged_at(self.engine.apply_global(&shop, input, at)))
@@ -215,7 +260,9 @@ impl StageLogic for Abandonment {
         entities: HashMap<String, Journey>,
     ) -> Vec<EffectOf<Self>> {
         let effects = self.engine.assign(partition, entities);
-        effects.into_iter().map(staged).collect()
+        let mut effects: Vec<EffectOf<Self>> = effects.into_iter().map(staged).collect();
+        effects.extend(self.answer_assigned(partition));
+        effects
     }
 
     fn revoke(&mut self, partition: i32) {

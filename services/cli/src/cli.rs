@@ -45,6 +45,17 @@ pub struct Cli {
     )]
     pub log: String,
 
+    /// Allow plain http:// for the outbound URLs that receive personal data or credentials
+    /// (delivery webhooks, ad platform APIs, the Shopify Admin API): for local development and
+    /// tests only (`true`/`false`). `aftercart dev` allows it for its own local destinations.
+    #[arg(
+        long,
+        env = "AFTERCART_ALLOW_INSECURE_HTTP",
+        default_value = "false",
+        global = true
+    )]
+    pub allow_insecure_http: String,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -32,6 +32,17 @@ fn main() -> ExitCode {
             return exit_code(EX_USAGE);
         }
     };
+    // The services read the switch through aftercart_runtime::outbound; the flag form sets it.
+    match aftercart_runtime::config::parse_switch(&cli.allow_insecure_http) {
+        Ok(true) => aftercart_runtime::outbound::allow_insecure_http(),
+        Ok(false) => {}
+        Err(problem) => {
+            eprintln!(
+                "invalid configuration (1 problem(s)):\n  - AFTERCART_ALLOW_INSECURE_HTTP: {problem}"
+            );
+            return exit_code(EX_USAGE);
+        }
+    }
     telemetry::init(format, &cli.log);
     if let Some(warning) = deprecations.warning() {
         tracing::warn!("{warning}");

@@ -247,6 +247,60 @@ fn plain_http_destinations_and_a_missing_state_hash_key_exit_64_naming_the_setti
 }
 
 #[test]
+fn the_insecure_http_switch_is_also_a_flag_and_a_bad_value_exits_64() {
+    let referrals = |extra: &[&str], switch: Option<&str>| {
+        let mut args = vec!["referrals"];
+        args.extend(extra);
+        let mut command = aftercart(&args);
+        command
+            .env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:1")
+            .env("AFTERCART_REFERRALS_CODE_SECRET", "a-referral-code-secret")
+            .env(
+                "AFTERCART_REFERRALS_WEBHOOK_URL",
+                "http://127.0.0.1:9/hooks",
+            );
+        if let Some(value) = switch {
+            command.env("AFTERCART_ALLOW_INSECURE_HTTP", value);
+        }
+        run(&mut command)
+    };
+    // The flag allows http like the variable: only the missing key is refused.
+    let flagged = referrals(&["--allow-insecure-http=true"], None);
+    let stderr = String::from_utf8_lossy(&flagged.stderr);
+    assert_eq!(flagged.status.code(), Some(64), "{stderr}");
+    assert!(
+        !stderr.contains("AFTERCART_REFERRALS_WEBHOOK_URL"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("AFTERCART_STATE_HASH_KEY"), "{stderr}");
+    let unreadable = referrals(&[], Some("maybe"));
+    let stderr = String::from_utf8_lossy(&unreadable.stderr);
+    assert_eq!(unreadable.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("AFTERCART_ALLOW_INSECURE_HTTP"), "{stderr}");
+}
+
+#[test]
+fn a_retention_too_long_for_milliseconds_exits_64_instead_of_wrapping() {
+    // About 300 million years: more milliseconds than an i64 holds (it used to wrap negative,
+    // so redaction markers and orders would have expired at once).
+    let mut command = aftercart(&["referrals"]);
+    command
+        .env("AFTERCART_KAFKA_BROKERS", "127.0.0.1:1")
+        .env("AFTERCART_REFERRALS_CODE_SECRET", "a-referral-code-secret")
+        .env("AFTERCART_REFERRALS_ORDER_RETENTION", "300000000y")
+        .env("AFTERCART_REFERRALS_REDACTION_RETENTION", "300000000y");
+    let refused = run(&mut command);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{stderr}");
+    for named in [
+        "AFTERCART_REFERRALS_ORDER_RETENTION: is too long",
+        "AFTERCART_REFERRALS_REDACTION_RETENTION: is too long",
+    ] {
+        assert!(stderr.contains(named), "{named} not named:\n{stderr}");
+    }
+}
+
+#[test]
 fn unknown_flags_exit_64_and_help_exits_0() {
     assert_eq!(
         run(&mut aftercart(&["ingress", "--no-such-flag"]))

@@ -14,6 +14,7 @@ use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aftercart");
@@ -49,6 +50,22 @@ async fn send(ingress: std::net::SocketAddr, topic: &str, body: &Value) {
     webhook.shop = SHOP.to_string();
     let response = webhook.post(ingress).await;
     assert_eq!(response.status, 200, "{topic}: {}", response.body);
+}
+
+/// The names of the topics on the broker.
+fn existing_topics(bootstrap: &str) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata")
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name().to_string())
+        .collect()
 }
 
 /// The sum of every series of a counter family in Prometheus text.
@@ -238,9 +255,15 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
         "referrals-webhook-dead-letter",
         "data_requests",
     ];
+    // A topic that is not there reads as empty: the scan must not pass by looking at nothing.
+    let existing = existing_topics(&broker.bootstrap());
     let mut control_seen = false;
     for topic in written {
         let topic = format!("{prefix}{topic}");
+        assert!(
+            existing.contains(&topic),
+            "{topic} does not exist: the scan would read nothing"
+        );
         for record in read_topic(&broker.bootstrap(), &topic).await {
             let text = format!(
                 "{} {} {:?}",
@@ -270,6 +293,12 @@ async fn a_redacted_customers_email_is_in_no_output_changelog_delivery_or_log() 
     );
     for process in [&ingress, &abandonment, &referrals] {
         let logs = process.logs().to_ascii_lowercase();
+        // Logs are captured (else the scan below reads nothing).
+        assert!(
+            !logs.trim().is_empty(),
+            "{}: no log captured",
+            process.name()
+        );
         for email in [&redacted_email, &control_email] {
             assert!(
                 !logs.contains(email.as_str()),

@@ -485,7 +485,13 @@ impl ReferralsArgs {
             } else {
                 parse_positive_duration(value)
             };
-            errors.check(name, parsed).map(|d| d.as_millis() as i64)
+            // Wrapped, a huge duration would turn negative: every marker expired.
+            errors.check(
+                name,
+                parsed.and_then(|d| {
+                    i64::try_from(d.as_millis()).map_err(|_| "is too long".to_string())
+                }),
+            )
         };
         let invite_delay = ms(
             &mut errors,

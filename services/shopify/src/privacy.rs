@@ -8,8 +8,9 @@ use sha2::{Digest, Sha256};
 
 use crate::decode::{decode, PoisonRecord};
 
-/// The person a compliance request is about. Emails are trimmed and lower-cased, phones kept
-/// as their last digits ([`normal_phone`]), so comparisons (and hashes of them) are equality.
+/// The person a compliance request is about. Emails are trimmed and lower-cased; phones are
+/// kept as `+<digits>` when written with their country code, else as their last digits
+/// ([`canonical_phone`]), and compared with [`same_phone`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Person {
     pub customer_id: Option<u64>,
@@ -57,7 +58,7 @@ impl Person {
         Ok(Person {
             customer_id: customer.id,
             email: customer.email.as_deref().and_then(normal_email),
-            phone: customer.phone.as_deref().and_then(normal_phone),
+            phone: customer.phone.as_deref().and_then(canonical_phone),
             orders,
         })
     }
@@ -80,7 +81,11 @@ impl Person {
     ) -> bool {
         (self.customer_id.is_some() && customer_id == self.customer_id)
             || same(&self.email, email, normal_email)
-            || same(&self.phone, phone, normal_phone)
+            || self
+                .phone
+                .as_deref()
+                .zip(phone)
+                .is_some_and(|(want, have)| same_phone(want, have))
             || order_id.is_some_and(|id| self.orders.contains(&id))
     }
 }
@@ -185,6 +190,37 @@ pub fn normal_email(email: &str) -> Option<String> {
     (!email.is_empty()).then_some(email)
 }
 
+/// Whether two phones are one number: with both written internationally (`+` or `00` and the
+/// country code), all their digits agree, so `+1 770 090 0123` is not `+44 7700 900123`;
+/// otherwise their last 10 digits ([`normal_phone`]) do.
+pub fn same_phone(a: &str, b: &str) -> bool {
+    match (international_phone(a), international_phone(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => normal_phone(a).is_some_and(|a| normal_phone(b) == Some(a)),
+    }
+}
+
+/// A phone written with its country code (`+44 7700 900123`, `0044 7700 900123`) as
+/// `+<digits>`; `None` for a national form or fewer than 8 digits.
+pub fn international_phone(phone: &str) -> Option<String> {
+    let phone = phone.trim();
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    let digits = if phone.starts_with('+') {
+        digits.as_str()
+    } else if phone.starts_with("00") {
+        &digits[2..]
+    } else {
+        return None;
+    };
+    (digits.len() >= 8).then(|| format!("+{digits}"))
+}
+
+/// How a request's phone is kept: [`international_phone`] when it has its country code, else
+/// [`normal_phone`]; both forms still compare with [`same_phone`] and [`normal_phone`].
+pub fn canonical_phone(phone: &str) -> Option<String> {
+    international_phone(phone).or_else(|| normal_phone(phone))
+}
+
 /// A phone as compared: its last 10 digits, so a number with and without its country code or
 /// trunk prefix is one (`555-625-1199` is `+1 555 625 1199`, `07700 900123` is
 /// `+44 7700 900123`); `None` with fewer than 7 digits (no real number is shorter).
@@ -226,6 +262,25 @@ mod tests {
             Some(1)
         ));
         assert!(!person.matches(None, None, Some("1199"), None));
+    }
+
+    #[test]
+    fn phones_in_two_countries_with_the_same_last_ten_digits_are_two_people() {
+        let body = br#"{"customer":{"id":1,"phone":"+1 770-090-0123"}}"#;
+        let person = Person::decode("customers/redact", body).unwrap();
+        // The same number, written nationally or internationally.
+        for same in [
+            "770-090-0123",
+            "+1 (770) 090-0123",
+            "001 770 090 0123",
+            "17700900123",
+        ] {
+            assert!(person.matches(None, None, Some(same), None), "{same}");
+        }
+        // A UK mobile whose last ten digits are the same: someone else.
+        for other in ["+44 7700 900123", "0044 7700 900123"] {
+            assert!(!person.matches(None, None, Some(other), None), "{other}");
+        }
     }
 
     #[test]

@@ -391,6 +391,8 @@ mod tests {
             "AFTERCART_REFERRALS_CODE_SECRET",
             "AFTERCART_AUDIENCES_CONFIG",
             "AFTERCART_LOG",
+            // Read by every service through aftercart_runtime::outbound, not only by clap.
+            "AFTERCART_ALLOW_INSECURE_HTTP",
         ] {
             assert!(text.contains(&format!("| `{env}` |")), "{env} missing");
         }

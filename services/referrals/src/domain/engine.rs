@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::money::Amount;
-use aftercart_shopify::privacy::{normal_phone, DataRequest, DataRequestReport, Holding, Person};
+use aftercart_shopify::privacy::{
+    international_phone, normal_phone, DataRequest, DataRequestReport, Holding, Person,
+};
 
 use crate::domain::code::{CodeRules, Source};
 use crate::domain::event::{
@@ -205,12 +207,20 @@ impl Partition {
             .iter()
             .map(|e| email_fingerprint_of(hasher, e))
             .collect();
-        let phone_fps: Vec<String> = phones.iter().filter_map(|p| phone_fp(hasher, p)).collect();
+        let phone_fps: Vec<(Option<String>, Option<String>)> = phones
+            .iter()
+            .map(|p| (phone_fp(hasher, p), intl_phone_fp(hasher, p)))
+            .collect();
         mine.any(|r| {
             r.shop
                 || (r.customer_id.is_some() && r.customer_id == customer_id)
                 || r.email_fp.as_ref().is_some_and(|fp| email_fps.contains(fp))
-                || r.phone_fp.as_ref().is_some_and(|fp| phone_fps.contains(fp))
+                || phone_fps
+                    .iter()
+                    .any(|(national, intl)| match (&r.phone_intl_fp, intl) {
+                        (Some(want), Some(have)) => want == have,
+                        _ => r.phone_fp.is_some() && r.phone_fp == *national,
+                    })
                 || order_id.is_some_and(|id| r.orders.contains(&id))
         })
     }
@@ -308,6 +318,13 @@ impl Partition {
 
 fn phone_fp(hasher: &StateHasher, phone: &str) -> Option<String> {
     normal_phone(phone).map(|p| fingerprint(hasher, "phone", &p))
+}
+
+/// The keyed hash of a phone written with its country code (see [`same_phone`]'s rule).
+///
+/// [`same_phone`]: aftercart_shopify::privacy::same_phone
+fn intl_phone_fp(hasher: &StateHasher, phone: &str) -> Option<String> {
+    international_phone(phone).map(|p| fingerprint(hasher, "phone-intl", &p))
 }
 
 fn persist(key: &str, entity: Entity) -> Effect {
@@ -487,7 +504,7 @@ impl Engine {
             let forgotten: Vec<String> = state
                 .redactions
                 .iter()
-                .filter(|(_, r)| r.at_ms + self.rules.redaction_retention_ms < now_ms)
+                .filter(|(_, r)| r.at_ms.saturating_add(self.rules.redaction_retention_ms) < now_ms)
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in forgotten {
@@ -1210,6 +1227,10 @@ impl Step<'_> {
             customer_id,
             email_fp,
             phone_fp: person.phone.as_deref().and_then(|p| phone_fp(hasher, p)),
+            phone_intl_fp: person
+                .phone
+                .as_deref()
+                .and_then(|p| intl_phone_fp(hasher, p)),
             orders: person.orders.clone(),
             shop: false,
             at_ms,
@@ -1241,11 +1262,23 @@ impl Step<'_> {
             .filter_map(|key| Some((key, self.state.customers.get(key)?)))
             .map(|(key, c)| holding("customer", key, serde_json::to_value(c).unwrap_or_default()))
             .collect();
+        // An order they only referred is the friend's: of it, only their reward is theirs.
+        let own = |key: &str, o: &OrderState| {
+            o.customer.as_ref().is_some_and(|c| customers.contains(c))
+                || request.person.orders.contains(&order_id_of(key))
+        };
         holdings.extend(
             orders
                 .iter()
                 .filter_map(|key| Some((key, self.state.orders.get(key)?)))
-                .map(|(key, o)| holding("order", key, serde_json::to_value(o).unwrap_or_default())),
+                .map(|(key, o)| {
+                    let data = if own(key, o) {
+                        serde_json::to_value(o).unwrap_or_default()
+                    } else {
+                        serde_json::json!({ "reward": o.reward })
+                    };
+                    holding("order", key, data)
+                }),
         );
         let report = DataRequestReport::new("referrals", self.shop, request, at_ms, holdings);
         self.effects.push(Effect::Emit {

@@ -50,6 +50,11 @@ pub struct Redaction {
     pub customer_id: Option<u64>,
     pub email_fp: Option<String>,
     pub phone_fp: Option<String>,
+    /// The phone with its country code (`+<digits>`), when the request gave it: a fact's
+    /// international phone is compared with this, so another country's number that ends in the
+    /// same 10 digits is someone else. Markers written before it compare `phone_fp` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_intl_fp: Option<String>,
     #[serde(default)]
     pub orders: Vec<u64>,
     /// The whole shop is redacted.

@@ -749,6 +749,38 @@ fn a_redaction_matches_by_email_phone_and_listed_orders_without_the_customer_id(
 }
 
 #[test]
+fn a_redacted_phone_does_not_cover_another_countrys_number_with_the_same_last_digits() {
+    let mut world = World::new();
+    let body = json!({"shop_id": 1, "shop_domain": SHOP, "orders_to_redact": [],
+                      "customer": {"id": 99, "phone": "+1 770-090-0123"}});
+    world.send("customers/redact", &body, DAY);
+    // The same number written nationally: the redacted person.
+    let mut same = order(500, 5);
+    same["customer"]["phone"] = json!("(770) 090-0123");
+    world.send("orders/paid", &same, 2 * DAY);
+    assert!(world.emitted.is_empty(), "{:?}", world.types());
+    // A UK mobile ending in the same ten digits: someone else, invited as usual.
+    let mut other = order(600, 6);
+    other["customer"]["phone"] = json!("+44 7700 900123");
+    world.send("orders/paid", &other, 2 * DAY);
+    assert_eq!(world.types(), ["invite"]);
+}
+
+#[test]
+fn a_redaction_retention_at_the_limit_keeps_the_marker_without_overflow() {
+    // The longest retention the settings can express: the marker is kept, nothing overflows.
+    let mut world = World::with(Rules {
+        redaction_retention_ms: i64::MAX,
+        ..rules()
+    });
+    world.send("customers/redact", &redact_one(&[]), DAY);
+    let effects = world.engine.expire(2 * DAY);
+    world.take(effects.into_iter().map(|(_, e)| e).collect());
+    world.send("orders/paid", &order(500, 1), 3 * DAY);
+    assert!(world.emitted.is_empty(), "{:?}", world.types());
+}
+
+#[test]
 fn redacting_a_listed_order_forgets_it_and_voids_its_reward() {
     let mut world = World::new();
     let code = world.advocate();
@@ -940,6 +972,15 @@ fn a_data_request_reports_what_is_held_about_the_customer_and_nothing_of_others(
         ]
     );
     assert_eq!(report.holdings[0].data["advocate"]["code"], json!(code));
+    // The friend's order they referred: only their reward, nothing of the friend (customer 2).
+    let referred = &report.holdings[2].data;
+    assert!(referred["reward"]["code"].is_string(), "{referred}");
+    let text = referred.to_string();
+    assert!(
+        !text.contains("id:2") && referred.get("customer_id").is_none(),
+        "the friend's data in the advocate's report: {text}"
+    );
+    assert!(referred.get("name").is_none(), "{text}");
     // The same request read again gives the same report id.
     let first = report.event_id.clone();
     world.send("customers/data_request", &request, 3 * DAY);
