@@ -466,21 +466,25 @@ fn numeric(errors: &mut ConfigErrors, at: &str, id: Option<String>) -> Option<St
     Some(id)
 }
 
-/// A URL that must be `http(s)://host…` (whether plain http is allowed is decided elsewhere).
-/// The scheme is checked as the request builders check it (`HTTPS://` parses as a URI, but no
-/// request could be built on it).
+/// A URL that must be `https://host…` (people's hashed contacts and tokens travel to it), or
+/// `http://` where AFTERCART_ALLOW_INSECURE_HTTP allows it (the one shared rule). The scheme
+/// is checked as the request builders check it (`HTTPS://` parses as a URI, but no request
+/// could be built on it).
 fn web_url(errors: &mut ConfigErrors, at: &str, url: String) -> Option<String> {
     let parsed = url.parse::<http::Uri>().ok();
     let fine = crate::platform::base_url(&url, "base_url").is_ok()
         && parsed
             .as_ref()
             .is_some_and(|uri| uri.host().is_some_and(|h| !h.is_empty()));
-    if fine {
-        Some(url)
-    } else {
+    if !fine {
         errors.push(format!("{at}: {url:?} is not an http(s) URL"));
-        None
+        return None;
     }
+    if let Err(problem) = aftercart_runtime::outbound::check_outbound_url(&url) {
+        errors.push(format!("{at}: {problem}"));
+        return None;
+    }
+    Some(url)
 }
 
 /// An optional URL setting, checked like a base URL when given.

@@ -82,7 +82,7 @@ fn the_example_file_starts_with_its_placeholders_and_every_destination() {
         "--audiences-config",
         path,
         "--audiences-meta-base-url",
-        "http://127.0.0.1:1/",
+        "https://127.0.0.1:1/",
     ])
     .unwrap();
     let kinds: Vec<&str> = config
@@ -95,7 +95,7 @@ fn the_example_file_starts_with_its_placeholders_and_every_destination() {
         panic!("meta");
     };
     assert_eq!(
-        meta.base_url, "http://127.0.0.1:1",
+        meta.base_url, "https://127.0.0.1:1",
         "the trailing slash is dropped"
     );
     assert!(
@@ -440,4 +440,19 @@ fn assert_refused(file: &tempfile_path::TempPath, expected: &str) {
         text.contains(expected),
         "{expected:?} missing from:\n{text}"
     );
+}
+
+#[test]
+fn a_plain_http_platform_url_is_refused_naming_the_switch_and_not_the_url() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/audiences.toml");
+    let errors = validate(&[
+        "--audiences-config",
+        path,
+        "--audiences-meta-base-url",
+        "http://graph.example.com/?t=s3cret",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(errors.contains("AFTERCART_ALLOW_INSECURE_HTTP"), "{errors}");
+    assert!(!errors.contains("s3cret"), "{errors}");
 }
