@@ -196,7 +196,11 @@ impl Engine {
         };
         match input {
             Input::Order(fact) => step.order(&fact, at_ms),
-            Input::Refund { order_id, amount } => step.refund(order_id, amount, at_ms),
+            Input::Refund {
+                order_id,
+                refund_id,
+                amount,
+            } => step.refund(order_id, refund_id, amount, at_ms),
             Input::Deleted { order_id } => {
                 let key = order_entity(shop, order_id);
                 let mut order = step.take(&key, order_id, at_ms);
@@ -466,9 +470,14 @@ impl Step<'_> {
         }
     }
 
-    fn refund(&mut self, order_id: u64, amount: Amount, at_ms: i64) {
+    fn refund(&mut self, order_id: u64, refund_id: Option<u64>, amount: Amount, at_ms: i64) {
         let key = order_entity(self.shop, order_id);
         let mut order = self.take(&key, order_id, at_ms);
+        if refund_id.is_some_and(|id| !order.refunds.insert(id)) {
+            // Counted already: a partial refund delivered twice is not a full refund.
+            self.state.orders.insert(key, order);
+            return;
+        }
         let before = order
             .refunded
             .as_deref()

@@ -195,6 +195,8 @@ pub enum Input {
     /// `refunds/create`: the amount refunded by this refund.
     Refund {
         order_id: u64,
+        /// The refund's id: a second delivery of the same refund adds nothing.
+        refund_id: Option<u64>,
         amount: Amount,
     },
     Deleted {
@@ -233,6 +235,7 @@ struct Transaction {
 
 #[derive(Deserialize)]
 struct RefundPayload {
+    id: Option<u64>,
     order_id: u64,
     #[serde(default)]
     transactions: Vec<Transaction>,
@@ -386,6 +389,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             }
             Input::Refund {
                 order_id: refund.order_id,
+                refund_id: refund.id,
                 amount,
             }
         }
@@ -536,6 +540,7 @@ mod tests {
             decode_input(Some("refunds/create"), body).unwrap(),
             Input::Refund {
                 order_id: 5,
+                refund_id: Some(9),
                 amount: Amount::parse("15").unwrap()
             }
         );

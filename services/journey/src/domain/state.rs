@@ -147,6 +147,9 @@ pub struct OrderJourney {
     pub total: Option<String>,
     /// Refunded so far, decimal string.
     pub refunded: Option<String>,
+    /// The refunds counted in `refunded` (Shopify may deliver a refund twice).
+    #[serde(default)]
+    pub refunds: BTreeSet<u64>,
     pub currency: Option<String>,
     pub test: bool,
     pub created_ms: Option<i64>,

@@ -419,3 +419,26 @@ fn a_restored_kpi_record_is_not_reported_again() {
     assert_eq!(restored.reconcile_report(0, &record).len(), 1);
     assert!(reports(&restored.fire_due((day + 1) * DAY)).is_empty());
 }
+
+#[test]
+fn a_refund_delivered_twice_counts_once_and_a_partial_refund_stops_nothing() {
+    // Shopify delivers a webhook at least once; a second delivery of the same 30.00 refund (a
+    // retry past the ingress dedupe window, another ingress replica) is still a 30.00 refund
+    // of a 50.00 order.
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(6, true), AT);
+    engine.apply(0, SHOP, event(6, "delivered"), AT);
+    let refund = input(
+        "refunds/create",
+        serde_json::json!({"id": 929361464, "order_id": 6, "transactions":
+            [{"kind": "refund", "status": "success", "amount": "30.00"}]}),
+    );
+    engine.apply(0, SHOP, refund.clone(), AT);
+    let again = engine.apply(0, SHOP, refund, AT);
+    assert!(!again.contains(&Effect::Count(Counted::Stopped(Stop::Refunded))));
+    assert!(
+        engine.order_due().is_some(),
+        "one partial refund seen twice stops nothing"
+    );
+    assert_eq!(fired(&mut engine, delivered_ms() + 7 * DAY).len(), 1);
+}
