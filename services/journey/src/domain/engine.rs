@@ -434,6 +434,16 @@ impl Step<'_> {
             let out = self.fulfillment_out(&order, fulfillment_id, progress.kind().as_str());
             self.send(&mut order, progress.kind(), Some(out), None, at_ms);
         }
+        // And a problem no progress came after (told once: the mark names the status).
+        let problems: Vec<(u64, String)> = order
+            .shipments
+            .iter()
+            .filter_map(|(id, s)| s.problem.clone().map(|p| (*id, p)))
+            .collect();
+        for (fulfillment_id, status) in problems {
+            let out = self.fulfillment_out(&order, fulfillment_id, &status);
+            self.send(&mut order, Kind::DeliveryProblem, Some(out), None, at_ms);
+        }
         if order.delivered_ms.is_some() && order.timers.is_empty() {
             self.schedule(&mut order);
         }
@@ -523,10 +533,15 @@ impl Step<'_> {
                     let advanced = shipment.progress.is_none_or(|p| p.rank() < progress.rank());
                     if advanced {
                         shipment.progress = Some(progress);
+                        shipment.problem = None;
                     }
                     advanced.then_some(progress)
                 }
-                _ => None,
+                Shipment::Problem => {
+                    shipment.problem = Some(fact.status.clone());
+                    None
+                }
+                Shipment::Quiet => None,
             }
         };
         if let Some(progress) = advanced {

@@ -74,6 +74,10 @@ pub struct CustomerConsent {
 pub struct Shipment {
     /// How far it got (never goes back: a late `in_transit` after `delivered` changes nothing).
     pub progress: Option<ProgressState>,
+    /// The latest problem status not followed by progress, told when an order that arrives
+    /// after it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     pub tracking_company: Option<String>,
     pub tracking_number: Option<String>,
     pub tracking_url: Option<String>,

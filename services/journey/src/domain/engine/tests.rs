@@ -442,3 +442,26 @@ fn a_refund_delivered_twice_counts_once_and_a_partial_refund_stops_nothing() {
     );
     assert_eq!(fired(&mut engine, delivered_ms() + 7 * DAY).len(), 1);
 }
+
+#[test]
+fn a_delivery_problem_before_its_order_is_told_when_the_order_arrives() {
+    let mut engine = engine();
+    assert!(emitted(&engine.apply(0, SHOP, event(5, "attempted_delivery"), AT)).is_empty());
+    let effects = engine.apply(0, SHOP, order(5, true), AT);
+    assert_eq!(
+        kinds(&effects),
+        [Kind::OrderConfirmed, Kind::DeliveryProblem]
+    );
+    let problem = &emitted(&effects)[1];
+    assert_eq!(
+        problem.fulfillment.as_ref().unwrap().status,
+        "attempted_delivery"
+    );
+    assert!(emitted(&engine.apply(0, SHOP, order(5, true), AT)).is_empty());
+    // Delivered after the problem: the problem is not told late.
+    let mut engine = self::engine();
+    engine.apply(0, SHOP, event(5, "attempted_delivery"), AT);
+    engine.apply(0, SHOP, event(5, "delivered"), AT);
+    let effects = engine.apply(0, SHOP, order(5, true), AT);
+    assert_eq!(kinds(&effects), [Kind::OrderConfirmed, Kind::Delivered]);
+}
