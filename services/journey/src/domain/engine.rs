@@ -363,7 +363,21 @@ impl Step<'_> {
     fn order(&mut self, fact: &OrderFact, at_ms: i64) {
         let key = order_entity(self.shop, fact.id);
         let mut order = self.take(&key, fact.id, at_ms);
-        if !order.known && !fact.test {
+        // An update of an order created longer ago than orders are kept: one forgotten since
+        // (or from before the journey ran) that the merchant archived or tagged, not a new one
+        // to confirm or count. orders/create and orders/paid always announce a live order.
+        let stale = !order.known
+            && fact.updated_topic
+            && fact
+                .created_at
+                .as_deref()
+                .and_then(aftercart_shopify::time::parse_time_ms)
+                .is_some_and(|created| {
+                    at_ms.saturating_sub(created) > self.rules.order_retention_ms
+                });
+        if stale {
+            order.sent.insert(mark(Kind::OrderConfirmed, None));
+        } else if !order.known && !fact.test {
             self.count_order(fact, at_ms);
         }
         order.known = true;

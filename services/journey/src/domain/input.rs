@@ -93,6 +93,9 @@ pub struct OrderFact {
     /// From the record's topic, not the body.
     #[serde(skip)]
     pub cancelled_topic: bool,
+    /// `orders/updated`: may be about an order created long before (see the engine's `stale`).
+    #[serde(skip)]
+    pub updated_topic: bool,
     pub id: u64,
     pub name: Option<String>,
     pub email: Option<String>,
@@ -367,6 +370,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
                 }
             }
             order.cancelled_topic = topic == "orders/cancelled";
+            order.updated_topic = topic == "orders/updated";
             Input::Order(Box::new(order))
         }
         "orders/delete" => Input::Deleted {

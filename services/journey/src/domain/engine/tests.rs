@@ -465,3 +465,34 @@ fn a_delivery_problem_before_its_order_is_told_when_the_order_arrives() {
     let effects = engine.apply(0, SHOP, order(5, true), AT);
     assert_eq!(kinds(&effects), [Kind::OrderConfirmed, Kind::Delivered]);
 }
+
+#[test]
+fn an_order_updated_after_it_was_forgotten_is_neither_confirmed_nor_counted_again() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(5, true), AT);
+    engine.apply(0, SHOP, event(5, "delivered"), AT);
+    let later = delivered_ms() + 90 * DAY;
+    assert_eq!(
+        fired(&mut engine, later).len(),
+        2,
+        "review and replenishment"
+    );
+    let forgotten = later + 121 * DAY;
+    assert_eq!(engine.expire(forgotten).len(), 1);
+    // Months later the merchant archives or tags the order: Shopify sends orders/updated.
+    let Input::Order(mut updated) = order(5, true) else {
+        unreachable!()
+    };
+    updated.updated_topic = true;
+    let effects = engine.apply(0, SHOP, Input::Order(updated), forgotten);
+    assert!(emitted(&effects).is_empty(), "no second order confirmation");
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Count(Counted::Kpi(Fact::Order { .. })))),
+        "an old order is not today's order (nor a repeat purchase)"
+    );
+    // An order first seen on orders/create or orders/paid is new, whatever its date says.
+    let effects = engine.apply(0, SHOP, order(6, true), forgotten);
+    assert_eq!(kinds(&effects), [Kind::OrderConfirmed]);
+}
