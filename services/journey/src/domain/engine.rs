@@ -740,7 +740,10 @@ impl Step<'_> {
         let rules = &self.rules.kpis;
         let key = shop_entity(self.shop);
         let mut shop = self.state.shops.remove(&key).unwrap_or_default();
-        let today = rules.day_of(self.shop, at_ms);
+        // A fact stamped in a day already reported (read just after its midnight) counts
+        // towards the first day not reported yet: late, but in exactly one record.
+        let open = shop.days.reported.map_or(i64::MIN, |r| r.saturating_add(1));
+        let today = rules.day_of(self.shop, at_ms).max(open);
         shop.days.days.entry(today).or_default().count(&fact);
         self.effects.push(Effect::Count(Counted::Kpi(fact)));
         shop.days.prune(today);

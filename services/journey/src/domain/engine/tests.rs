@@ -496,3 +496,22 @@ fn an_order_updated_after_it_was_forgotten_is_neither_confirmed_nor_counted_agai
     let effects = engine.apply(0, SHOP, order(6, true), forgotten);
     assert_eq!(kinds(&effects), [Kind::OrderConfirmed]);
 }
+
+#[test]
+fn a_fact_stamped_before_midnight_but_read_after_its_day_was_reported_counts_the_next_day() {
+    let mut engine = engine();
+    let day = AT.div_euclid(DAY);
+    let checkout = || input("checkouts/create", serde_json::json!({"token": "t"}));
+    engine.apply(0, SHOP, checkout(), AT);
+    let first = reports(&engine.fire_due((day + 1) * DAY));
+    assert_eq!(first[0].yesterday.orders, 0.0);
+    // An order stamped a second before midnight, read just after the report went out (the
+    // record still on its way through the by-shop topic).
+    engine.apply(0, SHOP, order(5, true), (day + 1) * DAY - 1000);
+    let second = reports(&engine.fire_due((day + 2) * DAY));
+    assert_eq!(
+        first[0].yesterday.orders + second[0].yesterday.orders,
+        1.0,
+        "every order is in exactly one record"
+    );
+}
