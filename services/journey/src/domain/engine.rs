@@ -200,7 +200,8 @@ impl Engine {
                 order_id,
                 refund_id,
                 amount,
-            } => step.refund(order_id, refund_id, amount, at_ms),
+                currency,
+            } => step.refund(order_id, refund_id, amount, currency, at_ms),
             Input::Deleted { order_id } => {
                 let key = order_entity(shop, order_id);
                 let mut order = step.take(&key, order_id, at_ms);
@@ -485,6 +486,15 @@ impl Step<'_> {
     }
 
     fn refunded_in_full(&self, order: &OrderJourney) -> bool {
+        // Refunds are in the customer's currency, the total in the shop's: when they differ
+        // the amounts do not compare, and the order's `financial_status: refunded` tells.
+        let comparable = match (&order.refund_currency, &order.currency) {
+            (Some(refund), Some(total)) => refund.eq_ignore_ascii_case(total),
+            _ => true,
+        };
+        if !comparable {
+            return false;
+        }
         match (
             order.total.as_deref().and_then(Amount::parse),
             order.refunded.as_deref().and_then(Amount::parse),
@@ -494,7 +504,14 @@ impl Step<'_> {
         }
     }
 
-    fn refund(&mut self, order_id: u64, refund_id: Option<u64>, amount: Amount, at_ms: i64) {
+    fn refund(
+        &mut self,
+        order_id: u64,
+        refund_id: Option<u64>,
+        amount: Amount,
+        currency: Option<String>,
+        at_ms: i64,
+    ) {
         let key = order_entity(self.shop, order_id);
         let mut order = self.take(&key, order_id, at_ms);
         if refund_id.is_some_and(|id| !order.refunds.insert(id)) {
@@ -508,6 +525,9 @@ impl Step<'_> {
             .and_then(Amount::parse)
             .unwrap_or(Amount::ZERO);
         order.refunded = Some(before.saturating_add(amount).to_string());
+        if currency.is_some() {
+            order.refund_currency = currency;
+        }
         if self.refunded_in_full(&order) {
             self.stop(&key, &mut order, Stop::Refunded);
         }

@@ -201,6 +201,9 @@ pub enum Input {
         /// The refund's id: a second delivery of the same refund adds nothing.
         refund_id: Option<u64>,
         amount: Amount,
+        /// The transactions' currency: the customer's (presentment) one, which is not the
+        /// order total's when the shop sells in several currencies.
+        currency: Option<String>,
     },
     Deleted {
         order_id: u64,
@@ -232,6 +235,7 @@ struct OrderId {
 #[derive(Deserialize)]
 struct Transaction {
     kind: Option<String>,
+    currency: Option<String>,
     status: Option<String>,
     amount: Option<String>,
 }
@@ -379,6 +383,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
         "refunds/create" => {
             let refund: RefundPayload = decode(&topic, body)?;
             let mut amount = Amount::ZERO;
+            let mut currency = None;
             for t in &refund.transactions {
                 let refunded = t.kind.as_deref() == Some("refund")
                     && matches!(t.status.as_deref(), Some("success") | None);
@@ -389,12 +394,14 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
                         .and_then(Amount::parse)
                         .ok_or(PoisonRecord::Impossible("a refund amount is not a decimal"))?;
                     amount = amount.saturating_add(value);
+                    currency = currency.or(t.currency.clone());
                 }
             }
             Input::Refund {
                 order_id: refund.order_id,
                 refund_id: refund.id,
                 amount,
+                currency,
             }
         }
         "fulfillments/create" | "fulfillments/update" => {
@@ -545,7 +552,8 @@ mod tests {
             Input::Refund {
                 order_id: 5,
                 refund_id: Some(9),
-                amount: Amount::parse("15").unwrap()
+                amount: Amount::parse("15").unwrap(),
+                currency: None
             }
         );
         let bad = br#"{"order_id":5,"transactions":[{"kind":"refund","amount":"1e3"}]}"#;

@@ -154,6 +154,10 @@ pub struct OrderJourney {
     /// The refunds counted in `refunded` (Shopify may deliver a refund twice).
     #[serde(default)]
     pub refunds: BTreeSet<u64>,
+    /// The currency refunds were stated in, when they said; `refunded` compares with `total`
+    /// only in the total's currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_currency: Option<String>,
     pub currency: Option<String>,
     pub test: bool,
     pub created_ms: Option<i64>,

@@ -515,3 +515,26 @@ fn a_fact_stamped_before_midnight_but_read_after_its_day_was_reported_counts_the
         "every order is in exactly one record"
     );
 }
+
+#[test]
+fn a_partial_refund_in_the_customers_currency_is_not_taken_for_a_full_refund() {
+    // A multi-currency order: total_price is in the shop's currency (EUR 50.00), refunds are in
+    // the customer's (JPY): 3000 yen back is no full refund.
+    let refund = || {
+        input(
+            "refunds/create",
+            serde_json::json!({"id": 1, "order_id": 6, "transactions":
+                [{"kind": "refund", "status": "success", "amount": "3000", "currency": "JPY"}]}),
+        )
+    };
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(6, true), AT);
+    engine.apply(0, SHOP, event(6, "delivered"), AT);
+    engine.apply(0, SHOP, refund(), AT);
+    assert!(engine.order_due().is_some(), "the order known first");
+    let mut engine = self::engine();
+    engine.apply(0, SHOP, refund(), AT);
+    engine.apply(0, SHOP, order(6, true), AT);
+    engine.apply(0, SHOP, event(6, "delivered"), AT);
+    assert!(engine.order_due().is_some(), "the refund read first");
+}
