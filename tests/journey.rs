@@ -145,6 +145,9 @@ mod scenarios {
     ) {
         let stack = Stack::start(broker).await;
         stack.send("orders/paid", order(5, true)).await;
+        // Orders and fulfilments are separate topics, read in no set order: a shipment read
+        // before its order is told only where it stands when the order comes (a unit test).
+        stack.wait_for("order_confirmed").await;
         stack
             .send("fulfillments/create", fulfillment(5, "in_transit"))
             .await;
@@ -240,14 +243,29 @@ mod scenarios {
         let stack = Stack::start(broker).await;
         stack.send("orders/paid", order(6, true)).await;
         stack
-            .send("fulfillment_events/create", carrier(6, "delivered"))
-            .await;
-        stack
             .send(
                 "orders/cancelled",
                 json!({"id": 6, "cancelled_at": "2026-11-02T00:00:00Z", "cart_token": "cart-6"}),
             )
             .await;
+        // Orders and fulfilments are separate topics: a delivery sent after the cancellation can
+        // be read first, and its 2 s review timer fire before the cancellation is read. Deliver
+        // once the cancellation is applied (stopping timers already running is a unit test).
+        eventually("the cancellation", Duration::from_secs(30), || async {
+            (stack
+                .service
+                .metric(r#"aftercart_journey_orders_stopped_total{reason="cancelled"}"#)
+                == 1.0)
+                .then_some(())
+        })
+        .await;
+        stack
+            .send("fulfillment_events/create", carrier(6, "delivered"))
+            .await;
+        eventually("order 6 delivered", Duration::from_secs(30), || async {
+            (stack.touchpoints().await.len() == 2).then_some(())
+        })
+        .await;
         // A second order without consent: delivered, told, but never asked for a review.
         stack.send("orders/paid", order(7, false)).await;
         stack

@@ -196,7 +196,12 @@ impl Engine {
         };
         match input {
             Input::Order(fact) => step.order(&fact, at_ms),
-            Input::Refund { order_id, amount } => step.refund(order_id, amount, at_ms),
+            Input::Refund {
+                order_id,
+                refund_id,
+                amount,
+                currency,
+            } => step.refund(order_id, refund_id, amount, currency, at_ms),
             Input::Deleted { order_id } => {
                 let key = order_entity(shop, order_id);
                 let mut order = step.take(&key, order_id, at_ms);
@@ -359,7 +364,21 @@ impl Step<'_> {
     fn order(&mut self, fact: &OrderFact, at_ms: i64) {
         let key = order_entity(self.shop, fact.id);
         let mut order = self.take(&key, fact.id, at_ms);
-        if !order.known && !fact.test {
+        // An update of an order created longer ago than orders are kept: one forgotten since
+        // (or from before the journey ran) that the merchant archived or tagged, not a new one
+        // to confirm or count. orders/create and orders/paid always announce a live order.
+        let stale = !order.known
+            && fact.updated_topic
+            && fact
+                .created_at
+                .as_deref()
+                .and_then(aftercart_shopify::time::parse_time_ms)
+                .is_some_and(|created| {
+                    at_ms.saturating_sub(created) > self.rules.order_retention_ms
+                });
+        if stale {
+            order.sent.insert(mark(Kind::OrderConfirmed, None));
+        } else if !order.known && !fact.test {
             self.count_order(fact, at_ms);
         }
         order.known = true;
@@ -430,6 +449,16 @@ impl Step<'_> {
             let out = self.fulfillment_out(&order, fulfillment_id, progress.kind().as_str());
             self.send(&mut order, progress.kind(), Some(out), None, at_ms);
         }
+        // And a problem no progress came after (told once: the mark names the status).
+        let problems: Vec<(u64, String)> = order
+            .shipments
+            .iter()
+            .filter_map(|(id, s)| s.problem.clone().map(|p| (*id, p)))
+            .collect();
+        for (fulfillment_id, status) in problems {
+            let out = self.fulfillment_out(&order, fulfillment_id, &status);
+            self.send(&mut order, Kind::DeliveryProblem, Some(out), None, at_ms);
+        }
         if order.delivered_ms.is_some() && order.timers.is_empty() {
             self.schedule(&mut order);
         }
@@ -457,6 +486,15 @@ impl Step<'_> {
     }
 
     fn refunded_in_full(&self, order: &OrderJourney) -> bool {
+        // Refunds are in the customer's currency, the total in the shop's: when they differ
+        // the amounts do not compare, and the order's `financial_status: refunded` tells.
+        let comparable = match (&order.refund_currency, &order.currency) {
+            (Some(refund), Some(total)) => refund.eq_ignore_ascii_case(total),
+            _ => true,
+        };
+        if !comparable {
+            return false;
+        }
         match (
             order.total.as_deref().and_then(Amount::parse),
             order.refunded.as_deref().and_then(Amount::parse),
@@ -466,15 +504,30 @@ impl Step<'_> {
         }
     }
 
-    fn refund(&mut self, order_id: u64, amount: Amount, at_ms: i64) {
+    fn refund(
+        &mut self,
+        order_id: u64,
+        refund_id: Option<u64>,
+        amount: Amount,
+        currency: Option<String>,
+        at_ms: i64,
+    ) {
         let key = order_entity(self.shop, order_id);
         let mut order = self.take(&key, order_id, at_ms);
+        if refund_id.is_some_and(|id| !order.refunds.insert(id)) {
+            // Counted already: a partial refund delivered twice is not a full refund.
+            self.state.orders.insert(key, order);
+            return;
+        }
         let before = order
             .refunded
             .as_deref()
             .and_then(Amount::parse)
             .unwrap_or(Amount::ZERO);
         order.refunded = Some(before.saturating_add(amount).to_string());
+        if currency.is_some() {
+            order.refund_currency = currency;
+        }
         if self.refunded_in_full(&order) {
             self.stop(&key, &mut order, Stop::Refunded);
         }
@@ -514,10 +567,15 @@ impl Step<'_> {
                     let advanced = shipment.progress.is_none_or(|p| p.rank() < progress.rank());
                     if advanced {
                         shipment.progress = Some(progress);
+                        shipment.problem = None;
                     }
                     advanced.then_some(progress)
                 }
-                _ => None,
+                Shipment::Problem => {
+                    shipment.problem = Some(fact.status.clone());
+                    None
+                }
+                Shipment::Quiet => None,
             }
         };
         if let Some(progress) = advanced {
@@ -702,7 +760,10 @@ impl Step<'_> {
         let rules = &self.rules.kpis;
         let key = shop_entity(self.shop);
         let mut shop = self.state.shops.remove(&key).unwrap_or_default();
-        let today = rules.day_of(self.shop, at_ms);
+        // A fact stamped in a day already reported (read just after its midnight) counts
+        // towards the first day not reported yet: late, but in exactly one record.
+        let open = shop.days.reported.map_or(i64::MIN, |r| r.saturating_add(1));
+        let today = rules.day_of(self.shop, at_ms).max(open);
         shop.days.days.entry(today).or_default().count(&fact);
         self.effects.push(Effect::Count(Counted::Kpi(fact)));
         shop.days.prune(today);

@@ -93,6 +93,9 @@ pub struct OrderFact {
     /// From the record's topic, not the body.
     #[serde(skip)]
     pub cancelled_topic: bool,
+    /// `orders/updated`: may be about an order created long before (see the engine's `stale`).
+    #[serde(skip)]
+    pub updated_topic: bool,
     pub id: u64,
     pub name: Option<String>,
     pub email: Option<String>,
@@ -195,7 +198,12 @@ pub enum Input {
     /// `refunds/create`: the amount refunded by this refund.
     Refund {
         order_id: u64,
+        /// The refund's id: a second delivery of the same refund adds nothing.
+        refund_id: Option<u64>,
         amount: Amount,
+        /// The transactions' currency: the customer's (presentment) one, which is not the
+        /// order total's when the shop sells in several currencies.
+        currency: Option<String>,
     },
     Deleted {
         order_id: u64,
@@ -227,12 +235,14 @@ struct OrderId {
 #[derive(Deserialize)]
 struct Transaction {
     kind: Option<String>,
+    currency: Option<String>,
     status: Option<String>,
     amount: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct RefundPayload {
+    id: Option<u64>,
     order_id: u64,
     #[serde(default)]
     transactions: Vec<Transaction>,
@@ -364,6 +374,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
                 }
             }
             order.cancelled_topic = topic == "orders/cancelled";
+            order.updated_topic = topic == "orders/updated";
             Input::Order(Box::new(order))
         }
         "orders/delete" => Input::Deleted {
@@ -372,6 +383,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
         "refunds/create" => {
             let refund: RefundPayload = decode(&topic, body)?;
             let mut amount = Amount::ZERO;
+            let mut currency = None;
             for t in &refund.transactions {
                 let refunded = t.kind.as_deref() == Some("refund")
                     && matches!(t.status.as_deref(), Some("success") | None);
@@ -382,11 +394,14 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
                         .and_then(Amount::parse)
                         .ok_or(PoisonRecord::Impossible("a refund amount is not a decimal"))?;
                     amount = amount.saturating_add(value);
+                    currency = currency.or(t.currency.clone());
                 }
             }
             Input::Refund {
                 order_id: refund.order_id,
+                refund_id: refund.id,
                 amount,
+                currency,
             }
         }
         "fulfillments/create" | "fulfillments/update" => {
@@ -536,7 +551,9 @@ mod tests {
             decode_input(Some("refunds/create"), body).unwrap(),
             Input::Refund {
                 order_id: 5,
-                amount: Amount::parse("15").unwrap()
+                refund_id: Some(9),
+                amount: Amount::parse("15").unwrap(),
+                currency: None
             }
         );
         let bad = br#"{"order_id":5,"transactions":[{"kind":"refund","amount":"1e3"}]}"#;

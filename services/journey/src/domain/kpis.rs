@@ -56,6 +56,11 @@ pub fn parse_offset(text: &str) -> Result<i64, String> {
         _ => return Err(bad()),
     };
     let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    // Digits only: `i64::parse` takes a sign, and `--05:00` would flip to the other side of UTC.
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(h) || !digits(m) {
+        return Err(bad());
+    }
     let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
     if h > 14 || m > 59 || h.to_string().len() > 2 {
         return Err(bad());
@@ -376,6 +381,11 @@ mod tests {
         assert_eq!(parse_offset("-05:00"), Ok(-18_000_000));
         assert!(parse_offset("Europe/Paris").is_err());
         assert!(parse_offset("+25:00").is_err());
+        // A second sign must not flip the offset to the other side of UTC.
+        assert!(parse_offset("--05:00").is_err());
+        assert!(parse_offset("-+05:00").is_err());
+        assert!(parse_offset("+05:-30").is_err());
+        assert!(parse_offset("+05:+3").is_err());
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct CustomerConsent {
 pub struct Shipment {
     /// How far it got (never goes back: a late `in_transit` after `delivered` changes nothing).
     pub progress: Option<ProgressState>,
+    /// The latest problem status not followed by progress, told when an order that arrives
+    /// after it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     pub tracking_company: Option<String>,
     pub tracking_number: Option<String>,
     pub tracking_url: Option<String>,
@@ -147,6 +151,13 @@ pub struct OrderJourney {
     pub total: Option<String>,
     /// Refunded so far, decimal string.
     pub refunded: Option<String>,
+    /// The refunds counted in `refunded` (Shopify may deliver a refund twice).
+    #[serde(default)]
+    pub refunds: BTreeSet<u64>,
+    /// The currency refunds were stated in, when they said; `refunded` compares with `total`
+    /// only in the total's currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_currency: Option<String>,
     pub currency: Option<String>,
     pub test: bool,
     pub created_ms: Option<i64>,

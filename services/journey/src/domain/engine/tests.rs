@@ -419,3 +419,122 @@ fn a_restored_kpi_record_is_not_reported_again() {
     assert_eq!(restored.reconcile_report(0, &record).len(), 1);
     assert!(reports(&restored.fire_due((day + 1) * DAY)).is_empty());
 }
+
+#[test]
+fn a_refund_delivered_twice_counts_once_and_a_partial_refund_stops_nothing() {
+    // Shopify delivers a webhook at least once; a second delivery of the same 30.00 refund (a
+    // retry past the ingress dedupe window, another ingress replica) is still a 30.00 refund
+    // of a 50.00 order.
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(6, true), AT);
+    engine.apply(0, SHOP, event(6, "delivered"), AT);
+    let refund = input(
+        "refunds/create",
+        serde_json::json!({"id": 929361464, "order_id": 6, "transactions":
+            [{"kind": "refund", "status": "success", "amount": "30.00"}]}),
+    );
+    engine.apply(0, SHOP, refund.clone(), AT);
+    let again = engine.apply(0, SHOP, refund, AT);
+    assert!(!again.contains(&Effect::Count(Counted::Stopped(Stop::Refunded))));
+    assert!(
+        engine.order_due().is_some(),
+        "one partial refund seen twice stops nothing"
+    );
+    assert_eq!(fired(&mut engine, delivered_ms() + 7 * DAY).len(), 1);
+}
+
+#[test]
+fn a_delivery_problem_before_its_order_is_told_when_the_order_arrives() {
+    let mut engine = engine();
+    assert!(emitted(&engine.apply(0, SHOP, event(5, "attempted_delivery"), AT)).is_empty());
+    let effects = engine.apply(0, SHOP, order(5, true), AT);
+    assert_eq!(
+        kinds(&effects),
+        [Kind::OrderConfirmed, Kind::DeliveryProblem]
+    );
+    let problem = &emitted(&effects)[1];
+    assert_eq!(
+        problem.fulfillment.as_ref().unwrap().status,
+        "attempted_delivery"
+    );
+    assert!(emitted(&engine.apply(0, SHOP, order(5, true), AT)).is_empty());
+    // Delivered after the problem: the problem is not told late.
+    let mut engine = self::engine();
+    engine.apply(0, SHOP, event(5, "attempted_delivery"), AT);
+    engine.apply(0, SHOP, event(5, "delivered"), AT);
+    let effects = engine.apply(0, SHOP, order(5, true), AT);
+    assert_eq!(kinds(&effects), [Kind::OrderConfirmed, Kind::Delivered]);
+}
+
+#[test]
+fn an_order_updated_after_it_was_forgotten_is_neither_confirmed_nor_counted_again() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(5, true), AT);
+    engine.apply(0, SHOP, event(5, "delivered"), AT);
+    let later = delivered_ms() + 90 * DAY;
+    assert_eq!(
+        fired(&mut engine, later).len(),
+        2,
+        "review and replenishment"
+    );
+    let forgotten = later + 121 * DAY;
+    assert_eq!(engine.expire(forgotten).len(), 1);
+    // Months later the merchant archives or tags the order: Shopify sends orders/updated.
+    let Input::Order(mut updated) = order(5, true) else {
+        unreachable!()
+    };
+    updated.updated_topic = true;
+    let effects = engine.apply(0, SHOP, Input::Order(updated), forgotten);
+    assert!(emitted(&effects).is_empty(), "no second order confirmation");
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Count(Counted::Kpi(Fact::Order { .. })))),
+        "an old order is not today's order (nor a repeat purchase)"
+    );
+    // An order first seen on orders/create or orders/paid is new, whatever its date says.
+    let effects = engine.apply(0, SHOP, order(6, true), forgotten);
+    assert_eq!(kinds(&effects), [Kind::OrderConfirmed]);
+}
+
+#[test]
+fn a_fact_stamped_before_midnight_but_read_after_its_day_was_reported_counts_the_next_day() {
+    let mut engine = engine();
+    let day = AT.div_euclid(DAY);
+    let checkout = || input("checkouts/create", serde_json::json!({"token": "t"}));
+    engine.apply(0, SHOP, checkout(), AT);
+    let first = reports(&engine.fire_due((day + 1) * DAY));
+    assert_eq!(first[0].yesterday.orders, 0.0);
+    // An order stamped a second before midnight, read just after the report went out (the
+    // record still on its way through the by-shop topic).
+    engine.apply(0, SHOP, order(5, true), (day + 1) * DAY - 1000);
+    let second = reports(&engine.fire_due((day + 2) * DAY));
+    assert_eq!(
+        first[0].yesterday.orders + second[0].yesterday.orders,
+        1.0,
+        "every order is in exactly one record"
+    );
+}
+
+#[test]
+fn a_partial_refund_in_the_customers_currency_is_not_taken_for_a_full_refund() {
+    // A multi-currency order: total_price is in the shop's currency (EUR 50.00), refunds are in
+    // the customer's (JPY): 3000 yen back is no full refund.
+    let refund = || {
+        input(
+            "refunds/create",
+            serde_json::json!({"id": 1, "order_id": 6, "transactions":
+                [{"kind": "refund", "status": "success", "amount": "3000", "currency": "JPY"}]}),
+        )
+    };
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(6, true), AT);
+    engine.apply(0, SHOP, event(6, "delivered"), AT);
+    engine.apply(0, SHOP, refund(), AT);
+    assert!(engine.order_due().is_some(), "the order known first");
+    let mut engine = self::engine();
+    engine.apply(0, SHOP, refund(), AT);
+    engine.apply(0, SHOP, order(6, true), AT);
+    engine.apply(0, SHOP, event(6, "delivered"), AT);
+    assert!(engine.order_due().is_some(), "the refund read first");
+}
