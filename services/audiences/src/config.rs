@@ -171,7 +171,8 @@ pub struct AudiencesArgs {
     /// in-flight fact cannot bring the person back (at least the longest window any service
     /// keeps state for; at most 10 years).
     #[arg(
-        long,
+        id = "audiences_redaction_retention",
+        long = "audiences-redaction-retention",
         env = "AFTERCART_AUDIENCES_REDACTION_RETENTION",
         default_value = "400d"
     )]

@@ -310,7 +310,8 @@ pub struct ReferralsArgs {
     /// `customers/redact` and `shop/redact` are remembered this long (as fingerprints), so a
     /// late fact never brings the person back; at least the order retention and the cooldown.
     #[arg(
-        long,
+        id = "referrals_redaction_retention",
+        long = "referrals-redaction-retention",
         env = "AFTERCART_REFERRALS_REDACTION_RETENTION",
         default_value = "400d"
     )]
