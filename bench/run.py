@@ -189,7 +189,7 @@ def loadgen(bin_path: str, url: str, args: list[str], name: str,
     report = json.loads(stdout.strip().splitlines()[-1])
     log(f"{name}: {report['throughput_rps']:.0f} req/s, p99 {report['latency_ms']['p99']:.2f} ms, "
         f"status {report['status']}")
-    shown = ["aftercart", "loadgen", "--url", url, *args]
+    shown = ["aftercart", "loadgen", "--loadgen-url", url, *args]
     return report, shown
 
 
