@@ -364,7 +364,7 @@ destinations = ["tiktok"]
 fn the_redaction_retention_is_bounded() {
     let config = validate(&[]).unwrap();
     assert_eq!(config.rules.redaction_retention_ms, 400 * 86_400_000);
-    let errors = validate(&["--redaction-retention", "20y"]).unwrap_err();
+    let errors = validate(&["--audiences-redaction-retention", "20y"]).unwrap_err();
     assert!(errors
         .problems()
         .join("\n")
