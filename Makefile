@@ -52,7 +52,8 @@ test-ops: preflight build $(OPS_VENV)/.installed ## Ops checks: k8s render+valid
 	@status=0; \
 	$(OPS_PY) tests/ops/check_manifests.py || status=1; \
 	$(OPS_PY) tests/ops/check_rules.py || status=1; \
-	$(OPS_PY) tests/ops/check_compose.py || status=1; \
+	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/check_compose.py || status=1; \
+	$(OPS_PY) tests/ops/check_preflight.py || status=1; \
 	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/live.py || status=1; \
 	exit $$status
 

@@ -189,7 +189,7 @@ def loadgen(bin_path: str, url: str, args: list[str], name: str,
     report = json.loads(stdout.strip().splitlines()[-1])
     log(f"{name}: {report['throughput_rps']:.0f} req/s, p99 {report['latency_ms']['p99']:.2f} ms, "
         f"status {report['status']}")
-    shown = ["aftercart", "loadgen", "--url", url, *args]
+    shown = ["aftercart", "loadgen", "--loadgen-url", url, *args]
     return report, shown
 
 
@@ -515,6 +515,7 @@ def latency_stage(bin_path: str, settings: dict, run: int) -> dict:
             "abandonment": {"AFTERCART_ABANDONMENT_ABANDON_AFTER": lat["abandon_after"],
                             "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER": lat["abandon_after"]},
             "referrals": {"AFTERCART_REFERRALS_CODE_SECRET": "aftercart-bench-referral-code-secret",
+                          "AFTERCART_STATE_HASH_KEY": "aftercart-bench-state-hash-key",
                           "AFTERCART_REFERRALS_INVITE_DELAY": lat["invite_delay"]},
             "audiences": {"AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL": lat["flush_interval"],
                           "AFTERCART_AUDIENCES_DIR": str(audiences_dir)},

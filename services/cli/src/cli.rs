@@ -206,6 +206,14 @@ mod tests {
 
     use super::*;
 
+    /// Clap's own consistency checks: under `aftercart dev`, `topics create` and `kafka check`
+    /// every service's flags are side by side, so two with one name (or one id) would read each
+    /// other's value. (Release builds skip these checks; debug builds panic on any command line.)
+    #[test]
+    fn every_command_line_is_consistent_with_all_services_side_by_side() {
+        Cli::command().debug_assert();
+    }
+
     /// `--help` groups settings by heading (Kafka, the service, Process, Logging): every flag
     /// that is a setting of a service command has one.
     #[test]

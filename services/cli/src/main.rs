@@ -9,15 +9,24 @@ use std::process::ExitCode;
 
 use aftercart_runtime::EX_USAGE;
 use aftercart_runtime::{renamed, telemetry};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // Old setting names become the new ones before clap reads the environment.
-    let deprecations = renamed::apply_to_process_env();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let mut deprecations = renamed::apply_to_process_env();
+    let command = Cli::command();
+    let parsed = command
+        .clone()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let cli = match parsed {
+        Ok((cli, matches)) => {
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            deprecations.flags = renamed::old_flags(&command, &matches, &args);
+            cli
+        }
         Err(error) => {
             // --help and --version are not errors; everything else is a usage problem (64).
             let code = if error.use_stderr() { EX_USAGE } else { 0 };

@@ -130,10 +130,40 @@ fn an_old_setting_name_still_works_with_one_warning_line_and_no_value() {
         warnings[0]
     );
 
-    // The old flag is still accepted too.
-    let output = run(&mut aftercart(&["abandonment", "--abandon-after=0s"]));
+    // The old flag is still accepted too, with the same one warning line (a script or manifest
+    // passing old flags learns of the rename as one using old variables does).
+    let output = run(&mut aftercart(&[
+        "abandonment",
+        "--abandon-after=0s",
+        "--repeat-window",
+        "not-a-duration-7731",
+    ]));
     assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("AFTERCART_ABANDONMENT_ABANDON_AFTER"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("AFTERCART_ABANDONMENT_ABANDON_AFTER"),
+        "{stderr}"
+    );
+    let warnings = deprecation_lines(&output);
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("--abandon-after (now --abandonment-abandon-after)"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[0].contains("--repeat-window (now --abandonment-repeat-window)"),
+        "{}",
+        warnings[0]
+    );
+    assert!(!warnings[0].contains("7731"), "a value was printed");
+
+    // The new flags warn about nothing.
+    let output = run(&mut aftercart(&[
+        "abandonment",
+        "--abandonment-abandon-after=0s",
+    ]));
+    assert_eq!(output.status.code(), Some(64));
     assert!(deprecation_lines(&output).is_empty());
 }
 

@@ -130,13 +130,18 @@ impl IngressMetrics {
         for reason in BODY_REFUSAL_REASONS {
             metrics.body_refusals.with_label_values(&[reason]);
         }
+        // Requests refused before their topic is known count under the `unknown` family.
+        let families = aftercart_shopify::Family::ALL
+            .map(|family| family.as_str())
+            .into_iter()
+            .chain([crate::http::webhook::UNKNOWN_FAMILY]);
+        for family in families {
+            for status in STATUS_LABELS {
+                metrics.requests.with_label_values(&[family, status]);
+            }
+        }
         for status in STATUS_LABELS {
             metrics.request_duration.with_label_values(&[status]);
-            for family in aftercart_shopify::Family::ALL {
-                metrics
-                    .requests
-                    .with_label_values(&[family.as_str(), status]);
-            }
         }
         Ok(metrics)
     }
@@ -223,12 +228,12 @@ pub const CONNECTION_CUT_REASONS: [&str; 9] = [
 /// Why a body is refused before its signature is checked (`body_refusals_total{reason}`).
 pub const BODY_REFUSAL_REASONS: [&str; 4] = ["budget", "too_large", "timeout", "unreadable"];
 
-/// Status codes as static labels (the ingress answers from a fixed set).
 /// Every value of the `status` label (what [`status_label`] returns).
 const STATUS_LABELS: [&str; 9] = [
     "200", "400", "401", "404", "405", "408", "413", "503", "other",
 ];
 
+/// Status codes as static labels (the ingress answers from a fixed set).
 fn status_label(status: u16) -> &'static str {
     match status {
         200 => "200",
@@ -240,5 +245,39 @@ fn status_label(status: u16) -> &'static str {
         413 => "413",
         503 => "503",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The requests a refusal answers before the topic is known (401 bad signature, 404, 405,
+    /// 408, 413, 503) are counted under the `unknown` family: those series start at zero too,
+    /// so `rate()` sees their first increment and alerts see 0, not absence.
+    #[test]
+    fn requests_refused_before_their_topic_is_known_start_at_zero() {
+        let registry = Registry::new();
+        IngressMetrics::register(&registry).expect("registers");
+        let families = registry.gather();
+        let requests = families
+            .iter()
+            .find(|f| f.name() == "aftercart_ingress_requests_total")
+            .expect("the requests counter is served");
+        for status in STATUS_LABELS {
+            let found = requests.get_metric().iter().any(|sample| {
+                let label = |name: &str| {
+                    sample
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                label("family").as_deref() == Some(crate::http::webhook::UNKNOWN_FAMILY)
+                    && label("status").as_deref() == Some(status)
+                    && sample.get_counter().get_value() == 0.0
+            });
+            assert!(found, "family=unknown, status={status} is absent at start");
+        }
     }
 }

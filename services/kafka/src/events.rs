@@ -93,4 +93,34 @@ mod tests {
         assert_eq!(value(&registry, "t_fenced_total", "lost"), 1.0);
         assert_eq!(value(&registry, "t_records_failed_total", "no_shop"), 1.0);
     }
+
+    /// A record without a shop is counted under a known reason: its series starts at zero for
+    /// every family, as the decode failures' do, so `increase()` sees the first one.
+    #[test]
+    fn a_record_without_a_shop_is_counted_from_zero() {
+        let registry = Registry::new();
+        LoopMetrics::register("t_", &registry, "partitions", &["orders", "carts"]).unwrap();
+        let families = registry.gather();
+        let failed = families
+            .iter()
+            .find(|f| f.name() == "t_records_failed_total")
+            .expect("the failure counter is served");
+        for family in ["orders", "carts"] {
+            let at_zero = failed.get_metric().iter().any(|sample| {
+                let labels: Vec<(&str, &str)> = sample
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                labels.contains(&("topic", family))
+                    && labels.contains(&("reason", RecordWithoutShop::REASON))
+                    && sample.get_counter().get_value() == 0.0
+            });
+            assert!(
+                at_zero,
+                "{family}/{} is absent at start",
+                RecordWithoutShop::REASON
+            );
+        }
+    }
 }

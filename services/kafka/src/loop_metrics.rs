@@ -9,7 +9,12 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use crate::ConsumerLag;
 
 /// Reasons a record cannot be used (bounded label values).
-const FAILURE_REASONS: [&str; 3] = ["missing_topic", "undecodable", "impossible_value"];
+const FAILURE_REASONS: [&str; 4] = [
+    "missing_topic",
+    "undecodable",
+    "impossible_value",
+    crate::events::RecordWithoutShop::REASON,
+];
 
 /// Why a member was fenced (bounded label values).
 const FENCE_REASONS: [&str; 2] = ["stalled", "lost"];

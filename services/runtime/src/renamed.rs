@@ -220,12 +220,14 @@ pub struct Deprecations {
     pub used: Vec<Renamed>,
     /// Old names set alongside their new name: the new one wins.
     pub ignored: Vec<Renamed>,
+    /// Old flags given on the command line (clap aliases), as (old, new) spelled `--name`.
+    pub flags: Vec<(String, String)>,
 }
 
 impl Deprecations {
     /// The one warning line to log at start, or `None` when no old name is set.
     pub fn warning(&self) -> Option<String> {
-        if self.used.is_empty() && self.ignored.is_empty() {
+        if self.used.is_empty() && self.ignored.is_empty() && self.flags.is_empty() {
             return None;
         }
         let used = self
@@ -236,7 +238,11 @@ impl Deprecations {
             .ignored
             .iter()
             .map(|r| format!("{} (ignored: {} is set and wins)", r.old, r.new));
-        let names: Vec<String> = used.chain(ignored).collect();
+        let flags = self
+            .flags
+            .iter()
+            .map(|(old, new)| format!("{old} (now {new})"));
+        let names: Vec<String> = used.chain(ignored).chain(flags).collect();
         Some(format!(
             "deprecated setting names, rename them (see docs/reference/configuration.md): {}",
             names.join(", ")
@@ -264,6 +270,53 @@ pub fn resolve(
         }
     }
     (copies, found)
+}
+
+/// The old flags (clap aliases) among `args`, as (`--old`, `--new`), for the commands `matches`
+/// selected: `command` is the root, `args` the command line without the program name. Stops at
+/// `--`. Clap accepts an alias silently; this is how its use is still named at start.
+pub fn old_flags(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    args: &[OsString],
+) -> Vec<(String, String)> {
+    // Aliases of every command on the path, root to the selected leaf.
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    let (mut command, mut matches) = (command, matches);
+    loop {
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            for alias in arg.get_all_aliases().unwrap_or_default() {
+                renamed.push((format!("--{alias}"), format!("--{long}")));
+            }
+        }
+        let Some((name, sub_matches)) = matches.subcommand() else {
+            break;
+        };
+        let Some(sub) = command.find_subcommand(name) else {
+            break;
+        };
+        (command, matches) = (sub, sub_matches);
+    }
+    let mut found: Vec<(String, String)> = Vec::new();
+    for arg in args {
+        let Some(arg) = arg.to_str() else {
+            continue;
+        };
+        if arg == "--" {
+            break;
+        }
+        // `--name` or `--name=value`; only the name is ever kept (values may be secrets).
+        let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+        if let Some(pair) = renamed.iter().find(|(old, _)| old == name) {
+            if !found.contains(pair) {
+                found.push(pair.clone());
+            }
+        }
+    }
+    found
 }
 
 /// Copies every deprecated variable that is set to its new name (unless the new one is set:
@@ -319,6 +372,46 @@ mod tests {
         let warning = found.warning().expect("a warning");
         assert!(warning.contains("AFTERCART_REFERRAL_CODE_SECRET (ignored"));
         assert!(!warning.contains("old-secret") && !warning.contains("new-secret"));
+    }
+
+    #[test]
+    fn old_flags_are_named_without_values_and_only_for_the_selected_command() {
+        use clap::{Arg, Command};
+        let root = Command::new("aftercart")
+            .subcommand(
+                Command::new("ingress").arg(
+                    Arg::new("listen")
+                        .long("ingress-listen")
+                        .alias("listen")
+                        .num_args(1),
+                ),
+            )
+            .subcommand(Command::new("other").arg(Arg::new("listen").long("listen").num_args(1)));
+        let args = |list: &[&str]| -> Vec<OsString> { list.iter().map(OsString::from).collect() };
+        let line = args(&["ingress", "--listen=secret-9"]);
+        let mut all = vec![OsString::from("aftercart")];
+        all.extend(line.clone());
+        let matches = root.clone().try_get_matches_from(&all).unwrap();
+        let flags = old_flags(&root, &matches, &line);
+        assert_eq!(
+            flags,
+            vec![("--listen".to_string(), "--ingress-listen".to_string())]
+        );
+        let found = Deprecations {
+            flags,
+            ..Deprecations::default()
+        };
+        let warning = found.warning().expect("a warning");
+        assert!(warning.contains("--listen (now --ingress-listen)"));
+        assert!(!warning.contains("secret-9"));
+
+        // `--listen` is the current name of another command's flag: nothing to warn about.
+        let line = args(&["other", "--listen", "x"]);
+        let matches = root
+            .clone()
+            .try_get_matches_from(std::iter::once(OsString::from("aftercart")).chain(line.clone()))
+            .unwrap();
+        assert!(old_flags(&root, &matches, &line).is_empty());
     }
 
     #[test]

@@ -165,12 +165,13 @@ pub fn configuration_reference(cli: &ClapCommand) -> String {
 }
 
 /// The names settings had before the naming scheme: they still work, and an old variable logs
-/// one deprecation warning line at start (names only, never values).
+/// or flag logs one deprecation warning line at start (names only, never values).
 fn deprecated_names(out: &mut String, settings: &BTreeMap<String, Setting>) {
     out.push_str(
         "\n## Deprecated names\n\n\
          Still accepted. A set old variable is copied to its new name at start unless the new one is\n\
-         set too (then the new one wins); either way one warning line names the old variables.\n\n\
+         set too (then the new one wins); either way one warning line names the old variables and\n\
+         the old flags given.\n\n\
          | variable | old variable | old flag |\n|---|---|---|\n",
     );
     for (env, setting) in settings {

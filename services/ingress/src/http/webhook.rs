@@ -27,7 +27,7 @@ use crate::spool::{AppendResult, Rejection, Spool};
 pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
 
 /// Family label for requests refused before their topic is known.
-const UNKNOWN_FAMILY: &str = "unknown";
+pub(crate) const UNKNOWN_FAMILY: &str = "unknown";
 
 /// Everything a request needs, shared by all connections.
 pub struct WebhookState {
