@@ -12,7 +12,9 @@ use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis,
 use serde::{Deserialize, Serialize};
 
 use crate::domain::cadence::{schedule, QuietHours, Steps};
-use crate::domain::identity::IdentityKey;
+use aftercart_runtime::state_hash::StateHasher;
+
+use crate::domain::identity;
 use crate::domain::input::{Channels, ContactFacts, Input, OrderFacts};
 use crate::domain::nudge::{event_id, Contact, EmittedNudge, Nudge};
 
@@ -35,7 +37,8 @@ pub struct Rules {
     /// How long orders, unsubscribes and sequence starts of a person are remembered (at least
     /// the cap window, and the delay before an abandonment is reported).
     pub memory_ms: i64,
-    pub key: IdentityKey,
+    /// The shared state hash the people are hashed with.
+    pub hasher: StateHasher,
 }
 
 impl Rules {
@@ -371,7 +374,7 @@ impl Engine {
             email: customer.email.clone(),
             phone: customer.phone.clone(),
         };
-        let identities = self.rules.key.hashes(shop, &facts);
+        let identities = identity::hashes(&self.rules.hasher, shop, &facts);
         let state = self.partitions.entry(partition).or_default();
         if state.sequences.contains_key(&event.journey_key) {
             return Vec::new(); // a redelivery
@@ -468,7 +471,7 @@ impl Engine {
         order: OrderFacts,
         at_ms: i64,
     ) -> Vec<Effect> {
-        let hashes = self.rules.key.hashes(shop, &order.buyer);
+        let hashes = identity::hashes(&self.rules.hasher, shop, &order.buyer);
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
         for hash in &hashes {
@@ -500,7 +503,7 @@ impl Engine {
         channels: Channels,
         at_ms: i64,
     ) -> Vec<Effect> {
-        let hashes = self.rules.key.hashes(shop, facts);
+        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
         let unsubscribing = channels.email == Some(false) || channels.sms == Some(false);
@@ -547,7 +550,7 @@ impl Engine {
     }
 
     fn redact_customer(&mut self, partition: i32, shop: &str, facts: &ContactFacts) -> Vec<Effect> {
-        let hashes = self.rules.key.hashes(shop, facts);
+        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Vec::new();
         };

@@ -20,7 +20,7 @@ pub(crate) fn rules() -> Rules {
         shops: HashMap::new(),
         cap_ms: 7 * 24 * HOUR,
         memory_ms: 30 * 24 * HOUR,
-        key: IdentityKey::new(b"test"),
+        hasher: StateHasher::new(*b"nudges-test-state-hash-key").unwrap(),
     }
 }
 
