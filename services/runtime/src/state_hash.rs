@@ -33,11 +33,17 @@ pub struct StateHashArgs {
     /// Secret of the keyed hashes (HMAC-SHA256) that stand for emails, phones, names with
     /// addresses and browser IPs in state; shared by every service (required; keep it stable:
     /// a new key makes every stored fingerprint unknown). Prefer the _FILE variant.
-    #[arg(long, env = STATE_HASH_KEY, hide_env_values = true)]
+    // The nudges' former flag names (their variables are in `renamed`) still work.
+    #[arg(
+        long,
+        alias = "nudges-identity-key",
+        env = STATE_HASH_KEY,
+        hide_env_values = true
+    )]
     pub state_hash_key: Option<String>,
 
     /// File holding the state hash key (e.g. a mounted Kubernetes Secret).
-    #[arg(long, env = STATE_HASH_KEY_FILE)]
+    #[arg(long, alias = "nudges-identity-key-file", env = STATE_HASH_KEY_FILE)]
     pub state_hash_key_file: Option<String>,
 }
 
