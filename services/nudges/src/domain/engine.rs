@@ -9,11 +9,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
+use aftercart_runtime::state_hash::StateHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::cadence::{schedule, QuietHours, Steps};
-use aftercart_runtime::state_hash::StateHasher;
-
 use crate::domain::identity;
 use crate::domain::input::{Channels, ContactFacts, Input, OrderFacts};
 use crate::domain::nudge::{event_id, Contact, EmittedNudge, Nudge};
@@ -295,7 +294,10 @@ impl Engine {
         let mut state = Partition::default();
         for (key, entity) in entities {
             match entity {
-                Entity::Sequence(sequence) => state.insert(*sequence),
+                Entity::Sequence(mut sequence) => {
+                    self.rehash(&mut sequence);
+                    state.insert(*sequence);
+                }
                 Entity::Person(person) => {
                     if let Some(hash) = key.strip_prefix("person/") {
                         state.people.insert(hash.to_string(), person);
@@ -304,6 +306,23 @@ impl Engine {
             }
         }
         self.partitions.insert(partition, state);
+    }
+
+    /// Adds the current key's hashes of a restored sequence's contact to the stored ones: a
+    /// sequence written under another key (the nudges' former identity key, or before a key
+    /// change) is then still found by a redaction or an order. The stored ones are kept: an
+    /// unsubscribe may have cleared the email or phone they came from.
+    fn rehash(&self, sequence: &mut Sequence) {
+        let facts = ContactFacts {
+            customer_id: sequence.customer.customer_id,
+            email: sequence.customer.email.clone(),
+            phone: sequence.customer.phone.clone(),
+        };
+        for hash in identity::hashes(&self.rules.hasher, &sequence.shop, &facts) {
+            if !sequence.identities.contains(&hash) {
+                sequence.identities.push(hash);
+            }
+        }
     }
 
     pub fn revoke(&mut self, partition: i32) {
