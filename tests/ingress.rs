@@ -96,6 +96,24 @@ mod scenarios {
                 "jsmith.myshopify.com/820982911946154508",
             ),
             (
+                "fulfillments_create.json",
+                "fulfillments/create",
+                Family::Fulfillments,
+                "jsmith.myshopify.com/820982911946154508",
+            ),
+            (
+                "fulfillments_update.json",
+                "fulfillments/update",
+                Family::Fulfillments,
+                "jsmith.myshopify.com/820982911946154508",
+            ),
+            (
+                "fulfillment_events_create.json",
+                "fulfillment_events/create",
+                Family::Fulfillments,
+                "jsmith.myshopify.com/820982911946154508",
+            ),
+            (
                 "customers_data_request.json",
                 "customers/data_request",
                 Family::Compliance,
@@ -191,6 +209,27 @@ mod scenarios {
                 .metric(r#"aftercart_ingress_requests_total{family="other",status="200"}"#)
                 .await,
             1.0
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_requests_total{family="fulfillments",status="200"}"#)
+                .await,
+            3.0
+        );
+        // Same key and partition count: a fulfilment lands in its order's partition number.
+        let partition_of = |topic: &str| {
+            records
+                .iter()
+                .find(|r| r.header("shopify-topic") == Some(topic))
+                .map(|r| r.partition)
+        };
+        assert_eq!(
+            partition_of("fulfillment_events/create"),
+            partition_of("orders/create")
+        );
+        assert_eq!(
+            partition_of("fulfillments/create"),
+            partition_of("orders/create")
         );
     }
 

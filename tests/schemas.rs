@@ -23,6 +23,9 @@ fn every_sample_payload_validates_against_its_family_schema() {
         ("checkouts_delete.json", "checkouts"),
         ("orders_create.json", "orders"),
         ("orders_paid.json", "orders"),
+        ("fulfillments_create.json", "fulfillments"),
+        ("fulfillments_update.json", "fulfillments"),
+        ("fulfillment_events_create.json", "fulfillments"),
         ("customers_data_request.json", "compliance"),
         ("customers_redact.json", "compliance"),
         ("shop_redact.json", "compliance"),
@@ -40,6 +43,13 @@ fn broken_payloads_are_rejected() {
     assert!(
         rejects("shopify/checkouts.schema.json", &checkout),
         "a checkout without token or id"
+    );
+
+    let mut event = fixture("fulfillment_events_create.json");
+    event.as_object_mut().unwrap().remove("order_id");
+    assert!(
+        rejects("shopify/fulfillments.schema.json", &event),
+        "a fulfillment event without its order"
     );
 
     let mut order = fixture("orders_create.json");

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod front;
 pub mod http;
 pub mod ingress;
+pub mod journey;
 pub mod load;
 pub mod nudges;
 pub mod process;

@@ -42,19 +42,21 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 # Topics a service joins by partition (it refuses to start, exit 78, when their counts differ),
 # and the compacted changelogs (services/*/src/app.rs topic_specs).
 SAME_PARTITIONS = [
-    ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance",
-     "aftercart.abandonments", "aftercart.abandonment-state", "aftercart.data_requests"],
+    ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.fulfillments", "shopify.customers",
+     "shopify.compliance", "aftercart.abandonments", "aftercart.abandonment-state", "aftercart.data_requests"],
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
      "aftercart.referral-rewards", "aftercart.data_requests"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
     ["aftercart.nudges-by-shop", "aftercart.nudges-state", "aftercart.nudges"],
+    ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints", "aftercart.kpis"],
 ]
 CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state",
-              "aftercart.nudges-state"]
+              "aftercart.nudges-state", "aftercart.journey-state"]
 # What each service's Kafka user must be allowed on its topics with the default names
 # (services/*/src/app.rs topic_specs and consumer.rs): read includes restore reads (the
 # abandonment service reads its own events back after a crash, the others their outputs).
-RAW = ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.customers", "shopify.compliance"]
+RAW = ["shopify.checkouts", "shopify.carts", "shopify.orders", "shopify.fulfillments", "shopify.customers",
+       "shopify.compliance"]
 USER_NEEDS = {
     "aftercart-kafka-ingress": {"Write": RAW + ["shopify.other", "shopify.quarantine"]},
     "aftercart-kafka-abandonment": {
@@ -68,6 +70,14 @@ USER_NEEDS = {
                  "aftercart.data_requests"],
         "Write": ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
                   "aftercart.referral-rewards", "aftercart.referrals-dead-letter", "aftercart.data_requests"],
+    },
+    "aftercart-kafka-journey": {
+        "Read": ["shopify.checkouts", "shopify.orders", "shopify.fulfillments", "shopify.customers",
+                 "shopify.compliance", "aftercart.abandonments", "aftercart.referral-invites",
+                 "aftercart.referral-rewards", "aftercart.journey-by-shop", "aftercart.journey-state",
+                 "aftercart.touchpoints", "aftercart.kpis"],
+        "Write": ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints",
+                  "aftercart.kpis", "aftercart.journey-dead-letter"],
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",

@@ -8,7 +8,7 @@
    within its terminationGracePeriodSeconds;
    the dev stack's /metrics is linted again after traffic; the topic Job, run as rendered, names
    exactly the topics the Strimzi KafkaTopics define;
-2. `aftercart dev` (ingress + abandonment + referrals + audiences on an embedded broker, free
+2. `aftercart dev` (ingress + abandonment + referrals + audiences + journey on an embedded broker, free
    ports, 4 s abandonment delay, 8 s referral review window, audiences exported to files and to
    two local webhooks: one that fails once then accepts, one that refuses) gets demo traffic plus
    what the demo lacks: bad signatures, a non-JSON body, a poison checkout and poison orders
@@ -274,6 +274,10 @@ class LiveStack:
             "AFTERCART_ABANDONMENT_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
             "AFTERCART_ABANDONMENT_CART_ABANDON_AFTER": f"{ABANDON_AFTER_SECONDS}s",
             "AFTERCART_REFERRALS_REVIEW_WINDOW": f"{REVIEW_WINDOW_SECONDS}s",
+            # The referral flow below invites at payment (the dev default waits for delivery);
+            # the journey still counts every invite for the KPIs.
+            "AFTERCART_REFERRALS_INVITE_TRIGGER": "paid",
+            "AFTERCART_REFERRALS_INVITE_DELAY": "0s",
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
             "AFTERCART_AUDIENCES_CONFIG": str(audiences),
             "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL": "1s",
@@ -335,6 +339,7 @@ class LiveStack:
             "AFTERCART_ABANDONMENT_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             "AFTERCART_REFERRALS_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             "AFTERCART_AUDIENCES_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
+            "AFTERCART_JOURNEY_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             # The Deployment's emptyDir.
             "AFTERCART_AUDIENCES_DIR": str(self.workdir / "audiences-alone"),
             # The Deployment mounts it from the aftercart-referrals Secret.

@@ -498,6 +498,7 @@ def audiences():
 
 
 def business():
+    jo = "aftercart_journey_"
     ab = "aftercart_abandonment_"
     rf = "aftercart_referrals_"
     au = "aftercart_audiences_"
@@ -509,7 +510,8 @@ def business():
         "aftercart / Business KPIs",
         "Checkout activity, abandonments, recoveries and recovery rate; audience sizes and export "
         "outcomes; referral invites, referred orders and rewards; recovery nudges sent, stopped and "
-        "late, over the selected time range.",
+        "late; the post-purchase journey (touchpoints, time to delivery) and the daily KPIs, over "
+        "the selected time range.",
         [
             row("Checkout recovery"),
             stat("Checkout events", "Checkout webhooks accepted (checkouts/create and /update; Shopify sends several per checkout).",
@@ -602,6 +604,39 @@ def business():
                  f"sum by (reason) (increase({nu}suppressed_total{{{NS}}}[{rng}]))", "{{reason}}", width=8),
             timeseries("Due to sent", "Time from a step being due to its destination accepting it (quantiles over 5 minutes).",
                        quantiles(f"{nu}due_to_sent_seconds", NS), unit="s", width=8),
+            row("Morning KPIs (the journey's facts, every shop together)"),
+            stat("Checkouts started", "checkouts/create webhooks counted by the journey.",
+                 f'sum(increase({jo}kpi_facts_total{{{NS},fact="checkouts_started"}}[{rng}]))', width=4),
+            stat("Abandonment rate", "Abandoned / started checkouts over the trailing day (recording rule).",
+                 f"sum(aftercart:business_abandonment:ratio_rate1d{{{NS}}})", unit="percentunit", width=4),
+            stat("Repeat-purchase rate", "Orders by customers who ordered before / orders, over the trailing day.",
+                 f"sum(aftercart:business_repeat_purchase:ratio_rate1d{{{NS}}})", unit="percentunit", width=4),
+            stat("Referral conversion", "Referred orders / invites over the trailing day.",
+                 f"sum(aftercart:business_referral_conversion:ratio_rate1d{{{NS}}})", unit="percentunit", width=4),
+            stat("Daily KPI records", "Records written to aftercart.kpis (one per shop and day).",
+                 f"sum(increase({jo}kpi_reports_total{{{NS}}}[{rng}]))", width=4),
+            stat("Orders counted", "Orders counted once each (test orders left out).",
+                 f'sum(increase({jo}kpi_facts_total{{{NS},fact="orders"}}[{rng}]))', width=4),
+            timeseries("Revenue per hour by kind and currency", "Orders, recovered checkouts and referred orders (no shop label; currencies past 32 count as other).",
+                       [(f"sum by (kind, currency) (increase({jo}revenue_total{{{NS}}}[1h]))", "{{kind}} {{currency}}")],
+                       width=12),
+            timeseries("Business facts per hour", "The facts of the daily KPI record, every shop together.",
+                       [(f"sum by (fact) (increase({jo}kpi_facts_total{{{NS}}}[1h]))", "{{fact}}")], width=12),
+            row("After checkout (journey)"),
+            stat("Touchpoints", "Touchpoints written to aftercart.touchpoints.",
+                 f"sum(increase({jo}touchpoints_total{{{NS}}}[{rng}]))", width=6),
+            stat("Review requests", "Review requests sent (delivery + the configured delay).",
+                 f'sum(increase({jo}touchpoints_total{{{NS},type="review_request"}}[{rng}]))', width=6),
+            stat("Median order to delivery", "Median time from order creation to its first delivered shipment.",
+                 f"histogram_quantile(0.5, sum by (le) (increase({jo}order_to_delivery_seconds_bucket{{{NS}}}[{rng}])))",
+                 unit="s", width=6),
+            stat("Orders stopped", "Orders whose timed touchpoints stopped (cancelled, refunded, deleted).",
+                 f"sum(increase({jo}orders_stopped_total{{{NS}}}[{rng}]))", width=6),
+            bars("Touchpoints by type", "Touchpoints written, by type.",
+                 f"sum by (type) (increase({jo}touchpoints_total{{{NS}}}[{rng}]))", "{{type}}", width=12),
+            bars("Touchpoints skipped", "Not sent, by type and reason (no consent, no contact, stopped, test order).",
+                 f"sum by (type, reason) (increase({jo}touchpoints_skipped_total{{{NS}}}[{rng}]))",
+                 "{{type}} {{reason}}", width=12),
         ],
         tags=("business",),
     )

@@ -3,9 +3,11 @@
 use aftercart_abandonment::AbandonmentArgs;
 use aftercart_audiences::AudiencesArgs;
 use aftercart_ingress::IngressArgs;
+use aftercart_journey::JourneyArgs;
 use aftercart_kafka::KafkaArgs;
 use aftercart_loadgen::LoadgenArgs;
 use aftercart_nudges::NudgesArgs;
+use aftercart_referrals::config::ReferralInviteArgs;
 use aftercart_referrals::ReferralsArgs;
 use aftercart_runtime::ProcessArgs;
 use clap::{Parser, Subcommand};
@@ -55,6 +57,9 @@ pub enum Command {
     Abandonment(Box<AbandonmentCommand>),
     /// Run the referral trigger service: invites, attribution, fraud checks, rewards.
     Referrals(Box<ReferralsCommand>),
+    /// Run the post-purchase journey service: orders and fulfilments become touchpoints (order
+    /// confirmed, shipped, delivered, review request, replenishment reminder).
+    Journey(Box<JourneyCommand>),
     /// Run the retargeting audience export service: consented audiences kept in sync on Meta,
     /// Google Ads, TikTok, files and webhooks.
     Audiences(Box<AudiencesCommand>),
@@ -105,6 +110,23 @@ pub struct ReferralsCommand {
 
     #[command(flatten)]
     pub referrals: ReferralsArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
+/// Flags of `aftercart journey`.
+#[derive(Debug, clap::Args)]
+pub struct JourneyCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub journey: JourneyArgs,
+
+    /// The referral invite moment, shared with the referrals service.
+    #[command(flatten)]
+    pub invite: ReferralInviteArgs,
 
     #[command(flatten)]
     pub process: ProcessArgs,
@@ -167,6 +189,9 @@ pub struct DevArgs {
 
     #[command(flatten)]
     pub nudges: NudgesArgs,
+
+    #[command(flatten)]
+    pub journey: JourneyArgs,
 }
 
 #[cfg(test)]
@@ -187,6 +212,7 @@ mod tests {
             "referrals",
             "audiences",
             "nudges",
+            "journey",
             "dev",
         ] {
             let command = cli.find_subcommand(name).expect("the command exists");

@@ -5,6 +5,7 @@ pub mod audiences;
 pub mod dev;
 pub mod docs;
 pub mod ingress;
+pub mod journey;
 pub mod kafka;
 pub mod loadgen;
 pub mod nudges;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Command::Ingress(args) => cmd::ingress::run(*args).await,
             Command::Abandonment(args) => cmd::abandonment::run(*args).await,
             Command::Referrals(args) => cmd::referrals::run(*args).await,
+            Command::Journey(args) => cmd::journey::run(*args).await,
             Command::Audiences(args) => cmd::audiences::run(*args).await,
             Command::Nudges(args) => cmd::nudges::run(*args).await,
             Command::Dev(args) => cmd::dev::run(*args).await,

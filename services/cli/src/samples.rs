@@ -46,6 +46,21 @@ pub const SAMPLES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../../fixtures/shopify/customers_redact.json"),
     ),
     (
+        "fulfillment_events_create",
+        "fulfillment_events/create",
+        include_bytes!("../../../fixtures/shopify/fulfillment_events_create.json"),
+    ),
+    (
+        "fulfillments_create",
+        "fulfillments/create",
+        include_bytes!("../../../fixtures/shopify/fulfillments_create.json"),
+    ),
+    (
+        "fulfillments_update",
+        "fulfillments/update",
+        include_bytes!("../../../fixtures/shopify/fulfillments_update.json"),
+    ),
+    (
         "orders_create",
         "orders/create",
         include_bytes!("../../../fixtures/shopify/orders_create.json"),
@@ -85,6 +100,9 @@ const KNOWN_TOPICS: &[&str] = &[
     "orders/cancelled",
     "orders/delete",
     "refunds/create",
+    "fulfillments/create",
+    "fulfillments/update",
+    "fulfillment_events/create",
     "shop/redact",
 ];
 
@@ -129,9 +147,10 @@ pub fn dev_referral_code(shop: &str, customer_id: u64) -> String {
     rules.code_for(&shop.to_ascii_lowercase(), &format!("id:{customer_id}"))
 }
 
-/// A realistic journey: a purchase (cart → checkout → order), an abandoned checkout (nudged),
-/// a friend's first order carrying the buyer's referral code, and a buyer who leaves a checkout
-/// and orders through another cart (never nudged).
+/// A realistic journey: a purchase (cart → checkout → order), shipped, out for delivery and
+/// delivered, an abandoned checkout (nudged), a friend's first order carrying the buyer's
+/// referral code, and a buyer who leaves a checkout and orders through another cart (never
+/// nudged).
 pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let cart = format!("demo-cart-{run}");
     let checkout = format!("demo-checkout-{run}");
@@ -144,6 +163,7 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
     let abandoner_id = demo_order_id(&format!("{run}/abandoner")) >> 8;
     let switcher_id = demo_order_id(&format!("{run}/switcher")) >> 8;
     let switcher_order_id = demo_order_id(&format!("{run}/switcher-order"));
+    let fulfillment_id = demo_order_id(&format!("{run}/fulfillment")) >> 8;
 
     let cart_body = |token: &str| {
         patch(
@@ -166,6 +186,21 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
                "test": false, "financial_status": "paid", "cancelled_at": null, "cancel_reason": null, "email": "buyer@example.com", "buyer_accepts_marketing": true,
                "customer": {"id": buyer_id, "email": "buyer@example.com", "first_name": "Bea", "last_name": "Buyer"}}),
     );
+    // The purchase ships: a fulfillment with tracking, then the carrier's events.
+    let fulfillment = patch(
+        "fulfillments_create",
+        json!({"id": fulfillment_id, "order_id": order_id, "status": "success", "shipment_status": null,
+               "email": "buyer@example.com", "created_at": now, "updated_at": now,
+               "admin_graphql_api_id": format!("gid://shopify/Fulfillment/{fulfillment_id}")}),
+    );
+    let carrier_event = |n: u64, status: &str| {
+        patch(
+            "fulfillment_events_create",
+            json!({"id": fulfillment_id * 10 + n, "fulfillment_id": fulfillment_id, "order_id": order_id,
+                   "status": status, "message": null, "happened_at": now, "created_at": now, "updated_at": now,
+                   "admin_graphql_api_id": format!("gid://shopify/FulfillmentEvent/{}", fulfillment_id * 10 + n)}),
+        )
+    };
     let friend_address = json!({"first_name": "Fay", "last_name": "Friend", "address1": "9 Side Street",
                                 "zip": "90210", "country_code": "US"});
     let friend_order = patch(
@@ -220,7 +255,25 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
             "orders/paid",
             order_body,
             false,
-            "purchase: paid, buyer invited",
+            "purchase: paid, order confirmed",
+        ),
+        step(
+            "fulfillments/create",
+            fulfillment,
+            false,
+            "purchase: shipped",
+        ),
+        step(
+            "fulfillment_events/create",
+            carrier_event(1, "out_for_delivery"),
+            false,
+            "purchase: out for delivery",
+        ),
+        step(
+            "fulfillment_events/create",
+            carrier_event(2, "delivered"),
+            false,
+            "purchase: delivered (review request and referral invite follow)",
         ),
         step(
             "carts/update",
@@ -240,8 +293,9 @@ pub fn demo_journey(run: &str, now: &str, shop: &str) -> Vec<DemoStep> {
             "abandoned: checkout with contact, never ordered",
         ),
         DemoStep {
-            // The friend orders after the invite went out, as in life.
-            pause: Duration::from_millis(1500),
+            // The friend orders after the invite went out, as in life: under `aftercart dev`
+            // the buyer is invited 5 s after delivery.
+            pause: Duration::from_secs(7),
             ..step(
                 "orders/paid",
                 friend_order,
@@ -326,9 +380,15 @@ mod tests {
         assert_eq!(bodies[2]["cart_token"], "demo-cart-r1");
         assert_eq!(bodies[2]["checkout_token"], bodies[1]["token"]);
         assert!(bodies[2]["id"].as_u64().unwrap() > 1 << 53);
-        assert_eq!(bodies[5]["cart_token"], "demo-cart-abandoned-r1");
+        assert_eq!(
+            bodies[4]["order_id"], bodies[2]["id"],
+            "the fulfillment is the order's"
+        );
+        assert_eq!(bodies[6]["status"], "delivered");
+        assert_eq!(bodies[6]["fulfillment_id"], bodies[4]["id"]);
+        assert_eq!(bodies[8]["cart_token"], "demo-cart-abandoned-r1");
         assert!(steps.iter().any(|s| s.redeliver));
-        let friend = &bodies[6];
+        let friend = &bodies[9];
         assert_eq!(
             friend["discount_codes"][0]["code"],
             dev_referral_code(
@@ -338,9 +398,9 @@ mod tests {
         );
         assert_ne!(friend["customer"]["id"], bodies[2]["customer"]["id"]);
         // The switcher orders through another cart, as the same customer.
-        assert_ne!(bodies[8]["cart_token"], bodies[7]["cart_token"]);
-        assert_eq!(bodies[8]["customer"]["id"], bodies[7]["customer"]["id"]);
-        assert_ne!(bodies[5]["customer"]["id"], bodies[7]["customer"]["id"]);
+        assert_ne!(bodies[11]["cart_token"], bodies[10]["cart_token"]);
+        assert_eq!(bodies[11]["customer"]["id"], bodies[10]["customer"]["id"]);
+        assert_ne!(bodies[8]["customer"]["id"], bodies[10]["customer"]["id"]);
         let other_run = demo_journey("r2", "2026-11-23T05:00:00Z", "s.myshopify.com");
         assert_ne!(
             other_run[2].body, steps[2].body,

@@ -516,7 +516,7 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     .unwrap();
     let printed = String::from_utf8_lossy(&demo.stdout);
     assert_eq!(demo.status.code(), Some(0), "{printed}");
-    assert_eq!(printed.lines().count(), 10, "{printed}");
+    assert_eq!(printed.lines().count(), 13, "{printed}");
     assert_eq!(printed.matches("\"duplicate\"").count(), 1, "{printed}");
 
     let count = |family: Family| {
@@ -533,6 +533,11 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
         count(Family::Orders).await,
         4,
         "the redelivered order is published once; the friend's and the switcher's orders too"
+    );
+    assert_eq!(
+        count(Family::Fulfillments).await,
+        3,
+        "shipped, out for delivery, delivered"
     );
     let metrics = aftercart_tests::http::get(admin, "/metrics").await.body;
     assert!(
@@ -562,6 +567,34 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     assert_eq!(invites.len(), 1);
     let reward: serde_json::Value = serde_json::from_slice(&rewards[0].value).unwrap();
     assert_eq!(reward["type"], "reward.pending", "{reward}");
+    // The journey told the purchase step by step, then asked for a review 10 s after delivery
+    // and relayed the referral invite that came 5 s after it (one invite, not two).
+    let touchpoints = eventually("the timed touchpoints", Duration::from_secs(40), || {
+        let brokers = brokers.clone();
+        async move {
+            let records = read_topic(&brokers, "aftercart.touchpoints").await;
+            let types: Vec<String> = records
+                .iter()
+                .map(|r| {
+                    let value: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+                    value["type"].as_str().unwrap_or_default().to_string()
+                })
+                .collect();
+            types.iter().any(|t| t == "review_request").then_some(types)
+        }
+    })
+    .await;
+    let count = |kind: &str| touchpoints.iter().filter(|t| *t == kind).count();
+    assert_eq!(count("order_confirmed"), 2, "the buyer's and the friend's");
+    for kind in [
+        "shipped",
+        "out_for_delivery",
+        "delivered",
+        "referral_invitation",
+        "review_request",
+    ] {
+        assert_eq!(count(kind), 1, "{kind} in {touchpoints:?}");
+    }
     // The consenting buyer appears in the built-in recent-purchasers audience's file, hashed.
     let snapshot = audiences.join("recent-purchasers/snapshot.csv");
     let text = eventually("the audience file", Duration::from_secs(30), || async {
@@ -650,7 +683,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
             String::from_utf8_lossy(&output.stderr)
         );
         let listed = String::from_utf8_lossy(&output.stdout).lines().count();
-        assert_eq!(listed, 24, "attempt {attempt}: the raw topics plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters), nudges (nudges, by-shop, changelog, dead letters) and data requests topics");
+        assert_eq!(listed, 30, "attempt {attempt}: the raw topics (fulfillments too) plus the abandonment (output, changelog, dead letters), referrals (invites, rewards, by-shop, changelog, dead letters), audiences (batches, by-shop, changelog, dead letters), journey (touchpoints, kpis, by-shop, changelog, dead letters), nudges (nudges, by-shop, changelog, dead letters) and data requests topics");
     }
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -667,7 +700,7 @@ async fn topics_create_makes_every_topic_and_is_idempotent() {
         .iter()
         .filter(|t| t.name().starts_with(&prefix))
         .collect();
-    assert_eq!(ours.len(), 7, "the raw topics carry the prefix");
+    assert_eq!(ours.len(), 8, "the raw topics carry the prefix");
     assert!(ours.iter().all(|t| t.partitions().len() == 4));
 }
 

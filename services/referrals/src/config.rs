@@ -34,14 +34,8 @@ pub struct ReferralsArgs {
     )]
     pub referrals_group: String,
 
-    /// Output topic of invites (a buyer became an advocate).
-    #[arg(
-        long = "referrals-invites-topic",
-        alias = "invites-topic",
-        env = "AFTERCART_REFERRALS_INVITES_TOPIC",
-        default_value = "aftercart.referral-invites"
-    )]
-    pub invites_topic: String,
+    #[command(flatten)]
+    pub invite: ReferralInviteArgs,
 
     /// Output topic of reward events (pending, granted, voided, rejected).
     #[arg(
@@ -86,23 +80,14 @@ pub struct ReferralsArgs {
     )]
     pub referrals_dead_letter_topic: String,
 
-    /// What makes a buyer an advocate: `paid` (orders/paid) or `fulfilled` (orders/fulfilled).
-    #[arg(
-        long = "referrals-invite-trigger",
-        alias = "invite-trigger",
-        env = "AFTERCART_REFERRALS_INVITE_TRIGGER",
-        default_value = "paid"
-    )]
-    pub invite_trigger: String,
-
-    /// Wait this long after the trigger before inviting (re-checking refunds and consent).
+    /// Wait this long after the trigger before inviting (re-checking refunds and consent)
+    /// [default: 0s; 5s under `aftercart dev`].
     #[arg(
         long = "referrals-invite-delay",
         alias = "invite-delay",
-        env = "AFTERCART_REFERRALS_INVITE_DELAY",
-        default_value = "0s"
+        env = "AFTERCART_REFERRALS_INVITE_DELAY"
     )]
-    pub invite_delay: String,
+    pub invite_delay: Option<String>,
 
     /// Orders below this subtotal (after discounts, shop currency) make no advocate.
     #[arg(
@@ -316,6 +301,46 @@ pub struct ReferralsArgs {
     pub shopify: AdminArgs,
 }
 
+/// The invite moment and topic, shared with the journey service (one invite per buyer: with
+/// `delivered` the referrals service invites at delivery and the journey relays that invite as
+/// its `referral_invitation` touchpoint; otherwise the journey sends none).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReferralInviteArgs {
+    /// Output topic of invites (a buyer became an advocate).
+    #[arg(
+        long = "referrals-invites-topic",
+        alias = "invites-topic",
+        env = "AFTERCART_REFERRALS_INVITES_TOPIC",
+        default_value = "aftercart.referral-invites"
+    )]
+    pub invites_topic: String,
+
+    /// When a buyer is invited to refer: `paid` (orders/paid), `fulfilled` (orders/fulfilled)
+    /// or `delivered` (AFTERCART_REFERRALS_INVITE_DELAY after the first delivered shipment; the
+    /// journey service relays the invite) [default: paid; delivered under `aftercart dev`].
+    #[arg(
+        long = "referrals-invite-trigger",
+        alias = "invite-trigger",
+        env = "AFTERCART_REFERRALS_INVITE_TRIGGER"
+    )]
+    pub invite_trigger: Option<String>,
+}
+
+impl ReferralInviteArgs {
+    /// The trigger as given, else the default.
+    fn trigger_text<'a>(&'a self, default: &'a str) -> &'a str {
+        self.invite_trigger.as_deref().unwrap_or(default).trim()
+    }
+
+    /// The invites topic, and whether the journey relays the invites (trigger `delivered`).
+    pub fn for_journey(&self, default_trigger: &str) -> (String, bool) {
+        (
+            self.invites_topic.trim().to_string(),
+            self.trigger_text(default_trigger) == "delivered",
+        )
+    }
+}
+
 /// Defaults that differ under `aftercart dev`.
 #[derive(Debug, Clone)]
 pub struct ReferralsDefaults {
@@ -325,6 +350,8 @@ pub struct ReferralsDefaults {
     /// The dev stack's state hash key; production has none and requires one.
     pub state_hash_key: Option<String>,
     pub review_window: &'static str,
+    pub invite_trigger: &'static str,
+    pub invite_delay: &'static str,
 }
 
 impl ReferralsDefaults {
@@ -334,6 +361,8 @@ impl ReferralsDefaults {
             code_secret: None,
             state_hash_key: None,
             review_window: "30d",
+            invite_trigger: "paid",
+            invite_delay: "0s",
         }
     }
 }
@@ -454,7 +483,9 @@ impl ReferralsArgs {
         let invite_delay = ms(
             &mut errors,
             "AFTERCART_REFERRALS_INVITE_DELAY",
-            &self.invite_delay,
+            self.invite_delay
+                .as_deref()
+                .unwrap_or(defaults.invite_delay),
             true,
         );
         let cooldown = ms(
@@ -524,10 +555,11 @@ impl ReferralsArgs {
         );
         let trigger = errors.check(
             "AFTERCART_REFERRALS_INVITE_TRIGGER",
-            match self.invite_trigger.trim() {
+            match self.invite.trigger_text(defaults.invite_trigger) {
                 "paid" => Ok(Trigger::Paid),
                 "fulfilled" => Ok(Trigger::Fulfilled),
-                other => Err(format!("{other:?} is not paid or fulfilled")),
+                "delivered" => Ok(Trigger::Delivered),
+                other => Err(format!("{other:?} is not paid, fulfilled or delivered")),
             },
         );
         let mut sources = Vec::new();
@@ -568,7 +600,7 @@ impl ReferralsArgs {
                 sink: self.webhook.flags(),
                 topics: format!(
                     "{},{}",
-                    self.invites_topic.trim(),
+                    self.invite.invites_topic.trim(),
                     self.rewards_topic.trim()
                 ),
                 group: format!("{}-webhook", self.referrals_group.trim()),
@@ -586,7 +618,10 @@ impl ReferralsArgs {
             &mut errors,
             &[
                 ("AFTERCART_REFERRALS_GROUP", &self.referrals_group),
-                ("AFTERCART_REFERRALS_INVITES_TOPIC", &self.invites_topic),
+                (
+                    "AFTERCART_REFERRALS_INVITES_TOPIC",
+                    &self.invite.invites_topic,
+                ),
                 ("AFTERCART_REFERRALS_REWARDS_TOPIC", &self.rewards_topic),
                 ("AFTERCART_REFERRALS_BY_SHOP_TOPIC", &self.by_shop_topic),
                 (
@@ -636,7 +671,7 @@ impl ReferralsArgs {
         errors.finish(|| ReferralsConfig {
             kafka,
             group: self.referrals_group.trim().to_string(),
-            invites_topic: self.invites_topic.trim().to_string(),
+            invites_topic: self.invite.invites_topic.trim().to_string(),
             rewards_topic: self.rewards_topic.trim().to_string(),
             data_requests_topic: self.referrals_data_requests_topic.trim().to_string(),
             by_shop_topic: self.by_shop_topic.trim().to_string(),

@@ -36,10 +36,15 @@ pub type Loop = Stage<Referrals>;
 /// The Shopify source topics the router reads.
 pub fn source_topics(config: &ReferralsConfig) -> Vec<(String, &'static str)> {
     let names = TopicNames::new(&config.kafka.topic_prefix);
-    [Family::Orders, Family::Customers, Family::Compliance]
-        .iter()
-        .map(|f| (names.family(*f), f.as_str()))
-        .collect()
+    [
+        Family::Orders,
+        Family::Fulfillments,
+        Family::Customers,
+        Family::Compliance,
+    ]
+    .iter()
+    .map(|f| (names.family(*f), f.as_str()))
+    .collect()
 }
 
 /// Builds the loop: the stage, with the referral engine as its logic.

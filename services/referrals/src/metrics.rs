@@ -83,7 +83,7 @@ impl ReferralsMetrics {
                 PREFIX,
                 registry,
                 "By-shop partitions owned by this instance.",
-                &["orders", "customers", "compliance"],
+                &["orders", "fulfillments", "customers", "compliance"],
             )?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;

@@ -6,6 +6,9 @@ pub enum Family {
     Checkouts,
     Carts,
     Orders,
+    /// `fulfillments/*` and `fulfillment_events/*`: keyed by their order id, like an order
+    /// without a cart or checkout token.
+    Fulfillments,
     Customers,
     Compliance,
     Other,
@@ -13,20 +16,22 @@ pub enum Family {
 
 impl Family {
     /// Every family, in a stable order.
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Checkouts,
         Family::Carts,
         Family::Orders,
+        Family::Fulfillments,
         Family::Customers,
         Family::Compliance,
         Family::Other,
     ];
 
     /// The families consumers join by partition: their topics must share one partition count.
-    pub const JOURNEY: [Family; 5] = [
+    pub const JOURNEY: [Family; 6] = [
         Family::Checkouts,
         Family::Carts,
         Family::Orders,
+        Family::Fulfillments,
         Family::Customers,
         Family::Compliance,
     ];
@@ -46,6 +51,7 @@ impl Family {
             "checkouts" => Family::Checkouts,
             "carts" => Family::Carts,
             "orders" | "refunds" | "order_transactions" => Family::Orders,
+            "fulfillments" | "fulfillment_events" => Family::Fulfillments,
             "customers"
             | "customers_email_marketing_consent"
             | "customers_marketing_consent"
@@ -60,6 +66,7 @@ impl Family {
             Family::Checkouts => "checkouts",
             Family::Carts => "carts",
             Family::Orders => "orders",
+            Family::Fulfillments => "fulfillments",
             Family::Customers => "customers",
             Family::Compliance => "compliance",
             Family::Other => "other",
@@ -84,6 +91,11 @@ mod tests {
             ("orders/cancelled", Family::Orders),
             ("refunds/create", Family::Orders),
             ("order_transactions/create", Family::Orders),
+            ("fulfillments/create", Family::Fulfillments),
+            ("fulfillments/update", Family::Fulfillments),
+            ("fulfillment_events/create", Family::Fulfillments),
+            ("fulfillment_events/delete", Family::Fulfillments),
+            ("fulfillment_orders/moved", Family::Other),
             ("customers/create", Family::Customers),
             ("customers/update", Family::Customers),
             ("customers/delete", Family::Customers),

@@ -72,8 +72,9 @@ pub fn journey_key(family: Family, shop: &str, body: &[u8]) -> Result<String, Pa
         Family::Carts => fields.token.0,
         Family::Checkouts => fields.cart_token.0.or(fields.token.0),
         Family::Orders => fields.cart_token.0.or(fields.checkout_token.0),
-        // Tokens only identify journeys on the journey resources themselves.
-        Family::Customers | Family::Compliance | Family::Other => None,
+        // Tokens only identify journeys on the journey resources themselves. Fulfilments carry
+        // none: they fall through to their `order_id`.
+        Family::Fulfillments | Family::Customers | Family::Compliance | Family::Other => None,
     }
     // order_id before id: refunds and transactions have an id of their own but belong with
     // their order.
@@ -352,6 +353,23 @@ mod tests {
     }
 
     #[test]
+    fn fulfilments_land_with_an_order_keyed_by_its_id() {
+        let order = key(
+            Family::Orders,
+            r#"{"id":5,"cart_token":null,"checkout_token":null}"#,
+        )
+        .unwrap();
+        let fulfillment = key(Family::Fulfillments, r#"{"id":77,"order_id":5}"#).unwrap();
+        let event = key(
+            Family::Fulfillments,
+            r#"{"id":9,"fulfillment_id":77,"order_id":5,"shop_id":1}"#,
+        )
+        .unwrap();
+        assert_eq!(fulfillment, order);
+        assert_eq!(event, order);
+    }
+
+    #[test]
     fn big_integer_ids_keep_every_digit() {
         let order = key(
             Family::Orders,
@@ -531,6 +549,16 @@ mod tests {
             (
                 "orders_create.json",
                 Family::Orders,
+                "demo.myshopify.com/820982911946154508",
+            ),
+            (
+                "fulfillments_create.json",
+                Family::Fulfillments,
+                "demo.myshopify.com/820982911946154508",
+            ),
+            (
+                "fulfillment_events_create.json",
+                Family::Fulfillments,
                 "demo.myshopify.com/820982911946154508",
             ),
             (

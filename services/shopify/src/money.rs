@@ -20,6 +20,11 @@ impl Amount {
         Amount(exact / cent * cent)
     }
 
+    /// The sum, held at the bounds rather than wrapping (no Shopify amount comes near them).
+    pub fn saturating_add(self, other: Amount) -> Amount {
+        Amount(self.0.saturating_add(other.0))
+    }
+
     /// As a float, for APIs that want one (Shopify's discount percentage).
     pub fn to_f64(self) -> f64 {
         self.0 as f64 / 10f64.powi(SCALE_DIGITS as i32)

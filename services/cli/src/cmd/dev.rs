@@ -7,6 +7,7 @@ use aftercart_abandonment::AbandonmentDefaults;
 use aftercart_audiences::AudiencesDefaults;
 use aftercart_ingress::app::topic_specs;
 use aftercart_ingress::{IngressArgs, IngressDefaults};
+use aftercart_journey::config::JourneyDefaults;
 use aftercart_kafka::TopicSpec;
 use aftercart_nudges::NudgesDefaults;
 use aftercart_referrals::ReferralsDefaults;
@@ -17,6 +18,7 @@ use rdkafka::producer::DefaultProducerContext;
 use crate::cli::DevArgs;
 use aftercart_abandonment::AbandonmentService;
 use aftercart_audiences::AudiencesService;
+use aftercart_journey::JourneyService;
 use aftercart_nudges::NudgesService;
 use aftercart_referrals::ReferralsService;
 use aftercart_runtime::process::bind;
@@ -39,6 +41,17 @@ pub const DEV_STATE_HASH_KEY: &str = "aftercart-dev-state-hash-key";
 
 /// Short enough for a demo to show a reward granted while you watch.
 const DEV_REVIEW_WINDOW: &str = "1m";
+
+/// The demo's buyer is invited to refer when the parcel arrives, this long after (the journey
+/// relays the invite as a touchpoint).
+const DEV_INVITE_TRIGGER: &str = "delivered";
+const DEV_INVITE_DELAY: &str = "5s";
+
+/// Short enough for a demo to show a review request while you watch.
+const DEV_REVIEW_REQUEST_AFTER: &str = "10s";
+
+/// A KPI "day" of the dev stack: a daily KPI record per shop every minute.
+const DEV_KPI_DAY: &str = "1m";
 
 /// Short enough for audience files to appear soon after an abandonment.
 const DEV_FLUSH_INTERVAL: &str = "5s";
@@ -93,11 +106,18 @@ pub async fn run(args: DevArgs) -> i32 {
         state_hash_key: Some(DEV_STATE_HASH_KEY),
         fallback_brokers: fallback_brokers.clone(),
     };
+    let journey_defaults = JourneyDefaults {
+        fallback_brokers: fallback_brokers.clone(),
+        review_request_after: DEV_REVIEW_REQUEST_AFTER,
+        kpi_day_length: DEV_KPI_DAY,
+    };
     let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
         code_secret: Some(DEV_CODE_SECRET.to_string()),
         state_hash_key: Some(DEV_STATE_HASH_KEY.to_string()),
         review_window: DEV_REVIEW_WINDOW,
+        invite_trigger: DEV_INVITE_TRIGGER,
+        invite_delay: DEV_INVITE_DELAY,
     };
     let mut errors = ConfigErrors::new();
     let ingress = args
@@ -138,8 +158,24 @@ pub async fn run(args: DevArgs) -> i32 {
         )
         .map_err(|e| errors.extend(e))
         .ok();
-    let (Some(ingress), Some(abandonment), Some(referrals), Some(audiences), Some(nudges)) =
-        (ingress, abandonment, referrals, audiences, nudges)
+    let journey = args
+        .journey
+        .validate(
+            &args.ingress.kafka,
+            shutdown_timeout,
+            args.referrals.invite.for_journey(DEV_INVITE_TRIGGER),
+            &journey_defaults,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (
+        Some(ingress),
+        Some(abandonment),
+        Some(referrals),
+        Some(audiences),
+        Some(nudges),
+        Some(journey),
+    ) = (ingress, abandonment, referrals, audiences, nudges, journey)
     else {
         eprint!("{errors}");
         return EX_USAGE;
@@ -152,6 +188,7 @@ pub async fn run(args: DevArgs) -> i32 {
             &referrals,
             &audiences,
             &nudges,
+            &journey,
         ) {
             return code;
         }
@@ -180,13 +217,14 @@ pub async fn run(args: DevArgs) -> i32 {
     println!(
         "\naftercart dev stack\n\
          \x20 Kafka brokers  {brokers}  ({broker_note}; any Kafka client can read it, e.g. kcat -b {brokers} -L)\n\
-         \x20 Topics         {prefix}checkouts, {prefix}carts, {prefix}orders, {prefix}customers, {prefix}compliance, {prefix}other, {prefix}quarantine\n\
+         \x20 Topics         {prefix}checkouts, {prefix}carts, {prefix}orders, {prefix}fulfillments, {prefix}customers, {prefix}compliance, {prefix}other, {prefix}quarantine\n\
          \x20 Webhook URL    http://{webhook_addr}/webhooks/shopify\n\
          \x20 Signing secret {secret}\n\
          \x20 Abandonments   {output} (checkouts abandoned after {delay})\n\
          \x20 Referrals      {invites}, {rewards} (rewards granted after {review})\n\
          \x20 Audiences      {audience_list} -> {audience_dirs}\n\
          \x20 Nudges         {nudges_topic} -> {nudges_destination}\n\
+         \x20 Journey        {touchpoints} (review request {review_request} after delivery{journey_destination})\n\
          \x20 Admin          http://{admin_addr}/metrics  /readyz  /livez\n\
          \x20 Try            make demo   (or: aftercart send --demo)\n\
          \x20 Stop           Ctrl-C\n",
@@ -203,6 +241,17 @@ pub async fn run(args: DevArgs) -> i32 {
             Some(aftercart_nudges::config::DestinationConfig::File(dir)) => dir.display().to_string(),
             Some(other) => other.kind().to_string(),
             None => "(topic only)".to_string(),
+        },
+        touchpoints = journey.touchpoints_topic,
+        review_request = journey
+            .rules
+            .review_after_ms
+            .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string())
+            .unwrap_or_else(|| "off".into()),
+        journey_destination = match &journey.destination {
+            Some(aftercart_journey::config::DestinationConfig::File(dir)) => format!("; files in {}", dir.display()),
+            Some(_) => "; delivered to its destination".to_string(),
+            None => String::new(),
         },
         audience_list = audiences
             .rules
@@ -221,19 +270,21 @@ pub async fn run(args: DevArgs) -> i32 {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    let (ingress_code, abandonment_code, referrals_code, audiences_code, nudges_code) = tokio::join!(
+    let (ingress_code, abandonment_code, referrals_code, audiences_code, nudges_code, journey_code) = tokio::join!(
         run_ingress(&ingress, listener, &process),
         run_service::<AbandonmentService>(&abandonment, &process),
         run_service::<ReferralsService>(&referrals, &process),
         run_service::<AudiencesService>(&audiences, &process),
-        run_service::<NudgesService>(&nudges, &process)
+        run_service::<NudgesService>(&nudges, &process),
+        run_service::<JourneyService>(&journey, &process)
     );
     let code = process.finish(
         ingress_code
             .max(abandonment_code)
             .max(referrals_code)
             .max(audiences_code)
-            .max(nudges_code),
+            .max(nudges_code)
+            .max(journey_code),
     );
     drop(embedded);
     if code == 0 {
@@ -265,6 +316,7 @@ fn create_topics(
     referrals: &aftercart_referrals::ReferralsConfig,
     audiences: &aftercart_audiences::AudiencesConfig,
     nudges: &aftercart_nudges::NudgesConfig,
+    journey: &aftercart_journey::JourneyConfig,
 ) -> Result<(), i32> {
     let specs: BTreeMap<String, TopicSpec> = ingress
         .into_iter()
@@ -272,6 +324,7 @@ fn create_topics(
         .chain(aftercart_referrals::topic_specs(referrals).0)
         .chain(aftercart_audiences::topic_specs(audiences).0)
         .chain(aftercart_nudges::topic_specs(nudges).0)
+        .chain(aftercart_journey::topic_specs(journey).0)
         .map(|spec| (spec.name.clone(), spec))
         .collect();
     for spec in specs.values() {

@@ -283,10 +283,17 @@ pub fn metrics_reference() -> Result<String, String> {
     );
     let mut by_service: BTreeMap<&str, Vec<metrics_catalog::Described>> = BTreeMap::new();
     for metric in metrics_catalog::described() {
-        let service = ["ingress", "abandonment", "referrals", "audiences", "nudges"]
-            .into_iter()
-            .find(|service| metric.name.starts_with(&format!("aftercart_{service}_")))
-            .unwrap_or("other");
+        let service = [
+            "ingress",
+            "abandonment",
+            "referrals",
+            "audiences",
+            "nudges",
+            "journey",
+        ]
+        .into_iter()
+        .find(|service| metric.name.starts_with(&format!("aftercart_{service}_")))
+        .unwrap_or("other");
         by_service.entry(service).or_default().push(metric);
     }
     for (service, metrics) in by_service {
@@ -334,12 +341,16 @@ pub fn service_registries() -> Result<Vec<(&'static str, Registry)>, String> {
     aftercart_nudges::metrics::NudgesMetrics::register(&nudges, Some("klaviyo")).map_err(error)?;
     aftercart_delivery::DeliveryMetrics::register(&nudges, "aftercart_nudges").map_err(error)?;
     aftercart_shopify_admin::AdminMetrics::register(&nudges, "aftercart_nudges").map_err(error)?;
+    let journey = Registry::new();
+    aftercart_journey::metrics::JourneyMetrics::register(&journey).map_err(error)?;
+    aftercart_delivery::DeliveryMetrics::register(&journey, "aftercart_journey").map_err(error)?;
     Ok(vec![
         ("ingress", ingress),
         ("abandonment", abandonment),
         ("referrals", referrals),
         ("audiences", audiences_registry),
         ("nudges", nudges),
+        ("journey", journey),
     ])
 }
 
@@ -430,11 +441,12 @@ mod tests {
                 families.iter().map(|f| (f.name(), f)).collect();
             let prefix = format!("aftercart_{service}_");
             for metric in described.iter().filter(|m| m.name.starts_with(&prefix)) {
-                // Labelled by what only the running process knows (a broker, a partition).
+                // Labelled by what only the running process knows (a broker, a partition, the
+                // currencies the shops' orders come in).
                 if metric
                     .labels
                     .iter()
-                    .any(|l| l == "broker" || l == "partition")
+                    .any(|l| l == "broker" || l == "partition" || l == "currency")
                 {
                     continue;
                 }

@@ -23,8 +23,8 @@ pub struct SendArgs {
     #[arg(long = "sample")]
     pub samples: Vec<String>,
 
-    /// Send the demo: a purchase (cart, checkout, order delivered twice, paid), an abandoned
-    /// checkout, and a friend's first order with the buyer's referral code, with fresh ids.
+    /// Send the demo: a purchase (cart, checkout, order delivered twice, paid, shipped, out for
+    /// delivery, delivered), an abandoned checkout, and a friend's first order with the buyer's referral code, with fresh ids.
     #[arg(long)]
     pub demo: bool,
 

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use aftercart_abandonment::{AbandonmentArgs, AbandonmentDefaults};
 use aftercart_audiences::{AudiencesArgs, AudiencesDefaults};
 use aftercart_ingress::app::topic_specs;
+use aftercart_journey::config::JourneyDefaults;
+use aftercart_journey::JourneyArgs;
 use aftercart_kafka::{ensure_topics, KafkaArgs, KafkaSettings, TopicSpec};
 use aftercart_nudges::{NudgesArgs, NudgesDefaults};
 use aftercart_referrals::{ReferralsArgs, ReferralsDefaults};
@@ -32,6 +34,8 @@ pub struct TopicFlags {
     pub audiences: Box<AudiencesArgs>,
     #[command(flatten)]
     pub nudges: Box<NudgesArgs>,
+    #[command(flatten)]
+    pub journey: Box<JourneyArgs>,
     /// Largest webhook body the ingress accepts; topics are created to hold it.
     #[arg(
         long = "ingress-max-body-bytes",
@@ -62,6 +66,7 @@ impl TopicFlags {
             referrals,
             audiences,
             nudges,
+            journey,
             max_body_bytes,
         } = self;
         let mut errors = ConfigErrors::new();
@@ -78,6 +83,9 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
+        let relayed = referrals
+            .invite
+            .for_journey(ReferralsDefaults::production().invite_trigger);
         // Only topic names are needed here: placeholders stand in for unset secrets.
         // The nudges read the Admin API flags the referrals flags carry (one set per process).
         let shopify = referrals.shopify.clone();
@@ -102,6 +110,15 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
+        let journey = journey
+            .validate(
+                &kafka,
+                std::time::Duration::ZERO,
+                relayed,
+                &JourneyDefaults::production(),
+            )
+            .map_err(|e| errors.extend(e))
+            .ok();
         // Only topic names are needed here: a placeholder stands in for an unset state hash key.
         let nudges = nudges
             .validate(
@@ -123,6 +140,7 @@ impl TopicFlags {
             Some(referrals),
             Some(audiences),
             Some(nudges),
+            Some(journey),
             true,
         ) = (
             settings,
@@ -131,6 +149,7 @@ impl TopicFlags {
             referrals,
             audiences,
             nudges,
+            journey,
             errors.is_empty(),
         )
         else {
@@ -144,6 +163,8 @@ impl TopicFlags {
         same_partitions.extend(audiences_same);
         let (nudges_specs, nudges_same) = aftercart_nudges::topic_specs(&nudges);
         same_partitions.extend(nudges_same);
+        let (journey_specs, journey_same) = aftercart_journey::topic_specs(&journey);
+        same_partitions.extend(journey_same);
         // The ingress's specs first: they carry max.message.bytes for the raw topics.
         let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
         for spec in abandonment_specs
@@ -151,6 +172,7 @@ impl TopicFlags {
             .chain(referrals_specs)
             .chain(audiences_specs)
             .chain(nudges_specs)
+            .chain(journey_specs)
             .chain(topic_specs(&settings, max_body as usize))
         {
             specs.insert(spec.name.clone(), spec);
@@ -160,6 +182,7 @@ impl TopicFlags {
             referrals.group.clone(),
             audiences.group.clone(),
             nudges.group.clone(),
+            journey.group.clone(),
         ];
         Ok(TopicPlan {
             settings,

@@ -29,6 +29,8 @@ use crate::domain::state::{
 pub enum Trigger {
     Paid,
     Fulfilled,
+    /// Decided at payment, sent the invite delay after the first delivered shipment.
+    Delivered,
 }
 
 /// The programme's rules.
@@ -392,7 +394,7 @@ impl Engine {
         let mut effects = Vec::new();
         let covered = match &input {
             Input::Order(fact) => state.redacted_order(&rules.hasher, shop, fact),
-            Input::Negated { order_id, .. } => {
+            Input::Negated { order_id, .. } | Input::Delivered { order_id, .. } => {
                 state.redacted(&rules.hasher, shop, None, &[], &[], Some(*order_id))
             }
             Input::Consent { customer_id, .. } => {
@@ -415,6 +417,10 @@ impl Engine {
         };
         match input {
             Input::Order(order) => step.order(&order, at_ms),
+            Input::Delivered {
+                order_id,
+                at_ms: happened,
+            } => step.delivered(order_id, happened.unwrap_or(at_ms), at_ms),
             Input::Negated { order_id, negation } => {
                 let key = order_entity(shop, order_id);
                 let mut order = step.state.orders.remove(&key).unwrap_or_default();
@@ -721,14 +727,14 @@ impl Step<'_> {
             self.attribute(&key, &mut order, fact, at_ms);
         }
         let triggered = match self.rules.trigger {
-            Trigger::Paid => fact.is_paid(),
+            Trigger::Paid | Trigger::Delivered => fact.is_paid(),
             Trigger::Fulfilled => fact.is_fulfilled(),
         };
         if triggered && order.invite.is_none() {
             order.invite = Some(self.decide_invite(&order, fact, at_ms));
             // Without a delay the invite goes now, so a friend's order right behind it in the
             // same batch already finds the code.
-            if self.rules.invite_delay_ms == 0 {
+            if matches!(order.invite, Some(Invite::Scheduled { due_ms, .. }) if due_ms <= at_ms) {
                 self.send_invite(&key, &mut order);
             }
         }
@@ -825,15 +831,43 @@ impl Step<'_> {
             };
         }
         let customer = fact.customer.as_ref();
-        Invite::Scheduled {
-            due_ms: at_ms + self.rules.invite_delay_ms,
-            to: InviteTo {
-                customer_id: customer.and_then(|c| c.id),
-                email: fact.email().unwrap_or_default().to_string(),
-                first_name: customer.and_then(|c| c.first_name.clone()),
-                last_name: customer.and_then(|c| c.last_name.clone()),
+        let to = InviteTo {
+            customer_id: customer.and_then(|c| c.id),
+            email: fact.email().unwrap_or_default().to_string(),
+            first_name: customer.and_then(|c| c.first_name.clone()),
+            last_name: customer.and_then(|c| c.last_name.clone()),
+        };
+        let start = match self.rules.trigger {
+            Trigger::Delivered => order.delivered_ms,
+            Trigger::Paid | Trigger::Fulfilled => Some(at_ms),
+        };
+        match start {
+            Some(start) => Invite::Scheduled {
+                due_ms: start + self.rules.invite_delay_ms,
+                to,
             },
+            None => Invite::AwaitingDelivery { to },
         }
+    }
+
+    /// A shipment of the order was delivered: an invite waiting for it starts its delay.
+    fn delivered(&mut self, order_id: u64, happened_ms: i64, at_ms: i64) {
+        let key = order_entity(self.shop, order_id);
+        let mut order = self.state.orders.remove(&key).unwrap_or_default();
+        if order.delivered_ms.is_some() {
+            self.state.orders.insert(key, order);
+            return;
+        }
+        order.delivered_ms = Some(happened_ms);
+        order.last_seen_ms = order.last_seen_ms.max(at_ms);
+        if let Some(Invite::AwaitingDelivery { to }) = order.invite.take() {
+            let due_ms = happened_ms + self.rules.invite_delay_ms;
+            order.invite = Some(Invite::Scheduled { due_ms, to });
+            if due_ms <= at_ms {
+                self.send_invite(&key, &mut order);
+            }
+        }
+        self.put_order(key, order);
     }
 
     /// Finds the advocate whose code the order names, and decides the reward.
@@ -955,7 +989,10 @@ impl Step<'_> {
         if order.negated.is_none() {
             order.negated = Some(negation);
         }
-        if matches!(order.invite, Some(Invite::Scheduled { .. })) {
+        if matches!(
+            order.invite,
+            Some(Invite::Scheduled { .. } | Invite::AwaitingDelivery { .. })
+        ) {
             self.count(Counted::InviteSkipped("negated"));
             order.invite = Some(Invite::Skipped {
                 reason: negation.as_str().to_string(),

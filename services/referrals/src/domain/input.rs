@@ -10,13 +10,16 @@ use aftercart_shopify::privacy::{DataRequest, Person};
 use aftercart_shopify::time::parse_time_ms;
 
 /// The Shopify topics the service acts on; the router forwards only these.
-pub const TOPICS: [&str; 12] = [
+pub const TOPICS: [&str; 15] = [
     "orders/create",
     "orders/paid",
     "orders/fulfilled",
     "orders/cancelled",
     "orders/delete",
     "refunds/create",
+    "fulfillments/create",
+    "fulfillments/update",
+    "fulfillment_events/create",
     "customers/create",
     "customers/update",
     "customers_email_marketing_consent/update",
@@ -59,6 +62,12 @@ pub enum Input {
     Negated {
         order_id: u64,
         negation: Negation,
+    },
+    /// A shipment of the order was delivered (a fulfilment or carrier event), at the time the
+    /// carrier states if it does.
+    Delivered {
+        order_id: u64,
+        at_ms: Option<i64>,
     },
     /// A customer's email-marketing consent changed.
     Consent {
@@ -240,6 +249,24 @@ struct RefundPayload {
     order_id: u64,
 }
 
+/// The fields of a fulfilment or fulfilment event that tell a delivery.
+#[derive(Deserialize)]
+struct ShipmentPayload {
+    order_id: u64,
+    status: Option<String>,
+    shipment_status: Option<String>,
+    happened_at: Option<String>,
+    updated_at: Option<String>,
+}
+
+/// Delivered, or picked up by the customer (Shopify's shipment statuses).
+fn is_delivered(status: Option<&str>) -> bool {
+    status.is_some_and(|s| {
+        let s = s.trim();
+        s.eq_ignore_ascii_case("delivered") || s.eq_ignore_ascii_case("picked_up")
+    })
+}
+
 #[derive(Deserialize)]
 struct ConsentPayload {
     customer_id: Option<u64>,
@@ -284,6 +311,27 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             order_id: decode::<RefundPayload>(&topic, body)?.order_id,
             negation: Negation::Refunded,
         },
+        "fulfillments/create" | "fulfillments/update" | "fulfillment_events/create" => {
+            let shipment: ShipmentPayload = decode(&topic, body)?;
+            // A fulfilment carries the carrier's status in shipment_status; an event in status.
+            let status = if topic.starts_with("fulfillment_events/") {
+                shipment.status.as_deref()
+            } else {
+                shipment.shipment_status.as_deref()
+            };
+            if is_delivered(status) {
+                Input::Delivered {
+                    order_id: shipment.order_id,
+                    at_ms: shipment
+                        .happened_at
+                        .as_deref()
+                        .or(shipment.updated_at.as_deref())
+                        .and_then(parse_time_ms),
+                }
+            } else {
+                Input::Ignored
+            }
+        }
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
             let payload: ConsentPayload = decode(&topic, body)?;
             let consent = payload.email_marketing_consent;

@@ -113,9 +113,18 @@ pub struct InviteTo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Invite {
-    Scheduled { due_ms: i64, to: InviteTo },
+    /// Decided at payment, waiting for the delivery to start the delay (trigger `delivered`).
+    AwaitingDelivery {
+        to: InviteTo,
+    },
+    Scheduled {
+        due_ms: i64,
+        to: InviteTo,
+    },
     Sent,
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +165,9 @@ pub struct OrderState {
     pub invite: Option<Invite>,
     pub reward: Option<Reward>,
     pub last_seen_ms: i64,
+    /// When a shipment of the order was first delivered (fulfilment webhooks).
+    #[serde(default)]
+    pub delivered_ms: Option<i64>,
 }
 
 impl OrderState {

@@ -199,6 +199,86 @@ fn an_invite_waits_for_its_delay_and_is_dropped_if_the_order_is_cancelled_meanwh
     assert!(world.counted.contains(&Counted::InviteSkipped("negated")));
 }
 
+fn delivered_event(order_id: u64, happened: &str) -> Value {
+    json!({"id": 9, "fulfillment_id": 7, "order_id": order_id, "status": "delivered",
+           "happened_at": happened})
+}
+
+#[test]
+fn with_the_delivered_trigger_the_invite_comes_its_delay_after_delivery_once() {
+    let mut world = World::with(Rules {
+        trigger: Trigger::Delivered,
+        invite_delay_ms: 2 * DAY,
+        ..rules()
+    });
+    world.send("orders/paid", &order(100, 1), 0);
+    world.tick(30 * DAY);
+    assert!(world.emitted.is_empty(), "paid but not delivered yet");
+    // Delivered on day 31 (the carrier's time): invited on day 33.
+    let delivered = 31 * DAY;
+    let happened = aftercart_shopify::time::rfc3339(delivered);
+    world.send(
+        "fulfillments/update",
+        &json!({"id": 7, "order_id": 100, "status": "success", "shipment_status": "in_transit"}),
+        delivered,
+    );
+    world.send(
+        "fulfillment_events/create",
+        &delivered_event(100, &happened),
+        delivered,
+    );
+    world.tick(delivered + 2 * DAY - 1);
+    assert!(world.emitted.is_empty());
+    world.tick(delivered + 2 * DAY);
+    assert_eq!(world.types(), ["invite"]);
+    world.send(
+        "fulfillment_events/create",
+        &delivered_event(100, &happened),
+        delivered,
+    );
+    world.tick(90 * DAY);
+    assert_eq!(world.types(), ["invite"], "one invite per buyer");
+}
+
+#[test]
+fn with_the_delivered_trigger_a_delivery_seen_before_payment_still_counts() {
+    let mut world = World::with(Rules {
+        trigger: Trigger::Delivered,
+        ..rules()
+    });
+    world.send(
+        "fulfillments/update",
+        &json!({"id": 7, "order_id": 100, "status": "success", "shipment_status": "delivered",
+                "updated_at": "2026-01-01T00:00:00Z"}),
+        0,
+    );
+    let delivered = aftercart_shopify::time::parse_time_ms("2026-01-01T00:00:00Z").unwrap();
+    world.send("orders/paid", &order(100, 1), delivered + SEC);
+    assert_eq!(world.types(), ["invite"], "no delay: invited at once");
+}
+
+#[test]
+fn with_the_delivered_trigger_a_cancellation_before_delivery_drops_the_invite() {
+    let mut world = World::with(Rules {
+        trigger: Trigger::Delivered,
+        ..rules()
+    });
+    world.send("orders/paid", &order(100, 1), 0);
+    world.send(
+        "orders/cancelled",
+        &json!({"id": 100, "cancelled_at": "2026-01-02T00:00:00Z"}),
+        DAY,
+    );
+    world.send(
+        "fulfillment_events/create",
+        &delivered_event(100, "2026-01-03T00:00:00Z"),
+        2 * DAY,
+    );
+    world.tick(10 * DAY);
+    assert!(world.emitted.is_empty());
+    assert!(world.counted.contains(&Counted::InviteSkipped("negated")));
+}
+
 #[test]
 fn a_refund_delivered_before_the_paid_order_prevents_the_invite() {
     let mut world = World::new();

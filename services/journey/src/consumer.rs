@@ -1,0 +1,231 @@
+//! The journey rules on the shared stage (by shop): which source records are routed, how a
+//! by-shop record becomes engine input, and how engine effects become stage effects.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aftercart_kafka::{
+    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
+};
+use aftercart_runtime::health::Readiness;
+use aftercart_shopify::time::now_ms;
+use aftercart_shopify::Family;
+use rdkafka::message::{Message, OwnedMessage};
+
+use crate::config::JourneyConfig;
+use crate::domain::engine::{Effect, Engine};
+use crate::domain::input::{
+    decode_abandonment, decode_input, decode_invite, decode_reward, is_relevant, Input,
+};
+use crate::domain::state::Entity;
+use crate::domain::touchpoint::Output;
+use crate::metrics::JourneyMetrics;
+
+/// The family labels of the aftercart sources.
+pub const INVITES: &str = "referral_invites";
+pub const REWARDS: &str = "referral_rewards";
+pub const ABANDONMENTS: &str = "abandonments";
+/// Output topic indexes in [`StageTopics::outputs`].
+const TOUCHPOINTS: usize = 0;
+const KPIS: usize = 1;
+/// How often settled orders are expired.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+/// The journey service's poll loop.
+pub type Loop = Stage<Journey>;
+
+/// The source topics the router reads: the Shopify families, the abandonment events and the
+/// referral invites and rewards (KPIs; invites relayed when the referrals service invites at
+/// delivery).
+pub fn source_topics(config: &JourneyConfig) -> Vec<(String, &'static str)> {
+    let names = TopicNames::new(&config.kafka.topic_prefix);
+    let mut sources: Vec<(String, &'static str)> = [
+        Family::Checkouts,
+        Family::Orders,
+        Family::Fulfillments,
+        Family::Customers,
+        Family::Compliance,
+    ]
+    .iter()
+    .map(|f| (names.family(*f), f.as_str()))
+    .collect();
+    sources.push((config.abandonments_topic.clone(), ABANDONMENTS));
+    sources.push((config.invites_topic.clone(), INVITES));
+    sources.push((config.rewards_topic.clone(), REWARDS));
+    sources
+}
+
+/// Builds the loop: the stage, with the journey engine as its logic.
+pub fn build(
+    config: &JourneyConfig,
+    metrics: JourneyMetrics,
+    ready: Readiness,
+) -> Result<Loop, LoopError> {
+    let topics = StageTopics {
+        client: "aftercart-journey".to_string(),
+        group: config.group.clone(),
+        inputs: Inputs::ByShop {
+            sources: source_topics(config),
+            by_shop: config.by_shop_topic.clone(),
+        },
+        globals: Vec::new(),
+        state: config.state_topic.clone(),
+        dead_letter: config.dead_letter_topic.clone(),
+        outputs: vec![config.touchpoints_topic.clone(), config.kpis_topic.clone()],
+    };
+    let logic = Journey {
+        engine: Engine::new(config.rules.clone()),
+        metrics,
+        last_expiry: Instant::now(),
+    };
+    Stage::new(
+        config.kafka.clone(),
+        topics,
+        config.shutdown_timeout,
+        logic,
+        ready,
+    )
+}
+
+/// The journey engine as the stage's logic.
+pub struct Journey {
+    engine: Engine,
+    metrics: JourneyMetrics,
+    last_expiry: Instant,
+}
+
+type Staged = StageEffect<Entity, Output>;
+
+impl Journey {
+    /// Turns engine effects into stage effects; counts are counted on the way.
+    fn staged(&self, effects: Vec<Effect>) -> Vec<Staged> {
+        effects
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Emit { key, output } => Some(StageEffect::Emit {
+                    topic: TOUCHPOINTS,
+                    key,
+                    event_id: output.event_id.clone(),
+                    output: Output::Touchpoint(output),
+                }),
+                Effect::Report { key, record } => Some(StageEffect::Emit {
+                    topic: KPIS,
+                    key,
+                    event_id: record.event_id.clone(),
+                    output: Output::Kpis(record),
+                }),
+                Effect::Persist { key, entity } => Some(StageEffect::Persist { key, entity }),
+                Effect::Count(counted) => {
+                    self.metrics.counted(counted);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn staged_at(&self, effects: Vec<(i32, Effect)>) -> Vec<(i32, Staged)> {
+        effects
+            .into_iter()
+            .flat_map(|(partition, effect)| {
+                self.staged(vec![effect])
+                    .into_iter()
+                    .map(move |e| (partition, e))
+            })
+            .collect()
+    }
+}
+
+impl StageLogic for Journey {
+    type Entity = Entity;
+    type Output = Output;
+    type Emitted = Output;
+
+    fn routes(&self, family: &'static str, message: &OwnedMessage) -> bool {
+        matches!(family, INVITES | REWARDS | ABANDONMENTS)
+            || header(message, "shopify-topic").is_some_and(is_relevant)
+    }
+
+    fn apply(
+        &mut self,
+        partition: i32,
+        family: &'static str,
+        message: &OwnedMessage,
+    ) -> Result<Vec<Staged>, Unusable> {
+        let body = message.payload().unwrap_or_default();
+        let decoded = match family {
+            INVITES => decode_invite(body),
+            REWARDS => decode_reward(body),
+            ABANDONMENTS => decode_abandonment(body),
+            _ => decode_input(header(message, "shopify-topic"), body),
+        };
+        match decoded {
+            Ok(input) => {
+                let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
+                let shop = match &input {
+                    Input::Invite(invite) => invite.invite.shop.to_ascii_lowercase(),
+                    _ => shop_of(message),
+                };
+                let effects = self.engine.apply(partition, &shop, input, at);
+                Ok(self.staged(effects))
+            }
+            Err(error) => Err(Unusable {
+                label: error.as_label(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.engine.next_due()
+    }
+
+    fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
+        let mut effects = self.engine.fire_due(now_ms);
+        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
+            self.last_expiry = Instant::now();
+            effects.extend(self.engine.expire(now_ms));
+        }
+        self.staged_at(effects)
+    }
+
+    fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
+        self.engine.assign(partition, entities);
+        Vec::new()
+    }
+
+    fn revoke(&mut self, partition: i32) {
+        self.engine.revoke(partition);
+    }
+
+    fn owns(&self, partition: i32) -> bool {
+        self.engine.owns(partition)
+    }
+
+    fn reconcile(&mut self, partition: i32, emitted: &Output) -> Vec<Staged> {
+        let effects = match emitted {
+            Output::Touchpoint(touchpoint) => self.engine.reconcile(partition, touchpoint),
+            Output::Kpis(record) => self.engine.reconcile_report(partition, record),
+        };
+        self.staged(effects)
+    }
+
+    fn emitted(&self, output: &Output) {
+        match output {
+            Output::Touchpoint(touchpoint) => self.metrics.emitted(touchpoint.kind),
+            Output::Kpis(_) => self.metrics.reported(),
+        }
+    }
+
+    fn loop_metrics(&self) -> &LoopMetrics {
+        &self.metrics.consumer
+    }
+
+    fn gauges(&self) {
+        self.metrics.state(self.engine.sizes());
+    }
+
+    fn routed(&self, count: usize) {
+        self.metrics.routed(count);
+    }
+}

@@ -1,0 +1,299 @@
+//! Journey service integration tests: the ingress and the service in-process on a real broker
+//! (mock cluster and Tansu), an order and its fulfilments sent as signed webhooks, the
+//! touchpoints read back with an independent consumer and validated against
+//! `schemas/aftercart/touchpoints.schema.json`, and the file destination's files checked.
+
+use aftercart_tests::broker_tests;
+
+broker_tests!(
+    a_delivered_order_is_told_step_by_step_then_asked_for_a_review_and_reminded,
+    a_cancelled_order_gets_no_timed_touchpoints_and_poison_is_dead_lettered,
+);
+
+mod scenarios {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use aftercart_journey::JourneyConfig;
+    use aftercart_tests::http::Webhook;
+    use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
+    use aftercart_tests::journey::{test_config, TestJourney};
+    use aftercart_tests::schemas::assert_valid;
+    use aftercart_tests::{eventually, read_topic, unique_prefix, Broker};
+    use serde_json::{json, Value};
+
+    const SHOP: &str = "jsmith.myshopify.com";
+    const PRODUCT: u64 = 788032119674292922;
+
+    struct Stack {
+        ingress: TestIngress,
+        service: TestJourney,
+        config: JourneyConfig,
+        bootstrap: String,
+        dir: PathBuf,
+    }
+
+    impl Stack {
+        /// The journey with a review request 2 s after delivery, a 3 s usage period for the
+        /// product, and a file destination in a fresh directory.
+        async fn start(broker: &Broker) -> Stack {
+            let ingress = TestIngress::start_on(broker, ingress_config(broker)).await;
+            let dir = std::env::temp_dir().join(format!("journey-{}", unique_prefix()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("journey.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "review_request_after = \"2s\"\n\
+                     [kpis]\nday_length = \"3s\"\n\
+                     [[replenishment]]\nproduct_id = {PRODUCT}\nevery = \"3s\"\n\
+                     [destination]\ntype = \"file\"\ndir = \"{}\"\n",
+                    dir.join("out").display()
+                ),
+            )
+            .unwrap();
+            let config = test_config(&ingress.config.kafka, Some(&file));
+            let service = TestJourney::start_on(broker, config.clone()).await;
+            Stack {
+                ingress,
+                service,
+                config,
+                bootstrap: broker.bootstrap(),
+                dir,
+            }
+        }
+
+        /// Sends a webhook and waits until the service applied it (records of one order land
+        /// in different source topics, so without the wait their order is not the sent one).
+        async fn send(&self, topic: &str, body: Value) {
+            let before = self.applied();
+            let response = Webhook::new(topic, body.to_string().into_bytes(), SECRET)
+                .post(self.ingress.addr)
+                .await;
+            assert_eq!(response.status, 200, "{}", response.body);
+            eventually("the record applied", Duration::from_secs(30), || async {
+                (self.applied() > before).then_some(())
+            })
+            .await;
+        }
+
+        fn applied(&self) -> f64 {
+            self.service
+                .metrics()
+                .lines()
+                .filter(|line| {
+                    line.starts_with("aftercart_journey_records_processed_total{")
+                        || line.starts_with("aftercart_journey_records_failed_total{")
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        }
+
+        async fn touchpoints(&self) -> Vec<Value> {
+            read_topic(&self.bootstrap, &self.config.touchpoints_topic)
+                .await
+                .iter()
+                .map(|record| {
+                    let value: Value = serde_json::from_slice(&record.value).expect("JSON");
+                    assert_valid("aftercart/touchpoints.schema.json", &value);
+                    assert_eq!(
+                        record.header("aftercart-event-id"),
+                        value["event_id"].as_str()
+                    );
+                    assert_eq!(record.key_str(), format!("{SHOP}/{}", value["order"]["id"]));
+                    value
+                })
+                .collect()
+        }
+
+        async fn wait_for(&self, kind: &str) -> Vec<Value> {
+            eventually(kind, Duration::from_secs(30), || async {
+                let all = self.touchpoints().await;
+                all.iter().any(|t| t["type"] == kind).then_some(all)
+            })
+            .await
+        }
+    }
+
+    impl Drop for Stack {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn order(id: u64, accepts: bool) -> Value {
+        json!({"id": id, "name": format!("#{id}"), "email": "bea@example.com", "cart_token": format!("cart-{id}"),
+               "buyer_accepts_marketing": accepts, "financial_status": "paid", "test": false,
+               "total_price": "42.00", "currency": "EUR", "created_at": "2026-11-01T10:00:00Z",
+               "cancelled_at": null, "customer": {"id": 42, "first_name": "Bea"},
+               "line_items": [{"id": 1, "product_id": PRODUCT, "title": "Coffee", "quantity": 1, "price": "42.00"}]})
+    }
+
+    fn fulfillment(order_id: u64, shipment_status: &str) -> Value {
+        json!({"id": 77, "order_id": order_id, "status": "success", "shipment_status": shipment_status,
+               "tracking_company": "UPS", "tracking_number": "1z827wk74630",
+               "tracking_url": "https://www.ups.com/track?n=1z827wk74630"})
+    }
+
+    fn carrier(order_id: u64, status: &str) -> Value {
+        json!({"id": 1000 + status.len(), "fulfillment_id": 77, "order_id": order_id, "status": status,
+               "happened_at": null})
+    }
+
+    pub async fn a_delivered_order_is_told_step_by_step_then_asked_for_a_review_and_reminded(
+        broker: &Broker,
+    ) {
+        let stack = Stack::start(broker).await;
+        stack.send("orders/paid", order(5, true)).await;
+        stack
+            .send("fulfillments/create", fulfillment(5, "in_transit"))
+            .await;
+        stack
+            .send("fulfillment_events/create", carrier(5, "out_for_delivery"))
+            .await;
+        stack
+            .send("fulfillment_events/create", carrier(5, "delivered"))
+            .await;
+        // A late, repeated carrier event changes nothing.
+        stack
+            .send("fulfillment_events/create", carrier(5, "in_transit"))
+            .await;
+        let all = stack.wait_for("replenishment_reminder").await;
+        let types: Vec<&str> = all.iter().map(|t| t["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "order_confirmed",
+                "shipped",
+                "out_for_delivery",
+                "delivered",
+                "review_request",
+                "replenishment_reminder"
+            ]
+        );
+        assert_eq!(all[1]["fulfillment"]["tracking_company"], "UPS");
+        assert_eq!(all[5]["product"]["id"], PRODUCT);
+        let mut ids: Vec<&str> = all
+            .iter()
+            .map(|t| t["event_id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 6, "distinct event ids");
+        // The file destination got each, named by its event id.
+        let shop_dir = stack.dir.join("out").join(SHOP);
+        let files = eventually("the touchpoint files", Duration::from_secs(30), || async {
+            let files: Vec<String> = std::fs::read_dir(&shop_dir)
+                .ok()?
+                .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect();
+            (files.len() >= 6).then_some(files)
+        })
+        .await;
+        for id in &ids {
+            assert!(files.iter().any(|f| f.contains(id)), "{id} in {files:?}");
+        }
+        assert_eq!(
+            stack
+                .service
+                .metric(r#"aftercart_journey_touchpoints_total{type="review_request"}"#),
+            1.0
+        );
+        assert_eq!(
+            stack
+                .service
+                .metric("aftercart_journey_order_to_delivery_seconds_count"),
+            1.0
+        );
+        // KPI "days" of 3 s: the records, summed, count the order and its delivery once.
+        let kpis = eventually("the KPI records", Duration::from_secs(30), || async {
+            let records: Vec<Value> = read_topic(&stack.bootstrap, &stack.config.kpis_topic)
+                .await
+                .iter()
+                .map(|record| {
+                    let value: Value = serde_json::from_slice(&record.value).expect("JSON");
+                    assert_valid("aftercart/kpis.schema.json", &value);
+                    assert_eq!(record.key_str(), SHOP);
+                    value
+                })
+                .collect();
+            let sum = |field: &str| {
+                records
+                    .iter()
+                    .map(|r| r["yesterday"][field].as_f64().unwrap())
+                    .sum::<f64>()
+            };
+            (sum("orders") == 1.0 && sum("deliveries") == 1.0).then_some(records)
+        })
+        .await;
+        let with_order = kpis
+            .iter()
+            .find(|r| r["yesterday"]["orders"] == 1.0)
+            .unwrap();
+        assert_eq!(with_order["yesterday"]["revenue"]["EUR"], 42.0);
+        assert_eq!(with_order["shop"], SHOP);
+    }
+
+    pub async fn a_cancelled_order_gets_no_timed_touchpoints_and_poison_is_dead_lettered(
+        broker: &Broker,
+    ) {
+        let stack = Stack::start(broker).await;
+        stack.send("orders/paid", order(6, true)).await;
+        stack
+            .send("fulfillment_events/create", carrier(6, "delivered"))
+            .await;
+        stack
+            .send(
+                "orders/cancelled",
+                json!({"id": 6, "cancelled_at": "2026-11-02T00:00:00Z", "cart_token": "cart-6"}),
+            )
+            .await;
+        // A second order without consent: delivered, told, but never asked for a review.
+        stack.send("orders/paid", order(7, false)).await;
+        stack
+            .send("fulfillment_events/create", carrier(7, "delivered"))
+            .await;
+        // Poison: an order id that is not a number.
+        stack
+            .send("fulfillments/update", json!({"id": 1, "order_id": "x"}))
+            .await;
+        let dead = eventually("the dead letter", Duration::from_secs(30), || async {
+            let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+            (!dead.is_empty()).then_some(dead)
+        })
+        .await;
+        assert_eq!(dead.len(), 1);
+        // Order 7's last timer (the reminder, 3 s after its delivery) fired after every timer
+        // order 6 would have had: had the cancellation not stopped them, they would show.
+        eventually("the skipped reminder", Duration::from_secs(30), || async {
+            (stack.service.metric(
+                r#"aftercart_journey_touchpoints_skipped_total{reason="no_consent",type="replenishment_reminder"}"#,
+            ) == 1.0)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            stack.service.metric(
+                r#"aftercart_journey_touchpoints_skipped_total{reason="no_consent",type="review_request"}"#
+            ),
+            1.0
+        );
+        let all = stack.touchpoints().await;
+        let types: Vec<&str> = all.iter().map(|t| t["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "order_confirmed",
+                "delivered",
+                "order_confirmed",
+                "delivered"
+            ]
+        );
+        assert_eq!(
+            stack
+                .service
+                .metric(r#"aftercart_journey_orders_stopped_total{reason="cancelled"}"#),
+            1.0
+        );
+    }
+}
