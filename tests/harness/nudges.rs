@@ -25,6 +25,8 @@ struct Flags {
     nudges: NudgesArgs,
     #[command(flatten)]
     shopify: aftercart_shopify_admin::AdminArgs,
+    #[command(flatten)]
+    state_hash: aftercart_runtime::state_hash::StateHashArgs,
 }
 
 /// A stand-in Klaviyo (202 to every event) and a directory for the config and keys files.
@@ -95,7 +97,7 @@ pub fn test_config_with(
         format!("--nudges-state-topic={prefix}nudges-state"),
         format!("--nudges-dead-letter-topic={prefix}nudges-dead-letter"),
         format!("--nudges-steps={steps}"),
-        "--nudges-identity-key=integration-test-identity-key".to_string(),
+        "--state-hash-key=integration-test-state-hash-key".to_string(),
         format!("--klaviyo-base-url={}", klaviyo.receiver.base()),
     ];
     argv.extend(flags.iter().cloned());
@@ -105,6 +107,7 @@ pub fn test_config_with(
         .validate(
             &test_kafka_args(kafka),
             &flags.shopify,
+            &flags.state_hash,
             Duration::from_secs(10),
             &NudgesDefaults::production(),
         )

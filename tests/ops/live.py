@@ -340,6 +340,7 @@ class LiveStack:
             "AFTERCART_REFERRALS_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             "AFTERCART_AUDIENCES_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             "AFTERCART_JOURNEY_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
+            "AFTERCART_NUDGES_GROUP": f"aftercart-ops-lint-{uuid.uuid4().hex[:8]}",
             # The Deployment's emptyDir.
             "AFTERCART_AUDIENCES_DIR": str(self.workdir / "audiences-alone"),
             # The Deployment mounts it from the aftercart-referrals Secret.

@@ -169,6 +169,11 @@ pub struct NudgesCommand {
     #[command(flatten)]
     pub shopify: aftercart_shopify_admin::AdminArgs,
 
+    /// The shared state hash key (people are matched by hashes keyed with it), as the
+    /// referrals service has it.
+    #[command(flatten)]
+    pub state_hash: aftercart_runtime::state_hash::StateHashArgs,
+
     #[command(flatten)]
     pub process: ProcessArgs,
 }

@@ -331,6 +331,62 @@ fn a_retention_too_long_for_milliseconds_exits_64_instead_of_wrapping() {
 }
 
 #[test]
+fn nudges_need_the_shared_state_hash_key_and_take_the_old_identity_key_as_its_alias() {
+    let nudges = |vars: &[(&str, &str)]| {
+        let mut command = aftercart(&["nudges"]);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        run(&mut command)
+    };
+    // Production has no default: exit 64 naming the shared key, not the old name.
+    let missing = nudges(&[]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("AFTERCART_STATE_HASH_KEY: required"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("IDENTITY_KEY"), "{stderr}");
+    assert!(deprecation_lines(&missing).is_empty());
+
+    // The old name's value arrives under the new one (its too-short value is refused there),
+    // with one warning line naming both and never the value.
+    let old = nudges(&[("AFTERCART_NUDGES_IDENTITY_KEY", "short-5309")]);
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert_eq!(old.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("AFTERCART_STATE_HASH_KEY: must be at least 16 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("5309"), "a key was printed:\n{stderr}");
+    let warnings = deprecation_lines(&old);
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("AFTERCART_NUDGES_IDENTITY_KEY (now AFTERCART_STATE_HASH_KEY)"),
+        "{}",
+        warnings[0]
+    );
+
+    // So does the _FILE variant; a valid key leaves only the missing brokers.
+    let dir = std::env::temp_dir().join(format!("aftercart-nudges-key-{}", unique_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("identity-key");
+    std::fs::write(&file, "an-old-identity-key-of-32-chars\n").unwrap();
+    let from_file = nudges(&[("AFTERCART_NUDGES_IDENTITY_KEY_FILE", file.to_str().unwrap())]);
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&from_file.stderr);
+    assert_eq!(from_file.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("AFTERCART_KAFKA_BROKERS"), "{stderr}");
+    assert!(!stderr.contains("AFTERCART_STATE_HASH_KEY:"), "{stderr}");
+    assert!(!stderr.contains("an-old-identity-key"), "{stderr}");
+    let warnings = deprecation_lines(&from_file);
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0]
+        .contains("AFTERCART_NUDGES_IDENTITY_KEY_FILE (now AFTERCART_STATE_HASH_KEY_FILE)"));
+}
+
+#[test]
 fn unknown_flags_exit_64_and_help_exits_0() {
     assert_eq!(
         run(&mut aftercart(&["ingress", "--no-such-flag"]))
@@ -613,7 +669,11 @@ async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
     })
     .await;
     let count = |kind: &str| touchpoints.iter().filter(|t| *t == kind).count();
-    assert_eq!(count("order_confirmed"), 2, "the buyer's and the friend's");
+    assert_eq!(
+        count("order_confirmed"),
+        3,
+        "the buyer's, the friend's and the one who ordered through another cart"
+    );
     for kind in [
         "shipped",
         "out_for_delivery",

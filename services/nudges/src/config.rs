@@ -9,12 +9,12 @@ use aftercart_delivery::message::KlaviyoConfig;
 use aftercart_delivery::{RetryPolicy, SinkConfig, SinkFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
 use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_runtime::state_hash::StateHashArgs;
 use aftercart_shopify_admin::{AdminArgs, AdminConfig, DiscountValue};
 use serde::Deserialize;
 
 use crate::domain::cadence::{QuietHours, Steps};
 use crate::domain::engine::{Rules, ShopPolicy};
-use crate::domain::identity::IdentityKey;
 
 /// The service's own flags; Kafka, admin and shutdown flags belong to the command running it.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,22 +87,6 @@ pub struct NudgesArgs {
     #[arg(long = "nudges-config", env = "AFTERCART_NUDGES_CONFIG")]
     pub nudges_config: Option<PathBuf>,
 
-    /// Key of the hashes people are matched by (customer id, email, phone); keep it stable.
-    /// Prefer the _FILE variant. Required outside `aftercart dev`.
-    #[arg(
-        long = "nudges-identity-key",
-        env = "AFTERCART_NUDGES_IDENTITY_KEY",
-        hide_env_values = true
-    )]
-    pub nudges_identity_key: Option<String>,
-
-    /// File holding the identity key (e.g. a mounted Kubernetes Secret).
-    #[arg(
-        long = "nudges-identity-key-file",
-        env = "AFTERCART_NUDGES_IDENTITY_KEY_FILE"
-    )]
-    pub nudges_identity_key_file: Option<PathBuf>,
-
     /// Klaviyo's API host; a stand-in for tests.
     #[arg(
         long = "klaviyo-base-url",
@@ -116,8 +100,8 @@ pub struct NudgesArgs {
 #[derive(Debug, Clone)]
 pub struct NudgesDefaults {
     pub steps: &'static str,
-    /// The identity key when none is configured (dev only).
-    pub identity_key: Option<&'static str>,
+    /// The state hash key when none is configured (`aftercart dev` only).
+    pub state_hash_key: Option<&'static str>,
     pub fallback_brokers: Option<String>,
 }
 
@@ -125,7 +109,7 @@ impl NudgesDefaults {
     pub fn production() -> Self {
         Self {
             steps: "1h,24h,72h",
-            identity_key: None,
+            state_hash_key: None,
             fallback_brokers: None,
         }
     }
@@ -242,11 +226,13 @@ pub const DEFAULT_METRIC: &str = "Aftercart Recovery Nudge";
 impl NudgesArgs {
     /// Validates with the command's Kafka flags and shutdown deadline, every problem at once.
     /// `shopify`: the Admin API client's flags (shared with the referrals service), used when
-    /// the file asks for recovery discounts.
+    /// the file asks for recovery discounts. `state_hash`: the shared state hash key's flags
+    /// (one set per process, as `aftercart dev` runs every service).
     pub fn validate(
         &self,
         kafka: &KafkaArgs,
         shopify: &AdminArgs,
+        state_hash: &StateHashArgs,
         shutdown_timeout: Duration,
         defaults: &NudgesDefaults,
     ) -> Result<NudgesConfig, ConfigErrors> {
@@ -260,7 +246,11 @@ impl NudgesArgs {
             "AFTERCART_NUDGES_FREQUENCY_CAP",
             parse_duration(&self.nudges_frequency_cap),
         );
-        let key = self.identity_key(defaults, &mut errors);
+        // People are hashed with the key every service shares; its messages name the setting.
+        let hasher = state_hash
+            .hasher(defaults.state_hash_key)
+            .map_err(|problem| errors.push(problem))
+            .ok();
         let file = match &self.nudges_config {
             None => Some(File::default()),
             Some(path) => errors.check(
@@ -337,45 +327,13 @@ impl NudgesArgs {
                     // Orders and unsubscribes must outlive the wait before an abandonment is
                     // reported; sequence starts, the cap.
                     memory_ms: cap_ms.max(7 * 86_400_000),
-                    key: key.expect("checked"),
+                    hasher: hasher.expect("checked"),
                 },
                 destination: destination.map(|d| d.expect("checked")),
                 discount: discount.flatten(),
                 shutdown_timeout,
             }
         })
-    }
-
-    fn identity_key(
-        &self,
-        defaults: &NudgesDefaults,
-        errors: &mut ConfigErrors,
-    ) -> Option<IdentityKey> {
-        let text = match (&self.nudges_identity_key, &self.nudges_identity_key_file) {
-            (Some(_), Some(_)) => {
-                errors.push("AFTERCART_NUDGES_IDENTITY_KEY and AFTERCART_NUDGES_IDENTITY_KEY_FILE: set one, not both");
-                return None;
-            }
-            (Some(key), None) => key.clone(),
-            (None, Some(path)) => errors.check(
-                "AFTERCART_NUDGES_IDENTITY_KEY_FILE",
-                std::fs::read_to_string(path)
-                    .map(|t| t.trim_end_matches(['\r', '\n']).to_string())
-                    .map_err(|e| format!("cannot read {}: {e}", path.display())),
-            )?,
-            (None, None) => match defaults.identity_key {
-                Some(key) => key.to_string(),
-                None => {
-                    errors.push("AFTERCART_NUDGES_IDENTITY_KEY (or _FILE): required (a random secret of at least 16 characters)");
-                    return None;
-                }
-            },
-        };
-        if text.len() < 16 {
-            errors.push("AFTERCART_NUDGES_IDENTITY_KEY: must be at least 16 characters");
-            return None;
-        }
-        Some(IdentityKey::new(text.as_bytes()))
     }
 
     fn destination(
@@ -503,6 +461,7 @@ fn shop_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aftercart_runtime::state_hash::StateHasher;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -513,6 +472,8 @@ mod tests {
         nudges: NudgesArgs,
         #[command(flatten)]
         shopify: AdminArgs,
+        #[command(flatten)]
+        state_hash: StateHashArgs,
     }
 
     fn validate(args: &[&str], file: Option<&str>) -> Result<NudgesConfig, ConfigErrors> {
@@ -533,9 +494,10 @@ mod tests {
         cli.nudges.validate(
             &cli.kafka,
             &cli.shopify,
+            &cli.state_hash,
             Duration::from_secs(1),
             &NudgesDefaults {
-                identity_key: Some("a dev identity key"),
+                state_hash_key: Some("a dev state hash key"),
                 ..NudgesDefaults::production()
             },
         )
@@ -621,17 +583,33 @@ quiet_hours = "21:00-08:00"
     }
 
     #[test]
-    fn the_identity_key_is_required_outside_dev() {
-        let cli = Cli::try_parse_from(["x", "--kafka-brokers", "localhost:9092"]).unwrap();
-        let errors = cli
-            .nudges
-            .validate(
+    fn the_shared_state_hash_key_is_required_outside_dev() {
+        let production = |args: &[&str]| {
+            let mut argv = vec!["x", "--kafka-brokers", "localhost:9092"];
+            argv.extend_from_slice(args);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            cli.nudges.validate(
                 &cli.kafka,
                 &cli.shopify,
+                &cli.state_hash,
                 Duration::from_secs(1),
                 &NudgesDefaults::production(),
             )
-            .unwrap_err();
-        assert!(errors.to_string().contains("AFTERCART_NUDGES_IDENTITY_KEY"));
+        };
+        let errors = production(&[]).unwrap_err().to_string();
+        assert!(
+            errors.contains("AFTERCART_STATE_HASH_KEY: required"),
+            "{errors}"
+        );
+        let short = production(&["--state-hash-key", "short-secret"])
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("AFTERCART_STATE_HASH_KEY"), "{short}");
+        assert!(!short.contains("short-secret"), "{short}");
+        let config = production(&["--state-hash-key", "a-state-hash-key-of-16"]).unwrap();
+        assert_eq!(
+            config.rules.hasher,
+            StateHasher::new(*b"a-state-hash-key-of-16").unwrap()
+        );
     }
 }

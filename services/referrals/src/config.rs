@@ -8,7 +8,7 @@ use aftercart_runtime::config::{
     check_names, parse_duration, parse_in_range, parse_positive_duration, secret_or_file,
     ConfigErrors,
 };
-use aftercart_runtime::state_hash::StateHasher;
+use aftercart_runtime::state_hash::StateHashArgs;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::discounts::DiscountValue;
 use aftercart_shopify_admin::{AdminArgs, AdminConfig};
@@ -161,15 +161,8 @@ pub struct ReferralsArgs {
     )]
     pub code_secret_file: Option<String>,
 
-    /// Secret of the keyed hashes (HMAC-SHA256) that stand for emails, phones, names with
-    /// addresses and browser IPs in state; shared by every service (required; keep it stable:
-    /// a new key makes every stored fingerprint unknown). Prefer the _FILE variant.
-    #[arg(long, env = "AFTERCART_STATE_HASH_KEY", hide_env_values = true)]
-    pub state_hash_key: Option<String>,
-
-    /// File holding the state hash key (e.g. a mounted Kubernetes Secret).
-    #[arg(long, env = "AFTERCART_STATE_HASH_KEY_FILE")]
-    pub state_hash_key_file: Option<String>,
+    #[command(flatten)]
+    pub state_hash: StateHashArgs,
 
     /// Prefix of every referral code.
     #[arg(
@@ -598,13 +591,11 @@ impl ReferralsArgs {
         }
         let secret = self.code_secret(&mut errors, defaults);
         // Its messages name the setting (the key or its _FILE variant) themselves.
-        let hasher = StateHasher::from_settings(
-            self.state_hash_key.as_deref(),
-            self.state_hash_key_file.as_deref(),
-            defaults.state_hash_key.as_deref(),
-        )
-        .map_err(|problem| errors.push(problem))
-        .ok();
+        let hasher = self
+            .state_hash
+            .hasher(defaults.state_hash_key.as_deref())
+            .map_err(|problem| errors.push(problem))
+            .ok();
         let webhook_wanted = self
             .webhook
             .url

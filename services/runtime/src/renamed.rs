@@ -103,6 +103,12 @@ pub const RENAMED: &[Renamed] = &[
         "AFTERCART_META_BASE_URL",
         "AFTERCART_AUDIENCES_META_BASE_URL",
     ),
+    // Nudges hashed people with a key of its own; it shares the state hash key now.
+    Renamed::new("AFTERCART_NUDGES_IDENTITY_KEY", "AFTERCART_STATE_HASH_KEY"),
+    Renamed::new(
+        "AFTERCART_NUDGES_IDENTITY_KEY_FILE",
+        "AFTERCART_STATE_HASH_KEY_FILE",
+    ),
     Renamed::new(
         "AFTERCART_PUBLISH_DEADLINE",
         "AFTERCART_INGRESS_PUBLISH_DEADLINE",
@@ -334,6 +340,7 @@ pub fn apply_to_process_env() -> Deprecations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state_hash::{STATE_HASH_KEY, STATE_HASH_KEY_FILE};
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
@@ -415,6 +422,26 @@ mod tests {
     }
 
     #[test]
+    fn the_nudges_identity_key_is_the_shared_state_hash_key() {
+        let (copies, found) = resolve(env(&[(
+            "AFTERCART_NUDGES_IDENTITY_KEY_FILE",
+            "/run/secrets/identity-key",
+        )]));
+        assert_eq!(
+            copies,
+            vec![(
+                "AFTERCART_STATE_HASH_KEY_FILE",
+                OsString::from("/run/secrets/identity-key")
+            )]
+        );
+        assert_eq!(found.warning().map(|w| w.lines().count()), Some(1));
+        assert_eq!(
+            new_name("AFTERCART_NUDGES_IDENTITY_KEY"),
+            Some(STATE_HASH_KEY)
+        );
+    }
+
+    #[test]
     fn no_old_name_no_warning() {
         let (copies, found) = resolve(env(&[("AFTERCART_LOG", "info")]));
         assert!(copies.is_empty());
@@ -430,11 +457,13 @@ mod tests {
         for r in RENAMED {
             assert!(new_name(r.new).is_none(), "{} is itself renamed", r.new);
             let service = r.new.trim_start_matches("AFTERCART_").split('_').next();
+            let shared = [STATE_HASH_KEY, STATE_HASH_KEY_FILE].contains(&r.new);
             assert!(
-                matches!(
-                    service,
-                    Some("ABANDONMENT" | "AUDIENCES" | "INGRESS" | "REFERRALS")
-                ),
+                shared
+                    || matches!(
+                        service,
+                        Some("ABANDONMENT" | "AUDIENCES" | "INGRESS" | "REFERRALS")
+                    ),
                 "{} names no service",
                 r.new
             );

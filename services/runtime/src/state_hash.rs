@@ -26,6 +26,38 @@ impl fmt::Debug for StateHasher {
     }
 }
 
+/// The key's settings, flattened into every service that hashes state (`aftercart dev` holds
+/// them once and hands them to each service).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StateHashArgs {
+    /// Secret of the keyed hashes (HMAC-SHA256) that stand for emails, phones, names with
+    /// addresses and browser IPs in state; shared by every service (required; keep it stable:
+    /// a new key makes every stored fingerprint unknown). Prefer the _FILE variant.
+    // The nudges' former flag names (their variables are in `renamed`) still work.
+    #[arg(
+        long,
+        alias = "nudges-identity-key",
+        env = STATE_HASH_KEY,
+        hide_env_values = true
+    )]
+    pub state_hash_key: Option<String>,
+
+    /// File holding the state hash key (e.g. a mounted Kubernetes Secret).
+    #[arg(long, alias = "nudges-identity-key-file", env = STATE_HASH_KEY_FILE)]
+    pub state_hash_key_file: Option<String>,
+}
+
+impl StateHashArgs {
+    /// The hasher these settings name; see [`StateHasher::from_settings`].
+    pub fn hasher(&self, dev_default: Option<&str>) -> Result<StateHasher, String> {
+        StateHasher::from_settings(
+            self.state_hash_key.as_deref(),
+            self.state_hash_key_file.as_deref(),
+            dev_default,
+        )
+    }
+}
+
 impl StateHasher {
     /// A hasher with this key; at least 16 bytes.
     pub fn new(key: impl Into<Vec<u8>>) -> Result<StateHasher, String> {

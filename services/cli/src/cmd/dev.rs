@@ -57,8 +57,6 @@ const DEV_KPI_DAY: &str = "1m";
 const DEV_FLUSH_INTERVAL: &str = "5s";
 /// Short enough for `make demo` to show a nudge within a minute of the abandonment.
 const DEV_NUDGE_STEPS: &str = "15s,45s";
-/// People are matched by hashes keyed with this locally (not a secret either).
-const DEV_IDENTITY_KEY: &str = "aftercart-dev-nudges-identity-key";
 /// The nudges configuration the dev stack runs when none is given and it exists (file
 /// destination, short steps).
 const DEV_NUDGES_CONFIG: &str = "examples/nudges.toml";
@@ -105,7 +103,7 @@ pub async fn run(args: DevArgs) -> i32 {
     };
     let nudges_defaults = NudgesDefaults {
         steps: DEV_NUDGE_STEPS,
-        identity_key: Some(DEV_IDENTITY_KEY),
+        state_hash_key: Some(DEV_STATE_HASH_KEY),
         fallback_brokers: fallback_brokers.clone(),
     };
     let journey_defaults = JourneyDefaults {
@@ -154,6 +152,7 @@ pub async fn run(args: DevArgs) -> i32 {
         .validate(
             &args.ingress.kafka,
             &args.referrals.shopify,
+            &args.referrals.state_hash,
             shutdown_timeout,
             &nudges_defaults,
         )

@@ -10,10 +10,17 @@ pub async fn run(command: NudgesCommand) -> i32 {
         kafka,
         nudges,
         shopify,
+        state_hash,
         process,
     } = command;
     run_command::<NudgesService>(&process, |shutdown| {
-        nudges.validate(&kafka, &shopify, shutdown, &NudgesDefaults::production())
+        nudges.validate(
+            &kafka,
+            &shopify,
+            &state_hash,
+            shutdown,
+            &NudgesDefaults::production(),
+        )
     })
     .await
 }

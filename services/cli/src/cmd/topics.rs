@@ -89,6 +89,7 @@ impl TopicFlags {
         // Only topic names are needed here: placeholders stand in for unset secrets.
         // The nudges read the Admin API flags the referrals flags carry (one set per process).
         let shopify = referrals.shopify.clone();
+        let state_hash = referrals.state_hash.clone();
         let referrals = referrals
             .validate(
                 &kafka,
@@ -118,14 +119,15 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
-        // Only topic names are needed here: a placeholder stands in for an unset identity key.
+        // Only topic names are needed here: a placeholder stands in for an unset state hash key.
         let nudges = nudges
             .validate(
                 &kafka,
                 &shopify,
+                &state_hash,
                 std::time::Duration::ZERO,
                 &NudgesDefaults {
-                    identity_key: Some("placeholder: topics only"),
+                    state_hash_key: Some("placeholder: topics only"),
                     ..NudgesDefaults::production()
                 },
             )

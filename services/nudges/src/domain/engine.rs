@@ -9,10 +9,11 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
+use aftercart_runtime::state_hash::StateHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::cadence::{schedule, QuietHours, Steps};
-use crate::domain::identity::IdentityKey;
+use crate::domain::identity;
 use crate::domain::input::{Channels, ContactFacts, Input, OrderFacts};
 use crate::domain::nudge::{event_id, Contact, EmittedNudge, Nudge};
 
@@ -35,7 +36,8 @@ pub struct Rules {
     /// How long orders, unsubscribes and sequence starts of a person are remembered (at least
     /// the cap window, and the delay before an abandonment is reported).
     pub memory_ms: i64,
-    pub key: IdentityKey,
+    /// The shared state hash the people are hashed with.
+    pub hasher: StateHasher,
 }
 
 impl Rules {
@@ -292,7 +294,10 @@ impl Engine {
         let mut state = Partition::default();
         for (key, entity) in entities {
             match entity {
-                Entity::Sequence(sequence) => state.insert(*sequence),
+                Entity::Sequence(mut sequence) => {
+                    self.rehash(&mut sequence);
+                    state.insert(*sequence);
+                }
                 Entity::Person(person) => {
                     if let Some(hash) = key.strip_prefix("person/") {
                         state.people.insert(hash.to_string(), person);
@@ -301,6 +306,23 @@ impl Engine {
             }
         }
         self.partitions.insert(partition, state);
+    }
+
+    /// Adds the current key's hashes of a restored sequence's contact to the stored ones: a
+    /// sequence written under another key (the nudges' former identity key, or before a key
+    /// change) is then still found by a redaction or an order. The stored ones are kept: an
+    /// unsubscribe may have cleared the email or phone they came from.
+    fn rehash(&self, sequence: &mut Sequence) {
+        let facts = ContactFacts {
+            customer_id: sequence.customer.customer_id,
+            email: sequence.customer.email.clone(),
+            phone: sequence.customer.phone.clone(),
+        };
+        for hash in identity::hashes(&self.rules.hasher, &sequence.shop, &facts) {
+            if !sequence.identities.contains(&hash) {
+                sequence.identities.push(hash);
+            }
+        }
     }
 
     pub fn revoke(&mut self, partition: i32) {
@@ -371,7 +393,7 @@ impl Engine {
             email: customer.email.clone(),
             phone: customer.phone.clone(),
         };
-        let identities = self.rules.key.hashes(shop, &facts);
+        let identities = identity::hashes(&self.rules.hasher, shop, &facts);
         let state = self.partitions.entry(partition).or_default();
         if state.sequences.contains_key(&event.journey_key) {
             return Vec::new(); // a redelivery
@@ -468,7 +490,7 @@ impl Engine {
         order: OrderFacts,
         at_ms: i64,
     ) -> Vec<Effect> {
-        let hashes = self.rules.key.hashes(shop, &order.buyer);
+        let hashes = identity::hashes(&self.rules.hasher, shop, &order.buyer);
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
         for hash in &hashes {
@@ -500,7 +522,7 @@ impl Engine {
         channels: Channels,
         at_ms: i64,
     ) -> Vec<Effect> {
-        let hashes = self.rules.key.hashes(shop, facts);
+        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
         let unsubscribing = channels.email == Some(false) || channels.sms == Some(false);
@@ -547,7 +569,7 @@ impl Engine {
     }
 
     fn redact_customer(&mut self, partition: i32, shop: &str, facts: &ContactFacts) -> Vec<Effect> {
-        let hashes = self.rules.key.hashes(shop, facts);
+        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Vec::new();
         };

@@ -1,60 +1,33 @@
-//! Who a person is, as keyed hashes: HMAC-SHA256 (the service's identity key) of the shop and
-//! the customer id, the canonical email or the phone's digits. The state matches an order to an
-//! earlier abandonment by any of them without holding the identifier itself, and a leaked state
-//! topic cannot be reversed with a dictionary of emails unless the key leaked too.
+//! Who a person is, as keyed hashes: the shared state hash (`AFTERCART_STATE_HASH_KEY`) of the
+//! shop and the customer id, the email or the phone, each normalised as every consumer compares
+//! them (`aftercart_shopify::privacy`). The state matches an order to an earlier abandonment by
+//! any of them without holding the identifier itself, and a leaked state topic cannot be
+//! reversed with a dictionary of emails unless the key leaked too.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use aftercart_runtime::state_hash::StateHasher;
+use aftercart_shopify::privacy::{normal_email, normal_phone};
 
 use crate::domain::input::ContactFacts;
 
-#[derive(Clone)]
-pub struct IdentityKey(Vec<u8>);
+/// The hashes' domain: keeps them apart from other services' hashes of the same value.
+const DOMAIN: &str = "nudges";
 
-impl std::fmt::Debug for IdentityKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IdentityKey(…)")
+/// Every hash of a person of `shop`: by id, by email, by phone (those known).
+pub fn hashes(hasher: &StateHasher, shop: &str, facts: &ContactFacts) -> Vec<String> {
+    // Shop domains hold no `/`, so `<shop>/<value>` names one shop and one value.
+    let hash =
+        |kind: &str, value: &str| hasher.fingerprint(DOMAIN, kind, &format!("{shop}/{value}"));
+    let mut hashes = Vec::new();
+    if let Some(id) = facts.customer_id {
+        hashes.push(hash("id", &id.to_string()));
     }
-}
-
-impl IdentityKey {
-    pub fn new(key: &[u8]) -> IdentityKey {
-        IdentityKey(key.to_vec())
+    if let Some(email) = facts.email.as_deref().and_then(normal_email) {
+        hashes.push(hash("email", &email));
     }
-
-    fn hash(&self, shop: &str, kind: &str, value: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(format!("{shop}\0{kind}\0{value}").as_bytes());
-        let digest = mac.finalize().into_bytes();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    if let Some(phone) = facts.phone.as_deref().and_then(normal_phone) {
+        hashes.push(hash("phone", &phone));
     }
-
-    /// Every hash of a person of `shop`: by id, by email, by phone (those known).
-    pub fn hashes(&self, shop: &str, facts: &ContactFacts) -> Vec<String> {
-        let mut hashes = Vec::new();
-        if let Some(id) = facts.customer_id {
-            hashes.push(self.hash(shop, "id", &id.to_string()));
-        }
-        if let Some(email) = facts.email.as_deref().and_then(canonical_email) {
-            hashes.push(self.hash(shop, "email", &email));
-        }
-        if let Some(phone) = facts.phone.as_deref().and_then(canonical_phone) {
-            hashes.push(self.hash(shop, "phone", &phone));
-        }
-        hashes
-    }
-}
-
-/// Trimmed and lower-cased; `None` when it is not an address.
-pub fn canonical_email(email: &str) -> Option<String> {
-    let email = email.trim().to_lowercase();
-    email.contains('@').then_some(email)
-}
-
-/// The digits, with a leading `+` kept (E.164 as Shopify sends it); `None` under 6 digits.
-pub fn canonical_phone(phone: &str) -> Option<String> {
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    (digits.len() >= 6).then(|| format!("+{}", digits.trim_start_matches('0')))
+    hashes
 }
 
 #[cfg(test)]
@@ -69,32 +42,50 @@ mod tests {
         }
     }
 
+    fn hasher(key: &[u8; 16]) -> StateHasher {
+        StateHasher::new(*key).unwrap()
+    }
+
     #[test]
     fn the_same_person_hashes_the_same_whatever_the_spelling() {
-        let key = IdentityKey::new(b"k");
-        let a = key.hashes("s", &facts(None, Some(" Ann@Example.com "), None));
-        let b = key.hashes("s", &facts(None, Some("ann@example.com"), None));
+        let key = hasher(b"nudges-test-key!");
+        let a = hashes(&key, "s", &facts(None, Some(" Ann@Example.com "), None));
+        let b = hashes(&key, "s", &facts(None, Some("ann@example.com"), None));
         assert_eq!(a, b);
-        let p = key.hashes("s", &facts(None, None, Some("+33 6 00 00 00 00")));
-        let q = key.hashes("s", &facts(None, None, Some("+33600000000")));
+        let p = hashes(&key, "s", &facts(None, None, Some("+33 6 00 00 00 00")));
+        let q = hashes(&key, "s", &facts(None, None, Some("+33600000000")));
         assert_eq!(p, q);
+        // With or without the country code, as the redactions compare phones.
+        let national = hashes(&key, "s", &facts(None, None, Some("07700 900123")));
+        let international = hashes(&key, "s", &facts(None, None, Some("+44 7700 900123")));
+        assert_eq!(national, international);
     }
 
     #[test]
     fn hashes_depend_on_the_key_the_shop_and_the_kind() {
-        let one = IdentityKey::new(b"one").hashes("s", &facts(Some(7), None, None));
-        let two = IdentityKey::new(b"two").hashes("s", &facts(Some(7), None, None));
-        let other_shop = IdentityKey::new(b"one").hashes("t", &facts(Some(7), None, None));
+        let one = hashes(
+            &hasher(b"nudges-test-key1"),
+            "s",
+            &facts(Some(7), None, None),
+        );
+        let two = hashes(
+            &hasher(b"nudges-test-key2"),
+            "s",
+            &facts(Some(7), None, None),
+        );
+        let other_shop = hashes(
+            &hasher(b"nudges-test-key1"),
+            "t",
+            &facts(Some(7), None, None),
+        );
         assert_ne!(one, two);
         assert_ne!(one, other_shop);
         assert_eq!(one[0].len(), 32);
-    }
-
-    #[test]
-    fn debug_never_prints_the_key() {
-        assert_eq!(
-            format!("{:?}", IdentityKey::new(b"secret")),
-            "IdentityKey(…)"
+        let as_phone = hashes(
+            &hasher(b"nudges-test-key1"),
+            "s",
+            &facts(None, None, Some("0000007")),
         );
+        assert_ne!(one, as_phone);
     }
 }

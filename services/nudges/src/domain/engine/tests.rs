@@ -20,7 +20,7 @@ pub(crate) fn rules() -> Rules {
         shops: HashMap::new(),
         cap_ms: 7 * 24 * HOUR,
         memory_ms: 30 * 24 * HOUR,
-        key: IdentityKey::new(b"test"),
+        hasher: StateHasher::new(*b"nudges-test-state-hash-key").unwrap(),
     }
 }
 
@@ -517,4 +517,49 @@ fn overdue_steps_are_counted_in_every_partition() {
     }
     // At 12:00 the 11:00 steps are an hour late; the 21:00 ones are not due.
     assert_eq!(e.sizes(T0 + 2 * HOUR, MIN), (4, 2));
+}
+
+#[test]
+fn a_sequence_restored_under_a_new_state_hash_key_is_still_found_by_a_redaction_and_an_order() {
+    // Sequences written under the nudges' former key (or before a key change) hold hashes
+    // the current key never produces: restoring must hash their contact again, or a redaction
+    // would leave the contact details in state until the sequence ends.
+    let mut before = Engine::new(Rules {
+        hasher: StateHasher::new(*b"the-former-nudges-identity-key").unwrap(),
+        ..rules()
+    });
+    before.assign(0, HashMap::new());
+    let started = before.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let restored: HashMap<String, Entity> = started
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist {
+                key,
+                entity: Some(entity),
+            } => Some((key.clone(), (**entity).clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(!restored.is_empty());
+
+    let redact = shopify(
+        "compliance",
+        "customers/redact",
+        serde_json::json!({"customer": {"email": " Ann@Example.com"}}),
+    );
+    let mut after = Engine::new(rules());
+    after.assign(0, restored.clone());
+    let effects = after.apply(0, SHOP, redact, T0 + MIN);
+    assert_eq!(suppressed(&effects), [Suppressed::Redacted]);
+    assert!(nudges(&after.fire_due(T0 + 100 * HOUR)).is_empty());
+
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "checkout_token": "other", "customer": {"id": 42}}),
+    );
+    let mut after = Engine::new(rules());
+    after.assign(0, restored);
+    let effects = after.apply(0, SHOP, order, T0 + MIN);
+    assert_eq!(suppressed(&effects), [Suppressed::Purchased]);
 }
