@@ -52,7 +52,8 @@ pub struct Cli {
         long,
         env = "AFTERCART_ALLOW_INSECURE_HTTP",
         default_value = "false",
-        global = true
+        global = true,
+        help_heading = "Outbound HTTP"
     )]
     pub allow_insecure_http: String,
 
