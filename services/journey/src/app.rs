@@ -159,8 +159,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let watchdog = crate::watchdog::WatchdogMetrics::register(registry)?;
-    let service = crate::consumer::build(config, metrics, watchdog, ready)?;
+    let service = crate::consumer::build(config, metrics, ready)?;
     tracing::info!(group = %config.group, touchpoints = %config.touchpoints_topic, relays_invites = config.rules.relay_invites, destination = forwarder.is_some(), "Journey service consuming.");
     // One failing stops the other: both are this service.
     let inner = stop.child_token();

@@ -61,7 +61,6 @@ pub fn source_topics(config: &JourneyConfig) -> Vec<(String, &'static str)> {
 pub fn build(
     config: &JourneyConfig,
     metrics: JourneyMetrics,
-    watchdog_metrics: WatchdogMetrics,
     ready: Readiness,
 ) -> Result<Loop, LoopError> {
     let topics = StageTopics {
@@ -78,11 +77,11 @@ pub fn build(
     };
     let logic = Journey {
         engine: Engine::new(config.rules.clone()),
-        metrics,
         last_expiry: Instant::now(),
         watchdog: Watchdog::new(config.watchdog.clone()),
-        watchdog_metrics,
+        watchdog_metrics: metrics.watchdog.clone(),
         watchdog_pending: Vec::new(),
+        metrics,
     };
     Stage::new(
         config.kafka.clone(),

@@ -148,6 +148,8 @@ pub fn pace_entity(shop: &str) -> String {
 /// A changelog value of the journey stage: the engine's entities, or a watchdog pace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+// Like the engine's entities, stored values move boxed through the stage.
+#[allow(clippy::large_enum_variant)]
 pub enum Stored {
     Pace(PaceRecord),
     Journey(Entity),
@@ -226,7 +228,7 @@ impl Watchdog {
         let at_ms = known.map_or(at_ms, |k| k.max(at_ms));
         self.latest.retain(|(_, s)| s != shop);
         self.latest.push((at_ms, shop.to_string()));
-        self.latest.sort_by(|a, b| b.0.cmp(&a.0));
+        self.latest.sort_by_key(|l| std::cmp::Reverse(l.0));
         self.latest.truncate(2);
     }
 
@@ -371,7 +373,7 @@ impl Watchdog {
             .iter()
             .map(|(s, w)| (w.pace.last_ms, s))
             .collect();
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|l| std::cmp::Reverse(l.0));
         self.latest = all
             .into_iter()
             .take(2)
