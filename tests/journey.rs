@@ -16,6 +16,7 @@ mod scenarios {
     use std::time::Duration;
 
     use aftercart_journey::JourneyConfig;
+    use aftercart_tests::delivery::{produce_at, Input};
     use aftercart_tests::http::Webhook;
     use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
     use aftercart_tests::journey::{test_config, TestJourney};
@@ -301,37 +302,32 @@ mod scenarios {
     /// Produces order webhooks as the ingress would, with their ingress time set in the past
     /// (the watchdog judges on the records' timestamps), each shop's in order.
     async fn orders_at(broker: &Broker, topic: &str, orders: &[(&str, u64, i64)]) {
-        use rdkafka::message::{Header, OwnedHeaders};
-        use rdkafka::producer::{FutureProducer, FutureRecord};
-        let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", broker.bootstrap());
-        for (key, value) in broker.client_properties() {
-            config.set(key, value);
-        }
-        let producer: FutureProducer = config.create().expect("test producer");
-        for (shop, id, at_ms) in orders {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "shopify-topic",
-                    value: Some("orders/create"),
-                })
-                .insert(Header {
-                    key: "shopify-shop-domain",
-                    value: Some(*shop),
-                });
-            let body = order(*id, true).to_string();
-            producer
-                .send(
-                    FutureRecord::to(topic)
-                        .key(*shop)
-                        .payload(&body)
-                        .headers(headers)
-                        .timestamp(*at_ms),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("produced");
-        }
+        let bodies: Vec<String> = orders
+            .iter()
+            .map(|(_, id, _)| order(*id, true).to_string())
+            .collect();
+        let headers: Vec<[(&str, &str); 2]> = orders
+            .iter()
+            .map(|(shop, _, _)| {
+                [
+                    ("shopify-topic", "orders/create"),
+                    ("shopify-shop-domain", *shop),
+                ]
+            })
+            .collect();
+        let records: Vec<(Input<'_>, i64)> = orders
+            .iter()
+            .enumerate()
+            .map(|(n, (shop, _, at))| {
+                let input = Input {
+                    key: shop,
+                    value: bodies[n].as_bytes(),
+                    headers: &headers[n],
+                };
+                (input, *at)
+            })
+            .collect();
+        produce_at(broker, topic, &records).await;
     }
 
     pub async fn a_shop_whose_orders_stop_while_others_continue_is_flagged_until_it_orders_again(

@@ -30,8 +30,8 @@ fn orders(dog: &mut Watchdog, shops: &[&str], from: i64, until: i64, every: i64)
     changes
 }
 
-#[test]
-fn a_shop_silent_while_others_continue_is_flagged_once() {
+/// a and b order every 30 minutes for 12 hours, then only b until `until`.
+fn a_stops_at_noon(until: i64) -> Watchdog {
     let mut dog = Watchdog::new(WatchdogRules::default());
     orders(
         &mut dog,
@@ -40,6 +40,25 @@ fn a_shop_silent_while_others_continue_is_flagged_once() {
         12 * HOUR,
         30 * MIN,
     );
+    orders(&mut dog, &["b.myshopify.com"], 12 * HOUR, until, 30 * MIN);
+    dog
+}
+
+/// A new watchdog with `dog`'s paces restored in partition 0.
+fn restarted(dog: &Watchdog) -> Watchdog {
+    let paces = dog
+        .shops
+        .iter()
+        .map(|(s, w)| (s.clone(), w.pace.clone()))
+        .collect();
+    let mut restarted = Watchdog::new(WatchdogRules::default());
+    restarted.assign(0, paces);
+    restarted
+}
+
+#[test]
+fn a_shop_silent_while_others_continue_is_flagged_once() {
+    let mut dog = a_stops_at_noon(12 * HOUR);
     let last_a = 12 * HOUR - 30 * MIN;
     // b keeps ordering; a's usual gap is 30 minutes, so the minimum silence (6h) decides.
     let early = orders(
@@ -183,21 +202,7 @@ fn paid_right_after_create_does_not_shrink_the_usual_gap() {
 
 #[test]
 fn an_order_after_the_silence_recovers_the_shop() {
-    let mut dog = Watchdog::new(WatchdogRules::default());
-    orders(
-        &mut dog,
-        &["a.myshopify.com", "b.myshopify.com"],
-        0,
-        12 * HOUR,
-        30 * MIN,
-    );
-    orders(
-        &mut dog,
-        &["b.myshopify.com"],
-        12 * HOUR,
-        20 * HOUR,
-        30 * MIN,
-    );
+    let mut dog = a_stops_at_noon(20 * HOUR);
     assert_eq!(dog.sizes().0, 1);
     let step = dog.observe(3, "a.myshopify.com", 20 * HOUR);
     assert_eq!(
@@ -234,27 +239,17 @@ fn memory_stays_bounded_by_the_shop_cap() {
 
 #[test]
 fn a_shop_that_left_the_app_or_stayed_silent_for_a_month_is_forgotten() {
-    let mut dog = Watchdog::new(WatchdogRules::default());
-    orders(
-        &mut dog,
-        &["a.myshopify.com", "b.myshopify.com"],
-        0,
-        12 * HOUR,
-        30 * MIN,
-    );
+    let mut dog = a_stops_at_noon(12 * HOUR);
     let mut step = Step::default();
     dog.forget("a.myshopify.com", &mut step);
     assert_eq!(step.persist, [(0, "a.myshopify.com".to_string(), None)]);
     // c's orders go on: b is flagged, a (gone) is not.
     let changes = orders(&mut dog, &["c.myshopify.com"], 12 * HOUR, 40 * HOUR, HOUR);
-    let flagged: Vec<&str> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Silent { shop, .. } => Some(shop.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(flagged, ["b.myshopify.com"]);
+    let step = Step {
+        changes,
+        ..Step::default()
+    };
+    assert_eq!(silent_shops(&step), ["b.myshopify.com"]);
     // b is forgotten after 30 days of silence.
     orders(
         &mut dog,
@@ -268,28 +263,8 @@ fn a_shop_that_left_the_app_or_stayed_silent_for_a_month_is_forgotten() {
 
 #[test]
 fn restored_paces_keep_the_flag_and_the_clock() {
-    let mut dog = Watchdog::new(WatchdogRules::default());
-    orders(
-        &mut dog,
-        &["a.myshopify.com", "b.myshopify.com"],
-        0,
-        12 * HOUR,
-        30 * MIN,
-    );
-    orders(
-        &mut dog,
-        &["b.myshopify.com"],
-        12 * HOUR,
-        20 * HOUR,
-        30 * MIN,
-    );
-    let paces: Vec<(String, Pace)> = dog
-        .shops
-        .iter()
-        .map(|(s, w)| (s.clone(), w.pace.clone()))
-        .collect();
-    let mut restarted = Watchdog::new(WatchdogRules::default());
-    restarted.assign(0, paces);
+    let dog = a_stops_at_noon(20 * HOUR);
+    let mut restarted = restarted(&dog);
     assert_eq!(restarted.sizes(), (1, 2));
     assert!(restarted.judge().changes.is_empty(), "not flagged twice");
     restarted.revoke(0);
@@ -299,28 +274,8 @@ fn restored_paces_keep_the_flag_and_the_clock() {
 
 #[test]
 fn a_shop_silent_across_a_restart_is_still_flagged() {
-    let mut dog = Watchdog::new(WatchdogRules::default());
-    orders(
-        &mut dog,
-        &["a.myshopify.com", "b.myshopify.com"],
-        0,
-        12 * HOUR,
-        30 * MIN,
-    );
-    orders(
-        &mut dog,
-        &["b.myshopify.com"],
-        12 * HOUR,
-        15 * HOUR,
-        30 * MIN,
-    );
-    let paces = dog
-        .shops
-        .iter()
-        .map(|(s, w)| (s.clone(), w.pace.clone()))
-        .collect();
-    let mut restarted = Watchdog::new(WatchdogRules::default());
-    restarted.assign(0, paces);
+    let dog = a_stops_at_noon(15 * HOUR);
+    let mut restarted = restarted(&dog);
     let changes = orders(
         &mut restarted,
         &["b.myshopify.com"],
