@@ -8,6 +8,7 @@ use aftercart_tests::broker_tests;
 broker_tests!(
     a_delivered_order_is_told_step_by_step_then_asked_for_a_review_and_reminded,
     a_cancelled_order_gets_no_timed_touchpoints_and_poison_is_dead_lettered,
+    a_shop_whose_orders_stop_while_others_continue_is_flagged_until_it_orders_again,
 );
 
 mod scenarios {
@@ -15,6 +16,7 @@ mod scenarios {
     use std::time::Duration;
 
     use aftercart_journey::JourneyConfig;
+    use aftercart_tests::delivery::{produce_at, Input};
     use aftercart_tests::http::Webhook;
     use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
     use aftercart_tests::journey::{test_config, TestJourney};
@@ -311,6 +313,90 @@ mod scenarios {
             stack
                 .service
                 .metric(r#"aftercart_journey_orders_stopped_total{reason="cancelled"}"#),
+            1.0
+        );
+    }
+
+    /// Produces order webhooks as the ingress would, with their ingress time set in the past
+    /// (the watchdog judges on the records' timestamps), each shop's in order.
+    async fn orders_at(broker: &Broker, topic: &str, orders: &[(&str, u64, i64)]) {
+        let bodies: Vec<String> = orders
+            .iter()
+            .map(|(_, id, _)| order(*id, true).to_string())
+            .collect();
+        let headers: Vec<[(&str, &str); 2]> = orders
+            .iter()
+            .map(|(shop, _, _)| {
+                [
+                    ("shopify-topic", "orders/create"),
+                    ("shopify-shop-domain", *shop),
+                ]
+            })
+            .collect();
+        let records: Vec<(Input<'_>, i64)> = orders
+            .iter()
+            .enumerate()
+            .map(|(n, (shop, _, at))| {
+                let input = Input {
+                    key: shop,
+                    value: bodies[n].as_bytes(),
+                    headers: &headers[n],
+                };
+                (input, *at)
+            })
+            .collect();
+        produce_at(broker, topic, &records).await;
+    }
+
+    pub async fn a_shop_whose_orders_stop_while_others_continue_is_flagged_until_it_orders_again(
+        broker: &Broker,
+    ) {
+        const MIN: i64 = 60_000;
+        let stack = Stack::start(broker).await;
+        let topic = aftercart_kafka::TopicNames::new(&stack.config.kafka.topic_prefix)
+            .family(aftercart_shopify::Family::Orders);
+        let now = aftercart_shopify::time::now_ms();
+        let start = now - 20 * 60 * MIN;
+        let (quiet, busy) = ("quiet.myshopify.com", "busy.myshopify.com");
+        // Both order every 30 minutes for 6 hours (history enough to be judged), then only
+        // `busy` goes on for 7 more hours: `quiet` is silent past the 6-hour minimum.
+        let mut orders = Vec::new();
+        for n in 0..12 {
+            orders.push((quiet, 100 + n as u64, start + n * 30 * MIN));
+        }
+        for n in 0..26 {
+            orders.push((busy, 200 + n as u64, start + n * 30 * MIN + MIN));
+        }
+        orders_at(broker, &topic, &orders).await;
+        eventually(
+            "the quiet shop flagged",
+            Duration::from_secs(60),
+            || async {
+                (stack.service.metric("aftercart_journey_silent_shops") == 1.0).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(stack.service.metric("aftercart_journey_watched_shops"), 2.0);
+        assert_eq!(
+            stack
+                .service
+                .metric("aftercart_journey_silent_shops_flagged_total"),
+            1.0
+        );
+        // Its orders arrive again (the subscription recreated): the flag clears.
+        orders_at(broker, &topic, &[(quiet, 300, now)]).await;
+        eventually(
+            "the quiet shop recovered",
+            Duration::from_secs(60),
+            || async {
+                (stack.service.metric("aftercart_journey_silent_shops") == 0.0).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            stack
+                .service
+                .metric("aftercart_journey_silent_shops_flagged_total"),
             1.0
         );
     }

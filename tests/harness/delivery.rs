@@ -92,12 +92,36 @@ pub async fn produce(broker: &Broker, topic: &str, records: &[Input<'_>]) -> Vec
     .await
 }
 
+/// [`produce`] with each record's timestamp (ms since the epoch), e.g. an ingress time in the
+/// past.
+pub async fn produce_at(broker: &Broker, topic: &str, records: &[(Input<'_>, i64)]) {
+    let timed: Vec<(&Input<'_>, Option<i64>)> =
+        records.iter().map(|(r, at)| (r, Some(*at))).collect();
+    send(
+        &broker.bootstrap(),
+        &broker.client_properties(),
+        topic,
+        &timed,
+    )
+    .await;
+}
+
 /// [`produce`] through `bootstrap` with these client properties (e.g. a TLS broker's).
 pub async fn produce_with(
     bootstrap: &str,
     properties: &[(String, String)],
     topic: &str,
     records: &[Input<'_>],
+) -> Vec<(i32, i64)> {
+    let untimed: Vec<(&Input<'_>, Option<i64>)> = records.iter().map(|r| (r, None)).collect();
+    send(bootstrap, properties, topic, &untimed).await
+}
+
+async fn send(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    records: &[(&Input<'_>, Option<i64>)],
 ) -> Vec<(i32, i64)> {
     let mut config = ClientConfig::new();
     config
@@ -108,7 +132,7 @@ pub async fn produce_with(
     }
     let producer: FutureProducer = config.create().expect("test producer");
     let mut landed = Vec::new();
-    for record in records {
+    for (record, at) in records {
         let mut headers = OwnedHeaders::new();
         for (key, value) in record.headers {
             headers = headers.insert(Header {
@@ -116,14 +140,15 @@ pub async fn produce_with(
                 value: Some(*value),
             });
         }
+        let mut future = FutureRecord::to(topic)
+            .key(record.key)
+            .payload(record.value)
+            .headers(headers);
+        if let Some(at) = at {
+            future = future.timestamp(*at);
+        }
         let sent = producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(record.key)
-                    .payload(record.value)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
+            .send(future, Duration::from_secs(10))
             .await
             .expect("produced");
         landed.push((sent.partition, sent.offset));

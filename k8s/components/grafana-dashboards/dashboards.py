@@ -637,6 +637,13 @@ def business():
             bars("Touchpoints skipped", "Not sent, by type and reason (no consent, no contact, stopped, test order).",
                  f"sum by (type, reason) (increase({jo}touchpoints_skipped_total{{{NS}}}[{rng}]))",
                  "{{type}} {{reason}}", width=12),
+            row("Webhook subscriptions (the journey's watchdog)"),
+            stat("Silent shops", "Shops whose order webhooks stopped while other shops' continue: a deleted subscription, most likely (the journey log names them; alert AftercartShopWebhooksSilent).",
+                 f"sum({jo}silent_shops{{{NS}}})", width=8, thresholds=[(1, "red")]),
+            stat("Shops flagged", "Times a shop was flagged silent over the range.",
+                 f"sum(increase({jo}silent_shops_flagged_total{{{NS}}}[{rng}]))", width=8, thresholds=[(1, "orange")]),
+            stat("Watched shops", "Shops with enough order history to be judged (under 2 per instance: the watchdog cannot compare).",
+                 f"sum({jo}watched_shops{{{NS}}})", width=8),
         ],
         tags=("business",),
     )

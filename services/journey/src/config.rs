@@ -98,6 +98,9 @@ pub struct JourneyArgs {
     /// replenishment reminders, touchpoints only on Kafka.
     #[arg(long, env = "AFTERCART_JOURNEY_CONFIG")]
     pub journey_config: Option<String>,
+
+    #[command(flatten)]
+    pub watchdog: crate::watchdog::WatchdogArgs,
 }
 
 /// Defaults that differ under `aftercart dev`.
@@ -145,6 +148,8 @@ pub struct JourneyConfig {
     pub destination: Option<DestinationConfig>,
     /// Bounds the final producer flush on shutdown.
     pub shutdown_timeout: Duration,
+    /// The subscription watchdog.
+    pub watchdog: crate::watchdog::WatchdogRules,
 }
 
 impl JourneyArgs {
@@ -218,6 +223,7 @@ impl JourneyArgs {
             }
         }
         let kpis = kpi_rules(&file, defaults, &mut errors);
+        let watchdog = self.watchdog.validate(&mut errors);
         let destination = file
             .destination
             .as_ref()
@@ -279,6 +285,7 @@ impl JourneyArgs {
             rewards_topic: self.journey_referral_rewards_topic.trim().to_string(),
             destination,
             shutdown_timeout,
+            watchdog,
         })
     }
 }

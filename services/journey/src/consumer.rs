@@ -21,6 +21,7 @@ use crate::domain::input::{
 use crate::domain::state::Entity;
 use crate::domain::touchpoint::Output;
 use crate::metrics::JourneyMetrics;
+use crate::watchdog::{self, PaceRecord, Stored, Watchdog, WatchdogMetrics};
 
 /// The family labels of the aftercart sources.
 pub const INVITES: &str = "referral_invites";
@@ -76,8 +77,11 @@ pub fn build(
     };
     let logic = Journey {
         engine: Engine::new(config.rules.clone()),
-        metrics,
         last_expiry: Instant::now(),
+        watchdog: Watchdog::new(config.watchdog.clone()),
+        watchdog_metrics: metrics.watchdog.clone(),
+        watchdog_pending: Vec::new(),
+        metrics,
     };
     Stage::new(
         config.kafka.clone(),
@@ -93,9 +97,14 @@ pub struct Journey {
     engine: Engine,
     metrics: JourneyMetrics,
     last_expiry: Instant,
+    /// The subscription watchdog (order webhooks per shop).
+    watchdog: Watchdog,
+    watchdog_metrics: WatchdogMetrics,
+    /// Watchdog paces of other partitions than the record's, written at the next tick.
+    watchdog_pending: Vec<(i32, Staged)>,
 }
 
-type Staged = StageEffect<Entity, Output>;
+type Staged = StageEffect<Stored, Output>;
 
 impl Journey {
     /// Turns engine effects into stage effects; counts are counted on the way.
@@ -115,13 +124,59 @@ impl Journey {
                     event_id: record.event_id.clone(),
                     output: Output::Kpis(record),
                 }),
-                Effect::Persist { key, entity } => Some(StageEffect::Persist { key, entity }),
+                Effect::Persist { key, entity } => Some(StageEffect::Persist {
+                    key,
+                    entity: entity.map(|e| Box::new(Stored::Journey(*e))),
+                }),
                 Effect::Count(counted) => {
                     self.metrics.counted(counted);
                     None
                 }
             })
             .collect()
+    }
+
+    /// Reports a watchdog step's changes and turns its paces into effects by partition.
+    fn watched(&self, step: watchdog::Step) -> Vec<(i32, Staged)> {
+        for change in &step.changes {
+            self.watchdog_metrics.emit(change);
+        }
+        step.persist
+            .into_iter()
+            .map(|(partition, shop, pace)| {
+                let entity = pace.map(|p| Box::new(Stored::Pace(PaceRecord::ShopPace(p))));
+                let key = watchdog::pace_entity(&shop);
+                (partition, StageEffect::Persist { key, entity })
+            })
+            .collect()
+    }
+
+    /// The watchdog's view of a source record: an order webhook, or the shop leaving the app.
+    fn watch(&mut self, partition: i32, message: &OwnedMessage) -> Vec<Staged> {
+        let Some(topic) = header(message, "shopify-topic") else {
+            return Vec::new();
+        };
+        let topic = topic.trim().to_ascii_lowercase();
+        let shop = shop_of(message);
+        let step = if watchdog::ORDER_TOPICS.contains(&topic.as_str()) {
+            let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
+            self.watchdog.observe(partition, &shop, at)
+        } else if watchdog::GONE_TOPICS.contains(&topic.as_str()) {
+            let mut step = watchdog::Step::default();
+            self.watchdog.forget(&shop, &mut step);
+            step
+        } else {
+            return Vec::new();
+        };
+        let mut here = Vec::new();
+        for (p, effect) in self.watched(step) {
+            if p == partition {
+                here.push(effect);
+            } else {
+                self.watchdog_pending.push((p, effect));
+            }
+        }
+        here
     }
 
     fn staged_at(&self, effects: Vec<(i32, Effect)>) -> Vec<(i32, Staged)> {
@@ -137,7 +192,7 @@ impl Journey {
 }
 
 impl StageLogic for Journey {
-    type Entity = Entity;
+    type Entity = Stored;
     type Output = Output;
     type Emitted = Output;
 
@@ -152,6 +207,10 @@ impl StageLogic for Journey {
         family: &'static str,
         message: &OwnedMessage,
     ) -> Result<Vec<Staged>, Unusable> {
+        let watched = match family {
+            INVITES | REWARDS | ABANDONMENTS => Vec::new(),
+            _ => self.watch(partition, message),
+        };
         let body = message.payload().unwrap_or_default();
         let decoded = match family {
             INVITES => decode_invite(body),
@@ -167,12 +226,19 @@ impl StageLogic for Journey {
                     _ => shop_of(message),
                 };
                 let effects = self.engine.apply(partition, &shop, input, at);
-                Ok(self.staged(effects))
+                let mut staged = self.staged(effects);
+                staged.extend(watched);
+                Ok(staged)
             }
-            Err(error) => Err(Unusable {
-                label: error.as_label(),
-                reason: error.to_string(),
-            }),
+            Err(error) => {
+                // The webhook arrived even if the journey cannot use it.
+                let watched = watched.into_iter().map(|e| (partition, e));
+                self.watchdog_pending.extend(watched);
+                Err(Unusable {
+                    label: error.as_label(),
+                    reason: error.to_string(),
+                })
+            }
         }
     }
 
@@ -186,16 +252,36 @@ impl StageLogic for Journey {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        self.staged_at(effects)
+        let mut staged = self.staged_at(effects);
+        staged.append(&mut self.watchdog_pending);
+        let judged = self.watchdog.judge();
+        staged.extend(self.watched(judged));
+        staged
     }
 
-    fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
-        self.engine.assign(partition, entities);
+    fn assign(&mut self, partition: i32, entities: HashMap<String, Stored>) -> Vec<Staged> {
+        let mut journey: HashMap<String, Entity> = HashMap::new();
+        let mut paces = Vec::new();
+        for (key, stored) in entities {
+            match stored {
+                Stored::Journey(entity) => {
+                    journey.insert(key, entity);
+                }
+                Stored::Pace(PaceRecord::ShopPace(pace)) => {
+                    let shop = key.strip_prefix("pace/").unwrap_or(&key).to_string();
+                    paces.push((shop, pace));
+                }
+            }
+        }
+        self.engine.assign(partition, journey);
+        self.watchdog.assign(partition, paces);
         Vec::new()
     }
 
     fn revoke(&mut self, partition: i32) {
         self.engine.revoke(partition);
+        self.watchdog.revoke(partition);
+        self.watchdog_pending.retain(|(p, _)| *p != partition);
     }
 
     fn owns(&self, partition: i32) -> bool {
@@ -223,6 +309,7 @@ impl StageLogic for Journey {
 
     fn gauges(&self) {
         self.metrics.state(self.engine.sizes());
+        self.watchdog_metrics.sizes(self.watchdog.sizes());
     }
 
     fn routed(&self, count: usize) {

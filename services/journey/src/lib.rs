@@ -8,6 +8,7 @@ pub mod config;
 pub mod consumer;
 pub mod domain;
 pub mod metrics;
+pub mod watchdog;
 
 pub use app::{serve, topic_specs, JourneyService, ServeError};
 pub use config::{JourneyArgs, JourneyConfig};

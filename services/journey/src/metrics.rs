@@ -50,6 +50,8 @@ pub struct JourneyMetrics {
     currencies: Arc<Mutex<HashSet<String>>>,
     /// Records, dead letters, state restore, partitions and lag.
     pub consumer: LoopMetrics,
+    /// The subscription watchdog's.
+    pub watchdog: crate::watchdog::WatchdogMetrics,
 }
 
 impl JourneyMetrics {
@@ -128,6 +130,7 @@ impl JourneyMetrics {
                 "By-shop partitions owned by this instance.",
                 &FAMILIES,
             )?,
+            watchdog: crate::watchdog::WatchdogMetrics::register(registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.touchpoints)?;
