@@ -944,3 +944,187 @@ async fn an_expelled_abandonment_member_never_writes_stale_state() {
     stop_all(&mut members).await;
     drop(ingress);
 }
+
+/// Customers in the nudges case: each abandons one checkout and is owed one nudge per step.
+const NUDGED: u64 = 500;
+/// The nudges' cadence in that case. The second step comes long after the first because, after
+/// an outage, only the latest due step of a sequence is sent (the earlier ones count as late):
+/// the gap must outlast a kill, the restart and the restore, so that every step is owed.
+const NUDGE_STEPS: &str = "1s,30s";
+const NUDGE_STEP_COUNT: u64 = 2;
+
+/// Issue 19: abandonments of `NUDGED` consenting customers (checkouts through a real ingress,
+/// turned into abandonment records by a real abandonment service), followed by a nudges
+/// service SIGKILLed while its steps fall due and restarted each time. Afterwards every
+/// (abandonment, step) has its nudge and the distinct event ids are exactly abandonments ×
+/// steps. A record repeated under the same event id is the stage's at-least-once window
+/// (receivers dedupe on the id): it is counted and printed, never hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
+    let Some(broker) = Broker::tansu().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let name = "faults/nudges-killed";
+    let bootstrap = broker.bootstrap();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let (env, listen) = ingress_env(&broker, &prefix, SECRET);
+    let ingress = ServiceProcess::start("ingress", BIN, &["ingress"], env).await;
+
+    let abandonments = abandonment(&prefix);
+    let mut env = kafka_env(&broker, &prefix, 3);
+    env.extend(abandonments.env.iter().cloned());
+    let mut abandoning =
+        ServiceProcess::start(abandonments.name, BIN, &[abandonments.subcommand], env).await;
+
+    let output = format!("{prefix}nudges");
+    let mut env = kafka_env(&broker, &prefix, 3);
+    env.extend([
+        var("AFTERCART_NUDGES_GROUP", format!("{prefix}nudges")),
+        var("AFTERCART_NUDGES_TOPIC", output.clone()),
+        var(
+            "AFTERCART_NUDGES_ABANDONMENTS_TOPIC",
+            abandonments.output_topic.clone(),
+        ),
+        var(
+            "AFTERCART_NUDGES_BY_SHOP_TOPIC",
+            format!("{prefix}nudges-by-shop"),
+        ),
+        var(
+            "AFTERCART_NUDGES_STATE_TOPIC",
+            format!("{prefix}nudges-state"),
+        ),
+        var(
+            "AFTERCART_NUDGES_DEAD_LETTER_TOPIC",
+            format!("{prefix}nudges-dead-letter"),
+        ),
+        var("AFTERCART_NUDGES_STEPS", NUDGE_STEPS),
+        var("AFTERCART_STATE_HASH_KEY", "faults-state-hash-key"),
+    ]);
+    let mut nudges = ServiceProcess::start(name, BIN, &["nudges"], env).await;
+
+    let mut load = LoadSpec::orders(listen, SECRET);
+    let (factory, load_run) = (abandonments.webhook, run.clone());
+    load.webhook = std::sync::Arc::new(move |n| factory(&load_run, n));
+    load.connections = 16;
+    load.rate = 1000.0;
+    load.limit = Some(NUDGED);
+    let report = LoadClient::start(load).finish().await;
+    let books = report.accounting(name);
+    assert_eq!(
+        books.acknowledged, NUDGED,
+        "the ingress must take every checkout before the fault: {books}"
+    );
+
+    // Kills once a further fifth of the nudges exists: during the first step's wave and the
+    // second's.
+    let owed = NUDGED * NUDGE_STEP_COUNT;
+    let mut kills = 0;
+    for kill in 1..=KILLS {
+        let threshold = owed * (2 * kill - 1) / (2 * KILLS);
+        let at = wait_for_count(&bootstrap, &output, threshold).await;
+        if at >= owed {
+            break;
+        }
+        nudges.sigkill().await;
+        kills += 1;
+        eprintln!("{name}: SIGKILL {kill} with {at} of {owed} nudges in Kafka");
+        nudges.restart().await;
+    }
+    assert!(
+        kills > 0,
+        "every nudge existed before the first kill: the test proved nothing"
+    );
+
+    // What is owed: each abandonment record's event id, once per step.
+    wait_for_count(&bootstrap, &abandonments.output_topic, NUDGED).await;
+    let abandoned: BTreeSet<String> = read_topic(&bootstrap, &abandonments.output_topic)
+        .await
+        .iter()
+        .map(|r| {
+            r.header("aftercart-event-id")
+                .expect("abandonment event id")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        abandoned.len() as u64,
+        NUDGED,
+        "one abandonment per checkout"
+    );
+    let expected: BTreeSet<(String, u64)> = abandoned
+        .iter()
+        .flat_map(|id| (1..=NUDGE_STEP_COUNT).map(move |step| (id.clone(), step)))
+        .collect();
+
+    let nudge_of = |record: &Record| {
+        let nudge: serde_json::Value = serde_json::from_slice(&record.value).expect("JSON nudge");
+        let abandonment = nudge["abandonment_event_id"].as_str().expect("abandonment");
+        let step = nudge["step"].as_u64().expect("step");
+        (abandonment.to_string(), step)
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let records = read_topic(&bootstrap, &output).await;
+        let found: BTreeSet<_> = records.iter().map(nudge_of).collect();
+        if expected.is_subset(&found) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{output} carries {} of {} owed nudges",
+            expected.intersection(&found).count(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    settle(&bootstrap, &output).await;
+
+    let records = read_topic(&bootstrap, &output).await;
+    let mut ids = BTreeMap::<String, (String, u64)>::new();
+    for record in &records {
+        let event_id = record
+            .header("aftercart-event-id")
+            .expect("every nudge carries its event id")
+            .to_string();
+        let nudge = nudge_of(record);
+        if let Some(previous) = ids.insert(event_id.clone(), nudge.clone()) {
+            assert_eq!(
+                previous, nudge,
+                "event id {event_id} names two different nudges"
+            );
+        }
+    }
+    let found: BTreeSet<_> = ids.values().cloned().collect();
+    let lost = expected.difference(&found).count();
+    let unowed = found.difference(&expected).count();
+    let repeated = records.len() - ids.len();
+    let duplicate_ids = ids.len() - found.len();
+    eprintln!(
+        "{name} {kills}x while due: sent {NUDGED} / expected {} / found {} / lost {lost} / \
+         duplicate ids {duplicate_ids} (records repeated under the same id: {repeated})",
+        expected.len(),
+        found.intersection(&expected).count(),
+    );
+    assert_eq!(lost, 0, "every (abandonment, step) has its nudge");
+    assert_eq!(unowed, 0, "no nudge nobody owes");
+    assert_eq!(duplicate_ids, 0, "one event id per (abandonment, step)");
+    assert_eq!(
+        ids.len() as u64,
+        owed,
+        "distinct event ids are abandonments × steps"
+    );
+
+    assert_eq!(
+        nudges.sigterm(Duration::from_secs(30)).await,
+        Some(0),
+        "{name} stops cleanly after the restarts"
+    );
+    assert_eq!(
+        abandoning.sigterm(Duration::from_secs(30)).await,
+        Some(0),
+        "the abandonment service stops cleanly"
+    );
+    drop(ingress);
+}

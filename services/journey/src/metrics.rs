@@ -1,9 +1,7 @@
 //! Journey metrics (`aftercart_journey_*`) on an injected registry; bounded labels only.
 
 use aftercart_kafka::LoopMetrics;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-
+use aftercart_runtime::currency_label::CurrencyLabels;
 use prometheus::{
     CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -17,9 +15,6 @@ const PREFIX: &str = "aftercart_journey_";
 
 /// Why a touchpoint was not sent (the engine's fixed set).
 pub const SKIP_REASONS: [&str; 4] = ["no_contact", "no_consent", "stopped", "test_order"];
-
-/// Distinct currencies a revenue counter takes before the rest count as `other`.
-const CURRENCIES_MAX: usize = 32;
 
 /// The input families of the stage (metric labels).
 pub const FAMILIES: [&str; 8] = [
@@ -46,8 +41,8 @@ pub struct JourneyMetrics {
     reports: IntCounter,
     facts: IntCounterVec,
     revenue: CounterVec,
-    /// Currencies seen, capped at [`CURRENCIES_MAX`].
-    currencies: Arc<Mutex<HashSet<String>>>,
+    /// Currencies seen, capped (past 32, `other`).
+    currencies: CurrencyLabels,
     /// Records, dead letters, state restore, partitions and lag.
     pub consumer: LoopMetrics,
     /// The subscription watchdog's.
@@ -123,7 +118,7 @@ impl JourneyMetrics {
                 ),
                 &["kind", "currency"],
             )?,
-            currencies: Arc::new(Mutex::new(HashSet::new())),
+            currencies: CurrencyLabels::default(),
             consumer: LoopMetrics::register(
                 PREFIX,
                 registry,
@@ -173,31 +168,12 @@ impl JourneyMetrics {
                     self.facts.with_label_values(&[label]).inc();
                 }
                 if let Some((kind, (amount, currency))) = revenue {
-                    let currency = self.currency_label(currency);
+                    let currency = self.currencies.label(currency);
                     self.revenue
                         .with_label_values(&[kind, &currency])
                         .inc_by(amount.to_f64().max(0.0));
                 }
             }
-        }
-    }
-
-    /// A bounded currency label: an ISO-looking code among the first [`CURRENCIES_MAX`] seen,
-    /// else `other`.
-    fn currency_label(&self, currency: &str) -> String {
-        let iso = currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase());
-        if !iso {
-            return "other".into();
-        }
-        let mut seen = self
-            .currencies
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if seen.contains(currency) || seen.len() < CURRENCIES_MAX {
-            seen.insert(currency.to_string());
-            currency.to_string()
-        } else {
-            "other".into()
         }
     }
 

@@ -147,6 +147,10 @@ impl Nudges {
                 self.metrics.suppressed(why);
                 None
             }
+            Effect::Attributed { revenue } => {
+                self.metrics.attributed(revenue);
+                None
+            }
         }
     }
 

@@ -2,7 +2,10 @@
 //! are at most [`MAX_STEPS`], destinations and reasons fixed sets).
 
 use aftercart_kafka::LoopMetrics;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use aftercart_runtime::currency_label::CurrencyLabels;
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use crate::domain::cadence::MAX_STEPS;
 use crate::domain::engine::Suppressed;
@@ -42,6 +45,9 @@ pub struct NudgesMetrics {
     overdue: IntGauge,
     routed: IntCounter,
     discounts: IntCounterVec,
+    attributed: IntCounter,
+    attributed_revenue: CounterVec,
+    currencies: CurrencyLabels,
     /// Records of `aftercart.nudges` not yet delivered by this instance's destination.
     pub delivery_lag: IntGauge,
     /// Records, dead letters, state restore, partitions and lag.
@@ -115,6 +121,18 @@ impl NudgesMetrics {
                 ),
                 &["outcome"],
             )?,
+            attributed: IntCounter::with_opts(opts(
+                "attributed_recoveries_total",
+                "Checkouts recovered after at least one nudge of their sequence was sent. No shop label.",
+            ))?,
+            attributed_revenue: CounterVec::new(
+                opts(
+                    "attributed_revenue_total",
+                    "Revenue of nudge-attributed recoveries, by currency (ISO code; past 32 currencies, other). No shop label.",
+                ),
+                &["currency"],
+            )?,
+            currencies: CurrencyLabels::default(),
             delivery_lag: IntGauge::with_opts(opts(
                 "delivery_lag_records",
                 "Nudges on the topic not yet delivered by this instance's destination.",
@@ -138,6 +156,8 @@ impl NudgesMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.delivery_lag)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.discounts)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.attributed)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.attributed_revenue)?;
         for outcome in ["created", "failed"] {
             metrics.discounts.with_label_values(&[outcome]);
         }
@@ -190,6 +210,16 @@ impl NudgesMetrics {
         self.discounts.with_label_values(&[outcome]).inc();
     }
 
+    /// A nudge-attributed recovery, with its amount and currency when known.
+    pub fn attributed(&self, revenue: Option<(f64, String)>) {
+        self.attributed.inc();
+        if let Some((amount, currency)) = revenue {
+            self.attributed_revenue
+                .with_label_values(&[&self.currencies.label(&currency)])
+                .inc_by(amount);
+        }
+    }
+
     pub fn routed(&self, count: usize) {
         self.routed.inc_by(count as u64);
     }
@@ -201,5 +231,54 @@ fn bounded(step: u32) -> String {
         step.to_string()
     } else {
         "other".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(registry: &Registry, family: &str, label: Option<&str>) -> f64 {
+        let family = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == family)
+            .expect("family registered");
+        family
+            .get_metric()
+            .iter()
+            .find(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
+            .map(|m| m.get_counter().get_value())
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn attributed_recoveries_count_and_revenue_only_when_an_amount_is_known() {
+        let registry = Registry::new();
+        let metrics = NudgesMetrics::register(&registry, None).unwrap();
+        assert_eq!(
+            value(
+                &registry,
+                "aftercart_nudges_attributed_recoveries_total",
+                None
+            ),
+            0.0,
+            "registered at zero"
+        );
+        metrics.attributed(Some((120.0, "EUR".into())));
+        metrics.attributed(Some((30.5, "EUR".into())));
+        metrics.attributed(None);
+        metrics.attributed(Some((10.0, "euro".into())));
+        assert_eq!(
+            value(
+                &registry,
+                "aftercart_nudges_attributed_recoveries_total",
+                None
+            ),
+            4.0
+        );
+        let revenue = "aftercart_nudges_attributed_revenue_total";
+        assert_eq!(value(&registry, revenue, Some("EUR")), 150.5);
+        assert_eq!(value(&registry, revenue, Some("other")), 10.0);
     }
 }

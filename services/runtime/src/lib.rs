@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod build_info;
 pub mod config;
+pub mod currency_label;
 pub mod health;
 pub mod metrics_catalog;
 pub mod outbound;

@@ -107,6 +107,11 @@ pub enum Effect {
     },
     Scheduled,
     Suppressed(Suppressed),
+    /// A checkout recovered after at least one nudge of its sequence was sent, with the
+    /// recovered amount and currency when the event carries them.
+    Attributed {
+        revenue: Option<(f64, String)>,
+    },
 }
 
 /// A running sequence: what every step's message needs, and how far it got.
@@ -341,9 +346,7 @@ impl Engine {
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
         match input {
             Input::Abandoned(event) => self.abandoned(partition, shop, *event, at_ms),
-            Input::Recovered { journey_key } => {
-                self.stop(partition, [journey_key], Suppressed::Recovered)
-            }
+            Input::Recovered(event) => self.recovered(partition, shop, *event),
             Input::Order(order) => self.ordered(partition, shop, *order, at_ms),
             Input::CheckoutDeleted { token, cart_token } => {
                 let keys: BTreeSet<String> = match self.partitions.get(&partition) {
@@ -460,6 +463,48 @@ impl Engine {
         };
         let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
         state.insert(sequence);
+        effects
+    }
+
+    /// A recovery stops its sequence; it counts as nudge-attributed when a nudge of it was
+    /// sent before the recovery: the running sequence sent a step, or (the sequence is gone
+    /// once its last step is sent, or an order of the buyer stopped it first) the person's
+    /// first nudge falls between the abandonment and the recovery.
+    fn recovered(&mut self, partition: i32, shop: &str, event: OutputEvent) -> Vec<Effect> {
+        let facts = event
+            .customer
+            .as_ref()
+            .map(|c| ContactFacts {
+                customer_id: c.id,
+                email: c.email.clone(),
+                phone: c.phone.clone(),
+            })
+            .unwrap_or_default();
+        let hashes = identity::hashes(&self.rules.hasher, shop, &facts);
+        let abandoned_ms = parse_time_ms(&event.abandoned_at);
+        let recovered_ms = event.recovered_at.as_deref().and_then(parse_time_ms);
+        let attributed = self.partitions.get(&partition).is_some_and(|state| {
+            let before_recovery = |sent: i64| recovered_ms.is_none_or(|r| sent <= r);
+            let running = state.sequences.get(&event.journey_key).is_some_and(|s| {
+                s.done > 0 && s.due_ms.first().is_some_and(|d| before_recovery(*d))
+            });
+            let nudged = |started: i64| {
+                abandoned_ms.is_some_and(|a| started >= a) && before_recovery(started)
+            };
+            running
+                || hashes
+                    .iter()
+                    .filter_map(|h| state.people.get(h))
+                    .any(|p| p.started_ms.is_some_and(nudged))
+        });
+        let mut effects = self.stop(partition, [event.journey_key], Suppressed::Recovered);
+        if attributed && event.kind == aftercart_abandonment::domain::event::Kind::Checkout {
+            let revenue = event.value.and_then(|v| {
+                let amount = v.amount.trim().parse::<f64>().ok()?;
+                (amount.is_finite() && amount >= 0.0).then_some((amount, v.currency?))
+            });
+            effects.push(Effect::Attributed { revenue });
+        }
         effects
     }
 

@@ -11,9 +11,9 @@ use serde::Deserialize;
 pub enum Input {
     /// A checkout abandonment (only checkout abandonments have someone to remind).
     Abandoned(Box<OutputEvent>),
-    Recovered {
-        journey_key: String,
-    },
+    /// A recovered abandonment (checkout or cart): what stops its sequence and what the
+    /// nudge-attributed recovery KPI needs (who, when, how much).
+    Recovered(Box<OutputEvent>),
     Order(Box<OrderFacts>),
     /// A deleted checkout, by its token and its cart token (the ingress keys a checkout by its
     /// cart token first, so the sample `checkouts/delete` without a token still names it).
@@ -140,9 +140,7 @@ pub fn decode_input(family: &str, topic: Option<&str>, body: &[u8]) -> Result<In
         let event: OutputEvent = decode("abandonments", body)?;
         return Ok(match (event.event_type, event.kind) {
             (EventType::Abandoned, Kind::Checkout) => Input::Abandoned(Box::new(event)),
-            (EventType::Recovered, _) => Input::Recovered {
-                journey_key: event.journey_key,
-            },
+            (EventType::Recovered, _) => Input::Recovered(Box::new(event)),
             (EventType::Abandoned, Kind::Cart) => Input::Ignored,
         });
     }

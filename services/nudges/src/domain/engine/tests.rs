@@ -563,3 +563,88 @@ fn a_sequence_restored_under_a_new_state_hash_key_is_still_found_by_a_redaction_
     let effects = after.apply(0, SHOP, order, T0 + MIN);
     assert_eq!(suppressed(&effects), [Suppressed::Purchased]);
 }
+
+/// The recovery event of journey `cart` by customer 42 (as the abandonment service writes it),
+/// at `recovered_at`, with `value`.
+fn recovery(cart: &str, recovered_at: &str, value: serde_json::Value) -> Input {
+    let event = serde_json::json!({"type": "recovered", "kind": "checkout",
+        "event_id": format!("recover-{cart}"), "shop": SHOP,
+        "journey_key": format!("{SHOP}/{cart}"), "checkout_token": format!("chk-{cart}"),
+        "cart_token": cart,
+        "customer": {"id": 42, "email": "ann@example.com", "phone": null, "first_name": "Ann",
+            "last_name": null, "country": "FR", "accepts_email_marketing": true,
+            "accepts_sms_marketing": false},
+        "value": value, "contact_basis": "marketing",
+        "abandoned_at": "2026-11-23T10:00:00Z", "last_activity_at": "2026-11-23T09:00:00Z",
+        "order_id": 1, "recovered_at": recovered_at, "recovered_after_seconds": 1800,
+        "used_recovery_url": true, "used_discount": false});
+    decode_input("abandonments", None, event.to_string().as_bytes()).unwrap()
+}
+
+fn attributed(effects: &[Effect]) -> Vec<Option<(f64, String)>> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Attributed { revenue } => Some(revenue.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_recovery_after_a_sent_nudge_is_attributed_with_its_revenue_and_one_before_is_not() {
+    let eur = serde_json::json!({"amount": "120.00", "currency": "EUR"});
+    // Recovered before the first step (1 h): the sequence stops, nothing is attributed.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let effects = e.apply(
+        0,
+        SHOP,
+        recovery("a", "2026-11-23T10:30:00Z", eur.clone()),
+        T0,
+    );
+    assert_eq!(suppressed(&effects), [Suppressed::Recovered]);
+    assert!(attributed(&effects).is_empty());
+
+    // Recovered after step 1, while the sequence runs: attributed, with amount and currency.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    assert_eq!(nudges(&e.fire_due(T0 + HOUR)).len(), 1);
+    let effects = e.apply(
+        0,
+        SHOP,
+        recovery("a", "2026-11-23T12:00:00Z", eur.clone()),
+        T0 + 2 * HOUR,
+    );
+    assert_eq!(suppressed(&effects), [Suppressed::Recovered]);
+    assert_eq!(attributed(&effects), [Some((120.0, "EUR".to_string()))]);
+
+    // Recovered after the last step (the sequence is gone) and after the buyer's order
+    // stopped it: still attributed, through the person's first nudge. Without an amount,
+    // only the count.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    for due in [HOUR, 24 * HOUR, 72 * HOUR] {
+        assert_eq!(nudges(&e.fire_due(T0 + due)).len(), 1);
+    }
+    let effects = e.apply(
+        0,
+        SHOP,
+        recovery("a", "2026-11-27T10:00:00Z", serde_json::Value::Null),
+        T0 + 96 * HOUR,
+    );
+    assert!(suppressed(&effects).is_empty(), "nothing left to stop");
+    assert_eq!(attributed(&effects), [None]);
+
+    // A nudge sent after the recovery does not count for it.
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    e.fire_due(T0 + HOUR);
+    let effects = e.apply(
+        0,
+        SHOP,
+        recovery("a", "2026-11-23T10:30:00Z", eur),
+        T0 + 2 * HOUR,
+    );
+    assert!(attributed(&effects).is_empty());
+}
