@@ -299,6 +299,17 @@ class LiveStack:
         wait_for("the dev stack's /readyz", lambda: process.poll() is None and ready(f"{self.admin}/readyz"),
                  timeout=60)
 
+    def local_secret_paths(self, service, text):
+        """A mounted config file may name files of a Secret volume (the nudges' Klaviyo keys
+        file): each becomes a local stand-in with a comment only (no shop has a key, as before a
+        merchant adds one), so the file is read exactly as in the pod."""
+        def stand_in(match):
+            local = self.workdir / f"secret-{service}" / match.group(1)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text("# ops check stand-in: no shop has a key yet\n")
+            return str(local)
+        return re.sub(r"/var/run/secrets/aftercart/([\w./-]+)", stand_in, text)
+
     def service_alone(self, args, manifest_env, mounts=None, overrides=None):
         """Starts `aftercart <args>` alone against the dev stack's broker with the environment a
         rendered Deployment gives it, overriding only what must point at this machine. `mounts`
@@ -314,7 +325,7 @@ class LiveStack:
             local = self.workdir / f"mount-{args[0]}-{number}"
             local.mkdir(exist_ok=True)
             for name, text in files.items():
-                (local / name).write_text(text)
+                (local / name).write_text(self.local_secret_paths(args[0], text))
             manifest_env = {k: v.replace(path, str(local)) if v == path or v.startswith(path + "/") else v
                             for k, v in manifest_env.items()}
         secrets = self.workdir / "shopify-secrets"
