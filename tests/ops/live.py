@@ -280,6 +280,9 @@ class LiveStack:
             "AFTERCART_REFERRALS_INVITE_DELAY": "0s",
             "AFTERCART_TOPIC_PARTITIONS": PARTITIONS,
             "AFTERCART_AUDIENCES_CONFIG": str(audiences),
+            # The example nudges file (file destination under the work directory): `aftercart dev`
+            # finds it only from the repository root, and this stack runs in its work directory.
+            "AFTERCART_NUDGES_CONFIG": str(ROOT / "examples" / "nudges.toml"),
             "AFTERCART_AUDIENCES_EXPORT_FLUSH_INTERVAL": "1s",
             "AFTERCART_AUDIENCES_EXPORT_BACKOFF_INITIAL": "200ms",
             "AFTERCART_LOG_FORMAT": "json",
