@@ -326,8 +326,9 @@ mod tests {
         let names = TopicNames::new("shopify.");
         assert_eq!(names.family(Family::Checkouts), "shopify.checkouts");
         assert_eq!(names.quarantine(), "shopify.quarantine");
-        assert_eq!(names.journey().len(), 5);
-        assert_eq!(names.ingress_outputs().len(), 7);
+        // checkouts, carts, orders, fulfillments, customers, compliance; plus other and quarantine
+        assert_eq!(names.journey().len(), 6);
+        assert_eq!(names.ingress_outputs().len(), 8);
     }
 
     #[test]
