@@ -278,7 +278,7 @@ mod scenarios {
     }
 
     pub async fn a_data_request_is_answered_with_the_customers_journeys(broker: &Broker) {
-        let stack = Stack::start(broker, &["--abandon-after=1h"]).await;
+        let stack = Stack::start(broker, &["--abandonment-abandon-after=1h"]).await;
         let cart = unique("cart");
         stack
             .send(
@@ -404,7 +404,7 @@ mod scenarios {
     pub async fn a_data_request_sent_while_the_service_is_down_is_answered_after_its_restart(
         broker: &Broker,
     ) {
-        let mut stack = Stack::start(broker, &["--abandon-after=1h"]).await;
+        let mut stack = Stack::start(broker, &["--abandonment-abandon-after=1h"]).await;
         let cart = unique("cart");
         stack
             .send(

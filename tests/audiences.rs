@@ -764,7 +764,7 @@ mod scenarios {
         platforms.webhook.route(route(|_, _| None));
         // Additions would be given up after two seconds: removals must outlast that.
         let stack =
-            Stack::start_flags(broker, platforms, &["--export-max-retry-duration=2s"]).await;
+            Stack::start_flags(broker, platforms, &["--audiences-export-max-retry-duration=2s"]).await;
         let upstream = stack.upstream(broker);
         let p = &stack.platforms;
         let ann = ann_hashes();

@@ -76,6 +76,14 @@ fn rules() -> Rules {
         // Small batches, so chunking is exercised by a handful of people.
         batch_rows: 2,
         person_retention_ms: 90 * DAY,
+        redaction_retention_ms: 400 * DAY,
+        // The Google destination reads consent through the default mapping.
+        google_consent: [(
+            "google".to_string(),
+            aftercart_audiences::domain::consent::ConsentMapping::default(),
+        )]
+        .into_iter()
+        .collect(),
     }
 }
 

@@ -46,6 +46,9 @@ fn rules() -> Rules {
         ip_burst_max: 3,
         ip_burst_window_ms: DAY,
         order_retention_ms: 60 * DAY,
+        redaction_retention_ms: 400 * DAY,
+        hasher: aftercart_runtime::state_hash::StateHasher::new("fuzz-state-hash-key")
+            .expect("a valid key"),
     }
 }
 
