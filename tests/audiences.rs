@@ -763,8 +763,12 @@ mod scenarios {
         platforms.tiktok.route(route(|_, _| None));
         platforms.webhook.route(route(|_, _| None));
         // Additions would be given up after two seconds: removals must outlast that.
-        let stack =
-            Stack::start_flags(broker, platforms, &["--audiences-export-max-retry-duration=2s"]).await;
+        let stack = Stack::start_flags(
+            broker,
+            platforms,
+            &["--audiences-export-max-retry-duration=2s"],
+        )
+        .await;
         let upstream = stack.upstream(broker);
         let p = &stack.platforms;
         let ann = ann_hashes();

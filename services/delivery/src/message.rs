@@ -9,12 +9,29 @@
 //! accepted or dead-lettered.
 //!
 //! ```no_run
-//! use aftercart_delivery::message::{Destination, Message, MessageSink};
-//! # fn parse(record: &rdkafka::message::OwnedMessage) -> Result<Message, String> { todo!() }
-//! # fn f(metrics: aftercart_delivery::DeliveryMetrics) {
+//! use aftercart_delivery::message::{Destination, Message, MessageSink, Profile};
+//! use rdkafka::message::{Message as _, OwnedMessage};
+//!
+//! /// A record whose JSON value carries `event_id`, `shop`, `email` and `at`.
+//! fn parse(record: &OwnedMessage) -> Result<Message, String> {
+//!     let body = record.payload().unwrap_or_default();
+//!     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+//!     let text = |field: &str| value[field].as_str().map(str::to_string);
+//!     Ok(Message {
+//!         event_id: text("event_id").ok_or("no event_id")?,
+//!         topic: record.topic().to_string(),
+//!         shop: text("shop").ok_or("no shop")?,
+//!         metric: "Aftercart Example".to_string(),
+//!         time: text("at").ok_or("no time")?,
+//!         value: None,
+//!         profile: Profile { email: text("email"), ..Profile::default() },
+//!         properties: value.clone(),
+//!         body: bytes::Bytes::copy_from_slice(body),
+//!     })
+//! }
+//!
 //! let destination = Destination::file("/var/lib/aftercart/nudges".into());
 //! let sink = MessageSink::new(destination, parse);
-//! # }
 //! ```
 //!
 //! A message holds personal data (its profile and body): `Debug` leaves both out, and nothing
