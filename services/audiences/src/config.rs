@@ -477,7 +477,7 @@ fn web_url(errors: &mut ConfigErrors, at: &str, url: String) -> Option<String> {
             .as_ref()
             .is_some_and(|uri| uri.host().is_some_and(|h| !h.is_empty()));
     if !fine {
-        errors.push(format!("{at}: {url:?} is not an http(s) URL"));
+        errors.push(format!("{at}: {:?} is not an http(s) URL", shown_url(&url)));
         return None;
     }
     if let Err(problem) = aftercart_runtime::outbound::check_outbound_url(&url) {
@@ -485,6 +485,25 @@ fn web_url(errors: &mut ConfigErrors, at: &str, url: String) -> Option<String> {
         return None;
     }
     Some(url)
+}
+
+/// A refused URL as the error shows it: the typo stays visible, but a `user:password@` and
+/// the query string (both may hold credentials) are elided.
+fn shown_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?…"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => authority.to_string(),
+    };
+    format!("{scheme}{host}{path}{query}")
 }
 
 /// An optional URL setting, checked like a base URL when given.

@@ -41,10 +41,11 @@ fn main() -> ExitCode {
             return exit_code(EX_USAGE);
         }
     };
-    // The services read the switch through aftercart_runtime::outbound; the flag form sets it.
+    // The services read the switch through aftercart_runtime::outbound; clap has resolved the
+    // flag over the variable, and that value is what holds (`--allow-insecure-http=false` wins
+    // over the variable set to true).
     match aftercart_runtime::config::parse_switch(&cli.allow_insecure_http) {
-        Ok(true) => aftercart_runtime::outbound::allow_insecure_http(),
-        Ok(false) => {}
+        Ok(allowed) => aftercart_runtime::outbound::decide_insecure_http(allowed),
         Err(problem) => {
             eprintln!(
                 "invalid configuration (1 problem(s)):\n  - AFTERCART_ALLOW_INSECURE_HTTP: {problem}"

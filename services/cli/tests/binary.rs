@@ -303,6 +303,15 @@ fn the_insecure_http_switch_is_also_a_flag_and_a_bad_value_exits_64() {
         "{stderr}"
     );
     assert!(stderr.contains("AFTERCART_STATE_HASH_KEY"), "{stderr}");
+    // The flag wins over the variable both ways: `=false` refuses http although the
+    // environment says true.
+    let overridden = referrals(&["--allow-insecure-http=false"], Some("true"));
+    let stderr = String::from_utf8_lossy(&overridden.stderr);
+    assert_eq!(overridden.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("AFTERCART_REFERRALS_WEBHOOK_URL"),
+        "the flag's false did not hold over the variable:\n{stderr}"
+    );
     let unreadable = referrals(&[], Some("maybe"));
     let stderr = String::from_utf8_lossy(&unreadable.stderr);
     assert_eq!(unreadable.status.code(), Some(64), "{stderr}");

@@ -2,26 +2,40 @@
 //! ad platform APIs, the Shopify Admin API): `https`, unless `AFTERCART_ALLOW_INSECURE_HTTP`
 //! allows plain `http` for local development and tests.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::config::parse_switch;
 
 /// The shared switch every service reads.
 pub const ALLOW_INSECURE_HTTP: &str = "AFTERCART_ALLOW_INSECURE_HTTP";
 
-/// Set by `aftercart dev` for its own local destinations, as if the switch were on.
-static ALLOWED_BY_PROCESS: AtomicBool = AtomicBool::new(false);
+/// What the process decided, which wins over the environment: the command line resolved the
+/// flag (given on the command line, it overrides the variable), or `aftercart dev` allowed
+/// `http` for its own local destinations.
+static DECIDED: AtomicU8 = AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const REFUSED: u8 = 1;
+const ALLOWED: u8 = 2;
 
 /// Allows `http` for the rest of this process (`aftercart dev`, whose destinations are local).
 pub fn allow_insecure_http() {
-    ALLOWED_BY_PROCESS.store(true, Ordering::Relaxed);
+    decide_insecure_http(true);
 }
 
-/// Whether plain `http` is allowed: by [`allow_insecure_http`] or the environment switch.
-/// An unreadable switch value is an error naming the setting.
+/// Records the command line's resolved value of the switch (flag over variable), so that
+/// `--allow-insecure-http=false` holds even where the variable says `true`.
+pub fn decide_insecure_http(allowed: bool) {
+    DECIDED.store(if allowed { ALLOWED } else { REFUSED }, Ordering::Relaxed);
+}
+
+/// Whether plain `http` is allowed: as the process decided ([`decide_insecure_http`],
+/// [`allow_insecure_http`]), else by the environment switch. An unreadable switch value is an
+/// error naming the setting.
 pub fn insecure_http_allowed() -> Result<bool, String> {
-    if ALLOWED_BY_PROCESS.load(Ordering::Relaxed) {
-        return Ok(true);
+    match DECIDED.load(Ordering::Relaxed) {
+        ALLOWED => return Ok(true),
+        REFUSED => return Ok(false),
+        _ => {}
     }
     match std::env::var(ALLOW_INSECURE_HTTP) {
         Ok(value) => {

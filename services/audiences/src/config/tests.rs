@@ -419,6 +419,26 @@ fn a_google_token_or_metadata_url_typo_is_named_at_start() {
 }
 
 #[test]
+fn a_refused_url_is_shown_without_its_password_or_query() {
+    // The typo stays visible; what may be a credential does not reach the error (and the log).
+    let file = write(
+        "[destinations.g]\ntype = \"google\"\noperating_account_id = \"1234567890\"\nuser_list_id = \"2\"\nrefresh_token = \"r\"\nclient_id = \"c\"\nclient_secret = \"s\"\ntoken_url = \"htps://admin:hunter2@oauth2.googleapis.com/token?key=s3cret\"\n\n[[audiences]]\nname = \"a\"\nsource = \"orders\"\ndestinations = [\"g\"]\n",
+    );
+    let errors = validate(&["--audiences-config", file.0.to_str().unwrap()]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains(
+            "destinations.g.token_url: \"htps://…@oauth2.googleapis.com/token?…\" is not an http(s) URL"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cret"),
+        "{text}"
+    );
+}
+
+#[test]
 fn redaction_markers_may_not_expire_before_the_people_they_guard() {
     // People are kept 90 days: a marker gone after one would let a late fact about a redacted
     // person (a lagging topic, a replay) bring them back.
