@@ -2,6 +2,8 @@
 //! `emit()` that writes the log line and moves the counter, so the two cannot drift (Vector's
 //! `internal_events` habit). Fields are labels and positions only, never record contents.
 
+use aftercart_runtime::Event;
+
 use crate::loop_metrics::LoopMetrics;
 
 /// An input record the service's logic cannot use: counted by family and reason, dead-lettered.
@@ -12,8 +14,10 @@ pub struct RecordUnusable<'a> {
     pub reason: &'static str,
 }
 
-impl RecordUnusable<'_> {
-    pub fn emit(&self, metrics: &LoopMetrics) {
+impl Event for RecordUnusable<'_> {
+    type Metrics = LoopMetrics;
+
+    fn emit(&self, metrics: &LoopMetrics) {
         metrics.failed(self.family, self.reason);
         tracing::warn!(
             topic = self.family,
@@ -34,8 +38,12 @@ pub struct RecordWithoutShop<'a> {
 
 impl RecordWithoutShop<'_> {
     pub const REASON: &'static str = "no_shop";
+}
 
-    pub fn emit(&self, metrics: &LoopMetrics) {
+impl Event for RecordWithoutShop<'_> {
+    type Metrics = LoopMetrics;
+
+    fn emit(&self, metrics: &LoopMetrics) {
         metrics.failed(self.family, Self::REASON);
         tracing::warn!(
             topic = self.family,
@@ -52,8 +60,10 @@ pub struct MemberFenced {
     pub reason: &'static str,
 }
 
-impl MemberFenced {
-    pub fn emit(&self, metrics: &LoopMetrics) {
+impl Event for MemberFenced {
+    type Metrics = LoopMetrics;
+
+    fn emit(&self, metrics: &LoopMetrics) {
         metrics.fenced(self.reason);
         tracing::warn!(
             reason = self.reason,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use aftercart_kafka::{DeadLetter, StageEffect};
+use aftercart_runtime::Event as _;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::client::CallError;
 use aftercart_shopify_admin::discounts::{ActionError, DiscountValue};
@@ -20,6 +21,7 @@ use crate::config::{IssueOn, RewardKind, ShopifyActions};
 use crate::domain::code::CodeRules;
 use crate::domain::event::{InviteEvent, Issued, Output, RewardEvent};
 use crate::domain::state::Entity;
+use crate::events::ActionDeadLettered;
 use crate::metrics::ReferralsMetrics;
 
 type Staged = StageEffect<Entity, Output>;
@@ -111,13 +113,12 @@ impl ShopActions {
                 }
                 Err((_, ActionError::Call(CallError::Stopped))) => return None,
                 Err((action, error)) => {
-                    self.metrics.shopify_action(action, "dead_lettered");
-                    tracing::warn!(
+                    ActionDeadLettered {
                         action,
-                        reason = error.as_label(),
-                        event_id = %event_id,
-                        "Dead-lettering an output whose action in the shop failed."
-                    );
+                        reason: error.as_label(),
+                        event_id: &event_id,
+                    }
+                    .emit(&self.metrics);
                     let topic = self.outputs.get(topic).cloned().unwrap_or_default();
                     dead.push(letter(
                         topic, partition, &key, &event_id, &output, action, &error,
