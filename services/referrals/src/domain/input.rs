@@ -1,6 +1,9 @@
 //! Decoding raw Shopify records (by their `shopify-topic` header) into the facts the engine uses.
 
-use aftercart_shopify::decode::{decode, shopify_topic};
+pub use aftercart_shopify::decode::ConsentState;
+use aftercart_shopify::decode::{
+    consent_change, decode, deleted_order_id, order_consent, order_email, shopify_topic,
+};
 pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
 use serde::Deserialize;
 use serde_json::Value;
@@ -82,12 +85,6 @@ pub enum Input {
     DataRequest(Box<DataRequest>),
     /// A topic the service does not act on.
     Ignored,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-pub struct ConsentState {
-    pub state: Option<String>,
-    pub consent_updated_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -200,12 +197,11 @@ impl OrderFact {
     }
 
     pub fn email(&self) -> Option<&str> {
-        self.customer
-            .as_ref()
-            .and_then(|c| c.email.as_deref())
-            .or(self.email.as_deref())
-            .or(self.contact_email.as_deref())
-            .filter(|e| e.contains('@'))
+        order_email(
+            self.customer.as_ref().and_then(|c| c.email.as_deref()),
+            self.email.as_deref(),
+            self.contact_email.as_deref(),
+        )
     }
 
     pub fn browser_ip(&self) -> Option<&str> {
@@ -220,28 +216,18 @@ impl OrderFact {
 
     /// Marketing consent stated by this order, with the time it was stated.
     pub fn consent(&self) -> Option<(bool, Option<i64>)> {
-        let stated = self
-            .customer
-            .as_ref()
-            .and_then(|c| c.email_marketing_consent.as_ref());
-        if let Some(state) = stated.and_then(|c| c.state.as_deref()) {
-            let at = stated
-                .and_then(|c| c.consent_updated_at.as_deref())
-                .and_then(parse_time_ms);
-            return Some((state == "subscribed", at));
-        }
-        self.buyer_accepts_marketing
-            .map(|accepts| (accepts, self.created_at.as_deref().and_then(parse_time_ms)))
+        order_consent(
+            self.customer
+                .as_ref()
+                .and_then(|c| c.email_marketing_consent.as_ref()),
+            self.buyer_accepts_marketing,
+            self.created_at.as_deref(),
+        )
     }
 
     pub fn created_ms(&self) -> Option<i64> {
         self.created_at.as_deref().and_then(parse_time_ms)
     }
-}
-
-#[derive(Deserialize)]
-struct OrderId {
-    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -265,14 +251,6 @@ fn is_delivered(status: Option<&str>) -> bool {
         let s = s.trim();
         s.eq_ignore_ascii_case("delivered") || s.eq_ignore_ascii_case("picked_up")
     })
-}
-
-#[derive(Deserialize)]
-struct ConsentPayload {
-    customer_id: Option<u64>,
-    id: Option<u64>,
-    email_marketing_consent: Option<ConsentState>,
-    updated_at: Option<String>,
 }
 
 /// Decodes a record by its Shopify topic.
@@ -304,7 +282,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
     }
     Ok(match topic.as_str() {
         "orders/delete" => Input::Negated {
-            order_id: decode::<OrderId>(&topic, body)?.id,
+            order_id: deleted_order_id(&topic, body)?,
             negation: Negation::Deleted,
         },
         "refunds/create" => Input::Negated {
@@ -333,22 +311,13 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             }
         }
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
-            let payload: ConsentPayload = decode(&topic, body)?;
-            let consent = payload.email_marketing_consent;
-            match (
-                payload.customer_id.or(payload.id),
-                consent.as_ref().and_then(|c| c.state.as_deref()),
-            ) {
-                (Some(customer_id), Some(state)) => Input::Consent {
-                    customer_id,
-                    subscribed: state == "subscribed",
-                    at_ms: consent
-                        .as_ref()
-                        .and_then(|c| c.consent_updated_at.as_deref())
-                        .or(payload.updated_at.as_deref())
-                        .and_then(parse_time_ms),
+            match consent_change(&topic, body)? {
+                Some(change) => Input::Consent {
+                    customer_id: change.customer_id,
+                    subscribed: change.subscribed,
+                    at_ms: change.at_ms,
                 },
-                _ => Input::Ignored,
+                None => Input::Ignored,
             }
         }
         "customers/redact" => Input::RedactCustomer(Person::decode(&topic, body)?),
