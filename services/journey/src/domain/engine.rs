@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use aftercart_kafka::timers::take_due;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::rfc3339;
 
@@ -247,17 +248,7 @@ impl Engine {
     pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         for (partition, state) in &mut self.partitions {
-            let mut due = Vec::new();
-            while let Some(first) = state.timers.first() {
-                if first.0 > now_ms {
-                    break;
-                }
-                let (_, key) = state.timers.pop_first().expect("checked");
-                if !due.contains(&key) {
-                    due.push(key);
-                }
-            }
-            for key in due {
+            for key in take_due(&mut state.timers, now_ms) {
                 let mut effects = Vec::new();
                 let shop = shop_of_entity(&key).to_string();
                 let mut step = Step {
