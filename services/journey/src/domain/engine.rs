@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aftercart_kafka::timers::take_due;
+use aftercart_shopify::decode::ConsentChange;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::rfc3339;
 
@@ -210,11 +211,11 @@ impl Engine {
                 step.put(key, order);
             }
             Input::Shipment(fact) => step.shipment(&fact, at_ms),
-            Input::Consent {
+            Input::Consent(ConsentChange {
                 customer_id,
                 subscribed,
                 at_ms: stated,
-            } => {
+            }) => {
                 let key = customer_entity(shop, customer_id);
                 let stated = stated.unwrap_or(at_ms);
                 let known = step.state.customers.get(&key);

@@ -4,7 +4,7 @@
 pub use aftercart_shopify::decode::ConsentState;
 use aftercart_shopify::decode::{
     consent_change, decode, deleted_order_id, order_consent, order_email, shopify_topic,
-    PoisonRecord,
+    ConsentChange, PoisonRecord,
 };
 use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::parse_time_ms;
@@ -133,13 +133,10 @@ impl OrderFact {
 
     /// Marketing consent stated by this order, with the time it was stated.
     pub fn consent(&self) -> Option<(bool, Option<i64>)> {
-        order_consent(
-            self.customer
-                .as_ref()
-                .and_then(|c| c.email_marketing_consent.as_ref()),
-            self.buyer_accepts_marketing,
-            self.created_at.as_deref(),
-        )
+        let customer = self.customer.as_ref();
+        let stated = customer.and_then(|c| c.email_marketing_consent.as_ref());
+        let created_at = self.created_at.as_deref();
+        order_consent(stated, self.buyer_accepts_marketing, created_at)
     }
 }
 
@@ -201,11 +198,7 @@ pub enum Input {
         order_id: u64,
     },
     Shipment(Box<ShipmentFact>),
-    Consent {
-        customer_id: u64,
-        subscribed: bool,
-        at_ms: Option<i64>,
-    },
+    Consent(ConsentChange),
     RedactCustomer {
         customer_id: Option<u64>,
         email: Option<String>,
@@ -424,14 +417,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             }))
         }
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
-            match consent_change(&topic, body)? {
-                Some(change) => Input::Consent {
-                    customer_id: change.customer_id,
-                    subscribed: change.subscribed,
-                    at_ms: change.at_ms,
-                },
-                None => Input::Ignored,
-            }
+            consent_change(&topic, body)?.map_or(Input::Ignored, Input::Consent)
         }
         "customers/redact" => {
             let payload: RedactPayload = decode(&topic, body)?;

@@ -3,6 +3,7 @@
 pub use aftercart_shopify::decode::ConsentState;
 use aftercart_shopify::decode::{
     consent_change, decode, deleted_order_id, order_consent, order_email, shopify_topic,
+    ConsentChange,
 };
 pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
 use serde::Deserialize;
@@ -73,11 +74,7 @@ pub enum Input {
         at_ms: Option<i64>,
     },
     /// A customer's email-marketing consent changed.
-    Consent {
-        customer_id: u64,
-        subscribed: bool,
-        at_ms: Option<i64>,
-    },
+    Consent(ConsentChange),
     /// `customers/redact`: by customer id, email, phone and the orders it lists.
     RedactCustomer(Person),
     RedactShop,
@@ -216,13 +213,10 @@ impl OrderFact {
 
     /// Marketing consent stated by this order, with the time it was stated.
     pub fn consent(&self) -> Option<(bool, Option<i64>)> {
-        order_consent(
-            self.customer
-                .as_ref()
-                .and_then(|c| c.email_marketing_consent.as_ref()),
-            self.buyer_accepts_marketing,
-            self.created_at.as_deref(),
-        )
+        let customer = self.customer.as_ref();
+        let stated = customer.and_then(|c| c.email_marketing_consent.as_ref());
+        let created_at = self.created_at.as_deref();
+        order_consent(stated, self.buyer_accepts_marketing, created_at)
     }
 
     pub fn created_ms(&self) -> Option<i64> {
@@ -311,14 +305,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             }
         }
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
-            match consent_change(&topic, body)? {
-                Some(change) => Input::Consent {
-                    customer_id: change.customer_id,
-                    subscribed: change.subscribed,
-                    at_ms: change.at_ms,
-                },
-                None => Input::Ignored,
-            }
+            consent_change(&topic, body)?.map_or(Input::Ignored, Input::Consent)
         }
         "customers/redact" => Input::RedactCustomer(Person::decode(&topic, body)?),
         "customers/data_request" => {
@@ -383,11 +370,11 @@ mod tests {
         let consent = br#"{"customer_id":7,"email_address":"a@b.c","email_marketing_consent":{"state":"unsubscribed","consent_updated_at":"2026-01-01T00:00:00Z"}}"#;
         assert!(matches!(
             decode_input(Some("customers_email_marketing_consent/update"), consent).unwrap(),
-            Input::Consent {
+            Input::Consent(ConsentChange {
                 customer_id: 7,
                 subscribed: false,
                 at_ms: Some(_)
-            }
+            })
         ));
         assert!(matches!(
             decode_input(Some("customers/redact"), &fixture("customers_redact.json")).unwrap(),
