@@ -64,7 +64,7 @@ impl RecoveryDiscounts {
 
     /// How long a batch may hold the loop while Shopify fails.
     pub fn budget(&self) -> std::time::Duration {
-        self.config.admin.max_retry_duration + self.config.admin.timeout
+        self.config.admin.batch_budget()
     }
 
     /// Gives every nudge that should carry a code its code; `None` when `stop` came first.

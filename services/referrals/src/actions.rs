@@ -58,7 +58,7 @@ impl ShopActions {
     /// How long a batch may hold the loop while Shopify fails: one retry budget and its last
     /// request (a second failing shop in the same batch adds another; throttling waits too).
     pub fn budget(&self) -> std::time::Duration {
-        self.config.admin.max_retry_duration + self.config.admin.timeout
+        self.config.admin.batch_budget()
     }
 
     /// Acts on every output of a batch, in order; `None` when `stop` came first.
