@@ -2,9 +2,9 @@
 //! exporter per destination until shutdown. One failing stops the others: they are one service.
 
 use aftercart_delivery::{Forwarder, ForwarderError, ForwarderSpec, SinkError};
-use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicNames, TopicSpec};
+use aftercart_kafka::stage_topics::StageTopics;
+use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicSpec};
 use aftercart_runtime::Health;
-use aftercart_shopify::Family;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -33,23 +33,17 @@ pub enum ServeError {
 /// Every topic the service reads or writes. The by-shop, changelog and batches topics share one
 /// partition count: the state and batches of by-shop partition N live in partition N.
 pub fn topic_specs(config: &AudiencesConfig) -> (Vec<TopicSpec>, Vec<String>) {
-    let names = TopicNames::new(&config.kafka.topic_prefix);
-    let mut specs: Vec<TopicSpec> = Family::JOURNEY
-        .iter()
-        .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
-        .collect();
-    specs.push(TopicSpec::new(&config.abandonments_topic, &config.kafka));
+    let (mut specs, mut same) = StageTopics {
+        by_shop: &config.by_shop_topic,
+        state: &config.state_topic,
+        dead_letter: &config.dead_letter_topic,
+        inputs: &[config.abandonments_topic.as_str()],
+        outputs: &[],
+    }
+    .specs(&config.kafka);
     // A batch holds up to 10,000 people's hashes: several MB.
     specs.push(TopicSpec::new(&config.batches_topic, &config.kafka).holding_copies());
-    for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
-        specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
-    }
-    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
-    let same = vec![
-        config.by_shop_topic.clone(),
-        config.state_topic.clone(),
-        config.batches_topic.clone(),
-    ];
+    same.push(config.batches_topic.clone());
     (specs, same)
 }
 

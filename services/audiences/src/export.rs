@@ -14,6 +14,7 @@ use aftercart_delivery::{
     deliver_with, Answer, Failure, FailureKind, HttpClient, HttpSink, Labels, Outcome, Outgoing,
     RecordSink, RetryPolicy, SinkError,
 };
+use aftercart_runtime::Event as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use rdkafka::message::{Message, OwnedMessage};
@@ -23,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Destination, GoogleAuth};
 use crate::domain::batch::Batch;
 use crate::domain::consent::AdConsent;
-use crate::metrics::{AudiencesMetrics, ExportOutcome};
+use crate::events::{BatchDeadLettered, BatchExported, MembersRefused};
+use crate::metrics::AudiencesMetrics;
 use crate::platform::{
     datamanager, google, meta, tiktok, BuildError, Judgement, Op, Request, Secret,
 };
@@ -535,8 +537,13 @@ impl Exporter {
                 .filter(|i| *i < rows.len())
                 .collect();
             if !named.is_empty() {
-                self.metrics.member_errors(&self.name, named.len());
-                tracing::warn!(destination = %self.name, batch_id = %batch.batch_id, members = named.len(), refused, "Google named members it could not take.");
+                MembersRefused {
+                    destination: &self.name,
+                    batch,
+                    members: named.len(),
+                    refused,
+                }
+                .emit(&self.metrics);
             }
             if !refused || named.is_empty() || named.len() == rows.len() {
                 return outcome;
@@ -598,28 +605,20 @@ impl RecordSink for Exporter {
             Op::Add => self.export(&batch, message.topic(), stop).await,
             Op::Remove => self.remove(&batch, message.topic(), stop).await,
         };
-        let people = batch.members.len();
         match &outcome {
-            Outcome::Delivered { .. } => {
-                self.metrics.exported(
-                    &self.name,
-                    batch.op,
-                    ExportOutcome::Accepted,
-                    people,
-                    started.elapsed(),
-                );
-                tracing::info!(destination = %self.name, audience = %batch.audience, op = ?batch.op, people, batch_id = %batch.batch_id, "Exported a batch.");
+            Outcome::Delivered { .. } => BatchExported {
+                destination: &self.name,
+                batch: &batch,
+                took: started.elapsed(),
             }
-            Outcome::Failed(failure) => {
-                self.metrics.exported(
-                    &self.name,
-                    batch.op,
-                    ExportOutcome::DeadLettered,
-                    people,
-                    started.elapsed(),
-                );
-                tracing::warn!(destination = %self.name, audience = %batch.audience, batch_id = %batch.batch_id, reason = %failure.reason(), "Dead-lettering a batch the destination did not take.");
+            .emit(&self.metrics),
+            Outcome::Failed(failure) => BatchDeadLettered {
+                destination: &self.name,
+                batch: &batch,
+                took: started.elapsed(),
+                reason: &failure.reason(),
             }
+            .emit(&self.metrics),
             Outcome::Stopped => {}
         }
         outcome

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod domain;
+pub mod events;
 pub mod export;
 pub mod metrics;
 pub mod orphans;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aftercart_runtime::config::{
-    parse_duration, parse_positive_duration, secret_or_file, ConfigErrors,
+    parse_duration, parse_positive_duration, parse_topic_name, secret_or_file, ConfigErrors,
 };
 pub use aftercart_shopify::Secret;
 use http::uri::Scheme;
@@ -227,14 +227,17 @@ impl DeliveryFlags {
             errors.push(format!("{}: name at least one topic", name("TOPICS")));
         }
         for topic in &topics {
-            errors.check(&name("TOPICS"), topic_name(topic));
+            errors.check(&name("TOPICS"), parse_topic_name(topic));
         }
         let group = self.group.trim().to_string();
         if group.is_empty() {
             errors.push(format!("{}: required", name("GROUP")));
         }
         let dead_letter_topic = self.dead_letter_topic.trim().to_string();
-        errors.check(&name("DEAD_LETTER_TOPIC"), topic_name(&dead_letter_topic));
+        errors.check(
+            &name("DEAD_LETTER_TOPIC"),
+            parse_topic_name(&dead_letter_topic),
+        );
         if topics.contains(&dead_letter_topic) {
             errors.push(format!(
                 "{}: must not be one of the topics forwarded",
@@ -251,21 +254,6 @@ impl DeliveryFlags {
             dead_letter_topic,
             shutdown_timeout: Duration::from_secs(10),
         })
-    }
-}
-
-fn topic_name(topic: &str) -> Result<(), String> {
-    let valid = !topic.is_empty()
-        && topic.len() <= 249
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"
-        ))
     }
 }
 

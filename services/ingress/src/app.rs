@@ -10,7 +10,7 @@ use aftercart_kafka::{
     TopicSpec,
 };
 use aftercart_runtime::health::Readiness;
-use aftercart_runtime::Health;
+use aftercart_runtime::{Event as _, Health};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connections;
 use crate::dedupe::Dedupe;
+use crate::events::SpoolNotOpened;
 use crate::http::body::BodyBudget;
 use crate::http::webhook::SpoolState;
 use crate::http::WebhookState;
@@ -187,9 +188,8 @@ fn open_spool(config: &IngressConfig, metrics: &SpoolMetrics) -> SpoolState {
             SpoolState::Ready(spool)
         }
         Err(error) => {
-            metrics.error("open");
+            SpoolNotOpened { error: &error }.emit(metrics);
             metrics.set_available(false);
-            tracing::error!(%error, "Cannot open the spool: webhooks Kafka does not acknowledge in time will get 503.");
             SpoolState::Failed
         }
     }

@@ -24,8 +24,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aftercart_runtime::Event as _;
 use rdkafka::producer::future_producer::DeliveryFuture;
 use tokio::sync::{oneshot, watch};
+
+use crate::events::CheckpointNotWritten;
 
 pub use disk::{Disk, RealDisk};
 pub use entry::{Entry, SpoolRecord};
@@ -294,8 +297,7 @@ impl Shared {
     fn mark_drained(&self, end: u64, events: u64, bytes: u64) {
         if let Err(error) = segment::write_checkpoint(self.disk.as_ref(), &self.dir, end) {
             // Not fatal: after a restart these events are published once more.
-            self.metrics.error("write");
-            tracing::warn!(%error, "Cannot write the spool checkpoint.");
+            CheckpointNotWritten { error: &error }.emit(&self.metrics);
         }
         let mut state = self.lock_state();
         state.drained_seq = state.drained_seq.max(end);

@@ -3,9 +3,9 @@
 
 use aftercart_delivery::message::{Destination, DestinationError, Message, MessageSink, Profile};
 use aftercart_delivery::{DeliveryMetrics, Forwarder, ForwarderError, ForwarderSpec};
-use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicNames, TopicSpec};
+use aftercart_kafka::stage_topics::StageTopics;
+use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicSpec};
 use aftercart_runtime::Health;
-use aftercart_shopify::Family;
 use prometheus::Registry;
 use rdkafka::message::{Message as _, OwnedMessage};
 use tokio_util::sync::CancellationToken;
@@ -32,35 +32,26 @@ pub enum ServeError {
 /// Every topic the service reads or writes. The by-shop, changelog and touchpoints topics share
 /// one partition count: the state and touchpoints of by-shop partition N live in partition N.
 pub fn topic_specs(config: &JourneyConfig) -> (Vec<TopicSpec>, Vec<String>) {
-    let names = TopicNames::new(&config.kafka.topic_prefix);
-    let mut specs: Vec<TopicSpec> = Family::JOURNEY
-        .iter()
-        .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
-        .collect();
-    for topic in [
-        &config.touchpoints_topic,
-        &config.kpis_topic,
-        &config.abandonments_topic,
-        &config.invites_topic,
-        &config.rewards_topic,
-    ] {
-        specs.push(TopicSpec::new(topic, &config.kafka));
+    let (mut specs, same) = StageTopics {
+        by_shop: &config.by_shop_topic,
+        state: &config.state_topic,
+        dead_letter: &config.dead_letter_topic,
+        inputs: &[
+            config.abandonments_topic.as_str(),
+            config.invites_topic.as_str(),
+            config.rewards_topic.as_str(),
+        ],
+        outputs: &[
+            config.touchpoints_topic.as_str(),
+            config.kpis_topic.as_str(),
+        ],
     }
-    for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
-        specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
-    }
-    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
+    .specs(&config.kafka);
     if config.destination.is_some() {
         specs.push(
             TopicSpec::new(&config.delivery_dead_letter_topic, &config.kafka).holding_copies(),
         );
     }
-    let same = vec![
-        config.by_shop_topic.clone(),
-        config.state_topic.clone(),
-        config.touchpoints_topic.clone(),
-        config.kpis_topic.clone(),
-    ];
     (specs, same)
 }
 
@@ -161,25 +152,8 @@ pub async fn serve(
     };
     let service = crate::consumer::build(config, metrics, ready)?;
     tracing::info!(group = %config.group, touchpoints = %config.touchpoints_topic, relays_invites = config.rules.relay_invites, destination = forwarder.is_some(), "Journey service consuming.");
-    // One failing stops the other: both are this service.
-    let inner = stop.child_token();
-    let (looped, delivered) = tokio::join!(
-        async {
-            let result = service.run(inner.clone()).await;
-            inner.cancel();
-            result
-        },
-        async {
-            let result = match forwarder {
-                Some(forwarder) => forwarder.run(inner.clone()).await,
-                None => Ok(()),
-            };
-            if result.is_err() {
-                inner.cancel();
-            }
-            result
-        }
-    );
+    let (looped, delivered) =
+        aftercart_delivery::alongside(&stop, |inner| service.run(inner), forwarder).await;
     looped?;
     delivered?;
     tracing::info!("Journey service stopped.");

@@ -2,68 +2,44 @@
 //! `emit()` that writes the log line and moves the counter, so the two cannot drift (Vector's
 //! `internal_events` habit). Fields are labels and positions only, never record contents.
 
+use aftercart_runtime::event;
+
 use crate::loop_metrics::LoopMetrics;
 
-/// An input record the service's logic cannot use: counted by family and reason, dead-lettered.
-pub struct RecordUnusable<'a> {
-    pub family: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub reason: &'static str,
-}
-
-impl RecordUnusable<'_> {
-    pub fn emit(&self, metrics: &LoopMetrics) {
+event! {
+    /// An input record the service's logic cannot use: counted by family and reason, dead-lettered.
+    pub struct RecordUnusable<'a> { pub family: &'a str, pub partition: i32, pub offset: i64, pub reason: &'static str }
+    on LoopMetrics, |self, metrics| {
         metrics.failed(self.family, self.reason);
-        tracing::warn!(
-            topic = self.family,
-            partition = self.partition,
-            offset = self.offset,
-            reason = self.reason,
-            "Dead-lettering a record that cannot be used."
-        );
+        tracing::warn!(topic = self.family, partition = self.partition, offset = self.offset, reason = self.reason, "Dead-lettering a record that cannot be used.");
     }
 }
 
-/// A raw record without a shop domain cannot be routed by shop: counted, dead-lettered.
-pub struct RecordWithoutShop<'a> {
-    pub family: &'a str,
-    pub partition: i32,
-    pub offset: i64,
+event! {
+    /// A raw record without a shop domain cannot be routed by shop: counted, dead-lettered.
+    pub struct RecordWithoutShop<'a> { pub family: &'a str, pub partition: i32, pub offset: i64 }
+    on LoopMetrics, |self, metrics| {
+        metrics.failed(self.family, Self::REASON);
+        tracing::warn!(topic = self.family, partition = self.partition, offset = self.offset, reason = Self::REASON, "Dead-lettering a record without a shop domain.");
+    }
 }
 
 impl RecordWithoutShop<'_> {
     pub const REASON: &'static str = "no_shop";
-
-    pub fn emit(&self, metrics: &LoopMetrics) {
-        metrics.failed(self.family, Self::REASON);
-        tracing::warn!(
-            topic = self.family,
-            partition = self.partition,
-            offset = self.offset,
-            reason = Self::REASON,
-            "Dead-lettering a record without a shop domain."
-        );
-    }
 }
 
-/// This member may have lost its partitions (`stalled`, `lost`): it drops its state and rejoins.
-pub struct MemberFenced {
-    pub reason: &'static str,
-}
-
-impl MemberFenced {
-    pub fn emit(&self, metrics: &LoopMetrics) {
+event! {
+    /// This member may have lost its partitions (`stalled`, `lost`): it drops its state and rejoins.
+    pub struct MemberFenced { pub reason: &'static str }
+    on LoopMetrics, |self, metrics| {
         metrics.fenced(self.reason);
-        tracing::warn!(
-            reason = self.reason,
-            "This member may have lost its partitions: dropping its state and rejoining."
-        );
+        tracing::warn!(reason = self.reason, "This member may have lost its partitions: dropping its state and rejoining.");
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use aftercart_runtime::Event as _;
     use prometheus::Registry;
 
     use super::*;

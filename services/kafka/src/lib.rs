@@ -12,7 +12,9 @@ pub mod properties;
 pub mod records;
 pub mod settings;
 pub mod stage;
+pub mod stage_topics;
 pub mod stats;
+pub mod timers;
 pub mod topics;
 
 pub use client_watch::{ClientWatch, ErrorKind};

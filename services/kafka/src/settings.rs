@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use aftercart_runtime::config::{parse_duration, parse_in_range, ConfigErrors};
+use aftercart_runtime::config::{is_kafka_name, parse_duration, parse_in_range, ConfigErrors};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
@@ -136,11 +136,7 @@ impl KafkaArgs {
             },
         };
         let prefix = self.topic_prefix.trim().to_string();
-        if !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            || prefix.len() > 200
-        {
+        if !is_kafka_name(&prefix) || prefix.len() > 200 {
             errors.push("AFTERCART_TOPIC_PREFIX: only letters, digits, '.', '_' and '-' are allowed in Kafka topic names");
         }
         let partitions = errors.check(
@@ -242,11 +238,7 @@ impl KafkaArgs {
 
 /// A group instance id: what Kafka allows in one (it names the member in broker logs too).
 fn parse_instance_id(id: &str) -> Result<String, String> {
-    let valid = !id.is_empty()
-        && id.len() <= 200
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let valid = !id.is_empty() && id.len() <= 200 && is_kafka_name(id);
     if valid {
         Ok(id.to_string())
     } else {

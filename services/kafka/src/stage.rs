@@ -15,6 +15,7 @@ mod ownership;
 mod restore;
 
 use crate::events::{MemberFenced, RecordUnusable, RecordWithoutShop};
+use aftercart_runtime::Event as _;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;

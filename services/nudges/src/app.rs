@@ -4,9 +4,9 @@
 use aftercart_delivery::message::Destination;
 use aftercart_delivery::message::DestinationError;
 use aftercart_delivery::{DeliveryMetrics, Forwarder, ForwarderError, ForwarderSpec};
-use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicNames, TopicSpec};
+use aftercart_kafka::stage_topics::StageTopics;
+use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicSpec};
 use aftercart_runtime::Health;
-use aftercart_shopify::Family;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -34,24 +34,14 @@ pub enum ServeError {
 /// Every topic the service reads or writes. The by-shop, changelog and output topics share one
 /// partition count: the state and nudges of by-shop partition N live in partition N.
 pub fn topic_specs(config: &NudgesConfig) -> (Vec<TopicSpec>, Vec<String>) {
-    let names = TopicNames::new(&config.kafka.topic_prefix);
-    let mut specs: Vec<TopicSpec> = Family::JOURNEY
-        .iter()
-        .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
-        .collect();
-    for topic in [&config.abandonments_topic, &config.nudges_topic] {
-        specs.push(TopicSpec::new(topic, &config.kafka));
+    StageTopics {
+        by_shop: &config.by_shop_topic,
+        state: &config.state_topic,
+        dead_letter: &config.dead_letter_topic,
+        inputs: &[config.abandonments_topic.as_str()],
+        outputs: &[config.nudges_topic.as_str()],
     }
-    for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
-        specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
-    }
-    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
-    let same = vec![
-        config.by_shop_topic.clone(),
-        config.state_topic.clone(),
-        config.nudges_topic.clone(),
-    ];
-    (specs, same)
+    .specs(&config.kafka)
 }
 
 fn forwarder(

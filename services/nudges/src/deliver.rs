@@ -10,7 +10,10 @@ use bytes::Bytes;
 use rdkafka::message::{Message as _, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
+use aftercart_runtime::Event as _;
+
 use crate::domain::nudge::Nudge;
+use crate::events::{NudgeRefused, NudgeSent};
 use crate::metrics::NudgesMetrics;
 
 /// A nudge record as a message: the person's profile from its contact details, the rest as
@@ -77,25 +80,20 @@ impl RecordSink for NudgeSink {
         match &outcome {
             Outcome::Delivered { .. } => {
                 let late_ms = parse_time_ms(&nudge.due_at).map_or(0, |due| now_ms() - due);
-                self.metrics.sent(nudge.step, kind, late_ms as f64 / 1000.0);
-                tracing::info!(
-                    shop = %nudge.shop,
-                    event_id = %nudge.event_id,
-                    step = nudge.step,
-                    destination = kind,
-                    "Nudge sent."
-                );
+                NudgeSent {
+                    nudge: &nudge,
+                    destination: kind,
+                    late_seconds: late_ms as f64 / 1000.0,
+                }
+                .emit(&self.metrics);
             }
             Outcome::Failed(failure) => {
-                self.metrics.failed(kind);
-                tracing::warn!(
-                    shop = %nudge.shop,
-                    event_id = %nudge.event_id,
-                    step = nudge.step,
-                    destination = kind,
-                    reason = %failure.reason(),
-                    "A destination refused a nudge; dead-lettering it."
-                );
+                NudgeRefused {
+                    nudge: &nudge,
+                    destination: kind,
+                    reason: &failure.reason(),
+                }
+                .emit(&self.metrics);
             }
             Outcome::Stopped => {}
         }

@@ -5,6 +5,7 @@
 //! code (counted): a reminder without a discount beats none.
 
 use aftercart_kafka::StageEffect;
+use aftercart_runtime::Event as _;
 use aftercart_shopify::time::{now_ms, rfc3339};
 use aftercart_shopify_admin::client::CallError;
 use aftercart_shopify_admin::discounts::ActionError;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RecoveryDiscount;
 use crate::domain::engine::Entity;
 use crate::domain::nudge::Nudge;
+use crate::events::DiscountFailed;
 use crate::metrics::NudgesMetrics;
 
 type Staged = StageEffect<Entity, Nudge>;
@@ -62,7 +64,7 @@ impl RecoveryDiscounts {
 
     /// How long a batch may hold the loop while Shopify fails.
     pub fn budget(&self) -> std::time::Duration {
-        self.config.admin.max_retry_duration + self.config.admin.timeout
+        self.config.admin.batch_budget()
     }
 
     /// Gives every nudge that should carry a code its code; `None` when `stop` came first.
@@ -83,13 +85,11 @@ impl RecoveryDiscounts {
                         }
                         Err(ActionError::Call(CallError::Stopped)) => return None,
                         Err(error) => {
-                            self.metrics.discount("failed");
-                            tracing::warn!(
-                                shop = %output.shop,
-                                event_id = %output.event_id,
-                                reason = error.as_label(),
-                                "No recovery discount for a nudge; sending it without one."
-                            );
+                            DiscountFailed {
+                                nudge: output,
+                                reason: error.as_label(),
+                            }
+                            .emit(&self.metrics);
                         }
                     }
                 }

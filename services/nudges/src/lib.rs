@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod deliver;
 pub mod discount;
 pub mod domain;
+pub mod events;
 pub mod metrics;
 
 pub use app::{serve, topic_specs, NudgesService, ServeError};

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use aftercart_kafka::{DeadLetter, StageEffect};
+use aftercart_runtime::Event as _;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify_admin::client::CallError;
 use aftercart_shopify_admin::discounts::{ActionError, DiscountValue};
@@ -20,6 +21,7 @@ use crate::config::{IssueOn, RewardKind, ShopifyActions};
 use crate::domain::code::CodeRules;
 use crate::domain::event::{InviteEvent, Issued, Output, RewardEvent};
 use crate::domain::state::Entity;
+use crate::events::ActionDeadLettered;
 use crate::metrics::ReferralsMetrics;
 
 type Staged = StageEffect<Entity, Output>;
@@ -56,7 +58,7 @@ impl ShopActions {
     /// How long a batch may hold the loop while Shopify fails: one retry budget and its last
     /// request (a second failing shop in the same batch adds another; throttling waits too).
     pub fn budget(&self) -> std::time::Duration {
-        self.config.admin.max_retry_duration + self.config.admin.timeout
+        self.config.admin.batch_budget()
     }
 
     /// Acts on every output of a batch, in order; `None` when `stop` came first.
@@ -111,13 +113,12 @@ impl ShopActions {
                 }
                 Err((_, ActionError::Call(CallError::Stopped))) => return None,
                 Err((action, error)) => {
-                    self.metrics.shopify_action(action, "dead_lettered");
-                    tracing::warn!(
+                    ActionDeadLettered {
                         action,
-                        reason = error.as_label(),
-                        event_id = %event_id,
-                        "Dead-lettering an output whose action in the shop failed."
-                    );
+                        reason: error.as_label(),
+                        event_id: &event_id,
+                    }
+                    .emit(&self.metrics);
                     let topic = self.outputs.get(topic).cloned().unwrap_or_default();
                     dead.push(letter(
                         topic, partition, &key, &event_id, &output, action, &error,

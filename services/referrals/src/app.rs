@@ -1,9 +1,9 @@
 //! Wiring: prepares the topics the service reads and writes, then runs the loop until shutdown.
 
 use aftercart_delivery::{DeliveryMetrics, Forwarder, ForwarderError};
-use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicNames, TopicSpec};
+use aftercart_kafka::stage_topics::StageTopics;
+use aftercart_kafka::{ensure_topics_with_retry, LoopError, TopicError, TopicSpec};
 use aftercart_runtime::Health;
-use aftercart_shopify::Family;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -31,32 +31,21 @@ pub enum ServeError {
 /// Every topic the service reads or writes. The by-shop, changelog and output topics share one
 /// partition count: the state and events of by-shop partition N live in partition N.
 pub fn topic_specs(config: &ReferralsConfig) -> (Vec<TopicSpec>, Vec<String>) {
-    let names = TopicNames::new(&config.kafka.topic_prefix);
-    let mut specs: Vec<TopicSpec> = Family::JOURNEY
-        .iter()
-        .map(|f| TopicSpec::new(names.family(*f), &config.kafka))
-        .collect();
-    for topic in [
-        &config.invites_topic,
-        &config.rewards_topic,
-        &config.data_requests_topic,
-    ] {
-        specs.push(TopicSpec::new(topic, &config.kafka));
+    let (mut specs, same) = StageTopics {
+        by_shop: &config.by_shop_topic,
+        state: &config.state_topic,
+        dead_letter: &config.dead_letter_topic,
+        inputs: &[],
+        outputs: &[
+            config.invites_topic.as_str(),
+            config.rewards_topic.as_str(),
+            config.data_requests_topic.as_str(),
+        ],
     }
-    for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
-        specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
-    }
-    specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
+    .specs(&config.kafka);
     if let Some(webhook) = &config.webhook {
         specs.extend(aftercart_delivery::topic_specs(&config.kafka, webhook));
     }
-    let same = vec![
-        config.by_shop_topic.clone(),
-        config.state_topic.clone(),
-        config.invites_topic.clone(),
-        config.rewards_topic.clone(),
-        config.data_requests_topic.clone(),
-    ];
     (specs, same)
 }
 

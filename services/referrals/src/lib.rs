@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod domain;
+pub mod events;
 pub mod metrics;
 
 pub use app::{serve, topic_specs, ReferralsService, ServeError};

@@ -137,6 +137,24 @@ pub fn check_names(errors: &mut ConfigErrors, names: &[(&str, &str)]) {
     }
 }
 
+/// Whether `name` uses only what Kafka allows in topic names and ids: letters, digits, '.',
+/// '_' and '-'.
+pub fn is_kafka_name(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A Kafka topic name: 1 to 249 of the characters Kafka allows.
+pub fn parse_topic_name(topic: &str) -> Result<(), String> {
+    if !topic.is_empty() && topic.len() <= 249 && is_kafka_name(topic) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"
+        ))
+    }
+}
+
 /// A size in bytes: a plain number, or a number with B, KB, KiB, MB, MiB, GB, GiB.
 pub fn parse_byte_size(value: &str) -> Result<u64, String> {
     let trimmed = value.trim();

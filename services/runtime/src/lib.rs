@@ -5,6 +5,7 @@ pub mod admin;
 pub mod build_info;
 pub mod config;
 pub mod currency_label;
+pub mod event;
 pub mod health;
 pub mod metrics_catalog;
 pub mod outbound;
@@ -17,6 +18,7 @@ pub mod telemetry;
 
 pub use admin::AdminServer;
 pub use config::{ConfigErrors, EX_CONFIG, EX_USAGE};
+pub use event::Event;
 pub use health::Health;
 pub use process::Process;
 pub use service::{run_command, run_service, ProcessArgs, Service};

@@ -14,7 +14,10 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use aftercart_runtime::Event as _;
+
 use crate::config::AdminConfig;
+use crate::events::{CallExhausted, CallRetried, CallUnconfirmed, NoToken, TokenRefused};
 use crate::metrics::AdminMetrics;
 use crate::tokens::AccessTokens;
 
@@ -132,10 +135,7 @@ impl AdminClient {
         stop: &CancellationToken,
     ) -> Result<Value, CallError> {
         let Some(token) = self.tokens.get(shop) else {
-            self.metrics.call(operation, "no_token");
-            if self.metrics.no_token(shop) {
-                tracing::warn!(shop, "No Shopify access token for this shop; its discounts are not created until one is added to the tokens file.");
-            }
+            NoToken { shop, operation }.emit(&self.metrics);
             return Err(CallError::NoToken);
         };
         let token = HeaderValue::from_str(token.expose())
@@ -163,10 +163,12 @@ impl AdminClient {
                 Err(error) => (error.to_string(), None, error != "connect"),
                 Ok(answer) => match answer.status.as_u16() {
                     401 | 403 => {
-                        self.metrics.call(operation, "refused");
-                        if self.metrics.refused(shop, true) {
-                            tracing::error!(shop, status = answer.status.as_u16(), "Shopify refused the shop's access token: replace it in the tokens file.");
+                        TokenRefused {
+                            shop,
+                            operation,
+                            status: answer.status.as_u16(),
                         }
+                        .emit(&self.metrics);
                         return Err(CallError::Refused(answer.status.as_u16()));
                     }
                     _ => match classify(answer.status) {
@@ -215,21 +217,36 @@ impl AdminClient {
                 },
             };
             if maybe_done && !repeatable {
-                self.metrics.call(operation, "unconfirmed");
-                tracing::warn!(shop, operation, reason = %why, "Shopify gave no answer to a call that is not resent; whether it took effect is unknown.");
+                CallUnconfirmed {
+                    shop,
+                    operation,
+                    reason: &why,
+                }
+                .emit(&self.metrics);
                 return Err(CallError::Unconfirmed(why));
             }
             failures += 1;
             let wait = match self.retry.plan(failures, started.elapsed(), retry_after) {
                 Plan::Retry(wait) => wait,
                 Plan::GiveUp(_) => {
-                    self.metrics.call(operation, "exhausted");
-                    tracing::warn!(shop, operation, failures, reason = %why, "Shopify kept failing past the retry budget.");
+                    CallExhausted {
+                        shop,
+                        operation,
+                        failures,
+                        reason: &why,
+                    }
+                    .emit(&self.metrics);
                     return Err(CallError::Exhausted(why));
                 }
             };
-            self.metrics.call(operation, "retried");
-            tracing::warn!(shop, operation, failures, reason = %why, ?wait, "Shopify call failed; retrying.");
+            CallRetried {
+                shop,
+                operation,
+                failures,
+                reason: &why,
+                wait,
+            }
+            .emit(&self.metrics);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => {

@@ -99,6 +99,11 @@ impl AdminArgs {
 }
 
 impl AdminConfig {
+    /// How long one failing shop may hold a batch: one retry budget and its last request.
+    pub fn batch_budget(&self) -> Duration {
+        self.max_retry_duration + self.timeout
+    }
+
     /// The GraphQL URL of `shop`.
     pub fn url(&self, shop: &str) -> String {
         self.url_template

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod config;
 pub mod discounts;
+pub mod events;
 pub mod metrics;
 pub mod tokens;
 

@@ -1,6 +1,6 @@
 //! Decoding raw Shopify records (by their `shopify-topic` header) into the facts the engine uses.
 
-use aftercart_shopify::decode::{decode, shopify_topic};
+use aftercart_shopify::decode::{decode, shopify_topic, ConsentState};
 pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
 use aftercart_shopify::privacy::{DataRequest, Person};
 use serde::Deserialize;
@@ -150,11 +150,6 @@ struct ConsentPayload {
     id: Option<u64>,
     email_marketing_consent: Option<ConsentState>,
     sms_marketing_consent: Option<ConsentState>,
-}
-
-#[derive(Deserialize)]
-struct ConsentState {
-    state: Option<String>,
 }
 
 fn subscribed(consent: Option<ConsentState>) -> Option<bool> {

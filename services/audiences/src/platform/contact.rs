@@ -61,6 +61,16 @@ impl Contact {
     }
 }
 
+impl Contact {
+    /// The phone in E.164, read with the contact's country for a national number; `None` when
+    /// it is absent or not a usable number.
+    pub fn phone_e164(&self) -> Option<super::phone::E164> {
+        let country = self.country_alpha2();
+        self.raw_phone()
+            .and_then(|raw| super::phone::e164(raw, country.as_deref()))
+    }
+}
+
 fn trimmed(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }

@@ -29,7 +29,7 @@ use crate::domain::consent::AdConsent;
 
 use serde_json::{json, Value};
 
-use super::google::{EmailRule, Hashed};
+use super::google::{EmailRule, Hashed, IdentifierKeys};
 use super::{
     base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body,
     BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
@@ -64,23 +64,15 @@ pub struct Target {
 /// One member's `userData`: `{"userIdentifiers": [...]}` with what is present; `None` without
 /// any identifier.
 pub fn row(contact: &Contact) -> Option<Value> {
-    let hashed = Hashed::of(contact, EmailRule::GmailCanonical);
-    let mut identifiers = Vec::new();
-    if let Some(email) = hashed.email {
-        identifiers.push(json!({ "emailAddress": email }));
-    }
-    if let Some(phone) = hashed.phone {
-        identifiers.push(json!({ "phoneNumber": phone }));
-    }
-    if let Some(a) = hashed.address {
-        identifiers.push(json!({ "address": {
-            "givenName": a.first,
-            "familyName": a.last,
-            "regionCode": a.country,
-            "postalCode": a.zip,
-        }}));
-    }
-    (!identifiers.is_empty()).then(|| json!({ "userIdentifiers": identifiers }))
+    Hashed::of(contact, EmailRule::GmailCanonical).user_identifiers(&IdentifierKeys {
+        email: "emailAddress",
+        phone: "phoneNumber",
+        address: "address",
+        first: "givenName",
+        last: "familyName",
+        country: "regionCode",
+        zip: "postalCode",
+    })
 }
 
 fn account(value: &Account, field: &'static str) -> Result<Value, BuildError> {

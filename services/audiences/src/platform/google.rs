@@ -41,8 +41,8 @@ use serde_json::{json, Map, Value};
 use crate::domain::consent::AdConsent;
 
 use super::{
-    base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body, phone,
-    sensitive, version, BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
+    base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body, sensitive,
+    version, BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
 };
 
 /// The Google Ads API host.
@@ -106,23 +106,15 @@ impl Target {
 /// with the identifiers present. `None` when there is none (no email, no usable phone, no
 /// complete address).
 pub fn row(contact: &Contact) -> Option<Value> {
-    let hashed = Hashed::of(contact, EmailRule::TrimLower);
-    let mut identifiers = Vec::new();
-    if let Some(email) = hashed.email {
-        identifiers.push(json!({ "hashedEmail": email }));
-    }
-    if let Some(phone) = hashed.phone {
-        identifiers.push(json!({ "hashedPhoneNumber": phone }));
-    }
-    if let Some(a) = hashed.address {
-        identifiers.push(json!({ "addressInfo": {
-            "hashedFirstName": a.first,
-            "hashedLastName": a.last,
-            "countryCode": a.country,
-            "postalCode": a.zip,
-        }}));
-    }
-    (!identifiers.is_empty()).then(|| json!({ "userIdentifiers": identifiers }))
+    Hashed::of(contact, EmailRule::TrimLower).user_identifiers(&IdentifierKeys {
+        email: "hashedEmail",
+        phone: "hashedPhoneNumber",
+        address: "addressInfo",
+        first: "hashedFirstName",
+        last: "hashedLastName",
+        country: "countryCode",
+        zip: "postalCode",
+    })
 }
 
 /// How an email is normalised before hashing. The two Google APIs document different rules.
@@ -152,7 +144,39 @@ pub(crate) struct HashedAddress {
     pub zip: String,
 }
 
+/// The JSON names one API gives a person's identifiers (Google Ads and Data Manager differ).
+pub(crate) struct IdentifierKeys {
+    pub email: &'static str,
+    pub phone: &'static str,
+    pub address: &'static str,
+    pub first: &'static str,
+    pub last: &'static str,
+    pub country: &'static str,
+    pub zip: &'static str,
+}
+
 impl Hashed {
+    /// `{"userIdentifiers": [...]}` with the identifiers present under `keys`' names; `None`
+    /// without any.
+    pub(crate) fn user_identifiers(self, keys: &IdentifierKeys) -> Option<Value> {
+        let mut identifiers = Vec::new();
+        if let Some(email) = self.email {
+            identifiers.push(json!({ (keys.email): email }));
+        }
+        if let Some(phone) = self.phone {
+            identifiers.push(json!({ (keys.phone): phone }));
+        }
+        if let Some(a) = self.address {
+            identifiers.push(json!({ (keys.address): {
+                (keys.first): a.first,
+                (keys.last): a.last,
+                (keys.country): a.country,
+                (keys.zip): a.zip,
+            }}));
+        }
+        (!identifiers.is_empty()).then(|| json!({ "userIdentifiers": identifiers }))
+    }
+
     pub(crate) fn of(contact: &Contact, rule: EmailRule) -> Hashed {
         let country = contact.country_alpha2();
         let email = contact
@@ -164,8 +188,7 @@ impl Hashed {
             })
             .map(|e| hash::sha256_hex(&e));
         let phone = contact
-            .raw_phone()
-            .and_then(|raw| phone::e164(raw, country.as_deref()))
+            .phone_e164()
             .map(|p| hash::sha256_hex(&p.with_plus()));
         let first = contact.raw_first_name().and_then(normalise_name);
         let last = contact.raw_last_name().and_then(normalise_name);

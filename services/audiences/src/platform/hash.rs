@@ -1,5 +1,6 @@
 //! SHA-256 lower-case hex, and the batch id checks and derivations shared by the request builders.
 
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::BuildError;
@@ -15,6 +16,17 @@ pub fn sha256_hex(value: &str) -> String {
         out.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     out
+}
+
+/// A JSON object of the fields present, each value hashed with [`sha256_hex`] (callers
+/// normalise first).
+pub fn hashed_fields<'a>(
+    fields: impl IntoIterator<Item = (&'a str, Option<String>)>,
+) -> Map<String, Value> {
+    fields
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_owned(), Value::String(sha256_hex(&value?)))))
+        .collect()
 }
 
 /// Whether `value` looks like what [`sha256_hex`] returns (64 lower-case hex characters).

@@ -29,11 +29,11 @@
 //! - `COUNTRY`: lower-case ISO alpha-2. `PHONE`: digits only with country code, no `+`, no leading
 //!   zero (from [`phone::e164`]). `EMAIL`: trimmed and lower-cased, nothing else (no Gmail rules).
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
-    base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body, phone,
-    version, BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
+    base_url, bearer, check_batch, classify, hash, json_request, numeric_id, parse_body, version,
+    BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
 };
 
 /// The Graph API host.
@@ -81,10 +81,7 @@ impl Target {
 pub fn row(contact: &Contact) -> Option<Value> {
     let country = contact.country_alpha2();
     let email = contact.raw_email().map(normalise_email);
-    let phone = contact
-        .raw_phone()
-        .and_then(|raw| phone::e164(raw, country.as_deref()))
-        .map(|n| n.digits().to_owned());
+    let phone = contact.phone_e164().map(|n| n.digits().to_owned());
     if email.is_none() && phone.is_none() {
         return None;
     }
@@ -101,11 +98,7 @@ pub fn row(contact: &Contact) -> Option<Value> {
         ),
         ("COUNTRY", country.map(|c| c.to_ascii_lowercase())),
     ];
-    let row: Map<String, Value> = fields
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_owned(), Value::String(hash::sha256_hex(&value?)))))
-        .collect();
-    Some(Value::Object(row))
+    Some(Value::Object(hash::hashed_fields(fields)))
 }
 
 /// The request that adds (`POST`) or removes (`DELETE`) `rows` (from [`row`]) to or from the

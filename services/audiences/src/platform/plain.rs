@@ -4,16 +4,12 @@
 
 use serde_json::{Map, Value};
 
-use super::{hash, phone, Contact};
+use super::{hash, Contact};
 
 /// `{"email_sha256": h, "phone_sha256": h}` (only the fields present); `None` without either.
 pub fn row(contact: &Contact) -> Option<Value> {
-    let country = contact.country_alpha2();
     let email = contact.raw_email().map(|e| e.to_lowercase());
-    let phone = contact
-        .raw_phone()
-        .and_then(|raw| phone::e164(raw, country.as_deref()))
-        .map(|n| n.with_plus());
+    let phone = contact.phone_e164().map(|n| n.with_plus());
     if email.is_none() && phone.is_none() {
         return None;
     }

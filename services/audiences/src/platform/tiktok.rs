@@ -26,10 +26,10 @@
 //! Normalisation (TikTok's): email trimmed, lower-cased, `+tag` before `@` removed (any domain;
 //! dots kept); phone digits only with country code, no `+` (from [`phone::e164`]).
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
-    base_url, check_batch, classify, hash, json_request, numeric_id, parse_body, phone, sensitive,
+    base_url, check_batch, classify, hash, json_request, numeric_id, parse_body, sensitive,
     version, BuildError, Contact, Judgement, Op, Request, Secret, StatusClass,
 };
 
@@ -84,16 +84,9 @@ impl Target {
 /// TikTok's hashed identifiers of one person: `{"EMAIL_SHA256": …, "PHONE_SHA256": …}` with the
 /// identifiers present. `None` without an email or a usable phone.
 pub fn row(contact: &Contact) -> Option<Value> {
-    let country = contact.country_alpha2();
     let email = contact.raw_email().and_then(normalise_email);
-    let phone = contact
-        .raw_phone()
-        .and_then(|raw| phone::e164(raw, country.as_deref()))
-        .map(|n| n.digits().to_owned());
-    let row: Map<String, Value> = [("EMAIL_SHA256", email), ("PHONE_SHA256", phone)]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_owned(), Value::String(hash::sha256_hex(&value?)))))
-        .collect();
+    let phone = contact.phone_e164().map(|n| n.digits().to_owned());
+    let row = hash::hashed_fields([("EMAIL_SHA256", email), ("PHONE_SHA256", phone)]);
     (!row.is_empty()).then_some(Value::Object(row))
 }
 

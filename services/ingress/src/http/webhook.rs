@@ -1,6 +1,7 @@
 //! `POST /webhooks/shopify`: read the raw body, verify, dedupe, route, publish, answer.
 
 use crate::events::{KafkaRefusedQuarantined, Quarantined};
+use aftercart_runtime::Event as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 

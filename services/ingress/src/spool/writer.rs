@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::future_producer::DeliveryFuture;
 use tokio::sync::oneshot;
 
+use aftercart_runtime::Event as _;
+
 use super::disk::{self, WriteFile};
 use super::entry::{self, SpoolRecord};
 use super::segment::segment_path;
 use super::{unix_ms, AppendError, AppendResult, Segment, Shared};
+use crate::events::{SegmentNotDeleted, SpoolDiskFailed};
 
 /// Most appends written by one group commit; bounds the latency of the last one in a group.
 const MAX_GROUP: usize = 4096;
@@ -221,8 +224,12 @@ impl Writer {
     /// partial write is never read back. A segment that never held a durable entry is dropped
     /// (its file too), so no stale entry can later delete a path a new segment reuses.
     fn fail(&mut self, group: Vec<Request>, op: &'static str, error: &io::Error) {
-        tracing::error!(op, %error, events = group.len(), "Spool disk error: these webhooks are not spooled (published directly if Kafka takes them, else 503).");
-        self.shared.metrics.error(op);
+        SpoolDiskFailed {
+            op,
+            error,
+            events: group.len(),
+        }
+        .emit(&self.shared.metrics);
         self.shared.metrics.set_available(false);
         self.shared.disk_ok.store(false, Ordering::Release);
         if let Some(mut file) = self.active.take() {
@@ -269,8 +276,11 @@ pub(super) fn remove_drained(state: &mut super::State, shared: &Shared) {
         }
         if let Err(error) = shared.disk.remove_file(&front.path) {
             if error.kind() != io::ErrorKind::NotFound {
-                shared.metrics.error("remove");
-                tracing::warn!(%error, segment = %front.path.display(), "Cannot delete a drained spool segment; it will be retried.");
+                SegmentNotDeleted {
+                    segment: &front.path,
+                    error: &error,
+                }
+                .emit(&shared.metrics);
                 break;
             }
         }

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use aftercart_kafka::timers::take_due;
+use aftercart_shopify::decode::ConsentChange;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::rfc3339;
 
@@ -209,11 +211,11 @@ impl Engine {
                 step.put(key, order);
             }
             Input::Shipment(fact) => step.shipment(&fact, at_ms),
-            Input::Consent {
+            Input::Consent(ConsentChange {
                 customer_id,
                 subscribed,
                 at_ms: stated,
-            } => {
+            }) => {
                 let key = customer_entity(shop, customer_id);
                 let stated = stated.unwrap_or(at_ms);
                 let known = step.state.customers.get(&key);
@@ -247,17 +249,7 @@ impl Engine {
     pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         for (partition, state) in &mut self.partitions {
-            let mut due = Vec::new();
-            while let Some(first) = state.timers.first() {
-                if first.0 > now_ms {
-                    break;
-                }
-                let (_, key) = state.timers.pop_first().expect("checked");
-                if !due.contains(&key) {
-                    due.push(key);
-                }
-            }
-            for key in due {
+            for key in take_due(&mut state.timers, now_ms) {
                 let mut effects = Vec::new();
                 let shop = shop_of_entity(&key).to_string();
                 let mut step = Step {

@@ -1,7 +1,11 @@
 //! Decoding the records the journey reads (by their `shopify-topic` header, or the referral
 //! invites topic) into the facts the engine uses.
 
-use aftercart_shopify::decode::{decode, shopify_topic, PoisonRecord};
+pub use aftercart_shopify::decode::ConsentState;
+use aftercart_shopify::decode::{
+    consent_change, decode, deleted_order_id, order_consent, order_email, shopify_topic,
+    ConsentChange, PoisonRecord,
+};
 use aftercart_shopify::money::Amount;
 use aftercart_shopify::time::parse_time_ms;
 use serde::Deserialize;
@@ -64,12 +68,6 @@ pub fn shipment(status: &str) -> Shipment {
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-pub struct ConsentState {
-    pub state: Option<String>,
-    pub consent_updated_at: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct Customer {
     pub id: Option<u64>,
     /// Present in older API versions: more than 1 means this is not the first order.
@@ -115,12 +113,11 @@ pub struct OrderFact {
 
 impl OrderFact {
     pub fn email(&self) -> Option<&str> {
-        self.customer
-            .as_ref()
-            .and_then(|c| c.email.as_deref())
-            .or(self.email.as_deref())
-            .or(self.contact_email.as_deref())
-            .filter(|e| e.contains('@'))
+        order_email(
+            self.customer.as_ref().and_then(|c| c.email.as_deref()),
+            self.email.as_deref(),
+            self.contact_email.as_deref(),
+        )
     }
 
     /// Cancelled, or refunded in full, according to this snapshot.
@@ -136,18 +133,10 @@ impl OrderFact {
 
     /// Marketing consent stated by this order, with the time it was stated.
     pub fn consent(&self) -> Option<(bool, Option<i64>)> {
-        let stated = self
-            .customer
-            .as_ref()
-            .and_then(|c| c.email_marketing_consent.as_ref());
-        if let Some(state) = stated.and_then(|c| c.state.as_deref()) {
-            let at = stated
-                .and_then(|c| c.consent_updated_at.as_deref())
-                .and_then(parse_time_ms);
-            return Some((state == "subscribed", at));
-        }
-        self.buyer_accepts_marketing
-            .map(|accepts| (accepts, self.created_at.as_deref().and_then(parse_time_ms)))
+        let customer = self.customer.as_ref();
+        let stated = customer.and_then(|c| c.email_marketing_consent.as_ref());
+        let created_at = self.created_at.as_deref();
+        order_consent(stated, self.buyer_accepts_marketing, created_at)
     }
 }
 
@@ -209,11 +198,7 @@ pub enum Input {
         order_id: u64,
     },
     Shipment(Box<ShipmentFact>),
-    Consent {
-        customer_id: u64,
-        subscribed: bool,
-        at_ms: Option<i64>,
-    },
+    Consent(ConsentChange),
     RedactCustomer {
         customer_id: Option<u64>,
         email: Option<String>,
@@ -225,11 +210,6 @@ pub enum Input {
     Kpi(crate::domain::kpis::Fact),
     /// A topic the journey does not act on.
     Ignored,
-}
-
-#[derive(Deserialize)]
-struct OrderId {
-    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -266,14 +246,6 @@ struct FulfillmentEventPayload {
     order_id: u64,
     status: Option<String>,
     happened_at: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ConsentPayload {
-    customer_id: Option<u64>,
-    id: Option<u64>,
-    email_marketing_consent: Option<ConsentState>,
-    updated_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -378,7 +350,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             Input::Order(Box::new(order))
         }
         "orders/delete" => Input::Deleted {
-            order_id: decode::<OrderId>(&topic, body)?.id,
+            order_id: deleted_order_id(&topic, body)?,
         },
         "refunds/create" => {
             let refund: RefundPayload = decode(&topic, body)?;
@@ -445,23 +417,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             }))
         }
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
-            let payload: ConsentPayload = decode(&topic, body)?;
-            let consent = payload.email_marketing_consent;
-            match (
-                payload.customer_id.or(payload.id),
-                consent.as_ref().and_then(|c| c.state.as_deref()),
-            ) {
-                (Some(customer_id), Some(state)) => Input::Consent {
-                    customer_id,
-                    subscribed: state == "subscribed",
-                    at_ms: consent
-                        .as_ref()
-                        .and_then(|c| c.consent_updated_at.as_deref())
-                        .or(payload.updated_at.as_deref())
-                        .and_then(parse_time_ms),
-                },
-                _ => Input::Ignored,
-            }
+            consent_change(&topic, body)?.map_or(Input::Ignored, Input::Consent)
         }
         "customers/redact" => {
             let payload: RedactPayload = decode(&topic, body)?;

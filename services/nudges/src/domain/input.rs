@@ -3,7 +3,7 @@
 
 use aftercart_abandonment::domain::event::{EventType, Kind, OutputEvent};
 pub use aftercart_shopify::decode::PoisonRecord;
-use aftercart_shopify::decode::{decode, shopify_topic};
+use aftercart_shopify::decode::{decode, shopify_topic, ConsentState};
 use serde::Deserialize;
 
 /// One fact, of one shop.
@@ -72,11 +72,6 @@ struct OrderJson {
 struct CheckoutJson {
     token: Option<String>,
     cart_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ConsentState {
-    state: Option<String>,
 }
 
 #[derive(Deserialize)]

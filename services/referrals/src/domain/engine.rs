@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use aftercart_kafka::timers::take_due;
 use aftercart_runtime::state_hash::StateHasher;
+use aftercart_shopify::decode::ConsentChange;
 use aftercart_shopify::money::Amount;
 use aftercart_shopify::privacy::{
     international_phone, normal_phone, DataRequest, DataRequestReport, Holding, Person,
@@ -414,7 +416,7 @@ impl Engine {
             Input::Negated { order_id, .. } | Input::Delivered { order_id, .. } => {
                 state.redacted(&rules.hasher, shop, None, &[], &[], Some(*order_id))
             }
-            Input::Consent { customer_id, .. } => {
+            Input::Consent(ConsentChange { customer_id, .. }) => {
                 state.redacted(&rules.hasher, shop, Some(*customer_id), &[], &[], None)
             }
             Input::RedactCustomer(_)
@@ -445,11 +447,11 @@ impl Engine {
                 step.negate(&key, &mut order, negation, at_ms);
                 step.put_order(key, order);
             }
-            Input::Consent {
+            Input::Consent(ConsentChange {
                 customer_id,
                 subscribed,
                 at_ms: stated_at,
-            } => {
+            }) => {
                 let key = customer_entity(shop, &customer_key_of_id(customer_id));
                 if let Some(customer) = step.state.customers.get_mut(&key) {
                     if merge_consent(customer, subscribed, stated_at.unwrap_or(at_ms)) {
@@ -470,17 +472,7 @@ impl Engine {
     pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         for (partition, state) in &mut self.partitions {
-            let mut due = Vec::new();
-            while let Some(first) = state.timers.first() {
-                if first.0 > now_ms {
-                    break;
-                }
-                let (_, key) = state.timers.pop_first().expect("checked");
-                if !due.contains(&key) {
-                    due.push(key);
-                }
-            }
-            for key in due {
+            for key in take_due(&mut state.timers, now_ms) {
                 let mut effects = Vec::new();
                 let shop = shop_of_entity(&key).to_string();
                 let mut step = Step {

@@ -1,6 +1,10 @@
 //! Decoding raw Shopify records (by their `shopify-topic` header) into the facts the engine uses.
 
-use aftercart_shopify::decode::{decode, shopify_topic};
+pub use aftercart_shopify::decode::ConsentState;
+use aftercart_shopify::decode::{
+    consent_change, decode, deleted_order_id, order_consent, order_email, shopify_topic,
+    ConsentChange,
+};
 pub use aftercart_shopify::decode::{discount_codes, PoisonRecord};
 use serde::Deserialize;
 use serde_json::Value;
@@ -70,11 +74,7 @@ pub enum Input {
         at_ms: Option<i64>,
     },
     /// A customer's email-marketing consent changed.
-    Consent {
-        customer_id: u64,
-        subscribed: bool,
-        at_ms: Option<i64>,
-    },
+    Consent(ConsentChange),
     /// `customers/redact`: by customer id, email, phone and the orders it lists.
     RedactCustomer(Person),
     RedactShop,
@@ -82,12 +82,6 @@ pub enum Input {
     DataRequest(Box<DataRequest>),
     /// A topic the service does not act on.
     Ignored,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-pub struct ConsentState {
-    pub state: Option<String>,
-    pub consent_updated_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -200,12 +194,11 @@ impl OrderFact {
     }
 
     pub fn email(&self) -> Option<&str> {
-        self.customer
-            .as_ref()
-            .and_then(|c| c.email.as_deref())
-            .or(self.email.as_deref())
-            .or(self.contact_email.as_deref())
-            .filter(|e| e.contains('@'))
+        order_email(
+            self.customer.as_ref().and_then(|c| c.email.as_deref()),
+            self.email.as_deref(),
+            self.contact_email.as_deref(),
+        )
     }
 
     pub fn browser_ip(&self) -> Option<&str> {
@@ -220,28 +213,15 @@ impl OrderFact {
 
     /// Marketing consent stated by this order, with the time it was stated.
     pub fn consent(&self) -> Option<(bool, Option<i64>)> {
-        let stated = self
-            .customer
-            .as_ref()
-            .and_then(|c| c.email_marketing_consent.as_ref());
-        if let Some(state) = stated.and_then(|c| c.state.as_deref()) {
-            let at = stated
-                .and_then(|c| c.consent_updated_at.as_deref())
-                .and_then(parse_time_ms);
-            return Some((state == "subscribed", at));
-        }
-        self.buyer_accepts_marketing
-            .map(|accepts| (accepts, self.created_at.as_deref().and_then(parse_time_ms)))
+        let customer = self.customer.as_ref();
+        let stated = customer.and_then(|c| c.email_marketing_consent.as_ref());
+        let created_at = self.created_at.as_deref();
+        order_consent(stated, self.buyer_accepts_marketing, created_at)
     }
 
     pub fn created_ms(&self) -> Option<i64> {
         self.created_at.as_deref().and_then(parse_time_ms)
     }
-}
-
-#[derive(Deserialize)]
-struct OrderId {
-    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -265,14 +245,6 @@ fn is_delivered(status: Option<&str>) -> bool {
         let s = s.trim();
         s.eq_ignore_ascii_case("delivered") || s.eq_ignore_ascii_case("picked_up")
     })
-}
-
-#[derive(Deserialize)]
-struct ConsentPayload {
-    customer_id: Option<u64>,
-    id: Option<u64>,
-    email_marketing_consent: Option<ConsentState>,
-    updated_at: Option<String>,
 }
 
 /// Decodes a record by its Shopify topic.
@@ -304,7 +276,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
     }
     Ok(match topic.as_str() {
         "orders/delete" => Input::Negated {
-            order_id: decode::<OrderId>(&topic, body)?.id,
+            order_id: deleted_order_id(&topic, body)?,
             negation: Negation::Deleted,
         },
         "refunds/create" => Input::Negated {
@@ -333,23 +305,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             }
         }
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
-            let payload: ConsentPayload = decode(&topic, body)?;
-            let consent = payload.email_marketing_consent;
-            match (
-                payload.customer_id.or(payload.id),
-                consent.as_ref().and_then(|c| c.state.as_deref()),
-            ) {
-                (Some(customer_id), Some(state)) => Input::Consent {
-                    customer_id,
-                    subscribed: state == "subscribed",
-                    at_ms: consent
-                        .as_ref()
-                        .and_then(|c| c.consent_updated_at.as_deref())
-                        .or(payload.updated_at.as_deref())
-                        .and_then(parse_time_ms),
-                },
-                _ => Input::Ignored,
-            }
+            consent_change(&topic, body)?.map_or(Input::Ignored, Input::Consent)
         }
         "customers/redact" => Input::RedactCustomer(Person::decode(&topic, body)?),
         "customers/data_request" => {
@@ -414,11 +370,11 @@ mod tests {
         let consent = br#"{"customer_id":7,"email_address":"a@b.c","email_marketing_consent":{"state":"unsubscribed","consent_updated_at":"2026-01-01T00:00:00Z"}}"#;
         assert!(matches!(
             decode_input(Some("customers_email_marketing_consent/update"), consent).unwrap(),
-            Input::Consent {
+            Input::Consent(ConsentChange {
                 customer_id: 7,
                 subscribed: false,
                 at_ms: Some(_)
-            }
+            })
         ));
         assert!(matches!(
             decode_input(Some("customers/redact"), &fixture("customers_redact.json")).unwrap(),
