@@ -44,11 +44,15 @@ pub fn topic_specs(config: &AudiencesConfig) -> (Vec<TopicSpec>, Vec<String>) {
     for topic in [&config.by_shop_topic, &config.dead_letter_topic] {
         specs.push(TopicSpec::new(topic, &config.kafka).holding_copies());
     }
+    specs.push(TopicSpec::new(&config.data_requests_topic, &config.kafka));
     specs.push(TopicSpec::changelog(&config.state_topic, &config.kafka));
+    // A data request's report is written to the partition of the shop's state, as referrals
+    // and abandonment write theirs.
     let same = vec![
         config.by_shop_topic.clone(),
         config.state_topic.clone(),
         config.batches_topic.clone(),
+        config.data_requests_topic.clone(),
     ];
     (specs, same)
 }

@@ -4,6 +4,7 @@
 
 use aftercart_shopify::decode::{decode, shopify_topic, PoisonRecord};
 use aftercart_shopify::money::Amount;
+use aftercart_shopify::privacy::DataRequest;
 use aftercart_shopify::time::parse_time_ms;
 use serde::Deserialize;
 
@@ -113,6 +114,8 @@ pub enum Input {
         orders: Vec<u64>,
     },
     ShopRedact,
+    /// `customers/data_request`: report what is held about the person.
+    DataRequest(Box<DataRequest>),
     /// Relevant topic, nothing to do (e.g. a guest order without email or customer).
     Nothing,
 }
@@ -136,7 +139,10 @@ pub fn is_relevant(family: &str, topic: Option<&str>) -> bool {
                 | "customers_email_marketing_consent/update"
                 | "customers_marketing_consent/update"
         ),
-        "compliance" => matches!(topic.as_str(), "customers/redact" | "shop/redact"),
+        "compliance" => matches!(
+            topic.as_str(),
+            "customers/redact" | "shop/redact" | "customers/data_request"
+        ),
         _ => false,
     }
 }
@@ -358,6 +364,9 @@ pub fn decode_input(
             })
         }
         "shop/redact" => Ok(Input::ShopRedact),
+        "customers/data_request" => Ok(Input::DataRequest(Box::new(DataRequest::decode(
+            &topic, body,
+        )?))),
         _ => Ok(Input::Nothing),
     }
 }
@@ -690,7 +699,7 @@ mod tests {
         assert!(is_relevant("orders", Some("orders/paid")));
         assert!(!is_relevant("orders", Some("orders/fulfilled")));
         assert!(is_relevant("compliance", Some("shop/redact")));
-        assert!(!is_relevant("compliance", Some("customers/data_request")));
+        assert!(is_relevant("compliance", Some("customers/data_request")));
         assert!(is_relevant("abandonments", None));
         assert!(!is_relevant("checkouts", Some("checkouts/create")));
     }
