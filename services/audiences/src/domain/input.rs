@@ -285,13 +285,6 @@ struct SmsConsentUpdateJson {
     sms_marketing_consent: Option<ConsentJson>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RedactJson {
-    customer: Option<CustomerJson>,
-    orders_to_redact: Vec<u64>,
-}
-
 #[derive(Deserialize)]
 struct DeletedJson {
     id: u64,
@@ -352,15 +345,15 @@ pub fn decode_input(
             }
         }
         "customers/redact" => {
-            let redact: RedactJson = decode(&topic, body)?;
-            let customer = redact.customer.unwrap_or_default();
+            // Read as every service reads it: leniently, and refused only when it names no one.
+            let redact = aftercart_shopify::privacy::Person::decode_redaction(&topic, body)?;
             Ok(Input::Redact {
                 person: PersonRef {
-                    customer_id: customer.id,
-                    email: customer.email,
+                    customer_id: redact.customer_id,
+                    email: redact.email,
                 },
-                phone: customer.phone,
-                orders: redact.orders_to_redact,
+                phone: redact.phone,
+                orders: redact.orders,
             })
         }
         "shop/redact" => Ok(Input::ShopRedact),
@@ -672,8 +665,9 @@ mod tests {
         else {
             panic!("not a redaction");
         };
-        assert_eq!(orders, [299938, 280263, 220458]);
-        assert_eq!(phone.as_deref(), Some("555-625-1199"));
+        // Read by the shared decoder: orders sorted, the phone as its compared digits.
+        assert_eq!(orders, [220458, 280263, 299938]);
+        assert_eq!(phone.as_deref(), Some("5556251199"));
     }
 
     #[test]
@@ -702,5 +696,28 @@ mod tests {
         assert!(is_relevant("compliance", Some("customers/data_request")));
         assert!(is_relevant("abandonments", None));
         assert!(!is_relevant("checkouts", Some("checkouts/create")));
+    }
+
+    #[test]
+    fn a_malformed_redaction_is_applied_by_what_it_names_and_one_naming_no_one_is_kept() {
+        let body = br#"{"customer":{"id":"42","email":7,"phone":15556251199},"orders_to_redact":[7,"8","x",null]}"#;
+        let Input::Redact {
+            person,
+            phone,
+            orders,
+        } = decode_input("compliance", Some("customers/redact"), body, 0).unwrap()
+        else {
+            panic!("a redaction")
+        };
+        assert_eq!(person.customer_id, Some(42));
+        assert!(phone.is_some());
+        assert_eq!(orders, vec![7, 8]);
+        let none = decode_input(
+            "compliance",
+            Some("customers/redact"),
+            br#"{"customer":{"id":null,"email":""},"orders_to_redact":"none"}"#,
+            0,
+        );
+        assert_eq!(none.unwrap_err().as_label(), "unidentified_redaction");
     }
 }
