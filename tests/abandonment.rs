@@ -16,6 +16,7 @@ broker_tests!(
     a_cart_that_never_reaches_checkout_is_a_cart_abandonment,
     a_restart_restores_state_and_emits_exactly_once,
     poison_records_are_dead_lettered_and_processing_continues,
+    an_unsubscribe_holds_after_a_restart_once_the_customers_topic_no_longer_has_it,
 );
 
 mod scenarios {
@@ -275,6 +276,67 @@ mod scenarios {
             .find(|r| r.key_str() == key)
             .expect("changelog record");
         assert!(last.value.is_empty(), "tombstone for the redacted journey");
+    }
+
+    pub async fn an_unsubscribe_holds_after_a_restart_once_the_customers_topic_no_longer_has_it(
+        broker: &Broker,
+    ) {
+        let mut stack = Stack::start(broker, &[]).await;
+        stack
+            .send(
+                "customers_email_marketing_consent/update",
+                r#"{"customer_id":4242,"email_address":"ann@example.com","email_marketing_consent":{"state":"unsubscribed","opt_in_level":"single_opt_in","consent_updated_at":"2026-11-20T10:00:00Z"}}"#.to_string(),
+            )
+            .await;
+        let key = "consent:jsmith.myshopify.com/id:4242";
+        eventually(
+            "the consent kept in each partition's changelog",
+            Duration::from_secs(30),
+            || async {
+                let changelog = read_topic(&stack.bootstrap, &stack.config.state_topic).await;
+                let copies = changelog.iter().filter(|r| r.key_str() == key).count();
+                (copies >= 3).then_some(())
+            },
+        )
+        .await;
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+
+        // The customers topic's records are gone (past its retention): the service comes back
+        // on fresh source topics that hold only what happens next, with its own changelog.
+        let fresh = TestIngress::start_on(broker, ingress_config(broker)).await;
+        let mut config = stack.config.clone();
+        config.kafka.topic_prefix = fresh.config.kafka.topic_prefix.clone();
+        stack.service = Some(TestAbandonment::start_on(broker, config).await);
+        let cart = unique("cart");
+        let response = Webhook::new(
+            "checkouts/create",
+            checkout(&cart, "2026-11-23T10:00:00Z", "").into_bytes(),
+            SECRET,
+        )
+        .post(fresh.addr)
+        .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        let events = stack.settled_events(1).await;
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let event = &events[0];
+        assert_eq!(event["customer"]["id"], 4242);
+        assert_eq!(
+            event["segments"]["consent"]["email"], false,
+            "the unsubscribe still holds: {event:#}"
+        );
+        assert_eq!(event["customer"]["accepts_email_marketing"], false);
+        assert!(
+            !event
+                .to_string()
+                .contains(&format!("buyer-{cart}@example.com")),
+            "no email for someone who unsubscribed: {event:#}"
+        );
     }
 
     pub async fn a_data_request_is_answered_with_the_customers_journeys(broker: &Broker) {

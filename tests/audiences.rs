@@ -13,6 +13,7 @@ broker_tests!(
     google_data_manager_partial_failures_are_counted_and_the_rest_resent,
     refused_removals_wait_until_accepted_and_are_never_dead_lettered,
     a_destination_removed_with_removals_pending_is_refused_at_start,
+    a_data_request_is_answered_with_the_audiences_and_destinations_holding_the_customer,
 );
 
 mod scenarios {
@@ -986,5 +987,94 @@ mod scenarios {
             !message.contains("example.com"),
             "no personal data: {message}"
         );
+    }
+
+    /// The reports on the data requests topic for `request`, each checked against the schema.
+    async fn reports(stack: &Stack, request: u64) -> Vec<Value> {
+        read_topic(&stack.bootstrap, &stack.config.data_requests_topic)
+            .await
+            .iter()
+            .map(|r| serde_json::from_slice::<Value>(&r.value).expect("report JSON"))
+            .inspect(|report| assert_valid("aftercart/data-requests.schema.json", report))
+            .filter(|report| report["data_request_id"] == request)
+            .collect()
+    }
+
+    /// `customers/data_request` `request` for `shopper`.
+    async fn ask(upstream: &Upstream<'_>, shopper: &Shopper, request: u64) {
+        let body = json!({"shop_id": 954889, "shop_domain": SHOP, "orders_requested": [],
+               "customer": {"id": shopper.id, "email": shopper.email, "phone": shopper.phone},
+               "data_request": {"id": request}});
+        let family = aftercart_shopify::Family::Compliance;
+        let key = shopper.id.to_string();
+        upstream
+            .webhook(family, "customers/data_request", &key, &body)
+            .await;
+    }
+
+    pub async fn a_data_request_is_answered_with_the_audiences_and_destinations_holding_the_customer(
+        broker: &Broker,
+    ) {
+        let mut stack = Stack::start(broker).await;
+        let upstream = stack.upstream(broker);
+        upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+        upstream.abandoned(&BOB, true, "tok-bob", &now()).await;
+        let p = &stack.platforms;
+        let ann = ann_hashes();
+        let bob_meta = sha("bob@example.com");
+        until_sent("Meta adds", &p.meta, any, &[&ann.meta_email, &bob_meta]).await;
+        ask(&upstream, &ANN, 4242).await;
+        let report = eventually("Ann's report", WAIT, || async {
+            reports(&stack, 4242).await.into_iter().next()
+        })
+        .await;
+        assert_eq!(report["service"], "audiences");
+        assert_eq!(report["customer_id"], ANN.id);
+        let holdings = report["holdings"].as_array().expect("holdings");
+        assert_eq!(holdings.len(), 1, "{report}");
+        let held = &holdings[0];
+        assert_eq!(held["kind"], "person");
+        let data = &held["data"];
+        assert_eq!(data["audiences"], json!(["abandoned-checkouts"]));
+        let destinations: BTreeSet<&str> = data["destinations"]["abandoned-checkouts"]
+            .as_array()
+            .expect("destinations holding her")
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .collect();
+        let all = ["dm", "files", "google", "hook", "meta", "tiktok"];
+        assert_eq!(destinations, all.into_iter().collect());
+        assert_eq!(data["pending_removals"], json!({}));
+        assert_eq!(
+            data["contact_fields"],
+            json!(["country", "email", "first_name", "last_name", "phone"])
+        );
+        // Nothing of anyone else: Bob shares the shop, the audience and every destination.
+        let text = report.to_string().to_ascii_lowercase();
+        assert!(!text.contains("bob@example.com"), "{text}");
+        assert!(!text.contains(&BOB.id.to_string()), "{text}");
+
+        // A request read while the service is down is answered once it is back; the one
+        // already answered is not answered again.
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
+        ask(&stack.upstream(broker), &BOB, 4343).await;
+        stack.service = Some(TestAudiences::start_on(broker, stack.config.clone()).await);
+        let report = eventually("Bob's report", WAIT, || async {
+            reports(&stack, 4343).await.into_iter().next()
+        })
+        .await;
+        let text = report.to_string().to_ascii_lowercase();
+        assert!(text.contains("bob@example.com"), "{text}");
+        assert!(!text.contains("ann.lee"), "{text}");
+        // One partition holds the shop, in order: Ann's request came before Bob's, so a second
+        // answer to it would be there by now.
+        assert_eq!(reports(&stack, 4242).await.len(), 1, "answered once");
+        assert_eq!(reports(&stack, 4343).await.len(), 1, "answered once");
     }
 }

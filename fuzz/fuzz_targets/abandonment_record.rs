@@ -60,6 +60,8 @@ fn settle(
                 let journey = journey.map(|j| round_trip(j.as_ref()));
                 changelog.insert(key, journey);
             }
+            // Consent copies are customer facts, not journeys: the restore below reads journeys.
+            Effect::Consent { .. } => {}
         }
     }
 }

@@ -104,6 +104,9 @@ fn settle(
                 let person = person.map(|p| round_trip(p.as_ref()));
                 changelog.insert(key, person);
             }
+            Effect::Report { report, .. } => {
+                assert_eq!(report.service, "audiences");
+            }
         }
     }
 }

@@ -196,6 +196,7 @@ pub fn test_config(
         format!("--audiences-by-shop-topic={prefix}audiences-by-shop"),
         format!("--audiences-state-topic={prefix}audiences-state"),
         format!("--audiences-dead-letter-topic={prefix}audiences-dead-letter"),
+        format!("--audiences-data-requests-topic={prefix}data_requests"),
         "--audiences-export-flush-interval=1s".to_string(),
         "--audiences-export-backoff-initial=100ms".to_string(),
         "--audiences-export-backoff-max=1s".to_string(),

@@ -18,6 +18,7 @@ use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::AbandonmentConfig;
+use crate::domain::consent::{Consent, Stored};
 use crate::domain::engine::{Effect, Engine};
 use crate::domain::event::{EmittedEvent, EventType, Kind, OutputEvent};
 use crate::domain::input::{global_input, journey_input, GlobalInput, PoisonRecord};
@@ -109,7 +110,11 @@ fn staged(effect: Effect) -> EffectOf<Abandonment> {
         },
         Effect::Persist { key, journey } => StageEffect::Persist {
             key,
-            entity: journey,
+            entity: journey.map(|j| Box::new(Stored::Journey(j))),
+        },
+        Effect::Consent { key, consent } => StageEffect::Persist {
+            key,
+            entity: consent.map(|c| Box::new(Stored::Consent(c))),
         },
     }
 }
@@ -128,6 +133,9 @@ fn unusable(error: PoisonRecord) -> Unusable {
     }
 }
 
+/// What one partition holds about a data request's customer: journeys and a consent copy.
+type Held = (Vec<(String, Journey)>, Option<(String, Consent)>);
+
 impl Abandonment {
     /// One report per owned partition (every instance reads the request; each answers for the
     /// journeys it holds), with an id per partition so no answer drops another.
@@ -136,7 +144,8 @@ impl Abandonment {
             .held_about(shop, &request.person)
             .into_iter()
             .map(|(partition, journeys)| {
-                let effect = Self::report(shop, request, at_ms, partition, journeys);
+                let consent = self.engine.consent_held(partition, shop, &request.person);
+                let effect = Self::report(shop, request, at_ms, partition, (journeys, consent));
                 (partition, effect)
             })
             .collect()
@@ -162,20 +171,28 @@ impl Abandonment {
                     .held_about(shop, &request.person)
                     .into_iter()
                     .find(|(p, _)| *p == partition)?;
-                Some(Self::report(shop, request, *at_ms, partition, journeys))
+                let consent = self.engine.consent_held(partition, shop, &request.person);
+                Some(Self::report(
+                    shop,
+                    request,
+                    *at_ms,
+                    partition,
+                    (journeys, consent),
+                ))
             })
             .collect()
     }
 
-    /// The report of one partition's journeys, as `abandonment/partition-<n>`.
+    /// The report of one partition's journeys and the customer's consent copy there, as
+    /// `abandonment/partition-<n>`.
     fn report(
         shop: &str,
         request: &DataRequest,
         at_ms: i64,
         partition: i32,
-        journeys: Vec<(String, Journey)>,
+        (journeys, consent): Held,
     ) -> EffectOf<Self> {
-        let holdings = journeys
+        let mut holdings: Vec<Holding> = journeys
             .into_iter()
             .map(|(key, journey)| Holding {
                 kind: "journey".to_string(),
@@ -183,6 +200,11 @@ impl Abandonment {
                 key,
             })
             .collect();
+        holdings.extend(consent.map(|(key, consent)| Holding {
+            kind: "consent".to_string(),
+            data: serde_json::to_value(consent).unwrap_or_default(),
+            key,
+        }));
         let service = format!("abandonment/partition-{partition}");
         let report = DataRequestReport::new(&service, shop, request, at_ms, holdings);
         StageEffect::Emit {
@@ -195,7 +217,7 @@ impl Abandonment {
 }
 
 impl StageLogic for Abandonment {
-    type Entity = Journey;
+    type Entity = Stored;
     type Output = Output;
     type Emitted = EmittedEvent;
 
@@ -254,12 +276,8 @@ impl StageLogic for Abandonment {
         staged_at(effects)
     }
 
-    fn assign(
-        &mut self,
-        partition: i32,
-        entities: HashMap<String, Journey>,
-    ) -> Vec<EffectOf<Self>> {
-        let effects = self.engine.assign(partition, entities);
+    fn assign(&mut self, partition: i32, entities: HashMap<String, Stored>) -> Vec<EffectOf<Self>> {
+        let effects = self.engine.restore(partition, entities);
         let mut effects: Vec<EffectOf<Self>> = effects.into_iter().map(staged).collect();
         effects.extend(self.answer_assigned(partition));
         effects
@@ -269,8 +287,8 @@ impl StageLogic for Abandonment {
         self.engine.revoke(partition);
     }
 
-    fn release(&mut self, partition: i32) -> Option<HashMap<String, Journey>> {
-        self.engine.release(partition)
+    fn release(&mut self, partition: i32) -> Option<HashMap<String, Stored>> {
+        self.engine.release_stored(partition)
     }
 
     fn owns(&self, partition: i32) -> bool {

@@ -126,7 +126,7 @@ fn main() {
     let flushed = flush_started.elapsed();
     let (batches, members) = effects.iter().fold((0, 0), |(b, m), e| match e {
         Effect::Emit { batch, .. } => (b + 1, m + batch.members.len()),
-        Effect::Persist { .. } => (b, m),
+        Effect::Persist { .. } | Effect::Report { .. } => (b, m),
     });
     let held = engine.people();
 

@@ -38,7 +38,9 @@ pub fn topic_specs(config: &AudiencesConfig) -> (Vec<TopicSpec>, Vec<String>) {
         state: &config.state_topic,
         dead_letter: &config.dead_letter_topic,
         inputs: &[config.abandonments_topic.as_str()],
-        outputs: &[],
+        // A data request's report is written to the partition of the shop's state, as referrals
+        // and abandonment write theirs.
+        outputs: &[config.data_requests_topic.as_str()],
     }
     .specs(&config.kafka);
     // A batch holds up to 10,000 people's hashes: several MB.

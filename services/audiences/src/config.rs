@@ -84,6 +84,15 @@ pub struct AudiencesArgs {
     )]
     pub audiences_dead_letter_topic: String,
 
+    /// Output topic of the answers to `customers/data_request` (shared by the services; one
+    /// report per request: the audiences the customer is in, the destinations holding them).
+    #[arg(
+        long,
+        env = "AFTERCART_AUDIENCES_DATA_REQUESTS_TOPIC",
+        default_value = "aftercart.data_requests"
+    )]
+    pub audiences_data_requests_topic: String,
+
     /// Changes are exported at most this long after they happen, or sooner by size
     /// [default: 30s; 5s under `aftercart dev`].
     #[arg(
@@ -282,6 +291,7 @@ pub struct AudiencesConfig {
     pub by_shop_topic: String,
     pub state_topic: String,
     pub dead_letter_topic: String,
+    pub data_requests_topic: String,
     pub rules: Rules,
     pub destinations: BTreeMap<String, Destination>,
     pub timeout: Duration,
@@ -794,6 +804,10 @@ impl AudiencesArgs {
                     "AFTERCART_AUDIENCES_DEAD_LETTER_TOPIC",
                     &self.audiences_dead_letter_topic,
                 ),
+                (
+                    "AFTERCART_AUDIENCES_DATA_REQUESTS_TOPIC",
+                    &self.audiences_data_requests_topic,
+                ),
             ],
         );
         // `check` reports every value it returns as None: none is left unreported here.
@@ -825,6 +839,7 @@ impl AudiencesArgs {
             by_shop_topic: self.audiences_by_shop_topic.trim().to_string(),
             state_topic: self.audiences_state_topic.trim().to_string(),
             dead_letter_topic: self.audiences_dead_letter_topic.trim().to_string(),
+            data_requests_topic: self.audiences_data_requests_topic.trim().to_string(),
             rules: Rules {
                 audiences,
                 destinations: destinations

@@ -9,6 +9,7 @@ use aftercart_kafka::{
     TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_shopify::privacy::DataRequestReport;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
@@ -20,8 +21,9 @@ use crate::domain::input::{decode_input, is_relevant};
 use crate::domain::person::Person;
 use crate::metrics::AudiencesMetrics;
 
-/// The only output topic: batches.
+/// Output topic indexes in [`StageTopics::outputs`].
 const BATCHES: usize = 0;
+const DATA_REQUESTS: usize = 1;
 /// Counting members walks every person: at most this often.
 const MEMBERS_EVERY: Duration = Duration::from_secs(10);
 
@@ -55,7 +57,10 @@ pub fn build(
         globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
-        outputs: vec![config.batches_topic.clone()],
+        outputs: vec![
+            config.batches_topic.clone(),
+            config.data_requests_topic.clone(),
+        ],
     };
     let logic = Audiences {
         engine: Engine::new(config.rules.clone()),
@@ -79,7 +84,16 @@ pub struct Audiences {
     last_members: std::sync::Mutex<Option<Instant>>,
 }
 
-type Staged = StageEffect<Person, Batch>;
+/// What the engine writes: export batches, and answers to data requests. Written as the
+/// record itself (a report read back on restore is not a batch, and is skipped there).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum Output {
+    Batch(Box<Batch>),
+    Report(Box<DataRequestReport>),
+}
+
+type Staged = StageEffect<Person, Output>;
 
 fn staged(effect: Effect) -> Staged {
     match effect {
@@ -87,7 +101,13 @@ fn staged(effect: Effect) -> Staged {
             topic: BATCHES,
             key,
             event_id: batch.batch_id.clone(),
-            output: *batch,
+            output: Output::Batch(batch),
+        },
+        Effect::Report { key, report } => StageEffect::Emit {
+            topic: DATA_REQUESTS,
+            key,
+            event_id: report.event_id.clone(),
+            output: Output::Report(report),
         },
         Effect::Persist { key, person } => StageEffect::Persist {
             key,
@@ -98,7 +118,7 @@ fn staged(effect: Effect) -> Staged {
 
 impl StageLogic for Audiences {
     type Entity = Person;
-    type Output = Batch;
+    type Output = Output;
     type Emitted = Batch;
 
     fn routes(&self, family: &'static str, message: &OwnedMessage) -> bool {
@@ -173,8 +193,17 @@ impl StageLogic for Audiences {
             .collect()
     }
 
-    fn emitted(&self, _batch: &Batch) {
-        self.metrics.emitted();
+    fn emitted(&self, output: &Output) {
+        match output {
+            Output::Batch(_) => self.metrics.emitted(),
+            // Logged without personal data: the request id and how much was reported.
+            Output::Report(report) => tracing::info!(
+                data_request_id = ?report.data_request_id,
+                holdings = report.holdings.len(),
+                respond_by = %report.respond_by,
+                "Answered a customers/data_request: the report is in the data requests topic."
+            ),
+        }
     }
 
     fn loop_metrics(&self) -> &LoopMetrics {

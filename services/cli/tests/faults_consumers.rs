@@ -190,6 +190,10 @@ fn audiences(prefix: &str, dir: &std::path::Path) -> Case {
                 format!("{prefix}audiences-dead-letter"),
             ),
             var(
+                "AFTERCART_AUDIENCES_DATA_REQUESTS_TOPIC",
+                format!("{prefix}data_requests"),
+            ),
+            var(
                 "AFTERCART_ABANDONMENT_OUTPUT_TOPIC",
                 format!("{prefix}abandonments"),
             ),

@@ -15,6 +15,10 @@ pub enum PoisonRecord {
     Undecodable { topic: String, reason: String },
     #[error("impossible value: {0}")]
     Impossible(&'static str),
+    /// A `customers/redact` in which nothing identifies anyone: kept (dead-lettered under its
+    /// own reason, counted and alerted on) for an operator to apply by hand, never dropped.
+    #[error("customers/redact names no one (no readable customer id, email, phone or order)")]
+    UnidentifiedRedaction,
 }
 
 impl PoisonRecord {
@@ -24,6 +28,7 @@ impl PoisonRecord {
             PoisonRecord::MissingTopic => "missing_topic",
             PoisonRecord::Undecodable { .. } => "undecodable",
             PoisonRecord::Impossible(_) => "impossible_value",
+            PoisonRecord::UnidentifiedRedaction => "unidentified_redaction",
         }
     }
 }

@@ -20,47 +20,50 @@ pub struct Person {
     pub orders: Vec<u64>,
 }
 
-#[derive(Deserialize, Default)]
-struct CustomerPayload {
-    id: Option<u64>,
-    email: Option<String>,
-    phone: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    customer: Option<CustomerPayload>,
-    #[serde(default)]
-    orders_to_redact: Vec<u64>,
-    #[serde(default)]
-    orders_requested: Vec<u64>,
-}
-
-#[derive(Deserialize)]
-struct DataRequestPayload {
-    data_request: Option<DataRequestId>,
-}
-
-#[derive(Deserialize)]
-struct DataRequestId {
-    id: Option<u64>,
-}
-
 impl Person {
-    /// Reads a `customers/redact` or `customers/data_request` body.
+    /// Reads a `customers/redact` or `customers/data_request` body, leniently: each identifier
+    /// is taken where it can be read (an id or order id as a number or a string of digits, a
+    /// phone as a string or a number) and a malformed one is skipped, so that one bad field
+    /// never costs the rest of a redaction. Only a body that is not a JSON object is poison.
     pub fn decode(topic: &str, body: &[u8]) -> Result<Person, PoisonRecord> {
-        let payload: Payload = decode(topic, body)?;
-        let customer = payload.customer.unwrap_or_default();
-        let mut orders = payload.orders_to_redact;
-        orders.extend(payload.orders_requested);
+        let payload: serde_json::Value = decode(topic, body)?;
+        let Some(payload) = payload.as_object() else {
+            return Err(PoisonRecord::Undecodable {
+                topic: topic.to_string(),
+                reason: "the body is not a JSON object".to_string(),
+            });
+        };
+        let customer = payload.get("customer");
+        let field = |name: &str| customer.and_then(|c| c.get(name));
+        let mut orders: Vec<u64> = ["orders_to_redact", "orders_requested"]
+            .iter()
+            .filter_map(|name| payload.get(*name)?.as_array())
+            .flatten()
+            .filter_map(lenient_id)
+            .collect();
         orders.sort_unstable();
         orders.dedup();
         Ok(Person {
-            customer_id: customer.id,
-            email: customer.email.as_deref().and_then(normal_email),
-            phone: customer.phone.as_deref().and_then(canonical_phone),
+            customer_id: field("id").and_then(lenient_id),
+            email: field("email")
+                .and_then(serde_json::Value::as_str)
+                .and_then(normal_email),
+            phone: field("phone")
+                .and_then(lenient_text)
+                .as_deref()
+                .and_then(canonical_phone),
             orders,
         })
+    }
+
+    /// Reads a `customers/redact` for applying it: as [`Person::decode`], and refused as
+    /// [`PoisonRecord::UnidentifiedRedaction`] when nothing in it identifies anyone (it is kept
+    /// in the dead-letter topic, counted and alerted on: never dropped silently).
+    pub fn decode_redaction(topic: &str, body: &[u8]) -> Result<Person, PoisonRecord> {
+        match Person::decode(topic, body) {
+            Ok(person) if !person.is_empty() => Ok(person),
+            _ => Err(PoisonRecord::UnidentifiedRedaction),
+        }
     }
 
     /// True when nothing identifies anyone: such a request matches no fact.
@@ -179,9 +182,32 @@ pub fn report_event_id(service: &str, shop: &str, request: &DataRequest) -> Stri
 }
 
 /// The id Shopify gave a data request (`data_request.id`), for the report's event id.
+/// Read as leniently as the person ([`Person::decode`]).
 pub fn data_request_id(topic: &str, body: &[u8]) -> Result<Option<u64>, PoisonRecord> {
-    let payload: DataRequestPayload = decode(topic, body)?;
-    Ok(payload.data_request.and_then(|d| d.id))
+    let payload: serde_json::Value = decode(topic, body)?;
+    Ok(payload
+        .get("data_request")
+        .and_then(|d| d.get("id"))
+        .and_then(lenient_id))
+}
+
+/// An id written as a number or as a string of digits (a positive integer either way).
+fn lenient_id(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|id| *id > 0)
+}
+
+/// Text written as a string or a number (a phone sent as digits).
+fn lenient_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// An email as compared: trimmed, lower-cased; `None` when empty.
@@ -310,6 +336,35 @@ mod tests {
         );
         assert_eq!(report.respond_by, "1970-01-31T00:00:00.000Z");
         assert_eq!(report.data_request_id, Some(9999));
+    }
+
+    #[test]
+    fn a_malformed_redaction_still_names_whoever_it_can() {
+        // Ids as strings, the phone as a number, a bad order id among good ones, an email that
+        // is not a string: what can be read is kept.
+        let body = br#"{"customer":{"id":"191167","email":5,"phone":15556251199},
+            "orders_to_redact":["299938",280263,"x",null,-1]}"#;
+        let person = Person::decode_redaction("customers/redact", body).unwrap();
+        assert_eq!(person.customer_id, Some(191167));
+        assert_eq!(person.email, None);
+        assert!(person.matches(None, None, Some("555-625-1199"), None));
+        assert_eq!(person.orders, vec![280263, 299938]);
+        let body = br#"{"customer":[1,2],"orders_to_redact":{"id":3}}"#;
+        let person = Person::decode("customers/redact", body).unwrap();
+        assert!(person.is_empty());
+    }
+
+    #[test]
+    fn a_redaction_that_names_no_one_is_refused_with_its_own_label() {
+        for body in [
+            &br#"{"customer":{}}"#[..],
+            br#"{"customer":{"id":"abc","email":""}}"#,
+            br#"[1]"#,
+            b"not json",
+        ] {
+            let error = Person::decode_redaction("customers/redact", body).unwrap_err();
+            assert_eq!(error.as_label(), "unidentified_redaction");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::domain::event::{
 };
 use aftercart_shopify::privacy::Person;
 
+use crate::domain::consent::{self, Consent, Stored};
 use crate::domain::input::{GlobalInput, JourneyInput};
 use crate::domain::journey::{customer_ref, Journey, OrderRef, Snapshot};
 use crate::domain::segments::{self, SegmentRules, Segments, Stage};
@@ -42,6 +43,11 @@ pub enum Effect {
         key: String,
         journey: Option<Box<Journey>>,
     },
+    /// A customer's consent copy in the partition's changelog (`None` deletes it).
+    Consent {
+        key: String,
+        consent: Option<Consent>,
+    },
 }
 
 /// The journeys of one input partition and their timers.
@@ -52,6 +58,8 @@ pub struct Partition {
     due: HashMap<String, i64>,
     /// Customer → keys of their journeys, so history lookups never scan the partition.
     by_customer: HashMap<String, BTreeSet<String>>,
+    /// Customer → the consent copy this partition's changelog holds ([`consent`]).
+    consents: HashMap<String, Consent>,
 }
 
 impl Partition {
@@ -113,8 +121,9 @@ impl Partition {
 pub struct Engine {
     rules: Rules,
     partitions: HashMap<i32, Partition>,
-    /// Latest marketing consent per customer: (email, sms).
-    consent: HashMap<String, (Option<bool>, Option<bool>)>,
+    /// Latest marketing consent per customer, from the customers topic and the consent copies
+    /// restored with owned partitions.
+    consent: HashMap<String, Consent>,
     /// Shop → when `app/uninstalled` arrived.
     uninstalled: HashMap<String, i64>,
     /// Every redaction seen, applied again to partitions restored later (their previous owner
@@ -196,6 +205,89 @@ impl Engine {
         effects
     }
 
+    /// Takes ownership of a partition with everything its changelog held: journeys (as
+    /// [`Engine::assign`]) and consent copies. A copy newer than what is known is adopted (the
+    /// customers topic may no longer hold it); one of a redacted customer is deleted; consent
+    /// known here and newer than the partition's copy is written to it.
+    pub fn restore(&mut self, partition: i32, stored: HashMap<String, Stored>) -> Vec<Effect> {
+        let mut journeys = Vec::new();
+        let mut copies = HashMap::new();
+        for (key, entity) in stored {
+            match (entity, consent::customer_of(&key)) {
+                (Stored::Consent(c), Some(customer)) => {
+                    copies.insert(customer.to_string(), c);
+                }
+                (Stored::Journey(journey), None) => journeys.push((key, *journey)),
+                // A key and a value that do not agree: dropped, as an undecodable record is.
+                _ => {}
+            }
+        }
+        let mut effects = self.assign(partition, journeys);
+        for (customer, copy) in &copies {
+            if self.consent_redacted(customer) {
+                effects.push(Effect::Consent {
+                    key: consent::key(customer),
+                    consent: None,
+                });
+                continue;
+            }
+            let known = self.consent.entry(customer.clone()).or_default();
+            if copy.at_ms > known.at_ms {
+                *known = *copy;
+            }
+        }
+        copies.retain(|customer, _| !self.consent_redacted(customer));
+        for (customer, known) in &self.consent {
+            if copies.get(customer) != Some(known) {
+                effects.push(Effect::Consent {
+                    key: consent::key(customer),
+                    consent: Some(*known),
+                });
+                copies.insert(customer.clone(), *known);
+            }
+        }
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.consents = copies;
+        }
+        effects
+    }
+
+    /// Whether a redaction remembered here names this customer (`<shop>/id:<id>`).
+    fn consent_redacted(&self, customer: &str) -> bool {
+        let Some((shop, id)) = customer.rsplit_once("/id:") else {
+            return false;
+        };
+        let id = id.parse::<u64>().ok();
+        self.redactions.get(shop).is_some_and(|list| {
+            list.iter().any(|r| match &r.customer {
+                None => true,
+                Some(person) => person.customer_id.is_some() && person.customer_id == id,
+            })
+        })
+    }
+
+    /// Writes a customer's consent (or its deletion) to the copy of every owned partition.
+    fn copy_consent(&mut self, customer: &str) -> Vec<(i32, Effect)> {
+        let known = self.consent.get(customer).copied();
+        let mut effects = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            let changed = match known {
+                Some(c) => state.consents.insert(customer.to_string(), c) != Some(c),
+                None => state.consents.remove(customer).is_some(),
+            };
+            if changed {
+                effects.push((
+                    *partition,
+                    Effect::Consent {
+                        key: consent::key(customer),
+                        consent: known,
+                    },
+                ));
+            }
+        }
+        effects
+    }
+
     pub fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
     }
@@ -205,6 +297,24 @@ impl Engine {
         self.partitions
             .remove(&partition)
             .map(|state| state.journeys)
+    }
+
+    /// Revokes a partition and hands back everything its changelog holds (for
+    /// [`Engine::restore`] later).
+    pub fn release_stored(&mut self, partition: i32) -> Option<HashMap<String, Stored>> {
+        let state = self.partitions.remove(&partition)?;
+        let mut stored: HashMap<String, Stored> = state
+            .journeys
+            .into_iter()
+            .map(|(key, journey)| (key, Stored::Journey(Box::new(journey))))
+            .collect();
+        stored.extend(
+            state
+                .consents
+                .into_iter()
+                .map(|(customer, c)| (consent::key(&customer), Stored::Consent(c))),
+        );
+        Some(stored)
     }
 
     /// When the journey's next abandonment is due, if any.
@@ -327,35 +437,60 @@ impl Engine {
                 customer_id,
                 email,
                 sms,
-            } => {
-                if let Some(customer) = customer_ref(shop, Some(customer_id), None) {
-                    let entry = self.consent.entry(customer).or_default();
-                    entry.0 = email.or(entry.0);
-                    entry.1 = sms.or(entry.1);
+            } => match customer_ref(shop, Some(customer_id), None) {
+                Some(customer) => {
+                    self.consent
+                        .entry(customer.clone())
+                        .or_default()
+                        .hear(email, sms, at_ms);
+                    self.copy_consent(&customer)
                 }
-                Vec::new()
-            }
+                None => Vec::new(),
+            },
             GlobalInput::RedactCustomer(person) => {
+                let mut effects = Vec::new();
                 if let Some(customer) = customer_ref(shop, person.customer_id, None) {
                     self.consent.remove(&customer);
+                    effects.extend(self.copy_consent(&customer));
                 }
                 if person.is_empty() {
-                    return Vec::new();
+                    return effects;
                 }
-                self.redact(Redaction {
+                effects.extend(self.redact(Redaction {
                     shop: shop.to_string(),
                     customer: Some(person),
                     at_ms,
-                })
+                }));
+                effects
             }
             GlobalInput::RedactShop => {
-                self.consent
-                    .retain(|customer, _| !customer.starts_with(&format!("{shop}/")));
-                self.redact(Redaction {
+                let prefix = format!("{shop}/");
+                let mut gone: BTreeSet<String> = self
+                    .consent
+                    .keys()
+                    .filter(|customer| customer.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for state in self.partitions.values() {
+                    gone.extend(
+                        state
+                            .consents
+                            .keys()
+                            .filter(|customer| customer.starts_with(&prefix))
+                            .cloned(),
+                    );
+                }
+                let mut effects = Vec::new();
+                for customer in gone {
+                    self.consent.remove(&customer);
+                    effects.extend(self.copy_consent(&customer));
+                }
+                effects.extend(self.redact(Redaction {
                     shop: shop.to_string(),
                     customer: None,
                     at_ms,
-                })
+                }));
+                effects
             }
             // Answered by the I/O layer from `held_about`: it is not a change of state.
             GlobalInput::DataRequest(_) => Vec::new(),
@@ -397,6 +532,19 @@ impl Engine {
             .collect();
         held.sort_by_key(|(partition, _)| *partition);
         held
+    }
+
+    /// The consent copy a partition's changelog holds for the customer `person` names by id,
+    /// with its changelog key.
+    pub fn consent_held(
+        &self,
+        partition: i32,
+        shop: &str,
+        person: &Person,
+    ) -> Option<(String, Consent)> {
+        let customer = customer_ref(shop, Some(person.customer_id?), None)?;
+        let copy = self.partitions.get(&partition)?.consents.get(&customer)?;
+        Some((consent::key(&customer), *copy))
     }
 
     /// True when a redaction seen earlier covers this journey's data.
@@ -525,8 +673,8 @@ impl Engine {
         let consent_event = customer
             .as_ref()
             .filter(|c| c.contains("/id:"))
-            .and_then(|c| self.consent.get(c).copied())
-            .unwrap_or((None, None));
+            .and_then(|c| self.consent.get(c))
+            .map_or((None, None), Consent::channels);
         let rules = &self.rules.segments;
         Segments {
             stage: if kind == Kind::Cart {

@@ -176,7 +176,7 @@ pub fn global_input(topic: Option<&str>, body: &[u8]) -> Result<GlobalInput, Poi
                 None => GlobalInput::Ignored,
             }
         }
-        "customers/redact" => GlobalInput::RedactCustomer(Person::decode(&topic, body)?),
+        "customers/redact" => GlobalInput::RedactCustomer(Person::decode_redaction(&topic, body)?),
         "customers/data_request" => {
             GlobalInput::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
         }
@@ -281,5 +281,23 @@ mod tests {
             serde_json::from_str(r#"[{"code":"SAVE10","amount":"10.00"},"RAW",{"amount":"1"},""]"#)
                 .unwrap();
         assert_eq!(discount_codes(&values), vec!["SAVE10", "RAW"]);
+    }
+
+    #[test]
+    fn a_malformed_redaction_is_applied_by_what_it_names_and_one_naming_no_one_is_kept() {
+        let body = br#"{"customer":{"id":"42","email":7,"phone":15556251199},"orders_to_redact":[7,"8","x",null]}"#;
+        let GlobalInput::RedactCustomer(person) =
+            global_input(Some("customers/redact"), body).unwrap()
+        else {
+            panic!("a redaction")
+        };
+        assert_eq!(person.customer_id, Some(42));
+        assert!(person.phone.is_some());
+        assert_eq!(person.orders, vec![7, 8]);
+        let none = global_input(
+            Some("customers/redact"),
+            br#"{"customer":{"id":null,"email":""},"orders_to_redact":"none"}"#,
+        );
+        assert_eq!(none.unwrap_err().as_label(), "unidentified_redaction");
     }
 }

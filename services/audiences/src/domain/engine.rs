@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use aftercart_shopify::privacy::DataRequestReport;
 use aftercart_shopify::time::rfc3339;
 
 use crate::domain::audience::{Audience, Source};
@@ -51,6 +52,11 @@ pub enum Effect {
     Persist {
         key: String,
         person: Option<Box<Person>>,
+    },
+    /// The answer to a `customers/data_request`, for the data requests topic.
+    Report {
+        key: String,
+        report: Box<DataRequestReport>,
     },
 }
 
@@ -424,6 +430,9 @@ impl Engine {
             } => {
                 let who = (&person, phone.as_deref(), orders.as_slice());
                 touched.extend(state.redact_person(shop, who, received_ms, &mut effects));
+            }
+            Input::DataRequest(request) => {
+                effects.push(state.data_request(rules, shop, &request, received_ms));
             }
             Input::ShopRedact => {
                 state.redact_shop(shop, received_ms, &mut effects);
@@ -877,6 +886,7 @@ fn sweep(state: &mut Partition, now_ms: i64, retention_ms: i64) -> Vec<Effect> {
 }
 
 mod redaction;
+mod report;
 
 #[cfg(test)]
 mod tests;

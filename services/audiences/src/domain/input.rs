@@ -4,6 +4,7 @@
 
 use aftercart_shopify::decode::{decode, shopify_topic, PoisonRecord};
 use aftercart_shopify::money::Amount;
+use aftercart_shopify::privacy::DataRequest;
 use aftercart_shopify::time::parse_time_ms;
 use serde::Deserialize;
 
@@ -113,6 +114,8 @@ pub enum Input {
         orders: Vec<u64>,
     },
     ShopRedact,
+    /// `customers/data_request`: report what is held about the person.
+    DataRequest(Box<DataRequest>),
     /// Relevant topic, nothing to do (e.g. a guest order without email or customer).
     Nothing,
 }
@@ -136,7 +139,10 @@ pub fn is_relevant(family: &str, topic: Option<&str>) -> bool {
                 | "customers_email_marketing_consent/update"
                 | "customers_marketing_consent/update"
         ),
-        "compliance" => matches!(topic.as_str(), "customers/redact" | "shop/redact"),
+        "compliance" => matches!(
+            topic.as_str(),
+            "customers/redact" | "shop/redact" | "customers/data_request"
+        ),
         _ => false,
     }
 }
@@ -279,13 +285,6 @@ struct SmsConsentUpdateJson {
     sms_marketing_consent: Option<ConsentJson>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RedactJson {
-    customer: Option<CustomerJson>,
-    orders_to_redact: Vec<u64>,
-}
-
 #[derive(Deserialize)]
 struct DeletedJson {
     id: u64,
@@ -346,18 +345,21 @@ pub fn decode_input(
             }
         }
         "customers/redact" => {
-            let redact: RedactJson = decode(&topic, body)?;
-            let customer = redact.customer.unwrap_or_default();
+            // Read as every service reads it: leniently, and refused only when it names no one.
+            let redact = aftercart_shopify::privacy::Person::decode_redaction(&topic, body)?;
             Ok(Input::Redact {
                 person: PersonRef {
-                    customer_id: customer.id,
-                    email: customer.email,
+                    customer_id: redact.customer_id,
+                    email: redact.email,
                 },
-                phone: customer.phone,
-                orders: redact.orders_to_redact,
+                phone: redact.phone,
+                orders: redact.orders,
             })
         }
         "shop/redact" => Ok(Input::ShopRedact),
+        "customers/data_request" => Ok(Input::DataRequest(Box::new(DataRequest::decode(
+            &topic, body,
+        )?))),
         _ => Ok(Input::Nothing),
     }
 }
@@ -663,8 +665,9 @@ mod tests {
         else {
             panic!("not a redaction");
         };
-        assert_eq!(orders, [299938, 280263, 220458]);
-        assert_eq!(phone.as_deref(), Some("555-625-1199"));
+        // Read by the shared decoder: orders sorted, the phone as its compared digits.
+        assert_eq!(orders, [220458, 280263, 299938]);
+        assert_eq!(phone.as_deref(), Some("5556251199"));
     }
 
     #[test]
@@ -690,8 +693,31 @@ mod tests {
         assert!(is_relevant("orders", Some("orders/paid")));
         assert!(!is_relevant("orders", Some("orders/fulfilled")));
         assert!(is_relevant("compliance", Some("shop/redact")));
-        assert!(!is_relevant("compliance", Some("customers/data_request")));
+        assert!(is_relevant("compliance", Some("customers/data_request")));
         assert!(is_relevant("abandonments", None));
         assert!(!is_relevant("checkouts", Some("checkouts/create")));
+    }
+
+    #[test]
+    fn a_malformed_redaction_is_applied_by_what_it_names_and_one_naming_no_one_is_kept() {
+        let body = br#"{"customer":{"id":"42","email":7,"phone":15556251199},"orders_to_redact":[7,"8","x",null]}"#;
+        let Input::Redact {
+            person,
+            phone,
+            orders,
+        } = decode_input("compliance", Some("customers/redact"), body, 0).unwrap()
+        else {
+            panic!("a redaction")
+        };
+        assert_eq!(person.customer_id, Some(42));
+        assert!(phone.is_some());
+        assert_eq!(orders, vec![7, 8]);
+        let none = decode_input(
+            "compliance",
+            Some("customers/redact"),
+            br#"{"customer":{"id":null,"email":""},"orders_to_redact":"none"}"#,
+            0,
+        );
+        assert_eq!(none.unwrap_err().as_label(), "unidentified_redaction");
     }
 }

@@ -248,13 +248,6 @@ struct FulfillmentEventPayload {
     happened_at: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RedactPayload {
-    customer: Option<Customer>,
-    #[serde(default)]
-    orders_to_redact: Vec<u64>,
-}
-
 /// The value of an output event, as (amount, currency).
 fn value_of(amount: Option<&str>, currency: Option<&str>) -> Option<(Amount, String)> {
     Some((
@@ -420,12 +413,12 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             consent_change(&topic, body)?.map_or(Input::Ignored, Input::Consent)
         }
         "customers/redact" => {
-            let payload: RedactPayload = decode(&topic, body)?;
-            let customer = payload.customer.unwrap_or_default();
+            // Read as every service reads it: leniently, and refused only when it names no one.
+            let redact = aftercart_shopify::privacy::Person::decode_redaction(&topic, body)?;
             Input::RedactCustomer {
-                customer_id: customer.id,
-                email: customer.email,
-                orders: payload.orders_to_redact,
+                customer_id: redact.customer_id,
+                email: redact.email,
+                orders: redact.orders,
             }
         }
         // An uninstalled app will get shop/redact 48 hours later; until then nothing changes.
@@ -530,5 +523,25 @@ mod tests {
             decode_input(Some("products/update"), b"{}").unwrap(),
             Input::Ignored
         );
+    }
+
+    #[test]
+    fn a_malformed_redaction_is_applied_by_what_it_names_and_one_naming_no_one_is_kept() {
+        let body = br#"{"customer":{"id":"42","email":7,"phone":15556251199},"orders_to_redact":[7,"8","x",null]}"#;
+        let Input::RedactCustomer {
+            customer_id,
+            orders,
+            ..
+        } = decode_input(Some("customers/redact"), body).unwrap()
+        else {
+            panic!("a redaction")
+        };
+        assert_eq!(customer_id, Some(42));
+        assert_eq!(orders, vec![7, 8]);
+        let none = decode_input(
+            Some("customers/redact"),
+            br#"{"customer":{"id":null,"email":""},"orders_to_redact":"none"}"#,
+        );
+        assert_eq!(none.unwrap_err().as_label(), "unidentified_redaction");
     }
 }

@@ -85,11 +85,6 @@ struct CustomerConsentJson {
     sms_marketing_consent: Option<ConsentState>,
 }
 
-#[derive(Deserialize)]
-struct RedactJson {
-    customer: Option<CustomerJson>,
-}
-
 /// `None` for an absent or blank field: Shopify sends `""` for a detail the buyer left out, and
 /// a blank must not hide the next candidate (`order.email` `""` before `contact_email`).
 fn given(value: Option<String>) -> Option<String> {
@@ -183,12 +178,12 @@ pub fn decode_input(family: &str, topic: Option<&str>, body: &[u8]) -> Result<In
             }
         }
         "customers/redact" => {
-            let payload: RedactJson = decode(&topic, body)?;
-            let customer = payload.customer.unwrap_or_default();
+            // Read as every service reads it: leniently, and refused only when it names no one.
+            let redact = aftercart_shopify::privacy::Person::decode_redaction(&topic, body)?;
             Input::RedactCustomer(ContactFacts {
-                customer_id: customer.id,
-                email: customer.email,
-                phone: customer.phone,
+                customer_id: redact.customer_id,
+                email: redact.email,
+                phone: redact.phone,
             })
         }
         "shop/redact" => Input::RedactShop,
@@ -284,5 +279,23 @@ mod tests {
             decode_input("orders", None, b"{}"),
             Err(PoisonRecord::MissingTopic)
         );
+    }
+
+    #[test]
+    fn a_malformed_redaction_is_applied_by_what_it_names_and_one_naming_no_one_is_kept() {
+        let body = br#"{"customer":{"id":"42","email":7,"phone":15556251199},"orders_to_redact":[7,"8","x",null]}"#;
+        let Input::RedactCustomer(facts) =
+            decode_input("compliance", Some("customers/redact"), body).unwrap()
+        else {
+            panic!("a redaction")
+        };
+        assert_eq!(facts.customer_id, Some(42));
+        assert!(facts.phone.is_some());
+        let none = decode_input(
+            "compliance",
+            Some("customers/redact"),
+            br#"{"customer":{"id":null,"email":""},"orders_to_redact":"none"}"#,
+        );
+        assert_eq!(none.unwrap_err().as_label(), "unidentified_redaction");
     }
 }

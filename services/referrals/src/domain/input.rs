@@ -307,7 +307,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
         "customers/create" | "customers/update" | "customers_email_marketing_consent/update" => {
             consent_change(&topic, body)?.map_or(Input::Ignored, Input::Consent)
         }
-        "customers/redact" => Input::RedactCustomer(Person::decode(&topic, body)?),
+        "customers/redact" => Input::RedactCustomer(Person::decode_redaction(&topic, body)?),
         "customers/data_request" => {
             Input::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
         }
@@ -423,5 +423,22 @@ mod tests {
         assert!(is_relevant(" Refunds/Create"));
         assert!(!is_relevant("orders/updated"));
         assert!(!is_relevant("checkouts/create"));
+    }
+
+    #[test]
+    fn a_malformed_redaction_is_applied_by_what_it_names_and_one_naming_no_one_is_kept() {
+        let body = br#"{"customer":{"id":"42","email":7,"phone":15556251199},"orders_to_redact":[7,"8","x",null]}"#;
+        let Input::RedactCustomer(person) = decode_input(Some("customers/redact"), body).unwrap()
+        else {
+            panic!("a redaction")
+        };
+        assert_eq!(person.customer_id, Some(42));
+        assert!(person.phone.is_some());
+        assert_eq!(person.orders, vec![7, 8]);
+        let none = decode_input(
+            Some("customers/redact"),
+            br#"{"customer":{"id":null,"email":""},"orders_to_redact":"none"}"#,
+        );
+        assert_eq!(none.unwrap_err().as_label(), "unidentified_redaction");
     }
 }

@@ -1,6 +1,7 @@
 //! Engine behaviour, rule by rule, on a controlled clock.
 
 use super::*;
+use crate::domain::consent::Stored;
 use crate::domain::input::{journey_input, GlobalInput, JourneyInput};
 use crate::domain::money::Amount;
 
@@ -747,4 +748,74 @@ fn a_data_request_finds_the_customers_journeys_in_each_owned_partition() {
     assert!(held[1].1.is_empty(), "someone else's cart is not reported");
     let elsewhere = e.held_about("other.myshopify.com", &buyer);
     assert!(elsewhere.iter().all(|(_, journeys)| journeys.is_empty()));
+}
+
+/// The changelog a sequence of effects leaves (latest per key, tombstones removed).
+fn changelog_of(effects: &[(i32, Effect)], partition: i32) -> HashMap<String, Stored> {
+    let mut changelog = HashMap::new();
+    for (_, effect) in effects.iter().filter(|(p, _)| *p == partition) {
+        let (key, value) = match effect {
+            Effect::Persist { key, journey } => (key, journey.clone().map(Stored::Journey)),
+            Effect::Consent { key, consent } => (key, consent.map(Stored::Consent)),
+            Effect::Emit { .. } => continue,
+        };
+        match value {
+            Some(value) => changelog.insert(key.clone(), value),
+            None => changelog.remove(key),
+        };
+    }
+    changelog
+}
+
+#[test]
+fn an_unsubscribe_outlives_the_customers_topic_in_the_partitions_changelog() {
+    let mut e = engine();
+    let unsubscribe = GlobalInput::Consent {
+        customer_id: 42,
+        email: Some(false),
+        sms: None,
+    };
+    let effects = e.apply_global(SHOP, unsubscribe, 1_000);
+    let changelog = changelog_of(&effects, 0);
+    assert_eq!(changelog.len(), 1, "{effects:?}");
+
+    // A restart after the customers topic dropped the record: only the changelog has it.
+    let mut restarted = Engine::new(rules());
+    let effects = restarted.restore(0, changelog);
+    assert!(effects.is_empty(), "nothing to rewrite: {effects:?}");
+    restarted.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    let fired = restarted.fire_due(60 * MIN);
+    let event = emitted(&fired)[0];
+    assert!(!event.segments.as_ref().unwrap().consent.email);
+    let customer = event.customer.as_ref().unwrap();
+    assert!(!customer.accepts_email_marketing);
+    assert_eq!(customer.email, None, "no contact details without consent");
+}
+
+#[test]
+fn a_newer_consent_known_at_restore_is_written_and_a_redaction_deletes_the_copies() {
+    let mut e = engine();
+    let say = |email: bool| GlobalInput::Consent {
+        customer_id: 42,
+        email: Some(email),
+        sms: None,
+    };
+    let old = changelog_of(&e.apply_global(SHOP, say(true), 1_000), 0);
+    // Another instance read a newer statement while the partition was elsewhere.
+    let mut other = Engine::new(rules());
+    other.apply_global(SHOP, say(false), 2_000);
+    let effects = other.restore(0, old);
+    let rewritten = changelog_of(&effects.into_iter().map(|e| (0, e)).collect::<Vec<_>>(), 0);
+    let Some(Stored::Consent(copy)) = rewritten.values().next() else {
+        panic!("the newer consent is written: {rewritten:?}");
+    };
+    assert_eq!((copy.email, copy.at_ms), (Some(false), 2_000));
+
+    let effects = other.apply_global(SHOP, redact_id(42), 3_000);
+    assert!(
+        effects
+            .iter()
+            .any(|(p, e)| *p == 0 && matches!(e, Effect::Consent { consent: None, .. })),
+        "{effects:?}"
+    );
 }

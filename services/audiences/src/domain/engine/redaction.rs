@@ -70,6 +70,24 @@ fn phone_forms(raw: &str, country: Option<&str>, loose: bool) -> Vec<String> {
     forms
 }
 
+/// The marker keys a data request's person would be remembered under, had they been redacted.
+pub(super) fn markers_of(shop: &str, who: &aftercart_shopify::privacy::Person) -> Vec<String> {
+    let mut keys = Vec::new();
+    keys.extend(who.customer_id.map(|id| customer_marker(shop, id)));
+    if let Some(email) = present(who.email.as_deref()) {
+        keys.extend(email_markers(shop, email));
+    }
+    if let Some(phone) = present(who.phone.as_deref()) {
+        keys.extend(
+            phone_forms(phone, None, false)
+                .iter()
+                .map(|d| phone_marker(shop, d)),
+        );
+    }
+    keys.extend(who.orders.iter().map(|id| order_marker(shop, *id)));
+    keys
+}
+
 fn present(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
@@ -120,6 +138,7 @@ impl Partition {
             Input::CustomerDeleted { .. }
             | Input::Redact { .. }
             | Input::ShopRedact
+            | Input::DataRequest(_)
             | Input::Nothing => return false,
         };
         let marked = |key: String| self.markers.contains_key(&key);

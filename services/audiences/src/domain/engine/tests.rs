@@ -117,7 +117,7 @@ fn batches(effects: &[(i32, Effect)]) -> Vec<&Batch> {
         .iter()
         .filter_map(|(_, e)| match e {
             Effect::Emit { batch, .. } => Some(batch.as_ref()),
-            Effect::Persist { .. } => None,
+            Effect::Persist { .. } | Effect::Report { .. } => None,
         })
         .collect()
 }
