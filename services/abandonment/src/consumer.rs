@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic,
+    StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::privacy::{
@@ -112,13 +112,6 @@ fn staged(effect: Effect) -> EffectOf<Abandonment> {
             entity: journey,
         },
     }
-}
-
-fn staged_at(effects: Vec<(i32, Effect)>) -> Vec<(i32, EffectOf<Abandonment>)> {
-    effects
-        .into_iter()
-        .map(|(partition, effect)| (partition, staged(effect)))
-        .collect()
 }
 
 fn unusable(error: PoisonRecord) -> Unusable {
@@ -238,7 +231,9 @@ impl StageLogic for Abandonment {
             self.remember(&shop, request, at);
             return Ok(self.answer(&shop, request, at));
         }
-        Ok(staged_at(self.engine.apply_global(&shop, input, at)))
+        Ok(staged_at(self.engine.apply_global(&shop, input, at), |e| {
+            [staged(e)]
+        }))
     }
 
     fn next_due(&self) -> Option<i64> {
@@ -251,7 +246,7 @@ impl StageLogic for Abandonment {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        staged_at(effects)
+        staged_at(effects, |e| [staged(e)])
     }
 
     fn assign(

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic,
+    StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -140,10 +140,7 @@ impl StageLogic for Audiences {
                 tracing::warn!(%destination, people, "Removals are due at a destination no longer in the audiences configuration; they are kept, not dropped, and sent once it is configured again.");
             }
         }
-        effects
-            .into_iter()
-            .map(|(partition, effect)| (partition, staged(effect)))
-            .collect()
+        staged_at(effects, |e| [staged(e)])
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Person>) -> Vec<Staged> {
@@ -191,9 +188,5 @@ impl StageLogic for Audiences {
         }
         self.metrics
             .members(&self.engine.members(), self.engine.people());
-    }
-
-    fn routed(&self, count: usize) {
-        self.metrics.routed(count);
     }
 }

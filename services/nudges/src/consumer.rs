@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage, StageEffect,
-    StageLogic, StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage,
+    StageEffect, StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -209,10 +209,7 @@ impl StageLogic for Nudges {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        effects
-            .into_iter()
-            .filter_map(|(partition, effect)| self.staged(effect).map(|e| (partition, e)))
-            .collect()
+        staged_at(effects, |e| self.staged(e))
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
@@ -248,10 +245,6 @@ impl StageLogic for Nudges {
     fn gauges(&self) {
         self.metrics
             .state(self.engine.sizes(now_ms(), OVERDUE_AFTER_MS));
-    }
-
-    fn routed(&self, count: usize) {
-        self.metrics.routed(count);
     }
 
     fn prepare_budget(&self) -> Duration {

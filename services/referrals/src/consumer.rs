@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage, StageEffect,
-    StageLogic, StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage,
+    StageEffect, StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -120,17 +120,6 @@ impl Referrals {
             })
             .collect()
     }
-
-    fn staged_at(&self, effects: Vec<(i32, Effect)>) -> Vec<(i32, Staged)> {
-        effects
-            .into_iter()
-            .flat_map(|(partition, effect)| {
-                self.staged(vec![effect])
-                    .into_iter()
-                    .map(move |e| (partition, e))
-            })
-            .collect()
-    }
 }
 
 impl StageLogic for Referrals {
@@ -169,7 +158,7 @@ impl StageLogic for Referrals {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        self.staged_at(effects)
+        staged_at(effects, |e| self.staged(vec![e]))
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
@@ -217,10 +206,6 @@ impl StageLogic for Referrals {
     fn gauges(&self) {
         // Counting rewards in review walks every order: once a second, not once a batch.
         self.metrics.state(self.engine.sizes());
-    }
-
-    fn routed(&self, count: usize) {
-        self.metrics.routed(count);
     }
 
     fn prepare_budget(&self) -> Duration {
