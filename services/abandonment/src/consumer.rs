@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic,
-    StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::privacy::{
@@ -70,6 +70,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -312,10 +313,6 @@ impl StageLogic for Abandonment {
                 .metrics
                 .recovered(kind, event.recovered_after_seconds.unwrap_or(0)),
         }
-    }
-
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
     }
 
     fn gauges(&self) {

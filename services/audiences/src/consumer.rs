@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic,
-    StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -66,6 +66,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -172,10 +173,6 @@ impl StageLogic for Audiences {
 
     fn emitted(&self, _batch: &Batch) {
         self.metrics.emitted();
-    }
-
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
     }
 
     fn gauges(&self) {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic,
-    StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
+    TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -87,6 +87,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -290,10 +291,6 @@ impl StageLogic for Journey {
             Output::Touchpoint(touchpoint) => self.metrics.emitted(touchpoint.kind),
             Output::Kpis(_) => self.metrics.reported(),
         }
-    }
-
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
     }
 
     fn gauges(&self) {

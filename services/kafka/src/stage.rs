@@ -207,8 +207,6 @@ pub trait StageLogic {
     fn emitted(&self, output: &Self::Output);
     /// Refreshes the state gauges (at most once a second).
     fn gauges(&self);
-    /// The service's consumer metrics (records, restores, partitions, lag).
-    fn loop_metrics(&self) -> &LoopMetrics;
     /// How long [`StageLogic::prepare`] may hold the loop. The consumer is not polled meanwhile,
     /// so its `max.poll.interval.ms` is raised above this ([`max_poll_interval_ms`]).
     fn prepare_budget(&self) -> Duration {
@@ -316,13 +314,9 @@ fn heartbeat_interval(kafka: &KafkaSettings) -> Duration {
         .map_or(chosen, Duration::from_millis)
 }
 
-/// How long the stage's producer may hold a record before it gives up on it
-/// (`message.timeout.ms`): the session less one heartbeat. A member frozen with records still
-/// in its producer is expelled no sooner than its session after its last heartbeat, and the
-/// next owner restores after that; librdkafka checks its queues for expired records before it
-/// sends again, so a thawed member's records are dropped rather than land after the next
-/// owner's restore. A write not acknowledged within it has an unknown outcome: the member
-/// resets (as when fenced) and the restore reconciles whatever landed.
+/// The producer's `message.timeout.ms`: the session less a heartbeat. A frozen member is
+/// expelled no sooner than a session after its last heartbeat, and thawed, librdkafka drops
+/// expired records before it sends again: none lands after the next owner's restore.
 fn delivery_timeout(kafka: &KafkaSettings) -> Duration {
     session_timeout(kafka)
         .saturating_sub(heartbeat_interval(kafka))
@@ -414,15 +408,16 @@ impl<L: StageLogic> Drop for Stage<L> {
 impl<L: StageLogic> Stage<L> {
     /// Subscribes with the range assignor, so that partition N of every input topic (or the
     /// by-shop topic) and its changelog and output partitions stay with one instance; with
-    /// static membership when the settings name this instance.
+    /// static membership when the settings name this instance. `metrics`: the service's
+    /// consumer metrics (records, restores, partitions, lag).
     pub fn new(
         kafka: KafkaSettings,
         topics: StageTopics,
         shutdown_timeout: Duration,
+        metrics: LoopMetrics,
         logic: L,
         ready: Readiness,
     ) -> Result<Self, LoopError> {
-        let metrics = logic.loop_metrics().clone();
         let (inputs, families) = match &topics.inputs {
             Inputs::ByPartition(inputs) => (inputs.clone(), Vec::new()),
             Inputs::ByShop { sources, by_shop } => {
@@ -954,9 +949,8 @@ impl<L: StageLogic> Stage<L> {
         Ok(())
     }
 
-    /// A write's partition and offset once acknowledged; `None` (after a reset) when it was not
-    /// acknowledged within [`delivery_timeout`]: it may or may not have landed, and a member
-    /// frozen meanwhile may have lost its partitions, so it writes nothing more of the batch.
+    /// A write's partition and offset once acknowledged; `None` (after a reset, as if fenced)
+    /// when not within [`delivery_timeout`]: it may have landed or not (the restore reconciles).
     async fn acknowledged(
         &mut self,
         delivery: DeliveryFuture,

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage,
-    StageEffect, StageLogic, StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, Inputs, LoopError, Prepared, Preparing, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
@@ -80,6 +80,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -197,10 +198,6 @@ impl StageLogic for Referrals {
                 .metrics
                 .rewarded(&event.event_type, event.reason.as_deref()),
         }
-    }
-
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
     }
 
     fn gauges(&self) {
