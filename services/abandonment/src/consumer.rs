@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
     TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
@@ -71,6 +71,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -117,13 +118,6 @@ fn staged(effect: Effect) -> EffectOf<Abandonment> {
             entity: consent.map(|c| Box::new(Stored::Consent(c))),
         },
     }
-}
-
-fn staged_at(effects: Vec<(i32, Effect)>) -> Vec<(i32, EffectOf<Abandonment>)> {
-    effects
-        .into_iter()
-        .map(|(partition, effect)| (partition, staged(effect)))
-        .collect()
 }
 
 fn unusable(error: PoisonRecord) -> Unusable {
@@ -260,7 +254,9 @@ impl StageLogic for Abandonment {
             self.remember(&shop, request, at);
             return Ok(self.answer(&shop, request, at));
         }
-        Ok(staged_at(self.engine.apply_global(&shop, input, at)))
+        Ok(staged_at(self.engine.apply_global(&shop, input, at), |e| {
+            [staged(e)]
+        }))
     }
 
     fn next_due(&self) -> Option<i64> {
@@ -273,7 +269,7 @@ impl StageLogic for Abandonment {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        staged_at(effects)
+        staged_at(effects, |e| [staged(e)])
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Stored>) -> Vec<EffectOf<Self>> {
@@ -335,10 +331,6 @@ impl StageLogic for Abandonment {
                 .metrics
                 .recovered(kind, event.recovered_after_seconds.unwrap_or(0)),
         }
-    }
-
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
     }
 
     fn gauges(&self) {

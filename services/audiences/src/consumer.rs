@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
     TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
@@ -71,6 +71,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -160,10 +161,7 @@ impl StageLogic for Audiences {
                 tracing::warn!(%destination, people, "Removals are due at a destination no longer in the audiences configuration; they are kept, not dropped, and sent once it is configured again.");
             }
         }
-        effects
-            .into_iter()
-            .map(|(partition, effect)| (partition, staged(effect)))
-            .collect()
+        staged_at(effects, |e| [staged(e)])
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Person>) -> Vec<Staged> {
@@ -206,10 +204,6 @@ impl StageLogic for Audiences {
         }
     }
 
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
-    }
-
     fn gauges(&self) {
         {
             let mut last = self.last_members.lock().expect("not poisoned");
@@ -220,9 +214,5 @@ impl StageLogic for Audiences {
         }
         self.metrics
             .members(&self.engine.members(), self.engine.people());
-    }
-
-    fn routed(&self, count: usize) {
-        self.metrics.routed(count);
     }
 }

@@ -49,7 +49,6 @@ pub struct AudiencesMetrics {
     member_errors: IntCounterVec,
     export_lag: IntGaugeVec,
     batches_emitted: IntCounter,
-    routed: IntCounter,
     redacted_facts: IntCounter,
     pending_removals: IntGaugeVec,
     pending_removal_age: IntGaugeVec,
@@ -124,10 +123,6 @@ impl AudiencesMetrics {
                 "batches_emitted_total",
                 "Batches the engine wrote to the batches topic.",
             ))?,
-            routed: IntCounter::with_opts(opts(
-                "records_routed_total",
-                "Source records forwarded to the by-shop topic.",
-            ))?,
             redacted_facts: IntCounter::with_opts(opts(
                 "redacted_facts_total",
                 "Facts kept out because they are about a redacted customer or shop.",
@@ -152,7 +147,8 @@ impl AudiencesMetrics {
                 registry,
                 "By-shop partitions owned by this instance.",
                 &["abandonments", "orders", "customers", "compliance"],
-            )?,
+            )?
+            .routing(PREFIX, registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.members)?;
@@ -164,7 +160,6 @@ impl AudiencesMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.member_errors)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.export_lag)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.batches_emitted)?;
-        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.redacted_facts)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_removals)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_removal_age)?;
@@ -242,10 +237,6 @@ impl AudiencesMetrics {
 
     pub fn emitted(&self) {
         self.batches_emitted.inc();
-    }
-
-    pub fn routed(&self, count: usize) {
-        self.routed.inc_by(count as u64);
     }
 
     pub fn redacted_facts(&self, count: u64) {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Stage, StageEffect, StageLogic, StageTopics,
+    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
     TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
@@ -87,6 +87,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -178,17 +179,6 @@ impl Journey {
         }
         here
     }
-
-    fn staged_at(&self, effects: Vec<(i32, Effect)>) -> Vec<(i32, Staged)> {
-        effects
-            .into_iter()
-            .flat_map(|(partition, effect)| {
-                self.staged(vec![effect])
-                    .into_iter()
-                    .map(move |e| (partition, e))
-            })
-            .collect()
-    }
 }
 
 impl StageLogic for Journey {
@@ -252,7 +242,7 @@ impl StageLogic for Journey {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        let mut staged = self.staged_at(effects);
+        let mut staged = staged_at(effects, |e| self.staged(vec![e]));
         staged.append(&mut self.watchdog_pending);
         let judged = self.watchdog.judge();
         staged.extend(self.watched(judged));
@@ -303,16 +293,8 @@ impl StageLogic for Journey {
         }
     }
 
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
-    }
-
     fn gauges(&self) {
         self.metrics.state(self.engine.sizes());
         self.watchdog_metrics.sizes(self.watchdog.sizes());
-    }
-
-    fn routed(&self, count: usize) {
-        self.metrics.routed(count);
     }
 }

@@ -37,7 +37,6 @@ pub struct JourneyMetrics {
     orders: IntGauge,
     customers: IntGauge,
     timers: IntGauge,
-    routed: IntCounter,
     reports: IntCounter,
     facts: IntCounterVec,
     revenue: CounterVec,
@@ -96,10 +95,6 @@ impl JourneyMetrics {
                 "timers_waiting",
                 "Timed touchpoints (review requests, replenishment reminders) waiting on this instance.",
             ))?,
-            routed: IntCounter::with_opts(opts(
-                "records_routed_total",
-                "Source records forwarded to the by-shop topic.",
-            ))?,
             reports: IntCounter::with_opts(opts(
                 "kpi_reports_total",
                 "Daily KPI records written to aftercart.kpis (one per shop and day).",
@@ -124,7 +119,8 @@ impl JourneyMetrics {
                 registry,
                 "By-shop partitions owned by this instance.",
                 &FAMILIES,
-            )?,
+            )?
+            .routing(PREFIX, registry)?,
             watchdog: crate::watchdog::WatchdogMetrics::register(registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
@@ -135,7 +131,6 @@ impl JourneyMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.orders)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.customers)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.timers)?;
-        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.reports)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.facts)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.revenue)?;
@@ -190,9 +185,5 @@ impl JourneyMetrics {
 
     pub fn reported(&self) {
         self.reports.inc();
-    }
-
-    pub fn routed(&self, count: usize) {
-        self.routed.inc_by(count as u64);
     }
 }

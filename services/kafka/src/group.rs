@@ -214,7 +214,7 @@ pub async fn receive_batch_within<C: ConsumerContext + 'static>(
 }
 
 /// Ends a consumer loop's clients without ever blocking the async runtime: commits the stored
-/// offsets, leaves the group, flushes the producer and closes everything on a plain thread
+/// offsets, leaves the group, then flushes the producer and closes everything on a plain thread
 /// (each of these can wait for as long as the broker is unreachable), waiting at most
 /// `deadline`. `others` are dropped on that thread too. False when the deadline passed.
 pub async fn close_off_runtime<C, T>(
@@ -231,8 +231,11 @@ where
     std::thread::spawn(move || {
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
         consumer.unsubscribe();
-        let _ = producer.flush(deadline);
+        // The close leaves the group (a dynamic member): first, so the others take its
+        // partitions as soon as they can. The loop waited for every write it stored offsets
+        // for, so the flush has nothing the group needs.
         drop(consumer);
+        let _ = producer.flush(deadline);
         drop(producer);
         drop(others);
         let _ = closed.send(());

@@ -28,7 +28,7 @@ pub use properties::KafkaProperties;
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};
 pub use stage::{
-    Inputs, Prepared, Preparing, Stage, StageEffect, StageLogic, StageTopics, Unusable,
+    staged_at, Inputs, Prepared, Preparing, Stage, StageEffect, StageLogic, StageTopics, Unusable,
 };
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{

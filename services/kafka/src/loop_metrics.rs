@@ -17,7 +17,7 @@ const FAILURE_REASONS: [&str; 4] = [
 ];
 
 /// Why a member was fenced (bounded label values).
-const FENCE_REASONS: [&str; 2] = ["stalled", "lost"];
+const FENCE_REASONS: [&str; 3] = ["stalled", "lost", "undelivered"];
 
 #[derive(Clone)]
 pub struct LoopMetrics {
@@ -30,6 +30,8 @@ pub struct LoopMetrics {
     changelog_writes: IntCounter,
     partitions: IntGauge,
     fenced: IntCounterVec,
+    /// By shop only ([`LoopMetrics::routing`]).
+    routed: Option<IntCounter>,
     pub lag: ConsumerLag,
     /// `<prefix>kafka_errors_total{kind}`: the consumer's librdkafka errors.
     pub kafka_errors: IntCounterVec,
@@ -91,10 +93,12 @@ impl LoopMetrics {
                 opts(
                     "fenced_total",
                     "Times this member stopped writing because it may have lost its partitions \
-                     (stalled: the process was frozen; lost: the group session ended), by reason.",
+                     (stalled: the process was frozen; lost: the group session ended; \
+                     undelivered: a write was not acknowledged in time), by reason.",
                 ),
                 &["reason"],
             )?,
+            routed: None,
             lag: ConsumerLag::register(prefix, registry)?,
             kafka_errors: crate::client_watch::register_errors(prefix, registry)?,
         };
@@ -117,6 +121,24 @@ impl LoopMetrics {
             }
         }
         Ok(metrics)
+    }
+
+    /// Adds `<prefix>records_routed_total`, for a stage that routes its sources by shop.
+    pub fn routing(mut self, prefix: &str, registry: &Registry) -> prometheus::Result<Self> {
+        let routed = IntCounter::new(
+            format!("{prefix}records_routed_total"),
+            "Source records forwarded to the by-shop topic.",
+        )?;
+        aftercart_runtime::metrics_catalog::register(registry, &routed)?;
+        self.routed = Some(routed);
+        Ok(self)
+    }
+
+    /// `count` source records acknowledged on the by-shop topic.
+    pub fn routed(&self, count: usize) {
+        if let Some(routed) = &self.routed {
+            routed.inc_by(count as u64);
+        }
     }
 
     pub fn partitions(&self, count: usize) {

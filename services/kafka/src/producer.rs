@@ -31,11 +31,11 @@ pub const COPY_MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
 pub fn build_output_producer(
     settings: &KafkaSettings,
     client_id: &str,
+    message_timeout: Duration,
 ) -> KafkaResult<FutureProducer> {
     let options = ProducerOptions {
         client_id: client_id.to_string(),
-        // librdkafka's default: the loop waits for every delivery before storing offsets.
-        message_timeout: Duration::from_secs(300),
+        message_timeout,
         max_message_bytes: COPY_MAX_RECORD_BYTES,
         linger: Duration::from_millis(5),
     };

@@ -27,6 +27,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -52,8 +53,9 @@ pub const SOURCE_HEADER: &str = "aftercart-source";
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Session timeout of a dynamic member unless `session.timeout.ms` is given. A dynamic member
 /// restarted after a crash joins as a new member, and the group holds the old member's
-/// partitions until its session ends: this is how long a crash stops them.
-pub const DYNAMIC_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// partitions until its session ends: this is how long a crash stops them, so it is the
+/// shortest Apache Kafka accepts by default (`group.min.session.timeout.ms`, 6 s).
+pub const DYNAMIC_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Heartbeat interval unless `heartbeat.interval.ms` is given (and at most a third of the
 /// session, [`heartbeat_interval`]): a member learns of a rebalance at its next heartbeat, and
 /// the group waits for every member to rejoin, so this bounds how long one slow-to-hear member
@@ -206,10 +208,6 @@ pub trait StageLogic {
     fn emitted(&self, output: &Self::Output);
     /// Refreshes the state gauges (at most once a second).
     fn gauges(&self);
-    /// The service's consumer metrics (records, restores, partitions, lag).
-    fn loop_metrics(&self) -> &LoopMetrics;
-    /// Called once `count` source records are acknowledged on the by-shop topic (metrics).
-    fn routed(&self, _count: usize) {}
     /// How long [`StageLogic::prepare`] may hold the loop. The consumer is not polled meanwhile,
     /// so its `max.poll.interval.ms` is raised above this ([`max_poll_interval_ms`]).
     fn prepare_budget(&self) -> Duration {
@@ -228,6 +226,18 @@ pub trait StageLogic {
             dead: Vec::new(),
         })))
     }
+}
+
+/// Effects by partition turned into stage effects, each by `staged` (into none, one or more).
+pub fn staged_at<E, S, I: IntoIterator<Item = S>>(
+    effects: Vec<(i32, E)>,
+    staged: impl Fn(E) -> I,
+) -> Vec<(i32, S)> {
+    let staged = &staged;
+    effects
+        .into_iter()
+        .flat_map(|(partition, effect)| staged(effect).into_iter().map(move |s| (partition, s)))
+        .collect()
 }
 
 /// How long a step waits for a first record: never past the next timer, so an idle stage
@@ -290,13 +300,27 @@ fn group_config(
     config
 }
 
-/// The heartbeat interval the member runs with unless the operator gives one:
+/// The heartbeat interval the member runs with: the operator's, else
 /// [`HEARTBEAT_INTERVAL`], but never more than a third of the session (Kafka's advice), so a
 /// short session an operator chose (Tansu and the mock cluster accept under Apache Kafka's 6 s
 /// minimum) still holds three heartbeats and one late one does not expel the member.
 fn heartbeat_interval(kafka: &KafkaSettings) -> Duration {
-    HEARTBEAT_INTERVAL
+    let chosen = HEARTBEAT_INTERVAL
         .min(session_timeout(kafka) / 3)
+        .max(Duration::from_millis(1));
+    kafka
+        .properties
+        .get("heartbeat.interval.ms")
+        .and_then(|value| value.parse::<u64>().ok())
+        .map_or(chosen, Duration::from_millis)
+}
+
+/// The producer's `message.timeout.ms`: the session less a heartbeat. A frozen member is
+/// expelled no sooner than a session after its last heartbeat, and thawed, librdkafka drops
+/// expired records before it sends again: none lands after the next owner's restore.
+fn delivery_timeout(kafka: &KafkaSettings) -> Duration {
+    session_timeout(kafka)
+        .saturating_sub(heartbeat_interval(kafka))
         .max(Duration::from_millis(1))
 }
 
@@ -363,10 +387,6 @@ pub struct Stage<L: StageLogic> {
     buffer: Vec<u8>,
 }
 
-fn write_error(error: KafkaError) -> LoopError {
-    LoopError::Write(error)
-}
-
 async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), LoopError> {
     match delivery.await {
         Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
@@ -389,15 +409,16 @@ impl<L: StageLogic> Drop for Stage<L> {
 impl<L: StageLogic> Stage<L> {
     /// Subscribes with the range assignor, so that partition N of every input topic (or the
     /// by-shop topic) and its changelog and output partitions stay with one instance; with
-    /// static membership when the settings name this instance.
+    /// static membership when the settings name this instance. `metrics`: the service's
+    /// consumer metrics (records, restores, partitions, lag).
     pub fn new(
         kafka: KafkaSettings,
         topics: StageTopics,
         shutdown_timeout: Duration,
+        metrics: LoopMetrics,
         logic: L,
         ready: Readiness,
     ) -> Result<Self, LoopError> {
-        let metrics = logic.loop_metrics().clone();
         let (inputs, families) = match &topics.inputs {
             Inputs::ByPartition(inputs) => (inputs.clone(), Vec::new()),
             Inputs::ByShop { sources, by_shop } => {
@@ -429,7 +450,7 @@ impl<L: StageLogic> Stage<L> {
                 names,
             )?)
         };
-        let producer = build_output_producer(&kafka, &topics.client)?;
+        let producer = build_output_producer(&kafka, &topics.client, delivery_timeout(&kafka))?;
         let fence = Fence::new(session_timeout(&kafka));
         Ok(Stage {
             kafka,
@@ -929,6 +950,24 @@ impl<L: StageLogic> Stage<L> {
         Ok(())
     }
 
+    /// A write's partition and offset once acknowledged; `None` (after a reset, as if fenced)
+    /// when not within [`delivery_timeout`]: it may have landed or not (the restore reconciles).
+    async fn acknowledged(
+        &mut self,
+        delivery: DeliveryFuture,
+    ) -> Result<Option<(i32, i64)>, LoopError> {
+        match delivered(delivery).await {
+            Err(LoopError::Write(error))
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) =>
+            {
+                tracing::warn!("A write was not acknowledged within the delivery timeout.");
+                self.reset(self.tripped().unwrap_or(Tripped::Undelivered))?;
+                Ok(None)
+            }
+            acknowledged => acknowledged.map(Some),
+        }
+    }
+
     /// Checks the fence before a write phase: false (after a reset) when it tripped.
     fn may_write(&mut self) -> Result<bool, LoopError> {
         match self.tripped() {
@@ -996,7 +1035,7 @@ impl<L: StageLogic> Stage<L> {
                 .headers(headers);
             let delivery = producer
                 .send_result(record)
-                .map_err(|(e, _)| write_error(e))?;
+                .map_err(|(e, _)| LoopError::Write(e))?;
             emitted.push((*topic, delivery));
         }
         let mut acks = Vec::with_capacity(forwards.len() + dead.len());
@@ -1010,11 +1049,13 @@ impl<L: StageLogic> Stage<L> {
             acks.push(
                 producer
                     .send_result(record)
-                    .map_err(|(e, _)| write_error(e))?,
+                    .map_err(|(e, _)| LoopError::Write(e))?,
             );
         }
         for (topic, delivery) in emitted {
-            let (partition, offset) = delivered(delivery).await?;
+            let Some((partition, offset)) = self.acknowledged(delivery).await? else {
+                return Ok(false);
+            };
             self.left.wrote(partition, 1 + topic, offset);
             self.checkpoints
                 .entry(partition)
@@ -1022,9 +1063,11 @@ impl<L: StageLogic> Stage<L> {
                 .advance(&self.topics.outputs[topic], offset);
         }
         for ack in acks {
-            delivered(ack).await?;
+            if self.acknowledged(ack).await?.is_none() {
+                return Ok(false);
+            }
         }
-        self.logic.routed(forwards.len());
+        self.metrics.routed(forwards.len());
         for _ in &dead {
             self.metrics.dead_lettered();
         }
@@ -1052,7 +1095,7 @@ impl<L: StageLogic> Stage<L> {
             writes.push(
                 producer
                     .send_result(write)
-                    .map_err(|(e, _)| write_error(e))?,
+                    .map_err(|(e, _)| LoopError::Write(e))?,
             );
         }
         let mut touched: Vec<i32> = outputs.iter().map(|(p, ..)| *p).collect();
@@ -1066,12 +1109,14 @@ impl<L: StageLogic> Stage<L> {
             writes.push(
                 producer
                     .send_result(write)
-                    .map_err(|(e, _)| write_error(e))?,
+                    .map_err(|(e, _)| LoopError::Write(e))?,
             );
         }
         let written = writes.len();
         for write in writes {
-            let (partition, offset) = delivered(write).await?;
+            let Some((partition, offset)) = self.acknowledged(write).await? else {
+                return Ok(false);
+            };
             self.left.wrote(partition, 0, offset);
         }
         self.metrics.changelog_written(written);
@@ -1110,7 +1155,7 @@ impl<L: StageLogic> Stage<L> {
         }
         producer
             .send_result(record)
-            .map_err(|(e, _)| write_error(e))
+            .map_err(|(e, _)| LoopError::Write(e))
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage, StageEffect,
+    header, shop_of, staged_at, Inputs, LoopError, Prepared, Preparing, Stage, StageEffect,
     StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
@@ -80,6 +80,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -209,10 +210,7 @@ impl StageLogic for Nudges {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        effects
-            .into_iter()
-            .filter_map(|(partition, effect)| self.staged(effect).map(|e| (partition, e)))
-            .collect()
+        staged_at(effects, |e| self.staged(e))
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
@@ -241,17 +239,9 @@ impl StageLogic for Nudges {
         self.metrics.emitted(nudge.step);
     }
 
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
-    }
-
     fn gauges(&self) {
         self.metrics
             .state(self.engine.sizes(now_ms(), OVERDUE_AFTER_MS));
-    }
-
-    fn routed(&self, count: usize) {
-        self.metrics.routed(count);
     }
 
     fn prepare_budget(&self) -> Duration {

@@ -43,7 +43,6 @@ pub struct NudgesMetrics {
     due_to_sent: Histogram,
     sequences: IntGauge,
     overdue: IntGauge,
-    routed: IntCounter,
     discounts: IntCounterVec,
     attributed: IntCounter,
     attributed_revenue: CounterVec,
@@ -110,10 +109,6 @@ impl NudgesMetrics {
                 "overdue",
                 "Steps due more than a minute ago and not yet written (a stuck stage).",
             ))?,
-            routed: IntCounter::with_opts(opts(
-                "records_routed_total",
-                "Source records forwarded to the by-shop topic.",
-            ))?,
             discounts: IntCounterVec::new(
                 opts(
                     "discounts_total",
@@ -142,7 +137,8 @@ impl NudgesMetrics {
                 registry,
                 "By-shop partitions owned by this instance.",
                 &FAMILIES,
-            )?,
+            )?
+            .routing(PREFIX, registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.scheduled)?;
@@ -153,7 +149,6 @@ impl NudgesMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.due_to_sent)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.sequences)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.overdue)?;
-        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.delivery_lag)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.discounts)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.attributed)?;
@@ -218,10 +213,6 @@ impl NudgesMetrics {
                 .with_label_values(&[&self.currencies.label(&currency)])
                 .inc_by(amount);
         }
-    }
-
-    pub fn routed(&self, count: usize) {
-        self.routed.inc_by(count as u64);
     }
 }
 

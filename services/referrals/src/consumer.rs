@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, Inputs, LoopError, LoopMetrics, Prepared, Preparing, Stage, StageEffect,
+    header, shop_of, staged_at, Inputs, LoopError, Prepared, Preparing, Stage, StageEffect,
     StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
@@ -80,6 +80,7 @@ pub fn build(
         config.kafka.clone(),
         topics,
         config.shutdown_timeout,
+        logic.metrics.consumer.clone(),
         logic,
         ready,
     )
@@ -117,17 +118,6 @@ impl Referrals {
                     self.metrics.counted(counted);
                     None
                 }
-            })
-            .collect()
-    }
-
-    fn staged_at(&self, effects: Vec<(i32, Effect)>) -> Vec<(i32, Staged)> {
-        effects
-            .into_iter()
-            .flat_map(|(partition, effect)| {
-                self.staged(vec![effect])
-                    .into_iter()
-                    .map(move |e| (partition, e))
             })
             .collect()
     }
@@ -169,7 +159,7 @@ impl StageLogic for Referrals {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        self.staged_at(effects)
+        staged_at(effects, |e| self.staged(vec![e]))
     }
 
     fn assign(&mut self, partition: i32, entities: HashMap<String, Entity>) -> Vec<Staged> {
@@ -210,17 +200,9 @@ impl StageLogic for Referrals {
         }
     }
 
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics.consumer
-    }
-
     fn gauges(&self) {
         // Counting rewards in review walks every order: once a second, not once a batch.
         self.metrics.state(self.engine.sizes());
-    }
-
-    fn routed(&self, count: usize) {
-        self.metrics.routed(count);
     }
 
     fn prepare_budget(&self) -> Duration {

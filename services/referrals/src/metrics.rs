@@ -17,7 +17,6 @@ pub struct ReferralsMetrics {
     review_backlog: IntGauge,
     customers: IntGauge,
     orders: IntGauge,
-    routed: IntCounter,
     shopify_actions: IntCounterVec,
     /// Records, dead letters, state restore, partitions and lag.
     pub consumer: LoopMetrics,
@@ -68,10 +67,6 @@ impl ReferralsMetrics {
                 "orders_tracked",
                 "Orders held in state by this instance.",
             ))?,
-            routed: IntCounter::with_opts(opts(
-                "records_routed_total",
-                "Source records forwarded to the by-shop topic.",
-            ))?,
             shopify_actions: IntCounterVec::new(
                 opts(
                     "shopify_actions_total",
@@ -84,7 +79,8 @@ impl ReferralsMetrics {
                 registry,
                 "By-shop partitions owned by this instance.",
                 &["orders", "fulfillments", "customers", "compliance"],
-            )?,
+            )?
+            .routing(PREFIX, registry)?,
         };
         aftercart_runtime::build_info::register(PREFIX, registry)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.invites)?;
@@ -95,7 +91,6 @@ impl ReferralsMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.review_backlog)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.customers)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.orders)?;
-        aftercart_runtime::metrics_catalog::register(registry, &metrics.routed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.shopify_actions)?;
         for action in [
             "friend_discount",
@@ -155,10 +150,6 @@ impl ReferralsMetrics {
         self.customers.set(customers as i64);
         self.orders.set(orders as i64);
         self.review_backlog.set(in_review as i64);
-    }
-
-    pub fn routed(&self, count: usize) {
-        self.routed.inc_by(count as u64);
     }
 
     /// `action` and `outcome` come from the fixed sets registered above.

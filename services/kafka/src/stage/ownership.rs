@@ -112,6 +112,9 @@ pub enum Tripped {
     Stalled,
     /// librdkafka says the assignment was lost (session timed out, member fenced).
     Lost,
+    /// A write was not acknowledged within the producer's delivery timeout: it may have
+    /// landed or not, and the member may have been frozen meanwhile.
+    Undelivered,
 }
 
 impl Tripped {
@@ -119,6 +122,7 @@ impl Tripped {
         match self {
             Tripped::Stalled => "stalled",
             Tripped::Lost => "lost",
+            Tripped::Undelivered => "undelivered",
         }
     }
 }

@@ -51,9 +51,6 @@ impl StageLogic for Toy {
     }
     fn emitted(&self, _: &String) {}
     fn gauges(&self) {}
-    fn loop_metrics(&self) -> &LoopMetrics {
-        &self.metrics
-    }
 }
 
 /// One mock cluster per test process is plenty; each test takes its own topics' partition.
@@ -81,6 +78,7 @@ fn stage_on(bootstrap: &str) -> Stage<Toy> {
         kafka,
         topics,
         Duration::from_secs(1),
+        logic.metrics.clone(),
         logic,
         Readiness::detached(),
     )
