@@ -79,12 +79,15 @@ pub fn prefill<C: rdkafka::ClientContext>(
         .expect("producer");
     let mut topics = std::collections::BTreeSet::new();
     for input in inputs {
-        let headers = input.headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value.as_str()),
-            })
-        });
+        let headers = input
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value.as_str()),
+                })
+            });
         loop {
             match producer.send(
                 BaseRecord::to(&input.topic)
@@ -105,7 +108,10 @@ pub fn prefill<C: rdkafka::ClientContext>(
                 .client()
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))
                 .expect("watermarks");
-            assert_eq!(low, 0, "the mock cluster dropped records of {topic}/{partition}");
+            assert_eq!(
+                low, 0,
+                "the mock cluster dropped records of {topic}/{partition}"
+            );
         }
     }
 }
@@ -176,7 +182,10 @@ where
             if first.is_none() && processed > 0.0 {
                 first = Some((now.0, processed, now.1));
             }
-            let settled: f64 = settle.iter().map(|name| counter(&registry, name)).sum::<f64>()
+            let settled: f64 = settle
+                .iter()
+                .map(|name| counter(&registry, name))
+                .sum::<f64>()
                 + processed;
             if settled != last.0 {
                 last = (settled, now.0, now.1);

@@ -110,7 +110,8 @@ fn whole_service() -> Vec<(String, String)> {
     // Two thirds abandonments, a third paid orders of the same people (as in the engine bench).
     let people = records * 2 / 3;
     let shops = 600;
-    let dir = std::env::temp_dir().join(format!("aftercart-bench-audiences-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("aftercart-bench-audiences-{}", std::process::id()));
     let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
     let kafka_args = whole_service::kafka_args(&cluster);
     let args = <Flags as clap::Parser>::parse_from([
