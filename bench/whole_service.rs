@@ -54,6 +54,23 @@ pub fn kafka_args<C: rdkafka::ClientContext>(cluster: &MockCluster<'_, C>) -> Ka
     }
 }
 
+/// Creates a service's topics (its `topic_specs`) on the cluster.
+pub fn create_topics<C: rdkafka::ClientContext>(
+    cluster: &MockCluster<'_, C>,
+    specs: &[aftercart_kafka::topics::TopicSpec],
+) {
+    for spec in specs {
+        cluster
+            .create_topic(&spec.name, spec.partitions, spec.replication)
+            .expect("topic");
+    }
+}
+
+/// Whether `records` input records were processed (`<prefix>records_processed_total`).
+pub fn processed_all(registry: &prometheus::Registry, prefix: &str, records: usize) -> bool {
+    counter(registry, &format!("{prefix}records_processed_total")) >= records as f64
+}
+
 /// One input record: topic, key, body and headers, as the ingress (or an upstream service)
 /// writes it.
 pub struct Input {

@@ -142,11 +142,7 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
             &aftercart_abandonment::AbandonmentDefaults::production(),
         )
         .expect("config");
-    for spec in aftercart_abandonment::topic_specs(&config).0 {
-        cluster
-            .create_topic(&spec.name, spec.partitions, spec.replication)
-            .expect("topic");
-    }
+    whole_service::create_topics(&cluster, &aftercart_abandonment::topic_specs(&config).0);
     let topic = TopicNames::new("bench.").family(Family::Checkouts);
     whole_service::prefill(
         &cluster,
@@ -169,8 +165,7 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
         },
         // Every record processed and its journey's state written to the changelog.
         |registry| {
-            whole_service::counter(registry, "aftercart_abandonment_records_processed_total")
-                >= records as f64
+            whole_service::processed_all(registry, "aftercart_abandonment_", records)
                 && whole_service::counter(
                     registry,
                     "aftercart_abandonment_changelog_records_written_total",

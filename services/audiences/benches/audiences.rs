@@ -130,11 +130,7 @@ fn whole_service() -> Vec<(String, String)> {
             &aftercart_audiences::AudiencesDefaults::production(),
         )
         .expect("config");
-    for spec in aftercart_audiences::topic_specs(&config).0 {
-        cluster
-            .create_topic(&spec.name, spec.partitions, spec.replication)
-            .expect("topic");
-    }
+    whole_service::create_topics(&cluster, &aftercart_audiences::topic_specs(&config).0);
     let orders = TopicNames::new("bench.").family(Family::Orders);
     let input = |n: usize| {
         let person = n % people;
@@ -163,10 +159,7 @@ fn whole_service() -> Vec<(String, String)> {
             let health = aftercart_runtime::Health::new();
             aftercart_audiences::serve(&config, &registry, &health, stop).await
         },
-        |registry| {
-            whole_service::counter(registry, "aftercart_audiences_records_processed_total")
-                >= records as f64
-        },
+        |registry| whole_service::processed_all(registry, "aftercart_audiences_", records),
         &[
             "aftercart_audiences_changelog_records_written_total",
             "aftercart_audiences_batches_emitted_total",

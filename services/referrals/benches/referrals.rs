@@ -110,11 +110,7 @@ fn whole_service() -> Vec<(String, String)> {
             &aftercart_referrals::ReferralsDefaults::production(),
         )
         .expect("config");
-    for spec in aftercart_referrals::topic_specs(&config).0 {
-        cluster
-            .create_topic(&spec.name, spec.partitions, spec.replication)
-            .expect("topic");
-    }
+    whole_service::create_topics(&cluster, &aftercart_referrals::topic_specs(&config).0);
     let topic = TopicNames::new("bench.").family(Family::Orders);
     let codes = rules().codes;
     let advocates = records / 2;
@@ -145,10 +141,7 @@ fn whole_service() -> Vec<(String, String)> {
             let health = aftercart_runtime::Health::new();
             aftercart_referrals::serve(&config, &registry, &health, stop).await
         },
-        |registry| {
-            whole_service::counter(registry, "aftercart_referrals_records_processed_total")
-                >= records as f64
-        },
+        |registry| whole_service::processed_all(registry, "aftercart_referrals_", records),
         &["aftercart_referrals_changelog_records_written_total"],
         Duration::from_millis(300),
     );
