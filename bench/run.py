@@ -1011,8 +1011,10 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
             "and restored, so from a SIGKILL it is the time until they are processed again):")
         out("")
         for line in failover.read_text().splitlines():
-            if "restart-to-resume" in line or "partitions taken on assignment" in line:
-                out(f"- {line.strip()}")
+            if any(what in line for what in ("restart-to-resume", "partitions taken on assignment",
+                                             "longest any partition went without an output", "leaves and returns")):
+                # The first line follows libtest's "test <name> ... " on the same line.
+                out(f"- {line.split(' ... ', 1)[-1].strip()}")
         out("")
     if ours and ours.get("profile"):
         profile = ours["profile"]
