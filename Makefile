@@ -83,13 +83,16 @@ dashboard-png: build $(OPS_VENV)/.installed ## Render dashboard panels from a li
 	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/plot_panels.py
 
 .PHONY: bench
-bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed ## Benchmarks: ingress vs Node and Python baselines under load, micro-benchmarks, consumers, consumer latency; writes bench/REPORT.md
+bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed ## Benchmarks: ingress vs Node and Python baselines under load, micro-benchmarks, consumers (engines and whole services), restore, failover, consumer latency; writes bench/REPORT.md
 	mkdir -p bench/out
 	set -o pipefail; CRITERION_HOME=$(CURDIR)/bench/out/criterion $(CARGO) bench --locked -p aftercart-loadgen --bench hot_path 2>&1 | tee bench/out/hot_path.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-abandonment --bench abandonment | tee bench/out/abandonment.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-referrals --bench referrals | tee bench/out/referrals.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-audiences --bench audiences | tee bench/out/audiences.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-kafka --bench restore | tee bench/out/restore.txt
+	# Failover figure: the fault suite's churn of abandonment members under load (SIGTERM and SIGKILL, restart-to-resume)
+	set -o pipefail; $(CARGO) test -p aftercart --locked --test faults_consumers \
+		abandonment_members_coming_and_going_under_load -- --ignored --nocapture --test-threads=1 2>&1 | tee bench/out/failover.txt
 	python3 bench/run.py --bin $(BIN)
 
 .PHONY: bench-latency

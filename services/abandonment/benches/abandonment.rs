@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../../../bench/whole_service.rs"]
+mod whole_service;
+
 use aftercart_abandonment::domain::engine::{Engine, Rules};
 use aftercart_abandonment::domain::input::journey_input;
 use aftercart_abandonment::domain::money::Amount;
@@ -17,21 +20,6 @@ fn resident_bytes() -> i64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-/// CPU time used so far by every thread of this process (service, librdkafka, embedded
-/// broker), in seconds: unlike wall time, barely moved by other work on a shared machine.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: f64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
 }
 
 fn rules() -> Rules {
@@ -138,30 +126,14 @@ fn bytes_per_journey(rows: &mut Vec<(String, String)>) {
 }
 
 fn whole_service(rows: &mut Vec<(String, String)>) {
-    use aftercart_kafka::{KafkaArgs, TopicNames};
+    use aftercart_kafka::TopicNames;
     use aftercart_shopify::Family;
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
     // lz4 batches as the ingress writes them keep 100,000 records of ~1 KB under the mock
     // cluster's per-partition limit; AFTERCART_BENCH_RECORDS changes the count.
-    let records: usize = std::env::var("AFTERCART_BENCH_RECORDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000);
+    let records = whole_service::record_count(100_000);
     let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    let kafka_args = KafkaArgs {
-        brokers: Some(cluster.bootstrap_servers()),
-        topic_prefix: "bench.".into(),
-        topic_partitions: "12".into(),
-        topic_replication: "1".into(),
-        topic_min_insync_replicas: None,
-        topic_retention: "7d".into(),
-        topic_compaction_lag: "1d".into(),
-        kafka_properties_file: None,
-        kafka_properties: String::new(),
-        instance_id: Some("bench".into()),
-    };
+    let kafka_args = whole_service::kafka_args(&cluster);
     let args = <Flags as clap::Parser>::parse_from(["bench"]).abandonment;
     let config = args
         .validate(
@@ -170,163 +142,39 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
             &aftercart_abandonment::AbandonmentDefaults::production(),
         )
         .expect("config");
-    for spec in aftercart_abandonment::topic_specs(&config).0 {
-        cluster
-            .create_topic(&spec.name, spec.partitions, spec.replication)
-            .expect("topic");
-    }
+    whole_service::create_topics(&cluster, &aftercart_abandonment::topic_specs(&config).0);
     let topic = TopicNames::new("bench.").family(Family::Checkouts);
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4")
-        .create()
-        .expect("producer");
-    for n in 0..records {
-        let body = checkout(n, 0);
-        let key = format!("shop.myshopify.com/cart-{n}");
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "shopify-topic",
-                value: Some("checkouts/update"),
-            })
-            .insert(Header {
-                key: "shopify-shop-domain",
-                value: Some("shop.myshopify.com"),
-            });
-        loop {
-            match producer.send(
-                BaseRecord::to(&topic)
-                    .key(&key)
-                    .payload(&body)
-                    .headers(headers.clone()),
-            ) {
-                Ok(()) => break,
-                Err(_) => producer.poll(Duration::from_millis(10)),
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).expect("pre-filled");
-
-    // The mock cluster keeps only ~5 MB per partition and drops the oldest records beyond it:
-    // a run that lost records would measure nothing, so check that none was dropped.
-    for partition in 0..kafka_args
-        .topic_partitions
-        .parse::<i32>()
-        .expect("partitions")
-    {
-        let (low, _) = producer
-            .client()
-            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-            .expect("watermarks");
-        assert_eq!(
-            low, 0,
-            "the mock cluster dropped records of partition {partition}"
-        );
-    }
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (startup, steady, steady_records, took, cpu, restoring) = runtime.block_on(async {
-        let registry = prometheus::Registry::new();
-        let health = aftercart_runtime::Health::new();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let started = Instant::now();
-        let task = {
-            let (config, registry, health, stop) = (
-                config.clone(),
-                registry.clone(),
-                health.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                aftercart_abandonment::serve(&config, &registry, &health, stop).await
-            })
-        };
-        let counter = |name: &str| -> f64 {
-            registry
-                .gather()
-                .iter()
-                .filter(|f| f.name() == name)
-                .flat_map(|f| {
-                    f.get_metric()
-                        .iter()
-                        .map(|m| m.get_counter().get_value())
-                        .collect::<Vec<_>>()
-                })
-                .sum()
-        };
-        // Start-up ends at the first sample that sees a record processed; the steady state is
-        // measured from there to the last journey state written to the changelog.
-        let mut first: Option<(Instant, f64, f64)> = None;
-        loop {
-            let processed = counter("aftercart_abandonment_records_processed_total");
-            let written = counter("aftercart_abandonment_changelog_records_written_total");
-            if first.is_none() && processed > 0.0 {
-                first = Some((Instant::now(), processed, cpu_seconds()));
-            }
-            if processed >= records as f64 && written >= records as f64 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(600),
-                "service too slow: {processed} processed, {written} written"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let ended = Instant::now();
-        // Restores run one partition after another inside start-up: their total shows its share.
-        let restoring: f64 = registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == "aftercart_abandonment_state_restore_duration_seconds")
-            .flat_map(|f| {
-                f.get_metric()
-                    .iter()
-                    .map(|m| m.get_histogram().get_sample_sum())
-                    .collect::<Vec<_>>()
-            })
-            .sum();
-        let (first_at, first_processed, first_cpu) = first.expect("records were processed");
-        let cpu = cpu_seconds() - first_cpu;
-        stop.cancel();
-        let _ = task.await;
-        (
-            first_at - started,
-            ended - first_at,
-            records as f64 - first_processed,
-            ended - started,
-            cpu,
-            restoring,
-        )
-    });
-    rows.push((
-        "whole service: pre-filled checkouts topic → state + changelog (embedded broker, incl. start-up)".into(),
-        format!("{:.0} records/s ({records} records in {:.2} s)", records as f64 / took.as_secs_f64(), took.as_secs_f64()),
-    ));
-    rows.push((
-        "whole service: start-up (topics, global tables, group join, restore) until the first record".into(),
-        format!(
-            "{:.2} s; partition restores took {restoring:.2} s summed (they overlap) and the mock broker delays a new group's first join by 3 s",
-            startup.as_secs_f64()
-        ),
-    ));
-    rows.push((
-        "whole service: steady state, one consumer (excl. start-up)".into(),
-        format!(
-            "{:.0} records/s ({steady_records:.0} records in {:.2} s)",
-            steady_records / steady.as_secs_f64(),
-            steady.as_secs_f64()
-        ),
-    ));
-    rows.push((
-        "whole service: steady-state CPU per 1,000 records, all threads incl. the embedded broker"
-            .into(),
-        format!("{:.1} ms ({:.2} s of CPU)", cpu * 1e6 / steady_records, cpu),
-    ));
+    whole_service::prefill(
+        &cluster,
+        (0..records).map(|n| whole_service::Input {
+            topic: topic.clone(),
+            key: format!("shop.myshopify.com/cart-{n}"),
+            body: checkout(n, 0),
+            headers: vec![
+                ("shopify-topic", "checkouts/update".into()),
+                ("shopify-shop-domain", "shop.myshopify.com".into()),
+            ],
+        }),
+    );
+    let measured = whole_service::measure(
+        records,
+        "aftercart_abandonment_",
+        |registry, stop| async move {
+            let health = aftercart_runtime::Health::new();
+            aftercart_abandonment::serve(&config, &registry, &health, stop).await
+        },
+        // Every record processed and its journey's state written to the changelog.
+        |registry| {
+            whole_service::processed_all(registry, "aftercart_abandonment_", records)
+                && whole_service::counter(
+                    registry,
+                    "aftercart_abandonment_changelog_records_written_total",
+                ) >= records as f64
+        },
+        &["aftercart_abandonment_changelog_records_written_total"],
+        Duration::from_millis(50),
+    );
+    rows.extend(measured.rows("pre-filled checkouts topic → state + changelog"));
 }
 
 #[derive(clap::Parser)]

@@ -4,7 +4,10 @@
 //! Prints a Markdown table; numbers, not assertions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+#[path = "../../../bench/whole_service.rs"]
+mod whole_service;
 
 use aftercart_audiences::domain::audience::{AbandonmentFilter, Audience, OrderFilter, Source};
 use aftercart_audiences::domain::engine::{Effect, Engine, Rules};
@@ -96,6 +99,87 @@ fn order(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Audiences as a whole service with its built-in audiences and file destinations: pre-filled
+/// abandonments and orders topics → the router → the by-shop topic → the stage (state,
+/// changelog, flushed batches, offsets).
+fn whole_service() -> Vec<(String, String)> {
+    use aftercart_kafka::TopicNames;
+    use aftercart_shopify::Family;
+
+    let records = whole_service::record_count(100_000);
+    // Two thirds abandonments, a third paid orders of the same people (as in the engine bench).
+    let people = records * 2 / 3;
+    let shops = 600;
+    let dir =
+        std::env::temp_dir().join(format!("aftercart-bench-audiences-{}", std::process::id()));
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let kafka_args = whole_service::kafka_args(&cluster);
+    let args = <Flags as clap::Parser>::parse_from([
+        "bench",
+        "--audiences-dir",
+        dir.to_str().expect("a UTF-8 temporary directory"),
+        // The batches are part of the run: flushed a second after a partition's first change.
+        "--audiences-export-flush-interval",
+        "1s",
+    ])
+    .audiences;
+    let config = args
+        .validate(
+            &kafka_args,
+            Duration::from_secs(10),
+            &aftercart_audiences::AudiencesDefaults::production(),
+        )
+        .expect("config");
+    whole_service::create_topics(&cluster, &aftercart_audiences::topic_specs(&config).0);
+    let orders = TopicNames::new("bench.").family(Family::Orders);
+    let input = |n: usize| {
+        let person = n % people;
+        let shop = format!("shop{}.myshopify.com", person % shops);
+        let (topic, body, shopify_topic) = if n < people {
+            (config.abandonments_topic.clone(), abandonment(person), None)
+        } else {
+            (orders.clone(), order(person), Some("orders/paid"))
+        };
+        let mut headers = vec![("shopify-shop-domain", shop.clone())];
+        if let Some(t) = shopify_topic {
+            headers.push(("shopify-topic", t.to_string()));
+        }
+        whole_service::Input {
+            topic,
+            key: format!("{shop}/t{person}"),
+            body,
+            headers,
+        }
+    };
+    whole_service::prefill(&cluster, (0..records).map(input));
+    let measured = whole_service::measure(
+        records,
+        "aftercart_audiences_",
+        |registry, stop| async move {
+            let health = aftercart_runtime::Health::new();
+            aftercart_audiences::serve(&config, &registry, &health, stop).await
+        },
+        |registry| whole_service::processed_all(registry, "aftercart_audiences_", records),
+        &[
+            "aftercart_audiences_changelog_records_written_total",
+            "aftercart_audiences_batches_emitted_total",
+        ],
+        // Longer than the flush interval: the last batches come up to a second after the last
+        // record.
+        Duration::from_millis(1_500),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    measured.rows(
+        "pre-filled abandonments + orders topics → router → by-shop topic → state + changelog + batches",
+    )
+}
+
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    audiences: aftercart_audiences::AudiencesArgs,
+}
+
 fn main() {
     let people = 100_000;
     // Every person abandons a checkout; half of them buy later (leaving the abandoners).
@@ -149,4 +233,9 @@ fn main() {
         "| state: {held} people (contact, consent, two memberships) | {:.0} resident bytes per person |",
         grown as f64 / held.max(1) as f64
     );
+    if !std::env::args().any(|a| a == "--engine-only") {
+        for (what, result) in whole_service() {
+            println!("| {what} | {result} |");
+        }
+    }
 }

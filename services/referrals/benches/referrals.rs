@@ -3,7 +3,10 @@
 //! refunds), and the resident bytes per customer held. Prints a Markdown table; numbers, not
 //! assertions.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+#[path = "../../../bench/whole_service.rs"]
+mod whole_service;
 
 use aftercart_referrals::domain::code::{CodeRules, Source};
 use aftercart_referrals::domain::engine::{Effect, Engine, Rules, Trigger};
@@ -77,6 +80,80 @@ fn order(id: usize, customer: usize, code: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Referrals as a whole service: a pre-filled orders topic (advocates' paid orders, then their
+/// friends' referred first orders) → the router → the by-shop topic → the stage (state,
+/// changelog, invites, rewards in review, offsets).
+fn whole_service() -> Vec<(String, String)> {
+    use aftercart_kafka::TopicNames;
+    use aftercart_shopify::Family;
+
+    let records = whole_service::record_count(100_000);
+    // More shops than the engine bench: the by-shop topic is keyed by shop, so its partitions
+    // stay even (and under the mock cluster's per-partition limit).
+    let shops = 600;
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let kafka_args = whole_service::kafka_args(&cluster);
+    let args = <Flags as clap::Parser>::parse_from([
+        "bench",
+        "--referrals-code-secret",
+        "benchmark-code-secret-0123456789",
+        "--state-hash-key",
+        "bench-state-hash-key-16",
+        "--referrals-invite-delay",
+        "0s",
+    ])
+    .referrals;
+    let config = args
+        .validate(
+            &kafka_args,
+            Duration::from_secs(10),
+            &aftercart_referrals::ReferralsDefaults::production(),
+        )
+        .expect("config");
+    whole_service::create_topics(&cluster, &aftercart_referrals::topic_specs(&config).0);
+    let topic = TopicNames::new("bench.").family(Family::Orders);
+    let codes = rules().codes;
+    let advocates = records / 2;
+    let input = |n: usize| {
+        let (advocate, friend) = (n % advocates, n >= advocates);
+        let shop = format!("shop{}.myshopify.com", advocate % shops);
+        let body = if friend {
+            let code = codes.code_for(&shop, &format!("id:{}", 1_000_000 + advocate));
+            order(n, n, Some(&code))
+        } else {
+            order(n, n, None)
+        };
+        whole_service::Input {
+            topic: topic.clone(),
+            key: format!("{shop}/order-{n}"),
+            body,
+            headers: vec![
+                ("shopify-topic", "orders/paid".into()),
+                ("shopify-shop-domain", shop),
+            ],
+        }
+    };
+    whole_service::prefill(&cluster, (0..records).map(input));
+    let measured = whole_service::measure(
+        records,
+        "aftercart_referrals_",
+        |registry, stop| async move {
+            let health = aftercart_runtime::Health::new();
+            aftercart_referrals::serve(&config, &registry, &health, stop).await
+        },
+        |registry| whole_service::processed_all(registry, "aftercart_referrals_", records),
+        &["aftercart_referrals_changelog_records_written_total"],
+        Duration::from_millis(300),
+    );
+    measured.rows("pre-filled orders topic → router → by-shop topic → state + changelog + invites")
+}
+
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    referrals: aftercart_referrals::ReferralsArgs,
+}
+
 fn main() {
     let advocates = 50_000;
     let engine_rules = rules();
@@ -130,4 +207,9 @@ fn main() {
         "| state: {customers} customers, {orders} orders, {in_review} rewards in review | {:.0} resident bytes per customer |",
         grown as f64 / customers.max(1) as f64
     );
+    if !std::env::args().any(|a| a == "--engine-only") {
+        for (what, result) in whole_service() {
+            println!("| {what} | {result} |");
+        }
+    }
 }
