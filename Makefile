@@ -41,7 +41,7 @@ test: preflight lint tansu test-ops ## The full suite: fmt, clippy, ops checks, 
 .PHONY: test-faults
 test-faults: tansu ## Fault suite (issue 7): real binary and Tansu processes killed, frozen, flooded; prints the books
 	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test -p aftercart --locked \
-		--test faults_ingress --test faults_consumers --test faults_flood -- --ignored --nocapture --test-threads=1
+		--test faults -- --ignored --nocapture --test-threads=1
 
 .PHONY: test-fast
 test-fast: ## Unit and integration tests without lint (Tansu variants skip if it is missing)
