@@ -5,7 +5,13 @@ SHELL := bash
 CARGO ?= cargo
 TANSU_VERSION := 0.6.0
 CARGO_BIN := $(HOME)/.cargo/bin
-BIN := $(or $(CARGO_TARGET_DIR),target)/release/aftercart
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# The release binary: make run, demo, dashboard-png and bench.
+BIN := $(TARGET_DIR)/release/aftercart
+# The debug binary the test build makes (`cargo test --workspace`, with the tests' features): the
+# ops checks run this one, so `make test` compiles the workspace once, in debug, and never in
+# release. `cargo build -p aftercart` would resolve other features and compile it all again.
+TEST_BIN := $(TARGET_DIR)/debug/aftercart
 # Python tools of the ops checks (tests/ops/requirements.txt), installed on first use.
 OPS_VENV := .venv-ops
 OPS_PY := $(OPS_VENV)/bin/python
@@ -38,23 +44,28 @@ preflight: ## Check what make test needs besides Rust (build headers, Prometheus
 test: preflight lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
 	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
+.PHONY: test-build
+test-build: ## Build every test and the debug binary without running them (what test, test-ops and test-faults share)
+	$(CARGO) test --workspace --locked --no-run
+
 .PHONY: test-faults
+# --workspace, not -p aftercart: the same features as `make test`'s build, so it links nothing new.
 test-faults: tansu ## Fault suite (issue 7): real binary and Tansu processes killed, frozen, flooded; prints the books
-	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test -p aftercart --locked \
-		--test faults_ingress --test faults_consumers --test faults_flood -- --ignored --nocapture --test-threads=1
+	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked \
+		--test faults -- --ignored --nocapture --test-threads=1
 
 .PHONY: test-fast
 test-fast: ## Unit and integration tests without lint (Tansu variants skip if it is missing)
 	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
 
 .PHONY: test-ops
-test-ops: preflight build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
+test-ops: preflight test-build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
 	@status=0; \
 	$(OPS_PY) tests/ops/check_manifests.py || status=1; \
 	$(OPS_PY) tests/ops/check_rules.py || status=1; \
-	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/check_compose.py || status=1; \
+	AFTERCART_BIN=$(TEST_BIN) $(OPS_PY) tests/ops/check_compose.py || status=1; \
 	$(OPS_PY) tests/ops/check_preflight.py || status=1; \
-	AFTERCART_BIN=$(BIN) $(OPS_PY) tests/ops/live.py || status=1; \
+	AFTERCART_BIN=$(TEST_BIN) $(OPS_PY) tests/ops/live.py || status=1; \
 	exit $$status
 
 $(OPS_VENV)/.installed: tests/ops/requirements.txt
@@ -64,7 +75,7 @@ $(OPS_VENV)/.installed: tests/ops/requirements.txt
 
 .PHONY: observe
 observe: $(OPS_VENV)/.installed ## Local Prometheus (Debian's) on 127.0.0.1:9091 scraping `make run`, with aftercart's recording and alert rules
-	$(OPS_PY) tests/ops/local_prometheus.py --observe $(or $(CARGO_TARGET_DIR),target)/observe
+	$(OPS_PY) tests/ops/local_prometheus.py --observe $(TARGET_DIR)/observe
 
 .PHONY: compose-files
 compose-files: $(OPS_VENV)/.installed ## Regenerate compose/prometheus.yml and compose/aftercart.rules.yml (after changing the rules)
@@ -114,27 +125,33 @@ $(BENCH_PY)/.venv/.installed: $(BENCH_PY)/requirements.lock
 # lets the stable toolchain accept them. New inputs go to a scratch corpus, never the tree.
 CARGO_FUZZ_VERSION := 0.13.1
 FUZZ_SECONDS ?= 60
+# Targets fuzzed at once. A libFuzzer run is one process on one core, so CI runs as many as it has
+# cores: each target still gets FUZZ_SECONDS of a core, in a fraction of the wall time.
+FUZZ_JOBS ?= 1
 FUZZ_TARGETS := webhook_headers_signature journey_key spool_frames abandonment_record referrals_record audiences_record
 FUZZ_SCRATCH := $(or $(CARGO_TARGET_DIR),$(CURDIR)/fuzz/target)/fuzz-corpus
 
 .PHONY: fuzz
-fuzz: ## Fuzz every target for FUZZ_SECONDS (default 60) from the committed corpus; fails on a crash
+fuzz: ## Fuzz every target for FUZZ_SECONDS (default 60), FUZZ_JOBS (default 1) at once, from the committed corpus; fails on a crash
 	@"$(CARGO_BIN)/cargo-fuzz" --version 2>/dev/null | grep -q "$(CARGO_FUZZ_VERSION)" || \
 		$(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
 	cd fuzz && RUSTC_BOOTSTRAP=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) fuzz build
-	@for target in $(FUZZ_TARGETS); do \
-		mkdir -p "$(FUZZ_SCRATCH)/$$target"; \
-		echo "Fuzzing $$target for $(FUZZ_SECONDS) s"; \
-		(cd fuzz && RUSTC_BOOTSTRAP=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) fuzz run "$$target" \
-			"$(FUZZ_SCRATCH)/$$target" "corpus/$$target" -- \
-			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -vE '^#[0-9]+\s+(NEW|REDUCE|pulse)'; \
-			exit $${PIPESTATUS[0]}) || { echo "fuzz: $$target failed; the input is in fuzz/artifacts/$$target/"; exit 1; }; \
-	done
+	@$(MAKE) --no-print-directory --output-sync=target -j$(FUZZ_JOBS) $(addprefix fuzz-run-,$(FUZZ_TARGETS))
+
+# One target for FUZZ_SECONDS, built by `make fuzz` first.
+.PHONY: $(addprefix fuzz-run-,$(FUZZ_TARGETS))
+$(addprefix fuzz-run-,$(FUZZ_TARGETS)): fuzz-run-%:
+	@mkdir -p "$(FUZZ_SCRATCH)/$*"
+	@echo "Fuzzing $* for $(FUZZ_SECONDS) s"
+	@(cd fuzz && RUSTC_BOOTSTRAP=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) fuzz run "$*" \
+		"$(FUZZ_SCRATCH)/$*" "corpus/$*" -- \
+		-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -vE '^#[0-9]+\s+(NEW|REDUCE|pulse)'; \
+		exit $${PIPESTATUS[0]}) || { echo "fuzz: $* failed; the input is in fuzz/artifacts/$*/"; exit 1; }
 
 .PHONY: test-timing
 test-timing: ## Refusing a signature costs the same wherever it differs (valgrind instruction counts)
 	$(CARGO) build --release --locked -p aftercart-shopify --example signature_timing
-	tests/timing/signature_timing.sh $(or $(CARGO_TARGET_DIR),target)/release/examples/signature_timing
+	tests/timing/signature_timing.sh $(TARGET_DIR)/release/examples/signature_timing
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings

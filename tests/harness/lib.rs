@@ -22,6 +22,7 @@ pub mod sasl;
 pub mod schemas;
 pub mod service;
 pub mod shopify_admin;
+pub mod test_files;
 pub mod tls;
 
 pub use accounting::Accounting;
