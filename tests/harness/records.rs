@@ -114,15 +114,24 @@ fn read_topic_blocking(
     consumer.assign(&assignment).expect("assign");
     let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_error = None;
     while !targets.is_empty() {
         assert!(
             Instant::now() < deadline,
-            "reading {topic} timed out; still waiting on {targets:?}"
+            "reading {topic} timed out; still waiting on {targets:?} (last error: {last_error:?})"
         );
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let message = message.expect("consume");
+        // librdkafka hands transient states to poll as errors (all brokers down for a moment,
+        // a transport error on a loaded machine): the deadline decides, not the first one.
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                last_error = Some(error.to_string());
+                continue;
+            }
+        };
         let mut headers = BTreeMap::new();
         if let Some(list) = message.headers() {
             for header in list.iter() {
