@@ -785,10 +785,19 @@ mod scenarios {
         until_sent("Google adds", &p.google, any, &[&ann.google_email]).await;
         until_sent("TikTok adds", &p.tiktok, any, &[&ann.tiktok_email]).await;
         until_sent("webhook adds", &p.webhook, any, &[&ann.plain_email]).await;
+        // Sent is not yet accepted (Google's job still has its run to call): refusing before
+        // every addition is confirmed would refuse an addition too, and past its budget that
+        // one is rightly dead-lettered (seen once on a loaded machine).
+        let service = stack.service();
+        for destination in ["meta", "dm", "google", "tiktok", "hook"] {
+            let accepted = format!(
+                r#"aftercart_audiences_batches_total{{destination="{destination}",op="add",outcome="accepted"}}"#
+            );
+            until_metric(service, &accepted, 1.0).await;
+        }
 
         refusing.store(true, Ordering::SeqCst);
         upstream.redact(&ANN).await;
-        let service = stack.service();
         let age = r#"aftercart_audiences_pending_removal_age_seconds{destination="meta"}"#;
         eventually(
             "a removal waiting past the additions' budget",
