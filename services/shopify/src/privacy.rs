@@ -91,6 +91,24 @@ impl Person {
                 .is_some_and(|(want, have)| same_phone(want, have))
             || order_id.is_some_and(|id| self.orders.contains(&id))
     }
+
+    /// True when a held record naming this customer id, email, phone or order is this
+    /// person's own, for answering their data request: as [`Person::matches`], except that a
+    /// record of another customer id is never theirs (a household sharing an email or a phone
+    /// must not read each other's data; a redaction, by contrast, errs towards forgetting).
+    pub fn owns(
+        &self,
+        customer_id: Option<u64>,
+        email: Option<&str>,
+        phone: Option<&str>,
+        order_id: Option<u64>,
+    ) -> bool {
+        let other = self
+            .customer_id
+            .zip(customer_id)
+            .is_some_and(|(a, b)| a != b);
+        !other && self.matches(customer_id, email, phone, order_id)
+    }
 }
 
 /// Both present and equal once normalised (a `Person` built by hand may hold raw values).
