@@ -206,8 +206,8 @@ impl Engine {
     }
 
     /// Takes ownership of a partition with everything its changelog held: journeys (as
-    /// [`Engine::assign`]) and consent copies. A copy newer than what is known is adopted (the
-    /// customers topic may no longer hold it); one of a redacted customer is deleted; consent
+    /// [`Engine::assign`]) and consent copies. A copy is merged with what is known
+    /// ([`Consent::merge`]: the customers topic may no longer hold what it says); one of a redacted customer is deleted; consent
     /// known here and newer than the partition's copy is written to it.
     pub fn restore(&mut self, partition: i32, stored: HashMap<String, Stored>) -> Vec<Effect> {
         let mut journeys = Vec::new();
@@ -231,10 +231,10 @@ impl Engine {
                 });
                 continue;
             }
-            let known = self.consent.entry(customer.clone()).or_default();
-            if copy.at_ms > known.at_ms {
-                *known = *copy;
-            }
+            self.consent
+                .entry(customer.clone())
+                .or_default()
+                .merge(*copy);
         }
         copies.retain(|customer, _| !self.consent_redacted(customer));
         for (customer, known) in &self.consent {

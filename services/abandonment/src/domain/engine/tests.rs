@@ -819,3 +819,42 @@ fn a_newer_consent_known_at_restore_is_written_and_a_redaction_deletes_the_copie
         "{effects:?}"
     );
 }
+
+fn person_42() -> Person {
+    Person {
+        customer_id: Some(42),
+        ..Person::default()
+    }
+}
+
+#[test]
+fn a_restore_keeps_the_unsubscribe_the_customers_topic_no_longer_says() {
+    let mut e = engine();
+    let say = |email: Option<bool>, sms: Option<bool>| GlobalInput::Consent {
+        customer_id: 42,
+        email,
+        sms,
+    };
+    let mut effects = e.apply_global(SHOP, say(Some(false), None), 1_000);
+    effects.extend(e.apply_global(SHOP, say(None, Some(false)), 2_000));
+    let changelog = changelog_of(&effects, 0);
+
+    // Restarted once the email unsubscribe (1 000) aged out of the customers topic: the global
+    // table holds only the SMS statement (2 000), as old as the partition's copy.
+    let mut restarted = Engine::new(rules());
+    restarted.apply_global(SHOP, say(None, Some(false)), 2_000);
+    let effects = restarted.restore(0, changelog);
+    let (_, copy) = restarted.consent_held(0, SHOP, &person_42()).unwrap();
+    assert_eq!(copy.channels(), (Some(false), Some(false)), "{effects:?}");
+    // The same when the copy is older than what the topic still says.
+    let mut restarted = Engine::new(rules());
+    let old = changelog_of(
+        &engine().apply_global(SHOP, say(Some(false), None), 1_000),
+        0,
+    );
+    restarted.apply_global(SHOP, say(None, Some(true)), 3_000);
+    restarted.restore(0, old);
+    let (_, copy) = restarted.consent_held(0, SHOP, &person_42()).unwrap();
+    assert_eq!(copy.channels(), (Some(false), Some(true)));
+}
+
