@@ -438,6 +438,9 @@ impl Engine {
                 email,
                 sms,
             } => match customer_ref(shop, Some(customer_id), None) {
+                // Read after their redaction (in flight, or replayed first on a restart): no
+                // copy of a redacted customer is made again.
+                Some(customer) if self.consent_redacted(&customer) => Vec::new(),
                 Some(customer) => {
                     self.consent
                         .entry(customer.clone())

@@ -858,3 +858,20 @@ fn a_restore_keeps_the_unsubscribe_the_customers_topic_no_longer_says() {
     assert_eq!(copy.channels(), (Some(false), Some(true)));
 }
 
+#[test]
+fn a_consent_read_after_the_redaction_keeps_no_copy() {
+    let mut e = engine();
+    e.apply_global(SHOP, redact_id(42), 1_000);
+    // In flight on the customers topic, or replayed before the redaction on a restart.
+    let late = GlobalInput::Consent {
+        customer_id: 42,
+        email: Some(false),
+        sms: None,
+    };
+    let effects = e.apply_global(SHOP, late, 2_000);
+    assert!(changelog_of(&effects, 0).is_empty(), "{effects:?}");
+    assert_eq!(e.consent_held(0, SHOP, &person_42()), None);
+    // A partition assigned later is not given one either.
+    let effects = e.restore(1, HashMap::new());
+    assert!(effects.is_empty(), "{effects:?}");
+}
