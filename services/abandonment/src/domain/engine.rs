@@ -526,7 +526,7 @@ impl Engine {
                 let mut journeys: Vec<(String, Journey)> = state
                     .journeys
                     .iter()
-                    .filter(|(_, j)| j.shop == shop && belongs_to(j, person))
+                    .filter(|(_, j)| j.shop == shop && owned_by(j, person))
                     .map(|(k, j)| (k.clone(), j.clone()))
                     .collect();
                 journeys.sort_by(|a, b| a.0.cmp(&b.0));
@@ -781,12 +781,32 @@ impl Engine {
 }
 
 fn belongs_to(journey: &Journey, person: &Person) -> bool {
-    journey.checkout.as_ref().is_some_and(|c| {
-        person.matches(c.customer_id, c.email.as_deref(), c.phone.as_deref(), None)
-    }) || journey
-        .order
+    names(journey, |id, email, phone, order| {
+        person.matches(id, email, phone, order)
+    })
+}
+
+/// A journey a data request may report: [`Person::owns`] (never another customer id's).
+fn owned_by(journey: &Journey, person: &Person) -> bool {
+    names(journey, |id, email, phone, order| {
+        person.owns(id, email, phone, order)
+    })
+}
+
+/// Whether the journey's checkout or order is named by `test` (customer id, email, phone,
+/// order id).
+fn names(
+    journey: &Journey,
+    test: impl Fn(Option<u64>, Option<&str>, Option<&str>, Option<u64>) -> bool,
+) -> bool {
+    journey
+        .checkout
         .as_ref()
-        .is_some_and(|o| person.matches(o.customer_id, o.email.as_deref(), None, Some(o.id)))
+        .is_some_and(|c| test(c.customer_id, c.email.as_deref(), c.phone.as_deref(), None))
+        || journey
+            .order
+            .as_ref()
+            .is_some_and(|o| test(o.customer_id, o.email.as_deref(), None, Some(o.id)))
 }
 
 /// Why the person may be contacted, if they may: marketing consent on a channel wins; else the

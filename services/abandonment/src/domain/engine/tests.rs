@@ -875,3 +875,22 @@ fn a_consent_read_after_the_redaction_keeps_no_copy() {
     let effects = e.restore(1, HashMap::new());
     assert!(effects.is_empty(), "{effects:?}");
 }
+
+#[test]
+fn a_data_request_reports_no_journey_of_another_customer_with_the_same_email() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    // Her partner checks out as customer 43 with the household's address.
+    let body = br#"{"token":"chk-2","cart_token":"cart-2","email":"buyer@example.com",
+        "customer":{"id":43,"first_name":"Bob"},"updated_at":"2026-11-23T10:00:00Z"}"#;
+    let other = journey_input(Some("checkouts/update"), body).unwrap();
+    e.apply(0, "shop.myshopify.com/cart-2", SHOP, other, 0);
+    let ann = Person {
+        customer_id: Some(42),
+        email: Some("buyer@example.com".into()),
+        ..Person::default()
+    };
+    let held = e.held_about(SHOP, &ann);
+    let keys: Vec<&str> = held[0].1.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, [KEY]);
+}
