@@ -219,11 +219,12 @@ fn lenient_id(value: &serde_json::Value) -> Option<u64> {
     .filter(|id| *id > 0)
 }
 
-/// Text written as a string or a number (a phone sent as digits).
+/// Text written as a string or a whole number (a phone sent as digits); a fraction or a
+/// negative number is no phone (`5556251199.0` would read as other digits, another person).
 fn lenient_text(value: &serde_json::Value) -> Option<String> {
     match value {
         serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n.to_string()),
         _ => None,
     }
 }
@@ -370,6 +371,16 @@ mod tests {
         let body = br#"{"customer":[1,2],"orders_to_redact":{"id":3}}"#;
         let person = Person::decode("customers/redact", body).unwrap();
         assert!(person.is_empty());
+    }
+
+    #[test]
+    fn a_phone_written_as_a_fraction_or_negative_number_names_no_one() {
+        // 5556251199.0 would read as the digits 55562511990: another number, another person.
+        for phone in ["5.556251199e9", "5556251199.0", "-5556251199"] {
+            let body = format!(r#"{{"customer":{{"id":1,"phone":{phone}}}}}"#);
+            let person = Person::decode("customers/redact", body.as_bytes()).unwrap();
+            assert_eq!(person.phone, None, "{phone}");
+        }
     }
 
     #[test]
