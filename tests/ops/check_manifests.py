@@ -46,7 +46,8 @@ SAME_PARTITIONS = [
      "shopify.compliance", "aftercart.abandonments", "aftercart.abandonment-state", "aftercart.data_requests"],
     ["aftercart.referrals-by-shop", "aftercart.referrals-state", "aftercart.referral-invites",
      "aftercart.referral-rewards", "aftercart.data_requests"],
-    ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
+    ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches",
+     "aftercart.data_requests"],
     ["aftercart.nudges-by-shop", "aftercart.nudges-state", "aftercart.nudges"],
     ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints", "aftercart.kpis"],
 ]
@@ -81,9 +82,10 @@ USER_NEEDS = {
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",
-                 "aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches"],
+                 "aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches",
+                 "aftercart.data_requests"],
         "Write": ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches",
-                  "aftercart.audiences-dead-letter"],
+                  "aftercart.audiences-dead-letter", "aftercart.data_requests"],
     },
     "aftercart-kafka-nudges": {
         "Read": ["shopify.checkouts", "shopify.orders", "shopify.customers", "shopify.compliance",

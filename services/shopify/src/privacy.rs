@@ -91,6 +91,24 @@ impl Person {
                 .is_some_and(|(want, have)| same_phone(want, have))
             || order_id.is_some_and(|id| self.orders.contains(&id))
     }
+
+    /// True when a held record naming this customer id, email, phone or order is this
+    /// person's own, for answering their data request: as [`Person::matches`], except that a
+    /// record of another customer id is never theirs (a household sharing an email or a phone
+    /// must not read each other's data; a redaction, by contrast, errs towards forgetting).
+    pub fn owns(
+        &self,
+        customer_id: Option<u64>,
+        email: Option<&str>,
+        phone: Option<&str>,
+        order_id: Option<u64>,
+    ) -> bool {
+        let other = self
+            .customer_id
+            .zip(customer_id)
+            .is_some_and(|(a, b)| a != b);
+        !other && self.matches(customer_id, email, phone, order_id)
+    }
 }
 
 /// Both present and equal once normalised (a `Person` built by hand may hold raw values).
@@ -201,11 +219,12 @@ fn lenient_id(value: &serde_json::Value) -> Option<u64> {
     .filter(|id| *id > 0)
 }
 
-/// Text written as a string or a number (a phone sent as digits).
+/// Text written as a string or a whole number (a phone sent as digits); a fraction or a
+/// negative number is no phone (`5556251199.0` would read as other digits, another person).
 fn lenient_text(value: &serde_json::Value) -> Option<String> {
     match value {
         serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n.to_string()),
         _ => None,
     }
 }
@@ -352,6 +371,16 @@ mod tests {
         let body = br#"{"customer":[1,2],"orders_to_redact":{"id":3}}"#;
         let person = Person::decode("customers/redact", body).unwrap();
         assert!(person.is_empty());
+    }
+
+    #[test]
+    fn a_phone_written_as_a_fraction_or_negative_number_names_no_one() {
+        // 5556251199.0 would read as the digits 55562511990: another number, another person.
+        for phone in ["5.556251199e9", "5556251199.0", "-5556251199"] {
+            let body = format!(r#"{{"customer":{{"id":1,"phone":{phone}}}}}"#);
+            let person = Person::decode("customers/redact", body.as_bytes()).unwrap();
+            assert_eq!(person.phone, None, "{phone}");
+        }
     }
 
     #[test]

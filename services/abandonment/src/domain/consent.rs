@@ -31,6 +31,20 @@ impl Consent {
         self.at_ms = self.at_ms.max(at_ms);
     }
 
+    /// Merges another account of the same customer's consent (a restored copy): channel by
+    /// channel the newer says what holds, and what it leaves unsaid the older still says (a
+    /// copy holds channels whose records the customers topic no longer has). Of two as old,
+    /// this one speaks first.
+    pub fn merge(&mut self, other: Consent) {
+        let (mut merged, newer) = if other.at_ms > self.at_ms {
+            (*self, other)
+        } else {
+            (other, *self)
+        };
+        merged.hear(newer.email, newer.sms, newer.at_ms);
+        *self = merged;
+    }
+
     pub fn channels(&self) -> (Option<bool>, Option<bool>) {
         (self.email, self.sms)
     }

@@ -206,8 +206,8 @@ impl Engine {
     }
 
     /// Takes ownership of a partition with everything its changelog held: journeys (as
-    /// [`Engine::assign`]) and consent copies. A copy newer than what is known is adopted (the
-    /// customers topic may no longer hold it); one of a redacted customer is deleted; consent
+    /// [`Engine::assign`]) and consent copies. A copy is merged with what is known
+    /// ([`Consent::merge`]: the customers topic may no longer hold what it says); one of a redacted customer is deleted; consent
     /// known here and newer than the partition's copy is written to it.
     pub fn restore(&mut self, partition: i32, stored: HashMap<String, Stored>) -> Vec<Effect> {
         let mut journeys = Vec::new();
@@ -231,10 +231,10 @@ impl Engine {
                 });
                 continue;
             }
-            let known = self.consent.entry(customer.clone()).or_default();
-            if copy.at_ms > known.at_ms {
-                *known = *copy;
-            }
+            self.consent
+                .entry(customer.clone())
+                .or_default()
+                .merge(*copy);
         }
         copies.retain(|customer, _| !self.consent_redacted(customer));
         for (customer, known) in &self.consent {
@@ -438,6 +438,9 @@ impl Engine {
                 email,
                 sms,
             } => match customer_ref(shop, Some(customer_id), None) {
+                // Read after their redaction (in flight, or replayed first on a restart): no
+                // copy of a redacted customer is made again.
+                Some(customer) if self.consent_redacted(&customer) => Vec::new(),
                 Some(customer) => {
                     self.consent
                         .entry(customer.clone())
@@ -523,7 +526,7 @@ impl Engine {
                 let mut journeys: Vec<(String, Journey)> = state
                     .journeys
                     .iter()
-                    .filter(|(_, j)| j.shop == shop && belongs_to(j, person))
+                    .filter(|(_, j)| j.shop == shop && owned_by(j, person))
                     .map(|(k, j)| (k.clone(), j.clone()))
                     .collect();
                 journeys.sort_by(|a, b| a.0.cmp(&b.0));
@@ -778,12 +781,32 @@ impl Engine {
 }
 
 fn belongs_to(journey: &Journey, person: &Person) -> bool {
-    journey.checkout.as_ref().is_some_and(|c| {
-        person.matches(c.customer_id, c.email.as_deref(), c.phone.as_deref(), None)
-    }) || journey
-        .order
+    names(journey, |id, email, phone, order| {
+        person.matches(id, email, phone, order)
+    })
+}
+
+/// A journey a data request may report: [`Person::owns`] (never another customer id's).
+fn owned_by(journey: &Journey, person: &Person) -> bool {
+    names(journey, |id, email, phone, order| {
+        person.owns(id, email, phone, order)
+    })
+}
+
+/// Whether the journey's checkout or order is named by `test` (customer id, email, phone,
+/// order id).
+fn names(
+    journey: &Journey,
+    test: impl Fn(Option<u64>, Option<&str>, Option<&str>, Option<u64>) -> bool,
+) -> bool {
+    journey
+        .checkout
         .as_ref()
-        .is_some_and(|o| person.matches(o.customer_id, o.email.as_deref(), None, Some(o.id)))
+        .is_some_and(|c| test(c.customer_id, c.email.as_deref(), c.phone.as_deref(), None))
+        || journey
+            .order
+            .as_ref()
+            .is_some_and(|o| test(o.customer_id, o.email.as_deref(), None, Some(o.id)))
 }
 
 /// Why the person may be contacted, if they may: marketing consent on a channel wins; else the

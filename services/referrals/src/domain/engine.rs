@@ -256,12 +256,15 @@ impl Partition {
     }
 
     /// The person's customer entities (by id or email fingerprint) and the orders that are
-    /// theirs, that they referred, or that `person.orders` lists; both sorted.
+    /// theirs, that they referred, or that `person.orders` lists; both sorted. `owned`: only
+    /// what is theirs to read (a data request), never another customer id's entity that shares
+    /// their email (a redaction, by contrast, forgets those too).
     fn held_about(
         &self,
         hasher: &StateHasher,
         shop: &str,
         person: &Person,
+        owned: bool,
     ) -> (Vec<String>, Vec<String>) {
         let email_fp = person
             .email
@@ -280,10 +283,16 @@ impl Partition {
             .iter()
             .filter(|(key, _)| key.starts_with(&prefix))
             .filter(|(key, c)| {
+                let other = owned
+                    && person
+                        .customer_id
+                        .zip(c.customer_id)
+                        .is_some_and(|(a, b)| a != b);
                 Some(*key) == by_id.as_ref()
-                    || Some(*key) == by_email.as_ref()
                     || (person.customer_id.is_some() && c.customer_id == person.customer_id)
-                    || email_fp.as_ref().is_some_and(|fp| c.email_fps.contains(fp))
+                    || (!other
+                        && (Some(*key) == by_email.as_ref()
+                            || email_fp.as_ref().is_some_and(|fp| c.email_fps.contains(fp))))
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -1185,7 +1194,7 @@ impl Step<'_> {
             .email
             .as_deref()
             .map(|e| email_fingerprint_of(hasher, e));
-        let (keys, orders) = self.state.held_about(hasher, self.shop, person);
+        let (keys, orders) = self.state.held_about(hasher, self.shop, person, false);
         for key in orders {
             let Some(mut order) = self.state.orders.remove(&key) else {
                 continue;
@@ -1243,7 +1252,7 @@ impl Step<'_> {
     fn data_request(&mut self, request: &DataRequest, at_ms: i64) {
         let (customers, orders) =
             self.state
-                .held_about(&self.rules.hasher, self.shop, &request.person);
+                .held_about(&self.rules.hasher, self.shop, &request.person, true);
         let holding = |kind: &str, key: &str, data: serde_json::Value| Holding {
             kind: kind.to_string(),
             key: key.to_string(),

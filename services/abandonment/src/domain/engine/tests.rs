@@ -819,3 +819,78 @@ fn a_newer_consent_known_at_restore_is_written_and_a_redaction_deletes_the_copie
         "{effects:?}"
     );
 }
+
+fn person_42() -> Person {
+    Person {
+        customer_id: Some(42),
+        ..Person::default()
+    }
+}
+
+#[test]
+fn a_restore_keeps_the_unsubscribe_the_customers_topic_no_longer_says() {
+    let mut e = engine();
+    let say = |email: Option<bool>, sms: Option<bool>| GlobalInput::Consent {
+        customer_id: 42,
+        email,
+        sms,
+    };
+    let mut effects = e.apply_global(SHOP, say(Some(false), None), 1_000);
+    effects.extend(e.apply_global(SHOP, say(None, Some(false)), 2_000));
+    let changelog = changelog_of(&effects, 0);
+
+    // Restarted once the email unsubscribe (1 000) aged out of the customers topic: the global
+    // table holds only the SMS statement (2 000), as old as the partition's copy.
+    let mut restarted = Engine::new(rules());
+    restarted.apply_global(SHOP, say(None, Some(false)), 2_000);
+    let effects = restarted.restore(0, changelog);
+    let (_, copy) = restarted.consent_held(0, SHOP, &person_42()).unwrap();
+    assert_eq!(copy.channels(), (Some(false), Some(false)), "{effects:?}");
+    // The same when the copy is older than what the topic still says.
+    let mut restarted = Engine::new(rules());
+    let old = changelog_of(
+        &engine().apply_global(SHOP, say(Some(false), None), 1_000),
+        0,
+    );
+    restarted.apply_global(SHOP, say(None, Some(true)), 3_000);
+    restarted.restore(0, old);
+    let (_, copy) = restarted.consent_held(0, SHOP, &person_42()).unwrap();
+    assert_eq!(copy.channels(), (Some(false), Some(true)));
+}
+
+#[test]
+fn a_consent_read_after_the_redaction_keeps_no_copy() {
+    let mut e = engine();
+    e.apply_global(SHOP, redact_id(42), 1_000);
+    // In flight on the customers topic, or replayed before the redaction on a restart.
+    let late = GlobalInput::Consent {
+        customer_id: 42,
+        email: Some(false),
+        sms: None,
+    };
+    let effects = e.apply_global(SHOP, late, 2_000);
+    assert!(changelog_of(&effects, 0).is_empty(), "{effects:?}");
+    assert_eq!(e.consent_held(0, SHOP, &person_42()), None);
+    // A partition assigned later is not given one either.
+    let effects = e.restore(1, HashMap::new());
+    assert!(effects.is_empty(), "{effects:?}");
+}
+
+#[test]
+fn a_data_request_reports_no_journey_of_another_customer_with_the_same_email() {
+    let mut e = engine();
+    e.apply(0, KEY, SHOP, checkout("2026-11-23T10:00:00Z", ""), 0);
+    // Her partner checks out as customer 43 with the household's address.
+    let body = br#"{"token":"chk-2","cart_token":"cart-2","email":"buyer@example.com",
+        "customer":{"id":43,"first_name":"Bob"},"updated_at":"2026-11-23T10:00:00Z"}"#;
+    let other = journey_input(Some("checkouts/update"), body).unwrap();
+    e.apply(0, "shop.myshopify.com/cart-2", SHOP, other, 0);
+    let ann = Person {
+        customer_id: Some(42),
+        email: Some("buyer@example.com".into()),
+        ..Person::default()
+    };
+    let held = e.held_about(SHOP, &ann);
+    let keys: Vec<&str> = held[0].1.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, [KEY]);
+}

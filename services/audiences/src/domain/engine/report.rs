@@ -1,6 +1,6 @@
 //! Answers to `customers/data_request`: everything the audiences state holds about the person
-//! the request names (matched by customer id, email and phone, as the other services match
-//! them), as one [`DataRequestReport`] on the shared data requests topic: each person record as
+//! the request names (matched by customer id, email and phone, never a record of another
+//! customer id: [`aftercart_shopify::privacy::Person::owns`]), as one [`DataRequestReport`] on the shared data requests topic: each person record as
 //! stored, the audiences they are in, the destinations holding them, the removals still due,
 //! the contact fields held, and the redaction markers kept under their ids.
 
@@ -31,9 +31,9 @@ impl Partition {
             .iter()
             .filter(|(_, p)| p.shop == shop)
             .filter(|(_, p)| {
-                [&p.contact, p.held_contact()].into_iter().any(|c| {
-                    who.matches(p.customer_id, c.email.as_deref(), c.phone.as_deref(), None)
-                })
+                [&p.contact, p.held_contact()]
+                    .into_iter()
+                    .any(|c| who.owns(p.customer_id, c.email.as_deref(), c.phone.as_deref(), None))
             })
             .collect();
         people.sort_by_key(|(key, _)| *key);

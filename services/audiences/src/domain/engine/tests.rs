@@ -1090,3 +1090,53 @@ fn a_crash_after_a_google_addition_was_emitted_does_not_resend_its_signals() {
     let effects = [restored.tick(T0 + 3_000), restored.tick(T0 + 4_000)].concat();
     assert!(batches(&effects).is_empty(), "{effects:?}");
 }
+
+/// The report's person holdings for a data request naming `who` (by id, email and phone).
+fn reported(engine: &mut Engine, who: aftercart_shopify::privacy::Person) -> Vec<String> {
+    let request = aftercart_shopify::privacy::DataRequest {
+        person: who,
+        id: Some(77),
+    };
+    let effects = engine.apply(0, SHOP, Input::DataRequest(Box::new(request)), T0 + 5_000);
+    let [Effect::Report { report, .. }] = effects.as_slice() else {
+        panic!("one report: {effects:?}");
+    };
+    report
+        .holdings
+        .iter()
+        .filter(|h| h.kind == "person")
+        .map(|h| h.data["stored"]["contact"]["first_name"].to_string())
+        .collect()
+}
+
+#[test]
+fn a_data_request_reports_no_other_customer_sharing_the_email_or_phone() {
+    let mut engine = engine();
+    let person = |id: u64, email: &str, first: &str| Input::Abandoned {
+        person: PersonRef {
+            customer_id: Some(id),
+            email: Some(email.into()),
+        },
+        contact: Contact {
+            first_name: Some(first.into()),
+            ..contact(email)
+        },
+        consent: None,
+        at_ms: T0,
+        facts: Abandonment {
+            kind: "checkout".into(),
+            ..Default::default()
+        },
+    };
+    engine.apply(0, SHOP, person(42, "ann@example.com", "Ann"), T0);
+    // A household: Bob shares Ann's email, Cid her phone; each is his own customer.
+    engine.apply(0, SHOP, person(43, "ann@example.com", "Bob"), T0);
+    engine.apply(0, SHOP, person(44, "cid@example.com", "Cid"), T0);
+    let ann = aftercart_shopify::privacy::Person {
+        customer_id: Some(42),
+        email: Some("ann@example.com".into()),
+        phone: Some("+447700900123".into()),
+        orders: vec![],
+    };
+    assert_eq!(reported(&mut engine, ann), ["\"Ann\""]);
+}

@@ -986,3 +986,23 @@ fn a_data_request_reports_what_is_held_about_the_customer_and_nothing_of_others(
     world.send("customers/data_request", &request, 3 * DAY);
     assert_eq!(world.emitted.last().unwrap().event_id(), first);
 }
+
+#[test]
+fn a_data_request_reports_no_other_customer_sharing_the_email() {
+    let mut world = World::new();
+    world.send("orders/paid", &order(100, 1), DAY);
+    // Customer 2 orders with the household's address, customer 1's.
+    let mut shared = order(200, 2);
+    shared["email"] = json!("buyer1@example.com");
+    shared["customer"]["email"] = json!("buyer1@example.com");
+    world.send("orders/paid", &shared, DAY);
+    let request = json!({"shop_id": 1, "shop_domain": SHOP,
+                         "customer": {"id": 1, "email": "buyer1@example.com"},
+                         "data_request": {"id": 77}});
+    world.send("customers/data_request", &request, 2 * DAY);
+    let Some(Output::DataRequest(report)) = world.emitted.last() else {
+        panic!("a report: {:?}", world.types());
+    };
+    let keys: Vec<&str> = report.holdings.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(keys, [format!("c/{SHOP}/id:1"), format!("o/{SHOP}/100")]);
+}
