@@ -214,7 +214,7 @@ pub async fn receive_batch_within<C: ConsumerContext + 'static>(
 }
 
 /// Ends a consumer loop's clients without ever blocking the async runtime: commits the stored
-/// offsets, leaves the group, then flushes the producer and closes everything on a plain thread
+/// offsets, flushes the producer, then leaves the group and closes everything on a plain thread
 /// (each of these can wait for as long as the broker is unreachable), waiting at most
 /// `deadline`. `others` are dropped on that thread too. False when the deadline passed.
 pub async fn close_off_runtime<C, T>(
@@ -231,11 +231,13 @@ where
     std::thread::spawn(move || {
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
         consumer.unsubscribe();
-        // The close leaves the group (a dynamic member): first, so the others take its
-        // partitions as soon as they can. The loop waited for every write it stored offsets
-        // for, so the flush has nothing the group needs.
-        drop(consumer);
+        // The flush before the close (which leaves the group, for a dynamic member): a write
+        // still in flight (a batch cut short by an error or an undelivered reset) must land
+        // before the next owner is given the partition and restores it, or the restore misses
+        // it and the owner writes the same output again. A loop that ends normally has
+        // nothing in flight, so this costs it nothing.
         let _ = producer.flush(deadline);
+        drop(consumer);
         drop(producer);
         drop(others);
         let _ = closed.send(());
