@@ -278,14 +278,19 @@ mod tests {
         }
     }
 
-    fn static_member(bootstrap: &str, instance: &str) -> StreamConsumer<RevokeClock> {
-        let consumer: StreamConsumer<RevokeClock> = rdkafka::ClientConfig::new()
+    /// A member of `group` subscribed to `orders`, static when `instance` names it.
+    fn member(bootstrap: &str, group: &str, instance: Option<&str>) -> StreamConsumer<RevokeClock> {
+        let mut config = rdkafka::ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap)
-            .set("group.id", "static-close-test")
-            .set("group.instance.id", instance)
+            .set("group.id", group)
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "100")
-            .set("enable.auto.commit", "false")
+            .set("enable.auto.commit", "false");
+        if let Some(instance) = instance {
+            config.set("group.instance.id", instance);
+        }
+        let consumer: StreamConsumer<RevokeClock> = config
             .create_with_context(RevokeClock::default())
             .expect("consumer");
         consumer.subscribe(&["orders"]).expect("subscribe");
@@ -298,19 +303,6 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never assigned");
             let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
         }
-    }
-
-    fn dynamic_member(bootstrap: &str) -> StreamConsumer<RevokeClock> {
-        let consumer: StreamConsumer<RevokeClock> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "dynamic-close-test")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "100")
-            .set("enable.auto.commit", "false")
-            .create_with_context(RevokeClock::default())
-            .expect("consumer");
-        consumer.subscribe(&["orders"]).expect("subscribe");
-        consumer
     }
 
     /// Review of issue 15: the close left the group before flushing the producer, so a write
@@ -334,7 +326,10 @@ mod tests {
             .partition_leader("outputs", 0, Some(2))
             .expect("leader");
         let bootstrap = cluster.bootstrap_servers();
-        let (staying, leaving) = (dynamic_member(&bootstrap), dynamic_member(&bootstrap));
+        let (staying, leaving) = (
+            member(&bootstrap, "dynamic-close-test", None),
+            member(&bootstrap, "dynamic-close-test", None),
+        );
         tokio::join!(wait_assigned(&staying), wait_assigned(&leaving));
         let producer: FutureProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -394,8 +389,8 @@ mod tests {
         cluster.create_topic("orders", 2, 1).expect("topic");
         let bootstrap = cluster.bootstrap_servers();
         let (staying, leaving) = (
-            static_member(&bootstrap, "staying"),
-            static_member(&bootstrap, "leaving"),
+            member(&bootstrap, "static-close-test", Some("staying")),
+            member(&bootstrap, "static-close-test", Some("leaving")),
         );
         tokio::join!(wait_assigned(&staying), wait_assigned(&leaving));
         let producer: FutureProducer = rdkafka::ClientConfig::new()
