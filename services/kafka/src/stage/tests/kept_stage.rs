@@ -57,6 +57,12 @@ impl StageLogic for Toy {
 static CLUSTER: Mutex<()> = Mutex::new(());
 
 fn stage_on(bootstrap: &str) -> Stage<Toy> {
+    let mut kafka = KafkaSettings::new(bootstrap, "");
+    kafka.partitions = 2;
+    toy_stage(kafka).unwrap_or_else(|error| panic!("stage: {error}"))
+}
+
+fn toy_stage(kafka: KafkaSettings) -> Result<Stage<Toy>, LoopError> {
     let metrics =
         LoopMetrics::register("toy_", &Registry::new(), "Partitions.", &[]).expect("metrics");
     let topics = StageTopics {
@@ -68,8 +74,6 @@ fn stage_on(bootstrap: &str) -> Stage<Toy> {
         dead_letter: "toy-dead".into(),
         outputs: vec![OUT.into()],
     };
-    let mut kafka = KafkaSettings::new(bootstrap, "");
-    kafka.partitions = 2;
     let logic = Toy {
         partitions: HashMap::new(),
         metrics,
@@ -82,7 +86,27 @@ fn stage_on(bootstrap: &str) -> Stage<Toy> {
         logic,
         Readiness::detached(),
     )
-    .expect("stage")
+}
+
+/// Review of issue 15: the stage's producer gives up on a write after the session less a
+/// heartbeat, so an operator's `heartbeat.interval.ms` as long as the session left it
+/// nothing (1 ms), and the stage would not start, with librdkafka blaming `linger.ms` and
+/// `message.timeout.ms`, neither of which the operator set. It is refused by name.
+#[tokio::test]
+async fn a_heartbeat_as_long_as_the_session_is_refused_by_name() {
+    for heartbeat in ["6000", "5998"] {
+        let mut kafka = KafkaSettings::new("localhost:9", "");
+        kafka.properties.set("session.timeout.ms", "6000");
+        kafka.properties.set("heartbeat.interval.ms", heartbeat);
+        let error = match toy_stage(kafka) {
+            Ok(_) => panic!("a stage was built with a {heartbeat} ms heartbeat"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("heartbeat.interval.ms") && error.contains("session.timeout.ms"),
+            "{error}"
+        );
+    }
 }
 
 fn persist(key: &str, value: u32) -> (i32, EffectOf<Toy>) {
