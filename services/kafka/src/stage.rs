@@ -27,7 +27,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 use rdkafka::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,7 +39,7 @@ use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
 
-use crate::producer::build_output_producer;
+use crate::producer::{build_output_producer, OUTPUT_LINGER};
 use crate::{
     close_off_runtime, dead_letter_record, receive_batch_within, shop_of, ClientWatch, DeadLetter,
     GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, IDLE_WAIT,
@@ -324,6 +324,28 @@ fn delivery_timeout(kafka: &KafkaSettings) -> Duration {
         .max(Duration::from_millis(1))
 }
 
+/// [`delivery_timeout`], refused by name when the operator's heartbeat leaves it no longer
+/// than the producer's linger (librdkafka would refuse the producer, naming settings the
+/// operator never gave).
+fn checked_delivery(kafka: &KafkaSettings) -> Result<Duration, LoopError> {
+    let delivery = delivery_timeout(kafka);
+    if delivery > OUTPUT_LINGER {
+        return Ok(delivery);
+    }
+    let (session, heartbeat) = (session_timeout(kafka), heartbeat_interval(kafka));
+    Err(LoopError::Kafka(KafkaError::ClientConfig(
+        RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+        format!(
+            "heartbeat.interval.ms must be less than session.timeout.ms ({} ms) by more than \
+             {} ms: the stage's producer gives up on a write after the session less a heartbeat",
+            session.as_millis(),
+            OUTPUT_LINGER.as_millis()
+        ),
+        "heartbeat.interval.ms".into(),
+        heartbeat.as_millis().to_string(),
+    )))
+}
+
 /// A source record on its way to the by-shop topic.
 struct Forward {
     message: OwnedMessage,
@@ -450,7 +472,7 @@ impl<L: StageLogic> Stage<L> {
                 names,
             )?)
         };
-        let producer = build_output_producer(&kafka, &topics.client, delivery_timeout(&kafka))?;
+        let producer = build_output_producer(&kafka, &topics.client, checked_delivery(&kafka)?)?;
         let fence = Fence::new(session_timeout(&kafka));
         Ok(Stage {
             kafka,
