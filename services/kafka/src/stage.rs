@@ -402,6 +402,8 @@ pub struct Stage<L: StageLogic> {
     assignment: Assignment,
     fence: Fence,
     assigned_once: bool,
+    /// Resets so far ([`Stage::reset`]).
+    resets: u64,
     /// When the stage was built (subscribed): how long the group took shows in the logs.
     started: Instant,
     last_gauges: Instant,
@@ -492,6 +494,7 @@ impl<L: StageLogic> Stage<L> {
             assignment: Assignment::default(),
             fence,
             assigned_once: false,
+            resets: 0,
             started: Instant::now(),
             last_gauges: Instant::now(),
             buffer: Vec::with_capacity(4096),
@@ -721,8 +724,14 @@ impl<L: StageLogic> Stage<L> {
         stop: &CancellationToken,
     ) -> Result<Vec<(String, i32)>, LoopError> {
         let events = self.consumer().context().take_events();
+        let resets = self.resets;
         let mut revoked = Vec::new();
         for event in events {
+            if self.resets != resets {
+                // The member reset while handling an earlier event: it left that membership,
+                // and what the rest say belongs to it. The rejoin brings its own events.
+                break;
+            }
             let partitions = self.state_partitions(&event);
             match event {
                 RebalanceEvent::Revoked(list) => {
@@ -959,6 +968,7 @@ impl<L: StageLogic> Stage<L> {
         self.assignment.clear();
         self.fence.answered();
         self.assigned_once = false;
+        self.resets += 1;
         self.ready.set_ready(false);
         let consumer = self.consumer();
         consumer.unsubscribe();
