@@ -443,6 +443,8 @@ impl<L: StageLogic> Stage<L> {
         logic: L,
         ready: Readiness,
     ) -> Result<Self, LoopError> {
+        // Before any client exists: a refused setting leaves nothing to close.
+        let delivery = checked_delivery(&kafka)?;
         let (inputs, families) = match &topics.inputs {
             Inputs::ByPartition(inputs) => (inputs.clone(), Vec::new()),
             Inputs::ByShop { sources, by_shop } => {
@@ -474,7 +476,7 @@ impl<L: StageLogic> Stage<L> {
                 names,
             )?)
         };
-        let producer = build_output_producer(&kafka, &topics.client, checked_delivery(&kafka)?)?;
+        let producer = build_output_producer(&kafka, &topics.client, delivery)?;
         let fence = Fence::new(session_timeout(&kafka));
         Ok(Stage {
             kafka,
