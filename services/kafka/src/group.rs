@@ -214,7 +214,7 @@ pub async fn receive_batch_within<C: ConsumerContext + 'static>(
 }
 
 /// Ends a consumer loop's clients without ever blocking the async runtime: commits the stored
-/// offsets, leaves the group, then flushes the producer and closes everything on a plain thread
+/// offsets, flushes the producer, then leaves the group and closes everything on a plain thread
 /// (each of these can wait for as long as the broker is unreachable), waiting at most
 /// `deadline`. `others` are dropped on that thread too. False when the deadline passed.
 pub async fn close_off_runtime<C, T>(
@@ -231,11 +231,13 @@ where
     std::thread::spawn(move || {
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
         consumer.unsubscribe();
-        // The close leaves the group (a dynamic member): first, so the others take its
-        // partitions as soon as they can. The loop waited for every write it stored offsets
-        // for, so the flush has nothing the group needs.
-        drop(consumer);
+        // The flush before the close (which leaves the group, for a dynamic member): a write
+        // still in flight (a batch cut short by an error or an undelivered reset) must land
+        // before the next owner is given the partition and restores it, or the restore misses
+        // it and the owner writes the same output again. A loop that ends normally has
+        // nothing in flight, so this costs it nothing.
         let _ = producer.flush(deadline);
+        drop(consumer);
         drop(producer);
         drop(others);
         let _ = closed.send(());
@@ -276,14 +278,19 @@ mod tests {
         }
     }
 
-    fn static_member(bootstrap: &str, instance: &str) -> StreamConsumer<RevokeClock> {
-        let consumer: StreamConsumer<RevokeClock> = rdkafka::ClientConfig::new()
+    /// A member of `group` subscribed to `orders`, static when `instance` names it.
+    fn member(bootstrap: &str, group: &str, instance: Option<&str>) -> StreamConsumer<RevokeClock> {
+        let mut config = rdkafka::ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap)
-            .set("group.id", "static-close-test")
-            .set("group.instance.id", instance)
+            .set("group.id", group)
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "100")
-            .set("enable.auto.commit", "false")
+            .set("enable.auto.commit", "false");
+        if let Some(instance) = instance {
+            config.set("group.instance.id", instance);
+        }
+        let consumer: StreamConsumer<RevokeClock> = config
             .create_with_context(RevokeClock::default())
             .expect("consumer");
         consumer.subscribe(&["orders"]).expect("subscribe");
@@ -298,6 +305,80 @@ mod tests {
         }
     }
 
+    /// Review of issue 15: the close left the group before flushing the producer, so a write
+    /// of the member's still in flight (a batch cut short by an error or an undelivered reset)
+    /// could land after the next owner had been given the partition and restored it: the
+    /// restore did not see it, and the owner emitted the same output again. A dynamic member
+    /// that closes hands its partitions over only once its writes are acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closing_member_hands_its_partitions_over_only_after_its_writes_landed() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::FutureRecord;
+        let cluster = MockCluster::new(2).expect("mock cluster");
+        cluster.create_topic("orders", 2, 1).expect("topic");
+        cluster.create_topic("outputs", 1, 1).expect("topic");
+        for partition in [0, 1] {
+            cluster
+                .partition_leader("orders", partition, Some(1))
+                .expect("leader");
+        }
+        cluster
+            .partition_leader("outputs", 0, Some(2))
+            .expect("leader");
+        let bootstrap = cluster.bootstrap_servers();
+        let (staying, leaving) = (
+            member(&bootstrap, "dynamic-close-test", None),
+            member(&bootstrap, "dynamic-close-test", None),
+        );
+        tokio::join!(wait_assigned(&staying), wait_assigned(&leaving));
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer");
+        let record = || {
+            FutureRecord::<str, str>::to("outputs")
+                .partition(0)
+                .key("k")
+                .payload("v")
+        };
+        producer
+            .send(record(), Duration::from_secs(10))
+            .await
+            .expect("a first write");
+        // The output partition's broker is slow: the next write is acknowledged 8 s after it
+        // is sent; the group's rebalance takes about 5 s (the mock's session less 1 s).
+        cluster
+            .broker_round_trip_time(2, Duration::from_secs(8))
+            .expect("rtt");
+        let delivery = producer.send_result(record()).expect("queued");
+        let acked = tokio::spawn(async move {
+            delivery.await.expect("delivered").expect("acknowledged");
+            std::time::Instant::now()
+        });
+        let closing = tokio::spawn(close_off_runtime(
+            leaving,
+            producer,
+            (),
+            Duration::from_secs(10),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let taken_over = loop {
+            if staying.assignment().expect("assignment").count() == 2 {
+                break std::time::Instant::now();
+            }
+            assert!(std::time::Instant::now() < deadline, "never took over");
+            let _ = tokio::time::timeout(Duration::from_millis(20), staying.recv()).await;
+        };
+        assert!(closing.await.expect("closed"));
+        let acked = acked.await.expect("acked");
+        assert!(
+            taken_over >= acked,
+            "the other member took the partitions {:?} before the closing member's write was acknowledged",
+            acked - taken_over
+        );
+    }
+
     /// Issue 15: closing a static member unsubscribed first, and an unsubscribe (unlike a close)
     /// sends LeaveGroup even for a static member (KIP-345 exempts only termination): every
     /// graceful restart cost two group-wide rebalances instead of none. A static member that
@@ -308,8 +389,8 @@ mod tests {
         cluster.create_topic("orders", 2, 1).expect("topic");
         let bootstrap = cluster.bootstrap_servers();
         let (staying, leaving) = (
-            static_member(&bootstrap, "staying"),
-            static_member(&bootstrap, "leaving"),
+            member(&bootstrap, "static-close-test", Some("staying")),
+            member(&bootstrap, "static-close-test", Some("leaving")),
         );
         tokio::join!(wait_assigned(&staying), wait_assigned(&leaving));
         let producer: FutureProducer = rdkafka::ClientConfig::new()

@@ -26,6 +26,9 @@ pub struct ProducerOptions {
 /// of any raw record fits; the topics holding copies are created to accept it too.
 pub const COPY_MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
 
+/// The output producer's `linger.ms`: its message timeout must be longer (librdkafka).
+pub const OUTPUT_LINGER: Duration = Duration::from_millis(5);
+
 /// The producer of a consumer service's outputs, changelog, forwards and dead letters: the
 /// shared durability settings, sized for copies of raw records.
 pub fn build_output_producer(
@@ -37,7 +40,7 @@ pub fn build_output_producer(
         client_id: client_id.to_string(),
         message_timeout,
         max_message_bytes: COPY_MAX_RECORD_BYTES,
-        linger: Duration::from_millis(5),
+        linger: OUTPUT_LINGER,
     };
     let mut config = producer_config(settings, &options);
     settings.apply_overrides(&mut config);

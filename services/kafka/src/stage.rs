@@ -27,7 +27,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 use rdkafka::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,7 +39,7 @@ use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
 
-use crate::producer::build_output_producer;
+use crate::producer::{build_output_producer, OUTPUT_LINGER};
 use crate::{
     close_off_runtime, dead_letter_record, receive_batch_within, shop_of, ClientWatch, DeadLetter,
     GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, IDLE_WAIT,
@@ -324,6 +324,28 @@ fn delivery_timeout(kafka: &KafkaSettings) -> Duration {
         .max(Duration::from_millis(1))
 }
 
+/// [`delivery_timeout`], refused by name when the operator's heartbeat leaves it no longer
+/// than the producer's linger (librdkafka would refuse the producer, naming settings the
+/// operator never gave).
+fn checked_delivery(kafka: &KafkaSettings) -> Result<Duration, LoopError> {
+    let delivery = delivery_timeout(kafka);
+    if delivery > OUTPUT_LINGER {
+        return Ok(delivery);
+    }
+    let (session, heartbeat) = (session_timeout(kafka), heartbeat_interval(kafka));
+    Err(LoopError::Kafka(KafkaError::ClientConfig(
+        RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+        format!(
+            "heartbeat.interval.ms must be less than session.timeout.ms ({} ms) by more than \
+             {} ms: the stage's producer gives up on a write after the session less a heartbeat",
+            session.as_millis(),
+            OUTPUT_LINGER.as_millis()
+        ),
+        "heartbeat.interval.ms".into(),
+        heartbeat.as_millis().to_string(),
+    )))
+}
+
 /// A source record on its way to the by-shop topic.
 struct Forward {
     message: OwnedMessage,
@@ -380,6 +402,8 @@ pub struct Stage<L: StageLogic> {
     assignment: Assignment,
     fence: Fence,
     assigned_once: bool,
+    /// Resets so far ([`Stage::reset`]).
+    resets: u64,
     /// When the stage was built (subscribed): how long the group took shows in the logs.
     started: Instant,
     last_gauges: Instant,
@@ -419,6 +443,8 @@ impl<L: StageLogic> Stage<L> {
         logic: L,
         ready: Readiness,
     ) -> Result<Self, LoopError> {
+        // Before any client exists: a refused setting leaves nothing to close.
+        let delivery = checked_delivery(&kafka)?;
         let (inputs, families) = match &topics.inputs {
             Inputs::ByPartition(inputs) => (inputs.clone(), Vec::new()),
             Inputs::ByShop { sources, by_shop } => {
@@ -450,7 +476,7 @@ impl<L: StageLogic> Stage<L> {
                 names,
             )?)
         };
-        let producer = build_output_producer(&kafka, &topics.client, delivery_timeout(&kafka))?;
+        let producer = build_output_producer(&kafka, &topics.client, delivery)?;
         let fence = Fence::new(session_timeout(&kafka));
         Ok(Stage {
             kafka,
@@ -470,6 +496,7 @@ impl<L: StageLogic> Stage<L> {
             assignment: Assignment::default(),
             fence,
             assigned_once: false,
+            resets: 0,
             started: Instant::now(),
             last_gauges: Instant::now(),
             buffer: Vec::with_capacity(4096),
@@ -699,8 +726,14 @@ impl<L: StageLogic> Stage<L> {
         stop: &CancellationToken,
     ) -> Result<Vec<(String, i32)>, LoopError> {
         let events = self.consumer().context().take_events();
+        let resets = self.resets;
         let mut revoked = Vec::new();
         for event in events {
+            if self.resets != resets {
+                // The member reset while handling an earlier event: it left that membership,
+                // and what the rest say belongs to it. The rejoin brings its own events.
+                break;
+            }
             let partitions = self.state_partitions(&event);
             match event {
                 RebalanceEvent::Revoked(list) => {
@@ -937,6 +970,7 @@ impl<L: StageLogic> Stage<L> {
         self.assignment.clear();
         self.fence.answered();
         self.assigned_once = false;
+        self.resets += 1;
         self.ready.set_ready(false);
         let consumer = self.consumer();
         consumer.unsubscribe();

@@ -167,6 +167,23 @@ impl Fence {
         }
     }
 
+    /// A fence that has seen one stall and will see no other (no watch thread): it trips once.
+    #[cfg(test)]
+    pub fn tripping_once() -> Fence {
+        let ticks = Arc::new(Ticks {
+            base: Instant::now(),
+            // A last tick in the future: no stall in progress, ever.
+            last_ms: AtomicU64::new(u64::MAX / 2),
+            stalls: AtomicU64::new(1),
+            stop: AtomicBool::new(true),
+        });
+        Fence {
+            ticks,
+            limit_ms: 0,
+            answered: 0,
+        }
+    }
+
     /// Stalls seen so far, counting one in progress that the thread has not noticed yet.
     fn stalls(&self) -> u64 {
         let age = self

@@ -57,6 +57,12 @@ impl StageLogic for Toy {
 static CLUSTER: Mutex<()> = Mutex::new(());
 
 fn stage_on(bootstrap: &str) -> Stage<Toy> {
+    let mut kafka = KafkaSettings::new(bootstrap, "");
+    kafka.partitions = 2;
+    toy_stage(kafka).unwrap_or_else(|error| panic!("stage: {error}"))
+}
+
+fn toy_stage(kafka: KafkaSettings) -> Result<Stage<Toy>, LoopError> {
     let metrics =
         LoopMetrics::register("toy_", &Registry::new(), "Partitions.", &[]).expect("metrics");
     let topics = StageTopics {
@@ -68,8 +74,6 @@ fn stage_on(bootstrap: &str) -> Stage<Toy> {
         dead_letter: "toy-dead".into(),
         outputs: vec![OUT.into()],
     };
-    let mut kafka = KafkaSettings::new(bootstrap, "");
-    kafka.partitions = 2;
     let logic = Toy {
         partitions: HashMap::new(),
         metrics,
@@ -82,7 +86,27 @@ fn stage_on(bootstrap: &str) -> Stage<Toy> {
         logic,
         Readiness::detached(),
     )
-    .expect("stage")
+}
+
+/// Review of issue 15: the stage's producer gives up on a write after the session less a
+/// heartbeat, so an operator's `heartbeat.interval.ms` as long as the session left it
+/// nothing (1 ms), and the stage would not start, with librdkafka blaming `linger.ms` and
+/// `message.timeout.ms`, neither of which the operator set. It is refused by name.
+#[tokio::test]
+async fn a_heartbeat_as_long_as_the_session_is_refused_by_name() {
+    for heartbeat in ["6000", "5998"] {
+        let mut kafka = KafkaSettings::new("localhost:9", "");
+        kafka.properties.set("session.timeout.ms", "6000");
+        kafka.properties.set("heartbeat.interval.ms", heartbeat);
+        let error = match toy_stage(kafka) {
+            Ok(_) => panic!("a stage was built with a {heartbeat} ms heartbeat"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("heartbeat.interval.ms") && error.contains("session.timeout.ms"),
+            "{error}"
+        );
+    }
 }
 
 fn persist(key: &str, value: u32) -> (i32, EffectOf<Toy>) {
@@ -211,5 +235,33 @@ fn a_member_fenced_while_taking_its_partitions_back_is_not_ready() {
         stage.handle_rebalances(&stop).await.expect("handled");
         assert!(!stage.logic.owns(0), "fenced: the state is dropped");
         assert!(!stage.ready.is_ready(), "ready while holding nothing");
+    });
+}
+
+/// Review of issue 15: a reset while one rebalance event was handled (here a fence tripping as
+/// a kept partition came back; since the delivery bound, also a write not acknowledged in time)
+/// unsubscribes and rejoins, but the events heard before it were still acted on after it: a
+/// partition of the membership the member had just left was restored and written for, and
+/// the member reported ready while rejoining. Events heard before a reset are dropped.
+#[test]
+fn events_heard_before_a_reset_are_not_acted_on_after_it() {
+    with_cluster(async |bootstrap| {
+        let stop = CancellationToken::new();
+        let mut stage = stage_on(bootstrap);
+        owning_partition_0(&mut stage, &stop).await;
+        stage.handle_rebalances(&stop).await.expect("no events");
+        let zero = vec![("toy-in".to_string(), 0)];
+        let context = stage.consumer().context();
+        context.push(RebalanceEvent::Revoked(zero.clone()));
+        context.push(RebalanceEvent::Assigned(zero.clone()));
+        context.push(RebalanceEvent::Revoked(zero));
+        context.push(RebalanceEvent::Assigned(vec![("toy-in".to_string(), 1)]));
+        stage.fence = Fence::tripping_once();
+        stage.handle_rebalances(&stop).await.expect("handled");
+        assert!(
+            !stage.logic.owns(1),
+            "a partition assigned before the reset was restored after it"
+        );
+        assert!(!stage.ready.is_ready(), "ready while rejoining");
     });
 }
