@@ -728,6 +728,75 @@ mod outage {
 
     use super::scenarios::{checkout, unique, Stack};
 
+    /// A broker frozen past the stage's delivery timeout while an abandonment is being written:
+    /// the member resets ("undelivered") and carries on with a fresh producer. It used to die
+    /// afterwards: the old producer bumped its idempotence epoch, and Tansu answers that with a
+    /// fatal ProducerFenced. Each journey is still abandoned once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_frozen_past_the_delivery_timeout_costs_a_reset_not_the_service() {
+        let Some(broker) = Broker::tansu().await else {
+            return;
+        };
+        let stack = Stack::start(&broker, &[]).await;
+        let (first, second) = (unique("cart"), unique("cart"));
+        stack
+            .send("checkouts/create", checkout(&first, &now(), ""))
+            .await;
+        stack.settled_events(1).await;
+        let processed = r#"aftercart_abandonment_records_processed_total{topic="checkouts"}"#;
+        let before = stack.service().metric(processed);
+        stack
+            .send("checkouts/create", checkout(&second, &now(), ""))
+            .await;
+        let service = stack.service();
+        eventually(
+            "the second checkout read",
+            Duration::from_secs(30),
+            || async { (service.metric(processed) > before).then_some(()) },
+        )
+        .await;
+        // Its abandonment falls due 2 s after the checkout: frozen well past that plus the
+        // 5.5 s delivery timeout (6 s session less a 0.5 s heartbeat), the write cannot land.
+        let tansu = broker.process().expect("a Tansu process");
+        tansu.sigstop();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tansu.sigcont();
+        // The write timed out; the session ended too, so the reset may be counted under
+        // "lost" or "stalled" rather than "undelivered": any reason shows it happened.
+        eventually("the member's reset", Duration::from_secs(30), || async {
+            let resets: f64 = ["undelivered", "lost", "stalled"]
+                .iter()
+                .map(|reason| {
+                    stack.service().metric(&format!(
+                        r#"aftercart_abandonment_fenced_total{{reason="{reason}"}}"#
+                    ))
+                })
+                .sum();
+            (resets >= 1.0).then_some(())
+        })
+        .await;
+        let events = stack.settled_events(2).await;
+        assert!(
+            !stack.service().has_stopped(),
+            "the service survived the frozen broker"
+        );
+        let mut keys: Vec<String> = events
+            .iter()
+            .map(|e| e["journey_key"].as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        let mut expected = vec![
+            format!("jsmith.myshopify.com/{first}"),
+            format!("jsmith.myshopify.com/{second}"),
+        ];
+        expected.sort();
+        assert_eq!(keys, expected, "each journey abandoned once: {events:#?}");
+    }
+
+    fn now() -> String {
+        aftercart_shopify::time::rfc3339(aftercart_shopify::time::now_ms())
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broker_outage_shows_in_readiness_and_processing_resumes_exactly_once() {
         let broker = Broker::mock();

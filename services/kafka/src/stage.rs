@@ -996,10 +996,29 @@ impl<L: StageLogic> Stage<L> {
             {
                 tracing::warn!("A write was not acknowledged within the delivery timeout.");
                 self.reset(self.tripped().unwrap_or(Tripped::Undelivered))?;
+                self.renew_producer()?;
                 Ok(None)
             }
             acknowledged => acknowledged.map(Some),
         }
+    }
+
+    /// After a write timed out: a fresh producer (a new producer id) in place of the old one.
+    /// The old one would bump its idempotence epoch before writing again, and a broker may
+    /// answer that bump with a fatal ProducerFenced (Tansu 0.6 does), which would end the
+    /// service for what is only a slow broker. Its records have all expired, so nothing is
+    /// lost with it; it is closed on a plain thread (closing can wait on the broker).
+    fn renew_producer(&mut self) -> Result<(), LoopError> {
+        let fresh = build_output_producer(
+            &self.kafka,
+            &self.topics.client,
+            delivery_timeout(&self.kafka),
+        )?;
+        if let Some(clients) = self.clients.as_mut() {
+            let old = std::mem::replace(&mut clients.producer, fresh);
+            std::thread::spawn(move || drop(old));
+        }
+        Ok(())
     }
 
     /// Checks the fence before a write phase: false (after a reset) when it tripped.
