@@ -78,6 +78,8 @@ pub struct Partition {
     /// When the oldest unflushed change was made: the flush interval counts from it.
     dirty_since_ms: Option<i64>,
     last_sweep_ms: i64,
+    /// When unconfirmed removals were last looked at.
+    last_reemit_ms: i64,
     flushes: u64,
     /// People with removals waiting for confirmation.
     pending: BTreeSet<String>,
@@ -91,8 +93,8 @@ pub struct Engine {
     suppressed: u64,
     /// Destination no longer configured → removals found due there (and kept), since start.
     stranded: BTreeMap<String, u64>,
-    /// Unconfirmed removals emitted again, since start.
-    reemitted: u64,
+    /// Destination → unconfirmed removals emitted again there, since start.
+    reemitted: BTreeMap<String, u64>,
 }
 
 /// The person key of a customer: `p/<shop>/c/<id>`.
@@ -254,7 +256,7 @@ impl Engine {
             partitions: HashMap::new(),
             suppressed: 0,
             stranded: BTreeMap::new(),
-            reemitted: 0,
+            reemitted: BTreeMap::new(),
         }
     }
 
@@ -328,9 +330,9 @@ impl Engine {
         &self.stranded
     }
 
-    /// Unconfirmed removals emitted again since start.
-    pub fn reemitted(&self) -> u64 {
-        self.reemitted
+    /// Unconfirmed removals emitted again since start, per destination.
+    pub fn reemitted(&self) -> &BTreeMap<String, u64> {
+        &self.reemitted
     }
 
     /// Clears the removals their destination's exporter has passed. `confirmed` maps
@@ -541,9 +543,13 @@ impl Engine {
                 state.last_sweep_ms = now_ms;
                 effects.extend(sweep(state, now_ms, self.rules.person_retention_ms));
                 effects.extend(state.expire_markers(now_ms, &self.rules));
-                let (again, count) = reemit(state, &self.rules, partition, now_ms);
-                self.reemitted += count;
-                effects.extend(again);
+            }
+            // Often enough that a removal is emitted again soon after its threshold.
+            let every = SWEEP_EVERY_MS.min(self.rules.removal_reemit_after_ms / 4);
+            if now_ms - state.last_reemit_ms >= every.max(1) {
+                state.last_reemit_ms = now_ms;
+                let rules = &self.rules;
+                effects.extend(reemit(state, rules, partition, now_ms, &mut self.reemitted));
             }
             if state.dirty.is_empty() {
                 state.dirty_since_ms = None;
@@ -868,9 +874,14 @@ fn note_removals(state: &mut Partition, batches: &[Batch]) -> Vec<Effect> {
 /// Emits again the removals waiting longer than the threshold for their destination (still
 /// configured: one that is not cannot be sent, and the service refuses to start while its
 /// exporter group has removals left). A removal is idempotent at the platforms.
-fn reemit(state: &mut Partition, rules: &Rules, partition: i32, now_ms: i64) -> (Vec<Effect>, u64) {
+fn reemit(
+    state: &mut Partition,
+    rules: &Rules,
+    partition: i32,
+    now_ms: i64,
+    counts: &mut BTreeMap<String, u64>,
+) -> Vec<Effect> {
     let mut groups = Groups::new();
-    let mut count = 0;
     for key in &state.pending {
         let Some(person) = state.people.get_mut(key) else {
             continue;
@@ -884,7 +895,7 @@ fn reemit(state: &mut Partition, rules: &Rules, partition: i32, now_ms: i64) -> 
             removal.batch_id.clear();
             removal.emitted_ms = now_ms;
             removal.written_ms = None;
-            count += 1;
+            *counts.entry(removal.destination.clone()).or_default() += 1;
             groups
                 .entry((
                     shop.clone(),
@@ -902,14 +913,14 @@ fn reemit(state: &mut Partition, rules: &Rules, partition: i32, now_ms: i64) -> 
         }
     }
     if groups.is_empty() {
-        return (Vec::new(), 0);
+        return Vec::new();
     }
     state.flushes += 1;
     let batches = batches_of(rules, partition, state.flushes, groups, now_ms);
     let persisted = note_removals(state, &batches);
     let mut out = emits(batches);
     out.extend(persisted);
-    (out, count)
+    out
 }
 
 /// A fact an audience may draw members from.
