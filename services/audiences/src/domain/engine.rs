@@ -915,11 +915,85 @@ fn reemit(
     if groups.is_empty() {
         return Vec::new();
     }
+    let readds = held_rows_sharing_an_identifier(state, rules, &groups);
+    groups.extend(readds);
     state.flushes += 1;
-    let batches = batches_of(rules, partition, state.flushes, groups, now_ms);
+    let mut batches = batches_of(rules, partition, state.flushes, groups, now_ms);
+    // The removals first: the additions after them are what the platform keeps.
+    batches.sort_by_key(|b| b.op != Op::Remove);
     let persisted = note_removals(state, &batches);
     let mut out = emits(batches);
     out.extend(persisted);
+    out
+}
+
+/// The rows held now at a destination (by anyone in the partition, the removed person too)
+/// that share an email or phone with a removal emitted again: a platform matches people by
+/// those, so the late removal would take away someone wanted there (a guest's rows removed
+/// after the same contact was added as the customer; an old address sharing the phone). They
+/// are added again after it, with the consent signals they were last sent with.
+fn held_rows_sharing_an_identifier(state: &Partition, rules: &Rules, removals: &Groups) -> Groups {
+    let mut readds = Groups::new();
+    for ((shop, audience, destination, _), removed) in removals {
+        let Some(platform) = rules.destinations.get(destination).copied() else {
+            continue;
+        };
+        let removed: Vec<BTreeSet<(String, String)>> =
+            removed.iter().map(|m| identifiers(&m.row)).collect();
+        for (key, person) in &state.people {
+            let holds = person
+                .memberships
+                .get(audience)
+                .is_some_and(|m| m.synced.contains(destination));
+            if &person.shop != shop || !holds {
+                continue;
+            }
+            let Some(row) = platform.row(person.held_contact()) else {
+                continue;
+            };
+            let held = identifiers(&row);
+            if removed.iter().any(|r| !r.is_disjoint(&held)) {
+                readds
+                    .entry((shop.clone(), audience.clone(), destination.clone(), Op::Add))
+                    .or_default()
+                    .push(Member {
+                        person: pseudonym(key, shop).to_string(),
+                        customer_id: person.customer_id,
+                        row,
+                        consent: person.ad_consent_sent.get(destination).copied(),
+                    });
+            }
+        }
+    }
+    readds
+}
+
+/// The (field, value) pairs of a row that name a person to a platform: its emails and phones,
+/// at any depth (Google nests them), whatever the platform calls the field.
+fn identifiers(row: &serde_json::Value) -> BTreeSet<(String, String)> {
+    fn walk(value: &serde_json::Value, field: &str, out: &mut BTreeSet<(String, String)>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, inner) in fields {
+                    walk(inner, name, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for inner in items {
+                    walk(inner, field, out);
+                }
+            }
+            serde_json::Value::String(text) => {
+                let lower = field.to_ascii_lowercase();
+                if lower.contains("mail") || lower.contains("phone") {
+                    out.insert((field.to_string(), text.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(row, "", &mut out);
     out
 }
 

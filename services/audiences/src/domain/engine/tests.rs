@@ -1285,3 +1285,57 @@ fn removals_found_on_restore_wait_for_confirmation_too() {
     let again = restored.tick(T0 + 2_500 + DAY + 60_000);
     assert_eq!(ops(&again, "abandoned-checkouts", Op::Remove), ALL);
 }
+
+#[test]
+fn a_removal_emitted_again_never_takes_away_a_row_another_person_holds_there_now() {
+    // The guest's rows are removed and the same rows added as the customer; the guest's
+    // removals are not confirmed (the destinations refuse for a day).
+    let mut engine = engine();
+    let guest = PersonRef {
+        customer_id: None,
+        email: Some("ann@example.com".into()),
+    };
+    engine.apply(0, SHOP, abandoned(guest, Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(ann(), Some(true), T0 + 1_100),
+        T0 + 1_100,
+    );
+    let merged = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&merged, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(ops(&merged, "abandoned-checkouts", Op::Add), ALL);
+    engine.tick(T0 + 3_000);
+    let again = engine.tick(T0 + 2_100 + DAY + 60_000);
+    assert_eq!(
+        ops(&again, "abandoned-checkouts", Op::Remove),
+        ALL,
+        "the guest's removals are emitted again"
+    );
+    // At the platform the last word on each row must be the customer's addition.
+    for destination in ALL {
+        let added: Vec<&serde_json::Value> = batches(&merged)
+            .into_iter()
+            .filter(|b| b.destination == destination && b.op == Op::Add)
+            .flat_map(|b| b.members.iter().map(|m| &m.row))
+            .collect();
+        let mut last = None;
+        for batch in batches(&again)
+            .into_iter()
+            .filter(|b| b.destination == destination)
+        {
+            for member in &batch.members {
+                if added.contains(&&member.row) {
+                    last = Some(batch.op);
+                }
+            }
+        }
+        assert_ne!(
+            last,
+            Some(Op::Remove),
+            "{destination}: the customer, still wanted, would be removed"
+        );
+    }
+    assert_eq!(engine.members()["abandoned-checkouts"], 1);
+}
