@@ -703,6 +703,7 @@ impl Engine {
                 person.exported_contact = Some(current);
             }
             person.prune();
+            person.minimise_if_redacted();
             if person.redacted && person.settled() {
                 state.drop_person(&key);
                 effects.push(forget(&key));
@@ -1120,6 +1121,7 @@ fn retire(state: &mut Partition, key: &str, effects: &mut Vec<Effect>) {
         person.exported_contact = Some(held.clone());
         person.contact = held;
         person.consent = None;
+        person.minimise_if_redacted();
     } else {
         state.drop_person(key);
         effects.push(forget(key));

@@ -203,6 +203,17 @@ impl Person {
         !self.holds_anything() && self.pending_removals.is_empty()
     }
 
+    /// A redacted person who is held nowhere keeps no contact: the removals still waiting for
+    /// their destinations carry the rows they send (hashed, but for the country and postal code
+    /// Google takes in the clear), so the changelog holds nothing more while they wait.
+    pub fn minimise_if_redacted(&mut self) {
+        if self.redacted && !self.holds_anything() {
+            self.contact = Contact::default();
+            self.exported_contact = None;
+            self.consent = None;
+        }
+    }
+
     /// Memberships neither wanted nor held are dropped.
     pub fn prune(&mut self) {
         self.memberships

@@ -1339,3 +1339,25 @@ fn a_removal_emitted_again_never_takes_away_a_row_another_person_holds_there_now
     }
     assert_eq!(engine.members()["abandoned-checkouts"], 1);
 }
+
+#[test]
+fn a_redacted_person_waiting_for_confirmations_keeps_only_the_hashed_rows() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    // What the changelog holds for her while the destinations have not confirmed.
+    let stored = persisted(effects.iter().map(|(_, e)| e));
+    let person = &stored["p/shop.myshopify.com/c/42"];
+    assert_eq!(person.pending_removals.len(), 4);
+    let text = serde_json::to_string(person).unwrap().to_lowercase();
+    // (Google's row carries the postal code in the clear, as Google takes it.)
+    for plain in ["ann@example.com", "7700", "lee"] {
+        assert!(!text.contains(plain), "{plain} kept: {text}");
+    }
+    // And they are still emitted again from what is kept.
+    let again = engine.tick(T0 + 2_100 + DAY + 60_000);
+    assert_eq!(ops(&again, "abandoned-checkouts", Op::Remove), ALL);
+}
