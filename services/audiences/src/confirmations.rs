@@ -4,14 +4,16 @@
 //! took. Every few seconds this reads, without joining any group, the end of each batches
 //! partition and then each exporter group's committed offsets there; a record written before a
 //! round began lies before that round's end offsets, so once a group's committed offset reaches
-//! them, every batch written before the round is confirmed for that destination. The engine
-//! clears pending removals from what this publishes ([`crate::domain::engine::Engine::confirm`]).
+//! them, every batch written before the round is confirmed for that destination. "Before" is
+//! told by a count of rounds begun, not by a clock (a wall-clock step back would misplace a
+//! write). The engine clears pending removals from what this publishes
+//! ([`crate::domain::engine::Engine::confirm`]).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aftercart_shopify::time::now_ms;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +27,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Rounds remembered: an exporter catching up is matched against the round it reached.
 const ROUNDS: usize = 64;
 
-/// (destination, batches partition) → every batch record written before this time (ms since
-/// the epoch, the engine's clock) is behind the destination's committed offset.
+/// (destination, batches partition) → every batch record written (acknowledged) before this
+/// round began ([`Confirmations::mark`] below it) is behind the destination's committed offset.
 pub type Confirmed = BTreeMap<(String, i32), i64>;
 
 /// What the checker publishes and the engine reads; `version` changes with `through`.
@@ -38,17 +40,32 @@ pub struct Published {
 
 /// Shared between the checker task and the engine loop.
 #[derive(Debug, Default, Clone)]
-pub struct Confirmations(Arc<Mutex<Published>>);
+pub struct Confirmations {
+    published: Arc<Mutex<Published>>,
+    /// Rounds begun (each numbered by the count after it began).
+    rounds: Arc<AtomicI64>,
+}
 
 impl Confirmations {
     /// What is confirmed, when it changed since `seen` (a version).
     pub fn since(&self, seen: u64) -> Option<Published> {
-        let published = self.0.lock().expect("not poisoned");
+        let published = self.published.lock().expect("not poisoned");
         (published.version != seen).then(|| published.clone())
     }
 
+    /// The rounds begun so far. Read after a record was acknowledged, it is below the number
+    /// of every round that begins later, whose end offsets are read after the record landed.
+    pub fn mark(&self) -> i64 {
+        self.rounds.load(Ordering::SeqCst)
+    }
+
+    /// Numbers a round that begins now, before its end offsets are read.
+    fn begin_round(&self) -> i64 {
+        self.rounds.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     fn publish(&self, found: &Confirmed) {
-        let mut published = self.0.lock().expect("not poisoned");
+        let mut published = self.published.lock().expect("not poisoned");
         let mut changed = false;
         for (at, &through) in found {
             let known = published.through.entry(at.clone()).or_insert(i64::MIN);
@@ -63,9 +80,9 @@ impl Confirmations {
     }
 }
 
-/// One round: when it began, and the end offset of each batches partition then.
+/// One round: its number, and the end offset of each batches partition when it began.
 struct Round {
-    began_ms: i64,
+    began: i64,
     ends: BTreeMap<i32, i64>,
 }
 
@@ -96,9 +113,9 @@ impl Checker {
     }
 
     /// Reads the ends, then the committed offsets; blocking.
-    fn round(&mut self) -> Result<Confirmed, KafkaError> {
+    fn round(&mut self, confirmations: &Confirmations) -> Result<Confirmed, KafkaError> {
         // Taken before the ends are read: what was written before it lies before them.
-        let began_ms = now_ms();
+        let began = confirmations.begin_round();
         let metadata = self.ends.fetch_metadata(Some(&self.topic), self.timeout)?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -112,7 +129,7 @@ impl Checker {
                 .fetch_watermarks(&self.topic, partition, self.timeout)?;
             ends.insert(partition, high);
         }
-        self.rounds.push_back(Round { began_ms, ends });
+        self.rounds.push_back(Round { began, ends });
         if self.rounds.len() > ROUNDS {
             self.rounds.pop_front();
         }
@@ -128,7 +145,7 @@ impl Checker {
                     .rounds
                     .iter()
                     .filter(|r| r.ends.get(&partition).is_some_and(|&end| end <= committed))
-                    .map(|r| r.began_ms)
+                    .map(|r| r.began)
                     .max();
                 if let Some(through) = reached {
                     found.insert((destination.clone(), partition), through);
@@ -150,12 +167,13 @@ pub async fn run(config: AudiencesConfig, confirmations: Confirmations, stop: Ca
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
         let config = config.clone();
+        let shared = confirmations.clone();
         let mut held = checker.take();
         let joined = tokio::task::spawn_blocking(move || {
             let result = match held.as_mut() {
-                Some(checker) => checker.round(),
+                Some(checker) => checker.round(&shared),
                 None => Checker::new(&config).and_then(|mut c| {
-                    let found = c.round();
+                    let found = c.round(&shared);
                     held = Some(c);
                     found
                 }),
@@ -189,6 +207,20 @@ pub async fn run(config: AudiencesConfig, confirmations: Confirmations, stop: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_marked_after_a_round_began_is_below_only_the_later_rounds() {
+        let confirmations = Confirmations::default();
+        let first = confirmations.begin_round();
+        // A removal acknowledged now, after the first round's ends may have been read.
+        let written = confirmations.mark();
+        assert!(written >= first, "the first round may not confirm it");
+        let second = confirmations.begin_round();
+        assert!(
+            written < second,
+            "a later round reads the ends after it landed"
+        );
+    }
 
     #[test]
     fn published_confirmations_only_move_forward_and_version_each_change() {

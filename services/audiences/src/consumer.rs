@@ -168,7 +168,9 @@ impl StageLogic for Audiences {
         }
         let before = self.engine.stranded_removals().clone();
         let reemitted = self.engine.reemitted().clone();
-        let mut effects = self.engine.tick(now_ms);
+        // Read now, after the stage had every earlier write acknowledged.
+        let written = self.confirmations.mark();
+        let mut effects = self.engine.tick_marking(now_ms, written);
         effects.extend(confirmed);
         for (destination, count) in self.engine.reemitted() {
             let people = count - reemitted.get(destination).copied().unwrap_or(0);

@@ -154,7 +154,7 @@ impl Partition {
             if person
                 .pending_removals
                 .iter()
-                .any(|r| r.written_ms.is_none())
+                .any(|r| r.written_mark.is_none())
             {
                 self.unwritten.insert(key.to_string());
             }
@@ -336,8 +336,9 @@ impl Engine {
     }
 
     /// Clears the removals their destination's exporter has passed. `confirmed` maps
-    /// (destination, batches partition) to a time: every batch record in the topic before then
-    /// is behind the exporter group's committed offset (accepted by the platform).
+    /// (destination, batches partition) to a mark: every batch record written (acknowledged)
+    /// before the mark was reached is behind the exporter group's committed offset (accepted
+    /// by the platform); a removal is cleared when its written mark is below it.
     pub fn confirm(&mut self, confirmed: &BTreeMap<(String, i32), i64>) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         for (&partition, state) in &mut self.partitions {
@@ -350,7 +351,7 @@ impl Engine {
                 let before = person.pending_removals.len();
                 person.pending_removals.retain(|removal| {
                     let through = confirmed.get(&(removal.destination.clone(), partition));
-                    !matches!((removal.written_ms, through), (Some(w), Some(t)) if w < *t)
+                    !matches!((removal.written_mark, through), (Some(w), Some(t)) if w < *t)
                 });
                 if person.pending_removals.len() == before {
                     continue;
@@ -523,8 +524,18 @@ impl Engine {
         effects
     }
 
-    /// Expiry, forgetting, and flushes that are due.
+    /// Expiry, forgetting, and flushes that are due; removals emitted before are marked
+    /// written at `now_ms` (tests: one clock for both).
     pub fn tick(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        self.tick_marking(now_ms, now_ms)
+    }
+
+    /// [`Engine::tick`], marking the removals emitted before it as written at `written_mark`:
+    /// the confirmation checker's count of rounds begun, read after the stage had them
+    /// acknowledged ([`crate::confirmations::Confirmations::mark`]). A count, not a clock: a
+    /// wall-clock step back could otherwise place a write before a round that read the ends
+    /// without it.
+    pub fn tick_marking(&mut self, now_ms: i64, written_mark: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         for partition in partitions {
@@ -534,7 +545,7 @@ impl Engine {
             for key in std::mem::take(&mut state.unwritten) {
                 if let Some(person) = state.people.get_mut(&key) {
                     for removal in &mut person.pending_removals {
-                        removal.written_ms.get_or_insert(now_ms);
+                        removal.written_mark.get_or_insert(written_mark);
                     }
                 }
             }
@@ -669,7 +680,7 @@ impl Engine {
                                 batch_id: String::new(),
                                 emitted_ms: now_ms,
                                 row,
-                                written_ms: None,
+                                written_mark: None,
                             });
                         }
                         membership.synced.remove(&destination);
@@ -764,7 +775,7 @@ impl Engine {
                     batch_id: batch.batch_id.clone(),
                     emitted_ms: parse_time_ms(&batch.created_at).unwrap_or(0),
                     row: member.row.clone(),
-                    written_ms: None,
+                    written_mark: None,
                 });
                 state.pending.insert(key.clone());
                 state.unwritten.insert(key.clone());
@@ -895,7 +906,7 @@ fn reemit(
             }
             removal.batch_id.clear();
             removal.emitted_ms = now_ms;
-            removal.written_ms = None;
+            removal.written_mark = None;
             *counts.entry(removal.destination.clone()).or_default() += 1;
             groups
                 .entry((

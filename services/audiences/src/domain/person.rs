@@ -57,11 +57,12 @@ pub struct PendingRemoval {
     pub emitted_ms: i64,
     /// The row the destination is told to remove (what it was sent).
     pub row: serde_json::Value,
-    /// By when the batch was surely in the topic (the stage had written it): set at the first
-    /// tick after it was emitted, or when the state is restored. Not stored: a restored
-    /// removal was written before its person's record.
+    /// By which confirmation mark the batch was surely in the topic (the stage had written
+    /// it): set at the first tick after it was emitted, or after the state is restored.
+    /// Not stored: a restored removal was written before its person's record, and the marks
+    /// count this process's check rounds.
     #[serde(skip)]
-    pub written_ms: Option<i64>,
+    pub written_mark: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1361,3 +1361,26 @@ fn a_redacted_person_waiting_for_confirmations_keeps_only_the_hashed_rows() {
     let again = engine.tick(T0 + 2_100 + DAY + 60_000);
     assert_eq!(ops(&again, "abandoned-checkouts", Op::Remove), ALL);
 }
+
+#[test]
+fn a_removal_is_confirmed_by_the_rounds_after_its_written_mark_not_by_the_clock() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    revoke_ann(&mut engine, T0 + 1_500);
+    assert_eq!(
+        ops(&engine.tick(T0 + 2_500), "abandoned-checkouts", Op::Remove),
+        ALL
+    );
+    // Written when 7 rounds had begun; the clock says nothing about the rounds.
+    engine.tick_marking(T0 + 3_000, 7);
+    assert!(
+        engine.confirm(&confirmed_before(7, &ALL)).is_empty(),
+        "round 7 may have read the ends before the removal landed"
+    );
+    let cleared = engine.confirm(&confirmed_before(8, &ALL));
+    let stored = persisted(cleared.iter().map(|(_, e)| e));
+    assert!(stored["p/shop.myshopify.com/c/42"]
+        .pending_removals
+        .is_empty());
+}
