@@ -12,6 +12,7 @@ broker_tests!(
     a_crash_between_send_and_commit_does_not_double_add,
     google_data_manager_partial_failures_are_counted_and_the_rest_resent,
     refused_removals_wait_until_accepted_and_are_never_dead_lettered,
+    a_refused_removal_whose_record_is_lost_is_emitted_again_and_reaches_the_platform,
     a_destination_removed_with_removals_pending_is_refused_at_start,
     a_data_request_is_answered_with_the_audiences_and_destinations_holding_the_customer,
 );
@@ -712,6 +713,167 @@ mod scenarios {
             stack.service().metric(errors) >= 2.0,
             "the refusal and the warning are counted"
         );
+    }
+
+    /// Removals of Ann in the batches topic for `destination`: (partition, offset) of each.
+    async fn removals_of_ann(stack: &Stack, destination: &str) -> Vec<(i32, i64)> {
+        let ann = format!("c/{}", ANN.id);
+        read_topic(&stack.bootstrap, &stack.config.batches_topic)
+            .await
+            .iter()
+            .filter(|r| {
+                let batch: Value = serde_json::from_slice(&r.value).unwrap_or_default();
+                batch["destination"] == destination
+                    && batch["op"] == "remove"
+                    && batch["members"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m["person"] == ann.as_str()))
+            })
+            .map(|r| (r.partition, r.offset))
+            .collect()
+    }
+
+    /// Commits `offset` for `group` on the batches topic's `partition`, as a member of the
+    /// group (the exporters are stopped); false while it is not assigned the partition yet.
+    async fn commit_for(stack: &Stack, group: &str, partition: i32, offset: i64) -> bool {
+        let (bootstrap, group) = (stack.bootstrap.clone(), group.to_string());
+        let topic = stack.config.batches_topic.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                // Let go of soon, should the broker miss it leaving.
+                .set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "500")
+                .set("log_level", "3")
+                .create()
+                .expect("offset writer");
+            consumer.subscribe(&[topic.as_str()]).expect("subscribed");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                // Polled only to join; the records it may return are not used.
+                let _ = consumer.poll(Duration::from_millis(100));
+                let owned = consumer
+                    .assignment()
+                    .is_ok_and(|a| a.find_partition(&topic, partition).is_some());
+                if owned {
+                    let mut list = rdkafka::TopicPartitionList::new();
+                    list.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset))
+                        .expect("offset");
+                    let committed = consumer.commit(&list, CommitMode::Sync).is_ok();
+                    // Leaves the group so that the exporter joins it at once.
+                    consumer.unsubscribe();
+                    let _ = consumer.poll(Duration::from_millis(100));
+                    return committed;
+                }
+            }
+            false
+        })
+        .await
+        .expect("offset writer does not panic")
+    }
+
+    /// The batches topic's retention takes a removal Meta refused while the exporter waits on
+    /// it, and the exporter restarts past it (as `auto.offset.reset=earliest` would resume at
+    /// the first record left). The engine kept the removal and emitted it again: the copy is
+    /// what Meta finally accepts.
+    pub async fn a_refused_removal_whose_record_is_lost_is_emitted_again_and_reaches_the_platform(
+        broker: &Broker,
+    ) {
+        let platforms = Platforms::start().await;
+        let refusing = Arc::new(AtomicBool::new(false));
+        platforms.meta.route(Arc::new({
+            let refusing = refusing.clone();
+            let calls = AtomicUsize::new(0);
+            move |method: &http::Method, _: &str| match *method == http::Method::DELETE {
+                true => refusal(&refusing, &calls),
+                false => None,
+            }
+        }));
+        let mut stack =
+            Stack::start_flags(broker, platforms, &["--audiences-removal-reemit-after=2s"]).await;
+        let config = stack.config.clone();
+        let ann = ann_hashes();
+        {
+            let upstream = stack.upstream(broker);
+            upstream.abandoned(&ANN, true, "tok-ann", &now()).await;
+            let accepted = r#"aftercart_audiences_batches_total{destination="meta",op="add",outcome="accepted"}"#;
+            until_metric(stack.service(), accepted, 1.0).await;
+            refusing.store(true, Ordering::SeqCst);
+            upstream.redact(&ANN).await;
+        }
+        let reemitted = r#"aftercart_audiences_removals_reemitted_total{destination="meta"}"#;
+        until_metric(stack.service(), reemitted, 1.0).await;
+        let first = eventually("the removal and a copy in the topic", WAIT, || async {
+            let found = removals_of_ann(&stack, "meta").await;
+            (found.len() >= 2).then(|| found[0])
+        })
+        .await;
+        let refused = stack
+            .platforms
+            .meta
+            .received()
+            .iter()
+            .filter(|r| r.method == http::Method::DELETE && r.answered >= 400)
+            .count();
+        assert!(refused >= 1, "Meta refused the removal");
+
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
+        // The first record is gone: the exporter resumes after it.
+        let (partition, offset) = first;
+        let group = config.exporter_group("meta");
+        eventually("the exporter group is empty", WAIT, || async {
+            commit_for(&stack, &group, partition, offset + 1)
+                .await
+                .then_some(())
+        })
+        .await;
+        refusing.store(false, Ordering::SeqCst);
+        stack.service = Some(TestAudiences::start_on(broker, config.clone()).await);
+
+        let p = &stack.platforms;
+        eventually("Meta accepted Ann's removal", WAIT, || async {
+            p.meta
+                .received()
+                .iter()
+                .any(|r| {
+                    r.method == http::Method::DELETE
+                        && r.answered < 400
+                        && String::from_utf8_lossy(&r.body).contains(ann.meta_email.as_str())
+                })
+                .then_some(())
+        })
+        .await;
+        let service = stack.service();
+        // The first copy Meta accepts, or a later one (copies are emitted every 2 s meanwhile).
+        let accepted = r#"aftercart_audiences_batches_total{destination="meta",op="remove",outcome="accepted"}"#;
+        eventually(accepted, WAIT, || async {
+            (service.metric(accepted) >= 1.0).then_some(())
+        })
+        .await;
+        let dead = r#"aftercart_audiences_batches_total{destination="meta",op="remove",outcome="dead_lettered"}"#;
+        assert_eq!(service.metric(dead), 0.0);
+        let letters = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
+        assert!(
+            letters.is_empty(),
+            "nothing dead-lettered: {}",
+            letters.len()
+        );
+        stack
+            .service
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("clean stop");
     }
 
     /// While `refusing` is set, answers in turn 500, 429 (one second) and 400: a failure, a

@@ -67,6 +67,7 @@ fn rules() -> Rules {
         person_retention_ms: 90 * DAY,
         redaction_retention_ms: 400 * DAY,
         google_consent: BTreeMap::new(),
+        removal_reemit_after_ms: DAY,
     }
 }
 

@@ -74,7 +74,13 @@ pub async fn serve(
         }
         Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
     }
-    let engine = crate::consumer::build(config, metrics.clone(), health.component("audiences"))?;
+    let confirmations = crate::confirmations::Confirmations::default();
+    let engine = crate::consumer::build(
+        config,
+        metrics.clone(),
+        health.component("audiences"),
+        confirmations.clone(),
+    )?;
     let mut exporters = Vec::new();
     for (name, destination) in &config.destinations {
         let exporter = Exporter::new(
@@ -110,7 +116,8 @@ pub async fn serve(
         result
     };
     let exporter_runs = futures_join_all(exporters, &inner);
-    let (engine_result, exporter_results) = tokio::join!(engine_run, exporter_runs);
+    let checker = crate::confirmations::run(config.clone(), confirmations, inner.clone());
+    let (engine_result, exporter_results, ()) = tokio::join!(engine_run, exporter_runs, checker);
     engine_result?;
     for result in exporter_results {
         result?;

@@ -186,6 +186,16 @@ pub struct AudiencesArgs {
         default_value = "400d"
     )]
     pub audiences_redaction_retention: String,
+
+    /// A removal its destination has not confirmed (the exporter's committed offset has not
+    /// passed it) this long after it was emitted is emitted again, so that it never ages out of
+    /// the batches topic unsent. Shorter than AFTERCART_TOPIC_RETENTION.
+    #[arg(
+        long = "audiences-removal-reemit-after",
+        env = "AFTERCART_AUDIENCES_REMOVAL_REEMIT_AFTER",
+        default_value = "1d"
+    )]
+    pub audiences_removal_reemit_after: String,
 }
 
 /// Redaction markers are kept at most this long.
@@ -707,6 +717,22 @@ impl AudiencesArgs {
                 ));
             }
         }
+        let reemit_after = errors.check(
+            "AFTERCART_AUDIENCES_REMOVAL_REEMIT_AFTER",
+            parse_positive_duration(&self.audiences_removal_reemit_after),
+        );
+        if let (Some(reemit), Some(kafka)) = (reemit_after, &kafka) {
+            // Emitted again only after the first copy may be gone: too late.
+            if reemit >= kafka.retention {
+                errors.push(format!(
+                    "AFTERCART_AUDIENCES_REMOVAL_REEMIT_AFTER: {} is not shorter than \
+                     AFTERCART_TOPIC_RETENTION ({}): an unconfirmed removal could leave the \
+                     batches topic before it is emitted again",
+                    humantime::format_duration(reemit),
+                    humantime::format_duration(kafka.retention)
+                ));
+            }
+        }
         let retry = match (initial, max, max_duration) {
             (Some(initial), Some(max), Some(max_duration)) => Some(RetryPolicy {
                 initial,
@@ -819,6 +845,7 @@ impl AudiencesArgs {
             Some(redaction_retention),
             Some(timeout),
             Some(retry),
+            Some(reemit_after),
         ) = (
             kafka,
             flush,
@@ -827,6 +854,7 @@ impl AudiencesArgs {
             redaction_retention,
             timeout,
             retry,
+            reemit_after,
         )
         else {
             return Err(errors);
@@ -851,6 +879,7 @@ impl AudiencesArgs {
                 person_retention_ms: retention.as_millis() as i64,
                 redaction_retention_ms: redaction_retention.as_millis() as i64,
                 google_consent,
+                removal_reemit_after_ms: reemit_after.as_millis() as i64,
             },
             destinations,
             timeout,

@@ -15,6 +15,7 @@ use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::AudiencesConfig;
+use crate::confirmations::Confirmations;
 use crate::domain::batch::Batch;
 use crate::domain::engine::{Effect, Engine};
 use crate::domain::input::{decode_input, is_relevant};
@@ -42,10 +43,12 @@ pub fn source_topics(config: &AudiencesConfig) -> Vec<(String, &'static str)> {
     sources
 }
 
+/// The engine loop; it clears pending removals from what `confirmations` publishes.
 pub fn build(
     config: &AudiencesConfig,
     metrics: AudiencesMetrics,
     ready: Readiness,
+    confirmations: Confirmations,
 ) -> Result<Loop, LoopError> {
     let topics = StageTopics {
         client: "aftercart-audiences".to_string(),
@@ -66,6 +69,8 @@ pub fn build(
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_members: std::sync::Mutex::new(None),
+        confirmations,
+        confirmed_version: 0,
     };
     Stage::new(
         config.kafka.clone(),
@@ -83,6 +88,10 @@ pub struct Audiences {
     metrics: AudiencesMetrics,
     /// When members were last counted (`&self` refreshes it).
     last_members: std::sync::Mutex<Option<Instant>>,
+    /// The exporters' progress, read by [`crate::confirmations::run`].
+    confirmations: Confirmations,
+    /// The version of it last applied.
+    confirmed_version: u64,
 }
 
 /// What the engine writes: export batches, and answers to data requests. Written as the
@@ -153,8 +162,24 @@ impl StageLogic for Audiences {
     }
 
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
+        let mut confirmed = Vec::new();
+        if let Some(published) = self.confirmations.since(self.confirmed_version) {
+            self.confirmed_version = published.version;
+            confirmed = self.engine.confirm(&published.through);
+        }
         let before = self.engine.stranded_removals().clone();
-        let effects = self.engine.tick(now_ms);
+        let reemitted = self.engine.reemitted().clone();
+        // Read now, after the stage had every earlier write acknowledged.
+        let written = self.confirmations.mark();
+        let mut effects = self.engine.tick_marking(now_ms, written);
+        effects.extend(confirmed);
+        for (destination, count) in self.engine.reemitted() {
+            let people = count - reemitted.get(destination).copied().unwrap_or(0);
+            if people > 0 {
+                self.metrics.removals_reemitted(destination, people);
+                tracing::warn!(%destination, people, "Removals not confirmed by the destination's exporter within AFTERCART_AUDIENCES_REMOVAL_REEMIT_AFTER were emitted again: the destination has been refusing them.");
+            }
+        }
         for (destination, count) in self.engine.stranded_removals() {
             let people = count - before.get(destination).copied().unwrap_or(0);
             if people > 0 {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod config;
+pub mod confirmations;
 pub mod consumer;
 pub mod domain;
 pub mod events;

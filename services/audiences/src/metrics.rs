@@ -50,6 +50,7 @@ pub struct AudiencesMetrics {
     export_lag: IntGaugeVec,
     batches_emitted: IntCounter,
     redacted_facts: IntCounter,
+    removals_reemitted: IntCounterVec,
     pending_removals: IntGaugeVec,
     pending_removal_age: IntGaugeVec,
     /// HTTP attempts of every destination (`aftercart_audiences_http_*`).
@@ -127,6 +128,13 @@ impl AudiencesMetrics {
                 "redacted_facts_total",
                 "Facts kept out because they are about a redacted customer or shop.",
             ))?,
+            removals_reemitted: IntCounterVec::new(
+                opts(
+                    "removals_reemitted_total",
+                    "Removals emitted again because their destination had not confirmed them within AFTERCART_AUDIENCES_REMOVAL_REEMIT_AFTER.",
+                ),
+                &["destination"],
+            )?,
             pending_removals: IntGaugeVec::new(
                 opts(
                     "pending_removals",
@@ -161,6 +169,7 @@ impl AudiencesMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.export_lag)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.batches_emitted)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.redacted_facts)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.removals_reemitted)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_removals)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_removal_age)?;
         for audience in &config.rules.audiences {
@@ -169,6 +178,7 @@ impl AudiencesMetrics {
         for destination in config.destinations.keys() {
             metrics.retries.with_label_values(&[destination]);
             metrics.member_errors.with_label_values(&[destination]);
+            metrics.removals_reemitted.with_label_values(&[destination]);
             metrics.export_lag.with_label_values(&[destination]).set(0);
             metrics
                 .pending_removals
@@ -241,6 +251,13 @@ impl AudiencesMetrics {
 
     pub fn redacted_facts(&self, count: u64) {
         self.redacted_facts.inc_by(count);
+    }
+
+    /// `count` unconfirmed removals were emitted again for `destination`.
+    pub fn removals_reemitted(&self, destination: &str, count: u64) {
+        self.removals_reemitted
+            .with_label_values(&[destination])
+            .inc_by(count);
     }
 
     /// A removal of `people` at `destination` waiting for the platform since `waited`

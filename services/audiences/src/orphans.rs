@@ -87,7 +87,8 @@ pub fn find(config: &AudiencesConfig) -> Result<Orphans, OrphanError> {
     Ok(orphans)
 }
 
-fn consumer(kafka: &KafkaSettings, group: &str) -> Result<BaseConsumer, KafkaError> {
+/// A client named after `group` that never joins it: it reads the group's committed offsets.
+pub(crate) fn consumer(kafka: &KafkaSettings, group: &str) -> Result<BaseConsumer, KafkaError> {
     let mut config = kafka.client_config(group);
     config
         .set("group.id", group)
@@ -105,7 +106,16 @@ fn committed(
     partitions: &[i32],
     timeout: Duration,
 ) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
-    let consumer = consumer(kafka, group)?;
+    committed_by(&consumer(kafka, group)?, topic, partitions, timeout)
+}
+
+/// [`committed`] through a client made by [`consumer`] for the group.
+pub(crate) fn committed_by(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
     let mut wanted = TopicPartitionList::new();
     for partition in partitions {
         wanted.add_partition(topic, *partition);

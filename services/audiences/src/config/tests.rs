@@ -476,3 +476,19 @@ fn a_plain_http_platform_url_is_refused_naming_the_switch_and_not_the_url() {
     assert!(errors.contains("AFTERCART_ALLOW_INSECURE_HTTP"), "{errors}");
     assert!(!errors.contains("s3cret"), "{errors}");
 }
+
+#[test]
+fn unconfirmed_removals_are_emitted_again_well_inside_the_topic_retention() {
+    let config = validate(&[]).unwrap();
+    assert_eq!(config.rules.removal_reemit_after_ms, 86_400_000);
+    // Re-emitted only after the first copy may be gone from the batches topic: too late.
+    let errors = validate(&["--audiences-removal-reemit-after", "7d"]).unwrap_err();
+    let text = errors.problems().join("\n");
+    assert!(
+        text.contains("AFTERCART_AUDIENCES_REMOVAL_REEMIT_AFTER")
+            && text.contains("AFTERCART_TOPIC_RETENTION"),
+        "{text}"
+    );
+    validate(&["--audiences-removal-reemit-after", "0s"]).unwrap_err();
+    validate(&["--audiences-removal-reemit-after", "6d"]).unwrap();
+}

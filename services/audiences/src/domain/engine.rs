@@ -11,13 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aftercart_shopify::privacy::DataRequestReport;
-use aftercart_shopify::time::rfc3339;
+use aftercart_shopify::time::{parse_time_ms, rfc3339};
 
 use crate::domain::audience::{Audience, Source};
 use crate::domain::batch::{batch_id, Batch, Member};
 use crate::domain::consent::{AdConsent, ConsentMapping};
 use crate::domain::input::{Abandonment, ConsentFact, CustomerFacts, Input, PersonRef, Purchase};
-use crate::domain::person::Person;
+use crate::domain::person::{PendingRemoval, Person};
 use crate::platform::{hash, Contact, Op, Platform};
 
 /// How often people with nothing left are forgotten.
@@ -39,6 +39,9 @@ pub struct Rules {
     pub redaction_retention_ms: i64,
     /// Google destination name → how its consent signals are read from marketing consent.
     pub google_consent: BTreeMap<String, ConsentMapping>,
+    /// A removal its destination has not confirmed this long after it was emitted is emitted
+    /// again (well inside the batches topic's retention, so it never ages out unrepresented).
+    pub removal_reemit_after_ms: i64,
 }
 
 /// What the I/O layer must do: emit batches, then persist people.
@@ -75,7 +78,13 @@ pub struct Partition {
     /// When the oldest unflushed change was made: the flush interval counts from it.
     dirty_since_ms: Option<i64>,
     last_sweep_ms: i64,
+    /// When unconfirmed removals were last looked at.
+    last_reemit_ms: i64,
     flushes: u64,
+    /// People with removals waiting for confirmation.
+    pending: BTreeSet<String>,
+    /// People with a removal emitted since the last tick (not known to be written yet).
+    unwritten: BTreeSet<String>,
 }
 
 pub struct Engine {
@@ -84,6 +93,8 @@ pub struct Engine {
     suppressed: u64,
     /// Destination no longer configured → removals found due there (and kept), since start.
     stranded: BTreeMap<String, u64>,
+    /// Destination → unconfirmed removals emitted again there, since start.
+    reemitted: BTreeMap<String, u64>,
 }
 
 /// The person key of a customer: `p/<shop>/c/<id>`.
@@ -138,6 +149,16 @@ impl Partition {
                 self.timers.insert((at, key.to_string(), audience.clone()));
             }
         }
+        if !person.pending_removals.is_empty() {
+            self.pending.insert(key.to_string());
+            if person
+                .pending_removals
+                .iter()
+                .any(|r| r.written_mark.is_none())
+            {
+                self.unwritten.insert(key.to_string());
+            }
+        }
     }
 
     fn drop_person(&mut self, key: &str) {
@@ -150,6 +171,8 @@ impl Partition {
             }
         }
         self.dirty.remove(key);
+        self.pending.remove(key);
+        self.unwritten.remove(key);
     }
 
     /// The person a fact is about, created when new; merges a guest into the customer they
@@ -233,6 +256,7 @@ impl Engine {
             partitions: HashMap::new(),
             suppressed: 0,
             stranded: BTreeMap::new(),
+            reemitted: BTreeMap::new(),
         }
     }
 
@@ -304,6 +328,46 @@ impl Engine {
     /// they wait in the state until the destination is configured again.
     pub fn stranded_removals(&self) -> &BTreeMap<String, u64> {
         &self.stranded
+    }
+
+    /// Unconfirmed removals emitted again since start, per destination.
+    pub fn reemitted(&self) -> &BTreeMap<String, u64> {
+        &self.reemitted
+    }
+
+    /// Clears the removals their destination's exporter has passed. `confirmed` maps
+    /// (destination, batches partition) to a mark: every batch record written (acknowledged)
+    /// before the mark was reached is behind the exporter group's committed offset (accepted
+    /// by the platform); a removal is cleared when its written mark is below it.
+    pub fn confirm(&mut self, confirmed: &BTreeMap<(String, i32), i64>) -> Vec<(i32, Effect)> {
+        let mut out = Vec::new();
+        for (&partition, state) in &mut self.partitions {
+            let keys: Vec<String> = state.pending.iter().cloned().collect();
+            for key in keys {
+                let Some(person) = state.people.get_mut(&key) else {
+                    state.pending.remove(&key);
+                    continue;
+                };
+                let before = person.pending_removals.len();
+                person.pending_removals.retain(|removal| {
+                    let through = confirmed.get(&(removal.destination.clone(), partition));
+                    !matches!((removal.written_mark, through), (Some(w), Some(t)) if w < *t)
+                });
+                if person.pending_removals.len() == before {
+                    continue;
+                }
+                if person.pending_removals.is_empty() {
+                    state.pending.remove(&key);
+                }
+                if person.redacted && person.settled() {
+                    state.drop_person(&key);
+                    out.push((partition, forget(&key)));
+                } else {
+                    out.push((partition, persist(&key, person)));
+                }
+            }
+        }
+        out
     }
 
     /// Applies one fact about `shop`, received (by the ingress) at `received_ms`, at `now_ms`.
@@ -460,17 +524,43 @@ impl Engine {
         effects
     }
 
-    /// Expiry, forgetting, and flushes that are due.
+    /// Expiry, forgetting, and flushes that are due; removals emitted before are marked
+    /// written at `now_ms` (tests: one clock for both).
     pub fn tick(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        self.tick_marking(now_ms, now_ms)
+    }
+
+    /// [`Engine::tick`], marking the removals emitted before it as written at `written_mark`:
+    /// the confirmation checker's count of rounds begun, read after the stage had them
+    /// acknowledged ([`crate::confirmations::Confirmations::mark`]). A count, not a clock: a
+    /// wall-clock step back could otherwise place a write before a round that read the ends
+    /// without it.
+    pub fn tick_marking(&mut self, now_ms: i64, written_mark: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         for partition in partitions {
             let state = self.partitions.get_mut(&partition).expect("listed");
+            // What was emitted before this tick is in the topic: the stage wrote it (and had
+            // it acknowledged) before asking for more.
+            for key in std::mem::take(&mut state.unwritten) {
+                if let Some(person) = state.people.get_mut(&key) {
+                    for removal in &mut person.pending_removals {
+                        removal.written_mark.get_or_insert(written_mark);
+                    }
+                }
+            }
             let mut effects = expire(state, now_ms);
             if now_ms - state.last_sweep_ms >= SWEEP_EVERY_MS {
                 state.last_sweep_ms = now_ms;
                 effects.extend(sweep(state, now_ms, self.rules.person_retention_ms));
                 effects.extend(state.expire_markers(now_ms, &self.rules));
+            }
+            // Often enough that a removal is emitted again soon after its threshold.
+            let every = SWEEP_EVERY_MS.min(self.rules.removal_reemit_after_ms / 4);
+            if now_ms - state.last_reemit_ms >= every.max(1) {
+                state.last_reemit_ms = now_ms;
+                let rules = &self.rules;
+                effects.extend(reemit(state, rules, partition, now_ms, &mut self.reemitted));
             }
             if state.dirty.is_empty() {
                 state.dirty_since_ms = None;
@@ -582,7 +672,16 @@ impl Engine {
                     };
                     if holds && (!wanted || moved) {
                         if let Some(row) = held_row {
-                            push(Op::Remove, row);
+                            push(Op::Remove, row.clone());
+                            // Kept until the exporter confirms it (its batch id is set below).
+                            person.pending_removals.push(PendingRemoval {
+                                audience: audience_name.clone(),
+                                destination: destination.clone(),
+                                batch_id: String::new(),
+                                emitted_ms: now_ms,
+                                row,
+                                written_mark: None,
+                            });
                         }
                         membership.synced.remove(&destination);
                         changed = true;
@@ -598,6 +697,13 @@ impl Engine {
                         membership.synced.contains(&destination),
                         current_row,
                     ) {
+                        // Wanted again before a removal of this row was confirmed: it is not
+                        // emitted again (it would undo this addition, which follows it).
+                        person.pending_removals.retain(|r| {
+                            r.audience != audience_name
+                                || r.destination != destination
+                                || r.row != row
+                        });
                         push(Op::Add, row);
                         membership.synced.insert(destination);
                         changed = true;
@@ -608,46 +714,20 @@ impl Engine {
                 person.exported_contact = Some(current);
             }
             person.prune();
-            if person.redacted && !person.holds_anything() {
+            person.minimise_if_redacted();
+            if person.redacted && person.settled() {
                 state.drop_person(&key);
                 effects.push(forget(&key));
             } else if changed {
                 effects.push(persist(&key, person));
             }
         }
-        let created_at = rfc3339(now_ms);
-        let mut batches = Vec::new();
-        for ((shop, audience, destination, op), members) in groups {
-            let platform = rules.destinations[&destination];
-            let size = rules.batch_rows.min(platform.max_rows()).max(1);
-            for (chunk, members) in members.chunks(size).enumerate() {
-                let origin = format!(
-                    "{partition}/{now_ms}/{}/{shop}/{audience}/{destination}/{op:?}/{chunk}",
-                    state.flushes
-                );
-                let batch = Batch {
-                    batch_id: batch_id(&origin, members),
-                    shop: shop.clone(),
-                    audience: audience.clone(),
-                    destination: destination.clone(),
-                    platform,
-                    op,
-                    created_at: created_at.clone(),
-                    members: members.to_vec(),
-                };
-                batches.push(batch);
-            }
-        }
+        let mut batches = batches_of(rules, partition, state.flushes, groups, now_ms);
         // Removals go first, so a person whose contact changed is removed under the old one
         // before being added under the new one.
         batches.sort_by_key(|b| b.op != Op::Remove);
-        let mut out: Vec<Effect> = batches
-            .into_iter()
-            .map(|batch| Effect::Emit {
-                key: format!("{}/{}/{}", batch.shop, batch.audience, batch.destination),
-                batch: Box::new(batch),
-            })
-            .collect();
+        effects.extend(note_removals(state, &batches));
+        let mut out = emits(batches);
         out.extend(effects);
         out
     }
@@ -686,6 +766,20 @@ impl Engine {
                 Op::Add => membership.synced.insert(batch.destination.clone()),
                 Op::Remove => membership.synced.remove(&batch.destination),
             };
+            let noted = |r: &PendingRemoval| r.batch_id == batch.batch_id;
+            if batch.op == Op::Remove && !person.pending_removals.iter().any(noted) {
+                // Emitted, so it waits for confirmation like any other (it is in the topic).
+                person.pending_removals.push(PendingRemoval {
+                    audience: batch.audience.clone(),
+                    destination: batch.destination.clone(),
+                    batch_id: batch.batch_id.clone(),
+                    emitted_ms: parse_time_ms(&batch.created_at).unwrap_or(0),
+                    row: member.row.clone(),
+                    written_mark: None,
+                });
+                state.pending.insert(key.clone());
+                state.unwritten.insert(key.clone());
+            }
             if let (Op::Add, Some(consent)) = (batch.op, member.consent) {
                 // The signals went with it: they are not sent again.
                 person
@@ -709,6 +803,210 @@ impl Engine {
         }
         effects
     }
+}
+
+/// (shop, audience, destination, op) → members, in a stable order.
+type Groups = BTreeMap<(String, String, String, Op), Vec<Member>>;
+
+/// The batches of one flush (or re-emission): each group chunked to its destination's limit,
+/// with ids unique to the partition, flush and chunk.
+fn batches_of(
+    rules: &Rules,
+    partition: i32,
+    flushes: u64,
+    groups: Groups,
+    now_ms: i64,
+) -> Vec<Batch> {
+    let created_at = rfc3339(now_ms);
+    let mut batches = Vec::new();
+    for ((shop, audience, destination, op), members) in groups {
+        let platform = rules.destinations[&destination];
+        let size = rules.batch_rows.min(platform.max_rows()).max(1);
+        for (chunk, members) in members.chunks(size).enumerate() {
+            let origin = format!(
+                "{partition}/{now_ms}/{flushes}/{shop}/{audience}/{destination}/{op:?}/{chunk}"
+            );
+            batches.push(Batch {
+                batch_id: batch_id(&origin, members),
+                shop: shop.clone(),
+                audience: audience.clone(),
+                destination: destination.clone(),
+                platform,
+                op,
+                created_at: created_at.clone(),
+                members: members.to_vec(),
+            });
+        }
+    }
+    batches
+}
+
+fn emits(batches: Vec<Batch>) -> Vec<Effect> {
+    batches
+        .into_iter()
+        .map(|batch| Effect::Emit {
+            key: format!("{}/{}/{}", batch.shop, batch.audience, batch.destination),
+            batch: Box::new(batch),
+        })
+        .collect()
+}
+
+/// Names the batch of each removal just emitted (a pending removal without a batch id) and
+/// persists the people again with it.
+fn note_removals(state: &mut Partition, batches: &[Batch]) -> Vec<Effect> {
+    let mut touched = BTreeSet::new();
+    for batch in batches.iter().filter(|b| b.op == Op::Remove) {
+        for member in &batch.members {
+            let key = format!("p/{}/{}", batch.shop, member.person);
+            let Some(person) = state.people.get_mut(&key) else {
+                continue;
+            };
+            let removal = person.pending_removals.iter_mut().find(|r| {
+                r.batch_id.is_empty()
+                    && r.audience == batch.audience
+                    && r.destination == batch.destination
+                    && r.row == member.row
+            });
+            if let Some(removal) = removal {
+                removal.batch_id = batch.batch_id.clone();
+                touched.insert(key);
+            }
+        }
+    }
+    touched
+        .into_iter()
+        .filter_map(|key| {
+            state.pending.insert(key.clone());
+            state.unwritten.insert(key.clone());
+            state.people.get(&key).map(|person| persist(&key, person))
+        })
+        .collect()
+}
+
+/// Emits again the removals waiting longer than the threshold for their destination (still
+/// configured: one that is not cannot be sent, and the service refuses to start while its
+/// exporter group has removals left). A removal is idempotent at the platforms.
+fn reemit(
+    state: &mut Partition,
+    rules: &Rules,
+    partition: i32,
+    now_ms: i64,
+    counts: &mut BTreeMap<String, u64>,
+) -> Vec<Effect> {
+    let mut groups = Groups::new();
+    for key in &state.pending {
+        let Some(person) = state.people.get_mut(key) else {
+            continue;
+        };
+        let shop = person.shop.clone();
+        for removal in &mut person.pending_removals {
+            let due = now_ms - removal.emitted_ms >= rules.removal_reemit_after_ms;
+            if !due || !rules.destinations.contains_key(&removal.destination) {
+                continue;
+            }
+            removal.batch_id.clear();
+            removal.emitted_ms = now_ms;
+            removal.written_mark = None;
+            *counts.entry(removal.destination.clone()).or_default() += 1;
+            groups
+                .entry((
+                    shop.clone(),
+                    removal.audience.clone(),
+                    removal.destination.clone(),
+                    Op::Remove,
+                ))
+                .or_default()
+                .push(Member {
+                    person: pseudonym(key, &shop).to_string(),
+                    customer_id: person.customer_id,
+                    row: removal.row.clone(),
+                    consent: None,
+                });
+        }
+    }
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let readds = held_rows_sharing_an_identifier(state, rules, &groups);
+    groups.extend(readds);
+    state.flushes += 1;
+    let mut batches = batches_of(rules, partition, state.flushes, groups, now_ms);
+    // The removals first: the additions after them are what the platform keeps.
+    batches.sort_by_key(|b| b.op != Op::Remove);
+    let persisted = note_removals(state, &batches);
+    let mut out = emits(batches);
+    out.extend(persisted);
+    out
+}
+
+/// The rows held now at a destination (by anyone in the partition, the removed person too)
+/// that share an email or phone with a removal emitted again: a platform matches people by
+/// those, so the late removal would take away someone wanted there (a guest's rows removed
+/// after the same contact was added as the customer; an old address sharing the phone). They
+/// are added again after it, with the consent signals they were last sent with.
+fn held_rows_sharing_an_identifier(state: &Partition, rules: &Rules, removals: &Groups) -> Groups {
+    let mut readds = Groups::new();
+    for ((shop, audience, destination, _), removed) in removals {
+        let Some(platform) = rules.destinations.get(destination).copied() else {
+            continue;
+        };
+        let removed: Vec<BTreeSet<(String, String)>> =
+            removed.iter().map(|m| identifiers(&m.row)).collect();
+        for (key, person) in &state.people {
+            let holds = person
+                .memberships
+                .get(audience)
+                .is_some_and(|m| m.synced.contains(destination));
+            if &person.shop != shop || !holds {
+                continue;
+            }
+            let Some(row) = platform.row(person.held_contact()) else {
+                continue;
+            };
+            let held = identifiers(&row);
+            if removed.iter().any(|r| !r.is_disjoint(&held)) {
+                readds
+                    .entry((shop.clone(), audience.clone(), destination.clone(), Op::Add))
+                    .or_default()
+                    .push(Member {
+                        person: pseudonym(key, shop).to_string(),
+                        customer_id: person.customer_id,
+                        row,
+                        consent: person.ad_consent_sent.get(destination).copied(),
+                    });
+            }
+        }
+    }
+    readds
+}
+
+/// The (field, value) pairs of a row that name a person to a platform: its emails and phones,
+/// at any depth (Google nests them), whatever the platform calls the field.
+fn identifiers(row: &serde_json::Value) -> BTreeSet<(String, String)> {
+    fn walk(value: &serde_json::Value, field: &str, out: &mut BTreeSet<(String, String)>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, inner) in fields {
+                    walk(inner, name, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for inner in items {
+                    walk(inner, field, out);
+                }
+            }
+            serde_json::Value::String(text) => {
+                let lower = field.to_ascii_lowercase();
+                if lower.contains("mail") || lower.contains("phone") {
+                    out.insert((field.to_string(), text.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(row, "", &mut out);
+    out
 }
 
 /// A fact an audience may draw members from.
@@ -829,11 +1127,12 @@ fn retire(state: &mut Partition, key: &str, effects: &mut Vec<Effect>) {
         membership.candidate = false;
     }
     person.prune();
-    if person.holds_anything() {
+    if !person.settled() {
         // Only what removal needs is kept, until the removal is emitted.
         person.exported_contact = Some(held.clone());
         person.contact = held;
         person.consent = None;
+        person.minimise_if_redacted();
     } else {
         state.drop_person(key);
         effects.push(forget(key));
@@ -871,6 +1170,7 @@ fn sweep(state: &mut Partition, now_ms: i64, retention_ms: i64) -> Vec<Effect> {
         .iter()
         .filter(|(k, p)| {
             p.memberships.is_empty()
+                && p.pending_removals.is_empty()
                 && now_ms - p.seen_ms >= retention_ms
                 && !state.dirty.contains(*k)
         })

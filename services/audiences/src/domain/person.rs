@@ -44,6 +44,27 @@ pub struct Membership {
     pub synced: BTreeSet<String>,
 }
 
+/// A removal emitted to the batches topic that its destination's exporter has not confirmed
+/// yet (its committed offset has not passed the record). Kept, with the row it removes, so that
+/// it is emitted again if it waits too long: the batches topic's retention cannot take it away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRemoval {
+    pub audience: String,
+    pub destination: String,
+    /// The batch that carries it (the latest, when emitted again).
+    pub batch_id: String,
+    /// When that batch was made (the re-emit threshold counts from it).
+    pub emitted_ms: i64,
+    /// The row the destination is told to remove (what it was sent).
+    pub row: serde_json::Value,
+    /// By which confirmation mark the batch was surely in the topic (the stage had written
+    /// it): set at the first tick after it was emitted, or after the state is restored.
+    /// Not stored: a restored removal was written before its person's record, and the marks
+    /// count this process's check rounds.
+    #[serde(skip)]
+    pub written_mark: Option<i64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {
     pub shop: String,
@@ -80,6 +101,9 @@ pub struct Person {
     /// the destinations holding them would be told to drop them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub awaiting_facts: bool,
+    /// Removals emitted and not yet confirmed by their destination's exporter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_removals: Vec<PendingRemoval>,
     pub seen_ms: i64,
 }
 
@@ -173,6 +197,22 @@ impl Person {
 
     pub fn holds_anything(&self) -> bool {
         self.memberships.values().any(|m| !m.synced.is_empty())
+    }
+
+    /// Nothing held and no removal waiting for its destination: the entity may be deleted.
+    pub fn settled(&self) -> bool {
+        !self.holds_anything() && self.pending_removals.is_empty()
+    }
+
+    /// A redacted person who is held nowhere keeps no contact: the removals still waiting for
+    /// their destinations carry the rows they send (hashed, but for the country and postal code
+    /// Google takes in the clear), so the changelog holds nothing more while they wait.
+    pub fn minimise_if_redacted(&mut self) {
+        if self.redacted && !self.holds_anything() {
+            self.contact = Contact::default();
+            self.exported_contact = None;
+            self.consent = None;
+        }
     }
 
     /// Memberships neither wanted nor held are dropped.

@@ -4,7 +4,7 @@
 //! stored, the audiences they are in, the destinations holding them, the removals still due,
 //! the contact fields held, and the redaction markers kept under their ids.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aftercart_shopify::privacy::{DataRequest, DataRequestReport, Holding};
 use serde_json::json;
@@ -84,6 +84,13 @@ fn held(rules: &Rules, person: &Person) -> serde_json::Value {
                 removals.insert(name.clone(), membership.synced.clone());
             }
         }
+    }
+    for removal in &person.pending_removals {
+        // Emitted, not yet confirmed by the destination: still held there until it is.
+        removals
+            .entry(removal.audience.clone())
+            .or_insert_with(BTreeSet::new)
+            .insert(removal.destination.clone());
     }
     let contact = person.held_contact();
     let fields = [

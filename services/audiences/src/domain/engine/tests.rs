@@ -47,6 +47,7 @@ fn rules() -> Rules {
         person_retention_ms: 90 * DAY,
         redaction_retention_ms: 400 * DAY,
         google_consent: BTreeMap::new(),
+        removal_reemit_after_ms: DAY,
     }
 }
 
@@ -163,6 +164,17 @@ fn persisted<'a>(effects: impl IntoIterator<Item = &'a Effect>) -> HashMap<Strin
 
 const ALL: [&str; 4] = ["files", "google", "meta", "tiktok"];
 
+/// Every exporter passes what was emitted before `at_ms` (a tick then marks it written).
+fn confirm_everything(engine: &mut Engine, at_ms: i64) -> Vec<(i32, Effect)> {
+    let mut effects = engine.tick(at_ms);
+    let confirmed = ALL
+        .iter()
+        .map(|d| ((d.to_string(), 0), at_ms + 1))
+        .collect();
+    effects.extend(engine.confirm(&confirmed));
+    effects
+}
+
 #[test]
 fn a_consented_abandoner_is_added_to_every_destination_at_the_next_flush() {
     let mut engine = engine();
@@ -247,6 +259,7 @@ fn a_redacted_customer_is_removed_everywhere_then_forgotten() {
     engine.apply(0, SHOP, redact, T0 + 1_100);
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "recent-purchasers", Op::Remove), ["files"]);
+    let effects = confirm_everything(&mut engine, T0 + 2_200);
     let deleted = effects.iter().any(|(_, e)| {
         matches!(e, Effect::Persist { key, person: None } if key == "p/shop.myshopify.com/c/42")
     });
@@ -273,6 +286,7 @@ fn a_shop_redact_removes_and_forgets_all_its_people() {
     );
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    confirm_everything(&mut engine, T0 + 2_200);
     assert_eq!(engine.people(), 0);
 }
 
@@ -385,6 +399,12 @@ fn a_guest_who_turns_out_to_be_a_customer_is_removed_under_the_guest_name_and_ad
         .collect();
     assert_eq!(added.len(), 4, "and takes the customer's");
     assert!(added.iter().all(|b| b.members[0].person == "c/42"));
+    assert_eq!(
+        engine.people(),
+        2,
+        "the guest is kept until the removals are confirmed"
+    );
+    confirm_everything(&mut engine, T0 + 2_200);
     assert_eq!(engine.people(), 1, "the guest is deleted once removed");
     assert_eq!(engine.members()["abandoned-checkouts"], 1);
 }
@@ -640,6 +660,7 @@ fn a_fact_after_the_redaction_does_not_bring_the_person_back() {
     engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100);
     let removed = engine.tick(T0 + 2_100);
     assert_eq!(ops(&removed, "abandoned-checkouts", Op::Remove), ALL);
+    confirm_everything(&mut engine, T0 + 2_200);
     assert_eq!(engine.people(), 0);
     // In flight on another topic, or simply later: an order, a customer update, a consent.
     engine.apply(0, SHOP, paid(ann(), T0 + 500), T0 + 3_000);
@@ -704,6 +725,7 @@ fn a_redaction_matches_by_phone_and_by_the_orders_to_redact() {
     );
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    confirm_everything(&mut engine, T0 + 2_200);
     assert_eq!(engine.people(), 0);
     engine.apply(0, SHOP, fact, T0 + 3_000);
     // An order named in orders_to_redact, under an address the redaction did not name.
@@ -770,6 +792,7 @@ fn a_shop_redaction_keeps_in_flight_facts_out_but_not_a_reinstall() {
     engine.tick(T0 + 1_000);
     engine.apply_received(0, SHOP, Input::ShopRedact, T0 + 1_100, T0 + 1_100);
     engine.tick(T0 + 2_100);
+    confirm_everything(&mut engine, T0 + 2_200);
     assert_eq!(engine.people(), 0);
     // Received before the redaction, processed after it (another topic, lagging).
     engine.apply_received(0, SHOP, paid(ann(), T0 + 900), T0 + 1_000, T0 + 3_000);
@@ -902,6 +925,7 @@ fn an_international_phone_redaction_removes_a_guest_held_under_the_national_numb
     );
     let effects = engine.tick(T0 + 2_100);
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    confirm_everything(&mut engine, T0 + 2_200);
     assert_eq!(engine.people(), 0);
 }
 
@@ -1005,6 +1029,7 @@ fn a_removal_due_at_a_destination_taken_out_of_the_configuration_is_kept_until_i
     again.assign(0, persisted(&log));
     let effects = settle(&mut again, T0 + 20_000);
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ["meta"]);
+    confirm_everything(&mut again, T0 + 30_000);
     assert_eq!(again.people(), 0, "then she is forgotten");
 }
 
@@ -1021,6 +1046,7 @@ fn a_redaction_also_marks_the_email_and_phone_the_state_knew_the_person_by() {
     };
     engine.apply(0, SHOP, redact(now_known_as, None, vec![]), T0 + 1_100);
     engine.tick(T0 + 2_100);
+    confirm_everything(&mut engine, T0 + 2_200);
     assert_eq!(engine.people(), 0);
     // A checkout she left as a guest under the old address, in flight or late.
     let guest = PersonRef {
@@ -1139,4 +1165,272 @@ fn a_data_request_reports_no_other_customer_sharing_the_email_or_phone() {
         orders: vec![],
     };
     assert_eq!(reported(&mut engine, ann), ["\"Ann\""]);
+}
+
+/// Every destination's exporter has passed every batch written before `at_ms`.
+fn confirmed_before(at_ms: i64, destinations: &[&str]) -> BTreeMap<(String, i32), i64> {
+    destinations
+        .iter()
+        .map(|d| ((d.to_string(), 0), at_ms))
+        .collect()
+}
+
+fn revoke_ann(engine: &mut Engine, at_ms: i64) {
+    let revoke = Input::Consent {
+        person: ann(),
+        consent: ConsentFact {
+            subscribed: false,
+            at_ms,
+            ..Default::default()
+        },
+    };
+    engine.apply(0, SHOP, revoke, at_ms);
+}
+
+#[test]
+fn an_unconfirmed_removal_is_emitted_again_past_the_threshold_and_a_confirmed_one_is_not() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    revoke_ann(&mut engine, T0 + 1_500);
+    let first = engine.tick(T0 + 2_500);
+    assert_eq!(ops(&first, "abandoned-checkouts", Op::Remove), ALL);
+    let stored = persisted(first.iter().map(|(_, e)| e));
+    let pending = &stored["p/shop.myshopify.com/c/42"].pending_removals;
+    assert_eq!(
+        pending.len(),
+        4,
+        "kept in the person's state until confirmed"
+    );
+    let first_ids: Vec<&str> = batches(&first)
+        .iter()
+        .map(|b| b.batch_id.as_str())
+        .collect();
+    assert!(pending
+        .iter()
+        .all(|r| first_ids.contains(&r.batch_id.as_str())));
+
+    // The exporters' offsets are read before the batches were surely written: no confirmation.
+    assert!(engine
+        .confirm(&confirmed_before(T0 + 3_000, &ALL))
+        .is_empty());
+    engine.tick(T0 + 3_000);
+    // Meta's exporter passed them; the others' did not.
+    let cleared = engine.confirm(&confirmed_before(T0 + 3_001, &["meta"]));
+    let stored = persisted(cleared.iter().map(|(_, e)| e));
+    let left: Vec<&str> = stored["p/shop.myshopify.com/c/42"]
+        .pending_removals
+        .iter()
+        .map(|r| r.destination.as_str())
+        .collect();
+    assert_eq!(left, ["files", "google", "tiktok"]);
+
+    assert!(
+        batches(&engine.tick(T0 + 2_500 + DAY - 1)).is_empty(),
+        "not before the threshold"
+    );
+    // Looked for every minute (or a quarter of the threshold, when shorter).
+    let again = engine.tick(T0 + 2_500 + DAY + 60_000);
+    assert_eq!(
+        ops(&again, "abandoned-checkouts", Op::Remove),
+        ["files", "google", "tiktok"],
+        "the unconfirmed ones are emitted again"
+    );
+    assert!(batches(&again)
+        .iter()
+        .all(|b| !first_ids.contains(&b.batch_id.as_str())));
+    let first_meta = batches(&first)
+        .into_iter()
+        .find(|b| b.destination == "files")
+        .unwrap();
+    let again_meta = batches(&again)
+        .into_iter()
+        .find(|b| b.destination == "files")
+        .unwrap();
+    assert_eq!(again_meta.members, first_meta.members, "the same rows");
+    assert_eq!(engine.reemitted().values().sum::<u64>(), 3);
+    assert_eq!(engine.reemitted().get("meta"), None);
+    assert!(
+        batches(&engine.tick(T0 + 2_500 + DAY + 180_000)).is_empty(),
+        "the threshold counts from the new batch"
+    );
+}
+
+#[test]
+fn a_redacted_person_is_deleted_only_once_every_removal_is_confirmed() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    let deleted = |effects: &[(i32, Effect)]| {
+        effects.iter().any(|(_, e)| {
+            matches!(e, Effect::Persist { key, person: None } if key == "p/shop.myshopify.com/c/42")
+        })
+    };
+    assert!(
+        !deleted(&effects),
+        "not tombstoned while removals are pending"
+    );
+    assert_eq!(engine.people(), 1);
+    engine.tick(T0 + 2_200);
+    assert!(!deleted(
+        &engine.confirm(&confirmed_before(T0 + 3_000, &["meta", "google"]))
+    ));
+    assert_eq!(engine.people(), 1);
+    let last = engine.confirm(&confirmed_before(T0 + 3_000, &ALL));
+    assert!(deleted(&last), "confirmed everywhere: deleted");
+    assert_eq!(engine.people(), 0);
+}
+
+#[test]
+fn wanted_again_before_confirmation_drops_the_pending_removal_and_the_add_follows_it() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    revoke_ann(&mut engine, T0 + 1_500);
+    engine.tick(T0 + 2_500);
+    let regrant = Input::Consent {
+        person: ann(),
+        consent: ConsentFact {
+            subscribed: true,
+            at_ms: T0 + 3_000,
+            ..Default::default()
+        },
+    };
+    engine.apply(0, SHOP, regrant, T0 + 3_000);
+    let effects = engine.tick(T0 + 4_000);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Add), ALL);
+    let stored = persisted(effects.iter().map(|(_, e)| e));
+    assert!(stored["p/shop.myshopify.com/c/42"]
+        .pending_removals
+        .is_empty());
+    assert!(
+        batches(&engine.tick(T0 + 2_500 + DAY)).is_empty(),
+        "a removal emitted again would undo the addition"
+    );
+    assert!(engine.reemitted().is_empty());
+}
+
+#[test]
+fn removals_found_on_restore_wait_for_confirmation_too() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    revoke_ann(&mut engine, T0 + 1_500);
+    let removal = engine.tick(T0 + 2_500);
+    let people = engine.release(0).unwrap();
+    let mut before: HashMap<String, Person> = people;
+    for person in before.values_mut() {
+        // The crash came before the person's record: the changelog still holds them as added.
+        person.pending_removals.clear();
+    }
+    let mut restored = Engine::new(rules());
+    restored.assign(0, before);
+    for batch in batches(&removal) {
+        restored.reconcile(0, batch);
+    }
+    restored.tick(T0 + 3_000);
+    let again = restored.tick(T0 + 2_500 + DAY + 60_000);
+    assert_eq!(ops(&again, "abandoned-checkouts", Op::Remove), ALL);
+}
+
+#[test]
+fn a_removal_emitted_again_never_takes_away_a_row_another_person_holds_there_now() {
+    // The guest's rows are removed and the same rows added as the customer; the guest's
+    // removals are not confirmed (the destinations refuse for a day).
+    let mut engine = engine();
+    let guest = PersonRef {
+        customer_id: None,
+        email: Some("ann@example.com".into()),
+    };
+    engine.apply(0, SHOP, abandoned(guest, Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(
+        0,
+        SHOP,
+        abandoned(ann(), Some(true), T0 + 1_100),
+        T0 + 1_100,
+    );
+    let merged = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&merged, "abandoned-checkouts", Op::Remove), ALL);
+    assert_eq!(ops(&merged, "abandoned-checkouts", Op::Add), ALL);
+    engine.tick(T0 + 3_000);
+    let again = engine.tick(T0 + 2_100 + DAY + 60_000);
+    assert_eq!(
+        ops(&again, "abandoned-checkouts", Op::Remove),
+        ALL,
+        "the guest's removals are emitted again"
+    );
+    // At the platform the last word on each row must be the customer's addition.
+    for destination in ALL {
+        let added: Vec<&serde_json::Value> = batches(&merged)
+            .into_iter()
+            .filter(|b| b.destination == destination && b.op == Op::Add)
+            .flat_map(|b| b.members.iter().map(|m| &m.row))
+            .collect();
+        let mut last = None;
+        for batch in batches(&again)
+            .into_iter()
+            .filter(|b| b.destination == destination)
+        {
+            for member in &batch.members {
+                if added.contains(&&member.row) {
+                    last = Some(batch.op);
+                }
+            }
+        }
+        assert_ne!(
+            last,
+            Some(Op::Remove),
+            "{destination}: the customer, still wanted, would be removed"
+        );
+    }
+    assert_eq!(engine.members()["abandoned-checkouts"], 1);
+}
+
+#[test]
+fn a_redacted_person_waiting_for_confirmations_keeps_only_the_hashed_rows() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    engine.apply(0, SHOP, redact(ann(), None, vec![]), T0 + 1_100);
+    let effects = engine.tick(T0 + 2_100);
+    assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
+    // What the changelog holds for her while the destinations have not confirmed.
+    let stored = persisted(effects.iter().map(|(_, e)| e));
+    let person = &stored["p/shop.myshopify.com/c/42"];
+    assert_eq!(person.pending_removals.len(), 4);
+    let text = serde_json::to_string(person).unwrap().to_lowercase();
+    // (Google's row carries the postal code in the clear, as Google takes it.)
+    for plain in ["ann@example.com", "7700", "lee"] {
+        assert!(!text.contains(plain), "{plain} kept: {text}");
+    }
+    // And they are still emitted again from what is kept.
+    let again = engine.tick(T0 + 2_100 + DAY + 60_000);
+    assert_eq!(ops(&again, "abandoned-checkouts", Op::Remove), ALL);
+}
+
+#[test]
+fn a_removal_is_confirmed_by_the_rounds_after_its_written_mark_not_by_the_clock() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
+    engine.tick(T0 + 1_000);
+    revoke_ann(&mut engine, T0 + 1_500);
+    assert_eq!(
+        ops(&engine.tick(T0 + 2_500), "abandoned-checkouts", Op::Remove),
+        ALL
+    );
+    // Written when 7 rounds had begun; the clock says nothing about the rounds.
+    engine.tick_marking(T0 + 3_000, 7);
+    assert!(
+        engine.confirm(&confirmed_before(7, &ALL)).is_empty(),
+        "round 7 may have read the ends before the removal landed"
+    );
+    let cleared = engine.confirm(&confirmed_before(8, &ALL));
+    let stored = persisted(cleared.iter().map(|(_, e)| e));
+    assert!(stored["p/shop.myshopify.com/c/42"]
+        .pending_removals
+        .is_empty());
 }
