@@ -926,7 +926,8 @@ async fn the_abandonment_binary_killed_mid_way_emits_exactly_one_abandonment_per
 
 /// The load generator against the real ingress, over HTTP/1.1 and over HTTP/2: every answer is
 /// accounted for, bad signatures are refused, redeliveries are answered as duplicates, and the
-/// JSON report carries them.
+/// JSON report carries them. Its whole-run books match what the ingress published, record for
+/// record, and with `--live-orders` every journey is new and whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingress() {
     let broker = Broker::mock();
@@ -943,6 +944,7 @@ async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingres
     for (protocol, extra) in [
         ("http/1.1", vec![]),
         ("h2 over 2 connections", vec!["--http2-connections", "2"]),
+        ("http/1.1", vec!["--live-orders", "--run-id", "5eed"]),
     ] {
         let url = url.clone();
         let output = tokio::task::spawn_blocking(move || {
@@ -977,6 +979,26 @@ async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingres
     tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
         .await
         .unwrap();
+    // Published records by run id (a webhook id's first 8 hex digits) and Shopify topic.
+    let mut published = std::collections::BTreeMap::<(String, String), u64>::new();
+    let mut orders = std::collections::BTreeSet::new();
+    let topics = aftercart_kafka::TopicNames::new(&prefix).ingress_outputs();
+    for topic in &topics {
+        for record in read_topic(&broker.bootstrap(), topic).await {
+            let id = record.header("shopify-webhook-id").unwrap();
+            let shopify_topic = record.header("shopify-topic").unwrap().to_string();
+            if shopify_topic == "orders/paid" && id.starts_with("00005eed") {
+                let order: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+                assert!(
+                    orders.insert(order["id"].as_u64().unwrap()),
+                    "order repeated"
+                );
+            }
+            *published
+                .entry((id[..8].to_string(), shopify_topic))
+                .or_default() += 1;
+        }
+    }
     for (protocol, output) in outputs {
         assert!(
             output.status.success(),
@@ -996,6 +1018,32 @@ async fn loadgen_reports_accepted_duplicate_and_refused_webhooks_from_the_ingres
         );
         assert_eq!(report["errors"], 0, "{report}");
         assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+        let run = &report["run"];
+        assert_eq!(run["unconfirmed"], 0, "{report}");
+        let run_id = format!("{:08x}", report["run_id"].as_u64().unwrap());
+        let by_topic = |topic: &str| run["published"][topic].as_u64().unwrap_or(0);
+        for topic in ["carts/update", "checkouts/create", "orders/paid"] {
+            let in_kafka = published
+                .get(&(run_id.clone(), topic.to_string()))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(by_topic(topic), in_kafka, "{topic}: {report}");
+        }
+        assert_eq!(by_topic("orders/paid"), run["orders"].as_u64().unwrap());
+        // Whole journeys: as many carts as checkouts, orders created as paid.
+        assert_eq!(by_topic("carts/update"), by_topic("checkouts/create"));
+        assert_eq!(by_topic("checkouts/update"), by_topic("checkouts/create"));
+        assert_eq!(by_topic("orders/create"), by_topic("orders/paid"));
+        assert_eq!(
+            by_topic("checkouts/create"),
+            run["orders"].as_u64().unwrap() + run["abandoned_checkouts"].as_u64().unwrap(),
+            "{report}"
+        );
+        if run_id == "00005eed" {
+            // Past the 50 journeys of the pool, new ones: one distinct order each.
+            assert!(run["journeys"].as_u64().unwrap() > 50, "{report}");
+            assert_eq!(orders.len() as u64, by_topic("orders/paid"), "{report}");
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use http::Uri;
 
 pub use link::Protocol;
 pub use report::Report;
-pub use run::{Mode, Plan, RunError};
+pub use run::{Books, Mode, Plan, RunError};
 pub use traffic::{Delivery, Pool, TrafficOptions};
 
 /// Flags of `aftercart loadgen`.
@@ -56,7 +56,8 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub http2_connections: Option<usize>,
 
-    /// Measured window.
+    /// Measured window. SIGTERM or SIGINT ends it early; either way the journeys begun are
+    /// finished and the report is printed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
@@ -77,7 +78,8 @@ pub struct LoadgenArgs {
     pub bad_signatures: f64,
 
     /// Journeys (cart, two checkout updates and, for most, an order created and paid) in the
-    /// pool of bodies, replayed with fresh webhook ids when exhausted.
+    /// pool of bodies built before the clock starts; past them, more are built (with
+    /// `--live-orders`) or the pool is replayed with fresh webhook ids.
     #[arg(long, default_value_t = 1000)]
     pub journeys: usize,
 
@@ -89,18 +91,31 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 15 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Seed of the bodies and of which requests are duplicates or badly signed.
+    /// Seed of the bodies and of which journeys end in an order.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 
+    /// Part of every webhook id, token, order, customer and event id the run sends (8 hex
+    /// digits), so runs against one pipeline never collide; random when not given. Give it to
+    /// know the ids up front (the same run id and seed send the same journeys).
+    #[arg(long, env = "AFTERCART_LOADGEN_RUN_ID", value_parser = parse_run_id)]
+    pub run_id: Option<u32>,
+
     /// Orders as a live shop sends them (paid, not test) from buyers who accept marketing, so
     /// the consumer services act on them; without it the samples' voided test orders are sent.
+    /// Every journey is new (past `--journeys`, more are made rather than replayed): each paid
+    /// order is one referral invite and one audience member, each journey without an order one
+    /// abandoned checkout; the report's `run` counts them.
     #[arg(long)]
     pub live_orders: bool,
 
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_run_id(value: &str) -> Result<u32, String> {
+    u32::from_str_radix(value, 16).map_err(|_| "must be 1 to 8 hex digits".to_string())
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -155,6 +170,9 @@ impl LoadgenArgs {
         let Some(uri) = uri.filter(|_| problems.is_empty()) else {
             return Err(problems);
         };
+        // Fresh ids each run unless asked for, so a second run against the same ingress is not
+        // all duplicates.
+        let run_id = self.run_id.unwrap_or_else(|| fastrand::u32(..));
         let plan = Plan {
             uri,
             mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
@@ -169,8 +187,7 @@ impl LoadgenArgs {
             request_timeout: self.timeout,
             duplicate_share: self.duplicates,
             bad_signature_share: self.bad_signatures,
-            // Fresh ids each run, so a second run against the same ingress is not all duplicates.
-            run_id: fastrand::u32(..),
+            run_id,
         };
         let traffic = TrafficOptions {
             journeys: self.journeys,
@@ -179,6 +196,7 @@ impl LoadgenArgs {
             secret,
             seed: self.seed,
             live_orders: self.live_orders,
+            run_id,
             ..TrafficOptions::default()
         };
         Ok((plan, traffic))

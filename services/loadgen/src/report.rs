@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::link::Protocol;
-use crate::run::{Mode, Plan};
+use crate::run::{Books, Mode, Plan};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -53,9 +53,15 @@ pub struct Report {
     /// the server's CPU time from /proc can cut out exactly this window.
     pub window_start_unix_ms: u64,
     pub window_end_unix_ms: u64,
+    /// The run id in every webhook id, journey id and event id of the run (`--run-id`).
+    pub run_id: u32,
+    /// The whole run, warm-up and the journeys finished after the window included: what was
+    /// sent and published, to count the pipeline's outputs against.
+    pub run: Books,
 }
 
 impl Report {
+    /// The measured window's report; the run's books (`run`) are the caller's to fill.
     pub(crate) fn new(
         plan: &Plan,
         mean_body_bytes: f64,
@@ -100,6 +106,8 @@ impl Report {
             },
             window_start_unix_ms,
             window_end_unix_ms: window_start_unix_ms + elapsed.as_millis() as u64,
+            run_id: plan.run_id,
+            run: Books::default(),
         }
     }
 }
@@ -138,10 +146,24 @@ impl fmt::Display for Report {
             self.timeouts
         )?;
         let l = &self.latency_ms;
-        write!(
+        writeln!(
             f,
             "  latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
             l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
+        )?;
+        let run = &self.run;
+        write!(
+            f,
+            "  whole run   run id {:08x}: {} journeys, {} deliveries (+{} redeliveries, {} badly \
+             signed); published {} paid orders, {} abandoned checkouts; unconfirmed {}",
+            self.run_id,
+            run.journeys,
+            run.deliveries,
+            run.redeliveries,
+            run.bad_signatures,
+            run.orders,
+            run.abandoned_checkouts,
+            run.unconfirmed
         )
     }
 }

@@ -5,7 +5,8 @@
 //! not hidden by the generator waiting for it: no coordinated omission).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::link::{Connector, Protocol, Sender};
 use crate::report::Report;
-use crate::traffic::{Delivery, Pool};
+use crate::traffic::{mix, Delivery, Pool};
 
 /// How requests are paced.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +71,50 @@ struct Tally {
     timeouts: u64,
     bytes: u64,
     last_done: Option<Instant>,
+    /// The whole run's books (warm-up and the finishing journeys too), for `Report::run`.
+    books: Books,
+}
+
+/// What the whole run sent and what the ingress published of it, warm-up and the journeys
+/// finished after the window included: what a checker counts the pipeline's outputs against.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Books {
+    /// Deliveries sent for the first time (each its own webhook id).
+    pub deliveries: u64,
+    /// Requests that repeated an earlier delivery (same webhook id and body).
+    pub redeliveries: u64,
+    /// Requests signed with another secret (an earlier delivery's body; refused with 401).
+    pub bad_signatures: u64,
+    /// Journeys begun (their cart sent); the run ends only on journey boundaries, so every
+    /// one was sent whole.
+    pub journeys: u64,
+    /// Deliveries the ingress published (answered 200, not as a duplicate), by Shopify topic:
+    /// each webhook id is published once, so these are distinct deliveries.
+    pub published: BTreeMap<&'static str, u64>,
+    /// Distinct paid orders published (`orders/paid`): with `--live-orders` each is a distinct
+    /// order of a distinct consenting buyer (one referral invite, one audience member each).
+    pub orders: u64,
+    /// Distinct checkouts published (`checkouts/create`) of journeys that end without an
+    /// order: the abandonments owed.
+    pub abandoned_checkouts: u64,
+    /// Requests with no answer, or a 5xx: their delivery may or may not have been published
+    /// (the counts above are exact only when this is 0; otherwise read the input topics).
+    pub unconfirmed: u64,
+}
+
+impl Books {
+    fn merge(&mut self, other: Books) {
+        self.deliveries += other.deliveries;
+        self.redeliveries += other.redeliveries;
+        self.bad_signatures += other.bad_signatures;
+        self.journeys += other.journeys;
+        for (topic, count) in other.published {
+            *self.published.entry(topic).or_default() += count;
+        }
+        self.orders += other.orders;
+        self.abandoned_checkouts += other.abandoned_checkouts;
+        self.unconfirmed += other.unconfirmed;
+    }
 }
 
 impl Tally {
@@ -84,6 +129,7 @@ impl Tally {
             timeouts: 0,
             bytes: 0,
             last_done: None,
+            books: Books::default(),
         }
     }
 
@@ -99,6 +145,7 @@ impl Tally {
         self.timeouts += other.timeouts;
         self.bytes += other.bytes;
         self.last_done = self.last_done.max(other.last_done);
+        self.books.merge(other.books);
     }
 }
 
@@ -111,15 +158,29 @@ struct Shared {
     /// The request target: origin form (`/path`) for HTTP/1.1; absolute for HTTP/2, whose
     /// `:scheme` and `:authority` come from it.
     target: String,
-    /// The next sequence number: it picks the delivery and makes the webhook id.
-    next: AtomicU64,
+    /// The next request's number: it draws whether the request is a redelivery or badly signed.
+    requests: AtomicU64,
+    /// The next fresh delivery's number: it picks the delivery and makes the webhook id.
+    fresh: AtomicU64,
     start: Instant,
     measure_from: Instant,
     end: Instant,
+    /// Set when the run is stopped early (SIGTERM, SIGINT): the window ends there.
+    stopped: AtomicBool,
 }
 
 /// Runs the plan and reports the measured window.
 pub async fn run(plan: Plan, pool: Pool) -> Result<Report, RunError> {
+    run_until(plan, pool, std::future::pending()).await
+}
+
+/// Runs the plan until its window ends or `stop` completes, whichever comes first; either way
+/// the journeys begun are finished, and the report covers what was sent.
+pub async fn run_until(
+    plan: Plan,
+    pool: Pool,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<Report, RunError> {
     let authority = plan
         .uri
         .authority()
@@ -150,10 +211,19 @@ pub async fn run(plan: Plan, pool: Pool) -> Result<Report, RunError> {
             Protocol::Http2 { .. } => format!("http://{authority}{path}"),
         },
         authority,
-        next: AtomicU64::new(0),
+        stopped: AtomicBool::new(false),
+        requests: AtomicU64::new(0),
+        fresh: AtomicU64::new(0),
         pool,
         plan,
     });
+    let stopper = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            stop.await;
+            shared.stopped.store(true, Ordering::Relaxed);
+        })
+    };
     let workers: Vec<_> = (0..shared.plan.connections)
         .map(|index| tokio::spawn(connection(Arc::clone(&shared), index)))
         .collect();
@@ -163,13 +233,14 @@ pub async fn run(plan: Plan, pool: Pool) -> Result<Report, RunError> {
             total.merge(tally);
         }
     }
+    stopper.abort();
     let elapsed = total
         .last_done
         .map_or(shared.plan.duration, |done| {
             done.saturating_duration_since(shared.measure_from)
         })
         .max(Duration::from_millis(1));
-    Ok(Report::new(
+    let mut report = Report::new(
         &shared.plan,
         shared.pool.mean_body_bytes(),
         elapsed,
@@ -185,7 +256,9 @@ pub async fn run(plan: Plan, pool: Pool) -> Result<Report, RunError> {
         wall_start
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
-    ))
+    );
+    report.run = total.books;
+    Ok(report)
 }
 
 /// One worker: one request at a time on its connection (or stream), reconnecting after an error.
@@ -213,9 +286,12 @@ async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
                 scheduled
             }
         };
-        if scheduled >= shared.end {
+        // Past the end, only the journeys already begun are finished (no redeliveries, no
+        // new journey), so every journey the run began was sent whole.
+        let finishing = scheduled >= shared.end || shared.stopped.load(Ordering::Relaxed);
+        let Some(pick) = pick(&shared, finishing) else {
             break;
-        }
+        };
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             sender = shared.connector.connect(index).await;
             if sender.is_none() {
@@ -227,8 +303,8 @@ async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
         let Some(live) = sender.as_mut() else {
             continue;
         };
-        let seq = shared.next.fetch_add(1, Ordering::Relaxed);
-        let (request, body_len) = build_request(&shared, seq);
+        let delivery = shared.pool.delivery(pick.index);
+        let (request, body_len) = build_request(&shared, &pick, &delivery);
         let outcome = tokio::time::timeout(shared.plan.request_timeout, async {
             let response = live.send(request).await?;
             let status = response.status().as_u16();
@@ -237,7 +313,8 @@ async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
         })
         .await;
         let done = Instant::now();
-        let measured = scheduled >= shared.measure_from;
+        let measured = scheduled >= shared.measure_from && !finishing;
+        tally.books.count(&pick, &delivery, &outcome);
         match outcome {
             Ok(Ok((status, body))) => {
                 if measured {
@@ -269,26 +346,108 @@ async fn connection(shared: Arc<Shared>, index: usize) -> Tally {
     tally
 }
 
-/// The `seq`-th request: a redelivery of an earlier one for the duplicate share, a wrong
-/// signature for the bad share, otherwise the next delivery of the pool under a fresh id.
-fn build_request(shared: &Shared, seq: u64) -> (Request<Full<Bytes>>, usize) {
+/// What one request sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// The next delivery, for the first time.
+    Fresh,
+    /// An earlier delivery again, as Shopify's retries do (same id, same body).
+    Redelivery,
+    /// An earlier delivery's body signed with another secret.
+    BadSignature,
+}
+
+/// The delivery a request sends, by its number in the run, and how.
+struct Pick {
+    index: u64,
+    kind: Kind,
+}
+
+/// The next request: a redelivery of an earlier delivery for the duplicate share, an earlier
+/// body with a wrong signature for the bad share, otherwise the next delivery under a fresh id.
+/// Redeliveries and bad signatures never take the place of a delivery, so every journey is
+/// sent whole. `None` when `finishing` and the next delivery would begin a new journey.
+fn pick(shared: &Shared, finishing: bool) -> Option<Pick> {
     let plan = &shared.plan;
-    let roll = unit(seq);
-    let bad_signature = roll < plan.bad_signature_share;
-    let duplicate = !bad_signature && roll < plan.bad_signature_share + plan.duplicate_share;
-    // Redeliver one sent a little earlier, as Shopify's retries do (same id, same body).
-    let seq = if duplicate {
+    let fresh = &shared.fresh;
+    if !finishing {
+        let seq = shared.requests.fetch_add(1, Ordering::Relaxed);
+        let roll = unit(seq);
+        let sent = fresh.load(Ordering::Relaxed);
         let back = plan.connections as u64 + (mix(seq) % 1000);
-        seq.saturating_sub(back)
-    } else {
-        seq
-    };
-    let delivery: &Delivery = &shared.pool.deliveries[(seq % shared.pool.len() as u64) as usize];
-    let signature = if bad_signature {
+        if sent > 0 && roll < plan.bad_signature_share + plan.duplicate_share {
+            let kind = if roll < plan.bad_signature_share {
+                Kind::BadSignature
+            } else {
+                Kind::Redelivery
+            };
+            let index = sent.saturating_sub(back);
+            return Some(Pick { index, kind });
+        }
+        let index = fresh.fetch_add(1, Ordering::Relaxed);
+        return Some(Pick {
+            index,
+            kind: Kind::Fresh,
+        });
+    }
+    let mut index = fresh.load(Ordering::Relaxed);
+    loop {
+        if shared.pool.delivery(index).step == 0 {
+            return None;
+        }
+        match fresh.compare_exchange(index, index + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => {
+                return Some(Pick {
+                    index,
+                    kind: Kind::Fresh,
+                })
+            }
+            Err(now) => index = now,
+        }
+    }
+}
+
+impl Books {
+    /// Counts one request and its outcome.
+    fn count(
+        &mut self,
+        pick: &Pick,
+        delivery: &Delivery,
+        outcome: &Result<Result<(u16, Bytes), hyper::Error>, tokio::time::error::Elapsed>,
+    ) {
+        match pick.kind {
+            Kind::Fresh => {
+                self.deliveries += 1;
+                self.journeys += u64::from(delivery.step == 0);
+            }
+            Kind::Redelivery => self.redeliveries += 1,
+            Kind::BadSignature => self.bad_signatures += 1,
+        }
+        match outcome {
+            Ok(Ok((200, body))) if !contains(body, b"duplicate") => {
+                *self.published.entry(delivery.topic).or_default() += 1;
+                self.orders += u64::from(delivery.topic == "orders/paid");
+                self.abandoned_checkouts +=
+                    u64::from(delivery.topic == "checkouts/create" && !delivery.completed);
+            }
+            Ok(Ok((status, _))) if *status < 500 => {}
+            _ => self.unconfirmed += 1,
+        }
+    }
+}
+
+fn build_request(
+    shared: &Shared,
+    pick: &Pick,
+    delivery: &Delivery,
+) -> (Request<Full<Bytes>>, usize) {
+    let plan = &shared.plan;
+    let signature = if pick.kind == Kind::BadSignature {
         &delivery.bad_signature
     } else {
         &delivery.signature
     };
+    let seq = pick.index;
     let webhook_id = format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
         plan.run_id,
@@ -310,14 +469,6 @@ fn build_request(shared: &Shared, seq: u64) -> (Request<Full<Bytes>>, usize) {
         .body(Full::new(delivery.body.clone()))
         .expect("static header names and valid values");
     (request, delivery.body.len())
-}
-
-/// A well-mixed 64-bit hash (splitmix64), so shares are exact over a run and reproducible.
-fn mix(seq: u64) -> u64 {
-    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// `seq` mapped to [0, 1).

@@ -1,6 +1,14 @@
 //! Realistic Shopify traffic: journeys of cart → checkout → order built from Shopify's sample
 //! payloads, with fresh tokens and ids, bodies grown from the sample's size up to a limit, each
 //! signed once up front so the generator spends its CPU on sending, not on HMAC.
+//!
+//! Every id in a journey (tokens, order, customer, event id) is derived from the run id and the
+//! journey's number, so a run's journeys never collide with each other's or another run's, and a
+//! checker can count outputs against them. Past the pool, journeys are built on demand for
+//! `live_orders` (fresh ids: a replay would repeat orders the consumers already acted on), or
+//! replayed as they are otherwise (the ingress benchmarks only need fresh webhook ids).
+
+use std::borrow::Cow;
 
 use aftercart_shopify::{sign, Secret};
 use bytes::Bytes;
@@ -31,6 +39,8 @@ pub struct TrafficOptions {
     /// them (referral invites, audience memberships). Off, the samples' own values are kept (a
     /// voided test order, a checkout without consent).
     pub live_orders: bool,
+    /// Part of every id a journey carries, so two runs against one pipeline never share one.
+    pub run_id: u32,
 }
 
 impl Default for TrafficOptions {
@@ -43,6 +53,7 @@ impl Default for TrafficOptions {
             secret: "aftercart-dev-secret".into(),
             seed: 42,
             live_orders: false,
+            run_id: 0,
         }
     }
 }
@@ -60,51 +71,61 @@ pub struct Delivery {
     /// `X-Shopify-Triggered-At` and the event id, as Shopify sends them.
     pub triggered_at: String,
     pub event_id: String,
+    /// The journey's number in the run (0, 1, …; past the pool, counting on).
+    pub journey: u64,
+    /// The delivery's place in its journey: 0 (the cart) starts it.
+    pub step: usize,
+    /// Whether the journey ends in an order; without one its checkout is abandoned.
+    pub completed: bool,
 }
+
+/// Journey steps: the first three always, the orders only for completed journeys.
+const STEPS: [&str; 5] = [
+    "carts/update",
+    "checkouts/create",
+    "checkouts/update",
+    "orders/create",
+    "orders/paid",
+];
 
 /// The deliveries, in journey order.
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub deliveries: Vec<Delivery>,
+    builder: Builder,
 }
 
 impl Pool {
     pub fn build(options: &TrafficOptions) -> Pool {
-        let mut rng = fastrand::Rng::with_seed(options.seed);
-        let secret = Secret::new(options.secret.clone());
-        let wrong = Secret::new(format!("not-{}", options.secret));
-        let templates = Templates::parse(options.live_orders);
+        let builder = Builder {
+            options: options.clone(),
+            templates: Templates::parse(options.live_orders),
+            secret: Secret::new(options.secret.clone()),
+            wrong: Secret::new(format!("not-{}", options.secret)),
+        };
         let mut deliveries = Vec::with_capacity(options.journeys * 5);
-        for journey in 0..options.journeys {
-            let shop = format!(
-                "loadgen-{:03}.myshopify.com",
-                journey % options.shops.max(1)
-            );
-            let ids = JourneyIds::new(&mut rng);
-            let completed = rng.f64() < options.completed_share;
-            let mut steps: Vec<(&'static str, Value)> = vec![
-                ("carts/update", templates.cart(&ids)),
-                ("checkouts/create", templates.checkout(&ids, 0)),
-                ("checkouts/update", templates.checkout(&ids, 1)),
-            ];
-            if completed {
-                steps.push(("orders/create", templates.order(&ids, "pending")));
-                steps.push(("orders/paid", templates.order(&ids, "paid")));
-            }
-            for (step, (topic, mut value)) in steps.into_iter().enumerate() {
-                let body = grown(&mut value, options.max_body_bytes, &mut rng);
-                deliveries.push(Delivery {
-                    topic,
-                    shop: shop.clone(),
-                    signature: sign(&secret, &body),
-                    bad_signature: sign(&wrong, &body),
-                    body: Bytes::from(body),
-                    triggered_at: format!("2026-11-23T10:{:02}:{:02}Z", journey % 60, step * 7),
-                    event_id: format!("{:08x}-0000-4000-8000-{:012x}", journey, step),
-                });
-            }
+        for journey in 0..options.journeys as u64 {
+            let completed = builder.completed(journey);
+            let steps = if completed { 5 } else { 3 };
+            deliveries.extend((0..steps).map(|step| builder.delivery(journey, step, completed)));
         }
-        Pool { deliveries }
+        Pool {
+            deliveries,
+            builder,
+        }
+    }
+
+    /// The `index`-th delivery of the run. Past the pool, the same layout again, with the
+    /// journeys numbered on (`live_orders`: built now, new ids) or replayed (otherwise).
+    pub fn delivery(&self, index: u64) -> Cow<'_, Delivery> {
+        let len = self.deliveries.len() as u64;
+        let slot = &self.deliveries[(index % len) as usize];
+        if index < len || !self.builder.options.live_orders {
+            return Cow::Borrowed(slot);
+        }
+        let journey = index / len * self.builder.options.journeys as u64 + slot.journey;
+        // The slot's journey shape (with or without an order) carries over.
+        Cow::Owned(self.builder.delivery(journey, slot.step, slot.completed))
     }
 
     pub fn len(&self) -> usize {
@@ -122,7 +143,70 @@ impl Pool {
     }
 }
 
-/// The ids one purchase shares across its webhooks.
+/// What builds any delivery of the run, in the pool or past it.
+#[derive(Debug, Clone)]
+struct Builder {
+    options: TrafficOptions,
+    templates: Templates,
+    secret: Secret,
+    wrong: Secret,
+}
+
+impl Builder {
+    /// Whether `journey` of the pool ends in an order.
+    fn completed(&self, journey: u64) -> bool {
+        let mut rng = fastrand::Rng::with_seed(self.options.seed ^ mix(journey));
+        rng.f64() < self.options.completed_share
+    }
+
+    fn delivery(&self, journey: u64, step: usize, completed: bool) -> Delivery {
+        let options = &self.options;
+        let ids = JourneyIds::new(options.run_id, journey);
+        let mut value = match step {
+            0 => self.templates.cart(&ids),
+            1 | 2 => self.templates.checkout(&ids, step as u32 - 1),
+            3 => self.templates.order(&ids, "pending"),
+            _ => self.templates.order(&ids, "paid"),
+        };
+        // Sizes drawn per step, so any step is built alone the same way.
+        let mut rng = fastrand::Rng::with_seed(options.seed ^ mix(journey * 8 + step as u64));
+        let body = grown(&mut value, options.max_body_bytes, &mut rng);
+        Delivery {
+            topic: STEPS[step],
+            shop: format!(
+                "loadgen-{:03}.myshopify.com",
+                journey % options.shops.max(1) as u64
+            ),
+            signature: sign(&self.secret, &body),
+            bad_signature: sign(&self.wrong, &body),
+            body: Bytes::from(body),
+            triggered_at: format!("2026-11-23T10:{:02}:{:02}Z", journey % 60, step * 7),
+            event_id: format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                options.run_id,
+                (journey >> 24) & 0xffff,
+                (journey >> 12) & 0xfff,
+                journey & 0xfff,
+                step
+            ),
+            journey,
+            step,
+            completed,
+        }
+    }
+}
+
+/// A well-mixed 64-bit hash (splitmix64), so draws are reproducible from a number alone.
+pub(crate) fn mix(seq: u64) -> u64 {
+    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The ids one purchase shares across its webhooks: the run id in the high bits, the journey's
+/// number in the low 28, so they are distinct within a run (up to 2^28 journeys) and between
+/// runs with different run ids.
 struct JourneyIds {
     cart_token: String,
     checkout_token: String,
@@ -132,19 +216,21 @@ struct JourneyIds {
 }
 
 impl JourneyIds {
-    fn new(rng: &mut fastrand::Rng) -> Self {
-        let customer_id = rng.u64(1 << 53..1 << 60);
+    fn new(run_id: u32, journey: u64) -> Self {
+        let unique = (u64::from(run_id) << 28) | (journey & ((1 << 28) - 1));
+        // Shopify ids are above 2^53: keep them there so float-decoding bugs show.
+        let customer_id = (1 << 61) | unique;
         Self {
-            cart_token: format!("{:032x}", rng.u128(..)),
-            checkout_token: format!("{:032x}", rng.u128(..)),
-            // Shopify ids are above 2^53: keep them there so float-decoding bugs show.
-            order_id: rng.u64(1 << 53..1 << 60),
+            cart_token: format!("{run_id:08x}0000000a{journey:016x}"),
+            checkout_token: format!("{run_id:08x}0000000b{journey:016x}"),
+            order_id: (1 << 53) | unique,
             customer_id,
             email: format!("buyer{customer_id}@example.com"),
         }
     }
 }
 
+#[derive(Debug, Clone)]
 struct Templates {
     cart: Value,
     checkout: Value,
@@ -340,6 +426,77 @@ mod tests {
         let order: Value = serde_json::from_slice(&order.body).unwrap();
         assert_eq!(order["test"], true);
         assert_eq!(order["financial_status"], "voided");
+    }
+
+    fn ids(delivery: &Delivery) -> (String, String) {
+        let body: Value = serde_json::from_slice(&delivery.body).unwrap();
+        let id = body.get("id").map(Value::to_string).unwrap_or_default();
+        // A cart's own token is its cart token.
+        let cart = body.get("cart_token").or(body.get("token"));
+        (id, cart.map(Value::to_string).unwrap_or_default())
+    }
+
+    #[test]
+    fn live_journeys_past_the_pool_are_new_and_keep_the_pools_layout() {
+        let pool = Pool::build(&TrafficOptions {
+            journeys: 10,
+            live_orders: true,
+            ..TrafficOptions::default()
+        });
+        let len = pool.len() as u64;
+        let mut orders = std::collections::BTreeSet::new();
+        let mut carts = std::collections::BTreeSet::new();
+        for index in 0..3 * len {
+            let (slot, d) = (
+                &pool.deliveries[(index % len) as usize],
+                pool.delivery(index),
+            );
+            assert_eq!(
+                (d.topic, d.step, d.completed),
+                (slot.topic, slot.step, slot.completed)
+            );
+            assert_eq!(d.journey, index / len * 10 + slot.journey);
+            let (id, cart) = ids(&d);
+            if d.topic == "orders/paid" {
+                assert!(orders.insert(id), "order repeated at {index}");
+            }
+            if d.step == 0 {
+                assert!(carts.insert(cart), "cart repeated at {index}");
+            }
+        }
+        assert_eq!(carts.len(), 30);
+        assert!(!orders.is_empty());
+    }
+
+    #[test]
+    fn without_live_orders_the_pool_is_replayed() {
+        let pool = small_pool();
+        let len = pool.len() as u64;
+        assert_eq!(pool.delivery(len + 3).body, pool.deliveries[3].body);
+    }
+
+    #[test]
+    fn two_run_ids_share_no_journey_id() {
+        let build = |run_id| {
+            Pool::build(&TrafficOptions {
+                journeys: 20,
+                live_orders: true,
+                run_id,
+                ..TrafficOptions::default()
+            })
+        };
+        let (a, b) = (build(1), build(2));
+        let all = |pool: &Pool| -> std::collections::BTreeSet<String> {
+            pool.deliveries
+                .iter()
+                .flat_map(|d| {
+                    let (id, cart) = ids(d);
+                    [id, cart, d.event_id.clone()]
+                })
+                .filter(|id| !id.is_empty() && id != "null")
+                .collect()
+        };
+        assert!(all(&a).is_disjoint(&all(&b)));
     }
 
     #[test]
