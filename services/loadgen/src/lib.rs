@@ -98,7 +98,7 @@ pub struct LoadgenArgs {
     /// Part of every webhook id, token, order, customer and event id the run sends (8 hex
     /// digits), so runs against one pipeline never collide; random when not given. Give it to
     /// know the ids up front (the same run id and seed send the same journeys).
-    #[arg(long, env = "AFTERCART_LOADGEN_RUN_ID", value_parser = parse_run_id)]
+    #[arg(long, value_parser = parse_run_id)]
     pub run_id: Option<u32>,
 
     /// Orders as a live shop sends them (paid, not test) from buyers who accept marketing, so
