@@ -77,6 +77,7 @@ fn rules() -> Rules {
         batch_rows: 2,
         person_retention_ms: 90 * DAY,
         redaction_retention_ms: 400 * DAY,
+        removal_reemit_after_ms: DAY,
         // The Google destination reads consent through the default mapping.
         google_consent: [(
             "google".to_string(),
