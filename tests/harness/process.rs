@@ -73,6 +73,15 @@ pub fn ingress_env(
     let mut env = kafka_env_with(broker, prefix, 3, &[]);
     env.push(("AFTERCART_SHOPIFY_SECRETS".into(), secret.to_string()));
     env.push(("AFTERCART_INGRESS_LISTEN".into(), listen.to_string()));
+    // Its own spool, kept across its restarts: the default directory is shared by every
+    // ingress on the machine, so one test's leftovers (events for another run's topics, which
+    // no broker here has) would queue every later event behind them, and two ingresses would
+    // contend for its lock.
+    let spool = std::env::temp_dir().join(format!("aftercart-spool-{prefix}-{}", listen.port()));
+    env.push((
+        "AFTERCART_INGRESS_SPOOL_DIR".into(),
+        spool.to_string_lossy().into_owned(),
+    ));
     (env, listen)
 }
 
