@@ -102,7 +102,15 @@ fn settle(
                 let _ = engine.reconcile(partition, &batch);
             }
             Effect::Persist { key, person } => {
-                let person = person.map(|p| round_trip(p.as_ref()));
+                let person = person.map(|p| {
+                    // Written marks count this process's confirmation rounds and are never
+                    // stored (`#[serde(skip)]`): a restore reads the person back without them.
+                    let mut stored = p.as_ref().clone();
+                    for removal in &mut stored.pending_removals {
+                        removal.written_mark = None;
+                    }
+                    round_trip(&stored)
+                });
                 changelog.insert(key, person);
             }
             Effect::Report { report, .. } => {
