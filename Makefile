@@ -41,8 +41,32 @@ preflight: ## Check what make test needs besides Rust (build headers, Prometheus
 	@.ci/preflight
 
 .PHONY: test
-test: preflight lint tansu test-ops ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
-	AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
+test: preflight lint tansu test-build $(OPS_VENV)/.installed ## The full suite: fmt, clippy, ops checks, unit and integration tests on both brokers
+	@# Three jobs side by side, each one's output printed whole when it ends: the ops checks, the
+	@# integration binary (mostly waiting on brokers, sessions and timers) and every other test.
+	@$(MAKE) --no-print-directory -j3 --output-sync=target ops-checks integration-tests other-tests
+
+# The integration tests mostly wait (group joins, sessions, timers, other processes), so they run
+# more threads than cores: on 2 cores the integration binary took 718 s with one thread per core
+# and 253 s with three (docs/development.md). TEST_THREADS=2 for a crowded machine.
+TEST_THREADS ?= $(shell echo $$(( 3 * $$(nproc) )))
+# Every test target but the integration binary, from cargo's metadata (so a new one is never
+# left out), each as `--test NAME`.
+OTHER_TEST_TARGETS = $(shell $(CARGO) metadata --no-deps --format-version 1 --locked | python3 -c \
+	'import json, sys; print(" ".join("--test " + t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "test" in t["kind"] and t["name"] != "integration"))')
+
+# --workspace everywhere: the same feature resolution as test-build, so nothing is compiled again.
+# MAKEFLAGS= because cargo would otherwise warn that it cannot reach make's jobserver.
+.PHONY: integration-tests
+integration-tests:
+	MAKEFLAGS= AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked \
+		--test integration -- --test-threads=$(TEST_THREADS)
+
+.PHONY: other-tests
+other-tests:
+	MAKEFLAGS= AFTERCART_REQUIRE_TANSU=1 PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked \
+		--lib --bins --examples $(OTHER_TEST_TARGETS) -- --test-threads=$(TEST_THREADS)
+	MAKEFLAGS= $(CARGO) test --workspace --locked --doc
 
 .PHONY: test-build
 test-build: ## Build every test and the debug binary without running them (what test, test-ops and test-faults share)
@@ -56,10 +80,14 @@ test-faults: tansu ## Fault suite (issue 7): real binary and Tansu processes kil
 
 .PHONY: test-fast
 test-fast: ## Unit and integration tests without lint (Tansu variants skip if it is missing)
-	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked
+	PATH="$(CARGO_BIN):$$PATH" $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS)
 
 .PHONY: test-ops
 test-ops: preflight test-build $(OPS_VENV)/.installed ## Ops checks: k8s render+validate+checkov, promtool rules/tests/metrics, dashboards on a live Prometheus
+	@$(MAKE) --no-print-directory ops-checks
+
+.PHONY: ops-checks
+ops-checks:
 	@status=0; \
 	$(OPS_PY) tests/ops/check_manifests.py || status=1; \
 	$(OPS_PY) tests/ops/check_rules.py || status=1; \
