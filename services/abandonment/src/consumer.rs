@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_runtime::Event as _;
 use aftercart_shopify::privacy::{
     DataRequest, DataRequestReport, Holding, DATA_REQUEST_DEADLINE_MS,
 };
@@ -302,14 +303,8 @@ impl StageLogic for Abandonment {
     fn emitted(&self, output: &Output) {
         let event = match output {
             Output::Event(event) => event,
-            // Logged without personal data: the request id and how much was reported.
             Output::DataRequest(report) => {
-                tracing::info!(
-                    data_request_id = ?report.data_request_id,
-                    holdings = report.holdings.len(),
-                    respond_by = %report.respond_by,
-                    "Answered a customers/data_request: the report is in the data requests topic."
-                );
+                DataRequestAnswered { report }.emit(&self.metrics.consumer);
                 return;
             }
         };
