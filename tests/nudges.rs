@@ -9,6 +9,8 @@ broker_tests!(
     each_step_is_sent_once_across_a_crash,
     many_sequences_keep_exact_books_across_repeated_crashes,
     a_recovery_discount_is_made_once_per_sequence_and_carried_from_its_step,
+    a_data_request_is_answered_with_the_sequences_held_about_the_customer,
+    a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart,
 );
 
 mod scenarios {
@@ -45,6 +47,56 @@ mod scenarios {
                 assert_eq!(r.header("aftercart-event-id"), value["event_id"].as_str());
                 value
             })
+            .collect()
+    }
+
+    /// The answers on the data requests topic, each valid and under its event id.
+    async fn reports(broker: &Broker, config: &NudgesConfig) -> Vec<Value> {
+        read_topic(&broker.bootstrap(), &config.data_requests_topic)
+            .await
+            .iter()
+            .map(|r| {
+                let value: Value = serde_json::from_slice(&r.value).expect("report JSON");
+                assert_valid("aftercart/data-requests.schema.json", &value);
+                assert_eq!(r.header("aftercart-event-id"), value["event_id"].as_str());
+                value
+            })
+            .collect()
+    }
+
+    /// Sends a `customers/data_request` (Shopify's request id `id`) about `customer`.
+    async fn request_data(upstream: &Upstream<'_>, id: u64, customer: Value) {
+        let body = json!({"shop_id": 1, "shop_domain": SHOP, "customer": customer,
+                          "orders_requested": [], "data_request": {"id": id}});
+        upstream
+            .webhook(
+                Family::Compliance,
+                "customers/data_request",
+                &id.to_string(),
+                &body,
+            )
+            .await;
+    }
+
+    /// The answers to request `id`, once there is one.
+    async fn answers_to(broker: &Broker, config: &NudgesConfig, id: u64) -> Vec<Value> {
+        eventually("the answer", WAIT, || async {
+            let answers: Vec<Value> = reports(broker, config)
+                .await
+                .into_iter()
+                .filter(|r| r["data_request_id"] == id)
+                .collect();
+            (!answers.is_empty()).then_some(answers)
+        })
+        .await
+    }
+
+    fn kinds(report: &Value) -> Vec<&str> {
+        report["holdings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["kind"].as_str().unwrap())
             .collect()
     }
 
@@ -386,6 +438,94 @@ mod scenarios {
             service.metric(r#"aftercart_nudges_discounts_total{outcome="created"}"#),
             2.0
         );
+        service.stop().await.expect("clean stop");
+    }
+    pub async fn a_data_request_is_answered_with_the_sequences_held_about_the_customer(
+        broker: &Broker,
+    ) {
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let config = test_config(&kafka(broker), &klaviyo, "1h,2h");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        assert_eq!(
+            service.metric("aftercart_nudges_data_requests_answered_total"),
+            0.0
+        );
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        upstream
+            .abandoned(1, "ann@example.com", "ann-cart", true)
+            .await;
+        eventually("Ann's sequence", WAIT, || async {
+            (service.metric("aftercart_nudges_sequences") == 1.0).then_some(())
+        })
+        .await;
+        request_data(&upstream, 501, json!({"id": 1, "email": "Ann@Example.com"})).await;
+        // Someone the service holds nothing about is answered too: every service answers.
+        request_data(&upstream, 502, json!({"id": 2, "email": "bob@example.com"})).await;
+        let ann = answers_to(broker, &config, 501).await;
+        let bob = answers_to(broker, &config, 502).await;
+        assert_eq!((ann.len(), bob.len()), (1, 1), "{ann:#?} {bob:#?}");
+        let (ann, bob) = (&ann[0], &bob[0]);
+        assert_eq!(ann["service"], "nudges");
+        assert_eq!(ann["shop"], SHOP);
+        assert_eq!(ann["customer_id"], 1);
+        assert_eq!(kinds(ann), ["sequence"]);
+        let held = &ann["holdings"][0];
+        assert_eq!(held["key"], format!("sequence/{SHOP}/ann-cart"));
+        assert_eq!(
+            held["data"]["stored"]["customer"]["email"],
+            "ann@example.com"
+        );
+        assert_eq!(held["data"]["steps_sent"], 0);
+        assert_eq!(held["data"]["steps_scheduled"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            held["data"]["contact_fields"],
+            json!(["email", "first_name"])
+        );
+        assert!(kinds(bob).is_empty(), "{bob:#}");
+        eventually("the answers counted", WAIT, || async {
+            (service.metric("aftercart_nudges_data_requests_answered_total") == 2.0).then_some(())
+        })
+        .await;
+        service.stop().await.expect("clean stop");
+    }
+
+    pub async fn a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart(
+        broker: &Broker,
+    ) {
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let config = test_config(&kafka(broker), &klaviyo, "1h,2h");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        upstream
+            .abandoned(1, "ann@example.com", "ann-cart", true)
+            .await;
+        eventually("Ann's sequence", WAIT, || async {
+            (service.metric("aftercart_nudges_sequences") == 1.0).then_some(())
+        })
+        .await;
+        service.stop().await.expect("clean stop");
+        request_data(&upstream, 601, json!({"id": 1})).await;
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let answers = answers_to(broker, &config, 601).await;
+        assert_eq!(kinds(&answers[0]), ["sequence"], "{answers:#?}");
+        // Restarted once more, then a later request of the same shop (same partition, read
+        // after the first): once it is answered, a repeat of the first would be on the topic.
+        service.stop().await.expect("clean stop");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        request_data(&upstream, 602, json!({"id": 3})).await;
+        answers_to(broker, &config, 602).await;
+        let first: Vec<Value> = reports(broker, &config)
+            .await
+            .into_iter()
+            .filter(|r| r["data_request_id"] == 601)
+            .collect();
+        assert_eq!(first.len(), 1, "answered once: {first:#?}");
         service.stop().await.expect("clean stop");
     }
 }
