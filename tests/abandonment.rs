@@ -513,6 +513,45 @@ mod scenarios {
         )
         .await;
         assert!(held.iter().all(|h| h["key"] == key.as_str()), "{held:#?}");
+        // Restarted once more (the compliance topic is read from its start again), then a later
+        // request: once every partition answered it, a repeat of the first would be there too.
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        stack.service = Some(TestAbandonment::start_on(broker, stack.config.clone()).await);
+        stack
+            .send("customers/data_request", r#"{"shop_id":1,"shop_domain":"jsmith.myshopify.com","customer":{"id":4343},"orders_requested":[],"data_request":{"id":79}}"#.to_string())
+            .await;
+        let partitions = stack.config.kafka.partitions as usize;
+        let reports = eventually(
+            "every partition answered the later request",
+            Duration::from_secs(30),
+            || async {
+                let reports: Vec<Value> = read_topic(&stack.bootstrap, &topic)
+                    .await
+                    .iter()
+                    .map(|record| serde_json::from_slice(&record.value).expect("JSON report"))
+                    .collect();
+                let later = reports
+                    .iter()
+                    .filter(|r| r["data_request_id"] == 79)
+                    .count();
+                (later >= partitions).then_some(reports)
+            },
+        )
+        .await;
+        let first = reports
+            .iter()
+            .filter(|r| r["data_request_id"] == 78)
+            .count();
+        assert_eq!(
+            first, partitions,
+            "one answer per partition, not one per start"
+        );
     }
 
     pub async fn a_restart_restores_state_and_emits_exactly_once(broker: &Broker) {
