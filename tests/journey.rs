@@ -18,6 +18,7 @@ mod scenarios {
     use std::time::Duration;
 
     use aftercart_journey::JourneyConfig;
+    use aftercart_tests::data_requests::{answers_to, kinds, reports};
     use aftercart_tests::delivery::{produce_at, Input};
     use aftercart_tests::http::Webhook;
     use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
@@ -129,35 +130,12 @@ mod scenarios {
                 .collect()
         }
 
-        /// The answers on the data requests topic, each valid and under its event id.
         async fn reports(&self) -> Vec<Value> {
-            read_topic(&self.bootstrap, &self.config.data_requests_topic)
-                .await
-                .iter()
-                .map(|record| {
-                    let value: Value = serde_json::from_slice(&record.value).expect("JSON");
-                    assert_valid("aftercart/data-requests.schema.json", &value);
-                    assert_eq!(
-                        record.header("aftercart-event-id"),
-                        value["event_id"].as_str()
-                    );
-                    value
-                })
-                .collect()
+            reports(&self.bootstrap, &self.config.data_requests_topic).await
         }
 
-        /// The answers to data request `id`, once there is one.
         async fn answers_to(&self, id: u64) -> Vec<Value> {
-            eventually("the answer", Duration::from_secs(30), || async {
-                let answers: Vec<Value> = self
-                    .reports()
-                    .await
-                    .into_iter()
-                    .filter(|r| r["data_request_id"] == id)
-                    .collect();
-                (!answers.is_empty()).then_some(answers)
-            })
-            .await
+            answers_to(&self.bootstrap, &self.config.data_requests_topic, id).await
         }
 
         async fn wait_for(&self, kind: &str) -> Vec<Value> {
@@ -187,15 +165,6 @@ mod scenarios {
     fn data_request(id: u64, customer: Value) -> Value {
         json!({"shop_id": 1, "shop_domain": SHOP, "customer": customer,
                "orders_requested": [], "data_request": {"id": id}})
-    }
-
-    fn kinds(report: &Value) -> Vec<&str> {
-        report["holdings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["kind"].as_str().unwrap())
-            .collect()
     }
 
     fn fulfillment(order_id: u64, shipment_status: &str) -> Value {

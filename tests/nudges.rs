@@ -20,6 +20,7 @@ mod scenarios {
     use aftercart_kafka::KafkaSettings;
     use aftercart_nudges::NudgesConfig;
     use aftercart_shopify::Family;
+    use aftercart_tests::data_requests::{answers_to, kinds, reports};
     use aftercart_tests::nudges::{
         test_config, test_config_with, Klaviyo, TestNudges, Upstream, KLAVIYO_KEY,
     };
@@ -50,20 +51,6 @@ mod scenarios {
             .collect()
     }
 
-    /// The answers on the data requests topic, each valid and under its event id.
-    async fn reports(broker: &Broker, config: &NudgesConfig) -> Vec<Value> {
-        read_topic(&broker.bootstrap(), &config.data_requests_topic)
-            .await
-            .iter()
-            .map(|r| {
-                let value: Value = serde_json::from_slice(&r.value).expect("report JSON");
-                assert_valid("aftercart/data-requests.schema.json", &value);
-                assert_eq!(r.header("aftercart-event-id"), value["event_id"].as_str());
-                value
-            })
-            .collect()
-    }
-
     /// Sends a `customers/data_request` (Shopify's request id `id`) about `customer`.
     async fn request_data(upstream: &Upstream<'_>, id: u64, customer: Value) {
         let body = json!({"shop_id": 1, "shop_domain": SHOP, "customer": customer,
@@ -78,26 +65,22 @@ mod scenarios {
             .await;
     }
 
-    /// The answers to request `id`, once there is one.
-    async fn answers_to(broker: &Broker, config: &NudgesConfig, id: u64) -> Vec<Value> {
-        eventually("the answer", WAIT, || async {
-            let answers: Vec<Value> = reports(broker, config)
-                .await
-                .into_iter()
-                .filter(|r| r["data_request_id"] == id)
-                .collect();
-            (!answers.is_empty()).then_some(answers)
+    /// Ann abandons (a sequence of two steps an hour apart): the service then holds her.
+    async fn ann_with_a_sequence(broker: &Broker) -> (Klaviyo, NudgesConfig, TestNudges) {
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let config = test_config(&kafka(broker), &klaviyo, "1h,2h");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        Upstream {
+            config: &config,
+            shop: SHOP,
+        }
+        .abandoned(1, "ann@example.com", "ann-cart", true)
+        .await;
+        eventually("Ann's sequence", WAIT, || async {
+            (service.metric("aftercart_nudges_sequences") == 1.0).then_some(())
         })
-        .await
-    }
-
-    fn kinds(report: &Value) -> Vec<&str> {
-        report["holdings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["kind"].as_str().unwrap())
-            .collect()
+        .await;
+        (klaviyo, config, service)
     }
 
     fn emails(nudges: &[Value]) -> BTreeSet<String> {
@@ -440,12 +423,11 @@ mod scenarios {
         );
         service.stop().await.expect("clean stop");
     }
+
     pub async fn a_data_request_is_answered_with_the_sequences_held_about_the_customer(
         broker: &Broker,
     ) {
-        let klaviyo = Klaviyo::start(SHOP).await;
-        let config = test_config(&kafka(broker), &klaviyo, "1h,2h");
-        let service = TestNudges::start_on(broker, config.clone()).await;
+        let (_klaviyo, config, service) = ann_with_a_sequence(broker).await;
         assert_eq!(
             service.metric("aftercart_nudges_data_requests_answered_total"),
             0.0
@@ -454,18 +436,11 @@ mod scenarios {
             config: &config,
             shop: SHOP,
         };
-        upstream
-            .abandoned(1, "ann@example.com", "ann-cart", true)
-            .await;
-        eventually("Ann's sequence", WAIT, || async {
-            (service.metric("aftercart_nudges_sequences") == 1.0).then_some(())
-        })
-        .await;
         request_data(&upstream, 501, json!({"id": 1, "email": "Ann@Example.com"})).await;
         // Someone the service holds nothing about is answered too: every service answers.
         request_data(&upstream, 502, json!({"id": 2, "email": "bob@example.com"})).await;
-        let ann = answers_to(broker, &config, 501).await;
-        let bob = answers_to(broker, &config, 502).await;
+        let ann = answers_to(&broker.bootstrap(), &config.data_requests_topic, 501).await;
+        let bob = answers_to(&broker.bootstrap(), &config.data_requests_topic, 502).await;
         assert_eq!((ann.len(), bob.len()), (1, 1), "{ann:#?} {bob:#?}");
         let (ann, bob) = (&ann[0], &bob[0]);
         assert_eq!(ann["service"], "nudges");
@@ -495,32 +470,23 @@ mod scenarios {
     pub async fn a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart(
         broker: &Broker,
     ) {
-        let klaviyo = Klaviyo::start(SHOP).await;
-        let config = test_config(&kafka(broker), &klaviyo, "1h,2h");
-        let service = TestNudges::start_on(broker, config.clone()).await;
+        let (_klaviyo, config, service) = ann_with_a_sequence(broker).await;
         let upstream = Upstream {
             config: &config,
             shop: SHOP,
         };
-        upstream
-            .abandoned(1, "ann@example.com", "ann-cart", true)
-            .await;
-        eventually("Ann's sequence", WAIT, || async {
-            (service.metric("aftercart_nudges_sequences") == 1.0).then_some(())
-        })
-        .await;
         service.stop().await.expect("clean stop");
         request_data(&upstream, 601, json!({"id": 1})).await;
         let service = TestNudges::start_on(broker, config.clone()).await;
-        let answers = answers_to(broker, &config, 601).await;
+        let answers = answers_to(&broker.bootstrap(), &config.data_requests_topic, 601).await;
         assert_eq!(kinds(&answers[0]), ["sequence"], "{answers:#?}");
         // Restarted once more, then a later request of the same shop (same partition, read
         // after the first): once it is answered, a repeat of the first would be on the topic.
         service.stop().await.expect("clean stop");
         let service = TestNudges::start_on(broker, config.clone()).await;
         request_data(&upstream, 602, json!({"id": 3})).await;
-        answers_to(broker, &config, 602).await;
-        let first: Vec<Value> = reports(broker, &config)
+        answers_to(&broker.bootstrap(), &config.data_requests_topic, 602).await;
+        let first: Vec<Value> = reports(&broker.bootstrap(), &config.data_requests_topic)
             .await
             .into_iter()
             .filter(|r| r["data_request_id"] == 601)
