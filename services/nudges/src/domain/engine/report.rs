@@ -3,7 +3,8 @@
 //! sequences (matched by customer id, email and phone, never one of another customer id:
 //! [`aftercart_shopify::privacy::Person::owns`]) with the steps sent and still scheduled and the
 //! contact fields held; and what is remembered under each of their keyed-hash identities
-//! (orders, unsubscribes, when their last sequence started). Nothing held: a report without
+//! (orders, unsubscribes, when their last sequence started; under a shared email or phone only
+//! when it is tied to them, [`attributable`]). Nothing held: a report without
 //! holdings, so the merchant sees that the service answered. The nudges keep no redaction
 //! markers: a redaction deletes the person's records, so a report after it holds nothing.
 
@@ -74,6 +75,9 @@ impl Engine {
                 }),
             );
             holdings.extend(identities.iter().filter_map(|(kind, hash)| {
+                if !attributable(who.customer_id, kind, hash, state.sequences.values()) {
+                    return None;
+                }
                 let person = state.people.get(hash)?;
                 let data = json!({ "stored": person, "identified_by": kind });
                 Some(Holding::new("person", person_key(hash), data))
@@ -86,6 +90,35 @@ impl Engine {
             )),
         }
     }
+}
+
+/// Whether what is remembered under `hash` (the requester's identity of `kind`) may be
+/// reported to a requester with `customer_id`. A person record names no customer id: under an
+/// email or a phone it merges every customer using it (a household), so for a requester with an
+/// id it is theirs only when one of their own sequences carries the hash and no sequence of
+/// another customer id does. Their id's record, and any record for a requester without an id
+/// (who is matched by email and phone everywhere), are theirs.
+fn attributable<'a>(
+    customer_id: Option<u64>,
+    kind: &str,
+    hash: &str,
+    sequences: impl Iterator<Item = &'a Sequence>,
+) -> bool {
+    let Some(id) = customer_id else {
+        return true;
+    };
+    if kind == "customer_id" {
+        return true;
+    }
+    let mut own = false;
+    for sequence in sequences.filter(|s| s.identities.iter().any(|h| h == hash)) {
+        match sequence.customer.customer_id {
+            Some(theirs) if theirs == id => own = true,
+            Some(_) => return false,
+            None => {}
+        }
+    }
+    own
 }
 
 /// A sequence as stored, with what it means: steps sent and still scheduled, contact fields held.

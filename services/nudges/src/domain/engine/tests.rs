@@ -799,3 +799,40 @@ fn a_person_held_nowhere_or_redacted_still_gets_an_answer_saying_so() {
         matches!(unowned.as_slice(), [Effect::Answer { report, .. }] if report.holdings.is_empty())
     );
 }
+
+#[test]
+fn a_data_request_reports_nothing_remembered_under_an_email_or_phone_another_customer_id_shares() {
+    let mut e = engine();
+    // Ann (customer 42) orders with her email and phone: remembered under each identity.
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "ann@example.com", "phone": "+44 7700 900123",
+            "customer": {"id": 42, "email": "ann@example.com", "phone": "+44 7700 900123"}}),
+    );
+    e.apply(0, SHOP, order, T0);
+    // Customer 7 shares the household's email and phone: when Ann ordered is not theirs.
+    let other = data_request(
+        &mut e,
+        serde_json::json!({"id": 7, "email": "ann@example.com", "phone": "07700 900123"}),
+        T0 + MIN,
+    );
+    assert!(other.holdings.is_empty(), "{other:?}");
+    // Ann's own request still finds what is remembered under her id.
+    let own = data_request(
+        &mut e,
+        serde_json::json!({"id": 42, "email": "ann@example.com"}),
+        T0 + MIN,
+    );
+    assert!(
+        own.holdings
+            .iter()
+            .any(|h| h.kind == "person" && h.data["identified_by"] == "customer_id"),
+        "{own:?}"
+    );
+    // A request naming no customer id is answered by email, as every record matches it.
+    let by_email = data_request(&mut e, serde_json::json!({"email": "ann@example.com"}), T0);
+    assert_eq!(by_email.holdings.len(), 1, "{by_email:?}");
+    assert_eq!(by_email.holdings[0].data["identified_by"], "email");
+    assert_eq!(by_email.holdings[0].data["stored"]["ordered_ms"], T0);
+}
