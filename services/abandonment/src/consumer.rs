@@ -22,7 +22,7 @@ use crate::domain::engine::{Effect, Engine};
 use crate::domain::event::{EmittedEvent, EventType, Kind, OutputEvent};
 use crate::domain::input::{global_input, journey_input, GlobalInput, PoisonRecord};
 use crate::metrics::AbandonmentMetrics;
-use data_requests::DataRequests;
+use data_requests::{AnswerWritten, DataRequests};
 
 /// How often idle journeys are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
@@ -88,6 +88,15 @@ pub enum Output {
     DataRequest(Box<DataRequestReport>),
 }
 
+/// An output read back on restore: an abandonment event, or an answer to a data request (the
+/// topic is shared: other services' answers are in it too).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Emitted {
+    Event(EmittedEvent),
+    Answer(AnswerWritten),
+}
+
 /// The abandonment engine as the stage's logic.
 pub struct Abandonment {
     engine: Engine,
@@ -126,7 +135,7 @@ fn unusable(error: PoisonRecord) -> Unusable {
 impl StageLogic for Abandonment {
     type Entity = Stored;
     type Output = Output;
-    type Emitted = EmittedEvent;
+    type Emitted = Emitted;
 
     fn apply(
         &mut self,
@@ -172,19 +181,28 @@ impl StageLogic for Abandonment {
     }
 
     fn next_due(&self) -> Option<i64> {
-        self.engine.next_due()
+        // Partitions assigned with requests still to answer: at once (the next tick).
+        let answers = self.data_requests.pending().then(now_ms);
+        match (self.engine.next_due(), answers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, EffectOf<Self>)> {
         let mut effects = self.engine.fire_due(now_ms);
-        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
+        let expiring = self.last_expiry.elapsed() >= EXPIRY_EVERY;
+        if expiring {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
-            let mut staged = staged_at(effects, |e| [staged(e)]);
-            staged.extend(self.data_requests.expire(now_ms));
-            return staged;
         }
-        staged_at(effects, |e| [staged(e)])
+        let mut staged = staged_at(effects, |e| [staged(e)]);
+        // After the restore's reconciliation: an answer read back there left its mark.
+        staged.extend(self.data_requests.answer_assigned(&self.engine));
+        if expiring {
+            staged.extend(self.data_requests.expire(now_ms));
+        }
+        staged
     }
 
     fn assign(
@@ -194,12 +212,8 @@ impl StageLogic for Abandonment {
     ) -> Vec<EffectOf<Self>> {
         let answered = self.data_requests.answered_in(&mut entities);
         let effects = self.engine.restore(partition, entities);
-        let mut effects: Vec<EffectOf<Self>> = effects.into_iter().map(staged).collect();
-        effects.extend(
-            self.data_requests
-                .assigned(&self.engine, partition, answered),
-        );
-        effects
+        self.data_requests.assigned(partition, answered);
+        effects.into_iter().map(staged).collect()
     }
 
     fn revoke(&mut self, partition: i32) {
@@ -218,12 +232,16 @@ impl StageLogic for Abandonment {
         self.engine.owns(partition)
     }
 
-    fn reconcile(&mut self, partition: i32, emitted: &EmittedEvent) -> Vec<EffectOf<Self>> {
-        self.engine
-            .reconcile(partition, emitted)
-            .into_iter()
-            .map(staged)
-            .collect()
+    fn reconcile(&mut self, partition: i32, emitted: &Emitted) -> Vec<EffectOf<Self>> {
+        match emitted {
+            Emitted::Event(event) => self
+                .engine
+                .reconcile(partition, event)
+                .into_iter()
+                .map(staged)
+                .collect(),
+            Emitted::Answer(answer) => self.data_requests.reconciled(partition, answer),
+        }
     }
 
     fn emitted(&self, output: &Output) {

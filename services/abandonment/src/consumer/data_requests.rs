@@ -4,16 +4,19 @@
 //! within Shopify's deadline are remembered and answered for a partition when it is assigned, so
 //! a request read before anyone owned the partition is still answered. Each answer leaves a mark
 //! in the partition's changelog ([`crate::domain::answered`]): a partition answers a request
-//! once, not again after a rebalance or a restart.
+//! once, not again after a rebalance or a restart. An answer written just before a crash, whose
+//! mark never reached the changelog, is read back by the restore and leaves its mark then: the
+//! remembered requests of an assigned partition are answered at the next tick, after that.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::StageEffect;
 use aftercart_shopify::privacy::{
     report_event_id, DataRequest, DataRequestReport, Holding, DATA_REQUEST_DEADLINE_MS,
 };
-use aftercart_shopify::time::now_ms;
+use aftercart_shopify::time::{now_ms, parse_time_ms};
+use serde::Deserialize;
 
 use super::{Abandonment, Output, DATA_REQUESTS};
 use crate::domain::answered::{self, Answered};
@@ -29,6 +32,24 @@ pub struct DataRequests {
     requests: Vec<(String, DataRequest, i64)>,
     /// By owned partition: the marks of its answers (report event id → request time).
     answered: HashMap<i32, HashMap<String, i64>>,
+    /// Partitions assigned whose remembered requests are not answered yet.
+    pending: BTreeSet<i32>,
+}
+
+/// What reconciling needs of an answer read back on restore (any service's: the topic is shared).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AnswerWritten {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub service: String,
+    /// The request's time ([`DataRequestReport::new`]), for the mark's expiry.
+    pub answered_at: String,
+}
+
+/// The service name of a partition's answers (their event ids derive from it).
+fn service_of(partition: i32) -> String {
+    format!("abandonment/partition-{partition}")
 }
 
 impl DataRequests {
@@ -75,31 +96,65 @@ impl DataRequests {
             .collect()
     }
 
-    /// A partition assigned (and restored in `engine`), with its answer marks: the remembered
-    /// requests it has not answered yet, answered.
-    pub fn assigned(
-        &mut self,
-        engine: &Engine,
-        partition: i32,
-        marks: HashMap<String, i64>,
-    ) -> Vec<Effect> {
+    /// A partition assigned, with its answer marks: its remembered requests are answered at
+    /// the next tick ([`DataRequests::answer_assigned`]), once the restore has reconciled the
+    /// answers written after its checkpoint.
+    pub fn assigned(&mut self, partition: i32, marks: HashMap<String, i64>) {
         self.answered.insert(partition, marks);
+        self.pending.insert(partition);
+    }
+
+    /// Whether an assigned partition waits for its remembered requests to be answered.
+    pub fn pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The remembered requests each partition assigned since the last call has not answered
+    /// (restored in `engine`), answered.
+    pub fn answer_assigned(&mut self, engine: &Engine) -> Vec<(i32, Effect)> {
         let requests = self.requests.clone();
-        requests
-            .iter()
-            .flat_map(|(shop, request, at_ms)| {
-                self.answer(engine, partition, shop, request, *at_ms)
-            })
-            .collect()
+        let mut effects = Vec::new();
+        for partition in std::mem::take(&mut self.pending) {
+            for (shop, request, at_ms) in &requests {
+                let answer = self.answer(engine, partition, shop, request, *at_ms);
+                effects.extend(answer.into_iter().map(|e| (partition, e)));
+            }
+        }
+        effects
+    }
+
+    /// An answer found after the checkpoint on restore: when it is this partition's, its mark
+    /// (lost if the changelog was not written before a crash) is kept and written.
+    pub fn reconciled(&mut self, partition: i32, answer: &AnswerWritten) -> Vec<Effect> {
+        if answer.event_type != "data_request.answered" || answer.service != service_of(partition) {
+            return Vec::new();
+        }
+        let Some(marks) = self.answered.get_mut(&partition) else {
+            return Vec::new();
+        };
+        let mark = answered::key(&answer.event_id);
+        if marks.contains_key(&mark) {
+            return Vec::new();
+        }
+        let at_ms = parse_time_ms(&answer.answered_at).unwrap_or_else(now_ms);
+        marks.insert(mark.clone(), at_ms);
+        vec![StageEffect::Persist {
+            key: mark,
+            entity: Some(Box::new(Stored::Answered(Answered {
+                request_at_ms: at_ms,
+            }))),
+        }]
     }
 
     pub fn revoke(&mut self, partition: i32) {
         self.answered.remove(&partition);
+        self.pending.remove(&partition);
     }
 
     /// Revokes a partition and hands its marks back as changelog entities (kept by the stage
     /// for a rebalance that returns the partition unchanged).
     pub fn release(&mut self, partition: i32) -> HashMap<String, Stored> {
+        self.pending.remove(&partition);
         self.answered
             .remove(&partition)
             .unwrap_or_default()
@@ -143,7 +198,7 @@ impl DataRequests {
         let Some(marks) = self.answered.get_mut(&partition) else {
             return Vec::new();
         };
-        let service = format!("abandonment/partition-{partition}");
+        let service = service_of(partition);
         let mark = answered::key(&report_event_id(&service, shop, request));
         if marks.contains_key(&mark) {
             return Vec::new();
