@@ -25,6 +25,7 @@ mod scenarios {
 
     use aftercart_abandonment::AbandonmentConfig;
     use aftercart_tests::abandonment::{test_config, TestAbandonment};
+    use aftercart_tests::data_requests::reports;
     use aftercart_tests::http::Webhook;
     use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
     use aftercart_tests::schemas::assert_valid;
@@ -52,6 +53,15 @@ mod scenarios {
                 config,
                 bootstrap: broker.bootstrap(),
             }
+        }
+
+        pub async fn stop_service(&mut self) {
+            let service = self.service.take().expect("running");
+            service.stop().await.expect("clean stop");
+        }
+
+        pub async fn start_service(&mut self, broker: &Broker) {
+            self.service = Some(TestAbandonment::start_on(broker, self.config.clone()).await);
         }
 
         pub async fn send(&self, topic: &str, body: String) {
@@ -299,13 +309,7 @@ mod scenarios {
             },
         )
         .await;
-        stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+        stack.stop_service().await;
 
         // The customers topic's records are gone (past its retention): the service comes back
         // on fresh source topics that hold only what happens next, with its own changelog.
@@ -480,17 +484,11 @@ mod scenarios {
             changelog.iter().any(|r| r.key_str() == key).then_some(())
         })
         .await;
-        stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+        stack.stop_service().await;
         stack
             .send("customers/data_request", r#"{"shop_id":1,"shop_domain":"jsmith.myshopify.com","customer":{"id":4242},"orders_requested":[],"data_request":{"id":78}}"#.to_string())
             .await;
-        stack.service = Some(TestAbandonment::start_on(broker, stack.config.clone()).await);
+        stack.start_service(broker).await;
         let topic = stack.config.data_requests_topic.clone();
         let held = eventually(
             "the journey reported after the restart",
@@ -513,6 +511,35 @@ mod scenarios {
         )
         .await;
         assert!(held.iter().all(|h| h["key"] == key.as_str()), "{held:#?}");
+        // Restarted once more (the compliance topic is read from its start again), then a later
+        // request: once every partition answered it, a repeat of the first would be there too.
+        stack.stop_service().await;
+        stack.start_service(broker).await;
+        stack
+            .send("customers/data_request", r#"{"shop_id":1,"shop_domain":"jsmith.myshopify.com","customer":{"id":4343},"orders_requested":[],"data_request":{"id":79}}"#.to_string())
+            .await;
+        let partitions = stack.config.kafka.partitions as usize;
+        let reports = eventually(
+            "every partition answered the later request",
+            Duration::from_secs(30),
+            || async {
+                let reports = reports(&stack.bootstrap, &topic).await;
+                let later = reports
+                    .iter()
+                    .filter(|r| r["data_request_id"] == 79)
+                    .count();
+                (later >= partitions).then_some(reports)
+            },
+        )
+        .await;
+        let first = reports
+            .iter()
+            .filter(|r| r["data_request_id"] == 78)
+            .count();
+        assert_eq!(
+            first, partitions,
+            "one answer per partition, not one per start"
+        );
     }
 
     pub async fn a_restart_restores_state_and_emits_exactly_once(broker: &Broker) {
@@ -536,13 +563,7 @@ mod scenarios {
             (processed >= 3.0 && written >= 3.0).then_some(())
         })
         .await;
-        stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+        stack.stop_service().await;
         for cart in &carts[3..] {
             stack
                 .send(
@@ -551,7 +572,7 @@ mod scenarios {
                 )
                 .await;
         }
-        stack.service = Some(TestAbandonment::start_on(broker, stack.config.clone()).await);
+        stack.start_service(broker).await;
         let events = stack.settled_events(5).await;
         let mut per_journey: HashMap<String, usize> = HashMap::new();
         for event in &events {
@@ -569,14 +590,8 @@ mod scenarios {
         );
 
         // Restarting after the abandonments were emitted emits nothing again.
-        stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
-        stack.service = Some(TestAbandonment::start_on(broker, stack.config.clone()).await);
+        stack.stop_service().await;
+        stack.start_service(broker).await;
         tokio::time::sleep(Duration::from_secs(4) + SETTLE).await;
         assert_eq!(stack.events().await.len(), 5);
     }

@@ -9,6 +9,8 @@ broker_tests!(
     a_delivered_order_is_told_step_by_step_then_asked_for_a_review_and_reminded,
     a_cancelled_order_gets_no_timed_touchpoints_and_poison_is_dead_lettered,
     a_shop_whose_orders_stop_while_others_continue_is_flagged_until_it_orders_again,
+    a_data_request_is_answered_with_the_orders_held_about_the_customer,
+    a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart,
 );
 
 mod scenarios {
@@ -16,6 +18,7 @@ mod scenarios {
     use std::time::Duration;
 
     use aftercart_journey::JourneyConfig;
+    use aftercart_tests::data_requests::{answers_to, kinds, reports};
     use aftercart_tests::delivery::{produce_at, Input};
     use aftercart_tests::http::Webhook;
     use aftercart_tests::ingress::{test_config as ingress_config, TestIngress, SECRET};
@@ -29,7 +32,8 @@ mod scenarios {
 
     struct Stack {
         ingress: TestIngress,
-        service: TestJourney,
+        /// `None` while stopped ([`Stack::restart`]).
+        service: Option<TestJourney>,
         config: JourneyConfig,
         bootstrap: String,
         dir: PathBuf,
@@ -58,7 +62,7 @@ mod scenarios {
             let service = TestJourney::start_on(broker, config.clone()).await;
             Stack {
                 ingress,
-                service,
+                service: Some(service),
                 config,
                 bootstrap: broker.bootstrap(),
                 dir,
@@ -69,18 +73,36 @@ mod scenarios {
         /// in different source topics, so without the wait their order is not the sent one).
         async fn send(&self, topic: &str, body: Value) {
             let before = self.applied();
-            let response = Webhook::new(topic, body.to_string().into_bytes(), SECRET)
-                .post(self.ingress.addr)
-                .await;
-            assert_eq!(response.status, 200, "{}", response.body);
+            self.post(topic, body).await;
             eventually("the record applied", Duration::from_secs(30), || async {
                 (self.applied() > before).then_some(())
             })
             .await;
         }
 
+        fn service(&self) -> &TestJourney {
+            self.service.as_ref().expect("running")
+        }
+
+        async fn stop(&mut self) {
+            let service = self.service.take().expect("running");
+            service.stop().await.expect("clean stop");
+        }
+
+        async fn start_again(&mut self, broker: &Broker) {
+            self.service = Some(TestJourney::start_on(broker, self.config.clone()).await);
+        }
+
+        /// Sends a webhook through the ingress, without waiting for the service.
+        async fn post(&self, topic: &str, body: Value) {
+            let response = Webhook::new(topic, body.to_string().into_bytes(), SECRET)
+                .post(self.ingress.addr)
+                .await;
+            assert_eq!(response.status, 200, "{}", response.body);
+        }
+
         fn applied(&self) -> f64 {
-            self.service
+            self.service()
                 .metrics()
                 .lines()
                 .filter(|line| {
@@ -108,6 +130,14 @@ mod scenarios {
                 .collect()
         }
 
+        async fn reports(&self) -> Vec<Value> {
+            reports(&self.bootstrap, &self.config.data_requests_topic).await
+        }
+
+        async fn answers_to(&self, id: u64) -> Vec<Value> {
+            answers_to(&self.bootstrap, &self.config.data_requests_topic, id).await
+        }
+
         async fn wait_for(&self, kind: &str) -> Vec<Value> {
             eventually(kind, Duration::from_secs(30), || async {
                 let all = self.touchpoints().await;
@@ -129,6 +159,12 @@ mod scenarios {
                "total_price": "42.00", "currency": "EUR", "created_at": "2026-11-01T10:00:00Z",
                "cancelled_at": null, "customer": {"id": 42, "first_name": "Bea"},
                "line_items": [{"id": 1, "product_id": PRODUCT, "title": "Coffee", "quantity": 1, "price": "42.00"}]})
+    }
+
+    /// A `customers/data_request` (Shopify's request id `id`) about `customer`.
+    fn data_request(id: u64, customer: Value) -> Value {
+        json!({"shop_id": 1, "shop_domain": SHOP, "customer": customer,
+               "orders_requested": [], "data_request": {"id": id}})
     }
 
     fn fulfillment(order_id: u64, shipment_status: &str) -> Value {
@@ -200,13 +236,13 @@ mod scenarios {
         }
         assert_eq!(
             stack
-                .service
+                .service()
                 .metric(r#"aftercart_journey_touchpoints_total{type="review_request"}"#),
             1.0
         );
         assert_eq!(
             stack
-                .service
+                .service()
                 .metric("aftercart_journey_order_to_delivery_seconds_count"),
             1.0
         );
@@ -255,7 +291,7 @@ mod scenarios {
         // once the cancellation is applied (stopping timers already running is a unit test).
         eventually("the cancellation", Duration::from_secs(30), || async {
             (stack
-                .service
+                .service()
                 .metric(r#"aftercart_journey_orders_stopped_total{reason="cancelled"}"#)
                 == 1.0)
                 .then_some(())
@@ -286,14 +322,14 @@ mod scenarios {
         // Order 7's last timer (the reminder, 3 s after its delivery) fired after every timer
         // order 6 would have had: had the cancellation not stopped them, they would show.
         eventually("the skipped reminder", Duration::from_secs(30), || async {
-            (stack.service.metric(
+            (stack.service().metric(
                 r#"aftercart_journey_touchpoints_skipped_total{reason="no_consent",type="replenishment_reminder"}"#,
             ) == 1.0)
                 .then_some(())
         })
         .await;
         assert_eq!(
-            stack.service.metric(
+            stack.service().metric(
                 r#"aftercart_journey_touchpoints_skipped_total{reason="no_consent",type="review_request"}"#
             ),
             1.0
@@ -311,7 +347,7 @@ mod scenarios {
         );
         assert_eq!(
             stack
-                .service
+                .service()
                 .metric(r#"aftercart_journey_orders_stopped_total{reason="cancelled"}"#),
             1.0
         );
@@ -372,14 +408,17 @@ mod scenarios {
             "the quiet shop flagged",
             Duration::from_secs(60),
             || async {
-                (stack.service.metric("aftercart_journey_silent_shops") == 1.0).then_some(())
+                (stack.service().metric("aftercart_journey_silent_shops") == 1.0).then_some(())
             },
         )
         .await;
-        assert_eq!(stack.service.metric("aftercart_journey_watched_shops"), 2.0);
+        assert_eq!(
+            stack.service().metric("aftercart_journey_watched_shops"),
+            2.0
+        );
         assert_eq!(
             stack
-                .service
+                .service()
                 .metric("aftercart_journey_silent_shops_flagged_total"),
             1.0
         );
@@ -389,15 +428,103 @@ mod scenarios {
             "the quiet shop recovered",
             Duration::from_secs(60),
             || async {
-                (stack.service.metric("aftercart_journey_silent_shops") == 0.0).then_some(())
+                (stack.service().metric("aftercart_journey_silent_shops") == 0.0).then_some(())
             },
         )
         .await;
         assert_eq!(
             stack
-                .service
+                .service()
                 .metric("aftercart_journey_silent_shops_flagged_total"),
             1.0
         );
+    }
+    pub async fn a_data_request_is_answered_with_the_orders_held_about_the_customer(
+        broker: &Broker,
+    ) {
+        let stack = Stack::start(broker).await;
+        assert_eq!(
+            stack
+                .service()
+                .metric("aftercart_journey_data_requests_answered_total"),
+            0.0
+        );
+        stack.send("orders/paid", order(5, true)).await;
+        stack.wait_for("order_confirmed").await;
+        stack
+            .send(
+                "customers/data_request",
+                data_request(701, json!({"id": 42})),
+            )
+            .await;
+        // Someone the journey holds nothing about is answered too: every service answers.
+        stack
+            .send(
+                "customers/data_request",
+                data_request(702, json!({"id": 43})),
+            )
+            .await;
+        let bea = stack.answers_to(701).await;
+        let other = stack.answers_to(702).await;
+        assert_eq!((bea.len(), other.len()), (1, 1), "{bea:#?} {other:#?}");
+        let (bea, other) = (&bea[0], &other[0]);
+        assert_eq!(bea["service"], "journey");
+        assert_eq!(bea["customer_id"], 42);
+        assert_eq!(kinds(bea), ["order", "buyer"]);
+        let held = &bea["holdings"][0];
+        assert_eq!(held["key"], format!("order/{SHOP}/5"));
+        assert_eq!(held["data"]["stored"]["email"], "bea@example.com");
+        assert_eq!(
+            held["data"]["contact_fields"],
+            json!(["email", "first_name"])
+        );
+        assert!(held["data"]["touchpoints_sent"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("order_confirmed")));
+        assert!(kinds(other).is_empty(), "{other:#}");
+        eventually("the answers counted", Duration::from_secs(30), || async {
+            let answered = stack
+                .service()
+                .metric("aftercart_journey_data_requests_answered_total");
+            (answered == 2.0).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart(
+        broker: &Broker,
+    ) {
+        let mut stack = Stack::start(broker).await;
+        stack.send("orders/paid", order(5, true)).await;
+        stack.wait_for("order_confirmed").await;
+        stack.stop().await;
+        stack
+            .post(
+                "customers/data_request",
+                data_request(801, json!({"id": 42})),
+            )
+            .await;
+        stack.start_again(broker).await;
+        let answers = stack.answers_to(801).await;
+        assert_eq!(kinds(&answers[0]), ["order", "buyer"], "{answers:#?}");
+        // Restarted once more, then a later request of the same shop (same partition, read
+        // after the first): once it is answered, a repeat of the first would be on the topic.
+        stack.stop().await;
+        stack.start_again(broker).await;
+        stack
+            .send(
+                "customers/data_request",
+                data_request(802, json!({"id": 43})),
+            )
+            .await;
+        stack.answers_to(802).await;
+        let first: Vec<Value> = stack
+            .reports()
+            .await
+            .into_iter()
+            .filter(|r| r["data_request_id"] == 801)
+            .collect();
+        assert_eq!(first.len(), 1, "answered once: {first:#?}");
     }
 }

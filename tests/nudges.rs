@@ -9,6 +9,8 @@ broker_tests!(
     each_step_is_sent_once_across_a_crash,
     many_sequences_keep_exact_books_across_repeated_crashes,
     a_recovery_discount_is_made_once_per_sequence_and_carried_from_its_step,
+    a_data_request_is_answered_with_the_sequences_held_about_the_customer,
+    a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart,
 );
 
 mod scenarios {
@@ -18,6 +20,7 @@ mod scenarios {
     use aftercart_kafka::KafkaSettings;
     use aftercart_nudges::NudgesConfig;
     use aftercart_shopify::Family;
+    use aftercart_tests::data_requests::{answers_to, kinds, reports};
     use aftercart_tests::nudges::{
         test_config, test_config_with, Klaviyo, TestNudges, Upstream, KLAVIYO_KEY,
     };
@@ -46,6 +49,38 @@ mod scenarios {
                 value
             })
             .collect()
+    }
+
+    /// Sends a `customers/data_request` (Shopify's request id `id`) about `customer`.
+    async fn request_data(upstream: &Upstream<'_>, id: u64, customer: Value) {
+        let body = json!({"shop_id": 1, "shop_domain": SHOP, "customer": customer,
+                          "orders_requested": [], "data_request": {"id": id}});
+        upstream
+            .webhook(
+                Family::Compliance,
+                "customers/data_request",
+                &id.to_string(),
+                &body,
+            )
+            .await;
+    }
+
+    /// Ann abandons (a sequence of two steps an hour apart): the service then holds her.
+    async fn ann_with_a_sequence(broker: &Broker) -> (Klaviyo, NudgesConfig, TestNudges) {
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let config = test_config(&kafka(broker), &klaviyo, "1h,2h");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        Upstream {
+            config: &config,
+            shop: SHOP,
+        }
+        .abandoned(1, "ann@example.com", "ann-cart", true)
+        .await;
+        eventually("Ann's sequence", WAIT, || async {
+            (service.metric("aftercart_nudges_sequences") == 1.0).then_some(())
+        })
+        .await;
+        (klaviyo, config, service)
     }
 
     fn emails(nudges: &[Value]) -> BTreeSet<String> {
@@ -386,6 +421,77 @@ mod scenarios {
             service.metric(r#"aftercart_nudges_discounts_total{outcome="created"}"#),
             2.0
         );
+        service.stop().await.expect("clean stop");
+    }
+
+    pub async fn a_data_request_is_answered_with_the_sequences_held_about_the_customer(
+        broker: &Broker,
+    ) {
+        let (_klaviyo, config, service) = ann_with_a_sequence(broker).await;
+        assert_eq!(
+            service.metric("aftercart_nudges_data_requests_answered_total"),
+            0.0
+        );
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        request_data(&upstream, 501, json!({"id": 1, "email": "Ann@Example.com"})).await;
+        // Someone the service holds nothing about is answered too: every service answers.
+        request_data(&upstream, 502, json!({"id": 2, "email": "bob@example.com"})).await;
+        let ann = answers_to(&broker.bootstrap(), &config.data_requests_topic, 501).await;
+        let bob = answers_to(&broker.bootstrap(), &config.data_requests_topic, 502).await;
+        assert_eq!((ann.len(), bob.len()), (1, 1), "{ann:#?} {bob:#?}");
+        let (ann, bob) = (&ann[0], &bob[0]);
+        assert_eq!(ann["service"], "nudges");
+        assert_eq!(ann["shop"], SHOP);
+        assert_eq!(ann["customer_id"], 1);
+        assert_eq!(kinds(ann), ["sequence"]);
+        let held = &ann["holdings"][0];
+        assert_eq!(held["key"], format!("sequence/{SHOP}/ann-cart"));
+        assert_eq!(
+            held["data"]["stored"]["customer"]["email"],
+            "ann@example.com"
+        );
+        assert_eq!(held["data"]["steps_sent"], 0);
+        assert_eq!(held["data"]["steps_scheduled"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            held["data"]["contact_fields"],
+            json!(["email", "first_name"])
+        );
+        assert!(kinds(bob).is_empty(), "{bob:#}");
+        eventually("the answers counted", WAIT, || async {
+            (service.metric("aftercart_nudges_data_requests_answered_total") == 2.0).then_some(())
+        })
+        .await;
+        service.stop().await.expect("clean stop");
+    }
+
+    pub async fn a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart(
+        broker: &Broker,
+    ) {
+        let (_klaviyo, config, service) = ann_with_a_sequence(broker).await;
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        service.stop().await.expect("clean stop");
+        request_data(&upstream, 601, json!({"id": 1})).await;
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let answers = answers_to(&broker.bootstrap(), &config.data_requests_topic, 601).await;
+        assert_eq!(kinds(&answers[0]), ["sequence"], "{answers:#?}");
+        // Restarted once more, then a later request of the same shop (same partition, read
+        // after the first): once it is answered, a repeat of the first would be on the topic.
+        service.stop().await.expect("clean stop");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        request_data(&upstream, 602, json!({"id": 3})).await;
+        answers_to(&broker.bootstrap(), &config.data_requests_topic, 602).await;
+        let first: Vec<Value> = reports(&broker.bootstrap(), &config.data_requests_topic)
+            .await
+            .into_iter()
+            .filter(|r| r["data_request_id"] == 601)
+            .collect();
+        assert_eq!(first.len(), 1, "answered once: {first:#?}");
         service.stop().await.expect("clean stop");
     }
 }

@@ -28,6 +28,7 @@ pub fn test_config(kafka: &KafkaSettings, file: Option<&std::path::Path>) -> Jou
         format!("--journey-state-topic={prefix}journey-state"),
         format!("--journey-dead-letter-topic={prefix}journey-dead-letter"),
         format!("--journey-delivery-dead-letter-topic={prefix}journey-delivery-dead-letter"),
+        format!("--journey-data-requests-topic={prefix}data_requests"),
     ];
     if let Some(file) = file {
         argv.push(format!("--journey-config={}", file.display()));

@@ -7,6 +7,7 @@ pub mod abandonment;
 pub mod accounting;
 pub mod audiences;
 pub mod broker;
+pub mod data_requests;
 pub mod delivery;
 pub mod front;
 pub mod http;

@@ -96,6 +96,7 @@ pub fn test_config_with(
         format!("--nudges-by-shop-topic={prefix}nudges-by-shop"),
         format!("--nudges-state-topic={prefix}nudges-state"),
         format!("--nudges-dead-letter-topic={prefix}nudges-dead-letter"),
+        format!("--nudges-data-requests-topic={prefix}data_requests"),
         format!("--nudges-steps={steps}"),
         "--state-hash-key=integration-test-state-hash-key".to_string(),
         format!("--klaviyo-base-url={}", klaviyo.receiver.base()),

@@ -48,8 +48,9 @@ SAME_PARTITIONS = [
      "aftercart.referral-rewards", "aftercart.data_requests"],
     ["aftercart.audiences-by-shop", "aftercart.audiences-state", "aftercart.audience-batches",
      "aftercart.data_requests"],
-    ["aftercart.nudges-by-shop", "aftercart.nudges-state", "aftercart.nudges"],
-    ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints", "aftercart.kpis"],
+    ["aftercart.nudges-by-shop", "aftercart.nudges-state", "aftercart.nudges", "aftercart.data_requests"],
+    ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints", "aftercart.kpis",
+     "aftercart.data_requests"],
 ]
 CHANGELOGS = ["aftercart.abandonment-state", "aftercart.referrals-state", "aftercart.audiences-state",
               "aftercart.nudges-state", "aftercart.journey-state"]
@@ -76,9 +77,9 @@ USER_NEEDS = {
         "Read": ["shopify.checkouts", "shopify.orders", "shopify.fulfillments", "shopify.customers",
                  "shopify.compliance", "aftercart.abandonments", "aftercart.referral-invites",
                  "aftercart.referral-rewards", "aftercart.journey-by-shop", "aftercart.journey-state",
-                 "aftercart.touchpoints", "aftercart.kpis"],
+                 "aftercart.touchpoints", "aftercart.kpis", "aftercart.data_requests"],
         "Write": ["aftercart.journey-by-shop", "aftercart.journey-state", "aftercart.touchpoints",
-                  "aftercart.kpis", "aftercart.journey-dead-letter"],
+                  "aftercart.kpis", "aftercart.journey-dead-letter", "aftercart.data_requests"],
     },
     "aftercart-kafka-audiences": {
         "Read": ["shopify.orders", "shopify.customers", "shopify.compliance", "aftercart.abandonments",
@@ -90,9 +91,9 @@ USER_NEEDS = {
     "aftercart-kafka-nudges": {
         "Read": ["shopify.checkouts", "shopify.orders", "shopify.customers", "shopify.compliance",
                  "aftercart.abandonments", "aftercart.nudges-by-shop", "aftercart.nudges-state",
-                 "aftercart.nudges"],
+                 "aftercart.nudges", "aftercart.data_requests"],
         "Write": ["aftercart.nudges-by-shop", "aftercart.nudges-state", "aftercart.nudges",
-                  "aftercart.nudges-dead-letter"],
+                  "aftercart.nudges-dead-letter", "aftercart.data_requests"],
     },
 }
 SCHEMAS = Path(__file__).resolve().parent / "schemas"

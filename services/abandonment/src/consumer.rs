@@ -6,24 +6,23 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
-use aftercart_shopify::privacy::{
-    DataRequest, DataRequestReport, Holding, DATA_REQUEST_DEADLINE_MS,
-};
+use aftercart_runtime::Event as _;
+use aftercart_shopify::privacy::DataRequestReport;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::AbandonmentConfig;
-use crate::domain::consent::{Consent, Stored};
+use crate::domain::consent::Stored;
 use crate::domain::engine::{Effect, Engine};
 use crate::domain::event::{EmittedEvent, EventType, Kind, OutputEvent};
 use crate::domain::input::{global_input, journey_input, GlobalInput, PoisonRecord};
-use crate::domain::journey::Journey;
 use crate::metrics::AbandonmentMetrics;
+use data_requests::{AnswerWritten, DataRequests};
 
 /// How often idle journeys are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
@@ -65,7 +64,7 @@ pub fn build(
         engine: Engine::new(config.rules.clone()),
         metrics,
         last_expiry: Instant::now(),
-        requests: Vec::new(),
+        data_requests: DataRequests::default(),
     };
     Stage::new(
         config.kafka.clone(),
@@ -89,16 +88,22 @@ pub enum Output {
     DataRequest(Box<DataRequestReport>),
 }
 
+/// An output read back on restore: an abandonment event, or an answer to a data request (the
+/// topic is shared: other services' answers are in it too).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Emitted {
+    Event(EmittedEvent),
+    Answer(AnswerWritten),
+}
+
 /// The abandonment engine as the stage's logic.
 pub struct Abandonment {
     engine: Engine,
     metrics: AbandonmentMetrics,
     last_expiry: Instant,
-    /// Data requests read within Shopify's deadline, with their shop and time: answered again
-    /// for a partition when it is assigned. A request read before this instance owned the
-    /// partition (at start, with the global tables; or just before a rebalance) would otherwise
-    /// be answered by nobody. Same partition, same report id: a repeat replaces, never adds.
-    requests: Vec<(String, DataRequest, i64)>,
+    /// Data requests remembered, and the answers of the owned partitions.
+    data_requests: DataRequests,
 }
 
 fn staged(effect: Effect) -> EffectOf<Abandonment> {
@@ -127,93 +132,10 @@ fn unusable(error: PoisonRecord) -> Unusable {
     }
 }
 
-/// What one partition holds about a data request's customer: journeys and a consent copy.
-type Held = (Vec<(String, Journey)>, Option<(String, Consent)>);
-
-impl Abandonment {
-    /// One report per owned partition (every instance reads the request; each answers for the
-    /// journeys it holds), with an id per partition so no answer drops another.
-    fn answer(&self, shop: &str, request: &DataRequest, at_ms: i64) -> Vec<(i32, EffectOf<Self>)> {
-        self.engine
-            .held_about(shop, &request.person)
-            .into_iter()
-            .map(|(partition, journeys)| {
-                let consent = self.engine.consent_held(partition, shop, &request.person);
-                let effect = Self::report(shop, request, at_ms, partition, (journeys, consent));
-                (partition, effect)
-            })
-            .collect()
-    }
-
-    /// Remembers a request for the partitions assigned later; forgets those past the deadline.
-    fn remember(&mut self, shop: &str, request: &DataRequest, at_ms: i64) {
-        let horizon = now_ms() - DATA_REQUEST_DEADLINE_MS;
-        self.requests.retain(|(_, _, at)| *at > horizon);
-        if at_ms > horizon {
-            self.requests
-                .push((shop.to_string(), request.clone(), at_ms));
-        }
-    }
-
-    /// The remembered requests answered for one newly assigned partition.
-    fn answer_assigned(&self, partition: i32) -> Vec<EffectOf<Self>> {
-        self.requests
-            .iter()
-            .filter_map(|(shop, request, at_ms)| {
-                let (_, journeys) = self
-                    .engine
-                    .held_about(shop, &request.person)
-                    .into_iter()
-                    .find(|(p, _)| *p == partition)?;
-                let consent = self.engine.consent_held(partition, shop, &request.person);
-                Some(Self::report(
-                    shop,
-                    request,
-                    *at_ms,
-                    partition,
-                    (journeys, consent),
-                ))
-            })
-            .collect()
-    }
-
-    /// The report of one partition's journeys and the customer's consent copy there, as
-    /// `abandonment/partition-<n>`.
-    fn report(
-        shop: &str,
-        request: &DataRequest,
-        at_ms: i64,
-        partition: i32,
-        (journeys, consent): Held,
-    ) -> EffectOf<Self> {
-        let mut holdings: Vec<Holding> = journeys
-            .into_iter()
-            .map(|(key, journey)| Holding {
-                kind: "journey".to_string(),
-                data: serde_json::to_value(&journey).unwrap_or_default(),
-                key,
-            })
-            .collect();
-        holdings.extend(consent.map(|(key, consent)| Holding {
-            kind: "consent".to_string(),
-            data: serde_json::to_value(consent).unwrap_or_default(),
-            key,
-        }));
-        let service = format!("abandonment/partition-{partition}");
-        let report = DataRequestReport::new(&service, shop, request, at_ms, holdings);
-        StageEffect::Emit {
-            topic: DATA_REQUESTS,
-            key: format!("{shop}/data-request"),
-            event_id: report.event_id.clone(),
-            output: Output::DataRequest(Box::new(report)),
-        }
-    }
-}
-
 impl StageLogic for Abandonment {
     type Entity = Stored;
     type Output = Output;
-    type Emitted = EmittedEvent;
+    type Emitted = Emitted;
 
     fn apply(
         &mut self,
@@ -251,8 +173,7 @@ impl StageLogic for Abandonment {
         let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let shop = shop_of(message);
         if let GlobalInput::DataRequest(request) = &input {
-            self.remember(&shop, request, at);
-            return Ok(self.answer(&shop, request, at));
+            return Ok(self.data_requests.read(&self.engine, &shop, request, at));
         }
         Ok(staged_at(self.engine.apply_global(&shop, input, at), |e| {
             [staged(e)]
@@ -260,56 +181,74 @@ impl StageLogic for Abandonment {
     }
 
     fn next_due(&self) -> Option<i64> {
-        self.engine.next_due()
+        // Partitions assigned with requests still to answer: at once (the next tick).
+        let answers = self.data_requests.pending().then(now_ms);
+        match (self.engine.next_due(), answers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, EffectOf<Self>)> {
         let mut effects = self.engine.fire_due(now_ms);
-        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
+        let expiring = self.last_expiry.elapsed() >= EXPIRY_EVERY;
+        if expiring {
             self.last_expiry = Instant::now();
             effects.extend(self.engine.expire(now_ms));
         }
-        staged_at(effects, |e| [staged(e)])
+        let mut staged = staged_at(effects, |e| [staged(e)]);
+        // After the restore's reconciliation: an answer read back there left its mark.
+        staged.extend(self.data_requests.answer_assigned(&self.engine));
+        if expiring {
+            staged.extend(self.data_requests.expire(now_ms));
+        }
+        staged
     }
 
-    fn assign(&mut self, partition: i32, entities: HashMap<String, Stored>) -> Vec<EffectOf<Self>> {
+    fn assign(
+        &mut self,
+        partition: i32,
+        mut entities: HashMap<String, Stored>,
+    ) -> Vec<EffectOf<Self>> {
+        let answered = self.data_requests.answered_in(&mut entities);
         let effects = self.engine.restore(partition, entities);
-        let mut effects: Vec<EffectOf<Self>> = effects.into_iter().map(staged).collect();
-        effects.extend(self.answer_assigned(partition));
-        effects
+        self.data_requests.assigned(partition, answered);
+        effects.into_iter().map(staged).collect()
     }
 
     fn revoke(&mut self, partition: i32) {
         self.engine.revoke(partition);
+        self.data_requests.revoke(partition);
     }
 
     fn release(&mut self, partition: i32) -> Option<HashMap<String, Stored>> {
-        self.engine.release_stored(partition)
+        let marks = self.data_requests.release(partition);
+        let mut stored = self.engine.release_stored(partition)?;
+        stored.extend(marks);
+        Some(stored)
     }
 
     fn owns(&self, partition: i32) -> bool {
         self.engine.owns(partition)
     }
 
-    fn reconcile(&mut self, partition: i32, emitted: &EmittedEvent) -> Vec<EffectOf<Self>> {
-        self.engine
-            .reconcile(partition, emitted)
-            .into_iter()
-            .map(staged)
-            .collect()
+    fn reconcile(&mut self, partition: i32, emitted: &Emitted) -> Vec<EffectOf<Self>> {
+        match emitted {
+            Emitted::Event(event) => self
+                .engine
+                .reconcile(partition, event)
+                .into_iter()
+                .map(staged)
+                .collect(),
+            Emitted::Answer(answer) => self.data_requests.reconciled(partition, answer),
+        }
     }
 
     fn emitted(&self, output: &Output) {
         let event = match output {
             Output::Event(event) => event,
-            // Logged without personal data: the request id and how much was reported.
             Output::DataRequest(report) => {
-                tracing::info!(
-                    data_request_id = ?report.data_request_id,
-                    holdings = report.holdings.len(),
-                    respond_by = %report.respond_by,
-                    "Answered a customers/data_request: the report is in the data requests topic."
-                );
+                DataRequestAnswered { report }.emit(&self.metrics.consumer);
                 return;
             }
         };
@@ -337,3 +276,7 @@ impl StageLogic for Abandonment {
         self.metrics.journeys(self.engine.journeys());
     }
 }
+
+mod data_requests;
+#[cfg(test)]
+mod tests;

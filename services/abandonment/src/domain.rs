@@ -1,5 +1,6 @@
 //! Pure abandonment logic, no I/O: decoding inputs, the journey state machine, segments.
 
+pub mod answered;
 pub mod consent;
 pub mod engine;
 pub mod event;

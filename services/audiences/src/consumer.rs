@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_runtime::Event as _;
 use aftercart_shopify::privacy::DataRequestReport;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
@@ -219,13 +220,7 @@ impl StageLogic for Audiences {
     fn emitted(&self, output: &Output) {
         match output {
             Output::Batch(_) => self.metrics.emitted(),
-            // Logged without personal data: the request id and how much was reported.
-            Output::Report(report) => tracing::info!(
-                data_request_id = ?report.data_request_id,
-                holdings = report.holdings.len(),
-                respond_by = %report.respond_by,
-                "Answered a customers/data_request: the report is in the data requests topic."
-            ),
+            Output::Report(report) => DataRequestAnswered { report }.emit(&self.metrics.consumer),
         }
     }
 

@@ -29,8 +29,9 @@ pub enum ServeError {
     Destination(#[from] DestinationError),
 }
 
-/// Every topic the service reads or writes. The by-shop, changelog and touchpoints topics share
-/// one partition count: the state and touchpoints of by-shop partition N live in partition N.
+/// Every topic the service reads or writes. The by-shop, changelog and output topics
+/// (touchpoints, KPIs, data request answers) share one partition count: the state and outputs
+/// of by-shop partition N live in partition N.
 pub fn topic_specs(config: &JourneyConfig) -> (Vec<TopicSpec>, Vec<String>) {
     let (mut specs, same) = StageTopics {
         by_shop: &config.by_shop_topic,
@@ -44,6 +45,7 @@ pub fn topic_specs(config: &JourneyConfig) -> (Vec<TopicSpec>, Vec<String>) {
         outputs: &[
             config.touchpoints_topic.as_str(),
             config.kpis_topic.as_str(),
+            config.data_requests_topic.as_str(),
         ],
     }
     .specs(&config.kafka);

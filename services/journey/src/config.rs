@@ -76,6 +76,15 @@ pub struct JourneyArgs {
     )]
     pub journey_kpis_topic: String,
 
+    /// Output topic of the answers to `customers/data_request` (shared by the services; one
+    /// report per request: the customer's orders, touchpoints sent and scheduled, consent).
+    #[arg(
+        long,
+        env = "AFTERCART_JOURNEY_DATA_REQUESTS_TOPIC",
+        default_value = "aftercart.data_requests"
+    )]
+    pub journey_data_requests_topic: String,
+
     /// The abandonment service's events, counted in the KPI record (abandoned, recovered).
     #[arg(
         long,
@@ -141,6 +150,8 @@ pub struct JourneyConfig {
     pub delivery_dead_letter_topic: String,
     pub rules: Rules,
     pub kpis_topic: String,
+    /// Answers to `customers/data_request`.
+    pub data_requests_topic: String,
     /// Read for the KPI record (abandonments) and the referral counts (invites, rewards).
     pub abandonments_topic: String,
     pub invites_topic: String,
@@ -249,6 +260,10 @@ impl JourneyArgs {
             ),
             ("AFTERCART_JOURNEY_KPIS_TOPIC", &self.journey_kpis_topic),
             (
+                "AFTERCART_JOURNEY_DATA_REQUESTS_TOPIC",
+                &self.journey_data_requests_topic,
+            ),
+            (
                 "AFTERCART_JOURNEY_ABANDONMENTS_TOPIC",
                 &self.journey_abandonments_topic,
             ),
@@ -280,6 +295,7 @@ impl JourneyArgs {
                 kpis,
             },
             kpis_topic: self.journey_kpis_topic.trim().to_string(),
+            data_requests_topic: self.journey_data_requests_topic.trim().to_string(),
             abandonments_topic: self.journey_abandonments_topic.trim().to_string(),
             invites_topic,
             rewards_topic: self.journey_referral_rewards_topic.trim().to_string(),

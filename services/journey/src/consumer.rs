@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, Stage, StageEffect, StageLogic, StageTopics,
-    TopicNames, Unusable,
+    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Stage, StageEffect,
+    StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_runtime::Event as _;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
@@ -30,6 +31,7 @@ pub const ABANDONMENTS: &str = "abandonments";
 /// Output topic indexes in [`StageTopics::outputs`].
 const TOUCHPOINTS: usize = 0;
 const KPIS: usize = 1;
+const DATA_REQUESTS: usize = 2;
 /// How often settled orders are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
@@ -73,7 +75,11 @@ pub fn build(
         globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
-        outputs: vec![config.touchpoints_topic.clone(), config.kpis_topic.clone()],
+        outputs: vec![
+            config.touchpoints_topic.clone(),
+            config.kpis_topic.clone(),
+            config.data_requests_topic.clone(),
+        ],
     };
     let logic = Journey {
         engine: Engine::new(config.rules.clone()),
@@ -128,6 +134,12 @@ impl Journey {
                 Effect::Persist { key, entity } => Some(StageEffect::Persist {
                     key,
                     entity: entity.map(|e| Box::new(Stored::Journey(*e))),
+                }),
+                Effect::Answer { key, report } => Some(StageEffect::Emit {
+                    topic: DATA_REQUESTS,
+                    key,
+                    event_id: report.event_id.clone(),
+                    output: Output::Answer(report),
                 }),
                 Effect::Count(counted) => {
                     self.metrics.counted(counted);
@@ -282,6 +294,8 @@ impl StageLogic for Journey {
         let effects = match emitted {
             Output::Touchpoint(touchpoint) => self.engine.reconcile(partition, touchpoint),
             Output::Kpis(record) => self.engine.reconcile_report(partition, record),
+            // Nothing to bring up to date: an answer changes no state.
+            Output::Answer(_) => Vec::new(),
         };
         self.staged(effects)
     }
@@ -290,6 +304,7 @@ impl StageLogic for Journey {
         match output {
             Output::Touchpoint(touchpoint) => self.metrics.emitted(touchpoint.kind),
             Output::Kpis(_) => self.metrics.reported(),
+            Output::Answer(report) => DataRequestAnswered { report }.emit(&self.metrics.consumer),
         }
     }
 

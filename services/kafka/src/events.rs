@@ -3,6 +3,7 @@
 //! `internal_events` habit). Fields are labels and positions only, never record contents.
 
 use aftercart_runtime::event;
+use aftercart_shopify::privacy::DataRequestReport;
 
 use crate::loop_metrics::LoopMetrics;
 
@@ -37,6 +38,22 @@ event! {
     }
 }
 
+event! {
+    /// A service's answer to a `customers/data_request` is on the data requests topic: counted,
+    /// and logged with the request id, the service and how much it holds (never what).
+    pub struct DataRequestAnswered<'a> { pub report: &'a DataRequestReport }
+    on LoopMetrics, |self, metrics| {
+        metrics.data_request_answered();
+        tracing::info!(
+            service = %self.report.service,
+            data_request_id = ?self.report.data_request_id,
+            holdings = self.report.holdings.len(),
+            respond_by = %self.report.respond_by,
+            "Answered a customers/data_request: the report is in the data requests topic."
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use aftercart_runtime::Event as _;
@@ -66,7 +83,17 @@ mod tests {
             offset: 7,
         }
         .emit(&metrics);
+        let request = aftercart_shopify::privacy::DataRequest::default();
+        let report =
+            aftercart_shopify::privacy::DataRequestReport::new("t", "s", &request, 0, vec![]);
+        DataRequestAnswered { report: &report }.emit(&metrics);
         assert_eq!(value(&registry, "t_fenced_total", "lost"), 1.0);
+        let answered = registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "t_data_requests_answered_total")
+            .map(|f| f.get_metric()[0].get_counter().get_value());
+        assert_eq!(answered, Some(1.0));
         assert_eq!(value(&registry, "t_records_failed_total", "no_shop"), 1.0);
     }
 

@@ -18,6 +18,7 @@ pub mod timers;
 pub mod topics;
 
 pub use client_watch::{ClientWatch, ErrorKind};
+pub use events::DataRequestAnswered;
 pub use group::{
     close_off_runtime, receive_batch_within, ConsumerLag, GroupContext, LoopError, RebalanceEvent,
     IDLE_WAIT,

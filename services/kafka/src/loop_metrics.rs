@@ -1,6 +1,6 @@
 //! The metrics every stateful consumer loop exports under its service prefix: records applied
-//! and unusable, dead letters, state restore and changelog writes, partitions owned, lag, and
-//! the Kafka client's errors.
+//! and unusable, dead letters, state restore and changelog writes, partitions owned, lag, the
+//! Kafka client's errors, and the answers to `customers/data_request` (every stage answers them).
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct LoopMetrics {
     changelog_writes: IntCounter,
     partitions: IntGauge,
     fenced: IntCounterVec,
+    data_requests_answered: IntCounter,
     /// By shop only ([`LoopMetrics::routing`]).
     routed: Option<IntCounter>,
     pub lag: ConsumerLag,
@@ -98,6 +99,11 @@ impl LoopMetrics {
                 ),
                 &["reason"],
             )?,
+            data_requests_answered: IntCounter::with_opts(opts(
+                "data_requests_answered_total",
+                "Answers to customers/data_request written to the data requests topic (one per \
+                 request; abandonment: one per partition it owns).",
+            ))?,
             routed: None,
             lag: ConsumerLag::register(prefix, registry)?,
             kafka_errors: crate::client_watch::register_errors(prefix, registry)?,
@@ -111,6 +117,7 @@ impl LoopMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.changelog_writes)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.partitions)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.fenced)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.data_requests_answered)?;
         for reason in FENCE_REASONS {
             metrics.fenced.with_label_values(&[reason]);
         }
@@ -174,6 +181,11 @@ impl LoopMetrics {
 
     pub fn fenced(&self, reason: &str) {
         self.fenced.with_label_values(&[reason]).inc();
+    }
+
+    /// One answer to a data request acknowledged by the broker.
+    pub fn data_request_answered(&self) {
+        self.data_requests_answered.inc();
     }
 
     pub fn changelog_written(&self, records: usize) {

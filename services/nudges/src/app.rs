@@ -32,14 +32,18 @@ pub enum ServeError {
 }
 
 /// Every topic the service reads or writes. The by-shop, changelog and output topics share one
-/// partition count: the state and nudges of by-shop partition N live in partition N.
+/// partition count: the state, nudges and data request answers of by-shop partition N live in
+/// partition N.
 pub fn topic_specs(config: &NudgesConfig) -> (Vec<TopicSpec>, Vec<String>) {
     StageTopics {
         by_shop: &config.by_shop_topic,
         state: &config.state_topic,
         dead_letter: &config.dead_letter_topic,
         inputs: &[config.abandonments_topic.as_str()],
-        outputs: &[config.nudges_topic.as_str()],
+        outputs: &[
+            config.nudges_topic.as_str(),
+            config.data_requests_topic.as_str(),
+        ],
     }
     .specs(&config.kafka)
 }

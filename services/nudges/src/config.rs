@@ -68,6 +68,15 @@ pub struct NudgesArgs {
     )]
     pub nudges_dead_letter_topic: String,
 
+    /// Output topic of the answers to `customers/data_request` (shared by the services; one
+    /// report per request: the person's nudge sequences and what is remembered of them).
+    #[arg(
+        long = "nudges-data-requests-topic",
+        env = "AFTERCART_NUDGES_DATA_REQUESTS_TOPIC",
+        default_value = "aftercart.data_requests"
+    )]
+    pub nudges_data_requests_topic: String,
+
     /// Default cadence: delays after the abandonment, comma-separated (1 to 10, increasing).
     /// A shop's `steps` in the config file wins [default: 1h,24h,72h; 15s,45s under
     /// `aftercart dev`].
@@ -154,6 +163,8 @@ pub struct NudgesConfig {
     pub by_shop_topic: String,
     pub state_topic: String,
     pub dead_letter_topic: String,
+    /// Answers to `customers/data_request`.
+    pub data_requests_topic: String,
     pub rules: Rules,
     pub destination: Option<DestinationConfig>,
     /// Configured in the file and with a Shopify access tokens file; `None`: no discounts.
@@ -276,6 +287,10 @@ impl NudgesArgs {
                 "AFTERCART_NUDGES_DEAD_LETTER_TOPIC",
                 &self.nudges_dead_letter_topic,
             ),
+            (
+                "AFTERCART_NUDGES_DATA_REQUESTS_TOPIC",
+                &self.nudges_data_requests_topic,
+            ),
         ] {
             if value.trim().is_empty() {
                 errors.push(format!("{name}: must not be empty"));
@@ -320,6 +335,7 @@ impl NudgesArgs {
                 by_shop_topic: self.nudges_by_shop_topic.trim().to_string(),
                 state_topic: self.nudges_state_topic.trim().to_string(),
                 dead_letter_topic: self.nudges_dead_letter_topic.trim().to_string(),
+                data_requests_topic: self.nudges_data_requests_topic.trim().to_string(),
                 rules: Rules {
                     default,
                     shops,

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, Prepared, Preparing, Stage, StageEffect,
-    StageLogic, StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Prepared, Preparing, Stage,
+    StageEffect, StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_runtime::Event as _;
+use aftercart_shopify::privacy::DataRequestReport;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
@@ -24,8 +26,9 @@ use crate::domain::input::{decode_input, is_relevant};
 use crate::domain::nudge::{EmittedNudge, Nudge};
 use crate::metrics::NudgesMetrics;
 
-/// The only output topic: nudges.
+/// Output topic indexes in [`StageTopics::outputs`].
 const NUDGES: usize = 0;
+const DATA_REQUESTS: usize = 1;
 /// How often people past the memory window are forgotten.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// A step this late and not yet written counts as overdue.
@@ -73,7 +76,10 @@ pub fn build(
         globals: Vec::new(),
         state: config.state_topic.clone(),
         dead_letter: config.dead_letter_topic.clone(),
-        outputs: vec![config.nudges_topic.clone()],
+        outputs: vec![
+            config.nudges_topic.clone(),
+            config.data_requests_topic.clone(),
+        ],
     };
     let logic = Nudges::new(Engine::new(config.rules.clone()), metrics, discounts);
     Stage::new(
@@ -98,7 +104,16 @@ pub struct Nudges {
     hold_until_ms: AtomicI64,
 }
 
-type Staged = StageEffect<Entity, Nudge>;
+/// What the stage writes: nudges, and answers to data requests. Written as the record itself;
+/// a report read back on restore is no nudge (it has no step) and is skipped there.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum Output {
+    Nudge(Box<Nudge>),
+    Answer(Box<DataRequestReport>),
+}
+
+pub(crate) type Staged = StageEffect<Entity, Output>;
 
 impl Nudges {
     pub fn new(
@@ -137,7 +152,13 @@ impl Nudges {
                 topic: NUDGES,
                 key,
                 event_id: nudge.event_id.clone(),
-                output: *nudge,
+                output: Output::Nudge(nudge),
+            }),
+            Effect::Answer { key, report } => Some(StageEffect::Emit {
+                topic: DATA_REQUESTS,
+                key,
+                event_id: report.event_id.clone(),
+                output: Output::Answer(report),
             }),
             Effect::Persist { key, entity } => Some(StageEffect::Persist { key, entity }),
             Effect::Scheduled => {
@@ -162,7 +183,7 @@ impl Nudges {
 
 impl StageLogic for Nudges {
     type Entity = Entity;
-    type Output = Nudge;
+    type Output = Output;
     type Emitted = EmittedNudge;
 
     fn routes(&self, family: &'static str, message: &OwnedMessage) -> bool {
@@ -235,8 +256,11 @@ impl StageLogic for Nudges {
         self.all(effects)
     }
 
-    fn emitted(&self, nudge: &Nudge) {
-        self.metrics.emitted(nudge.step);
+    fn emitted(&self, output: &Output) {
+        match output {
+            Output::Nudge(nudge) => self.metrics.emitted(nudge.step),
+            Output::Answer(report) => DataRequestAnswered { report }.emit(&self.metrics.consumer),
+        }
     }
 
     fn gauges(&self) {

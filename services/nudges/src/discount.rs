@@ -14,12 +14,10 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RecoveryDiscount;
-use crate::domain::engine::Entity;
+use crate::consumer::{Output, Staged};
 use crate::domain::nudge::Nudge;
 use crate::events::DiscountFailed;
 use crate::metrics::NudgesMetrics;
-
-type Staged = StageEffect<Entity, Nudge>;
 
 /// The sequence's code: `BACK-` and 10 hex digits of a hash of the abandonment's event id, the
 /// same for every step and every retry.
@@ -75,7 +73,11 @@ impl RecoveryDiscounts {
     ) -> Option<Vec<(i32, Staged)>> {
         let mut kept = Vec::with_capacity(effects.len());
         for (partition, mut effect) in effects {
-            if let StageEffect::Emit { output, .. } = &mut effect {
+            if let StageEffect::Emit {
+                output: Output::Nudge(output),
+                ..
+            } = &mut effect
+            {
                 if output.step >= self.config.from_step {
                     let discount = discount_for(output, &self.config);
                     match self.discounts.ensure(&output.shop, &discount, stop).await {

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::stage::EffectOf;
 use aftercart_kafka::{
-    header, shop_of, staged_at, Inputs, LoopError, Prepared, Preparing, Stage, StageEffect,
-    StageLogic, StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Prepared, Preparing, Stage,
+    StageEffect, StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
+use aftercart_runtime::Event as _;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
@@ -187,13 +188,9 @@ impl StageLogic for Referrals {
     fn emitted(&self, output: &Output) {
         match output {
             Output::Invite(_) => self.metrics.invited(),
-            // Logged without personal data: the request id and how much was reported.
-            Output::DataRequest(report) => tracing::info!(
-                data_request_id = ?report.data_request_id,
-                holdings = report.holdings.len(),
-                respond_by = %report.respond_by,
-                "Answered a customers/data_request: the report is in the data requests topic."
-            ),
+            Output::DataRequest(report) => {
+                DataRequestAnswered { report }.emit(&self.metrics.consumer)
+            }
             Output::Reward(event) => self
                 .metrics
                 .rewarded(&event.event_type, event.reason.as_deref()),

@@ -145,6 +145,26 @@ pub struct Holding {
     pub data: serde_json::Value,
 }
 
+impl Holding {
+    pub fn new(kind: &str, key: impl Into<String>, data: serde_json::Value) -> Holding {
+        Holding {
+            kind: kind.to_string(),
+            key: key.into(),
+            data,
+        }
+    }
+}
+
+/// The names of the contact fields a record holds (those with a value), for a report to say
+/// which personal data is kept without a reader having to know the record's shape.
+pub fn contact_fields<'a>(fields: impl IntoIterator<Item = (&'a str, bool)>) -> Vec<&'a str> {
+    fields
+        .into_iter()
+        .filter(|(_, held)| *held)
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// One service's answer to a `customers/data_request`, written to `aftercart.data_requests`:
 /// everything it holds about the customer (empty `holdings`: nothing). It holds personal data by
 /// design: it is the customer's own data, for the merchant to pass on.

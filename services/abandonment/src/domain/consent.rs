@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::answered::Answered;
 use crate::domain::journey::Journey;
 
 /// Changelog keys of consent copies start with this (journey keys start with a shop domain,
@@ -50,13 +51,15 @@ impl Consent {
     }
 }
 
-/// A changelog entity: a journey, or a consent copy. A consent decodes only as a consent
-/// (unknown fields refused) and a journey needs its shop, so neither is read as the other.
+/// A changelog entity: a journey, a consent copy, or the mark of an answered data request. A
+/// consent and a mark decode only as themselves (unknown fields refused, each with a field the
+/// other lacks) and a journey needs its shop, so none is read as another.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Stored {
     Consent(Consent),
     Journey(Box<Journey>),
+    Answered(Answered),
 }
 
 /// The changelog key of a customer's consent copy (`customer` as [`crate::domain::journey::customer_ref`]).
@@ -85,5 +88,8 @@ mod tests {
         let journey = serde_json::to_string(&Journey::new("s", 1)).unwrap();
         let read: Stored = serde_json::from_str(&journey).unwrap();
         assert!(matches!(read, Stored::Journey(_)), "{read:?}");
+        let mark = Stored::Answered(Answered { request_at_ms: 5 });
+        let text = serde_json::to_string(&mark).unwrap();
+        assert_eq!(serde_json::from_str::<Stored>(&text).unwrap(), mark);
     }
 }

@@ -974,4 +974,4 @@ fn recovered_event(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use aftercart_kafka::timers::take_due;
 use aftercart_shopify::decode::ConsentChange;
 use aftercart_shopify::money::Amount;
+use aftercart_shopify::privacy::DataRequestReport;
 use aftercart_shopify::time::rfc3339;
 
 use crate::domain::input::{Input, InviteFact, OrderFact, Shipment, ShipmentFact, Stop};
@@ -69,6 +70,11 @@ pub enum Effect {
         entity: Option<Box<Entity>>,
     },
     Count(Counted),
+    /// The answer to a `customers/data_request` ([`report`]).
+    Answer {
+        key: String,
+        report: Box<DataRequestReport>,
+    },
 }
 
 /// The entities of one partition and its timers.
@@ -235,6 +241,7 @@ impl Engine {
                 orders,
             } => step.redact_customer(customer_id, email.as_deref(), &orders),
             Input::RedactShop => step.redact_shop(),
+            Input::DataRequest(request) => step.data_request(&request, at_ms),
             Input::Invite(invite) => {
                 step.tally(Fact::Invite, at_ms);
                 step.relay(&invite, at_ms);
@@ -944,5 +951,6 @@ impl Step<'_> {
     }
 }
 
+mod report;
 #[cfg(test)]
 mod tests;

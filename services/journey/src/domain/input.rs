@@ -7,11 +7,12 @@ use aftercart_shopify::decode::{
     ConsentChange, PoisonRecord,
 };
 use aftercart_shopify::money::Amount;
+use aftercart_shopify::privacy::DataRequest;
 use aftercart_shopify::time::parse_time_ms;
 use serde::Deserialize;
 
 /// The Shopify topics the journey acts on; the router forwards only these.
-pub const TOPICS: [&str; 16] = [
+pub const TOPICS: [&str; 17] = [
     "checkouts/create",
     "orders/create",
     "orders/updated",
@@ -26,6 +27,7 @@ pub const TOPICS: [&str; 16] = [
     "customers/update",
     "customers_email_marketing_consent/update",
     "customers/redact",
+    "customers/data_request",
     "shop/redact",
     "app/uninstalled",
 ];
@@ -205,6 +207,8 @@ pub enum Input {
         orders: Vec<u64>,
     },
     RedactShop,
+    /// `customers/data_request`: report what is held about the customer.
+    DataRequest(Box<DataRequest>),
     Invite(Box<InviteFact>),
     /// A fact that only counts towards the shop's KPIs.
     Kpi(crate::domain::kpis::Fact),
@@ -421,6 +425,9 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
                 orders: redact.orders,
             }
         }
+        "customers/data_request" => {
+            Input::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
+        }
         // An uninstalled app will get shop/redact 48 hours later; until then nothing changes.
         "shop/redact" => {
             decode::<serde::de::IgnoredAny>(&topic, body)?;
@@ -523,6 +530,22 @@ mod tests {
             decode_input(Some("products/update"), b"{}").unwrap(),
             Input::Ignored
         );
+    }
+
+    #[test]
+    fn a_data_request_is_read_with_who_it_names_and_its_id() {
+        assert!(is_relevant("Customers/Data_Request"));
+        let Input::DataRequest(request) = decode_input(
+            Some("customers/data_request"),
+            &fixture("customers_data_request.json"),
+        )
+        .unwrap() else {
+            panic!("a data request")
+        };
+        assert_eq!(request.person.customer_id, Some(191167));
+        assert_eq!(request.person.orders, vec![220458, 280263, 299938]);
+        assert_eq!(request.id, Some(9999));
+        assert!(decode_input(Some("customers/data_request"), b"[1]").is_err());
     }
 
     #[test]

@@ -150,11 +150,29 @@ pub fn mark(kind: Kind, of: Option<&str>) -> String {
     }
 }
 
-/// What the journey writes: a touchpoint (`aftercart.touchpoints`) or a daily KPI record
-/// (`aftercart.kpis`). Read back untagged on restore: a KPI record has no order.
+/// What the journey writes: a touchpoint (`aftercart.touchpoints`), a daily KPI record
+/// (`aftercart.kpis`) or an answer to a data request (`aftercart.data_requests`, shared with the
+/// other services). Read back untagged on restore: a KPI record has no order, a report neither.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Output {
     Touchpoint(Box<Touchpoint>),
     Kpis(Box<crate::domain::kpis::KpiRecord>),
+    Answer(Box<aftercart_shopify::privacy::DataRequestReport>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aftercart_shopify::privacy::{DataRequest, DataRequestReport};
+
+    /// On restore the stage reads the data requests topic back, with the other services'
+    /// reports in it: each reads as an answer, never as a touchpoint or a KPI record.
+    #[test]
+    fn a_report_reads_back_as_an_answer() {
+        let report = DataRequestReport::new("referrals", "s", &DataRequest::default(), 0, vec![]);
+        let bytes = serde_json::to_vec(&report).unwrap();
+        let read: Output = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(read, Output::Answer(Box::new(report)));
+    }
 }

@@ -13,9 +13,13 @@ const SHOP: &str = "shop.myshopify.com";
 const MIN: i64 = 60_000;
 
 fn logic() -> Nudges {
+    logic_on(&prometheus::Registry::new())
+}
+
+fn logic_on(registry: &prometheus::Registry) -> Nudges {
     Nudges::new(
         Engine::new(rules()),
-        NudgesMetrics::register(&prometheus::Registry::new(), None).unwrap(),
+        NudgesMetrics::register(registry, None).unwrap(),
         None,
     )
 }
@@ -149,4 +153,49 @@ fn nothing_restored_means_no_hold() {
     let fresh = record("abandonments", "none", abandonment("b", now), now_ms());
     assert!(logic.apply(0, "abandonments", &fresh).is_ok());
     assert_eq!(emitted(&logic.tick(now_ms())), 1);
+}
+
+#[test]
+fn a_data_request_is_written_to_the_data_requests_topic_and_counted_once_acknowledged() {
+    let registry = prometheus::Registry::new();
+    let mut logic = logic_on(&registry);
+    let answered = || {
+        registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "aftercart_nudges_data_requests_answered_total")
+            .map(|f| f.get_metric()[0].get_counter().get_value())
+    };
+    assert_eq!(answered(), Some(0.0), "registered at zero");
+    logic.assign(0, HashMap::new());
+    let request = record(
+        "compliance",
+        "customers/data_request",
+        serde_json::json!({"customer": {"id": 42}, "data_request": {"id": 9}}),
+        now_ms(),
+    );
+    assert!(logic.routes("compliance", &request));
+    let effects = logic.apply(0, "compliance", &request).ok().unwrap();
+    let [StageEffect::Emit {
+        topic,
+        event_id,
+        output: Output::Answer(report),
+        ..
+    }] = effects.as_slice()
+    else {
+        panic!("one answer")
+    };
+    assert_eq!(*topic, DATA_REQUESTS);
+    assert_eq!(event_id, &report.event_id);
+    let record: serde_json::Value = serde_json::to_value(Output::Answer(report.clone())).unwrap();
+    assert_eq!(
+        record["type"], "data_request.answered",
+        "written as the report itself"
+    );
+    assert!(
+        serde_json::from_value::<EmittedNudge>(record).is_err(),
+        "read back on restore, a report is no nudge"
+    );
+    logic.emitted(&Output::Answer(report.clone()));
+    assert_eq!(answered(), Some(1.0));
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
 use aftercart_runtime::state_hash::StateHasher;
+use aftercart_shopify::privacy::DataRequestReport;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::cadence::{schedule, QuietHours, Steps};
@@ -111,6 +112,11 @@ pub enum Effect {
     /// recovered amount and currency when the event carries them.
     Attributed {
         revenue: Option<(f64, String)>,
+    },
+    /// The answer to a `customers/data_request` ([`report`]).
+    Answer {
+        key: String,
+        report: Box<DataRequestReport>,
     },
 }
 
@@ -364,6 +370,9 @@ impl Engine {
             }
             Input::RedactCustomer(facts) => self.redact_customer(partition, shop, &facts),
             Input::RedactShop => self.redact_shop(partition, shop),
+            Input::DataRequest(request) => {
+                vec![self.data_request(partition, shop, &request, at_ms)]
+            }
             Input::Ignored => Vec::new(),
         }
     }
@@ -791,5 +800,6 @@ fn nudge_of(sequence: &Sequence, step: u32) -> Nudge {
     }
 }
 
+mod report;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -4,6 +4,7 @@
 use aftercart_abandonment::domain::event::{EventType, Kind, OutputEvent};
 pub use aftercart_shopify::decode::PoisonRecord;
 use aftercart_shopify::decode::{decode, shopify_topic, ConsentState};
+use aftercart_shopify::privacy::DataRequest;
 use serde::Deserialize;
 
 /// One fact, of one shop.
@@ -25,6 +26,8 @@ pub enum Input {
     Consent(ContactFacts, Channels),
     RedactCustomer(ContactFacts),
     RedactShop,
+    /// `customers/data_request`: report what is held about the customer.
+    DataRequest(Box<DataRequest>),
     /// Relevant topic, nothing to do (a cart abandonment, an unknown Shopify topic).
     Ignored,
 }
@@ -118,6 +121,7 @@ pub fn is_relevant(family: &str, shopify_topic: Option<&str>) -> bool {
                 | "customers_email_marketing_consent/update"
                 | "customers_marketing_consent/update"
                 | "customers/redact"
+                | "customers/data_request"
                 | "shop/redact"
         )
     )
@@ -186,6 +190,9 @@ pub fn decode_input(family: &str, topic: Option<&str>, body: &[u8]) -> Result<In
                 phone: redact.phone,
             })
         }
+        "customers/data_request" => {
+            Input::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
+        }
         "shop/redact" => Input::RedactShop,
         _ => Input::Ignored,
     })
@@ -253,6 +260,25 @@ mod tests {
                     sms: None
                 }
             )
+        );
+    }
+
+    #[test]
+    fn a_data_request_is_read_with_who_it_names_and_its_id() {
+        assert!(is_relevant("compliance", Some("customers/data_request")));
+        let Input::DataRequest(request) = decode_input(
+            "compliance",
+            Some("customers/data_request"),
+            &fixture("customers_data_request.json"),
+        )
+        .unwrap() else {
+            panic!("a data request")
+        };
+        assert_eq!(request.person.customer_id, Some(191167));
+        assert!(request.id.is_some());
+        assert!(
+            decode_input("compliance", Some("customers/data_request"), b"[1]").is_err(),
+            "a body that is not an object is poison"
         );
     }
 

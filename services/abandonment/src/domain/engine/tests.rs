@@ -9,7 +9,7 @@ const MIN: i64 = 60_000;
 const SHOP: &str = "shop.myshopify.com";
 const KEY: &str = "shop.myshopify.com/cart-1";
 
-fn rules() -> Rules {
+pub(crate) fn rules() -> Rules {
     Rules {
         abandon_after_ms: 60 * MIN,
         cart_abandon_after_ms: 30 * MIN,

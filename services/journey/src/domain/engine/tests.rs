@@ -538,3 +538,121 @@ fn a_partial_refund_in_the_customers_currency_is_not_taken_for_a_full_refund() {
     engine.apply(0, SHOP, event(6, "delivered"), AT);
     assert!(engine.order_due().is_some(), "the refund read first");
 }
+
+/// The report a data request about `customer` (with `data_request.id` 5) is answered with.
+fn data_request(
+    engine: &mut Engine,
+    customer: serde_json::Value,
+    orders: &[u64],
+) -> aftercart_shopify::privacy::DataRequestReport {
+    let body = serde_json::json!({"shop_domain": SHOP, "customer": customer,
+                                  "orders_requested": orders, "data_request": {"id": 5}});
+    let effects = engine.apply(0, SHOP, input("customers/data_request", body), AT);
+    match effects.as_slice() {
+        [Effect::Answer { key, report }] => {
+            assert_eq!(key, &format!("{SHOP}/data-request"));
+            (**report).clone()
+        }
+        other => panic!("one answer: {other:?}"),
+    }
+}
+
+fn held(report: &aftercart_shopify::privacy::DataRequestReport) -> Vec<(&str, &str)> {
+    report
+        .holdings
+        .iter()
+        .map(|h| (h.kind.as_str(), h.key.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_data_request_reports_the_customers_orders_touchpoints_and_consent() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(5, true), AT);
+    engine.apply(0, SHOP, event(5, "delivered"), AT);
+    engine.apply(
+        0,
+        SHOP,
+        input(
+            "customers/update",
+            serde_json::json!({"id": 42, "email_marketing_consent": {"state": "subscribed",
+                "consent_updated_at": "2026-11-02T10:00:00Z"}}),
+        ),
+        AT,
+    );
+    let report = data_request(&mut engine, serde_json::json!({"id": 42}), &[]);
+    assert_eq!(report.service, "journey");
+    assert_eq!(report.data_request_id, Some(5));
+    let order = order_entity(SHOP, 5);
+    let consent = customer_entity(SHOP, 42);
+    let buyer = buyer_entity(SHOP, 42);
+    assert_eq!(
+        held(&report),
+        [
+            ("order", order.as_str()),
+            ("consent", consent.as_str()),
+            ("buyer", buyer.as_str())
+        ]
+    );
+    let data = &report.holdings[0].data;
+    assert_eq!(data["stored"]["email"], "bea@example.com");
+    assert_eq!(
+        data["contact_fields"],
+        serde_json::json!(["email", "first_name"])
+    );
+    let sent: Vec<&str> = data["touchpoints_sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(sent.contains(&"order_confirmed"), "{sent:?}");
+    let scheduled: Vec<&str> = data["touchpoints_scheduled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(scheduled, ["review_request", "replenishment_reminder"]);
+    assert_eq!(report.holdings[1].data["stored"]["subscribed"], true);
+    // By email alone, or by an order the request lists: the same order.
+    let by_email = data_request(
+        &mut engine,
+        serde_json::json!({"email": "BEA@example.com"}),
+        &[],
+    );
+    assert_eq!(held(&by_email), [("order", order.as_str())]);
+    let by_order = data_request(&mut engine, serde_json::json!({}), &[5]);
+    assert_eq!(held(&by_order), [("order", order.as_str())]);
+}
+
+#[test]
+fn a_data_request_reports_no_order_of_another_customer_sharing_the_email() {
+    let mut engine = engine();
+    engine.apply(0, SHOP, order(5, true), AT);
+    let report = data_request(
+        &mut engine,
+        serde_json::json!({"id": 7, "email": "bea@example.com"}),
+        &[5],
+    );
+    assert!(report.holdings.is_empty(), "{report:?}");
+}
+
+#[test]
+fn a_customer_held_nowhere_or_redacted_still_gets_an_answer_saying_so() {
+    let mut engine = engine();
+    let nobody = data_request(&mut engine, serde_json::json!({"id": 99}), &[]);
+    assert!(nobody.holdings.is_empty());
+    engine.apply(0, SHOP, order(5, true), AT);
+    engine.apply(
+        0,
+        SHOP,
+        input(
+            "customers/redact",
+            serde_json::json!({"customer": {"id": 42}, "orders_to_redact": [5]}),
+        ),
+        AT,
+    );
+    let redacted = data_request(&mut engine, serde_json::json!({"id": 42}), &[5]);
+    assert!(redacted.holdings.is_empty(), "{redacted:?}");
+}

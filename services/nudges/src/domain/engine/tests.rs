@@ -648,3 +648,191 @@ fn a_recovery_after_a_sent_nudge_is_attributed_with_its_revenue_and_one_before_i
     );
     assert!(attributed(&effects).is_empty());
 }
+
+/// The report a data request about `customer` (with `data_request.id` 5) is answered with.
+fn data_request(e: &mut Engine, customer: serde_json::Value, at_ms: i64) -> DataRequestReport {
+    let body = serde_json::json!({"shop_domain": SHOP, "customer": customer,
+                                  "orders_requested": [], "data_request": {"id": 5}});
+    let effects = e.apply(
+        0,
+        SHOP,
+        shopify("compliance", "customers/data_request", body),
+        at_ms,
+    );
+    match effects.as_slice() {
+        [Effect::Answer { key, report }] => {
+            assert_eq!(key, &format!("{SHOP}/data-request"));
+            (**report).clone()
+        }
+        other => panic!("one answer: {other:?}"),
+    }
+}
+
+fn kinds(report: &DataRequestReport) -> Vec<(&str, &str)> {
+    report
+        .holdings
+        .iter()
+        .map(|h| (h.kind.as_str(), h.key.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_data_request_reports_the_persons_sequence_with_its_steps_and_what_is_remembered_of_them() {
+    let mut e = engine();
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    assert_eq!(nudges(&e.fire_due(T0 + HOUR)).len(), 1);
+    let report = data_request(
+        &mut e,
+        serde_json::json!({"id": 42, "email": " ANN@example.com"}),
+        T0 + 2 * HOUR,
+    );
+    assert_eq!(report.service, "nudges");
+    assert_eq!(report.shop, SHOP);
+    assert_eq!(report.data_request_id, Some(5));
+    assert_eq!(report.customer_id, Some(42));
+    assert_eq!(report.answered_at, rfc3339(T0 + 2 * HOUR));
+    let ids = identity::hashes(
+        &rules().hasher,
+        SHOP,
+        &ContactFacts {
+            customer_id: Some(42),
+            email: Some("ann@example.com".into()),
+            phone: None,
+        },
+    );
+    let (by_id, by_email) = (person_key(&ids[0]), person_key(&ids[1]));
+    let sequence = format!("sequence/{SHOP}/a");
+    assert_eq!(
+        kinds(&report),
+        [
+            ("sequence", sequence.as_str()),
+            ("person", by_id.as_str()),
+            ("person", by_email.as_str())
+        ]
+    );
+    let held = &report.holdings[0].data;
+    assert_eq!(held["steps"], 3);
+    assert_eq!(held["steps_sent"], 1);
+    assert_eq!(
+        held["steps_scheduled"],
+        serde_json::json!([rfc3339(T0 + 24 * HOUR), rfc3339(T0 + 72 * HOUR)])
+    );
+    assert_eq!(
+        held["contact_fields"],
+        serde_json::json!(["email", "first_name"])
+    );
+    assert_eq!(held["stored"]["customer"]["email"], "ann@example.com");
+    let person = &report.holdings[1].data;
+    assert_eq!(person["identified_by"], "customer_id");
+    assert_eq!(person["stored"]["started_ms"], T0 + HOUR);
+    assert_eq!(report.holdings[2].data["identified_by"], "email");
+}
+
+#[test]
+fn a_data_request_finds_the_sequence_by_phone_alone_and_never_one_of_another_customer_id() {
+    let mut e = engine();
+    e.apply(
+        0,
+        SHOP,
+        abandoned(
+            "a",
+            serde_json::json!({"customer": {"id": 42, "email": "ann@example.com",
+                "phone": "+44 7700 900123", "first_name": "Ann", "last_name": null,
+                "country": "GB", "accepts_email_marketing": true, "accepts_sms_marketing": true}}),
+        ),
+        T0,
+    );
+    let by_phone = data_request(&mut e, serde_json::json!({"phone": "07700 900123"}), T0);
+    assert_eq!(by_phone.holdings.len(), 1, "{by_phone:?}");
+    assert_eq!(by_phone.holdings[0].kind, "sequence");
+    assert_eq!(
+        by_phone.holdings[0].data["contact_fields"],
+        serde_json::json!(["email", "phone", "first_name"])
+    );
+    // Customer 7 shares Ann's email (a household): Ann's sequence is not theirs.
+    let other = data_request(
+        &mut e,
+        serde_json::json!({"id": 7, "email": "ann@example.com"}),
+        T0,
+    );
+    assert!(
+        other.holdings.iter().all(|h| h.kind != "sequence"),
+        "{other:?}"
+    );
+    assert!(!serde_json::to_string(&other)
+        .unwrap()
+        .contains("ann@example.com"));
+}
+
+#[test]
+fn a_person_held_nowhere_or_redacted_still_gets_an_answer_saying_so() {
+    let mut e = engine();
+    let nobody = data_request(&mut e, serde_json::json!({"id": 99}), T0);
+    assert!(nobody.holdings.is_empty());
+    assert_eq!(nobody.data_request_id, Some(5));
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    e.apply(
+        0,
+        SHOP,
+        shopify(
+            "compliance",
+            "customers/redact",
+            serde_json::json!({"customer": {"id": 42, "email": "ann@example.com"}}),
+        ),
+        T0 + MIN,
+    );
+    let redacted = data_request(&mut e, serde_json::json!({"id": 42}), T0 + 2 * MIN);
+    assert!(redacted.holdings.is_empty(), "{redacted:?}");
+    // A partition this instance does not own answers too (empty): the report is written in
+    // the record's partition either way.
+    let unowned = e.apply(
+        3,
+        SHOP,
+        shopify(
+            "compliance",
+            "customers/data_request",
+            serde_json::json!({"customer": {"id": 42}, "data_request": {"id": 6}}),
+        ),
+        T0,
+    );
+    assert!(
+        matches!(unowned.as_slice(), [Effect::Answer { report, .. }] if report.holdings.is_empty())
+    );
+}
+
+#[test]
+fn a_data_request_reports_nothing_remembered_under_an_email_or_phone_another_customer_id_shares() {
+    let mut e = engine();
+    // Ann (customer 42) orders with her email and phone: remembered under each identity.
+    let order = shopify(
+        "orders",
+        "orders/create",
+        serde_json::json!({"id": 9, "email": "ann@example.com", "phone": "+44 7700 900123",
+            "customer": {"id": 42, "email": "ann@example.com", "phone": "+44 7700 900123"}}),
+    );
+    e.apply(0, SHOP, order, T0);
+    // Customer 7 shares the household's email and phone: when Ann ordered is not theirs.
+    let other = data_request(
+        &mut e,
+        serde_json::json!({"id": 7, "email": "ann@example.com", "phone": "07700 900123"}),
+        T0 + MIN,
+    );
+    assert!(other.holdings.is_empty(), "{other:?}");
+    // Ann's own request still finds what is remembered under her id.
+    let own = data_request(
+        &mut e,
+        serde_json::json!({"id": 42, "email": "ann@example.com"}),
+        T0 + MIN,
+    );
+    assert!(
+        own.holdings
+            .iter()
+            .any(|h| h.kind == "person" && h.data["identified_by"] == "customer_id"),
+        "{own:?}"
+    );
+    // A request naming no customer id is answered by email, as every record matches it.
+    let by_email = data_request(&mut e, serde_json::json!({"email": "ann@example.com"}), T0);
+    assert_eq!(by_email.holdings.len(), 1, "{by_email:?}");
+    assert_eq!(by_email.holdings[0].data["identified_by"], "email");
+    assert_eq!(by_email.holdings[0].data["stored"]["ordered_ms"], T0);
+}
