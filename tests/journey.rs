@@ -44,7 +44,7 @@ mod scenarios {
         /// product, and a file destination in a fresh directory.
         async fn start(broker: &Broker) -> Stack {
             let ingress = TestIngress::start_on(broker, ingress_config(broker)).await;
-            let dir = std::env::temp_dir().join(format!("journey-{}", unique_prefix()));
+            let dir = aftercart_tests::scratch(&format!("journey-{}", unique_prefix()));
             std::fs::create_dir_all(&dir).unwrap();
             let file = dir.join("journey.toml");
             std::fs::write(

@@ -766,7 +766,7 @@ mod scenarios {
 
         impl Dir {
             pub fn new() -> Dir {
-                let path = std::env::temp_dir().join(format!("aftercart-{}", uuid::Uuid::new_v4()));
+                let path = aftercart_tests::scratch(&format!("referrals-{}", uuid::Uuid::new_v4()));
                 std::fs::create_dir_all(&path).unwrap();
                 Dir { path }
             }

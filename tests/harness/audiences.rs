@@ -85,8 +85,7 @@ impl Platforms {
             Reply::status(200).body(r#"{"code":0,"message":"OK","request_id":"r","data":{}}"#),
         );
         let webhook = Receiver::start(vec![]).await;
-        let dir =
-            std::env::temp_dir().join(format!("aftercart-audiences-{}", uuid::Uuid::new_v4()));
+        let dir = crate::scratch(&format!("audiences-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("test dir");
         let key = json!({"type": "service_account", "client_email": SERVICE_ACCOUNT,
             "private_key": SERVICE_ACCOUNT_KEY, "token_uri": format!("{}/token", datamanager.base())});

@@ -148,7 +148,7 @@ impl TansuProcess {
     fn start_advertising(binary: &PathBuf, port: u16, advertised: Option<u16>) -> TansuProcess {
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
-        let log = std::env::temp_dir().join(format!("aftercart-tansu-{port}.log"));
+        let log = crate::scratch(&format!("tansu-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("tansu log file");
         let child = Command::new(binary)
             .args([

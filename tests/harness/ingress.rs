@@ -46,7 +46,7 @@ pub fn test_config(broker: &Broker) -> IngressConfig {
         dedupe_capacity: 10_000,
         shutdown_timeout: Duration::from_secs(10),
         spool: Some(SpoolConfig {
-            dir: std::env::temp_dir().join(format!("aftercart-spool-{}", crate::unique_prefix())),
+            dir: crate::scratch(&format!("spool-{}", crate::unique_prefix())),
             max_bytes: 64 << 20,
             disk: Default::default(),
         }),

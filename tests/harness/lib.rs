@@ -21,6 +21,7 @@ pub mod records;
 pub mod referrals;
 pub mod sasl;
 pub mod schemas;
+pub mod scratch;
 pub mod service;
 pub mod shopify_admin;
 pub mod test_files;
@@ -29,6 +30,7 @@ pub mod tls;
 pub use accounting::Accounting;
 pub use broker::Broker;
 pub use records::{count_records, read_topic, read_topic_with, Record};
+pub use scratch::scratch;
 
 /// Routes the services' logs to the test output when AFTERCART_TEST_LOG is set (e.g. `debug`).
 pub fn init_logs() {

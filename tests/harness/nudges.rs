@@ -39,7 +39,7 @@ impl Klaviyo {
     pub async fn start(shop: &str) -> Klaviyo {
         let receiver = Receiver::start(vec![]).await;
         receiver.answer_by_default(Reply::status(202));
-        let dir = std::env::temp_dir().join(format!("aftercart-nudges-{}", uuid::Uuid::new_v4()));
+        let dir = crate::scratch(&format!("nudges-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("test dir");
         std::fs::write(dir.join("klaviyo-keys"), format!("{shop}={KLAVIYO_KEY}\n"))
             .expect("keys file");

@@ -77,7 +77,7 @@ pub fn ingress_env(
     // ingress on the machine, so one test's leftovers (events for another run's topics, which
     // no broker here has) would queue every later event behind them, and two ingresses would
     // contend for its lock.
-    let spool = std::env::temp_dir().join(format!("aftercart-spool-{prefix}-{}", listen.port()));
+    let spool = crate::scratch(&format!("spool-{prefix}-{}", listen.port()));
     env.push((
         "AFTERCART_INGRESS_SPOOL_DIR".into(),
         spool.to_string_lossy().into_owned(),
@@ -131,7 +131,7 @@ impl ServiceProcess {
         if !env.iter().any(|(k, _)| k == "AFTERCART_LOG_FORMAT") {
             env.push(("AFTERCART_LOG_FORMAT".into(), "json".into()));
         }
-        let dir = std::env::temp_dir().join("aftercart-faults");
+        let dir = crate::scratch("logs");
         std::fs::create_dir_all(&dir).expect("log directory");
         let log = dir.join(format!(
             "{}-{}-{}.log",

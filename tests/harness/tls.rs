@@ -91,7 +91,7 @@ impl TestCa {
 
 /// A fresh directory for one test's certificates.
 pub fn cert_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("aftercart-tls-{}", crate::unique_prefix()));
+    let dir = crate::scratch(&format!("tls-{}", crate::unique_prefix()));
     std::fs::create_dir_all(&dir).expect("cert dir");
     dir
 }

@@ -27,7 +27,7 @@ fn aftercart(args: &[&str]) -> Command {
 }
 
 fn temp_spool_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("aftercart-spool-{}", unique_prefix()))
+    aftercart_tests::scratch(&format!("spool-{}", unique_prefix()))
 }
 
 fn run(command: &mut Command) -> Output {
@@ -189,7 +189,7 @@ fn with_old_and_new_setting_names_both_set_the_new_one_wins() {
 
 #[test]
 fn a_typo_in_an_audiences_destination_exits_64_naming_the_field() {
-    let dir = std::env::temp_dir().join(format!("aftercart-audiences-{}", unique_prefix()));
+    let dir = aftercart_tests::scratch(&format!("audiences-{}", unique_prefix()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("audiences.toml");
     std::fs::write(
@@ -378,7 +378,7 @@ fn nudges_need_the_shared_state_hash_key_and_take_the_old_identity_key_as_its_al
     );
 
     // So does the _FILE variant; a valid key leaves only the missing brokers.
-    let dir = std::env::temp_dir().join(format!("aftercart-nudges-key-{}", unique_prefix()));
+    let dir = aftercart_tests::scratch(&format!("nudges-key-{}", unique_prefix()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("identity-key");
     std::fs::write(&file, "an-old-identity-key-of-32-chars\n").unwrap();
@@ -572,11 +572,9 @@ fn read_banner(child: &mut Child) -> (SocketAddr, SocketAddr, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_stack_takes_the_demo_journey_and_stops_on_ctrl_c() {
-    let audiences =
-        std::env::temp_dir().join(format!("aftercart-dev-audiences-{}", std::process::id()));
+    let audiences = aftercart_tests::scratch("dev-audiences");
     // The example nudges file with its files in a directory of this test's own.
-    let nudges_dir =
-        std::env::temp_dir().join(format!("aftercart-dev-nudges-{}", std::process::id()));
+    let nudges_dir = aftercart_tests::scratch("dev-nudges");
     std::fs::create_dir_all(&nudges_dir).unwrap();
     let example = include_str!("../../../examples/nudges.toml").replace(
         r#"dir = ".aftercart/nudges""#,

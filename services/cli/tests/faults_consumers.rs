@@ -472,7 +472,7 @@ async fn audiences_killed_mid_batch_adds_every_buyer_exactly_once() {
         "the ingress must take every order before the fault: {books}"
     );
 
-    let dir = std::env::temp_dir().join(format!("aftercart-faults-audiences-{run}"));
+    let dir = aftercart_tests::scratch(&format!("faults-audiences-{run}"));
     // The built-in audiences, to files in a directory of this run.
     let case = audiences(&prefix, &dir);
     let batches_topic = case.output_topic;
@@ -891,7 +891,7 @@ async fn referrals_members_coming_and_going_under_load_invite_every_buyer_once()
 #[ignore = "fault suite: make test-faults"]
 async fn audiences_members_coming_and_going_under_load_add_every_buyer_once() {
     let prefix = unique_prefix();
-    let dir = std::env::temp_dir().join(format!("aftercart-faults-{prefix}audiences"));
+    let dir = aftercart_tests::scratch(&format!("faults-{prefix}audiences"));
     // Flushes of the audience fall due every second: during every rebalance.
     members_come_and_go(&prefix, audiences(&prefix, &dir)).await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -60,7 +60,7 @@ async fn setup(name: &str, extra: &[(&str, &str)]) -> Option<Setup> {
 }
 
 fn spool_dir(prefix: &str) -> String {
-    let dir: PathBuf = std::env::temp_dir().join(format!("aftercart-faults-spool-{prefix}"));
+    let dir: PathBuf = aftercart_tests::scratch(&format!("faults-spool-{prefix}"));
     dir.to_string_lossy().into_owned()
 }
 
