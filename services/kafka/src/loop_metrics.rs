@@ -30,6 +30,7 @@ pub struct LoopMetrics {
     changelog_writes: IntCounter,
     partitions: IntGauge,
     fenced: IntCounterVec,
+    timer_holds_released: IntCounter,
     /// By shop only ([`LoopMetrics::routing`]).
     routed: Option<IntCounter>,
     pub lag: ConsumerLag,
@@ -98,6 +99,12 @@ impl LoopMetrics {
                 ),
                 &["reason"],
             )?,
+            timer_holds_released: IntCounter::with_opts(opts(
+                "timer_holds_released_total",
+                "Input partitions that held timers back (records left to read) without their \
+                 read position moving for 5 s, no longer waited for (e.g. an end the consumer \
+                 never reaches).",
+            ))?,
             routed: None,
             lag: ConsumerLag::register(prefix, registry)?,
             kafka_errors: crate::client_watch::register_errors(prefix, registry)?,
@@ -111,6 +118,7 @@ impl LoopMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.changelog_writes)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.partitions)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.fenced)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.timer_holds_released)?;
         for reason in FENCE_REASONS {
             metrics.fenced.with_label_values(&[reason]);
         }
@@ -174,6 +182,11 @@ impl LoopMetrics {
 
     pub fn fenced(&self, reason: &str) {
         self.fenced.with_label_values(&[reason]).inc();
+    }
+
+    /// An input partition stopped holding timers back: below its end, its position stood still.
+    pub fn timer_hold_released(&self) {
+        self.timer_holds_released.inc();
     }
 
     pub fn changelog_written(&self, records: usize) {
