@@ -764,7 +764,7 @@ async fn assert_books(
             (case.expected)(run, n)
         })
         .collect();
-    reconcile_outputs(broker, case, books, expected, name).await;
+    reconcile_outputs(broker, case, books, expected, &[], name).await;
 }
 
 /// Waits until the output topic carries every identity `expected` and settles, then checks the
@@ -774,6 +774,7 @@ async fn reconcile_outputs(
     case: &Case,
     mut books: aftercart_tests::accounting::Accounting,
     expected: Vec<String>,
+    inputs: &[Input],
     name: String,
 ) {
     let bootstrap = broker.bootstrap();
@@ -786,15 +787,21 @@ async fn reconcile_outputs(
         found.iter().map(String::as_str),
     );
     books.name = name;
-    show_odd_outputs(&records, case.identities, &expected);
+    show_odd_outputs(&records, case.identities, &expected, inputs);
     assert_one_event_id_per_output(&records, case.identities);
     books.assert_exact();
     assert_eq!(books.unacknowledged_found, 0, "outputs nobody asked for");
 }
 
 /// Prints every output record whose identity is repeated or owed by nobody (its place, time,
-/// event id and `type`/`kind`), so a failure names what to look at.
-fn show_odd_outputs(records: &[Record], identities: fn(&Record) -> Vec<String>, owed: &[String]) {
+/// event id and `type`/`kind`), and the input records of its journey (`<shop>/<cart token>`)
+/// with their timestamps against its `abandoned_at`, so a failure names what to look at.
+fn show_odd_outputs(
+    records: &[Record],
+    identities: fn(&Record) -> Vec<String>,
+    owed: &[String],
+    inputs: &[Input],
+) {
     let owed: BTreeSet<&str> = owed.iter().map(String::as_str).collect();
     let mut copies = BTreeMap::<String, u64>::new();
     for id in records.iter().flat_map(identities) {
@@ -817,6 +824,17 @@ fn show_odd_outputs(records: &[Record], identities: fn(&Record) -> Vec<String>, 
                     value["abandoned_at"],
                     value["last_activity_at"]
                 );
+                let abandoned_at = value["abandoned_at"]
+                    .as_str()
+                    .and_then(aftercart_shopify::time::parse_time_ms);
+                for input in inputs.iter().filter(|input| journey_of(input) == id) {
+                    eprintln!(
+                        "  input {} at {} ({} ms from abandoned_at)",
+                        input.topic,
+                        input.at,
+                        abandoned_at.map_or("?".to_string(), |due| (input.at - due).to_string())
+                    );
+                }
             }
         }
     }
@@ -828,9 +846,26 @@ struct Input {
     topic: String,
     shop: String,
     body: serde_json::Value,
+    /// The record's timestamp: when the ingress received the delivery (the services' clock).
+    at: i64,
 }
 
 type Inputs = Vec<Input>;
+
+/// The journey an input belongs to, as the abandonment service keys it: `<shop>/<cart token>`
+/// (a cart's own token).
+fn journey_of(input: &Input) -> String {
+    let field = if input.topic == "carts/update" {
+        "token"
+    } else {
+        "cart_token"
+    };
+    format!(
+        "{}/{}",
+        input.shop,
+        input.body[field].as_str().unwrap_or_default()
+    )
+}
 
 /// The paid orders among `inputs`.
 fn paid(inputs: &Inputs) -> impl Iterator<Item = &serde_json::Value> {
@@ -858,6 +893,7 @@ async fn inputs_of_run(bootstrap: &str, prefix: &str, run: &str) -> Inputs {
                 topic: header("shopify-topic"),
                 shop: header("shopify-shop-domain"),
                 body: serde_json::from_slice(&record.value).expect("JSON input"),
+                at: record.timestamp.expect("input records carry a timestamp"),
             });
         }
     }
@@ -899,10 +935,64 @@ async fn assert_books_of_inputs(
         "the load generator's count of {} is what reached the input topics",
         case.owed_in_report
     );
+    if case.subcommand == "abandonment" {
+        show_journey_timing(&inputs);
+    }
     let mut accounting = aftercart_tests::accounting::Accounting::new(case.name);
     accounting.sent = reported;
     accounting.acknowledged = expected.len() as u64;
-    reconcile_outputs(broker, case, accounting, expected, name).await;
+    reconcile_outputs(broker, case, accounting, expected, &inputs, name).await;
+}
+
+/// How the load's journeys were timed, by their input records' timestamps, against the
+/// abandonment delays (1 s): orders written more than the delay after the journey's last cart
+/// or checkout record, and checkouts more than the delay after their cart.
+fn show_journey_timing(inputs: &Inputs) {
+    /// The first cart, first checkout, last cart or checkout, and first order record.
+    #[derive(Default)]
+    struct Times {
+        cart: Option<i64>,
+        checkout: Option<i64>,
+        activity: Option<i64>,
+        order: Option<i64>,
+    }
+    let first = |slot: &mut Option<i64>, at: i64| *slot = Some(slot.map_or(at, |t| t.min(at)));
+    let mut journeys = BTreeMap::<String, Times>::new();
+    for input in inputs {
+        let times = journeys.entry(journey_of(input)).or_default();
+        match input.topic.as_str() {
+            "carts/update" => first(&mut times.cart, input.at),
+            "checkouts/create" | "checkouts/update" => first(&mut times.checkout, input.at),
+            topic if topic.starts_with("orders/") => first(&mut times.order, input.at),
+            _ => continue,
+        }
+        if !input.topic.starts_with("orders/") {
+            times.activity = times.activity.max(Some(input.at));
+        }
+    }
+    let delay = 1_000;
+    let mut ordered = 0;
+    let mut late_orders = Vec::new();
+    let mut late_checkouts = Vec::new();
+    for (key, times) in &journeys {
+        if let (Some(activity), Some(order)) = (times.activity, times.order) {
+            ordered += 1;
+            if order - activity > delay - 200 {
+                late_orders.push(format!("{key}: {} ms", order - activity));
+            }
+        }
+        if let (Some(cart), Some(checkout)) = (times.cart, times.checkout) {
+            if checkout - cart > delay - 200 {
+                late_checkouts.push(format!("{key}: {} ms", checkout - cart));
+            }
+        }
+    }
+    eprintln!(
+        "journey timing: {} journeys, {ordered} ordered; orders written more than 800 ms after \
+         the last activity: {late_orders:?}; checkouts more than 800 ms after the cart: \
+         {late_checkouts:?}",
+        journeys.len()
+    );
 }
 
 /// `aftercart loadgen --live-orders` against the ingress at `listen`, as a child process: every
