@@ -435,8 +435,10 @@ fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, 
 }
 
 /// Where each of `held` ends (one ListOffsets request per broker for all of them) and, for
-/// `unplaced`, where the group starts reading it (its committed offset), as far as the broker
-/// answers within [`ASK_TIMEOUT`]. Blocking calls, made only while timers are due or held.
+/// `unplaced`, where the group starts reading it: its committed offset, or for a partition the
+/// group never committed the log start (the stage's `auto.offset.reset=earliest`; one more
+/// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. Blocking calls,
+/// made only while timers are due or held.
 fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     held: &[Pair],
@@ -474,11 +476,29 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
     let starts = if unplaced.is_empty() {
         HashMap::new()
     } else {
-        let mut unplaced_list = TopicPartitionList::new();
-        for (topic, partition) in unplaced {
-            unplaced_list.add_partition(topic, *partition);
+        let committed = consumer
+            .committed_offsets(list(unplaced, Offset::Invalid), ASK_TIMEOUT)
+            .ok();
+        let never: Vec<Pair> = committed
+            .as_ref()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .filter(|e| e.error().is_ok() && e.offset() == Offset::Invalid)
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut starts = offsets(committed);
+        if !never.is_empty() {
+            // A timestamp of -2 (`Offset::Beginning`) asks for the log start.
+            starts.extend(offsets(
+                consumer
+                    .offsets_for_times(list(&never, Offset::Beginning), ASK_TIMEOUT)
+                    .ok(),
+            ));
         }
-        offsets(consumer.committed_offsets(unplaced_list, ASK_TIMEOUT).ok())
+        starts
     };
     Answers { ends, starts }
 }

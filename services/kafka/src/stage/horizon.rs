@@ -11,9 +11,12 @@
 //! Where the member is comes from the consumer itself (the records it handed the stage, its
 //! position); where a partition ends from one request for every held partition, made only
 //! while a timer is due or held, at most every [`HOLDING_REFRESH`] while holding and
-//! [`STEADY_REFRESH`] otherwise. A partition that stays below its end without advancing for
-//! [`STALL_AFTER`] (transaction markers, a read that stopped) no longer holds anything: a
-//! timer is never held forever.
+//! [`STEADY_REFRESH`] otherwise. Not known is not caught up: a partition whose end or place
+//! the broker has not told yet (no answer in time) holds timers as one with records left does.
+//! The group's start in a partition it never committed is the log start (`earliest`). A
+//! partition that stays below its end (or unknown) without advancing for [`STALL_AFTER`]
+//! (transaction markers, a read that stopped, a broker that never answers) no longer holds
+//! anything: a timer is never held forever.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -43,15 +46,21 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// Whether records are left to read, as far as is known.
+    /// Whether records may be left to read: below its end, or where it stands or ends is not
+    /// known (the broker did not answer in time). A stalled partition never is: the stall
+    /// bound, not a guess, is what keeps timers from waiting forever.
     fn behind(&self) -> bool {
-        !self.stalled && matches!((self.next, self.end), (Some(next), Some(end)) if next < end)
+        !self.stalled
+            && match (self.next, self.end) {
+                (Some(next), Some(end)) => next < end,
+                _ => true,
+            }
     }
 }
 
-/// The time timers may run to: `now`, or earlier while a partition has records left to read
-/// (then the timestamp of the last record read from it; with none read yet, nothing may fire).
-/// A partition whose position or end is unknown does not hold timers: liveness over a guess.
+/// The time timers may run to: `now`, or earlier while a partition may have records left to
+/// read (then the timestamp of the last record read from it; with none read yet, nothing may
+/// fire).
 pub fn horizon(now: i64, partitions: impl IntoIterator<Item = Reading>) -> Option<i64> {
     let mut to = now;
     for reading in partitions {
@@ -261,24 +270,37 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_position_or_end_or_a_stalled_partition_does_not_hold_the_timers() {
+    fn an_unknown_position_or_end_holds_the_timers_as_records_left_would() {
+        // The broker did not answer in time, or the member has no place in the partition yet:
+        // records may be left, so the timers wait (the stall bound ends the wait).
         let unknown = Reading {
             next: None,
-            last_at: None,
+            last_at: Some(400),
             end: Some(25),
             stalled: false,
         };
+        assert_eq!(horizon(1_000, [unknown]), Some(400));
         let no_end = Reading {
             next: Some(3),
             last_at: None,
             end: None,
             stalled: false,
         };
+        assert_eq!(horizon(1_000, [no_end]), None);
+    }
+
+    #[test]
+    fn a_stalled_partition_does_not_hold_the_timers() {
         let stalled = Reading {
             stalled: true,
             ..reading(3, Some(10), 25)
         };
-        assert_eq!(horizon(1_000, [unknown, no_end, stalled]), Some(1_000));
+        let unknown = Reading {
+            next: None,
+            end: None,
+            ..stalled
+        };
+        assert_eq!(horizon(1_000, [stalled, unknown]), Some(1_000));
     }
 
     #[test]

@@ -148,12 +148,20 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
     let held = [("orders".to_string(), 0), ("orders".to_string(), 1)];
-    let answers = ask_ends(&consumer, &held, &held[..1]);
+    let answers = ask_ends(&consumer, &held, &held);
     assert_eq!(
         answers.ends,
         HashMap::from([(held[0].clone(), 3), (held[1].clone(), 0)])
     );
-    assert!(answers.starts.is_empty(), "nothing committed: {answers:?}");
+    // Nothing committed: the group starts where `auto.offset.reset=earliest` puts it, at the
+    // log start. Once taken as unknown, and an unknown start held nothing: a member taking a
+    // partition its group never committed (the previous owner read none of it before it
+    // left) fired the abandonments of carts whose checkouts were still in that partition.
+    assert_eq!(
+        answers.starts,
+        HashMap::from([(held[0].clone(), 0), (held[1].clone(), 0)]),
+        "nothing committed: the log start"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut read = 0;
     while read < 3 {
