@@ -764,7 +764,22 @@ async fn assert_books(
             (case.expected)(run, n)
         })
         .collect();
-    reconcile_outputs(broker, case, books, expected, &[], name).await;
+    let outputs = Outputs {
+        expected,
+        inputs: &[],
+        left_out: &BTreeSet::new(),
+    };
+    reconcile_outputs(broker, case, books, outputs, name).await;
+}
+
+/// The outputs a case's books are drawn from.
+struct Outputs<'a> {
+    /// The identities owed, each once.
+    expected: Vec<String>,
+    /// The inputs they are owed for, to show beside odd outputs (may be none).
+    inputs: &'a [Input],
+    /// Identities whose outputs either way are right ([`late_journeys`]): not counted.
+    left_out: &'a BTreeSet<String>,
 }
 
 /// Waits until the output topic carries every identity `expected` and settles, then checks the
@@ -773,14 +788,31 @@ async fn reconcile_outputs(
     broker: &Broker,
     case: &Case,
     mut books: aftercart_tests::accounting::Accounting,
-    expected: Vec<String>,
-    inputs: &[Input],
+    outputs: Outputs<'_>,
     name: String,
 ) {
+    let Outputs {
+        expected,
+        inputs,
+        left_out,
+    } = outputs;
     let bootstrap = broker.bootstrap();
     wait_for_identities(&bootstrap, case, expected.len() as u64).await;
     settle(&bootstrap, &case.output_topic).await;
-    let records = read_topic(&bootstrap, &case.output_topic).await;
+    let mut records = read_topic(&bootstrap, &case.output_topic).await;
+    let before = records.len();
+    records.retain(|record| {
+        (case.identities)(record)
+            .iter()
+            .all(|id| !left_out.contains(id))
+    });
+    if before > records.len() {
+        eprintln!(
+            "{}: {} outputs of journeys left out of the books",
+            case.name,
+            before - records.len()
+        );
+    }
     let found: Vec<String> = records.iter().flat_map(case.identities).collect();
     books.reconcile(
         expected.iter().map(String::as_str),
@@ -935,19 +967,44 @@ async fn assert_books_of_inputs(
         "the load generator's count of {} is what reached the input topics",
         case.owed_in_report
     );
-    if case.subcommand == "abandonment" {
-        show_journey_timing(&inputs);
-    }
+    let left_out = if case.subcommand == "abandonment" {
+        late_journeys(&inputs)
+    } else {
+        BTreeSet::new()
+    };
+    let expected: Vec<String> = expected
+        .into_iter()
+        .filter(|id| !left_out.contains(id))
+        .collect();
     let mut accounting = aftercart_tests::accounting::Accounting::new(case.name);
     accounting.sent = reported;
     accounting.acknowledged = expected.len() as u64;
-    reconcile_outputs(broker, case, accounting, expected, &inputs, name).await;
+    let outputs = Outputs {
+        expected,
+        inputs: &inputs,
+        left_out: &left_out,
+    };
+    reconcile_outputs(broker, case, accounting, outputs, name).await;
 }
 
-/// How the load's journeys were timed, by their input records' timestamps, against the
-/// abandonment delays (1 s): orders written more than the delay after the journey's last cart
-/// or checkout record, and checkouts more than the delay after their cart.
-fn show_journey_timing(inputs: &Inputs) {
+/// The abandonment delays of the group case (`AFTERCART_ABANDONMENT_ABANDON_AFTER` and
+/// `..._CART_ABANDON_AFTER`).
+const ABANDON_AFTER_MS: i64 = 1_000;
+/// How close to a deadline a cancelling record may be written and still go either way.
+const DEADLINE_SKEW_MS: i64 = 200;
+
+/// The journeys whose outputs either way are right, by their input records' timestamps (the
+/// services' clock), printed with how the run's journeys were timed.
+///
+/// The rule the abandonment service implements: a journey is abandoned when no order (for a
+/// checkout) or checkout (for a cart) was written within the delay of its last cart or checkout
+/// record; an order written after that owes a recovery as well. The books owe an abandonment to
+/// every checkout never ordered. A journey whose order or checkout was written past its
+/// deadline, or within [`DEADLINE_SKEW_MS`] of it, may be abandoned (then recovered) or not:
+/// a timer that already fired has, a member catching up that reads the late record in the same
+/// batch as the timer falls due applies it first. The load rarely makes one (none in the runs
+/// of December 2026); such journeys are left out of the books and named.
+fn late_journeys(inputs: &Inputs) -> BTreeSet<String> {
     /// The first cart, first checkout, last cart or checkout, and first order record.
     #[derive(Default)]
     struct Times {
@@ -970,29 +1027,32 @@ fn show_journey_timing(inputs: &Inputs) {
             times.activity = times.activity.max(Some(input.at));
         }
     }
-    let delay = 1_000;
     let mut ordered = 0;
-    let mut late_orders = Vec::new();
-    let mut late_checkouts = Vec::new();
+    let mut late = BTreeMap::new();
+    let near = ABANDON_AFTER_MS - DEADLINE_SKEW_MS;
     for (key, times) in &journeys {
         if let (Some(activity), Some(order)) = (times.activity, times.order) {
             ordered += 1;
-            if order - activity > delay - 200 {
-                late_orders.push(format!("{key}: {} ms", order - activity));
+            if order - activity > near {
+                late.insert(key.clone(), format!("order {} ms after", order - activity));
             }
         }
         if let (Some(cart), Some(checkout)) = (times.cart, times.checkout) {
-            if checkout - cart > delay - 200 {
-                late_checkouts.push(format!("{key}: {} ms", checkout - cart));
+            if checkout - cart > near {
+                late.insert(
+                    key.clone(),
+                    format!("checkout {} ms after the cart", checkout - cart),
+                );
             }
         }
     }
     eprintln!(
-        "journey timing: {} journeys, {ordered} ordered; orders written more than 800 ms after \
-         the last activity: {late_orders:?}; checkouts more than 800 ms after the cart: \
-         {late_checkouts:?}",
+        "journey timing: {} journeys, {ordered} ordered; left out of the books (an order or \
+         checkout written past or within {DEADLINE_SKEW_MS} ms of its {ABANDON_AFTER_MS} ms \
+         deadline): {late:?}",
         journeys.len()
     );
+    late.into_keys().collect()
 }
 
 /// `aftercart loadgen --live-orders` against the ingress at `listen`, as a child process: every
