@@ -87,7 +87,8 @@ pub struct Horizons {
     /// Where the group starts each partition not read yet, when asked.
     starts: HashMap<Pair, i64>,
     ends: HashMap<Pair, i64>,
-    /// The next offset to read and since when it has not moved.
+    /// For partitions behind: the next offset to read and since when it has stood there
+    /// behind.
     moved: HashMap<Pair, (Option<i64>, Instant)>,
     /// Partitions reported stalled (once each, until they move again).
     stalled: HashSet<Pair>,
@@ -171,10 +172,22 @@ impl Horizons {
         positions: &HashMap<Pair, i64>,
         answers: Option<Answers>,
     ) -> (Option<i64>, Vec<Pair>) {
+        self.at_on(now, Instant::now(), held, positions, answers)
+    }
+
+    /// [`Horizons::at`] on the monotonic `clock` (tests move it on).
+    fn at_on(
+        &mut self,
+        now: i64,
+        clock: Instant,
+        held: &[Pair],
+        positions: &HashMap<Pair, i64>,
+        answers: Option<Answers>,
+    ) -> (Option<i64>, Vec<Pair>) {
         if let Some(answers) = answers {
             self.ends.extend(answers.ends);
             self.starts.extend(answers.starts);
-            self.asked_at = Some(Instant::now());
+            self.asked_at = Some(clock);
         }
         let mut readings = Vec::with_capacity(held.len());
         let mut newly_stalled = Vec::new();
@@ -188,26 +201,29 @@ impl Horizons {
             .flatten()
             .max()
             .or_else(|| self.starts.get(pair).copied());
-            let moved = self
-                .moved
-                .entry(pair.clone())
-                .or_insert((next, Instant::now()));
             let mut reading = Reading {
                 next,
                 last_at: read.map(|(_, at)| at),
                 end: self.ends.get(pair).copied(),
                 stalled: false,
             };
-            // A stall is counted only while behind: a quiet partition that just got a record
-            // holds timers like any other.
-            if moved.0 != next || !reading.behind() {
-                *moved = (next, Instant::now());
+            // A stall is counted only while behind, from the first look that found the
+            // partition behind at this place: a quiet partition that just got a record holds
+            // timers like any other, however long ago it was last looked at.
+            if !reading.behind() {
+                self.moved.remove(pair);
                 self.stalled.remove(pair);
-            }
-            if reading.behind() && moved.1.elapsed() >= STALL_AFTER {
-                reading.stalled = true;
-                if self.stalled.insert(pair.clone()) {
-                    newly_stalled.push(pair.clone());
+            } else {
+                let moved = self.moved.entry(pair.clone()).or_insert((next, clock));
+                if moved.0 != next {
+                    *moved = (next, clock);
+                    self.stalled.remove(pair);
+                }
+                if clock.saturating_duration_since(moved.1) >= STALL_AFTER {
+                    reading.stalled = true;
+                    if self.stalled.insert(pair.clone()) {
+                        newly_stalled.push(pair.clone());
+                    }
                 }
             }
             readings.push(reading);
@@ -378,6 +394,38 @@ mod tests {
             horizons.at(9_200, &held, &none, Some(answers)).0,
             Some(8_000)
         );
+    }
+
+    /// No timer due for longer than the stall bound (the stage asks nothing then): a record
+    /// that arrives meanwhile, not read yet, holds timers like any other. The stall clock
+    /// starts when the partition is first seen behind, not at the last look that found it
+    /// caught up; it used to, and such a partition was released on sight.
+    #[test]
+    fn a_partition_caught_up_when_last_looked_at_holds_timers_when_it_falls_behind_later() {
+        let mut horizons = Horizons::default();
+        let checkouts = pair("checkouts", 0);
+        let held = [checkouts.clone()];
+        let none = HashMap::new();
+        let start = Instant::now();
+        horizons.read("checkouts", 0, 4, 700);
+        let answers = ends(&[(checkouts.clone(), 5)]);
+        assert_eq!(
+            horizons.at_on(1_000, start, &held, &none, Some(answers)).0,
+            Some(1_000),
+            "caught up"
+        );
+        // Next look a minute later: a record arrived that this member has not read yet.
+        let later = start + Duration::from_secs(60);
+        let answers = ends(&[(checkouts.clone(), 6)]);
+        let (at, stalled) = horizons.at_on(61_000, later, &held, &none, Some(answers));
+        assert_eq!(
+            (at, stalled),
+            (Some(700), Vec::new()),
+            "behind since this look only: held, not released"
+        );
+        // Standing still behind for the stall bound from then on releases it.
+        let (at, stalled) = horizons.at_on(66_000, later + STALL_AFTER, &held, &none, None);
+        assert_eq!((at, stalled), (Some(66_000), vec![checkouts.clone()]));
     }
 
     #[test]
