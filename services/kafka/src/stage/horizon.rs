@@ -93,6 +93,8 @@ pub struct Horizons {
     /// Partitions reported stalled (once each, until they move again).
     stalled: HashSet<Pair>,
     asked_at: Option<Instant>,
+    /// Partitions included in an ask, answered or not.
+    asked: HashSet<Pair>,
     /// Whether the last time given held timers back.
     holding: bool,
 }
@@ -116,6 +118,7 @@ impl Horizons {
             self.ends.remove(pair);
             self.moved.remove(pair);
             self.stalled.remove(pair);
+            self.asked.remove(pair);
         }
     }
 
@@ -131,7 +134,9 @@ impl Horizons {
 
     /// Whether the broker is to be asked: for a partition newly held (its backlog must hold
     /// timers at once), else at most every [`HOLDING_REFRESH`] while holding and
-    /// [`STEADY_REFRESH`] while caught up.
+    /// [`STEADY_REFRESH`] while caught up. One the broker did not answer for waits for the
+    /// refresh like the rest (each ask blocks the stage up to its timeout; the unknown end
+    /// holds timers meanwhile).
     pub fn wants_answers(&self, held: &[Pair]) -> bool {
         let every = if self.holding {
             HOLDING_REFRESH
@@ -139,7 +144,7 @@ impl Horizons {
             STEADY_REFRESH
         };
         self.asked_at.is_none_or(|at| at.elapsed() >= every)
-            || held.iter().any(|pair| !self.ends.contains_key(pair))
+            || held.iter().any(|pair| !self.asked.contains(pair))
     }
 
     /// The held partitions with no known position: their committed offsets are asked too.
@@ -165,6 +170,7 @@ impl Horizons {
     /// fresh `answers`, if asked. Not monotonic on purpose: after a partition with a backlog is
     /// taken (back), its timers wait for its records, however far the wall clock ran. Returns
     /// too the partitions newly found stalled (to be reported).
+    /// `answers` are the broker's to a question about every one of `held`.
     pub fn at(
         &mut self,
         now: i64,
@@ -188,6 +194,7 @@ impl Horizons {
             self.ends.extend(answers.ends);
             self.starts.extend(answers.starts);
             self.asked_at = Some(clock);
+            self.asked.extend(held.iter().cloned());
         }
         let mut readings = Vec::with_capacity(held.len());
         let mut newly_stalled = Vec::new();
@@ -352,6 +359,28 @@ mod tests {
             "caught up"
         );
         assert!(!horizons.holding());
+    }
+
+    /// A broker that did not answer for a partition (timeout, partition error) is asked again
+    /// at the refresh pace, not at every step: each ask blocks the stage's task up to
+    /// `ASK_TIMEOUT` per request. The unknown end holds timers meanwhile.
+    #[test]
+    fn a_partition_the_broker_did_not_answer_for_is_asked_again_at_the_refresh_pace() {
+        let mut horizons = Horizons::default();
+        let carts = pair("carts", 0);
+        let held = [carts.clone()];
+        let none = HashMap::new();
+        assert!(horizons.wants_answers(&held));
+        let (at, _) = horizons.at(1_000, &held, &none, Some(Answers::default()));
+        assert_eq!(at, None, "unknown: held");
+        assert!(
+            !horizons.wants_answers(&held),
+            "asked just now: not again before the refresh"
+        );
+        assert!(
+            horizons.wants_answers(&[carts, pair("carts", 1)]),
+            "a partition never asked about is asked at once"
+        );
     }
 
     #[test]
