@@ -31,6 +31,7 @@ pub struct LoopMetrics {
     partitions: IntGauge,
     fenced: IntCounterVec,
     data_requests_answered: IntCounter,
+    timer_holds_released: IntCounter,
     /// By shop only ([`LoopMetrics::routing`]).
     routed: Option<IntCounter>,
     pub lag: ConsumerLag,
@@ -104,6 +105,12 @@ impl LoopMetrics {
                 "Answers to customers/data_request written to the data requests topic (one per \
                  request; abandonment: one per partition it owns).",
             ))?,
+            timer_holds_released: IntCounter::with_opts(opts(
+                "timer_holds_released_total",
+                "Input partitions that held timers back (records left to read) without their \
+                 read position moving for 5 s, no longer waited for (e.g. an end the consumer \
+                 never reaches).",
+            ))?,
             routed: None,
             lag: ConsumerLag::register(prefix, registry)?,
             kafka_errors: crate::client_watch::register_errors(prefix, registry)?,
@@ -118,6 +125,7 @@ impl LoopMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.partitions)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.fenced)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.data_requests_answered)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.timer_holds_released)?;
         for reason in FENCE_REASONS {
             metrics.fenced.with_label_values(&[reason]);
         }
@@ -186,6 +194,11 @@ impl LoopMetrics {
     /// One answer to a data request acknowledged by the broker.
     pub fn data_request_answered(&self) {
         self.data_requests_answered.inc();
+    }
+
+    /// An input partition stopped holding timers back: below its end, its position stood still.
+    pub fn timer_hold_released(&self) {
+        self.timer_holds_released.inc();
     }
 
     pub fn changelog_written(&self, records: usize) {

@@ -10,6 +10,7 @@
 
 mod checkpoint;
 mod global;
+mod horizon;
 mod kept;
 mod ownership;
 mod restore;
@@ -23,18 +24,20 @@ use std::time::{Duration, Instant};
 
 use aftercart_runtime::health::Readiness;
 use aftercart_shopify::time::now_ms;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 use rdkafka::Timestamp;
+use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
 use global::GlobalTables;
+use horizon::{Answers, Horizons, Pair};
 use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
@@ -400,6 +403,8 @@ pub struct Stage<L: StageLogic> {
     /// Where this member left the changelog and output partitions of those it owns.
     left: LeftEnds,
     assignment: Assignment,
+    /// How far timers may run: not past records of held input partitions not yet read.
+    horizons: Horizons,
     fence: Fence,
     assigned_once: bool,
     /// Resets so far ([`Stage::reset`]).
@@ -409,6 +414,93 @@ pub struct Stage<L: StageLogic> {
     last_gauges: Instant,
     /// One buffer serves every record written: librdkafka copies a payload when it is sent.
     buffer: Vec<u8>,
+}
+
+/// The longest the stage waits for the broker's answer about where partitions end.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The consumer's position in each assigned partition (the next offset it hands over), where
+/// it has one: a local look-up, no request.
+fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, i64> {
+    let Ok(list) = consumer.position() else {
+        return HashMap::new();
+    };
+    list.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(at) => Some(((e.topic().to_string(), e.partition()), at)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where each of `held` ends (one ListOffsets request per broker for all of them) and, for
+/// `unplaced`, where the group starts reading it: its committed offset, or for a partition the
+/// group never committed the log start (the stage's `auto.offset.reset=earliest`; one more
+/// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. Blocking calls,
+/// made only while timers are due or held.
+fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    held: &[Pair],
+    unplaced: &[Pair],
+) -> Answers {
+    let list = |pairs: &[Pair], offset: Offset| {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in pairs {
+            // Only an offset librdkafka cannot represent fails; End and stored ones never do.
+            let _ = list.add_partition_offset(topic, *partition, offset);
+        }
+        list
+    };
+    let offsets = |answer: Option<TopicPartitionList>| -> HashMap<Pair, i64> {
+        answer
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .filter(|e| e.error().is_ok())
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(at) => Some(((e.topic().to_string(), e.partition()), at)),
+                        Offset::Beginning => Some(((e.topic().to_string(), e.partition()), 0)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
+    let ends = offsets(
+        consumer
+            .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
+            .ok(),
+    );
+    let starts = if unplaced.is_empty() {
+        HashMap::new()
+    } else {
+        let committed = consumer
+            .committed_offsets(list(unplaced, Offset::Invalid), ASK_TIMEOUT)
+            .ok();
+        let never: Vec<Pair> = committed
+            .as_ref()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .filter(|e| e.error().is_ok() && e.offset() == Offset::Invalid)
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut starts = offsets(committed);
+        if !never.is_empty() {
+            // A timestamp of -2 (`Offset::Beginning`) asks for the log start.
+            starts.extend(offsets(
+                consumer
+                    .offsets_for_times(list(&never, Offset::Beginning), ASK_TIMEOUT)
+                    .ok(),
+            ));
+        }
+        starts
+    };
+    Answers { ends, starts }
 }
 
 async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), LoopError> {
@@ -494,6 +586,7 @@ impl<L: StageLogic> Stage<L> {
             kept: KeptStates::default(),
             left: LeftEnds::default(),
             assignment: Assignment::default(),
+            horizons: Horizons::default(),
             fence,
             assigned_once: false,
             resets: 0,
@@ -625,7 +718,13 @@ impl<L: StageLogic> Stage<L> {
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<(), LoopError> {
         self.handle_rebalances(stop).await?;
-        let wait = first_wait(self.logic.next_due(), now_ms());
+        // Timers held back (records left to read): poll for the records rather than sleep
+        // until a due time that has passed (a record ends the wait as soon as it arrives).
+        let wait = if self.horizons.holding() {
+            IDLE_WAIT
+        } else {
+            first_wait(self.logic.next_due(), now_ms())
+        };
         let batch = receive_batch_within(self.consumer(), stop, BATCH, wait).await;
         // A rebalance heard while receiving is handled before any record is applied; records
         // of partitions it touched are dropped (read again from the committed offset).
@@ -646,6 +745,8 @@ impl<L: StageLogic> Stage<L> {
                     continue; // not restored: the partition was lost meanwhile
                 }
                 work.offsets.record(topic, partition, message.offset());
+                let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
+                self.horizons.read(topic, partition, message.offset(), at);
                 let family = match &self.topics.inputs {
                     Inputs::ByShop { .. } => source_family(&message, &self.families),
                     Inputs::ByPartition(_) => self.family_of(topic),
@@ -711,13 +812,57 @@ impl<L: StageLogic> Stage<L> {
             }
             self.globals = Some(globals);
         }
-        work.effects.extend(self.logic.tick(now_ms()));
+        if let Some(timers_at) = self.timers_at(now_ms()) {
+            work.effects.extend(self.logic.tick(timers_at));
+        }
         self.flush(work, stop).await?;
         if self.last_gauges.elapsed() >= GAUGES_EVERY {
             self.last_gauges = Instant::now();
             self.logic.gauges();
         }
         Ok(())
+    }
+
+    /// The time timers may run to at `now` ([`horizon`]): the wall clock once every held input
+    /// partition is read to its end, else no further than the last record read from one that
+    /// is not. The broker is asked where the partitions end only while a timer is due or held
+    /// ([`Horizons::wants_answers`]); the member's own position is a local look-up. `None`: no
+    /// timer may fire yet (the tick waits for the records).
+    fn timers_at(&mut self, now: i64) -> Option<i64> {
+        let due = self.logic.next_due().is_some_and(|at| at <= now);
+        if !due && !self.horizons.holding() {
+            return Some(self.horizons.running(now));
+        }
+        let held: Vec<Pair> = self
+            .assignment
+            .pairs()
+            .filter(|(topic, _)| self.is_state_input(topic))
+            .cloned()
+            .collect();
+        let positions = positions(self.consumer());
+        let answers = self.horizons.wants_answers(&held).then(|| {
+            let unplaced = self.horizons.unplaced(&held, &positions);
+            ask_ends(self.consumer(), &held, &unplaced)
+        });
+        let was_holding = self.horizons.holding();
+        let (at, stalled) = self.horizons.at(now, &held, &positions, answers);
+        for (topic, partition) in stalled {
+            self.metrics.timer_hold_released();
+            tracing::warn!(
+                topic,
+                partition,
+                "An input partition below its end has not moved for 5 s: timers no longer wait for it."
+            );
+        }
+        if self.horizons.holding() != was_holding {
+            tracing::info!(
+                holding = self.horizons.holding(),
+                behind_ms = at.map(|at| now - at),
+                partitions = held.len(),
+                "Timers wait for input partitions with records left to read (true) or run on the wall clock again (false)."
+            );
+        }
+        at
     }
 
     /// Applies the rebalances heard since the last call; returns the pairs revoked.
@@ -738,6 +883,7 @@ impl<L: StageLogic> Stage<L> {
             match event {
                 RebalanceEvent::Revoked(list) => {
                     self.assignment.revoke(&list);
+                    self.horizons.forget(&list);
                     self.keep(partitions);
                     revoked.extend(list);
                 }
@@ -968,6 +1114,7 @@ impl<L: StageLogic> Stage<L> {
         self.kept.clear();
         self.left.clear();
         self.assignment.clear();
+        self.horizons.clear();
         self.fence.answered();
         self.assigned_once = false;
         self.resets += 1;

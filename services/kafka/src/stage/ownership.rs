@@ -32,6 +32,11 @@ impl Assignment {
         self.held.clear();
     }
 
+    /// Every (topic, partition) held.
+    pub fn pairs(&self) -> impl Iterator<Item = &(String, i32)> {
+        self.held.iter()
+    }
+
     pub fn holds(&self, topic: &str, partition: i32) -> bool {
         // A lookup without allocating a key: assignments hold a few dozen pairs at most.
         self.held.iter().any(|(t, p)| *p == partition && t == topic)

@@ -125,6 +125,54 @@ fn offsets_of_partitions_lost_mid_batch_are_skipped_never_an_error() {
     assert_eq!(store_owned(&consumer, &assignment, offsets), 1);
 }
 
+/// Issue 15 (timers during catch-up): where the member is and where its partitions end come
+/// from the consumer: its position without a request, the ends in one.
+#[test]
+fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .expect("producer");
+    for n in 0..3 {
+        let value = format!("{n}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to("orders")
+                    .partition(0)
+                    .payload(&value),
+            )
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let held = [("orders".to_string(), 0), ("orders".to_string(), 1)];
+    let answers = ask_ends(&consumer, &held, &held);
+    assert_eq!(
+        answers.ends,
+        HashMap::from([(held[0].clone(), 3), (held[1].clone(), 0)])
+    );
+    // Nothing committed: the group starts where `auto.offset.reset=earliest` puts it, at the
+    // log start. Once taken as unknown, and an unknown start held nothing: a member taking a
+    // partition its group never committed (the previous owner read none of it before it
+    // left) fired the abandonments of carts whose checkouts were still in that partition.
+    assert_eq!(
+        answers.starts,
+        HashMap::from([(held[0].clone(), 0), (held[1].clone(), 0)]),
+        "nothing committed: the log start"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut read = 0;
+    while read < 3 {
+        assert!(std::time::Instant::now() < deadline, "read {read} of 3");
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(50)) {
+            read += 1;
+        }
+    }
+    assert_eq!(positions(&consumer).get(&held[0]), Some(&3));
+}
+
 #[test]
 fn a_by_shop_record_is_labelled_with_its_known_source_family_only() {
     use rdkafka::message::{OwnedHeaders, Timestamp};

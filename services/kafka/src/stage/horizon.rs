@@ -1,0 +1,480 @@
+//! How far the stage's timers may run: never past a record this member has not read yet.
+//!
+//! Timers run on receive time (the record timestamp). A member catching up (restarted, or
+//! handed partitions in a rebalance) reads its input topics at different paces: a partition's
+//! checkouts may arrive before its carts' and orders' of the same seconds. Ticking with the wall
+//! clock then fires a cart's abandonment whose checkout is in the next fetch, or a checkout's
+//! whose order is: outputs that depend on the member's lag, not on the inputs. So while an
+//! input partition it holds has records left to read, timers run only to the timestamp of the
+//! last record read from it; caught up everywhere, to the wall clock.
+//!
+//! Where the member is comes from the consumer itself (the records it handed the stage, its
+//! position); where a partition ends from one request for every held partition, made only
+//! while a timer is due or held, at most every [`HOLDING_REFRESH`] while holding and
+//! [`STEADY_REFRESH`] otherwise. Not known is not caught up: a partition whose end or place
+//! the broker has not told yet (no answer in time) holds timers as one with records left does.
+//! The group's start in a partition it never committed is the log start (`earliest`). A
+//! partition that stays below its end (or unknown) without advancing for [`STALL_AFTER`]
+//! (transaction markers, a read that stopped, a broker that never answers) no longer holds
+//! anything: a timer is never held forever.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How often the ends are asked again while timers are held (catching up).
+pub const HOLDING_REFRESH: Duration = Duration::from_millis(250);
+/// How often the ends are asked again while caught up and a timer is due.
+pub const STEADY_REFRESH: Duration = Duration::from_secs(1);
+/// A partition below its end whose read position has not moved for this long stops holding
+/// timers back.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// (topic, partition).
+pub type Pair = (String, i32);
+
+/// Where one held input partition stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// The next offset to read, if known.
+    pub next: Option<i64>,
+    /// The timestamp of the last record read (ms), if one was.
+    pub last_at: Option<i64>,
+    /// Where the partition ends (its high watermark) as last asked, if known.
+    pub end: Option<i64>,
+    /// Below its end without advancing for [`STALL_AFTER`].
+    pub stalled: bool,
+}
+
+impl Reading {
+    /// Whether records may be left to read: below its end, or where it stands or ends is not
+    /// known (the broker did not answer in time). A stalled partition never is: the stall
+    /// bound, not a guess, is what keeps timers from waiting forever.
+    fn behind(&self) -> bool {
+        !self.stalled
+            && match (self.next, self.end) {
+                (Some(next), Some(end)) => next < end,
+                _ => true,
+            }
+    }
+}
+
+/// The time timers may run to: `now`, or earlier while a partition may have records left to
+/// read (then the timestamp of the last record read from it; with none read yet, nothing may
+/// fire).
+pub fn horizon(now: i64, partitions: impl IntoIterator<Item = Reading>) -> Option<i64> {
+    let mut to = now;
+    for reading in partitions {
+        if reading.behind() {
+            to = to.min(reading.last_at?);
+        }
+    }
+    Some(to)
+}
+
+/// What the broker said: each partition's end, and where the group starts reading the ones
+/// the member has no position for yet (its committed offset).
+#[derive(Debug, Default)]
+pub struct Answers {
+    pub ends: HashMap<Pair, i64>,
+    pub starts: HashMap<Pair, i64>,
+}
+
+/// The stage's side: what was read from each held input partition, and the broker's answers.
+#[derive(Debug, Default)]
+pub struct Horizons {
+    /// The last record handed to the stage: (offset, timestamp).
+    read: HashMap<Pair, (i64, i64)>,
+    /// Where the group starts each partition not read yet, when asked.
+    starts: HashMap<Pair, i64>,
+    ends: HashMap<Pair, i64>,
+    /// For partitions behind: the next offset to read and since when it has stood there
+    /// behind.
+    moved: HashMap<Pair, (Option<i64>, Instant)>,
+    /// Partitions reported stalled (once each, until they move again).
+    stalled: HashSet<Pair>,
+    asked_at: Option<Instant>,
+    /// Partitions included in an ask, answered or not.
+    asked: HashSet<Pair>,
+    /// Whether the last time given held timers back.
+    holding: bool,
+}
+
+impl Horizons {
+    pub fn read(&mut self, topic: &str, partition: i32, offset: i64, at: i64) {
+        match self.read.get_mut(&(topic.to_string(), partition)) {
+            Some(last) => *last = (offset, at),
+            None => {
+                self.read
+                    .insert((topic.to_string(), partition), (offset, at));
+            }
+        }
+    }
+
+    /// Forgets partitions no longer held (their next owner reads them from its own start).
+    pub fn forget(&mut self, list: &[Pair]) {
+        for pair in list {
+            self.read.remove(pair);
+            self.starts.remove(pair);
+            self.ends.remove(pair);
+            self.moved.remove(pair);
+            self.stalled.remove(pair);
+            self.asked.remove(pair);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        *self = Horizons::default();
+    }
+
+    /// Whether the last time given held timers back: the stage then polls for records
+    /// instead of sleeping until a due time that has passed.
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// Whether the broker is to be asked: for a partition newly held (its backlog must hold
+    /// timers at once), else at most every [`HOLDING_REFRESH`] while holding and
+    /// [`STEADY_REFRESH`] while caught up. One the broker did not answer for waits for the
+    /// refresh like the rest (each ask blocks the stage up to its timeout; the unknown end
+    /// holds timers meanwhile).
+    pub fn wants_answers(&self, held: &[Pair]) -> bool {
+        let every = if self.holding {
+            HOLDING_REFRESH
+        } else {
+            STEADY_REFRESH
+        };
+        self.asked_at.is_none_or(|at| at.elapsed() >= every)
+            || held.iter().any(|pair| !self.asked.contains(pair))
+    }
+
+    /// The held partitions with no known position: their committed offsets are asked too.
+    pub fn unplaced(&self, held: &[Pair], positions: &HashMap<Pair, i64>) -> Vec<Pair> {
+        held.iter()
+            .filter(|pair| {
+                !self.read.contains_key(*pair)
+                    && !positions.contains_key(*pair)
+                    && !self.starts.contains_key(*pair)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// No timer due and none held: the wall clock.
+    pub fn running(&mut self, now: i64) -> i64 {
+        self.holding = false;
+        now
+    }
+
+    /// The time for the timers at `now` (`None`: no timer may fire yet) over the `held` input
+    /// partitions, given the consumer's `positions` (next offset to hand over) and the broker's
+    /// fresh `answers`, if asked. Not monotonic on purpose: after a partition with a backlog is
+    /// taken (back), its timers wait for its records, however far the wall clock ran. Returns
+    /// too the partitions newly found stalled (to be reported).
+    /// `answers` are the broker's to a question about every one of `held`.
+    pub fn at(
+        &mut self,
+        now: i64,
+        held: &[Pair],
+        positions: &HashMap<Pair, i64>,
+        answers: Option<Answers>,
+    ) -> (Option<i64>, Vec<Pair>) {
+        self.at_on(now, Instant::now(), held, positions, answers)
+    }
+
+    /// [`Horizons::at`] on the monotonic `clock` (tests move it on).
+    fn at_on(
+        &mut self,
+        now: i64,
+        clock: Instant,
+        held: &[Pair],
+        positions: &HashMap<Pair, i64>,
+        answers: Option<Answers>,
+    ) -> (Option<i64>, Vec<Pair>) {
+        if let Some(answers) = answers {
+            self.ends.extend(answers.ends);
+            self.starts.extend(answers.starts);
+            self.asked_at = Some(clock);
+            self.asked.extend(held.iter().cloned());
+        }
+        let mut readings = Vec::with_capacity(held.len());
+        let mut newly_stalled = Vec::new();
+        for pair in held {
+            let read = self.read.get(pair).copied();
+            let next = [
+                read.map(|(offset, _)| offset + 1),
+                positions.get(pair).copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .or_else(|| self.starts.get(pair).copied());
+            let mut reading = Reading {
+                next,
+                last_at: read.map(|(_, at)| at),
+                end: self.ends.get(pair).copied(),
+                stalled: false,
+            };
+            // A stall is counted only while behind, from the first look that found the
+            // partition behind at this place: a quiet partition that just got a record holds
+            // timers like any other, however long ago it was last looked at.
+            if !reading.behind() {
+                self.moved.remove(pair);
+                self.stalled.remove(pair);
+            } else {
+                let moved = self.moved.entry(pair.clone()).or_insert((next, clock));
+                if moved.0 != next {
+                    *moved = (next, clock);
+                    self.stalled.remove(pair);
+                }
+                if clock.saturating_duration_since(moved.1) >= STALL_AFTER {
+                    reading.stalled = true;
+                    if self.stalled.insert(pair.clone()) {
+                        newly_stalled.push(pair.clone());
+                    }
+                }
+            }
+            readings.push(reading);
+        }
+        let to = horizon(now, readings);
+        self.holding = to.is_none_or(|to| to < now);
+        (to, newly_stalled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(next: i64, last_at: Option<i64>, end: i64) -> Reading {
+        Reading {
+            next: Some(next),
+            last_at,
+            end: Some(end),
+            stalled: false,
+        }
+    }
+
+    fn pair(topic: &str, partition: i32) -> Pair {
+        (topic.to_string(), partition)
+    }
+
+    /// As if `pair`'s position had stood at `next` for [`STALL_AFTER`].
+    fn stood_still(horizons: &mut Horizons, pair: &Pair, next: i64) {
+        let since = Instant::now()
+            .checked_sub(STALL_AFTER)
+            .expect("a monotonic clock this far from its start");
+        horizons.moved.insert(pair.clone(), (Some(next), since));
+    }
+
+    fn ends(list: &[(Pair, i64)]) -> Answers {
+        Answers {
+            ends: list.iter().cloned().collect(),
+            starts: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn caught_up_everywhere_the_timers_run_to_now() {
+        let partitions = [reading(10, Some(500), 10), reading(3, Some(900), 3)];
+        assert_eq!(horizon(1_000, partitions), Some(1_000));
+    }
+
+    #[test]
+    fn a_partition_with_records_left_holds_the_timers_at_its_last_read_record() {
+        // Carts read up to 400 with more to come; checkouts caught up.
+        let partitions = [reading(10, Some(400), 25), reading(3, Some(900), 3)];
+        assert_eq!(horizon(1_000, partitions), Some(400));
+    }
+
+    #[test]
+    fn a_partition_with_records_left_and_none_read_yet_holds_every_timer() {
+        let partitions = [reading(7, None, 25), reading(3, Some(900), 3)];
+        assert_eq!(horizon(1_000, partitions), None);
+    }
+
+    #[test]
+    fn an_unknown_position_or_end_holds_the_timers_as_records_left_would() {
+        // The broker did not answer in time, or the member has no place in the partition yet:
+        // records may be left, so the timers wait (the stall bound ends the wait).
+        let unknown = Reading {
+            next: None,
+            last_at: Some(400),
+            end: Some(25),
+            stalled: false,
+        };
+        assert_eq!(horizon(1_000, [unknown]), Some(400));
+        let no_end = Reading {
+            next: Some(3),
+            last_at: None,
+            end: None,
+            stalled: false,
+        };
+        assert_eq!(horizon(1_000, [no_end]), None);
+    }
+
+    #[test]
+    fn a_stalled_partition_does_not_hold_the_timers() {
+        let stalled = Reading {
+            stalled: true,
+            ..reading(3, Some(10), 25)
+        };
+        let unknown = Reading {
+            next: None,
+            end: None,
+            ..stalled
+        };
+        assert_eq!(horizon(1_000, [stalled, unknown]), Some(1_000));
+    }
+
+    #[test]
+    fn a_partition_taken_with_a_backlog_holds_timers_the_clock_already_passed() {
+        let mut horizons = Horizons::default();
+        let carts = pair("carts", 0);
+        let held = [carts.clone()];
+        let none = HashMap::new();
+        // Holding nothing, the timers ran on the wall clock.
+        assert_eq!(horizons.running(1_000), 1_000);
+        assert!(horizons.wants_answers(&held));
+        assert_eq!(horizons.unplaced(&held, &none), vec![carts.clone()]);
+        let mut behind = ends(&[(carts.clone(), 25)]);
+        behind.starts.insert(carts.clone(), 5);
+        assert_eq!(
+            horizons.at(2_000, &held, &none, Some(behind)).0,
+            None,
+            "nothing read yet of a backlog: no timer fires"
+        );
+        horizons.read("carts", 0, 9, 400);
+        assert_eq!(horizons.at(2_000, &held, &none, None).0, Some(400));
+        assert!(horizons.holding());
+        assert!(!horizons.wants_answers(&held));
+        let more = [carts.clone(), pair("checkouts", 0)];
+        assert!(
+            horizons.wants_answers(&more),
+            "a partition newly held is asked about"
+        );
+        horizons.read("carts", 0, 24, 1_900);
+        assert_eq!(
+            horizons.at(2_100, &held, &none, None).0,
+            Some(2_100),
+            "caught up"
+        );
+        assert!(!horizons.holding());
+    }
+
+    /// A broker that did not answer for a partition (timeout, partition error) is asked again
+    /// at the refresh pace, not at every step: each ask blocks the stage's task up to
+    /// `ASK_TIMEOUT` per request. The unknown end holds timers meanwhile.
+    #[test]
+    fn a_partition_the_broker_did_not_answer_for_is_asked_again_at_the_refresh_pace() {
+        let mut horizons = Horizons::default();
+        let carts = pair("carts", 0);
+        let held = [carts.clone()];
+        let none = HashMap::new();
+        assert!(horizons.wants_answers(&held));
+        let (at, _) = horizons.at(1_000, &held, &none, Some(Answers::default()));
+        assert_eq!(at, None, "unknown: held");
+        assert!(
+            !horizons.wants_answers(&held),
+            "asked just now: not again before the refresh"
+        );
+        assert!(
+            horizons.wants_answers(&[carts, pair("carts", 1)]),
+            "a partition never asked about is asked at once"
+        );
+    }
+
+    #[test]
+    fn the_consumers_position_counts_as_read_so_far() {
+        let mut horizons = Horizons::default();
+        let orders = pair("orders", 1);
+        let held = [orders.clone()];
+        horizons.read("orders", 1, 4, 700);
+        // Records past 4 were skipped by the consumer (e.g. transaction markers): its position
+        // is the end, so nothing is left to read.
+        let positions = HashMap::from([(orders.clone(), 7)]);
+        let answers = ends(&[(orders.clone(), 7)]);
+        assert_eq!(
+            horizons.at(1_000, &held, &positions, Some(answers)).0,
+            Some(1_000)
+        );
+    }
+
+    #[test]
+    fn a_partition_that_never_reaches_its_end_holds_timers_no_longer_than_the_stall_bound() {
+        let mut horizons = Horizons::default();
+        let orders = pair("orders", 2);
+        let held = [orders.clone()];
+        let none = HashMap::new();
+        horizons.read("orders", 2, 4, 700);
+        // The end counts a marker the consumer never hands over: 6, never reached.
+        let answers = ends(&[(orders.clone(), 6)]);
+        let (at, stalled) = horizons.at(1_000, &held, &none, Some(answers));
+        assert_eq!((at, stalled), (Some(700), Vec::new()));
+        // As if STALL_AFTER had passed without the position moving.
+        stood_still(&mut horizons, &orders, 5);
+        let (at, stalled) = horizons.at(9_000, &held, &none, None);
+        assert_eq!(at, Some(9_000), "released: timers run on");
+        assert_eq!(stalled, vec![orders.clone()], "reported once");
+        assert_eq!(horizons.at(9_100, &held, &none, None).1, Vec::<Pair>::new());
+        // A record read again: the partition holds again while behind.
+        horizons.read("orders", 2, 5, 8_000);
+        let answers = ends(&[(orders.clone(), 9)]);
+        assert_eq!(
+            horizons.at(9_200, &held, &none, Some(answers)).0,
+            Some(8_000)
+        );
+    }
+
+    /// No timer due for longer than the stall bound (the stage asks nothing then): a record
+    /// that arrives meanwhile, not read yet, holds timers like any other. The stall clock
+    /// starts when the partition is first seen behind, not at the last look that found it
+    /// caught up; it used to, and such a partition was released on sight.
+    #[test]
+    fn a_partition_caught_up_when_last_looked_at_holds_timers_when_it_falls_behind_later() {
+        let mut horizons = Horizons::default();
+        let checkouts = pair("checkouts", 0);
+        let held = [checkouts.clone()];
+        let none = HashMap::new();
+        let start = Instant::now();
+        horizons.read("checkouts", 0, 4, 700);
+        let answers = ends(&[(checkouts.clone(), 5)]);
+        assert_eq!(
+            horizons.at_on(1_000, start, &held, &none, Some(answers)).0,
+            Some(1_000),
+            "caught up"
+        );
+        // Next look a minute later: a record arrived that this member has not read yet.
+        let later = start + Duration::from_secs(60);
+        let answers = ends(&[(checkouts.clone(), 6)]);
+        let (at, stalled) = horizons.at_on(61_000, later, &held, &none, Some(answers));
+        assert_eq!(
+            (at, stalled),
+            (Some(700), Vec::new()),
+            "behind since this look only: held, not released"
+        );
+        // Standing still behind for the stall bound from then on releases it.
+        let (at, stalled) = horizons.at_on(66_000, later + STALL_AFTER, &held, &none, None);
+        assert_eq!((at, stalled), (Some(66_000), vec![checkouts.clone()]));
+    }
+
+    #[test]
+    fn a_quiet_partition_that_gets_a_record_holds_timers_like_any_other() {
+        let mut horizons = Horizons::default();
+        let carts = pair("carts", 0);
+        let held = [carts.clone()];
+        let none = HashMap::new();
+        horizons.read("carts", 0, 4, 700);
+        let answers = ends(&[(carts.clone(), 5)]);
+        assert_eq!(
+            horizons.at(1_000, &held, &none, Some(answers)).0,
+            Some(1_000)
+        );
+        // Caught up for long: the position stood still, but nothing was left to read.
+        stood_still(&mut horizons, &carts, 5);
+        assert_eq!(horizons.at(9_000, &held, &none, None).0, Some(9_000));
+        // A new record, not read yet: it holds timers at the last one read.
+        let answers = ends(&[(carts.clone(), 6)]);
+        let (at, stalled) = horizons.at(9_100, &held, &none, Some(answers));
+        assert_eq!((at, stalled), (Some(700), Vec::new()));
+    }
+}
