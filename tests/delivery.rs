@@ -126,11 +126,12 @@ mod scenarios {
             (!receiver.received().is_empty()).then_some(())
         })
         .await;
-        assert_eq!(
-            forwarder.metric("aftercart_test_http_in_retry"),
-            1.0,
-            "a record is being retried"
-        );
+        // The gauge rises once the forwarder has read the 503, a moment after the receiver
+        // answered it.
+        eventually("a record being retried", WAIT, || async {
+            (forwarder.metric("aftercart_test_http_in_retry") == 1.0).then_some(())
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(receiver.received().len(), 1, "Retry-After is honoured");
         assert_eq!(
