@@ -177,5 +177,4 @@ mod tests {
         assert_eq!(restored.expire(200, 100).len(), 1);
         assert!(restored.is_empty());
     }
-
 }
