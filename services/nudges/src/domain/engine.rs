@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
 use aftercart_runtime::state_hash::StateHasher;
-use aftercart_shopify::privacy::markers::{RedactionMarker, RedactionMarkers};
+use aftercart_shopify::privacy::markers::{Pseudonyms, RedactionMarker, RedactionMarkers};
 use aftercart_shopify::privacy::DataRequestReport;
 use serde::{Deserialize, Serialize};
 
@@ -653,12 +653,12 @@ impl Engine {
                     phone: c.phone.clone(),
                 });
                 let orders: Vec<u64> = event.order_id.into_iter().collect();
-                identity::Named::of(hasher, shop, &facts.unwrap_or_default(), &orders)
+                identity::pseudonyms(hasher, shop, &facts.unwrap_or_default(), &orders)
             }
             Input::Order(order) => {
-                identity::Named::of(hasher, shop, &order.buyer, &[order.order_id])
+                identity::pseudonyms(hasher, shop, &order.buyer, &[order.order_id])
             }
-            Input::Consent(facts, _) => identity::Named::of(hasher, shop, facts, &[]),
+            Input::Consent(facts, _) => identity::pseudonyms(hasher, shop, facts, &[]),
             _ => return false,
         };
         state.markers.forbids(shop, &named.marks(), at_ms)
@@ -675,7 +675,7 @@ impl Engine {
         orders: &[u64],
         at_ms: i64,
     ) -> Vec<Effect> {
-        let named = identity::Named::of(&self.rules.hasher, shop, facts, orders);
+        let named = identity::pseudonyms(&self.rules.hasher, shop, facts, orders);
         let hashes = identity::hashes(&self.rules.hasher, shop, facts);
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
@@ -691,7 +691,7 @@ impl Engine {
         // The emails and phones their own sequences knew them by are theirs too (a changed
         // address, another checkout in flight under it); not those of someone sharing only a
         // phone or an email with another customer id.
-        let known: Vec<identity::Named> = keys
+        let known: Vec<Pseudonyms> = keys
             .iter()
             .filter_map(|key| state.sequences.get(key))
             .filter(|s| {
@@ -705,11 +705,11 @@ impl Engine {
                     email: s.customer.email.clone(),
                     phone: s.customer.phone.clone(),
                 };
-                identity::Named::of(&self.rules.hasher, shop, &contact, &[])
+                identity::pseudonyms(&self.rules.hasher, shop, &contact, &[])
             })
             .collect();
         let mut marks = named.marks();
-        marks.extend(known.iter().flat_map(identity::Named::marks));
+        marks.extend(known.iter().flat_map(Pseudonyms::marks));
         effects.extend(remember(state.markers.mark(shop, &marks, false, at_ms)));
         effects.extend(self.stop(partition, keys, Suppressed::Redacted));
         effects

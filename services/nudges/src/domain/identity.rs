@@ -5,8 +5,7 @@
 //! reversed with a dictionary of emails unless the key leaked too.
 
 use aftercart_runtime::state_hash::StateHasher;
-use aftercart_shopify::privacy::markers::Mark;
-use aftercart_shopify::privacy::{normal_email, normal_phone};
+use aftercart_shopify::privacy::markers::Pseudonyms;
 
 use crate::domain::input::ContactFacts;
 
@@ -15,54 +14,36 @@ const DOMAIN: &str = "nudges";
 
 /// Every hash of a person of `shop`: by id, by email, by phone (those known).
 pub fn hashes(hasher: &StateHasher, shop: &str, facts: &ContactFacts) -> Vec<String> {
-    let named = Named::of(hasher, shop, facts, &[]);
-    [named.id_hash, named.email_hash, named.phone_hash]
+    let named = pseudonyms(hasher, shop, facts, &[]);
+    let id = facts
+        .customer_id
+        .map(|id| hash(hasher, shop, "id", &id.to_string()));
+    [id, named.email_hash, named.phone_hash]
         .into_iter()
         .flatten()
         .collect()
 }
 
-/// Who a fact or a redaction names, as pseudonyms: the customer id (and its hash), the keyed
-/// hashes of the email and the phone, and the orders. What redaction markers are keyed by.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Named {
-    pub customer_id: Option<u64>,
-    id_hash: Option<String>,
-    email_hash: Option<String>,
-    phone_hash: Option<String>,
-    pub orders: Vec<u64>,
+/// Who `facts` (and `orders`) name, as the redaction markers key them: the email and phone
+/// hashes are the ones [`hashes`] gives.
+pub fn pseudonyms(
+    hasher: &StateHasher,
+    shop: &str,
+    facts: &ContactFacts,
+    orders: &[u64],
+) -> Pseudonyms {
+    Pseudonyms::new(
+        facts.customer_id,
+        facts.email.as_deref(),
+        facts.phone.as_deref(),
+        orders,
+        |kind, value| hash(hasher, shop, kind, value),
+    )
 }
 
-impl Named {
-    pub fn of(hasher: &StateHasher, shop: &str, facts: &ContactFacts, orders: &[u64]) -> Named {
-        // Shop domains hold no `/`, so `<shop>/<value>` names one shop and one value.
-        let hash =
-            |kind: &str, value: &str| hasher.fingerprint(DOMAIN, kind, &format!("{shop}/{value}"));
-        Named {
-            customer_id: facts.customer_id,
-            id_hash: facts.customer_id.map(|id| hash("id", &id.to_string())),
-            email_hash: facts
-                .email
-                .as_deref()
-                .and_then(normal_email)
-                .map(|e| hash("email", &e)),
-            phone_hash: facts
-                .phone
-                .as_deref()
-                .and_then(normal_phone)
-                .map(|p| hash("phone", &p)),
-            orders: orders.to_vec(),
-        }
-    }
-
-    /// The redaction markers these pseudonyms are remembered and matched by.
-    pub fn marks(&self) -> Vec<Mark<'_>> {
-        let mut marks: Vec<Mark<'_>> = self.customer_id.map(Mark::Customer).into_iter().collect();
-        marks.extend(self.email_hash.as_deref().map(Mark::EmailHash));
-        marks.extend(self.phone_hash.as_deref().map(Mark::PhoneHash));
-        marks.extend(self.orders.iter().map(|id| Mark::Order(*id)));
-        marks
-    }
+/// Shop domains hold no `/`, so `<shop>/<value>` names one shop and one value.
+fn hash(hasher: &StateHasher, shop: &str, kind: &str, value: &str) -> String {
+    hasher.fingerprint(DOMAIN, kind, &format!("{shop}/{value}"))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{normal_email, normal_phone};
+
 /// Every marker's changelog key starts with this.
 pub const PREFIX: &str = "redacted/";
 
@@ -18,6 +20,44 @@ pub enum Mark<'a> {
     EmailHash(&'a str),
     PhoneHash(&'a str),
     Order(u64),
+}
+
+/// Who a fact or a redaction names, as pseudonyms: the customer id, the service's keyed hashes
+/// of the email and the phone (normalised as every consumer compares them: [`normal_email`],
+/// [`normal_phone`]), and the orders. What markers are keyed and matched by.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pseudonyms {
+    pub customer_id: Option<u64>,
+    pub email_hash: Option<String>,
+    pub phone_hash: Option<String>,
+    pub orders: Vec<u64>,
+}
+
+impl Pseudonyms {
+    /// `hash(kind, value)` is the service's keyed hash of a normalised `email` or `phone`.
+    pub fn new(
+        customer_id: Option<u64>,
+        email: Option<&str>,
+        phone: Option<&str>,
+        orders: &[u64],
+        hash: impl Fn(&str, &str) -> String,
+    ) -> Pseudonyms {
+        Pseudonyms {
+            customer_id,
+            email_hash: email.and_then(normal_email).map(|e| hash("email", &e)),
+            phone_hash: phone.and_then(normal_phone).map(|p| hash("phone", &p)),
+            orders: orders.to_vec(),
+        }
+    }
+
+    /// The marks these pseudonyms are remembered and matched by.
+    pub fn marks(&self) -> Vec<Mark<'_>> {
+        let mut marks: Vec<Mark<'_>> = self.customer_id.map(Mark::Customer).into_iter().collect();
+        marks.extend(self.email_hash.as_deref().map(Mark::EmailHash));
+        marks.extend(self.phone_hash.as_deref().map(Mark::PhoneHash));
+        marks.extend(self.orders.iter().map(|id| Mark::Order(*id)));
+        marks
+    }
 }
 
 /// `redacted/<shop>/<kind>/<pseudonym>`; shop domains hold no `/`.
@@ -147,6 +187,32 @@ mod tests {
         assert!(markers.forbids("s", &[Mark::EmailHash("e"), Mark::Customer(7)], 5_000));
         assert!(!markers.forbids("s", &[Mark::Customer(8)], 5_000));
         assert!(!markers.forbids("t", &[Mark::Customer(7)], 5_000));
+    }
+
+    #[test]
+    fn pseudonyms_hash_the_normalised_email_and_phone() {
+        let hash = |kind: &str, value: &str| format!("{kind}:{}", value.len());
+        let who = Pseudonyms::new(
+            Some(7),
+            Some(" Ann@Example.com"),
+            Some("+1 555 625 1199"),
+            &[9],
+            hash,
+        );
+        assert_eq!(who.email_hash.as_deref(), Some("email:15"));
+        assert_eq!(who.phone_hash.as_deref(), Some("phone:10"));
+        assert_eq!(
+            who.marks(),
+            [
+                Mark::Customer(7),
+                Mark::EmailHash("email:15"),
+                Mark::PhoneHash("phone:10"),
+                Mark::Order(9)
+            ]
+        );
+        assert!(Pseudonyms::new(None, Some(" "), Some("12"), &[], hash)
+            .marks()
+            .is_empty());
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Engine {
                 email: who.email.clone(),
                 phone: who.phone.clone(),
             };
-            let named = identity::Named::of(&self.rules.hasher, shop, &contact, &who.orders);
+            let named = identity::pseudonyms(&self.rules.hasher, shop, &contact, &who.orders);
             holdings.extend(state.markers.held(shop, &named.marks()).into_iter().map(
                 |(key, marker)| {
                     let at = rfc3339(marker.redacted_ms);
