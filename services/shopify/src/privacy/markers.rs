@@ -132,9 +132,14 @@ impl RedactionMarkers {
         self.held
             .get(&shop_marker_key(shop))
             .is_some_and(|m| received_ms <= m.redacted_ms)
-            || marks
-                .iter()
-                .any(|m| self.held.contains_key(&marker_key(shop, *m)))
+            || self.names(shop, marks)
+    }
+
+    /// Whether one of `marks` of `shop` is marked (the shop's own marker aside).
+    pub fn names(&self, shop: &str, marks: &[Mark<'_>]) -> bool {
+        marks
+            .iter()
+            .any(|m| self.held.contains_key(&marker_key(shop, *m)))
     }
 
     /// The markers held under `marks` of `shop` (and the shop's own), for a data request.
