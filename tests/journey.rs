@@ -11,6 +11,7 @@ broker_tests!(
     a_shop_whose_orders_stop_while_others_continue_is_flagged_until_it_orders_again,
     a_data_request_is_answered_with_the_orders_held_about_the_customer,
     a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart,
+    a_redacted_customer_gets_no_touchpoint_and_their_email_is_in_no_output,
 );
 
 mod scenarios {
@@ -490,6 +491,69 @@ mod scenarios {
             (answered == 2.0).then_some(())
         })
         .await;
+    }
+
+    pub async fn a_redacted_customer_gets_no_touchpoint_and_their_email_is_in_no_output(
+        broker: &Broker,
+    ) {
+        let stack = Stack::start(broker).await;
+        stack
+            .send(
+                "customers/redact",
+                json!({"shop_id": 1, "shop_domain": SHOP,
+                       "customer": {"id": 42, "email": "Bea@Example.com", "phone": "+1 555 625 1199"},
+                       "orders_to_redact": []}),
+            )
+            .await;
+        // Then her order and its delivery arrive (late, or in flight on other topics), and
+        // another customer's order.
+        stack.send("orders/paid", order(5, true)).await;
+        stack
+            .send("fulfillment_events/create", carrier(5, "delivered"))
+            .await;
+        let mut cy = order(6, true);
+        cy["email"] = json!("cy@example.com");
+        cy["customer"] = json!({"id": 43, "first_name": "Cy"});
+        stack.send("orders/paid", cy).await;
+        stack
+            .send("fulfillment_events/create", carrier(6, "delivered"))
+            .await;
+        // Cy's review request (2 s after delivery) comes after any of Bea's would have.
+        let all = stack.wait_for("review_request").await;
+        assert!(all.iter().all(|t| t["order"]["id"] == 6), "{all:#?}");
+        assert_eq!(
+            stack
+                .service()
+                .metric(r#"aftercart_journey_facts_dropped_total{reason="redacted"}"#),
+            2.0
+        );
+        // Her email in no output, nor in the changelog, nor in a delivered file.
+        for topic in [
+            &stack.config.touchpoints_topic,
+            &stack.config.data_requests_topic,
+            &stack.config.dead_letter_topic,
+            &stack.config.delivery_dead_letter_topic,
+            &stack.config.kpis_topic,
+            &stack.config.state_topic,
+        ] {
+            for record in read_topic(&stack.bootstrap, topic).await {
+                let text = String::from_utf8_lossy(&record.value).to_ascii_lowercase();
+                assert!(!text.contains("bea@example.com"), "{topic}: {text}");
+            }
+        }
+        let shop_dir = stack.dir.join("out").join(SHOP);
+        let files = eventually("Cy's files", Duration::from_secs(30), || async {
+            let files: Vec<PathBuf> = std::fs::read_dir(&shop_dir)
+                .ok()?
+                .filter_map(|e| Some(e.ok()?.path()))
+                .collect();
+            (files.len() >= all.len()).then_some(files)
+        })
+        .await;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap().to_ascii_lowercase();
+            assert!(!text.contains("bea@example.com"), "{}", file.display());
+        }
     }
 
     pub async fn a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart(

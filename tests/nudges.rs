@@ -11,6 +11,7 @@ broker_tests!(
     a_recovery_discount_is_made_once_per_sequence_and_carried_from_its_step,
     a_data_request_is_answered_with_the_sequences_held_about_the_customer,
     a_data_request_sent_while_the_service_is_down_is_answered_once_after_its_restart,
+    a_redacted_customer_is_never_nudged_and_their_email_is_in_no_output,
 );
 
 mod scenarios {
@@ -464,6 +465,90 @@ mod scenarios {
             (service.metric("aftercart_nudges_data_requests_answered_total") == 2.0).then_some(())
         })
         .await;
+        service.stop().await.expect("clean stop");
+    }
+
+    pub async fn a_redacted_customer_is_never_nudged_and_their_email_is_in_no_output(
+        broker: &Broker,
+    ) {
+        let klaviyo = Klaviyo::start(SHOP).await;
+        let config = test_config(&kafka(broker), &klaviyo, "2s,4s");
+        let service = TestNudges::start_on(broker, config.clone()).await;
+        let upstream = Upstream {
+            config: &config,
+            shop: SHOP,
+        };
+        // Ann is redacted, then a data request on the same raw key (read after it): its answer
+        // listing the redaction's markers shows the redaction applied.
+        let redaction = json!({"shop_id": 1, "shop_domain": SHOP,
+            "customer": {"id": 1, "email": "Ann@Example.com", "phone": "+44 7700 900123"},
+            "orders_to_redact": [9001]});
+        upstream
+            .webhook(Family::Compliance, "customers/redact", "1", &redaction)
+            .await;
+        let body = json!({"shop_id": 1, "shop_domain": SHOP, "customer": {"id": 1},
+                          "orders_requested": [], "data_request": {"id": 901}});
+        upstream
+            .webhook(Family::Compliance, "customers/data_request", "1", &body)
+            .await;
+        let answer = answers_to(&broker.bootstrap(), &config.data_requests_topic, 901).await;
+        assert_eq!(kinds(&answer[0]), ["redaction"], "{answer:#?}");
+        // Then her checkout and her order arrive (late, or in flight on other topics), and Bob
+        // abandons too.
+        upstream
+            .abandoned(1, "ann@example.com", "ann-cart", true)
+            .await;
+        upstream
+            .webhook(
+                Family::Orders,
+                "orders/create",
+                "ann-other-cart",
+                &json!({"id": 9001, "checkout_token": null, "email": "ann@example.com",
+                        "customer": {"id": 1}}),
+            )
+            .await;
+        upstream
+            .abandoned(2, "bob@example.com", "bob-cart", true)
+            .await;
+        let sent = eventually("Bob's two nudges", WAIT, || async {
+            let sent = nudges(broker, &config).await;
+            (sent.len() >= 2).then_some(sent)
+        })
+        .await;
+        eventually("Ann's checkout and order dropped", WAIT, || async {
+            (service.metric(r#"aftercart_nudges_suppressed_total{reason="redacted"}"#) == 2.0)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            emails(&sent),
+            BTreeSet::from(["bob@example.com".to_string()])
+        );
+        eventually("no sequence left running", WAIT, || async {
+            (service.metric("aftercart_nudges_sequences") == 0.0).then_some(())
+        })
+        .await;
+        // Her email in no output, nor in the changelog: every record scanned.
+        for topic in [
+            &config.nudges_topic,
+            &config.data_requests_topic,
+            &config.dead_letter_topic,
+            &config.state_topic,
+        ] {
+            for record in read_topic(&broker.bootstrap(), topic).await {
+                let text = String::from_utf8_lossy(&record.value).to_ascii_lowercase();
+                assert!(!text.contains("ann@example.com"), "{topic}: {text}");
+                assert!(!text.contains("7700"), "{topic}: {text}");
+            }
+        }
+        let events = eventually("Bob's Klaviyo events", WAIT, || async {
+            let events = klaviyo.events();
+            (events.len() >= 2).then_some(events)
+        })
+        .await;
+        for event in events {
+            assert!(!event.to_string().to_ascii_lowercase().contains("ann@"));
+        }
         service.stop().await.expect("clean stop");
     }
 

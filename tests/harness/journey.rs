@@ -14,6 +14,8 @@ use crate::Broker;
 struct Flags {
     #[command(flatten)]
     journey: JourneyArgs,
+    #[command(flatten)]
+    state_hash: aftercart_runtime::state_hash::StateHashArgs,
 }
 
 /// A config on the same Kafka settings as a test's ingress, with its own topics and group,
@@ -29,20 +31,22 @@ pub fn test_config(kafka: &KafkaSettings, file: Option<&std::path::Path>) -> Jou
         format!("--journey-dead-letter-topic={prefix}journey-dead-letter"),
         format!("--journey-delivery-dead-letter-topic={prefix}journey-delivery-dead-letter"),
         format!("--journey-data-requests-topic={prefix}data_requests"),
+        format!("--state-hash-key={}", crate::referrals::STATE_HASH_KEY),
     ];
     if let Some(file) = file {
         argv.push(format!("--journey-config={}", file.display()));
     }
-    let args = Flags::try_parse_from(argv)
-        .expect("test flags parse")
-        .journey;
-    args.validate(
-        &test_kafka_args(kafka),
-        Duration::from_secs(10),
-        (format!("{prefix}referral-invites"), false),
-        &JourneyDefaults::production(),
-    )
-    .expect("valid test config")
+    let flags = Flags::try_parse_from(argv).expect("test flags parse");
+    flags
+        .journey
+        .validate(
+            &test_kafka_args(kafka),
+            &flags.state_hash,
+            Duration::from_secs(10),
+            (format!("{prefix}referral-invites"), false),
+            &JourneyDefaults::production(),
+        )
+        .expect("valid test config")
 }
 
 /// A running journey service.

@@ -140,6 +140,11 @@ pub struct JourneyCommand {
     #[command(flatten)]
     pub invite: ReferralInviteArgs,
 
+    /// The shared state hash key (redaction markers hold emails and phones as hashes keyed
+    /// with it), as the referrals and nudges services have it.
+    #[command(flatten)]
+    pub state_hash: aftercart_runtime::state_hash::StateHashArgs,
+
     #[command(flatten)]
     pub process: ProcessArgs,
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use aftercart_delivery::config::SinkFlags;
 use aftercart_delivery::message::KlaviyoConfig;
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_runtime::config::{parse_duration, parse_positive_duration, ConfigErrors};
+use aftercart_runtime::state_hash::StateHashArgs;
 
 use crate::domain::engine::Rules;
 use crate::domain::kpis::{parse_offset, KpiRules};
@@ -108,6 +109,16 @@ pub struct JourneyArgs {
     #[arg(long, env = "AFTERCART_JOURNEY_CONFIG")]
     pub journey_config: Option<String>,
 
+    /// `customers/redact` and `shop/redact` are remembered this long (customer and order ids,
+    /// keyed hashes of the email and phone: never the values), so a late or in-flight fact
+    /// never brings the person's orders back; at least the order retention.
+    #[arg(
+        long,
+        env = "AFTERCART_JOURNEY_REDACTION_RETENTION",
+        default_value = "400d"
+    )]
+    pub journey_redaction_retention: String,
+
     #[command(flatten)]
     pub watchdog: crate::watchdog::WatchdogArgs,
 }
@@ -119,6 +130,8 @@ pub struct JourneyDefaults {
     pub review_request_after: &'static str,
     /// A KPI day: 24h (shorter under `aftercart dev`, to watch reports come).
     pub kpi_day_length: &'static str,
+    /// The state hash key when none is configured (`aftercart dev` only).
+    pub state_hash_key: Option<&'static str>,
 }
 
 impl JourneyDefaults {
@@ -127,6 +140,7 @@ impl JourneyDefaults {
             fallback_brokers: None,
             review_request_after: "7d",
             kpi_day_length: "24h",
+            state_hash_key: None,
         }
     }
 }
@@ -166,10 +180,12 @@ pub struct JourneyConfig {
 impl JourneyArgs {
     /// Validates with the command's Kafka flags, shutdown deadline and the referral invites
     /// shared with the referrals service (their topic, and whether the journey relays them:
-    /// when the referrals service invites at delivery), every problem at once.
+    /// when the referrals service invites at delivery), and the shared state hash key's flags
+    /// (redaction markers hold keyed hashes), every problem at once.
     pub fn validate(
         &self,
         kafka: &KafkaArgs,
+        state_hash: &StateHashArgs,
         shutdown_timeout: Duration,
         invites: (String, bool),
         defaults: &JourneyDefaults,
@@ -233,6 +249,22 @@ impl JourneyArgs {
                 ));
             }
         }
+        let redaction_retention = errors
+            .check(
+                "AFTERCART_JOURNEY_REDACTION_RETENTION",
+                parse_positive_duration(&self.journey_redaction_retention),
+            )
+            .map(|d| d.as_millis() as i64);
+        if redaction_retention.is_some_and(|kept| kept < order_retention) {
+            errors.push(
+                "AFTERCART_JOURNEY_REDACTION_RETENTION: must be at least the order retention",
+            );
+        }
+        // Redaction markers hash emails and phones with the key every service shares.
+        let hasher = state_hash
+            .hasher(defaults.state_hash_key)
+            .map_err(|problem| errors.push(problem))
+            .ok();
         let kpis = kpi_rules(&file, defaults, &mut errors);
         let watchdog = self.watchdog.validate(&mut errors);
         let destination = file
@@ -292,6 +324,8 @@ impl JourneyArgs {
                 replenish_every_ms,
                 relay_invites,
                 order_retention_ms: order_retention,
+                redaction_retention_ms: redaction_retention.expect("checked"),
+                hasher: hasher.expect("checked"),
                 kpis,
             },
             kpis_topic: self.journey_kpis_topic.trim().to_string(),
@@ -426,6 +460,8 @@ mod tests {
         journey: JourneyArgs,
         #[command(flatten)]
         kafka: KafkaArgs,
+        #[command(flatten)]
+        state_hash: StateHashArgs,
     }
 
     fn validate(args: &[&str], relay: Option<&str>) -> Result<JourneyConfig, ConfigErrors> {
@@ -433,11 +469,18 @@ mod tests {
             relay.unwrap_or("aftercart.referral-invites").to_string(),
             relay.is_some(),
         );
-        let mut argv = vec!["journey", "--kafka-brokers", "localhost:9092"];
+        let mut argv = vec![
+            "journey",
+            "--kafka-brokers",
+            "localhost:9092",
+            "--state-hash-key",
+            "journey-test-state-hash-key",
+        ];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).unwrap();
         cli.journey.validate(
             &cli.kafka,
+            &cli.state_hash,
             Duration::from_secs(5),
             invites,
             &JourneyDefaults::production(),
@@ -471,6 +514,46 @@ mod tests {
             config.destination,
             Some(DestinationConfig::File(_))
         ));
+    }
+
+    #[test]
+    fn the_redaction_retention_is_positive_and_outlasts_the_orders() {
+        let config = validate(&[], None).unwrap();
+        assert_eq!(config.rules.redaction_retention_ms, 400 * 86_400_000);
+        for (value, problem) in [
+            ("0s", "must be above 0"),
+            ("soon", "is not a duration"),
+            ("30d", "at least the order retention"),
+        ] {
+            let errors = validate(&["--journey-redaction-retention", value], None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                errors.contains("AFTERCART_JOURNEY_REDACTION_RETENTION"),
+                "{errors}"
+            );
+            assert!(errors.contains(problem), "{errors}");
+        }
+    }
+
+    #[test]
+    fn the_shared_state_hash_key_is_required_outside_dev() {
+        let cli = Cli::try_parse_from(["journey", "--kafka-brokers", "localhost:9092"]).unwrap();
+        let errors = cli
+            .journey
+            .validate(
+                &cli.kafka,
+                &cli.state_hash,
+                Duration::from_secs(5),
+                ("aftercart.referral-invites".to_string(), false),
+                &JourneyDefaults::production(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("AFTERCART_STATE_HASH_KEY: required"),
+            "{errors}"
+        );
     }
 
     #[test]

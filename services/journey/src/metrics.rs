@@ -33,6 +33,7 @@ pub struct JourneyMetrics {
     touchpoints: IntCounterVec,
     skipped: IntCounterVec,
     stopped: IntCounterVec,
+    dropped: IntCounterVec,
     order_to_delivery: Histogram,
     orders: IntGauge,
     customers: IntGauge,
@@ -65,6 +66,13 @@ impl JourneyMetrics {
                     "Touchpoints not sent, by type and reason (no_contact, no_consent, stopped, test_order).",
                 ),
                 &["type", "reason"],
+            )?,
+            dropped: IntCounterVec::new(
+                opts(
+                    "facts_dropped_total",
+                    "Facts dropped unapplied, by reason (redacted: about a customer or shop whose redaction is remembered).",
+                ),
+                &["reason"],
             )?,
             stopped: IntCounterVec::new(
                 opts(
@@ -127,6 +135,7 @@ impl JourneyMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.touchpoints)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.skipped)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.stopped)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.dropped)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.order_to_delivery)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.orders)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.customers)?;
@@ -143,6 +152,7 @@ impl JourneyMetrics {
                 metrics.skipped.with_label_values(&[kind.as_str(), reason]);
             }
         }
+        metrics.dropped.with_label_values(&["redacted"]);
         for stop in [Stop::Cancelled, Stop::Refunded, Stop::Deleted] {
             metrics.stopped.with_label_values(&[stop.as_str()]);
         }
@@ -157,6 +167,7 @@ impl JourneyMetrics {
                 .inc(),
             Counted::Stopped(stop) => self.stopped.with_label_values(&[stop.as_str()]).inc(),
             Counted::DeliveredAfter { seconds } => self.order_to_delivery.observe(seconds),
+            Counted::Redacted => self.dropped.with_label_values(&["redacted"]).inc(),
             Counted::Kpi(fact) => {
                 let (labels, revenue) = fact.labels();
                 for label in labels {

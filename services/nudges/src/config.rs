@@ -8,7 +8,7 @@ use std::time::Duration;
 use aftercart_delivery::message::KlaviyoConfig;
 use aftercart_delivery::{RetryPolicy, SinkConfig, SinkFlags};
 use aftercart_kafka::{KafkaArgs, KafkaSettings};
-use aftercart_runtime::config::{parse_duration, ConfigErrors};
+use aftercart_runtime::config::{parse_duration, parse_positive_duration, ConfigErrors};
 use aftercart_runtime::state_hash::StateHashArgs;
 use aftercart_shopify_admin::{AdminArgs, AdminConfig, DiscountValue};
 use serde::Deserialize;
@@ -90,6 +90,16 @@ pub struct NudgesArgs {
         default_value = "7d"
     )]
     pub nudges_frequency_cap: String,
+
+    /// `customers/redact` and `shop/redact` are remembered this long (customer and order ids,
+    /// keyed hashes of the email and phone: never the values), so a late or in-flight fact
+    /// never starts a sequence for the person again; at least the frequency cap and a week.
+    #[arg(
+        long = "nudges-redaction-retention",
+        env = "AFTERCART_NUDGES_REDACTION_RETENTION",
+        default_value = "400d"
+    )]
+    pub nudges_redaction_retention: String,
 
     /// TOML file: per-shop cadence, quiet hours and switch, and the destination (Klaviyo,
     /// webhook or file). Without it nudges are written to the topic only.
@@ -257,6 +267,20 @@ impl NudgesArgs {
             "AFTERCART_NUDGES_FREQUENCY_CAP",
             parse_duration(&self.nudges_frequency_cap),
         );
+        let redaction_retention = errors.check(
+            "AFTERCART_NUDGES_REDACTION_RETENTION",
+            parse_positive_duration(&self.nudges_redaction_retention),
+        );
+        // Orders and unsubscribes must outlive the wait before an abandonment is reported;
+        // sequence starts, the cap.
+        let memory_ms = cap.map(|cap| (cap.as_millis() as i64).max(7 * 86_400_000));
+        if let (Some(kept), Some(memory)) = (redaction_retention, memory_ms) {
+            if (kept.as_millis() as i64) < memory {
+                errors.push(
+                    "AFTERCART_NUDGES_REDACTION_RETENTION: must be at least the frequency cap and a week",
+                );
+            }
+        }
         // People are hashed with the key every service shares; its messages name the setting.
         let hasher = state_hash
             .hasher(defaults.state_hash_key)
@@ -340,9 +364,9 @@ impl NudgesArgs {
                     default,
                     shops,
                     cap_ms,
-                    // Orders and unsubscribes must outlive the wait before an abandonment is
-                    // reported; sequence starts, the cap.
-                    memory_ms: cap_ms.max(7 * 86_400_000),
+                    memory_ms: memory_ms.expect("checked"),
+                    redaction_retention_ms: redaction_retention.expect("checked").as_millis()
+                        as i64,
                     hasher: hasher.expect("checked"),
                 },
                 destination: destination.map(|d| d.expect("checked")),
@@ -596,6 +620,26 @@ quiet_hours = "21:00-08:00"
         assert!(errors.to_string().contains("utc_offset"), "{errors}");
         let errors = validate(&[], Some("[destination]\nkind = \"pigeon\"\n")).unwrap_err();
         assert!(errors.to_string().contains("AFTERCART_NUDGES_CONFIG"));
+    }
+
+    #[test]
+    fn the_redaction_retention_is_positive_and_outlasts_what_is_remembered() {
+        let config = validate(&[], None).unwrap();
+        assert_eq!(config.rules.redaction_retention_ms, 400 * 86_400_000);
+        for (value, problem) in [
+            ("0s", "must be above 0"),
+            ("soon", "is not a duration"),
+            ("3d", "at least the frequency cap and a week"),
+        ] {
+            let errors = validate(&["--nudges-redaction-retention", value], None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                errors.contains("AFTERCART_NUDGES_REDACTION_RETENTION"),
+                "{errors}"
+            );
+            assert!(errors.contains(problem), "{errors}");
+        }
     }
 
     #[test]

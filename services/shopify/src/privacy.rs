@@ -8,6 +8,8 @@ use sha2::{Digest, Sha256};
 
 use crate::decode::{decode, PoisonRecord};
 
+pub mod markers;
+
 /// The person a compliance request is about. Emails are trimmed and lower-cased; phones are
 /// kept as `+<digits>` when written with their country code, else as their last digits
 /// ([`canonical_phone`]), and compared with [`same_phone`].

@@ -110,6 +110,7 @@ pub async fn run(args: DevArgs) -> i32 {
         fallback_brokers: fallback_brokers.clone(),
         review_request_after: DEV_REVIEW_REQUEST_AFTER,
         kpi_day_length: DEV_KPI_DAY,
+        state_hash_key: Some(DEV_STATE_HASH_KEY),
     };
     let referrals_defaults = ReferralsDefaults {
         fallback_brokers,
@@ -162,6 +163,7 @@ pub async fn run(args: DevArgs) -> i32 {
         .journey
         .validate(
             &args.ingress.kafka,
+            &args.referrals.state_hash,
             shutdown_timeout,
             args.referrals.invite.for_journey(DEV_INVITE_TRIGGER),
             &journey_defaults,

@@ -12,11 +12,18 @@ pub async fn run(command: JourneyCommand) -> i32 {
         kafka,
         journey,
         invite,
+        state_hash,
         process,
     } = command;
     let relayed = invite.for_journey(ReferralsDefaults::production().invite_trigger);
     run_command::<JourneyService>(&process, |shutdown| {
-        journey.validate(&kafka, shutdown, relayed, &JourneyDefaults::production())
+        journey.validate(
+            &kafka,
+            &state_hash,
+            shutdown,
+            relayed,
+            &JourneyDefaults::production(),
+        )
     })
     .await
 }

@@ -110,12 +110,17 @@ impl TopicFlags {
             )
             .map_err(|e| errors.extend(e))
             .ok();
+        // Only topic names are needed here: a placeholder stands in for an unset state hash key.
         let journey = journey
             .validate(
                 &kafka,
+                &state_hash,
                 std::time::Duration::ZERO,
                 relayed,
-                &JourneyDefaults::production(),
+                &JourneyDefaults {
+                    state_hash_key: Some("placeholder: topics only"),
+                    ..JourneyDefaults::production()
+                },
             )
             .map_err(|e| errors.extend(e))
             .ok();

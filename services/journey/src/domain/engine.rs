@@ -6,8 +6,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aftercart_kafka::timers::take_due;
+use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::decode::ConsentChange;
 use aftercart_shopify::money::Amount;
+use aftercart_shopify::privacy::markers::RedactionMarkers;
 use aftercart_shopify::privacy::DataRequestReport;
 use aftercart_shopify::time::rfc3339;
 
@@ -35,6 +37,10 @@ pub struct Rules {
     pub relay_invites: bool,
     /// Orders with nothing left to do are forgotten when unseen this long.
     pub order_retention_ms: i64,
+    /// How long a `customers/redact` or `shop/redact` is remembered (its markers).
+    pub redaction_retention_ms: i64,
+    /// The shared state hash: redaction markers hold emails and phones as hashes keyed with it.
+    pub hasher: StateHasher,
     /// How the daily KPI record cuts days.
     pub kpis: KpiRules,
 }
@@ -50,6 +56,8 @@ pub enum Counted {
     Stopped(Stop),
     /// Days from order to first delivery.
     DeliveredAfter { seconds: f64 },
+    /// A fact dropped: it is about a redacted customer or shop.
+    Redacted,
 }
 
 /// What the I/O layer must do, in order: emit records, then persist entities.
@@ -86,6 +94,7 @@ struct Partition {
     shops: HashMap<String, ShopKpis>,
     /// (due, order entity key).
     timers: BTreeSet<(i64, String)>,
+    markers: RedactionMarkers,
 }
 
 impl Partition {
@@ -108,6 +117,9 @@ impl Partition {
                     self.timers.insert((due, key.clone()));
                 }
                 self.shops.insert(key, shop);
+            }
+            Entity::Redaction(marker) => {
+                self.markers.restore(&key, marker);
             }
         }
     }
@@ -193,6 +205,9 @@ impl Engine {
 
     /// Applies one fact of `shop` received at `at_ms`.
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
+        if let Some(dropped) = self.drop_redacted(partition, shop, &input, at_ms) {
+            return dropped;
+        }
         let rules = &self.rules;
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
@@ -238,9 +253,13 @@ impl Engine {
             Input::RedactCustomer {
                 customer_id,
                 email,
+                phone,
                 orders,
-            } => step.redact_customer(customer_id, email.as_deref(), &orders),
-            Input::RedactShop => step.redact_shop(),
+            } => step.redact_customer(
+                (customer_id, email.as_deref(), phone.as_deref(), &orders),
+                at_ms,
+            ),
+            Input::RedactShop => step.redact_shop(at_ms),
             Input::DataRequest(request) => step.data_request(&request, at_ms),
             Input::Invite(invite) => {
                 step.tally(Fact::Invite, at_ms);
@@ -272,11 +291,18 @@ impl Engine {
         out
     }
 
-    /// Forgets orders with nothing left to do, unseen for the retention.
+    /// Forgets orders with nothing left to do, unseen for the retention, and redactions older
+    /// than theirs.
     pub fn expire(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();
         let retention = self.rules.order_retention_ms;
         for (partition, state) in &mut self.partitions {
+            for key in state
+                .markers
+                .expire(now_ms, self.rules.redaction_retention_ms)
+            {
+                out.push((*partition, tombstone(&key)));
+            }
             let old: Vec<String> = state
                 .orders
                 .iter()
@@ -871,41 +897,10 @@ impl Step<'_> {
         }
     }
 
-    fn redact_customer(&mut self, customer_id: Option<u64>, email: Option<&str>, orders: &[u64]) {
-        let prefix = format!("order/{}/", self.shop);
-        let doomed: Vec<String> = self
-            .state
-            .orders
-            .iter()
-            .filter(|(key, order)| {
-                key.starts_with(&prefix)
-                    && (orders.contains(&order.order_id)
-                        || (customer_id.is_some() && order.customer_id == customer_id)
-                        || email.is_some_and(|e| {
-                            order
-                                .email
-                                .as_deref()
-                                .is_some_and(|o| o.eq_ignore_ascii_case(e))
-                        }))
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in doomed {
-            self.forget_order(&key);
-        }
-        if let Some(id) = customer_id {
-            let key = customer_entity(self.shop, id);
-            if self.state.customers.remove(&key).is_some() {
-                self.effects.push(tombstone(&key));
-            }
-            let key = buyer_entity(self.shop, id);
-            if self.state.buyers.remove(&key).is_some() {
-                self.effects.push(tombstone(&key));
-            }
-        }
-    }
-
-    fn redact_shop(&mut self) {
+    /// `shop/redact`: forgets everything of the shop and remembers the redaction.
+    fn redact_shop(&mut self, at_ms: i64) {
+        let marked = self.state.markers.mark(self.shop, &[], true, at_ms);
+        self.effects.extend(redaction::remember(marked));
         let orders = format!("order/{}/", self.shop);
         let customers = format!("customer/{}/", self.shop);
         let doomed: Vec<String> = self
@@ -951,6 +946,7 @@ impl Step<'_> {
     }
 }
 
+mod redaction;
 mod report;
 #[cfg(test)]
 mod tests;

@@ -75,6 +75,8 @@ pub struct Customer {
     /// Present in older API versions: more than 1 means this is not the first order.
     pub orders_count: Option<u64>,
     pub email: Option<String>,
+    /// Only to match a redaction by phone: never kept.
+    pub phone: Option<String>,
     pub first_name: Option<String>,
     pub email_marketing_consent: Option<ConsentState>,
 }
@@ -100,6 +102,8 @@ pub struct OrderFact {
     pub name: Option<String>,
     pub email: Option<String>,
     pub contact_email: Option<String>,
+    /// Only to match a redaction by phone: never kept.
+    pub phone: Option<String>,
     pub customer: Option<Customer>,
     pub buyer_accepts_marketing: Option<bool>,
     pub financial_status: Option<String>,
@@ -120,6 +124,17 @@ impl OrderFact {
             self.email.as_deref(),
             self.contact_email.as_deref(),
         )
+    }
+
+    /// The buyer's phone (the order's, else the customer's), to match a redaction.
+    pub fn phone(&self) -> Option<&str> {
+        [
+            self.phone.as_deref(),
+            self.customer.as_ref().and_then(|c| c.phone.as_deref()),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| !p.trim().is_empty())
     }
 
     /// Cancelled, or refunded in full, according to this snapshot.
@@ -204,6 +219,7 @@ pub enum Input {
     RedactCustomer {
         customer_id: Option<u64>,
         email: Option<String>,
+        phone: Option<String>,
         orders: Vec<u64>,
     },
     RedactShop,
@@ -422,6 +438,7 @@ pub fn decode_input(topic: Option<&str>, body: &[u8]) -> Result<Input, PoisonRec
             Input::RedactCustomer {
                 customer_id: redact.customer_id,
                 email: redact.email,
+                phone: redact.phone,
                 orders: redact.orders,
             }
         }

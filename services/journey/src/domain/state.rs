@@ -38,6 +38,9 @@ pub enum Entity {
     Buyer(BuyerOrders),
     /// A shop's days of KPI facts.
     Shop(ShopKpis),
+    /// A redaction remembered (`redacted/...` keys, [`aftercart_shopify::privacy::markers`]):
+    /// pseudonyms only.
+    Redaction(aftercart_shopify::privacy::markers::RedactionMarker),
 }
 
 /// `buyer/<shop>/<customer id>`.

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
 use aftercart_runtime::state_hash::StateHasher;
+use aftercart_shopify::privacy::markers::{Pseudonyms, RedactionMarker, RedactionMarkers};
 use aftercart_shopify::privacy::DataRequestReport;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,8 @@ pub struct Rules {
     /// How long orders, unsubscribes and sequence starts of a person are remembered (at least
     /// the cap window, and the delay before an abandonment is reported).
     pub memory_ms: i64,
+    /// How long a `customers/redact` or `shop/redact` is remembered (its markers).
+    pub redaction_retention_ms: i64,
     /// The shared state hash the people are hashed with.
     pub hasher: StateHasher,
 }
@@ -168,6 +171,8 @@ pub struct Person {
 pub enum Entity {
     Sequence(Box<Sequence>),
     Person(Person),
+    /// A redaction remembered ([`aftercart_shopify::privacy::markers`]): pseudonyms only.
+    Redaction(RedactionMarker),
 }
 
 fn sequence_key(journey_key: &str) -> String {
@@ -186,6 +191,7 @@ struct Partition {
     timers: BTreeSet<(i64, String)>,
     by_identity: HashMap<String, BTreeSet<String>>,
     by_checkout: HashMap<String, String>,
+    markers: RedactionMarkers,
 }
 
 impl Partition {
@@ -314,6 +320,9 @@ impl Engine {
                         state.people.insert(hash.to_string(), person);
                     }
                 }
+                Entity::Redaction(marker) => {
+                    state.markers.restore(&key, marker);
+                }
             }
         }
         self.partitions.insert(partition, state);
@@ -350,6 +359,10 @@ impl Engine {
 
     /// Applies one record of `shop` received at `at_ms` in by-shop partition `partition`.
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
+        if self.redacted(partition, shop, &input, at_ms) {
+            // About someone redacted (or a redacted shop): it must not bring them back.
+            return vec![Effect::Suppressed(Suppressed::Redacted)];
+        }
         match input {
             Input::Abandoned(event) => self.abandoned(partition, shop, *event, at_ms),
             Input::Recovered(event) => self.recovered(partition, shop, *event),
@@ -368,8 +381,10 @@ impl Engine {
             Input::Consent(facts, channels) => {
                 self.consent(partition, shop, &facts, channels, at_ms)
             }
-            Input::RedactCustomer(facts) => self.redact_customer(partition, shop, &facts),
-            Input::RedactShop => self.redact_shop(partition, shop),
+            Input::RedactCustomer(facts, orders) => {
+                self.redact_customer(partition, shop, &facts, &orders, at_ms)
+            }
+            Input::RedactShop => self.redact_shop(partition, shop, at_ms),
             Input::DataRequest(request) => {
                 vec![self.data_request(partition, shop, &request, at_ms)]
             }
@@ -622,11 +637,47 @@ impl Engine {
         effects
     }
 
-    fn redact_customer(&mut self, partition: i32, shop: &str, facts: &ContactFacts) -> Vec<Effect> {
-        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
-        let Some(state) = self.partitions.get_mut(&partition) else {
-            return Vec::new();
+    /// Whether `input` names someone (or a shop) whose redaction is remembered: an
+    /// abandonment, an order or a consent change would re-create them. Stops (recoveries,
+    /// deleted checkouts) and data requests only read or delete, and pass.
+    fn redacted(&self, partition: i32, shop: &str, input: &Input, at_ms: i64) -> bool {
+        let Some(state) = self.partitions.get(&partition) else {
+            return false;
         };
+        let hasher = &self.rules.hasher;
+        let named = match input {
+            Input::Abandoned(event) => {
+                let facts = event.customer.as_ref().map(|c| ContactFacts {
+                    customer_id: c.id,
+                    email: c.email.clone(),
+                    phone: c.phone.clone(),
+                });
+                let orders: Vec<u64> = event.order_id.into_iter().collect();
+                identity::pseudonyms(hasher, shop, &facts.unwrap_or_default(), &orders)
+            }
+            Input::Order(order) => {
+                identity::pseudonyms(hasher, shop, &order.buyer, &[order.order_id])
+            }
+            Input::Consent(facts, _) => identity::pseudonyms(hasher, shop, facts, &[]),
+            _ => return false,
+        };
+        state.markers.forbids(shop, &named.marks(), at_ms)
+    }
+
+    /// `customers/redact`: deletes what is held about the person and remembers the redaction
+    /// (their id, email and phone hashes, the orders it lists, and the contacts of the
+    /// sequences that are theirs), so that no later or in-flight fact brings them back.
+    fn redact_customer(
+        &mut self,
+        partition: i32,
+        shop: &str,
+        facts: &ContactFacts,
+        orders: &[u64],
+        at_ms: i64,
+    ) -> Vec<Effect> {
+        let named = identity::pseudonyms(&self.rules.hasher, shop, facts, orders);
+        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
+        let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
         for hash in &hashes {
             if state.people.remove(hash).is_some() {
@@ -637,15 +688,39 @@ impl Engine {
             }
         }
         let keys = state.matching(&hashes);
+        // The emails and phones their own sequences knew them by are theirs too (a changed
+        // address, another checkout in flight under it); not those of someone sharing only a
+        // phone or an email with another customer id.
+        let known: Vec<Pseudonyms> = keys
+            .iter()
+            .filter_map(|key| state.sequences.get(key))
+            .filter(|s| {
+                facts.customer_id.is_none()
+                    || s.customer.customer_id.is_none()
+                    || s.customer.customer_id == facts.customer_id
+            })
+            .map(|s| {
+                let contact = ContactFacts {
+                    customer_id: s.customer.customer_id,
+                    email: s.customer.email.clone(),
+                    phone: s.customer.phone.clone(),
+                };
+                identity::pseudonyms(&self.rules.hasher, shop, &contact, &[])
+            })
+            .collect();
+        let mut marks = named.marks();
+        marks.extend(known.iter().flat_map(Pseudonyms::marks));
+        effects.extend(remember(state.markers.mark(shop, &marks, false, at_ms)));
         effects.extend(self.stop(partition, keys, Suppressed::Redacted));
         effects
     }
 
-    fn redact_shop(&mut self, partition: i32, shop: &str) -> Vec<Effect> {
-        let Some(state) = self.partitions.get_mut(&partition) else {
-            return Vec::new();
-        };
-        let mut effects = Vec::new();
+    /// `shop/redact`: deletes the shop's people and sequences, and remembers it: a fact of the
+    /// shop received before the redaction (in flight on another topic) is dropped.
+    fn redact_shop(&mut self, partition: i32, shop: &str, at_ms: i64) -> Vec<Effect> {
+        let state = self.partitions.entry(partition).or_default();
+        let mut effects: Vec<Effect> =
+            remember(state.markers.mark(shop, &[], true, at_ms)).collect();
         let people: Vec<String> = state
             .people
             .iter()
@@ -746,11 +821,18 @@ impl Engine {
         }
     }
 
-    /// Forgets people not seen within the memory window.
+    /// Forgets people not seen within the memory window, and redactions older than their
+    /// retention.
     pub fn expire(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let memory = self.rules.memory_ms;
         let mut effects = Vec::new();
         for (&partition, state) in &mut self.partitions {
+            for key in state
+                .markers
+                .expire(now_ms, self.rules.redaction_retention_ms)
+            {
+                effects.push((partition, Effect::Persist { key, entity: None }));
+            }
             let old: Vec<String> = state
                 .people
                 .iter()
@@ -770,6 +852,14 @@ impl Engine {
         }
         effects
     }
+}
+
+/// The changelog writes of markers just remembered.
+fn remember(markers: Vec<(String, RedactionMarker)>) -> impl Iterator<Item = Effect> {
+    markers.into_iter().map(|(key, marker)| Effect::Persist {
+        key,
+        entity: Some(Box::new(Entity::Redaction(marker))),
+    })
 }
 
 /// The journey key the ingress gave a checkout with `cart_token` (the one mechanism,

@@ -5,7 +5,7 @@
 //! reversed with a dictionary of emails unless the key leaked too.
 
 use aftercart_runtime::state_hash::StateHasher;
-use aftercart_shopify::privacy::{normal_email, normal_phone};
+use aftercart_shopify::privacy::markers::Pseudonyms;
 
 use crate::domain::input::ContactFacts;
 
@@ -14,20 +14,36 @@ const DOMAIN: &str = "nudges";
 
 /// Every hash of a person of `shop`: by id, by email, by phone (those known).
 pub fn hashes(hasher: &StateHasher, shop: &str, facts: &ContactFacts) -> Vec<String> {
-    // Shop domains hold no `/`, so `<shop>/<value>` names one shop and one value.
-    let hash =
-        |kind: &str, value: &str| hasher.fingerprint(DOMAIN, kind, &format!("{shop}/{value}"));
-    let mut hashes = Vec::new();
-    if let Some(id) = facts.customer_id {
-        hashes.push(hash("id", &id.to_string()));
-    }
-    if let Some(email) = facts.email.as_deref().and_then(normal_email) {
-        hashes.push(hash("email", &email));
-    }
-    if let Some(phone) = facts.phone.as_deref().and_then(normal_phone) {
-        hashes.push(hash("phone", &phone));
-    }
-    hashes
+    let named = pseudonyms(hasher, shop, facts, &[]);
+    let id = facts
+        .customer_id
+        .map(|id| hash(hasher, shop, "id", &id.to_string()));
+    [id, named.email_hash, named.phone_hash]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Who `facts` (and `orders`) name, as the redaction markers key them: the email and phone
+/// hashes are the ones [`hashes`] gives.
+pub fn pseudonyms(
+    hasher: &StateHasher,
+    shop: &str,
+    facts: &ContactFacts,
+    orders: &[u64],
+) -> Pseudonyms {
+    Pseudonyms::new(
+        facts.customer_id,
+        facts.email.as_deref(),
+        facts.phone.as_deref(),
+        orders,
+        |kind, value| hash(hasher, shop, kind, value),
+    )
+}
+
+/// Shop domains hold no `/`, so `<shop>/<value>` names one shop and one value.
+fn hash(hasher: &StateHasher, shop: &str, kind: &str, value: &str) -> String {
+    hasher.fingerprint(DOMAIN, kind, &format!("{shop}/{value}"))
 }
 
 #[cfg(test)]

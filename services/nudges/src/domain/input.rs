@@ -24,7 +24,8 @@ pub enum Input {
     },
     /// A consent change: `false` is an unsubscribe on that channel.
     Consent(ContactFacts, Channels),
-    RedactCustomer(ContactFacts),
+    /// `customers/redact`: who, and the orders it lists (`orders_to_redact`).
+    RedactCustomer(ContactFacts, Vec<u64>),
     RedactShop,
     /// `customers/data_request`: report what is held about the customer.
     DataRequest(Box<DataRequest>),
@@ -48,6 +49,7 @@ pub struct Channels {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderFacts {
+    pub order_id: u64,
     pub buyer: ContactFacts,
     pub checkout_token: Option<String>,
 }
@@ -62,7 +64,7 @@ struct CustomerJson {
 
 #[derive(Deserialize)]
 struct OrderJson {
-    #[allow(dead_code)] // required: an order without an id is not an order
+    /// Required: an order without an id is not an order.
     id: u64,
     checkout_token: Option<String>,
     email: Option<String>,
@@ -144,6 +146,7 @@ pub fn decode_input(family: &str, topic: Option<&str>, body: &[u8]) -> Result<In
             let order: OrderJson = decode(&topic, body)?;
             let customer = order.customer.unwrap_or_default();
             Input::Order(Box::new(OrderFacts {
+                order_id: order.id,
                 buyer: ContactFacts {
                     customer_id: customer.id,
                     email: given(order.email)
@@ -184,11 +187,14 @@ pub fn decode_input(family: &str, topic: Option<&str>, body: &[u8]) -> Result<In
         "customers/redact" => {
             // Read as every service reads it: leniently, and refused only when it names no one.
             let redact = aftercart_shopify::privacy::Person::decode_redaction(&topic, body)?;
-            Input::RedactCustomer(ContactFacts {
-                customer_id: redact.customer_id,
-                email: redact.email,
-                phone: redact.phone,
-            })
+            Input::RedactCustomer(
+                ContactFacts {
+                    customer_id: redact.customer_id,
+                    email: redact.email,
+                    phone: redact.phone,
+                },
+                redact.orders,
+            )
         }
         "customers/data_request" => {
             Input::DataRequest(Box::new(DataRequest::decode(&topic, body)?))
@@ -232,7 +238,7 @@ mod tests {
             .unwrap(),
             Input::RedactShop
         );
-        let Input::RedactCustomer(facts) = decode_input(
+        let Input::RedactCustomer(facts, orders) = decode_input(
             "compliance",
             Some("customers/redact"),
             &fixture("customers_redact.json"),
@@ -241,6 +247,7 @@ mod tests {
             panic!("a redaction")
         };
         assert_eq!(facts.customer_id, Some(191167));
+        assert!(!orders.is_empty());
         let consent = br#"{"customer_id":5,"email_address":"a@b.c","email_marketing_consent":{"state":"unsubscribed"}}"#;
         assert_eq!(
             decode_input(
@@ -310,13 +317,14 @@ mod tests {
     #[test]
     fn a_malformed_redaction_is_applied_by_what_it_names_and_one_naming_no_one_is_kept() {
         let body = br#"{"customer":{"id":"42","email":7,"phone":15556251199},"orders_to_redact":[7,"8","x",null]}"#;
-        let Input::RedactCustomer(facts) =
+        let Input::RedactCustomer(facts, orders) =
             decode_input("compliance", Some("customers/redact"), body).unwrap()
         else {
             panic!("a redaction")
         };
         assert_eq!(facts.customer_id, Some(42));
         assert!(facts.phone.is_some());
+        assert_eq!(orders, vec![7, 8]);
         let none = decode_input(
             "compliance",
             Some("customers/redact"),

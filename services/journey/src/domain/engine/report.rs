@@ -4,8 +4,8 @@
 //! customer id: [`aftercart_shopify::privacy::Person::owns`]) with the touchpoints sent and
 //! still scheduled and the contact fields held; their consent statement and their count of
 //! orders. Nothing held: a report without holdings, so the merchant sees that the service
-//! answered. The journey keeps no redaction markers: a redaction deletes the person's records,
-//! so a report after it holds nothing.
+//! answered. After a redaction only its markers are left (ids and keyed hashes, with the time):
+//! they are listed as `redaction`.
 
 use aftercart_shopify::privacy::{contact_fields, DataRequest, DataRequestReport, Holding};
 use aftercart_shopify::time::rfc3339;
@@ -44,6 +44,26 @@ impl Step<'_> {
                 holdings.push(Holding::new("buyer", key, json!({ "stored": buyer })));
             }
         }
+        let named = super::redaction::pseudonyms(
+            &self.rules.hasher,
+            self.shop,
+            (
+                who.customer_id,
+                who.email.as_deref(),
+                who.phone.as_deref(),
+                &who.orders,
+            ),
+        );
+        holdings.extend(
+            self.state
+                .markers
+                .held(self.shop, &named.marks())
+                .into_iter()
+                .map(|(key, marker)| {
+                    let at = rfc3339(marker.redacted_ms);
+                    Holding::new("redaction", key, json!({ "redacted_at": at }))
+                }),
+        );
         let report = DataRequestReport::new(SERVICE, self.shop, request, at_ms, holdings);
         self.effects.push(Effect::Answer {
             key: format!("{}/data-request", self.shop),

@@ -13,6 +13,8 @@ fn rules() -> Rules {
         replenish_every_ms: HashMap::from([(PRODUCT, 30 * DAY)]),
         relay_invites: true,
         order_retention_ms: 120 * DAY,
+        redaction_retention_ms: 400 * DAY,
+        hasher: StateHasher::new(*b"journey-test-state-hash-key").unwrap(),
         kpis: crate::domain::kpis::KpiRules {
             day_ms: DAY,
             default_offset_ms: 0,
@@ -654,5 +656,19 @@ fn a_customer_held_nowhere_or_redacted_still_gets_an_answer_saying_so() {
         AT,
     );
     let redacted = data_request(&mut engine, serde_json::json!({"id": 42}), &[5]);
-    assert!(redacted.holdings.is_empty(), "{redacted:?}");
+    // Only the redaction's markers are left: pseudonyms and their time.
+    let kinds: Vec<(&str, &str)> = redacted
+        .holdings
+        .iter()
+        .map(|h| (h.kind.as_str(), h.key.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("redaction", &*format!("redacted/{SHOP}/customer/42")),
+            ("redaction", &*format!("redacted/{SHOP}/order/5")),
+        ]
+    );
 }
+
+mod redaction;

@@ -5,8 +5,8 @@
 //! contact fields held; and what is remembered under each of their keyed-hash identities
 //! (orders, unsubscribes, when their last sequence started; under a shared email or phone only
 //! when it is tied to them, [`attributable`]). Nothing held: a report without
-//! holdings, so the merchant sees that the service answered. The nudges keep no redaction
-//! markers: a redaction deletes the person's records, so a report after it holds nothing.
+//! holdings, so the merchant sees that the service answered. After a redaction only its
+//! markers are left (ids and keyed hashes, with the time): they are listed as `redaction`.
 
 use aftercart_shopify::privacy::{contact_fields, DataRequest, DataRequestReport, Holding};
 use aftercart_shopify::time::rfc3339;
@@ -82,6 +82,18 @@ impl Engine {
                 let data = json!({ "stored": person, "identified_by": kind });
                 Some(Holding::new("person", person_key(hash), data))
             }));
+            let contact = ContactFacts {
+                customer_id: who.customer_id,
+                email: who.email.clone(),
+                phone: who.phone.clone(),
+            };
+            let named = identity::pseudonyms(&self.rules.hasher, shop, &contact, &who.orders);
+            holdings.extend(state.markers.held(shop, &named.marks()).into_iter().map(
+                |(key, marker)| {
+                    let at = rfc3339(marker.redacted_ms);
+                    Holding::new("redaction", key, json!({ "redacted_at": at }))
+                },
+            ));
         }
         Effect::Answer {
             key: format!("{shop}/data-request"),

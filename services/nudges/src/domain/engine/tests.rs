@@ -20,6 +20,7 @@ pub(crate) fn rules() -> Rules {
         shops: HashMap::new(),
         cap_ms: 7 * 24 * HOUR,
         memory_ms: 30 * 24 * HOUR,
+        redaction_retention_ms: 400 * 24 * HOUR,
         hasher: StateHasher::new(*b"nudges-test-state-hash-key").unwrap(),
     }
 }
@@ -782,7 +783,11 @@ fn a_person_held_nowhere_or_redacted_still_gets_an_answer_saying_so() {
         T0 + MIN,
     );
     let redacted = data_request(&mut e, serde_json::json!({"id": 42}), T0 + 2 * MIN);
-    assert!(redacted.holdings.is_empty(), "{redacted:?}");
+    // Only the redaction's marker is left: a pseudonym and its time.
+    assert_eq!(
+        kinds(&redacted),
+        [("redaction", &*format!("redacted/{SHOP}/customer/42"))]
+    );
     // A partition this instance does not own answers too (empty): the report is written in
     // the record's partition either way.
     let unowned = e.apply(
@@ -836,3 +841,5 @@ fn a_data_request_reports_nothing_remembered_under_an_email_or_phone_another_cus
     assert_eq!(by_email.holdings[0].data["identified_by"], "email");
     assert_eq!(by_email.holdings[0].data["stored"]["ordered_ms"], T0);
 }
+
+mod redaction;
