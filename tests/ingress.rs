@@ -1251,9 +1251,13 @@ mod slow_broker {
         let pending = tokio::spawn(async move { first.post(addr).await });
         // The first webhook is being handled (its record takes the queue's only place): on a
         // busy machine a fixed pause was sometimes too short and the second took the place.
-        eventually("the first webhook in flight", Duration::from_secs(10), || async {
-            (ingress.metric("aftercart_ingress_in_flight_requests").await == 1.0).then_some(())
-        })
+        eventually(
+            "the first webhook in flight",
+            Duration::from_secs(10),
+            || async {
+                (ingress.metric("aftercart_ingress_in_flight_requests").await == 1.0).then_some(())
+            },
+        )
         .await;
         let second = Webhook::new("carts/update", br#"{"token":"b"}"#.to_vec(), SECRET);
         let started = Instant::now();
