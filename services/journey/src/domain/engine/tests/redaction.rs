@@ -210,3 +210,32 @@ fn markers_survive_a_restore_from_the_changelog() {
     let expired = restored.expire(AT + 2 * HOUR + rules().redaction_retention_ms);
     assert_eq!(expired.len(), 5);
 }
+
+#[test]
+fn a_dropped_order_forgets_what_its_fulfilments_left_before_it() {
+    let mut engine = engine();
+    // A fulfilment read before its order: held under the order id alone, naming no one, so
+    // the redaction cannot tell it is the customer's.
+    let shipped = input(
+        "fulfillments/update",
+        serde_json::json!({"id": 77, "order_id": 5, "status": "success",
+            "shipment_status": "delivered", "tracking_company": "UPS",
+            "tracking_number": "1Z999AA10123456784"}),
+    );
+    engine.apply(0, SHOP, shipped, AT);
+    assert_eq!(engine.sizes().0, 1);
+    let redaction = redact(serde_json::json!({"customer": {"id": 42}}));
+    engine.apply(0, SHOP, redaction, AT + HOUR);
+    // The order names the customer: dropped, and what its fulfilment left goes with it.
+    let effects = engine.apply(0, SHOP, order(5, true), AT + 2 * HOUR);
+    assert_eq!(effects.first(), Some(&Effect::Count(Counted::Redacted)));
+    assert!(
+        effects.contains(&Effect::Persist {
+            key: order_entity(SHOP, 5),
+            entity: None
+        }),
+        "{effects:?}"
+    );
+    assert_eq!(engine.sizes().0, 0, "no order held");
+    assert!(emitted(&effects).is_empty());
+}
