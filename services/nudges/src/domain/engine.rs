@@ -687,7 +687,26 @@ impl Engine {
                 });
             }
         }
-        let keys = state.matching(&hashes);
+        let mut keys = state.matching(&hashes);
+        // A sequence knowing their phone written another way (nationally, `06 12 34 56 78`
+        // for `+33 6 12 34 56 78`) has other hashes: found by the national numbers it shares.
+        let mut theirs = RedactionMarkers::default();
+        theirs.mark(shop, &named.marks(), false, at_ms);
+        keys.extend(
+            state
+                .sequences
+                .values()
+                .filter(|s| s.shop == shop && s.customer.phone.is_some())
+                .filter(|s| {
+                    let phone = ContactFacts {
+                        phone: s.customer.phone.clone(),
+                        ..ContactFacts::default()
+                    };
+                    let named = identity::pseudonyms(&self.rules.hasher, shop, &phone, &[]);
+                    theirs.names(shop, &named.marks())
+                })
+                .map(|s| s.journey_key.clone()),
+        );
         // The emails and phones their own sequences knew them by are theirs too (a changed
         // address, another checkout in flight under it); not those of someone sharing only a
         // phone or an email with another customer id.
