@@ -361,7 +361,9 @@ impl Engine {
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
         if self.redacted(partition, shop, &input, at_ms) {
             // About someone redacted (or a redacted shop): it must not bring them back.
-            return vec![Effect::Suppressed(Suppressed::Redacted)];
+            let mut effects = vec![Effect::Suppressed(Suppressed::Redacted)];
+            effects.extend(self.stops_of_dropped(partition, shop, &input));
+            return effects;
         }
         match input {
             Input::Abandoned(event) => self.abandoned(partition, shop, *event, at_ms),
@@ -662,6 +664,33 @@ impl Engine {
             _ => return false,
         };
         state.markers.forbids(shop, &named.marks(), at_ms)
+    }
+
+    /// What a dropped order or unsubscribe still stops: it may be of someone sharing a redacted
+    /// email or phone (a household) whose own sequence must not outlive their purchase or
+    /// opt-out. Stopping only deletes; nothing of the fact is remembered. An unsubscribe stops
+    /// the whole sequence (its contact details are not rewritten: nothing is persisted).
+    fn stops_of_dropped(&mut self, partition: i32, shop: &str, input: &Input) -> Vec<Effect> {
+        let (facts, checkout_token, why) = match input {
+            Input::Order(order) => (
+                &order.buyer,
+                order.checkout_token.as_deref(),
+                Suppressed::Purchased,
+            ),
+            Input::Consent(facts, channels)
+                if channels.email == Some(false) || channels.sms == Some(false) =>
+            {
+                (facts, None, Suppressed::Consent)
+            }
+            _ => return Vec::new(),
+        };
+        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
+        let Some(state) = self.partitions.get(&partition) else {
+            return Vec::new();
+        };
+        let mut keys = state.matching(&hashes);
+        keys.extend(checkout_token.and_then(|t| state.by_checkout.get(t).cloned()));
+        self.stop(partition, keys, why)
     }
 
     /// `customers/redact`: deletes what is held about the person and remembers the redaction

@@ -236,3 +236,56 @@ fn a_phone_typed_nationally_is_the_redacted_international_one() {
     let other = e.apply(0, SHOP, typed("d", "06 12 34 56 79"), T0 + 2 * MIN);
     assert!(other.contains(&Effect::Scheduled), "{other:?}");
 }
+
+#[test]
+fn an_order_or_unsubscribe_sharing_a_redacted_phone_still_stops_that_buyers_sequence() {
+    let bea_with = |fields: serde_json::Value| {
+        let mut body = serde_json::json!({"customer_id": 77, "email": "bea@example.com",
+            "phone": "+1 555 625 1199"});
+        for (name, value) in fields.as_object().unwrap() {
+            body[name] = value.clone();
+        }
+        body
+    };
+    let order = shopify(
+        "orders",
+        "orders/create",
+        bea_with(serde_json::json!({"id": 6, "customer": {"id": 77},
+            "checkout_token": "chk-b"})),
+    );
+    let unsubscribe = shopify(
+        "customers",
+        "customers/update",
+        bea_with(serde_json::json!({"email_marketing_consent": {"state": "unsubscribed"}})),
+    );
+    for (fact, why) in [
+        (order, Suppressed::Purchased),
+        (unsubscribe, Suppressed::Consent),
+    ] {
+        let mut e = engine();
+        // Ann is redacted; Bea (another customer id) shares her household phone and abandons
+        // with her email only: her sequence starts.
+        e.apply(0, SHOP, redact(ann()), T0);
+        let effects = e.apply(0, SHOP, abandoned_by("b", serde_json::json!({})), T0 + MIN);
+        assert!(effects.contains(&Effect::Scheduled), "{effects:?}");
+        // Bea's order or unsubscribe names the redacted phone: nothing of it is remembered,
+        // but Bea is not nudged after buying or unsubscribing.
+        let effects = e.apply(0, SHOP, fact, T0 + 2 * MIN);
+        assert_eq!(
+            suppressed(&effects),
+            [Suppressed::Redacted, why],
+            "{effects:?}"
+        );
+        assert!(
+            !effects.iter().any(|e| matches!(
+                e,
+                Effect::Persist {
+                    entity: Some(_),
+                    ..
+                }
+            )),
+            "{effects:?}"
+        );
+        assert!(nudges(&e.fire_due(T0 + 100 * DAY)).is_empty());
+    }
+}
