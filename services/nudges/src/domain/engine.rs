@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
 use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::privacy::markers::{Pseudonyms, RedactionMarker, RedactionMarkers};
-use aftercart_shopify::privacy::DataRequestReport;
+use aftercart_shopify::privacy::{national_phones, DataRequestReport};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::cadence::{schedule, QuietHours, Steps};
@@ -718,24 +718,26 @@ impl Engine {
         }
         let mut keys = state.matching(&hashes);
         // A sequence knowing their phone written another way (nationally, `06 12 34 56 78`
-        // for `+33 6 12 34 56 78`) has other hashes: found by the national numbers it shares.
-        let mut theirs = RedactionMarkers::default();
-        theirs.mark(shop, &named.marks(), false, at_ms);
-        keys.extend(
-            state
-                .sequences
-                .values()
-                .filter(|s| s.shop == shop && s.customer.phone.is_some())
-                .filter(|s| {
-                    let phone = ContactFacts {
-                        phone: s.customer.phone.clone(),
-                        ..ContactFacts::default()
-                    };
-                    let named = identity::pseudonyms(&self.rules.hasher, shop, &phone, &[]);
-                    theirs.names(shop, &named.marks())
-                })
-                .map(|s| s.journey_key.clone()),
-        );
+        // for `+33 6 12 34 56 78`) has other hashes: found by a national number they share
+        // (compared as held, without hashing every running sequence's phone).
+        let phones = facts
+            .phone
+            .as_deref()
+            .map(national_phones)
+            .unwrap_or_default();
+        if !phones.is_empty() {
+            keys.extend(
+                state
+                    .sequences
+                    .values()
+                    .filter(|s| s.shop == shop)
+                    .filter(|s| {
+                        let phone = s.customer.phone.as_deref();
+                        phone.is_some_and(|p| national_phones(p).iter().any(|n| phones.contains(n)))
+                    })
+                    .map(|s| s.journey_key.clone()),
+            );
+        }
         // The emails and phones their own sequences knew them by are theirs too (a changed
         // address, another checkout in flight under it); not those of someone sharing only a
         // phone or an email with another customer id.
