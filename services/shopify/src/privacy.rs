@@ -288,6 +288,30 @@ pub fn canonical_phone(phone: &str) -> Option<String> {
     international_phone(phone).or_else(|| normal_phone(phone))
 }
 
+/// The national numbers a phone may be, so that a phone typed nationally is found under its
+/// international form where [`normal_phone`]'s last 10 digits disagree (a country whose
+/// numbers have fewer than 10 national digits: `06 12 34 56 78` is `+33 6 12 34 56 78`,
+/// `612 34 56 78` is `+34 612 34 56 78`): written with its country code, the digits after a
+/// country code of 1, 2 or 3 digits (which one is unknown without a numbering plan); written
+/// nationally, the digits as written and without a trunk prefix `0`. Each has at least 7
+/// digits. Two numbers may be one when their lists share a value.
+pub fn national_phones(phone: &str) -> Vec<String> {
+    let mut national: Vec<String> = match international_phone(phone) {
+        Some(international) => (1..=3)
+            .filter_map(|code| international.get(1 + code..))
+            .map(str::to_string)
+            .collect(),
+        None => {
+            let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+            let trunkless = digits.strip_prefix('0').map(str::to_string);
+            std::iter::once(digits).chain(trunkless).collect()
+        }
+    };
+    national.retain(|n| n.len() >= 7);
+    national.dedup();
+    national
+}
+
 /// A phone as compared: its last 10 digits, so a number with and without its country code or
 /// trunk prefix is one (`555-625-1199` is `+1 555 625 1199`, `07700 900123` is
 /// `+44 7700 900123`); `None` with fewer than 7 digits (no real number is shorter).
@@ -329,6 +353,33 @@ mod tests {
             Some(1)
         ));
         assert!(!person.matches(None, None, Some("1199"), None));
+    }
+
+    #[test]
+    fn a_phone_typed_nationally_shares_a_national_number_with_its_international_form() {
+        let shared = |a: &str, b: &str| {
+            let b = national_phones(b);
+            national_phones(a).iter().any(|n| b.contains(n))
+        };
+        for (international, national) in [
+            ("+33612345678", "06 12 34 56 78"),
+            ("+34 612 345 678", "612 34 56 78"),
+            ("+45 12 34 56 78", "12 34 56 78"),
+            ("+39 06 1234 5678", "06 1234 5678"),
+            ("0044 7700 900123", "07700 900123"),
+        ] {
+            assert!(
+                shared(international, national),
+                "{international} {national}"
+            );
+            assert!(
+                shared(national, international),
+                "{national} {international}"
+            );
+        }
+        assert!(!shared("+33612345678", "06 12 34 56 79"));
+        assert!(!shared("+33612345678", "12"));
+        assert!(national_phones("123456").is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use aftercart_abandonment::domain::event::{parse_time_ms, rfc3339, ContactBasis, OutputEvent};
 use aftercart_runtime::state_hash::StateHasher;
 use aftercart_shopify::privacy::markers::{Pseudonyms, RedactionMarker, RedactionMarkers};
-use aftercart_shopify::privacy::DataRequestReport;
+use aftercart_shopify::privacy::{national_phones, DataRequestReport};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::cadence::{schedule, QuietHours, Steps};
@@ -361,7 +361,9 @@ impl Engine {
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
         if self.redacted(partition, shop, &input, at_ms) {
             // About someone redacted (or a redacted shop): it must not bring them back.
-            return vec![Effect::Suppressed(Suppressed::Redacted)];
+            let mut effects = vec![Effect::Suppressed(Suppressed::Redacted)];
+            effects.extend(self.stops_of_dropped(partition, shop, &input));
+            return effects;
         }
         match input {
             Input::Abandoned(event) => self.abandoned(partition, shop, *event, at_ms),
@@ -664,6 +666,33 @@ impl Engine {
         state.markers.forbids(shop, &named.marks(), at_ms)
     }
 
+    /// What a dropped order or unsubscribe still stops: it may be of someone sharing a redacted
+    /// email or phone (a household) whose own sequence must not outlive their purchase or
+    /// opt-out. Stopping only deletes; nothing of the fact is remembered. An unsubscribe stops
+    /// the whole sequence (its contact details are not rewritten: nothing is persisted).
+    fn stops_of_dropped(&mut self, partition: i32, shop: &str, input: &Input) -> Vec<Effect> {
+        let (facts, checkout_token, why) = match input {
+            Input::Order(order) => (
+                &order.buyer,
+                order.checkout_token.as_deref(),
+                Suppressed::Purchased,
+            ),
+            Input::Consent(facts, channels)
+                if channels.email == Some(false) || channels.sms == Some(false) =>
+            {
+                (facts, None, Suppressed::Consent)
+            }
+            _ => return Vec::new(),
+        };
+        let hashes = identity::hashes(&self.rules.hasher, shop, facts);
+        let Some(state) = self.partitions.get(&partition) else {
+            return Vec::new();
+        };
+        let mut keys = state.matching(&hashes);
+        keys.extend(checkout_token.and_then(|t| state.by_checkout.get(t).cloned()));
+        self.stop(partition, keys, why)
+    }
+
     /// `customers/redact`: deletes what is held about the person and remembers the redaction
     /// (their id, email and phone hashes, the orders it lists, and the contacts of the
     /// sequences that are theirs), so that no later or in-flight fact brings them back.
@@ -687,7 +716,28 @@ impl Engine {
                 });
             }
         }
-        let keys = state.matching(&hashes);
+        let mut keys = state.matching(&hashes);
+        // A sequence knowing their phone written another way (nationally, `06 12 34 56 78`
+        // for `+33 6 12 34 56 78`) has other hashes: found by a national number they share
+        // (compared as held, without hashing every running sequence's phone).
+        let phones = facts
+            .phone
+            .as_deref()
+            .map(national_phones)
+            .unwrap_or_default();
+        if !phones.is_empty() {
+            keys.extend(
+                state
+                    .sequences
+                    .values()
+                    .filter(|s| s.shop == shop)
+                    .filter(|s| {
+                        let phone = s.customer.phone.as_deref();
+                        phone.is_some_and(|p| national_phones(p).iter().any(|n| phones.contains(n)))
+                    })
+                    .map(|s| s.journey_key.clone()),
+            );
+        }
         // The emails and phones their own sequences knew them by are theirs too (a changed
         // address, another checkout in flight under it); not those of someone sharing only a
         // phone or an email with another customer id.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{normal_email, normal_phone};
+use super::{national_phones, normal_email, normal_phone};
 
 /// Every marker's changelog key starts with this.
 pub const PREFIX: &str = "redacted/";
@@ -19,6 +19,9 @@ pub enum Mark<'a> {
     Customer(u64),
     EmailHash(&'a str),
     PhoneHash(&'a str),
+    /// A national number the phone may be ([`national_phones`]): a phone typed nationally
+    /// and its international form share one.
+    NationalPhoneHash(&'a str),
     Order(u64),
 }
 
@@ -30,6 +33,8 @@ pub struct Pseudonyms {
     pub customer_id: Option<u64>,
     pub email_hash: Option<String>,
     pub phone_hash: Option<String>,
+    /// The keyed hashes of the national numbers the phone may be ([`national_phones`]).
+    pub national_phone_hashes: Vec<String>,
     pub orders: Vec<u64>,
 }
 
@@ -46,6 +51,12 @@ impl Pseudonyms {
             customer_id,
             email_hash: email.and_then(normal_email).map(|e| hash("email", &e)),
             phone_hash: phone.and_then(normal_phone).map(|p| hash("phone", &p)),
+            national_phone_hashes: phone
+                .map(national_phones)
+                .unwrap_or_default()
+                .iter()
+                .map(|n| hash("national-phone", n))
+                .collect(),
             orders: orders.to_vec(),
         }
     }
@@ -55,6 +66,11 @@ impl Pseudonyms {
         let mut marks: Vec<Mark<'_>> = self.customer_id.map(Mark::Customer).into_iter().collect();
         marks.extend(self.email_hash.as_deref().map(Mark::EmailHash));
         marks.extend(self.phone_hash.as_deref().map(Mark::PhoneHash));
+        marks.extend(
+            self.national_phone_hashes
+                .iter()
+                .map(|h| Mark::NationalPhoneHash(h)),
+        );
         marks.extend(self.orders.iter().map(|id| Mark::Order(*id)));
         marks
     }
@@ -66,6 +82,7 @@ pub fn marker_key(shop: &str, mark: Mark<'_>) -> String {
         Mark::Customer(id) => format!("{PREFIX}{shop}/customer/{id}"),
         Mark::EmailHash(hash) => format!("{PREFIX}{shop}/email/{hash}"),
         Mark::PhoneHash(hash) => format!("{PREFIX}{shop}/phone/{hash}"),
+        Mark::NationalPhoneHash(hash) => format!("{PREFIX}{shop}/national-phone/{hash}"),
         Mark::Order(id) => format!("{PREFIX}{shop}/order/{id}"),
     }
 }
@@ -212,6 +229,10 @@ mod tests {
                 Mark::Customer(7),
                 Mark::EmailHash("email:15"),
                 Mark::PhoneHash("phone:10"),
+                // +1 555 625 1199 without a country code of 1, 2 or 3 digits.
+                Mark::NationalPhoneHash("national-phone:10"),
+                Mark::NationalPhoneHash("national-phone:9"),
+                Mark::NationalPhoneHash("national-phone:8"),
                 Mark::Order(9)
             ]
         );

@@ -8,7 +8,7 @@ use aftercart_shopify::privacy::markers::{Mark, Pseudonyms, RedactionMarker};
 
 use super::{tombstone, Counted, Effect, Engine, Step};
 use crate::domain::input::Input;
-use crate::domain::state::{buyer_entity, customer_entity, Entity};
+use crate::domain::state::{buyer_entity, customer_entity, order_entity, Entity};
 
 /// The hashes' domain: keeps them apart from other services' hashes of the same value.
 const DOMAIN: &str = "journey";
@@ -80,7 +80,8 @@ impl Engine {
     /// The effects of dropping `input`, received at `at_ms`, when it is about someone redacted
     /// (or of a shop redacted after it was received); `None` to apply it. A dropped order's id
     /// is remembered too, so that its fulfilments and refunds, which name only the order, are
-    /// dropped as well.
+    /// dropped as well; and what those left before it (held under the order id alone, naming
+    /// no one, so the redaction could not tell it was theirs) is forgotten.
     pub(super) fn drop_redacted(
         &mut self,
         partition: i32,
@@ -101,6 +102,13 @@ impl Engine {
                     .markers
                     .mark(shop, &[Mark::Order(fact.id)], false, at_ms);
                 effects.extend(remember(marked));
+                let mut step = Step {
+                    rules: &self.rules,
+                    state,
+                    shop,
+                    effects: &mut effects,
+                };
+                step.forget_order(&order_entity(shop, fact.id));
             }
         }
         Some(effects)

@@ -58,7 +58,8 @@ fn an_order_after_the_redaction_is_dropped_and_so_are_its_fulfilments() {
     let mut engine = engine();
     let effects = engine.apply(0, SHOP, redact(bea()), AT);
     let held = changelog(&effects);
-    assert_eq!(held.len(), 3, "{held:?}");
+    // Id, email, phone, and the three national numbers the phone may be.
+    assert_eq!(held.len(), 6, "{held:?}");
     let text = format!("{held:?}");
     assert!(!text.contains("bea") && !text.contains("625"), "{text}");
     let effects = engine.apply(0, SHOP, order(5, true), AT + HOUR);
@@ -206,7 +207,52 @@ fn markers_survive_a_restore_from_the_changelog() {
     assert_dropped(&restored, &effects);
     let in_flight = restored.apply(0, SHOP, order_by(8, serde_json::json!({})), AT);
     assert_eq!(in_flight, [Effect::Count(Counted::Redacted)]);
-    // The restored markers (three of the customer's, the shop's, order 7's) still expire.
+    // The restored markers (six of the customer's, the shop's, order 7's) still expire.
     let expired = restored.expire(AT + 2 * HOUR + rules().redaction_retention_ms);
-    assert_eq!(expired.len(), 5);
+    assert_eq!(expired.len(), 8);
+}
+
+#[test]
+fn a_dropped_order_forgets_what_its_fulfilments_left_before_it() {
+    let mut engine = engine();
+    // A fulfilment read before its order: held under the order id alone, naming no one, so
+    // the redaction cannot tell it is the customer's.
+    let shipped = input(
+        "fulfillments/update",
+        serde_json::json!({"id": 77, "order_id": 5, "status": "success",
+            "shipment_status": "delivered", "tracking_company": "UPS",
+            "tracking_number": "1Z999AA10123456784"}),
+    );
+    engine.apply(0, SHOP, shipped, AT);
+    assert_eq!(engine.sizes().0, 1);
+    let redaction = redact(serde_json::json!({"customer": {"id": 42}}));
+    engine.apply(0, SHOP, redaction, AT + HOUR);
+    // The order names the customer: dropped, and what its fulfilment left goes with it.
+    let effects = engine.apply(0, SHOP, order(5, true), AT + 2 * HOUR);
+    assert_eq!(effects.first(), Some(&Effect::Count(Counted::Redacted)));
+    assert!(
+        effects.contains(&Effect::Persist {
+            key: order_entity(SHOP, 5),
+            entity: None
+        }),
+        "{effects:?}"
+    );
+    assert_eq!(engine.sizes().0, 0, "no order held");
+    assert!(emitted(&effects).is_empty());
+}
+
+#[test]
+fn a_phone_typed_nationally_is_the_redacted_international_one() {
+    let mut engine = engine();
+    let redaction = serde_json::json!({"customer": {"id": 43, "phone": "+34 612 345 678"}});
+    engine.apply(0, SHOP, redact(redaction), AT);
+    // A Spanish number as typed at checkout (no trunk prefix, no country code).
+    let typed = order_by(7, serde_json::json!({"phone": "612 34 56 78"}));
+    let effects = engine.apply(0, SHOP, typed, AT + HOUR);
+    assert_dropped(&engine, &effects);
+    let other = order_by(8, serde_json::json!({"phone": "612 34 56 79"}));
+    assert_eq!(
+        kinds(&engine.apply(0, SHOP, other, AT + HOUR)),
+        [Kind::OrderConfirmed]
+    );
 }

@@ -51,7 +51,8 @@ fn an_abandonment_after_the_redaction_is_dropped() {
     let effects = e.apply(0, SHOP, redact(ann()), T0);
     // Markers only: pseudonyms, never the email or phone.
     let held = changelog(&effects);
-    assert_eq!(held.len(), 3, "{held:?}");
+    // Id, email, phone, and the three national numbers the phone may be.
+    assert_eq!(held.len(), 6, "{held:?}");
     let text = format!("{held:?}");
     assert!(!text.contains("ann@") && !text.contains("625"), "{text}");
     let effects = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0 + MIN);
@@ -200,11 +201,91 @@ fn markers_survive_a_restore_from_the_changelog() {
     assert_dropped(&mut restored, &effects, T0);
     let in_flight = restored.apply(0, SHOP, abandoned_by("b", serde_json::json!({})), T0);
     assert_dropped(&mut restored, &in_flight, T0);
-    // The restored markers are the redaction's and still expire.
+    // The restored markers (six of the person's, the shop's) still expire.
     assert_eq!(
         restored
             .expire(T0 + HOUR + rules().redaction_retention_ms)
             .len(),
-        4
+        7
     );
+}
+
+#[test]
+fn a_phone_typed_nationally_is_the_redacted_international_one() {
+    let mut e = engine();
+    // An SMS-only guest checkout in France: the phone as the buyer typed it.
+    let typed = |cart: &str, phone: &str| {
+        abandoned_by(
+            cart,
+            serde_json::json!({"id": null, "email": null, "phone": phone}),
+        )
+    };
+    let effects = e.apply(0, SHOP, typed("a", "06 12 34 56 78"), T0);
+    assert!(effects.contains(&Effect::Scheduled), "{effects:?}");
+    // Shopify's redaction names the customer's phone in E.164.
+    let redaction = serde_json::json!({"customer": {"id": 43, "phone": "+33612345678"}});
+    let effects = e.apply(0, SHOP, redact(redaction), T0 + MIN);
+    assert_eq!(suppressed(&effects), [Suppressed::Redacted], "{effects:?}");
+    assert!(nudges(&e.fire_due(T0 + 100 * DAY)).is_empty());
+    // Another checkout of theirs, typed without spaces or with the country code.
+    for (cart, phone) in [("b", "0612345678"), ("c", "+33 6 12 34 56 78")] {
+        let effects = e.apply(0, SHOP, typed(cart, phone), T0 + 2 * MIN);
+        assert_dropped(&mut e, &effects, T0);
+    }
+    // Someone else's number is not theirs.
+    let other = e.apply(0, SHOP, typed("d", "06 12 34 56 79"), T0 + 2 * MIN);
+    assert!(other.contains(&Effect::Scheduled), "{other:?}");
+}
+
+#[test]
+fn an_order_or_unsubscribe_sharing_a_redacted_phone_still_stops_that_buyers_sequence() {
+    let bea_with = |fields: serde_json::Value| {
+        let mut body = serde_json::json!({"customer_id": 77, "email": "bea@example.com",
+            "phone": "+1 555 625 1199"});
+        for (name, value) in fields.as_object().unwrap() {
+            body[name] = value.clone();
+        }
+        body
+    };
+    let order = shopify(
+        "orders",
+        "orders/create",
+        bea_with(serde_json::json!({"id": 6, "customer": {"id": 77},
+            "checkout_token": "chk-b"})),
+    );
+    let unsubscribe = shopify(
+        "customers",
+        "customers/update",
+        bea_with(serde_json::json!({"email_marketing_consent": {"state": "unsubscribed"}})),
+    );
+    for (fact, why) in [
+        (order, Suppressed::Purchased),
+        (unsubscribe, Suppressed::Consent),
+    ] {
+        let mut e = engine();
+        // Ann is redacted; Bea (another customer id) shares her household phone and abandons
+        // with her email only: her sequence starts.
+        e.apply(0, SHOP, redact(ann()), T0);
+        let effects = e.apply(0, SHOP, abandoned_by("b", serde_json::json!({})), T0 + MIN);
+        assert!(effects.contains(&Effect::Scheduled), "{effects:?}");
+        // Bea's order or unsubscribe names the redacted phone: nothing of it is remembered,
+        // but Bea is not nudged after buying or unsubscribing.
+        let effects = e.apply(0, SHOP, fact, T0 + 2 * MIN);
+        assert_eq!(
+            suppressed(&effects),
+            [Suppressed::Redacted, why],
+            "{effects:?}"
+        );
+        assert!(
+            !effects.iter().any(|e| matches!(
+                e,
+                Effect::Persist {
+                    entity: Some(_),
+                    ..
+                }
+            )),
+            "{effects:?}"
+        );
+        assert!(nudges(&e.fire_due(T0 + 100 * DAY)).is_empty());
+    }
 }
