@@ -169,14 +169,13 @@ mod scenarios {
         assert_eq!(segments["discount"], true);
         assert_eq!(segments["repeat"], 0);
         let service = stack.service();
-        assert_eq!(
-            service.metric(r#"aftercart_abandonment_abandonments_total{customer="new",kind="checkout",stage="shipping_address",value_tier="high"}"#),
-            1.0
-        );
-        assert_eq!(
-            service.metric(r#"aftercart_abandonment_records_processed_total{topic="checkouts"}"#),
-            2.0
-        );
+        aftercart_tests::settles_at(r#"aftercart_abandonment_abandonments_total{customer="new",kind="checkout",stage="shipping_address",value_tier="high"}"#, 1.0, |s| service.metric(s)).await;
+        aftercart_tests::settles_at(
+            r#"aftercart_abandonment_records_processed_total{topic="checkouts"}"#,
+            2.0,
+            |s| service.metric(s),
+        )
+        .await;
     }
 
     pub async fn an_order_before_the_delay_means_no_abandonment_in_either_order(broker: &Broker) {
@@ -198,12 +197,12 @@ mod scenarios {
             .await;
         tokio::time::sleep(Duration::from_secs(2) + SETTLE).await;
         assert!(stack.events().await.is_empty());
-        assert_eq!(
-            stack
-                .service()
-                .metric(r#"aftercart_abandonment_records_processed_total{topic="orders"}"#),
-            2.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_abandonment_records_processed_total{topic="orders"}"#,
+            2.0,
+            |s| stack.service().metric(s),
+        )
+        .await;
     }
 
     pub async fn a_late_order_recovers_the_abandonment(broker: &Broker) {
@@ -229,12 +228,12 @@ mod scenarios {
         assert_eq!(recovered["used_discount"], true);
         assert!(recovered["recovered_after_seconds"].as_i64().unwrap() >= 0);
         assert_ne!(recovered["event_id"], events[0]["event_id"]);
-        assert_eq!(
-            stack
-                .service()
-                .metric(r#"aftercart_abandonment_recoveries_total{kind="checkout"}"#),
-            1.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_abandonment_recoveries_total{kind="checkout"}"#,
+            1.0,
+            |s| stack.service().metric(s),
+        )
+        .await;
     }
 
     pub async fn a_deleted_checkout_is_not_abandoned(broker: &Broker) {
@@ -636,12 +635,10 @@ mod scenarios {
                 "original headers kept"
             );
         }
-        assert_eq!(
-            stack
-                .service()
-                .metric("aftercart_abandonment_dead_letters_total"),
-            2.0
-        );
+        aftercart_tests::settles_at("aftercart_abandonment_dead_letters_total", 2.0, |s| {
+            stack.service().metric(s)
+        })
+        .await;
     }
 }
 

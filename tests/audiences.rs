@@ -977,11 +977,7 @@ mod scenarios {
         for destination in ["meta", "dm", "google", "tiktok", "hook"] {
             let pending =
                 format!(r#"aftercart_audiences_pending_removals{{destination="{destination}"}}"#);
-            assert_eq!(
-                service.metric(&pending),
-                1.0,
-                "{destination} waits for one person"
-            );
+            aftercart_tests::settles_at(&pending, 1.0, |s| service.metric(s)).await;
         }
 
         refusing.store(false, Ordering::SeqCst);

@@ -97,10 +97,12 @@ mod scenarios {
             reward_request.header("content-type"),
             Some("application/json")
         );
-        assert_eq!(
-            forwarder.metric(r#"aftercart_test_http_deliveries_total{outcome="delivered"}"#),
-            2.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_test_http_deliveries_total{outcome="delivered"}"#,
+            2.0,
+            |s| forwarder.metric(s),
+        )
+        .await;
         forwarder.stop().await.expect("clean stop");
     }
 
@@ -153,10 +155,12 @@ mod scenarios {
         assert!(received[1].at - received[0].at >= Duration::from_secs(4));
         assert_eq!(received[0].event_id(), received[1].event_id());
         assert_eq!(forwarder.metric("aftercart_test_http_in_retry"), 0.0);
-        assert_eq!(
-            forwarder.metric(r#"aftercart_test_http_deliveries_total{outcome="retry"}"#),
-            1.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_test_http_deliveries_total{outcome="retry"}"#,
+            1.0,
+            |s| forwarder.metric(s),
+        )
+        .await;
         forwarder.stop().await.expect("clean stop");
     }
 
@@ -220,14 +224,16 @@ mod scenarios {
         })
         .await;
         assert_eq!(receiver.delivered()[0].body, br#"{"code":"OK"}"#);
-        assert_eq!(
-            forwarder.metric("aftercart_test_http_dead_lettered_total"),
-            1.0
-        );
-        assert_eq!(
-            forwarder.metric(r#"aftercart_test_http_deliveries_total{outcome="permanent"}"#),
-            1.0
-        );
+        aftercart_tests::settles_at("aftercart_test_http_dead_lettered_total", 1.0, |s| {
+            forwarder.metric(s)
+        })
+        .await;
+        aftercart_tests::settles_at(
+            r#"aftercart_test_http_deliveries_total{outcome="permanent"}"#,
+            1.0,
+            |s| forwarder.metric(s),
+        )
+        .await;
         forwarder.stop().await.expect("clean stop");
     }
 

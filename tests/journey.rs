@@ -235,18 +235,18 @@ mod scenarios {
         for id in &ids {
             assert!(files.iter().any(|f| f.contains(id)), "{id} in {files:?}");
         }
-        assert_eq!(
-            stack
-                .service()
-                .metric(r#"aftercart_journey_touchpoints_total{type="review_request"}"#),
-            1.0
-        );
-        assert_eq!(
-            stack
-                .service()
-                .metric("aftercart_journey_order_to_delivery_seconds_count"),
-            1.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_journey_touchpoints_total{type="review_request"}"#,
+            1.0,
+            |s| stack.service().metric(s),
+        )
+        .await;
+        aftercart_tests::settles_at(
+            "aftercart_journey_order_to_delivery_seconds_count",
+            1.0,
+            |s| stack.service().metric(s),
+        )
+        .await;
         // KPI "days" of 3 s: the records, summed, count the order and its delivery once.
         let kpis = eventually("the KPI records", Duration::from_secs(30), || async {
             let records: Vec<Value> = read_topic(&stack.bootstrap, &stack.config.kpis_topic)
@@ -346,12 +346,12 @@ mod scenarios {
                 "delivered"
             ]
         );
-        assert_eq!(
-            stack
-                .service()
-                .metric(r#"aftercart_journey_orders_stopped_total{reason="cancelled"}"#),
-            1.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_journey_orders_stopped_total{reason="cancelled"}"#,
+            1.0,
+            |s| stack.service().metric(s),
+        )
+        .await;
     }
 
     /// Produces order webhooks as the ingress would, with their ingress time set in the past
@@ -413,16 +413,14 @@ mod scenarios {
             },
         )
         .await;
-        assert_eq!(
-            stack.service().metric("aftercart_journey_watched_shops"),
-            2.0
-        );
-        assert_eq!(
-            stack
-                .service()
-                .metric("aftercart_journey_silent_shops_flagged_total"),
-            1.0
-        );
+        aftercart_tests::settles_at("aftercart_journey_watched_shops", 2.0, |s| {
+            stack.service().metric(s)
+        })
+        .await;
+        aftercart_tests::settles_at("aftercart_journey_silent_shops_flagged_total", 1.0, |s| {
+            stack.service().metric(s)
+        })
+        .await;
         // Its orders arrive again (the subscription recreated): the flag clears.
         orders_at(broker, &topic, &[(quiet, 300, now)]).await;
         eventually(
@@ -433,23 +431,19 @@ mod scenarios {
             },
         )
         .await;
-        assert_eq!(
-            stack
-                .service()
-                .metric("aftercart_journey_silent_shops_flagged_total"),
-            1.0
-        );
+        aftercart_tests::settles_at("aftercart_journey_silent_shops_flagged_total", 1.0, |s| {
+            stack.service().metric(s)
+        })
+        .await;
     }
     pub async fn a_data_request_is_answered_with_the_orders_held_about_the_customer(
         broker: &Broker,
     ) {
         let stack = Stack::start(broker).await;
-        assert_eq!(
-            stack
-                .service()
-                .metric("aftercart_journey_data_requests_answered_total"),
-            0.0
-        );
+        aftercart_tests::settles_at("aftercart_journey_data_requests_answered_total", 0.0, |s| {
+            stack.service().metric(s)
+        })
+        .await;
         stack.send("orders/paid", order(5, true)).await;
         stack.wait_for("order_confirmed").await;
         stack
@@ -521,12 +515,12 @@ mod scenarios {
         // Cy's review request (2 s after delivery) comes after any of Bea's would have.
         let all = stack.wait_for("review_request").await;
         assert!(all.iter().all(|t| t["order"]["id"] == 6), "{all:#?}");
-        assert_eq!(
-            stack
-                .service()
-                .metric(r#"aftercart_journey_facts_dropped_total{reason="redacted"}"#),
-            2.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_journey_facts_dropped_total{reason="redacted"}"#,
+            2.0,
+            |s| stack.service().metric(s),
+        )
+        .await;
         // Her email in no output, nor in the changelog, nor in a delivered file.
         for topic in [
             &stack.config.touchpoints_topic,

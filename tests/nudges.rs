@@ -418,10 +418,12 @@ mod scenarios {
                 .then_some(())
         })
         .await;
-        assert_eq!(
-            service.metric(r#"aftercart_nudges_discounts_total{outcome="created"}"#),
-            2.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_nudges_discounts_total{outcome="created"}"#,
+            2.0,
+            |s| service.metric(s),
+        )
+        .await;
         service.stop().await.expect("clean stop");
     }
 
@@ -429,10 +431,10 @@ mod scenarios {
         broker: &Broker,
     ) {
         let (_klaviyo, config, service) = ann_with_a_sequence(broker).await;
-        assert_eq!(
-            service.metric("aftercart_nudges_data_requests_answered_total"),
-            0.0
-        );
+        aftercart_tests::settles_at("aftercart_nudges_data_requests_answered_total", 0.0, |s| {
+            service.metric(s)
+        })
+        .await;
         let upstream = Upstream {
             config: &config,
             shop: SHOP,

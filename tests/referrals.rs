@@ -233,14 +233,18 @@ mod scenarios {
 
         let service = stack.service();
         assert_eq!(service.metric("aftercart_referrals_invites_total"), 2.0);
-        assert_eq!(
-            service.metric(r#"aftercart_referrals_rewards_total{reason="none",type="granted"}"#),
-            1.0
-        );
-        assert_eq!(
-            service.metric(r#"aftercart_referrals_attributions_total{outcome="pending"}"#),
-            1.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_referrals_rewards_total{reason="none",type="granted"}"#,
+            1.0,
+            |s| service.metric(s),
+        )
+        .await;
+        aftercart_tests::settles_at(
+            r#"aftercart_referrals_attributions_total{outcome="pending"}"#,
+            1.0,
+            |s| service.metric(s),
+        )
+        .await;
         assert_eq!(service.metric("aftercart_referrals_rewards_in_review"), 0.0);
     }
 
@@ -330,12 +334,12 @@ mod scenarios {
             "{rewards:#?}"
         );
         assert_eq!(rewards[0]["advocate"]["customer_id"], first);
-        assert_eq!(
-            stack
-                .service()
-                .metric(r#"aftercart_referrals_attributions_total{outcome="not_first_order"}"#),
-            2.0
-        );
+        aftercart_tests::settles_at(
+            r#"aftercart_referrals_attributions_total{outcome="not_first_order"}"#,
+            2.0,
+            |s| stack.service().metric(s),
+        )
+        .await;
     }
 
     pub async fn self_referral_is_rejected_by_each_signal(broker: &Broker) {
@@ -602,12 +606,10 @@ mod scenarios {
         large["note"] = json!("x".repeat(1_500_000));
         stack.send("orders/paid", large).await;
         stack.code_of(advocate, 1).await;
-        assert_eq!(
-            stack
-                .service()
-                .metric("aftercart_referrals_records_routed_total"),
-            1.0
-        );
+        aftercart_tests::settles_at("aftercart_referrals_records_routed_total", 1.0, |s| {
+            stack.service().metric(s)
+        })
+        .await;
     }
 
     pub async fn poison_records_are_dead_lettered_and_processing_continues(broker: &Broker) {
@@ -651,12 +653,10 @@ mod scenarios {
         assert!(dead
             .iter()
             .all(|r| r.header("aftercart-dead-letter-source").is_some()));
-        assert_eq!(
-            stack
-                .service()
-                .metric("aftercart_referrals_dead_letters_total"),
-            2.0
-        );
+        aftercart_tests::settles_at("aftercart_referrals_dead_letters_total", 2.0, |s| {
+            stack.service().metric(s)
+        })
+        .await;
     }
 
     /// Issue 15: a member stored offsets of source partitions revoked while it was receiving a
@@ -831,10 +831,7 @@ mod scenarios {
             service.metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="retried"}"#)
                 >= 2.0
         );
-        assert_eq!(
-            service.metric(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="throttled"}"#),
-            1.0
-        );
+        aftercart_tests::settles_at(r#"aftercart_referrals_shopify_calls_total{operation="discount_create",outcome="throttled"}"#, 1.0, |s| service.metric(s)).await;
         assert!(service.metric("aftercart_referrals_shopify_throttled_seconds_total") > 0.0);
 
         // The friend's order with the code: pending, granted after review, reward issued.
@@ -1148,10 +1145,7 @@ mod scenarios {
         .await;
         let service = stack.service();
         assert!(service.metric("aftercart_referrals_shopify_no_token_total") >= 1.0);
-        assert_eq!(
-            service.metric(r#"aftercart_referrals_shopify_actions_total{action="friend_discount",outcome="dead_lettered"}"#),
-            2.0
-        );
+        aftercart_tests::settles_at(r#"aftercart_referrals_shopify_actions_total{action="friend_discount",outcome="dead_lettered"}"#, 2.0, |s| service.metric(s)).await;
 
         // A revoked token: 401, the shop counted as refused until its token works again.
         admin.set_token(SHOP, "rotated");

@@ -82,6 +82,24 @@ where
     }
 }
 
+/// Waits until `read(series)` gives `expected`, or panics after 10 s with the last value. For
+/// counters a service bumps once the broker acknowledged a write: a test that has already read
+/// that record can get there first.
+pub async fn settles_at(series: &str, expected: f64, read: impl Fn(&str) -> f64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let value = read(series);
+        if value == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {value}, expected {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Declares a scenario once and runs it against each broker: `broker_tests!(name);` expands to
 /// `mock::name` and `tansu::name`, calling `scenarios::name(&Broker)`.
 #[macro_export]
