@@ -57,6 +57,13 @@ fn answers(effects: &[EffectOf<Abandonment>]) -> usize {
         .count()
 }
 
+/// Reads data request `id` from the compliance topic as at start, before any partition is
+/// owned: remembered, answered only once a partition is assigned.
+fn remember_unanswered(logic: &mut Abandonment, id: u64) {
+    let effects = logic.apply_global("compliance", &request(id)).ok().unwrap();
+    assert!(effects.is_empty());
+}
+
 /// The changelog after `effects`: what a restore hands back.
 fn changelog(effects: Vec<EffectOf<Abandonment>>) -> HashMap<String, Stored> {
     effects
@@ -75,11 +82,7 @@ fn changelog(effects: Vec<EffectOf<Abandonment>>) -> HashMap<String, Stored> {
 fn a_data_request_is_answered_once_per_partition_across_rebalances_and_restarts() {
     let mut first = logic();
     // Read at start, before any partition is owned: answered as each is assigned.
-    assert!(first
-        .apply_global("compliance", &request(77))
-        .ok()
-        .unwrap()
-        .is_empty());
+    remember_unanswered(&mut first, 77);
     let assigned = adopt(&mut first, 0, HashMap::new(), &[]);
     assert_eq!(answers(&assigned), 1);
     let state = changelog(assigned);
@@ -99,11 +102,7 @@ fn a_data_request_is_answered_once_per_partition_across_rebalances_and_restarts(
     );
     // A restart reads the compliance topic from its start again.
     let mut second = logic();
-    assert!(second
-        .apply_global("compliance", &request(77))
-        .ok()
-        .unwrap()
-        .is_empty());
+    remember_unanswered(&mut second, 77);
     assert_eq!(
         answers(&adopt(&mut second, 0, state, &[])),
         0,
@@ -159,11 +158,7 @@ fn written(effects: &[EffectOf<Abandonment>]) -> Vec<Vec<u8>> {
 #[test]
 fn a_data_request_answered_just_before_a_crash_is_not_answered_again_after_it() {
     let mut first = logic();
-    assert!(first
-        .apply_global("compliance", &request(77))
-        .ok()
-        .unwrap()
-        .is_empty());
+    remember_unanswered(&mut first, 77);
     let answered = adopt(&mut first, 0, HashMap::new(), &[]);
     let on_the_topic = written(&answered);
     assert_eq!(on_the_topic.len(), 1);
@@ -175,20 +170,12 @@ fn a_data_request_answered_just_before_a_crash_is_not_answered_again_after_it() 
     let mut read_back = vec![serde_json::to_vec(&other).unwrap()];
     read_back.extend(on_the_topic);
     let mut second = logic();
-    assert!(second
-        .apply_global("compliance", &request(77))
-        .ok()
-        .unwrap()
-        .is_empty());
+    remember_unanswered(&mut second, 77);
     let restored = adopt(&mut second, 0, HashMap::new(), &read_back);
     assert_eq!(answers(&restored), 0, "answered again after the crash");
     // The mark is written now: the next restart does not answer it either.
     let mut third = logic();
-    assert!(third
-        .apply_global("compliance", &request(77))
-        .ok()
-        .unwrap()
-        .is_empty());
+    remember_unanswered(&mut third, 77);
     assert_eq!(
         answers(&adopt(&mut third, 0, changelog(restored), &[])),
         0,
