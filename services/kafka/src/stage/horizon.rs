@@ -82,8 +82,10 @@ pub struct Answers {
 /// The stage's side: what was read from each held input partition, and the broker's answers.
 #[derive(Debug, Default)]
 pub struct Horizons {
-    /// The last record handed to the stage: (offset, timestamp).
-    read: HashMap<Pair, (i64, i64)>,
+    /// The last record handed to the stage, by topic then partition: (offset, timestamp).
+    /// Keyed by topic first so that noting a record (once per record read) looks the topic
+    /// up by `&str` instead of allocating a key.
+    read: HashMap<String, HashMap<i32, (i64, i64)>>,
     /// Where the group starts each partition not read yet, when asked.
     starts: HashMap<Pair, i64>,
     ends: HashMap<Pair, i64>,
@@ -101,19 +103,30 @@ pub struct Horizons {
 
 impl Horizons {
     pub fn read(&mut self, topic: &str, partition: i32, offset: i64, at: i64) {
-        match self.read.get_mut(&(topic.to_string(), partition)) {
-            Some(last) => *last = (offset, at),
+        match self.read.get_mut(topic) {
+            Some(partitions) => {
+                partitions.insert(partition, (offset, at));
+            }
             None => {
-                self.read
-                    .insert((topic.to_string(), partition), (offset, at));
+                self.read.insert(
+                    topic.to_string(),
+                    HashMap::from([(partition, (offset, at))]),
+                );
             }
         }
+    }
+
+    /// The last record read from `pair`: (offset, timestamp).
+    fn last_read(&self, pair: &Pair) -> Option<(i64, i64)> {
+        self.read.get(&pair.0)?.get(&pair.1).copied()
     }
 
     /// Forgets partitions no longer held (their next owner reads them from its own start).
     pub fn forget(&mut self, list: &[Pair]) {
         for pair in list {
-            self.read.remove(pair);
+            if let Some(partitions) = self.read.get_mut(&pair.0) {
+                partitions.remove(&pair.1);
+            }
             self.starts.remove(pair);
             self.ends.remove(pair);
             self.moved.remove(pair);
@@ -151,7 +164,7 @@ impl Horizons {
     pub fn unplaced(&self, held: &[Pair], positions: &HashMap<Pair, i64>) -> Vec<Pair> {
         held.iter()
             .filter(|pair| {
-                !self.read.contains_key(*pair)
+                self.last_read(pair).is_none()
                     && !positions.contains_key(*pair)
                     && !self.starts.contains_key(*pair)
             })
@@ -199,7 +212,7 @@ impl Horizons {
         let mut readings = Vec::with_capacity(held.len());
         let mut newly_stalled = Vec::new();
         for pair in held {
-            let read = self.read.get(pair).copied();
+            let read = self.last_read(pair);
             let next = [
                 read.map(|(offset, _)| offset + 1),
                 positions.get(pair).copied(),
