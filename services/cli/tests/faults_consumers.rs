@@ -1155,7 +1155,8 @@ async fn stop_all(members: &mut [ServiceProcess]) {
 /// ingress) for as long as the churn lasts; one after another leaves (SIGTERM, then SIGKILL,
 /// alternately) and comes back, five times. No member ever exits, and the books are exact:
 /// every output owed for what reached the input topics, once. Restart-to-resume: from the
-/// restart until the member is ready again (its partitions assigned and restored).
+/// signal until the restarted member takes its first input record, with where the time went
+/// ([`Restart::timeline`]); the next member leaves only after that.
 async fn members_come_and_go(prefix: &str, case: Case) {
     let Some(broker) = churn_broker(prefix, &case).await else {
         return;
@@ -1174,9 +1175,17 @@ async fn members_come_and_go(prefix: &str, case: Case) {
     .await;
     let load_started = aftercart_shopify::time::now_ms();
     let load = Loadgen::start(listen, &run);
-    let mut resumes: Vec<(&str, Duration, Option<Breakdown>)> = Vec::new();
+    // The load reaches every member before the first leaves: a restart's resume is its first
+    // input record, which must not wait for the load to begin.
+    for member in members.iter_mut() {
+        wait_for_resume(member, 0).await;
+    }
+    let mut restarts: Vec<Restart> = Vec::new();
     for churn in 0..CHURNS {
-        let member = &mut members[churn % MEMBERS];
+        let index = churn % MEMBERS;
+        let member = &mut members[index];
+        let stopping_log = member.logs().len();
+        let signalled = aftercart_shopify::time::now_ms();
         let how = if churn % 2 == 0 {
             let name = member.name().to_string();
             assert_eq!(
@@ -1189,11 +1198,22 @@ async fn members_come_and_go(prefix: &str, case: Case) {
             member.sigkill().await;
             "SIGKILL"
         };
-        let logged = member.logs().len();
-        let restarted = Instant::now();
+        let exited = aftercart_shopify::time::now_ms();
+        let started_log = member.logs().len();
         member.restart().await;
-        let took = restarted.elapsed();
-        resumes.push((how, took, assignment_breakdown(&member.logs()[logged..])));
+        let ready = aftercart_shopify::time::now_ms();
+        // The next member leaves only once this one has resumed: a rebalance begun before would
+        // stop it again and be counted in its restart.
+        wait_for_resume(member, started_log).await;
+        restarts.push(Restart {
+            how,
+            member: index,
+            signalled,
+            exited,
+            ready,
+            stopping_log,
+            started_log,
+        });
         for other in members.iter_mut() {
             assert!(
                 other.is_running(),
@@ -1210,15 +1230,9 @@ async fn members_come_and_go(prefix: &str, case: Case) {
     } else {
         "Tansu"
     };
-    for (how, took, breakdown) in &resumes {
-        let (assigned, taking) = breakdown.unwrap_or((f64::NAN, f64::NAN));
-        eprintln!(
-            "{}: restart-to-resume after {how}: {:.2} s ({broker_kind}; the group assigned \
-             partitions {assigned:.2} s after the stage subscribed, restoring or keeping \
-             state took {taking:.2} s)",
-            case.name,
-            took.as_secs_f64()
-        );
+    for restart in &restarts {
+        let logs = members[restart.member].logs();
+        eprintln!("{}: {}", case.name, restart.timeline(&logs, broker_kind));
     }
     // Partitions the rebalances handed back whose state was kept rather than read again
     // (counted since each member's last start).
@@ -1273,17 +1287,109 @@ fn longest_gap(records: &[Record], from: i64, to: i64) -> (i64, i32) {
     longest
 }
 
-/// Seconds from a member's subscribe to its assignment, and to take its partitions' state.
-type Breakdown = (f64, f64);
+/// One leave and return of a member: the wall-clock times (ms since the epoch) the test saw,
+/// and where in the member's log its stop and its new process begin.
+struct Restart {
+    how: &'static str,
+    member: usize,
+    signalled: i64,
+    exited: i64,
+    ready: i64,
+    stopping_log: usize,
+    started_log: usize,
+}
 
-/// From the first "Partitions assigned." line of a member's log: how long after the stage
-/// subscribed the group assigned it partitions, and how long restoring or keeping their state
-/// took, in seconds. Where a restart's time goes: the rest is process start and the broker.
-fn assignment_breakdown(logs: &str) -> Option<Breakdown> {
-    let line = logs.lines().find(|l| l.contains("Partitions assigned."))?;
+impl Restart {
+    /// Where the time from the signal to the first record processed went, in seconds from the
+    /// signal: the stop (clients closed, the group left for a dynamic member), the exit, the new
+    /// process's first log line, the topic checks, the group join requested, the global tables
+    /// read, the assignment (and how long restoring or keeping the state took), readiness,
+    /// and the first input record applied (the restart-to-resume time).
+    fn timeline(&self, logs: &str, broker_kind: &str) -> String {
+        let stopping = &logs[self.stopping_log..self.started_log];
+        let started = &logs[self.started_log..];
+        let at = |ms: Option<i64>| match ms {
+            Some(ms) => format!("{:.2}", (ms - self.signalled) as f64 / 1000.0),
+            None => "-".to_string(),
+        };
+        let restore = logged(started, "Partitions assigned.")
+            .and_then(|fields| fields["restore_ms"].as_f64())
+            .map_or("-".to_string(), |ms| format!("{:.2}", ms / 1000.0));
+        let first = logged_at(started, RESUMED);
+        format!(
+            "restart-to-resume after {how}: {resume} s from the signal to the first input record \
+             taken ({broker_kind}; closing {closing}, clients closed {closed}, exited {exited}, \
+             up {up}, topics checked {topics}, joining {joining}, global tables read {globals}, \
+             assigned {assigned} (restore {restore} s), ready {ready}, timers held {held} to \
+             {released})",
+            how = self.how,
+            resume = at(first),
+            closing = at(logged_at(stopping, "Closing the Kafka clients.")),
+            closed = at(logged_at(stopping, "Kafka clients closed.")),
+            exited = at(Some(self.exited)),
+            up = at(started.lines().find_map(timestamp_of)),
+            topics = at(logged_at(started, "Topics checked.")),
+            joining = at(logged_at(started, "Joining the consumer group.")),
+            globals = at(logged_at(started, "Global tables read to their end.")),
+            assigned = at(logged_at(started, "Partitions assigned.")),
+            ready = at(Some(self.ready)),
+            held = at(holding(started, true)),
+            released = at(holding(started, false)),
+        )
+    }
+}
+
+/// What a stage logs when it takes its first input record after a start: the member has resumed.
+const RESUMED: &str = "First input record taken since the start.";
+
+/// Waits (up to a minute) until `member` has resumed since its log reached `from`: under the
+/// churn's load each of its partitions has records coming.
+async fn wait_for_resume(member: &mut ServiceProcess, from: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while logged(&member.logs()[from..], RESUMED).is_none() {
+        assert!(
+            member.is_running(),
+            "{} exited:\n{}",
+            member.name(),
+            member.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} took no input record within a minute of its restart:\n{}",
+            member.name(),
+            member.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The fields of the first JSON log line whose message is `message`.
+fn logged(logs: &str, message: &str) -> Option<serde_json::Value> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|fields| fields["message"] == message)
+}
+
+/// When (ms since the epoch) the first log line with `message` was written.
+fn logged_at(logs: &str, message: &str) -> Option<i64> {
+    timestamp_of(&logged(logs, message)?.to_string())
+}
+
+/// When the timers were first held for input partitions (`true`) or first ran on the wall
+/// clock again (`false`).
+fn holding(logs: &str, held: bool) -> Option<i64> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|fields| fields["holding"] == held)
+        .and_then(|fields| timestamp_of(&fields.to_string()))
+}
+
+/// The timestamp of a JSON log line, in ms since the epoch.
+fn timestamp_of(line: &str) -> Option<i64> {
     let fields: serde_json::Value = serde_json::from_str(line).ok()?;
-    let seconds = |name: &str| Some(fields[name].as_f64()? / 1000.0);
-    Some((seconds("since_start_ms")?, seconds("restore_ms")?))
+    let at = humantime::parse_rfc3339_weak(fields["timestamp"].as_str()?).ok()?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
