@@ -1342,20 +1342,16 @@ impl Restart {
 /// What a stage logs when it takes its first input record after a start: the member has resumed.
 const RESUMED: &str = "First input record taken since the start.";
 
-/// Waits (up to a minute) until `member` has resumed since its log reached `from`: under the
-/// churn's load each of its partitions has records coming.
+/// Waits until `member` has resumed since its log reached `from` (under the churn's load each
+/// of its partitions has records coming), for at most half a minute: on Tansu 0.6 a member back
+/// can be left with no partition (docs/operations/consumer-stage.md); its resume then shows as
+/// "-" and the books decide.
 async fn wait_for_resume(member: &mut ServiceProcess, from: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while logged(&member.logs()[from..], RESUMED).is_none() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while logged(&member.logs()[from..], RESUMED).is_none() && Instant::now() < deadline {
         assert!(
             member.is_running(),
             "{} exited:\n{}",
-            member.name(),
-            member.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "{} took no input record within a minute of its restart:\n{}",
             member.name(),
             member.logs()
         );
