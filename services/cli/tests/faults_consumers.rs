@@ -1731,3 +1731,48 @@ fn an_output_repeated_for_a_journey_left_out_of_the_books_is_still_an_error() {
         "the same abandonment twice is a duplicate, left out or not"
     );
 }
+
+/// The restart-to-resume figure and its steps come from the members' JSON logs, in seconds from
+/// the signal: the stop from the old process's lines, the rest from the new one's.
+#[test]
+fn a_restart_timeline_counts_each_step_from_the_signal() {
+    let stopping = concat!(
+        r#"{"timestamp":"2026-12-07T05:00:00.100000Z","level":"INFO","message":"Closing the Kafka clients."}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:00.300000Z","level":"INFO","message":"Kafka clients closed.","took_ms":200}"#,
+        "\n",
+    );
+    let started = concat!(
+        r#"{"timestamp":"2026-12-07T05:00:00.500000Z","level":"INFO","message":"Topics checked.","took_ms":10}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:00.510000Z","level":"INFO","message":"Joining the consumer group.","group":"g"}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:03.600000Z","level":"INFO","message":"Partitions assigned.","since_start_ms":3090,"restore_ms":250}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:03.700000Z","level":"INFO","message":"First input record taken since the start.","since_start_ms":3190}"#,
+        "\n",
+    );
+    let signalled = timestamp_of(r#"{"timestamp":"2026-12-07T05:00:00.000000Z"}"#).expect("parsed");
+    let restart = Restart {
+        how: "SIGTERM",
+        member: 0,
+        signalled,
+        exited: signalled + 320,
+        ready: signalled + 3650,
+        stopping_log: 0,
+        started_log: stopping.len(),
+    };
+    let line = restart.timeline(&format!("{stopping}{started}"), "mock cluster");
+    assert!(
+        line.contains("after SIGTERM: 3.70 s from the signal"),
+        "{line}"
+    );
+    assert!(
+        line.contains("closing 0.10, clients closed 0.30, exited 0.32, up 0.50, topics checked 0.50, joining 0.51, global tables read -"),
+        "{line}"
+    );
+    assert!(
+        line.contains("assigned 3.60 (restore 0.25 s), ready 3.65, timers held - to -"),
+        "{line}"
+    );
+}
