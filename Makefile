@@ -132,8 +132,8 @@ bench: build $(BENCH_NODE)/node_modules/.installed $(BENCH_PY)/.venv/.installed 
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-audiences --bench audiences | tee bench/out/audiences.txt
 	set -o pipefail; $(CARGO) bench --locked -p aftercart-kafka --bench restore | tee bench/out/restore.txt
 	# Failover figure: the fault suite's churn of abandonment members under load (SIGTERM and SIGKILL, restart-to-resume)
-	set -o pipefail; $(CARGO) test -p aftercart --locked --test faults_consumers \
-		abandonment_members_coming_and_going_under_load -- --ignored --nocapture --test-threads=1 2>&1 | tee bench/out/failover.txt
+	set -o pipefail; $(CARGO) test -p aftercart --locked --test faults \
+		faults_consumers::abandonment_members_coming_and_going_under_load -- --ignored --nocapture --test-threads=1 2>&1 | tee bench/out/failover.txt
 	python3 bench/run.py --bin $(BIN)
 
 .PHONY: bench-latency
