@@ -1230,9 +1230,8 @@ async fn members_come_and_go(prefix: &str, case: Case) {
     } else {
         "Tansu"
     };
-    for restart in &restarts {
-        let logs = members[restart.member].logs();
-        eprintln!("{}: {}", case.name, restart.timeline(&logs, broker_kind));
+    for line in timelines(&restarts, |member| members[member].logs(), broker_kind) {
+        eprintln!("{}: {line}", case.name);
     }
     // Partitions the rebalances handed back whose state was kept rather than read again
     // (counted since each member's last start).
@@ -1337,6 +1336,28 @@ impl Restart {
             released = at(holding(started, false)),
         )
     }
+}
+
+/// Each restart's [`Restart::timeline`], read only from the lines of its own new process: a
+/// member restarted again later logs every step once more, and those lines must not stand in
+/// for a step (or a resume) its earlier process never reached.
+fn timelines(
+    restarts: &[Restart],
+    logs_of: impl Fn(usize) -> String,
+    broker_kind: &str,
+) -> Vec<String> {
+    restarts
+        .iter()
+        .enumerate()
+        .map(|(at, restart)| {
+            let logs = logs_of(restart.member);
+            let end = restarts[at + 1..]
+                .iter()
+                .find(|later| later.member == restart.member)
+                .map_or(logs.len(), |later| later.stopping_log);
+            restart.timeline(&logs[..end], broker_kind)
+        })
+        .collect()
 }
 
 /// What a stage logs when it takes its first input record after a start: the member has resumed.
@@ -1774,5 +1795,61 @@ fn a_restart_timeline_counts_each_step_from_the_signal() {
     assert!(
         line.contains("assigned 3.60 (restore 0.25 s), ready 3.65, timers held - to -"),
         "{line}"
+    );
+}
+
+/// A member restarted twice: its first new process never resumed (Tansu assigned it nothing),
+/// its second did. The first restart shows no resume, not the second process's.
+#[test]
+fn a_restart_timeline_reads_only_its_own_process() {
+    let line = |at: &str, message: &str| {
+        format!(r#"{{"timestamp":"2026-12-07T05:00:{at}Z","level":"INFO","message":"{message}"}}"#)
+            + "\n"
+    };
+    let first_stop = line("00.100000", "Closing the Kafka clients.");
+    let first_start =
+        line("00.500000", "Topics checked.") + &line("00.510000", "Joining the consumer group.");
+    let second_stop = line("40.100000", "Closing the Kafka clients.");
+    let second_start = line("40.500000", "Topics checked.")
+        + &line("43.600000", "Partitions assigned.")
+        + &line("43.700000", RESUMED);
+    let logs = format!("{first_stop}{first_start}{second_stop}{second_start}");
+    let at = |seconds: &str| {
+        timestamp_of(&format!(r#"{{"timestamp":"2026-12-07T05:00:{seconds}Z"}}"#)).expect("parsed")
+    };
+    let restart = |how, signalled: i64, stopping_log: usize, started_log: usize| Restart {
+        how,
+        member: 0,
+        signalled,
+        exited: signalled + 300,
+        ready: signalled + 3_000,
+        stopping_log,
+        started_log,
+    };
+    let second_at = first_stop.len() + first_start.len();
+    let restarts = [
+        restart("SIGTERM", at("00.000000"), 0, first_stop.len()),
+        restart(
+            "SIGKILL",
+            at("40.000000"),
+            second_at,
+            second_at + second_stop.len(),
+        ),
+    ];
+    let lines = timelines(&restarts, |_| logs.clone(), "Tansu");
+    assert!(
+        lines[0].contains("after SIGTERM: - s from the signal"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("assigned - (restore - s)"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("after SIGKILL: 3.70 s from the signal"),
+        "{}",
+        lines[1]
     );
 }
