@@ -1173,12 +1173,13 @@ async fn members_come_and_go(prefix: &str, case: Case) {
         GROUP_SESSION,
     )
     .await;
+    let tansu = !broker.is_mock();
     let load_started = aftercart_shopify::time::now_ms();
     let load = Loadgen::start(listen, &run);
     // The load reaches every member before the first leaves: a restart's resume is its first
     // input record, which must not wait for the load to begin.
     for member in members.iter_mut() {
-        wait_for_resume(member, 0).await;
+        wait_for_resume(member, 0, &case, tansu).await;
     }
     let mut restarts: Vec<Restart> = Vec::new();
     for churn in 0..CHURNS {
@@ -1204,7 +1205,7 @@ async fn members_come_and_go(prefix: &str, case: Case) {
         let ready = aftercart_shopify::time::now_ms();
         // The next member leaves only once this one has resumed: a rebalance begun before would
         // stop it again and be counted in its restart.
-        wait_for_resume(member, started_log).await;
+        wait_for_resume(member, started_log, &case, tansu).await;
         restarts.push(Restart {
             how,
             member: index,
@@ -1364,19 +1365,57 @@ fn timelines(
 const RESUMED: &str = "First input record taken since the start.";
 
 /// Waits until `member` has resumed since its log reached `from` (under the churn's load each
-/// of its partitions has records coming), for at most half a minute: on Tansu 0.6 a member back
-/// can be left with no partition (docs/operations/consumer-stage.md); its resume then shows as
-/// "-" and the books decide.
-async fn wait_for_resume(member: &mut ServiceProcess, from: usize) {
+/// of its partitions has records coming), for at most half a minute. Only on Tansu 0.6, whose
+/// member back can be left with no partition (docs/operations/consumer-stage.md), may it then
+/// go on with no resume ("-": the books decide); a member that owns partitions and takes none
+/// of their records, or one left with nothing on the mock cluster, fails the case.
+async fn wait_for_resume(member: &mut ServiceProcess, from: usize, case: &Case, tansu: bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while logged(&member.logs()[from..], RESUMED).is_none() && Instant::now() < deadline {
+    while logged(&member.logs()[from..], RESUMED).is_none() {
         assert!(
             member.is_running(),
             "{} exited:\n{}",
             member.name(),
             member.logs()
         );
+        if Instant::now() >= deadline {
+            let series = format!("aftercart_{}_assigned_partitions", case.subcommand);
+            let metrics = member.metrics().await;
+            let owned = metrics
+                .contains(&series)
+                .then(|| aftercart_tests::metric_value(&metrics, &series));
+            if let Err(why) = no_resume(owned, tansu) {
+                panic!(
+                    "{} took no input record within 30 s: {why}:\n{}",
+                    member.name(),
+                    member.logs()
+                );
+            }
+            eprintln!(
+                "{}: no input record within 30 s, Tansu assigned it nothing: no resume ('-')",
+                member.name()
+            );
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a member that took no input record within the wait may go on with no resume:
+/// only when it owns no partition (`owned`, its assigned-partitions gauge; `None` when it did
+/// not answer) on Tansu, whose member back can be assigned nothing.
+fn no_resume(owned: Option<f64>, tansu: bool) -> Result<(), String> {
+    match owned {
+        None => Err("its assigned partitions are unknown (/metrics did not answer)".to_string()),
+        Some(owned) if owned > 0.0 => Err(format!(
+            "it owns {owned} partitions, with records coming, and took none of them"
+        )),
+        Some(_) if !tansu => Err(
+            "it owns no partition on the mock cluster (only Tansu 0.6 leaves a member back \
+             with nothing)"
+                .to_string(),
+        ),
+        Some(_) => Ok(()),
     }
 }
 
@@ -1852,4 +1891,15 @@ fn a_restart_timeline_reads_only_its_own_process() {
         "{}",
         lines[1]
     );
+}
+
+/// Giving up on a member's resume is for Tansu's member back assigned nothing, never for a
+/// member that owns partitions under load and is stuck, nor for one nothing can be said of.
+#[test]
+fn only_a_member_tansu_assigned_nothing_may_go_without_a_resume() {
+    assert!(no_resume(Some(0.0), true).is_ok());
+    let stuck = no_resume(Some(2.0), true).expect_err("owns partitions");
+    assert!(stuck.contains("owns 2 partitions"), "{stuck}");
+    assert!(no_resume(Some(0.0), false).is_err(), "the mock cluster");
+    assert!(no_resume(None, true).is_err(), "no answer");
 }
