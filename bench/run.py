@@ -1043,8 +1043,9 @@ def write_report(path: Path, info: dict, results: list[dict], micro: dict, setti
         out("Failover, from `make bench`'s run of the fault suite's "
             "`abandonment_members_coming_and_going_under_load_emit_every_abandonment_once` "
             "(three members under load, one stopped and restarted at once, five times; "
-            "restart-to-resume = from the restart until the member's partitions are assigned "
-            "and restored, so from a SIGKILL it is the time until they are processed again):")
+            "restart-to-resume = from the signal until the restarted member takes its first "
+            "input record, with the steps in seconds from the signal; "
+            "docs/operations/consumer-stage.md says where the time goes):")
         out("")
         for line in failover.read_text().splitlines():
             if any(what in line for what in ("restart-to-resume", "partitions taken on assignment",

@@ -49,6 +49,11 @@ pub fn find(config: &AudiencesConfig) -> Result<Orphans, OrphanError> {
     let timeout = kafka.request_timeout();
     let prefix = format!("{}-", config.group);
     let lookup = consumer(kafka, &format!("{}-orphans", config.group))?;
+    let topic = &config.batches_topic;
+    // Asked before the group listing: in a new client librdkafka's listing first waits for
+    // metadata by sleeping until some broker changes state, which took 1.0-1.5 s of most
+    // starts (the fault suite's restart timeline), all of it before the stage joins its group.
+    let metadata = lookup.fetch_metadata(Some(topic), timeout)?;
     let groups = lookup.fetch_group_list(None, timeout)?;
     let removed: Vec<String> = groups
         .groups()
@@ -61,8 +66,6 @@ pub fn find(config: &AudiencesConfig) -> Result<Orphans, OrphanError> {
     if removed.is_empty() {
         return Ok(orphans);
     }
-    let topic = &config.batches_topic;
-    let metadata = lookup.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()

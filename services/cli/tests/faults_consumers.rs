@@ -1155,7 +1155,8 @@ async fn stop_all(members: &mut [ServiceProcess]) {
 /// ingress) for as long as the churn lasts; one after another leaves (SIGTERM, then SIGKILL,
 /// alternately) and comes back, five times. No member ever exits, and the books are exact:
 /// every output owed for what reached the input topics, once. Restart-to-resume: from the
-/// restart until the member is ready again (its partitions assigned and restored).
+/// signal until the restarted member takes its first input record, with where the time went
+/// ([`Restart::timeline`]); the next member leaves only after that.
 async fn members_come_and_go(prefix: &str, case: Case) {
     let Some(broker) = churn_broker(prefix, &case).await else {
         return;
@@ -1172,11 +1173,20 @@ async fn members_come_and_go(prefix: &str, case: Case) {
         GROUP_SESSION,
     )
     .await;
+    let tansu = !broker.is_mock();
     let load_started = aftercart_shopify::time::now_ms();
     let load = Loadgen::start(listen, &run);
-    let mut resumes: Vec<(&str, Duration, Option<Breakdown>)> = Vec::new();
+    // The load reaches every member before the first leaves: a restart's resume is its first
+    // input record, which must not wait for the load to begin.
+    for member in members.iter_mut() {
+        wait_for_resume(member, 0, &case, tansu).await;
+    }
+    let mut restarts: Vec<Restart> = Vec::new();
     for churn in 0..CHURNS {
-        let member = &mut members[churn % MEMBERS];
+        let index = churn % MEMBERS;
+        let member = &mut members[index];
+        let stopping_log = member.logs().len();
+        let signalled = aftercart_shopify::time::now_ms();
         let how = if churn % 2 == 0 {
             let name = member.name().to_string();
             assert_eq!(
@@ -1189,11 +1199,22 @@ async fn members_come_and_go(prefix: &str, case: Case) {
             member.sigkill().await;
             "SIGKILL"
         };
-        let logged = member.logs().len();
-        let restarted = Instant::now();
+        let exited = aftercart_shopify::time::now_ms();
+        let started_log = member.logs().len();
         member.restart().await;
-        let took = restarted.elapsed();
-        resumes.push((how, took, assignment_breakdown(&member.logs()[logged..])));
+        let ready = aftercart_shopify::time::now_ms();
+        // The next member leaves only once this one has resumed: a rebalance begun before would
+        // stop it again and be counted in its restart.
+        wait_for_resume(member, started_log, &case, tansu).await;
+        restarts.push(Restart {
+            how,
+            member: index,
+            signalled,
+            exited,
+            ready,
+            stopping_log,
+            started_log,
+        });
         for other in members.iter_mut() {
             assert!(
                 other.is_running(),
@@ -1210,15 +1231,8 @@ async fn members_come_and_go(prefix: &str, case: Case) {
     } else {
         "Tansu"
     };
-    for (how, took, breakdown) in &resumes {
-        let (assigned, taking) = breakdown.unwrap_or((f64::NAN, f64::NAN));
-        eprintln!(
-            "{}: restart-to-resume after {how}: {:.2} s ({broker_kind}; the group assigned \
-             partitions {assigned:.2} s after the stage subscribed, restoring or keeping \
-             state took {taking:.2} s)",
-            case.name,
-            took.as_secs_f64()
-        );
+    for line in timelines(&restarts, |member| members[member].logs(), broker_kind) {
+        eprintln!("{}: {line}", case.name);
     }
     // Partitions the rebalances handed back whose state was kept rather than read again
     // (counted since each member's last start).
@@ -1273,17 +1287,165 @@ fn longest_gap(records: &[Record], from: i64, to: i64) -> (i64, i32) {
     longest
 }
 
-/// Seconds from a member's subscribe to its assignment, and to take its partitions' state.
-type Breakdown = (f64, f64);
+/// One leave and return of a member: the wall-clock times (ms since the epoch) the test saw,
+/// and where in the member's log its stop and its new process begin.
+struct Restart {
+    how: &'static str,
+    member: usize,
+    signalled: i64,
+    exited: i64,
+    ready: i64,
+    stopping_log: usize,
+    started_log: usize,
+}
 
-/// From the first "Partitions assigned." line of a member's log: how long after the stage
-/// subscribed the group assigned it partitions, and how long restoring or keeping their state
-/// took, in seconds. Where a restart's time goes: the rest is process start and the broker.
-fn assignment_breakdown(logs: &str) -> Option<Breakdown> {
-    let line = logs.lines().find(|l| l.contains("Partitions assigned."))?;
+impl Restart {
+    /// Where the time from the signal to the first record processed went, in seconds from the
+    /// signal: the stop (clients closed, the group left for a dynamic member), the exit, the new
+    /// process's first log line, the topic checks, the group join requested, the global tables
+    /// read, the assignment (and how long restoring or keeping the state took), readiness,
+    /// and the first input record applied (the restart-to-resume time).
+    fn timeline(&self, logs: &str, broker_kind: &str) -> String {
+        let stopping = &logs[self.stopping_log..self.started_log];
+        let started = &logs[self.started_log..];
+        let at = |ms: Option<i64>| match ms {
+            Some(ms) => format!("{:.2}", (ms - self.signalled) as f64 / 1000.0),
+            None => "-".to_string(),
+        };
+        let restore = logged(started, "Partitions assigned.")
+            .and_then(|fields| fields["restore_ms"].as_f64())
+            .map_or("-".to_string(), |ms| format!("{:.2}", ms / 1000.0));
+        let first = logged_at(started, RESUMED);
+        format!(
+            "restart-to-resume after {how}: {resume} s from the signal to the first input record \
+             taken ({broker_kind}; closing {closing}, clients closed {closed}, exited {exited}, \
+             up {up}, topics checked {topics}, joining {joining}, global tables read {globals}, \
+             assigned {assigned} (restore {restore} s), ready {ready}, timers held {held} to \
+             {released})",
+            how = self.how,
+            resume = at(first),
+            closing = at(logged_at(stopping, "Closing the Kafka clients.")),
+            closed = at(logged_at(stopping, "Kafka clients closed.")),
+            exited = at(Some(self.exited)),
+            up = at(started.lines().find_map(timestamp_of)),
+            topics = at(logged_at(started, "Topics checked.")),
+            joining = at(logged_at(started, "Joining the consumer group.")),
+            globals = at(logged_at(started, "Global tables read to their end.")),
+            assigned = at(logged_at(started, "Partitions assigned.")),
+            ready = at(Some(self.ready)),
+            held = at(holding(started, true)),
+            released = at(holding(started, false)),
+        )
+    }
+}
+
+/// Each restart's [`Restart::timeline`], read only from the lines of its own new process: a
+/// member restarted again later logs every step once more, and those lines must not stand in
+/// for a step (or a resume) its earlier process never reached.
+fn timelines(
+    restarts: &[Restart],
+    logs_of: impl Fn(usize) -> String,
+    broker_kind: &str,
+) -> Vec<String> {
+    restarts
+        .iter()
+        .enumerate()
+        .map(|(at, restart)| {
+            let logs = logs_of(restart.member);
+            let end = restarts[at + 1..]
+                .iter()
+                .find(|later| later.member == restart.member)
+                .map_or(logs.len(), |later| later.stopping_log);
+            restart.timeline(&logs[..end], broker_kind)
+        })
+        .collect()
+}
+
+/// What a stage logs when it takes its first input record after a start: the member has resumed.
+const RESUMED: &str = "First input record taken since the start.";
+
+/// Waits until `member` has resumed since its log reached `from` (under the churn's load each
+/// of its partitions has records coming), for at most half a minute. Only on Tansu 0.6, whose
+/// member back can be left with no partition (docs/operations/consumer-stage.md), may it then
+/// go on with no resume ("-": the books decide); a member that owns partitions and takes none
+/// of their records, or one left with nothing on the mock cluster, fails the case.
+async fn wait_for_resume(member: &mut ServiceProcess, from: usize, case: &Case, tansu: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while logged(&member.logs()[from..], RESUMED).is_none() {
+        assert!(
+            member.is_running(),
+            "{} exited:\n{}",
+            member.name(),
+            member.logs()
+        );
+        if Instant::now() >= deadline {
+            let series = format!("aftercart_{}_assigned_partitions", case.subcommand);
+            let metrics = member.metrics().await;
+            let owned = metrics
+                .contains(&series)
+                .then(|| aftercart_tests::metric_value(&metrics, &series));
+            if let Err(why) = no_resume(owned, tansu) {
+                panic!(
+                    "{} took no input record within 30 s: {why}:\n{}",
+                    member.name(),
+                    member.logs()
+                );
+            }
+            eprintln!(
+                "{}: no input record within 30 s, Tansu assigned it nothing: no resume ('-')",
+                member.name()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a member that took no input record within the wait may go on with no resume:
+/// only when it owns no partition (`owned`, its assigned-partitions gauge; `None` when it did
+/// not answer) on Tansu, whose member back can be assigned nothing.
+fn no_resume(owned: Option<f64>, tansu: bool) -> Result<(), String> {
+    match owned {
+        None => Err("its assigned partitions are unknown (/metrics did not answer)".to_string()),
+        Some(owned) if owned > 0.0 => Err(format!(
+            "it owns {owned} partitions, with records coming, and took none of them"
+        )),
+        Some(_) if !tansu => Err(
+            "it owns no partition on the mock cluster (only Tansu 0.6 leaves a member back \
+             with nothing)"
+                .to_string(),
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The fields of the first JSON log line whose message is `message`.
+fn logged(logs: &str, message: &str) -> Option<serde_json::Value> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|fields| fields["message"] == message)
+}
+
+/// When (ms since the epoch) the first log line with `message` was written.
+fn logged_at(logs: &str, message: &str) -> Option<i64> {
+    timestamp_of(&logged(logs, message)?.to_string())
+}
+
+/// When the timers were first held for input partitions (`true`) or first ran on the wall
+/// clock again (`false`).
+fn holding(logs: &str, held: bool) -> Option<i64> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|fields| fields["holding"] == held)
+        .and_then(|fields| timestamp_of(&fields.to_string()))
+}
+
+/// The timestamp of a JSON log line, in ms since the epoch.
+fn timestamp_of(line: &str) -> Option<i64> {
     let fields: serde_json::Value = serde_json::from_str(line).ok()?;
-    let seconds = |name: &str| Some(fields[name].as_f64()? / 1000.0);
-    Some((seconds("since_start_ms")?, seconds("restore_ms")?))
+    let at = humantime::parse_rfc3339_weak(fields["timestamp"].as_str()?).ok()?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1628,4 +1790,116 @@ fn an_output_repeated_for_a_journey_left_out_of_the_books_is_still_an_error() {
         counted(twice, identities, &left_out).is_err(),
         "the same abandonment twice is a duplicate, left out or not"
     );
+}
+
+/// The restart-to-resume figure and its steps come from the members' JSON logs, in seconds from
+/// the signal: the stop from the old process's lines, the rest from the new one's.
+#[test]
+fn a_restart_timeline_counts_each_step_from_the_signal() {
+    let stopping = concat!(
+        r#"{"timestamp":"2026-12-07T05:00:00.100000Z","level":"INFO","message":"Closing the Kafka clients."}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:00.300000Z","level":"INFO","message":"Kafka clients closed.","took_ms":200}"#,
+        "\n",
+    );
+    let started = concat!(
+        r#"{"timestamp":"2026-12-07T05:00:00.500000Z","level":"INFO","message":"Topics checked.","took_ms":10}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:00.510000Z","level":"INFO","message":"Joining the consumer group.","group":"g"}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:03.600000Z","level":"INFO","message":"Partitions assigned.","since_start_ms":3090,"restore_ms":250}"#,
+        "\n",
+        r#"{"timestamp":"2026-12-07T05:00:03.700000Z","level":"INFO","message":"First input record taken since the start.","since_start_ms":3190}"#,
+        "\n",
+    );
+    let signalled = timestamp_of(r#"{"timestamp":"2026-12-07T05:00:00.000000Z"}"#).expect("parsed");
+    let restart = Restart {
+        how: "SIGTERM",
+        member: 0,
+        signalled,
+        exited: signalled + 320,
+        ready: signalled + 3650,
+        stopping_log: 0,
+        started_log: stopping.len(),
+    };
+    let line = restart.timeline(&format!("{stopping}{started}"), "mock cluster");
+    assert!(
+        line.contains("after SIGTERM: 3.70 s from the signal"),
+        "{line}"
+    );
+    assert!(
+        line.contains("closing 0.10, clients closed 0.30, exited 0.32, up 0.50, topics checked 0.50, joining 0.51, global tables read -"),
+        "{line}"
+    );
+    assert!(
+        line.contains("assigned 3.60 (restore 0.25 s), ready 3.65, timers held - to -"),
+        "{line}"
+    );
+}
+
+/// A member restarted twice: its first new process never resumed (Tansu assigned it nothing),
+/// its second did. The first restart shows no resume, not the second process's.
+#[test]
+fn a_restart_timeline_reads_only_its_own_process() {
+    let line = |at: &str, message: &str| {
+        format!(r#"{{"timestamp":"2026-12-07T05:00:{at}Z","level":"INFO","message":"{message}"}}"#)
+            + "\n"
+    };
+    let first_stop = line("00.100000", "Closing the Kafka clients.");
+    let first_start =
+        line("00.500000", "Topics checked.") + &line("00.510000", "Joining the consumer group.");
+    let second_stop = line("40.100000", "Closing the Kafka clients.");
+    let second_start = line("40.500000", "Topics checked.")
+        + &line("43.600000", "Partitions assigned.")
+        + &line("43.700000", RESUMED);
+    let logs = format!("{first_stop}{first_start}{second_stop}{second_start}");
+    let at = |seconds: &str| {
+        timestamp_of(&format!(r#"{{"timestamp":"2026-12-07T05:00:{seconds}Z"}}"#)).expect("parsed")
+    };
+    let restart = |how, signalled: i64, stopping_log: usize, started_log: usize| Restart {
+        how,
+        member: 0,
+        signalled,
+        exited: signalled + 300,
+        ready: signalled + 3_000,
+        stopping_log,
+        started_log,
+    };
+    let second_at = first_stop.len() + first_start.len();
+    let restarts = [
+        restart("SIGTERM", at("00.000000"), 0, first_stop.len()),
+        restart(
+            "SIGKILL",
+            at("40.000000"),
+            second_at,
+            second_at + second_stop.len(),
+        ),
+    ];
+    let lines = timelines(&restarts, |_| logs.clone(), "Tansu");
+    assert!(
+        lines[0].contains("after SIGTERM: - s from the signal"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("assigned - (restore - s)"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("after SIGKILL: 3.70 s from the signal"),
+        "{}",
+        lines[1]
+    );
+}
+
+/// Giving up on a member's resume is for Tansu's member back assigned nothing, never for a
+/// member that owns partitions under load and is stuck, nor for one nothing can be said of.
+#[test]
+fn only_a_member_tansu_assigned_nothing_may_go_without_a_resume() {
+    assert!(no_resume(Some(0.0), true).is_ok());
+    let stuck = no_resume(Some(2.0), true).expect_err("owns partitions");
+    assert!(stuck.contains("owns 2 partitions"), "{stuck}");
+    assert!(no_resume(Some(0.0), false).is_err(), "the mock cluster");
+    assert!(no_resume(None, true).is_err(), "no answer");
 }

@@ -411,6 +411,9 @@ pub struct Stage<L: StageLogic> {
     resets: u64,
     /// When the stage was built (subscribed): how long the group took shows in the logs.
     started: Instant,
+    /// Whether an input record of an assigned partition has been taken (applied or routed)
+    /// since the start: logged once, where a restart's resume ends.
+    taken_once: bool,
     last_gauges: Instant,
     /// One buffer serves every record written: librdkafka copies a payload when it is sent.
     buffer: Vec<u8>,
@@ -557,6 +560,8 @@ impl<L: StageLogic> Stage<L> {
         let config = group_config(&kafka, &topics, logic.prepare_budget());
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
         consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
+        // The start of a restart's rebalance wait (the resume timeline of the fault suite).
+        tracing::info!(group = %topics.group, "Joining the consumer group.");
         let globals = if topics.globals.is_empty() {
             None
         } else {
@@ -591,6 +596,7 @@ impl<L: StageLogic> Stage<L> {
             assigned_once: false,
             resets: 0,
             started: Instant::now(),
+            taken_once: false,
             last_gauges: Instant::now(),
             buffer: Vec::with_capacity(4096),
         })
@@ -628,7 +634,15 @@ impl<L: StageLogic> Stage<L> {
             .expect("clients are open until run ends");
         let globals = self.globals.take().map(GlobalTables::into_consumer);
         let deadline = self.shutdown_timeout.max(Duration::from_secs(1));
-        if !close_off_runtime(clients.consumer, clients.producer, globals, deadline).await {
+        let closing = Instant::now();
+        tracing::info!("Closing the Kafka clients.");
+        if close_off_runtime(clients.consumer, clients.producer, globals, deadline).await {
+            // A dynamic member has left the group by now: the others' rebalance has begun.
+            tracing::info!(
+                took_ms = closing.elapsed().as_millis() as u64,
+                "Kafka clients closed."
+            );
+        } else {
             tracing::warn!("Kafka clients did not close before the shutdown deadline.");
         }
         result
@@ -641,6 +655,7 @@ impl<L: StageLogic> Stage<L> {
             return Ok(());
         };
         let mut backoff = Duration::from_millis(200);
+        let reading = Instant::now();
         while !stop.is_cancelled() && !globals.caught_up() {
             if !globals.assigned() {
                 let kafka = self.kafka.clone();
@@ -670,6 +685,12 @@ impl<L: StageLogic> Stage<L> {
                 }
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
             }
+        }
+        if globals.caught_up() {
+            tracing::info!(
+                took_ms = reading.elapsed().as_millis() as u64,
+                "Global tables read to their end."
+            );
         }
         self.globals = Some(globals);
         Ok(())
@@ -739,6 +760,13 @@ impl<L: StageLogic> Stage<L> {
                 || churned.iter().any(|(t, p)| *p == partition && t == topic)
             {
                 continue;
+            }
+            if !self.taken_once {
+                self.taken_once = true;
+                tracing::info!(
+                    since_start_ms = self.started.elapsed().as_millis() as u64,
+                    "First input record taken since the start."
+                );
             }
             if self.is_state_input(topic) {
                 if !self.logic.owns(partition) {

@@ -211,13 +211,20 @@ pub async fn ensure_topics_with_retry(
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<bool, TopicError> {
     let mut backoff = Duration::from_millis(250);
+    let checking = Instant::now();
     loop {
         let attempt = tokio::select! {
             attempt = ensure_topics(settings, specs, same_partitions) => attempt,
             () = stop.cancelled() => return Ok(false),
         };
         match attempt {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                tracing::info!(
+                    took_ms = checking.elapsed().as_millis() as u64,
+                    "Topics checked."
+                );
+                return Ok(true);
+            }
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, retry_in = ?backoff, "Kafka is not ready; retrying.");
             }
