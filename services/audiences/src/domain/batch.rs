@@ -63,10 +63,7 @@ pub fn batch_id(origin: &str, members: &[Member]) -> String {
         hasher.update(b"\n");
         hasher.update(member.person.as_bytes());
     }
-    hasher.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&hasher.finalize()[..16])
 }
 
 #[cfg(test)]
