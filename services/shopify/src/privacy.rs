@@ -218,7 +218,7 @@ pub fn report_event_id(service: &str, shop: &str, request: &DataRequest) -> Stri
         (None, None) => "unknown".to_string(),
     };
     let digest = Sha256::digest(format!("aftercart/data-request/{service}/{shop}/{who}"));
-    hex::encode(&digest[..16])
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The id Shopify gave a data request (`data_request.id`), for the report's event id.

@@ -128,7 +128,7 @@ pub fn event_id(event_type: EventType, kind: Kind, journey_key: &str) -> String 
     let digest = Sha256::digest(
         format!("aftercart/abandonment/{type_name}/{kind_name}/{journey_key}").as_bytes(),
     );
-    hex::encode(&digest[..16])
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -63,7 +63,10 @@ pub fn batch_id(origin: &str, members: &[Member]) -> String {
         hasher.update(b"\n");
         hasher.update(member.person.as_bytes());
     }
-    hex::encode(&hasher.finalize()[..16])
+    hasher.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

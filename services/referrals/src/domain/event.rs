@@ -11,7 +11,7 @@ pub use aftercart_shopify::time::rfc3339;
 /// same id, so a consumer can drop a duplicate delivery.
 pub fn event_id(what: &str) -> String {
     let digest = Sha256::digest(format!("aftercart/referrals/{what}").as_bytes());
-    hex::encode(&digest[..16])
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
