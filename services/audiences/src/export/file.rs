@@ -398,6 +398,103 @@ mod tests {
     }
 
     #[test]
+    fn a_member_twice_in_a_batch_that_fails_gets_its_first_row_back() {
+        let (writer, dir) = writer(FileFormat::Csv, 11);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa")], "a1"))
+            .unwrap();
+        let blocker = dir.join("buyers/snapshot.tmp");
+        fs::create_dir_all(&blocker).unwrap();
+        let twice = batch(
+            Op::Add,
+            &[("c/1", "zz"), ("c/2", "bb"), ("c/1", "yy")],
+            "b2",
+        );
+        assert!(writer.write_blocking(&twice).is_err());
+        fs::remove_dir_all(&blocker).unwrap();
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/3", "cc")], "c3"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert_eq!(
+            snapshot,
+            "shop,person,customer_id,email_sha256,phone_sha256\n\
+             s.myshopify.com,c/1,1,aa,\ns.myshopify.com,c/3,3,cc,\n"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_changed_contact_replaces_the_kept_row_and_a_removed_member_leaves_memory() {
+        let (writer, dir) = writer(FileFormat::Csv, 12);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa"), ("c/2", "bb")], "a1"))
+            .unwrap();
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "ee")], "b2"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert!(
+            snapshot.contains("c/1,1,ee,") && !snapshot.contains(",aa,"),
+            "{snapshot}"
+        );
+        writer
+            .write_blocking(&batch(Op::Remove, &[("c/1", "ee")], "c3"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert!(!snapshot.contains("c/1"), "{snapshot}");
+        // No row of the removed member is kept in memory either.
+        let snapshots = writer.snapshots.lock().unwrap();
+        let kept: Vec<&String> = snapshots["buyers"].values().collect();
+        assert_eq!(kept, ["s.myshopify.com,c/2,2,bb,\n"]);
+        drop(snapshots);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn snapshots_and_deltas_keep_their_bytes_in_both_formats() {
+        let mut add = batch(Op::Add, &[("c/1", "aa"), ("e/9", "bb")], "a1");
+        add.members[1].row = serde_json::json!({ "email_sha256": "bb", "phone_sha256": "dd" });
+        // A delta is never read back: its cells are quoted as written.
+        let mut remove = batch(Op::Remove, &[("c/1", "aa")], "b2");
+        remove.members[0].row =
+            serde_json::json!({ "email_sha256": "aa", "phone_sha256": "p,\"q" });
+        let expected = [
+            (
+                FileFormat::Csv,
+                "op,shop,person,customer_id,email_sha256,phone_sha256\n\
+                 remove,s.myshopify.com,c/1,1,aa,\"p,\"\"q\"\n",
+                "shop,person,customer_id,email_sha256,phone_sha256\n\
+                 s.myshopify.com,e/9,,bb,dd\n",
+            ),
+            (
+                FileFormat::Jsonl,
+                "{\"customer_id\":1,\"email_sha256\":\"aa\",\"op\":\"remove\",\
+                 \"person\":\"c/1\",\"phone_sha256\":\"p,\\\"q\",\"shop\":\"s.myshopify.com\"}\n",
+                "{\"customer_id\":null,\"email_sha256\":\"bb\",\"person\":\"e/9\",\
+                 \"phone_sha256\":\"dd\",\"shop\":\"s.myshopify.com\"}\n",
+            ),
+        ];
+        for (format, delta, snapshot) in expected {
+            let (writer, dir) = writer(format, 13);
+            writer.write_blocking(&add).unwrap();
+            writer.write_blocking(&remove).unwrap();
+            let ext = writer.extension();
+            let name = format!("20261123T120000000Z-{}-remove.{ext}", remove.batch_id);
+            let written = fs::read_to_string(dir.join("buyers/deltas").join(name)).unwrap();
+            assert_eq!(written, delta);
+            let written = fs::read_to_string(dir.join(format!("buyers/snapshot.{ext}"))).unwrap();
+            assert_eq!(written, snapshot);
+            // A restart renders the same bytes from the snapshot on disk.
+            let again = FileWriter::new(writer.options.clone());
+            again.write_blocking(&remove).unwrap();
+            let written = fs::read_to_string(dir.join(format!("buyers/snapshot.{ext}"))).unwrap();
+            assert_eq!(written, snapshot);
+            fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[test]
     fn the_same_batch_written_twice_is_one_delta_and_one_member() {
         let (writer, dir) = writer(FileFormat::Jsonl, 10);
         let add = batch(Op::Add, &[("c/1", "aa")], "d4");
