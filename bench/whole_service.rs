@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::KafkaArgs;
+use prometheus::proto::MetricFamily;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -38,7 +39,9 @@ pub fn record_count(default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The Kafka settings of a service under test on `cluster` (topic prefix `bench.`).
+/// The Kafka settings of a service under test on `cluster` (topic prefix `bench.`), with the
+/// librdkafka properties of `AFTERCART_KAFKA_PROPERTIES` when set (for experiments: the
+/// report's figures are taken without it).
 pub fn kafka_args<C: rdkafka::ClientContext>(cluster: &MockCluster<'_, C>) -> KafkaArgs {
     KafkaArgs {
         brokers: Some(cluster.bootstrap_servers()),
@@ -49,7 +52,7 @@ pub fn kafka_args<C: rdkafka::ClientContext>(cluster: &MockCluster<'_, C>) -> Ka
         topic_retention: "7d".into(),
         topic_compaction_lag: "1d".into(),
         kafka_properties_file: None,
-        kafka_properties: String::new(),
+        kafka_properties: std::env::var("AFTERCART_KAFKA_PROPERTIES").unwrap_or_default(),
         instance_id: Some("bench".into()),
     }
 }
@@ -66,9 +69,10 @@ pub fn create_topics<C: rdkafka::ClientContext>(
     }
 }
 
-/// Whether `records` input records were processed (`<prefix>records_processed_total`).
-pub fn processed_all(registry: &prometheus::Registry, prefix: &str, records: usize) -> bool {
-    counter(registry, &format!("{prefix}records_processed_total")) >= records as f64
+/// Whether `records` input records were processed (`<prefix>records_processed_total`), in
+/// one sample of the registry.
+pub fn processed_all(families: &[MetricFamily], prefix: &str, records: usize) -> bool {
+    counter(families, &format!("{prefix}records_processed_total")) >= records as f64
 }
 
 /// One input record: topic, key, body and headers, as the ingress (or an upstream service)
@@ -133,10 +137,9 @@ pub fn prefill<C: rdkafka::ClientContext>(
     }
 }
 
-/// Sum of every series of the counter `name` in `registry`.
-pub fn counter(registry: &prometheus::Registry, name: &str) -> f64 {
-    registry
-        .gather()
+/// Sum of every series of the counter `name` in one sample of a registry (`gather()`).
+pub fn counter(families: &[MetricFamily], name: &str) -> f64 {
+    families
         .iter()
         .filter(|f| f.name() == name)
         .flat_map(|f| {
@@ -171,7 +174,7 @@ pub fn measure<F, Fut>(
     records: usize,
     prefix: &str,
     serve: F,
-    done: impl Fn(&prometheus::Registry) -> bool,
+    done: impl Fn(&[MetricFamily]) -> bool,
     settle: &[&str],
     quiet: Duration,
 ) -> Measured
@@ -194,19 +197,21 @@ where
         // (the settle counters' sum, when it last changed, the CPU then)
         let mut last = (-1.0, Instant::now(), 0.0);
         loop {
-            let processed = counter(&registry, &processed_name);
+            // One sample of the registry per poll: the sampling is counted in the CPU too.
+            let families = registry.gather();
+            let processed = counter(&families, &processed_name);
             let now = (Instant::now(), cpu_seconds());
             if first.is_none() && processed > 0.0 {
                 first = Some((now.0, processed, now.1));
             }
             let settled: f64 = settle
                 .iter()
-                .map(|name| counter(&registry, name))
+                .map(|name| counter(&families, name))
                 .sum::<f64>()
                 + processed;
             if settled != last.0 {
                 last = (settled, now.0, now.1);
-            } else if first.is_some() && done(&registry) && last.1.elapsed() >= quiet {
+            } else if first.is_some() && done(&families) && last.1.elapsed() >= quiet {
                 break;
             }
             assert!(

@@ -164,10 +164,10 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
             aftercart_abandonment::serve(&config, &registry, &health, stop).await
         },
         // Every record processed and its journey's state written to the changelog.
-        |registry| {
-            whole_service::processed_all(registry, "aftercart_abandonment_", records)
+        |families| {
+            whole_service::processed_all(families, "aftercart_abandonment_", records)
                 && whole_service::counter(
-                    registry,
+                    families,
                     "aftercart_abandonment_changelog_records_written_total",
                 ) >= records as f64
         },

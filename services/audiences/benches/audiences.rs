@@ -160,7 +160,7 @@ fn whole_service() -> Vec<(String, String)> {
             let health = aftercart_runtime::Health::new();
             aftercart_audiences::serve(&config, &registry, &health, stop).await
         },
-        |registry| whole_service::processed_all(registry, "aftercart_audiences_", records),
+        |families| whole_service::processed_all(families, "aftercart_audiences_", records),
         &[
             "aftercart_audiences_changelog_records_written_total",
             "aftercart_audiences_batches_emitted_total",

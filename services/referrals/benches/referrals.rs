@@ -141,7 +141,7 @@ fn whole_service() -> Vec<(String, String)> {
             let health = aftercart_runtime::Health::new();
             aftercart_referrals::serve(&config, &registry, &health, stop).await
         },
-        |registry| whole_service::processed_all(registry, "aftercart_referrals_", records),
+        |families| whole_service::processed_all(families, "aftercart_referrals_", records),
         &["aftercart_referrals_changelog_records_written_total"],
         Duration::from_millis(300),
     );

@@ -31,7 +31,9 @@ const COLUMNS: [&str; 5] = [
     "phone_sha256",
 ];
 
-type Snapshot = BTreeMap<(String, String), Value>;
+/// Members by (shop, person), each as its rendered snapshot row: rewriting the snapshot after
+/// a batch joins rows rendered once, instead of rendering every member again.
+type Snapshot = BTreeMap<(String, String), String>;
 
 #[derive(Clone)]
 pub struct FileWriter {
@@ -95,7 +97,11 @@ impl FileWriter {
             .filter(char::is_ascii_alphanumeric)
             .collect();
         let delta = deltas.join(format!("{stamp}-{}-{op}.{ext}", batch.batch_id));
-        self.write_atomically(&delta, &members, Some(op))?;
+        let mut rendered = self.header(Some(op));
+        for member in &members {
+            self.render_row(&mut rendered, member, Some(op));
+        }
+        self.write_atomically(&delta, &rendered)?;
 
         let mut snapshots = self.snapshots.lock().expect("no panics while held");
         let snapshot_path = audience_dir.join(format!("snapshot.{ext}"));
@@ -104,20 +110,39 @@ impl FileWriter {
             snapshots.insert(batch.audience.clone(), loaded);
         }
         let snapshot = snapshots.get_mut(&batch.audience).expect("loaded above");
-        let mut next = snapshot.clone();
-        for member in &members {
+        // The batch is applied in place and undone if the file cannot be written, so memory
+        // and disk agree either way: no copy of the whole audience per batch.
+        let mut undo = Vec::with_capacity(members.len());
+        for member in members {
             let key = (
                 member["shop"].as_str().unwrap_or_default().to_string(),
                 member["person"].as_str().unwrap_or_default().to_string(),
             );
-            match batch.op {
-                Op::Add => next.insert(key, member.clone()),
-                Op::Remove => next.remove(&key),
+            let before = match batch.op {
+                Op::Add => {
+                    let mut row = String::new();
+                    self.render_row(&mut row, &member, None);
+                    snapshot.insert(key.clone(), row)
+                }
+                Op::Remove => snapshot.remove(&key),
             };
+            undo.push((key, before));
         }
-        let rows: Vec<Value> = next.values().cloned().collect();
-        self.write_atomically(&snapshot_path, &rows, None)?;
-        *snapshot = next;
+        let mut rendered = self.header(None);
+        rendered.reserve(snapshot.values().map(String::len).sum());
+        for row in snapshot.values() {
+            rendered.push_str(row);
+        }
+        if let Err(error) = self.write_atomically(&snapshot_path, &rendered) {
+            // Newest first: a member twice in one batch gets its first state back.
+            for (key, before) in undo.into_iter().rev() {
+                match before {
+                    Some(row) => snapshot.insert(key, row),
+                    None => snapshot.remove(&key),
+                };
+            }
+            return Err(error);
+        }
         drop(snapshots);
         self.rotate(&deltas)
     }
@@ -163,61 +188,65 @@ impl FileWriter {
                 row["shop"].as_str().unwrap_or_default().to_string(),
                 row["person"].as_str().unwrap_or_default().to_string(),
             );
-            snapshot.insert(key, row);
+            let mut rendered = String::new();
+            self.render_row(&mut rendered, &row, None);
+            snapshot.insert(key, rendered);
         }
         Ok(snapshot)
     }
 
-    fn render(&self, rows: &[Value], op: Option<&str>) -> String {
+    /// The first line of a file: the CSV header (deltas add `op` in front), none for JSONL.
+    fn header(&self, op: Option<&str>) -> String {
         let mut out = String::new();
-        match self.options.format {
-            FileFormat::Jsonl => {
-                for row in rows {
-                    let mut row = row.clone();
-                    if let (Some(op), Some(object)) = (op, row.as_object_mut()) {
-                        object.insert("op".into(), op.into());
-                    }
-                    out.push_str(&row.to_string());
-                    out.push('\n');
-                }
+        if let FileFormat::Csv = self.options.format {
+            if op.is_some() {
+                out.push_str("op,");
             }
-            FileFormat::Csv => {
-                if op.is_some() {
-                    out.push_str("op,");
-                }
-                out.push_str(&COLUMNS.join(","));
-                out.push('\n');
-                for row in rows {
-                    if let Some(op) = op {
-                        out.push_str(op);
-                        out.push(',');
-                    }
-                    let cells: Vec<String> = COLUMNS
-                        .iter()
-                        .map(|c| match &row[*c] {
-                            Value::String(s) => csv_cell(s),
-                            Value::Number(n) => n.to_string(),
-                            _ => String::new(),
-                        })
-                        .collect();
-                    out.push_str(&cells.join(","));
-                    out.push('\n');
-                }
-            }
+            out.push_str(&COLUMNS.join(","));
+            out.push('\n');
         }
         out
     }
 
-    fn write_atomically(
-        &self,
-        path: &Path,
-        rows: &[Value],
-        op: Option<&str>,
-    ) -> std::io::Result<()> {
+    /// Appends one member's line (with `op` for a delta).
+    fn render_row(&self, out: &mut String, row: &Value, op: Option<&str>) {
+        match self.options.format {
+            FileFormat::Jsonl => {
+                match (op, row.as_object()) {
+                    (Some(op), Some(object)) => {
+                        let mut object = object.clone();
+                        object.insert("op".into(), op.into());
+                        out.push_str(&Value::Object(object).to_string());
+                    }
+                    _ => out.push_str(&row.to_string()),
+                }
+                out.push('\n');
+            }
+            FileFormat::Csv => {
+                if let Some(op) = op {
+                    out.push_str(op);
+                    out.push(',');
+                }
+                for (n, column) in COLUMNS.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    match &row[*column] {
+                        Value::String(s) => push_csv_cell(out, s),
+                        Value::Number(number) => out.push_str(&number.to_string()),
+                        _ => {}
+                    }
+                }
+                out.push('\n');
+            }
+        }
+    }
+
+    fn write_atomically(&self, path: &Path, content: &str) -> std::io::Result<()> {
         let temporary = path.with_extension("tmp");
         {
             let mut file = fs::File::create(&temporary)?;
-            file.write_all(self.render(rows, op).as_bytes())?;
+            file.write_all(content.as_bytes())?;
             file.sync_all()?;
         }
         fs::rename(&temporary, path)?;
@@ -262,11 +291,13 @@ impl FileWriter {
 }
 
 /// Shop domains, pseudonyms and hex hashes never hold commas or quotes; quote anything else.
-fn csv_cell(value: &str) -> String {
+fn push_csv_cell(out: &mut String, value: &str) {
     if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
     } else {
-        value.to_string()
+        out.push_str(value);
     }
 }
 
@@ -337,6 +368,130 @@ mod tests {
         let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
         assert!(snapshot.contains("c/2") && snapshot.contains("c/3"));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_whose_snapshot_cannot_be_written_leaves_the_snapshot_as_it_was() {
+        let (writer, dir) = writer(FileFormat::Csv, 7);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa")], "a1"))
+            .unwrap();
+        // A directory where the temporary snapshot goes: the snapshot write fails.
+        let blocker = dir.join("buyers/snapshot.tmp");
+        fs::create_dir_all(&blocker).unwrap();
+        let failed = batch(Op::Add, &[("c/2", "bb"), ("c/1", "zz")], "b2");
+        assert!(writer.write_blocking(&failed).is_err());
+        assert!(writer
+            .write_blocking(&batch(Op::Remove, &[("c/1", "aa")], "c3"))
+            .is_err());
+        fs::remove_dir_all(&blocker).unwrap();
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/3", "cc")], "d4"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert_eq!(
+            snapshot,
+            "shop,person,customer_id,email_sha256,phone_sha256\n\
+             s.myshopify.com,c/1,1,aa,\ns.myshopify.com,c/3,3,cc,\n"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_member_twice_in_a_batch_that_fails_gets_its_first_row_back() {
+        let (writer, dir) = writer(FileFormat::Csv, 11);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa")], "a1"))
+            .unwrap();
+        let blocker = dir.join("buyers/snapshot.tmp");
+        fs::create_dir_all(&blocker).unwrap();
+        let twice = batch(
+            Op::Add,
+            &[("c/1", "zz"), ("c/2", "bb"), ("c/1", "yy")],
+            "b2",
+        );
+        assert!(writer.write_blocking(&twice).is_err());
+        fs::remove_dir_all(&blocker).unwrap();
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/3", "cc")], "c3"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert_eq!(
+            snapshot,
+            "shop,person,customer_id,email_sha256,phone_sha256\n\
+             s.myshopify.com,c/1,1,aa,\ns.myshopify.com,c/3,3,cc,\n"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_changed_contact_replaces_the_kept_row_and_a_removed_member_leaves_memory() {
+        let (writer, dir) = writer(FileFormat::Csv, 12);
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "aa"), ("c/2", "bb")], "a1"))
+            .unwrap();
+        writer
+            .write_blocking(&batch(Op::Add, &[("c/1", "ee")], "b2"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert!(
+            snapshot.contains("c/1,1,ee,") && !snapshot.contains(",aa,"),
+            "{snapshot}"
+        );
+        writer
+            .write_blocking(&batch(Op::Remove, &[("c/1", "ee")], "c3"))
+            .unwrap();
+        let snapshot = fs::read_to_string(dir.join("buyers/snapshot.csv")).unwrap();
+        assert!(!snapshot.contains("c/1"), "{snapshot}");
+        // No row of the removed member is kept in memory either.
+        let snapshots = writer.snapshots.lock().unwrap();
+        let kept: Vec<&String> = snapshots["buyers"].values().collect();
+        assert_eq!(kept, ["s.myshopify.com,c/2,2,bb,\n"]);
+        drop(snapshots);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn snapshots_and_deltas_keep_their_bytes_in_both_formats() {
+        let mut add = batch(Op::Add, &[("c/1", "aa"), ("e/9", "bb")], "a1");
+        add.members[1].row = serde_json::json!({ "email_sha256": "bb", "phone_sha256": "dd" });
+        // A delta is never read back: its cells are quoted as written.
+        let mut remove = batch(Op::Remove, &[("c/1", "aa")], "b2");
+        remove.members[0].row =
+            serde_json::json!({ "email_sha256": "aa", "phone_sha256": "p,\"q" });
+        let expected = [
+            (
+                FileFormat::Csv,
+                "op,shop,person,customer_id,email_sha256,phone_sha256\n\
+                 remove,s.myshopify.com,c/1,1,aa,\"p,\"\"q\"\n",
+                "shop,person,customer_id,email_sha256,phone_sha256\n\
+                 s.myshopify.com,e/9,,bb,dd\n",
+            ),
+            (
+                FileFormat::Jsonl,
+                "{\"customer_id\":1,\"email_sha256\":\"aa\",\"op\":\"remove\",\
+                 \"person\":\"c/1\",\"phone_sha256\":\"p,\\\"q\",\"shop\":\"s.myshopify.com\"}\n",
+                "{\"customer_id\":null,\"email_sha256\":\"bb\",\"person\":\"e/9\",\
+                 \"phone_sha256\":\"dd\",\"shop\":\"s.myshopify.com\"}\n",
+            ),
+        ];
+        for (format, delta, snapshot) in expected {
+            let (writer, dir) = writer(format, 13);
+            writer.write_blocking(&add).unwrap();
+            writer.write_blocking(&remove).unwrap();
+            let ext = writer.extension();
+            let name = format!("20261123T120000000Z-{}-remove.{ext}", remove.batch_id);
+            let written = fs::read_to_string(dir.join("buyers/deltas").join(name)).unwrap();
+            assert_eq!(written, delta);
+            let written = fs::read_to_string(dir.join(format!("buyers/snapshot.{ext}"))).unwrap();
+            assert_eq!(written, snapshot);
+            // A restart renders the same bytes from the snapshot on disk.
+            let again = FileWriter::new(writer.options.clone());
+            again.write_blocking(&remove).unwrap();
+            let written = fs::read_to_string(dir.join(format!("buyers/snapshot.{ext}"))).unwrap();
+            assert_eq!(written, snapshot);
+            fs::remove_dir_all(dir).unwrap();
+        }
     }
 
     #[test]
