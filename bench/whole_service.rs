@@ -40,7 +40,7 @@ pub fn record_count(default: usize) -> usize {
 }
 
 /// The Kafka settings of a service under test on `cluster` (topic prefix `bench.`), with the
-/// librdkafka properties of `AFTERCART_KAFKA_PROPERTIES` when set (for experiments: the
+/// librdkafka properties of `BENCH_KAFKA_PROPERTIES` when set (for experiments only: the
 /// report's figures are taken without it).
 pub fn kafka_args<C: rdkafka::ClientContext>(cluster: &MockCluster<'_, C>) -> KafkaArgs {
     KafkaArgs {
@@ -52,7 +52,7 @@ pub fn kafka_args<C: rdkafka::ClientContext>(cluster: &MockCluster<'_, C>) -> Ka
         topic_retention: "7d".into(),
         topic_compaction_lag: "1d".into(),
         kafka_properties_file: None,
-        kafka_properties: std::env::var("AFTERCART_KAFKA_PROPERTIES").unwrap_or_default(),
+        kafka_properties: std::env::var("BENCH_KAFKA_PROPERTIES").unwrap_or_default(),
         instance_id: Some("bench".into()),
     }
 }
