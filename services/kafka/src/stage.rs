@@ -405,6 +405,9 @@ pub struct Stage<L: StageLogic> {
     assignment: Assignment,
     /// How far timers may run: not past records of held input partitions not yet read.
     horizons: Horizons,
+    /// By-shop stages: every partition of the source topics (whoever routes it); timers wait
+    /// for them to be routed too. Empty for the rest.
+    sources: Vec<Pair>,
     fence: Fence,
     assigned_once: bool,
     /// Resets so far ([`Stage::reset`]).
@@ -437,12 +440,16 @@ fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, 
 /// Where each of `held` ends (one ListOffsets request per broker for all of them) and, for
 /// `unplaced`, where the group starts reading it: its committed offset, or for a partition the
 /// group never committed the log start (the stage's `auto.offset.reset=earliest`; one more
-/// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. Blocking calls,
-/// made only while timers are due or held.
+/// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. For a by-shop
+/// stage, first where each of `sources` ends and then the group's committed offset in it (0
+/// when never committed), in that order and before the by-shop ends: a source record routed
+/// by then is in the by-shop end asked after. Blocking calls, made only while timers are due
+/// or held.
 fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     held: &[Pair],
     unplaced: &[Pair],
+    sources: &[Pair],
 ) -> Answers {
     let list = |pairs: &[Pair], offset: Offset| {
         let mut list = TopicPartitionList::new();
@@ -466,6 +473,32 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
                     .collect()
             })
             .unwrap_or_default()
+    };
+    let (source_ends, routed) = if sources.is_empty() {
+        (HashMap::new(), HashMap::new())
+    } else {
+        let ends = offsets(
+            consumer
+                .offsets_for_times(list(sources, Offset::End), ASK_TIMEOUT)
+                .ok(),
+        );
+        // Never committed (`Invalid`): nothing routed yet, so 0.
+        let routed = consumer
+            .committed_offsets(list(sources, Offset::Invalid), ASK_TIMEOUT)
+            .ok()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .filter(|e| e.error().is_ok())
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(at) => Some(((e.topic().to_string(), e.partition()), at)),
+                        Offset::Invalid => Some(((e.topic().to_string(), e.partition()), 0)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (ends, routed)
     };
     // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
     let ends = offsets(
@@ -500,7 +533,12 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
         }
         starts
     };
-    Answers { ends, starts }
+    Answers {
+        ends,
+        starts,
+        source_ends,
+        routed,
+    }
 }
 
 async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), LoopError> {
@@ -570,6 +608,13 @@ impl<L: StageLogic> Stage<L> {
         };
         let producer = build_output_producer(&kafka, &topics.client, delivery)?;
         let fence = Fence::new(session_timeout(&kafka));
+        let sources = match &topics.inputs {
+            Inputs::ByPartition(_) => Vec::new(),
+            Inputs::ByShop { sources, .. } => sources
+                .iter()
+                .flat_map(|(topic, _)| (0..kafka.partitions.max(1)).map(|p| (topic.clone(), p)))
+                .collect(),
+        };
         Ok(Stage {
             kafka,
             topics,
@@ -587,6 +632,7 @@ impl<L: StageLogic> Stage<L> {
             left: LeftEnds::default(),
             assignment: Assignment::default(),
             horizons: Horizons::default(),
+            sources,
             fence,
             assigned_once: false,
             resets: 0,
@@ -731,6 +777,8 @@ impl<L: StageLogic> Stage<L> {
         let churned = self.handle_rebalances(stop).await?;
 
         let mut work = Work::of(Vec::with_capacity(batch.len()));
+        // Source records this batch routes: once written, timers need not wait for them.
+        let mut routing = LatestOffsets::default();
         // Per batch, not per record: one metric lookup per family.
         let mut processed: Vec<(&'static str, u64)> = Vec::new();
         for message in batch {
@@ -777,6 +825,7 @@ impl<L: StageLogic> Stage<L> {
                 continue;
             }
             work.offsets.record(topic, partition, message.offset());
+            routing.record(topic, partition, message.offset());
             let family = self.family_of(topic);
             if !self.logic.routes(family, &message) {
                 continue;
@@ -815,7 +864,11 @@ impl<L: StageLogic> Stage<L> {
         if let Some(timers_at) = self.timers_at(now_ms()) {
             work.effects.extend(self.logic.tick(timers_at));
         }
-        self.flush(work, stop).await?;
+        if self.flush(work, stop).await? {
+            for (topic, partition, offset) in routing.iter() {
+                self.horizons.routed(topic, partition, offset + 1);
+            }
+        }
         if self.last_gauges.elapsed() >= GAUGES_EVERY {
             self.last_gauges = Instant::now();
             self.logic.gauges();
@@ -842,10 +895,12 @@ impl<L: StageLogic> Stage<L> {
         let positions = positions(self.consumer());
         let answers = self.horizons.wants_answers(&held).then(|| {
             let unplaced = self.horizons.unplaced(&held, &positions);
-            ask_ends(self.consumer(), &held, &unplaced)
+            ask_ends(self.consumer(), &held, &unplaced, &self.sources)
         });
         let was_holding = self.horizons.holding();
-        let (at, stalled) = self.horizons.at(now, &held, &positions, answers);
+        let (at, stalled) = self
+            .horizons
+            .at(now, &held, &self.sources, &positions, answers);
         for (topic, partition) in stalled {
             self.metrics.timer_hold_released();
             tracing::warn!(

@@ -17,8 +17,19 @@
 //! partition that stays below its end (or unknown) without advancing for [`STALL_AFTER`]
 //! (transaction markers, a read that stopped, a broker that never answers) no longer holds
 //! anything: a timer is never held forever.
+//!
+//! A by-shop stage's inputs are routed: records of its source topics are copied to the by-shop
+//! topic by whichever member holds their source partition, then read by the member holding the
+//! by-shop partition. After a restart with a backlog in a source topic (an order not routed
+//! yet), the by-shop partitions may be read to their end while the record that stops a
+//! sequence is still in the source. So timers also wait for the router: each ask notes the
+//! wall time and where every source partition ends; once the group has routed every source
+//! partition to those ends (its committed offset, or what this member routed and saw
+//! acknowledged), every record received before that time is in the by-shop topic, and timers
+//! may run to it. A source partition that stays behind without moving is released by the
+//! same stall bound.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How often the ends are asked again while timers are held (catching up).
@@ -28,6 +39,9 @@ pub const STEADY_REFRESH: Duration = Duration::from_secs(1);
 /// A partition below its end whose read position has not moved for this long stops holding
 /// timers back.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// Source asks remembered while not yet routed (older ones are dropped: the wait for a newer
+/// one is the safe side).
+const SOURCE_ASKS: usize = 64;
 
 /// (topic, partition).
 pub type Pair = (String, i32);
@@ -72,11 +86,15 @@ pub fn horizon(now: i64, partitions: impl IntoIterator<Item = Reading>) -> Optio
 }
 
 /// What the broker said: each partition's end, and where the group starts reading the ones
-/// the member has no position for yet (its committed offset).
+/// the member has no position for yet (its committed offset). For a by-shop stage, also where
+/// each source partition ends and how far the group routed it (its committed offset, 0 when
+/// never committed), asked before the by-shop ends.
 #[derive(Debug, Default)]
 pub struct Answers {
     pub ends: HashMap<Pair, i64>,
     pub starts: HashMap<Pair, i64>,
+    pub source_ends: HashMap<Pair, i64>,
+    pub routed: HashMap<Pair, i64>,
 }
 
 /// The stage's side: what was read from each held input partition, and the broker's answers.
@@ -99,6 +117,12 @@ pub struct Horizons {
     asked: HashSet<Pair>,
     /// Whether the last time given held timers back.
     holding: bool,
+    /// By-shop stages: how far the group routed each source partition (the next offset).
+    routed: HashMap<Pair, i64>,
+    /// Asks not yet routed to their ends: (wall time ms, source ends then), oldest first.
+    source_asks: VecDeque<(i64, HashMap<Pair, i64>)>,
+    /// The latest ask time whose source ends were all routed: timers may run to it.
+    routed_to: Option<i64>,
 }
 
 impl Horizons {
@@ -114,6 +138,16 @@ impl Horizons {
                 );
             }
         }
+    }
+
+    /// This member routed `partition` of source `topic` up to `next` (its forwards were
+    /// acknowledged): known here before the group commits it.
+    pub fn routed(&mut self, topic: &str, partition: i32, next: i64) {
+        let at = self
+            .routed
+            .entry((topic.to_string(), partition))
+            .or_insert(next);
+        *at = (*at).max(next);
     }
 
     /// The last record read from `pair`: (offset, timestamp).
@@ -183,15 +217,18 @@ impl Horizons {
     /// fresh `answers`, if asked. Not monotonic on purpose: after a partition with a backlog is
     /// taken (back), its timers wait for its records, however far the wall clock ran. Returns
     /// too the partitions newly found stalled (to be reported).
-    /// `answers` are the broker's to a question about every one of `held`.
+    /// `answers` are the broker's to a question about every one of `held` (and of `sources`,
+    /// every partition of a by-shop stage's source topics; none for other stages), asked at
+    /// `now` or later.
     pub fn at(
         &mut self,
         now: i64,
         held: &[Pair],
+        sources: &[Pair],
         positions: &HashMap<Pair, i64>,
         answers: Option<Answers>,
     ) -> (Option<i64>, Vec<Pair>) {
-        self.at_on(now, Instant::now(), held, positions, answers)
+        self.at_on(now, Instant::now(), held, sources, positions, answers)
     }
 
     /// [`Horizons::at`] on the monotonic `clock` (tests move it on).
@@ -200,6 +237,7 @@ impl Horizons {
         now: i64,
         clock: Instant,
         held: &[Pair],
+        sources: &[Pair],
         positions: &HashMap<Pair, i64>,
         answers: Option<Answers>,
     ) -> (Option<i64>, Vec<Pair>) {
@@ -208,9 +246,24 @@ impl Horizons {
             self.starts.extend(answers.starts);
             self.asked_at = Some(clock);
             self.asked.extend(held.iter().cloned());
+            for (pair, next) in answers.routed {
+                self.routed(&pair.0, pair.1, next);
+            }
+            if !sources.is_empty() {
+                if self.source_asks.len() == SOURCE_ASKS {
+                    self.source_asks.pop_front();
+                }
+                self.source_asks.push_back((now, answers.source_ends));
+            }
         }
         let mut readings = Vec::with_capacity(held.len());
         let mut newly_stalled = Vec::new();
+        // Not routed yet, nothing may fire; routed to a time, nothing past it.
+        let routed_to = if sources.is_empty() {
+            Some(now)
+        } else {
+            self.routed_to_at(clock, sources, &mut newly_stalled)
+        };
         for pair in held {
             let read = self.last_read(pair);
             let next = [
@@ -221,36 +274,89 @@ impl Horizons {
             .flatten()
             .max()
             .or_else(|| self.starts.get(pair).copied());
-            let mut reading = Reading {
+            let reading = Reading {
                 next,
                 last_at: read.map(|(_, at)| at),
                 end: self.ends.get(pair).copied(),
                 stalled: false,
             };
-            // A stall is counted only while behind, from the first look that found the
-            // partition behind at this place: a quiet partition that just got a record holds
-            // timers like any other, however long ago it was last looked at.
-            if !reading.behind() {
-                self.moved.remove(pair);
-                self.stalled.remove(pair);
-            } else {
-                let moved = self.moved.entry(pair.clone()).or_insert((next, clock));
-                if moved.0 != next {
-                    *moved = (next, clock);
-                    self.stalled.remove(pair);
-                }
-                if clock.saturating_duration_since(moved.1) >= STALL_AFTER {
-                    reading.stalled = true;
-                    if self.stalled.insert(pair.clone()) {
-                        newly_stalled.push(pair.clone());
-                    }
-                }
-            }
-            readings.push(reading);
+            readings.push(self.watched(pair, reading, clock, &mut newly_stalled));
         }
-        let to = horizon(now, readings);
+        let to = horizon(now, readings).zip(routed_to).map(|(a, b)| a.min(b));
         self.holding = to.is_none_or(|to| to < now);
         (to, newly_stalled)
+    }
+
+    /// `reading` of `pair`, marked stalled once it stood behind at one place for
+    /// [`STALL_AFTER`] (newly stalled ones are added to `newly_stalled`). A stall is counted
+    /// only while behind, from the first look that found the partition behind at this place:
+    /// a quiet partition that just got a record holds timers like any other, however long ago
+    /// it was last looked at.
+    fn watched(
+        &mut self,
+        pair: &Pair,
+        mut reading: Reading,
+        clock: Instant,
+        newly_stalled: &mut Vec<Pair>,
+    ) -> Reading {
+        if !reading.behind() {
+            self.moved.remove(pair);
+            self.stalled.remove(pair);
+            return reading;
+        }
+        let moved = self
+            .moved
+            .entry(pair.clone())
+            .or_insert((reading.next, clock));
+        if moved.0 != reading.next {
+            *moved = (reading.next, clock);
+            self.stalled.remove(pair);
+        }
+        if clock.saturating_duration_since(moved.1) >= STALL_AFTER {
+            reading.stalled = true;
+            if self.stalled.insert(pair.clone()) {
+                newly_stalled.push(pair.clone());
+            }
+        }
+        reading
+    }
+
+    /// The latest ask time whose source ends the group has routed (a stalled source partition
+    /// counts as routed): every record received before it is in the by-shop topic. `None`
+    /// while no ask was routed yet.
+    fn routed_to_at(
+        &mut self,
+        clock: Instant,
+        sources: &[Pair],
+        newly_stalled: &mut Vec<Pair>,
+    ) -> Option<i64> {
+        let latest = self.source_asks.back().map(|(_, ends)| ends.clone());
+        let mut stalled = HashSet::new();
+        for pair in sources {
+            let reading = Reading {
+                next: self.routed.get(pair).copied(),
+                last_at: None,
+                end: latest.as_ref().and_then(|ends| ends.get(pair).copied()),
+                stalled: false,
+            };
+            if self.watched(pair, reading, clock, newly_stalled).stalled {
+                stalled.insert(pair);
+            }
+        }
+        let routed = |ends: &HashMap<Pair, i64>| {
+            sources.iter().all(|pair| {
+                stalled.contains(pair)
+                    || matches!(
+                        (self.routed.get(pair), ends.get(pair)),
+                        (Some(next), Some(end)) if next >= end
+                    )
+            })
+        };
+        if let Some(newest) = self.source_asks.iter().rposition(|(_, ends)| routed(ends)) {
+            self.routed_to = Some(self.source_asks[newest].0);
+            self.source_asks.drain(..newest);
+        }
+        self.routed_to
     }
 }
 
@@ -282,7 +388,7 @@ mod tests {
     fn ends(list: &[(Pair, i64)]) -> Answers {
         Answers {
             ends: list.iter().cloned().collect(),
-            starts: HashMap::new(),
+            ..Answers::default()
         }
     }
 
@@ -352,12 +458,12 @@ mod tests {
         let mut behind = ends(&[(carts.clone(), 25)]);
         behind.starts.insert(carts.clone(), 5);
         assert_eq!(
-            horizons.at(2_000, &held, &none, Some(behind)).0,
+            horizons.at(2_000, &held, &[], &none, Some(behind)).0,
             None,
             "nothing read yet of a backlog: no timer fires"
         );
         horizons.read("carts", 0, 9, 400);
-        assert_eq!(horizons.at(2_000, &held, &none, None).0, Some(400));
+        assert_eq!(horizons.at(2_000, &held, &[], &none, None).0, Some(400));
         assert!(horizons.holding());
         assert!(!horizons.wants_answers(&held));
         let more = [carts.clone(), pair("checkouts", 0)];
@@ -367,7 +473,7 @@ mod tests {
         );
         horizons.read("carts", 0, 24, 1_900);
         assert_eq!(
-            horizons.at(2_100, &held, &none, None).0,
+            horizons.at(2_100, &held, &[], &none, None).0,
             Some(2_100),
             "caught up"
         );
@@ -384,7 +490,7 @@ mod tests {
         let held = [carts.clone()];
         let none = HashMap::new();
         assert!(horizons.wants_answers(&held));
-        let (at, _) = horizons.at(1_000, &held, &none, Some(Answers::default()));
+        let (at, _) = horizons.at(1_000, &held, &[], &none, Some(Answers::default()));
         assert_eq!(at, None, "unknown: held");
         assert!(
             !horizons.wants_answers(&held),
@@ -407,7 +513,7 @@ mod tests {
         let positions = HashMap::from([(orders.clone(), 7)]);
         let answers = ends(&[(orders.clone(), 7)]);
         assert_eq!(
-            horizons.at(1_000, &held, &positions, Some(answers)).0,
+            horizons.at(1_000, &held, &[], &positions, Some(answers)).0,
             Some(1_000)
         );
     }
@@ -421,19 +527,22 @@ mod tests {
         horizons.read("orders", 2, 4, 700);
         // The end counts a marker the consumer never hands over: 6, never reached.
         let answers = ends(&[(orders.clone(), 6)]);
-        let (at, stalled) = horizons.at(1_000, &held, &none, Some(answers));
+        let (at, stalled) = horizons.at(1_000, &held, &[], &none, Some(answers));
         assert_eq!((at, stalled), (Some(700), Vec::new()));
         // As if STALL_AFTER had passed without the position moving.
         stood_still(&mut horizons, &orders, 5);
-        let (at, stalled) = horizons.at(9_000, &held, &none, None);
+        let (at, stalled) = horizons.at(9_000, &held, &[], &none, None);
         assert_eq!(at, Some(9_000), "released: timers run on");
         assert_eq!(stalled, vec![orders.clone()], "reported once");
-        assert_eq!(horizons.at(9_100, &held, &none, None).1, Vec::<Pair>::new());
+        assert_eq!(
+            horizons.at(9_100, &held, &[], &none, None).1,
+            Vec::<Pair>::new()
+        );
         // A record read again: the partition holds again while behind.
         horizons.read("orders", 2, 5, 8_000);
         let answers = ends(&[(orders.clone(), 9)]);
         assert_eq!(
-            horizons.at(9_200, &held, &none, Some(answers)).0,
+            horizons.at(9_200, &held, &[], &none, Some(answers)).0,
             Some(8_000)
         );
     }
@@ -452,21 +561,23 @@ mod tests {
         horizons.read("checkouts", 0, 4, 700);
         let answers = ends(&[(checkouts.clone(), 5)]);
         assert_eq!(
-            horizons.at_on(1_000, start, &held, &none, Some(answers)).0,
+            horizons
+                .at_on(1_000, start, &held, &[], &none, Some(answers))
+                .0,
             Some(1_000),
             "caught up"
         );
         // Next look a minute later: a record arrived that this member has not read yet.
         let later = start + Duration::from_secs(60);
         let answers = ends(&[(checkouts.clone(), 6)]);
-        let (at, stalled) = horizons.at_on(61_000, later, &held, &none, Some(answers));
+        let (at, stalled) = horizons.at_on(61_000, later, &held, &[], &none, Some(answers));
         assert_eq!(
             (at, stalled),
             (Some(700), Vec::new()),
             "behind since this look only: held, not released"
         );
         // Standing still behind for the stall bound from then on releases it.
-        let (at, stalled) = horizons.at_on(66_000, later + STALL_AFTER, &held, &none, None);
+        let (at, stalled) = horizons.at_on(66_000, later + STALL_AFTER, &held, &[], &none, None);
         assert_eq!((at, stalled), (Some(66_000), vec![checkouts.clone()]));
     }
 
@@ -479,15 +590,91 @@ mod tests {
         horizons.read("carts", 0, 4, 700);
         let answers = ends(&[(carts.clone(), 5)]);
         assert_eq!(
-            horizons.at(1_000, &held, &none, Some(answers)).0,
+            horizons.at(1_000, &held, &[], &none, Some(answers)).0,
             Some(1_000)
         );
         // Caught up for long: the position stood still, but nothing was left to read.
         stood_still(&mut horizons, &carts, 5);
-        assert_eq!(horizons.at(9_000, &held, &none, None).0, Some(9_000));
+        assert_eq!(horizons.at(9_000, &held, &[], &none, None).0, Some(9_000));
         // A new record, not read yet: it holds timers at the last one read.
         let answers = ends(&[(carts.clone(), 6)]);
-        let (at, stalled) = horizons.at(9_100, &held, &none, Some(answers));
+        let (at, stalled) = horizons.at(9_100, &held, &[], &none, Some(answers));
         assert_eq!((at, stalled), (Some(700), Vec::new()));
+    }
+
+    fn sources(list: &[(Pair, i64)], routed: &[(Pair, i64)]) -> Answers {
+        Answers {
+            source_ends: list.iter().cloned().collect(),
+            routed: routed.iter().cloned().collect(),
+            ..Answers::default()
+        }
+    }
+
+    /// Issue 15 (by-shop timers): an order still in its source topic at a restart, not yet
+    /// routed to the by-shop topic, while the by-shop partition is read to its end. Its
+    /// customer's due step used to fire (the by-shop side was caught up): now the timers wait
+    /// until the group routed the source to where it ended when asked.
+    #[test]
+    fn a_source_backlog_holds_the_timers_until_the_group_routed_it() {
+        let mut horizons = Horizons::default();
+        let by_shop = pair("by-shop", 0);
+        let held = [by_shop.clone()];
+        let orders = [pair("orders", 0), pair("orders", 1)];
+        let none = HashMap::new();
+        horizons.read("by-shop", 0, 9, 900);
+        let mut asked = sources(
+            &[(orders[0].clone(), 12), (orders[1].clone(), 4)],
+            &[(orders[0].clone(), 10), (orders[1].clone(), 4)],
+        );
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(1_000, &held, &orders, &none, Some(asked));
+        assert_eq!(at, None, "two orders not routed yet: no timer fires");
+        assert!(horizons.holding());
+        // Routed (committed) up to where orders 0 ended at the first ask; more arrived since.
+        let asked = sources(
+            &[(orders[0].clone(), 15), (orders[1].clone(), 4)],
+            &[(orders[0].clone(), 12)],
+        );
+        let (at, _) = horizons.at(2_000, &held, &orders, &none, Some(asked));
+        assert_eq!(at, Some(1_000), "up to the first ask, not past it");
+        // What this member routed itself counts before the group commits it.
+        horizons.routed("orders", 0, 15);
+        let (at, _) = horizons.at(
+            3_000,
+            &held,
+            &orders,
+            &none,
+            Some(sources(
+                &[(orders[0].clone(), 15), (orders[1].clone(), 4)],
+                &[],
+            )),
+        );
+        assert_eq!(at, Some(3_000), "routed everywhere: the wall clock");
+        assert!(!horizons.holding());
+    }
+
+    /// A source partition nobody routes (its member gone, a read that stopped) holds the
+    /// timers no longer than the stall bound, and is reported once.
+    #[test]
+    fn a_source_partition_that_is_never_routed_holds_timers_no_longer_than_the_stall_bound() {
+        let mut horizons = Horizons::default();
+        let orders = [pair("orders", 0)];
+        let none = HashMap::new();
+        let start = Instant::now();
+        let asked = sources(&[(orders[0].clone(), 3)], &[(orders[0].clone(), 1)]);
+        let (at, stalled) = horizons.at_on(1_000, start, &[], &orders, &none, Some(asked));
+        assert_eq!((at, stalled), (None, Vec::new()));
+        let later = start + STALL_AFTER;
+        let asked = sources(&[(orders[0].clone(), 3)], &[(orders[0].clone(), 1)]);
+        let (at, stalled) = horizons.at_on(6_000, later, &[], &orders, &none, Some(asked));
+        assert_eq!((at, stalled), (Some(6_000), orders.to_vec()));
+    }
+
+    /// Stages that route nothing ask about no source and wait for none.
+    #[test]
+    fn without_sources_nothing_waits_for_a_router() {
+        let mut horizons = Horizons::default();
+        let (at, _) = horizons.at(1_000, &[], &[], &HashMap::new(), Some(Answers::default()));
+        assert_eq!(at, Some(1_000));
     }
 }

@@ -148,7 +148,7 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
     let held = [("orders".to_string(), 0), ("orders".to_string(), 1)];
-    let answers = ask_ends(&consumer, &held, &held);
+    let answers = ask_ends(&consumer, &held, &held, &[]);
     assert_eq!(
         answers.ends,
         HashMap::from([(held[0].clone(), 3), (held[1].clone(), 0)])
@@ -171,6 +171,57 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
         }
     }
     assert_eq!(positions(&consumer).get(&held[0]), Some(&3));
+}
+
+/// Issue 15 (by-shop timers): a by-shop stage asks where every source partition ends and how
+/// far the group routed it (committed; never committed is 0), so a record still in a source
+/// topic holds the timers until the group routed it.
+#[test]
+fn a_source_record_not_routed_yet_holds_the_timers_until_the_group_committed_it() {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .expect("producer");
+    for n in 0..2 {
+        let value = format!("{n}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to("orders")
+                    .partition(0)
+                    .payload(&value),
+            )
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let sources = [("orders".to_string(), 0), ("orders".to_string(), 1)];
+    let answers = ask_ends(&consumer, &[], &[], &sources);
+    assert_eq!(
+        answers.source_ends,
+        HashMap::from([(sources[0].clone(), 2), (sources[1].clone(), 0)])
+    );
+    assert_eq!(
+        answers.routed,
+        HashMap::from([(sources[0].clone(), 0), (sources[1].clone(), 0)]),
+        "never committed: nothing routed"
+    );
+    let mut horizons = Horizons::default();
+    let now = now_ms();
+    let none = HashMap::new();
+    let (at, _) = horizons.at(now, &[], &sources, &none, Some(answers));
+    assert_eq!(at, None, "two orders not routed: no timer fires");
+    // The router (here this consumer) routed them and committed.
+    consumer.store_offset("orders", 0, 1).expect("store");
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit");
+    let answers = ask_ends(&consumer, &[], &[], &sources);
+    assert_eq!(answers.routed.get(&sources[0]), Some(&2));
+    let (at, _) = horizons.at(now + 100, &[], &sources, &none, Some(answers));
+    assert_eq!(at, Some(now + 100), "routed: timers run on");
 }
 
 #[test]
