@@ -459,16 +459,21 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
         }
         list
     };
-    let offsets = |answer: Option<TopicPartitionList>| -> HashMap<Pair, i64> {
+    // `never`: what a partition never committed (`Invalid`) counts as, if anything.
+    let offsets = |answer: Option<TopicPartitionList>, never: Option<i64>| -> HashMap<Pair, i64> {
         answer
             .map(|list| {
                 list.elements()
                     .iter()
                     .filter(|e| e.error().is_ok())
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(at) => Some(((e.topic().to_string(), e.partition()), at)),
-                        Offset::Beginning => Some(((e.topic().to_string(), e.partition()), 0)),
-                        _ => None,
+                    .filter_map(|e| {
+                        let at = match e.offset() {
+                            Offset::Offset(at) => Some(at),
+                            Offset::Beginning => Some(0),
+                            Offset::Invalid => never,
+                            _ => None,
+                        }?;
+                        Some(((e.topic().to_string(), e.partition()), at))
                     })
                     .collect()
             })
@@ -481,23 +486,15 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
             consumer
                 .offsets_for_times(list(sources, Offset::End), ASK_TIMEOUT)
                 .ok(),
+            None,
         );
-        // Never committed (`Invalid`): nothing routed yet, so 0.
-        let routed = consumer
-            .committed_offsets(list(sources, Offset::Invalid), ASK_TIMEOUT)
-            .ok()
-            .map(|list| {
-                list.elements()
-                    .iter()
-                    .filter(|e| e.error().is_ok())
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(at) => Some(((e.topic().to_string(), e.partition()), at)),
-                        Offset::Invalid => Some(((e.topic().to_string(), e.partition()), 0)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Never committed: nothing routed yet, so 0.
+        let routed = offsets(
+            consumer
+                .committed_offsets(list(sources, Offset::Invalid), ASK_TIMEOUT)
+                .ok(),
+            Some(0),
+        );
         (ends, routed)
     };
     // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
@@ -505,6 +502,7 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
         consumer
             .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
             .ok(),
+        None,
     );
     let starts = if unplaced.is_empty() {
         HashMap::new()
@@ -522,13 +520,14 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
                     .collect()
             })
             .unwrap_or_default();
-        let mut starts = offsets(committed);
+        let mut starts = offsets(committed, None);
         if !never.is_empty() {
             // A timestamp of -2 (`Offset::Beginning`) asks for the log start.
             starts.extend(offsets(
                 consumer
                     .offsets_for_times(list(&never, Offset::Beginning), ASK_TIMEOUT)
                     .ok(),
+                None,
             ));
         }
         starts

@@ -125,18 +125,14 @@ fn offsets_of_partitions_lost_mid_batch_are_skipped_never_an_error() {
     assert_eq!(store_owned(&consumer, &assignment, offsets), 1);
 }
 
-/// Issue 15 (timers during catch-up): where the member is and where its partitions end come
-/// from the consumer: its position without a request, the ends in one.
-#[test]
-fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
+/// Writes `count` records to partition 0 of `orders`.
+fn write_orders(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, count: u32) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let consumer = consumer_holding(&cluster);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
         .create()
         .expect("producer");
-    for n in 0..3 {
+    for n in 0..count {
         let value = format!("{n}");
         producer
             .send(
@@ -147,6 +143,15 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
             .expect("send");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// Issue 15 (timers during catch-up): where the member is and where its partitions end come
+/// from the consumer: its position without a request, the ends in one.
+#[test]
+fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    write_orders(&cluster, 3);
     let held = [("orders".to_string(), 0), ("orders".to_string(), 1)];
     let answers = ask_ends(&consumer, &held, &held, &[]);
     assert_eq!(
@@ -179,24 +184,9 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
 #[test]
 fn a_source_record_not_routed_yet_holds_the_timers_until_the_group_committed_it() {
     use rdkafka::consumer::CommitMode;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let cluster = MockCluster::new(1).expect("mock cluster");
     let consumer = consumer_holding(&cluster);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .create()
-        .expect("producer");
-    for n in 0..2 {
-        let value = format!("{n}");
-        producer
-            .send(
-                BaseRecord::<(), _>::to("orders")
-                    .partition(0)
-                    .payload(&value),
-            )
-            .expect("send");
-    }
-    producer.flush(Duration::from_secs(10)).expect("flush");
+    write_orders(&cluster, 2);
     let sources = [("orders".to_string(), 0), ("orders".to_string(), 1)];
     let answers = ask_ends(&consumer, &[], &[], &sources);
     assert_eq!(
