@@ -1411,6 +1411,15 @@ async fn fences(member: &ServiceProcess) -> Vec<(&'static str, f64)> {
     fenced
 }
 
+/// How many distinct (partition, offset) places `records` were read at.
+fn distinct_offsets(records: &[Record]) -> usize {
+    records
+        .iter()
+        .map(|r| (r.partition, r.offset))
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 /// Customers in the nudges case: each abandons one checkout and is owed one nudge per step.
 const NUDGED: u64 = 500;
 /// The nudges' cadence in that case. A step delayed by kills, restarts and restores (seconds)
@@ -1545,11 +1554,17 @@ async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
             let late = nudges
                 .metric("aftercart_nudges_suppressed_total{reason=\"late\"}")
                 .await;
+            // Fewer distinct offsets read than the watermarks hold: the reader missed records
+            // the service wrote; as many: the service never wrote the missing nudges.
+            let held = count_records(&bootstrap, &output).await;
             panic!(
                 "{output} carries {} of {} owed nudges; missing (first 10): {missing:?}; \
-                 late-suppressed since the last restart: {late}",
+                 late-suppressed since the last restart: {late}; the topic holds {held} \
+                 records by its watermarks, {} read at {} distinct offsets",
                 expected.intersection(&found).count(),
-                expected.len()
+                expected.len(),
+                records.len(),
+                distinct_offsets(&records),
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1575,14 +1590,17 @@ async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
     let lost = expected.difference(&found).count();
     let unowed = found.difference(&expected).count();
     let repeated = records.len() - ids.len();
+    // Repeats read at one offset are the reader's; at distinct offsets, the service's.
+    let read_twice = records.len() - distinct_offsets(&records);
     let duplicate_ids = ids.len() - found.len();
     let late = nudges
         .metric("aftercart_nudges_suppressed_total{reason=\"late\"}")
         .await;
     eprintln!(
         "{name} {kills}x while due: sent {NUDGED} / expected {} / found {} / lost {lost} / \
-         duplicate ids {duplicate_ids} (records repeated under the same id: {repeated}) / \
-         late-suppressed since the last restart {late}",
+         duplicate ids {duplicate_ids} (records repeated under the same id: {repeated}, of \
+         them read twice at one offset: {read_twice}) / late-suppressed since the last \
+         restart {late}",
         expected.len(),
         found.intersection(&expected).count(),
     );
