@@ -1114,11 +1114,14 @@ impl<L: StageLogic> Stage<L> {
             started,
         } = restored;
         let count = entities.len();
+        // Where the changelog and each output partition ended as the broker said: a restore
+        // that read nothing while the outputs hold records shows here.
+        let read_to = format!("{ends:?}");
         let written = self
             .adopt(partition, entities, checkpoint, emitted, ends, stop)
             .await?;
         self.metrics.restored(records as usize, started.elapsed());
-        tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
+        tracing::info!(partition, entities = count, records, ends = read_to, took = ?started.elapsed(), "Restored partition state.");
         Ok(written)
     }
 
