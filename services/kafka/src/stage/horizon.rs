@@ -119,6 +119,9 @@ pub struct Horizons {
     holding: bool,
     /// By-shop stages: how far the group routed each source partition (the next offset).
     routed: HashMap<Pair, i64>,
+    /// What this member routed since the last ask: its forwards may lie past the by-shop ends
+    /// known, so it counts only once an ask (whose by-shop ends come after it) is answered.
+    routed_unasked: HashMap<Pair, i64>,
     /// Asks not yet routed to their ends: (wall time ms, source ends then), oldest first.
     source_asks: VecDeque<(i64, HashMap<Pair, i64>)>,
     /// The latest ask time whose source ends were all routed: timers may run to it.
@@ -141,13 +144,13 @@ impl Horizons {
     }
 
     /// This member routed `partition` of source `topic` up to `next` (its forwards were
-    /// acknowledged): known here before the group commits it.
+    /// acknowledged): known here before the group commits it, counted from the next ask on.
     pub fn routed(&mut self, topic: &str, partition: i32, next: i64) {
-        let at = self
-            .routed
-            .entry((topic.to_string(), partition))
-            .or_insert(next);
-        *at = (*at).max(next);
+        further(
+            &mut self.routed_unasked,
+            (topic.to_string(), partition),
+            next,
+        );
     }
 
     /// The last record read from `pair`: (offset, timestamp).
@@ -246,8 +249,9 @@ impl Horizons {
             self.starts.extend(answers.starts);
             self.asked_at = Some(clock);
             self.asked.extend(held.iter().cloned());
-            for (pair, next) in answers.routed {
-                self.routed(&pair.0, pair.1, next);
+            // Routed before this ask: in the by-shop ends it brought.
+            for (pair, next) in self.routed_unasked.drain().chain(answers.routed) {
+                further(&mut self.routed, pair, next);
             }
             if !sources.is_empty() {
                 if self.source_asks.len() == SOURCE_ASKS {
@@ -358,6 +362,12 @@ impl Horizons {
         }
         self.routed_to
     }
+}
+
+/// Moves `pair`'s offset in `offsets` on to `next`, never back.
+fn further(offsets: &mut HashMap<Pair, i64>, pair: Pair, next: i64) {
+    let at = offsets.entry(pair).or_insert(next);
+    *at = (*at).max(next);
 }
 
 #[cfg(test)]
@@ -668,6 +678,41 @@ mod tests {
         let asked = sources(&[(orders[0].clone(), 3)], &[(orders[0].clone(), 1)]);
         let (at, stalled) = horizons.at_on(6_000, later, &[], &orders, &none, Some(asked));
         assert_eq!((at, stalled), (Some(6_000), orders.to_vec()));
+    }
+
+    /// A source record this member routes itself lands in the by-shop topic past the by-shop
+    /// ends last asked. Counting that routing at once (before the next ask) let the timers run
+    /// to the ask's time while the by-shop partition looked read to its (stale) end: the
+    /// order that stops a sequence was routed but unread, and the step fired. What the member
+    /// routed counts from the next ask on, whose by-shop ends are asked after the forwards were
+    /// acknowledged.
+    #[test]
+    fn a_record_this_member_routed_holds_the_timers_until_the_by_shop_ends_are_asked_again() {
+        let mut horizons = Horizons::default();
+        let by_shop = pair("by-shop", 0);
+        let held = [by_shop.clone()];
+        let orders = [pair("orders", 0)];
+        let none = HashMap::new();
+        horizons.read("by-shop", 0, 9, 900);
+        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(1_000, &held, &orders, &none, Some(asked));
+        assert_eq!(at, None, "one order not routed yet: no timer fires");
+        // This member routes that order (offset 4) to by-shop offset 10, acknowledged.
+        horizons.routed("orders", 0, 5);
+        let (at, _) = horizons.at(1_100, &held, &orders, &none, None);
+        assert_eq!(
+            at, None,
+            "the routed order is past the by-shop end last asked: still held"
+        );
+        // The next ask sees the by-shop end past the order: held at the last record read.
+        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
+        asked.ends = HashMap::from([(by_shop.clone(), 11)]);
+        let (at, _) = horizons.at(1_400, &held, &orders, &none, Some(asked));
+        assert_eq!(at, Some(900), "routed, not read yet: held at the last read");
+        horizons.read("by-shop", 0, 10, 950);
+        let (at, _) = horizons.at(1_500, &held, &orders, &none, None);
+        assert_eq!(at, Some(1_400), "read: up to the ask that saw it routed");
     }
 
     /// Stages that route nothing ask about no source and wait for none.
