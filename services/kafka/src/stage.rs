@@ -441,8 +441,8 @@ fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, 
 /// `unplaced`, where the group starts reading it: its committed offset, or for a partition the
 /// group never committed the log start (the stage's `auto.offset.reset=earliest`; one more
 /// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. For a by-shop
-/// stage, first where each of `sources` ends and then the group's committed offset in it (0
-/// when never committed), in that order and before the by-shop ends: a source record routed
+/// stage, first where each of `sources` ends and then where the group is in it (committed, or
+/// the log start), in that order and before the by-shop ends: a source record routed
 /// by then is in the by-shop end asked after. Blocking calls, made only while timers are due
 /// or held.
 fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
@@ -459,56 +459,29 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
         }
         list
     };
-    // `never`: what a partition never committed (`Invalid`) counts as, if anything.
-    let offsets = |answer: Option<TopicPartitionList>, never: Option<i64>| -> HashMap<Pair, i64> {
+    let offsets = |answer: Option<TopicPartitionList>| -> HashMap<Pair, i64> {
         answer
             .map(|list| {
                 list.elements()
                     .iter()
                     .filter(|e| e.error().is_ok())
-                    .filter_map(|e| {
-                        let at = match e.offset() {
-                            Offset::Offset(at) => Some(at),
-                            Offset::Beginning => Some(0),
-                            Offset::Invalid => never,
-                            _ => None,
-                        }?;
-                        Some(((e.topic().to_string(), e.partition()), at))
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(at) => Some(((e.topic().to_string(), e.partition()), at)),
+                        Offset::Beginning => Some(((e.topic().to_string(), e.partition()), 0)),
+                        _ => None,
                     })
                     .collect()
             })
             .unwrap_or_default()
     };
-    let (source_ends, routed) = if sources.is_empty() {
-        (HashMap::new(), HashMap::new())
-    } else {
-        let ends = offsets(
-            consumer
-                .offsets_for_times(list(sources, Offset::End), ASK_TIMEOUT)
-                .ok(),
-            None,
-        );
-        // Never committed: nothing routed yet, so 0.
-        let routed = offsets(
-            consumer
-                .committed_offsets(list(sources, Offset::Invalid), ASK_TIMEOUT)
-                .ok(),
-            Some(0),
-        );
-        (ends, routed)
-    };
-    // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
-    let ends = offsets(
-        consumer
-            .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
-            .ok(),
-        None,
-    );
-    let starts = if unplaced.is_empty() {
-        HashMap::new()
-    } else {
+    // Where the group starts (or went on) reading each of `pairs`: its committed offset, or
+    // for one never committed the log start (records before it are gone, never to be read).
+    let group_starts = |pairs: &[Pair]| -> HashMap<Pair, i64> {
+        if pairs.is_empty() {
+            return HashMap::new();
+        }
         let committed = consumer
-            .committed_offsets(list(unplaced, Offset::Invalid), ASK_TIMEOUT)
+            .committed_offsets(list(pairs, Offset::Invalid), ASK_TIMEOUT)
             .ok();
         let never: Vec<Pair> = committed
             .as_ref()
@@ -520,18 +493,34 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
                     .collect()
             })
             .unwrap_or_default();
-        let mut starts = offsets(committed, None);
+        let mut starts = offsets(committed);
         if !never.is_empty() {
             // A timestamp of -2 (`Offset::Beginning`) asks for the log start.
             starts.extend(offsets(
                 consumer
                     .offsets_for_times(list(&never, Offset::Beginning), ASK_TIMEOUT)
                     .ok(),
-                None,
             ));
         }
         starts
     };
+    let (source_ends, routed) = if sources.is_empty() {
+        (HashMap::new(), HashMap::new())
+    } else {
+        let ends = offsets(
+            consumer
+                .offsets_for_times(list(sources, Offset::End), ASK_TIMEOUT)
+                .ok(),
+        );
+        (ends, group_starts(sources))
+    };
+    // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
+    let ends = offsets(
+        consumer
+            .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
+            .ok(),
+    );
+    let starts = group_starts(unplaced);
     Answers {
         ends,
         starts,

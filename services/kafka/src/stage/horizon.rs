@@ -87,8 +87,8 @@ pub fn horizon(now: i64, partitions: impl IntoIterator<Item = Reading>) -> Optio
 
 /// What the broker said: each partition's end, and where the group starts reading the ones
 /// the member has no position for yet (its committed offset). For a by-shop stage, also where
-/// each source partition ends and how far the group routed it (its committed offset, 0 when
-/// never committed), asked before the by-shop ends.
+/// each source partition ends and how far the group routed it (its committed offset, the log
+/// start when never committed), asked before the by-shop ends.
 #[derive(Debug, Default)]
 pub struct Answers {
     pub ends: HashMap<Pair, i64>,

@@ -179,7 +179,7 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
 }
 
 /// Issue 15 (by-shop timers): a by-shop stage asks where every source partition ends and how
-/// far the group routed it (committed; never committed is 0), so a record still in a source
+/// far the group routed it (committed; never committed is the log start, here 0), so a record still in a source
 /// topic holds the timers until the group routed it.
 #[test]
 fn a_source_record_not_routed_yet_holds_the_timers_until_the_group_committed_it() {
@@ -196,7 +196,7 @@ fn a_source_record_not_routed_yet_holds_the_timers_until_the_group_committed_it(
     assert_eq!(
         answers.routed,
         HashMap::from([(sources[0].clone(), 0), (sources[1].clone(), 0)]),
-        "never committed: nothing routed"
+        "never committed: at the log start, nothing routed"
     );
     let mut horizons = Horizons::default();
     let now = now_ms();
@@ -212,6 +212,41 @@ fn a_source_record_not_routed_yet_holds_the_timers_until_the_group_committed_it(
     assert_eq!(answers.routed.get(&sources[0]), Some(&2));
     let (at, _) = horizons.at(now + 100, &[], &sources, &none, Some(answers));
     assert_eq!(at, Some(now + 100), "routed: timers run on");
+}
+
+/// A source partition the group never committed whose early records retention deleted: the
+/// router starts at the log start (`earliest`), so that is how far it is routed, not 0. Counted
+/// as 0, a partition whose records all expired (end = log start > 0, nothing left to route, so
+/// nothing ever committed) held every timer at each start until the stall bound, reported as a
+/// stall, and while "stalled" its next record was not waited for.
+#[test]
+fn a_source_partition_never_committed_is_routed_to_its_log_start() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .expect("producer");
+    // The mock broker keeps 5 MB a partition: the first records go, the log start moves on.
+    let big = vec![b'x'; 900_000];
+    for _ in 0..8 {
+        producer
+            .send(BaseRecord::to("orders").partition(1).key("k").payload(&big))
+            .expect("send");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+    let (log_start, end) = consumer
+        .fetch_watermarks("orders", 1, Duration::from_secs(10))
+        .expect("watermarks");
+    assert!(log_start > 0 && end == 8, "retention moved the log start");
+    let sources = [("orders".to_string(), 0), ("orders".to_string(), 1)];
+    let answers = ask_ends(&consumer, &[], &[], &sources);
+    assert_eq!(
+        answers.routed,
+        HashMap::from([(sources[0].clone(), 0), (sources[1].clone(), log_start)]),
+        "never committed: routed to the log start"
+    );
 }
 
 #[test]
