@@ -14,6 +14,7 @@ mod horizon;
 mod kept;
 mod ownership;
 mod restore;
+mod sources;
 
 use crate::events::{MemberFenced, RecordUnusable, RecordWithoutShop};
 use aftercart_runtime::Event as _;
@@ -41,6 +42,7 @@ use horizon::{Answers, Horizons, Pair};
 use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
+use sources::SourcePartitions;
 
 use crate::producer::{build_output_producer, OUTPUT_LINGER};
 use crate::{
@@ -407,7 +409,7 @@ pub struct Stage<L: StageLogic> {
     horizons: Horizons,
     /// By-shop stages: every partition of the source topics (whoever routes it); timers wait
     /// for them to be routed too. Empty for the rest.
-    sources: Vec<Pair>,
+    sources: SourcePartitions,
     fence: Fence,
     assigned_once: bool,
     /// Resets so far ([`Stage::reset`]).
@@ -597,11 +599,11 @@ impl<L: StageLogic> Stage<L> {
         let producer = build_output_producer(&kafka, &topics.client, delivery)?;
         let fence = Fence::new(session_timeout(&kafka));
         let sources = match &topics.inputs {
-            Inputs::ByPartition(_) => Vec::new(),
-            Inputs::ByShop { sources, .. } => sources
-                .iter()
-                .flat_map(|(topic, _)| (0..kafka.partitions.max(1)).map(|p| (topic.clone(), p)))
-                .collect(),
+            Inputs::ByPartition(_) => SourcePartitions::default(),
+            Inputs::ByShop { sources, .. } => {
+                let names: Vec<String> = sources.iter().map(|(t, _)| t.clone()).collect();
+                SourcePartitions::new(&kafka, &names)
+            }
         };
         Ok(Stage {
             kafka,
@@ -881,14 +883,22 @@ impl<L: StageLogic> Stage<L> {
             .cloned()
             .collect();
         let positions = positions(self.consumer());
-        let answers = self.horizons.wants_answers(&held).then(|| {
+        let answers = if self.horizons.wants_answers(&held) {
             let unplaced = self.horizons.unplaced(&held, &positions);
-            ask_ends(self.consumer(), &held, &unplaced, &self.sources)
-        });
+            let consumer = &self
+                .clients
+                .as_ref()
+                .expect("clients are open until run ends")
+                .consumer;
+            self.sources.learn(consumer, ASK_TIMEOUT);
+            Some(ask_ends(consumer, &held, &unplaced, self.sources.pairs()))
+        } else {
+            None
+        };
         let was_holding = self.horizons.holding();
         let (at, stalled) = self
             .horizons
-            .at(now, &held, &self.sources, &positions, answers);
+            .at(now, &held, self.sources.pairs(), &positions, answers);
         for (topic, partition) in stalled {
             self.metrics.timer_hold_released();
             tracing::warn!(
@@ -932,6 +942,8 @@ impl<L: StageLogic> Stage<L> {
                 }
                 RebalanceEvent::Assigned(list) => {
                     self.assignment.assign(&list);
+                    // Partitions added to a source topic bring a rebalance: learn them anew.
+                    self.sources.forget();
                     // Before taking the state: a fence tripping meanwhile resets the member,
                     // which clears this again (it holds nothing until its next assignment).
                     self.assigned_once = true;

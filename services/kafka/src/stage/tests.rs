@@ -249,6 +249,37 @@ fn a_source_partition_never_committed_is_routed_to_its_log_start() {
     );
 }
 
+/// The source partitions a by-shop stage waits for are the topics' own, not
+/// `AFTERCART_TOPIC_PARTITIONS` (the count of the topics the service creates: source topics
+/// are the ingress's and may have more). Taken from the setting, a source topic with more
+/// partitions than it had its extra ones never checked: an order there, not routed yet, did not
+/// hold its customer's step.
+#[test]
+fn a_by_shop_stage_waits_for_every_partition_its_source_topics_have() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    cluster.create_topic("checkouts", 3, 1).expect("topic");
+    let mut kafka = KafkaSettings::new(cluster.bootstrap_servers(), "shopify.");
+    kafka.partitions = 2;
+    let topics = ["orders".to_string(), "checkouts".to_string()];
+    let mut sources = SourcePartitions::new(&kafka, &topics);
+    let configured: Vec<Pair> = sources.pairs().to_vec();
+    assert_eq!(
+        configured.len(),
+        4,
+        "before the broker answers: the setting's count"
+    );
+    sources.learn(&consumer, Duration::from_secs(10));
+    let mut learned = sources.pairs().to_vec();
+    learned.sort();
+    let wanted: Vec<Pair> = [("checkouts", 0), ("checkouts", 1), ("checkouts", 2)]
+        .into_iter()
+        .chain([("orders", 0), ("orders", 1)])
+        .map(|(t, p)| (t.to_string(), p))
+        .collect();
+    assert_eq!(learned, wanted);
+}
+
 #[test]
 fn a_by_shop_record_is_labelled_with_its_known_source_family_only() {
     use rdkafka::message::{OwnedHeaders, Timestamp};
