@@ -23,11 +23,14 @@
 //! by-shop partition. After a restart with a backlog in a source topic (an order not routed
 //! yet), the by-shop partitions may be read to their end while the record that stops a
 //! sequence is still in the source. So timers also wait for the router: each ask notes the
-//! wall time and where every source partition ends; once the group has routed every source
-//! partition to those ends (its committed offset, or what this member routed and saw
-//! acknowledged), every record received before that time is in the by-shop topic, and timers
-//! may run to it. A source partition that stays behind without moving is released by the
-//! same stall bound.
+//! wall time and where every source partition ends; once an ask finds the group has routed
+//! every source partition to an earlier ask's ends (its committed offset, or what this member
+//! routed and saw acknowledged), every record received before that earlier time is in the
+//! by-shop topic below the by-shop ends of the finding ask, and timers may run to that time
+//! once the held by-shop partitions are read to those ends. Reading past a record says
+//! nothing of the ones after it: a by-shop partition mixes sources routed at different lags,
+//! so its timestamps do not grow with its offsets. A source partition that stays behind
+//! without moving is released by the same stall bound.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -119,12 +122,14 @@ pub struct Horizons {
     holding: bool,
     /// By-shop stages: how far the group routed each source partition (the next offset).
     routed: HashMap<Pair, i64>,
-    /// What this member routed since the last ask: its forwards may lie past the by-shop ends
-    /// known, so it counts only once an ask (whose by-shop ends come after it) is answered.
-    routed_unasked: HashMap<Pair, i64>,
     /// Asks not yet routed to their ends: (wall time ms, source ends then), oldest first.
     source_asks: VecDeque<(i64, HashMap<Pair, i64>)>,
-    /// The latest ask time whose source ends were all routed: timers may run to it.
+    /// Ask times found routed, each with the held by-shop ends asked after the routing was
+    /// seen: the time counts once the held partitions are read to those ends (a by-shop
+    /// partition's timestamps do not grow with its offsets, so reading past a later-stamped
+    /// record says nothing of an earlier-stamped one after it). Oldest first.
+    releases: VecDeque<(i64, HashMap<Pair, i64>)>,
+    /// The latest ask time routed and read: timers may run to it.
     routed_to: Option<i64>,
 }
 
@@ -144,13 +149,10 @@ impl Horizons {
     }
 
     /// This member routed `partition` of source `topic` up to `next` (its forwards were
-    /// acknowledged): known here before the group commits it, counted from the next ask on.
+    /// acknowledged): known here before the group commits it, weighed at the next ask (whose
+    /// by-shop ends include the forwards).
     pub fn routed(&mut self, topic: &str, partition: i32, next: i64) {
-        further(
-            &mut self.routed_unasked,
-            (topic.to_string(), partition),
-            next,
-        );
+        further(&mut self.routed, (topic.to_string(), partition), next);
     }
 
     /// The last record read from `pair`: (offset, timestamp).
@@ -244,13 +246,22 @@ impl Horizons {
         positions: &HashMap<Pair, i64>,
         answers: Option<Answers>,
     ) -> (Option<i64>, Vec<Pair>) {
+        let mut newly_stalled = Vec::new();
+        // By-shop stages: this ask's by-shop ends, asked after the routing it brings.
+        let mut asked_ends = None;
         if let Some(answers) = answers {
+            if !sources.is_empty() {
+                asked_ends = Some(
+                    held.iter()
+                        .filter_map(|pair| Some((pair.clone(), *answers.ends.get(pair)?)))
+                        .collect::<HashMap<_, _>>(),
+                );
+            }
             self.ends.extend(answers.ends);
             self.starts.extend(answers.starts);
             self.asked_at = Some(clock);
             self.asked.extend(held.iter().cloned());
-            // Routed before this ask: in the by-shop ends it brought.
-            for (pair, next) in self.routed_unasked.drain().chain(answers.routed) {
+            for (pair, next) in answers.routed {
                 further(&mut self.routed, pair, next);
             }
             if !sources.is_empty() {
@@ -261,13 +272,6 @@ impl Horizons {
             }
         }
         let mut readings = Vec::with_capacity(held.len());
-        let mut newly_stalled = Vec::new();
-        // Not routed yet, nothing may fire; routed to a time, nothing past it.
-        let routed_to = if sources.is_empty() {
-            Some(now)
-        } else {
-            self.routed_to_at(clock, sources, &mut newly_stalled)
-        };
         for pair in held {
             let read = self.last_read(pair);
             let next = [
@@ -286,6 +290,15 @@ impl Horizons {
             };
             readings.push(self.watched(pair, reading, clock, &mut newly_stalled));
         }
+        // Not routed yet, nothing may fire; routed to a time, nothing past it.
+        let routed_to = if sources.is_empty() {
+            Some(now)
+        } else {
+            if let Some(asked_ends) = asked_ends {
+                self.note_routed(clock, sources, asked_ends, &mut newly_stalled);
+            }
+            self.released(held, &readings)
+        };
         let to = horizon(now, readings).zip(routed_to).map(|(a, b)| a.min(b));
         self.holding = to.is_none_or(|to| to < now);
         (to, newly_stalled)
@@ -325,15 +338,16 @@ impl Horizons {
         reading
     }
 
-    /// The latest ask time whose source ends the group has routed (a stalled source partition
-    /// counts as routed): every record received before it is in the by-shop topic. `None`
-    /// while no ask was routed yet.
-    fn routed_to_at(
+    /// At an ask: the latest ask time whose source ends the group has routed (a stalled
+    /// source partition counts as routed), if any, becomes a release at `asked_ends`: every
+    /// record received before that time is in the by-shop topic below those ends.
+    fn note_routed(
         &mut self,
         clock: Instant,
         sources: &[Pair],
+        asked_ends: HashMap<Pair, i64>,
         newly_stalled: &mut Vec<Pair>,
-    ) -> Option<i64> {
+    ) {
         let latest = self.source_asks.back().map(|(_, ends)| ends.clone());
         let mut stalled = HashSet::new();
         for pair in sources {
@@ -357,8 +371,32 @@ impl Horizons {
             })
         };
         if let Some(newest) = self.source_asks.iter().rposition(|(_, ends)| routed(ends)) {
-            self.routed_to = Some(self.source_asks[newest].0);
+            let at = self.source_asks[newest].0;
+            // Kept: a later ask pairs it with fresher by-shop ends (a partition held since).
             self.source_asks.drain(..newest);
+            if self.releases.len() == SOURCE_ASKS {
+                self.releases.pop_front();
+            }
+            self.releases.push_back((at, asked_ends));
+        }
+    }
+
+    /// The latest ask time routed whose by-shop ends every `held` partition (`readings`, in
+    /// that order) was read to, or stalled below: timers may run to it. `None` while none was.
+    fn released(&mut self, held: &[Pair], readings: &[Reading]) -> Option<i64> {
+        let read_to = |ends: &HashMap<Pair, i64>| {
+            held.iter().zip(readings).all(|(pair, reading)| {
+                reading.stalled
+                    || matches!(
+                        (reading.next, ends.get(pair)),
+                        (Some(next), Some(end)) if next >= *end
+                    )
+            })
+        };
+        if let Some(newest) = self.releases.iter().rposition(|(_, ends)| read_to(ends)) {
+            let at = self.releases[newest].0;
+            self.routed_to = Some(self.routed_to.map_or(at, |to| to.max(at)));
+            self.releases.drain(..=newest);
         }
         self.routed_to
     }
@@ -640,25 +678,20 @@ mod tests {
         let (at, _) = horizons.at(1_000, &held, &orders, &none, Some(asked));
         assert_eq!(at, None, "two orders not routed yet: no timer fires");
         assert!(horizons.holding());
-        // Routed (committed) up to where orders 0 ended at the first ask; more arrived since.
-        let asked = sources(
+        // Routed (committed) up to where orders 0 ended at the first ask, to another by-shop
+        // partition; more arrived since.
+        let mut asked = sources(
             &[(orders[0].clone(), 15), (orders[1].clone(), 4)],
             &[(orders[0].clone(), 12)],
         );
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
         let (at, _) = horizons.at(2_000, &held, &orders, &none, Some(asked));
         assert_eq!(at, Some(1_000), "up to the first ask, not past it");
         // What this member routed itself counts before the group commits it.
         horizons.routed("orders", 0, 15);
-        let (at, _) = horizons.at(
-            3_000,
-            &held,
-            &orders,
-            &none,
-            Some(sources(
-                &[(orders[0].clone(), 15), (orders[1].clone(), 4)],
-                &[],
-            )),
-        );
+        let mut asked = sources(&[(orders[0].clone(), 15), (orders[1].clone(), 4)], &[]);
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(3_000, &held, &orders, &none, Some(asked));
         assert_eq!(at, Some(3_000), "routed everywhere: the wall clock");
         assert!(!horizons.holding());
     }
@@ -709,10 +742,53 @@ mod tests {
         let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
         asked.ends = HashMap::from([(by_shop.clone(), 11)]);
         let (at, _) = horizons.at(1_400, &held, &orders, &none, Some(asked));
-        assert_eq!(at, Some(900), "routed, not read yet: held at the last read");
+        assert_eq!(at, None, "routed, not read yet: held");
         horizons.read("by-shop", 0, 10, 950);
         let (at, _) = horizons.at(1_500, &held, &orders, &none, None);
         assert_eq!(at, Some(1_400), "read: up to the ask that saw it routed");
+    }
+
+    /// A by-shop partition mixes records of several source partitions, routed at different
+    /// lags, so its timestamps do not grow with its offsets: after a restart one source's
+    /// backlog (abandonments, received up to 1.9 s) is routed before another's (an order
+    /// received at 0.5 s). Once the order was routed, its by-shop partition was held at the
+    /// last record read (1.9 s) although the order sat unread after it: steps due between
+    /// 0.5 s and 1.9 s fired past the order that stops them. Routed to an ask's time counts
+    /// only once the held partitions are read to the by-shop ends asked with the routing seen.
+    #[test]
+    fn a_routed_record_behind_later_stamped_ones_holds_the_timers_until_it_is_read() {
+        let mut horizons = Horizons::default();
+        let by_shop = pair("by-shop", 0);
+        let held = [by_shop.clone()];
+        let orders = pair("orders", 0);
+        let abandonments = pair("abandonments", 0);
+        let sources_held = [orders.clone(), abandonments.clone()];
+        let none = HashMap::new();
+        horizons.read("by-shop", 0, 9, 400);
+        // At 1 s the order (orders 4, received at 0.5 s) is not routed yet.
+        let mut asked = sources(
+            &[(orders.clone(), 5), (abandonments.clone(), 10)],
+            &[(orders.clone(), 4), (abandonments.clone(), 10)],
+        );
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(1_000, &held, &sources_held, &none, Some(asked));
+        assert_eq!(at, None, "the order is not routed: no timer fires");
+        // Ten abandonments (received up to 1.9 s) were routed to by-shop 10..19, then the
+        // order to by-shop 20; this member read up to 19.
+        horizons.read("by-shop", 0, 19, 1_900);
+        let mut asked = sources(
+            &[(orders.clone(), 5), (abandonments.clone(), 20)],
+            &[(orders.clone(), 5), (abandonments.clone(), 20)],
+        );
+        asked.ends = HashMap::from([(by_shop.clone(), 21)]);
+        let (at, _) = horizons.at(2_000, &held, &sources_held, &none, Some(asked));
+        assert_eq!(
+            at, None,
+            "routed, not read yet: nothing past the order may fire"
+        );
+        horizons.read("by-shop", 0, 20, 500);
+        let (at, _) = horizons.at(2_100, &held, &sources_held, &none, None);
+        assert_eq!(at, Some(2_000), "read: up to the ask that saw it routed");
     }
 
     /// Stages that route nothing ask about no source and wait for none.
