@@ -478,24 +478,27 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
     };
     // Where the group starts (or went on) reading each of `pairs`: its committed offset, or
     // for one never committed the log start (records before it are gone, never to be read).
-    let group_starts = |pairs: &[Pair]| -> HashMap<Pair, i64> {
+    // One never committed that `empty` says ends at 0 starts there: no request (each costs the
+    // stage a round trip, and most source partitions of a quiet shop are empty).
+    let group_starts = |pairs: &[Pair], empty: &HashMap<Pair, i64>| -> HashMap<Pair, i64> {
         if pairs.is_empty() {
             return HashMap::new();
         }
         let committed = consumer
             .committed_offsets(list(pairs, Offset::Invalid), ASK_TIMEOUT)
             .ok();
-        let never: Vec<Pair> = committed
+        let (at_zero, never): (Vec<Pair>, Vec<Pair>) = committed
             .as_ref()
             .map(|list| {
                 list.elements()
                     .iter()
                     .filter(|e| e.error().is_ok() && e.offset() == Offset::Invalid)
                     .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect()
+                    .partition(|pair| empty.get(pair) == Some(&0))
             })
             .unwrap_or_default();
         let mut starts = offsets(committed);
+        starts.extend(at_zero.into_iter().map(|pair| (pair, 0)));
         if !never.is_empty() {
             // A timestamp of -2 (`Offset::Beginning`) asks for the log start.
             starts.extend(offsets(
@@ -514,7 +517,8 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
                 .offsets_for_times(list(sources, Offset::End), ASK_TIMEOUT)
                 .ok(),
         );
-        (ends, group_starts(sources))
+        let routed = group_starts(sources, &ends);
+        (ends, routed)
     };
     // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
     let ends = offsets(
@@ -522,7 +526,7 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
             .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
             .ok(),
     );
-    let starts = group_starts(unplaced);
+    let starts = group_starts(unplaced, &HashMap::new());
     Answers {
         ends,
         starts,

@@ -45,18 +45,19 @@ impl SourcePartitions {
         self.known = false;
     }
 
-    /// Asks the broker for the topics' partitions, if not known yet: one metadata request per
-    /// topic within `timeout` each (blocking; made only with the ends' asks). A topic not
-    /// answered keeps the list as it was, asked again next time.
+    /// Asks the broker for the topics' partitions, if not known yet: one metadata request for
+    /// all topics within `timeout` (blocking; made only with the ends' asks, once per
+    /// assignment). Not answered, or a topic missing, keeps the list as it was, asked again
+    /// next time.
     pub fn learn<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K, timeout: Duration) {
         if self.known || self.topics.is_empty() {
             return;
         }
+        let Ok(metadata) = consumer.fetch_metadata(None, timeout) else {
+            return;
+        };
         let mut pairs = Vec::with_capacity(self.pairs.len());
         for topic in &self.topics {
-            let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else {
-                return;
-            };
             let Some(found) = metadata
                 .topics()
                 .iter()
