@@ -14,6 +14,7 @@ mod horizon;
 mod kept;
 mod ownership;
 mod restore;
+mod sources;
 
 use crate::events::{MemberFenced, RecordUnusable, RecordWithoutShop};
 use aftercart_runtime::Event as _;
@@ -41,6 +42,7 @@ use horizon::{Answers, Horizons, Pair};
 use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
+use sources::SourcePartitions;
 
 use crate::producer::{build_output_producer, OUTPUT_LINGER};
 use crate::{
@@ -405,6 +407,9 @@ pub struct Stage<L: StageLogic> {
     assignment: Assignment,
     /// How far timers may run: not past records of held input partitions not yet read.
     horizons: Horizons,
+    /// By-shop stages: every partition of the source topics (whoever routes it); timers wait
+    /// for them to be routed too. Empty for the rest.
+    sources: SourcePartitions,
     fence: Fence,
     assigned_once: bool,
     /// Resets so far ([`Stage::reset`]).
@@ -440,12 +445,16 @@ fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, 
 /// Where each of `held` ends (one ListOffsets request per broker for all of them) and, for
 /// `unplaced`, where the group starts reading it: its committed offset, or for a partition the
 /// group never committed the log start (the stage's `auto.offset.reset=earliest`; one more
-/// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. Blocking calls,
-/// made only while timers are due or held.
+/// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. For a by-shop
+/// stage, first where each of `sources` ends and then where the group is in it (committed, or
+/// the log start), in that order and before the by-shop ends: a source record routed
+/// by then is in the by-shop end asked after. Blocking calls, made only while timers are due
+/// or held.
 fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     held: &[Pair],
     unplaced: &[Pair],
+    sources: &[Pair],
 ) -> Answers {
     let list = |pairs: &[Pair], offset: Offset| {
         let mut list = TopicPartitionList::new();
@@ -470,29 +479,29 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
             })
             .unwrap_or_default()
     };
-    // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
-    let ends = offsets(
-        consumer
-            .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
-            .ok(),
-    );
-    let starts = if unplaced.is_empty() {
-        HashMap::new()
-    } else {
+    // Where the group starts (or went on) reading each of `pairs`: its committed offset, or
+    // for one never committed the log start (records before it are gone, never to be read).
+    // One never committed that `empty` says ends at 0 starts there: no request (each costs the
+    // stage a round trip, and most source partitions of a quiet shop are empty).
+    let group_starts = |pairs: &[Pair], empty: &HashMap<Pair, i64>| -> HashMap<Pair, i64> {
+        if pairs.is_empty() {
+            return HashMap::new();
+        }
         let committed = consumer
-            .committed_offsets(list(unplaced, Offset::Invalid), ASK_TIMEOUT)
+            .committed_offsets(list(pairs, Offset::Invalid), ASK_TIMEOUT)
             .ok();
-        let never: Vec<Pair> = committed
+        let (at_zero, never): (Vec<Pair>, Vec<Pair>) = committed
             .as_ref()
             .map(|list| {
                 list.elements()
                     .iter()
                     .filter(|e| e.error().is_ok() && e.offset() == Offset::Invalid)
                     .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect()
+                    .partition(|pair| empty.get(pair) == Some(&0))
             })
             .unwrap_or_default();
         let mut starts = offsets(committed);
+        starts.extend(at_zero.into_iter().map(|pair| (pair, 0)));
         if !never.is_empty() {
             // A timestamp of -2 (`Offset::Beginning`) asks for the log start.
             starts.extend(offsets(
@@ -503,7 +512,30 @@ fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
         }
         starts
     };
-    Answers { ends, starts }
+    let (source_ends, routed) = if sources.is_empty() {
+        (HashMap::new(), HashMap::new())
+    } else {
+        let ends = offsets(
+            consumer
+                .offsets_for_times(list(sources, Offset::End), ASK_TIMEOUT)
+                .ok(),
+        );
+        let routed = group_starts(sources, &ends);
+        (ends, routed)
+    };
+    // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
+    let ends = offsets(
+        consumer
+            .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
+            .ok(),
+    );
+    let starts = group_starts(unplaced, &HashMap::new());
+    Answers {
+        ends,
+        starts,
+        source_ends,
+        routed,
+    }
 }
 
 async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), LoopError> {
@@ -575,6 +607,13 @@ impl<L: StageLogic> Stage<L> {
         };
         let producer = build_output_producer(&kafka, &topics.client, delivery)?;
         let fence = Fence::new(session_timeout(&kafka));
+        let sources = match &topics.inputs {
+            Inputs::ByPartition(_) => SourcePartitions::default(),
+            Inputs::ByShop { sources, .. } => {
+                let names: Vec<String> = sources.iter().map(|(t, _)| t.clone()).collect();
+                SourcePartitions::new(&kafka, &names)
+            }
+        };
         Ok(Stage {
             kafka,
             topics,
@@ -592,6 +631,7 @@ impl<L: StageLogic> Stage<L> {
             left: LeftEnds::default(),
             assignment: Assignment::default(),
             horizons: Horizons::default(),
+            sources,
             fence,
             assigned_once: false,
             resets: 0,
@@ -752,6 +792,8 @@ impl<L: StageLogic> Stage<L> {
         let churned = self.handle_rebalances(stop).await?;
 
         let mut work = Work::of(Vec::with_capacity(batch.len()));
+        // Source records this batch routes: once written, timers need not wait for them.
+        let mut routing = LatestOffsets::default();
         // Per batch, not per record: one metric lookup per family.
         let mut processed: Vec<(&'static str, u64)> = Vec::new();
         for message in batch {
@@ -805,6 +847,7 @@ impl<L: StageLogic> Stage<L> {
                 continue;
             }
             work.offsets.record(topic, partition, message.offset());
+            routing.record(topic, partition, message.offset());
             let family = self.family_of(topic);
             if !self.logic.routes(family, &message) {
                 continue;
@@ -843,7 +886,11 @@ impl<L: StageLogic> Stage<L> {
         if let Some(timers_at) = self.timers_at(now_ms()) {
             work.effects.extend(self.logic.tick(timers_at));
         }
-        self.flush(work, stop).await?;
+        if self.flush(work, stop).await? {
+            for (topic, partition, offset) in routing.iter() {
+                self.horizons.routed(topic, partition, offset + 1);
+            }
+        }
         if self.last_gauges.elapsed() >= GAUGES_EVERY {
             self.last_gauges = Instant::now();
             self.logic.gauges();
@@ -868,12 +915,22 @@ impl<L: StageLogic> Stage<L> {
             .cloned()
             .collect();
         let positions = positions(self.consumer());
-        let answers = self.horizons.wants_answers(&held).then(|| {
+        let answers = if self.horizons.wants_answers(&held) {
             let unplaced = self.horizons.unplaced(&held, &positions);
-            ask_ends(self.consumer(), &held, &unplaced)
-        });
+            let consumer = &self
+                .clients
+                .as_ref()
+                .expect("clients are open until run ends")
+                .consumer;
+            self.sources.learn(consumer, ASK_TIMEOUT);
+            Some(ask_ends(consumer, &held, &unplaced, self.sources.pairs()))
+        } else {
+            None
+        };
         let was_holding = self.horizons.holding();
-        let (at, stalled) = self.horizons.at(now, &held, &positions, answers);
+        let (at, stalled) = self
+            .horizons
+            .at(now, &held, self.sources.pairs(), &positions, answers);
         for (topic, partition) in stalled {
             self.metrics.timer_hold_released();
             tracing::warn!(
@@ -917,6 +974,8 @@ impl<L: StageLogic> Stage<L> {
                 }
                 RebalanceEvent::Assigned(list) => {
                     self.assignment.assign(&list);
+                    // Partitions added to a source topic bring a rebalance: learn them anew.
+                    self.sources.forget();
                     // Before taking the state: a fence tripping meanwhile resets the member,
                     // which clears this again (it holds nothing until its next assignment).
                     self.assigned_once = true;
@@ -1088,11 +1147,14 @@ impl<L: StageLogic> Stage<L> {
             started,
         } = restored;
         let count = entities.len();
+        // Where the changelog and each output partition ended as the broker said: a restore
+        // that read nothing while the outputs hold records shows here.
+        let read_to = format!("{ends:?}");
         let written = self
             .adopt(partition, entities, checkpoint, emitted, ends, stop)
             .await?;
         self.metrics.restored(records as usize, started.elapsed());
-        tracing::info!(partition, entities = count, records, took = ?started.elapsed(), "Restored partition state.");
+        tracing::info!(partition, entities = count, records, ends = read_to, took = ?started.elapsed(), "Restored partition state.");
         Ok(written)
     }
 

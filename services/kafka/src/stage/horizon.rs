@@ -17,8 +17,22 @@
 //! partition that stays below its end (or unknown) without advancing for [`STALL_AFTER`]
 //! (transaction markers, a read that stopped, a broker that never answers) no longer holds
 //! anything: a timer is never held forever.
+//!
+//! A by-shop stage's inputs are routed: records of its source topics are copied to the by-shop
+//! topic by whichever member holds their source partition, then read by the member holding the
+//! by-shop partition. After a restart with a backlog in a source topic (an order not routed
+//! yet), the by-shop partitions may be read to their end while the record that stops a
+//! sequence is still in the source. So timers also wait for the router: each ask notes the
+//! wall time and where every source partition ends; once an ask finds the group has routed
+//! every source partition to an earlier ask's ends (its committed offset, or what this member
+//! routed and saw acknowledged), every record received before that earlier time is in the
+//! by-shop topic below the by-shop ends of the finding ask, and timers may run to that time
+//! once the held by-shop partitions are read to those ends. Reading past a record says
+//! nothing of the ones after it: a by-shop partition mixes sources routed at different lags,
+//! so its timestamps do not grow with its offsets. A source partition that stays behind
+//! without moving is released by the same stall bound.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How often the ends are asked again while timers are held (catching up).
@@ -28,6 +42,9 @@ pub const STEADY_REFRESH: Duration = Duration::from_secs(1);
 /// A partition below its end whose read position has not moved for this long stops holding
 /// timers back.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// Source asks remembered while not yet routed (older ones are dropped: the wait for a newer
+/// one is the safe side).
+const SOURCE_ASKS: usize = 64;
 
 /// (topic, partition).
 pub type Pair = (String, i32);
@@ -72,11 +89,15 @@ pub fn horizon(now: i64, partitions: impl IntoIterator<Item = Reading>) -> Optio
 }
 
 /// What the broker said: each partition's end, and where the group starts reading the ones
-/// the member has no position for yet (its committed offset).
+/// the member has no position for yet (its committed offset). For a by-shop stage, also where
+/// each source partition ends and how far the group routed it (its committed offset, the log
+/// start when never committed), asked before the by-shop ends.
 #[derive(Debug, Default)]
 pub struct Answers {
     pub ends: HashMap<Pair, i64>,
     pub starts: HashMap<Pair, i64>,
+    pub source_ends: HashMap<Pair, i64>,
+    pub routed: HashMap<Pair, i64>,
 }
 
 /// The stage's side: what was read from each held input partition, and the broker's answers.
@@ -99,6 +120,17 @@ pub struct Horizons {
     asked: HashSet<Pair>,
     /// Whether the last time given held timers back.
     holding: bool,
+    /// By-shop stages: how far the group routed each source partition (the next offset).
+    routed: HashMap<Pair, i64>,
+    /// Asks not yet routed to their ends: (wall time ms, source ends then), oldest first.
+    source_asks: VecDeque<(i64, HashMap<Pair, i64>)>,
+    /// Ask times found routed, each with the held by-shop ends asked after the routing was
+    /// seen: the time counts once the held partitions are read to those ends (a by-shop
+    /// partition's timestamps do not grow with its offsets, so reading past a later-stamped
+    /// record says nothing of an earlier-stamped one after it). Oldest first.
+    releases: VecDeque<(i64, HashMap<Pair, i64>)>,
+    /// The latest ask time routed and read: timers may run to it.
+    routed_to: Option<i64>,
 }
 
 impl Horizons {
@@ -114,6 +146,13 @@ impl Horizons {
                 );
             }
         }
+    }
+
+    /// This member routed `partition` of source `topic` up to `next` (its forwards were
+    /// acknowledged): known here before the group commits it, weighed at the next ask (whose
+    /// by-shop ends include the forwards).
+    pub fn routed(&mut self, topic: &str, partition: i32, next: i64) {
+        further(&mut self.routed, (topic.to_string(), partition), next);
     }
 
     /// The last record read from `pair`: (offset, timestamp).
@@ -183,15 +222,18 @@ impl Horizons {
     /// fresh `answers`, if asked. Not monotonic on purpose: after a partition with a backlog is
     /// taken (back), its timers wait for its records, however far the wall clock ran. Returns
     /// too the partitions newly found stalled (to be reported).
-    /// `answers` are the broker's to a question about every one of `held`.
+    /// `answers` are the broker's to a question about every one of `held` (and of `sources`,
+    /// every partition of a by-shop stage's source topics; none for other stages), asked at
+    /// `now` or later.
     pub fn at(
         &mut self,
         now: i64,
         held: &[Pair],
+        sources: &[Pair],
         positions: &HashMap<Pair, i64>,
         answers: Option<Answers>,
     ) -> (Option<i64>, Vec<Pair>) {
-        self.at_on(now, Instant::now(), held, positions, answers)
+        self.at_on(now, Instant::now(), held, sources, positions, answers)
     }
 
     /// [`Horizons::at`] on the monotonic `clock` (tests move it on).
@@ -200,17 +242,36 @@ impl Horizons {
         now: i64,
         clock: Instant,
         held: &[Pair],
+        sources: &[Pair],
         positions: &HashMap<Pair, i64>,
         answers: Option<Answers>,
     ) -> (Option<i64>, Vec<Pair>) {
+        let mut newly_stalled = Vec::new();
+        // By-shop stages: this ask's by-shop ends, asked after the routing it brings.
+        let mut asked_ends = None;
         if let Some(answers) = answers {
+            if !sources.is_empty() {
+                asked_ends = Some(
+                    held.iter()
+                        .filter_map(|pair| Some((pair.clone(), *answers.ends.get(pair)?)))
+                        .collect::<HashMap<_, _>>(),
+                );
+            }
             self.ends.extend(answers.ends);
             self.starts.extend(answers.starts);
             self.asked_at = Some(clock);
             self.asked.extend(held.iter().cloned());
+            for (pair, next) in answers.routed {
+                further(&mut self.routed, pair, next);
+            }
+            if !sources.is_empty() {
+                if self.source_asks.len() == SOURCE_ASKS {
+                    self.source_asks.pop_front();
+                }
+                self.source_asks.push_back((now, answers.source_ends));
+            }
         }
         let mut readings = Vec::with_capacity(held.len());
-        let mut newly_stalled = Vec::new();
         for pair in held {
             let read = self.last_read(pair);
             let next = [
@@ -221,37 +282,130 @@ impl Horizons {
             .flatten()
             .max()
             .or_else(|| self.starts.get(pair).copied());
-            let mut reading = Reading {
+            let reading = Reading {
                 next,
                 last_at: read.map(|(_, at)| at),
                 end: self.ends.get(pair).copied(),
                 stalled: false,
             };
-            // A stall is counted only while behind, from the first look that found the
-            // partition behind at this place: a quiet partition that just got a record holds
-            // timers like any other, however long ago it was last looked at.
-            if !reading.behind() {
-                self.moved.remove(pair);
-                self.stalled.remove(pair);
-            } else {
-                let moved = self.moved.entry(pair.clone()).or_insert((next, clock));
-                if moved.0 != next {
-                    *moved = (next, clock);
-                    self.stalled.remove(pair);
-                }
-                if clock.saturating_duration_since(moved.1) >= STALL_AFTER {
-                    reading.stalled = true;
-                    if self.stalled.insert(pair.clone()) {
-                        newly_stalled.push(pair.clone());
-                    }
-                }
-            }
-            readings.push(reading);
+            readings.push(self.watched(pair, reading, clock, &mut newly_stalled));
         }
-        let to = horizon(now, readings);
+        // Not routed yet, nothing may fire; routed to a time, nothing past it.
+        let routed_to = if sources.is_empty() {
+            Some(now)
+        } else {
+            if let Some(asked_ends) = asked_ends {
+                self.note_routed(clock, sources, asked_ends, &mut newly_stalled);
+            }
+            self.released(held, &readings)
+        };
+        let to = horizon(now, readings).zip(routed_to).map(|(a, b)| a.min(b));
         self.holding = to.is_none_or(|to| to < now);
         (to, newly_stalled)
     }
+
+    /// `reading` of `pair`, marked stalled once it stood behind at one place for
+    /// [`STALL_AFTER`] (newly stalled ones are added to `newly_stalled`). A stall is counted
+    /// only while behind, from the first look that found the partition behind at this place:
+    /// a quiet partition that just got a record holds timers like any other, however long ago
+    /// it was last looked at.
+    fn watched(
+        &mut self,
+        pair: &Pair,
+        mut reading: Reading,
+        clock: Instant,
+        newly_stalled: &mut Vec<Pair>,
+    ) -> Reading {
+        if !reading.behind() {
+            self.moved.remove(pair);
+            self.stalled.remove(pair);
+            return reading;
+        }
+        let moved = self
+            .moved
+            .entry(pair.clone())
+            .or_insert((reading.next, clock));
+        if moved.0 != reading.next {
+            *moved = (reading.next, clock);
+            self.stalled.remove(pair);
+        }
+        if clock.saturating_duration_since(moved.1) >= STALL_AFTER {
+            reading.stalled = true;
+            if self.stalled.insert(pair.clone()) {
+                newly_stalled.push(pair.clone());
+            }
+        }
+        reading
+    }
+
+    /// At an ask: the latest ask time whose source ends the group has routed (a stalled
+    /// source partition counts as routed), if any, becomes a release at `asked_ends`: every
+    /// record received before that time is in the by-shop topic below those ends.
+    fn note_routed(
+        &mut self,
+        clock: Instant,
+        sources: &[Pair],
+        asked_ends: HashMap<Pair, i64>,
+        newly_stalled: &mut Vec<Pair>,
+    ) {
+        let latest = self.source_asks.back().map(|(_, ends)| ends.clone());
+        let mut stalled = HashSet::new();
+        for pair in sources {
+            let reading = Reading {
+                next: self.routed.get(pair).copied(),
+                last_at: None,
+                end: latest.as_ref().and_then(|ends| ends.get(pair).copied()),
+                stalled: false,
+            };
+            if self.watched(pair, reading, clock, newly_stalled).stalled {
+                stalled.insert(pair);
+            }
+        }
+        let routed = |ends: &HashMap<Pair, i64>| {
+            sources.iter().all(|pair| {
+                stalled.contains(pair)
+                    || matches!(
+                        (self.routed.get(pair), ends.get(pair)),
+                        (Some(next), Some(end)) if next >= end
+                    )
+            })
+        };
+        if let Some(newest) = self.source_asks.iter().rposition(|(_, ends)| routed(ends)) {
+            let at = self.source_asks[newest].0;
+            // Kept: a later ask pairs it with fresher by-shop ends (a partition held since).
+            self.source_asks.drain(..newest);
+            if self.releases.len() == SOURCE_ASKS {
+                self.releases.pop_front();
+            }
+            self.releases.push_back((at, asked_ends));
+        }
+    }
+
+    /// The latest ask time routed whose by-shop ends every `held` partition (`readings`, in
+    /// that order) was read to, or stalled below: timers may run to it. `None` while none was.
+    fn released(&mut self, held: &[Pair], readings: &[Reading]) -> Option<i64> {
+        let read_to = |ends: &HashMap<Pair, i64>| {
+            held.iter().zip(readings).all(|(pair, reading)| {
+                reading.stalled
+                    || matches!(
+                        (reading.next, ends.get(pair)),
+                        (Some(next), Some(end)) if next >= *end
+                    )
+            })
+        };
+        if let Some(newest) = self.releases.iter().rposition(|(_, ends)| read_to(ends)) {
+            let at = self.releases[newest].0;
+            self.routed_to = Some(self.routed_to.map_or(at, |to| to.max(at)));
+            self.releases.drain(..=newest);
+        }
+        self.routed_to
+    }
+}
+
+/// Moves `pair`'s offset in `offsets` on to `next`, never back.
+fn further(offsets: &mut HashMap<Pair, i64>, pair: Pair, next: i64) {
+    let at = offsets.entry(pair).or_insert(next);
+    *at = (*at).max(next);
 }
 
 #[cfg(test)]
@@ -282,7 +436,7 @@ mod tests {
     fn ends(list: &[(Pair, i64)]) -> Answers {
         Answers {
             ends: list.iter().cloned().collect(),
-            starts: HashMap::new(),
+            ..Answers::default()
         }
     }
 
@@ -352,12 +506,12 @@ mod tests {
         let mut behind = ends(&[(carts.clone(), 25)]);
         behind.starts.insert(carts.clone(), 5);
         assert_eq!(
-            horizons.at(2_000, &held, &none, Some(behind)).0,
+            horizons.at(2_000, &held, &[], &none, Some(behind)).0,
             None,
             "nothing read yet of a backlog: no timer fires"
         );
         horizons.read("carts", 0, 9, 400);
-        assert_eq!(horizons.at(2_000, &held, &none, None).0, Some(400));
+        assert_eq!(horizons.at(2_000, &held, &[], &none, None).0, Some(400));
         assert!(horizons.holding());
         assert!(!horizons.wants_answers(&held));
         let more = [carts.clone(), pair("checkouts", 0)];
@@ -367,7 +521,7 @@ mod tests {
         );
         horizons.read("carts", 0, 24, 1_900);
         assert_eq!(
-            horizons.at(2_100, &held, &none, None).0,
+            horizons.at(2_100, &held, &[], &none, None).0,
             Some(2_100),
             "caught up"
         );
@@ -384,7 +538,7 @@ mod tests {
         let held = [carts.clone()];
         let none = HashMap::new();
         assert!(horizons.wants_answers(&held));
-        let (at, _) = horizons.at(1_000, &held, &none, Some(Answers::default()));
+        let (at, _) = horizons.at(1_000, &held, &[], &none, Some(Answers::default()));
         assert_eq!(at, None, "unknown: held");
         assert!(
             !horizons.wants_answers(&held),
@@ -407,7 +561,7 @@ mod tests {
         let positions = HashMap::from([(orders.clone(), 7)]);
         let answers = ends(&[(orders.clone(), 7)]);
         assert_eq!(
-            horizons.at(1_000, &held, &positions, Some(answers)).0,
+            horizons.at(1_000, &held, &[], &positions, Some(answers)).0,
             Some(1_000)
         );
     }
@@ -421,19 +575,22 @@ mod tests {
         horizons.read("orders", 2, 4, 700);
         // The end counts a marker the consumer never hands over: 6, never reached.
         let answers = ends(&[(orders.clone(), 6)]);
-        let (at, stalled) = horizons.at(1_000, &held, &none, Some(answers));
+        let (at, stalled) = horizons.at(1_000, &held, &[], &none, Some(answers));
         assert_eq!((at, stalled), (Some(700), Vec::new()));
         // As if STALL_AFTER had passed without the position moving.
         stood_still(&mut horizons, &orders, 5);
-        let (at, stalled) = horizons.at(9_000, &held, &none, None);
+        let (at, stalled) = horizons.at(9_000, &held, &[], &none, None);
         assert_eq!(at, Some(9_000), "released: timers run on");
         assert_eq!(stalled, vec![orders.clone()], "reported once");
-        assert_eq!(horizons.at(9_100, &held, &none, None).1, Vec::<Pair>::new());
+        assert_eq!(
+            horizons.at(9_100, &held, &[], &none, None).1,
+            Vec::<Pair>::new()
+        );
         // A record read again: the partition holds again while behind.
         horizons.read("orders", 2, 5, 8_000);
         let answers = ends(&[(orders.clone(), 9)]);
         assert_eq!(
-            horizons.at(9_200, &held, &none, Some(answers)).0,
+            horizons.at(9_200, &held, &[], &none, Some(answers)).0,
             Some(8_000)
         );
     }
@@ -452,21 +609,23 @@ mod tests {
         horizons.read("checkouts", 0, 4, 700);
         let answers = ends(&[(checkouts.clone(), 5)]);
         assert_eq!(
-            horizons.at_on(1_000, start, &held, &none, Some(answers)).0,
+            horizons
+                .at_on(1_000, start, &held, &[], &none, Some(answers))
+                .0,
             Some(1_000),
             "caught up"
         );
         // Next look a minute later: a record arrived that this member has not read yet.
         let later = start + Duration::from_secs(60);
         let answers = ends(&[(checkouts.clone(), 6)]);
-        let (at, stalled) = horizons.at_on(61_000, later, &held, &none, Some(answers));
+        let (at, stalled) = horizons.at_on(61_000, later, &held, &[], &none, Some(answers));
         assert_eq!(
             (at, stalled),
             (Some(700), Vec::new()),
             "behind since this look only: held, not released"
         );
         // Standing still behind for the stall bound from then on releases it.
-        let (at, stalled) = horizons.at_on(66_000, later + STALL_AFTER, &held, &none, None);
+        let (at, stalled) = horizons.at_on(66_000, later + STALL_AFTER, &held, &[], &none, None);
         assert_eq!((at, stalled), (Some(66_000), vec![checkouts.clone()]));
     }
 
@@ -479,15 +638,164 @@ mod tests {
         horizons.read("carts", 0, 4, 700);
         let answers = ends(&[(carts.clone(), 5)]);
         assert_eq!(
-            horizons.at(1_000, &held, &none, Some(answers)).0,
+            horizons.at(1_000, &held, &[], &none, Some(answers)).0,
             Some(1_000)
         );
         // Caught up for long: the position stood still, but nothing was left to read.
         stood_still(&mut horizons, &carts, 5);
-        assert_eq!(horizons.at(9_000, &held, &none, None).0, Some(9_000));
+        assert_eq!(horizons.at(9_000, &held, &[], &none, None).0, Some(9_000));
         // A new record, not read yet: it holds timers at the last one read.
         let answers = ends(&[(carts.clone(), 6)]);
-        let (at, stalled) = horizons.at(9_100, &held, &none, Some(answers));
+        let (at, stalled) = horizons.at(9_100, &held, &[], &none, Some(answers));
         assert_eq!((at, stalled), (Some(700), Vec::new()));
+    }
+
+    fn sources(list: &[(Pair, i64)], routed: &[(Pair, i64)]) -> Answers {
+        Answers {
+            source_ends: list.iter().cloned().collect(),
+            routed: routed.iter().cloned().collect(),
+            ..Answers::default()
+        }
+    }
+
+    /// Issue 15 (by-shop timers): an order still in its source topic at a restart, not yet
+    /// routed to the by-shop topic, while the by-shop partition is read to its end. Its
+    /// customer's due step used to fire (the by-shop side was caught up): now the timers wait
+    /// until the group routed the source to where it ended when asked.
+    #[test]
+    fn a_source_backlog_holds_the_timers_until_the_group_routed_it() {
+        let mut horizons = Horizons::default();
+        let by_shop = pair("by-shop", 0);
+        let held = [by_shop.clone()];
+        let orders = [pair("orders", 0), pair("orders", 1)];
+        let none = HashMap::new();
+        horizons.read("by-shop", 0, 9, 900);
+        let mut asked = sources(
+            &[(orders[0].clone(), 12), (orders[1].clone(), 4)],
+            &[(orders[0].clone(), 10), (orders[1].clone(), 4)],
+        );
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(1_000, &held, &orders, &none, Some(asked));
+        assert_eq!(at, None, "two orders not routed yet: no timer fires");
+        assert!(horizons.holding());
+        // Routed (committed) up to where orders 0 ended at the first ask, to another by-shop
+        // partition; more arrived since.
+        let mut asked = sources(
+            &[(orders[0].clone(), 15), (orders[1].clone(), 4)],
+            &[(orders[0].clone(), 12)],
+        );
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(2_000, &held, &orders, &none, Some(asked));
+        assert_eq!(at, Some(1_000), "up to the first ask, not past it");
+        // What this member routed itself counts before the group commits it.
+        horizons.routed("orders", 0, 15);
+        let mut asked = sources(&[(orders[0].clone(), 15), (orders[1].clone(), 4)], &[]);
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(3_000, &held, &orders, &none, Some(asked));
+        assert_eq!(at, Some(3_000), "routed everywhere: the wall clock");
+        assert!(!horizons.holding());
+    }
+
+    /// A source partition nobody routes (its member gone, a read that stopped) holds the
+    /// timers no longer than the stall bound, and is reported once.
+    #[test]
+    fn a_source_partition_that_is_never_routed_holds_timers_no_longer_than_the_stall_bound() {
+        let mut horizons = Horizons::default();
+        let orders = [pair("orders", 0)];
+        let none = HashMap::new();
+        let start = Instant::now();
+        let asked = sources(&[(orders[0].clone(), 3)], &[(orders[0].clone(), 1)]);
+        let (at, stalled) = horizons.at_on(1_000, start, &[], &orders, &none, Some(asked));
+        assert_eq!((at, stalled), (None, Vec::new()));
+        let later = start + STALL_AFTER;
+        let asked = sources(&[(orders[0].clone(), 3)], &[(orders[0].clone(), 1)]);
+        let (at, stalled) = horizons.at_on(6_000, later, &[], &orders, &none, Some(asked));
+        assert_eq!((at, stalled), (Some(6_000), orders.to_vec()));
+    }
+
+    /// A source record this member routes itself lands in the by-shop topic past the by-shop
+    /// ends last asked. Counting that routing at once (before the next ask) let the timers run
+    /// to the ask's time while the by-shop partition looked read to its (stale) end: the
+    /// order that stops a sequence was routed but unread, and the step fired. What the member
+    /// routed counts from the next ask on, whose by-shop ends are asked after the forwards were
+    /// acknowledged.
+    #[test]
+    fn a_record_this_member_routed_holds_the_timers_until_the_by_shop_ends_are_asked_again() {
+        let mut horizons = Horizons::default();
+        let by_shop = pair("by-shop", 0);
+        let held = [by_shop.clone()];
+        let orders = [pair("orders", 0)];
+        let none = HashMap::new();
+        horizons.read("by-shop", 0, 9, 900);
+        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(1_000, &held, &orders, &none, Some(asked));
+        assert_eq!(at, None, "one order not routed yet: no timer fires");
+        // This member routes that order (offset 4) to by-shop offset 10, acknowledged.
+        horizons.routed("orders", 0, 5);
+        let (at, _) = horizons.at(1_100, &held, &orders, &none, None);
+        assert_eq!(
+            at, None,
+            "the routed order is past the by-shop end last asked: still held"
+        );
+        // The next ask sees the by-shop end past the order: held at the last record read.
+        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
+        asked.ends = HashMap::from([(by_shop.clone(), 11)]);
+        let (at, _) = horizons.at(1_400, &held, &orders, &none, Some(asked));
+        assert_eq!(at, None, "routed, not read yet: held");
+        horizons.read("by-shop", 0, 10, 950);
+        let (at, _) = horizons.at(1_500, &held, &orders, &none, None);
+        assert_eq!(at, Some(1_400), "read: up to the ask that saw it routed");
+    }
+
+    /// A by-shop partition mixes records of several source partitions, routed at different
+    /// lags, so its timestamps do not grow with its offsets: after a restart one source's
+    /// backlog (abandonments, received up to 1.9 s) is routed before another's (an order
+    /// received at 0.5 s). Once the order was routed, its by-shop partition was held at the
+    /// last record read (1.9 s) although the order sat unread after it: steps due between
+    /// 0.5 s and 1.9 s fired past the order that stops them. Routed to an ask's time counts
+    /// only once the held partitions are read to the by-shop ends asked with the routing seen.
+    #[test]
+    fn a_routed_record_behind_later_stamped_ones_holds_the_timers_until_it_is_read() {
+        let mut horizons = Horizons::default();
+        let by_shop = pair("by-shop", 0);
+        let held = [by_shop.clone()];
+        let orders = pair("orders", 0);
+        let abandonments = pair("abandonments", 0);
+        let sources_held = [orders.clone(), abandonments.clone()];
+        let none = HashMap::new();
+        horizons.read("by-shop", 0, 9, 400);
+        // At 1 s the order (orders 4, received at 0.5 s) is not routed yet.
+        let mut asked = sources(
+            &[(orders.clone(), 5), (abandonments.clone(), 10)],
+            &[(orders.clone(), 4), (abandonments.clone(), 10)],
+        );
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(1_000, &held, &sources_held, &none, Some(asked));
+        assert_eq!(at, None, "the order is not routed: no timer fires");
+        // Ten abandonments (received up to 1.9 s) were routed to by-shop 10..19, then the
+        // order to by-shop 20; this member read up to 19.
+        horizons.read("by-shop", 0, 19, 1_900);
+        let mut asked = sources(
+            &[(orders.clone(), 5), (abandonments.clone(), 20)],
+            &[(orders.clone(), 5), (abandonments.clone(), 20)],
+        );
+        asked.ends = HashMap::from([(by_shop.clone(), 21)]);
+        let (at, _) = horizons.at(2_000, &held, &sources_held, &none, Some(asked));
+        assert_eq!(
+            at, None,
+            "routed, not read yet: nothing past the order may fire"
+        );
+        horizons.read("by-shop", 0, 20, 500);
+        let (at, _) = horizons.at(2_100, &held, &sources_held, &none, None);
+        assert_eq!(at, Some(2_000), "read: up to the ask that saw it routed");
+    }
+
+    /// Stages that route nothing ask about no source and wait for none.
+    #[test]
+    fn without_sources_nothing_waits_for_a_router() {
+        let mut horizons = Horizons::default();
+        let (at, _) = horizons.at(1_000, &[], &[], &HashMap::new(), Some(Answers::default()));
+        assert_eq!(at, Some(1_000));
     }
 }

@@ -59,6 +59,11 @@ impl LatestOffsets {
             None => self.0.push((topic.to_string(), partition, offset)),
         }
     }
+
+    /// (topic, partition, latest offset) of each partition recorded.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.0.iter().map(|(t, p, o)| (t.as_str(), *p, *o))
+    }
 }
 
 /// Stores the offsets of the partitions this member holds now; the rest are skipped, their new

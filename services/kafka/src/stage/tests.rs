@@ -125,18 +125,14 @@ fn offsets_of_partitions_lost_mid_batch_are_skipped_never_an_error() {
     assert_eq!(store_owned(&consumer, &assignment, offsets), 1);
 }
 
-/// Issue 15 (timers during catch-up): where the member is and where its partitions end come
-/// from the consumer: its position without a request, the ends in one.
-#[test]
-fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
+/// Writes `count` records to partition 0 of `orders`.
+fn write_orders(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, count: u32) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let consumer = consumer_holding(&cluster);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
         .create()
         .expect("producer");
-    for n in 0..3 {
+    for n in 0..count {
         let value = format!("{n}");
         producer
             .send(
@@ -147,8 +143,17 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
             .expect("send");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// Issue 15 (timers during catch-up): where the member is and where its partitions end come
+/// from the consumer: its position without a request, the ends in one.
+#[test]
+fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    write_orders(&cluster, 3);
     let held = [("orders".to_string(), 0), ("orders".to_string(), 1)];
-    let answers = ask_ends(&consumer, &held, &held);
+    let answers = ask_ends(&consumer, &held, &held, &[]);
     assert_eq!(
         answers.ends,
         HashMap::from([(held[0].clone(), 3), (held[1].clone(), 0)])
@@ -171,6 +176,108 @@ fn the_timer_horizon_reads_positions_and_ends_from_the_consumer() {
         }
     }
     assert_eq!(positions(&consumer).get(&held[0]), Some(&3));
+}
+
+/// Issue 15 (by-shop timers): a by-shop stage asks where every source partition ends and how
+/// far the group routed it (committed; never committed is the log start, here 0), so a record still in a source
+/// topic holds the timers until the group routed it.
+#[test]
+fn a_source_record_not_routed_yet_holds_the_timers_until_the_group_committed_it() {
+    use rdkafka::consumer::CommitMode;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    write_orders(&cluster, 2);
+    let sources = [("orders".to_string(), 0), ("orders".to_string(), 1)];
+    let answers = ask_ends(&consumer, &[], &[], &sources);
+    assert_eq!(
+        answers.source_ends,
+        HashMap::from([(sources[0].clone(), 2), (sources[1].clone(), 0)])
+    );
+    assert_eq!(
+        answers.routed,
+        HashMap::from([(sources[0].clone(), 0), (sources[1].clone(), 0)]),
+        "never committed: at the log start, nothing routed"
+    );
+    let mut horizons = Horizons::default();
+    let now = now_ms();
+    let none = HashMap::new();
+    let (at, _) = horizons.at(now, &[], &sources, &none, Some(answers));
+    assert_eq!(at, None, "two orders not routed: no timer fires");
+    // The router (here this consumer) routed them and committed.
+    consumer.store_offset("orders", 0, 1).expect("store");
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit");
+    let answers = ask_ends(&consumer, &[], &[], &sources);
+    assert_eq!(answers.routed.get(&sources[0]), Some(&2));
+    let (at, _) = horizons.at(now + 100, &[], &sources, &none, Some(answers));
+    assert_eq!(at, Some(now + 100), "routed: timers run on");
+}
+
+/// A source partition the group never committed whose early records retention deleted: the
+/// router starts at the log start (`earliest`), so that is how far it is routed, not 0. Counted
+/// as 0, a partition whose records all expired (end = log start > 0, nothing left to route, so
+/// nothing ever committed) held every timer at each start until the stall bound, reported as a
+/// stall, and while "stalled" its next record was not waited for.
+#[test]
+fn a_source_partition_never_committed_is_routed_to_its_log_start() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .expect("producer");
+    // The mock broker keeps 5 MB a partition: the first records go, the log start moves on.
+    let big = vec![b'x'; 900_000];
+    for _ in 0..8 {
+        producer
+            .send(BaseRecord::to("orders").partition(1).key("k").payload(&big))
+            .expect("send");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+    let (log_start, end) = consumer
+        .fetch_watermarks("orders", 1, Duration::from_secs(10))
+        .expect("watermarks");
+    assert!(log_start > 0 && end == 8, "retention moved the log start");
+    let sources = [("orders".to_string(), 0), ("orders".to_string(), 1)];
+    let answers = ask_ends(&consumer, &[], &[], &sources);
+    assert_eq!(
+        answers.routed,
+        HashMap::from([(sources[0].clone(), 0), (sources[1].clone(), log_start)]),
+        "never committed: routed to the log start"
+    );
+}
+
+/// The source partitions a by-shop stage waits for are the topics' own, not
+/// `AFTERCART_TOPIC_PARTITIONS` (the count of the topics the service creates: source topics
+/// are the ingress's and may have more). Taken from the setting, a source topic with more
+/// partitions than it had its extra ones never checked: an order there, not routed yet, did not
+/// hold its customer's step.
+#[test]
+fn a_by_shop_stage_waits_for_every_partition_its_source_topics_have() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let consumer = consumer_holding(&cluster);
+    cluster.create_topic("checkouts", 3, 1).expect("topic");
+    let mut kafka = KafkaSettings::new(cluster.bootstrap_servers(), "shopify.");
+    kafka.partitions = 2;
+    let topics = ["orders".to_string(), "checkouts".to_string()];
+    let mut sources = SourcePartitions::new(&kafka, &topics);
+    let configured: Vec<Pair> = sources.pairs().to_vec();
+    assert_eq!(
+        configured.len(),
+        4,
+        "before the broker answers: the setting's count"
+    );
+    sources.learn(&consumer, Duration::from_secs(10));
+    let mut learned = sources.pairs().to_vec();
+    learned.sort();
+    let wanted: Vec<Pair> = [("checkouts", 0), ("checkouts", 1), ("checkouts", 2)]
+        .into_iter()
+        .chain([("orders", 0), ("orders", 1)])
+        .map(|(t, p)| (t.to_string(), p))
+        .collect();
+    assert_eq!(learned, wanted);
 }
 
 #[test]

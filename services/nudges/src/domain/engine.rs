@@ -19,6 +19,13 @@ use crate::domain::identity;
 use crate::domain::input::{Channels, ContactFacts, Input, OrderFacts};
 use crate::domain::nudge::{event_id, Contact, EmittedNudge, Nudge};
 
+/// How long past its due time a step is still sent when a later step is due too. A crash, a
+/// restart, a rebalance or a broker outage of a minute delays a step by seconds to minutes: it
+/// is still sent (with the later one, in order), so no customer misses a step over it. Only an
+/// outage longer than this (far shorter than any real cadence's gaps, hours) skips the stale
+/// step: a burst of old reminders is worse than the latest alone.
+pub const LATE_AFTER_MS: i64 = 15 * 60_000;
+
 /// A shop's own cadence, quiet hours and switch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShopPolicy {
@@ -67,7 +74,7 @@ pub enum Suppressed {
     Deleted,
     /// Nudges are switched off for the shop.
     Disabled,
-    /// A later step was due too (after an outage): only the latest is sent.
+    /// Overdue past [`LATE_AFTER_MS`] with a later step due too (a long outage): skipped.
     Late,
 }
 
@@ -794,8 +801,9 @@ impl Engine {
         effects
     }
 
-    /// Sends every step due at `now_ms`: of several due steps of one sequence (after an
-    /// outage) only the latest, the earlier ones counted as late.
+    /// Sends every step due at `now_ms`, in order; of several due steps of one sequence those
+    /// overdue past [`LATE_AFTER_MS`] (a long outage) are skipped and counted as late, so the
+    /// customer gets the latest, not a burst of stale reminders.
     pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut effects = Vec::new();
         for (&partition, state) in &mut self.partitions {
@@ -812,7 +820,12 @@ impl Engine {
                     .iter()
                     .rposition(|d| *d <= now_ms)
                     .expect("its next step is due");
-                for _ in sequence.done as usize..latest {
+                // The first step not overdue past the bound is sent; the rest of the due ones
+                // follow in this same loop (the sequence is due again at once).
+                let send = (sequence.done as usize..latest)
+                    .find(|i| sequence.due_ms[*i] >= now_ms - LATE_AFTER_MS)
+                    .unwrap_or(latest);
+                for _ in sequence.done as usize..send {
                     effects.push((partition, Effect::Suppressed(Suppressed::Late)));
                 }
                 if sequence.done == 0 {
@@ -827,7 +840,7 @@ impl Engine {
                         effects.push((partition, persist_person(hash, person)));
                     }
                 }
-                let step = latest as u32 + 1;
+                let step = send as u32 + 1;
                 let nudge = nudge_of(&sequence, step);
                 sequence.done = step;
                 effects.push((

@@ -319,6 +319,53 @@ fn after_an_outage_only_the_latest_due_step_is_sent() {
     assert_eq!(e.next_due(), Some(T0 + 72 * HOUR));
 }
 
+/// An engine on the cadence `steps` holding one sequence, abandoned at `T0`.
+fn abandoned_at_t0_with_steps(steps: &str) -> Engine {
+    let mut rules = rules();
+    rules.default.steps = Steps::parse(steps).unwrap();
+    let mut e = Engine::new(rules);
+    e.assign(0, HashMap::new());
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    e
+}
+
+/// Issue 15 (fault suite: 999 of 1000 nudges after repeated SIGKILLs): with steps 1s and 30s a
+/// first step left unsent for 29 s by crash-restarts was skipped as late. A short delay (a
+/// restart, a rebalance) skips nothing: both steps go out, in order.
+#[test]
+fn steps_due_together_after_a_short_delay_are_all_sent() {
+    let mut e = abandoned_at_t0_with_steps("1s,30s");
+    let fired = e.fire_due(T0 + 31_000);
+    assert_eq!(
+        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(!fired
+        .iter()
+        .any(|(_, e)| *e == Effect::Suppressed(Suppressed::Late)));
+    assert_eq!(e.next_due(), None);
+}
+
+/// The bound is the step's own lateness, not the outage's: of three steps due after an outage
+/// the first, overdue past [`LATE_AFTER_MS`], is skipped; the second, overdue less, is sent
+/// with the third.
+#[test]
+fn only_a_step_overdue_past_the_late_bound_is_skipped() {
+    let mut e = abandoned_at_t0_with_steps("60m,120m,130m");
+    // Step 1 overdue by 70 minutes, step 2 by 10, step 3 just due.
+    const { assert!(10 * MIN < LATE_AFTER_MS && LATE_AFTER_MS < 70 * MIN) };
+    let fired = e.fire_due(T0 + 130 * MIN);
+    assert_eq!(
+        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    let late = fired
+        .iter()
+        .filter(|(_, e)| *e == Effect::Suppressed(Suppressed::Late))
+        .count();
+    assert_eq!(late, 1);
+}
+
 #[test]
 fn a_restored_sequence_never_sends_a_step_twice() {
     let mut e = engine();
