@@ -1463,6 +1463,10 @@ async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
             "AFTERCART_NUDGES_DEAD_LETTER_TOPIC",
             format!("{prefix}nudges-dead-letter"),
         ),
+        var(
+            "AFTERCART_NUDGES_DATA_REQUESTS_TOPIC",
+            format!("{prefix}data_requests"),
+        ),
         var("AFTERCART_NUDGES_STEPS", NUDGE_STEPS),
         var("AFTERCART_STATE_HASH_KEY", "faults-state-hash-key"),
     ];
