@@ -395,6 +395,63 @@ fn a_restored_sequence_never_sends_a_step_twice() {
     assert_eq!(nudges(&restored.fire_due(T0 + 24 * HOUR))[0].step, 2);
 }
 
+/// Fault suite (issue 19: 935 of 1000 nudges on the mock cluster, the broker holding every
+/// acknowledged changelog record): an abandonment read and its first step sent in one batch,
+/// the process killed while that batch's changelog was written. The changelog holds a prefix
+/// of the batch: the person (their cap window started) but not the sequence, and the input
+/// offset was never committed. The restarted owner reads the abandonment again: it is the
+/// sequence that started the window, not another one the cap keeps out, so its later steps are
+/// still sent (its first again, under the same event id: the at-least-once window).
+#[test]
+fn an_abandonment_read_again_after_a_crash_is_not_capped_by_its_own_first_nudge() {
+    let mut e = engine();
+    let mut batch: Vec<Effect> = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let fired = e.fire_due(T0 + HOUR);
+    let nudge_id = nudges(&fired)[0].event_id.clone();
+    batch.extend(fired.into_iter().map(|(_, effect)| effect));
+    // The changelog as the crash left it: the person records written, the sequence not.
+    let people: HashMap<String, Entity> = batch
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Persist {
+                key,
+                entity: Some(entity),
+            } if matches!(*entity, Entity::Person(_)) => Some((key, *entity)),
+            _ => None,
+        })
+        .collect();
+    assert!(!people.is_empty(), "the first nudge starts the cap window");
+    let mut restored = Engine::new(rules());
+    restored.assign(0, people);
+    let effects = restored.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0 + HOUR);
+    assert_eq!(suppressed(&effects), [], "not capped by its own window");
+    assert!(effects.contains(&Effect::Scheduled));
+    let again = restored.fire_due(T0 + HOUR);
+    assert_eq!(
+        nudges(&again)[0].event_id,
+        nudge_id,
+        "step 1 again, same id"
+    );
+    assert_eq!(nudges(&restored.fire_due(T0 + 24 * HOUR))[0].step, 2);
+    // Once the sequence ended, the same abandonment delivered again starts nothing.
+    assert_eq!(nudges(&restored.fire_due(T0 + 72 * HOUR))[0].step, 3);
+    let effects = restored.apply(
+        0,
+        SHOP,
+        abandoned("a", serde_json::json!({})),
+        T0 + 73 * HOUR,
+    );
+    assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+    // Another journey of the person is still capped.
+    let effects = restored.apply(
+        0,
+        SHOP,
+        abandoned("b", serde_json::json!({})),
+        T0 + 2 * HOUR,
+    );
+    assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+}
+
 #[test]
 fn quiet_hours_and_disabled_shops_follow_the_shop_policy() {
     let mut rules = rules();
