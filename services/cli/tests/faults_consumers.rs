@@ -1519,9 +1519,7 @@ async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
             break;
         }
         // Read just before the kill: writes acknowledged after it only make the sum smaller.
-        let written = nudges
-            .metric("aftercart_nudges_changelog_records_written_total")
-            .await;
+        let written = nudges.metric(CHANGELOG_WRITTEN).await;
         nudges.sigkill().await;
         kills += 1;
         eprintln!("{name}: SIGKILL {kill} with {at} of {owed} nudges in Kafka");
@@ -1586,13 +1584,7 @@ async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
             // Fewer distinct offsets read than the watermarks hold: the reader missed records
             // the service wrote; as many: the service never wrote the missing nudges.
             let held = count_records(&bootstrap, &output).await;
-            let written = nudges
-                .metric("aftercart_nudges_changelog_records_written_total")
-                .await;
-            changelog
-                .check(&bootstrap, &state, written, "at the end")
-                .await;
-            changelog.check_restores(&nudges.logs());
+            changelog.finish(&bootstrap, &state, &nudges).await;
             panic!(
                 "{output} carries {} of {} owed nudges; missing (first 10): {missing:?}; \
                  late-suppressed since the last restart: {late}, cap-suppressed: {capped}; \
@@ -1645,13 +1637,7 @@ async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
         expected.len(),
         found.intersection(&expected).count(),
     );
-    let written = nudges
-        .metric("aftercart_nudges_changelog_records_written_total")
-        .await;
-    changelog
-        .check(&bootstrap, &state, written, "at the end")
-        .await;
-    changelog.check_restores(&nudges.logs());
+    changelog.finish(&bootstrap, &state, &nudges).await;
     let verdict = changelog.verdict();
     assert_eq!(
         lost, 0,
@@ -1688,6 +1674,9 @@ async fn nudges_broker(prefix: &str, env: &[(String, String)]) -> Option<Broker>
         _ => Broker::tansu().await,
     }
 }
+
+/// The nudges service's count of changelog records the broker acknowledged.
+const CHANGELOG_WRITTEN: &str = "aftercart_nudges_changelog_records_written_total";
 
 /// The nudges' changelog as the broker keeps it, against what the service was told was
 /// written: a stage counts a changelog record only once the broker acknowledged it, so the
@@ -1761,6 +1750,13 @@ impl ChangelogBooks {
                 }
             }
         }
+    }
+
+    /// The last checks, with the running service: the changelog at the end, and every restore.
+    async fn finish(&mut self, bootstrap: &str, topic: &str, nudges: &ServiceProcess) {
+        let written = nudges.metric(CHANGELOG_WRITTEN).await;
+        self.check(bootstrap, topic, written, "at the end").await;
+        self.check_restores(&nudges.logs());
     }
 
     fn verdict(&self) -> String {
