@@ -247,8 +247,11 @@ impl Partition {
     /// Ends `sequence` (removed already): its deletion, and `started_by` cleared on the people
     /// it started (their cap window stays), so that only a running sequence lost from the
     /// changelog is taken up again when its abandonment is read again, never an ended one.
+    /// The people are written before the deletion: a crash between the two leaves the
+    /// sequence running in the changelog (its stop read again ends it), never deleted with a
+    /// person still naming it (taken up again as lost).
     fn end(&mut self, sequence: &Sequence) -> Vec<Effect> {
-        let mut effects = vec![delete_sequence(&sequence.journey_key)];
+        let mut effects = Vec::new();
         for hash in &sequence.identities {
             if let Some(person) = self.people.get_mut(hash) {
                 if person.started_by.as_deref() == Some(sequence.abandonment_event_id.as_str()) {
@@ -257,6 +260,7 @@ impl Partition {
                 }
             }
         }
+        effects.push(delete_sequence(&sequence.journey_key));
         effects
     }
 

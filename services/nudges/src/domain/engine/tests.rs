@@ -448,6 +448,51 @@ fn an_abandonment_read_again_after_a_crash_is_not_capped_by_its_own_first_nudge(
     assert_eq!(suppressed(&effects), [Suppressed::Cap]);
 }
 
+/// A stop (here a recovery: the customer bought) ends the sequence and clears `started_by`;
+/// a crash while those changelog writes go out leaves a prefix of them, and the abandonment
+/// (its offset not committed) is read again. No prefix may look like a running sequence lost
+/// from the changelog (the sequence deleted, the person still naming it), or the customer
+/// who bought gets nudged again.
+#[test]
+fn a_sequence_ended_by_a_recovery_is_not_taken_up_again_from_any_prefix_of_its_writes() {
+    let mut e = engine();
+    let mut writes = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    writes.extend(e.fire_due(T0 + HOUR).into_iter().map(|(_, effect)| effect));
+    let stopped_at = writes.len();
+    let eur = serde_json::json!({"amount": "120.00", "currency": "EUR"});
+    let stop = e.apply(
+        0,
+        SHOP,
+        recovery("a", "2026-11-23T11:30:00Z", eur),
+        T0 + 2 * HOUR,
+    );
+    assert_eq!(suppressed(&stop), [Suppressed::Recovered]);
+    writes.extend(stop);
+    for cut in stopped_at..=writes.len() {
+        let mut changelog: HashMap<String, Entity> = HashMap::new();
+        for effect in &writes[..cut] {
+            if let Effect::Persist { key, entity } = effect {
+                match entity {
+                    Some(entity) => changelog.insert(key.clone(), entity.as_ref().clone()),
+                    None => changelog.remove(key),
+                };
+            }
+        }
+        let mut restored = Engine::new(rules());
+        restored.assign(0, changelog);
+        let effects = restored.apply(
+            0,
+            SHOP,
+            abandoned("a", serde_json::json!({})),
+            T0 + 2 * HOUR,
+        );
+        assert!(
+            !effects.contains(&Effect::Scheduled),
+            "restarted from the first {cut} writes: {effects:?}"
+        );
+    }
+}
+
 #[test]
 fn quiet_hours_and_disabled_shops_follow_the_shop_policy() {
     let mut rules = rules();
