@@ -1644,6 +1644,13 @@ async fn nudges_killed_while_steps_fall_due_send_every_step_once_per_id() {
         "every (abandonment, step) has its nudge; {verdict}"
     );
     assert!(changelog.defects.is_empty(), "{verdict}");
+    assert!(
+        changelog.last_acknowledged > 0 && changelog.unread_restarts.is_empty(),
+        "the changelog books compared nothing: {} records acknowledged, no restore logged \
+         after restarts {:?}",
+        changelog.last_acknowledged,
+        changelog.unread_restarts
+    );
     assert_eq!(unowed, 0, "no nudge nobody owes");
     assert_eq!(duplicate_ids, 0, "one event id per (abandonment, step)");
     assert_eq!(
@@ -1694,6 +1701,10 @@ struct ChangelogBooks {
     /// The log length at each restart: the restores of life `n + 2` are logged after `starts[n]`.
     starts: Vec<usize>,
     defects: Vec<String>,
+    /// Restarts after which no restore was found in the log, and the acknowledged records
+    /// of the last check: either way the books compared nothing, and prove nothing.
+    unread_restarts: Vec<usize>,
+    last_acknowledged: u64,
 }
 
 impl ChangelogBooks {
@@ -1725,6 +1736,7 @@ impl ChangelogBooks {
         if when.starts_with("after kill") {
             self.acknowledged = acknowledged;
         }
+        self.last_acknowledged = acknowledged;
         self.readable_ends.push(ends);
     }
 
@@ -1737,7 +1749,11 @@ impl ChangelogBooks {
             let Some(life) = logs.get(*start..until) else {
                 continue;
             };
-            for (partition, changelog_end) in restores(life) {
+            let restored = restores(life);
+            if restored.is_empty() {
+                self.unread_restarts.push(n + 1);
+            }
+            for (partition, changelog_end) in restored {
                 let readable = self.readable_ends[n].get(&partition).copied().unwrap_or(0);
                 if changelog_end < readable {
                     self.defects.push(format!(
