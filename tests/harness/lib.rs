@@ -29,7 +29,7 @@ pub mod tls;
 
 pub use accounting::Accounting;
 pub use broker::Broker;
-pub use records::{count_records, read_topic, read_topic_with, Record};
+pub use records::{count_records, read_topic, read_topic_with, watermarks, Record};
 pub use scratch::scratch;
 
 /// Routes the services' logs to the test output when AFTERCART_TEST_LOG is set (e.g. `debug`).

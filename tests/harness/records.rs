@@ -170,6 +170,16 @@ fn read_topic_blocking(
 /// How many records `topic` holds (the sum over partitions of high minus low watermark), cheap
 /// enough to poll while a service writes; 0 when the topic does not exist yet.
 pub async fn count_records(bootstrap: &str, topic: &str) -> u64 {
+    watermarks(bootstrap, topic)
+        .await
+        .values()
+        .map(|(low, high)| (high - low).max(0) as u64)
+        .sum()
+}
+
+/// Each partition's (low, high) watermark as the broker answers ListOffsets; empty when the
+/// topic does not exist yet.
+pub async fn watermarks(bootstrap: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
     let bootstrap = bootstrap.to_string();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
@@ -180,25 +190,25 @@ pub async fn count_records(bootstrap: &str, topic: &str) -> u64 {
             .expect("counting client");
         let timeout = Duration::from_secs(10);
         let Ok(metadata) = consumer.fetch_metadata(Some(&topic), timeout) else {
-            return 0;
+            return BTreeMap::new();
         };
         let Some(found) = metadata
             .topics()
             .iter()
             .find(|t| t.name() == topic && t.error().is_none())
         else {
-            return 0;
+            return BTreeMap::new();
         };
         found
             .partitions()
             .iter()
             .map(|partition| {
-                let (low, high) = consumer
+                let marks = consumer
                     .fetch_watermarks(&topic, partition.id(), timeout)
                     .expect("watermarks");
-                (high - low).max(0) as u64
+                (partition.id(), marks)
             })
-            .sum()
+            .collect()
     })
     .await
     .expect("counter does not panic")

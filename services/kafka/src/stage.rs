@@ -1296,7 +1296,7 @@ impl<L: StageLogic> Stage<L> {
         }
         let producer = self.producer();
         let mut outputs = Vec::new();
-        let mut entities: HashMap<(i32, String), Option<Box<L::Entity>>> = HashMap::new();
+        let mut entities = Vec::new();
         for (partition, effect) in effects {
             match effect {
                 StageEffect::Emit {
@@ -1306,10 +1306,17 @@ impl<L: StageLogic> Stage<L> {
                     output,
                 } => outputs.push((partition, topic, key, event_id, output)),
                 StageEffect::Persist { key, entity } => {
-                    entities.insert((partition, key), entity);
+                    entities.push(((partition, key), entity));
                 }
             }
         }
+        // In the order of the effects, each key once where it was last written: a crash leaves
+        // a prefix of a partition's writes (one idempotent producer), so a logic can order
+        // what a prefix must never hold (a deletion before the writes that make it final).
+        let mut last = std::collections::HashSet::new();
+        entities.reverse();
+        entities.retain(|(at, _)| last.insert(at.clone()));
+        entities.reverse();
         let mut emitted = Vec::with_capacity(outputs.len());
         for (partition, topic, key, event_id, output) in &outputs {
             self.buffer.clear();

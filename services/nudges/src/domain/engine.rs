@@ -164,6 +164,11 @@ pub struct Person {
     pub shop: String,
     /// When the person's last sequence sent its first nudge (the frequency cap counts from it).
     pub started_ms: Option<i64>,
+    /// The abandonment event id of that sequence: the same abandonment read again after a
+    /// crash (the person written to the changelog, the sequence not) is that sequence, not
+    /// another one the cap keeps out.
+    #[serde(default)]
+    pub started_by: Option<String>,
     pub ordered_ms: Option<i64>,
     #[serde(default)]
     pub unsubscribed_email: bool,
@@ -237,6 +242,26 @@ impl Partition {
             self.by_checkout.remove(token);
         }
         Some(sequence)
+    }
+
+    /// Ends `sequence` (removed already): its deletion, and `started_by` cleared on the people
+    /// it started (their cap window stays), so that only a running sequence lost from the
+    /// changelog is taken up again when its abandonment is read again, never an ended one.
+    /// The people are written before the deletion: a crash between the two leaves the
+    /// sequence running in the changelog (its stop read again ends it), never deleted with a
+    /// person still naming it (taken up again as lost).
+    fn end(&mut self, sequence: &Sequence) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for hash in &sequence.identities {
+            if let Some(person) = self.people.get_mut(hash) {
+                if person.started_by.as_deref() == Some(sequence.abandonment_event_id.as_str()) {
+                    person.started_by = None;
+                    effects.push(persist_person(hash, person));
+                }
+            }
+        }
+        effects.push(delete_sequence(&sequence.journey_key));
+        effects
     }
 
     /// Journey keys of the sequences of anyone with one of `hashes`.
@@ -468,11 +493,13 @@ impl Engine {
             return vec![Effect::Suppressed(Suppressed::Purchased)];
         }
         // A running sequence, or a first nudge within the window: a sequence stopped before
-        // it sent anything (a purchase ten minutes later) does not count.
-        if people
-            .iter()
-            .any(|p| p.started_ms.is_some_and(|s| at_ms - s < cap_ms))
-            || !state.matching(&identities).is_empty()
+        // it sent anything (a purchase ten minutes later) does not count, nor the first nudge
+        // of this very abandonment's sequence, lost from the changelog by a crash (see
+        // `Person::started_by`).
+        if people.iter().any(|p| {
+            p.started_ms.is_some_and(|s| at_ms - s < cap_ms)
+                && p.started_by.as_deref() != Some(event.event_id.as_str())
+        }) || !state.matching(&identities).is_empty()
         {
             return vec![Effect::Suppressed(Suppressed::Cap)];
         }
@@ -553,9 +580,9 @@ impl Engine {
         };
         let mut effects = Vec::new();
         for key in keys {
-            if state.remove(&key).is_some() {
+            if let Some(sequence) = state.remove(&key) {
                 effects.push(Effect::Suppressed(why));
-                effects.push(delete_sequence(&key));
+                effects.extend(state.end(&sequence));
             }
         }
         effects
@@ -636,12 +663,12 @@ impl Engine {
                 effects.push(persist_sequence(&sequence));
                 state.insert(sequence);
             } else {
-                unreachable.push(key);
+                unreachable.push(sequence);
             }
         }
-        for key in unreachable {
+        for sequence in unreachable {
             effects.push(Effect::Suppressed(Suppressed::Consent));
-            effects.push(delete_sequence(&key));
+            effects.extend(state.end(&sequence));
         }
         effects
     }
@@ -836,6 +863,7 @@ impl Engine {
                             ..Person::default()
                         });
                         person.started_ms = Some(now_ms);
+                        person.started_by = Some(sequence.abandonment_event_id.clone());
                         person.seen_ms = person.seen_ms.max(now_ms);
                         effects.push((partition, persist_person(hash, person)));
                     }
@@ -854,7 +882,7 @@ impl Engine {
                     effects.push((partition, persist_sequence(&sequence)));
                     state.insert(sequence);
                 } else {
-                    effects.push((partition, delete_sequence(&key)));
+                    effects.extend(state.end(&sequence).into_iter().map(|e| (partition, e)));
                 }
             }
         }
@@ -880,7 +908,7 @@ impl Engine {
             state.insert(sequence);
             vec![effect]
         } else {
-            vec![delete_sequence(&emitted.journey_key)]
+            state.end(&sequence)
         }
     }
 

@@ -265,3 +265,49 @@ fn events_heard_before_a_reset_are_not_acted_on_after_it() {
         assert!(!stage.ready.is_ready(), "ready while rejoining");
     });
 }
+
+/// Review of the nudges' `started_by` (branch tansuloss): a crash while a batch's changelog is
+/// written leaves a prefix of its writes (one idempotent producer per partition), but the
+/// writes went out in a hash map's order, so no logic could say what a prefix must hold (a
+/// person cleared before their sequence's deletion). They go out in the order of the batch's
+/// effects, each key once, where it was last written.
+#[test]
+fn a_batchs_changelog_writes_go_out_in_the_order_of_its_effects() {
+    with_cluster(async |bootstrap| {
+        let stop = CancellationToken::new();
+        let mut stage = stage_on(bootstrap);
+        owning_partition_0(&mut stage, &stop).await;
+        let mut effects: Vec<_> = (0..20).map(|i| persist(&format!("k{i:02}"), i)).collect();
+        effects.push(persist("k00", 20));
+        assert!(stage
+            .flush(Work::of(effects), &stop)
+            .await
+            .expect("flushed"));
+        let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "toy-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let mut partition = TopicPartitionList::new();
+        partition
+            .add_partition_offset(STATE, 0, Offset::Beginning)
+            .expect("offset");
+        reader.assign(&partition).expect("assigned");
+        let mut keys = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while keys.len() < 20 {
+            assert!(Instant::now() < deadline, "read back only {keys:?}");
+            if let Some(message) = reader.poll(Duration::from_millis(100)) {
+                let message = message.expect("read");
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).to_string();
+                if key.starts_with('k') {
+                    keys.push(key);
+                }
+            }
+        }
+        let mut expected: Vec<String> = (1..20).map(|i| format!("k{i:02}")).collect();
+        expected.push("k00".into());
+        assert_eq!(keys, expected);
+    });
+}

@@ -366,21 +366,26 @@ fn only_a_step_overdue_past_the_late_bound_is_skipped() {
     assert_eq!(late, 1);
 }
 
-#[test]
-fn a_restored_sequence_never_sends_a_step_twice() {
-    let mut e = engine();
-    let effects = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
-    // The state as the changelog holds it before the first nudge.
-    let entities: HashMap<String, Entity> = effects
+/// The entities `effects` write to the changelog (those `keep` accepts), as a restore reads them.
+fn persisted(effects: Vec<Effect>, keep: fn(&Entity) -> bool) -> HashMap<String, Entity> {
+    effects
         .into_iter()
         .filter_map(|effect| match effect {
             Effect::Persist {
                 key,
                 entity: Some(entity),
-            } => Some((key, *entity)),
+            } if keep(&entity) => Some((key, *entity)),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_restored_sequence_never_sends_a_step_twice() {
+    let mut e = engine();
+    let effects = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    // The state as the changelog holds it before the first nudge.
+    let entities = persisted(effects, |_| true);
     let nudge = nudges(&e.fire_due(T0 + HOUR))[0].clone();
     // A crash after the nudge was written, before the changelog: a new owner restores and
     // reconciles it.
@@ -393,6 +398,99 @@ fn a_restored_sequence_never_sends_a_step_twice() {
     let fired = restored.fire_due(T0 + HOUR);
     assert!(nudges(&fired).is_empty(), "step 1 is not sent again");
     assert_eq!(nudges(&restored.fire_due(T0 + 24 * HOUR))[0].step, 2);
+}
+
+/// Fault suite (issue 19: 935 of 1000 nudges on the mock cluster, the broker holding every
+/// acknowledged changelog record): an abandonment read and its first step sent in one batch,
+/// the process killed while that batch's changelog was written. The changelog holds a prefix
+/// of the batch: the person (their cap window started) but not the sequence, and the input
+/// offset was never committed. The restarted owner reads the abandonment again: it is the
+/// sequence that started the window, not another one the cap keeps out, so its later steps are
+/// still sent (its first again, under the same event id: the at-least-once window).
+#[test]
+fn an_abandonment_read_again_after_a_crash_is_not_capped_by_its_own_first_nudge() {
+    let mut e = engine();
+    let mut batch: Vec<Effect> = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let fired = e.fire_due(T0 + HOUR);
+    let nudge_id = nudges(&fired)[0].event_id.clone();
+    batch.extend(fired.into_iter().map(|(_, effect)| effect));
+    // The changelog as the crash left it: the person records written, the sequence not.
+    let people = persisted(batch, |entity| matches!(entity, Entity::Person(_)));
+    assert!(!people.is_empty(), "the first nudge starts the cap window");
+    let mut restored = Engine::new(rules());
+    restored.assign(0, people);
+    let effects = restored.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0 + HOUR);
+    assert_eq!(suppressed(&effects), [], "not capped by its own window");
+    assert!(effects.contains(&Effect::Scheduled));
+    let again = restored.fire_due(T0 + HOUR);
+    assert_eq!(
+        nudges(&again)[0].event_id,
+        nudge_id,
+        "step 1 again, same id"
+    );
+    assert_eq!(nudges(&restored.fire_due(T0 + 24 * HOUR))[0].step, 2);
+    // Once the sequence ended, the same abandonment delivered again starts nothing.
+    assert_eq!(nudges(&restored.fire_due(T0 + 72 * HOUR))[0].step, 3);
+    let effects = restored.apply(
+        0,
+        SHOP,
+        abandoned("a", serde_json::json!({})),
+        T0 + 73 * HOUR,
+    );
+    assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+    // Another journey of the person is still capped.
+    let effects = restored.apply(
+        0,
+        SHOP,
+        abandoned("b", serde_json::json!({})),
+        T0 + 2 * HOUR,
+    );
+    assert_eq!(suppressed(&effects), [Suppressed::Cap]);
+}
+
+/// A stop (here a recovery: the customer bought) ends the sequence and clears `started_by`;
+/// a crash while those changelog writes go out leaves a prefix of them, and the abandonment
+/// (its offset not committed) is read again. No prefix may look like a running sequence lost
+/// from the changelog (the sequence deleted, the person still naming it), or the customer
+/// who bought gets nudged again.
+#[test]
+fn a_sequence_ended_by_a_recovery_is_not_taken_up_again_from_any_prefix_of_its_writes() {
+    let mut e = engine();
+    let mut writes = e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    writes.extend(e.fire_due(T0 + HOUR).into_iter().map(|(_, effect)| effect));
+    let stopped_at = writes.len();
+    let eur = serde_json::json!({"amount": "120.00", "currency": "EUR"});
+    let stop = e.apply(
+        0,
+        SHOP,
+        recovery("a", "2026-11-23T11:30:00Z", eur),
+        T0 + 2 * HOUR,
+    );
+    assert_eq!(suppressed(&stop), [Suppressed::Recovered]);
+    writes.extend(stop);
+    for cut in stopped_at..=writes.len() {
+        let mut changelog: HashMap<String, Entity> = HashMap::new();
+        for effect in &writes[..cut] {
+            if let Effect::Persist { key, entity } = effect {
+                match entity {
+                    Some(entity) => changelog.insert(key.clone(), entity.as_ref().clone()),
+                    None => changelog.remove(key),
+                };
+            }
+        }
+        let mut restored = Engine::new(rules());
+        restored.assign(0, changelog);
+        let effects = restored.apply(
+            0,
+            SHOP,
+            abandoned("a", serde_json::json!({})),
+            T0 + 2 * HOUR,
+        );
+        assert!(
+            !effects.contains(&Effect::Scheduled),
+            "restarted from the first {cut} writes: {effects:?}"
+        );
+    }
 }
 
 #[test]
