@@ -399,21 +399,34 @@ mod tests {
             .expect("producer");
         let closed_at = std::time::Instant::now();
         assert!(close_off_runtime(leaving, producer, (), Duration::from_secs(10)).await);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let revoked = loop {
-            if let Some(at) = *staying.context().0.lock().expect("lock") {
-                break at;
-            }
-            assert!(std::time::Instant::now() < deadline, "never rebalanced");
+        // A LeaveGroup would have the group rebalanced within a heartbeat or two of the other
+        // member (100 ms apart). Watch for half the 6 s session: slack for a loaded CI box, and
+        // still short of the session's end, which rebalances the group anyway.
+        let window = closed_at + Duration::from_millis(3000);
+        while std::time::Instant::now() < window {
             let _ = tokio::time::timeout(Duration::from_millis(50), staying.recv()).await;
-        };
-        // Its last heartbeat came shortly before the close (100 ms apart when the machine is
-        // idle, longer on a loaded CI box: hence half the 6 s session as the bound); a
-        // LeaveGroup would have rebalanced the group within a heartbeat of the other member.
-        let after = revoked.saturating_duration_since(closed_at);
+        }
+        let revoked = *staying.context().0.lock().expect("lock");
         assert!(
-            after >= Duration::from_millis(3000),
-            "the other member was rebalanced {after:?} after the close: the closing static member left the group"
+            revoked.is_none(),
+            "the other member was rebalanced {:?} after the close: the closing static member left the group",
+            revoked.map(|at| at.saturating_duration_since(closed_at))
         );
+        // The watch proves something only if this member reports rebalances: the closed
+        // member's session ending, or else a newcomer's join, must show as one. (Under load the
+        // mock cluster sometimes never expires the closed static member: seen in 2 of 8
+        // parallel runs, none rebalanced within 120 s.)
+        let newcomer = member(&bootstrap, "static-close-test", None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while staying.context().0.lock().expect("lock").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no rebalance was ever reported, so the watch above could not have seen one"
+            );
+            let _ = tokio::join!(
+                tokio::time::timeout(Duration::from_millis(50), staying.recv()),
+                tokio::time::timeout(Duration::from_millis(50), newcomer.recv())
+            );
+        }
     }
 }
