@@ -1313,10 +1313,17 @@ impl<L: StageLogic> Stage<L> {
         // In the order of the effects, each key once where it was last written: a crash leaves
         // a prefix of a partition's writes (one idempotent producer), so a logic can order
         // what a prefix must never hold (a deletion before the writes that make it final).
-        let mut last = std::collections::HashSet::new();
-        entities.reverse();
-        entities.retain(|(at, _)| last.insert(at.clone()));
-        entities.reverse();
+        let mut seen = std::collections::HashSet::with_capacity(entities.len());
+        let mut last = vec![false; entities.len()];
+        for (index, (at, _)) in entities.iter().enumerate().rev() {
+            last[index] = seen.insert(at);
+        }
+        drop(seen);
+        let entities: Vec<_> = entities
+            .into_iter()
+            .zip(last)
+            .filter_map(|(write, last)| last.then_some(write))
+            .collect();
         let mut emitted = Vec::with_capacity(outputs.len());
         for (partition, topic, key, event_id, output) in &outputs {
             self.buffer.clear();
