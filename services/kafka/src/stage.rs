@@ -28,7 +28,7 @@ use aftercart_shopify::time::now_ms;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 use rdkafka::Timestamp;
 use rdkafka::{Offset, TopicPartitionList};
@@ -1258,12 +1258,21 @@ impl<L: StageLogic> Stage<L> {
         Ok(())
     }
 
-    /// Checks the fence before a write phase: false (after a reset) when it tripped.
+    /// Checks the fence before each write: false when it tripped, after purging what the
+    /// producer still holds queued, a reset and a fresh producer. A member frozen in the middle
+    /// of a batch (SIGSTOP, a stalled VM) wakes with the rest of the batch to write while the
+    /// group may have handed its partitions on: it writes no more of it, and a record handed
+    /// over just after the freeze, still lingering in the queue, is purged before it lands
+    /// after the new owner's restore. (Records queued before a freeze past the session have
+    /// outlived the producer's delivery timeout: librdkafka drops them.)
     fn may_write(&mut self) -> Result<bool, LoopError> {
         match self.tripped() {
             None => Ok(true),
             Some(trip) => {
+                self.producer().purge(PurgeConfig::default().queue());
                 self.reset(trip)?;
+                // Purged records leave a gap in the idempotent sequence: a new producer id.
+                self.renew_producer()?;
                 Ok(false)
             }
         }
@@ -1326,6 +1335,9 @@ impl<L: StageLogic> Stage<L> {
             .collect();
         let mut emitted = Vec::with_capacity(outputs.len());
         for (partition, topic, key, event_id, output) in &outputs {
+            if !self.may_write()? {
+                return Ok(false);
+            }
             self.buffer.clear();
             serde_json::to_writer(&mut self.buffer, output)?;
             let headers = OwnedHeaders::new().insert(Header {
@@ -1344,17 +1356,28 @@ impl<L: StageLogic> Stage<L> {
         }
         let mut acks = Vec::with_capacity(forwards.len() + dead.len());
         if let Inputs::ByShop { by_shop, .. } = &self.topics.inputs {
+            let by_shop = by_shop.clone();
             for forward in &forwards {
-                acks.push(Self::forward(&producer, forward, by_shop)?);
+                if !self.may_write()? {
+                    return Ok(false);
+                }
+                acks.push(Self::forward(&producer, forward, &by_shop)?);
             }
         }
         for letter in &dead {
+            if !self.may_write()? {
+                return Ok(false);
+            }
             let record = dead_letter_record(&self.topics.dead_letter, letter);
             acks.push(
                 producer
                     .send_result(record)
                     .map_err(|(e, _)| LoopError::Write(e))?,
             );
+        }
+        // The last record handed over may have lingered through a freeze too.
+        if !self.may_write()? {
+            return Ok(false);
         }
         for (topic, delivery) in emitted {
             let Some((partition, offset)) = self.acknowledged(delivery).await? else {
@@ -1382,14 +1405,17 @@ impl<L: StageLogic> Stage<L> {
         if !self.may_write()? {
             return Ok(false);
         }
-        let state = &self.topics.state;
+        let state = self.topics.state.clone();
         let record = |partition, key| {
-            FutureRecord::<str, [u8]>::to(state)
+            FutureRecord::<str, [u8]>::to(&state)
                 .partition(partition)
                 .key(key)
         };
         let mut writes = Vec::with_capacity(entities.len() + outputs.len());
         for ((partition, key), entity) in &entities {
+            if !self.may_write()? {
+                return Ok(false);
+            }
             let mut write = record(*partition, key.as_str());
             if let Some(entity) = entity {
                 self.buffer.clear();
@@ -1406,6 +1432,9 @@ impl<L: StageLogic> Stage<L> {
         touched.sort_unstable();
         touched.dedup();
         for partition in touched {
+            if !self.may_write()? {
+                return Ok(false);
+            }
             self.buffer.clear();
             let checkpoint = self.checkpoints.entry(partition).or_default();
             serde_json::to_writer(&mut self.buffer, &*checkpoint)?;
@@ -1415,6 +1444,9 @@ impl<L: StageLogic> Stage<L> {
                     .send_result(write)
                     .map_err(|(e, _)| LoopError::Write(e))?,
             );
+        }
+        if !self.may_write()? {
+            return Ok(false);
         }
         let written = writes.len();
         for write in writes {

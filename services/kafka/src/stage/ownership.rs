@@ -99,6 +99,12 @@ pub struct Fence {
     limit_ms: u64,
     /// Stalls already answered by a reset.
     answered: u64,
+    /// Test only: checks made so far, and the one at which a stall shows (as if the process
+    /// had been frozen just before it).
+    #[cfg(test)]
+    checks: AtomicU64,
+    #[cfg(test)]
+    stall_at_check: Option<u64>,
 }
 
 struct Ticks {
@@ -174,23 +180,36 @@ impl Fence {
             ticks,
             limit_ms,
             answered: 0,
+            #[cfg(test)]
+            checks: AtomicU64::new(0),
+            #[cfg(test)]
+            stall_at_check: None,
         }
     }
 
     /// A fence that has seen one stall and will see no other (no watch thread): it trips once.
     #[cfg(test)]
     pub fn tripping_once() -> Fence {
+        Self::stalling_at_check(1)
+    }
+
+    /// A fence that sees one stall, at its `n`th check (counting from 1), as if the process
+    /// had been frozen just before that check, and no other (no watch thread).
+    #[cfg(test)]
+    pub fn stalling_at_check(n: u64) -> Fence {
         let ticks = Arc::new(Ticks {
             base: Instant::now(),
             // A last tick in the future: no stall in progress, ever.
             last_ms: AtomicU64::new(u64::MAX / 2),
-            stalls: AtomicU64::new(1),
+            stalls: AtomicU64::new(0),
             stop: AtomicBool::new(true),
         });
         Fence {
             ticks,
             limit_ms: 0,
             answered: 0,
+            checks: AtomicU64::new(0),
+            stall_at_check: Some(n),
         }
     }
 
@@ -200,11 +219,20 @@ impl Fence {
             .ticks
             .now_ms()
             .saturating_sub(self.ticks.last_ms.load(Ordering::SeqCst));
-        self.ticks.stalls.load(Ordering::SeqCst) + u64::from(age > self.limit_ms)
+        let stalls = self.ticks.stalls.load(Ordering::SeqCst) + u64::from(age > self.limit_ms);
+        #[cfg(test)]
+        let stalls = stalls
+            + u64::from(
+                self.stall_at_check
+                    .is_some_and(|n| self.checks.load(Ordering::SeqCst) >= n),
+            );
+        stalls
     }
 
     /// `Some` when the member must not write: it then drops what it holds and rejoins.
     pub fn check<C: ConsumerContext>(&self, consumer: &impl Consumer<C>) -> Option<Tripped> {
+        #[cfg(test)]
+        self.checks.fetch_add(1, Ordering::SeqCst);
         if self.stalls() > self.answered {
             Some(Tripped::Stalled)
         } else if consumer.assignment_lost() {

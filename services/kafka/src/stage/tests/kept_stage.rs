@@ -311,3 +311,72 @@ fn a_batchs_changelog_writes_go_out_in_the_order_of_its_effects() {
         assert_eq!(keys, expected);
     });
 }
+
+/// A CI run of the expelled-member fault case: a member frozen (SIGSTOP) in the middle of a
+/// batch's outputs went on writing the rest when thawed, past the new owner's restore, so the
+/// new owner wrote the same outputs again. The fence was checked before each phase of a batch,
+/// not before each write. Now a stall stops the writes at once, and the ones handed over since
+/// the freeze, still in the producer's queue, are purged: here the stall falls just after the
+/// check that allowed the fifth output (a long linger keeps every record queued meanwhile).
+#[test]
+fn a_member_frozen_in_the_middle_of_a_batch_writes_none_of_it_after_the_freeze() {
+    with_cluster(async |bootstrap| {
+        let stop = CancellationToken::new();
+        let mut kafka = KafkaSettings::new(bootstrap, "");
+        kafka.partitions = 2;
+        kafka.properties.set("linger.ms", "1000");
+        let mut stage = toy_stage(kafka).unwrap_or_else(|error| panic!("stage: {error}"));
+        owning_partition_0(&mut stage, &stop).await;
+        let outputs: Vec<_> = (0..20)
+            .map(|i| {
+                let emit = StageEffect::Emit {
+                    topic: 0,
+                    key: format!("o{i:02}"),
+                    event_id: format!("e-o{i:02}"),
+                    output: "late".into(),
+                };
+                (0, emit)
+            })
+            .collect();
+        // Checks: the batch's start, after the logic prepared it, then one per write; the
+        // seventh allows the fifth output, and the process freezes right after it.
+        stage.fence = Fence::stalling_at_check(8);
+        let written = stage
+            .flush(Work::of(outputs), &stop)
+            .await
+            .expect("flushed");
+        assert!(!written, "a frozen member's batch counted as written");
+        assert!(!stage.logic.owns(0), "fenced: the state is dropped");
+        let landed = keys_in(bootstrap, OUT, Duration::from_secs(3));
+        let late: Vec<&String> = landed.iter().filter(|k| k.as_str() >= "o04").collect();
+        assert!(
+            late.is_empty(),
+            "outputs handed over after the freeze landed: {late:?} (all: {landed:?})"
+        );
+    });
+}
+
+/// The keys of partition 0 of `topic`, read from its start for `for_at_least` (records that
+/// are not written never show; those that are show within it).
+fn keys_in(bootstrap: &str, topic: &str, for_at_least: Duration) -> Vec<String> {
+    let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "toy-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut partition = TopicPartitionList::new();
+    partition
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("offset");
+    reader.assign(&partition).expect("assigned");
+    let mut keys = Vec::new();
+    let until = Instant::now() + for_at_least;
+    while Instant::now() < until {
+        if let Some(message) = reader.poll(Duration::from_millis(100)) {
+            let message = message.expect("read");
+            keys.push(String::from_utf8_lossy(message.key().unwrap_or_default()).to_string());
+        }
+    }
+    keys
+}
