@@ -655,11 +655,21 @@ impl<L: StageLogic> Stage<L> {
     }
 
     fn producer(&self) -> FutureProducer {
-        self.clients
+        self.writer().clone()
+    }
+
+    /// The producer a flush writes with, borrowed: a flush never holds a clone of it, so when
+    /// a trip (or a write not acknowledged in time) renews it mid-flush, the stage's own handle
+    /// is the last and the old producer is closed on the plain thread [`Stage::renew_producer`]
+    /// starts. A clone held by the flush was often the last instead (a race with that thread),
+    /// and closing it then blocked the runtime (it joins the producer's poll thread, purges
+    /// and flushes for up to 500 ms, and destroys the client, which can wait on a broker).
+    fn writer(&self) -> &FutureProducer {
+        &self
+            .clients
             .as_ref()
             .expect("clients are open until run ends")
             .producer
-            .clone()
     }
 
     /// Runs until `stop`; returns after a final commit and producer flush.
@@ -1303,7 +1313,6 @@ impl<L: StageLogic> Stage<L> {
         if !self.may_write()? {
             return Ok(false);
         }
-        let producer = self.producer();
         let mut outputs = Vec::new();
         let mut entities = Vec::new();
         for (partition, effect) in effects {
@@ -1349,7 +1358,8 @@ impl<L: StageLogic> Stage<L> {
                 .key(key.as_str())
                 .payload(self.buffer.as_slice())
                 .headers(headers);
-            let delivery = producer
+            let delivery = self
+                .writer()
                 .send_result(record)
                 .map_err(|(e, _)| LoopError::Write(e))?;
             emitted.push((*topic, delivery));
@@ -1361,7 +1371,7 @@ impl<L: StageLogic> Stage<L> {
                 if !self.may_write()? {
                     return Ok(false);
                 }
-                acks.push(Self::forward(&producer, forward, &by_shop)?);
+                acks.push(Self::forward(self.writer(), forward, &by_shop)?);
             }
         }
         for letter in &dead {
@@ -1370,7 +1380,7 @@ impl<L: StageLogic> Stage<L> {
             }
             let record = dead_letter_record(&self.topics.dead_letter, letter);
             acks.push(
-                producer
+                self.writer()
                     .send_result(record)
                     .map_err(|(e, _)| LoopError::Write(e))?,
             );
@@ -1423,7 +1433,7 @@ impl<L: StageLogic> Stage<L> {
                 write = write.payload(self.buffer.as_slice());
             }
             writes.push(
-                producer
+                self.writer()
                     .send_result(write)
                     .map_err(|(e, _)| LoopError::Write(e))?,
             );
@@ -1440,7 +1450,7 @@ impl<L: StageLogic> Stage<L> {
             serde_json::to_writer(&mut self.buffer, &*checkpoint)?;
             let write = record(partition, CHECKPOINT_KEY).payload(self.buffer.as_slice());
             writes.push(
-                producer
+                self.writer()
                     .send_result(write)
                     .map_err(|(e, _)| LoopError::Write(e))?,
             );
