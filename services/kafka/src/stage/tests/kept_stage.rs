@@ -283,17 +283,7 @@ fn a_batchs_changelog_writes_go_out_in_the_order_of_its_effects() {
             .flush(Work::of(effects), &stop)
             .await
             .expect("flushed"));
-        let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "toy-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader");
-        let mut partition = TopicPartitionList::new();
-        partition
-            .add_partition_offset(STATE, 0, Offset::Beginning)
-            .expect("offset");
-        reader.assign(&partition).expect("assigned");
+        let reader = reader_of(bootstrap, STATE);
         let mut keys = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while keys.len() < 20 {
@@ -359,6 +349,20 @@ fn a_member_frozen_in_the_middle_of_a_batch_writes_none_of_it_after_the_freeze()
 /// The keys of partition 0 of `topic`, read from its start for `for_at_least` (records that
 /// are not written never show; those that are show within it).
 fn keys_in(bootstrap: &str, topic: &str, for_at_least: Duration) -> Vec<String> {
+    let reader = reader_of(bootstrap, topic);
+    let mut keys = Vec::new();
+    let until = Instant::now() + for_at_least;
+    while Instant::now() < until {
+        if let Some(message) = reader.poll(Duration::from_millis(100)) {
+            let message = message.expect("read");
+            keys.push(String::from_utf8_lossy(message.key().unwrap_or_default()).to_string());
+        }
+    }
+    keys
+}
+
+/// A reader of partition 0 of `topic` from its start.
+fn reader_of(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
     let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "toy-reader")
@@ -370,13 +374,5 @@ fn keys_in(bootstrap: &str, topic: &str, for_at_least: Duration) -> Vec<String> 
         .add_partition_offset(topic, 0, Offset::Beginning)
         .expect("offset");
     reader.assign(&partition).expect("assigned");
-    let mut keys = Vec::new();
-    let until = Instant::now() + for_at_least;
-    while Instant::now() < until {
-        if let Some(message) = reader.poll(Duration::from_millis(100)) {
-            let message = message.expect("read");
-            keys.push(String::from_utf8_lossy(message.key().unwrap_or_default()).to_string());
-        }
-    }
-    keys
+    reader
 }
