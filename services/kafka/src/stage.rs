@@ -1279,7 +1279,10 @@ impl<L: StageLogic> Stage<L> {
         match self.tripped() {
             None => Ok(true),
             Some(trip) => {
-                self.producer().purge(PurgeConfig::default().queue());
+                // Not waiting for the broker threads to confirm: they purge at the same moment
+                // either way, and one stuck reconnecting (a DNS lookup) would hold the runtime.
+                self.writer()
+                    .purge(PurgeConfig::default().queue().non_blocking());
                 self.reset(trip)?;
                 // Purged records leave a gap in the idempotent sequence: a new producer id.
                 self.renew_producer()?;
