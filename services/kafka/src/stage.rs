@@ -1278,25 +1278,29 @@ impl<L: StageLogic> Stage<L> {
     fn may_write(&mut self) -> Result<bool, LoopError> {
         match self.tripped() {
             None => Ok(true),
-            Some(trip) => {
-                // Not waiting for the broker threads to confirm: they purge at the same moment
-                // either way, and one stuck reconnecting (a DNS lookup) would hold the runtime.
-                self.writer()
-                    .purge(PurgeConfig::default().queue().non_blocking());
-                self.reset(trip)?;
-                // Purged records leave a gap in the idempotent sequence: a new producer id.
-                self.renew_producer()?;
-                Ok(false)
-            }
+            Some(trip) => self.stop_writing(trip),
         }
+    }
+
+    /// What a trip of the fence in the middle of a batch does ([`Self::may_write`]): always
+    /// `Ok(false)`, nothing more of the batch is written.
+    fn stop_writing(&mut self, trip: Tripped) -> Result<bool, LoopError> {
+        // Not waiting for the broker threads to confirm: they purge at the same moment either
+        // way, and one stuck reconnecting (a DNS lookup) would hold the runtime.
+        self.writer()
+            .purge(PurgeConfig::default().queue().non_blocking());
+        self.reset(trip)?;
+        // Purged records leave a gap in the idempotent sequence: a new producer id.
+        self.renew_producer()?;
+        Ok(false)
     }
 
     /// Writes a batch's work in the crash-safe order: first the logic acts on its effects
     /// outside Kafka ([`StageLogic::prepare`]), then outputs, forwards and dead letters
     /// (acknowledged), then entities and checkpoints (acknowledged), then the input offsets of
-    /// partitions still held. The fence is checked before each phase. False when nothing more
-    /// was written: the fence tripped, or `stop` came while the logic acted (then nothing of
-    /// the batch is written and its offsets stay where they were).
+    /// partitions still held. The fence is checked at every record's hand-over. False when
+    /// nothing more was written: the fence tripped, or `stop` came while the logic acted (then
+    /// nothing of the batch is written and its offsets stay where they were).
     async fn flush(&mut self, work: Work<L>, stop: &CancellationToken) -> Result<bool, LoopError> {
         if !self.may_write()? {
             return Ok(false);
@@ -1347,9 +1351,6 @@ impl<L: StageLogic> Stage<L> {
             .collect();
         let mut emitted = Vec::with_capacity(outputs.len());
         for (partition, topic, key, event_id, output) in &outputs {
-            if !self.may_write()? {
-                return Ok(false);
-            }
             self.buffer.clear();
             serde_json::to_writer(&mut self.buffer, output)?;
             let headers = OwnedHeaders::new().insert(Header {
@@ -1361,6 +1362,13 @@ impl<L: StageLogic> Stage<L> {
                 .key(key.as_str())
                 .payload(self.buffer.as_slice())
                 .headers(headers);
+            // Checked at the hand-over itself, after the serializing, so that only a freeze
+            // inside `send_result` can put a record in after the thaw (the next check's purge
+            // takes it out of the queue while it lingers).
+            if let Some(trip) = self.tripped() {
+                drop(record);
+                return self.stop_writing(trip);
+            }
             let delivery = self
                 .writer()
                 .send_result(record)
@@ -1426,14 +1434,16 @@ impl<L: StageLogic> Stage<L> {
         };
         let mut writes = Vec::with_capacity(entities.len() + outputs.len());
         for ((partition, key), entity) in &entities {
-            if !self.may_write()? {
-                return Ok(false);
-            }
             let mut write = record(*partition, key.as_str());
             if let Some(entity) = entity {
                 self.buffer.clear();
                 serde_json::to_writer(&mut self.buffer, entity)?;
                 write = write.payload(self.buffer.as_slice());
+            }
+            // At the hand-over, as for the outputs.
+            if let Some(trip) = self.tripped() {
+                drop(write);
+                return self.stop_writing(trip);
             }
             writes.push(
                 self.writer()
@@ -1445,13 +1455,14 @@ impl<L: StageLogic> Stage<L> {
         touched.sort_unstable();
         touched.dedup();
         for partition in touched {
-            if !self.may_write()? {
-                return Ok(false);
-            }
             self.buffer.clear();
             let checkpoint = self.checkpoints.entry(partition).or_default();
             serde_json::to_writer(&mut self.buffer, &*checkpoint)?;
             let write = record(partition, CHECKPOINT_KEY).payload(self.buffer.as_slice());
+            if let Some(trip) = self.tripped() {
+                drop(write);
+                return self.stop_writing(trip);
+            }
             writes.push(
                 self.writer()
                     .send_result(write)
