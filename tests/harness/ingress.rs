@@ -40,6 +40,7 @@ pub fn test_config(broker: &Broker) -> IngressConfig {
         body_read_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_secs(5),
         max_connections: 1000,
+        listen_backlog: 1024,
         max_header_bytes: 64 * 1024,
         drain_delay: Duration::ZERO,
         dedupe_window: Duration::from_secs(3600),
@@ -98,9 +99,10 @@ impl TestIngress {
     /// Starts the ingress without waiting for readiness.
     pub async fn spawn(config: IngressConfig) -> TestIngress {
         crate::init_logs();
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .expect("bind webhook port");
+        // Bound as the ingress binds it, with its listen queue.
+        let listener =
+            aftercart_runtime::process::bind("webhooks", config.listen, config.listen_backlog)
+                .expect("bind webhook port");
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
             .expect("bind admin port");

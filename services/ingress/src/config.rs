@@ -91,7 +91,8 @@ pub struct IngressArgs {
     )]
     pub header_read_timeout: String,
 
-    /// Most concurrent connections; beyond it new connections wait in the listen backlog.
+    /// Most concurrent connections; beyond it new connections wait in the kernel's listen queue
+    /// (AFTERCART_INGRESS_LISTEN_BACKLOG).
     /// Each may hold an unfinished head (AFTERCART_INGRESS_MAX_HEADER_BYTES) before anything is
     /// authenticated: 4000 heads of 16KiB took ~125 MiB, 10000 of 64KiB 866 MiB.
     #[arg(
@@ -101,6 +102,16 @@ pub struct IngressArgs {
         default_value = "4000"
     )]
     pub max_connections: String,
+
+    /// Connections the kernel queues beyond AFTERCART_INGRESS_MAX_CONNECTIONS until the ingress
+    /// takes them. One the full queue cannot take loses its handshake and the client retries
+    /// only after 1s, 3s, 7s. Capped by the kernel's net.core.somaxconn (4096 since Linux 5.4).
+    #[arg(
+        long = "ingress-listen-backlog",
+        env = "AFTERCART_INGRESS_LISTEN_BACKLOG",
+        default_value = "1024"
+    )]
+    pub listen_backlog: String,
 
     /// Largest request head (request line and headers); larger ones get 431 (Shopify's are
     /// under 2KiB). HTTP/1 buffers up to about twice this per connection while the head is
@@ -340,6 +351,7 @@ pub struct IngressConfig {
     pub body_read_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub listen_backlog: u32,
     pub max_header_bytes: usize,
     pub drain_delay: Duration,
     pub dedupe_window: Duration,
@@ -423,6 +435,10 @@ impl IngressArgs {
             "AFTERCART_INGRESS_MAX_CONNECTIONS",
             parse_in_range(&self.max_connections, 1, 1_000_000),
         );
+        let listen_backlog = errors.check(
+            "AFTERCART_INGRESS_LISTEN_BACKLOG",
+            parse_in_range(&self.listen_backlog, 1, 65_535),
+        );
         let max_header_bytes = errors.check(
             "AFTERCART_INGRESS_MAX_HEADER_BYTES",
             parse_byte_size(&self.max_header_bytes).and_then(|size| {
@@ -499,6 +515,7 @@ impl IngressArgs {
             Some(body_read_timeout),
             Some(header_read_timeout),
             Some(max_connections),
+            Some(listen_backlog),
             Some(max_header_bytes),
             Some(drain_delay),
             Some(dedupe_window),
@@ -515,6 +532,7 @@ impl IngressArgs {
             body_read_timeout,
             header_read_timeout,
             max_connections,
+            listen_backlog,
             max_header_bytes,
             drain_delay,
             dedupe_window,
@@ -536,6 +554,7 @@ impl IngressArgs {
             body_read_timeout,
             header_read_timeout,
             max_connections: max_connections as usize,
+            listen_backlog: listen_backlog as u32,
             max_header_bytes,
             drain_delay,
             dedupe_window,

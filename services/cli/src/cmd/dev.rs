@@ -202,7 +202,7 @@ pub async fn run(args: DevArgs) -> i32 {
         Ok(process) => process,
         Err(code) => return code,
     };
-    let listener = match bind("webhooks", ingress.listen).await {
+    let listener = match bind("webhooks", ingress.listen, ingress.listen_backlog) {
         Ok(listener) => listener,
         Err(code) => return process.finish(code),
     };

@@ -20,7 +20,7 @@ pub async fn run(args: IngressArgs) -> i32 {
         Ok(process) => process,
         Err(code) => return code,
     };
-    let listener = match bind("webhooks", config.listen).await {
+    let listener = match bind("webhooks", config.listen, config.listen_backlog) {
         Ok(listener) => listener,
         Err(code) => return process.finish(code),
     };
