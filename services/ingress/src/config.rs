@@ -104,8 +104,9 @@ pub struct IngressArgs {
     pub max_connections: String,
 
     /// Connections the kernel queues beyond AFTERCART_INGRESS_MAX_CONNECTIONS until the ingress
-    /// takes them. One the full queue cannot take loses its handshake and the client retries
-    /// only after 1s, 3s, 7s. Capped by the kernel's net.core.somaxconn (4096 since Linux 5.4).
+    /// takes them. One the full queue cannot take loses its handshake, which a Linux client retries
+    /// 1s, 3s, 7s after its first attempt. Capped by the kernel's net.core.somaxconn (4096 since
+    /// Linux 5.4; the ingress warns at start when it is lower).
     #[arg(
         long = "ingress-listen-backlog",
         env = "AFTERCART_INGRESS_LISTEN_BACKLOG",
