@@ -223,7 +223,9 @@ impl StageLogic for Nudges {
 
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
         let mut effects = if now_ms >= self.hold_until_ms.load(Ordering::Relaxed) {
-            self.engine.fire_due(now_ms)
+            // Quiet hours are kept by the clock the nudges go out on, not the stage's.
+            let sending_at = aftercart_shopify::time::now_ms();
+            self.engine.fire_due_sending_at(now_ms, sending_at)
         } else {
             Vec::new()
         };

@@ -150,11 +150,22 @@ pub struct Sequence {
     pub due_ms: Vec<i64>,
     /// Steps done (sent, or skipped as late).
     pub done: u32,
+    /// A due step found in the shop's quiet hours when it was to be sent waits until their
+    /// end. Not kept in the changelog: a restored sequence is found in them again.
+    #[serde(skip)]
+    pub held_until_ms: Option<i64>,
 }
 
 impl Sequence {
     fn next_due(&self) -> Option<i64> {
         self.due_ms.get(self.done as usize).copied()
+    }
+
+    /// When the sequence's timer fires: its next step's due time, or the end of the quiet
+    /// hours that step is held to.
+    fn timer(&self) -> Option<i64> {
+        let due = self.next_due()?;
+        Some(self.held_until_ms.map_or(due, |held| held.max(due)))
     }
 }
 
@@ -210,7 +221,7 @@ impl Partition {
     fn insert(&mut self, sequence: Sequence) {
         let key = sequence.journey_key.clone();
         self.remove(&key);
-        if let Some(due) = sequence.next_due() {
+        if let Some(due) = sequence.timer() {
             self.timers.insert((due, key.clone()));
         }
         for hash in &sequence.identities {
@@ -227,7 +238,7 @@ impl Partition {
 
     fn remove(&mut self, journey_key: &str) -> Option<Sequence> {
         let sequence = self.sequences.remove(journey_key)?;
-        if let Some(due) = sequence.next_due() {
+        if let Some(due) = sequence.timer() {
             self.timers.remove(&(due, journey_key.to_string()));
         }
         for hash in &sequence.identities {
@@ -520,6 +531,7 @@ impl Engine {
             abandoned_at_ms,
             due_ms,
             done: 0,
+            held_until_ms: None,
         };
         let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
         state.insert(sequence);
@@ -828,10 +840,20 @@ impl Engine {
         effects
     }
 
-    /// Sends every step due at `now_ms`, in order; of several due steps of one sequence those
-    /// overdue past [`LATE_AFTER_MS`] (a long outage) are skipped and counted as late, so the
-    /// customer gets the latest, not a burst of stale reminders.
+    /// [`Engine::fire_due_sending_at`] with the steps sent at `now_ms`.
     pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
+        self.fire_due_sending_at(now_ms, now_ms)
+    }
+
+    /// Sends every step due at `now_ms` (the stage's clock), in order; of several due steps of
+    /// one sequence those overdue past [`LATE_AFTER_MS`] (a long outage) are skipped and
+    /// counted as late, so the customer gets the latest, not a burst of stale reminders.
+    ///
+    /// `sending_at_ms` is when the nudges go out (the wall clock; later than `now_ms` while
+    /// the stage catches up). A sequence whose shop is in its quiet hours then is held until
+    /// their end: a step delayed into them by an outage or a restart is not sent in them.
+    pub fn fire_due_sending_at(&mut self, now_ms: i64, sending_at_ms: i64) -> Vec<(i32, Effect)> {
+        let sending_at_ms = sending_at_ms.max(now_ms);
         let mut effects = Vec::new();
         for (&partition, state) in &mut self.partitions {
             while let Some((due, key)) = state.timers.first().cloned() {
@@ -842,6 +864,15 @@ impl Engine {
                     state.timers.remove(&(due, key));
                     continue;
                 };
+                let quiet = self.rules.policy(&sequence.shop).quiet_hours;
+                let quiet_end = quiet.map_or(sending_at_ms, |q| q.defer(sending_at_ms));
+                if quiet_end > sending_at_ms {
+                    // Past `now_ms`, so the loop moves on to the next timer.
+                    sequence.held_until_ms = Some(quiet_end);
+                    state.insert(sequence);
+                    continue;
+                }
+                sequence.held_until_ms = None;
                 let latest = sequence
                     .due_ms
                     .iter()

@@ -988,3 +988,50 @@ fn a_data_request_reports_nothing_remembered_under_an_email_or_phone_another_cus
 }
 
 mod redaction;
+
+/// The shop's quiet hours hold at sending time too: a step that falls due before them but is
+/// only sent in them (an outage, a restart, a member catching up) waits for their end.
+#[test]
+fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
+    let mut rules = rules();
+    rules.shops.insert(
+        SHOP.to_string(),
+        ShopPolicy {
+            enabled: true,
+            steps: Steps::parse("1h,24h").unwrap(),
+            // 10:00Z + 1h = 11:00, just before the quiet hours (11:05 to 13:00 UTC).
+            quiet_hours: Some(QuietHours::parse("11:05-13:00", "+00:00").unwrap()),
+        },
+    );
+    let mut e = Engine::new(rules);
+    e.assign(0, HashMap::new());
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    assert_eq!(e.next_due(), Some(T0 + HOUR));
+    // An outage: the stage's clock reaches the step only at 11:10.
+    let held = e.fire_due(T0 + HOUR + 10 * MIN);
+    assert!(nudges(&held).is_empty(), "sent in quiet hours: {held:?}");
+    assert_eq!(e.next_due(), Some(T0 + 3 * HOUR), "held to their end");
+    assert!(nudges(&e.fire_due(T0 + 3 * HOUR - 1)).is_empty());
+    let sent = e.fire_due(T0 + 3 * HOUR);
+    assert_eq!(nudges(&sent).len(), 1);
+    assert_eq!(nudges(&sent)[0].step, 1);
+    assert_eq!(
+        nudges(&sent)[0].due_at,
+        rfc3339(T0 + HOUR),
+        "still due when planned"
+    );
+    assert_eq!(e.next_due(), Some(T0 + 24 * HOUR), "the cadence goes on");
+
+    // Caught up by the stage's clock (the record times) but written later, by the wall clock:
+    // the wall clock is when the step goes out.
+    let mut e = Engine::new(e.rules.clone());
+    e.assign(0, HashMap::new());
+    e.apply(0, SHOP, abandoned("b", serde_json::json!({})), T0);
+    let held = e.fire_due_sending_at(T0 + HOUR, T0 + HOUR + 10 * MIN);
+    assert!(nudges(&held).is_empty(), "sent in quiet hours: {held:?}");
+    assert_eq!(e.next_due(), Some(T0 + 3 * HOUR));
+    assert_eq!(
+        nudges(&e.fire_due_sending_at(T0 + 3 * HOUR, T0 + 3 * HOUR)).len(),
+        1
+    );
+}
