@@ -1161,6 +1161,15 @@ mod scenarios {
             !message.contains("example.com"),
             "no personal data: {message}"
         );
+        // A batches topic the broker cannot describe is a check that failed, not one that
+        // found no removals left.
+        let mut undescribed = config.clone();
+        undescribed.batches_topic = format!("{}-missing", config.batches_topic);
+        let checked =
+            tokio::task::spawn_blocking(move || aftercart_audiences::orphans::find(&undescribed))
+                .await
+                .expect("check");
+        assert!(checked.is_err(), "{checked:?}");
     }
 
     /// The reports on the data requests topic for `request`, each checked against the schema.

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use aftercart_kafka::{for_each_record, KafkaSettings, StoreError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::AudiencesConfig;
@@ -66,11 +67,7 @@ pub fn find(config: &AudiencesConfig) -> Result<Orphans, OrphanError> {
     if removed.is_empty() {
         return Ok(orphans);
     }
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = partitions_of(&metadata, topic)?;
     for destination in removed {
         let group = config.exporter_group(&destination);
         let committed = committed(kafka, &group, topic, &partitions, timeout)?;
@@ -88,6 +85,25 @@ pub fn find(config: &AudiencesConfig) -> Result<Orphans, OrphanError> {
         }
     }
     Ok(orphans)
+}
+
+/// The partitions of `topic`, or why the broker did not say: a topic it answered with an error
+/// (or without partitions) would otherwise pass as one with no removals left in it.
+fn partitions_of(metadata: &Metadata, topic: &str) -> Result<Vec<i32>, KafkaError> {
+    let unknown = KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition);
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| unknown.clone())?;
+    if let Some(error) = found.error() {
+        return Err(KafkaError::MetadataFetch(error.into()));
+    }
+    let partitions: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
+    if partitions.is_empty() {
+        return Err(unknown);
+    }
+    Ok(partitions)
 }
 
 /// A client named after `group` that never joins it: it reads the group's committed offsets.
