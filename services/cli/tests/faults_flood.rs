@@ -492,7 +492,7 @@ async fn thousands_of_idle_connections_beyond_the_limit_wait_and_are_cut_off() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = probe.stop().await;
     eprintln!(
-        "faults/idle-flood: {cut_off} of {IDLE} idle connections (limit {LIMIT}) closed by the header timeout, the last after {slowest:?}"
+        "faults/idle-flood: {cut_off} of {IDLE} idle connections (limit {LIMIT}) closed by the header timeout, the last after {slowest:?}; at most {deepest} waited in the listen queue (AFTERCART_INGRESS_LISTEN_BACKLOG {backlog})"
     );
     let bound = HEADER_READ_TIMEOUT * (IDLE / LIMIT + 1) as u32 + ANSWER_BOUND;
     assert_probe_served("faults/idle-flood", &report, &broker, &prefix, bound).await;
