@@ -1169,7 +1169,17 @@ mod scenarios {
             tokio::task::spawn_blocking(move || aftercart_audiences::orphans::find(&undescribed))
                 .await
                 .expect("check");
-        assert!(checked.is_err(), "{checked:?}");
+        assert!(
+            matches!(
+                checked,
+                Err(aftercart_audiences::orphans::OrphanError::Kafka(
+                    rdkafka::error::KafkaError::MetadataFetch(
+                        rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                ))
+            ),
+            "{checked:?}"
+        );
     }
 
     /// The reports on the data requests topic for `request`, each checked against the schema.

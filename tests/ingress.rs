@@ -1250,7 +1250,10 @@ mod slow_broker {
         // The warm-up's record leaves librdkafka's queue only once its delivery report has been
         // served, a moment after its 200: a first webhook arriving in that moment is refused
         // as queue full, and is sent again.
+        let mut attempts = 0;
         let pending = loop {
+            attempts += 1;
+            assert!(attempts <= 20, "the queue's place never came free");
             let first = Webhook::new("carts/update", br#"{"token":"a"}"#.to_vec(), SECRET);
             let pending = tokio::spawn(async move { first.post(addr).await });
             let (handled, ingress) = (&pending, &ingress);
@@ -1266,7 +1269,10 @@ mod slow_broker {
                 },
             )
             .await;
-            if in_flight {
+            // In flight from the handler's start, before its record is queued: still in flight
+            // a moment later, it waits for the slowed broker.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if in_flight && !pending.is_finished() {
                 break pending;
             }
             let answer = pending.await.unwrap();

@@ -69,6 +69,26 @@ pub fn schedule(steps: &Steps, abandoned_at_ms: i64, quiet: Option<QuietHours>) 
     due
 }
 
+/// Moves step `from` of `due` to `to`, later than it was (it came to be sent in quiet hours),
+/// and each later step that would then fall due with or before the one before it to keep the
+/// gap it had to that one, after quiet hours, as [`schedule`] places steps.
+pub fn postpone(due: &mut [i64], from: usize, to: i64, quiet: Option<QuietHours>) {
+    let defer = |at: i64| quiet.map_or(at, |q| q.defer(at));
+    let Some(first) = due.get_mut(from) else {
+        return;
+    };
+    // (was, is) of the step before.
+    let mut before = (*first, to);
+    *first = to;
+    for at in due.iter_mut().skip(from + 1) {
+        let was = *at;
+        if *at <= before.1 {
+            *at = defer(before.1.saturating_add(was.saturating_sub(before.0)));
+        }
+        before = (was, *at);
+    }
+}
+
 /// Local hours no nudge is sent in, e.g. 21:00 to 08:00 at UTC+01:00.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuietHours {
@@ -183,6 +203,33 @@ mod tests {
             [DAY_MS + 8 * HOUR, DAY_MS + 20 * HOUR + HOUR / 2]
         );
         assert_eq!(schedule(&steps, at, None), steps.due_times(at));
+    }
+
+    #[test]
+    fn a_postponed_step_pushes_only_the_later_steps_it_reaches() {
+        let quiet = QuietHours::parse("21:00-08:00", "+00:00").unwrap();
+        // Steps at 20:00, 20:30 and 20:00 the next day; the first postponed to 08:00: the
+        // second keeps its 30 minutes after it, the third (later still) stays.
+        let mut due = [20 * HOUR, 20 * HOUR + HOUR / 2, DAY_MS + 20 * HOUR];
+        postpone(&mut due, 0, DAY_MS + 8 * HOUR, Some(quiet));
+        assert_eq!(
+            due,
+            [
+                DAY_MS + 8 * HOUR,
+                DAY_MS + 8 * HOUR + HOUR / 2,
+                DAY_MS + 20 * HOUR
+            ]
+        );
+        // A gap that lands in quiet hours again is pushed to their end.
+        let mut due = [20 * HOUR, 20 * HOUR + HOUR / 2];
+        postpone(&mut due, 0, 20 * HOUR + 3 * HOUR / 4, Some(quiet));
+        assert_eq!(due, [20 * HOUR + 3 * HOUR / 4, DAY_MS + 8 * HOUR]);
+        // Steps before the postponed one are left as they were; an index past the end is a no-op.
+        let mut due = [HOUR, 2 * HOUR];
+        postpone(&mut due, 1, 3 * HOUR, None);
+        assert_eq!(due, [HOUR, 3 * HOUR]);
+        postpone(&mut due, 2, 9 * HOUR, None);
+        assert_eq!(due, [HOUR, 3 * HOUR]);
     }
 
     #[test]

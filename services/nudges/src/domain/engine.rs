@@ -14,7 +14,7 @@ use aftercart_shopify::privacy::markers::{Pseudonyms, RedactionMarker, Redaction
 use aftercart_shopify::privacy::{national_phones, DataRequestReport};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::cadence::{schedule, QuietHours, Steps};
+use crate::domain::cadence::{postpone, schedule, QuietHours, Steps};
 use crate::domain::identity;
 use crate::domain::input::{Channels, ContactFacts, Input, OrderFacts};
 use crate::domain::nudge::{event_id, Contact, EmittedNudge, Nudge};
@@ -150,22 +150,11 @@ pub struct Sequence {
     pub due_ms: Vec<i64>,
     /// Steps done (sent, or skipped as late).
     pub done: u32,
-    /// A due step found in the shop's quiet hours when it was to be sent waits until their
-    /// end. Not kept in the changelog: a restored sequence is found in them again.
-    #[serde(skip)]
-    pub held_until_ms: Option<i64>,
 }
 
 impl Sequence {
     fn next_due(&self) -> Option<i64> {
         self.due_ms.get(self.done as usize).copied()
-    }
-
-    /// When the sequence's timer fires: its next step's due time, or the end of the quiet
-    /// hours that step is held to.
-    fn timer(&self) -> Option<i64> {
-        let due = self.next_due()?;
-        Some(self.held_until_ms.map_or(due, |held| held.max(due)))
     }
 }
 
@@ -221,7 +210,7 @@ impl Partition {
     fn insert(&mut self, sequence: Sequence) {
         let key = sequence.journey_key.clone();
         self.remove(&key);
-        if let Some(due) = sequence.timer() {
+        if let Some(due) = sequence.next_due() {
             self.timers.insert((due, key.clone()));
         }
         for hash in &sequence.identities {
@@ -238,7 +227,7 @@ impl Partition {
 
     fn remove(&mut self, journey_key: &str) -> Option<Sequence> {
         let sequence = self.sequences.remove(journey_key)?;
-        if let Some(due) = sequence.timer() {
+        if let Some(due) = sequence.next_due() {
             self.timers.remove(&(due, journey_key.to_string()));
         }
         for hash in &sequence.identities {
@@ -531,7 +520,6 @@ impl Engine {
             abandoned_at_ms,
             due_ms,
             done: 0,
-            held_until_ms: None,
         };
         let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
         state.insert(sequence);
@@ -850,8 +838,10 @@ impl Engine {
     /// counted as late, so the customer gets the latest, not a burst of stale reminders.
     ///
     /// `sending_at_ms` is when the nudges go out (the wall clock; later than `now_ms` while
-    /// the stage catches up). A sequence whose shop is in its quiet hours then is held until
-    /// their end: a step delayed into them by an outage or a restart is not sent in them.
+    /// the stage catches up). A step to be sent while its shop is in its quiet hours is
+    /// postponed to their end, and the later steps with it as [`postpone`] moves them: a step
+    /// delayed into them by an outage or a restart is not sent in them, nor skipped as late
+    /// for the wait.
     pub fn fire_due_sending_at(&mut self, now_ms: i64, sending_at_ms: i64) -> Vec<(i32, Effect)> {
         let sending_at_ms = sending_at_ms.max(now_ms);
         let mut effects = Vec::new();
@@ -864,15 +854,6 @@ impl Engine {
                     state.timers.remove(&(due, key));
                     continue;
                 };
-                let quiet = self.rules.policy(&sequence.shop).quiet_hours;
-                let quiet_end = quiet.map_or(sending_at_ms, |q| q.defer(sending_at_ms));
-                if quiet_end > sending_at_ms {
-                    // Past `now_ms`, so the loop moves on to the next timer.
-                    sequence.held_until_ms = Some(quiet_end);
-                    state.insert(sequence);
-                    continue;
-                }
-                sequence.held_until_ms = None;
                 let latest = sequence
                     .due_ms
                     .iter()
@@ -883,6 +864,18 @@ impl Engine {
                 let send = (sequence.done as usize..latest)
                     .find(|i| sequence.due_ms[*i] >= now_ms - LATE_AFTER_MS)
                     .unwrap_or(latest);
+                let quiet = self.rules.policy(&sequence.shop).quiet_hours;
+                let quiet_end = quiet.map_or(sending_at_ms, |q| q.defer(sending_at_ms));
+                if quiet_end > sending_at_ms {
+                    // The step to send falls due again when the quiet hours end, in the stage's
+                    // time (behind the wall clock while it catches up; checked again then).
+                    // The steps before it stay overdue: they are skipped as late then.
+                    let until = now_ms.saturating_add(quiet_end - sending_at_ms);
+                    postpone(&mut sequence.due_ms, send, until, quiet);
+                    effects.push((partition, persist_sequence(&sequence)));
+                    state.insert(sequence);
+                    continue;
+                }
                 for _ in sequence.done as usize..send {
                     effects.push((partition, Effect::Suppressed(Suppressed::Late)));
                 }

@@ -990,7 +990,8 @@ fn a_data_request_reports_nothing_remembered_under_an_email_or_phone_another_cus
 mod redaction;
 
 /// The shop's quiet hours hold at sending time too: a step that falls due before them but is
-/// only sent in them (an outage, a restart, a member catching up) waits for their end.
+/// only sent in them (an outage, a restart, a member catching up) is postponed to their end,
+/// and a later step due by then moves with it instead of pushing it out as late.
 #[test]
 fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
     let mut rules = rules();
@@ -998,8 +999,9 @@ fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
         SHOP.to_string(),
         ShopPolicy {
             enabled: true,
-            steps: Steps::parse("1h,24h").unwrap(),
-            // 10:00Z + 1h = 11:00, just before the quiet hours (11:05 to 13:00 UTC).
+            // 10:00Z + 1h = 11:00, just before the quiet hours (11:05 to 13:00 UTC); 10:00Z +
+            // 2h is in them: scheduled at their end, 13:00.
+            steps: Steps::parse("1h,2h").unwrap(),
             quiet_hours: Some(QuietHours::parse("11:05-13:00", "+00:00").unwrap()),
         },
     );
@@ -1010,28 +1012,40 @@ fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
     // An outage: the stage's clock reaches the step only at 11:10.
     let held = e.fire_due(T0 + HOUR + 10 * MIN);
     assert!(nudges(&held).is_empty(), "sent in quiet hours: {held:?}");
+    let postponed = held.iter().find_map(|(_, effect)| match effect {
+        Effect::Persist {
+            entity: Some(entity),
+            ..
+        } => match entity.as_ref() {
+            Entity::Sequence(sequence) => Some(sequence.due_ms.clone()),
+            _ => None,
+        },
+        _ => None,
+    });
+    // The second step (due at 13:00) keeps its two hours after the first.
+    let moved = vec![T0 + 3 * HOUR, T0 + 5 * HOUR];
+    assert_eq!(postponed, Some(moved), "kept in the changelog");
     assert_eq!(e.next_due(), Some(T0 + 3 * HOUR), "held to their end");
     assert!(nudges(&e.fire_due(T0 + 3 * HOUR - 1)).is_empty());
     let sent = e.fire_due(T0 + 3 * HOUR);
-    assert_eq!(nudges(&sent).len(), 1);
+    assert_eq!(nudges(&sent).len(), 1, "{sent:?}");
     assert_eq!(nudges(&sent)[0].step, 1);
-    assert_eq!(
-        nudges(&sent)[0].due_at,
-        rfc3339(T0 + HOUR),
-        "still due when planned"
-    );
-    assert_eq!(e.next_due(), Some(T0 + 24 * HOUR), "the cadence goes on");
+    assert_eq!(nudges(&sent)[0].due_at, rfc3339(T0 + 3 * HOUR));
+    assert!(!sent
+        .iter()
+        .any(|(_, effect)| *effect == Effect::Suppressed(Suppressed::Late)));
+    assert_eq!(e.next_due(), Some(T0 + 5 * HOUR), "the cadence goes on");
+    assert_eq!(nudges(&e.fire_due(T0 + 5 * HOUR))[0].step, 2);
 
     // Caught up by the stage's clock (the record times) but written later, by the wall clock:
-    // the wall clock is when the step goes out.
+    // the wall clock is when the step goes out. The step is due again when the wall clock
+    // leaves the quiet hours (13:00, 1 h 50 min later), in the stage's time.
     let mut e = Engine::new(e.rules.clone());
     e.assign(0, HashMap::new());
     e.apply(0, SHOP, abandoned("b", serde_json::json!({})), T0);
     let held = e.fire_due_sending_at(T0 + HOUR, T0 + HOUR + 10 * MIN);
     assert!(nudges(&held).is_empty(), "sent in quiet hours: {held:?}");
-    assert_eq!(e.next_due(), Some(T0 + 3 * HOUR));
-    assert_eq!(
-        nudges(&e.fire_due_sending_at(T0 + 3 * HOUR, T0 + 3 * HOUR)).len(),
-        1
-    );
+    assert_eq!(e.next_due(), Some(T0 + HOUR + 110 * MIN));
+    let sent = e.fire_due_sending_at(T0 + HOUR + 110 * MIN, T0 + 3 * HOUR);
+    assert_eq!(nudges(&sent).len(), 1);
 }
