@@ -150,11 +150,25 @@ pub struct Sequence {
     pub due_ms: Vec<i64>,
     /// Steps done (sent, or skipped as late).
     pub done: u32,
+    /// Steps skipped as late before any step was sent: those before a first step postponed by
+    /// quiet hours (otherwise a skip comes with a send). The sequence has sent something once
+    /// `done` is past them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_unsent: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Sequence {
     fn next_due(&self) -> Option<i64> {
         self.due_ms.get(self.done as usize).copied()
+    }
+
+    /// Whether a step of the sequence was sent.
+    fn sent_any(&self) -> bool {
+        self.done > self.skipped_unsent
     }
 }
 
@@ -520,6 +534,7 @@ impl Engine {
             abandoned_at_ms,
             due_ms,
             done: 0,
+            skipped_unsent: 0,
         };
         let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
         state.insert(sequence);
@@ -546,7 +561,8 @@ impl Engine {
         let attributed = self.partitions.get(&partition).is_some_and(|state| {
             let before_recovery = |sent: i64| recovered_ms.is_none_or(|r| sent <= r);
             let running = state.sequences.get(&event.journey_key).is_some_and(|s| {
-                s.done > 0 && s.due_ms.first().is_some_and(|d| before_recovery(*d))
+                let first_sent = s.due_ms.get(s.skipped_unsent as usize);
+                s.sent_any() && first_sent.is_some_and(|d| before_recovery(*d))
             });
             let nudged = |started: i64| {
                 abandoned_ms.is_some_and(|a| started >= a) && before_recovery(started)
@@ -866,20 +882,24 @@ impl Engine {
                     .unwrap_or(latest);
                 let quiet = self.rules.policy(&sequence.shop).quiet_hours;
                 let quiet_end = quiet.map_or(sending_at_ms, |q| q.defer(sending_at_ms));
+                for _ in sequence.done as usize..send {
+                    effects.push((partition, Effect::Suppressed(Suppressed::Late)));
+                }
                 if quiet_end > sending_at_ms {
                     // The step to send falls due again when the quiet hours end, in the stage's
-                    // time (behind the wall clock while it catches up; checked again then).
-                    // The steps before it stay overdue: they are skipped as late then.
+                    // time (behind the wall clock while it catches up; checked again then). The
+                    // late rule's choice is final: the steps before it are skipped now.
+                    if !sequence.sent_any() {
+                        sequence.skipped_unsent = send as u32;
+                    }
+                    sequence.done = send as u32;
                     let until = now_ms.saturating_add(quiet_end - sending_at_ms);
                     postpone(&mut sequence.due_ms, send, until, quiet);
                     effects.push((partition, persist_sequence(&sequence)));
                     state.insert(sequence);
                     continue;
                 }
-                for _ in sequence.done as usize..send {
-                    effects.push((partition, Effect::Suppressed(Suppressed::Late)));
-                }
-                if sequence.done == 0 {
+                if !sequence.sent_any() {
                     // The first nudge of the sequence starts the person's frequency-cap window.
                     for hash in &sequence.identities {
                         let person = state.people.entry(hash.clone()).or_insert_with(|| Person {

@@ -1049,3 +1049,49 @@ fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
     let sent = e.fire_due_sending_at(T0 + HOUR + 110 * MIN, T0 + 3 * HOUR);
     assert_eq!(nudges(&sent).len(), 1);
 }
+
+/// An outage past two steps that ends in quiet hours: the late rule skips the first now, the
+/// second goes out alone when they end, and only then does the person's cap window start.
+#[test]
+fn an_outage_ending_in_quiet_hours_skips_the_stale_step_and_postpones_the_latest() {
+    let mut rules = rules();
+    rules.shops.insert(
+        SHOP.to_string(),
+        ShopPolicy {
+            enabled: true,
+            // Due at 11:00 and 12:00; quiet from 12:10 to 13:00.
+            steps: Steps::parse("1h,2h").unwrap(),
+            quiet_hours: Some(QuietHours::parse("12:10-13:00", "+00:00").unwrap()),
+        },
+    );
+    let mut e = Engine::new(rules);
+    e.assign(0, HashMap::new());
+    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    let held = e.fire_due(T0 + 2 * HOUR + 20 * MIN);
+    assert!(nudges(&held).is_empty(), "sent in quiet hours: {held:?}");
+    let late = held
+        .iter()
+        .filter(|(_, effect)| *effect == Effect::Suppressed(Suppressed::Late))
+        .count();
+    assert_eq!(late, 1, "{held:?}");
+    assert!(
+        !held.iter().any(|(_, effect)| matches!(effect, Effect::Persist { key, .. } if key.starts_with("person/"))),
+        "nothing sent yet, so no cap window: {held:?}"
+    );
+    assert_eq!(
+        e.next_due(),
+        Some(T0 + 3 * HOUR),
+        "the second step, at their end"
+    );
+    let sent = e.fire_due(T0 + 3 * HOUR);
+    assert_eq!(nudges(&sent).len(), 1, "{sent:?}");
+    assert_eq!(nudges(&sent)[0].step, 2);
+    assert!(!sent
+        .iter()
+        .any(|(_, effect)| *effect == Effect::Suppressed(Suppressed::Late)));
+    assert!(
+        sent.iter().any(|(_, effect)| matches!(effect, Effect::Persist { key, .. } if key.starts_with("person/"))),
+        "the first nudge sent starts the cap window: {sent:?}"
+    );
+    assert_eq!(e.next_due(), None, "the sequence is over");
+}
