@@ -1321,12 +1321,13 @@ impl Restart {
             .and_then(|fields| fields["restore_ms"].as_f64())
             .map_or("-".to_string(), |ms| format!("{:.2}", ms / 1000.0));
         let first = logged_at(started, RESUMED);
+        let assigned = logged_at(started, "Partitions assigned.");
         format!(
             "restart-to-resume after {how}: {resume} s from the signal to the first input record \
              taken ({broker_kind}; closing {closing}, clients closed {closed}, exited {exited}, \
              up {up}, topics checked {topics}, joining {joining}, global tables read {globals}, \
              assigned {assigned} (restore {restore} s), ready {ready}, timers held {held} to \
-             {released})",
+             {released}){waited}",
             how = self.how,
             resume = at(first),
             closing = at(logged_at(stopping, "Closing the Kafka clients.")),
@@ -1340,8 +1341,47 @@ impl Restart {
             ready = at(Some(self.ready)),
             held = at(holding(started, true)),
             released = at(holding(started, false)),
+            waited = after_assignment(started, assigned, first, self.signalled),
         )
     }
+}
+
+/// A first input record that came more than a second after the assignment: what the new
+/// process logged in between (at most 8 lines, seconds from the signal), so that a slow resume
+/// in a passing run can be read from its report (the harness deletes the logs of a pass).
+fn after_assignment(
+    started: &str,
+    assigned: Option<i64>,
+    first: Option<i64>,
+    signalled: i64,
+) -> String {
+    let (Some(assigned), Some(first)) = (assigned, first) else {
+        return String::new();
+    };
+    if first - assigned <= 1000 {
+        return String::new();
+    }
+    let between: Vec<String> = started
+        .lines()
+        .filter_map(|line| {
+            let fields: serde_json::Value = serde_json::from_str(line).ok()?;
+            let at = timestamp_of(line)?;
+            let message = fields["message"].as_str()?;
+            (at > assigned && at < first).then(|| {
+                let why = ["error", "reason", "partitions", "holding"]
+                    .iter()
+                    .filter(|key| !fields[**key].is_null())
+                    .map(|key| format!(" {key}={}", fields[*key]))
+                    .collect::<String>();
+                format!("{:.2} {message}{why}", (at - signalled) as f64 / 1000.0)
+            })
+        })
+        .take(8)
+        .collect();
+    format!(
+        "; logged between the assignment and the first record: [{}]",
+        between.join(" | ")
+    )
 }
 
 /// Each restart's [`Restart::timeline`], read only from the lines of its own new process: a
@@ -2040,6 +2080,23 @@ fn a_restart_timeline_counts_each_step_from_the_signal() {
     );
     assert!(
         line.contains("assigned 3.60 (restore 0.25 s), ready 3.65, timers held - to -"),
+        "{line}"
+    );
+    assert!(!line.contains("logged between"), "a quick resume: {line}");
+    // A first record 2.5 s after the assignment: what was logged in between is named.
+    let slow = started.replace("05:00:03.700000Z", "05:00:06.100000Z").replace(
+        r#"{"timestamp":"2026-12-07T05:00:06.100000Z""#,
+        concat!(
+            r#"{"timestamp":"2026-12-07T05:00:04.000000Z","level":"INFO","message":"Partitions revoked.","partitions":3}"#,
+            "\n",
+            r#"{"timestamp":"2026-12-07T05:00:06.100000Z""#
+        ),
+    );
+    let line = restart.timeline(&format!("{stopping}{slow}"), "mock cluster");
+    assert!(
+        line.ends_with(
+            "; logged between the assignment and the first record: [4.00 Partitions revoked. partitions=3]"
+        ),
         "{line}"
     );
 }
