@@ -989,25 +989,32 @@ fn a_data_request_reports_nothing_remembered_under_an_email_or_phone_another_cus
 
 mod redaction;
 
-/// The shop's quiet hours hold at sending time too: a step that falls due before them but is
-/// only sent in them (an outage, a restart, a member catching up) is postponed to their end,
-/// and a later step due by then moves with it instead of pushing it out as late.
-#[test]
-fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
+/// An engine whose shop has cadence `steps` and quiet hours `quiet` (UTC), with journey `cart`
+/// abandoned at [`T0`] (10:00Z).
+fn quiet_engine(steps: &str, quiet: &str, cart: &str) -> Engine {
     let mut rules = rules();
     rules.shops.insert(
         SHOP.to_string(),
         ShopPolicy {
             enabled: true,
-            // 10:00Z + 1h = 11:00, just before the quiet hours (11:05 to 13:00 UTC); 10:00Z +
-            // 2h is in them: scheduled at their end, 13:00.
-            steps: Steps::parse("1h,2h").unwrap(),
-            quiet_hours: Some(QuietHours::parse("11:05-13:00", "+00:00").unwrap()),
+            steps: Steps::parse(steps).unwrap(),
+            quiet_hours: Some(QuietHours::parse(quiet, "+00:00").unwrap()),
         },
     );
     let mut e = Engine::new(rules);
     e.assign(0, HashMap::new());
-    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    e.apply(0, SHOP, abandoned(cart, serde_json::json!({})), T0);
+    e
+}
+
+/// The shop's quiet hours hold at sending time too: a step that falls due before them but is
+/// only sent in them (an outage, a restart, a member catching up) is postponed to their end,
+/// and a later step due by then moves with it instead of pushing it out as late.
+#[test]
+fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
+    // 10:00Z + 1h = 11:00, just before the quiet hours (11:05 to 13:00 UTC); 10:00Z + 2h is in
+    // them: scheduled at their end, 13:00.
+    let mut e = quiet_engine("1h,2h", "11:05-13:00", "a");
     assert_eq!(e.next_due(), Some(T0 + HOUR));
     // An outage: the stage's clock reaches the step only at 11:10.
     let held = e.fire_due(T0 + HOUR + 10 * MIN);
@@ -1040,9 +1047,7 @@ fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
     // Caught up by the stage's clock (the record times) but written later, by the wall clock:
     // the wall clock is when the step goes out. The step is due again when the wall clock
     // leaves the quiet hours (13:00, 1 h 50 min later), in the stage's time.
-    let mut e = Engine::new(e.rules.clone());
-    e.assign(0, HashMap::new());
-    e.apply(0, SHOP, abandoned("b", serde_json::json!({})), T0);
+    let mut e = quiet_engine("1h,2h", "11:05-13:00", "b");
     let held = e.fire_due_sending_at(T0 + HOUR, T0 + HOUR + 10 * MIN);
     assert!(nudges(&held).is_empty(), "sent in quiet hours: {held:?}");
     assert_eq!(e.next_due(), Some(T0 + HOUR + 110 * MIN));
@@ -1054,19 +1059,8 @@ fn a_step_delayed_into_quiet_hours_waits_for_their_end() {
 /// second goes out alone when they end, and only then does the person's cap window start.
 #[test]
 fn an_outage_ending_in_quiet_hours_skips_the_stale_step_and_postpones_the_latest() {
-    let mut rules = rules();
-    rules.shops.insert(
-        SHOP.to_string(),
-        ShopPolicy {
-            enabled: true,
-            // Due at 11:00 and 12:00; quiet from 12:10 to 13:00.
-            steps: Steps::parse("1h,2h").unwrap(),
-            quiet_hours: Some(QuietHours::parse("12:10-13:00", "+00:00").unwrap()),
-        },
-    );
-    let mut e = Engine::new(rules);
-    e.assign(0, HashMap::new());
-    e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0);
+    // Due at 11:00 and 12:00; quiet from 12:10 to 13:00.
+    let mut e = quiet_engine("1h,2h", "12:10-13:00", "a");
     let held = e.fire_due(T0 + 2 * HOUR + 20 * MIN);
     assert!(nudges(&held).is_empty(), "sent in quiet hours: {held:?}");
     let late = held
