@@ -1341,33 +1341,47 @@ impl Restart {
             ready = at(Some(self.ready)),
             held = at(holding(started, true)),
             released = at(holding(started, false)),
-            waited = after_assignment(started, assigned, first, self.signalled),
+            waited = self.slow_resume(started, assigned, first),
         )
+    }
+
+    /// For a resume over its target (5 s after SIGTERM, 10 s after SIGKILL), what the new
+    /// process logged from joining the group to its first record; for a first record more
+    /// than a second after the assignment, what it logged in between. So that a slow resume
+    /// in a passing run can be read from its report: the harness deletes the logs of a pass.
+    fn slow_resume(&self, started: &str, assigned: Option<i64>, first: Option<i64>) -> String {
+        let Some(first) = first else {
+            return String::new();
+        };
+        let target_ms = if self.how == "SIGKILL" { 10_000 } else { 5_000 };
+        let (what, from) = match assigned {
+            _ if first - self.signalled > target_ms => (
+                "joining the group",
+                logged_at(started, "Joining the consumer group."),
+            ),
+            Some(assigned) if first - assigned > 1000 => ("the assignment", Some(assigned)),
+            _ => return String::new(),
+        };
+        let lines = logged_between(
+            started,
+            from.unwrap_or(self.signalled),
+            first,
+            self.signalled,
+        );
+        format!("; logged between {what} and the first record: [{lines}]")
     }
 }
 
-/// A first input record that came more than a second after the assignment: what the new
-/// process logged in between (at most 8 lines, seconds from the signal), so that a slow resume
-/// in a passing run can be read from its report (the harness deletes the logs of a pass).
-fn after_assignment(
-    started: &str,
-    assigned: Option<i64>,
-    first: Option<i64>,
-    signalled: i64,
-) -> String {
-    let (Some(assigned), Some(first)) = (assigned, first) else {
-        return String::new();
-    };
-    if first - assigned <= 1000 {
-        return String::new();
-    }
-    let between: Vec<String> = started
+/// What `logs` say after `from` and before `to` (ms since the epoch), at most 10 lines, each
+/// as seconds from `signalled`, its message, and its error/reason/partitions/holding fields.
+fn logged_between(logs: &str, from: i64, to: i64, signalled: i64) -> String {
+    let between: Vec<String> = logs
         .lines()
         .filter_map(|line| {
             let fields: serde_json::Value = serde_json::from_str(line).ok()?;
             let at = timestamp_of(line)?;
             let message = fields["message"].as_str()?;
-            (at > assigned && at < first).then(|| {
+            (at > from && at < to).then(|| {
                 let why = ["error", "reason", "partitions", "holding"]
                     .iter()
                     .filter(|key| !fields[**key].is_null())
@@ -1376,12 +1390,9 @@ fn after_assignment(
                 format!("{:.2} {message}{why}", (at - signalled) as f64 / 1000.0)
             })
         })
-        .take(8)
+        .take(10)
         .collect();
-    format!(
-        "; logged between the assignment and the first record: [{}]",
-        between.join(" | ")
-    )
+    between.join(" | ")
 }
 
 /// Each restart's [`Restart::timeline`], read only from the lines of its own new process: a
@@ -2083,19 +2094,28 @@ fn a_restart_timeline_counts_each_step_from_the_signal() {
         "{line}"
     );
     assert!(!line.contains("logged between"), "a quick resume: {line}");
-    // A first record 2.5 s after the assignment: what was logged in between is named.
-    let slow = started.replace("05:00:03.700000Z", "05:00:06.100000Z").replace(
-        r#"{"timestamp":"2026-12-07T05:00:06.100000Z""#,
+    // A first record 1.3 s after the assignment: what was logged in between is named.
+    let slow = started.replace(
+        r#"{"timestamp":"2026-12-07T05:00:03.700000Z""#,
         concat!(
             r#"{"timestamp":"2026-12-07T05:00:04.000000Z","level":"INFO","message":"Partitions revoked.","partitions":3}"#,
             "\n",
-            r#"{"timestamp":"2026-12-07T05:00:06.100000Z""#
+            r#"{"timestamp":"2026-12-07T05:00:04.900000Z""#
         ),
     );
     let line = restart.timeline(&format!("{stopping}{slow}"), "mock cluster");
     assert!(
         line.ends_with(
             "; logged between the assignment and the first record: [4.00 Partitions revoked. partitions=3]"
+        ),
+        "{line}"
+    );
+    // Past the 5 s target after SIGTERM: everything from joining the group.
+    let late = slow.replace("05:00:04.900000Z", "05:00:06.100000Z");
+    let line = restart.timeline(&format!("{stopping}{late}"), "mock cluster");
+    assert!(
+        line.ends_with(
+            "; logged between joining the group and the first record: [3.60 Partitions assigned. | 4.00 Partitions revoked. partitions=3]"
         ),
         "{line}"
     );
