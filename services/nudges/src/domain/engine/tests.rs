@@ -1077,6 +1077,18 @@ fn an_outage_ending_in_quiet_hours_skips_the_stale_step_and_postpones_the_latest
         Some(T0 + 3 * HOUR),
         "the second step, at their end"
     );
+    // Asked meanwhile, the person is told of no step sent and the one still to come.
+    let report = data_request(
+        &mut e,
+        serde_json::json!({"id": 42}),
+        T0 + 2 * HOUR + 30 * MIN,
+    );
+    let held = &report.holdings[0].data;
+    assert_eq!(held["steps_sent"], 0, "{held}");
+    assert_eq!(
+        held["steps_scheduled"],
+        serde_json::json!([rfc3339(T0 + 3 * HOUR)])
+    );
     let sent = e.fire_due(T0 + 3 * HOUR);
     assert_eq!(nudges(&sent).len(), 1, "{sent:?}");
     assert_eq!(nudges(&sent)[0].step, 2);
