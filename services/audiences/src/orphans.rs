@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aftercart_kafka::{for_each_record, KafkaSettings, StoreError};
+use aftercart_kafka::{for_each_record, ClientKind, KafkaSettings, StoreError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
@@ -112,7 +112,7 @@ pub(crate) fn consumer(kafka: &KafkaSettings, group: &str) -> Result<BaseConsume
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false");
-    kafka.apply_overrides(&mut config);
+    kafka.apply_overrides(&mut config, ClientKind::Consumer);
     config.create()
 }
 

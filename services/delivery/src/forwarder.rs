@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aftercart_kafka::{KafkaSettings, TopicSpec};
+use aftercart_kafka::{ClientKind, KafkaSettings, TopicSpec};
 use aftercart_runtime::health::Readiness;
 use bytes::Bytes;
 use prometheus::IntGauge;
@@ -193,7 +193,7 @@ impl<S: RecordSink> Forwarder<S> {
         if spec.lag.is_some() {
             consumer_config.set("statistics.interval.ms", "5000");
         }
-        kafka.apply_overrides(&mut consumer_config);
+        kafka.apply_overrides(&mut consumer_config, ClientKind::Consumer);
         let consumer: StreamConsumer<ForwarderContext> =
             consumer_config.create_with_context(ForwarderContext {
                 ready,
@@ -211,7 +211,7 @@ impl<S: RecordSink> Forwarder<S> {
                 "message.timeout.ms",
                 DEAD_LETTER_TIMEOUT.as_millis().to_string(),
             );
-        kafka.apply_overrides(&mut producer_config);
+        kafka.apply_overrides(&mut producer_config, ClientKind::Producer);
         let producer: FutureProducer = producer_config.create()?;
         Ok(Forwarder {
             clients: Some(Clients { consumer, producer }),

@@ -25,7 +25,7 @@ pub use group::{
 };
 pub use loop_metrics::LoopMetrics;
 pub use partition_reader::{for_each_record, ReadTo, StoreError, StoredRecord};
-pub use properties::KafkaProperties;
+pub use properties::{ClientKind, KafkaProperties};
 pub use records::{dead_letter_record, header, shop_of, DeadLetter};
 pub use settings::{KafkaArgs, KafkaSettings};
 pub use stage::{

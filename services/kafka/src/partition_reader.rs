@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::KafkaSettings;
+use crate::{ClientKind, KafkaSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -72,7 +72,7 @@ pub fn for_each_record(
         // The end of the partition is reported, so a read never waits on a watermark it
         // cannot reach (e.g. one that counts transaction markers).
         .set("enable.partition.eof", "true");
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Consumer);
     // A group id is required by librdkafka but unused: the partition is assigned, not subscribed.
     let consumer: BaseConsumer = config.create().map_err(kafka)?;
     let timeout = settings.request_timeout();

@@ -7,7 +7,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
-use crate::{KafkaSettings, StatsContext};
+use crate::{ClientKind, KafkaSettings, StatsContext};
 
 /// Tunables of a producer; the durability settings are not among them on purpose.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub fn build_output_producer(
         linger: OUTPUT_LINGER,
     };
     let mut config = producer_config(settings, &options);
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Producer);
     config.create()
 }
 
@@ -56,7 +56,7 @@ pub fn build_producer(
 ) -> KafkaResult<FutureProducer<StatsContext>> {
     let mut config = producer_config(settings, options);
     config.set("statistics.interval.ms", "5000");
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Producer);
     config.create_with_context(context)
 }
 

@@ -55,6 +55,90 @@ pub fn aliases_of(key: &str) -> Vec<&str> {
         .map_or_else(|| vec![key], |group| group.to_vec())
 }
 
+/// Which kind of librdkafka client a configuration is for. Each kind ignores the other's
+/// settings with a `CONFWARN` line, so an operator's one property list (consumer settings such
+/// as `session.timeout.ms` among producer ones) is handed to each client without the other's.
+/// Admin clients are producers to librdkafka.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    Producer,
+    Consumer,
+}
+
+/// Settings only consumers read (librdkafka 2.12's CONFIGURATION.md, scope `C`).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+    "consume.callback.max.messages",
+];
+
+/// Settings only producers read (librdkafka 2.12's CONFIGURATION.md, scope `P`).
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
+/// Whether a client of `kind` reads the setting `key` (every setting of both kinds, and any
+/// librdkafka does not scope, is read by both).
+pub fn is_read_by(key: &str, kind: ClientKind) -> bool {
+    match kind {
+        ClientKind::Producer => !CONSUMER_ONLY.contains(&key),
+        ClientKind::Consumer => !PRODUCER_ONLY.contains(&key),
+    }
+}
+
 /// Operator-supplied librdkafka properties, in the order they are applied (later wins).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProperties {

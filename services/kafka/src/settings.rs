@@ -5,11 +5,12 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use aftercart_runtime::config::{is_kafka_name, parse_duration, parse_in_range, ConfigErrors};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 
-use crate::properties::{self, KafkaProperties};
+use crate::properties::{self, ClientKind, KafkaProperties};
 
 /// Kafka flags shared by every service (`AFTERCART_KAFKA_*`, `AFTERCART_TOPIC_*`). `Debug`
 /// hides the properties (they may hold passwords).
@@ -307,10 +308,17 @@ impl KafkaSettings {
         if !problems.is_empty() {
             return problems;
         }
+        // Creating a client does not wait for the network; dropping it at once is cheap. A
+        // producer checks the settings producers read, a consumer those consumers read.
         let mut config = self.client_config("aftercart-config-check");
-        self.apply_overrides(&mut config);
-        // Creating a client does not wait for the network; dropping it at once is cheap.
+        self.apply_overrides(&mut config, ClientKind::Producer);
         if let Err(error) = config.create::<BaseProducer>() {
+            problems.push(self.describe_client_error(&error));
+            return problems;
+        }
+        let mut config = self.client_config("aftercart-config-check");
+        self.apply_overrides(&mut config, ClientKind::Consumer);
+        if let Err(error) = config.create::<BaseConsumer>() {
             problems.push(self.describe_client_error(&error));
         }
         problems
@@ -392,8 +400,13 @@ impl KafkaSettings {
     /// Applies the operator's properties (file, then `AFTERCART_KAFKA_PROPERTIES`) last, so
     /// they win: aftercart's own value under another spelling of the same setting is removed
     /// (librdkafka gets a `ClientConfig`'s entries in no fixed order, so both would race).
-    pub fn apply_overrides(&self, config: &mut ClientConfig) {
+    /// Only the properties a client of `kind` reads: the others it would ignore, with a
+    /// warning in the log for each at every start.
+    pub fn apply_overrides(&self, config: &mut ClientConfig, kind: ClientKind) {
         for (key, value) in &self.properties {
+            if !properties::is_read_by(key, kind) {
+                continue;
+            }
             for alias in properties::aliases_of(key) {
                 config.remove(alias);
             }
@@ -490,7 +503,7 @@ mod tests {
         kafka.properties.set("queue.buffering.max.ms", "9");
         let mut config = ClientConfig::new();
         config.set("linger.ms", "5");
-        kafka.apply_overrides(&mut config);
+        kafka.apply_overrides(&mut config, ClientKind::Producer);
         assert_eq!(config.get("linger.ms"), None);
         assert_eq!(config.get("queue.buffering.max.ms"), Some("9"));
     }
@@ -555,10 +568,43 @@ mod tests {
         let settings = both.validate(&mut errors, None).unwrap();
         assert!(errors.is_empty(), "{errors}");
         let mut config = settings.client_config("x");
-        settings.apply_overrides(&mut config);
+        settings.apply_overrides(&mut config, ClientKind::Consumer);
         assert_eq!(config.get("bootstrap.servers"), Some("managed-1:9093"));
         assert_eq!(settings.brokers, "managed-1:9093");
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn each_client_gets_only_the_operator_settings_it_reads() {
+        // One property list serves every client: a consumer's group settings must not reach
+        // producers and admin clients (librdkafka logs a CONFWARN for each at every start),
+        // nor a producer's batching reach consumers; settings of both reach both.
+        let mut mixed = args();
+        mixed.kafka_properties =
+            "session.timeout.ms=4000,linger.ms=9,socket.keepalive.enable=true".into();
+        let mut errors = ConfigErrors::new();
+        let settings = mixed.validate(&mut errors, None).unwrap();
+        assert!(errors.is_empty(), "{errors}");
+        let mut producer = settings.client_config("p");
+        settings.apply_overrides(&mut producer, ClientKind::Producer);
+        let mut consumer = settings.client_config("c");
+        settings.apply_overrides(&mut consumer, ClientKind::Consumer);
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("9"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("4000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        for config in [&producer, &consumer] {
+            assert_eq!(config.get("socket.keepalive.enable"), Some("true"));
+        }
+        // The check still refuses a bad value of either kind.
+        let mut bad = args();
+        bad.kafka_properties = "session.timeout.ms=soon".into();
+        let settings = bad.validate(&mut ConfigErrors::new(), None).unwrap();
+        let problems = settings.check_client();
+        assert!(
+            problems.iter().any(|p| p.contains("session.timeout.ms")),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -572,7 +618,7 @@ mod tests {
         let settings = aliased.validate(&mut errors, None).unwrap();
         let mut config = settings.client_config("x");
         config.set("acks", "all").set("linger.ms", "5");
-        settings.apply_overrides(&mut config);
+        settings.apply_overrides(&mut config, ClientKind::Producer);
         assert_eq!(config.get("acks"), None);
         assert_eq!(config.get("linger.ms"), None);
         assert_eq!(config.get("request.required.acks"), Some("1"));

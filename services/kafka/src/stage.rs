@@ -46,8 +46,8 @@ use sources::SourcePartitions;
 
 use crate::producer::{build_output_producer, OUTPUT_LINGER};
 use crate::{
-    close_off_runtime, dead_letter_record, receive_batch_within, shop_of, ClientWatch, DeadLetter,
-    GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, IDLE_WAIT,
+    close_off_runtime, dead_letter_record, receive_batch_within, shop_of, ClientKind, ClientWatch,
+    DeadLetter, GroupContext, KafkaSettings, LoopError, LoopMetrics, RebalanceEvent, IDLE_WAIT,
 };
 
 /// Header the router adds to a forwarded record: the family of the topic it came from.
@@ -301,7 +301,7 @@ fn group_config(
     if let Some(instance) = &kafka.instance_id {
         config.set("group.instance.id", instance);
     }
-    kafka.apply_overrides(&mut config);
+    kafka.apply_overrides(&mut config, ClientKind::Consumer);
     config
 }
 

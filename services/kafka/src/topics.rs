@@ -11,7 +11,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::KafkaSettings;
+use crate::{ClientKind, KafkaSettings};
 
 /// Names of the raw Shopify topics under one prefix.
 #[derive(Debug, Clone)]
@@ -153,7 +153,7 @@ pub async fn ensure_topics(
     same_partitions: &[String],
 ) -> Result<(), TopicError> {
     let mut config = settings.client_config("aftercart-admin");
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Producer);
     let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(config.create()?);
     let timeout = settings.request_timeout();
 
@@ -270,7 +270,7 @@ pub async fn describe_topic_configs(
     topics: &[String],
 ) -> Result<TopicConfigs, TopicError> {
     let mut config = settings.client_config("aftercart-admin");
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Producer);
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     describe_topic_configs_with(&admin, topics, settings.request_timeout()).await
 }

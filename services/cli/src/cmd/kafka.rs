@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aftercart_kafka::producer::ProducerOptions;
 use aftercart_kafka::settings::builtin_features;
-use aftercart_kafka::{describe_topic_configs_with, KafkaSettings};
+use aftercart_kafka::{describe_topic_configs_with, ClientKind, KafkaSettings};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -176,7 +176,7 @@ async fn check(
 
     let recorder = Recorder::default();
     let mut config = settings.client_config("aftercart-check");
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Producer);
     let admin: Arc<AdminClient<Recorder>> = match config.create_with_context(recorder.clone()) {
         Ok(admin) => Arc::new(admin),
         Err(error) => {
@@ -377,7 +377,7 @@ fn group_consumer(
 ) -> Result<BaseConsumer<Recorder>, String> {
     let mut config = settings.group_consumer_config("aftercart-check", group);
     config.set("enable.auto.commit", "false");
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Consumer);
     config
         .create_with_context(recorder.clone())
         .map_err(|e| settings.describe_client_error(&e))
@@ -416,7 +416,7 @@ async fn produce_and_consume(
             linger: Duration::ZERO,
         },
     );
-    settings.apply_overrides(&mut config);
+    settings.apply_overrides(&mut config, ClientKind::Producer);
     let producer: FutureProducer = config
         .create()
         .map_err(|e| settings.describe_client_error(&e))?;

@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::KafkaSettings;
+use crate::{ClientKind, KafkaSettings};
 
 pub struct GlobalTables {
     consumer: BaseConsumer,
@@ -32,7 +32,7 @@ impl GlobalTables {
         config
             .set("group.id", format!("{group}-global"))
             .set("enable.auto.commit", "false");
-        kafka.apply_overrides(&mut config);
+        kafka.apply_overrides(&mut config, ClientKind::Consumer);
         Ok(GlobalTables {
             consumer: config.create()?,
             topics,
