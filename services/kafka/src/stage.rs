@@ -8,6 +8,7 @@
 //! expelled (frozen, or told its assignment is lost) writes nothing more: it drops its state
 //! and rejoins.
 
+mod asks;
 mod checkpoint;
 mod global;
 mod horizon;
@@ -30,15 +31,16 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
+use rdkafka::Offset;
 use rdkafka::Timestamp;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use asks::{Ask, Asks};
 pub use checkpoint::{Checkpoint, CHECKPOINT_KEY};
 use global::GlobalTables;
-use horizon::{Answers, Horizons, Pair};
+use horizon::{Horizons, Pair};
 use kept::{ends_of, Ends, KeptStates, LeftEnds};
 pub use ownership::{store_owned, Assignment, Fence, LatestOffsets, Tripped};
 pub use restore::{restore_partition, ChangelogState, RestoreSource, Restored};
@@ -410,6 +412,8 @@ pub struct Stage<L: StageLogic> {
     /// By-shop stages: every partition of the source topics (whoever routes it); timers wait
     /// for them to be routed too. Empty for the rest.
     sources: SourcePartitions,
+    /// Where held partitions end, asked off the loop.
+    asks: Asks,
     fence: Fence,
     assigned_once: bool,
     /// Resets so far ([`Stage::reset`]).
@@ -424,9 +428,6 @@ pub struct Stage<L: StageLogic> {
     buffer: Vec<u8>,
 }
 
-/// The longest the stage waits for the broker's answer about where partitions end.
-const ASK_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The consumer's position in each assigned partition (the next offset it hands over), where
 /// it has one: a local look-up, no request.
 fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, i64> {
@@ -440,102 +441,6 @@ fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, 
             _ => None,
         })
         .collect()
-}
-
-/// Where each of `held` ends (one ListOffsets request per broker for all of them) and, for
-/// `unplaced`, where the group starts reading it: its committed offset, or for a partition the
-/// group never committed the log start (the stage's `auto.offset.reset=earliest`; one more
-/// ListOffsets request), as far as the broker answers within [`ASK_TIMEOUT`]. For a by-shop
-/// stage, first where each of `sources` ends and then where the group is in it (committed, or
-/// the log start), in that order and before the by-shop ends: a source record routed
-/// by then is in the by-shop end asked after. Blocking calls, made only while timers are due
-/// or held.
-fn ask_ends<C: ConsumerContext, K: Consumer<C>>(
-    consumer: &K,
-    held: &[Pair],
-    unplaced: &[Pair],
-    sources: &[Pair],
-) -> Answers {
-    let list = |pairs: &[Pair], offset: Offset| {
-        let mut list = TopicPartitionList::new();
-        for (topic, partition) in pairs {
-            // Only an offset librdkafka cannot represent fails; End and stored ones never do.
-            let _ = list.add_partition_offset(topic, *partition, offset);
-        }
-        list
-    };
-    let offsets = |answer: Option<TopicPartitionList>| -> HashMap<Pair, i64> {
-        answer
-            .map(|list| {
-                list.elements()
-                    .iter()
-                    .filter(|e| e.error().is_ok())
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(at) => Some(((e.topic().to_string(), e.partition()), at)),
-                        Offset::Beginning => Some(((e.topic().to_string(), e.partition()), 0)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    // Where the group starts (or went on) reading each of `pairs`: its committed offset, or
-    // for one never committed the log start (records before it are gone, never to be read).
-    // One never committed that `empty` says ends at 0 starts there: no request (each costs the
-    // stage a round trip, and most source partitions of a quiet shop are empty).
-    let group_starts = |pairs: &[Pair], empty: &HashMap<Pair, i64>| -> HashMap<Pair, i64> {
-        if pairs.is_empty() {
-            return HashMap::new();
-        }
-        let committed = consumer
-            .committed_offsets(list(pairs, Offset::Invalid), ASK_TIMEOUT)
-            .ok();
-        let (at_zero, never): (Vec<Pair>, Vec<Pair>) = committed
-            .as_ref()
-            .map(|list| {
-                list.elements()
-                    .iter()
-                    .filter(|e| e.error().is_ok() && e.offset() == Offset::Invalid)
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .partition(|pair| empty.get(pair) == Some(&0))
-            })
-            .unwrap_or_default();
-        let mut starts = offsets(committed);
-        starts.extend(at_zero.into_iter().map(|pair| (pair, 0)));
-        if !never.is_empty() {
-            // A timestamp of -2 (`Offset::Beginning`) asks for the log start.
-            starts.extend(offsets(
-                consumer
-                    .offsets_for_times(list(&never, Offset::Beginning), ASK_TIMEOUT)
-                    .ok(),
-            ));
-        }
-        starts
-    };
-    let (source_ends, routed) = if sources.is_empty() {
-        (HashMap::new(), HashMap::new())
-    } else {
-        let ends = offsets(
-            consumer
-                .offsets_for_times(list(sources, Offset::End), ASK_TIMEOUT)
-                .ok(),
-        );
-        let routed = group_starts(sources, &ends);
-        (ends, routed)
-    };
-    // A timestamp of -1 (`Offset::End`) asks for each partition's end: its high watermark.
-    let ends = offsets(
-        consumer
-            .offsets_for_times(list(held, Offset::End), ASK_TIMEOUT)
-            .ok(),
-    );
-    let starts = group_starts(unplaced, &HashMap::new());
-    Answers {
-        ends,
-        starts,
-        source_ends,
-        routed,
-    }
 }
 
 async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), LoopError> {
@@ -606,6 +511,7 @@ impl<L: StageLogic> Stage<L> {
             )?)
         };
         let producer = build_output_producer(&kafka, &topics.client, delivery)?;
+        let asks = Asks::start(&kafka, &topics.client, &topics.group)?;
         let fence = Fence::new(session_timeout(&kafka));
         let sources = match &topics.inputs {
             Inputs::ByPartition(_) => SourcePartitions::default(),
@@ -632,6 +538,7 @@ impl<L: StageLogic> Stage<L> {
             assignment: Assignment::default(),
             horizons: Horizons::default(),
             sources,
+            asks,
             fence,
             assigned_once: false,
             resets: 0,
@@ -911,11 +818,14 @@ impl<L: StageLogic> Stage<L> {
     /// The time timers may run to at `now` ([`horizon`]): the wall clock once every held input
     /// partition is read to its end, else no further than the last record read from one that
     /// is not. The broker is asked where the partitions end only while a timer is due or held
-    /// ([`Horizons::wants_answers`]); the member's own position is a local look-up. `None`: no
-    /// timer may fire yet (the tick waits for the records).
+    /// ([`Horizons::wants_answers`]), by the asks' thread: the answer counts at a later tick,
+    /// as of when it was asked. The member's own position is a local look-up. `None`: no timer
+    /// may fire yet (the tick waits for the records).
     fn timers_at(&mut self, now: i64) -> Option<i64> {
+        let answered = self.asks.answered();
         let due = self.logic.next_due().is_some_and(|at| at <= now);
         if !due && !self.horizons.holding() {
+            // An answer no timer needs is dropped: by the next one due it would be stale.
             return Some(self.horizons.running(now));
         }
         let held: Vec<Pair> = self
@@ -925,22 +835,27 @@ impl<L: StageLogic> Stage<L> {
             .cloned()
             .collect();
         let positions = positions(self.consumer());
-        let answers = if self.horizons.wants_answers(&held) {
-            let unplaced = self.horizons.unplaced(&held, &positions);
-            let consumer = &self
-                .clients
-                .as_ref()
-                .expect("clients are open until run ends")
-                .consumer;
-            self.sources.learn(consumer, ASK_TIMEOUT);
-            Some(ask_ends(consumer, &held, &unplaced, self.sources.pairs()))
-        } else {
-            None
-        };
+        let answers = answered.map(|answered| {
+            if let Some(pairs) = answered.learned {
+                self.sources.learned(pairs);
+            }
+            answered.answers
+        });
         let was_holding = self.horizons.holding();
         let (at, stalled) = self
             .horizons
             .at(now, &held, self.sources.pairs(), &positions, answers);
+        if !self.asks.busy() && self.horizons.wants_answers(&held) {
+            let unplaced = self.horizons.unplaced(&held, &positions);
+            self.asks.ask(Ask {
+                asked_at: now,
+                held: held.clone(),
+                unplaced,
+                sources: self.sources.pairs().to_vec(),
+                learn: self.sources.unknown(),
+                routed_here: self.horizons.routed_here(),
+            });
+        }
         for (topic, partition) in stalled {
             self.metrics.timer_hold_released();
             tracing::warn!(
@@ -975,6 +890,8 @@ impl<L: StageLogic> Stage<L> {
                 break;
             }
             let partitions = self.state_partitions(&event);
+            // Answers to asks put before are about the assignment this event changes.
+            self.asks.invalidate();
             match event {
                 RebalanceEvent::Revoked(list) => {
                     self.assignment.revoke(&list);
@@ -1215,6 +1132,7 @@ impl<L: StageLogic> Stage<L> {
         self.left.clear();
         self.assignment.clear();
         self.horizons.clear();
+        self.asks.invalidate();
         self.fence.answered();
         self.assigned_once = false;
         self.resets += 1;

@@ -11,7 +11,8 @@
 //! Where the member is comes from the consumer itself (the records it handed the stage, its
 //! position); where a partition ends from one request for every held partition, made only
 //! while a timer is due or held, at most every [`HOLDING_REFRESH`] while holding and
-//! [`STEADY_REFRESH`] otherwise. Not known is not caught up: a partition whose end or place
+//! [`STEADY_REFRESH`] otherwise, by a thread of the stage's (`asks`): an answer is as of the
+//! time its question was put. Not known is not caught up: a partition whose end or place
 //! the broker has not told yet (no answer in time) holds timers as one with records left does.
 //! The group's start in a partition it never committed is the log start (`earliest`). A
 //! partition that stays below its end (or unknown) without advancing for [`STALL_AFTER`]
@@ -98,6 +99,12 @@ pub struct Answers {
     pub starts: HashMap<Pair, i64>,
     pub source_ends: HashMap<Pair, i64>,
     pub routed: HashMap<Pair, i64>,
+    /// The wall time (ms) the question was put, when before the time the answer is used:
+    /// records received after it may be missing from the ends. `None`: asked at that time.
+    pub asked_at: Option<i64>,
+    /// What this member had routed itself when the question was put
+    /// ([`Horizons::routed_here`]): routed as much as the group's committed offsets.
+    pub routed_here: HashMap<Pair, i64>,
 }
 
 /// The stage's side: what was read from each held input partition, and the broker's answers.
@@ -120,8 +127,11 @@ pub struct Horizons {
     asked: HashSet<Pair>,
     /// Whether the last time given held timers back.
     holding: bool,
-    /// By-shop stages: how far the group routed each source partition (the next offset).
+    /// By-shop stages: how far the group routed each source partition (the next offset), as
+    /// of the last answer.
     routed: HashMap<Pair, i64>,
+    /// What this member routed itself and saw acknowledged, for the next ask to carry.
+    routed_here: HashMap<Pair, i64>,
     /// Asks not yet routed to their ends: (wall time ms, source ends then), oldest first.
     source_asks: VecDeque<(i64, HashMap<Pair, i64>)>,
     /// Ask times found routed, each with the held by-shop ends asked after the routing was
@@ -149,10 +159,16 @@ impl Horizons {
     }
 
     /// This member routed `partition` of source `topic` up to `next` (its forwards were
-    /// acknowledged): known here before the group commits it, weighed at the next ask (whose
-    /// by-shop ends include the forwards).
+    /// acknowledged): known here before the group commits it, weighed with the answer to the
+    /// next ask put (whose by-shop ends include the forwards), never with one already out.
     pub fn routed(&mut self, topic: &str, partition: i32, next: i64) {
-        further(&mut self.routed, (topic.to_string(), partition), next);
+        further(&mut self.routed_here, (topic.to_string(), partition), next);
+    }
+
+    /// What this member routed so far ([`Horizons::routed`]): an ask carries it, and its
+    /// answer counts it as routed (`Answers::routed`).
+    pub fn routed_here(&self) -> HashMap<Pair, i64> {
+        self.routed_here.clone()
     }
 
     /// The last record read from `pair`: (offset, timestamp).
@@ -187,8 +203,8 @@ impl Horizons {
     /// Whether the broker is to be asked: for a partition newly held (its backlog must hold
     /// timers at once), else at most every [`HOLDING_REFRESH`] while holding and
     /// [`STEADY_REFRESH`] while caught up. One the broker did not answer for waits for the
-    /// refresh like the rest (each ask blocks the stage up to its timeout; the unknown end
-    /// holds timers meanwhile).
+    /// refresh like the rest (each ask takes the asks' thread up to its timeout; the unknown
+    /// end holds timers meanwhile).
     pub fn wants_answers(&self, held: &[Pair]) -> bool {
         let every = if self.holding {
             HOLDING_REFRESH
@@ -224,7 +240,7 @@ impl Horizons {
     /// too the partitions newly found stalled (to be reported).
     /// `answers` are the broker's to a question about every one of `held` (and of `sources`,
     /// every partition of a by-shop stage's source topics; none for other stages), asked at
-    /// `now` or later.
+    /// `answers.asked_at` (no later than `now`) with the assignment unchanged since.
     pub fn at(
         &mut self,
         now: i64,
@@ -261,14 +277,15 @@ impl Horizons {
             self.starts.extend(answers.starts);
             self.asked_at = Some(clock);
             self.asked.extend(held.iter().cloned());
-            for (pair, next) in answers.routed {
+            for (pair, next) in answers.routed.into_iter().chain(answers.routed_here) {
                 further(&mut self.routed, pair, next);
             }
             if !sources.is_empty() {
                 if self.source_asks.len() == SOURCE_ASKS {
                     self.source_asks.pop_front();
                 }
-                self.source_asks.push_back((now, answers.source_ends));
+                let asked_at = answers.asked_at.map_or(now, |at| at.min(now));
+                self.source_asks.push_back((asked_at, answers.source_ends));
             }
         }
         let mut readings = Vec::with_capacity(held.len());
@@ -529,8 +546,9 @@ mod tests {
     }
 
     /// A broker that did not answer for a partition (timeout, partition error) is asked again
-    /// at the refresh pace, not at every step: each ask blocks the stage's task up to
-    /// `ASK_TIMEOUT` per request. The unknown end holds timers meanwhile.
+    /// at the refresh pace, not at every step: each ask costs the broker a few requests, and
+    /// the asks' thread up to `ASK_TIMEOUT` per request. The unknown end holds timers
+    /// meanwhile.
     #[test]
     fn a_partition_the_broker_did_not_answer_for_is_asked_again_at_the_refresh_pace() {
         let mut horizons = Horizons::default();
@@ -691,6 +709,7 @@ mod tests {
         horizons.routed("orders", 0, 15);
         let mut asked = sources(&[(orders[0].clone(), 15), (orders[1].clone(), 4)], &[]);
         asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        asked.routed_here = horizons.routed_here();
         let (at, _) = horizons.at(3_000, &held, &orders, &none, Some(asked));
         assert_eq!(at, Some(3_000), "routed everywhere: the wall clock");
         assert!(!horizons.holding());
@@ -738,9 +757,17 @@ mod tests {
             at, None,
             "the routed order is past the by-shop end last asked: still held"
         );
-        // The next ask sees the by-shop end past the order: held at the last record read.
+        // An answer to an ask put before the routing (out meanwhile, answered now) does not
+        // count it: its by-shop end may be below the forward.
+        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let (at, _) = horizons.at(1_200, &held, &orders, &none, Some(asked));
+        assert_eq!(at, None, "asked before the routing: still held");
+        // The next ask, put after it, carries it and sees the by-shop end past the order: held
+        // at the last record read.
         let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
         asked.ends = HashMap::from([(by_shop.clone(), 11)]);
+        asked.routed_here = horizons.routed_here();
         let (at, _) = horizons.at(1_400, &held, &orders, &none, Some(asked));
         assert_eq!(at, None, "routed, not read yet: held");
         horizons.read("by-shop", 0, 10, 950);

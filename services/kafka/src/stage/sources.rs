@@ -45,29 +45,40 @@ impl SourcePartitions {
         self.known = false;
     }
 
-    /// Asks the broker for the topics' partitions, if not known yet: one metadata request for
-    /// all topics within `timeout` (blocking; made only with the ends' asks, once per
-    /// assignment). Not answered, or a topic missing, keeps the list as it was, asked again
-    /// next time.
-    pub fn learn<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K, timeout: Duration) {
-        if self.known || self.topics.is_empty() {
-            return;
+    /// The topics whose partitions are to be asked of the broker: all of them while the list
+    /// is the setting's, none once it is the broker's.
+    pub fn unknown(&self) -> Vec<String> {
+        if self.known {
+            Vec::new()
+        } else {
+            self.topics.clone()
         }
-        let Ok(metadata) = consumer.fetch_metadata(None, timeout) else {
-            return;
-        };
-        let mut pairs = Vec::with_capacity(self.pairs.len());
-        for topic in &self.topics {
-            let Some(found) = metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            else {
-                return;
-            };
-            pairs.extend(found.partitions().iter().map(|p| (topic.clone(), p.id())));
-        }
+    }
+
+    /// The broker's list ([`partitions_of`]), asked after the last [`SourcePartitions::forget`]:
+    /// kept until the next.
+    pub fn learned(&mut self, pairs: Vec<Pair>) {
         self.pairs = pairs;
         self.known = true;
     }
+}
+
+/// Every partition of `topics` as the broker has them: one metadata request for all topics
+/// within `timeout` (blocking; made by the asks' thread, once per assignment). `None` when not
+/// answered, or a topic is missing: the list stays as it was, asked again next time.
+pub fn partitions_of<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topics: &[String],
+    timeout: Duration,
+) -> Option<Vec<Pair>> {
+    let metadata = consumer.fetch_metadata(None, timeout).ok()?;
+    let mut pairs = Vec::new();
+    for topic in topics {
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())?;
+        pairs.extend(found.partitions().iter().map(|p| (topic.clone(), p.id())));
+    }
+    Some(pairs)
 }
