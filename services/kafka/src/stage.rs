@@ -443,6 +443,16 @@ fn positions<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> HashMap<Pair, 
         .collect()
 }
 
+/// Where a restart's resume shows in the logs: timers start or stop waiting for records.
+fn log_holding(holding: bool, behind_ms: Option<i64>, partitions: usize) {
+    tracing::info!(
+        holding,
+        behind_ms,
+        partitions,
+        "Timers wait for input partitions with records left to read (true) or run on the wall clock again (false)."
+    );
+}
+
 async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), LoopError> {
     match delivery.await {
         Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
@@ -800,7 +810,7 @@ impl<L: StageLogic> Stage<L> {
             }
             self.globals = Some(globals);
         }
-        if let Some(timers_at) = self.timers_at(now_ms()) {
+        if let Some(timers_at) = self.timers_at(now_ms())? {
             work.effects.extend(self.logic.tick(timers_at));
         }
         if self.flush(work, stop).await? {
@@ -817,16 +827,20 @@ impl<L: StageLogic> Stage<L> {
 
     /// The time timers may run to at `now` ([`horizon`]): the wall clock once every held input
     /// partition is read to its end, else no further than the last record read from one that
-    /// is not. The broker is asked where the partitions end only while a timer is due or held
+    /// is not. The broker is asked where the partitions end only while a timer is due
     /// ([`Horizons::wants_answers`]), by the asks' thread: the answer counts at a later tick,
-    /// as of when it was asked. The member's own position is a local look-up. `None`: no timer
-    /// may fire yet (the tick waits for the records).
-    fn timers_at(&mut self, now: i64) -> Option<i64> {
-        let answered = self.asks.answered();
-        let due = self.logic.next_due().is_some_and(|at| at <= now);
-        if !due && !self.horizons.holding() {
-            // An answer no timer needs is dropped: by the next one due it would be stale.
-            return Some(self.horizons.running(now));
+    /// as of when it was asked (an old one lets timers run no further than its time). The
+    /// member's own position is a local look-up. `None`: no timer may fire yet (the tick waits
+    /// for the records, or for an answer).
+    fn timers_at(&mut self, now: i64) -> Result<Option<i64>, LoopError> {
+        let answered = self.asks.answered()?;
+        if self.logic.next_due().is_none_or(|at| at > now) {
+            // No timer due, nothing to hold: no ask either. An answer no timer needs is
+            // dropped: by the next one due it would be old.
+            if self.horizons.holding() {
+                log_holding(false, Some(0), self.assignment.pairs().count());
+            }
+            return Ok(Some(self.horizons.running(now)));
         }
         let held: Vec<Pair> = self
             .assignment
@@ -854,7 +868,7 @@ impl<L: StageLogic> Stage<L> {
                 sources: self.sources.pairs().to_vec(),
                 learn: self.sources.unknown(),
                 routed_here: self.horizons.routed_here(),
-            });
+            })?;
         }
         for (topic, partition) in stalled {
             self.metrics.timer_hold_released();
@@ -865,14 +879,9 @@ impl<L: StageLogic> Stage<L> {
             );
         }
         if self.horizons.holding() != was_holding {
-            tracing::info!(
-                holding = self.horizons.holding(),
-                behind_ms = at.map(|at| now - at),
-                partitions = held.len(),
-                "Timers wait for input partitions with records left to read (true) or run on the wall clock again (false)."
-            );
+            log_holding(self.horizons.holding(), at.map(|at| now - at), held.len());
         }
-        at
+        Ok(at)
     }
 
     /// Applies the rebalances heard since the last call; returns the pairs revoked.

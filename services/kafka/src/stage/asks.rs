@@ -10,6 +10,7 @@
 //! moved and come back with a backlog since) or taken while no timer needed them.
 
 use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -19,10 +20,12 @@ use tokio::sync::mpsc;
 
 use super::horizon::{Answers, Pair};
 use super::sources;
-use crate::{ClientKind, KafkaSettings};
+use crate::{ClientKind, KafkaSettings, LoopError};
 
 /// The longest the asks' thread waits for one of the broker's answers.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the idle thread serves its client's events (its log lines and errors).
+const EVENTS_EVERY: Duration = Duration::from_secs(1);
 
 /// One question: where `held` ends, where the group starts `unplaced`, and for a by-shop stage
 /// where `sources` end and how far they were routed (after learning the partitions of
@@ -46,7 +49,7 @@ pub struct Answered {
 
 /// The stage's handle on the asks' thread.
 pub struct Asks {
-    requests: mpsc::UnboundedSender<(u64, Ask)>,
+    requests: std_mpsc::Sender<(u64, Ask)>,
     answers: mpsc::UnboundedReceiver<(u64, Answered)>,
     /// Bumped at every rebalance and reset: answers to older asks are dropped.
     epoch: u64,
@@ -63,19 +66,28 @@ impl Asks {
             .set("enable.auto.commit", "false");
         kafka.apply_overrides(&mut config, ClientKind::Consumer);
         let consumer: BaseConsumer = config.create()?;
-        let (requests, mut asked) = mpsc::unbounded_channel::<(u64, Ask)>();
+        let (requests, asked) = std_mpsc::channel::<(u64, Ask)>();
         let (answer, answers) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("stage-asks".into())
-            .spawn(move || {
-                // Ends when the stage drops its handle; the client closes on this thread.
-                while let Some((epoch, ask)) = asked.blocking_recv() {
-                    if answer.send((epoch, answer_to(&consumer, ask))).is_err() {
-                        break;
+            .spawn(move || loop {
+                // The client's own events (librdkafka's log lines, broker errors) wait in its
+                // queue until served: served between asks, and once a second while idle.
+                let _ = consumer.poll(Duration::ZERO);
+                match asked.recv_timeout(EVENTS_EVERY) {
+                    Ok((epoch, ask)) => {
+                        if answer.send((epoch, answer_to(&consumer, ask))).is_err() {
+                            break;
+                        }
                     }
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    // The stage dropped its handle: the client closes on this thread.
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             })
-            .map_err(|_| KafkaError::Canceled)?;
+            .map_err(|error| {
+                KafkaError::ClientCreation(format!("cannot start the asks' thread: {error}"))
+            })?;
         Ok(Asks {
             requests,
             answers,
@@ -89,11 +101,15 @@ impl Asks {
         self.in_flight
     }
 
-    /// Puts `ask` to the thread, unless one is out.
-    pub fn ask(&mut self, ask: Ask) {
-        if !self.in_flight && self.requests.send((self.epoch, ask)).is_ok() {
+    /// Puts `ask` to the thread, unless one is out. `Err`: the thread is gone.
+    pub fn ask(&mut self, ask: Ask) -> Result<(), AsksGone> {
+        if !self.in_flight {
+            self.requests
+                .send((self.epoch, ask))
+                .map_err(|_| AsksGone)?;
             self.in_flight = true;
         }
+        Ok(())
     }
 
     /// The assignment changed: answers to asks put before are about partitions that may have
@@ -102,11 +118,29 @@ impl Asks {
         self.epoch += 1;
     }
 
-    /// The answer to the ask out, if it came and is about the current assignment.
-    pub fn answered(&mut self) -> Option<Answered> {
-        let (epoch, answered) = self.answers.try_recv().ok()?;
-        self.in_flight = false;
-        (epoch == self.epoch).then_some(answered)
+    /// The answer to the ask out, if it came and is about the current assignment. `Err`: the
+    /// thread is gone (no answer would ever come, and timers would wait on the stall bound).
+    pub fn answered(&mut self) -> Result<Option<Answered>, AsksGone> {
+        match self.answers.try_recv() {
+            Ok((epoch, answered)) => {
+                self.in_flight = false;
+                Ok((epoch == self.epoch).then_some(answered))
+            }
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(AsksGone),
+        }
+    }
+}
+
+/// The asks' thread ended (it panicked): the stage stops rather than hold timers blind.
+#[derive(Debug)]
+pub struct AsksGone;
+
+impl From<AsksGone> for LoopError {
+    fn from(_: AsksGone) -> LoopError {
+        LoopError::Kafka(KafkaError::ClientCreation(
+            "the thread asking where partitions end has stopped".into(),
+        ))
     }
 }
 

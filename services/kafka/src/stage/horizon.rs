@@ -10,9 +10,10 @@
 //!
 //! Where the member is comes from the consumer itself (the records it handed the stage, its
 //! position); where a partition ends from one request for every held partition, made only
-//! while a timer is due or held, at most every [`HOLDING_REFRESH`] while holding and
+//! while a timer is due, at most every [`HOLDING_REFRESH`] while holding and
 //! [`STEADY_REFRESH`] otherwise, by a thread of the stage's (`asks`): an answer is as of the
-//! time its question was put. Not known is not caught up: a partition whose end or place
+//! time its question was put, and timers run on it to the wall clock only while it is recent
+//! ([`FRESH_FOR`]), else no further than when it was asked. Not known is not caught up: a partition whose end or place
 //! the broker has not told yet (no answer in time) holds timers as one with records left does.
 //! The group's start in a partition it never committed is the log start (`earliest`). A
 //! partition that stays below its end (or unknown) without advancing for [`STALL_AFTER`]
@@ -40,6 +41,10 @@ use std::time::{Duration, Instant};
 pub const HOLDING_REFRESH: Duration = Duration::from_millis(250);
 /// How often the ends are asked again while caught up and a timer is due.
 pub const STEADY_REFRESH: Duration = Duration::from_secs(1);
+/// How long an answer is current: on ends asked no longer ago, timers run to the wall clock
+/// (ends a refresh old, as when they were asked on the stage's loop, and a hold's refresh for
+/// the next answer to come); on older ones, no further than when they were asked.
+pub const FRESH_FOR: Duration = Duration::from_millis(1_250);
 /// A partition below its end whose read position has not moved for this long stops holding
 /// timers back.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -123,6 +128,8 @@ pub struct Horizons {
     /// Partitions reported stalled (once each, until they move again).
     stalled: HashSet<Pair>,
     asked_at: Option<Instant>,
+    /// When the last answer taken was asked (wall time, ms).
+    known_at: Option<i64>,
     /// Partitions included in an ask, answered or not.
     asked: HashSet<Pair>,
     /// Whether the last time given held timers back.
@@ -273,6 +280,8 @@ impl Horizons {
                         .collect::<HashMap<_, _>>(),
                 );
             }
+            let asked_at = answers.asked_at.map_or(now, |at| at.min(now));
+            self.known_at = Some(asked_at);
             self.ends.extend(answers.ends);
             self.starts.extend(answers.starts);
             self.asked_at = Some(clock);
@@ -284,7 +293,6 @@ impl Horizons {
                 if self.source_asks.len() == SOURCE_ASKS {
                     self.source_asks.pop_front();
                 }
-                let asked_at = answers.asked_at.map_or(now, |at| at.min(now));
                 self.source_asks.push_back((asked_at, answers.source_ends));
             }
         }
@@ -307,7 +315,19 @@ impl Horizons {
             };
             readings.push(self.watched(pair, reading, clock, &mut newly_stalled));
         }
-        // Not routed yet, nothing may fire; routed to a time, nothing past it.
+        // Answers are as of when they were asked: a current one lets timers run to the wall
+        // clock, an older one no further than its time (the next answer moves them on).
+        let fresh = self
+            .known_at
+            .is_some_and(|at| now - at <= FRESH_FOR.as_millis() as i64);
+        let known_to = match self.known_at {
+            Some(_) if fresh => Some(now),
+            Some(at) if !held.is_empty() || !sources.is_empty() => Some(at),
+            // Never answered: an unknown end holds each partition on its own (`Reading`).
+            _ => Some(now),
+        };
+        // Not routed yet, nothing may fire; routed to a time, nothing past it (never the wall
+        // clock: a source record received since the last ask may be in no member's hands yet).
         let routed_to = if sources.is_empty() {
             Some(now)
         } else {
@@ -316,7 +336,9 @@ impl Horizons {
             }
             self.released(held, &readings)
         };
-        let to = horizon(now, readings).zip(routed_to).map(|(a, b)| a.min(b));
+        let to = [horizon(now, readings), routed_to, known_to]
+            .into_iter()
+            .try_fold(now, |to, limit| limit.map(|limit| to.min(limit)));
         self.holding = to.is_none_or(|to| to < now);
         (to, newly_stalled)
     }
@@ -598,8 +620,16 @@ mod tests {
         // As if STALL_AFTER had passed without the position moving.
         stood_still(&mut horizons, &orders, 5);
         let (at, stalled) = horizons.at(9_000, &held, &[], &none, None);
-        assert_eq!(at, Some(9_000), "released: timers run on");
+        assert_eq!(
+            at,
+            Some(1_000),
+            "the last answer is old: no further than it was asked"
+        );
         assert_eq!(stalled, vec![orders.clone()], "reported once");
+        let answers = ends(&[(orders.clone(), 6)]);
+        let (at, stalled) = horizons.at(9_000, &held, &[], &none, Some(answers));
+        assert_eq!(at, Some(9_000), "released: timers run on");
+        assert_eq!(stalled, Vec::<Pair>::new());
         assert_eq!(
             horizons.at(9_100, &held, &[], &none, None).1,
             Vec::<Pair>::new()
@@ -643,7 +673,15 @@ mod tests {
             "behind since this look only: held, not released"
         );
         // Standing still behind for the stall bound from then on releases it.
-        let (at, stalled) = horizons.at_on(66_000, later + STALL_AFTER, &held, &[], &none, None);
+        let answers = ends(&[(checkouts.clone(), 6)]);
+        let (at, stalled) = horizons.at_on(
+            66_000,
+            later + STALL_AFTER,
+            &held,
+            &[],
+            &none,
+            Some(answers),
+        );
         assert_eq!((at, stalled), (Some(66_000), vec![checkouts.clone()]));
     }
 
@@ -661,7 +699,11 @@ mod tests {
         );
         // Caught up for long: the position stood still, but nothing was left to read.
         stood_still(&mut horizons, &carts, 5);
-        assert_eq!(horizons.at(9_000, &held, &[], &none, None).0, Some(9_000));
+        let answers = ends(&[(carts.clone(), 5)]);
+        assert_eq!(
+            horizons.at(9_000, &held, &[], &none, Some(answers)).0,
+            Some(9_000)
+        );
         // A new record, not read yet: it holds timers at the last one read.
         let answers = ends(&[(carts.clone(), 6)]);
         let (at, stalled) = horizons.at(9_100, &held, &[], &none, Some(answers));
@@ -816,6 +858,65 @@ mod tests {
         horizons.read("by-shop", 0, 20, 500);
         let (at, _) = horizons.at(2_100, &held, &sources_held, &none, None);
         assert_eq!(at, Some(2_000), "read: up to the ask that saw it routed");
+    }
+
+    /// Issue 15 (answers asked off the loop): ends asked a while ago say nothing of records
+    /// received since. A member caught up when last answered, then handed a burst it has read
+    /// only part of, ran the timers to the wall clock on the old ends: a checkout's
+    /// abandonment fired while its order sat unread. On an old answer timers run no further
+    /// than when it was asked; a current one shows the burst.
+    #[test]
+    fn an_old_answer_lets_timers_run_no_further_than_when_it_was_asked() {
+        let mut horizons = Horizons::default();
+        let orders = pair("orders", 0);
+        let held = [orders.clone()];
+        let none = HashMap::new();
+        horizons.read("orders", 0, 19, 900);
+        let mut answers = ends(&[(orders.clone(), 20)]);
+        answers.asked_at = Some(1_000);
+        assert_eq!(
+            horizons.at(1_100, &held, &[], &none, Some(answers)).0,
+            Some(1_100),
+            "caught up on a current answer: the wall clock"
+        );
+        // A minute on: 40 records came, this member read one of them (stamped 59 s).
+        horizons.read("orders", 0, 20, 59_000);
+        let (at, _) = horizons.at(59_500, &held, &[], &none, None);
+        assert_eq!(
+            at,
+            Some(1_000),
+            "an old answer: no further than when it was asked"
+        );
+        assert!(horizons.holding());
+        let mut answers = ends(&[(orders.clone(), 60)]);
+        answers.asked_at = Some(59_500);
+        let (at, _) = horizons.at(59_520, &held, &[], &none, Some(answers));
+        assert_eq!(
+            at,
+            Some(59_000),
+            "the burst holds them at the last record read"
+        );
+    }
+
+    /// A by-shop stage's answer counts as of when it was asked, not when it is taken: a source
+    /// record received in between may be routed to no by-shop partition yet.
+    #[test]
+    fn a_routed_answer_releases_the_timers_to_when_it_was_asked() {
+        let mut horizons = Horizons::default();
+        let by_shop = pair("by-shop", 0);
+        let held = [by_shop.clone()];
+        let orders = [pair("orders", 0)];
+        let none = HashMap::new();
+        horizons.read("by-shop", 0, 9, 900);
+        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 5)]);
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        asked.asked_at = Some(1_000);
+        let (at, _) = horizons.at(1_300, &held, &orders, &none, Some(asked));
+        assert_eq!(
+            at,
+            Some(1_000),
+            "routed and read as of the ask, not of its answer"
+        );
     }
 
     /// Stages that route nothing ask about no source and wait for none.

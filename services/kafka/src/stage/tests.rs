@@ -289,7 +289,7 @@ fn a_by_shop_stage_waits_for_every_partition_its_source_topics_have() {
 fn answer_of(asks: &mut Asks) -> asks::Answered {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(answered) = asks.answered() {
+        if let Some(answered) = asks.answered().expect("the thread runs") {
             return answered;
         }
         assert!(std::time::Instant::now() < deadline, "no answer in 10 s");
@@ -317,7 +317,7 @@ fn the_ends_are_asked_off_the_loop_and_answered_as_of_the_ask() {
         learn: vec!["orders".to_string()],
         routed_here: HashMap::from([(("orders".to_string(), 1), 7)]),
     };
-    asks.ask(ask(1_000));
+    asks.ask(ask(1_000)).expect("asked");
     assert!(asks.busy(), "one ask out");
     let answered = answer_of(&mut asks);
     assert!(!asks.busy());
@@ -338,18 +338,21 @@ fn the_ends_are_asked_off_the_loop_and_answered_as_of_the_ask() {
         HashMap::from([(("orders".to_string(), 1), 7)])
     );
     // Put before a rebalance, answered after: about partitions that may have moved, dropped.
-    asks.ask(ask(2_000));
+    asks.ask(ask(2_000)).expect("asked");
     asks.invalidate();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while asks.busy() {
-        assert!(asks.answered().is_none(), "a stale answer is never taken");
+        assert!(
+            asks.answered().expect("the thread runs").is_none(),
+            "a stale answer is never taken"
+        );
         assert!(
             std::time::Instant::now() < deadline,
             "the stale answer never came"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    asks.ask(ask(3_000));
+    asks.ask(ask(3_000)).expect("asked");
     assert_eq!(answer_of(&mut asks).answers.asked_at, Some(3_000));
 }
 
