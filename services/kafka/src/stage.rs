@@ -835,12 +835,14 @@ impl<L: StageLogic> Stage<L> {
     fn timers_at(&mut self, now: i64) -> Result<Option<i64>, LoopError> {
         let answered = self.asks.answered()?;
         if self.logic.next_due().is_none_or(|at| at > now) {
-            // No timer due, nothing to hold: no ask either. An answer no timer needs is
-            // dropped: by the next one due it would be old.
-            if self.horizons.holding() {
-                log_holding(false, Some(0), self.assignment.pairs().count());
-            }
-            return Ok(Some(self.horizons.running(now)));
+            // No timer due: no ask (an answer no timer needs is dropped: by the next one due
+            // it would be old). Held, the tick keeps the last time given, not the wall clock:
+            // the logic's expiry must not run past records not read yet either.
+            return Ok(if self.horizons.holding() {
+                self.horizons.last_to()
+            } else {
+                Some(self.horizons.running(now))
+            });
         }
         let held: Vec<Pair> = self
             .assignment
@@ -855,11 +857,11 @@ impl<L: StageLogic> Stage<L> {
             }
             answered.answers
         });
-        let was_holding = self.horizons.holding();
+        let was_waiting = self.horizons.waiting_for_records();
         let (at, stalled) = self
             .horizons
             .at(now, &held, self.sources.pairs(), &positions, answers);
-        if !self.asks.busy() && self.horizons.wants_answers(&held) {
+        if !self.asks.busy() && self.horizons.wants_answers(&held, now) {
             let unplaced = self.horizons.unplaced(&held, &positions);
             self.asks.ask(Ask {
                 asked_at: now,
@@ -878,8 +880,12 @@ impl<L: StageLogic> Stage<L> {
                 "An input partition below its end has not moved for 5 s: timers no longer wait for it."
             );
         }
-        if self.horizons.holding() != was_holding {
-            log_holding(self.horizons.holding(), at.map(|at| now - at), held.len());
+        if self.horizons.waiting_for_records() != was_waiting {
+            log_holding(
+                self.horizons.waiting_for_records(),
+                at.map(|at| now - at),
+                held.len(),
+            );
         }
         Ok(at)
     }

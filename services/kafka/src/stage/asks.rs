@@ -24,8 +24,10 @@ use crate::{ClientKind, KafkaSettings, LoopError};
 
 /// The longest the asks' thread waits for one of the broker's answers.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the idle thread serves its client's events (its log lines and errors).
+/// How often the idle thread serves its client's events (its log lines and errors), and for
+/// how long each time.
 const EVENTS_EVERY: Duration = Duration::from_secs(1);
+const EVENTS_FOR: Duration = Duration::from_millis(10);
 
 /// One question: where `held` ends, where the group starts `unplaced`, and for a by-shop stage
 /// where `sources` end and how far they were routed (after learning the partitions of
@@ -72,8 +74,9 @@ impl Asks {
             .name("stage-asks".into())
             .spawn(move || loop {
                 // The client's own events (librdkafka's log lines, broker errors) wait in its
-                // queue until served: served between asks, and once a second while idle.
-                let _ = consumer.poll(Duration::ZERO);
+                // queue until served: served between asks, and once a second while idle. A
+                // poll serves events until its timeout ends (with none, one at most).
+                let _ = consumer.poll(EVENTS_FOR);
                 match asked.recv_timeout(EVENTS_EVERY) {
                     Ok((epoch, ask)) => {
                         if answer.send((epoch, answer_to(&consumer, ask))).is_err() {

@@ -42,9 +42,9 @@ pub const HOLDING_REFRESH: Duration = Duration::from_millis(250);
 /// How often the ends are asked again while caught up and a timer is due.
 pub const STEADY_REFRESH: Duration = Duration::from_secs(1);
 /// How long an answer is current: on ends asked no longer ago, timers run to the wall clock
-/// (ends a refresh old, as when they were asked on the stage's loop, and a hold's refresh for
-/// the next answer to come); on older ones, no further than when they were asked.
-pub const FRESH_FOR: Duration = Duration::from_millis(1_250);
+/// (ends a refresh old, as when they were asked on the stage's loop, and up to 500 ms for the
+/// next answer to come); on older ones, no further than when they were asked.
+pub const FRESH_FOR: Duration = Duration::from_millis(1_500);
 /// A partition below its end whose read position has not moved for this long stops holding
 /// timers back.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -122,18 +122,24 @@ pub struct Horizons {
     /// Where the group starts each partition not read yet, when asked.
     starts: HashMap<Pair, i64>,
     ends: HashMap<Pair, i64>,
+    /// When each of `ends` was asked (wall time, ms): an answer that left a partition out (a
+    /// timeout, a partition error) leaves its end as old as it was.
+    ends_asked: HashMap<Pair, i64>,
     /// For partitions behind: the next offset to read and since when it has stood there
     /// behind.
     moved: HashMap<Pair, (Option<i64>, Instant)>,
     /// Partitions reported stalled (once each, until they move again).
     stalled: HashSet<Pair>,
-    asked_at: Option<Instant>,
-    /// When the last answer taken was asked (wall time, ms).
-    known_at: Option<i64>,
+    /// When the last answer taken was asked (wall time, ms): the refresh counts from it.
+    asked_at: Option<i64>,
     /// Partitions included in an ask, answered or not.
     asked: HashSet<Pair>,
     /// Whether the last time given held timers back.
     holding: bool,
+    /// Whether records left to read or to route held them (not only an old answer).
+    waiting_for_records: bool,
+    /// The last time given.
+    last_to: Option<i64>,
     /// By-shop stages: how far the group routed each source partition (the next offset), as
     /// of the last answer.
     routed: HashMap<Pair, i64>,
@@ -191,6 +197,7 @@ impl Horizons {
             }
             self.starts.remove(pair);
             self.ends.remove(pair);
+            self.ends_asked.remove(pair);
             self.moved.remove(pair);
             self.stalled.remove(pair);
             self.asked.remove(pair);
@@ -212,14 +219,27 @@ impl Horizons {
     /// [`STEADY_REFRESH`] while caught up. One the broker did not answer for waits for the
     /// refresh like the rest (each ask takes the asks' thread up to its timeout; the unknown
     /// end holds timers meanwhile).
-    pub fn wants_answers(&self, held: &[Pair]) -> bool {
+    /// Counted at `now` (wall time, ms) from when the last answer was asked.
+    pub fn wants_answers(&self, held: &[Pair], now: i64) -> bool {
         let every = if self.holding {
             HOLDING_REFRESH
         } else {
             STEADY_REFRESH
         };
-        self.asked_at.is_none_or(|at| at.elapsed() >= every)
+        self.asked_at
+            .is_none_or(|at| now - at >= every.as_millis() as i64)
             || held.iter().any(|pair| !self.asked.contains(pair))
+    }
+
+    /// Whether records left to read (or, by-shop, to route) held the timers at the last time
+    /// given, rather than only an answer grown old.
+    pub fn waiting_for_records(&self) -> bool {
+        self.waiting_for_records
+    }
+
+    /// The last time given (`None`: none yet, or no timer could fire then).
+    pub fn last_to(&self) -> Option<i64> {
+        self.last_to
     }
 
     /// The held partitions with no known position: their committed offsets are asked too.
@@ -237,6 +257,8 @@ impl Horizons {
     /// No timer due and none held: the wall clock.
     pub fn running(&mut self, now: i64) -> i64 {
         self.holding = false;
+        self.waiting_for_records = false;
+        self.last_to = Some(now);
         now
     }
 
@@ -281,10 +303,12 @@ impl Horizons {
                 );
             }
             let asked_at = answers.asked_at.map_or(now, |at| at.min(now));
-            self.known_at = Some(asked_at);
+            for pair in answers.ends.keys() {
+                self.ends_asked.insert(pair.clone(), asked_at);
+            }
             self.ends.extend(answers.ends);
             self.starts.extend(answers.starts);
-            self.asked_at = Some(clock);
+            self.asked_at = Some(asked_at);
             self.asked.extend(held.iter().cloned());
             for (pair, next) in answers.routed.into_iter().chain(answers.routed_here) {
                 further(&mut self.routed, pair, next);
@@ -315,16 +339,17 @@ impl Horizons {
             };
             readings.push(self.watched(pair, reading, clock, &mut newly_stalled));
         }
-        // Answers are as of when they were asked: a current one lets timers run to the wall
-        // clock, an older one no further than its time (the next answer moves them on).
-        let fresh = self
-            .known_at
-            .is_some_and(|at| now - at <= FRESH_FOR.as_millis() as i64);
-        let known_to = match self.known_at {
-            Some(_) if fresh => Some(now),
-            Some(at) if !held.is_empty() || !sources.is_empty() => Some(at),
-            // Never answered: an unknown end holds each partition on its own (`Reading`).
-            _ => Some(now),
+        // Ends are as of when they were asked: all current, timers may run to the wall clock;
+        // one older, no further than when it was asked (the next answer moves them on). A
+        // partition with no end known holds them on its own (`Reading`).
+        let oldest = held
+            .iter()
+            .filter_map(|pair| self.ends_asked.get(pair))
+            .min()
+            .copied();
+        let known_to = match oldest {
+            Some(at) if now - at > FRESH_FOR.as_millis() as i64 => at,
+            _ => now,
         };
         // Not routed yet, nothing may fire; routed to a time, nothing past it (never the wall
         // clock: a source record received since the last ask may be in no member's hands yet).
@@ -336,10 +361,11 @@ impl Horizons {
             }
             self.released(held, &readings)
         };
-        let to = [horizon(now, readings), routed_to, known_to]
-            .into_iter()
-            .try_fold(now, |to, limit| limit.map(|limit| to.min(limit)));
+        let by_records = horizon(now, readings).zip(routed_to).map(|(a, b)| a.min(b));
+        let to = by_records.map(|to| to.min(known_to));
+        self.waiting_for_records = by_records.is_none_or(|to| to < now);
         self.holding = to.is_none_or(|to| to < now);
+        self.last_to = to;
         (to, newly_stalled)
     }
 
@@ -540,7 +566,7 @@ mod tests {
         let none = HashMap::new();
         // Holding nothing, the timers ran on the wall clock.
         assert_eq!(horizons.running(1_000), 1_000);
-        assert!(horizons.wants_answers(&held));
+        assert!(horizons.wants_answers(&held, 1_000));
         assert_eq!(horizons.unplaced(&held, &none), vec![carts.clone()]);
         let mut behind = ends(&[(carts.clone(), 25)]);
         behind.starts.insert(carts.clone(), 5);
@@ -552,10 +578,14 @@ mod tests {
         horizons.read("carts", 0, 9, 400);
         assert_eq!(horizons.at(2_000, &held, &[], &none, None).0, Some(400));
         assert!(horizons.holding());
-        assert!(!horizons.wants_answers(&held));
+        assert!(!horizons.wants_answers(&held, 2_000));
+        assert!(
+            horizons.wants_answers(&held, 2_000 + HOLDING_REFRESH.as_millis() as i64),
+            "held: asked again a refresh after the last ask"
+        );
         let more = [carts.clone(), pair("checkouts", 0)];
         assert!(
-            horizons.wants_answers(&more),
+            horizons.wants_answers(&more, 2_000),
             "a partition newly held is asked about"
         );
         horizons.read("carts", 0, 24, 1_900);
@@ -577,15 +607,15 @@ mod tests {
         let carts = pair("carts", 0);
         let held = [carts.clone()];
         let none = HashMap::new();
-        assert!(horizons.wants_answers(&held));
+        assert!(horizons.wants_answers(&held, 1_000));
         let (at, _) = horizons.at(1_000, &held, &[], &none, Some(Answers::default()));
         assert_eq!(at, None, "unknown: held");
         assert!(
-            !horizons.wants_answers(&held),
+            !horizons.wants_answers(&held, 1_100),
             "asked just now: not again before the refresh"
         );
         assert!(
-            horizons.wants_answers(&[carts, pair("carts", 1)]),
+            horizons.wants_answers(&[carts, pair("carts", 1)], 1_100),
             "a partition never asked about is asked at once"
         );
     }
@@ -896,6 +926,37 @@ mod tests {
             Some(59_000),
             "the burst holds them at the last record read"
         );
+    }
+
+    /// An answer that leaves a held partition out (its request timed out, or a partition
+    /// error) says nothing new of it: that partition's end stays as old as it was, and timers
+    /// run no further than when it was asked, although the answer itself is new.
+    #[test]
+    fn a_partition_an_answer_left_out_keeps_the_timers_to_its_older_end() {
+        let mut horizons = Horizons::default();
+        let orders = pair("orders", 0);
+        let carts = pair("carts", 0);
+        let held = [orders.clone(), carts.clone()];
+        let none = HashMap::new();
+        horizons.read("orders", 0, 19, 900);
+        horizons.read("carts", 0, 4, 950);
+        let mut answers = ends(&[(orders.clone(), 20), (carts.clone(), 5)]);
+        answers.asked_at = Some(1_000);
+        assert_eq!(
+            horizons.at(1_000, &held, &[], &none, Some(answers)).0,
+            Some(1_000)
+        );
+        // A minute on, the orders' end was not answered: read 20 of what may be 60 by now.
+        horizons.read("orders", 0, 20, 59_000);
+        let mut answers = ends(&[(carts.clone(), 5)]);
+        answers.asked_at = Some(60_000);
+        let (at, _) = horizons.at(60_100, &held, &[], &none, Some(answers));
+        assert_eq!(at, Some(1_000), "no further than the orders' end was asked");
+        assert!(horizons.holding() && !horizons.waiting_for_records());
+        let mut answers = ends(&[(orders.clone(), 21), (carts.clone(), 5)]);
+        answers.asked_at = Some(60_300);
+        let (at, _) = horizons.at(60_400, &held, &[], &none, Some(answers));
+        assert_eq!(at, Some(60_400), "answered, caught up: the wall clock");
     }
 
     /// A by-shop stage's answer counts as of when it was asked, not when it is taken: a source
