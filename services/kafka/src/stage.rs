@@ -834,15 +834,11 @@ impl<L: StageLogic> Stage<L> {
     /// for the records, or for an answer).
     fn timers_at(&mut self, now: i64) -> Result<Option<i64>, LoopError> {
         let answered = self.asks.answered()?;
-        if self.logic.next_due().is_none_or(|at| at > now) {
-            // No timer due: no ask (an answer no timer needs is dropped: by the next one due
-            // it would be old). Held, the tick keeps the last time given, not the wall clock:
-            // the logic's expiry must not run past records not read yet either.
-            return Ok(if self.horizons.holding() {
-                self.horizons.last_to()
-            } else {
-                Some(self.horizons.running(now))
-            });
+        if self.logic.next_due().is_none_or(|at| at > now) && !self.horizons.waiting_for_records() {
+            // No timer due, no records left: no ask (an answer no timer needs is dropped: by
+            // the next one due it would be old). With records left the horizon goes on (the
+            // logic's expiry must not run past them either), asking until they are read.
+            return Ok(Some(self.horizons.running(now)));
         }
         let held: Vec<Pair> = self
             .assignment

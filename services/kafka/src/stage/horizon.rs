@@ -138,8 +138,6 @@ pub struct Horizons {
     holding: bool,
     /// Whether records left to read or to route held them (not only an old answer).
     waiting_for_records: bool,
-    /// The last time given.
-    last_to: Option<i64>,
     /// By-shop stages: how far the group routed each source partition (the next offset), as
     /// of the last answer.
     routed: HashMap<Pair, i64>,
@@ -154,6 +152,8 @@ pub struct Horizons {
     releases: VecDeque<(i64, HashMap<Pair, i64>)>,
     /// The latest ask time routed and read: timers may run to it.
     routed_to: Option<i64>,
+    /// By-shop stages: when the last answer taken was asked.
+    last_source_ask: Option<i64>,
 }
 
 impl Horizons {
@@ -237,11 +237,6 @@ impl Horizons {
         self.waiting_for_records
     }
 
-    /// The last time given (`None`: none yet, or no timer could fire then).
-    pub fn last_to(&self) -> Option<i64> {
-        self.last_to
-    }
-
     /// The held partitions with no known position: their committed offsets are asked too.
     pub fn unplaced(&self, held: &[Pair], positions: &HashMap<Pair, i64>) -> Vec<Pair> {
         held.iter()
@@ -258,7 +253,6 @@ impl Horizons {
     pub fn running(&mut self, now: i64) -> i64 {
         self.holding = false;
         self.waiting_for_records = false;
-        self.last_to = Some(now);
         now
     }
 
@@ -318,6 +312,7 @@ impl Horizons {
                     self.source_asks.pop_front();
                 }
                 self.source_asks.push_back((asked_at, answers.source_ends));
+                self.last_source_ask = Some(asked_at);
             }
         }
         let mut readings = Vec::with_capacity(held.len());
@@ -361,11 +356,14 @@ impl Horizons {
             }
             self.released(held, &readings)
         };
-        let by_records = horizon(now, readings).zip(routed_to).map(|(a, b)| a.min(b));
-        let to = by_records.map(|to| to.min(known_to));
-        self.waiting_for_records = by_records.is_none_or(|to| to < now);
+        let read_to = horizon(now, readings);
+        let to = read_to.zip(routed_to).map(|(a, b)| a.min(known_to).min(b));
+        // Records are left when a held partition is below its end, or (by-shop) when the last
+        // answer found source records not routed or not read yet; a by-shop stage's timers
+        // trailing the wall clock by the time since its last ask is no backlog.
+        self.waiting_for_records = read_to.is_none_or(|to| to < now)
+            || (!sources.is_empty() && (routed_to.is_none() || routed_to < self.last_source_ask));
         self.holding = to.is_none_or(|to| to < now);
-        self.last_to = to;
         (to, newly_stalled)
     }
 
@@ -978,6 +976,17 @@ mod tests {
             Some(1_000),
             "routed and read as of the ask, not of its answer"
         );
+        assert!(
+            !horizons.waiting_for_records(),
+            "trailing the wall clock by the ask's age is no backlog: nothing asked while no timer is due"
+        );
+        // The next answer finds an order not routed yet: records are left.
+        let mut asked = sources(&[(orders[0].clone(), 6)], &[(orders[0].clone(), 5)]);
+        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        asked.asked_at = Some(2_000);
+        let (at, _) = horizons.at(2_100, &held, &orders, &none, Some(asked));
+        assert_eq!(at, Some(1_000));
+        assert!(horizons.waiting_for_records());
     }
 
     /// Stages that route nothing ask about no source and wait for none.
