@@ -154,6 +154,10 @@ impl StageLogic for Referrals {
         }
     }
 
+    fn next_due(&self) -> Option<i64> {
+        self.engine.next_due()
+    }
+
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
         let mut effects = self.engine.fire_due(now_ms);
         if self.last_expiry.elapsed() >= EXPIRY_EVERY {

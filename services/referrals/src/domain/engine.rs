@@ -477,6 +477,15 @@ impl Engine {
         effects
     }
 
+    /// When the next timer is due, over every owned partition: the stage holds it while
+    /// records are left to read.
+    pub fn next_due(&self) -> Option<i64> {
+        self.partitions
+            .values()
+            .filter_map(|p| p.timers.first().map(|timer| timer.0))
+            .min()
+    }
+
     /// Sends invites whose delay passed and grants rewards whose review window passed.
     pub fn fire_due(&mut self, now_ms: i64) -> Vec<(i32, Effect)> {
         let mut out = Vec::new();

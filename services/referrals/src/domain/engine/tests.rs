@@ -391,6 +391,34 @@ fn a_friends_first_order_with_the_code_is_pending_then_granted_after_the_review_
     );
 }
 
+/// The stage holds timers while records are left to read only for logic that says when its
+/// next timer is due: without it, after an outage a reward whose review window passed was
+/// granted on the wall clock while the friend's refund sat unread in the backlog.
+#[test]
+fn the_stage_is_told_when_the_next_invite_or_reward_is_due() {
+    let mut world = World::with(Rules {
+        invite_delay_ms: 3 * DAY,
+        ..rules()
+    });
+    assert_eq!(world.engine.next_due(), None, "nothing waits");
+    world.send("orders/paid", &order(100, 1), 0);
+    assert_eq!(world.engine.next_due(), Some(3 * DAY), "the invite");
+    world.tick(3 * DAY);
+    let code = world.invite_code(1);
+    world.send("orders/create", &with_code(order(200, 2), &code), 4 * DAY);
+    assert_eq!(
+        world.engine.next_due(),
+        Some(7 * DAY),
+        "the friend's own invite"
+    );
+    world.tick(7 * DAY);
+    assert_eq!(
+        world.engine.next_due(),
+        Some(34 * DAY),
+        "the reward's review window"
+    );
+}
+
 #[test]
 fn codes_in_the_landing_url_or_a_note_attribute_attribute_too() {
     let mut world = World::new();
