@@ -15,10 +15,23 @@ pub const STATE_HASH_KEY_FILE: &str = "AFTERCART_STATE_HASH_KEY_FILE";
 const MIN_KEY_BYTES: usize = 16;
 
 /// The key of the keyed hashes. Never printed.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct StateHasher {
     key: Vec<u8>,
+    /// The HMAC with the key already absorbed (its inner and outer pads hashed once), cloned
+    /// for every fingerprint: a consumer takes several per record, and keying afresh each time
+    /// hashed two more SHA-256 blocks per fingerprint.
+    keyed: Hmac<Sha256>,
 }
+
+/// Two hashers are equal when their keys are (the keyed state follows from the key).
+impl PartialEq for StateHasher {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for StateHasher {}
 
 impl fmt::Debug for StateHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -65,7 +78,8 @@ impl StateHasher {
         if key.len() < MIN_KEY_BYTES {
             return Err(format!("must be at least {MIN_KEY_BYTES} bytes"));
         }
-        Ok(StateHasher { key })
+        let keyed = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key size");
+        Ok(StateHasher { key, keyed })
     }
 
     /// The key from the settings: `value` (`AFTERCART_STATE_HASH_KEY`) or the file `file`
@@ -105,11 +119,27 @@ impl StateHasher {
     /// 16 bytes of HMAC-SHA256 over `<domain>/<kind>/<value>`, in hex: short, stable for one
     /// key, not reversible without it. `domain` keeps services' hashes of one value apart.
     pub fn fingerprint(&self, domain: &str, kind: &str, value: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key size");
-        mac.update(format!("aftercart/{domain}/{kind}/{value}").as_bytes());
-        let digest = mac.finalize().into_bytes();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        // The same bytes as `format!("aftercart/{domain}/{kind}/{value}")`, fed in pieces, and
+        // the hex written into one string: no allocation but the result (this ran a `format!`
+        // per hex byte, a sixth of the referrals engine's time).
+        let mut mac = self.keyed.clone();
+        for piece in ["aftercart/", domain, "/", kind, "/", value] {
+            mac.update(piece.as_bytes());
+        }
+        hex(&mac.finalize().into_bytes()[..16])
     }
+}
+
+/// `bytes` in lower-case hex, written into one string: the ids and fingerprints taken per
+/// record use it instead of a `format!("{b:02x}")` (an allocation) per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -127,6 +157,41 @@ mod tests {
         assert_ne!(ip, a.fingerprint("referrals", "email", "203.0.113.7"));
         assert!(!format!("{a:?}").contains("0123"));
         assert!(StateHasher::new(*b"short").is_err());
+    }
+
+    #[test]
+    fn fingerprints_are_the_first_16_bytes_of_the_hmac_in_hex() {
+        // Pinned values (Python's `hmac` over `aftercart/<domain>/<kind>/<value>`): stored
+        // fingerprints must never change with the implementation.
+        let hasher = StateHasher::new(*b"0123456789abcdef").unwrap();
+        for (domain, kind, value, expected) in [
+            (
+                "referrals",
+                "ip",
+                "203.0.113.7",
+                "2f4e530f9980b7054c85cf742cd45b07",
+            ),
+            (
+                "referrals",
+                "email",
+                "ann@example.com",
+                "61b5fd3862b7977f7ca3968e0023d1df",
+            ),
+            (
+                "nudges",
+                "phone",
+                "+33 6 12 34 56 78 é",
+                "2b4b656a3a140b17be6aed8f7882ae4a",
+            ),
+        ] {
+            assert_eq!(hasher.fingerprint(domain, kind, value), expected);
+        }
+    }
+
+    #[test]
+    fn hex_writes_two_lower_case_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]
