@@ -162,10 +162,6 @@ impl StageLogic for Audiences {
         }
     }
 
-    fn next_due(&self) -> Option<i64> {
-        self.engine.next_due()
-    }
-
     fn tick(&mut self, now_ms: i64) -> Vec<(i32, Staged)> {
         let mut confirmed = Vec::new();
         if let Some(published) = self.confirmations.since(self.confirmed_version) {

@@ -264,15 +264,6 @@ impl Engine {
         &self.rules
     }
 
-    /// When the next timer is due, over every owned partition: the stage holds it while
-    /// records are left to read.
-    pub fn next_due(&self) -> Option<i64> {
-        self.partitions
-            .values()
-            .filter_map(|p| p.timers.first().map(|timer| timer.0))
-            .min()
-    }
-
     pub fn owns(&self, partition: i32) -> bool {
         self.partitions.contains_key(&partition)
     }

@@ -323,19 +323,6 @@ fn members_leave_when_the_window_ends() {
     assert_eq!(ops(&effects, "abandoned-checkouts", Op::Remove), ALL);
 }
 
-/// The stage holds timers while records are left to read only for logic that says when its
-/// next timer is due: without it, after an outage a membership's window ended on the wall
-/// clock while the purchase that moves the person on sat unread in the backlog.
-#[test]
-fn the_stage_is_told_when_the_next_membership_ends() {
-    let mut engine = engine();
-    assert_eq!(engine.next_due(), None);
-    engine.apply(0, SHOP, abandoned(ann(), Some(true), T0), T0);
-    assert_eq!(engine.next_due(), Some(T0 + 30 * DAY));
-    engine.tick(T0 + 30 * DAY);
-    assert_eq!(engine.next_due(), None, "ended: nothing waits");
-}
-
 #[test]
 fn an_abandonment_older_than_the_window_is_ignored() {
     let mut engine = engine();
