@@ -746,6 +746,22 @@ mod tests {
         }
     }
 
+    /// A by-shop stage holding by-shop partition 0, read to offset 9 (stamped 0.9 s), with
+    /// one source partition, orders 0.
+    fn by_shop_read_to_9() -> (Horizons, [Pair; 1], [Pair; 1]) {
+        let mut horizons = Horizons::default();
+        horizons.read("by-shop", 0, 9, 900);
+        (horizons, [pair("by-shop", 0)], [pair("orders", 0)])
+    }
+
+    /// An answer: orders 0 ends at `end`, routed to `routed`; by-shop 0 ends at `by_shop_end`.
+    fn by_shop_answer(end: i64, routed: i64, by_shop_end: i64) -> Answers {
+        let orders = pair("orders", 0);
+        let mut asked = sources(&[(orders.clone(), end)], &[(orders, routed)]);
+        asked.ends = HashMap::from([(pair("by-shop", 0), by_shop_end)]);
+        asked
+    }
+
     /// Issue 15 (by-shop timers): an order still in its source topic at a restart, not yet
     /// routed to the by-shop topic, while the by-shop partition is read to its end. Its
     /// customer's due step used to fire (the by-shop side was caught up): now the timers wait
@@ -810,14 +826,9 @@ mod tests {
     /// acknowledged.
     #[test]
     fn a_record_this_member_routed_holds_the_timers_until_the_by_shop_ends_are_asked_again() {
-        let mut horizons = Horizons::default();
-        let by_shop = pair("by-shop", 0);
-        let held = [by_shop.clone()];
-        let orders = [pair("orders", 0)];
+        let (mut horizons, held, orders) = by_shop_read_to_9();
         let none = HashMap::new();
-        horizons.read("by-shop", 0, 9, 900);
-        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
-        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let asked = by_shop_answer(5, 4, 10);
         let (at, _) = horizons.at(1_000, &held, &orders, &none, Some(asked));
         assert_eq!(at, None, "one order not routed yet: no timer fires");
         // This member routes that order (offset 4) to by-shop offset 10, acknowledged.
@@ -829,14 +840,12 @@ mod tests {
         );
         // An answer to an ask put before the routing (out meanwhile, answered now) does not
         // count it: its by-shop end may be below the forward.
-        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
-        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let asked = by_shop_answer(5, 4, 10);
         let (at, _) = horizons.at(1_200, &held, &orders, &none, Some(asked));
         assert_eq!(at, None, "asked before the routing: still held");
         // The next ask, put after it, carries it and sees the by-shop end past the order: held
         // at the last record read.
-        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 4)]);
-        asked.ends = HashMap::from([(by_shop.clone(), 11)]);
+        let mut asked = by_shop_answer(5, 4, 11);
         asked.routed_here = horizons.routed_here();
         let (at, _) = horizons.at(1_400, &held, &orders, &none, Some(asked));
         assert_eq!(at, None, "routed, not read yet: held");
@@ -961,14 +970,9 @@ mod tests {
     /// record received in between may be routed to no by-shop partition yet.
     #[test]
     fn a_routed_answer_releases_the_timers_to_when_it_was_asked() {
-        let mut horizons = Horizons::default();
-        let by_shop = pair("by-shop", 0);
-        let held = [by_shop.clone()];
-        let orders = [pair("orders", 0)];
+        let (mut horizons, held, orders) = by_shop_read_to_9();
         let none = HashMap::new();
-        horizons.read("by-shop", 0, 9, 900);
-        let mut asked = sources(&[(orders[0].clone(), 5)], &[(orders[0].clone(), 5)]);
-        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let mut asked = by_shop_answer(5, 5, 10);
         asked.asked_at = Some(1_000);
         let (at, _) = horizons.at(1_300, &held, &orders, &none, Some(asked));
         assert_eq!(
@@ -981,8 +985,7 @@ mod tests {
             "trailing the wall clock by the ask's age is no backlog: nothing asked while no timer is due"
         );
         // The next answer finds an order not routed yet: records are left.
-        let mut asked = sources(&[(orders[0].clone(), 6)], &[(orders[0].clone(), 5)]);
-        asked.ends = HashMap::from([(by_shop.clone(), 10)]);
+        let mut asked = by_shop_answer(6, 5, 10);
         asked.asked_at = Some(2_000);
         let (at, _) = horizons.at(2_100, &held, &orders, &none, Some(asked));
         assert_eq!(at, Some(1_000));
