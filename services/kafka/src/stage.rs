@@ -827,13 +827,18 @@ impl<L: StageLogic> Stage<L> {
 
     /// The time timers may run to at `now` ([`horizon`]): the wall clock once every held input
     /// partition is read to its end, else no further than the last record read from one that
-    /// is not. The broker is asked where the partitions end only while a timer is due
-    /// ([`Horizons::wants_answers`]), by the asks' thread: the answer counts at a later tick,
+    /// is not. The broker is asked where the partitions end only while a timer is due or records
+    /// are left ([`Horizons::wants_answers`]), by the asks' thread: the answer counts at a later tick,
     /// as of when it was asked (an old one lets timers run no further than its time). The
     /// member's own position is a local look-up. `None`: no timer may fire yet (the tick waits
     /// for the records, or for an answer).
     fn timers_at(&mut self, now: i64) -> Result<Option<i64>, LoopError> {
-        let answered = self.asks.answered()?;
+        let mut answered = self.asks.answered()?;
+        // Source partitions learned are kept whatever becomes of the answer: a metadata
+        // request less at the next ask.
+        if let Some(pairs) = answered.as_mut().and_then(|a| a.learned.take()) {
+            self.sources.learned(pairs);
+        }
         if self.logic.next_due().is_none_or(|at| at > now) && !self.horizons.waiting_for_records() {
             // No timer due, no records left: no ask (an answer no timer needs is dropped: by
             // the next one due it would be old). With records left the horizon goes on (the
@@ -847,12 +852,7 @@ impl<L: StageLogic> Stage<L> {
             .cloned()
             .collect();
         let positions = positions(self.consumer());
-        let answers = answered.map(|answered| {
-            if let Some(pairs) = answered.learned {
-                self.sources.learned(pairs);
-            }
-            answered.answers
-        });
+        let answers = answered.map(|answered| answered.answers);
         let was_waiting = self.horizons.waiting_for_records();
         let (at, stalled) = self
             .horizons
