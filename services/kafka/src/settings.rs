@@ -312,14 +312,17 @@ impl KafkaSettings {
         // producer checks the settings producers read, a consumer those consumers read.
         let mut config = self.client_config("aftercart-config-check");
         self.apply_overrides(&mut config, ClientKind::Producer);
+        // Every problem at once; one both kinds read (a SASL setting, say) is named once.
         if let Err(error) = config.create::<BaseProducer>() {
             problems.push(self.describe_client_error(&error));
-            return problems;
         }
         let mut config = self.client_config("aftercart-config-check");
         self.apply_overrides(&mut config, ClientKind::Consumer);
         if let Err(error) = config.create::<BaseConsumer>() {
-            problems.push(self.describe_client_error(&error));
+            let problem = self.describe_client_error(&error);
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
         }
         problems
     }
@@ -605,6 +608,17 @@ mod tests {
             problems.iter().any(|p| p.contains("session.timeout.ms")),
             "{problems:?}"
         );
+        // A bad setting of each kind: both named in one check, not one per start.
+        let mut both = args();
+        both.kafka_properties = "session.timeout.ms=soon,linger.ms=later".into();
+        let settings = both.validate(&mut ConfigErrors::new(), None).unwrap();
+        let problems = settings.check_client();
+        for key in ["session.timeout.ms", "linger.ms"] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "{key}: {problems:?}"
+            );
+        }
     }
 
     #[test]
