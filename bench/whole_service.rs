@@ -339,3 +339,8 @@ impl Measured {
         ]
     }
 }
+
+/// The allocator the consumer services run with in the `aftercart` binary (`aftercart-allocator`
+/// chooses it by subcommand there), so that the figures are those of the code that ships.
+#[global_allocator]
+static GLOBAL: aftercart_allocator::ConsumerAllocator = aftercart_allocator::ConsumerAllocator {};

@@ -87,6 +87,8 @@ REVIEW_WINDOW_SECONDS = 8
 DEV_CODE_SECRET = b"aftercart-dev-referral-code-secret"
 SHOP = "aftercart-demo.myshopify.com"
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# The subcommands aftercart-allocator runs on mimalloc (services/allocator/src/choice.rs).
+CONSUMER_COMMANDS = {"abandonment", "referrals", "journey", "audiences", "nudges"}
 PARTITIONS = "3"  # fewer partitions, faster restores; the services do not care
 # The dev stack's audiences: the built-in ones to files, plus the abandoners to two webhook
 # destinations served by `Receiver`: `crm` fails its first request (a retry), `refuser` refuses
@@ -693,6 +695,11 @@ def main():
                 lint = run([promtool, "check", "metrics"], input=text)
                 tally.check(lint.returncode == 0, f"promtool check metrics ({name}): {lint.stdout}{lint.stderr}")
                 tally.check(f"aftercart_{args[0]}_build_info" in text, f"{name} exports its metrics")
+                # The consumer services run on mimalloc, the ingress on the system's allocator
+                # (aftercart-allocator chooses by subcommand; the manifests set nothing).
+                allocator = "mimalloc" if args[0] in CONSUMER_COMMANDS else "system"
+                tally.check(f'aftercart_{args[0]}_build_info{{allocator="{allocator}",' in text,
+                            f"{name} runs on the {allocator} allocator")
                 counts["services"] += 1
                 stopping = time.monotonic()
                 stack.stop(process, grace=grace)

@@ -57,6 +57,19 @@ pub struct Cli {
     )]
     pub allow_insecure_http: String,
 
+    /// Memory allocator: auto (mimalloc for the consumer services, the system's for the
+    /// rest), mimalloc or system. Read once, at the process's first allocation, before this
+    /// parser runs (`aftercart-allocator`); listed here so that it is validated and documented.
+    #[arg(
+        long,
+        env = "AFTERCART_ALLOCATOR",
+        default_value = "auto",
+        value_parser = ["auto", "mimalloc", "system"],
+        global = true,
+        help_heading = "Process"
+    )]
+    pub allocator: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -223,6 +236,35 @@ mod tests {
     #[test]
     fn every_command_line_is_consistent_with_all_services_side_by_side() {
         Cli::command().debug_assert();
+    }
+
+    /// The allocator is chosen before this parser runs, by the subcommand's name: its two
+    /// lists must hold every subcommand once, and its flag and variable must be this parser's.
+    #[test]
+    fn the_allocator_knows_every_subcommand_and_reads_this_parsers_flag() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut named: Vec<&str> = aftercart_allocator::CONSUMER_COMMANDS
+            .iter()
+            .chain(aftercart_allocator::OTHER_COMMANDS)
+            .copied()
+            .collect();
+        named.sort_unstable();
+        let mut commands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+        commands.sort_unstable();
+        assert_eq!(named, commands);
+        let flag = cli
+            .get_arguments()
+            .find(|arg| arg.get_id() == "allocator")
+            .expect("the flag exists");
+        assert_eq!(
+            format!("--{}", flag.get_long().unwrap_or_default()),
+            aftercart_allocator::FLAG
+        );
+        assert_eq!(
+            flag.get_env().and_then(|e| e.to_str()),
+            Some(aftercart_allocator::VARIABLE)
+        );
     }
 
     /// `--help` groups settings by heading (Kafka, the service, Process, Logging): every flag

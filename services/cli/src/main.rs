@@ -13,6 +13,10 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command};
 
+/// mimalloc for the consumer services, the system's allocator for the rest (`--allocator`).
+#[global_allocator]
+static ALLOCATOR: aftercart_allocator::ByService = aftercart_allocator::ByService;
+
 fn main() -> ExitCode {
     // Old setting names become the new ones before clap reads the environment.
     let mut deprecations = renamed::apply_to_process_env();
@@ -54,6 +58,9 @@ fn main() -> ExitCode {
         }
     }
     telemetry::init(format, &cli.log);
+    if let Some(allocator) = aftercart_allocator::in_use() {
+        tracing::debug!(allocator = allocator.name(), "memory allocator");
+    }
     if let Some(warning) = deprecations.warning() {
         tracing::warn!("{warning}");
     }
