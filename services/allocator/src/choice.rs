@@ -42,10 +42,10 @@ impl Choice {
 /// The allocator for a process with this command line (`/proc/self/cmdline`: arguments, each
 /// ended by a NUL, the program first) and this value of [`VARIABLE`], as the command-line
 /// parser resolves them: the flag over the variable, `auto` or nothing by subcommand (the first
-/// argument that names one of the binary's: a flag's value that is a subcommand's name would be
-/// taken for it, and no flag before the subcommand takes such values). A value neither
-/// `mimalloc` nor `system` means `auto` here: the command-line parser refuses it with a clear
-/// error.
+/// argument that names one of the binary's). Read without the parser, so a flag's value that is
+/// a subcommand's name is taken for it (`--log journey referrals` chooses as `journey` would);
+/// the binary warns where the parsed command line wants otherwise ([`expected`]). A value
+/// neither `mimalloc` nor `system` means `auto` here: the parser refuses it with a clear error.
 pub fn choose(cmdline: &[u8], variable: Option<&[u8]>) -> Choice {
     let mut arguments = cmdline.split(|byte| *byte == 0).skip(1);
     let mut flag = None;
@@ -70,6 +70,20 @@ pub fn choose(cmdline: &[u8], variable: Option<&[u8]>) -> Choice {
         Some(b"system") => Choice::System,
         _ => match command {
             Some(command) if names(CONSUMER_COMMANDS, command) => Choice::Mimalloc,
+            _ => Choice::System,
+        },
+    }
+}
+
+/// The allocator a parsed command line asks for: `allocator` is the `--allocator` value the
+/// parser resolved (flag or variable), `command` the subcommand's name. What [`choose`] decides
+/// from the raw command line should be this; the binary warns where it is not.
+pub fn expected(allocator: &str, command: Option<&str>) -> Choice {
+    match allocator {
+        "mimalloc" => Choice::Mimalloc,
+        "system" => Choice::System,
+        _ => match command {
+            Some(command) if names(CONSUMER_COMMANDS, command.as_bytes()) => Choice::Mimalloc,
             _ => Choice::System,
         },
     }
@@ -167,8 +181,41 @@ mod tests {
     }
 
     #[test]
-    fn the_variable_read_before_main_is_the_one_documented() {
-        assert_eq!(VARIABLE, "AFTERCART_ALLOCATOR");
+    fn a_parsed_command_line_expects_what_the_raw_one_chooses() {
+        for (arguments, variable, allocator, command) in [
+            (
+                &["aftercart", "referrals"][..],
+                None,
+                "auto",
+                Some("referrals"),
+            ),
+            (
+                &["aftercart", "ingress"],
+                Some(&b"mimalloc"[..]),
+                "mimalloc",
+                Some("ingress"),
+            ),
+            (
+                &["aftercart", "--allocator=system", "nudges"],
+                None,
+                "system",
+                Some("nudges"),
+            ),
+            (&["aftercart", "dev"], None, "auto", Some("dev")),
+            (&["aftercart"], None, "auto", None),
+        ] {
+            assert_eq!(
+                choose(&cmdline(arguments), variable),
+                expected(allocator, command),
+                "{arguments:?}"
+            );
+        }
+        // Where they differ, the binary warns: a flag's value taken for the subcommand.
+        let raw = choose(
+            &cmdline(&["aftercart", "--log", "ingress", "referrals"]),
+            None,
+        );
+        assert_ne!(raw, expected("auto", Some("referrals")));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Every service is the one `aftercart` binary, and the two kinds of service want different
 //! allocators (measured in `bench/NOTES.md`): the consumer stages spend about a third of their
-//! CPU in glibc's malloc and free, and mimalloc cuts their CPU per record by a fifth or more;
+//! CPU in glibc's malloc and free, and mimalloc cut their CPU per record by 8–37 % (a quarter
+//! in most rounds);
 //! the ingress gains a few per cent of CPU with it but keeps ≈ 26 MiB more resident, which its
 //! 64 MiB target cannot spare. So [`ByService`] decides at the process's first allocation, from
 //! its command line and `AFTERCART_ALLOCATOR` ([`choice::choose`]), and never changes its mind:
@@ -14,7 +15,7 @@ mod choice;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-pub use choice::{choose, Choice, CONSUMER_COMMANDS, FLAG, OTHER_COMMANDS, VARIABLE};
+pub use choice::{choose, expected, Choice, CONSUMER_COMMANDS, FLAG, OTHER_COMMANDS, VARIABLE};
 
 /// The allocator the consumer services run with (benchmarks of a consumer use it directly).
 pub type ConsumerAllocator = mimalloc::MiMalloc;
@@ -30,8 +31,9 @@ const MIMALLOC: u8 = 2;
 /// The decision, made once (racing first allocations decide the same).
 static DECIDED: AtomicU8 = AtomicU8::new(UNDECIDED);
 
-/// The allocator this process runs with, once it has allocated (always, by the time `main`
-/// runs); `None` where [`ByService`] is not the global allocator and nothing asked it.
+/// The allocator this process runs with, once it has allocated anything (the `aftercart`
+/// binary allocates before it parses its command line); `None` where [`ByService`] is not the
+/// global allocator, or before its first allocation.
 pub fn in_use() -> Option<Choice> {
     match DECIDED.load(Ordering::Acquire) {
         SYSTEM => Some(Choice::System),
@@ -65,11 +67,13 @@ impl ByService {
 }
 
 /// Reads the command line and the variable without allocating (this runs inside the first
-/// allocation): `/proc/self/cmdline` into a stack buffer, `getenv` for the variable. Where
-/// `/proc` cannot be read, only the variable counts.
+/// allocation): `/proc/self/cmdline` into a stack buffer (32 KiB, on the main thread's stack:
+/// a longer command line is read that far), `getenv` for the variable. Where `/proc` cannot
+/// be read, only the variable counts. The binary compares the outcome with its parsed command
+/// line and warns where they differ ([`expected`]).
 #[allow(unsafe_code)]
 fn read_choice() -> Choice {
-    let mut buffer = [0u8; 4096];
+    let mut buffer = [0u8; 32 << 10];
     let mut length = 0;
     // SAFETY: the path is a NUL-terminated literal; the descriptor is closed below.
     let fd = unsafe {
@@ -83,6 +87,9 @@ fn read_choice() -> Choice {
             let rest = &mut buffer[length..];
             // SAFETY: `rest` is valid for writes of `rest.len()` bytes.
             let read = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
+            if read < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
             if read <= 0 {
                 break;
             }

@@ -25,11 +25,12 @@ fn main() -> ExitCode {
         .clone()
         .try_get_matches()
         .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
-    let cli = match parsed {
+    let (cli, allocator_wanted) = match parsed {
         Ok((cli, matches)) => {
             let args: Vec<_> = std::env::args_os().skip(1).collect();
             deprecations.flags = renamed::old_flags(&command, &matches, &args);
-            cli
+            let wanted = aftercart_allocator::expected(&cli.allocator, matches.subcommand_name());
+            (cli, wanted)
         }
         Err(error) => {
             // --help and --version are not errors; everything else is a usage problem (64).
@@ -58,8 +59,19 @@ fn main() -> ExitCode {
         }
     }
     telemetry::init(format, &cli.log);
-    if let Some(allocator) = aftercart_allocator::in_use() {
-        tracing::debug!(allocator = allocator.name(), "memory allocator");
+    // The allocator was chosen from the raw command line before it was parsed: where the parsed
+    // one asks for another (a flag's value taken for the subcommand, a command line over 32 KiB,
+    // no /proc), say so; the process cannot switch allocators any more.
+    match aftercart_allocator::in_use() {
+        Some(running) if running != allocator_wanted => tracing::warn!(
+            allocator = running.name(),
+            wanted = allocator_wanted.name(),
+            "This process runs on another memory allocator than its command line asks for: it \
+             was chosen before the command line was parsed. Set AFTERCART_ALLOCATOR to choose it \
+             explicitly."
+        ),
+        Some(running) => tracing::debug!(allocator = running.name(), "memory allocator"),
+        None => {}
     }
     if let Some(warning) = deprecations.warning() {
         tracing::warn!("{warning}");
