@@ -26,19 +26,24 @@ pub fn cpu_seconds() -> f64 {
 /// every mock broker from one thread, named `rdk:mock`. In production the broker runs on other
 /// machines, so the service's own CPU is the process's less this (threads that ended are
 /// counted in the process's total, never here: the mock thread lives as long as the cluster).
+/// The thread is looked up once (the run's one cluster exists before the first call): a scan
+/// of every thread at every 5 ms sample would itself be CPU charged to the service.
 pub fn broker_cpu_seconds() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|name| name.trim_end() == "rdk:mock")
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .map(|stat| stat_cpu_seconds(&stat))
-        .sum()
+    static BROKER_STAT: std::sync::OnceLock<Option<std::path::PathBuf>> =
+        std::sync::OnceLock::new();
+    let stat = BROKER_STAT.get_or_init(|| {
+        std::fs::read_dir("/proc/self/task")
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| name.trim_end() == "rdk:mock")
+            })
+            .map(|task| task.path().join("stat"))
+    });
+    stat.as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map_or(0.0, |stat| stat_cpu_seconds(&stat))
 }
 
 /// utime + stime of a `/proc/.../stat` line, in seconds (fields 14 and 15, counted after the

@@ -17,6 +17,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
 
+/// The allocator the consumer services restore with (`aftercart-allocator`).
+#[global_allocator]
+static GLOBAL: aftercart_allocator::ConsumerAllocator = aftercart_allocator::ConsumerAllocator {};
+
 /// Changelog records in the partition.
 const RECORDS: u64 = 1_000_000;
 /// Distinct entities among them (the live state).
