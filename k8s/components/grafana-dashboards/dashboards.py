@@ -317,7 +317,7 @@ def abandonment():
             row("State"),
             timeseries("Assigned partitions", "Journey partitions owned per instance: 0 everywhere means the group is empty or rebalancing.",
                        [(f"sum by (pod, instance) ({ab}assigned_partitions{{{NS}}})", "{{pod}} {{instance}}")], width=8),
-            timeseries("Journeys in state", "Open journeys held per instance (about 790 bytes each).",
+            timeseries("Journeys in state", "Open journeys held per instance (about 1.9 KB each).",
                        [(f"sum by (pod, instance) ({ab}journeys_tracked{{{NS}}})", "{{pod}} {{instance}}")], width=8),
             timeseries("Changelog writes/s", "Journey states written to the compacted changelog.",
                        [(f"sum(rate({ab}changelog_records_written_total{{{NS}}}[{RATE}]))", "changelog")], unit="rps", width=8),
