@@ -3,8 +3,8 @@
 //!
 //! Every service is the one `aftercart` binary, and the two kinds of service want different
 //! allocators (measured in `bench/NOTES.md`): the consumer stages spend about a third of their
-//! CPU in glibc's malloc and free, and mimalloc cut their CPU per record by 8–37 % (a quarter
-//! in most rounds);
+//! CPU in glibc's malloc and free, and mimalloc cut their CPU per record by 8–37 % (about a
+//! fifth at the median);
 //! the ingress gains a few per cent of CPU with it but keeps ≈ 26 MiB more resident, which its
 //! 64 MiB target cannot spare. So [`ByService`] decides at the process's first allocation, from
 //! its command line and `AFTERCART_ALLOCATOR` ([`choice::choose`]), and never changes its mind:
@@ -43,35 +43,39 @@ pub fn in_use() -> Option<Choice> {
 }
 
 impl ByService {
+    /// Every call: one load and a branch. The decision is out of line ([`decide`]): inlined,
+    /// its 32 KiB buffer made every allocation probe 32 KiB of stack first.
+    #[inline(always)]
     fn mimalloc(&self) -> bool {
         match DECIDED.load(Ordering::Acquire) {
             MIMALLOC => true,
             SYSTEM => false,
-            _ => {
-                let wanted = match read_choice() {
-                    Choice::Mimalloc => MIMALLOC,
-                    Choice::System => SYSTEM,
-                };
-                match DECIDED.compare_exchange(
-                    UNDECIDED,
-                    wanted,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => wanted == MIMALLOC,
-                    Err(decided) => decided == MIMALLOC,
-                }
-            }
+            _ => decide(),
         }
     }
 }
 
+/// The decision, once per process (a race decides the same twice and keeps the first).
+#[cold]
+#[inline(never)]
+fn decide() -> bool {
+    let wanted = match read_choice() {
+        Choice::Mimalloc => MIMALLOC,
+        Choice::System => SYSTEM,
+    };
+    match DECIDED.compare_exchange(UNDECIDED, wanted, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => wanted == MIMALLOC,
+        Err(decided) => decided == MIMALLOC,
+    }
+}
+
 /// Reads the command line and the variable without allocating (this runs inside the first
-/// allocation): `/proc/self/cmdline` into a stack buffer (32 KiB, on the main thread's stack:
-/// a longer command line is read that far), `getenv` for the variable. Where `/proc` cannot
+/// allocation): `/proc/self/cmdline` into a stack buffer (32 KiB, on the stack of the thread
+/// that allocates first, the main thread; a longer command line is read that far), `getenv` for the variable. Where `/proc` cannot
 /// be read, only the variable counts. The binary compares the outcome with its parsed command
 /// line and warns where they differ ([`expected`]).
 #[allow(unsafe_code)]
+#[inline(never)]
 fn read_choice() -> Choice {
     let mut buffer = [0u8; 32 << 10];
     let mut length = 0;

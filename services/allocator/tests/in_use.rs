@@ -9,6 +9,10 @@ use aftercart_allocator::{in_use, ByService, Choice, VARIABLE};
 #[global_allocator]
 static GLOBAL: ByService = ByService;
 
+/// A block whose alignment (4096) is above any allocator's default.
+#[repr(align(4096))]
+struct Aligned([u8; 4096]);
+
 /// Set for a child run of this binary: the allocator it must report.
 const EXPECT: &str = "AFTERCART_ALLOCATOR_TEST_EXPECT";
 
@@ -30,18 +34,24 @@ fn exercise() {
     .join()
     .expect("the thread ran");
     assert!(freed_elsewhere > 8 << 20);
-    // The blocks really come from the allocator reported: mimalloc's own heap, or not.
-    let probe = Box::new([0u8; 100]);
-    let probe_big = vec![0u8; 4 << 20];
+    // The blocks really come from the allocator reported: mimalloc's own heap, or not. One of
+    // each path: alloc, alloc_zeroed, realloc, over-aligned.
+    let probe = Box::new([7u8; 100]);
+    let zeroed = vec![0u8; 4 << 20];
+    let mut grown = vec![1u8; 10];
+    grown.reserve_exact(1 << 16);
+    let aligned = Box::new(Aligned([0; 4096]));
+    let addresses: [*const u8; 4] = [
+        probe.as_ptr(),
+        zeroed.as_ptr(),
+        grown.as_ptr(),
+        aligned.0.as_ptr(),
+    ];
     // SAFETY: a query about an address, which is not dereferenced.
-    let in_mimalloc = unsafe {
-        [
-            libmimalloc_sys::mi_is_in_heap_region(std::ptr::from_ref(&*probe).cast()),
-            libmimalloc_sys::mi_is_in_heap_region(probe_big.as_ptr().cast()),
-        ]
-    };
+    let in_mimalloc =
+        addresses.map(|at| unsafe { libmimalloc_sys::mi_is_in_heap_region(at.cast()) });
     let on_mimalloc = in_use() == Some(Choice::Mimalloc);
-    assert_eq!(in_mimalloc, [on_mimalloc; 2]);
+    assert_eq!(in_mimalloc, [on_mimalloc; 4]);
     for (size, align) in [(24, 8), (4096, 4096), (100, 64), (3 << 20, 2 << 20)] {
         let layout = Layout::from_size_align(size, align).expect("layout");
         // SAFETY: non-zero sizes and valid alignments; each block is freed with the layout it

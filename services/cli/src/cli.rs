@@ -226,7 +226,7 @@ pub struct DevArgs {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     use super::*;
 
@@ -264,6 +264,58 @@ mod tests {
         assert_eq!(
             flag.get_env().and_then(|e| e.to_str()),
             Some(aftercart_allocator::VARIABLE)
+        );
+    }
+
+    /// What the allocator chose from a raw command line is what this parser makes of it, for
+    /// the forms an operator writes (the flag before or after the subcommand, with `=` or not,
+    /// other global flags first); the one known difference is a flag value named like a
+    /// subcommand, which the binary warns about.
+    #[test]
+    fn the_allocators_reading_of_a_command_line_is_this_parsers() {
+        for line in [
+            &["aftercart", "referrals"][..],
+            &["aftercart", "ingress"],
+            &["aftercart", "dev"],
+            &[
+                "aftercart",
+                "--log-format",
+                "json",
+                "--log",
+                "info",
+                "abandonment",
+            ],
+            &["aftercart", "--allocator", "system", "nudges"],
+            &["aftercart", "audiences", "--allocator=system"],
+            &["aftercart", "ingress", "--allocator", "mimalloc"],
+            &["aftercart", "--allocator=auto", "journey"],
+            &["aftercart", "topics", "create"],
+        ] {
+            let matches = Cli::command()
+                .try_get_matches_from(line)
+                .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let cli = Cli::from_arg_matches(&matches).expect("parsed");
+            let raw: Vec<u8> = line.iter().flat_map(|a| a.bytes().chain([0])).collect();
+            // The parser reads the variable too, where the test's environment sets it.
+            let variable = std::env::var(aftercart_allocator::VARIABLE).ok();
+            assert_eq!(
+                aftercart_allocator::choose(&raw, variable.as_deref().map(str::as_bytes)),
+                aftercart_allocator::expected(&cli.allocator, matches.subcommand_name()),
+                "{line:?}"
+            );
+        }
+        let known_difference = ["aftercart", "--log", "ingress", "referrals"];
+        let matches = Cli::command()
+            .try_get_matches_from(known_difference)
+            .expect("parsed");
+        let raw: Vec<u8> = known_difference
+            .iter()
+            .flat_map(|a| a.bytes().chain([0]))
+            .collect();
+        assert_ne!(
+            aftercart_allocator::choose(&raw, None),
+            aftercart_allocator::expected("auto", matches.subcommand_name()),
+            "the raw reading takes `ingress`, the parser `referrals`"
         );
     }
 
