@@ -241,11 +241,39 @@ fn answers_api_versions(addr: &str) -> bool {
         && answer[4..8] == [0, 0, 0, 1]
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and never handed out before in this test
+/// process. The kernel may give a port it just gave again once its listener is dropped: two
+/// calls for one process (an ingress's webhook and admin addresses) once returned the same
+/// port, and the process refused to start (a fault-suite run on 2026-12-07).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind port 0")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    /// Before ports were remembered, 2,000 calls repeated dozens of ports (the kernel reuses a
+    /// released one readily), and two addresses of one process could collide.
+    #[test]
+    fn no_port_is_handed_out_twice() {
+        let ports: Vec<u16> = (0..2_000).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 }
