@@ -71,8 +71,8 @@ fn decide() -> bool {
 
 /// Reads the command line and the variable without allocating (this runs inside the first
 /// allocation): `/proc/self/cmdline` into a stack buffer (32 KiB, on the stack of the thread
-/// that allocates first, the main thread; a longer command line is read that far), `getenv` for the variable. Where `/proc` cannot
-/// be read, only the variable counts. The binary compares the outcome with its parsed command
+/// that allocates first, the main thread; a longer command line is read that far), `getenv`
+/// for the variable. Where `/proc` cannot be read, only the variable counts. The binary compares the outcome with its parsed command
 /// line and warns where they differ ([`expected`]).
 #[allow(unsafe_code)]
 #[inline(never)]
