@@ -62,17 +62,15 @@ pub async fn serve(
         return Ok(());
     }
     let check = config.clone();
-    match tokio::task::spawn_blocking(move || crate::orphans::find(&check)).await {
-        Ok(Ok(orphans)) if !orphans.is_empty() => {
-            return Err(ServeError::PendingRemovals(crate::orphans::refusal(
-                &orphans,
-            )));
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "Could not check for removals left by destinations no longer configured; starting anyway.");
-        }
-        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+    let Some(orphans) =
+        crate::orphans::before_start(&stop, move || crate::orphans::find(&check)).await
+    else {
+        return Ok(());
+    };
+    if !orphans.is_empty() {
+        return Err(ServeError::PendingRemovals(crate::orphans::refusal(
+            &orphans,
+        )));
     }
     let confirmations = crate::confirmations::Confirmations::default();
     let engine = crate::consumer::build(

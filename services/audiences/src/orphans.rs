@@ -12,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::AudiencesConfig;
 use crate::domain::batch::Batch;
@@ -28,6 +29,19 @@ pub enum OrphanError {
     Read(#[from] StoreError),
 }
 
+impl OrphanError {
+    /// The broker cannot list consumer groups at all (librdkafka says the feature is missing
+    /// from the broker's API versions): no retry changes that.
+    pub fn unsupported(&self) -> bool {
+        matches!(
+            self,
+            OrphanError::Kafka(KafkaError::GroupListFetch(
+                RDKafkaErrorCode::UnsupportedFeature
+            ))
+        )
+    }
+}
+
 /// The message the service refuses to start with.
 pub fn refusal(orphans: &Orphans) -> String {
     let named: Vec<String> = orphans
@@ -42,6 +56,35 @@ pub fn refusal(orphans: &Orphans) -> String {
          consumer group aftercart named after it",
         named.join(", ")
     )
+}
+
+/// The start-up check: `find` (blocking, so on a blocking thread), retried with backoff while
+/// Kafka cannot answer. Starting past a failed check would leave a removed destination's
+/// removals unsent for good, so the service waits (an outage at start, a broker restarting)
+/// instead. `None` if `stop` came first. The one failure it starts past, with a warning, is a
+/// broker that cannot list consumer groups at all (librdkafka's mock cluster, which `aftercart
+/// dev` and tests run on; never Apache Kafka): no check is possible there.
+pub async fn before_start<F>(stop: &CancellationToken, find: F) -> Option<Orphans>
+where
+    F: Fn() -> Result<Orphans, OrphanError> + Clone + Send + 'static,
+{
+    let attempt = || {
+        let find = find.clone();
+        async move {
+            match tokio::task::spawn_blocking(find).await {
+                Ok(found) => found,
+                Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+            }
+        }
+    };
+    let retry = |error: &OrphanError| !error.unsupported();
+    match aftercart_kafka::retry_with_backoff(stop, "removals check", retry, attempt).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::warn!(%error, "The broker cannot list consumer groups: removals left by destinations no longer configured were not checked.");
+            Some(Orphans::new())
+        }
+    }
 }
 
 /// Finds removals not yet sent for destinations that are no longer configured. Blocking.
@@ -148,4 +191,72 @@ pub(crate) fn committed_by(
             _ => (e.partition(), None),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn down() -> OrphanError {
+        OrphanError::Kafka(KafkaError::GroupListFetch(
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ))
+    }
+
+    /// A broker that cannot answer at start (an outage, a restart) is waited for: starting past
+    /// the check would leave a removed destination's removals unsent for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_kafka_cannot_answer_is_retried_until_it_can() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let found = before_start(&CancellationToken::new(), move || {
+            match counted.fetch_add(1, Ordering::SeqCst) {
+                0..=2 => Err(down()),
+                _ => Ok(Orphans::from([("tiktok".to_string(), 1)])),
+            }
+        })
+        .await;
+        assert_eq!(found, Some(Orphans::from([("tiktok".to_string(), 1)])));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    /// Still down when the service is stopped: it never started, and says so (`None`).
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_kafka_cannot_answer_ends_the_check_without_a_start() {
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            stopper.cancel();
+        });
+        assert_eq!(before_start(&stop, || Err(down())).await, None);
+    }
+
+    /// librdkafka's mock cluster (`aftercart dev`, tests) cannot list groups at all: that is
+    /// the one failure the service starts past, with a warning. Asked of a real mock cluster,
+    /// so a change in how librdkafka reports it shows here.
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_that_cannot_list_groups_is_started_past() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("client");
+        let listed = client
+            .fetch_group_list(None, Duration::from_secs(10))
+            .map(|_| Orphans::new())
+            .map_err(OrphanError::Kafka);
+        let error = listed.expect_err("the mock cluster lists no groups");
+        assert!(error.unsupported(), "{error}");
+        assert!(!down().unsupported());
+        let found = before_start(&CancellationToken::new(), move || {
+            Err(OrphanError::Kafka(KafkaError::GroupListFetch(
+                RDKafkaErrorCode::UnsupportedFeature,
+            )))
+        })
+        .await;
+        assert_eq!(found, Some(Orphans::new()));
+    }
 }

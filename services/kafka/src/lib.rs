@@ -13,6 +13,7 @@ pub mod records;
 pub mod settings;
 pub mod stage;
 pub mod stage_topics;
+pub mod startup;
 pub mod stats;
 pub mod timers;
 pub mod topics;
@@ -31,6 +32,7 @@ pub use settings::{KafkaArgs, KafkaSettings};
 pub use stage::{
     staged_at, Inputs, Prepared, Preparing, Stage, StageEffect, StageLogic, StageTopics, Unusable,
 };
+pub use startup::retry_with_backoff;
 pub use stats::{ClientStats, StatsContext};
 pub use topics::{
     describe_topic_configs, describe_topic_configs_with, ensure_topics, ensure_topics_with_retry,

@@ -210,32 +210,19 @@ pub async fn ensure_topics_with_retry(
     same_partitions: &[String],
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<bool, TopicError> {
-    let mut backoff = Duration::from_millis(250);
     let checking = Instant::now();
-    loop {
-        let attempt = tokio::select! {
-            attempt = ensure_topics(settings, specs, same_partitions) => attempt,
-            () = stop.cancelled() => return Ok(false),
-        };
-        match attempt {
-            Ok(()) => {
-                tracing::info!(
-                    took_ms = checking.elapsed().as_millis() as u64,
-                    "Topics checked."
-                );
-                return Ok(true);
-            }
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, retry_in = ?backoff, "Kafka is not ready; retrying.");
-            }
-            Err(error) => return Err(error),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = stop.cancelled() => return Ok(false),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    let ready =
+        crate::startup::retry_with_backoff(stop, "topics", TopicError::is_transient, || {
+            ensure_topics(settings, specs, same_partitions)
+        })
+        .await?;
+    if ready.is_some() {
+        tracing::info!(
+            took_ms = checking.elapsed().as_millis() as u64,
+            "Topics checked."
+        );
     }
+    Ok(ready.is_some())
 }
 
 /// Refuses topics of `topics` (those found in `counts`) that differ in partition count.
