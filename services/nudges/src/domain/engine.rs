@@ -155,6 +155,10 @@ pub struct Sequence {
     /// `done` is past them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped_unsent: u32,
+    /// Every step skipped as late, before a send or after one: `done` less these were sent.
+    /// Sequences stored before this count have 0 here (only `skipped_unsent` is known of them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -169,6 +173,12 @@ impl Sequence {
     /// Whether a step of the sequence was sent.
     fn sent_any(&self) -> bool {
         self.done > self.skipped_unsent
+    }
+
+    /// How many steps were sent: those done, less those skipped as late.
+    pub fn steps_sent(&self) -> u32 {
+        let done = self.done.min(self.due_ms.len() as u32);
+        done.saturating_sub(self.skipped.max(self.skipped_unsent))
     }
 }
 
@@ -535,6 +545,7 @@ impl Engine {
             due_ms,
             done: 0,
             skipped_unsent: 0,
+            skipped: 0,
         };
         let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
         state.insert(sequence);
@@ -885,6 +896,7 @@ impl Engine {
                 for _ in sequence.done as usize..send {
                     effects.push((partition, Effect::Suppressed(Suppressed::Late)));
                 }
+                sequence.skipped += (send as u32).saturating_sub(sequence.done);
                 if quiet_end > sending_at_ms {
                     // The step to send falls due again when the quiet hours end, in the stage's
                     // time (behind the wall clock while it catches up; checked again then). The
@@ -946,6 +958,9 @@ impl Engine {
             return Vec::new();
         }
         let mut sequence = state.remove(&emitted.journey_key).expect("present");
+        // Read back in order, so steps between the last done and this one were skipped as late
+        // in the lost batch (a step sent there is read back, and reconciled, before it).
+        sequence.skipped += emitted.step.saturating_sub(1).saturating_sub(sequence.done);
         sequence.done = emitted.step;
         if sequence.next_due().is_some() {
             let effect = persist_sequence(&sequence);

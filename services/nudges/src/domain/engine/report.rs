@@ -140,8 +140,8 @@ fn sequence_held(sequence: &Sequence) -> serde_json::Value {
     json!({
         "stored": sequence,
         "steps": sequence.due_ms.len(),
-        // Steps skipped as late before any was sent were never sent.
-        "steps_sent": done.saturating_sub(sequence.skipped_unsent as usize),
+        // Steps skipped as late were never sent.
+        "steps_sent": sequence.steps_sent(),
         "steps_scheduled": sequence.due_ms[done..].iter().map(|d| rfc3339(*d)).collect::<Vec<_>>(),
         "contact_fields": contact_fields([
             ("email", c.email.is_some()),

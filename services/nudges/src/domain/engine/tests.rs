@@ -366,6 +366,32 @@ fn only_a_step_overdue_past_the_late_bound_is_skipped() {
     assert_eq!(late, 1);
 }
 
+/// A step skipped as late after one was sent is not a step sent: the person is told of the
+/// steps that reached them (a data request's `steps_sent`), the skipped one left out.
+#[test]
+fn a_step_skipped_as_late_after_one_was_sent_is_not_reported_as_sent() {
+    let mut e = abandoned_at_t0_with_steps("60m,120m,130m,300m");
+    assert_eq!(nudges(&e.fire_due(T0 + 60 * MIN))[0].step, 1);
+    // An outage: step 2 (due at 120 min) is overdue past the bound at 200 min, step 3 is sent.
+    let fired = e.fire_due(T0 + 200 * MIN);
+    assert_eq!(
+        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [3]
+    );
+    let report = data_request(
+        &mut e,
+        serde_json::json!({"id": 42, "email": "ann@example.com"}),
+        T0 + 210 * MIN,
+    );
+    let held = &report.holdings[0].data;
+    assert_eq!(held["steps"], 4, "{held}");
+    assert_eq!(held["steps_sent"], 2, "steps 1 and 3: {held}");
+    assert_eq!(
+        held["steps_scheduled"],
+        serde_json::json!([rfc3339(T0 + 300 * MIN)])
+    );
+}
+
 /// The entities `effects` write to the changelog (those `keep` accepts), as a restore reads them.
 fn persisted(effects: Vec<Effect>, keep: fn(&Entity) -> bool) -> HashMap<String, Entity> {
     effects
@@ -398,6 +424,40 @@ fn a_restored_sequence_never_sends_a_step_twice() {
     let fired = restored.fire_due(T0 + HOUR);
     assert!(nudges(&fired).is_empty(), "step 1 is not sent again");
     assert_eq!(nudges(&restored.fire_due(T0 + 24 * HOUR))[0].step, 2);
+}
+
+/// A crash after a batch that skipped a step as late and sent the next one, before its
+/// changelog: the new owner reconciles the sent step and counts the skipped one as skipped,
+/// not as sent.
+#[test]
+fn a_reconciled_step_counts_the_steps_skipped_before_it() {
+    let mut rules = rules();
+    rules.default.steps = Steps::parse("60m,120m,130m,300m").unwrap();
+    let mut e = Engine::new(rules.clone());
+    e.assign(0, HashMap::new());
+    let mut entities = persisted(
+        e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0),
+        |_| true,
+    );
+    // The changelog as it stands after step 1.
+    let fired = e
+        .fire_due(T0 + 60 * MIN)
+        .into_iter()
+        .map(|(_, effect)| effect);
+    entities.extend(persisted(fired.collect(), |_| true));
+    let third = nudges(&e.fire_due(T0 + 200 * MIN))[0].clone();
+    assert_eq!(third.step, 3);
+    let mut restored = Engine::new(rules);
+    restored.assign(0, entities);
+    let emitted: EmittedNudge =
+        serde_json::from_value(serde_json::to_value(&third).unwrap()).unwrap();
+    assert_eq!(restored.reconcile(0, &emitted).len(), 1);
+    let report = data_request(
+        &mut restored,
+        serde_json::json!({"id": 42, "email": "ann@example.com"}),
+        T0 + 210 * MIN,
+    );
+    assert_eq!(report.holdings[0].data["steps_sent"], 2, "steps 1 and 3");
 }
 
 /// Fault suite (issue 19: 935 of 1000 nudges on the mock cluster, the broker holding every
