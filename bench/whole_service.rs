@@ -22,27 +22,44 @@ pub fn cpu_seconds() -> f64 {
     stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
 }
 
-/// CPU time used so far by the embedded broker, in seconds: librdkafka's mock cluster serves
-/// every mock broker from one thread, named `rdk:mock`. In production the broker runs on other
-/// machines, so the service's own CPU is the process's less this (threads that ended are
-/// counted in the process's total, never here: the mock thread lives as long as the cluster).
-/// The thread is looked up once (the run's one cluster exists before the first call): a scan
-/// of every thread at every 5 ms sample would itself be CPU charged to the service.
-pub fn broker_cpu_seconds() -> f64 {
-    static BROKER_STAT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let stat = BROKER_STAT.get_or_init(|| {
-        std::fs::read_dir("/proc/self/task")
+/// The embedded broker's thread: librdkafka's mock cluster serves every mock broker from one
+/// thread, named `rdk:mock`. In production the broker runs on other machines, so the service's
+/// own CPU is the process's less this thread's (threads that ended are counted in the process's
+/// total, never here: the mock thread lives as long as its cluster).
+pub struct BrokerThread {
+    stat: std::path::PathBuf,
+}
+
+impl BrokerThread {
+    /// Looks the thread up once per run (a scan of every thread at every 5 ms sample would
+    /// itself be CPU charged to the service); a run's one cluster exists before it starts. A
+    /// process that runs several clusters one after the other (the abandonment bench) finds
+    /// each run's own: an earlier cluster's thread has ended.
+    pub fn find() -> BrokerThread {
+        let stat = std::fs::read_dir("/proc/self/task")
             .expect("/proc/self/task")
             .filter_map(Result::ok)
-            .find(|task| {
+            .filter(|task| {
                 std::fs::read_to_string(task.path().join("comm"))
                     .is_ok_and(|name| name.trim_end() == "rdk:mock")
             })
+            // The newest, should an earlier cluster's thread still be ending.
+            .max_by_key(|task| {
+                task.file_name()
+                    .to_string_lossy()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
             .map(|task| task.path().join("stat"))
             // Not a silent 0: the split would charge the broker to the service unseen.
-            .expect("the embedded broker's thread (rdk:mock) runs before the measuring starts")
-    });
-    stat_cpu_seconds(&std::fs::read_to_string(stat).expect("the broker thread's stat"))
+            .expect("the embedded broker's thread (rdk:mock) runs before the measuring starts");
+        BrokerThread { stat }
+    }
+
+    /// CPU time the thread used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        stat_cpu_seconds(&std::fs::read_to_string(&self.stat).expect("the broker thread's stat"))
+    }
 }
 
 /// utime + stime of a `/proc/.../stat` line, in seconds (fields 14 and 15, counted after the
@@ -219,6 +236,7 @@ where
     runtime.block_on(async {
         let registry = prometheus::Registry::new();
         let stop = tokio_util::sync::CancellationToken::new();
+        let broker = BrokerThread::find();
         let started = Instant::now();
         let task = tokio::spawn(serve(registry.clone(), stop.clone()));
         let processed_name = format!("{prefix}records_processed_total");
@@ -229,7 +247,7 @@ where
             // One sample of the registry per poll: the sampling is counted in the CPU too.
             let families = registry.gather();
             let processed = counter(&families, &processed_name);
-            let now = (Instant::now(), (cpu_seconds(), broker_cpu_seconds()));
+            let now = (Instant::now(), (cpu_seconds(), broker.cpu_seconds()));
             if first.is_none() && processed > 0.0 {
                 first = Some((now.0, processed, now.1));
             }
