@@ -28,6 +28,10 @@ pub enum ServeError {
     /// A destination was taken out of the configuration with removals still unsent.
     #[error("{0}")]
     PendingRemovals(String),
+    /// The broker refused the service's principal the check for removals left by removed
+    /// destinations (it lists the consumer groups and reads the batches topic).
+    #[error("cannot check for removals left by destinations no longer configured (the principal needs Describe and Read on the groups prefixed with the audiences group, and Describe and Read on the batches topic): {0}")]
+    RemovalsCheck(#[from] crate::orphans::OrphanError),
 }
 
 /// Every topic the service reads or writes. The by-shop, changelog and batches topics share one
@@ -63,7 +67,7 @@ pub async fn serve(
     }
     let check = config.clone();
     let Some(orphans) =
-        crate::orphans::before_start(&stop, move || crate::orphans::find(&check)).await
+        crate::orphans::before_start(&stop, move || crate::orphans::find(&check)).await?
     else {
         return Ok(());
     };
@@ -151,5 +155,5 @@ aftercart_runtime::service!(
     /// The audiences service as a process runs it (`aftercart audiences`, `aftercart dev`).
     pub struct AudiencesService = "audiences",
     AudiencesConfig, ServeError, serve,
-    ServeError::Topics(_) | ServeError::PendingRemovals(_)
+    ServeError::Topics(_) | ServeError::PendingRemovals(_) | ServeError::RemovalsCheck(_)
 );

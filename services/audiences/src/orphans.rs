@@ -40,6 +40,24 @@ impl OrphanError {
             ))
         )
     }
+
+    /// The broker refused the service's principal (authentication, or an ACL on the groups,
+    /// the batches topic or the cluster): an operator has to act, no wait fixes it.
+    pub fn denied(&self) -> bool {
+        let OrphanError::Kafka(error) = self else {
+            return false;
+        };
+        matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::Authentication
+            )
+        )
+    }
 }
 
 /// The message the service refuses to start with.
@@ -60,11 +78,15 @@ pub fn refusal(orphans: &Orphans) -> String {
 
 /// The start-up check: `find` (blocking, so on a blocking thread), retried with backoff while
 /// Kafka cannot answer. Starting past a failed check would leave a removed destination's
-/// removals unsent for good, so the service waits (an outage at start, a broker restarting)
-/// instead. `None` if `stop` came first. The one failure it starts past, with a warning, is a
-/// broker that cannot list consumer groups at all (librdkafka's mock cluster, which `aftercart
-/// dev` and tests run on; never Apache Kafka): no check is possible there.
-pub async fn before_start<F>(stop: &CancellationToken, find: F) -> Option<Orphans>
+/// removals unsent for good, so the service waits (an outage at start) instead. `Ok(None)` if
+/// `stop` came first; `Err` when the broker refuses the service's principal ([`OrphanError::denied`]).
+/// The one failure it starts past, with a warning, is a broker that cannot list consumer groups
+/// at all (librdkafka's mock cluster, which `aftercart dev` and tests run on; never Apache
+/// Kafka): no check is possible there.
+pub async fn before_start<F>(
+    stop: &CancellationToken,
+    find: F,
+) -> Result<Option<Orphans>, OrphanError>
 where
     F: Fn() -> Result<Orphans, OrphanError> + Clone + Send + 'static,
 {
@@ -77,13 +99,13 @@ where
             }
         }
     };
-    let retry = |error: &OrphanError| !error.unsupported();
+    let retry = |error: &OrphanError| !error.unsupported() && !error.denied();
     match aftercart_kafka::retry_with_backoff(stop, "removals check", retry, attempt).await {
-        Ok(found) => found,
-        Err(error) => {
+        Err(error) if error.unsupported() => {
             tracing::warn!(%error, "The broker cannot list consumer groups: removals left by destinations no longer configured were not checked.");
-            Some(Orphans::new())
+            Ok(Some(Orphans::new()))
         }
+        found => found,
     }
 }
 
@@ -205,24 +227,37 @@ mod tests {
         ))
     }
 
-    /// A broker that cannot answer at start (an outage, a restart) is waited for: starting past
-    /// the check would leave a removed destination's removals unsent for good.
+    /// Bounds a test of the retries in (paused) time: a regression that retried for ever
+    /// fails here instead of hanging the suite.
+    async fn within_an_hour<T>(check: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(3600), check)
+            .await
+            .expect("the check ended")
+    }
+
+    /// A broker that cannot answer at start (an outage) is waited for: starting past the check
+    /// would leave a removed destination's removals unsent for good.
     #[tokio::test(start_paused = true)]
     async fn a_check_kafka_cannot_answer_is_retried_until_it_can() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let found = before_start(&CancellationToken::new(), move || {
-            match counted.fetch_add(1, Ordering::SeqCst) {
+        let found = within_an_hour(before_start(
+            &CancellationToken::new(),
+            move || match counted.fetch_add(1, Ordering::SeqCst) {
                 0..=2 => Err(down()),
                 _ => Ok(Orphans::from([("tiktok".to_string(), 1)])),
-            }
-        })
+            },
+        ))
         .await;
-        assert_eq!(found, Some(Orphans::from([("tiktok".to_string(), 1)])));
+        assert_eq!(
+            found.expect("checked"),
+            Some(Orphans::from([("tiktok".to_string(), 1)]))
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 
-    /// Still down when the service is stopped: it never started, and says so (`None`).
+    /// Still down when the service is stopped: it never started, and says so (`None`), after
+    /// trying all along.
     #[tokio::test(start_paused = true)]
     async fn a_stop_while_kafka_cannot_answer_ends_the_check_without_a_start() {
         let stop = CancellationToken::new();
@@ -231,7 +266,33 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             stopper.cancel();
         });
-        assert_eq!(before_start(&stop, || Err(down())).await, None);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let found = within_an_hour(before_start(&stop, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err(down())
+        }))
+        .await;
+        assert_eq!(found.expect("not refused"), None);
+        // 250 ms doubling to 10 s over 60 s: 0.25 + 0.5 + … + 8 (≈ 16 s), then every 10 s.
+        assert!(calls.load(Ordering::SeqCst) >= 6, "{calls:?}");
+    }
+
+    /// A principal the broker refuses is an operator's to fix: the check fails at once, with
+    /// the error, instead of waiting for ever behind a "not ready".
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_principal_fails_the_check_at_once() {
+        let refused = || {
+            Err(OrphanError::Kafka(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::GroupAuthorizationFailed,
+            )))
+        };
+        let found = within_an_hour(before_start(&CancellationToken::new(), refused)).await;
+        assert!(
+            matches!(found, Err(ref error) if error.denied()),
+            "{found:?}"
+        );
+        assert!(!down().denied());
     }
 
     /// librdkafka's mock cluster (`aftercart dev`, tests) cannot list groups at all: that is
@@ -251,12 +312,12 @@ mod tests {
         let error = listed.expect_err("the mock cluster lists no groups");
         assert!(error.unsupported(), "{error}");
         assert!(!down().unsupported());
-        let found = before_start(&CancellationToken::new(), move || {
+        let found = within_an_hour(before_start(&CancellationToken::new(), move || {
             Err(OrphanError::Kafka(KafkaError::GroupListFetch(
                 RDKafkaErrorCode::UnsupportedFeature,
             )))
-        })
+        }))
         .await;
-        assert_eq!(found, Some(Orphans::new()));
+        assert_eq!(found.expect("started past"), Some(Orphans::new()));
     }
 }
