@@ -150,13 +150,13 @@ pub struct Sequence {
     pub due_ms: Vec<i64>,
     /// Steps done (sent, or skipped as late).
     pub done: u32,
-    /// Steps skipped as late before any step was sent: those before a first step postponed by
-    /// quiet hours (otherwise a skip comes with a send). The sequence has sent something once
-    /// `done` is past them.
+    /// Steps skipped as late before the first step sent (also while that first step waits for
+    /// the end of quiet hours). The sequence has sent something once `done` is past them, and
+    /// its first sent step is the one at this index.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped_unsent: u32,
     /// Every step skipped as late, before a send or after one: `done` less these were sent.
-    /// Sequences stored before this count have 0 here (only `skipped_unsent` is known of them).
+    /// Sequences stored before this count are restored with `skipped_unsent` here.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped: u32,
 }
@@ -178,7 +178,7 @@ impl Sequence {
     /// How many steps were sent: those done, less those skipped as late.
     pub fn steps_sent(&self) -> u32 {
         let done = self.done.min(self.due_ms.len() as u32);
-        done.saturating_sub(self.skipped.max(self.skipped_unsent))
+        done.saturating_sub(self.skipped)
     }
 }
 
@@ -368,6 +368,9 @@ impl Engine {
         for (key, entity) in entities {
             match entity {
                 Entity::Sequence(mut sequence) => {
+                    // Stored before every late skip was counted: those before the first send
+                    // were (the count only grows past them, so the two agree from here on).
+                    sequence.skipped = sequence.skipped.max(sequence.skipped_unsent);
                     self.rehash(&mut sequence);
                     state.insert(*sequence);
                 }
@@ -912,6 +915,9 @@ impl Engine {
                     continue;
                 }
                 if !sequence.sent_any() {
+                    // The steps skipped before this first send were never sent (a recovery
+                    // is the nudges' doing only from this step's time on).
+                    sequence.skipped_unsent = send as u32;
                     // The first nudge of the sequence starts the person's frequency-cap window.
                     for hash in &sequence.identities {
                         let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
@@ -961,6 +967,9 @@ impl Engine {
         // Read back in order, so steps between the last done and this one were skipped as late
         // in the lost batch (a step sent there is read back, and reconciled, before it).
         sequence.skipped += emitted.step.saturating_sub(1).saturating_sub(sequence.done);
+        if !sequence.sent_any() {
+            sequence.skipped_unsent = emitted.step.saturating_sub(1);
+        }
         sequence.done = emitted.step;
         if sequence.next_due().is_some() {
             let effect = persist_sequence(&sequence);

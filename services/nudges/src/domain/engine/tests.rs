@@ -770,6 +770,23 @@ fn a_sequence_restored_under_a_new_state_hash_key_is_still_found_by_a_redaction_
     assert_eq!(suppressed(&effects), [Suppressed::Purchased]);
 }
 
+/// After an outage the first step is skipped as late and the second is the first sent: a
+/// recovery before that second step was due is not the nudges' doing, although the skipped
+/// step was due before it.
+#[test]
+fn a_recovery_before_the_first_sent_step_is_not_attributed_when_an_earlier_one_was_skipped() {
+    let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
+    let fired = e.fire_due(T0 + 200 * MIN);
+    assert_eq!(
+        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [2]
+    );
+    // Recovered at 11:40 (T0 + 100 min): after step 1 was due, before step 2 was.
+    let recovered = recovery("a", "2026-11-23T11:40:00Z", serde_json::json!(null));
+    let effects = e.apply(0, SHOP, recovered, T0 + 210 * MIN);
+    assert!(attributed(&effects).is_empty(), "{effects:?}");
+}
+
 /// The recovery event of journey `cart` by customer 42 (as the abandonment service writes it),
 /// at `recovered_at`, with `value`.
 fn recovery(cart: &str, recovered_at: &str, value: serde_json::Value) -> Input {
