@@ -39,16 +39,10 @@ impl BrokerThread {
         let stat = std::fs::read_dir("/proc/self/task")
             .expect("/proc/self/task")
             .filter_map(Result::ok)
-            .filter(|task| {
+            // Dropping a cluster joins its thread, so an earlier run's is gone by now.
+            .find(|task| {
                 std::fs::read_to_string(task.path().join("comm"))
                     .is_ok_and(|name| name.trim_end() == "rdk:mock")
-            })
-            // The newest, should an earlier cluster's thread still be ending.
-            .max_by_key(|task| {
-                task.file_name()
-                    .to_string_lossy()
-                    .parse::<u64>()
-                    .unwrap_or(0)
             })
             .map(|task| task.path().join("stat"))
             // Not a silent 0: the split would charge the broker to the service unseen.

@@ -199,12 +199,14 @@ fn mix_record(n: usize, step: usize) -> whole_service::Input {
 }
 
 /// The whole service on the mix of a live shop rather than only new journeys: each checkout is
-/// created, then updated three times, so state grows by one journey per four records (as it
-/// does while shoppers move through the checkout's steps) instead of one per record. Journeys
-/// are interleaved in blocks of 5,000, so a batch (2,000 records) never holds one journey
-/// twice: the stage writes a key once per batch, which would flatter the figure.
+/// created, then updated three times, so three records in four update a journey held in state
+/// (as they do while shoppers move through the checkout's steps) instead of each adding one.
+/// The records go in rounds (every journey's creation, then every journey's first update, …):
+/// a journey's next record is then ≈ 2,080 records later in its partition, so no batch
+/// (2,000 records, which the consumer may fill from one partition) holds a journey twice. The
+/// stage writes a key once per batch, and coalesced updates would flatter the figure: the run
+/// checks that every record wrote its own changelog record.
 fn whole_service_mix(rows: &mut Vec<(String, String)>) {
-    const BLOCK: usize = 5_000;
     let records = whole_service::record_count(100_000);
     let journeys = records / 4;
     let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
@@ -218,11 +220,8 @@ fn whole_service_mix(rows: &mut Vec<(String, String)>) {
         )
         .expect("config");
     whole_service::create_topics(&cluster, &aftercart_abandonment::topic_specs(&config).0);
-    let order = (0..journeys).step_by(BLOCK).flat_map(|start| {
-        let block = start..(start + BLOCK).min(journeys);
-        (0..4).flat_map(move |step| block.clone().map(move |n| (n, step)))
-    });
-    whole_service::prefill(&cluster, order.map(|(n, step)| mix_record(n, step)));
+    let rounds = (0..4).flat_map(|step| (0..journeys).map(move |n| (n, step)));
+    whole_service::prefill(&cluster, rounds.map(|(n, step)| mix_record(n, step)));
     let records = journeys * 4;
     let measured = whole_service::measure(
         records,
@@ -231,11 +230,18 @@ fn whole_service_mix(rows: &mut Vec<(String, String)>) {
             let health = aftercart_runtime::Health::new();
             aftercart_abandonment::serve(&config, &registry, &health, stop).await
         },
-        // Every record processed; the run ends once the changelog writes have stopped too
-        // (an update can change nothing the state keeps, so their count is not a bound).
-        |families| whole_service::processed_all(families, "aftercart_abandonment_", records),
+        // Every record processed and its own change written to the changelog (each update is
+        // newer than the last, so each changes its journey: fewer writes would mean coalesced
+        // updates, and the run would not end).
+        |families| {
+            whole_service::processed_all(families, "aftercart_abandonment_", records)
+                && whole_service::counter(
+                    families,
+                    "aftercart_abandonment_changelog_records_written_total",
+                ) >= records as f64
+        },
         &["aftercart_abandonment_changelog_records_written_total"],
-        Duration::from_millis(300),
+        Duration::from_millis(50),
     );
     // Its rows named apart from the all-new run's (the report's headline lists both).
     let rows_of_mix = measured.rows(
