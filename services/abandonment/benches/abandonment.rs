@@ -124,13 +124,40 @@ fn bytes_per_journey(rows: &mut Vec<(String, String)>) {
     std::hint::black_box(&engine);
 }
 
-fn whole_service(rows: &mut Vec<(String, String)>) {
-    use aftercart_kafka::TopicNames;
-    use aftercart_shopify::Family;
+/// How many records each partition of `topic` holds (its high watermarks; the low ones are 0
+/// after `whole_service::prefill`).
+fn partition_sizes<C: rdkafka::ClientContext>(
+    cluster: &rdkafka::mocking::MockCluster<'_, C>,
+    topic: &str,
+) -> Vec<i64> {
+    let client: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .expect("client");
+    (0..whole_service::PARTITIONS)
+        .map(|partition| {
+            rdkafka::producer::Producer::client(&client)
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
 
-    // lz4 batches as the ingress writes them keep 100,000 records of ~1 KB under the mock
-    // cluster's per-partition limit; AFTERCART_BENCH_RECORDS changes the count.
-    let records = whole_service::record_count(100_000);
+/// The consumer stage's batch (`aftercart_kafka::stage`'s `BATCH`, private there).
+const STAGE_BATCH: i64 = 2_000;
+
+/// Feeds `inputs` (`records` of them, in `rounds` of one record per journey) to the whole service on an embedded broker and returns
+/// the run's rows, named for `what`. The run ends once every record is processed and wrote its
+/// own changelog record: each input here changes its journey, so fewer writes would mean
+/// updates the stage coalesced (it writes a key once per batch), which would flatter the
+/// figure, and the run would not end.
+fn run_whole_service(
+    inputs: impl IntoIterator<Item = whole_service::Input>,
+    records: usize,
+    rounds: usize,
+    what: &str,
+) -> Vec<(String, String)> {
     let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
     let kafka_args = whole_service::kafka_args(&cluster);
     let args = <Flags as clap::Parser>::parse_from(["bench"]).abandonment;
@@ -142,19 +169,20 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
         )
         .expect("config");
     whole_service::create_topics(&cluster, &aftercart_abandonment::topic_specs(&config).0);
-    let topic = TopicNames::new("bench.").family(Family::Checkouts);
-    whole_service::prefill(
-        &cluster,
-        (0..records).map(|n| whole_service::Input {
-            topic: topic.clone(),
-            key: format!("shop.myshopify.com/cart-{n}"),
-            body: checkout(n, 0),
-            headers: vec![
-                ("shopify-topic", "checkouts/update".into()),
-                ("shopify-shop-domain", "shop.myshopify.com".into()),
-            ],
-        }),
-    );
+    whole_service::prefill(&cluster, inputs);
+    if rounds > 1 {
+        // Rounds of one record per journey: a journey's next record comes a round later in its
+        // partition, which must be more than a batch away or the stage coalesces the two.
+        let topic =
+            aftercart_kafka::TopicNames::new("bench.").family(aftercart_shopify::Family::Checkouts);
+        let sizes = partition_sizes(&cluster, &topic);
+        let smallest = sizes.iter().min().copied().unwrap_or(0) / rounds as i64;
+        assert!(
+            smallest > STAGE_BATCH,
+            "a partition holds {smallest} journeys per round, not more than a batch \
+             ({STAGE_BATCH}): updates would coalesce; feed more records ({sizes:?})"
+        );
+    }
     let measured = whole_service::measure(
         records,
         "aftercart_abandonment_",
@@ -162,7 +190,6 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
             let health = aftercart_runtime::Health::new();
             aftercart_abandonment::serve(&config, &registry, &health, stop).await
         },
-        // Every record processed and its journey's state written to the changelog.
         |families| {
             whole_service::processed_all(families, "aftercart_abandonment_", records)
                 && whole_service::counter(
@@ -173,7 +200,20 @@ fn whole_service(rows: &mut Vec<(String, String)>) {
         &["aftercart_abandonment_changelog_records_written_total"],
         Duration::from_millis(50),
     );
-    rows.extend(measured.rows("pre-filled checkouts topic → state + changelog"));
+    measured.rows(what)
+}
+
+fn whole_service(rows: &mut Vec<(String, String)>) {
+    // lz4 batches as the ingress writes them keep 100,000 records of ~1 KB under the mock
+    // cluster's per-partition limit; AFTERCART_BENCH_RECORDS changes the count.
+    let records = whole_service::record_count(100_000);
+    let inputs = (0..records).map(|n| mix_record(n, 1));
+    rows.extend(run_whole_service(
+        inputs,
+        records,
+        1,
+        "pre-filled checkouts topic → state + changelog",
+    ));
 }
 
 /// Record `step` of journey `n` in the mix: the checkout, then three updates (Shopify sends
@@ -202,52 +242,23 @@ fn mix_record(n: usize, step: usize) -> whole_service::Input {
 /// created, then updated three times, so three records in four update a journey held in state
 /// (as they do while shoppers move through the checkout's steps) instead of each adding one.
 /// The records go in rounds (every journey's creation, then every journey's first update, …):
-/// a journey's next record is then ≈ 2,080 records later in its partition, so no batch
+/// a journey's next record is then ≈ 2,500 records later in its partition, so no batch
 /// (2,000 records, which the consumer may fill from one partition) holds a journey twice. The
 /// stage writes a key once per batch, and coalesced updates would flatter the figure: the run
-/// checks that every record wrote its own changelog record.
+/// checks the partitions' sizes first and that every record wrote its own changelog record.
 fn whole_service_mix(rows: &mut Vec<(String, String)>) {
-    let records = whole_service::record_count(100_000);
-    let journeys = records / 4;
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    let kafka_args = whole_service::kafka_args(&cluster);
-    let args = <Flags as clap::Parser>::parse_from(["bench"]).abandonment;
-    let config = args
-        .validate(
-            &kafka_args,
-            Duration::from_secs(10),
-            &aftercart_abandonment::AbandonmentDefaults::production(),
-        )
-        .expect("config");
-    whole_service::create_topics(&cluster, &aftercart_abandonment::topic_specs(&config).0);
-    let rounds = (0..4).flat_map(|step| (0..journeys).map(move |n| (n, step)));
-    whole_service::prefill(&cluster, rounds.map(|(n, step)| mix_record(n, step)));
-    let records = journeys * 4;
-    let measured = whole_service::measure(
-        records,
-        "aftercart_abandonment_",
-        |registry, stop| async move {
-            let health = aftercart_runtime::Health::new();
-            aftercart_abandonment::serve(&config, &registry, &health, stop).await
-        },
-        // Every record processed and its own change written to the changelog (each update is
-        // newer than the last, so each changes its journey: fewer writes would mean coalesced
-        // updates, and the run would not end).
-        |families| {
-            whole_service::processed_all(families, "aftercart_abandonment_", records)
-                && whole_service::counter(
-                    families,
-                    "aftercart_abandonment_changelog_records_written_total",
-                ) >= records as f64
-        },
-        &["aftercart_abandonment_changelog_records_written_total"],
-        Duration::from_millis(50),
-    );
-    // Its rows named apart from the all-new run's (the report's headline lists both).
-    let rows_of_mix = measured.rows(
+    // 30,000 journeys: ≈ 2,500 per partition and round, a margin of ≈ 10 standard deviations
+    // of the key hash's spread over the batch (25,000 left the smallest partition 11 over).
+    let journeys = whole_service::record_count(120_000) / 4;
+    let rounds = (0..4).flat_map(|step| (0..journeys).map(move |n| mix_record(n, step)));
+    let mix = run_whole_service(
+        rounds,
+        journeys * 4,
+        4,
         "pre-filled checkouts topic, each checkout created then updated 3 times → state + changelog",
     );
-    rows.extend(rows_of_mix.into_iter().map(|(what, result)| {
+    // Its rows named apart from the all-new run's (the report's headline lists both).
+    rows.extend(mix.into_iter().map(|(what, result)| {
         (
             what.replacen("whole service:", "whole service, live-shop mix:", 1),
             result,

@@ -27,6 +27,15 @@ pub enum OrphanError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Read(#[from] StoreError),
+    /// A configured destination's exporter group has committed offsets but was not in the
+    /// group listing, so the listing is incomplete and a removed destination's group may be
+    /// missing from it too.
+    #[error(
+        "the consumer group listing left out {0}, which has committed offsets: a broker did not \
+         answer the listing (it is asked of every broker), or the principal lacks Describe on \
+         the groups prefixed with the audiences group (Kafka lists only the groups it may describe)"
+    )]
+    Unlisted(String),
 }
 
 impl OrphanError {
@@ -41,20 +50,21 @@ impl OrphanError {
         )
     }
 
-    /// The broker refused the service's principal (authentication, or an ACL on the groups,
-    /// the batches topic or the cluster): an operator has to act, no wait fixes it.
+    /// The broker refused the service's principal an ACL on a group or on the batches topic:
+    /// an operator has to act, no wait fixes it. (Authentication failures are not counted:
+    /// librdkafka reports one broker's failed handshake, e.g. while it restarts, the same way,
+    /// and they are waited for.)
     pub fn denied(&self) -> bool {
-        let OrphanError::Kafka(error) = self else {
-            return false;
+        let error = match self {
+            OrphanError::Kafka(error)
+            | OrphanError::Read(StoreError::Kafka { source: error, .. }) => error,
+            _ => return false,
         };
         matches!(
             error.rdkafka_error_code(),
             Some(
                 RDKafkaErrorCode::TopicAuthorizationFailed
                     | RDKafkaErrorCode::GroupAuthorizationFailed
-                    | RDKafkaErrorCode::ClusterAuthorizationFailed
-                    | RDKafkaErrorCode::SaslAuthenticationFailed
-                    | RDKafkaErrorCode::Authentication
             )
         )
     }
@@ -128,11 +138,27 @@ pub fn find(config: &AudiencesConfig) -> Result<Orphans, OrphanError> {
         .filter(|name| !name.is_empty() && !config.destinations.contains_key(*name))
         .map(str::to_string)
         .collect();
+    let partitions = partitions_of(&metadata, topic)?;
+    // librdkafka reports the listing a success when the last broker to answer did, and Kafka
+    // lists only the groups the principal may describe: a listing can miss groups unseen. A
+    // configured destination's group that has committed offsets must be in it; if it is not,
+    // a removed destination's group may be missing too.
+    let listed: std::collections::HashSet<&str> =
+        groups.groups().iter().map(|g| g.name()).collect();
+    for destination in config.destinations.keys() {
+        let group = config.exporter_group(destination);
+        if !listed.contains(group.as_str())
+            && committed(kafka, &group, topic, &partitions, timeout)?
+                .iter()
+                .any(|(_, from)| from.is_some())
+        {
+            return Err(OrphanError::Unlisted(group));
+        }
+    }
     let mut orphans = Orphans::new();
     if removed.is_empty() {
         return Ok(orphans);
     }
-    let partitions = partitions_of(&metadata, topic)?;
     for destination in removed {
         let group = config.exporter_group(&destination);
         let committed = committed(kafka, &group, topic, &partitions, timeout)?;
@@ -293,6 +319,19 @@ mod tests {
             "{found:?}"
         );
         assert!(!down().denied());
+        // Read refused on the batches topic, met while reading a removed destination's batches.
+        let unread = OrphanError::Read(StoreError::Kafka {
+            topic: "aftercart.audience-batches".into(),
+            partition: 0,
+            source: KafkaError::MessageConsumption(RDKafkaErrorCode::TopicAuthorizationFailed),
+        });
+        assert!(unread.denied());
+        // One broker's failed handshake (a restart) and an incomplete listing are waited for.
+        let handshake =
+            OrphanError::Kafka(KafkaError::GroupListFetch(RDKafkaErrorCode::Authentication));
+        assert!(!handshake.denied() && !handshake.unsupported());
+        let unlisted = OrphanError::Unlisted("aftercart-audiences-meta".into());
+        assert!(!unlisted.denied() && !unlisted.unsupported());
     }
 
     /// librdkafka's mock cluster (`aftercart dev`, tests) cannot list groups at all: that is
