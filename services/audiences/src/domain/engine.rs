@@ -290,9 +290,14 @@ impl Engine {
         self.partitions.remove(&partition);
     }
 
-    /// Revokes a partition and hands its people back (for [`Engine::assign`] later).
+    /// Revokes a partition and hands back everything its changelog holds, people and
+    /// redaction markers (for [`Engine::assign`] later: a partition the rebalance returns
+    /// unchanged is not restored, so what is left out here is forgotten).
     pub fn release(&mut self, partition: i32) -> Option<HashMap<String, Person>> {
-        self.partitions.remove(&partition).map(|state| state.people)
+        let state = self.partitions.remove(&partition)?;
+        let mut entities = state.people;
+        entities.extend(redaction::marker_entities(state.markers));
+        Some(entities)
     }
 
     /// People held by this instance.

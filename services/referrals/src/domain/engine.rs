@@ -184,8 +184,17 @@ impl Partition {
         }
     }
 
-    /// True when a remembered redaction of `shop` covers a fact naming this customer id, these
-    /// emails and phones, or this order.
+    /// True when a remembered `shop/redact` covers a fact of `shop` received at `received_ms`:
+    /// one received up to the redaction (late, replayed, in flight). A shop that reinstalls
+    /// after its `shop/redact` starts afresh.
+    fn shop_redacted(&self, shop: &str, received_ms: i64) -> bool {
+        self.redactions
+            .get(&redaction_entity(shop, "shop"))
+            .is_some_and(|r| r.shop && received_ms <= r.at_ms)
+    }
+
+    /// True when a remembered `customers/redact` of `shop` covers a fact naming this customer
+    /// id, these emails and phones, or this order.
     fn redacted(
         &self,
         hasher: &StateHasher,
@@ -214,8 +223,7 @@ impl Partition {
             .map(|p| (phone_fp(hasher, p), intl_phone_fp(hasher, p)))
             .collect();
         mine.any(|r| {
-            r.shop
-                || (r.customer_id.is_some() && r.customer_id == customer_id)
+            (r.customer_id.is_some() && r.customer_id == customer_id)
                 || r.email_fp.as_ref().is_some_and(|fp| email_fps.contains(fp))
                 || phone_fps
                     .iter()
@@ -403,7 +411,9 @@ impl Engine {
         self.partitions.remove(&partition);
     }
 
-    /// Revokes a partition and hands its entities back (for [`Engine::assign`] later).
+    /// Revokes a partition and hands back every entity its changelog holds, redactions
+    /// included (for [`Engine::assign`] later: a partition the rebalance returns unchanged is
+    /// not restored, so what is left out here is forgotten).
     pub fn release(&mut self, partition: i32) -> Option<HashMap<String, Entity>> {
         let state = self.partitions.remove(&partition)?;
         let customers = state
@@ -412,7 +422,17 @@ impl Engine {
             .map(|(k, c)| (k, Entity::Customer(c)));
         let orders = state.orders.into_iter().map(|(k, o)| (k, Entity::Order(o)));
         let ips = state.ips.into_iter().map(|(k, i)| (k, Entity::Ip(i)));
-        Some(customers.chain(orders).chain(ips).collect())
+        let redactions = state
+            .redactions
+            .into_iter()
+            .map(|(k, r)| (k, Entity::Redaction(r)));
+        Some(
+            customers
+                .chain(orders)
+                .chain(ips)
+                .chain(redactions)
+                .collect(),
+        )
     }
 
     /// Applies one fact of `shop` received at `at_ms`.
@@ -421,12 +441,16 @@ impl Engine {
         let state = self.partitions.entry(partition).or_default();
         let mut effects = Vec::new();
         let covered = match &input {
-            Input::Order(fact) => state.redacted_order(&rules.hasher, shop, fact),
+            Input::Order(fact) => {
+                state.shop_redacted(shop, at_ms) || state.redacted_order(&rules.hasher, shop, fact)
+            }
             Input::Negated { order_id, .. } | Input::Delivered { order_id, .. } => {
-                state.redacted(&rules.hasher, shop, None, &[], &[], Some(*order_id))
+                state.shop_redacted(shop, at_ms)
+                    || state.redacted(&rules.hasher, shop, None, &[], &[], Some(*order_id))
             }
             Input::Consent(ConsentChange { customer_id, .. }) => {
-                state.redacted(&rules.hasher, shop, Some(*customer_id), &[], &[], None)
+                state.shop_redacted(shop, at_ms)
+                    || state.redacted(&rules.hasher, shop, Some(*customer_id), &[], &[], None)
             }
             Input::RedactCustomer(_)
             | Input::RedactShop
@@ -572,7 +596,7 @@ impl Engine {
             (id.is_some() || order.is_some()) && state.redacted(hasher, shop, id, &[], &[], order)
         };
         let friend_order = emitted.friend.as_ref().map(|f| f.order.id);
-        if state.redacted(hasher, shop, None, &[], &[], None)
+        if state.shop_redacted(shop, at)
             || about_redacted(emitted.advocate.customer_id, None)
             || about_redacted(
                 emitted.friend.as_ref().and_then(|f| f.customer_id),

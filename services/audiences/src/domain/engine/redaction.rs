@@ -99,6 +99,20 @@ fn marker_entity(shop: &str, at_ms: i64) -> Person {
     marker
 }
 
+/// The markers as the changelog holds them: key → the entity [`Partition::mark`] wrote.
+pub(super) fn marker_entities(
+    markers: std::collections::HashMap<String, i64>,
+) -> impl Iterator<Item = (String, Person)> {
+    markers.into_iter().map(|(key, at_ms)| {
+        let shop = key
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        (key, marker_entity(&shop, at_ms))
+    })
+}
+
 impl Partition {
     fn mark(&mut self, key: String, shop: &str, at_ms: i64, effects: &mut Vec<Effect>) {
         let at = self.markers.entry(key.clone()).or_insert(at_ms);

@@ -838,17 +838,36 @@ fn a_waiting_invite_of_a_redacted_customer_is_never_sent() {
 #[test]
 fn facts_about_a_redacted_shop_are_dropped_and_redactions_expire_after_their_retention() {
     let mut world = World::new();
-    let effects = world.engine.apply(P, SHOP, Input::RedactShop, 0);
+    let effects = world.engine.apply(P, SHOP, Input::RedactShop, DAY);
     world.take(effects);
+    // Received up to the redaction: in flight when it came.
     world.send("orders/paid", &order(100, 1), DAY);
     assert!(world.emitted.is_empty());
     assert_eq!(redacted_count(&world), 1);
     // After the retention period the redaction is forgotten (and tombstoned).
-    let effects = world.engine.expire(401 * DAY);
+    let effects = world.engine.expire(402 * DAY);
     world.take(effects.into_iter().map(|(_, e)| e).collect());
     assert!(world.persisted[&format!("r/{SHOP}/shop")].is_none());
-    world.send("orders/paid", &order(101, 1), 402 * DAY);
+    world.send("orders/paid", &order(101, 1), 403 * DAY);
     assert_eq!(world.types(), ["invite"]);
+}
+
+/// `shop/redact` drops the shop's facts received up to it (late, replayed, in flight); a shop
+/// that reinstalls afterwards starts afresh at once, not after the redaction retention.
+#[test]
+fn a_shop_that_reinstalls_after_its_redaction_starts_afresh() {
+    let mut world = World::new();
+    let effects = world.engine.apply(P, SHOP, Input::RedactShop, 10 * DAY);
+    world.take(effects);
+    world.send("orders/paid", &order(100, 1), 9 * DAY);
+    assert!(world.emitted.is_empty());
+    assert_eq!(redacted_count(&world), 1);
+    world.send("orders/paid", &order(101, 1), 15 * DAY);
+    assert_eq!(world.types(), ["invite"]);
+    // A restart keeps the marker and the same rule.
+    let mut restarted = world.restarted();
+    restarted.send("orders/paid", &order(102, 2), 9 * DAY);
+    assert_eq!(redacted_count(&restarted), 1);
 }
 
 #[test]
@@ -961,16 +980,31 @@ fn a_released_partition_hands_back_what_its_changelog_holds() {
     let mut world = World::new();
     let code = world.advocate();
     world.send("orders/paid", &with_code(order(200, 2), &code), 1_000);
+    // Customer 3 is redacted: a marker, and nothing else of them.
+    let redact = json!({"shop_id": 1, "shop_domain": SHOP, "orders_to_redact": [],
+                        "customer": {"id": 3, "email": "buyer3@example.com"}});
+    world.send("customers/redact", &redact, 2_000);
     let released = world.engine.release(P).expect("owned");
     assert!(!world.engine.owns(P));
-    assert_eq!(
-        released,
-        world.restarted().engine.release(P).expect("owned")
-    );
-    // Assigned back, it acts as before the revoke: the pending reward is granted once.
+    let changelog: HashMap<String, Entity> = world
+        .persisted
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|e| (k.clone(), (**e).clone())))
+        .collect();
+    assert!(changelog.keys().any(|k| k.starts_with("r/")));
+    assert_eq!(released, changelog);
+    // Assigned back, it acts as before the revoke: the pending reward is granted once, and an
+    // order of the redacted customer still in flight does not bring them back.
     world.engine.assign(P, released);
+    world.send("orders/paid", &order(300, 3), 3_000);
     world.tick(10 * 86_400_000);
     assert_eq!(world.rewards().len(), 1);
+    assert_eq!(redacted_count(&world), 1);
+    let invited_3 = world
+        .emitted
+        .iter()
+        .any(|o| matches!(o, Output::Invite(i) if i.advocate.customer_id == Some(3)));
+    assert!(!invited_3, "{:?}", world.types());
 }
 
 #[test]
