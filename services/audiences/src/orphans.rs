@@ -219,7 +219,10 @@ fn committed(
     committed_by(&consumer(kafka, group)?, topic, partitions, timeout)
 }
 
-/// [`committed`] through a client made by [`consumer`] for the group.
+/// [`committed`] through a client made by [`consumer`] for the group. A partition the
+/// coordinator answered with an error of its own fails the whole lookup: taken for one the group
+/// never committed, it would have its batches read from the start (removals already sent
+/// counted as pending) or hide the group's commits from the listing check.
 pub(crate) fn committed_by(
     consumer: &BaseConsumer,
     topic: &str,
@@ -231,14 +234,17 @@ pub(crate) fn committed_by(
         wanted.add_partition(topic, *partition);
     }
     let offsets = consumer.committed_offsets(wanted, timeout)?;
-    Ok(offsets
+    offsets
         .elements()
         .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(at) => (e.partition(), Some(at)),
-            _ => (e.partition(), None),
+        .map(|e| {
+            e.error()?;
+            Ok(match e.offset() {
+                Offset::Offset(at) => (e.partition(), Some(at)),
+                _ => (e.partition(), None),
+            })
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -332,6 +338,33 @@ mod tests {
         assert!(!handshake.denied() && !handshake.unsupported());
         let unlisted = OrphanError::Unlisted("aftercart-audiences-meta".into());
         assert!(!unlisted.denied() && !unlisted.unsupported());
+    }
+
+    /// A partition the coordinator answers with an error (here one it does not know) is not a
+    /// partition the group never committed: the lookup fails, and the check waits and asks
+    /// again, instead of reading batches already sent or missing the group's commits.
+    #[test]
+    fn a_partition_answered_with_an_error_fails_the_offset_lookup() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        cluster
+            .create_topic("batches", 2, 1)
+            .expect("topic created");
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "aftercart-audiences-meta")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("client");
+        let timeout = Duration::from_secs(10);
+        let known = committed_by(&client, "batches", &[0, 1], timeout).expect("answered");
+        assert_eq!(known, vec![(0, None), (1, None)]);
+        let error = committed_by(&client, "batches", &[0, 7], timeout)
+            .expect_err("partition 7 was answered with an error");
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition),
+            "{error}"
+        );
     }
 
     /// librdkafka's mock cluster (`aftercart dev`, tests) cannot list groups at all: that is
