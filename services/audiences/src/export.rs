@@ -345,7 +345,7 @@ impl Exporter {
                 let attempts = match &outcome {
                     Outcome::Delivered { attempts, .. } => *attempts,
                     Outcome::Failed(failure) => failure.attempts,
-                    Outcome::Stopped => 0,
+                    Outcome::Stopped | Outcome::Skipped => 0,
                 };
                 // The HTTP sink retries inside: its retries are known once it returns.
                 self.metrics
@@ -528,7 +528,7 @@ impl Exporter {
             let (answer, refused) = match &outcome {
                 Outcome::Delivered { response, .. } => (response.clone(), false),
                 Outcome::Failed(failure) => (failure.response.clone(), true),
-                Outcome::Stopped => return outcome,
+                Outcome::Stopped | Outcome::Skipped => return outcome,
             };
             let named: Vec<usize> = serde_json::from_slice(&answer)
                 .map(|a| datamanager::member_problems(&a))
@@ -619,7 +619,7 @@ impl RecordSink for Exporter {
                 reason: &failure.reason(),
             }
             .emit(&self.metrics),
-            Outcome::Stopped => {}
+            Outcome::Stopped | Outcome::Skipped => {}
         }
         outcome
     }

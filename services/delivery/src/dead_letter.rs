@@ -11,6 +11,7 @@ pub const STATUS_HEADER: &str = "aftercart-http-status";
 pub const ERROR_HEADER: &str = "aftercart-http-error";
 pub const ATTEMPTS_HEADER: &str = "aftercart-http-attempts";
 pub const RESPONSE_HEADER: &str = "aftercart-http-response";
+pub const REFUSAL_HEADER: &str = "aftercart-refusal";
 
 /// Where a record came from: `<topic>/<partition>/<offset>`.
 pub fn source(message: &OwnedMessage) -> String {
@@ -38,6 +39,9 @@ pub fn headers(message: &OwnedMessage, reason: &str, failure: Option<&Failure>) 
         }
         if let Some(error) = failure.error {
             added.push((ERROR_HEADER, error.to_string()));
+        }
+        if failure.refused_unsent() {
+            added.push((REFUSAL_HEADER, utf8_excerpt(&failure.response)));
         }
     }
     let mut headers = OwnedHeaders::new();
@@ -134,6 +138,22 @@ mod tests {
         assert_eq!(headers[RESPONSE_HEADER], r#"{"error":"bad"}"#);
         assert_eq!(headers[ATTEMPTS_HEADER], "1");
         assert!(!headers.contains_key(ERROR_HEADER));
+    }
+
+    /// Refused before any request (no key for the shop, not a record the sink can send): the
+    /// reason says so, not `retries_exhausted`, and the why travels with the dead letter.
+    #[test]
+    fn a_record_refused_before_sending_says_why() {
+        let crate::sink::Outcome::Failed(failure) =
+            crate::message::refused("no Klaviyo key for the shop")
+        else {
+            panic!("refused is a failure")
+        };
+        let headers = as_map(&headers(&message(&[]), &failure.reason(), Some(&failure)));
+        assert_eq!(headers[REASON_HEADER], "refused");
+        assert_eq!(headers[REFUSAL_HEADER], "no Klaviyo key for the shop");
+        assert_eq!(headers[ATTEMPTS_HEADER], "0");
+        assert!(!headers.contains_key(STATUS_HEADER));
     }
 
     #[test]

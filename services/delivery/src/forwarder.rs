@@ -45,6 +45,8 @@ pub enum ForwarderError {
 pub enum Handled {
     Delivered,
     DeadLettered,
+    /// The sink chose not to send it ([`Outcome::Skipped`]): its offset is stored.
+    Skipped,
     /// Stopped before either: the offset must not be stored.
     Stopped,
 }
@@ -284,6 +286,7 @@ impl<S: RecordSink> Forwarder<S> {
         match self.sink.deliver(message, stop).await {
             Outcome::Delivered { .. } => Ok(Handled::Delivered),
             Outcome::Stopped => Ok(Handled::Stopped),
+            Outcome::Skipped => Ok(Handled::Skipped),
             Outcome::Failed(failure) => {
                 self.dead_letter(message, &failure.reason(), Some(&failure), stop)
                     .await

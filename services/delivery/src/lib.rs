@@ -50,7 +50,7 @@
 //! # Dead letters
 //!
 //! A refused or exhausted record is copied to the dead-letter topic with its key, value and
-//! headers, plus `aftercart-dead-letter-reason` (`http_status_<code>` or `retries_exhausted`),
+//! headers, plus `aftercart-dead-letter-reason` (`http_status_<code>`, `retries_exhausted` or `refused`),
 //! `aftercart-dead-letter-source` (`<topic>/<partition>/<offset>`), `aftercart-http-status`
 //! (the last status, when there was an answer), `aftercart-http-error` (`timeout`, `connect` or
 //! `transport`, when the last try got no answer), `aftercart-http-attempts` and

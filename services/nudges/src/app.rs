@@ -81,7 +81,7 @@ fn forwarder(
         shutdown_timeout: config.shutdown_timeout,
         lag: Some(metrics.delivery_lag.clone()),
     };
-    let sink = NudgeSink::new(target, metric, metrics.clone());
+    let sink = NudgeSink::new(target, metric, config.max_send_delay, metrics.clone());
     Ok(Forwarder::with_sink(
         &config.kafka,
         &spec,

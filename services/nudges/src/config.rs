@@ -101,6 +101,18 @@ pub struct NudgesArgs {
     )]
     pub nudges_redaction_retention: String,
 
+    /// A nudge the destination would send more than this after it was written to the nudges
+    /// topic is not sent (counted as `stale` in `aftercart_nudges_suppressed_total`): the
+    /// destination was down that long, or was added later and reads the topic from its start.
+    /// A reminder that late is worse than none, and a destination added later must not send
+    /// the topic's old reminders, some to people who bought, unsubscribed or were redacted since.
+    #[arg(
+        long = "nudges-max-send-delay",
+        env = "AFTERCART_NUDGES_MAX_SEND_DELAY",
+        default_value = "6h"
+    )]
+    pub nudges_max_send_delay: String,
+
     /// TOML file: per-shop cadence, quiet hours and switch, and the destination (Klaviyo,
     /// webhook or file). Without it nudges are written to the topic only.
     #[arg(long = "nudges-config", env = "AFTERCART_NUDGES_CONFIG")]
@@ -177,6 +189,8 @@ pub struct NudgesConfig {
     pub data_requests_topic: String,
     pub rules: Rules,
     pub destination: Option<DestinationConfig>,
+    /// A nudge written longer ago than this is not sent by the destination.
+    pub max_send_delay: Duration,
     /// Configured in the file and with a Shopify access tokens file; `None`: no discounts.
     pub discount: Option<RecoveryDiscount>,
     pub shutdown_timeout: Duration,
@@ -266,6 +280,10 @@ impl NudgesArgs {
         let cap = errors.check(
             "AFTERCART_NUDGES_FREQUENCY_CAP",
             parse_duration(&self.nudges_frequency_cap),
+        );
+        let max_send_delay = errors.check(
+            "AFTERCART_NUDGES_MAX_SEND_DELAY",
+            parse_positive_duration(&self.nudges_max_send_delay),
         );
         let redaction_retention = errors.check(
             "AFTERCART_NUDGES_REDACTION_RETENTION",
@@ -370,6 +388,7 @@ impl NudgesArgs {
                     hasher: hasher.expect("checked"),
                 },
                 destination: destination.map(|d| d.expect("checked")),
+                max_send_delay: max_send_delay.expect("checked"),
                 discount: discount.flatten(),
                 shutdown_timeout,
             }

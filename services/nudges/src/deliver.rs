@@ -1,7 +1,8 @@
 //! Sends each record of `aftercart.nudges` to the configured destination (the delivery crate's
 //! message destinations: Klaviyo, signed webhook, file) under the delivery forwarder, which
 //! stores an offset only once the nudge was accepted or dead-lettered. Counts what was sent, by
-//! step and destination, and how long after its due time.
+//! step and destination, and how long after its due time; a nudge written to the topic too long
+//! ago is not sent (skipped, counted as stale).
 
 use aftercart_delivery::message::{Destination, Message, Profile};
 use aftercart_delivery::{Outcome, RecordSink};
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use aftercart_runtime::Event as _;
 
 use crate::domain::nudge::Nudge;
-use crate::events::{NudgeRefused, NudgeSent};
+use crate::events::{NudgeRefused, NudgeSent, NudgeStale};
 use crate::metrics::NudgesMetrics;
 
 /// A nudge record as a message: the person's profile from its contact details, the rest as
@@ -53,16 +54,34 @@ pub fn message_of(record: &OwnedMessage, metric: &str) -> Result<(Message, Nudge
 pub struct NudgeSink {
     destination: Destination,
     metric: String,
+    /// A nudge written longer ago than this is not sent.
+    max_send_delay: std::time::Duration,
     metrics: NudgesMetrics,
 }
 
 impl NudgeSink {
-    pub fn new(destination: Destination, metric: String, metrics: NudgesMetrics) -> NudgeSink {
+    pub fn new(
+        destination: Destination,
+        metric: String,
+        max_send_delay: std::time::Duration,
+        metrics: NudgesMetrics,
+    ) -> NudgeSink {
         NudgeSink {
             destination,
             metric,
+            max_send_delay,
             metrics,
         }
+    }
+
+    /// How long ago `record` was written to the topic, when that is past the send delay. By
+    /// the record's own time (the stage writes a step when it is sent, so a step the stage
+    /// itself sent late is not stale), not the step's due time.
+    fn stale(&self, record: &OwnedMessage) -> Option<i64> {
+        let written_ms = record.timestamp().to_millis()?;
+        let ago_ms = now_ms().saturating_sub(written_ms);
+        let limit_ms = i64::try_from(self.max_send_delay.as_millis()).unwrap_or(i64::MAX);
+        (ago_ms > limit_ms).then_some(ago_ms)
     }
 }
 
@@ -76,6 +95,15 @@ impl RecordSink for NudgeSink {
                 return aftercart_delivery::message::refused(&why);
             }
         };
+        if let Some(ago_ms) = self.stale(record) {
+            NudgeStale {
+                nudge: &nudge,
+                destination: kind,
+                written_seconds_ago: ago_ms as f64 / 1000.0,
+            }
+            .emit(&self.metrics);
+            return Outcome::Skipped;
+        }
         let outcome = self.destination.send(&message, stop).await;
         match &outcome {
             Outcome::Delivered { .. } => {
@@ -95,8 +123,78 @@ impl RecordSink for NudgeSink {
                 }
                 .emit(&self.metrics);
             }
-            Outcome::Stopped => {}
+            Outcome::Stopped | Outcome::Skipped => {}
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use std::time::Duration;
+
+    fn nudge_record(written_ms: i64) -> OwnedMessage {
+        let nudge = serde_json::json!({
+            "event_id": "e1", "shop": "s.myshopify.com", "journey_key": "s.myshopify.com/c1",
+            "abandonment_event_id": "a1", "checkout_token": "c1", "step": 1, "steps": 3,
+            "due_at": "2026-11-23T11:00:00Z", "abandoned_at": "2026-11-23T10:00:00Z",
+            "contact_basis": "marketing",
+            "customer": {"customer_id": 42, "email": "ann@example.com", "phone": null,
+                         "first_name": "Ann", "last_name": null},
+            "recovery_url": null, "discount_code": null, "value": null, "line_items": null,
+            "segments": {}
+        });
+        OwnedMessage::new(
+            Some(nudge.to_string().into_bytes()),
+            Some(b"s.myshopify.com/c1".to_vec()),
+            "aftercart.nudges".into(),
+            Timestamp::CreateTime(written_ms),
+            0,
+            7,
+            None,
+        )
+    }
+
+    /// A nudge written longer ago than the send delay (a destination down that long, or added
+    /// later and reading the topic from its start) is skipped and counted, never sent; one
+    /// within it is sent.
+    #[tokio::test]
+    async fn a_nudge_written_too_long_ago_is_skipped_not_sent() {
+        let dir = std::env::temp_dir().join(format!("nudges-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let registry = prometheus::Registry::new();
+        let metrics = NudgesMetrics::register(&registry, Some("file")).unwrap();
+        let sink = NudgeSink::new(
+            Destination::file(dir.clone()),
+            "metric".into(),
+            Duration::from_secs(6 * 3600),
+            metrics,
+        );
+        let stop = CancellationToken::new();
+        let old = sink
+            .deliver(&nudge_record(now_ms() - 7 * 3_600_000), &stop)
+            .await;
+        assert!(matches!(old, Outcome::Skipped), "{old:?}");
+        assert!(!dir.exists(), "nothing written");
+        let stale = registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "aftercart_nudges_suppressed_total")
+            .and_then(|f| {
+                f.get_metric().iter().find(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "reason" && l.value() == "stale")
+                })
+            })
+            .map(|m| m.get_counter().get_value());
+        assert_eq!(stale, Some(1.0));
+
+        let fresh = sink.deliver(&nudge_record(now_ms() - 60_000), &stop).await;
+        assert!(matches!(fresh, Outcome::Delivered { .. }), "{fresh:?}");
+        assert!(dir.join("s.myshopify.com").join("e1.json").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

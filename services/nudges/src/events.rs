@@ -26,6 +26,15 @@ event! {
 }
 
 event! {
+    /// A nudge written to the topic longer ago than `AFTERCART_NUDGES_MAX_SEND_DELAY`: not sent.
+    pub struct NudgeStale<'a> { pub nudge: &'a Nudge, pub destination: &'static str, pub written_seconds_ago: f64 }
+    on NudgesMetrics, |self, metrics| {
+        metrics.suppressed(crate::domain::engine::Suppressed::Stale);
+        tracing::warn!(shop = %self.nudge.shop, event_id = %self.nudge.event_id, step = self.nudge.step, destination = self.destination, written_seconds_ago = self.written_seconds_ago, "A nudge was written too long ago to be sent; skipping it.");
+    }
+}
+
+event! {
     /// No recovery discount could be made for a nudge: it is sent without one.
     pub struct DiscountFailed<'a> { pub nudge: &'a Nudge, pub reason: &'static str }
     on NudgesMetrics, |self, metrics| {

@@ -69,7 +69,7 @@ impl NudgesMetrics {
             suppressed: IntCounterVec::new(
                 opts(
                     "suppressed_total",
-                    "Sequences not started or stopped (and late steps skipped), by reason: purchased, recovered, consent, cap, redacted, deleted, disabled, late.",
+                    "Sequences not started or stopped (and late steps skipped), by reason: purchased, recovered, consent, cap, redacted, deleted, disabled, late, stale (written longer ago than the destination may send).",
                 ),
                 &["reason"],
             )?,

@@ -12,6 +12,9 @@ pub enum Outcome {
     Failed(Failure),
     /// The stop token fired first: the record is not delivered, so do not commit it.
     Stopped,
+    /// Not to be sent at all (the sink's own rule, e.g. too old to be of use; counted by the
+    /// sink): its offset is stored, nothing is dead-lettered.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +38,19 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// The dead-letter reason: `http_status_<code>` or `retries_exhausted`.
+    /// The dead-letter reason: `http_status_<code>`, `retries_exhausted`, or `refused` for a
+    /// record refused before any request (no answer to blame: the why is in `response`).
     pub fn reason(&self) -> String {
         match (self.kind, self.status) {
             (FailureKind::Rejected, Some(status)) => format!("http_status_{}", status.as_u16()),
+            (FailureKind::Rejected, None) => "refused".to_string(),
             _ => "retries_exhausted".to_string(),
         }
+    }
+
+    /// Refused before any request was made ([`crate::message::refused`]).
+    pub fn refused_unsent(&self) -> bool {
+        self.kind == FailureKind::Rejected && self.status.is_none()
     }
 }
 

@@ -76,10 +76,13 @@ pub enum Suppressed {
     Disabled,
     /// Overdue past [`LATE_AFTER_MS`] with a later step due too (a long outage): skipped.
     Late,
+    /// Written to the nudges topic longer ago than the destination may still send it (the
+    /// destination was down that long, or was added later): not sent.
+    Stale,
 }
 
 impl Suppressed {
-    pub const ALL: [Suppressed; 8] = [
+    pub const ALL: [Suppressed; 9] = [
         Suppressed::Purchased,
         Suppressed::Recovered,
         Suppressed::Consent,
@@ -88,6 +91,7 @@ impl Suppressed {
         Suppressed::Deleted,
         Suppressed::Disabled,
         Suppressed::Late,
+        Suppressed::Stale,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -100,6 +104,7 @@ impl Suppressed {
             Suppressed::Deleted => "deleted",
             Suppressed::Disabled => "disabled",
             Suppressed::Late => "late",
+            Suppressed::Stale => "stale",
         }
     }
 }
@@ -159,6 +164,12 @@ pub struct Sequence {
     /// Sequences stored before this count are restored with `skipped_unsent` here.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped: u32,
+    /// When the first step was sent, in the stage's time: a recovery after it is the nudges'
+    /// doing. Without it (sequences stored before it was kept, or a first step known only from
+    /// the output topic after a crash) that step's due time stands in, which is earlier by as
+    /// much as the send was late (up to [`LATE_AFTER_MS`] while catching up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_sent_ms: Option<i64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -548,6 +559,7 @@ impl Engine {
             due_ms,
             done: 0,
             skipped_unsent: 0,
+            first_sent_ms: None,
             skipped: 0,
         };
         let effects = vec![Effect::Scheduled, persist_sequence(&sequence)];
@@ -575,8 +587,10 @@ impl Engine {
         let attributed = self.partitions.get(&partition).is_some_and(|state| {
             let before_recovery = |sent: i64| recovered_ms.is_none_or(|r| sent <= r);
             let running = state.sequences.get(&event.journey_key).is_some_and(|s| {
-                let first_sent = s.due_ms.get(s.skipped_unsent as usize);
-                s.sent_any() && first_sent.is_some_and(|d| before_recovery(*d))
+                let first_sent = s
+                    .first_sent_ms
+                    .or_else(|| s.due_ms.get(s.skipped_unsent as usize).copied());
+                s.sent_any() && first_sent.is_some_and(before_recovery)
             });
             let nudged = |started: i64| {
                 abandoned_ms.is_some_and(|a| started >= a) && before_recovery(started)
@@ -884,6 +898,13 @@ impl Engine {
                     state.timers.remove(&(due, key));
                     continue;
                 };
+                // A shop switched off (`enabled = false`) after its sequences started: none of
+                // their remaining steps is sent.
+                if !self.rules.policy(&sequence.shop).enabled {
+                    effects.push((partition, Effect::Suppressed(Suppressed::Disabled)));
+                    effects.extend(state.end(&sequence).into_iter().map(|e| (partition, e)));
+                    continue;
+                }
                 let latest = sequence
                     .due_ms
                     .iter()
@@ -916,8 +937,9 @@ impl Engine {
                 }
                 if !sequence.sent_any() {
                     // The steps skipped before this first send were never sent (a recovery
-                    // is the nudges' doing only from this step's time on).
+                    // is the nudges' doing only from this send on).
                     sequence.skipped_unsent = send as u32;
+                    sequence.first_sent_ms = Some(now_ms);
                     // The first nudge of the sequence starts the person's frequency-cap window.
                     for hash in &sequence.identities {
                         let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
@@ -960,7 +982,11 @@ impl Engine {
         let Some(sequence) = state.sequences.get(&emitted.journey_key) else {
             return Vec::new();
         };
-        if sequence.done >= emitted.step {
+        let another = emitted
+            .abandonment_event_id
+            .as_deref()
+            .is_some_and(|id| id != sequence.abandonment_event_id);
+        if another || sequence.done >= emitted.step {
             return Vec::new();
         }
         let mut sequence = state.remove(&emitted.journey_key).expect("present");

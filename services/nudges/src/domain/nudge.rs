@@ -62,6 +62,11 @@ pub struct Nudge {
 pub struct EmittedNudge {
     pub journey_key: String,
     pub step: u32,
+    /// Which sequence wrote it: a journey abandoned again starts a new sequence under the same
+    /// key, and its predecessor's nudges (all read back when the checkpoint is unreadable) are
+    /// not its own steps.
+    #[serde(default)]
+    pub abandonment_event_id: Option<String>,
 }
 
 /// `sha256("aftercart/nudges/<abandonment event id>/<step>")`, 32 hex characters.

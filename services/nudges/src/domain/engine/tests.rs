@@ -426,6 +426,31 @@ fn a_restored_sequence_never_sends_a_step_twice() {
     assert_eq!(nudges(&restored.fire_due(T0 + 24 * HOUR))[0].step, 2);
 }
 
+/// A journey abandoned again runs a new sequence under the same key; a nudge of the earlier
+/// sequence read back at restore (every output is, when the checkpoint does not decode) is not
+/// one of the new sequence's steps.
+#[test]
+fn a_nudge_of_an_earlier_sequence_of_the_journey_is_not_reconciled_into_the_new_one() {
+    let mut e = engine();
+    let entities = persisted(
+        e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0),
+        |_| true,
+    );
+    let nudge = nudges(&e.fire_due(T0 + HOUR))[0].clone();
+    let mut earlier = serde_json::to_value(&nudge).unwrap();
+    earlier["abandonment_event_id"] = "an-earlier-abandonment".into();
+    let emitted: EmittedNudge = serde_json::from_value(earlier).unwrap();
+    let mut restored = Engine::new(rules());
+    restored.assign(0, entities);
+    assert!(restored.reconcile(0, &emitted).is_empty());
+    let fired = restored.fire_due(T0 + HOUR);
+    assert_eq!(
+        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [1],
+        "the new sequence's first step is still sent"
+    );
+}
+
 /// A crash after a batch that skipped a step as late and sent the next one, before its
 /// changelog: the new owner reconciles the sent step and counts the skipped one as skipped,
 /// not as sent.
@@ -785,6 +810,53 @@ fn a_recovery_before_the_first_sent_step_is_not_attributed_when_an_earlier_one_w
     let recovered = recovery("a", "2026-11-23T11:40:00Z", serde_json::json!(null));
     let effects = e.apply(0, SHOP, recovered, T0 + 210 * MIN);
     assert!(attributed(&effects).is_empty(), "{effects:?}");
+}
+
+/// A shop switched off after its sequences started (`enabled = false`, then a restart): the
+/// restored sequences send nothing more and end, counted as `disabled`.
+#[test]
+fn a_shop_switched_off_sends_no_further_step_of_its_running_sequences() {
+    let mut e = engine();
+    let entities = persisted(
+        e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0),
+        |_| true,
+    );
+    let mut off = rules();
+    off.default.enabled = false;
+    let mut restarted = Engine::new(off);
+    restarted.assign(0, entities);
+    let fired = restarted.fire_due(T0 + 100 * HOUR);
+    assert!(nudges(&fired).is_empty(), "{fired:?}");
+    let why: Vec<Effect> = fired.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(suppressed(&why), [Suppressed::Disabled]);
+    assert!(why.iter().any(
+        |e| matches!(e, Effect::Persist { key, entity: None } if key.starts_with("sequence/"))
+    ));
+    assert!(restarted.fire_due(T0 + 200 * HOUR).is_empty());
+}
+
+/// A first step sent late (a member catching up, within the late bound) counts from when it was
+/// sent, not from when it was due: a recovery in between was not the nudges' doing.
+#[test]
+fn a_recovery_between_a_steps_due_time_and_its_late_send_is_not_attributed() {
+    let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
+    // Step 1, due at 11:00, goes out at 11:10.
+    let fired = e.fire_due(T0 + 70 * MIN);
+    assert_eq!(
+        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
+        [1]
+    );
+    let recovered = recovery("a", "2026-11-23T11:05:00Z", serde_json::json!(null));
+    let effects = e.apply(0, SHOP, recovered, T0 + 75 * MIN);
+    assert_eq!(suppressed(&effects), [Suppressed::Recovered]);
+    assert!(attributed(&effects).is_empty(), "{effects:?}");
+
+    // The same send, recovered after it: attributed.
+    let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
+    e.fire_due(T0 + 70 * MIN);
+    let recovered = recovery("a", "2026-11-23T11:15:00Z", serde_json::json!(null));
+    let effects = e.apply(0, SHOP, recovered, T0 + 75 * MIN);
+    assert_eq!(attributed(&effects), [None]);
 }
 
 /// The recovery event of journey `cart` by customer 42 (as the abandonment service writes it),
