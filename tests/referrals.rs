@@ -21,6 +21,7 @@ broker_tests!(
     a_refund_in_the_window_voids_and_deactivates_an_issued_reward,
     lost_answers_and_a_restart_create_no_duplicate_discounts,
     a_store_credit_whose_answer_is_lost_is_not_credited_twice,
+    a_store_credit_given_before_a_stop_is_not_given_again,
     a_first_order_segment_made_before_a_restart_is_found_not_made_again,
     a_shop_whose_shopify_is_down_spends_one_retry_budget_a_batch_not_one_an_action,
     refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working,
@@ -1080,6 +1081,80 @@ mod scenarios {
             settled.is_some(),
             "an unconfirmed credit is dead-lettered for a person to check, not resent"
         );
+    }
+
+    /// A friend's reward and another buyer's invite fall due in one batch, in that order;
+    /// Shopify credits the advocate, then goes down, so the invite's discount waits in its
+    /// retries when the service is stopped (a rolling deploy). The credit already given is
+    /// written as the grant it was for, so the batch read again after the restart does not give
+    /// it again.
+    pub async fn a_store_credit_given_before_a_stop_is_not_given_again(broker: &Broker) {
+        let (admin, flags, _dir) = shopify_flags(&[
+            "--referrals-review-window=2s",
+            "--referrals-invite-delay=3s",
+            "--referrals-reward-kind=store_credit",
+            "--referrals-reward=10.00",
+            "--shopify-max-retry-duration=10m",
+        ])
+        .await;
+        let mut stack = Stack::start(broker, &strs(&flags)).await;
+        let (advocate, friend, buyer, base) = (ids(), ids(), ids(), ids());
+        stack.send("orders/paid", order(base, advocate)).await;
+        let code = stack.code_of(advocate, 1).await;
+        // While the service is down the friend orders with the code (no marketing consent, so
+        // no invite of their own), then another buyer: read after the restart, past both
+        // delays, the advocate's reward (due 2 s after the friend's order) and the buyer's
+        // invite (3 s after theirs) fall due in one tick, in that order.
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        let mut friends_order = with_code(order(base + 1, friend), &code);
+        friends_order["buyer_accepts_marketing"] = json!(false);
+        stack.send_unobserved("orders/paid", friends_order).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stack
+            .send_unobserved("orders/paid", order(base + 2, buyer))
+            .await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        admin.down_after_credits(Some((1, 503)));
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        eventually(
+            "the buyer's discount retried",
+            Duration::from_secs(60),
+            || async { (admin.calls("discountCodeBasicCreate", Some(503)) >= 1).then_some(()) },
+        )
+        .await;
+        assert_eq!(admin.credits().len(), 1);
+        stack
+            .service
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("a prompt stop in the middle of the retries");
+        admin.down_after_credits(None);
+        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        eventually("the buyer's invite", Duration::from_secs(60), || async {
+            let invites = stack.invites().await;
+            invites
+                .iter()
+                .any(|i| i["advocate"]["customer_id"] == buyer)
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(SETTLE).await;
+        let credits = admin.credits();
+        assert_eq!(credits.len(), 1, "the advocate credited once: {credits:#?}");
+        assert_eq!(admin.calls("storeCreditAccountCredit", None), 1);
+        let granted = types(&stack.rewards().await)
+            .iter()
+            .filter(|t| **t == "reward.granted")
+            .count();
+        assert_eq!(granted, 1, "one grant");
     }
 
     pub async fn refused_inputs_and_tokenless_shops_are_dead_lettered_while_other_shops_keep_working(

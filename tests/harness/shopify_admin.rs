@@ -47,6 +47,8 @@ struct State {
     segments: Vec<(String, String, String, String)>,
     /// Answer this status to the next N calls (any operation).
     down: Option<(u16, usize)>,
+    /// Once this many store credits were made, answer this status to every call.
+    down_after_credits: Option<(usize, u16)>,
     /// Create the next N discounts but answer 503, as when an answer is lost.
     lose_answers: usize,
     /// Credit the next N store credits but answer 503, as when an answer is lost.
@@ -95,6 +97,11 @@ impl State {
     }
 
     fn answer(&mut self, shop: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+        if let Some((credits, status)) = self.down_after_credits {
+            if self.credits.len() >= credits {
+                return (status, json!({"errors": "Service unavailable"}));
+            }
+        }
         if let Some((status, left)) = self.down.as_mut() {
             if *left > 0 {
                 *left -= 1;
@@ -337,6 +344,12 @@ impl ShopifyAdmin {
     /// Credits the next `count` store credits but answers 503 (a lost answer).
     pub fn lose_next_credit_answers(&self, count: usize) {
         self.with(|s| s.lose_credit_answers = count);
+    }
+
+    /// Once `credits` store credits were made, answers `status` to every call (Shopify going
+    /// down in the middle of a batch); `None` serves again.
+    pub fn down_after_credits(&self, after: Option<(usize, u16)>) {
+        self.with(|s| s.down_after_credits = after);
     }
 
     pub fn throttle_next(&self, calls: usize) {

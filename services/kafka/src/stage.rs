@@ -143,10 +143,17 @@ pub fn source_family(message: &OwnedMessage, families: &[&'static str]) -> &'sta
 pub struct Prepared<L: StageLogic + ?Sized> {
     pub effects: Vec<(i32, EffectOf<L>)>,
     pub dead: Vec<DeadLetter>,
+    /// `stop` came while the logic acted, after it did what must not be done twice (a store
+    /// credit): `effects` holds only the outputs acted on so far and `dead` their refusals.
+    /// Those are written and acknowledged, nothing else of the batch (no entities, forwards,
+    /// checkpoint or offsets): the next owner reads the batch again, and its restore finds
+    /// those outputs after the checkpoint and reconciles them instead of acting again.
+    pub stopped: bool,
 }
 
-/// What [`StageLogic::prepare`] returns: `None` when `stop` came first (nothing of the batch is
-/// written and its offsets stay where they were, so the next owner reads it again).
+/// What [`StageLogic::prepare`] returns: `None` when `stop` came before the logic did anything
+/// that must not be done twice (nothing of the batch is written and its offsets stay where
+/// they were, so the next owner reads it again); see [`Prepared::stopped`] for the rest.
 pub type Preparing<'a, L> = Pin<Box<dyn Future<Output = Option<Prepared<L>>> + Send + 'a>>;
 
 /// `max.poll.interval.ms` for a loop that may go `budget` without polling: the budget and a
@@ -231,6 +238,7 @@ pub trait StageLogic {
         Box::pin(std::future::ready(Some(Prepared {
             effects,
             dead: Vec::new(),
+            stopped: false,
         })))
     }
 }
@@ -1236,13 +1244,20 @@ impl<L: StageLogic> Stage<L> {
         }
         let Work {
             effects,
-            forwards,
+            mut forwards,
             mut dead,
             offsets,
         } = work;
         let Some(prepared) = self.logic.prepare(effects, stop).await else {
             return Ok(false);
         };
+        // Stopped part-way: only what the logic acted on is written (below, up to the outputs'
+        // acknowledgements); the batch's forwards and dead letters wait for its next read.
+        let partial = prepared.stopped;
+        if partial {
+            forwards.clear();
+            dead.clear();
+        }
         let effects = prepared.effects;
         dead.extend(prepared.dead);
         // Acting may have taken long (Shopify retries): the member may have lost its partitions.
@@ -1350,6 +1365,9 @@ impl<L: StageLogic> Stage<L> {
         }
         for (.., output) in &outputs {
             self.logic.emitted(output);
+        }
+        if partial {
+            return Ok(false);
         }
 
         if !self.may_write()? {

@@ -289,6 +289,7 @@ impl StageLogic for Nudges {
             Some(Prepared {
                 effects,
                 dead: Vec::new(),
+                stopped: false,
             })
         })
     }

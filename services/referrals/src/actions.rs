@@ -26,8 +26,13 @@ use crate::metrics::ReferralsMetrics;
 
 type Staged = StageEffect<Entity, Output>;
 
-/// What acting on a batch gives: the effects to write and the outputs to dead-letter.
-pub type Acted = (Vec<(i32, Staged)>, Vec<DeadLetter>);
+/// What acting on a batch gives: the effects to write and the outputs to dead-letter, or, cut
+/// short by `stop` ([`aftercart_kafka::Prepared::stopped`]), the outputs acted on so far.
+pub struct Acted {
+    pub effects: Vec<(i32, Staged)>,
+    pub dead: Vec<DeadLetter>,
+    pub stopped: bool,
+}
 
 pub struct ShopActions {
     discounts: Discounts,
@@ -61,7 +66,9 @@ impl ShopActions {
         self.config.admin.batch_budget()
     }
 
-    /// Acts on every output of a batch, in order; `None` when `stop` came first.
+    /// Acts on every output of a batch, in order; `None` when `stop` came before anything was
+    /// done. `stop` after some outputs were acted on gives those (`stopped`): a store credit
+    /// given must reach the output topic, or the batch read again would give it twice.
     pub async fn act(
         &self,
         effects: Vec<(i32, Staged)>,
@@ -111,7 +118,20 @@ impl ShopActions {
                         },
                     ));
                 }
-                Err((_, ActionError::Call(CallError::Stopped))) => return None,
+                Err((_, ActionError::Call(CallError::Stopped))) => {
+                    let acted: Vec<(i32, Staged)> = kept
+                        .into_iter()
+                        .filter(|(_, effect)| matches!(effect, StageEffect::Emit { .. }))
+                        .collect();
+                    if acted.is_empty() && dead.is_empty() {
+                        return None;
+                    }
+                    return Some(Acted {
+                        effects: acted,
+                        dead,
+                        stopped: true,
+                    });
+                }
                 Err((action, error)) => {
                     ActionDeadLettered {
                         action,
@@ -126,7 +146,11 @@ impl ShopActions {
                 }
             }
         }
-        Some((kept, dead))
+        Some(Acted {
+            effects: kept,
+            dead,
+            stopped: false,
+        })
     }
 
     /// The name of the action an output calls for (metrics, dead letters), if any.

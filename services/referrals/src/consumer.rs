@@ -16,7 +16,7 @@ use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::ShopActions;
+use crate::actions::{Acted, ShopActions};
 use crate::config::ReferralsConfig;
 use crate::domain::engine::{Effect, Engine};
 use crate::domain::event::{EmittedEvent, Output};
@@ -218,11 +218,19 @@ impl StageLogic for Referrals {
         stop: &'a CancellationToken,
     ) -> Preparing<'a, Self> {
         Box::pin(async move {
-            let (effects, dead) = match &self.actions {
+            let acted = match &self.actions {
                 Some(actions) => actions.act(effects, stop).await?,
-                None => (effects, Vec::new()),
+                None => Acted {
+                    effects,
+                    dead: Vec::new(),
+                    stopped: false,
+                },
             };
-            Some(Prepared { effects, dead })
+            Some(Prepared {
+                effects: acted.effects,
+                dead: acted.dead,
+                stopped: acted.stopped,
+            })
         })
     }
 }
