@@ -140,4 +140,23 @@ fn the_delivery_dead_letter_contract_tells_refusals_from_exhausted_retries() {
     let mut unknown_reason = refused.clone();
     unknown_reason["aftercart-dead-letter-reason"] = json!("it broke");
     assert!(rejects(SCHEMA, &unknown_reason));
+    // Refused before any request: the why, and nothing of an HTTP exchange.
+    let unsent = json!({
+        "aftercart-dead-letter-reason": "refused",
+        "aftercart-dead-letter-source": "aftercart.nudges/1/9",
+        "aftercart-refusal": "no Klaviyo key for the shop"
+    });
+    assert_valid(SCHEMA, &unsent);
+    let mut unexplained = unsent.clone();
+    unexplained
+        .as_object_mut()
+        .unwrap()
+        .remove("aftercart-refusal");
+    assert!(rejects(SCHEMA, &unexplained), "a refusal says why");
+    let mut with_attempts = unsent.clone();
+    with_attempts["aftercart-http-attempts"] = json!("1");
+    assert!(rejects(SCHEMA, &with_attempts), "no request was made");
+    let mut stray = timed_out.clone();
+    stray["aftercart-refusal"] = json!("why");
+    assert!(rejects(SCHEMA, &stray), "only a refusal explains itself");
 }

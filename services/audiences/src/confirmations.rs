@@ -19,7 +19,7 @@ use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AudiencesConfig;
-use crate::orphans::{committed_by, consumer};
+use crate::orphans::{committed_each, consumer};
 
 /// How often the offsets are read (a metadata, a watermark per partition and one offset
 /// fetch per destination: cheap).
@@ -136,9 +136,10 @@ impl Checker {
         let mut found = Confirmed::new();
         for (destination, group) in &self.groups {
             for (partition, committed) in
-                committed_by(group, &self.topic, &partitions, self.timeout)?
+                committed_each(group, &self.topic, &partitions, self.timeout)?
             {
-                let Some(committed) = committed else {
+                // Never committed, or answered with an error: not confirmed this round.
+                let Ok(Some(committed)) = committed else {
                     continue;
                 };
                 let reached = self

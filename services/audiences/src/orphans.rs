@@ -229,22 +229,39 @@ pub(crate) fn committed_by(
     partitions: &[i32],
     timeout: Duration,
 ) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
+    committed_each(consumer, topic, partitions, timeout)?
+        .into_iter()
+        .map(|(partition, committed)| Ok((partition, committed?)))
+        .collect()
+}
+
+/// One partition's committed offset (`None`: never committed), or the error the coordinator
+/// answered for that partition.
+pub(crate) type Committed = Result<Option<i64>, KafkaError>;
+
+/// Each partition's [`Committed`].
+pub(crate) fn committed_each(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<(i32, Committed)>, KafkaError> {
     let mut wanted = TopicPartitionList::new();
     for partition in partitions {
         wanted.add_partition(topic, *partition);
     }
     let offsets = consumer.committed_offsets(wanted, timeout)?;
-    offsets
+    Ok(offsets
         .elements()
         .iter()
         .map(|e| {
-            e.error()?;
-            Ok(match e.offset() {
-                Offset::Offset(at) => (e.partition(), Some(at)),
-                _ => (e.partition(), None),
-            })
+            let committed = e.error().map(|()| match e.offset() {
+                Offset::Offset(at) => Some(at),
+                _ => None,
+            });
+            (e.partition(), committed)
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -13,6 +13,18 @@ pub const ATTEMPTS_HEADER: &str = "aftercart-http-attempts";
 pub const RESPONSE_HEADER: &str = "aftercart-http-response";
 pub const REFUSAL_HEADER: &str = "aftercart-refusal";
 
+/// Every header this contract sets: none is copied from the source record, so a dead letter
+/// dead-lettered again carries only its newest failure's (no old status beside a new error).
+const CONTRACT_HEADERS: [&str; 7] = [
+    REASON_HEADER,
+    SOURCE_HEADER,
+    STATUS_HEADER,
+    ERROR_HEADER,
+    ATTEMPTS_HEADER,
+    RESPONSE_HEADER,
+    REFUSAL_HEADER,
+];
+
 /// Where a record came from: `<topic>/<partition>/<offset>`.
 pub fn source(message: &OwnedMessage) -> String {
     format!(
@@ -23,15 +35,18 @@ pub fn source(message: &OwnedMessage) -> String {
     )
 }
 
-/// The original headers (minus those set here, so each name appears once even when a dead
-/// letter is forwarded and dead-lettered again), then reason, source and, after an HTTP
-/// failure, attempts, status, response excerpt or transport error.
+/// The original headers (minus every header of this contract, so a dead letter forwarded and
+/// dead-lettered again carries its newest failure's alone), then reason, source and, after an
+/// HTTP failure, attempts, status, response excerpt or transport error; after a refusal before
+/// any request, why.
 pub fn headers(message: &OwnedMessage, reason: &str, failure: Option<&Failure>) -> OwnedHeaders {
     let mut added = vec![
         (REASON_HEADER, reason.to_string()),
         (SOURCE_HEADER, source(message)),
     ];
-    if let Some(failure) = failure {
+    if let Some(failure) = failure.filter(|f| f.refused_unsent()) {
+        added.push((REFUSAL_HEADER, utf8_excerpt(&failure.response)));
+    } else if let Some(failure) = failure {
         added.push((ATTEMPTS_HEADER, failure.attempts.to_string()));
         if let Some(status) = failure.status {
             added.push((STATUS_HEADER, status.as_u16().to_string()));
@@ -40,14 +55,11 @@ pub fn headers(message: &OwnedMessage, reason: &str, failure: Option<&Failure>) 
         if let Some(error) = failure.error {
             added.push((ERROR_HEADER, error.to_string()));
         }
-        if failure.refused_unsent() {
-            added.push((REFUSAL_HEADER, utf8_excerpt(&failure.response)));
-        }
     }
     let mut headers = OwnedHeaders::new();
     if let Some(original) = message.headers() {
         for header in original.iter() {
-            if !added.iter().any(|(name, _)| *name == header.key) {
+            if !CONTRACT_HEADERS.contains(&header.key) {
                 headers = headers.insert(header);
             }
         }
@@ -152,7 +164,10 @@ mod tests {
         let headers = as_map(&headers(&message(&[]), &failure.reason(), Some(&failure)));
         assert_eq!(headers[REASON_HEADER], "refused");
         assert_eq!(headers[REFUSAL_HEADER], "no Klaviyo key for the shop");
-        assert_eq!(headers[ATTEMPTS_HEADER], "0");
+        assert!(
+            !headers.contains_key(ATTEMPTS_HEADER),
+            "no request was made"
+        );
         assert!(!headers.contains_key(STATUS_HEADER));
     }
 
@@ -179,12 +194,19 @@ mod tests {
             (REASON_HEADER, "http_status_400"),
             (SOURCE_HEADER, "elsewhere/0/1"),
             (STATUS_HEADER, "400"),
+            (ERROR_HEADER, "timeout"),
+            (REFUSAL_HEADER, "an older refusal"),
         ]);
         let failure = refusal(b"");
         let headers = as_map(&headers(&again, &failure.reason(), Some(&failure)));
         assert_eq!(headers[REASON_HEADER], "http_status_422");
         assert_eq!(headers[SOURCE_HEADER], "aftercart.referrals/2/41");
         assert_eq!(headers[STATUS_HEADER], "422");
+        assert!(
+            !headers.contains_key(ERROR_HEADER),
+            "not the older failure's"
+        );
+        assert!(!headers.contains_key(REFUSAL_HEADER));
     }
 
     #[test]

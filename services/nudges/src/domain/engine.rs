@@ -164,8 +164,8 @@ pub struct Sequence {
     /// Sequences stored before this count are restored with `skipped_unsent` here.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped: u32,
-    /// When the first step was sent, in the stage's time: a recovery after it is the nudges'
-    /// doing. Without it (sequences stored before it was kept, or a first step known only from
+    /// When the first step was sent, by the wall clock it went out on (the stage's own clock
+    /// trails it while catching up): a recovery after it is the nudges' doing. Without it (sequences stored before it was kept, or a first step known only from
     /// the output topic after a crash) that step's due time stands in, which is earlier by as
     /// much as the send was late (up to [`LATE_AFTER_MS`] while catching up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +197,8 @@ impl Sequence {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Person {
     pub shop: String,
-    /// When the person's last sequence sent its first nudge (the frequency cap counts from it).
+    /// When the person's last sequence sent its first nudge, by the wall clock it went out on
+    /// (the frequency cap counts from it; a recovery after it is attributed to the nudges).
     pub started_ms: Option<i64>,
     /// The abandonment event id of that sequence: the same abandonment read again after a
     /// crash (the person written to the changelog, the sequence not) is that sequence, not
@@ -939,14 +940,14 @@ impl Engine {
                     // The steps skipped before this first send were never sent (a recovery
                     // is the nudges' doing only from this send on).
                     sequence.skipped_unsent = send as u32;
-                    sequence.first_sent_ms = Some(now_ms);
+                    sequence.first_sent_ms = Some(sending_at_ms);
                     // The first nudge of the sequence starts the person's frequency-cap window.
                     for hash in &sequence.identities {
                         let person = state.people.entry(hash.clone()).or_insert_with(|| Person {
                             shop: sequence.shop.clone(),
                             ..Person::default()
                         });
-                        person.started_ms = Some(now_ms);
+                        person.started_ms = Some(sending_at_ms);
                         person.started_by = Some(sequence.abandonment_event_id.clone());
                         person.seen_ms = person.seen_ms.max(now_ms);
                         effects.push((partition, persist_person(hash, person)));

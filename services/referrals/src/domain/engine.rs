@@ -1336,15 +1336,16 @@ impl Step<'_> {
             .keys()
             .chain(self.state.orders.keys())
             .chain(self.state.ips.keys())
-            .chain(self.state.redactions.keys())
             .filter(|k| mine(k))
             .cloned()
             .collect();
+        // The shop's customer redactions stay (pseudonyms only): the shop marker covers facts
+        // received up to it, and a customer redacted before it stays forgotten after a
+        // reinstall, for the redaction retention, as any other.
         for key in keys {
             self.state.customers.remove(&key);
             self.state.orders.remove(&key);
             self.state.ips.remove(&key);
-            self.state.redactions.remove(&key);
             self.effects.push(tombstone(&key));
         }
         self.state.timers.retain(|(_, key)| !mine(key));

@@ -857,6 +857,14 @@ fn a_recovery_between_a_steps_due_time_and_its_late_send_is_not_attributed() {
     let recovered = recovery("a", "2026-11-23T11:15:00Z", serde_json::json!(null));
     let effects = e.apply(0, SHOP, recovered, T0 + 75 * MIN);
     assert_eq!(attributed(&effects), [None]);
+
+    // Caught up at 11:10 by the stage's clock, but sent at 11:20 by the wall clock: a recovery
+    // at 11:15 came first.
+    let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
+    e.fire_due_sending_at(T0 + 70 * MIN, T0 + 80 * MIN);
+    let recovered = recovery("a", "2026-11-23T11:15:00Z", serde_json::json!(null));
+    let effects = e.apply(0, SHOP, recovered, T0 + 75 * MIN);
+    assert!(attributed(&effects).is_empty(), "{effects:?}");
 }
 
 /// The recovery event of journey `cart` by customer 42 (as the abandonment service writes it),

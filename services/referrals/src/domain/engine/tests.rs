@@ -864,6 +864,13 @@ fn a_shop_that_reinstalls_after_its_redaction_starts_afresh() {
     assert_eq!(redacted_count(&world), 1);
     world.send("orders/paid", &order(101, 1), 15 * DAY);
     assert_eq!(world.types(), ["invite"]);
+    // A customer redacted before the shop's redaction stays forgotten after the reinstall.
+    world.send("customers/redact", &redact_one(&[]), 16 * DAY);
+    let effects = world.engine.apply(P, SHOP, Input::RedactShop, 17 * DAY);
+    world.take(effects);
+    world.send("orders/paid", &order(103, 1), 20 * DAY);
+    assert_eq!(world.types(), ["invite"], "nothing new");
+    assert_eq!(redacted_count(&world), 2);
     // A restart keeps the marker and the same rule.
     let mut restarted = world.restarted();
     restarted.send("orders/paid", &order(102, 2), 9 * DAY);
