@@ -162,6 +162,21 @@ mod scenarios {
         fn service(&self) -> &TestReferrals {
             self.service.as_ref().expect("running")
         }
+
+        /// Stops the service as SIGTERM does; it must end cleanly (`what` says why it should).
+        async fn stop_service(&mut self, what: &str) {
+            self.service
+                .take()
+                .expect("running")
+                .stop()
+                .await
+                .expect(what);
+        }
+
+        /// Starts the service again with the same configuration.
+        async fn restart_service(&mut self, broker: &Broker) {
+            self.service = Some(TestReferrals::start_on(broker, self.config.clone()).await);
+        }
     }
 
     /// Ids unique to one test run, so tests sharing a broker never share customers or orders.
@@ -431,13 +446,7 @@ mod scenarios {
             (stack.rewards().await.len() == 1).then_some(())
         })
         .await;
-        stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+        stack.stop_service("clean stop").await;
         // Replays and redeliveries while it is down change nothing.
         stack
             .send_unobserved("orders/paid", with_code(order(base + 1, friend), &code))
@@ -445,7 +454,7 @@ mod scenarios {
         stack
             .send_unobserved("orders/paid", order(base, advocate))
             .await;
-        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        stack.restart_service(broker).await;
         let rewards = stack.settled_rewards(2).await;
         // (Checked after settling: the stopped member may hold half the partitions until its
         // session expires, so the shop's partition can be restored a little later.)
@@ -467,14 +476,8 @@ mod scenarios {
         );
 
         // Restarting after the grant emits nothing again.
-        stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
-        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        stack.stop_service("clean stop").await;
+        stack.restart_service(broker).await;
         tokio::time::sleep(SETTLE).await;
         assert_eq!(stack.rewards().await.len(), 2);
         assert_eq!(stack.invites().await.len(), 2);
@@ -957,7 +960,7 @@ mod scenarios {
         stack
             .send_unobserved("orders/paid", order(base, advocate))
             .await;
-        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        stack.restart_service(broker).await;
         let rewards = stack.settled_rewards(2).await;
         assert_eq!(
             types(&rewards),
@@ -1014,7 +1017,7 @@ mod scenarios {
                 .send_unobserved("orders/paid", order(base + i, ids()))
                 .await;
         }
-        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        stack.restart_service(broker).await;
         eventually("four dead letters", Duration::from_secs(60), || async {
             let dead = read_topic(&stack.bootstrap, &stack.config.dead_letter_topic).await;
             let exhausted = dead
@@ -1105,13 +1108,7 @@ mod scenarios {
         // no invite of their own), then another buyer: read after the restart, past both
         // delays, the advocate's reward (due 2 s after the friend's order) and the buyer's
         // invite (3 s after theirs) fall due in one tick, in that order.
-        stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+        stack.stop_service("clean stop").await;
         let mut friends_order = with_code(order(base + 1, friend), &code);
         friends_order["buyer_accepts_marketing"] = json!(false);
         stack.send_unobserved("orders/paid", friends_order).await;
@@ -1121,7 +1118,7 @@ mod scenarios {
             .await;
         tokio::time::sleep(Duration::from_secs(4)).await;
         admin.down_after_credits(Some((1, 503)));
-        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        stack.restart_service(broker).await;
         eventually(
             "the buyer's discount retried",
             Duration::from_secs(60),
@@ -1130,14 +1127,10 @@ mod scenarios {
         .await;
         assert_eq!(admin.credits().len(), 1);
         stack
-            .service
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("a prompt stop in the middle of the retries");
+            .stop_service("a prompt stop in the middle of the retries")
+            .await;
         admin.down_after_credits(None);
-        stack.service = Some(TestReferrals::start_on(broker, stack.config.clone()).await);
+        stack.restart_service(broker).await;
         eventually("the buyer's invite", Duration::from_secs(60), || async {
             let invites = stack.invites().await;
             invites

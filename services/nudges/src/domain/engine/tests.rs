@@ -801,15 +801,30 @@ fn a_sequence_restored_under_a_new_state_hash_key_is_still_found_by_a_redaction_
 #[test]
 fn a_recovery_before_the_first_sent_step_is_not_attributed_when_an_earlier_one_was_skipped() {
     let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
-    let fired = e.fire_due(T0 + 200 * MIN);
-    assert_eq!(
-        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
-        [2]
-    );
+    assert_eq!(steps(&e.fire_due(T0 + 200 * MIN)), [2]);
     // Recovered at 11:40 (T0 + 100 min): after step 1 was due, before step 2 was.
-    let recovered = recovery("a", "2026-11-23T11:40:00Z", serde_json::json!(null));
-    let effects = e.apply(0, SHOP, recovered, T0 + 210 * MIN);
-    assert!(attributed(&effects).is_empty(), "{effects:?}");
+    assert!(recovered_at(&mut e, "11:40", T0 + 210 * MIN).is_empty());
+}
+
+/// The steps of the nudges in `fired`.
+fn steps(fired: &[(i32, Effect)]) -> Vec<u32> {
+    nudges(fired).iter().map(|n| n.step).collect()
+}
+
+/// Journey `a` recovered at `hh_mm` on the abandonment's day, read at `at_ms`: what was
+/// attributed (the sequence is stopped either way).
+fn recovered_at(e: &mut Engine, hh_mm: &str, at_ms: i64) -> Vec<Option<(f64, String)>> {
+    let when = format!("2026-11-23T{hh_mm}:00Z");
+    let effects = e.apply(
+        0,
+        SHOP,
+        recovery("a", &when, serde_json::json!(null)),
+        at_ms,
+    );
+    assert!(suppressed(&effects)
+        .iter()
+        .all(|s| *s == Suppressed::Recovered));
+    attributed(&effects)
 }
 
 /// A shop switched off after its sequences started (`enabled = false`, then a restart): the
@@ -839,32 +854,19 @@ fn a_shop_switched_off_sends_no_further_step_of_its_running_sequences() {
 /// sent, not from when it was due: a recovery in between was not the nudges' doing.
 #[test]
 fn a_recovery_between_a_steps_due_time_and_its_late_send_is_not_attributed() {
+    // Step 1, due at 11:00, goes out at 11:10: recovered at 11:05, then at 11:15.
     let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
-    // Step 1, due at 11:00, goes out at 11:10.
-    let fired = e.fire_due(T0 + 70 * MIN);
-    assert_eq!(
-        nudges(&fired).iter().map(|n| n.step).collect::<Vec<_>>(),
-        [1]
-    );
-    let recovered = recovery("a", "2026-11-23T11:05:00Z", serde_json::json!(null));
-    let effects = e.apply(0, SHOP, recovered, T0 + 75 * MIN);
-    assert_eq!(suppressed(&effects), [Suppressed::Recovered]);
-    assert!(attributed(&effects).is_empty(), "{effects:?}");
-
-    // The same send, recovered after it: attributed.
+    assert_eq!(steps(&e.fire_due(T0 + 70 * MIN)), [1]);
+    assert!(recovered_at(&mut e, "11:05", T0 + 75 * MIN).is_empty());
     let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
     e.fire_due(T0 + 70 * MIN);
-    let recovered = recovery("a", "2026-11-23T11:15:00Z", serde_json::json!(null));
-    let effects = e.apply(0, SHOP, recovered, T0 + 75 * MIN);
-    assert_eq!(attributed(&effects), [None]);
+    assert_eq!(recovered_at(&mut e, "11:15", T0 + 75 * MIN), [None]);
 
     // Caught up at 11:10 by the stage's clock, but sent at 11:20 by the wall clock: a recovery
     // at 11:15 came first.
     let mut e = abandoned_at_t0_with_steps("60m,120m,300m");
     e.fire_due_sending_at(T0 + 70 * MIN, T0 + 80 * MIN);
-    let recovered = recovery("a", "2026-11-23T11:15:00Z", serde_json::json!(null));
-    let effects = e.apply(0, SHOP, recovered, T0 + 75 * MIN);
-    assert!(attributed(&effects).is_empty(), "{effects:?}");
+    assert!(recovered_at(&mut e, "11:15", T0 + 75 * MIN).is_empty());
 }
 
 /// The recovery event of journey `cart` by customer 42 (as the abandonment service writes it),
