@@ -155,7 +155,10 @@ fn the_delivery_dead_letter_contract_tells_refusals_from_exhausted_retries() {
     assert!(rejects(SCHEMA, &unexplained), "a refusal says why");
     let mut with_attempts = unsent.clone();
     with_attempts["aftercart-http-attempts"] = json!("1");
-    assert!(rejects(SCHEMA, &with_attempts), "no request was made");
+    assert!(
+        rejects(SCHEMA, &with_attempts),
+        "no HTTP exchange to report"
+    );
     let mut stray = timed_out.clone();
     stray["aftercart-refusal"] = json!("why");
     assert!(rejects(SCHEMA, &stray), "only a refusal explains itself");

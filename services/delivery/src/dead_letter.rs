@@ -44,7 +44,7 @@ pub fn headers(message: &OwnedMessage, reason: &str, failure: Option<&Failure>) 
         (REASON_HEADER, reason.to_string()),
         (SOURCE_HEADER, source(message)),
     ];
-    if let Some(failure) = failure.filter(|f| f.refused_unsent()) {
+    if let Some(failure) = failure.filter(|f| f.refused_by_aftercart()) {
         added.push((REFUSAL_HEADER, utf8_excerpt(&failure.response)));
     } else if let Some(failure) = failure {
         added.push((ATTEMPTS_HEADER, failure.attempts.to_string()));
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(headers[REFUSAL_HEADER], "no Klaviyo key for the shop");
         assert!(
             !headers.contains_key(ATTEMPTS_HEADER),
-            "no request was made"
+            "no HTTP exchange to report"
         );
         assert!(!headers.contains_key(STATUS_HEADER));
     }

@@ -144,10 +144,11 @@ pub struct Prepared<L: StageLogic + ?Sized> {
     pub effects: Vec<(i32, EffectOf<L>)>,
     pub dead: Vec<DeadLetter>,
     /// `stop` came while the logic acted, after it did what must not be done twice (a store
-    /// credit): `effects` holds only the outputs acted on so far and `dead` their refusals.
-    /// Those are written and acknowledged, nothing else of the batch (no entities, forwards,
-    /// checkpoint or offsets): the next owner reads the batch again, and its restore finds
-    /// those outputs after the checkpoint and reconciles them instead of acting again.
+    /// credit): `effects` holds only the outputs acted on so far (and `dead` any refusal that
+    /// must be written all the same). Those are written and acknowledged, nothing else of the
+    /// batch (no entities, forwards, checkpoint or offsets): the next owner reads the batch
+    /// again, and its restore finds those outputs after the checkpoint and reconciles them
+    /// instead of acting again. Only with `stop` cancelled: the member ends after it.
     pub stopped: bool,
 }
 
@@ -1367,6 +1368,9 @@ impl<L: StageLogic> Stage<L> {
             self.logic.emitted(output);
         }
         if partial {
+            // The logic applied the whole batch but only this much of it is written: the
+            // member must not go on (the loop ends on `stop`; the next owner restores).
+            debug_assert!(stop.is_cancelled(), "a logic stopped without the stop");
             return Ok(false);
         }
 

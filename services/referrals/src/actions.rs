@@ -34,6 +34,9 @@ pub struct Acted {
     pub stopped: bool,
 }
 
+/// The one action that cannot be looked up and so must never be done twice.
+const STORE_CREDIT: &str = "store_credit";
+
 pub struct ShopActions {
     discounts: Discounts,
     config: ShopifyActions,
@@ -66,9 +69,11 @@ impl ShopActions {
         self.config.admin.batch_budget()
     }
 
-    /// Acts on every output of a batch, in order; `None` when `stop` came before anything was
-    /// done. `stop` after some outputs were acted on gives those (`stopped`): a store credit
-    /// given must reach the output topic, or the batch read again would give it twice.
+    /// Acts on every output of a batch, in order; `None` when `stop` came first. A stop after a
+    /// store credit was given gives the outputs acted on so far instead (`stopped`, no dead
+    /// letters: the batch read again decides those anew): the credit's grant must reach the
+    /// output topic, or the batch read again would give the credit twice. Every other action
+    /// is idempotent (codes are looked up), so nothing else needs it.
     pub async fn act(
         &self,
         effects: Vec<(i32, Staged)>,
@@ -80,6 +85,7 @@ impl ShopActions {
         // are dead-lettered at once, so one shop's outage holds every shop's outputs for one
         // budget a batch, not one per output.
         let mut down: HashMap<String, ActionError> = HashMap::new();
+        let mut credited = false;
         for (partition, effect) in effects {
             let StageEffect::Emit {
                 topic,
@@ -107,6 +113,7 @@ impl ShopActions {
                 Ok(action) => {
                     if let Some(action) = action {
                         self.metrics.shopify_action(action, "done");
+                        credited |= action == STORE_CREDIT;
                     }
                     kept.push((
                         partition,
@@ -118,17 +125,15 @@ impl ShopActions {
                         },
                     ));
                 }
+                Err((_, ActionError::Call(CallError::Stopped))) if !credited => return None,
                 Err((_, ActionError::Call(CallError::Stopped))) => {
-                    let acted: Vec<(i32, Staged)> = kept
+                    let acted = kept
                         .into_iter()
                         .filter(|(_, effect)| matches!(effect, StageEffect::Emit { .. }))
                         .collect();
-                    if acted.is_empty() && dead.is_empty() {
-                        return None;
-                    }
                     return Some(Acted {
                         effects: acted,
-                        dead,
+                        dead: Vec::new(),
                         stopped: true,
                     });
                 }
@@ -170,7 +175,7 @@ impl ShopActions {
                 if reward.event_type == issue_on {
                     Some(match kind {
                         RewardKind::DiscountCode => "reward_code",
-                        RewardKind::StoreCredit => "store_credit",
+                        RewardKind::StoreCredit => STORE_CREDIT,
                     })
                 } else if reward.event_type == "reward.voided" && issued_before {
                     Some("deactivate")

@@ -39,7 +39,7 @@ pub struct Failure {
 
 impl Failure {
     /// The dead-letter reason: `http_status_<code>`, `retries_exhausted`, or `refused` for a
-    /// record refused before any request (no answer to blame: the why is in `response`).
+    /// record aftercart refused itself (no status to blame: the why is in `response`).
     pub fn reason(&self) -> String {
         match (self.kind, self.status) {
             (FailureKind::Rejected, Some(status)) => format!("http_status_{}", status.as_u16()),
@@ -48,8 +48,8 @@ impl Failure {
         }
     }
 
-    /// Refused before any request was made ([`crate::message::refused`]).
-    pub fn refused_unsent(&self) -> bool {
+    /// Refused by aftercart itself, with no status to blame ([`crate::message::refused`]).
+    pub fn refused_by_aftercart(&self) -> bool {
         self.kind == FailureKind::Rejected && self.status.is_none()
     }
 }
