@@ -19,7 +19,7 @@ pub mod datamanager;
 pub mod google;
 pub mod hash;
 pub mod meta;
-pub mod phone;
+pub use aftercart_shopify::phone;
 pub mod plain;
 pub mod tiktok;
 

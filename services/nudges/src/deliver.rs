@@ -42,7 +42,15 @@ pub fn message_of(record: &OwnedMessage, metric: &str) -> Result<(Message, Nudge
         value,
         profile: Profile {
             email: nudge.customer.email.clone(),
-            phone: nudge.customer.phone.clone(),
+            // As typed at checkout; Klaviyo takes E.164 only and refuses the whole event for
+            // another form. A number that is not plausibly international is left out (the email
+            // still names the person; the record keeps the phone as typed).
+            phone: nudge
+                .customer
+                .phone
+                .as_deref()
+                .and_then(|raw| aftercart_shopify::phone::e164(raw, None))
+                .map(|number| number.with_plus()),
             external_id: nudge.customer.customer_id.map(|id| id.to_string()),
         },
         properties,
@@ -136,12 +144,16 @@ mod tests {
     use std::time::Duration;
 
     fn nudge_record(written_ms: i64) -> OwnedMessage {
+        nudge_record_with_phone(written_ms, None)
+    }
+
+    fn nudge_record_with_phone(written_ms: i64, phone: Option<&str>) -> OwnedMessage {
         let nudge = serde_json::json!({
             "event_id": "e1", "shop": "s.myshopify.com", "journey_key": "s.myshopify.com/c1",
             "abandonment_event_id": "a1", "checkout_token": "c1", "step": 1, "steps": 3,
             "due_at": "2026-11-23T11:00:00Z", "abandoned_at": "2026-11-23T10:00:00Z",
             "contact_basis": "marketing",
-            "customer": {"customer_id": 42, "email": "ann@example.com", "phone": null,
+            "customer": {"customer_id": 42, "email": "ann@example.com", "phone": phone,
                          "first_name": "Ann", "last_name": null},
             "recovery_url": null, "discount_code": null, "value": null, "line_items": null,
             "segments": {}
@@ -155,6 +167,24 @@ mod tests {
             7,
             None,
         )
+    }
+
+    /// Klaviyo takes E.164 only, and refuses the whole event for another form: the profile
+    /// carries the phone in E.164, or leaves out one that is not plausibly international.
+    #[test]
+    fn the_profile_phone_is_e164_or_left_out() {
+        let phone_of = |raw: Option<&str>| {
+            let record = nudge_record_with_phone(now_ms(), raw);
+            let (message, _) = message_of(&record, "metric").expect("a nudge");
+            assert_eq!(message.profile.email.as_deref(), Some("ann@example.com"));
+            message.profile.phone
+        };
+        assert_eq!(
+            phone_of(Some("+1 (555) 625-1199")).as_deref(),
+            Some("+15556251199")
+        );
+        assert_eq!(phone_of(Some("555-625-1199")), None, "national, no country");
+        assert_eq!(phone_of(None), None);
     }
 
     /// A nudge written longer ago than the send delay (a destination down that long, or added

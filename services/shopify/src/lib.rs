@@ -1,6 +1,7 @@
 //! The Shopify webhook contract shared by every aftercart service: how deliveries are signed,
 //! which headers they carry, which Kafka topic family a webhook topic belongs to, and the
-//! journey key that keeps one purchase's events in the same partition, and exact money.
+//! journey key that keeps one purchase's events in the same partition, exact money, and the
+//! E.164 form of the phones Shopify hands over as typed.
 
 pub mod compliance;
 pub mod decode;
@@ -8,6 +9,7 @@ pub mod family;
 pub mod headers;
 pub mod journey_key;
 pub mod money;
+pub mod phone;
 pub mod privacy;
 pub mod signature;
 pub mod time;

@@ -820,7 +820,7 @@ impl Engine {
         // The emails and phones their own sequences knew them by are theirs too (a changed
         // address, another checkout in flight under it); not those of someone sharing only a
         // phone or an email with another customer id.
-        let known: Vec<Pseudonyms> = keys
+        let theirs: Vec<&Sequence> = keys
             .iter()
             .filter_map(|key| state.sequences.get(key))
             .filter(|s| {
@@ -828,6 +828,9 @@ impl Engine {
                     || s.customer.customer_id.is_none()
                     || s.customer.customer_id == facts.customer_id
             })
+            .collect();
+        let known: Vec<Pseudonyms> = theirs
+            .iter()
             .map(|s| {
                 let contact = ContactFacts {
                     customer_id: s.customer.customer_id,
@@ -837,6 +840,19 @@ impl Engine {
                 identity::pseudonyms(&self.rules.hasher, shop, &contact, &[])
             })
             .collect();
+        // What is remembered of them under those other contacts goes too.
+        let other_hashes: Vec<String> = theirs
+            .iter()
+            .flat_map(|s| s.identities.iter().cloned())
+            .collect();
+        for hash in &other_hashes {
+            if state.people.remove(hash).is_some() {
+                effects.push(Effect::Persist {
+                    key: person_key(hash),
+                    entity: None,
+                });
+            }
+        }
         let mut marks = named.marks();
         marks.extend(known.iter().flat_map(Pseudonyms::marks));
         effects.extend(remember(state.markers.mark(shop, &marks, false, at_ms)));

@@ -252,6 +252,38 @@ fn a_recovery_a_deletion_and_a_redaction_stop_the_sequence() {
     assert_eq!(e.next_due(), None);
 }
 
+/// A redaction naming the customer by a newer email: what is remembered of them under the
+/// email their sequence knew (the cap's start, their order and unsubscribe state) goes too, not
+/// only what the redaction's own id and email name.
+#[test]
+fn a_redaction_forgets_the_person_under_every_contact_their_sequences_knew() {
+    let mut e = engine();
+    let mut changelog: HashMap<String, Option<Box<Entity>>> = HashMap::new();
+    let mut fold = |effects: Vec<Effect>| {
+        for effect in effects {
+            if let Effect::Persist { key, entity } = effect {
+                changelog.insert(key, entity);
+            }
+        }
+    };
+    fold(e.apply(0, SHOP, abandoned("a", serde_json::json!({})), T0));
+    fold(e.fire_due(T0 + HOUR).into_iter().map(|(_, e)| e).collect());
+    let redact = shopify(
+        "compliance",
+        "customers/redact",
+        serde_json::json!({"customer": {"id": 42, "email": "ann.new@example.com"}}),
+    );
+    let effects = e.apply(0, SHOP, redact, T0 + 2 * HOUR);
+    assert_eq!(suppressed(&effects), [Suppressed::Redacted]);
+    fold(effects);
+    let people: Vec<&String> = changelog
+        .iter()
+        .filter(|(key, entity)| key.starts_with("person/") && entity.is_some())
+        .map(|(key, _)| key)
+        .collect();
+    assert!(people.is_empty(), "{people:?}");
+}
+
 #[test]
 fn an_unsubscribe_stops_the_sequence_and_later_ones() {
     let mut e = engine();

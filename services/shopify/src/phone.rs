@@ -1,5 +1,5 @@
-//! One E.164 candidate from a raw Shopify phone and the contact's country; each platform formats
-//! from it (Meta and TikTok: digits only; Google: with `+`).
+//! One E.164 candidate from a raw Shopify phone and the contact's country; each destination
+//! formats from it (Meta and TikTok: digits only; Google and Klaviyo: with `+`).
 //!
 //! Handles `+`, the `00` international prefix (and `011` in North America, `0011` in Australia,
 //! `010` in Japan, `810` in Russia, Kazakhstan and Belarus), national trunk prefixes (`0`, `06` in
