@@ -6,8 +6,11 @@
 //! `Retry-After`) and 5xx are retried with exponential backoff; `Retry-After` is a floor. 400
 //! (a malformed event), 401/403 (a wrong or revoked key) and other 4xx are refused for good and
 //! dead-lettered: a late reminder is worse than none, and the destination-refusing alert names
-//! the shop's key problem. The message's `event_id` is the event's `unique_id`, so an event sent
-//! again after a crash is deduplicated by Klaviyo.
+//! the shop's key problem. One 400 is sent again at once: a refused phone number (Klaviyo takes
+//! E.164 numbers it can place, and refuses the whole event for another) when the profile has
+//! an email or an external id to go on, without the phone, so one bad number does not cost the
+//! reminder. The message's `event_id` is the event's `unique_id`, so an event sent again after
+//! a crash is deduplicated by Klaviyo.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,6 +96,29 @@ impl KlaviyoDestination {
             return refused("the shop's Klaviyo key is not a valid header value");
         };
         authorization.set_sensitive(true);
+        let outcome = self.post(message, &authorization, stop).await;
+        let named_otherwise =
+            message.profile.email.is_some() || message.profile.external_id.is_some();
+        if refused_phone(&outcome) && message.profile.phone.is_some() && named_otherwise {
+            tracing::warn!(
+                shop = %message.shop,
+                event_id = %message.event_id,
+                "Klaviyo refused the profile's phone number; sending the event without it."
+            );
+            let mut without_phone = message.clone();
+            without_phone.profile.phone = None;
+            return self.post(&without_phone, &authorization, stop).await;
+        }
+        outcome
+    }
+
+    /// One event, retried as [`deliver_with`] does.
+    async fn post(
+        &self,
+        message: &Message,
+        authorization: &HeaderValue,
+        stop: &CancellationToken,
+    ) -> Outcome {
         let body = Bytes::from(event_body(message).to_string());
         let labels = Labels {
             topic: &message.topic,
@@ -118,6 +144,27 @@ impl KlaviyoDestination {
         )
         .await
     }
+}
+
+/// A 400 whose error points at the profile's phone number (`source.pointer` ends in
+/// `phone_number`, as Klaviyo's JSON:API errors say which field they are about).
+fn refused_phone(outcome: &Outcome) -> bool {
+    let Outcome::Failed(failure) = outcome else {
+        return false;
+    };
+    if failure.status != Some(http::StatusCode::BAD_REQUEST) {
+        return false;
+    }
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&failure.response) else {
+        return false;
+    };
+    answer["errors"].as_array().is_some_and(|errors| {
+        errors.iter().any(|error| {
+            error["source"]["pointer"]
+                .as_str()
+                .is_some_and(|pointer| pointer.ends_with("phone_number"))
+        })
+    })
 }
 
 /// The JSON:API body of one event.

@@ -162,6 +162,65 @@ async fn klaviyo_server_errors_are_retried_and_a_bad_request_is_refused_for_good
     assert_eq!(permanent, 1);
 }
 
+/// Klaviyo's answer to a phone number it cannot place: the whole event is refused.
+const PHONE_REFUSED: &str = r#"{"errors":[{"id":"e1","status":400,"code":"invalid","title":"Invalid input.","detail":"Invalid phone number format (Example of a valid phone number format: +12345678901)","source":{"pointer":"/data/attributes/profile/data/attributes/phone_number"},"meta":{}}]}"#;
+
+/// A phone Klaviyo refuses is left out and the event sent again at once, when an email or an
+/// external id still names the person; a profile the phone alone names, or a 400 about
+/// anything else, stays refused for good after one request.
+#[tokio::test]
+async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
+    let phone_refused = Reply {
+        body: PHONE_REFUSED,
+        ..reply(400)
+    };
+    let receiver = Receiver::start(vec![phone_refused.clone(), reply(202)]).await;
+    let (destination, _) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
+    let mut with_phone = message();
+    with_phone.profile.phone = Some("+15555550123".into());
+    let outcome = destination
+        .send(&with_phone, &CancellationToken::new())
+        .await;
+    assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
+    {
+        let received = receiver.received.lock().unwrap();
+        assert_eq!(received.len(), 2);
+        let profile = |i: usize| {
+            let body: serde_json::Value = serde_json::from_slice(&received[i].body).unwrap();
+            body["data"]["attributes"]["profile"]["data"]["attributes"].clone()
+        };
+        assert_eq!(profile(0)["phone_number"], "+15555550123");
+        assert!(profile(1).get("phone_number").is_none());
+        assert_eq!(profile(1)["email"], "ann@example.com");
+    }
+
+    let receiver = Receiver::start(vec![phone_refused]).await;
+    let (destination, _) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
+    let mut phone_only = message();
+    phone_only.profile = Profile {
+        email: None,
+        phone: Some("+15555550123".into()),
+        external_id: None,
+    };
+    let outcome = destination
+        .send(&phone_only, &CancellationToken::new())
+        .await;
+    assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    assert_eq!(receiver.count(), 1);
+
+    let other = Reply {
+        body: r#"{"errors":[{"status":400,"code":"invalid","source":{"pointer":"/data/attributes/metric"}}]}"#,
+        ..reply(400)
+    };
+    let receiver = Receiver::start(vec![other]).await;
+    let (destination, _) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
+    let outcome = destination
+        .send(&with_phone, &CancellationToken::new())
+        .await;
+    assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    assert_eq!(receiver.count(), 1);
+}
+
 #[tokio::test]
 async fn a_shop_without_a_klaviyo_key_is_refused_without_a_request() {
     let receiver = Receiver::start(vec![]).await;
