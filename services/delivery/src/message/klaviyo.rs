@@ -99,7 +99,8 @@ impl KlaviyoDestination {
         let outcome = self.post(message, &authorization, stop).await;
         let named_otherwise =
             message.profile.email.is_some() || message.profile.external_id.is_some();
-        if refused_phone(&outcome) && message.profile.phone.is_some() && named_otherwise {
+        let resend = refused_phone(&outcome) && message.profile.phone.is_some() && named_otherwise;
+        if resend && !stop.is_cancelled() {
             tracing::warn!(
                 shop = %message.shop,
                 event_id = %message.event_id,
@@ -146,8 +147,8 @@ impl KlaviyoDestination {
     }
 }
 
-/// A 400 whose error points at the profile's phone number (`source.pointer` ends in
-/// `phone_number`, as Klaviyo's JSON:API errors say which field they are about).
+/// A 400 whose errors all point at the profile's phone number (Klaviyo's JSON:API errors name
+/// their field in `source.pointer`): without the phone the event is then well formed.
 fn refused_phone(outcome: &Outcome) -> bool {
     let Outcome::Failed(failure) = outcome else {
         return false;
@@ -159,13 +160,15 @@ fn refused_phone(outcome: &Outcome) -> bool {
         return false;
     };
     answer["errors"].as_array().is_some_and(|errors| {
-        errors.iter().any(|error| {
-            error["source"]["pointer"]
-                .as_str()
-                .is_some_and(|pointer| pointer.ends_with("phone_number"))
-        })
+        !errors.is_empty()
+            && errors
+                .iter()
+                .all(|error| error["source"]["pointer"].as_str() == Some(PHONE_POINTER))
     })
 }
+
+/// Where in an event's body the profile's phone number is.
+const PHONE_POINTER: &str = "/data/attributes/profile/data/attributes/phone_number";
 
 /// The JSON:API body of one event.
 pub fn event_body(message: &Message) -> serde_json::Value {

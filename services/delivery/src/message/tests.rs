@@ -192,6 +192,8 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
         assert_eq!(profile(0)["phone_number"], "+15555550123");
         assert!(profile(1).get("phone_number").is_none());
         assert_eq!(profile(1)["email"], "ann@example.com");
+        let resent: serde_json::Value = serde_json::from_slice(&received[1].body).unwrap();
+        assert_eq!(resent["data"]["attributes"]["unique_id"], "nudge-1");
     }
 
     let receiver = Receiver::start(vec![phone_refused]).await;
