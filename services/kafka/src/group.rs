@@ -32,6 +32,10 @@ pub enum LoopError {
     /// A record could not be encoded: a bug, so the loop stops before any offset moves.
     #[error("a record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A logic reported a batch cut short by a stop that never came: its state is ahead of what
+    /// was written, so the loop ends (a bug; the next owner restores from the changelog).
+    #[error("the logic stopped part-way through a batch without the stop")]
+    StoppedWithoutStop,
 }
 
 /// A rebalance heard by the consumer: the (topic, partition) pairs gained or lost.

@@ -148,7 +148,8 @@ pub struct Prepared<L: StageLogic + ?Sized> {
     /// must be written all the same). Those are written and acknowledged, nothing else of the
     /// batch (no entities, forwards, checkpoint or offsets): the next owner reads the batch
     /// again, and its restore finds those outputs after the checkpoint and reconciles them
-    /// instead of acting again. Only with `stop` cancelled: the member ends after it.
+    /// instead of acting again. Only with `stop` cancelled: the member ends after it (without
+    /// the stop the loop fails with [`LoopError::StoppedWithoutStop`] rather than go on).
     pub stopped: bool,
 }
 
@@ -1370,7 +1371,9 @@ impl<L: StageLogic> Stage<L> {
         if partial {
             // The logic applied the whole batch but only this much of it is written: the
             // member must not go on (the loop ends on `stop`; the next owner restores).
-            debug_assert!(stop.is_cancelled(), "a logic stopped without the stop");
+            if !stop.is_cancelled() {
+                return Err(LoopError::StoppedWithoutStop);
+            }
             return Ok(false);
         }
 
