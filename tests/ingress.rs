@@ -1737,6 +1737,137 @@ mod spooling {
         );
     }
 
+    /// Files in the spool's `refused/` directory, and whether each holds `needle`.
+    fn refused_files(config: &aftercart_ingress::IngressConfig, needle: &str) -> Vec<bool> {
+        let dir = config.spool.as_ref().expect("spool on").dir.join("refused");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            found.push(
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes()),
+            );
+        }
+        found
+    }
+
+    /// Spools `webhooks` during an outage, then stops the ingress with them still on disk.
+    async fn spool_then_stop(
+        broker: &Broker,
+        config: &aftercart_ingress::IngressConfig,
+        webhooks: &[&Webhook],
+    ) {
+        let ingress = TestIngress::start_on(broker, config.clone()).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+        for webhook in webhooks {
+            let response = webhook.post(ingress.addr).await;
+            assert_eq!(response.status, 200, "{}", response.body);
+        }
+        ingress
+            .shutdown()
+            .await
+            .expect("stops with events left in the spool");
+        broker.up();
+    }
+
+    /// A spooled event the producer refuses for good before sending it (larger than the
+    /// `message.max.bytes` of an ingress restarted with a lower body limit) would be refused on
+    /// the quarantine topic too: it is set aside in `<spool>/refused/` and counted, and the
+    /// acknowledged events behind it drain instead of waiting behind it for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_event_the_producer_refuses_for_good_is_set_aside_and_the_rest_drain() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        config.shutdown_timeout = Duration::from_secs(1);
+        let padding = "x".repeat(200_000);
+        let big = Webhook::new(
+            "carts/update",
+            format!(r#"{{"token":"big","pad":"{padding}"}}"#).into_bytes(),
+            SECRET,
+        );
+        let behind: Vec<Webhook> = (1..4).map(|n| cart("behind", n)).collect();
+        let mut spooled = vec![&big];
+        spooled.extend(behind.iter());
+        spool_then_stop(&broker, &config, &spooled).await;
+
+        // Its producer's message.max.bytes is the body limit + 64 KiB: below the big record.
+        config.max_body_bytes = 16 * 1024;
+        let restarted = TestIngress::start(config.clone()).await;
+        wait_drained(&restarted).await;
+        let records = read_topic(&broker.bootstrap(), &restarted.topic(Family::Carts)).await;
+        for webhook in &behind {
+            assert_eq!(
+                count_of(&records, webhook),
+                1,
+                "drained past the refused event"
+            );
+        }
+        assert_eq!(count_of(&records, &big), 0);
+        assert_eq!(
+            restarted
+                .metric("aftercart_ingress_spool_set_aside_total")
+                .await,
+            1.0
+        );
+        assert!(
+            restarted
+                .metric(r#"aftercart_ingress_spool_publish_errors_total{class="permanent"}"#)
+                .await
+                >= 1.0
+        );
+        assert_eq!(
+            refused_files(&config, &big.webhook_id),
+            vec![true],
+            "kept on disk with its webhook id"
+        );
+    }
+
+    /// The same when the broker refuses the record on its topic and on the quarantine topic (a
+    /// topic created with a smaller `max.message.bytes` than the ingress's): set aside, counted,
+    /// and publishing goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_event_the_broker_refuses_on_both_topics_is_set_aside() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        config.shutdown_timeout = Duration::from_secs(1);
+        let refused = cart("refused", 1);
+        spool_then_stop(&broker, &config, &[&refused]).await;
+
+        // More refusals than the two the event meets: the stopped ingress's producer may still
+        // be retrying its own attempts and take some.
+        broker.refuse_produce(
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+            20,
+        );
+        let restarted = TestIngress::spawn(config.clone()).await;
+        // Not ready before its spool is open (the backlog gauge reads 0 until then).
+        eventually(
+            "the refused event set aside",
+            Duration::from_secs(30),
+            || async {
+                (restarted
+                    .metric("aftercart_ingress_spool_set_aside_total")
+                    .await
+                    == 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
+        wait_drained(&restarted).await;
+        assert_eq!(refused_files(&config, &refused.webhook_id), vec![true]);
+        broker.accept_produce();
+        let later = cart("later", 2);
+        assert_eq!(later.post(restarted.addr).await.status, 200);
+        let records = read_topic(&broker.bootstrap(), &restarted.topic(Family::Carts)).await;
+        assert_eq!(count_of(&records, &refused), 0);
+        assert_eq!(count_of(&records, &later), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_spool_answers_503_and_loses_nothing_it_acknowledged() {
         let broker = Broker::mock();

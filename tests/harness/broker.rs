@@ -123,6 +123,27 @@ impl Broker {
             Broker::Tansu(_) => panic!("up is only available on the mock cluster"),
         }
     }
+
+    /// Answers the next `count` produce requests with `error` (mock cluster only): a broker
+    /// refusing records, e.g. a topic whose `max.message.bytes` is below a record's size.
+    pub fn refuse_produce(&self, error: rdkafka::types::RDKafkaRespErr, count: usize) {
+        match self {
+            Broker::Mock(cluster) => {
+                cluster.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &vec![error; count])
+            }
+            Broker::Tansu(_) => panic!("refuse_produce is only available on the mock cluster"),
+        }
+    }
+
+    /// Drops the produce refusals [`Broker::refuse_produce`] queued and not yet used.
+    pub fn accept_produce(&self) {
+        match self {
+            Broker::Mock(cluster) => {
+                cluster.clear_request_errors(rdkafka::types::RDKafkaApiKey::Produce)
+            }
+            Broker::Tansu(_) => panic!("accept_produce is only available on the mock cluster"),
+        }
+    }
 }
 
 fn find_tansu() -> Option<PathBuf> {

@@ -4,7 +4,8 @@
 //!
 //! Layout of the directory: `LOCK` (one process per directory), numbered segment files
 //! (`<first seq>.wal`, frames with sequence numbers and checksums), `checkpoint` (every entry
-//! below it is in Kafka) and `damaged/` (copies of damaged segments, for inspection). Opening
+//! below it is in Kafka), `damaged/` (copies of damaged segments, for inspection) and
+//! `refused/` (events Kafka refused for good on their topic and on the quarantine topic). Opening
 //! replays nothing by itself: it counts what is left, cuts a torn tail back to the last intact
 //! frame, rewrites a segment damaged in its middle around the damage, and the drainer then
 //! publishes the rest. Every file operation goes through [`disk::Disk`].
@@ -14,6 +15,7 @@ pub mod disk;
 pub mod drainer;
 pub mod entry;
 pub mod metrics;
+pub mod refused;
 pub mod segment;
 mod writer;
 

@@ -12,6 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use super::entry::Entry;
+use super::refused;
 use super::segment::{self, FrameReader, Step};
 use super::{Shared, Spool};
 use crate::publish::{classify, ErrorClass};
@@ -236,6 +237,13 @@ impl Drainer {
                         // Let the queue empty before queueing more.
                         failed.extend(settle(std::mem::take(&mut sent), self).await);
                     }
+                    Err(error) if classify(&error) == ErrorClass::Permanent => {
+                        // Refused before sending (larger than the producer's message.max.bytes):
+                        // retrying would hold up every event behind it for ever.
+                        self.spool.metrics().publish_error(ErrorClass::Permanent);
+                        failed.extend(self.refused_for_good(pending, &error).await);
+                        break;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "The producer refused a spooled event; retrying.");
                         failed.push(pending);
@@ -280,6 +288,46 @@ impl Drainer {
             .map_err(|(error, _)| error)
     }
 
+    /// A record no retry gets into its topic: a copy goes to the quarantine topic, and when that
+    /// refuses it for good too (the record's size: the quarantine topic has the same limit), the
+    /// entry is set aside in `refused/`. Either way it leaves the backlog; returned when it must
+    /// be tried again (the quarantine topic failed for another reason, or the disk did).
+    async fn refused_for_good(&self, pending: Pending, error: &KafkaError) -> Option<Pending> {
+        let topic = &pending.entry.record.topic;
+        tracing::error!(%error, %topic, seq = pending.entry.seq, "Kafka refuses a spooled event for good; sending it to the quarantine topic.");
+        let quarantine_error = match self.send(&pending.entry, Some(REFUSED_REASON)) {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => return None,
+                Ok(Err((error, _))) => error,
+                Err(_canceled) => return Some(pending),
+            },
+            Err(error) => error,
+        };
+        if classify(&quarantine_error) != ErrorClass::Permanent {
+            tracing::warn!(error = %quarantine_error, seq = pending.entry.seq, "The quarantine topic did not take a refused spooled event; retrying.");
+            return Some(pending);
+        }
+        let shared = std::sync::Arc::clone(&self.spool.shared);
+        let entry = pending.entry.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            refused::set_aside(shared.disk.as_ref(), &shared.dir, &entry)
+        })
+        .await;
+        match written {
+            Ok(Ok(path)) => {
+                self.spool.metrics().set_aside();
+                tracing::error!(error = %quarantine_error, %topic, seq = pending.entry.seq, path = %path.display(), "The quarantine topic refuses the event for good too: set aside on disk; publish it with `aftercart spool drain --dir` on that directory once the topics take it.");
+                None
+            }
+            Ok(Err(io)) => {
+                self.spool.metrics().error("write");
+                tracing::error!(error = %io, seq = pending.entry.seq, "Cannot set a refused spooled event aside; retrying.");
+                Some(pending)
+            }
+            Err(_panicked) => Some(pending),
+        }
+    }
+
     /// Records the batch as drained (published or lost to damage): checkpoint, counters, and
     /// drained segments deleted.
     async fn advance(&self, end: u64, events: u64, bytes: u64) {
@@ -289,7 +337,8 @@ impl Drainer {
 }
 
 /// Waits for the deliveries in order; returns the entries Kafka did not take. A record Kafka
-/// refuses for good (too large, invalid) goes to the quarantine topic instead; an authorisation
+/// refuses for good (too large, invalid) goes to the quarantine topic instead, or is set aside
+/// on disk ([`Drainer::refused_for_good`]); an authorisation
 /// error is the operator's to fix (counted and alerted on), so the events stay in the spool.
 async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<Pending> {
     let mut failed = Vec::new();
@@ -300,7 +349,8 @@ async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<
                 continue;
             }
             Ok(Err((error, _))) => {
-                drainer.outcome(false);
+                // A record refused for its own sake says nothing against Kafka's health.
+                drainer.outcome(classify(&error) == ErrorClass::Permanent);
                 error
             }
             Err(_canceled) => {
@@ -311,16 +361,7 @@ async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<
         let class = classify(&error);
         drainer.spool.metrics().publish_error(class);
         match class {
-            ErrorClass::Permanent => {
-                tracing::error!(%error, topic = %pending.entry.record.topic, "Kafka refuses a spooled event for good; sending it to the quarantine topic.");
-                let quarantined = match drainer.send(&pending.entry, Some(REFUSED_REASON)) {
-                    Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-                    Err(_) => false,
-                };
-                if !quarantined {
-                    failed.push(pending);
-                }
-            }
+            ErrorClass::Permanent => failed.extend(drainer.refused_for_good(pending, &error).await),
             ErrorClass::Authorization => {
                 tracing::error!(%error, topic = %pending.entry.record.topic, "Kafka refuses the ingress's credentials or ACLs: spooled events wait until an operator fixes them.");
                 failed.push(pending);

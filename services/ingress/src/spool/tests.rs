@@ -645,3 +645,30 @@ fn reopen_on(disk: &crash_disk::CrashDisk, dir: &Path) -> (Spool, Recovered) {
     )
     .expect("the spool opens")
 }
+
+/// Events set aside in `refused/` (Kafka refused them on their topic and the quarantine topic)
+/// form a spool of their own: `aftercart spool drain --dir <dir>/refused` reads them back, in
+/// order, with their records intact, and appends after them are numbered past them.
+#[tokio::test]
+async fn events_set_aside_in_refused_are_a_spool_of_their_own() {
+    let dir = temp_dir("refused");
+    let set_aside: Vec<Entry> = [3u32, 7, 8]
+        .into_iter()
+        .map(|n| Entry {
+            seq: u64::from(n),
+            record: record(n),
+        })
+        .collect();
+    for entry in &set_aside {
+        refused::set_aside(&RealDisk, &dir, entry).expect("written");
+    }
+    // Set aside again (a crash before the checkpoint moved): the same file, written over.
+    refused::set_aside(&RealDisk, &dir, &set_aside[1]).expect("written again");
+    let refused_dir = dir.join(refused::REFUSED_DIR);
+    let (spool, recovered) = reopen(&refused_dir, 1 << 20);
+    assert_eq!(recovered.events, 3);
+    let (read, lost) = drain_all(&spool);
+    assert_eq!(lost, 0);
+    assert_eq!(read, set_aside);
+    assert_eq!(append(&spool, 9).await, Ok(9));
+}
