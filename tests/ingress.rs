@@ -1211,6 +1211,12 @@ mod slow_broker {
                 .await,
             1.0
         );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_unavailable_total{reason="no_spool"}"#)
+                .await,
+            1.0
+        );
 
         // The record still arrives; the dedupe window learns it in the background.
         eventually("late delivery report", Duration::from_secs(10), || async {
@@ -1329,6 +1335,27 @@ mod starting {
         assert_eq!(response.headers["retry-after"], "5");
         assert_eq!(http::get(ingress.admin_addr, "/readyz").await.status, 503);
         assert_eq!(http::get(ingress.admin_addr, "/livez").await.status, 200);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_unavailable_total{reason="kafka_connecting"}"#)
+                .await,
+            1.0
+        );
+        // A forged delivery is told so even now, not invited to retry.
+        let forged = Webhook::new(
+            "customers/redact",
+            br#"{"shop_domain":"x.myshopify.com","customer":{"id":1}}"#.to_vec(),
+            "not-the-secret",
+        )
+        .post(ingress.addr)
+        .await;
+        assert_eq!(forged.status, 401, "{}", forged.body);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_hmac_failures_total{reason="mismatch"}"#)
+                .await,
+            1.0
+        );
         ingress
             .shutdown()
             .await
@@ -1906,6 +1933,12 @@ mod spooling {
                 .await,
             refused as f64
         );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_unavailable_total{reason="spool_refused"}"#)
+                .await,
+            refused as f64
+        );
         broker.up();
         wait_drained(&ingress).await;
         let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
@@ -1968,6 +2001,56 @@ mod spooling {
                 .await,
             1.0
         );
+    }
+
+    /// A spool whose fsync hangs (a stalled network volume) answers 503 at the deadline, with
+    /// its reason counted; the event is made durable and drained once the disk answers, and
+    /// Shopify's retry is then a duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_spool_fsync_answers_503_at_the_deadline_with_its_reason_counted() {
+        use aftercart_ingress::spool::crash_disk::CrashDisk;
+        use aftercart_ingress::spool::disk::SpoolDisk;
+        let broker = Broker::mock();
+        let disk = CrashDisk::new();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        config.publish_deadline = Duration::from_millis(800);
+        let spool = config.spool.as_mut().unwrap();
+        spool.dir = "/spool".into();
+        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+        disk.set_fsync_delay(Duration::from_secs(2));
+        let webhook = cart("stalled", 1);
+        let started = Instant::now();
+        let response = webhook.post(ingress.addr).await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert!(
+            started.elapsed() < Duration::from_millis(1800),
+            "at the deadline"
+        );
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_unavailable_total{reason="spool_fsync_timeout"}"#)
+                .await,
+            1.0
+        );
+        disk.set_fsync_delay(Duration::ZERO);
+        broker.up();
+        // The late fsync made it safe: the retry is a duplicate, and the event drains.
+        eventually(
+            "the late fsync remembered",
+            Duration::from_secs(10),
+            || async {
+                let retry = webhook.post(ingress.addr).await;
+                (retry.json()["status"] == "duplicate").then_some(())
+            },
+        )
+        .await;
+        wait_drained(&ingress).await;
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        assert_eq!(count_of(&records, &webhook), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

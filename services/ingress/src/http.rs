@@ -2,7 +2,9 @@
 
 pub mod body;
 pub mod reply;
+pub mod unavailable;
 pub mod webhook;
 
 pub use reply::Reply;
+pub use unavailable::Unavailable;
 pub use webhook::{handle, WebhookState};

@@ -32,6 +32,7 @@ pub struct IngressMetrics {
     /// 1 while Kafka takes records (see `readiness::KafkaHealth`).
     pub kafka_healthy: IntGauge,
     body_refusals: IntCounterVec,
+    unavailable: IntCounterVec,
     body_held_bytes: IntGauge,
     body_budget_bytes: IntGauge,
     pub kafka: ClientStats,
@@ -84,6 +85,10 @@ impl IngressMetrics {
                 Opts::new(format!("{PREFIX}body_refusals_total"), "Request bodies refused before their signature was checked, by reason (budget: 503, the body budget is held by other requests; too_large: 413; timeout: 408; unreadable: 400)."),
                 &["reason"],
             )?,
+            unavailable: IntCounterVec::new(
+                Opts::new(format!("{PREFIX}unavailable_total"), "Webhook requests answered 503, by reason (kafka_connecting: no answer from Kafka since the start and no spool; arrived_late: the body finished after the publish deadline; same_delivery_in_flight: a retry of a delivery still being published; no_spool: Kafka did not take it and the spool is off or failed; spool_refused: the spool could not take it, see spool_rejected_total, nor could Kafka; spool_fsync_timeout: the spool's fsync did not finish in time; kafka_refused: Kafka refused the record and its quarantine copy; internal: a bug, logged; body_budget: the body budget is held). Their sum is requests_total's 503s."),
+                &["reason"],
+            )?,
             body_held_bytes: IntGauge::with_opts(Opts::new(
                 format!("{PREFIX}body_in_flight_bytes"),
                 "Bytes of the body budget held by request bodies in flight.",
@@ -108,6 +113,7 @@ impl IngressMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.connections_cut)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.kafka_healthy)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.body_refusals)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.unavailable)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.body_held_bytes)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.body_budget_bytes)?;
         // Export every error reason at 0 from the start, so that rate() and increase() (the
@@ -129,6 +135,9 @@ impl IngressMetrics {
         }
         for reason in BODY_REFUSAL_REASONS {
             metrics.body_refusals.with_label_values(&[reason]);
+        }
+        for reason in crate::http::unavailable::UNAVAILABLE_REASONS {
+            metrics.unavailable.with_label_values(&[reason]);
         }
         // Requests refused before their topic is known count under the `unknown` family.
         let families = aftercart_shopify::Family::ALL
@@ -178,6 +187,11 @@ impl IngressMetrics {
     /// A connection the server ended itself, before the handler answered anything on it.
     pub fn connection_cut(&self, reason: &'static str) {
         self.connections_cut.with_label_values(&[reason]).inc();
+    }
+
+    /// A webhook answered 503, by its [`crate::http::Reply::unavailable_reason`].
+    pub fn unavailable(&self, reason: &'static str) {
+        self.unavailable.with_label_values(&[reason]).inc();
     }
 
     /// A request body refused before its signature was checked.

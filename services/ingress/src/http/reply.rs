@@ -6,6 +6,8 @@ use http_body_util::Full;
 
 use aftercart_shopify::{PayloadError, SignatureError};
 
+use super::unavailable::{Unavailable, BODY_BUDGET};
+
 /// What became of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
@@ -27,7 +29,7 @@ pub enum Reply {
     /// Authentic, but a required Shopify header is missing: names the header.
     MissingHeader(&'static str),
     /// The event could not be made safe in time; Shopify will retry.
-    Unavailable(&'static str),
+    Unavailable(Unavailable),
     /// The bodies already in flight hold the whole body budget; retry later.
     BodyBudgetExhausted,
     /// An HTTP/2 preface while AFTERCART_INGRESS_HTTP2 is off (answered in HTTP/1.1).
@@ -50,6 +52,15 @@ impl Reply {
             }
             Reply::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Reply::Unavailable(_) | Reply::BodyBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `aftercart_ingress_unavailable_total` label of a 503, `None` for any other answer.
+    pub fn unavailable_reason(&self) -> Option<&'static str> {
+        match self {
+            Reply::Unavailable(why) => Some(why.as_label()),
+            Reply::BodyBudgetExhausted => Some(BODY_BUDGET),
+            _ => None,
         }
     }
 
@@ -86,7 +97,11 @@ impl Reply {
                 "missing_header",
                 format!("the X-{name} header is required"),
             ),
-            Reply::Unavailable(why) => ("error", "unavailable", format!("{why}; retry later")),
+            Reply::Unavailable(why) => (
+                "error",
+                "unavailable",
+                format!("{}; retry later", why.message()),
+            ),
             Reply::Http2Disabled => (
                 "error",
                 "http2_disabled",
@@ -164,7 +179,7 @@ mod tests {
             Reply::BodyUnreadable,
             Reply::Unauthorized(SignatureError::Mismatch),
             Reply::MissingHeader("Shopify-Topic"),
-            Reply::Unavailable("Kafka did not acknowledge in time"),
+            Reply::Unavailable(Unavailable::NoSpool("Kafka did not acknowledge in time")),
             Reply::BodyBudgetExhausted,
             Reply::Http2Disabled,
         ];
@@ -181,7 +196,7 @@ mod tests {
         assert_eq!(Reply::Unauthorized(SignatureError::Missing).status(), 401);
         assert_eq!(Reply::MissingHeader("Shopify-Topic").status(), 400);
         assert_eq!(Reply::PayloadTooLarge.status(), 413);
-        let unavailable = Reply::Unavailable("x").into_response();
+        let unavailable = Reply::Unavailable(Unavailable::ArrivedLate).into_response();
         assert_eq!(unavailable.status(), 503);
         assert_eq!(unavailable.headers()[header::RETRY_AFTER], "5");
         let refused = String::from_utf8(Reply::Http2Disabled.into_http1_closing_bytes()).unwrap();

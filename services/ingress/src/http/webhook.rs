@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::dedupe::{Claim, ClaimGuard, Dedupe};
 use crate::http::body::{read_body, BodyBudget, ReadBody, Reservation};
-use crate::http::Reply;
+use crate::http::{Reply, Unavailable};
 use crate::metrics::IngressMetrics;
 use crate::publish::{classify, ErrorClass, PublishError, Publisher, Record};
 use crate::readiness::KafkaHealth;
@@ -74,6 +74,9 @@ pub async fn handle(state: Arc<WebhookState>, request: Request<Incoming>) -> Res
     let arrived = Instant::now();
     let _in_flight = state.metrics.in_flight();
     let (family, reply) = process(&state, request, arrived).await;
+    if let Some(reason) = reply.unavailable_reason() {
+        state.metrics.unavailable(reason);
+    }
     state
         .metrics
         .answered(family, reply.status().as_u16(), arrived.elapsed());
@@ -90,13 +93,6 @@ async fn process(
     }
     if request.method() != Method::POST {
         return (UNKNOWN_FAMILY, Reply::MethodNotAllowed);
-    }
-    // Before Kafka has answered, only a spool can make an event safe.
-    if !state.kafka_ready.is_ready() && state.spool.ready().is_none() {
-        return (
-            UNKNOWN_FAMILY,
-            Reply::Unavailable("the ingress is still connecting to Kafka"),
-        );
     }
     let (parts, body) = request.into_parts();
     let headers = WebhookHeaders::from_header_map(&parts.headers);
@@ -136,13 +132,21 @@ async fn process(
         );
     };
     let family = Family::of_topic(topic);
+    // Before Kafka has answered, only a spool can make an event safe. Checked after the
+    // signature: a forged delivery is told 401 even now, not invited to retry.
+    if !state.kafka_ready.is_ready() && state.spool.ready().is_none() {
+        return (
+            family.as_str(),
+            Reply::Unavailable(Unavailable::KafkaConnecting),
+        );
+    }
     let deadline = arrived + state.publish_deadline;
     if Instant::now() >= deadline {
         // The body arrived too late to be made safe in time: no record for an answer that is
         // already a 503.
         return (
             family.as_str(),
-            Reply::Unavailable("the request took too long to arrive"),
+            Reply::Unavailable(Unavailable::ArrivedLate),
         );
     }
     let webhook_id = webhook_id.to_string();
@@ -160,9 +164,10 @@ async fn process(
     // request future is dropped, but the record is already in the producer, so the claim must
     // live until the delivery report settles it.
     let task = tokio::spawn(publish_once(Arc::clone(state), webhook_id, delivery));
-    let reply = task
-        .await
-        .unwrap_or(Reply::Unavailable("the publish task failed"));
+    let reply = task.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "The publish task ended without an answer.");
+        Reply::Unavailable(Unavailable::Internal)
+    });
     (family.as_str(), reply)
 }
 
@@ -214,7 +219,7 @@ async fn publish_once(state: Arc<WebhookState>, webhook_id: String, delivery: De
                     .await
                     .is_err()
                 {
-                    return Reply::Unavailable("the same delivery is still being published");
+                    return Reply::Unavailable(Unavailable::SameDeliveryInFlight);
                 }
             }
         }
@@ -343,7 +348,7 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
         state.metrics.spool.rejected(why);
         tracing::warn!(family = %delivery.family.as_str(), reason = failure, "Answering 503: the delivery is not safe in Kafka and there is no spool.");
         return (
-            Reply::Unavailable(failure),
+            Reply::Unavailable(Unavailable::NoSpool(failure)),
             original.map(Unsettled::Delivery),
         );
     };
@@ -363,9 +368,9 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
                     state.metrics.spool.rejected(error.rejection());
                     tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: the spool cannot take the event and Kafka did not either.");
                     (
-                        Reply::Unavailable(
+                        Reply::Unavailable(Unavailable::SpoolRefused(
                             "the spool cannot take the event and Kafka did not either",
-                        ),
+                        )),
                         original.map(Unsettled::Delivery),
                     )
                 }
@@ -375,20 +380,23 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
             state.metrics.spool.rejected(error.rejection());
             tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka is not acknowledging and the spool cannot take the event.");
             (
-                Reply::Unavailable(
+                Reply::Unavailable(Unavailable::SpoolRefused(
                     "Kafka is not acknowledging and the spool cannot take the event",
-                ),
+                )),
                 original.map(Unsettled::Delivery),
             )
         }
         Ok(Err(_writer_gone)) => {
             state.metrics.spool.rejected(Rejection::DiskError);
-            (Reply::Unavailable("the spool is not running"), None)
+            (
+                Reply::Unavailable(Unavailable::SpoolRefused("the spool is not running")),
+                None,
+            )
         }
         Err(_elapsed) => {
             tracing::warn!(family = %delivery.family.as_str(), "Answering 503: the spool fsync did not finish in time.");
             (
-                Reply::Unavailable("the spool did not make the event durable in time"),
+                Reply::Unavailable(Unavailable::SpoolFsyncTimeout),
                 Some(Unsettled::Append(answer)),
             )
         }
@@ -477,7 +485,7 @@ async fn quarantine_refused(
         }
         Err(_) => {
             tracing::warn!(family = %delivery.family.as_str(), %error, "Answering 503: Kafka refuses the record and its quarantine copy.");
-            (Reply::Unavailable("Kafka refused the record"), None)
+            (Reply::Unavailable(Unavailable::KafkaRefused), None)
         }
     }
 }

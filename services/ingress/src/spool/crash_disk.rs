@@ -51,6 +51,8 @@ struct Fs {
     /// Writes land in the page cache but fsyncs and truncations fail with EIO, as on a disk
     /// whose flushes fail (or a file system gone read-only behind the cache).
     flush_failing: bool,
+    /// Every fsync waits this long first, as on a stalled volume.
+    fsync_delay: std::time::Duration,
 }
 
 impl Default for Fs {
@@ -63,6 +65,7 @@ impl Default for Fs {
             full: false,
             broken: false,
             flush_failing: false,
+            fsync_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -131,6 +134,12 @@ impl CrashDisk {
     /// From now on writes work but fsyncs and truncations fail with EIO (or work again).
     pub fn set_flush_failing(&self, failing: bool) {
         self.fs().flush_failing = failing;
+    }
+
+    /// From now on every fsync takes `delay` before it answers (a stalled volume); zero for
+    /// none. The wait holds no lock of the disk's.
+    pub fn set_fsync_delay(&self, delay: std::time::Duration) {
+        self.fs().fsync_delay = delay;
     }
 
     /// From now on every operation, reads included, fails with EIO (or works again).
@@ -218,6 +227,10 @@ impl Write for Handle {
 
 impl WriteFile for Handle {
     fn sync_data(&mut self) -> io::Result<()> {
+        let delay = self.fs()?.fsync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let id = self.id;
         let mut fs = self.fs()?;
         if fs.flush_failing {
