@@ -2053,6 +2053,66 @@ mod spooling {
         assert_eq!(count_of(&records, &webhook), 1);
     }
 
+    /// The slowest of `probes` answers to `GET /livez` on `admin`, each from a plain socket on
+    /// a thread of its own, so that a stalled runtime cannot hold up the client as well.
+    async fn slowest_livez(admin: std::net::SocketAddr, probes: u32) -> Duration {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut slowest = Duration::ZERO;
+            for _ in 0..probes {
+                let started = Instant::now();
+                let mut socket = std::net::TcpStream::connect(admin).expect("admin port");
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                socket
+                    .write_all(b"GET /livez HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut answer = String::new();
+                socket.read_to_string(&mut answer).expect("an answer");
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                slowest = slowest.max(started.elapsed());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            slowest
+        })
+        .await
+        .expect("the probe thread")
+    }
+
+    /// A stalled spool volume (fsyncs taking seconds) holds up the events that need the spool,
+    /// never the process: the spool's bookkeeping is not waited on by runtime threads while the
+    /// writer holds it across a segment's creation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_spool_disk_does_not_stall_the_runtime() {
+        use aftercart_ingress::spool::crash_disk::CrashDisk;
+        use aftercart_ingress::spool::disk::SpoolDisk;
+        let broker = Broker::mock();
+        let disk = CrashDisk::new();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        let spool = config.spool.as_mut().unwrap();
+        spool.dir = "/spool".into();
+        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+        disk.set_fsync_delay(Duration::from_secs(6));
+        let addr = ingress.addr;
+        let stalled = tokio::spawn(async move { cart("stalled", 1).post(addr).await });
+        // The writer is now creating the first segment, its directory fsync stalled.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let slowest = slowest_livez(ingress.admin_addr, 10).await;
+        assert!(
+            slowest < Duration::from_secs(2),
+            "the admin port answered {slowest:?} late while the spool disk stalled"
+        );
+        disk.set_fsync_delay(Duration::ZERO);
+        broker.up();
+        let answer = stalled.await.unwrap();
+        assert_eq!(answer.status, 503, "{}", answer.body);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sick_spool_is_gone_around_while_kafka_takes_records() {
         use aftercart_ingress::spool::crash_disk::CrashDisk;

@@ -97,7 +97,9 @@ struct Segment {
     last_seq: Option<u64>,
 }
 
-/// Shared bookkeeping, guarded by one mutex (held only for a few instructions).
+/// Shared bookkeeping, guarded by one mutex. The writer holds it across a segment's creation
+/// and the deletion of drained ones (file system calls that a stalled volume can make last
+/// seconds), so it is taken only on blocking threads: the runtime's tasks read [`Mirror`].
 #[derive(Debug, Default)]
 struct State {
     segments: VecDeque<Segment>,
@@ -113,14 +115,25 @@ struct State {
     pending_bytes: u64,
 }
 
+/// The parts of [`State`] read on the runtime (every request, the drainer's loop, the gauges),
+/// kept as atomics so that no task there waits on a lock the writer may hold across disk I/O.
+#[derive(Debug, Default)]
+struct Mirror {
+    pending_events: AtomicU64,
+    pending_bytes: AtomicU64,
+    drained_seq: AtomicU64,
+    /// Arrival (Unix ms) of the oldest group commit still in the spool; 0 for none.
+    oldest_arrival_ms: AtomicU64,
+}
+
 struct Shared {
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
     state: Mutex<State>,
-    /// Pending events, read on every request without taking the lock.
-    pending_events: AtomicU64,
+    /// What the runtime's tasks read of `state`, without its lock.
+    mirror: Mirror,
     /// Pending bytes plus bytes reserved by appends in progress: checked against the limit.
     reserved_bytes: AtomicU64,
     /// The delivery still in the producer for entries spooled after a late acknowledgement:
@@ -196,7 +209,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             max_bytes,
             segment_bytes,
-            pending_events: AtomicU64::new(state.pending_events),
+            mirror: Mirror::default(),
             reserved_bytes: AtomicU64::new(state.pending_bytes),
             state: Mutex::new(state),
             originals: Mutex::new(HashMap::new()),
@@ -206,6 +219,7 @@ impl Spool {
             full: AtomicBool::new(false),
             _lock: lock,
         });
+        shared.mirror(&shared.lock_state());
         shared.refresh_gauges();
         let writer = writer::start(Arc::clone(&shared)).map_err(io)?;
         Ok((Spool { shared, writer }, recovered))
@@ -213,11 +227,11 @@ impl Spool {
 
     /// Whether events are waiting: new events must queue behind them to keep arrival order.
     pub fn has_backlog(&self) -> bool {
-        self.shared.pending_events.load(Ordering::Acquire) > 0
+        self.pending_events() > 0
     }
 
     pub fn pending_events(&self) -> u64 {
-        self.shared.pending_events.load(Ordering::Acquire)
+        self.shared.mirror.pending_events.load(Ordering::Acquire)
     }
 
     pub fn metrics(&self) -> &SpoolMetrics {
@@ -319,8 +333,7 @@ impl Shared {
         if state.pending_events == 0 {
             state.arrivals.clear();
         }
-        self.pending_events
-            .store(state.pending_events, Ordering::Release);
+        self.mirror(&state);
         self.release(bytes);
         if bytes > 0 {
             self.full.store(false, Ordering::Release);
@@ -344,15 +357,40 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Copies what the runtime's tasks read of `state` into the mirror: after every change of
+    /// the backlog or the checkpoint, under the lock.
+    fn mirror(&self, state: &State) {
+        let mirror = &self.mirror;
+        mirror
+            .pending_bytes
+            .store(state.pending_bytes, Ordering::Release);
+        mirror
+            .drained_seq
+            .store(state.drained_seq, Ordering::Release);
+        let oldest = state.arrivals.front().map_or(0, |&(_, ms)| ms.max(1));
+        mirror.oldest_arrival_ms.store(oldest, Ordering::Release);
+        mirror
+            .pending_events
+            .store(state.pending_events, Ordering::Release);
+    }
+
+    /// Every entry numbered below this is in Kafka.
+    fn drained_seq(&self) -> u64 {
+        self.mirror.drained_seq.load(Ordering::Acquire)
+    }
+
+    /// Sets the backlog gauges from the mirror: never waits on the lock.
     fn refresh_gauges(&self) {
-        let state = self.lock_state();
-        let oldest_age = state
-            .arrivals
-            .front()
-            .map(|&(_, ms)| Duration::from_millis(unix_ms().saturating_sub(ms)))
-            .unwrap_or_default();
-        self.metrics
-            .set_backlog(state.pending_events, state.pending_bytes, oldest_age);
+        let mirror = &self.mirror;
+        let oldest_age = match mirror.oldest_arrival_ms.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            ms => Duration::from_millis(unix_ms().saturating_sub(ms)),
+        };
+        self.metrics.set_backlog(
+            mirror.pending_events.load(Ordering::Acquire),
+            mirror.pending_bytes.load(Ordering::Acquire),
+            oldest_age,
+        );
     }
 }
 

@@ -136,10 +136,18 @@ impl CrashDisk {
         self.fs().flush_failing = failing;
     }
 
-    /// From now on every fsync takes `delay` before it answers (a stalled volume); zero for
-    /// none. The wait holds no lock of the disk's.
+    /// From now on every fsync, of a file or a directory, takes `delay` before it answers (a
+    /// stalled volume); zero for none. The wait holds no lock of the disk's.
     pub fn set_fsync_delay(&self, delay: std::time::Duration) {
         self.fs().fsync_delay = delay;
+    }
+
+    /// Waits out the fsync delay, if one is set.
+    fn stall(&self) {
+        let delay = self.fs().fsync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
     }
 
     /// From now on every operation, reads included, fails with EIO (or works again).
@@ -227,10 +235,7 @@ impl Write for Handle {
 
 impl WriteFile for Handle {
     fn sync_data(&mut self) -> io::Result<()> {
-        let delay = self.fs()?.fsync_delay;
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
+        self.disk.stall();
         let id = self.id;
         let mut fs = self.fs()?;
         if fs.flush_failing {
@@ -360,6 +365,7 @@ impl Disk for CrashDisk {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.stall();
         let mut fs = self.working()?;
         match fs.resolve(dir) {
             Some(Node::Dir(id)) => {

@@ -92,7 +92,7 @@ impl Drainer {
         let shared = &self.spool.shared;
         let mut durable = shared.durable.subscribe();
         let mut cursor = Cursor {
-            want: shared.lock_state().drained_seq,
+            want: shared.drained_seq(),
             reader: None,
         };
         // The gauges (the oldest age above all) keep moving while a batch waits on Kafka.
@@ -376,7 +376,7 @@ impl Cursor {
     /// A cursor at the first entry not yet drained.
     fn default_at(spool: &Spool) -> Cursor {
         Cursor {
-            want: spool.shared.lock_state().drained_seq,
+            want: spool.shared.drained_seq(),
             reader: None,
         }
     }

@@ -127,9 +127,7 @@ impl Writer {
             state.pending_events += events;
             state.pending_bytes += bytes;
             state.arrivals.push_back((first_seq, arrived));
-            self.shared
-                .pending_events
-                .store(state.pending_events, Ordering::Release);
+            self.shared.mirror(&state);
         }
         // The reservation made by each caller is now part of the pending bytes: the frame sizes
         // were computed the same way, so nothing is released here.
