@@ -2113,6 +2113,51 @@ mod spooling {
         assert_eq!(answer.status, 503, "{}", answer.body);
     }
 
+    /// A replica whose spool volume hangs (an fsync running for seconds) while Kafka is down can
+    /// only answer 503 at the deadline: it leaves the Service (`/readyz` 503) until the disk
+    /// answers, like a replica whose spool fails outright.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_spool_fsync_with_kafka_down_makes_the_replica_not_ready() {
+        use aftercart_ingress::spool::crash_disk::CrashDisk;
+        use aftercart_ingress::spool::disk::SpoolDisk;
+        let broker = Broker::mock();
+        let disk = CrashDisk::new();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        let spool = config.spool.as_mut().unwrap();
+        spool.dir = "/spool".into();
+        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+        // Ready on the spool's account while Kafka is down and the disk answers.
+        assert_eq!(cart("spooled", 1).post(ingress.addr).await.status, 200);
+        eventually("Kafka seen down", Duration::from_secs(30), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 0.0).then_some(())
+        })
+        .await;
+        assert_eq!(readyz(&ingress).await, 200);
+        disk.set_fsync_delay(Duration::from_secs(12));
+        let addr = ingress.addr;
+        let stalled = tokio::spawn(async move { cart("stalled", 2).post(addr).await });
+        eventually(
+            "not ready while the fsync hangs",
+            Duration::from_secs(10),
+            || async { (readyz(&ingress).await == 503).then_some(()) },
+        )
+        .await;
+        assert_eq!(ingress.metric("aftercart_ingress_spool_healthy").await, 0.0);
+        assert_eq!(stalled.await.unwrap().status, 503);
+        disk.set_fsync_delay(Duration::ZERO);
+        eventually(
+            "ready again once the disk answers",
+            Duration::from_secs(40),
+            || async { (readyz(&ingress).await == 200).then_some(()) },
+        )
+        .await;
+        broker.up();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sick_spool_is_gone_around_while_kafka_takes_records() {
         use aftercart_ingress::spool::crash_disk::CrashDisk;

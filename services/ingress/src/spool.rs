@@ -36,6 +36,10 @@ pub use disk::{Disk, RealDisk};
 pub use entry::{Entry, SpoolRecord};
 pub use metrics::{Rejection, SpoolMetrics};
 
+/// A group commit (segment creation, write, fsync) running longer than this marks the spool
+/// stalled: a local disk answers in milliseconds, and a request has seconds in all.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+
 /// Segments roll at this size (or at an eighth of the limit, if smaller), so a drained prefix
 /// is deleted without waiting for a huge file to empty.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -146,6 +150,8 @@ struct Shared {
     disk_ok: AtomicBool,
     /// An append was refused for room and nothing was drained since.
     full: AtomicBool,
+    /// When the writer's group commit in progress began (Unix ms); 0 while it waits for work.
+    commit_since_ms: AtomicU64,
     /// Held for the spool's lifetime: the lock is released when the file is closed.
     _lock: Option<File>,
 }
@@ -217,6 +223,7 @@ impl Spool {
             metrics,
             disk_ok: AtomicBool::new(true),
             full: AtomicBool::new(false),
+            commit_since_ms: AtomicU64::new(0),
             _lock: lock,
         });
         shared.mirror(&shared.lock_state());
@@ -256,7 +263,19 @@ impl Spool {
     /// Whether the spool can take events now: its disk works and it has room. A sick spool
     /// with Kafka healthy is bypassed; with Kafka down too, the replica is not ready.
     pub fn is_healthy(&self) -> bool {
-        self.shared.disk_ok.load(Ordering::Acquire) && !self.shared.full.load(Ordering::Acquire)
+        self.shared.disk_ok.load(Ordering::Acquire)
+            && !self.shared.full.load(Ordering::Acquire)
+            && !self.is_stalled()
+    }
+
+    /// Whether a group commit has been writing or fsyncing for longer than [`STALLED_AFTER`]:
+    /// the volume hangs rather than fails, and events that need the spool meet their deadline
+    /// first, so the replica should not be ready on the spool's account.
+    pub fn is_stalled(&self) -> bool {
+        match self.shared.commit_since_ms.load(Ordering::Acquire) {
+            0 => false,
+            since => unix_ms().saturating_sub(since) > STALLED_AFTER.as_millis() as u64,
+        }
     }
 
     /// Queues `record` for the next group commit; the receiver answers once it is fsynced (or

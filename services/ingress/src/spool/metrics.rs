@@ -93,7 +93,7 @@ impl SpoolMetrics {
                 Opts::new(format!("{PREFIX}bypassed_total"), "Requests the spool could not take (full, disk_error) that were published straight to Kafka instead: answered 200, possibly ahead of older events of the same key still in the spool."),
                 &["reason"],
             )?,
-            healthy: gauge("healthy", "1 when the spool can take events (its disk works and it has room); a replica is ready when this or aftercart_ingress_kafka_healthy is 1.")?,
+            healthy: gauge("healthy", "1 when the spool can take events (its disk works, it has room, and no fsync has hung for more than 2 s); a replica is ready when this or aftercart_ingress_kafka_healthy is 1.")?,
             available: gauge("available", "1 when the spool can take events; 0 when it is off or failing on disk errors.")?,
         };
         aftercart_runtime::metrics_catalog::register(registry, &metrics.pending_events)?;

@@ -80,7 +80,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Watched by readiness: a commit that hangs marks the spool stalled.
+            let shared = Arc::clone(&self.shared);
+            shared
+                .commit_since_ms
+                .store(unix_ms().max(1), Ordering::Release);
             self.commit(group);
+            shared.commit_since_ms.store(0, Ordering::Release);
         }
     }
 
