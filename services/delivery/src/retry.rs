@@ -16,6 +16,10 @@ pub enum Class {
     /// Any other status, 3xx included (redirects are not followed: a moved endpoint is a
     /// configuration change, and a signed body should not wander to another host).
     Permanent,
+    /// A refusal of this body that the caller overcomes by sending a changed one at once
+    /// (Klaviyo refusing only a profile's phone): returned as a refusal, counted as a try
+    /// another follows.
+    Amend,
 }
 
 pub fn classify(status: StatusCode) -> Class {

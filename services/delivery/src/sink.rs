@@ -159,6 +159,25 @@ pub async fn deliver_with<Attempt, Tried>(
     labels: Labels<'_>,
     stop: &CancellationToken,
     judge: impl Fn(&Answer) -> Class,
+    attempt: Attempt,
+) -> Outcome
+where
+    Attempt: FnMut() -> Tried,
+    Tried: std::future::Future<Output = Result<Answer, &'static str>>,
+{
+    let budget = Instant::now();
+    deliver_within(retry, metrics, labels, stop, budget, judge, attempt).await
+}
+
+/// [`deliver_with`] within a retry budget that began at `budget`: a record sent again changed
+/// (after [`Class::Amend`]) goes on with what its first request left of the budget.
+pub async fn deliver_within<Attempt, Tried>(
+    retry: &RetryPolicy,
+    metrics: &DeliveryMetrics,
+    labels: Labels<'_>,
+    stop: &CancellationToken,
+    budget: Instant,
+    judge: impl Fn(&Answer) -> Class,
     mut attempt: Attempt,
 ) -> Outcome
 where
@@ -166,7 +185,7 @@ where
     Tried: std::future::Future<Output = Result<Answer, &'static str>>,
 {
     let Labels { topic, event_id } = labels;
-    let started = Instant::now();
+    let started = budget;
     let mut retrying = None;
     let mut attempts = 0;
     loop {
@@ -176,7 +195,8 @@ where
         let took = attempt_started.elapsed();
         let (failure, retry_after) = match result {
             Ok(answer) => {
-                let kind = match judge(&answer) {
+                let class = judge(&answer);
+                let kind = match class {
                     Class::Delivered => {
                         metrics.attempt(AttemptOutcome::Delivered, took);
                         if attempts > 1 {
@@ -187,9 +207,22 @@ where
                             response: answer.body,
                         };
                     }
-                    Class::Permanent => FailureKind::Rejected,
+                    Class::Permanent | Class::Amend => FailureKind::Rejected,
                     Class::Retryable => FailureKind::RetriesExhausted,
                 };
+                if class == Class::Amend {
+                    // The caller sends it again changed, at once.
+                    metrics.attempt(AttemptOutcome::Retry, took);
+                    let mut excerpt = answer.body;
+                    excerpt.truncate(RESPONSE_EXCERPT_BYTES);
+                    return Outcome::Failed(Failure {
+                        kind,
+                        status: Some(answer.status),
+                        error: None,
+                        response: excerpt,
+                        attempts,
+                    });
+                }
                 let mut excerpt = answer.body;
                 excerpt.truncate(RESPONSE_EXCERPT_BYTES);
                 let failure = Failure {

@@ -201,7 +201,8 @@ impl AdminClient {
                             // Like a 5xx: it may have been done.
                             Read::Internal(why) => (why, None, true),
                         },
-                        Class::Permanent => {
+                        // `classify` never answers `Amend` (a caller's own judgement).
+                        Class::Permanent | Class::Amend => {
                             self.metrics.call(operation, "rejected");
                             return Err(CallError::Rejected(format!(
                                 "HTTP {}",

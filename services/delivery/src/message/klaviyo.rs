@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::{refused, DestinationError, Message};
 use crate::config::Endpoint;
 use crate::metrics::DeliveryMetrics;
-use crate::retry::{classify, RetryPolicy};
+use crate::retry::{classify, Class, RetryPolicy};
 use crate::shop_keys::ShopKeys;
-use crate::sink::{deliver_with, HttpClient, Labels, Outcome, USER_AGENT_VALUE};
+use crate::sink::{deliver_within, HttpClient, Labels, Outcome, USER_AGENT_VALUE};
 
 /// Klaviyo's API host.
 pub const BASE_URL: &str = "https://a.klaviyo.com";
@@ -96,11 +96,14 @@ impl KlaviyoDestination {
             return refused("the shop's Klaviyo key is not a valid header value");
         };
         authorization.set_sensitive(true);
-        let outcome = self.post(message, &authorization, stop).await;
-        let named_otherwise =
-            message.profile.email.is_some() || message.profile.external_id.is_some();
-        let resend = refused_phone(&outcome) && message.profile.phone.is_some() && named_otherwise;
-        if resend && !stop.is_cancelled() {
+        let budget = Instant::now();
+        // Without the phone, an email or the customer id must still name the person.
+        let may_drop_phone = message.profile.phone.is_some()
+            && (message.profile.email.is_some() || message.profile.external_id.is_some());
+        let outcome = self
+            .post(message, &authorization, stop, budget, may_drop_phone)
+            .await;
+        if may_drop_phone && refused_phone(&outcome) && !stop.is_cancelled() {
             tracing::warn!(
                 shop = %message.shop,
                 event_id = %message.event_id,
@@ -108,29 +111,45 @@ impl KlaviyoDestination {
             );
             let mut without_phone = message.clone();
             without_phone.profile.phone = None;
-            return self.post(&without_phone, &authorization, stop).await;
+            return self
+                .post(&without_phone, &authorization, stop, budget, false)
+                .await;
         }
         outcome
     }
 
-    /// One event, retried as [`deliver_with`] does.
+    /// One event, retried as [`deliver_with`] does within the budget that began at `budget`.
+    /// With `may_drop_phone`, a 400 about the phone alone ends it at once as a try another
+    /// follows ([`Class::Amend`]), for [`Self::send`] to send the event without it.
     async fn post(
         &self,
         message: &Message,
         authorization: &HeaderValue,
         stop: &CancellationToken,
+        budget: Instant,
+        may_drop_phone: bool,
     ) -> Outcome {
         let body = Bytes::from(event_body(message).to_string());
         let labels = Labels {
             topic: &message.topic,
             event_id: &message.event_id,
         };
-        deliver_with(
+        deliver_within(
             &self.retry,
             &self.metrics,
             labels,
             stop,
-            |answer| classify(answer.status),
+            budget,
+            |answer| match classify(answer.status) {
+                Class::Permanent
+                    if may_drop_phone
+                        && !stop.is_cancelled()
+                        && phone_alone_refused(answer.status, &answer.body) =>
+                {
+                    Class::Amend
+                }
+                class => class,
+            },
             || {
                 let request = Request::post(self.events_url.clone())
                     .header(CONTENT_TYPE, "application/vnd.api+json")
@@ -150,13 +169,20 @@ impl KlaviyoDestination {
 /// A 400 whose errors all point at the profile's phone number (Klaviyo's JSON:API errors name
 /// their field in `source.pointer`): without the phone the event is then well formed.
 fn refused_phone(outcome: &Outcome) -> bool {
-    let Outcome::Failed(failure) = outcome else {
-        return false;
-    };
-    if failure.status != Some(http::StatusCode::BAD_REQUEST) {
+    match outcome {
+        Outcome::Failed(failure) => failure
+            .status
+            .is_some_and(|status| phone_alone_refused(status, &failure.response)),
+        _ => false,
+    }
+}
+
+/// Whether an answer is a 400 whose errors all point at the profile's phone number.
+fn phone_alone_refused(status: http::StatusCode, body: &[u8]) -> bool {
+    if status != http::StatusCode::BAD_REQUEST {
         return false;
     }
-    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&failure.response) else {
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
     };
     answer["errors"].as_array().is_some_and(|errors| {

@@ -175,7 +175,7 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
         ..reply(400)
     };
     let receiver = Receiver::start(vec![phone_refused.clone(), reply(202)]).await;
-    let (destination, _) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
+    let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
     let mut with_phone = message();
     with_phone.profile.phone = Some("+15555550123".into());
     let outcome = destination
@@ -195,9 +195,13 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
         let resent: serde_json::Value = serde_json::from_slice(&received[1].body).unwrap();
         assert_eq!(resent["data"]["attributes"]["unique_id"], "nudge-1");
     }
+    // The refused first request is a try another follows, not a refusal for good.
+    assert_eq!(attempts(&registry, "permanent"), 0);
+    assert_eq!(attempts(&registry, "retry"), 1);
+    assert_eq!(attempts(&registry, "delivered"), 1);
 
     let receiver = Receiver::start(vec![phone_refused]).await;
-    let (destination, _) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
+    let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
     let mut phone_only = message();
     phone_only.profile = Profile {
         email: None,
@@ -209,6 +213,8 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
         .await;
     assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
     assert_eq!(receiver.count(), 1);
+    assert_eq!(attempts(&registry, "permanent"), 1);
+    assert_eq!(attempts(&registry, "retry"), 0);
 
     let other = Reply {
         body: r#"{"errors":[{"status":400,"code":"invalid","source":{"pointer":"/data/attributes/metric"}}]}"#,
@@ -221,6 +227,46 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
         .await;
     assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
     assert_eq!(receiver.count(), 1);
+}
+
+/// `<prefix>_http_deliveries_total{outcome}` of the test registry.
+fn attempts(registry: &Registry, outcome: &str) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "test_http_deliveries_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == outcome))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// The event sent again without the phone keeps the retry budget the first request began: a
+/// receiver that was rate-limiting before the refusal does not get a second budget's worth of
+/// tries (here the budget is 5 s: 3 s spent waiting before the refusal, 3 s asked after it).
+#[tokio::test]
+async fn the_event_sent_again_without_the_phone_keeps_the_first_requests_budget() {
+    let limited = Reply {
+        headers: vec![("retry-after", "3")],
+        ..reply(429)
+    };
+    let phone_refused = Reply {
+        body: PHONE_REFUSED,
+        ..reply(400)
+    };
+    let receiver = Receiver::start(vec![limited.clone(), phone_refused, limited, reply(202)]).await;
+    let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
+    let mut with_phone = message();
+    with_phone.profile.phone = Some("+15555550123".into());
+    let outcome = destination
+        .send(&with_phone, &CancellationToken::new())
+        .await;
+    match outcome {
+        Outcome::Failed(failure) => assert_eq!(failure.kind, FailureKind::RetriesExhausted),
+        other => panic!("expected the budget to run out, got {other:?}"),
+    }
+    assert_eq!(receiver.count(), 3);
+    assert_eq!(attempts(&registry, "exhausted"), 1);
 }
 
 #[tokio::test]
