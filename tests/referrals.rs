@@ -1238,4 +1238,38 @@ mod scenarios {
                 >= 1.0
         );
     }
+
+    /// Time spent waiting on Shopify's rate limit (`THROTTLED`, normal operation) does not eat
+    /// the retry budget for failures: a 503 after 1.2 s of throttling is retried under a 1 s
+    /// budget, and the call succeeds.
+    #[tokio::test]
+    async fn throttle_waits_are_not_taken_from_the_retry_budget() {
+        use aftercart_shopify_admin::{AdminClient, AdminConfig, AdminMetrics};
+        let admin = ShopifyAdmin::start(&[(SHOP, TOKEN)]).await;
+        let dir = tempdir::Dir::new();
+        let tokens = dir.path.join("tokens");
+        std::fs::write(&tokens, format!("{SHOP}={TOKEN}\n")).unwrap();
+        let config = AdminConfig {
+            tokens_file: tokens,
+            api_version: "2026-10".into(),
+            url_template: admin.url_template(),
+            timeout: Duration::from_secs(5),
+            max_retry_duration: Duration::from_secs(1),
+        };
+        let metrics = AdminMetrics::register(&prometheus::Registry::new(), "test").unwrap();
+        let client = AdminClient::new(config, metrics).unwrap();
+        // Twelve throttles of 0.1 s each (cost 10 at 100 a second), then a 503.
+        admin.throttle_then_fail(12, 503);
+        let answer = client
+            .call(
+                SHOP,
+                "segment_lookup",
+                "query { segments(first: 1, query: \"name:'x'\") { nodes { id } } }",
+                serde_json::json!({}),
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(admin.calls("segments", Some(503)), 1);
+    }
 }

@@ -54,6 +54,8 @@ struct State {
     /// Credit the next N store credits but answer 503, as when an answer is lost.
     lose_credit_answers: usize,
     throttle_next: usize,
+    /// Answered once, with this status, by the call after the last throttled one.
+    fail_after_throttles: Option<u16>,
     /// Refuse creates with this userError message.
     refuse_creates: Option<String>,
     /// (shop, operation, status) of every call.
@@ -121,6 +123,11 @@ impl State {
         let variables = &request["variables"];
         if self.throttle_next > 0 {
             self.throttle_next -= 1;
+            if self.throttle_next == 0 {
+                if let Some(status) = self.fail_after_throttles.take() {
+                    self.down = Some((status, 1));
+                }
+            }
             return (
                 200,
                 json!({"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
@@ -350,6 +357,14 @@ impl ShopifyAdmin {
     /// down in the middle of a batch); `None` serves again.
     pub fn down_after_credits(&self, after: Option<(usize, u16)>) {
         self.with(|s| s.down_after_credits = after);
+    }
+
+    /// Throttles the next `calls` calls, then answers the one after them `status`.
+    pub fn throttle_then_fail(&self, calls: usize, status: u16) {
+        self.with(|s| {
+            s.throttle_next = calls;
+            s.fail_after_throttles = Some(status);
+        });
     }
 
     pub fn throttle_next(&self, calls: usize) {

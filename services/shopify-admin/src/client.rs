@@ -149,6 +149,8 @@ impl AdminClient {
         let body = Bytes::from(json!({"query": query, "variables": variables}).to_string());
         let url = self.config.url(shop);
         let started = Instant::now();
+        // Waiting on the rate limit is normal operation, not failure: kept out of the budget.
+        let mut throttled = Duration::ZERO;
         let mut failures = 0;
         loop {
             let request = Request::builder()
@@ -186,6 +188,7 @@ impl AdminClient {
                                     ?wait,
                                     "Shopify throttled the call; waiting as it says."
                                 );
+                                throttled += wait;
                                 tokio::select! {
                                     () = tokio::time::sleep(wait) => continue,
                                     () = stop.cancelled() => {
@@ -227,7 +230,8 @@ impl AdminClient {
                 return Err(CallError::Unconfirmed(why));
             }
             failures += 1;
-            let wait = match self.retry.plan(failures, started.elapsed(), retry_after) {
+            let failing_for = started.elapsed().saturating_sub(throttled);
+            let wait = match self.retry.plan(failures, failing_for, retry_after) {
                 Plan::Retry(wait) => wait,
                 Plan::GiveUp(_) => {
                     CallExhausted {
