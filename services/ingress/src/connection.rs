@@ -113,16 +113,31 @@ async fn refuse_http2(mut stream: TcpStream, metrics: &IngressMetrics) {
 /// this wait, a client that connects and says nothing would keep its connection slot forever:
 /// no hyper timer runs before the first byte.
 async fn first_bytes(stream: &TcpStream, timeout: Duration) -> FirstBytes {
+    first_bytes_peeking(stream, timeout, &mut 0).await
+}
+
+/// First and longest pause between peeks at a partial HTTP/2 preface.
+const PREFACE_POLL_FIRST: Duration = Duration::from_millis(10);
+const PREFACE_POLL_MAX: Duration = Duration::from_millis(640);
+
+/// [`first_bytes`], counting its peeks in `peeks`. A peek returns at once on bytes already
+/// seen, so a partial preface is peeked at again after a pause that doubles each time: a real
+/// client sends the 24 bytes in one segment, and thousands of connections trickling them must
+/// not each wake the runtime every few milliseconds for the whole header timeout.
+async fn first_bytes_peeking(stream: &TcpStream, timeout: Duration, peeks: &mut u32) -> FirstBytes {
     let wait = async {
         let mut buffer = [0u8; 24];
+        let mut pause = PREFACE_POLL_FIRST;
         loop {
+            *peeks += 1;
             match stream.peek(&mut buffer).await {
                 Ok(0) | Err(_) => return FirstBytes::Silent,
                 Ok(n) if buffer[..n] != H2_PREFACE[..n] => return FirstBytes::Http1,
                 Ok(n) if n >= H2_PREFACE.len() => return FirstBytes::Http2,
-                // A partial HTTP/2 preface: peek again shortly (it returns at once on data
-                // already seen).
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Ok(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(PREFACE_POLL_MAX);
+                }
             }
         }
     };
@@ -140,5 +155,44 @@ fn http1_cut_reason(error: &hyper::Error) -> Option<&'static str> {
         Some("header_timeout")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A preface trickled in over three seconds is still told HTTP/2, after a few peeks, not
+    /// one every 10 ms (≈ 300).
+    #[tokio::test]
+    async fn a_trickled_http2_preface_is_peeked_at_with_growing_pauses() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut socket = TcpStream::connect(addr).await.unwrap();
+            socket.write_all(&H2_PREFACE[..5]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            socket.write_all(&H2_PREFACE[5..]).await.unwrap();
+            socket
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut peeks = 0;
+        let seen = first_bytes_peeking(&stream, Duration::from_secs(10), &mut peeks).await;
+        assert!(matches!(seen, FirstBytes::Http2));
+        assert!(peeks <= 15, "{peeks} peeks");
+        drop(client.await.unwrap());
+
+        // And a plain HTTP/1 request is told at once.
+        let client = tokio::spawn(async move {
+            let mut socket = TcpStream::connect(addr).await.unwrap();
+            socket.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
+            socket
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut peeks = 0;
+        let seen = first_bytes_peeking(&stream, Duration::from_secs(10), &mut peeks).await;
+        assert!(matches!(seen, FirstBytes::Http1));
+        drop(client.await.unwrap());
     }
 }
