@@ -1764,12 +1764,16 @@ mod spooling {
         );
     }
 
-    /// Files in the spool's `refused/` directory, and whether each holds `needle`.
+    /// The events in the spool's `refused/` directory (its `.wal` files), and whether each holds
+    /// `needle`.
     fn refused_files(config: &aftercart_ingress::IngressConfig, needle: &str) -> Vec<bool> {
         let dir = config.spool.as_ref().expect("spool on").dir.join("refused");
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "wal") {
+                continue;
+            }
             let bytes = std::fs::read(&path).unwrap();
             found.push(
                 bytes
@@ -1851,6 +1855,19 @@ mod spooling {
             vec![true],
             "kept on disk with its webhook id"
         );
+        assert_eq!(
+            restarted
+                .metric("aftercart_ingress_spool_held_aside_events")
+                .await,
+            1.0
+        );
+        assert_eq!(
+            restarted
+                .metric("aftercart_ingress_spool_drained_total")
+                .await,
+            3.0,
+            "set aside is not drained"
+        );
     }
 
     /// The same when the broker refuses the record on its topic and on the quarantine topic (a
@@ -1887,12 +1904,60 @@ mod spooling {
         .await;
         wait_drained(&restarted).await;
         assert_eq!(refused_files(&config, &refused.webhook_id), vec![true]);
+        assert_eq!(
+            restarted
+                .metric("aftercart_ingress_spool_held_aside_events")
+                .await,
+            1.0
+        );
         broker.accept_produce();
         let later = cart("later", 2);
         assert_eq!(later.post(restarted.addr).await.status, 200);
         let records = read_topic(&broker.bootstrap(), &restarted.topic(Family::Carts)).await;
         assert_eq!(count_of(&records, &refused), 0);
         assert_eq!(count_of(&records, &later), 1);
+    }
+
+    /// A refusal that is not about the record's size (a cluster setting that would refuse every
+    /// record, e.g. `INVALID_RECORD` for an old message format) on both topics is retried until
+    /// Kafka takes the event: a whole backlog is never set aside for a configuration mistake.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_event_refused_on_both_topics_for_another_reason_is_retried() {
+        let broker = Broker::mock();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(200);
+        config.shutdown_timeout = Duration::from_secs(1);
+        let event = cart("invalid", 1);
+        spool_then_stop(&broker, &config, &[&event]).await;
+        broker.refuse_produce(
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD,
+            4,
+        );
+        let restarted = TestIngress::spawn(config.clone()).await;
+        eventually(
+            "published once Kafka takes it",
+            Duration::from_secs(30),
+            || async {
+                let records =
+                    read_topic(&broker.bootstrap(), &restarted.topic(Family::Carts)).await;
+                (count_of(&records, &event) == 1).then_some(())
+            },
+        )
+        .await;
+        assert!(
+            restarted
+                .metric(r#"aftercart_ingress_spool_publish_errors_total{class="permanent"}"#)
+                .await
+                >= 1.0
+        );
+        assert_eq!(
+            restarted
+                .metric("aftercart_ingress_spool_set_aside_total")
+                .await,
+            0.0
+        );
+        let aside = config.spool.as_ref().unwrap().dir.join("refused");
+        assert!(!aside.exists() || std::fs::read_dir(&aside).unwrap().count() <= 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2021,7 +2086,7 @@ mod spooling {
         let ingress = TestIngress::start_on(&broker, config).await;
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         broker.down();
-        disk.set_fsync_delay(Duration::from_secs(2));
+        disk.set_fsync_delay(Duration::from_secs(5));
         let webhook = cart("stalled", 1);
         let started = Instant::now();
         let response = webhook.post(ingress.addr).await;

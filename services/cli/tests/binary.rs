@@ -1155,6 +1155,92 @@ async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
     assert!(String::from_utf8_lossy(&after.stdout).contains("pending: 0 events"));
 }
 
+/// Events the ingress set aside in `refused/` (Kafka refused them for their size) are shown by
+/// `spool inspect`, and `spool drain` on that directory publishes them once Kafka takes them.
+/// While Kafka still refuses them, the drain never sets them aside a second time (the operator
+/// would then delete them with the directory): it gives up at its timeout, non-zero, and
+/// keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_set_aside_are_inspected_and_drained_never_set_aside_again() {
+    use aftercart_ingress::spool::refused::{self, SetAside, REFUSED_DIR};
+    use aftercart_ingress::spool::{unix_ms, Entry, RealDisk, SpoolRecord};
+
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let settings = KafkaSettings::new(broker.bootstrap(), &prefix);
+    broker.precreate_for_mock(&topic_specs(&settings, 4 << 20));
+    let topic = format!("{prefix}carts");
+    let dir = temp_spool_dir();
+    let entry = Entry {
+        seq: 41,
+        record: SpoolRecord {
+            topic: topic.clone(),
+            key: "shop.myshopify.com/t".into(),
+            headers: vec![("shopify-webhook-id".into(), b"id-aside".to_vec())],
+            body: bytes::Bytes::from_static(br#"{"token":"t"}"#),
+            received_unix_ms: unix_ms(),
+        },
+    };
+    assert!(matches!(
+        refused::set_aside(&RealDisk, &dir, &entry, u64::MAX).unwrap(),
+        SetAside::Written(_)
+    ));
+    let inspected = run(&mut aftercart(&[
+        "spool",
+        "inspect",
+        "--ingress-spool-dir",
+        dir.to_str().unwrap(),
+    ]));
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    assert!(
+        text.contains("set aside in refused/ (Kafka refused them for their size): 1 events"),
+        "{text}"
+    );
+
+    let aside = dir.join(REFUSED_DIR);
+    let drain = |timeout: &str| {
+        run(aftercart(&[
+            "spool",
+            "drain",
+            "--ingress-spool-dir",
+            aside.to_str().unwrap(),
+            "--timeout",
+            timeout,
+        ])
+        .env("AFTERCART_KAFKA_BROKERS", broker.bootstrap())
+        .env("AFTERCART_TOPIC_PREFIX", &prefix))
+    };
+    broker.refuse_produce(
+        rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+        1000,
+    );
+    let refused_again = drain("3s");
+    assert_eq!(
+        refused_again.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&refused_again.stderr)
+    );
+    assert_eq!(refused::held(&RealDisk, &dir).unwrap().events, 1, "kept");
+    assert!(!aside.join(REFUSED_DIR).exists(), "not set aside again");
+
+    broker.accept_produce();
+    let drained = drain("1m");
+    assert_eq!(
+        drained.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    let records = read_topic(&broker.bootstrap(), &topic).await;
+    let published: Vec<_> = records
+        .iter()
+        .filter(|r| r.header("shopify-webhook-id") == Some("id-aside"))
+        .collect();
+    assert_eq!(published.len(), 1);
+    assert_eq!(refused::held(&RealDisk, &dir).unwrap().events, 0);
+}
+
 #[test]
 fn the_committed_references_match_the_code_and_a_stale_one_is_named() {
     let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/reference");

@@ -272,6 +272,8 @@ impl App {
                 kafka_ready.clone(),
             )
             .with_kafka_health(Arc::clone(&kafka))
+            // As much again as the spool may hold: refused/ is not counted against its limit.
+            .setting_aside(spool.max_bytes())
         });
         let serving = Arc::new(Connections::new(config, metrics.clone()));
         let body_budget = BodyBudget::new(config.edge.body_budget_bytes, metrics.clone());

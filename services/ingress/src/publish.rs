@@ -138,6 +138,19 @@ fn classify_code(code: Option<RDKafkaErrorCode>) -> ErrorClass {
     }
 }
 
+/// A refusal for the record's size: the one permanent refusal the quarantine topic (same
+/// limits) repeats for a record, not for a cluster's setting that would refuse every record.
+pub fn is_size_refusal(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
+}
+
 /// Kafka errors no retry fixes: see [`ErrorClass::Permanent`].
 pub fn is_permanent(error: &KafkaError) -> bool {
     classify(error) == ErrorClass::Permanent

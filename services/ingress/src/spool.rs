@@ -228,6 +228,7 @@ impl Spool {
         });
         shared.mirror(&shared.lock_state());
         shared.refresh_gauges();
+        shared.count_held_aside();
         let writer = writer::start(Arc::clone(&shared)).map_err(io)?;
         Ok((Spool { shared, writer }, recovered))
     }
@@ -243,6 +244,11 @@ impl Spool {
 
     pub fn metrics(&self) -> &SpoolMetrics {
         &self.shared.metrics
+    }
+
+    /// `AFTERCART_INGRESS_SPOOL_MAX_BYTES`.
+    pub fn max_bytes(&self) -> u64 {
+        self.shared.max_bytes
     }
 
     pub fn dir(&self) -> &Path {
@@ -398,6 +404,17 @@ impl Shared {
         self.mirror.drained_seq.load(Ordering::Acquire)
     }
 
+    /// Counts the events waiting in `refused/` into their gauge (logged when unreadable).
+    /// Blocking: it reads the directory.
+    fn count_held_aside(&self) {
+        match refused::held(self.disk.as_ref(), &self.dir) {
+            Ok(held) => self.metrics.set_held_aside(held.events),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot count the events in the spool's refused/ directory.")
+            }
+        }
+    }
+
     /// Sets the backlog gauges from the mirror: never waits on the lock.
     fn refresh_gauges(&self) {
         let mirror = &self.mirror;
@@ -533,6 +550,8 @@ pub struct Inspection {
     pub oldest_unix_ms: Option<u64>,
     /// Pending entries per Kafka topic.
     pub per_topic: std::collections::BTreeMap<String, u64>,
+    /// Events set aside in `refused/` (Kafka refused them for their size), not counted above.
+    pub held_aside: refused::Held,
 }
 
 /// One segment file as inspected.
@@ -574,5 +593,6 @@ pub fn inspect(dir: &Path) -> std::io::Result<Inspection> {
             damage: scan.damage.map(|why| (why, scan.damaged_bytes)),
         });
     }
+    report.held_aside = refused::held(disk, dir)?;
     Ok(report)
 }

@@ -91,6 +91,16 @@ fn run_inspect(dir: &Path) -> i32 {
     for (topic, count) in &report.per_topic {
         println!("  topic {topic}: {count} events");
     }
+    let aside = report.held_aside;
+    if aside.events > 0 {
+        println!(
+            "  set aside in refused/ (Kafka refused them for their size): {} events, {} bytes; \
+             publish them with `aftercart spool drain --ingress-spool-dir {}` once the topics take them",
+            aside.events,
+            aside.bytes,
+            dir.join(aftercart_ingress::spool::refused::REFUSED_DIR).display()
+        );
+    }
     for segment in &report.segments {
         let damage = match segment.damage {
             Some((why, bytes)) => {

@@ -1,6 +1,7 @@
 //! The drainer: publishes spooled events to Kafka in arrival order, then moves the checkpoint
 //! and deletes what is drained. Runs beside the ingress, and alone under `aftercart spool drain`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aftercart_kafka::StatsContext;
@@ -12,10 +13,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use super::entry::Entry;
-use super::refused;
+use super::refused::{self, SetAside};
 use super::segment::{self, FrameReader, Step};
 use super::{Shared, Spool};
-use crate::publish::{classify, ErrorClass};
+use crate::publish::{classify, is_size_refusal, ErrorClass};
 use crate::readiness::KafkaHealth;
 
 /// Most entries published per batch (and per checkpoint write).
@@ -25,6 +26,8 @@ const BATCH_BYTES: u64 = 16 << 20;
 /// Gauges (oldest age above all) are refreshed at least this often.
 const TICK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often (in gauge ticks) the events held in `refused/` are counted again.
+const HELD_ASIDE_EVERY_TICKS: u64 = 60;
 
 /// Why a refused record goes to quarantine instead of being retried forever.
 const REFUSED_REASON: &str = "spool_publish_refused";
@@ -38,6 +41,11 @@ pub struct Drainer {
     kafka_ready: Readiness,
     /// Told of every outcome, for readiness (the ingress's; none under `aftercart spool drain`).
     kafka_health: Option<std::sync::Arc<KafkaHealth>>,
+    /// How many bytes `refused/` may hold; `None`: nothing is set aside (`aftercart spool
+    /// drain`, whose events Kafka still refuses stay where they are).
+    set_aside_limit: Option<u64>,
+    /// Events of the batch in progress set aside rather than published.
+    set_aside: AtomicU64,
 }
 
 /// Where the drainer reads next.
@@ -69,7 +77,16 @@ impl Drainer {
             quarantine_topic,
             kafka_ready,
             kafka_health: None,
+            set_aside_limit: None,
+            set_aside: AtomicU64::new(0),
         }
+    }
+
+    /// Sets aside in `refused/`, up to `max_bytes` there, an event Kafka refuses for its size
+    /// on its topic and on the quarantine topic ([`refused`]), instead of retrying it for ever.
+    pub fn setting_aside(mut self, max_bytes: u64) -> Self {
+        self.set_aside_limit = Some(max_bytes);
+        self
     }
 
     /// Reports every publish outcome to `health`.
@@ -100,9 +117,17 @@ impl Drainer {
             let shared = std::sync::Arc::clone(shared);
             async move {
                 let mut tick = tokio::time::interval(TICK);
+                let mut ticks = 0u64;
                 loop {
                     tick.tick().await;
                     shared.refresh_gauges();
+                    // An operator may have drained or moved `refused/` meanwhile.
+                    if ticks.is_multiple_of(HELD_ASIDE_EVERY_TICKS) {
+                        let shared = std::sync::Arc::clone(&shared);
+                        let _ =
+                            tokio::task::spawn_blocking(move || shared.count_held_aside()).await;
+                    }
+                    ticks += 1;
                 }
             }
         });
@@ -162,12 +187,16 @@ impl Drainer {
         };
         let end = cursor.want;
         let (lost_events, lost_bytes) = (batch.lost_events, batch.lost_bytes);
+        self.set_aside.store(0, Ordering::Relaxed);
         let drained = self.publish(batch.entries, stop).await;
         match drained {
             Some((events, bytes)) => {
                 self.advance(end, events + lost_events, bytes + lost_bytes)
                     .await;
-                self.spool.metrics().drained(events);
+                let set_aside = self.set_aside.load(Ordering::Relaxed);
+                self.spool
+                    .metrics()
+                    .drained(events.saturating_sub(set_aside));
                 (cursor, true)
             }
             // Stopped before Kafka took everything: start over from the checkpoint next time.
@@ -303,25 +332,42 @@ impl Drainer {
             },
             Err(error) => error,
         };
-        if classify(&quarantine_error) != ErrorClass::Permanent {
-            tracing::warn!(error = %quarantine_error, seq = pending.entry.seq, "The quarantine topic did not take a refused spooled event; retrying.");
+        // Only a size refusal is the record's own: any other (a cluster setting refusing every
+        // record) is retried until an operator fixes it, never a whole backlog set aside.
+        let Some(max_bytes) = self
+            .set_aside_limit
+            .filter(|_| is_size_refusal(&quarantine_error))
+        else {
+            tracing::error!(error = %quarantine_error, %topic, seq = pending.entry.seq, "The quarantine topic did not take a refused spooled event either; retrying.");
             return Some(pending);
-        }
+        };
         let shared = std::sync::Arc::clone(&self.spool.shared);
         let entry = pending.entry.clone();
         let written = tokio::task::spawn_blocking(move || {
-            refused::set_aside(shared.disk.as_ref(), &shared.dir, &entry)
+            let written = refused::set_aside(shared.disk.as_ref(), &shared.dir, &entry, max_bytes);
+            shared.count_held_aside();
+            written
         })
         .await;
+        let seq = pending.entry.seq;
         match written {
-            Ok(Ok(path)) => {
+            Ok(Ok(SetAside::Written(path))) => {
                 self.spool.metrics().set_aside();
-                tracing::error!(error = %quarantine_error, %topic, seq = pending.entry.seq, path = %path.display(), "The quarantine topic refuses the event for good too: set aside on disk; publish it with `aftercart spool drain --dir` on that directory once the topics take it.");
+                self.set_aside.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %quarantine_error, %topic, seq, path = %path.display(), "The quarantine topic refuses the event for its size too: set aside on disk. Publish that directory with `aftercart spool drain --ingress-spool-dir` once the topics take it.");
                 None
+            }
+            Ok(Ok(SetAside::AlreadyThere)) => {
+                self.set_aside.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Ok(Ok(SetAside::Full)) => {
+                tracing::error!(%topic, seq, max_bytes, "The refused/ directory is full: the event Kafka refuses stays in the spool, and the events behind it wait.");
+                Some(pending)
             }
             Ok(Err(io)) => {
                 self.spool.metrics().error("write");
-                tracing::error!(error = %io, seq = pending.entry.seq, "Cannot set a refused spooled event aside; retrying.");
+                tracing::error!(error = %io, seq, "Cannot set a refused spooled event aside; retrying.");
                 Some(pending)
             }
             Err(_panicked) => Some(pending),
@@ -349,8 +395,11 @@ async fn settle(sent: Vec<(Pending, DeliveryFuture)>, drainer: &Drainer) -> Vec<
                 continue;
             }
             Ok(Err((error, _))) => {
-                // A record refused for its own sake says nothing against Kafka's health.
-                drainer.outcome(classify(&error) == ErrorClass::Permanent);
+                // A record refused for its own sake says nothing of Kafka's health, either way
+                // (as on the live path).
+                if classify(&error) != ErrorClass::Permanent {
+                    drainer.outcome(false);
+                }
                 error
             }
             Err(_canceled) => {

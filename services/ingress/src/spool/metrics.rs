@@ -49,6 +49,7 @@ pub struct SpoolMetrics {
     corrupt_bytes: IntCounter,
     damaged_events: IntCounter,
     set_aside: IntCounter,
+    held_aside: IntGauge,
     publish_errors: IntCounterVec,
     bypassed: IntCounterVec,
     available: IntGauge,
@@ -84,9 +85,10 @@ impl SpoolMetrics {
             )?,
             corrupt_bytes: counter("corrupt_bytes_total", "Bytes of torn or damaged spool skipped, when the spool was opened or while draining (a copy of a damaged segment is kept in <dir>/damaged/).")?,
             damaged_events: counter("damaged_events_total", "Acknowledged events destroyed by disk damage found while draining (the intact frames after the damage are still drained).")?,
-            set_aside: counter("set_aside_total", "Spooled events Kafka refused for good on their topic and on the quarantine topic (larger than both take), set aside in <dir>/refused/ so the events behind them drain; `aftercart spool drain --dir <dir>/refused` publishes them once the topics take them.")?,
+            set_aside: counter("set_aside_total", "Spooled events Kafka refused for their size on their topic and on the quarantine topic, set aside in <dir>/refused/ so the events behind them drain.")?,
+            held_aside: gauge("held_aside_events", "Events waiting in the spool's refused/ directory (counted at start, after each set-aside and every minute): publish them with `aftercart spool drain --ingress-spool-dir <dir>/refused` once the topics take them.")?,
             publish_errors: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}publish_errors_total"), "Spooled events Kafka refused, by class (retriable: retried; authorization: kept in the spool until an operator fixes credentials or ACLs; permanent: sent to the quarantine topic, or set aside when that refuses it too)."),
+                Opts::new(format!("{PREFIX}publish_errors_total"), "Spooled events Kafka refused, by class (retriable: retried; authorization: kept in the spool until an operator fixes credentials or ACLs; permanent: sent to the quarantine topic, or set aside when that refuses it for its size too)."),
                 &["class"],
             )?,
             bypassed: IntCounterVec::new(
@@ -108,6 +110,7 @@ impl SpoolMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.corrupt_bytes)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.damaged_events)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.set_aside)?;
+        aftercart_runtime::metrics_catalog::register(registry, &metrics.held_aside)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.publish_errors)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.available)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.bypassed)?;
@@ -161,6 +164,10 @@ impl SpoolMetrics {
 
     pub fn set_aside(&self) {
         self.set_aside.inc();
+    }
+
+    pub fn set_held_aside(&self, events: u64) {
+        self.held_aside.set(events as i64);
     }
 
     pub fn publish_error(&self, class: ErrorClass) {

@@ -646,29 +646,65 @@ fn reopen_on(disk: &crash_disk::CrashDisk, dir: &Path) -> (Spool, Recovered) {
     .expect("the spool opens")
 }
 
-/// Events set aside in `refused/` (Kafka refused them on their topic and the quarantine topic)
-/// form a spool of their own: `aftercart spool drain --dir <dir>/refused` reads them back, in
-/// order, with their records intact, and appends after them are numbered past them.
+/// Events set aside in `refused/` (Kafka refused them for their size on their topic and the
+/// quarantine topic) form a spool of their own that `aftercart spool drain --ingress-spool-dir
+/// <dir>/refused` reads back in order, records intact. Setting one aside twice (a crash before
+/// the checkpoint moved) keeps one copy; a different event under a number already taken, or
+/// below the checkpoint an earlier drain left there, is numbered above them, never written over
+/// or taken for drained; the directory holds at most its limit.
 #[tokio::test]
 async fn events_set_aside_in_refused_are_a_spool_of_their_own() {
+    use refused::{SetAside, REFUSED_DIR};
     let dir = temp_dir("refused");
-    let set_aside: Vec<Entry> = [3u32, 7, 8]
+    // Records made once: each carries the time it was made.
+    let records: std::collections::HashMap<u32, SpoolRecord> = [2, 3, 7, 8, 20, 70]
         .into_iter()
-        .map(|n| Entry {
-            seq: u64::from(n),
-            record: record(n),
-        })
+        .map(|n| (n, record(n)))
         .collect();
-    for entry in &set_aside {
-        refused::set_aside(&RealDisk, &dir, entry).expect("written");
+    let record = |n: u32| records[&n].clone();
+    let entry = |seq: u64, n: u32| Entry {
+        seq,
+        record: record(n),
+    };
+    for (seq, n) in [(3, 3), (7, 7), (8, 8)] {
+        let written = refused::set_aside(&RealDisk, &dir, &entry(seq, n), u64::MAX).unwrap();
+        assert!(matches!(written, SetAside::Written(_)), "{written:?}");
     }
-    // Set aside again (a crash before the checkpoint moved): the same file, written over.
-    refused::set_aside(&RealDisk, &dir, &set_aside[1]).expect("written again");
-    let refused_dir = dir.join(refused::REFUSED_DIR);
-    let (spool, recovered) = reopen(&refused_dir, 1 << 20);
-    assert_eq!(recovered.events, 3);
-    let (read, lost) = drain_all(&spool);
-    assert_eq!(lost, 0);
-    assert_eq!(read, set_aside);
-    assert_eq!(append(&spool, 9).await, Ok(9));
+    let again = refused::set_aside(&RealDisk, &dir, &entry(7, 7), u64::MAX).unwrap();
+    assert_eq!(again, SetAside::AlreadyThere);
+    // Sequence numbers start again when a spool is new: 7 is taken by another event.
+    let other = refused::set_aside(&RealDisk, &dir, &entry(7, 70), u64::MAX).unwrap();
+    assert_eq!(
+        other,
+        SetAside::Written(segment::segment_path(&dir.join(REFUSED_DIR), 9))
+    );
+    assert_eq!(refused::held(&RealDisk, &dir).unwrap().events, 4);
+    let refused_dir = dir.join(REFUSED_DIR);
+    {
+        let (spool, recovered) = reopen(&refused_dir, 1 << 20);
+        assert_eq!(recovered.events, 4);
+        let (read, lost) = drain_all(&spool);
+        assert_eq!(lost, 0);
+        let read: Vec<(u64, SpoolRecord)> = read.into_iter().map(|e| (e.seq, e.record)).collect();
+        assert_eq!(
+            read,
+            vec![
+                (3, record(3)),
+                (7, record(7)),
+                (8, record(8)),
+                (9, record(70))
+            ]
+        );
+    }
+    // Drained in place: its checkpoint (10) stays. A later event numbered 2 is still pending.
+    std::thread::sleep(Duration::from_millis(200));
+    let later = refused::set_aside(&RealDisk, &dir, &entry(2, 2), u64::MAX).unwrap();
+    assert!(matches!(later, SetAside::Written(_)), "{later:?}");
+    assert_eq!(refused::held(&RealDisk, &dir).unwrap().events, 1);
+    let (_spool, recovered) = reopen(&refused_dir, 1 << 20);
+    assert_eq!(recovered.events, 1, "not taken for drained");
+    drop(_spool);
+    std::thread::sleep(Duration::from_millis(200));
+    let full = refused::set_aside(&RealDisk, &dir, &entry(20, 20), 10).unwrap();
+    assert_eq!(full, SetAside::Full);
 }
