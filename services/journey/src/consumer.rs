@@ -227,7 +227,8 @@ impl StageLogic for Journey {
                     Input::Invite(invite) => invite.invite.shop.to_ascii_lowercase(),
                     _ => shop_of(message),
                 };
-                let effects = self.engine.apply(partition, &shop, input, at);
+                let offset = Some(message.offset());
+                let effects = self.engine.apply_from(partition, &shop, input, at, offset);
                 let mut staged = self.staged(effects);
                 staged.extend(watched);
                 Ok(staged)

@@ -144,6 +144,12 @@ fn tombstone(key: &str) -> Effect {
     }
 }
 
+/// Whether a fact read at `offset` is one a record already holds, which was written through
+/// `through`: the batch is being read again after a crash that kept that record's write.
+fn read_again(offset: Option<i64>, through: Option<i64>) -> bool {
+    matches!((offset, through), (Some(offset), Some(through)) if offset <= through)
+}
+
 /// The record key of an order's touchpoints: `<shop>/<order id>`, like its fulfilments.
 fn output_key(shop: &str, order_id: u64) -> String {
     format!("{shop}/{order_id}")
@@ -203,8 +209,22 @@ impl Engine {
             .min()
     }
 
-    /// Applies one fact of `shop` received at `at_ms`.
+    /// Applies one fact of `shop` received at `at_ms`, with no input offset (tests, tools).
     pub fn apply(&mut self, partition: i32, shop: &str, input: Input, at_ms: i64) -> Vec<Effect> {
+        self.apply_from(partition, shop, input, at_ms, None)
+    }
+
+    /// Applies one fact of `shop` received at `at_ms`, read at `offset` of the partition's
+    /// input: a fact read again after a crash is not counted twice in the KPIs (see
+    /// [`ShopKpis::tallied_through`]).
+    pub fn apply_from(
+        &mut self,
+        partition: i32,
+        shop: &str,
+        input: Input,
+        at_ms: i64,
+        offset: Option<i64>,
+    ) -> Vec<Effect> {
         if let Some(dropped) = self.drop_redacted(partition, shop, &input, at_ms) {
             return dropped;
         }
@@ -216,6 +236,7 @@ impl Engine {
             state,
             shop,
             effects: &mut effects,
+            offset,
         };
         match input {
             Input::Order(fact) => step.order(&fact, at_ms),
@@ -283,6 +304,7 @@ impl Engine {
                     state,
                     shop: &shop,
                     effects: &mut effects,
+                    offset: None,
                 };
                 step.fire(&key, now_ms);
                 out.extend(effects.into_iter().map(|e| (*partition, e)));
@@ -363,6 +385,8 @@ struct Step<'a> {
     state: &'a mut Partition,
     shop: &'a str,
     effects: &'a mut Vec<Effect>,
+    /// The fact's offset in the partition's input; `None` for timers and tools.
+    offset: Option<i64>,
 }
 
 impl Step<'_> {
@@ -497,10 +521,17 @@ impl Step<'_> {
         if let Some(id) = customer.and_then(|c| c.id) {
             let key = buyer_entity(self.shop, id);
             let buyer = self.state.buyers.entry(key.clone()).or_default();
-            repeat |= buyer.orders > 0;
-            buyer.orders = buyer.orders.saturating_add(1);
-            let entity = Entity::Buyer(buyer.clone());
-            self.effects.push(persist(&key, entity));
+            let offset = self.offset;
+            if read_again(offset, buyer.counted_through) {
+                // Counted in a batch whose order record a crash lost: this order is in it.
+                repeat |= buyer.orders > 1;
+            } else {
+                repeat |= buyer.orders > 0;
+                buyer.orders = buyer.orders.saturating_add(1);
+                buyer.counted_through = offset.or(buyer.counted_through);
+                let entity = Entity::Buyer(buyer.clone());
+                self.effects.push(persist(&key, entity));
+            }
         }
         let value = fact
             .total_price
@@ -785,6 +816,11 @@ impl Step<'_> {
         let rules = &self.rules.kpis;
         let key = shop_entity(self.shop);
         let mut shop = self.state.shops.remove(&key).unwrap_or_default();
+        if read_again(self.offset, shop.tallied_through) {
+            self.state.shops.insert(key, shop);
+            return;
+        }
+        shop.tallied_through = self.offset.or(shop.tallied_through);
         // A fact stamped in a day already reported (read just after its midnight) counts
         // towards the first day not reported yet: late, but in exactly one record.
         let open = shop.days.reported.map_or(i64::MIN, |r| r.saturating_add(1));

@@ -56,6 +56,9 @@ pub fn shop_entity(shop: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct BuyerOrders {
     pub orders: u32,
+    /// The input offset of the last order counted here (see [`ShopKpis::tallied_through`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_through: Option<i64>,
 }
 
 /// A shop's KPI days and when its next report is due.
@@ -63,6 +66,12 @@ pub struct BuyerOrders {
 pub struct ShopKpis {
     pub days: crate::domain::kpis::ShopDays,
     pub next_report_ms: Option<i64>,
+    /// The input offset (in the shop's by-shop partition) of the last fact tallied here. A
+    /// crash can leave a prefix of a batch's changelog writes, this record's among them but
+    /// not the order's that made it final; the batch is then read again from its first
+    /// offset, and a fact at or below this one is already in the days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tallied_through: Option<i64>,
 }
 
 /// A customer's email marketing consent, the latest statement winning.

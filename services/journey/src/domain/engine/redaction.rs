@@ -107,6 +107,7 @@ impl Engine {
                     state,
                     shop,
                     effects: &mut effects,
+                    offset: None,
                 };
                 step.forget_order(&order_entity(shop, fact.id));
             }

@@ -672,3 +672,61 @@ fn a_customer_held_nowhere_or_redacted_still_gets_an_answer_saying_so() {
 }
 
 mod redaction;
+
+/// A crash can leave a prefix of a batch's changelog writes: here the buyer's and the shop's
+/// records of an order, without the order's own (it is written last). The batch is read again
+/// from its first offset: the order is counted once in the day, and not as a repeat purchase.
+#[test]
+fn an_order_read_again_after_a_crash_kept_its_counts_is_counted_once() {
+    let mut first = engine();
+    let effects = first.apply_from(0, SHOP, order(5, true), AT, Some(10));
+    let written: Vec<(String, Entity)> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist {
+                key,
+                entity: Some(entity),
+            } => Some((key.clone(), (**entity).clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        written
+            .last()
+            .is_some_and(|(key, _)| key.starts_with("order/")),
+        "the order's record is written last: {written:?}"
+    );
+    let prefix: HashMap<String, Entity> = written
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("order/"))
+        .collect();
+    assert_eq!(prefix.len(), 2, "the buyer's and the shop's: {prefix:?}");
+
+    let mut restarted = Engine::new(rules());
+    restarted.assign(0, prefix);
+    let again = restarted.apply_from(0, SHOP, order(5, true), AT, Some(10));
+    assert!(
+        !again
+            .iter()
+            .any(|e| matches!(e, Effect::Count(Counted::Kpi(_)))),
+        "not counted again: {again:?}"
+    );
+    // The next order of the same buyer, later in the batch, counts, as a repeat purchase.
+    let next = restarted.apply_from(0, SHOP, order(6, true), AT, Some(11));
+    assert!(next.iter().any(|e| matches!(
+        e,
+        Effect::Count(Counted::Kpi(Fact::Order { repeat: true, .. }))
+    )));
+    let day = AT.div_euclid(DAY);
+    let reported = reports(&restarted.fire_due((day + 1) * DAY));
+    assert_eq!(reported[0].yesterday.orders, 2.0);
+    assert_eq!(reported[0].yesterday.repeat_orders, 1.0);
+
+    // Without the crash, the same two orders count the same.
+    let mut once = engine();
+    once.apply_from(0, SHOP, order(5, true), AT, Some(10));
+    once.apply_from(0, SHOP, order(6, true), AT, Some(11));
+    let reported = reports(&once.fire_due((day + 1) * DAY));
+    assert_eq!(reported[0].yesterday.orders, 2.0);
+    assert_eq!(reported[0].yesterday.repeat_orders, 1.0);
+}
