@@ -2178,6 +2178,61 @@ mod spooling {
         assert_eq!(answer.status, 503, "{}", answer.body);
     }
 
+    /// A spool volume that hangs while Kafka is back (the backlog's checkpoint fsync stalled):
+    /// new events go around the spool straight to Kafka, as for a spool that fails, instead of
+    /// queueing behind the hung writer until their deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_spool_is_gone_around_while_kafka_takes_records() {
+        use aftercart_ingress::spool::crash_disk::CrashDisk;
+        use aftercart_ingress::spool::disk::SpoolDisk;
+        let broker = Broker::mock();
+        let disk = CrashDisk::new();
+        let mut config = test_config(&broker);
+        config.spool_after = Duration::from_millis(300);
+        let spool = config.spool.as_mut().unwrap();
+        spool.dir = "/spool".into();
+        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let ingress = TestIngress::start_on(&broker, config).await;
+        assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
+        broker.down();
+        assert_eq!(cart("backlog", 1).post(ingress.addr).await.status, 200);
+        disk.set_fsync_delay(Duration::from_secs(8));
+        let addr = ingress.addr;
+        let _hung = tokio::spawn(async move { cart("hung", 2).post(addr).await });
+        broker.up();
+        eventually(
+            "the spool seen stalled",
+            Duration::from_secs(15),
+            || async {
+                (ingress.metric("aftercart_ingress_spool_healthy").await == 0.0).then_some(())
+            },
+        )
+        .await;
+        eventually("Kafka seen back", Duration::from_secs(15), || async {
+            (ingress.metric("aftercart_ingress_kafka_healthy").await == 1.0).then_some(())
+        })
+        .await;
+        assert!(
+            ingress
+                .metric("aftercart_ingress_spool_pending_events")
+                .await
+                >= 1.0,
+            "the backlog is still there (its checkpoint fsync hangs)"
+        );
+        let around = cart("around", 3);
+        let response = around.post(ingress.addr).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(
+            ingress
+                .metric(r#"aftercart_ingress_spool_bypassed_total{reason="stalled"}"#)
+                .await,
+            1.0
+        );
+        let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
+        assert_eq!(count_of(&records, &around), 1);
+        disk.set_fsync_delay(Duration::ZERO);
+    }
+
     /// A replica whose spool volume hangs (an fsync running for seconds) while Kafka is down can
     /// only answer 503 at the deadline: it leaves the Service (`/readyz` 503) until the disk
     /// answers, like a replica whose spool fails outright.

@@ -1240,7 +1240,7 @@ mod scenarios {
     }
 
     /// Time spent waiting on Shopify's rate limit (`THROTTLED`, normal operation) does not eat
-    /// the retry budget for failures: a 503 after 1.2 s of throttling is retried under a 1 s
+    /// the retry budget for failures: a 503 after 3 s of throttling is retried under a 2 s
     /// budget, and the call succeeds.
     #[tokio::test]
     async fn throttle_waits_are_not_taken_from_the_retry_budget() {
@@ -1254,12 +1254,12 @@ mod scenarios {
             api_version: "2026-10".into(),
             url_template: admin.url_template(),
             timeout: Duration::from_secs(5),
-            max_retry_duration: Duration::from_secs(1),
+            max_retry_duration: Duration::from_secs(2),
         };
         let metrics = AdminMetrics::register(&prometheus::Registry::new(), "test").unwrap();
         let client = AdminClient::new(config, metrics).unwrap();
-        // Twelve throttles of 0.1 s each (cost 10 at 100 a second), then a 503.
-        admin.throttle_then_fail(12, 503);
+        // Thirty throttles of 0.1 s each (cost 10 at 100 a second), then a 503.
+        admin.throttle_then_fail(30, 503);
         let answer = client
             .call(
                 SHOP,

@@ -272,8 +272,9 @@ impl App {
                 kafka_ready.clone(),
             )
             .with_kafka_health(Arc::clone(&kafka))
-            // As much again as the spool may hold: refused/ is not counted against its limit.
-            .setting_aside(spool.max_bytes())
+            // Not counted against the spool's limit: an eighth of it, inside the headroom the
+            // volume keeps beside the limit (1 GiB of the manifests' 8 GiB on 10 GiB).
+            .setting_aside(spool.max_bytes() / 8)
         });
         let serving = Arc::new(Connections::new(config, metrics.clone()));
         let body_budget = BodyBudget::new(config.edge.body_budget_bytes, metrics.clone());

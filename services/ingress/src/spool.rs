@@ -63,6 +63,9 @@ pub enum AppendError {
     Full,
     #[error("the spool disk failed")]
     Disk,
+    /// Only from [`Spool::trouble`]: a group commit has hung past [`STALLED_AFTER`].
+    #[error("the spool disk is not answering")]
+    Stalled,
 }
 
 impl AppendError {
@@ -70,6 +73,7 @@ impl AppendError {
         match self {
             AppendError::Full => Rejection::Full,
             AppendError::Disk => Rejection::DiskError,
+            AppendError::Stalled => Rejection::Stalled,
         }
     }
 }
@@ -150,8 +154,11 @@ struct Shared {
     disk_ok: AtomicBool,
     /// An append was refused for room and nothing was drained since.
     full: AtomicBool,
-    /// When the writer's group commit in progress began (Unix ms); 0 while it waits for work.
+    /// When the writer's group commit in progress began ([`Shared::clock_ms`]); 0 while it
+    /// waits for work.
     commit_since_ms: AtomicU64,
+    /// The monotonic clock's origin (wall-clock steps must not fake or hide a stall).
+    opened: std::time::Instant,
     /// Held for the spool's lifetime: the lock is released when the file is closed.
     _lock: Option<File>,
 }
@@ -224,6 +231,7 @@ impl Spool {
             disk_ok: AtomicBool::new(true),
             full: AtomicBool::new(false),
             commit_since_ms: AtomicU64::new(0),
+            opened: std::time::Instant::now(),
             _lock: lock,
         });
         shared.mirror(&shared.lock_state());
@@ -261,6 +269,8 @@ impl Spool {
             Some(AppendError::Disk)
         } else if self.shared.full.load(Ordering::Acquire) {
             Some(AppendError::Full)
+        } else if self.is_stalled() {
+            Some(AppendError::Stalled)
         } else {
             None
         }
@@ -280,7 +290,9 @@ impl Spool {
     pub fn is_stalled(&self) -> bool {
         match self.shared.commit_since_ms.load(Ordering::Acquire) {
             0 => false,
-            since => unix_ms().saturating_sub(since) > STALLED_AFTER.as_millis() as u64,
+            since => {
+                self.shared.clock_ms().saturating_sub(since) > STALLED_AFTER.as_millis() as u64
+            }
         }
     }
 
@@ -402,6 +414,11 @@ impl Shared {
     /// Every entry numbered below this is in Kafka.
     fn drained_seq(&self) -> u64 {
         self.mirror.drained_seq.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds since the spool was opened, at least 1 (0 means "no commit running").
+    fn clock_ms(&self) -> u64 {
+        (self.opened.elapsed().as_millis() as u64).max(1)
     }
 
     /// Counts the events waiting in `refused/` into their gauge (logged when unreadable).

@@ -23,6 +23,8 @@ use crate::tokens::AccessTokens;
 
 /// Throttle waits are bounded so that a nonsense `throttleStatus` cannot park the loop.
 const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(60);
+/// Throttling a call may wait without it counting against the retry budget.
+pub const THROTTLE_ALLOWANCE: Duration = Duration::from_secs(120);
 
 /// Why a call has no usable answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -149,7 +151,9 @@ impl AdminClient {
         let body = Bytes::from(json!({"query": query, "variables": variables}).to_string());
         let url = self.config.url(shop);
         let started = Instant::now();
-        // Waiting on the rate limit is normal operation, not failure: kept out of the budget.
+        // Waiting on the rate limit is normal operation, not failure: kept out of the budget,
+        // up to THROTTLE_ALLOWANCE a call (beyond it, it counts, so that a call stays within
+        // `AdminConfig::batch_budget` and the stage's poll interval).
         let mut throttled = Duration::ZERO;
         let mut failures = 0;
         loop {
@@ -188,9 +192,12 @@ impl AdminClient {
                                     ?wait,
                                     "Shopify throttled the call; waiting as it says."
                                 );
-                                throttled += wait;
+                                let slept = Instant::now();
                                 tokio::select! {
-                                    () = tokio::time::sleep(wait) => continue,
+                                    () = tokio::time::sleep(wait) => {
+                                        throttled += slept.elapsed();
+                                        continue;
+                                    }
                                     () = stop.cancelled() => {
                                         self.metrics.call(operation, "stopped");
                                         return Err(CallError::Stopped);
@@ -230,7 +237,9 @@ impl AdminClient {
                 return Err(CallError::Unconfirmed(why));
             }
             failures += 1;
-            let failing_for = started.elapsed().saturating_sub(throttled);
+            let failing_for = started
+                .elapsed()
+                .saturating_sub(throttled.min(THROTTLE_ALLOWANCE));
             let wait = match self.retry.plan(failures, failing_for, retry_after) {
                 Plan::Retry(wait) => wait,
                 Plan::GiveUp(_) => {

@@ -99,9 +99,10 @@ impl AdminArgs {
 }
 
 impl AdminConfig {
-    /// How long one failing shop may hold a batch: one retry budget and its last request.
+    /// How long one failing shop may hold a batch: one retry budget, the throttling a call may
+    /// wait besides it, and its last request.
     pub fn batch_budget(&self) -> Duration {
-        self.max_retry_duration + self.timeout
+        self.max_retry_duration + crate::client::THROTTLE_ALLOWANCE + self.timeout
     }
 
     /// The GraphQL URL of `shop`.

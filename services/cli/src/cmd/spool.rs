@@ -137,7 +137,9 @@ async fn run_drain(dir: &Path, kafka: &KafkaArgs, timeout: &str) -> i32 {
         Ok(opened) => opened,
         Err(OpenError::Locked(_)) => {
             eprintln!(
-                "an ingress holds the spool in {}: it drains it by itself",
+                "another process holds the spool in {}: an ingress (it drains its own spool by \
+                 itself; on a refused/ directory it is setting an event aside: try again in a \
+                 moment) or another drain",
                 dir.display()
             );
             return EX_UNAVAILABLE;

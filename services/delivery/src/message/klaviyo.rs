@@ -103,7 +103,11 @@ impl KlaviyoDestination {
         let outcome = self
             .post(message, &authorization, stop, budget, may_drop_phone)
             .await;
-        if may_drop_phone && refused_phone(&outcome) && !stop.is_cancelled() {
+        if may_drop_phone && refused_phone(&outcome) {
+            if stop.is_cancelled() {
+                // Sent again without the phone after the restart, not dead-lettered now.
+                return Outcome::Stopped;
+            }
             tracing::warn!(
                 shop = %message.shop,
                 event_id = %message.event_id,
@@ -142,9 +146,7 @@ impl KlaviyoDestination {
             budget,
             |answer| match classify(answer.status) {
                 Class::Permanent
-                    if may_drop_phone
-                        && !stop.is_cancelled()
-                        && phone_alone_refused(answer.status, &answer.body) =>
+                    if may_drop_phone && phone_alone_refused(answer.status, &answer.body) =>
                 {
                     Class::Amend
                 }

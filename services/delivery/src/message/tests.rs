@@ -200,7 +200,7 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
     assert_eq!(attempts(&registry, "retry"), 1);
     assert_eq!(attempts(&registry, "delivered"), 1);
 
-    let receiver = Receiver::start(vec![phone_refused]).await;
+    let receiver = Receiver::start(vec![phone_refused.clone()]).await;
     let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
     let mut phone_only = message();
     phone_only.profile = Profile {
@@ -215,6 +215,17 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
     assert_eq!(receiver.count(), 1);
     assert_eq!(attempts(&registry, "permanent"), 1);
     assert_eq!(attempts(&registry, "retry"), 0);
+
+    // A stop when the refusal comes: sent again without the phone after the restart, not
+    // dead-lettered now.
+    let receiver = Receiver::start(vec![phone_refused.clone()]).await;
+    let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let outcome = destination.send(&with_phone, &stop).await;
+    assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
+    assert_eq!(receiver.count(), 1);
+    assert_eq!(attempts(&registry, "permanent"), 0);
 
     let other = Reply {
         body: r#"{"errors":[{"status":400,"code":"invalid","source":{"pointer":"/data/attributes/metric"}}]}"#,

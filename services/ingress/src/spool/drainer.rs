@@ -117,6 +117,8 @@ impl Drainer {
             let shared = std::sync::Arc::clone(shared);
             async move {
                 let mut tick = tokio::time::interval(TICK);
+                // A slow count must not be followed by a burst of the ticks it missed.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut ticks = 0u64;
                 loop {
                     tick.tick().await;
@@ -334,10 +336,8 @@ impl Drainer {
         };
         // Only a size refusal is the record's own: any other (a cluster setting refusing every
         // record) is retried until an operator fixes it, never a whole backlog set aside.
-        let Some(max_bytes) = self
-            .set_aside_limit
-            .filter(|_| is_size_refusal(&quarantine_error))
-        else {
+        let sized = is_size_refusal(error) && is_size_refusal(&quarantine_error);
+        let Some(max_bytes) = self.set_aside_limit.filter(|_| sized) else {
             tracing::error!(error = %quarantine_error, %topic, seq = pending.entry.seq, "The quarantine topic did not take a refused spooled event either; retrying.");
             return Some(pending);
         };
@@ -363,6 +363,10 @@ impl Drainer {
             }
             Ok(Ok(SetAside::Full)) => {
                 tracing::error!(%topic, seq, max_bytes, "The refused/ directory is full: the event Kafka refuses stays in the spool, and the events behind it wait.");
+                Some(pending)
+            }
+            Ok(Err(busy)) if busy.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::warn!(seq, "A drain holds the refused/ directory; setting the event aside when it is done.");
                 Some(pending)
             }
             Ok(Err(io)) => {

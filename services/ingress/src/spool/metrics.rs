@@ -23,6 +23,8 @@ pub enum Rejection {
     DiskError,
     /// The spool is off (`AFTERCART_INGRESS_SPOOL_DIR=off`).
     Disabled,
+    /// A group commit has hung for more than 2 s (a volume that hangs rather than fails).
+    Stalled,
 }
 
 impl Rejection {
@@ -31,6 +33,7 @@ impl Rejection {
             Rejection::Full => "full",
             Rejection::DiskError => "disk_error",
             Rejection::Disabled => "disabled",
+            Rejection::Stalled => "stalled",
         }
     }
 }
@@ -76,7 +79,7 @@ impl SpoolMetrics {
                     .buckets(FSYNC_BUCKETS.to_vec()),
             )?,
             rejected: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}rejected_total"), "Requests answered 503 because the spool could not take them, by reason (full, disk_error, disabled)."),
+                Opts::new(format!("{PREFIX}rejected_total"), "Requests answered 503 because the spool could not take them, by reason (full, disk_error, disabled, stalled)."),
                 &["reason"],
             )?,
             errors: IntCounterVec::new(
@@ -92,7 +95,7 @@ impl SpoolMetrics {
                 &["class"],
             )?,
             bypassed: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}bypassed_total"), "Requests the spool could not take (full, disk_error) that were published straight to Kafka instead: answered 200, possibly ahead of older events of the same key still in the spool."),
+                Opts::new(format!("{PREFIX}bypassed_total"), "Requests the spool could not take (full, disk_error, stalled) that were published straight to Kafka instead: answered 200, possibly ahead of older events of the same key still in the spool."),
                 &["reason"],
             )?,
             healthy: gauge("healthy", "1 when the spool can take events (its disk works, it has room, and no fsync has hung for more than 2 s); a replica is ready when this or aftercart_ingress_kafka_healthy is 1.")?,
@@ -115,10 +118,15 @@ impl SpoolMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.available)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.bypassed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.healthy)?;
-        for reason in [Rejection::Full, Rejection::DiskError, Rejection::Disabled] {
+        for reason in [
+            Rejection::Full,
+            Rejection::DiskError,
+            Rejection::Disabled,
+            Rejection::Stalled,
+        ] {
             metrics.rejected.with_label_values(&[reason.as_label()]);
         }
-        for reason in [Rejection::Full, Rejection::DiskError] {
+        for reason in [Rejection::Full, Rejection::DiskError, Rejection::Stalled] {
             metrics.bypassed.with_label_values(&[reason.as_label()]);
         }
         for op in ["open", "write", "fsync", "read", "remove"] {

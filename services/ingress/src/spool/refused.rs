@@ -35,7 +35,8 @@ pub struct Held {
     pub bytes: u64,
 }
 
-/// What `refused/` under `dir` holds (nothing when it does not exist).
+/// What `refused/` under `dir` holds (nothing when it does not exist). From the names and
+/// sizes alone (one frame a file): cheap enough to count every minute.
 pub fn held(disk: &dyn Disk, dir: &Path) -> io::Result<Held> {
     let refused = dir.join(REFUSED_DIR);
     if !disk.exists(&refused) {
@@ -43,19 +44,22 @@ pub fn held(disk: &dyn Disk, dir: &Path) -> io::Result<Held> {
     }
     let checkpoint = segment::read_checkpoint(disk, &refused);
     let mut held = Held::default();
-    for (_, path) in segment::list_segments(disk, &refused)? {
-        let scan = segment::scan(disk, &path, checkpoint)?;
-        held.events += scan.entries;
-        held.bytes += scan.bytes;
+    for (seq, path) in segment::list_segments(disk, &refused)? {
+        if seq >= checkpoint {
+            held.events += 1;
+            held.bytes += disk.open_read(&path)?.size()?;
+        }
     }
     Ok(held)
 }
 
 /// Writes `entry` to `<dir>/refused/` durably (a temporary file fsynced, renamed into place,
-/// the directory fsynced), unless the same record is there already or the directory holds
-/// `max_bytes`. Numbered above everything the directory holds and above its checkpoint (an
-/// earlier drain's), so that no event set aside is written over or taken for drained. An
-/// error (the disk, or a drain holding the directory's lock) leaves the entry in the spool.
+/// the directory fsynced), unless it is there already or the directory holds `max_bytes`.
+/// Numbered as in the spool when that number is free, else above everything the directory
+/// holds and above its checkpoint (an earlier drain's), so that no event set aside is written
+/// over or taken for drained; the same entry set aside again (a crash before the checkpoint
+/// moved) finds its own number taken by itself. An error (the disk; a drain holding the
+/// directory's lock: [`io::ErrorKind::WouldBlock`]) leaves the entry in the spool.
 pub fn set_aside(
     disk: &dyn Disk,
     dir: &Path,
@@ -74,34 +78,46 @@ pub fn set_aside(
         }
         Err(Some(error)) => return Err(error),
     };
+    // A crash between a temporary file's write and its rename leaves it (a whole webhook).
+    for path in disk.read_dir(&refused)? {
+        if path.extension().is_some_and(|e| e == "tmp") {
+            disk.remove_file(&path)?;
+        }
+    }
     let checkpoint = segment::read_checkpoint(disk, &refused);
-    let (mut next_seq, mut bytes) = (entry.seq.max(checkpoint), 0u64);
-    for (first_seq, path) in segment::list_segments(disk, &refused)? {
-        next_seq = next_seq.max(first_seq + 1);
-        let mut reader = FrameReader::open(disk, &path, 0)?;
-        if let Step::Entry(kept, frame_len) = reader.next_frame(u64::MAX)? {
-            next_seq = next_seq.max(kept.seq + 1);
-            if kept.seq >= checkpoint {
+    let own = segment::segment_path(&refused, entry.seq);
+    let mut own_taken = false;
+    let (mut above, mut bytes) = (checkpoint, 0u64);
+    for (seq, path) in segment::list_segments(disk, &refused)? {
+        above = above.max(seq + 1);
+        if seq >= checkpoint {
+            bytes += disk.open_read(&path)?.size()?;
+        }
+        if path == own && seq >= checkpoint {
+            let mut reader = FrameReader::open(disk, &path, 0)?;
+            if let Step::Entry(kept, _) = reader.next_frame(u64::MAX)? {
                 if kept.record == entry.record {
                     return Ok(SetAside::AlreadyThere);
                 }
-                bytes += frame_len as u64;
             }
+            own_taken = true;
         }
     }
     let frame_len = entry.record.frame_len() as u64;
     if bytes + frame_len > max_bytes {
         return Ok(SetAside::Full);
     }
+    let seq = if own_taken || entry.seq < checkpoint {
+        above
+    } else {
+        entry.seq
+    };
     let numbered = Entry {
-        seq: next_seq,
+        seq,
         record: entry.record.clone(),
     };
     let path = segment::segment_path(&refused, numbered.seq);
     let tmp = path.with_extension("wal.tmp");
-    if disk.exists(&tmp) {
-        disk.remove_file(&tmp)?;
-    }
     let mut frame = Vec::with_capacity(frame_len as usize);
     numbered.encode(&mut frame);
     disk::write_new(disk, &tmp, &frame)?;

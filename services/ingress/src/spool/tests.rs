@@ -667,7 +667,7 @@ async fn events_set_aside_in_refused_are_a_spool_of_their_own() {
         record: record(n),
     };
     for (seq, n) in [(3, 3), (7, 7), (8, 8)] {
-        let written = refused::set_aside(&RealDisk, &dir, &entry(seq, n), u64::MAX).unwrap();
+        let written = set_aside_when_free(&dir, &entry(seq, n), u64::MAX);
         assert!(matches!(written, SetAside::Written(_)), "{written:?}");
     }
     let again = refused::set_aside(&RealDisk, &dir, &entry(7, 7), u64::MAX).unwrap();
@@ -697,14 +697,33 @@ async fn events_set_aside_in_refused_are_a_spool_of_their_own() {
         );
     }
     // Drained in place: its checkpoint (10) stays. A later event numbered 2 is still pending.
-    std::thread::sleep(Duration::from_millis(200));
-    let later = refused::set_aside(&RealDisk, &dir, &entry(2, 2), u64::MAX).unwrap();
+    let later = set_aside_when_free(&dir, &entry(2, 2), u64::MAX);
     assert!(matches!(later, SetAside::Written(_)), "{later:?}");
-    assert_eq!(refused::held(&RealDisk, &dir).unwrap().events, 1);
-    let (_spool, recovered) = reopen(&refused_dir, 1 << 20);
+    let held = refused::held(&RealDisk, &dir).unwrap();
+    assert_eq!(held.events, 1);
+    let (spool, recovered) = reopen(&refused_dir, 1 << 20);
     assert_eq!(recovered.events, 1, "not taken for drained");
-    drop(_spool);
-    std::thread::sleep(Duration::from_millis(200));
-    let full = refused::set_aside(&RealDisk, &dir, &entry(20, 20), 10).unwrap();
+    // While a drain holds the directory, nothing is set aside (the entry stays in the spool).
+    let busy = refused::set_aside(&RealDisk, &dir, &entry(21, 20), u64::MAX).unwrap_err();
+    assert_eq!(busy.kind(), std::io::ErrorKind::WouldBlock);
+    drop(spool);
+    // The limit counts what is held: one frame more than fits is refused, one that fits is not.
+    let frame = record(20).frame_len() as u64;
+    let full = set_aside_when_free(&dir, &entry(20, 20), held.bytes + frame - 1);
     assert_eq!(full, SetAside::Full);
+    let fits = set_aside_when_free(&dir, &entry(20, 20), held.bytes + frame);
+    assert!(matches!(fits, SetAside::Written(_)), "{fits:?}");
+}
+
+/// Sets `entry` aside, waiting while a closing spool's writer thread still holds the lock.
+fn set_aside_when_free(dir: &Path, entry: &Entry, max_bytes: u64) -> refused::SetAside {
+    for _ in 0..100 {
+        match refused::set_aside(&RealDisk, dir, entry, max_bytes) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("set aside"),
+        }
+    }
+    panic!("the refused/ lock was never released");
 }

@@ -84,7 +84,7 @@ impl Writer {
             let shared = Arc::clone(&self.shared);
             shared
                 .commit_since_ms
-                .store(unix_ms().max(1), Ordering::Release);
+                .store(shared.clock_ms(), Ordering::Release);
             self.commit(group);
             shared.commit_since_ms.store(0, Ordering::Release);
         }
