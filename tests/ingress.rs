@@ -2196,7 +2196,7 @@ mod spooling {
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         broker.down();
         assert_eq!(cart("backlog", 1).post(ingress.addr).await.status, 200);
-        disk.set_fsync_delay(Duration::from_secs(8));
+        disk.hold_fsyncs(true);
         let addr = ingress.addr;
         let _hung = tokio::spawn(async move { cart("hung", 2).post(addr).await });
         broker.up();
@@ -2230,7 +2230,7 @@ mod spooling {
         );
         let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
         assert_eq!(count_of(&records, &around), 1);
-        disk.set_fsync_delay(Duration::ZERO);
+        disk.hold_fsyncs(false);
     }
 
     /// A replica whose spool volume hangs (an fsync running for seconds) while Kafka is down can

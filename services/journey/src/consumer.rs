@@ -5,14 +5,15 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aftercart_kafka::{
-    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Stage, StageEffect,
-    StageLogic, StageTopics, TopicNames, Unusable,
+    header, shop_of, staged_at, DataRequestAnswered, Inputs, LoopError, Prepared, Preparing, Stage,
+    StageEffect, StageLogic, StageTopics, TopicNames, Unusable,
 };
 use aftercart_runtime::health::Readiness;
 use aftercart_runtime::Event as _;
 use aftercart_shopify::time::now_ms;
 use aftercart_shopify::Family;
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::JourneyConfig;
 use crate::domain::engine::{Effect, Engine};
@@ -32,6 +33,8 @@ pub const ABANDONMENTS: &str = "abandonments";
 const TOUCHPOINTS: usize = 0;
 const KPIS: usize = 1;
 const DATA_REQUESTS: usize = 2;
+/// The key prefix of order records ([`crate::domain::state::order_entity`]).
+const ORDER_PREFIX: &str = "order/";
 /// How often settled orders are expired.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
@@ -312,5 +315,82 @@ impl StageLogic for Journey {
     fn gauges(&self) {
         self.metrics.state(self.engine.sizes());
         self.watchdog_metrics.sizes(self.watchdog.sizes());
+    }
+
+    /// Writes a batch's order records after everything else of it (the stage writes each key
+    /// once, at its last position, and a crash keeps a prefix): an order record that says the
+    /// order was seen is then never written without the shop's and the buyer's records that
+    /// counted it, and those carry the offset they counted through.
+    fn prepare<'a>(
+        &'a mut self,
+        effects: Vec<(i32, Staged)>,
+        _stop: &'a CancellationToken,
+    ) -> Preparing<'a, Self> {
+        Box::pin(std::future::ready(Some(Prepared {
+            effects: orders_last(effects),
+            dead: Vec::new(),
+            stopped: false,
+        })))
+    }
+}
+
+/// `effects` with the order records moved after the rest, each part in its own order.
+fn orders_last(effects: Vec<(i32, Staged)>) -> Vec<(i32, Staged)> {
+    let (orders, mut rest): (Vec<_>, Vec<_>) = effects.into_iter().partition(|(_, effect)| {
+        matches!(effect, StageEffect::Persist { key, .. } if key.starts_with(ORDER_PREFIX))
+    });
+    rest.extend(orders);
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(key: &str) -> (i32, Staged) {
+        (
+            0,
+            StageEffect::Persist {
+                key: key.to_string(),
+                entity: None,
+            },
+        )
+    }
+
+    fn keys(effects: &[(i32, Staged)]) -> Vec<&str> {
+        effects
+            .iter()
+            .map(|(_, effect)| match effect {
+                StageEffect::Persist { key, .. } => key.as_str(),
+                StageEffect::Emit { key, .. } => key.as_str(),
+            })
+            .collect()
+    }
+
+    /// A batch of two orders: the first order's record (written at its last position by the
+    /// stage) would otherwise come before the shop's record that counted both.
+    #[test]
+    fn order_records_are_written_after_the_records_that_counted_them() {
+        let batch = vec![
+            write("buyer/s/1"),
+            write("shop/s"),
+            write("order/s/5"),
+            write("buyer/s/1"),
+            write("shop/s"),
+            write("order/s/6"),
+            write("customer/s/1"),
+        ];
+        assert_eq!(
+            keys(&orders_last(batch)),
+            [
+                "buyer/s/1",
+                "shop/s",
+                "buyer/s/1",
+                "shop/s",
+                "customer/s/1",
+                "order/s/5",
+                "order/s/6"
+            ]
+        );
     }
 }

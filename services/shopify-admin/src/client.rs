@@ -196,6 +196,23 @@ impl AdminClient {
                                 tokio::select! {
                                     () = tokio::time::sleep(wait) => {
                                         throttled += slept.elapsed();
+                                        // Past the allowance, throttling spends the budget
+                                        // as failures do: a call never outlasts the batch's.
+                                        let spent = started
+                                            .elapsed()
+                                            .saturating_sub(throttled.min(THROTTLE_ALLOWANCE));
+                                        if spent >= self.retry.max_duration {
+                                            CallExhausted {
+                                                shop,
+                                                operation,
+                                                failures,
+                                                reason: "THROTTLED",
+                                            }
+                                            .emit(&self.metrics);
+                                            return Err(CallError::Exhausted(
+                                                "throttled past the retry budget".into(),
+                                            ));
+                                        }
                                         continue;
                                     }
                                     () = stop.cancelled() => {

@@ -23,7 +23,7 @@ use crate::http::{Reply, Unavailable};
 use crate::metrics::IngressMetrics;
 use crate::publish::{classify, ErrorClass, PublishError, Publisher, Record};
 use crate::readiness::KafkaHealth;
-use crate::spool::{AppendResult, Rejection, Spool};
+use crate::spool::{AppendError, AppendResult, Rejection, Spool};
 
 pub const WEBHOOK_PATH: &str = "/webhooks/shopify";
 
@@ -326,9 +326,10 @@ async fn publish(state: &WebhookState, delivery: &Delivery) -> (Reply, Option<Un
     } else {
         // With a spool, Kafka gets only part of the budget: the rest is for the fsync (or, for
         // a sick spool, the quick refusal that lets Shopify retry).
-        let kafka_deadline = match spool {
-            Some(_) => delivery.deadline.min(delivery.arrived + state.spool_after),
-            None => delivery.deadline,
+        // A stalled spool cannot take the event in time either: Kafka gets the whole budget.
+        let kafka_deadline = match (spool, trouble) {
+            (_, Some(AppendError::Stalled)) | (None, _) => delivery.deadline,
+            (Some(_), _) => delivery.deadline.min(delivery.arrived + state.spool_after),
         };
         match direct(state, delivery, &record, reply, kafka_deadline).await {
             Direct::Done(answer) => {

@@ -53,6 +53,8 @@ struct Fs {
     flush_failing: bool,
     /// Every fsync waits this long first, as on a stalled volume.
     fsync_delay: std::time::Duration,
+    /// Every fsync waits until this is false again, as on a volume that hangs.
+    fsync_held: bool,
 }
 
 impl Default for Fs {
@@ -66,6 +68,7 @@ impl Default for Fs {
             broken: false,
             flush_failing: false,
             fsync_delay: std::time::Duration::ZERO,
+            fsync_held: false,
         }
     }
 }
@@ -142,11 +145,21 @@ impl CrashDisk {
         self.fs().fsync_delay = delay;
     }
 
-    /// Waits out the fsync delay, if one is set.
+    /// From now on every fsync hangs until this is called with `false` (a volume that hangs
+    /// for as long as the test needs, not for a guessed time).
+    pub fn hold_fsyncs(&self, held: bool) {
+        self.fs().fsync_held = held;
+    }
+
+    /// Waits out the fsync delay, and while fsyncs are held, if either is set. The waits hold
+    /// no lock of the disk's.
     fn stall(&self) {
         let delay = self.fs().fsync_delay;
         if !delay.is_zero() {
             std::thread::sleep(delay);
+        }
+        while self.fs().fsync_held {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 

@@ -79,7 +79,7 @@ impl SpoolMetrics {
                     .buckets(FSYNC_BUCKETS.to_vec()),
             )?,
             rejected: IntCounterVec::new(
-                Opts::new(format!("{PREFIX}rejected_total"), "Requests answered 503 because the spool could not take them, by reason (full, disk_error, disabled, stalled)."),
+                Opts::new(format!("{PREFIX}rejected_total"), "Requests answered 503 because the spool could not take them, by reason (full, disk_error, disabled)."),
                 &["reason"],
             )?,
             errors: IntCounterVec::new(
@@ -118,12 +118,7 @@ impl SpoolMetrics {
         aftercart_runtime::metrics_catalog::register(registry, &metrics.available)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.bypassed)?;
         aftercart_runtime::metrics_catalog::register(registry, &metrics.healthy)?;
-        for reason in [
-            Rejection::Full,
-            Rejection::DiskError,
-            Rejection::Disabled,
-            Rejection::Stalled,
-        ] {
+        for reason in [Rejection::Full, Rejection::DiskError, Rejection::Disabled] {
             metrics.rejected.with_label_values(&[reason.as_label()]);
         }
         for reason in [Rejection::Full, Rejection::DiskError, Rejection::Stalled] {

@@ -103,15 +103,16 @@ pub fn set_aside(
             own_taken = true;
         }
     }
+    let renumbered = own_taken || entry.seq < checkpoint;
+    if renumbered && holds_record(disk, &refused, checkpoint, entry)? {
+        // Set aside under a new number before a crash kept the checkpoint from moving.
+        return Ok(SetAside::AlreadyThere);
+    }
     let frame_len = entry.record.frame_len() as u64;
     if bytes + frame_len > max_bytes {
         return Ok(SetAside::Full);
     }
-    let seq = if own_taken || entry.seq < checkpoint {
-        above
-    } else {
-        entry.seq
-    };
+    let seq = if renumbered { above } else { entry.seq };
     let numbered = Entry {
         seq,
         record: entry.record.clone(),
@@ -124,4 +125,26 @@ pub fn set_aside(
     disk.rename(&tmp, &path)?;
     disk.sync_dir(&refused)?;
     Ok(SetAside::Written(path))
+}
+
+/// Whether any event at or above `checkpoint` in `refused` is `entry`'s record (read only when
+/// its own number is taken: the rare case, and `refused/` holds few, large, events).
+fn holds_record(
+    disk: &dyn Disk,
+    refused: &Path,
+    checkpoint: u64,
+    entry: &Entry,
+) -> io::Result<bool> {
+    for (seq, path) in segment::list_segments(disk, refused)? {
+        if seq < checkpoint {
+            continue;
+        }
+        let mut reader = FrameReader::open(disk, &path, 0)?;
+        if let Step::Entry(kept, _) = reader.next_frame(u64::MAX)? {
+            if kept.record == entry.record {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }

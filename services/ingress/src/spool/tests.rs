@@ -678,6 +678,10 @@ async fn events_set_aside_in_refused_are_a_spool_of_their_own() {
         other,
         SetAside::Written(segment::segment_path(&dir.join(REFUSED_DIR), 9))
     );
+    // And that one set aside again (a crash before the checkpoint moved) is found under its
+    // new number, not written a second time.
+    let other_again = set_aside_when_free(&dir, &entry(7, 70), u64::MAX);
+    assert_eq!(other_again, SetAside::AlreadyThere);
     assert_eq!(refused::held(&RealDisk, &dir).unwrap().events, 4);
     let refused_dir = dir.join(REFUSED_DIR);
     {

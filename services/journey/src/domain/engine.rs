@@ -523,10 +523,21 @@ impl Step<'_> {
             let buyer = self.state.buyers.entry(key.clone()).or_default();
             let offset = self.offset;
             if read_again(offset, buyer.counted_through) {
-                // Counted in a batch whose order record a crash lost: this order is in it.
-                repeat |= buyer.orders > 1;
+                // Counted in a batch whose order record a crash lost: this order is in it, a
+                // repeat if an earlier order was counted before it.
+                repeat |= match (buyer.first_counted, offset) {
+                    (Some(first), Some(offset)) => offset > first,
+                    _ => buyer.orders > 1,
+                };
             } else {
                 repeat |= buyer.orders > 0;
+                if buyer.first_counted.is_none() {
+                    buyer.first_counted = if buyer.orders == 0 {
+                        offset
+                    } else {
+                        offset.map(|_| i64::MIN)
+                    };
+                }
                 buyer.orders = buyer.orders.saturating_add(1);
                 buyer.counted_through = offset.or(buyer.counted_through);
                 let entity = Entity::Buyer(buyer.clone());

@@ -59,6 +59,10 @@ pub struct BuyerOrders {
     /// The input offset of the last order counted here (see [`ShopKpis::tallied_through`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_through: Option<i64>,
+    /// The input offset of the first order counted here (`i64::MIN`: counted before offsets
+    /// were kept), so that an order read again is a repeat only if an earlier one was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_counted: Option<i64>,
 }
 
 /// A shop's KPI days and when its next report is due.

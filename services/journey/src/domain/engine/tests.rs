@@ -730,3 +730,33 @@ fn an_order_read_again_after_a_crash_kept_its_counts_is_counted_once() {
     assert_eq!(reported[0].yesterday.orders, 2.0);
     assert_eq!(reported[0].yesterday.repeat_orders, 1.0);
 }
+
+/// The prefix a crash keeps can hold the buyer's record of two new orders without the shop's:
+/// read again, the first of them is not a repeat purchase, the second is.
+#[test]
+fn orders_read_again_keep_their_repeat_classification() {
+    let mut first = engine();
+    let mut effects = first.apply_from(0, SHOP, order(5, true), AT, Some(10));
+    effects.extend(first.apply_from(0, SHOP, order(6, true), AT, Some(11)));
+    let buyer: HashMap<String, Entity> = effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Persist {
+                key,
+                entity: Some(entity),
+            } if key.starts_with("buyer/") => Some((key, *entity)),
+            _ => None,
+        })
+        .collect();
+    let mut restarted = Engine::new(rules());
+    restarted.assign(0, buyer);
+    let repeats: Vec<bool> = [(5, 10), (6, 11)]
+        .into_iter()
+        .flat_map(|(id, offset)| restarted.apply_from(0, SHOP, order(id, true), AT, Some(offset)))
+        .filter_map(|e| match e {
+            Effect::Count(Counted::Kpi(Fact::Order { repeat, .. })) => Some(repeat),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(repeats, [false, true]);
+}
