@@ -2178,6 +2178,15 @@ mod spooling {
         assert_eq!(answer.status, 503, "{}", answer.body);
     }
 
+    /// Lets the held fsyncs of a test disk go when dropped.
+    struct ReleaseFsyncs(aftercart_ingress::spool::crash_disk::CrashDisk);
+
+    impl Drop for ReleaseFsyncs {
+        fn drop(&mut self) {
+            self.0.hold_fsyncs(false);
+        }
+    }
+
     /// A spool volume that hangs while Kafka is back (the backlog's checkpoint fsync stalled):
     /// new events go around the spool straight to Kafka, as for a spool that fails, instead of
     /// queueing behind the hung writer until their deadline.
@@ -2197,6 +2206,8 @@ mod spooling {
         broker.down();
         assert_eq!(cart("backlog", 1).post(ingress.addr).await.status, 200);
         disk.hold_fsyncs(true);
+        // Let go whatever happens below: a failed assertion must not leave the writer hung.
+        let _release = ReleaseFsyncs(disk.clone());
         let addr = ingress.addr;
         let _hung = tokio::spawn(async move { cart("hung", 2).post(addr).await });
         broker.up();
@@ -2230,7 +2241,6 @@ mod spooling {
         );
         let records = read_topic(&broker.bootstrap(), &ingress.topic(Family::Carts)).await;
         assert_eq!(count_of(&records, &around), 1);
-        disk.hold_fsyncs(false);
     }
 
     /// A replica whose spool volume hangs (an fsync running for seconds) while Kafka is down can

@@ -192,27 +192,30 @@ impl AdminClient {
                                     ?wait,
                                     "Shopify throttled the call; waiting as it says."
                                 );
+                                // Past the allowance, throttling spends the budget as
+                                // failures do: a wait that would end beyond what is left of
+                                // both is not begun, so a call never outlasts the batch's.
+                                let spent = started
+                                    .elapsed()
+                                    .saturating_sub(throttled.min(THROTTLE_ALLOWANCE));
+                                let left = self.retry.max_duration.saturating_sub(spent)
+                                    + THROTTLE_ALLOWANCE.saturating_sub(throttled);
+                                if wait >= left {
+                                    CallExhausted {
+                                        shop,
+                                        operation,
+                                        failures,
+                                        reason: "THROTTLED",
+                                    }
+                                    .emit(&self.metrics);
+                                    return Err(CallError::Exhausted(
+                                        "throttled past the retry budget".into(),
+                                    ));
+                                }
                                 let slept = Instant::now();
                                 tokio::select! {
                                     () = tokio::time::sleep(wait) => {
                                         throttled += slept.elapsed();
-                                        // Past the allowance, throttling spends the budget
-                                        // as failures do: a call never outlasts the batch's.
-                                        let spent = started
-                                            .elapsed()
-                                            .saturating_sub(throttled.min(THROTTLE_ALLOWANCE));
-                                        if spent >= self.retry.max_duration {
-                                            CallExhausted {
-                                                shop,
-                                                operation,
-                                                failures,
-                                                reason: "THROTTLED",
-                                            }
-                                            .emit(&self.metrics);
-                                            return Err(CallError::Exhausted(
-                                                "throttled past the retry budget".into(),
-                                            ));
-                                        }
                                         continue;
                                     }
                                     () = stop.cancelled() => {

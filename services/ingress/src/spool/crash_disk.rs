@@ -57,6 +57,9 @@ struct Fs {
     fsync_held: bool,
 }
 
+/// The longest an fsync stays held by [`CrashDisk::hold_fsyncs`].
+const MAX_FSYNC_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Default for Fs {
     fn default() -> Self {
         Fs {
@@ -158,7 +161,9 @@ impl CrashDisk {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        while self.fs().fsync_held {
+        // Bounded all the same: a test that fails before letting go must still end.
+        let held_since = std::time::Instant::now();
+        while self.fs().fsync_held && held_since.elapsed() < MAX_FSYNC_HOLD {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
