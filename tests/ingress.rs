@@ -1712,9 +1712,7 @@ mod spooling {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spooled_events_are_published_by_the_next_start() {
         let broker = Broker::mock();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(200);
-        config.shutdown_timeout = Duration::from_secs(1);
+        let config = restartable_config(&broker);
         let ingress = TestIngress::start_on(&broker, config.clone()).await;
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         broker.down();
@@ -1784,6 +1782,14 @@ mod spooling {
         found
     }
 
+    /// A config that spools after 200 ms and stops within a second (what it spooled stays).
+    fn restartable_config(broker: &Broker) -> aftercart_ingress::IngressConfig {
+        let mut config = test_config(broker);
+        config.spool_after = Duration::from_millis(200);
+        config.shutdown_timeout = Duration::from_secs(1);
+        config
+    }
+
     /// Spools `webhooks` during an outage, then stops the ingress with them still on disk.
     async fn spool_then_stop(
         broker: &Broker,
@@ -1811,9 +1817,7 @@ mod spooling {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spooled_event_the_producer_refuses_for_good_is_set_aside_and_the_rest_drain() {
         let broker = Broker::mock();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(200);
-        config.shutdown_timeout = Duration::from_secs(1);
+        let mut config = restartable_config(&broker);
         let padding = "x".repeat(200_000);
         let big = Webhook::new(
             "carts/update",
@@ -1876,9 +1880,7 @@ mod spooling {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spooled_event_the_broker_refuses_on_both_topics_is_set_aside() {
         let broker = Broker::mock();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(200);
-        config.shutdown_timeout = Duration::from_secs(1);
+        let config = restartable_config(&broker);
         let refused = cart("refused", 1);
         spool_then_stop(&broker, &config, &[&refused]).await;
 
@@ -1924,9 +1926,7 @@ mod spooling {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spooled_event_refused_on_both_topics_for_another_reason_is_retried() {
         let broker = Broker::mock();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(200);
-        config.shutdown_timeout = Duration::from_secs(1);
+        let config = restartable_config(&broker);
         let event = cart("invalid", 1);
         spool_then_stop(&broker, &config, &[&event]).await;
         broker.refuse_produce(
@@ -2073,16 +2073,9 @@ mod spooling {
     /// Shopify's retry is then a duplicate.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_spool_fsync_answers_503_at_the_deadline_with_its_reason_counted() {
-        use aftercart_ingress::spool::crash_disk::CrashDisk;
-        use aftercart_ingress::spool::disk::SpoolDisk;
         let broker = Broker::mock();
-        let disk = CrashDisk::new();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(200);
+        let (mut config, disk) = on_test_disk(&broker, Duration::from_millis(200));
         config.publish_deadline = Duration::from_millis(800);
-        let spool = config.spool.as_mut().unwrap();
-        spool.dir = "/spool".into();
-        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
         let ingress = TestIngress::start_on(&broker, config).await;
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         broker.down();
@@ -2150,15 +2143,8 @@ mod spooling {
     /// writer holds it across a segment's creation.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_spool_disk_does_not_stall_the_runtime() {
-        use aftercart_ingress::spool::crash_disk::CrashDisk;
-        use aftercart_ingress::spool::disk::SpoolDisk;
         let broker = Broker::mock();
-        let disk = CrashDisk::new();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(200);
-        let spool = config.spool.as_mut().unwrap();
-        spool.dir = "/spool".into();
-        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let (config, disk) = on_test_disk(&broker, Duration::from_millis(200));
         let ingress = TestIngress::start_on(&broker, config).await;
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         broker.down();
@@ -2178,6 +2164,24 @@ mod spooling {
         assert_eq!(answer.status, 503, "{}", answer.body);
     }
 
+    /// A config whose spool lives at `/spool` on a fresh test disk (returned with it), spooling
+    /// what Kafka has not acknowledged after `spool_after`.
+    fn on_test_disk(
+        broker: &Broker,
+        spool_after: Duration,
+    ) -> (
+        aftercart_ingress::IngressConfig,
+        aftercart_ingress::spool::crash_disk::CrashDisk,
+    ) {
+        let disk = aftercart_ingress::spool::crash_disk::CrashDisk::new();
+        let mut config = test_config(broker);
+        config.spool_after = spool_after;
+        let spool = config.spool.as_mut().unwrap();
+        spool.dir = "/spool".into();
+        spool.disk = aftercart_ingress::spool::disk::SpoolDisk(std::sync::Arc::new(disk.clone()));
+        (config, disk)
+    }
+
     /// Lets the held fsyncs of a test disk go when dropped.
     struct ReleaseFsyncs(aftercart_ingress::spool::crash_disk::CrashDisk);
 
@@ -2192,15 +2196,8 @@ mod spooling {
     /// queueing behind the hung writer until their deadline.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_spool_is_gone_around_while_kafka_takes_records() {
-        use aftercart_ingress::spool::crash_disk::CrashDisk;
-        use aftercart_ingress::spool::disk::SpoolDisk;
         let broker = Broker::mock();
-        let disk = CrashDisk::new();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(300);
-        let spool = config.spool.as_mut().unwrap();
-        spool.dir = "/spool".into();
-        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let (config, disk) = on_test_disk(&broker, Duration::from_millis(300));
         let ingress = TestIngress::start_on(&broker, config).await;
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         broker.down();
@@ -2248,15 +2245,8 @@ mod spooling {
     /// answers, like a replica whose spool fails outright.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_spool_fsync_with_kafka_down_makes_the_replica_not_ready() {
-        use aftercart_ingress::spool::crash_disk::CrashDisk;
-        use aftercart_ingress::spool::disk::SpoolDisk;
         let broker = Broker::mock();
-        let disk = CrashDisk::new();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(200);
-        let spool = config.spool.as_mut().unwrap();
-        spool.dir = "/spool".into();
-        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
+        let (config, disk) = on_test_disk(&broker, Duration::from_millis(200));
         let ingress = TestIngress::start_on(&broker, config).await;
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         broker.down();
@@ -2290,16 +2280,9 @@ mod spooling {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sick_spool_is_gone_around_while_kafka_takes_records() {
-        use aftercart_ingress::spool::crash_disk::CrashDisk;
-        use aftercart_ingress::spool::disk::SpoolDisk;
         let broker = Broker::mock();
-        let disk = CrashDisk::new();
-        let mut config = test_config(&broker);
-        config.spool_after = Duration::from_millis(300);
+        let (mut config, disk) = on_test_disk(&broker, Duration::from_millis(300));
         config.publish_deadline = Duration::from_secs(3);
-        let spool = config.spool.as_mut().unwrap();
-        spool.dir = "/spool".into();
-        spool.disk = SpoolDisk(std::sync::Arc::new(disk.clone()));
         let ingress = TestIngress::start_on(&broker, config).await;
         assert_eq!(cart("warm", 0).post(ingress.addr).await.status, 200);
         // A backlog: Kafka down, five events spooled.

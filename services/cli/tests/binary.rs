@@ -1066,17 +1066,24 @@ fn dev_broker_only_prints_its_address_and_stops_on_sigterm() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
 }
 
+/// A mock broker with the ingress's topics under a fresh prefix: the broker, the prefix and
+/// the carts topic's name.
+fn broker_with_ingress_topics() -> (Broker, String, String) {
+    let broker = Broker::mock();
+    let prefix = unique_prefix();
+    let settings = KafkaSettings::new(broker.bootstrap(), &prefix);
+    broker.precreate_for_mock(&topic_specs(&settings, 4 << 20));
+    let topic = format!("{prefix}carts");
+    (broker, prefix, topic)
+}
+
 /// `aftercart spool inspect` reports a spool left behind; `aftercart spool drain` publishes it
 /// in order and empties it, and refuses while a process holds the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_inspect_and_drain_publish_what_a_stopped_ingress_left() {
     use aftercart_ingress::spool::{unix_ms, Spool, SpoolMetrics, SpoolRecord};
 
-    let broker = Broker::mock();
-    let prefix = unique_prefix();
-    let settings = KafkaSettings::new(broker.bootstrap(), &prefix);
-    broker.precreate_for_mock(&topic_specs(&settings, 4 << 20));
-    let topic = format!("{prefix}carts");
+    let (broker, prefix, topic) = broker_with_ingress_topics();
     let dir = temp_spool_dir();
     let (spool, _) = Spool::open(&dir, 1 << 20, SpoolMetrics::unregistered()).unwrap();
     for n in 0..5 {
@@ -1165,11 +1172,7 @@ async fn events_set_aside_are_inspected_and_drained_never_set_aside_again() {
     use aftercart_ingress::spool::refused::{self, SetAside, REFUSED_DIR};
     use aftercart_ingress::spool::{unix_ms, Entry, RealDisk, SpoolRecord};
 
-    let broker = Broker::mock();
-    let prefix = unique_prefix();
-    let settings = KafkaSettings::new(broker.bootstrap(), &prefix);
-    broker.precreate_for_mock(&topic_specs(&settings, 4 << 20));
-    let topic = format!("{prefix}carts");
+    let (broker, prefix, topic) = broker_with_ingress_topics();
     let dir = temp_spool_dir();
     let entry = Entry {
         seq: 41,

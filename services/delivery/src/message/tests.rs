@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::config::{Endpoint, Secret};
 use crate::retry::RetryPolicy;
-use crate::sink::tests::{reply, Receiver, Reply};
+use crate::sink::tests::{deliveries, reply, Receiver, Reply};
 use crate::sink::FailureKind;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -151,33 +151,36 @@ async fn klaviyo_server_errors_are_retried_and_a_bad_request_is_refused_for_good
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(receiver.count(), 1);
-    let permanent = registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "test_http_deliveries_total")
-        .flat_map(|f| f.get_metric())
-        .filter(|m| m.get_label().iter().any(|l| l.value() == "permanent"))
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum::<u64>();
-    assert_eq!(permanent, 1);
+    assert_eq!(deliveries(&registry, "permanent"), 1);
 }
 
 /// Klaviyo's answer to a phone number it cannot place: the whole event is refused.
 const PHONE_REFUSED: &str = r#"{"errors":[{"id":"e1","status":400,"code":"invalid","title":"Invalid input.","detail":"Invalid phone number format (Example of a valid phone number format: +12345678901)","source":{"pointer":"/data/attributes/profile/data/attributes/phone_number"},"meta":{}}]}"#;
+
+/// Klaviyo's 400 for a profile phone it cannot place.
+fn phone_refused() -> Reply {
+    Reply {
+        body: PHONE_REFUSED,
+        ..reply(400)
+    }
+}
+
+/// The test message with a phone besides its email and customer id.
+fn with_phone() -> Message {
+    let mut message = message();
+    message.profile.phone = Some("+15555550123".into());
+    message
+}
 
 /// A phone Klaviyo refuses is left out and the event sent again at once, when an email or an
 /// external id still names the person; a profile the phone alone names, or a 400 about
 /// anything else, stays refused for good after one request.
 #[tokio::test]
 async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
-    let phone_refused = Reply {
-        body: PHONE_REFUSED,
-        ..reply(400)
-    };
+    let phone_refused = phone_refused();
     let receiver = Receiver::start(vec![phone_refused.clone(), reply(202)]).await;
     let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
-    let mut with_phone = message();
-    with_phone.profile.phone = Some("+15555550123".into());
+    let with_phone = with_phone();
     let outcome = destination
         .send(&with_phone, &CancellationToken::new())
         .await;
@@ -196,9 +199,9 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
         assert_eq!(resent["data"]["attributes"]["unique_id"], "nudge-1");
     }
     // The refused first request is a try another follows, not a refusal for good.
-    assert_eq!(attempts(&registry, "permanent"), 0);
-    assert_eq!(attempts(&registry, "retry"), 1);
-    assert_eq!(attempts(&registry, "delivered"), 1);
+    assert_eq!(deliveries(&registry, "permanent"), 0);
+    assert_eq!(deliveries(&registry, "retry"), 1);
+    assert_eq!(deliveries(&registry, "delivered"), 1);
 
     let receiver = Receiver::start(vec![phone_refused.clone()]).await;
     let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
@@ -213,8 +216,8 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
         .await;
     assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
     assert_eq!(receiver.count(), 1);
-    assert_eq!(attempts(&registry, "permanent"), 1);
-    assert_eq!(attempts(&registry, "retry"), 0);
+    assert_eq!(deliveries(&registry, "permanent"), 1);
+    assert_eq!(deliveries(&registry, "retry"), 0);
 
     // A stop when the refusal comes: sent again without the phone after the restart, not
     // dead-lettered now.
@@ -225,7 +228,7 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
     let outcome = destination.send(&with_phone, &stop).await;
     assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
     assert_eq!(receiver.count(), 1);
-    assert_eq!(attempts(&registry, "permanent"), 0);
+    assert_eq!(deliveries(&registry, "permanent"), 0);
 
     let other = Reply {
         body: r#"{"errors":[{"status":400,"code":"invalid","source":{"pointer":"/data/attributes/metric"}}]}"#,
@@ -240,18 +243,6 @@ async fn a_phone_klaviyo_refuses_is_left_out_and_the_event_sent_again() {
     assert_eq!(receiver.count(), 1);
 }
 
-/// `<prefix>_http_deliveries_total{outcome}` of the test registry.
-fn attempts(registry: &Registry, outcome: &str) -> u64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "test_http_deliveries_total")
-        .flat_map(|f| f.get_metric())
-        .filter(|m| m.get_label().iter().any(|l| l.value() == outcome))
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum()
-}
-
 /// The event sent again without the phone keeps the retry budget the first request began: a
 /// receiver that was rate-limiting before the refusal does not get a second budget's worth of
 /// tries (here the budget is 5 s: 3 s spent waiting before the refusal, 3 s asked after it).
@@ -261,14 +252,10 @@ async fn the_event_sent_again_without_the_phone_keeps_the_first_requests_budget(
         headers: vec![("retry-after", "3")],
         ..reply(429)
     };
-    let phone_refused = Reply {
-        body: PHONE_REFUSED,
-        ..reply(400)
-    };
+    let phone_refused = phone_refused();
     let receiver = Receiver::start(vec![limited.clone(), phone_refused, limited, reply(202)]).await;
     let (destination, registry) = klaviyo(&base(&receiver), "demo.myshopify.com=pk_demo\n");
-    let mut with_phone = message();
-    with_phone.profile.phone = Some("+15555550123".into());
+    let with_phone = with_phone();
     let outcome = destination
         .send(&with_phone, &CancellationToken::new())
         .await;
@@ -277,7 +264,7 @@ async fn the_event_sent_again_without_the_phone_keeps_the_first_requests_budget(
         other => panic!("expected the budget to run out, got {other:?}"),
     }
     assert_eq!(receiver.count(), 3);
-    assert_eq!(attempts(&registry, "exhausted"), 1);
+    assert_eq!(deliveries(&registry, "exhausted"), 1);
 }
 
 #[tokio::test]

@@ -116,7 +116,8 @@ fn sink(config: &SinkConfig) -> (HttpSink, Registry) {
     (HttpSink::new(config, metrics).unwrap(), registry)
 }
 
-fn deliveries(registry: &Registry, outcome: &str) -> u64 {
+/// `test_http_deliveries_total{outcome}` of a test registry.
+pub(crate) fn deliveries(registry: &Registry, outcome: &str) -> u64 {
     registry
         .gather()
         .iter()
