@@ -673,14 +673,9 @@ fn a_customer_held_nowhere_or_redacted_still_gets_an_answer_saying_so() {
 
 mod redaction;
 
-/// A crash can leave a prefix of a batch's changelog writes: here the buyer's and the shop's
-/// records of an order, without the order's own (it is written last). The batch is read again
-/// from its first offset: the order is counted once in the day, and not as a repeat purchase.
-#[test]
-fn an_order_read_again_after_a_crash_kept_its_counts_is_counted_once() {
-    let mut first = engine();
-    let effects = first.apply_from(0, SHOP, order(5, true), AT, Some(10));
-    let written: Vec<(String, Entity)> = effects
+/// The records `effects` write (deletions left out), in order.
+fn written(effects: &[Effect]) -> Vec<(String, Entity)> {
+    effects
         .iter()
         .filter_map(|e| match e {
             Effect::Persist {
@@ -689,7 +684,17 @@ fn an_order_read_again_after_a_crash_kept_its_counts_is_counted_once() {
             } => Some((key.clone(), (**entity).clone())),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// A crash can leave a prefix of a batch's changelog writes: here the buyer's and the shop's
+/// records of an order, without the order's own (it is written last). The batch is read again
+/// from its first offset: the order is counted once in the day, and not as a repeat purchase.
+#[test]
+fn an_order_read_again_after_a_crash_kept_its_counts_is_counted_once() {
+    let mut first = engine();
+    let effects = first.apply_from(0, SHOP, order(5, true), AT, Some(10));
+    let written = written(&effects);
     assert!(
         written
             .last()
@@ -738,15 +743,9 @@ fn orders_read_again_keep_their_repeat_classification() {
     let mut first = engine();
     let mut effects = first.apply_from(0, SHOP, order(5, true), AT, Some(10));
     effects.extend(first.apply_from(0, SHOP, order(6, true), AT, Some(11)));
-    let buyer: HashMap<String, Entity> = effects
+    let buyer: HashMap<String, Entity> = written(&effects)
         .into_iter()
-        .filter_map(|e| match e {
-            Effect::Persist {
-                key,
-                entity: Some(entity),
-            } if key.starts_with("buyer/") => Some((key, *entity)),
-            _ => None,
-        })
+        .filter(|(key, _)| key.starts_with("buyer/"))
         .collect();
     let mut restarted = Engine::new(rules());
     restarted.assign(0, buyer);
